@@ -1,0 +1,165 @@
+"""The typed errors of RegistryGrid.
+
+Every error a user, an app or a peer can cause is one of these. Each carries a
+stable machine-readable ``code``, the HTTP status the bridge answers with, and
+the exit code the CLI ends with (from BSD ``sysexits.h`` so shell scripts can
+tell a bad input from a refused one). ``details`` holds structured context,
+for example every failing field path of a schema violation.
+
+This module imports nothing of ours, so every layer may raise these.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# sysexits.h: the conventional exit codes of Unix tools.
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+EX_NOPERM = 77
+EX_CONFIG = 78
+
+
+class RegistryError(Exception):
+    """Base of every error RegistryGrid raises on purpose."""
+
+    code = "registry_error"
+    http_status = 500
+    exit_code = 1
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class ValidationError(RegistryError):
+    """The input is well-formed but breaks a rule (schema, limit, naming)."""
+
+    code = "validation_failed"
+    http_status = 422
+    exit_code = EX_DATAERR
+
+
+class SchemaViolation(ValidationError):
+    """Record fields break their kind's JSON Schema; details list every failing path."""
+
+    code = "schema_violation"
+
+
+class UnknownKind(ValidationError):
+    code = "unknown_kind"
+
+
+class MalformedInput(ValidationError):
+    """Bytes or text that cannot be decoded at all (bad JSON, bad msgpack)."""
+
+    code = "malformed_input"
+    http_status = 400
+
+
+class TooLarge(ValidationError):
+    code = "too_large"
+    http_status = 413
+
+
+class NotFound(RegistryError):
+    code = "not_found"
+    http_status = 404
+    exit_code = EX_NOINPUT
+
+
+class UnknownRegistry(NotFound):
+    code = "unknown_registry"
+
+
+class Conflict(RegistryError):
+    code = "conflict"
+    http_status = 409
+    exit_code = EX_DATAERR
+
+
+class AlreadyExists(Conflict):
+    code = "already_exists"
+
+
+class PolicyDenied(RegistryError):
+    """The actor may not do this (registry write policy, delegation, role)."""
+
+    code = "policy_denied"
+    http_status = 403
+    exit_code = EX_NOPERM
+
+
+class Unauthorized(RegistryError):
+    code = "unauthorized"
+    http_status = 401
+    exit_code = EX_NOPERM
+
+
+class RateLimited(RegistryError):
+    code = "rate_limited"
+    http_status = 429
+    exit_code = EX_TEMPFAIL
+
+
+class SignatureInvalid(RegistryError):
+    """A signed envelope or delegation does not verify."""
+
+    code = "signature_invalid"
+    http_status = 400
+    exit_code = EX_DATAERR
+
+
+class Equivocation(SignatureInvalid):
+    """One author signed two different changes with the same sequence number."""
+
+    code = "equivocation"
+
+
+class ChainBroken(SignatureInvalid):
+    """An envelope's ``prev`` does not name the author's previous envelope."""
+
+    code = "chain_broken"
+
+
+class MissingDependencies(RegistryError):
+    """A remote change waits for changes this node has not seen yet."""
+
+    code = "missing_dependencies"
+    http_status = 409
+    exit_code = EX_TEMPFAIL
+
+
+class IntegrityError(RegistryError):
+    """Stored data fails its own checks (tampering or corruption)."""
+
+    code = "integrity_error"
+    http_status = 500
+    exit_code = EX_SOFTWARE
+
+
+class NotInitialized(RegistryError):
+    code = "not_initialized"
+    http_status = 503
+    exit_code = EX_CONFIG
+
+
+class HomeLocked(RegistryError):
+    """Another node already runs on this home."""
+
+    code = "home_locked"
+    http_status = 409
+    exit_code = EX_TEMPFAIL
+
+
+class Unavailable(RegistryError):
+    code = "unavailable"
+    http_status = 503
+    exit_code = EX_TEMPFAIL
