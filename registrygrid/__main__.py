@@ -1,0 +1,3 @@
+from registrygrid.cli.main import main
+
+main()

@@ -1,0 +1,269 @@
+"""A record as an Automerge document.
+
+Layout of the document root (every key is written by the create change, so
+concurrent creates of one record id merge key by key):
+
+    kind      str        the record kind ("function")
+    schema    int        the kind's schema version the fields follow
+    owner     str        did:key of the owning org (or author)
+    created   map        {"at": HLC wall ms, "by": did}
+    tags      map        tag -> true: a map, not a list, so concurrent adds
+                         of tags merge as a set
+    links     list       [{"rel", "registry", "record"}]
+    fields    map        the record's own fields, checked by the kind schema
+    deleted   bool       tombstone: deletes are changes like any other
+
+Scalars map to Automerge scalars; dicts to maps, lists to lists. Strings are
+scalars (last writer wins), not Text, because registry fields are values,
+not collaboratively edited prose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from automerge.core import ROOT, Document, ObjType, ScalarType, extract
+
+from registrygrid.errors import MalformedInput, ValidationError
+from registrygrid.protocol import limits
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def actor_for(public_key: bytes) -> bytes:
+    """An author's Automerge actor id: their public key, so actors never collide
+    and a verifier can check that a change's actor is its signer."""
+    return public_key
+
+
+class RecordDoc:
+    """One record's Automerge document and the change its last transaction made."""
+
+    __slots__ = ("doc",)
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+
+    @classmethod
+    def new(cls, actor: bytes) -> RecordDoc:
+        return cls(Document(actor_id=actor))
+
+    @classmethod
+    def load(cls, saved: bytes, actor: bytes | None = None) -> RecordDoc:
+        doc = Document.load(saved)
+        if actor is not None:
+            doc.set_actor(actor)
+        return cls(doc)
+
+    def save(self) -> bytes:
+        return self.doc.save()
+
+    def heads(self) -> list[bytes]:
+        return self.doc.get_heads()
+
+    def fork_with_actor(self, actor: bytes) -> RecordDoc:
+        # Documents are loaded with a random actor; local edits must carry ours.
+        self.doc.set_actor(actor)
+        return self
+
+    # ---- local edits: each returns the one Automerge change it made ----
+
+    def create(
+        self,
+        *,
+        kind: str,
+        schema: int,
+        owner: str,
+        created_at: int,
+        created_by: str,
+        fields: Mapping[str, Any],
+        tags: Sequence[str],
+        links: Sequence[Mapping[str, str]],
+    ) -> Any:
+        before = self.doc.get_heads()
+        with self.doc.transaction() as tx:
+            tx.put(ROOT, "kind", ScalarType.Str, kind)
+            tx.put(ROOT, "schema", ScalarType.Int, schema)
+            tx.put(ROOT, "owner", ScalarType.Str, owner)
+            created = tx.put_object(ROOT, "created", ObjType.Map)
+            tx.put(created, "at", ScalarType.Int, created_at)
+            tx.put(created, "by", ScalarType.Str, created_by)
+            tag_map = tx.put_object(ROOT, "tags", ObjType.Map)
+            for tag in tags:
+                tx.put(tag_map, tag, ScalarType.Boolean, True)
+            _put_value(tx, ROOT, "links", [dict(link) for link in links], 0)
+            _put_value(tx, ROOT, "fields", dict(fields), 0)
+            tx.put(ROOT, "deleted", ScalarType.Boolean, False)
+        return _only_change(self.doc, before)
+
+    def update(
+        self,
+        *,
+        fields: Mapping[str, Any] | None,
+        schema: int | None = None,
+        tags: Sequence[str] | None = None,
+        links: Sequence[Mapping[str, str]] | None = None,
+        undelete: bool = False,
+    ) -> Any | None:
+        """Change the document to hold these values; None when nothing differs."""
+        before = self.doc.get_heads()
+        with self.doc.transaction() as tx:
+            if schema is not None and _scalar(tx, ROOT, "schema") != schema:
+                tx.put(ROOT, "schema", ScalarType.Int, schema)
+            if fields is not None:
+                current = tx.get(ROOT, "fields")
+                if current is None or current[0] != ObjType.Map:
+                    _put_value(tx, ROOT, "fields", dict(fields), 0)
+                else:
+                    _sync_map(tx, current[1], fields, 1)
+            if tags is not None:
+                tag_obj = tx.get(ROOT, "tags")
+                if tag_obj is None or tag_obj[0] != ObjType.Map:
+                    tag_id = tx.put_object(ROOT, "tags", ObjType.Map)
+                else:
+                    tag_id = tag_obj[1]
+                wanted = set(tags)
+                for old in tx.keys(tag_id):
+                    if old not in wanted:
+                        tx.delete(tag_id, old)
+                existing = set(tx.keys(tag_id))
+                for tag in sorted(wanted - existing):
+                    tx.put(tag_id, tag, ScalarType.Boolean, True)
+            if links is not None:
+                if _materialize_tx(tx, ROOT, "links") != [dict(link) for link in links]:
+                    _put_value(tx, ROOT, "links", [dict(link) for link in links], 0)
+            if undelete and _scalar(tx, ROOT, "deleted") is not False:
+                tx.put(ROOT, "deleted", ScalarType.Boolean, False)
+        after = self.doc.get_heads()
+        if after == before:
+            return None
+        return _only_change(self.doc, before)
+
+    def delete(self) -> Any:
+        before = self.doc.get_heads()
+        with self.doc.transaction() as tx:
+            tx.put(ROOT, "deleted", ScalarType.Boolean, True)
+        return _only_change(self.doc, before)
+
+    # ---- remote changes ----
+
+    @classmethod
+    def apply(cls, saved: bytes | None, change_bytes: bytes) -> RecordDoc:
+        """The document with one more (remote) change. Automerge checks the
+        change's deps are present and raises otherwise; callers check deps
+        first so that a failure here means a malformed change."""
+        try:
+            return cls(Document.load((saved or b"") + change_bytes))
+        except Exception as exc:  # the binding raises bare Exception
+            raise MalformedInput(f"Automerge refused the change: {exc}") from None
+
+    def has_changes(self, hashes: Sequence[bytes]) -> bool:
+        """Whether every hash is a change already in this document."""
+        if not hashes:
+            return True
+        try:
+            self.doc.get_changes(list(hashes))
+        except Exception:
+            return False
+        return True
+
+    def changes_since(self, heads: list[bytes]) -> list[Any]:
+        return self.doc.get_changes(heads)
+
+    # ---- reading ----
+
+    def materialize(self) -> dict[str, Any]:
+        root = extract(self.doc)
+        assert isinstance(root, dict)
+        tags = root.get("tags")
+        root["tags"] = sorted(tags) if isinstance(tags, dict) else []
+        root.setdefault("links", [])
+        root.setdefault("fields", {})
+        root.setdefault("deleted", False)
+        return root
+
+
+def _only_change(doc: Document, before: list[bytes]) -> Any:
+    changes = doc.get_changes(before)
+    assert len(changes) == 1, "one transaction makes one change"
+    return changes[0]
+
+
+def _scalar(tx: Any, obj: bytes, key: str) -> Any:
+    got = tx.get(obj, key)
+    if got is None or isinstance(got[0], ObjType):
+        return None
+    return got[0][1]
+
+
+def _materialize_tx(tx: Any, obj: bytes, key: str | int) -> Any:
+    got = tx.get(obj, key)
+    if got is None:
+        return None
+    value, obj_id = got
+    if not isinstance(value, ObjType):
+        return value[1]
+    if value == ObjType.Map:
+        return {k: _materialize_tx(tx, obj_id, k) for k in tx.keys(obj_id)}
+    if value == ObjType.List:
+        return [_materialize_tx(tx, obj_id, i) for i in range(tx.length(obj_id))]
+    return tx.text(obj_id)
+
+
+def _put_value(tx: Any, obj: bytes, key: str | int, value: Any, depth: int, insert: bool = False) -> None:
+    """Write a JSON value at obj[key] (or insert at list index ``key``)."""
+    if depth > limits.MAX_NESTING:
+        raise ValidationError(f"value nested deeper than {limits.MAX_NESTING} levels")
+    put_object = tx.insert_object if insert else tx.put_object
+    put = tx.insert if insert else tx.put
+    if isinstance(value, Mapping):
+        child = put_object(obj, key, ObjType.Map)
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValidationError(f"object keys must be strings, got {k!r}")
+            _put_value(tx, child, k, v, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        child = put_object(obj, key, ObjType.List)
+        for i, v in enumerate(value):
+            _put_value(tx, child, i, v, depth + 1, insert=True)
+    elif value is None:
+        put(obj, key, ScalarType.Null, None)
+    elif isinstance(value, bool):
+        put(obj, key, ScalarType.Boolean, value)
+    elif isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ValidationError(f"integer {value} does not fit in 64 bits")
+        put(obj, key, ScalarType.Int, value)
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValidationError("NaN and infinity are not JSON numbers")
+        put(obj, key, ScalarType.F64, value)
+    elif isinstance(value, str):
+        put(obj, key, ScalarType.Str, value)
+    else:
+        raise ValidationError(f"unsupported value type {type(value).__name__}")
+
+
+def _sync_map(tx: Any, obj: bytes, wanted: Mapping[str, Any], depth: int) -> None:
+    """Make the Automerge map ``obj`` equal ``wanted`` with the fewest ops,
+    so concurrent edits of different fields merge instead of overwriting."""
+    if depth > limits.MAX_NESTING:
+        raise ValidationError(f"value nested deeper than {limits.MAX_NESTING} levels")
+    for key in tx.keys(obj):
+        if key not in wanted:
+            tx.delete(obj, key)
+    for key, value in wanted.items():
+        if not isinstance(key, str):
+            raise ValidationError(f"object keys must be strings, got {key!r}")
+        got = tx.get(obj, key)
+        if got is not None:
+            current, child = got
+            if isinstance(value, Mapping) and current == ObjType.Map:
+                _sync_map(tx, child, value, depth + 1)
+                continue
+            if _materialize_tx(tx, obj, key) == value and type(value) is type(
+                _materialize_tx(tx, obj, key)
+            ):
+                continue
+        _put_value(tx, obj, key, value, depth)

@@ -1,0 +1,663 @@
+"""The write path: one road for every change, local or remote.
+
+``Engine.execute(ops)`` runs a batch of operations in ONE durable LMDB
+transaction (group commit: one fsync for the batch) and answers each
+operation on its own: a rejected operation leaves no trace but its audit
+entry, and never spoils its neighbours.
+
+Local write:  validate (names, kind, schema, size, policy) -> Automerge
+              transaction -> sign envelope -> commit.
+Remote change: decode + verify signature -> dedupe -> author chain ->
+              registry policy -> Automerge deps present? (else park it as
+              pending until they arrive: fetched, never guessed) -> apply ->
+              check the result (actor, hash, kind, schema) -> commit ->
+              release any pending change that waited for this one.
+Commit (shared): change, chain head, document, materialized record,
+              indexes, history, feed event, audit entry.
+
+Every check that can fail runs before the operation's first put, so a
+failure never leaves a half-applied change inside the batch.
+
+The engine does no networking and no waiting: the node runs it on a worker
+thread behind a queue; the SDK calls it directly; simulations drive it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lmdb
+import msgpack
+
+from registrygrid.crdt.record import RecordDoc, actor_for
+from registrygrid.engine import registries as regs
+from registrygrid.engine.ops import (
+    AuditNote,
+    Committed,
+    Delete,
+    IngestResult,
+    Operation,
+    Outcome,
+    Put,
+    Remote,
+    Update,
+    WriteResult,
+)
+from registrygrid.errors import (
+    AlreadyExists,
+    ChainBroken,
+    Conflict,
+    Equivocation,
+    MalformedInput,
+    MissingDependencies,
+    NotFound,
+    PolicyDenied,
+    RegistryError,
+    TooLarge,
+    ValidationError,
+)
+from registrygrid.identity.keys import KeyPair, public_key_from_did
+from registrygrid.protocol import limits, names
+from registrygrid.protocol.envelope import Envelope, cid_to_str, open_envelope, seal
+from registrygrid.protocol.hlc import Hlc, HybridClock, wall_clock_ms
+from registrygrid.schemas import KindSchema, SchemaCatalog
+from registrygrid.storage import feed, records
+from registrygrid.storage.audit import AuditLedger
+from registrygrid.storage.store import Store, key, pack, u64, unpack
+
+# Changes parked while they wait for dependencies. Anti-entropy refetches
+# anything refused here, so the cap only bounds memory and disk a peer can
+# make us hold: 100k envelopes is ~50 MB at typical sizes.
+MAX_PENDING = 100_000
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON Merge Patch."""
+    if not isinstance(patch, Mapping):
+        return patch
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for k, v in patch.items():
+        if v is None:
+            result.pop(k, None)
+        else:
+            result[k] = merge_patch(result.get(k), v)
+    return result
+
+
+def record_digest(record: Mapping[str, Any] | None) -> str | None:
+    if record is None:
+        return None
+    return hashlib.sha256(pack(_content(record))).hexdigest()
+
+
+def _content(record: Mapping[str, Any]) -> list[Any]:
+    """The replicated content of a record: equal on every node that applied
+    the same changes, whatever the order (local bookkeeping excluded)."""
+    return [record["registry"], record["id"], record["kind"], record["schema"], record["owner"],
+            record["tags"], record["links"], record["fields"], record["deleted"], record["created_at"],
+            record["created_by"], list(record["updated_hlc"]), record["updated_by"], record["change_id"],
+            record["revision"]]
+
+
+@dataclass
+class _Batch:
+    docs: dict[tuple[str, str], RecordDoc] = field(default_factory=dict)
+    committed: Committed = field(default_factory=Committed)
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        key_pair: KeyPair,
+        catalog: SchemaCatalog | None = None,
+        *,
+        owner: str | None = None,
+        now_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.store = store
+        self.key = key_pair
+        self.catalog = catalog or SchemaCatalog()
+        self.owner = owner or key_pair.did  # the org this node writes for
+        self.actor = actor_for(key_pair.public_key)
+        self.now_ms = now_ms
+        self.metrics: Counter[str] = Counter()
+        self.listeners: list[Callable[[Committed], None]] = []
+        # org did -> keys it delegated to; filled by the node from verified delegations
+        self.delegates: dict[str, frozenset[str]] = {}
+        self.audit = AuditLedger(store)
+        with store.read() as txn:
+            self.clock = HybridClock(now_ms, Hlc(*store.get_meta(txn, "hlc", [0, 0])))
+        self._reset_caches()
+        self._load_user_kinds()
+
+    # ------------------------------------------------------------ batches
+
+    def execute(self, ops: Sequence[Operation]) -> list[Outcome]:
+        """Run ``ops`` in one durable transaction; one outcome per op
+        (a result, or the RegistryError that refused it)."""
+        while True:
+            try:
+                return self._execute_once(ops)
+            except lmdb.MapFullError:
+                self.metrics["store.map_grown"] += 1
+                self.store.grow()
+
+    def _execute_once(self, ops: Sequence[Operation]) -> list[Outcome]:
+        batch = _Batch()
+        outcomes: list[Outcome] = []
+        try:
+            with self.store.write() as txn:
+                for op in ops:
+                    outcomes.append(self._run_one(txn, batch, op))
+                self.store.put_meta(txn, "hlc", list(self.clock.last))
+                self.audit.finish_batch(txn, self.key, self.now_ms())
+        except BaseException:
+            self._reset_caches()
+            self.audit.reload()
+            raise
+        self.feed_seq = self._batch_feed_seq
+        if batch.committed.envelopes:
+            for listener in list(self.listeners):
+                listener(batch.committed)
+        return outcomes
+
+    def _run_one(self, txn: lmdb.Transaction, batch: _Batch, op: Operation) -> Outcome:
+        try:
+            if isinstance(op, Put):
+                return self._put(txn, batch, op)
+            if isinstance(op, Update):
+                return self._update(txn, batch, op)
+            if isinstance(op, Delete):
+                return self._delete(txn, batch, op)
+            if isinstance(op, Remote):
+                return self._remote(txn, batch, op)
+            if isinstance(op, AuditNote):
+                self.audit.append(txn, at_ms=self.now_ms(), actor=op.actor, action=op.action,
+                                  target=op.target, reason=op.reason)
+                self.metrics[f"audit.{op.action}"] += 1
+                return None
+            raise ValidationError(f"unknown operation {type(op).__name__}")
+        except RegistryError as exc:
+            # Whatever the op touched in memory is suspect; the transaction
+            # holds the truth, so reload from it next time.
+            target = _target_of(op)
+            batch.docs.pop(target, None)
+            self._chain_heads.clear()
+            self.metrics[f"rejected.{exc.code}"] += 1
+            if isinstance(op, Remote):
+                self.metrics["remote.rejected"] += 1
+            self.audit.append(
+                txn,
+                at_ms=self.now_ms(),
+                actor=_actor_of(op, self.key.did),
+                action="deny",
+                target="/".join(target) if target[0] else "",
+                reason=f"{exc.code}: {exc.message}"[:512],
+            )
+            if isinstance(op, Remote):
+                return IngestResult("rejected", _try_id(op.wire), error=exc)
+            return exc
+
+    def _reset_caches(self) -> None:
+        self._chain_heads: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self._registry_cache: dict[str, regs.RegistryDescriptor] = {}
+        with self.store.read() as txn:
+            self.feed_seq = feed.last_seq(self.store, txn)
+        self._batch_feed_seq = self.feed_seq
+
+    # ------------------------------------------------------------ local writes
+
+    def _put(self, txn: lmdb.Transaction, batch: _Batch, op: Put) -> WriteResult:
+        registry = names.registry_name(op.registry)
+        desc = self._registry(txn, registry)
+        kind = self._kind_for(desc, op.kind, op.schema)
+        desc.check_writer(self.key.did, self.delegates)
+        fields = _checked_fields(op.fields)
+        self.catalog.validate(kind.name, kind.version, fields)
+        tags = _checked_tags(op.tags)
+        links = _checked_links(op.links)
+        record_id = names.record_id(op.record_id) if op.record_id is not None else names.new_record_id()
+        self._special_checks(registry, record_id, kind.name, fields)
+        old = records.get_record(self.store, txn, registry, record_id)
+        hlc = self.clock.tick()
+        if old is not None and not old["deleted"]:
+            raise AlreadyExists(f"{registry}/{record_id} already exists; update it instead")
+        if old is not None:
+            if old["kind"] != kind.name:
+                raise Conflict(f"{registry}/{record_id} was a {old['kind']}; a deleted record keeps its kind")
+            doc = self._doc_for_write(txn, batch, registry, record_id)
+            change = doc.update(fields=fields, schema=kind.version, tags=tags, links=links, undelete=True)
+        else:
+            doc = RecordDoc.new(self.actor)
+            change = doc.create(kind=kind.name, schema=kind.version, owner=self.owner, created_at=hlc.wall_ms,
+                                created_by=self.key.did, fields=fields, tags=tags, links=links)
+        env = self._seal(txn, registry, record_id, "create", kind, change, hlc)
+        seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor)
+        return WriteResult("created", registry, record_id, env.id, seq, record)
+
+    def _update(self, txn: lmdb.Transaction, batch: _Batch, op: Update) -> WriteResult:
+        registry = names.registry_name(op.registry)
+        record_id = names.record_id(op.record_id)
+        desc = self._registry(txn, registry)
+        old = self._live_record(txn, registry, record_id)
+        if op.if_match is not None and op.if_match != old["change_id"]:
+            raise Conflict(
+                f"{registry}/{record_id} is at change {old['change_id']}, not {op.if_match}",
+                details={"current": old["change_id"]},
+            )
+        if op.fields is not None and op.patch is not None:
+            raise ValidationError("give either fields (replace) or patch (merge), not both")
+        version = op.schema if op.schema is not None else old["schema"]
+        kind = self._kind_for(desc, old["kind"], version)
+        desc.check_writer(self.key.did, self.delegates)
+        if op.fields is not None:
+            fields = dict(op.fields)
+        else:
+            fields = dict(old["fields"])
+            if version != old["schema"]:
+                fields = self.catalog.migrate(kind.name, fields, old["schema"], version)
+            if op.patch is not None:
+                if not isinstance(op.patch, Mapping):
+                    raise ValidationError("a merge patch must be a JSON object")
+                fields = merge_patch(fields, op.patch)
+        fields = _checked_fields(fields)
+        self.catalog.validate(kind.name, kind.version, fields)
+        tags = _checked_tags(op.tags) if op.tags is not None else None
+        links = _checked_links(op.links) if op.links is not None else None
+        self._special_checks(registry, record_id, kind.name, fields)
+        doc = self._doc_for_write(txn, batch, registry, record_id)
+        change = doc.update(fields=fields, schema=kind.version, tags=tags, links=links)
+        if change is None:
+            return WriteResult("unchanged", registry, record_id, old["change_id"], None, old)
+        env = self._seal(txn, registry, record_id, "update", kind, change, self.clock.tick())
+        seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor)
+        return WriteResult("updated", registry, record_id, env.id, seq, record)
+
+    def _delete(self, txn: lmdb.Transaction, batch: _Batch, op: Delete) -> WriteResult:
+        registry = names.registry_name(op.registry)
+        record_id = names.record_id(op.record_id)
+        desc = self._registry(txn, registry)
+        old = self._live_record(txn, registry, record_id)
+        if op.if_match is not None and op.if_match != old["change_id"]:
+            raise Conflict(f"{registry}/{record_id} is at change {old['change_id']}, not {op.if_match}",
+                           details={"current": old["change_id"]})
+        desc.check_writer(self.key.did, self.delegates)
+        kind = self.catalog.get(old["kind"], old["schema"])
+        doc = self._doc_for_write(txn, batch, registry, record_id)
+        change = doc.delete()
+        env = self._seal(txn, registry, record_id, "delete", kind, change, self.clock.tick())
+        seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor)
+        return WriteResult("deleted", registry, record_id, env.id, seq, record)
+
+    def _seal(self, txn: lmdb.Transaction, registry: str, record_id: str, op: str, kind: KindSchema,
+              change: Any, hlc: Hlc) -> Envelope:
+        seq, prev = self._head(txn, registry, self.key.did)
+        return seal(self.key, registry=registry, record=record_id, op=op, kind=kind.name,  # type: ignore[arg-type]
+                    schema=kind.version, seq=seq + 1, prev=prev, hlc=hlc, deps=list(change.deps),
+                    change_hash=change.hash, payload=change.raw_bytes)
+
+    # ------------------------------------------------------------ remote changes
+
+    def _remote(self, txn: lmdb.Transaction, batch: _Batch, op: Remote) -> IngestResult:
+        self.metrics["remote.received"] += 1
+        env = open_envelope(op.wire)
+        result = self._ingest(txn, batch, env, op.peer)
+        if result.status == "applied":
+            released = self._release(txn, batch, env, op.peer)
+            if released:
+                result = IngestResult("applied", result.change_id, result.feed_seq, released=tuple(released))
+        self.metrics[f"remote.{result.status}"] += 1
+        return result
+
+    def _ingest(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope, peer: str) -> IngestResult:
+        body = env.body
+        if txn.get(env.cid, db=self.store.db["changes"]) is not None:
+            return IngestResult("duplicate", env.id)
+        head_seq, head_cid = self._head(txn, body.registry, body.author)
+        if body.seq <= head_seq:
+            other = txn.get(key(body.registry, body.author, u64(body.seq)), db=self.store.db["chains"])
+            self._keep_evidence(txn, env, other)
+            raise Equivocation(
+                f"{body.author} signed two different changes with sequence {body.seq} in {body.registry}",
+                details={"seq": body.seq, "changes": [env.id, cid_to_str(other) if other else None]},
+            )
+        if body.seq > head_seq + 1:
+            return self._park(txn, env, b"c" + key(body.registry, body.author, u64(head_seq + 1), env.cid))
+        if body.prev != head_cid:
+            self._keep_evidence(txn, env, head_cid or None)
+            raise ChainBroken(f"change {body.seq} of {body.author} does not follow its change {head_seq}")
+        desc = self._registry(txn, body.registry)
+        if body.kind not in desc.kinds:
+            raise PolicyDenied(f"registry {body.registry} does not hold kind {body.kind!r}")
+        desc.check_writer(body.author, self.delegates)
+        am_hashes = self.store.db["am_hashes"]
+        if any(txn.get(key(body.registry, body.record, dep), db=am_hashes) is None for dep in body.deps):
+            return self._park(txn, env, b"r" + key(body.registry, body.record, env.cid))
+        old = records.get_record(self.store, txn, body.registry, body.record)
+        saved = txn.get(key(body.registry, body.record), db=self.store.db["docs"])
+        before = RecordDoc.load(saved).heads() if saved else []
+        doc = RecordDoc.apply(saved, body.payload)
+        self._check_applied(env, doc, before)
+        self.clock.observe(env.hlc)
+        seq, _ = self._commit(txn, batch, env, doc, old, origin=peer, requested_by=None)
+        return IngestResult("applied", env.id, seq)
+
+    def _check_applied(self, env: Envelope, doc: RecordDoc, before: list[bytes]) -> None:
+        body = env.body
+        new = doc.changes_since(before)
+        if len(new) != 1 or new[0].hash != body.change_hash:
+            raise MalformedInput("the envelope's payload is not the one change its change_hash names")
+        change = new[0]
+        if change.actor_id != actor_for(public_key_from_did(body.author)):
+            raise PolicyDenied("the Automerge change was made under another author's actor id")
+        if sorted(change.deps) != sorted(body.deps):
+            raise MalformedInput("the envelope's deps differ from its change's deps")
+        state = doc.materialize()
+        if state.get("kind") != body.kind:
+            raise ValidationError(f"change turns a {state.get('kind')!r} record into {body.kind!r}; kinds are fixed")
+        schema = state.get("schema")
+        kind = self.catalog.get(body.kind, schema if isinstance(schema, int) else None)
+        self.catalog.validate(kind.name, kind.version, state.get("fields"))
+        if not isinstance(state.get("owner"), str):
+            raise ValidationError("record has no owner")
+
+    def _park(self, txn: lmdb.Transaction, env: Envelope, waiting_key: bytes) -> IngestResult:
+        pending = self.store.db["pending"]
+        if txn.get(env.cid, db=pending) is None:
+            if txn.stat(pending)["entries"] >= MAX_PENDING:
+                raise MissingDependencies(f"{MAX_PENDING} changes already wait for dependencies; resend later")
+            txn.put(env.cid, env.wire, db=pending)
+            self.metrics["remote.parked"] += 1
+        txn.put(waiting_key, env.cid, db=self.store.db["waiting"])
+        return IngestResult("pending", env.id)
+
+    def _release(self, txn: lmdb.Transaction, batch: _Batch, first: Envelope, peer: str) -> list[str]:
+        """Apply parked changes that waited for ``first`` (and, transitively, for those)."""
+        released: list[str] = []
+        work = [first]
+        waiting, pending = self.store.db["waiting"], self.store.db["pending"]
+        while work:
+            body = work.pop().body
+            chain_prefix = b"c" + key(body.registry, body.author, u64(body.seq)) + b"\x00"
+            record_prefix = b"r" + key(body.registry, body.record) + b"\x00"
+            keys = [k for k, _ in self.store.iter_prefix(txn, "waiting", chain_prefix)]
+            keys += [k for k, _ in self.store.iter_prefix(txn, "waiting", record_prefix)]
+            for wkey in keys:
+                cid = txn.get(wkey, db=waiting)
+                if cid is None:
+                    continue
+                txn.delete(wkey, db=waiting)
+                wire = txn.get(cid, db=pending)
+                if wire is None:
+                    continue
+                txn.delete(cid, db=pending)
+                try:
+                    env = open_envelope(wire, verify=False)  # verified when parked
+                    result = self._ingest(txn, batch, env, peer)
+                except RegistryError as exc:
+                    self.metrics[f"rejected.{exc.code}"] += 1
+                    continue
+                if result.status == "applied":
+                    released.append(env.id)
+                    work.append(env)
+        return released
+
+    def _keep_evidence(self, txn: lmdb.Transaction, env: Envelope, other_cid: bytes | None) -> None:
+        evidence = self.store.db["evidence"]
+        body = env.body
+        txn.put(key(body.registry, body.author, u64(body.seq), env.cid), env.wire, db=evidence)
+        if other_cid:
+            other = txn.get(other_cid, db=self.store.db["changes"])
+            if other is not None:
+                txn.put(key(body.registry, body.author, u64(body.seq), other_cid), other, db=evidence)
+
+    # ------------------------------------------------------------ commit (shared)
+
+    def _commit(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope, doc: RecordDoc,
+                old: dict[str, Any] | None, *, origin: str, requested_by: str | None) -> tuple[int, dict[str, Any]]:
+        db = self.store.db
+        body = env.body
+        reg, rec = body.registry, body.record
+        txn.put(env.cid, env.wire, db=db["changes"])
+        txn.put(key(reg, body.author, u64(body.seq)), env.cid, db=db["chains"])
+        txn.put(key(reg, body.author), pack([body.seq, env.cid]), db=db["heads"])
+        self._chain_heads[(reg, body.author)] = (body.seq, env.cid)
+        txn.put(key(reg, rec), doc.save(), db=db["docs"])
+        batch.docs[(reg, rec)] = doc
+        txn.put(key(reg, rec, body.change_hash), env.cid, db=db["am_hashes"])
+        record = self._materialized(doc, env, old)
+        records.put_record(self.store, txn, old, record)
+        self._batch_feed_seq += 1
+        seq = self._batch_feed_seq
+        feed.append(self.store, txn, feed.FeedEvent(seq, feed.EVENT_TYPES[body.op], reg, rec, body.kind, env.id,
+                                                    body.author, body.hlc, origin))
+        records.add_history(self.store, txn, reg, rec, seq, env.cid)
+        reason = "local write" if origin == "local" else f"replicated from {origin}"
+        if requested_by:
+            reason += f" for {requested_by}"
+        self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action=body.op, target=f"{reg}/{rec}",
+                          reason=reason, before=record_digest(old), after=record_digest(record), change=env.id)
+        batch.committed.envelopes.append(env.wire)
+        batch.committed.feed_seqs.append(seq)
+        if origin == "local":
+            batch.committed.local_envelopes.append(env.wire)
+        self.metrics[f"write.{body.op}"] += 1
+        if reg == regs.REGISTRY_OF_REGISTRIES:
+            self._registry_cache.pop(rec, None)
+        elif reg == regs.KINDS_REGISTRY and not record["deleted"]:
+            self._register_kind(record["fields"])
+        return seq, record
+
+    def _materialized(self, doc: RecordDoc, env: Envelope, old: dict[str, Any] | None) -> dict[str, Any]:
+        state = doc.materialize()
+        body = env.body
+        created = state.get("created") if isinstance(state.get("created"), dict) else {}
+        latest = (tuple(body.hlc), env.id)
+        if old is not None and (tuple(old["updated_hlc"]), old["change_id"]) > latest:
+            updated_hlc, updated_by, change_id = old["updated_hlc"], old["updated_by"], old["change_id"]
+        else:
+            updated_hlc, updated_by, change_id = list(body.hlc), body.author, env.id
+        return {
+            "registry": body.registry,
+            "id": body.record,
+            "kind": state.get("kind"),
+            "schema": state.get("schema"),
+            "owner": state.get("owner"),
+            "tags": state["tags"],
+            "links": state["links"],
+            "fields": state["fields"],
+            "deleted": bool(state["deleted"]),
+            "created_at": created.get("at"),
+            "created_by": created.get("by"),
+            "updated_at": updated_hlc[0],
+            "updated_hlc": updated_hlc,
+            "updated_by": updated_by,
+            "change_id": change_id,
+            "revision": (old["revision"] if old else 0) + 1,
+        }
+
+    # ------------------------------------------------------------ lookups
+
+    def _head(self, txn: lmdb.Transaction, registry: str, author: str) -> tuple[int, bytes]:
+        cached = self._chain_heads.get((registry, author))
+        if cached is not None:
+            return cached
+        raw = txn.get(key(registry, author), db=self.store.db["heads"])
+        head = (0, b"") if raw is None else tuple(unpack(raw))
+        self._chain_heads[(registry, author)] = head  # type: ignore[assignment]
+        return head  # type: ignore[return-value]
+
+    def _registry(self, txn: lmdb.Transaction, name: str) -> regs.RegistryDescriptor:
+        builtin = regs.BUILTINS.get(name)
+        if builtin is not None:
+            return builtin
+        cached = self._registry_cache.get(name)
+        if cached is not None:
+            return cached
+        record = records.get_record(self.store, txn, regs.REGISTRY_OF_REGISTRIES, name)
+        if record is None or record["deleted"]:
+            raise regs.unknown_registry(name)
+        desc = regs.descriptor_from_record(record)
+        self._registry_cache[name] = desc
+        return desc
+
+    def _kind_for(self, desc: regs.RegistryDescriptor, kind: str, version: int | None) -> KindSchema:
+        names.kind_name(kind)
+        if kind not in desc.kinds:
+            raise ValidationError(
+                f"registry {desc.name} holds kinds {list(desc.kinds)}, not {kind!r}",
+                details=[{"path": "kind", "message": f"not one of {list(desc.kinds)}"}],
+            )
+        return self.catalog.get(kind, version)
+
+    def _live_record(self, txn: lmdb.Transaction, registry: str, record_id: str) -> dict[str, Any]:
+        self._registry(txn, registry)
+        record = records.get_record(self.store, txn, registry, record_id)
+        if record is None or record["deleted"]:
+            raise NotFound(f"no record {registry}/{record_id}" + (" (it was deleted)" if record else ""))
+        return record
+
+    def _doc_for_write(self, txn: lmdb.Transaction, batch: _Batch, registry: str, record_id: str) -> RecordDoc:
+        doc = batch.docs.get((registry, record_id))
+        if doc is None:
+            saved = txn.get(key(registry, record_id), db=self.store.db["docs"])
+            if saved is None:
+                raise NotFound(f"no document for {registry}/{record_id}")
+            doc = RecordDoc.load(saved)
+            batch.docs[(registry, record_id)] = doc
+        doc.fork_with_actor(self.actor)
+        return doc
+
+    def _special_checks(self, registry: str, record_id: str, kind: str, fields: Mapping[str, Any]) -> None:
+        if registry == regs.REGISTRY_OF_REGISTRIES:
+            regs.check_new_descriptor(record_id, fields, self.catalog)
+        elif registry == regs.KINDS_REGISTRY:
+            expected = f"{fields.get('name')}.v{fields.get('version')}"
+            if record_id != expected:
+                raise ValidationError(f"a kind definition's id must be NAME.vVERSION ({expected!r})")
+            self._register_kind(fields, dry_run=True)
+
+    def _register_kind(self, fields: Mapping[str, Any], dry_run: bool = False) -> None:
+        kind = KindSchema(name=fields["name"], version=int(fields["version"]),
+                          registry=fields.get("registry", ""), schema=fields["schema"],
+                          description=fields.get("description", ""), builtin=False)
+        if dry_run:
+            try:
+                existing = self.catalog.get(kind.name, kind.version)
+            except RegistryError:
+                existing = None
+            if existing is not None and existing.builtin:
+                raise ValidationError(f"kind {kind.name} v{kind.version} is built in")
+            if existing is not None and dict(existing.schema) != dict(kind.schema):
+                raise Conflict(f"kind {kind.name} v{kind.version} is already defined differently")
+            from jsonschema import Draft202012Validator, SchemaError
+
+            try:
+                Draft202012Validator.check_schema(kind.schema)
+            except SchemaError as exc:
+                raise ValidationError(f"kind {kind.name}: not a valid JSON Schema: {exc.message}") from None
+            return
+        self.catalog.register(kind)
+
+    def _load_user_kinds(self) -> None:
+        with self.store.read() as txn:
+            for record in records.iter_records(self.store, txn, registry=regs.KINDS_REGISTRY):
+                if not record["deleted"]:
+                    try:
+                        self._register_kind(record["fields"])
+                    except RegistryError:
+                        self.metrics["kinds.unloadable"] += 1
+
+    # ------------------------------------------------------------ replication reads
+
+    def version_vector(self, registry: str | None = None) -> dict[str, dict[str, int]]:
+        """registry -> author -> highest contiguous sequence held here."""
+        out: dict[str, dict[str, int]] = {}
+        with self.store.read() as txn:
+            prefix = b"" if registry is None else registry.encode() + b"\x00"
+            for k, v in self.store.iter_prefix(txn, "heads", prefix):
+                reg, author = k.split(b"\x00", 1)
+                out.setdefault(reg.decode(), {})[author.decode()] = unpack(v)[0]
+        return out
+
+    def envelopes_after(self, registry: str, author: str, after_seq: int, *, limit: int = 1000,
+                        max_bytes: int = 4 * 2**20) -> list[bytes]:
+        """The author's changes in ``registry`` with seq > after_seq, in chain order, bounded."""
+        out: list[bytes] = []
+        size = 0
+        with self.store.read() as txn:
+            prefix = key(registry, author) + b"\x00"
+            changes = self.store.db["changes"]
+            for _, cid in self.store.iter_prefix(txn, "chains", prefix, start=prefix + u64(after_seq + 1)):
+                wire = txn.get(cid, db=changes)
+                if wire is None:
+                    continue
+                if out and size + len(wire) > max_bytes:
+                    break
+                out.append(wire)
+                size += len(wire)
+                if len(out) >= limit:
+                    break
+        return out
+
+
+# ------------------------------------------------------------ input checks
+
+
+def _checked_fields(fields: Any) -> dict[str, Any]:
+    if not isinstance(fields, Mapping):
+        raise ValidationError("record fields must be a JSON object",
+                              details=[{"path": "", "message": "not an object"}])
+    try:
+        size = len(msgpack.packb(fields, use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValidationError(f"record fields are not JSON values: {exc}") from None
+    if size > limits.MAX_RECORD_BYTES:
+        raise TooLarge(f"record fields take {size} bytes; the cap is {limits.MAX_RECORD_BYTES}")
+    return dict(fields)
+
+
+def _checked_tags(tags: Iterable[str]) -> list[str]:
+    out = sorted({names.tag(t) for t in tags})
+    if len(out) > limits.MAX_TAGS:
+        raise ValidationError(f"{len(out)} tags exceed the cap of {limits.MAX_TAGS}")
+    return out
+
+
+def _checked_links(links: Iterable[Mapping[str, str]]) -> list[dict[str, str]]:
+    out = []
+    for link in links:
+        if not isinstance(link, Mapping) or set(link) != {"rel", "registry", "record"}:
+            raise ValidationError("a link is {rel, registry, record}")
+        names.tag(link["rel"])
+        names.registry_name(link["registry"])
+        names.record_id(link["record"])
+        out.append({"rel": link["rel"], "registry": link["registry"], "record": link["record"]})
+    if len(out) > limits.MAX_LINKS:
+        raise ValidationError(f"{len(out)} links exceed the cap of {limits.MAX_LINKS}")
+    return out
+
+
+def _target_of(op: Operation) -> tuple[str, str]:
+    if isinstance(op, (Update, Delete)):
+        return (str(op.registry), str(op.record_id))
+    if isinstance(op, Put):
+        return (str(op.registry), str(op.record_id or ""))
+    return ("", "")
+
+
+def _actor_of(op: Operation, default: str) -> str:
+    if isinstance(op, Remote):
+        return f"peer:{op.peer}"
+    return getattr(op, "actor", None) or default
+
+
+def _try_id(wire: bytes) -> str | None:
+    from registrygrid.protocol.envelope import change_id
+
+    return cid_to_str(change_id(wire)) if isinstance(wire, bytes | bytearray) else None

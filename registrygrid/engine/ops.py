@@ -1,0 +1,122 @@
+"""What can be asked of the write path, and what it answers.
+
+Local operations (Put, Update, Delete) come from the SDK, the CLI and the
+HTTP bridge; Remote carries an envelope from a peer; AuditNote records an
+access or a denial that made no change. All go through ``Engine.execute``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from registrygrid.errors import RegistryError
+
+
+@dataclass(frozen=True)
+class Link:
+    rel: str
+    registry: str
+    record: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"rel": self.rel, "registry": self.registry, "record": self.record}
+
+
+@dataclass(frozen=True)
+class Put:
+    """Create a record (or bring a deleted one back)."""
+
+    registry: str
+    kind: str
+    fields: Mapping[str, Any]
+    record_id: str | None = None
+    tags: Sequence[str] = ()
+    links: Sequence[Mapping[str, str]] = ()
+    schema: int | None = None  # the kind's latest version when None
+    actor: str | None = None  # who asked (token name, CLI user); the node signs
+
+
+@dataclass(frozen=True)
+class Update:
+    """Change a record: ``fields`` replaces all fields, ``patch`` merges
+    (RFC 7386: null deletes a key); ``tags``/``links`` replace when given.
+    ``if_match`` (a change ID) refuses the update if the record moved on."""
+
+    registry: str
+    record_id: str
+    fields: Mapping[str, Any] | None = None
+    patch: Mapping[str, Any] | None = None
+    tags: Sequence[str] | None = None
+    links: Sequence[Mapping[str, str]] | None = None
+    schema: int | None = None  # migrate the record to this version
+    if_match: str | None = None
+    actor: str | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    registry: str
+    record_id: str
+    if_match: str | None = None
+    actor: str | None = None
+
+
+@dataclass(frozen=True)
+class Remote:
+    wire: bytes
+    peer: str = "unknown"
+
+
+@dataclass(frozen=True)
+class AuditNote:
+    """An audit entry with no change: reads through the API, denials at the edge."""
+
+    action: str  # "read" or "deny"
+    actor: str
+    target: str
+    reason: str = ""
+
+
+Operation = Put | Update | Delete | Remote | AuditNote
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    status: str  # created | updated | deleted | unchanged
+    registry: str
+    record_id: str
+    change_id: str | None
+    feed_seq: int | None
+    record: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "registry": self.registry,
+            "id": self.record_id,
+            "change_id": self.change_id,
+            "feed_seq": self.feed_seq,
+        }
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    status: str  # applied | duplicate | pending | rejected
+    change_id: str | None
+    feed_seq: int | None = None
+    error: RegistryError | None = None
+    released: tuple[str, ...] = ()  # pending changes this one let through
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What one batch added, for whoever publishes it (gossip, SSE)."""
+
+    envelopes: list[bytes] = field(default_factory=list)  # wire bytes, in feed order
+    feed_seqs: list[int] = field(default_factory=list)
+    local_envelopes: list[bytes] = field(default_factory=list)
+
+
+Outcome = WriteResult | IngestResult | RegistryError | None

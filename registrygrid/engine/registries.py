@@ -1,0 +1,104 @@
+"""Registry descriptors: which kinds a registry holds and who may write it.
+
+Built-in registries are described in code (``schemas.BUILTIN_REGISTRIES``);
+every other registry is a record of kind ``registry`` in ``grid.registries``
+whose id is the registry's name, so descriptors are signed, versioned and
+replicated like any record: the registry of registries is a registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from registrygrid.errors import PolicyDenied, UnknownRegistry, ValidationError
+from registrygrid.schemas import BUILTIN_REGISTRIES, SchemaCatalog
+
+REGISTRY_OF_REGISTRIES = "grid.registries"
+KINDS_REGISTRY = "grid.kinds"
+
+WRITE_POLICIES = ("open", "owner", "members")
+CONFLICT_POLICIES = ("crdt", "last-writer-wins", "owner-wins", "manual")
+
+
+@dataclass(frozen=True)
+class RegistryDescriptor:
+    name: str
+    kinds: tuple[str, ...]
+    owner: str | None  # did:key; None for built-ins (anyone may write them)
+    write_policy: str = "open"
+    conflict_policy: str = "crdt"
+    replication: str = "federation"
+    description: str = ""
+    builtin: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kinds": list(self.kinds),
+            "owner": self.owner,
+            "write_policy": self.write_policy,
+            "conflict_policy": self.conflict_policy,
+            "replication": self.replication,
+            "description": self.description,
+            "builtin": self.builtin,
+        }
+
+    def check_writer(self, author: str, delegates: Mapping[str, frozenset[str]]) -> None:
+        """May ``author`` write here? ``delegates`` maps an org to the keys
+        it delegated to (its nodes and members).
+
+        open: any valid signature. owner and members: the owner and the keys
+        the owner delegated to. (members will widen to the federation's
+        admitted members once the federation registry lands; until then it
+        is as strict as owner, never looser.)"""
+        if self.write_policy == "open" or self.owner is None:
+            return
+        if author == self.owner or author in delegates.get(self.owner, frozenset()):
+            return
+        raise PolicyDenied(
+            f"registry {self.name} is writable by its owner only ({self.write_policy} policy); "
+            f"{author} is not the owner or one of its delegates"
+        )
+
+
+BUILTINS: dict[str, RegistryDescriptor] = {
+    r.name: RegistryDescriptor(name=r.name, kinds=tuple(r.kinds), owner=None, description=r.description,
+                               builtin=True)
+    for r in BUILTIN_REGISTRIES
+}
+
+
+def descriptor_from_record(record: Mapping[str, Any]) -> RegistryDescriptor:
+    fields = record["fields"]
+    replication = fields.get("replication") or {}
+    return RegistryDescriptor(
+        name=record["id"],
+        kinds=tuple(fields.get("kinds") or ()),
+        owner=record["owner"],
+        write_policy=fields.get("write_policy", "open"),
+        conflict_policy=fields.get("conflict_policy", "crdt"),
+        replication=replication.get("scope", "federation") if isinstance(replication, Mapping) else "federation",
+        description=fields.get("description", ""),
+    )
+
+
+def check_new_descriptor(record_id: str, fields: Mapping[str, Any], catalog: SchemaCatalog) -> None:
+    """Rules a registry descriptor must meet beyond its JSON Schema."""
+    if record_id in BUILTINS:
+        raise ValidationError(f"{record_id} is a built-in registry")
+    if fields.get("name", record_id) != record_id:
+        raise ValidationError(f"descriptor name {fields.get('name')!r} must equal its record id {record_id!r}")
+    kinds = fields.get("kinds") or []
+    if not kinds:
+        raise ValidationError("a registry must hold at least one kind", details=[{"path": "/kinds", "message": "empty"}])
+    for kind in kinds:
+        catalog.get(kind)  # UnknownKind names the known ones
+
+
+def unknown_registry(name: str) -> UnknownRegistry:
+    return UnknownRegistry(
+        f"no registry named {name!r}; create it with `rgrid registry create {name} --kind KIND` "
+        f"or list them with `rgrid registry list`"
+    )

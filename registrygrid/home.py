@@ -1,0 +1,196 @@
+"""A node's home directory: keys, org membership, config, store, and the lock.
+
+    HOME/
+      config.json        node settings (listen addresses, bootstrap peers, bridge)
+      keys/node.key      the node's Ed25519 seed (mode 0600)
+      keys/org.key       the org's seed, when the org key lives here (0600)
+      org.json           the org's did:key and its signed delegation for this node
+      store/             the LMDB environment
+      node.lock          held (flock) by the one process that writes the store
+
+The home is ``--home``, else ``$RGRID_HOME``, else ``~/.registrygrid``.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from registrygrid.errors import HomeLocked, NotInitialized, ValidationError
+from registrygrid.identity.delegation import Delegation, decode_delegation, sign_delegation, verify_delegation
+from registrygrid.identity.keys import KeyPair
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    # Loopback by default: a node joins a federation on purpose, with --listen.
+    "listen": ["/ip4/127.0.0.1/tcp/4001"],
+    "bootstrap": [],
+    "federation": "default",
+    "bridge": {"host": "127.0.0.1", "port": 8700},
+}
+
+
+def default_home() -> Path:
+    env = os.environ.get("RGRID_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".registrygrid"
+
+
+def _write_secret(path: Path, data: str) -> None:
+    """Create a file only its owner can read; refuse to overwrite one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ValidationError(f"{path} already exists; refusing to overwrite a key") from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(data)
+
+
+def write_key_file(path: Path, key: KeyPair) -> None:
+    _write_secret(path, json.dumps({"type": "ed25519", "did": key.did, "seed": key.seed.hex()}) + "\n")
+
+
+def read_key_file(path: Path) -> KeyPair:
+    try:
+        data = json.loads(path.read_text())
+        key = KeyPair(bytes.fromhex(data["seed"]))
+    except FileNotFoundError:
+        raise NotInitialized(f"no key at {path}; run `rgrid init`") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValidationError(f"{path} is not a RegistryGrid key file: {exc}") from None
+    if data.get("did") not in (None, key.did):
+        raise ValidationError(f"{path}: its did does not match its seed")
+    return key
+
+
+@dataclass(frozen=True)
+class OrgMembership:
+    org: str  # did:key
+    name: str
+    delegation: Delegation
+
+
+class Home:
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path).expanduser() if path is not None else default_home()
+        self._lock_fd: int | None = None
+
+    @property
+    def store_path(self) -> Path:
+        return self.path / "store"
+
+    @property
+    def node_key_path(self) -> Path:
+        return self.path / "keys" / "node.key"
+
+    @property
+    def org_key_path(self) -> Path:
+        return self.path / "keys" / "org.key"
+
+    def exists(self) -> bool:
+        return self.node_key_path.exists()
+
+    def init(self, *, org_name: str = "", org_key_file: Path | None = None) -> dict[str, Any]:
+        """Create the home: node key, org key (new, or an existing one's
+        file), a signed delegation org -> node, default config."""
+        if self.exists():
+            raise ValidationError(f"{self.path} is already initialised (node key exists); refusing to overwrite")
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        node_key = KeyPair.generate()
+        write_key_file(self.node_key_path, node_key)
+        if org_key_file is not None:
+            org_key = read_key_file(Path(org_key_file))
+            org_source = str(org_key_file)
+        else:
+            org_key = KeyPair.generate()
+            write_key_file(self.org_key_path, org_key)
+            org_source = str(self.org_key_path)
+        delegation = sign_delegation(org_key, node_key.did, ["node", "writer"])
+        (self.path / "org.json").write_text(json.dumps({
+            "org": org_key.did,
+            "name": org_name,
+            "key_file": org_source,
+            "delegation": base64.b64encode(delegation.encode()).decode(),
+        }, indent=2) + "\n")
+        if not (self.path / "config.json").exists():
+            (self.path / "config.json").write_text(json.dumps(DEFAULT_CONFIG, indent=2) + "\n")
+        return {"home": str(self.path), "node": node_key.did, "org": org_key.did}
+
+    def node_key(self) -> KeyPair:
+        return read_key_file(self.node_key_path)
+
+    def org(self) -> OrgMembership | None:
+        path = self.path / "org.json"
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        delegation = decode_delegation(base64.b64decode(data["delegation"]))
+        return OrgMembership(org=data["org"], name=data.get("name", ""), delegation=delegation)
+
+    def verified_org(self) -> OrgMembership | None:
+        membership = self.org()
+        if membership is not None:
+            verify_delegation(membership.delegation, org=membership.org, subject=self.node_key().did, role="node")
+        return membership
+
+    def config(self) -> dict[str, Any]:
+        path = self.path / "config.json"
+        merged = json.loads(json.dumps(DEFAULT_CONFIG))
+        if path.exists():
+            try:
+                merged.update(json.loads(path.read_text()))
+            except json.JSONDecodeError as exc:
+                raise ValidationError(f"{path} is not valid JSON: {exc}") from None
+        return merged
+
+    def require(self) -> None:
+        if not self.exists():
+            raise NotInitialized(f"{self.path} is not a RegistryGrid home; run `rgrid init --home {self.path}`")
+
+    # ---- the writer lock ----
+
+    def lock(self, owner: str = "") -> None:
+        """Take the home's writer lock, or raise HomeLocked naming the holder."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / "node.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 256).decode(errors="replace").strip()
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise HomeLocked(
+                    f"{self.path} is in use by another process ({holder or 'unknown'}); "
+                    "stop it first, or use `rgrid` commands, which talk to the running node"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} {owner}".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def lock_holder(self) -> str | None:
+        """Who holds the lock, or None if nobody does."""
+        path = self.path / "node.lock"
+        if not path.exists():
+            return None
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return os.read(fd, 256).decode(errors="replace").strip() or "unknown"
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)

@@ -1,0 +1,353 @@
+"""The Python SDK for apps that embed a RegistryGrid store.
+
+    import registrygrid
+    with registrygrid.open("~/.registrygrid") as grid:
+        result = grid.put("grid.functions", "function", {"name": "resize", ...}, tags=["image"])
+        record = grid.get("grid.functions", result.record_id)
+
+Every method raises a typed ``registrygrid.errors.RegistryError`` on bad input
+or refusal. Writes are durable when the method returns. ``put_many`` and
+``execute`` commit many operations in one transaction (one fsync), which is
+how bulk loads should be done.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from registrygrid.engine import registries as regs
+from registrygrid.engine.engine import Engine
+from registrygrid.engine.ops import AuditNote, Delete, Operation, Outcome, Put, Update, WriteResult
+from registrygrid.engine.verify import VerifyReport, verify_store
+from registrygrid.errors import NotFound, RegistryError, ValidationError
+from registrygrid.home import Home
+from registrygrid.identity.delegation import verify_delegation
+from registrygrid.identity.keys import KeyPair
+from registrygrid.protocol import names
+from registrygrid.protocol.envelope import cid_to_str, open_envelope
+from registrygrid.schemas import KindSchema, SchemaCatalog
+from registrygrid.storage import feed, records
+from registrygrid.storage.audit import AuditEntry, AuditLedger
+from registrygrid.storage.feed import FeedEvent
+from registrygrid.storage.store import Store, pack, unpack
+
+# A page of a listing; bigger pages are refused rather than silently cut so
+# a client never mistakes a truncated page for the end.
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def encode_cursor(registry: str, record_id: str) -> str:
+    return base64.urlsafe_b64encode(pack([registry, record_id])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        registry, record_id = unpack(base64.urlsafe_b64decode(padded))
+        return str(registry), str(record_id)
+    except Exception:
+        raise ValidationError(f"invalid cursor {cursor!r}") from None
+
+
+def _raise_if_error(outcome: Outcome) -> Any:
+    if isinstance(outcome, RegistryError):
+        raise outcome
+    return outcome
+
+
+def matches_where(record: Mapping[str, Any], where: Sequence[tuple[str, str, Any]]) -> bool:
+    """Field filters: (dotted path into fields, op, value); op is one of
+    eq ne lt le gt ge contains. Values of another type never match a range."""
+    for path, op, value in where:
+        current: Any = record.get("fields", {})
+        for part in path.split("."):
+            if isinstance(current, Mapping) and part in current:
+                current = current[part]
+            else:
+                current = _MISSING
+                break
+        if not _compare(current, op, value):
+            return False
+    return True
+
+
+_MISSING = object()
+
+
+def _compare(current: Any, op: str, value: Any) -> bool:
+    if op == "eq":
+        return current is not _MISSING and current == value
+    if op == "ne":
+        return current is _MISSING or current != value
+    if op == "contains":
+        return isinstance(current, (list, str)) and value in current
+    if current is _MISSING or isinstance(current, bool) or isinstance(value, bool):
+        return False
+    numeric = (int, float)
+    if not ((isinstance(current, numeric) and isinstance(value, numeric))
+            or (isinstance(current, str) and isinstance(value, str))):
+        return False
+    if op == "lt":
+        return current < value
+    if op == "le":
+        return current <= value
+    if op == "gt":
+        return current > value
+    if op == "ge":
+        return current >= value
+    raise ValidationError(f"unknown filter operator {op!r}; use eq ne lt le gt ge contains")
+
+
+class LocalRegistry:
+    """A store opened in this process: the engine for writes, LMDB for reads."""
+
+    def __init__(self, store: Store, engine: Engine, home: Home | None = None) -> None:
+        self.store = store
+        self.engine = engine
+        self.home = home
+
+    # ---- lifecycle ----
+
+    @classmethod
+    def open_home(cls, home: str | Path | Home | None = None, *, lock: bool = True) -> LocalRegistry:
+        home = home if isinstance(home, Home) else Home(home)
+        home.require()
+        if lock:
+            home.lock("sdk")
+        try:
+            key = home.node_key()
+            membership = home.verified_org()
+            store = Store(home.store_path)
+            engine = Engine(store, key, SchemaCatalog(), owner=membership.org if membership else None)
+            if membership is not None:
+                engine.delegates[membership.org] = frozenset({key.did})
+        except BaseException:
+            home.unlock()
+            raise
+        return cls(store, engine, home)
+
+    @classmethod
+    def open_path(cls, path: str | Path, key: KeyPair | None = None, *, owner: str | None = None) -> LocalRegistry:
+        """A bare store without a home (tests, simulations, tools)."""
+        store = Store(path)
+        return cls(store, Engine(store, key or KeyPair.generate(), SchemaCatalog(), owner=owner))
+
+    def close(self) -> None:
+        with self.store.write() as txn:
+            self.engine.audit.finish_batch(txn, self.engine.key, self.engine.now_ms(), force=True)
+        self.store.close()
+        if self.home is not None:
+            self.home.unlock()
+
+    def __enter__(self) -> LocalRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writes ----
+
+    def execute(self, ops: Sequence[Operation]) -> list[Outcome]:
+        """Many operations, one transaction; each answered on its own."""
+        return self.engine.execute(ops)
+
+    def put(self, registry: str, kind: str, fields: Mapping[str, Any], *, id: str | None = None,
+            tags: Sequence[str] = (), links: Sequence[Mapping[str, str]] = (), schema: int | None = None,
+            actor: str | None = None) -> WriteResult:
+        return _raise_if_error(self.engine.execute([Put(registry, kind, fields, id, tags, links, schema, actor)])[0])
+
+    def put_many(self, puts: Sequence[Put]) -> list[WriteResult | RegistryError]:
+        return self.engine.execute(puts)  # type: ignore[return-value]
+
+    def update(self, registry: str, id: str, *, fields: Mapping[str, Any] | None = None,
+               patch: Mapping[str, Any] | None = None, tags: Sequence[str] | None = None,
+               links: Sequence[Mapping[str, str]] | None = None, schema: int | None = None,
+               if_match: str | None = None, actor: str | None = None) -> WriteResult:
+        op = Update(registry, id, fields, patch, tags, links, schema, if_match, actor)
+        return _raise_if_error(self.engine.execute([op])[0])
+
+    def delete(self, registry: str, id: str, *, if_match: str | None = None, actor: str | None = None) -> WriteResult:
+        return _raise_if_error(self.engine.execute([Delete(registry, id, if_match, actor)])[0])
+
+    def audit_note(self, action: str, actor: str, target: str, reason: str = "") -> None:
+        self.engine.execute([AuditNote(action, actor, target, reason)])
+
+    # ---- reads ----
+
+    def get(self, registry: str, id: str, *, include_deleted: bool = False) -> dict[str, Any]:
+        names.registry_name(registry)
+        names.record_id(id)
+        with self.store.read() as txn:
+            record = records.get_record(self.store, txn, registry, id)
+            if record is None and registry not in regs.BUILTINS:
+                self._require_registry(txn, registry)
+        if record is None or (record["deleted"] and not include_deleted):
+            raise NotFound(f"no record {registry}/{id}" + (" (it was deleted)" if record else ""))
+        return record
+
+    def list(self, registry: str | None = None, *, kind: str | None = None, tag: str | None = None,
+             owner: str | None = None, where: Sequence[tuple[str, str, Any]] = (), limit: int = 100,
+             cursor: str | None = None, include_deleted: bool = False) -> Page:
+        """Records in (registry, id) order; ``cursor`` resumes after the last
+        item of the previous page, so pages stay stable under concurrent inserts."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValidationError(f"limit must be between 1 and {MAX_PAGE}")
+        if registry is not None:
+            names.registry_name(registry)
+        after = decode_cursor(cursor) if cursor else None
+        items: list[dict[str, Any]] = []
+        more = False
+        with self.store.read() as txn:
+            if registry is not None and registry not in regs.BUILTINS:
+                self._require_registry(txn, registry)
+            for record in records.iter_records(self.store, txn, registry=registry, kind=kind, owner=owner,
+                                               tag=tag, after=after):
+                if record["deleted"] and not include_deleted:
+                    continue
+                if where and not matches_where(record, where):
+                    continue
+                if len(items) == limit:
+                    more = True
+                    break
+                items.append(record)
+        next_cursor = encode_cursor(items[-1]["registry"], items[-1]["id"]) if more and items else None
+        return Page(items, next_cursor)
+
+    def iter_all(self, registry: str | None = None, **filters: Any) -> Iterator[dict[str, Any]]:
+        cursor = None
+        while True:
+            page = self.list(registry, cursor=cursor, limit=MAX_PAGE, **filters)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def history(self, registry: str, id: str) -> list[dict[str, Any]]:
+        """Every change of a record in the order this node accepted them."""
+        names.registry_name(registry)
+        names.record_id(id)
+        out = []
+        with self.store.read() as txn:
+            for feed_seq, cid in records.history(self.store, txn, registry, id):
+                wire = txn.get(cid, db=self.store.db["changes"])
+                body = open_envelope(wire, verify=False).body
+                out.append({"feed_seq": feed_seq, "change_id": cid_to_str(cid), "op": body.op,
+                            "author": body.author, "seq": body.seq, "hlc": list(body.hlc),
+                            "schema": body.schema, "size": len(wire)})
+        if not out:
+            raise NotFound(f"no record {registry}/{id}")
+        return out
+
+    def changes(self, since: int = 0, *, limit: int = 1000, registry: str | None = None,
+                kind: str | None = None) -> list[FeedEvent]:
+        if since < 0:
+            raise ValidationError("since must be >= 0")
+        if not 1 <= limit <= 10_000:
+            raise ValidationError("limit must be between 1 and 10000")
+        return feed.read(self.store, since=since, limit=limit, registry=registry, kind=kind)
+
+    def feed_head(self) -> int:
+        return feed.head(self.store)
+
+    def change(self, change_id: bytes) -> bytes | None:
+        with self.store.read() as txn:
+            return txn.get(change_id, db=self.store.db["changes"])
+
+    # ---- registries and kinds ----
+
+    def registries(self) -> list[dict[str, Any]]:
+        out = [desc.to_dict() for desc in regs.BUILTINS.values()]
+        with self.store.read() as txn:
+            for record in records.iter_records(self.store, txn, registry=regs.REGISTRY_OF_REGISTRIES):
+                if not record["deleted"]:
+                    out.append(regs.descriptor_from_record(record).to_dict())
+        return sorted(out, key=lambda d: d["name"])
+
+    def describe_registry(self, name: str) -> dict[str, Any]:
+        names.registry_name(name)
+        if name in regs.BUILTINS:
+            desc = regs.BUILTINS[name].to_dict()
+        else:
+            with self.store.read() as txn:
+                desc = self._require_registry(txn, name).to_dict()
+        with self.store.read() as txn:
+            count = sum(1 for r in records.iter_records(self.store, txn, registry=name) if not r["deleted"])
+        desc["records"] = count
+        return desc
+
+    def create_registry(self, name: str, kinds: Sequence[str], *, description: str = "",
+                        write_policy: str = "open", conflict_policy: str = "crdt",
+                        replication: str = "federation", actor: str | None = None) -> WriteResult:
+        fields = {"name": name, "description": description, "kinds": list(kinds), "write_policy": write_policy,
+                  "conflict_policy": conflict_policy, "replication": {"scope": replication}}
+        return self.put(regs.REGISTRY_OF_REGISTRIES, "registry", fields, id=name, actor=actor)
+
+    def kinds(self) -> list[KindSchema]:
+        return self.engine.catalog.kinds()
+
+    def register_kind(self, name: str, version: int, schema: Mapping[str, Any], *, registry: str = "",
+                      description: str = "", actor: str | None = None) -> WriteResult:
+        fields = {"name": name, "version": version, "schema": dict(schema), "description": description}
+        if registry:
+            fields["registry"] = registry
+        return self.put(regs.KINDS_REGISTRY, "kind", fields, id=f"{name}.v{version}", actor=actor)
+
+    def _require_registry(self, txn: Any, name: str) -> regs.RegistryDescriptor:
+        return self.engine._registry(txn, name)
+
+    # ---- integrity ----
+
+    def verify(self) -> VerifyReport:
+        return verify_store(self.store)
+
+    def audit_log(self, *, since: int = 0, limit: int = 100, reverse: bool = False) -> list[AuditEntry]:
+        return AuditLedger.entries(self.store, since=since, limit=limit, reverse=reverse)
+
+    def audit_verify(self) -> dict[str, Any]:
+        return AuditLedger.verify(self.store)
+
+    def identity(self) -> dict[str, Any]:
+        key = self.engine.key
+        out: dict[str, Any] = {"did": key.did, "peer_id": key.peer_id, "org": self.engine.owner}
+        if self.home is not None:
+            membership = self.home.org()
+            if membership is not None:
+                claims = verify_delegation(membership.delegation, subject=key.did)
+                out.update(org=membership.org, org_name=membership.name, roles=list(claims.roles),
+                           delegation_expires=claims.expires)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        out = self.store.stats()
+        out["feed_head"] = self.feed_head()
+        out.update({f"metric.{k}": v for k, v in sorted(self.engine.metrics.items())})
+        return out
+
+    def state_digest(self) -> str:
+        """A hash of every record's replicated content: equal on two nodes iff
+        they hold the same records in the same state."""
+        import hashlib
+
+        from registrygrid.engine.engine import _content
+
+        digest = hashlib.sha256()
+        with self.store.read() as txn:
+            for k, raw in txn.cursor(db=self.store.db["records"]):
+                digest.update(k)
+                digest.update(pack(_content(unpack(raw))))
+        return digest.hexdigest()
+
+
+def open(home: str | Path | Home | None = None) -> LocalRegistry:  # noqa: A001 - mirrors io.open
+    """Open the store of a home for this process (takes the home's writer lock)."""
+    return LocalRegistry.open_home(home)

@@ -1,0 +1,84 @@
+"""The changefeed: every accepted change, local or remote, in local order.
+
+Feed sequence numbers are this node's own (1, 2, 3 ...), dense and never
+reused, so a subscriber's cursor is one integer: "give me what came after N".
+Delivery is at-least-once: a subscriber that saves its cursor after handling
+an event may see that event again after a crash, never miss one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lmdb
+
+from registrygrid.storage.store import Store, u64, unpack, pack
+
+EVENT_TYPES = {"create": "created", "update": "updated", "delete": "deleted"}
+
+
+@dataclass(frozen=True)
+class FeedEvent:
+    seq: int
+    type: str  # created | updated | deleted
+    registry: str
+    record: str
+    kind: str
+    change: str  # change ID
+    author: str  # did:key
+    hlc: tuple[int, int]
+    origin: str  # "local" or the peer ID it came from
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "type": self.type,
+            "registry": self.registry,
+            "record": self.record,
+            "kind": self.kind,
+            "change": self.change,
+            "author": self.author,
+            "hlc": list(self.hlc),
+            "origin": self.origin,
+        }
+
+
+def last_seq(store: Store, txn: lmdb.Transaction) -> int:
+    cursor = txn.cursor(db=store.db["feed"])
+    if not cursor.last():
+        return 0
+    return int.from_bytes(cursor.key(), "big")
+
+
+def append(store: Store, txn: lmdb.Transaction, event: FeedEvent) -> None:
+    txn.put(
+        u64(event.seq),
+        pack([event.type, event.registry, event.record, event.kind, event.change, event.author,
+              list(event.hlc), event.origin]),
+        db=store.db["feed"],
+    )
+
+
+def read(store: Store, *, since: int = 0, limit: int = 1000, registry: str | None = None,
+         kind: str | None = None) -> list[FeedEvent]:
+    """Events with seq > since, oldest first, at most ``limit`` (after filtering)."""
+    out: list[FeedEvent] = []
+    with store.read() as txn:
+        cursor = txn.cursor(db=store.db["feed"])
+        if not cursor.set_range(u64(since + 1)):
+            return out
+        for raw_key, value in cursor:
+            etype, reg, rec, knd, change, author, hlc, origin = unpack(value)
+            if (registry is not None and reg != registry) or (kind is not None and knd != kind):
+                continue
+            out.append(FeedEvent(int.from_bytes(raw_key, "big"), etype, reg, rec, knd, change, author,
+                                 tuple(hlc), origin))
+            if len(out) >= limit:
+                break
+    return out
+
+
+def head(store: Store) -> int:
+    with store.read() as txn:
+        return last_seq(store, txn)

@@ -1,0 +1,120 @@
+"""Materialized records, their secondary indexes, and record history.
+
+A record's Automerge document is the truth; the materialized form (plain
+msgpack) is what reads and listings serve, so a read never loads Automerge.
+Both are written in the same transaction, so they never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import lmdb
+
+from registrygrid.storage.store import SEP, Store, from_u64, key, pack, u64, unpack
+
+
+def record_key(registry: str, record_id: str) -> bytes:
+    return key(registry, record_id)
+
+
+def index_keys(record: dict[str, Any]) -> set[bytes]:
+    """Every index entry a materialized record should have."""
+    registry, record_id = record["registry"], record["id"]
+    keys = {b"k" + key(registry, record["kind"], record_id), b"o" + key(record["owner"], registry, record_id)}
+    keys.update(b"t" + key(tag, registry, record_id) for tag in record["tags"])
+    return keys
+
+
+def put_record(store: Store, txn: lmdb.Transaction, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+    txn.put(record_key(new["registry"], new["id"]), pack(new), db=store.db["records"])
+    old_keys = index_keys(old) if old is not None else set()
+    new_keys = index_keys(new)
+    indexes = store.db["indexes"]
+    for stale in old_keys - new_keys:
+        txn.delete(stale, db=indexes)
+    for fresh in new_keys - old_keys:
+        txn.put(fresh, b"", db=indexes)
+
+
+def get_record(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> dict[str, Any] | None:
+    raw = txn.get(record_key(registry, record_id), db=store.db["records"])
+    return None if raw is None else unpack(raw)
+
+
+def iter_records(
+    store: Store,
+    txn: lmdb.Transaction,
+    *,
+    registry: str | None = None,
+    kind: str | None = None,
+    owner: str | None = None,
+    tag: str | None = None,
+    after: tuple[str, str] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Records in (registry, id) order, starting after ``after``.
+
+    Uses the most selective index available; the others are checked on the
+    materialized record. Deleted records are included; callers filter.
+    """
+    records = store.db["records"]
+    start = None if after is None else key(*after) + b"\x00\x00"  # strictly after
+    if kind is not None and registry is not None:
+        prefix = b"k" + key(registry, kind) + SEP
+        source = _index_scan(store, txn, prefix, start_suffix=None if after is None else key(after[1]) + b"\x00\x00",
+                             registry_of=lambda suffix: (registry, suffix.decode()))
+    elif tag is not None:
+        prefix = b"t" + key(tag) + SEP
+        source = _index_scan(store, txn, prefix, start_suffix=start, registry_of=_split2)
+    elif owner is not None:
+        prefix = b"o" + key(owner) + SEP
+        source = _index_scan(store, txn, prefix, start_suffix=start, registry_of=_split2)
+    else:
+        source = None
+    if source is None:
+        prefix = b"" if registry is None else key(registry) + SEP
+        for _, value in store.iter_prefix(txn, "records", prefix, start=start):
+            record = unpack(value)
+            if _matches(record, registry, kind, owner, tag):
+                yield record
+        return
+    for reg, rec in source:
+        raw = txn.get(record_key(reg, rec), db=records)
+        if raw is None:
+            continue
+        record = unpack(raw)
+        if _matches(record, registry, kind, owner, tag):
+            yield record
+
+
+def _split2(suffix: bytes) -> tuple[str, str]:
+    registry, record_id = suffix.split(SEP, 1)
+    return registry.decode(), record_id.decode()
+
+
+def _index_scan(store: Store, txn: lmdb.Transaction, prefix: bytes, *, start_suffix: bytes | None,
+                registry_of: Any) -> Iterator[tuple[str, str]]:
+    start = None if start_suffix is None else prefix + start_suffix
+    for k, _ in store.iter_prefix(txn, "indexes", prefix, start=start):
+        suffix = k[len(prefix):]
+        yield registry_of(suffix)
+
+
+def _matches(record: dict[str, Any], registry: str | None, kind: str | None, owner: str | None,
+             tag: str | None) -> bool:
+    return (
+        (registry is None or record["registry"] == registry)
+        and (kind is None or record["kind"] == kind)
+        and (owner is None or record["owner"] == owner)
+        and (tag is None or tag in record["tags"])
+    )
+
+
+def add_history(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, feed_seq: int, cid: bytes) -> None:
+    txn.put(key(registry, record_id, u64(feed_seq)), cid, db=store.db["history"])
+
+
+def history(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> list[tuple[int, bytes]]:
+    prefix = key(registry, record_id) + SEP
+    return [(from_u64(k[len(prefix):]), v) for k, v in store.iter_prefix(txn, "history", prefix)]

@@ -1,0 +1,192 @@
+"""The LMDB environment: every sub-database, its key layout, and map growth.
+
+This is the only module that opens LMDB. Others get transactions from it and
+use the named sub-databases below through the helpers in this package.
+
+Key layout (``\\x00`` separates names, which can never contain it; integers
+are 8-byte big-endian so byte order is numeric order):
+
+    meta        name                          -> msgpack value
+    changes     change id (CID bytes)         -> envelope wire bytes
+    chains      registry \\0 author \\0 seq     -> change id
+    heads       registry \\0 author            -> msgpack [seq, change id]  (version vector)
+    docs        registry \\0 record            -> Automerge saved document
+    records     registry \\0 record            -> msgpack materialized record
+    am_hashes   registry \\0 record \\0 hash    -> change id carrying that Automerge change
+    history     registry \\0 record \\0 feedseq -> change id
+    feed        feedseq                       -> msgpack feed event
+    indexes     'k' registry \\0 kind \\0 record | 'o' owner \\0 registry \\0 record
+                | 't' tag \\0 registry \\0 record -> b""
+    audit       audit seq                     -> msgpack [entry bytes, entry hash]
+    audit_heads tree size                     -> msgpack signed tree head
+    pending     change id                     -> envelope waiting for its dependencies
+    waiting     'r' registry \\0 record \\0 cid | 'c' registry \\0 author \\0 seq -> change id
+    evidence    registry \\0 author \\0 seq \\0 cid -> envelope (equivocation proofs)
+    peers       peer id                       -> msgpack peer state (federation)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+
+SUBDATABASES = (
+    "meta",
+    "changes",
+    "chains",
+    "heads",
+    "docs",
+    "records",
+    "am_hashes",
+    "history",
+    "feed",
+    "indexes",
+    "audit",
+    "audit_heads",
+    "pending",
+    "waiting",
+    "evidence",
+    "peers",
+)
+
+STORE_FORMAT = 1
+
+# LMDB reserves address space, not disk: on Linux the file grows only as
+# pages are written, so a generous map costs nothing until used. 4 GiB
+# covers millions of records; past it the map doubles (see ``grow``).
+DEFAULT_MAP_SIZE = 4 * 2**30
+# Readers: the node's loop, the HTTP bridge threads and CLI processes that
+# open the same home. LMDB's default of 126 is plenty; keep it explicit.
+MAX_READERS = 126
+
+SEP = b"\x00"
+
+
+def u64(value: int) -> bytes:
+    return value.to_bytes(8, "big")
+
+
+def from_u64(data: bytes) -> int:
+    return int.from_bytes(data, "big")
+
+
+def key(*parts: str | bytes) -> bytes:
+    return SEP.join(p.encode() if isinstance(p, str) else p for p in parts)
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+class Store:
+    """One LMDB environment in ``path`` with the sub-databases above."""
+
+    def __init__(self, path: str | Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
+        self.env = lmdb.open(
+            str(self.path),
+            map_size=map_size,
+            max_dbs=len(SUBDATABASES) + 4,
+            max_readers=MAX_READERS,
+            # Durability: sync and metasync on (the defaults), so a committed
+            # transaction survives kill -9 and power loss. No writemap: it
+            # would let a stray pointer write corrupt the map.
+            sync=True,
+            metasync=True,
+            readonly=readonly,
+            # Records are small and read at random: readahead only evicts
+            # useful pages (LMDB docs recommend off for random access).
+            readahead=False,
+        )
+        self.db = {name: self.env.open_db(name.encode(), create=not readonly) for name in SUBDATABASES}
+        self._grow_lock = threading.Lock()
+        if not readonly:
+            with self.env.begin(write=True) as txn:
+                fmt = txn.get(b"format", db=self.db["meta"])
+                if fmt is None:
+                    txn.put(b"format", pack(STORE_FORMAT), db=self.db["meta"])
+
+    def close(self) -> None:
+        self.env.close()
+
+    # ---- transactions ----
+
+    def read(self) -> lmdb.Transaction:
+        return self.env.begin(write=False, buffers=False)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[lmdb.Transaction]:
+        """One durable write transaction. MapFullError propagates: the caller
+        redoes its whole batch after ``grow()``, since a half-written
+        transaction is aborted."""
+        txn = self.env.begin(write=True)
+        try:
+            yield txn
+        except BaseException:
+            txn.abort()
+            raise
+        else:
+            txn.commit()
+
+    def grow(self) -> int:
+        """Double the map (called after MDB_MAP_FULL). Must run with no
+        transaction open in this process, which the single writer ensures."""
+        with self._grow_lock:
+            new_size = self.env.info()["map_size"] * 2
+            self.env.set_mapsize(new_size)
+            return new_size
+
+    # ---- small typed helpers ----
+
+    def get_meta(self, txn: lmdb.Transaction, name: str, default: Any = None) -> Any:
+        raw = txn.get(name.encode(), db=self.db["meta"])
+        return default if raw is None else unpack(raw)
+
+    def put_meta(self, txn: lmdb.Transaction, name: str, value: Any) -> None:
+        txn.put(name.encode(), pack(value), db=self.db["meta"])
+
+    def stats(self) -> dict[str, Any]:
+        info = self.env.info()
+        out: dict[str, Any] = {"map_size": info["map_size"], "last_page": info["last_pgno"]}
+        with self.read() as txn:
+            for name, handle in self.db.items():
+                out[f"entries.{name}"] = txn.stat(handle)["entries"]
+        out["bytes_used"] = (info["last_pgno"] + 1) * self.env.stat()["psize"]
+        return out
+
+    def iter_prefix(self, txn: lmdb.Transaction, db: str, prefix: bytes, *, start: bytes | None = None,
+                    reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """Items whose key starts with ``prefix``, from ``start`` (inclusive) on."""
+        cursor = txn.cursor(db=self.db[db])
+        if reverse:
+            upper = prefix + b"\xff" * 8
+            if not cursor.set_range(upper):
+                if not cursor.last():
+                    return
+            while True:
+                k = cursor.key()
+                if k.startswith(prefix) and (start is None or k <= start):
+                    yield k, cursor.value()
+                elif k < prefix:
+                    return
+                if not cursor.prev():
+                    return
+        else:
+            if not cursor.set_range(start if start is not None and start > prefix else prefix):
+                return
+            for k, v in cursor:
+                if not k.startswith(prefix):
+                    return
+                yield k, v
