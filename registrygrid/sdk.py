@@ -292,8 +292,13 @@ class LocalRegistry:
                   "conflict_policy": conflict_policy, "replication": {"scope": replication}}
         return self.put(regs.REGISTRY_OF_REGISTRIES, "registry", fields, id=name, actor=actor)
 
-    def kinds(self) -> list[KindSchema]:
-        return self.engine.catalog.kinds()
+    def kinds(self) -> list[dict[str, Any]]:
+        return [_kind_dict(k) for k in self.engine.catalog.kinds()]
+
+    def kind(self, name: str, version: int | None = None) -> dict[str, Any]:
+        found = _kind_dict(self.engine.catalog.get(name, version))
+        found["versions"] = self.engine.catalog.versions(name)
+        return found
 
     def register_kind(self, name: str, version: int, schema: Mapping[str, Any], *, registry: str = "",
                       description: str = "", actor: str | None = None) -> WriteResult:
@@ -346,6 +351,27 @@ class LocalRegistry:
                 digest.update(k)
                 digest.update(pack(_content(unpack(raw))))
         return digest.hexdigest()
+
+
+class StoreChecks:
+    """Read-only integrity checks of a store that another process may be writing."""
+
+    def __init__(self, home: Home) -> None:
+        self.store = Store(home.store_path, readonly=True)
+
+    def verify(self) -> VerifyReport:
+        return verify_store(self.store)
+
+    def audit_verify(self) -> dict[str, Any]:
+        return AuditLedger.verify(self.store)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _kind_dict(kind: KindSchema) -> dict[str, Any]:
+    return {"name": kind.name, "version": kind.version, "registry": kind.registry, "builtin": kind.builtin,
+            "description": kind.description, "schema": dict(kind.schema)}
 
 
 def open(home: str | Path | Home | None = None) -> LocalRegistry:  # noqa: A001 - mirrors io.open

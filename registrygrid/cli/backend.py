@@ -1,0 +1,54 @@
+"""Where a CLI command's work happens: in this process, or in the running node.
+
+With no node on the home, the command opens the store itself (taking the
+home's writer lock for the command's duration). While a node holds the lock,
+commands go through the node's local HTTP bridge with the home's admin
+token, so the node gossips every write and its caches stay right. Read-only
+integrity checks (``verify``, ``audit verify``) may read LMDB directly even
+then: LMDB readers never block or disturb the writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from registrygrid.errors import HomeLocked
+from registrygrid.home import Home
+from registrygrid.sdk import LocalRegistry, StoreChecks
+
+
+@contextlib.contextmanager
+def open_backend(home_path: Path | None, *, direct_read: bool = False) -> Iterator[Any]:
+    home = Home(home_path)
+    home.require()
+    holder = home.lock_holder()
+    if holder is not None:
+        if direct_read:
+            checks = StoreChecks(home)
+            try:
+                yield checks
+            finally:
+                checks.close()
+            return
+        bridge = _bridge_client(home)
+        if bridge is None:
+            raise HomeLocked(f"{home.path} is in use by another process ({holder}) that serves no bridge")
+        with bridge:
+            yield bridge
+        return
+    registry = LocalRegistry.open_home(home)
+    try:
+        yield registry
+    finally:
+        registry.close()
+
+
+def _bridge_client(home: Home) -> Any:
+    try:
+        from registrygrid.client import BridgeClient
+    except ImportError:
+        return None
+    return BridgeClient.for_home(home)

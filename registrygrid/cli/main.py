@@ -1,0 +1,403 @@
+"""`rgrid`: the operator's command line.
+
+Every command takes ``--home`` (default ``$RGRID_HOME`` or ``~/.registrygrid``).
+With no node running on the home, commands open the store themselves; while
+a node runs, they talk to it through its local bridge so that every write is
+gossiped (see ``cli/backend.py``). Errors print ``error[CODE]: message`` on
+stderr and exit with the error's sysexits code; ``--json`` prints machine
+output on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from registrygrid.cli import render
+from registrygrid.cli.backend import open_backend
+from registrygrid.cli.values import parse_assignments, parse_where, read_json_file
+from registrygrid.errors import EX_USAGE, RegistryError, ValidationError
+from registrygrid.home import Home
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def home_option(func: F) -> F:
+    return click.option(
+        "--home",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="RGRID_HOME",
+        default=None,
+        help="Node home directory (default $RGRID_HOME or ~/.registrygrid).",
+    )(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")(func)
+
+
+class Cli(click.Group):
+    """Turns RegistryError into a clean message and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RegistryError as exc:
+            render.error(exc)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=Cli)
+@click.version_option(package_name="registrygrid")
+def cli() -> None:
+    """RegistryGrid: a decentralized registry node for the open AI grid."""
+
+
+# ------------------------------------------------------------------ identity
+
+
+@cli.command()
+@home_option
+@click.option("--org-name", default="", help="Human name of the organization.")
+@click.option("--org-key", "org_key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Use an existing org key file instead of creating a new org.")
+@json_option
+def init(home: Path | None, org_name: str, org_key: Path | None, as_json: bool) -> None:
+    """Create a node home: node key, org key (or a link to one), config."""
+    created = Home(home).init(org_name=org_name, org_key_file=org_key)
+    render.mapping(created, as_json, title="initialised")
+
+
+@cli.command(name="id")
+@home_option
+@json_option
+def show_id(home: Path | None, as_json: bool) -> None:
+    """Print this node's did:key, peer ID, org and addresses."""
+    with open_backend(home) as backend:
+        render.mapping(backend.identity(), as_json, title="node identity")
+
+
+# ------------------------------------------------------------------ records
+
+
+@cli.command()
+@home_option
+@click.argument("registry")
+@click.argument("kind")
+@click.option("--file", "file", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON file with the record's fields ('-' for stdin).")
+@click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
+              help="Set a field (dotted paths nest; VALUE is JSON or a plain string). Repeatable.")
+@click.option("--id", "record_id", help="Record id (default: a new ULID).")
+@click.option("--tag", "tags", multiple=True, help="Tag the record. Repeatable.")
+@click.option("--schema", type=int, help="Schema version of the kind (default: latest).")
+@json_option
+def put(home: Path | None, registry: str, kind: str, file: Path | None, sets: tuple[str, ...],
+        record_id: str | None, tags: tuple[str, ...], schema: int | None, as_json: bool) -> None:
+    """Create a record in REGISTRY of KIND."""
+    fields = read_json_file(file) if file else {}
+    fields = parse_assignments(sets, base=fields)
+    with open_backend(home) as backend:
+        result = backend.put(registry, kind, fields, id=record_id, tags=list(tags), schema=schema, actor="cli")
+    render.write_result(result, as_json)
+
+
+@cli.command()
+@home_option
+@click.argument("registry")
+@click.argument("record_id")
+@click.option("--deleted", is_flag=True, help="Show the record even if it was deleted.")
+@json_option
+def get(home: Path | None, registry: str, record_id: str, deleted: bool, as_json: bool) -> None:
+    """Show one record."""
+    with open_backend(home) as backend:
+        record = backend.get(registry, record_id, include_deleted=deleted)
+    render.record(record, as_json)
+
+
+@cli.command()
+@home_option
+@click.argument("registry")
+@click.argument("record_id")
+@click.option("--file", "file", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON file whose fields REPLACE the record's fields.")
+@click.option("--set", "sets", multiple=True, metavar="PATH=VALUE", help="Set a field (merge). Repeatable.")
+@click.option("--unset", "unsets", multiple=True, metavar="PATH", help="Remove a field. Repeatable.")
+@click.option("--tag", "tags", multiple=True, help="Replace the tags with these. Repeatable.")
+@click.option("--schema", type=int, help="Migrate the record to this schema version.")
+@click.option("--if-match", help="Only if the record is still at this change ID.")
+@json_option
+def update(home: Path | None, registry: str, record_id: str, file: Path | None, sets: tuple[str, ...],
+           unsets: tuple[str, ...], tags: tuple[str, ...], schema: int | None, if_match: str | None,
+           as_json: bool) -> None:
+    """Change a record: --file replaces its fields, --set/--unset merge."""
+    if file and (sets or unsets):
+        raise ValidationError("use --file (replace) or --set/--unset (merge), not both")
+    fields = read_json_file(file) if file else None
+    patch = None
+    if sets or unsets:
+        patch = parse_assignments(sets, base={})
+        for path in unsets:
+            parse_assignments([f"{path}=null"], base=patch)
+    if fields is None and patch is None and not tags and schema is None:
+        raise ValidationError("nothing to change: give --file, --set, --unset, --tag or --schema")
+    with open_backend(home) as backend:
+        result = backend.update(registry, record_id, fields=fields, patch=patch, tags=list(tags) if tags else None,
+                                schema=schema, if_match=if_match, actor="cli")
+    render.write_result(result, as_json)
+
+
+@cli.command()
+@home_option
+@click.argument("registry")
+@click.argument("record_id")
+@click.option("--if-match", help="Only if the record is still at this change ID.")
+@json_option
+def delete(home: Path | None, registry: str, record_id: str, if_match: str | None, as_json: bool) -> None:
+    """Delete a record (a signed tombstone; history is kept)."""
+    with open_backend(home) as backend:
+        result = backend.delete(registry, record_id, if_match=if_match, actor="cli")
+    render.write_result(result, as_json)
+
+
+@cli.command(name="list")
+@home_option
+@click.argument("registry", required=False)
+@click.option("--kind")
+@click.option("--tag")
+@click.option("--owner")
+@click.option("--where", "wheres", multiple=True, metavar="PATH OP VALUE",
+              help="Field filter, e.g. 'gpus.count>=4', 'region=eu-west'. Ops: = != < <= > >= ~ (contains).")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--cursor", help="Resume after the last record of a previous page.")
+@click.option("--deleted", is_flag=True, help="Include deleted records.")
+@json_option
+def list_records(home: Path | None, registry: str | None, kind: str | None, tag: str | None, owner: str | None,
+                 wheres: tuple[str, ...], limit: int, cursor: str | None, deleted: bool, as_json: bool) -> None:
+    """List records, optionally of one REGISTRY, with filters."""
+    where = [parse_where(w) for w in wheres]
+    with open_backend(home) as backend:
+        page = backend.list(registry, kind=kind, tag=tag, owner=owner, where=where, limit=limit, cursor=cursor,
+                            include_deleted=deleted)
+    render.page(page, as_json)
+
+
+@cli.command()
+@home_option
+@click.argument("registry")
+@click.argument("record_id")
+@json_option
+def history(home: Path | None, registry: str, record_id: str, as_json: bool) -> None:
+    """Every change of a record, in the order this node accepted them."""
+    with open_backend(home) as backend:
+        render.rows(backend.history(registry, record_id), as_json,
+                    columns=["feed_seq", "op", "change_id", "author", "seq", "hlc"], title=f"{registry}/{record_id}")
+
+
+@cli.command()
+@home_option
+@json_option
+def verify(home: Path | None, as_json: bool) -> None:
+    """Re-verify every change in the store offline; report the first bad one."""
+    with open_backend(home, direct_read=True) as backend:
+        report = backend.verify()
+    report = report if isinstance(report, dict) else report.to_dict()
+    render.mapping(report, as_json, title="store verification")
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@cli.command()
+@home_option
+@json_option
+def stats(home: Path | None, as_json: bool) -> None:
+    """Store size, entry counts and write metrics."""
+    with open_backend(home) as backend:
+        render.mapping(backend.stats(), as_json, title="store")
+
+
+# ------------------------------------------------------------------ feed
+
+
+@cli.group()
+def feed() -> None:
+    """The changefeed: every accepted change, in local order."""
+
+
+@feed.command()
+@home_option
+@click.option("--from", "since", type=click.IntRange(0), default=None,
+              help="Start after this feed sequence (default: the last 20 events).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until interrupted.")
+@click.option("--registry")
+@click.option("--kind")
+@click.option("--limit", type=click.IntRange(1, 10000), default=1000, show_default=True)
+@json_option
+def tail(home: Path | None, since: int | None, follow: bool, registry: str | None, kind: str | None, limit: int,
+         as_json: bool) -> None:
+    """Print feed events (one JSON object a line with --json)."""
+    with open_backend(home) as backend:
+        cursor = since if since is not None else max(0, backend.feed_head() - 20)
+        try:
+            while True:
+                events = backend.changes(cursor, limit=limit, registry=registry, kind=kind)
+                for event in events:
+                    render.event(event, as_json)
+                    cursor = event.seq if hasattr(event, "seq") else event["seq"]
+                if not follow:
+                    return
+                if not events:
+                    time.sleep(0.25)
+        except KeyboardInterrupt:
+            return
+
+
+# ------------------------------------------------------------------ audit
+
+
+@cli.group()
+def audit() -> None:
+    """The audit ledger: who did what, hash-chained and signed."""
+
+
+@audit.command(name="log")
+@home_option
+@click.option("--since", type=click.IntRange(0), default=0, help="Entries after this sequence.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@click.option("--latest", is_flag=True, help="Show the newest entries first.")
+@json_option
+def audit_log(home: Path | None, since: int, limit: int, latest: bool, as_json: bool) -> None:
+    """Show audit entries."""
+    with open_backend(home) as backend:
+        entries = backend.audit_log(since=since, limit=limit, reverse=latest)
+    render.rows([e if isinstance(e, dict) else e.to_dict() for e in entries], as_json,
+                columns=["seq", "action", "actor", "target", "reason", "change"], title="audit")
+
+
+@audit.command(name="verify")
+@home_option
+@json_option
+def audit_verify(home: Path | None, as_json: bool) -> None:
+    """Recheck the hash chain and every signed tree head; name the first bad entry."""
+    with open_backend(home, direct_read=True) as backend:
+        report = backend.audit_verify()
+    render.mapping(report, as_json, title="audit ledger intact")
+
+
+# ------------------------------------------------------------------ registries and kinds
+
+
+@cli.group()
+def registry() -> None:
+    """Registries: list, describe, create."""
+
+
+@registry.command(name="list")
+@home_option
+@json_option
+def registry_list(home: Path | None, as_json: bool) -> None:
+    with open_backend(home) as backend:
+        render.rows(backend.registries(), as_json, columns=["name", "kinds", "write_policy", "owner", "builtin"],
+                    title="registries")
+
+
+@registry.command(name="describe")
+@home_option
+@click.argument("name")
+@json_option
+def registry_describe(home: Path | None, name: str, as_json: bool) -> None:
+    with open_backend(home) as backend:
+        render.mapping(backend.describe_registry(name), as_json, title=name)
+
+
+@registry.command(name="create")
+@home_option
+@click.argument("name")
+@click.option("--kind", "kinds", multiple=True, required=True, help="A kind it holds. Repeatable.")
+@click.option("--description", default="")
+@click.option("--write-policy", type=click.Choice(["open", "owner", "members"]), default="open", show_default=True)
+@click.option("--conflict-policy", type=click.Choice(["crdt", "last-writer-wins", "owner-wins", "manual"]),
+              default="crdt", show_default=True)
+@click.option("--replication", type=click.Choice(["local", "federation", "public"]), default="federation",
+              show_default=True)
+@json_option
+def registry_create(home: Path | None, name: str, kinds: tuple[str, ...], description: str, write_policy: str,
+                    conflict_policy: str, replication: str, as_json: bool) -> None:
+    """Create a registry (a signed record in grid.registries)."""
+    with open_backend(home) as backend:
+        result = backend.create_registry(name, list(kinds), description=description, write_policy=write_policy,
+                                         conflict_policy=conflict_policy, replication=replication, actor="cli")
+    render.write_result(result, as_json)
+
+
+@cli.group()
+def kind() -> None:
+    """Record kinds and their JSON Schemas."""
+
+
+@kind.command(name="list")
+@home_option
+@json_option
+def kind_list(home: Path | None, as_json: bool) -> None:
+    with open_backend(home) as backend:
+        rows = [{"name": k["name"], "version": k["version"], "registry": k["registry"], "builtin": k["builtin"],
+                 "description": k["description"]} for k in backend.kinds()]
+    render.rows(rows, as_json, columns=["name", "version", "registry", "builtin", "description"], title="kinds")
+
+
+@kind.command(name="show")
+@home_option
+@click.argument("name")
+@click.option("--version", "version", type=int)
+def kind_show(home: Path | None, name: str, version: int | None) -> None:
+    """Print a kind's JSON Schema."""
+    with open_backend(home) as backend:
+        found = backend.kind(name, version)
+    click.echo(json.dumps(found, indent=2, sort_keys=True))
+
+
+@kind.command(name="register")
+@home_option
+@click.argument("name")
+@click.option("--version", "version", type=int, default=1, show_default=True)
+@click.option("--schema", "schema_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="JSON Schema (Draft 2020-12) file for the kind's fields.")
+@click.option("--registry", "home_registry", default="", help="The kind's home registry.")
+@click.option("--description", default="")
+@json_option
+def kind_register(home: Path | None, name: str, version: int, schema_file: Path, home_registry: str,
+                  description: str, as_json: bool) -> None:
+    """Register a user-defined kind (replicates as a record of grid.kinds)."""
+    schema = read_json_file(schema_file)
+    with open_backend(home) as backend:
+        result = backend.register_kind(name, version, schema, registry=home_registry, description=description,
+                                       actor="cli")
+    render.write_result(result, as_json)
+
+
+def _register_optional_groups() -> None:
+    """Command groups that live in their own modules (node, token, peers)."""
+    try:
+        from registrygrid.cli import node_commands
+    except ImportError:
+        return
+    node_commands.register(cli)
+
+
+_register_optional_groups()
+
+
+def main() -> None:
+    try:
+        cli(prog_name="rgrid")
+    except RegistryError as exc:  # raised outside a command (e.g. while parsing)
+        render.error(exc)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(EX_USAGE)

@@ -1,0 +1,74 @@
+"""Parsing what operators type: PATH=VALUE assignments, filters, JSON files."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from registrygrid.errors import MalformedInput, ValidationError
+
+# A file we read whole into memory; larger than any record can be anyway
+# (records are capped at 128 KiB), with room for pretty-printed JSON.
+MAX_INPUT_FILE = 4 * 2**20
+
+
+def read_json_file(path: Path | str) -> Any:
+    if str(path) == "-":
+        text = sys.stdin.read(MAX_INPUT_FILE + 1)
+        where = "stdin"
+    else:
+        file = Path(path)
+        if not file.exists():
+            raise ValidationError(f"{file}: no such file")
+        if file.stat().st_size > MAX_INPUT_FILE:
+            raise ValidationError(f"{file} is larger than {MAX_INPUT_FILE} bytes")
+        text = file.read_text()
+        where = str(file)
+    if len(text) > MAX_INPUT_FILE:
+        raise ValidationError(f"{where} is larger than {MAX_INPUT_FILE} bytes")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MalformedInput(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                             details=[{"path": where, "line": exc.lineno, "column": exc.colno}]) from None
+
+
+def parse_value(text: str) -> Any:
+    """JSON when it parses (numbers, true, null, [..], {..}), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_assignments(assignments: list[str] | tuple[str, ...], base: Any) -> dict[str, Any]:
+    if not isinstance(base, dict):
+        raise ValidationError("record fields must be a JSON object")
+    for assignment in assignments:
+        path, sep, raw = assignment.partition("=")
+        if not sep or not path:
+            raise ValidationError(f"--set expects PATH=VALUE, got {assignment!r}")
+        parts = path.split(".")
+        target = base
+        for part in parts[:-1]:
+            child = target.get(part)
+            if not isinstance(child, dict):
+                child = target[part] = {}
+            target = child
+        target[parts[-1]] = parse_value(raw)
+    return base
+
+
+_WHERE = re.compile(r"^([A-Za-z0-9_.\-]+)\s*(<=|>=|!=|=|<|>|~)\s*(.*)$")
+_OPS = {"=": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge", "~": "contains"}
+
+
+def parse_where(text: str) -> tuple[str, str, Any]:
+    match = _WHERE.match(text)
+    if not match:
+        raise ValidationError(f"bad filter {text!r}: expected PATH OP VALUE with OP one of = != < <= > >= ~")
+    path, op, raw = match.groups()
+    return path, _OPS[op], parse_value(raw)
