@@ -1,0 +1,80 @@
+"""`rgrid node start` and the commands that need a running node's parts."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+
+from registrygrid.errors import ValidationError
+from registrygrid.home import Home
+
+
+def build_components(home: Home, options: dict[str, Any]) -> list[Any]:
+    """The node's optional parts, configured from the home's config and flags."""
+    config = home.config()
+    components: list[Any] = []
+    if options.get("bridge", True):
+        try:
+            from registrygrid.node.bridge import Bridge
+        except ImportError:
+            Bridge = None  # noqa: N806
+        if Bridge is not None:
+            bridge_conf = config.get("bridge", {})
+            host = options.get("bridge_host") or bridge_conf.get("host", "127.0.0.1")
+            port = options.get("bridge_port") or bridge_conf.get("port", 8700)
+            if host in ("0.0.0.0", "::") and not options.get("allow_public"):
+                raise ValidationError(
+                    f"refusing to serve the bridge on {host} (every interface) without --allow-public-bridge"
+                )
+            components.append(Bridge(host=host, port=int(port)))
+    if options.get("p2p", True):
+        try:
+            from registrygrid.node.federation import Federation
+        except ImportError:
+            Federation = None  # noqa: N806
+        if Federation is not None:
+            listen = list(options.get("listen") or config.get("listen", []))
+            bootstrap = list(config.get("bootstrap", [])) + list(options.get("bootstrap") or [])
+            components.append(Federation(listen=listen, bootstrap=bootstrap,
+                                         federation=config.get("federation", "default")))
+    return components
+
+
+def register(cli: click.Group) -> None:
+    @cli.group()
+    def node() -> None:
+        """Run this home's node."""
+
+    @node.command()
+    @click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="RGRID_HOME", default=None)
+    @click.option("--listen", multiple=True, help="libp2p multiaddr to listen on (default from config).")
+    @click.option("--bootstrap", multiple=True, help="Peer multiaddr to dial at start. Repeatable.")
+    @click.option("--bridge-host", default=None, help="HTTP bridge address (default 127.0.0.1).")
+    @click.option("--bridge-port", type=int, default=None, help="HTTP bridge port (default 8700).")
+    @click.option("--allow-public-bridge", "allow_public", is_flag=True,
+                  help="Allow the bridge on 0.0.0.0 (it then needs tokens for everything).")
+    @click.option("--no-bridge", "no_bridge", is_flag=True, help="Do not serve the HTTP bridge.")
+    @click.option("--no-p2p", "no_p2p", is_flag=True, help="Do not join a federation (local node).")
+    @click.option("--log-level", default="INFO", show_default=True)
+    def start(home: Path | None, listen: tuple[str, ...], bootstrap: tuple[str, ...], bridge_host: str | None,
+              bridge_port: int | None, allow_public: bool, no_bridge: bool, no_p2p: bool, log_level: str) -> None:
+        """Start the node in the foreground; Ctrl-C or SIGTERM stops it cleanly."""
+        from registrygrid.node.node import Node
+
+        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        home_obj = Home(home)
+        home_obj.require()
+        components = build_components(home_obj, {
+            "listen": listen, "bootstrap": bootstrap, "bridge_host": bridge_host, "bridge_port": bridge_port,
+            "allow_public": allow_public, "bridge": not no_bridge, "p2p": not no_p2p,
+        })
+        node_obj = Node(home_obj, components)
+
+        async def main() -> None:
+            await node_obj.run(handle_signals=True)
+
+        trio.run(main)

@@ -1,0 +1,130 @@
+"""The running node: one trio nursery that owns everything.
+
+``Node.run`` takes the home's lock, opens the store and the engine, starts
+the group committer, then the optional components (the HTTP bridge, the
+libp2p federation), each as a task in the node's nursery. Cancelling the
+nursery (Ctrl-C, SIGTERM, a test's cancel scope) stops them all; a batch
+already committing finishes first, so no acknowledged write is lost.
+
+Components are objects with ``async def run(node, *, task_status)``; they
+call ``task_status.started()`` once they serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from registrygrid.engine.engine import Engine
+from registrygrid.engine.ops import Committed, Operation, Outcome
+from registrygrid.home import Home
+from registrygrid.node.committer import GroupCommitter
+from registrygrid.sdk import LocalRegistry
+from registrygrid.storage.store import Store
+
+log = logging.getLogger("registrygrid.node")
+
+
+class Component(Protocol):
+    name: str
+
+    async def run(self, node: Node, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+
+@dataclass
+class FeedSignal:
+    """Wakes tasks waiting for the feed to pass a sequence number."""
+
+    head: int = 0
+    _event: trio.Event = field(default_factory=trio.Event)
+
+    def advance(self, head: int) -> None:
+        if head > self.head:
+            self.head = head
+            self._event.set()
+            self._event = trio.Event()
+
+    async def wait_beyond(self, seq: int) -> int:
+        while self.head <= seq:
+            await self._event.wait()
+        return self.head
+
+
+class Node:
+    def __init__(self, home: Home, components: Sequence[Component] = ()) -> None:
+        self.home = home
+        self.components = list(components)
+        self.registry: LocalRegistry | None = None
+        self.committer: GroupCommitter | None = None
+        self.feed = FeedSignal()
+        self.nursery: trio.Nursery | None = None
+        self.trio_token: trio.lowlevel.TrioToken | None = None
+        self.started = trio.Event()
+
+    @property
+    def engine(self) -> Engine:
+        assert self.registry is not None, "node not started"
+        return self.registry.engine
+
+    @property
+    def store(self) -> Store:
+        assert self.registry is not None, "node not started"
+        return self.registry.store
+
+    async def submit(self, ops: Sequence[Operation]) -> list[Outcome]:
+        """The node's write entry point: group-committed, durable on return."""
+        assert self.committer is not None, "node not started"
+        return await self.committer.submit(ops)
+
+    def component(self, name: str) -> Any:
+        for component in self.components:
+            if component.name == name:
+                return component
+        return None
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+                  handle_signals: bool = False) -> None:
+        self.home.require()
+        self.registry = LocalRegistry.open_home(self.home)  # takes the lock: one node per home
+        self.trio_token = trio.lowlevel.current_trio_token()
+        try:
+            self.committer = GroupCommitter(self.engine)
+            self.committer.on_commit.append(self._on_commit)
+            self.feed.advance(self.registry.feed_head())
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                await nursery.start(self.committer.run)
+                for component in self.components:
+                    await nursery.start(component.run, self)
+                    log.info("%s started", component.name)
+                if handle_signals:
+                    nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+                self.started.set()
+                task_status.started(self)
+        finally:
+            self.nursery = None
+            with trio.CancelScope(shield=True):
+                self.registry.close()
+                log.info("node stopped; store closed")
+
+    def stop(self) -> None:
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+
+    def _on_commit(self, committed: Committed) -> None:
+        if committed.feed_seqs:
+            self.feed.advance(committed.feed_seqs[-1])
+
+    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s; stopping", signal.Signals(signum).name)
+                scope.cancel()
+                return
+
+
