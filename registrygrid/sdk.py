@@ -343,13 +343,13 @@ class LocalRegistry:
         they hold the same records in the same state."""
         import hashlib
 
-        from registrygrid.engine.engine import _content
+        from registrygrid.engine.engine import _content, canonical
 
         digest = hashlib.sha256()
         with self.store.read() as txn:
             for k, raw in txn.cursor(db=self.store.db["records"]):
                 digest.update(k)
-                digest.update(pack(_content(unpack(raw))))
+                digest.update(canonical(_content(unpack(raw))))
         return digest.hexdigest()
 
 

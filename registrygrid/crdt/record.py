@@ -158,16 +158,6 @@ class RecordDoc:
         except Exception as exc:  # the binding raises bare Exception
             raise MalformedInput(f"Automerge refused the change: {exc}") from None
 
-    def has_changes(self, hashes: Sequence[bytes]) -> bool:
-        """Whether every hash is a change already in this document."""
-        if not hashes:
-            return True
-        try:
-            self.doc.get_changes(list(hashes))
-        except Exception:
-            return False
-        return True
-
     def changes_since(self, heads: list[bytes]) -> list[Any]:
         return self.doc.get_changes(heads)
 
@@ -267,3 +257,33 @@ def _sync_map(tx: Any, obj: bytes, wanted: Mapping[str, Any], depth: int) -> Non
             ):
                 continue
         _put_value(tx, obj, key, value, depth)
+
+
+# ---- how a document is stored ----
+#
+# A stored document is ``u32 compacted length | Automerge bytes``, where the
+# bytes are a saved document followed by zero or more raw changes appended
+# since. ``Document.load`` accepts exactly that concatenation, so a write
+# appends its change (no ``save()`` on the hot path) and the document is
+# re-saved only when the appended tail outgrows the compacted part: the
+# stored size stays within about twice the compact size.
+
+COMPACT_SLACK = 4096
+
+
+def stored_doc(compacted: bytes) -> bytes:
+    return len(compacted).to_bytes(4, "big") + compacted
+
+
+def doc_bytes(stored: bytes) -> bytes:
+    return stored[4:]
+
+
+def append_to_stored(stored: bytes | None, change: bytes) -> bytes | None:
+    """The stored value with one more change, or None when it is time to compact."""
+    if stored is None:
+        return stored_doc(b"") + change
+    compacted = int.from_bytes(stored[:4], "big")
+    if len(stored) - 4 - compacted + len(change) > compacted + COMPACT_SLACK:
+        return None
+    return stored + change

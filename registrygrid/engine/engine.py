@@ -32,8 +32,10 @@ from typing import Any
 
 import lmdb
 import msgpack
+import msgspec
 
-from registrygrid.crdt.record import RecordDoc, actor_for
+from registrygrid.crdt.change import read_header
+from registrygrid.crdt.record import RecordDoc, actor_for, append_to_stored, doc_bytes, stored_doc
 from registrygrid.engine import registries as regs
 from registrygrid.engine.ops import (
     AuditNote,
@@ -88,10 +90,16 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def canonical(value: Any) -> bytes:
+    """msgpack with map keys sorted: equal values give equal bytes, whatever
+    order a JSON object's keys arrived in."""
+    return msgspec.msgpack.encode(value, order="sorted")
+
+
 def record_digest(record: Mapping[str, Any] | None) -> str | None:
     if record is None:
         return None
-    return hashlib.sha256(pack(_content(record))).hexdigest()
+    return hashlib.sha256(canonical(_content(record))).hexdigest()
 
 
 def _content(record: Mapping[str, Any]) -> list[Any]:
@@ -232,12 +240,15 @@ class Engine:
                 raise Conflict(f"{registry}/{record_id} was a {old['kind']}; a deleted record keeps its kind")
             doc = self._doc_for_write(txn, batch, registry, record_id)
             change = doc.update(fields=fields, schema=kind.version, tags=tags, links=links, undelete=True)
+            state = _state_of(old, schema=kind.version, fields=fields, tags=tags, links=links, deleted=False)
         else:
             doc = RecordDoc.new(self.actor)
             change = doc.create(kind=kind.name, schema=kind.version, owner=self.owner, created_at=hlc.wall_ms,
                                 created_by=self.key.did, fields=fields, tags=tags, links=links)
+            state = {"kind": kind.name, "schema": kind.version, "owner": self.owner, "tags": tags, "links": links,
+                     "fields": fields, "deleted": False, "created": {"at": hlc.wall_ms, "by": self.key.did}}
         env = self._seal(txn, registry, record_id, "create", kind, change, hlc)
-        seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor)
+        seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor, state=state)
         return WriteResult("created", registry, record_id, env.id, seq, record)
 
     def _update(self, txn: lmdb.Transaction, batch: _Batch, op: Update) -> WriteResult:
@@ -274,8 +285,9 @@ class Engine:
         change = doc.update(fields=fields, schema=kind.version, tags=tags, links=links)
         if change is None:
             return WriteResult("unchanged", registry, record_id, old["change_id"], None, old)
+        state = _state_of(old, schema=kind.version, fields=fields, tags=tags, links=links)
         env = self._seal(txn, registry, record_id, "update", kind, change, self.clock.tick())
-        seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor)
+        seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor, state=state)
         return WriteResult("updated", registry, record_id, env.id, seq, record)
 
     def _delete(self, txn: lmdb.Transaction, batch: _Batch, op: Delete) -> WriteResult:
@@ -291,7 +303,8 @@ class Engine:
         doc = self._doc_for_write(txn, batch, registry, record_id)
         change = doc.delete()
         env = self._seal(txn, registry, record_id, "delete", kind, change, self.clock.tick())
-        seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor)
+        seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor,
+                                   state=_state_of(old, deleted=True))
         return WriteResult("deleted", registry, record_id, env.id, seq, record)
 
     def _seal(self, txn: lmdb.Transaction, registry: str, record_id: str, op: str, kind: KindSchema,
@@ -335,28 +348,31 @@ class Engine:
         if body.kind not in desc.kinds:
             raise PolicyDenied(f"registry {body.registry} does not hold kind {body.kind!r}")
         desc.check_writer(body.author, self.delegates)
+        header = read_header(body.payload)
+        if header.hash != body.change_hash:
+            raise MalformedInput("the envelope's payload is not the change its change_hash names")
+        if header.actor != actor_for(public_key_from_did(body.author)):
+            raise PolicyDenied("the Automerge change was made under another author's actor id")
+        if sorted(header.deps) != sorted(body.deps):
+            raise MalformedInput("the envelope's deps differ from its change's deps")
         am_hashes = self.store.db["am_hashes"]
+        if txn.get(key(body.registry, body.record, body.change_hash), db=am_hashes) is not None:
+            raise MalformedInput("this Automerge change was already applied under another envelope")
         if any(txn.get(key(body.registry, body.record, dep), db=am_hashes) is None for dep in body.deps):
             return self._park(txn, env, b"r" + key(body.registry, body.record, env.cid))
         old = records.get_record(self.store, txn, body.registry, body.record)
-        saved = txn.get(key(body.registry, body.record), db=self.store.db["docs"])
-        before = RecordDoc.load(saved).heads() if saved else []
-        doc = RecordDoc.apply(saved, body.payload)
-        self._check_applied(env, doc, before)
+        stored = txn.get(key(body.registry, body.record), db=self.store.db["docs"])
+        doc = RecordDoc.apply(doc_bytes(stored) if stored else None, body.payload)
+        if body.change_hash not in doc.heads():
+            raise MalformedInput("Automerge did not apply the change")
+        state = self._check_state(env, doc)
         self.clock.observe(env.hlc)
-        seq, _ = self._commit(txn, batch, env, doc, old, origin=peer, requested_by=None)
+        batch.docs.pop((body.registry, body.record), None)
+        seq, _ = self._commit(txn, batch, env, doc, old, origin=peer, requested_by=None, state=state)
         return IngestResult("applied", env.id, seq)
 
-    def _check_applied(self, env: Envelope, doc: RecordDoc, before: list[bytes]) -> None:
+    def _check_state(self, env: Envelope, doc: RecordDoc) -> dict[str, Any]:
         body = env.body
-        new = doc.changes_since(before)
-        if len(new) != 1 or new[0].hash != body.change_hash:
-            raise MalformedInput("the envelope's payload is not the one change its change_hash names")
-        change = new[0]
-        if change.actor_id != actor_for(public_key_from_did(body.author)):
-            raise PolicyDenied("the Automerge change was made under another author's actor id")
-        if sorted(change.deps) != sorted(body.deps):
-            raise MalformedInput("the envelope's deps differ from its change's deps")
         state = doc.materialize()
         if state.get("kind") != body.kind:
             raise ValidationError(f"change turns a {state.get('kind')!r} record into {body.kind!r}; kinds are fixed")
@@ -365,6 +381,7 @@ class Engine:
         self.catalog.validate(kind.name, kind.version, state.get("fields"))
         if not isinstance(state.get("owner"), str):
             raise ValidationError("record has no owner")
+        return state
 
     def _park(self, txn: lmdb.Transaction, env: Envelope, waiting_key: bytes) -> IngestResult:
         pending = self.store.db["pending"]
@@ -419,7 +436,8 @@ class Engine:
     # ------------------------------------------------------------ commit (shared)
 
     def _commit(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope, doc: RecordDoc,
-                old: dict[str, Any] | None, *, origin: str, requested_by: str | None) -> tuple[int, dict[str, Any]]:
+                old: dict[str, Any] | None, *, origin: str, requested_by: str | None,
+                state: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         db = self.store.db
         body = env.body
         reg, rec = body.registry, body.record
@@ -427,10 +445,12 @@ class Engine:
         txn.put(key(reg, body.author, u64(body.seq)), env.cid, db=db["chains"])
         txn.put(key(reg, body.author), pack([body.seq, env.cid]), db=db["heads"])
         self._chain_heads[(reg, body.author)] = (body.seq, env.cid)
-        txn.put(key(reg, rec), doc.save(), db=db["docs"])
+        doc_key = key(reg, rec)
+        stored = append_to_stored(txn.get(doc_key, db=db["docs"]), body.payload)
+        txn.put(doc_key, stored if stored is not None else stored_doc(doc.save()), db=db["docs"])
         batch.docs[(reg, rec)] = doc
         txn.put(key(reg, rec, body.change_hash), env.cid, db=db["am_hashes"])
-        record = self._materialized(doc, env, old)
+        record = self._materialized(state, env, old)
         records.put_record(self.store, txn, old, record)
         self._batch_feed_seq += 1
         seq = self._batch_feed_seq
@@ -453,8 +473,7 @@ class Engine:
             self._register_kind(record["fields"])
         return seq, record
 
-    def _materialized(self, doc: RecordDoc, env: Envelope, old: dict[str, Any] | None) -> dict[str, Any]:
-        state = doc.materialize()
+    def _materialized(self, state: dict[str, Any], env: Envelope, old: dict[str, Any] | None) -> dict[str, Any]:
         body = env.body
         created = state.get("created") if isinstance(state.get("created"), dict) else {}
         latest = (tuple(body.hlc), env.id)
@@ -525,10 +544,10 @@ class Engine:
     def _doc_for_write(self, txn: lmdb.Transaction, batch: _Batch, registry: str, record_id: str) -> RecordDoc:
         doc = batch.docs.get((registry, record_id))
         if doc is None:
-            saved = txn.get(key(registry, record_id), db=self.store.db["docs"])
-            if saved is None:
+            stored = txn.get(key(registry, record_id), db=self.store.db["docs"])
+            if stored is None:
                 raise NotFound(f"no document for {registry}/{record_id}")
-            doc = RecordDoc.load(saved)
+            doc = RecordDoc.load(doc_bytes(stored))
             batch.docs[(registry, record_id)] = doc
         doc.fork_with_actor(self.actor)
         return doc
@@ -604,6 +623,24 @@ class Engine:
                 if len(out) >= limit:
                     break
         return out
+
+
+def _state_of(old: Mapping[str, Any], *, schema: int | None = None, fields: Mapping[str, Any] | None = None,
+              tags: list[str] | None = None, links: list[dict[str, str]] | None = None,
+              deleted: bool | None = None) -> dict[str, Any]:
+    """The document state after a local edit, computed from the state before
+    it and the edit, so local writes never re-read the Automerge document.
+    (A test checks it equals the document's own materialization.)"""
+    return {
+        "kind": old["kind"],
+        "schema": old["schema"] if schema is None else schema,
+        "owner": old["owner"],
+        "tags": old["tags"] if tags is None else tags,
+        "links": old["links"] if links is None else links,
+        "fields": old["fields"] if fields is None else fields,
+        "deleted": old["deleted"] if deleted is None else deleted,
+        "created": {"at": old["created_at"], "by": old["created_by"]},
+    }
 
 
 # ------------------------------------------------------------ input checks

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from registrygrid.crdt.record import RecordDoc
+from registrygrid.crdt.record import RecordDoc, doc_bytes
 from registrygrid.errors import RegistryError
 from registrygrid.protocol.envelope import change_id, cid_to_str, open_envelope
 from registrygrid.storage.store import SEP, Store, from_u64, unpack
@@ -68,7 +68,7 @@ def verify_store(store: Store) -> VerifyReport:
             if saved is None:
                 return VerifyReport(False, changes, chains, records, "record has no document", where)
             try:
-                state = RecordDoc.load(saved).materialize()
+                state = RecordDoc.load(doc_bytes(saved)).materialize()
             except Exception as exc:
                 return VerifyReport(False, changes, chains, records, f"document does not load: {exc}", where)
             record = unpack(raw)
