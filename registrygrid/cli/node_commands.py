@@ -59,14 +59,19 @@ def register(cli: click.Group) -> None:
                   help="Allow the bridge on 0.0.0.0 (it then needs tokens for everything).")
     @click.option("--no-bridge", "no_bridge", is_flag=True, help="Do not serve the HTTP bridge.")
     @click.option("--no-p2p", "no_p2p", is_flag=True, help="Do not join a federation (local node).")
+    @click.option("--init", "init_home", is_flag=True, help="Initialise the home first if it is new.")
     @click.option("--log-level", default="INFO", show_default=True)
     def start(home: Path | None, listen: tuple[str, ...], bootstrap: tuple[str, ...], bridge_host: str | None,
-              bridge_port: int | None, allow_public: bool, no_bridge: bool, no_p2p: bool, log_level: str) -> None:
+              bridge_port: int | None, allow_public: bool, no_bridge: bool, no_p2p: bool, init_home: bool,
+              log_level: str) -> None:
         """Start the node in the foreground; Ctrl-C or SIGTERM stops it cleanly."""
         from registrygrid.node.node import Node
 
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         home_obj = Home(home)
+        if init_home and not home_obj.exists():
+            created = home_obj.init()
+            click.echo(f"initialised {created['home']}: node {created['node']}, org {created['org']}")
         home_obj.require()
         components = build_components(home_obj, {
             "listen": listen, "bootstrap": bootstrap, "bridge_host": bridge_host, "bridge_port": bridge_port,
