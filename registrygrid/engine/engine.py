@@ -604,6 +604,24 @@ class Engine:
                 out.setdefault(reg.decode(), {})[author.decode()] = unpack(v)[0]
         return out
 
+    def replicated_vector(self, registries: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+        """The version vector of every registry this node shares with peers
+        (replication scope other than "local"), or of the ones named."""
+        vector = self.version_vector()
+        wanted = set(registries) if registries is not None else None
+        out = {}
+        with self.store.read() as txn:
+            for registry, authors in vector.items():
+                if wanted is not None and registry not in wanted:
+                    continue
+                try:
+                    desc = self._registry(txn, registry)
+                except RegistryError:
+                    continue
+                if desc.replication != "local":
+                    out[registry] = authors
+        return out
+
     def envelopes_after(self, registry: str, author: str, after_seq: int, *, limit: int = 1000,
                         max_bytes: int = 4 * 2**20) -> list[bytes]:
         """The author's changes in ``registry`` with seq > after_seq, in chain order, bounded."""

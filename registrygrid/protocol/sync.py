@@ -1,0 +1,256 @@
+"""Anti-entropy sync, sans-IO: what two peers say to find and ship what one lacks.
+
+Gossip is lossy, so peers also reconcile directly. The puller sends its
+version vector (registry -> author -> highest contiguous sequence it holds);
+the responder answers with the envelopes the puller lacks, in causal order,
+bounded in count and bytes, and says whether more remain. The puller applies
+them and asks again with its new vector until nothing remains. The vector is
+the cursor: a session cut at any point resumes from what was applied, with
+no state on the responder.
+
+Causal order: a change's author had observed (HLC ``observe``) every change
+it builds on, so sorting by (HLC, author, seq) puts dependencies first and
+the receiver parks almost nothing.
+
+Neither side does I/O here. ``SyncPuller`` and ``answer_sync`` take and give
+bytes; a transport (libp2p request/response in ``node/``, an in-memory
+network in ``simulations/``) carries them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
+
+from registrygrid.errors import MalformedInput, TooLarge, ValidationError
+from registrygrid.protocol import limits, names
+
+SYNC_PROTOCOL_ID = "/registrygrid/sync/1.0.0"
+SYNC_VERSION = 1
+
+# Response budget. py-libp2p moves ~30-140 MB/s on one stream here but a
+# request costs ~10 ms to open, so responses should be large; 2 MiB keeps a
+# round trip near 50 ms so a cut loses little and a busy responder is not
+# monopolised. The hard cap a peer may ask for is 8 MiB.
+DEFAULT_RESPONSE_BYTES = 2 * 2**20
+MAX_RESPONSE_BYTES = 8 * 2**20
+MAX_RESPONSE_ENVELOPES = 20_000
+# A vector names each (registry, author) pair once. 100k pairs (~6 MB) is far
+# beyond a real federation (hundreds of orgs x tens of registries) and bounds
+# what a hostile request can make us decode and walk.
+MAX_VECTOR_ENTRIES = 100_000
+MAX_REQUEST_BYTES = 8 * 2**20
+
+Vector = dict[str, dict[str, int]]
+
+
+class SyncRequest(msgspec.Struct, array_like=True, frozen=True):
+    v: int
+    federation: str
+    vector: dict[str, dict[str, int]]
+    registries: list[str] | None  # None: every registry the responder replicates
+    max_bytes: int
+
+
+class SyncResponse(msgspec.Struct, array_like=True, frozen=True):
+    v: int
+    envelopes: list[bytes]
+    more: bool
+    vector: dict[str, dict[str, int]]  # the responder's own vector: tells the puller what it could push
+
+
+_encoder = msgspec.msgpack.Encoder()
+_request_decoder = msgspec.msgpack.Decoder(SyncRequest)
+_response_decoder = msgspec.msgpack.Decoder(SyncResponse)
+
+
+class ChangeSource(Protocol):
+    """What a responder needs from its store (the engine implements it)."""
+
+    def replicated_vector(self, registries: Iterable[str] | None) -> Vector: ...
+
+    def envelopes_after(self, registry: str, author: str, after_seq: int, *, limit: int,
+                        max_bytes: int) -> list[bytes]: ...
+
+
+@dataclass(frozen=True)
+class Candidate:
+    hlc: tuple[int, int]
+    author: str
+    seq: int
+    wire: bytes
+
+
+def encode_request(request: SyncRequest) -> bytes:
+    return _encoder.encode(request)
+
+
+def decode_request(data: bytes) -> SyncRequest:
+    if len(data) > MAX_REQUEST_BYTES:
+        raise TooLarge(f"sync request of {len(data)} bytes exceeds {MAX_REQUEST_BYTES}")
+    try:
+        request = _request_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedInput(f"undecodable sync request: {exc}") from None
+    if request.v != SYNC_VERSION:
+        raise MalformedInput(f"sync version {request.v}; this node speaks {SYNC_VERSION}")
+    _check_vector(request.vector)
+    if request.registries is not None:
+        for registry in request.registries:
+            _checked_name(registry)
+    if not 1 <= request.max_bytes <= MAX_RESPONSE_BYTES:
+        raise MalformedInput(f"max_bytes must be 1..{MAX_RESPONSE_BYTES}")
+    return request
+
+
+def encode_response(response: SyncResponse) -> bytes:
+    return _encoder.encode(response)
+
+
+def decode_response(data: bytes) -> SyncResponse:
+    if len(data) > MAX_RESPONSE_BYTES + 2**20:  # envelopes plus the responder's vector
+        raise TooLarge(f"sync response of {len(data)} bytes exceeds the cap")
+    try:
+        response = _response_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedInput(f"undecodable sync response: {exc}") from None
+    if response.v != SYNC_VERSION:
+        raise MalformedInput(f"sync version {response.v}; this node speaks {SYNC_VERSION}")
+    if len(response.envelopes) > MAX_RESPONSE_ENVELOPES:
+        raise TooLarge(f"{len(response.envelopes)} envelopes in one response exceed {MAX_RESPONSE_ENVELOPES}")
+    _check_vector(response.vector)
+    return response
+
+
+def _checked_name(registry: str) -> str:
+    try:
+        return names.registry_name(registry)
+    except ValidationError as exc:
+        raise MalformedInput(f"sync: {exc.message}") from None
+
+
+def _check_vector(vector: Mapping[str, Mapping[str, int]]) -> None:
+    entries = 0
+    for registry, authors in vector.items():
+        _checked_name(registry)
+        entries += len(authors)
+        if entries > MAX_VECTOR_ENTRIES:
+            raise TooLarge(f"version vector has more than {MAX_VECTOR_ENTRIES} entries")
+        for author, seq in authors.items():
+            if not author.startswith("did:key:") or len(author) > 128 or not 0 <= seq < 2**63:
+                raise MalformedInput(f"sync: bad vector entry {author!r}: {seq!r}")
+
+
+def missing(local: Mapping[str, Mapping[str, int]], remote: Mapping[str, Mapping[str, int]]) -> dict[tuple[str, str], int]:
+    """(registry, author) -> the remote's seq, wherever ``remote`` holds more than ``local``."""
+    out: dict[tuple[str, str], int] = {}
+    for registry, authors in local.items():
+        theirs = remote.get(registry, {})
+        for author, seq in authors.items():
+            if seq > theirs.get(author, 0):
+                out[(registry, author)] = theirs.get(author, 0)
+    return out
+
+
+def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str) -> bytes:
+    """The responder's whole job: bytes in, bytes out."""
+    request = decode_request(request_bytes)
+    if request.federation != federation:
+        raise ValidationError(f"this node serves federation {federation!r}, not {request.federation!r}")
+    ours = source.replicated_vector(request.registries)
+    lacking = missing(ours, request.vector)
+    budget = request.max_bytes
+    candidates: list[Candidate] = []
+    more = False
+    size = 0
+    # Take at most the budget from each chain, then cut the causally sorted
+    # union at the budget: every chain progresses, dependencies come first.
+    for (registry, author), after in sorted(lacking.items()):
+        wires = source.envelopes_after(registry, author, after, limit=MAX_RESPONSE_ENVELOPES, max_bytes=budget)
+        held = ours[registry][author]
+        if after + len(wires) < held:
+            more = True
+        for offset, wire in enumerate(wires):
+            candidates.append(Candidate(_hlc_of(wire), author, after + offset + 1, wire))
+    candidates.sort(key=lambda c: (c.hlc, c.author, c.seq))
+    chosen: list[bytes] = []
+    for candidate in candidates:
+        if chosen and (size + len(candidate.wire) > budget or len(chosen) >= MAX_RESPONSE_ENVELOPES):
+            more = True
+            break
+        chosen.append(candidate.wire)
+        size += len(candidate.wire)
+    return encode_response(SyncResponse(v=SYNC_VERSION, envelopes=chosen, more=more, vector=ours))
+
+
+class _WirePeek(msgspec.Struct, array_like=True):
+    body: bytes
+
+
+class _BodyPeek(msgspec.Struct, array_like=True):
+    v: int
+    registry: str
+    record: str
+    op: str
+    kind: str
+    schema: int
+    author: str
+    seq: int
+    prev: bytes
+    hlc: tuple[int, int]
+
+
+_peek_outer = msgspec.msgpack.Decoder(_WirePeek)
+_peek_body = msgspec.msgpack.Decoder(_BodyPeek)
+
+
+def _hlc_of(wire: bytes) -> tuple[int, int]:
+    """The HLC of a stored (already verified) envelope. The peek structs
+    declare only the leading fields; msgspec skips an array's extra trailing
+    items, so the payload is never copied out."""
+    outer = _peek_outer.decode(wire)
+    return _peek_body.decode(outer.body).hlc
+
+
+@dataclass
+class SyncPuller:
+    """The pulling side of one sync session with one peer.
+
+    ``request(vector)`` gives the bytes to send; ``receive(bytes)`` decodes the
+    answer and returns its envelopes for the caller to apply (through the
+    engine's one write path); ``done`` says whether to ask again. A cut
+    session simply starts again: the vector is the cursor.
+    """
+
+    federation: str
+    registries: list[str] | None = None
+    max_bytes: int = DEFAULT_RESPONSE_BYTES
+    rounds: int = 0
+    received: int = 0
+    done: bool = False
+    peer_vector: Vector = field(default_factory=dict)
+    _last_empty_more: int = 0
+
+    def request(self, vector: Vector) -> bytes:
+        return encode_request(SyncRequest(v=SYNC_VERSION, federation=self.federation, vector=vector,
+                                          registries=self.registries, max_bytes=self.max_bytes))
+
+    def receive(self, data: bytes) -> list[bytes]:
+        response = decode_response(data)
+        self.rounds += 1
+        self.received += len(response.envelopes)
+        self.peer_vector = response.vector
+        # A responder that says "more" but sends nothing would loop us forever.
+        if response.more and not response.envelopes:
+            self._last_empty_more += 1
+        else:
+            self._last_empty_more = 0
+        self.done = not response.more or self._last_empty_more >= 2
+        return response.envelopes
+
+    def peer_lacks(self, vector: Vector) -> dict[tuple[str, str], int]:
+        """What the peer lacks of ours, from the vector it sent back."""
+        return missing(vector, self.peer_vector)
