@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from registrygrid.errors import RegistryError
@@ -34,7 +35,7 @@ def dump_json(value: Any) -> None:
 
 
 def error(exc: RegistryError) -> None:
-    _err.print(f"[bold red]error[{exc.code}][/]: {exc.message}", highlight=False, markup=True)
+    _err.print(f"[bold red]error\\[{exc.code}][/]: {escape(exc.message)}", highlight=False, markup=True)
     if isinstance(exc.details, list):
         for item in exc.details[:50]:
             if isinstance(item, Mapping) and "path" in item:

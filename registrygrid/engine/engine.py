@@ -381,6 +381,8 @@ class Engine:
         self.catalog.validate(kind.name, kind.version, state.get("fields"))
         if not isinstance(state.get("owner"), str):
             raise ValidationError("record has no owner")
+        if body.registry == regs.KINDS_REGISTRY and not state.get("deleted"):
+            self._register_kind(body.record, state["fields"])
         return state
 
     def _park(self, txn: lmdb.Transaction, env: Envelope, waiting_key: bytes) -> IngestResult:
@@ -469,8 +471,6 @@ class Engine:
         self.metrics[f"write.{body.op}"] += 1
         if reg == regs.REGISTRY_OF_REGISTRIES:
             self._registry_cache.pop(rec, None)
-        elif reg == regs.KINDS_REGISTRY and not record["deleted"]:
-            self._register_kind(record["fields"])
         return seq, record
 
     def _materialized(self, state: dict[str, Any], env: Envelope, old: dict[str, Any] | None) -> dict[str, Any]:
@@ -556,39 +556,29 @@ class Engine:
         if registry == regs.REGISTRY_OF_REGISTRIES:
             regs.check_new_descriptor(record_id, fields, self.catalog)
         elif registry == regs.KINDS_REGISTRY:
-            expected = f"{fields.get('name')}.v{fields.get('version')}"
-            if record_id != expected:
-                raise ValidationError(f"a kind definition's id must be NAME.vVERSION ({expected!r})")
-            self._register_kind(fields, dry_run=True)
+            self._register_kind(record_id, fields)
 
-    def _register_kind(self, fields: Mapping[str, Any], dry_run: bool = False) -> None:
-        kind = KindSchema(name=fields["name"], version=int(fields["version"]),
-                          registry=fields.get("registry", ""), schema=fields["schema"],
-                          description=fields.get("description", ""), builtin=False)
-        if dry_run:
-            try:
-                existing = self.catalog.get(kind.name, kind.version)
-            except RegistryError:
-                existing = None
-            if existing is not None and existing.builtin:
-                raise ValidationError(f"kind {kind.name} v{kind.version} is built in")
-            if existing is not None and dict(existing.schema) != dict(kind.schema):
-                raise Conflict(f"kind {kind.name} v{kind.version} is already defined differently")
-            from jsonschema import Draft202012Validator, SchemaError
-
-            try:
-                Draft202012Validator.check_schema(kind.schema)
-            except SchemaError as exc:
-                raise ValidationError(f"kind {kind.name}: not a valid JSON Schema: {exc.message}") from None
-            return
-        self.catalog.register(kind)
+    def _register_kind(self, record_id: str, fields: Mapping[str, Any]) -> None:
+        """Add a user kind to the catalog, or raise why not. Runs before the
+        kind's record is written (local and remote alike), so a kind the
+        catalog refuses is never stored. Registering an identical kind again
+        is a no-op, so replays and retries are harmless."""
+        expected = f"{fields.get('name')}.v{fields.get('version')}"
+        if record_id != expected:
+            raise ValidationError(f"a kind definition's id must be NAME.vVERSION ({expected!r})")
+        # A kind's home registry is informational for user kinds (records go
+        # wherever a registry lists the kind); default to a per-kind name.
+        home = fields.get("registry") or f"user.{fields['name']}"
+        self.catalog.register(KindSchema(name=fields["name"], version=int(fields["version"]), registry=home,
+                                         schema=fields["schema"], description=fields.get("description", ""),
+                                         builtin=False))
 
     def _load_user_kinds(self) -> None:
         with self.store.read() as txn:
             for record in records.iter_records(self.store, txn, registry=regs.KINDS_REGISTRY):
                 if not record["deleted"]:
                     try:
-                        self._register_kind(record["fields"])
+                        self._register_kind(record["id"], record["fields"])
                     except RegistryError:
                         self.metrics["kinds.unloadable"] += 1
 

@@ -156,7 +156,7 @@ def open_envelope(wire: bytes, *, verify: bool = True) -> Envelope:
     try:
         outer = _wire_decoder.decode(wire)
         body = _body_decoder.decode(outer.body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, ValueError) as exc:
         raise MalformedInput(f"undecodable envelope: {exc}") from None
     if _body_encoder.encode(_Wire(outer.body, outer.signature)) != wire:
         raise MalformedInput("envelope is not in canonical form")

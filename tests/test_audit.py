@@ -1,0 +1,268 @@
+"""The audit ledger: hash-chained entries and signed RFC 6962 tree heads.
+
+Tampering is done the way an intruder with file access would: directly in
+LMDB, under the ledger's feet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import registrygrid
+from registrygrid.engine.engine import record_digest
+from registrygrid.errors import IntegrityError
+from registrygrid.home import Home
+from registrygrid.identity.keys import KeyPair
+from registrygrid.sdk import LocalRegistry
+from registrygrid.storage.audit import GENESIS, AuditLedger, MerkleFrontier, leaf_hash, node_hash
+from registrygrid.storage.store import Store, pack, u64, unpack
+
+CLUSTERS = "grid.clusters"
+
+
+def _fill(grid: LocalRegistry, n: int = 6) -> None:
+    for i in range(n):
+        grid.put(CLUSTERS, "cluster", {"name": f"c{i}"}, id=f"c{i}")
+
+
+def _signed_store(path: Path, n: int = 6) -> tuple[KeyPair, int]:
+    """A store with ``n`` audit entries and a signed head over all of them."""
+    key = KeyPair.generate()
+    grid = LocalRegistry.open_path(path, key)
+    _fill(grid, n)
+    size = len(grid.audit_log(limit=10_000))
+    grid.close()  # signs a tree head over everything so far
+    return key, size
+
+
+def _raw_entries(store: Store) -> dict[int, tuple[bytes, bytes]]:
+    with store.read() as txn:
+        return {int.from_bytes(k, "big"): tuple(unpack(v)) for k, v in txn.cursor(db=store.db["audit"])}
+
+
+def _entry(seq: int, at_ms: int, actor: str, action: str, target: str, reason: str, before: Any, after: Any,
+           change: Any, prev: bytes) -> tuple[bytes, bytes]:
+    body = pack([seq, at_ms, actor, action, target, reason, before, after, change, prev])
+    return body, hashlib.sha256(body).digest()
+
+
+# ---------------------------------------------------------------- what gets recorded
+
+
+def test_every_write_adds_an_audit_entry_with_digests_and_change_id(grid: LocalRegistry) -> None:
+    created = grid.put(CLUSTERS, "cluster", {"name": "a"}, id="a", actor="alice")
+    after_create = grid.get(CLUSTERS, "a")
+    updated = grid.update(CLUSTERS, "a", patch={"region": "eu"})
+    after_update = grid.get(CLUSTERS, "a")
+    deleted = grid.delete(CLUSTERS, "a")
+    after_delete = grid.get(CLUSTERS, "a", include_deleted=True)
+
+    log = grid.audit_log()
+    assert [e.seq for e in log] == [1, 2, 3]
+    assert [e.action for e in log] == ["create", "update", "delete"]
+    assert [e.change for e in log] == [created.change_id, updated.change_id, deleted.change_id]
+    assert all(e.target == f"{CLUSTERS}/a" for e in log)
+    assert all(e.actor == grid.engine.key.did for e in log)
+    assert "alice" in log[0].reason
+    assert (log[0].before, log[0].after) == (None, record_digest(after_create))
+    assert (log[1].before, log[1].after) == (record_digest(after_create), record_digest(after_update))
+    assert (log[2].before, log[2].after) == (record_digest(after_update), record_digest(after_delete))
+    assert log[0].prev == GENESIS
+    assert [e.prev for e in log[1:]] == [e.hash for e in log[:-1]]
+    report = grid.audit_verify()
+    assert report["entries"] == 3
+
+
+def test_audit_log_pages_forward_and_backward(grid: LocalRegistry) -> None:
+    _fill(grid, 5)
+    assert [e.seq for e in grid.audit_log(since=2, limit=2)] == [3, 4]
+    assert [e.seq for e in grid.audit_log(reverse=True, limit=3)] == [5, 4, 3]
+
+
+def test_audit_verify_is_ok_and_checks_signed_heads_after_reopening(tmp_path: Path) -> None:
+    key, size = _signed_store(tmp_path)
+    grid = LocalRegistry.open_path(tmp_path, key)
+    try:
+        report = grid.audit_verify()
+        assert report["entries"] == size
+        assert report["signed_heads"] == 1
+        leaves = [e.hash for e in grid.audit_log(limit=10_000)]
+        assert report["root"] == naive_mth(leaves).hex()
+    finally:
+        grid.close()
+
+
+# ---------------------------------------------------------------- tampering
+
+
+def test_flipping_a_byte_of_an_audit_entry_is_caught_and_names_the_entry(tmp_path: Path) -> None:
+    _, size = _signed_store(tmp_path)
+    store = Store(tmp_path)
+    try:
+        original = {seq: pack(list(value)) for seq, value in _raw_entries(store).items()}
+
+        @settings(max_examples=120, deadline=None, database=None)
+        @given(seq=st.integers(1, size), where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7))
+        def flip(seq: int, where: float, bit: int) -> None:
+            value = bytearray(original[seq])
+            index = int(where * len(value))
+            value[index] ^= 1 << bit
+            with store.env.begin(write=True) as txn:
+                txn.put(u64(seq), bytes(value), db=store.db["audit"])
+            try:
+                with pytest.raises(IntegrityError) as caught:
+                    AuditLedger.verify(store)
+                assert caught.value.details == {"entry": seq}
+                assert f"entry {seq}" in caught.value.message
+            finally:
+                with store.env.begin(write=True) as txn:
+                    txn.put(u64(seq), original[seq], db=store.db["audit"])
+
+        flip()
+        AuditLedger.verify(store)  # every flip was undone
+    finally:
+        store.close()
+
+
+def test_removing_entries_covered_by_a_signed_head_is_caught(tmp_path: Path) -> None:
+    _, size = _signed_store(tmp_path)
+    store = Store(tmp_path)
+    try:
+        with store.env.begin(write=True) as txn:
+            txn.delete(u64(size), db=store.db["audit"])
+            txn.delete(u64(size - 1), db=store.db["audit"])
+        with pytest.raises(IntegrityError) as caught:
+            AuditLedger.verify(store)
+        assert caught.value.details == {"head": size}
+        assert "removed" in caught.value.message
+    finally:
+        store.close()
+
+
+def test_removing_an_entry_in_the_middle_is_caught_as_missing(tmp_path: Path) -> None:
+    _, size = _signed_store(tmp_path)
+    store = Store(tmp_path)
+    try:
+        with store.env.begin(write=True) as txn:
+            txn.delete(u64(3), db=store.db["audit"])
+        with pytest.raises(IntegrityError) as caught:
+            AuditLedger.verify(store)
+        assert caught.value.details == {"entry": 3}
+    finally:
+        store.close()
+
+
+def test_rewriting_history_with_a_recomputed_hash_chain_is_caught_by_the_signed_head(tmp_path: Path) -> None:
+    _, size = _signed_store(tmp_path)
+    store = Store(tmp_path)
+    try:
+        entries = _raw_entries(store)
+        prev = GENESIS
+        rewritten: dict[int, tuple[bytes, bytes]] = {}
+        for seq in sorted(entries):
+            fields = unpack(entries[seq][0])
+            if seq == 2:
+                fields[5] = "nothing to see here"  # the reason
+                fields[2] = "did:key:someone-else"  # the actor
+            fields[-1] = prev
+            rewritten[seq] = _entry(*fields)
+            prev = rewritten[seq][1]
+        with store.env.begin(write=True) as txn:
+            for seq, value in rewritten.items():
+                txn.put(u64(seq), pack(list(value)), db=store.db["audit"])
+        # The chain alone is consistent again: every entry hashes and links.
+        with store.read() as txn:
+            heads = {k: v for k, v in txn.cursor(db=store.db["audit_heads"])}
+        with store.env.begin(write=True) as txn:
+            txn.drop(store.db["audit_heads"], delete=False)
+        assert AuditLedger.verify(store)["entries"] == size
+        with store.env.begin(write=True) as txn:
+            for k, v in heads.items():
+                txn.put(k, v, db=store.db["audit_heads"])
+        # ... but the signed tree head pins the original history.
+        with pytest.raises(IntegrityError) as caught:
+            AuditLedger.verify(store)
+        assert caught.value.details == {"head": size}
+        assert "rewritten" in caught.value.message
+    finally:
+        store.close()
+
+
+def test_a_forged_tree_head_signature_is_caught(tmp_path: Path) -> None:
+    _, size = _signed_store(tmp_path)
+    store = Store(tmp_path)
+    try:
+        with store.env.begin(write=True) as txn:
+            head = unpack(txn.get(u64(size), db=store.db["audit_heads"]))
+            head["at_ms"] += 1
+            txn.put(u64(size), pack(head), db=store.db["audit_heads"])
+        with pytest.raises(IntegrityError) as caught:
+            AuditLedger.verify(store)
+        assert caught.value.details == {"head": size}
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------- Merkle tree
+
+
+def naive_mth(entry_hashes: list[bytes]) -> bytes:
+    """RFC 6962 section 2.1, written as the RFC states it."""
+    n = len(entry_hashes)
+    if n == 0:
+        return hashlib.sha256(b"").digest()
+    if n == 1:
+        return hashlib.sha256(b"\x00" + entry_hashes[0]).digest()
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return hashlib.sha256(b"\x01" + naive_mth(entry_hashes[:k]) + naive_mth(entry_hashes[k:])).digest()
+
+
+def test_merkle_frontier_root_equals_the_rfc6962_tree_hash_for_every_size_up_to_70() -> None:
+    hashes = [hashlib.sha256(str(i).encode()).digest() for i in range(71)]
+    frontier = MerkleFrontier()
+    assert frontier.root() == naive_mth([])
+    for n in range(1, 71):
+        frontier.append(leaf_hash(hashes[n - 1]))
+        assert frontier.size == n
+        assert frontier.root() == naive_mth(hashes[:n]), n
+        # Restoring from saved state continues the same tree.
+        restored = MerkleFrontier(*frontier.to_state())
+        assert restored.root() == frontier.root()
+
+
+def test_merkle_helpers_use_rfc6962_domain_separation() -> None:
+    a, b = b"\x01" * 32, b"\x02" * 32
+    assert leaf_hash(a) == hashlib.sha256(b"\x00" + a).digest()
+    assert node_hash(a, b) == hashlib.sha256(b"\x01" + a + b).digest()
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_audit_verify_fails_and_names_the_tampered_entry(tmp_path: Path, rgrid: Any) -> None:
+    home = tmp_path / "home"
+    Home(home).init(org_name="acme")
+    with registrygrid.open(home) as grid:
+        _fill(grid, 5)
+    ok = rgrid("audit", "verify", "--json", home=home)
+    assert ok.returncode == 0, ok.stderr
+    store = Store(Home(home).store_path)
+    try:
+        with store.env.begin(write=True) as txn:
+            value = bytearray(txn.get(u64(4), db=store.db["audit"]))
+            value[-3] ^= 0xFF  # inside the entry hash
+            txn.put(u64(4), bytes(value), db=store.db["audit"])
+    finally:
+        store.close()
+    bad = rgrid("audit", "verify", home=home)
+    assert bad.returncode != 0
+    assert bad.returncode == IntegrityError.exit_code
+    assert "audit entry 4" in bad.stderr

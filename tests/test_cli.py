@@ -1,0 +1,260 @@
+"""`rgrid`, run as the operator runs it: a real process per command, a real home.
+
+Homes are prepared in-process where the command under test is not `init`
+(it is the same code, and each CLI process costs half a second of imports).
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import registrygrid
+from registrygrid.engine.ops import Put
+from registrygrid.errors import EX_DATAERR, EX_NOINPUT
+from registrygrid.home import Home
+from registrygrid.storage import feed, records
+from registrygrid.storage.store import Store
+
+Run = Callable[..., Any]
+
+
+def ok_json(rgrid: Run, *args: str, home: Path) -> Any:
+    proc = rgrid(*args, "--json", home=home)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def feed_head(home: Path) -> int:
+    store = Store(Home(home).store_path, readonly=True)
+    try:
+        return feed.head(store)
+    finally:
+        store.close()
+
+
+def stored_record(home: Path, registry: str, record_id: str) -> dict[str, Any] | None:
+    """Read a record straight from LMDB (a reader never disturbs the CLI)."""
+    store = Store(Home(home).store_path, readonly=True)
+    try:
+        with store.read() as txn:
+            return records.get_record(store, txn, registry, record_id)
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """An initialised home whose store already holds one record."""
+    path = tmp_path / "home"
+    Home(path).init(org_name="acme")
+    with registrygrid.open(path) as grid:
+        grid.put("grid.tools", "tool", {"name": "seed"}, id="seed")
+    return path
+
+
+@pytest.fixture(scope="module")
+def listed_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home with seven clusters c0..c6 (gpus.count = i, tagged odd/even) and two tools."""
+    path = tmp_path_factory.mktemp("listed") / "home"
+    Home(path).init(org_name="acme")
+    with registrygrid.open(path) as grid:
+        grid.put_many([Put("grid.clusters", "cluster", {"name": f"c{i}", "gpus": {"count": i}}, f"c{i}",
+                           tags=["odd" if i % 2 else "even"]) for i in range(7)])
+        grid.put("grid.tools", "tool", {"name": "grep"}, id="grep", tags=["odd"])
+        grid.put("grid.tools", "tool", {"name": "sed"}, id="sed")
+    return path
+
+
+# ---------------------------------------------------------------- init and identity
+
+
+def test_init_creates_private_keys_and_refuses_to_run_twice(tmp_path: Path, rgrid: Run) -> None:
+    home = tmp_path / "home"
+    created = ok_json(rgrid, "init", "--org-name", "acme", home=home)
+    assert created["node"].startswith("did:key:z6Mk")
+    assert created["org"].startswith("did:key:z6Mk")
+    for name in ("node.key", "org.key"):
+        mode = stat.S_IMODE((home / "keys" / name).stat().st_mode)
+        assert mode == 0o600, (name, oct(mode))
+    node_key = (home / "keys" / "node.key").read_text()
+
+    again = rgrid("init", home=home)
+    assert again.returncode == EX_DATAERR
+    assert "already initialised" in again.stderr
+    assert (home / "keys" / "node.key").read_text() == node_key
+
+    identity = ok_json(rgrid, "id", home=home)
+    assert identity["did"] == created["node"]
+    assert identity["org"] == created["org"]
+    assert identity["peer_id"].startswith("12D3KooW")
+    assert identity["org_name"] == "acme"
+    assert set(identity["roles"]) >= {"node"}
+
+
+def test_commands_on_a_home_that_was_never_initialised_say_how_to_fix_it(tmp_path: Path, rgrid: Run) -> None:
+    proc = rgrid("list", home=tmp_path / "nothing")
+    assert proc.returncode != 0
+    assert "rgrid init" in proc.stderr
+
+
+# ---------------------------------------------------------------- records
+
+
+def test_put_get_update_delete_and_history(home: Path, tmp_path: Path, rgrid: Run) -> None:
+    put = ok_json(rgrid, "put", "grid.clusters", "cluster", "--id", "c1", "--set", "name=c1",
+                  "--set", "gpus.count=8", "--set", "gpus.model=NVIDIA H100", "--set", "reputation=0.9",
+                  "--set", 'nodes=[{"id": "n1", "vcpus": 64}]', "--set", "region=eu-west-1",
+                  "--tag", "gpu", home=home)
+    assert put["status"] == "created"
+    assert put["id"] == "c1"
+    assert put["feed_seq"] == 2
+
+    record = ok_json(rgrid, "get", "grid.clusters", "c1", home=home)
+    assert record["fields"] == {"name": "c1", "gpus": {"count": 8, "model": "NVIDIA H100"}, "reputation": 0.9,
+                                "nodes": [{"id": "n1", "vcpus": 64}], "region": "eu-west-1"}
+    assert record["tags"] == ["gpu"]
+    assert record["change_id"] == put["change_id"]
+
+    fields_file = tmp_path / "c2.json"
+    fields_file.write_text(json.dumps({"name": "c2", "gpus": {"count": 2}, "scheduler": "slurm"}))
+    from_file = ok_json(rgrid, "put", "grid.clusters", "cluster", "--id", "c2", "--file", str(fields_file),
+                        "--set", "gpus.count=4", home=home)
+    assert from_file["status"] == "created"
+    assert stored_record(home, "grid.clusters", "c2")["fields"] == {  # type: ignore[index]
+        "name": "c2", "gpus": {"count": 4}, "scheduler": "slurm"}
+
+    updated = ok_json(rgrid, "update", "grid.clusters", "c1", "--set", "gpus.count=16", "--unset", "region",
+                      home=home)
+    assert updated["status"] == "updated"
+    assert stored_record(home, "grid.clusters", "c1")["fields"] == {  # type: ignore[index]
+        "name": "c1", "gpus": {"count": 16, "model": "NVIDIA H100"}, "reputation": 0.9,
+        "nodes": [{"id": "n1", "vcpus": 64}]}
+
+    deleted = ok_json(rgrid, "delete", "grid.clusters", "c1", home=home)
+    assert deleted["status"] == "deleted"
+    gone = rgrid("get", "grid.clusters", "c1", home=home)
+    assert gone.returncode == EX_NOINPUT
+    assert "deleted" in gone.stderr
+    assert ok_json(rgrid, "get", "grid.clusters", "c1", "--deleted", home=home)["deleted"] is True
+
+    history = ok_json(rgrid, "history", "grid.clusters", "c1", home=home)
+    assert [h["op"] for h in history] == ["create", "update", "delete"]
+    assert [h["change_id"] for h in history] == [put["change_id"], updated["change_id"], deleted["change_id"]]
+
+
+def test_list_filters_by_kind_tag_and_where_and_pages_with_a_cursor(listed_home: Path, rgrid: Run) -> None:
+    def ids(*args: str) -> tuple[list[str], str | None]:
+        page = ok_json(rgrid, "list", *args, home=listed_home)
+        return [r["id"] for r in page["items"]], page["next_cursor"]
+
+    assert ids("--kind", "tool")[0] == ["grep", "sed"]
+    assert ids("--tag", "odd")[0] == ["c1", "c3", "c5", "grep"]
+    assert ids("grid.clusters", "--where", "gpus.count>=4")[0] == ["c4", "c5", "c6"]
+
+    first, cursor = ids("grid.clusters", "--limit", "4")
+    assert first == ["c0", "c1", "c2", "c3"]
+    assert cursor is not None
+    second, cursor = ids("grid.clusters", "--limit", "4", "--cursor", cursor)
+    assert (second, cursor) == (["c4", "c5", "c6"], None)
+
+
+def test_feed_tail_prints_one_json_event_per_line(listed_home: Path, rgrid: Run) -> None:
+    proc = rgrid("feed", "tail", "--from", "0", "--json", home=listed_home)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [e["seq"] for e in events] == list(range(1, 10))
+    assert all(e["type"] == "created" for e in events)
+    assert [e["record"] for e in events[-2:]] == ["grep", "sed"]
+    assert {"registry", "record", "kind", "change", "author", "hlc", "origin"} <= set(events[0])
+
+
+def test_verify_reports_a_healthy_store(listed_home: Path, rgrid: Run) -> None:
+    report = ok_json(rgrid, "verify", home=listed_home)
+    assert report["ok"] is True
+    assert report["changes"] == 9
+    assert report["records"] == 9
+    assert report["problem"] is None
+
+
+def test_registry_create_and_list(home: Path, rgrid: Run) -> None:
+    created = ok_json(rgrid, "registry", "create", "acme.models", "--kind", "asset", "--description", "models",
+                      home=home)
+    assert created["status"] == "created"
+    registries = {r["name"]: r for r in ok_json(rgrid, "registry", "list", home=home)}
+    assert registries["acme.models"]["kinds"] == ["asset"]
+    assert registries["acme.models"]["builtin"] is False
+    assert registries["grid.clusters"]["builtin"] is True
+    put = ok_json(rgrid, "put", "acme.models", "asset", "--set", "name=llama", "--set", "uri=s3://m/llama",
+                  home=home)
+    assert put["registry"] == "acme.models"
+
+
+def test_kind_register_from_a_schema_file_then_put_a_record_of_it(home: Path, tmp_path: Path,
+                                                                  rgrid: Run) -> None:
+    schema = tmp_path / "bench.schema.json"
+    schema.write_text(json.dumps({
+        "type": "object",
+        "required": ["gpu", "tflops"],
+        "properties": {"gpu": {"type": "string"}, "tflops": {"type": "number", "minimum": 0}},
+    }))
+    registered = ok_json(rgrid, "kind", "register", "gpu-bench", "--schema", str(schema),
+                         "--registry", "acme.bench", home=home)
+    assert registered["status"] == "created"
+    assert registered["id"] == "gpu-bench.v1"
+    ok_json(rgrid, "registry", "create", "acme.bench", "--kind", "gpu-bench", home=home)
+    put = ok_json(rgrid, "put", "acme.bench", "gpu-bench", "--id", "run-1", "--set", "gpu=H100",
+                  "--set", "tflops=989.5", home=home)
+    assert put["status"] == "created"
+    assert stored_record(home, "acme.bench", "run-1")["fields"] == {"gpu": "H100", "tflops": 989.5}  # type: ignore[index]
+    head = feed_head(home)
+    bad = rgrid("put", "acme.bench", "gpu-bench", "--set", "gpu=H100", "--set", "tflops=-1", home=home)
+    assert bad.returncode == EX_DATAERR
+    assert "/tflops" in bad.stderr
+    assert feed_head(home) == head
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_schema_violation_exits_65_and_prints_every_failing_path(home: Path, rgrid: Run) -> None:
+    head = feed_head(home)
+    proc = rgrid("put", "grid.clusters", "cluster", "--set", "name=", "--set", "reputation=5",
+                 "--set", "gpus.count=-1", "--set", "gpus.vendor=acme", home=home)
+    assert proc.returncode == EX_DATAERR
+    for path in ("/name", "/reputation", "/gpus/count", "/gpus"):
+        assert f"at {path}:" in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+    assert feed_head(home) == head
+
+
+def test_errors_print_their_stable_code_on_stderr(home: Path, rgrid: Run) -> None:
+    # cli/main.py: "Errors print ``error[CODE]: message`` on stderr".
+    proc = rgrid("put", "grid.clusters", "cluster", "--set", "reputation=5", home=home)
+    assert proc.returncode == EX_DATAERR
+    assert proc.stderr.startswith("error[schema_violation]: "), proc.stderr
+
+
+def test_unknown_registry_exits_66(home: Path, rgrid: Run) -> None:
+    head = feed_head(home)
+    proc = rgrid("put", "acme.nowhere", "cluster", "--set", "name=x", home=home)
+    assert proc.returncode == EX_NOINPUT
+    assert "acme.nowhere" in proc.stderr
+    assert feed_head(home) == head
+
+
+def test_malformed_json_file_exits_65_and_says_so(home: Path, tmp_path: Path, rgrid: Run) -> None:
+    head = feed_head(home)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"name": "c1",\n "gpus": {"count": 8\n')
+    proc = rgrid("put", "grid.clusters", "cluster", "--file", str(broken), home=home)
+    assert proc.returncode == EX_DATAERR
+    assert "not valid JSON" in proc.stderr
+    assert "broken.json" in proc.stderr
+    assert feed_head(home) == head
+

@@ -1,0 +1,837 @@
+"""The write path: every local and remote change goes through ``Engine.execute``.
+
+Real LMDB in temporary directories; replication is exercised by moving
+envelope bytes from one store to another, exactly what gossip and sync do.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from registrygrid.crdt.record import RecordDoc
+from registrygrid.engine.ops import Delete, IngestResult, Put, Remote, Update, WriteResult
+from registrygrid.errors import (
+    AlreadyExists,
+    Conflict,
+    Equivocation,
+    NotFound,
+    PolicyDenied,
+    RegistryError,
+    SchemaViolation,
+    SignatureInvalid,
+    TooLarge,
+    UnknownKind,
+    UnknownRegistry,
+    ValidationError,
+)
+from registrygrid.identity.keys import KeyPair
+from registrygrid.protocol import limits
+from registrygrid.protocol.envelope import cid_from_str, cid_to_str, open_envelope, seal
+from registrygrid.protocol.hlc import Hlc
+from registrygrid.sdk import LocalRegistry
+from registrygrid.storage.store import key as store_key
+
+CLUSTERS = "grid.clusters"
+
+
+def cluster(name: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, **extra}
+
+
+def entries(grid: LocalRegistry, db: str) -> int:
+    with grid.store.read() as txn:
+        return txn.stat(grid.store.db[db])["entries"]
+
+
+def snapshot(grid: LocalRegistry) -> tuple[str, int, int, int]:
+    """What a refused operation must leave exactly as it was."""
+    return (grid.state_digest(), grid.feed_head(), entries(grid, "changes"), entries(grid, "records"))
+
+
+def audit_entries(grid: LocalRegistry) -> list[Any]:
+    return grid.audit_log(limit=10_000)
+
+
+def assert_refused(grid: LocalRegistry, call: Callable[[], Any], error: type[RegistryError]) -> RegistryError:
+    """``call`` raises ``error``, changes nothing, and leaves one ``deny`` audit entry naming why."""
+    before = snapshot(grid)
+    audit_before = audit_entries(grid)
+    with pytest.raises(error) as caught:
+        call()
+    assert snapshot(grid) == before
+    added = audit_entries(grid)[len(audit_before):]
+    assert [e.action for e in added] == ["deny"]
+    assert added[0].reason.startswith(caught.value.code + ":")
+    assert grid.verify().ok
+    grid.audit_verify()
+    return caught.value
+
+
+def wires_in_feed_order(grid: LocalRegistry) -> list[bytes]:
+    out = []
+    for event in grid.changes(0, limit=10_000):
+        wire = grid.change(cid_from_str(event.change))
+        assert wire is not None
+        out.append(wire)
+    return out
+
+
+def all_records(grid: LocalRegistry) -> list[dict[str, Any]]:
+    return list(grid.iter_all(include_deleted=True))
+
+
+def open_store(path: Path, key: KeyPair | None = None) -> LocalRegistry:
+    return LocalRegistry.open_path(path, key)
+
+
+# ================================================================ put / get / update / delete
+
+
+def test_put_then_get_returns_the_record_with_its_metadata(grid: LocalRegistry) -> None:
+    result = grid.put(CLUSTERS, "cluster", cluster("eu-1", region="eu-west-1", gpus={"count": 8}),
+                      id="eu-1", tags=["gpu", "eu"])
+    assert result.status == "created"
+    assert result.feed_seq == 1
+    record = grid.get(CLUSTERS, "eu-1")
+    assert record["fields"] == {"name": "eu-1", "region": "eu-west-1", "gpus": {"count": 8}}
+    assert record["kind"] == "cluster"
+    assert record["schema"] == 1
+    assert record["tags"] == ["eu", "gpu"]
+    assert record["owner"] == grid.engine.key.did
+    assert record["created_by"] == grid.engine.key.did
+    assert record["change_id"] == result.change_id
+    assert record["deleted"] is False
+    assert record["revision"] == 1
+
+
+def test_put_without_an_id_generates_a_sortable_unique_id(grid: LocalRegistry) -> None:
+    ids = [grid.put(CLUSTERS, "cluster", cluster(f"c{i}")).record_id for i in range(5)]
+    assert len(set(ids)) == 5
+    assert all(len(i) == 26 for i in ids)
+    assert [r["id"] for r in grid.list(CLUSTERS).items] == sorted(ids)
+
+
+def test_update_with_a_patch_merges_fields_and_null_removes_one(grid: LocalRegistry) -> None:
+    grid.put(CLUSTERS, "cluster", cluster("a", region="eu", gpus={"count": 2, "model": "A100"}), id="a")
+    result = grid.update(CLUSTERS, "a", patch={"gpus": {"count": 4}, "region": None, "scheduler": "slurm"})
+    assert result.status == "updated"
+    assert grid.get(CLUSTERS, "a")["fields"] == {
+        "name": "a", "gpus": {"count": 4, "model": "A100"}, "scheduler": "slurm"}
+
+
+def test_update_with_fields_replaces_all_fields(grid: LocalRegistry) -> None:
+    grid.put(CLUSTERS, "cluster", cluster("a", region="eu", gpus={"count": 2}), id="a")
+    grid.update(CLUSTERS, "a", fields={"name": "a2"})
+    assert grid.get(CLUSTERS, "a")["fields"] == {"name": "a2"}
+
+
+def test_update_with_tags_replaces_the_tags_and_their_index(grid: LocalRegistry) -> None:
+    grid.put(CLUSTERS, "cluster", cluster("a"), id="a", tags=["old", "keep"])
+    grid.update(CLUSTERS, "a", tags=["keep", "new"])
+    assert grid.get(CLUSTERS, "a")["tags"] == ["keep", "new"]
+    assert [r["id"] for r in grid.list(tag="new").items] == ["a"]
+    assert grid.list(tag="old").items == []
+
+
+def test_update_that_changes_nothing_is_unchanged_and_writes_no_change(grid: LocalRegistry) -> None:
+    first = grid.put(CLUSTERS, "cluster", cluster("a", region="eu"), id="a", tags=["x"])
+    before = snapshot(grid)
+    for kwargs in ({"patch": {"region": "eu"}}, {"fields": {"name": "a", "region": "eu"}}, {"tags": ["x"]}):
+        result = grid.update(CLUSTERS, "a", **kwargs)
+        assert result.status == "unchanged"
+        assert result.change_id == first.change_id
+        assert result.feed_seq is None
+    assert snapshot(grid) == before
+
+
+def test_delete_is_a_tombstone_that_keeps_history(grid: LocalRegistry) -> None:
+    created = grid.put(CLUSTERS, "cluster", cluster("a"), id="a")
+    updated = grid.update(CLUSTERS, "a", patch={"region": "eu"})
+    deleted = grid.delete(CLUSTERS, "a")
+    assert deleted.status == "deleted"
+    with pytest.raises(NotFound):
+        grid.get(CLUSTERS, "a")
+    tombstone = grid.get(CLUSTERS, "a", include_deleted=True)
+    assert tombstone["deleted"] is True
+    assert tombstone["fields"] == {"name": "a", "region": "eu"}
+    assert [h["op"] for h in grid.history(CLUSTERS, "a")] == ["create", "update", "delete"]
+    assert [h["change_id"] for h in grid.history(CLUSTERS, "a")] == [
+        created.change_id, updated.change_id, deleted.change_id]
+    assert grid.list(CLUSTERS).items == []
+    assert [r["id"] for r in grid.list(CLUSTERS, include_deleted=True).items] == ["a"]
+    with pytest.raises(NotFound):
+        grid.update(CLUSTERS, "a", patch={"region": "us"})
+    with pytest.raises(NotFound):
+        grid.delete(CLUSTERS, "a")
+
+
+def test_a_deleted_record_can_be_created_again(grid: LocalRegistry) -> None:
+    grid.put(CLUSTERS, "cluster", cluster("a", region="eu"), id="a", tags=["old"])
+    grid.delete(CLUSTERS, "a")
+    again = grid.put(CLUSTERS, "cluster", cluster("a-again"), id="a", tags=["new"])
+    assert again.status == "created"
+    record = grid.get(CLUSTERS, "a")
+    assert record["deleted"] is False
+    assert record["fields"] == {"name": "a-again"}
+    assert record["tags"] == ["new"]
+    assert record["revision"] == 3
+    assert [h["op"] for h in grid.history(CLUSTERS, "a")] == ["create", "delete", "create"]
+    assert grid.verify().ok
+
+
+def test_a_deleted_record_keeps_its_kind(grid: LocalRegistry) -> None:
+    grid.create_registry("acme.mixed", ["cluster", "tool"])
+    grid.put("acme.mixed", "cluster", cluster("a"), id="a")
+    grid.delete("acme.mixed", "a")
+    assert_refused(grid, lambda: grid.put("acme.mixed", "tool", {"name": "t"}, id="a"), Conflict)
+
+
+def test_put_of_an_existing_id_is_already_exists_and_changes_nothing(grid: LocalRegistry) -> None:
+    grid.put(CLUSTERS, "cluster", cluster("a"), id="a")
+    assert_refused(grid, lambda: grid.put(CLUSTERS, "cluster", cluster("b"), id="a"), AlreadyExists)
+    assert grid.get(CLUSTERS, "a")["fields"] == {"name": "a"}
+
+
+def test_update_with_a_stale_if_match_is_a_conflict_naming_the_current_change(grid: LocalRegistry) -> None:
+    first = grid.put(CLUSTERS, "cluster", cluster("a"), id="a")
+    second = grid.update(CLUSTERS, "a", patch={"region": "eu"})
+    error = assert_refused(
+        grid, lambda: grid.update(CLUSTERS, "a", patch={"region": "us"}, if_match=first.change_id), Conflict)
+    assert error.details == {"current": second.change_id}
+    assert_refused(grid, lambda: grid.delete(CLUSTERS, "a", if_match=first.change_id), Conflict)
+    assert grid.update(CLUSTERS, "a", patch={"region": "us"}, if_match=second.change_id).status == "updated"
+
+
+# ================================================================ refusals
+
+
+def test_schema_violation_reports_every_failing_field_path(grid: LocalRegistry) -> None:
+    grid.put(CLUSTERS, "cluster", cluster("ok"), id="ok")
+    bad = {"name": "", "reputation": 5, "gpus": {"count": -1, "vendor": "x"},
+           "nodes": [{"id": "n1"}, {"hostname": "h"}]}
+    error = assert_refused(grid, lambda: grid.put(CLUSTERS, "cluster", bad, id="bad"), SchemaViolation)
+    paths = {d["path"] for d in error.details}
+    assert paths == {"/name", "/reputation", "/gpus/count", "/gpus", "/nodes/1"}
+    assert all(d["message"] for d in error.details)
+
+
+def test_schema_violation_on_update_reports_every_path_and_keeps_the_record(grid: LocalRegistry) -> None:
+    grid.put(CLUSTERS, "cluster", cluster("ok"), id="ok")
+    error = assert_refused(
+        grid, lambda: grid.update(CLUSTERS, "ok", patch={"reputation": -1, "memory": "lots"}), SchemaViolation)
+    assert {d["path"] for d in error.details} == {"/reputation", "/memory"}
+    assert grid.get(CLUSTERS, "ok")["fields"] == {"name": "ok"}
+
+
+def test_unknown_kind_is_refused(grid: LocalRegistry) -> None:
+    grid.put(CLUSTERS, "cluster", cluster("ok"))
+    assert_refused(grid, lambda: grid.put(CLUSTERS, "no-such-kind", {"name": "x"}), ValidationError)
+    assert_refused(grid, lambda: grid.put(CLUSTERS, "Not A Kind", {"name": "x"}), ValidationError)
+
+
+def test_unknown_schema_version_of_a_kind_is_unknown_kind(grid: LocalRegistry) -> None:
+    assert_refused(grid, lambda: grid.put(CLUSTERS, "cluster", cluster("x"), schema=99), UnknownKind)
+
+
+def test_kind_not_held_by_the_registry_is_refused(grid: LocalRegistry) -> None:
+    error = assert_refused(
+        grid, lambda: grid.put(CLUSTERS, "function", {"name": "f", "executor": {"type": "wasm"}}), ValidationError)
+    assert "cluster" in error.message
+
+
+def test_unknown_registry_is_refused_with_a_hint(grid: LocalRegistry) -> None:
+    error = assert_refused(grid, lambda: grid.put("acme.nowhere", "cluster", cluster("x")), UnknownRegistry)
+    assert "rgrid registry create" in error.message
+    with pytest.raises(UnknownRegistry):
+        grid.get("acme.nowhere", "x")
+    with pytest.raises(UnknownRegistry):
+        grid.list("acme.nowhere")
+
+
+def test_record_fields_over_the_size_cap_are_too_large(grid: LocalRegistry) -> None:
+    big = cluster("big", blob="x" * (limits.MAX_RECORD_BYTES + 1))
+    assert_refused(grid, lambda: grid.put(CLUSTERS, "cluster", big, id="big"), TooLarge)
+    grid.put(CLUSTERS, "cluster", cluster("small"), id="small")
+    assert_refused(grid, lambda: grid.update(CLUSTERS, "small", patch={"blob": big["blob"]}), TooLarge)
+
+
+@pytest.mark.parametrize("record_id", ["", "a/b", "-leading-dash", "with space", "x" * 129, "é"])
+def test_bad_record_id_is_a_validation_error(grid: LocalRegistry, record_id: str) -> None:
+    assert_refused(grid, lambda: grid.put(CLUSTERS, "cluster", cluster("x"), id=record_id), ValidationError)
+
+
+@pytest.mark.parametrize("tags", [["bad tag"], [""], ["x" * 65], [f"t{i}" for i in range(limits.MAX_TAGS + 1)]])
+def test_bad_tags_are_a_validation_error(grid: LocalRegistry, tags: list[str]) -> None:
+    assert_refused(grid, lambda: grid.put(CLUSTERS, "cluster", cluster("x"), tags=tags), ValidationError)
+
+
+def test_values_that_are_not_json_are_refused(grid: LocalRegistry) -> None:
+    assert_refused(grid, lambda: grid.put(CLUSTERS, "cluster", cluster("x", when=object())), ValidationError)
+    assert_refused(grid, lambda: grid.put(CLUSTERS, "cluster", cluster("x", n=2**70)), ValidationError)
+    assert_refused(grid, lambda: grid.put(CLUSTERS, "cluster", cluster("x", f=float("nan"))), ValidationError)
+
+
+def test_a_batch_commits_the_good_operations_and_answers_each_in_order(grid: LocalRegistry) -> None:
+    grid.put(CLUSTERS, "cluster", cluster("existing"), id="existing")
+    head = grid.feed_head()
+    outcomes = grid.execute([
+        Put(CLUSTERS, "cluster", cluster("one"), "one"),
+        Put(CLUSTERS, "cluster", {"name": 7}, "bad"),
+        Put(CLUSTERS, "cluster", cluster("two"), "two"),
+        Update(CLUSTERS, "one", patch={"region": "eu"}),
+        Delete(CLUSTERS, "missing"),
+        Put(CLUSTERS, "cluster", cluster("dup"), "existing"),
+        Delete(CLUSTERS, "two"),
+    ])
+    assert len(outcomes) == 7
+    assert isinstance(outcomes[0], WriteResult) and outcomes[0].status == "created"
+    assert isinstance(outcomes[1], SchemaViolation)
+    assert isinstance(outcomes[2], WriteResult) and outcomes[2].record_id == "two"
+    assert isinstance(outcomes[3], WriteResult) and outcomes[3].status == "updated"
+    assert isinstance(outcomes[4], NotFound)
+    assert isinstance(outcomes[5], AlreadyExists)
+    assert isinstance(outcomes[6], WriteResult) and outcomes[6].status == "deleted"
+    assert [o.feed_seq for o in outcomes if isinstance(o, WriteResult)] == [head + 1, head + 2, head + 3, head + 4]
+    assert grid.feed_head() == head + 4
+    assert grid.get(CLUSTERS, "one")["fields"] == {"name": "one", "region": "eu"}
+    with pytest.raises(NotFound):
+        grid.get(CLUSTERS, "bad")
+    assert grid.get(CLUSTERS, "existing")["fields"] == {"name": "existing"}
+    assert [e.action for e in audit_entries(grid)[-7:]] == [
+        "create", "deny", "create", "update", "deny", "deny", "delete"]
+    assert grid.verify().ok
+
+
+def test_several_changes_to_one_record_in_one_batch_chain_correctly(grid: LocalRegistry) -> None:
+    outcomes = grid.execute([
+        Put(CLUSTERS, "cluster", cluster("a"), "a"),
+        Update(CLUSTERS, "a", patch={"region": "eu"}),
+        Update(CLUSTERS, "a", patch={"region": 5}),  # refused mid-batch
+        Update(CLUSTERS, "a", patch={"scheduler": "slurm"}),
+    ])
+    assert isinstance(outcomes[2], SchemaViolation)
+    assert grid.get(CLUSTERS, "a")["fields"] == {"name": "a", "region": "eu", "scheduler": "slurm"}
+    assert grid.verify().ok
+    # What was committed replicates: the refused change left nothing in the document.
+    with tempfile.TemporaryDirectory() as other:
+        replica = open_store(Path(other))
+        try:
+            results = replica.execute([Remote(w, "p") for w in wires_in_feed_order(grid)])
+            assert [r.status for r in results] == ["applied"] * 3
+            assert replica.state_digest() == grid.state_digest()
+        finally:
+            replica.close()
+
+
+# ================================================================ registries and kinds
+
+
+def test_a_created_registry_accepts_its_kinds_and_refuses_others(grid: LocalRegistry) -> None:
+    created = grid.create_registry("acme.models", ["asset"], description="our models")
+    assert created.status == "created"
+    assert "acme.models" in [r["name"] for r in grid.registries()]
+    put = grid.put("acme.models", "asset", {"name": "m", "uri": "s3://b/m"}, id="m")
+    assert put.status == "created"
+    assert grid.get("acme.models", "m")["fields"]["uri"] == "s3://b/m"
+    assert grid.describe_registry("acme.models")["records"] == 1
+    assert_refused(grid, lambda: grid.put("acme.models", "cluster", cluster("c")), ValidationError)
+
+
+def test_a_registry_cannot_be_created_twice_or_shadow_a_builtin(grid: LocalRegistry) -> None:
+    grid.create_registry("acme.models", ["asset"])
+    assert_refused(grid, lambda: grid.create_registry("acme.models", ["asset"]), AlreadyExists)
+    assert_refused(grid, lambda: grid.create_registry(CLUSTERS, ["cluster"]), ValidationError)
+    assert_refused(grid, lambda: grid.create_registry("acme.empty", []), ValidationError)
+    assert_refused(grid, lambda: grid.create_registry("acme.odd", ["no-such-kind"]), ValidationError)
+
+
+BENCH_SCHEMA = {
+    "type": "object",
+    "required": ["gpu", "tflops"],
+    "properties": {"gpu": {"type": "string"}, "tflops": {"type": "number", "minimum": 0}},
+}
+
+
+def test_a_user_kind_validates_records_of_it(grid: LocalRegistry) -> None:
+    grid.register_kind("gpu-bench", 1, BENCH_SCHEMA, registry="acme.bench")
+    assert grid.kind("gpu-bench")["schema"] == BENCH_SCHEMA
+    grid.create_registry("acme.bench", ["gpu-bench"])
+    assert grid.put("acme.bench", "gpu-bench", {"gpu": "H100", "tflops": 989.5}, id="run-1").status == "created"
+    error = assert_refused(grid, lambda: grid.put("acme.bench", "gpu-bench", {"gpu": 1, "tflops": -1}),
+                           SchemaViolation)
+    assert {d["path"] for d in error.details} == {"/gpu", "/tflops"}
+
+
+def test_a_user_kind_without_a_home_registry_can_be_registered(grid: LocalRegistry) -> None:
+    # kind.v1.json makes `registry` optional, and register_kind defaults it to "".
+    result = grid.register_kind("gpu-bench", 1, BENCH_SCHEMA)
+    assert result.status == "created"
+    grid.create_registry("acme.bench", ["gpu-bench"])
+    assert grid.put("acme.bench", "gpu-bench", {"gpu": "H100", "tflops": 1.0}).status == "created"
+
+
+def test_an_invalid_json_schema_is_refused_as_a_kind(grid: LocalRegistry) -> None:
+    assert_refused(grid, lambda: grid.register_kind("broken", 1, {"type": "nope"}, registry="acme.x"),
+                   ValidationError)
+    assert_refused(grid, lambda: grid.register_kind("broken", 1, {"type": "string", "pattern": "("},
+                                                    registry="acme.x"), ValidationError)
+    with pytest.raises(UnknownKind):
+        grid.kind("broken")
+
+
+def test_a_builtin_kind_cannot_be_redefined(grid: LocalRegistry) -> None:
+    assert_refused(grid, lambda: grid.register_kind("asset", 1, {"type": "object"}, registry="grid.assets"),
+                   ValidationError)
+
+
+def test_a_builtin_kind_cannot_get_a_new_version_from_a_user(grid: LocalRegistry) -> None:
+    # New versions of built-in kinds ship with the software; a refused
+    # registration must leave no kind record behind.
+    assert_refused(grid, lambda: grid.register_kind("asset", 3, {"type": "object"}, registry="grid.assets"),
+                   ValidationError)
+    assert grid.kind("asset")["version"] == 2
+
+
+def test_a_kind_id_must_be_name_dot_version(grid: LocalRegistry) -> None:
+    fields = {"name": "gpu-bench", "version": 1, "schema": BENCH_SCHEMA, "registry": "acme.bench"}
+    assert_refused(grid, lambda: grid.put("grid.kinds", "kind", fields, id="gpu-bench.v2"), ValidationError)
+
+
+def test_user_kinds_and_registries_survive_reopening_the_store(tmp_path: Path) -> None:
+    key = KeyPair.generate()
+    first = open_store(tmp_path, key)
+    first.register_kind("gpu-bench", 1, BENCH_SCHEMA, registry="acme.bench")
+    first.create_registry("acme.bench", ["gpu-bench"])
+    first.put("acme.bench", "gpu-bench", {"gpu": "H100", "tflops": 1.0}, id="run-1")
+    first.close()
+
+    second = open_store(tmp_path, key)
+    try:
+        assert second.kind("gpu-bench")["schema"] == BENCH_SCHEMA
+        assert second.put("acme.bench", "gpu-bench", {"gpu": "A100", "tflops": 2.0}, id="run-2").status == "created"
+        assert_refused(second, lambda: second.put("acme.bench", "gpu-bench", {"gpu": "A100"}), SchemaViolation)
+        assert [r["id"] for r in second.list("acme.bench").items] == ["run-1", "run-2"]
+        assert second.verify().ok
+        second.audit_verify()
+    finally:
+        second.close()
+
+
+def test_updating_an_asset_to_schema_2_migrates_its_fields(grid: LocalRegistry) -> None:
+    v1 = {"name": "llama", "uri": "s3://models/llama", "version": {"version": "1.4.0", "tag": "stable"},
+          "public_url": "https://cdn.example.org/llama"}
+    grid.put("grid.assets", "asset", v1, id="llama", schema=1)
+    assert grid.get("grid.assets", "llama")["schema"] == 1
+    result = grid.update("grid.assets", "llama", schema=2)
+    assert result.status == "updated"
+    record = grid.get("grid.assets", "llama")
+    assert record["schema"] == 2
+    assert record["fields"] == {"name": "llama", "uri": "s3://models/llama", "version": "1.4.0",
+                                "release_tag": "stable", "urls": ["https://cdn.example.org/llama"]}
+    assert open_envelope(grid.change(cid_from_str(result.change_id))).body.schema == 2
+    assert grid.verify().ok
+
+
+def test_a_new_asset_defaults_to_the_latest_schema(grid: LocalRegistry) -> None:
+    grid.put("grid.assets", "asset", {"name": "x", "uri": "s3://b/x", "version": "1.0.0"}, id="x")
+    assert grid.get("grid.assets", "x")["schema"] == 2
+
+
+# ================================================================ changefeed
+
+
+def test_feed_events_are_typed_and_name_registry_record_change_and_author(grid: LocalRegistry) -> None:
+    a = grid.put(CLUSTERS, "cluster", cluster("a"), id="a")
+    b = grid.update(CLUSTERS, "a", patch={"region": "eu"})
+    c = grid.delete(CLUSTERS, "a")
+    events = grid.changes(0)
+    assert [(e.seq, e.type) for e in events] == [(1, "created"), (2, "updated"), (3, "deleted")]
+    assert [e.change for e in events] == [a.change_id, b.change_id, c.change_id]
+    for event in events:
+        assert event.registry == CLUSTERS
+        assert event.record == "a"
+        assert event.kind == "cluster"
+        assert event.author == grid.engine.key.did
+        assert event.origin == "local"
+
+
+def test_changes_since_n_resumes_exactly_after_n(grid: LocalRegistry) -> None:
+    grid.put_many([Put(CLUSTERS, "cluster", cluster(f"c{i}"), f"c{i}") for i in range(10)])
+    head = grid.feed_head()
+    assert head == 10
+    for since in range(0, head + 1):
+        assert [e.seq for e in grid.changes(since)] == list(range(since + 1, head + 1))
+    assert [e.seq for e in grid.changes(3, limit=4)] == [4, 5, 6, 7]
+    assert grid.changes(head) == []
+    with pytest.raises(ValidationError):
+        grid.changes(-1)
+
+
+def test_changes_filter_by_registry_and_kind(grid: LocalRegistry) -> None:
+    grid.put(CLUSTERS, "cluster", cluster("a"))
+    grid.put("grid.assets", "asset", {"name": "m", "uri": "s3://b/m"})
+    grid.put(CLUSTERS, "cluster", cluster("b"))
+    grid.create_registry("acme.mixed", ["cluster", "tool"])
+    grid.put("acme.mixed", "tool", {"name": "t"})
+    grid.put("acme.mixed", "cluster", cluster("c"))
+    assert [e.seq for e in grid.changes(0, registry=CLUSTERS)] == [1, 3]
+    assert [e.seq for e in grid.changes(0, kind="cluster")] == [1, 3, 6]
+    assert [e.seq for e in grid.changes(0, registry="acme.mixed", kind="tool")] == [5]
+    assert [e.seq for e in grid.changes(1, registry=CLUSTERS, limit=1)] == [3]
+
+
+def test_list_filters_and_pages_are_stable(grid: LocalRegistry) -> None:
+    for i in range(7):
+        grid.put(CLUSTERS, "cluster", cluster(f"c{i}", gpus={"count": i}), id=f"c{i}", tags=["even" if i % 2 == 0
+                                                                                           else "odd"])
+    page = grid.list(CLUSTERS, where=[("gpus.count", "ge", 4)])
+    assert [r["id"] for r in page.items] == ["c4", "c5", "c6"]
+    assert [r["id"] for r in grid.list(tag="odd").items] == ["c1", "c3", "c5"]
+    seen, cursor = [], None
+    while True:
+        page = grid.list(CLUSTERS, limit=3, cursor=cursor)
+        seen += [r["id"] for r in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == [f"c{i}" for i in range(7)]
+
+
+# ================================================================ replication
+
+
+def test_changes_replayed_on_another_store_give_identical_records(tmp_path: Path) -> None:
+    a = open_store(tmp_path / "a")
+    b = open_store(tmp_path / "b")
+    try:
+        a.put(CLUSTERS, "cluster", cluster("x", gpus={"count": 2}), id="x", tags=["gpu"])
+        a.update(CLUSTERS, "x", patch={"gpus": {"count": 4}, "region": "eu"})
+        a.update(CLUSTERS, "x", tags=["gpu", "eu"])
+        a.put(CLUSTERS, "cluster", cluster("y"), id="y")
+        a.delete(CLUSTERS, "y")
+        for record_id in ("x", "y"):
+            for change in a.history(CLUSTERS, record_id):
+                wire = a.change(cid_from_str(change["change_id"]))
+                result = b.execute([Remote(wire, a.engine.key.peer_id)])[0]
+                assert isinstance(result, IngestResult)
+                assert result.status == "applied", result.error
+                assert result.change_id == change["change_id"]
+        assert b.get(CLUSTERS, "x") == a.get(CLUSTERS, "x")
+        assert b.get(CLUSTERS, "y", include_deleted=True) == a.get(CLUSTERS, "y", include_deleted=True)
+        assert b.state_digest() == a.state_digest()
+        assert [e.origin for e in b.changes(0)] == [a.engine.key.peer_id] * 5
+        assert b.verify().ok
+        b.audit_verify()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_duplicate_remote_change_is_reported_and_changes_nothing(tmp_path: Path) -> None:
+    a = open_store(tmp_path / "a")
+    b = open_store(tmp_path / "b")
+    try:
+        a.put(CLUSTERS, "cluster", cluster("x"), id="x")
+        wire = wires_in_feed_order(a)[0]
+        assert b.execute([Remote(wire, "p")])[0].status == "applied"
+        before = snapshot(b)
+        again = b.execute([Remote(wire, "p"), Remote(wire, "q")])
+        assert [r.status for r in again] == ["duplicate", "duplicate"]
+        assert snapshot(b) == before
+        # Echo of a node's own change is a duplicate too.
+        assert a.execute([Remote(wire, "p")])[0].status == "duplicate"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_change_arriving_before_its_dependencies_waits_and_is_released(tmp_path: Path) -> None:
+    a = open_store(tmp_path / "a")
+    b = open_store(tmp_path / "b")
+    try:
+        a.put(CLUSTERS, "cluster", cluster("x"), id="x")
+        a.update(CLUSTERS, "x", patch={"region": "eu"})
+        a.update(CLUSTERS, "x", patch={"region": "us"})
+        first, second, third = wires_in_feed_order(a)
+        assert [r.status for r in b.execute([Remote(third, "p"), Remote(second, "p")])] == ["pending", "pending"]
+        assert b.feed_head() == 0
+        result = b.execute([Remote(first, "p")])[0]
+        assert result.status == "applied"
+        assert len(result.released) == 2
+        assert b.get(CLUSTERS, "x") == a.get(CLUSTERS, "x")
+        assert entries(b, "pending") == 0
+        assert entries(b, "waiting") == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def _author_step(n_authors: int) -> st.SearchStrategy[tuple[Any, ...]]:
+    """One author's action: mostly writes (create, or update when the record
+    exists), some syncs to another author, some deletes."""
+
+    def decode(draw: tuple[int, int, int, int, int, str]) -> tuple[Any, ...]:
+        action, who, other, record, value, tag = draw
+        if action < 6:
+            return ("write", who, f"r{record}", value, tag)
+        if action < 8:
+            return ("sync", who, other)
+        return ("delete", who, f"r{record}")
+
+    author = st.integers(0, n_authors - 1)
+    return st.tuples(st.integers(0, 9), author, author, st.integers(0, 2), st.integers(0, 3),
+                     st.sampled_from(["a", "b", "c"])).map(decode)
+
+
+def _do_step(stores: list[LocalRegistry], step: tuple[Any, ...]) -> None:
+    kind, who = step[0], step[1]
+    grid = stores[who]
+    if kind == "sync":
+        target = stores[step[2]]
+        if target is grid:
+            return
+        results = target.execute([Remote(w, f"peer{who}") for w in wires_in_feed_order(grid)])
+        assert {r.status for r in results} <= {"applied", "duplicate"}, [r.error for r in results]
+        return
+    record_id = step[2]
+    try:
+        current = grid.get(CLUSTERS, record_id, include_deleted=True)
+    except NotFound:
+        current = None
+    if kind == "delete":
+        if current is not None and not current["deleted"]:
+            grid.delete(CLUSTERS, record_id)
+        return
+    value, tag = step[3], step[4]
+    if current is None or current["deleted"]:
+        grid.put(CLUSTERS, "cluster", cluster(record_id, **{f"by{who}": value}), id=record_id, tags=[tag])
+    elif value % 2:
+        grid.update(CLUSTERS, record_id, patch={f"by{who}": value, "gpus": {"count": value}})
+    else:
+        grid.update(CLUSTERS, record_id, patch={"region": f"r{value}"}, tags=sorted({tag, "t"}))
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data(), n_authors=st.integers(2, 3))
+def test_any_delivery_order_of_concurrent_changes_yields_the_same_records(data: st.DataObject,
+                                                                           n_authors: int) -> None:
+    steps = data.draw(st.lists(_author_step(n_authors), min_size=6, max_size=14), label="steps")
+    with tempfile.TemporaryDirectory() as root:
+        stores = [open_store(Path(root) / f"author{i}", KeyPair(bytes([i + 1]) * 32)) for i in range(n_authors)]
+        replicas: list[LocalRegistry] = []
+        try:
+            for step in steps:
+                _do_step(stores, step)
+            everything: dict[bytes, bytes] = {}
+            for grid in stores:
+                for wire in wires_in_feed_order(grid):
+                    everything.setdefault(open_envelope(wire).cid, wire)
+            wires = list(everything.values())
+            bodies = [open_envelope(w).body for w in wires]
+            creates = Counter(b.record for b in bodies if b.op == "create")
+            author_of = {b.change_hash: b.author for b in bodies}
+            event(f"envelopes: {min(len(wires) // 5 * 5, 20)}+")
+            event(f"concurrent creates of one record: {any(n > 1 for n in creates.values())}")
+            event("a change depends on another author's change: "
+                  f"{any(author_of.get(d, b.author) != b.author for b in bodies for d in b.deps)}")
+            orders = [wires] + [data.draw(st.permutations(wires), label=f"order{i}") for i in range(2)]
+            digests, contents = [], []
+            for i, order in enumerate(orders):
+                replica = open_store(Path(root) / f"replica{i}")
+                replicas.append(replica)
+                # Deliver in batches of varying size: within one transaction
+                # and across transactions.
+                cuts = sorted(set(data.draw(st.lists(st.integers(0, len(order)), max_size=4), label="cuts")))
+                bounds = [0, *cuts, len(order)]
+                for start, end in zip(bounds, bounds[1:]):
+                    if start < end:
+                        results = replica.execute([Remote(w, "p") for w in order[start:end]])
+                        assert all(r.status != "rejected" for r in results), [r.error for r in results]
+                assert entries(replica, "pending") == 0
+                assert entries(replica, "waiting") == 0
+                assert replica.feed_head() == len(wires)
+                digests.append(replica.state_digest())
+                contents.append(all_records(replica))
+            assert len(set(digests)) == 1
+            assert all(c == contents[0] for c in contents)
+            # The authors converge too once each has every change.
+            for grid in stores:
+                grid.execute([Remote(w, "p") for w in wires])
+                assert grid.state_digest() == digests[0]
+        finally:
+            for grid in stores + replicas:
+                grid.close()
+
+
+# ================================================================ hostile changes
+
+
+def test_equivocation_is_rejected_with_evidence_and_changes_nothing_else(tmp_path: Path) -> None:
+    twin = KeyPair.generate()
+    a = open_store(tmp_path / "a", twin)
+    b = open_store(tmp_path / "b", twin)
+    try:
+        a.put(CLUSTERS, "cluster", cluster("from-a"), id="x")
+        b.put(CLUSTERS, "cluster", cluster("from-b"), id="y")
+        wire_a = wires_in_feed_order(a)[0]
+        wire_b = wires_in_feed_order(b)[0]
+        assert open_envelope(wire_a).body.seq == open_envelope(wire_b).body.seq == 1
+        before = snapshot(b)
+        audit_before = len(audit_entries(b))
+        result = b.execute([Remote(wire_a, "mallory")])[0]
+        assert result.status == "rejected"
+        assert isinstance(result.error, Equivocation)
+        assert result.change_id == open_envelope(wire_a).id
+        assert snapshot(b) == before
+        assert entries(b, "evidence") == 2
+        with b.store.read() as txn:
+            kept = {v for _, v in txn.cursor(db=b.store.db["evidence"])}
+        assert kept == {wire_a, wire_b}
+        denial = audit_entries(b)[audit_before:]
+        assert [e.action for e in denial] == ["deny"]
+        assert denial[0].reason.startswith("equivocation:")
+        assert denial[0].actor == "peer:mallory"
+        assert b.engine.metrics["rejected.equivocation"] == 1
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_change_whose_automerge_actor_is_not_its_signer_is_refused(grid: LocalRegistry) -> None:
+    signer, impostor = KeyPair.generate(), KeyPair.generate()
+    doc = RecordDoc.new(impostor.public_key)
+    change = doc.create(kind="cluster", schema=1, owner=impostor.did, created_at=1, created_by=impostor.did,
+                        fields=cluster("x"), tags=[], links=[])
+    env = seal(signer, registry=CLUSTERS, record="x", op="create", kind="cluster", schema=1, seq=1, prev=b"",
+               hlc=Hlc(1, 0), deps=list(change.deps), change_hash=change.hash, payload=change.raw_bytes)
+    before = snapshot(grid)
+    result = grid.execute([Remote(env.wire, "mallory")])[0]
+    assert result.status == "rejected"
+    assert isinstance(result.error, PolicyDenied)
+    assert snapshot(grid) == before
+    # The same change under the signer's own actor is accepted: only the actor was wrong.
+    honest = RecordDoc.new(signer.public_key)
+    change = honest.create(kind="cluster", schema=1, owner=signer.did, created_at=1, created_by=signer.did,
+                           fields=cluster("x"), tags=[], links=[])
+    env = seal(signer, registry=CLUSTERS, record="x", op="create", kind="cluster", schema=1, seq=1, prev=b"",
+               hlc=Hlc(1, 0), deps=list(change.deps), change_hash=change.hash, payload=change.raw_bytes)
+    assert grid.execute([Remote(env.wire, "alice")])[0].status == "applied"
+
+
+def test_an_envelope_signed_by_another_key_than_its_author_is_rejected(tmp_path: Path) -> None:
+    a = open_store(tmp_path / "a")
+    b = open_store(tmp_path / "b")
+    try:
+        a.put(CLUSTERS, "cluster", cluster("x"), id="x")
+        genuine = wires_in_feed_order(a)[0]
+        body, _signature = msgspec.msgpack.decode(genuine)
+        forged = msgspec.msgpack.encode([body, KeyPair.generate().sign(body)])
+        before = snapshot(b)
+        result = b.execute([Remote(forged, "mallory")])[0]
+        assert result.status == "rejected"
+        assert isinstance(result.error, SignatureInvalid)
+        assert snapshot(b) == before
+        assert b.execute([Remote(genuine, "alice")])[0].status == "applied"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_remote_kind_definition_the_catalog_refuses_leaves_the_store_unchanged(grid: LocalRegistry) -> None:
+    # A peer publishes a `kind` record that is valid against kind.v1.json but
+    # that the catalog refuses (a new version of the built-in `asset`). The
+    # change must be rejected as a whole, not half-applied.
+    author = KeyPair.generate()
+    doc = RecordDoc.new(author.public_key)
+    fields = {"name": "asset", "version": 3, "registry": "grid.assets", "schema": {"type": "object"}}
+    change = doc.create(kind="kind", schema=1, owner=author.did, created_at=1, created_by=author.did,
+                        fields=fields, tags=[], links=[])
+    env = seal(author, registry="grid.kinds", record="asset.v3", op="create", kind="kind", schema=1, seq=1,
+               prev=b"", hlc=Hlc(1, 0), deps=[], change_hash=change.hash, payload=change.raw_bytes)
+    before = snapshot(grid)
+    result = grid.execute([Remote(env.wire, "mallory")])[0]
+    assert result.status == "rejected"
+    assert isinstance(result.error, ValidationError)
+    assert snapshot(grid) == before
+    assert grid.engine.version_vector("grid.kinds") == {}
+    assert grid.verify().ok
+
+
+def test_a_remote_change_that_breaks_its_kind_schema_is_rejected(grid: LocalRegistry) -> None:
+    author = KeyPair.generate()
+    doc = RecordDoc.new(author.public_key)
+    change = doc.create(kind="cluster", schema=1, owner=author.did, created_at=1, created_by=author.did,
+                        fields={"reputation": 9}, tags=[], links=[])
+    env = seal(author, registry=CLUSTERS, record="x", op="create", kind="cluster", schema=1, seq=1, prev=b"",
+               hlc=Hlc(1, 0), deps=[], change_hash=change.hash, payload=change.raw_bytes)
+    before = snapshot(grid)
+    result = grid.execute([Remote(env.wire, "mallory")])[0]
+    assert result.status == "rejected"
+    assert isinstance(result.error, SchemaViolation)
+    assert snapshot(grid) == before
+
+
+# ================================================================ verify
+
+
+def test_verify_is_ok_on_a_healthy_store(grid: LocalRegistry) -> None:
+    grid.put(CLUSTERS, "cluster", cluster("a"), id="a")
+    grid.update(CLUSTERS, "a", patch={"region": "eu"})
+    grid.put(CLUSTERS, "cluster", cluster("b"), id="b")
+    grid.delete(CLUSTERS, "b")
+    report = grid.verify()
+    assert report.ok, report
+    assert (report.changes, report.chains, report.records) == (4, 1, 2)
+
+
+@pytest.mark.parametrize("where", ["signature", "payload", "text-field"])
+def test_verify_names_a_change_whose_stored_bytes_were_altered(grid: LocalRegistry, where: str) -> None:
+    grid.put(CLUSTERS, "cluster", cluster("a", blob="z" * 200), id="a")
+    target = grid.put(CLUSTERS, "cluster", cluster("b", blob="z" * 200), id="b")
+    grid.put(CLUSTERS, "cluster", cluster("c", blob="z" * 200), id="c")
+    cid = cid_from_str(target.change_id)
+    with grid.store.env.begin(write=True) as txn:
+        value = bytearray(txn.get(cid, db=grid.store.db["changes"]))
+        if where == "signature":
+            value[-1] ^= 0x01
+        elif where == "payload":
+            value[len(value) - 64 - 40] ^= 0x01
+        else:  # a byte of the registry name, made invalid UTF-8
+            value[value.index(CLUSTERS.encode())] = 0xFF
+        txn.put(cid, bytes(value), db=grid.store.db["changes"])
+    report = grid.verify()
+    assert not report.ok
+    assert report.where == f"change {target.change_id}"
+    assert report.problem
+
+
+def test_verify_notices_a_record_that_disagrees_with_its_document(grid: LocalRegistry) -> None:
+    from registrygrid.storage.store import pack, unpack
+
+    grid.put(CLUSTERS, "cluster", cluster("a"), id="a")
+    k = store_key(CLUSTERS, "a")
+    with grid.store.env.begin(write=True) as txn:
+        record = unpack(txn.get(k, db=grid.store.db["records"]))
+        record["fields"]["name"] = "forged"
+        txn.put(k, pack(record), db=grid.store.db["records"])
+    report = grid.verify()
+    assert not report.ok
+    assert report.where == f"record {CLUSTERS}/a"
+
+
+def test_change_ids_in_results_name_the_stored_bytes(grid: LocalRegistry) -> None:
+    result = grid.put(CLUSTERS, "cluster", cluster("a"), id="a")
+    wire = grid.change(cid_from_str(result.change_id))
+    env = open_envelope(wire)
+    assert env.id == result.change_id == cid_to_str(env.cid)
+    assert env.body.author == grid.engine.key.did
+    assert (env.body.registry, env.body.record, env.body.op, env.body.seq) == (CLUSTERS, "a", "create", 1)
