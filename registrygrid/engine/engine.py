@@ -318,7 +318,7 @@ class Engine:
 
     def _remote(self, txn: lmdb.Transaction, batch: _Batch, op: Remote) -> IngestResult:
         self.metrics["remote.received"] += 1
-        env = open_envelope(op.wire)
+        env = open_envelope(op.wire, verify=not op.preverified)
         result = self._ingest(txn, batch, env, op.peer)
         if result.status == "applied":
             released = self._release(txn, batch, env, op.peer)

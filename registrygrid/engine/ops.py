@@ -67,6 +67,9 @@ class Delete:
 class Remote:
     wire: bytes
     peer: str = "unknown"
+    # The node's gossip validator already checked this envelope's signature
+    # (it must, to decide whether to forward it); don't pay for it twice.
+    preverified: bool = False
 
 
 @dataclass(frozen=True)
