@@ -835,3 +835,22 @@ def test_change_ids_in_results_name_the_stored_bytes(grid: LocalRegistry) -> Non
     assert env.id == result.change_id == cid_to_str(env.cid)
     assert env.body.author == grid.engine.key.did
     assert (env.body.registry, env.body.record, env.body.op, env.body.seq) == (CLUSTERS, "a", "create", 1)
+
+
+def test_a_remote_change_from_a_clock_far_ahead_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    from registrygrid.engine.engine import Engine
+    from registrygrid.protocol.hlc import MAX_DRIFT_MS, wall_clock_ms
+    from registrygrid.schemas import SchemaCatalog
+    from registrygrid.storage.store import Store
+
+    store = Store(tmp_path / "ahead")
+    ahead = LocalRegistry(store, Engine(store, KeyPair.generate(), SchemaCatalog(),
+                                        now_ms=lambda: wall_clock_ms() + 2 * MAX_DRIFT_MS))
+    written = ahead.put("grid.clusters", "cluster", cluster("future"))
+    wire = ahead.change(cid_from_str(written.change_id))
+    local = open_store(tmp_path / "local")
+    before = snapshot(local)
+    [result] = local.execute([Remote(wire, "peer-with-a-fast-clock")])
+    assert result.status == "rejected" and isinstance(result.error, ValidationError)
+    assert "ahead" in result.error.message
+    assert snapshot(local) == before

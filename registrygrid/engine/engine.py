@@ -65,7 +65,7 @@ from registrygrid.errors import (
 from registrygrid.identity.keys import KeyPair, public_key_from_did
 from registrygrid.protocol import limits, names
 from registrygrid.protocol.envelope import Envelope, cid_to_str, open_envelope, seal
-from registrygrid.protocol.hlc import Hlc, HybridClock, wall_clock_ms
+from registrygrid.protocol.hlc import MAX_DRIFT_MS, Hlc, HybridClock, wall_clock_ms
 from registrygrid.schemas import KindSchema, SchemaCatalog
 from registrygrid.storage import feed, records
 from registrygrid.storage.audit import AuditLedger
@@ -366,7 +366,11 @@ class Engine:
         if body.change_hash not in doc.heads():
             raise MalformedInput("Automerge did not apply the change")
         state = self._check_state(env, doc)
-        self.clock.observe(env.hlc)
+        if not self.clock.observe(env.hlc):
+            # A timestamp far ahead would drag every clock forward and win
+            # every "latest change" comparison; refuse it (the author's
+            # clock is wrong) rather than let it skew the federation.
+            raise ValidationError(f"change clock {env.hlc.wall_ms} ms is more than {MAX_DRIFT_MS} ms ahead of ours")
         batch.docs.pop((body.registry, body.record), None)
         seq, _ = self._commit(txn, batch, env, doc, old, origin=peer, requested_by=None, state=state)
         return IngestResult("applied", env.id, seq)
