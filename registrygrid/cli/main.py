@@ -386,8 +386,21 @@ def _register_optional_groups() -> None:
     try:
         from registrygrid.cli import node_commands
     except ImportError:
-        return
-    node_commands.register(cli)
+        pass
+    else:
+        node_commands.register(cli)
+    try:
+        from registrygrid.cli import token_commands
+    except ImportError:
+        pass
+    else:
+        token_commands.register(cli)
+    try:
+        from registrygrid.cli import peer_commands
+    except ImportError:
+        pass
+    else:
+        peer_commands.register(cli)
 
 
 _register_optional_groups()

@@ -23,6 +23,10 @@ are 8-byte big-endian so byte order is numeric order):
     waiting     'r' registry \\0 record \\0 cid | 'c' registry \\0 author \\0 seq -> change id
     evidence    registry \\0 author \\0 seq \\0 cid -> envelope (equivocation proofs)
     peers       peer id                       -> msgpack peer state (federation)
+    tokens      token id                      -> msgpack bridge API token, secret stored as sha256
+                                                 (see storage/tokens.py)
+    idempotency token id \\0 idempotency key   -> msgpack [expires_at, request sha256, reserved,
+                                                 status, body, headers] (see storage/idempotency.py)
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ SUBDATABASES = (
     "waiting",
     "evidence",
     "peers",
+    "tokens",
+    "idempotency",
 )
 
 STORE_FORMAT = 1

@@ -1,0 +1,287 @@
+"""The HTTP bridge beside the bare aiohttp limit, in one run, with wrk.
+
+    python -m benchmarks.bench_bridge            # table
+    python -m benchmarks.bench_bridge --json     # {"figures": [...], ...}
+    python -m benchmarks.bench_bridge --quick    # 2 s per load instead of 5
+
+Figures, all on loopback with the same generator (wrk, 1 thread, 16
+connections):
+
+1. bare aiohttp: a tiny JSON endpoint in its own process (``limits.py``),
+   the most one aiohttp process can answer here: the limit;
+2. the floors of a write in this run: one bare durable LMDB transaction,
+   and ``LocalRegistry.put`` in-process (the engine's write path, no HTTP);
+3. GET one record through a real node (``rgrid node start`` in a
+   subprocess, a reader-role path: token check, LMDB read, JSON, metrics,
+   a batched audit note per read), rps and p50/p99, and its ratio to 1;
+4. POST a new record (no id: the engine makes a ULID, so every request
+   creates one), rps and p50/p99: validation, the asyncio -> trio crossing,
+   Automerge, signing and a durable group commit;
+5. the same POST with one connection: the latency of a lone write;
+6. the crossing alone, in this process: an asyncio loop on its own thread
+   calling ``trio.from_thread.run`` on a no-op through its executor (the
+   bridge's exact path, minus the commit), against the executor hop alone
+   and a thread-free alternative (run_sync_soon + call_soon_threadsafe);
+7. the crossing as the node measured it during load 4
+   (``rgrid_bridge_crossing_seconds``: write time minus commit wait).
+
+Goals (issue 3): GET >= 50% of bare aiohttp; POST p50 < 2 ms. The machine
+is small and shared, so figures swing between runs; the ratios are what to
+compare. The node's store lives in ``$RGRID_BENCH_DIR`` (else the temp
+dir): a durable POST figure only means something on a real disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import trio
+
+from benchmarks import limits, loadgen
+from benchmarks.limits import Figure
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONNECTIONS = 16
+NOTE_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "n": {"type": "integer"}},
+               "required": ["name"]}
+RECORD = {"name": "bench-record", "n": 1}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _node(tmp: Path) -> Iterator[tuple[str, str, int]]:
+    """A real node process with its bridge; yields (url, admin token, pid)."""
+    from registrygrid.home import Home
+
+    home = Home(tmp / "home")
+    home.init()
+    config = home.config()
+    # The benchmark measures throughput, so the per-token rate limit must not be what it measures.
+    config["bridge"] = {**config["bridge"], "rate_limit": 1e9}
+    (home.path / "config.json").write_text(json.dumps(config))
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "registrygrid", "node", "start", "--no-p2p", "--home",
+                             str(home.path), "--bridge-port", str(port), "--log-level", "WARNING"],
+                            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        bridge_file = home.path / "bridge.json"
+        deadline = time.monotonic() + 30
+        while not bridge_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"node did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+            time.sleep(0.05)
+        info = json.loads(bridge_file.read_text())
+        yield info["url"], info["token"], proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _crossing_alone(n: int = 3000) -> list[Figure]:
+    """Median round trip of loop -> executor -> trio.from_thread.run(no-op) -> back (the bridge's path),
+    of the executor hop alone, and of a thread-free alternative for comparison: TrioToken.run_sync_soon
+    spawning a trio task that answers through loop.call_soon_threadsafe."""
+    out: dict[str, list[float]] = {}
+
+    def loop_thread(token: trio.lowlevel.TrioToken) -> None:
+        async def noop() -> None:
+            await trio.lowlevel.checkpoint()
+
+        async def measure() -> None:
+            loop = asyncio.get_running_loop()
+            for name, call in (("hop", lambda: None),
+                               ("cross", lambda: trio.from_thread.run(noop, trio_token=token))):
+                times = []
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    await loop.run_in_executor(None, call)
+                    times.append(time.perf_counter() - t0)
+                out[name] = times
+
+            def spawn(fut: asyncio.Future[None]) -> None:  # runs in the trio thread
+                async def task() -> None:
+                    await noop()
+                    loop.call_soon_threadsafe(fut.set_result, None)
+
+                trio.lowlevel.spawn_system_task(task)
+
+            times = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                fut = loop.create_future()
+                token.run_sync_soon(spawn, fut)
+                await fut
+                times.append(time.perf_counter() - t0)
+            out["direct"] = times
+
+        asyncio.run(measure())
+
+    async def main() -> None:
+        token = trio.lowlevel.current_trio_token()
+        thread = threading.Thread(target=loop_thread, args=(token,))
+        thread.start()
+        await trio.to_thread.run_sync(thread.join)
+
+    trio.run(main)
+    hop_us, cross_us, direct_us = (statistics.median(out[k]) * 1e6 for k in ("hop", "cross", "direct"))
+    return [Figure("asyncio executor hop alone", round(hop_us, 1), "us", f"median of {n}, sequential"),
+            Figure("asyncio -> trio crossing (no-op), as the bridge", round(cross_us, 1), "us",
+                   f"median of {n}: executor hop + trio.from_thread.run; adds {cross_us - hop_us:.0f} us"),
+            Figure("alternative: run_sync_soon + call_soon_threadsafe", round(direct_us, 1), "us",
+                   f"median of {n}: no executor thread (not used by the bridge; for comparison)")]
+
+
+def _sdk_put(tmp: Path, n: int = 200, max_seconds: float = 3.0) -> Figure:
+    """The same write without HTTP: LocalRegistry.put in this process, one durable transaction each."""
+    from registrygrid.home import Home
+    from registrygrid.sdk import LocalRegistry
+
+    home = Home(tmp / "sdk-home")
+    home.init()
+    times: list[float] = []
+    with LocalRegistry.open_home(home) as local:
+        local.register_kind("note", 1, NOTE_SCHEMA, registry="bench.notes")
+        local.create_registry("bench.notes", ["note"])
+        started = time.perf_counter()
+        while len(times) < n and time.perf_counter() - started < max_seconds:
+            t0 = time.perf_counter()
+            local.put("bench.notes", "note", RECORD)
+            times.append(time.perf_counter() - t0)
+    p50 = statistics.median(times) * 1e3
+    return Figure("SDK put, no HTTP (the engine's own floor)", round(len(times) / sum(times), 1), "records/s",
+                  f"n={len(times)} sequential, 1 durable txn each, p50 {p50:.2f} ms")
+
+
+def _metric_mean(text: str, name: str) -> tuple[float, int]:
+    total = re.search(rf"^{name}_sum (\S+)$", text, re.M)
+    count = re.search(rf"^{name}_count (\S+)$", text, re.M)
+    if not total or not count or float(count.group(1)) == 0:
+        return float("nan"), 0
+    return float(total.group(1)) / float(count.group(1)), int(float(count.group(1)))
+
+
+def _load(url: str, duration: float, connections: int, **kwargs: object) -> dict:
+    return loadgen.run_wrk(url, duration=duration, connections=connections, threads=1, **kwargs)  # type: ignore[arg-type]
+
+
+def _fig(name: str, res: dict, cpu_note: str = "") -> Figure:
+    return Figure(name, float(res["rps"]), "req/s",
+                  f"wrk 1 thread, {res['connections']} conns, {res['duration']} s, {res['requests']} ok, "
+                  f"{res['errors']} errors, p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms" + cpu_note)
+
+
+def run(duration: float) -> dict:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not on PATH (apt-get install wrk)")
+    from registrygrid.client import BridgeClient
+
+    figures: list[Figure] = []
+    bare = limits.bare_aiohttp_rps(duration=duration, connections=CONNECTIONS, generator="wrk")
+    figures.append(bare)
+    # The floor of a lone durable write on this disk, in this run: one fsync'd LMDB transaction.
+    fsync = limits.raw_write_single_durable(n=500, max_seconds=2.0)
+    figures.append(fsync)
+    tmp = Path(tempfile.mkdtemp(prefix="rgrid-bench-bridge-", dir=os.environ.get("RGRID_BENCH_DIR") or None))
+    try:
+        sdk = _sdk_put(tmp)
+        figures.append(sdk)
+        with _node(tmp) as (url, admin, pid):
+            with BridgeClient(url, token=admin) as client:
+                client.register_kind("note", 1, NOTE_SCHEMA, registry="bench.notes")
+                client.create_registry("bench.notes", ["note"])
+                client.put("bench.notes", "note", RECORD, id="r1")
+                reader = client.create_token("reader", name="bench-reader")["token"]
+            auth = {"Authorization": f"Bearer {reader}"}
+            writer_auth = {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"}
+            records = f"{url}/v1/registries/bench.notes/records"
+            body = json.dumps({"kind": "note", "fields": RECORD}).encode()
+
+            cpu0 = limits._proc_cpu_seconds(pid)
+            get = _load(f"{records}/r1", duration, CONNECTIONS, headers=auth)
+            cpu1 = limits._proc_cpu_seconds(pid)
+            note = (f", node cpu {100 * (cpu1 - cpu0) / get['duration']:.0f}% (of 200%)"
+                    if cpu0 is not None and cpu1 is not None else "")
+            figures.append(_fig("bridge GET record", get, note))
+            with BridgeClient(url, token=admin) as client:
+                metrics_before = client.request("GET", "/metrics")[2].decode()
+            post = _load(records, duration, CONNECTIONS, method="POST", body=body, headers=writer_auth)
+            figures.append(_fig("bridge POST record (new id each)", post))
+            with BridgeClient(url, token=admin) as client:
+                metrics = client.request("GET", "/metrics")[2].decode()
+            post1 = _load(records, duration, 1, method="POST", body=body, headers=writer_auth)
+            figures.append(_fig("bridge POST record, 1 connection", post1))
+        for name in ("rgrid_bridge_crossing_seconds", "rgrid_bridge_commit_wait_seconds", "rgrid_bridge_write_seconds"):
+            mean_after, count_after = _metric_mean(metrics, name)
+            mean_before, count_before = _metric_mean(metrics_before, name)
+            count = count_after - count_before
+            if count > 0:
+                sum_load = mean_after * count_after - (mean_before * count_before if count_before else 0.0)
+                figures.append(Figure(f"node: {name.removeprefix('rgrid_bridge_')} mean under POST load",
+                                      round(sum_load / count * 1e6, 1), "us", f"{count} writes, from /metrics"))
+        figures.extend(_crossing_alone())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ratios = {
+        "get_vs_bare": round(get["rps"] / bare.value, 3) if bare.value else None,
+        "post_vs_bare": round(post["rps"] / bare.value, 3) if bare.value else None,
+        "get_goal_met (>= 0.5)": bool(bare.value and get["rps"] / bare.value >= 0.5),
+        "post_p50_ms": post["p50_ms"],
+        "post_p50_goal_met (< 2 ms)": post["p50_ms"] is not None and post["p50_ms"] < 2.0,
+        "post_1conn_p50_ms": post1["p50_ms"],
+        "durable_commit_floor_ms": round(1000 / fsync.value, 2) if fsync.value else None,
+        "sdk_put_p50_ms": float(sdk.detail.rsplit("p50 ", 1)[1].split()[0]),
+    }
+    return {"figures": [asdict(f) for f in figures], "ratios": ratios}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_bridge")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per load run")
+    ap.add_argument("--quick", action="store_true", help="2 s per load run")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    load0 = os.getloadavg()[0]
+    started = time.perf_counter()
+    result = run(2.0 if args.quick else args.duration)
+    result.update(seconds=round(time.perf_counter() - started, 1), cpus=os.cpu_count(), load_before=load0,
+                  load_after=os.getloadavg()[0])
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(limits.format_table([Figure(**f) for f in result["figures"]]))
+    print()
+    for key, value in result["ratios"].items():
+        print(f"{key:>28}: {value}")
+    print(f"\n{result['seconds']} s on {result['cpus']} CPUs; 1-min load {load0:.2f} before, "
+          f"{result['load_after']:.2f} after (other work on the machine skews every figure)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""A Python client of a running node's HTTP bridge, shaped like the SDK.
+
+    from registrygrid.client import BridgeClient
+    with BridgeClient("http://127.0.0.1:8700", token="rgt_...") as grid:
+        result = grid.put("grid.functions", "function", {"name": "resize", ...})
+        record = grid.get("grid.functions", result.record_id)
+
+Method names, arguments and return types match ``LocalRegistry`` (records,
+pages, feed events, write results, audit entries), and errors are the same
+typed ``RegistryError`` subclasses, rebuilt from the JSON error code, so
+code written against the SDK runs against a node unchanged. The CLI uses
+``BridgeClient.for_home(home)`` while a node runs on that home.
+
+It is synchronous (``http.client``, one keep-alive connection), so it needs
+no event loop and starts fast; it is not thread-safe: use one per thread.
+``actor`` arguments are accepted for signature compatibility but ignored:
+the node records the token's holder as the actor, a client cannot claim
+another name.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from registrygrid.engine.ops import WriteResult
+from registrygrid.errors import MalformedInput, RegistryError, Unavailable, ValidationError
+from registrygrid.home import Home
+from registrygrid.node.bridge.errors import rebuild
+from registrygrid.sdk import MAX_PAGE, Page
+from registrygrid.storage.audit import AuditEntry
+from registrygrid.storage.feed import FeedEvent
+
+# Long enough for a write waiting behind a 2,000-op group commit and for a
+# 30 s long-poll; a request to a hung node still fails instead of blocking forever.
+DEFAULT_TIMEOUT_S = 60.0
+
+
+def _seg(value: str) -> str:
+    return quote(str(value), safe="")
+
+
+class BridgeClient:
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValidationError(f"bridge URL must be http(s)://host:port, not {url!r}")
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        self._conn: http.client.HTTPConnection | None = None
+
+    @classmethod
+    def for_home(cls, home: str | Path | Home | None = None, **kwargs: Any) -> BridgeClient:
+        """The client of the node running on ``home`` (URL and token from HOME/bridge.json)."""
+        home = home if isinstance(home, Home) else Home(home)
+        path = home.path / "bridge.json"
+        try:
+            info = json.loads(path.read_text())
+            return cls(info["url"], token=info["token"], **kwargs)
+        except FileNotFoundError:
+            raise Unavailable(f"{path} does not exist: no node serves a bridge on this home "
+                              "(not started yet, or started with --no-bridge)") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MalformedInput(f"{path} is not a bridge file: {exc}") from None
+
+    # ------------------------------------------------------------------ plumbing
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> BridgeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=self.timeout)
+        return self._conn
+
+    def request(self, method: str, path: str, *, query: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+                body: Any = None, headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+        """One call; returns (status, headers, decoded JSON) or raises the typed error it answered."""
+        if query:
+            items = query.items() if isinstance(query, Mapping) else query
+            pairs = [(k, _query_value(v)) for k, v in items if v is not None]
+            if pairs:
+                path = f"{path}?{urlencode(pairs)}"
+        send_headers = {"Accept": "application/json"}
+        if self.token:
+            send_headers["Authorization"] = f"Bearer {self.token}"
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            send_headers["Content-Type"] = "application/json"
+        send_headers.update(headers or {})
+        # One retry, only when a kept-alive connection turns out closed before
+        # anything was sent back (the server may close idle connections);
+        # never for a timeout, since a write may then have happened.
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                conn.request(method, path, body=payload, headers=send_headers)
+                response = conn.getresponse()
+                raw = response.read()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self.close()
+                if attempt == 2:
+                    raise Unavailable(f"the bridge at {self.url} closed the connection: {exc}") from None
+            except (ConnectionRefusedError, socket.gaierror, OSError) as exc:
+                self.close()
+                raise Unavailable(f"cannot reach the node's bridge at {self.url}: {exc}") from None
+        reply_headers = {k.lower(): v for k, v in response.getheaders()}
+        data = json.loads(raw) if raw and "json" in reply_headers.get("content-type", "") else raw
+        if response.status >= 400:
+            raise rebuild(response.status, data)
+        return response.status, reply_headers, data
+
+    def _get(self, path: str, **query: Any) -> Any:
+        return self.request("GET", path, query=query)[2]
+
+    # ------------------------------------------------------------------ writes (as LocalRegistry)
+
+    def put(self, registry: str, kind: str, fields: Mapping[str, Any], *, id: str | None = None,
+            tags: Sequence[str] = (), links: Sequence[Mapping[str, str]] = (), schema: int | None = None,
+            actor: str | None = None, idempotency_key: str | None = None) -> WriteResult:
+        body: dict[str, Any] = {"kind": kind, "fields": dict(fields), "tags": list(tags), "links": list(links)}
+        if id is not None:
+            body["id"] = id
+        if schema is not None:
+            body["schema"] = schema
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return _write_result(self.request("POST", f"/v1/registries/{_seg(registry)}/records", body=body,
+                                          headers=headers)[2])
+
+    def update(self, registry: str, id: str, *, fields: Mapping[str, Any] | None = None,
+               patch: Mapping[str, Any] | None = None, tags: Sequence[str] | None = None,
+               links: Sequence[Mapping[str, str]] | None = None, schema: int | None = None,
+               if_match: str | None = None, actor: str | None = None) -> WriteResult:
+        if fields is not None and patch is not None:
+            raise ValidationError("give either fields (replace) or patch (merge), not both")
+        body: dict[str, Any] = {}
+        if tags is not None:
+            body["tags"] = list(tags)
+        if links is not None:
+            body["links"] = list(links)
+        if schema is not None:
+            body["schema"] = schema
+        headers = {"If-Match": f'"{if_match}"'} if if_match else None
+        path = f"/v1/registries/{_seg(registry)}/records/{_seg(id)}"
+        if fields is not None:
+            body["fields"] = dict(fields)
+            return _write_result(self.request("PUT", path, body=body, headers=headers)[2])
+        if patch is not None:
+            body["patch"] = dict(patch)
+        return _write_result(self.request("PATCH", path, body=body, headers=headers)[2])
+
+    def delete(self, registry: str, id: str, *, if_match: str | None = None, actor: str | None = None) -> WriteResult:
+        headers = {"If-Match": f'"{if_match}"'} if if_match else None
+        return _write_result(self.request("DELETE", f"/v1/registries/{_seg(registry)}/records/{_seg(id)}",
+                                          headers=headers)[2])
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, registry: str, id: str, *, include_deleted: bool = False) -> dict[str, Any]:
+        return self._get(f"/v1/registries/{_seg(registry)}/records/{_seg(id)}",
+                         include_deleted=include_deleted or None)
+
+    def list(self, registry: str | None = None, *, kind: str | None = None, tag: str | None = None,
+             owner: str | None = None, where: Sequence[tuple[str, str, Any]] = (), limit: int = 100,
+             cursor: str | None = None, include_deleted: bool = False) -> Page:
+        query: list[tuple[str, Any]] = [("kind", kind), ("tag", tag), ("owner", owner), ("limit", limit),
+                                        ("cursor", cursor), ("include_deleted", include_deleted or None)]
+        query += [("where", f"{path}:{op}:{json.dumps(value)}") for path, op, value in where]
+        path = f"/v1/registries/{_seg(registry)}/records" if registry is not None else "/v1/records"
+        data = self.request("GET", path, query=query)[2]
+        return Page(data["items"], data["next_cursor"])
+
+    def iter_all(self, registry: str | None = None, **filters: Any) -> Iterator[dict[str, Any]]:
+        cursor = None
+        while True:
+            page = self.list(registry, cursor=cursor, limit=MAX_PAGE, **filters)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def history(self, registry: str, id: str) -> list[dict[str, Any]]:
+        return self._get(f"/v1/registries/{_seg(registry)}/records/{_seg(id)}/history")["history"]
+
+    def changes(self, since: int = 0, *, limit: int = 1000, registry: str | None = None,
+                kind: str | None = None, wait: float | None = None) -> list[FeedEvent]:
+        data = self._get("/v1/changes", since=since, limit=limit, registry=registry, kind=kind, wait=wait)
+        return [_feed_event(e) for e in data["events"]]
+
+    def feed_head(self) -> int:
+        return int(self._get("/v1/changes", since=0, limit=1)["head"])
+
+    # ------------------------------------------------------------------ registries and kinds
+
+    def registries(self) -> list[dict[str, Any]]:
+        return self._get("/v1/registries")["registries"]
+
+    def describe_registry(self, name: str) -> dict[str, Any]:
+        return self._get(f"/v1/registries/{_seg(name)}")
+
+    def create_registry(self, name: str, kinds: Sequence[str], *, description: str = "",
+                        write_policy: str = "open", conflict_policy: str = "crdt",
+                        replication: str = "federation", actor: str | None = None) -> WriteResult:
+        body = {"name": name, "kinds": list(kinds), "description": description, "write_policy": write_policy,
+                "conflict_policy": conflict_policy, "replication": replication}
+        return _write_result(self.request("POST", "/v1/registries", body=body)[2])
+
+    def kinds(self) -> list[dict[str, Any]]:
+        return self._get("/v1/kinds")["kinds"]
+
+    def kind(self, name: str, version: int | None = None) -> dict[str, Any]:
+        return self._get(f"/v1/kinds/{_seg(name)}", version=version)
+
+    def register_kind(self, name: str, version: int, schema: Mapping[str, Any], *, registry: str = "",
+                      description: str = "", actor: str | None = None) -> WriteResult:
+        body: dict[str, Any] = {"name": name, "version": version, "schema": dict(schema), "description": description}
+        if registry:
+            body["registry"] = registry
+        return _write_result(self.request("POST", "/v1/kinds", body=body)[2])
+
+    # ------------------------------------------------------------------ node
+
+    def audit_log(self, *, since: int = 0, limit: int = 100, reverse: bool = False) -> list[AuditEntry]:
+        data = self._get("/v1/audit", since=since, limit=limit, reverse=reverse or None)
+        return [_audit_entry(e) for e in data["entries"]]
+
+    def audit_verify(self) -> dict[str, Any]:
+        return self._get("/v1/audit/verify")
+
+    def identity(self) -> dict[str, Any]:
+        return self._get("/v1/identity")
+
+    def stats(self) -> dict[str, Any]:
+        return self._get("/v1/stats")
+
+    # ------------------------------------------------------------------ tokens (admin)
+
+    def create_token(self, role: str, *, registry: str | None = None, expires_in: int | None = None,
+                     name: str | None = None) -> dict[str, Any]:
+        """A new token; the answer's ``token`` is its secret, shown this once."""
+        body: dict[str, Any] = {"role": role}
+        if registry is not None:
+            body["registry"] = registry
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        if name:
+            body["name"] = name
+        return self.request("POST", "/v1/tokens", body=body)[2]
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        return self._get("/v1/tokens")["tokens"]
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/v1/tokens/{_seg(token_id)}")[2]
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _write_result(data: Mapping[str, Any]) -> WriteResult:
+    return WriteResult(data["status"], data["registry"], data["id"], data["change_id"], data["feed_seq"],
+                       data.get("record"))
+
+
+def _feed_event(data: Mapping[str, Any]) -> FeedEvent:
+    return FeedEvent(data["seq"], data["type"], data["registry"], data["record"], data["kind"], data["change"],
+                     data["author"], tuple(data["hlc"]), data["origin"])  # type: ignore[arg-type]
+
+
+def _audit_entry(data: Mapping[str, Any]) -> AuditEntry:
+    return AuditEntry(data["seq"], data["at_ms"], data["actor"], data["action"], data["target"], data["reason"],
+                      data["before"], data["after"], data["change"], bytes.fromhex(data["prev"]),
+                      bytes.fromhex(data["hash"]))
+
+
+__all__ = ["BridgeClient", "RegistryError"]

@@ -1,0 +1,716 @@
+"""The bridge's routes: REST under /v1, the changefeed, health, metrics.
+
+Handlers run on the bridge's asyncio loop thread (see ``runtime.py``).
+Reads go straight to LMDB through the node's ``LocalRegistry`` (read
+transactions are safe from any thread and cost microseconds, so they run
+inline on the loop); writes go through ``Api.submit``, which crosses into
+the node's trio committer. Every handler checks its token first, parses
+and validates its input (query parameters by hand, JSON bodies against the
+OpenAPI document's own schemas), and lets typed errors escape: the
+middleware turns each into the JSON error shape with its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from registrygrid.engine import registries as regs
+from registrygrid.engine.ops import Delete, Operation, Outcome, Put, Update, WriteResult
+from registrygrid.errors import (
+    Conflict,
+    MalformedInput,
+    NotFound,
+    RateLimited,
+    RegistryError,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+    ValidationError,
+)
+from registrygrid.node.bridge import openapi
+from registrygrid.node.bridge.audit import AuditBuffer
+from registrygrid.node.bridge.auth import ADMIN, READ, WRITE, Authenticator, is_loopback
+from registrygrid.node.bridge.errors import (
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    MethodNotAllowed,
+    PreconditionFailed,
+    RouteNotFound,
+    error_body,
+)
+from registrygrid.node.bridge.metrics import BridgeMetrics
+from registrygrid.node.bridge.streaming import MAX_WAIT_S, FeedHub, FeedReader, long_poll, serve_sse, serve_websocket
+from registrygrid.protocol import limits, names
+from registrygrid.sdk import LocalRegistry, Page
+from registrygrid.storage import idempotency, tokens
+from registrygrid.storage.tokens import Token
+
+log = logging.getLogger("registrygrid.bridge")
+
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+# Field filters per listing: each is a scan-time check on every candidate
+# record, so a handful is plenty and a bound keeps one request cheap.
+MAX_WHERE = 16
+# Bodies nest at most this deep: the record nesting cap plus the request
+# wrapper's own levels ({"fields": ...}, {"schema": {...}} of a kind).
+MAX_BODY_DEPTH = limits.MAX_NESTING + 4
+TRACE_ID = web.RequestKey("trace_id", str)
+_TRACE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_WHERE_PATH = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
+_TOKEN_ID = re.compile(r"^[A-Za-z0-9_-]{12}$")
+_WHERE_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "contains")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def dumps(value: Any) -> bytes:
+    return msgspec.json.encode(value)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=dumps(data), status=status, headers=headers, content_type=JSON)
+
+
+def error_response(exc: RegistryError, trace_id: str) -> web.Response:
+    headers: dict[str, str] = {}
+    if isinstance(exc, RateLimited) and isinstance(exc.details, dict):
+        # RFC 9110 10.2.3: whole seconds; round up so a client that obeys never comes back early.
+        headers["Retry-After"] = str(max(1, int(-(-float(exc.details.get("retry_after_s", 1)) // 1))))
+    elif isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="registrygrid"'  # RFC 6750 3
+    elif isinstance(exc, Unavailable):
+        headers["Retry-After"] = "1"
+    return json_response(error_body(exc, trace_id), exc.http_status, headers)
+
+
+def write_json(result: WriteResult) -> dict[str, Any]:
+    return {**result.to_dict(), "record": result.record}
+
+
+def etag_of(change_id: str | None) -> str:
+    return f'"{change_id}"'
+
+
+def _unquote_etag(value: str | None) -> str | None:
+    """If-Match value -> change id; '*' means "any current version" (RFC 9110 13.1.1)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value == "*":
+        return None
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"')
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    return any(part.strip() in (etag, "*", "W/" + etag) for part in header.split(","))
+
+
+def _shape_problem(value: Any, limit: int) -> str | None:
+    """Why a decoded body cannot be stored, or None: too deep, or an empty
+    object key, which Automerge refuses ("key must not be an empty string")
+    deep inside the write path, where it would fail a whole group-commit batch."""
+    stack = [(value, 1, "")]
+    while stack:
+        item, depth, path = stack.pop()
+        if isinstance(item, dict):
+            if depth > limit:
+                return f"{path or '/'}: nests deeper than {limit} levels"
+            for key, child in item.items():
+                if key == "":
+                    return f"{path or '/'}: object keys must not be empty"
+                stack.append((child, depth + 1, f"{path}/{key}"))
+        elif isinstance(item, list):
+            if depth > limit:
+                return f"{path or '/'}: nests deeper than {limit} levels"
+            stack.extend((child, depth + 1, f"{path}/{i}") for i, child in enumerate(item))
+    return None
+
+
+# ------------------------------------------------------------------ query parsing
+
+
+def q_int(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise MalformedInput(f"query parameter {name} must be an integer, not {raw[:40]!r}",
+                             details=[{"path": f"query:{name}", "message": "not an integer"}]) from None
+    if not lo <= value <= hi:
+        raise ValidationError(f"query parameter {name} must be between {lo} and {hi}",
+                              details=[{"path": f"query:{name}", "message": f"out of range [{lo}, {hi}]"}])
+    return value
+
+
+def q_float(request: web.Request, name: str, lo: float, hi: float) -> float:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not lo <= value <= hi:  # also refuses nan and inf
+        raise ValidationError(f"query parameter {name} must be a number between {lo:g} and {hi:g}",
+                              details=[{"path": f"query:{name}", "message": f"not a number in [{lo:g}, {hi:g}]"}])
+    return value
+
+
+def q_bool(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "").lower()
+    if raw in ("", "false", "0", "no"):
+        return False
+    if raw in ("true", "1", "yes"):
+        return True
+    raise MalformedInput(f"query parameter {name} must be true or false",
+                         details=[{"path": f"query:{name}", "message": "not a boolean"}])
+
+
+def q_name(request: web.Request, name: str, check: Callable[[object], str]) -> str | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return check(raw)
+    except ValidationError as exc:
+        raise ValidationError(exc.message, details=[{"path": f"query:{name}", "message": exc.message}]) from None
+
+
+def parse_value(text: str) -> Any:
+    """A filter value: JSON when it parses (numbers, true, null), else the plain string (as the CLI's)."""
+    try:
+        return msgspec.json.decode(text)
+    except (msgspec.MsgspecError, RecursionError, ValueError):
+        return text
+
+
+def parse_where(values: list[str]) -> list[tuple[str, str, Any]]:
+    if len(values) > MAX_WHERE:
+        raise ValidationError(f"at most {MAX_WHERE} where filters")
+    out = []
+    for text in values:
+        path, op, raw = (text.split(":", 2) + ["", ""])[:3]
+        if not _WHERE_PATH.match(path) or op not in _WHERE_OPS:
+            raise ValidationError(
+                f"bad where filter {text[:80]!r}: expected PATH:OP:VALUE with OP one of {' '.join(_WHERE_OPS)}",
+                details=[{"path": "query:where", "message": text[:80]}])
+        out.append((path, op, parse_value(raw)))
+    return out
+
+
+@dataclass
+class Api:
+    """What the handlers need; built by ``runtime.Bridge`` once the node runs."""
+
+    registry: LocalRegistry
+    auth: Authenticator
+    audit: AuditBuffer
+    metrics: BridgeMetrics
+    hub: FeedHub
+    submit: Callable[[Sequence[Operation]], Awaitable[list[Outcome]]]
+    max_body: int = openapi.MAX_BODY_BYTES
+    idempotency_ttl_ms: int = idempotency.DEFAULT_TTL_MS
+    max_streams: int = 512
+    state: str = "starting"
+    base_url: str = ""
+    streams: int = 0
+    _inflight: set[tuple[str, str]] = field(default_factory=set)
+
+    # ---------------------------------------------------------------- helpers
+
+    @property
+    def store(self) -> Any:
+        return self.registry.store
+
+    def require(self, request: web.Request, need: str, *, registry: str | None = None, target: str = "") -> Token:
+        return self.auth.require(request.headers.get("Authorization"), request.remote, need,
+                                 registry=registry, target=target)
+
+    def open_on_loopback(self, request: web.Request, target: str) -> None:
+        """Health and metrics: no token from this machine, a reader token from elsewhere."""
+        if not is_loopback(request.remote):
+            self.require(request, READ, target=target)
+
+    def read_note(self, token: Token, target: str, reason: str = "") -> None:
+        self.audit.note("read", token.actor, target, reason)
+
+    async def body(self, request: web.Request, schema: str | None) -> tuple[Any, bytes]:
+        length = request.content_length
+        if length is not None and length > self.max_body:
+            raise TooLarge(f"request body of {length} bytes exceeds the cap of {self.max_body} bytes")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise TooLarge(f"request body exceeds the cap of {self.max_body} bytes") from None
+        if not raw:
+            raise MalformedInput("this request needs a JSON body", details=[{"path": "", "message": "empty body"}])
+        try:
+            data = msgspec.json.decode(raw)
+        except (msgspec.MsgspecError, RecursionError, ValueError) as exc:
+            raise MalformedInput(f"body is not valid JSON: {exc}", details=[{"path": "", "message": str(exc)}]) \
+                from None
+        problem = _shape_problem(data, MAX_BODY_DEPTH)
+        if problem is not None:
+            path, _, message = problem.partition(": ")
+            raise ValidationError(f"body cannot be stored: {problem}", details=[{"path": path, "message": message}])
+        if schema is not None:
+            errors = sorted(openapi.request_validator(schema).iter_errors(data),
+                            key=lambda e: list(map(str, e.absolute_path)))
+            if errors:
+                details = [{"path": "/" + "/".join(str(p) for p in e.absolute_path),
+                            "message": e.message[:300], "validator": str(e.validator)} for e in errors[:100]]
+                raise ValidationError(f"request body does not match {schema}: {details[0]['path']}: "
+                                      f"{details[0]['message']}", details=details)
+        return data, raw
+
+    async def write(self, op: Operation, *, if_match: str | None = None) -> WriteResult:
+        outcome = (await self.submit([op]))[0]
+        if isinstance(outcome, Conflict) and type(outcome) is Conflict and if_match is not None:
+            raise PreconditionFailed(outcome.message, details=outcome.details)
+        if isinstance(outcome, RegistryError):
+            raise outcome
+        assert isinstance(outcome, WriteResult)
+        return outcome
+
+    async def in_executor(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Blocking store writes (fsync) off the loop thread."""
+        return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args, **kwargs))
+
+    async def idempotent(self, request: web.Request, token: Token, raw: bytes,
+                         run: Callable[[dict[str, Any]], Awaitable[web.Response]],
+                         reserve: Callable[[], dict[str, Any]] = dict) -> web.Response:
+        """Run a POST once per (token, Idempotency-Key); see ``storage/idempotency.py``."""
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return await run({})
+        idempotency.check_key(key)
+        digest = hashlib.sha256(b"\x00".join([request.method.encode(), request.path_qs.encode(), raw])).digest()
+        slot = (token.id, key)
+        if slot in self._inflight:
+            raise IdempotencyInProgress("a request with this Idempotency-Key is still being answered; retry shortly")
+        self._inflight.add(slot)
+        try:
+            entry = idempotency.lookup(self.store, token.id, key, now_ms=now_ms())
+            if entry is not None and entry.request_hash != digest:
+                raise IdempotencyKeyReused("this Idempotency-Key was used with a different request",
+                                           details=[{"path": "header:Idempotency-Key", "message": "reused"}])
+            if entry is not None and entry.done:
+                assert entry.body is not None and entry.status is not None
+                return web.Response(status=entry.status, body=entry.body, content_type=JSON,
+                                    headers={**(entry.headers or {}), "Idempotent-Replayed": "true"})
+            if entry is None:
+                entry = await self.in_executor(idempotency.reserve, self.store, token.id, key, digest,
+                                               now_ms=now_ms(), ttl_ms=self.idempotency_ttl_ms, reserved=reserve())
+            try:
+                response = await run(entry.reserved)
+            except RegistryError as exc:
+                if exc.http_status < 500 and not isinstance(exc, Unavailable):
+                    # Refused before writing anything: the key is free again.
+                    await self.in_executor(idempotency.forget, self.store, token.id, key)
+                raise  # 5xx / unavailable: outcome unknown, keep the reservation for the retry
+            assert isinstance(response.body, bytes)
+            kept = {k: v for k, v in response.headers.items() if k in ("Location", "ETag")}
+            await self.in_executor(idempotency.complete, self.store, token.id, key, entry,
+                                   status=response.status, body=response.body, headers=kept)
+            return response
+        finally:
+            self._inflight.discard(slot)
+
+    # ---------------------------------------------------------------- health, docs, metrics
+
+    async def live(self, request: web.Request) -> web.Response:
+        self.open_on_loopback(request, "health")
+        return json_response({"status": "stopping" if self.state == "stopping" else "ok",
+                              "feed_head": self.hub.head})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        self.open_on_loopback(request, "health")
+        if self.state != "ok":
+            raise Unavailable(f"the node is {self.state}")
+        return json_response({"status": "ok", "feed_head": self.hub.head})
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        self.open_on_loopback(request, "metrics")
+        body = await self.in_executor(self.metrics.render)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def openapi_doc(self, request: web.Request) -> web.Response:
+        return json_response(openapi.build_spec(self.base_url or None))
+
+    async def identity(self, request: web.Request) -> web.Response:
+        self.require(request, READ, target="identity")
+        return json_response(self.registry.identity())
+
+    async def stats(self, request: web.Request) -> web.Response:
+        self.require(request, READ, target="stats")
+        return json_response(await self.in_executor(self.registry.stats))
+
+    # ---------------------------------------------------------------- registries
+
+    async def list_registries(self, request: web.Request) -> web.Response:
+        token = self.require(request, READ, target="registries")
+        found = self.registry.registries()
+        if token.registry is not None:
+            found = [r for r in found if r["name"] == token.registry]
+        self.read_note(token, "registries", "list registries")
+        return json_response({"registries": found})
+
+    async def describe_registry(self, request: web.Request) -> web.Response:
+        name = names.registry_name(request.match_info["registry"])
+        token = self.require(request, READ, registry=name)
+        desc = await self.in_executor(self.registry.describe_registry, name)  # counts records: a scan
+        self.read_note(token, name, "describe registry")
+        return json_response(desc)
+
+    async def create_registry(self, request: web.Request) -> web.Response:
+        token = self.require(request, WRITE, registry=regs.REGISTRY_OF_REGISTRIES, target=regs.REGISTRY_OF_REGISTRIES)
+        body, raw = await self.body(request, "RegistryCreate")
+
+        async def run(_: dict[str, Any]) -> web.Response:
+            fields = {"name": body["name"], "description": body.get("description", ""), "kinds": body["kinds"],
+                      "write_policy": body.get("write_policy", "open"),
+                      "conflict_policy": body.get("conflict_policy", "crdt"),
+                      "replication": {"scope": body.get("replication", "federation")}}
+            result = await self.write(Put(regs.REGISTRY_OF_REGISTRIES, "registry", fields, body["name"],
+                                          actor=token.actor))
+            return json_response(write_json(result), 201, {"Location": f"/v1/registries/{result.record_id}"})
+
+        return await self.idempotent(request, token, raw, run)
+
+    # ---------------------------------------------------------------- records
+
+    async def list_records(self, request: web.Request) -> web.Response:
+        registry = request.match_info.get("registry")
+        if registry is not None:
+            names.registry_name(registry)
+        token = self.require(request, READ, registry=registry, target=registry or "records")
+        if registry is None and token.registry is not None:
+            registry = token.registry  # a scoped token sees its registry only
+        sort = request.query.get("sort", "id")
+        if sort != "id":
+            raise ValidationError("sort: only 'id' ((registry, id) order) is supported; it keeps cursors stable "
+                                  "under concurrent inserts", details=[{"path": "query:sort", "message": "not 'id'"}])
+        page: Page = self.registry.list(
+            registry, kind=q_name(request, "kind", names.kind_name), tag=q_name(request, "tag", names.tag),
+            owner=request.query.get("owner") or None, where=parse_where(request.query.getall("where", [])),
+            limit=q_int(request, "limit", 100, 1, 1000) or 100, cursor=request.query.get("cursor") or None,
+            include_deleted=q_bool(request, "include_deleted"))
+        self.read_note(token, registry or "*", f"list {request.query_string[:400]}")
+        return json_response({"items": page.items, "next_cursor": page.next_cursor})
+
+    async def create_record(self, request: web.Request) -> web.Response:
+        registry = names.registry_name(request.match_info["registry"])
+        token = self.require(request, WRITE, registry=registry)
+        body, raw = await self.body(request, "RecordCreate")
+
+        async def run(reserved: dict[str, Any]) -> web.Response:
+            op = Put(registry, body["kind"], body["fields"], body.get("id") or reserved.get("id"),
+                     body.get("tags", ()), body.get("links", ()), body.get("schema"), token.actor)
+            result = await self.write(op)
+            return json_response(write_json(result), 201, {
+                "Location": f"/v1/registries/{registry}/records/{result.record_id}",
+                "ETag": etag_of(result.change_id)})
+
+        # Without an id the engine would pick one; with an Idempotency-Key the
+        # bridge picks it up front and keeps it, so a retry reuses it.
+        return await self.idempotent(request, token, raw, run,
+                                     reserve=lambda: {} if "id" in body else {"id": names.new_record_id()})
+
+    def _record_path(self, request: web.Request) -> tuple[str, str]:
+        return names.registry_name(request.match_info["registry"]), names.record_id(request.match_info["id"])
+
+    async def get_record(self, request: web.Request) -> web.Response:
+        registry, record_id = self._record_path(request)
+        target = f"{registry}/{record_id}"
+        token = self.require(request, READ, registry=registry, target=target)
+        record = self.registry.get(registry, record_id, include_deleted=q_bool(request, "include_deleted"))
+        self.read_note(token, target)
+        etag = etag_of(record["change_id"])
+        inm = request.headers.get("If-None-Match")
+        if inm is not None and _etag_matches(inm, etag):
+            return web.Response(status=304, headers={"ETag": etag})
+        return json_response(record, headers={"ETag": etag})
+
+    async def replace_record(self, request: web.Request) -> web.Response:
+        registry, record_id = self._record_path(request)
+        token = self.require(request, WRITE, registry=registry, target=f"{registry}/{record_id}")
+        body, _ = await self.body(request, "RecordReplace")
+        if_match = _unquote_etag(request.headers.get("If-Match"))
+        result = await self.write(Update(registry, record_id, fields=body["fields"], tags=body.get("tags"),
+                                         links=body.get("links"), schema=body.get("schema"), if_match=if_match,
+                                         actor=token.actor), if_match=if_match)
+        return json_response(write_json(result), headers={"ETag": etag_of(result.change_id)})
+
+    async def patch_record(self, request: web.Request) -> web.Response:
+        registry, record_id = self._record_path(request)
+        token = self.require(request, WRITE, registry=registry, target=f"{registry}/{record_id}")
+        if request.content_type == MERGE_PATCH:
+            patch, _ = await self.body(request, "MergePatch")
+            body: dict[str, Any] = {"patch": patch}
+        else:
+            body, _ = await self.body(request, "RecordPatch")
+        if_match = _unquote_etag(request.headers.get("If-Match"))
+        result = await self.write(Update(registry, record_id, patch=body.get("patch"), tags=body.get("tags"),
+                                         links=body.get("links"), schema=body.get("schema"), if_match=if_match,
+                                         actor=token.actor), if_match=if_match)
+        return json_response(write_json(result), headers={"ETag": etag_of(result.change_id)})
+
+    async def delete_record(self, request: web.Request) -> web.Response:
+        registry, record_id = self._record_path(request)
+        token = self.require(request, WRITE, registry=registry, target=f"{registry}/{record_id}")
+        if_match = _unquote_etag(request.headers.get("If-Match"))
+        result = await self.write(Delete(registry, record_id, if_match=if_match, actor=token.actor),
+                                  if_match=if_match)
+        return json_response(write_json(result))
+
+    async def record_history(self, request: web.Request) -> web.Response:
+        registry, record_id = self._record_path(request)
+        target = f"{registry}/{record_id}"
+        token = self.require(request, READ, registry=registry, target=target)
+        history = self.registry.history(registry, record_id)
+        self.read_note(token, target, "history")
+        return json_response({"history": history})
+
+    # ---------------------------------------------------------------- changefeed
+
+    def _feed_request(self, request: web.Request) -> tuple[Token, FeedReader, int, str | None, str | None]:
+        registry = q_name(request, "registry", names.registry_name)
+        kind = q_name(request, "kind", names.kind_name)
+        token = self.require(request, READ, registry=registry, target=registry or "changes")
+        if registry is None and token.registry is not None:
+            registry = token.registry
+        since = q_int(request, "since", 0, 0, 2**63 - 1) or 0
+        reader = FeedReader(read=lambda cursor, limit: self.registry.changes(cursor, limit=limit, registry=registry,
+                                                                            kind=kind),
+                            head=self.registry.feed_head)
+        return token, reader, since, registry, kind
+
+    async def changes(self, request: web.Request) -> web.StreamResponse:
+        token, reader, since, registry, kind = self._feed_request(request)
+        limit = q_int(request, "limit", 1000, 1, 10_000) or 1000
+        wait = q_float(request, "wait", 0.0, MAX_WAIT_S)
+        if "text/event-stream" in request.headers.get("Accept", ""):
+            last = request.headers.get("Last-Event-ID")
+            if last:
+                try:
+                    since = max(0, int(last))
+                except ValueError:
+                    raise MalformedInput("Last-Event-ID must be a feed sequence number") from None
+            self.read_note(token, registry or "*", f"changefeed (sse) from {since}")
+            return await self._stream(request, "sse", serve_sse, reader, since)
+        events, cursor = await long_poll(reader, self.hub, since, limit, wait)
+        self.read_note(token, registry or "*", f"changes after {since}" + (f" kind {kind}" if kind else ""))
+        return json_response({"events": [e.to_dict() for e in events], "next": cursor, "head": self.hub.head})
+
+    async def changes_ws(self, request: web.Request) -> web.StreamResponse:
+        token, reader, since, registry, _ = self._feed_request(request)
+        self.read_note(token, registry or "*", f"changefeed (websocket) from {since}")
+        return await self._stream(request, "websocket", serve_websocket, reader, since)
+
+    async def _stream(self, request: web.Request, transport: str, serve: Any, reader: FeedReader,
+                      since: int) -> web.StreamResponse:
+        if self.streams >= self.max_streams:
+            raise Unavailable(f"{self.max_streams} changefeed streams are open; use long-poll or retry later")
+        self.streams += 1
+        gauge = self.metrics.streams.labels(transport)
+        gauge.inc()
+        try:
+            return await serve(request, reader, self.hub, since)
+        finally:
+            self.streams -= 1
+            gauge.dec()
+
+    # ---------------------------------------------------------------- audit
+
+    async def audit_log(self, request: web.Request) -> web.Response:
+        token = self.require(request, ADMIN, target="audit")
+        entries = self.registry.audit_log(since=q_int(request, "since", 0, 0, 2**63 - 1) or 0,
+                                          limit=q_int(request, "limit", 100, 1, 10_000) or 100,
+                                          reverse=q_bool(request, "reverse"))
+        self.read_note(token, "audit", "audit log")
+        return json_response({"entries": [e.to_dict() for e in entries]})
+
+    async def audit_verify(self, request: web.Request) -> web.Response:
+        self.require(request, ADMIN, target="audit")
+        return json_response(await self.in_executor(self.registry.audit_verify))
+
+    # ---------------------------------------------------------------- kinds
+
+    async def list_kinds(self, request: web.Request) -> web.Response:
+        self.require(request, READ, target="kinds")
+        return json_response({"kinds": self.registry.kinds()})
+
+    async def get_kind(self, request: web.Request) -> web.Response:
+        self.require(request, READ, target="kinds")
+        name = names.kind_name(request.match_info["name"])
+        return json_response(self.registry.kind(name, q_int(request, "version", None, 1, 2**31)))
+
+    async def register_kind(self, request: web.Request) -> web.Response:
+        token = self.require(request, WRITE, registry=regs.KINDS_REGISTRY, target=regs.KINDS_REGISTRY)
+        body, raw = await self.body(request, "KindCreate")
+
+        async def run(_: dict[str, Any]) -> web.Response:
+            fields = {"name": body["name"], "version": body["version"], "schema": body["schema"],
+                      "description": body.get("description", "")}
+            if body.get("registry"):
+                fields["registry"] = body["registry"]
+            result = await self.write(Put(regs.KINDS_REGISTRY, "kind", fields, f"{body['name']}.v{body['version']}",
+                                          actor=token.actor))
+            return json_response(write_json(result), 201,
+                                 {"Location": f"/v1/kinds/{body['name']}?version={body['version']}"})
+
+        return await self.idempotent(request, token, raw, run)
+
+    # ---------------------------------------------------------------- tokens
+
+    async def create_token(self, request: web.Request) -> web.Response:
+        token = self.require(request, ADMIN, target="tokens")
+        body, _ = await self.body(request, "TokenCreate")
+        expires_in = body.get("expires_in")
+        created, secret = await self.in_executor(
+            tokens.create, self.store, role=body["role"], name=body.get("name", ""), registry=body.get("registry"),
+            expires_at=now_ms() + expires_in * 1000 if expires_in else None, created_by=token.actor)
+        self.audit.note("create", token.actor, f"tokens/{created.id}",
+                        f"token {created.name} role {created.role}" +
+                        (f" registry {created.registry}" if created.registry else ""), required=False)
+        return json_response({**created.to_dict(), "token": secret}, 201, {"Location": f"/v1/tokens/{created.id}"})
+
+    async def list_tokens(self, request: web.Request) -> web.Response:
+        token = self.require(request, ADMIN, target="tokens")
+        self.read_note(token, "tokens", "list tokens")
+        return json_response({"tokens": [t.to_dict() for t in tokens.list_all(self.store)]})
+
+    async def revoke_token(self, request: web.Request) -> web.Response:
+        token = self.require(request, ADMIN, target="tokens")
+        token_id = request.match_info["token_id"]
+        if not _TOKEN_ID.match(token_id):
+            raise NotFound(f"no token {token_id[:40]!r}")
+        revoked = await self.in_executor(tokens.revoke, self.store, token_id)
+        self.audit.note("delete", token.actor, f"tokens/{revoked.id}", f"token {revoked.name} revoked",
+                        required=False)
+        return json_response(revoked.to_dict())
+
+    # ---------------------------------------------------------------- the app
+
+    def routes(self) -> list[web.RouteDef]:
+        rec = "/v1/registries/{registry}/records"
+        return [
+            web.get("/v1/health/live", self.live),
+            web.get("/v1/health/ready", self.ready),
+            web.get("/metrics", self.metrics_text),
+            web.get("/v1/openapi.json", self.openapi_doc),
+            web.get("/v1/identity", self.identity),
+            web.get("/v1/stats", self.stats),
+            web.get("/v1/registries", self.list_registries),
+            web.post("/v1/registries", self.create_registry),
+            web.get("/v1/registries/{registry}", self.describe_registry),
+            web.get(rec, self.list_records),
+            web.post(rec, self.create_record),
+            web.get(rec + "/{id}", self.get_record),
+            web.put(rec + "/{id}", self.replace_record),
+            web.patch(rec + "/{id}", self.patch_record),
+            web.delete(rec + "/{id}", self.delete_record),
+            web.get(rec + "/{id}/history", self.record_history),
+            web.get("/v1/records", self.list_records),
+            web.get("/v1/changes", self.changes),
+            web.get("/v1/changes/ws", self.changes_ws),
+            web.get("/v1/audit", self.audit_log),
+            web.get("/v1/audit/verify", self.audit_verify),
+            web.get("/v1/kinds", self.list_kinds),
+            web.post("/v1/kinds", self.register_kind),
+            web.get("/v1/kinds/{name}", self.get_kind),
+            web.post("/v1/tokens", self.create_token),
+            web.get("/v1/tokens", self.list_tokens),
+            web.delete("/v1/tokens/{token_id}", self.revoke_token),
+        ]
+
+    def build(self) -> web.Application:
+        app = web.Application(middlewares=[self.middleware], client_max_size=self.max_body)
+        app.add_routes(self.routes())
+        app.on_response_prepare.append(_add_trace_header)
+
+        async def on_shutdown(_: web.Application) -> None:
+            self.state = "stopping"
+            self.hub.close()  # ends every SSE/WebSocket/long-poll wait
+
+        app.on_shutdown.append(on_shutdown)
+        return app
+
+    @web.middleware
+    async def middleware(self, request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        incoming = request.headers.get("X-Trace-Id", "")
+        trace_id = incoming if _TRACE.match(incoming) else secrets.token_hex(8)
+        request[TRACE_ID] = trace_id
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        started = time.perf_counter()
+        code = ""
+        try:
+            response = await handler(request)
+        except RegistryError as exc:
+            code = exc.code
+            response = error_response(exc, trace_id)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            mapped = _from_http_exception(exc)
+            code = mapped.code
+            response = error_response(mapped, trace_id)
+            if exc.status == 405 and "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise  # the client went away (or the server stops): nobody to answer
+        except Exception:
+            log.exception("unexpected error answering %s %s (trace %s)", request.method, request.path, trace_id)
+            code = "internal_error"
+            err = RegistryError("internal error; the node's log has the details under this trace id")
+            err.code = "internal_error"
+            response = error_response(err, trace_id)
+        elapsed = time.perf_counter() - started
+        self.metrics.requests.labels(route, request.method, str(response.status)).inc()
+        self.metrics.latency.labels(route, request.method).observe(elapsed)
+        if code:
+            self.metrics.errors.labels(route, code).inc()
+        return response
+
+
+async def _add_trace_header(request: web.Request, response: web.StreamResponse) -> None:
+    trace_id = request.get(TRACE_ID)
+    if trace_id:
+        response.headers["X-Trace-Id"] = trace_id
+
+
+def _from_http_exception(exc: web.HTTPException) -> RegistryError:
+    if exc.status == 404:
+        return RouteNotFound("no such endpoint; see GET /v1/openapi.json")
+    if exc.status == 405:
+        return MethodNotAllowed(f"method not allowed here; allowed: {exc.headers.get('Allow', '')}")
+    if exc.status == 413:
+        return TooLarge(f"request body too large: {exc.text or ''}".strip())
+    if 400 <= exc.status < 500:
+        err = MalformedInput(exc.text or exc.reason)
+        err.http_status = exc.status
+        return err
+    err = RegistryError(exc.text or exc.reason)
+    err.code, err.http_status = "internal_error", exc.status
+    return err

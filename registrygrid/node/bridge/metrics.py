@@ -1,0 +1,92 @@
+"""Prometheus metrics of the bridge and of the node behind it (``GET /metrics``).
+
+Each bridge has its own ``CollectorRegistry`` (not prometheus-client's
+global one), so several nodes in one process (tests, simulations) never
+collide. Route labels are route templates (``/v1/registries/{registry}/records/{id}``),
+never raw paths, so the series count stays bounded whatever clients send.
+
+Node figures (store size, feed head, engine counters such as rejections by
+reason) are read at scrape time by a custom collector, so the write path
+pays nothing for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# Request latencies on loopback run from ~50 us (a cached GET) to seconds (a
+# long-poll); these buckets resolve both ends.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0, 30.0)
+# The asyncio -> trio crossing costs tens to hundreds of microseconds.
+CROSSING_BUCKETS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1)
+
+
+class _NodeCollector(Collector):
+    def __init__(self, snapshot: Callable[[], Mapping[str, Any]]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Any:
+        snap = self.snapshot()
+        store = snap["store"]
+        yield GaugeMetricFamily("rgrid_store_bytes", "Bytes of the LMDB map in use.", value=store["bytes_used"])
+        yield GaugeMetricFamily("rgrid_store_map_bytes", "Size of the LMDB map (address space).",
+                                value=store["map_size"])
+        entries = GaugeMetricFamily("rgrid_store_entries", "Entries per LMDB sub-database.", labels=["db"])
+        for name, value in sorted(store.items()):
+            if name.startswith("entries."):
+                entries.add_metric([name[len("entries."):]], value)
+        yield entries
+        yield GaugeMetricFamily("rgrid_feed_head", "Sequence number of the newest feed event.", value=snap["feed_head"])
+        rejected = CounterMetricFamily("rgrid_engine_rejections", "Operations the engine refused, by error code.",
+                                       labels=["reason"])
+        events = CounterMetricFamily("rgrid_engine_events", "Engine counters (writes, remote changes, audit notes).",
+                                     labels=["event"])
+        for name, value in sorted(snap["engine"].items()):
+            if name.startswith("rejected."):
+                rejected.add_metric([name[len("rejected."):]], value)
+            else:
+                events.add_metric([name], value)
+        yield rejected
+        yield events
+        yield GaugeMetricFamily("rgrid_bridge_audit_pending", "Audit notes waiting to be flushed.",
+                                value=snap["audit_pending"])
+        yield CounterMetricFamily("rgrid_bridge_audit_dropped", "Denial notes dropped (buffer full).",
+                                  value=snap["audit_dropped"])
+
+
+class BridgeMetrics:
+    def __init__(self, snapshot: Callable[[], Mapping[str, Any]]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("rgrid_http_requests", "HTTP requests by route template, method and status.",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("rgrid_http_request_duration_seconds", "Time to answer, by route template.",
+                                 ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.errors = Counter("rgrid_http_errors", "Error answers by route template and error code.",
+                              ["route", "code"], registry=r)
+        self.denials = Counter("rgrid_http_denials", "Requests refused by authentication (401) or authorization (403).",
+                               ["status"], registry=r)
+        self.throttled = Counter("rgrid_http_rate_limited", "Requests refused with 429 by a rate limit.", registry=r)
+        self.write_seconds = Histogram(
+            "rgrid_bridge_write_seconds", "A write as the HTTP side sees it: crossing into trio + group commit.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.commit_seconds = Histogram(
+            "rgrid_bridge_commit_wait_seconds", "A write as the trio side sees it: node.submit until durable.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.crossing_seconds = Histogram(
+            "rgrid_bridge_crossing_seconds",
+            "Cost of the asyncio->trio crossing of a write (write time minus commit wait): executor hop, "
+            "trio.from_thread.run, and the way back.", buckets=CROSSING_BUCKETS, registry=r)
+        self.streams = Gauge("rgrid_bridge_stream_connections", "Open changefeed streams by transport.",
+                             ["transport"], registry=r)
+        ProcessCollector(registry=r)
+        r.register(_NodeCollector(snapshot))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

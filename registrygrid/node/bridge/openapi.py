@@ -1,0 +1,414 @@
+"""The bridge's OpenAPI 3.1 document (``GET /v1/openapi.json``).
+
+One source of truth: the request-body schemas below are also what the
+bridge validates bodies with (``request_validator``), and the tests check
+real responses against the response schemas, so the document cannot drift
+from the code without a test failing. Schemas are JSON Schema 2020-12 (the
+dialect of OpenAPI 3.1). Name patterns come from ``protocol/names.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache, lru_cache
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from registrygrid.engine.registries import CONFLICT_POLICIES, WRITE_POLICIES
+from registrygrid.protocol import limits, names
+from registrygrid.storage.tokens import MAX_LIFETIME_S, ROLES
+
+SPEC_URI = "urn:registrygrid:bridge:openapi"
+API_VERSION = "1.0.0"
+# Bodies are capped at 1 MiB: a record's fields are capped at 128 KiB
+# encoded (protocol/limits.py), and a JSON body of such a record, pretty
+# printed with tags and links, stays far below 1 MiB; nothing else the API
+# takes is bigger. aiohttp's own default client_max_size is also 1 MiB.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+STRING = {"type": "string"}
+INT = {"type": "integer"}
+SEQ = {"type": "integer", "minimum": 0}
+HLC = {"type": "array", "items": INT, "minItems": 2, "maxItems": 2,
+       "description": "hybrid logical clock [wall ms, counter]"}
+REGISTRY_NAME = {"type": "string", "pattern": names.REGISTRY_NAME.pattern}
+RECORD_ID = {"type": "string", "pattern": names.RECORD_ID.pattern}
+KIND_NAME = {"type": "string", "pattern": names.KIND_NAME.pattern}
+TAG = {"type": "string", "pattern": names.TAG.pattern}
+TAGS = {"type": "array", "items": TAG, "maxItems": limits.MAX_TAGS}
+TOKEN_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{12}$"}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None, *, closed: bool = True,
+         description: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": props,
+                           "required": list(props) if required is None else required}
+    if closed:
+        out["additionalProperties"] = False
+    if description:
+        out["description"] = description
+    return out
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj({"error": _obj({
+        "code": {"type": "string", "description": "stable machine-readable code (registrygrid.errors)"},
+        "message": STRING,
+        "details": {"description": "structured context, e.g. every failing path of a schema violation"},
+        "trace_id": {"type": "string", "description": "also in the X-Trace-Id header"},
+    })}),
+    "Link": _obj({"rel": TAG, "registry": REGISTRY_NAME, "record": RECORD_ID}),
+    "Record": _obj({
+        "registry": REGISTRY_NAME, "id": RECORD_ID, "kind": KIND_NAME, "schema": INT, "owner": STRING,
+        "tags": {"type": "array", "items": STRING}, "links": {"type": "array", "items": _ref("Link")},
+        "fields": {"type": "object"}, "deleted": {"type": "boolean"},
+        "created_at": _nullable(INT), "created_by": _nullable(STRING), "updated_at": INT, "updated_hlc": HLC,
+        "updated_by": STRING, "change_id": STRING, "revision": INT,
+    }),
+    "WriteResult": _obj({
+        "status": {"enum": ["created", "updated", "deleted", "unchanged"]},
+        "registry": REGISTRY_NAME, "id": RECORD_ID, "change_id": _nullable(STRING), "feed_seq": _nullable(SEQ),
+        "record": _nullable(_ref("Record")),
+    }),
+    "Page": _obj({"items": {"type": "array", "items": _ref("Record")}, "next_cursor": _nullable(STRING)}),
+    "HistoryEntry": _obj({"feed_seq": SEQ, "change_id": STRING, "op": {"enum": ["create", "update", "delete"]},
+                          "author": STRING, "seq": INT, "hlc": HLC, "schema": INT, "size": INT}),
+    "History": _obj({"history": {"type": "array", "items": _ref("HistoryEntry")}}),
+    "FeedEvent": _obj({"seq": SEQ, "type": {"enum": ["created", "updated", "deleted"]}, "registry": REGISTRY_NAME,
+                       "record": RECORD_ID, "kind": KIND_NAME, "change": STRING, "author": STRING, "hlc": HLC,
+                       "origin": {"type": "string", "description": "'local' or the peer it came from"}}),
+    "Changes": _obj({"events": {"type": "array", "items": _ref("FeedEvent")},
+                     "next": {**SEQ, "description": "cursor for the next call (since=next)"},
+                     "head": {**SEQ, "description": "newest feed sequence of the node"}}),
+    "Registry": _obj({
+        "name": REGISTRY_NAME, "kinds": {"type": "array", "items": KIND_NAME}, "owner": _nullable(STRING),
+        "write_policy": STRING, "conflict_policy": STRING, "replication": STRING, "description": STRING,
+        "builtin": {"type": "boolean"}, "records": {**SEQ, "description": "live records (describe only)"},
+    }, required=["name", "kinds", "owner", "write_policy", "conflict_policy", "replication", "description",
+                 "builtin"]),
+    "Registries": _obj({"registries": {"type": "array", "items": _ref("Registry")}}),
+    "Kind": _obj({"name": KIND_NAME, "version": INT, "registry": STRING, "builtin": {"type": "boolean"},
+                  "description": STRING, "schema": {"type": "object"},
+                  "versions": {"type": "array", "items": INT}},
+                 required=["name", "version", "registry", "builtin", "description", "schema"]),
+    "Kinds": _obj({"kinds": {"type": "array", "items": _ref("Kind")}}),
+    "AuditEntry": _obj({"seq": SEQ, "at_ms": INT, "actor": STRING, "action": STRING, "target": STRING,
+                        "reason": STRING, "before": _nullable(STRING), "after": _nullable(STRING),
+                        "change": _nullable(STRING), "prev": STRING, "hash": STRING}),
+    "Audit": _obj({"entries": {"type": "array", "items": _ref("AuditEntry")}}),
+    "AuditVerify": _obj({"entries": SEQ, "signed_heads": SEQ, "root": STRING}),
+    "Identity": _obj({"did": STRING, "peer_id": STRING, "org": _nullable(STRING), "org_name": STRING,
+                      "roles": {"type": "array", "items": STRING}, "delegation_expires": _nullable(INT)},
+                     required=["did", "peer_id", "org"]),
+    "Stats": {"type": "object", "additionalProperties": {"type": ["number", "integer"]},
+              "description": "store entry counts, sizes, feed head and engine counters"},
+    "Health": _obj({"status": {"enum": ["ok", "starting", "stopping"]}, "feed_head": SEQ}),
+    "Token": _obj({"id": TOKEN_ID, "name": STRING, "role": {"enum": list(ROLES)}, "registry": _nullable(STRING),
+                   "created_at": INT, "expires_at": _nullable(INT), "revoked_at": _nullable(INT),
+                   "created_by": STRING}),
+    "TokenCreated": _obj({
+        "id": TOKEN_ID, "name": STRING, "role": {"enum": list(ROLES)}, "registry": _nullable(STRING),
+        "created_at": INT, "expires_at": _nullable(INT), "revoked_at": _nullable(INT), "created_by": STRING,
+        "token": {"type": "string", "description": "rgt_<id>.<secret>: shown once, never stored"},
+    }),
+    "Tokens": _obj({"tokens": {"type": "array", "items": _ref("Token")}}),
+    # ---- request bodies (validated by the bridge with these very schemas)
+    "RecordCreate": _obj({
+        "kind": KIND_NAME, "fields": {"type": "object"}, "id": RECORD_ID, "tags": TAGS,
+        "links": {"type": "array", "items": _ref("Link"), "maxItems": limits.MAX_LINKS},
+        "schema": {"type": "integer", "minimum": 1},
+    }, required=["kind", "fields"]),
+    "RecordReplace": _obj({
+        "fields": {"type": "object"}, "tags": TAGS,
+        "links": {"type": "array", "items": _ref("Link"), "maxItems": limits.MAX_LINKS},
+        "schema": {"type": "integer", "minimum": 1},
+    }, required=["fields"]),
+    "RecordPatch": _obj({
+        "patch": {"type": "object", "description": "RFC 7386 merge patch on the fields"}, "tags": TAGS,
+        "links": {"type": "array", "items": _ref("Link"), "maxItems": limits.MAX_LINKS},
+        "schema": {"type": "integer", "minimum": 1},
+    }, required=[]),
+    "MergePatch": {"type": "object", "description": "RFC 7386 merge patch applied to the record's fields"},
+    "RegistryCreate": _obj({
+        "name": REGISTRY_NAME, "kinds": {"type": "array", "items": KIND_NAME, "minItems": 1, "maxItems": 64},
+        "description": {"type": "string", "maxLength": 4096},
+        "write_policy": {"enum": list(WRITE_POLICIES)}, "conflict_policy": {"enum": list(CONFLICT_POLICIES)},
+        "replication": {"enum": ["local", "federation", "public"]},
+    }, required=["name", "kinds"]),
+    "KindCreate": _obj({
+        # Bounds as builtin/kind.v1.json; the engine needs a home registry for every kind.
+        "name": KIND_NAME, "version": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "schema": {"type": "object"}, "registry": {**REGISTRY_NAME, "description": "the kind's home registry"},
+        "description": {"type": "string", "maxLength": 4096},
+    }, required=["name", "version", "schema", "registry"]),
+    "TokenCreate": _obj({
+        "role": {"enum": list(ROLES)}, "name": {"type": "string", "maxLength": 64}, "registry": REGISTRY_NAME,
+        "expires_in": {"type": "integer", "minimum": 1, "maximum": MAX_LIFETIME_S,
+                       "description": "seconds until the token expires; omit for no expiry"},
+    }, required=["role"]),
+}
+
+_ERROR_STATUSES = {
+    "400": "Malformed request (bad JSON, bad parameter)",
+    "401": "No token or a bad one",
+    "403": "The token lacks the role or the registry scope",
+    "404": "No such registry, record, kind or token",
+    "409": "Conflict (already exists, in progress)",
+    "412": "If-Match names a change the record moved past",
+    "413": f"Body over {MAX_BODY_BYTES} bytes, or fields over {limits.MAX_RECORD_BYTES} bytes encoded",
+    "422": "Well-formed but invalid (schema violation: details list every failing path)",
+    "429": "Rate limited (see Retry-After)",
+    "503": "The node is starting, stopping, or its audit ledger is behind",
+}
+
+
+def _errors(*statuses: str) -> dict[str, Any]:
+    out = {}
+    for status in statuses:
+        out[status] = {"description": _ERROR_STATUSES[status], "headers": _TRACE_HEADER,
+                       "content": {"application/json": {"schema": _ref("Error")}}}
+    return out
+
+
+_TRACE_HEADER = {"X-Trace-Id": {"description": "trace id of this request (also in error bodies)",
+                                "schema": STRING}}
+READ_ERRORS = ("400", "401", "403", "404", "422", "429", "503")
+WRITE_ERRORS = ("400", "401", "403", "404", "409", "413", "422", "429", "503")
+
+
+def _json(status: str, schema: str, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {status: {"description": description, "headers": {**_TRACE_HEADER, **(headers or {})},
+                     "content": {"application/json": {"schema": _ref(schema)}}}}
+
+
+def _body(schema: str, media: str = "application/json") -> dict[str, Any]:
+    return {"required": True, "content": {media: {"schema": _ref(schema)}}}
+
+
+def _path(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
+
+
+def _query(name: str, schema: dict[str, Any], description: str = "", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description, **extra}
+
+
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": False, "schema": STRING, "description": description}
+
+
+P_REGISTRY = _path("registry", REGISTRY_NAME)
+P_ID = _path("id", RECORD_ID)
+IDEMPOTENCY = _header("Idempotency-Key", "A retry with the same key and body replays the first answer "
+                      "(kept 24 h per token); the same key with another body is refused (422).")
+LOCATION = {"Location": {"description": "URL of what was created", "schema": STRING}}
+ETAG = {"ETag": {"description": "the record's change id, quoted", "schema": STRING}}
+LIST_PARAMS = [
+    _query("kind", KIND_NAME), _query("tag", TAG), _query("owner", {"type": "string", "maxLength": 256}),
+    _query("where", {"type": "array", "items": {"type": "string", "maxLength": 1024}},
+           "field filter PATH:OP:VALUE, OP one of eq ne lt le gt ge contains; VALUE is JSON or a string; "
+           "repeatable (all must hold)", style="form", explode=True),
+    _query("sort", {"enum": ["id"]}, "listing order; only (registry, id) order, which keeps cursors stable"),
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+    _query("cursor", {"type": "string", "maxLength": 1024}, "next_cursor of the previous page"),
+    _query("include_deleted", {"type": "boolean", "default": False}),
+]
+OPEN = [{}]  # no token needed (loopback)
+
+
+def _op(op_id: str, summary: str, responses: dict[str, Any], *, tags: list[str], params: list[Any] | None = None,
+        body: dict[str, Any] | None = None, security: list[Any] | None = None, description: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {"operationId": op_id, "summary": summary, "tags": tags, "responses": responses}
+    if description:
+        out["description"] = description
+    if params:
+        out["parameters"] = params
+    if body:
+        out["requestBody"] = body
+    if security is not None:
+        out["security"] = security
+    return out
+
+
+def _paths() -> dict[str, Any]:
+    records = "/v1/registries/{registry}/records"
+    record = records + "/{id}"
+    return {
+        "/v1/health/live": {"get": _op("healthLive", "The process answers", _json("200", "Health", "alive"),
+                                       tags=["health"], security=OPEN)},
+        "/v1/health/ready": {"get": _op("healthReady", "The node serves reads and writes",
+                                        {**_json("200", "Health", "ready"), **_errors("503")},
+                                        tags=["health"], security=OPEN)},
+        "/metrics": {"get": _op("metrics", "Prometheus metrics (text exposition format)",
+                                {"200": {"description": "metrics", "headers": _TRACE_HEADER,
+                                         "content": {"text/plain": {"schema": STRING}}}},
+                                tags=["health"], security=OPEN)},
+        "/v1/openapi.json": {"get": _op("openapi", "This document",
+                                        {"200": {"description": "OpenAPI 3.1", "headers": _TRACE_HEADER,
+                                                 "content": {"application/json": {"schema": {"type": "object"}}}}},
+                                        tags=["health"], security=OPEN)},
+        "/v1/identity": {"get": _op("identity", "The node's did:key, peer id and org",
+                                    {**_json("200", "Identity", "identity"), **_errors("401", "429")},
+                                    tags=["node"])},
+        "/v1/stats": {"get": _op("stats", "Store sizes, feed head, engine counters",
+                                 {**_json("200", "Stats", "stats"), **_errors("401", "429")}, tags=["node"])},
+        "/v1/registries": {
+            "get": _op("listRegistries", "Every registry this node knows",
+                       {**_json("200", "Registries", "registries"), **_errors("401", "429")}, tags=["registries"]),
+            "post": _op("createRegistry", "Create a registry (a signed record of grid.registries)",
+                        {**_json("201", "WriteResult", "created", LOCATION), **_errors(*WRITE_ERRORS)},
+                        tags=["registries"], params=[IDEMPOTENCY], body=_body("RegistryCreate")),
+        },
+        "/v1/registries/{registry}": {
+            "get": _op("describeRegistry", "A registry's descriptor and live record count",
+                       {**_json("200", "Registry", "descriptor"), **_errors(*READ_ERRORS)},
+                       tags=["registries"], params=[P_REGISTRY]),
+        },
+        records: {
+            "get": _op("listRecords", "Records of a registry, filtered, in id order, cursor-paged",
+                       {**_json("200", "Page", "a page"), **_errors(*READ_ERRORS)},
+                       tags=["records"], params=[P_REGISTRY, *LIST_PARAMS]),
+            "post": _op("createRecord", "Create a record (id generated when absent)",
+                        {**_json("201", "WriteResult", "created", {**LOCATION, **ETAG}), **_errors(*WRITE_ERRORS)},
+                        tags=["records"], params=[P_REGISTRY, IDEMPOTENCY], body=_body("RecordCreate")),
+        },
+        record: {
+            "get": _op("getRecord", "One record",
+                       {**_json("200", "Record", "the record", ETAG),
+                        "304": {"description": "If-None-Match matched", "headers": {**_TRACE_HEADER, **ETAG}},
+                        **_errors(*READ_ERRORS)},
+                       tags=["records"], params=[P_REGISTRY, P_ID, _query("include_deleted", {"type": "boolean"}),
+                                                 _header("If-None-Match", "a quoted change id")]),
+            "put": _op("replaceRecord", "Replace a record's fields (and tags/links when given)",
+                       {**_json("200", "WriteResult", "replaced", ETAG), **_errors(*WRITE_ERRORS, "412")},
+                       tags=["records"], params=[P_REGISTRY, P_ID, _header("If-Match", "a quoted change id")],
+                       body=_body("RecordReplace")),
+            "patch": _op("patchRecord", "Merge-patch a record's fields (RFC 7386)",
+                         {**_json("200", "WriteResult", "patched", ETAG), **_errors(*WRITE_ERRORS, "412")},
+                         tags=["records"], params=[P_REGISTRY, P_ID, _header("If-Match", "a quoted change id")],
+                         body={"required": True, "content": {
+                             "application/merge-patch+json": {"schema": _ref("MergePatch")},
+                             "application/json": {"schema": _ref("RecordPatch")}}}),
+            "delete": _op("deleteRecord", "Delete a record (a signed tombstone; history stays)",
+                          {**_json("200", "WriteResult", "deleted"), **_errors(*WRITE_ERRORS, "412")},
+                          tags=["records"], params=[P_REGISTRY, P_ID, _header("If-Match", "a quoted change id")]),
+        },
+        record + "/history": {
+            "get": _op("recordHistory", "Every change of a record, in the order this node accepted them",
+                       {**_json("200", "History", "history"), **_errors(*READ_ERRORS)},
+                       tags=["records"], params=[P_REGISTRY, P_ID]),
+        },
+        "/v1/records": {
+            "get": _op("listAllRecords", "Records across registries, in (registry, id) order",
+                       {**_json("200", "Page", "a page"), **_errors(*READ_ERRORS)},
+                       tags=["records"], params=LIST_PARAMS),
+        },
+        "/v1/changes": {
+            "get": _op(
+                "changes", "The changefeed after a cursor: a page, a long-poll, or Server-Sent Events",
+                {"200": {"description": "events (JSON), or an endless SSE stream with Accept: text/event-stream",
+                         "headers": _TRACE_HEADER,
+                         "content": {"application/json": {"schema": _ref("Changes")},
+                                     "text/event-stream": {"schema": STRING}}},
+                 **_errors(*READ_ERRORS)},
+                tags=["changes"],
+                params=[_query("since", SEQ, "events after this feed sequence"),
+                        _query("registry", REGISTRY_NAME), _query("kind", KIND_NAME),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}),
+                        _query("wait", {"type": "number", "minimum": 0, "maximum": 30},
+                               "long-poll: wait up to this many seconds for an event when there is none"),
+                        _header("Last-Event-ID", "SSE resume: the id of the last event received")],
+                description="With Accept: text/event-stream the answer is an SSE stream: each event has "
+                            "id: <feed seq>, event: <type>, data: <FeedEvent JSON>. Reconnect with Last-Event-ID."),
+        },
+        "/v1/changes/ws": {
+            "get": _op("changesWebSocket", "The changefeed over a WebSocket (one FeedEvent JSON per message)",
+                       {"101": {"description": "switching protocols"}, **_errors(*READ_ERRORS)},
+                       tags=["changes"],
+                       params=[_query("since", SEQ), _query("registry", REGISTRY_NAME), _query("kind", KIND_NAME)]),
+        },
+        "/v1/audit": {
+            "get": _op("auditLog", "Audit ledger entries (admin)",
+                       {**_json("200", "Audit", "entries"), **_errors("400", "401", "403", "422", "429")},
+                       tags=["audit"],
+                       params=[_query("since", SEQ), _query("limit", {"type": "integer", "minimum": 1,
+                                                                      "maximum": 10000, "default": 100}),
+                               _query("reverse", {"type": "boolean", "default": False})]),
+        },
+        "/v1/audit/verify": {
+            "get": _op("auditVerify", "Recheck the hash chain and every signed tree head (admin)",
+                       {**_json("200", "AuditVerify", "intact"), **_errors("401", "403", "429")}, tags=["audit"]),
+        },
+        "/v1/kinds": {
+            "get": _op("listKinds", "Every record kind (built in and registered)",
+                       {**_json("200", "Kinds", "kinds"), **_errors("401", "429")}, tags=["kinds"]),
+            "post": _op("registerKind", "Register a kind version (a record of grid.kinds)",
+                        {**_json("201", "WriteResult", "registered", LOCATION), **_errors(*WRITE_ERRORS)},
+                        tags=["kinds"], params=[IDEMPOTENCY], body=_body("KindCreate")),
+        },
+        "/v1/kinds/{name}": {
+            "get": _op("getKind", "A kind's JSON Schema (latest version unless asked)",
+                       {**_json("200", "Kind", "kind"), **_errors(*READ_ERRORS)}, tags=["kinds"],
+                       params=[_path("name", KIND_NAME), _query("version", {"type": "integer", "minimum": 1})]),
+        },
+        "/v1/tokens": {
+            "get": _op("listTokens", "Every token (never their secrets) (admin)",
+                       {**_json("200", "Tokens", "tokens"), **_errors("401", "403", "429")}, tags=["tokens"]),
+            "post": _op("createToken", "Create a token; its secret is in this answer only (admin)",
+                        {**_json("201", "TokenCreated", "created", LOCATION), **_errors(*WRITE_ERRORS)},
+                        tags=["tokens"], body=_body("TokenCreate")),
+        },
+        "/v1/tokens/{token_id}": {
+            "delete": _op("revokeToken", "Revoke a token (admin)",
+                          {**_json("200", "Token", "revoked"), **_errors("401", "403", "404", "429")},
+                          tags=["tokens"], params=[_path("token_id", TOKEN_ID)]),
+        },
+    }
+
+
+def build_spec(server_url: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "info": {"title": "RegistryGrid node bridge", "version": API_VERSION,
+                 "description": "The local HTTP API of a RegistryGrid node. Every error is "
+                                "{error: {code, message, details, trace_id}}; every answer carries X-Trace-Id. "
+                                f"Request bodies are capped at {MAX_BODY_BYTES} bytes."},
+        "paths": _paths(),
+        "components": {
+            "schemas": copy.deepcopy(SCHEMAS),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "rgt_<id>.<secret>"}},
+        },
+        "security": [{"bearer": []}],
+    }
+    if server_url:
+        spec["servers"] = [{"url": server_url}]
+    return spec
+
+
+@lru_cache(maxsize=1)
+def _registry() -> Registry:
+    resource = Resource(contents=build_spec(), specification=DRAFT202012)
+    return Registry().with_resource(SPEC_URI, resource)
+
+
+@cache
+def schema_validator(name: str) -> Draft202012Validator:
+    """A validator for ``#/components/schemas/<name>`` with its $refs resolved in this document."""
+    return Draft202012Validator({"$ref": f"{SPEC_URI}#/components/schemas/{name}"}, registry=_registry())
+
+
+def request_validator(name: str) -> Draft202012Validator:
+    return schema_validator(name)

@@ -1,0 +1,345 @@
+"""The bridge's runtime: aiohttp on its own thread and loop, beside the trio node.
+
+Why this shape. aiohttp is asyncio; the node (and py-libp2p) is trio. The two
+ways to join them were measured on this machine class (DESIGN.md, "asyncio
+<-> trio"): aiohttp inside ``trio_asyncio`` calling a trio function per
+request, about 4.6k req/s; aiohttp on its own thread calling trio through
+``trio.from_thread.run``, about 4.3k req/s, but ~24k req/s (bare aiohttp
+speed) for requests that never cross. Reads never need to cross: LMDB read
+transactions are safe from any thread and the node's ``LocalRegistry``
+serves them in microseconds. So the bridge runs aiohttp on a thread of its
+own, serves every read there, and crosses into trio only for writes, which
+wait for an fsync-bound group commit anyway (~0.4 ms at best), so the
+crossing's tens of microseconds disappear in it. trio-asyncio would put
+every request, reads included, through the slower path, and would tie the
+node's event loop to a compatibility layer. The crossing's cost is measured
+on every write (``rgrid_bridge_crossing_seconds``) and by
+``benchmarks/bench_bridge.py``; docs/bridge.md has the figures.
+
+Lifecycle, as a component of the node's nursery: ``Bridge.run`` starts the
+thread, waits until aiohttp listens, writes ``HOME/bridge.json`` (URL and a
+fresh admin token for the CLI, mode 0600), reports ``started``, and then
+flushes the audit buffer until cancelled. On cancel (Ctrl-C, SIGTERM, a
+test's scope) it stops the loop (aiohttp stops listening, ends streams and
+lets in-flight requests finish within ``shutdown_grace_s``), cancels any
+write still waiting in trio after that grace, joins the thread, flushes the
+last audit notes, revokes the CLI token and removes ``bridge.json``.
+
+A write crosses like this: the handler awaits ``loop.run_in_executor`` with
+a blocking ``trio.from_thread.run(node.submit, ...)``, so the loop never
+blocks. The executor has ``write_threads`` threads (default 64, not
+asyncio's 6 on 2 cores): each waiting write holds one, and the group
+committer can only batch writes that are waiting at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+from aiohttp import web
+
+from registrygrid.engine.ops import Committed, Operation, Outcome
+from registrygrid.errors import RegistryError, Unavailable, ValidationError
+from registrygrid.node.bridge import openapi
+from registrygrid.node.bridge.app import Api
+from registrygrid.node.bridge.audit import FLUSH_BATCH, FLUSH_INTERVAL_S, AuditBuffer
+from registrygrid.node.bridge.auth import Authenticator, RateLimit, RateLimiter
+from registrygrid.node.bridge.metrics import BridgeMetrics
+from registrygrid.node.bridge.streaming import FeedHub
+from registrygrid.storage import idempotency, tokens
+
+log = logging.getLogger("registrygrid.bridge")
+
+BRIDGE_FILE = "bridge.json"
+CLI_TOKEN_CREATOR = "bridge:cli"
+# Purge expired idempotency entries this often: they live 24 h, so a sweep
+# every 10 minutes keeps at most ~1% of the table stale.
+PURGE_EVERY_S = 600.0
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+    max_body: int = openapi.MAX_BODY_BYTES
+    write_threads: int = 64
+    idempotency_ttl_ms: int = idempotency.DEFAULT_TTL_MS
+    audit_flush_s: float = FLUSH_INTERVAL_S
+    audit_batch: int = FLUSH_BATCH
+    # In-flight requests get this long to finish at shutdown; 5 s covers any
+    # write (a group commit takes milliseconds) without making Ctrl-C feel stuck.
+    shutdown_grace_s: float = 5.0
+    # Concurrent SSE/WebSocket streams: each holds a socket, and the default
+    # open-file limit is 1,024; half of it for streams leaves room for the rest.
+    max_streams: int = 512
+    write_bridge_file: bool = True
+
+
+def config_from_home(home_config: dict[str, Any]) -> BridgeConfig:
+    """BridgeConfig from the ``bridge`` section of HOME/config.json:
+    ``rate_limit`` (requests/s per token), ``rate_burst``, ``max_streams``,
+    ``write_threads``; anything absent keeps its default."""
+    section = home_config.get("bridge") or {}
+    default = BridgeConfig()
+    try:
+        rate = float(section.get("rate_limit", default.rate_limit.rate))
+        burst = float(section.get("rate_burst", max(default.rate_limit.burst, rate)))
+        streams = int(section.get("max_streams", default.max_streams))
+        threads = int(section.get("write_threads", default.write_threads))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"config.json bridge section: {exc}") from None
+    if rate <= 0 or burst < 1 or streams < 1 or threads < 1:
+        raise ValidationError("config.json bridge section: rate_limit, rate_burst, max_streams and write_threads "
+                              "must be positive (rate_burst >= 1)")
+    return BridgeConfig(rate_limit=RateLimit(rate, burst), max_streams=streams, write_threads=threads)
+
+
+class Bridge:
+    """The node component that serves the local HTTP API (see the module docstring)."""
+
+    name = "bridge"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8700, *, config: BridgeConfig | None = None) -> None:
+        self.host = host
+        self.port = port
+        self._explicit_config = config is not None
+        self.config = config or BridgeConfig()
+        self.api: Api | None = None
+        self.cli_token: str | None = None
+        self._node: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._crossings: set[trio.CancelScope] = set()
+        self._closing = False
+        self._wake = trio.Event()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    # ------------------------------------------------------------------ trio side
+
+    async def run(self, node: Any, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        self._node = node
+        if not self._explicit_config:
+            self.config = config_from_home(node.home.config())
+        token = node.trio_token
+        audit = AuditBuffer(batch=self.config.audit_batch)
+        audit.on_batch_ready = lambda: token.run_sync_soon(self._wake_flusher)
+        metrics = BridgeMetrics(self._snapshot)
+        auth = Authenticator(node.store, RateLimiter(self.config.rate_limit), audit,
+                             on_deny=lambda status: metrics.denials.labels(str(status)).inc(),
+                             on_throttle=metrics.throttled.inc)
+        self.api = api = Api(registry=node.registry, auth=auth, audit=audit, metrics=metrics,
+                             hub=FeedHub(node.feed.head), submit=self._submit_from_loop,
+                             max_body=self.config.max_body, idempotency_ttl_ms=self.config.idempotency_ttl_ms,
+                             max_streams=self.config.max_streams)
+        thread = threading.Thread(target=self._thread_main, args=(api,), name="rgrid-bridge", daemon=True)
+        thread.start()
+        await trio.to_thread.run_sync(self._ready.wait)
+        if self._startup_error is not None:
+            await trio.to_thread.run_sync(thread.join)
+            raise Unavailable(f"the bridge cannot listen on {self.host}:{self.port}: {self._startup_error}") \
+                from self._startup_error
+        api.base_url = self.url
+        node.committer.on_commit.append(self._on_commit)
+        bridge_file = Path(node.home.path) / BRIDGE_FILE
+        try:
+            if self.config.write_bridge_file:
+                await trio.to_thread.run_sync(self._publish_cli_token, node, bridge_file)
+            api.state = "ok"
+            log.info("bridge serving on %s", self.url)
+            task_status.started(self)
+            await self._flush_loop(node, audit)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._shutdown(node, thread, audit, bridge_file)
+
+    async def _flush_loop(self, node: Any, audit: AuditBuffer) -> None:
+        last_purge = time.monotonic()
+        while True:
+            with trio.move_on_after(self.config.audit_flush_s):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            while len(audit):
+                notes = audit.take(self.config.audit_batch)
+                try:
+                    await node.submit(notes)
+                except RegistryError as exc:
+                    audit.put_back(notes)
+                    log.warning("audit flush failed (%s); will retry", exc.message)
+                    break
+                if len(audit) < self.config.audit_batch:
+                    break
+            if time.monotonic() - last_purge > PURGE_EVERY_S:
+                last_purge = time.monotonic()
+                await trio.to_thread.run_sync(lambda: idempotency.purge_expired(node.store, now_ms=_now_ms()))
+
+    def _wake_flusher(self) -> None:
+        self._wake.set()
+
+    async def _shutdown(self, node: Any, thread: threading.Thread, audit: AuditBuffer, bridge_file: Path) -> None:
+        assert self.api is not None
+        self.api.state = "stopping"
+        if self._on_commit in node.committer.on_commit:
+            node.committer.on_commit.remove(self._on_commit)
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
+        # In-flight requests get the grace period; writes still waiting in
+        # trio after it are cancelled (they answer 503, outcome unknown).
+        with trio.move_on_after(self.config.shutdown_grace_s + 1.0):
+            await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
+        self._closing = True
+        for scope in list(self._crossings):
+            scope.cancel()
+        await trio.to_thread.run_sync(thread.join)
+        await self._final_audit_flush(node, audit)
+        if self.cli_token is not None:
+            try:
+                tokens.revoke(node.store, self.cli_token.split(".")[0][len(tokens.PREFIX):])
+            except RegistryError:
+                log.exception("could not revoke the CLI token")
+        bridge_file.unlink(missing_ok=True)
+        log.info("bridge stopped")
+
+    async def _final_audit_flush(self, node: Any, audit: AuditBuffer) -> None:
+        """The last notes, once no request can add more.
+
+        The committer is normally cancelled together with us. A cancelled
+        committer finishes the batch it is running, takes nothing new, and
+        answers every queued submission with Unavailable once it is closed;
+        from then on it runs no batch, so the engine is ours to call directly
+        (the engine is single-writer: never call it beside a live committer)."""
+        notes = audit.take(len(audit))
+        if not notes:
+            return
+        try:
+            # 10 s: far above the longest batch (2,000 ops, ~120 ms) the committer may still be finishing.
+            with trio.move_on_after(10.0):
+                await node.submit(notes)
+                return
+            log.error("the committer neither took nor refused the last %d audit notes; they are lost", len(notes))
+        except Unavailable:
+            node.engine.execute(notes)
+
+    def _publish_cli_token(self, node: Any, path: Path) -> None:
+        # Tokens of a previous run that died without cleaning up are revoked:
+        # only the current bridge.json may hold a live CLI token.
+        for old in tokens.list_all(node.store):
+            if old.created_by == CLI_TOKEN_CREATOR and old.revoked_at is None:
+                tokens.revoke(node.store, old.id)
+        created, secret = tokens.create(node.store, role="admin", name="cli", created_by=CLI_TOKEN_CREATOR)
+        self.cli_token = secret
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            json.dump({"url": self.url, "token": secret, "token_id": created.id, "pid": os.getpid()}, handle)
+        os.replace(tmp, path)
+
+    def _on_commit(self, committed: Committed) -> None:
+        """Committer hook (trio thread): wake the loop's feed waiters."""
+        loop, api = self._loop, self.api
+        if committed.feed_seqs and loop is not None and api is not None:
+            try:
+                loop.call_soon_threadsafe(api.hub.advance, committed.feed_seqs[-1])
+            except RuntimeError:
+                pass  # loop already closed: nobody is waiting
+
+    async def _submit_in_trio(self, ops: Sequence[Operation]) -> tuple[list[Outcome], float]:
+        if self._closing:
+            raise Unavailable("the bridge is stopping")
+        started = time.perf_counter()
+        with trio.CancelScope() as scope:
+            self._crossings.add(scope)
+            try:
+                outcomes = await self._node.submit(ops)
+                return outcomes, time.perf_counter() - started
+            finally:
+                self._crossings.discard(scope)
+        raise Unavailable("the bridge stopped while this write waited for its commit; its outcome is unknown")
+
+    # ------------------------------------------------------------------ loop side
+
+    def _cross(self, ops: Sequence[Operation]) -> tuple[list[Outcome], float]:
+        """Runs on an executor thread: block until trio has committed ``ops``."""
+        try:
+            return trio.from_thread.run(self._submit_in_trio, ops, trio_token=self._node.trio_token)
+        except (trio.RunFinishedError, trio.Cancelled):
+            raise Unavailable("the node has stopped") from None
+
+    async def _submit_from_loop(self, ops: Sequence[Operation]) -> list[Outcome]:
+        assert self._loop is not None and self.api is not None
+        started = time.perf_counter()
+        outcomes, commit_s = await self._loop.run_in_executor(None, self._cross, ops)
+        total = time.perf_counter() - started
+        metrics = self.api.metrics
+        metrics.write_seconds.observe(total)
+        metrics.commit_seconds.observe(commit_s)
+        metrics.crossing_seconds.observe(max(0.0, total - commit_s))
+        return outcomes
+
+    def _thread_main(self, api: Api) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        loop.set_default_executor(ThreadPoolExecutor(self.config.write_threads, thread_name_prefix="rgrid-bridge-io"))
+        try:
+            try:
+                loop.run_until_complete(self._start(api))
+            except BaseException as exc:  # reported to the trio side, which raises it
+                self._startup_error = exc
+                return
+            finally:
+                self._ready.set()
+            loop.run_until_complete(self._serve_until_stopped())
+        finally:
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+
+    async def _start(self, api: Api) -> None:
+        self._stop = asyncio.Event()
+        self._runner = web.AppRunner(api.build(), access_log=None, handle_signals=False,
+                                     shutdown_timeout=self.config.shutdown_grace_s)
+        await self._runner.setup()
+        # backlog 1024: wrk and bursty clients open many connections at once;
+        # the kernel caps it at net.core.somaxconn anyway.
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def _serve_until_stopped(self) -> None:
+        assert self._stop is not None and self._runner is not None
+        await self._stop.wait()
+        await self._runner.cleanup()
+
+    def _snapshot(self) -> dict[str, Any]:
+        node, api = self._node, self.api
+        engine_metrics: dict[str, int] = {}
+        for _ in range(5):  # the writer thread may add a key while we copy
+            try:
+                engine_metrics = dict(node.engine.metrics)
+                break
+            except RuntimeError:
+                continue
+        return {"store": node.store.stats(), "feed_head": node.registry.feed_head(), "engine": engine_metrics,
+                "audit_pending": len(api.audit) if api else 0, "audit_dropped": api.audit.dropped if api else 0}
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

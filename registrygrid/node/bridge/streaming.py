@@ -1,0 +1,164 @@
+"""The changefeed over HTTP: plain pages, long-poll, Server-Sent Events, WebSocket.
+
+Every transport is the same loop: read the feed after a cursor (from LMDB,
+on the loop thread, no trio), send what came, and when nothing did, wait
+for the node's committer to say the feed moved. The committer calls the
+bridge's hook in the trio thread after each commit; the hook does
+``loop.call_soon_threadsafe(hub.advance, head)``, which wakes every waiting
+stream on this loop (``FeedHub``). One wake per committed batch, not per
+event or per stream.
+
+Resuming is the client's cursor: the feed sequence of the last event it
+handled (SSE ``id:`` lines and ``Last-Event-ID``, the WebSocket's
+``since``). Feed sequences are dense and never reused (``storage/feed.py``),
+so a client that reconnects with its cursor misses nothing and sees at most
+the events it had not acknowledged again (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from registrygrid.storage.feed import FeedEvent
+
+# Long-poll waits at most 30 s: below the 60 s idle timeout of common proxies
+# and load balancers (nginx proxy_read_timeout, AWS ALB), so a waiting
+# request is never cut by a middlebox.
+MAX_WAIT_S = 30.0
+# SSE comment line this often on an idle stream, for the same middleboxes
+# (and so a dead client is noticed at the next write).
+HEARTBEAT_S = 15.0
+# Tell EventSource clients to reconnect after 1 s (WHATWG HTML 9.2 "retry").
+SSE_RETRY_MS = 1000
+# Events per feed read while streaming: bounds the memory one slow stream holds.
+STREAM_BATCH = 500
+
+
+class FeedHub:
+    """The feed head as seen on the loop thread, and a wake-up for waiters."""
+
+    def __init__(self, head: int) -> None:
+        self.head = head
+        self._changed = asyncio.Event()
+        self.closing = False
+
+    def advance(self, head: int) -> None:
+        if head > self.head:
+            self.head = head
+            self._wake()
+
+    def close(self) -> None:
+        self.closing = True
+        self._wake()
+
+    def _wake(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    async def wait_beyond(self, seq: int, timeout: float) -> bool:
+        """True once the head passes ``seq``; False on timeout or shutdown."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.head <= seq and not self.closing:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return self.head > seq
+
+
+@dataclass
+class FeedReader:
+    """Reads the feed after a cursor with the request's filters.
+
+    ``read`` is ``LocalRegistry.changes`` bound to the filters; ``head``
+    reads the store's feed head. After a read with fewer than ``limit``
+    matches, the cursor moves to the head read *before* it, so a filtered
+    stream does not rescan a long stretch of non-matching events.
+    """
+
+    read: Callable[[int, int], list[FeedEvent]]  # (since, limit) -> events
+    head: Callable[[], int]
+
+    def next(self, cursor: int, limit: int) -> tuple[list[FeedEvent], int]:
+        head = self.head()
+        events = self.read(cursor, limit)
+        if len(events) >= limit:
+            return events, events[-1].seq
+        return events, max(cursor, head, events[-1].seq if events else 0)
+
+
+async def long_poll(reader: FeedReader, hub: FeedHub, since: int, limit: int,
+                    wait_s: float) -> tuple[list[FeedEvent], int]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    cursor = since
+    while True:
+        events, cursor = reader.next(cursor, limit)
+        remaining = deadline - loop.time()
+        if events or remaining <= 0 or hub.closing:
+            return events, cursor
+        await hub.wait_beyond(cursor, remaining)
+
+
+def sse_frame(event: FeedEvent) -> bytes:
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(),
+                                                  msgspec.json.encode(event.to_dict()))
+
+
+async def serve_sse(request: web.Request, reader: FeedReader, hub: FeedHub, since: int,
+                    heartbeat_s: float = HEARTBEAT_S) -> web.StreamResponse:
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        # nginx buffers proxied responses unless told not to.
+        "X-Accel-Buffering": "no",
+    })
+    await response.prepare(request)
+    await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
+    cursor = since
+    while not hub.closing:
+        events, cursor = reader.next(cursor, STREAM_BATCH)
+        if events:
+            await response.write(b"".join(sse_frame(e) for e in events))
+            continue
+        if not await hub.wait_beyond(cursor, heartbeat_s) and not hub.closing:
+            await response.write(b": keepalive\n\n")
+    return response
+
+
+async def serve_websocket(request: web.Request, reader: FeedReader, hub: FeedHub, since: int,
+                          heartbeat_s: float = HEARTBEAT_S) -> web.WebSocketResponse:
+    """Each event is one text message (the event's JSON); the client only listens."""
+    ws = web.WebSocketResponse(heartbeat=heartbeat_s)
+    await ws.prepare(request)
+
+    async def drain_client() -> None:
+        # Reading is how aiohttp notices a close frame or a dead peer.
+        async for msg in ws:
+            if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                return
+
+    client = asyncio.ensure_future(drain_client())
+    cursor = since
+    try:
+        while not hub.closing and not client.done() and not ws.closed:
+            events, cursor = reader.next(cursor, STREAM_BATCH)
+            for event in events:
+                await ws.send_str(msgspec.json.encode(event.to_dict()).decode())
+            if events:
+                continue
+            waiter = asyncio.ensure_future(hub.wait_beyond(cursor, heartbeat_s))
+            await asyncio.wait({waiter, client}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+    finally:
+        client.cancel()
+        if not ws.closed:
+            await ws.close()
+    return ws

@@ -1,0 +1,309 @@
+"""The bridge's REST API against a real node: records, registries, kinds, errors, idempotency."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+from test_bridge_support import OTHER, REGISTRY, Served, make_token
+
+from registrygrid.node.bridge.openapi import MAX_BODY_BYTES
+from registrygrid.storage import tokens
+
+pytest_plugins = ("test_bridge_support",)  # its fixtures: served
+
+pytestmark = pytest.mark.timeout(60)
+
+RECORDS = f"/v1/registries/{REGISTRY}/records"
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    err = body["error"]
+    assert set(err) == {"code", "message", "details", "trace_id"}
+    assert err["code"] == code, err
+    assert err["trace_id"] == response.headers["X-Trace-Id"]
+    return err
+
+
+async def test_record_crud_with_etags_and_history(served: Served) -> None:
+    with trio.fail_after(30):
+        async with served.client() as client:
+            r = await client.post(RECORDS, json={"kind": "note", "id": "n1", "fields": {"name": "one", "n": 1},
+                                                 "tags": ["blue"]})
+            assert r.status_code == 201, r.text
+            created = r.json()
+            assert created["status"] == "created" and created["id"] == "n1"
+            assert r.headers["Location"] == f"{RECORDS}/n1"
+            assert r.headers["X-Trace-Id"]
+
+            r = await client.get(f"{RECORDS}/n1")
+            assert r.status_code == 200
+            record = r.json()
+            assert record["fields"] == {"name": "one", "n": 1} and record["tags"] == ["blue"]
+            etag = r.headers["ETag"]
+            assert etag == f'"{record["change_id"]}"' == f'"{created["change_id"]}"'
+
+            r = await client.get(f"{RECORDS}/n1", headers={"If-None-Match": etag})
+            assert r.status_code == 304 and r.content == b""
+
+            r = await client.put(f"{RECORDS}/n1", json={"fields": {"name": "uno"}}, headers={"If-Match": etag})
+            assert r.status_code == 200, r.text
+            assert r.json()["status"] == "updated" and r.json()["record"]["fields"] == {"name": "uno"}
+
+            # The old ETag no longer matches: 412, and nothing changed.
+            r = await client.put(f"{RECORDS}/n1", json={"fields": {"name": "stale"}}, headers={"If-Match": etag})
+            assert_error(r, 412, "precondition_failed")
+            r = await client.patch(f"{RECORDS}/n1", content=json.dumps({"n": 7, "region": "eu"}),
+                                   headers={"Content-Type": "application/merge-patch+json"})
+            assert r.status_code == 200, r.text
+            assert r.json()["record"]["fields"] == {"name": "uno", "n": 7, "region": "eu"}
+            r = await client.patch(f"{RECORDS}/n1", json={"patch": {"region": None}, "tags": ["red", "green"]})
+            assert r.status_code == 200, r.text
+            assert r.json()["record"]["fields"] == {"name": "uno", "n": 7}
+            assert r.json()["record"]["tags"] == ["green", "red"]
+
+            r = await client.get(f"{RECORDS}/n1/history")
+            assert [h["op"] for h in r.json()["history"]] == ["create", "update", "update", "update"]
+
+            r = await client.delete(f"{RECORDS}/n1")
+            assert r.status_code == 200 and r.json()["status"] == "deleted"
+            assert_error(await client.get(f"{RECORDS}/n1"), 404, "not_found")
+            r = await client.get(f"{RECORDS}/n1", params={"include_deleted": "true"})
+            assert r.status_code == 200 and r.json()["deleted"] is True
+
+
+async def test_post_without_id_generates_one_and_lists_across_registries(served: Served) -> None:
+    with trio.fail_after(30):
+        async with served.client() as client:
+            r = await client.post(RECORDS, json={"kind": "note", "fields": {"name": "anon"}})
+            assert r.status_code == 201
+            new_id = r.json()["id"]
+            assert len(new_id) == 26  # a ULID
+            r = await client.post(f"/v1/registries/{OTHER}/records", json={"kind": "note", "id": "o1",
+                                                                           "fields": {"name": "other"}})
+            assert r.status_code == 201
+            r = await client.get("/v1/records", params={"kind": "note"})
+            got = [(i["registry"], i["id"]) for i in r.json()["items"]]
+            assert (REGISTRY, new_id) in got and (OTHER, "o1") in got
+
+
+async def test_list_filters_where_and_cursor_pages(served: Served) -> None:
+    with trio.fail_after(30):
+        async with served.client() as client:
+            for i in range(12):
+                r = await client.post(RECORDS, json={"kind": "note", "id": f"r{i:02d}",
+                                                     "fields": {"name": f"n{i}", "n": i,
+                                                                "region": "eu" if i % 2 else "us"},
+                                                     "tags": ["odd" if i % 2 else "even"]})
+                assert r.status_code == 201
+            r = await client.get(RECORDS, params=[("where", "n:ge:4"), ("where", "region:eq:eu"), ("limit", "2")])
+            page = r.json()
+            assert [i["id"] for i in page["items"]] == ["r05", "r07"] and page["next_cursor"]
+            r = await client.get(RECORDS, params=[("where", "n:ge:4"), ("where", "region:eq:eu"),
+                                                  ("cursor", page["next_cursor"])])
+            assert [i["id"] for i in r.json()["items"]] == ["r09", "r11"] and r.json()["next_cursor"] is None
+            r = await client.get(RECORDS, params={"tag": "even", "limit": 100})
+            assert len(r.json()["items"]) == 6
+            assert_error(await client.get(RECORDS, params={"sort": "name"}), 422, "validation_failed")
+            assert_error(await client.get(RECORDS, params={"where": "n:approx:3"}), 422, "validation_failed")
+            assert_error(await client.get(RECORDS, params={"limit": "lots"}), 400, "malformed_input")
+            assert_error(await client.get(RECORDS, params={"limit": "0"}), 422, "validation_failed")
+            assert_error(await client.get(RECORDS, params={"cursor": "!!"}), 422, "validation_failed")
+
+
+async def test_pagination_is_stable_under_concurrent_inserts(served: Served) -> None:
+    """Every record that existed before the walk is seen exactly once, whatever is inserted meanwhile."""
+    with trio.fail_after(60):
+        async with served.client() as client:
+            before = {f"b{i:03d}" for i in range(0, 120, 2)}
+            for rid in sorted(before):
+                assert (await client.post(RECORDS, json={"kind": "note", "id": rid,
+                                                         "fields": {"name": rid}})).status_code == 201
+            seen: list[str] = []
+            inserting = True
+
+            async def insert() -> None:
+                i = 1
+                while inserting:  # ids between and around the existing ones
+                    r = await client.post(RECORDS, json={"kind": "note", "id": f"b{i:03d}x",
+                                                         "fields": {"name": "late"}})
+                    assert r.status_code == 201
+                    i = (i + 2) % 140
+                    await trio.sleep(0)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(insert)
+                cursor = None
+                while True:
+                    params = {"limit": 7, **({"cursor": cursor} if cursor else {})}
+                    page = (await client.get(RECORDS, params=params)).json()
+                    seen += [i["id"] for i in page["items"]]
+                    cursor = page["next_cursor"]
+                    if cursor is None:
+                        break
+                    await trio.sleep(0.01)
+                inserting = False
+            assert len(seen) == len(set(seen)), "an item was seen twice"
+            assert before <= set(seen), f"missed {sorted(before - set(seen))}"
+            assert seen == sorted(seen)
+
+
+async def test_registries_and_kinds_endpoints(served: Served) -> None:
+    with trio.fail_after(30):
+        async with served.client() as client:
+            names = [r["name"] for r in (await client.get("/v1/registries")).json()["registries"]]
+            assert REGISTRY in names and "grid.functions" in names
+            r = await client.get(f"/v1/registries/{REGISTRY}")
+            assert r.json()["kinds"] == ["note"] and r.json()["records"] == 0
+            assert_error(await client.get("/v1/registries/no.such"), 404, "unknown_registry")
+            assert_error(await client.post("/v1/registries", json={"name": REGISTRY, "kinds": ["note"]}),
+                         409, "already_exists")
+            r = await client.get("/v1/kinds/note")
+            assert r.json()["versions"] == [1] and r.json()["builtin"] is False
+            assert any(k["name"] == "function" for k in (await client.get("/v1/kinds")).json()["kinds"])
+            assert_error(await client.get("/v1/kinds/nosuchkind"), 422, "unknown_kind")
+            identity = (await client.get("/v1/identity")).json()
+            assert identity["did"].startswith("did:key:") and identity["org_name"] == "test org"
+            stats = (await client.get("/v1/stats")).json()
+            assert stats["feed_head"] >= 3 and "entries.tokens" in stats
+
+
+async def test_error_shapes_are_typed_4xx_never_5xx(served: Served) -> None:
+    with trio.fail_after(30):
+        async with served.client() as client:
+            assert_error(await client.post(RECORDS, content=b'{"kind": "note", "fields": ',
+                                           headers={"Content-Type": "application/json"}), 400, "malformed_input")
+            assert_error(await client.post(RECORDS, content=b""), 400, "malformed_input")
+            err = assert_error(await client.post(RECORDS, json={"kind": 5, "fields": [], "tags": "x", "extra": 1}),
+                               422, "validation_failed")
+            assert {d["path"] for d in err["details"]} == {"/", "/kind", "/fields", "/tags"}
+            big = {"kind": "note", "fields": {"name": "x" * (MAX_BODY_BYTES + 10)}}
+            assert_error(await client.post(RECORDS, json=big), 413, "too_large")
+            # Under the body cap but over the record cap (128 KiB of fields).
+            assert_error(await client.post(RECORDS, json={"kind": "note", "fields": {"name": "y" * 200_000}}),
+                         413, "too_large")
+            assert_error(await client.post("/v1/registries/no.such/records",
+                                           json={"kind": "note", "fields": {"name": "x"}}), 404, "unknown_registry")
+            assert_error(await client.get("/v1/registries/Bad Name/records/x"), 422, "validation_failed")
+            assert_error(await client.post(RECORDS, json={"kind": "note", "fields": {"name": "x"}, "id": "../x"}),
+                         422, "validation_failed")
+            deep: dict = {}
+            cursor = deep
+            for _ in range(60):
+                cursor["a"] = {}
+                cursor = cursor["a"]
+            assert_error(await client.post(RECORDS, json={"kind": "note", "fields": {"name": "x", "meta": deep}}),
+                         422, "validation_failed")
+            assert_error(await client.delete("/v1/registries"), 405, "method_not_allowed")
+            assert_error(await client.get("/v1/nothing/here"), 404, "route_not_found")
+            assert_error(await client.get(f"{RECORDS}/missing"), 404, "not_found")
+            assert_error(await client.get("/v1/changes", params={"wait": "nan"}), 422, "validation_failed")
+            assert_error(await client.get("/v1/changes", params={"since": "-1"}), 422, "validation_failed")
+
+
+async def test_schema_violation_details_list_every_failing_path(served: Served) -> None:
+    with trio.fail_after(30):
+        async with served.client() as client:
+            r = await client.post(RECORDS, json={"kind": "note", "fields": {"n": "seven", "region": 3,
+                                                                            "meta": "flat"}})
+            err = assert_error(r, 422, "schema_violation")
+            paths = {d["path"] for d in err["details"]}
+            assert {"/n", "/region", "/meta"} <= paths and any(d["message"].startswith("'name'")
+                                                                 for d in err["details"])
+
+
+async def test_idempotency_key_replays_the_first_answer_and_creates_nothing_new(served: Served) -> None:
+    with trio.fail_after(30):
+        async with served.client() as client:
+            body = {"kind": "note", "fields": {"name": "once"}}
+            key = {"Idempotency-Key": "create-once-1"}
+            first = await client.post(RECORDS, json=body, headers=key)
+            assert first.status_code == 201
+            again = await client.post(RECORDS, json=body, headers=key)
+            assert again.status_code == 201 and again.json() == first.json()
+            assert again.headers["Idempotent-Replayed"] == "true"
+            assert again.headers["Location"] == first.headers["Location"]
+            page = (await client.get(RECORDS, params={"where": "name:eq:once"})).json()
+            assert len(page["items"]) == 1
+            assert_error(await client.post(RECORDS, json={**body, "tags": ["other"]}, headers=key),
+                         422, "idempotency_key_reused")
+            # Keys are per token: another token's same key is another request.
+            writer = await make_token(served, "writer")
+            async with served.client(writer) as other:
+                r = await other.post(RECORDS, json=body, headers=key)
+                assert r.status_code == 201 and r.json()["id"] != first.json()["id"]
+            # A refused request frees its key (nothing was written).
+            bad = {"kind": "note", "fields": {"n": 1}}
+            assert_error(await client.post(RECORDS, json=bad, headers={"Idempotency-Key": "k2"}), 422,
+                         "schema_violation")
+            assert_error(await client.post(RECORDS, json=bad, headers={"Idempotency-Key": "k2"}), 422,
+                         "schema_violation")
+            assert_error(await client.post(RECORDS, json=body, headers={"Idempotency-Key": "k" * 300}),
+                         422, "validation_failed")
+
+
+async def test_reads_through_the_api_are_audited_in_batches(served: Served) -> None:
+    with trio.fail_after(30):
+        reader = await make_token(served, "reader", name="auditor-app")
+        async with served.client() as admin:
+            assert (await admin.post(RECORDS, json={"kind": "note", "id": "seen",
+                                                    "fields": {"name": "s"}})).status_code == 201
+        async with served.client(reader) as client:
+            for _ in range(3):
+                assert (await client.get(f"{RECORDS}/seen")).status_code == 200
+        async with served.client() as admin:
+            for _ in range(50):  # the flusher runs every ~200 ms
+                entries = (await admin.get("/v1/audit", params={"limit": 1000})).json()["entries"]
+                reads = [e for e in entries if e["action"] == "read" and e["target"] == f"{REGISTRY}/seen"]
+                if len(reads) == 3:
+                    break
+                await trio.sleep(0.1)
+            assert len(reads) == 3 and all(e["actor"].startswith("token:auditor-app#") for e in reads)
+            assert (await admin.get("/v1/audit/verify")).json()["entries"] >= len(entries)
+
+
+async def test_metrics_count_routes_by_template(served: Served) -> None:
+    with trio.fail_after(30):
+        async with served.client() as client:
+            await client.post(RECORDS, json={"kind": "note", "id": "m1", "fields": {"name": "m"}})
+            await client.get(f"{RECORDS}/m1")
+            await client.get(f"{RECORDS}/nope")
+            text = (await client.get("/metrics")).text
+        assert 'route="/v1/registries/{registry}/records/{id}",status="200"' in text
+        assert 'rgrid_http_errors_total{code="not_found",route="/v1/registries/{registry}/records/{id}"}' in text
+        assert "rgrid_bridge_crossing_seconds_count" in text and "rgrid_feed_head" in text
+        assert "rgrid_store_bytes" in text and 'rgrid_engine_rejections_total{reason="already_exists"}' not in text
+        assert "/records/m1" not in text  # raw paths never become labels
+
+
+async def test_health_is_open_on_loopback_and_openapi_is_served(served: Served) -> None:
+    with trio.fail_after(30):
+        async with served.client("rgt_nope") as client:  # a bad token does not matter here
+            client.headers.pop("Authorization")
+            assert (await client.get("/v1/health/live")).json()["status"] == "ok"
+            assert (await client.get("/v1/health/ready")).status_code == 200
+            assert (await client.get("/metrics")).status_code == 200
+            doc = (await client.get("/v1/openapi.json")).json()
+            assert doc["openapi"] == "3.1.0" and doc["servers"][0]["url"] == served.url
+
+
+def test_token_secrets_are_stored_as_sha256_only(tmp_path) -> None:
+    from registrygrid.storage.store import Store
+
+    store = Store(tmp_path / "s")
+    try:
+        token, secret = tokens.create(store, role="reader", name="t1")
+        with store.read() as txn:
+            raw = txn.get(token.id.encode(), db=store.db["tokens"])
+        assert secret.split(".")[1].encode() not in raw
+        assert tokens.authenticate(store, secret).id == token.id
+        tokens.revoke(store, token.id)
+        with pytest.raises(Exception, match="revoked"):
+            tokens.authenticate(store, secret)
+        assert tokens.parse_duration("30d") == 30 * 86400
+    finally:
+        store.close()

@@ -1,0 +1,175 @@
+"""Who may do what through the bridge: tokens, roles, scopes, denials, rate limits."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import trio
+from test_bridge_support import OTHER, REGISTRY, Served, make_token, start_served
+
+from registrygrid.node.bridge import BridgeConfig
+from registrygrid.node.bridge.auth import RateLimit
+
+pytest_plugins = ("test_bridge_support",)  # its fixtures: served
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _deny_entries(served: Served) -> int:
+    async with served.client() as admin:
+        entries = (await admin.get("/v1/audit", params={"limit": 10000})).json()["entries"]
+    return sum(1 for e in entries if e["action"] == "deny")
+
+
+async def test_auth_matrix_roles_scopes_expiry_revocation_and_every_denial_audited(served: Served) -> None:
+    with trio.fail_after(45):
+        async with served.client() as admin:
+            for registry in (REGISTRY, OTHER):
+                r = await admin.post(f"/v1/registries/{registry}/records",
+                                     json={"kind": "note", "id": "x", "fields": {"name": "x"}})
+                assert r.status_code == 201
+        reader = await make_token(served, "reader")
+        writer = await make_token(served, "writer")
+        scoped = await make_token(served, "writer", registry=REGISTRY)
+        revoked = await make_token(served, "admin")
+        expired = await make_token(served, "admin", expires_in=1)
+        async with served.client() as admin:
+            revoked_id = revoked.split(".")[0][len("rgt_"):]
+            assert (await admin.delete(f"/v1/tokens/{revoked_id}")).status_code == 200
+        await trio.sleep(1.1)
+        denials_before = await _deny_entries(served)
+
+        counter = iter(range(10_000))
+        endpoints = {
+            "read": ("GET", f"/v1/registries/{REGISTRY}/records/x", None),
+            "read-other": ("GET", f"/v1/registries/{OTHER}/records/x", None),
+            "write": ("POST", f"/v1/registries/{REGISTRY}/records", "note"),
+            "write-other": ("POST", f"/v1/registries/{OTHER}/records", "note"),
+            "admin": ("GET", "/v1/tokens", None),
+            "audit": ("GET", "/v1/audit", None),
+        }
+        ok = {"read": 200, "read-other": 200, "write": 201, "write-other": 201, "admin": 200, "audit": 200}
+        expected = {
+            None: {k: 401 for k in endpoints},
+            "rgt_AAAAAAAAAAAA.bad": {k: 401 for k in endpoints},
+            expired: {k: 401 for k in endpoints},
+            revoked: {k: 401 for k in endpoints},
+            reader: {"read": 200, "read-other": 200, "write": 403, "write-other": 403, "admin": 403, "audit": 403},
+            writer: {**ok, "admin": 403, "audit": 403},
+            scoped: {"read": 200, "read-other": 403, "write": 201, "write-other": 403, "admin": 403, "audit": 403},
+            served.admin: ok,
+        }
+        denied = 0
+        async with httpx.AsyncClient(base_url=served.url, timeout=20) as client:
+            for token, answers in expected.items():
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                for name, (method, path, kind) in endpoints.items():
+                    body = {"kind": kind, "id": f"m{next(counter)}", "fields": {"name": "m"}} if kind else None
+                    r = await client.request(method, path, json=body, headers=headers)
+                    assert r.status_code == answers[name], (token, name, r.text)
+                    if r.status_code in (401, 403):
+                        denied += 1
+                        code = r.json()["error"]["code"]
+                        assert code == ("unauthorized" if r.status_code == 401 else "policy_denied")
+                        if r.status_code == 401:
+                            assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        for _ in range(50):  # denials are flushed to the ledger in batches
+            if await _deny_entries(served) - denials_before >= denied:
+                break
+            await trio.sleep(0.1)
+        assert await _deny_entries(served) - denials_before == denied
+
+
+async def test_scoped_token_sees_only_its_registry_in_listings_and_the_feed(served: Served) -> None:
+    with trio.fail_after(30):
+        async with served.client() as admin:
+            for registry in (REGISTRY, OTHER):
+                await admin.post(f"/v1/registries/{registry}/records", json={"kind": "note", "fields": {"name": "s"}})
+        scoped = await make_token(served, "reader", registry=OTHER)
+        async with served.client(scoped) as client:
+            items = (await client.get("/v1/records")).json()["items"]
+            assert items and {i["registry"] for i in items} == {OTHER}
+            assert [r["name"] for r in (await client.get("/v1/registries")).json()["registries"]] == [OTHER]
+            events = (await client.get("/v1/changes")).json()["events"]
+            assert events and {e["registry"] for e in events} == {OTHER}
+            assert (await client.get("/v1/changes", params={"registry": REGISTRY})).status_code == 403
+
+
+async def test_token_endpoints_create_list_revoke(served: Served) -> None:
+    with trio.fail_after(30):
+        async with served.client() as admin:
+            r = await admin.post("/v1/tokens", json={"role": "reader", "name": "dashboard", "expires_in": 3600})
+            assert r.status_code == 201
+            created = r.json()
+            assert created["token"].startswith(f"rgt_{created['id']}.") and created["expires_at"]
+            listed = (await admin.get("/v1/tokens")).json()["tokens"]
+            mine = [t for t in listed if t["id"] == created["id"]]
+            assert mine and "token" not in mine[0] and "hash" not in mine[0]
+            r = await admin.post("/v1/tokens", json={"role": "admin", "registry": REGISTRY})
+            assert r.status_code == 422
+            r = await admin.post("/v1/tokens", json={"role": "root"})
+            assert r.status_code == 422
+            assert (await admin.delete("/v1/tokens/AAAAAAAAAAAA")).status_code == 404
+            assert (await admin.delete(f"/v1/tokens/{created['id']}")).json()["revoked_at"] is not None
+        async with served.client(created["token"]) as client:
+            r = await client.get("/v1/identity")
+            assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
+
+
+async def test_rate_limit_answers_429_with_retry_after_then_recovers(nursery: trio.Nursery, tmp_path) -> None:
+    with trio.fail_after(30):
+        served = await start_served(nursery, tmp_path / "home",
+                                    BridgeConfig(rate_limit=RateLimit(rate=2.0, burst=5.0)))
+        try:
+            async with served.client() as client:
+                statuses = [(await client.get("/v1/identity")).status_code for _ in range(8)]
+                assert statuses[:5] == [200] * 5 and 429 in statuses[5:]
+                r = await client.get("/v1/identity")
+                assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+                retry_after = int(r.headers["Retry-After"])
+                assert 1 <= retry_after <= 2
+                await trio.sleep(retry_after)
+                assert (await client.get("/v1/identity")).status_code == 200
+            # Requests without a valid token are limited per client address.
+            async with httpx.AsyncClient(base_url=served.url) as anon:
+                statuses = [(await anon.get("/v1/identity")).status_code for _ in range(8)]
+                assert statuses[:5] == [401] * 5 and 429 in statuses[5:]
+            async with served.client() as client:
+                metrics = (await client.get("/metrics")).text
+            assert "rgrid_http_rate_limited_total" in metrics
+        finally:
+            served.node.stop()
+
+
+async def test_bridge_refuses_to_start_on_a_busy_port(nursery: trio.Nursery, tmp_path) -> None:
+    from registrygrid.errors import Unavailable
+    from registrygrid.home import Home
+    from registrygrid.node.bridge import Bridge
+    from registrygrid.node.node import Node
+
+    with trio.fail_after(30):
+        first = await start_served(nursery, tmp_path / "a")
+        try:
+            home = Home(tmp_path / "b")
+            home.init()
+            node = Node(home, [Bridge(port=first.bridge.port)])
+            with pytest.raises(BaseException) as caught:
+                await node.run()
+            flat = caught.value.exceptions if isinstance(caught.value, BaseExceptionGroup) else [caught.value]
+            assert any(isinstance(e, Unavailable) and "cannot listen" in e.message for e in flat)
+            assert home.lock_holder() is None  # the failed node released its home
+        finally:
+            first.node.stop()
+
+
+def test_build_components_refuses_a_public_bridge_without_the_flag(tmp_path) -> None:
+    from registrygrid.cli.node_commands import build_components
+    from registrygrid.errors import ValidationError
+    from registrygrid.home import Home
+
+    home = Home(tmp_path / "h")
+    home.init()
+    with pytest.raises(ValidationError, match="allow-public-bridge"):
+        build_components(home, {"bridge_host": "0.0.0.0", "p2p": False})
+    (bridge,) = build_components(home, {"bridge_host": "0.0.0.0", "allow_public": True, "p2p": False})
+    assert bridge.host == "0.0.0.0" and bridge.port == 8700

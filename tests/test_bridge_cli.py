@@ -1,0 +1,207 @@
+"""The CLI and the Python client against a real `rgrid node start` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from test_bridge_support import NOTE_SCHEMA, REGISTRY, Served, make_token
+
+from registrygrid.client import BridgeClient
+from registrygrid.errors import AlreadyExists, NotFound, PolicyDenied, SchemaViolation, Unauthorized
+from registrygrid.sdk import LocalRegistry
+
+pytest_plugins = ("test_bridge_support",)  # its fixtures: served
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rgrid(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "registrygrid", *args, "--home", str(home)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "RGRID_HOME": ""})
+    if check:
+        assert proc.returncode == 0, f"rgrid {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.mark.slow
+def test_cli_goes_through_the_bridge_while_the_node_runs(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    rgrid(home, "init", "--org-name", "cli org")
+    schema = tmp_path / "note.json"
+    schema.write_text(json.dumps(NOTE_SCHEMA))
+    port = _free_port()
+    node = subprocess.Popen([sys.executable, "-m", "registrygrid", "node", "start", "--no-p2p", "--home", str(home),
+                             "--bridge-port", str(port), "--log-level", "WARNING"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        bridge_file = home / "bridge.json"
+        deadline = time.monotonic() + 30
+        while not bridge_file.exists():
+            assert node.poll() is None, node.communicate()
+            assert time.monotonic() < deadline, "the node did not publish bridge.json"
+            time.sleep(0.1)
+        info = json.loads(bridge_file.read_text())
+        assert info["url"] == f"http://127.0.0.1:{port}"
+        assert bridge_file.stat().st_mode & 0o777 == 0o600
+
+        rgrid(home, "kind", "register", "note", "--schema", str(schema), "--registry", REGISTRY)
+        rgrid(home, "registry", "create", REGISTRY, "--kind", "note")
+        put = json.loads(rgrid(home, "put", REGISTRY, "note", "--id", "hello", "--set", "name=world",
+                               "--tag", "cli", "--json").stdout)
+        assert put["status"] == "created"
+        got = json.loads(rgrid(home, "get", REGISTRY, "hello", "--json").stdout)
+        assert got["fields"] == {"name": "world"} and got["tags"] == ["cli"]
+        failed = rgrid(home, "put", REGISTRY, "note", "--id", "bad", "--set", "n=1", check=False)
+        assert failed.returncode == 65 and "schema_violation" in failed.stderr  # EX_DATAERR, as without a node
+
+        # The running node's own feed shows the write (it went through the node, not around it).
+        with BridgeClient(info["url"], token=info["token"]) as client:
+            events = client.changes(0, registry=REGISTRY)
+            assert [(e.record, e.type) for e in events] == [("hello", "created")]
+            audit = client.audit_log(limit=1000)
+            assert any(e.target == f"{REGISTRY}/hello" and "token:cli#" in e.reason for e in audit)
+        tail = [json.loads(line) for line in rgrid(home, "feed", "tail", "--json", "--from", "0").stdout.splitlines()]
+        assert tail[-1]["record"] == "hello"
+
+        created = json.loads(rgrid(home, "token", "create", "--role", "reader", "--name", "ci", "--json").stdout)
+        assert created["token"].startswith("rgt_")
+        listed = json.loads(rgrid(home, "token", "list", "--json").stdout)
+        assert {t["name"] for t in listed} >= {"ci", "cli"}
+
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=30) == 0, node.communicate()
+        assert not bridge_file.exists()
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+
+    # With the node stopped, the same commands open the store directly.
+    got = json.loads(rgrid(home, "get", REGISTRY, "hello", "--json").stdout)
+    assert got["fields"] == {"name": "world"}
+    listed = {t["name"]: t for t in json.loads(rgrid(home, "token", "list", "--json").stdout)}
+    assert listed["cli"]["revoked_at"] is not None  # the CLI's admin token died with the bridge
+    rgrid(home, "token", "revoke", created["id"])
+    scoped = json.loads(rgrid(home, "token", "create", "--role", "writer", "--registry", REGISTRY,
+                              "--expires", "30d", "--json").stdout)
+    assert scoped["registry"] == REGISTRY and scoped["expires_at"] > time.time() * 1000 + 29 * 86400_000
+    bad = rgrid(home, "token", "create", "--role", "writer", "--expires", "soon", check=False)
+    assert bad.returncode == 65 and "bad duration" in bad.stderr
+    with LocalRegistry.open_home(home) as local:
+        actions = [(e.action, e.target) for e in local.audit_log(limit=10_000)]
+    assert ("delete", f"tokens/{created['id']}") in actions
+
+
+async def test_client_matches_the_sdk_shapes_and_typed_errors(served: Served) -> None:
+    def work(url: str, admin: str, reader: str) -> None:
+        with BridgeClient(url, token=admin) as client:
+            result = client.put(REGISTRY, "note", {"name": "c", "n": 1}, id="c1", tags=["t"])
+            assert result.status == "created" and result.record and result.record["fields"]["n"] == 1
+            assert client.get(REGISTRY, "c1")["tags"] == ["t"]
+            with pytest.raises(AlreadyExists):
+                client.put(REGISTRY, "note", {"name": "c"}, id="c1")
+            with pytest.raises(SchemaViolation) as violation:
+                client.put(REGISTRY, "note", {"n": "x"})
+            assert {d["path"] for d in violation.value.details} >= {"", "/n"}
+            updated = client.update(REGISTRY, "c1", patch={"n": 2}, if_match=result.change_id)
+            assert updated.status == "updated"
+            with pytest.raises(Exception) as stale:
+                client.update(REGISTRY, "c1", fields={"name": "d"}, if_match=result.change_id)
+            assert stale.value.code == "precondition_failed"  # type: ignore[attr-defined]
+            page = client.list(REGISTRY, where=[("n", "ge", 2)], limit=10)
+            assert [r["id"] for r in page.items] == ["c1"] and page.next_cursor is None
+            assert [h["op"] for h in client.history(REGISTRY, "c1")] == ["create", "update"]
+            head = client.feed_head()
+            assert client.changes(head - 1)[0].record == "c1" and client.changes(head) == []
+            assert client.delete(REGISTRY, "c1").status == "deleted"
+            with pytest.raises(NotFound):
+                client.get(REGISTRY, "c1")
+            assert client.get(REGISTRY, "c1", include_deleted=True)["deleted"] is True
+            assert REGISTRY in {r["name"] for r in client.registries()}
+            assert client.describe_registry(REGISTRY)["kinds"] == ["note"]
+            assert client.kind("note")["version"] == 1 and client.kinds()
+            assert client.identity()["did"].startswith("did:key:")
+            assert client.stats()["feed_head"] == head + 1
+            assert client.audit_log(limit=3, reverse=True)[0].seq > 3
+            made = client.create_token("reader", name="from-client")
+            assert made["token"].startswith("rgt_") and any(t["name"] == "from-client" for t in client.list_tokens())
+            assert client.revoke_token(made["id"])["revoked_at"] is not None
+        with BridgeClient(url, token=reader) as client:
+            with pytest.raises(PolicyDenied):
+                client.put(REGISTRY, "note", {"name": "no"})
+        with BridgeClient(url, token="rgt_AAAAAAAAAAAA.nope") as client:
+            with pytest.raises(Unauthorized):
+                client.identity()
+
+    with trio.fail_after(60):
+        reader = await make_token(served, "reader")
+        await trio.to_thread.run_sync(work, served.url, served.admin, reader)
+
+
+def _start_node(home: Path) -> tuple[subprocess.Popen[str], dict]:
+    node = subprocess.Popen([sys.executable, "-m", "registrygrid", "node", "start", "--no-p2p", "--home", str(home),
+                             "--bridge-port", str(_free_port()), "--log-level", "WARNING"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (home / "bridge.json").exists():
+        assert node.poll() is None and time.monotonic() < deadline, node.communicate()
+        time.sleep(0.05)
+    return node, json.loads((home / "bridge.json").read_text())
+
+
+@pytest.mark.slow
+def test_sigterm_during_writes_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    import threading
+
+    home = tmp_path / "home"
+    rgrid(home, "init")
+    node, info = _start_node(home)
+    acked: list[str] = []
+    refused: list[str] = []
+    try:
+        with BridgeClient(info["url"], token=info["token"]) as client:
+            client.register_kind("note", 1, NOTE_SCHEMA, registry=REGISTRY)
+            client.create_registry(REGISTRY, ["note"])
+
+        def writer(n: int) -> None:
+            with BridgeClient(info["url"], token=info["token"], timeout=20) as client:
+                for i in range(10_000):
+                    try:
+                        acked.append(client.put(REGISTRY, "note", {"name": "w"}, id=f"w{n}-{i}").record_id)
+                    except Exception as exc:  # the node is going away: refused or unreachable
+                        refused.append(type(exc).__name__)
+                        return
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=30) == 0, node.communicate()
+        for thread in threads:
+            thread.join(30)
+        assert not (home / "bridge.json").exists()
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    assert len(acked) > 10 and len(refused) == 4
+    with LocalRegistry.open_home(home) as local:
+        stored = {r["id"] for r in local.iter_all(REGISTRY)}
+        assert local.verify().ok
+    assert set(acked) <= stored, f"lost {sorted(set(acked) - stored)[:5]}"

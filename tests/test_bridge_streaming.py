@@ -1,0 +1,140 @@
+"""The changefeed over HTTP: long-poll wakes on a write; SSE and WebSocket clients resume without a gap."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import trio
+from test_bridge_support import OTHER, REGISTRY, Served
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+pytest_plugins = ("test_bridge_support",)  # its fixtures: served
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _write(served: Served, count: int, prefix: str, registry: str = REGISTRY) -> None:
+    async with served.client() as client:
+        for i in range(count):
+            r = await client.post(f"/v1/registries/{registry}/records",
+                                  json={"kind": "note", "id": f"{prefix}{i}", "fields": {"name": prefix}})
+            assert r.status_code == 201, r.text
+
+
+async def _head(served: Served) -> int:
+    async with served.client() as client:
+        return (await client.get("/v1/changes", params={"limit": 1})).json()["head"]
+
+
+async def test_long_poll_wakes_on_a_write(served: Served) -> None:
+    with trio.fail_after(30):
+        head = await _head(served)
+        got: dict = {}
+
+        async def poll() -> None:
+            async with served.client() as client:
+                started = time.monotonic()
+                r = await client.get("/v1/changes", params={"since": head, "wait": 20})
+                got.update(r.json(), elapsed=time.monotonic() - started)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            await trio.sleep(0.3)
+            await _write(served, 1, "lp")
+        assert [e["record"] for e in got["events"]] == ["lp0"]
+        assert got["next"] == got["events"][-1]["seq"]
+        assert 0.25 < got["elapsed"] < 5  # it waited, and woke on the write rather than at the timeout
+
+        async with served.client() as client:  # nothing new: it returns empty at the deadline
+            started = time.monotonic()
+            r = await client.get("/v1/changes", params={"since": got["next"], "wait": 0.3})
+            assert r.json()["events"] == [] and time.monotonic() - started >= 0.25
+
+
+async def _read_sse(response, want: int) -> list[dict]:
+    events: list[dict] = []
+    frame: dict = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if "data" in frame:
+                events.append({"id": int(frame["id"]), "event": frame["event"], **json.loads(frame["data"])})
+                if len(events) == want:
+                    return events
+            frame = {}
+        elif not line.startswith(":"):
+            key, _, value = line.partition(": ")
+            frame[key] = value
+    return events
+
+
+async def test_sse_client_resumes_with_last_event_id_and_misses_nothing(served: Served) -> None:
+    with trio.fail_after(30):
+        start = await _head(served)
+        await _write(served, 5, "a")
+        headers = {"Accept": "text/event-stream"}
+        async with served.client() as client:
+            async with client.stream("GET", "/v1/changes", params={"since": start}, headers=headers) as r:
+                assert r.headers["Content-Type"].startswith("text/event-stream")
+                assert r.headers["X-Trace-Id"]
+                first = await _read_sse(r, 3)  # then the client drops the connection
+        last_id = first[-1]["id"]
+        await _write(served, 5, "b")  # written while the client is away
+
+        async def resume(out: list) -> None:
+            async with served.client() as client:
+                async with client.stream("GET", "/v1/changes",
+                                         headers={**headers, "Last-Event-ID": str(last_id)}) as r:
+                    out.extend(await _read_sse(r, 9))
+
+        second: list = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(resume, second)
+            await trio.sleep(0.2)
+            await _write(served, 2, "c")  # arrives live on the open stream
+        seqs = [e["id"] for e in first + second]
+        assert seqs == list(range(start + 1, start + 13))
+        assert [e["record"] for e in first + second] == [f"a{i}" for i in range(5)] + \
+            [f"b{i}" for i in range(5)] + ["c0", "c1"]
+        assert all(e["seq"] == e["id"] and e["event"] == "created" for e in first + second)
+
+
+async def test_websocket_client_resumes_with_since_and_misses_nothing(served: Served) -> None:
+    with trio.fail_after(30):
+        start = await _head(served)
+        ws_url = served.url.replace("http://", "ws://") + "/v1/changes/ws"
+        headers = [("Authorization", f"Bearer {served.admin}")]
+        await _write(served, 4, "w")
+        received: list[dict] = []
+        async with open_websocket_url(f"{ws_url}?since={start}", extra_headers=headers) as ws:
+            for _ in range(2):
+                received.append(json.loads(await ws.get_message()))
+        await _write(served, 3, "x")
+        async with open_websocket_url(f"{ws_url}?since={received[-1]['seq']}", extra_headers=headers) as ws:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_write, served, 1, "y")
+                while len(received) < 8:
+                    received.append(json.loads(await ws.get_message()))
+        assert [e["seq"] for e in received] == list(range(start + 1, start + 9))
+        assert [e["record"] for e in received] == ["w0", "w1", "w2", "w3", "x0", "x1", "x2", "y0"]
+
+
+async def test_streams_filter_by_registry_and_need_a_token(served: Served) -> None:
+    with trio.fail_after(30):
+        start = await _head(served)
+        await _write(served, 2, "p", REGISTRY)
+        await _write(served, 2, "q", OTHER)
+        async with served.client() as client:
+            r = await client.get("/v1/changes", params={"since": start, "registry": OTHER})
+            assert [e["record"] for e in r.json()["events"]] == ["q0", "q1"]
+            assert r.json()["next"] >= r.json()["events"][-1]["seq"]
+            async with client.stream("GET", "/v1/changes", params={"since": start, "kind": "note",
+                                                                   "registry": OTHER},
+                                     headers={"Accept": "text/event-stream"}) as stream:
+                assert [e["record"] for e in await _read_sse(stream, 2)] == ["q0", "q1"]
+        ws_url = served.url.replace("http://", "ws://") + "/v1/changes/ws"
+        with pytest.raises(Exception) as refused:  # the upgrade is refused with 401
+            async with open_websocket_url(ws_url) as ws:
+                await ws.get_message()
+        assert "401" in str(refused.value) or isinstance(refused.value, ConnectionClosed)
