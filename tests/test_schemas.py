@@ -9,8 +9,11 @@ from __future__ import annotations
 import ast
 import copy
 import functools
+import http.server
 import pathlib
 import re
+import socket
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -817,6 +820,289 @@ def _shared_catalog() -> SchemaCatalog:
     if not _CATALOG:
         _CATALOG.append(SchemaCatalog())
     return _CATALOG[0]
+
+
+# ---------------------------------------------------------------- two engines, one verdict
+#
+# jsonschema-rs gives the verdict, jsonschema explains rejections and judges
+# what jsonschema-rs cannot read as it does. The verdict must be the one
+# jsonschema (with FORMAT_CHECKER) gave before, on every input.
+
+
+@functools.cache
+def _python_judge(kind: str, version: int):
+    # The reference: jsonschema on the schema as written, as validate() used to run.
+    from jsonschema import Draft202012Validator
+
+    from registrygrid.schemas.catalog import _reference_registry
+
+    return Draft202012Validator(_shared_catalog().get(kind, version).schema, registry=_reference_registry(),
+                                format_checker=FORMAT_CHECKER)
+
+
+def _python_rejects(kind: str, version: int, fields: object) -> bool:
+    return any(True for _ in _python_judge(kind, version).iter_errors(fields))
+
+
+def _rejected(catalog: SchemaCatalog, kind: str, version: int, fields: object) -> bool:
+    try:
+        catalog.validate(kind, version, fields)
+    except SchemaViolation:
+        return True
+    return False
+
+
+def test_every_builtin_kind_is_judged_by_jsonschema_rs(catalog):
+    for kind in catalog.kinds():
+        for version in catalog.versions(kind.name):
+            assert catalog.validator(kind.name, version).engine == "jsonschema-rs", (kind.name, version)
+
+
+@pytest.mark.parametrize(("kind", "version"), sorted(EXAMPLES), ids=lambda x: str(x))
+def test_fast_path_and_full_report_agree_on_each_kinds_record(catalog, kind, version):
+    compiled = catalog.validator(kind, version)
+    record = EXAMPLES[(kind, version)]
+    assert compiled.verdict(record) is True
+    assert list(compiled.python.iter_errors(record)) == []
+    broken = copy.deepcopy(record)
+    for key in list(broken)[:2]:
+        broken[key] = {"not": ["what", "the", "schema", "wants"]}
+    assert compiled.verdict(broken) is False
+    assert list(compiled.python.iter_errors(broken)), (kind, version)
+    assert compiled.is_valid(record) and not compiled.is_valid(broken)
+
+
+def _paths(value: object, prefix: tuple = ()) -> list[tuple]:
+    out = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            out += _paths(item, (*prefix, index))
+    return out
+
+
+# Characters on which Python's `re` and ECMA-262 regexes (jsonschema-rs's own)
+# disagree: `$` before a final newline, and what `\s` means.
+_EDGE_CHARS = ["\n", "\r", " ", "\t", "\x0b", "\x1c", "\x1f", "\x85", "\xa0", "\u2028", "\ufeff", "\u3000", "/",
+               ":", ".", "-", "_", "A", "é", "0"]
+_mutant_values = (
+    _json_values
+    | st.sampled_from([float("nan"), float("inf"), -float("inf"), 2**64, -(2**70), 1e300, 0.5, -1, 0, True,
+                       ("a", "b"), [], {}, "", "grid.assets/x\n", "2025-01-01T00:00:00Z\n", "198.51.100.4\n",
+                       "host.example.org.", "https://x.example/a b", "\ud800", "a" * 400])
+    | st.text(st.sampled_from(_EDGE_CHARS), max_size=6)
+)
+
+
+def _mutate(draw, record: dict) -> dict:
+    mutant = copy.deepcopy(record)
+    for _ in range(draw(st.sampled_from([1, 1, 1, 2, 3]))):
+        paths = [p for p in _paths(mutant) if p]
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = mutant
+        for part in path[:-1]:
+            parent = parent[part]
+        key = path[-1]
+        old = parent[key]
+        how = draw(st.sampled_from(["remove", "retype", "tweak", "tweak"]))
+        if how == "remove":
+            del parent[key]
+        elif how == "retype" or not isinstance(old, (str, int, float)) or isinstance(old, bool):
+            parent[key] = draw(_mutant_values)
+        elif isinstance(old, str):
+            edge = draw(st.sampled_from(_EDGE_CHARS))
+            at = draw(st.integers(0, len(old)))
+            parent[key] = draw(st.sampled_from([old + edge, edge + old, old[:at] + edge + old[at:], old[:at],
+                                                old.upper(), old * 70]))
+        else:
+            parent[key] = draw(st.sampled_from([-old, old * 1000, old + 0.5, float(old), 2**70, old - 1]))
+    return mutant
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(sorted(EXAMPLES)), st.data())
+def test_validate_rejects_a_mutated_record_iff_jsonschema_finds_errors(kind_version, data):
+    kind, version = kind_version
+    mutant = _mutate(data.draw, EXAMPLES[kind_version])
+    assert _rejected(_shared_catalog(), kind, version, mutant) == _python_rejects(kind, version, mutant)
+
+
+def _with(record: dict, path: tuple, value: object) -> dict:
+    out = copy.deepcopy(record)
+    parent = out
+    for part in path[:-1]:
+        parent = parent[part]
+    parent[path[-1]] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value", "accepted"),
+    [
+        # pattern: re's `$` matches before a final newline, ECMA-262's (jsonschema-rs's) does not ...
+        ("function", ("version",), "3.1.0\n", True),
+        ("subject", ("did",), DID + "\n", True),
+        # ... and `\s` is another set of characters.
+        ("adhoc-server", ("endpoint",), "/ip4/203.0.113.30/udp/4001\x1cquic-v1", False),
+        ("adhoc-server", ("endpoint",), "/ip4/203.0.113.30/udp/4001\x85quic-v1", False),
+        ("adhoc-server", ("endpoint",), "/ip4/203.0.113.30/udp/4001\ufeffquic-v1", True),
+        # format: FORMAT_CHECKER's checks, not jsonschema-rs's own.
+        ("adhoc-server", ("expires_at",), "2025-08-14T06:30:60Z", True),
+        ("adhoc-server", ("expires_at",), "2025-08-14T06:30:00Z\n", True),
+        ("cluster", ("nodes", 0, "hostname"), "a100-1.us.example.org.", True),
+        ("cluster", ("network", "public_ips", 1), "fe80::1%eth0", True),
+        ("org", ("contact",), "ml.admin.@univ.example.edu", True),
+        ("org", ("contact",), '"ml admin"@univ.example.edu', False),
+        ("asset", ("public_url",), "https://cdn.example.org/%zz", True),
+        # values jsonschema-rs reads otherwise, or cannot read: jsonschema judges them.
+        ("function", ("tags",), ("documents",), False),
+        ("function", ("metadata",), {"ratio": float("nan")}, True),
+        ("function", ("metadata",), {"blob": b"bytes"}, True),
+        ("function", ("metadata",), {"text": "lone \ud800 surrogate"}, True),
+        ("function", ("metadata",), {1: "a key that is not a string"}, True),
+        ("function", ("executor", "timeout_seconds"), float("nan"), True),
+        ("cluster", ("reputation",), float("inf"), False),
+    ],
+)
+def test_inputs_on_which_the_engines_differ_get_jsonschemas_verdict(catalog, kind, path, value, accepted):
+    record = _with(EXAMPLES[(kind, 1)], path, value)
+    assert _python_rejects(kind, 1, record) is not accepted  # the case is what it says
+    assert _rejected(catalog, kind, 1, record) is not accepted
+
+
+def test_values_nested_deeper_than_the_fast_path_takes_get_jsonschemas_verdict(catalog):
+    # jsonschema-rs recurses on the native stack, so deep values go to jsonschema.
+    from registrygrid.schemas.catalog import _RUST_MAX_DEPTH
+
+    deep: object = "leaf"
+    for _ in range(_RUST_MAX_DEPTH + 1):
+        deep = [deep]
+    record = {**EXAMPLES[("function", 1)], "metadata": {"deep": deep}}
+    assert catalog.validator("function", 1).verdict(record) is None
+    catalog.validate("function", 1, record)
+    err = violation_of(catalog, "kind", 1, {**EXAMPLES[("kind", 1)], "schema": {"items": deep}})
+    assert err.details
+
+
+def test_user_kind_regex_and_multiple_of_keep_jsonschemas_semantics():
+    from jsonschema import Draft202012Validator
+
+    catalog = SchemaCatalog()
+    catalog.register(user_kind("meter", schema={
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": r"^[a-z]+\s?\d$"}, "step": {"multipleOf": 0.1},
+                       "named": {"pattern": "^(?P<word>[a-z]+)$"}},
+    }))
+    assert catalog.validator("meter", 1).engine == "jsonschema-rs"
+    for fields in ({"code": "ab\x1c1"}, {"code": "ab1\n"}, {"code": "ab\u0661"}, {"step": 0.3}, {"step": 0.5},
+                   {"step": 2**70}, {"named": "abc\n"}, {"named": "ABC"}):
+        reference = Draft202012Validator(catalog.get("meter").schema, format_checker=FORMAT_CHECKER)
+        assert _rejected(catalog, "meter", 1, fields) == (not reference.is_valid(fields)), fields
+
+
+def test_integers_past_2_53_get_jsonschemas_exact_comparisons():
+    # jsonschema-rs 0.60 compares an int with a float as floats; jsonschema compares exactly.
+    catalog = SchemaCatalog()
+    catalog.register(user_kind("big", schema={"type": "object", "properties": {
+        "n": {"maximum": 9.223372036854776e18}, "u": {"uniqueItems": True}}}))
+    catalog.register(user_kind("big-const", schema={"type": "object", "properties": {"c": {"const": 2**63}}}))
+    assert catalog.validator("big", 1).engine == "jsonschema-rs"
+    assert catalog.validator("big-const", 1).engine == "jsonschema"  # its schema holds an int past 2**53
+    assert catalog.validator("big", 1).verdict({"n": 2**63 + 1}) is None
+    assert [d["path"] for d in violation_of(catalog, "big", 1, {"n": 2**63 + 1}).details] == ["/n"]
+    assert [d["path"] for d in violation_of(catalog, "big", 1, {"u": [2**63, 2.0**63]}).details] == ["/u"]
+    catalog.validate("big", 1, {"n": 2**53, "u": [2**53, 2.0**53 + 2]})
+    catalog.validate("big-const", 1, {"c": 2.0**63})
+    assert [d["path"] for d in violation_of(catalog, "big-const", 1, {"c": 2**63 + 1}).details] == ["/c"]
+
+
+def test_a_kind_with_pattern_properties_is_judged_by_jsonschema():
+    # Its keys are regexes jsonschema-rs would run in its own dialect.
+    catalog = SchemaCatalog()
+    catalog.register(user_kind("labels", schema={
+        "type": "object", "patternProperties": {"^[a-z]+$": {"type": "integer"}}, "additionalProperties": False,
+    }))
+    assert catalog.validator("labels", 1).engine == "jsonschema"
+    catalog.validate("labels", 1, {"abc\n": 1})  # `$` before a final newline, as re has it
+    assert [d["path"] for d in violation_of(catalog, "labels", 1, {"abc": "x", "A": 1}).details] == ["", "/abc"]
+
+
+def test_one_engine_decides_and_jsonschema_only_explains():
+    # Were the engines ever to disagree on plain JSON, jsonschema-rs's verdict stands both ways.
+    import jsonschema_rs
+    from jsonschema import Draft202012Validator
+
+    from registrygrid.schemas.catalog import CompiledKind
+
+    catalog = SchemaCatalog()
+    catalog.register(user_kind("stricter-rust", schema={"type": "object"}))
+    catalog.register(user_kind("stricter-python", schema={"type": "object"}))
+    catalog._validators[("stricter-rust", 1)] = CompiledKind(
+        Draft202012Validator({}), jsonschema_rs.validator_for({"required": ["a"]}))
+    catalog._validators[("stricter-python", 1)] = CompiledKind(
+        Draft202012Validator({"required": ["a"]}), jsonschema_rs.validator_for({}))
+    err = violation_of(catalog, "stricter-rust", 1, {"b": 1})
+    assert [(d["path"], d["validator"]) for d in err.details] == [("", "required")]
+    catalog.validate("stricter-python", 1, {"b": 1})
+
+
+class _CountingHandler(http.server.BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_GET(self):  # noqa: N802
+        type(self).hits.append(self.path)
+        body = b'{"type": "string"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/schema+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def schema_server():
+    _CountingHandler.hits = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CountingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", _CountingHandler.hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_remote_refs_are_refused_and_never_fetched(schema_server, tmp_path, monkeypatch):
+    # jsonschema-rs fetches a remote $ref over HTTP, or reads a file:// one, unless told not to.
+    from registrygrid.schemas.catalog import _compile_rust
+
+    base, hits = schema_server
+    local = tmp_path / "thing.json"
+    local.write_text('{"type": "string"}')
+    connects: list[object] = []
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        connects.append(address)
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    catalog = SchemaCatalog()
+    for ref in (f"{base}/thing.json", local.as_uri()):
+        schema = {"type": "object", "properties": {"x": {"$ref": ref}}}
+        with pytest.raises(ValidationError, match="does not resolve"):
+            catalog.register(user_kind("remote-ref", schema=schema))
+        assert _compile_rust(schema) is None  # jsonschema-rs, offline: no fetch, no file read
+    with pytest.raises(UnknownKind):
+        catalog.get("remote-ref")
+    assert hits == [] and connects == []
 
 
 # ---------------------------------------------------------------- layering

@@ -20,12 +20,13 @@ not collaboratively edited prose.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType, extract
 
-from registrygrid.errors import MalformedInput, ValidationError
+from registrygrid.errors import MalformedInput, RegistryError, ValidationError
 from registrygrid.protocol import limits
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -82,7 +83,7 @@ class RecordDoc:
         links: Sequence[Mapping[str, str]],
     ) -> Any:
         before = self.doc.get_heads()
-        with self.doc.transaction() as tx:
+        with _edit(self.doc) as tx:
             tx.put(ROOT, "kind", ScalarType.Str, kind)
             tx.put(ROOT, "schema", ScalarType.Int, schema)
             tx.put(ROOT, "owner", ScalarType.Str, owner)
@@ -108,7 +109,7 @@ class RecordDoc:
     ) -> Any | None:
         """Change the document to hold these values; None when nothing differs."""
         before = self.doc.get_heads()
-        with self.doc.transaction() as tx:
+        with _edit(self.doc) as tx:
             if schema is not None and _scalar(tx, ROOT, "schema") != schema:
                 tx.put(ROOT, "schema", ScalarType.Int, schema)
             if fields is not None:
@@ -142,7 +143,7 @@ class RecordDoc:
 
     def delete(self) -> Any:
         before = self.doc.get_heads()
-        with self.doc.transaction() as tx:
+        with _edit(self.doc) as tx:
             tx.put(ROOT, "deleted", ScalarType.Boolean, True)
         return _only_change(self.doc, before)
 
@@ -172,6 +173,29 @@ class RecordDoc:
         root.setdefault("fields", {})
         root.setdefault("deleted", False)
         return root
+
+
+@contextlib.contextmanager
+def _edit(doc: Document) -> Iterator[Any]:
+    """An Automerge transaction whose failures are typed: the binding raises
+    bare Exception for values it refuses, which must not abort a whole
+    group-commit batch."""
+    try:
+        with doc.transaction() as tx:
+            yield tx
+    except RegistryError:
+        raise
+    except Exception as exc:
+        raise ValidationError(f"Automerge refused the edit: {exc}") from None
+
+
+def _check_key(key: object) -> None:
+    # Automerge map keys are non-empty strings; JSON allows "" but a record
+    # field needs a name.
+    if not isinstance(key, str):
+        raise ValidationError(f"object keys must be strings, got {key!r}")
+    if not key:
+        raise ValidationError("object keys must not be empty")
 
 
 def _only_change(doc: Document, before: list[bytes]) -> Any:
@@ -210,8 +234,7 @@ def _put_value(tx: Any, obj: bytes, key: str | int, value: Any, depth: int, inse
     if isinstance(value, Mapping):
         child = put_object(obj, key, ObjType.Map)
         for k, v in value.items():
-            if not isinstance(k, str):
-                raise ValidationError(f"object keys must be strings, got {k!r}")
+            _check_key(k)
             _put_value(tx, child, k, v, depth + 1)
     elif isinstance(value, (list, tuple)):
         child = put_object(obj, key, ObjType.List)
@@ -244,8 +267,7 @@ def _sync_map(tx: Any, obj: bytes, wanted: Mapping[str, Any], depth: int) -> Non
         if key not in wanted:
             tx.delete(obj, key)
     for key, value in wanted.items():
-        if not isinstance(key, str):
-            raise ValidationError(f"object keys must be strings, got {key!r}")
+        _check_key(key)
         got = tx.get(obj, key)
         if got is not None:
             current, child = got

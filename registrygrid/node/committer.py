@@ -76,13 +76,20 @@ class GroupCommitter:
                     count += len(nxt.ops)
                 ops = [op for submission in batch for op in submission.ops]
                 try:
-                    # Not cancellable: a batch that started commits before
-                    # shutdown proceeds, so no acknowledged write is lost.
+                    # Not cancellable once started: a batch that began
+                    # commits before shutdown proceeds, so no acknowledged
+                    # write is lost.
                     outcomes = await trio.to_thread.run_sync(self.engine.execute, ops)
-                except Exception as exc:  # storage failure: every writer in the batch hears it
+                except BaseException as exc:
+                    # A storage failure, or cancellation before the batch
+                    # started: every writer in it hears so, none waits forever.
+                    error = exc if isinstance(exc, Exception) else Unavailable(
+                        "the node stopped before this write was committed")
                     for submission in batch:
-                        submission.error = exc
+                        submission.error = error
                         submission.done.set()
+                    if not isinstance(exc, Exception):
+                        raise
                     continue
                 self.batches += 1
                 self.ops += len(ops)

@@ -19,6 +19,26 @@ matter beyond correctness:
 
 Validators are compiled once per (kind, version) and cached: validation is on
 the write hot path.
+
+**Two engines, one verdict.** Python jsonschema costs 0.2-2.5 ms a record,
+so the verdict comes from jsonschema-rs (20-180 times faster on the built-in
+kinds' records, 5-30 us), set up to judge exactly as jsonschema does here
+(:class:`CompiledKind`): our format functions replace its own (and its
+formats we do not check become annotations), ``pattern`` and ``multipleOf``
+run jsonschema's own semantics (``re.search``, float quotients) instead of
+ECMA-262 regexes and exact decimals, and ``$ref`` resolution is offline
+against the same in-memory documents (the 2020-12 meta-schemas built into
+jsonschema-rs 0.61.0 are those of ``jsonschema_specifications``, compared
+as JSON). Jsonschema then only *explains* a rejection:
+the error list keeps its messages, paths and keyword names. Where jsonschema-rs
+cannot take the input as jsonschema does (a value that is not plain JSON:
+tuple, NaN, Decimal, bytes, a subclass, a lone surrogate, nesting deeper
+than :data:`_RUST_MAX_DEPTH`) or the schema (``patternProperties``, whose
+regexes it would run with its own engine; a schema it will not compile),
+jsonschema decides, as it always did. Exactly one engine decides each
+verdict: if jsonschema finds nothing wrong with a plain-JSON record that
+jsonschema-rs rejected, the record stays rejected, with jsonschema-rs's
+errors.
 """
 
 from __future__ import annotations
@@ -28,6 +48,7 @@ import datetime as _dt
 import functools
 import ipaddress
 import json
+import math
 import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -38,6 +59,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 import jsonschema
+import jsonschema_rs
 import referencing
 import referencing.exceptions
 from jsonschema import Draft202012Validator
@@ -55,6 +77,7 @@ __all__ = [
     "REGISTRY_NAME_RE",
     "SCHEMA_ID_BASE",
     "BuiltinRegistry",
+    "CompiledKind",
     "KindSchema",
     "SchemaCatalog",
 ]
@@ -278,10 +301,11 @@ def _check_uuid(value: object) -> bool:
     return not isinstance(value, str) or bool(_UUID_RE.match(value))
 
 
-@FORMAT_CHECKER.checks("regex", raises=re.error)
+@FORMAT_CHECKER.checks("regex", raises=(re.error, OverflowError))
 def _check_regex(value: object) -> bool:
     # Used by the meta-schema for `pattern`, so a kind with a broken regex is
     # refused when it is registered, not when the first record hits it.
+    # OverflowError: `re` raises it for repeat counts past 2**32 ("a{4294967296}").
     if isinstance(value, str):
         re.compile(value)
     return True
@@ -513,6 +537,259 @@ def _inline_local_refs(schema: dict[str, Any]) -> dict[str, Any]:
     return schema if grown else inlined
 
 
+# ---------------------------------------------------------------- the fast engine
+
+# The formats jsonschema-rs checks by itself (0.61.0). Those not in
+# FORMAT_CHECKER become annotations, as they are for jsonschema; so do the
+# formats a schema names, in case a later jsonschema-rs learns one.
+_RUST_BUILTIN_FORMATS = frozenset({
+    "date", "date-time", "duration", "email", "hostname", "idn-email", "idn-hostname", "ipv4", "ipv6",
+    "iri", "iri-reference", "json-pointer", "regex", "relative-json-pointer", "time", "uri",
+    "uri-reference", "uri-template", "uuid",
+})
+
+# Values nested deeper than this are judged by jsonschema (which reports a
+# "depth" violation past a few hundred levels, as before). jsonschema-rs
+# recurses on the native stack: a recursive schema over a value nested
+# ~100,000 levels overflows it, a crash rather than an error. Record fields
+# nest at most 32 levels (MAX_NESTING, enforced where records are stored), so
+# every storable record stays on the fast path.
+_RUST_MAX_DEPTH = 64
+
+# jsonschema-rs 0.60 compares an integer with a float as two floats, so past
+# 2**53, where floats skip integers, it disagrees with jsonschema's exact
+# comparisons (maximum, const, enum, uniqueItems: 2**63 == 2.0**63 there,
+# not here). Integers beyond this bound, in a value or in a schema, are left
+# to jsonschema. (0.61 compares exactly, but schemathesis, which the bridge
+# tests use, requires jsonschema-rs < 0.61.)
+_RUST_EXACT_INT = 2**53
+
+
+def _annotation_only(value: str) -> bool:
+    return True
+
+
+def _rust_format(check: Any, raises: Any) -> Any:
+    """A FORMAT_CHECKER function as jsonschema-rs calls it: a string in, a bool out.
+
+    jsonschema-rs lets a format function's exception escape; FormatChecker
+    turns the ones it was told about (``raises``) into a failed check.
+    """
+    if not raises:
+        return check
+
+    def rust_check(value: str) -> bool:
+        try:
+            return bool(check(value))
+        except raises:
+            return False
+
+    return rust_check
+
+
+def _rust_formats(schema: dict[str, Any]) -> dict[str, Any]:
+    named = {node["format"] for node, _ in _schema_objects(schema) if isinstance(node.get("format"), str)}
+    formats: dict[str, Any] = dict.fromkeys(_RUST_BUILTIN_FORMATS | named, _annotation_only)
+    formats.update({name: _rust_format(check, raises) for name, (check, raises) in FORMAT_CHECKER.checkers.items()})
+    return formats
+
+
+class _Pattern:
+    r"""``pattern`` as jsonschema applies it: ``re.search``, Python's regex dialect.
+
+    jsonschema-rs's own (ECMA-262, in Rust) differs on inputs a peer can
+    send: its ``$`` does not match before a final newline and its ``\s`` is
+    another set of characters, so ``"name\n"`` would pass one engine and
+    fail the other.
+    """
+
+    __slots__ = ("_pattern", "_search")
+
+    def __init__(self, parent_schema: Any, value: Any, schema_path: Any) -> None:
+        self._pattern = value
+        self._search = re.compile(value).search
+
+    def validate(self, instance: Any) -> None:
+        if isinstance(instance, str) and self._search(instance) is None:
+            raise ValueError(f"{instance[:MAX_ERROR_MESSAGE_CHARS]!r} does not match {self._pattern!r}")
+
+
+_PY_MULTIPLE_OF = Draft202012Validator.VALIDATORS["multipleOf"]
+_PY_TYPES = Draft202012Validator({})
+
+
+class _MultipleOf:
+    """``multipleOf`` by jsonschema's own function: float quotients, as before.
+
+    jsonschema-rs divides exactly (0.3 is a multiple of 0.1 there, not here).
+    """
+
+    __slots__ = ("_schema", "_value")
+
+    def __init__(self, parent_schema: Any, value: Any, schema_path: Any) -> None:
+        self._value = value
+        self._schema = parent_schema
+
+    def validate(self, instance: Any) -> None:
+        for error in _PY_MULTIPLE_OF(_PY_TYPES, self._value, instance, self._schema):
+            raise ValueError(error.message)
+
+
+_RUST_KEYWORDS = {"pattern": _Pattern, "multipleOf": _MultipleOf}
+
+
+def _refuse_retrieval(uri: str) -> Any:
+    raise LookupError(f"{uri} is not a schema of this node; nothing is fetched")
+
+
+@functools.cache
+def _rust_registry() -> jsonschema_rs.Registry:
+    # The built-in kind schemas, as _reference_registry() holds them; the
+    # 2020-12 meta-schemas are built into jsonschema-rs (the same documents).
+    return jsonschema_rs.Registry(
+        [(f"{SCHEMA_ID_BASE}{name}/v{version}.json", json.loads(text)) for name, version, text in _builtin_documents()],
+        draft=jsonschema_rs.Draft202012,
+        retriever=_refuse_retrieval,
+    )
+
+
+def _compile_rust(schema: dict[str, Any]) -> jsonschema_rs.Validator | None:
+    """A jsonschema-rs validator judging ``schema`` as jsonschema does, or None if it cannot.
+
+    ``offline=True``: a ``$ref`` outside the registry fails to compile
+    instead of being fetched over HTTP or read from a file, which
+    jsonschema-rs does by default.
+    """
+    if any("patternProperties" in node for node, _ in _schema_objects(schema)):
+        return None  # its keys are regexes jsonschema-rs would run with its own engine (see _Pattern)
+    if _has_inexact_int(schema):
+        return None
+    try:
+        return jsonschema_rs.Draft202012Validator(
+            schema,
+            formats=_rust_formats(schema),
+            validate_formats=True,
+            ignore_unknown_formats=True,
+            keywords=_RUST_KEYWORDS,
+            registry=_rust_registry(),
+            offline=True,
+        )
+    except (ValueError, TypeError, re.error, jsonschema_rs.ReferencingError):
+        return None  # a schema it refuses or cannot resolve: jsonschema decides, as before
+
+
+def _has_inexact_int(node: Any) -> bool:
+    """Whether a schema holds an integer beyond :data:`_RUST_EXACT_INT` anywhere."""
+    if isinstance(node, dict):
+        return any(_has_inexact_int(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_inexact_int(v) for v in node)
+    return type(node) is int and not -_RUST_EXACT_INT <= node <= _RUST_EXACT_INT
+
+
+def _rust_reads_as_python(value: Any, depth: int = 0) -> bool:
+    """Whether jsonschema-rs sees ``value`` as jsonschema does: plain JSON, not too deep.
+
+    Only the exact types dict, list, str, bool, None, finite float and int
+    within :data:`_RUST_EXACT_INT` qualify. jsonschema-rs reads a tuple as an
+    array (jsonschema: not an array), rejects NaN as a number (jsonschema:
+    accepts it), takes a Decimal ``1`` as an integer, and refuses bytes, sets
+    and the like with an exception; subclasses go to jsonschema too rather
+    than be reasoned about. Object keys are left to jsonschema-rs, which
+    raises ValueError on a key that is not a string, as on a lone surrogate
+    in a string.
+    """
+    kind = type(value)
+    if kind is dict:
+        items: Iterable[Any] = value.values()
+    elif kind is list:
+        items = value
+    elif kind is str or kind is bool or value is None:
+        return True
+    elif kind is int:
+        return -_RUST_EXACT_INT <= value <= _RUST_EXACT_INT
+    elif kind is float:
+        return math.isfinite(value)
+    else:
+        return False
+    if depth >= _RUST_MAX_DEPTH:
+        return False
+    for item in items:
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if -_RUST_EXACT_INT <= item <= _RUST_EXACT_INT:
+                continue
+            return False
+        if not _rust_reads_as_python(item, depth + 1):
+            return False
+    return True
+
+
+def _from_rust(error: jsonschema_rs.ValidationError) -> jsonschema.ValidationError:
+    last = error.schema_path[-1] if error.schema_path else None
+    keyword = last if isinstance(last, str) and last in Draft202012Validator.VALIDATORS else error.kind.name
+    return jsonschema.ValidationError(
+        error.message, validator=keyword, path=error.instance_path, schema_path=error.schema_path,
+    )
+
+
+class CompiledKind:
+    """The compiled validator of one kind version: one engine decides, jsonschema explains.
+
+    ``rust`` (jsonschema-rs, or None where it cannot judge this schema as
+    jsonschema does) gives the verdict on every plain-JSON value;
+    ``python`` (jsonschema, on the same schema) reports the errors of a
+    rejected value, and judges the values jsonschema-rs cannot read as
+    jsonschema does (see :func:`_rust_reads_as_python`).
+    """
+
+    __slots__ = ("python", "rust")
+
+    def __init__(self, python: Draft202012Validator, rust: jsonschema_rs.Validator | None) -> None:
+        self.python = python
+        self.rust = rust
+
+    @property
+    def engine(self) -> str:
+        """The engine that judges plain-JSON values: ``"jsonschema-rs"`` or ``"jsonschema"``."""
+        return "jsonschema" if self.rust is None else "jsonschema-rs"
+
+    def verdict(self, instance: object) -> bool | None:
+        """jsonschema-rs's verdict on ``instance``, or None where jsonschema decides."""
+        rust = self.rust
+        if rust is None or not _rust_reads_as_python(instance):
+            return None
+        try:
+            return rust.is_valid(instance)
+        except ValueError:  # a lone surrogate, a key that is not a string: not JSON it can read
+            return None
+
+    def is_valid(self, instance: object) -> bool:
+        verdict = self.verdict(instance)
+        return self.python.is_valid(instance) if verdict is None else verdict
+
+    def iter_errors(self, instance: object) -> Iterator[jsonschema.ValidationError]:
+        """Every error of ``instance`` as jsonschema reports it; none if the verdict is valid."""
+        return iter(self.errors(instance, self.verdict(instance)))
+
+    def errors(self, instance: object, verdict: bool | None) -> list[jsonschema.ValidationError]:
+        """The errors of ``instance``, given :meth:`verdict`'s answer on it."""
+        if verdict:
+            return []
+        errors = list(self.python.iter_errors(instance))
+        if errors or verdict is None:
+            return errors
+        # jsonschema finds nothing wrong with a value jsonschema-rs rejected.
+        # The verdict stands (a record is never accepted by the engine that
+        # did not decide); its reasons are jsonschema-rs's.
+        assert self.rust is not None
+        return [_from_rust(e) for e in self.rust.iter_errors(instance)] or [
+            jsonschema.ValidationError("the value does not match the schema", validator="schema")
+        ]
+
+
 # ---------------------------------------------------------------- catalog
 
 
@@ -539,7 +816,7 @@ class SchemaCatalog:
                 builtin=True,
             )
         self._kinds: Mapping[str, Mapping[int, KindSchema]] = kinds
-        self._validators: dict[tuple[str, int], Draft202012Validator] = {}
+        self._validators: dict[tuple[str, int], CompiledKind] = {}
         self._write_lock = threading.Lock()
         self._migrations: Migrations = builtin_migrations()
 
@@ -672,7 +949,7 @@ class SchemaCatalog:
 
     # -- validation
 
-    def validator(self, name: str, version: int | None = None) -> Draft202012Validator:
+    def validator(self, name: str, version: int | None = None) -> CompiledKind:
         """The compiled validator of a kind version (latest when None), made once and cached."""
         if version is None:
             version = self.latest_version(name)
@@ -681,10 +958,10 @@ class SchemaCatalog:
         if cached is not None:
             return cached
         kind = self.get(name, version)
-        compiled = Draft202012Validator(
-            _inline_local_refs(copy.deepcopy(dict(kind.schema))),
-            registry=_reference_registry(),
-            format_checker=FORMAT_CHECKER,
+        schema = _inline_local_refs(copy.deepcopy(dict(kind.schema)))
+        compiled = CompiledKind(
+            Draft202012Validator(schema, registry=_reference_registry(), format_checker=FORMAT_CHECKER),
+            _compile_rust(schema),
         )
         # setdefault: if two threads compile at once, both use the first one.
         return self._validators.setdefault(key, compiled)
@@ -699,7 +976,10 @@ class SchemaCatalog:
                 "validator": "type",
             }])
         try:
-            errors = list(validator.iter_errors(fields))
+            verdict = validator.verdict(fields)
+            if verdict:
+                return  # the hot path: plain JSON, valid by jsonschema-rs
+            errors = validator.errors(fields, verdict)
         except RecursionError:
             raise _violation(name, version, [{
                 "path": "", "message": "fields nest too deeply to validate", "validator": "depth",

@@ -116,7 +116,14 @@ class Store:
             # useful pages (LMDB docs recommend off for random access).
             readahead=False,
         )
-        self.db = {name: self.env.open_db(name.encode(), create=not readonly) for name in SUBDATABASES}
+        self.db = {}
+        for name in SUBDATABASES:
+            try:
+                self.db[name] = self.env.open_db(name.encode(), create=not readonly)
+            except lmdb.NotFoundError:
+                # A read-only open of a store written by an older version
+                # lacks the newer sub-databases; they are empty by definition.
+                continue
         self._grow_lock = threading.Lock()
         if not readonly:
             with self.env.begin(write=True) as txn:
