@@ -308,7 +308,7 @@ class LocalRegistry:
         return self.put(regs.KINDS_REGISTRY, "kind", fields, id=f"{name}.v{version}", actor=actor)
 
     def _require_registry(self, txn: Any, name: str) -> regs.RegistryDescriptor:
-        return self.engine._registry(txn, name)
+        return regs.lookup(self.store, txn, name)
 
     # ---- integrity ----
 
@@ -330,6 +330,9 @@ class LocalRegistry:
                 claims = verify_delegation(membership.delegation, subject=key.did)
                 out.update(org=membership.org, org_name=membership.name, roles=list(claims.roles),
                            delegation_expires=claims.expires)
+            running = self.home.node_info()  # written by the node's federation while it runs
+            if running is not None:
+                out["addrs"] = running.get("addrs", [])
         return out
 
     def stats(self) -> dict[str, Any]:

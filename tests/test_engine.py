@@ -854,3 +854,12 @@ def test_a_remote_change_from_a_clock_far_ahead_is_refused_and_changes_nothing(t
     assert result.status == "rejected" and isinstance(result.error, ValidationError)
     assert "ahead" in result.error.message
     assert snapshot(local) == before
+
+
+def test_an_empty_object_key_is_refused_without_spoiling_its_batch(grid: LocalRegistry) -> None:
+    outcomes = grid.execute([
+        Put(CLUSTERS, "cluster", cluster("bad", labels={"": "x"})),
+        Put(CLUSTERS, "cluster", cluster("good"), record_id="good"),
+    ])
+    assert isinstance(outcomes[0], ValidationError) and "empty" in outcomes[0].message
+    assert isinstance(outcomes[1], WriteResult) and grid.get(CLUSTERS, "good")["fields"]["name"] == "good"

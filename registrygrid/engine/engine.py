@@ -516,17 +516,13 @@ class Engine:
         return head  # type: ignore[return-value]
 
     def _registry(self, txn: lmdb.Transaction, name: str) -> regs.RegistryDescriptor:
-        builtin = regs.BUILTINS.get(name)
-        if builtin is not None:
-            return builtin
+        # Writer thread only: readers use regs.lookup, which caches nothing.
         cached = self._registry_cache.get(name)
         if cached is not None:
             return cached
-        record = records.get_record(self.store, txn, regs.REGISTRY_OF_REGISTRIES, name)
-        if record is None or record["deleted"]:
-            raise regs.unknown_registry(name)
-        desc = regs.descriptor_from_record(record)
-        self._registry_cache[name] = desc
+        desc = regs.lookup(self.store, txn, name)
+        if not desc.builtin:
+            self._registry_cache[name] = desc
         return desc
 
     def _kind_for(self, desc: regs.RegistryDescriptor, kind: str, version: int | None) -> KindSchema:
@@ -609,7 +605,7 @@ class Engine:
                 if wanted is not None and registry not in wanted:
                     continue
                 try:
-                    desc = self._registry(txn, registry)
+                    desc = regs.lookup(self.store, txn, registry)
                 except RegistryError:
                     continue
                 if desc.replication != "local":

@@ -97,6 +97,20 @@ def check_new_descriptor(record_id: str, fields: Mapping[str, Any], catalog: Sch
         catalog.get(kind)  # UnknownKind names the known ones
 
 
+def lookup(store: Any, txn: Any, name: str) -> RegistryDescriptor:
+    """A registry's descriptor from a read transaction, without touching any
+    writer cache (readers on other threads use this)."""
+    from registrygrid.storage import records
+
+    builtin = BUILTINS.get(name)
+    if builtin is not None:
+        return builtin
+    record = records.get_record(store, txn, REGISTRY_OF_REGISTRIES, name)
+    if record is None or record["deleted"]:
+        raise unknown_registry(name)
+    return descriptor_from_record(record)
+
+
 def unknown_registry(name: str) -> UnknownRegistry:
     return UnknownRegistry(
         f"no registry named {name!r}; create it with `rgrid registry create {name} --kind KIND` "
