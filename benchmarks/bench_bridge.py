@@ -19,9 +19,10 @@ connections):
    Automerge, signing and a durable group commit;
 5. the same POST with one connection: the latency of a lone write;
 6. the crossing alone, in this process: an asyncio loop on its own thread
-   calling ``trio.from_thread.run`` on a no-op through its executor (the
-   bridge's exact path, minus the commit), against the executor hop alone
-   and a thread-free alternative (run_sync_soon + call_soon_threadsafe);
+   handing a no-op to trio with ``run_sync_soon`` and getting the answer
+   back with ``call_soon_threadsafe`` (the bridge's exact path, minus the
+   commit), against the executor hop alone and the first design (an
+   executor thread blocked in ``trio.from_thread.run``);
 7. the crossing as the node measured it during load 4
    (``rgrid_bridge_crossing_seconds``: write time minus commit wait).
 
@@ -104,9 +105,9 @@ def _node(tmp: Path) -> Iterator[tuple[str, str, int]]:
 
 
 def _crossing_alone(n: int = 3000) -> list[Figure]:
-    """Median round trip of loop -> executor -> trio.from_thread.run(no-op) -> back (the bridge's path),
-    of the executor hop alone, and of a thread-free alternative for comparison: TrioToken.run_sync_soon
-    spawning a trio task that answers through loop.call_soon_threadsafe."""
+    """Median round trip of the bridge's crossing (TrioToken.run_sync_soon spawning a trio task that
+    answers through loop.call_soon_threadsafe), of the executor hop alone, and of the first design
+    (loop -> executor thread -> trio.from_thread.run(no-op) -> back)."""
     out: dict[str, list[float]] = {}
 
     def loop_thread(token: trio.lowlevel.TrioToken) -> None:
@@ -151,10 +152,10 @@ def _crossing_alone(n: int = 3000) -> list[Figure]:
     trio.run(main)
     hop_us, cross_us, direct_us = (statistics.median(out[k]) * 1e6 for k in ("hop", "cross", "direct"))
     return [Figure("asyncio executor hop alone", round(hop_us, 1), "us", f"median of {n}, sequential"),
-            Figure("asyncio -> trio crossing (no-op), as the bridge", round(cross_us, 1), "us",
-                   f"median of {n}: executor hop + trio.from_thread.run; adds {cross_us - hop_us:.0f} us"),
-            Figure("alternative: run_sync_soon + call_soon_threadsafe", round(direct_us, 1), "us",
-                   f"median of {n}: no executor thread (not used by the bridge; for comparison)")]
+            Figure("asyncio -> trio crossing (no-op), as the bridge", round(direct_us, 1), "us",
+                   f"median of {n}: run_sync_soon + a trio task + call_soon_threadsafe, no thread blocks"),
+            Figure("first design: executor + trio.from_thread.run", round(cross_us, 1), "us",
+                   f"median of {n}: executor hop + trio.from_thread.run (replaced; for comparison)")]
 
 
 def _sdk_put(tmp: Path, n: int = 200, max_seconds: float = 3.0) -> Figure:

@@ -25,11 +25,15 @@ lets in-flight requests finish within ``shutdown_grace_s``), cancels any
 write still waiting in trio after that grace, joins the thread, flushes the
 last audit notes, revokes the CLI token and removes ``bridge.json``.
 
-A write crosses like this: the handler awaits ``loop.run_in_executor`` with
-a blocking ``trio.from_thread.run(node.submit, ...)``, so the loop never
-blocks. The executor has ``write_threads`` threads (default 64, not
-asyncio's 6 on 2 cores): each waiting write holds one, and the group
-committer can only batch writes that are waiting at once.
+A write crosses like this: the handler hands the operation to trio with
+``TrioToken.run_sync_soon``, which starts a task in the bridge's nursery that
+awaits ``node.submit``; the task hands the outcome back with
+``loop.call_soon_threadsafe``. No thread blocks while a write waits, so any
+number of writes wait at once and the group committer batches them all.
+(The first version blocked an executor thread in ``trio.from_thread.run``
+per write: four thread wake-ups a write instead of two.) The executor, with
+``write_threads`` threads, still runs the loop's other blocking calls
+(idempotency records).
 """
 
 from __future__ import annotations
@@ -123,6 +127,7 @@ class Bridge:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._crossings: set[trio.CancelScope] = set()
+        self._nursery: trio.Nursery | None = None
         self._closing = False
         self._wake = trio.Event()
 
@@ -164,7 +169,9 @@ class Bridge:
             api.state = "ok"
             log.info("bridge serving on %s", self.url)
             task_status.started(self)
-            await self._flush_loop(node, audit)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery  # where writes from the loop run (see _spawn_submit)
+                await self._flush_loop(node, audit)
         finally:
             with trio.CancelScope(shield=True):
                 await self._shutdown(node, thread, audit, bridge_file)
@@ -194,6 +201,7 @@ class Bridge:
 
     async def _shutdown(self, node: Any, thread: threading.Thread, audit: AuditBuffer, bridge_file: Path) -> None:
         assert self.api is not None
+        self._nursery = None  # writes arriving from now on answer 503
         self.api.state = "stopping"
         if self._on_commit in node.committer.on_commit:
             node.committer.on_commit.remove(self._on_commit)
@@ -276,17 +284,57 @@ class Bridge:
 
     # ------------------------------------------------------------------ loop side
 
-    def _cross(self, ops: Sequence[Operation]) -> tuple[list[Outcome], float]:
-        """Runs on an executor thread: block until trio has committed ``ops``."""
+    def _spawn_submit(self, ops: Sequence[Operation], future: asyncio.Future[Any]) -> None:
+        """Trio thread (via ``run_sync_soon``): start the write as a task of
+        the bridge's nursery; its task settles ``future`` on the loop."""
+        nursery = self._nursery
+        if nursery is None or self._closing:
+            self._settle(future, None, Unavailable("the bridge is stopping"))
+            return
+        nursery.start_soon(self._submit_task, ops, future)
+
+    async def _submit_task(self, ops: Sequence[Operation], future: asyncio.Future[Any]) -> None:
         try:
-            return trio.from_thread.run(self._submit_in_trio, ops, trio_token=self._node.trio_token)
-        except (trio.RunFinishedError, trio.Cancelled):
-            raise Unavailable("the node has stopped") from None
+            result = await self._submit_in_trio(ops)
+        except Exception as exc:
+            self._settle(future, None, exc)
+        except BaseException:
+            self._settle(future, None, Unavailable("the node stopped while this write waited for its commit"))
+            raise
+        else:
+            self._settle(future, result, None)
+
+    def _settle(self, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def settle() -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        try:
+            loop.call_soon_threadsafe(settle)
+        except RuntimeError:
+            pass  # the loop closed meanwhile: nobody awaits the answer
 
     async def _submit_from_loop(self, ops: Sequence[Operation]) -> list[Outcome]:
+        """Cross into trio without blocking a thread: ``run_sync_soon`` wakes
+        trio, a bridge task submits, ``call_soon_threadsafe`` wakes us. Two
+        thread wake-ups per write instead of four through an executor thread
+        and ``trio.from_thread.run`` (measured: ~99 us vs ~197 us idle)."""
         assert self._loop is not None and self.api is not None
         started = time.perf_counter()
-        outcomes, commit_s = await self._loop.run_in_executor(None, self._cross, ops)
+        future: asyncio.Future[Any] = self._loop.create_future()
+        try:
+            self._node.trio_token.run_sync_soon(self._spawn_submit, ops, future)
+        except trio.RunFinishedError:
+            raise Unavailable("the node has stopped") from None
+        outcomes, commit_s = await future
         total = time.perf_counter() - started
         metrics = self.api.metrics
         metrics.write_seconds.observe(total)
