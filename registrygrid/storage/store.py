@@ -39,6 +39,7 @@ from typing import Any
 
 import lmdb
 import msgpack
+import msgspec
 
 SUBDATABASES = (
     "meta",
@@ -83,11 +84,14 @@ def from_u64(data: bytes) -> int:
 
 
 def key(*parts: str | bytes) -> bytes:
-    return SEP.join(p.encode() if isinstance(p, str) else p for p in parts)
+    return SEP.join([p.encode() if isinstance(p, str) else p for p in parts])
 
 
-def pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+# msgspec's encoder writes the same msgpack as msgpack.packb(use_bin_type=True)
+# (str as str, bytes as bin, tuples as arrays) at a fraction of the cost;
+# values are read back with msgpack.unpackb.
+_encoder = msgspec.msgpack.Encoder()
+pack = _encoder.encode
 
 
 def unpack(data: bytes) -> Any:
