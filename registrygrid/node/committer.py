@@ -52,7 +52,10 @@ class GroupCommitter:
         if self._closed:
             raise Unavailable("the node is shutting down")
         submission = _Submission(ops)
-        await self._send.send(submission)
+        try:
+            await self._send.send(submission)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise Unavailable("the node is shutting down") from None
         await submission.done.wait()
         if submission.error is not None:
             raise submission.error
@@ -113,6 +116,9 @@ class GroupCommitter:
                         break
                     pending.error = Unavailable("the node stopped before this write was committed")
                     pending.done.set()
+                # Drained and closed with no checkpoint between: a writer
+                # still sending now gets BrokenResourceError, never a hang.
+                self._receive.close()
 
     @property
     def mean_batch(self) -> float:
