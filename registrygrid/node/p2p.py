@@ -21,7 +21,10 @@ Security and muxer.
     deprecated across libp2p. We pass ``sec_opt`` with Noise alone (what
     go-, js- and rust-libp2p all speak) and ``muxer_opt`` with yamux first and
     mplex second, explicitly, so a change of library defaults cannot change
-    what we offer.
+    what we offer. Yamux has per-stream flow control; mplex (deprecated in
+    the libp2p specs) has none, and py-libp2p's mplex stream cannot read and
+    write at once, so it is only the fallback for peers that speak nothing
+    else (tested against an mplex-only py-libp2p peer).
 
 Request/response.
     py-libp2p 0.8.1 ships ``libp2p.request_response``; we tried it first. Its
@@ -46,9 +49,11 @@ Request/response.
     UTF-8 reason (at most ``_MAX_REASON_BYTES``): 1 the handler failed,
     2 the request is over the responder's cap, 3 the response would be over the
     responder's cap, 4 the responder is at its limit of concurrent requests.
-    The requester writes its request and reads the answer concurrently, so a
-    responder that refuses an oversized request early is heard even while the
-    request is still being written.
+    On yamux the requester writes its request and reads the answer
+    concurrently, so a responder that refuses an oversized request early is
+    heard even while the request is still being written. A requester that
+    resets the stream (timeout, cancellation) cancels the responder's handler.
+    Any libp2p peer can speak this with a varint reader (see the tests).
 
 Gossip delivery.
     py-libp2p hands each subscription's messages to a trio channel of 32
@@ -94,7 +99,27 @@ Errors.
     groups from py-libp2p's internals (its services run in nurseries of their
     own) are caught where the host's task ends and logged, never re-raised
     into the caller; ``Cancelled`` and other non-``Exception`` parts still
-    propagate, as trio requires.
+    propagate, as trio requires. If py-libp2p stops under us, ``error`` holds
+    what stopped it, every channel we handed out ends and calls raise
+    :class:`NotRunning`.
+
+Other py-libp2p 0.8.1 problems this module works around (each is explained
+where it is handled):
+
+* GossipSub's "adaptive gossip" resets a 1 s heartbeat to 30-60 s in small
+  meshes: turned off.
+* Concurrent writers on one pubsub stream interleave large RPCs and crash the
+  receiving swarm (``_Pubsub.write_msg``).
+* A cancelled stream write can leave half a yamux frame on the wire and break
+  the whole connection (``_write``).
+* Leaving ``host.run`` drops connections without closing them, so peers never
+  see a disconnect (``_close_connections``).
+* A failed listen is only logged, and the TCP listener sets SO_REUSEPORT, so
+  a second host can silently share a port (``_check_ports_free``).
+* The swarm's auto-connector redials peerstore peers on its own: stopped.
+* Yamux reports a reset stream as EOF once it dropped the stream's
+  bookkeeping (``_run_handler``); mplex cannot read and write one stream at
+  once (``_exchange``).
 """
 
 from __future__ import annotations
@@ -104,10 +129,13 @@ from dataclasses import dataclass
 import functools
 import logging
 import math
+import os
+import socket
 from types import TracebackType
 from typing import Any, Literal
+import weakref
 
-import multiaddr
+from multiaddr import Multiaddr
 import trio
 
 from libp2p import new_host
@@ -117,6 +145,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pa
 from libp2p.custom_types import TProtocol
 from libp2p.host.exceptions import StreamFailure
 from libp2p.io.exceptions import MessageTooLarge as _Libp2pMessageTooLarge
+from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.protocol_muxer.exceptions import (
@@ -286,8 +315,8 @@ class ResponseTooLarge(RequestFailed):
 # default ``DefaultMaxMessageSize`` (libp2p/pubsub/rpc_queue.py; the same 1 MiB
 # as go-libp2p-pubsub's DefaultMaxMessageSize) and oversized RPCs are dropped
 # silently. A payload must leave room for that envelope: 16 KiB is far more
-# than it takes (measured: a few hundred bytes with two listen addresses;
-# topic names are capped at _MAX_TOPIC_BYTES).
+# than it takes (measured: 700 bytes with a 256-byte topic and two listen
+# addresses in the signed peer record; topics are capped at _MAX_TOPIC_BYTES).
 _GOSSIP_FRAME_LIMIT = DefaultMaxMessageSize
 _GOSSIP_ENVELOPE_RESERVE = 16 * KiB
 # Topic names are ours to choose ("rgrid/<federation>/feed"); 256 bytes is ample
@@ -329,8 +358,9 @@ class GossipConfig:
     # a second) and silently drops the rest (DESIGN.md). Every message is
     # signed (strict signing) and every payload is a signed envelope checked by
     # policy upstream, so this guard is only a runaway-flood stop: 10_000/s is
-    # 20-50x what py-libp2p can carry here at all (about 200-450 small
-    # messages/s between two hosts, measured), so it never bites honest peers.
+    # 20-100x what py-libp2p can carry here at all (DESIGN.md: ~450 small
+    # messages/s between two hosts; measured here under load: 90-240/s), so it
+    # never bites honest peers.
     max_messages_per_topic_per_second: float = 10_000.0
     # Largest payload publish() accepts and validators let through: the 1 MiB
     # pubsub frame limit (see _GOSSIP_FRAME_LIMIT) less the envelope reserve.
@@ -346,17 +376,19 @@ class GossipConfig:
     publish_queue_high_water: int = 16
     # How long a publish waits for a peer's queue to drain before it gives up
     # on that peer for `slow_peer_skip_seconds`. A healthy loopback peer drains
-    # 16 RPCs in well under 100 ms; py-libp2p itself drops a peer whose yamux
-    # window stays shut for 5 s (yamux.py), so 2 s is "slow", not "dead".
+    # 16 RPCs in about 0.1 s even on a loaded 2-core machine (measured); py-libp2p
+    # itself drops a peer whose yamux window stays shut for 5 s (yamux.py), so
+    # 2 s is "slow", not "dead". The skip lasts 10 heartbeats, then it is retried.
     publish_backpressure_timeout: float = 2.0
     slow_peer_skip_seconds: float = 10.0
-    # Protocols offered, most preferred first: meshsub 1.2 (IDONTWANT) and 1.1,
-    # which go- and js-libp2p speak (DESIGN.md: interop checked on both).
+    # Protocols offered: meshsub 1.1 only. go- and js-libp2p speak it (DESIGN.md:
+    # interop checked on 1.1 and 1.2), and 1.2 costs us double: py-libp2p sends
+    # an IDONTWANT for *every* message on 1.2 (go only above 1 KiB), measured
+    # ~6.8 ms of CPU per message vs ~3.4 ms on 1.1, and 300 messages in ~2.8 s
+    # vs ~1.3 s. Offering 1.2 at all would let a peer that prefers it pull us
+    # onto it. Our gossip messages are batches, so IDONTWANT would save little.
     # py-libp2p also has 1.3/1.4/2.0 variants no other implementation speaks.
-    # Note: py-libp2p sends an IDONTWANT for *every* message on 1.2 (go only
-    # above 1 KiB), which halves small-message throughput between two
-    # py-libp2p hosts (measured: 300 messages in ~2.8 s on 1.2 vs ~1.3 s on 1.1).
-    protocols: tuple[str, ...] = ("/meshsub/1.2.0", "/meshsub/1.1.0")
+    protocols: tuple[str, ...] = ("/meshsub/1.1.0",)
 
     def __post_init__(self) -> None:
         if not 0 < self.degree_low <= self.degree <= self.degree_high:
@@ -489,17 +521,38 @@ def _split_errors(
 # ---------------------------------------------------------------------------
 
 
-class _CountingPubsub(Pubsub):
-    """py-libp2p's Pubsub, counting the messages its 32-slot channels drop.
+class _Pubsub(Pubsub):
+    """py-libp2p's Pubsub with two repairs.
 
-    ``notify_subscriptions`` does what py-libp2p 0.8.1's does (``send_nowait``
-    into each subscribed topic's channel; a full channel drops) and also
-    counts the drop, so the loss is visible in ``P2PHost.stats``.
+    * ``notify_subscriptions`` does what py-libp2p 0.8.1's does
+      (``send_nowait`` into each subscribed topic's 32-slot channel; a full
+      channel drops) and also counts the drop, so the loss shows in
+      ``P2PHost.stats``.
+    * ``write_msg`` holds a lock per stream. py-libp2p writes to a peer's
+      pubsub stream from its sending loop *and* directly, from the router's
+      flush of identify-pending messages and its replay of recent messages to
+      a newly subscribed peer. Yamux takes its write lock per frame (at most
+      64 KiB, less when the flow-control window is short), so two concurrent
+      writes of a large RPC interleave on the wire and the receiver fails with
+      ``DecodeError: Error parsing message with type 'pubsub.pb.RPC'`` -- an
+      error py-libp2p does not catch, which stops the receiver's whole swarm.
+      Seen here with a ~1 MiB message published right after the peer
+      subscribed.
     """
 
     def __init__(self, *args: Any, on_drop: Callable[[str], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._on_drop = on_drop
+        self._write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        lock = self._write_locks.get(stream)
+        if lock is None:
+            lock = self._write_locks[stream] = trio.Lock()
+        async with lock:
+            return await super().write_msg(stream, rpc_msg)
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         for topic in publish_message.topicIDs:
@@ -530,10 +583,10 @@ class _PeerNotifee(INotifee):
     async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
         pass
 
-    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
         pass
 
-    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
         pass
 
 
@@ -630,7 +683,7 @@ class P2PHost:
             # 1 s heartbeat (gossipsub.py, _adapt_heartbeat_parameters).
             adaptive_gossip_enabled=False,
         )
-        self._pubsub = _CountingPubsub(
+        self._pubsub = _Pubsub(
             self._host,
             self._gossipsub,
             # Strict signing (py-libp2p's default, stated so it cannot drift):
@@ -649,8 +702,11 @@ class P2PHost:
         self._live_peers: set[ID] = set()
         self._slow_peers: dict[ID, float] = {}
         self._inbound_limiter = trio.Semaphore(max_inbound_requests)
+        self._subscribe_lock = trio.Lock()
 
-        self._state: Literal["new", "starting", "running", "stopping", "stopped"] = "new"
+        self._state: Literal["new", "starting", "running", "failed", "stopping", "stopped"] = "new"
+        # Set if py-libp2p stopped under us with an error (it is also logged).
+        self.error: BaseException | None = None
         self._nursery: trio.Nursery | None = None  # our tasks (drains), inside libp2p's
         self._outer_cm: Any = None
         self._outer_nursery: trio.Nursery | None = None
@@ -664,6 +720,11 @@ class P2PHost:
         if self._state != "new":
             raise NotRunning("a P2PHost runs once; make a new one")
         self._state = "starting"
+        try:
+            self._check_ports_free()
+        except StartFailed:
+            self._state = "stopped"
+            raise
         self._outer_cm = trio.open_nursery()
         self._outer_nursery = await self._outer_cm.__aenter__()
         try:
@@ -675,6 +736,8 @@ class P2PHost:
         if self._start_error is not None:
             await self._close_outer()
             self._state = "stopped"
+            if isinstance(self._start_error, StartFailed):
+                raise self._start_error
             raise StartFailed(
                 f"libp2p host failed to start: {self._start_error!r}"
             ) from self._start_error
@@ -695,8 +758,9 @@ class P2PHost:
 
         Bounded by ``shutdown_timeout``: if py-libp2p's graceful stop takes
         longer, its tasks are cancelled. Never raises on a normal shutdown.
+        Call it from the task that entered the host (``__aexit__`` does).
         """
-        if self._state in ("stopping", "stopped") or self._outer_cm is None:
+        if self._outer_cm is None:
             return
         self._state = "stopping"
         self._stop.set()
@@ -735,6 +799,19 @@ class P2PHost:
         started = False
         try:
             async with self._host.run(listen_addrs=self._listen):
+                # py-libp2p logs a failed listen and carries on without it.
+                bound = self._host.get_transport_addrs()
+                if len(bound) < len(self._listen):
+                    raise StartFailed(
+                        f"could listen on only {[str(a) for a in bound]} of "
+                        f"{[str(a) for a in self._listen]}"
+                    )
+                # The federation decides whom to dial and when to redial.
+                # py-libp2p's auto-connector dials any peerstore peer with a
+                # public address while we hold fewer than 100 connections
+                # (its low watermark), which would undo a deliberate
+                # disconnect() and dial peers the federation never chose.
+                await self._host.get_network().auto_connector.stop()
                 async with background_trio_service(self._pubsub):
                     async with background_trio_service(self._gossipsub):
                         await self._pubsub.wait_until_ready()
@@ -745,10 +822,17 @@ class P2PHost:
                             task_status.started()
                             await self._stop.wait()
                             nursery.cancel_scope.cancel()
+                # Graceful stop: close connections while nothing is cancelled.
+                # py-libp2p's own stop path (leaving host.run) closes them in a
+                # cancelled `finally`, so the sockets are dropped without a
+                # word and peers keep a dead connection until TCP notices.
+                await self._close_connections()
+                await self._host.close()
         except BaseException as exc:
             errors, rest = _split_errors(exc)
             if errors is not None:
                 if started:
+                    self.error = errors
                     logger.error(
                         "p2p host %s: libp2p stopped with errors", self.peer_id, exc_info=errors
                     )
@@ -759,12 +843,53 @@ class P2PHost:
         finally:
             self._nursery = None
             if self._state == "running":
-                # libp2p stopped under us (not through aclose()).
-                self._state = "stopping"
+                # libp2p stopped under us (not through aclose()): every
+                # channel we gave out ends, and calls raise NotRunning.
+                self._state = "failed"
             self._close_channels()
             self._finished.set()
             if not started and self._start_error is not None:
                 task_status.started()
+
+    def _check_ports_free(self) -> None:
+        """Refuse a fixed port that another socket already listens on.
+
+        py-libp2p's TCP listener sets SO_REUSEPORT, so a second host (or
+        node) can bind the very same port and the kernel then splits the
+        incoming connections between them. A probe bind without
+        SO_REUSEPORT fails while any listener holds the port.
+        """
+        for addr in self._listen:
+            family_name = addr.protocols()[0].name
+            port = int(addr.value_for_protocol("tcp"))
+            if port == 0:
+                continue
+            family = socket.AF_INET if family_name == "ip4" else socket.AF_INET6
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                if os.name == "posix":
+                    # Lets the probe bind over our own TIME_WAIT sockets from a
+                    # previous run; it still fails while anything listens.
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((addr.value_for_protocol(family_name), port))
+                except OSError as exc:
+                    raise StartFailed(f"cannot listen on {addr}: {exc.strerror}") from exc
+
+    async def _close_connections(self) -> None:
+        """Close every connection, concurrently: py-libp2p's SwarmConn.close
+        sleeps 0.1 s each, and Swarm.close does them one after another."""
+        network = self._host.get_network()
+
+        async def close_one(conn: INetConn) -> None:
+            try:
+                await conn.close()
+            except Exception:
+                logger.debug("p2p: closing a connection at shutdown failed", exc_info=True)
+
+        async with trio.open_nursery() as nursery:
+            for conns in list(network.connections.values()):
+                for conn in list(conns):
+                    nursery.start_soon(close_one, conn)
 
     def _close_channels(self) -> None:
         for topic in self._topics.values():
@@ -788,9 +913,9 @@ class P2PHost:
     # -- addresses and connections -----------------------------------------
 
     @staticmethod
-    def _parse_listen_addr(addr: str) -> multiaddr.Multiaddr:
+    def _parse_listen_addr(addr: str) -> Multiaddr:
         try:
-            maddr = multiaddr.Multiaddr(addr)
+            maddr = Multiaddr(addr)
         except Exception as exc:
             raise ValueError(f"not a multiaddr: {addr!r}") from exc
         names = [p.name for p in maddr.protocols()]
@@ -806,7 +931,7 @@ class P2PHost:
         """
         if self._state != "running":
             return []
-        suffix = multiaddr.Multiaddr(f"/p2p/{self.peer_id}")
+        suffix = Multiaddr(f"/p2p/{self.peer_id}")
         out: list[str] = []
         for addr in self._host.get_transport_addrs():
             ip_proto = addr.protocols()[0].name  # ip4 or ip6, checked at __init__
@@ -818,17 +943,17 @@ class P2PHost:
                     out.append(text)
         return out
 
-    async def connect(self, multiaddr_text: str, timeout: float = 5.0) -> str:
+    async def connect(self, multiaddr: str, timeout: float = 5.0) -> str:
         """Dial a peer at a ``.../p2p/<peer id>`` multiaddr; return its peer ID.
 
         Returns at once if already connected. Raises :class:`DialFailed`.
         """
         self._require_running()
         try:
-            info = info_from_p2p_addr(multiaddr.Multiaddr(multiaddr_text))
+            info = info_from_p2p_addr(Multiaddr(multiaddr))
         except Exception as exc:
             raise DialFailed(
-                f"not a dialable multiaddr with /p2p/<peer id>: {multiaddr_text!r}"
+                f"not a dialable multiaddr with /p2p/<peer id>: {multiaddr!r}"
             ) from exc
         if info.peer_id == self._id:
             raise DialFailed("refusing to dial ourselves")
@@ -836,12 +961,12 @@ class P2PHost:
             with trio.fail_after(timeout):
                 await self._host.connect(info)
         except trio.TooSlowError as exc:
-            raise DialFailed(f"dial {multiaddr_text} timed out after {timeout} s") from exc
+            raise DialFailed(f"dial {multiaddr} timed out after {timeout} s") from exc
         except Exception as exc:
-            raise DialFailed(f"dial {multiaddr_text} failed: {exc}") from exc
+            raise DialFailed(f"dial {multiaddr} failed: {exc}") from exc
         peer = info.peer_id
         if not self._host.get_network().get_connections(peer):
-            raise DialFailed(f"dial {multiaddr_text}: connection closed right after opening")
+            raise DialFailed(f"dial {multiaddr}: connection closed right after opening")
         return peer.to_base58()
 
     async def disconnect(self, peer_id: str) -> None:
@@ -908,31 +1033,35 @@ class P2PHost:
 
         Each call returns its own channel (every channel gets every message).
         Our own publishes are not delivered. The channel ends when the host
-        stops or :meth:`unsubscribe` is called.
+        stops or :meth:`unsubscribe` is called. Order is not guaranteed:
+        py-libp2p handles each received message in a task of its own (use
+        ``seqno`` per origin, or the payload's own sequence numbers).
         """
         nursery = self._require_running()
         self._check_topic(topic)
         send, recv = trio.open_memory_channel[GossipMessage](self.gossip_config.channel_size)
-        entry = self._topics.get(topic)
-        if entry is None:
-            self._install_validator(topic)
-            subscription = await self._pubsub.subscribe(topic)
-            entry = _Topic(subscription)
-            self._topics[topic] = entry
-            nursery.start_soon(self._drain, topic, entry)
-        entry.senders.append(send)
+        async with self._subscribe_lock:  # one drain per topic, even when racing
+            entry = self._topics.get(topic)
+            if entry is None:
+                self._install_validator(topic)
+                subscription = await self._pubsub.subscribe(topic)
+                entry = _Topic(subscription)
+                self._topics[topic] = entry
+                nursery.start_soon(self._drain, topic, entry)
+            entry.senders.append(send)
         return recv
 
     async def unsubscribe(self, topic: str) -> None:
         """Leave the topic; every channel subscribe() gave for it ends."""
         self._require_running()
-        entry = self._topics.pop(topic, None)
-        if entry is None:
-            return
-        for sender in entry.senders:
-            sender.close()
-        entry.senders.clear()
-        await self._pubsub.unsubscribe(topic)
+        async with self._subscribe_lock:
+            entry = self._topics.pop(topic, None)
+            if entry is None:
+                return
+            for sender in entry.senders:
+                sender.close()
+            entry.senders.clear()
+            await self._pubsub.unsubscribe(topic)
 
     async def _drain(self, topic: str, entry: _Topic) -> None:
         """Empty py-libp2p's 32-slot channel as fast as it fills. Nothing slow here."""
@@ -1087,17 +1216,21 @@ class P2PHost:
         return [p.to_base58() for p in self._pubsub.peer_topics.get(topic, ())]
 
     async def wait_for_mesh_peer(self, topic: str, peer_id: str, timeout: float = 5.0) -> None:
-        """Wait until ``peer_id`` is in our GossipSub mesh for ``topic``.
+        """Wait until our publishes on ``topic`` go straight to ``peer_id``.
 
-        Both sides must have subscribed. Until then a message still reaches
-        the peer, but later (by IHAVE/IWANT gossip on a heartbeat).
+        That is: the peer has told us it subscribed, and, if we are
+        subscribed too, it is in our GossipSub mesh for the topic (if we are
+        not, publishes go to it as a fanout peer). Before that a message may
+        still reach it, but a heartbeat later by IHAVE/IWANT gossip, or not
+        at all if it was published before the peer subscribed.
         Raises ``trio.TooSlowError`` after ``timeout``.
         """
         self._require_running()
         peer = _parse_peer_id(peer_id)
         with trio.fail_after(timeout):
             await self._pubsub.wait_for_subscription(peer, topic, timeout=math.inf)
-            await self._pubsub.wait_for_mesh(peer, topic, timeout=math.inf)
+            if topic in self._topics:
+                await self._pubsub.wait_for_mesh(peer, topic, timeout=math.inf)
 
     # -- request / response -------------------------------------------------
 
@@ -1132,9 +1265,11 @@ class P2PHost:
             self._inbound_limiter.acquire_nowait()
         except trio.WouldBlock:
             self.stats["requests_refused_busy"] += 1
-            with trio.move_on_after(1.0):
-                await _refuse(stream, _STATUS_BUSY, "busy: too many concurrent requests")
-            await _reset(stream)
+            try:
+                await _refuse(stream, _STATUS_BUSY, "busy: too many concurrent requests", 1.0)
+                await _close(stream)
+            except Exception:
+                await _reset(stream)
             return
         try:
             with trio.move_on_after(self.request_timeout) as scope:
@@ -1158,6 +1293,7 @@ class P2PHost:
     async def _serve_one(
         self, protocol_id: str, peer: str, handler: RequestHandler, stream: INetStream
     ) -> None:
+        limit = self.request_timeout
         try:
             request = await read_varint_prefixed_bytes_limited(stream, self.max_request_bytes)
         except _Libp2pMessageTooLarge:
@@ -1170,13 +1306,19 @@ class P2PHost:
                 stream,
                 _STATUS_REQUEST_TOO_LARGE,
                 f"request over {self.max_request_bytes} bytes",
+                limit,
             )
             # FIN, not reset: the requester must read our refusal. Its
             # unread request bytes stay bounded by the yamux window.
-            await stream.close()
+            await _close(stream)
             return
         try:
-            response = await handler(peer, request)
+            response = await self._run_handler(handler, peer, request, stream)
+            if response is None:
+                self.stats["requests_inbound_failed"] += 1
+                logger.info("p2p: %s from %s: the requester gave up; handler cancelled",
+                            protocol_id, peer)
+                return
             if not isinstance(response, (bytes, bytearray, memoryview)):
                 raise TypeError(f"handler returned {type(response).__name__}, not bytes")
         except Exception as exc:
@@ -1186,8 +1328,8 @@ class P2PHost:
                 reason = f"{exc.code}: {exc.message}"
             else:
                 reason = f"handler error ({type(exc).__name__})"
-            await _refuse(stream, _STATUS_HANDLER_ERROR, reason)
-            await stream.close()
+            await _refuse(stream, _STATUS_HANDLER_ERROR, reason, limit)
+            await _close(stream)
             return
         if len(response) > self.max_response_bytes:
             self.stats["requests_handler_errors"] += 1
@@ -1201,12 +1343,55 @@ class P2PHost:
                 stream,
                 _STATUS_RESPONSE_TOO_LARGE,
                 f"response over the responder's {self.max_response_bytes}-byte cap",
+                limit,
             )
-            await stream.close()
+            await _close(stream)
             return
-        await stream.write(bytes((_STATUS_OK,)) + encode_varint_prefixed(bytes(response)))
-        await stream.close()
+        answer = bytes((_STATUS_OK,)) + encode_varint_prefixed(bytes(response))
+        await _write(stream, answer, trio.current_time() + limit)
+        await _close(stream)
         self.stats["requests_served"] += 1
+
+    @staticmethod
+    async def _run_handler(
+        handler: RequestHandler, peer: str, request: bytes, stream: INetStream
+    ) -> Any:
+        """Run the handler; cancel it if the requester resets the stream or goes away.
+
+        Returns None if it was cancelled that way. A requester that merely
+        half-closes its side after the request (StreamEOF) is still waiting.
+        """
+        gone = False
+        response: Any = None
+
+        async def watch(scope: trio.CancelScope) -> None:
+            nonlocal gone
+            try:
+                await stream.read(1)  # nothing more is expected from the requester
+                return
+            except StreamEOF:
+                # py-libp2p's yamux reports a reset stream whose bookkeeping it
+                # already dropped as EOF ("Stream closed"): look at the flag.
+                if not getattr(stream.muxed_stream, "reset_received", False):
+                    return
+            except Exception:
+                pass
+            gone = True
+            scope.cancel()
+
+        error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, nursery.cancel_scope)
+            try:
+                response = await handler(peer, request)
+            except Exception as exc:  # re-raised below, not wrapped in a group
+                error = exc
+            nursery.cancel_scope.cancel()
+        if gone:
+            return None
+        if error is not None:
+            raise error
+        return response
 
     async def request(
         self,
@@ -1249,7 +1434,7 @@ class P2PHost:
         try:
             with trio.fail_after(limit):
                 stream = await self._open_stream(peer, protocol_id)
-                response = await self._exchange(stream, data)
+                response = await self._exchange(stream, data, trio.current_time() + limit)
         except trio.TooSlowError as exc:
             await _reset(stream)
             raise RequestTimeout(
@@ -1288,9 +1473,23 @@ class P2PHost:
                 ) from exc
             raise RequestFailed(f"could not open a stream to {peer.to_base58()}: {exc}") from exc
 
-    async def _exchange(self, stream: INetStream, data: bytes) -> bytes:
-        """Write the request while reading the answer (see the module docstring)."""
+    async def _exchange(self, stream: INetStream, data: bytes, deadline: float) -> bytes:
+        """Write the request while reading the answer (see the module docstring).
+
+        The writer is never cancelled (see ``_write``): when the answer is a
+        refusal, or the request is cancelled or times out, the stream is
+        reset, which ends a writer waiting for flow-control credit at the
+        next frame boundary.
+        """
         frame = encode_varint_prefixed(data)
+        if not isinstance(stream.muxed_conn, Yamux):
+            # py-libp2p's mplex stream holds a read/write lock whose readers
+            # exclude writers, and a read waiting for data holds it: reading
+            # while writing can deadlock (seen here: ~20% of requests to an
+            # mplex-only peer hung). mplex has no flow control either, so the
+            # whole request is written before the answer is read.
+            await _write(stream, frame, deadline + _WRITE_GRACE)
+            return await self._read_answer(stream)
         write_error: BaseException | None = None
         read_error: BaseException | None = None
         response = b""
@@ -1298,7 +1497,7 @@ class P2PHost:
         async def write() -> None:
             nonlocal write_error
             try:
-                await stream.write(frame)
+                await _write(stream, frame, deadline + _WRITE_GRACE)
             except Exception as exc:
                 write_error = exc
 
@@ -1310,7 +1509,10 @@ class P2PHost:
                 response = await self._read_answer(stream)
             except Exception as exc:
                 read_error = exc
-            nursery.cancel_scope.cancel()
+                await _reset(stream)
+            except BaseException:
+                await _reset(stream)
+                raise
         if read_error is not None:
             if write_error is not None and not isinstance(read_error, P2PError):
                 raise RequestFailed(f"stream broke while sending the request: {write_error!r}") from write_error
@@ -1346,28 +1548,69 @@ class P2PHost:
         raise RequestFailed(f"the peer answered with unknown status {code}")
 
 
-async def _refuse(stream: INetStream, status: int, reason: str) -> None:
+# Writes and cancellation. py-libp2p sends a yamux frame as one or more Noise
+# messages through the socket's send_all; a cancel scope that fires in the
+# middle leaves part of a frame on the wire, and every later frame on that
+# connection is misread. Seen in these tests: cancelling a request's writer
+# when the responder refused early broke the *next* stream on the connection
+# ("handshake read failed"). So no write here is ever cut by a cancel scope:
+# writes, closes and resets run shielded, bounded by deadlines of their own.
+# Yamux waits for flow-control credit between frames (safe to stop there, and
+# a stream reset stops it) and gives up after 5 s of no credit (yamux.py), so
+# a write only outlives its request by the time to finish one frame; if its
+# own deadline still trips, the connection may hold half a frame and is closed.
+_WRITE_GRACE = 5.0
+# Closing (FIN) and resetting (RST) a stream each write one 12-byte frame.
+_CONTROL_FRAME_LIMIT = 2.0
+
+
+class _WriteStalled(Exception):
+    """A write did not finish by its deadline; its connection was closed."""
+
+
+async def _write(stream: INetStream, data: bytes, deadline: float) -> None:
+    with trio.CancelScope(shield=True, deadline=deadline) as scope:
+        await stream.write(data)
+    if scope.cancelled_caught:
+        await _drop_connection(stream)
+        raise _WriteStalled("write stalled; connection closed")
+
+
+async def _refuse(stream: INetStream, status: int, reason: str, limit: float) -> None:
     body = reason.encode("utf-8")[:_MAX_REASON_BYTES]
-    await stream.write(bytes((status,)) + encode_varint_prefixed(body))
+    await _write(stream, bytes((status,)) + encode_varint_prefixed(body), trio.current_time() + limit)
+
+
+async def _drop_connection(stream: INetStream) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(_CONTROL_FRAME_LIMIT):
+        try:
+            await stream.muxed_conn.close()
+        except Exception:
+            logger.debug("p2p: closing a stalled connection failed", exc_info=True)
 
 
 async def _reset(stream: INetStream | None) -> None:
     if stream is None:
         return
-    # Shielded so that a cancelled request still tells the peer; bounded
-    # because a reset waits for the connection's write lock.
-    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + _CONTROL_FRAME_LIMIT
         try:
             await stream.reset()
         except Exception:
             logger.debug("p2p: stream reset failed", exc_info=True)
+    if scope.cancelled_caught:
+        await _drop_connection(stream)
 
 
 async def _close(stream: INetStream) -> None:
-    try:
-        await stream.close()
-    except Exception:
-        logger.debug("p2p: stream close failed", exc_info=True)
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + _CONTROL_FRAME_LIMIT
+        try:
+            await stream.close()
+        except Exception:
+            logger.debug("p2p: stream close failed", exc_info=True)
+    if scope.cancelled_caught:
+        await _drop_connection(stream)
 
 
 def open_p2p_host(
