@@ -7,6 +7,8 @@
       org.json           the org's did:key and its signed delegation for this node
       store/             the LMDB environment
       node.lock          held (flock) by the one process that writes the store
+      node.json          while a node runs with a federation: its peer ID, dialable
+                         multiaddrs and pid (written by node/federation.py)
 
 The home is ``--home``, else ``$RGRID_HOME``, else ``~/.registrygrid``.
 """
@@ -151,6 +153,33 @@ class Home:
     def require(self) -> None:
         if not self.exists():
             raise NotInitialized(f"{self.path} is not a RegistryGrid home; run `rgrid init --home {self.path}`")
+
+    # ---- the running node's network identity ----
+
+    @property
+    def node_info_path(self) -> Path:
+        return self.path / "node.json"
+
+    def write_node_info(self, info: dict[str, Any]) -> None:
+        """Publish the running node's peer ID and addresses (atomically: write, then rename)."""
+        tmp = self.path / f".node.json.{os.getpid()}"
+        tmp.write_text(json.dumps({**info, "pid": os.getpid()}, indent=2) + "\n")
+        os.replace(tmp, self.node_info_path)
+
+    def clear_node_info(self) -> None:
+        self.node_info_path.unlink(missing_ok=True)
+
+    def node_info(self) -> dict[str, Any] | None:
+        """What the running node wrote, or None if no node runs here (a file
+        left by a killed node names a pid that no longer holds the lock)."""
+        try:
+            info = json.loads(self.node_info_path.read_text())
+        except (OSError, ValueError):
+            return None
+        holder = (self.lock_holder() or "") + " "
+        if not isinstance(info, dict) or not holder.startswith(f"pid {info.get('pid')} "):
+            return None
+        return info
 
     # ---- the writer lock ----
 
