@@ -2,7 +2,11 @@
 
 py-libp2p pays ~2 ms per pubsub message here, so a message carries a batch
 of envelopes, flushed when it reaches ``MAX_BATCH_BYTES`` or when its oldest
-envelope has waited ``FLUSH_AFTER_S``. A batch is plain msgpack
+envelope has waited ``FLUSH_AFTER_S`` -- except the first envelope after a
+quiet spell, which goes out at once: a lone write should not wait for company
+that is not coming (the group committer already hands over each commit's
+envelopes together), while a burst still leaves as one message per
+``FLUSH_AFTER_S`` at most. A batch is plain msgpack
 ``[version, [envelope, ...]]``: any libp2p implementation can follow a
 federation's changefeed, and each envelope carries its own signature.
 """
@@ -68,7 +72,8 @@ class Batcher:
     """Collects envelopes to publish; says when a batch is due.
 
     ``add`` returns the messages that became full; ``due(now)`` returns the
-    pending batch once it is old enough. Time is passed in: no clock here.
+    pending batch once it is old enough, or at once if nothing was sent for
+    ``flush_after``. Time is passed in: no clock here.
     """
 
     max_bytes: int = MAX_BATCH_BYTES
@@ -76,11 +81,12 @@ class Batcher:
     _pending: list[bytes] = field(default_factory=list)
     _size: int = 0
     _since: float | None = None
+    _last_sent: float = float("-inf")
 
     def add(self, wire: bytes, now: float) -> list[bytes]:
         ready = []
         if self._pending and (self._size + len(wire) > self.max_bytes or len(self._pending) >= MAX_BATCH_ENVELOPES):
-            ready.append(self._take())
+            ready.append(self._take(now))
         if not self._pending:
             self._since = now
         self._pending.append(wire)
@@ -88,17 +94,20 @@ class Batcher:
         return ready
 
     def deadline(self) -> float | None:
-        return None if self._since is None else self._since + self.flush_after
+        if self._since is None:
+            return None
+        return min(self._since, self._last_sent) + self.flush_after
 
     def due(self, now: float) -> bytes | None:
-        if self._pending and self._since is not None and now >= self._since + self.flush_after:
-            return self._take()
+        deadline = self.deadline()
+        if self._pending and deadline is not None and now >= deadline:
+            return self._take(now)
         return None
 
     def flush(self) -> bytes | None:
-        return self._take() if self._pending else None
+        return self._take(self._last_sent) if self._pending else None
 
-    def _take(self) -> bytes:
+    def _take(self, now: float) -> bytes:
         message = encode_batch(self._pending)
-        self._pending, self._size, self._since = [], 0, None
+        self._pending, self._size, self._since, self._last_sent = [], 0, None, now
         return message

@@ -93,7 +93,7 @@ def decode_request(data: bytes) -> SyncRequest:
         raise TooLarge(f"sync request of {len(data)} bytes exceeds {MAX_REQUEST_BYTES}")
     try:
         request = _request_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:  # bad UTF-8 is its own error
         raise MalformedInput(f"undecodable sync request: {exc}") from None
     if request.v != SYNC_VERSION:
         raise MalformedInput(f"sync version {request.v}; this node speaks {SYNC_VERSION}")
@@ -115,7 +115,7 @@ def decode_response(data: bytes) -> SyncResponse:
         raise TooLarge(f"sync response of {len(data)} bytes exceeds the cap")
     try:
         response = _response_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise MalformedInput(f"undecodable sync response: {exc}") from None
     if response.v != SYNC_VERSION:
         raise MalformedInput(f"sync version {response.v}; this node speaks {SYNC_VERSION}")
@@ -153,6 +153,16 @@ def missing(local: Mapping[str, Mapping[str, int]], remote: Mapping[str, Mapping
             if seq > theirs.get(author, 0):
                 out[(registry, author)] = theirs.get(author, 0)
     return out
+
+
+def behind(local: Mapping[str, Mapping[str, int]], remote: Mapping[str, Mapping[str, int]]) -> int:
+    """How many changes ``remote`` holds that ``local`` lacks: the replication lag."""
+    count = 0
+    for registry, authors in remote.items():
+        ours = local.get(registry, {})
+        for author, seq in authors.items():
+            count += max(0, seq - ours.get(author, 0))
+    return count
 
 
 def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str) -> bytes:
@@ -213,6 +223,32 @@ def _hlc_of(wire: bytes) -> tuple[int, int]:
     items, so the payload is never copied out."""
     outer = _peek_outer.decode(wire)
     return _peek_body.decode(outer.body).hlc
+
+
+def advance(vector: Mapping[str, Mapping[str, int]], envelopes: Iterable[bytes]) -> Vector:
+    """The vector as it will be once ``envelopes`` (a response, in order) are
+    applied: a copy in which each envelope that extends its chain by one moves
+    that chain on. Lets a puller ask for the next round while it still applies
+    this one; the store's own vector stays the cursor of record. Envelopes that
+    do not decode or do not extend a chain are skipped (the engine refuses or
+    parks them; the next session asks again)."""
+    out: Vector = {registry: dict(authors) for registry, authors in vector.items()}
+    for wire in envelopes:
+        try:
+            body = _peek_body.decode(_peek_outer.decode(wire).body)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+            continue
+        authors = out.get(body.registry)
+        if body.seq != (authors or {}).get(body.author, 0) + 1:
+            continue
+        if not body.author.startswith("did:key:") or len(body.author) > 128:
+            continue
+        if authors is None:
+            if not names.REGISTRY_NAME.match(body.registry):
+                continue
+            authors = out[body.registry] = {}
+        authors[body.author] = body.seq
+    return out
 
 
 @dataclass

@@ -1,0 +1,435 @@
+"""The federation component: this node's libp2p host and everything it carries.
+
+    Federation(listen=[...], bootstrap=[...], federation="acme-grid")
+
+``run(node)`` starts a ``P2PHost`` whose identity is the node's Ed25519 key,
+then, in one nursery:
+
+* gossip (``node/gossip.py``): publish local changes, validate and ingest
+  peers' batches on ``/registrygrid/1/<federation>/changes``;
+* anti-entropy (``node/sync.py``): on every new connection, every
+  ``sync_interval`` seconds, and soon after gossip shows a gap, one sync
+  session per peer (``/registrygrid/sync/1.0.0``);
+* peers (``node/peers.py``): dial bootstrap and known peers, redial with
+  exponential backoff and jitter, exchange hellos (federation check, listen
+  addresses, peer exchange, round-trip time), ban peers that keep sending
+  invalid data, persist the table (``storage/peers.py``);
+* ``HOME/node.json`` with the peer ID and dialable addresses while it runs,
+  for ``rgrid id`` and ``rgrid peers``.
+
+Every number that bounds work or memory is in ``FederationConfig`` (defaults
+from the modules that use them, each with its reason).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from registrygrid.errors import PolicyDenied, RegistryError, ValidationError
+from registrygrid.node import gossip as gossip_mod
+from registrygrid.node import peers as peers_mod
+from registrygrid.node.gossip import GossipService
+from registrygrid.node.p2p import GossipConfig, P2PError, P2PHost, PeerEvent
+from registrygrid.node.peers import PeerTable
+from registrygrid.node.sync import MAX_INBOUND_SYNCS, SessionReport, SyncFailed, SyncService
+from registrygrid.protocol import names
+from registrygrid.protocol import sync as sync_protocol
+from registrygrid.protocol.gossip import topic_for
+from registrygrid.protocol.hello import (
+    HELLO_PROTOCOL_ID,
+    MAX_HELLO_BYTES,
+    MAX_SHARED_PEERS,
+    decode_hello,
+    encode_hello,
+    is_peer_addr,
+    peer_of,
+)
+from registrygrid.storage import peers as peer_store
+
+if TYPE_CHECKING:
+    from registrygrid.node.node import Node
+
+log = logging.getLogger("registrygrid.federation")
+
+# Anti-entropy period: gossip repairs most losses itself within a few 1 s
+# heartbeats (IHAVE/IWANT over the last 3), and a lost change that has a
+# successor shows up as a gap at once; what only this timer catches is a lost
+# *last* change. 10 s bounds how stale that leaves a peer, and an idle round
+# costs one request carrying two version vectors (a few KB) per peer, i.e.
+# a few requests a second for a federation of tens of peers.
+SYNC_INTERVAL_S = 10.0
+# After a gap, wait this long before syncing: the missing change may still
+# arrive by gossip (IWANT after the next 1 s heartbeat). A no-op sync is cheap
+# either way.
+GAP_SYNC_DELAY_S = 1.0
+# Connected peers. GossipSub keeps 4-12 mesh peers per topic; the rest only
+# sync. 64 bounds per-peer tasks, queues and sessions; more peers are refused.
+MAX_CONNECTED_PEERS = 64
+# Concurrent outbound sync sessions. Every session feeds the one group
+# committer, so more than a few only queue there; 4 also bounds the memory of
+# responses in flight to 4 x 8 MiB.
+MAX_SYNC_SESSIONS = 4
+# Concurrent dials: each is a TCP connect plus a Noise handshake (CPU on a
+# 2-core node); 8 reaches tens of peers in a few round trips.
+MAX_CONCURRENT_DIALS = 8
+# A dial that takes longer is dead (loopback takes ~20 ms, a WAN ~1 s).
+DIAL_TIMEOUT_S = 10.0
+# Peer-table writes: at most one durable transaction per 5 s, and only when
+# something changed; `rgrid peers` is at most this stale.
+PERSIST_INTERVAL_S = 5.0
+# A hello is a few hundred bytes; 10 s is generous even across the world.
+HELLO_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    sync_interval: float = SYNC_INTERVAL_S
+    gap_sync_delay: float = GAP_SYNC_DELAY_S
+    max_connected_peers: int = MAX_CONNECTED_PEERS
+    max_sync_sessions: int = MAX_SYNC_SESSIONS
+    max_inbound_syncs: int = MAX_INBOUND_SYNCS
+    max_concurrent_dials: int = MAX_CONCURRENT_DIALS
+    dial_timeout: float = DIAL_TIMEOUT_S
+    persist_interval: float = PERSIST_INTERVAL_S
+    backoff_base: float = peers_mod.BACKOFF_BASE_S
+    backoff_cap: float = peers_mod.BACKOFF_CAP_S
+    ban_after_invalid: int = peers_mod.BAN_AFTER_INVALID
+    ban_seconds: float = peers_mod.BAN_S
+    peer_queue_bytes: int = gossip_mod.PEER_QUEUE_BYTES
+    total_queue_bytes: int = gossip_mod.TOTAL_QUEUE_BYTES
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+
+
+class Federation:
+    name = "federation"
+
+    def __init__(self, *, listen: Sequence[str], bootstrap: Sequence[str] = (), federation: str = "default",
+                 config: FederationConfig | None = None) -> None:
+        self.federation = names.registry_name(federation)  # it becomes a topic segment
+        self.listen = list(listen)
+        if not self.listen:
+            raise ValidationError("the federation needs at least one --listen multiaddr")
+        bad = [a for a in bootstrap if not is_peer_addr(a)]
+        if bad:
+            raise ValidationError(f"bootstrap addresses must end in /p2p/<peer id>: {bad}")
+        self.bootstrap = list(bootstrap)
+        self.config = config or FederationConfig()
+        self.topic = topic_for(self.federation)
+        self.metrics: Counter[str] = Counter()
+        self.host: P2PHost | None = None
+        self.peers: PeerTable | None = None
+        self.gossip: GossipService | None = None
+        self.sync: SyncService | None = None
+        self.node: Node | None = None
+        self._nursery: trio.Nursery | None = None
+        self._peer_scopes: dict[str, trio.CancelScope] = {}
+        self._sync_wake: dict[str, trio.Event] = {}
+        self._sessions = trio.CapacityLimiter(self.config.max_sync_sessions)
+        self._dials = trio.Semaphore(self.config.max_concurrent_dials)
+        self._dial_wake = trio.Event()
+        self._rng = random.Random()
+        self.last_session: dict[str, SessionReport] = {}  # per peer, for stats and benchmarks
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, node: Node, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        self.node = node
+        cfg = self.config
+        key = node.engine.key
+        try:
+            host = P2PHost(key.seed, self.listen, gossip=cfg.gossip,
+                           max_request_bytes=sync_protocol.MAX_REQUEST_BYTES,
+                           # a sync response: envelopes plus the responder's vector (protocol/sync.py)
+                           max_response_bytes=sync_protocol.MAX_RESPONSE_BYTES + 2**20)
+        except ValueError as exc:  # a --listen address it cannot use
+            raise ValidationError(str(exc)) from None
+        self.host = host
+        table = PeerTable(host.peer_id, base=cfg.backoff_base, cap=cfg.backoff_cap, ban_after=cfg.ban_after_invalid,
+                          ban_seconds=cfg.ban_seconds, rng=self._rng)
+        table.load(await trio.to_thread.run_sync(peer_store.load, node.store), trio.current_time())
+        for addr in self.bootstrap:
+            table.add([addr], "bootstrap", trio.current_time())
+        self.peers = table
+        self.gossip = GossipService(node, host, self.topic, metrics=self.metrics, strike=self._strike,
+                                    blocked=table.blocked, on_gap=self.request_sync, on_rejected=table.note_rejected,
+                                    peer_queue_bytes=cfg.peer_queue_bytes, total_queue_bytes=cfg.total_queue_bytes)
+        self.sync = SyncService(node, host, self.federation, metrics=self.metrics, strike=self._strike,
+                                blocked=table.blocked, on_rejected=table.note_rejected,
+                                max_inbound=cfg.max_inbound_syncs)
+        host.set_handler(sync_protocol.SYNC_PROTOCOL_ID, self.sync.handle)
+        host.set_handler(HELLO_PROTOCOL_ID, self._answer_hello)
+        host.set_topic_validator(self.topic, self.gossip.validate)
+        assert node.committer is not None
+        async with host:
+            events = host.peer_events()
+            subscription = await host.subscribe(self.topic)
+            node.committer.on_commit.append(self.gossip.on_commit)
+            node.home.write_node_info({"peer_id": host.peer_id, "did": key.did, "addrs": host.listen_addrs(),
+                                       "federation": self.federation})
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self.gossip.drain, subscription)
+                    nursery.start_soon(self.gossip.ingest_loop)
+                    nursery.start_soon(self.gossip.publish_loop)
+                    nursery.start_soon(self._watch_peers, events)
+                    nursery.start_soon(self._dial_loop)
+                    nursery.start_soon(self._persist_loop)
+                    log.info("federation %s: peer %s on %s", self.federation, host.peer_id, host.listen_addrs())
+                    task_status.started(self)
+            finally:
+                self._nursery = None
+                if self.gossip.on_commit in node.committer.on_commit:
+                    node.committer.on_commit.remove(self.gossip.on_commit)
+                node.home.clear_node_info()
+                table.stopped()
+                with trio.CancelScope(shield=True):
+                    await self._persist()
+
+    # ------------------------------------------------------------ operator and test hooks
+
+    def addrs(self) -> list[str]:
+        return self.host.listen_addrs() if self.host is not None else []
+
+    async def deny(self, peer_ids: Sequence[str]) -> None:
+        """Cut these peers off and refuse them until ``allow`` (partition tests, operators)."""
+        assert self.peers is not None and self.host is not None
+        for peer_id in peer_ids:
+            self.peers.deny(peer_id)
+            if peer_id in self.host.connected_peers():
+                await self.host.disconnect(peer_id)
+
+    def allow(self, peer_ids: Sequence[str]) -> None:
+        assert self.peers is not None
+        for peer_id in peer_ids:
+            self.peers.allow(peer_id, trio.current_time())
+        self._dial_wake.set()
+
+    def request_sync(self, peer_id: str) -> None:
+        """Sync with this peer soon (gossip gap, dropped message); any peer if it is not connected."""
+        wake = self._sync_wake.get(peer_id)
+        if wake is None and self._sync_wake:
+            wake = self._sync_wake[self._rng.choice(list(self._sync_wake))]
+        if wake is not None:
+            wake.set()
+            self.metrics["sync.requested"] += 1
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f"federation.{k}": v for k, v in sorted(self.metrics.items())}
+        if self.host is not None:
+            out.update({f"p2p.{k}": v for k, v in self.host.stats.items()})
+            out["peers.connected"] = len(self.host.connected_peers())
+        if self.gossip is not None:
+            out.update({f"gossip.{k}": v for k, v in self.gossip.queued().items()})
+        return out
+
+    # ------------------------------------------------------------ connections
+
+    async def _watch_peers(self, events: trio.MemoryReceiveChannel[PeerEvent]) -> None:
+        async for event in events:
+            if event.kind == "connected":
+                self._on_connected(event.peer_id)
+            else:
+                self._on_disconnected(event.peer_id)
+
+    def _reconcile(self) -> None:
+        """Level-triggered check of the connection events: the host misses a
+        disconnect/connect pair when a peer reconnects within py-libp2p's
+        connection-close window, so compare with what is connected now."""
+        assert self.host is not None and self.peers is not None and self._nursery is not None
+        connected = set(self.host.connected_peers())
+        for peer_id in connected:
+            if peer_id not in self._peer_scopes or self.peers.blocked(peer_id):
+                self._on_connected(peer_id)
+        for peer_id in list(self._peer_scopes):
+            if peer_id not in connected:
+                self._on_disconnected(peer_id)
+
+    def _on_connected(self, peer_id: str) -> None:
+        assert self.host is not None and self.peers is not None and self._nursery is not None
+        if self.peers.blocked(peer_id) or (peer_id not in self._peer_scopes
+                                           and len(self._peer_scopes) >= self.config.max_connected_peers):
+            self.metrics["peers.refused"] += 1
+            self._drop_task(peer_id)
+            self._nursery.start_soon(self.host.disconnect, peer_id)
+            return
+        if peer_id in self._peer_scopes or self.peers.connected(peer_id, trio.current_time()) is None:
+            return
+        self.metrics["peers.connected"] += 1
+        scope = trio.CancelScope()
+        self._peer_scopes[peer_id] = scope
+        self._sync_wake[peer_id] = trio.Event()
+        self._nursery.start_soon(self._peer_task, peer_id, scope)
+
+    def _on_disconnected(self, peer_id: str) -> None:
+        assert self.peers is not None
+        self._drop_task(peer_id)
+        self.peers.disconnected(peer_id, trio.current_time())
+        self._dial_wake.set()
+
+    def _drop_task(self, peer_id: str) -> None:
+        scope = self._peer_scopes.pop(peer_id, None)
+        if scope is not None:
+            scope.cancel()
+        self._sync_wake.pop(peer_id, None)
+
+    async def _peer_task(self, peer_id: str, scope: trio.CancelScope) -> None:
+        """While connected: hello, then sync on connect, every interval and on gaps."""
+        with scope:
+            await self._hello(peer_id)
+            while True:
+                async with self._sessions:
+                    await self._sync_with(peer_id)
+                wake = self._sync_wake.get(peer_id)
+                if wake is None:
+                    return
+                interval = self.config.sync_interval * (0.8 + 0.4 * self._rng.random())  # de-synchronise peers
+                with trio.move_on_after(interval):
+                    await wake.wait()
+                if wake.is_set():
+                    self._sync_wake[peer_id] = trio.Event()
+                    await trio.sleep(self.config.gap_sync_delay)
+                else:
+                    await self._hello(peer_id)
+
+    async def _sync_with(self, peer_id: str) -> None:
+        assert self.sync is not None and self.peers is not None
+        try:
+            report = await self.sync.pull(peer_id)
+        except SyncFailed as exc:
+            log.info("%s", exc)
+            return
+        except Exception:  # a storage failure or a bug: contained to this session, loudly
+            self.metrics["sync.crashed"] += 1
+            log.exception("sync with %s failed", peer_id)
+            return
+        self.peers.note_sync(peer_id, lag=report.lag, ahead=report.ahead)
+        self.last_session[peer_id] = report
+        if report.applied:
+            log.info("synced %d changes from %s in %d rounds", report.applied, peer_id, report.rounds)
+
+    async def _dial_loop(self) -> None:
+        assert self.peers is not None and self._nursery is not None
+        while True:
+            self._reconcile()
+            now = trio.current_time()
+            room = self.config.max_connected_peers - len(self._peer_scopes)
+            for peer in self.peers.due(now)[:max(0, room)]:
+                self.peers.dial_started(peer.id)
+                self._nursery.start_soon(self._dial, peer.id, list(peer.record.addrs))
+            next_due = self.peers.next_due()
+            # Wake at the next scheduled redial, on news (a disconnect, new
+            # addresses, an allow), and at least once a second for bans
+            # that expire.
+            wait = 1.0 if next_due is None else min(1.0, max(0.0, next_due - trio.current_time()))
+            with trio.move_on_after(wait):
+                await self._dial_wake.wait()
+            self._dial_wake = trio.Event()
+            await trio.sleep(0.01)  # coalesce a burst of events into one pass
+
+    async def _dial(self, peer_id: str, addrs: list[str]) -> None:
+        assert self.peers is not None and self.host is not None
+        error = "no address"
+        async with self._dials:
+            for addr in addrs:
+                if self.peers.blocked(peer_id):
+                    break
+                try:
+                    await self.host.connect(addr, timeout=self.config.dial_timeout)
+                except P2PError as exc:
+                    error = exc.message
+                    continue
+                self.peers.dial_done(peer_id)
+                self.metrics["dial.ok"] += 1
+                return
+        self.metrics["dial.failed"] += 1
+        self.peers.dial_failed(peer_id, trio.current_time(), error)
+
+    # ------------------------------------------------------------ hello
+
+    def _my_hello(self, peer_id: str) -> bytes:
+        assert self.host is not None and self.peers is not None
+        return encode_hello(self.federation, self.host.listen_addrs(), self.peers.share(peer_id, MAX_SHARED_PEERS))
+
+    async def _hello(self, peer_id: str) -> None:
+        assert self.host is not None and self.peers is not None
+        started = trio.current_time()
+        try:
+            reply = await self.host.request(peer_id, HELLO_PROTOCOL_ID, self._my_hello(peer_id),
+                                            timeout=HELLO_TIMEOUT_S)
+        except P2PError as exc:
+            self.metrics["hello.failed"] += 1
+            log.debug("hello to %s failed: %s", peer_id, exc)
+            return
+        self.peers.note_latency(peer_id, trio.current_time() - started)
+        await self._heard(peer_id, reply)
+
+    async def _answer_hello(self, peer_id: str, request: bytes) -> bytes:
+        assert self.peers is not None
+        if self.peers.blocked(peer_id):
+            raise PolicyDenied("this node does not talk to you")
+        if len(request) > MAX_HELLO_BYTES:
+            raise ValidationError("hello too large")
+        await self._heard(peer_id, request)
+        return self._my_hello(peer_id)
+
+    async def _heard(self, peer_id: str, data: bytes) -> None:
+        """Take in a peer's hello: check its federation, learn its and its peers' addresses."""
+        assert self.peers is not None and self.host is not None
+        try:
+            hello = decode_hello(data)
+        except RegistryError as exc:
+            self.metrics["hello.invalid"] += 1
+            self._strike(peer_id, f"hello: {exc.code}: {exc.message}")
+            return
+        now = trio.current_time()
+        if hello.federation != self.federation:
+            self.metrics["hello.foreign_federation"] += 1
+            self.peers.ban(peer_id, f"member of federation {hello.federation!r}, not {self.federation!r}")
+            await self.host.disconnect(peer_id)
+            return
+        own = [a for a in hello.addrs if peer_of(a) == peer_id]
+        if own:
+            self.peers.add(own, "learned", now)
+        learned = 0
+        for addr in hello.peers:
+            if peer_of(addr) not in self.peers.peers and self.peers.add([addr], "learned", now) is not None:
+                learned += 1
+        if learned:
+            self.metrics["peers.learned"] += learned
+            self._dial_wake.set()
+
+    # ------------------------------------------------------------ misbehaviour and persistence
+
+    def _strike(self, peer_id: str, why: str) -> None:
+        assert self.peers is not None
+        self.metrics["peers.strikes"] += 1
+        if self.peers.strike(peer_id, trio.current_time(), why):
+            self.metrics["peers.banned"] += 1
+            log.warning("banned %s for %.0f s: %s", peer_id, self.config.ban_seconds, why)
+            if self._nursery is not None and self.host is not None:
+                self._nursery.start_soon(self.host.disconnect, peer_id)
+
+    async def _persist_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.persist_interval)
+            await self._persist()
+
+    async def _persist(self) -> None:
+        assert self.peers is not None and self.node is not None
+        records, forget = self.peers.take_dirty()
+        if not records and not forget:
+            return
+        try:
+            await trio.to_thread.run_sync(lambda: peer_store.save(self.node.store, records, forget=forget))  # type: ignore[union-attr]
+        except Exception as exc:  # the table is still in memory: retry these next round
+            self.peers.requeue(records, forget)
+            self.metrics["peers.persist_failed"] += 1
+            log.warning("could not persist the peer table: %r", exc)

@@ -1,0 +1,226 @@
+"""Anti-entropy over libp2p request/response: the IO side of ``protocol.sync``.
+
+Responder: ``handle`` decodes nothing itself; it runs ``answer_sync`` (which
+reads LMDB) on a worker thread, at most ``max_inbound`` at once. A request
+beyond that is refused at once as busy rather than queued: a queued request
+would hold a stream and a host slot for nothing, and the puller retries on
+its next round anyway.
+
+Puller: ``pull(peer)`` runs one session: send our version vector, apply the
+envelopes that come back through ``node.submit`` (the engine's one write
+path), ask again until the responder has nothing more. Rounds are pipelined:
+the next is asked for while this one is verified and committed. The store's
+vector is the cursor, so a session cut at any point (timeout, disconnect,
+shutdown) resumes from what was durably applied, with no state kept on either
+side. A pass that applies nothing new ends the session (a change the engine
+keeps refusing must not make us ask forever); the next scheduled session
+tries again.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from registrygrid.engine.ops import IngestResult, Remote
+from registrygrid.errors import MalformedInput, PolicyDenied, RegistryError, TooLarge, Unavailable
+from registrygrid.node.p2p import P2PError, P2PHost
+from registrygrid.protocol.sync import SYNC_PROTOCOL_ID, SyncPuller, Vector, advance, answer_sync, behind
+
+if TYPE_CHECKING:
+    from registrygrid.node.node import Node
+
+log = logging.getLogger("registrygrid.federation.sync")
+
+# Concurrent sync requests we answer. Each holds a worker thread reading LMDB
+# and builds a response of up to 2 MiB (8 MiB if asked); 4 keeps a 2-core node
+# serving its own writers while peers catch up, and bounds response memory to
+# 4 x 8 MiB. trio's default thread limit is 40, shared with the committer.
+MAX_INBOUND_SYNCS = 4
+# Envelopes per node.submit: the committer's batch cap (node/committer.py), so
+# a 2 MiB response (~2,700 envelopes of ~750 B) is two transactions and a
+# local write never waits behind a huge one. (Verifying the next chunk on a
+# worker thread while this one commits was tried: no measurable gain here,
+# the GIL is the shared resource.)
+APPLY_CHUNK = 2000
+# One sync round trip: an 8 MiB response at 10 Mbit/s is ~7 s; p2p's request
+# timeout default is 30 s for the same reason.
+REQUEST_TIMEOUT_S = 30.0
+# Rounds per session before yielding to the scheduler: 500 rounds of 2 MiB is
+# 1 GB, far beyond any catch-up; it only stops a responder that keeps saying
+# "more" with ever-new envelopes from holding a session slot forever.
+MAX_ROUNDS = 500
+
+
+@dataclass
+class SessionReport:
+    rounds: int = 0
+    received: int = 0
+    applied: int = 0
+    duplicate: int = 0
+    pending: int = 0
+    rejected: int = 0
+    lag: int = 0  # changes the peer holds that we still lack after the session
+    ahead: int = 0  # changes we hold that the peer lacks
+    stalled: bool = False
+
+
+class SyncFailed(Exception):
+    """A session ended early (the peer misbehaved, went away or refused)."""
+
+
+class SyncService:
+    def __init__(self, node: Node, host: P2PHost, federation: str, *, metrics: Counter[str],
+                 strike: Callable[[str, str], None], blocked: Callable[[str], bool],
+                 on_rejected: Callable[[str, int], None], max_inbound: int = MAX_INBOUND_SYNCS,
+                 request_timeout: float = REQUEST_TIMEOUT_S) -> None:
+        self.node = node
+        self.host = host
+        self.federation = federation
+        self.metrics = metrics
+        self._strike = strike
+        self._blocked = blocked
+        self._on_rejected = on_rejected
+        self._inbound = trio.CapacityLimiter(max_inbound)
+        self.request_timeout = request_timeout
+
+    # ---- responder ----
+
+    async def handle(self, peer: str, request: bytes) -> bytes:
+        if self._blocked(peer):
+            self.metrics["sync.refused_blocked"] += 1
+            raise PolicyDenied("this node does not serve you")
+        if self._inbound.available_tokens < 1:
+            self.metrics["sync.refused_busy"] += 1
+            raise Unavailable("busy: too many sync requests; retry later")
+        answer = functools.partial(answer_sync, request, self.node.engine, federation=self.federation)
+        try:
+            response = await trio.to_thread.run_sync(answer, limiter=self._inbound)
+        except (MalformedInput, TooLarge) as exc:
+            self.metrics["sync.invalid_request"] += 1
+            self._strike(peer, f"sync request: {exc.code}: {exc.message}"[:200])
+            raise
+        except RegistryError:
+            self.metrics["sync.refused"] += 1
+            raise
+        self.metrics["sync.served"] += 1
+        return response
+
+    # ---- puller ----
+
+    async def pull(self, peer: str) -> SessionReport:
+        """One session with ``peer``; raises SyncFailed if it could not finish.
+
+        A session is one or more passes. A pass asks round after round,
+        each from the vector as it will be once the previous rounds are
+        applied (``protocol.sync.advance``), while the rounds before are
+        verified and committed: the responder's work and the transfer overlap
+        the engine's. After a pass the store's vector is the truth again: if
+        the peer still holds changes we lack (some were parked or refused), a
+        new pass starts from it, as long as the last one made progress.
+        """
+        engine = self.node.engine
+        report = SessionReport()
+        self.metrics["sync.sessions"] += 1
+        vector: Vector = await trio.to_thread.run_sync(engine.replicated_vector)
+        while True:
+            puller = SyncPuller(self.federation)
+            applied_before = report.applied
+            await self._pass(peer, puller, vector, report)
+            vector = await trio.to_thread.run_sync(engine.replicated_vector)
+            report.lag = behind(vector, puller.peer_vector)
+            report.ahead = behind(puller.peer_vector, vector)
+            if report.lag == 0 or report.rounds >= MAX_ROUNDS:
+                break
+            if report.applied == applied_before:
+                report.stalled = True  # what is left cannot be applied yet: stop asking for it
+                self.metrics["sync.stalled"] += 1
+                break
+        self.metrics["sync.completed"] += 1
+        return report
+
+    async def _pass(self, peer: str, puller: SyncPuller, vector: Vector, report: SessionReport) -> None:
+        # Unbuffered: at most one response waits while one is applied, so a
+        # session holds two responses (<= 2 x 9 MiB, P2PHost's cap) at most.
+        responses: trio.MemorySendChannel[list[bytes]]
+        responses, to_apply = trio.open_memory_channel[list[bytes]](0)
+        failure: SyncFailed | None = None
+
+        async def fetch() -> None:
+            nonlocal failure
+            cursor = vector
+            async with responses:
+                while not puller.done and report.rounds < MAX_ROUNDS:
+                    try:
+                        envelopes = await self._round(peer, puller, cursor)
+                    except SyncFailed as exc:
+                        failure = exc
+                        return
+                    report.rounds += 1
+                    report.received += len(envelopes)
+                    advanced = advance(cursor, envelopes)
+                    if envelopes:
+                        await responses.send(envelopes)
+                    if advanced == cursor and not puller.done:
+                        return  # "more", but nothing that moves us on: end the pass
+                    cursor = advanced
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch)
+            async for envelopes in to_apply:
+                try:
+                    await self._apply(peer, envelopes, report)
+                except SyncFailed as exc:
+                    failure = exc
+                    nursery.cancel_scope.cancel()
+                    break
+        if failure is not None:  # raised out here, not wrapped in the nursery's exception group
+            raise failure
+
+    async def _round(self, peer: str, puller: SyncPuller, vector: Vector) -> list[bytes]:
+        try:
+            data = await self.host.request(peer, SYNC_PROTOCOL_ID, puller.request(vector),
+                                           timeout=self.request_timeout)
+        except P2PError as exc:
+            self.metrics["sync.failed"] += 1
+            raise SyncFailed(f"sync with {peer}: {exc.code}: {exc.message}") from exc
+        try:
+            envelopes = puller.receive(data)
+        except RegistryError as exc:
+            self.metrics["sync.invalid_response"] += 1
+            self._strike(peer, f"sync response: {exc.code}: {exc.message}"[:200])
+            raise SyncFailed(f"sync with {peer}: bad response: {exc.message}") from exc
+        self.metrics["sync.rounds"] += 1
+        return envelopes
+
+    async def _apply(self, peer: str, envelopes: list[bytes], report: SessionReport) -> None:
+        for start in range(0, len(envelopes), APPLY_CHUNK):
+            chunk = envelopes[start:start + APPLY_CHUNK]
+            try:
+                outcomes = await self.node.submit([Remote(wire, peer) for wire in chunk])
+            except RegistryError as exc:  # the node is stopping, or storage failed
+                raise SyncFailed(f"could not apply changes from {peer}: {exc.message}") from exc
+            self._count(peer, outcomes, report)
+
+    def _count(self, peer: str, outcomes: list[Any], report: SessionReport) -> None:
+        rejected = 0
+        for outcome in outcomes:
+            status = outcome.status if isinstance(outcome, IngestResult) else "rejected"
+            self.metrics[f"sync.ingest.{status}"] += 1
+            if status == "applied":
+                report.applied += 1 + len(outcome.released)
+            elif status == "duplicate":
+                report.duplicate += 1
+            elif status == "pending":
+                report.pending += 1
+            else:
+                rejected += 1
+        report.rejected += rejected
+        self._on_rejected(peer, rejected)
+

@@ -1,0 +1,174 @@
+"""A hostile peer against a real node: forged, tampered, replayed, oversized and
+garbage input on the gossip topic and on the sync protocol. Each is rejected,
+counted per peer and never stored; the node keeps replicating good changes;
+a peer that keeps at it is banned and refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+
+from registrygrid.identity.keys import KeyPair
+from registrygrid.node.p2p import P2PError, P2PHost, RemoteError
+from registrygrid.protocol import limits
+from registrygrid.protocol.envelope import ChangeBody, _Wire, open_envelope
+from registrygrid.protocol.gossip import encode_batch
+from registrygrid.protocol.sync import SYNC_PROTOCOL_ID, SyncPuller, SyncResponse, encode_response
+from registrygrid.storage import peers as peer_store
+from test_federation_support import FAST, LOOPBACK, Member, cluster, converged, eventually, full_mesh
+
+TRUSTING = dataclasses.replace(FAST, ban_after_invalid=1000)  # count everything, ban nobody
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def evil_host(**options: object) -> P2PHost:
+    return P2PHost(hashlib.sha256(b"evil").digest(), [LOOPBACK], **options)  # type: ignore[arg-type]
+
+
+def a_wire_of(member: Member) -> bytes:
+    author = member.node.engine.key.did
+    return member.node.engine.envelopes_after("grid.clusters", author, 0, limit=1)[0]
+
+
+def forged(victim_wire: bytes, forger: KeyPair) -> bytes:
+    """The victim's change, re-signed by another key: claims the victim's authorship."""
+    body = open_envelope(victim_wire).body
+    body_bytes = _encode(body)
+    return _encode(_Wire(body_bytes, forger.sign(body_bytes)))
+
+
+def tampered(victim_wire: bytes) -> bytes:
+    """The victim's signed change with one payload byte changed."""
+    outer = msgspec.msgpack.decode(victim_wire, type=_Wire)
+    body = msgspec.msgpack.decode(outer.body, type=ChangeBody)
+    payload = bytearray(body.payload)
+    payload[len(payload) // 2] ^= 0xFF
+    altered = msgspec.structs.replace(body, payload=bytes(payload))
+    return _encode(_Wire(_encode(altered), outer.signature))
+
+
+async def test_hostile_gossip_is_rejected_counted_and_never_stored(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with cluster(tmp_path, TRUSTING) as nodes, evil_host() as evil:
+            a = await nodes.start("a")
+            b = await nodes.start("b", a.fed.addrs())
+            await full_mesh([a, b])
+            await b.write("good", 3)
+            await converged([a, b], 10, records=3)
+            victim = a_wire_of(b)
+
+            await evil.connect(a.fed.addrs()[0])
+            await evil.wait_for_mesh_peer(a.fed.topic, a.peer_id, timeout=10)
+            attacks = {
+                "garbage bytes": b"\xff\x00 not msgpack at all",
+                "forged signature": encode_batch([forged(victim, KeyPair.generate())]),
+                "tampered payload": encode_batch([tampered(victim)]),
+                "oversized envelope": encode_batch([b"\x92" + b"x" * (limits.MAX_ENVELOPE_BYTES + 10)]),
+                "oversized message": b"\x00" * 900_000,
+            }
+            for data in attacks.values():
+                await evil.publish(a.fed.topic, data)
+            await evil.publish(a.fed.topic, encode_batch([victim]))  # a replay: known, not invalid
+
+            metrics = a.fed.metrics
+            await eventually(lambda: metrics["gossip.invalid"] == len(attacks) and metrics["gossip.duplicate"] == 1,
+                             10, "every attack counted")
+            assert metrics["gossip.invalid.malformed_input"] == 1
+            assert metrics["gossip.invalid.signature_invalid"] == 2
+            assert metrics["gossip.invalid.too_large"] == 2
+            assert metrics["gossip.accepted"] == 1  # b's one batch; nothing of evil's
+            strikes = a.fed.peers.peers[evil.peer_id]  # type: ignore[union-attr]
+            assert strikes.record.invalid == len(attacks)
+            assert not a.fed.peers.blocked(evil.peer_id)  # type: ignore[union-attr]
+            assert b.fed.metrics["gossip.received"] == 0  # a forwarded none of it
+
+            # Healthy: still replicating, and evil's bytes are nowhere.
+            await b.write("after", 3)
+            await converged([a, b], 10, records=6)
+            assert a.registry.verify().ok
+            # `rgrid peers` shows the count.
+            await eventually(lambda: any(r.peer_id == evil.peer_id and r.invalid == len(attacks)
+                                         for r in peer_store.load(a.node.store)), 5, "evil's invalid count persisted")
+
+
+async def test_hostile_sync_requests_and_responses_are_refused_and_counted(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with cluster(tmp_path, TRUSTING) as nodes, evil_host(max_request_bytes=16 * 2**20) as evil:
+            a = await nodes.start("a")
+            b = await nodes.start("b", a.fed.addrs())
+            await full_mesh([a, b])
+            await b.write("good", 3)
+            await converged([a, b], 10, records=3)
+            victim = a_wire_of(b)
+
+            answers = iter([
+                b"garbage that is no sync response",
+                encode_response(SyncResponse(1, [tampered(victim), forged(victim, KeyPair.generate())], False, {})),
+            ])
+
+            async def evil_sync(peer: str, request: bytes) -> bytes:
+                return next(answers, encode_response(SyncResponse(1, [], False, {})))
+
+            evil.set_handler(SYNC_PROTOCOL_ID, evil_sync)
+            await evil.connect(a.fed.addrs()[0])
+            metrics = a.fed.metrics
+            # a pulls from evil on connect: a garbage answer.
+            await eventually(lambda: metrics["sync.invalid_response"] == 1, 10, "the garbage response counted")
+            # The next session gets well-formed bytes holding forged changes: the engine refuses them.
+            a.fed.request_sync(evil.peer_id)
+            await eventually(lambda: metrics["sync.ingest.rejected"] == 2, 10, "forged changes refused")
+            assert a.fed.peers.peers[evil.peer_id].record.rejected == 2  # type: ignore[union-attr]
+
+            # evil as a puller: garbage, an oversized request, another federation.
+            for request, expected in ((b"\x00garbage", "malformed_input"),
+                                      (b"\x00" * (9 * 2**20), None),
+                                      (SyncPuller("elsewhere").request({}), "validation_failed")):
+                with pytest.raises(P2PError) as caught:
+                    await evil.request(a.peer_id, SYNC_PROTOCOL_ID, request, timeout=10)
+                if expected is not None:
+                    assert isinstance(caught.value, RemoteError) and expected in caught.value.message
+            assert metrics["sync.invalid_request"] == 1
+            assert metrics["sync.refused"] == 1
+            assert a.fed.host.stats["requests_refused_too_large"] == 1  # type: ignore[union-attr]
+
+            await b.write("after", 2)
+            await converged([a, b], 10, records=5)
+            assert a.registry.verify().ok
+
+
+async def test_a_peer_that_keeps_sending_invalid_messages_is_banned_and_refused(tmp_path: Path) -> None:
+    config = dataclasses.replace(FAST, ban_after_invalid=3)
+    with trio.fail_after(60):
+        async with cluster(tmp_path, config) as nodes, evil_host() as evil:
+            a = await nodes.start("a")
+            b = await nodes.start("b", a.fed.addrs())
+            await full_mesh([a, b])
+            await evil.connect(a.fed.addrs()[0])
+            await evil.wait_for_mesh_peer(a.fed.topic, a.peer_id, timeout=10)
+            for i in range(3):
+                await evil.publish(a.fed.topic, b"junk %d" % i)
+            await eventually(lambda: a.fed.peers.blocked(evil.peer_id), 10, "evil banned")  # type: ignore[union-attr]
+            await eventually(lambda: a.peer_id not in evil.connected_peers(), 10, "evil disconnected")
+            assert a.fed.metrics["peers.banned"] == 1
+
+            # Coming back does not help: the connection is dropped at once, no sync is served.
+            try:
+                await evil.connect(a.fed.addrs()[0])
+            except Exception:
+                pass  # refused during the handshake: as good
+            with pytest.raises(P2PError):  # refused (policy_denied), or no connection left to ask on
+                await evil.request(a.peer_id, SYNC_PROTOCOL_ID, SyncPuller("testfed").request({}), timeout=5)
+            await eventually(lambda: evil.peer_id not in a.fed.host.connected_peers(), 10,  # type: ignore[union-attr]
+                             "evil dropped again")
+            assert a.fed.metrics["sync.refused_blocked"] >= 1
+
+            # The good peer is untouched.
+            await b.write("fine", 2)
+            await converged([a, b], 10, records=2)
+            await eventually(lambda: any(r.peer_id == evil.peer_id and r.state == "banned"
+                                         for r in peer_store.load(a.node.store)), 5, "the ban persisted")

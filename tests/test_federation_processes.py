@@ -1,0 +1,133 @@
+"""Nodes as separate OS processes: `python -m registrygrid node start --listen ... --bootstrap ... --no-bridge`.
+
+The writer runs in this process (a trio Node with a Federation), because the
+CLI writes to a running node through its HTTP bridge and this test must not
+depend on the bridge; the followers are real `rgrid node start` processes.
+Their state is read from their stores through read-only LMDB environments
+while they run (LMDB allows readers beside another process's writer). One
+follower is also stopped, written to offline with the SDK (it holds the
+home's lock then), and restarted: its changes reach the others by sync on
+connect, so replication is checked in both directions across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from registrygrid.home import Home
+from registrygrid.sdk import LocalRegistry
+from test_federation_support import CLUSTERS, Member, cluster, eventually, stored_digest
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Follower:
+    def __init__(self, root: Path, name: str) -> None:
+        self.home = Home(root / name)
+        self.home.init(org_name=name)
+        self.port = free_port()
+        self.peer_id = self.home.node_key().peer_id
+        self.addr = f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{self.peer_id}"
+        self.log = root / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, bootstrap: list[str]) -> None:
+        cmd = [sys.executable, "-m", "registrygrid", "node", "start", "--home", str(self.home.path),
+               "--listen", f"/ip4/127.0.0.1/tcp/{self.port}", "--no-bridge"]
+        for addr in bootstrap:
+            cmd += ["--bootstrap", addr]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+    def running(self) -> bool:
+        info = self.home.node_info()
+        return info is not None and self.proc is not None and info["pid"] == self.proc.pid
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def followers(tmp_path: Path) -> Iterator[list[Follower]]:
+    made = [Follower(tmp_path, "p1"), Follower(tmp_path, "p2")]
+    yield made
+    for follower in made:
+        follower.kill()
+
+
+def rgrid_json(*args: str) -> dict:  # type: ignore[type-arg]
+    done = subprocess.run([sys.executable, "-m", "registrygrid", *args, "--json"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+async def test_nodes_in_separate_processes_replicate_both_ways_and_after_a_restart(
+        tmp_path: Path, followers: list[Follower]) -> None:
+    p1, p2 = followers
+    with trio.fail_after(150):
+        async with cluster(tmp_path / "inproc") as nodes:
+            writer: Member = await nodes.start("w", listen=f"/ip4/127.0.0.1/tcp/{free_port()}")
+            # Separate processes use the config file's federation: ours must match.
+            for follower in followers:
+                config = json.loads((follower.home.path / "config.json").read_text())
+                (follower.home.path / "config.json").write_text(json.dumps({**config, "federation": "testfed"}))
+            p1.start(writer.fed.addrs())
+            p2.start([*writer.fed.addrs(), p1.addr])
+            await eventually(lambda: p1.running() and p2.running(), 40, "both processes up")
+            await eventually(lambda: {p1.peer_id, p2.peer_id} <= set(writer.fed.host.connected_peers()),  # type: ignore[union-attr]
+                             20, "the writer connected to both")
+
+            await writer.write("w", 50)
+            await eventually(lambda: stored_digest(p1.home) == stored_digest(p2.home) == writer.digest(), 30,
+                             "both followers hold the writer's state", interval=0.3)
+
+            def p1_lists_the_writer() -> bool:  # `rgrid peers` in a third process
+                listed = rgrid_json("peers", "--home", str(p1.home.path))
+                return listed["node"]["peer_id"] == p1.peer_id and any(
+                    row["peer"] == writer.peer_id and row["state"] == "connected" for row in listed["peers"])
+
+            await eventually(p1_lists_the_writer, 20, "the writer in p1's peer table", interval=1)
+
+            # p2 stops; the writer goes on; p2 gets changes of its own while offline.
+            assert p2.stop() == 0
+            assert not p2.home.node_info_path.exists()
+            await writer.write("v", 20)
+            with LocalRegistry.open_home(p2.home) as offline:
+                for i in range(5):
+                    offline.put(CLUSTERS, "cluster", {"name": f"p2-{i}"}, id=f"p2-{i}")
+            p2.start([])  # no bootstrap flag: it redials the peers it persisted
+            await eventually(p2.running, 40, "p2 up again")
+            await eventually(lambda: writer.records() == 75
+                             and stored_digest(p1.home) == stored_digest(p2.home) == writer.digest(), 40,
+                             "all three converged on 75 records", interval=0.3)
+            assert p1.stop() == 0 and p2.stop() == 0
+            listed = rgrid_json("peers", "--home", str(p2.home.path))
+            assert listed["node"] is None and {r["peer"] for r in listed["peers"]} >= {writer.peer_id, p1.peer_id}
+            assert all(r["state"] == "offline" for r in listed["peers"])
+    for follower in followers:
+        assert b"Traceback" not in follower.log.read_bytes(), follower.log.read_text()[-3000:]
