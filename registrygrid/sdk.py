@@ -322,18 +322,10 @@ class LocalRegistry:
         return AuditLedger.verify(self.store)
 
     def identity(self) -> dict[str, Any]:
-        key = self.engine.key
-        out: dict[str, Any] = {"did": key.did, "peer_id": key.peer_id, "org": self.engine.owner}
         if self.home is not None:
-            membership = self.home.org()
-            if membership is not None:
-                claims = verify_delegation(membership.delegation, subject=key.did)
-                out.update(org=membership.org, org_name=membership.name, roles=list(claims.roles),
-                           delegation_expires=claims.expires)
-            running = self.home.node_info()  # written by the node's federation while it runs
-            if running is not None:
-                out["addrs"] = running.get("addrs", [])
-        return out
+            return home_identity(self.home)
+        key = self.engine.key
+        return {"did": key.did, "peer_id": key.peer_id, "org": self.engine.owner}
 
     def stats(self) -> dict[str, Any]:
         out = self.store.stats()
@@ -370,6 +362,23 @@ class StoreChecks:
 
     def close(self) -> None:
         self.store.close()
+
+
+def home_identity(home: Home) -> dict[str, Any]:
+    """A home's node identity from its files alone (no store, no lock): the
+    did:key and peer ID of its key, its org and delegation, and, while a
+    node runs there, the multiaddrs the node published in node.json."""
+    key = home.node_key()
+    out: dict[str, Any] = {"did": key.did, "peer_id": key.peer_id, "org": key.did}
+    membership = home.org()
+    if membership is not None:
+        claims = verify_delegation(membership.delegation, subject=key.did)
+        out.update(org=membership.org, org_name=membership.name, roles=list(claims.roles),
+                   delegation_expires=claims.expires)
+    running = home.node_info()  # written by the node's federation while it runs
+    if running is not None:
+        out["addrs"] = running.get("addrs", [])
+    return out
 
 
 def _kind_dict(kind: KindSchema) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from registrygrid.cli.backend import open_backend
 from registrygrid.cli.values import parse_assignments, parse_where, read_json_file
 from registrygrid.errors import EX_USAGE, RegistryError, ValidationError
 from registrygrid.home import Home
+from registrygrid.sdk import home_identity
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -79,8 +80,11 @@ def init(home: Path | None, org_name: str, org_key: Path | None, as_json: bool) 
 @json_option
 def show_id(home: Path | None, as_json: bool) -> None:
     """Print this node's did:key, peer ID, org and addresses."""
-    with open_backend(home) as backend:
-        render.mapping(backend.identity(), as_json, title="node identity")
+    # Everything comes from the home's files (and node.json while a node
+    # runs), so this works with or without a running node or bridge.
+    home_obj = Home(home)
+    home_obj.require()
+    render.mapping(home_identity(home_obj), as_json, title="node identity")
 
 
 # ------------------------------------------------------------------ records

@@ -9,7 +9,7 @@ from typing import Any
 import click
 import trio
 
-from registrygrid.errors import ValidationError
+from registrygrid.errors import RegistryError, ValidationError
 from registrygrid.home import Home
 
 
@@ -82,4 +82,21 @@ def register(cli: click.Group) -> None:
         async def main() -> None:
             await node_obj.run(handle_signals=True)
 
-        trio.run(main)
+        try:
+            trio.run(main)
+        except BaseExceptionGroup as group:
+            # A component that cannot start (a busy port, a bad address)
+            # raises inside the node's nursery; show its typed error, not a
+            # traceback of the group around it.
+            errors = _leaves(group)
+            typed = [e for e in errors if isinstance(e, RegistryError)]
+            if typed and len(typed) == len(errors):
+                raise typed[0] from None
+            raise
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

@@ -26,7 +26,7 @@ from typing import Protocol
 import msgspec
 
 from registrygrid.errors import MalformedInput, TooLarge, ValidationError
-from registrygrid.protocol import limits, names
+from registrygrid.protocol import names
 
 SYNC_PROTOCOL_ID = "/registrygrid/sync/1.0.0"
 SYNC_VERSION = 1

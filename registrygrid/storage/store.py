@@ -65,9 +65,13 @@ SUBDATABASES = (
 STORE_FORMAT = 1
 
 # LMDB reserves address space, not disk: on Linux the file grows only as
-# pages are written, so a generous map costs nothing until used. 4 GiB
-# covers millions of records; past it the map doubles (see ``grow``).
-DEFAULT_MAP_SIZE = 4 * 2**30
+# pages are written, so a generous map costs nothing until used. 64 GiB
+# (of 128 TiB of user address space) covers tens of millions of records.
+# Past it the map doubles (see ``grow``), but growing is only safe with no
+# transaction open anywhere in the process, which a node with reader
+# threads (bridge, sync responder) cannot promise at any instant; a map
+# this large makes growing a rare event rather than a routine one.
+DEFAULT_MAP_SIZE = 64 * 2**30
 # Readers: the node's loop, the HTTP bridge threads and CLI processes that
 # open the same home. LMDB's default of 126 is plenty; keep it explicit.
 MAX_READERS = 126

@@ -169,9 +169,12 @@ class Bridge:
             api.state = "ok"
             log.info("bridge serving on %s", self.url)
             task_status.started(self)
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery  # where writes from the loop run (see _spawn_submit)
-                await self._flush_loop(node, audit)
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery  # where writes from the loop run (see _spawn_submit)
+                    await self._flush_loop(node, audit)
+            finally:
+                self._nursery = None
         finally:
             with trio.CancelScope(shield=True):
                 await self._shutdown(node, thread, audit, bridge_file)
@@ -287,11 +290,15 @@ class Bridge:
     def _spawn_submit(self, ops: Sequence[Operation], future: asyncio.Future[Any]) -> None:
         """Trio thread (via ``run_sync_soon``): start the write as a task of
         the bridge's nursery; its task settles ``future`` on the loop."""
+        # Nothing may escape a run_sync_soon callback: trio would treat it
+        # as an internal error and crash the node.
         nursery = self._nursery
-        if nursery is None or self._closing:
+        try:
+            if nursery is None or self._closing:
+                raise RuntimeError("no nursery")
+            nursery.start_soon(self._submit_task, ops, future)
+        except RuntimeError:  # the nursery is closing: the node is stopping
             self._settle(future, None, Unavailable("the bridge is stopping"))
-            return
-        nursery.start_soon(self._submit_task, ops, future)
 
     async def _submit_task(self, ops: Sequence[Operation], future: asyncio.Future[Any]) -> None:
         try:
