@@ -148,11 +148,11 @@ SCHEMAS: dict[str, Any] = {
         "replication": {"enum": ["local", "federation", "public"]},
     }, required=["name", "kinds"]),
     "KindCreate": _obj({
-        # Bounds as builtin/kind.v1.json; the engine needs a home registry for every kind.
+        # Bounds as builtin/kind.v1.json; without a home registry the engine names it user.<name>.
         "name": KIND_NAME, "version": {"type": "integer", "minimum": 1, "maximum": 65535},
         "schema": {"type": "object"}, "registry": {**REGISTRY_NAME, "description": "the kind's home registry"},
         "description": {"type": "string", "maxLength": 4096},
-    }, required=["name", "version", "schema", "registry"]),
+    }, required=["name", "version", "schema"]),
     "TokenCreate": _obj({
         "role": {"enum": list(ROLES)}, "name": {"type": "string", "maxLength": 64}, "registry": REGISTRY_NAME,
         "expires_in": {"type": "integer", "minimum": 1, "maximum": MAX_LIFETIME_S,
