@@ -39,6 +39,33 @@ MAX_PENDING = 100_000
 MAX_REASON = 512
 
 
+def fold_reads(notes: list[AuditNote]) -> list[AuditNote]:
+    """Reads with the same actor, target and reason become one note whose
+    reason says how many (``"history (x12)"``), at the place of the first."""
+    counts: dict[tuple[str, str, str], int] = {}
+    order: list[AuditNote | tuple[str, str, str]] = []
+    for note in notes:
+        if note.action != "read":
+            order.append(note)
+            continue
+        key = (note.actor, note.target, note.reason)
+        if key not in counts:
+            counts[key] = 0
+            order.append(key)
+        counts[key] += 1
+    folded: list[AuditNote] = []
+    for item in order:
+        if isinstance(item, AuditNote):
+            folded.append(item)
+            continue
+        actor, target, reason = item
+        n = counts[item]
+        if n > 1:
+            reason = f"{reason or 'read'} (x{n})"
+        folded.append(AuditNote("read", actor, target, reason[:MAX_REASON]))
+    return folded
+
+
 class AuditBuffer:
     def __init__(self, *, max_pending: int = MAX_PENDING, batch: int = FLUSH_BATCH) -> None:
         self.max_pending = max_pending
@@ -62,13 +89,19 @@ class AuditBuffer:
             self.on_batch_ready()
 
     def take(self, limit: int) -> list[AuditNote]:
-        out: list[AuditNote] = []
+        """Up to ``limit`` notes, oldest first, with identical reads (actor,
+        target, reason) folded into one entry that counts them: a hot record
+        read thousands of times a second costs one ledger entry per flush
+        window, not one per request, and the ledger still says who read what,
+        when (to the flush interval) and how often. Other notes stay one
+        entry each."""
+        taken: list[AuditNote] = []
         try:
-            while len(out) < limit:
-                out.append(self._notes.popleft())
+            while len(taken) < limit:
+                taken.append(self._notes.popleft())
         except IndexError:
             pass
-        return out
+        return fold_reads(taken)
 
     def put_back(self, notes: list[AuditNote]) -> None:
         """Return notes a failed flush took, in order, ahead of newer ones."""
