@@ -605,6 +605,7 @@ class Api:
         if not _TOKEN_ID.match(token_id):
             raise NotFound(f"no token {token_id[:40]!r}")
         revoked = await self.in_executor(tokens.revoke, self.store, token_id)
+        self.auth.forget(revoked.id)
         self.audit.note("delete", token.actor, f"tokens/{revoked.id}", f"token {revoked.name} revoked",
                         required=False)
         return json_response(revoked.to_dict())
