@@ -82,21 +82,30 @@ class RecordDoc:
         tags: Sequence[str],
         links: Sequence[Mapping[str, str]],
     ) -> Any:
-        before = self.doc.get_heads()
-        with _edit(self.doc) as tx:
-            tx.put(ROOT, "kind", ScalarType.Str, kind)
-            tx.put(ROOT, "schema", ScalarType.Int, schema)
-            tx.put(ROOT, "owner", ScalarType.Str, owner)
-            created = tx.put_object(ROOT, "created", ObjType.Map)
-            tx.put(created, "at", ScalarType.Int, created_at)
-            tx.put(created, "by", ScalarType.Str, created_by)
-            tag_map = tx.put_object(ROOT, "tags", ObjType.Map)
-            for tag in tags:
-                tx.put(tag_map, tag, ScalarType.Boolean, True)
-            _put_value(tx, ROOT, "links", [dict(link) for link in links], 0)
-            _put_value(tx, ROOT, "fields", dict(fields), 0)
-            tx.put(ROOT, "deleted", ScalarType.Boolean, False)
-        return _only_change(self.doc, before)
+        doc = self.doc
+        before = doc.get_heads()
+        # The hot path of every create: one transaction, no helper context
+        # manager, each put a direct binding call (~1.3 µs each here).
+        try:
+            with doc.transaction() as tx:
+                put = tx.put
+                put(ROOT, "kind", _STR, kind)
+                put(ROOT, "schema", _INT, schema)
+                put(ROOT, "owner", _STR, owner)
+                created = tx.put_object(ROOT, "created", _MAP)
+                put(created, "at", _INT, created_at)
+                put(created, "by", _STR, created_by)
+                tag_map = tx.put_object(ROOT, "tags", _MAP)
+                for tag in tags:
+                    put(tag_map, tag, _BOOL, True)
+                _put_value(tx, ROOT, "links", [dict(link) for link in links], 0)
+                _put_value(tx, ROOT, "fields", fields, 0)
+                put(ROOT, "deleted", _BOOL, False)
+        except RegistryError:
+            raise
+        except Exception as exc:  # the binding raises bare Exception
+            raise ValidationError(f"Automerge refused the edit: {exc}") from None
+        return _only_change(doc, before)
 
     def update(
         self,
@@ -225,35 +234,52 @@ def _materialize_tx(tx: Any, obj: bytes, key: str | int) -> Any:
     return tx.text(obj_id)
 
 
+_STR, _INT, _F64, _BOOL, _NULL = ScalarType.Str, ScalarType.Int, ScalarType.F64, ScalarType.Boolean, ScalarType.Null
+_MAP, _LIST = ObjType.Map, ObjType.List
+_INFINITIES = (float("inf"), float("-inf"))
+
+
 def _put_value(tx: Any, obj: bytes, key: str | int, value: Any, depth: int, insert: bool = False) -> None:
-    """Write a JSON value at obj[key] (or insert at list index ``key``)."""
+    """Write a JSON value at obj[key] (or insert at list index ``key``).
+
+    Runs once per field of every write, so the common types are tested
+    first by exact type and the bound methods are looked up once."""
     if depth > limits.MAX_NESTING:
         raise ValidationError(f"value nested deeper than {limits.MAX_NESTING} levels")
-    put_object = tx.insert_object if insert else tx.put_object
     put = tx.insert if insert else tx.put
-    if isinstance(value, Mapping):
-        child = put_object(obj, key, ObjType.Map)
+    kind = type(value)
+    if kind is str:
+        put(obj, key, _STR, value)
+    elif kind is dict or (kind is not list and isinstance(value, Mapping)):
+        child = (tx.insert_object if insert else tx.put_object)(obj, key, _MAP)
         for k, v in value.items():
-            _check_key(k)
+            if type(k) is not str or not k:
+                _check_key(k)
             _put_value(tx, child, k, v, depth + 1)
-    elif isinstance(value, (list, tuple)):
-        child = put_object(obj, key, ObjType.List)
+    elif kind is list or kind is tuple:
+        child = (tx.insert_object if insert else tx.put_object)(obj, key, _LIST)
         for i, v in enumerate(value):
-            _put_value(tx, child, i, v, depth + 1, insert=True)
-    elif value is None:
-        put(obj, key, ScalarType.Null, None)
-    elif isinstance(value, bool):
-        put(obj, key, ScalarType.Boolean, value)
-    elif isinstance(value, int):
+            _put_value(tx, child, i, v, depth + 1, True)
+    elif kind is bool:
+        put(obj, key, _BOOL, value)
+    elif kind is int or (isinstance(value, int) and not isinstance(value, bool)):
         if not INT64_MIN <= value <= INT64_MAX:
             raise ValidationError(f"integer {value} does not fit in 64 bits")
-        put(obj, key, ScalarType.Int, value)
-    elif isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
+        put(obj, key, _INT, int(value))
+    elif kind is float:
+        if value != value or value in _INFINITIES:
             raise ValidationError("NaN and infinity are not JSON numbers")
-        put(obj, key, ScalarType.F64, value)
+        put(obj, key, _F64, value)
+    elif value is None:
+        put(obj, key, _NULL, None)
     elif isinstance(value, str):
-        put(obj, key, ScalarType.Str, value)
+        put(obj, key, _STR, str(value))
+    elif isinstance(value, bool):
+        put(obj, key, _BOOL, bool(value))
+    elif isinstance(value, float):
+        _put_value(tx, obj, key, float(value), depth, insert)
+    elif isinstance(value, (list, tuple)):
+        _put_value(tx, obj, key, list(value), depth, insert)
     else:
         raise ValidationError(f"unsupported value type {type(value).__name__}")
 

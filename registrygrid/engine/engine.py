@@ -115,6 +115,9 @@ def _content(record: Mapping[str, Any]) -> list[Any]:
 class _Batch:
     docs: dict[tuple[str, str], RecordDoc] = field(default_factory=dict)
     committed: Committed = field(default_factory=Committed)
+    # (registry, author) -> (seq, cid): chain heads moved by this batch,
+    # written once at its end rather than once per change.
+    heads: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
 
 
 class Engine:
@@ -162,6 +165,9 @@ class Engine:
             with self.store.write() as txn:
                 for op in ops:
                     outcomes.append(self._run_one(txn, batch, op))
+                heads_db = self.store.db["heads"]
+                for (reg, author), head in batch.heads.items():
+                    txn.put(key(reg, author), pack(list(head)), db=heads_db)
                 self.store.put_meta(txn, "hlc", list(self.clock.last))
                 self.audit.finish_batch(txn, self.key, self.now_ms())
         except BaseException:
@@ -247,7 +253,7 @@ class Engine:
                                 created_by=self.key.did, fields=fields, tags=tags, links=links)
             state = {"kind": kind.name, "schema": kind.version, "owner": self.owner, "tags": tags, "links": links,
                      "fields": fields, "deleted": False, "created": {"at": hlc.wall_ms, "by": self.key.did}}
-        env = self._seal(txn, registry, record_id, "create", kind, change, hlc)
+        env = self._seal(txn, batch, registry, record_id, "create", kind, change, hlc)
         seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor, state=state)
         return WriteResult("created", registry, record_id, env.id, seq, record)
 
@@ -286,7 +292,7 @@ class Engine:
         if change is None:
             return WriteResult("unchanged", registry, record_id, old["change_id"], None, old)
         state = _state_of(old, schema=kind.version, fields=fields, tags=tags, links=links)
-        env = self._seal(txn, registry, record_id, "update", kind, change, self.clock.tick())
+        env = self._seal(txn, batch, registry, record_id, "update", kind, change, self.clock.tick())
         seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor, state=state)
         return WriteResult("updated", registry, record_id, env.id, seq, record)
 
@@ -302,14 +308,14 @@ class Engine:
         kind = self.catalog.get(old["kind"], old["schema"])
         doc = self._doc_for_write(txn, batch, registry, record_id)
         change = doc.delete()
-        env = self._seal(txn, registry, record_id, "delete", kind, change, self.clock.tick())
+        env = self._seal(txn, batch, registry, record_id, "delete", kind, change, self.clock.tick())
         seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor,
                                    state=_state_of(old, deleted=True))
         return WriteResult("deleted", registry, record_id, env.id, seq, record)
 
-    def _seal(self, txn: lmdb.Transaction, registry: str, record_id: str, op: str, kind: KindSchema,
+    def _seal(self, txn: lmdb.Transaction, batch: _Batch, registry: str, record_id: str, op: str, kind: KindSchema,
               change: Any, hlc: Hlc) -> Envelope:
-        seq, prev = self._head(txn, registry, self.key.did)
+        seq, prev = self._head(txn, batch, registry, self.key.did)
         return seal(self.key, registry=registry, record=record_id, op=op, kind=kind.name,  # type: ignore[arg-type]
                     schema=kind.version, seq=seq + 1, prev=prev, hlc=hlc, deps=list(change.deps),
                     change_hash=change.hash, payload=change.raw_bytes)
@@ -331,7 +337,7 @@ class Engine:
         body = env.body
         if txn.get(env.cid, db=self.store.db["changes"]) is not None:
             return IngestResult("duplicate", env.id)
-        head_seq, head_cid = self._head(txn, body.registry, body.author)
+        head_seq, head_cid = self._head(txn, batch, body.registry, body.author)
         if body.seq <= head_seq:
             other = txn.get(key(body.registry, body.author, u64(body.seq)), db=self.store.db["chains"])
             self._keep_evidence(txn, env, other)
@@ -449,8 +455,7 @@ class Engine:
         reg, rec = body.registry, body.record
         txn.put(env.cid, env.wire, db=db["changes"])
         txn.put(key(reg, body.author, u64(body.seq)), env.cid, db=db["chains"])
-        txn.put(key(reg, body.author), pack([body.seq, env.cid]), db=db["heads"])
-        self._chain_heads[(reg, body.author)] = (body.seq, env.cid)
+        batch.heads[(reg, body.author)] = self._chain_heads[(reg, body.author)] = (body.seq, env.cid)
         doc_key = key(reg, rec)
         stored = append_to_stored(txn.get(doc_key, db=db["docs"]), body.payload)
         txn.put(doc_key, stored if stored is not None else stored_doc(doc.save()), db=db["docs"])
@@ -506,7 +511,12 @@ class Engine:
 
     # ------------------------------------------------------------ lookups
 
-    def _head(self, txn: lmdb.Transaction, registry: str, author: str) -> tuple[int, bytes]:
+    def _head(self, txn: lmdb.Transaction, batch: _Batch, registry: str, author: str) -> tuple[int, bytes]:
+        # This batch's own moves first: they are not in LMDB until it ends,
+        # and survive the cache reset that follows a refused op.
+        moved = batch.heads.get((registry, author))
+        if moved is not None:
+            return moved
         cached = self._chain_heads.get((registry, author))
         if cached is not None:
             return cached

@@ -22,7 +22,7 @@ import msgspec
 
 from registrygrid.errors import MalformedInput, SignatureInvalid, TooLarge, ValidationError
 from registrygrid.identity.keys import KeyPair, public_key_from_did, verify_signature
-from registrygrid.protocol import limits, names
+from registrygrid.protocol import base32, limits, names
 from registrygrid.protocol.hlc import Hlc
 
 PROTOCOL_VERSION = 1
@@ -69,10 +69,10 @@ def change_id(wire: bytes) -> bytes:
 
 def cid_to_str(cid: bytes) -> str:
     """Multibase base32 (lower case, no padding, prefix 'b'): the usual text
-    form of a CIDv1. Done with the stdlib because multiformats' generic
-    encoder costs ~8 ms a call, and IDs are printed on every write; a test
-    checks the two agree."""
-    return "b" + base64.b32encode(cid).decode("ascii").rstrip("=").lower()
+    form of a CIDv1. Done here because multiformats' generic encoder costs
+    ~8 ms a call, and IDs are printed on every write; a test checks the two
+    agree."""
+    return "b" + base32.encode_bytes(cid)
 
 
 def cid_from_str(text: str) -> bytes:

@@ -7,11 +7,12 @@ are short, ASCII and free of separators we use ('\\x00' in keys, '/' in URLs).
 from __future__ import annotations
 
 import os
+import random
 import re
 import time
 
 from registrygrid.errors import ValidationError
-from registrygrid.protocol import limits
+from registrygrid.protocol import base32, limits
 
 # Dotted, lower-case namespaces like "grid.functions" or "acme.models-eu".
 REGISTRY_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,%d}$" % (limits.MAX_REGISTRY_NAME - 1))
@@ -47,7 +48,11 @@ def tag(value: object) -> str:
     return check(TAG, value, "tag")
 
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Record ids need to be unique, not secret: a PRNG seeded from the OS per
+# process gives 80 fresh bits for ~0.1 µs instead of a getrandom() syscall
+# on every create. (A forked child reseeds: see below.)
+_id_random = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _id_random.seed(os.urandom(32)))
 
 
 def new_record_id() -> str:
@@ -55,9 +60,5 @@ def new_record_id() -> str:
 
     Sortable ids keep a registry's default listing in creation order.
     """
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    value = (time.time_ns() // 1_000_000) << 80 | _id_random.getrandbits(80)
+    return base32.encode_int(value, 26, base32.CROCKFORD)
