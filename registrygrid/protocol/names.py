@@ -24,7 +24,7 @@ TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/=+-]{0,%d}$" % (limits.MAX_TAG_LENG
 
 
 def check(pattern: re.Pattern[str], value: object, what: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ValidationError(
             f"invalid {what} {value!r}: must match {pattern.pattern}",
             details=[{"path": what, "message": f"must match {pattern.pattern}"}],

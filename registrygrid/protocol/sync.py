@@ -244,7 +244,7 @@ def advance(vector: Mapping[str, Mapping[str, int]], envelopes: Iterable[bytes])
         if not body.author.startswith("did:key:") or len(body.author) > 128:
             continue
         if authors is None:
-            if not names.REGISTRY_NAME.match(body.registry):
+            if not names.REGISTRY_NAME.fullmatch(body.registry):
                 continue
             authors = out[body.registry] = {}
         authors[body.author] = body.seq

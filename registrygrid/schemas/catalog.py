@@ -687,7 +687,7 @@ def _has_inexact_int(node: Any) -> bool:
     return type(node) is int and not -_RUST_EXACT_INT <= node <= _RUST_EXACT_INT
 
 
-def _rust_reads_as_python(value: Any, depth: int = 0) -> bool:
+def rust_reads_as_python(value: Any, depth: int = 0) -> bool:
     """Whether jsonschema-rs sees ``value`` as jsonschema does: plain JSON, not too deep.
 
     Only the exact types dict, list, str, bool, None, finite float and int
@@ -722,7 +722,7 @@ def _rust_reads_as_python(value: Any, depth: int = 0) -> bool:
             if -_RUST_EXACT_INT <= item <= _RUST_EXACT_INT:
                 continue
             return False
-        if not _rust_reads_as_python(item, depth + 1):
+        if not rust_reads_as_python(item, depth + 1):
             return False
     return True
 
@@ -742,7 +742,7 @@ class CompiledKind:
     jsonschema does) gives the verdict on every plain-JSON value;
     ``python`` (jsonschema, on the same schema) reports the errors of a
     rejected value, and judges the values jsonschema-rs cannot read as
-    jsonschema does (see :func:`_rust_reads_as_python`).
+    jsonschema does (see :func:`rust_reads_as_python`).
     """
 
     __slots__ = ("python", "rust")
@@ -759,7 +759,7 @@ class CompiledKind:
     def verdict(self, instance: object) -> bool | None:
         """jsonschema-rs's verdict on ``instance``, or None where jsonschema decides."""
         rust = self.rust
-        if rust is None or not _rust_reads_as_python(instance):
+        if rust is None or not rust_reads_as_python(instance):
             return None
         try:
             return rust.is_valid(instance)
@@ -876,11 +876,11 @@ class SchemaCatalog:
             raise ValidationError(f"expected a KindSchema, got {type(kind).__name__}")
         if kind.builtin:
             raise ValidationError("built-in kinds come from the package; register user kinds with builtin=False")
-        if not isinstance(kind.name, str) or not KIND_NAME_RE.match(kind.name):
+        if not isinstance(kind.name, str) or not KIND_NAME_RE.fullmatch(kind.name):
             raise ValidationError(f"kind name {kind.name!r} must match {KIND_NAME_RE.pattern}")
         if not isinstance(kind.version, int) or isinstance(kind.version, bool) or not 1 <= kind.version <= MAX_VERSION:
             raise ValidationError(f"kind version must be an integer from 1 to {MAX_VERSION}, got {kind.version!r}")
-        if not isinstance(kind.registry, str) or not REGISTRY_NAME_RE.match(kind.registry):
+        if not isinstance(kind.registry, str) or not REGISTRY_NAME_RE.fullmatch(kind.registry):
             raise ValidationError(f"registry name {kind.registry!r} must match {REGISTRY_NAME_RE.pattern}")
         if not isinstance(kind.description, str) or len(kind.description) > MAX_DESCRIPTION_CHARS:
             raise ValidationError(f"kind description must be a string of at most {MAX_DESCRIPTION_CHARS} characters")

@@ -55,7 +55,7 @@ class Entry:
 
 
 def check_key(value: str) -> str:
-    if not _KEY.match(value):
+    if not _KEY.fullmatch(value):
         raise ValidationError(f"Idempotency-Key must be 1 to {MAX_KEY} visible ASCII characters",
                               details=[{"path": "header:Idempotency-Key", "message": "invalid"}])
     return value

@@ -98,7 +98,7 @@ def create(store: Store, *, role: str, name: str = "", registry: str | None = No
                               details=[{"path": "/expires_in", "message": "must be positive"}])
     token_id = secrets.token_urlsafe(_ID_BYTES)
     secret = secrets.token_urlsafe(_SECRET_BYTES)
-    if name and not _NAME.match(name):
+    if name and not _NAME.fullmatch(name):
         raise ValidationError(f"token name must match {_NAME.pattern}",
                               details=[{"path": "/name", "message": f"must match {_NAME.pattern}"}])
     token = Token(id=token_id, name=name or f"token-{token_id}", role=role, registry=registry,
@@ -111,7 +111,7 @@ def create(store: Store, *, role: str, name: str = "", registry: str | None = No
 
 def authenticate(store: Store, presented: str, *, at_ms: int | None = None) -> Token:
     """The live token named by ``presented``, or Unauthorized saying why not."""
-    match = _TOKEN.match(presented)
+    match = _TOKEN.fullmatch(presented)
     if match is None:
         raise Unauthorized("malformed token: expected rgt_<id>.<secret>")
     token_id, secret = match.groups()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import re
 import secrets
 import time
@@ -58,6 +59,9 @@ from registrygrid.storage import idempotency, tokens
 from registrygrid.storage.tokens import Token
 
 log = logging.getLogger("registrygrid.bridge")
+# Trace ids name requests in logs; they need to be unique, not secret, so a
+# seeded PRNG serves them without a getrandom() call per request.
+_trace_ids = random.Random(secrets.token_bytes(16))
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -209,7 +213,7 @@ def parse_where(values: list[str]) -> list[tuple[str, str, Any]]:
     out = []
     for text in values:
         path, op, raw = (text.split(":", 2) + ["", ""])[:3]
-        if not _WHERE_PATH.match(path) or op not in _WHERE_OPS:
+        if not _WHERE_PATH.fullmatch(path) or op not in _WHERE_OPS:
             raise ValidationError(
                 f"bad where filter {text[:80]!r}: expected PATH:OP:VALUE with OP one of {' '.join(_WHERE_OPS)}",
                 details=[{"path": "query:where", "message": text[:80]}])
@@ -273,8 +277,7 @@ class Api:
             path, _, message = problem.partition(": ")
             raise ValidationError(f"body cannot be stored: {problem}", details=[{"path": path, "message": message}])
         if schema is not None:
-            errors = sorted(openapi.request_validator(schema).iter_errors(data),
-                            key=lambda e: list(map(str, e.absolute_path)))
+            errors = openapi.request_errors(schema, data)
             if errors:
                 details = [{"path": "/" + "/".join(str(p) for p in e.absolute_path),
                             "message": e.message[:300], "validator": str(e.validator)} for e in errors[:100]]
@@ -602,7 +605,7 @@ class Api:
     async def revoke_token(self, request: web.Request) -> web.Response:
         token = self.require(request, ADMIN, target="tokens")
         token_id = request.match_info["token_id"]
-        if not _TOKEN_ID.match(token_id):
+        if not _TOKEN_ID.fullmatch(token_id):
             raise NotFound(f"no token {token_id[:40]!r}")
         revoked = await self.in_executor(tokens.revoke, self.store, token_id)
         self.auth.forget(revoked.id)
@@ -660,7 +663,7 @@ class Api:
     async def middleware(self, request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         incoming = request.headers.get("X-Trace-Id", "")
-        trace_id = incoming if _TRACE.match(incoming) else secrets.token_hex(8)
+        trace_id = incoming if _TRACE.fullmatch(incoming) else f"{_trace_ids.getrandbits(64):016x}"
         request[TRACE_ID] = trace_id
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
@@ -687,11 +690,7 @@ class Api:
             err = RegistryError("internal error; the node's log has the details under this trace id")
             err.code = "internal_error"
             response = error_response(err, trace_id)
-        elapsed = time.perf_counter() - started
-        self.metrics.requests.labels(route, request.method, str(response.status)).inc()
-        self.metrics.latency.labels(route, request.method).observe(elapsed)
-        if code:
-            self.metrics.errors.labels(route, code).inc()
+        self.metrics.observe_request(route, request.method, response.status, time.perf_counter() - started, code)
         return response
 
 

@@ -13,12 +13,15 @@ import copy
 from functools import cache, lru_cache
 from typing import Any
 
+import jsonschema
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from registrygrid.engine.registries import CONFLICT_POLICIES, WRITE_POLICIES
 from registrygrid.protocol import limits, names
+from registrygrid.schemas.catalog import rust_reads_as_python
 from registrygrid.storage.tokens import MAX_LIFETIME_S, ROLES
 
 SPEC_URI = "urn:registrygrid:bridge:openapi"
@@ -412,3 +415,24 @@ def schema_validator(name: str) -> Draft202012Validator:
 
 def request_validator(name: str) -> Draft202012Validator:
     return schema_validator(name)
+
+
+@cache
+def _fast_request_validator(name: str) -> jsonschema_rs.Validator:
+    registry = jsonschema_rs.Registry([(SPEC_URI, build_spec())], draft=jsonschema_rs.Draft202012)
+    return jsonschema_rs.Draft202012Validator({"$ref": f"{SPEC_URI}#/components/schemas/{name}"},
+                                              registry=registry, offline=True)
+
+
+def request_errors(name: str, body: Any) -> list[jsonschema.ValidationError]:
+    """Every way ``body`` breaks ``#/components/schemas/<name>``, or [].
+
+    jsonschema (Python) is the reference and writes the error reports, but
+    costs ~0.1-0.2 ms a body, a tenth of a lone POST; so jsonschema-rs
+    judges first, on bodies it reads exactly as jsonschema does (the
+    schema catalog's rule), and a body it passes is done. A body it fails,
+    or cannot judge, goes to jsonschema, whose verdict stands.
+    """
+    if rust_reads_as_python(body) and _fast_request_validator(name).is_valid(body):
+        return []
+    return sorted(request_validator(name).iter_errors(body), key=lambda e: list(map(str, e.absolute_path)))
