@@ -7,6 +7,12 @@ Prints, in one run:
     (``put_many``: one transaction per batch, as group commit does);
   - our read + verify: get a record, fetch its latest envelope, check its
     signature;
+  - the design floor: what the libraries alone take to do what one write
+    of this design must do, with no checks and no logic of ours (an
+    Automerge change of the same fields, the signed envelope and its CID,
+    and the same 12 LMDB puts per record in one durable transaction per
+    batch); it is where "ours" could get to, and its ratio to the raw
+    limit is what the design itself costs;
   - the ratios. The goal of issue 2: batched writes >= 50% of the raw limit.
 
     python -m benchmarks.bench_core [--n 20000] [--batch 1000] [--json]
@@ -21,6 +27,8 @@ import shutil
 import tempfile
 import time
 
+import msgspec
+
 from benchmarks.limits import Figure, format_table, make_record, raw_read_verify, raw_write_pipeline
 from registrygrid.engine.ops import Put
 from registrygrid.protocol.envelope import cid_from_str, open_envelope
@@ -31,6 +39,92 @@ def _function_fields(i: int, rng: random.Random) -> dict:
     fields = make_record(i, 430, rng)["fields"]
     fields["executor"] = {"type": "container", "image": "ghcr.io/acme/summarize:1.4.2"}
     return fields
+
+
+def design_floor(n: int, batch: int) -> Figure:
+    """The bare library calls of one registry write, batched like group commit.
+
+    Per record: a new Automerge document and one transaction writing the
+    record's keys (kind, schema, owner, created, tags, fields, deleted),
+    its change; the msgpack envelope body around it, an Ed25519 signature,
+    the sha256 CID; then the puts our store makes (change, chain link, doc,
+    Automerge hash, record, four index keys, feed, history, audit entry)
+    with values of the same sizes. No validation, no clock, no ID text,
+    no digests, no dictionaries: a floor, not a competitor.
+    """
+    import hashlib
+    import os
+
+    import lmdb
+    from automerge.core import ROOT, Document, ObjType, ScalarType
+    from nacl.bindings import crypto_sign
+    from nacl.signing import SigningKey
+
+    rng = random.Random(7)
+    fields = [_function_fields(i, rng) for i in range(n)]
+    key = SigningKey(bytes(range(32)))
+    secret = key._signing_key
+    actor = bytes(key.verify_key)
+    pack = msgspec.msgpack.encode
+    path = tempfile.mkdtemp(prefix="rgrid-bench-floor-")
+    env = lmdb.open(path, map_size=1 << 32, max_dbs=16)
+    names = ["changes", "chains", "docs", "am_hashes", "records", "indexes", "feed", "history", "audit"]
+    dbs = {name: env.open_db(name.encode()) for name in names}
+    Str, Int, Bool, Map = ScalarType.Str, ScalarType.Int, ScalarType.Boolean, ObjType.Map
+    prev = b""
+    try:
+        t0 = time.perf_counter()
+        for start in range(0, n, batch):
+            with env.begin(write=True) as txn:
+                for i in range(start, min(n, start + batch)):
+                    record_id = os.urandom(16).hex()
+                    doc = Document(actor_id=actor)
+                    with doc.transaction() as tx:
+                        tx.put(ROOT, "kind", Str, "function")
+                        tx.put(ROOT, "schema", Int, 1)
+                        tx.put(ROOT, "owner", Str, "did:key:z6Mk")
+                        created = tx.put_object(ROOT, "created", Map)
+                        tx.put(created, "at", Int, 1_764_000_000_000 + i)
+                        tx.put(created, "by", Str, "did:key:z6Mk")
+                        tags = tx.put_object(ROOT, "tags", Map)
+                        tx.put(tags, "inference", Bool, True)
+                        tx.put(tags, "text", Bool, True)
+                        tx.put_object(ROOT, "links", ObjType.List)
+                        obj = tx.put_object(ROOT, "fields", Map)
+                        for k, v in fields[i].items():
+                            if isinstance(v, dict):
+                                sub = tx.put_object(obj, k, Map)
+                                for k2, v2 in v.items():
+                                    tx.put(sub, k2, Str, v2)
+                            else:
+                                tx.put(obj, k, Str, v)
+                        tx.put(ROOT, "deleted", Bool, False)
+                    change = doc.get_changes([])[0]
+                    payload = change.raw_bytes
+                    body = pack([1, "grid.functions", record_id, "create", "function", 1, "did:key:z6Mk", i + 1,
+                                 prev, [1_764_000_000_000 + i, 0], [], change.hash, payload])
+                    wire = pack([body, crypto_sign(body, secret)[:64]])
+                    cid = b"\x01\x55\x12\x20" + hashlib.sha256(wire).digest()
+                    prev = cid
+                    rid = record_id.encode()
+                    record = pack({"id": record_id, "fields": fields[i], "change_id": cid, "revision": 1})
+                    txn.put(cid, wire, db=dbs["changes"])
+                    txn.put(b"grid.functions\x00did\x00" + i.to_bytes(8, "big"), cid, db=dbs["chains"])
+                    txn.put(b"grid.functions\x00" + rid, b"\0\0\0\0" + payload, db=dbs["docs"])
+                    txn.put(b"grid.functions\x00" + rid + change.hash, cid, db=dbs["am_hashes"])
+                    txn.put(b"grid.functions\x00" + rid, record, db=dbs["records"])
+                    for prefix in (b"k", b"o", b"tinference", b"ttext"):
+                        txn.put(prefix + b"\x00grid.functions\x00" + rid, b"", db=dbs["indexes"])
+                    txn.put(i.to_bytes(8, "big"), pack(["created", "grid.functions", record_id, cid]), db=dbs["feed"])
+                    txn.put(b"grid.functions\x00" + rid + i.to_bytes(8, "big"), cid, db=dbs["history"])
+                    entry = pack([i, "create", record_id, prev])
+                    txn.put(i.to_bytes(8, "big"), pack([entry, hashlib.sha256(entry).digest()]), db=dbs["audit"])
+        elapsed = time.perf_counter() - t0
+    finally:
+        env.close()
+        shutil.rmtree(path, ignore_errors=True)
+    return Figure("design floor: Automerge + sign + 12 puts, no logic", n / elapsed, "records/s",
+                  f"n={n}, batch {batch}, durable")
 
 
 def ours_batched(n: int, batch: int) -> Figure:
@@ -94,13 +188,16 @@ def main() -> None:
     args = parser.parse_args()
 
     raw = raw_write_pipeline(n=args.n, batch=args.batch, max_seconds=30)
+    floor = design_floor(args.n, args.batch)
     batched = ours_batched(args.n, args.batch)
     single = ours_single(args.single)
     raw_read = raw_read_verify(n=args.n, max_seconds=30)
     read = ours_read_verify(min(args.n, 10000))
-    figures = [raw, batched, single, raw_read, read]
+    figures = [raw, floor, batched, single, raw_read, read]
     ratios = {
         "batched / raw write": batched.value / raw.value,
+        "design floor / raw write": floor.value / raw.value,
+        "batched / design floor": batched.value / floor.value,
         "single / raw write": single.value / raw.value,
         "read+verify / raw read+verify": read.value / raw_read.value,
     }

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lmdb
-import msgpack
 import msgspec
 
 from registrygrid.crdt.change import read_header
@@ -69,7 +68,7 @@ from registrygrid.protocol.hlc import MAX_DRIFT_MS, Hlc, HybridClock, wall_clock
 from registrygrid.schemas import KindSchema, SchemaCatalog
 from registrygrid.storage import feed, records
 from registrygrid.storage.audit import AuditLedger
-from registrygrid.storage.store import Store, key, pack, u64, unpack
+from registrygrid.storage.store import SEP, Store, key, pack, u64, unpack
 
 # Changes parked while they wait for dependencies. Anti-entropy refetches
 # anything refused here, so the cap only bounds memory and disk a peer can
@@ -454,13 +453,13 @@ class Engine:
         body = env.body
         reg, rec = body.registry, body.record
         txn.put(env.cid, env.wire, db=db["changes"])
-        txn.put(key(reg, body.author, u64(body.seq)), env.cid, db=db["chains"])
+        txn.put(key(reg, body.author) + SEP + u64(body.seq), env.cid, db=db["chains"])
         batch.heads[(reg, body.author)] = self._chain_heads[(reg, body.author)] = (body.seq, env.cid)
         doc_key = key(reg, rec)
         stored = append_to_stored(txn.get(doc_key, db=db["docs"]), body.payload)
         txn.put(doc_key, stored if stored is not None else stored_doc(doc.save()), db=db["docs"])
         batch.docs[(reg, rec)] = doc
-        txn.put(key(reg, rec, body.change_hash), env.cid, db=db["am_hashes"])
+        txn.put(doc_key + SEP + body.change_hash, env.cid, db=db["am_hashes"])
         record = self._materialized(state, env, old)
         records.put_record(self.store, txn, old, record)
         self._batch_feed_seq += 1
@@ -669,8 +668,8 @@ def _checked_fields(fields: Any) -> dict[str, Any]:
         raise ValidationError("record fields must be a JSON object",
                               details=[{"path": "", "message": "not an object"}])
     try:
-        size = len(msgpack.packb(fields, use_bin_type=True))
-    except (TypeError, ValueError, OverflowError) as exc:
+        size = len(pack(fields))
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise ValidationError(f"record fields are not JSON values: {exc}") from None
     if size > limits.MAX_RECORD_BYTES:
         raise TooLarge(f"record fields take {size} bytes; the cap is {limits.MAX_RECORD_BYTES}")

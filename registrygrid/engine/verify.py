@@ -37,7 +37,7 @@ def verify_store(store: Store) -> VerifyReport:
     with store.read() as txn:
         for stored_id, wire in txn.cursor(db=store.db["changes"]):
             try:
-                env = open_envelope(wire)
+                open_envelope(wire)
             except RegistryError as exc:  # open_envelope raises nothing else, for any bytes
                 return VerifyReport(False, changes, chains, records, f"{exc.code}: {exc.message}",
                                     f"change {cid_to_str(stored_id)}")

@@ -22,8 +22,9 @@ def record_key(registry: str, record_id: str) -> bytes:
 def index_keys(record: dict[str, Any]) -> set[bytes]:
     """Every index entry a materialized record should have."""
     registry, record_id = record["registry"], record["id"]
-    keys = {b"k" + key(registry, record["kind"], record_id), b"o" + key(record["owner"], registry, record_id)}
-    keys.update(b"t" + key(tag, registry, record_id) for tag in record["tags"])
+    tail = f"\x00{registry}\x00{record_id}"
+    keys = {f"k{registry}\x00{record['kind']}\x00{record_id}".encode(), f"o{record['owner']}{tail}".encode()}
+    keys.update([f"t{tag}{tail}".encode() for tag in record["tags"]])
     return keys
 
 
@@ -112,7 +113,7 @@ def _matches(record: dict[str, Any], registry: str | None, kind: str | None, own
 
 
 def add_history(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, feed_seq: int, cid: bytes) -> None:
-    txn.put(key(registry, record_id, u64(feed_seq)), cid, db=store.db["history"])
+    txn.put(key(registry, record_id) + SEP + u64(feed_seq), cid, db=store.db["history"])
 
 
 def history(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> list[tuple[int, bytes]]:

@@ -87,7 +87,12 @@ def from_u64(data: bytes) -> int:
 
 
 def key(*parts: str | bytes) -> bytes:
-    return SEP.join([p.encode() if isinstance(p, str) else p for p in parts])
+    # Keys are built a dozen times per write: all-text keys (the common
+    # case) take one join and one encode; a bytes part falls back.
+    try:
+        return "\x00".join(parts).encode()  # type: ignore[arg-type]
+    except TypeError:
+        return SEP.join([p.encode() if isinstance(p, str) else p for p in parts])
 
 
 # msgspec's encoder writes the same msgpack as msgpack.packb(use_bin_type=True)
