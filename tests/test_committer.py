@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import pytest
 import trio
 
 from registrygrid.engine.ops import Put, WriteResult
 from registrygrid.errors import Unavailable
+from registrygrid.node import committer as committer_module
 from registrygrid.node.committer import GroupCommitter
 from registrygrid.sdk import LocalRegistry
 
@@ -63,3 +66,85 @@ async def test_writers_queued_when_the_committer_stops_hear_unavailable_instead_
     for result in acknowledged:
         assert grid.get("grid.tools", result.record_id)["fields"]["name"] == f"tool-{result.record_id[1:]}"
     assert grid.feed_head() >= len(acknowledged)
+
+
+async def test_other_threads_submit_directly_and_hear_back_on_the_writer_thread(tmp_path: Path) -> None:
+    # The HTTP bridge's path: a plain thread hands ops over with a callback,
+    # and trio writers' batches are shared with it.
+    grid = LocalRegistry.open_path(tmp_path)
+    committer = GroupCommitter(grid.engine)
+    answers: list[tuple[object, object]] = []
+    all_answered = threading.Event()
+
+    def done(outcomes, error, commit_s):
+        answers.append((outcomes[0] if outcomes else None, error))
+        assert commit_s > 0 and threading.current_thread() is not main_thread
+        if len(answers) == 50:
+            all_answered.set()
+
+    def submit_from_a_thread() -> None:
+        for i in range(50):
+            committer.submit_threadsafe([tool(i)], done)
+        assert all_answered.wait(30)
+
+    main_thread = threading.current_thread()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(committer.run)
+            nursery.start_soon(committer.submit, [tool(1000)])
+            await trio.to_thread.run_sync(submit_from_a_thread)
+            nursery.cancel_scope.cancel()
+    assert [error for _, error in answers] == [None] * 50
+    assert {result.record_id for result, _ in answers} == {f"t{i}" for i in range(50)}
+    assert grid.get("grid.tools", "t1000")["fields"]["name"] == "tool-1000"
+
+
+async def test_commit_hooks_run_in_trio_after_each_batch_and_a_failing_hook_harms_nothing(tmp_path: Path) -> None:
+    grid = LocalRegistry.open_path(tmp_path)
+    committer = GroupCommitter(grid.engine)
+    seen: list[int] = []
+
+    def broken_hook(committed) -> None:
+        raise RuntimeError("a hook with a bug")
+
+    def counting_hook(committed) -> None:
+        trio.lowlevel.current_task()  # raises unless called in trio
+        seen.extend(committed.feed_seqs)
+
+    committer.on_commit.extend([broken_hook, counting_hook])
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(committer.run)
+            for i in range(5):
+                await committer.submit([tool(i)])
+                # The trio callback that wakes a writer runs the batch's
+                # hooks too, so they are done by the time submit returns.
+                assert seen[-1] == i + 1
+            nursery.cancel_scope.cancel()
+    assert seen == [1, 2, 3, 4, 5]
+
+
+async def test_a_stopped_committer_refuses_new_writes_from_trio_and_from_threads(tmp_path: Path) -> None:
+    grid = LocalRegistry.open_path(tmp_path)
+    committer = GroupCommitter(grid.engine)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(committer.run)
+            nursery.cancel_scope.cancel()
+    with pytest.raises(Unavailable):
+        await committer.submit([tool(1)])
+    with pytest.raises(Unavailable):
+        committer.submit_threadsafe([tool(2)], lambda *_: None)
+    assert grid.feed_head() == 0
+
+
+async def test_a_full_queue_refuses_thread_submissions_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bounded memory: past MAX_QUEUED waiting submissions, other threads get
+    # Unavailable (HTTP 503) rather than a queue that grows without end.
+    monkeypatch.setattr(committer_module, "MAX_QUEUED", 3)
+    grid = LocalRegistry.open_path(tmp_path)
+    committer = GroupCommitter(grid.engine)  # not running: nothing drains the queue
+    for i in range(3):
+        committer.submit_threadsafe([tool(i)], lambda *_: None)
+    with pytest.raises(Unavailable, match="already queued"):
+        committer.submit_threadsafe([tool(3)], lambda *_: None)
