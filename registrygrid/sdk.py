@@ -145,6 +145,7 @@ class LocalRegistry:
     def close(self) -> None:
         with self.store.write() as txn:
             self.engine.audit.finish_batch(txn, self.engine.key, self.engine.now_ms(), force=True)
+        self.engine.close()
         self.store.close()
         if self.home is not None:
             self.home.unlock()

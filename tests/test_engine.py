@@ -746,6 +746,40 @@ def test_an_envelope_signed_by_another_key_than_its_author_is_rejected(tmp_path:
         b.close()
 
 
+def test_in_a_large_remote_batch_checked_on_several_threads_only_the_forged_changes_are_refused(
+        tmp_path: Path) -> None:
+    # Batches of PARALLEL_VERIFY_MIN_OPS+ remote changes have their
+    # signatures checked on a thread pool before they are applied; the
+    # verdicts must be exactly those of checking one by one.
+    from registrygrid.engine.engine import PARALLEL_VERIFY_MIN_OPS
+
+    a = open_store(tmp_path / "a")
+    b = open_store(tmp_path / "b")
+    try:
+        n = PARALLEL_VERIFY_MIN_OPS * 2
+        for i in range(n):
+            a.put(CLUSTERS, "cluster", cluster(f"c{i}"), id=f"c{i}")
+        wires = wires_in_feed_order(a)
+        forged_at = {5, 17, n - 1}  # chains break after a refusal, so forge the tail of one...
+        batch = []
+        for i, wire in enumerate(wires):
+            body, _signature = msgspec.msgpack.decode(wire)
+            batch.append(msgspec.msgpack.encode([body, KeyPair.generate().sign(body)]) if i in forged_at else wire)
+        results = b.execute([Remote(w, "mallory") for w in batch])
+        assert [type(r.error) for r in results if r.status == "rejected"][:1] == [SignatureInvalid]
+        assert results[5].status == "rejected" and isinstance(results[5].error, SignatureInvalid)
+        assert [r.status for r in results[:5]] == ["applied"] * 5
+        # ...and every change after the first forgery waits for the missing link, none is applied out of order.
+        assert all(r.status in ("pending", "rejected") for r in results[6:])
+        assert b.engine.metrics["rejected.signature_invalid"] == len(forged_at)
+        # The genuine changes complete the chain; nothing forged ever landed.
+        assert all(r.status in ("applied", "duplicate") for r in b.execute([Remote(w, "alice") for w in wires]))
+        assert b.state_digest() == a.state_digest()
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_remote_kind_definition_the_catalog_refuses_leaves_the_store_unchanged(grid: LocalRegistry) -> None:
     # A peer publishes a `kind` record that is valid against kind.v1.json but
     # that the catalog refuses (a new version of the built-in `asset`). The

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
@@ -170,6 +171,39 @@ def open_envelope(wire: bytes, *, verify: bool = True) -> Envelope:
             raise SignatureInvalid(f"author is not a did:key: {exc.message}") from None
         verify_signature(public_key, outer.body, outer.signature)
     return Envelope.of(body, wire)
+
+
+def signatures_hold(wires: Sequence[bytes]) -> list[bool]:
+    """For each wire: whether it decodes and carries its author's valid
+    signature over its body. True only when all of that holds; for anything
+    else False, and ``open_envelope(wire)`` says what is wrong. The Ed25519
+    check runs in libsodium with the GIL released, so a caller may check
+    slices of a batch on several threads at once (the engine does, for
+    remote changes: verification is a fifth of applying one)."""
+    out = []
+    for wire in wires:
+        try:
+            outer = _wire_decoder.decode(wire)
+            author = _author_decoder.decode(outer.body).author
+            verify_signature(public_key_from_did(author), outer.body, outer.signature)
+        except Exception:  # any failure is a "no"; open_envelope gives the typed reason
+            out.append(False)
+        else:
+            out.append(True)
+    return out
+
+
+class _Author(msgspec.Struct, array_like=True):
+    v: int
+    registry: str
+    record: str
+    op: str
+    kind: str
+    schema: int
+    author: str
+
+
+_author_decoder = msgspec.msgpack.Decoder(_Author)
 
 
 def _check_body(body: ChangeBody) -> None:
