@@ -69,7 +69,7 @@ from registrygrid.protocol.hlc import MAX_DRIFT_MS, Hlc, HybridClock, wall_clock
 from registrygrid.schemas import KindSchema, SchemaCatalog
 from registrygrid.storage import feed, records
 from registrygrid.storage.audit import AuditLedger
-from registrygrid.storage.store import SEP, Store, key, pack, u64, unpack
+from registrygrid.storage.store import SEP, Store, from_u64, key, pack, u64
 
 # Changes parked while they wait for dependencies. Anti-entropy refetches
 # anything refused here, so the cap only bounds memory and disk a peer can
@@ -122,8 +122,8 @@ def _content(record: Mapping[str, Any]) -> list[Any]:
 class _Batch:
     docs: dict[tuple[str, str], RecordDoc] = field(default_factory=dict)
     committed: Committed = field(default_factory=Committed)
-    # (registry, author) -> (seq, cid): chain heads moved by this batch,
-    # written once at its end rather than once per change.
+    # (registry, author) -> (seq, cid): chain heads moved by this batch; they
+    # survive the cache reset that follows a refused op (see _head).
     heads: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
 
 
@@ -174,9 +174,6 @@ class Engine:
             with self.store.write() as txn:
                 for op in ops:
                     outcomes.append(self._run_one(txn, batch, op))
-                heads_db = self.store.db["heads"]
-                for (reg, author), head in batch.heads.items():
-                    txn.put(key(reg, author), pack(list(head)), db=heads_db)
                 self.store.put_meta(txn, "hlc", list(self.clock.last))
                 self.audit.finish_batch(txn, self.key, self.now_ms())
         except BaseException:
@@ -396,10 +393,10 @@ class Engine:
             raise PolicyDenied("the Automerge change was made under another author's actor id")
         if sorted(header.deps) != sorted(body.deps):
             raise MalformedInput("the envelope's deps differ from its change's deps")
-        am_hashes = self.store.db["am_hashes"]
-        if txn.get(key(body.registry, body.record, body.change_hash), db=am_hashes) is not None:
+        docs, record_key = self.store.db["docs"], key(body.registry, body.record)
+        if txn.get(records.am_hash_key(record_key, body.change_hash), db=docs) is not None:
             raise MalformedInput("this Automerge change was already applied under another envelope")
-        if any(txn.get(key(body.registry, body.record, dep), db=am_hashes) is None for dep in body.deps):
+        if any(txn.get(records.am_hash_key(record_key, dep), db=docs) is None for dep in body.deps):
             return self._park(txn, env, b"r" + key(body.registry, body.record, env.cid))
         old = records.get_record(self.store, txn, body.registry, body.record)
         stored = txn.get(key(body.registry, body.record), db=self.store.db["docs"])
@@ -495,7 +492,7 @@ class Engine:
         stored = append_to_stored(txn.get(doc_key, db=db["docs"]), body.payload)
         txn.put(doc_key, stored if stored is not None else stored_doc(doc.save()), db=db["docs"])
         batch.docs[(reg, rec)] = doc
-        txn.put(doc_key + SEP + body.change_hash, env.cid, db=db["am_hashes"])
+        txn.put(records.am_hash_key(doc_key, body.change_hash), env.cid, db=db["docs"])
         record = self._materialized(state, env, old)
         records.put_record(self.store, txn, old, record)
         self._batch_feed_seq += 1
@@ -555,10 +552,9 @@ class Engine:
         cached = self._chain_heads.get((registry, author))
         if cached is not None:
             return cached
-        raw = txn.get(key(registry, author), db=self.store.db["heads"])
-        head = (0, b"") if raw is None else tuple(unpack(raw))
-        self._chain_heads[(registry, author)] = head  # type: ignore[assignment]
-        return head  # type: ignore[return-value]
+        head = chain_head(self.store, txn, registry, author)
+        self._chain_heads[(registry, author)] = head
+        return head
 
     def _registry(self, txn: lmdb.Transaction, name: str) -> regs.RegistryDescriptor:
         # Writer thread only: readers use regs.lookup, which caches nothing.
@@ -630,13 +626,23 @@ class Engine:
     # ------------------------------------------------------------ replication reads
 
     def version_vector(self, registry: str | None = None) -> dict[str, dict[str, int]]:
-        """registry -> author -> highest contiguous sequence held here."""
+        """registry -> author -> highest contiguous sequence held here: the
+        last link of each chain (a skip-scan, one seek per chain)."""
         out: dict[str, dict[str, int]] = {}
         with self.store.read() as txn:
-            prefix = b"" if registry is None else registry.encode() + b"\x00"
-            for k, v in self.store.iter_prefix(txn, "heads", prefix):
-                reg, author = k.split(b"\x00", 1)
-                out.setdefault(reg.decode(), {})[author.decode()] = unpack(v)[0]
+            prefix = b"" if registry is None else registry.encode() + SEP
+            cursor = txn.cursor(db=self.store.db["chains"])
+            found = cursor.set_range(prefix)
+            while found:
+                chain = cursor.key()[:-9]  # registry \0 author, without \0 seq
+                if not chain.startswith(prefix):
+                    break
+                found = cursor.set_range(chain + _PAST_ANY_SEQ)
+                last = cursor.prev() if found else cursor.last()
+                assert last, "a chain seen a moment ago has a last link"
+                reg, author = chain.split(SEP, 1)
+                out.setdefault(reg.decode(), {})[author.decode()] = from_u64(cursor.key()[-8:])
+                found = cursor.set_range(chain + _PAST_ANY_SEQ)
         return out
 
     def replicated_vector(self, registries: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
@@ -676,6 +682,26 @@ class Engine:
                 if len(out) >= limit:
                     break
         return out
+
+
+# Sorts after "\0" + any 8-byte sequence of a chain's keys, before the next chain.
+_PAST_ANY_SEQ = SEP + b"\xff" * 9
+
+
+def chain_head(store: Store, txn: lmdb.Transaction, registry: str, author: str) -> tuple[int, bytes]:
+    """(seq, change id) of the author's last change in ``registry``, or (0, b"")."""
+    cursor = txn.cursor(db=store.db["chains"])
+    chain = key(registry, author)
+    if cursor.set_range(chain + _PAST_ANY_SEQ):
+        found = cursor.prev()
+    else:
+        found = cursor.last()
+    if not found:
+        return (0, b"")
+    last = cursor.key()
+    if len(last) != len(chain) + 9 or not last.startswith(chain + SEP):
+        return (0, b"")
+    return (from_u64(last[-8:]), cursor.value())
 
 
 def _state_of(old: Mapping[str, Any], *, schema: int | None = None, fields: Mapping[str, Any] | None = None,

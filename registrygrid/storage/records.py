@@ -112,10 +112,20 @@ def _matches(record: dict[str, Any], registry: str | None, kind: str | None, own
     )
 
 
+# A record's history and Automerge hashes are kept beside its document in
+# "docs" (store.py explains why): registry \0 record \0 'h' feedseq, and
+# registry \0 record \0 'a' hash.
+_HISTORY, _AM_HASH = SEP + b"h", SEP + b"a"
+
+
+def am_hash_key(record_key: bytes, automerge_hash: bytes) -> bytes:
+    return record_key + _AM_HASH + automerge_hash
+
+
 def add_history(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, feed_seq: int, cid: bytes) -> None:
-    txn.put(key(registry, record_id) + SEP + u64(feed_seq), cid, db=store.db["history"])
+    txn.put(key(registry, record_id) + _HISTORY + u64(feed_seq), cid, db=store.db["docs"])
 
 
 def history(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> list[tuple[int, bytes]]:
-    prefix = key(registry, record_id) + SEP
-    return [(from_u64(k[len(prefix):]), v) for k, v in store.iter_prefix(txn, "history", prefix)]
+    prefix = key(registry, record_id) + _HISTORY
+    return [(from_u64(k[len(prefix):]), v) for k, v in store.iter_prefix(txn, "docs", prefix)]
