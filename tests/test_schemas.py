@@ -988,20 +988,28 @@ def test_values_nested_deeper_than_the_fast_path_takes_get_jsonschemas_verdict(c
     assert err.details
 
 
-def test_user_kind_regex_and_multiple_of_keep_jsonschemas_semantics():
+def test_user_kind_regexes_are_re2s_and_multiple_of_keeps_jsonschemas_semantics():
+    import re2
     from jsonschema import Draft202012Validator
 
     catalog = SchemaCatalog()
+    code, named = r"^[a-z]+\s?\d$", "^(?P<word>[a-z]+)$"
     catalog.register(user_kind("meter", schema={
         "type": "object",
-        "properties": {"code": {"type": "string", "pattern": r"^[a-z]+\s?\d$"}, "step": {"multipleOf": 0.1},
-                       "named": {"pattern": "^(?P<word>[a-z]+)$"}},
+        "properties": {"code": {"type": "string", "pattern": code}, "step": {"multipleOf": 0.1},
+                       "named": {"pattern": named}},
     }))
     assert catalog.validator("meter", 1).engine == "jsonschema-rs"
-    for fields in ({"code": "ab\x1c1"}, {"code": "ab1\n"}, {"code": "ab\u0661"}, {"step": 0.3}, {"step": 0.5},
-                   {"step": 2**70}, {"named": "abc\n"}, {"named": "ABC"}):
-        reference = Draft202012Validator(catalog.get("meter").schema, format_checker=FORMAT_CHECKER)
-        assert _rejected(catalog, "meter", 1, fields) == (not reference.is_valid(fields)), fields
+    # RE2's dialect, on both engines: no \x1c in \s, ASCII \d, "$" only at the end.
+    for value in ("ab\x1c1", "ab1\n", "ab\u0661", "ab 1", "ab1"):
+        expected = re2.search(code, value) is not None
+        for extra in ({}, {"big": 2**60}):  # the second goes to jsonschema alone
+            assert _rejected(catalog, "meter", 1, {"code": value, **extra}) == (not expected), (value, extra)
+    for value in ("abc\n", "ABC", "abc"):
+        assert _rejected(catalog, "meter", 1, {"named": value}) == (re2.search(named, value) is None), value
+    reference = Draft202012Validator({"properties": {"step": {"multipleOf": 0.1}}})
+    for step in (0.3, 0.5, 2**70):
+        assert _rejected(catalog, "meter", 1, {"step": step}) == (not reference.is_valid({"step": step})), step
 
 
 def test_integers_past_2_53_get_jsonschemas_exact_comparisons():
@@ -1020,15 +1028,17 @@ def test_integers_past_2_53_get_jsonschemas_exact_comparisons():
     assert [d["path"] for d in violation_of(catalog, "big-const", 1, {"c": 2**63 + 1}).details] == ["/c"]
 
 
-def test_a_kind_with_pattern_properties_is_judged_by_jsonschema():
-    # Its keys are regexes jsonschema-rs would run in its own dialect.
+def test_user_kinds_name_their_keys_with_property_names_on_re2():
+    # patternProperties is refused in user kinds (its keys would meet Python's
+    # backtracking re); propertyNames with a pattern says the same, on RE2.
     catalog = SchemaCatalog()
     catalog.register(user_kind("labels", schema={
-        "type": "object", "patternProperties": {"^[a-z]+$": {"type": "integer"}}, "additionalProperties": False,
+        "type": "object", "propertyNames": {"pattern": "^[a-z]+$"}, "additionalProperties": {"type": "integer"},
     }))
-    assert catalog.validator("labels", 1).engine == "jsonschema"
-    catalog.validate("labels", 1, {"abc\n": 1})  # `$` before a final newline, as re has it
-    assert [d["path"] for d in violation_of(catalog, "labels", 1, {"abc": "x", "A": 1}).details] == ["", "/abc"]
+    assert catalog.validator("labels", 1).engine == "jsonschema-rs"
+    catalog.validate("labels", 1, {"abc": 1})
+    assert _rejected(catalog, "labels", 1, {"abc\n": 1})
+    assert [d["validator"] for d in violation_of(catalog, "labels", 1, {"abc": "x"}).details] == ["type"]
 
 
 def test_one_engine_decides_and_jsonschema_only_explains():
@@ -1129,3 +1139,45 @@ def test_builtin_schema_files_are_named_kind_dot_version():
     names = sorted(p.name for p in folder.glob("*.json"))
     assert all(re.fullmatch(r"[a-z][a-z0-9-]*\.v[1-9][0-9]*\.json", n) for n in names)
     assert len(names) == len(EXAMPLES)
+
+
+# ---------------------------------------------------------------- user kinds' regexes (ReDoS)
+
+CATASTROPHIC = {"type": "object", "properties": {"slug": {"type": "string", "pattern": "^(a+)+$"}}}
+
+
+def test_a_user_kinds_pattern_runs_in_linear_time_on_every_path():
+    # ^(a+)+$ against a's and a final b backtracks for ever in Python's re;
+    # a user kind is anyone's, so its patterns run on RE2.
+    catalog = SchemaCatalog()
+    catalog.register(user_kind("slugged", schema=CATASTROPHIC))
+    evil = {"slug": "a" * 5000 + "b"}
+    err = violation_of(catalog, "slugged", 1, evil)  # jsonschema-rs decides, jsonschema reports
+    assert [(d["path"], d["validator"]) for d in err.details] == [("/slug", "pattern")]
+    # A value jsonschema-rs cannot read as jsonschema does (an integer past
+    # 2**53) goes to jsonschema alone: RE2 there too.
+    err = violation_of(catalog, "slugged", 1, {**evil, "big": 2**60})
+    assert [(d["path"], d["validator"]) for d in err.details] == [("/slug", "pattern")]
+    catalog.validate("slugged", 1, {"slug": "aaaa"})
+
+
+def test_user_kind_patterns_follow_json_schemas_dialect_not_pythons():
+    # ECMA-262, like RE2: "$" ends the text (Python's also matches before a final newline).
+    catalog = SchemaCatalog()
+    catalog.register(user_kind("tagged", schema={"properties": {"t": {"pattern": "^[a-z]+$"}}}))
+    catalog.validate("tagged", 1, {"t": "abc"})
+    violation_of(catalog, "tagged", 1, {"t": "abc\n"})
+
+
+@pytest.mark.parametrize(("schema", "reason"), [
+    ({"properties": {"x": {"pattern": "(a)\\1"}}}, "cannot run in linear time"),
+    ({"properties": {"x": {"pattern": "^(?=a)"}}}, "cannot run in linear time"),
+    ({"$defs": {"d": {"pattern": "(?<!x)y"}}}, "cannot run in linear time"),
+    ({"patternProperties": {"^x-": {"type": "string"}}}, "propertyNames"),
+])
+def test_user_kinds_whose_regexes_could_backtrack_are_refused(schema, reason):
+    catalog = SchemaCatalog()
+    with pytest.raises(ValidationError, match=reason):
+        catalog.register(user_kind(schema={"type": "object", **schema}))
+    with pytest.raises(UnknownKind):
+        catalog.get("eval-result")

@@ -60,6 +60,7 @@ from urllib.parse import urljoin
 
 import jsonschema
 import jsonschema_rs
+import re2
 import referencing
 import referencing.exceptions
 from jsonschema import Draft202012Validator
@@ -614,6 +615,64 @@ class _Pattern:
             raise ValueError(f"{instance[:MAX_ERROR_MESSAGE_CHARS]!r} does not match {self._pattern!r}")
 
 
+# ---- user kinds: regular expressions in linear time
+#
+# A user kind comes from anyone in the federation (a ``grid.kinds`` record),
+# and its schema's ``pattern`` runs on every record of that kind on every
+# node, on the one writer thread. Python's ``re`` backtracks: ``^(a+)+$``
+# against 40 a's and a b never ends, and a peer could freeze every node's
+# writes with one kind and one record. So user kinds' patterns run on RE2
+# (google-re2), which matches in time linear in the input and refuses the
+# constructs that cannot (backreferences, lookaround) when the kind is
+# registered. RE2's dialect is also closer to JSON Schema's ECMA-262 one
+# (``$`` ends the text; ``\d`` is ASCII). ``patternProperties`` is refused
+# in user kinds: jsonschema matches its keys with ``re`` inside keywords
+# this module does not own (additionalProperties, unevaluatedProperties);
+# ``propertyNames: {"pattern": ...}`` says the same on RE2. Built-in kinds
+# ship with the software and keep Python's dialect (every built-in pattern
+# also compiles under RE2, so a user kind may $ref them).
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is our ValidationError, not a line on stderr
+
+
+@functools.lru_cache(maxsize=4096)
+def _re2(pattern: str) -> Any:
+    return re2.compile(pattern, _RE2_OPTIONS)
+
+
+def check_linear_pattern(pattern: str) -> str | None:
+    """Why ``pattern`` cannot run in linear time (RE2 refuses it), or None."""
+    try:
+        _re2(pattern)
+    except re2.error as exc:
+        return str(exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc)
+    return None
+
+
+class _LinearPattern:
+    """``pattern`` on RE2, as jsonschema-rs calls a custom keyword (user kinds)."""
+
+    __slots__ = ("_pattern", "_search")
+
+    def __init__(self, parent_schema: Any, value: Any, schema_path: Any) -> None:
+        self._pattern = value
+        self._search = _re2(value).search
+
+    def validate(self, instance: Any) -> None:
+        if isinstance(instance, str) and self._search(instance) is None:
+            raise ValueError(f"{instance[:MAX_ERROR_MESSAGE_CHARS]!r} does not match {self._pattern!r}")
+
+
+def _linear_pattern_keyword(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    """``pattern`` on RE2, as jsonschema calls a keyword (user kinds)."""
+    if validator.is_type(instance, "string") and _re2(pattern).search(instance) is None:
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_UserKindValidator = jsonschema.validators.extend(Draft202012Validator, {"pattern": _linear_pattern_keyword})
+
+
 _PY_MULTIPLE_OF = Draft202012Validator.VALIDATORS["multipleOf"]
 _PY_TYPES = Draft202012Validator({})
 
@@ -636,6 +695,7 @@ class _MultipleOf:
 
 
 _RUST_KEYWORDS = {"pattern": _Pattern, "multipleOf": _MultipleOf}
+_RUST_USER_KEYWORDS = {"pattern": _LinearPattern, "multipleOf": _MultipleOf}
 
 
 def _refuse_retrieval(uri: str) -> Any:
@@ -653,7 +713,7 @@ def _rust_registry() -> jsonschema_rs.Registry:
     )
 
 
-def _compile_rust(schema: dict[str, Any]) -> jsonschema_rs.Validator | None:
+def _compile_rust(schema: dict[str, Any], keywords: dict[str, Any] = _RUST_KEYWORDS) -> jsonschema_rs.Validator | None:
     """A jsonschema-rs validator judging ``schema`` as jsonschema does, or None if it cannot.
 
     ``offline=True``: a ``$ref`` outside the registry fails to compile
@@ -670,7 +730,7 @@ def _compile_rust(schema: dict[str, Any]) -> jsonschema_rs.Validator | None:
             formats=_rust_formats(schema),
             validate_formats=True,
             ignore_unknown_formats=True,
-            keywords=_RUST_KEYWORDS,
+            keywords=keywords,
             registry=_rust_registry(),
             offline=True,
         )
@@ -905,6 +965,7 @@ class SchemaCatalog:
                           "validator": str(exc.validator)}],
             ) from None
         self._check_references(schema)
+        self._check_patterns(schema)
 
         definition = KindSchema(
             name=kind.name,
@@ -927,6 +988,24 @@ class SchemaCatalog:
             table = {name: dict(versions) for name, versions in self._kinds.items()}
             table.setdefault(kind.name, {})[kind.version] = definition
             self._kinds = table
+
+    @staticmethod
+    def _check_patterns(schema: dict[str, Any]) -> None:
+        """User kinds' regexes must run in linear time (see _LinearPattern)."""
+        for node, _ in _schema_objects(schema):
+            if "patternProperties" in node:
+                raise ValidationError(
+                    "patternProperties is not available in user kinds: its keys are matched with Python's "
+                    "backtracking regex engine; use propertyNames with a pattern instead",
+                    details=[{"path": "patternProperties", "message": "not available in user kinds"}])
+            pattern = node.get("pattern")
+            if isinstance(pattern, str):
+                why = check_linear_pattern(pattern)
+                if why is not None:
+                    raise ValidationError(
+                        f"pattern {pattern[:200]!r} cannot run in linear time ({why}); user kinds' patterns are "
+                        "RE2 regular expressions: no backreferences or lookaround",
+                        details=[{"path": "pattern", "message": why}])
 
     @staticmethod
     def _check_references(schema: dict[str, Any]) -> None:
@@ -959,9 +1038,13 @@ class SchemaCatalog:
             return cached
         kind = self.get(name, version)
         schema = _inline_local_refs(copy.deepcopy(dict(kind.schema)))
+        if kind.builtin:
+            python_class, keywords = Draft202012Validator, _RUST_KEYWORDS
+        else:
+            python_class, keywords = _UserKindValidator, _RUST_USER_KEYWORDS
         compiled = CompiledKind(
-            Draft202012Validator(schema, registry=_reference_registry(), format_checker=FORMAT_CHECKER),
-            _compile_rust(schema),
+            python_class(schema, registry=_reference_registry(), format_checker=FORMAT_CHECKER),
+            _compile_rust(schema, keywords),
         )
         # setdefault: if two threads compile at once, both use the first one.
         return self._validators.setdefault(key, compiled)
