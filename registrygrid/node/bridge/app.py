@@ -617,7 +617,15 @@ class Api:
 
     def routes(self) -> list[web.RouteDef]:
         rec = "/v1/registries/{registry}/records"
+        # aiohttp tries the routes under one path prefix in registration
+        # order, one regex each: the record routes, the hottest, go first.
         return [
+            web.get(rec + "/{id}", self.get_record),
+            web.put(rec + "/{id}", self.replace_record),
+            web.patch(rec + "/{id}", self.patch_record),
+            web.delete(rec + "/{id}", self.delete_record),
+            web.get(rec, self.list_records),
+            web.post(rec, self.create_record),
             web.get("/v1/health/live", self.live),
             web.get("/v1/health/ready", self.ready),
             web.get("/metrics", self.metrics_text),
@@ -627,12 +635,6 @@ class Api:
             web.get("/v1/registries", self.list_registries),
             web.post("/v1/registries", self.create_registry),
             web.get("/v1/registries/{registry}", self.describe_registry),
-            web.get(rec, self.list_records),
-            web.post(rec, self.create_record),
-            web.get(rec + "/{id}", self.get_record),
-            web.put(rec + "/{id}", self.replace_record),
-            web.patch(rec + "/{id}", self.patch_record),
-            web.delete(rec + "/{id}", self.delete_record),
             web.get(rec + "/{id}/history", self.record_history),
             web.get("/v1/records", self.list_records),
             web.get("/v1/changes", self.changes),
