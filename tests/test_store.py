@@ -59,3 +59,56 @@ def test_history_and_automerge_hashes_sit_beside_the_document(tmp_path: Path) ->
         assert sorted(k[len(key("grid.tools", "ocr")) + 1:][:1] for k in entries[1:]) == [b"a", b"a", b"h", b"h"]
     finally:
         grid.close()
+
+
+def test_growing_the_map_waits_for_open_reads_and_holds_new_ones_back(tmp_path: Path) -> None:
+    # LMDB's set_mapsize needs no transaction open in the process: grow()
+    # waits for the open read, and a read begun meanwhile waits for grow().
+    import threading
+    import time
+
+    store = Store(tmp_path, map_size=2**20)
+    events: list[str] = []
+    reading = threading.Event()
+
+    def long_read() -> None:
+        with store.read() as txn:
+            reading.set()
+            time.sleep(0.3)
+            txn.get(b"format", db=store.db["meta"])
+            events.append("first read done")
+
+    def late_read() -> None:
+        time.sleep(0.1)  # starts while grow() waits
+        with store.read() as txn:
+            txn.get(b"format", db=store.db["meta"])
+            events.append("late read done")
+
+    readers = [threading.Thread(target=long_read), threading.Thread(target=late_read)]
+    readers[0].start()
+    reading.wait(5)
+    readers[1].start()
+    new_size = store.grow()
+    events.append("grown")
+    for thread in readers:
+        thread.join(5)
+    assert new_size == 2**21 == store.env.info()["map_size"]
+    assert events == ["first read done", "grown", "late read done"]
+    store.close()
+
+
+def test_a_read_left_open_makes_grow_give_up_with_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from registrygrid.errors import Unavailable
+    from registrygrid.storage import store as store_module
+
+    monkeypatch.setattr(store_module, "GROW_WAIT_S", 0.2)
+    store = Store(tmp_path, map_size=2**20)
+    stuck = store.read()
+    stuck.__enter__()  # an abandoned iterator's transaction
+    with pytest.raises(Unavailable, match="retry"):
+        store.grow()
+    stuck.__exit__(None, None, None)
+    assert store.grow() == 2**21  # and once it is gone, growing works
+    with store.read() as txn:  # readers were never locked out for good
+        assert txn.get(b"format", db=store.db["meta"]) is not None
+    store.close()

@@ -31,6 +31,7 @@ are 8-byte big-endian so byte order is numeric order):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ from typing import Any
 import lmdb
 import msgspec
 
-from registrygrid.errors import IntegrityError
+from registrygrid.errors import IntegrityError, Unavailable
 
 SUBDATABASES = (
     "meta",
@@ -112,6 +113,97 @@ pack = _encoder.encode
 unpack = msgspec.msgpack.decode
 
 
+# How long grow() waits for open read transactions to finish: reads take
+# microseconds to milliseconds; a reader still open after this is stuck.
+GROW_WAIT_S = 10.0
+
+
+class _ReaderGate:
+    """Many readers at once, or one map resize with no reader: LMDB's rule
+    for ``set_mapsize``. Readers never wait on each other or on the writer;
+    they wait only while a resize is under way (a rare event).
+
+    Reads are the bridge's hot path, so a reader takes no lock: it appends
+    to a deque (atomic in CPython), then looks at the resize flag; a resize
+    sets the flag, then waits for the deque to empty. Whatever the
+    interleaving, either the resize sees the reader's entry and waits, or
+    the reader sees the flag, takes its entry back and waits."""
+
+    __slots__ = ("_open", "_resizing", "_cond")
+
+    def __init__(self) -> None:
+        self._open: collections.deque[None] = collections.deque()
+        self._resizing = False
+        self._cond = threading.Condition(threading.Lock())
+
+    def enter(self) -> None:
+        while True:
+            self._open.append(None)
+            if not self._resizing:
+                return
+            self._open.pop()
+            with self._cond:
+                self._cond.notify_all()  # the resize may be waiting for this entry to go
+                while self._resizing:
+                    self._cond.wait()
+
+    def leave(self) -> None:
+        self._open.pop()
+        if self._resizing:
+            with self._cond:
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self, timeout: float) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:  # another resize first
+                self._cond.wait()
+            self._resizing = True
+            try:
+                if not self._cond.wait_for(lambda: not self._open, timeout):
+                    raise Unavailable(f"the store's map must grow, but a read has been open for {timeout:.0f} s; "
+                                      "retry shortly")
+                yield
+            finally:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class _ReadTxn:
+    """``with store.read() as txn``: an LMDB read transaction inside the gate."""
+
+    __slots__ = ("_store", "_txn")
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._txn: lmdb.Transaction | None = None
+
+    def __enter__(self) -> lmdb.Transaction:
+        store = self._store
+        for attempt in range(2):
+            store._gate.enter()
+            try:
+                self._txn = store.env.begin(write=False, buffers=False)
+                return self._txn
+            except lmdb.MapResizedError:
+                store._gate.leave()
+                if attempt:
+                    raise
+                store._adopt_resized_map()
+            except BaseException:
+                store._gate.leave()
+                raise
+        raise AssertionError("unreachable")
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._txn is not None:
+                self._txn.abort()  # a read transaction has nothing to commit
+        finally:
+            self._txn = None
+            self._store._gate.leave()
+
+
 class StoreFormatError(IntegrityError):
     """The store was written by a version with another key layout."""
 
@@ -148,7 +240,7 @@ class Store:
                 # A read-only open of a store written by an older version
                 # lacks the newer sub-databases; they are empty by definition.
                 continue
-        self._grow_lock = threading.Lock()
+        self._gate = _ReaderGate()
         with self.env.begin(write=not readonly) as txn:
             fmt = txn.get(b"format", db=self.db["meta"]) if "meta" in self.db else None
             if fmt is None and not readonly:
@@ -165,8 +257,15 @@ class Store:
 
     # ---- transactions ----
 
-    def read(self) -> lmdb.Transaction:
-        return self.env.begin(write=False, buffers=False)
+    def read(self) -> _ReadTxn:
+        """A read transaction, as a context manager (``with store.read() as txn``).
+
+        Every read goes through the store's gate so that ``grow()`` can wait
+        until no read transaction is open in this process, as LMDB requires
+        of ``set_mapsize``; the gate costs two uncontended lock operations.
+        A map grown by another process (a node, seen from a CLI) is adopted
+        here on the next read."""
+        return _ReadTxn(self)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[lmdb.Transaction]:
@@ -183,12 +282,21 @@ class Store:
             txn.commit()
 
     def grow(self) -> int:
-        """Double the map (called after MDB_MAP_FULL). Must run with no
-        transaction open in this process, which the single writer ensures."""
-        with self._grow_lock:
+        """Double the map (called after MDB_MAP_FULL, with the write
+        transaction aborted). LMDB requires that no transaction be open in
+        this process meanwhile: the single writer holds none, and the gate
+        holds new readers back and waits for open ones to finish. A reader
+        that never finishes (an abandoned iterator) makes this raise
+        Unavailable after GROW_WAIT_S rather than hang the writer; the
+        batch is answered with it and the next one tries again."""
+        with self._gate.exclusive(GROW_WAIT_S):
             new_size = self.env.info()["map_size"] * 2
             self.env.set_mapsize(new_size)
             return new_size
+
+    def _adopt_resized_map(self) -> None:
+        with self._gate.exclusive(GROW_WAIT_S):
+            self.env.set_mapsize(0)  # 0: take the size another process gave the map
 
     # ---- small typed helpers ----
 
