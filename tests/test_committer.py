@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,39 @@ async def test_a_full_queue_refuses_thread_submissions_at_once(tmp_path: Path, m
         committer.submit_threadsafe([tool(i)], lambda *_: None)
     with pytest.raises(Unavailable, match="already queued"):
         committer.submit_threadsafe([tool(3)], lambda *_: None)
+
+
+async def test_closed_is_set_only_after_the_batch_being_written_has_finished(tmp_path: Path) -> None:
+    # The bridge's last audit notes go straight to the engine once `closed`
+    # is set: it must never be set while the writer thread still runs a batch.
+    grid = LocalRegistry.open_path(tmp_path)
+    committer = GroupCommitter(grid.engine)
+    order: list[str] = []
+    started = threading.Event()
+    real_execute = grid.engine.execute
+
+    def slow_execute(ops):
+        started.set()
+        time.sleep(0.3)  # cancellation arrives while this batch is being written
+        outcomes = real_execute(ops)
+        order.append("batch committed")
+        return outcomes
+
+    grid.engine.execute = slow_execute  # type: ignore[method-assign]
+
+    async def watch_closed() -> None:
+        await committer.closed.wait()
+        order.append("closed")
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as outer:
+            outer.start_soon(watch_closed)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(committer.run)
+                committer.submit_threadsafe([tool(1)], lambda *_: order.append("answered"))
+                await trio.to_thread.run_sync(started.wait)
+                nursery.cancel_scope.cancel()
+    assert order == ["batch committed", "answered", "closed"]
+    with pytest.raises(Unavailable):
+        committer.submit_threadsafe([tool(2)], lambda *_: None)
+    assert grid.get("grid.tools", "t1")["fields"]["name"] == "tool-1"

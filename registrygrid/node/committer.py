@@ -84,6 +84,9 @@ class GroupCommitter:
         self._token: trio.lowlevel.TrioToken | None = None
         self._trio_slots = trio.Semaphore(MAX_QUEUED)
         self._committed: list[Committed] = []  # filled by the engine, on the writer thread
+        # Set once the writer thread has exited and every queued write was
+        # answered: from then on the engine is free for a direct call.
+        self.closed = trio.Event()
 
     # ------------------------------------------------------------ submitting
 
@@ -138,6 +141,7 @@ class GroupCommitter:
                 submission.error = error
                 self._answer_threadsafe(submission, 0.0)
             self._answer_trio([s for s in leftover if s.finished is not None], [])
+            self.closed.set()
 
     async def _stop_when_cancelled(self) -> None:
         try:
@@ -170,12 +174,23 @@ class GroupCommitter:
         started = time.perf_counter()
         try:
             outcomes = self.engine.execute(ops)
-        except Exception as exc:
+        except BaseException as exc:
             # A storage failure: every writer in the batch hears it, none
-            # waits forever, and the next batch tries again.
+            # waits forever, and the next batch tries again. Anything worse
+            # than an Exception still answers the batch, then ends the loop.
             log.exception("a batch of %d ops failed", len(ops))
             for submission in batch:
-                submission.error = exc
+                submission.error = exc if isinstance(exc, Exception) else Unavailable(
+                    "the node's writer stopped while this write was being committed; its outcome is unknown")
+            if not isinstance(exc, Exception):
+                for submission in batch:
+                    self._answer_threadsafe(submission, 0.0)
+                assert self._token is not None
+                try:
+                    self._token.run_sync_soon(self._answer_trio, [s for s in batch if s.finished is not None], [])
+                except trio.RunFinishedError:
+                    pass
+                raise
         else:
             self.batches += 1
             self.ops += len(ops)

@@ -223,22 +223,24 @@ class Bridge:
     async def _final_audit_flush(self, node: Any, audit: AuditBuffer) -> None:
         """The last notes, once no request can add more.
 
-        The committer is normally cancelled together with us. A cancelled
-        committer finishes the batch it is running, takes nothing new, and
-        answers every queued submission with Unavailable once it is closed;
-        from then on it runs no batch, so the engine is ours to call directly
-        (the engine is single-writer: never call it beside a live committer)."""
+        The committer is normally cancelled together with us. A stopping
+        committer finishes the batch it is running and takes nothing new
+        (Unavailable); once its writer thread has exited it sets ``closed``,
+        and from then on the engine is ours to call directly (the engine is
+        single-writer: never call it beside a live writer thread)."""
         notes = audit.take(len(audit))
         if not notes:
             return
-        try:
-            # 10 s: far above the longest batch (2,000 ops, ~120 ms) the committer may still be finishing.
-            with trio.move_on_after(10.0):
+        # 10 s: far above the longest batch (2,000 ops, ~120 ms) the committer may still be finishing.
+        with trio.move_on_after(10.0):
+            try:
                 await node.submit(notes)
                 return
-            log.error("the committer neither took nor refused the last %d audit notes; they are lost", len(notes))
-        except Unavailable:
-            node.engine.execute(notes)
+            except Unavailable:
+                await node.committer.closed.wait()
+                node.engine.execute(notes)
+                return
+        log.error("the committer neither took nor refused the last %d audit notes; they are lost", len(notes))
 
     def _publish_cli_token(self, node: Any, path: Path) -> None:
         # Tokens of a previous run that died without cleaning up are revoked:
