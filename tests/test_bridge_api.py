@@ -286,6 +286,9 @@ async def test_metrics_count_routes_by_template(served: Served) -> None:
         assert 'route="/v1/registries/{registry}/records/{id}",status="200"' in text
         assert 'rgrid_http_errors_total{code="not_found",route="/v1/registries/{registry}/records/{id}"}' in text
         assert "rgrid_bridge_crossing_seconds_count" in text and "rgrid_feed_head" in text
+        latency = 'rgrid_http_request_duration_seconds_count{method="GET",route="/v1/registries/{registry}/records/{id}"}'
+        assert f"{latency} 2.0" in text  # the 200 and the 404
+        assert 'rgrid_http_request_duration_seconds_bucket{le="+Inf",method="POST"' in text
         assert "rgrid_store_bytes" in text and 'rgrid_engine_rejections_total{reason="already_exists"}' not in text
         assert "/records/m1" not in text  # raw paths never become labels
 

@@ -108,6 +108,7 @@ async def test_websocket_client_resumes_with_since_and_misses_nothing(served: Se
         await _write(served, 4, "w")
         received: list[dict] = []
         async with open_websocket_url(f"{ws_url}?since={start}", extra_headers=headers) as ws:
+            assert dict((k.lower(), v) for k, v in ws.handshake_headers).get(b"x-trace-id")
             for _ in range(2):
                 received.append(json.loads(await ws.get_message()))
         await _write(served, 3, "x")

@@ -52,7 +52,15 @@ from registrygrid.node.bridge.errors import (
     error_body,
 )
 from registrygrid.node.bridge.metrics import BridgeMetrics
-from registrygrid.node.bridge.streaming import MAX_WAIT_S, FeedHub, FeedReader, long_poll, serve_sse, serve_websocket
+from registrygrid.node.bridge.streaming import (
+    MAX_WAIT_S,
+    TRACE_ID,
+    FeedHub,
+    FeedReader,
+    long_poll,
+    serve_sse,
+    serve_websocket,
+)
 from registrygrid.protocol import limits, names
 from registrygrid.sdk import LocalRegistry, Page
 from registrygrid.storage import idempotency, tokens
@@ -71,7 +79,6 @@ MAX_WHERE = 16
 # Bodies nest at most this deep: the record nesting cap plus the request
 # wrapper's own levels ({"fields": ...}, {"schema": {...}} of a kind).
 MAX_BODY_DEPTH = limits.MAX_NESTING + 4
-TRACE_ID = web.RequestKey("trace_id", str)
 _TRACE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _WHERE_PATH = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
 _TOKEN_ID = re.compile(r"^[A-Za-z0-9_-]{12}$")
@@ -652,7 +659,6 @@ class Api:
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self.middleware], client_max_size=self.max_body)
         app.add_routes(self.routes())
-        app.on_response_prepare.append(_add_trace_header)
 
         async def on_shutdown(_: web.Application) -> None:
             self.state = "stopping"
@@ -692,14 +698,10 @@ class Api:
             err = RegistryError("internal error; the node's log has the details under this trace id")
             err.code = "internal_error"
             response = error_response(err, trace_id)
+        if not response.prepared:  # streams set it themselves before they prepare
+            response.headers["X-Trace-Id"] = trace_id
         self.metrics.observe_request(route, request.method, response.status, time.perf_counter() - started, code)
         return response
-
-
-async def _add_trace_header(request: web.Request, response: web.StreamResponse) -> None:
-    trace_id = request.get(TRACE_ID)
-    if trace_id:
-        response.headers["X-Trace-Id"] = trace_id
 
 
 def _from_http_exception(exc: web.HTTPException) -> RegistryError:

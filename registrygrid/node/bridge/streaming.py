@@ -27,6 +27,16 @@ from aiohttp import WSMsgType, web
 
 from registrygrid.storage.feed import FeedEvent
 
+# The request's trace id (set by the app's middleware). Streams prepare their
+# response inside the handler, before the middleware sees it, so they add the
+# X-Trace-Id header themselves.
+TRACE_ID = web.RequestKey("trace_id", str)
+
+
+def _trace_headers(request: web.Request) -> dict[str, str]:
+    trace_id = request.get(TRACE_ID)
+    return {"X-Trace-Id": trace_id} if trace_id else {}
+
 # Long-poll waits at most 30 s: below the 60 s idle timeout of common proxies
 # and load balancers (nginx proxy_read_timeout, AWS ALB), so a waiting
 # request is never cut by a middlebox.
@@ -119,6 +129,7 @@ async def serve_sse(request: web.Request, reader: FeedReader, hub: FeedHub, sinc
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         # nginx buffers proxied responses unless told not to.
         "X-Accel-Buffering": "no",
+        **_trace_headers(request),
     })
     await response.prepare(request)
     await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
@@ -137,6 +148,7 @@ async def serve_websocket(request: web.Request, reader: FeedReader, hub: FeedHub
                           heartbeat_s: float = HEARTBEAT_S) -> web.WebSocketResponse:
     """Each event is one text message (the event's JSON); the client only listens."""
     ws = web.WebSocketResponse(heartbeat=heartbeat_s)
+    ws.headers.update(_trace_headers(request))
     await ws.prepare(request)
 
     async def drain_client() -> None:
