@@ -41,22 +41,27 @@ def _function_fields(i: int, rng: random.Random) -> dict:
     return fields
 
 
-def design_floor(n: int, batch: int) -> Figure:
+def design_floor(n: int, batch: int, *, automerge: bool = True, sign_each: bool = True) -> Figure:
     """The bare library calls of one registry write, batched like group commit.
 
     Per record: a new Automerge document and one transaction writing the
     record's keys (kind, schema, owner, created, tags, fields, deleted),
     its change; the msgpack envelope body around it, an Ed25519 signature,
-    the sha256 CID; then the puts our store makes (change, chain link, doc,
-    Automerge hash, record, four index keys, feed, history, audit entry)
-    with values of the same sizes. No validation, no clock, no ID text,
+    the sha256 CID; then the puts our store makes (change, chain link, doc
+    with its Automerge hash and history link beside it, record, four index
+    keys, feed, audit entry) with values of the same sizes. No validation, no clock, no ID text,
     no digests, no dictionaries: a floor, not a competitor.
+
+    ``automerge=False`` and ``sign_each=False`` price two design changes
+    (``--floors``): the change as plain msgpack instead of an Automerge
+    change, and one Ed25519 signature per batch (over the hash of the
+    batch's envelope hashes, as a Merkle root would be) instead of one per
+    change.
     """
     import hashlib
     import os
 
     import lmdb
-    from automerge.core import ROOT, Document, ObjType, ScalarType
     from nacl.bindings import crypto_sign
     from nacl.signing import SigningKey
 
@@ -68,63 +73,85 @@ def design_floor(n: int, batch: int) -> Figure:
     pack = msgspec.msgpack.encode
     path = tempfile.mkdtemp(prefix="rgrid-bench-floor-")
     env = lmdb.open(path, map_size=1 << 32, max_dbs=16)
-    names = ["changes", "chains", "docs", "am_hashes", "records", "indexes", "feed", "history", "audit"]
+    names = ["changes", "chains", "docs", "records", "indexes", "feed", "audit"]  # store format 2
     dbs = {name: env.open_db(name.encode()) for name in names}
-    Str, Int, Bool, Map = ScalarType.Str, ScalarType.Int, ScalarType.Boolean, ObjType.Map
     prev = b""
+    leaves: list[bytes] = []
     try:
         t0 = time.perf_counter()
         for start in range(0, n, batch):
             with env.begin(write=True) as txn:
                 for i in range(start, min(n, start + batch)):
                     record_id = os.urandom(16).hex()
-                    doc = Document(actor_id=actor)
-                    with doc.transaction() as tx:
-                        tx.put(ROOT, "kind", Str, "function")
-                        tx.put(ROOT, "schema", Int, 1)
-                        tx.put(ROOT, "owner", Str, "did:key:z6Mk")
-                        created = tx.put_object(ROOT, "created", Map)
-                        tx.put(created, "at", Int, 1_764_000_000_000 + i)
-                        tx.put(created, "by", Str, "did:key:z6Mk")
-                        tags = tx.put_object(ROOT, "tags", Map)
-                        tx.put(tags, "inference", Bool, True)
-                        tx.put(tags, "text", Bool, True)
-                        tx.put_object(ROOT, "links", ObjType.List)
-                        obj = tx.put_object(ROOT, "fields", Map)
-                        for k, v in fields[i].items():
-                            if isinstance(v, dict):
-                                sub = tx.put_object(obj, k, Map)
-                                for k2, v2 in v.items():
-                                    tx.put(sub, k2, Str, v2)
-                            else:
-                                tx.put(obj, k, Str, v)
-                        tx.put(ROOT, "deleted", Bool, False)
-                    change = doc.get_changes([])[0]
-                    payload = change.raw_bytes
+                    if not automerge:
+                        payload = pack(fields[i])
+                        change_hash = hashlib.sha256(payload).digest()
+                    else:
+                        payload, change_hash = _automerge_create(actor, i, fields[i])
                     body = pack([1, "grid.functions", record_id, "create", "function", 1, "did:key:z6Mk", i + 1,
-                                 prev, [1_764_000_000_000 + i, 0], [], change.hash, payload])
-                    wire = pack([body, crypto_sign(body, secret)[:64]])
+                                 prev, [1_764_000_000_000 + i, 0], [], change_hash, payload])
+                    if sign_each:
+                        wire = pack([body, crypto_sign(body, secret)[:64]])
+                    else:
+                        wire = pack([body, b""])
+                        leaves.append(hashlib.sha256(body).digest())
                     cid = b"\x01\x55\x12\x20" + hashlib.sha256(wire).digest()
                     prev = cid
                     rid = record_id.encode()
                     record = pack({"id": record_id, "fields": fields[i], "change_id": cid, "revision": 1})
                     txn.put(cid, wire, db=dbs["changes"])
                     txn.put(b"grid.functions\x00did\x00" + i.to_bytes(8, "big"), cid, db=dbs["chains"])
-                    txn.put(b"grid.functions\x00" + rid, b"\0\0\0\0" + payload, db=dbs["docs"])
-                    txn.put(b"grid.functions\x00" + rid + change.hash, cid, db=dbs["am_hashes"])
-                    txn.put(b"grid.functions\x00" + rid, record, db=dbs["records"])
+                    doc_key = b"grid.functions\x00" + rid
+                    txn.put(doc_key, b"\0\0\0\0" + payload, db=dbs["docs"])
+                    txn.put(doc_key + b"\x00a" + change_hash, cid, db=dbs["docs"])
+                    txn.put(doc_key + b"\x00h" + i.to_bytes(8, "big"), cid, db=dbs["docs"])
+                    txn.put(doc_key, record, db=dbs["records"])
                     for prefix in (b"k", b"o", b"tinference", b"ttext"):
                         txn.put(prefix + b"\x00grid.functions\x00" + rid, b"", db=dbs["indexes"])
                     txn.put(i.to_bytes(8, "big"), pack(["created", "grid.functions", record_id, cid]), db=dbs["feed"])
-                    txn.put(b"grid.functions\x00" + rid + i.to_bytes(8, "big"), cid, db=dbs["history"])
                     entry = pack([i, "create", record_id, prev])
                     txn.put(i.to_bytes(8, "big"), pack([entry, hashlib.sha256(entry).digest()]), db=dbs["audit"])
+                if leaves:
+                    root = hashlib.sha256(b"".join(leaves)).digest()
+                    txn.put(b"batch", pack([root, crypto_sign(root, secret)[:64]]), db=dbs["audit"])
+                    leaves.clear()
         elapsed = time.perf_counter() - t0
     finally:
         env.close()
         shutil.rmtree(path, ignore_errors=True)
-    return Figure("design floor: Automerge + sign + 12 puts, no logic", n / elapsed, "records/s",
-                  f"n={n}, batch {batch}, durable")
+    label = "design floor: " + ("Automerge" if automerge else "msgpack change") + (
+        " + sign each" if sign_each else " + one signature per batch") + " + 12 puts, no logic"
+    return Figure(label, n / elapsed, "records/s", f"n={n}, batch {batch}, durable")
+
+
+def _automerge_create(actor: bytes, i: int, fields: dict) -> tuple[bytes, bytes]:
+    """The Automerge change a create makes for these fields (the record layout of crdt/record.py)."""
+    from automerge.core import ROOT, Document, ObjType, ScalarType
+
+    Str, Int, Bool, Map = ScalarType.Str, ScalarType.Int, ScalarType.Boolean, ObjType.Map
+    doc = Document(actor_id=actor)
+    with doc.transaction() as tx:
+        tx.put(ROOT, "kind", Str, "function")
+        tx.put(ROOT, "schema", Int, 1)
+        tx.put(ROOT, "owner", Str, "did:key:z6Mk")
+        created = tx.put_object(ROOT, "created", Map)
+        tx.put(created, "at", Int, 1_764_000_000_000 + i)
+        tx.put(created, "by", Str, "did:key:z6Mk")
+        tags = tx.put_object(ROOT, "tags", Map)
+        tx.put(tags, "inference", Bool, True)
+        tx.put(tags, "text", Bool, True)
+        tx.put_object(ROOT, "links", ObjType.List)
+        obj = tx.put_object(ROOT, "fields", Map)
+        for k, v in fields.items():
+            if isinstance(v, dict):
+                sub = tx.put_object(obj, k, Map)
+                for k2, v2 in v.items():
+                    tx.put(sub, k2, Str, v2)
+            else:
+                tx.put(obj, k, Str, v)
+        tx.put(ROOT, "deleted", Bool, False)
+    change = doc.get_changes([])[0]
+    return change.raw_bytes, change.hash
 
 
 def ours_batched(n: int, batch: int) -> Figure:
@@ -185,6 +212,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--single", type=int, default=1000)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--floors", action="store_true",
+                        help="also price two design changes: no Automerge change, one signature per batch")
     args = parser.parse_args()
 
     raw = raw_write_pipeline(n=args.n, batch=args.batch, max_seconds=30)
@@ -194,10 +223,17 @@ def main() -> None:
     raw_read = raw_read_verify(n=args.n, max_seconds=30)
     read = ours_read_verify(min(args.n, 10000))
     figures = [raw, floor, batched, single, raw_read, read]
+    if args.floors:
+        variants = [design_floor(args.n, args.batch, sign_each=False),
+                    design_floor(args.n, args.batch, automerge=False),
+                    design_floor(args.n, args.batch, automerge=False, sign_each=False)]
+        figures[2:2] = variants
     ratios = {
         "batched / raw write": batched.value / raw.value,
         "design floor / raw write": floor.value / raw.value,
         "batched / design floor": batched.value / floor.value,
+        **{f"{f.name.removeprefix('design floor: ').removesuffix(' + 12 puts, no logic')} / raw write":
+           f.value / raw.value for f in figures if f.name.startswith("design floor") and f is not floor},
         "single / raw write": single.value / raw.value,
         "read+verify / raw read+verify": read.value / raw_read.value,
     }
