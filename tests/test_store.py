@@ -74,15 +74,21 @@ def test_growing_the_map_waits_for_open_reads_and_holds_new_ones_back(tmp_path: 
     def long_read() -> None:
         with store.read() as txn:
             reading.set()
-            time.sleep(0.3)
+            deadline = time.monotonic() + 5
+            while not store._gate._resizing and time.monotonic() < deadline:
+                time.sleep(0.005)  # grow() is now waiting for this read
+            time.sleep(0.05)  # ...and the late read for grow()
             txn.get(b"format", db=store.db["meta"])
             events.append("first read done")
 
     def late_read() -> None:
-        time.sleep(0.1)  # starts while grow() waits
+        deadline = time.monotonic() + 5
+        while not store._gate._resizing and time.monotonic() < deadline:
+            time.sleep(0.005)  # begin only once grow() is waiting for the first read
         with store.read() as txn:
             txn.get(b"format", db=store.db["meta"])
-            events.append("late read done")
+            # It began only after the map had grown:
+            events.append(f"late read in a map of {store.env.info()['map_size']}")
 
     readers = [threading.Thread(target=long_read), threading.Thread(target=late_read)]
     readers[0].start()
@@ -93,7 +99,8 @@ def test_growing_the_map_waits_for_open_reads_and_holds_new_ones_back(tmp_path: 
     for thread in readers:
         thread.join(5)
     assert new_size == 2**21 == store.env.info()["map_size"]
-    assert events == ["first read done", "grown", "late read done"]
+    assert events[0] == "first read done"  # grow() waited for it
+    assert sorted(events[1:]) == ["grown", f"late read in a map of {2**21}"]
     store.close()
 
 
