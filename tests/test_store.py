@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from registrygrid.engine.engine import chain_head
+from registrygrid.storage.chains import head as chain_head
 from registrygrid.sdk import LocalRegistry
 from registrygrid.storage.store import STORE_FORMAT, Store, StoreFormatError, key, pack, u64
 

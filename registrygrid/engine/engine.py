@@ -67,9 +67,9 @@ from registrygrid.protocol import limits, names
 from registrygrid.protocol.envelope import Envelope, cid_to_str, open_envelope, seal, signatures_hold
 from registrygrid.protocol.hlc import MAX_DRIFT_MS, Hlc, HybridClock, wall_clock_ms
 from registrygrid.schemas import KindSchema, SchemaCatalog
-from registrygrid.storage import feed, records
+from registrygrid.storage import chains, feed, records
 from registrygrid.storage.audit import AuditLedger
-from registrygrid.storage.store import SEP, Store, from_u64, key, pack, u64
+from registrygrid.storage.store import SEP, Store, key, pack, u64
 
 # Changes parked while they wait for dependencies. Anti-entropy refetches
 # anything refused here, so the cap only bounds memory and disk a peer can
@@ -552,7 +552,7 @@ class Engine:
         cached = self._chain_heads.get((registry, author))
         if cached is not None:
             return cached
-        head = chain_head(self.store, txn, registry, author)
+        head = chains.head(self.store, txn, registry, author)
         self._chain_heads[(registry, author)] = head
         return head
 
@@ -628,22 +628,8 @@ class Engine:
     def version_vector(self, registry: str | None = None) -> dict[str, dict[str, int]]:
         """registry -> author -> highest contiguous sequence held here: the
         last link of each chain (a skip-scan, one seek per chain)."""
-        out: dict[str, dict[str, int]] = {}
         with self.store.read() as txn:
-            prefix = b"" if registry is None else registry.encode() + SEP
-            cursor = txn.cursor(db=self.store.db["chains"])
-            found = cursor.set_range(prefix)
-            while found:
-                chain = cursor.key()[:-9]  # registry \0 author, without \0 seq
-                if not chain.startswith(prefix):
-                    break
-                found = cursor.set_range(chain + _PAST_ANY_SEQ)
-                last = cursor.prev() if found else cursor.last()
-                assert last, "a chain seen a moment ago has a last link"
-                reg, author = chain.split(SEP, 1)
-                out.setdefault(reg.decode(), {})[author.decode()] = from_u64(cursor.key()[-8:])
-                found = cursor.set_range(chain + _PAST_ANY_SEQ)
-        return out
+            return chains.heads(self.store, txn, registry)
 
     def replicated_vector(self, registries: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
         """The version vector of every registry this node shares with peers
@@ -682,26 +668,6 @@ class Engine:
                 if len(out) >= limit:
                     break
         return out
-
-
-# Sorts after "\0" + any 8-byte sequence of a chain's keys, before the next chain.
-_PAST_ANY_SEQ = SEP + b"\xff" * 9
-
-
-def chain_head(store: Store, txn: lmdb.Transaction, registry: str, author: str) -> tuple[int, bytes]:
-    """(seq, change id) of the author's last change in ``registry``, or (0, b"")."""
-    cursor = txn.cursor(db=store.db["chains"])
-    chain = key(registry, author)
-    if cursor.set_range(chain + _PAST_ANY_SEQ):
-        found = cursor.prev()
-    else:
-        found = cursor.last()
-    if not found:
-        return (0, b"")
-    last = cursor.key()
-    if len(last) != len(chain) + 9 or not last.startswith(chain + SEP):
-        return (0, b"")
-    return (from_u64(last[-8:]), cursor.value())
 
 
 def _state_of(old: Mapping[str, Any], *, schema: int | None = None, fields: Mapping[str, Any] | None = None,

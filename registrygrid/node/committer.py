@@ -177,19 +177,13 @@ class GroupCommitter:
         except BaseException as exc:
             # A storage failure: every writer in the batch hears it, none
             # waits forever, and the next batch tries again. Anything worse
-            # than an Exception still answers the batch, then ends the loop.
+            # than an Exception is answered too (below), then ends the loop.
             log.exception("a batch of %d ops failed", len(ops))
+            error = exc if isinstance(exc, Exception) else Unavailable(
+                "the node's writer stopped while this write was being committed; its outcome is unknown")
             for submission in batch:
-                submission.error = exc if isinstance(exc, Exception) else Unavailable(
-                    "the node's writer stopped while this write was being committed; its outcome is unknown")
+                submission.error = error
             if not isinstance(exc, Exception):
-                for submission in batch:
-                    self._answer_threadsafe(submission, 0.0)
-                assert self._token is not None
-                try:
-                    self._token.run_sync_soon(self._answer_trio, [s for s in batch if s.finished is not None], [])
-                except trio.RunFinishedError:
-                    pass
                 raise
         else:
             self.batches += 1
@@ -198,7 +192,11 @@ class GroupCommitter:
             for submission in batch:
                 submission.outcomes = outcomes[start:start + len(submission.ops)]
                 start += len(submission.ops)
-        commit_s = time.perf_counter() - started
+        finally:
+            self._answer(batch, time.perf_counter() - started)
+
+    def _answer(self, batch: list[_Submission], commit_s: float) -> None:
+        """Wake every writer of a finished batch; then, in trio, its hooks."""
         for submission in batch:
             self._answer_threadsafe(submission, commit_s)
         committed, self._committed[:] = list(self._committed), []

@@ -605,10 +605,11 @@ class _Pattern:
     """
 
     __slots__ = ("_pattern", "_search")
+    _compile: Any = staticmethod(re.compile)
 
     def __init__(self, parent_schema: Any, value: Any, schema_path: Any) -> None:
         self._pattern = value
-        self._search = re.compile(value).search
+        self._search = self._compile(value).search
 
     def validate(self, instance: Any) -> None:
         if isinstance(instance, str) and self._search(instance) is None:
@@ -650,18 +651,11 @@ def check_linear_pattern(pattern: str) -> str | None:
     return None
 
 
-class _LinearPattern:
+class _LinearPattern(_Pattern):
     """``pattern`` on RE2, as jsonschema-rs calls a custom keyword (user kinds)."""
 
-    __slots__ = ("_pattern", "_search")
-
-    def __init__(self, parent_schema: Any, value: Any, schema_path: Any) -> None:
-        self._pattern = value
-        self._search = _re2(value).search
-
-    def validate(self, instance: Any) -> None:
-        if isinstance(instance, str) and self._search(instance) is None:
-            raise ValueError(f"{instance[:MAX_ERROR_MESSAGE_CHARS]!r} does not match {self._pattern!r}")
+    __slots__ = ()
+    _compile = staticmethod(_re2)
 
 
 def _linear_pattern_keyword(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:

@@ -22,9 +22,8 @@ def record_key(registry: str, record_id: str) -> bytes:
 def index_keys(record: dict[str, Any]) -> set[bytes]:
     """Every index entry a materialized record should have."""
     registry, record_id = record["registry"], record["id"]
-    tail = f"\x00{registry}\x00{record_id}"
-    keys = {f"k{registry}\x00{record['kind']}\x00{record_id}".encode(), f"o{record['owner']}{tail}".encode()}
-    keys.update([f"t{tag}{tail}".encode() for tag in record["tags"]])
+    keys = {b"k" + key(registry, record["kind"], record_id), b"o" + key(record["owner"], registry, record_id)}
+    keys.update(b"t" + key(tag, registry, record_id) for tag in record["tags"])
     return keys
 
 
