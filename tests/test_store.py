@@ -119,3 +119,14 @@ def test_a_read_left_open_makes_grow_give_up_with_unavailable(tmp_path: Path, mo
     with store.read() as txn:  # readers were never locked out for good
         assert txn.get(b"format", db=store.db["meta"]) is not None
     store.close()
+
+
+def test_token_ids_never_start_like_a_command_line_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `rgrid token revoke -YX...` would read the id as an option.
+    from registrygrid.storage import tokens
+
+    drawn = iter(["-YXPEBU3CZix", "_abcdefghijk", "Aabcdefghijk"])
+    monkeypatch.setattr(tokens.secrets, "token_urlsafe", lambda n: next(drawn))
+    assert tokens.new_token_id() == "Aabcdefghijk"
+    monkeypatch.undo()
+    assert all(tokens.new_token_id()[0].isalnum() for _ in range(2000))

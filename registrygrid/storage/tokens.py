@@ -79,6 +79,16 @@ def _decode(raw: bytes) -> tuple[Token, bytes]:
     return Token(**data), digest
 
 
+def new_token_id() -> str:
+    """12 URL-safe characters, never starting with "-" or "_": an id is typed
+    as a command-line argument (``rgrid token revoke ID``), where a leading
+    "-" reads as an option (found by a CI run that drew one)."""
+    while True:
+        token_id = secrets.token_urlsafe(_ID_BYTES)
+        if token_id[0].isalnum():
+            return token_id
+
+
 def create(store: Store, *, role: str, name: str = "", registry: str | None = None,
            expires_at: int | None = None, created_by: str = "", at_ms: int | None = None) -> tuple[Token, str]:
     """Store a new token; return it and its secret form (``rgt_<id>.<secret>``), which is never stored."""
@@ -96,7 +106,7 @@ def create(store: Store, *, role: str, name: str = "", registry: str | None = No
     if expires_at is not None and expires_at <= created:
         raise ValidationError("a token must expire in the future",
                               details=[{"path": "/expires_in", "message": "must be positive"}])
-    token_id = secrets.token_urlsafe(_ID_BYTES)
+    token_id = new_token_id()
     secret = secrets.token_urlsafe(_SECRET_BYTES)
     if name and not _NAME.fullmatch(name):
         raise ValidationError(f"token name must match {_NAME.pattern}",
