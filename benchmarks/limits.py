@@ -56,10 +56,13 @@ from nacl.signing import SigningKey, VerifyKey
 __all__ = [
     "Figure",
     "all_figures",
+    "bare_aiohttp_lone_post",
     "bare_aiohttp_rps",
     "bare_libp2p_roundtrip",
     "bare_libp2p_stream",
     "cpu_python_loop",
+    "disk_sync_after_writes",
+    "lmdb_lone_write_shape",
     "make_record",
     "raw_lmdb_batched_put",
     "raw_lmdb_get",
@@ -296,6 +299,93 @@ def raw_write_single_durable(n: int = 2000, record_bytes: int = 430, max_seconds
     )
 
 
+PAGE = 4096
+
+
+def disk_sync_after_writes(pages: int, *, contiguous: bool, n: int = 150, file_mb: int = 64) -> Figure:
+    """p50 of ``fdatasync`` after writing ``pages`` 4 KiB pages to a file,
+    either at scattered offsets or as one contiguous run.
+
+    LMDB's durable commit is exactly this: copy-on-write puts each page a
+    transaction changes at a free place of its file, then one fdatasync.
+    On a disk that pays per I/O request (this VM's virtio disk does, ~70 us
+    a page), a commit costs by the number of scattered pages it dirties,
+    not by its bytes, which is why the store's layout counts pages.
+    """
+    d = tempfile.mkdtemp(prefix="rgrid-limits-", dir=_bench_dir())
+    path = os.path.join(d, "pages.bin")
+    rng = random.Random(11)
+    slots = file_mb * 2**20 // PAGE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            chunk = b"\0" * 2**20
+            for off in range(0, file_mb * 2**20, len(chunk)):  # a real, allocated file, like a grown LMDB map
+                os.pwrite(fd, chunk, off)
+            os.fsync(fd)
+            page = b"\1" * PAGE
+            times = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                if contiguous:
+                    os.pwrite(fd, page * pages, rng.randrange(slots - pages) * PAGE)
+                else:
+                    for slot in rng.sample(range(slots), pages):
+                        os.pwrite(fd, page, slot * PAGE)
+                os.fdatasync(fd)
+                times.append(time.perf_counter() - t0)
+        finally:
+            os.close(fd)
+        fs = _fs_type(os.path.realpath(d))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    layout = "contiguous" if contiguous else "scattered"
+    return Figure(f"disk: fdatasync after {pages} {layout} 4 KiB page writes, p50",
+                  round(statistics.median(times) * 1000, 3), "ms", f"n={n}, {file_mb} MiB file, {fs}")
+
+
+def lmdb_lone_write_shape(n: int = 300, entries: int = 20000, max_seconds: float = 5.0) -> Figure:
+    """p50 of a durable LMDB commit shaped like one lone write of ours, with
+    no CPU work: one put in each of six big trees (changes, chain links,
+    Automerge docs, records, feed, audit), four in a seventh (the secondary
+    indexes: kind, owner and two tags land in different parts of it) and
+    one in a small meta tree; the trees are filled first as a store of
+    ``entries`` records fills them (docs hold three keys a record, indexes
+    four), so they have its depth. An approximation (random keys, 300-byte
+    values) of the I/O a lone write of ours pays; what it takes beyond this
+    is the CPU of the write itself."""
+    rng = random.Random(5)
+    d = tempfile.mkdtemp(prefix="rgrid-limits-", dir=_bench_dir())
+    env = lmdb.open(d, map_size=MAP_SIZE, max_dbs=8)
+    try:
+        big = [env.open_db(f"tree{i}".encode()) for i in range(7)]
+        meta = env.open_db(b"meta")
+        for db, keys_per_record in zip(big, (1, 1, 3, 1, 1, 1, 4)):
+            with env.begin(write=True) as txn:
+                for _ in range(entries * keys_per_record):
+                    txn.put(rng.randbytes(16), rng.randbytes(300), db=db)
+        indexes = big[-1]
+        times = []
+        deadline = time.perf_counter() + max_seconds
+        for _ in range(n):
+            t0 = time.perf_counter()
+            with env.begin(write=True) as txn:
+                for db in big + [indexes] * 3:
+                    txn.put(rng.randbytes(16), rng.randbytes(300), db=db)
+                txn.put(b"state", rng.randbytes(200), db=meta)
+            times.append(time.perf_counter() - t0)
+            if t0 > deadline:
+                break
+        fs = _fs_type(os.path.realpath(d))
+    finally:
+        env.close()
+        shutil.rmtree(d, ignore_errors=True)
+    return Figure("LMDB durable commit shaped like a lone write (11 puts, 8 trees), p50",
+                  round(statistics.median(times) * 1000, 3), "ms",
+                  f"n={len(times)}, trees as a store of {entries} records fills them, random keys, "
+                  f"no CPU work, {fs}")
+
+
 def raw_verify_pipeline(
     n: int = 20000, record_bytes: int = 430, batch: int = 1000, max_seconds: float = 5.0
 ) -> Figure:
@@ -472,9 +562,15 @@ def _serve_bare_aiohttp() -> None:
     async def ping(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
+    async def echo(request: web.Request) -> web.Response:
+        # A POST that parses its JSON body: the least any write endpoint does.
+        body = await request.json()
+        return web.json_response({"ok": True, "fields": len(body)}, status=201)
+
     async def main() -> None:
         app = web.Application()
         app.router.add_get("/ping", ping)
+        app.router.add_post("/echo", echo)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -600,6 +696,21 @@ def bare_aiohttp_rps(duration: float = 3.0, connections: int = 16, generator: st
         f"{res['errors']} errors, p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, "
         f"aiohttp {aiohttp.__version__}, 1 server process, access log off" + server_cpu,
     )
+
+
+def bare_aiohttp_lone_post(body: bytes, duration: float = 2.0) -> Figure:
+    """p50 of a lone POST (one connection, one request at a time, wrk) to a
+    bare aiohttp endpoint that parses its JSON body: the HTTP share of a
+    lone write, the floor under any bridge's lone POST on this machine."""
+    from benchmarks import loadgen
+
+    with _bare_aiohttp_server() as (port, _pid):
+        res = loadgen.run_wrk(f"http://127.0.0.1:{port}/echo", method="POST", body=body,
+                              headers={"Content-Type": "application/json"}, duration=duration,
+                              connections=1, threads=1)
+    return Figure("bare aiohttp lone POST (JSON body, 1 conn) p50", float(res["p50_ms"]), "ms",
+                  f"wrk 1 thread, 1 conn, {res['duration']} s, {res['requests']} ok, {res['errors']} errors, "
+                  f"p99 {res['p99_ms']} ms")
 
 
 # ------------------------------------------------------------- bare libp2p

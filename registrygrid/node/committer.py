@@ -73,8 +73,14 @@ class GroupCommitter:
     def __init__(self, engine: Engine, *, max_batch_ops: int = MAX_BATCH_OPS) -> None:
         self.engine = engine
         self.max_batch_ops = max_batch_ops
-        # Called in the trio thread after each commit, with what it added.
+        # Called after each commit with what it added: ``on_commit`` hooks in
+        # the trio thread, ``on_commit_threadsafe`` hooks on the writer
+        # thread itself (they must only hand off: no waiting, no engine).
+        # Trio is woken only when it has a writer to answer or a hook to
+        # run: a lone write from the bridge then costs one thread wake-up
+        # each way instead of three (measured in the module docstring).
         self.on_commit: list[Callable[[Committed], None]] = []
+        self.on_commit_threadsafe: list[Callable[[Committed], None]] = []
         self.batches = 0
         self.ops = 0
         self._queue: collections.deque[_Submission] = collections.deque()
@@ -196,12 +202,19 @@ class GroupCommitter:
             self._answer(batch, time.perf_counter() - started)
 
     def _answer(self, batch: list[_Submission], commit_s: float) -> None:
-        """Wake every writer of a finished batch; then, in trio, its hooks."""
+        """Wake every writer of a finished batch; then run its hooks: the
+        thread-safe ones here, the others in trio."""
         for submission in batch:
             self._answer_threadsafe(submission, commit_s)
         committed, self._committed[:] = list(self._committed), []
+        for item in committed:
+            for hook in list(self.on_commit_threadsafe):
+                try:
+                    hook(item)
+                except Exception:
+                    log.exception("commit hook %r failed", hook)
         trio_subs = [s for s in batch if s.finished is not None]
-        if trio_subs or committed:
+        if trio_subs or (committed and self.on_commit):
             assert self._token is not None
             try:
                 self._token.run_sync_soon(self._answer_trio, trio_subs, committed)

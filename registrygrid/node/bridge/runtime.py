@@ -162,7 +162,7 @@ class Bridge:
             raise Unavailable(f"the bridge cannot listen on {self.host}:{self.port}: {self._startup_error}") \
                 from self._startup_error
         api.base_url = self.url
-        node.committer.on_commit.append(self._on_commit)
+        node.committer.on_commit_threadsafe.append(self._on_commit)
         bridge_file = Path(node.home.path) / BRIDGE_FILE
         try:
             if self.config.write_bridge_file:
@@ -201,8 +201,8 @@ class Bridge:
     async def _shutdown(self, node: Any, thread: threading.Thread, audit: AuditBuffer, bridge_file: Path) -> None:
         assert self.api is not None
         self.api.state = "stopping"
-        if self._on_commit in node.committer.on_commit:
-            node.committer.on_commit.remove(self._on_commit)
+        if self._on_commit in node.committer.on_commit_threadsafe:
+            node.committer.on_commit_threadsafe.remove(self._on_commit)
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(stop.set)
@@ -258,7 +258,7 @@ class Bridge:
         os.replace(tmp, path)
 
     def _on_commit(self, committed: Committed) -> None:
-        """Committer hook (trio thread): wake the loop's feed waiters."""
+        """Committer hook (its writer thread): wake the loop's feed waiters."""
         loop, api = self._loop, self.api
         if committed.feed_seqs and loop is not None and api is not None:
             try:
