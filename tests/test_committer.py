@@ -125,6 +125,54 @@ async def test_commit_hooks_run_in_trio_after_each_batch_and_a_failing_hook_harm
     assert seen == [1, 2, 3, 4, 5]
 
 
+async def test_threadsafe_hooks_run_on_the_writer_thread_after_its_writers_are_answered(tmp_path: Path) -> None:
+    grid = LocalRegistry.open_path(tmp_path)
+    committer = GroupCommitter(grid.engine)
+    trio_thread = threading.get_ident()
+    events: list[tuple[str, int, object]] = []
+
+    def broken_hook(committed) -> None:
+        raise RuntimeError("a hook with a bug")
+
+    def recording_hook(committed) -> None:
+        events.append(("hook", threading.get_ident(), committed.feed_seqs))
+
+    def done(outcomes, error, commit_s) -> None:
+        events.append(("answered", threading.get_ident(), [o.feed_seq for o in outcomes]))
+
+    committer.on_commit_threadsafe.extend([broken_hook, recording_hook])
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(committer.run)
+            committer.submit_threadsafe([tool(1)], done)
+            while len(events) < 2:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    (first, writer_a, seqs_a), (second, writer_b, seqs_b) = events
+    assert (first, second) == ("answered", "hook")
+    assert writer_a == writer_b != trio_thread  # both on the writer thread; the broken hook harmed nothing
+    assert seqs_a == seqs_b == [1]
+
+
+async def test_the_feed_signal_wakes_a_trio_waiter_when_a_thread_advances_it() -> None:
+    from registrygrid.node.node import FeedSignal
+
+    signal = FeedSignal(head=3)
+    signal.bind(trio.lowlevel.current_trio_token())
+    assert await signal.wait_beyond(2) == 3  # already past: no wait
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, _advance_later, signal)
+            assert await signal.wait_beyond(3) == 5
+    signal.advance(4)  # never backwards
+    assert signal.head == 5
+
+
+def _advance_later(signal) -> None:
+    time.sleep(0.05)  # the waiter is asleep by now
+    signal.advance(5)
+
+
 async def test_a_stopped_committer_refuses_new_writes_from_trio_and_from_threads(tmp_path: Path) -> None:
     grid = LocalRegistry.open_path(tmp_path)
     committer = GroupCommitter(grid.engine)
