@@ -77,8 +77,9 @@ class GroupCommitter:
         # the trio thread, ``on_commit_threadsafe`` hooks on the writer
         # thread itself (they must only hand off: no waiting, no engine).
         # Trio is woken only when it has a writer to answer or a hook to
-        # run: a lone write from the bridge then costs one thread wake-up
-        # each way instead of three (measured in the module docstring).
+        # run: after a lone write from the bridge, the writer thread wakes
+        # the bridge's loop once (answer and stream wake-up together)
+        # instead of waking trio, which then woke the loop a second time.
         self.on_commit: list[Callable[[Committed], None]] = []
         self.on_commit_threadsafe: list[Callable[[Committed], None]] = []
         self.batches = 0
