@@ -78,8 +78,8 @@ def assert_refused(grid: LocalRegistry, call: Callable[[], Any], error: type[Reg
 
 def wires_in_feed_order(grid: LocalRegistry) -> list[bytes]:
     out = []
-    for event in grid.changes(0, limit=10_000):
-        wire = grid.change(cid_from_str(event.change))
+    for feed_event in grid.changes(0, limit=10_000):
+        wire = grid.change(cid_from_str(feed_event.change))
         assert wire is not None
         out.append(wire)
     return out
@@ -456,12 +456,12 @@ def test_feed_events_are_typed_and_name_registry_record_change_and_author(grid: 
     events = grid.changes(0)
     assert [(e.seq, e.type) for e in events] == [(1, "created"), (2, "updated"), (3, "deleted")]
     assert [e.change for e in events] == [a.change_id, b.change_id, c.change_id]
-    for event in events:
-        assert event.registry == CLUSTERS
-        assert event.record == "a"
-        assert event.kind == "cluster"
-        assert event.author == grid.engine.key.did
-        assert event.origin == "local"
+    for feed_event in events:
+        assert feed_event.registry == CLUSTERS
+        assert feed_event.record == "a"
+        assert feed_event.kind == "cluster"
+        assert feed_event.author == grid.engine.key.did
+        assert feed_event.origin == "local"
 
 
 def test_changes_since_n_resumes_exactly_after_n(grid: LocalRegistry) -> None:
