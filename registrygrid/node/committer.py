@@ -69,6 +69,16 @@ def _nothing(outcomes: list[Outcome] | None, error: BaseException | None, commit
     """Trio submissions are answered through their event instead."""
 
 
+def _run_hooks(hooks: list[Callable[[Committed], None]], committed: list[Committed]) -> None:
+    """Each hook sees each commit; a failing hook is logged and harms no other."""
+    for item in committed:
+        for hook in list(hooks):  # a copy: hooks may be removed from another thread meanwhile
+            try:
+                hook(item)
+            except Exception:
+                log.exception("commit hook %r failed", hook)
+
+
 class GroupCommitter:
     def __init__(self, engine: Engine, *, max_batch_ops: int = MAX_BATCH_OPS) -> None:
         self.engine = engine
@@ -208,12 +218,7 @@ class GroupCommitter:
         for submission in batch:
             self._answer_threadsafe(submission, commit_s)
         committed, self._committed[:] = list(self._committed), []
-        for item in committed:
-            for hook in list(self.on_commit_threadsafe):
-                try:
-                    hook(item)
-                except Exception:
-                    log.exception("commit hook %r failed", hook)
+        _run_hooks(self.on_commit_threadsafe, committed)
         trio_subs = [s for s in batch if s.finished is not None]
         if trio_subs or (committed and self.on_commit):
             assert self._token is not None
@@ -234,12 +239,7 @@ class GroupCommitter:
         may escape a run_sync_soon callback (trio would crash the node)."""
         for submission in submissions:
             submission.finished.set()  # type: ignore[union-attr]
-        for item in committed:
-            for hook in list(self.on_commit):
-                try:
-                    hook(item)
-                except Exception:
-                    log.exception("commit hook %r failed", hook)
+        _run_hooks(self.on_commit, committed)
 
     @property
     def mean_batch(self) -> float:
