@@ -9,6 +9,7 @@ from test_bridge_support import OTHER, REGISTRY, Served, make_token, start_serve
 
 from registrygrid.node.bridge import BridgeConfig
 from registrygrid.node.bridge.auth import RateLimit
+from registrygrid.storage import tokens
 
 pytest_plugins = ("test_bridge_support",)  # its fixtures: served
 
@@ -173,3 +174,47 @@ def test_build_components_refuses_a_public_bridge_without_the_flag(tmp_path) -> 
         build_components(home, {"bridge_host": "0.0.0.0", "p2p": False})
     (bridge,) = build_components(home, {"bridge_host": "0.0.0.0", "allow_public": True, "p2p": False})
     assert bridge.host == "0.0.0.0" and bridge.port == 8700
+
+
+async def test_the_nodes_own_cli_token_cannot_be_revoked_over_the_api_and_each_refusal_is_audited(
+        served: Served) -> None:
+    cli_id = served.admin.split(".")[0][len("rgt_"):]
+    target = f"tokens/{cli_id}"
+
+    async def refusals() -> list[dict]:
+        async with served.client() as admin:
+            entries = (await admin.get("/v1/audit", params={"limit": 10000})).json()["entries"]
+        return [e for e in entries if e["action"] == "deny" and e["target"] == target]
+
+    with trio.fail_after(30):
+        ops = await make_token(served, "admin", name="ops")
+        spare = await make_token(served, "reader", name="spare")
+        async with served.client(ops) as client:
+            listed = (await client.get("/v1/tokens")).json()["tokens"]
+            assert [t["id"] for t in listed if t["local"]] == [cli_id]
+            r = await client.delete(f"/v1/tokens/{cli_id}")
+        assert r.status_code == 409, r.text
+        error = r.json()["error"]
+        assert error["code"] == "conflict"
+        assert "the node's own CLI credential; it is revoked when the node stops" in error["message"]
+        # Not even the CLI token itself may do it.
+        async with served.client() as cli:
+            assert (await cli.delete(f"/v1/tokens/{cli_id}")).status_code == 409
+            # It stays valid, in the store and in the bridge's cache...
+            assert (await cli.get("/v1/identity")).status_code == 200
+            assert tokens.get(served.node.store, cli_id).revoked_at is None
+            # ...and every other token still revokes as before, through either admin token.
+            spare_id = spare.split(".")[0][len("rgt_"):]
+            r = await cli.delete(f"/v1/tokens/{spare_id}")
+            assert r.status_code == 200 and r.json()["revoked_at"] is not None and r.json()["local"] is False
+            ops_id = ops.split(".")[0][len("rgt_"):]
+            assert (await cli.delete(f"/v1/tokens/{ops_id}")).status_code == 200
+            metrics = (await cli.get("/metrics")).text
+        assert 'rgrid_http_denials_total{status="409"} 2.0' in metrics
+        for _ in range(50):  # denials reach the ledger in batches
+            found = await refusals()
+            if len(found) >= 2:
+                break
+            await trio.sleep(0.1)
+        assert sorted(e["actor"] for e in found) == sorted([f"token:ops#{ops_id}", f"token:cli#{cli_id}"])
+        assert all(e["reason"].startswith("conflict: ") for e in found)

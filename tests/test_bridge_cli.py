@@ -16,7 +16,7 @@ import trio
 from test_bridge_support import NOTE_SCHEMA, REGISTRY, Served, make_token
 
 from registrygrid.client import BridgeClient
-from registrygrid.errors import AlreadyExists, NotFound, PolicyDenied, SchemaViolation, Unauthorized
+from registrygrid.errors import AlreadyExists, Conflict, NotFound, PolicyDenied, SchemaViolation, Unauthorized
 from registrygrid.sdk import LocalRegistry
 
 pytest_plugins = ("test_bridge_support",)  # its fixtures: served
@@ -205,3 +205,44 @@ def test_sigterm_during_writes_loses_no_acknowledged_write(tmp_path: Path) -> No
         stored = {r["id"] for r in local.iter_all(REGISTRY)}
         assert local.verify().ok
     assert set(acked) <= stored, f"lost {sorted(set(acked) - stored)[:5]}"
+
+
+@pytest.mark.slow
+def test_rgrid_token_revoke_of_the_nodes_own_cli_token_is_refused_and_the_cli_keeps_working(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    rgrid(home, "init")
+    node, info = _start_node(home)
+    try:
+        cli_id = info["token_id"]
+        refused = rgrid(home, "token", "revoke", cli_id, check=False)
+        assert refused.returncode == 65, refused.stderr  # Conflict: EX_DATAERR
+        assert "error[conflict]" in refused.stderr
+        assert "the node's own CLI credential; it is revoked when the node stops" in refused.stderr
+        # The CLI still works against the running node, and its listing says which token is the node's.
+        listed = json.loads(rgrid(home, "token", "list", "--json").stdout)
+        assert [(t["id"], t["revoked_at"]) for t in listed if t["local"]] == [(cli_id, None)]
+        table = rgrid(home, "token", "list").stdout
+        assert "local" in table and "yes" in table
+        # Another admin, through the Python client, is refused the same way; other tokens revoke fine.
+        ops = json.loads(rgrid(home, "token", "create", "--role", "admin", "--name", "ops", "--json").stdout)
+        with BridgeClient(info["url"], token=ops["token"]) as client:
+            with pytest.raises(Conflict, match="node's own CLI credential"):
+                client.revoke_token(cli_id)
+            spare = client.create_token("reader", name="spare")
+            assert spare["local"] is False
+            assert client.revoke_token(spare["id"])["revoked_at"] is not None
+        revoked = json.loads(rgrid(home, "token", "revoke", ops["id"], "--json").stdout)
+        assert revoked["revoked_at"] is not None and revoked["local"] is False
+        assert json.loads(rgrid(home, "id", "--json").stdout)["did"].startswith("did:key:")
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=30) == 0, node.communicate()
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    # Stopped, the node revoked its own token, and the direct-store listing marks none as local.
+    listed = {t["id"]: t for t in json.loads(rgrid(home, "token", "list", "--json").stdout)}
+    assert listed[cli_id]["revoked_at"] is not None and not any(t["local"] for t in listed.values())
+    with LocalRegistry.open_home(home) as local:
+        denials = [e for e in local.audit_log(limit=10_000) if e.action == "deny" and e.target == f"tokens/{cli_id}"]
+    assert len(denials) == 2 and all(e.reason.startswith("conflict: ") for e in denials)

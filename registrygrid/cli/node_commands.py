@@ -17,6 +17,13 @@ def build_components(home: Home, options: dict[str, Any]) -> list[Any]:
     """The node's optional parts, configured from the home's config and flags."""
     config = home.config()
     components: list[Any] = []
+    if options.get("listen") or options.get("bootstrap"):
+        # What the operator typed is checked whole even with --no-p2p, and
+        # named by its flag (config.json's addresses by their key, below).
+        from registrygrid.node.multiaddrs import check_listen_addrs, check_peer_addrs
+
+        check_listen_addrs(options.get("listen") or (), source="--listen")
+        check_peer_addrs(options.get("bootstrap") or (), source="--bootstrap")
     if options.get("bridge", True):
         try:
             from registrygrid.node.bridge import Bridge
@@ -37,11 +44,22 @@ def build_components(home: Home, options: dict[str, Any]) -> list[Any]:
         except ImportError:
             Federation = None  # noqa: N806
         if Federation is not None:
-            listen = list(options.get("listen") or config.get("listen", []))
-            bootstrap = list(config.get("bootstrap", [])) + list(options.get("bootstrap") or [])
+            from registrygrid.node.multiaddrs import check_listen_addrs, check_peer_addrs
+
+            listen = list(options.get("listen") or check_listen_addrs(_listed(config, "listen"),
+                                                                      source="config.json listen"))
+            bootstrap = (check_peer_addrs(_listed(config, "bootstrap"), source="config.json bootstrap")
+                         + list(options.get("bootstrap") or []))
             components.append(Federation(listen=listen, bootstrap=bootstrap,
                                          federation=config.get("federation", "default")))
     return components
+
+
+def _listed(config: dict[str, Any], key: str) -> list[Any]:
+    value = config.get(key, [])
+    if not isinstance(value, list):
+        raise ValidationError(f"config.json {key} must be a list of multiaddrs, not {type(value).__name__}")
+    return value
 
 
 def register(cli: click.Group) -> None:
@@ -51,8 +69,12 @@ def register(cli: click.Group) -> None:
 
     @node.command()
     @click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="RGRID_HOME", default=None)
-    @click.option("--listen", multiple=True, help="libp2p multiaddr to listen on (default from config).")
-    @click.option("--bootstrap", multiple=True, help="Peer multiaddr to dial at start. Repeatable.")
+    @click.option("--listen", multiple=True,
+                  help="libp2p multiaddr to listen on, /ip4|ip6/<address>/tcp/<port> (default from config). "
+                       "Repeatable.")
+    @click.option("--bootstrap", multiple=True,
+                  help="Peer multiaddr to dial at start, /ip4|ip6|dns|dns4|dns6/<host>/tcp/<port>/p2p/<peer id> "
+                       "(as `rgrid id` prints it). Repeatable.")
     @click.option("--bridge-host", default=None, help="HTTP bridge address (default 127.0.0.1).")
     @click.option("--bridge-port", type=int, default=None, help="HTTP bridge port (default 8700).")
     @click.option("--allow-public-bridge", "allow_public", is_flag=True,

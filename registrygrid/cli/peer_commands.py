@@ -31,6 +31,16 @@ def _ago(ms: int) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
+# Ed25519 peer IDs all begin "12D3KooW" (the multihash and key-type
+# prefix), so the table names a peer by its last characters, as git names a
+# commit by its first; 8 base58 characters tell 2**46 peers apart.
+SHORT_PEER_CHARS = 8
+
+
+def short_peer(peer_id: str) -> str:
+    return peer_id if len(peer_id) <= SHORT_PEER_CHARS + 1 else "…" + peer_id[-SHORT_PEER_CHARS:]
+
+
 def peer_rows(home: Home) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """(the running node's info or None, one row per known peer)."""
     home.require()
@@ -83,9 +93,16 @@ def register(cli: click.Group) -> None:
         if running is None:
             click.echo("no node is running on this home; showing the last known peers")
         else:
-            click.echo(f"node {running.get('peer_id')} on {', '.join(running.get('addrs', []))}")
-        shown = [{**row, "addrs": row["addrs"][0] if row["addrs"] else "",
+            render.whole_lines(f"node {running.get('peer_id')} listens on:", running.get("addrs", []))
+        # Peer IDs and addresses are not columns: a cell cuts or folds what
+        # does not fit the terminal, and a cut multiaddr does not dial when
+        # copied. The table names each peer by the end of its ID; after it,
+        # each peer's whole ID heads its addresses, one whole address a line.
+        shown = [{**row, "peer": short_peer(row["peer"]),
                   "lag": "" if row["lag"] is None else f"{row['lag']} behind / {row['ahead']} ahead"}
                  for row in rows]
-        render.rows(shown, False, columns=["peer", "state", "addrs", "last_seen", "latency_ms", "lag",
-                                           "last_sync", "invalid", "note"], title="peers")
+        render.rows(shown, False, columns=["peer", "state", "last_seen", "latency_ms", "lag", "last_sync",
+                                           "invalid", "note"], title="peers", whole=["peer"])
+        for row in rows:
+            render.whole_lines(f"peer {row['peer']}" + (":" if row["addrs"] else " (no address known)"),
+                               row["addrs"])

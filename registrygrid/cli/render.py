@@ -53,26 +53,56 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _is_text_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+
+
 def mapping(data: Mapping[str, Any], as_json: bool, *, title: str = "") -> None:
+    """A key/value table; a list of strings (multiaddrs, problems) is printed
+    after it instead, under its key, one whole item per line: a table cell
+    ellipsizes or folds what does not fit the terminal, and a multiaddr cut
+    either way no longer dials when copied."""
     if as_json:
         dump_json(data)
         return
     table = Table(title=title or None, show_header=False, box=None)
     table.add_column(style="bold cyan")
-    table.add_column()
+    table.add_column(overflow="fold")  # a narrow terminal folds a did or peer ID; it never cuts one
+    listed: dict[str, list[str]] = {}
     for k, v in _plain(data).items():
-        table.add_row(str(k), _cell(v))
+        if _is_text_list(v):
+            listed[str(k)] = v
+        else:
+            table.add_row(str(k), _cell(v))
     _out.print(table)
+    for key, values in listed.items():
+        whole_lines(f"{key}:", values)
 
 
-def rows(items: Sequence[Any], as_json: bool, *, columns: list[str], title: str = "") -> None:
+def whole_lines(heading: str, lines: Sequence[str]) -> None:
+    """``heading``, then each line as is: no wrapping, no cutting, no
+    indent, so a copied line is exactly the value (the terminal may soft-wrap
+    a long one; copying it back gives the whole line)."""
+    _out.print(heading, style="bold cyan", markup=False, highlight=False)
+    for line in lines:
+        click.echo(line)
+
+
+def rows(items: Sequence[Any], as_json: bool, *, columns: list[str], title: str = "",
+         whole: Sequence[str] = ()) -> None:
+    """A table; the ``whole`` columns, for values someone copies (ids), are
+    the last to shrink when the terminal is narrow (rich narrows wrapping
+    columns first) and then fold inside the cell instead of ending in "…"."""
     items = [_plain(i) for i in items]
     if as_json:
         dump_json(items)
         return
     table = Table(title=title or None)
     for column in columns:
-        table.add_column(column)
+        if column in whole:
+            table.add_column(column, no_wrap=True, overflow="fold")
+        else:
+            table.add_column(column)
     for item in items:
         table.add_row(*(_cell(item.get(c)) for c in columns))
     _out.print(table)

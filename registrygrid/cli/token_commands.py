@@ -32,15 +32,17 @@ class _LocalTokens:
         created, secret = tokens.create(self.registry.store, role=role, name=name or "", registry=registry,
                                         expires_at=expires_at, created_by="cli")
         self.registry.audit_note("create", "cli", f"tokens/{created.id}", f"token {created.name} role {created.role}")
-        return {**created.to_dict(), "token": secret}
+        return {**created.to_api(), "token": secret}
 
     def list_tokens(self) -> list[dict[str, Any]]:
-        return [t.to_dict() for t in tokens.list_all(self.registry.store)]
+        # No node runs on this home (else the command would go through its
+        # bridge), so no token is a running node's own CLI credential.
+        return [t.to_api(local=False) for t in tokens.list_all(self.registry.store)]
 
     def revoke_token(self, token_id: str) -> dict[str, Any]:
         revoked = tokens.revoke(self.registry.store, token_id)
         self.registry.audit_note("delete", "cli", f"tokens/{revoked.id}", f"token {revoked.name} revoked")
-        return revoked.to_dict()
+        return revoked.to_api()
 
 
 def _tokens_of(backend: Any) -> Any:
@@ -85,21 +87,24 @@ def register(cli: click.Group) -> None:
     @home_option
     @json_option
     def list_tokens(home: Path | None, as_json: bool) -> None:
-        """Every token (never their secrets)."""
+        """Every token (never their secrets); "local" marks the running node's own CLI credential."""
         with open_backend(home) as backend:
             found = _tokens_of(backend).list_tokens()
         if not as_json:
             found = [{**t, "expires_at": _when(t["expires_at"]), "revoked_at": _when(t["revoked_at"]),
-                      "created_at": _when(t["created_at"])} for t in found]
+                      "created_at": _when(t["created_at"]), "local": "yes" if t.get("local") else ""}
+                     for t in found]
         render.rows(found, as_json, columns=["id", "name", "role", "registry", "created_at", "expires_at",
-                                             "revoked_at", "created_by"], title="tokens")
+                                             "revoked_at", "created_by", "local"], title="tokens", whole=["id"])
 
     @token.command(name="revoke")
     @home_option
     @click.argument("token_id")
     @json_option
     def revoke(home: Path | None, token_id: str, as_json: bool) -> None:
-        """Revoke a token at once (kept, marked revoked, so the audit log still names it)."""
+        """Revoke a token at once (kept, marked revoked, so the audit log still names it).
+
+        The running node's own CLI credential is refused (it is revoked when the node stops)."""
         with open_backend(home) as backend:
             revoked = _tokens_of(backend).revoke_token(token_id)
         render.mapping(revoked, as_json, title="token revoked")

@@ -36,6 +36,7 @@ from registrygrid.errors import PolicyDenied, RegistryError, ValidationError
 from registrygrid.node import gossip as gossip_mod
 from registrygrid.node import peers as peers_mod
 from registrygrid.node.gossip import GossipService
+from registrygrid.node.multiaddrs import check_listen_addrs, check_peer_addrs
 from registrygrid.node.p2p import GossipConfig, P2PError, P2PHost, PeerEvent
 from registrygrid.node.peers import PeerTable
 from registrygrid.node.sync import MAX_INBOUND_SYNCS, SessionReport, SyncFailed, SyncService
@@ -48,7 +49,6 @@ from registrygrid.protocol.hello import (
     MAX_SHARED_PEERS,
     decode_hello,
     encode_hello,
-    is_peer_addr,
     peer_of,
 )
 from registrygrid.storage import peers as peer_store
@@ -113,13 +113,12 @@ class Federation:
     def __init__(self, *, listen: Sequence[str], bootstrap: Sequence[str] = (), federation: str = "default",
                  config: FederationConfig | None = None) -> None:
         self.federation = names.registry_name(federation)  # it becomes a topic segment
-        self.listen = list(listen)
+        # Every address is checked whole here, before anything runs: a bad
+        # one is a ValidationError naming it, not a peer in backoff later.
+        self.listen = check_listen_addrs(listen)
         if not self.listen:
             raise ValidationError("the federation needs at least one --listen multiaddr")
-        bad = [a for a in bootstrap if not is_peer_addr(a)]
-        if bad:
-            raise ValidationError(f"bootstrap addresses must end in /p2p/<peer id>: {bad}")
-        self.bootstrap = list(bootstrap)
+        self.bootstrap = check_peer_addrs(bootstrap)
         self.config = config or FederationConfig()
         self.topic = topic_for(self.federation)
         self.metrics: Counter[str] = Counter()

@@ -68,6 +68,14 @@ class Token:
                 "created_at": self.created_at, "expires_at": self.expires_at, "revoked_at": self.revoked_at,
                 "created_by": self.created_by}
 
+    def to_api(self, *, local: bool = False) -> dict[str, Any]:
+        """The token as the bridge answers and ``rgrid token`` prints it: the
+        stored fields (never the hash) and ``local``, true for the running
+        node's own CLI credential (the admin token it wrote to bridge.json,
+        ``node/bridge/runtime.py``), which the API refuses to revoke. Only a
+        running node has one, so a store opened without a node says false."""
+        return {**self.to_dict(), "local": local}
+
 
 def _hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()

@@ -243,6 +243,9 @@ class Api:
     max_streams: int = 512
     state: str = "starting"
     base_url: str = ""
+    # The id of the admin token this node wrote to HOME/bridge.json for the
+    # CLI (runtime.py sets it): the API lists it as "local" and will not revoke it.
+    local_token_id: str | None = None
     streams: int = 0
     _inflight: set[tuple[str, str]] = field(default_factory=set)
 
@@ -602,23 +605,33 @@ class Api:
         self.audit.note("create", token.actor, f"tokens/{created.id}",
                         f"token {created.name} role {created.role}" +
                         (f" registry {created.registry}" if created.registry else ""), required=False)
-        return json_response({**created.to_dict(), "token": secret}, 201, {"Location": f"/v1/tokens/{created.id}"})
+        return json_response({**created.to_api(), "token": secret}, 201, {"Location": f"/v1/tokens/{created.id}"})
 
     async def list_tokens(self, request: web.Request) -> web.Response:
         token = self.require(request, ADMIN, target="tokens")
         self.read_note(token, "tokens", "list tokens")
-        return json_response({"tokens": [t.to_dict() for t in tokens.list_all(self.store)]})
+        return json_response({"tokens": [t.to_api(local=t.id == self.local_token_id)
+                                         for t in tokens.list_all(self.store)]})
 
     async def revoke_token(self, request: web.Request) -> web.Response:
         token = self.require(request, ADMIN, target="tokens")
         token_id = request.match_info["token_id"]
         if not _TOKEN_ID.fullmatch(token_id):
             raise NotFound(f"no token {token_id[:40]!r}")
+        if token_id == self.local_token_id:
+            # Revoking it would lock every `rgrid` command out of the running
+            # node until a restart. 409, not 403: the caller is an admin, who
+            # may revoke tokens, so no other token would be let through and
+            # this is no authorization failure; what conflicts is the target's
+            # state, in use by the node until it stops and revokes it itself
+            # (RFC 9110 15.5.10; the same reasoning as HomeLocked's 409).
+            raise self.auth.refuse(token.actor, f"tokens/{token_id}", Conflict(
+                f"token {token_id} is the node's own CLI credential; it is revoked when the node stops"))
         revoked = await self.in_executor(tokens.revoke, self.store, token_id)
         self.auth.forget(revoked.id)
         self.audit.note("delete", token.actor, f"tokens/{revoked.id}", f"token {revoked.name} revoked",
                         required=False)
-        return json_response(revoked.to_dict())
+        return json_response(revoked.to_api())
 
     # ---------------------------------------------------------------- the app
 

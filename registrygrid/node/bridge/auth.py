@@ -8,9 +8,10 @@ ledger. A token limited to one registry reads and writes only there
 
 No token or a bad one -> 401 (with ``WWW-Authenticate``); a good token
 without the role or scope -> 403. Both are audited as ``deny`` entries (the
-bridge batches them, see ``audit.py``). A 429 is counted in metrics but not
-audited: auditing every throttled request would let a client fill the
-ledger at exactly the rate it is being held back.
+bridge batches them, see ``audit.py``), and so is an attempt to revoke the
+node's own CLI token (409, ``Authenticator.refuse``). A 429 is counted in
+metrics but not audited: auditing every throttled request would let a
+client fill the ledger at exactly the rate it is being held back.
 
 Rate limits are token buckets, one per token, plus one per client address
 for requests without a valid token (so a flood of bad tokens cannot flood
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from registrygrid.errors import PolicyDenied, RateLimited, Unauthorized
+from registrygrid.errors import PolicyDenied, RateLimited, RegistryError, Unauthorized
 from registrygrid.node.bridge.audit import AuditBuffer
 from registrygrid.storage import tokens
 from registrygrid.storage.store import Store
@@ -170,7 +171,13 @@ class Authenticator:
             raise RateLimited(f"rate limit of {self.limiter.limit.rate:g} requests/s exceeded; retry later",
                               details={"retry_after_s": round(wait, 3)})
 
-    def _deny(self, status: int, actor: str, target: str, exc: Unauthorized | PolicyDenied) -> Exception:
+    def refuse(self, actor: str, target: str, exc: RegistryError) -> RegistryError:
+        """A refusal a handler decides after authentication (the node's own
+        CLI token, which no API call may revoke): audited as a ``deny`` entry
+        and counted like a 401/403, so the ledger shows who tried."""
+        return self._deny(exc.http_status, actor, target, exc)
+
+    def _deny(self, status: int, actor: str, target: str, exc: RegistryError) -> RegistryError:
         self.audit.note("deny", actor, target, f"{exc.code}: {exc.message}", required=False)
         self.on_deny(status)
         return exc

@@ -107,7 +107,8 @@ class BridgeMetrics:
         r.register(self.latency)
         self.errors = Counter("rgrid_http_errors", "Error answers by route template and error code.",
                               ["route", "code"], registry=r)
-        self.denials = Counter("rgrid_http_denials", "Requests refused by authentication (401) or authorization (403).",
+        self.denials = Counter("rgrid_http_denials", "Requests refused by authentication (401), authorization "
+                               "(403) or as a revocation of the node's own CLI token (409).",
                                ["status"], registry=r)
         self.throttled = Counter("rgrid_http_rate_limited", "Requests refused with 429 by a rate limit.", registry=r)
         self.write_seconds = Histogram(

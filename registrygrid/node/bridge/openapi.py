@@ -52,6 +52,9 @@ KIND_NAME = {"type": "string", "pattern": names.KIND_NAME.pattern}
 TAG = {"type": "string", "pattern": names.TAG.pattern}
 TAGS = {"type": "array", "items": TAG, "maxItems": limits.MAX_TAGS}
 TOKEN_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{12}$"}
+LOCAL_TOKEN = {"type": "boolean", "description": "the running node's own CLI credential (the admin token in "
+                                                 "HOME/bridge.json): it cannot be revoked through the API (409) "
+                                                 "and is revoked when the node stops"}
 
 
 def _obj(props: dict[str, Any], required: list[str] | None = None, *, closed: bool = True,
@@ -120,10 +123,11 @@ SCHEMAS: dict[str, Any] = {
     "Health": _obj({"status": {"enum": ["ok", "starting", "stopping"]}, "feed_head": SEQ}),
     "Token": _obj({"id": TOKEN_ID, "name": STRING, "role": {"enum": list(ROLES)}, "registry": _nullable(STRING),
                    "created_at": INT, "expires_at": _nullable(INT), "revoked_at": _nullable(INT),
-                   "created_by": STRING}),
+                   "created_by": STRING, "local": LOCAL_TOKEN}),
     "TokenCreated": _obj({
         "id": TOKEN_ID, "name": STRING, "role": {"enum": list(ROLES)}, "registry": _nullable(STRING),
         "created_at": INT, "expires_at": _nullable(INT), "revoked_at": _nullable(INT), "created_by": STRING,
+        "local": LOCAL_TOKEN,
         "token": {"type": "string", "description": "rgt_<id>.<secret>: shown once, never stored"},
     }),
     "Tokens": _obj({"tokens": {"type": "array", "items": _ref("Token")}}),
@@ -168,7 +172,7 @@ _ERROR_STATUSES = {
     "401": "No token or a bad one",
     "403": "The token lacks the role or the registry scope",
     "404": "No such registry, record, kind or token",
-    "409": "Conflict (already exists, in progress)",
+    "409": "Conflict (already exists, in progress, the node's own CLI token)",
     "412": "If-Match names a change the record moved past",
     "413": f"Body over {MAX_BODY_BYTES} bytes, or fields over {limits.MAX_RECORD_BYTES} bytes encoded",
     "422": "Well-formed but invalid (schema violation: details list every failing path)",
@@ -375,8 +379,10 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/tokens/{token_id}": {
             "delete": _op("revokeToken", "Revoke a token (admin)",
-                          {**_json("200", "Token", "revoked"), **_errors("401", "403", "404", "429")},
-                          tags=["tokens"], params=[_path("token_id", TOKEN_ID)]),
+                          {**_json("200", "Token", "revoked"), **_errors("401", "403", "404", "409", "429")},
+                          tags=["tokens"], params=[_path("token_id", TOKEN_ID)],
+                          description="The node's own CLI token (local: true) is refused with 409 (and "
+                                      "audited): it is revoked when the node stops."),
         },
     }
 

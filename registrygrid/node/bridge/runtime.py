@@ -18,8 +18,10 @@ on every write (``rgrid_bridge_crossing_seconds``) and by
 
 Lifecycle, as a component of the node's nursery: ``Bridge.run`` starts the
 thread, waits until aiohttp listens, writes ``HOME/bridge.json`` (URL and a
-fresh admin token for the CLI, mode 0600), reports ``started``, and then
-flushes the audit buffer until cancelled. On cancel (Ctrl-C, SIGTERM, a
+fresh admin token for the CLI, mode 0600; the API lists it as ``local`` and
+refuses to revoke it, so no API call locks the operator out of the running
+node), reports ``started``, and then flushes the audit buffer until
+cancelled. On cancel (Ctrl-C, SIGTERM, a
 test's scope) it stops the loop (aiohttp stops listening, ends streams and
 lets in-flight requests finish within ``shutdown_grace_s``), cancels any
 write still waiting in trio after that grace, joins the thread, flushes the
@@ -250,6 +252,10 @@ class Bridge:
                 tokens.revoke(node.store, old.id)
         created, secret = tokens.create(node.store, role="admin", name="cli", created_by=CLI_TOKEN_CREATOR)
         self.cli_token = secret
+        if self.api is not None:
+            # By id, not by created_by: an earlier run's CLI token was just
+            # revoked above, so this one is the only live one, and the id names it exactly.
+            self.api.local_token_id = created.id
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
