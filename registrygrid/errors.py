@@ -97,6 +97,25 @@ class PolicyDenied(RegistryError):
     exit_code = EX_NOPERM
 
 
+class NotOwner(PolicyDenied):
+    """The signer does not speak for the record's owner org (nor holds a
+    role the registry's policy grants over other orgs' records)."""
+
+    code = "not_owner"
+
+
+class DelegationExpired(PolicyDenied):
+    """The signer's org delegation does not cover the change's time."""
+
+    code = "delegation_expired"
+
+
+class KeyRevoked(PolicyDenied):
+    """The signer's key was revoked by its org before this change."""
+
+    code = "key_revoked"
+
+
 class Unauthorized(RegistryError):
     code = "unauthorized"
     http_status = 401

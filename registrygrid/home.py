@@ -135,10 +135,23 @@ class Home:
         return OrgMembership(org=data["org"], name=data.get("name", ""), delegation=delegation)
 
     def verified_org(self) -> OrgMembership | None:
+        """The home's org and delegation, signature checked. An expired
+        delegation still opens the home (reads, serving, sync go on); the
+        engine refuses new writes until it is renewed."""
         membership = self.org()
         if membership is not None:
-            verify_delegation(membership.delegation, org=membership.org, subject=self.node_key().did, role="node")
+            verify_delegation(membership.delegation, org=membership.org, subject=self.node_key().did, role="node",
+                              check_window=False)
         return membership
+
+    def set_delegation(self, delegation: Delegation) -> None:
+        """Replace this node's delegation (a renewal), atomically."""
+        path = self.path / "org.json"
+        data = json.loads(path.read_text())
+        data["delegation"] = base64.b64encode(delegation.encode()).decode()
+        tmp = self.path / f".org.json.{os.getpid()}"
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
 
     def config(self) -> dict[str, Any]:
         path = self.path / "config.json"

@@ -24,16 +24,18 @@ from registrygrid.engine.engine import Engine
 from registrygrid.engine.ops import AuditNote, Delete, Operation, Outcome, Put, Update, WriteResult
 from registrygrid.engine.verify import VerifyReport, verify_store
 from registrygrid.errors import NotFound, RegistryError, ValidationError
-from registrygrid.home import Home
-from registrygrid.identity.delegation import verify_delegation
+from registrygrid.home import Home, OrgMembership
+from registrygrid.identity.delegation import Delegation, verify_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol import names
 from registrygrid.protocol.envelope import cid_to_str, open_envelope
 from registrygrid.schemas import KindSchema, SchemaCatalog
-from registrygrid.storage import feed, records
+from registrygrid.storage import chains, feed, records
 from registrygrid.storage.audit import AuditEntry, AuditLedger
 from registrygrid.storage.feed import FeedEvent
 from registrygrid.storage.store import Store, pack, unpack
+from registrygrid.trust import access
+from registrygrid.trust.statements import DELEGATION_KIND, MEMBERS_REGISTRY, delegation_record
 
 # A page of a listing; bigger pages are refused rather than silently cut so
 # a client never mistakes a truncated page for the end.
@@ -129,18 +131,56 @@ class LocalRegistry:
             membership = home.verified_org()
             store = Store(home.store_path)
             engine = Engine(store, key, SchemaCatalog(), owner=membership.org if membership else None)
-            if membership is not None:
-                engine.delegates[membership.org] = frozenset({key.did})
         except BaseException:
             home.unlock()
             raise
-        return cls(store, engine, home)
+        registry = cls(store, engine, home)
+        if lock and membership is not None:
+            try:
+                registry.publish_membership(membership)
+            except BaseException:
+                registry.close()
+                raise
+        return registry
+
+    def publish_membership(self, membership: OrgMembership) -> list[WriteResult]:
+        """Put the home's org record and its delegation of this node into
+        the store if they are not there yet (``rgrid init``, and every open
+        of an older home or after a renewal), so they replicate and every
+        peer can check that this node speaks for its org."""
+        record_id, fields = delegation_record(membership.delegation)
+        ops: list[Operation] = []
+        with self.store.read() as txn:
+            if records.get_record(self.store, txn, MEMBERS_REGISTRY, record_id) is None:
+                ops.append(Put(MEMBERS_REGISTRY, DELEGATION_KIND, fields, record_id))
+            if records.get_record(self.store, txn, access.ORGS_REGISTRY, membership.org) is None:
+                ops.append(Put(access.ORGS_REGISTRY, "org", {"name": membership.name or "org", "did": membership.org},
+                               membership.org))
+        # Each op is answered on its own: with an expired delegation the org
+        # record is refused (and audited) while the home still opens.
+        return [outcome for outcome in self.engine.execute(ops) if isinstance(outcome, WriteResult)]
 
     @classmethod
-    def open_path(cls, path: str | Path, key: KeyPair | None = None, *, owner: str | None = None) -> LocalRegistry:
-        """A bare store without a home (tests, simulations, tools)."""
+    def open_path(cls, path: str | Path, key: KeyPair | None = None, *, owner: str | None = None,
+                  delegation: Delegation | None = None) -> LocalRegistry:
+        """A bare store without a home (tests, simulations, tools). With a
+        ``delegation`` of ``key``, the store writes for the delegating org
+        and publishes the delegation (as a home does)."""
         store = Store(path)
-        return cls(store, Engine(store, key or KeyPair.generate(), SchemaCatalog(), owner=owner))
+        if delegation is not None:
+            owner = delegation.claims.org
+        registry = cls(store, Engine(store, key or KeyPair.generate(), SchemaCatalog(), owner=owner))
+        if delegation is not None:
+            registry.publish_delegation(delegation)
+        return registry
+
+    def publish_delegation(self, delegation: Delegation) -> WriteResult | None:
+        """Put a signed delegation into grid.members unless it is there; None if it was."""
+        record_id, fields = delegation_record(delegation)
+        with self.store.read() as txn:
+            if records.get_record(self.store, txn, MEMBERS_REGISTRY, record_id) is not None:
+                return None
+        return self.put(MEMBERS_REGISTRY, DELEGATION_KIND, fields, id=record_id)
 
     def close(self) -> None:
         with self.store.write() as txn:
@@ -361,6 +401,13 @@ class StoreChecks:
     def audit_verify(self) -> dict[str, Any]:
         return AuditLedger.verify(self.store)
 
+    def heads_of(self, author: str) -> dict[str, int]:
+        """registry -> sequence number of ``author``'s last change held here
+        (what a revocation of that key names as its cutoffs)."""
+        with self.store.read() as txn:
+            vector = chains.heads(self.store, txn)
+        return {registry: authors[author] for registry, authors in sorted(vector.items()) if author in authors}
+
     def close(self) -> None:
         self.store.close()
 
@@ -373,7 +420,7 @@ def home_identity(home: Home) -> dict[str, Any]:
     out: dict[str, Any] = {"did": key.did, "peer_id": key.peer_id, "org": key.did}
     membership = home.org()
     if membership is not None:
-        claims = verify_delegation(membership.delegation, subject=key.did)
+        claims = verify_delegation(membership.delegation, subject=key.did, check_window=False)
         out.update(org=membership.org, org_name=membership.name, roles=list(claims.roles),
                    delegation_expires=claims.expires)
     running = home.node_info()  # written by the node's federation while it runs

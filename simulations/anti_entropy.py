@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from registrygrid.engine.ops import Committed, Put, Remote
+from registrygrid.identity.delegation import sign_delegation
+from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.gossip import decode_batch, encode_batch
 from registrygrid.protocol.sync import SyncPuller, answer_sync
 from registrygrid.sdk import LocalRegistry
@@ -68,8 +70,11 @@ def run(nodes: int = 5, rounds: int = 10, writes_per_round: int = 3, loss: float
     base = Path(tempfile.mkdtemp(prefix="rgrid-sim-", dir=workdir))
     sim: list[SimNode] = []
     try:
+        # The nodes belong to one org, so each may edit what another created.
+        org = KeyPair.generate()
         for i in range(nodes):
-            grid = LocalRegistry.open_path(base / f"n{i}")
+            key = KeyPair.generate()
+            grid = LocalRegistry.open_path(base / f"n{i}", key, delegation=sign_delegation(org, key.did, ["node"]))
             node = SimNode(f"n{i}", grid)
             grid.engine.listeners.append(node.on_commit)
             sim.append(node)

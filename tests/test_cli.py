@@ -113,7 +113,7 @@ def test_put_get_update_delete_and_history(home: Path, tmp_path: Path, rgrid: Ru
                   "--tag", "gpu", home=home)
     assert put["status"] == "created"
     assert put["id"] == "c1"
-    assert put["feed_seq"] == 2
+    assert put["feed_seq"] == 4  # after the home's delegation, org record and seed tool
 
     record = ok_json(rgrid, "get", "grid.clusters", "c1", home=home)
     assert record["fields"] == {"name": "c1", "gpus": {"count": 8, "model": "NVIDIA H100"}, "reputation": 0.9,
@@ -168,7 +168,9 @@ def test_feed_tail_prints_one_json_event_per_line(listed_home: Path, rgrid: Run)
     proc = rgrid("feed", "tail", "--from", "0", "--json", home=listed_home)
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [e["seq"] for e in events] == list(range(1, 10))
+    # The home's delegation of its node and its org record come first (rgrid init publishes them).
+    assert [e["seq"] for e in events] == list(range(1, 12))
+    assert [e["registry"] for e in events[:2]] == ["grid.members", "grid.orgs"]
     assert all(e["type"] == "created" for e in events)
     assert [e["record"] for e in events[-2:]] == ["grep", "sed"]
     assert {"registry", "record", "kind", "change", "author", "hlc", "origin"} <= set(events[0])
@@ -177,8 +179,8 @@ def test_feed_tail_prints_one_json_event_per_line(listed_home: Path, rgrid: Run)
 def test_verify_reports_a_healthy_store(listed_home: Path, rgrid: Run) -> None:
     report = ok_json(rgrid, "verify", home=listed_home)
     assert report["ok"] is True
-    assert report["changes"] == 9
-    assert report["records"] == 9
+    assert report["changes"] == 11  # nine records, the home's delegation and org record
+    assert report["records"] == 11
     assert report["problem"] is None
 
 

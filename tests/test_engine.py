@@ -33,12 +33,14 @@ from registrygrid.errors import (
     UnknownRegistry,
     ValidationError,
 )
+from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol import limits
 from registrygrid.protocol.envelope import cid_from_str, cid_to_str, open_envelope, seal
 from registrygrid.protocol.hlc import Hlc
 from registrygrid.sdk import LocalRegistry
 from registrygrid.storage.store import key as store_key
+from registrygrid.trust.statements import DELEGATION_KIND, MEMBERS_REGISTRY, delegation_record
 
 CLUSTERS = "grid.clusters"
 
@@ -91,6 +93,17 @@ def all_records(grid: LocalRegistry) -> list[dict[str, Any]]:
 
 def open_store(path: Path, key: KeyPair | None = None) -> LocalRegistry:
     return LocalRegistry.open_path(path, key)
+
+
+ORG = KeyPair(b"\x63" * 32)
+
+
+def org_node(path: Path, key: KeyPair, org: KeyPair = ORG) -> LocalRegistry:
+    """A store whose key is a node of ``org``, its delegation published."""
+    grid = LocalRegistry.open_path(path, key, owner=org.did)
+    record_id, fields = delegation_record(sign_delegation(org, key.did, ["node", "writer"]))
+    grid.put(MEMBERS_REGISTRY, DELEGATION_KIND, fields, id=record_id)
+    return grid
 
 
 # ================================================================ put / get / update / delete
@@ -626,7 +639,10 @@ def test_any_delivery_order_of_concurrent_changes_yields_the_same_records(data: 
                                                                            n_authors: int) -> None:
     steps = data.draw(st.lists(_author_step(n_authors), min_size=6, max_size=14), label="steps")
     with tempfile.TemporaryDirectory() as root:
-        stores = [open_store(Path(root) / f"author{i}", KeyPair(bytes([i + 1]) * 32)) for i in range(n_authors)]
+        # The authors are nodes of one org, so each may edit what another
+        # created (ownership is per org); their delegations travel as
+        # grid.members records among the changes.
+        stores = [org_node(Path(root) / f"author{i}", KeyPair(bytes([i + 1]) * 32)) for i in range(n_authors)]
         replicas: list[LocalRegistry] = []
         try:
             for step in steps:

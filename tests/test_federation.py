@@ -117,8 +117,9 @@ async def test_a_node_stopped_during_1000_writes_catches_up_after_restart(tmp_pa
 async def test_partition_then_heal_converges_with_no_acknowledged_write_lost(tmp_path: Path) -> None:
     with trio.fail_after(90):
         async with cluster(tmp_path) as nodes:
+            # Nodes of one org ("a"'s), so both sides may edit one record.
             a = await nodes.start("a")
-            members = [a] + [await nodes.start(n, a.fed.addrs()) for n in ("b", "c", "d")]
+            members = [a] + [await nodes.start(n, a.fed.addrs(), org="a") for n in ("b", "c", "d")]
             await full_mesh(members)
             a, b, c, d = members
             await a.write("shared", 1)

@@ -71,15 +71,21 @@ class Cluster:
         self.config = config
         self.members: list[Member] = []
 
-    def home(self, name: str) -> Home:
+    def home(self, name: str, org: str | None = None) -> Home:
+        """The member's home; nodes started with the same ``org`` share its
+        org key (the first one's), so they may edit each other's records."""
         home = Home(self.root / name)
         if not home.exists():
-            home.init(org_name=name)
+            first = Home(self.root / org) if org is not None else None
+            if first is not None and first.exists():
+                home.init(org_name=org or name, org_key_file=first.org_key_path)
+            else:
+                home.init(org_name=org or name)
         return home
 
     async def start(self, name: str, bootstrap: Sequence[str] = (), *, listen: str = LOOPBACK,
-                    config: FederationConfig | None = None) -> Member:
-        home = self.home(name)
+                    config: FederationConfig | None = None, org: str | None = None) -> Member:
+        home = self.home(name, org)
         fed = Federation(listen=[listen], bootstrap=list(bootstrap), federation="testfed",
                          config=config or self.config)
         node = Node(home, [fed])

@@ -20,10 +20,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from registrygrid.errors import SchemaViolation, UnknownKind, ValidationError
+from registrygrid.identity.delegation import sign_delegation
+from registrygrid.identity.keys import KeyPair
 from registrygrid.schemas import BUILTIN_REGISTRIES, FORMAT_CHECKER, BuiltinRegistry, KindSchema, SchemaCatalog
+from registrygrid.trust.statements import delegation_record, revocation_record, sign_revocation
 
 SHA256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 DID = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
+
+def _signed_statements() -> tuple[dict, dict]:
+    org, node = KeyPair(b"\x07" * 32), KeyPair(b"\x08" * 32)
+    _, delegation = delegation_record(sign_delegation(org, node.did, ["node", "writer"], now=1_767_225_600))
+    _, revocation = revocation_record(sign_revocation(org, node.did, {"grid.tools": 12}, reason="key rotated",
+                                                      now=1_798_761_600))
+    return delegation, revocation
+
+
+_STATEMENTS = _signed_statements()
 
 EXAMPLES: dict[tuple[str, int], dict] = {
     ("asset", 1): {
@@ -289,6 +302,9 @@ EXAMPLES: dict[tuple[str, int], dict] = {
             },
         },
     },
+    # Trust statements carry an org's signature; these are real ones (see _signed_statements).
+    ("delegation", 1): _STATEMENTS[0],
+    ("revocation", 1): _STATEMENTS[1],
 }
 
 KIND_HOMES = {
@@ -300,6 +316,7 @@ KIND_HOMES = {
     "exchange": "grid.exchanges", "function": "grid.functions", "org": "grid.orgs",
     "org-task": "grid.org-tasks", "subject": "grid.subjects", "tool": "grid.tools",
     "registry": "grid.registries", "kind": "grid.kinds",
+    "delegation": "grid.members", "revocation": "grid.members",
 }
 
 
@@ -357,7 +374,7 @@ def test_every_builtin_schema_is_a_valid_draft_2020_12_schema(catalog):
 def test_builtin_registries_are_the_table_of_kinds_and_homes():
     assert all(isinstance(r, BuiltinRegistry) for r in BUILTIN_REGISTRIES)
     assert {kind: r.name for r in BUILTIN_REGISTRIES for kind in r.kinds} == KIND_HOMES
-    assert len({r.name for r in BUILTIN_REGISTRIES}) == len(BUILTIN_REGISTRIES) == 22
+    assert len({r.name for r in BUILTIN_REGISTRIES}) == len(BUILTIN_REGISTRIES) == 23
     assert all(r.description for r in BUILTIN_REGISTRIES)
 
 

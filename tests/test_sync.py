@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from registrygrid.engine.ops import IngestResult, Put, Remote
 from registrygrid.errors import MalformedInput, RegistryError, TooLarge, ValidationError
+from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol import sync
 from registrygrid.protocol.sync import (
@@ -161,14 +162,19 @@ def test_advance_moves_only_chains_an_envelope_extends_by_one(pair) -> None:  # 
 
 
 def test_causal_order_lets_a_third_store_apply_everything_without_parking(tmp_path: Path) -> None:
-    a, b, c = store(tmp_path / "a"), store(tmp_path / "b"), store(tmp_path / "c")
+    # a and b are nodes of one org, so b may edit a's records; their
+    # delegations travel with the changes.
+    org = KeyPair.generate()
+    a, b = (LocalRegistry.open_path(tmp_path / name, key, delegation=sign_delegation(org, key.did, ["node"]))
+            for name, key in (("a", KeyPair.generate()), ("b", KeyPair.generate())))
+    c = store(tmp_path / "c")
     try:
         write(a, "x", 10)
         pull_all(a, b)
         for i in range(10):  # b edits a's records: b's changes depend on a's
             b.update(CLUSTERS, f"x{i}", patch={"by": "b"})
         _, outcomes = pull_all(b, c, max_bytes=3000)
-        assert [o.status for o in outcomes] == ["applied"] * 20
+        assert [o.status for o in outcomes] == ["applied"] * 22  # two delegations, 10 creates, 10 updates
         assert c.engine.metrics["remote.parked"] == 0
         assert c.state_digest() == b.state_digest()
     finally:

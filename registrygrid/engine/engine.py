@@ -57,6 +57,7 @@ from registrygrid.errors import (
     MalformedInput,
     MissingDependencies,
     NotFound,
+    NotOwner,
     PolicyDenied,
     RegistryError,
     TooLarge,
@@ -70,6 +71,9 @@ from registrygrid.schemas import KindSchema, SchemaCatalog
 from registrygrid.storage import chains, feed, records
 from registrygrid.storage.audit import AuditLedger
 from registrygrid.storage.store import SEP, Store, key, pack, u64
+from registrygrid.trust import access
+from registrygrid.trust.state import TrustState, Verdict
+from registrygrid.trust.statements import MEMBERS_REGISTRY, Statement, read_statement
 
 # Changes parked while they wait for dependencies. Anti-entropy refetches
 # anything refused here, so the cap only bounds memory and disk a peer can
@@ -125,6 +129,9 @@ class _Batch:
     # (registry, author) -> (seq, cid): chain heads moved by this batch; they
     # survive the cache reset that follows a refused op (see _head).
     heads: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
+    # Keys whose delegation this batch committed: changes parked waiting
+    # for them are released (see _release).
+    delegated: list[str] = field(default_factory=list)
 
 
 class Engine:
@@ -146,13 +153,15 @@ class Engine:
         self.metrics: Counter[str] = Counter()
         self.listeners: list[Callable[[Committed], None]] = []
         self._verify_pool: ThreadPoolExecutor | None = None  # made on the first big remote batch
-        # org did -> keys it delegated to; filled by the node from verified delegations
-        self.delegates: dict[str, frozenset[str]] = {}
+        # Who speaks for whom, folded from grid.members (trust/state.py);
+        # every change, local or remote, is judged against it.
+        self.trust = TrustState()
         self.audit = AuditLedger(store)
         with store.read() as txn:
             self.clock = HybridClock(now_ms, Hlc(*store.get_meta(txn, "hlc", [0, 0])))
         self._reset_caches()
         self._load_user_kinds()
+        self._load_trust()
 
     # ------------------------------------------------------------ batches
 
@@ -178,6 +187,7 @@ class Engine:
                 self.audit.finish_batch(txn, self.key, self.now_ms())
         except BaseException:
             self._reset_caches()
+            self._load_trust()  # statements of the failed batch were added in memory
             self.audit.reload()
             raise
         self.feed_seq = self._batch_feed_seq
@@ -262,31 +272,40 @@ class Engine:
         registry = names.registry_name(op.registry)
         desc = self._registry(txn, registry)
         kind = self._kind_for(desc, op.kind, op.schema)
-        desc.check_writer(self.key.did, self.delegates)
         fields = _checked_fields(op.fields)
         self.catalog.validate(kind.name, kind.version, fields)
         tags = _checked_tags(op.tags)
         links = _checked_links(op.links)
         record_id = names.record_id(op.record_id) if op.record_id is not None else names.new_record_id()
-        self._special_checks(registry, record_id, kind.name, fields)
+        statement = self._special_checks(registry, record_id, kind.name, fields)
         old = records.get_record(self.store, txn, registry, record_id)
-        hlc = self.clock.tick()
         if old is not None and not old["deleted"]:
             raise AlreadyExists(f"{registry}/{record_id} already exists; update it instead")
+        hlc = self.clock.tick()
+        owner = statement.org if statement is not None else self.owner
+        self._check_own_chain(txn, batch, registry)
         if old is not None:
             if old["kind"] != kind.name:
                 raise Conflict(f"{registry}/{record_id} was a {old['kind']}; a deleted record keeps its kind")
+            self._local_verdict(access.check_modify(self.trust, desc, op="create", author=self.key.did,
+                                                    before=old, after=None, at_ms=hlc.wall_ms), old["owner"])
             doc = self._doc_for_write(txn, batch, registry, record_id)
             change = doc.update(fields=fields, schema=kind.version, tags=tags, links=links, undelete=True)
             state = _state_of(old, schema=kind.version, fields=fields, tags=tags, links=links, deleted=False)
         else:
+            self._local_verdict(access.check_create(self.trust, desc, author=self.key.did, record_id=record_id,
+                                                    owner=owner, created_by=self.key.did, at_ms=hlc.wall_ms,
+                                                    statement=statement), owner)
             doc = RecordDoc.new(self.actor)
-            change = doc.create(kind=kind.name, schema=kind.version, owner=self.owner, created_at=hlc.wall_ms,
+            change = doc.create(kind=kind.name, schema=kind.version, owner=owner, created_at=hlc.wall_ms,
                                 created_by=self.key.did, fields=fields, tags=tags, links=links)
-            state = {"kind": kind.name, "schema": kind.version, "owner": self.owner, "tags": tags, "links": links,
+            state = {"kind": kind.name, "schema": kind.version, "owner": owner, "tags": tags, "links": links,
                      "fields": fields, "deleted": False, "created": {"at": hlc.wall_ms, "by": self.key.did}}
         env = self._seal(txn, batch, registry, record_id, "create", kind, change, hlc)
-        seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor, state=state)
+        seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor, state=state,
+                                   statement=statement)
+        if batch.delegated:
+            self._release(txn, batch, None, "parked")
         return WriteResult("created", registry, record_id, env.id, seq, record)
 
     def _update(self, txn: lmdb.Transaction, batch: _Batch, op: Update) -> WriteResult:
@@ -303,7 +322,10 @@ class Engine:
             raise ValidationError("give either fields (replace) or patch (merge), not both")
         version = op.schema if op.schema is not None else old["schema"]
         kind = self._kind_for(desc, old["kind"], version)
-        desc.check_writer(self.key.did, self.delegates)
+        hlc = self.clock.tick()
+        self._check_own_chain(txn, batch, registry)
+        self._local_verdict(access.check_modify(self.trust, desc, op="update", author=self.key.did, before=old,
+                                                after=None, at_ms=hlc.wall_ms), old["owner"])
         if op.fields is not None:
             fields = dict(op.fields)
         else:
@@ -324,7 +346,7 @@ class Engine:
         if change is None:
             return WriteResult("unchanged", registry, record_id, old["change_id"], None, old)
         state = _state_of(old, schema=kind.version, fields=fields, tags=tags, links=links)
-        env = self._seal(txn, batch, registry, record_id, "update", kind, change, self.clock.tick())
+        env = self._seal(txn, batch, registry, record_id, "update", kind, change, hlc)
         seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor, state=state)
         return WriteResult("updated", registry, record_id, env.id, seq, record)
 
@@ -336,11 +358,14 @@ class Engine:
         if op.if_match is not None and op.if_match != old["change_id"]:
             raise Conflict(f"{registry}/{record_id} is at change {old['change_id']}, not {op.if_match}",
                            details={"current": old["change_id"]})
-        desc.check_writer(self.key.did, self.delegates)
+        hlc = self.clock.tick()
+        self._check_own_chain(txn, batch, registry)
+        self._local_verdict(access.check_modify(self.trust, desc, op="delete", author=self.key.did, before=old,
+                                                after=None, at_ms=hlc.wall_ms), old["owner"])
         kind = self.catalog.get(old["kind"], old["schema"])
         doc = self._doc_for_write(txn, batch, registry, record_id)
         change = doc.delete()
-        env = self._seal(txn, batch, registry, record_id, "delete", kind, change, self.clock.tick())
+        env = self._seal(txn, batch, registry, record_id, "delete", kind, change, hlc)
         seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor,
                                    state=_state_of(old, deleted=True))
         return WriteResult("deleted", registry, record_id, env.id, seq, record)
@@ -351,6 +376,19 @@ class Engine:
         return seal(self.key, registry=registry, record=record_id, op=op, kind=kind.name,  # type: ignore[arg-type]
                     schema=kind.version, seq=seq + 1, prev=prev, hlc=hlc, deps=list(change.deps),
                     change_hash=change.hash, payload=change.raw_bytes)
+
+    def _check_own_chain(self, txn: lmdb.Transaction, batch: _Batch, registry: str) -> None:
+        """This node's own key may have been revoked (by its org, from another node)."""
+        seq, _ = self._head(txn, batch, registry, self.key.did)
+        self.trust.check_chain(self.key.did, registry, seq + 1)
+
+    def _local_verdict(self, verdict: Verdict, org: str) -> None:
+        """A local write never waits: a delegation this node lacks is one it
+        would have to publish first."""
+        if verdict is Verdict.WAIT:
+            raise PolicyDenied(
+                f"this node ({self.key.did}) has no delegation from {org} in {MEMBERS_REGISTRY}; "
+                f"the org publishes one with `rgrid org delegate {self.key.did}`")
 
     # ------------------------------------------------------------ remote changes
 
@@ -385,7 +423,7 @@ class Engine:
         desc = self._registry(txn, body.registry)
         if body.kind not in desc.kinds:
             raise PolicyDenied(f"registry {body.registry} does not hold kind {body.kind!r}")
-        desc.check_writer(body.author, self.delegates)
+        self.trust.check_chain(body.author, body.registry, body.seq)
         header = read_header(body.payload)
         if header.hash != body.change_hash:
             raise MalformedInput("the envelope's payload is not the change its change_hash names")
@@ -404,14 +442,48 @@ class Engine:
         if body.change_hash not in doc.heads():
             raise MalformedInput("Automerge did not apply the change")
         state = self._check_state(env, doc)
+        statement = read_statement(body.kind, body.record, state["fields"]) \
+            if body.registry == MEMBERS_REGISTRY and not state.get("deleted") else None
+        if self._remote_verdict(env, desc, old, state, statement) is Verdict.WAIT:
+            # Its signer's delegation has not arrived: wait for it like a
+            # missing dependency (sync brings grid.members), never guess.
+            self.metrics["remote.waiting_delegation"] += 1
+            return self._park(txn, env, b"d" + key(body.author, env.cid))
+        if body.registry == regs.KINDS_REGISTRY and not state.get("deleted"):
+            self._register_kind(body.record, state["fields"])
         if not self.clock.observe(env.hlc):
             # A timestamp far ahead would drag every clock forward and win
             # every "latest change" comparison; refuse it (the author's
             # clock is wrong) rather than let it skew the federation.
             raise ValidationError(f"change clock {env.hlc.wall_ms} ms is more than {MAX_DRIFT_MS} ms ahead of ours")
         batch.docs.pop((body.registry, body.record), None)
-        seq, _ = self._commit(txn, batch, env, doc, old, origin=peer, requested_by=None, state=state)
+        seq, _ = self._commit(txn, batch, env, doc, old, origin=peer, requested_by=None, state=state,
+                              statement=statement)
         return IngestResult("applied", env.id, seq)
+
+    def _remote_verdict(self, env: Envelope, desc: regs.RegistryDescriptor, old: dict[str, Any] | None,
+                        state: dict[str, Any], statement: Statement | None) -> Verdict:
+        """Ownership and policy of a remote change, judged as a local write of
+        its signer would have been, at the change's own time."""
+        body = env.body
+        at_ms = body.hlc[0]
+        if body.op == "create" and not body.deps:
+            # A create: what it claims is in the change alone. When the record
+            # exists already (two creates of one id raced), read the claim
+            # from a document holding just this change.
+            claim = state if old is None else RecordDoc.apply(None, body.payload).materialize()
+            created = claim.get("created") if isinstance(claim.get("created"), dict) else {}
+            verdict = access.check_create(self.trust, desc, author=body.author, record_id=body.record,
+                                          owner=claim.get("owner"), created_by=created.get("by"), at_ms=at_ms,
+                                          statement=statement)
+            if old is not None and old["owner"] != claim.get("owner"):
+                raise NotOwner(f"{body.registry}/{body.record} belongs to {old['owner']}; a create by "
+                               f"{claim.get('owner')} of the same id is refused")
+            return verdict
+        if old is None:
+            raise MalformedInput(f"a {body.op} of {body.registry}/{body.record}, which has no create")
+        return access.check_modify(self.trust, desc, op=body.op, author=body.author, before=old, after=state,
+                                   at_ms=at_ms)
 
     def _check_state(self, env: Envelope, doc: RecordDoc) -> dict[str, Any]:
         body = env.body
@@ -423,8 +495,6 @@ class Engine:
         self.catalog.validate(kind.name, kind.version, state.get("fields"))
         if not isinstance(state.get("owner"), str):
             raise ValidationError("record has no owner")
-        if body.registry == regs.KINDS_REGISTRY and not state.get("deleted"):
-            self._register_kind(body.record, state["fields"])
         return state
 
     def _park(self, txn: lmdb.Transaction, env: Envelope, waiting_key: bytes) -> IngestResult:
@@ -437,17 +507,21 @@ class Engine:
         txn.put(waiting_key, env.cid, db=self.store.db["waiting"])
         return IngestResult("pending", env.id)
 
-    def _release(self, txn: lmdb.Transaction, batch: _Batch, first: Envelope, peer: str) -> list[str]:
-        """Apply parked changes that waited for ``first`` (and, transitively, for those)."""
+    def _release(self, txn: lmdb.Transaction, batch: _Batch, first: Envelope | None, peer: str) -> list[str]:
+        """Apply parked changes that waited for ``first`` or for a delegation
+        this batch committed (and, transitively, for those)."""
         released: list[str] = []
-        work = [first]
+        work: list[Envelope | None] = [first]
         waiting, pending = self.store.db["waiting"], self.store.db["pending"]
-        while work:
-            body = work.pop().body
-            chain_prefix = b"c" + key(body.registry, body.author, u64(body.seq)) + b"\x00"
-            record_prefix = b"r" + key(body.registry, body.record) + b"\x00"
-            keys = [k for k, _ in self.store.iter_prefix(txn, "waiting", chain_prefix)]
-            keys += [k for k, _ in self.store.iter_prefix(txn, "waiting", record_prefix)]
+        while work or batch.delegated:
+            prefixes = [b"d" + key(subject) + SEP for subject in batch.delegated]
+            batch.delegated.clear()
+            done = work.pop() if work else None
+            if done is not None:
+                body = done.body
+                prefixes.append(b"c" + key(body.registry, body.author, u64(body.seq)) + SEP)
+                prefixes.append(b"r" + key(body.registry, body.record) + SEP)
+            keys = [k for prefix in prefixes for k, _ in self.store.iter_prefix(txn, "waiting", prefix)]
             for wkey in keys:
                 cid = txn.get(wkey, db=waiting)
                 if cid is None:
@@ -481,7 +555,7 @@ class Engine:
 
     def _commit(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope, doc: RecordDoc,
                 old: dict[str, Any] | None, *, origin: str, requested_by: str | None,
-                state: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+                state: dict[str, Any], statement: Statement | None = None) -> tuple[int, dict[str, Any]]:
         db = self.store.db
         body = env.body
         reg, rec = body.registry, body.record
@@ -512,6 +586,11 @@ class Engine:
         self.metrics[f"write.{body.op}"] += 1
         if reg == regs.REGISTRY_OF_REGISTRIES:
             self._registry_cache.pop(rec, None)
+        if statement is not None and self.trust.add(statement):
+            # Nothing can fail after this point of the op; a later failure of
+            # the batch reloads the trust state from the store.
+            self.metrics[f"trust.{statement.kind}"] += 1
+            batch.delegated.append(statement.subject)
         return seq, record
 
     def _materialized(self, state: dict[str, Any], env: Envelope, old: dict[str, Any] | None) -> dict[str, Any]:
@@ -593,11 +672,31 @@ class Engine:
         doc.fork_with_actor(self.actor)
         return doc
 
-    def _special_checks(self, registry: str, record_id: str, kind: str, fields: Mapping[str, Any]) -> None:
+    def _special_checks(self, registry: str, record_id: str, kind: str,
+                        fields: Mapping[str, Any]) -> Statement | None:
+        """Rules of the built-in registries that describe the grid itself;
+        a grid.members record is read (and its signature checked) as the
+        statement it carries."""
+        if registry == MEMBERS_REGISTRY:
+            return read_statement(kind, record_id, fields)
         if registry == regs.REGISTRY_OF_REGISTRIES:
             regs.check_new_descriptor(record_id, fields, self.catalog)
         elif registry == regs.KINDS_REGISTRY:
             self._register_kind(record_id, fields)
+        return None
+
+    def _load_trust(self) -> None:
+        """Fold every statement in grid.members into a fresh trust state.
+        Each was checked when it was stored; one that no longer reads (a
+        damaged store) is counted and left out, never trusted."""
+        trust = TrustState()
+        with self.store.read() as txn:
+            for record in records.iter_records(self.store, txn, registry=MEMBERS_REGISTRY):
+                try:
+                    trust.add(read_statement(record["kind"], record["id"], record["fields"]))
+                except RegistryError:
+                    self.metrics["trust.unreadable_statements"] += 1
+        self.trust = trust
 
     def _register_kind(self, record_id: str, fields: Mapping[str, Any]) -> None:
         """Add a user kind to the catalog, or raise why not. Runs before the

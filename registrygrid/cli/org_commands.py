@@ -1,0 +1,181 @@
+"""`rgrid org show|delegate|renew|revoke`: an org's signed statements about its keys.
+
+The org key signs; the node publishes. Each command signs a statement with
+the org key (the home's ``keys/org.key``, or ``--org-key FILE`` for an org
+key kept offline, e.g. on a laptop or a USB stick that is plugged in only
+for this) and publishes it as a record of ``grid.members``, through the
+running node's bridge when a node holds the home, else into the store
+directly; either way it replicates to the federation like any record.
+
+* ``delegate KEY``: this key speaks for the org (a new node, or a member).
+* ``renew``: a fresh delegation of this node (before or after the old one
+  expired); it also replaces the home's ``org.json`` so the node writes
+  again at once.
+* ``revoke KEY``: the key stops speaking for the org. The revocation names,
+  per registry, the key's last change this node holds; those stay valid,
+  anything after is refused on every node (docs/trust.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from registrygrid.cli import render
+from registrygrid.cli.backend import open_backend
+from registrygrid.errors import NotFound, NotInitialized, ValidationError
+from registrygrid.home import Home, read_key_file
+from registrygrid.identity.delegation import ROLES, sign_delegation
+from registrygrid.identity.keys import KeyPair, public_key_from_did
+from registrygrid.sdk import StoreChecks
+from registrygrid.trust.statements import (
+    DELEGATION_KIND,
+    MEMBERS_REGISTRY,
+    REVOCATION_KIND,
+    delegation_record,
+    revocation_record,
+    sign_revocation,
+)
+
+DAY = 24 * 3600
+
+
+def org_key_of(home: Home, org_key_file: Path | None) -> KeyPair:
+    """The org key from --org-key, else the home's; it must be the home's org."""
+    membership = home.org()
+    if membership is None:
+        raise NotInitialized(f"{home.path} has no org; run `rgrid init`")
+    path = org_key_file or home.org_key_path
+    if not path.exists():
+        raise NotInitialized(f"the org key is not in this home ({home.org_key_path}); give it with --org-key FILE")
+    key = read_key_file(path)
+    if key.did != membership.org:
+        raise ValidationError(f"{path} is the key of {key.did}, not of this home's org {membership.org}")
+    return key
+
+
+def _publish(home: Home, kind: str, record_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    with open_backend(home.path) as backend:
+        try:
+            backend.get(MEMBERS_REGISTRY, record_id)
+        except NotFound:
+            pass
+        else:
+            return {"status": "unchanged", "id": record_id}
+        result = backend.put(MEMBERS_REGISTRY, kind, fields, id=record_id)
+        return result.to_dict() if hasattr(result, "to_dict") else dict(result)
+
+
+def _when(seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def register(cli: click.Group) -> None:
+    home_option = click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="RGRID_HOME",
+                               default=None, help="Node home directory (default $RGRID_HOME or ~/.registrygrid).")
+    json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+    org_key_option = click.option("--org-key", "org_key_file", type=click.Path(dir_okay=False, path_type=Path),
+                                  help="The org key file, when it is not kept in this home.")
+    days_option = click.option("--days", type=click.IntRange(1, 10 * 365), default=365, show_default=True,
+                               help="How long the delegation is valid.")
+
+    @cli.group()
+    def org() -> None:
+        """The org this node speaks for, and its signed statements about keys."""
+
+    @org.command(name="show")
+    @home_option
+    @json_option
+    def org_show(home: Path | None, as_json: bool) -> None:
+        """This home's org, and every delegation and revocation of the org's keys known here."""
+        home_obj = Home(home)
+        home_obj.require()
+        membership = home_obj.org()
+        if membership is None:
+            raise NotInitialized(f"{home_obj.path} has no org; run `rgrid init`")
+        claims = membership.delegation.claims
+        now = time.time()
+        status = "valid" if claims.not_before <= now < claims.expires else "EXPIRED: run `rgrid org renew`"
+        with open_backend(home_obj.path) as backend:
+            statements = backend.list(MEMBERS_REGISTRY, limit=1000).items
+        rows = [{"kind": s["kind"], "subject": s["fields"]["subject"],
+                 "roles": ",".join(s["fields"].get("roles", [])),
+                 "until": _when(s["fields"]["expires"]) if "expires" in s["fields"] else "revoked",
+                 "id": s["id"]} for s in statements if s["fields"]["org"] == membership.org]
+        if as_json:
+            click.echo(json.dumps({"org": membership.org, "name": membership.name, "node": claims.subject,
+                                   "roles": list(claims.roles), "expires": claims.expires, "status": status,
+                                   "statements": rows}, indent=2))
+            return
+        render.mapping({"org": membership.org, "name": membership.name, "node": claims.subject,
+                        "roles": ", ".join(claims.roles), "expires": _when(claims.expires), "status": status},
+                       False, title="org")
+        render.rows(rows, False, columns=["kind", "subject", "roles", "until", "id"])
+
+    @org.command(name="delegate")
+    @home_option
+    @json_option
+    @org_key_option
+    @days_option
+    @click.argument("subject")
+    @click.option("--role", "roles", multiple=True, type=click.Choice(sorted(ROLES)),
+                  default=("node", "writer"), show_default=True, help="Roles granted. Repeatable.")
+    def org_delegate(home: Path | None, as_json: bool, org_key_file: Path | None, days: int, subject: str,
+                     roles: tuple[str, ...]) -> None:
+        """Let the key SUBJECT (a did:key) speak for this org."""
+        home_obj = Home(home)
+        home_obj.require()
+        public_key_from_did(subject)
+        delegation = sign_delegation(org_key_of(home_obj, org_key_file), subject, roles, valid_for=days * DAY)
+        record_id, fields = delegation_record(delegation)
+        result = _publish(home_obj, DELEGATION_KIND, record_id, fields)
+        render.mapping({**result, "subject": subject, "roles": ", ".join(fields["roles"]),
+                        "expires": _when(fields["expires"])}, as_json, title="delegated")
+
+    @org.command(name="renew")
+    @home_option
+    @json_option
+    @org_key_option
+    @days_option
+    def org_renew(home: Path | None, as_json: bool, org_key_file: Path | None, days: int) -> None:
+        """Sign a fresh delegation of this node (before or after the old one expires)."""
+        home_obj = Home(home)
+        home_obj.require()
+        org_key = org_key_of(home_obj, org_key_file)  # refuses a home without an org
+        membership = home_obj.org()
+        assert membership is not None
+        node = home_obj.node_key().did
+        delegation = sign_delegation(org_key, node, membership.delegation.claims.roles, valid_for=days * DAY)
+        record_id, fields = delegation_record(delegation)
+        # Published first (a running node takes it at once), then kept in
+        # org.json for the node's next start.
+        result = _publish(home_obj, DELEGATION_KIND, record_id, fields)
+        home_obj.set_delegation(delegation)
+        render.mapping({**result, "subject": node, "expires": _when(fields["expires"])}, as_json, title="renewed")
+
+    @org.command(name="revoke")
+    @home_option
+    @json_option
+    @org_key_option
+    @click.argument("subject")
+    @click.option("--reason", default="", help="Why (kept in the signed statement).")
+    def org_revoke(home: Path | None, as_json: bool, org_key_file: Path | None, subject: str, reason: str) -> None:
+        """Stop the key SUBJECT speaking for this org. Its changes this node
+        holds stay valid; any later one is refused on every node."""
+        home_obj = Home(home)
+        home_obj.require()
+        public_key_from_did(subject)
+        org_key = org_key_of(home_obj, org_key_file)
+        checks = StoreChecks(home_obj)
+        try:
+            cutoffs = checks.heads_of(subject)
+        finally:
+            checks.close()
+        revocation = sign_revocation(org_key, subject, cutoffs, reason=reason)
+        record_id, fields = revocation_record(revocation)
+        result = _publish(home_obj, REVOCATION_KIND, record_id, fields)
+        render.mapping({**result, "subject": subject, "cutoffs": json.dumps(cutoffs)}, as_json, title="revoked")

@@ -1,0 +1,156 @@
+"""Who speaks for whom: the trust state a node folds from its statements.
+
+The state is a pure function of the *set* of verified statements it was
+given (``add`` in any order gives the same answers), and every question is
+asked at a moment the change itself carries (its HLC wall time) and at its
+position in its author's chain, never at the receiver's clock. So every
+node that holds the same statements judges a change the same way, whenever
+it arrives. Rules:
+
+* A key speaks for itself: an org key may sign changes as its org.
+* A key speaks for org O at time t when O signed a delegation to it whose
+  window covers t and that grants a writing role (node, writer or admin).
+  Of several delegations covering t, the latest issued (greatest
+  ``not_before``) gives the roles, so a renewal can change them.
+* A revocation of key K by an org that delegated K (or by K itself) names,
+  per registry, the last of K's changes that stays valid. K's later changes
+  there, and all of K's changes in registries it does not name, are
+  refused. Two revocations of one key keep the lower cutoff per registry,
+  whatever their order.
+* A change whose author is not known to speak for the org it needs, and
+  of whom no delegation at all is known, *waits* for one (like a missing
+  dependency: it may be in flight); a known key that lacks this org's
+  delegation, or whose delegation does not cover the change's time, is
+  refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from registrygrid.errors import DelegationExpired, KeyRevoked, NotOwner
+from registrygrid.identity.delegation import DelegationBody
+from registrygrid.trust.statements import DELEGATION_KIND, REVOCATION_KIND, RevocationBody, Statement
+
+# Roles that let a delegated key sign changes (identity/delegation.py ROLES);
+# "reader" is for keys that only authenticate reads.
+WRITING_ROLES = frozenset({"node", "writer", "admin"})
+
+
+class Verdict(Enum):
+    ALLOWED = "allowed"
+    WAIT = "wait"  # park until a delegation of the author arrives
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """The revocations of one key that count (see ``TrustState.revoked``)."""
+
+    statements: tuple[RevocationBody, ...]
+
+    @property
+    def by(self) -> list[str]:
+        return sorted({r.org for r in self.statements})
+
+    def cutoff(self, registry: str) -> int:
+        # The lowest cutoff wins; a registry a revocation leaves out is cut at 0.
+        return min(r.cutoffs.get(registry, 0) for r in self.statements)
+
+
+@dataclass
+class TrustState:
+    delegations: dict[str, list[DelegationBody]] = field(default_factory=dict)  # subject -> its delegations
+    _revocations: dict[str, list[RevocationBody]] = field(default_factory=dict)  # subject -> all seen
+    _seen: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, statements: Iterable[Statement]) -> TrustState:
+        state = cls()
+        for statement in statements:
+            state.add(statement)
+        return state
+
+    def add(self, statement: Statement) -> bool:
+        """Take a verified statement; False if it was already known."""
+        if statement.record_id in self._seen:
+            return False
+        self._seen.add(statement.record_id)
+        if statement.kind == DELEGATION_KIND:
+            assert statement.delegation is not None
+            entries = self.delegations.setdefault(statement.subject, [])
+            entries.append(statement.delegation)
+            entries.sort(key=lambda d: (d.not_before, d.expires, d.org, d.roles))
+        elif statement.kind == REVOCATION_KIND:
+            assert statement.revocation is not None
+            self._revocations.setdefault(statement.subject, []).append(statement.revocation)
+        return True
+
+    def revoked(self, key: str) -> Revoked | None:
+        """The revocations of ``key`` that count: those by the key itself or by
+        an org that delegated it. One whose delegation has not arrived yet
+        starts to count when it does, so arrival order does not matter."""
+        seen = self._revocations.get(key)
+        if not seen:
+            return None
+        delegators = {d.org for d in self.delegations.get(key, ())}
+        counted = tuple(r for r in seen if r.org == key or r.org in delegators)
+        return Revoked(counted) if counted else None
+
+    # ------------------------------------------------------------ questions
+
+    def known(self, key: str) -> bool:
+        """Whether any delegation of this key is known."""
+        return key in self.delegations
+
+    def delegation_at(self, key: str, org: str, at_ms: int) -> DelegationBody | None:
+        """The delegation org -> key that governs time ``at_ms``, if any."""
+        moment = at_ms // 1000
+        best = None
+        for claims in self.delegations.get(key, ()):
+            if claims.org == org and claims.not_before <= moment < claims.expires:
+                best = claims  # sorted by not_before: the last that covers wins
+        return best
+
+    def orgs_of(self, key: str, at_ms: int) -> frozenset[str]:
+        """The orgs a key speaks for at a moment (itself included)."""
+        moment = at_ms // 1000
+        return frozenset({key} | {d.org for d in self.delegations.get(key, ())
+                                  if d.not_before <= moment < d.expires
+                                  and self._writes(self.delegation_at(key, d.org, at_ms))})
+
+    @staticmethod
+    def _writes(claims: DelegationBody | None) -> bool:
+        return claims is not None and not WRITING_ROLES.isdisjoint(claims.roles)
+
+    def check_chain(self, author: str, registry: str, seq: int) -> None:
+        """Refuse a change past its author's revocation cutoff (KeyRevoked)."""
+        if author not in self._revocations:
+            return
+        revoked = self.revoked(author)
+        if revoked is not None and seq > revoked.cutoff(registry):
+            raise KeyRevoked(
+                f"{author} was revoked by {', '.join(revoked.by)}; its changes in {registry} "
+                f"after #{revoked.cutoff(registry)} are refused (this is #{seq})")
+
+    def check_speaks_for(self, author: str, org: str, at_ms: int) -> Verdict:
+        """May ``author`` sign a change for ``org`` at ``at_ms``? ALLOWED,
+        WAIT (no delegation of the author is known yet), or a typed refusal."""
+        if author == org:
+            return Verdict.ALLOWED
+        claims = self.delegation_at(author, org, at_ms)
+        if claims is not None:
+            if self._writes(claims):
+                return Verdict.ALLOWED
+            raise NotOwner(f"{org}'s delegation of {author} grants {list(claims.roles)}, no role that writes")
+        if not self.known(author):
+            return Verdict.WAIT
+        windows = [d for d in self.delegations[author] if d.org == org]
+        if windows:
+            last = max(windows, key=lambda d: d.expires)
+            raise DelegationExpired(
+                f"{org}'s delegation of {author} covers {last.not_before}..{last.expires} (unix s), "
+                f"not this change at {at_ms // 1000}; renew it with `rgrid org renew` (the org key signs)")
+        raise NotOwner(f"{author} does not speak for {org} (it is delegated by "
+                       f"{', '.join(sorted({d.org for d in self.delegations[author]}))})")

@@ -1,0 +1,74 @@
+"""`rgrid org`, run as the operator runs it: real processes, real homes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import registrygrid
+from registrygrid.errors import EX_NOPERM
+from registrygrid.home import Home, read_key_file
+from registrygrid.identity.delegation import sign_delegation
+from registrygrid.identity.keys import KeyPair
+from registrygrid.trust.statements import MEMBERS_REGISTRY
+
+Run = Callable[..., Any]
+YEAR = 365 * 24 * 3600
+
+
+def ok_json(rgrid: Run, *args: str, home: Path) -> Any:
+    proc = rgrid(*args, "--json", home=home)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def statements(home: Path) -> list[dict[str, Any]]:
+    with registrygrid.open(home) as grid:
+        return grid.list(MEMBERS_REGISTRY, limit=1000).items
+
+
+def test_init_publishes_the_org_and_its_delegation_of_the_node(rgrid: Run, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    created = ok_json(rgrid, "init", "--org-name", "acme", home=home)
+    shown = ok_json(rgrid, "org", "show", home=home)
+    assert shown["org"] == created["org"] and shown["status"] == "valid"
+    assert [(s["kind"], s["subject"]) for s in shown["statements"]] == [("delegation", created["node"])]
+
+
+def test_delegate_with_an_offline_org_key_then_revoke(rgrid: Run, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    Home(home).init(org_name="acme")
+    # The org key moves off the node; commands take it with --org-key.
+    offline = tmp_path / "usb" / "org.key"
+    offline.parent.mkdir()
+    Home(home).org_key_path.rename(offline)
+    member = KeyPair.generate()
+    proc = rgrid("org", "delegate", member.did, "--role", "writer", home=home)
+    assert proc.returncode != 0 and "--org-key" in proc.stderr
+    delegated = ok_json(rgrid, "org", "delegate", member.did, "--role", "writer", "--days", "30",
+                        "--org-key", str(offline), home=home)
+    assert delegated["status"] == "created" and delegated["roles"] == "writer"
+    revoked = ok_json(rgrid, "org", "revoke", member.did, "--reason", "left", "--org-key", str(offline), home=home)
+    assert revoked["status"] == "created"
+    kinds = sorted((s["kind"], s["fields"]["subject"]) for s in statements(home))
+    assert ("delegation", member.did) in kinds and ("revocation", member.did) in kinds
+
+
+def test_an_expired_node_reads_refuses_writes_with_a_hint_and_renew_fixes_it(rgrid: Run, tmp_path: Path) -> None:
+    home_path = tmp_path / "home"
+    home = Home(home_path)
+    created = home.init(org_name="acme")
+    org_key = read_key_file(home.org_key_path)
+    home.set_delegation(sign_delegation(org_key, created["node"], ["node", "writer"],
+                                        now=time.time() - 2 * YEAR, valid_for=YEAR))
+    assert ok_json(rgrid, "org", "show", home=home_path)["status"].startswith("EXPIRED")
+    assert rgrid("list", "grid.tools", home=home_path).returncode == 0
+    refused = rgrid("put", "grid.tools", "tool", "--set", "name=x", home=home_path)
+    assert refused.returncode == EX_NOPERM and "rgrid org renew" in refused.stderr
+    renewed = ok_json(rgrid, "org", "renew", home=home_path)
+    assert renewed["status"] == "created"
+    assert ok_json(rgrid, "org", "show", home=home_path)["status"] == "valid"
+    assert rgrid("put", "grid.tools", "tool", "--set", "name=x", home=home_path).returncode == 0

@@ -1,0 +1,365 @@
+"""Trust between organizations: delegations that travel, record ownership,
+revocation cutoffs, expiry. Real LMDB stores in temporary directories;
+changes cross between them as the envelopes peers would send."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from registrygrid.engine.ops import Remote
+from registrygrid.errors import (
+    DelegationExpired,
+    KeyRevoked,
+    MalformedInput,
+    NotFound,
+    NotOwner,
+    PolicyDenied,
+    SignatureInvalid,
+)
+from registrygrid.home import Home
+from registrygrid.identity.delegation import sign_delegation
+from registrygrid.identity.keys import KeyPair
+from registrygrid.protocol.envelope import cid_from_str
+from registrygrid.sdk import LocalRegistry
+from registrygrid.trust.state import TrustState, Verdict
+from registrygrid.trust.statements import (
+    DELEGATION_KIND,
+    MEMBERS_REGISTRY,
+    REVOCATION_KIND,
+    delegation_record,
+    read_statement,
+    revocation_record,
+    sign_revocation,
+)
+
+TOOLS = "grid.tools"
+YEAR = 365 * 24 * 3600
+
+
+def org_node(path: Path, org: KeyPair, key: KeyPair | None = None, **delegation: Any) -> LocalRegistry:
+    """A store whose key is a node of ``org``, with its delegation published."""
+    key = key or KeyPair.generate()
+    grid = LocalRegistry.open_path(path, key, owner=org.did)
+    publish(grid, sign_delegation(org, key.did, ["node", "writer"], **delegation))
+    return grid
+
+
+def publish(grid: LocalRegistry, statement: Any) -> str:
+    make = delegation_record if hasattr(statement, "claims") and hasattr(statement.claims, "roles") \
+        else revocation_record
+    record_id, fields = make(statement)
+    kind = DELEGATION_KIND if make is delegation_record else REVOCATION_KIND
+    grid.put(MEMBERS_REGISTRY, kind, fields, id=record_id)
+    return record_id
+
+
+def feed_wires(grid: LocalRegistry) -> list[bytes]:
+    out = []
+    for event in grid.changes(since=0, limit=10_000):
+        wire = grid.change(cid_from_str(event.change))
+        assert wire is not None
+        out.append(wire)
+    return out
+
+
+def deliver(target: LocalRegistry, source: LocalRegistry) -> list[Any]:
+    return target.execute([Remote(w, "peer") for w in feed_wires(source)])
+
+
+def statuses(results: list[Any]) -> list[str]:
+    return [r.status for r in results]
+
+
+def store_snapshot(grid: LocalRegistry) -> tuple[str, int]:
+    return grid.state_digest(), grid.feed_head()
+
+
+@pytest.fixture
+def org_a() -> KeyPair:
+    return KeyPair.generate()
+
+
+@pytest.fixture
+def org_b() -> KeyPair:
+    return KeyPair.generate()
+
+
+# ================================================================ statements
+
+
+def test_a_delegation_record_reads_back_as_the_statement_its_org_signed(org_a: KeyPair) -> None:
+    node = KeyPair.generate()
+    record_id, fields = delegation_record(sign_delegation(org_a, node.did, ["node", "writer"]))
+    statement = read_statement(DELEGATION_KIND, record_id, fields)
+    assert (statement.org, statement.subject) == (org_a.did, node.did)
+    assert statement.delegation is not None and statement.delegation.roles == ("node", "writer")
+
+
+def test_a_delegation_whose_fields_differ_from_what_was_signed_is_malformed(org_a: KeyPair) -> None:
+    record_id, fields = delegation_record(sign_delegation(org_a, KeyPair.generate().did, ["writer"]))
+    with pytest.raises(MalformedInput, match="roles"):
+        read_statement(DELEGATION_KIND, record_id, {**fields, "roles": ["admin", "writer"]})
+
+
+def test_a_statement_under_another_record_id_is_malformed(org_a: KeyPair) -> None:
+    _, fields = delegation_record(sign_delegation(org_a, KeyPair.generate().did, ["writer"]))
+    with pytest.raises(MalformedInput, match="address"):
+        read_statement(DELEGATION_KIND, "st-someotherid", fields)
+
+
+def test_a_statement_signed_by_another_key_than_its_org_is_refused(org_a: KeyPair, org_b: KeyPair) -> None:
+    delegation = sign_delegation(org_a, KeyPair.generate().did, ["writer"])
+    forged = type(delegation)(body=delegation.body, signature=org_b.sign(delegation.body))
+    record_id, fields = delegation_record(forged)
+    with pytest.raises(SignatureInvalid):
+        read_statement(DELEGATION_KIND, record_id, fields)
+
+
+def test_revocation_round_trips_and_keeps_its_cutoffs(org_a: KeyPair) -> None:
+    node = KeyPair.generate()
+    record_id, fields = revocation_record(sign_revocation(org_a, node.did, {TOOLS: 3}, reason="stolen"))
+    statement = read_statement(REVOCATION_KIND, record_id, fields)
+    assert statement.revocation is not None and statement.revocation.cutoffs == {TOOLS: 3}
+    assert base64.b64decode(fields["statement"])
+
+
+# ================================================================ trust state
+
+
+def _statements(org: KeyPair, node: KeyPair) -> list[Any]:
+    now = int(time.time())
+    return [
+        read_statement(DELEGATION_KIND, *delegation_record(
+            sign_delegation(org, node.did, ["writer"], now=now - 10 * YEAR, valid_for=YEAR))),
+        read_statement(DELEGATION_KIND, *delegation_record(sign_delegation(org, node.did, ["node"], now=now - 60))),
+        read_statement(REVOCATION_KIND, *revocation_record(sign_revocation(org, node.did, {TOOLS: 5, "grid.x": 2}))),
+        read_statement(REVOCATION_KIND, *revocation_record(sign_revocation(org, node.did, {TOOLS: 7}))),
+    ]
+
+
+@settings(max_examples=30, deadline=None)
+@given(order=st.permutations(range(4)))
+def test_trust_answers_are_the_same_whatever_order_statements_arrive_in(order: list[int]) -> None:
+    org, node = KeyPair(b"\x01" * 32), KeyPair(b"\x02" * 32)
+    statements = _statements(org, node)
+    state = TrustState.of(statements[i] for i in order)
+    now_ms = int(time.time() * 1000)
+    assert state.check_speaks_for(node.did, org.did, now_ms) is Verdict.ALLOWED
+    assert state.orgs_of(node.did, now_ms) == {node.did, org.did}
+    revoked = state.revoked(node.did)
+    assert revoked is not None
+    # The lower cutoff of the two revocations wins; a registry one leaves out is cut at 0.
+    assert (revoked.cutoff(TOOLS), revoked.cutoff("grid.x"), revoked.cutoff("grid.y")) == (5, 0, 0)
+    state.check_chain(node.did, TOOLS, 5)
+    with pytest.raises(KeyRevoked):
+        state.check_chain(node.did, TOOLS, 6)
+
+
+def test_a_key_with_no_known_delegation_waits_and_one_outside_its_window_is_refused(org_a: KeyPair) -> None:
+    node = KeyPair.generate()
+    state = TrustState()
+    now_ms = int(time.time() * 1000)
+    assert state.check_speaks_for(node.did, org_a.did, now_ms) is Verdict.WAIT
+    state.add(read_statement(DELEGATION_KIND, *delegation_record(
+        sign_delegation(org_a, node.did, ["writer"], now=time.time() - 2 * YEAR, valid_for=YEAR))))
+    with pytest.raises(DelegationExpired, match="rgrid org renew"):
+        state.check_speaks_for(node.did, org_a.did, now_ms)
+    # The change's own time decides, not the receiver's clock.
+    assert state.check_speaks_for(node.did, org_a.did, now_ms - int(1.5 * YEAR * 1000)) is Verdict.ALLOWED
+
+
+def test_a_revocation_by_an_org_that_never_delegated_the_key_does_not_count(org_a: KeyPair, org_b: KeyPair) -> None:
+    node = KeyPair.generate()
+    state = TrustState()
+    state.add(read_statement(DELEGATION_KIND, *delegation_record(sign_delegation(org_a, node.did, ["writer"]))))
+    state.add(read_statement(REVOCATION_KIND, *revocation_record(sign_revocation(org_b, node.did, {}))))
+    state.check_chain(node.did, TOOLS, 100)
+
+
+def test_a_reader_delegation_does_not_let_a_key_write(org_a: KeyPair) -> None:
+    node = KeyPair.generate()
+    state = TrustState.of([read_statement(DELEGATION_KIND, *delegation_record(
+        sign_delegation(org_a, node.did, ["reader"])))])
+    with pytest.raises(NotOwner, match="no role that writes"):
+        state.check_speaks_for(node.did, org_a.did, int(time.time() * 1000))
+
+
+# ================================================================ ownership, local and remote
+
+
+def test_a_record_belongs_to_the_org_of_the_node_that_created_it(tmp_path: Path, org_a: KeyPair) -> None:
+    with org_node(tmp_path / "a", org_a) as grid:
+        record = grid.put(TOOLS, "tool", {"name": "ocr"}, id="ocr").record
+        assert record is not None
+        assert record["owner"] == org_a.did and record["created_by"] == grid.engine.key.did
+
+
+def test_another_orgs_node_may_not_update_or_delete_a_record(tmp_path: Path, org_a: KeyPair,
+                                                              org_b: KeyPair) -> None:
+    with org_node(tmp_path / "a", org_a) as a, org_node(tmp_path / "b", org_b) as b:
+        a.put(TOOLS, "tool", {"name": "ocr"}, id="ocr")
+        assert set(statuses(deliver(b, a))) == {"applied"}
+        before = store_snapshot(b)
+        with pytest.raises(NotOwner, match="belongs to"):
+            b.update(TOOLS, "ocr", patch={"name": "mine"})
+        with pytest.raises(NotOwner):
+            b.delete(TOOLS, "ocr")
+        assert store_snapshot(b) == before
+        assert b.engine.metrics["rejected.not_owner"] == 2
+
+
+def test_a_remote_update_of_another_orgs_record_is_refused_and_audited(tmp_path: Path, org_a: KeyPair,
+                                                                      org_b: KeyPair) -> None:
+    # Org B's node forges what its own engine would refuse: it edits its copy
+    # of A's record under its own key with the engine's checks bypassed.
+    with org_node(tmp_path / "a", org_a) as a, org_node(tmp_path / "b", org_b) as b:
+        a.put(TOOLS, "tool", {"name": "ocr"}, id="ocr")
+        deliver(b, a)
+        deliver(a, b)  # A knows B's node
+        b.engine.trust.check_speaks_for = lambda *args, **kw: Verdict.ALLOWED  # type: ignore[method-assign]
+        b.update(TOOLS, "ocr", patch={"name": "hijacked"})
+        b.delete(TOOLS, "ocr")
+        before = store_snapshot(a)
+        results = deliver(a, b)
+        # The update is refused; the delete after it in B's chain then waits
+        # for a link that will never come (docs/trust.md, "refused changes").
+        assert statuses(results[-2:]) == ["rejected", "pending"]
+        assert results[-2].error.code == "not_owner"
+        assert a.get(TOOLS, "ocr")["fields"]["name"] == "ocr"
+        assert a.state_digest() == before[0]
+        assert a.engine.metrics["rejected.not_owner"] >= 1
+        denials = [e for e in a.audit_log(limit=1000) if e.action == "deny"]
+        assert any("not_owner" in e.reason for e in denials)
+
+
+def test_a_remote_create_claiming_another_org_is_refused(tmp_path: Path, org_a: KeyPair, org_b: KeyPair) -> None:
+    with org_node(tmp_path / "a", org_a) as a, org_node(tmp_path / "b", org_b) as b:
+        deliver(a, b)  # A knows B's node and its delegation
+        b.engine.owner = org_a.did  # B's node claims its records belong to org A
+        b.engine.trust.check_speaks_for = lambda *args, **kw: Verdict.ALLOWED  # type: ignore[method-assign]
+        b.put(TOOLS, "tool", {"name": "fake"}, id="fake")
+        results = deliver(a, b)
+        assert [r.error.code for r in results if r.status == "rejected"] == ["not_owner"]
+        with pytest.raises(NotFound):
+            a.get(TOOLS, "fake")
+
+
+def test_two_nodes_of_one_org_edit_each_others_records(tmp_path: Path, org_a: KeyPair) -> None:
+    with org_node(tmp_path / "1", org_a) as one, org_node(tmp_path / "2", org_a) as two:
+        one.put(TOOLS, "tool", {"name": "ocr"}, id="ocr")
+        deliver(two, one)
+        two.update(TOOLS, "ocr", patch={"version": "2"})
+        assert "rejected" not in statuses(deliver(one, two))
+        assert one.get(TOOLS, "ocr")["fields"]["version"] == "2"
+
+
+def test_a_change_whose_signers_delegation_has_not_arrived_waits_for_it(tmp_path: Path, org_a: KeyPair) -> None:
+    with org_node(tmp_path / "1", org_a) as one, org_node(tmp_path / "2", org_a) as two, \
+            LocalRegistry.open_path(tmp_path / "r") as replica:
+        one.put(TOOLS, "tool", {"name": "ocr"}, id="ocr")
+        deliver(two, one)
+        two.update(TOOLS, "ocr", patch={"version": "2"})
+        two_wires = feed_wires(two)
+        delegation_of_two, update = two_wires[0], two_wires[-1]
+        replica.execute([Remote(w, "p") for w in feed_wires(one)])
+        assert statuses(replica.execute([Remote(update, "p")])) == ["pending"]
+        assert replica.engine.metrics["remote.waiting_delegation"] == 1
+        result = replica.execute([Remote(delegation_of_two, "p")])[0]
+        assert result.status == "applied" and len(result.released) == 1
+        assert replica.get(TOOLS, "ocr")["fields"]["version"] == "2"
+
+
+def test_an_owner_registry_replicates_between_two_nodes_of_its_org(tmp_path: Path, org_a: KeyPair,
+                                                                   org_b: KeyPair) -> None:
+    with org_node(tmp_path / "1", org_a) as one, org_node(tmp_path / "2", org_a) as two, \
+            org_node(tmp_path / "b", org_b) as other:
+        one.put("grid.registries", "registry", {"name": "acme.models", "kinds": ["tool"], "write_policy": "owner"},
+                id="acme.models")
+        one.put("acme.models", "tool", {"name": "m1"}, id="m1")
+        deliver(two, one)
+        two.put("acme.models", "tool", {"name": "m2"}, id="m2")
+        assert "rejected" not in statuses(deliver(one, two))
+        assert {r["id"] for r in one.list("acme.models").items} == {"m1", "m2"}
+        deliver(other, one)
+        with pytest.raises(PolicyDenied, match="owner org"):
+            other.put("acme.models", "tool", {"name": "x"}, id="x")
+
+
+def test_a_grid_members_statement_is_never_updated_or_deleted(tmp_path: Path, org_a: KeyPair) -> None:
+    with org_node(tmp_path / "a", org_a) as grid:
+        record_id = grid.list(MEMBERS_REGISTRY).items[0]["id"]
+        with pytest.raises(PolicyDenied, match="never"):
+            grid.delete(MEMBERS_REGISTRY, record_id)
+
+
+def test_no_org_can_create_another_orgs_own_record_in_grid_orgs(tmp_path: Path, org_a: KeyPair,
+                                                                 org_b: KeyPair) -> None:
+    with org_node(tmp_path / "b", org_b) as b:
+        with pytest.raises(NotOwner):
+            b.put("grid.orgs", "org", {"name": "squat"}, id=org_a.did)
+
+
+# ================================================================ revocation and expiry
+
+
+def test_changes_of_a_revoked_key_past_its_cutoff_are_refused(tmp_path: Path, org_a: KeyPair) -> None:
+    stolen = KeyPair.generate()
+    with org_node(tmp_path / "thief", org_a, stolen) as thief, org_node(tmp_path / "a", org_a) as a:
+        thief.put(TOOLS, "tool", {"name": "before"}, id="before")
+        deliver(a, thief)
+        seq = a.engine.version_vector(TOOLS)[TOOLS][stolen.did]
+        publish(a, sign_revocation(org_a, stolen.did, {TOOLS: seq}, reason="key stolen"))
+        thief.put(TOOLS, "tool", {"name": "after"}, id="after")
+        results = deliver(a, thief)
+        assert [r.error.code for r in results if r.status == "rejected"] == ["key_revoked"]
+        assert a.get(TOOLS, "before")["fields"]["name"] == "before"
+        # The revocation reaches the thief's node too, which then refuses its own writes.
+        deliver(thief, a)
+        with pytest.raises(KeyRevoked):
+            thief.put(TOOLS, "tool", {"name": "more"}, id="more")
+
+
+def test_an_expired_delegation_refuses_writes_with_a_hint_but_the_store_still_opens(tmp_path: Path,
+                                                                                  org_a: KeyPair) -> None:
+    key = KeyPair.generate()
+    with org_node(tmp_path / "a", org_a, key, now=time.time() - 2 * YEAR, valid_for=YEAR) as grid:
+        with pytest.raises(DelegationExpired, match="rgrid org renew"):
+            grid.put(TOOLS, "tool", {"name": "x"})
+        publish(grid, sign_delegation(org_a, key.did, ["node", "writer"]))  # renewed
+        assert grid.put(TOOLS, "tool", {"name": "x"}).status == "created"
+
+
+def test_a_home_publishes_its_org_and_delegation(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    created = home.init(org_name="acme")
+    with LocalRegistry.open_home(home) as grid:
+        members = grid.list(MEMBERS_REGISTRY).items
+        assert [(m["fields"]["org"], m["fields"]["subject"]) for m in members] == [(created["org"], created["node"])]
+        org = grid.get("grid.orgs", created["org"])
+        assert org["fields"]["name"] == "acme" and org["owner"] == created["org"]
+    with LocalRegistry.open_home(home) as grid:  # publishing again is a no-op
+        assert len(grid.list(MEMBERS_REGISTRY).items) == 1
+
+
+def test_a_home_whose_delegation_expired_opens_reads_and_writes_again_once_renewed(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    created = home.init(org_name="acme")
+    org_key = KeyPair(bytes.fromhex(json.loads(home.org_key_path.read_text())["seed"]))
+    home.set_delegation(sign_delegation(org_key, created["node"], ["node", "writer"],
+                                        now=time.time() - 2 * YEAR, valid_for=YEAR))
+    with LocalRegistry.open_home(home) as grid:  # opens and reads
+        assert grid.list(MEMBERS_REGISTRY).items
+        with pytest.raises(DelegationExpired, match="rgrid org renew"):
+            grid.put(TOOLS, "tool", {"name": "x"})
+    home.set_delegation(sign_delegation(org_key, created["node"], ["node", "writer"]))
+    with LocalRegistry.open_home(home) as grid:
+        assert grid.put(TOOLS, "tool", {"name": "x"}).status == "created"
+        assert grid.get("grid.orgs", created["org"])  # published now that the node may write
