@@ -23,8 +23,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from registrygrid.home import Home
+from registrygrid.engine.ops import Put, WriteResult
+from registrygrid.errors import KeyRevoked
+from registrygrid.home import Home, read_key_file
 from registrygrid.sdk import LocalRegistry
+from registrygrid.storage import records
+from registrygrid.storage.store import Store
+from registrygrid.trust.statements import MEMBERS_REGISTRY, REVOCATION_KIND, revocation_record, sign_revocation
 from test_federation_support import CLUSTERS, Member, cluster, eventually, stored_digest
 
 pytestmark = pytest.mark.slow
@@ -37,9 +42,9 @@ def free_port() -> int:
 
 
 class Follower:
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, *, org_key_file: Path | None = None) -> None:
         self.home = Home(root / name)
-        self.home.init(org_name=name)
+        self.home.init(org_name=name, org_key_file=org_key_file)
         self.port = free_port()
         self.peer_id = self.home.node_key().peer_id
         self.addr = f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{self.peer_id}"
@@ -130,4 +135,76 @@ async def test_nodes_in_separate_processes_replicate_both_ways_and_after_a_resta
             assert listed["node"] is None and {r["peer"] for r in listed["peers"]} >= {writer.peer_id, p1.peer_id}
             assert all(r["state"] == "offline" for r in listed["peers"])
     for follower in followers:
+        assert b"Traceback" not in follower.log.read_bytes(), follower.log.read_text()[-3000:]
+
+
+def stored_ids(home: Home) -> set[str]:
+    store = Store(home.store_path, readonly=True)
+    try:
+        with store.read() as txn:
+            return {r["id"] for r in records.iter_records(store, txn, registry=CLUSTERS) if not r["deleted"]}
+    finally:
+        store.close()
+
+
+async def test_a_revoked_node_that_keeps_writing_is_refused_by_every_other_node(tmp_path: Path) -> None:
+    """w (org O, holds the org key) and p1 (a second node of O) and p2 (org
+    P) run as a federation, w in this process, p1 and p2 as `rgrid node
+    start` processes. p1 writes, is cut off, keeps writing offline; O
+    revokes p1's key at w. When p1 comes back, no other node takes what it
+    wrote after the cutoff, and p1 itself ends with the same records."""
+    with trio.fail_after(170):
+        async with cluster(tmp_path / "inproc") as nodes:
+            writer: Member = await nodes.start("w", listen=f"/ip4/127.0.0.1/tcp/{free_port()}")
+            p1 = Follower(tmp_path, "p1", org_key_file=writer.home.org_key_path)
+            p2 = Follower(tmp_path, "p2")
+            try:
+                for follower in (p1, p2):
+                    config = json.loads((follower.home.path / "config.json").read_text())
+                    (follower.home.path / "config.json").write_text(json.dumps({**config, "federation": "testfed"}))
+                with LocalRegistry.open_home(p1.home) as offline:  # p1's first writes
+                    for i in range(5):
+                        offline.put(CLUSTERS, "cluster", {"name": f"early-{i}"}, id=f"early-{i}")
+                p1.start(writer.fed.addrs())
+                p2.start([*writer.fed.addrs(), p1.addr])
+                await eventually(lambda: p1.running() and p2.running(), 40, "both processes up")
+                await writer.write("w", 3)
+                await eventually(lambda: writer.records() == 8 and stored_digest(p2.home) == writer.digest()
+                                 and stored_digest(p1.home) == writer.digest(), 40, "all hold 8 records",
+                                 interval=0.3)
+
+                # p1 is cut off and keeps writing; O revokes its key meanwhile.
+                assert p1.stop() == 0
+                with LocalRegistry.open_home(p1.home) as offline:
+                    for i in range(4):
+                        offline.put(CLUSTERS, "cluster", {"name": f"late-{i}"}, id=f"late-{i}")
+                    offline.update(CLUSTERS, "w0", patch={"tampered": True})  # O's record: p1 may, until revoked
+                cutoffs = writer.registry.engine.version_vector()
+                p1_key = p1.home.node_key().did
+                revocation = sign_revocation(read_key_file(writer.home.org_key_path), p1_key,
+                                             {reg: authors[p1_key] for reg, authors in cutoffs.items()
+                                              if p1_key in authors}, reason="node stolen")
+                record_id, fields = revocation_record(revocation)
+                outcomes = await writer.node.submit([Put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, record_id)])
+                assert isinstance(outcomes[0], WriteResult), outcomes
+                await eventually(lambda: stored_digest(p2.home) == writer.digest(), 30, "p2 has the revocation",
+                                 interval=0.3)
+
+                p1.start([])  # it redials the peers it persisted
+                await eventually(p1.running, 40, "p1 up again")
+                # Everyone converges on the valid changes only: p1's late writes are refused
+                # everywhere, p1 included once the revocation reaches it (its records are rebuilt).
+                expected = {f"early-{i}" for i in range(5)} | {"w0", "w1", "w2"}
+                await eventually(lambda: stored_ids(p1.home) == stored_ids(p2.home) == expected
+                                 and stored_digest(p1.home) == stored_digest(p2.home) == writer.digest(), 60,
+                                 "all three hold the same valid records", interval=0.5)
+                assert "tampered" not in writer.registry.get(CLUSTERS, "w0")["fields"]
+                assert writer.registry.engine.metrics["rejected.key_revoked"] >= 5
+                assert p1.stop() == 0
+                with LocalRegistry.open_home(p1.home) as offline, pytest.raises(KeyRevoked):
+                    offline.put(CLUSTERS, "cluster", {"name": "more"}, id="more")
+            finally:
+                p1.kill()
+                p2.kill()
+    for follower in (p1, p2):
         assert b"Traceback" not in follower.log.read_bytes(), follower.log.read_text()[-3000:]

@@ -27,7 +27,7 @@ from registrygrid.errors import (
 from registrygrid.home import Home
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
-from registrygrid.protocol.envelope import cid_from_str
+from registrygrid.protocol.envelope import cid_from_str, open_envelope
 from registrygrid.sdk import LocalRegistry
 from registrygrid.trust.state import TrustState, Verdict
 from registrygrid.trust.statements import (
@@ -227,17 +227,24 @@ def test_a_remote_update_of_another_orgs_record_is_refused_and_audited(tmp_path:
         b.engine.trust.check_speaks_for = lambda *args, **kw: Verdict.ALLOWED  # type: ignore[method-assign]
         b.update(TOOLS, "ocr", patch={"name": "hijacked"})
         b.delete(TOOLS, "ocr")
+        del b.engine.trust.check_speaks_for  # B behaves again
+        b.put(TOOLS, "tool", {"name": "b-own"}, id="b-own")
         before = store_snapshot(a)
         results = deliver(a, b)
-        # The update is refused; the delete after it in B's chain then waits
-        # for a link that will never come (docs/trust.md, "refused changes").
-        assert statuses(results[-2:]) == ["rejected", "pending"]
-        assert results[-2].error.code == "not_owner"
+        # Both are refused and kept as evidence in B's chain, not applied
+        # (the delete builds on the refused update); B's own record after
+        # them still follows its chain (docs/trust.md, "refused changes").
+        assert statuses(results[-3:]) == ["refused", "refused", "applied"]
+        assert [r.error.code for r in results[-3:-1]] == ["not_owner", "policy_denied"]
         assert a.get(TOOLS, "ocr")["fields"]["name"] == "ocr"
-        assert a.state_digest() == before[0]
-        assert a.engine.metrics["rejected.not_owner"] >= 1
+        assert a.get(TOOLS, "b-own")["owner"] == org_b.did
+        assert a.engine.metrics["rejected.not_owner"] == 1
         denials = [e for e in a.audit_log(limit=1000) if e.action == "deny"]
-        assert any("not_owner" in e.reason for e in denials)
+        assert sum("not_owner" in e.reason for e in denials) == 1
+        # Nothing but B's own record changed A's records.
+        tools = {r["id"]: r["fields"] for r in a.list(TOOLS).items}
+        assert tools == {"ocr": {"name": "ocr"}, "b-own": {"name": "b-own"}}
+        assert before[1] + 1 == a.feed_head()
 
 
 def test_a_remote_create_claiming_another_org_is_refused(tmp_path: Path, org_a: KeyPair, org_b: KeyPair) -> None:
@@ -247,7 +254,7 @@ def test_a_remote_create_claiming_another_org_is_refused(tmp_path: Path, org_a: 
         b.engine.trust.check_speaks_for = lambda *args, **kw: Verdict.ALLOWED  # type: ignore[method-assign]
         b.put(TOOLS, "tool", {"name": "fake"}, id="fake")
         results = deliver(a, b)
-        assert [r.error.code for r in results if r.status == "rejected"] == ["not_owner"]
+        assert [r.error.code for r in results if r.status == "refused"] == ["not_owner"]
         with pytest.raises(NotFound):
             a.get(TOOLS, "fake")
 
@@ -319,7 +326,7 @@ def test_changes_of_a_revoked_key_past_its_cutoff_are_refused(tmp_path: Path, or
         publish(a, sign_revocation(org_a, stolen.did, {TOOLS: seq}, reason="key stolen"))
         thief.put(TOOLS, "tool", {"name": "after"}, id="after")
         results = deliver(a, thief)
-        assert [r.error.code for r in results if r.status == "rejected"] == ["key_revoked"]
+        assert [r.error.code for r in results if r.status == "refused"] == ["key_revoked"]
         assert a.get(TOOLS, "before")["fields"]["name"] == "before"
         # The revocation reaches the thief's node too, which then refuses its own writes.
         deliver(thief, a)
@@ -363,3 +370,82 @@ def test_a_home_whose_delegation_expired_opens_reads_and_writes_again_once_renew
     with LocalRegistry.open_home(home) as grid:
         assert grid.put(TOOLS, "tool", {"name": "x"}).status == "created"
         assert grid.get("grid.orgs", created["org"])  # published now that the node may write
+
+
+# ================================================================ records are a pure function of valid changes
+
+
+def _revocation_scenario(root: Path) -> tuple[list[bytes], dict[str, Any]]:
+    """Every envelope of a small federation in which org O revokes its node
+    K1 while K1 keeps writing, O's node K2 builds on K1's changes before and
+    after the cutoff, and org P's node K3 races O for one record id and
+    tries to edit O's record. Returns the envelopes and the records every
+    replica must end with."""
+    org_o, org_p = KeyPair(b"\x11" * 32), KeyPair(b"\x12" * 32)
+    k1, k2, k3 = (KeyPair(bytes([0x20 + i]) * 32) for i in range(3))
+    n1, n2, n3 = (org_node(root / name, org, key) for name, org, key in
+                  (("k1", org_o, k1), ("k2", org_o, k2), ("k3", org_p, k3)))
+    try:
+        n1.put(TOOLS, "tool", {"name": "r1"}, id="r1")
+        n1.put(TOOLS, "tool", {"name": "r2"}, id="r2")
+        deliver(n2, n1)
+        n2.update(TOOLS, "r1", patch={"by_k2": 1})  # valid: builds on K1's valid create
+        cutoff = n1.engine.version_vector(TOOLS)[TOOLS][k1.did]
+        n1.update(TOOLS, "r1", patch={"by_k1": "late"})  # past the cutoff: invalid
+        n1.update(TOOLS, "r2", patch={"by_k1": "late"})
+        n1.put(TOOLS, "tool", {"name": "r3"}, id="r3")
+        deliver(n2, n1)
+        n2.update(TOOLS, "r2", patch={"by_k2": 2})  # builds on K1's invalid update: invalid
+        n2.put(TOOLS, "tool", {"name": "r4"}, id="r4")
+        n2.put(TOOLS, "tool", {"name": "race-o"}, id="race")
+        n3.put(TOOLS, "tool", {"name": "race-p"}, id="race")
+        deliver(n3, n2)
+        n3.engine.trust.check_speaks_for = lambda *args, **kw: Verdict.ALLOWED  # type: ignore[method-assign]
+        n3.update(TOOLS, "r1", patch={"by_k3": "hijack"})  # another org's record: invalid
+        publish(n2, sign_revocation(org_o, k1.did, {TOOLS: cutoff}, reason="stolen"))
+        wires: dict[bytes, bytes] = {}
+        for grid in (n1, n2, n3):
+            for wire in feed_wires(grid):
+                wires.setdefault(wire, wire)
+        race_creates = [env for env in map(open_envelope, wires) if env.body.record == "race"]
+        winner = min(race_creates, key=lambda env: (tuple(env.body.hlc), env.cid)).body
+        expected = {
+            "r1": {"name": "r1", "by_k2": 1},
+            "r2": {"name": "r2"},
+            "r4": {"name": "r4"},
+            "race": {"name": "race-o" if winner.author == k2.did else "race-p"},
+        }
+        return list(wires), expected
+    finally:
+        for grid in (n1, n2, n3):
+            grid.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_records_are_the_same_on_every_node_whatever_order_revocations_and_races_arrive_in(
+        data: st.DataObject) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        wires, expected = _revocation_scenario(Path(root))
+        digests, contents = [], []
+        for i in range(3):
+            order = wires if i == 0 else data.draw(st.permutations(wires), label=f"order{i}")
+            cuts = sorted(set(data.draw(st.lists(st.integers(0, len(order)), max_size=4), label=f"cuts{i}")))
+            with LocalRegistry.open_path(Path(root) / f"replica{i}") as replica:
+                bounds = [0, *cuts, len(order)]
+                for start, end in zip(bounds, bounds[1:], strict=False):
+                    if start < end:
+                        results = replica.execute([Remote(w, "p") for w in order[start:end]])
+                        assert "rejected" not in statuses(results), [r.error for r in results]
+                with replica.store.read() as txn:
+                    assert txn.stat(replica.store.db["pending"])["entries"] == 0
+                live = {r["id"]: r["fields"] for r in replica.list(TOOLS).items}
+                assert live == expected
+                if i == 0:  # in feed order, K1's late changes land before the revocation: rebuilt away
+                    assert replica.engine.metrics["trust.refused_on_rebuild"] >= 3
+                digests.append(replica.state_digest())
+                contents.append(list(replica.iter_all(include_deleted=True)))
+        assert len(set(digests)) == 1
+        assert all(c == contents[0] for c in contents)

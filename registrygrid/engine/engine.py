@@ -132,6 +132,18 @@ class _Batch:
     # Keys whose delegation this batch committed: changes parked waiting
     # for them are released (see _release).
     delegated: list[str] = field(default_factory=list)
+    # Keys a statement of this batch was about: their revocations, if any,
+    # are applied to what is stored (see _rebuild_revoked).
+    stated: list[str] = field(default_factory=list)
+
+
+class _CreateRace(Exception):
+    """A create of an id another org's create already holds: which one
+    owns the record is settled by rebuilding it (earliest create wins)."""
+
+    def __init__(self, refusal: NotOwner) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
 
 
 class Engine:
@@ -191,7 +203,7 @@ class Engine:
             self.audit.reload()
             raise
         self.feed_seq = self._batch_feed_seq
-        if batch.committed.envelopes:
+        if batch.committed.feed_seqs:
             for listener in list(self.listeners):
                 listener(batch.committed)
         return outcomes
@@ -305,6 +317,7 @@ class Engine:
         seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor, state=state,
                                    statement=statement)
         if batch.delegated:
+            self._rebuild_revoked(txn, batch, env, "local")
             self._release(txn, batch, None, "parked")
         return WriteResult("created", registry, record_id, env.id, seq, record)
 
@@ -396,10 +409,11 @@ class Engine:
         self.metrics["remote.received"] += 1
         env = open_envelope(op.wire, verify=not op.preverified)
         result = self._ingest(txn, batch, env, op.peer)
-        if result.status == "applied":
+        if result.status in ("applied", "refused"):
+            self._rebuild_revoked(txn, batch, env, op.peer)
             released = self._release(txn, batch, env, op.peer)
             if released:
-                result = IngestResult("applied", result.change_id, result.feed_seq, released=tuple(released))
+                result = replace(result, released=tuple(released))
         self.metrics[f"remote.{result.status}"] += 1
         return result
 
@@ -423,7 +437,6 @@ class Engine:
         desc = self._registry(txn, body.registry)
         if body.kind not in desc.kinds:
             raise PolicyDenied(f"registry {body.registry} does not hold kind {body.kind!r}")
-        self.trust.check_chain(body.author, body.registry, body.seq)
         header = read_header(body.payload)
         if header.hash != body.change_hash:
             raise MalformedInput("the envelope's payload is not the change its change_hash names")
@@ -432,10 +445,22 @@ class Engine:
         if sorted(header.deps) != sorted(body.deps):
             raise MalformedInput("the envelope's deps differ from its change's deps")
         docs, record_key = self.store.db["docs"], key(body.registry, body.record)
-        if txn.get(records.am_hash_key(record_key, body.change_hash), db=docs) is not None:
-            raise MalformedInput("this Automerge change was already applied under another envelope")
-        if any(txn.get(records.am_hash_key(record_key, dep), db=docs) is None for dep in body.deps):
-            return self._park(txn, env, b"r" + key(body.registry, body.record, env.cid))
+        if (txn.get(records.am_hash_key(record_key, body.change_hash), db=docs) is not None
+                or txn.get(records.refused_key(record_key, body.change_hash), db=docs) is not None):
+            raise MalformedInput("this Automerge change was already stored under another envelope")
+        builds_on_refused = False
+        for dep in body.deps:
+            if txn.get(records.am_hash_key(record_key, dep), db=docs) is None:
+                if txn.get(records.refused_key(record_key, dep), db=docs) is None:
+                    return self._park(txn, env, b"r" + key(body.registry, body.record, env.cid))
+                builds_on_refused = True
+        try:
+            if builds_on_refused:
+                raise PolicyDenied(f"it builds on a refused change of {body.registry}/{body.record}")
+            if body.registry != MEMBERS_REGISTRY:  # statements carry their own authority
+                self.trust.check_chain(body.author, body.registry, body.seq)
+        except PolicyDenied as exc:
+            return self._keep_refused(txn, batch, env, exc, peer)
         old = records.get_record(self.store, txn, body.registry, body.record)
         stored = txn.get(key(body.registry, body.record), db=self.store.db["docs"])
         doc = RecordDoc.apply(doc_bytes(stored) if stored else None, body.payload)
@@ -444,7 +469,13 @@ class Engine:
         state = self._check_state(env, doc)
         statement = read_statement(body.kind, body.record, state["fields"]) \
             if body.registry == MEMBERS_REGISTRY and not state.get("deleted") else None
-        if self._remote_verdict(env, desc, old, state, statement) is Verdict.WAIT:
+        try:
+            verdict = self._remote_verdict(env, desc, old, state, statement)
+        except _CreateRace as race:
+            return self._settle_create_race(txn, batch, env, race, peer)
+        except PolicyDenied as exc:
+            return self._keep_refused(txn, batch, env, exc, peer)
+        if verdict is Verdict.WAIT:
             # Its signer's delegation has not arrived: wait for it like a
             # missing dependency (sync brings grid.members), never guess.
             self.metrics["remote.waiting_delegation"] += 1
@@ -477,13 +508,191 @@ class Engine:
                                           owner=claim.get("owner"), created_by=created.get("by"), at_ms=at_ms,
                                           statement=statement)
             if old is not None and old["owner"] != claim.get("owner"):
-                raise NotOwner(f"{body.registry}/{body.record} belongs to {old['owner']}; a create by "
-                               f"{claim.get('owner')} of the same id is refused")
+                raise _CreateRace(NotOwner(f"{body.registry}/{body.record} belongs to {old['owner']}, whose create "
+                                           f"came first; a create of the same id by {claim.get('owner')} is refused"))
             return verdict
         if old is None:
             raise MalformedInput(f"a {body.op} of {body.registry}/{body.record}, which has no create")
         return access.check_modify(self.trust, desc, op=body.op, author=body.author, before=old, after=state,
                                    at_ms=at_ms)
+
+    # ------------------------------------------------------------ refused changes and rebuilds
+
+    def _keep_refused(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope, why: RegistryError, peer: str,
+                      *, audit: bool = True) -> IngestResult:
+        """Keep a change that trust or policy refuses in its author's chain,
+        as evidence, without applying it (docs/trust.md): the record stays
+        as it was, the author's later changes still follow their chain, and
+        a change built on this one is refused too. Counted and audited."""
+        db = self.store.db
+        body = env.body
+        txn.put(env.cid, env.wire, db=db["changes"])
+        txn.put(key(body.registry, body.author) + SEP + u64(body.seq), env.cid, db=db["chains"])
+        batch.heads[(body.registry, body.author)] = self._chain_heads[(body.registry, body.author)] = \
+            (body.seq, env.cid)
+        txn.put(records.refused_key(key(body.registry, body.record), body.change_hash), env.cid, db=db["docs"])
+        if audit:
+            self.metrics[f"rejected.{why.code}"] += 1
+            self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action="deny",
+                              target=f"{body.registry}/{body.record}",
+                              reason=f"{why.code}: {why.message} (from {peer}; kept as evidence, not applied)"[:512],
+                              change=env.id)
+        return IngestResult("refused", env.id, error=why)
+
+    def _settle_create_race(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope, race: _CreateRace,
+                            peer: str) -> IngestResult:
+        """Two orgs created one id: the earliest valid create (by clock, then
+        change ID) owns the record on every node, whichever arrived first."""
+        body = env.body
+        self._keep_refused(txn, batch, env, race.refusal, peer, audit=False)
+        self._rebuild(txn, batch, body.registry, body.record, cause=env, origin=peer)
+        if txn.get(records.am_hash_key(key(body.registry, body.record), body.change_hash),
+                   db=self.store.db["docs"]) is not None:
+            return IngestResult("applied", env.id, self._batch_feed_seq)
+        self.metrics[f"rejected.{race.refusal.code}"] += 1
+        self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action="deny",
+                          target=f"{body.registry}/{body.record}",
+                          reason=f"{race.refusal.code}: {race.refusal.message} (kept as evidence)"[:512],
+                          change=env.id)
+        return IngestResult("refused", env.id, error=race.refusal)
+
+    def _rebuild_revoked(self, txn: lmdb.Transaction, batch: _Batch, cause: Envelope, origin: str) -> None:
+        """After a statement about a key: if the key is revoked, its applied
+        changes past their cutoffs no longer count, so the records they
+        touched are rebuilt from the changes that remain valid."""
+        while batch.stated:
+            subject = batch.stated.pop()
+            revoked = self.trust.revoked(subject)
+            if revoked is None:
+                continue
+            targets: set[tuple[str, str]] = set()
+            changes, docs = self.store.db["changes"], self.store.db["docs"]
+            for registry, authors in chains.heads(self.store, txn).items():
+                head = authors.get(subject, 0)
+                if registry == MEMBERS_REGISTRY or head <= revoked.cutoff(registry):
+                    continue
+                start = key(registry, subject) + SEP + u64(revoked.cutoff(registry) + 1)
+                for _, cid in self.store.iter_prefix(txn, "chains", key(registry, subject) + SEP, start=start):
+                    wire = txn.get(cid, db=changes)
+                    body = open_envelope(wire, verify=False).body
+                    if txn.get(records.am_hash_key(key(registry, body.record), body.change_hash), db=docs):
+                        targets.add((registry, body.record))
+            for registry, record_id in sorted(targets):
+                self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)
+
+    def _rebuild(self, txn: lmdb.Transaction, batch: _Batch, registry: str, record_id: str, *,
+                 cause: Envelope, origin: str) -> None:
+        """Make a record the pure function of its valid changes again.
+
+        Every change stored for the record (applied or refused) is judged
+        anew in causal order (clock, then change ID: a change's clock is
+        above those of the changes it builds on), as on first arrival:
+        revocation cutoffs, the earliest valid create fixing the owner,
+        ownership and policy of each change, and no change built on a
+        refused one. The document, the record and its indexes are rewritten
+        from the valid ones; a record left with none disappears. The feed
+        gets an event for each change that now counts, and one for the
+        record when changes stopped counting."""
+        db = self.store.db
+        rk = key(registry, record_id)
+        applied = records.applied_changes(self.store, txn, registry, record_id)
+        refused = records.refused_changes(self.store, txn, registry, record_id)
+        envs = [open_envelope(txn.get(cid, db=db["changes"]), verify=False)
+                for cid in {*applied.values(), *refused.values()}]
+        envs.sort(key=lambda e: (tuple(e.body.hlc), e.cid))
+        desc = self._registry(txn, registry)
+        live: list[Envelope] = []
+        live_hashes: set[bytes] = set()
+        refused_now: dict[bytes, bytes] = {}
+        blob = b""
+        state: dict[str, Any] | None = None
+        for env in envs:
+            body = env.body
+            try:
+                if any(dep in refused_now for dep in body.deps) or not set(body.deps) <= live_hashes:
+                    raise PolicyDenied("it builds on a refused change")
+                if registry != MEMBERS_REGISTRY:
+                    self.trust.check_chain(body.author, registry, body.seq)
+                candidate = RecordDoc.apply(blob, body.payload).materialize()
+                at_ms = body.hlc[0]
+                if body.op == "create" and not body.deps:
+                    claim = RecordDoc.apply(None, body.payload).materialize()
+                    created = claim.get("created") if isinstance(claim.get("created"), dict) else {}
+                    statement = read_statement(body.kind, record_id, claim["fields"]) \
+                        if registry == MEMBERS_REGISTRY else None
+                    # WAIT cannot happen here: the change was applied or judged
+                    # once, so its signer's delegations were known then.
+                    access.check_create(self.trust, desc, author=body.author, record_id=record_id,
+                                        owner=claim.get("owner"), created_by=created.get("by"), at_ms=at_ms,
+                                        statement=statement)
+                    if state is not None and state.get("owner") != claim.get("owner"):
+                        raise NotOwner(f"{registry}/{record_id} belongs to {state.get('owner')}, whose create "
+                                       f"came first")
+                else:
+                    if state is None:
+                        raise NotOwner(f"{registry}/{record_id} has no valid create")
+                    access.check_modify(self.trust, desc, op=body.op, author=body.author,
+                                        before={**state, "registry": registry, "id": record_id}, after=candidate,
+                                        at_ms=at_ms)
+            except (PolicyDenied, MalformedInput):
+                refused_now[body.change_hash] = env.cid
+                self.metrics["trust.refused_on_rebuild"] += int(body.change_hash in applied)
+                continue
+            blob += body.payload
+            live.append(env)
+            live_hashes.add(body.change_hash)
+            state = candidate
+        # The record's bookkeeping, rewritten.
+        for h in applied.keys() - live_hashes:
+            txn.delete(records.am_hash_key(rk, h), db=db["docs"])
+        for h in refused.keys() - refused_now.keys():
+            txn.delete(records.refused_key(rk, h), db=db["docs"])
+        for env in live:
+            txn.put(records.am_hash_key(rk, env.body.change_hash), env.cid, db=db["docs"])
+        for h, cid in refused_now.items():
+            txn.put(records.refused_key(rk, h), cid, db=db["docs"])
+        now_refused = {applied[h] for h in applied.keys() - live_hashes}
+        for seq, cid in records.history(self.store, txn, registry, record_id):
+            if cid in now_refused:
+                records.drop_history(self.store, txn, registry, record_id, seq)
+        old = records.get_record(self.store, txn, registry, record_id)
+        record: dict[str, Any] | None = None
+        if not live:
+            txn.delete(rk, db=db["docs"])
+            if old is not None:
+                records.delete_record(self.store, txn, old)
+        else:
+            doc = RecordDoc.load(blob)
+            txn.put(rk, stored_doc(doc.save()), db=db["docs"])
+            latest = max(live, key=lambda e: (tuple(e.body.hlc), e.id))
+            record = {**self._materialized(doc.materialize(), latest, None), "revision": len(live)}
+            records.put_record(self.store, txn, old, record)
+        batch.docs.pop((registry, record_id), None)
+        if registry == regs.REGISTRY_OF_REGISTRIES:
+            self._registry_cache.pop(record_id, None)
+        for env in live:
+            if env.body.change_hash not in applied:  # counts now: its own feed event, as if just applied
+                self._feed_event(txn, batch, env, registry, record_id, feed.EVENT_TYPES[env.body.op], origin)
+        if now_refused:
+            kind = (record or old or {}).get("kind") or cause.body.kind
+            event = "deleted" if record is None or record["deleted"] else "updated"
+            self._feed_event(txn, batch, cause, registry, record_id, event, origin, kind=kind, history=False)
+        self.metrics["trust.rebuilt_records"] += 1
+        self.audit.append(txn, at_ms=self.now_ms(), actor=cause.body.author, action="delete" if record is None
+                          else "update", target=f"{registry}/{record_id}",
+                          reason=f"rebuilt from its valid changes: {len(live)} count, {len(refused_now)} refused",
+                          before=record_digest(old), after=record_digest(record), change=cause.id)
+
+    def _feed_event(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope, registry: str, record_id: str,
+                    event: str, origin: str, *, kind: str | None = None, history: bool = True) -> None:
+        body = env.body
+        self._batch_feed_seq += 1
+        seq = self._batch_feed_seq
+        feed.append(self.store, txn, feed.FeedEvent(seq, event, registry, record_id, kind or body.kind, env.id,
+                                                    body.author, body.hlc, origin))
+        if history:
+            records.add_history(self.store, txn, registry, record_id, seq, env.cid)
+        batch.committed.feed_seqs.append(seq)
 
     def _check_state(self, env: Envelope, doc: RecordDoc) -> dict[str, Any]:
         body = env.body
@@ -537,7 +746,8 @@ class Engine:
                 except RegistryError as exc:
                     self.metrics[f"rejected.{exc.code}"] += 1
                     continue
-                if result.status == "applied":
+                if result.status in ("applied", "refused"):
+                    self._rebuild_revoked(txn, batch, env, peer)
                     released.append(env.id)
                     work.append(env)
         return released
@@ -591,6 +801,7 @@ class Engine:
             # the batch reloads the trust state from the store.
             self.metrics[f"trust.{statement.kind}"] += 1
             batch.delegated.append(statement.subject)
+            batch.stated.append(statement.subject)
         return seq, record
 
     def _materialized(self, state: dict[str, Any], env: Envelope, old: dict[str, Any] | None) -> dict[str, Any]:

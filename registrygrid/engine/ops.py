@@ -106,7 +106,9 @@ class WriteResult:
 
 @dataclass(frozen=True)
 class IngestResult:
-    status: str  # applied | duplicate | pending | rejected
+    # applied | duplicate | pending | rejected (not stored) | refused (kept
+    # in its author's chain as evidence, not applied: docs/trust.md)
+    status: str
     change_id: str | None
     feed_seq: int | None = None
     error: RegistryError | None = None

@@ -38,6 +38,15 @@ def put_record(store: Store, txn: lmdb.Transaction, old: dict[str, Any] | None, 
         txn.put(fresh, b"", db=indexes)
 
 
+def delete_record(store: Store, txn: lmdb.Transaction, old: dict[str, Any]) -> None:
+    """Remove a materialized record and its index entries (a rebuild that
+    leaves a record with no valid change)."""
+    txn.delete(record_key(old["registry"], old["id"]), db=store.db["records"])
+    indexes = store.db["indexes"]
+    for stale in index_keys(old):
+        txn.delete(stale, db=indexes)
+
+
 def get_record(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> dict[str, Any] | None:
     raw = txn.get(record_key(registry, record_id), db=store.db["records"])
     return None if raw is None else unpack(raw)
@@ -113,16 +122,38 @@ def _matches(record: dict[str, Any], registry: str | None, kind: str | None, own
 
 # A record's history and Automerge hashes are kept beside its document in
 # "docs" (store.py explains why): registry \0 record \0 'h' feedseq, and
-# registry \0 record \0 'a' hash.
-_HISTORY, _AM_HASH = SEP + b"h", SEP + b"a"
+# registry \0 record \0 'a' hash. Refused changes (stored in their
+# author's chain as evidence, never applied: docs/trust.md) are marked
+# there too: registry \0 record \0 'x' hash -> change id.
+_HISTORY, _AM_HASH, _REFUSED = SEP + b"h", SEP + b"a", SEP + b"x"
 
 
 def am_hash_key(record_key: bytes, automerge_hash: bytes) -> bytes:
     return record_key + _AM_HASH + automerge_hash
 
 
+def refused_key(record_key: bytes, automerge_hash: bytes) -> bytes:
+    return record_key + _REFUSED + automerge_hash
+
+
+def refused_changes(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> dict[bytes, bytes]:
+    """Automerge hash -> change id of the record's refused changes."""
+    prefix = key(registry, record_id) + _REFUSED
+    return {k[len(prefix):]: v for k, v in store.iter_prefix(txn, "docs", prefix)}
+
+
+def applied_changes(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> dict[bytes, bytes]:
+    """Automerge hash -> change id of the changes the record's document holds."""
+    prefix = key(registry, record_id) + _AM_HASH
+    return {k[len(prefix):]: v for k, v in store.iter_prefix(txn, "docs", prefix)}
+
+
 def add_history(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, feed_seq: int, cid: bytes) -> None:
     txn.put(key(registry, record_id) + _HISTORY + u64(feed_seq), cid, db=store.db["docs"])
+
+
+def drop_history(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, feed_seq: int) -> None:
+    txn.delete(key(registry, record_id) + _HISTORY + u64(feed_seq), db=store.db["docs"])
 
 
 def history(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> list[tuple[int, bytes]]:
