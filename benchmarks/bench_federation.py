@@ -12,14 +12,26 @@ Prints, in one run:
     (decode + Ed25519 verify + batched durable LMDB put of the same envelopes)
     and benchmarks.limits.raw_verify_pipeline;
   - catch-up: the same with --records changes (100k by default), the time
-    from starting the fresh node until it holds everything.
+    from starting the fresh node until it holds everything;
+  - the cost of the trust checks (issue 14): the engine-alone ingest of one
+    set of envelopes (a writer whose org delegated it: its delegation first,
+    then creates, one change in 5 an update of an earlier record) as built,
+    and with the ownership, delegation and policy checks replaced by
+    "allowed" from this benchmark only (``trust_checks_off``), the two
+    interleaved batch by batch, --trust-rounds times; each round, the median
+    ratio and the cost, the checks' own time in one more ingest as built,
+    and the raw limit of the same envelopes. --trust-only runs just this
+    (5,000 changes by default, well under a minute).
 
     python -m benchmarks.bench_federation [--records 100000] [--ingest 20000]
                                            [--writes 200] [--json] [--profile]
+                                           [--trust-only] [--trust-changes N]
+                                           [--trust-rounds 5]
 
 Goals (issue 4): ingest >= 10,000 changes/s; catch-up of 100k < 20 s;
-5-node propagation p50 < 50 ms. --profile prints where the engine-alone
-ingest spends its time (cProfile; the engine runs on one thread).
+5-node propagation p50 < 50 ms. Issue 14: the trust checks cost <= 10% of
+ingest throughput. --profile prints where the engine-alone ingest spends
+its time (cProfile; the engine runs on one thread).
 """
 
 from __future__ import annotations
@@ -39,6 +51,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -49,18 +63,29 @@ import trio
 from nacl.signing import VerifyKey
 
 from benchmarks.limits import Figure, format_table, make_record, raw_verify_pipeline
-from registrygrid.engine.ops import Put, Remote
+from registrygrid.engine.ops import Put, Remote, Update, WriteResult
 from registrygrid.home import Home
-from registrygrid.identity.keys import public_key_from_did
+from registrygrid.identity.delegation import sign_delegation
+from registrygrid.identity.keys import KeyPair, public_key_from_did
 from registrygrid.node.federation import Federation, FederationConfig
 from registrygrid.node.node import Node
 from registrygrid.node.p2p import P2PHost
 from registrygrid.protocol.envelope import change_id
 from registrygrid.sdk import LocalRegistry
+from registrygrid.trust import access
+from registrygrid.trust.state import TrustState, Verdict
+from registrygrid.trust.statements import MEMBERS_REGISTRY
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 FED = "bench"
 REGISTRY = "grid.functions"
+# Issue 14: the ownership, delegation and policy checks may cost at most
+# this share of ingest throughput.
+TRUST_GOAL = 0.10
+# One change in 5 an update of an earlier record, so the update rule
+# (check_modify) is priced too, not only creates; the 1:4 mix is a guess at a
+# registry whose records are mostly written once, not a measured workload.
+UPDATE_EVERY = 5
 
 
 def _fields(i: int, rng: random.Random) -> dict[str, Any]:
@@ -70,20 +95,65 @@ def _fields(i: int, rng: random.Random) -> dict[str, Any]:
 
 
 def _new_home(root: Path, name: str) -> Home:
+    """A node of the benchmark's one org, in that org's own federation FED:
+    the first home's org key is every later home's, so all of them admit
+    one another at the handshake (docs/trust.md)."""
     home = Home(root / name)
-    home.init(org_name=name)
+    first = root / ".bench-org.key"
+    if first.exists():
+        home.init(org_name="bench", org_key_file=first)
+    else:
+        home.init(org_name="bench")
+        shutil.copy(home.org_key_path, first)
     config = json.loads((home.path / "config.json").read_text())
     (home.path / "config.json").write_text(json.dumps({**config, "federation": FED}))
     return home
 
 
 def _preload(home: Home, n: int, batch: int = 2000) -> list[bytes]:
-    """n records written through the SDK (signed by the home's node key); their envelopes."""
+    """n records written through the SDK (signed by the home's node key); every
+    envelope of the home, in an order a receiver applies at once: the node's
+    delegation and its org's record first (as sync sends grid.members), then
+    the records, which a receiver without the delegation would park."""
     rng = random.Random(11)
     with LocalRegistry.open_home(home) as grid:
         for start in range(0, n, batch):
             grid.put_many([Put(REGISTRY, "function", _fields(i, rng)) for i in range(start, min(n, start + batch))])
-        return grid.engine.envelopes_after(REGISTRY, grid.engine.key.did, 0, limit=n, max_bytes=2**40)
+        return _envelopes_of(grid, n)
+
+
+def _envelopes_of(grid: LocalRegistry, n: int) -> list[bytes]:
+    author = grid.engine.key.did
+    return [wire for registry in (MEMBERS_REGISTRY, access.ORGS_REGISTRY, REGISTRY)
+            for wire in grid.engine.envelopes_after(registry, author, 0, limit=n + 10, max_bytes=2**40)]
+
+
+def _trust_envelopes(n: int, batch: int = 2000) -> tuple[list[bytes], int]:
+    """The envelopes of a writer as a federation peer sends them (its org's
+    delegation of it first, then n changes: creates, one in UPDATE_EVERY an
+    update of an earlier record), and how many are updates."""
+    path = tempfile.mkdtemp(prefix="rgrid-bench-trust-writer-")
+    org, key = KeyPair.generate(), KeyPair.generate()
+    rng = random.Random(13)
+    grid = LocalRegistry.open_path(path, key, delegation=sign_delegation(org, key.did, ["node"]))
+    ids: list[str] = []
+    updates = 0
+    try:
+        for start in range(0, n, batch):
+            ops: list[Put | Update] = []
+            for i in range(start, min(n, start + batch)):
+                if i % UPDATE_EVERY == UPDATE_EVERY - 1:
+                    ops.append(Update(REGISTRY, rng.choice(ids), patch={"version": f"1.4.{i}"}))
+                    updates += 1
+                else:
+                    ids.append(f"fn-{i:07d}")
+                    ops.append(Put(REGISTRY, "function", _fields(i, rng), record_id=ids[-1]))
+            outcomes = grid.execute(ops)
+            assert all(isinstance(o, WriteResult) for o in outcomes), outcomes[:2]
+        return _envelopes_of(grid, n), updates
+    finally:
+        grid.close()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _free_port() -> int:
@@ -95,7 +165,8 @@ def _free_port() -> int:
 # ------------------------------------------------------------------ raw limits of the same envelopes
 
 
-def raw_same_envelopes(wires: list[bytes], batch: int = 1000) -> Figure:
+def raw_same_envelopes(wires: list[bytes], batch: int = 1000,
+                       name: str = "raw: decode+verify+LMDB put, same envelopes") -> Figure:
     """Decode, Ed25519-verify and durably put (batched) exactly the envelopes a peer sends."""
     author = msgpack.unpackb(msgpack.unpackb(wires[0])[0])[6]
     verify = VerifyKey(public_key_from_did(author)).verify
@@ -115,15 +186,14 @@ def raw_same_envelopes(wires: list[bytes], batch: int = 1000) -> Figure:
         env.close()
         shutil.rmtree(path, ignore_errors=True)
     size = sum(map(len, wires)) // len(wires)
-    return Figure("raw: decode+verify+LMDB put, same envelopes", len(wires) / elapsed, "changes/s",
+    return Figure(name, len(wires) / elapsed, "changes/s",
                   f"n={len(wires)}, {size} B each, batch {batch}, durable")
 
 
-def engine_alone(wires: list[bytes], batch: int = 2000, profile: bool = False) -> Figure:
-    """The same envelopes straight into a fresh engine (no network, no trio): the node core's ingest limit."""
+def _engine_ingest(wires: list[bytes], batch: int = 2000, profiler: cProfile.Profile | None = None) -> float:
+    """Seconds for a fresh engine (no network, no trio) to apply ``wires``, all of which must apply."""
     path = tempfile.mkdtemp(prefix="rgrid-bench-engine-")
     grid = LocalRegistry.open_path(path)
-    profiler = cProfile.Profile() if profile else None
     try:
         t0 = time.perf_counter()
         if profiler:
@@ -133,15 +203,139 @@ def engine_alone(wires: list[bytes], batch: int = 2000, profile: bool = False) -
             assert all(o.status == "applied" for o in outcomes), outcomes[:2]  # type: ignore[union-attr]
         if profiler:
             profiler.disable()
-        elapsed = time.perf_counter() - t0
+        return time.perf_counter() - t0
     finally:
         grid.close()
         shutil.rmtree(path, ignore_errors=True)
+
+
+def engine_alone(wires: list[bytes], batch: int = 2000, profile: bool = False) -> Figure:
+    """The same envelopes straight into a fresh engine (no network, no trio): the node core's ingest limit."""
+    profiler = cProfile.Profile() if profile else None
+    elapsed = _engine_ingest(wires, batch, profiler)
     if profiler:
         print("\n--- engine-alone ingest profile (cProfile, top 25 by own time) ---", file=sys.stderr)
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
     return Figure("engine alone: Remote ops, same envelopes", len(wires) / elapsed, "changes/s",
                   f"n={len(wires)}, batches of {batch}, durable, verify on" + (" (profiled)" if profile else ""))
+
+
+# ------------------------------------------------------------------ the cost of the trust checks
+
+
+@contextmanager
+def trust_checks_off() -> Iterator[None]:
+    """Every engine in this process without its ownership, delegation and
+    policy checks, for pricing them only: production has no such switch.
+
+    Replaced: ``access.check_create`` and ``access.check_modify`` (who may
+    create or change a record under its registry's policy; the engine calls
+    them through the module, so replacing the module's attributes reaches
+    it) and ``TrustState.check_chain`` (revocation cutoffs; replaced on the
+    class, since the engine rebuilds its TrustState when a batch fails).
+    Still on: reading grid.members records as statements (signature and
+    content address) and adding them to the trust state, which the engine
+    needs to store them at all; a federation's statements are few beside its
+    records (one envelope of this benchmark's set)."""
+    saved = access.check_create, access.check_modify, TrustState.check_chain
+    access.check_create = lambda *args, **kwargs: Verdict.ALLOWED  # type: ignore[assignment]
+    access.check_modify = lambda *args, **kwargs: Verdict.ALLOWED  # type: ignore[assignment]
+    TrustState.check_chain = lambda self, author, registry, seq: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        access.check_create, access.check_modify, TrustState.check_chain = saved  # type: ignore[method-assign]
+
+
+@contextmanager
+def trust_checks_timed(spent: list[float]) -> Iterator[None]:
+    """The same three checks as built, each call's time added to ``spent[0]``.
+    The timer itself counts ~0.25 us per call (measured around a no-op), two
+    calls a change: ~0.2% of a change's ~280 us here, counted as the checks'."""
+    saved = access.check_create, access.check_modify, TrustState.check_chain
+
+    def timed(check: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return check(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - t0
+        return call
+
+    access.check_create, access.check_modify = timed(saved[0]), timed(saved[1])  # type: ignore[assignment]
+    TrustState.check_chain = timed(saved[2])  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        access.check_create, access.check_modify, TrustState.check_chain = saved  # type: ignore[method-assign]
+
+
+def _paired_ingest(wires: list[bytes], batch: int) -> tuple[float, float]:
+    """changes/s of two fresh engines taking the same batches in turn, one
+    with the trust checks and one without; which goes first flips every
+    batch, so a drift of the machine's speed lands on both alike."""
+    paths = [tempfile.mkdtemp(prefix="rgrid-bench-trust-") for _ in range(2)]
+    grids = [LocalRegistry.open_path(path) for path in paths]
+    elapsed = [0.0, 0.0]  # checks on, checks off
+    try:
+        for k, start in enumerate(range(0, len(wires), batch)):
+            ops = [Remote(w, "bench") for w in wires[start:start + batch]]
+            for arm in ((0, 1) if k % 2 == 0 else (1, 0)):
+                with trust_checks_off() if arm else nullcontext():
+                    t0 = time.perf_counter()
+                    outcomes = grids[arm].execute(ops)
+                    elapsed[arm] += time.perf_counter() - t0
+                assert all(o.status == "applied" for o in outcomes), outcomes[:2]  # type: ignore[union-attr]
+    finally:
+        for grid in grids:
+            grid.close()
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
+    return len(wires) / elapsed[0], len(wires) / elapsed[1]
+
+
+def trust_cost(wires: list[bytes], updates: int, rounds: int, batch: int = 500) -> tuple[list[Figure], dict[str, Any]]:
+    """The engine-alone ingest of ``wires`` with the trust checks and without,
+    interleaved batch by batch (``_paired_ingest``), ``rounds`` times; the
+    cost is 1 - the median of the per-round ratios (checks on / off). Then
+    one more ingest as built, timing the checks themselves: their share of
+    that ingest's time, which no drift of the machine moves (both sides of
+    the ratio slow down together).
+
+    Tried first and replaced: whole ingests alternating (on, off; then off,
+    on; ...). On 5,000 changes, one run each: per-round costs from -10% to
+    +27% (the machine's drift between runs of ~1.2 s), against -6%..+8% with
+    batches interleaved. With other work on the machine single rounds still
+    swing by +-10-20%, hence the median of several and the timed share
+    beside it. Batches of 500 rather than the committer's 2,000, so a round
+    of 5,000 changes alternates ten times."""
+    pairs = [_paired_ingest(wires, batch) for _ in range(rounds)]
+    ratios = [on / off for on, off in pairs]
+    cost = 1 - statistics.median(ratios)
+    met = cost <= TRUST_GOAL
+    spent = [0.0]
+    with trust_checks_timed(spent):
+        elapsed = _engine_ingest(wires, batch)
+    share = spent[0] / elapsed
+    shape = (f"n={len(wires)}: 1 delegation, {len(wires) - 1 - updates} creates, {updates} updates; "
+             f"batches of {batch}, durable")
+    figures = [
+        Figure("engine alone, trust checks on (as built)", statistics.median(on for on, _ in pairs), "changes/s",
+               f"median of {rounds} rounds; {shape}"),
+        Figure("engine alone, trust checks off (bench only)", statistics.median(off for _, off in pairs),
+               "changes/s", "the same batches, interleaved with the above (order flips each batch)"),
+        Figure("trust checks: cost of ingest throughput", 100 * cost, "%",
+               f"1 - median(on/off per round); goal <= {TRUST_GOAL:.0%}: {'met' if met else 'missed'}; rounds "
+               + ", ".join(f"{1 - r:+.1%}" for r in ratios)),
+        Figure("trust checks: their time in an ingest as built", 100 * share, "%",
+               "check_create + check_modify + check_chain, timed per call; immune to drift"),
+    ]
+    details = {"changes": len(wires), "updates": updates, "batch": batch,
+               "rounds": [{"on": round(on), "off": round(off), "cost": round(1 - on / off, 4)} for on, off in pairs],
+               "median_ratio": round(statistics.median(ratios), 4), "cost": round(cost, 4),
+               "checks_time_share": round(share, 4), "goal": TRUST_GOAL, "met": met}
+    return figures, details
 
 
 # ------------------------------------------------------------------ sync from a peer process
@@ -188,9 +382,17 @@ async def _catch_up(root: Path, source: Home, n: int, label: str) -> tuple[Figur
             c0 = time.process_time()
             await nursery.start(node.run)
             first: tuple[float, int] | None = None  # the first commit of remote changes
-            while node.feed.head < n:
-                await node.feed.wait_beyond(node.feed.head)
-                first = first or (time.perf_counter(), node.feed.head)
+            # Count the source's changes held, not the feed head: the fresh
+            # node's feed also holds its own delegation and org record.
+            author = source.node_key().did
+            while True:
+                head = node.feed.head  # read before counting, so a commit in between wakes the wait
+                held = sum(chain.get(author, 0) for chain in node.engine.version_vector().values())
+                if held >= n:
+                    break
+                if held:
+                    first = first or (time.perf_counter(), held)
+                await node.feed.wait_beyond(head)
             elapsed = time.perf_counter() - t0
             cpu = time.process_time() - c0
             report = fed.last_session
@@ -287,7 +489,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writes", type=int, default=200, help="writes for the propagation figure")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--profile", action="store_true", help="profile the engine-alone ingest")
+    parser.add_argument("--trust-only", action="store_true",
+                        help="only the cost of the trust checks (engine alone, no network; under a minute)")
+    parser.add_argument("--trust-changes", type=int, default=None,
+                        help="changes for the trust-check cost (default: 5,000 with --trust-only, else --ingest)")
+    parser.add_argument("--trust-rounds", type=int, default=5,
+                        help="rounds of the interleaved checks on/off ingest (default 5; at least 3)")
     args = parser.parse_args(argv)
+    if args.trust_rounds < 3:
+        parser.error("--trust-rounds must be at least 3: one round's noise (+-10-20% here) exceeds the goal")
+    trust_changes = args.trust_changes or (5_000 if args.trust_only else args.ingest)
     root = Path(tempfile.mkdtemp(prefix="rgrid-bench-fed-"))
     started = time.perf_counter()
     load0 = os.getloadavg()[0]
@@ -297,7 +508,18 @@ def main(argv: list[str] | None = None) -> int:
     def step(what: str) -> None:
         print(f"  {time.perf_counter() - started:6.0f} s  {what}", file=sys.stderr, flush=True)
 
+    def trust_step() -> None:
+        step(f"trust checks: writing {trust_changes} changes")
+        trust_wires, updates = _trust_envelopes(trust_changes)
+        figures.append(raw_same_envelopes(trust_wires, name="raw: decode+verify+LMDB put, trust-check envelopes"))
+        step(f"trust checks: engine alone with and without, {args.trust_rounds} rounds interleaved by batch")
+        trust_figures, extra["trust"] = trust_cost(trust_wires, updates, args.trust_rounds)
+        figures.extend(trust_figures)
+
     try:
+        if args.trust_only:
+            trust_step()
+            return _report(args, figures, _trust_ratios(figures, extra), extra, started, load0)
         step("propagation: 5 nodes")
         figures += trio.run(_propagation, root / "prop", args.writes)
         step("propagation: 2 nodes (OrbitDB's figure is to one peer)")
@@ -312,28 +534,44 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(raw_same_envelopes(wires))
         step("ingest: engine alone")
         figures.append(engine_alone(wires, profile=args.profile))
+        trust_step()
         step("ingest: sync from a peer process")
-        ingest, extra["ingest"] = trio.run(_catch_up, root, source, args.ingest, "ours: ingest by sync from a peer")
+        ingest, extra["ingest"] = trio.run(_catch_up, root, source, len(wires), "ours: ingest by sync from a peer")
         figures.append(ingest)
 
         if args.records:
             step(f"catch-up: preloading {args.records} changes")
             big = _new_home(root, "source-catchup")
-            _preload(big, args.records)
+            held = len(_preload(big, args.records))  # the records, the node's delegation and its org's record
             step(f"catch-up: {args.records} changes")
-            catch_up, extra["catch_up"] = trio.run(_catch_up, root, big, args.records,
+            catch_up, extra["catch_up"] = trio.run(_catch_up, root, big, held,
                                                    f"ours: catch-up of {args.records} records")
             figures.append(replace(catch_up, name=f"ours: catch-up of {args.records:,} records",
                                    value=extra["catch_up"]["seconds"], unit="s",
                                    detail=catch_up.detail + f" ({catch_up.value:,.0f} changes/s steady)"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    total = time.perf_counter() - started
     by_name = {f.name: f for f in figures}
     ratios = {
         "ingest / engine alone": ingest.value / by_name["engine alone: Remote ops, same envelopes"].value,
         "ingest / raw same envelopes": ingest.value / by_name["raw: decode+verify+LMDB put, same envelopes"].value,
+        **_trust_ratios(figures, extra),
     }
+    return _report(args, figures, ratios, extra, started, load0)
+
+
+def _trust_ratios(figures: list[Figure], extra: dict[str, Any]) -> dict[str, float]:
+    by_name = {f.name: f for f in figures}
+    return {
+        "trust checks on / off (median)": extra["trust"]["median_ratio"],
+        "checks on / raw same envelopes": by_name["engine alone, trust checks on (as built)"].value
+        / by_name["raw: decode+verify+LMDB put, trust-check envelopes"].value,
+    }
+
+
+def _report(args: argparse.Namespace, figures: list[Figure], ratios: dict[str, float], extra: dict[str, Any],
+            started: float, load0: float) -> int:
+    total = time.perf_counter() - started
     if args.json:
         print(json.dumps({"figures": [asdict(f) for f in figures], "ratios": ratios, "details": extra,
                           "seconds": round(total, 1), "loadavg_1min": [load0, os.getloadavg()[0]]}, indent=2))
@@ -342,6 +580,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for name, value in ratios.items():
         print(f"{name:<32} {value:6.1%}")
+    trust = extra.get("trust")
+    if trust:
+        print("\ntrust checks, per round (changes/s on / off, cost): " + "; ".join(
+            f"{r['on']:,} / {r['off']:,} ({r['cost']:+.1%})" for r in trust["rounds"]))
+        print(f"trust checks cost {trust['cost']:.1%} of ingest throughput (1 - median ratio; their own "
+              f"time: {trust['checks_time_share']:.1%} of an ingest); goal <= {trust['goal']:.0%}: "
+              f"{'met' if trust['met'] else 'missed'}")
     print(f"\n{total:.0f} s on {os.cpu_count()} CPUs; 1-min load average {load0:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after (other work on the machine skews every figure)")
     return 0

@@ -6,14 +6,16 @@ collide. Route labels are route templates (``/v1/registries/{registry}/records/{
 never raw paths, so the series count stays bounded whatever clients send.
 
 Node figures (store size, feed head, engine counters such as rejections by
-reason) are read at scrape time by a custom collector, so the write path
-pays nothing for them.
+reason) and the federation's counters (``Federation.stats()``, when the node
+runs one) are read at scrape time by a custom collector, so the write path
+and the network pay nothing for them.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,6 +30,58 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
                    2.5, 5.0, 10.0, 30.0)
 # The asyncio -> trio crossing costs tens to hundreds of microseconds.
 CROSSING_BUCKETS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1)
+
+
+# Federation.stats() keys that are levels (what is connected or queued now),
+# not counts since start; any other key outside ``federation.*``/``p2p.*``
+# is exported as a level too. Named here rather than derived from the key:
+# "peers.connected" is also a federation counter (connections made), so the
+# two need different names.
+FEDERATION_GAUGES = {
+    "peers.connected": ("rgrid_federation_connected_peers", "Peers connected now."),
+    "gossip.inbound_bytes": ("rgrid_federation_gossip_inbound_bytes",
+                             "Bytes of accepted gossip waiting for the engine, all peers' queues."),
+    "gossip.outbox_bytes": ("rgrid_federation_gossip_outbox_bytes", "Bytes of local changes waiting to be published."),
+    "gossip.seen": ("rgrid_federation_gossip_seen", "Change ids remembered to drop replayed gossip."),
+}
+# Counter keys by the prefix Federation.stats() gives them -> metric prefix.
+FEDERATION_COUNTER_PREFIXES = {"federation.": "rgrid_federation_", "p2p.": "rgrid_p2p_"}
+# Prometheus metric names are [a-zA-Z_:][a-zA-Z0-9_:]*; every name here
+# starts with "rgrid_", so only the rest needs replacing.
+_NOT_IN_NAME = re.compile(r"[^a-zA-Z0-9_:]")
+
+
+def metric_name(prefix: str, key: str) -> str:
+    """``prefix`` + ``key`` with every character a metric name can't hold as "_"."""
+    return prefix + _NOT_IN_NAME.sub("_", key)
+
+
+def federation_families(stats: Mapping[str, Any]) -> list[CounterMetricFamily | GaugeMetricFamily]:
+    """``Federation.stats()`` as metric families: counters for ``federation.*``
+    and ``p2p.*`` (``gossip.rejected_blocked`` ->
+    ``rgrid_federation_gossip_rejected_blocked_total``), gauges for the levels
+    (FEDERATION_GAUGES, and any other key). Keys that sanitize to one name are
+    added together rather than exported twice (an invalid exposition)."""
+    families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+    values: dict[str, float] = {}
+    for key, value in sorted(stats.items()):
+        if not isinstance(value, (int, float)):
+            continue
+        prefix = next((p for p in FEDERATION_COUNTER_PREFIXES if key.startswith(p)), None)
+        if prefix is not None:
+            name = metric_name(FEDERATION_COUNTER_PREFIXES[prefix], key[len(prefix):])
+            make: Callable[[str, str], Any] = CounterMetricFamily
+            documentation = f"Federation.stats() counter {key!r} (docs/federation.md, Metrics)."
+        else:
+            name, documentation = FEDERATION_GAUGES.get(
+                key, (metric_name("rgrid_federation_", key), f"Federation.stats() level {key!r}."))
+            make = GaugeMetricFamily
+        if name not in families:
+            families[name] = make(name, documentation)
+        values[name] = values.get(name, 0) + value
+    for name, family in families.items():
+        family.add_metric([], values[name])
+    return list(families.values())
 
 
 class _NodeCollector(Collector):
@@ -61,6 +115,8 @@ class _NodeCollector(Collector):
                                 value=snap["audit_pending"])
         yield CounterMetricFamily("rgrid_bridge_audit_dropped", "Denial notes dropped (buffer full).",
                                   value=snap["audit_dropped"])
+        if snap.get("federation") is not None:  # None: the node runs without p2p (--no-p2p)
+            yield from federation_families(snap["federation"])
 
 
 class _RouteLatency(Collector):

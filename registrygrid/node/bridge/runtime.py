@@ -49,7 +49,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,16 +342,31 @@ class Bridge:
         await self._runner.cleanup()
 
     def _snapshot(self) -> dict[str, Any]:
+        """What /metrics reads of the node, on the scraping thread (see _copied)."""
         node, api = self._node, self.api
-        engine_metrics: dict[str, int] = {}
-        for _ in range(5):  # the writer thread may add a key while we copy
-            try:
-                engine_metrics = dict(node.engine.metrics)
-                break
-            except RuntimeError:
-                continue
-        return {"store": node.store.stats(), "feed_head": node.registry.feed_head(), "engine": engine_metrics,
+        federation = node.component("federation")  # None when the node runs without p2p
+        return {"store": node.store.stats(), "feed_head": node.registry.feed_head(),
+                "engine": _copied(lambda: dict(node.engine.metrics)),
+                "federation": _copied(federation.stats) if federation is not None else None,
                 "audit_pending": len(api.audit) if api else 0, "audit_dropped": api.audit.dropped if api else 0}
+
+
+# A scrape copies counters that another thread keeps adding keys to (the
+# engine's on the committer's writer thread, the federation's on trio's), so
+# the copy may meet "dictionary changed size during iteration". A copy takes
+# microseconds and new keys are rare (a counter's first increment), so a few
+# attempts suffice; after them the scrape goes without these figures rather
+# than fail.
+COPY_ATTEMPTS = 5
+
+
+def _copied(read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    for _ in range(COPY_ATTEMPTS):
+        try:
+            return read()
+        except RuntimeError:
+            continue
+    return {}
 
 
 def _now_ms() -> int:

@@ -1,0 +1,134 @@
+"""/metrics exports the federation's counters and the engine's trust refusals, read at scrape time."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import trio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from test_bridge_support import UNLIMITED, Served
+from test_federation_support import CLUSTERS, FAST, LOOPBACK, Cluster, eventually
+
+from registrygrid.engine.ops import Put, WriteResult
+from registrygrid.node.bridge import Bridge, BridgeConfig
+from registrygrid.node.bridge.metrics import federation_families
+from registrygrid.node.bridge.runtime import _copied
+from registrygrid.node.federation import Federation
+from registrygrid.node.node import Node
+
+pytest_plugins = ("test_bridge_support",)  # its fixtures: served
+
+pytestmark = pytest.mark.timeout(90)
+
+NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def sample(text: str, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """The value of one sample in a Prometheus exposition, None when absent."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and (labels is None or s.labels == labels):
+                return s.value
+    return None
+
+
+def exposition(stats: dict[str, float]) -> str:
+    registry = CollectorRegistry()
+
+    class Federation:
+        def collect(self):  # type: ignore[no-untyped-def]
+            return federation_families(stats)
+
+    registry.register(Federation())
+    return generate_latest(registry).decode()
+
+
+def test_federation_stats_become_valid_counters_and_gauges() -> None:
+    text = exposition({
+        "federation.gossip.accepted": 7, "federation.gossip.invalid.malformed_input": 2,
+        "federation.peers.connected": 3,  # connections made: a counter ...
+        "peers.connected": 1,  # ... and connected now: a gauge, under another name
+        "p2p.gossip_dropped": 4, "gossip.outbox_bytes": 512, "gossip.seen": 9,
+        "federation.odd-key/é": 1, "federation.odd_key__": 1,  # both sanitize to one name: added, not doubled
+    })
+    names = [f.name for f in text_string_to_metric_families(text)]
+    assert len(names) == len(set(names)) and all(NAME.fullmatch(n) for n in names)
+    assert sample(text, "rgrid_federation_gossip_accepted_total") == 7
+    assert sample(text, "rgrid_federation_gossip_invalid_malformed_input_total") == 2
+    assert sample(text, "rgrid_federation_peers_connected_total") == 3
+    assert sample(text, "rgrid_federation_connected_peers") == 1
+    assert sample(text, "rgrid_p2p_gossip_dropped_total") == 4
+    assert sample(text, "rgrid_federation_gossip_outbox_bytes") == 512
+    assert sample(text, "rgrid_federation_gossip_seen") == 9
+    assert sample(text, "rgrid_federation_odd_key___total") == 2
+    assert "# TYPE rgrid_federation_connected_peers gauge" in text
+
+
+def test_a_copy_racing_a_writer_is_retried_then_given_up() -> None:
+    calls = []
+
+    def racing() -> dict[str, int]:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("dictionary changed size during iteration")
+        return {"a": 1}
+
+    assert _copied(racing) == {"a": 1} and len(calls) == 3
+
+    def always() -> dict[str, int]:
+        raise RuntimeError("dictionary changed size during iteration")
+
+    assert _copied(always) == {}
+
+
+async def test_metrics_of_a_node_without_federation_have_no_federation_series(served: Served) -> None:
+    with trio.fail_after(30):
+        async with served.client() as client:
+            text = (await client.get("/metrics")).text
+    assert "rgrid_feed_head" in text and "rgrid_federation_" not in text and "rgrid_p2p_" not in text
+
+
+async def test_metrics_export_federation_counters_and_engine_trust_refusals(nursery: trio.Nursery,
+                                                                             tmp_path: Path) -> None:
+    """Node A (federation + bridge) syncs a record of node B's org, then its
+    API refuses to update that record (not_owner): /metrics shows the peer
+    connected now, the federation's and the host's counters, the delegation
+    A learned and the refusal."""
+    orgs = Cluster(nursery, tmp_path, FAST)  # its homes: two orgs in one federation, "testfed"
+    homes = {name: orgs.home(name) for name in ("a", "b")}
+    fed_a = Federation(listen=[LOOPBACK], federation="testfed", config=FAST)
+    bridge = Bridge(port=0, config=BridgeConfig(rate_limit=UNLIMITED))
+    node_a = Node(homes["a"], [fed_a, bridge])
+    await nursery.start(node_a.run)
+    info = json.loads((homes["a"].path / "bridge.json").read_text())
+    served = Served(node_a, bridge, homes["a"], info["url"], info["token"])
+    fed_b = Federation(listen=[LOOPBACK], bootstrap=fed_a.addrs(), federation="testfed", config=FAST)
+    node_b = Node(homes["b"], [fed_b])
+    await nursery.start(node_b.run)
+    try:
+        with trio.fail_after(60):
+            [written] = await node_b.submit([Put(CLUSTERS, "cluster", {"name": "b1"}, record_id="b1")])
+            assert isinstance(written, WriteResult)
+            assert node_a.registry is not None
+            registry = node_a.registry
+            await eventually(lambda: any(r["id"] == "b1" for r in registry.iter_all(CLUSTERS)), 30,
+                             "b's record on a")
+            async with served.client() as client:
+                r = await client.put(f"/v1/registries/{CLUSTERS}/records/b1", json={"fields": {"name": "mine"}})
+                assert r.status_code == 403 and r.json()["error"]["code"] == "not_owner", r.text
+                text = (await client.get("/metrics")).text
+    finally:
+        node_b.stop()
+        node_a.stop()
+    assert sample(text, "rgrid_federation_connected_peers") == 1
+    assert sample(text, "rgrid_federation_peers_connected_total") >= 1  # type: ignore[operator]
+    assert sample(text, "rgrid_federation_sync_sessions_total") >= 1  # type: ignore[operator]  # one on connect
+    assert sample(text, "rgrid_p2p_gossip_received_total") is not None
+    assert sample(text, "rgrid_federation_gossip_outbox_bytes") is not None
+    # The engine's trust counters: the refusal and the delegation a learned from b.
+    assert sample(text, "rgrid_engine_rejections_total", {"reason": "not_owner"}) == 1
+    assert sample(text, "rgrid_engine_events_total", {"event": "trust.delegation"}) >= 1  # type: ignore[operator]
