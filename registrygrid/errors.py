@@ -116,6 +116,12 @@ class KeyRevoked(PolicyDenied):
     code = "key_revoked"
 
 
+class NotMember(PolicyDenied):
+    """A peer or org that is not an admitted member of this federation."""
+
+    code = "not_member"
+
+
 class Unauthorized(RegistryError):
     code = "unauthorized"
     http_status = 401

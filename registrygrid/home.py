@@ -5,6 +5,9 @@
       keys/node.key      the node's Ed25519 seed (mode 0600)
       keys/org.key       the org's seed, when the org key lives here (0600)
       org.json           the org's did:key and its signed delegation for this node
+      federation.json    the federation this node joined: its signed genesis and
+                         the org's invitation (rgrid federation create|join); without
+                         it the node is in its org's own implicit federation
       store/             the LMDB environment
       node.lock          held (flock) by the one process that writes the store
       node.json          while a node runs with a federation: its peer ID, dialable
@@ -24,9 +27,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from registrygrid.errors import HomeLocked, NotInitialized, ValidationError
 from registrygrid.identity.delegation import Delegation, decode_delegation, sign_delegation, verify_delegation
 from registrygrid.identity.keys import KeyPair
+from registrygrid.trust.federation import (
+    Genesis,
+    GenesisBody,
+    Invitation,
+    decode_genesis,
+    decode_invitation,
+    federation_id,
+    implicit_genesis,
+)
 
 DEFAULT_CONFIG: dict[str, Any] = {
     # Loopback by default: a node joins a federation on purpose, with --listen.
@@ -68,6 +82,18 @@ def read_key_file(path: Path) -> KeyPair:
     if data.get("did") not in (None, key.did):
         raise ValidationError(f"{path}: its did does not match its seed")
     return key
+
+
+@dataclass(frozen=True)
+class FederationMembership:
+    """The federation a home belongs to: its genesis claims and id, and the
+    signed genesis and invitation when it is not the org's implicit one."""
+
+    name: str
+    id: str
+    claims: GenesisBody
+    genesis: Genesis | None = None
+    invitation: Invitation | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +178,44 @@ class Home:
         tmp = self.path / f".org.json.{os.getpid()}"
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, path)
+
+    # ---- the federation ----
+
+    @property
+    def federation_path(self) -> Path:
+        return self.path / "federation.json"
+
+    def federation(self) -> FederationMembership:
+        """The federation this home joined, or its org's implicit one
+        (named by config.json's "federation")."""
+        if self.federation_path.exists():
+            try:
+                data = json.loads(self.federation_path.read_text())
+                genesis = decode_genesis(base64.b64decode(data["genesis"]))
+                invitation = decode_invitation(base64.b64decode(data["invitation"])) if data.get("invitation") \
+                    else None
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValidationError(f"{self.federation_path} is not a federation file: {exc}") from None
+            return FederationMembership(genesis.name, genesis.id, genesis.claims, genesis, invitation)
+        membership = self.org()
+        org = membership.org if membership is not None else self.node_key().did
+        claims = implicit_genesis(str(self.config().get("federation", "default")), org=org)
+        return FederationMembership(claims.name, federation_id(msgspec.msgpack.encode(claims)), claims)
+
+    def set_federation(self, genesis: Genesis, invitation: Invitation | None = None) -> None:
+        """Join ``genesis``'s federation (atomically), and name it in config.json."""
+        data = {"federation": genesis.id, "name": genesis.name,
+                "genesis": base64.b64encode(genesis.encode()).decode(),
+                "invitation": base64.b64encode(invitation.encode()).decode() if invitation else None}
+        tmp = self.path / f".federation.json.{os.getpid()}"
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.federation_path)
+        config_path = self.path / "config.json"
+        config = self.config()
+        config["federation"] = genesis.name
+        tmp = self.path / f".config.json.{os.getpid()}"
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+        os.replace(tmp, config_path)
 
     def config(self) -> dict[str, Any]:
         path = self.path / "config.json"

@@ -24,7 +24,7 @@ from registrygrid.engine.engine import Engine
 from registrygrid.engine.ops import AuditNote, Delete, Operation, Outcome, Put, Update, WriteResult
 from registrygrid.engine.verify import VerifyReport, verify_store
 from registrygrid.errors import NotFound, RegistryError, ValidationError
-from registrygrid.home import Home, OrgMembership
+from registrygrid.home import FederationMembership, Home, OrgMembership
 from registrygrid.identity.delegation import Delegation, verify_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol import names
@@ -35,7 +35,14 @@ from registrygrid.storage.audit import AuditEntry, AuditLedger
 from registrygrid.storage.feed import FeedEvent
 from registrygrid.storage.store import Store, pack, unpack
 from registrygrid.trust import access
-from registrygrid.trust.statements import DELEGATION_KIND, MEMBERS_REGISTRY, delegation_record
+from registrygrid.trust.federation import genesis_record, invitation_record
+from registrygrid.trust.statements import (
+    DELEGATION_KIND,
+    FEDERATION_KIND,
+    INVITATION_KIND,
+    MEMBERS_REGISTRY,
+    delegation_record,
+)
 
 # A page of a listing; bigger pages are refused rather than silently cut so
 # a client never mistakes a truncated page for the end.
@@ -129,30 +136,40 @@ class LocalRegistry:
         try:
             key = home.node_key()
             membership = home.verified_org()
+            federation = home.federation()
             store = Store(home.store_path)
-            engine = Engine(store, key, SchemaCatalog(), owner=membership.org if membership else None)
+            engine = Engine(store, key, SchemaCatalog(), owner=membership.org if membership else None,
+                            federation=(federation.claims, federation.id))
         except BaseException:
             home.unlock()
             raise
         registry = cls(store, engine, home)
         if lock and membership is not None:
             try:
-                registry.publish_membership(membership)
+                registry.publish_membership(membership, federation)
             except BaseException:
                 registry.close()
                 raise
         return registry
 
-    def publish_membership(self, membership: OrgMembership) -> list[WriteResult]:
-        """Put the home's org record and its delegation of this node into
-        the store if they are not there yet (``rgrid init``, and every open
-        of an older home or after a renewal), so they replicate and every
-        peer can check that this node speaks for its org."""
-        record_id, fields = delegation_record(membership.delegation)
+    def publish_membership(self, membership: OrgMembership,
+                           federation: FederationMembership | None = None) -> list[WriteResult]:
+        """Put the home's signed statements (the federation's genesis, the
+        org's invitation into it, its delegation of this node) and the org's
+        own record into the store if they are not there yet (``rgrid init``,
+        and every open of an older home, after a renewal or a join), so they
+        replicate and every peer can check that this node speaks for a
+        member org."""
+        statements = [(DELEGATION_KIND, *delegation_record(membership.delegation))]
+        if federation is not None and federation.genesis is not None:
+            statements.insert(0, (FEDERATION_KIND, *genesis_record(federation.genesis)))
+        if federation is not None and federation.invitation is not None:
+            statements.insert(1, (INVITATION_KIND, *invitation_record(federation.invitation)))
         ops: list[Operation] = []
         with self.store.read() as txn:
-            if records.get_record(self.store, txn, MEMBERS_REGISTRY, record_id) is None:
-                ops.append(Put(MEMBERS_REGISTRY, DELEGATION_KIND, fields, record_id))
+            for kind, record_id, fields in statements:
+                if records.get_record(self.store, txn, MEMBERS_REGISTRY, record_id) is None:
+                    ops.append(Put(MEMBERS_REGISTRY, kind, fields, record_id))
             if records.get_record(self.store, txn, access.ORGS_REGISTRY, membership.org) is None:
                 ops.append(Put(access.ORGS_REGISTRY, "org", {"name": membership.name or "org", "did": membership.org},
                                membership.org))
@@ -328,9 +345,14 @@ class LocalRegistry:
 
     def create_registry(self, name: str, kinds: Sequence[str], *, description: str = "",
                         write_policy: str = "open", conflict_policy: str = "crdt",
-                        replication: str = "federation", actor: str | None = None) -> WriteResult:
+                        replication: str = "federation", limits: Mapping[str, Any] | None = None,
+                        actor: str | None = None) -> WriteResult:
+        """``limits``: ``{"max_record_bytes": int, "max_changes_per_second_per_org": float}``,
+        either optional (registry.v1.json; docs/federation.md, "Policy guard")."""
         fields = {"name": name, "description": description, "kinds": list(kinds), "write_policy": write_policy,
                   "conflict_policy": conflict_policy, "replication": {"scope": replication}}
+        if limits:
+            fields["limits"] = dict(limits)
         return self.put(regs.REGISTRY_OF_REGISTRIES, "registry", fields, id=name, actor=actor)
 
     def kinds(self) -> list[dict[str, Any]]:

@@ -913,3 +913,21 @@ def test_an_empty_object_key_is_refused_without_spoiling_its_batch(grid: LocalRe
     ])
     assert isinstance(outcomes[0], ValidationError) and "empty" in outcomes[0].message
     assert isinstance(outcomes[1], WriteResult) and grid.get(CLUSTERS, "good")["fields"]["name"] == "good"
+
+
+def test_a_long_chain_delivered_backwards_parks_each_change_once(tmp_path: Path) -> None:
+    """Each parked change waits for its own predecessor, so a gap of n changes
+    costs n parks, not one re-park per change per link applied."""
+    author = open_store(tmp_path / "author", KeyPair.generate())
+    replica = open_store(tmp_path / "replica")
+    try:
+        author.put_many([Put(CLUSTERS, "cluster", cluster(f"c{i}"), f"c{i}") for i in range(300)])
+        wires = wires_in_feed_order(author)
+        for wire in reversed(wires):  # one transaction each: the worst order
+            replica.execute([Remote(wire, "p")])
+        assert replica.engine.metrics["remote.parked"] == len(wires) - 1
+        assert replica.engine.metrics["remote.applied"] == 1  # the first; the rest were released by it
+        assert replica.state_digest() == author.state_digest()
+    finally:
+        author.close()
+        replica.close()

@@ -1,7 +1,8 @@
 """A hostile peer against a real node: forged, tampered, replayed, oversized and
 garbage input on the gossip topic and on the sync protocol. Each is rejected,
 counted per peer and never stored; the node keeps replicating good changes;
-a peer that keeps at it is banned and refused."""
+a peer that keeps at it is banned and refused. The hostile peer is a member's
+node (it passes the handshake: a non-member gets no further, tested last)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from registrygrid.protocol.envelope import ChangeBody, _Wire, open_envelope
 from registrygrid.protocol.gossip import encode_batch
 from registrygrid.protocol.sync import SYNC_PROTOCOL_ID, SyncPuller, SyncResponse, encode_response
 from registrygrid.storage import peers as peer_store
-from test_federation_support import FAST, LOOPBACK, Member, cluster, converged, eventually, full_mesh
+from test_federation_support import FAST, LOOPBACK, Member, cluster, converged, eventually, full_mesh, make_member
 
 TRUSTING = dataclasses.replace(FAST, ban_after_invalid=1000)  # count everything, ban nobody
 _encode = msgspec.msgpack.Encoder().encode
@@ -62,7 +63,9 @@ async def test_hostile_gossip_is_rejected_counted_and_never_stored(tmp_path: Pat
             await converged([a, b], 10, records=3)
             victim = a_wire_of(b)
 
+            make_member(nodes, evil)
             await evil.connect(a.fed.addrs()[0])
+            await eventually(lambda: evil.peer_id in a.fed.admitted, 10, "evil admitted at the hello")
             await evil.wait_for_mesh_peer(a.fed.topic, a.peer_id, timeout=10)
             attacks = {
                 "garbage bytes": b"\xff\x00 not msgpack at all",
@@ -115,6 +118,7 @@ async def test_hostile_sync_requests_and_responses_are_refused_and_counted(tmp_p
                 return next(answers, encode_response(SyncResponse(1, [], False, {})))
 
             evil.set_handler(SYNC_PROTOCOL_ID, evil_sync)
+            make_member(nodes, evil)
             await evil.connect(a.fed.addrs()[0])
             metrics = a.fed.metrics
             # a pulls from evil on connect: a garbage answer.
@@ -148,7 +152,9 @@ async def test_a_peer_that_keeps_sending_invalid_messages_is_banned_and_refused(
             a = await nodes.start("a")
             b = await nodes.start("b", a.fed.addrs())
             await full_mesh([a, b])
+            make_member(nodes, evil)
             await evil.connect(a.fed.addrs()[0])
+            await eventually(lambda: evil.peer_id in a.fed.admitted, 10, "evil admitted at the hello")
             await evil.wait_for_mesh_peer(a.fed.topic, a.peer_id, timeout=10)
             for i in range(3):
                 await evil.publish(a.fed.topic, b"junk %d" % i)
@@ -172,3 +178,44 @@ async def test_a_peer_that_keeps_sending_invalid_messages_is_banned_and_refused(
             await converged([a, b], 10, records=2)
             await eventually(lambda: any(r.peer_id == evil.peer_id and r.state == "banned"
                                          for r in peer_store.load(a.node.store)), 5, "the ban persisted")
+
+
+async def test_a_non_member_is_refused_at_the_handshake_and_gets_nothing(tmp_path: Path) -> None:
+    """Two outsiders that know the federation's name: one with no membership
+    proof, one with a real-looking proof for another federation of the same
+    name. Neither is admitted, neither gets a sync answer, neither's gossip
+    is taken, and the one that asks hears why."""
+    with trio.fail_after(60):
+        async with cluster(tmp_path, TRUSTING) as nodes, evil_host() as outsider, \
+                P2PHost(hashlib.sha256(b"impostor").digest(), [LOOPBACK]) as impostor:
+            a = await nodes.start("a")
+            await a.write("good", 2)
+            make_member(nodes, impostor, federation_id="fed-" + "a" * 32)  # same name, another genesis
+            for host in (outsider, impostor):
+                try:
+                    await host.connect(a.fed.addrs()[0])
+                except P2PError:
+                    pass  # dropped during or right after the handshake: as good
+            metrics = a.fed.metrics
+            await eventually(lambda: metrics["hello.failed"] + metrics["hello.not_member"] >= 2, 15,
+                             "a's hellos to both failed or were refused")
+            assert outsider.peer_id not in a.fed.admitted and impostor.peer_id not in a.fed.admitted
+            assert a.fed.peers.blocked(impostor.peer_id)  # type: ignore[union-attr]
+            # Asking for changes gets a refusal, never an envelope.
+            for host in (outsider, impostor):
+                with pytest.raises(P2PError):
+                    await host.request(a.peer_id, SYNC_PROTOCOL_ID, SyncPuller("testfed").request({}), timeout=5)
+            # A hello without proof is answered with the reason.
+            from registrygrid.protocol.hello import HELLO_PROTOCOL_ID, encode_hello
+
+            try:
+                await outsider.connect(a.fed.addrs()[0])
+            except Exception:
+                pass
+            with pytest.raises(P2PError) as refused:
+                await outsider.request(a.peer_id, HELLO_PROTOCOL_ID,
+                                       encode_hello("testfed", outsider.listen_addrs(), []), timeout=5)
+            assert "not_member" in refused.value.message or "policy_denied" in refused.value.message
+            # Gossip from them is dropped before it is even validated.
+            assert metrics["gossip.accepted"] == 0
+            assert a.registry.verify().ok and a.records() == 2

@@ -12,7 +12,13 @@ import trio
 
 from registrygrid.engine.ops import Put, WriteResult
 from registrygrid.home import Home
+from registrygrid.identity.delegation import sign_delegation
+from registrygrid.identity.keys import KeyPair, did_from_peer_id
+from registrygrid.membership import create_federation, current_genesis, invite_org, join_federation
+from registrygrid.protocol.hello import HELLO_PROTOCOL_ID, encode_hello
+from registrygrid.trust.admission import encode_proof
 from registrygrid.node.federation import Federation, FederationConfig
+from registrygrid.node.p2p import P2PHost
 from registrygrid.node.node import Node
 from registrygrid.sdk import LocalRegistry
 from registrygrid.storage.store import Store
@@ -70,6 +76,7 @@ class Cluster:
         self.root = root
         self.config = config
         self.members: list[Member] = []
+        self.founder: Home | None = None
 
     def home(self, name: str, org: str | None = None) -> Home:
         """The member's home; nodes started with the same ``org`` share its
@@ -81,7 +88,20 @@ class Cluster:
                 home.init(org_name=org or name, org_key_file=first.org_key_path)
             else:
                 home.init(org_name=org or name)
+            self.admit(home)
         return home
+
+    def admit(self, home: Home) -> None:
+        """Every node of the cluster is in one federation, "testfed": the
+        first home's org founds it and invites each other org."""
+        if self.founder is None:
+            self.founder = home
+            create_federation(home, "testfed")
+            return
+        genesis = current_genesis(self.founder)
+        org = home.org().org  # type: ignore[union-attr]
+        invitation = None if org in genesis.claims.founders else invite_org(self.founder, org)
+        join_federation(home, genesis, invitation)
 
     async def start(self, name: str, bootstrap: Sequence[str] = (), *, listen: str = LOOPBACK,
                     config: FederationConfig | None = None, org: str | None = None) -> Member:
@@ -164,3 +184,21 @@ def stored_digest(home: Home) -> str:
         return LocalRegistry(store, engine=None).state_digest()  # type: ignore[arg-type]
     finally:
         store.close()
+
+
+def make_member(nodes: Cluster, host: P2PHost, *, federation_id: str | None = None) -> None:
+    """Make a bare libp2p host pass for a member's node: a new org, invited
+    into the cluster's federation by its founder, delegates the host's key,
+    and the host answers hellos with that proof (or, with
+    ``federation_id``, claims another federation of the same name)."""
+    assert nodes.founder is not None, "start a node first: its org founds the federation"
+    org = KeyPair.generate()
+    genesis = current_genesis(nodes.founder)
+    invitation = invite_org(nodes.founder, org.did)
+    delegation = sign_delegation(org, did_from_peer_id(host.peer_id), ["node"])
+    proof = encode_proof(delegation.encode(), invitation.encode(), genesis.encode())
+
+    async def answer(peer: str, request: bytes) -> bytes:
+        return encode_hello("testfed", host.listen_addrs(), [], federation_id or genesis.id, proof)
+
+    host.set_handler(HELLO_PROTOCOL_ID, answer)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import registrygrid
+from registrygrid.engine.ops import Remote
 from registrygrid.errors import EX_NOPERM
 from registrygrid.home import Home, read_key_file
 from registrygrid.identity.delegation import sign_delegation
@@ -72,3 +73,39 @@ def test_an_expired_node_reads_refuses_writes_with_a_hint_and_renew_fixes_it(rgr
     assert renewed["status"] == "created"
     assert ok_json(rgrid, "org", "show", home=home_path)["status"] == "valid"
     assert rgrid("put", "grid.tools", "tool", "--set", "name=x", home=home_path).returncode == 0
+
+
+def test_rotate_key_keeps_history_and_refuses_the_old_keys_later_changes(rgrid: Run, tmp_path: Path) -> None:
+    home_path = tmp_path / "home"
+    home = Home(home_path)
+    home.init(org_name="acme")
+    old_key = home.node_key()
+    with registrygrid.open(home_path) as grid:
+        grid.put("grid.tools", "tool", {"name": "before"}, id="before")
+    rotated = ok_json(rgrid, "node", "rotate-key", "--reason", "yearly", home=home_path)
+    assert rotated["old"] == old_key.did and rotated["new"] == home.node_key().did != old_key.did
+    assert json.loads(rotated["cutoffs"])["grid.tools"] == 1
+    with registrygrid.open(home_path) as grid:
+        assert grid.get("grid.tools", "before")["created_by"] == old_key.did  # history kept, still valid
+        after = grid.put("grid.tools", "tool", {"name": "after"}, id="after")
+        assert after.record is not None and after.record["created_by"] == rotated["new"]  # a chain of its own
+        assert grid.verify().ok
+    # A copy of the old key left somewhere keeps signing: nobody takes it.
+    thief_path = tmp_path / "thief"
+    with registrygrid.LocalRegistry.open_path(thief_path, old_key, owner=Home(home_path).org().org) as thief:  # type: ignore[union-attr]
+        with registrygrid.open(home_path) as grid:
+            thief.execute([Remote(w, "p") for w in _wires(grid)])
+        assert thief.engine.trust.revoked(old_key.did) is not None
+        thief.engine.trust.check_chain = lambda *args: None  # type: ignore[method-assign]
+        thief.put("grid.tools", "tool", {"name": "stolen"}, id="stolen")
+        stolen = _wires(thief)[-1]
+    with registrygrid.open(home_path) as grid:
+        result = grid.execute([Remote(stolen, "p")])[0]
+        assert result.status == "refused" and result.error.code == "key_revoked"
+        assert {r["id"] for r in grid.list("grid.tools").items} == {"before", "after"}
+
+
+def _wires(grid: Any) -> list[bytes]:
+    from registrygrid.protocol.envelope import cid_from_str
+
+    return [grid.change(cid_from_str(e.change)) for e in grid.changes(0, limit=10_000)]

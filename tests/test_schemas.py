@@ -23,17 +23,21 @@ from registrygrid.errors import SchemaViolation, UnknownKind, ValidationError
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.schemas import BUILTIN_REGISTRIES, FORMAT_CHECKER, BuiltinRegistry, KindSchema, SchemaCatalog
+from registrygrid.trust.federation import genesis_record, invitation_record, invite, make_genesis
 from registrygrid.trust.statements import delegation_record, revocation_record, sign_revocation
 
 SHA256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 DID = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
 
-def _signed_statements() -> tuple[dict, dict]:
-    org, node = KeyPair(b"\x07" * 32), KeyPair(b"\x08" * 32)
+def _signed_statements() -> tuple[dict, dict, dict, dict]:
+    org, node, other = KeyPair(b"\x07" * 32), KeyPair(b"\x08" * 32), KeyPair(b"\x09" * 32)
     _, delegation = delegation_record(sign_delegation(org, node.did, ["node", "writer"], now=1_767_225_600))
     _, revocation = revocation_record(sign_revocation(org, node.did, {"grid.tools": 12}, reason="key rotated",
                                                       now=1_798_761_600))
-    return delegation, revocation
+    genesis = make_genesis("open-ai-grid", [org], now=1_767_225_600)
+    _, federation = genesis_record(genesis)
+    _, invitation = invitation_record(invite(genesis, other.did, org, now=1_767_312_000))
+    return delegation, revocation, federation, invitation
 
 
 _STATEMENTS = _signed_statements()
@@ -305,6 +309,8 @@ EXAMPLES: dict[tuple[str, int], dict] = {
     # Trust statements carry an org's signature; these are real ones (see _signed_statements).
     ("delegation", 1): _STATEMENTS[0],
     ("revocation", 1): _STATEMENTS[1],
+    ("federation", 1): _STATEMENTS[2],
+    ("invitation", 1): _STATEMENTS[3],
 }
 
 KIND_HOMES = {
@@ -317,6 +323,7 @@ KIND_HOMES = {
     "org-task": "grid.org-tasks", "subject": "grid.subjects", "tool": "grid.tools",
     "registry": "grid.registries", "kind": "grid.kinds",
     "delegation": "grid.members", "revocation": "grid.members",
+    "federation": "grid.members", "invitation": "grid.members",
 }
 
 

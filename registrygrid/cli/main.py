@@ -386,7 +386,7 @@ def kind_register(home: Path | None, name: str, version: int, schema_file: Path,
 
 
 def _register_optional_groups() -> None:
-    """Command groups that live in their own modules (node, token, peers, org)."""
+    """Command groups that live in their own modules (node, token, peers, org, federation)."""
     try:
         from registrygrid.cli import node_commands
     except ImportError:
@@ -405,9 +405,10 @@ def _register_optional_groups() -> None:
         pass
     else:
         peer_commands.register(cli)
-    from registrygrid.cli import org_commands
+    from registrygrid.cli import federation_commands, org_commands
 
     org_commands.register(cli)
+    federation_commands.register(cli)
 
 
 _register_optional_groups()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import logging
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,22 @@ def register(cli: click.Group) -> None:
             if typed and len(typed) == len(errors):
                 raise typed[0] from None
             raise
+
+    @node.command(name="rotate-key")
+    @click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="RGRID_HOME", default=None)
+    @click.option("--org-key", "org_key_file", type=click.Path(dir_okay=False, path_type=Path),
+                  help="The org key file, when it is not kept in this home.")
+    @click.option("--reason", default="", help="Kept in the signed revocation of the old key.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def rotate_key(home: Path | None, org_key_file: Path | None, reason: str, as_json: bool) -> None:
+        """Give this node a new key: the org delegates it and revokes the old
+        one after every change the old key made (history stays valid). Run
+        it with the node stopped; the peer ID changes with the key."""
+        from registrygrid.cli import render
+        from registrygrid.membership import rotate_node_key
+
+        done = rotate_node_key(Home(home), org_key_file=org_key_file, reason=reason)
+        render.mapping({**done, "cutoffs": json.dumps(done["cutoffs"])}, as_json, title="rotated")
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:

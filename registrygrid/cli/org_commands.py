@@ -27,10 +27,11 @@ import click
 
 from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend
-from registrygrid.errors import NotFound, NotInitialized, ValidationError
-from registrygrid.home import Home, read_key_file
+from registrygrid.errors import NotFound, NotInitialized
+from registrygrid.home import Home
 from registrygrid.identity.delegation import ROLES, sign_delegation
-from registrygrid.identity.keys import KeyPair, public_key_from_did
+from registrygrid.identity.keys import public_key_from_did
+from registrygrid.membership import org_key
 from registrygrid.sdk import StoreChecks
 from registrygrid.trust.statements import (
     DELEGATION_KIND,
@@ -42,20 +43,6 @@ from registrygrid.trust.statements import (
 )
 
 DAY = 24 * 3600
-
-
-def org_key_of(home: Home, org_key_file: Path | None) -> KeyPair:
-    """The org key from --org-key, else the home's; it must be the home's org."""
-    membership = home.org()
-    if membership is None:
-        raise NotInitialized(f"{home.path} has no org; run `rgrid init`")
-    path = org_key_file or home.org_key_path
-    if not path.exists():
-        raise NotInitialized(f"the org key is not in this home ({home.org_key_path}); give it with --org-key FILE")
-    key = read_key_file(path)
-    if key.did != membership.org:
-        raise ValidationError(f"{path} is the key of {key.did}, not of this home's org {membership.org}")
-    return key
 
 
 def _publish(home: Home, kind: str, record_id: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +117,7 @@ def register(cli: click.Group) -> None:
         home_obj = Home(home)
         home_obj.require()
         public_key_from_did(subject)
-        delegation = sign_delegation(org_key_of(home_obj, org_key_file), subject, roles, valid_for=days * DAY)
+        delegation = sign_delegation(org_key(home_obj, org_key_file), subject, roles, valid_for=days * DAY)
         record_id, fields = delegation_record(delegation)
         result = _publish(home_obj, DELEGATION_KIND, record_id, fields)
         render.mapping({**result, "subject": subject, "roles": ", ".join(fields["roles"]),
@@ -145,11 +132,11 @@ def register(cli: click.Group) -> None:
         """Sign a fresh delegation of this node (before or after the old one expires)."""
         home_obj = Home(home)
         home_obj.require()
-        org_key = org_key_of(home_obj, org_key_file)  # refuses a home without an org
+        signer = org_key(home_obj, org_key_file)  # refuses a home without an org
         membership = home_obj.org()
         assert membership is not None
         node = home_obj.node_key().did
-        delegation = sign_delegation(org_key, node, membership.delegation.claims.roles, valid_for=days * DAY)
+        delegation = sign_delegation(signer, node, membership.delegation.claims.roles, valid_for=days * DAY)
         record_id, fields = delegation_record(delegation)
         # Published first (a running node takes it at once), then kept in
         # org.json for the node's next start.
@@ -169,13 +156,13 @@ def register(cli: click.Group) -> None:
         home_obj = Home(home)
         home_obj.require()
         public_key_from_did(subject)
-        org_key = org_key_of(home_obj, org_key_file)
+        signer = org_key(home_obj, org_key_file)
         checks = StoreChecks(home_obj)
         try:
             cutoffs = checks.heads_of(subject)
         finally:
             checks.close()
-        revocation = sign_revocation(org_key, subject, cutoffs, reason=reason)
+        revocation = sign_revocation(signer, subject, cutoffs, reason=reason)
         record_id, fields = revocation_record(revocation)
         result = _publish(home_obj, REVOCATION_KIND, record_id, fields)
         render.mapping({**result, "subject": subject, "cutoffs": json.dumps(cutoffs)}, as_json, title="revoked")

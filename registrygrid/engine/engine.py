@@ -72,6 +72,7 @@ from registrygrid.storage import chains, feed, records
 from registrygrid.storage.audit import AuditLedger
 from registrygrid.storage.store import SEP, Store, key, pack, u64
 from registrygrid.trust import access
+from registrygrid.trust.federation import GenesisBody
 from registrygrid.trust.state import TrustState, Verdict
 from registrygrid.trust.statements import MEMBERS_REGISTRY, Statement, read_statement
 
@@ -155,6 +156,7 @@ class Engine:
         *,
         owner: str | None = None,
         now_ms: Callable[[], int] = wall_clock_ms,
+        federation: tuple[GenesisBody, str] | None = None,
     ) -> None:
         self.store = store
         self.key = key_pair
@@ -166,8 +168,9 @@ class Engine:
         self.listeners: list[Callable[[Committed], None]] = []
         self._verify_pool: ThreadPoolExecutor | None = None  # made on the first big remote batch
         # Who speaks for whom, folded from grid.members (trust/state.py);
-        # every change, local or remote, is judged against it.
-        self.trust = TrustState()
+        # every change, local or remote, is judged against it. With a
+        # federation (genesis claims, id), only its members' orgs count.
+        self.trust = TrustState(*(federation or (None, None)))
         self.audit = AuditLedger(store)
         with store.read() as txn:
             self.clock = HybridClock(now_ms, Hlc(*store.get_meta(txn, "hlc", [0, 0])))
@@ -430,7 +433,11 @@ class Engine:
                 details={"seq": body.seq, "changes": [env.id, cid_to_str(other) if other else None]},
             )
         if body.seq > head_seq + 1:
-            return self._park(txn, env, b"c" + key(body.registry, body.author, u64(head_seq + 1), env.cid))
+            # Wait for its own predecessor, not for the next missing link:
+            # keyed by the next link, every change of a long gap would be
+            # released and parked again at each link applied (quadratic; a
+            # 2,000-change gap cost ~1M re-parks).
+            return self._park(txn, env, b"c" + key(body.registry, body.author, u64(body.seq - 1), env.cid))
         if body.prev != head_cid:
             self._keep_evidence(txn, env, head_cid or None)
             raise ChainBroken(f"change {body.seq} of {body.author} does not follow its change {head_seq}")
@@ -561,24 +568,27 @@ class Engine:
         changes past their cutoffs no longer count, so the records they
         touched are rebuilt from the changes that remain valid."""
         while batch.stated:
-            subject = batch.stated.pop()
-            revoked = self.trust.revoked(subject)
-            if revoked is None:
+            for key_did in sorted(self.trust.affected_by_revocation(batch.stated.pop())):
+                self._rebuild_revoked_key(txn, batch, key_did, cause, origin)
+
+    def _rebuild_revoked_key(self, txn: lmdb.Transaction, batch: _Batch, subject: str, cause: Envelope,
+                             origin: str) -> None:
+        revoked = self.trust.revoked(subject)
+        if revoked is None:
+            return
+        targets: set[tuple[str, str]] = set()
+        changes, docs = self.store.db["changes"], self.store.db["docs"]
+        for registry, authors in chains.heads(self.store, txn).items():
+            head = authors.get(subject, 0)
+            if registry == MEMBERS_REGISTRY or head <= revoked.cutoff(registry):
                 continue
-            targets: set[tuple[str, str]] = set()
-            changes, docs = self.store.db["changes"], self.store.db["docs"]
-            for registry, authors in chains.heads(self.store, txn).items():
-                head = authors.get(subject, 0)
-                if registry == MEMBERS_REGISTRY or head <= revoked.cutoff(registry):
-                    continue
-                start = key(registry, subject) + SEP + u64(revoked.cutoff(registry) + 1)
-                for _, cid in self.store.iter_prefix(txn, "chains", key(registry, subject) + SEP, start=start):
-                    wire = txn.get(cid, db=changes)
-                    body = open_envelope(wire, verify=False).body
-                    if txn.get(records.am_hash_key(key(registry, body.record), body.change_hash), db=docs):
-                        targets.add((registry, body.record))
-            for registry, record_id in sorted(targets):
-                self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)
+            start = key(registry, subject) + SEP + u64(revoked.cutoff(registry) + 1)
+            for _, cid in self.store.iter_prefix(txn, "chains", key(registry, subject) + SEP, start=start):
+                body = open_envelope(txn.get(cid, db=changes), verify=False).body
+                if txn.get(records.am_hash_key(key(registry, body.record), body.change_hash), db=docs):
+                    targets.add((registry, body.record))
+        for registry, record_id in sorted(targets):
+            self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)
 
     def _rebuild(self, txn: lmdb.Transaction, batch: _Batch, registry: str, record_id: str, *,
                  cause: Envelope, origin: str) -> None:
@@ -800,7 +810,9 @@ class Engine:
             # Nothing can fail after this point of the op; a later failure of
             # the batch reloads the trust state from the store.
             self.metrics[f"trust.{statement.kind}"] += 1
-            batch.delegated.append(statement.subject)
+            # Changes parked for this key, or for any key of this org (an
+            # invitation admits them all), may go on now.
+            batch.delegated.extend(sorted(self.trust.affected_by_revocation(statement.subject)))
             batch.stated.append(statement.subject)
         return seq, record
 
@@ -900,7 +912,7 @@ class Engine:
         """Fold every statement in grid.members into a fresh trust state.
         Each was checked when it was stored; one that no longer reads (a
         damaged store) is counted and left out, never trusted."""
-        trust = TrustState()
+        trust = self.trust.fresh()
         with self.store.read() as txn:
             for record in records.iter_records(self.store, txn, registry=MEMBERS_REGISTRY):
                 try:

@@ -4,6 +4,13 @@ Built-in registries are described in code (``schemas.BUILTIN_REGISTRIES``);
 every other registry is a record of kind ``registry`` in ``grid.registries``
 whose id is the registry's name, so descriptors are signed, versioned and
 replicated like any record: the registry of registries is a registry.
+
+A descriptor may name ``limits`` (schema: ``schemas/builtin/registry.v1.json``):
+``max_record_bytes``, the most its records' fields may take packed (at most,
+and by default, the global ``protocol.limits.MAX_RECORD_BYTES``), and
+``max_changes_per_second_per_org``, how fast one org's changes are taken in
+from peers (none by default: the org budget of ``protocol/guard.py`` applies).
+The node's guard enforces both on changes from peers (docs/federation.md).
 """
 
 from __future__ import annotations
@@ -13,12 +20,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from registrygrid.errors import PolicyDenied, UnknownRegistry, ValidationError
+from registrygrid.protocol import limits
 from registrygrid.schemas import BUILTIN_REGISTRIES, SchemaCatalog
 
 REGISTRY_OF_REGISTRIES = "grid.registries"
 KINDS_REGISTRY = "grid.kinds"
 
 WRITE_POLICIES = ("open", "owner", "members")
+# The highest per-org rate a descriptor may name (registry.v1.json says the
+# same): above the engine's whole ingest (~2,500 changes/s measured) a limit
+# means nothing, and 100,000 leaves room for much faster machines.
+MAX_CHANGES_PER_SECOND_PER_ORG = 100_000
 CONFLICT_POLICIES = ("crdt", "last-writer-wins", "owner-wins", "manual")
 
 
@@ -32,6 +44,8 @@ class RegistryDescriptor:
     replication: str = "federation"
     description: str = ""
     builtin: bool = False
+    max_record_bytes: int = limits.MAX_RECORD_BYTES
+    max_changes_per_second_per_org: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +57,8 @@ class RegistryDescriptor:
             "replication": self.replication,
             "description": self.description,
             "builtin": self.builtin,
+            "limits": {"max_record_bytes": self.max_record_bytes,
+                       "max_changes_per_second_per_org": self.max_changes_per_second_per_org},
         }
 
     def check_writer(self, author: str, delegates: Mapping[str, frozenset[str]]) -> None:
@@ -81,7 +97,23 @@ def descriptor_from_record(record: Mapping[str, Any]) -> RegistryDescriptor:
         conflict_policy=fields.get("conflict_policy", "crdt"),
         replication=replication.get("scope", "federation") if isinstance(replication, Mapping) else "federation",
         description=fields.get("description", ""),
+        **_limits(fields.get("limits")),
     )
+
+
+def _limits(given: Any) -> dict[str, Any]:
+    """A descriptor's ``limits``, as checked by its schema on every write;
+    read defensively all the same (a registry never raises the global cap)."""
+    out: dict[str, Any] = {}
+    if not isinstance(given, Mapping):
+        return out
+    size = given.get("max_record_bytes")
+    if isinstance(size, int) and not isinstance(size, bool) and size >= 1:
+        out["max_record_bytes"] = min(size, limits.MAX_RECORD_BYTES)
+    rate = given.get("max_changes_per_second_per_org")
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < rate <= MAX_CHANGES_PER_SECOND_PER_ORG:
+        out["max_changes_per_second_per_org"] = float(rate)
+    return out
 
 
 def check_new_descriptor(record_id: str, fields: Mapping[str, Any], catalog: SchemaCatalog) -> None:

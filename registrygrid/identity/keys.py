@@ -42,6 +42,20 @@ def did_from_public_key(public_key: bytes) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
+def did_from_peer_id(peer_id: str) -> str:
+    """The did:key of an Ed25519 libp2p peer ID (the inverse of
+    peer_id_from_public_key); ValidationError for any other peer ID."""
+    try:
+        digest = multibase.decode("z" + peer_id)
+        raw = bytes(multihash.unwrap(digest))
+    except Exception as exc:  # multiformats raises several unrelated types
+        raise ValidationError(f"malformed peer ID {peer_id!r}: {exc}") from None
+    if len(raw) != 36 or not raw.startswith(_LIBP2P_ED25519_PUBKEY_HEADER):
+        raise ValidationError(f"peer ID {peer_id!r} does not name an Ed25519 key")
+    return did_from_public_key(raw[4:])
+
+
+@functools.lru_cache(maxsize=4096)
 def public_key_from_did(did: str) -> bytes:
     """The raw Ed25519 key named by a did:key; ValidationError for anything else."""
     if not isinstance(did, str) or not did.startswith(DID_KEY_PREFIX):

@@ -10,6 +10,10 @@ then, in one nursery:
 * anti-entropy (``node/sync.py``): on every new connection, every
   ``sync_interval`` seconds, and soon after gossip shows a gap, one sync
   session per peer (``/registrygrid/sync/1.0.0``);
+* the policy guard (``node/guard.py``, ``protocol/guard.py``): per-registry
+  caps and rate budgets per peer and per org on every change that gossip or
+  sync is about to submit (gossip drops over budget, sync waits), and on
+  what the sync responder serves each peer;
 * peers (``node/peers.py``): dial bootstrap and known peers, redial with
   exponential backoff and jitter, exchange hellos (federation check, listen
   addresses, peer exchange, round-trip time), ban peers that keep sending
@@ -32,10 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from registrygrid.errors import PolicyDenied, RegistryError, ValidationError
+from registrygrid.errors import NotMember, PolicyDenied, RegistryError, ValidationError
+from registrygrid.identity.keys import did_from_peer_id
 from registrygrid.node import gossip as gossip_mod
 from registrygrid.node import peers as peers_mod
 from registrygrid.node.gossip import GossipService
+from registrygrid.node.guard import PeerGuard
 from registrygrid.node.multiaddrs import check_listen_addrs, check_peer_addrs
 from registrygrid.node.p2p import GossipConfig, P2PError, P2PHost, PeerEvent
 from registrygrid.node.peers import PeerTable
@@ -43,6 +49,7 @@ from registrygrid.node.sync import MAX_INBOUND_SYNCS, SessionReport, SyncFailed,
 from registrygrid.protocol import names
 from registrygrid.protocol import sync as sync_protocol
 from registrygrid.protocol.gossip import topic_for
+from registrygrid.protocol.guard import GuardLimits
 from registrygrid.protocol.hello import (
     HELLO_PROTOCOL_ID,
     MAX_HELLO_BYTES,
@@ -52,6 +59,7 @@ from registrygrid.protocol.hello import (
     peer_of,
 )
 from registrygrid.storage import peers as peer_store
+from registrygrid.trust.admission import Admitted, check_admission, encode_proof
 
 if TYPE_CHECKING:
     from registrygrid.node.node import Node
@@ -86,6 +94,9 @@ DIAL_TIMEOUT_S = 10.0
 PERSIST_INTERVAL_S = 5.0
 # A hello is a few hundred bytes; 10 s is generous even across the world.
 HELLO_TIMEOUT_S = 10.0
+# A refused peer is disconnected this long after the refusal is sent: a
+# refusal is one small frame (a round trip or two even across the world).
+REFUSAL_GRACE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,10 @@ class FederationConfig:
     peer_queue_bytes: int = gossip_mod.PEER_QUEUE_BYTES
     total_queue_bytes: int = gossip_mod.TOTAL_QUEUE_BYTES
     gossip: GossipConfig = field(default_factory=GossipConfig)
+    # Rate budgets per peer and per org, bucket-table bounds, flood strikes
+    # and the longest sync wait: each default with its reason in
+    # protocol/guard.py (docs/federation.md, "Policy guard").
+    guard: GuardLimits = field(default_factory=GuardLimits)
 
 
 class Federation:
@@ -126,6 +141,7 @@ class Federation:
         self.peers: PeerTable | None = None
         self.gossip: GossipService | None = None
         self.sync: SyncService | None = None
+        self.guard: PeerGuard | None = None
         self.node: Node | None = None
         self._nursery: trio.Nursery | None = None
         self._peer_scopes: dict[str, trio.CancelScope] = {}
@@ -135,6 +151,9 @@ class Federation:
         self._dial_wake = trio.Event()
         self._rng = random.Random()
         self.last_session: dict[str, SessionReport] = {}  # per peer, for stats and benchmarks
+        self.admitted: dict[str, Admitted] = {}  # peer id -> its org, once its hello proved membership
+        self.federation_id = ""
+        self._proof = b""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -156,12 +175,25 @@ class Federation:
         for addr in self.bootstrap:
             table.add([addr], "bootstrap", trio.current_time())
         self.peers = table
+        # Federation membership is checked at the hello (trust/admission.py);
+        # gossip and sync serve and take nothing from a peer before it passed.
+        home_federation = node.home.federation()
+        if home_federation.name != self.federation:
+            raise ValidationError(f"this home joined federation {home_federation.name!r} "
+                                  f"({home_federation.id}), but the node was started for {self.federation!r}")
+        self.federation_id = home_federation.id
+        membership = node.home.org()
+        self._proof = encode_proof(membership.delegation.encode() if membership else b"",
+                                   home_federation.invitation.encode() if home_federation.invitation else None,
+                                   home_federation.genesis.encode() if home_federation.genesis else None)
+        self.guard = PeerGuard(node, cfg.guard, self.metrics)
         self.gossip = GossipService(node, host, self.topic, metrics=self.metrics, strike=self._strike,
-                                    blocked=table.blocked, on_gap=self.request_sync, on_rejected=table.note_rejected,
-                                    peer_queue_bytes=cfg.peer_queue_bytes, total_queue_bytes=cfg.total_queue_bytes)
+                                    blocked=self._shut_out, on_gap=self.request_sync, on_rejected=table.note_rejected,
+                                    peer_queue_bytes=cfg.peer_queue_bytes, total_queue_bytes=cfg.total_queue_bytes,
+                                    guard=self.guard)
         self.sync = SyncService(node, host, self.federation, metrics=self.metrics, strike=self._strike,
-                                blocked=table.blocked, on_rejected=table.note_rejected,
-                                max_inbound=cfg.max_inbound_syncs)
+                                blocked=self._shut_out, on_rejected=table.note_rejected,
+                                max_inbound=cfg.max_inbound_syncs, guard=self.guard)
         host.set_handler(sync_protocol.SYNC_PROTOCOL_ID, self.sync.handle)
         host.set_handler(HELLO_PROTOCOL_ID, self._answer_hello)
         host.set_topic_validator(self.topic, self.gossip.validate)
@@ -227,6 +259,8 @@ class Federation:
             out["peers.connected"] = len(self.host.connected_peers())
         if self.gossip is not None:
             out.update({f"gossip.{k}": v for k, v in self.gossip.queued().items()})
+        if self.guard is not None:
+            out.update({f"guard.buckets.{k}": v for k, v in self.guard.guard.sizes().items()})
         return out
 
     # ------------------------------------------------------------ connections
@@ -267,7 +301,13 @@ class Federation:
         self._sync_wake[peer_id] = trio.Event()
         self._nursery.start_soon(self._peer_task, peer_id, scope)
 
+    def _shut_out(self, peer_id: str) -> bool:
+        """Banned, or not (yet) admitted as a member's node at the hello."""
+        assert self.peers is not None
+        return peer_id not in self.admitted or self.peers.blocked(peer_id)
+
     def _on_disconnected(self, peer_id: str) -> None:
+        self.admitted.pop(peer_id, None)
         assert self.peers is not None
         self._drop_task(peer_id)
         self.peers.disconnected(peer_id, trio.current_time())
@@ -283,6 +323,8 @@ class Federation:
         """While connected: hello, then sync on connect, every interval and on gaps."""
         with scope:
             await self._hello(peer_id)
+            if peer_id not in self.admitted:
+                return  # refused (banned and cut off), or the hello failed: the dial loop retries
             while True:
                 async with self._sessions:
                     await self._sync_with(peer_id)
@@ -355,7 +397,8 @@ class Federation:
 
     def _my_hello(self, peer_id: str) -> bytes:
         assert self.host is not None and self.peers is not None
-        return encode_hello(self.federation, self.host.listen_addrs(), self.peers.share(peer_id, MAX_SHARED_PEERS))
+        return encode_hello(self.federation, self.host.listen_addrs(), self.peers.share(peer_id, MAX_SHARED_PEERS),
+                            self.federation_id, self._proof)
 
     async def _hello(self, peer_id: str) -> None:
         assert self.host is not None and self.peers is not None
@@ -365,7 +408,11 @@ class Federation:
                                             timeout=HELLO_TIMEOUT_S)
         except P2PError as exc:
             self.metrics["hello.failed"] += 1
-            log.debug("hello to %s failed: %s", peer_id, exc)
+            if NotMember.code in exc.message:  # the peer's answer: we are not admitted there
+                self.metrics["hello.refused_by_peer"] += 1
+                log.warning("%s refused this node: %s", peer_id, exc.message)
+            else:
+                log.debug("hello to %s failed: %s", peer_id, exc)
             return
         self.peers.note_latency(peer_id, trio.current_time() - started)
         await self._heard(peer_id, reply)
@@ -376,24 +423,41 @@ class Federation:
             raise PolicyDenied("this node does not talk to you")
         if len(request) > MAX_HELLO_BYTES:
             raise ValidationError("hello too large")
-        await self._heard(peer_id, request)
+        refusal = await self._heard(peer_id, request)
+        if refusal is not None:
+            raise refusal  # the peer learns why (``code: message``), then is cut off
         return self._my_hello(peer_id)
 
-    async def _heard(self, peer_id: str, data: bytes) -> None:
-        """Take in a peer's hello: check its federation, learn its and its peers' addresses."""
-        assert self.peers is not None and self.host is not None
+    async def _heard(self, peer_id: str, data: bytes) -> RegistryError | None:
+        """Take in a peer's hello: check its federation and its membership,
+        learn its and its peers' addresses. The refusal, if any."""
+        assert self.peers is not None and self.host is not None and self.node is not None
         try:
             hello = decode_hello(data)
         except RegistryError as exc:
             self.metrics["hello.invalid"] += 1
             self._strike(peer_id, f"hello: {exc.code}: {exc.message}")
-            return
+            return exc
         now = trio.current_time()
         if hello.federation != self.federation:
             self.metrics["hello.foreign_federation"] += 1
-            self.peers.ban(peer_id, f"member of federation {hello.federation!r}, not {self.federation!r}")
-            await self.host.disconnect(peer_id)
-            return
+            why = f"member of federation {hello.federation!r}, not {self.federation!r}"
+            self.peers.ban(peer_id, why)
+            self._nursery.start_soon(self._cut_off, peer_id)  # type: ignore[union-attr]
+            return NotMember(why)
+        try:
+            admitted = check_admission(self.node.engine.trust, did_from_peer_id(peer_id), hello.federation_id,
+                                       hello.proof)
+        except RegistryError as exc:
+            refusal = exc if isinstance(exc, NotMember) else NotMember(exc.message)
+            self.metrics["hello.not_member"] += 1
+            log.warning("refused %s at the handshake: %s", peer_id, refusal.message)
+            self.peers.ban(peer_id, f"not a member: {refusal.message}"[:200])
+            self._nursery.start_soon(self._cut_off, peer_id)  # type: ignore[union-attr]
+            return refusal
+        if peer_id not in self.admitted:
+            self.metrics["hello.admitted"] += 1
+        self.admitted[peer_id] = admitted
         own = [a for a in hello.addrs if peer_of(a) == peer_id]
         if own:
             self.peers.add(own, "learned", now)
@@ -404,6 +468,15 @@ class Federation:
         if learned:
             self.metrics["peers.learned"] += learned
             self._dial_wake.set()
+        return None
+
+    async def _cut_off(self, peer_id: str) -> None:
+        """Disconnect a refused peer once our refusal had time to reach it
+        (it is banned already, so nothing is served meanwhile): an operator
+        on the other side then reads why, not a dropped stream."""
+        assert self.host is not None
+        await trio.sleep(REFUSAL_GRACE_S)
+        await self.host.disconnect(peer_id)
 
     # ------------------------------------------------------------ misbehaviour and persistence
 

@@ -7,7 +7,13 @@ to a bounded outbox, and ``publish_loop`` packs them with
 
 In: ``validate`` runs inside py-libp2p's receive path, before a message is
 delivered or forwarded: size cap, decoding, dedupe (a bounded seen-set of
-change IDs, then the store), every new envelope's signature. Invalid
+change IDs, then the store), every new envelope's signature, then the policy
+guard (``node/guard.py``) on the envelopes it just opened: a message holding
+a change its registry's caps refuse is rejected (counted against the origin
+as refused changes, not struck); a message the origin's, an org's or a
+registry's rate budget has no room for is dropped whole (counted; the origin
+is struck if it overflowed its own budget; anti-entropy brings the changes
+later, paced by the same org budget). Invalid
 messages are rejected and strike their origin (``PeerTable.strike``: banned
 past a threshold); a message holding only known changes is a replay:
 rejected, not forwarded, not held against anyone. ``drain`` only moves
@@ -34,6 +40,7 @@ import trio
 
 from registrygrid.engine.ops import Committed, IngestResult, Remote
 from registrygrid.errors import RegistryError
+from registrygrid.node.guard import PeerGuard
 from registrygrid.node.p2p import GossipMessage, P2PError, P2PHost
 from registrygrid.protocol.envelope import change_id, open_envelope
 from registrygrid.protocol.gossip import Batcher, decode_batch
@@ -153,7 +160,7 @@ class GossipService:
                  strike: Callable[[str, str], None], blocked: Callable[[str], bool],
                  on_gap: Callable[[str], None], on_rejected: Callable[[str, int], None],
                  seen_capacity: int = SEEN_CAPACITY, peer_queue_bytes: int = PEER_QUEUE_BYTES,
-                 total_queue_bytes: int = TOTAL_QUEUE_BYTES) -> None:
+                 total_queue_bytes: int = TOTAL_QUEUE_BYTES, guard: PeerGuard | None = None) -> None:
         self.node = node
         self.host = host
         self.topic = topic
@@ -171,6 +178,7 @@ class GossipService:
         self._outbox_bytes = 0
         self._outbox_ready = trio.Event()
         self._budgets: dict[str, _Budget] = {}
+        self._guard = guard
 
     # ---- in: validation (py-libp2p's receive path; synchronous, bounded work) ----
 
@@ -207,13 +215,20 @@ class GossipService:
             if not fresh:
                 metrics["gossip.duplicate"] += 1
                 return False
-            for _, wire in fresh:
-                open_envelope(wire, verify=True)
+            envelopes = [open_envelope(wire, verify=True) for _, wire in fresh]
         except RegistryError as exc:
             metrics["gossip.invalid"] += 1
             metrics[f"gossip.invalid.{exc.code}"] += 1
             self._strike(origin, f"gossip: {exc.code}: {exc.message}"[:200])
             return False
+        if self._guard is not None:
+            verdict = self._guard.gossip(origin, envelopes, trio.current_time())
+            if not verdict.accept:
+                if verdict.refused:
+                    self._on_rejected(origin, verdict.refused)
+                if verdict.strike:
+                    self._strike(origin, f"gossip: flooding: over its rate budget ({', '.join(verdict.short)})")
+                return False
         for cid, _ in fresh:
             self.seen.add(cid)
         metrics["gossip.accepted"] += 1

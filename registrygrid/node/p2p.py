@@ -1323,10 +1323,13 @@ class P2PHost:
                 raise TypeError(f"handler returned {type(response).__name__}, not bytes")
         except Exception as exc:
             self.stats["requests_handler_errors"] += 1
-            logger.exception("p2p: handler for %s failed on a request from %s", protocol_id, peer)
             if isinstance(exc, RegistryError):
+                # A typed refusal is an answer (a banned or non-member peer,
+                # a bad request), not a crash: one line, no traceback.
+                logger.info("p2p: %s from %s refused: %s: %s", protocol_id, peer, exc.code, exc.message)
                 reason = f"{exc.code}: {exc.message}"
             else:
+                logger.exception("p2p: handler for %s failed on a request from %s", protocol_id, peer)
                 reason = f"handler error ({type(exc).__name__})"
             await _refuse(stream, _STATUS_HANDLER_ERROR, reason, limit)
             await _close(stream)

@@ -15,6 +15,16 @@ shutdown) resumes from what was durably applied, with no state kept on either
 side. A pass that applies nothing new ends the session (a change the engine
 keeps refusing must not make us ask forever); the next scheduled session
 tries again.
+
+Policy guard (``node/guard.py``): before a response's envelopes are
+submitted, changes a registry's caps refuse are dropped (counted as refused),
+and the rest wait for room in the responder's and their orgs' budgets: the
+puller asked for them, so it slows down rather than dropping. Envelopes whose
+budgets have room go first (one author's changes keep their order); a
+response that would wait more than ``GuardLimits.sync_max_wait`` in all ends
+the session, and the next one resumes from the store's vector. The responder
+answers a peer at most at its serve budget (requests and bytes per second);
+beyond it a request is refused at once as rate-limited, like a busy one.
 """
 
 from __future__ import annotations
@@ -29,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from registrygrid.engine.ops import IngestResult, Remote
-from registrygrid.errors import MalformedInput, PolicyDenied, RegistryError, TooLarge, Unavailable
+from registrygrid.errors import MalformedInput, PolicyDenied, RateLimited, RegistryError, TooLarge, Unavailable
+from registrygrid.node.guard import PeerGuard
 from registrygrid.node.p2p import P2PError, P2PHost
 from registrygrid.protocol.sync import SYNC_PROTOCOL_ID, SyncPuller, Vector, advance, answer_sync, behind
 
@@ -79,7 +90,7 @@ class SyncService:
     def __init__(self, node: Node, host: P2PHost, federation: str, *, metrics: Counter[str],
                  strike: Callable[[str, str], None], blocked: Callable[[str], bool],
                  on_rejected: Callable[[str, int], None], max_inbound: int = MAX_INBOUND_SYNCS,
-                 request_timeout: float = REQUEST_TIMEOUT_S) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT_S, guard: PeerGuard | None = None) -> None:
         self.node = node
         self.host = host
         self.federation = federation
@@ -89,6 +100,7 @@ class SyncService:
         self._on_rejected = on_rejected
         self._inbound = trio.CapacityLimiter(max_inbound)
         self.request_timeout = request_timeout
+        self._guard = guard
 
     # ---- responder ----
 
@@ -99,6 +111,9 @@ class SyncService:
         if self._inbound.available_tokens < 1:
             self.metrics["sync.refused_busy"] += 1
             raise Unavailable("busy: too many sync requests; retry later")
+        guard = self._guard
+        if guard is not None and not guard.may_serve(peer, trio.current_time()):
+            raise RateLimited("over this node's sync budget for your peer; retry later")
         answer = functools.partial(answer_sync, request, self.node.engine, federation=self.federation)
         try:
             response = await trio.to_thread.run_sync(answer, limiter=self._inbound)
@@ -110,6 +125,8 @@ class SyncService:
             self.metrics["sync.refused"] += 1
             raise
         self.metrics["sync.served"] += 1
+        if guard is not None:
+            guard.served(peer, len(response), trio.current_time())
         return response
 
     # ---- puller ----
@@ -200,6 +217,43 @@ class SyncService:
         return envelopes
 
     async def _apply(self, peer: str, envelopes: list[bytes], report: SessionReport) -> None:
+        guard = self._guard
+        if guard is None:
+            await self._submit(peer, envelopes, report)
+            return
+        charges = guard.charges(envelopes, trio.current_time())
+        refused = guard.refused(charges)
+        if refused:
+            report.rejected += refused
+            self._on_rejected(peer, refused)
+        pending = [(wire, charge) for wire, charge in zip(envelopes, charges, strict=True) if charge.refusal is None]
+        waited = 0.0
+        while pending:
+            asked = trio.current_time()
+            admission = guard.admit_sync(peer, [charge for _, charge in pending], asked)
+            if admission.admitted:
+                chosen = set(admission.admitted)
+                await self._submit(peer, [pending[i][0] for i in admission.admitted], report)
+                pending = [item for i, item in enumerate(pending) if i not in chosen]
+            if not pending:
+                return
+            # Wait until the rest fits (or a burst of it does), not just the
+            # few changes that trickled in meanwhile: throttled changes go
+            # in batches, each one transaction, not one commit per refill.
+            wait = admission.wait - (trio.current_time() - asked)
+            if wait <= 0 and admission.admitted:
+                continue
+            if waited + wait > guard.limits.sync_max_wait:
+                self.metrics["guard.sync_deferred"] += 1
+                raise SyncFailed(f"sync with {peer}: {len(pending)} changes wait for rate budget; "
+                                 f"the next session takes them")
+            wait = max(wait, 0.001)  # float rounding must not spin
+            self.metrics["guard.sync_waits"] += 1
+            self.metrics["guard.sync_wait_ms"] += round(wait * 1000)
+            await trio.sleep(wait)
+            waited += wait
+
+    async def _submit(self, peer: str, envelopes: list[bytes], report: SessionReport) -> None:
         for start in range(0, len(envelopes), APPLY_CHUNK):
             chunk = envelopes[start:start + APPLY_CHUNK]
             try:

@@ -3,8 +3,13 @@
 Sent both ways right after a connection opens (and again on each
 anti-entropy round, which also measures the round trip):
 
-* ``federation``: a peer of another federation is told so and dropped, so
-  two federations on one network never mix their changefeeds;
+* ``federation`` and ``federation_id``: the federation's name and the id of
+  its genesis (trust/federation.py); a peer of another federation, even
+  one of the same name, is told so and dropped, so two federations on one
+  network never mix their changefeeds;
+* ``proof``: the sender's membership proof (trust/admission.py: its org's
+  delegation of its node key, its org's invitation, the genesis), checked
+  before anything else is exchanged;
 * ``addrs``: the sender's own dialable multiaddrs. A peer that dialed us is
   known only by the ephemeral port it dialed from; with these we can redial
   it after a cut (py-libp2p's identify would say the same, but our host
@@ -13,7 +18,7 @@ anti-entropy round, which also measures the round trip):
   that bootstrapped from one address learns the federation, and stays in it
   when its bootstrap peer goes away.
 
-Wire form: msgpack ``[v, federation, [addr, ...], [addr, ...]]``.
+Wire form: msgpack ``[v, federation, [addr, ...], [addr, ...], federation_id, proof]``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import msgspec
 from registrygrid.errors import MalformedInput, TooLarge
 
 HELLO_PROTOCOL_ID = "/registrygrid/hello/1.0.0"
-HELLO_VERSION = 1
+HELLO_VERSION = 2  # 2: federation_id and the membership proof
 
 # A host listens on a handful of addresses (one per interface and transport);
 # 8 covers a dual-stack host with several interfaces.
@@ -38,8 +43,10 @@ MAX_SHARED_PEERS = 16
 MAX_ADDR_CHARS = 256
 # Federation names share the registry-name alphabet and length cap.
 MAX_FEDERATION_CHARS = 128
-# Everything above, encoded, fits in well under 8 KiB; 16 KiB is the cap.
-MAX_HELLO_BYTES = 16 * 1024
+# Addresses and peers fit in well under 8 KiB; the membership proof adds at
+# most 56 KiB (trust/admission.py MAX_PROOF_BYTES). 64 KiB is the cap.
+MAX_HELLO_BYTES = 64 * 1024
+MAX_FEDERATION_ID_CHARS = 64
 
 
 class Hello(msgspec.Struct, array_like=True, frozen=True):
@@ -47,14 +54,18 @@ class Hello(msgspec.Struct, array_like=True, frozen=True):
     federation: str
     addrs: list[str]
     peers: list[str]
+    federation_id: str = ""
+    proof: bytes = b""
 
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Hello)
 
 
-def encode_hello(federation: str, addrs: list[str], peers: list[str]) -> bytes:
-    return _encoder.encode(Hello(HELLO_VERSION, federation, addrs[:MAX_OWN_ADDRS], peers[:MAX_SHARED_PEERS]))
+def encode_hello(federation: str, addrs: list[str], peers: list[str], federation_id: str = "",
+                 proof: bytes = b"") -> bytes:
+    return _encoder.encode(Hello(HELLO_VERSION, federation, addrs[:MAX_OWN_ADDRS], peers[:MAX_SHARED_PEERS],
+                                 federation_id, proof))
 
 
 def decode_hello(data: bytes) -> Hello:
@@ -69,6 +80,8 @@ def decode_hello(data: bytes) -> Hello:
         raise MalformedInput(f"hello version {hello.v}; this node speaks {HELLO_VERSION}")
     if not 0 < len(hello.federation) <= MAX_FEDERATION_CHARS:
         raise MalformedInput("hello: bad federation name")
+    if len(hello.federation_id) > MAX_FEDERATION_ID_CHARS:
+        raise MalformedInput("hello: bad federation id")
     if len(hello.addrs) > MAX_OWN_ADDRS or len(hello.peers) > MAX_SHARED_PEERS:
         raise MalformedInput(f"hello: at most {MAX_OWN_ADDRS} addrs and {MAX_SHARED_PEERS} peers")
     for addr in (*hello.addrs, *hello.peers):

@@ -182,8 +182,9 @@ BUILTIN_REGISTRIES: tuple[BuiltinRegistry, ...] = (
                     "The registry of registries: descriptors that map and resolve every registry."),
     BuiltinRegistry("grid.kinds", ("kind",),
                     "User-defined record kinds and their schemas, replicated like any record."),
-    BuiltinRegistry("grid.members", ("delegation", "revocation"),
-                    "The federation's trust statements: orgs' signed delegations and revocations of keys."),
+    BuiltinRegistry("grid.members", ("delegation", "revocation", "federation", "invitation"),
+                    "The federation's trust statements: its genesis, invitations of orgs, and orgs' signed "
+                    "delegations and revocations of keys."),
 )
 
 _HOME_REGISTRY: Mapping[str, str] = MappingProxyType(

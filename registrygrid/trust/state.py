@@ -22,6 +22,12 @@ it arrives. Rules:
   dependency: it may be in flight); a known key that lacks this org's
   delegation, or whose delegation does not cover the change's time, is
   refused.
+* In a federation (a genesis is set), an org counts only once it is a
+  member: a founder, or invited by enough of the genesis admins
+  (trust/federation.py). A change for an org that is not (yet) a member
+  waits for its invitation. Revocations then also count when a federation
+  admin signed them, and an org revoked that way takes every key it
+  delegated with it: keys its revocation does not name are cut at 0.
 """
 
 from __future__ import annotations
@@ -30,9 +36,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from registrygrid.errors import DelegationExpired, KeyRevoked, NotOwner
+from registrygrid.errors import DelegationExpired, KeyRevoked, NotOwner, RegistryError
 from registrygrid.identity.delegation import DelegationBody
-from registrygrid.trust.statements import DELEGATION_KIND, REVOCATION_KIND, RevocationBody, Statement
+from registrygrid.trust.federation import GenesisBody, check_invitation
+from registrygrid.trust.statements import (
+    DELEGATION_KIND,
+    INVITATION_KIND,
+    REVOCATION_KIND,
+    RevocationBody,
+    Statement,
+)
 
 # Roles that let a delegated key sign changes (identity/delegation.py ROLES);
 # "reader" is for keys that only authenticate reads.
@@ -49,28 +62,42 @@ class Revoked:
     """The revocations of one key that count (see ``TrustState.revoked``)."""
 
     statements: tuple[RevocationBody, ...]
+    removed_with: tuple[str, ...] = ()  # revoked orgs that delegated this key (it is cut at 0)
 
     @property
     def by(self) -> list[str]:
-        return sorted({r.org for r in self.statements})
+        return sorted({r.org for r in self.statements} | set(self.removed_with))
 
     def cutoff(self, registry: str) -> int:
         # The lowest cutoff wins; a registry a revocation leaves out is cut at 0.
+        if self.removed_with and not self.statements:
+            return 0
         return min(r.cutoffs.get(registry, 0) for r in self.statements)
 
 
 @dataclass
 class TrustState:
+    # The federation this node belongs to (None: no membership rules, for
+    # stores outside any federation: tests, tools, simulations).
+    federation: GenesisBody | None = None
+    federation_id: str | None = None
     delegations: dict[str, list[DelegationBody]] = field(default_factory=dict)  # subject -> its delegations
+    invited: dict[str, frozenset[str]] = field(default_factory=dict)  # org -> roles its invitations grant
     _revocations: dict[str, list[RevocationBody]] = field(default_factory=dict)  # subject -> all seen
+    _delegated_by: dict[str, set[str]] = field(default_factory=dict)  # org -> keys it delegated
     _seen: set[str] = field(default_factory=set)
 
     @classmethod
-    def of(cls, statements: Iterable[Statement]) -> TrustState:
-        state = cls()
+    def of(cls, statements: Iterable[Statement], *, federation: GenesisBody | None = None,
+           federation_id: str | None = None) -> TrustState:
+        state = cls(federation=federation, federation_id=federation_id)
         for statement in statements:
             state.add(statement)
         return state
+
+    def fresh(self) -> TrustState:
+        """An empty state of the same federation."""
+        return TrustState(federation=self.federation, federation_id=self.federation_id)
 
     def add(self, statement: Statement) -> bool:
         """Take a verified statement; False if it was already known."""
@@ -82,6 +109,14 @@ class TrustState:
             entries = self.delegations.setdefault(statement.subject, [])
             entries.append(statement.delegation)
             entries.sort(key=lambda d: (d.not_before, d.expires, d.org, d.roles))
+            self._delegated_by.setdefault(statement.delegation.org, set()).add(statement.subject)
+        elif statement.kind == INVITATION_KIND and self.federation is not None:
+            try:
+                check_invitation(statement.invitation, self.federation, self.federation_id or "")
+            except RegistryError:
+                return True  # another federation's, or short of its quorum: stored, admits nobody here
+            roles = frozenset(statement.invitation.claims.roles)
+            self.invited[statement.org] = self.invited.get(statement.org, frozenset()) | roles
         elif statement.kind == REVOCATION_KIND:
             assert statement.revocation is not None
             self._revocations.setdefault(statement.subject, []).append(statement.revocation)
@@ -91,12 +126,34 @@ class TrustState:
         """The revocations of ``key`` that count: those by the key itself or by
         an org that delegated it. One whose delegation has not arrived yet
         starts to count when it does, so arrival order does not matter."""
-        seen = self._revocations.get(key)
-        if not seen:
-            return None
+        seen = self._revocations.get(key, ())
         delegators = {d.org for d in self.delegations.get(key, ())}
-        counted = tuple(r for r in seen if r.org == key or r.org in delegators)
-        return Revoked(counted) if counted else None
+        counted = tuple(r for r in seen if r.org == key or r.org in delegators or self.is_admin(r.org))
+        removed_with = tuple(sorted(org for org in delegators if self._org_removed(org)))
+        if counted or removed_with:
+            return Revoked(counted, removed_with)
+        return None
+
+    def _org_removed(self, org: str) -> bool:
+        """An org a federation admin (or the org itself) revoked."""
+        return any(r.org == org or self.is_admin(r.org) for r in self._revocations.get(org, ()))
+
+    def affected_by_revocation(self, subject: str) -> set[str]:
+        """The keys whose validity a statement about ``subject`` may change:
+        itself, and the keys it delegated (an org's removal cuts them)."""
+        return {subject} | self._delegated_by.get(subject, set())
+
+    # ------------------------------------------------------------ membership
+
+    def is_member(self, org: str) -> bool:
+        if self.federation is None:
+            return True
+        return org in self.federation.founders or org in self.invited
+
+    def is_admin(self, org: str) -> bool:
+        if self.federation is None:
+            return False
+        return org in self.federation.admins or "admin" in self.invited.get(org, ())
 
     # ------------------------------------------------------------ questions
 
@@ -138,11 +195,11 @@ class TrustState:
         """May ``author`` sign a change for ``org`` at ``at_ms``? ALLOWED,
         WAIT (no delegation of the author is known yet), or a typed refusal."""
         if author == org:
-            return Verdict.ALLOWED
+            return self._as_member(org)
         claims = self.delegation_at(author, org, at_ms)
         if claims is not None:
             if self._writes(claims):
-                return Verdict.ALLOWED
+                return self._as_member(org)
             raise NotOwner(f"{org}'s delegation of {author} grants {list(claims.roles)}, no role that writes")
         if not self.known(author):
             return Verdict.WAIT
@@ -154,3 +211,8 @@ class TrustState:
                 f"not this change at {at_ms // 1000}; renew it with `rgrid org renew` (the org key signs)")
         raise NotOwner(f"{author} does not speak for {org} (it is delegated by "
                        f"{', '.join(sorted({d.org for d in self.delegations[author]}))})")
+
+    def _as_member(self, org: str) -> Verdict:
+        # Not a member (yet): its invitation may be in flight, so wait for
+        # it; an org that was revoked is cut by check_chain instead.
+        return Verdict.ALLOWED if self.is_member(org) else Verdict.WAIT

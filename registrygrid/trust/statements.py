@@ -48,7 +48,9 @@ from registrygrid.protocol import base32, names
 MEMBERS_REGISTRY = "grid.members"
 DELEGATION_KIND = "delegation"
 REVOCATION_KIND = "revocation"
-STATEMENT_KINDS = (DELEGATION_KIND, REVOCATION_KIND)
+FEDERATION_KIND = "federation"  # a federation's genesis (trust/federation.py)
+INVITATION_KIND = "invitation"  # an org admitted to a federation (trust/federation.py)
+STATEMENT_KINDS = (DELEGATION_KIND, REVOCATION_KIND, FEDERATION_KIND, INVITATION_KIND)
 
 # A revocation names one cutoff per registry the key wrote to. 4,096
 # registries is far beyond what one node writes (the grid ships 23), and
@@ -94,12 +96,14 @@ class Revocation:
 class Statement:
     """A verified statement, as the trust state takes it."""
 
-    kind: str  # DELEGATION_KIND | REVOCATION_KIND
+    kind: str  # one of STATEMENT_KINDS
     record_id: str
-    org: str
-    subject: str
+    org: str  # who it is by (delegation, revocation) or about (invitation); a founder (genesis)
+    subject: str  # the key it is about; the invited org; the federation id (genesis)
     delegation: DelegationBody | None = None
     revocation: RevocationBody | None = None
+    genesis: Any = None  # trust.federation.Genesis
+    invitation: Any = None  # trust.federation.Invitation
 
 
 def statement_id(signed: bytes) -> str:
@@ -178,6 +182,19 @@ def read_statement(kind: str, record_id: str, fields: Mapping[str, Any]) -> Stat
         return _read_delegation(record_id, signed, fields)
     if kind == REVOCATION_KIND:
         return _read_revocation(record_id, signed, fields)
+    if kind == FEDERATION_KIND:
+        from registrygrid.trust.federation import decode_genesis, genesis_record
+
+        genesis = decode_genesis(signed)
+        _same_fields(genesis_record(genesis)[1], fields)
+        return Statement(FEDERATION_KIND, record_id, genesis.claims.founders[0], genesis.id, genesis=genesis)
+    if kind == INVITATION_KIND:
+        from registrygrid.trust.federation import decode_invitation, invitation_record
+
+        invitation = decode_invitation(signed)  # its quorum is the trust state's question (it has the genesis)
+        _same_fields(invitation_record(invitation)[1], fields)
+        org = invitation.claims.org
+        return Statement(INVITATION_KIND, record_id, org, org, invitation=invitation)
     raise MalformedInput(f"grid.members holds {list(STATEMENT_KINDS)}, not {kind!r}")
 
 

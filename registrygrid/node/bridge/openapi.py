@@ -102,6 +102,8 @@ SCHEMAS: dict[str, Any] = {
         "name": REGISTRY_NAME, "kinds": {"type": "array", "items": KIND_NAME}, "owner": _nullable(STRING),
         "write_policy": STRING, "conflict_policy": STRING, "replication": STRING, "description": STRING,
         "builtin": {"type": "boolean"}, "records": {**SEQ, "description": "live records (describe only)"},
+        "limits": _obj({"max_record_bytes": INT, "max_changes_per_second_per_org": _nullable({"type": "number"})},
+                       description="caps the node's guard enforces on changes from peers (docs/federation.md)"),
     }, required=["name", "kinds", "owner", "write_policy", "conflict_policy", "replication", "description",
                  "builtin"]),
     "Registries": _obj({"registries": {"type": "array", "items": _ref("Registry")}}),

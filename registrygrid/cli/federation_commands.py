@@ -1,0 +1,252 @@
+"""`rgrid federation create|invite|sign|join|members|revoke`: who is in the federation.
+
+A federation is its signed genesis (founders, admins, how many admin
+signatures an invitation needs); an org is admitted by an invitation that
+enough admins signed; every node proves its membership at the handshake
+(docs/trust.md). Until a home creates or joins one, its node is in its
+org's own implicit federation: it federates with its org's other nodes
+and nobody else.
+
+    rgrid federation create acme-grid --quorum 2 --co-founder-key partner.key
+    rgrid federation invite did:key:z6Mk... --out invite.json     # an admin
+    rgrid federation sign invite.json                             # another admin, if the quorum is 2
+    rgrid federation join invite.json --bootstrap /ip4/.../p2p/12D3KooW...   # the invited org's node
+    rgrid federation members
+    rgrid federation revoke did:key:z6Mk... --reason "left the consortium"   # an org or one key
+
+Membership changes (create, join) take effect when the node (re)starts.
+Invitations and revocations are published as grid.members records and
+replicate.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from registrygrid.cli import render
+from registrygrid.cli.backend import open_backend
+from registrygrid.errors import NotFound, PolicyDenied, ValidationError
+from registrygrid.home import Home, read_key_file
+from registrygrid.identity.keys import public_key_from_did
+from registrygrid.membership import (
+    cosign_invitation,
+    create_federation,
+    current_genesis,
+    invitation_file,
+    invite_org,
+    join_federation,
+    org_key,
+    read_invitation_file,
+)
+from registrygrid.sdk import StoreChecks
+from registrygrid.trust.federation import check_invitation, invitation_record
+from registrygrid.trust.statements import (
+    INVITATION_KIND,
+    MEMBERS_REGISTRY,
+    REVOCATION_KIND,
+    revocation_record,
+    sign_revocation,
+)
+
+
+def publish(home: Home, kind: str, record_id: str, fields: dict[str, Any]) -> str:
+    """Put a statement into grid.members (through the running node if one runs); its status."""
+    with open_backend(home.path) as backend:
+        try:
+            backend.get(MEMBERS_REGISTRY, record_id)
+        except NotFound:
+            return str(backend.put(MEMBERS_REGISTRY, kind, fields, id=record_id).status)
+        return "unchanged"
+
+
+def _restart_note(home: Home) -> str:
+    return "restart the node to use it" if home.lock_holder() else "takes effect when the node starts"
+
+
+def register(cli: click.Group) -> None:
+    home_option = click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="RGRID_HOME",
+                               default=None, help="Node home directory (default $RGRID_HOME or ~/.registrygrid).")
+    json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+    org_key_option = click.option("--org-key", "org_key_file", type=click.Path(dir_okay=False, path_type=Path),
+                                  help="The org key file, when it is not kept in this home.")
+
+    @cli.group()
+    def federation() -> None:
+        """The federation this node belongs to: genesis, invitations, members."""
+
+    @federation.command(name="create")
+    @home_option
+    @json_option
+    @org_key_option
+    @click.argument("name")
+    @click.option("--quorum", type=click.IntRange(1, 64), default=1, show_default=True,
+                  help="Admin signatures an invitation needs (k of the n founding admins).")
+    @click.option("--co-founder-key", "co_founder_keys", multiple=True,
+                  type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                  help="Another founding org's key file; it signs the genesis too. Repeatable.")
+    @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
+                  help="Also write the genesis file the co-founders' nodes join with.")
+    def federation_create(home: Path | None, as_json: bool, org_key_file: Path | None, name: str, quorum: int,
+                          co_founder_keys: tuple[Path, ...], out: Path | None) -> None:
+        """Found federation NAME with this home's org (and co-founders) as admins."""
+        home_obj = Home(home)
+        home_obj.require()
+        genesis = create_federation(home_obj, name, quorum=quorum, org_key_file=org_key_file,
+                                    co_founders=[read_key_file(p) for p in co_founder_keys])
+        if out is not None:
+            out.write_text(invitation_file(genesis, None))
+        claims = genesis.claims
+        render.mapping({"federation": genesis.id, "name": claims.name, "founders": list(claims.founders),
+                        "quorum": claims.quorum, "note": _restart_note(home_obj)}, as_json, title="created")
+
+    @federation.command(name="invite")
+    @home_option
+    @json_option
+    @org_key_option
+    @click.argument("org")
+    @click.option("--admin", is_flag=True, help="Admit the org as an admin too.")
+    @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
+                  help="Write the invitation file here (default: print it).")
+    def federation_invite(home: Path | None, as_json: bool, org_key_file: Path | None, org: str, admin: bool,
+                          out: Path | None) -> None:
+        """Invite ORG (its did:key) into this federation; signed by this home's org, an admin."""
+        home_obj = Home(home)
+        home_obj.require()
+        public_key_from_did(org)
+        genesis = current_genesis(home_obj)
+        invitation = invite_org(home_obj, org, admin=admin, org_key_file=org_key_file)
+        _finish_invitation(home_obj, genesis, invitation, out, as_json)
+
+    @federation.command(name="sign")
+    @home_option
+    @json_option
+    @org_key_option
+    @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+    def federation_sign(home: Path | None, as_json: bool, org_key_file: Path | None, file: Path) -> None:
+        """Add this home's org's signature (an admin) to the invitation in FILE."""
+        home_obj = Home(home)
+        home_obj.require()
+        genesis, invitation = read_invitation_file(file.read_text())
+        if genesis.id != current_genesis(home_obj).id:
+            raise ValidationError(f"{file} invites into federation {genesis.id}, not this home's")
+        if invitation is None:
+            raise ValidationError(f"{file} holds a genesis, no invitation to sign")
+        _finish_invitation(home_obj, genesis, cosign_invitation(home_obj, invitation, org_key_file=org_key_file),
+                           file, as_json)
+
+    def _finish_invitation(home_obj: Home, genesis: Any, invitation: Any, out: Path | None, as_json: bool) -> None:
+        text = invitation_file(genesis, invitation)
+        signers = [did for did, _ in invitation.signatures]
+        try:
+            check_invitation(invitation, genesis.claims, genesis.id)
+        except PolicyDenied as exc:
+            status = f"needs more admin signatures: {exc.message}; next: `rgrid federation sign FILE`"
+        else:
+            status = "complete: " + publish(home_obj, INVITATION_KIND, *invitation_record(invitation))
+        if out is not None:
+            out.write_text(text)
+        elif not as_json:
+            click.echo(text, nl=False)
+        render.mapping({"org": invitation.claims.org, "roles": list(invitation.claims.roles), "signers": signers,
+                        "quorum": genesis.claims.quorum, "status": status, "file": str(out) if out else "-"},
+                       as_json, title="invitation")
+
+    @federation.command(name="join")
+    @home_option
+    @json_option
+    @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+    @click.option("--bootstrap", multiple=True, help="A member node's multiaddr to dial. Repeatable.")
+    def federation_join(home: Path | None, as_json: bool, file: Path, bootstrap: tuple[str, ...]) -> None:
+        """Join the federation of the invitation in FILE (made for this home's
+        org), or of the genesis in FILE (for a co-founder's nodes)."""
+        from registrygrid.node.multiaddrs import check_peer_addrs
+
+        home_obj = Home(home)
+        home_obj.require()
+        addrs = check_peer_addrs(bootstrap, source="--bootstrap")
+        genesis, invitation = read_invitation_file(file.read_text())
+        join_federation(home_obj, genesis, invitation)
+        if addrs:
+            config = home_obj.config()
+            config["bootstrap"] = sorted(set(config.get("bootstrap", [])) | set(addrs))
+            (home_obj.path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        render.mapping({"federation": genesis.id, "name": genesis.name, "bootstrap": addrs,
+                        "note": _restart_note(home_obj)}, as_json, title="joined")
+
+    @federation.command(name="members")
+    @home_option
+    @json_option
+    def federation_members(home: Path | None, as_json: bool) -> None:
+        """Every org of this federation, its roles, its known nodes, and whether it was revoked."""
+        home_obj = Home(home)
+        home_obj.require()
+        fed = home_obj.federation()
+        with open_backend(home_obj.path) as backend:
+            statements = backend.list(MEMBERS_REGISTRY, limit=1000).items
+        roles: dict[str, set[str]] = {org: {"founder"} for org in fed.claims.founders}
+        for org in fed.claims.admins:
+            roles[org].add("admin")
+        for s in statements:
+            f = s["fields"]
+            if s["kind"] == INVITATION_KIND and f["federation"] == fed.id \
+                    and len(set(f["signers"]) & set(fed.claims.admins)) >= fed.claims.quorum:
+                roles.setdefault(f["org"], set()).update(f["roles"])
+        now = time.time()
+        nodes: dict[str, int] = {}
+        revoked = {s["fields"]["subject"] for s in statements if s["kind"] == REVOCATION_KIND}
+        for s in statements:
+            f = s["fields"]
+            if s["kind"] == "delegation" and f["org"] in roles and f["not_before"] <= now < f["expires"] \
+                    and f["subject"] not in revoked:
+                nodes[f["org"]] = nodes.get(f["org"], 0) + 1
+        rows = [{"org": org, "roles": ",".join(sorted(r)), "nodes": nodes.get(org, 0),
+                 "revoked": org in revoked} for org, r in sorted(roles.items())]
+        if as_json:
+            click.echo(json.dumps({"federation": fed.id, "name": fed.name, "quorum": fed.claims.quorum,
+                                   "implicit": fed.genesis is None, "members": rows}, indent=2))
+            return
+        render.mapping({"federation": fed.id, "name": fed.name, "quorum": fed.claims.quorum,
+                        "implicit": fed.genesis is None}, False, title="federation")
+        render.rows(rows, False, columns=["org", "roles", "nodes", "revoked"])
+
+    @federation.command(name="revoke")
+    @home_option
+    @json_option
+    @org_key_option
+    @click.argument("subject")
+    @click.option("--reason", default="", help="Why (kept in the signed statements).")
+    def federation_revoke(home: Path | None, as_json: bool, org_key_file: Path | None, subject: str,
+                          reason: str) -> None:
+        """Revoke SUBJECT, an org or one key, as a federation admin. An org
+        takes every key it delegated with it; each keeps the changes this
+        node holds of it, and any later one is refused on every node."""
+        home_obj = Home(home)
+        home_obj.require()
+        public_key_from_did(subject)
+        fed = home_obj.federation()
+        key = org_key(home_obj, org_key_file)
+        if key.did not in fed.claims.admins:
+            raise PolicyDenied(f"{key.did} is not an admin of federation {fed.name}; admins: {list(fed.claims.admins)}")
+        with open_backend(home_obj.path) as backend:
+            statements = backend.list(MEMBERS_REGISTRY, limit=1000).items
+        subjects = [subject] + sorted({s["fields"]["subject"] for s in statements
+                                       if s["kind"] == "delegation" and s["fields"]["org"] == subject})
+        checks = StoreChecks(home_obj)
+        try:
+            cutoffs = {did: checks.heads_of(did) for did in subjects}
+        finally:
+            checks.close()
+        published = []
+        for did in subjects:
+            record_id, fields = revocation_record(sign_revocation(key, did, cutoffs[did], reason=reason))
+            published.append({"subject": did, "status": publish(home_obj, REVOCATION_KIND, record_id, fields),
+                              "cutoffs": json.dumps(cutoffs[did])})
+        if as_json:
+            click.echo(json.dumps({"revoked": published}, indent=2))
+            return
+        render.rows(published, False, columns=["subject", "status", "cutoffs"])

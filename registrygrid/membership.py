@@ -1,0 +1,178 @@
+"""Creating, joining and growing a federation from a node's home.
+
+What `rgrid federation create|invite|sign|join` do, as functions (the CLI,
+tests and benchmarks call the same ones). The signed statements themselves
+are in ``trust/federation.py``; a home keeps the federation it belongs to
+in ``federation.json`` (``Home.set_federation``), and opening it publishes
+the genesis, the org's invitation and its delegation into ``grid.members``
+so they replicate.
+
+An invitation file is what an admin hands to the org it invites: JSON with
+the genesis and the invitation, both base64 of their signed bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from registrygrid.errors import NotInitialized, ValidationError
+from registrygrid.home import Home, read_key_file
+from registrygrid.identity.keys import KeyPair
+from registrygrid.trust.federation import (
+    Genesis,
+    Invitation,
+    check_invitation,
+    cosign,
+    decode_genesis,
+    decode_invitation,
+    invite,
+    make_genesis,
+)
+
+
+def org_key(home: Home, key_file: Path | None = None) -> KeyPair:
+    """The home's org key (``keys/org.key``, or ``key_file`` for one kept offline)."""
+    membership = home.org()
+    if membership is None:
+        raise NotInitialized(f"{home.path} has no org; run `rgrid init`")
+    path = key_file or home.org_key_path
+    if not path.exists():
+        raise NotInitialized(f"the org key is not in this home ({home.org_key_path}); give it with --org-key FILE")
+    key = read_key_file(path)
+    if key.did != membership.org:
+        raise ValidationError(f"{path} is the key of {key.did}, not of this home's org {membership.org}")
+    return key
+
+
+def create_federation(home: Home, name: str, *, quorum: int = 1, org_key_file: Path | None = None,
+                      co_founders: Sequence[KeyPair] = ()) -> Genesis:
+    """A new federation founded by this home's org (and ``co_founders``, whose
+    keys sign the genesis too), joined by this home."""
+    genesis = make_genesis(name, [org_key(home, org_key_file), *co_founders], quorum=quorum)
+    home.set_federation(genesis)
+    return genesis
+
+
+def current_genesis(home: Home) -> Genesis:
+    federation = home.federation()
+    if federation.genesis is None:
+        raise ValidationError(f"{home.path} is in its org's own implicit federation; create one first "
+                              "(`rgrid federation create NAME`) or join one (`rgrid federation join FILE`)")
+    return federation.genesis
+
+
+def invite_org(home: Home, org: str, *, admin: bool = False, org_key_file: Path | None = None) -> Invitation:
+    return invite(current_genesis(home), org, org_key(home, org_key_file), admin=admin)
+
+
+def cosign_invitation(home: Home, invitation: Invitation, *, org_key_file: Path | None = None) -> Invitation:
+    return cosign(invitation, current_genesis(home), org_key(home, org_key_file))
+
+
+def invitation_file(genesis: Genesis, invitation: Invitation | None) -> str:
+    """The file an invited org joins with; without an invitation, the file
+    a co-founder's nodes join with (they need only the genesis)."""
+    return json.dumps({"federation": genesis.id, "name": genesis.name,
+                       "org": invitation.claims.org if invitation else None,
+                       "genesis": base64.b64encode(genesis.encode()).decode(),
+                       "invitation": base64.b64encode(invitation.encode()).decode() if invitation else None},
+                      indent=2) + "\n"
+
+
+def read_invitation_file(text: str) -> tuple[Genesis, Invitation | None]:
+    try:
+        data: dict[str, Any] = json.loads(text)
+        genesis = decode_genesis(base64.b64decode(data["genesis"]))
+        invitation = decode_invitation(base64.b64decode(data["invitation"])) if data.get("invitation") else None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValidationError(f"not an invitation file: {exc}") from None
+    return genesis, invitation
+
+
+def join_federation(home: Home, genesis: Genesis, invitation: Invitation | None) -> None:
+    """Join with an invitation of this home's org that has its quorum (or as a founder's node)."""
+    membership = home.org()
+    if membership is None:
+        raise NotInitialized(f"{home.path} has no org; run `rgrid init`")
+    if membership.org not in genesis.claims.founders:
+        if invitation is None:
+            raise ValidationError(f"org {membership.org} is not a founder of {genesis.name}: it needs an invitation")
+        if invitation.claims.org != membership.org:
+            raise ValidationError(f"the invitation admits {invitation.claims.org}, not this home's org "
+                                  f"{membership.org}")
+        check_invitation(invitation, genesis.claims, genesis.id)
+    home.set_federation(genesis, invitation)
+
+
+def federate(homes: Sequence[Home], name: str) -> Genesis:
+    """Put initialised homes into one new federation: the first home's org
+    founds it and invites every other org (tests, benchmarks, demos)."""
+    founder = homes[0]
+    genesis = create_federation(founder, name)
+    invitations: dict[str, Invitation] = {}
+    for home in homes[1:]:
+        membership = home.org()
+        assert membership is not None, f"{home.path} is not initialised"
+        if membership.org in genesis.claims.founders:
+            home.set_federation(genesis)
+            continue
+        if membership.org not in invitations:
+            invitations[membership.org] = invite_org(founder, membership.org)
+        home.set_federation(genesis, invitations[membership.org])
+    return genesis
+
+
+def rotate_node_key(home: Home, *, org_key_file: Path | None = None, reason: str = "") -> dict[str, Any]:
+    """Give this home's node a new key, without losing history or breaking chains.
+
+    The org delegates the new key (same roles) and revokes the old one with
+    cutoffs at every change the old key made here, so all of them stay
+    valid everywhere while anything the old key signs from now on (a copy
+    left on a disk, a thief) is refused. The new key starts chains of its
+    own. The old key file is kept beside the new one, renamed, for audits.
+    The node must not be running (this takes the home's lock); its peer ID
+    changes with the key, so peers that bootstrap from its address need the
+    new one (`rgrid id`)."""
+    from registrygrid.identity.delegation import sign_delegation
+    from registrygrid.sdk import LocalRegistry, StoreChecks
+    from registrygrid.trust.statements import (
+        MEMBERS_REGISTRY,
+        REVOCATION_KIND,
+        revocation_record,
+        sign_revocation,
+    )
+
+    home.require()
+    signer = org_key(home, org_key_file)
+    membership = home.org()
+    assert membership is not None
+    home.lock("rotate-key")
+    try:
+        old = home.node_key()
+        checks = StoreChecks(home)
+        try:
+            cutoffs = checks.heads_of(old.did)
+        finally:
+            checks.close()
+        new = KeyPair.generate()
+        delegation = sign_delegation(signer, new.did, membership.delegation.claims.roles)
+        revocation = sign_revocation(signer, old.did, cutoffs, reason=reason or f"rotated to {new.did}")
+        retired = home.node_key_path.with_name(f"node.key.retired-{old.did[-8:]}")
+        staged = home.node_key_path.with_name("node.key.new")
+        from registrygrid.home import write_key_file
+
+        write_key_file(staged, new)
+        home.node_key_path.rename(retired)
+        staged.rename(home.node_key_path)
+        home.set_delegation(delegation)
+    finally:
+        home.unlock()
+    with LocalRegistry.open_home(home) as grid:  # publishes the new delegation
+        record_id, fields = revocation_record(revocation)
+        grid.put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, id=record_id)
+    return {"old": old.did, "new": new.did, "peer_id": new.peer_id, "cutoffs": cutoffs,
+            "retired_key": str(retired)}

@@ -1,0 +1,91 @@
+"""`rgrid federation`, run as operators run it: real processes, real homes.
+
+Three orgs: A and C found "acme-grid" together (an invitation needs both
+admins' signatures), B is invited, signed by A then by C, and joins.
+Admission at the handshake is tested with real nodes in
+test_federation_hostile.py and test_federation_processes.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from registrygrid.errors import EX_DATAERR
+from registrygrid.home import Home
+
+Run = Callable[..., Any]
+
+
+def ok_json(rgrid: Run, *args: str, home: Path) -> Any:
+    proc = rgrid(*args, "--json", home=home)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_create_invite_with_two_admins_join_and_list_members(rgrid: Run, tmp_path: Path) -> None:
+    a, b, c = (tmp_path / n for n in "abc")
+    for home in (a, b, c):
+        Home(home).init(org_name=home.name)
+    c_key = Home(c).org_key_path
+    created = ok_json(rgrid, "federation", "create", "acme-grid", "--quorum", "2", "--co-founder-key", str(c_key),
+                      "--out", str(tmp_path / "genesis.json"), home=a)
+    assert created["name"] == "acme-grid" and created["quorum"] == 2 and len(created["founders"]) == 2
+    # C's nodes join with the genesis alone: C founded it.
+    joined = ok_json(rgrid, "federation", "join", str(tmp_path / "genesis.json"), home=c)
+    assert joined["federation"] == created["federation"]
+
+    b_org = Home(b).org().org  # type: ignore[union-attr]
+    invite = tmp_path / "invite.json"
+    first = ok_json(rgrid, "federation", "invite", b_org, "--out", str(invite), home=a)
+    assert first["status"].startswith("needs more admin signatures")
+    # B can't join on one signature of two.
+    early = rgrid("federation", "join", str(invite), home=b)
+    assert early.returncode != 0 and "needs 2" in early.stderr
+    second = ok_json(rgrid, "federation", "sign", str(invite), home=c)
+    assert second["status"] == "complete: created" and len(second["signers"]) == 2
+    assert ok_json(rgrid, "federation", "join", str(invite), home=b)["federation"] == created["federation"]
+    assert json.loads((b / "config.json").read_text())["federation"] == "acme-grid"
+
+    members = ok_json(rgrid, "federation", "members", home=c)
+    assert members["federation"] == created["federation"] and members["implicit"] is False
+    roles = {m["org"]: m["roles"] for m in members["members"]}
+    assert roles[b_org] == "member" and "admin" in roles[Home(a).org().org]  # type: ignore[union-attr]
+
+
+def test_a_node_outside_any_federation_is_in_its_orgs_own(rgrid: Run, tmp_path: Path) -> None:
+    home = tmp_path / "solo"
+    Home(home).init(org_name="solo")
+    members = ok_json(rgrid, "federation", "members", home=home)
+    assert members["implicit"] is True and members["name"] == "default"
+    assert [m["roles"] for m in members["members"]] == ["admin,founder"]
+
+
+def test_only_an_admin_may_invite_or_revoke(rgrid: Run, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for home in (a, b):
+        Home(home).init(org_name=home.name)
+    ok_json(rgrid, "federation", "create", "grid", home=a)
+    b_org = Home(b).org().org  # type: ignore[union-attr]
+    invite = tmp_path / "invite.json"
+    ok_json(rgrid, "federation", "invite", b_org, "--out", str(invite), home=a)
+    ok_json(rgrid, "federation", "join", str(invite), home=b)
+    refused = rgrid("federation", "invite", Home(a).node_key().did, home=b)
+    assert refused.returncode != 0 and "not an admin" in refused.stderr
+    refused = rgrid("federation", "revoke", Home(a).org().org, home=b)  # type: ignore[union-attr]
+    assert refused.returncode != 0 and "not an admin" in refused.stderr
+    revoked = ok_json(rgrid, "federation", "revoke", b_org, "--reason", "left", home=a)
+    assert [r["subject"] for r in revoked["revoked"]][0] == b_org
+
+
+def test_joining_with_a_bad_bootstrap_address_is_refused_before_anything_changes(rgrid: Run, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for home in (a, b):
+        Home(home).init(org_name=home.name)
+    ok_json(rgrid, "federation", "create", "grid", home=a)
+    invite = tmp_path / "invite.json"
+    ok_json(rgrid, "federation", "invite", Home(b).org().org, "--out", str(invite), home=a)  # type: ignore[union-attr]
+    proc = rgrid("federation", "join", str(invite), "--bootstrap", "/ip4/999.1.1.1/tcp/4001/p2p/12D3KooWbad", home=b)
+    assert proc.returncode == EX_DATAERR and "999.1.1.1" in proc.stderr
+    assert not (b / "federation.json").exists()
