@@ -220,9 +220,13 @@ class BridgeClient:
 
     def create_registry(self, name: str, kinds: Sequence[str], *, description: str = "",
                         write_policy: str = "open", conflict_policy: str = "crdt",
-                        replication: str = "federation", actor: str | None = None) -> WriteResult:
-        body = {"name": name, "kinds": list(kinds), "description": description, "write_policy": write_policy,
-                "conflict_policy": conflict_policy, "replication": replication}
+                        replication: str = "federation", readers: Sequence[str] = (),
+                        actor: str | None = None) -> WriteResult:
+        body: dict[str, Any] = {"name": name, "kinds": list(kinds), "description": description,
+                                "write_policy": write_policy, "conflict_policy": conflict_policy,
+                                "replication": replication}
+        if readers:
+            body["readers"] = list(readers)
         return _write_result(self.request("POST", "/v1/registries", body=body)[2])
 
     def kinds(self) -> list[dict[str, Any]]:

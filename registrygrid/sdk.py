@@ -346,11 +346,12 @@ class LocalRegistry:
     def create_registry(self, name: str, kinds: Sequence[str], *, description: str = "",
                         write_policy: str = "open", conflict_policy: str = "crdt",
                         replication: str = "federation", limits: Mapping[str, Any] | None = None,
-                        actor: str | None = None) -> WriteResult:
+                        readers: Sequence[str] = (), actor: str | None = None) -> WriteResult:
         """``limits``: ``{"max_record_bytes": int, "max_changes_per_second_per_org": float}``,
         either optional (registry.v1.json; docs/federation.md, "Policy guard")."""
         fields = {"name": name, "description": description, "kinds": list(kinds), "write_policy": write_policy,
-                  "conflict_policy": conflict_policy, "replication": {"scope": replication}}
+                  "conflict_policy": conflict_policy,
+                  "replication": {"scope": replication, **({"readers": list(readers)} if readers else {})}}
         if limits:
             fields["limits"] = dict(limits)
         return self.put(regs.REGISTRY_OF_REGISTRIES, "registry", fields, id=name, actor=actor)

@@ -6,6 +6,7 @@ envelope bytes from one store to another, exactly what gossip and sync do.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections import Counter
 from collections.abc import Callable
@@ -928,6 +929,29 @@ def test_a_long_chain_delivered_backwards_parks_each_change_once(tmp_path: Path)
         assert replica.engine.metrics["remote.parked"] == len(wires) - 1
         assert replica.engine.metrics["remote.applied"] == 1  # the first; the rest were released by it
         assert replica.state_digest() == author.state_digest()
+    finally:
+        author.close()
+        replica.close()
+
+
+def test_a_registrys_record_size_cap_holds_for_local_writes_and_remote_updates(tmp_path: Path) -> None:
+    author = open_store(tmp_path / "author", KeyPair.generate())
+    replica = open_store(tmp_path / "replica")
+    try:
+        author.put("grid.registries", "registry", {"name": "acme.small", "kinds": ["cluster"],
+                                                   "limits": {"max_record_bytes": 200}}, id="acme.small")
+        with pytest.raises(TooLarge, match="max_record_bytes"):
+            author.put("acme.small", "cluster", cluster("big", notes="x" * 300))
+        author.put("acme.small", "cluster", cluster("small"), id="s")
+        replica.execute([Remote(w, "p") for w in wires_in_feed_order(author)])
+        # The author's node forgets the cap (as a node that runs other code
+        # might) and grows the record past it: the replica refuses the update.
+        cached = author.engine._registry_cache["acme.small"]
+        author.engine._registry_cache["acme.small"] = dataclasses.replace(cached, max_record_bytes=10**6)
+        author.update("acme.small", "s", patch={"notes": "x" * 300})
+        result = replica.execute([Remote(wires_in_feed_order(author)[-1], "p")])[0]
+        assert result.status == "rejected" and result.error.code == "too_large"
+        assert "notes" not in replica.get("acme.small", "s")["fields"]
     finally:
         author.close()
         replica.close()

@@ -13,12 +13,20 @@ import time
 from pathlib import Path
 
 import trio
+from test_federation_support import (
+    CLUSTERS,
+    FAST,
+    Member,
+    cluster,
+    converged,
+    eventually,
+    full_mesh,
+)
 
 from registrygrid.engine import registries as regs
 from registrygrid.engine.ops import Put, WriteResult
-from registrygrid.errors import UnknownRegistry
+from registrygrid.errors import TooLarge, UnknownRegistry
 from registrygrid.protocol.guard import Budget, GuardLimits, Rate
-from test_federation_support import CLUSTERS, FAST, Member, cluster, converged, eventually, full_mesh
 
 # A node that joins within GossipSub's gossip window (IHAVE for the last 3
 # heartbeats of 1 s) gets recent messages by gossip; these tests are about sync.
@@ -149,7 +157,13 @@ async def test_a_registry_max_record_bytes_refuses_an_oversized_change_by_gossip
                 assert isinstance((await a.node.submit([op]))[0], WriteResult)
             await eventually(lambda: count(b, "small", notes) == 1, 15, "the small record on b")
 
-            # a's engine does not check a registry's own cap yet, so a stores it; b's guard refuses it.
+            # a's engine refuses it; a node that forgets the cap (other code, a bug)
+            # stores it and gossips it; b's guard refuses it before its engine does.
+            refused = (await a.node.submit([Put(notes, "cluster", big, record_id="big")]))[0]
+            assert isinstance(refused, TooLarge)
+            with a.node.store.read() as txn:
+                forgetful = dataclasses.replace(regs.lookup(a.node.store, txn, notes), max_record_bytes=10**6)
+            a.node.engine._registry_cache[notes] = forgetful
             assert isinstance((await a.node.submit([Put(notes, "cluster", big, record_id="big")]))[0], WriteResult)
             metrics = b.fed.metrics
             await eventually(lambda: metrics["guard.refused_batches"] >= 1, 10, "the gossip message refused")

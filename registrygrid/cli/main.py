@@ -328,15 +328,20 @@ def registry_describe(home: Path | None, name: str, as_json: bool) -> None:
 @click.option("--write-policy", type=click.Choice(["open", "owner", "members"]), default="open", show_default=True)
 @click.option("--conflict-policy", type=click.Choice(["crdt", "last-writer-wins", "owner-wins", "manual"]),
               default="crdt", show_default=True)
-@click.option("--replication", type=click.Choice(["local", "federation", "public"]), default="federation",
-              show_default=True)
+@click.option("--replication", type=click.Choice(["local", "federation", "public", "private"]),
+              default="federation", show_default=True,
+              help="private: sent by sync only to nodes of the owner org and of the --reader orgs.")
+@click.option("--reader", "readers", multiple=True, help="An org (did:key) that may read a private registry. Repeatable.")
 @json_option
 def registry_create(home: Path | None, name: str, kinds: tuple[str, ...], description: str, write_policy: str,
-                    conflict_policy: str, replication: str, as_json: bool) -> None:
+                    conflict_policy: str, replication: str, readers: tuple[str, ...], as_json: bool) -> None:
     """Create a registry (a signed record in grid.registries)."""
+    if readers and replication != "private":
+        raise ValidationError("--reader names who may read a private registry; add --replication private")
     with open_backend(home) as backend:
         result = backend.create_registry(name, list(kinds), description=description, write_policy=write_policy,
-                                         conflict_policy=conflict_policy, replication=replication, actor="cli")
+                                         conflict_policy=conflict_policy, replication=replication,
+                                         readers=list(readers), actor="cli")
     render.write_result(result, as_json)
 
 

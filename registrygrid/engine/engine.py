@@ -287,7 +287,7 @@ class Engine:
         registry = names.registry_name(op.registry)
         desc = self._registry(txn, registry)
         kind = self._kind_for(desc, op.kind, op.schema)
-        fields = _checked_fields(op.fields)
+        fields = _checked_fields(op.fields, desc.max_record_bytes)
         self.catalog.validate(kind.name, kind.version, fields)
         tags = _checked_tags(op.tags)
         links = _checked_links(op.links)
@@ -352,7 +352,7 @@ class Engine:
                 if not isinstance(op.patch, Mapping):
                     raise ValidationError("a merge patch must be a JSON object")
                 fields = merge_patch(fields, op.patch)
-        fields = _checked_fields(fields)
+        fields = _checked_fields(fields, desc.max_record_bytes)
         self.catalog.validate(kind.name, kind.version, fields)
         tags = _checked_tags(op.tags) if op.tags is not None else None
         links = _checked_links(op.links) if op.links is not None else None
@@ -473,7 +473,7 @@ class Engine:
         doc = RecordDoc.apply(doc_bytes(stored) if stored else None, body.payload)
         if body.change_hash not in doc.heads():
             raise MalformedInput("Automerge did not apply the change")
-        state = self._check_state(env, doc)
+        state = self._check_state(env, doc, desc)
         statement = read_statement(body.kind, body.record, state["fields"]) \
             if body.registry == MEMBERS_REGISTRY and not state.get("deleted") else None
         try:
@@ -704,7 +704,7 @@ class Engine:
             records.add_history(self.store, txn, registry, record_id, seq, env.cid)
         batch.committed.feed_seqs.append(seq)
 
-    def _check_state(self, env: Envelope, doc: RecordDoc) -> dict[str, Any]:
+    def _check_state(self, env: Envelope, doc: RecordDoc, desc: regs.RegistryDescriptor) -> dict[str, Any]:
         body = env.body
         state = doc.materialize()
         if state.get("kind") != body.kind:
@@ -712,6 +712,9 @@ class Engine:
         schema = state.get("schema")
         kind = self.catalog.get(body.kind, schema if isinstance(schema, int) else None)
         self.catalog.validate(kind.name, kind.version, state.get("fields"))
+        # The size cap holds for what a remote change makes, as for a local
+        # write (an update of a small record, or a payload that expands).
+        _checked_fields(state.get("fields"), desc.max_record_bytes)
         if not isinstance(state.get("owner"), str):
             raise ValidationError("record has no owner")
         return state
@@ -953,9 +956,12 @@ class Engine:
         with self.store.read() as txn:
             return chains.heads(self.store, txn, registry)
 
-    def replicated_vector(self, registries: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+    def replicated_vector(self, registries: Iterable[str] | None = None, *,
+                          reader: str | None = None) -> dict[str, dict[str, int]]:
         """The version vector of every registry this node shares with peers
-        (replication scope other than "local"), or of the ones named."""
+        (replication scope other than "local"), or of the ones named. With a
+        ``reader`` (the org of the peer asking), private registries that org
+        may not read are left out: they are never offered, so never sent."""
         vector = self.version_vector()
         wanted = set(registries) if registries is not None else None
         out = {}
@@ -967,8 +973,9 @@ class Engine:
                     desc = regs.lookup(self.store, txn, registry)
                 except RegistryError:
                     continue
-                if desc.replication != "local":
-                    out[registry] = authors
+                if desc.replication == "local" or (reader is not None and not desc.readable_by(reader)):
+                    continue
+                out[registry] = authors
         return out
 
     def envelopes_after(self, registry: str, author: str, after_seq: int, *, limit: int = 1000,
@@ -1013,7 +1020,7 @@ def _state_of(old: Mapping[str, Any], *, schema: int | None = None, fields: Mapp
 # ------------------------------------------------------------ input checks
 
 
-def _checked_fields(fields: Any) -> dict[str, Any]:
+def _checked_fields(fields: Any, cap: int = limits.MAX_RECORD_BYTES) -> dict[str, Any]:
     if not isinstance(fields, Mapping):
         raise ValidationError("record fields must be a JSON object",
                               details=[{"path": "", "message": "not an object"}])
@@ -1021,8 +1028,9 @@ def _checked_fields(fields: Any) -> dict[str, Any]:
         size = len(pack(fields))
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise ValidationError(f"record fields are not JSON values: {exc}") from None
-    if size > limits.MAX_RECORD_BYTES:
-        raise TooLarge(f"record fields take {size} bytes; the cap is {limits.MAX_RECORD_BYTES}")
+    if size > cap:
+        raise TooLarge(f"record fields take {size} bytes; the cap is {cap}"
+                       + ("" if cap == limits.MAX_RECORD_BYTES else " (the registry's max_record_bytes)"))
     return dict(fields)
 
 

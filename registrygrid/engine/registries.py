@@ -46,6 +46,21 @@ class RegistryDescriptor:
     builtin: bool = False
     max_record_bytes: int = limits.MAX_RECORD_BYTES
     max_changes_per_second_per_org: float | None = None
+    readers: tuple[str, ...] = ()  # orgs besides the owner that may read a private registry
+
+    @property
+    def private(self) -> bool:
+        return self.replication == "private"
+
+    def readable_by(self, org: str | None) -> bool:
+        """May nodes of ``org`` be sent this registry's records? Anyone for a
+        shared registry; the owner org and the named readers for a private
+        one; nobody for a local one (it never leaves this node)."""
+        if self.replication == "local":
+            return False
+        if not self.private:
+            return True
+        return org is not None and (org == self.owner or org in self.readers)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,26 +72,10 @@ class RegistryDescriptor:
             "replication": self.replication,
             "description": self.description,
             "builtin": self.builtin,
+            "readers": list(self.readers),
             "limits": {"max_record_bytes": self.max_record_bytes,
                        "max_changes_per_second_per_org": self.max_changes_per_second_per_org},
         }
-
-    def check_writer(self, author: str, delegates: Mapping[str, frozenset[str]]) -> None:
-        """May ``author`` write here? ``delegates`` maps an org to the keys
-        it delegated to (its nodes and members).
-
-        open: any valid signature. owner and members: the owner and the keys
-        the owner delegated to. (members will widen to the federation's
-        admitted members once the federation registry lands; until then it
-        is as strict as owner, never looser.)"""
-        if self.write_policy == "open" or self.owner is None:
-            return
-        if author == self.owner or author in delegates.get(self.owner, frozenset()):
-            return
-        raise PolicyDenied(
-            f"registry {self.name} is writable by its owner only ({self.write_policy} policy); "
-            f"{author} is not the owner or one of its delegates"
-        )
 
 
 BUILTINS: dict[str, RegistryDescriptor] = {
@@ -96,6 +95,7 @@ def descriptor_from_record(record: Mapping[str, Any]) -> RegistryDescriptor:
         write_policy=fields.get("write_policy", "open"),
         conflict_policy=fields.get("conflict_policy", "crdt"),
         replication=replication.get("scope", "federation") if isinstance(replication, Mapping) else "federation",
+        readers=tuple(replication.get("readers") or ()) if isinstance(replication, Mapping) else (),
         description=fields.get("description", ""),
         **_limits(fields.get("limits")),
     )

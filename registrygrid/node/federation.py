@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from registrygrid.engine import registries as regs
 from registrygrid.errors import NotMember, PolicyDenied, RegistryError, ValidationError
 from registrygrid.identity.keys import did_from_peer_id
 from registrygrid.node import gossip as gossip_mod
@@ -48,6 +49,7 @@ from registrygrid.node.peers import PeerTable
 from registrygrid.node.sync import MAX_INBOUND_SYNCS, SessionReport, SyncFailed, SyncService
 from registrygrid.protocol import names
 from registrygrid.protocol import sync as sync_protocol
+from registrygrid.protocol.envelope import registry_of
 from registrygrid.protocol.gossip import topic_for
 from registrygrid.protocol.guard import GuardLimits
 from registrygrid.protocol.hello import (
@@ -190,10 +192,11 @@ class Federation:
         self.gossip = GossipService(node, host, self.topic, metrics=self.metrics, strike=self._strike,
                                     blocked=self._shut_out, on_gap=self.request_sync, on_rejected=table.note_rejected,
                                     peer_queue_bytes=cfg.peer_queue_bytes, total_queue_bytes=cfg.total_queue_bytes,
-                                    guard=self.guard)
+                                    guard=self.guard, broadcast=self._broadcastable)
         self.sync = SyncService(node, host, self.federation, metrics=self.metrics, strike=self._strike,
                                 blocked=self._shut_out, on_rejected=table.note_rejected,
-                                max_inbound=cfg.max_inbound_syncs, guard=self.guard)
+                                max_inbound=cfg.max_inbound_syncs, guard=self.guard,
+                                org_of=lambda peer: self.admitted[peer].org if peer in self.admitted else None)
         host.set_handler(sync_protocol.SYNC_PROTOCOL_ID, self.sync.handle)
         host.set_handler(HELLO_PROTOCOL_ID, self._answer_hello)
         host.set_topic_validator(self.topic, self.gossip.validate)
@@ -300,6 +303,20 @@ class Federation:
         self._peer_scopes[peer_id] = scope
         self._sync_wake[peer_id] = trio.Event()
         self._nursery.start_soon(self._peer_task, peer_id, scope)
+
+    def _broadcastable(self, wire: bytes) -> bool:
+        """May this local change go on the federation-wide gossip topic? Not
+        if its registry is private. (On the trio thread, per committed local
+        change: one LMDB read; built-in registries are never private.)"""
+        assert self.node is not None
+        registry = registry_of(wire)
+        if registry is None or registry in regs.BUILTINS:
+            return True
+        try:
+            with self.node.store.read() as txn:
+                return not regs.lookup(self.node.store, txn, registry).private
+        except RegistryError:
+            return True
 
     def _shut_out(self, peer_id: str) -> bool:
         """Banned, or not (yet) admitted as a member's node at the hello."""

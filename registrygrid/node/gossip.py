@@ -160,8 +160,13 @@ class GossipService:
                  strike: Callable[[str, str], None], blocked: Callable[[str], bool],
                  on_gap: Callable[[str], None], on_rejected: Callable[[str, int], None],
                  seen_capacity: int = SEEN_CAPACITY, peer_queue_bytes: int = PEER_QUEUE_BYTES,
-                 total_queue_bytes: int = TOTAL_QUEUE_BYTES, guard: PeerGuard | None = None) -> None:
+                 total_queue_bytes: int = TOTAL_QUEUE_BYTES, guard: PeerGuard | None = None,
+                 broadcast: Callable[[bytes], bool] = lambda wire: True) -> None:
         self.node = node
+        # Whether a local change may go on the federation-wide topic: a
+        # private registry's changes never do (they travel by sync only, to
+        # the orgs that may read them).
+        self._broadcast = broadcast
         self.host = host
         self.topic = topic
         self.metrics = metrics
@@ -303,6 +308,9 @@ class GossipService:
     def on_commit(self, committed: Committed) -> None:
         """Committer hook (trio thread, must not wait): queue this node's own new changes."""
         for wire in committed.local_envelopes:
+            if not self._broadcast(wire):
+                self.metrics["gossip.private_kept"] += 1
+                continue
             if self._outbox_bytes + len(wire) > OUTBOX_BYTES:
                 self.metrics["gossip.publish_dropped"] += 1
                 continue

@@ -90,8 +90,12 @@ class SyncService:
     def __init__(self, node: Node, host: P2PHost, federation: str, *, metrics: Counter[str],
                  strike: Callable[[str, str], None], blocked: Callable[[str], bool],
                  on_rejected: Callable[[str, int], None], max_inbound: int = MAX_INBOUND_SYNCS,
-                 request_timeout: float = REQUEST_TIMEOUT_S, guard: PeerGuard | None = None) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT_S, guard: PeerGuard | None = None,
+                 org_of: Callable[[str], str | None] = lambda peer: None) -> None:
         self.node = node
+        # The org a peer's node speaks for (admitted at the hello): private
+        # registries are served only to the orgs that may read them.
+        self._org_of = org_of
         self.host = host
         self.federation = federation
         self.metrics = metrics
@@ -114,7 +118,11 @@ class SyncService:
         guard = self._guard
         if guard is not None and not guard.may_serve(peer, trio.current_time()):
             raise RateLimited("over this node's sync budget for your peer; retry later")
-        answer = functools.partial(answer_sync, request, self.node.engine, federation=self.federation)
+        reader = self._org_of(peer)
+        if reader is None:  # not admitted: _blocked refused it above; never serve private data regardless
+            raise PolicyDenied("this node does not serve you")
+        answer = functools.partial(answer_sync, request, self.node.engine, federation=self.federation,
+                                   reader=reader)
         try:
             response = await trio.to_thread.run_sync(answer, limiter=self._inbound)
         except (MalformedInput, TooLarge) as exc:

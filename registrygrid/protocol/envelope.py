@@ -206,6 +206,15 @@ class _Author(msgspec.Struct, array_like=True):
 _author_decoder = msgspec.msgpack.Decoder(_Author)
 
 
+def registry_of(wire: bytes) -> str | None:
+    """The registry an envelope's body names, without checking anything (a
+    peek for routing decisions; None if it does not decode)."""
+    try:
+        return _author_decoder.decode(_wire_decoder.decode(wire).body).registry
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        return None
+
+
 def _check_body(body: ChangeBody) -> None:
     def bad(why: str) -> MalformedInput:
         return MalformedInput(f"malformed envelope: {why}")

@@ -70,7 +70,7 @@ _response_decoder = msgspec.msgpack.Decoder(SyncResponse)
 class ChangeSource(Protocol):
     """What a responder needs from its store (the engine implements it)."""
 
-    def replicated_vector(self, registries: Iterable[str] | None) -> Vector: ...
+    def replicated_vector(self, registries: Iterable[str] | None, *, reader: str | None = None) -> Vector: ...
 
     def envelopes_after(self, registry: str, author: str, after_seq: int, *, limit: int,
                         max_bytes: int) -> list[bytes]: ...
@@ -165,12 +165,14 @@ def behind(local: Mapping[str, Mapping[str, int]], remote: Mapping[str, Mapping[
     return count
 
 
-def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str) -> bytes:
-    """The responder's whole job: bytes in, bytes out."""
+def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str, reader: str | None = None) -> bytes:
+    """The responder's whole job: bytes in, bytes out. ``reader``: the org of
+    the peer asking; registries it may not read (private ones) are neither
+    offered in our vector nor sent."""
     request = decode_request(request_bytes)
     if request.federation != federation:
         raise ValidationError(f"this node serves federation {federation!r}, not {request.federation!r}")
-    ours = source.replicated_vector(request.registries)
+    ours = source.replicated_vector(request.registries, reader=reader)
     lacking = missing(ours, request.vector)
     budget = request.max_bytes
     candidates: list[Candidate] = []

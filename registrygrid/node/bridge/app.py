@@ -402,7 +402,8 @@ class Api:
             fields = {"name": body["name"], "description": body.get("description", ""), "kinds": body["kinds"],
                       "write_policy": body.get("write_policy", "open"),
                       "conflict_policy": body.get("conflict_policy", "crdt"),
-                      "replication": {"scope": body.get("replication", "federation")}}
+                      "replication": {"scope": body.get("replication", "federation"),
+                                      **({"readers": body["readers"]} if body.get("readers") else {})}}
             result = await self.write(Put(regs.REGISTRY_OF_REGISTRIES, "registry", fields, body["name"],
                                           actor=token.actor))
             return json_response(write_json(result), 201, {"Location": f"/v1/registries/{result.record_id}"})

@@ -102,6 +102,8 @@ SCHEMAS: dict[str, Any] = {
         "name": REGISTRY_NAME, "kinds": {"type": "array", "items": KIND_NAME}, "owner": _nullable(STRING),
         "write_policy": STRING, "conflict_policy": STRING, "replication": STRING, "description": STRING,
         "builtin": {"type": "boolean"}, "records": {**SEQ, "description": "live records (describe only)"},
+        "readers": {"type": "array", "items": STRING,
+                    "description": "orgs besides the owner that may read a private registry"},
         "limits": _obj({"max_record_bytes": INT, "max_changes_per_second_per_org": _nullable({"type": "number"})},
                        description="caps the node's guard enforces on changes from peers (docs/federation.md)"),
     }, required=["name", "kinds", "owner", "write_policy", "conflict_policy", "replication", "description",
@@ -154,7 +156,10 @@ SCHEMAS: dict[str, Any] = {
         "name": REGISTRY_NAME, "kinds": {"type": "array", "items": KIND_NAME, "minItems": 1, "maxItems": 64},
         "description": {"type": "string", "maxLength": 4096},
         "write_policy": {"enum": list(WRITE_POLICIES)}, "conflict_policy": {"enum": list(CONFLICT_POLICIES)},
-        "replication": {"enum": ["local", "federation", "public"]},
+        "replication": {"enum": ["local", "federation", "public", "private"]},
+        "readers": {"type": "array", "maxItems": 256, "uniqueItems": True,
+                    "items": {"type": "string", "pattern": "^did:key:z[1-9A-HJ-NP-Za-km-z]{40,60}$"},
+                    "description": "a private registry's reader orgs (did:key); its owner org always reads"},
     }, required=["name", "kinds"]),
     "KindCreate": _obj({
         # Bounds as builtin/kind.v1.json; without a home registry the engine names it user.<name>.
