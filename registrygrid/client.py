@@ -215,18 +215,27 @@ class BridgeClient:
     def registries(self) -> list[dict[str, Any]]:
         return self._get("/v1/registries")["registries"]
 
+    def explain(self, subject: str, action: str, registry: str, record_id: str | None = None, *,
+                fields: Sequence[str] = ()) -> dict[str, Any]:
+        body: dict[str, Any] = {"subject": subject, "action": action, "registry": registry, "fields": list(fields)}
+        if record_id is not None:
+            body["record"] = record_id
+        return self.request("POST", "/v1/policy/explain", body=body)[2]  # type: ignore[no-any-return]
+
     def describe_registry(self, name: str) -> dict[str, Any]:
         return self._get(f"/v1/registries/{_seg(name)}")
 
     def create_registry(self, name: str, kinds: Sequence[str], *, description: str = "",
                         write_policy: str = "open", conflict_policy: str = "crdt",
                         replication: str = "federation", readers: Sequence[str] = (),
-                        actor: str | None = None) -> WriteResult:
+                        write_roles: Sequence[str] = (), actor: str | None = None) -> WriteResult:
         body: dict[str, Any] = {"name": name, "kinds": list(kinds), "description": description,
                                 "write_policy": write_policy, "conflict_policy": conflict_policy,
                                 "replication": replication}
         if readers:
             body["readers"] = list(readers)
+        if write_roles:
+            body["write_roles"] = list(write_roles)
         return _write_result(self.request("POST", "/v1/registries", body=body)[2])
 
     def kinds(self) -> list[dict[str, Any]]:

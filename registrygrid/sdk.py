@@ -26,7 +26,7 @@ from registrygrid.engine.verify import VerifyReport, verify_store
 from registrygrid.errors import NotFound, RegistryError, ValidationError
 from registrygrid.home import FederationMembership, Home, OrgMembership
 from registrygrid.identity.delegation import Delegation, verify_delegation
-from registrygrid.identity.keys import KeyPair
+from registrygrid.identity.keys import KeyPair, public_key_from_did
 from registrygrid.protocol import names
 from registrygrid.protocol.envelope import cid_to_str, open_envelope
 from registrygrid.schemas import KindSchema, SchemaCatalog
@@ -35,7 +35,7 @@ from registrygrid.storage.audit import AuditEntry, AuditLedger
 from registrygrid.storage.feed import FeedEvent
 from registrygrid.storage.store import Store, pack, unpack
 from registrygrid.trust import access
-from registrygrid.trust.federation import genesis_record, invitation_record
+from registrygrid.trust.federation import Genesis, genesis_record, invitation_record
 from registrygrid.trust.statements import (
     DELEGATION_KIND,
     FEDERATION_KIND,
@@ -179,14 +179,16 @@ class LocalRegistry:
 
     @classmethod
     def open_path(cls, path: str | Path, key: KeyPair | None = None, *, owner: str | None = None,
-                  delegation: Delegation | None = None) -> LocalRegistry:
+                  delegation: Delegation | None = None, federation: Genesis | None = None) -> LocalRegistry:
         """A bare store without a home (tests, simulations, tools). With a
         ``delegation`` of ``key``, the store writes for the delegating org
-        and publishes the delegation (as a home does)."""
+        and publishes the delegation (as a home does); with a ``federation``
+        genesis, only its members' changes count (docs/trust.md)."""
         store = Store(path)
         if delegation is not None:
             owner = delegation.claims.org
-        registry = cls(store, Engine(store, key or KeyPair.generate(), SchemaCatalog(), owner=owner))
+        registry = cls(store, Engine(store, key or KeyPair.generate(), SchemaCatalog(), owner=owner,
+                                     federation=(federation.claims, federation.id) if federation else None))
         if delegation is not None:
             registry.publish_delegation(delegation)
         return registry
@@ -346,7 +348,8 @@ class LocalRegistry:
     def create_registry(self, name: str, kinds: Sequence[str], *, description: str = "",
                         write_policy: str = "open", conflict_policy: str = "crdt",
                         replication: str = "federation", limits: Mapping[str, Any] | None = None,
-                        readers: Sequence[str] = (), actor: str | None = None) -> WriteResult:
+                        readers: Sequence[str] = (), write_roles: Sequence[str] = (),
+                        actor: str | None = None) -> WriteResult:
         """``limits``: ``{"max_record_bytes": int, "max_changes_per_second_per_org": float}``,
         either optional (registry.v1.json; docs/federation.md, "Policy guard")."""
         fields = {"name": name, "description": description, "kinds": list(kinds), "write_policy": write_policy,
@@ -354,7 +357,31 @@ class LocalRegistry:
                   "replication": {"scope": replication, **({"readers": list(readers)} if readers else {})}}
         if limits:
             fields["limits"] = dict(limits)
+        if write_roles:
+            fields["write_roles"] = list(write_roles)
         return self.put(regs.REGISTRY_OF_REGISTRIES, "registry", fields, id=name, actor=actor)
+
+    def explain(self, subject: str, action: str, registry: str, record_id: str | None = None, *,
+                fields: Sequence[str] = ()) -> dict[str, Any]:
+        """What every node would decide if ``subject`` (a did:key) did
+        ``action`` (read, create, update, delete, admin) on ``registry`` (or
+        one record of it) now, touching ``fields``, and the rule that decides."""
+        if action not in ("read", "create", "update", "delete", "admin"):
+            raise ValidationError(f"action must be read, create, update, delete or admin, not {action!r}")
+        public_key_from_did(subject)
+        names.registry_name(registry)
+        if record_id is not None:
+            names.record_id(record_id)
+        engine = self.engine
+        with self.store.read() as txn:
+            desc = regs.lookup(self.store, txn, registry)
+            record = records.get_record(self.store, txn, registry, record_id) if record_id else None
+        if record_id is not None and record is None and action in ("update", "delete"):
+            raise NotFound(f"no record {registry}/{record_id}")
+        decision = access.explain(engine.trust, desc, engine.policy, subject=subject, action=action,
+                                  record=record, fields=fields, at_ms=engine.now_ms())
+        return {"subject": subject, "action": action, "registry": registry, "record": record_id,
+                "fields": list(fields), **decision.to_dict()}
 
     def kinds(self) -> list[dict[str, Any]]:
         return [_kind_dict(k) for k in self.engine.catalog.kinds()]

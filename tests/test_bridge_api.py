@@ -320,3 +320,25 @@ def test_token_secrets_are_stored_as_sha256_only(tmp_path) -> None:
         assert tokens.parse_duration("30d") == 30 * 86400
     finally:
         store.close()
+
+
+async def test_policy_explain_names_the_deciding_rule(served: Served) -> None:
+    with trio.fail_after(30):
+        async with served.client() as client:
+            me = (await client.get("/v1/identity")).json()["did"]
+            r = await client.post(f"/v1/registries/{REGISTRY}/records", json={"kind": "note", "fields": {"name": "n"},
+                                                                             "id": "n1"})
+            assert r.status_code == 201, r.text
+            answer = (await client.post("/v1/policy/explain", json={
+                "subject": me, "action": "update", "registry": REGISTRY, "record": "n1", "fields": ["name"]})).json()
+            assert answer["allowed"] is True and answer["rule"] == "builtin:owner"
+            stranger = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
+            denied = (await client.post("/v1/policy/explain", json={
+                "subject": stranger, "action": "delete", "registry": REGISTRY, "record": "n1"})).json()
+            assert denied["allowed"] is False and denied["rule"].startswith("builtin:")
+            assert_error(await client.post("/v1/policy/explain", json={"subject": me, "action": "fly",
+                                                                       "registry": REGISTRY}), 422,
+                         "validation_failed")
+            assert_error(await client.post("/v1/policy/explain", json={"subject": me, "action": "update",
+                                                                       "registry": REGISTRY, "record": "nope"}),
+                         404, "not_found")

@@ -112,6 +112,10 @@ async def test_real_responses_validate_against_the_document(served: Served) -> N
                 await c.post("/v1/tokens", json={"role": "reader"}), await c.get("/v1/tokens"),
                 await c.delete("/v1/tokens/AAAAAAAAAAAA"), await c.get("/v1/changes/ws"),
                 await c.delete(f"/v1/tokens/{served.admin.split('.')[0][len('rgt_'):]}"),  # the CLI's own: 409
+                await c.post("/v1/policy/explain", json={"subject": (await c.get("/v1/identity")).json()["did"],
+                                                         "action": "update", "registry": REGISTRY, "record": "v1",
+                                                         "fields": ["name"]}),
+                await c.post("/v1/policy/explain", json={"subject": "x", "action": "read", "registry": REGISTRY}),
                 await c.delete(f"{rec}/v1"),
             ]
             created = [r for r in responses if r.request.url.path == "/v1/tokens" and r.status_code == 201][0]

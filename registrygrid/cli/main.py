@@ -22,7 +22,7 @@ import click
 from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend
 from registrygrid.cli.values import parse_assignments, parse_where, read_json_file
-from registrygrid.errors import EX_USAGE, RegistryError, ValidationError
+from registrygrid.errors import EX_NOPERM, EX_USAGE, RegistryError, ValidationError
 from registrygrid.home import Home
 from registrygrid.sdk import home_identity
 
@@ -325,7 +325,11 @@ def registry_describe(home: Path | None, name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--kind", "kinds", multiple=True, required=True, help="A kind it holds. Repeatable.")
 @click.option("--description", default="")
-@click.option("--write-policy", type=click.Choice(["open", "owner", "members"]), default="open", show_default=True)
+@click.option("--write-policy", type=click.Choice(["open", "owner", "members", "roles"]), default="open",
+              show_default=True, help="Who may write (docs/trust.md, 'Records belong to orgs').")
+@click.option("--write-role", "write_roles", multiple=True,
+              type=click.Choice(["node", "writer", "admin", "federation-admin", "member"]),
+              help="With --write-policy roles: a role that may create records. Repeatable.")
 @click.option("--conflict-policy", type=click.Choice(["crdt", "last-writer-wins", "owner-wins", "manual"]),
               default="crdt", show_default=True)
 @click.option("--replication", type=click.Choice(["local", "federation", "public", "private"]),
@@ -334,15 +338,41 @@ def registry_describe(home: Path | None, name: str, as_json: bool) -> None:
 @click.option("--reader", "readers", multiple=True, help="An org (did:key) that may read a private registry. Repeatable.")
 @json_option
 def registry_create(home: Path | None, name: str, kinds: tuple[str, ...], description: str, write_policy: str,
-                    conflict_policy: str, replication: str, readers: tuple[str, ...], as_json: bool) -> None:
+                    write_roles: tuple[str, ...], conflict_policy: str, replication: str, readers: tuple[str, ...],
+                    as_json: bool) -> None:
     """Create a registry (a signed record in grid.registries)."""
     if readers and replication != "private":
         raise ValidationError("--reader names who may read a private registry; add --replication private")
     with open_backend(home) as backend:
         result = backend.create_registry(name, list(kinds), description=description, write_policy=write_policy,
                                          conflict_policy=conflict_policy, replication=replication,
-                                         readers=list(readers), actor="cli")
+                                         readers=list(readers), write_roles=list(write_roles), actor="cli")
     render.write_result(result, as_json)
+
+
+@cli.group()
+def policy() -> None:
+    """Access policies: what every node decides, and why."""
+
+
+@policy.command(name="explain")
+@home_option
+@click.argument("subject")
+@click.argument("action", type=click.Choice(["read", "create", "update", "delete", "admin"]))
+@click.argument("target", metavar="REGISTRY[/RECORD]")
+@click.option("--field", "fields", multiple=True, help="A top-level field the change would touch. Repeatable.")
+@json_option
+def policy_explain(home: Path | None, subject: str, action: str, target: str, fields: tuple[str, ...],
+                   as_json: bool) -> None:
+    """Would SUBJECT (a node's or an org's did:key) be allowed ACTION on
+    REGISTRY (or one record of it) now, and which rule decides? The write
+    path's own checks; nothing is written. Exit 0 if allowed, 77 if not."""
+    registry, _, record_id = target.partition("/")
+    with open_backend(home) as backend:
+        answer = backend.explain(subject, action, registry, record_id or None, fields=list(fields))
+    render.mapping(answer, as_json, title="allowed" if answer["allowed"] else "denied")
+    if not answer["allowed"]:
+        sys.exit(EX_NOPERM)
 
 
 @cli.group()

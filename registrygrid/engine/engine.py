@@ -73,6 +73,7 @@ from registrygrid.storage.audit import AuditLedger
 from registrygrid.storage.store import SEP, Store, key, pack, u64
 from registrygrid.trust import access
 from registrygrid.trust.federation import GenesisBody
+from registrygrid.trust.policy import POLICIES_REGISTRY, PolicySet
 from registrygrid.trust.state import TrustState, Verdict
 from registrygrid.trust.statements import MEMBERS_REGISTRY, Statement, read_statement
 
@@ -136,6 +137,9 @@ class _Batch:
     # Keys a statement of this batch was about: their revocations, if any,
     # are applied to what is stored (see _rebuild_revoked).
     stated: list[str] = field(default_factory=list)
+    # An access policy changed in this batch: the rules are reloaded and the
+    # records of the registries they target rebuilt (see _apply_policies).
+    policies_changed: bool = False
 
 
 class _CreateRace(Exception):
@@ -171,12 +175,16 @@ class Engine:
         # every change, local or remote, is judged against it. With a
         # federation (genesis claims, id), only its members' orgs count.
         self.trust = TrustState(*(federation or (None, None)))
+        # Access rules of grid.policies in force (trust/policy.py).
+        self.policy = PolicySet()
         self.audit = AuditLedger(store)
         with store.read() as txn:
             self.clock = HybridClock(now_ms, Hlc(*store.get_meta(txn, "hlc", [0, 0])))
         self._reset_caches()
         self._load_user_kinds()
         self._load_trust()
+        with store.read() as txn:
+            self.policy = self._policies(txn)
 
     # ------------------------------------------------------------ batches
 
@@ -203,6 +211,8 @@ class Engine:
         except BaseException:
             self._reset_caches()
             self._load_trust()  # statements of the failed batch were added in memory
+            with self.store.read() as txn:
+                self.policy = self._policies(txn)
             self.audit.reload()
             raise
         self.feed_seq = self._batch_feed_seq
@@ -303,14 +313,16 @@ class Engine:
             if old["kind"] != kind.name:
                 raise Conflict(f"{registry}/{record_id} was a {old['kind']}; a deleted record keeps its kind")
             self._local_verdict(access.check_modify(self.trust, desc, op="create", author=self.key.did,
-                                                    before=old, after=None, at_ms=hlc.wall_ms), old["owner"])
+                                                    before=old, after=None, at_ms=hlc.wall_ms, policy=self.policy,
+                                                    after_fields=fields), old["owner"])
             doc = self._doc_for_write(txn, batch, registry, record_id)
             change = doc.update(fields=fields, schema=kind.version, tags=tags, links=links, undelete=True)
             state = _state_of(old, schema=kind.version, fields=fields, tags=tags, links=links, deleted=False)
         else:
             self._local_verdict(access.check_create(self.trust, desc, author=self.key.did, record_id=record_id,
                                                     owner=owner, created_by=self.key.did, at_ms=hlc.wall_ms,
-                                                    statement=statement), owner)
+                                                    statement=statement, policy=self.policy, kind=kind.name,
+                                                    fields=fields), owner)
             doc = RecordDoc.new(self.actor)
             change = doc.create(kind=kind.name, schema=kind.version, owner=owner, created_at=hlc.wall_ms,
                                 created_by=self.key.did, fields=fields, tags=tags, links=links)
@@ -319,9 +331,7 @@ class Engine:
         env = self._seal(txn, batch, registry, record_id, "create", kind, change, hlc)
         seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor, state=state,
                                    statement=statement)
-        if batch.delegated:
-            self._rebuild_revoked(txn, batch, env, "local")
-            self._release(txn, batch, None, "parked")
+        self._after_local(txn, batch, env)
         return WriteResult("created", registry, record_id, env.id, seq, record)
 
     def _update(self, txn: lmdb.Transaction, batch: _Batch, op: Update) -> WriteResult:
@@ -340,8 +350,6 @@ class Engine:
         kind = self._kind_for(desc, old["kind"], version)
         hlc = self.clock.tick()
         self._check_own_chain(txn, batch, registry)
-        self._local_verdict(access.check_modify(self.trust, desc, op="update", author=self.key.did, before=old,
-                                                after=None, at_ms=hlc.wall_ms), old["owner"])
         if op.fields is not None:
             fields = dict(op.fields)
         else:
@@ -353,6 +361,9 @@ class Engine:
                     raise ValidationError("a merge patch must be a JSON object")
                 fields = merge_patch(fields, op.patch)
         fields = _checked_fields(fields, desc.max_record_bytes)
+        self._local_verdict(access.check_modify(self.trust, desc, op="update", author=self.key.did, before=old,
+                                                after=None, at_ms=hlc.wall_ms, policy=self.policy,
+                                                after_fields=fields), old["owner"])
         self.catalog.validate(kind.name, kind.version, fields)
         tags = _checked_tags(op.tags) if op.tags is not None else None
         links = _checked_links(op.links) if op.links is not None else None
@@ -364,6 +375,7 @@ class Engine:
         state = _state_of(old, schema=kind.version, fields=fields, tags=tags, links=links)
         env = self._seal(txn, batch, registry, record_id, "update", kind, change, hlc)
         seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor, state=state)
+        self._after_local(txn, batch, env)
         return WriteResult("updated", registry, record_id, env.id, seq, record)
 
     def _delete(self, txn: lmdb.Transaction, batch: _Batch, op: Delete) -> WriteResult:
@@ -377,13 +389,14 @@ class Engine:
         hlc = self.clock.tick()
         self._check_own_chain(txn, batch, registry)
         self._local_verdict(access.check_modify(self.trust, desc, op="delete", author=self.key.did, before=old,
-                                                after=None, at_ms=hlc.wall_ms), old["owner"])
+                                                after=None, at_ms=hlc.wall_ms, policy=self.policy), old["owner"])
         kind = self.catalog.get(old["kind"], old["schema"])
         doc = self._doc_for_write(txn, batch, registry, record_id)
         change = doc.delete()
         env = self._seal(txn, batch, registry, record_id, "delete", kind, change, hlc)
         seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor,
                                    state=_state_of(old, deleted=True))
+        self._after_local(txn, batch, env)
         return WriteResult("deleted", registry, record_id, env.id, seq, record)
 
     def _seal(self, txn: lmdb.Transaction, batch: _Batch, registry: str, record_id: str, op: str, kind: KindSchema,
@@ -392,6 +405,15 @@ class Engine:
         return seal(self.key, registry=registry, record=record_id, op=op, kind=kind.name,  # type: ignore[arg-type]
                     schema=kind.version, seq=seq + 1, prev=prev, hlc=hlc, deps=list(change.deps),
                     change_hash=change.hash, payload=change.raw_bytes)
+
+    def _after_local(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope) -> None:
+        """A local write that changed the rules (a statement, a policy)
+        re-judges what they govern, and lets waiting changes go on."""
+        if batch.policies_changed:
+            self._apply_policies(txn, batch, env, "local")
+        if batch.delegated:
+            self._rebuild_revoked(txn, batch, env, "local")
+            self._release(txn, batch, None, "parked")
 
     def _check_own_chain(self, txn: lmdb.Transaction, batch: _Batch, registry: str) -> None:
         """This node's own key may have been revoked (by its org, from another node)."""
@@ -413,6 +435,7 @@ class Engine:
         env = open_envelope(op.wire, verify=not op.preverified)
         result = self._ingest(txn, batch, env, op.peer)
         if result.status in ("applied", "refused"):
+            self._apply_policies(txn, batch, env, op.peer)
             self._rebuild_revoked(txn, batch, env, op.peer)
             released = self._release(txn, batch, env, op.peer)
             if released:
@@ -513,7 +536,8 @@ class Engine:
             created = claim.get("created") if isinstance(claim.get("created"), dict) else {}
             verdict = access.check_create(self.trust, desc, author=body.author, record_id=body.record,
                                           owner=claim.get("owner"), created_by=created.get("by"), at_ms=at_ms,
-                                          statement=statement)
+                                          statement=statement, policy=self.policy, kind=body.kind,
+                                          fields=claim.get("fields"))
             if old is not None and old["owner"] != claim.get("owner"):
                 raise _CreateRace(NotOwner(f"{body.registry}/{body.record} belongs to {old['owner']}, whose create "
                                            f"came first; a create of the same id by {claim.get('owner')} is refused"))
@@ -521,7 +545,7 @@ class Engine:
         if old is None:
             raise MalformedInput(f"a {body.op} of {body.registry}/{body.record}, which has no create")
         return access.check_modify(self.trust, desc, op=body.op, author=body.author, before=old, after=state,
-                                   at_ms=at_ms)
+                                   at_ms=at_ms, policy=self.policy)
 
     # ------------------------------------------------------------ refused changes and rebuilds
 
@@ -562,6 +586,33 @@ class Engine:
                           reason=f"{race.refusal.code}: {race.refusal.message} (kept as evidence)"[:512],
                           change=env.id)
         return IngestResult("refused", env.id, error=race.refusal)
+
+    def _policies(self, txn: lmdb.Transaction) -> PolicySet:
+        def owner_of(registry: str) -> str | None:
+            try:
+                return regs.lookup(self.store, txn, registry).owner
+            except RegistryError:
+                return None
+
+        return PolicySet.of(records.iter_records(self.store, txn, registry=POLICIES_REGISTRY),
+                            is_admin=self.trust.is_admin, owner_of=owner_of)
+
+    def _apply_policies(self, txn: lmdb.Transaction, batch: _Batch, cause: Envelope, origin: str) -> None:
+        """After a grid.policies change: the rules in force are reloaded, and
+        every record of a registry whose rules changed is rebuilt, so records
+        stay the pure function of the changes valid under the rules of their
+        time, whichever order the policy and the changes arrived in."""
+        if not batch.policies_changed:
+            return
+        batch.policies_changed = False
+        before, self.policy = self.policy, self._policies(txn)
+        changed = {r for r in before.registries() | self.policy.registries()
+                   if before.rules.get(r) != self.policy.rules.get(r)}
+        for registry in sorted(changed):
+            ids = [r["id"] for r in records.iter_records(self.store, txn, registry=registry)]
+            ids += [rid for rid in records.refused_record_ids(self.store, txn, registry) if rid not in ids]
+            for record_id in ids:
+                self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)
 
     def _rebuild_revoked(self, txn: lmdb.Transaction, batch: _Batch, cause: Envelope, origin: str) -> None:
         """After a statement about a key: if the key is revoked, its applied
@@ -634,7 +685,8 @@ class Engine:
                     # once, so its signer's delegations were known then.
                     access.check_create(self.trust, desc, author=body.author, record_id=record_id,
                                         owner=claim.get("owner"), created_by=created.get("by"), at_ms=at_ms,
-                                        statement=statement)
+                                        statement=statement, policy=self.policy, kind=body.kind,
+                                        fields=claim.get("fields"))
                     if state is not None and state.get("owner") != claim.get("owner"):
                         raise NotOwner(f"{registry}/{record_id} belongs to {state.get('owner')}, whose create "
                                        f"came first")
@@ -643,7 +695,7 @@ class Engine:
                         raise NotOwner(f"{registry}/{record_id} has no valid create")
                     access.check_modify(self.trust, desc, op=body.op, author=body.author,
                                         before={**state, "registry": registry, "id": record_id}, after=candidate,
-                                        at_ms=at_ms)
+                                        at_ms=at_ms, policy=self.policy)
             except (PolicyDenied, MalformedInput):
                 refused_now[body.change_hash] = env.cid
                 self.metrics["trust.refused_on_rebuild"] += int(body.change_hash in applied)
@@ -760,6 +812,7 @@ class Engine:
                     self.metrics[f"rejected.{exc.code}"] += 1
                     continue
                 if result.status in ("applied", "refused"):
+                    self._apply_policies(txn, batch, env, peer)
                     self._rebuild_revoked(txn, batch, env, peer)
                     released.append(env.id)
                     work.append(env)
@@ -809,6 +862,8 @@ class Engine:
         self.metrics[f"write.{body.op}"] += 1
         if reg == regs.REGISTRY_OF_REGISTRIES:
             self._registry_cache.pop(rec, None)
+        if reg == POLICIES_REGISTRY:
+            batch.policies_changed = True
         if statement is not None and self.trust.add(statement):
             # Nothing can fail after this point of the op; a later failure of
             # the batch reloads the trust state from the store.

@@ -26,7 +26,7 @@ from registrygrid.schemas import BUILTIN_REGISTRIES, SchemaCatalog
 REGISTRY_OF_REGISTRIES = "grid.registries"
 KINDS_REGISTRY = "grid.kinds"
 
-WRITE_POLICIES = ("open", "owner", "members")
+WRITE_POLICIES = ("open", "owner", "members", "roles")
 # The highest per-org rate a descriptor may name (registry.v1.json says the
 # same): above the engine's whole ingest (~2,500 changes/s measured) a limit
 # means nothing, and 100,000 leaves room for much faster machines.
@@ -47,6 +47,7 @@ class RegistryDescriptor:
     max_record_bytes: int = limits.MAX_RECORD_BYTES
     max_changes_per_second_per_org: float | None = None
     readers: tuple[str, ...] = ()  # orgs besides the owner that may read a private registry
+    write_roles: tuple[str, ...] = ()  # roles that may create under write_policy "roles" (trust/access.py)
 
     @property
     def private(self) -> bool:
@@ -96,6 +97,7 @@ def descriptor_from_record(record: Mapping[str, Any]) -> RegistryDescriptor:
         conflict_policy=fields.get("conflict_policy", "crdt"),
         replication=replication.get("scope", "federation") if isinstance(replication, Mapping) else "federation",
         readers=tuple(replication.get("readers") or ()) if isinstance(replication, Mapping) else (),
+        write_roles=tuple(r for r in fields.get("write_roles") or () if isinstance(r, str)),
         description=fields.get("description", ""),
         **_limits(fields.get("limits")),
     )

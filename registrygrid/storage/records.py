@@ -142,6 +142,22 @@ def refused_changes(store: Store, txn: lmdb.Transaction, registry: str, record_i
     return {k[len(prefix):]: v for k, v in store.iter_prefix(txn, "docs", prefix)}
 
 
+def refused_record_ids(store: Store, txn: lmdb.Transaction, registry: str) -> list[str]:
+    """Ids in ``registry`` that hold refused changes (with or without a
+    record): what a change of the rules must re-judge. A scan of the
+    registry's part of "docs"; rules change rarely."""
+    prefix = registry.encode() + SEP
+    out: list[str] = []
+    for k, _ in store.iter_prefix(txn, "docs", prefix):
+        rest = k[len(prefix):]
+        cut = rest.find(SEP)
+        if cut > 0 and rest[cut:cut + 2] == _REFUSED:
+            record_id = rest[:cut].decode()
+            if not out or out[-1] != record_id:
+                out.append(record_id)
+    return out
+
+
 def applied_changes(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> dict[bytes, bytes]:
     """Automerge hash -> change id of the changes the record's document holds."""
     prefix = key(registry, record_id) + _AM_HASH

@@ -12,11 +12,16 @@ Rules:
   ``created.by`` must be the signer. Neither can be changed afterwards: an
   update that touches ``owner`` or ``created`` is refused.
 * **Only the owner org's keys update or delete a record.**
-* **Write policies** (registry descriptors): ``open`` lets any org create
-  records (its own); ``owner`` and ``members`` let only keys of the
-  registry's owner org write (``members`` widens to the federation's
-  admitted members once federation membership lands; until then it is as
-  strict as ``owner``, never looser).
+* **Write policies** (registry descriptors): ``open`` lets any member org
+  create records (its own) and only their owner modify them; ``members``
+  lets every member org create and modify every record (a shared
+  registry); ``owner`` lets only keys of the registry's owner org write;
+  ``roles`` lets the registry's owner org and holders of its
+  ``write_roles`` (delegation roles, ``federation-admin``) create.
+* **Access policies** (``trust/policy.py``) then widen or narrow that:
+  ``permit`` rules grant named subjects what the built-ins refuse,
+  ``forbid`` rules (field-level included) refuse what they match; forbid
+  overrides. Every decision names the rule that made it.
 * **grid.members** holds signed statements, which carry their own
   authority: a statement record may be published by anyone, belongs to the
   org that signed it, and is never updated or deleted.
@@ -26,10 +31,12 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from registrygrid.errors import NotOwner, PolicyDenied
+from registrygrid.errors import NotOwner, PolicyDenied, RegistryError
+from registrygrid.trust.policy import Decision, PolicySet, Subject, refuse, touched_fields
 from registrygrid.trust.state import TrustState, Verdict
 from registrygrid.trust.statements import MEMBERS_REGISTRY, Statement
 
@@ -40,7 +47,45 @@ ORGS_REGISTRY = "grid.orgs"
 
 
 def check_create(trust: TrustState, desc: RegistryDescriptor, *, author: str, record_id: str, owner: Any,
-                 created_by: Any, at_ms: int, statement: Statement | None = None) -> Verdict:
+                 created_by: Any, at_ms: int, statement: Statement | None = None, policy: PolicySet | None = None,
+                 kind: str = "", fields: Mapping[str, Any] | None = None) -> Verdict:
+    """May ``author`` create this record for ``owner``? ALLOWED, WAIT (its
+    delegation has not arrived), or a typed refusal."""
+    judged = judge_create(trust, desc, author=author, record_id=record_id, owner=owner, created_by=created_by,
+                          at_ms=at_ms, statement=statement, policy=policy, kind=kind, fields=fields)
+    return _verdict(judged)
+
+
+def check_modify(trust: TrustState, desc: RegistryDescriptor, *, op: str, author: str,
+                 before: Mapping[str, Any], after: Mapping[str, Any] | None, at_ms: int,
+                 policy: PolicySet | None = None, after_fields: Mapping[str, Any] | None = None) -> Verdict:
+    """An update or delete (or a re-create of a deleted record) of
+    ``before``; ``after`` is the record's state with the change, when known
+    (a remote change), else ``after_fields`` its fields (a local update)."""
+    judged = judge_modify(trust, desc, op=op, author=author, before=before, after=after, at_ms=at_ms,
+                          policy=policy, after_fields=after_fields)
+    return _verdict(judged)
+
+
+@dataclass(frozen=True)
+class _Judged:
+    decision: Decision
+    refusal: RegistryError | None  # the typed error of a built-in refusal
+
+
+def _verdict(judged: _Judged | Verdict) -> Verdict:
+    if isinstance(judged, Verdict):
+        return judged
+    if judged.decision.allowed:
+        return Verdict.ALLOWED
+    if judged.refusal is not None and judged.decision.rule.startswith("builtin:"):
+        raise judged.refusal
+    raise refuse(judged.decision)
+
+
+def judge_create(trust: TrustState, desc: RegistryDescriptor, *, author: str, record_id: str, owner: Any,
+                 created_by: Any, at_ms: int, statement: Statement | None = None, policy: PolicySet | None = None,
+                 kind: str = "", fields: Mapping[str, Any] | None = None) -> _Judged | Verdict:
     if created_by != author:
         raise PolicyDenied(f"created.by is the signer ({author}), not {created_by!r}: it can't be claimed")
     if desc.name == MEMBERS_REGISTRY:
@@ -52,14 +97,19 @@ def check_create(trust: TrustState, desc: RegistryDescriptor, *, author: str, re
         raise PolicyDenied("record has no owner org")
     if desc.name == ORGS_REGISTRY and record_id.startswith("did:") and record_id != owner:
         raise NotOwner(f"{ORGS_REGISTRY}/{record_id} is that org's own record; {owner} can't create it")
-    _check_policy(desc, owner)
-    return trust.check_speaks_for(author, owner, at_ms)
+    # An org creates only its own records: no policy can hand a record to another org.
+    if trust.check_speaks_for(author, owner, at_ms) is Verdict.WAIT:
+        return Verdict.WAIT
+    refusal = _write_policy_refusal(trust, desc, author, owner, at_ms)
+    builtin = Decision(refusal is None, "builtin:write-policy" if refusal else "builtin:own-record",
+                       refusal.message if refusal else f"{owner} creates its own record")
+    return _decide(policy, desc, subject_of(trust, author, at_ms, owner), "create", kind,
+                   frozenset(fields or ()), at_ms, builtin, refusal)
 
 
-def check_modify(trust: TrustState, desc: RegistryDescriptor, *, op: str, author: str,
-                 before: Mapping[str, Any], after: Mapping[str, Any] | None, at_ms: int) -> Verdict:
-    """An update or delete (or a re-create of a deleted record) of
-    ``before``; ``after`` is the record's state with the change, when known."""
+def judge_modify(trust: TrustState, desc: RegistryDescriptor, *, op: str, author: str, before: Mapping[str, Any],
+                 after: Mapping[str, Any] | None, at_ms: int, policy: PolicySet | None = None,
+                 after_fields: Mapping[str, Any] | None = None) -> _Judged | Verdict:
     if desc.name == MEMBERS_REGISTRY:
         raise PolicyDenied(f"{MEMBERS_REGISTRY} statements are never {op}d; publish a new delegation "
                            "(`rgrid org renew`) or a revocation (`rgrid org revoke`)")
@@ -67,20 +117,68 @@ def check_modify(trust: TrustState, desc: RegistryDescriptor, *, op: str, author
     if after is not None and (after.get("owner") != owner or _created(after) != _created(before)):
         raise PolicyDenied(f"{before['registry']}/{before['id']}: owner and created are derived from the "
                            "signer of the create and can't be changed")
-    _check_policy(desc, owner)
+    refusal: RegistryError | None = None
+    rule = "builtin:owner"
     try:
-        verdict = trust.check_speaks_for(author, owner, at_ms)
+        if trust.check_speaks_for(author, owner, at_ms) is Verdict.WAIT:
+            return Verdict.WAIT
     except NotOwner:
-        raise NotOwner(f"{before['registry']}/{before['id']} belongs to {owner}; {author} does not speak "
-                       f"for it, so it may not {op} it") from None
-    return verdict
+        if desc.write_policy == "members" and any(trust.is_member(o) for o in trust.orgs_of(author, at_ms)):
+            rule = "builtin:members-edit"  # a members registry: every member edits every record
+        else:
+            rule = "builtin:owner-only"
+            refusal = NotOwner(f"{before['registry']}/{before['id']} belongs to {owner}; {author} does not "
+                               f"speak for it, so it may not {op} it")
+    if refusal is None:
+        refusal = _write_policy_refusal(trust, desc, author, owner, at_ms)
+        rule = "builtin:write-policy" if refusal else rule
+    builtin = Decision(refusal is None, rule, refusal.message if refusal else f"{author} may {op} it ({rule})")
+    old_fields = before.get("fields") or {}
+    if op == "delete":
+        touched = frozenset(old_fields)  # a delete takes every field with it
+    else:
+        new_fields = after.get("fields") if after is not None else after_fields
+        touched = touched_fields(old_fields, new_fields) if new_fields is not None else frozenset(old_fields)
+    return _decide(policy, desc, subject_of(trust, author, at_ms, owner), op, str(before.get("kind") or ""),
+                   touched, at_ms, builtin, refusal)
 
 
-def _check_policy(desc: RegistryDescriptor, owner: str) -> None:
-    if desc.write_policy in ("owner", "members") and desc.owner is not None and owner != desc.owner:
-        raise PolicyDenied(
-            f"registry {desc.name} is writable by its owner org {desc.owner} only ({desc.write_policy} "
-            f"policy); this record belongs to {owner}")
+def subject_of(trust: TrustState, author: str, at_ms: int, owner: str | None) -> Subject:
+    """Who the signer is at that moment, as policies see it."""
+    orgs = trust.orgs_of(author, at_ms)
+    roles: set[str] = set()
+    for org in orgs:
+        claims = trust.delegation_at(author, org, at_ms)
+        if claims is not None:
+            roles.update(claims.roles)
+    if any(trust.is_member(org) for org in orgs):
+        roles.add("member")
+    if any(trust.is_admin(org) for org in orgs):
+        roles.add("federation-admin")
+    if owner is not None and owner in orgs:
+        roles.add("record-owner")
+    return Subject(author, orgs, frozenset(roles))
+
+
+def _decide(policy: PolicySet | None, desc: RegistryDescriptor, subject: Subject, action: str, kind: str,
+            touched: frozenset[str], at_ms: int, builtin: Decision, refusal: RegistryError | None) -> _Judged:
+    decision = policy.decide(desc.name, subject, action, kind, touched, at_ms, builtin) if policy else builtin
+    return _Judged(decision, refusal)
+
+
+def _write_policy_refusal(trust: TrustState, desc: RegistryDescriptor, author: str, owner: str,
+                          at_ms: int) -> PolicyDenied | None:
+    if desc.write_policy == "owner" and desc.owner is not None and owner != desc.owner:
+        return PolicyDenied(f"registry {desc.name} is writable by its owner org {desc.owner} only (owner "
+                            f"policy); this record belongs to {owner}")
+    if desc.write_policy == "roles":
+        held = subject_of(trust, author, at_ms, owner).roles
+        if desc.owner is not None and owner == desc.owner:
+            return None
+        if held.isdisjoint(desc.write_roles):
+            return PolicyDenied(f"registry {desc.name} is writable by roles {list(desc.write_roles)} (roles "
+                                f"policy); {author} holds {sorted(held)}")
+    return None
 
 
 def _created(record: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -88,3 +186,45 @@ def _created(record: Mapping[str, Any]) -> tuple[Any, Any]:
         created = record["created"] if isinstance(record["created"], Mapping) else {}
         return created.get("at"), created.get("by")
     return record.get("created_at"), record.get("created_by")
+
+
+_TOUCHED = object()  # stands for "a new value" in an explained change's fields
+
+
+def explain(trust: TrustState, desc: RegistryDescriptor, policy: PolicySet | None, *, subject: str, action: str,
+            record: Mapping[str, Any] | None, fields: Iterable[str] = (), at_ms: int) -> Decision:
+    """The decision every node would reach if ``subject`` (a key, or an org
+    acting itself) did ``action`` now, and the rule that makes it. Nothing
+    is written. ``fields``: the top-level fields the change would touch."""
+    touched = list(fields)
+    orgs = sorted(trust.orgs_of(subject, at_ms) - {subject}) or [subject]
+    try:
+        if action == "read":
+            org_ok = [o for o in orgs if desc.readable_by(o)]
+            if org_ok:
+                return Decision(True, "builtin:read" if not desc.private else "builtin:private-readers",
+                                f"{org_ok[0]} may read {desc.name}")
+            return Decision(False, "builtin:private-readers" if desc.private else "builtin:local",
+                            f"{desc.name} is {desc.replication}; {orgs[0]} may not read it")
+        if action == "admin":
+            if desc.owner in orgs or any(trust.is_admin(o) for o in orgs):
+                return Decision(True, "builtin:registry-admin", f"{orgs[0]} owns {desc.name} or is a federation admin")
+            return Decision(False, "builtin:registry-admin", f"only {desc.owner or 'federation admins'} administer "
+                                                              f"{desc.name}")
+        if action == "create" or record is None:
+            judged = judge_create(trust, desc, author=subject, record_id=str((record or {}).get("id") or "new"),
+                                  owner=orgs[0], created_by=subject, at_ms=at_ms, policy=policy,
+                                  kind=desc.kinds[0] if desc.kinds else "", fields=dict.fromkeys(touched, _TOUCHED))
+        else:
+            after = {**(record.get("fields") or {}), **dict.fromkeys(touched, _TOUCHED)}
+            judged = judge_modify(trust, desc, op=action, author=subject, before=record, after=None, at_ms=at_ms,
+                                  policy=policy, after_fields=after)
+    except RegistryError as exc:
+        return Decision(False, f"builtin:{exc.code}", exc.message)
+    if isinstance(judged, Verdict):
+        if judged is Verdict.WAIT:
+            return Decision(False, "builtin:unknown-signer",
+                            f"no delegation of {subject} is known here (or its org is not a member yet): "
+                            "its changes would wait for one")
+        return Decision(True, "builtin:statement", "a signed statement carries its own authority")
+    return judged.decision

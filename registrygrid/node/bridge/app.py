@@ -403,7 +403,8 @@ class Api:
                       "write_policy": body.get("write_policy", "open"),
                       "conflict_policy": body.get("conflict_policy", "crdt"),
                       "replication": {"scope": body.get("replication", "federation"),
-                                      **({"readers": body["readers"]} if body.get("readers") else {})}}
+                                      **({"readers": body["readers"]} if body.get("readers") else {})},
+                      **({"write_roles": body["write_roles"]} if body.get("write_roles") else {})}
             result = await self.write(Put(regs.REGISTRY_OF_REGISTRIES, "registry", fields, body["name"],
                                           actor=token.actor))
             return json_response(write_json(result), 201, {"Location": f"/v1/registries/{result.record_id}"})
@@ -569,6 +570,15 @@ class Api:
 
     # ---------------------------------------------------------------- kinds
 
+    async def explain_policy(self, request: web.Request) -> web.Response:
+        """What every node would decide for a subject's action, and the rule
+        that decides it (the same checks the write path runs; nothing is written)."""
+        self.require(request, READ, target="policy")
+        body, _ = await self.body(request, "PolicyExplain")
+        answer = self.registry.explain(body["subject"], body["action"], body["registry"], body.get("record"),
+                                       fields=body.get("fields") or ())
+        return json_response(answer)
+
     async def list_kinds(self, request: web.Request) -> web.Response:
         self.require(request, READ, target="kinds")
         return json_response({"kinds": self.registry.kinds()})
@@ -663,6 +673,7 @@ class Api:
             web.get("/v1/audit", self.audit_log),
             web.get("/v1/audit/verify", self.audit_verify),
             web.get("/v1/kinds", self.list_kinds),
+            web.post("/v1/policy/explain", self.explain_policy),
             web.post("/v1/kinds", self.register_kind),
             web.get("/v1/kinds/{name}", self.get_kind),
             web.post("/v1/tokens", self.create_token),

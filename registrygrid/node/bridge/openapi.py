@@ -88,6 +88,12 @@ SCHEMAS: dict[str, Any] = {
         "registry": REGISTRY_NAME, "id": RECORD_ID, "change_id": _nullable(STRING), "feed_seq": _nullable(SEQ),
         "record": _nullable(_ref("Record")),
     }),
+    "PolicyDecision": _obj({
+        "subject": STRING, "action": STRING, "registry": STRING, "record": _nullable(STRING),
+        "fields": {"type": "array", "items": STRING}, "allowed": {"type": "boolean"},
+        "rule": {**STRING, "description": "the rule that decides: 'builtin:...' or 'POLICY-ID#RULE-ID'"},
+        "reason": STRING,
+    }, required=["subject", "action", "registry", "record", "fields", "allowed", "rule", "reason"]),
     "Page": _obj({"items": {"type": "array", "items": _ref("Record")}, "next_cursor": _nullable(STRING)}),
     "HistoryEntry": _obj({"feed_seq": SEQ, "change_id": STRING, "op": {"enum": ["create", "update", "delete"]},
                           "author": STRING, "seq": INT, "hlc": HLC, "schema": INT, "size": INT}),
@@ -157,10 +163,21 @@ SCHEMAS: dict[str, Any] = {
         "description": {"type": "string", "maxLength": 4096},
         "write_policy": {"enum": list(WRITE_POLICIES)}, "conflict_policy": {"enum": list(CONFLICT_POLICIES)},
         "replication": {"enum": ["local", "federation", "public", "private"]},
+        "write_roles": {"type": "array", "maxItems": 5, "uniqueItems": True,
+                        "items": {"enum": ["node", "writer", "admin", "federation-admin", "member"]}},
         "readers": {"type": "array", "maxItems": 256, "uniqueItems": True,
                     "items": {"type": "string", "pattern": "^did:key:z[1-9A-HJ-NP-Za-km-z]{40,60}$"},
                     "description": "a private registry's reader orgs (did:key); its owner org always reads"},
     }, required=["name", "kinds"]),
+    "PolicyExplain": _obj({
+        "subject": {"type": "string", "pattern": "^did:key:z[1-9A-HJ-NP-Za-km-z]{40,60}$",
+                    "description": "a node's or an org's key"},
+        "action": {"enum": ["read", "create", "update", "delete", "admin"]},
+        "registry": REGISTRY_NAME,
+        "record": {"type": "string", "minLength": 1, "maxLength": 128,
+                   "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@~+-]{0,127}$"},
+        "fields": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 128}, "maxItems": 64},
+    }, required=["subject", "action", "registry"]),
     "KindCreate": _obj({
         # Bounds as builtin/kind.v1.json; without a home registry the engine names it user.<name>.
         "name": KIND_NAME, "version": {"type": "integer", "minimum": 1, "maximum": 65535},
@@ -364,6 +381,12 @@ def _paths() -> dict[str, Any]:
         "/v1/audit/verify": {
             "get": _op("auditVerify", "Recheck the hash chain and every signed tree head (admin)",
                        {**_json("200", "AuditVerify", "intact"), **_errors("401", "403", "429")}, tags=["audit"]),
+        },
+        "/v1/policy/explain": {
+            "post": _op("explainPolicy", "What every node would decide for a subject's action, and which rule "
+                        "decides it (the write path's own checks; nothing is written)",
+                        {**_json("200", "PolicyDecision", "the decision"), **_errors(*READ_ERRORS)},
+                        tags=["policy"], body=_body("PolicyExplain")),
         },
         "/v1/kinds": {
             "get": _op("listKinds", "Every record kind (built in and registered)",

@@ -1,0 +1,173 @@
+"""Access policies: replicated rules in grid.policies, one decision for every path.
+
+A federation of two orgs: A is its admin, B a member. B owns the registry
+``b.models``. Policies permit federation admins to curate B's records and
+forbid anyone but a record's owner to change ``pricing``. Real LMDB
+stores; changes cross between them as envelopes peers would send."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from registrygrid.engine.ops import Remote
+from registrygrid.errors import NotOwner, PolicyDenied
+from registrygrid.identity.delegation import sign_delegation
+from registrygrid.identity.keys import KeyPair
+from registrygrid.protocol.envelope import cid_from_str
+from registrygrid.sdk import LocalRegistry
+from registrygrid.trust.federation import genesis_record, invitation_record, invite, make_genesis
+from registrygrid.trust.statements import FEDERATION_KIND, INVITATION_KIND, MEMBERS_REGISTRY
+
+MODELS = "b.models"
+ADMIN_ORG, MEMBER_ORG = KeyPair(b"\x31" * 32), KeyPair(b"\x32" * 32)
+GENESIS = make_genesis("grid", [ADMIN_ORG], now=1_767_225_600)
+INVITATION = invite(GENESIS, MEMBER_ORG.did, ADMIN_ORG, now=1_767_225_600)
+
+CURATE = {"id": "admins-curate", "effect": "permit", "actions": ["update"], "subjects": {"roles": ["federation-admin"]}}
+PRICING = {"id": "pricing-owner-only", "effect": "forbid", "actions": ["create", "update"], "fields": ["pricing"],
+           "except": {"roles": ["record-owner"]}}
+
+
+def node(path: Path, org: KeyPair, key: KeyPair | None = None) -> LocalRegistry:
+    key = key or KeyPair.generate()
+    grid = LocalRegistry.open_path(path, key, delegation=sign_delegation(org, key.did, ["node", "writer"]),
+                                   federation=GENESIS)
+    grid.put(MEMBERS_REGISTRY, FEDERATION_KIND, genesis_record(GENESIS)[1], id=genesis_record(GENESIS)[0])
+    grid.put(MEMBERS_REGISTRY, INVITATION_KIND, invitation_record(INVITATION)[1], id=invitation_record(INVITATION)[0])
+    return grid
+
+
+def wires(grid: LocalRegistry) -> list[bytes]:
+    return [grid.change(cid_from_str(e.change)) for e in grid.changes(0, limit=10_000)]  # type: ignore[misc]
+
+
+def deliver(target: LocalRegistry, source: LocalRegistry) -> list[Any]:
+    return target.execute([Remote(w, "peer") for w in wires(source)])
+
+
+def policy(grid: LocalRegistry, policy_id: str, *rules: dict[str, Any], targets: tuple[str, ...] = (MODELS,)) -> None:
+    grid.put("grid.policies", "policy", {"name": policy_id, "policy_type": "access", "targets": list(targets),
+                                         "access": {"rules": list(rules)}}, id=policy_id)
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Any:
+    a, b = node(tmp_path / "a", ADMIN_ORG), node(tmp_path / "b", MEMBER_ORG)
+    b.create_registry(MODELS, ["tool"])
+    b.put(MODELS, "tool", {"name": "m1", "pricing": {"per_call": 1}}, id="m1")
+    deliver(a, b)
+    deliver(b, a)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_without_policies_another_org_may_not_update(federation: Any) -> None:
+    a, _ = federation
+    with pytest.raises(NotOwner):
+        a.update(MODELS, "m1", patch={"description": "curated"})
+
+
+def test_a_registry_owners_field_rule_and_an_admins_permit_apply_on_every_path(federation: Any) -> None:
+    a, b = federation
+    policy(a, "curation", CURATE)  # an admin's policy: counts
+    policy(b, "pricing", PRICING)  # the registry owner's: counts for its registry
+    deliver(a, b)
+    deliver(b, a)
+    a.update(MODELS, "m1", patch={"description": "curated"})  # permitted: admins curate
+    with pytest.raises(PolicyDenied, match="pricing-owner-only") as refused:
+        a.update(MODELS, "m1", patch={"pricing": {"per_call": 0}})
+    assert refused.value.details == {"rule": "pricing#pricing-owner-only"}
+    b.update(MODELS, "m1", patch={"pricing": {"per_call": 2}})  # the owner may
+    assert "rejected" not in {r.status for r in deliver(b, a) + deliver(a, b)}
+    assert a.get(MODELS, "m1")["fields"] == b.get(MODELS, "m1")["fields"] == {
+        "name": "m1", "pricing": {"per_call": 2}, "description": "curated"}
+    # A forged pricing change from A (its own checks bypassed) is refused where it arrives, whole.
+    permits = [r for r in a.engine.policy.rules[MODELS] if r.effect == "permit"]
+    a.engine.policy = type(a.engine.policy)(rules={MODELS: permits})  # A's node drops the forbid
+    a.update(MODELS, "m1", patch={"pricing": {"per_call": 0}, "description": "cheap"})
+    result = b.execute([Remote(wires(a)[-1], "peer")])[0]
+    assert result.status == "refused" and result.error.details == {"rule": "pricing#pricing-owner-only"}
+    assert b.get(MODELS, "m1")["fields"]["description"] == "curated"  # the rest of it refused too
+
+
+def test_a_policy_from_an_org_that_neither_administers_nor_owns_the_registry_does_not_count(
+        tmp_path: Path, federation: Any) -> None:
+    a, b = federation
+    policy(a, "not-yours", PRICING, targets=("grid.tools",))  # grid.tools: built in, admins only: counts
+    with node(tmp_path / "c", MEMBER_ORG) as c:  # a node of B (not an admin) rules grid.tools: does not count
+        policy(c, "b-rules-tools", {"id": "no-creates", "effect": "forbid", "actions": ["create"]},
+              targets=("grid.tools",))
+        c.put("grid.tools", "tool", {"name": "free"}, id="free")  # B's "no creates" rule did not count
+    assert "grid.tools" in a.engine.policy.registries()
+
+
+def test_explain_names_the_rule_that_decides(federation: Any) -> None:
+    a, b = federation
+    policy(a, "curation", CURATE)
+    policy(b, "pricing", PRICING)
+    deliver(a, b)
+    deliver(b, a)
+    a_key = a.engine.key.did
+    assert a.explain(a_key, "update", MODELS, "m1", fields=["description"])["rule"] == "curation#admins-curate"
+    denied = a.explain(a_key, "update", MODELS, "m1", fields=["pricing"])
+    assert not denied["allowed"] and denied["rule"] == "pricing#pricing-owner-only"
+    assert a.explain(b.engine.key.did, "update", MODELS, "m1", fields=["pricing"])["rule"] == "builtin:owner"
+    assert a.explain(a_key, "delete", MODELS, "m1") == {**a.explain(a_key, "delete", MODELS, "m1"),
+                                                         "allowed": False, "rule": "builtin:owner-only"}
+    stranger = KeyPair.generate().did
+    assert a.explain(stranger, "create", MODELS)["rule"] == "builtin:unknown-signer"
+
+
+@settings(max_examples=20, deadline=None)
+@given(order=st.permutations(range(5)))
+def test_a_policy_gives_the_same_records_whatever_order_it_arrives_in(order: list[int]) -> None:
+    with tempfile.TemporaryDirectory() as root:
+        a, b = node(Path(root) / "a", ADMIN_ORG), node(Path(root) / "b", MEMBER_ORG)
+        try:
+            b.create_registry(MODELS, ["tool"])
+            b.put(MODELS, "tool", {"name": "m1"}, id="m1")
+            deliver(a, b)
+            policy(a, "curation", CURATE)
+            a.update(MODELS, "m1", patch={"description": "curated"})  # counts only under the policy
+            b.update(MODELS, "m1", patch={"version": "2"})
+            everything = list(dict.fromkeys(wires(a) + wires(b)))
+            base = [w for w in everything if w not in wires(a)[-2:] and w not in wires(b)[-1:]]
+            late = wires(a)[-2:] + wires(b)[-1:] + [everything[0], everything[-1]]
+            results = []
+            for i in range(2):
+                with LocalRegistry.open_path(Path(root) / f"r{i}", federation=GENESIS) as replica:
+                    replica.execute([Remote(w, "p") for w in base])
+                    sequence = late if i == 0 else [late[j] for j in order]
+                    for wire in sequence:
+                        replica.execute([Remote(wire, "p")])
+                    results.append((replica.state_digest(), replica.get(MODELS, "m1")["fields"]))
+            assert results[0] == results[1]
+            assert results[0][1] == {"name": "m1", "description": "curated", "version": "2"}
+        finally:
+            a.close()
+            b.close()
+
+
+def test_rgrid_policy_explain_prints_the_decision_and_exits_77_when_denied(rgrid: Any, tmp_path: Path) -> None:
+    import json
+
+    from registrygrid.errors import EX_NOPERM
+    from registrygrid.home import Home
+
+    home = tmp_path / "home"
+    created = Home(home).init(org_name="acme")
+    with LocalRegistry.open_home(home) as grid:
+        grid.put("grid.tools", "tool", {"name": "t"}, id="t")
+    allowed = rgrid("policy", "explain", created["node"], "update", "grid.tools/t", "--field", "name", "--json",
+                    home=home)
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["rule"] == "builtin:owner"
+    denied = rgrid("policy", "explain", KeyPair.generate().did, "delete", "grid.tools/t", "--json", home=home)
+    assert denied.returncode == EX_NOPERM and json.loads(denied.stdout)["allowed"] is False
