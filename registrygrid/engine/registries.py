@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from registrygrid.errors import PolicyDenied, UnknownRegistry, ValidationError
+from registrygrid.errors import UnknownRegistry, ValidationError
 from registrygrid.protocol import limits
 from registrygrid.schemas import BUILTIN_REGISTRIES, SchemaCatalog
 
