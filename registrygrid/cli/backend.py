@@ -46,6 +46,21 @@ def open_backend(home_path: Path | None, *, direct_read: bool = False) -> Iterat
         registry.close()
 
 
+def publish_statement(home: Home, kind: str, record_id: str, fields: dict[str, Any]) -> str:
+    """Put a signed statement into grid.members (through the running node if
+    one runs, so it is gossiped at once) unless it is there; its status:
+    created, or unchanged."""
+    from registrygrid.errors import NotFound
+    from registrygrid.trust.statements import MEMBERS_REGISTRY
+
+    with open_backend(home.path) as backend:
+        try:
+            backend.get(MEMBERS_REGISTRY, record_id)
+        except NotFound:
+            return str(backend.put(MEMBERS_REGISTRY, kind, fields, id=record_id).status)
+        return "unchanged"
+
+
 def _bridge_client(home: Home) -> Any:
     try:
         from registrygrid.client import BridgeClient

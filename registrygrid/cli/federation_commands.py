@@ -29,8 +29,8 @@ from typing import Any
 import click
 
 from registrygrid.cli import render
-from registrygrid.cli.backend import open_backend
-from registrygrid.errors import NotFound, PolicyDenied, ValidationError
+from registrygrid.cli.backend import open_backend, publish_statement
+from registrygrid.errors import PolicyDenied, ValidationError
 from registrygrid.home import Home, read_key_file
 from registrygrid.identity.keys import public_key_from_did
 from registrygrid.membership import (
@@ -52,16 +52,6 @@ from registrygrid.trust.statements import (
     revocation_record,
     sign_revocation,
 )
-
-
-def publish(home: Home, kind: str, record_id: str, fields: dict[str, Any]) -> str:
-    """Put a statement into grid.members (through the running node if one runs); its status."""
-    with open_backend(home.path) as backend:
-        try:
-            backend.get(MEMBERS_REGISTRY, record_id)
-        except NotFound:
-            return str(backend.put(MEMBERS_REGISTRY, kind, fields, id=record_id).status)
-        return "unchanged"
 
 
 def _restart_note(home: Home) -> str:
@@ -147,7 +137,7 @@ def register(cli: click.Group) -> None:
         except PolicyDenied as exc:
             status = f"needs more admin signatures: {exc.message}; next: `rgrid federation sign FILE`"
         else:
-            status = "complete: " + publish(home_obj, INVITATION_KIND, *invitation_record(invitation))
+            status = "complete: " + publish_statement(home_obj, INVITATION_KIND, *invitation_record(invitation))
         if out is not None:
             out.write_text(text)
         elif not as_json:
@@ -244,7 +234,7 @@ def register(cli: click.Group) -> None:
         published = []
         for did in subjects:
             record_id, fields = revocation_record(sign_revocation(key, did, cutoffs[did], reason=reason))
-            published.append({"subject": did, "status": publish(home_obj, REVOCATION_KIND, record_id, fields),
+            published.append({"subject": did, "status": publish_statement(home_obj, REVOCATION_KIND, record_id, fields),
                               "cutoffs": json.dumps(cutoffs[did])})
         if as_json:
             click.echo(json.dumps({"revoked": published}, indent=2))

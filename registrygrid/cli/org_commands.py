@@ -26,8 +26,8 @@ from typing import Any
 import click
 
 from registrygrid.cli import render
-from registrygrid.cli.backend import open_backend
-from registrygrid.errors import NotFound, NotInitialized
+from registrygrid.cli.backend import open_backend, publish_statement
+from registrygrid.errors import NotInitialized
 from registrygrid.home import Home
 from registrygrid.identity.delegation import ROLES, sign_delegation
 from registrygrid.identity.keys import public_key_from_did
@@ -46,15 +46,7 @@ DAY = 24 * 3600
 
 
 def _publish(home: Home, kind: str, record_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-    with open_backend(home.path) as backend:
-        try:
-            backend.get(MEMBERS_REGISTRY, record_id)
-        except NotFound:
-            pass
-        else:
-            return {"status": "unchanged", "id": record_id}
-        result = backend.put(MEMBERS_REGISTRY, kind, fields, id=record_id)
-        return result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    return {"status": publish_statement(home, kind, record_id, fields), "id": record_id}
 
 
 def _when(seconds: int) -> str:

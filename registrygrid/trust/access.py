@@ -31,7 +31,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -103,8 +103,8 @@ def judge_create(trust: TrustState, desc: RegistryDescriptor, *, author: str, re
     refusal = _write_policy_refusal(trust, desc, author, owner, at_ms)
     builtin = Decision(refusal is None, "builtin:write-policy" if refusal else "builtin:own-record",
                        refusal.message if refusal else f"{owner} creates its own record")
-    return _decide(policy, desc, subject_of(trust, author, at_ms, owner), "create", kind,
-                   frozenset(fields or ()), at_ms, builtin, refusal)
+    return _decide(policy, desc, lambda: subject_of(trust, author, at_ms, owner), "create", kind,
+                   lambda: frozenset(fields or ()), at_ms, builtin, refusal)
 
 
 def judge_modify(trust: TrustState, desc: RegistryDescriptor, *, op: str, author: str, before: Mapping[str, Any],
@@ -133,14 +133,15 @@ def judge_modify(trust: TrustState, desc: RegistryDescriptor, *, op: str, author
         refusal = _write_policy_refusal(trust, desc, author, owner, at_ms)
         rule = "builtin:write-policy" if refusal else rule
     builtin = Decision(refusal is None, rule, refusal.message if refusal else f"{author} may {op} it ({rule})")
-    old_fields = before.get("fields") or {}
-    if op == "delete":
-        touched = frozenset(old_fields)  # a delete takes every field with it
-    else:
+    def touched() -> frozenset[str]:
+        old_fields = before.get("fields") or {}
+        if op == "delete":
+            return frozenset(old_fields)  # a delete takes every field with it
         new_fields = after.get("fields") if after is not None else after_fields
-        touched = touched_fields(old_fields, new_fields) if new_fields is not None else frozenset(old_fields)
-    return _decide(policy, desc, subject_of(trust, author, at_ms, owner), op, str(before.get("kind") or ""),
-                   touched, at_ms, builtin, refusal)
+        return touched_fields(old_fields, new_fields) if new_fields is not None else frozenset(old_fields)
+
+    return _decide(policy, desc, lambda: subject_of(trust, author, at_ms, owner), op,
+                   str(before.get("kind") or ""), touched, at_ms, builtin, refusal)
 
 
 def subject_of(trust: TrustState, author: str, at_ms: int, owner: str | None) -> Subject:
@@ -160,10 +161,15 @@ def subject_of(trust: TrustState, author: str, at_ms: int, owner: str | None) ->
     return Subject(author, orgs, frozenset(roles))
 
 
-def _decide(policy: PolicySet | None, desc: RegistryDescriptor, subject: Subject, action: str, kind: str,
-            touched: frozenset[str], at_ms: int, builtin: Decision, refusal: RegistryError | None) -> _Judged:
-    decision = policy.decide(desc.name, subject, action, kind, touched, at_ms, builtin) if policy else builtin
-    return _Judged(decision, refusal)
+def _decide(policy: PolicySet | None, desc: RegistryDescriptor, subject: Callable[[], Subject], action: str,
+            kind: str, touched: Callable[[], frozenset[str]], at_ms: int, builtin: Decision,
+            refusal: RegistryError | None) -> _Judged:
+    # Most registries have no access rules: the subject and the touched
+    # fields are worked out only where a rule may look at them (this runs
+    # for every change, on the ingest hot path).
+    if policy is None or desc.name not in policy.rules:
+        return _Judged(builtin, refusal)
+    return _Judged(policy.decide(desc.name, subject(), action, kind, touched(), at_ms, builtin), refusal)
 
 
 def _write_policy_refusal(trust: TrustState, desc: RegistryDescriptor, author: str, owner: str,
