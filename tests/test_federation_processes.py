@@ -137,11 +137,11 @@ async def test_nodes_in_separate_processes_replicate_both_ways_and_after_a_resta
         assert b"Traceback" not in follower.log.read_bytes(), follower.log.read_text()[-3000:]
 
 
-def stored_ids(home: Home) -> set[str]:
+def stored_ids(home: Home, registry: str = CLUSTERS) -> set[str]:
     store = Store(home.store_path, readonly=True)
     try:
         with store.read() as txn:
-            return {r["id"] for r in records.iter_records(store, txn, registry=CLUSTERS) if not r["deleted"]}
+            return {r["id"] for r in records.iter_records(store, txn, registry=registry) if not r["deleted"]}
     finally:
         store.close()
 
@@ -218,3 +218,38 @@ async def test_a_revoked_node_that_keeps_writing_is_refused_by_every_other_node(
                 p2.kill()
     for follower in (p1, p2):
         assert b"Traceback" not in follower.log.read_bytes(), follower.log.read_text()[-3000:]
+
+
+async def test_a_non_member_process_is_refused_and_never_gets_a_private_registry(tmp_path: Path) -> None:
+    """Three processes: w (org W, founder, in this process), p1 (org P,
+    invited, named a reader of w's private registry) and p2 (org Q, never
+    invited, configured for a federation of the same name). p1 gets the
+    private records by sync; p2 is refused at every handshake and holds
+    nothing of w's, private or not."""
+    with trio.fail_after(120):
+        async with cluster(tmp_path / "inproc") as nodes:
+            writer: Member = await nodes.start("w", listen=f"/ip4/127.0.0.1/tcp/{free_port()}")
+            p1, p2 = Follower(tmp_path, "p1"), Follower(tmp_path, "p2")
+            try:
+                nodes.admit(p1.home)
+                config = json.loads((p2.home.path / "config.json").read_text())  # the name, not the genesis
+                (p2.home.path / "config.json").write_text(json.dumps({**config, "federation": "testfed"}))
+                p1_org = p1.home.org().org  # type: ignore[union-attr]
+                writer.registry.create_registry("w.private", ["tool"], replication="private", readers=[p1_org])
+                outcomes = await writer.node.submit([Put("w.private", "tool", {"name": f"s{i}"}, record_id=f"s{i}")
+                                                     for i in range(3)])
+                assert all(isinstance(o, WriteResult) for o in outcomes), outcomes
+                await writer.write("public", 2)
+                p1.start(writer.fed.addrs())
+                p2.start(writer.fed.addrs() + [p1.addr])
+                await eventually(lambda: p1.running() and p2.running(), 40, "both processes up")
+                await eventually(lambda: stored_ids(p1.home, "w.private") == {"s0", "s1", "s2"}, 40,
+                                 "the reader's node holds the private records", interval=0.3)
+                await eventually(lambda: writer.fed.metrics["hello.not_member"] >= 1, 30, "p2 refused by w")
+                await trio.sleep(3)  # more dial rounds, a sync interval
+                assert stored_ids(p2.home, "w.private") == set() and stored_ids(p2.home) == set()
+                assert writer.fed.peers.blocked(p2.peer_id)  # type: ignore[union-attr]
+                assert b"not_member" in p2.log.read_bytes() or b"refused" in p2.log.read_bytes()
+            finally:
+                p1.kill()
+                p2.kill()
