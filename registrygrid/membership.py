@@ -65,8 +65,9 @@ def current_genesis(home: Home) -> Genesis:
     return federation.genesis
 
 
-def invite_org(home: Home, org: str, *, admin: bool = False, org_key_file: Path | None = None) -> Invitation:
-    return invite(current_genesis(home), org, org_key(home, org_key_file), admin=admin)
+def invite_org(home: Home, org: str, *, admin: bool = False, org_key_file: Path | None = None,
+               attributes: dict[str, str] | None = None) -> Invitation:
+    return invite(current_genesis(home), org, org_key(home, org_key_file), admin=admin, attributes=attributes)
 
 
 def cosign_invitation(home: Home, invitation: Invitation, *, org_key_file: Path | None = None) -> Invitation:

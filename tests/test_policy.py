@@ -171,3 +171,29 @@ def test_rgrid_policy_explain_prints_the_decision_and_exits_77_when_denied(rgrid
     assert json.loads(allowed.stdout)["rule"] == "builtin:owner"
     denied = rgrid("policy", "explain", KeyPair.generate().did, "delete", "grid.tools/t", "--json", home=home)
     assert denied.returncode == EX_NOPERM and json.loads(denied.stdout)["allowed"] is False
+
+
+def test_a_rule_matches_attributes_the_admins_signed_into_an_invitation(tmp_path: Path) -> None:
+    eu_org = KeyPair(b"\x34" * 32)
+    eu_invitation = invite(GENESIS, eu_org.did, ADMIN_ORG, attributes={"jurisdiction": "eu"}, now=1_767_225_600)
+    with node(tmp_path / "a", ADMIN_ORG) as a, node(tmp_path / "b", MEMBER_ORG) as b:
+        key = KeyPair.generate()
+        eu = LocalRegistry.open_path(tmp_path / "eu", key, delegation=sign_delegation(eu_org, key.did, ["node"]),
+                                     federation=GENESIS)
+        try:
+            for grid in (a, b, eu):
+                grid.put(MEMBERS_REGISTRY, INVITATION_KIND, invitation_record(eu_invitation)[1],
+                         id=invitation_record(eu_invitation)[0])
+            b.create_registry(MODELS, ["tool"])
+            b.put(MODELS, "tool", {"name": "m1"}, id="m1")
+            policy(a, "eu-curates", {"id": "eu", "effect": "permit", "actions": ["update"],
+                                     "subjects": {"attributes": {"jurisdiction": ["eu"]}}})
+            for source in (a, b):
+                deliver(eu, source)
+            eu.update(MODELS, "m1", patch={"gdpr": True})  # permitted: the admins vouched for its jurisdiction
+            assert eu.explain(key.did, "update", MODELS, "m1")["rule"] == "eu-curates#eu"
+            deliver(a, b)
+            with pytest.raises(NotOwner):  # the admin org's node holds no such attribute
+                a.update(MODELS, "m1", patch={"x": 1})
+        finally:
+            eu.close()

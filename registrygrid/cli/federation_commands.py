@@ -100,16 +100,21 @@ def register(cli: click.Group) -> None:
     @org_key_option
     @click.argument("org")
     @click.option("--admin", is_flag=True, help="Admit the org as an admin too.")
+    @click.option("--attribute", "attributes", multiple=True, metavar="NAME=VALUE",
+                  help="A fact the admins vouch for (e.g. jurisdiction=eu), for access policies. Repeatable.")
     @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
                   help="Write the invitation file here (default: print it).")
     def federation_invite(home: Path | None, as_json: bool, org_key_file: Path | None, org: str, admin: bool,
-                          out: Path | None) -> None:
+                          attributes: tuple[str, ...], out: Path | None) -> None:
         """Invite ORG (its did:key) into this federation; signed by this home's org, an admin."""
         home_obj = Home(home)
         home_obj.require()
         public_key_from_did(org)
+        vouched = dict(a.split("=", 1) for a in attributes if "=" in a)
+        if len(vouched) != len(attributes):
+            raise ValidationError("--attribute takes NAME=VALUE")
         genesis = current_genesis(home_obj)
-        invitation = invite_org(home_obj, org, admin=admin, org_key_file=org_key_file)
+        invitation = invite_org(home_obj, org, admin=admin, org_key_file=org_key_file, attributes=vouched)
         _finish_invitation(home_obj, genesis, invitation, out, as_json)
 
     @federation.command(name="sign")

@@ -158,7 +158,11 @@ def subject_of(trust: TrustState, author: str, at_ms: int, owner: str | None) ->
         roles.add("federation-admin")
     if owner is not None and owner in orgs:
         roles.add("record-owner")
-    return Subject(author, orgs, frozenset(roles))
+    attributes: dict[str, frozenset[str]] = {}
+    for org in orgs:
+        for name, values in trust.attributes.get(org, {}).items():
+            attributes[name] = attributes.get(name, frozenset()) | values
+    return Subject(author, orgs, frozenset(roles), attributes)
 
 
 def _decide(policy: PolicySet | None, desc: RegistryDescriptor, subject: Callable[[], Subject], action: str,

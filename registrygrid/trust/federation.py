@@ -63,6 +63,9 @@ class InvitationBody(msgspec.Struct, array_like=True, frozen=True):
     org: str  # the invited org's did
     roles: tuple[str, ...]  # "member", optionally "admin"
     issued: int  # unix seconds
+    # What the admins vouch for about the org (e.g. {"jurisdiction": "eu"}),
+    # for access policies to match: signed, so not self-declared.
+    attributes: dict[str, str] = {}
 
 
 class _MultiSigned(msgspec.Struct, array_like=True, frozen=True):
@@ -141,13 +144,14 @@ def implicit_genesis(name: str, org_key: KeyPair | None = None, *, org: str | No
 
 
 def invite(genesis: Genesis, org: str, admin_key: KeyPair, *, admin: bool = False,
-           now: float | None = None) -> Invitation:
+           attributes: Mapping[str, str] | None = None, now: float | None = None) -> Invitation:
     """A new invitation of ``org``, with its first admin signature."""
     public_key_from_did(org)
     if admin_key.did not in genesis.claims.admins:
         raise PolicyDenied(f"{admin_key.did} is not an admin of federation {genesis.name} ({genesis.id})")
     body = InvitationBody(federation=genesis.id, org=org, roles=("admin", "member") if admin else ("member",),
-                          issued=int(time.time() if now is None else now))
+                          issued=int(time.time() if now is None else now),
+                          attributes=_checked_attributes(attributes or {}))
     encoded = _encoder.encode(body)
     return Invitation(encoded, ((admin_key.did, admin_key.sign(encoded)),))
 
@@ -195,6 +199,10 @@ def decode_invitation(data: bytes, genesis: GenesisBody | None = None, genesis_i
         raise MalformedInput(f"malformed invitation: {exc.message}") from None
     if not set(body.roles) <= set(MEMBER_ROLES) or "member" not in body.roles:
         raise MalformedInput(f"an invitation grants {MEMBER_ROLES}, not {list(body.roles)}")
+    try:
+        _checked_attributes(body.attributes)
+    except ValidationError as exc:
+        raise MalformedInput(f"malformed invitation: {exc.message}") from None
     signed = _verified_signers(outer)
     invitation = Invitation(outer.body, tuple(outer.signatures))
     if genesis is not None:
@@ -213,6 +221,25 @@ def check_invitation(invitation: Invitation, genesis: GenesisBody, genesis_id: s
     if len(admins) < genesis.quorum:
         raise PolicyDenied(f"invitation of {claims.org} carries {len(admins)} admin signature(s); "
                            f"federation {genesis.name} needs {genesis.quorum}")
+
+
+# An invitation vouches for a few short facts about an org (jurisdiction,
+# sector, ...): 16 of 64 characters each bound what policies match on.
+MAX_ATTRIBUTES = 16
+MAX_ATTRIBUTE_CHARS = 64
+
+
+def _checked_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise ValidationError(f"an invitation carries at most {MAX_ATTRIBUTES} attributes")
+    out = {}
+    for name, value in sorted(attributes.items()):
+        if not (isinstance(name, str) and isinstance(value, str) and names.KIND_NAME.fullmatch(name)
+                and 0 < len(value) <= MAX_ATTRIBUTE_CHARS):
+            raise ValidationError(f"attribute {name!r}={value!r}: a lower-case name and 1-{MAX_ATTRIBUTE_CHARS} "
+                                  "characters of value")
+        out[name] = value
+    return out
 
 
 def _decode(data: bytes, decoder: Any, what: str) -> tuple[_MultiSigned, Any]:
@@ -277,6 +304,7 @@ def invitation_record(invitation: Invitation) -> tuple[str, dict[str, Any]]:
         "org": claims.org,
         "roles": list(claims.roles),
         "issued": claims.issued,
+        "attributes": dict(claims.attributes),
         "signers": [did for did, _ in invitation.signatures],
         "statement": base64.b64encode(signed).decode(),
     }

@@ -55,6 +55,9 @@ class Subject:
     key: str
     orgs: frozenset[str]
     roles: frozenset[str]  # delegation roles plus the derived ones (see the module docstring)
+    # Attributes the federation admins signed into its org's invitation
+    # (e.g. jurisdiction -> {"eu"}); never what an org says of itself.
+    attributes: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class Rule:
     orgs: frozenset[str]  # subjects (permit) or exceptions (forbid)
     roles: frozenset[str]
     since_ms: int  # the policy's creation time: changes before it are not judged by it
+    attributes: tuple[tuple[str, frozenset[str]], ...] = ()  # every key must hold one of its values
 
     @property
     def name(self) -> str:
@@ -79,6 +83,9 @@ class Rule:
                 and (self.fields is None or not self.fields.isdisjoint(touched)))
 
     def names(self, subject: Subject) -> bool:
+        if self.attributes and all(not values.isdisjoint(subject.attributes.get(name, ()))
+                                   for name, values in self.attributes):
+            return True
         return not self.orgs.isdisjoint(subject.orgs) or not self.roles.isdisjoint(subject.roles)
 
 
@@ -152,7 +159,9 @@ def compile_policy(record: Mapping[str, Any], *, is_admin: Any, owner_of: Any) -
                     kinds=frozenset(raw["kinds"]) if raw.get("kinds") else None,
                     fields=frozenset(raw["fields"]) if raw.get("fields") else None,
                     orgs=frozenset(subjects.get("orgs") or ()), roles=frozenset(subjects.get("roles") or ()),
-                    since_ms=since)
+                    since_ms=since,
+                    attributes=tuple(sorted((str(k), frozenset(map(str, v)))
+                                            for k, v in (subjects.get("attributes") or {}).items())))
         out += [(target, rule) for target in targets]
     return out
 

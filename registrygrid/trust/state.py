@@ -83,6 +83,9 @@ class TrustState:
     federation_id: str | None = None
     delegations: dict[str, list[DelegationBody]] = field(default_factory=dict)  # subject -> its delegations
     invited: dict[str, frozenset[str]] = field(default_factory=dict)  # org -> roles its invitations grant
+    # org -> attribute -> values its invitations vouch for (several
+    # invitations of one org add up: a set per attribute, order-free)
+    attributes: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)
     _revocations: dict[str, list[RevocationBody]] = field(default_factory=dict)  # subject -> all seen
     _delegated_by: dict[str, set[str]] = field(default_factory=dict)  # org -> keys it delegated
     _seen: set[str] = field(default_factory=set)
@@ -117,6 +120,9 @@ class TrustState:
                 return True  # another federation's, or short of its quorum: stored, admits nobody here
             roles = frozenset(statement.invitation.claims.roles)
             self.invited[statement.org] = self.invited.get(statement.org, frozenset()) | roles
+            held = self.attributes.setdefault(statement.org, {})
+            for name, value in statement.invitation.claims.attributes.items():
+                held[name] = held.get(name, frozenset()) | {value}
         elif statement.kind == REVOCATION_KIND:
             assert statement.revocation is not None
             self._revocations.setdefault(statement.subject, []).append(statement.revocation)
