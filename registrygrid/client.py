@@ -216,8 +216,10 @@ class BridgeClient:
         return self._get("/v1/registries")["registries"]
 
     def explain(self, subject: str, action: str, registry: str, record_id: str | None = None, *,
-                fields: Sequence[str] = ()) -> dict[str, Any]:
+                fields: Sequence[str] = (), local_roles: Sequence[str] = ()) -> dict[str, Any]:
         body: dict[str, Any] = {"subject": subject, "action": action, "registry": registry, "fields": list(fields)}
+        if local_roles:
+            body["token_role"] = local_roles[0].removeprefix("app:")
         if record_id is not None:
             body["record"] = record_id
         return self.request("POST", "/v1/policy/explain", body=body)[2]  # type: ignore[no-any-return]

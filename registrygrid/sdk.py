@@ -362,7 +362,7 @@ class LocalRegistry:
         return self.put(regs.REGISTRY_OF_REGISTRIES, "registry", fields, id=name, actor=actor)
 
     def explain(self, subject: str, action: str, registry: str, record_id: str | None = None, *,
-                fields: Sequence[str] = ()) -> dict[str, Any]:
+                fields: Sequence[str] = (), local_roles: Sequence[str] = ()) -> dict[str, Any]:
         """What every node would decide if ``subject`` (a did:key) did
         ``action`` (read, create, update, delete, admin) on ``registry`` (or
         one record of it) now, touching ``fields``, and the rule that decides."""
@@ -379,7 +379,7 @@ class LocalRegistry:
         if record_id is not None and record is None and action in ("update", "delete"):
             raise NotFound(f"no record {registry}/{record_id}")
         decision = access.explain(engine.trust, desc, engine.policy, subject=subject, action=action,
-                                  record=record, fields=fields, at_ms=engine.now_ms())
+                                  record=record, fields=fields, at_ms=engine.now_ms(), local_roles=local_roles)
         return {"subject": subject, "action": action, "registry": registry, "record": record_id,
                 "fields": list(fields), **decision.to_dict()}
 

@@ -342,3 +342,26 @@ async def test_policy_explain_names_the_deciding_rule(served: Served) -> None:
             assert_error(await client.post("/v1/policy/explain", json={"subject": me, "action": "update",
                                                                        "registry": REGISTRY, "record": "nope"}),
                          404, "not_found")
+
+
+async def test_a_local_rule_restricts_what_a_bridge_token_may_write(served: Served) -> None:
+    """A forbid that names a token role is this node's admission rule for
+    writes through its bridge: here only admin tokens may delete."""
+    with trio.fail_after(30):
+        writer = await make_token(served, "writer")
+        async with served.client() as admin, served.client(writer) as app:
+            rec = f"/v1/registries/{REGISTRY}/records"
+            assert (await admin.post(rec, json={"kind": "note", "fields": {"name": "a"}, "id": "a"})).status_code == 201
+            assert (await admin.post(rec, json={"kind": "note", "fields": {"name": "b"}, "id": "b"})).status_code == 201
+            policy = {"kind": "policy", "id": "deletes-by-admins", "fields": {
+                "name": "deletes-by-admins", "policy_type": "access", "targets": [REGISTRY],
+                "access": {"rules": [{"id": "admins-delete", "effect": "forbid", "actions": ["delete"],
+                                      "except": {"roles": ["app:admin"]}}]}}}
+            assert (await admin.post("/v1/registries/grid.policies/records", json=policy)).status_code == 201
+            err = assert_error(await app.delete(f"{rec}/a"), 403, "policy_denied")
+            assert err["details"] == {"rule": "deletes-by-admins#admins-delete"}
+            assert (await admin.delete(f"{rec}/b")).status_code == 200
+            me = (await admin.get("/v1/identity")).json()["did"]
+            explained = (await admin.post("/v1/policy/explain", json={
+                "subject": me, "action": "delete", "registry": REGISTRY, "record": "a", "token_role": "writer"})).json()
+            assert explained["allowed"] is False and explained["rule"] == "deletes-by-admins#admins-delete"

@@ -197,3 +197,21 @@ def test_a_rule_matches_attributes_the_admins_signed_into_an_invitation(tmp_path
                 a.update(MODELS, "m1", patch={"x": 1})
         finally:
             eu.close()
+
+
+def test_a_local_rule_about_bridge_tokens_never_judges_changes_from_peers(federation: Any) -> None:
+    a, b = federation
+    policy(b, "b-local", {"id": "no-app-updates", "effect": "forbid", "actions": ["update"],
+                          "except": {"roles": ["app:admin"]}})
+    deliver(a, b)
+    b.update(MODELS, "m1", patch={"v": 1})  # the operator (SDK): no token, local rules don't apply
+    from registrygrid.engine.ops import Update
+
+    refused = b.execute([Update(MODELS, "m1", patch={"v": 2}, roles=("app:writer",))])[0]
+    assert isinstance(refused, PolicyDenied) and refused.details == {"rule": "b-local#no-app-updates"}
+    # a peer's change is judged by replicated rules only
+    with node(Path(tempfile.mkdtemp()) / "b2", MEMBER_ORG) as b2:
+        deliver(b2, b)
+        b2.update(MODELS, "m1", patch={"v": 3})
+        result = deliver(b, b2)[-1]
+        assert result.status == "applied" and b.get(MODELS, "m1")["fields"]["v"] == 3

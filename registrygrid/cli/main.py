@@ -361,15 +361,18 @@ def policy() -> None:
 @click.argument("action", type=click.Choice(["read", "create", "update", "delete", "admin"]))
 @click.argument("target", metavar="REGISTRY[/RECORD]")
 @click.option("--field", "fields", multiple=True, help="A top-level field the change would touch. Repeatable.")
+@click.option("--token-role", type=click.Choice(["reader", "writer", "admin"]),
+              help="Explain a write made through the bridge with a token of this role (local rules).")
 @json_option
 def policy_explain(home: Path | None, subject: str, action: str, target: str, fields: tuple[str, ...],
-                   as_json: bool) -> None:
+                   token_role: str | None, as_json: bool) -> None:
     """Would SUBJECT (a node's or an org's did:key) be allowed ACTION on
     REGISTRY (or one record of it) now, and which rule decides? The write
     path's own checks; nothing is written. Exit 0 if allowed, 77 if not."""
     registry, _, record_id = target.partition("/")
     with open_backend(home) as backend:
-        answer = backend.explain(subject, action, registry, record_id or None, fields=list(fields))
+        answer = backend.explain(subject, action, registry, record_id or None, fields=list(fields),
+                                 local_roles=[f"app:{token_role}"] if token_role else [])
     render.mapping(answer, as_json, title="allowed" if answer["allowed"] else "denied")
     if not answer["allowed"]:
         sys.exit(EX_NOPERM)

@@ -314,7 +314,7 @@ class Engine:
                 raise Conflict(f"{registry}/{record_id} was a {old['kind']}; a deleted record keeps its kind")
             self._local_verdict(access.check_modify(self.trust, desc, op="create", author=self.key.did,
                                                     before=old, after=None, at_ms=hlc.wall_ms, policy=self.policy,
-                                                    after_fields=fields), old["owner"])
+                                                    after_fields=fields, local_roles=op.roles), old["owner"])
             doc = self._doc_for_write(txn, batch, registry, record_id)
             change = doc.update(fields=fields, schema=kind.version, tags=tags, links=links, undelete=True)
             state = _state_of(old, schema=kind.version, fields=fields, tags=tags, links=links, deleted=False)
@@ -322,7 +322,7 @@ class Engine:
             self._local_verdict(access.check_create(self.trust, desc, author=self.key.did, record_id=record_id,
                                                     owner=owner, created_by=self.key.did, at_ms=hlc.wall_ms,
                                                     statement=statement, policy=self.policy, kind=kind.name,
-                                                    fields=fields), owner)
+                                                    fields=fields, local_roles=op.roles), owner)
             doc = RecordDoc.new(self.actor)
             change = doc.create(kind=kind.name, schema=kind.version, owner=owner, created_at=hlc.wall_ms,
                                 created_by=self.key.did, fields=fields, tags=tags, links=links)
@@ -363,7 +363,7 @@ class Engine:
         fields = _checked_fields(fields, desc.max_record_bytes)
         self._local_verdict(access.check_modify(self.trust, desc, op="update", author=self.key.did, before=old,
                                                 after=None, at_ms=hlc.wall_ms, policy=self.policy,
-                                                after_fields=fields), old["owner"])
+                                                after_fields=fields, local_roles=op.roles), old["owner"])
         self.catalog.validate(kind.name, kind.version, fields)
         tags = _checked_tags(op.tags) if op.tags is not None else None
         links = _checked_links(op.links) if op.links is not None else None
@@ -389,7 +389,8 @@ class Engine:
         hlc = self.clock.tick()
         self._check_own_chain(txn, batch, registry)
         self._local_verdict(access.check_modify(self.trust, desc, op="delete", author=self.key.did, before=old,
-                                                after=None, at_ms=hlc.wall_ms, policy=self.policy), old["owner"])
+                                                after=None, at_ms=hlc.wall_ms, policy=self.policy,
+                                                local_roles=op.roles), old["owner"])
         kind = self.catalog.get(old["kind"], old["schema"])
         doc = self._doc_for_write(txn, batch, registry, record_id)
         change = doc.delete()

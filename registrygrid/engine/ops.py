@@ -36,6 +36,10 @@ class Put:
     links: Sequence[Mapping[str, str]] = ()
     schema: int | None = None  # the kind's latest version when None
     actor: str | None = None  # who asked (token name, CLI user); the node signs
+    # The asker's local roles ("app:writer" for a bridge token of role
+    # writer): access rules may restrict what each may do through this node
+    # (trust/policy.py, local rules). Empty for the operator (SDK, CLI on the store).
+    roles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Update:
     schema: int | None = None  # migrate the record to this version
     if_match: str | None = None
     actor: str | None = None
+    roles: tuple[str, ...] = ()  # as Put.roles
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class Delete:
     record_id: str
     if_match: str | None = None
     actor: str | None = None
+    roles: tuple[str, ...] = ()  # as Put.roles
 
 
 @dataclass(frozen=True)

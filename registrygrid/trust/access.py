@@ -31,7 +31,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,22 +48,25 @@ ORGS_REGISTRY = "grid.orgs"
 
 def check_create(trust: TrustState, desc: RegistryDescriptor, *, author: str, record_id: str, owner: Any,
                  created_by: Any, at_ms: int, statement: Statement | None = None, policy: PolicySet | None = None,
-                 kind: str = "", fields: Mapping[str, Any] | None = None) -> Verdict:
+                 kind: str = "", fields: Mapping[str, Any] | None = None, local_roles: Sequence[str] = ()) -> Verdict:
     """May ``author`` create this record for ``owner``? ALLOWED, WAIT (its
-    delegation has not arrived), or a typed refusal."""
+    delegation has not arrived), or a typed refusal. ``local_roles``: the
+    bridge token's role of a write made through this node's bridge."""
     judged = judge_create(trust, desc, author=author, record_id=record_id, owner=owner, created_by=created_by,
-                          at_ms=at_ms, statement=statement, policy=policy, kind=kind, fields=fields)
+                          at_ms=at_ms, statement=statement, policy=policy, kind=kind, fields=fields,
+                          local_roles=local_roles)
     return _verdict(judged)
 
 
 def check_modify(trust: TrustState, desc: RegistryDescriptor, *, op: str, author: str,
                  before: Mapping[str, Any], after: Mapping[str, Any] | None, at_ms: int,
-                 policy: PolicySet | None = None, after_fields: Mapping[str, Any] | None = None) -> Verdict:
+                 policy: PolicySet | None = None, after_fields: Mapping[str, Any] | None = None,
+                 local_roles: Sequence[str] = ()) -> Verdict:
     """An update or delete (or a re-create of a deleted record) of
     ``before``; ``after`` is the record's state with the change, when known
     (a remote change), else ``after_fields`` its fields (a local update)."""
     judged = judge_modify(trust, desc, op=op, author=author, before=before, after=after, at_ms=at_ms,
-                          policy=policy, after_fields=after_fields)
+                          policy=policy, after_fields=after_fields, local_roles=local_roles)
     return _verdict(judged)
 
 
@@ -85,7 +88,8 @@ def _verdict(judged: _Judged | Verdict) -> Verdict:
 
 def judge_create(trust: TrustState, desc: RegistryDescriptor, *, author: str, record_id: str, owner: Any,
                  created_by: Any, at_ms: int, statement: Statement | None = None, policy: PolicySet | None = None,
-                 kind: str = "", fields: Mapping[str, Any] | None = None) -> _Judged | Verdict:
+                 kind: str = "", fields: Mapping[str, Any] | None = None,
+                 local_roles: Sequence[str] = ()) -> _Judged | Verdict:
     if created_by != author:
         raise PolicyDenied(f"created.by is the signer ({author}), not {created_by!r}: it can't be claimed")
     if desc.name == MEMBERS_REGISTRY:
@@ -103,13 +107,14 @@ def judge_create(trust: TrustState, desc: RegistryDescriptor, *, author: str, re
     refusal = _write_policy_refusal(trust, desc, author, owner, at_ms)
     builtin = Decision(refusal is None, "builtin:write-policy" if refusal else "builtin:own-record",
                        refusal.message if refusal else f"{owner} creates its own record")
-    return _decide(policy, desc, lambda: subject_of(trust, author, at_ms, owner), "create", kind,
-                   lambda: frozenset(fields or ()), at_ms, builtin, refusal)
+    return _decide(policy, desc, lambda: subject_of(trust, author, at_ms, owner, local_roles), "create", kind,
+                   lambda: frozenset(fields or ()), at_ms, builtin, refusal, bool(local_roles))
 
 
 def judge_modify(trust: TrustState, desc: RegistryDescriptor, *, op: str, author: str, before: Mapping[str, Any],
                  after: Mapping[str, Any] | None, at_ms: int, policy: PolicySet | None = None,
-                 after_fields: Mapping[str, Any] | None = None) -> _Judged | Verdict:
+                 after_fields: Mapping[str, Any] | None = None,
+                 local_roles: Sequence[str] = ()) -> _Judged | Verdict:
     if desc.name == MEMBERS_REGISTRY:
         raise PolicyDenied(f"{MEMBERS_REGISTRY} statements are never {op}d; publish a new delegation "
                            "(`rgrid org renew`) or a revocation (`rgrid org revoke`)")
@@ -140,14 +145,16 @@ def judge_modify(trust: TrustState, desc: RegistryDescriptor, *, op: str, author
         new_fields = after.get("fields") if after is not None else after_fields
         return touched_fields(old_fields, new_fields) if new_fields is not None else frozenset(old_fields)
 
-    return _decide(policy, desc, lambda: subject_of(trust, author, at_ms, owner), op,
-                   str(before.get("kind") or ""), touched, at_ms, builtin, refusal)
+    return _decide(policy, desc, lambda: subject_of(trust, author, at_ms, owner, local_roles), op,
+                   str(before.get("kind") or ""), touched, at_ms, builtin, refusal, bool(local_roles))
 
 
-def subject_of(trust: TrustState, author: str, at_ms: int, owner: str | None) -> Subject:
-    """Who the signer is at that moment, as policies see it."""
+def subject_of(trust: TrustState, author: str, at_ms: int, owner: str | None,
+               local_roles: Sequence[str] = ()) -> Subject:
+    """Who the signer is at that moment, as policies see it (plus, for a
+    write through this node's bridge, the token's local role)."""
     orgs = trust.orgs_of(author, at_ms)
-    roles: set[str] = set()
+    roles: set[str] = set(local_roles)
     for org in orgs:
         claims = trust.delegation_at(author, org, at_ms)
         if claims is not None:
@@ -167,13 +174,14 @@ def subject_of(trust: TrustState, author: str, at_ms: int, owner: str | None) ->
 
 def _decide(policy: PolicySet | None, desc: RegistryDescriptor, subject: Callable[[], Subject], action: str,
             kind: str, touched: Callable[[], frozenset[str]], at_ms: int, builtin: Decision,
-            refusal: RegistryError | None) -> _Judged:
+            refusal: RegistryError | None, through_bridge: bool = False) -> _Judged:
     # Most registries have no access rules: the subject and the touched
     # fields are worked out only where a rule may look at them (this runs
     # for every change, on the ingest hot path).
     if policy is None or desc.name not in policy.rules:
         return _Judged(builtin, refusal)
-    return _Judged(policy.decide(desc.name, subject(), action, kind, touched(), at_ms, builtin), refusal)
+    return _Judged(policy.decide(desc.name, subject(), action, kind, touched(), at_ms, builtin,
+                                 through_bridge=through_bridge), refusal)
 
 
 def _write_policy_refusal(trust: TrustState, desc: RegistryDescriptor, author: str, owner: str,
@@ -202,7 +210,8 @@ _TOUCHED = object()  # stands for "a new value" in an explained change's fields
 
 
 def explain(trust: TrustState, desc: RegistryDescriptor, policy: PolicySet | None, *, subject: str, action: str,
-            record: Mapping[str, Any] | None, fields: Iterable[str] = (), at_ms: int) -> Decision:
+            record: Mapping[str, Any] | None, fields: Iterable[str] = (), at_ms: int,
+            local_roles: Sequence[str] = ()) -> Decision:
     """The decision every node would reach if ``subject`` (a key, or an org
     acting itself) did ``action`` now, and the rule that makes it. Nothing
     is written. ``fields``: the top-level fields the change would touch."""
@@ -224,11 +233,12 @@ def explain(trust: TrustState, desc: RegistryDescriptor, policy: PolicySet | Non
         if action == "create" or record is None:
             judged = judge_create(trust, desc, author=subject, record_id=str((record or {}).get("id") or "new"),
                                   owner=orgs[0], created_by=subject, at_ms=at_ms, policy=policy,
-                                  kind=desc.kinds[0] if desc.kinds else "", fields=dict.fromkeys(touched, _TOUCHED))
+                                  kind=desc.kinds[0] if desc.kinds else "", fields=dict.fromkeys(touched, _TOUCHED),
+                                  local_roles=local_roles)
         else:
             after = {**(record.get("fields") or {}), **dict.fromkeys(touched, _TOUCHED)}
             judged = judge_modify(trust, desc, op=action, author=subject, before=record, after=None, at_ms=at_ms,
-                                  policy=policy, after_fields=after)
+                                  policy=policy, after_fields=after, local_roles=local_roles)
     except RegistryError as exc:
         return Decision(False, f"builtin:{exc.code}", exc.message)
     if isinstance(judged, Verdict):

@@ -74,6 +74,13 @@ class Rule:
     attributes: tuple[tuple[str, frozenset[str]], ...] = ()  # every key must hold one of its values
 
     @property
+    def local(self) -> bool:
+        """A rule about bridge tokens (``app:<role>``): a token is local to
+        one node, so the rule is that node's admission rule for writes made
+        through its bridge, and no change from a peer is judged by it."""
+        return any(role.startswith("app:") for role in self.roles)
+
+    @property
     def name(self) -> str:
         return f"{self.policy}#{self.id}"
 
@@ -121,12 +128,13 @@ class PolicySet:
         return set(self.rules)
 
     def decide(self, registry: str, subject: Subject, action: str, kind: str, touched: frozenset[str],
-               at_ms: int, builtin: Decision) -> Decision:
-        """Forbid overrides; then the built-in decision, widened by permits."""
+               at_ms: int, builtin: Decision, *, through_bridge: bool = False) -> Decision:
+        """Forbid overrides; then the built-in decision, widened by permits.
+        Local rules (about bridge tokens) count only ``through_bridge``."""
         rules = self.rules.get(registry, ())
         permit: Rule | None = None
         for rule in rules:
-            if not rule.about(action, kind, touched, at_ms):
+            if not rule.about(action, kind, touched, at_ms) or (rule.local and not through_bridge):
                 continue
             if rule.effect == "forbid" and not rule.names(subject):
                 fields = f" (fields {sorted(rule.fields & touched)})" if rule.fields else ""

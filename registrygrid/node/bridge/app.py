@@ -113,6 +113,12 @@ def write_json(result: WriteResult) -> dict[str, Any]:
     return {**result.to_dict(), "record": result.record}
 
 
+def local_roles(token: tokens.Token) -> tuple[str, ...]:
+    """The local role a bridge write carries into the engine's access
+    decision: ``app:<token role>`` (trust/policy.py, local rules)."""
+    return (f"app:{token.role}",)
+
+
 def etag_of(change_id: str | None) -> str:
     return f'"{change_id}"'
 
@@ -406,7 +412,7 @@ class Api:
                                       **({"readers": body["readers"]} if body.get("readers") else {})},
                       **({"write_roles": body["write_roles"]} if body.get("write_roles") else {})}
             result = await self.write(Put(regs.REGISTRY_OF_REGISTRIES, "registry", fields, body["name"],
-                                          actor=token.actor))
+                                          actor=token.actor, roles=local_roles(token)))
             return json_response(write_json(result), 201, {"Location": f"/v1/registries/{result.record_id}"})
 
         return await self.idempotent(request, token, raw, run)
@@ -439,7 +445,8 @@ class Api:
 
         async def run(reserved: dict[str, Any]) -> web.Response:
             op = Put(registry, body["kind"], body["fields"], body.get("id") or reserved.get("id"),
-                     body.get("tags", ()), body.get("links", ()), body.get("schema"), token.actor)
+                     body.get("tags", ()), body.get("links", ()), body.get("schema"), token.actor,
+                     local_roles(token))
             result = await self.write(op)
             return json_response(write_json(result), 201, {
                 "Location": f"/v1/registries/{registry}/records/{result.record_id}",
@@ -472,7 +479,7 @@ class Api:
         if_match = _unquote_etag(request.headers.get("If-Match"))
         result = await self.write(Update(registry, record_id, fields=body["fields"], tags=body.get("tags"),
                                          links=body.get("links"), schema=body.get("schema"), if_match=if_match,
-                                         actor=token.actor), if_match=if_match)
+                                         actor=token.actor, roles=local_roles(token)), if_match=if_match)
         return json_response(write_json(result), headers={"ETag": etag_of(result.change_id)})
 
     async def patch_record(self, request: web.Request) -> web.Response:
@@ -486,14 +493,15 @@ class Api:
         if_match = _unquote_etag(request.headers.get("If-Match"))
         result = await self.write(Update(registry, record_id, patch=body.get("patch"), tags=body.get("tags"),
                                          links=body.get("links"), schema=body.get("schema"), if_match=if_match,
-                                         actor=token.actor), if_match=if_match)
+                                         actor=token.actor, roles=local_roles(token)), if_match=if_match)
         return json_response(write_json(result), headers={"ETag": etag_of(result.change_id)})
 
     async def delete_record(self, request: web.Request) -> web.Response:
         registry, record_id = self._record_path(request)
         token = self.require(request, WRITE, registry=registry, target=f"{registry}/{record_id}")
         if_match = _unquote_etag(request.headers.get("If-Match"))
-        result = await self.write(Delete(registry, record_id, if_match=if_match, actor=token.actor),
+        result = await self.write(Delete(registry, record_id, if_match=if_match, actor=token.actor,
+                                         roles=local_roles(token)),
                                   if_match=if_match)
         return json_response(write_json(result))
 
@@ -576,7 +584,8 @@ class Api:
         self.require(request, READ, target="policy")
         body, _ = await self.body(request, "PolicyExplain")
         answer = self.registry.explain(body["subject"], body["action"], body["registry"], body.get("record"),
-                                       fields=body.get("fields") or ())
+                                       fields=body.get("fields") or (),
+                                       local_roles=(f"app:{body['token_role']}",) if body.get("token_role") else ())
         return json_response(answer)
 
     async def list_kinds(self, request: web.Request) -> web.Response:
@@ -598,7 +607,7 @@ class Api:
             if body.get("registry"):
                 fields["registry"] = body["registry"]
             result = await self.write(Put(regs.KINDS_REGISTRY, "kind", fields, f"{body['name']}.v{body['version']}",
-                                          actor=token.actor))
+                                          actor=token.actor, roles=local_roles(token)))
             return json_response(write_json(result), 201,
                                  {"Location": f"/v1/kinds/{body['name']}?version={body['version']}"})
 

@@ -177,6 +177,8 @@ SCHEMAS: dict[str, Any] = {
         "record": {"type": "string", "minLength": 1, "maxLength": 128,
                    "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@~+-]{0,127}$"},
         "fields": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 128}, "maxItems": 64},
+        "token_role": {"enum": ["reader", "writer", "admin"],
+                       "description": "explain a write made through this bridge with a token of this role"},
     }, required=["subject", "action", "registry"]),
     "KindCreate": _obj({
         # Bounds as builtin/kind.v1.json; without a home registry the engine names it user.<name>.
