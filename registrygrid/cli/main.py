@@ -335,7 +335,8 @@ def registry_describe(home: Path | None, name: str, as_json: bool) -> None:
 @click.option("--replication", type=click.Choice(["local", "federation", "public", "private"]),
               default="federation", show_default=True,
               help="private: sent by sync only to nodes of the owner org and of the --reader orgs.")
-@click.option("--reader", "readers", multiple=True, help="An org (did:key) that may read a private registry. Repeatable.")
+@click.option("--reader", "readers", multiple=True,
+              help="An org (did:key) that may read a private registry. Repeatable.")
 @json_option
 def registry_create(home: Path | None, name: str, kinds: tuple[str, ...], description: str, write_policy: str,
                     write_roles: tuple[str, ...], conflict_policy: str, replication: str, readers: tuple[str, ...],
