@@ -449,3 +449,19 @@ def test_records_are_the_same_on_every_node_whatever_order_revocations_and_races
                 contents.append(list(replica.iter_all(include_deleted=True)))
         assert len(set(digests)) == 1
         assert all(c == contents[0] for c in contents)
+
+
+def test_an_expired_node_is_still_admitted_at_the_handshake_so_it_syncs(org_a: KeyPair) -> None:
+    from registrygrid.trust.admission import check_admission, encode_proof
+    from registrygrid.trust.federation import make_genesis
+
+    genesis = make_genesis("grid", [org_a])
+    node_key = KeyPair.generate()
+    expired = sign_delegation(org_a, node_key.did, ["node", "writer"], now=time.time() - 2 * YEAR, valid_for=YEAR)
+    trust = TrustState(federation=genesis.claims, federation_id=genesis.id)
+    admitted = check_admission(trust, node_key.did, genesis.id, encode_proof(expired.encode(), None, genesis.encode()))
+    assert admitted.org == org_a.did
+    # ... while what it writes now is refused by its delegation's window.
+    trust.add(read_statement(DELEGATION_KIND, *delegation_record(expired)))
+    with pytest.raises(DelegationExpired):
+        trust.check_speaks_for(node_key.did, org_a.did, int(time.time() * 1000))

@@ -8,7 +8,8 @@ from statements anyone can check offline:
 
 * the federation: the id of its genesis (and the genesis itself, when it
   is not an org's implicit one), equal to ours;
-* its org: the org's delegation of this node key, valid now;
+* its org: the org's delegation of this node key (signed; an expired one
+  still admits the node, so it keeps syncing while its writes are refused);
 * its membership: the org is a founder, or the hello carries an invitation
   signed by enough of the genesis admins.
 
@@ -69,8 +70,11 @@ def check_admission(trust: TrustState, peer_did: str, federation_id: str, proof_
         proof = _decoder.decode(proof_bytes)
         if proof.genesis and decode_genesis(proof.genesis).id != federation_id:
             raise MalformedInput("the genesis in the proof is not the federation's")
+        # An expired delegation still admits the node: it keeps syncing (and
+        # so receives its renewal) while its new writes are refused everywhere
+        # by the delegation's window at their own time (trust/state.py).
         claims = verify_delegation(decode_delegation(proof.delegation), subject=peer_did, role="node",
-                                   now=time.time() if now is None else now)
+                                   now=time.time() if now is None else now, check_window=False)
         org = claims.org
         if org not in genesis.founders:
             if not proof.invitation:
