@@ -30,6 +30,7 @@ import click
 
 from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend, publish_statement
+from registrygrid.cli.options import home_option, json_option, org_key_option
 from registrygrid.errors import PolicyDenied, ValidationError
 from registrygrid.home import Home, read_key_file
 from registrygrid.identity.keys import public_key_from_did
@@ -59,11 +60,6 @@ def _restart_note(home: Home) -> str:
 
 
 def register(cli: click.Group) -> None:
-    home_option = click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="RGRID_HOME",
-                               default=None, help="Node home directory (default $RGRID_HOME or ~/.registrygrid).")
-    json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-    org_key_option = click.option("--org-key", "org_key_file", type=click.Path(dir_okay=False, path_type=Path),
-                                  help="The org key file, when it is not kept in this home.")
 
     @cli.group()
     def federation() -> None:

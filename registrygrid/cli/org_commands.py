@@ -27,6 +27,7 @@ import click
 
 from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend, publish_statement
+from registrygrid.cli.options import home_option, json_option, org_key_option
 from registrygrid.errors import NotInitialized
 from registrygrid.home import Home
 from registrygrid.identity.delegation import ROLES, sign_delegation
@@ -54,11 +55,6 @@ def _when(seconds: int) -> str:
 
 
 def register(cli: click.Group) -> None:
-    home_option = click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="RGRID_HOME",
-                               default=None, help="Node home directory (default $RGRID_HOME or ~/.registrygrid).")
-    json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-    org_key_option = click.option("--org-key", "org_key_file", type=click.Path(dir_okay=False, path_type=Path),
-                                  help="The org key file, when it is not kept in this home.")
     days_option = click.option("--days", type=click.IntRange(1, 10 * 365), default=365, show_default=True,
                                help="How long the delegation is valid.")
 

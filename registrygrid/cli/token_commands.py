@@ -16,6 +16,7 @@ import click
 
 from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend
+from registrygrid.cli.options import home_option, json_option
 from registrygrid.sdk import LocalRegistry
 from registrygrid.storage import tokens
 
@@ -54,9 +55,6 @@ def _when(ms: int | None) -> str:
 
 
 def register(cli: click.Group) -> None:
-    home_option = click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="RGRID_HOME",
-                               default=None, help="Node home directory (default $RGRID_HOME or ~/.registrygrid).")
-    json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 
     @cli.group()
     def token() -> None:
