@@ -203,7 +203,7 @@ def register(cli: click.Group) -> None:
             return
         render.mapping({"federation": fed.id, "name": fed.name, "quorum": fed.claims.quorum,
                         "implicit": fed.genesis is None}, False, title="federation")
-        render.rows(rows, False, columns=["org", "roles", "nodes", "revoked"])
+        render.rows(rows, False, columns=["org", "roles", "nodes", "revoked"], whole=["org"])
 
     @federation.command(name="revoke")
     @home_option
@@ -240,4 +240,4 @@ def register(cli: click.Group) -> None:
         if as_json:
             click.echo(json.dumps({"revoked": published}, indent=2))
             return
-        render.rows(published, False, columns=["subject", "status", "cutoffs"])
+        render.rows(published, False, columns=["subject", "status", "cutoffs"], whole=["subject"])

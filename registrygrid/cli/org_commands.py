@@ -89,7 +89,7 @@ def register(cli: click.Group) -> None:
         render.mapping({"org": membership.org, "name": membership.name, "node": claims.subject,
                         "roles": ", ".join(claims.roles), "expires": _when(claims.expires), "status": status},
                        False, title="org")
-        render.rows(rows, False, columns=["kind", "subject", "roles", "until", "id"])
+        render.rows(rows, False, columns=["kind", "subject", "roles", "until", "id"], whole=["subject", "id"])
 
     @org.command(name="delegate")
     @home_option
