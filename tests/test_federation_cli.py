@@ -89,3 +89,18 @@ def test_joining_with_a_bad_bootstrap_address_is_refused_before_anything_changes
     proc = rgrid("federation", "join", str(invite), "--bootstrap", "/ip4/999.1.1.1/tcp/4001/p2p/12D3KooWbad", home=b)
     assert proc.returncode == EX_DATAERR and "999.1.1.1" in proc.stderr
     assert not (b / "federation.json").exists()
+
+
+def test_a_node_announces_where_it_listens_and_members_lists_it(rgrid: Run, tmp_path: Path) -> None:
+    home = tmp_path / "a"
+    Home(home).init(org_name="a")
+    ok_json(rgrid, "federation", "create", "grid", home=home)
+    addr = f"/dns4/node1.example.org/tcp/4001/p2p/{Home(home).node_key().peer_id}"
+    announced = ok_json(rgrid, "federation", "announce", "--endpoint", addr, "--capability", "sync", home=home)
+    assert announced["endpoints"] == [addr] and announced["status"] == "created"
+    members = ok_json(rgrid, "federation", "members", home=home)
+    assert members["members"][0]["endpoints"] == [addr]
+    again = ok_json(rgrid, "federation", "announce", "--endpoint", addr, home=home)
+    assert again["status"] in ("updated", "unchanged")
+    bad = rgrid("federation", "announce", "--endpoint", "/ip4/1.2.3.4/tcp/1", home=home)
+    assert bad.returncode == EX_DATAERR and "/p2p" in bad.stderr

@@ -31,7 +31,7 @@ import click
 from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend, publish_statement
 from registrygrid.cli.options import home_option, json_option, org_key_option
-from registrygrid.errors import PolicyDenied, ValidationError
+from registrygrid.errors import NotFound, PolicyDenied, ValidationError
 from registrygrid.home import Home, read_key_file
 from registrygrid.identity.keys import public_key_from_did
 from registrygrid.membership import (
@@ -53,6 +53,10 @@ from registrygrid.trust.statements import (
     revocation_record,
     sign_revocation,
 )
+
+
+# Where each node announces itself: a system subject of its org, one record per node.
+SUBJECTS_REGISTRY = "grid.subjects"
 
 
 def _restart_note(home: Home) -> str:
@@ -169,6 +173,42 @@ def register(cli: click.Group) -> None:
         render.mapping({"federation": genesis.id, "name": genesis.name, "bootstrap": addrs,
                         "note": _restart_note(home_obj)}, as_json, title="joined")
 
+    @federation.command(name="announce")
+    @home_option
+    @json_option
+    @click.option("--endpoint", "endpoints", multiple=True, required=True,
+                  help="A multiaddr other members can dial this node at (/ip4|ip6|dns/.../tcp/PORT/p2p/ID). "
+                       "Repeatable.")
+    @click.option("--capability", "capabilities", multiple=True,
+                  help="Something this node offers the federation (default: gossip, sync). Repeatable.")
+    def federation_announce(home: Path | None, as_json: bool, endpoints: tuple[str, ...],
+                            capabilities: tuple[str, ...]) -> None:
+        """Publish where this node can be reached and what it offers, in the
+        members view: its own record grid.subjects/<node did> (a system
+        subject of its org), which only this node writes."""
+        from registrygrid.node.multiaddrs import check_peer_addrs
+
+        home_obj = Home(home)
+        home_obj.require()
+        addrs = check_peer_addrs(endpoints, source="--endpoint")
+        membership = home_obj.org()
+        if membership is None:
+            raise ValidationError(f"{home_obj.path} has no org; run `rgrid init`")
+        key = home_obj.node_key()
+        fields = {"subject_type": "system", "display_name": f"node {key.peer_id}", "did": key.did,
+                  "org": f"grid.orgs/{membership.org}", "status": "active",
+                  "capabilities": sorted(set(capabilities or ("gossip", "sync"))),
+                  "identifiers": [{"scheme": "libp2p", "value": addr} for addr in addrs]}
+        with open_backend(home_obj.path) as backend:
+            try:
+                backend.get(SUBJECTS_REGISTRY, key.did)
+            except NotFound:
+                result = backend.put(SUBJECTS_REGISTRY, "subject", fields, id=key.did)
+            else:
+                result = backend.update(SUBJECTS_REGISTRY, key.did, fields=fields)
+        render.mapping({"node": key.did, "endpoints": addrs, "capabilities": fields["capabilities"],
+                        "status": result.status}, as_json, title="announced")
+
     @federation.command(name="members")
     @home_option
     @json_option
@@ -195,8 +235,17 @@ def register(cli: click.Group) -> None:
             if s["kind"] == "delegation" and f["org"] in roles and f["not_before"] <= now < f["expires"] \
                     and f["subject"] not in revoked:
                 nodes[f["org"]] = nodes.get(f["org"], 0) + 1
+        with open_backend(home_obj.path) as backend:
+            subjects = backend.list(SUBJECTS_REGISTRY, limit=1000).items
+        endpoints: dict[str, list[str]] = {org: [] for org in roles}
+        for subject in subjects:  # what each node announced (rgrid federation announce)
+            f = subject["fields"]
+            org = str(f.get("org", "")).removeprefix("grid.orgs/")
+            if org in endpoints and subject["owner"] == org and f.get("status") == "active" \
+                    and f.get("did") not in revoked:
+                endpoints[org] += [i["value"] for i in f.get("identifiers", []) if i.get("scheme") == "libp2p"]
         rows = [{"org": org, "roles": ",".join(sorted(r)), "nodes": nodes.get(org, 0),
-                 "revoked": org in revoked} for org, r in sorted(roles.items())]
+                 "revoked": org in revoked, "endpoints": endpoints[org]} for org, r in sorted(roles.items())]
         if as_json:
             click.echo(json.dumps({"federation": fed.id, "name": fed.name, "quorum": fed.claims.quorum,
                                    "implicit": fed.genesis is None, "members": rows}, indent=2))
@@ -204,6 +253,9 @@ def register(cli: click.Group) -> None:
         render.mapping({"federation": fed.id, "name": fed.name, "quorum": fed.claims.quorum,
                         "implicit": fed.genesis is None}, False, title="federation")
         render.rows(rows, False, columns=["org", "roles", "nodes", "revoked"], whole=["org"])
+        for row in rows:  # whole, one per line: what a joining node bootstraps from
+            for addr in row["endpoints"]:
+                click.echo(f"{row['org']}  {addr}")
 
     @federation.command(name="revoke")
     @home_option
