@@ -30,7 +30,7 @@ from registrygrid.identity.keys import KeyPair, public_key_from_did
 from registrygrid.protocol import names
 from registrygrid.protocol.envelope import cid_to_str, open_envelope
 from registrygrid.schemas import KindSchema, SchemaCatalog
-from registrygrid.storage import chains, feed, records
+from registrygrid.storage import chains, changes, feed, records
 from registrygrid.storage.audit import AuditEntry, AuditLedger
 from registrygrid.storage.feed import FeedEvent
 from registrygrid.storage.store import Store, pack, unpack
@@ -299,11 +299,11 @@ class LocalRegistry:
         out = []
         with self.store.read() as txn:
             for feed_seq, cid in records.history(self.store, txn, registry, id):
-                wire = txn.get(cid, db=self.store.db["changes"])
-                body = open_envelope(wire, verify=False).body
+                wire = changes.wire(self.store, txn, cid)
+                body = open_envelope(wire, verify=False).body  # type: ignore[arg-type]
                 out.append({"feed_seq": feed_seq, "change_id": cid_to_str(cid), "op": body.op,
                             "author": body.author, "seq": body.seq, "hlc": list(body.hlc),
-                            "schema": body.schema, "size": len(wire)})
+                            "schema": body.schema, "size": len(wire)})  # type: ignore[arg-type]
         if not out:
             raise NotFound(f"no record {registry}/{id}")
         return out
@@ -321,7 +321,7 @@ class LocalRegistry:
 
     def change(self, change_id: bytes) -> bytes | None:
         with self.store.read() as txn:
-            return txn.get(change_id, db=self.store.db["changes"])
+            return changes.wire(self.store, txn, change_id)
 
     # ---- registries and kinds ----
 

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from registrygrid.crdt.record import RecordDoc
+from registrygrid.crdt.snapshot import encode_snapshot, genesis_change, read_snapshot
 from registrygrid.engine.ops import Delete, IngestResult, Put, Remote, Update, WriteResult
 from registrygrid.errors import (
     AlreadyExists,
@@ -723,25 +724,36 @@ def test_equivocation_is_rejected_with_evidence_and_changes_nothing_else(tmp_pat
         b.close()
 
 
+def snapshot_create(author: KeyPair, record: str, fields: dict[str, Any], *, registry: str = CLUSTERS,
+                    kind: str = "cluster", owner: str | None = None, hlc: Hlc = Hlc(1, 0)) -> Any:
+    """A remote create as any author may craft one: a signed snapshot."""
+    payload = encode_snapshot(kind=kind, schema=1, owner=owner or author.did, created_at=hlc.wall_ms,
+                              created_by=author.did, fields=fields, tags=[], links=[])
+    return seal(author, registry=registry, record=record, op="create", kind=kind, schema=1, seq=1, prev=b"",
+                hlc=hlc, deps=[], change_hash=b"", payload=payload)
+
+
 def test_a_change_whose_automerge_actor_is_not_its_signer_is_refused(grid: LocalRegistry) -> None:
     signer, impostor = KeyPair.generate(), KeyPair.generate()
-    doc = RecordDoc.new(impostor.public_key)
-    change = doc.create(kind="cluster", schema=1, owner=impostor.did, created_at=1, created_by=impostor.did,
-                        fields=cluster("x"), tags=[], links=[])
-    env = seal(signer, registry=CLUSTERS, record="x", op="create", kind="cluster", schema=1, seq=1, prev=b"",
-               hlc=Hlc(1, 0), deps=list(change.deps), change_hash=change.hash, payload=change.raw_bytes)
+    create = snapshot_create(signer, "x", cluster("x"))
+    assert grid.execute([Remote(create.wire, "alice")])[0].status == "applied"
+
+    def update_under(actor: KeyPair) -> Any:
+        doc = RecordDoc.apply(None, genesis_change(read_snapshot(create.body.payload, kind="cluster", schema=1),
+                                                   signer.did).raw_bytes)
+        change = doc.fork_with_actor(actor.public_key).update(fields={**cluster("x"), "region": "eu"})
+        return seal(signer, registry=CLUSTERS, record="x", op="update", kind="cluster", schema=1, seq=2,
+                    prev=create.cid, hlc=Hlc(2, 0), deps=list(change.deps), change_hash=change.hash,
+                    payload=change.raw_bytes)
+
     before = snapshot(grid)
-    result = grid.execute([Remote(env.wire, "mallory")])[0]
+    result = grid.execute([Remote(update_under(impostor).wire, "mallory")])[0]
     assert result.status == "rejected"
     assert isinstance(result.error, PolicyDenied)
     assert snapshot(grid) == before
     # The same change under the signer's own actor is accepted: only the actor was wrong.
-    honest = RecordDoc.new(signer.public_key)
-    change = honest.create(kind="cluster", schema=1, owner=signer.did, created_at=1, created_by=signer.did,
-                           fields=cluster("x"), tags=[], links=[])
-    env = seal(signer, registry=CLUSTERS, record="x", op="create", kind="cluster", schema=1, seq=1, prev=b"",
-               hlc=Hlc(1, 0), deps=list(change.deps), change_hash=change.hash, payload=change.raw_bytes)
-    assert grid.execute([Remote(env.wire, "alice")])[0].status == "applied"
+    assert grid.execute([Remote(update_under(signer).wire, "alice")])[0].status == "applied"
+    assert grid.get(CLUSTERS, "x")["fields"]["region"] == "eu"
 
 
 def test_an_envelope_signed_by_another_key_than_its_author_is_rejected(tmp_path: Path) -> None:
@@ -750,8 +762,8 @@ def test_an_envelope_signed_by_another_key_than_its_author_is_rejected(tmp_path:
     try:
         a.put(CLUSTERS, "cluster", cluster("x"), id="x")
         genuine = wires_in_feed_order(a)[0]
-        body, _signature = msgspec.msgpack.decode(genuine)
-        forged = msgspec.msgpack.encode([body, KeyPair.generate().sign(body)])
+        *proof, _signature = msgspec.msgpack.decode(genuine)
+        forged = msgspec.msgpack.encode([*proof, KeyPair.generate().sign(b"any root")])
         before = snapshot(b)
         result = b.execute([Remote(forged, "mallory")])[0]
         assert result.status == "rejected"
@@ -780,8 +792,9 @@ def test_in_a_large_remote_batch_checked_on_several_threads_only_the_forged_chan
         forged_at = {5, 17, n - 1}  # chains break after a refusal, so forge the tail of one...
         batch = []
         for i, wire in enumerate(wires):
-            body, _signature = msgspec.msgpack.decode(wire)
-            batch.append(msgspec.msgpack.encode([body, KeyPair.generate().sign(body)]) if i in forged_at else wire)
+            *proof, _signature = msgspec.msgpack.decode(wire)
+            batch.append(msgspec.msgpack.encode([*proof, KeyPair.generate().sign(b"root")]) if i in forged_at
+                         else wire)
         results = b.execute([Remote(w, "mallory") for w in batch])
         assert [type(r.error) for r in results if r.status == "rejected"][:1] == [SignatureInvalid]
         assert results[5].status == "rejected" and isinstance(results[5].error, SignatureInvalid)
@@ -802,16 +815,12 @@ def test_a_remote_kind_definition_the_catalog_refuses_leaves_the_store_unchanged
     # that the catalog refuses (a new version of the built-in `asset`). The
     # change must be rejected as a whole, not half-applied.
     author = KeyPair.generate()
-    doc = RecordDoc.new(author.public_key)
     fields = {"name": "asset", "version": 3, "registry": "grid.assets", "schema": {"type": "object"}}
-    change = doc.create(kind="kind", schema=1, owner=author.did, created_at=1, created_by=author.did,
-                        fields=fields, tags=[], links=[])
-    env = seal(author, registry="grid.kinds", record="asset.v3", op="create", kind="kind", schema=1, seq=1,
-               prev=b"", hlc=Hlc(1, 0), deps=[], change_hash=change.hash, payload=change.raw_bytes)
+    env = snapshot_create(author, "asset.v3", fields, registry="grid.kinds", kind="kind")
     before = snapshot(grid)
     result = grid.execute([Remote(env.wire, "mallory")])[0]
     assert result.status == "rejected"
-    assert isinstance(result.error, ValidationError)
+    assert type(result.error) is ValidationError
     assert snapshot(grid) == before
     assert grid.engine.version_vector("grid.kinds") == {}
     assert grid.verify().ok
@@ -819,11 +828,7 @@ def test_a_remote_kind_definition_the_catalog_refuses_leaves_the_store_unchanged
 
 def test_a_remote_change_that_breaks_its_kind_schema_is_rejected(grid: LocalRegistry) -> None:
     author = KeyPair.generate()
-    doc = RecordDoc.new(author.public_key)
-    change = doc.create(kind="cluster", schema=1, owner=author.did, created_at=1, created_by=author.did,
-                        fields={"reputation": 9}, tags=[], links=[])
-    env = seal(author, registry=CLUSTERS, record="x", op="create", kind="cluster", schema=1, seq=1, prev=b"",
-               hlc=Hlc(1, 0), deps=[], change_hash=change.hash, payload=change.raw_bytes)
+    env = snapshot_create(author, "x", {"reputation": 9})
     before = snapshot(grid)
     result = grid.execute([Remote(env.wire, "mallory")])[0]
     assert result.status == "rejected"
@@ -852,13 +857,17 @@ def test_verify_names_a_change_whose_stored_bytes_were_altered(grid: LocalRegist
     cid = cid_from_str(target.change_id)
     with grid.store.env.begin(write=True) as txn:
         value = bytearray(txn.get(cid, db=grid.store.db["changes"]))
-        if where == "signature":
-            value[-1] ^= 0x01
+        if where == "signature":  # stored once per batch, under the batch's root (each put is a batch here)
+            root = msgspec.msgpack.decode(bytes(value))[1]
+            signed = bytearray(txn.get(root, db=grid.store.db["roots"]))
+            signed[signed.index(b"\xc4\x40") + 2 + 10] ^= 0x01  # a byte of the 64-byte signature
+            txn.put(root, bytes(signed), db=grid.store.db["roots"])
         elif where == "payload":
-            value[len(value) - 64 - 40] ^= 0x01
+            value[value.index(b"z" * 200) + 100] ^= 0x01
         else:  # a byte of the registry name, made invalid UTF-8
             value[value.index(CLUSTERS.encode())] = 0xFF
-        txn.put(cid, bytes(value), db=grid.store.db["changes"])
+        if where != "signature":
+            txn.put(cid, bytes(value), db=grid.store.db["changes"])
     report = grid.verify()
     assert not report.ok
     assert report.where == f"change {target.change_id}"

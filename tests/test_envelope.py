@@ -33,6 +33,7 @@ from registrygrid.protocol.envelope import (
     OPS,
     PROTOCOL_VERSION,
     ChangeBody,
+    batch_message,
     change_id,
     cid_from_str,
     cid_to_str,
@@ -40,6 +41,7 @@ from registrygrid.protocol.envelope import (
     seal,
 )
 from registrygrid.protocol.hlc import MAX_DRIFT_MS, Hlc, HybridClock
+from registrygrid.protocol.merkle import leaf_hash
 
 # Fixed keys: hypothesis reruns examples, and the same input must give the same bytes.
 KEY = KeyPair(bytes(range(32)))
@@ -61,14 +63,15 @@ def seal_args(draw: st.DrawFn) -> dict:
     return {
         "registry": draw(registry_names),
         "record": draw(record_ids),
-        "op": draw(st.sampled_from(OPS)),
+        "op": (op := draw(st.sampled_from(OPS))),
         "kind": draw(kind_names),
         "schema": draw(st.integers(min_value=1, max_value=2**16 - 1)),
         "seq": seq,
         "prev": b"" if seq == 1 else draw(st.binary(min_size=CID_BYTES, max_size=CID_BYTES)),
         "hlc": Hlc(draw(st.integers(0, 2**48 - 1)), draw(st.integers(0, 2**32 - 1))),
-        "deps": draw(st.lists(hashes, max_size=4)),
-        "change_hash": draw(hashes),
+        "deps": (deps := draw(st.lists(hashes, max_size=4))),
+        # A record's first create (no deps) is a snapshot: no Automerge hash.
+        "change_hash": b"" if op == "create" and not deps else draw(hashes),
         "payload": draw(st.binary(min_size=1, max_size=512)),
     }
 
@@ -84,8 +87,8 @@ def _example_args(**overrides: object) -> dict:
         "prev": b"",
         "hlc": Hlc(1_700_000_000_000, 0),
         "deps": [],
-        "change_hash": b"\x11" * 32,
-        "payload": b"automerge change bytes",
+        "change_hash": b"",
+        "payload": b"snapshot bytes",
     }
     args.update(overrides)
     return args
@@ -104,16 +107,22 @@ def _crafted_fields(key: KeyPair) -> dict:
         "prev": b"",
         "hlc": (1_700_000_000_000, 0),
         "deps": [],
-        "change_hash": b"\x11" * 32,
-        "payload": b"automerge change bytes",
+        "change_hash": b"",
+        "payload": b"snapshot bytes",
     }
+
+
+def _signed_alone(body: bytes, key: KeyPair) -> bytes:
+    """The wire of ``body`` signed by ``key`` as a batch of one, whatever
+    the body says."""
+    root = leaf_hash(change_id(body))
+    return msgspec.msgpack.encode([body, 0, 1, [], key.sign(batch_message(root, 1))])
 
 
 def _crafted_wire(key: KeyPair, **overrides: object) -> bytes:
     """A signed envelope whose body may break the rules that seal() keeps."""
     fields = {**_crafted_fields(key), **overrides}
-    body = msgspec.msgpack.encode(ChangeBody(**fields))
-    return msgspec.msgpack.encode([body, key.sign(body)])
+    return _signed_alone(msgspec.msgpack.encode(ChangeBody(**fields)), key)
 
 
 # ---------------------------------------------------------------- canonical encoding
@@ -156,7 +165,8 @@ def test_text_that_is_not_a_change_id_is_refused_with_a_validation_error(text: o
 
 # ---------------------------------------------------------------- tampering and fuzzing
 
-_TAMPER_TARGET = seal(KEY, **_example_args(deps=[b"\x22" * 32, b"\x33" * 32], seq=7, prev=b"\x01" * CID_BYTES))
+_TAMPER_TARGET = seal(KEY, **_example_args(op="update", deps=[b"\x22" * 32, b"\x33" * 32], change_hash=b"\x11" * 32,
+                                           seq=7, prev=b"\x01" * CID_BYTES))
 
 
 @settings(max_examples=200, deadline=None)
@@ -240,7 +250,9 @@ def test_a_well_formed_crafted_envelope_opens() -> None:
         pytest.param({"hlc": (2**48, 0)}, id="clock-out-of-range"),
         pytest.param({"deps": [b"short"]}, id="dep-not-a-hash"),
         pytest.param({"deps": [b"\x00" * 32] * (limits.MAX_DEPS + 1)}, id="too-many-deps"),
-        pytest.param({"change_hash": b"\x00" * 31}, id="short-change-hash"),
+        pytest.param({"op": "update", "deps": [b"\x00" * 32], "change_hash": b"\x00" * 31}, id="short-change-hash"),
+        pytest.param({"change_hash": b"\x00" * 32}, id="first-create-as-an-automerge-change"),
+        pytest.param({"op": "update", "deps": [b"\x00" * 32]}, id="update-as-a-snapshot"),
         pytest.param({"payload": b""}, id="empty-payload"),
     ],
 )
@@ -252,12 +264,11 @@ def test_signed_envelope_with_an_out_of_range_field_is_malformed(overrides: dict
 def test_envelope_in_non_canonical_msgpack_is_malformed() -> None:
     env = seal(KEY, **_example_args())
     outer = msgspec.msgpack.decode(env.wire)
-    body, signature = outer
     # The same array, written with a 16-bit array header instead of a fixarray.
-    non_canonical = b"\xdc\x00\x02" + env.wire[1:]
+    non_canonical = b"\xdc\x00\x05" + env.wire[1:]
     with pytest.raises(MalformedInput):
         open_envelope(non_canonical)
-    assert msgspec.msgpack.decode(non_canonical) == [body, signature]
+    assert msgspec.msgpack.decode(non_canonical) == outer
 
 
 def test_envelope_with_invalid_utf8_in_a_text_field_is_malformed() -> None:
@@ -266,7 +277,7 @@ def test_envelope_with_invalid_utf8_in_a_text_field_is_malformed() -> None:
     body = msgspec.msgpack.encode(ChangeBody(**{**_crafted_fields(KEY), "record": "resize"}))
     assert body.count(b"\xa6resize") == 1
     body = body.replace(b"\xa6resize", b"\xa6resiz\xff")
-    wire = msgspec.msgpack.encode([body, KEY.sign(body)])
+    wire = _signed_alone(body, KEY)
     with pytest.raises(MalformedInput):
         open_envelope(wire)
 
@@ -478,3 +489,64 @@ def test_arbitrary_bytes_never_crash_the_delegation_decoder(data: bytes) -> None
         verify_delegation(decode_delegation(data), now=NOW)
     except RegistryError:
         pass
+
+
+# ---------------------------------------------------------------- one signature per batch
+
+
+def _batch(n: int) -> list:
+    from registrygrid.protocol.envelope import draft, seal_batch
+
+    drafts = [draft(author=KEY.did, **_example_args(record=f"r{i}")) for i in range(n)]
+    envelopes, signed = seal_batch(KEY, drafts)
+    return [envelopes, signed, drafts]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 100])
+def test_every_change_of_a_batch_opens_alone_with_its_path_and_the_one_signature(n: int) -> None:
+    envelopes, signed, drafts = _batch(n)
+    assert signed.size == n and signed.author == KEY.did
+    assert len({env.signature for env in envelopes}) == 1
+    for env, made in zip(envelopes, drafts):
+        opened = open_envelope(env.wire)
+        assert opened.cid == made.cid == change_id(made.body_bytes)  # the ID is the body's alone
+        assert opened.root == signed.root
+        assert len(opened.path) <= (0 if n == 1 else (n - 1).bit_length())  # log2 of the batch
+
+
+def test_a_batch_signature_is_checked_once_then_found_in_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    from registrygrid.protocol import envelope
+
+    envelopes, _, _ = _batch(50)
+    envelope._verified.clear()
+    checks = []
+    real = envelope.verify_signature
+    monkeypatch.setattr(envelope, "verify_signature", lambda *a: (checks.append(1), real(*a))[1])
+    for env in envelopes:
+        open_envelope(env.wire)
+    assert len(checks) == 1
+
+
+def test_a_change_moved_to_another_index_or_batch_size_is_refused() -> None:
+    envelopes, _, _ = _batch(8)
+    body, index, size, path, signature = msgspec.msgpack.decode(envelopes[3].wire)
+    for forged in ([body, index ^ 1, size, path, signature], [body, index, size + 1, path, signature],
+                   [body, index, size, path[:-1], signature]):
+        with pytest.raises((SignatureInvalid, MalformedInput)):
+            open_envelope(msgspec.msgpack.encode(forged))
+
+
+def test_a_body_swapped_into_another_changes_proof_is_refused() -> None:
+    envelopes, _, _ = _batch(4)
+    body_a = msgspec.msgpack.decode(envelopes[0].wire)[0]
+    _, index, size, path, signature = msgspec.msgpack.decode(envelopes[1].wire)
+    with pytest.raises(SignatureInvalid):
+        open_envelope(msgspec.msgpack.encode([body_a, index, size, path, signature]))
+
+
+def test_another_keys_signature_over_the_same_root_is_refused() -> None:
+    envelopes, signed, _ = _batch(4)
+    body, index, size, path, _ = msgspec.msgpack.decode(envelopes[2].wire)
+    forged = msgspec.msgpack.encode([body, index, size, path, OTHER_KEY.sign(batch_message(signed.root, size))])
+    with pytest.raises(SignatureInvalid):
+        open_envelope(forged)

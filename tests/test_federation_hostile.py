@@ -17,7 +17,8 @@ import trio
 from registrygrid.identity.keys import KeyPair
 from registrygrid.node.p2p import P2PError, P2PHost, RemoteError
 from registrygrid.protocol import limits
-from registrygrid.protocol.envelope import ChangeBody, _Wire, open_envelope
+from registrygrid.protocol.envelope import ChangeBody, _Wire, batch_message, change_id, open_envelope
+from registrygrid.protocol.merkle import leaf_hash
 from registrygrid.protocol.gossip import encode_batch
 from registrygrid.protocol.sync import SYNC_PROTOCOL_ID, SyncPuller, SyncResponse, encode_response
 from registrygrid.storage import peers as peer_store
@@ -37,10 +38,13 @@ def a_wire_of(member: Member) -> bytes:
 
 
 def forged(victim_wire: bytes, forger: KeyPair) -> bytes:
-    """The victim's change, re-signed by another key: claims the victim's authorship."""
+    """A change claiming the victim's authorship, signed by another key. (Its
+    body is new: a forged copy of a change already stored has the stored
+    change's ID, and is dropped as a duplicate before any check.)"""
     body = open_envelope(victim_wire).body
-    body_bytes = _encode(body)
-    return _encode(_Wire(body_bytes, forger.sign(body_bytes)))
+    body_bytes = _encode(msgspec.structs.replace(body, hlc=(body.hlc[0], body.hlc[1] + 1)))
+    root = leaf_hash(change_id(body_bytes))
+    return _encode(_Wire(body_bytes, 0, 1, [], forger.sign(batch_message(root, 1))))
 
 
 def tampered(victim_wire: bytes) -> bytes:
@@ -50,7 +54,7 @@ def tampered(victim_wire: bytes) -> bytes:
     payload = bytearray(body.payload)
     payload[len(payload) // 2] ^= 0xFF
     altered = msgspec.structs.replace(body, payload=bytes(payload))
-    return _encode(_Wire(_encode(altered), outer.signature))
+    return _encode(msgspec.structs.replace(outer, body=_encode(altered)))
 
 
 async def test_hostile_gossip_is_rejected_counted_and_never_stored(tmp_path: Path) -> None:

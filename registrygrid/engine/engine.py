@@ -36,6 +36,7 @@ import msgspec
 
 from registrygrid.crdt.change import read_header
 from registrygrid.crdt.record import RecordDoc, actor_for, append_to_stored, doc_bytes, stored_doc
+from registrygrid.crdt.snapshot import check_value, encode_snapshot, genesis_change, read_snapshot
 from registrygrid.engine import registries as regs
 from registrygrid.engine.ops import (
     AuditNote,
@@ -65,10 +66,19 @@ from registrygrid.errors import (
 )
 from registrygrid.identity.keys import KeyPair, public_key_from_did
 from registrygrid.protocol import limits, names
-from registrygrid.protocol.envelope import Envelope, cid_to_str, open_envelope, seal, signatures_hold
+from registrygrid.protocol.envelope import (
+    Draft,
+    Envelope,
+    cid_to_str,
+    draft,
+    id_of,
+    open_envelope,
+    seal_batch,
+    signatures_hold,
+)
 from registrygrid.protocol.hlc import MAX_DRIFT_MS, Hlc, HybridClock, wall_clock_ms
 from registrygrid.schemas import KindSchema, SchemaCatalog
-from registrygrid.storage import chains, feed, records
+from registrygrid.storage import chains, changes, feed, records
 from registrygrid.storage.audit import AuditLedger
 from registrygrid.storage.store import SEP, Store, key, pack, u64
 from registrygrid.trust import access
@@ -128,6 +138,9 @@ def _content(record: Mapping[str, Any]) -> list[Any]:
 class _Batch:
     docs: dict[tuple[str, str], RecordDoc] = field(default_factory=dict)
     committed: Committed = field(default_factory=Committed)
+    # This node's changes of the batch, signed together when it ends (one
+    # signature over the Merkle root of their IDs), by ID.
+    drafts: dict[bytes, Draft] = field(default_factory=dict)
     # (registry, author) -> (seq, cid): chain heads moved by this batch; they
     # survive the cache reset that follows a refused op (see _head).
     heads: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
@@ -206,6 +219,7 @@ class Engine:
             with self.store.write() as txn:
                 for op in ops:
                     outcomes.append(self._run_one(txn, batch, op))
+                self._seal_drafts(txn, batch)
                 self.store.put_meta(txn, "hlc", list(self.clock.last))
                 self.audit.finish_batch(txn, self.key, self.now_ms())
         except BaseException:
@@ -241,6 +255,16 @@ class Engine:
                 if ok:
                     out[i] = replace(out[i], preverified=True)  # type: ignore[type-var]
         return out
+
+    def _seal_drafts(self, txn: lmdb.Transaction, batch: _Batch) -> None:
+        """Sign the batch's own changes at once: one signature over the
+        Merkle root of their IDs, stored once, each change with its proof."""
+        if not batch.drafts:
+            return
+        envelopes, signed = seal_batch(self.key, list(batch.drafts.values()))
+        changes.put_batch(self.store, txn, envelopes, signed)
+        batch.committed.local_envelopes.extend(env.wire for env in envelopes)
+        self.metrics["write.batches_signed"] += 1
 
     def close(self) -> None:
         if self._verify_pool is not None:
@@ -318,17 +342,22 @@ class Engine:
             doc = self._doc_for_write(txn, batch, registry, record_id)
             change = doc.update(fields=fields, schema=kind.version, tags=tags, links=links, undelete=True)
             state = _state_of(old, schema=kind.version, fields=fields, tags=tags, links=links, deleted=False)
+            made = self._draft(txn, batch, registry, record_id, "create", kind, hlc, change=change)
         else:
             self._local_verdict(access.check_create(self.trust, desc, author=self.key.did, record_id=record_id,
                                                     owner=owner, created_by=self.key.did, at_ms=hlc.wall_ms,
                                                     statement=statement, policy=self.policy, kind=kind.name,
                                                     fields=fields, local_roles=op.roles), owner)
-            doc = RecordDoc.new(self.actor)
-            change = doc.create(kind=kind.name, schema=kind.version, owner=owner, created_at=hlc.wall_ms,
-                                created_by=self.key.did, fields=fields, tags=tags, links=links)
+            # A new record is a signed snapshot: no Automerge document
+            # until its first update (crdt/snapshot.py).
+            check_value(fields)
+            doc = None
             state = {"kind": kind.name, "schema": kind.version, "owner": owner, "tags": tags, "links": links,
                      "fields": fields, "deleted": False, "created": {"at": hlc.wall_ms, "by": self.key.did}}
-        env = self._seal(txn, batch, registry, record_id, "create", kind, change, hlc)
+            snapshot = encode_snapshot(kind=kind.name, schema=kind.version, owner=owner, created_at=hlc.wall_ms,
+                                       created_by=self.key.did, fields=fields, tags=tags, links=links)
+            made = self._draft(txn, batch, registry, record_id, "create", kind, hlc, snapshot=snapshot)
+        env = made
         seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor, state=state,
                                    statement=statement)
         self._after_local(txn, batch, env)
@@ -373,7 +402,7 @@ class Engine:
         if change is None:
             return WriteResult("unchanged", registry, record_id, old["change_id"], None, old)
         state = _state_of(old, schema=kind.version, fields=fields, tags=tags, links=links)
-        env = self._seal(txn, batch, registry, record_id, "update", kind, change, hlc)
+        env = self._draft(txn, batch, registry, record_id, "update", kind, hlc, change=change)
         seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor, state=state)
         self._after_local(txn, batch, env)
         return WriteResult("updated", registry, record_id, env.id, seq, record)
@@ -394,18 +423,26 @@ class Engine:
         kind = self.catalog.get(old["kind"], old["schema"])
         doc = self._doc_for_write(txn, batch, registry, record_id)
         change = doc.delete()
-        env = self._seal(txn, batch, registry, record_id, "delete", kind, change, hlc)
+        env = self._draft(txn, batch, registry, record_id, "delete", kind, hlc, change=change)
         seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor,
                                    state=_state_of(old, deleted=True))
         self._after_local(txn, batch, env)
         return WriteResult("deleted", registry, record_id, env.id, seq, record)
 
-    def _seal(self, txn: lmdb.Transaction, batch: _Batch, registry: str, record_id: str, op: str, kind: KindSchema,
-              change: Any, hlc: Hlc) -> Envelope:
+    def _draft(self, txn: lmdb.Transaction, batch: _Batch, registry: str, record_id: str, op: str,
+               kind: KindSchema, hlc: Hlc, *, change: Any = None, snapshot: bytes | None = None) -> Draft:
+        """This node's next change in ``registry``: its body and ID are final
+        now; the batch signs it when it ends (_seal_drafts)."""
         seq, prev = self._head(txn, batch, registry, self.key.did)
-        return seal(self.key, registry=registry, record=record_id, op=op, kind=kind.name,  # type: ignore[arg-type]
-                    schema=kind.version, seq=seq + 1, prev=prev, hlc=hlc, deps=list(change.deps),
-                    change_hash=change.hash, payload=change.raw_bytes)
+        if snapshot is not None:
+            deps, change_hash, payload = [], b"", snapshot
+        else:
+            deps, change_hash, payload = list(change.deps), change.hash, change.raw_bytes
+        made = draft(author=self.key.did, registry=registry, record=record_id, op=op,  # type: ignore[arg-type]
+                     kind=kind.name, schema=kind.version, seq=seq + 1, prev=prev, hlc=hlc, deps=deps,
+                     change_hash=change_hash, payload=payload)
+        batch.drafts[made.cid] = made
+        return made
 
     def _after_local(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope) -> None:
         """A local write that changed the rules (a statement, a policy)
@@ -446,12 +483,12 @@ class Engine:
 
     def _ingest(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope, peer: str) -> IngestResult:
         body = env.body
-        if txn.get(env.cid, db=self.store.db["changes"]) is not None:
+        if changes.has(self.store, txn, env.cid) or env.cid in batch.drafts:
             return IngestResult("duplicate", env.id)
         head_seq, head_cid = self._head(txn, batch, body.registry, body.author)
         if body.seq <= head_seq:
             other = txn.get(key(body.registry, body.author, u64(body.seq)), db=self.store.db["chains"])
-            self._keep_evidence(txn, env, other)
+            self._keep_evidence(txn, batch, env, other)
             raise Equivocation(
                 f"{body.author} signed two different changes with sequence {body.seq} in {body.registry}",
                 details={"seq": body.seq, "changes": [env.id, cid_to_str(other) if other else None]},
@@ -463,23 +500,27 @@ class Engine:
             # 2,000-change gap cost ~1M re-parks).
             return self._park(txn, env, b"c" + key(body.registry, body.author, u64(body.seq - 1), env.cid))
         if body.prev != head_cid:
-            self._keep_evidence(txn, env, head_cid or None)
+            self._keep_evidence(txn, batch, env, head_cid or None)
             raise ChainBroken(f"change {body.seq} of {body.author} does not follow its change {head_seq}")
         desc = self._registry(txn, body.registry)
         if body.kind not in desc.kinds:
             raise PolicyDenied(f"registry {body.registry} does not hold kind {body.kind!r}")
-        header = read_header(body.payload)
-        if header.hash != body.change_hash:
-            raise MalformedInput("the envelope's payload is not the change its change_hash names")
-        if header.actor != actor_for(public_key_from_did(body.author)):
-            raise PolicyDenied("the Automerge change was made under another author's actor id")
-        if sorted(header.deps) != sorted(body.deps):
-            raise MalformedInput("the envelope's deps differ from its change's deps")
+        claim: dict[str, Any] = {}
+        if body.is_snapshot:
+            claim = read_snapshot(body.payload, kind=body.kind, schema=body.schema)
+            self._check_state(env, claim, desc)
+        else:
+            self._check_automerge_header(env)
         docs, record_key = self.store.db["docs"], key(body.registry, body.record)
-        if (txn.get(records.am_hash_key(record_key, body.change_hash), db=docs) is not None
+        if not body.is_snapshot and (
+                txn.get(records.am_hash_key(record_key, body.change_hash), db=docs) is not None
                 or txn.get(records.refused_key(record_key, body.change_hash), db=docs) is not None):
             raise MalformedInput("this Automerge change was already stored under another envelope")
         builds_on_refused = False
+        if body.deps:
+            # Updates name the genesis change of the record's snapshot: build
+            # the document (once) so that its hash is known here.
+            self._document(txn, batch, body.registry, body.record)
         for dep in body.deps:
             if txn.get(records.am_hash_key(record_key, dep), db=docs) is None:
                 if txn.get(records.refused_key(record_key, dep), db=docs) is None:
@@ -493,15 +534,27 @@ class Engine:
         except PolicyDenied as exc:
             return self._keep_refused(txn, batch, env, exc, peer)
         old = records.get_record(self.store, txn, body.registry, body.record)
-        stored = txn.get(key(body.registry, body.record), db=self.store.db["docs"])
-        doc = RecordDoc.apply(doc_bytes(stored) if stored else None, body.payload)
-        if body.change_hash not in doc.heads():
-            raise MalformedInput("Automerge did not apply the change")
-        state = self._check_state(env, doc, desc)
+        automerge: tuple[bytes, bytes] | None = None
+        if body.is_snapshot and old is None:
+            doc, state = None, claim
+        else:
+            existing = self._document(txn, batch, body.registry, body.record)
+            saved = existing.save() if existing is not None else None
+            if body.is_snapshot:
+                # A create of a record that exists: two creates raced. Their
+                # geneses merge as Automerge merges any concurrent changes.
+                genesis = genesis_change(claim, body.author)
+                automerge = (genesis.hash, genesis.raw_bytes)
+                doc = RecordDoc.apply(saved, genesis.raw_bytes)
+            else:
+                doc = RecordDoc.apply(saved, body.payload)
+            if (automerge[0] if automerge else body.change_hash) not in doc.heads():
+                raise MalformedInput("Automerge did not apply the change")
+            state = self._check_state(env, doc.materialize(), desc)
         statement = read_statement(body.kind, body.record, state["fields"]) \
             if body.registry == MEMBERS_REGISTRY and not state.get("deleted") else None
         try:
-            verdict = self._remote_verdict(env, desc, old, state, statement)
+            verdict = self._remote_verdict(env, desc, old, claim if body.is_snapshot else state, statement)
         except _CreateRace as race:
             return self._settle_create_race(txn, batch, env, race, peer)
         except PolicyDenied as exc:
@@ -520,8 +573,20 @@ class Engine:
             raise ValidationError(f"change clock {env.hlc.wall_ms} ms is more than {MAX_DRIFT_MS} ms ahead of ours")
         batch.docs.pop((body.registry, body.record), None)
         seq, _ = self._commit(txn, batch, env, doc, old, origin=peer, requested_by=None, state=state,
-                              statement=statement)
+                              statement=statement, automerge=automerge)
         return IngestResult("applied", env.id, seq)
+
+    def _check_automerge_header(self, env: Envelope) -> None:
+        """What the envelope says of its Automerge change must be what the
+        change's own bytes say, checked before any document is loaded."""
+        body = env.body
+        header = read_header(body.payload)
+        if header.hash != body.change_hash:
+            raise MalformedInput("the envelope's payload is not the change its change_hash names")
+        if header.actor != actor_for(public_key_from_did(body.author)):
+            raise PolicyDenied("the Automerge change was made under another author's actor id")
+        if sorted(header.deps) != sorted(body.deps):
+            raise MalformedInput("the envelope's deps differ from its change's deps")
 
     def _remote_verdict(self, env: Envelope, desc: regs.RegistryDescriptor, old: dict[str, Any] | None,
                         state: dict[str, Any], statement: Statement | None) -> Verdict:
@@ -529,11 +594,10 @@ class Engine:
         its signer would have been, at the change's own time."""
         body = env.body
         at_ms = body.hlc[0]
-        if body.op == "create" and not body.deps:
-            # A create: what it claims is in the change alone. When the record
-            # exists already (two creates of one id raced), read the claim
-            # from a document holding just this change.
-            claim = state if old is None else RecordDoc.apply(None, body.payload).materialize()
+        if body.is_snapshot:
+            # A create: what it claims is its snapshot alone (``state``), even
+            # when the record exists already (two creates of one id raced).
+            claim = state
             created = claim.get("created") if isinstance(claim.get("created"), dict) else {}
             verdict = access.check_create(self.trust, desc, author=body.author, record_id=body.record,
                                           owner=claim.get("owner"), created_by=created.get("by"), at_ms=at_ms,
@@ -558,11 +622,12 @@ class Engine:
         a change built on this one is refused too. Counted and audited."""
         db = self.store.db
         body = env.body
-        txn.put(env.cid, env.wire, db=db["changes"])
+        changes.put_received(self.store, txn, env)
         txn.put(key(body.registry, body.author) + SEP + u64(body.seq), env.cid, db=db["chains"])
         batch.heads[(body.registry, body.author)] = self._chain_heads[(body.registry, body.author)] = \
             (body.seq, env.cid)
-        txn.put(records.refused_key(key(body.registry, body.record), body.change_hash), env.cid, db=db["docs"])
+        txn.put(records.refused_key(key(body.registry, body.record), _automerge_of(env)[0]), env.cid,
+                db=db["docs"])
         if audit:
             self.metrics[f"rejected.{why.code}"] += 1
             self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action="deny",
@@ -578,8 +643,7 @@ class Engine:
         body = env.body
         self._keep_refused(txn, batch, env, race.refusal, peer, audit=False)
         self._rebuild(txn, batch, body.registry, body.record, cause=env, origin=peer)
-        if txn.get(records.am_hash_key(key(body.registry, body.record), body.change_hash),
-                   db=self.store.db["docs"]) is not None:
+        if records.counts(self.store, txn, key(body.registry, body.record), env.cid, body.change_hash):
             return IngestResult("applied", env.id, self._batch_feed_seq)
         self.metrics[f"rejected.{race.refusal.code}"] += 1
         self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action="deny",
@@ -629,15 +693,14 @@ class Engine:
         if revoked is None:
             return
         targets: set[tuple[str, str]] = set()
-        changes, docs = self.store.db["changes"], self.store.db["docs"]
         for registry, authors in chains.heads(self.store, txn).items():
             head = authors.get(subject, 0)
             if registry == MEMBERS_REGISTRY or head <= revoked.cutoff(registry):
                 continue
             start = key(registry, subject) + SEP + u64(revoked.cutoff(registry) + 1)
             for _, cid in self.store.iter_prefix(txn, "chains", key(registry, subject) + SEP, start=start):
-                body = open_envelope(txn.get(cid, db=changes), verify=False).body
-                if txn.get(records.am_hash_key(key(registry, body.record), body.change_hash), db=docs):
+                body = self._change_body(txn, batch, cid)
+                if records.counts(self.store, txn, key(registry, body.record), cid, body.change_hash):
                     targets.add((registry, body.record))
         for registry, record_id in sorted(targets):
             self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)
@@ -657,13 +720,13 @@ class Engine:
         record when changes stopped counting."""
         db = self.store.db
         rk = key(registry, record_id)
-        applied = records.applied_changes(self.store, txn, registry, record_id)
+        applied_cids = {*records.applied_changes(self.store, txn, registry, record_id).values(),
+                        *records.snapshot_changes(self.store, txn, registry, record_id)}
         refused = records.refused_changes(self.store, txn, registry, record_id)
-        envs = [open_envelope(txn.get(cid, db=db["changes"]), verify=False)
-                for cid in {*applied.values(), *refused.values()}]
+        envs = [self._stored_envelope(txn, batch, cid) for cid in applied_cids | set(refused.values())]
         envs.sort(key=lambda e: (tuple(e.body.hlc), e.cid))
         desc = self._registry(txn, registry)
-        live: list[Envelope] = []
+        live: list[tuple[Envelope | Draft, bytes]] = []  # with the hash of its Automerge change
         live_hashes: set[bytes] = set()
         refused_now: dict[bytes, bytes] = {}
         blob = b""
@@ -673,13 +736,14 @@ class Engine:
             try:
                 if any(dep in refused_now for dep in body.deps) or not set(body.deps) <= live_hashes:
                     raise PolicyDenied("it builds on a refused change")
+                am_hash, am_change = _automerge_of(env)
                 if registry != MEMBERS_REGISTRY:
                     self.trust.check_chain(body.author, registry, body.seq)
-                candidate = RecordDoc.apply(blob, body.payload).materialize()
+                candidate = RecordDoc.apply(blob, am_change).materialize()
                 at_ms = body.hlc[0]
-                if body.op == "create" and not body.deps:
-                    claim = RecordDoc.apply(None, body.payload).materialize()
-                    created = claim.get("created") if isinstance(claim.get("created"), dict) else {}
+                if body.is_snapshot:
+                    claim = read_snapshot(body.payload, kind=body.kind, schema=body.schema)
+                    created = claim["created"]
                     statement = read_statement(body.kind, record_id, claim["fields"]) \
                         if registry == MEMBERS_REGISTRY else None
                     # WAIT cannot happen here: the change was applied or judged
@@ -698,23 +762,23 @@ class Engine:
                                         before={**state, "registry": registry, "id": record_id}, after=candidate,
                                         at_ms=at_ms, policy=self.policy)
             except (PolicyDenied, MalformedInput):
-                refused_now[body.change_hash] = env.cid
-                self.metrics["trust.refused_on_rebuild"] += int(body.change_hash in applied)
+                refused_now[_automerge_of(env)[0]] = env.cid
+                self.metrics["trust.refused_on_rebuild"] += int(env.cid in applied_cids)
                 continue
-            blob += body.payload
-            live.append(env)
-            live_hashes.add(body.change_hash)
+            blob += am_change
+            live.append((env, am_hash))
+            live_hashes.add(am_hash)
             state = candidate
         # The record's bookkeeping, rewritten.
-        for h in applied.keys() - live_hashes:
-            txn.delete(records.am_hash_key(rk, h), db=db["docs"])
-        for h in refused.keys() - refused_now.keys():
-            txn.delete(records.refused_key(rk, h), db=db["docs"])
-        for env in live:
-            txn.put(records.am_hash_key(rk, env.body.change_hash), env.cid, db=db["docs"])
+        records.clear_change_index(self.store, txn, registry, record_id)
+        for env, am_hash in live:
+            txn.put(records.am_hash_key(rk, am_hash), env.cid, db=db["docs"])
+            if env.body.is_snapshot:
+                txn.put(records.snapshot_key(rk, env.cid), b"", db=db["docs"])
         for h, cid in refused_now.items():
             txn.put(records.refused_key(rk, h), cid, db=db["docs"])
-        now_refused = {applied[h] for h in applied.keys() - live_hashes}
+        live_cids = {env.cid for env, _ in live}
+        now_refused = applied_cids - live_cids
         for seq, cid in records.history(self.store, txn, registry, record_id):
             if cid in now_refused:
                 records.drop_history(self.store, txn, registry, record_id, seq)
@@ -727,14 +791,14 @@ class Engine:
         else:
             doc = RecordDoc.load(blob)
             txn.put(rk, stored_doc(doc.save()), db=db["docs"])
-            latest = max(live, key=lambda e: (tuple(e.body.hlc), e.id))
+            latest = max((env for env, _ in live), key=lambda e: (tuple(e.body.hlc), e.id))
             record = {**self._materialized(doc.materialize(), latest, None), "revision": len(live)}
             records.put_record(self.store, txn, old, record)
         batch.docs.pop((registry, record_id), None)
         if registry == regs.REGISTRY_OF_REGISTRIES:
             self._registry_cache.pop(record_id, None)
-        for env in live:
-            if env.body.change_hash not in applied:  # counts now: its own feed event, as if just applied
+        for env, _ in live:
+            if env.cid not in applied_cids:  # counts now: its own feed event, as if just applied
                 self._feed_event(txn, batch, env, registry, record_id, feed.EVENT_TYPES[env.body.op], origin)
         if now_refused:
             kind = (record or old or {}).get("kind") or cause.body.kind
@@ -757,9 +821,10 @@ class Engine:
             records.add_history(self.store, txn, registry, record_id, seq, env.cid)
         batch.committed.feed_seqs.append(seq)
 
-    def _check_state(self, env: Envelope, doc: RecordDoc, desc: regs.RegistryDescriptor) -> dict[str, Any]:
+    def _check_state(self, env: Envelope, state: dict[str, Any], desc: regs.RegistryDescriptor) -> dict[str, Any]:
+        """A remote change's resulting record state, checked as a local write
+        would be: fixed kind, the kind's schema, the size cap, an owner."""
         body = env.body
-        state = doc.materialize()
         if state.get("kind") != body.kind:
             raise ValidationError(f"change turns a {state.get('kind')!r} record into {body.kind!r}; kinds are fixed")
         schema = state.get("schema")
@@ -819,31 +884,43 @@ class Engine:
                     work.append(env)
         return released
 
-    def _keep_evidence(self, txn: lmdb.Transaction, env: Envelope, other_cid: bytes | None) -> None:
+    def _keep_evidence(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope, other_cid: bytes | None) -> None:
         evidence = self.store.db["evidence"]
         body = env.body
         txn.put(key(body.registry, body.author, u64(body.seq), env.cid), env.wire, db=evidence)
-        if other_cid:
-            other = txn.get(other_cid, db=self.store.db["changes"])
+        if other_cid and other_cid not in batch.drafts:  # a draft is this node's own: never equivocation
+            other = changes.wire(self.store, txn, other_cid)
             if other is not None:
                 txn.put(key(body.registry, body.author, u64(body.seq), other_cid), other, db=evidence)
 
     # ------------------------------------------------------------ commit (shared)
 
-    def _commit(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope, doc: RecordDoc,
+    def _commit(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope | Draft, doc: RecordDoc | None,
                 old: dict[str, Any] | None, *, origin: str, requested_by: str | None,
-                state: dict[str, Any], statement: Statement | None = None) -> tuple[int, dict[str, Any]]:
+                state: dict[str, Any], statement: Statement | None = None,
+                automerge: tuple[bytes, bytes] | None = None) -> tuple[int, dict[str, Any]]:
+        """Store one change and what it makes. ``doc`` is the record's
+        document with the change applied, None for a snapshot create of a
+        record that has no document; ``automerge`` the (hash, change) the
+        document gained, when that is not the envelope's own payload (a
+        snapshot's genesis change, merged into an existing document)."""
         db = self.store.db
         body = env.body
         reg, rec = body.registry, body.record
-        txn.put(env.cid, env.wire, db=db["changes"])
+        if isinstance(env, Envelope):  # this node's drafts are stored when the batch signs them
+            changes.put_received(self.store, txn, env)
         txn.put(key(reg, body.author) + SEP + u64(body.seq), env.cid, db=db["chains"])
         batch.heads[(reg, body.author)] = self._chain_heads[(reg, body.author)] = (body.seq, env.cid)
         doc_key = key(reg, rec)
-        stored = append_to_stored(txn.get(doc_key, db=db["docs"]), body.payload)
-        txn.put(doc_key, stored if stored is not None else stored_doc(doc.save()), db=db["docs"])
-        batch.docs[(reg, rec)] = doc
-        txn.put(records.am_hash_key(doc_key, body.change_hash), env.cid, db=db["docs"])
+        if body.is_snapshot:
+            txn.put(records.snapshot_key(doc_key, env.cid), b"", db=db["docs"])
+        if automerge is None and not body.is_snapshot:
+            automerge = (body.change_hash, body.payload)
+        if doc is not None and automerge is not None:
+            stored = append_to_stored(txn.get(doc_key, db=db["docs"]), automerge[1])
+            txn.put(doc_key, stored if stored is not None else stored_doc(doc.save()), db=db["docs"])
+            txn.put(records.am_hash_key(doc_key, automerge[0]), env.cid, db=db["docs"])
+            batch.docs[(reg, rec)] = doc
         record = self._materialized(state, env, old)
         records.put_record(self.store, txn, old, record)
         self._batch_feed_seq += 1
@@ -856,10 +933,7 @@ class Engine:
             reason += f" for {requested_by}"
         self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action=body.op, target=f"{reg}/{rec}",
                           reason=reason, before=record_digest(old), after=record_digest(record), change=env.id)
-        batch.committed.envelopes.append(env.wire)
         batch.committed.feed_seqs.append(seq)
-        if origin == "local":
-            batch.committed.local_envelopes.append(env.wire)
         self.metrics[f"write.{body.op}"] += 1
         if reg == regs.REGISTRY_OF_REGISTRIES:
             self._registry_cache.pop(rec, None)
@@ -875,7 +949,7 @@ class Engine:
             batch.stated.append(statement.subject)
         return seq, record
 
-    def _materialized(self, state: dict[str, Any], env: Envelope, old: dict[str, Any] | None) -> dict[str, Any]:
+    def _materialized(self, state: dict[str, Any], env: Envelope | Draft, old: dict[str, Any] | None) -> dict[str, Any]:
         body = env.body
         created = state.get("created") if isinstance(state.get("created"), dict) else {}
         latest = (tuple(body.hlc), env.id)
@@ -944,15 +1018,56 @@ class Engine:
         return record
 
     def _doc_for_write(self, txn: lmdb.Transaction, batch: _Batch, registry: str, record_id: str) -> RecordDoc:
-        doc = batch.docs.get((registry, record_id))
+        doc = self._document(txn, batch, registry, record_id)
         if doc is None:
-            stored = txn.get(key(registry, record_id), db=self.store.db["docs"])
-            if stored is None:
-                raise NotFound(f"no document for {registry}/{record_id}")
-            doc = RecordDoc.load(doc_bytes(stored))
-            batch.docs[(registry, record_id)] = doc
+            raise NotFound(f"no document for {registry}/{record_id}")
         doc.fork_with_actor(self.actor)
         return doc
+
+    def _document(self, txn: lmdb.Transaction, batch: _Batch, registry: str, record_id: str) -> RecordDoc | None:
+        """The record's Automerge document; built (and stored) from its
+        snapshot creates when it has none yet, None when it has neither."""
+        doc = batch.docs.get((registry, record_id))
+        if doc is not None:
+            return doc
+        docs = self.store.db["docs"]
+        doc_key = key(registry, record_id)
+        stored = txn.get(doc_key, db=docs)
+        if stored is not None:
+            doc = RecordDoc.load(doc_bytes(stored))
+        else:
+            geneses = []
+            for cid in sorted(records.snapshot_changes(self.store, txn, registry, record_id)):
+                body = self._change_body(txn, batch, cid)
+                genesis = genesis_change(read_snapshot(body.payload, kind=body.kind, schema=body.schema), body.author)
+                geneses.append(genesis.raw_bytes)
+                txn.put(records.am_hash_key(doc_key, genesis.hash), cid, db=docs)
+            if not geneses:
+                return None
+            blob = b"".join(geneses)
+            txn.put(doc_key, stored_doc(b"") + blob, db=docs)
+            doc = RecordDoc.apply(None, blob)
+            self.metrics["docs.built_from_snapshot"] += 1
+        batch.docs[(registry, record_id)] = doc
+        return doc
+
+    def _change_body(self, txn: lmdb.Transaction, batch: _Batch, cid: bytes) -> Any:
+        made = batch.drafts.get(cid)
+        if made is not None:
+            return made.body
+        body = changes.body(self.store, txn, cid)
+        if body is None:
+            raise NotFound(f"change {cid_to_str(cid)} is not stored")
+        return body
+
+    def _stored_envelope(self, txn: lmdb.Transaction, batch: _Batch, cid: bytes) -> Envelope | Draft:
+        made = batch.drafts.get(cid)
+        if made is not None:
+            return made
+        env = changes.envelope(self.store, txn, cid)
+        if env is None:
+            raise NotFound(f"change {cid_to_str(cid)} is not stored")
+        return env
 
     def _special_checks(self, registry: str, record_id: str, kind: str,
                         fields: Mapping[str, Any]) -> Statement | None:
@@ -1041,9 +1156,8 @@ class Engine:
         size = 0
         with self.store.read() as txn:
             prefix = key(registry, author) + b"\x00"
-            changes = self.store.db["changes"]
             for _, cid in self.store.iter_prefix(txn, "chains", prefix, start=prefix + u64(after_seq + 1)):
-                wire = txn.get(cid, db=changes)
+                wire = changes.wire(self.store, txn, cid)
                 if wire is None:
                     continue
                 if out and size + len(wire) > max_bytes:
@@ -1053,6 +1167,16 @@ class Engine:
                 if len(out) >= limit:
                     break
         return out
+
+
+def _automerge_of(env: Envelope | Draft) -> tuple[bytes, bytes]:
+    """The (hash, bytes) of the Automerge change a change stands for: its
+    payload, or for a snapshot the genesis change it implies."""
+    body = env.body
+    if not body.is_snapshot:
+        return body.change_hash, body.payload
+    genesis = genesis_change(read_snapshot(body.payload, kind=body.kind, schema=body.schema), body.author)
+    return genesis.hash, genesis.raw_bytes
 
 
 def _state_of(old: Mapping[str, Any], *, schema: int | None = None, fields: Mapping[str, Any] | None = None,
@@ -1126,6 +1250,4 @@ def _actor_of(op: Operation, default: str) -> str:
 
 
 def _try_id(wire: bytes) -> str | None:
-    from registrygrid.protocol.envelope import change_id
-
-    return cid_to_str(change_id(wire)) if isinstance(wire, bytes | bytearray) else None
+    return id_of(wire)

@@ -125,9 +125,8 @@ class IngestResult:
 class Committed:
     """What one batch added, for whoever publishes it (gossip, SSE)."""
 
-    envelopes: list[bytes] = field(default_factory=list)  # wire bytes, in feed order
     feed_seqs: list[int] = field(default_factory=list)
-    local_envelopes: list[bytes] = field(default_factory=list)
+    local_envelopes: list[bytes] = field(default_factory=list)  # this node's changes, wire bytes
 
 
 Outcome = WriteResult | IngestResult | RegistryError | None

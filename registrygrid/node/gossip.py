@@ -42,7 +42,8 @@ from registrygrid.engine.ops import Committed, IngestResult, Remote
 from registrygrid.errors import RegistryError
 from registrygrid.node.guard import PeerGuard
 from registrygrid.node.p2p import GossipMessage, P2PError, P2PHost
-from registrygrid.protocol.envelope import change_id, open_envelope
+from registrygrid.protocol.envelope import claimed_id, open_envelope
+from registrygrid.storage import changes
 from registrygrid.protocol.gossip import Batcher, decode_batch
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ class GossipService:
         metrics = self.metrics
         try:
             wires = decode_batch(data)
-            fresh = [(cid, wire) for wire in wires if (cid := change_id(wire)) not in self.seen]
+            fresh = [(cid, wire) for wire in wires if (cid := claimed_id(wire)) not in self.seen]
             if fresh:
                 fresh = self._not_stored(fresh)
             if not fresh:
@@ -242,11 +243,10 @@ class GossipService:
     def _not_stored(self, fresh: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """Drop changes the store already holds (an LMDB get each: microseconds)."""
         store = self.node.store
-        changes = store.db["changes"]
         with store.read() as txn:
             kept = []
             for cid, wire in fresh:
-                if txn.get(cid, db=changes) is None:
+                if not changes.has(store, txn, cid):
                     kept.append((cid, wire))
                 else:
                     self.seen.add(cid)

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from registrygrid.crdt.record import RecordDoc
 from registrygrid.engine import registries as regs
 from registrygrid.errors import RegistryError
 from registrygrid.protocol import limits
@@ -142,8 +141,7 @@ class PeerGuard:
         if cached is None:
             return Charge(size=len(env.wire), orgs=orgs, registry=body.registry)
         fields_bytes = None
-        if body.op == "create" and not body.deps and (cached.explicit_size_cap
-                                                      or len(body.payload) > MEASURE_CREATES_ABOVE):
+        if body.is_snapshot and (cached.explicit_size_cap or len(body.payload) > MEASURE_CREATES_ABOVE):
             fields_bytes = _fields_bytes(body.payload)
         return Charge(size=len(env.wire), orgs=orgs, registry=body.registry,
                       registry_rate=cached.caps.max_changes_per_second_per_org,
@@ -173,10 +171,11 @@ class PeerGuard:
 
 
 def _fields_bytes(payload: bytes) -> int | None:
-    """The packed size of a create's fields, from its payload alone; None if
-    it does not apply or has no fields map (the engine refuses it then)."""
+    """The packed size of a create's fields, from its snapshot alone; None if
+    it does not decode or has no fields map (the engine refuses it then)."""
     try:
-        fields = RecordDoc.apply(None, payload).materialize().get("fields")
+        snapshot = msgspec.msgpack.decode(payload)
+        fields = snapshot.get("fields") if isinstance(snapshot, dict) else None
         return len(pack(fields)) if isinstance(fields, dict) else None
-    except (RegistryError, RecursionError, ValueError, TypeError, OverflowError, msgspec.EncodeError):
-        return None  # the engine applies the same bytes and names what is wrong
+    except (RecursionError, ValueError, TypeError, OverflowError, msgspec.DecodeError, msgspec.EncodeError):
+        return None  # the engine reads the same bytes and names what is wrong

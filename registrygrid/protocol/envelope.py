@@ -1,14 +1,20 @@
-"""Signed change envelopes: the unit of replication.
+"""Signed change envelopes: the unit of replication (wire format 2).
 
-Wire form: a msgpack array ``[body, signature]`` where ``body`` is the msgpack
-encoding of a ``ChangeBody`` and ``signature`` is the author's Ed25519
-signature over exactly those bytes. Signing bytes rather than a re-encoding
-means a verifier never has to reproduce an encoder bit for bit; decoding then
-checks that the body is in canonical form (re-encoding gives the same bytes),
-so one change has one byte string and one ID.
+Wire form: a msgpack array ``[body, index, size, path, signature]``. ``body``
+is the msgpack encoding of a ``ChangeBody``; the change ID is the CIDv1
+(codec ``raw``, sha2-256) of those body bytes alone. An author signs once
+per commit batch: ``signature`` is Ed25519 over ``batch_message(root, size)``,
+where ``root`` is the RFC 6962 Merkle root of the batch's change IDs, and
+``path`` is this change's inclusion path (leaf ``index`` of ``size``). So a
+single change is verifiable on its own (body + path + signature) and a
+receiver checks each batch's signature once. A lone write is a batch of one
+with an empty path. ``docs/formats.md`` gives every byte.
 
-The change ID is a CIDv1 (codec ``raw``, sha2-256) of the wire bytes: equal
-bytes give equal IDs, so duplicates are free to detect and apply is idempotent.
+Signing a root over the IDs of bytes, rather than a re-encoding, means a
+verifier never has to reproduce an encoder bit for bit; decoding checks that
+body and wire are in canonical form, so one change has one body and one ID.
+Equal IDs mean equal bodies: duplicates are free to detect, and applying is
+idempotent whichever batch proof a copy arrived with.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -25,8 +31,9 @@ from registrygrid.errors import MalformedInput, SignatureInvalid, TooLarge, Vali
 from registrygrid.identity.keys import KeyPair, public_key_from_did, verify_signature
 from registrygrid.protocol import base32, limits, names
 from registrygrid.protocol.hlc import Hlc
+from registrygrid.protocol.merkle import MerkleTree, root_from_path
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 OPS = ("create", "update", "delete")
 Op = Literal["create", "update", "delete"]
 
@@ -47,25 +54,44 @@ class ChangeBody(msgspec.Struct, array_like=True, frozen=True):
     schema: int
     author: str  # did:key of the signer
     seq: int  # 1, 2, 3 ... per (author, registry): the author's hash chain
-    prev: bytes  # change ID of the author's previous envelope in this registry; b"" for seq 1
+    prev: bytes  # change ID of the author's previous change in this registry; b"" for seq 1
     hlc: tuple[int, int]
-    deps: list[bytes]  # Automerge hashes the payload depends on
-    change_hash: bytes  # Automerge hash of the payload
-    payload: bytes  # one Automerge change
+    deps: list[bytes]  # Automerge hashes the payload depends on ([] for a snapshot)
+    change_hash: bytes  # Automerge hash of the payload; b"" for a snapshot
+    payload: bytes  # one Automerge change, or a create's snapshot (crdt/snapshot.py)
+
+    @property
+    def is_snapshot(self) -> bool:
+        return not self.change_hash
 
 
 class _Wire(msgspec.Struct, array_like=True, frozen=True):
     body: bytes
-    signature: bytes
+    index: int  # this change's leaf in its batch's Merkle tree
+    size: int  # leaves in the batch
+    path: list[bytes]  # RFC 6962 inclusion path, bottom first; [] for a batch of one
+    signature: bytes  # the author's Ed25519 signature of batch_message(root, size)
 
 
 _body_encoder = msgspec.msgpack.Encoder()
 _body_decoder = msgspec.msgpack.Decoder(ChangeBody)
 _wire_decoder = msgspec.msgpack.Decoder(_Wire)
 
+# What an author signs for a batch: a domain tag (so no other signature of
+# the key can pass for one), the batch size and the Merkle root of its IDs.
+BATCH_DOMAIN = b"registrygrid/batch/v2\x00"
+MAX_BATCH = 2**32 - 1
 
-def change_id(wire: bytes) -> bytes:
-    return _CID_PREFIX + hashlib.sha256(wire).digest()
+
+def batch_message(root: bytes, size: int) -> bytes:
+    return BATCH_DOMAIN + size.to_bytes(8, "big") + root
+
+
+def change_id(body: bytes) -> bytes:
+    """A change's ID: the CID of its body bytes alone. The batch proof and
+    signature travel beside the body, so the Merkle root over IDs is well
+    defined and a change has one ID however it was batched."""
+    return _CID_PREFIX + hashlib.sha256(body).digest()
 
 
 def cid_to_str(cid: bytes) -> str:
@@ -89,27 +115,61 @@ def cid_from_str(text: str) -> bytes:
     return raw
 
 
-class Envelope(msgspec.Struct, frozen=True):
-    """A decoded, signature-checked change together with its wire bytes and ID."""
+class Draft(msgspec.Struct, frozen=True):
+    """A change before its batch is signed: its body, and so its ID, are
+    final (the next change of the chain names it as ``prev``)."""
 
     body: ChangeBody
-    wire: bytes
+    body_bytes: bytes
     cid: bytes
-    id: str  # cid in text form, computed once
-
-    @classmethod
-    def of(cls, body: ChangeBody, wire: bytes) -> Envelope:
-        cid = change_id(wire)
-        return cls(body=body, wire=wire, cid=cid, id=cid_to_str(cid))
+    id: str
 
     @property
     def hlc(self) -> Hlc:
         return Hlc(*self.body.hlc)
 
 
-def seal(
-    key: KeyPair,
+class SignedRoot(msgspec.Struct, frozen=True):
+    """One author's signature over one batch: stored once, however many
+    changes it covers."""
+
+    author: str
+    root: bytes
+    size: int
+    signature: bytes
+
+
+class Envelope(msgspec.Struct, frozen=True):
+    """A decoded change with its batch proof, its wire bytes and its ID."""
+
+    body: ChangeBody
+    body_bytes: bytes
+    wire: bytes
+    cid: bytes
+    id: str  # cid in text form, computed once
+    index: int
+    size: int
+    path: list[bytes]
+    signature: bytes
+
+    @property
+    def hlc(self) -> Hlc:
+        return Hlc(*self.body.hlc)
+
+    @property
+    def root(self) -> bytes:
+        root = root_from_path(self.cid, self.index, self.size, self.path)
+        assert root is not None, "an Envelope's proof was checked when it was built"
+        return root
+
+    @property
+    def signed_root(self) -> SignedRoot:
+        return SignedRoot(self.body.author, self.root, self.size, self.signature)
+
+
+def draft(
     *,
+    author: str,
     registry: str,
     record: str,
     op: Op,
@@ -121,7 +181,7 @@ def seal(
     deps: list[bytes],
     change_hash: bytes,
     payload: bytes,
-) -> Envelope:
+) -> Draft:
     body = ChangeBody(
         v=PROTOCOL_VERSION,
         registry=registry,
@@ -129,7 +189,7 @@ def seal(
         op=op,
         kind=kind,
         schema=schema,
-        author=key.did,
+        author=author,
         seq=seq,
         prev=prev,
         hlc=(hlc.wall_ms, hlc.counter),
@@ -138,19 +198,65 @@ def seal(
         payload=payload,
     )
     body_bytes = _body_encoder.encode(body)
-    wire = _body_encoder.encode(_Wire(body_bytes, key.sign(body_bytes)))
-    if len(wire) > limits.MAX_ENVELOPE_BYTES:
+    # The cap holds for the wire, which adds the proof: leave room for it.
+    if len(body_bytes) > limits.MAX_ENVELOPE_BYTES - _PROOF_ROOM:
         raise TooLarge(
-            f"change of {len(wire)} bytes exceeds the envelope cap of {limits.MAX_ENVELOPE_BYTES}"
+            f"change of {len(body_bytes)} bytes exceeds the envelope cap of {limits.MAX_ENVELOPE_BYTES}"
         )
-    return Envelope.of(body, wire)
+    cid = change_id(body_bytes)
+    return Draft(body=body, body_bytes=body_bytes, cid=cid, id=cid_to_str(cid))
+
+
+# Room the batch proof takes on the wire: a signature, two integers and a
+# path of up to 32 hashes (2**32 changes in one batch).
+_PROOF_ROOM = 64 + 32 * 34 + 32
+
+
+def seal_batch(key: KeyPair, drafts: Sequence[Draft]) -> tuple[list[Envelope], SignedRoot]:
+    """Sign a batch of one author's drafts with one signature over the
+    Merkle root of their IDs; each envelope carries its inclusion path."""
+    if not drafts:
+        raise ValueError("nothing to seal")
+    if len(drafts) > MAX_BATCH:
+        raise TooLarge(f"{len(drafts)} changes in one batch exceed {MAX_BATCH}")
+    tree = MerkleTree([d.cid for d in drafts])
+    size = tree.size
+    signature = key.sign(batch_message(tree.root, size))
+    _remember_verified(key.did, tree.root, size, signature)
+    encode = _body_encoder.encode
+    out = []
+    for index, d in enumerate(drafts):
+        path = tree.path(index)
+        wire = encode(_Wire(d.body_bytes, index, size, path, signature))
+        out.append(Envelope(body=d.body, body_bytes=d.body_bytes, wire=wire, cid=d.cid, id=d.id, index=index,
+                            size=size, path=path, signature=signature))
+    return out, SignedRoot(key.did, tree.root, size, signature)
+
+
+def seal(key: KeyPair, **fields: Any) -> Envelope:
+    """One change, signed on its own: a batch of one, with an empty path."""
+    envelopes, _ = seal_batch(key, [draft(author=key.did, **fields)])
+    return envelopes[0]
+
+
+def wire_of(body_bytes: bytes, index: int, size: int, path: Sequence[bytes], signature: bytes) -> bytes:
+    """The wire form of a stored change (storage keeps the signature once
+    per batch and rebuilds each change's wire from it)."""
+    return _body_encoder.encode(_Wire(body_bytes, index, size, list(path), signature))
+
+
+def decode_body(body_bytes: bytes) -> ChangeBody:
+    """A stored body, decoded without checks (it was checked when stored)."""
+    return _body_decoder.decode(body_bytes)
 
 
 def open_envelope(wire: bytes, *, verify: bool = True) -> Envelope:
     """Decode and check an envelope from anywhere untrusted.
 
     Raises TooLarge, MalformedInput (not decodable, not canonical, fields out of
-    range) or SignatureInvalid. Never anything else, for any input bytes.
+    range, a proof that proves nothing) or SignatureInvalid. Never anything
+    else, for any input bytes. A batch's signature is checked once: later
+    changes of the same batch find its verdict in a cache.
     """
     if len(wire) > limits.MAX_ENVELOPE_BYTES:
         raise TooLarge(f"envelope of {len(wire)} bytes exceeds {limits.MAX_ENVELOPE_BYTES}")
@@ -159,33 +265,68 @@ def open_envelope(wire: bytes, *, verify: bool = True) -> Envelope:
         body = _body_decoder.decode(outer.body)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, ValueError) as exc:
         raise MalformedInput(f"undecodable envelope: {exc}") from None
-    if _body_encoder.encode(_Wire(outer.body, outer.signature)) != wire:
+    if _body_encoder.encode(outer) != wire:
         raise MalformedInput("envelope is not in canonical form")
     if _body_encoder.encode(body) != outer.body:
         raise MalformedInput("envelope body is not in canonical form")
     _check_body(body)
+    cid = change_id(outer.body)
+    root = _proven_root(cid, outer)
     if verify:
-        try:
-            public_key = public_key_from_did(body.author)
-        except ValidationError as exc:
-            raise SignatureInvalid(f"author is not a did:key: {exc.message}") from None
-        verify_signature(public_key, outer.body, outer.signature)
-    return Envelope.of(body, wire)
+        _check_batch_signature(body.author, root, outer.size, outer.signature)
+    return Envelope(body=body, body_bytes=outer.body, wire=wire, cid=cid, id=cid_to_str(cid), index=outer.index,
+                    size=outer.size, path=outer.path, signature=outer.signature)
+
+
+def _proven_root(cid: bytes, outer: _Wire) -> bytes:
+    if not 1 <= outer.size <= MAX_BATCH or any(len(h) != 32 for h in outer.path):
+        raise MalformedInput(f"malformed envelope: batch proof for a batch of {outer.size}")
+    root = root_from_path(cid, outer.index, outer.size, outer.path)
+    if root is None:
+        raise MalformedInput(f"malformed envelope: no inclusion path for leaf {outer.index} of {outer.size}")
+    if len(outer.signature) != 64:
+        raise MalformedInput("malformed envelope: a signature is 64 bytes")
+    return root
+
+
+# (author, root, size, signature) of batches whose signature held: later
+# changes of a batch are checked by a lookup. The signature is part of the
+# key, so a wire with any other signature bytes is checked (and refused)
+# like any other. Cleared when full: a miss only costs one check.
+_VERIFIED_MAX = 1 << 16
+_verified: dict[tuple[str, bytes, int, bytes], bool] = {}
+
+
+def _remember_verified(author: str, root: bytes, size: int, signature: bytes) -> None:
+    if len(_verified) >= _VERIFIED_MAX:
+        _verified.clear()
+    _verified[(author, root, size, signature)] = True
+
+
+def _check_batch_signature(author: str, root: bytes, size: int, signature: bytes) -> None:
+    if (author, root, size, signature) in _verified:
+        return
+    try:
+        public_key = public_key_from_did(author)
+    except ValidationError as exc:
+        raise SignatureInvalid(f"author is not a did:key: {exc.message}") from None
+    verify_signature(public_key, batch_message(root, size), signature)
+    _remember_verified(author, root, size, signature)
 
 
 def signatures_hold(wires: Sequence[bytes]) -> list[bool]:
-    """For each wire: whether it decodes and carries its author's valid
-    signature over its body. True only when all of that holds; for anything
-    else False, and ``open_envelope(wire)`` says what is wrong. The Ed25519
-    check runs in libsodium with the GIL released, so a caller may check
-    slices of a batch on several threads at once (the engine does, for
-    remote changes: verification is a fifth of applying one)."""
+    """For each wire: whether it decodes and carries a valid proof and its
+    author's valid signature of the batch. True only when all of that
+    holds; for anything else False, and ``open_envelope(wire)`` says what is
+    wrong. The Ed25519 check runs in libsodium with the GIL released, so a
+    caller may check slices of a batch on several threads at once."""
     out = []
     for wire in wires:
         try:
             outer = _wire_decoder.decode(wire)
             author = _author_decoder.decode(outer.body).author
-            verify_signature(public_key_from_did(author), outer.body, outer.signature)
+            root = _proven_root(change_id(outer.body), outer)
+            _check_batch_signature(author, root, outer.size, outer.signature)
         except Exception:  # any failure is a "no"; open_envelope gives the typed reason
             out.append(False)
         else:
@@ -244,7 +385,32 @@ def _check_body(body: ChangeBody) -> None:
         raise bad(f"{len(body.deps)} deps exceed {limits.MAX_DEPS}")
     if any(len(d) != AUTOMERGE_HASH_BYTES for d in body.deps):
         raise bad("deps must be 32-byte Automerge hashes")
-    if len(body.change_hash) != AUTOMERGE_HASH_BYTES:
+    if body.is_snapshot:
+        if body.op != "create" or body.deps:
+            raise bad("only a create with no deps is a snapshot")
+    elif len(body.change_hash) != AUTOMERGE_HASH_BYTES:
         raise bad("change_hash must be a 32-byte Automerge hash")
+    elif body.op == "create" and not body.deps:
+        raise bad("a record's first create is a snapshot, not an Automerge change")
     if not body.payload:
         raise bad("empty payload")
+
+
+def id_of(wire: object) -> str | None:
+    """The change ID a wire's body gives, without checking anything else
+    (for naming a refused change); None if it does not decode."""
+    try:
+        return cid_to_str(change_id(_wire_decoder.decode(wire).body))  # type: ignore[arg-type]
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, TypeError):
+        return None
+
+
+def claimed_id(wire: bytes) -> bytes:
+    """The change ID a wire's body gives, checking nothing: for dedupe
+    before the costly checks. A wire that does not decode gets the hash of
+    its bytes instead, so repeats of it dedupe too (open_envelope refuses
+    it later)."""
+    try:
+        return change_id(_wire_decoder.decode(wire).body)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, TypeError):
+        return change_id(wire)

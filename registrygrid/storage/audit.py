@@ -19,6 +19,7 @@ import lmdb
 
 from registrygrid.errors import IntegrityError, SignatureInvalid
 from registrygrid.identity.keys import KeyPair, verify_did_signature
+from registrygrid.protocol.merkle import MerkleFrontier, leaf_hash, node_hash  # noqa: F401 (re-exported)
 from registrygrid.storage.store import Store, from_u64, pack, u64, unpack
 
 ACTIONS = ("create", "update", "delete", "read", "deny", "remote")
@@ -28,43 +29,6 @@ GENESIS = b"\x00" * 32
 # stops): bounds how much history a tamperer could rewrite before a signed
 # head pins it, at one signature (~20 us) per thousand entries.
 SIGN_EVERY_ENTRIES = 1024
-
-
-def leaf_hash(entry_hash: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + entry_hash).digest()  # RFC 6962 2.1
-
-
-def node_hash(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
-
-
-class MerkleFrontier:
-    """The roots of the perfect subtrees covering the leaves so far: O(log n)
-    state that appends in O(log n) and yields the RFC 6962 root."""
-
-    def __init__(self, size: int = 0, nodes: list[bytes] | None = None) -> None:
-        self.size = size
-        self.nodes = list(nodes or [])  # largest subtree first
-
-    def append(self, leaf: bytes) -> None:
-        node = leaf
-        size = self.size
-        while size & 1:
-            node = node_hash(self.nodes.pop(), node)
-            size >>= 1
-        self.nodes.append(node)
-        self.size += 1
-
-    def root(self) -> bytes:
-        if not self.nodes:
-            return hashlib.sha256(b"").digest()
-        acc = self.nodes[-1]
-        for node in reversed(self.nodes[:-1]):
-            acc = node_hash(node, acc)
-        return acc
-
-    def to_state(self) -> list[Any]:
-        return [self.size, self.nodes]
 
 
 @dataclass(frozen=True)

@@ -124,8 +124,37 @@ def _matches(record: dict[str, Any], registry: str | None, kind: str | None, own
 # "docs" (store.py explains why): registry \0 record \0 'h' feedseq, and
 # registry \0 record \0 'a' hash. Refused changes (stored in their
 # author's chain as evidence, never applied: docs/trust.md) are marked
-# there too: registry \0 record \0 'x' hash -> change id.
-_HISTORY, _AM_HASH, _REFUSED = SEP + b"h", SEP + b"a", SEP + b"x"
+# there too: registry \0 record \0 'x' hash -> change id. A snapshot
+# create that counts is marked registry \0 record \0 's' cid (its genesis
+# change gets an 'a' entry only once the record's document is built).
+_HISTORY, _AM_HASH, _REFUSED, _SNAPSHOT = SEP + b"h", SEP + b"a", SEP + b"x", SEP + b"s"
+
+
+def snapshot_key(record_key: bytes, cid: bytes) -> bytes:
+    return record_key + _SNAPSHOT + cid
+
+
+def snapshot_changes(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> list[bytes]:
+    """Change ids of the snapshot creates that count for the record."""
+    prefix = key(registry, record_id) + _SNAPSHOT
+    return [k[len(prefix):] for k, _ in store.iter_prefix(txn, "docs", prefix)]
+
+
+def counts(store: Store, txn: lmdb.Transaction, record_key: bytes, cid: bytes, automerge_hash: bytes) -> bool:
+    """Whether the change (a snapshot when ``automerge_hash`` is empty)
+    counts for the record: applied, not refused."""
+    k = snapshot_key(record_key, cid) if not automerge_hash else am_hash_key(record_key, automerge_hash)
+    return txn.get(k, db=store.db["docs"]) is not None
+
+
+def clear_change_index(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> None:
+    """Drop the record's applied, snapshot and refused markers (a rebuild
+    writes them anew)."""
+    docs = store.db["docs"]
+    for marker in (_AM_HASH, _SNAPSHOT, _REFUSED):
+        stale = [k for k, _ in store.iter_prefix(txn, "docs", key(registry, record_id) + marker)]
+        for k in stale:
+            txn.delete(k, db=docs)
 
 
 def am_hash_key(record_key: bytes, automerge_hash: bytes) -> bytes:

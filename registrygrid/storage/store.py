@@ -7,11 +7,17 @@ Key layout (``\\x00`` separates names, which can never contain it; integers
 are 8-byte big-endian so byte order is numeric order):
 
     meta        name                          -> msgpack value
-    changes     change id (CID bytes)         -> envelope wire bytes
+    changes     change id (CID of its body)   -> msgpack [body, batch root, index, path]
+    roots       batch Merkle root             -> msgpack [author, size, signature, leaves]
+                                              (see storage/changes.py)
     chains      registry \\0 author \\0 seq     -> change id; an author's last link is the
                                               head of its chain (the version vector)
-    docs        registry \\0 record            -> Automerge saved document
+    docs        registry \\0 record            -> Automerge document (absent until the record's
+                                              first update: a create is a snapshot)
                 registry \\0 record \\0 'a' hash -> change id carrying that Automerge change
+                                              (a snapshot's genesis change, once built)
+                registry \\0 record \\0 's' cid  -> b"": a snapshot create that counts
+                registry \\0 record \\0 'x' hash -> change id refused (kept as evidence)
                 registry \\0 record \\0 'h' feedseq -> change id (the record's history)
     records     registry \\0 record            -> msgpack materialized record
     feed        feedseq                       -> msgpack feed event
@@ -46,6 +52,7 @@ from registrygrid.errors import IntegrityError, Unavailable
 SUBDATABASES = (
     "meta",
     "changes",
+    "roots",
     "chains",
     "docs",
     "records",
@@ -67,7 +74,10 @@ SUBDATABASES = (
 # of fsync each here): keys that sit together share leaves, and every
 # sub-database a write touches adds a root-to-leaf path of its own. A lone
 # write on a 20k-record store touched ~38 pages in format 1.
-STORE_FORMAT = 2
+# 3: wire format 2. A change is stored as its body and batch proof, its
+# batch's signature once under the batch root ("roots"); a create is a
+# snapshot, so a record has no Automerge document until its first update.
+STORE_FORMAT = 3
 
 # LMDB reserves address space, not disk: on Linux the file grows only as
 # pages are written, so a generous map costs nothing until used. 64 GiB

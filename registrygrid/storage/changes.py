@@ -1,0 +1,124 @@
+"""Signed changes and the batch signatures that cover them.
+
+    changes  change id -> msgpack [body, root, index, path]
+    roots    Merkle root -> msgpack [author, size, signature, leaves]
+
+A batch's signature is stored once, under its root. A batch this node
+signed keeps its leaves (the change IDs, in order: 36 bytes a change), so a
+change's inclusion path is recomputed when its wire is needed, not stored
+(``path`` is empty). A change received from a peer keeps the path it came
+with, since only part of its batch may ever arrive here (``leaves`` empty).
+Either way ``wire`` gives back exactly the bytes a peer can verify alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import lmdb
+import msgspec
+
+from registrygrid.errors import IntegrityError
+from registrygrid.protocol.envelope import (
+    CID_BYTES,
+    cid_to_str,
+    ChangeBody,
+    Envelope,
+    SignedRoot,
+    decode_body,
+    open_envelope,
+    wire_of,
+)
+from registrygrid.protocol.merkle import MerkleTree
+from registrygrid.storage.store import Store
+
+
+class _StoredChange(msgspec.Struct, array_like=True, frozen=True):
+    body: bytes
+    root: bytes
+    index: int
+    path: list[bytes]
+
+
+class _StoredRoot(msgspec.Struct, array_like=True, frozen=True):
+    author: str
+    size: int
+    signature: bytes
+    leaves: bytes  # the batch's change IDs concatenated, or b"" when not all are known
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_change_decoder = msgspec.msgpack.Decoder(_StoredChange)
+_root_decoder = msgspec.msgpack.Decoder(_StoredRoot)
+
+
+def put_batch(store: Store, txn: lmdb.Transaction, envelopes: Sequence[Envelope], signed: SignedRoot) -> None:
+    """A batch this node signed: its signature and leaves once, each change
+    without its path."""
+    changes = store.db["changes"]
+    root = signed.root
+    txn.put(root, _encode(_StoredRoot(signed.author, signed.size, signed.signature,
+                                      b"".join(env.cid for env in envelopes))), db=store.db["roots"])
+    for env in envelopes:
+        txn.put(env.cid, _encode(_StoredChange(env.body_bytes, root, env.index, [])), db=changes)
+
+
+def put_received(store: Store, txn: lmdb.Transaction, env: Envelope) -> None:
+    """A change from a peer, with the path it came with."""
+    root = env.root
+    roots = store.db["roots"]
+    if txn.get(root, db=roots) is None:
+        txn.put(root, _encode(_StoredRoot(env.body.author, env.size, env.signature, b"")), db=roots)
+    txn.put(env.cid, _encode(_StoredChange(env.body_bytes, root, env.index, env.path)), db=store.db["changes"])
+
+
+def has(store: Store, txn: lmdb.Transaction, cid: bytes) -> bool:
+    return txn.get(cid, db=store.db["changes"]) is not None
+
+
+def body(store: Store, txn: lmdb.Transaction, cid: bytes) -> ChangeBody | None:
+    raw = txn.get(cid, db=store.db["changes"])
+    return None if raw is None else decode_body(_change_decoder.decode(raw).body)
+
+
+def wire(store: Store, txn: lmdb.Transaction, cid: bytes) -> bytes | None:
+    """The change's wire bytes: body, inclusion path and its batch's signature."""
+    raw = txn.get(cid, db=store.db["changes"])
+    if raw is None:
+        return None
+    stored = _change_decoder.decode(raw)
+    signed = txn.get(stored.root, db=store.db["roots"])
+    if signed is None:
+        raise IntegrityError(f"the batch signature of change {cid_to_str(cid)} is not stored")
+    batch = _root_decoder.decode(signed)
+    path = stored.path
+    if not path and batch.size > 1:
+        path = _tree(stored.root, batch.leaves).path(stored.index)
+    return wire_of(stored.body, stored.index, batch.size, path, batch.signature)
+
+
+def envelope(store: Store, txn: lmdb.Transaction, cid: bytes) -> Envelope | None:
+    """The stored change as an Envelope (checked when stored, not again)."""
+    raw = wire(store, txn, cid)
+    return None if raw is None else open_envelope(raw, verify=False)
+
+
+def iter_ids(store: Store, txn: lmdb.Transaction) -> Iterator[bytes]:
+    """Every stored change ID, in key order."""
+    yield from txn.cursor(db=store.db["changes"]).iternext(keys=True, values=False)
+
+
+# Trees of recently served local batches: sync sends a chain in order, so
+# consecutive changes mostly share a batch, and its tree is built once.
+_TREES_MAX = 64
+_trees: dict[bytes, MerkleTree] = {}
+
+
+def _tree(root: bytes, leaves: bytes) -> MerkleTree:
+    tree = _trees.get(root)
+    if tree is None:
+        tree = MerkleTree([leaves[i:i + CID_BYTES] for i in range(0, len(leaves), CID_BYTES)])
+        if len(_trees) >= _TREES_MAX:
+            _trees.clear()
+        _trees[root] = tree
+    return tree
