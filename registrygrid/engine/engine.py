@@ -73,8 +73,9 @@ from registrygrid.protocol.envelope import (
     draft,
     id_of,
     open_envelope,
-    seal_batch,
+    sign_batch,
     signatures_hold,
+    wire_of,
 )
 from registrygrid.protocol.hlc import MAX_DRIFT_MS, Hlc, HybridClock, wall_clock_ms
 from registrygrid.schemas import KindSchema, SchemaCatalog
@@ -261,9 +262,12 @@ class Engine:
         Merkle root of their IDs, stored once, each change with its proof."""
         if not batch.drafts:
             return
-        envelopes, signed = seal_batch(self.key, list(batch.drafts.values()))
-        changes.put_batch(self.store, txn, envelopes, signed)
-        batch.committed.local_envelopes.extend(env.wire for env in envelopes)
+        drafts = list(batch.drafts.values())
+        signed, tree = sign_batch(self.key, drafts)
+        changes.put_batch(self.store, txn, drafts, signed)
+        if self.listeners:  # the wires, for gossip: nobody else needs them now
+            batch.committed.local_envelopes.extend(
+                wire_of(d.body_bytes, i, signed.size, tree.path(i), signed.signature) for i, d in enumerate(drafts))
         self.metrics["write.batches_signed"] += 1
 
     def close(self) -> None:

@@ -212,25 +212,31 @@ def draft(
 _PROOF_ROOM = 64 + 32 * 34 + 32
 
 
-def seal_batch(key: KeyPair, drafts: Sequence[Draft]) -> tuple[list[Envelope], SignedRoot]:
-    """Sign a batch of one author's drafts with one signature over the
-    Merkle root of their IDs; each envelope carries its inclusion path."""
+def sign_batch(key: KeyPair, drafts: Sequence[Draft]) -> tuple[SignedRoot, MerkleTree]:
+    """One signature over the Merkle root of a batch of one author's drafts
+    (leaf i is the ID of drafts[i]); the tree gives each change's path."""
     if not drafts:
-        raise ValueError("nothing to seal")
+        raise ValueError("nothing to sign")
     if len(drafts) > MAX_BATCH:
         raise TooLarge(f"{len(drafts)} changes in one batch exceed {MAX_BATCH}")
     tree = MerkleTree([d.cid for d in drafts])
-    size = tree.size
-    signature = key.sign(batch_message(tree.root, size))
-    _remember_verified(key.did, tree.root, size, signature)
+    signature = key.sign(batch_message(tree.root, tree.size))
+    _remember_verified(key.did, tree.root, tree.size, signature)
+    return SignedRoot(key.did, tree.root, tree.size, signature), tree
+
+
+def seal_batch(key: KeyPair, drafts: Sequence[Draft]) -> tuple[list[Envelope], SignedRoot]:
+    """Sign a batch of one author's drafts with one signature over the
+    Merkle root of their IDs; each envelope carries its inclusion path."""
+    signed, tree = sign_batch(key, drafts)
     encode = _body_encoder.encode
     out = []
     for index, d in enumerate(drafts):
         path = tree.path(index)
-        wire = encode(_Wire(d.body_bytes, index, size, path, signature))
+        wire = encode(_Wire(d.body_bytes, index, signed.size, path, signed.signature))
         out.append(Envelope(body=d.body, body_bytes=d.body_bytes, wire=wire, cid=d.cid, id=d.id, index=index,
-                            size=size, path=path, signature=signature))
-    return out, SignedRoot(key.did, tree.root, size, signature)
+                            size=signed.size, path=path, signature=signed.signature))
+    return out, signed
 
 
 def seal(key: KeyPair, **fields: Any) -> Envelope:

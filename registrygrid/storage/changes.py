@@ -23,6 +23,7 @@ from registrygrid.protocol.envelope import (
     CID_BYTES,
     cid_to_str,
     ChangeBody,
+    Draft,
     Envelope,
     SignedRoot,
     decode_body,
@@ -52,15 +53,15 @@ _change_decoder = msgspec.msgpack.Decoder(_StoredChange)
 _root_decoder = msgspec.msgpack.Decoder(_StoredRoot)
 
 
-def put_batch(store: Store, txn: lmdb.Transaction, envelopes: Sequence[Envelope], signed: SignedRoot) -> None:
-    """A batch this node signed: its signature and leaves once, each change
-    without its path."""
+def put_batch(store: Store, txn: lmdb.Transaction, drafts: Sequence[Draft], signed: SignedRoot) -> None:
+    """A batch this node signed (``drafts[i]`` is leaf i): its signature and
+    leaves once, each change without its path."""
     changes = store.db["changes"]
     root = signed.root
     txn.put(root, _encode(_StoredRoot(signed.author, signed.size, signed.signature,
-                                      b"".join(env.cid for env in envelopes))), db=store.db["roots"])
-    for env in envelopes:
-        txn.put(env.cid, _encode(_StoredChange(env.body_bytes, root, env.index, [])), db=changes)
+                                      b"".join(d.cid for d in drafts))), db=store.db["roots"])
+    for index, d in enumerate(drafts):
+        txn.put(d.cid, _encode(_StoredChange(d.body_bytes, root, index, [])), db=changes)
 
 
 def put_received(store: Store, txn: lmdb.Transaction, env: Envelope) -> None:

@@ -29,9 +29,16 @@ def index_keys(record: dict[str, Any]) -> set[bytes]:
 
 def put_record(store: Store, txn: lmdb.Transaction, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
     txn.put(record_key(new["registry"], new["id"]), pack(new), db=store.db["records"])
-    old_keys = index_keys(old) if old is not None else set()
-    new_keys = index_keys(new)
     indexes = store.db["indexes"]
+    if old is None:  # a create: every key is new (the common case, so no set arithmetic)
+        registry, record_id = new["registry"], new["id"]
+        txn.put(b"k" + key(registry, new["kind"], record_id), b"", db=indexes)
+        txn.put(b"o" + key(new["owner"], registry, record_id), b"", db=indexes)
+        for tag in new["tags"]:
+            txn.put(b"t" + key(tag, registry, record_id), b"", db=indexes)
+        return
+    old_keys = index_keys(old)
+    new_keys = index_keys(new)
     for stale in old_keys - new_keys:
         txn.delete(stale, db=indexes)
     for fresh in new_keys - old_keys:
