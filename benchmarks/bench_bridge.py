@@ -132,7 +132,7 @@ class _NoOpEngine:
     def __init__(self) -> None:
         self.listeners: list = []
 
-    def execute(self, ops):  # noqa: ANN001, ANN201
+    def execute(self, ops):
         return [None] * len(ops)
 
 
@@ -181,7 +181,7 @@ def _crossing_alone(n: int = 3000) -> list[Figure]:
             for _ in range(n):
                 t0 = time.perf_counter()
                 fut = loop.create_future()
-                committer.submit_threadsafe([None], lambda *_: loop.call_soon_threadsafe(fut.set_result, None))
+                committer.submit_threadsafe([None], lambda *_, fut=fut: loop.call_soon_threadsafe(fut.set_result, None))
                 await fut
                 times.append(time.perf_counter() - t0)
             out["now"] = times
@@ -265,8 +265,10 @@ def _fig(name: str, res: dict, cpu_note: str = "") -> Figure:
 
 
 def run(duration: float) -> dict:
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not on PATH (apt-get install wrk)")
+    try:
+        loadgen.ensure_wrk()  # installs it with apt-get when root, else names the command
+    except loadgen.LoadgenError as exc:
+        raise SystemExit(f"bench_bridge needs wrk: {exc}") from None
     from registrygrid.client import BridgeClient
 
     figures: list[Figure] = []

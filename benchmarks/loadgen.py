@@ -61,6 +61,7 @@ from urllib.parse import urlsplit
 __all__ = [
     "LoadgenError",
     "check_loopback_url",
+    "ensure_wrk",
     "find_wrk",
     "percentiles_ms",
     "run_load",
@@ -114,7 +115,7 @@ def percentiles_ms(latencies_s: list[float]) -> dict[str, float | None]:
     n = len(xs)
 
     def rank(p: float) -> float:
-        i = min(n - 1, max(0, int(round(p / 100.0 * n + 0.5)) - 1))
+        i = min(n - 1, max(0, round(p / 100.0 * n + 0.5) - 1))
         return round(xs[i] * 1000.0, 3)
 
     return {"p50_ms": rank(50), "p90_ms": rank(90), "p99_ms": rank(99)}
@@ -172,7 +173,7 @@ async def run_load_async(
                         errors += 1
                         k = f"status {status}"
                         error_kinds[k] = error_kinds.get(k, 0) + 1
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                     errors += 1
                     k = type(exc).__name__
                     error_kinds[k] = error_kinds.get(k, 0) + 1
@@ -220,6 +221,52 @@ def find_wrk(path: str | None = "auto") -> str | None:
     return found
 
 
+WRK_INSTALL = "apt-get update && apt-get install -y wrk"  # Debian/Ubuntu package "wrk"
+# Ten minutes for each apt-get step: an index update and one small package
+# take well under a minute from a reachable mirror; past that apt is waiting
+# on a lock or a dead network, and the benchmark should say so, not hang.
+APT_STEP_TIMEOUT_S = 600.0
+
+
+def ensure_wrk(*, install: bool = True) -> str:
+    """The path of the wrk binary; installed first with apt-get if it is missing.
+
+    It is installed only when this process runs as root on a system with
+    apt-get (each command is printed to stderr before it runs, apt's output
+    follows it there, so a ``--json`` stdout stays clean); otherwise, or if
+    the install fails, LoadgenError names the command to run.
+    """
+    found = shutil.which("wrk")
+    if found is not None:
+        return found
+    if shutil.which("apt-get") is None:
+        raise LoadgenError(f"wrk is not on PATH and there is no apt-get here: install wrk with your package "
+                           f"manager (Debian/Ubuntu: `{WRK_INSTALL}`) or build it from https://github.com/wg/wrk")
+    if os.geteuid() != 0:
+        sudo = " && ".join(f"sudo {step.strip()}" for step in WRK_INSTALL.split("&&"))
+        raise LoadgenError(f"wrk is not on PATH; install it with `{sudo}` (not root here, so not done for you)")
+    if not install:
+        raise LoadgenError(f"wrk is not on PATH; install it with `{WRK_INSTALL}`")
+    print(f"wrk is not on PATH; installing it: {WRK_INSTALL}", file=sys.stderr, flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}  # no debconf prompt
+    for step in (["apt-get", "update"], ["apt-get", "install", "-y", "wrk"]):
+        print(f"+ {' '.join(step)}", file=sys.stderr, flush=True)
+        try:
+            proc = subprocess.run(step, check=False, stdin=subprocess.DEVNULL, stdout=sys.stderr, env=env,
+                                  timeout=APT_STEP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise LoadgenError(f"`{' '.join(step)}` took over {APT_STEP_TIMEOUT_S:.0f} s; "
+                               f"install wrk by hand: `{WRK_INSTALL}`") from None
+        if proc.returncode != 0:
+            raise LoadgenError(f"`{' '.join(step)}` failed (exit {proc.returncode}); "
+                               f"install wrk by hand: `{WRK_INSTALL}`")
+    found = shutil.which("wrk")
+    if found is None:
+        raise LoadgenError(f"apt-get installed wrk but it is not on PATH ({os.environ.get('PATH', '')})")
+    print(f"wrk installed: {found}", file=sys.stderr, flush=True)
+    return found
+
+
 def _lua_string(data: bytes) -> str:
     """A Lua string literal of arbitrary bytes (decimal escapes, no quoting traps)."""
     out = []
@@ -236,7 +283,7 @@ _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
 def _parse_wrk_latency(text: str, pct: str) -> float | None:
-    m = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M)
+    m = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.MULTILINE)
     if not m:
         return None
     return round(float(m.group(1)) * _UNIT_MS[m.group(2)], 3)
@@ -300,15 +347,15 @@ def run_wrk(
     _check_bounds(duration, connections, DEFAULT_MAX_REQUESTS)
     wrk_path = find_wrk(wrk)
     if wrk_path is None:
-        raise LoadgenError("wrk not found on PATH (apt-get install wrk)")
+        raise LoadgenError(f"wrk not found on PATH; install it with `{WRK_INSTALL}` (or call ensure_wrk())")
     threads = max(1, min(threads, connections))
-    secs = max(1, int(round(duration)))
+    secs = max(1, round(duration))
     cmd = [
         wrk_path,
         f"-t{threads}",
         f"-c{connections}",
         f"-d{secs}s",
-        f"--timeout={max(1, int(round(timeout)))}s",
+        f"--timeout={max(1, round(timeout))}s",
         "--latency",
     ]
     script_path = None
@@ -328,7 +375,7 @@ def run_wrk(
             cmd += ["-s", script_path]
         cmd.append(url)
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=secs + timeout + 10
+            cmd, check=False, capture_output=True, text=True, timeout=secs + timeout + 10
         )
     finally:
         if script_path:

@@ -80,6 +80,10 @@ def test_a_snapshots_state_is_what_its_genesis_document_materializes(fields: dic
         (msgspec.msgpack.encode({**msgspec.msgpack.decode(_snapshot()), "fields": {"b": b"bytes"}},
                                 order="sorted"), "unsupported"),
         (msgspec.msgpack.encode(dict(reversed(list(msgspec.msgpack.decode(_snapshot()).items())))), "canonical"),
+        (_snapshot(tags=["bad\x00tag"]), "tags or links"),
+        (_snapshot(tags=[f"t{i:03}" for i in range(65)]), "tags or links"),
+        (_snapshot(links=[{"rel": "x", "registry": "Not A Registry", "record": "r"}]), "tags or links"),
+        (_snapshot(created_at=2**63), "int64"),
     ],
 )
 def test_a_malformed_snapshot_is_refused_with_the_reason(payload: bytes, why: str) -> None:

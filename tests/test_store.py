@@ -107,6 +107,40 @@ def test_growing_the_map_waits_for_open_reads_and_holds_new_ones_back(tmp_path: 
     store.close()
 
 
+def test_growing_the_map_waits_for_an_open_write_of_another_thread(tmp_path: Path) -> None:
+    # Token, idempotency and peer-table writes run on threads of their own,
+    # beside the engine's writer: grow() must wait for them too, as LMDB
+    # forbids set_mapsize with any transaction open in the process.
+    import threading
+    import time
+
+    store = Store(tmp_path, map_size=2**20)
+    events: list[str] = []
+    writing = threading.Event()
+
+    def long_write() -> None:
+        with store.write() as txn:
+            writing.set()
+            deadline = time.monotonic() + 5
+            while not store._gate._resizing and time.monotonic() < deadline:
+                time.sleep(0.005)  # grow() is now waiting for this write
+            time.sleep(0.05)
+            store.put_meta(txn, "token", "t1")
+            events.append("write committed")
+
+    writer = threading.Thread(target=long_write)
+    writer.start()
+    writing.wait(5)
+    new_size = store.grow()
+    events.append("grown")
+    writer.join(5)
+    assert events == ["write committed", "grown"]
+    assert new_size == 2**21
+    with store.read() as txn:
+        assert store.get_meta(txn, "token") == "t1"
+    store.close()
+
+
 def test_a_read_left_open_makes_grow_give_up_with_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from registrygrid.errors import Unavailable
     from registrygrid.storage import store as store_module

@@ -28,7 +28,7 @@ import msgspec
 from registrygrid.crdt.record import INT64_MAX, INT64_MIN, RecordDoc, actor_for
 from registrygrid.errors import MalformedInput, ValidationError
 from registrygrid.identity.keys import public_key_from_did
-from registrygrid.protocol import limits
+from registrygrid.protocol import limits, names
 
 _KEYS = frozenset({"created", "fields", "kind", "links", "owner", "schema", "tags"})
 _LINK_KEYS = frozenset({"rel", "registry", "record"})
@@ -54,8 +54,8 @@ def read_snapshot(payload: bytes, *, kind: str, schema: int) -> dict[str, Any]:
         raise MalformedInput(f"a snapshot is a map of exactly {sorted(_KEYS)}")
     created, tags, links = snap["created"], snap["tags"], snap["links"]
     if not (isinstance(created, dict) and set(created) == {"at", "by"} and type(created["at"]) is int
-            and isinstance(created["by"], str)):
-        raise MalformedInput("snapshot 'created' must be {at: int, by: str}")
+            and 0 <= created["at"] <= INT64_MAX and isinstance(created["by"], str)):
+        raise MalformedInput("snapshot 'created' must be {at: int64 >= 0, by: str}")
     if snap["kind"] != kind or snap["schema"] != schema or type(snap["schema"]) is not int:
         raise MalformedInput("the snapshot's kind and schema differ from its envelope's")
     if not isinstance(snap["owner"], str):
@@ -65,6 +65,17 @@ def read_snapshot(payload: bytes, *, kind: str, schema: int) -> dict[str, Any]:
     if not (isinstance(links, list) and all(isinstance(link, dict) and set(link) == _LINK_KEYS
                                             and all(isinstance(v, str) for v in link.values()) for link in links)):
         raise MalformedInput("snapshot 'links' must be {rel, registry, record} maps of strings")
+    try:  # the rules a local write's tags and links follow
+        if len(tags) > limits.MAX_TAGS or len(links) > limits.MAX_LINKS:
+            raise ValidationError(f"at most {limits.MAX_TAGS} tags and {limits.MAX_LINKS} links")
+        for tag in tags:
+            names.tag(tag)
+        for link in links:
+            names.tag(link["rel"])
+            names.registry_name(link["registry"])
+            names.record_id(link["record"])
+    except ValidationError as exc:
+        raise MalformedInput(f"snapshot tags or links: {exc.message}") from None
     if not isinstance(snap["fields"], dict):
         raise MalformedInput("snapshot 'fields' must be a map")
     try:

@@ -889,13 +889,16 @@ class Engine:
         return released
 
     def _keep_evidence(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope, other_cid: bytes | None) -> None:
+        """File both changes under their own sequence numbers: two with one
+        seq (equivocation), or a change and the held link its ``prev``
+        does not name (a broken chain: a fork one link earlier)."""
         evidence = self.store.db["evidence"]
         body = env.body
         txn.put(key(body.registry, body.author, u64(body.seq), env.cid), env.wire, db=evidence)
         if other_cid and other_cid not in batch.drafts:  # a draft is this node's own: never equivocation
-            other = changes.wire(self.store, txn, other_cid)
+            other = changes.envelope(self.store, txn, other_cid)
             if other is not None:
-                txn.put(key(body.registry, body.author, u64(body.seq), other_cid), other, db=evidence)
+                txn.put(key(body.registry, body.author, u64(other.body.seq), other_cid), other.wire, db=evidence)
 
     # ------------------------------------------------------------ commit (shared)
 

@@ -41,12 +41,12 @@ class VerifyReport:
 def verify_store(store: Store) -> VerifyReport:
     changes = chains = records = 0
     with store.read() as txn:
-        for root, raw in txn.cursor(db=store.db["roots"]):
+        for batch, raw in txn.cursor(db=store.db["roots"]):
             leaves = unpack(raw)[3]
             if leaves and (len(leaves) % 36 or MerkleTree([leaves[i:i + 36] for i in range(0, len(leaves), 36)]).root
-                           != root):
+                           != batch[:32]):
                 return VerifyReport(False, changes, chains, records, "a batch's leaves do not hash to its root",
-                                    f"batch {root.hex()}")
+                                    f"batch {batch[:32].hex()}")
         for stored_id in list(stored_changes.iter_ids(store, txn)):
             try:
                 wire = stored_changes.wire(store, txn, stored_id)

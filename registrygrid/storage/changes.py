@@ -1,7 +1,7 @@
 """Signed changes and the batch signatures that cover them.
 
-    changes  change id -> msgpack [body, root, index, path]
-    roots    Merkle root -> msgpack [author, size, signature, leaves]
+    changes  change id -> msgpack [body, batch key, index, path]
+    roots    batch key = Merkle root + u64 size -> msgpack [author, size, signature, leaves]
 
 A batch's signature is stored once, under its root. A batch this node
 signed keeps its leaves (the change IDs, in order: 36 bytes a change), so a
@@ -9,6 +9,8 @@ change's inclusion path is recomputed when its wire is needed, not stored
 (``path`` is empty). A change received from a peer keeps the path it came
 with, since only part of its batch may ever arrive here (``leaves`` empty).
 Either way ``wire`` gives back exactly the bytes a peer can verify alone.
+A batch is keyed by its root *and* size, as the author signs both: one root
+signed under two sizes is two batches, each with its own signature.
 """
 
 from __future__ import annotations
@@ -36,9 +38,13 @@ from registrygrid.storage.store import Store
 
 class _StoredChange(msgspec.Struct, array_like=True, frozen=True):
     body: bytes
-    root: bytes
+    batch: bytes  # batch_key(root, size)
     index: int
     path: list[bytes]
+
+
+def batch_key(root: bytes, size: int) -> bytes:
+    return root + size.to_bytes(8, "big")
 
 
 class _StoredRoot(msgspec.Struct, array_like=True, frozen=True):
@@ -57,20 +63,20 @@ def put_batch(store: Store, txn: lmdb.Transaction, drafts: Sequence[Draft], sign
     """A batch this node signed (``drafts[i]`` is leaf i): its signature and
     leaves once, each change without its path."""
     changes = store.db["changes"]
-    root = signed.root
-    txn.put(root, _encode(_StoredRoot(signed.author, signed.size, signed.signature,
-                                      b"".join(d.cid for d in drafts))), db=store.db["roots"])
+    batch = batch_key(signed.root, signed.size)
+    txn.put(batch, _encode(_StoredRoot(signed.author, signed.size, signed.signature,
+                                       b"".join(d.cid for d in drafts))), db=store.db["roots"])
     for index, d in enumerate(drafts):
-        txn.put(d.cid, _encode(_StoredChange(d.body_bytes, root, index, [])), db=changes)
+        txn.put(d.cid, _encode(_StoredChange(d.body_bytes, batch, index, [])), db=changes)
 
 
 def put_received(store: Store, txn: lmdb.Transaction, env: Envelope) -> None:
     """A change from a peer, with the path it came with."""
-    root = env.root
+    batch = batch_key(env.root, env.size)
     roots = store.db["roots"]
-    if txn.get(root, db=roots) is None:
-        txn.put(root, _encode(_StoredRoot(env.body.author, env.size, env.signature, b"")), db=roots)
-    txn.put(env.cid, _encode(_StoredChange(env.body_bytes, root, env.index, env.path)), db=store.db["changes"])
+    if txn.get(batch, db=roots) is None:
+        txn.put(batch, _encode(_StoredRoot(env.body.author, env.size, env.signature, b"")), db=roots)
+    txn.put(env.cid, _encode(_StoredChange(env.body_bytes, batch, env.index, env.path)), db=store.db["changes"])
 
 
 def has(store: Store, txn: lmdb.Transaction, cid: bytes) -> bool:
@@ -88,13 +94,13 @@ def wire(store: Store, txn: lmdb.Transaction, cid: bytes) -> bytes | None:
     if raw is None:
         return None
     stored = _change_decoder.decode(raw)
-    signed = txn.get(stored.root, db=store.db["roots"])
+    signed = txn.get(stored.batch, db=store.db["roots"])
     if signed is None:
         raise IntegrityError(f"the batch signature of change {cid_to_str(cid)} is not stored")
     batch = _root_decoder.decode(signed)
     path = stored.path
     if not path and batch.size > 1:
-        path = _tree(stored.root, batch.leaves).path(stored.index)
+        path = _tree(stored.batch, batch.leaves).path(stored.index)
     return wire_of(stored.body, stored.index, batch.size, path, batch.signature)
 
 
@@ -115,11 +121,11 @@ _TREES_MAX = 64
 _trees: dict[bytes, MerkleTree] = {}
 
 
-def _tree(root: bytes, leaves: bytes) -> MerkleTree:
-    tree = _trees.get(root)
+def _tree(batch: bytes, leaves: bytes) -> MerkleTree:
+    tree = _trees.get(batch)
     if tree is None:
         tree = MerkleTree([leaves[i:i + CID_BYTES] for i in range(0, len(leaves), CID_BYTES)])
         if len(_trees) >= _TREES_MAX:
             _trees.clear()
-        _trees[root] = tree
+        _trees[batch] = tree
     return tree

@@ -8,7 +8,7 @@ are 8-byte big-endian so byte order is numeric order):
 
     meta        name                          -> msgpack value
     changes     change id (CID of its body)   -> msgpack [body, batch root, index, path]
-    roots       batch Merkle root             -> msgpack [author, size, signature, leaves]
+    roots       batch Merkle root + u64 size  -> msgpack [author, size, signature, leaves]
                                               (see storage/changes.py)
     chains      registry \\0 author \\0 seq     -> change id; an author's last link is the
                                               head of its chain (the version vector)
@@ -26,7 +26,9 @@ are 8-byte big-endian so byte order is numeric order):
     audit       audit seq                     -> msgpack [entry bytes, entry hash]
     audit_heads tree size                     -> msgpack signed tree head
     pending     change id                     -> envelope waiting for its dependencies
-    waiting     'r' registry \\0 record \\0 cid | 'c' registry \\0 author \\0 seq -> change id
+    waiting     'r' registry \\0 record \\0 cid      (waits for Automerge deps of its record)
+                | 'c' registry \\0 author \\0 u64(seq - 1) \\0 cid   (waits for its own predecessor)
+                | 'd' author \\0 cid                 (waits for its signer's delegation) -> change id
     evidence    registry \\0 author \\0 seq \\0 cid -> envelope (equivocation proofs)
     peers       peer id                       -> msgpack peer state (federation)
     tokens      token id                      -> msgpack bridge API token, secret stored as sha256
@@ -281,21 +283,31 @@ class Store:
     def write(self) -> Iterator[lmdb.Transaction]:
         """One durable write transaction. MapFullError propagates: the caller
         redoes its whole batch after ``grow()``, since a half-written
-        transaction is aborted."""
-        txn = self.env.begin(write=True)
+        transaction is aborted.
+
+        A write goes through the same gate as reads: besides the engine's
+        single writer, the bridge writes tokens and idempotency entries and
+        the federation its peer table, on threads of their own, and LMDB
+        forbids a resize while any of those is open."""
+        gate = self._gate
+        gate.enter()
         try:
-            yield txn
-        except BaseException:
-            txn.abort()
-            raise
-        else:
-            txn.commit()
+            txn = self.env.begin(write=True)
+            try:
+                yield txn
+            except BaseException:
+                txn.abort()
+                raise
+            else:
+                txn.commit()
+        finally:
+            gate.leave()
 
     def grow(self) -> int:
         """Double the map (called after MDB_MAP_FULL, with the write
         transaction aborted). LMDB requires that no transaction be open in
-        this process meanwhile: the single writer holds none, and the gate
-        holds new readers back and waits for open ones to finish. A reader
+        this process meanwhile: the caller holds none, and the gate holds
+        new readers and writers back and waits for open ones to finish. A reader
         that never finishes (an abandoned iterator) makes this raise
         Unavailable after GROW_WAIT_S rather than hang the writer; the
         batch is answered with it and the next one tries again."""
