@@ -217,6 +217,45 @@ def verify(home: Path | None, as_json: bool) -> None:
         sys.exit(1)
 
 
+@cli.group()
+def store() -> None:
+    """The store on disk: format upgrades."""
+
+
+@store.command(name="migrate")
+@home_option
+@json_option
+def store_migrate(home: Path | None, as_json: bool) -> None:
+    """Upgrade the home's store to this version's format, in place.
+
+    Resumable: a run that is stopped goes on where it stopped next time.
+    The node must be stopped. Verifies the whole store afterwards."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from registrygrid.home import Home
+    from registrygrid.storage.migrate import migrate
+
+    the_home = Home(home)
+    the_home.require()
+    the_home.lock("rgrid store migrate")
+    try:
+        columns = (TextColumn("migrating changes"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, transient=True, disable=as_json or not sys.stderr.isatty(),
+                      console=render.stderr_console) as bar:
+            task = bar.add_task("changes", total=None)
+            report = migrate(the_home.store_path, progress=lambda done, total: bar.update(task, completed=done,
+                                                                                          total=total))
+    finally:
+        the_home.unlock()
+    with open_backend(home, direct_read=True) as backend:
+        verified = backend.verify()
+    verified = verified if isinstance(verified, dict) else verified.to_dict()
+    render.mapping({**report.to_dict(), "verified": verified["ok"], "problem": verified["problem"]}, as_json,
+                   title="store migration")
+    if not verified["ok"]:
+        sys.exit(1)
+
+
 @cli.command()
 @home_option
 @json_option

@@ -16,6 +16,7 @@ from registrygrid.errors import RegistryError
 # emoji=False: "did:key:z6Mk..." must not become a key emoji.
 _out = Console(soft_wrap=True, emoji=False, highlight=False)
 _err = Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)
+stderr_console = _err  # progress bars go here, so stdout stays the result
 
 
 def _plain(value: Any) -> Any:

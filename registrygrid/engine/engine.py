@@ -598,10 +598,11 @@ class Engine:
         its signer would have been, at the change's own time."""
         body = env.body
         at_ms = body.hlc[0]
-        if body.is_snapshot:
+        if body.is_genesis:
             # A create: what it claims is its snapshot alone (``state``), even
-            # when the record exists already (two creates of one id raced).
-            claim = state
+            # when the record exists already (two creates of one id raced); a
+            # legacy create's claim is its Automerge change alone.
+            claim = state if body.is_snapshot else RecordDoc.apply(None, body.payload).materialize()
             created = claim.get("created") if isinstance(claim.get("created"), dict) else {}
             verdict = access.check_create(self.trust, desc, author=body.author, record_id=body.record,
                                           owner=claim.get("owner"), created_by=created.get("by"), at_ms=at_ms,
@@ -745,9 +746,10 @@ class Engine:
                     self.trust.check_chain(body.author, registry, body.seq)
                 candidate = RecordDoc.apply(blob, am_change).materialize()
                 at_ms = body.hlc[0]
-                if body.is_snapshot:
-                    claim = read_snapshot(body.payload, kind=body.kind, schema=body.schema)
-                    created = claim["created"]
+                if body.is_genesis:
+                    claim = read_snapshot(body.payload, kind=body.kind, schema=body.schema) if body.is_snapshot \
+                        else RecordDoc.apply(None, am_change).materialize()
+                    created = claim["created"] if isinstance(claim.get("created"), dict) else {}
                     statement = read_statement(body.kind, record_id, claim["fields"]) \
                         if registry == MEMBERS_REGISTRY else None
                     # WAIT cannot happen here: the change was applied or judged

@@ -17,7 +17,7 @@ from typing import Any
 from registrygrid.crdt.record import RecordDoc, doc_bytes
 from registrygrid.crdt.snapshot import genesis_change, read_snapshot
 from registrygrid.errors import RegistryError
-from registrygrid.protocol.envelope import change_id, cid_to_str, open_envelope
+from registrygrid.protocol.envelope import cid_to_str, open_envelope
 from registrygrid.protocol.merkle import MerkleTree
 from registrygrid.storage import changes as stored_changes
 from registrygrid.storage import records as stored_records
@@ -58,7 +58,7 @@ def verify_store(store: Store) -> VerifyReport:
             except RegistryError as exc:  # open_envelope raises nothing else, for any bytes
                 return VerifyReport(False, changes, chains, records, f"{exc.code}: {exc.message}",
                                     f"change {cid_to_str(stored_id)}")
-            if change_id(env.body_bytes) != stored_id:
+            if env.cid != stored_id:
                 return VerifyReport(False, changes, chains, records, "stored under an ID that is not its hash",
                                     f"change {cid_to_str(stored_id)}")
             changes += 1

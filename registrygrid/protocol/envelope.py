@@ -64,6 +64,22 @@ class ChangeBody(msgspec.Struct, array_like=True, frozen=True):
     def is_snapshot(self) -> bool:
         return not self.change_hash
 
+    @property
+    def is_genesis(self) -> bool:
+        """A record's first create: a snapshot (or, in a legacy change, an
+        Automerge change with no deps)."""
+        return self.op == "create" and not self.deps
+
+
+class _LegacyWire(msgspec.Struct, array_like=True, frozen=True):
+    """Wire format 1: ``[body, signature]``, the signature over the body
+    bytes, the ID the CID of the whole wire. Changes a format-2 store holds
+    keep it after ``rgrid store migrate`` (their authors signed them so,
+    and nobody else can re-sign them), and peers still serve them."""
+
+    body: bytes
+    signature: bytes
+
 
 class _Wire(msgspec.Struct, array_like=True, frozen=True):
     body: bytes
@@ -76,6 +92,9 @@ class _Wire(msgspec.Struct, array_like=True, frozen=True):
 _body_encoder = msgspec.msgpack.Encoder()
 _body_decoder = msgspec.msgpack.Decoder(ChangeBody)
 _wire_decoder = msgspec.msgpack.Decoder(_Wire)
+_legacy_decoder = msgspec.msgpack.Decoder(_LegacyWire)
+LEGACY_VERSION = 1
+_LEGACY_HEADER = b"\x92"  # a msgpack array of 2: wire format 1 (format 2's has 5)
 
 # What an author signs for a batch: a domain tag (so no other signature of
 # the key can pass for one), the batch size and the Merkle root of its IDs.
@@ -151,6 +170,7 @@ class Envelope(msgspec.Struct, frozen=True):
     size: int
     path: list[bytes]
     signature: bytes
+    legacy: bool = False  # wire format 1 (see _LegacyWire)
 
     @property
     def hlc(self) -> Hlc:
@@ -266,6 +286,8 @@ def open_envelope(wire: bytes, *, verify: bool = True) -> Envelope:
     """
     if len(wire) > limits.MAX_ENVELOPE_BYTES:
         raise TooLarge(f"envelope of {len(wire)} bytes exceeds {limits.MAX_ENVELOPE_BYTES}")
+    if wire[:1] == _LEGACY_HEADER:
+        return _open_legacy(wire, verify)
     try:
         outer = _wire_decoder.decode(wire)
         body = _body_decoder.decode(outer.body)
@@ -282,6 +304,28 @@ def open_envelope(wire: bytes, *, verify: bool = True) -> Envelope:
         _check_batch_signature(body.author, root, outer.size, outer.signature)
     return Envelope(body=body, body_bytes=outer.body, wire=wire, cid=cid, id=cid_to_str(cid), index=outer.index,
                     size=outer.size, path=outer.path, signature=outer.signature)
+
+
+def _open_legacy(wire: bytes, verify: bool) -> Envelope:
+    try:
+        outer = _legacy_decoder.decode(wire)
+        body = _body_decoder.decode(outer.body)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, ValueError) as exc:
+        raise MalformedInput(f"undecodable envelope: {exc}") from None
+    if _body_encoder.encode(outer) != wire or _body_encoder.encode(body) != outer.body:
+        raise MalformedInput("envelope is not in canonical form")
+    _check_body(body, legacy=True)
+    if len(outer.signature) != 64:
+        raise MalformedInput("malformed envelope: a signature is 64 bytes")
+    if verify:
+        try:
+            public_key = public_key_from_did(body.author)
+        except ValidationError as exc:
+            raise SignatureInvalid(f"author is not a did:key: {exc.message}") from None
+        verify_signature(public_key, outer.body, outer.signature)
+    cid = change_id(wire)  # format 1 named a change by its whole wire
+    return Envelope(body=body, body_bytes=outer.body, wire=wire, cid=cid, id=cid_to_str(cid), index=0, size=1,
+                    path=[], signature=outer.signature, legacy=True)
 
 
 def _proven_root(cid: bytes, outer: _Wire) -> bytes:
@@ -328,6 +372,14 @@ def signatures_hold(wires: Sequence[bytes]) -> list[bool]:
     caller may check slices of a batch on several threads at once."""
     out = []
     for wire in wires:
+        if wire[:1] == _LEGACY_HEADER:
+            try:
+                _open_legacy(wire, True)
+            except Exception:
+                out.append(False)
+            else:
+                out.append(True)
+            continue
         try:
             outer = _wire_decoder.decode(wire)
             author = _author_decoder.decode(outer.body).author
@@ -362,12 +414,13 @@ def registry_of(wire: bytes) -> str | None:
         return None
 
 
-def _check_body(body: ChangeBody) -> None:
+def _check_body(body: ChangeBody, *, legacy: bool = False) -> None:
     def bad(why: str) -> MalformedInput:
         return MalformedInput(f"malformed envelope: {why}")
 
-    if body.v != PROTOCOL_VERSION:
-        raise bad(f"protocol version {body.v}, this node speaks {PROTOCOL_VERSION}")
+    version = LEGACY_VERSION if legacy else PROTOCOL_VERSION
+    if body.v != version:
+        raise bad(f"protocol version {body.v} in a format-{2 if not legacy else 1} wire (expected {version})")
     if body.op not in OPS:
         raise bad(f"op {body.op!r} not one of {OPS}")
     try:
@@ -391,7 +444,10 @@ def _check_body(body: ChangeBody) -> None:
         raise bad(f"{len(body.deps)} deps exceed {limits.MAX_DEPS}")
     if any(len(d) != AUTOMERGE_HASH_BYTES for d in body.deps):
         raise bad("deps must be 32-byte Automerge hashes")
-    if body.is_snapshot:
+    if legacy:
+        if len(body.change_hash) != AUTOMERGE_HASH_BYTES:
+            raise bad("change_hash must be a 32-byte Automerge hash")
+    elif body.is_snapshot:
         if body.op != "create" or body.deps:
             raise bad("only a create with no deps is a snapshot")
     elif len(body.change_hash) != AUTOMERGE_HASH_BYTES:
@@ -405,10 +461,9 @@ def _check_body(body: ChangeBody) -> None:
 def id_of(wire: object) -> str | None:
     """The change ID a wire's body gives, without checking anything else
     (for naming a refused change); None if it does not decode."""
-    try:
-        return cid_to_str(change_id(_wire_decoder.decode(wire).body))  # type: ignore[arg-type]
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, TypeError):
+    if not isinstance(wire, bytes | bytearray):
         return None
+    return cid_to_str(claimed_id(bytes(wire)))
 
 
 def claimed_id(wire: bytes) -> bytes:

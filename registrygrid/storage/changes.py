@@ -16,6 +16,7 @@ signed under two sizes is two batches, each with its own signature.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import lmdb
 import msgspec
@@ -23,11 +24,11 @@ import msgspec
 from registrygrid.errors import IntegrityError
 from registrygrid.protocol.envelope import (
     CID_BYTES,
-    cid_to_str,
     ChangeBody,
     Draft,
     Envelope,
     SignedRoot,
+    cid_to_str,
     decode_body,
     open_envelope,
     wire_of,
@@ -37,8 +38,8 @@ from registrygrid.storage.store import Store
 
 
 class _StoredChange(msgspec.Struct, array_like=True, frozen=True):
-    body: bytes
-    batch: bytes  # batch_key(root, size)
+    body: bytes  # the body; for a legacy change (wire format 1), its whole wire
+    batch: bytes  # batch_key(root, size); b"" for a legacy change
     index: int
     path: list[bytes]
 
@@ -72,6 +73,9 @@ def put_batch(store: Store, txn: lmdb.Transaction, drafts: Sequence[Draft], sign
 
 def put_received(store: Store, txn: lmdb.Transaction, env: Envelope) -> None:
     """A change from a peer, with the path it came with."""
+    if env.legacy:  # signed alone, in format 1: kept whole
+        txn.put(env.cid, _encode(_StoredChange(env.wire, b"", 0, [])), db=store.db["changes"])
+        return
     batch = batch_key(env.root, env.size)
     roots = store.db["roots"]
     if txn.get(batch, db=roots) is None:
@@ -85,7 +89,10 @@ def has(store: Store, txn: lmdb.Transaction, cid: bytes) -> bool:
 
 def body(store: Store, txn: lmdb.Transaction, cid: bytes) -> ChangeBody | None:
     raw = txn.get(cid, db=store.db["changes"])
-    return None if raw is None else decode_body(_change_decoder.decode(raw).body)
+    if raw is None:
+        return None
+    stored = _change_decoder.decode(raw)
+    return decode_body(stored.body) if stored.batch else open_envelope(stored.body, verify=False).body
 
 
 def wire(store: Store, txn: lmdb.Transaction, cid: bytes) -> bytes | None:
@@ -94,6 +101,8 @@ def wire(store: Store, txn: lmdb.Transaction, cid: bytes) -> bytes | None:
     if raw is None:
         return None
     stored = _change_decoder.decode(raw)
+    if not stored.batch:
+        return stored.body
     signed = txn.get(stored.batch, db=store.db["roots"])
     if signed is None:
         raise IntegrityError(f"the batch signature of change {cid_to_str(cid)} is not stored")
@@ -129,3 +138,36 @@ def _tree(batch: bytes, leaves: bytes) -> MerkleTree:
             _trees.clear()
         _trees[batch] = tree
     return tree
+
+
+@dataclass(frozen=True)
+class AdoptedBatch:
+    seen: int
+    converted: int
+    last: bytes | None  # the last ID looked at; None when there was nothing left
+
+
+def adopt_legacy(store: Store, txn: lmdb.Transaction, *, after: bytes | None, limit: int) -> AdoptedBatch:
+    """Store format 2 -> 3 (storage/migrate.py): the next ``limit`` changes
+    after ID ``after`` that are still bare format-1 wires are stored as
+    legacy changes. Ones already converted (a resumed run) are skipped."""
+    db = store.db["changes"]
+    cursor = txn.cursor(db=db)
+    found = cursor.set_range(after + b"\x00") if after is not None else cursor.first()
+    seen = converted = 0
+    last = None
+    updates = []
+    while found and seen < limit:
+        cid, value = cursor.item()
+        if value[:1] == _LEGACY_WIRE:
+            updates.append((cid, _encode(_StoredChange(value, b"", 0, []))))
+        seen += 1
+        last = cid
+        found = cursor.next()
+    for cid, value in updates:
+        txn.put(cid, value, db=db)
+        converted += 1
+    return AdoptedBatch(seen, converted, last)
+
+
+_LEGACY_WIRE = b"\x92"  # a format-1 wire: a msgpack array of 2 ([body, signature])

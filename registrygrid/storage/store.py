@@ -80,6 +80,8 @@ SUBDATABASES = (
 # batch's signature once under the batch root ("roots"); a create is a
 # snapshot, so a record has no Automerge document until its first update.
 STORE_FORMAT = 3
+# Formats `rgrid store migrate` upgrades in place (storage/migrate.py).
+MIGRATES_FROM = (2,)
 
 # LMDB reserves address space, not disk: on Linux the file grows only as
 # pages are written, so a generous map costs nothing until used. 64 GiB
@@ -225,7 +227,8 @@ class StoreFormatError(IntegrityError):
 class Store:
     """One LMDB environment in ``path`` with the sub-databases above."""
 
-    def __init__(self, path: str | Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False) -> None:
+    def __init__(self, path: str | Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False,
+                 formats: tuple[int, ...] = (STORE_FORMAT,)) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.readonly = readonly
@@ -257,12 +260,17 @@ class Store:
             fmt = txn.get(b"format", db=self.db["meta"]) if "meta" in self.db else None
             if fmt is None and not readonly:
                 txn.put(b"format", pack(STORE_FORMAT), db=self.db["meta"])
-            elif fmt is not None and unpack(fmt) != STORE_FORMAT:
+            elif fmt is not None and unpack(fmt) not in formats:
                 found = unpack(fmt)
                 self.env.close()
+                if found in MIGRATES_FROM:
+                    raise StoreFormatError(
+                        f"the store in {self.path} has format {found}; this version reads format {STORE_FORMAT}. "
+                        "Upgrade it in place with `rgrid store migrate` (the node must be stopped).")
                 raise StoreFormatError(
                     f"the store in {self.path} has format {found}; this version reads format {STORE_FORMAT}. "
                     "Move it aside and start afresh: a node refills from its federation's peers.")
+        self.format = unpack(fmt) if fmt is not None else STORE_FORMAT
 
     def close(self) -> None:
         self.env.close()
