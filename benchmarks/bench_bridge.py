@@ -127,13 +127,12 @@ def _node(tmp: Path) -> Iterator[tuple[str, str, int]]:
 
 class _NoOpEngine:
     """Stands in for the engine so the hand-off alone is timed: the
-    committer calls ``execute`` and reads ``listeners``, nothing else."""
+    committer calls ``run``, nothing else."""
 
-    def __init__(self) -> None:
-        self.listeners: list = []
+    def run(self, ops, *, publish=False):
+        from registrygrid.engine.ops import Committed, Executed
 
-    def execute(self, ops):
-        return [None] * len(ops)
+        return Executed([None] * len(ops), Committed())
 
 
 def _crossing_alone(n: int = 3000) -> list[Figure]:

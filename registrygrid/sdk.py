@@ -21,7 +21,15 @@ from typing import Any
 
 from registrygrid.engine import registries as regs
 from registrygrid.engine.engine import Engine
-from registrygrid.engine.ops import AuditNote, Delete, Operation, Outcome, Put, Update, WriteResult
+from registrygrid.engine.ops import (
+    AuditNote,
+    Delete,
+    Operation,
+    Outcome,
+    Put,
+    Update,
+    WriteResult,
+)
 from registrygrid.engine.verify import VerifyReport, verify_store
 from registrygrid.errors import NotFound, RegistryError, ValidationError
 from registrygrid.home import FederationMembership, Home, OrgMembership
@@ -429,13 +437,14 @@ class LocalRegistry:
         they hold the same records in the same state."""
         import hashlib
 
-        from registrygrid.engine.engine import _content, canonical
+        from registrygrid.engine.engine import canonical
+        from registrygrid.record import replicated_content
 
         digest = hashlib.sha256()
         with self.store.read() as txn:
-            for k, raw in txn.cursor(db=self.store.db["records"]):
+            for k, record in records.iter_stored(self.store, txn):
                 digest.update(k)
-                digest.update(canonical(_content(unpack(raw))))
+                digest.update(canonical(replicated_content(record)))
         return digest.hexdigest()
 
 

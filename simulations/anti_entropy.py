@@ -21,7 +21,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registrygrid.engine.ops import Committed, Put, Remote
+from registrygrid.engine.ops import Operation, Outcome, Put, Remote, Update
+from registrygrid.errors import RegistryError
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.gossip import decode_batch, encode_batch
@@ -37,8 +38,11 @@ class SimNode:
     grid: LocalRegistry
     outbox: list[bytes] = field(default_factory=list)
 
-    def on_commit(self, committed: Committed) -> None:
-        self.outbox.extend(committed.local_envelopes)
+    def write(self, ops: list[Operation]) -> list[Outcome]:
+        """Commit ops; this node's new changes go to its gossip outbox."""
+        executed = self.grid.engine.run(ops, publish=True)
+        self.outbox.extend(executed.committed.local_envelopes)
+        return executed.outcomes
 
 
 @dataclass
@@ -76,7 +80,6 @@ def run(nodes: int = 5, rounds: int = 10, writes_per_round: int = 3, loss: float
             key = KeyPair.generate()
             grid = LocalRegistry.open_path(base / f"n{i}", key, delegation=sign_delegation(org, key.did, ["node"]))
             node = SimNode(f"n{i}", grid)
-            grid.engine.listeners.append(node.on_commit)
             sim.append(node)
         sent = lost = sync_rounds = 0
         converged_at = None
@@ -85,12 +88,11 @@ def run(nodes: int = 5, rounds: int = 10, writes_per_round: int = 3, loss: float
             for node in sim:  # local writes: fresh records and concurrent edits of shared ones
                 for w in range(writes_per_round):
                     record_id = f"{node.name}-{round_no}-{w}"
-                    node.grid.execute([Put("grid.tools", "tool", {"name": record_id}, record_id=record_id)])
+                    node.write([Put("grid.tools", "tool", {"name": record_id}, record_id=record_id)])
                 target = rng.choice(shared_ids)
-                try:
-                    node.grid.update("grid.tools", target, patch={node.name: round_no})
-                except Exception:
-                    node.grid.execute([Put("grid.tools", "tool", {"name": target}, record_id=target)])
+                edited = node.write([Update("grid.tools", target, patch={node.name: round_no})])[0]
+                if isinstance(edited, RegistryError):  # not created yet here
+                    node.write([Put("grid.tools", "tool", {"name": target}, record_id=target)])
             for node in sim:  # lossy gossip of each node's batch
                 if not node.outbox:
                     continue

@@ -206,16 +206,16 @@ async def test_closed_is_set_only_after_the_batch_being_written_has_finished(tmp
     committer = GroupCommitter(grid.engine)
     order: list[str] = []
     started = threading.Event()
-    real_execute = grid.engine.execute
+    real_run = grid.engine.run
 
-    def slow_execute(ops):
+    def slow_run(ops, **options):
         started.set()
         time.sleep(0.3)  # cancellation arrives while this batch is being written
-        outcomes = real_execute(ops)
+        executed = real_run(ops, **options)
         order.append("batch committed")
-        return outcomes
+        return executed
 
-    grid.engine.execute = slow_execute  # type: ignore[method-assign]
+    grid.engine.run = slow_run  # type: ignore[method-assign]
 
     async def watch_closed() -> None:
         await committer.closed.wait()

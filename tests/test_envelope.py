@@ -518,7 +518,7 @@ def test_a_batch_signature_is_checked_once_then_found_in_the_cache(monkeypatch: 
     from registrygrid.protocol import envelope
 
     envelopes, _, _ = _batch(50)
-    envelope._verified.clear()
+    envelope.forget_verified()
     checks = []
     real = envelope.verify_signature
     monkeypatch.setattr(envelope, "verify_signature", lambda *a: (checks.append(1), real(*a))[1])

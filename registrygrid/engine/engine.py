@@ -31,17 +31,28 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import lmdb
 import msgspec
 
 from registrygrid.crdt.change import read_header
-from registrygrid.crdt.record import RecordDoc, actor_for, append_to_stored, doc_bytes, stored_doc
-from registrygrid.crdt.snapshot import check_value, encode_snapshot, genesis_change, read_snapshot
+from registrygrid.crdt.record import (
+    RecordDoc,
+    actor_for,
+    append_to_stored,
+    doc_bytes,
+    stored_doc,
+)
+from registrygrid.crdt.snapshot import (
+    check_value,
+    encode_snapshot,
+    genesis_change,
+    read_snapshot,
+)
 from registrygrid.engine import registries as regs
 from registrygrid.engine.ops import (
     AuditNote,
     Committed,
     Delete,
+    Executed,
     IngestResult,
     Operation,
     Outcome,
@@ -56,7 +67,6 @@ from registrygrid.errors import (
     Conflict,
     Equivocation,
     MalformedInput,
-    MissingDependencies,
     NotFound,
     NotOwner,
     PolicyDenied,
@@ -72,16 +82,18 @@ from registrygrid.protocol.envelope import (
     cid_to_str,
     draft,
     id_of,
+    is_legacy_wire,
     open_envelope,
     sign_batch,
     signatures_hold,
     wire_of,
 )
 from registrygrid.protocol.hlc import MAX_DRIFT_MS, Hlc, HybridClock, wall_clock_ms
+from registrygrid.record import Record, replicated_content
 from registrygrid.schemas import KindSchema, SchemaCatalog
-from registrygrid.storage import chains, changes, feed, records
+from registrygrid.storage import chains, changes, feed, pending, records
 from registrygrid.storage.audit import AuditLedger
-from registrygrid.storage.store import SEP, Store, key, pack, u64
+from registrygrid.storage.store import Store, StoreFull, Txn, pack
 from registrygrid.trust import access
 from registrygrid.trust.federation import GenesisBody
 from registrygrid.trust.policy import POLICIES_REGISTRY, PolicySet
@@ -123,16 +135,7 @@ def canonical(value: Any) -> bytes:
 def record_digest(record: Mapping[str, Any] | None) -> str | None:
     if record is None:
         return None
-    return hashlib.sha256(canonical(_content(record))).hexdigest()
-
-
-def _content(record: Mapping[str, Any]) -> list[Any]:
-    """The replicated content of a record: equal on every node that applied
-    the same changes, whatever the order (local bookkeeping excluded)."""
-    return [record["registry"], record["id"], record["kind"], record["schema"], record["owner"],
-            record["tags"], record["links"], record["fields"], record["deleted"], record["created_at"],
-            record["created_by"], list(record["updated_hlc"]), record["updated_by"], record["change_id"],
-            record["revision"]]
+    return hashlib.sha256(canonical(replicated_content(record))).hexdigest()
 
 
 @dataclass
@@ -205,14 +208,20 @@ class Engine:
     def execute(self, ops: Sequence[Operation]) -> list[Outcome]:
         """Run ``ops`` in one durable transaction; one outcome per op
         (a result, or the RegistryError that refused it)."""
+        return self.run(ops).outcomes
+
+    def run(self, ops: Sequence[Operation], *, publish: bool = False) -> Executed:
+        """``execute``, and what the batch committed: feed positions, and
+        with ``publish`` the wire bytes of this node's new changes (for
+        gossip; building them costs a Merkle path each, so only on demand)."""
         while True:
             try:
-                return self._execute_once(ops)
-            except lmdb.MapFullError:
+                return self._execute_once(ops, publish)
+            except StoreFull:
                 self.metrics["store.map_grown"] += 1
                 self.store.grow()
 
-    def _execute_once(self, ops: Sequence[Operation]) -> list[Outcome]:
+    def _execute_once(self, ops: Sequence[Operation], publish: bool) -> Executed:
         ops = self._check_signatures_in_parallel(ops)
         batch = _Batch()
         outcomes: list[Outcome] = []
@@ -220,7 +229,7 @@ class Engine:
             with self.store.write() as txn:
                 for op in ops:
                     outcomes.append(self._run_one(txn, batch, op))
-                self._seal_drafts(txn, batch)
+                self._seal_drafts(txn, batch, publish)
                 self.store.put_meta(txn, "hlc", list(self.clock.last))
                 self.audit.finish_batch(txn, self.key, self.now_ms())
         except BaseException:
@@ -231,18 +240,18 @@ class Engine:
             self.audit.reload()
             raise
         self.feed_seq = self._batch_feed_seq
-        if batch.committed.feed_seqs:
-            for listener in list(self.listeners):
-                listener(batch.committed)
-        return outcomes
+        return Executed(outcomes, batch.committed)
 
     def _check_signatures_in_parallel(self, ops: Sequence[Operation]) -> Sequence[Operation]:
         """Remote ops whose signatures hold, marked preverified; checked on
-        PARALLEL_VERIFY_THREADS threads, since libsodium releases the GIL
-        and a signature check is a fifth of applying a remote change. A
-        change that fails here is left as it was: the one write path then
-        checks it again and refuses it with its typed error."""
-        unchecked = [i for i, op in enumerate(ops) if isinstance(op, Remote) and not op.preverified]
+        PARALLEL_VERIFY_THREADS threads, since libsodium releases the GIL.
+        Only legacy (wire format 1) changes are worth it: each carries its own
+        signature, while a format-2 batch is verified once and its other
+        changes hit the cache, which is Python and holds the GIL. A change
+        that fails here is left as it was: the one write path then checks
+        it again and refuses it with its typed error."""
+        unchecked = [i for i, op in enumerate(ops) if isinstance(op, Remote) and not op.preverified
+                     and is_legacy_wire(op.wire)]
         if len(unchecked) < PARALLEL_VERIFY_MIN_OPS:
             return ops
         if self._verify_pool is None:
@@ -257,7 +266,7 @@ class Engine:
                     out[i] = replace(out[i], preverified=True)  # type: ignore[type-var]
         return out
 
-    def _seal_drafts(self, txn: lmdb.Transaction, batch: _Batch) -> None:
+    def _seal_drafts(self, txn: Txn, batch: _Batch, publish: bool) -> None:
         """Sign the batch's own changes at once: one signature over the
         Merkle root of their IDs, stored once, each change with its proof."""
         if not batch.drafts:
@@ -265,7 +274,7 @@ class Engine:
         drafts = list(batch.drafts.values())
         signed, tree = sign_batch(self.key, drafts)
         changes.put_batch(self.store, txn, drafts, signed)
-        if self.listeners:  # the wires, for gossip: nobody else needs them now
+        if publish:
             batch.committed.local_envelopes.extend(
                 wire_of(d.body_bytes, i, signed.size, tree.path(i), signed.signature) for i, d in enumerate(drafts))
         self.metrics["write.batches_signed"] += 1
@@ -275,7 +284,7 @@ class Engine:
             self._verify_pool.shutdown()
             self._verify_pool = None
 
-    def _run_one(self, txn: lmdb.Transaction, batch: _Batch, op: Operation) -> Outcome:
+    def _run_one(self, txn: Txn, batch: _Batch, op: Operation) -> Outcome:
         try:
             if isinstance(op, Put):
                 return self._put(txn, batch, op)
@@ -321,7 +330,7 @@ class Engine:
 
     # ------------------------------------------------------------ local writes
 
-    def _put(self, txn: lmdb.Transaction, batch: _Batch, op: Put) -> WriteResult:
+    def _put(self, txn: Txn, batch: _Batch, op: Put) -> WriteResult:
         registry = names.registry_name(op.registry)
         desc = self._registry(txn, registry)
         kind = self._kind_for(desc, op.kind, op.schema)
@@ -367,7 +376,7 @@ class Engine:
         self._after_local(txn, batch, env)
         return WriteResult("created", registry, record_id, env.id, seq, record)
 
-    def _update(self, txn: lmdb.Transaction, batch: _Batch, op: Update) -> WriteResult:
+    def _update(self, txn: Txn, batch: _Batch, op: Update) -> WriteResult:
         registry = names.registry_name(op.registry)
         record_id = names.record_id(op.record_id)
         desc = self._registry(txn, registry)
@@ -411,7 +420,7 @@ class Engine:
         self._after_local(txn, batch, env)
         return WriteResult("updated", registry, record_id, env.id, seq, record)
 
-    def _delete(self, txn: lmdb.Transaction, batch: _Batch, op: Delete) -> WriteResult:
+    def _delete(self, txn: Txn, batch: _Batch, op: Delete) -> WriteResult:
         registry = names.registry_name(op.registry)
         record_id = names.record_id(op.record_id)
         desc = self._registry(txn, registry)
@@ -433,7 +442,7 @@ class Engine:
         self._after_local(txn, batch, env)
         return WriteResult("deleted", registry, record_id, env.id, seq, record)
 
-    def _draft(self, txn: lmdb.Transaction, batch: _Batch, registry: str, record_id: str, op: str,
+    def _draft(self, txn: Txn, batch: _Batch, registry: str, record_id: str, op: str,
                kind: KindSchema, hlc: Hlc, *, change: Any = None, snapshot: bytes | None = None) -> Draft:
         """This node's next change in ``registry``: its body and ID are final
         now; the batch signs it when it ends (_seal_drafts)."""
@@ -448,7 +457,7 @@ class Engine:
         batch.drafts[made.cid] = made
         return made
 
-    def _after_local(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope) -> None:
+    def _after_local(self, txn: Txn, batch: _Batch, env: Envelope) -> None:
         """A local write that changed the rules (a statement, a policy)
         re-judges what they govern, and lets waiting changes go on."""
         if batch.policies_changed:
@@ -457,7 +466,7 @@ class Engine:
             self._rebuild_revoked(txn, batch, env, "local")
             self._release(txn, batch, None, "parked")
 
-    def _check_own_chain(self, txn: lmdb.Transaction, batch: _Batch, registry: str) -> None:
+    def _check_own_chain(self, txn: Txn, batch: _Batch, registry: str) -> None:
         """This node's own key may have been revoked (by its org, from another node)."""
         seq, _ = self._head(txn, batch, registry, self.key.did)
         self.trust.check_chain(self.key.did, registry, seq + 1)
@@ -472,7 +481,7 @@ class Engine:
 
     # ------------------------------------------------------------ remote changes
 
-    def _remote(self, txn: lmdb.Transaction, batch: _Batch, op: Remote) -> IngestResult:
+    def _remote(self, txn: Txn, batch: _Batch, op: Remote) -> IngestResult:
         self.metrics["remote.received"] += 1
         env = open_envelope(op.wire, verify=not op.preverified)
         result = self._ingest(txn, batch, env, op.peer)
@@ -485,13 +494,13 @@ class Engine:
         self.metrics[f"remote.{result.status}"] += 1
         return result
 
-    def _ingest(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope, peer: str) -> IngestResult:
+    def _ingest(self, txn: Txn, batch: _Batch, env: Envelope, peer: str) -> IngestResult:
         body = env.body
         if changes.has(self.store, txn, env.cid) or env.cid in batch.drafts:
             return IngestResult("duplicate", env.id)
         head_seq, head_cid = self._head(txn, batch, body.registry, body.author)
         if body.seq <= head_seq:
-            other = txn.get(key(body.registry, body.author, u64(body.seq)), db=self.store.db["chains"])
+            other = chains.at(self.store, txn, body.registry, body.author, body.seq)
             self._keep_evidence(txn, batch, env, other)
             raise Equivocation(
                 f"{body.author} signed two different changes with sequence {body.seq} in {body.registry}",
@@ -502,7 +511,7 @@ class Engine:
             # keyed by the next link, every change of a long gap would be
             # released and parked again at each link applied (quadratic; a
             # 2,000-change gap cost ~1M re-parks).
-            return self._park(txn, env, b"c" + key(body.registry, body.author, u64(body.seq - 1), env.cid))
+            return self._park(txn, env, pending.for_predecessor(body.registry, body.author, body.seq, env.cid))
         if body.prev != head_cid:
             self._keep_evidence(txn, batch, env, head_cid or None)
             raise ChainBroken(f"change {body.seq} of {body.author} does not follow its change {head_seq}")
@@ -515,10 +524,9 @@ class Engine:
             self._check_state(env, claim, desc)
         else:
             self._check_automerge_header(env)
-        docs, record_key = self.store.db["docs"], key(body.registry, body.record)
-        if not body.is_snapshot and (
-                txn.get(records.am_hash_key(record_key, body.change_hash), db=docs) is not None
-                or txn.get(records.refused_key(record_key, body.change_hash), db=docs) is not None):
+        store, reg, rec = self.store, body.registry, body.record
+        if not body.is_snapshot and (records.is_applied(store, txn, reg, rec, body.change_hash)
+                                     or records.is_refused(store, txn, reg, rec, body.change_hash)):
             raise MalformedInput("this Automerge change was already stored under another envelope")
         builds_on_refused = False
         if body.deps:
@@ -526,9 +534,9 @@ class Engine:
             # the document (once) so that its hash is known here.
             self._document(txn, batch, body.registry, body.record)
         for dep in body.deps:
-            if txn.get(records.am_hash_key(record_key, dep), db=docs) is None:
-                if txn.get(records.refused_key(record_key, dep), db=docs) is None:
-                    return self._park(txn, env, b"r" + key(body.registry, body.record, env.cid))
+            if not records.is_applied(store, txn, reg, rec, dep):
+                if not records.is_refused(store, txn, reg, rec, dep):
+                    return self._park(txn, env, pending.for_deps(reg, rec, env.cid))
                 builds_on_refused = True
         try:
             if builds_on_refused:
@@ -567,7 +575,7 @@ class Engine:
             # Its signer's delegation has not arrived: wait for it like a
             # missing dependency (sync brings grid.members), never guess.
             self.metrics["remote.waiting_delegation"] += 1
-            return self._park(txn, env, b"d" + key(body.author, env.cid))
+            return self._park(txn, env, pending.for_delegation(body.author, env.cid))
         if body.registry == regs.KINDS_REGISTRY and not state.get("deleted"):
             self._register_kind(body.record, state["fields"])
         if not self.clock.observe(env.hlc):
@@ -619,20 +627,18 @@ class Engine:
 
     # ------------------------------------------------------------ refused changes and rebuilds
 
-    def _keep_refused(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope, why: RegistryError, peer: str,
+    def _keep_refused(self, txn: Txn, batch: _Batch, env: Envelope, why: RegistryError, peer: str,
                       *, audit: bool = True) -> IngestResult:
         """Keep a change that trust or policy refuses in its author's chain,
         as evidence, without applying it (docs/trust.md): the record stays
         as it was, the author's later changes still follow their chain, and
         a change built on this one is refused too. Counted and audited."""
-        db = self.store.db
         body = env.body
         changes.put_received(self.store, txn, env)
-        txn.put(key(body.registry, body.author) + SEP + u64(body.seq), env.cid, db=db["chains"])
+        chains.link(self.store, txn, body.registry, body.author, body.seq, env.cid)
         batch.heads[(body.registry, body.author)] = self._chain_heads[(body.registry, body.author)] = \
             (body.seq, env.cid)
-        txn.put(records.refused_key(key(body.registry, body.record), _automerge_of(env)[0]), env.cid,
-                db=db["docs"])
+        records.mark_refused(self.store, txn, body.registry, body.record, _automerge_of(env)[0], env.cid)
         if audit:
             self.metrics[f"rejected.{why.code}"] += 1
             self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action="deny",
@@ -641,14 +647,14 @@ class Engine:
                               change=env.id)
         return IngestResult("refused", env.id, error=why)
 
-    def _settle_create_race(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope, race: _CreateRace,
+    def _settle_create_race(self, txn: Txn, batch: _Batch, env: Envelope, race: _CreateRace,
                             peer: str) -> IngestResult:
         """Two orgs created one id: the earliest valid create (by clock, then
         change ID) owns the record on every node, whichever arrived first."""
         body = env.body
         self._keep_refused(txn, batch, env, race.refusal, peer, audit=False)
         self._rebuild(txn, batch, body.registry, body.record, cause=env, origin=peer)
-        if records.counts(self.store, txn, key(body.registry, body.record), env.cid, body.change_hash):
+        if records.counts(self.store, txn, body.registry, body.record, env.cid, body.change_hash):
             return IngestResult("applied", env.id, self._batch_feed_seq)
         self.metrics[f"rejected.{race.refusal.code}"] += 1
         self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action="deny",
@@ -657,7 +663,7 @@ class Engine:
                           change=env.id)
         return IngestResult("refused", env.id, error=race.refusal)
 
-    def _policies(self, txn: lmdb.Transaction) -> PolicySet:
+    def _policies(self, txn: Txn) -> PolicySet:
         def owner_of(registry: str) -> str | None:
             try:
                 return regs.lookup(self.store, txn, registry).owner
@@ -667,7 +673,7 @@ class Engine:
         return PolicySet.of(records.iter_records(self.store, txn, registry=POLICIES_REGISTRY),
                             is_admin=self.trust.is_admin, owner_of=owner_of)
 
-    def _apply_policies(self, txn: lmdb.Transaction, batch: _Batch, cause: Envelope, origin: str) -> None:
+    def _apply_policies(self, txn: Txn, batch: _Batch, cause: Envelope, origin: str) -> None:
         """After a grid.policies change: the rules in force are reloaded, and
         every record of a registry whose rules changed is rebuilt, so records
         stay the pure function of the changes valid under the rules of their
@@ -684,7 +690,7 @@ class Engine:
             for record_id in ids:
                 self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)
 
-    def _rebuild_revoked(self, txn: lmdb.Transaction, batch: _Batch, cause: Envelope, origin: str) -> None:
+    def _rebuild_revoked(self, txn: Txn, batch: _Batch, cause: Envelope, origin: str) -> None:
         """After a statement about a key: if the key is revoked, its applied
         changes past their cutoffs no longer count, so the records they
         touched are rebuilt from the changes that remain valid."""
@@ -692,7 +698,7 @@ class Engine:
             for key_did in sorted(self.trust.affected_by_revocation(batch.stated.pop())):
                 self._rebuild_revoked_key(txn, batch, key_did, cause, origin)
 
-    def _rebuild_revoked_key(self, txn: lmdb.Transaction, batch: _Batch, subject: str, cause: Envelope,
+    def _rebuild_revoked_key(self, txn: Txn, batch: _Batch, subject: str, cause: Envelope,
                              origin: str) -> None:
         revoked = self.trust.revoked(subject)
         if revoked is None:
@@ -702,15 +708,14 @@ class Engine:
             head = authors.get(subject, 0)
             if registry == MEMBERS_REGISTRY or head <= revoked.cutoff(registry):
                 continue
-            start = key(registry, subject) + SEP + u64(revoked.cutoff(registry) + 1)
-            for _, cid in self.store.iter_prefix(txn, "chains", key(registry, subject) + SEP, start=start):
+            for _, cid in chains.links_after(self.store, txn, registry, subject, revoked.cutoff(registry)):
                 body = self._change_body(txn, batch, cid)
-                if records.counts(self.store, txn, key(registry, body.record), cid, body.change_hash):
+                if records.counts(self.store, txn, registry, body.record, cid, body.change_hash):
                     targets.add((registry, body.record))
         for registry, record_id in sorted(targets):
             self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)
 
-    def _rebuild(self, txn: lmdb.Transaction, batch: _Batch, registry: str, record_id: str, *,
+    def _rebuild(self, txn: Txn, batch: _Batch, registry: str, record_id: str, *,
                  cause: Envelope, origin: str) -> None:
         """Make a record the pure function of its valid changes again.
 
@@ -723,8 +728,7 @@ class Engine:
         from the valid ones; a record left with none disappears. The feed
         gets an event for each change that now counts, and one for the
         record when changes stopped counting."""
-        db = self.store.db
-        rk = key(registry, record_id)
+        store = self.store
         applied_cids = {*records.applied_changes(self.store, txn, registry, record_id).values(),
                         *records.snapshot_changes(self.store, txn, registry, record_id)}
         refused = records.refused_changes(self.store, txn, registry, record_id)
@@ -776,13 +780,13 @@ class Engine:
             live_hashes.add(am_hash)
             state = candidate
         # The record's bookkeeping, rewritten.
-        records.clear_change_index(self.store, txn, registry, record_id)
+        records.clear_change_index(store, txn, registry, record_id)
         for env, am_hash in live:
-            txn.put(records.am_hash_key(rk, am_hash), env.cid, db=db["docs"])
+            records.mark_applied(store, txn, registry, record_id, am_hash, env.cid)
             if env.body.is_snapshot:
-                txn.put(records.snapshot_key(rk, env.cid), b"", db=db["docs"])
+                records.mark_snapshot(store, txn, registry, record_id, env.cid)
         for h, cid in refused_now.items():
-            txn.put(records.refused_key(rk, h), cid, db=db["docs"])
+            records.mark_refused(store, txn, registry, record_id, h, cid)
         live_cids = {env.cid for env, _ in live}
         now_refused = applied_cids - live_cids
         for seq, cid in records.history(self.store, txn, registry, record_id):
@@ -791,12 +795,12 @@ class Engine:
         old = records.get_record(self.store, txn, registry, record_id)
         record: dict[str, Any] | None = None
         if not live:
-            txn.delete(rk, db=db["docs"])
+            records.delete_document(store, txn, registry, record_id)
             if old is not None:
                 records.delete_record(self.store, txn, old)
         else:
             doc = RecordDoc.load(blob)
-            txn.put(rk, stored_doc(doc.save()), db=db["docs"])
+            records.put_document(store, txn, registry, record_id, stored_doc(doc.save()))
             latest = max((env for env, _ in live), key=lambda e: (tuple(e.body.hlc), e.id))
             record = {**self._materialized(doc.materialize(), latest, None), "revision": len(live)}
             records.put_record(self.store, txn, old, record)
@@ -816,7 +820,7 @@ class Engine:
                           reason=f"rebuilt from its valid changes: {len(live)} count, {len(refused_now)} refused",
                           before=record_digest(old), after=record_digest(record), change=cause.id)
 
-    def _feed_event(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope, registry: str, record_id: str,
+    def _feed_event(self, txn: Txn, batch: _Batch, env: Envelope, registry: str, record_id: str,
                     event: str, origin: str, *, kind: str | None = None, history: bool = True) -> None:
         body = env.body
         self._batch_feed_seq += 1
@@ -829,12 +833,21 @@ class Engine:
 
     def _check_state(self, env: Envelope, state: dict[str, Any], desc: regs.RegistryDescriptor) -> dict[str, Any]:
         """A remote change's resulting record state, checked as a local write
-        would be: fixed kind, the kind's schema, the size cap, an owner."""
+        would be: fixed kind, the kind's schema, the size cap, an owner, and
+        tags and links by the rules of local writes."""
         body = env.body
         if state.get("kind") != body.kind:
             raise ValidationError(f"change turns a {state.get('kind')!r} record into {body.kind!r}; kinds are fixed")
         schema = state.get("schema")
-        kind = self.catalog.get(body.kind, schema if isinstance(schema, int) else None)
+        if type(schema) is not int:
+            raise ValidationError(f"record schema version {schema!r} is not an integer")
+        kind = self.catalog.get(body.kind, schema)
+        tags, links = state.get("tags"), state.get("links")
+        if not isinstance(tags, list) or _checked_tags(tags) != tags:
+            raise ValidationError("record tags must be valid, unique tag names, at most "
+                                  f"{limits.MAX_TAGS}")
+        if not isinstance(links, list) or _checked_links(links) != links:
+            raise ValidationError(f"record links must be {{rel, registry, record}}, at most {limits.MAX_LINKS}")
         self.catalog.validate(kind.name, kind.version, state.get("fields"))
         # The size cap holds for what a remote change makes, as for a local
         # write (an update of a small record, or a payload that expands).
@@ -843,40 +856,25 @@ class Engine:
             raise ValidationError("record has no owner")
         return state
 
-    def _park(self, txn: lmdb.Transaction, env: Envelope, waiting_key: bytes) -> IngestResult:
-        pending = self.store.db["pending"]
-        if txn.get(env.cid, db=pending) is None:
-            if txn.stat(pending)["entries"] >= MAX_PENDING:
-                raise MissingDependencies(f"{MAX_PENDING} changes already wait for dependencies; resend later")
-            txn.put(env.cid, env.wire, db=pending)
+    def _park(self, txn: Txn, env: Envelope, waiting_key: bytes) -> IngestResult:
+        if pending.park(self.store, txn, waiting_key, env.cid, env.wire, cap=MAX_PENDING):
             self.metrics["remote.parked"] += 1
-        txn.put(waiting_key, env.cid, db=self.store.db["waiting"])
         return IngestResult("pending", env.id)
 
-    def _release(self, txn: lmdb.Transaction, batch: _Batch, first: Envelope | None, peer: str) -> list[str]:
+    def _release(self, txn: Txn, batch: _Batch, first: Envelope | None, peer: str) -> list[str]:
         """Apply parked changes that waited for ``first`` or for a delegation
         this batch committed (and, transitively, for those)."""
         released: list[str] = []
         work: list[Envelope | None] = [first]
-        waiting, pending = self.store.db["waiting"], self.store.db["pending"]
         while work or batch.delegated:
-            prefixes = [b"d" + key(subject) + SEP for subject in batch.delegated]
+            prefixes = [pending.on_delegation(subject) for subject in batch.delegated]
             batch.delegated.clear()
             done = work.pop() if work else None
             if done is not None:
                 body = done.body
-                prefixes.append(b"c" + key(body.registry, body.author, u64(body.seq)) + SEP)
-                prefixes.append(b"r" + key(body.registry, body.record) + SEP)
-            keys = [k for prefix in prefixes for k, _ in self.store.iter_prefix(txn, "waiting", prefix)]
-            for wkey in keys:
-                cid = txn.get(wkey, db=waiting)
-                if cid is None:
-                    continue
-                txn.delete(wkey, db=waiting)
-                wire = txn.get(cid, db=pending)
-                if wire is None:
-                    continue
-                txn.delete(cid, db=pending)
+                prefixes.append(pending.after_link(body.registry, body.author, body.seq))
+                prefixes.append(pending.on_record(body.registry, body.record))
+            for wire in pending.release(self.store, txn, prefixes):
                 try:
                     env = open_envelope(wire, verify=False)  # verified when parked
                     result = self._ingest(txn, batch, env, peer)
@@ -890,21 +888,21 @@ class Engine:
                     work.append(env)
         return released
 
-    def _keep_evidence(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope, other_cid: bytes | None) -> None:
+    def _keep_evidence(self, txn: Txn, batch: _Batch, env: Envelope, other_cid: bytes | None) -> None:
         """File both changes under their own sequence numbers: two with one
         seq (equivocation), or a change and the held link its ``prev``
         does not name (a broken chain: a fork one link earlier)."""
-        evidence = self.store.db["evidence"]
         body = env.body
-        txn.put(key(body.registry, body.author, u64(body.seq), env.cid), env.wire, db=evidence)
+        pending.keep_evidence(self.store, txn, body.registry, body.author, body.seq, env.cid, env.wire)
         if other_cid and other_cid not in batch.drafts:  # a draft is this node's own: never equivocation
             other = changes.envelope(self.store, txn, other_cid)
             if other is not None:
-                txn.put(key(body.registry, body.author, u64(other.body.seq), other_cid), other.wire, db=evidence)
+                pending.keep_evidence(self.store, txn, body.registry, body.author, other.body.seq, other_cid,
+                                      other.wire)
 
     # ------------------------------------------------------------ commit (shared)
 
-    def _commit(self, txn: lmdb.Transaction, batch: _Batch, env: Envelope | Draft, doc: RecordDoc | None,
+    def _commit(self, txn: Txn, batch: _Batch, env: Envelope | Draft, doc: RecordDoc | None,
                 old: dict[str, Any] | None, *, origin: str, requested_by: str | None,
                 state: dict[str, Any], statement: Statement | None = None,
                 automerge: tuple[bytes, bytes] | None = None) -> tuple[int, dict[str, Any]]:
@@ -913,22 +911,21 @@ class Engine:
         record that has no document; ``automerge`` the (hash, change) the
         document gained, when that is not the envelope's own payload (a
         snapshot's genesis change, merged into an existing document)."""
-        db = self.store.db
+        store = self.store
         body = env.body
         reg, rec = body.registry, body.record
         if isinstance(env, Envelope):  # this node's drafts are stored when the batch signs them
-            changes.put_received(self.store, txn, env)
-        txn.put(key(reg, body.author) + SEP + u64(body.seq), env.cid, db=db["chains"])
+            changes.put_received(store, txn, env)
+        chains.link(store, txn, reg, body.author, body.seq, env.cid)
         batch.heads[(reg, body.author)] = self._chain_heads[(reg, body.author)] = (body.seq, env.cid)
-        doc_key = key(reg, rec)
         if body.is_snapshot:
-            txn.put(records.snapshot_key(doc_key, env.cid), b"", db=db["docs"])
+            records.mark_snapshot(store, txn, reg, rec, env.cid)
         if automerge is None and not body.is_snapshot:
             automerge = (body.change_hash, body.payload)
         if doc is not None and automerge is not None:
-            stored = append_to_stored(txn.get(doc_key, db=db["docs"]), automerge[1])
-            txn.put(doc_key, stored if stored is not None else stored_doc(doc.save()), db=db["docs"])
-            txn.put(records.am_hash_key(doc_key, automerge[0]), env.cid, db=db["docs"])
+            stored = append_to_stored(records.get_document(store, txn, reg, rec), automerge[1])
+            records.put_document(store, txn, reg, rec, stored if stored is not None else stored_doc(doc.save()))
+            records.mark_applied(store, txn, reg, rec, automerge[0], env.cid)
             batch.docs[(reg, rec)] = doc
         record = self._materialized(state, env, old)
         records.put_record(self.store, txn, old, record)
@@ -966,28 +963,19 @@ class Engine:
             updated_hlc, updated_by, change_id = old["updated_hlc"], old["updated_by"], old["change_id"]
         else:
             updated_hlc, updated_by, change_id = list(body.hlc), body.author, env.id
-        return {
-            "registry": body.registry,
-            "id": body.record,
-            "kind": state.get("kind"),
-            "schema": state.get("schema"),
-            "owner": state.get("owner"),
-            "tags": state["tags"],
-            "links": state["links"],
-            "fields": state["fields"],
-            "deleted": bool(state["deleted"]),
-            "created_at": created.get("at"),
-            "created_by": created.get("by"),
-            "updated_at": updated_hlc[0],
-            "updated_hlc": updated_hlc,
-            "updated_by": updated_by,
-            "change_id": change_id,
-            "revision": (old["revision"] if old else 0) + 1,
-        }
+        # The record's one shape (registrygrid/record.py), as the dict that
+        # storage, the SDK and the bridge read.
+        return msgspec.structs.asdict(Record(
+            registry=body.registry, id=body.record, kind=state.get("kind"), schema=state.get("schema"),
+            owner=state.get("owner"), tags=state["tags"], links=state["links"], fields=state["fields"],
+            deleted=bool(state["deleted"]), created_at=created.get("at"), created_by=created.get("by"),
+            updated_at=updated_hlc[0], updated_hlc=updated_hlc, updated_by=updated_by, change_id=change_id,
+            revision=(old["revision"] if old else 0) + 1,
+        ))
 
     # ------------------------------------------------------------ lookups
 
-    def _head(self, txn: lmdb.Transaction, batch: _Batch, registry: str, author: str) -> tuple[int, bytes]:
+    def _head(self, txn: Txn, batch: _Batch, registry: str, author: str) -> tuple[int, bytes]:
         # This batch's own moves first: they are not in LMDB until it ends,
         # and survive the cache reset that follows a refused op.
         moved = batch.heads.get((registry, author))
@@ -1000,7 +988,7 @@ class Engine:
         self._chain_heads[(registry, author)] = head
         return head
 
-    def _registry(self, txn: lmdb.Transaction, name: str) -> regs.RegistryDescriptor:
+    def _registry(self, txn: Txn, name: str) -> regs.RegistryDescriptor:
         # Writer thread only: readers use regs.lookup, which caches nothing.
         cached = self._registry_cache.get(name)
         if cached is not None:
@@ -1019,29 +1007,27 @@ class Engine:
             )
         return self.catalog.get(kind, version)
 
-    def _live_record(self, txn: lmdb.Transaction, registry: str, record_id: str) -> dict[str, Any]:
+    def _live_record(self, txn: Txn, registry: str, record_id: str) -> dict[str, Any]:
         self._registry(txn, registry)
         record = records.get_record(self.store, txn, registry, record_id)
         if record is None or record["deleted"]:
             raise NotFound(f"no record {registry}/{record_id}" + (" (it was deleted)" if record else ""))
         return record
 
-    def _doc_for_write(self, txn: lmdb.Transaction, batch: _Batch, registry: str, record_id: str) -> RecordDoc:
+    def _doc_for_write(self, txn: Txn, batch: _Batch, registry: str, record_id: str) -> RecordDoc:
         doc = self._document(txn, batch, registry, record_id)
         if doc is None:
             raise NotFound(f"no document for {registry}/{record_id}")
         doc.fork_with_actor(self.actor)
         return doc
 
-    def _document(self, txn: lmdb.Transaction, batch: _Batch, registry: str, record_id: str) -> RecordDoc | None:
+    def _document(self, txn: Txn, batch: _Batch, registry: str, record_id: str) -> RecordDoc | None:
         """The record's Automerge document; built (and stored) from its
         snapshot creates when it has none yet, None when it has neither."""
         doc = batch.docs.get((registry, record_id))
         if doc is not None:
             return doc
-        docs = self.store.db["docs"]
-        doc_key = key(registry, record_id)
-        stored = txn.get(doc_key, db=docs)
+        stored = records.get_document(self.store, txn, registry, record_id)
         if stored is not None:
             doc = RecordDoc.load(doc_bytes(stored))
         else:
@@ -1050,17 +1036,17 @@ class Engine:
                 body = self._change_body(txn, batch, cid)
                 genesis = genesis_change(read_snapshot(body.payload, kind=body.kind, schema=body.schema), body.author)
                 geneses.append(genesis.raw_bytes)
-                txn.put(records.am_hash_key(doc_key, genesis.hash), cid, db=docs)
+                records.mark_applied(self.store, txn, registry, record_id, genesis.hash, cid)
             if not geneses:
                 return None
             blob = b"".join(geneses)
-            txn.put(doc_key, stored_doc(b"") + blob, db=docs)
+            records.put_document(self.store, txn, registry, record_id, stored_doc(b"") + blob)
             doc = RecordDoc.apply(None, blob)
             self.metrics["docs.built_from_snapshot"] += 1
         batch.docs[(registry, record_id)] = doc
         return doc
 
-    def _change_body(self, txn: lmdb.Transaction, batch: _Batch, cid: bytes) -> Any:
+    def _change_body(self, txn: Txn, batch: _Batch, cid: bytes) -> Any:
         made = batch.drafts.get(cid)
         if made is not None:
             return made.body
@@ -1069,7 +1055,7 @@ class Engine:
             raise NotFound(f"change {cid_to_str(cid)} is not stored")
         return body
 
-    def _stored_envelope(self, txn: lmdb.Transaction, batch: _Batch, cid: bytes) -> Envelope | Draft:
+    def _stored_envelope(self, txn: Txn, batch: _Batch, cid: bytes) -> Envelope | Draft:
         made = batch.drafts.get(cid)
         if made is not None:
             return made
@@ -1164,8 +1150,7 @@ class Engine:
         out: list[bytes] = []
         size = 0
         with self.store.read() as txn:
-            prefix = key(registry, author) + b"\x00"
-            for _, cid in self.store.iter_prefix(txn, "chains", prefix, start=prefix + u64(after_seq + 1)):
+            for _, cid in chains.links_after(self.store, txn, registry, author, after_seq):
                 wire = changes.wire(self.store, txn, cid)
                 if wire is None:
                     continue

@@ -130,3 +130,11 @@ class Committed:
 
 
 Outcome = WriteResult | IngestResult | RegistryError | None
+
+
+@dataclass(frozen=True)
+class Executed:
+    """One batch's answers, and what it committed."""
+
+    outcomes: list[Outcome]
+    committed: Committed

@@ -19,9 +19,10 @@ from registrygrid.crdt.snapshot import genesis_change, read_snapshot
 from registrygrid.errors import RegistryError
 from registrygrid.protocol.envelope import cid_to_str, open_envelope
 from registrygrid.protocol.merkle import MerkleTree
+from registrygrid.storage import chains as stored_chains
 from registrygrid.storage import changes as stored_changes
 from registrygrid.storage import records as stored_records
-from registrygrid.storage.store import SEP, Store, from_u64, unpack
+from registrygrid.storage.store import Store
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,11 @@ class VerifyReport:
 def verify_store(store: Store) -> VerifyReport:
     changes = chains = records = 0
     with store.read() as txn:
-        for batch, raw in txn.cursor(db=store.db["roots"]):
-            leaves = unpack(raw)[3]
+        for root, _size, leaves in stored_changes.iter_batches(store, txn):
             if leaves and (len(leaves) % 36 or MerkleTree([leaves[i:i + 36] for i in range(0, len(leaves), 36)]).root
-                           != batch[:32]):
+                           != root):
                 return VerifyReport(False, changes, chains, records, "a batch's leaves do not hash to its root",
-                                    f"batch {batch[:32].hex()}")
+                                    f"batch {root.hex()}")
         for stored_id in list(stored_changes.iter_ids(store, txn)):
             try:
                 wire = stored_changes.wire(store, txn, stored_id)
@@ -62,11 +62,11 @@ def verify_store(store: Store) -> VerifyReport:
                 return VerifyReport(False, changes, chains, records, "stored under an ID that is not its hash",
                                     f"change {cid_to_str(stored_id)}")
             changes += 1
-        last: tuple[bytes, int, bytes] | None = None  # (registry+author, seq, cid)
-        for k, cid in txn.cursor(db=store.db["chains"]):
-            chain, seq = k[:-9], from_u64(k[-8:])
+        last: tuple[tuple[str, str], int, bytes] | None = None  # ((registry, author), seq, cid)
+        for registry, author, seq, cid in stored_chains.iter_links(store, txn):
+            chain = (registry, author)
             body = stored_changes.body(store, txn, cid)
-            where = "chain " + chain.replace(SEP, b" ").decode() + f" seq {seq}"
+            where = f"chain {registry} {author} seq {seq}"
             if body is None:
                 return VerifyReport(False, changes, chains, records, "chain names a change that is not stored", where)
             expected_prev = last[2] if last is not None and last[0] == chain else b""
@@ -78,17 +78,17 @@ def verify_store(store: Store) -> VerifyReport:
             if last is None or last[0] != chain:
                 chains += 1
             last = (chain, seq, cid)
-        for k, raw in txn.cursor(db=store.db["records"]):
-            saved = txn.get(k, db=store.db["docs"])
-            where = "record " + k.replace(SEP, b"/").decode()
+        for k, record in stored_records.iter_stored(store, txn):
+            registry, record_id = k.decode().split("\x00", 1)
+            saved = stored_records.get_document(store, txn, registry, record_id)
+            where = f"record {registry}/{record_id}"
             try:
                 if saved is not None:
                     state = RecordDoc.load(doc_bytes(saved)).materialize()
                 else:
-                    state = _snapshot_state(store, txn, *k.decode().split("\x00", 1))
+                    state = _snapshot_state(store, txn, registry, record_id)
             except Exception as exc:
                 return VerifyReport(False, changes, chains, records, f"document does not load: {exc}", where)
-            record = unpack(raw)
             for name in ("kind", "owner", "fields", "tags", "links", "deleted"):
                 if state.get(name) != record.get(name):
                     return VerifyReport(False, changes, chains, records,

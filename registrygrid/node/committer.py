@@ -100,7 +100,6 @@ class GroupCommitter:
         self._closed = False
         self._token: trio.lowlevel.TrioToken | None = None
         self._trio_slots = trio.Semaphore(MAX_QUEUED)
-        self._committed: list[Committed] = []  # filled by the engine, on the writer thread
         # Set once the writer thread has exited and every queued write was
         # answered: from then on the engine is free for a direct call.
         self.closed = trio.Event()
@@ -137,7 +136,6 @@ class GroupCommitter:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._token = trio.lowlevel.current_trio_token()
-        self.engine.listeners.append(self._committed.append)
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
@@ -152,7 +150,6 @@ class GroupCommitter:
                 self._closed = True
                 leftover = list(self._queue)
                 self._queue.clear()
-            self.engine.listeners.remove(self._committed.append)
             error = Unavailable("the node stopped before this write was committed")
             for submission in leftover:
                 submission.error = error
@@ -189,8 +186,9 @@ class GroupCommitter:
     def _run_batch(self, batch: list[_Submission]) -> None:
         ops = [op for submission in batch for op in submission.ops]
         started = time.perf_counter()
+        committed: list[Committed] = []
         try:
-            outcomes = self.engine.execute(ops)
+            executed = self.engine.run(ops, publish=True)
         except BaseException as exc:
             # A storage failure: every writer in the batch hears it, none
             # waits forever, and the next batch tries again. Anything worse
@@ -207,17 +205,18 @@ class GroupCommitter:
             self.ops += len(ops)
             start = 0
             for submission in batch:
-                submission.outcomes = outcomes[start:start + len(submission.ops)]
+                submission.outcomes = executed.outcomes[start:start + len(submission.ops)]
                 start += len(submission.ops)
+            if executed.committed.feed_seqs:
+                committed.append(executed.committed)
         finally:
-            self._answer(batch, time.perf_counter() - started)
+            self._answer(batch, time.perf_counter() - started, committed)
 
-    def _answer(self, batch: list[_Submission], commit_s: float) -> None:
+    def _answer(self, batch: list[_Submission], commit_s: float, committed: list[Committed]) -> None:
         """Wake every writer of a finished batch; then run its hooks: the
         thread-safe ones here, the others in trio."""
         for submission in batch:
             self._answer_threadsafe(submission, commit_s)
-        committed, self._committed[:] = list(self._committed), []
         _run_hooks(self.on_commit_threadsafe, committed)
         trio_subs = [s for s in batch if s.finished is not None]
         if trio_subs or (committed and self.on_commit):

@@ -37,7 +37,7 @@ import msgspec
 from registrygrid.engine import registries as regs
 from registrygrid.errors import RegistryError
 from registrygrid.protocol import limits
-from registrygrid.protocol.envelope import Envelope, open_envelope
+from registrygrid.protocol.envelope import ChangeBody, Envelope, peek
 from registrygrid.protocol.guard import (
     Charge,
     GossipVerdict,
@@ -96,19 +96,21 @@ class PeerGuard:
     # ---- gossip ----
 
     def gossip(self, origin: str, envelopes: Sequence[Envelope], now: float) -> GossipVerdict:
-        return self.guard.admit_gossip(origin, [self._charge(env, now) for env in envelopes], now)
+        return self.guard.admit_gossip(origin, [self._charge(env.body, len(env.wire), now) for env in envelopes],
+                                       now)
 
     # ---- sync ----
 
     def charges(self, wires: Sequence[bytes], now: float) -> list[Charge]:
         out = []
         for wire in wires:
-            try:
-                env = open_envelope(wire, verify=False)
-            except RegistryError:  # the engine refuses it with its typed error; it still costs the peer
+            # Only who, where and when are needed to charge a change: its body,
+            # decoded without the proof walk (the engine opens it fully).
+            body = peek(wire)
+            if body is None:  # the engine refuses it with its typed error; it still costs the peer
                 out.append(Charge(size=len(wire), orgs=()))
                 continue
-            out.append(self._charge(env, now))
+            out.append(self._charge(body, len(wire), now))
         return out
 
     def admit_sync(self, peer: str, charges: Sequence[Charge], now: float) -> SyncAdmission:
@@ -133,17 +135,16 @@ class PeerGuard:
 
     # ---- one change ----
 
-    def _charge(self, env: Envelope, now: float) -> Charge:
-        body = env.body
+    def _charge(self, body: ChangeBody, size: int, now: float) -> Charge:
         orgs = charged_orgs(body.author, self.node.engine.trust.orgs_of(body.author, body.hlc[0]),
                             self.guard.limits.max_orgs_per_change)
         cached = self._caps(body.registry, now)
         if cached is None:
-            return Charge(size=len(env.wire), orgs=orgs, registry=body.registry)
+            return Charge(size=size, orgs=orgs, registry=body.registry)
         fields_bytes = None
         if body.is_snapshot and (cached.explicit_size_cap or len(body.payload) > MEASURE_CREATES_ABOVE):
             fields_bytes = _fields_bytes(body.payload)
-        return Charge(size=len(env.wire), orgs=orgs, registry=body.registry,
+        return Charge(size=size, orgs=orgs, registry=body.registry,
                       registry_rate=cached.caps.max_changes_per_second_per_org,
                       refusal=cap_refusal(body.kind, cached.caps, fields_bytes))
 

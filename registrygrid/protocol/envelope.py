@@ -170,17 +170,12 @@ class Envelope(msgspec.Struct, frozen=True):
     size: int
     path: list[bytes]
     signature: bytes
+    root: bytes  # the batch's Merkle root, proven from the path when opened
     legacy: bool = False  # wire format 1 (see _LegacyWire)
 
     @property
     def hlc(self) -> Hlc:
         return Hlc(*self.body.hlc)
-
-    @property
-    def root(self) -> bytes:
-        root = root_from_path(self.cid, self.index, self.size, self.path)
-        assert root is not None, "an Envelope's proof was checked when it was built"
-        return root
 
     @property
     def signed_root(self) -> SignedRoot:
@@ -255,7 +250,7 @@ def seal_batch(key: KeyPair, drafts: Sequence[Draft]) -> tuple[list[Envelope], S
         path = tree.path(index)
         wire = encode(_Wire(d.body_bytes, index, signed.size, path, signed.signature))
         out.append(Envelope(body=d.body, body_bytes=d.body_bytes, wire=wire, cid=d.cid, id=d.id, index=index,
-                            size=signed.size, path=path, signature=signed.signature))
+                            size=signed.size, path=path, signature=signed.signature, root=signed.root))
     return out, signed
 
 
@@ -303,7 +298,23 @@ def open_envelope(wire: bytes, *, verify: bool = True) -> Envelope:
     if verify:
         _check_batch_signature(body.author, root, outer.size, outer.signature)
     return Envelope(body=body, body_bytes=outer.body, wire=wire, cid=cid, id=cid_to_str(cid), index=outer.index,
-                    size=outer.size, path=outer.path, signature=outer.signature)
+                    size=outer.size, path=outer.path, signature=outer.signature, root=root)
+
+
+def is_legacy_wire(wire: bytes) -> bool:
+    """Whether a wire is in wire format 1 (by its first byte, nothing checked)."""
+    return wire[:1] == _LEGACY_HEADER
+
+
+def peek(wire: bytes) -> ChangeBody | None:
+    """The body a wire carries, decoded without any check (for charging a
+    peer's changes against its budgets before the engine opens them);
+    None if it does not decode."""
+    try:
+        decoder = _legacy_decoder if wire[:1] == _LEGACY_HEADER else _wire_decoder
+        return _body_decoder.decode(decoder.decode(wire).body)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, ValueError, TypeError):
+        return None
 
 
 def _open_legacy(wire: bytes, verify: bool) -> Envelope:
@@ -325,7 +336,7 @@ def _open_legacy(wire: bytes, verify: bool) -> Envelope:
         verify_signature(public_key, outer.body, outer.signature)
     cid = change_id(wire)  # format 1 named a change by its whole wire
     return Envelope(body=body, body_bytes=outer.body, wire=wire, cid=cid, id=cid_to_str(cid), index=0, size=1,
-                    path=[], signature=outer.signature, legacy=True)
+                    path=[], signature=outer.signature, root=b"", legacy=True)
 
 
 def _proven_root(cid: bytes, outer: _Wire) -> bytes:
@@ -345,6 +356,12 @@ def _proven_root(cid: bytes, outer: _Wire) -> bytes:
 # like any other. Cleared when full: a miss only costs one check.
 _VERIFIED_MAX = 1 << 16
 _verified: dict[tuple[str, bytes, int, bytes], bool] = {}
+
+
+def forget_verified() -> None:
+    """Empty the cache of verified batches (benchmarks that must time the
+    checks; tests)."""
+    _verified.clear()
 
 
 def _remember_verified(author: str, root: bytes, size: int, signature: bytes) -> None:

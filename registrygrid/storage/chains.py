@@ -7,9 +7,11 @@ sub-database of their own, one more B-tree for every write to dirty.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import lmdb
 
-from registrygrid.storage.store import SEP, Store, from_u64, key
+from registrygrid.storage.store import SEP, Store, from_u64, key, u64
 
 # Sorts after "\0" + any 8-byte sequence of a chain's keys, before the next
 # chain (names never hold "\0", so the next chain's key differs earlier).
@@ -46,3 +48,28 @@ def heads(store: Store, txn: lmdb.Transaction, registry: str | None = None) -> d
         out.setdefault(reg.decode(), {})[author.decode()] = link[0]
         found = cursor.set_range(chain + _PAST_ANY_SEQ)
     return out
+
+
+def link(store: Store, txn: lmdb.Transaction, registry: str, author: str, seq: int, cid: bytes) -> None:
+    """Add the author's change ``seq`` (applied or refused) to its chain."""
+    txn.put(key(registry, author) + SEP + u64(seq), cid, db=store.db["chains"])
+
+
+def at(store: Store, txn: lmdb.Transaction, registry: str, author: str, seq: int) -> bytes | None:
+    """The change ID at ``seq`` of the author's chain, if held."""
+    return txn.get(key(registry, author) + SEP + u64(seq), db=store.db["chains"])
+
+
+def links_after(store: Store, txn: lmdb.Transaction, registry: str, author: str,
+                after_seq: int) -> Iterator[tuple[int, bytes]]:
+    """(seq, change ID) of the author's chain past ``after_seq``, in order."""
+    prefix = key(registry, author) + SEP
+    for k, cid in store.iter_prefix(txn, "chains", prefix, start=prefix + u64(after_seq + 1)):
+        yield from_u64(k[len(prefix):]), cid
+
+
+def iter_links(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[str, str, int, bytes]]:
+    """Every link of every chain: (registry, author, seq, change ID), in key order."""
+    for k, cid in txn.cursor(db=store.db["chains"]):
+        registry, author = k[:-9].split(SEP, 1)
+        yield registry.decode(), author.decode(), from_u64(k[-8:]), cid

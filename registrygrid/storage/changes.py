@@ -171,3 +171,9 @@ def adopt_legacy(store: Store, txn: lmdb.Transaction, *, after: bytes | None, li
 
 
 _LEGACY_WIRE = b"\x92"  # a format-1 wire: a msgpack array of 2 ([body, signature])
+
+
+def iter_batches(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[bytes, int, bytes]]:
+    """Every stored batch: (root, size, leaves), leaves b"" when not all known."""
+    for batch, raw in txn.cursor(db=store.db["roots"]):
+        yield batch[:32], int.from_bytes(batch[32:], "big"), _root_decoder.decode(raw).leaves

@@ -147,9 +147,11 @@ def snapshot_changes(store: Store, txn: lmdb.Transaction, registry: str, record_
     return [k[len(prefix):] for k, _ in store.iter_prefix(txn, "docs", prefix)]
 
 
-def counts(store: Store, txn: lmdb.Transaction, record_key: bytes, cid: bytes, automerge_hash: bytes) -> bool:
+def counts(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, cid: bytes,
+           automerge_hash: bytes) -> bool:
     """Whether the change (a snapshot when ``automerge_hash`` is empty)
     counts for the record: applied, not refused."""
+    record_key = key(registry, record_id)
     k = snapshot_key(record_key, cid) if not automerge_hash else am_hash_key(record_key, automerge_hash)
     return txn.get(k, db=store.db["docs"]) is not None
 
@@ -211,3 +213,48 @@ def drop_history(store: Store, txn: lmdb.Transaction, registry: str, record_id: 
 def history(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> list[tuple[int, bytes]]:
     prefix = key(registry, record_id) + _HISTORY
     return [(from_u64(k[len(prefix):]), v) for k, v in store.iter_prefix(txn, "docs", prefix)]
+
+
+# ---- a record's Automerge document and its change markers, in "docs" ----
+
+
+def get_document(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> bytes | None:
+    """The stored document (crdt/record.py's stored form), None before the
+    record's first update."""
+    return txn.get(key(registry, record_id), db=store.db["docs"])
+
+
+def put_document(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, stored: bytes) -> None:
+    txn.put(key(registry, record_id), stored, db=store.db["docs"])
+
+
+def delete_document(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> None:
+    txn.delete(key(registry, record_id), db=store.db["docs"])
+
+
+def mark_applied(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, automerge_hash: bytes,
+                 cid: bytes) -> None:
+    txn.put(am_hash_key(key(registry, record_id), automerge_hash), cid, db=store.db["docs"])
+
+
+def mark_snapshot(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, cid: bytes) -> None:
+    txn.put(snapshot_key(key(registry, record_id), cid), b"", db=store.db["docs"])
+
+
+def mark_refused(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, automerge_hash: bytes,
+                 cid: bytes) -> None:
+    txn.put(refused_key(key(registry, record_id), automerge_hash), cid, db=store.db["docs"])
+
+
+def is_applied(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, automerge_hash: bytes) -> bool:
+    return txn.get(am_hash_key(key(registry, record_id), automerge_hash), db=store.db["docs"]) is not None
+
+
+def is_refused(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, automerge_hash: bytes) -> bool:
+    return txn.get(refused_key(key(registry, record_id), automerge_hash), db=store.db["docs"]) is not None
+
+
+def iter_stored(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    """Every materialized record with its key (registry \\0 id), in key order."""
+    for k, raw in txn.cursor(db=store.db["records"]):
+        yield k, unpack(raw)

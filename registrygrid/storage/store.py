@@ -1,7 +1,10 @@
 """The LMDB environment: every sub-database, its key layout, and map growth.
 
-This is the only module that opens LMDB. Others get transactions from it and
-use the named sub-databases below through the helpers in this package.
+This is the only module that opens LMDB, and only this package imports
+it: the rest of the code holds transactions (``Txn``) without looking inside
+and passes them to the functions of ``storage/*`` (changes, chains, records
+and documents, feed, pending, audit, peers, tokens, idempotency), which own
+every key layout below. A full map surfaces as ``StoreFull``.
 
 Key layout (``\\x00`` separates names, which can never contain it; integers
 are 8-byte big-endian so byte order is numeric order):
@@ -218,6 +221,15 @@ class _ReadTxn:
             self._store._gate.leave()
 
 
+# The transaction type callers pass back to this package's functions: they
+# hold one, never look inside it.
+Txn = lmdb.Transaction
+
+
+class StoreFull(Exception):
+    """The map is full: the write was aborted; ``grow()``, then redo it."""
+
+
 class StoreFormatError(IntegrityError):
     """The store was written by a version with another key layout."""
 
@@ -289,8 +301,8 @@ class Store:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[lmdb.Transaction]:
-        """One durable write transaction. MapFullError propagates: the caller
-        redoes its whole batch after ``grow()``, since a half-written
+        """One durable write transaction. A full map raises StoreFull: the
+        caller redoes its whole batch after ``grow()``, since a half-written
         transaction is aborted.
 
         A write goes through the same gate as reads: besides the engine's
@@ -303,11 +315,16 @@ class Store:
             txn = self.env.begin(write=True)
             try:
                 yield txn
-            except BaseException:
+            except BaseException as exc:
                 txn.abort()
+                if isinstance(exc, lmdb.MapFullError):
+                    raise StoreFull(str(exc)) from None
                 raise
             else:
-                txn.commit()
+                try:
+                    txn.commit()
+                except lmdb.MapFullError as exc:
+                    raise StoreFull(str(exc)) from None
         finally:
             gate.leave()
 

@@ -21,6 +21,7 @@ from referencing.jsonschema import DRAFT202012
 
 from registrygrid.engine.registries import CONFLICT_POLICIES, WRITE_POLICIES
 from registrygrid.protocol import limits, names
+from registrygrid.record import record_json_schema
 from registrygrid.schemas.catalog import rust_reads_as_python
 from registrygrid.storage.tokens import MAX_LIFETIME_S, ROLES
 
@@ -75,14 +76,8 @@ SCHEMAS: dict[str, Any] = {
         "details": {"description": "structured context, e.g. every failing path of a schema violation"},
         "trace_id": {"type": "string", "description": "also in the X-Trace-Id header"},
     })}),
-    "Link": _obj({"rel": TAG, "registry": REGISTRY_NAME, "record": RECORD_ID}),
-    "Record": _obj({
-        "registry": REGISTRY_NAME, "id": RECORD_ID, "kind": KIND_NAME, "schema": INT, "owner": STRING,
-        "tags": {"type": "array", "items": STRING}, "links": {"type": "array", "items": _ref("Link")},
-        "fields": {"type": "object"}, "deleted": {"type": "boolean"},
-        "created_at": _nullable(INT), "created_by": _nullable(STRING), "updated_at": INT, "updated_hlc": HLC,
-        "updated_by": STRING, "change_id": STRING, "revision": INT,
-    }),
+    # "Record" and "Link": generated from registrygrid/record.py, their one definition.
+    **record_json_schema(),
     "WriteResult": _obj({
         "status": {"enum": ["created", "updated", "deleted", "unchanged"]},
         "registry": REGISTRY_NAME, "id": RECORD_ID, "change_id": _nullable(STRING), "feed_seq": _nullable(SEQ),

@@ -1,0 +1,92 @@
+"""Remote changes that wait: for their chain's previous link, for Automerge
+dependencies of their record, or for their signer's delegation.
+
+    pending  change id -> wire (checked before it was parked)
+    waiting  'c' registry \\0 author \\0 u64(seq - 1) \\0 cid   waits for its own predecessor
+             'r' registry \\0 record \\0 cid                   waits for deps of its record
+             'd' author \\0 cid                                waits for its signer's delegation
+             -> change id
+
+A change is released when what it waits for is stored (``release``), then
+judged again from the start; anti-entropy refetches anything refused here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import lmdb
+
+from registrygrid.errors import MissingDependencies
+from registrygrid.storage.store import SEP, Store, key, u64
+
+
+def for_predecessor(registry: str, author: str, seq: int, cid: bytes) -> bytes:
+    """Wait for link ``seq - 1`` of the author's chain: keyed by its own
+    predecessor, not the next missing link, so a long gap is released once
+    link by link instead of re-parked at every link (quadratic)."""
+    return b"c" + key(registry, author, u64(seq - 1), cid)
+
+
+def for_deps(registry: str, record: str, cid: bytes) -> bytes:
+    return b"r" + key(registry, record, cid)
+
+
+def for_delegation(author: str, cid: bytes) -> bytes:
+    return b"d" + key(author, cid)
+
+
+def after_link(registry: str, author: str, seq: int) -> bytes:
+    """What waits for link ``seq`` of the author's chain (a prefix)."""
+    return b"c" + key(registry, author, u64(seq)) + SEP
+
+
+def on_record(registry: str, record: str) -> bytes:
+    """What waits for a change of this record (a prefix)."""
+    return b"r" + key(registry, record) + SEP
+
+
+def on_delegation(author: str) -> bytes:
+    """What waits for a delegation of this key (a prefix)."""
+    return b"d" + key(author) + SEP
+
+
+def park(store: Store, txn: lmdb.Transaction, waiting_key: bytes, cid: bytes, wire: bytes, *,
+         cap: int) -> bool:
+    """Hold a change until ``waiting_key``'s condition holds; True if it was
+    not parked before. MissingDependencies when ``cap`` changes wait already."""
+    pending = store.db["pending"]
+    fresh = txn.get(cid, db=pending) is None
+    if fresh:
+        if txn.stat(pending)["entries"] >= cap:
+            raise MissingDependencies(f"{cap} changes already wait for dependencies; resend later")
+        txn.put(cid, wire, db=pending)
+    txn.put(waiting_key, cid, db=store.db["waiting"])
+    return fresh
+
+
+def release(store: Store, txn: lmdb.Transaction, prefixes: Iterable[bytes]) -> list[bytes]:
+    """Take every change waiting under any of ``prefixes`` out of the
+    waiting room; their wires, in key order."""
+    waiting, pending = store.db["waiting"], store.db["pending"]
+    keys = [k for prefix in prefixes for k, _ in store.iter_prefix(txn, "waiting", prefix)]
+    wires = []
+    for wkey in keys:
+        cid = txn.get(wkey, db=waiting)
+        if cid is None:
+            continue
+        txn.delete(wkey, db=waiting)
+        wire = txn.get(cid, db=pending)
+        if wire is None:
+            continue
+        txn.delete(cid, db=pending)
+        wires.append(wire)
+    return wires
+
+
+def keep_evidence(store: Store, txn: lmdb.Transaction, registry: str, author: str, seq: int, cid: bytes,
+                  wire: bytes) -> None:
+    """File a change as evidence against its author (equivocation, a broken
+    chain) under its own sequence number: ``evidence`` registry \\0 author
+    \\0 u64(seq) \\0 cid -> wire."""
+    txn.put(key(registry, author, u64(seq), cid), wire, db=store.db["evidence"])
