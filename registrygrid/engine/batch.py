@@ -1,0 +1,41 @@
+"""One batch's working state inside the engine, and the one exception that
+crosses its parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from registrygrid.crdt.record import RecordDoc
+from registrygrid.engine.ops import Committed
+from registrygrid.errors import NotOwner
+from registrygrid.protocol.envelope import Draft
+
+
+@dataclass
+class Batch:
+    docs: dict[tuple[str, str], RecordDoc] = field(default_factory=dict)
+    committed: Committed = field(default_factory=Committed)
+    # This node's changes of the batch, signed together when it ends (one
+    # signature over the Merkle root of their IDs), by ID.
+    drafts: dict[bytes, Draft] = field(default_factory=dict)
+    # (registry, author) -> (seq, cid): chain heads moved by this batch; they
+    # survive the cache reset that follows a refused op (see _head).
+    heads: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
+    # Keys whose delegation this batch committed: changes parked waiting
+    # for them are released (see _release).
+    delegated: list[str] = field(default_factory=list)
+    # Keys a statement of this batch was about: their revocations, if any,
+    # are applied to what is stored (see _rebuild_revoked).
+    stated: list[str] = field(default_factory=list)
+    # An access policy changed in this batch: the rules are reloaded and the
+    # records of the registries they target rebuilt (see _apply_policies).
+    policies_changed: bool = False
+
+
+class CreateRace(Exception):
+    """A create of an id another org's create already holds: which one
+    owns the record is settled by rebuilding it (earliest create wins)."""
+
+    def __init__(self, refusal: NotOwner) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal

@@ -1,0 +1,136 @@
+"""Commit, shared by local and remote changes: what one change writes.
+
+The change and its chain link, the record's document (when it has one) and
+markers, the materialized record and its indexes, the history link, the
+feed event and the audit entry, all in the batch's one transaction. At the
+end of a batch this node's drafts are signed together: one Ed25519
+signature over the Merkle root of their IDs (protocol/envelope.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from registrygrid.crdt.record import (
+    RecordDoc,
+    append_to_stored,
+    stored_doc,
+)
+from registrygrid.engine import registries as regs
+from registrygrid.engine.batch import Batch
+from registrygrid.engine.core import EngineCore
+from registrygrid.engine.values import (
+    record_digest,
+)
+from registrygrid.protocol.envelope import (
+    Draft,
+    Envelope,
+    sign_batch,
+    wire_of,
+)
+from registrygrid.record import Record
+from registrygrid.storage import chains, changes, feed, records
+from registrygrid.storage.store import Txn
+from registrygrid.trust.policy import POLICIES_REGISTRY
+from registrygrid.trust.statements import Statement
+
+
+class Committing(EngineCore):
+    """What the engine writes for one change and one batch (mixed into Engine)."""
+
+    def _seal_drafts(self, txn: Txn, batch: Batch, publish: bool) -> None:
+        """Sign the batch's own changes at once: one signature over the
+        Merkle root of their IDs, stored once, each change with its proof."""
+        if not batch.drafts:
+            return
+        drafts = list(batch.drafts.values())
+        signed, tree = sign_batch(self.key, drafts)
+        changes.put_batch(self.store, txn, drafts, signed)
+        if publish:
+            batch.committed.local_envelopes.extend(
+                wire_of(d.body_bytes, i, signed.size, tree.path(i), signed.signature) for i, d in enumerate(drafts))
+        self.metrics["write.batches_signed"] += 1
+
+    def _commit(self, txn: Txn, batch: Batch, env: Envelope | Draft, doc: RecordDoc | None,
+                old: dict[str, Any] | None, *, origin: str, requested_by: str | None,
+                state: dict[str, Any], statement: Statement | None = None,
+                automerge: tuple[bytes, bytes] | None = None) -> tuple[int, dict[str, Any]]:
+        """Store one change and what it makes. ``doc`` is the record's
+        document with the change applied, None for a snapshot create of a
+        record that has no document; ``automerge`` the (hash, change) the
+        document gained, when that is not the envelope's own payload (a
+        snapshot's genesis change, merged into an existing document)."""
+        store = self.store
+        body = env.body
+        reg, rec = body.registry, body.record
+        if isinstance(env, Envelope):  # this node's drafts are stored when the batch signs them
+            changes.put_received(store, txn, env)
+        chains.link(store, txn, reg, body.author, body.seq, env.cid)
+        batch.heads[(reg, body.author)] = self._chain_heads[(reg, body.author)] = (body.seq, env.cid)
+        if body.is_snapshot:
+            records.mark_snapshot(store, txn, reg, rec, env.cid)
+        if automerge is None and not body.is_snapshot:
+            automerge = (body.change_hash, body.payload)
+        if doc is not None and automerge is not None:
+            stored = append_to_stored(records.get_document(store, txn, reg, rec), automerge[1])
+            records.put_document(store, txn, reg, rec, stored if stored is not None else stored_doc(doc.save()))
+            records.mark_applied(store, txn, reg, rec, automerge[0], env.cid)
+            batch.docs[(reg, rec)] = doc
+        record = self._materialized(state, env, old)
+        records.put_record(self.store, txn, old, record)
+        self._batch_feed_seq += 1
+        seq = self._batch_feed_seq
+        feed.append(self.store, txn, feed.FeedEvent(seq, feed.EVENT_TYPES[body.op], reg, rec, body.kind, env.id,
+                                                    body.author, body.hlc, origin))
+        records.add_history(self.store, txn, reg, rec, seq, env.cid)
+        reason = "local write" if origin == "local" else f"replicated from {origin}"
+        if requested_by:
+            reason += f" for {requested_by}"
+        self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action=body.op, target=f"{reg}/{rec}",
+                          reason=reason, before=record_digest(old), after=record_digest(record), change=env.id)
+        batch.committed.feed_seqs.append(seq)
+        self.metrics[f"write.{body.op}"] += 1
+        if reg == regs.REGISTRY_OF_REGISTRIES:
+            self._registry_cache.pop(rec, None)
+        if reg == POLICIES_REGISTRY:
+            batch.policies_changed = True
+        if statement is not None and self.trust.add(statement):
+            # Nothing can fail after this point of the op; a later failure of
+            # the batch reloads the trust state from the store.
+            self.metrics[f"trust.{statement.kind}"] += 1
+            # Changes parked for this key, or for any key of this org (an
+            # invitation admits them all), may go on now.
+            batch.delegated.extend(sorted(self.trust.affected_by_revocation(statement.subject)))
+            batch.stated.append(statement.subject)
+        return seq, record
+
+    def _materialized(self, state: dict[str, Any], env: Envelope | Draft, old: dict[str, Any] | None) -> dict[str, Any]:
+        body = env.body
+        created = state.get("created") if isinstance(state.get("created"), dict) else {}
+        latest = (tuple(body.hlc), env.id)
+        if old is not None and (tuple(old["updated_hlc"]), old["change_id"]) > latest:
+            updated_hlc, updated_by, change_id = old["updated_hlc"], old["updated_by"], old["change_id"]
+        else:
+            updated_hlc, updated_by, change_id = list(body.hlc), body.author, env.id
+        # The record's one shape (registrygrid/record.py), as the dict that
+        # storage, the SDK and the bridge read.
+        return msgspec.structs.asdict(Record(
+            registry=body.registry, id=body.record, kind=state.get("kind"), schema=state.get("schema"),
+            owner=state.get("owner"), tags=state["tags"], links=state["links"], fields=state["fields"],
+            deleted=bool(state["deleted"]), created_at=created.get("at"), created_by=created.get("by"),
+            updated_at=updated_hlc[0], updated_hlc=updated_hlc, updated_by=updated_by, change_id=change_id,
+            revision=(old["revision"] if old else 0) + 1,
+        ))
+
+    def _feed_event(self, txn: Txn, batch: Batch, env: Envelope, registry: str, record_id: str,
+                    event: str, origin: str, *, kind: str | None = None, history: bool = True) -> None:
+        body = env.body
+        self._batch_feed_seq += 1
+        seq = self._batch_feed_seq
+        feed.append(self.store, txn, feed.FeedEvent(seq, event, registry, record_id, kind or body.kind, env.id,
+                                                    body.author, body.hlc, origin))
+        if history:
+            records.add_history(self.store, txn, registry, record_id, seq, env.cid)
+        batch.committed.feed_seqs.append(seq)

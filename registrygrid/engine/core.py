@@ -1,0 +1,179 @@
+"""What every part of the engine shares: its state, and lookups that see the
+batch's own writes before they are committed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from registrygrid.crdt.record import (
+    RecordDoc,
+    doc_bytes,
+    stored_doc,
+)
+from registrygrid.crdt.snapshot import (
+    genesis_change,
+    read_snapshot,
+)
+from registrygrid.engine import registries as regs
+from registrygrid.engine.batch import Batch
+from registrygrid.errors import (
+    NotFound,
+    ValidationError,
+)
+from registrygrid.identity.keys import KeyPair
+from registrygrid.protocol import names
+from registrygrid.protocol.envelope import (
+    Draft,
+    Envelope,
+    cid_to_str,
+)
+from registrygrid.protocol.hlc import HybridClock
+from registrygrid.schemas import KindSchema, SchemaCatalog
+from registrygrid.storage import chains, changes, records
+from registrygrid.storage.audit import AuditLedger
+from registrygrid.storage.store import Store, Txn
+from registrygrid.trust.policy import PolicySet
+from registrygrid.trust.state import TrustState
+from registrygrid.trust.statements import MEMBERS_REGISTRY, Statement, read_statement
+
+
+class EngineCore:
+    """State and lookups every part of the engine uses; Engine (engine.py)
+    sets the state, the parts are mixed in beside this."""
+
+    # Set by Engine.__init__ (engine.py).
+    store: Store
+    key: KeyPair
+    catalog: SchemaCatalog
+    owner: str
+    actor: bytes
+    now_ms: Callable[[], int]
+    metrics: Counter[str]
+    trust: TrustState
+    policy: PolicySet
+    audit: AuditLedger
+    clock: HybridClock
+    feed_seq: int
+    _batch_feed_seq: int
+    _chain_heads: dict[tuple[str, str], tuple[int, bytes]]
+    _registry_cache: dict[str, regs.RegistryDescriptor]
+
+    def _head(self, txn: Txn, batch: Batch, registry: str, author: str) -> tuple[int, bytes]:
+        # This batch's own moves first: they are not in LMDB until it ends,
+        # and survive the cache reset that follows a refused op.
+        moved = batch.heads.get((registry, author))
+        if moved is not None:
+            return moved
+        cached = self._chain_heads.get((registry, author))
+        if cached is not None:
+            return cached
+        head = chains.head(self.store, txn, registry, author)
+        self._chain_heads[(registry, author)] = head
+        return head
+
+    def _registry(self, txn: Txn, name: str) -> regs.RegistryDescriptor:
+        # Writer thread only: readers use regs.lookup, which caches nothing.
+        cached = self._registry_cache.get(name)
+        if cached is not None:
+            return cached
+        desc = regs.lookup(self.store, txn, name)
+        if not desc.builtin:
+            self._registry_cache[name] = desc
+        return desc
+
+    def _kind_for(self, desc: regs.RegistryDescriptor, kind: str, version: int | None) -> KindSchema:
+        names.kind_name(kind)
+        if kind not in desc.kinds:
+            raise ValidationError(
+                f"registry {desc.name} holds kinds {list(desc.kinds)}, not {kind!r}",
+                details=[{"path": "kind", "message": f"not one of {list(desc.kinds)}"}],
+            )
+        return self.catalog.get(kind, version)
+
+    def _live_record(self, txn: Txn, registry: str, record_id: str) -> dict[str, Any]:
+        self._registry(txn, registry)
+        record = records.get_record(self.store, txn, registry, record_id)
+        if record is None or record["deleted"]:
+            raise NotFound(f"no record {registry}/{record_id}" + (" (it was deleted)" if record else ""))
+        return record
+
+    def _doc_for_write(self, txn: Txn, batch: Batch, registry: str, record_id: str) -> RecordDoc:
+        doc = self._document(txn, batch, registry, record_id)
+        if doc is None:
+            raise NotFound(f"no document for {registry}/{record_id}")
+        doc.fork_with_actor(self.actor)
+        return doc
+
+    def _document(self, txn: Txn, batch: Batch, registry: str, record_id: str) -> RecordDoc | None:
+        """The record's Automerge document; built (and stored) from its
+        snapshot creates when it has none yet, None when it has neither."""
+        doc = batch.docs.get((registry, record_id))
+        if doc is not None:
+            return doc
+        stored = records.get_document(self.store, txn, registry, record_id)
+        if stored is not None:
+            doc = RecordDoc.load(doc_bytes(stored))
+        else:
+            geneses = []
+            for cid in sorted(records.snapshot_changes(self.store, txn, registry, record_id)):
+                body = self._change_body(txn, batch, cid)
+                genesis = genesis_change(read_snapshot(body.payload, kind=body.kind, schema=body.schema), body.author)
+                geneses.append(genesis.raw_bytes)
+                records.mark_applied(self.store, txn, registry, record_id, genesis.hash, cid)
+            if not geneses:
+                return None
+            blob = b"".join(geneses)
+            records.put_document(self.store, txn, registry, record_id, stored_doc(b"") + blob)
+            doc = RecordDoc.apply(None, blob)
+            self.metrics["docs.built_from_snapshot"] += 1
+        batch.docs[(registry, record_id)] = doc
+        return doc
+
+    def _change_body(self, txn: Txn, batch: Batch, cid: bytes) -> Any:
+        made = batch.drafts.get(cid)
+        if made is not None:
+            return made.body
+        body = changes.body(self.store, txn, cid)
+        if body is None:
+            raise NotFound(f"change {cid_to_str(cid)} is not stored")
+        return body
+
+    def _stored_envelope(self, txn: Txn, batch: Batch, cid: bytes) -> Envelope | Draft:
+        made = batch.drafts.get(cid)
+        if made is not None:
+            return made
+        env = changes.envelope(self.store, txn, cid)
+        if env is None:
+            raise NotFound(f"change {cid_to_str(cid)} is not stored")
+        return env
+
+    def _special_checks(self, registry: str, record_id: str, kind: str,
+                        fields: Mapping[str, Any]) -> Statement | None:
+        """Rules of the built-in registries that describe the grid itself;
+        a grid.members record is read (and its signature checked) as the
+        statement it carries."""
+        if registry == MEMBERS_REGISTRY:
+            return read_statement(kind, record_id, fields)
+        if registry == regs.REGISTRY_OF_REGISTRIES:
+            regs.check_new_descriptor(record_id, fields, self.catalog)
+        elif registry == regs.KINDS_REGISTRY:
+            self._register_kind(record_id, fields)
+        return None
+
+    def _register_kind(self, record_id: str, fields: Mapping[str, Any]) -> None:
+        """Add a user kind to the catalog, or raise why not. Runs before the
+        kind's record is written (local and remote alike), so a kind the
+        catalog refuses is never stored. Registering an identical kind again
+        is a no-op, so replays and retries are harmless."""
+        expected = f"{fields.get('name')}.v{fields.get('version')}"
+        if record_id != expected:
+            raise ValidationError(f"a kind definition's id must be NAME.vVERSION ({expected!r})")
+        # A kind's home registry is informational for user kinds (records go
+        # wherever a registry lists the kind); default to a per-kind name.
+        home = fields.get("registry") or f"user.{fields['name']}"
+        self.catalog.register(KindSchema(name=fields["name"], version=int(fields["version"]), registry=home,
+                                         schema=fields["schema"], description=fields.get("description", ""),
+                                         builtin=False))

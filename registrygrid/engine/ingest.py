@@ -1,0 +1,318 @@
+"""Remote changes: checked, parked while they wait, applied or kept as refused.
+
+decode + verify (once per batch signature) -> dedupe -> the author's chain
+(equivocation and breaks are evidence) -> the registry's kinds -> the
+payload (a snapshot, or an Automerge change whose header must match the
+envelope) -> Automerge deps present? (else park it: fetched, never
+guessed) -> trust and policy of the signer at the change's own time (a
+missing delegation parks it too; a refusal is kept in the chain as
+evidence) -> commit -> release what waited for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from registrygrid.crdt.change import read_header
+from registrygrid.crdt.record import (
+    RecordDoc,
+    actor_for,
+)
+from registrygrid.crdt.snapshot import (
+    genesis_change,
+    read_snapshot,
+)
+from registrygrid.engine import registries as regs
+from registrygrid.engine.batch import Batch, CreateRace
+from registrygrid.engine.core import EngineCore
+from registrygrid.engine.ops import (
+    IngestResult,
+    Remote,
+)
+from registrygrid.engine.values import (
+    automerge_of,
+    checked_fields,
+    checked_links,
+    checked_tags,
+)
+from registrygrid.errors import (
+    ChainBroken,
+    Equivocation,
+    MalformedInput,
+    NotOwner,
+    PolicyDenied,
+    RegistryError,
+    ValidationError,
+)
+from registrygrid.identity.keys import public_key_from_did
+from registrygrid.protocol import limits
+from registrygrid.protocol.envelope import (
+    Envelope,
+    cid_to_str,
+    open_envelope,
+)
+from registrygrid.protocol.hlc import MAX_DRIFT_MS
+from registrygrid.storage import chains, changes, pending, records
+from registrygrid.storage.store import Txn
+from registrygrid.trust import access
+from registrygrid.trust.state import Verdict
+from registrygrid.trust.statements import MEMBERS_REGISTRY, Statement, read_statement
+
+# Changes parked while they wait for dependencies. Anti-entropy refetches
+# anything refused here, so the cap only bounds memory and disk a peer can
+# make us hold: 100k envelopes is ~50 MB at typical sizes.
+MAX_PENDING = 100_000
+
+
+class RemoteIngest(EngineCore):
+    """The engine's intake of remote changes (mixed into Engine)."""
+
+    def _remote(self, txn: Txn, batch: Batch, op: Remote) -> IngestResult:
+        self.metrics["remote.received"] += 1
+        env = open_envelope(op.wire, verify=not op.preverified)
+        result = self._ingest(txn, batch, env, op.peer)
+        if result.status in ("applied", "refused"):
+            self._apply_policies(txn, batch, env, op.peer)
+            self._rebuild_revoked(txn, batch, env, op.peer)
+            released = self._release(txn, batch, env, op.peer)
+            if released:
+                result = replace(result, released=tuple(released))
+        self.metrics[f"remote.{result.status}"] += 1
+        return result
+
+    def _ingest(self, txn: Txn, batch: Batch, env: Envelope, peer: str) -> IngestResult:
+        body = env.body
+        if changes.has(self.store, txn, env.cid) or env.cid in batch.drafts:
+            return IngestResult("duplicate", env.id)
+        head_seq, head_cid = self._head(txn, batch, body.registry, body.author)
+        if body.seq <= head_seq:
+            other = chains.at(self.store, txn, body.registry, body.author, body.seq)
+            self._keep_evidence(txn, batch, env, other)
+            raise Equivocation(
+                f"{body.author} signed two different changes with sequence {body.seq} in {body.registry}",
+                details={"seq": body.seq, "changes": [env.id, cid_to_str(other) if other else None]},
+            )
+        if body.seq > head_seq + 1:
+            # Wait for its own predecessor, not for the next missing link:
+            # keyed by the next link, every change of a long gap would be
+            # released and parked again at each link applied (quadratic; a
+            # 2,000-change gap cost ~1M re-parks).
+            return self._park(txn, env, pending.for_predecessor(body.registry, body.author, body.seq, env.cid))
+        if body.prev != head_cid:
+            self._keep_evidence(txn, batch, env, head_cid or None)
+            raise ChainBroken(f"change {body.seq} of {body.author} does not follow its change {head_seq}")
+        desc = self._registry(txn, body.registry)
+        if body.kind not in desc.kinds:
+            raise PolicyDenied(f"registry {body.registry} does not hold kind {body.kind!r}")
+        claim: dict[str, Any] = {}
+        if body.is_snapshot:
+            claim = read_snapshot(body.payload, kind=body.kind, schema=body.schema)
+            self._check_state(env, claim, desc)
+        else:
+            self._check_automerge_header(env)
+        store, reg, rec = self.store, body.registry, body.record
+        if not body.is_snapshot and (records.is_applied(store, txn, reg, rec, body.change_hash)
+                                     or records.is_refused(store, txn, reg, rec, body.change_hash)):
+            raise MalformedInput("this Automerge change was already stored under another envelope")
+        builds_on_refused = False
+        if body.deps:
+            # Updates name the genesis change of the record's snapshot: build
+            # the document (once) so that its hash is known here.
+            self._document(txn, batch, body.registry, body.record)
+        for dep in body.deps:
+            if not records.is_applied(store, txn, reg, rec, dep):
+                if not records.is_refused(store, txn, reg, rec, dep):
+                    return self._park(txn, env, pending.for_deps(reg, rec, env.cid))
+                builds_on_refused = True
+        try:
+            if builds_on_refused:
+                raise PolicyDenied(f"it builds on a refused change of {body.registry}/{body.record}")
+            if body.registry != MEMBERS_REGISTRY:  # statements carry their own authority
+                self.trust.check_chain(body.author, body.registry, body.seq)
+        except PolicyDenied as exc:
+            return self._keep_refused(txn, batch, env, exc, peer)
+        old = records.get_record(self.store, txn, body.registry, body.record)
+        automerge: tuple[bytes, bytes] | None = None
+        if body.is_snapshot and old is None:
+            doc, state = None, claim
+        else:
+            existing = self._document(txn, batch, body.registry, body.record)
+            saved = existing.save() if existing is not None else None
+            if body.is_snapshot:
+                # A create of a record that exists: two creates raced. Their
+                # geneses merge as Automerge merges any concurrent changes.
+                genesis = genesis_change(claim, body.author)
+                automerge = (genesis.hash, genesis.raw_bytes)
+                doc = RecordDoc.apply(saved, genesis.raw_bytes)
+            else:
+                doc = RecordDoc.apply(saved, body.payload)
+            if (automerge[0] if automerge else body.change_hash) not in doc.heads():
+                raise MalformedInput("Automerge did not apply the change")
+            state = self._check_state(env, doc.materialize(), desc)
+        statement = read_statement(body.kind, body.record, state["fields"]) \
+            if body.registry == MEMBERS_REGISTRY and not state.get("deleted") else None
+        try:
+            verdict = self._remote_verdict(env, desc, old, claim if body.is_snapshot else state, statement)
+        except CreateRace as race:
+            return self._settle_create_race(txn, batch, env, race, peer)
+        except PolicyDenied as exc:
+            return self._keep_refused(txn, batch, env, exc, peer)
+        if verdict is Verdict.WAIT:
+            # Its signer's delegation has not arrived: wait for it like a
+            # missing dependency (sync brings grid.members), never guess.
+            self.metrics["remote.waiting_delegation"] += 1
+            return self._park(txn, env, pending.for_delegation(body.author, env.cid))
+        if body.registry == regs.KINDS_REGISTRY and not state.get("deleted"):
+            self._register_kind(body.record, state["fields"])
+        if not self.clock.observe(env.hlc):
+            # A timestamp far ahead would drag every clock forward and win
+            # every "latest change" comparison; refuse it (the author's
+            # clock is wrong) rather than let it skew the federation.
+            raise ValidationError(f"change clock {env.hlc.wall_ms} ms is more than {MAX_DRIFT_MS} ms ahead of ours")
+        batch.docs.pop((body.registry, body.record), None)
+        seq, _ = self._commit(txn, batch, env, doc, old, origin=peer, requested_by=None, state=state,
+                              statement=statement, automerge=automerge)
+        return IngestResult("applied", env.id, seq)
+
+    def _check_automerge_header(self, env: Envelope) -> None:
+        """What the envelope says of its Automerge change must be what the
+        change's own bytes say, checked before any document is loaded."""
+        body = env.body
+        header = read_header(body.payload)
+        if header.hash != body.change_hash:
+            raise MalformedInput("the envelope's payload is not the change its change_hash names")
+        if header.actor != actor_for(public_key_from_did(body.author)):
+            raise PolicyDenied("the Automerge change was made under another author's actor id")
+        if sorted(header.deps) != sorted(body.deps):
+            raise MalformedInput("the envelope's deps differ from its change's deps")
+
+    def _remote_verdict(self, env: Envelope, desc: regs.RegistryDescriptor, old: dict[str, Any] | None,
+                        state: dict[str, Any], statement: Statement | None) -> Verdict:
+        """Ownership and policy of a remote change, judged as a local write of
+        its signer would have been, at the change's own time."""
+        body = env.body
+        at_ms = body.hlc[0]
+        if body.is_genesis:
+            # A create: what it claims is its snapshot alone (``state``), even
+            # when the record exists already (two creates of one id raced); a
+            # legacy create's claim is its Automerge change alone.
+            claim = state if body.is_snapshot else RecordDoc.apply(None, body.payload).materialize()
+            created = claim.get("created") if isinstance(claim.get("created"), dict) else {}
+            verdict = access.check_create(self.trust, desc, author=body.author, record_id=body.record,
+                                          owner=claim.get("owner"), created_by=created.get("by"), at_ms=at_ms,
+                                          statement=statement, policy=self.policy, kind=body.kind,
+                                          fields=claim.get("fields"))
+            if old is not None and old["owner"] != claim.get("owner"):
+                raise CreateRace(NotOwner(f"{body.registry}/{body.record} belongs to {old['owner']}, whose create "
+                                           f"came first; a create of the same id by {claim.get('owner')} is refused"))
+            return verdict
+        if old is None:
+            raise MalformedInput(f"a {body.op} of {body.registry}/{body.record}, which has no create")
+        return access.check_modify(self.trust, desc, op=body.op, author=body.author, before=old, after=state,
+                                   at_ms=at_ms, policy=self.policy)
+
+    def _keep_refused(self, txn: Txn, batch: Batch, env: Envelope, why: RegistryError, peer: str,
+                      *, audit: bool = True) -> IngestResult:
+        """Keep a change that trust or policy refuses in its author's chain,
+        as evidence, without applying it (docs/trust.md): the record stays
+        as it was, the author's later changes still follow their chain, and
+        a change built on this one is refused too. Counted and audited."""
+        body = env.body
+        changes.put_received(self.store, txn, env)
+        chains.link(self.store, txn, body.registry, body.author, body.seq, env.cid)
+        batch.heads[(body.registry, body.author)] = self._chain_heads[(body.registry, body.author)] = \
+            (body.seq, env.cid)
+        records.mark_refused(self.store, txn, body.registry, body.record, automerge_of(env)[0], env.cid)
+        if audit:
+            self.metrics[f"rejected.{why.code}"] += 1
+            self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action="deny",
+                              target=f"{body.registry}/{body.record}",
+                              reason=f"{why.code}: {why.message} (from {peer}; kept as evidence, not applied)"[:512],
+                              change=env.id)
+        return IngestResult("refused", env.id, error=why)
+
+    def _settle_create_race(self, txn: Txn, batch: Batch, env: Envelope, race: CreateRace,
+                            peer: str) -> IngestResult:
+        """Two orgs created one id: the earliest valid create (by clock, then
+        change ID) owns the record on every node, whichever arrived first."""
+        body = env.body
+        self._keep_refused(txn, batch, env, race.refusal, peer, audit=False)
+        self._rebuild(txn, batch, body.registry, body.record, cause=env, origin=peer)
+        if records.counts(self.store, txn, body.registry, body.record, env.cid, body.change_hash):
+            return IngestResult("applied", env.id, self._batch_feed_seq)
+        self.metrics[f"rejected.{race.refusal.code}"] += 1
+        self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action="deny",
+                          target=f"{body.registry}/{body.record}",
+                          reason=f"{race.refusal.code}: {race.refusal.message} (kept as evidence)"[:512],
+                          change=env.id)
+        return IngestResult("refused", env.id, error=race.refusal)
+
+    def _check_state(self, env: Envelope, state: dict[str, Any], desc: regs.RegistryDescriptor) -> dict[str, Any]:
+        """A remote change's resulting record state, checked as a local write
+        would be: fixed kind, the kind's schema, the size cap, an owner, and
+        tags and links by the rules of local writes."""
+        body = env.body
+        if state.get("kind") != body.kind:
+            raise ValidationError(f"change turns a {state.get('kind')!r} record into {body.kind!r}; kinds are fixed")
+        schema = state.get("schema")
+        if type(schema) is not int:
+            raise ValidationError(f"record schema version {schema!r} is not an integer")
+        kind = self.catalog.get(body.kind, schema)
+        tags, links = state.get("tags"), state.get("links")
+        if not isinstance(tags, list) or checked_tags(tags) != tags:
+            raise ValidationError("record tags must be valid, unique tag names, at most "
+                                  f"{limits.MAX_TAGS}")
+        if not isinstance(links, list) or checked_links(links) != links:
+            raise ValidationError(f"record links must be {{rel, registry, record}}, at most {limits.MAX_LINKS}")
+        self.catalog.validate(kind.name, kind.version, state.get("fields"))
+        # The size cap holds for what a remote change makes, as for a local
+        # write (an update of a small record, or a payload that expands).
+        checked_fields(state.get("fields"), desc.max_record_bytes)
+        if not isinstance(state.get("owner"), str):
+            raise ValidationError("record has no owner")
+        return state
+
+    def _park(self, txn: Txn, env: Envelope, waiting_key: bytes) -> IngestResult:
+        if pending.park(self.store, txn, waiting_key, env.cid, env.wire, cap=MAX_PENDING):
+            self.metrics["remote.parked"] += 1
+        return IngestResult("pending", env.id)
+
+    def _release(self, txn: Txn, batch: Batch, first: Envelope | None, peer: str) -> list[str]:
+        """Apply parked changes that waited for ``first`` or for a delegation
+        this batch committed (and, transitively, for those)."""
+        released: list[str] = []
+        work: list[Envelope | None] = [first]
+        while work or batch.delegated:
+            prefixes = [pending.on_delegation(subject) for subject in batch.delegated]
+            batch.delegated.clear()
+            done = work.pop() if work else None
+            if done is not None:
+                body = done.body
+                prefixes.append(pending.after_link(body.registry, body.author, body.seq))
+                prefixes.append(pending.on_record(body.registry, body.record))
+            for wire in pending.release(self.store, txn, prefixes):
+                try:
+                    env = open_envelope(wire, verify=False)  # verified when parked
+                    result = self._ingest(txn, batch, env, peer)
+                except RegistryError as exc:
+                    self.metrics[f"rejected.{exc.code}"] += 1
+                    continue
+                if result.status in ("applied", "refused"):
+                    self._apply_policies(txn, batch, env, peer)
+                    self._rebuild_revoked(txn, batch, env, peer)
+                    released.append(env.id)
+                    work.append(env)
+        return released
+
+    def _keep_evidence(self, txn: Txn, batch: Batch, env: Envelope, other_cid: bytes | None) -> None:
+        """File both changes under their own sequence numbers: two with one
+        seq (equivocation), or a change and the held link its ``prev``
+        does not name (a broken chain: a fork one link earlier)."""
+        body = env.body
+        pending.keep_evidence(self.store, txn, body.registry, body.author, body.seq, env.cid, env.wire)
+        if other_cid and other_cid not in batch.drafts:  # a draft is this node's own: never equivocation
+            other = changes.envelope(self.store, txn, other_cid)
+            if other is not None:
+                pending.keep_evidence(self.store, txn, body.registry, body.author, other.body.seq, other_cid,
+                                      other.wire)

@@ -1,0 +1,204 @@
+"""Local writes: a put, an update or a delete prepared for commit.
+
+Every check that can fail (names, kind, schema, size, ownership and policy,
+this node's own delegation) runs before the first put, so a refused write
+leaves nothing behind. A new record is a signed snapshot (crdt/snapshot.py);
+an edit is one Automerge change of the record's document. The change is a
+draft until the batch ends and signs all of this node's drafts at once
+(commit.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from registrygrid.crdt.snapshot import (
+    check_value,
+    encode_snapshot,
+)
+from registrygrid.engine.batch import Batch
+from registrygrid.engine.core import EngineCore
+from registrygrid.engine.ops import (
+    Delete,
+    Put,
+    Update,
+    WriteResult,
+)
+from registrygrid.engine.values import (
+    checked_fields,
+    checked_links,
+    checked_tags,
+    merge_patch,
+    state_after_edit,
+)
+from registrygrid.errors import (
+    AlreadyExists,
+    Conflict,
+    PolicyDenied,
+    ValidationError,
+)
+from registrygrid.protocol import names
+from registrygrid.protocol.envelope import (
+    Draft,
+    Envelope,
+    draft,
+)
+from registrygrid.protocol.hlc import Hlc
+from registrygrid.schemas import KindSchema
+from registrygrid.storage import records
+from registrygrid.storage.store import Txn
+from registrygrid.trust import access
+from registrygrid.trust.state import Verdict
+from registrygrid.trust.statements import MEMBERS_REGISTRY
+
+
+class LocalWrites(EngineCore):
+    """The engine's local writes (mixed into Engine)."""
+
+    def _put(self, txn: Txn, batch: Batch, op: Put) -> WriteResult:
+        registry = names.registry_name(op.registry)
+        desc = self._registry(txn, registry)
+        kind = self._kind_for(desc, op.kind, op.schema)
+        fields = checked_fields(op.fields, desc.max_record_bytes)
+        self.catalog.validate(kind.name, kind.version, fields)
+        tags = checked_tags(op.tags)
+        links = checked_links(op.links)
+        record_id = names.record_id(op.record_id) if op.record_id is not None else names.new_record_id()
+        statement = self._special_checks(registry, record_id, kind.name, fields)
+        old = records.get_record(self.store, txn, registry, record_id)
+        if old is not None and not old["deleted"]:
+            raise AlreadyExists(f"{registry}/{record_id} already exists; update it instead")
+        hlc = self.clock.tick()
+        owner = statement.org if statement is not None else self.owner
+        self._check_own_chain(txn, batch, registry)
+        if old is not None:
+            if old["kind"] != kind.name:
+                raise Conflict(f"{registry}/{record_id} was a {old['kind']}; a deleted record keeps its kind")
+            self._local_verdict(access.check_modify(self.trust, desc, op="create", author=self.key.did,
+                                                    before=old, after=None, at_ms=hlc.wall_ms, policy=self.policy,
+                                                    after_fields=fields, local_roles=op.roles), old["owner"])
+            doc = self._doc_for_write(txn, batch, registry, record_id)
+            change = doc.update(fields=fields, schema=kind.version, tags=tags, links=links, undelete=True)
+            state = state_after_edit(old, schema=kind.version, fields=fields, tags=tags, links=links, deleted=False)
+            made = self._draft(txn, batch, registry, record_id, "create", kind, hlc, change=change)
+        else:
+            self._local_verdict(access.check_create(self.trust, desc, author=self.key.did, record_id=record_id,
+                                                    owner=owner, created_by=self.key.did, at_ms=hlc.wall_ms,
+                                                    statement=statement, policy=self.policy, kind=kind.name,
+                                                    fields=fields, local_roles=op.roles), owner)
+            # A new record is a signed snapshot: no Automerge document
+            # until its first update (crdt/snapshot.py).
+            check_value(fields)
+            doc = None
+            state = {"kind": kind.name, "schema": kind.version, "owner": owner, "tags": tags, "links": links,
+                     "fields": fields, "deleted": False, "created": {"at": hlc.wall_ms, "by": self.key.did}}
+            snapshot = encode_snapshot(kind=kind.name, schema=kind.version, owner=owner, created_at=hlc.wall_ms,
+                                       created_by=self.key.did, fields=fields, tags=tags, links=links)
+            made = self._draft(txn, batch, registry, record_id, "create", kind, hlc, snapshot=snapshot)
+        env = made
+        seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor, state=state,
+                                   statement=statement)
+        self._after_local(txn, batch, env)
+        return WriteResult("created", registry, record_id, env.id, seq, record)
+
+    def _edited(self, txn: Txn, op: Update | Delete) -> tuple[str, str, Any, dict[str, Any]]:
+        """The live record an update or delete targets (registry, id, its
+        registry's descriptor, the record), with its If-Match checked."""
+        registry = names.registry_name(op.registry)
+        record_id = names.record_id(op.record_id)
+        desc = self._registry(txn, registry)
+        old = self._live_record(txn, registry, record_id)
+        if op.if_match is not None and op.if_match != old["change_id"]:
+            raise Conflict(f"{registry}/{record_id} is at change {old['change_id']}, not {op.if_match}",
+                           details={"current": old["change_id"]})
+        return registry, record_id, desc, old
+
+    def _update(self, txn: Txn, batch: Batch, op: Update) -> WriteResult:
+        registry, record_id, desc, old = self._edited(txn, op)
+        if op.fields is not None and op.patch is not None:
+            raise ValidationError("give either fields (replace) or patch (merge), not both")
+        version = op.schema if op.schema is not None else old["schema"]
+        kind = self._kind_for(desc, old["kind"], version)
+        hlc = self.clock.tick()
+        self._check_own_chain(txn, batch, registry)
+        if op.fields is not None:
+            fields = dict(op.fields)
+        else:
+            fields = dict(old["fields"])
+            if version != old["schema"]:
+                fields = self.catalog.migrate(kind.name, fields, old["schema"], version)
+            if op.patch is not None:
+                if not isinstance(op.patch, Mapping):
+                    raise ValidationError("a merge patch must be a JSON object")
+                fields = merge_patch(fields, op.patch)
+        fields = checked_fields(fields, desc.max_record_bytes)
+        self._local_verdict(access.check_modify(self.trust, desc, op="update", author=self.key.did, before=old,
+                                                after=None, at_ms=hlc.wall_ms, policy=self.policy,
+                                                after_fields=fields, local_roles=op.roles), old["owner"])
+        self.catalog.validate(kind.name, kind.version, fields)
+        tags = checked_tags(op.tags) if op.tags is not None else None
+        links = checked_links(op.links) if op.links is not None else None
+        self._special_checks(registry, record_id, kind.name, fields)
+        doc = self._doc_for_write(txn, batch, registry, record_id)
+        change = doc.update(fields=fields, schema=kind.version, tags=tags, links=links)
+        if change is None:
+            return WriteResult("unchanged", registry, record_id, old["change_id"], None, old)
+        state = state_after_edit(old, schema=kind.version, fields=fields, tags=tags, links=links)
+        env = self._draft(txn, batch, registry, record_id, "update", kind, hlc, change=change)
+        seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor, state=state)
+        self._after_local(txn, batch, env)
+        return WriteResult("updated", registry, record_id, env.id, seq, record)
+
+    def _delete(self, txn: Txn, batch: Batch, op: Delete) -> WriteResult:
+        registry, record_id, desc, old = self._edited(txn, op)
+        hlc = self.clock.tick()
+        self._check_own_chain(txn, batch, registry)
+        self._local_verdict(access.check_modify(self.trust, desc, op="delete", author=self.key.did, before=old,
+                                                after=None, at_ms=hlc.wall_ms, policy=self.policy,
+                                                local_roles=op.roles), old["owner"])
+        kind = self.catalog.get(old["kind"], old["schema"])
+        doc = self._doc_for_write(txn, batch, registry, record_id)
+        change = doc.delete()
+        env = self._draft(txn, batch, registry, record_id, "delete", kind, hlc, change=change)
+        seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor,
+                                   state=state_after_edit(old, deleted=True))
+        self._after_local(txn, batch, env)
+        return WriteResult("deleted", registry, record_id, env.id, seq, record)
+
+    def _draft(self, txn: Txn, batch: Batch, registry: str, record_id: str, op: str,
+               kind: KindSchema, hlc: Hlc, *, change: Any = None, snapshot: bytes | None = None) -> Draft:
+        """This node's next change in ``registry``: its body and ID are final
+        now; the batch signs it when it ends (_seal_drafts)."""
+        seq, prev = self._head(txn, batch, registry, self.key.did)
+        if snapshot is not None:
+            deps, change_hash, payload = [], b"", snapshot
+        else:
+            deps, change_hash, payload = list(change.deps), change.hash, change.raw_bytes
+        made = draft(author=self.key.did, registry=registry, record=record_id, op=op,  # type: ignore[arg-type]
+                     kind=kind.name, schema=kind.version, seq=seq + 1, prev=prev, hlc=hlc, deps=deps,
+                     change_hash=change_hash, payload=payload)
+        batch.drafts[made.cid] = made
+        return made
+
+    def _after_local(self, txn: Txn, batch: Batch, env: Envelope) -> None:
+        """A local write that changed the rules (a statement, a policy)
+        re-judges what they govern, and lets waiting changes go on."""
+        if batch.policies_changed:
+            self._apply_policies(txn, batch, env, "local")
+        if batch.delegated:
+            self._rebuild_revoked(txn, batch, env, "local")
+            self._release(txn, batch, None, "parked")
+
+    def _check_own_chain(self, txn: Txn, batch: Batch, registry: str) -> None:
+        """This node's own key may have been revoked (by its org, from another node)."""
+        seq, _ = self._head(txn, batch, registry, self.key.did)
+        self.trust.check_chain(self.key.did, registry, seq + 1)
+
+    def _local_verdict(self, verdict: Verdict, org: str) -> None:
+        """A local write never waits: a delegation this node lacks is one it
+        would have to publish first."""
+        if verdict is Verdict.WAIT:
+            raise PolicyDenied(
+                f"this node ({self.key.did}) has no delegation from {org} in {MEMBERS_REGISTRY}; "
+                f"the org publishes one with `rgrid org delegate {self.key.did}`")

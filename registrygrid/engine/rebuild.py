@@ -1,0 +1,203 @@
+"""Records rebuilt from their valid changes when the rules change.
+
+A revocation, a new access policy or a create race can make changes that
+counted stop counting (or the reverse); the record is then rebuilt from the
+changes that are valid under the rules of their time, in causal order, so
+every node shows the same record whatever order things arrived in
+(docs/trust.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from registrygrid.crdt.record import (
+    RecordDoc,
+    stored_doc,
+)
+from registrygrid.crdt.snapshot import (
+    read_snapshot,
+)
+from registrygrid.engine import registries as regs
+from registrygrid.engine.batch import Batch
+from registrygrid.engine.core import EngineCore
+from registrygrid.engine.values import (
+    automerge_of,
+    record_digest,
+)
+from registrygrid.errors import (
+    MalformedInput,
+    NotOwner,
+    PolicyDenied,
+    RegistryError,
+)
+from registrygrid.protocol.envelope import (
+    Draft,
+    Envelope,
+)
+from registrygrid.storage import chains, feed, records
+from registrygrid.storage.store import Txn
+from registrygrid.trust import access
+from registrygrid.trust.policy import POLICIES_REGISTRY, PolicySet
+from registrygrid.trust.statements import MEMBERS_REGISTRY, read_statement
+
+
+class Rebuilds(EngineCore):
+    """The engine's rebuilds of records under changed rules (mixed into Engine)."""
+
+    def _policies(self, txn: Txn) -> PolicySet:
+        def owner_of(registry: str) -> str | None:
+            try:
+                return regs.lookup(self.store, txn, registry).owner
+            except RegistryError:
+                return None
+
+        return PolicySet.of(records.iter_records(self.store, txn, registry=POLICIES_REGISTRY),
+                            is_admin=self.trust.is_admin, owner_of=owner_of)
+
+    def _apply_policies(self, txn: Txn, batch: Batch, cause: Envelope, origin: str) -> None:
+        """After a grid.policies change: the rules in force are reloaded, and
+        every record of a registry whose rules changed is rebuilt, so records
+        stay the pure function of the changes valid under the rules of their
+        time, whichever order the policy and the changes arrived in."""
+        if not batch.policies_changed:
+            return
+        batch.policies_changed = False
+        before, self.policy = self.policy, self._policies(txn)
+        changed = {r for r in before.registries() | self.policy.registries()
+                   if before.rules.get(r) != self.policy.rules.get(r)}
+        for registry in sorted(changed):
+            ids = [r["id"] for r in records.iter_records(self.store, txn, registry=registry)]
+            ids += [rid for rid in records.refused_record_ids(self.store, txn, registry) if rid not in ids]
+            for record_id in ids:
+                self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)
+
+    def _rebuild_revoked(self, txn: Txn, batch: Batch, cause: Envelope, origin: str) -> None:
+        """After a statement about a key: if the key is revoked, its applied
+        changes past their cutoffs no longer count, so the records they
+        touched are rebuilt from the changes that remain valid."""
+        while batch.stated:
+            for key_did in sorted(self.trust.affected_by_revocation(batch.stated.pop())):
+                self._rebuild_revoked_key(txn, batch, key_did, cause, origin)
+
+    def _rebuild_revoked_key(self, txn: Txn, batch: Batch, subject: str, cause: Envelope,
+                             origin: str) -> None:
+        revoked = self.trust.revoked(subject)
+        if revoked is None:
+            return
+        targets: set[tuple[str, str]] = set()
+        for registry, authors in chains.heads(self.store, txn).items():
+            head = authors.get(subject, 0)
+            if registry == MEMBERS_REGISTRY or head <= revoked.cutoff(registry):
+                continue
+            for _, cid in chains.links_after(self.store, txn, registry, subject, revoked.cutoff(registry)):
+                body = self._change_body(txn, batch, cid)
+                if records.counts(self.store, txn, registry, body.record, cid, body.change_hash):
+                    targets.add((registry, body.record))
+        for registry, record_id in sorted(targets):
+            self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)
+
+    def _rebuild(self, txn: Txn, batch: Batch, registry: str, record_id: str, *,
+                 cause: Envelope, origin: str) -> None:
+        """Make a record the pure function of its valid changes again.
+
+        Every change stored for the record (applied or refused) is judged
+        anew in causal order (clock, then change ID: a change's clock is
+        above those of the changes it builds on), as on first arrival:
+        revocation cutoffs, the earliest valid create fixing the owner,
+        ownership and policy of each change, and no change built on a
+        refused one. The document, the record and its indexes are rewritten
+        from the valid ones; a record left with none disappears. The feed
+        gets an event for each change that now counts, and one for the
+        record when changes stopped counting."""
+        store = self.store
+        applied_cids = {*records.applied_changes(self.store, txn, registry, record_id).values(),
+                        *records.snapshot_changes(self.store, txn, registry, record_id)}
+        refused = records.refused_changes(self.store, txn, registry, record_id)
+        envs = [self._stored_envelope(txn, batch, cid) for cid in applied_cids | set(refused.values())]
+        envs.sort(key=lambda e: (tuple(e.body.hlc), e.cid))
+        desc = self._registry(txn, registry)
+        live: list[tuple[Envelope | Draft, bytes]] = []  # with the hash of its Automerge change
+        live_hashes: set[bytes] = set()
+        refused_now: dict[bytes, bytes] = {}
+        blob = b""
+        state: dict[str, Any] | None = None
+        for env in envs:
+            body = env.body
+            try:
+                if any(dep in refused_now for dep in body.deps) or not set(body.deps) <= live_hashes:
+                    raise PolicyDenied("it builds on a refused change")
+                am_hash, am_change = automerge_of(env)
+                if registry != MEMBERS_REGISTRY:
+                    self.trust.check_chain(body.author, registry, body.seq)
+                candidate = RecordDoc.apply(blob, am_change).materialize()
+                at_ms = body.hlc[0]
+                if body.is_genesis:
+                    claim = read_snapshot(body.payload, kind=body.kind, schema=body.schema) if body.is_snapshot \
+                        else RecordDoc.apply(None, am_change).materialize()
+                    created = claim["created"] if isinstance(claim.get("created"), dict) else {}
+                    statement = read_statement(body.kind, record_id, claim["fields"]) \
+                        if registry == MEMBERS_REGISTRY else None
+                    # WAIT cannot happen here: the change was applied or judged
+                    # once, so its signer's delegations were known then.
+                    access.check_create(self.trust, desc, author=body.author, record_id=record_id,
+                                        owner=claim.get("owner"), created_by=created.get("by"), at_ms=at_ms,
+                                        statement=statement, policy=self.policy, kind=body.kind,
+                                        fields=claim.get("fields"))
+                    if state is not None and state.get("owner") != claim.get("owner"):
+                        raise NotOwner(f"{registry}/{record_id} belongs to {state.get('owner')}, whose create "
+                                       f"came first")
+                else:
+                    if state is None:
+                        raise NotOwner(f"{registry}/{record_id} has no valid create")
+                    access.check_modify(self.trust, desc, op=body.op, author=body.author,
+                                        before={**state, "registry": registry, "id": record_id}, after=candidate,
+                                        at_ms=at_ms, policy=self.policy)
+            except (PolicyDenied, MalformedInput):
+                refused_now[automerge_of(env)[0]] = env.cid
+                self.metrics["trust.refused_on_rebuild"] += int(env.cid in applied_cids)
+                continue
+            blob += am_change
+            live.append((env, am_hash))
+            live_hashes.add(am_hash)
+            state = candidate
+        # The record's bookkeeping, rewritten.
+        records.clear_change_index(store, txn, registry, record_id)
+        for env, am_hash in live:
+            records.mark_applied(store, txn, registry, record_id, am_hash, env.cid)
+            if env.body.is_snapshot:
+                records.mark_snapshot(store, txn, registry, record_id, env.cid)
+        for h, cid in refused_now.items():
+            records.mark_refused(store, txn, registry, record_id, h, cid)
+        live_cids = {env.cid for env, _ in live}
+        now_refused = applied_cids - live_cids
+        for seq, cid in records.history(self.store, txn, registry, record_id):
+            if cid in now_refused:
+                records.drop_history(self.store, txn, registry, record_id, seq)
+        old = records.get_record(self.store, txn, registry, record_id)
+        record: dict[str, Any] | None = None
+        if not live:
+            records.delete_document(store, txn, registry, record_id)
+            if old is not None:
+                records.delete_record(self.store, txn, old)
+        else:
+            doc = RecordDoc.load(blob)
+            records.put_document(store, txn, registry, record_id, stored_doc(doc.save()))
+            latest = max((env for env, _ in live), key=lambda e: (tuple(e.body.hlc), e.id))
+            record = {**self._materialized(doc.materialize(), latest, None), "revision": len(live)}
+            records.put_record(self.store, txn, old, record)
+        batch.docs.pop((registry, record_id), None)
+        if registry == regs.REGISTRY_OF_REGISTRIES:
+            self._registry_cache.pop(record_id, None)
+        for env, _ in live:
+            if env.cid not in applied_cids:  # counts now: its own feed event, as if just applied
+                self._feed_event(txn, batch, env, registry, record_id, feed.EVENT_TYPES[env.body.op], origin)
+        if now_refused:
+            kind = (record or old or {}).get("kind") or cause.body.kind
+            event = "deleted" if record is None or record["deleted"] else "updated"
+            self._feed_event(txn, batch, cause, registry, record_id, event, origin, kind=kind, history=False)
+        self.metrics["trust.rebuilt_records"] += 1
+        self.audit.append(txn, at_ms=self.now_ms(), actor=cause.body.author, action="delete" if record is None
+                          else "update", target=f"{registry}/{record_id}",
+                          reason=f"rebuilt from its valid changes: {len(live)} count, {len(refused_now)} refused",
+                          before=record_digest(old), after=record_digest(record), change=cause.id)
