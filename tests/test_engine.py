@@ -875,14 +875,13 @@ def test_verify_names_a_change_whose_stored_bytes_were_altered(grid: LocalRegist
 
 
 def test_verify_notices_a_record_that_disagrees_with_its_document(grid: LocalRegistry) -> None:
-    from registrygrid.storage.store import pack, unpack
+    from registrygrid.storage import records
 
     grid.put(CLUSTERS, "cluster", cluster("a"), id="a")
-    k = store_key(CLUSTERS, "a")
-    with grid.store.env.begin(write=True) as txn:
-        record = unpack(txn.get(k, db=grid.store.db["records"]))
-        record["fields"]["name"] = "forged"
-        txn.put(k, pack(record), db=grid.store.db["records"])
+    with grid.store.write() as txn:
+        record = records.get_record(grid.store, txn, CLUSTERS, "a")
+        forged = {**record, "fields": {**record["fields"], "name": "forged"}}
+        records.put_record(grid.store, txn, record, forged)
     report = grid.verify()
     assert not report.ok
     assert report.where == f"record {CLUSTERS}/a"

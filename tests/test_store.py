@@ -55,11 +55,10 @@ def test_history_and_automerge_hashes_sit_beside_the_document(tmp_path: Path) ->
         with grid.store.read() as txn:
             entries = [k for k, _ in grid.store.iter_prefix(txn, "docs", key("grid.tools", "ocr"))]
         # the document (built from the snapshot create at the first update), the two Automerge hashes
-        # ('a': the snapshot's genesis change and the update), the snapshot marker ('s') and two history
-        # links ('h'), adjacent in one B-tree
+        # ('a': the snapshot's genesis change and the update) and two history links ('h'), adjacent in
+        # one B-tree
         assert entries[0] == key("grid.tools", "ocr")
-        assert sorted(k[len(key("grid.tools", "ocr")) + 1:][:1] for k in entries[1:]) == [b"a", b"a", b"h", b"h",
-                                                                                          b"s"]
+        assert sorted(k[len(key("grid.tools", "ocr")) + 1:][:1] for k in entries[1:]) == [b"a", b"a", b"h", b"h"]
     finally:
         grid.close()
 

@@ -69,8 +69,6 @@ class Committing(EngineCore):
             changes.put_received(store, txn, env)
         chains.link(store, txn, reg, body.author, body.seq, env.cid)
         batch.heads[(reg, body.author)] = self._chain_heads[(reg, body.author)] = (body.seq, env.cid)
-        if body.is_snapshot:
-            records.mark_snapshot(store, txn, reg, rec, env.cid)
         if automerge is None and not body.is_snapshot:
             automerge = (body.change_hash, body.payload)
         if doc is not None and automerge is not None:

@@ -118,8 +118,11 @@ class EngineCore:
             doc = RecordDoc.load(doc_bytes(stored))
         else:
             geneses = []
-            for cid in sorted(records.snapshot_changes(self.store, txn, registry, record_id)):
+            # No document yet: every change that counts is a snapshot create.
+            for cid in sorted(records.applied_ids(self.store, txn, registry, record_id)):
                 body = self._change_body(txn, batch, cid)
+                if not body.is_snapshot:
+                    continue
                 genesis = genesis_change(read_snapshot(body.payload, kind=body.kind, schema=body.schema), body.author)
                 geneses.append(genesis.raw_bytes)
                 records.mark_applied(self.store, txn, registry, record_id, genesis.hash, cid)

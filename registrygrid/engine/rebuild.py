@@ -112,7 +112,7 @@ class Rebuilds(EngineCore):
         record when changes stopped counting."""
         store = self.store
         applied_cids = {*records.applied_changes(self.store, txn, registry, record_id).values(),
-                        *records.snapshot_changes(self.store, txn, registry, record_id)}
+                        *records.applied_ids(self.store, txn, registry, record_id)}
         refused = records.refused_changes(self.store, txn, registry, record_id)
         envs = [self._stored_envelope(txn, batch, cid) for cid in applied_cids | set(refused.values())]
         envs.sort(key=lambda e: (tuple(e.body.hlc), e.cid))
@@ -165,8 +165,6 @@ class Rebuilds(EngineCore):
         records.clear_change_index(store, txn, registry, record_id)
         for env, am_hash in live:
             records.mark_applied(store, txn, registry, record_id, am_hash, env.cid)
-            if env.body.is_snapshot:
-                records.mark_snapshot(store, txn, registry, record_id, env.cid)
         for h, cid in refused_now.items():
             records.mark_refused(store, txn, registry, record_id, h, cid)
         live_cids = {env.cid for env, _ in live}

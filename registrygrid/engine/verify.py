@@ -100,7 +100,7 @@ def verify_store(store: Store) -> VerifyReport:
 def _snapshot_state(store: Store, txn: Any, registry: str, record_id: str) -> dict[str, Any]:
     """A record with no document yet: what its snapshot creates say."""
     bodies = [stored_changes.body(store, txn, cid)
-              for cid in stored_records.snapshot_changes(store, txn, registry, record_id)]
+              for cid in stored_records.applied_ids(store, txn, registry, record_id)]
     if not bodies or None in bodies:
         raise ValueError("record has neither a document nor a stored snapshot")
     states = [read_snapshot(b.payload, kind=b.kind, schema=b.schema) for b in bodies]  # type: ignore[union-attr]

@@ -63,13 +63,22 @@ class AuditEntry:
 
 def _entry_bytes(seq: int, at_ms: int, actor: str, action: str, target: str, reason: str,
                  before: str | None, after: str | None, change: str | None, prev: bytes) -> bytes:
-    return pack([seq, at_ms, actor, action, target, reason, before, after, change, prev])
+    # Record digests are stored as their 32 bytes, shown as hex.
+    return pack([seq, at_ms, actor, action, target, reason, _raw(before), _raw(after), change, prev])
+
+
+def _raw(digest: str | None) -> bytes | None:
+    return None if digest is None else bytes.fromhex(digest)
+
+
+def _hex(digest: bytes | str | None) -> str | None:
+    return digest.hex() if isinstance(digest, bytes) else digest  # a str: an entry of store format 2
 
 
 def _decode(value: bytes) -> AuditEntry:
     body, digest = unpack(value)
     seq, at_ms, actor, action, target, reason, before, after, change, prev = unpack(body)
-    return AuditEntry(seq, at_ms, actor, action, target, reason, before, after, change, prev, digest)
+    return AuditEntry(seq, at_ms, actor, action, target, reason, _hex(before), _hex(after), change, prev, digest)
 
 
 class AuditLedger:

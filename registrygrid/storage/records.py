@@ -19,6 +19,36 @@ def record_key(registry: str, record_id: str) -> bytes:
     return key(registry, record_id)
 
 
+# A record is stored as a msgpack array in this order (not a map: the key
+# names took ~150 of a small record's ~490 bytes, and LMDB pages hold what a
+# record takes about 1.6 times). Its registry and id are in the key, and
+# updated_at is updated_hlc's wall time, so none of them is stored again.
+# Readers get the dict of registrygrid/record.py's Record, key for key.
+_ROW = ("kind", "schema", "owner", "tags", "links", "fields", "deleted", "created_at", "created_by",
+        "updated_hlc", "updated_by", "change_id", "revision")
+
+
+def _encode_record(record: dict[str, Any]) -> bytes:
+    return pack([record[name] for name in _ROW])
+
+
+def _decode_record(registry: str, record_id: str, raw: bytes) -> dict[str, Any]:
+    value = unpack(raw)
+    if isinstance(value, dict):  # written by store format 2 (a migrated store): a map already
+        return value
+    (kind, schema, owner, tags, links, fields, deleted, created_at, created_by, updated_hlc, updated_by, change_id,
+     revision) = value
+    return {"registry": registry, "id": record_id, "kind": kind, "schema": schema, "owner": owner, "tags": tags,
+            "links": links, "fields": fields, "deleted": deleted, "created_at": created_at,
+            "created_by": created_by, "updated_at": updated_hlc[0], "updated_hlc": updated_hlc,
+            "updated_by": updated_by, "change_id": change_id, "revision": revision}
+
+
+def _decode_keyed(k: bytes, raw: bytes) -> dict[str, Any]:
+    registry, record_id = k.decode().split("\x00", 1)
+    return _decode_record(registry, record_id, raw)
+
+
 def index_keys(record: dict[str, Any]) -> set[bytes]:
     """Every index entry a materialized record should have."""
     registry, record_id = record["registry"], record["id"]
@@ -28,7 +58,7 @@ def index_keys(record: dict[str, Any]) -> set[bytes]:
 
 
 def put_record(store: Store, txn: lmdb.Transaction, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
-    txn.put(record_key(new["registry"], new["id"]), pack(new), db=store.db["records"])
+    txn.put(record_key(new["registry"], new["id"]), _encode_record(new), db=store.db["records"])
     indexes = store.db["indexes"]
     if old is None:  # a create: every key is new (the common case, so no set arithmetic)
         registry, record_id = new["registry"], new["id"]
@@ -56,7 +86,7 @@ def delete_record(store: Store, txn: lmdb.Transaction, old: dict[str, Any]) -> N
 
 def get_record(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> dict[str, Any] | None:
     raw = txn.get(record_key(registry, record_id), db=store.db["records"])
-    return None if raw is None else unpack(raw)
+    return None if raw is None else _decode_record(registry, record_id, raw)
 
 
 def iter_records(
@@ -90,8 +120,8 @@ def iter_records(
         source = None
     if source is None:
         prefix = b"" if registry is None else key(registry) + SEP
-        for _, value in store.iter_prefix(txn, "records", prefix, start=start):
-            record = unpack(value)
+        for k, value in store.iter_prefix(txn, "records", prefix, start=start):
+            record = _decode_keyed(k, value)
             if _matches(record, registry, kind, owner, tag):
                 yield record
         return
@@ -99,7 +129,7 @@ def iter_records(
         raw = txn.get(record_key(reg, rec), db=records)
         if raw is None:
             continue
-        record = unpack(raw)
+        record = _decode_record(reg, rec, raw)
         if _matches(record, registry, kind, owner, tag):
             yield record
 
@@ -132,35 +162,33 @@ def _matches(record: dict[str, Any], registry: str | None, kind: str | None, own
 # registry \0 record \0 'a' hash. Refused changes (stored in their
 # author's chain as evidence, never applied: docs/trust.md) are marked
 # there too: registry \0 record \0 'x' hash -> change id. A snapshot
-# create that counts is marked registry \0 record \0 's' cid (its genesis
-# change gets an 'a' entry only once the record's document is built).
-_HISTORY, _AM_HASH, _REFUSED, _SNAPSHOT = SEP + b"h", SEP + b"a", SEP + b"x", SEP + b"s"
-
-
-def snapshot_key(record_key: bytes, cid: bytes) -> bytes:
-    return record_key + _SNAPSHOT + cid
-
-
-def snapshot_changes(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> list[bytes]:
-    """Change ids of the snapshot creates that count for the record."""
-    prefix = key(registry, record_id) + _SNAPSHOT
-    return [k[len(prefix):] for k, _ in store.iter_prefix(txn, "docs", prefix)]
+# create is in the record's history like any change that counts; its
+# genesis change gets an 'a' entry once the record's document is built.
+_HISTORY, _AM_HASH, _REFUSED = SEP + b"h", SEP + b"a", SEP + b"x"
 
 
 def counts(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, cid: bytes,
            automerge_hash: bytes) -> bool:
     """Whether the change (a snapshot when ``automerge_hash`` is empty)
     counts for the record: applied, not refused."""
-    record_key = key(registry, record_id)
-    k = snapshot_key(record_key, cid) if not automerge_hash else am_hash_key(record_key, automerge_hash)
-    return txn.get(k, db=store.db["docs"]) is not None
+    if automerge_hash:
+        return txn.get(am_hash_key(key(registry, record_id), automerge_hash), db=store.db["docs"]) is not None
+    return cid in applied_ids(store, txn, registry, record_id)
+
+
+def applied_ids(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> list[bytes]:
+    """The IDs of the changes that count for the record, in feed order: its
+    history, which a rebuild keeps equal to them. A snapshot create is
+    found here (its genesis gets an 'a' marker only once the document is
+    built), so it needs no marker of its own."""
+    return [cid for _, cid in history(store, txn, registry, record_id)]
 
 
 def clear_change_index(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> None:
-    """Drop the record's applied, snapshot and refused markers (a rebuild
-    writes them anew)."""
+    """Drop the record's applied and refused markers (a rebuild writes them
+    anew)."""
     docs = store.db["docs"]
-    for marker in (_AM_HASH, _SNAPSHOT, _REFUSED):
+    for marker in (_AM_HASH, _REFUSED):
         stale = [k for k, _ in store.iter_prefix(txn, "docs", key(registry, record_id) + marker)]
         for k in stale:
             txn.delete(k, db=docs)
@@ -237,10 +265,6 @@ def mark_applied(store: Store, txn: lmdb.Transaction, registry: str, record_id: 
     txn.put(am_hash_key(key(registry, record_id), automerge_hash), cid, db=store.db["docs"])
 
 
-def mark_snapshot(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, cid: bytes) -> None:
-    txn.put(snapshot_key(key(registry, record_id), cid), b"", db=store.db["docs"])
-
-
 def mark_refused(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, automerge_hash: bytes,
                  cid: bytes) -> None:
     txn.put(refused_key(key(registry, record_id), automerge_hash), cid, db=store.db["docs"])
@@ -257,4 +281,4 @@ def is_refused(store: Store, txn: lmdb.Transaction, registry: str, record_id: st
 def iter_stored(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[bytes, dict[str, Any]]]:
     """Every materialized record with its key (registry \\0 id), in key order."""
     for k, raw in txn.cursor(db=store.db["records"]):
-        yield k, unpack(raw)
+        yield k, _decode_keyed(k, raw)

@@ -19,7 +19,6 @@ are 8-byte big-endian so byte order is numeric order):
                                               first update: a create is a snapshot)
                 registry \\0 record \\0 'a' hash -> change id carrying that Automerge change
                                               (a snapshot's genesis change, once built)
-                registry \\0 record \\0 's' cid  -> b"": a snapshot create that counts
                 registry \\0 record \\0 'x' hash -> change id refused (kept as evidence)
                 registry \\0 record \\0 'h' feedseq -> change id (the record's history)
     records     registry \\0 record            -> msgpack materialized record
