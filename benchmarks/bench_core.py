@@ -53,9 +53,8 @@ def design_floor(n: int, batch: int, *, automerge: bool = False, sign_each: bool
     canonical msgpack, the msgpack change body around it and its sha256
     CID; per batch, the RFC 6962 Merkle tree of the IDs and one Ed25519
     signature; then the puts our store makes (change with its batch
-    reference, chain link, snapshot marker and history link beside the
-    record, record, four index keys, feed, audit entry; the batch's
-    signature and leaves once) with values of the same sizes. No
+    reference, chain link, history link beside the record, record, four
+    index keys, feed, audit entry; the batch's signature and leaves once) with values of the same sizes. No
     validation, no clock, no ID text, no digests, no dictionaries: a
     floor, not a competitor.
 
@@ -112,11 +111,9 @@ def design_floor(n: int, batch: int, *, automerge: bool = False, sign_each: bool
                     txn.put(cid, wire, db=dbs["changes"])
                     txn.put(b"grid.functions\x00did\x00" + i.to_bytes(8, "big"), cid, db=dbs["chains"])
                     doc_key = b"grid.functions\x00" + rid
-                    if automerge:
+                    if automerge:  # a snapshot create has no document until its first update
                         txn.put(doc_key, b"\0\0\0\0" + payload, db=dbs["docs"])
                         txn.put(doc_key + b"\x00a" + change_hash, cid, db=dbs["docs"])
-                    else:
-                        txn.put(doc_key + b"\x00s" + cid, b"", db=dbs["docs"])
                     txn.put(doc_key + b"\x00h" + i.to_bytes(8, "big"), cid, db=dbs["docs"])
                     txn.put(doc_key, record, db=dbs["records"])
                     for prefix in (b"k", b"o", b"tinference", b"ttext"):

@@ -15,6 +15,24 @@ Prints, in one run:
     LMDB put in batches of the sync path's size; ``raw_same_envelopes``),
     and benchmarks.limits.raw_verify_pipeline (a signature per record: the
     machine's limit for the wire format 1 shape, for scale);
+  - the design floor of remote ingest (``design_floor_ingest``), beside
+    them: what the libraries alone take to do what one remote change of
+    this design (wire format 2, store format 3) must do, on the same
+    envelopes, with no checks and no logic of ours, in durable LMDB
+    transactions of the sync path's size: the raw figure's decode, hashing
+    and batch verify; for a create, its snapshot decoded and its fields
+    validated (jsonschema-rs, the kind's compiled schema); for an update,
+    ``Document.load(document + change)`` and one walk of the result
+    (automerge; at a record's first update, its genesis change built from
+    the snapshot first); the materialized record as msgpack and its audit
+    digests; and the reads and puts Engine._commit makes (change, batch
+    root, chain link, markers and document, history, record, index keys,
+    feed event, audit entry). As bench_core's --floors: it is where "ours"
+    could get to, "design floor / raw" is what the design itself costs
+    (the share of raw no implementation of it can pass), and "engine
+    alone / design floor" and "ingest by sync / design floor" what our
+    logic and our node cost on top. The trust-check envelopes (with
+    updates) get a floor too, in the trust checks' batches;
   - catch-up: the same with --records changes (100k by default), the time
     from starting the fresh node until it holds everything, beside the raw
     limit of those envelopes;
@@ -69,7 +87,8 @@ from typing import Any
 import lmdb
 import msgspec
 import trio
-from nacl.signing import VerifyKey
+from automerge.core import ROOT, Document, ObjType, ScalarType
+from nacl.signing import SigningKey, VerifyKey
 
 from benchmarks.limits import Figure, format_table, make_record, raw_verify_pipeline
 from registrygrid.engine.engine import Engine
@@ -83,6 +102,8 @@ from registrygrid.node.p2p import P2PHost
 from registrygrid.node.sync import APPLY_CHUNK
 from registrygrid.protocol import envelope
 from registrygrid.protocol.envelope import BATCH_DOMAIN
+from registrygrid.record import REPLICATED_FIELDS
+from registrygrid.schemas.catalog import SchemaCatalog
 from registrygrid.sdk import LocalRegistry
 from registrygrid.trust import access
 from registrygrid.trust.state import TrustState, Verdict
@@ -98,6 +119,8 @@ TRUST_GOAL = 0.10
 # (check_modify) is priced too, not only creates; the 1:4 mix is a guess at a
 # registry whose records are mostly written once, not a measured workload.
 UPDATE_EVERY = 5
+# The trust-check ingests' batch (trust_cost says why 500).
+TRUST_BATCH = 500
 # Since wire format 2: ingest by sync and a catch-up of 100k records each
 # at >= 50% of the raw limit of the same envelopes (decode, proof, a
 # signature per batch, durable put): the bar bench_core sets batched
@@ -261,6 +284,256 @@ def raw_same_envelopes(wires: list[bytes], batch: int = APPLY_CHUNK,
                   f"cpu {100 * cpu / elapsed:.0f}%")
 
 
+# ------------------------------------------------------------------ design floor of remote ingest
+
+# The engine's first update of a record builds its Automerge document from
+# the create's snapshot: the puts of crdt/record.py's RecordDoc.create, in
+# its order, under the author's actor id (the genesis change; its hash is
+# what the update names in its deps). Written out with automerge.core
+# alone, as bench_core's _automerge_create is.
+_AM_STR, _AM_INT, _AM_F64 = ScalarType.Str, ScalarType.Int, ScalarType.F64
+_AM_BOOL, _AM_NULL = ScalarType.Boolean, ScalarType.Null
+_AM_MAP, _AM_LIST = ObjType.Map, ObjType.List
+
+
+def _am_put(tx: Any, obj: Any, key: str | int, value: Any, insert: bool = False) -> None:
+    put = tx.insert if insert else tx.put
+    if isinstance(value, str):
+        put(obj, key, _AM_STR, value)
+    elif isinstance(value, bool):
+        put(obj, key, _AM_BOOL, value)
+    elif isinstance(value, int):
+        put(obj, key, _AM_INT, value)
+    elif isinstance(value, float):
+        put(obj, key, _AM_F64, value)
+    elif value is None:
+        put(obj, key, _AM_NULL, None)
+    elif isinstance(value, dict):
+        child = (tx.insert_object if insert else tx.put_object)(obj, key, _AM_MAP)
+        for k, v in value.items():
+            _am_put(tx, child, k, v)
+    else:
+        child = (tx.insert_object if insert else tx.put_object)(obj, key, _AM_LIST)
+        for i, v in enumerate(value):
+            _am_put(tx, child, i, v, True)
+
+
+def _bare_genesis(actor: bytes, row: list[Any]) -> tuple[bytes, bytes]:
+    """(hash, bytes) of the genesis change of a record that has only its
+    create, from its stored row (``_RECORD_ROW``: what its snapshot said)."""
+    kind, schema, owner, tags, links, fields, _, created_at, created_by = row[:9]
+    doc = Document(actor_id=actor)
+    with doc.transaction() as tx:
+        tx.put(ROOT, "kind", _AM_STR, kind)
+        tx.put(ROOT, "schema", _AM_INT, schema)
+        tx.put(ROOT, "owner", _AM_STR, owner)
+        created = tx.put_object(ROOT, "created", _AM_MAP)
+        tx.put(created, "at", _AM_INT, created_at)
+        tx.put(created, "by", _AM_STR, created_by)
+        tag_map = tx.put_object(ROOT, "tags", _AM_MAP)
+        for tag in tags:
+            tx.put(tag_map, tag, _AM_BOOL, True)
+        _am_put(tx, ROOT, "links", links)
+        _am_put(tx, ROOT, "fields", fields)
+        tx.put(ROOT, "deleted", _AM_BOOL, False)
+    change = doc.get_changes([])[0]
+    return change.hash, change.raw_bytes
+
+
+def _bare_walk(doc: Document, obj: Any, kind: ObjType) -> Any:
+    """A document's plain value: one keys() and values() call per object
+    (crdt/record.py's _extract, the cheapest walk the binding offers)."""
+    if kind == _AM_MAP:
+        return {k: (_bare_walk(doc, child, value) if isinstance(value, ObjType) else value[1])
+                for k, (value, child) in zip(doc.keys(obj), doc.values(obj), strict=True)}
+    if kind == _AM_LIST:
+        return [(_bare_walk(doc, child, value) if isinstance(value, ObjType) else value[1])
+                for value, child in doc.values(obj)]
+    return doc.text(obj)
+
+
+def _bare_validators(wires: list[bytes]) -> dict[tuple[str, int], Any]:
+    """(kind, version) -> the ``is_valid`` of its compiled schema, for every
+    kind the wires hold, compiled before the clock starts as a running
+    node's catalog holds them: jsonschema-rs on the schema as SchemaCatalog
+    compiles it (jsonschema's, for a schema jsonschema-rs cannot judge)."""
+    catalog = SchemaCatalog()
+    out: dict[tuple[str, int], Any] = {}
+    for wire in wires:
+        body = msgspec.msgpack.decode(msgspec.msgpack.decode(wire)[0])
+        kind, version = body[4], body[5]
+        if (kind, version) not in out:
+            compiled = catalog.validator(kind, version)
+            out[kind, version] = (compiled.rust or compiled.python).is_valid
+    return out
+
+
+FLOOR = "design floor: verify+apply+schema+puts, no logic"
+FLOOR_TRUST = "design floor: trust-check envelopes, no logic"
+# A record as store format 3 keeps it (storage/records.py, docs/formats.md):
+# an array in this order, registry and id in its key. The record's
+# replicated content, which the audit digests hash, is [registry, id, *row].
+_RECORD_ROW = ("kind", "schema", "owner", "tags", "links", "fields", "deleted", "created_at", "created_by",
+               "updated_hlc", "updated_by", "change_id", "revision")
+# A store format 3 home's sub-databases that a remote change touches (storage/store.py).
+_FLOOR_DBS = ("meta", "changes", "roots", "chains", "docs", "records", "feed", "indexes", "audit", "audit_heads")
+# The audit ledger signs a tree head every this many entries (storage/audit.py SIGN_EVERY_ENTRIES).
+_AUDIT_SIGN_EVERY = 1024
+
+
+def design_floor_ingest(wires: list[bytes], batch: int = APPLY_CHUNK, name: str = FLOOR) -> Figure:
+    """The bare library calls one remote change of this design (wire format
+    2, store format 3) needs, on exactly the envelopes a peer sends, with no
+    logic of ours, in durable LMDB transactions of ``batch`` changes:
+
+      - what ``raw_same_envelopes`` does: decode the wire and its body
+        (msgspec), the body's sha256 (its ID) and the Merkle walk to the
+        batch root (hashlib), one Ed25519 verify per distinct batch (PyNaCl);
+        plus a text of the ID (the record, feed and audit hold it);
+      - a create (a snapshot): decode the snapshot (msgspec) and validate
+        its fields with the kind's compiled schema (jsonschema-rs);
+      - an update (an Automerge change): ``Document.load(document + change)``
+        and one keys()/values() walk of the result (automerge), the
+        change's hash among the heads, the fields validated as above; at a
+        record's first update the genesis change its snapshot implies is
+        built first (one Automerge transaction: the design stores no
+        document until then);
+      - the materialized record as store format 3's row, msgpack, and the
+        audit's digests of it (sha256 of its replicated content as
+        canonical msgpack, 32 bytes; before and after for an update);
+      - the reads and puts ``Engine._commit`` makes (engine/commit.py,
+        storage/*.py): the dedupe get and the old record, the change
+        [body, batch key, index, path], the batch's root once, the chain
+        link, the document and its 'a' markers (an update), the 'h'
+        history link (through which a snapshot create counts), the record,
+        its 'k' and 'o' index keys and one per tag (a create), the feed
+        event, the audit entry [entry, sha256] and its Merkle leaf hash; per
+        batch the audit state, and an Ed25519 tree-head signature every
+        1,024 entries.
+
+    Left out, as logic of ours: the canonical-form re-encodings and range
+    checks of open_envelope and read_snapshot, the chain and policy
+    checks, tag and link rules, the clock, dictionaries of pending and
+    cached state. A floor, not a competitor: "ours" cannot beat it, and its
+    ratio to the raw figure is what the design itself costs."""
+    decode = msgspec.msgpack.decode
+    encode = msgspec.msgpack.encode
+    sha256 = hashlib.sha256
+    walk = _bare_walk
+    if ("registry", "id", *_RECORD_ROW) != REPLICATED_FIELDS:
+        raise AssertionError("record.py's replicated content is no longer [registry, id, *row]: update _RECORD_ROW")
+    validators = _bare_validators(wires)
+    keys: dict[str, Any] = {}
+    actors: dict[str, bytes] = {}
+    verified: set[tuple[str, bytes, int, bytes]] = set()
+    node_key = SigningKey(hashlib.sha256(b"bench-floor-node").digest())  # signs audit tree heads
+    path = tempfile.mkdtemp(prefix="rgrid-bench-floor-")
+    env = lmdb.open(path, map_size=2**34, max_dbs=len(_FLOOR_DBS), sync=True, metasync=True)
+    meta, changes, roots, chains, docs, records, feed, indexes, audit, audit_heads = (
+        env.open_db(db.encode()) for db in _FLOOR_DBS)
+    feed_seq = audit_seq = signed_at = 0
+    audit_prev = bytes(32)
+    creates = updates = geneses = 0
+    try:
+        t0, c0 = time.perf_counter(), time.process_time()
+        for start in range(0, len(wires), batch):
+            with env.begin(write=True) as txn:
+                for wire in wires[start:start + batch]:
+                    body_bytes, index, size, proof, signature = decode(wire)
+                    (_, registry, record_id, op, kind, version, author, seq, _, hlc, _, change_hash,
+                     payload) = decode(body_bytes)
+                    cid = CID_PREFIX + sha256(body_bytes).digest()
+                    root = _bare_root(cid, index, size, proof)
+                    if root is None:
+                        raise AssertionError("a benchmark envelope without a valid inclusion path")
+                    batch_key = root + size.to_bytes(8, "big")
+                    signed = (author, root, size, signature)
+                    if signed not in verified:
+                        verify = keys.get(author)
+                        if verify is None:
+                            verify = keys[author] = VerifyKey(public_key_from_did(author)).verify
+                        verify(BATCH_DOMAIN + size.to_bytes(8, "big") + root, signature)
+                        verified.add(signed)
+                        txn.put(batch_key, encode([author, size, signature, b""]), db=roots)
+                    if txn.get(cid, db=changes) is not None:
+                        raise AssertionError("a benchmark envelope twice")
+                    # The ID's text (feed, audit, the record's change_id), as long as
+                    # its base32 form: the stdlib's base32 is pure Python (~10 us),
+                    # where a C encoder, like hex, takes a fraction of a microsecond.
+                    change_id = "b" + cid.hex()[:58]
+                    record_key = f"{registry}\x00{record_id}".encode()
+                    old_bytes = txn.get(record_key, db=records)
+                    if not change_hash:  # a create: its snapshot
+                        if old_bytes is not None:
+                            raise AssertionError("two creates of one record in a benchmark")
+                        old = None
+                        state = decode(payload)
+                        tags = state["tags"]
+                        creates += 1
+                    else:  # an update: its Automerge change on the record's document
+                        old = decode(old_bytes)
+                        stored = txn.get(record_key, db=docs)
+                        if stored is None:
+                            actor = actors.get(author)
+                            if actor is None:
+                                actor = actors[author] = public_key_from_did(author)
+                            genesis_hash, genesis = _bare_genesis(actor, old)
+                            stored = b"\x00\x00\x00\x00" + genesis  # u32 compacted length 0 | changes
+                            txn.put(record_key + b"\x00a" + genesis_hash, cid, db=docs)  # the create's ID
+                            geneses += 1
+                        doc = Document.load(stored[4:] + payload)
+                        if change_hash not in doc.get_heads():
+                            raise AssertionError("Automerge did not apply a benchmark change")
+                        state = walk(doc, ROOT, _AM_MAP)
+                        tags = sorted(state["tags"])
+                        txn.put(record_key, stored + payload, db=docs)
+                        txn.put(record_key + b"\x00a" + change_hash, cid, db=docs)
+                        updates += 1
+                    fields = state["fields"]
+                    if not validators[kind, version](fields):
+                        raise AssertionError("a benchmark record its schema refuses")
+                    created, owner = state["created"], state["owner"]
+                    row = [kind, version, owner, tags, state["links"], fields, state.get("deleted", False),
+                           created["at"], created["by"], hlc, author, change_id, old[12] + 1 if old else 1]
+                    txn.put(record_key, encode(row), db=records)
+                    if old is None:  # an update that keeps kind, owner and tags adds no index key
+                        txn.put(f"k{registry}\x00{kind}\x00{record_id}".encode(), b"", db=indexes)
+                        txn.put(f"o{owner}\x00{registry}\x00{record_id}".encode(), b"", db=indexes)
+                        for tag in tags:
+                            txn.put(f"t{tag}\x00{registry}\x00{record_id}".encode(), b"", db=indexes)
+                    txn.put(cid, encode([body_bytes, batch_key, index, proof]), db=changes)
+                    txn.put(f"{registry}\x00{author}\x00".encode() + seq.to_bytes(8, "big"), cid, db=chains)
+                    feed_seq += 1
+                    feed_key = feed_seq.to_bytes(8, "big")
+                    txn.put(feed_key, encode(["created" if old is None else "updated", registry, record_id, kind,
+                                              change_id, author, hlc, "bench"]), db=feed)
+                    txn.put(record_key + b"\x00h" + feed_key, cid, db=docs)
+                    after = sha256(encode([registry, record_id, *row], order="sorted")).digest()
+                    before = None if old is None else sha256(
+                        encode([registry, record_id, *old], order="sorted")).digest()
+                    audit_seq += 1
+                    entry = encode([audit_seq, time.time_ns() // 1_000_000, author, op, f"{registry}/{record_id}",
+                                    "replicated from bench", before, after, change_id, audit_prev])
+                    audit_prev = sha256(entry).digest()
+                    txn.put(audit_seq.to_bytes(8, "big"), encode([entry, audit_prev]), db=audit)
+                    sha256(b"\x00" + audit_prev).digest()  # its leaf in the audit's Merkle tree
+                if audit_seq - signed_at >= _AUDIT_SIGN_EVERY:
+                    head = encode([audit_seq, audit_prev, time.time_ns() // 1_000_000])
+                    txn.put(audit_seq.to_bytes(8, "big"), encode([head, node_key.sign(head).signature]),
+                            db=audit_heads)
+                    signed_at = audit_seq
+                txn.put(b"audit.state", encode([audit_seq, audit_prev, [audit_seq, [audit_prev] * 8], signed_at]),
+                        db=meta)
+        elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - c0
+    finally:
+        env.close()
+        shutil.rmtree(path, ignore_errors=True)
+    return Figure(name, len(wires) / elapsed, "changes/s",
+                  f"n={len(wires)}: {creates} creates, {updates} updates ({geneses} first: genesis built); "
+                  f"{len(verified)} batch signatures, batch {batch}, durable, cpu {100 * cpu / elapsed:.0f}%")
+
+
 def _forget_verified() -> None:
     """Empty the process's cache of batch signatures that held, so a timed
     ingest verifies every batch as a fresh receiver would. The envelopes
@@ -377,7 +650,8 @@ def _paired_ingest(wires: list[bytes], batch: int) -> tuple[float, float]:
     return len(wires) / elapsed[0], len(wires) / elapsed[1]
 
 
-def trust_cost(wires: list[bytes], updates: int, rounds: int, batch: int = 500) -> tuple[list[Figure], dict[str, Any]]:
+def trust_cost(wires: list[bytes], updates: int, rounds: int,
+               batch: int = TRUST_BATCH) -> tuple[list[Figure], dict[str, Any]]:
     """The engine-alone ingest of ``wires`` with the trust checks and without,
     interleaved batch by batch (``_paired_ingest``), ``rounds`` times; the
     cost is 1 - the median of the per-round ratios (checks on / off). Then
@@ -634,6 +908,8 @@ def main(argv: list[str] | None = None) -> int:
         step(f"trust checks: writing {trust_changes} changes")
         trust_wires, updates = _trust_envelopes(trust_changes)
         figures.append(raw_same_envelopes(trust_wires, name="raw: decode+verify+LMDB put, trust-check envelopes"))
+        # Batches of trust_cost's size, so the floor's transactions are the engine's there.
+        figures.append(design_floor_ingest(trust_wires, batch=TRUST_BATCH, name=FLOOR_TRUST))
         step(f"trust checks: engine alone with and without, {args.trust_rounds} rounds interleaved by batch")
         trust_figures, extra["trust"] = trust_cost(trust_wires, updates, args.trust_rounds)
         figures.extend(trust_figures)
@@ -656,6 +932,8 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(replace(per_record, name="raw: decode+verify+LMDB put, a signature per record",
                                detail=per_record.detail + "; benchmarks.limits, the wire format 1 shape"))
         figures.append(raw_same_envelopes(wires))
+        step("ingest: design floor")
+        figures.append(design_floor_ingest(wires))
         step("ingest: engine alone")
         figures.append(engine_alone(wires, profile=args.profile))
         trust_step()
@@ -664,9 +942,14 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(ingest)
         by_name = {f.name: f for f in figures}
         raw = by_name["raw: decode+verify+LMDB put, same envelopes"].value
-        ratios["engine alone / raw"] = by_name["engine alone: Remote ops, same envelopes"].value / raw
-        ratios["ingest by sync / engine alone"] = ingest.value / by_name["engine alone: Remote ops, same envelopes"].value
+        floor = by_name[FLOOR].value
+        alone = by_name["engine alone: Remote ops, same envelopes"].value
+        ratios["design floor / raw"] = floor / raw
+        ratios["engine alone / raw"] = alone / raw
+        ratios["engine alone / design floor"] = alone / floor
+        ratios["ingest by sync / engine alone"] = ingest.value / alone
         ratios["ingest by sync / raw"] = ingest.value / raw
+        ratios["ingest by sync / design floor"] = ingest.value / floor
 
         if args.records:
             step(f"catch-up: preloading {args.records} changes")
@@ -699,6 +982,8 @@ def _trust_ratios(figures: list[Figure], extra: dict[str, Any]) -> dict[str, flo
         "trust checks on / off (median)": extra["trust"]["median_ratio"],
         "checks on / raw same envelopes": by_name["engine alone, trust checks on (as built)"].value
         / by_name["raw: decode+verify+LMDB put, trust-check envelopes"].value,
+        "checks on / design floor": by_name["engine alone, trust checks on (as built)"].value
+        / by_name[FLOOR_TRUST].value,
     }
 
 
