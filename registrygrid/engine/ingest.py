@@ -282,6 +282,9 @@ class RemoteIngest(EngineCore):
         """Apply parked changes that waited for ``first`` or for a delegation
         this batch committed (and, transitively, for those)."""
         released: list[str] = []
+        if not pending.any_waiting(self.store, txn):  # the common case: nothing is parked
+            batch.delegated.clear()
+            return released
         work: list[Envelope | None] = [first]
         while work or batch.delegated:
             prefixes = [pending.on_delegation(subject) for subject in batch.delegated]

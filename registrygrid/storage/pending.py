@@ -51,6 +51,11 @@ def on_delegation(author: str) -> bytes:
     return b"d" + key(author) + SEP
 
 
+def any_waiting(store: Store, txn: lmdb.Transaction) -> bool:
+    """Whether any change waits at all (one page read: most batches find none)."""
+    return txn.stat(store.db["waiting"])["entries"] > 0
+
+
 def park(store: Store, txn: lmdb.Transaction, waiting_key: bytes, cid: bytes, wire: bytes, *,
          cap: int) -> bool:
     """Hold a change until ``waiting_key``'s condition holds; True if it was
