@@ -857,17 +857,14 @@ def test_verify_names_a_change_whose_stored_bytes_were_altered(grid: LocalRegist
     cid = cid_from_str(target.change_id)
     with grid.store.env.begin(write=True) as txn:
         value = bytearray(txn.get(cid, db=grid.store.db["changes"]))
-        if where == "signature":  # stored once per batch, under the batch's root (each put is a batch here)
-            root = msgspec.msgpack.decode(bytes(value))[1]
-            signed = bytearray(txn.get(root, db=grid.store.db["roots"]))
-            signed[signed.index(b"\xc4\x40") + 2 + 10] ^= 0x01  # a byte of the 64-byte signature
-            txn.put(root, bytes(signed), db=grid.store.db["roots"])
+        if where == "signature":  # each put is a batch of one: its signature sits in the change entry
+            assert value[-(2 + 64 + 2):-(2 + 64)] == b"\xc4\x40"  # [body, signature, 0, []]
+            value[len(value) - 2 - 64 + 10] ^= 0x01
         elif where == "payload":
             value[value.index(b"z" * 200) + 100] ^= 0x01
         else:  # a byte of the registry name, made invalid UTF-8
             value[value.index(CLUSTERS.encode())] = 0xFF
-        if where != "signature":
-            txn.put(cid, bytes(value), db=grid.store.db["changes"])
+        txn.put(cid, bytes(value), db=grid.store.db["changes"])
     report = grid.verify()
     assert not report.ok
     assert report.where == f"change {target.change_id}"
@@ -963,3 +960,18 @@ def test_a_registrys_record_size_cap_holds_for_local_writes_and_remote_updates(t
     finally:
         author.close()
         replica.close()
+
+
+def test_a_batch_is_signed_once_and_a_lone_write_keeps_its_signature_beside_its_change(grid: LocalRegistry) -> None:
+    def roots() -> int:
+        with grid.store.read() as txn:
+            return txn.stat(grid.store.db["roots"])["entries"]
+
+    lone = grid.put(CLUSTERS, "cluster", cluster("lone"), id="lone")
+    assert roots() == 0  # a batch of one touches no "roots" tree
+    many = grid.put_many([Put(CLUSTERS, "cluster", cluster(f"b{i}"), f"b{i}") for i in range(5)])
+    assert roots() == 1  # five changes, one signature
+    envelopes = [open_envelope(grid.change(cid_from_str(r.change_id))) for r in [lone, *many]]  # type: ignore[union-attr,arg-type]
+    assert [env.size for env in envelopes] == [1, 5, 5, 5, 5, 5]
+    assert len({env.signature for env in envelopes[1:]}) == 1
+    assert grid.verify().ok

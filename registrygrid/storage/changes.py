@@ -1,6 +1,6 @@
 """Signed changes and the batch signatures that cover them.
 
-    changes  change id -> msgpack [body, batch key, index, path]
+    changes  change id -> msgpack [body, batch key | signature, index, path]
     roots    batch key = Merkle root + u64 size -> msgpack [author, size, signature, leaves]
 
 A batch's signature is stored once, under its root. A batch this node
@@ -10,7 +10,8 @@ change's inclusion path is recomputed when its wire is needed, not stored
 with, since only part of its batch may ever arrive here (``leaves`` empty).
 Either way ``wire`` gives back exactly the bytes a peer can verify alone.
 A batch is keyed by its root *and* size, as the author signs both: one root
-signed under two sizes is two batches, each with its own signature.
+signed under two sizes is two batches, each with its own signature. A batch
+of one (a lone write) keeps its signature in its change entry instead.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ from registrygrid.storage.store import Store
 
 class _StoredChange(msgspec.Struct, array_like=True, frozen=True):
     body: bytes  # the body; for a legacy change (wire format 1), its whole wire
-    batch: bytes  # batch_key(root, size); b"" for a legacy change
+    # batch_key(root, size) (40 bytes); a batch of one keeps its signature
+    # here (64 bytes): a lone write then touches no "roots" tree, whose
+    # root-to-leaf path would cost it a few scattered pages of fsync; b""
+    # for a legacy change.
+    batch: bytes
     index: int
     path: list[bytes]
 
@@ -56,6 +61,7 @@ class _StoredRoot(msgspec.Struct, array_like=True, frozen=True):
 
 
 _encode = msgspec.msgpack.Encoder().encode
+_SIGNATURE_BYTES = 64
 _change_decoder = msgspec.msgpack.Decoder(_StoredChange)
 _root_decoder = msgspec.msgpack.Decoder(_StoredRoot)
 
@@ -64,6 +70,9 @@ def put_batch(store: Store, txn: lmdb.Transaction, drafts: Sequence[Draft], sign
     """A batch this node signed (``drafts[i]`` is leaf i): its signature and
     leaves once, each change without its path."""
     changes = store.db["changes"]
+    if signed.size == 1:
+        txn.put(drafts[0].cid, _encode(_StoredChange(drafts[0].body_bytes, signed.signature, 0, [])), db=changes)
+        return
     batch = batch_key(signed.root, signed.size)
     txn.put(batch, _encode(_StoredRoot(signed.author, signed.size, signed.signature,
                                        b"".join(d.cid for d in drafts))), db=store.db["roots"])
@@ -75,6 +84,9 @@ def put_received(store: Store, txn: lmdb.Transaction, env: Envelope) -> None:
     """A change from a peer, with the path it came with."""
     if env.legacy:  # signed alone, in format 1: kept whole
         txn.put(env.cid, _encode(_StoredChange(env.wire, b"", 0, [])), db=store.db["changes"])
+        return
+    if env.size == 1:
+        txn.put(env.cid, _encode(_StoredChange(env.body_bytes, env.signature, 0, [])), db=store.db["changes"])
         return
     batch = batch_key(env.root, env.size)
     roots = store.db["roots"]
@@ -103,6 +115,8 @@ def wire(store: Store, txn: lmdb.Transaction, cid: bytes) -> bytes | None:
     stored = _change_decoder.decode(raw)
     if not stored.batch:
         return stored.body
+    if len(stored.batch) == _SIGNATURE_BYTES:  # a batch of one
+        return wire_of(stored.body, 0, 1, [], stored.batch)
     signed = txn.get(stored.batch, db=store.db["roots"])
     if signed is None:
         raise IntegrityError(f"the batch signature of change {cid_to_str(cid)} is not stored")
