@@ -167,15 +167,20 @@ async def test_a_peer_that_keeps_sending_invalid_messages_is_banned_and_refused(
             assert a.fed.metrics["peers.banned"] == 1
 
             # Coming back does not help: the connection is dropped at once, no sync is served.
+            reconnected = True
             try:
                 await evil.connect(a.fed.addrs()[0])
             except Exception:
-                pass  # refused during the handshake: as good
+                reconnected = False  # refused during the handshake: as good
             with pytest.raises(P2PError):  # refused (policy_denied), or no connection left to ask on
                 await evil.request(a.peer_id, SYNC_PROTOCOL_ID, SyncPuller("testfed").request({}), timeout=5)
             await eventually(lambda: evil.peer_id not in a.fed.host.connected_peers(), 10,  # type: ignore[union-attr]
                              "evil dropped again")
-            assert a.fed.metrics["sync.refused_blocked"] >= 1
+            # Which door closed first is a race: the connection watcher drops
+            # the banned peer, or its sync request is refused, or the
+            # handshake fails; never is it served (the request above failed).
+            if reconnected:
+                assert a.fed.metrics["sync.refused_blocked"] + a.fed.metrics["peers.refused"] >= 1
 
             # The good peer is untouched.
             await b.write("fine", 2)
