@@ -108,7 +108,7 @@ class RemoteIngest(EngineCore):
         claim: dict[str, Any] = {}
         if body.is_snapshot:
             claim = read_snapshot(body.payload, kind=body.kind, schema=body.schema)
-            self._check_state(env, claim, desc)
+            self._check_state(env, claim, desc, shape_checked=True)
         else:
             self._check_automerge_header(env)
         store, reg, rec = self.store, body.registry, body.record
@@ -248,10 +248,12 @@ class RemoteIngest(EngineCore):
                           change=env.id)
         return IngestResult("refused", env.id, error=race.refusal)
 
-    def _check_state(self, env: Envelope, state: dict[str, Any], desc: regs.RegistryDescriptor) -> dict[str, Any]:
+    def _check_state(self, env: Envelope, state: dict[str, Any], desc: regs.RegistryDescriptor, *,
+                     shape_checked: bool = False) -> dict[str, Any]:
         """A remote change's resulting record state, checked as a local write
         would be: fixed kind, the kind's schema, the size cap, an owner, and
-        tags and links by the rules of local writes."""
+        tags and links by the rules of local writes (``shape_checked``: a
+        snapshot's, which read_snapshot checked already)."""
         body = env.body
         if state.get("kind") != body.kind:
             raise ValidationError(f"change turns a {state.get('kind')!r} record into {body.kind!r}; kinds are fixed")
@@ -259,12 +261,8 @@ class RemoteIngest(EngineCore):
         if type(schema) is not int:
             raise ValidationError(f"record schema version {schema!r} is not an integer")
         kind = self.catalog.get(body.kind, schema)
-        tags, links = state.get("tags"), state.get("links")
-        if not isinstance(tags, list) or checked_tags(tags) != tags:
-            raise ValidationError("record tags must be valid, unique tag names, at most "
-                                  f"{limits.MAX_TAGS}")
-        if not isinstance(links, list) or checked_links(links) != links:
-            raise ValidationError(f"record links must be {{rel, registry, record}}, at most {limits.MAX_LINKS}")
+        if not shape_checked:
+            self._check_tags_and_links(state.get("tags"), state.get("links"))
         self.catalog.validate(kind.name, kind.version, state.get("fields"))
         # The size cap holds for what a remote change makes, as for a local
         # write (an update of a small record, or a payload that expands).
@@ -272,6 +270,13 @@ class RemoteIngest(EngineCore):
         if not isinstance(state.get("owner"), str):
             raise ValidationError("record has no owner")
         return state
+
+    @staticmethod
+    def _check_tags_and_links(tags: Any, links: Any) -> None:
+        if not isinstance(tags, list) or checked_tags(tags) != tags:
+            raise ValidationError(f"record tags must be valid, unique tag names, at most {limits.MAX_TAGS}")
+        if not isinstance(links, list) or checked_links(links) != links:
+            raise ValidationError(f"record links must be {{rel, registry, record}}, at most {limits.MAX_LINKS}")
 
     def _park(self, txn: Txn, env: Envelope, waiting_key: bytes) -> IngestResult:
         if pending.park(self.store, txn, waiting_key, env.cid, env.wire, cap=MAX_PENDING):
