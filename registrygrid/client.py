@@ -228,7 +228,7 @@ class BridgeClient:
         return self._get(f"/v1/registries/{_seg(name)}")
 
     def create_registry(self, name: str, kinds: Sequence[str], *, description: str = "",
-                        write_policy: str = "open", conflict_policy: str = "crdt",
+                        write_policy: str = "open", conflict_policy: Any = "last-writer-wins",
                         replication: str = "federation", readers: Sequence[str] = (),
                         write_roles: Sequence[str] = (), actor: str | None = None) -> WriteResult:
         body: dict[str, Any] = {"name": name, "kinds": list(kinds), "description": description,

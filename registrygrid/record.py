@@ -28,6 +28,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from registrygrid.crdt.resolver import FieldConflict
 from registrygrid.protocol import envelope, names
 
 # Names, as protocol/names.py checks them on every local write and on a
@@ -80,6 +81,9 @@ class Record(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     updated_by: Annotated[str, Meta(description="did:key of the latest change's author")]
     change_id: Annotated[ChangeId, Meta(description="ID of the latest change (the ETag)")]
     revision: Annotated[int, Meta(ge=1, description="how many changes make the record, 1 after its create")]
+    conflicts: Annotated[list[FieldConflict], Meta(
+        description="fields that concurrent changes wrote differently, each with the value its conflict rule "
+                    "chose and every competing write (empty when none)")]
 
 
 # The replicated content of a record: what is equal on every node that

@@ -354,7 +354,7 @@ class LocalRegistry:
         return desc
 
     def create_registry(self, name: str, kinds: Sequence[str], *, description: str = "",
-                        write_policy: str = "open", conflict_policy: str = "crdt",
+                        write_policy: str = "open", conflict_policy: Any = "last-writer-wins",
                         replication: str = "federation", limits: Mapping[str, Any] | None = None,
                         readers: Sequence[str] = (), write_roles: Sequence[str] = (),
                         actor: str | None = None) -> WriteResult:

@@ -109,16 +109,19 @@ def test_a_record_digest_is_pinned_so_swapping_the_engine_to_replicated_content_
               "tags": ["eu", "gpu"], "links": [LINK], "fields": {"name": "a", "n": 1}, "deleted": False,
               "created_at": 1_764_000_000_000, "created_by": "did:key:z6Mkauthor", "updated_at": 1_764_000_000_000,
               "updated_hlc": [1_764_000_000_000, 0], "updated_by": "did:key:z6Mkauthor",
-              "change_id": "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku", "revision": 1}
+              "change_id": "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku", "revision": 1,
+              "conflicts": []}
     assert tuple(record) == FIELD_NAMES
     golden = "67fffbb2f406d021c4bb246a3653065aa79657741603da2df8077021f18371b9"
     assert hashlib.sha256(engine.canonical(replicated_content(record))).hexdigest() == golden
     assert engine.record_digest(record) == golden
 
 
-def test_every_record_field_is_replicated_but_updated_at_which_repeats_the_clock() -> None:
+def test_every_record_field_is_replicated_but_updated_at_and_the_conflicts_that_explain_the_fields() -> None:
+    # updated_at repeats the clock; conflicts explain values the fields
+    # already hold (and digests on disk predate them).
     assert set(REPLICATED_FIELDS) <= set(FIELD_NAMES)
-    assert set(FIELD_NAMES) - set(REPLICATED_FIELDS) == {"updated_at"}
+    assert set(FIELD_NAMES) - set(REPLICATED_FIELDS) == {"updated_at", "conflicts"}
     assert [f for f in FIELD_NAMES if f in REPLICATED_FIELDS] == list(REPLICATED_FIELDS)
 
 

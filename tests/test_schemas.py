@@ -424,7 +424,7 @@ def test_unknown_fields_are_kept_for_forward_compatibility(catalog):
 def test_a_registry_descriptor_refuses_an_unknown_conflict_policy(catalog):
     record = {**EXAMPLES[("registry", 1)], "conflict_policy": "first-writer-wins", "name": "Bad Name"}
     err = violation_of(catalog, "registry", 1, record)
-    assert {(d["path"], d["validator"]) for d in err.details} == {("/conflict_policy", "enum"), ("/name", "pattern")}
+    assert {(d["path"], d["validator"]) for d in err.details} == {("/conflict_policy", "oneOf"), ("/name", "pattern")}
 
 
 def test_a_vdag_node_must_name_exactly_one_component_or_function(catalog):

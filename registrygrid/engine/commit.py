@@ -9,6 +9,7 @@ signature over the Merkle root of their IDs (protocol/envelope.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -56,12 +57,15 @@ class Committing(EngineCore):
     def _commit(self, txn: Txn, batch: Batch, env: Envelope | Draft, doc: RecordDoc | None,
                 old: dict[str, Any] | None, *, origin: str, requested_by: str | None,
                 state: dict[str, Any], statement: Statement | None = None,
-                automerge: tuple[bytes, bytes] | None = None) -> tuple[int, dict[str, Any]]:
+                automerge: tuple[bytes, bytes] | None = None, before: RecordDoc | None = None,
+                deps: Sequence[bytes] = ()) -> tuple[int, dict[str, Any]]:
         """Store one change and what it makes. ``doc`` is the record's
         document with the change applied, None for a snapshot create of a
         record that has no document; ``automerge`` the (hash, change) the
         document gained, when that is not the envelope's own payload (a
-        snapshot's genesis change, merged into an existing document)."""
+        snapshot's genesis change, merged into an existing document).
+        ``before`` is the document without the change when the change may
+        not have seen all of it (a remote one), with ``deps`` the change's."""
         store = self.store
         body = env.body
         reg, rec = body.registry, body.record
@@ -76,7 +80,11 @@ class Committing(EngineCore):
             records.put_document(store, txn, reg, rec, stored if stored is not None else stored_doc(doc.save()))
             records.mark_applied(store, txn, reg, rec, automerge[0], env.cid)
             batch.docs[(reg, rec)] = doc
-        record = self._materialized(state, env, old)
+        conflicts: list[dict[str, Any]] = []
+        if doc is not None and automerge is not None:
+            state, conflicts = self._settled(txn, batch, reg, rec, doc, automerge[0], before=before, deps=deps,
+                                             state=state, old=old, cause=env.id)
+        record = self._materialized(state, env, old, conflicts)
         records.put_record(self.store, txn, old, record)
         self._batch_feed_seq += 1
         seq = self._batch_feed_seq
@@ -92,6 +100,8 @@ class Committing(EngineCore):
         self.metrics[f"write.{body.op}"] += 1
         if reg == regs.REGISTRY_OF_REGISTRIES:
             self._registry_cache.pop(rec, None)
+            if old is not None and old["fields"].get("conflict_policy") != record["fields"].get("conflict_policy"):
+                self._resettle_registry(txn, batch, rec, env, origin)
         if reg == POLICIES_REGISTRY:
             batch.policies_changed = True
         if statement is not None and self.trust.add(statement):
@@ -104,7 +114,8 @@ class Committing(EngineCore):
             batch.stated.append(statement.subject)
         return seq, record
 
-    def _materialized(self, state: dict[str, Any], env: Envelope | Draft, old: dict[str, Any] | None) -> dict[str, Any]:
+    def _materialized(self, state: dict[str, Any], env: Envelope | Draft, old: dict[str, Any] | None,
+                      conflicts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         body = env.body
         created = state.get("created") if isinstance(state.get("created"), dict) else {}
         latest = (tuple(body.hlc), env.id)
@@ -119,7 +130,7 @@ class Committing(EngineCore):
             owner=state.get("owner"), tags=state["tags"], links=state["links"], fields=state["fields"],
             deleted=bool(state["deleted"]), created_at=created.get("at"), created_by=created.get("by"),
             updated_at=updated_hlc[0], updated_hlc=updated_hlc, updated_by=updated_by, change_id=change_id,
-            revision=(old["revision"] if old else 0) + 1,
+            revision=(old["revision"] if old else 0) + 1, conflicts=conflicts or [],
         ))
 
     def _feed_event(self, txn: Txn, batch: Batch, env: Envelope, registry: str, record_id: str,

@@ -135,6 +135,22 @@ class EngineCore:
         batch.docs[(registry, record_id)] = doc
         return doc
 
+    @staticmethod
+    def _judged_states(old: dict[str, Any], before: RecordDoc, after: RecordDoc, deps: list[bytes],
+                       change_hash: bytes, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The record before and after an update, as ownership and access
+        policy judge it: what the change did to what its author saw. That is
+        the record and the new document state, unless the change did not see
+        all of the document (a concurrent change) or the record shows values
+        a conflict rule chose: then both states are read from the change's
+        own history (its deps, and the change itself), so a write is judged
+        whichever value the merge shows afterwards."""
+        if sorted(before.heads()) == sorted(deps):
+            if not old.get("conflicts"):
+                return old, state
+            return {**old, **before.materialize()}, state
+        return {**old, **before.materialize(heads=deps)}, after.materialize(heads=[change_hash])
+
     def _change_body(self, txn: Txn, batch: Batch, cid: bytes) -> Any:
         made = batch.drafts.get(cid)
         if made is not None:

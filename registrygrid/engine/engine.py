@@ -52,6 +52,7 @@ from registrygrid.engine.ops import (
     Update,
 )
 from registrygrid.engine.rebuild import Rebuilds
+from registrygrid.engine.settle import Settling
 from registrygrid.engine.values import canonical, merge_patch, record_digest  # noqa: F401 (re-exported)
 from registrygrid.errors import (
     RegistryError,
@@ -82,7 +83,7 @@ PARALLEL_VERIFY_THREADS = 2
 PARALLEL_VERIFY_MIN_OPS = 32
 
 
-class Engine(LocalWrites, RemoteIngest, Rebuilds, Committing):
+class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Committing):
     def __init__(
         self,
         store: Store,

@@ -134,6 +134,7 @@ class RemoteIngest(EngineCore):
             return self._keep_refused(txn, batch, env, exc, peer)
         old = records.get_record(self.store, txn, body.registry, body.record)
         automerge: tuple[bytes, bytes] | None = None
+        existing: RecordDoc | None = None
         if body.is_snapshot and old is None:
             doc, state = None, claim
         else:
@@ -153,7 +154,11 @@ class RemoteIngest(EngineCore):
         statement = read_statement(body.kind, body.record, state["fields"]) \
             if body.registry == MEMBERS_REGISTRY and not state.get("deleted") else None
         try:
-            verdict = self._remote_verdict(env, desc, old, claim if body.is_snapshot else state, statement)
+            judged_old, judged = old, (claim if body.is_snapshot else state)
+            if existing is not None and old is not None and not body.is_snapshot:
+                judged_old, judged = self._judged_states(old, existing, doc, list(body.deps), body.change_hash,
+                                                         state)
+            verdict = self._remote_verdict(env, desc, judged_old, judged, statement)
         except CreateRace as race:
             return self._settle_create_race(txn, batch, env, race, peer)
         except PolicyDenied as exc:
@@ -172,7 +177,8 @@ class RemoteIngest(EngineCore):
             raise ValidationError(f"change clock {env.hlc.wall_ms} ms is more than {MAX_DRIFT_MS} ms ahead of ours")
         batch.docs.pop((body.registry, body.record), None)
         seq, _ = self._commit(txn, batch, env, doc, old, origin=peer, requested_by=None, state=state,
-                              statement=statement, automerge=automerge)
+                              statement=statement, automerge=automerge, before=existing,
+                              deps=() if body.is_snapshot else body.deps)
         return IngestResult("applied", env.id, seq)
 
     def _check_automerge_header(self, env: Envelope) -> None:

@@ -10,9 +10,12 @@ draft until the batch ends and signs all of this node's drafts at once
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
+from registrygrid.crdt import resolver
+from registrygrid.crdt.conflicts import value_at
 from registrygrid.crdt.snapshot import (
     check_value,
     encode_snapshot,
@@ -140,8 +143,15 @@ class LocalWrites(EngineCore):
         tags = checked_tags(op.tags) if op.tags is not None else None
         links = checked_links(op.links) if op.links is not None else None
         self._special_checks(registry, record_id, kind.name, fields)
+        self._check_immutable(desc, old, fields)
         doc = self._doc_for_write(txn, batch, registry, record_id)
-        change = doc.update(fields=fields, schema=kind.version, tags=tags, links=links)
+        # A local update is made on the record as shown (old), but its
+        # document holds Automerge's pick where writes conflict: leave those
+        # paths alone unless the update changes them, so a conflict is never
+        # settled by an edit of another field. undelete: a record shown live
+        # (update-wins) is live in the change too.
+        change = doc.update(fields=_as_written(doc, fields, old), schema=kind.version, tags=tags, links=links,
+                            undelete=bool(old.get("conflicts")))
         if change is None:
             return WriteResult("unchanged", registry, record_id, old["change_id"], None, old)
         state = state_after_edit(old, schema=kind.version, fields=fields, tags=tags, links=links)
@@ -165,6 +175,21 @@ class LocalWrites(EngineCore):
                                    state=state_after_edit(old, deleted=True))
         self._after_local(txn, batch, env)
         return WriteResult("deleted", registry, record_id, env.id, seq, record)
+
+    def _check_immutable(self, desc: Any, old: dict[str, Any], fields: Mapping[str, Any]) -> None:
+        """Fields the registry's conflict policy makes immutable keep the value
+        the record was created with (crdt/conflict_policy.py)."""
+        immutable = desc.conflict_rules.immutable_fields(old["kind"])
+        if not immutable:
+            return
+        before = old["fields"]
+        changed = sorted(name for name in set(before) | set(fields)
+                         if ("*" in immutable or name in immutable)
+                         and not resolver.same(before.get(name, resolver.ABSENT), fields.get(name, resolver.ABSENT)))
+        if changed:
+            raise PolicyDenied(f"{desc.name} makes {changed} immutable after create (its conflict policy); "
+                               f"create a new record instead", details={"rule": "conflict_policy:immutable",
+                                                                         "fields": changed})
 
     def _draft(self, txn: Txn, batch: Batch, registry: str, record_id: str, op: str,
                kind: KindSchema, hlc: Hlc, *, change: Any = None, snapshot: bytes | None = None) -> Draft:
@@ -202,3 +227,21 @@ class LocalWrites(EngineCore):
             raise PolicyDenied(
                 f"this node ({self.key.did}) has no delegation from {org} in {MEMBERS_REGISTRY}; "
                 f"the org publishes one with `rgrid org delegate {self.key.did}`")
+
+
+def _as_written(doc: Any, fields: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """The fields an update writes into the document: ``fields``, except that
+    a conflicting path the update leaves as shown keeps the document's own
+    value (so the update does not write it)."""
+    if not old.get("conflicts"):
+        return fields
+    out = fields
+    for conflict in old["conflicts"]:
+        path = resolver.unpointer(conflict["path"])
+        if path[0] != "fields" or len(path) < 2:
+            continue
+        if resolver.same(resolver.get_in(fields, path[1:]), resolver.get_in(old["fields"], path[1:])):
+            if out is fields:
+                out = copy.deepcopy(fields)
+            resolver.put_in(out, path[1:], value_at(doc.doc, tuple(path)))
+    return out

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+from automerge.core import Document
+
+from registrygrid.crdt import conflicts as tracking
+from registrygrid.crdt import resolver
 from registrygrid.crdt.record import (
     RecordDoc,
     stored_doc,
@@ -44,6 +49,24 @@ from registrygrid.trust.statements import MEMBERS_REGISTRY, read_statement
 
 class Rebuilds(EngineCore):
     """The engine's rebuilds of records under changed rules (mixed into Engine)."""
+
+    @staticmethod
+    def _frontiers_of(live: list[tuple[Envelope | Draft, bytes]]) -> tracking.Frontiers:
+        """A rebuilt record's conflict frontiers, from its valid changes in
+        causal order (a document load per change: rebuilds are rare, and only
+        a record whose history forked needs this)."""
+        frontiers: tracking.Frontiers = {}
+        before: Document | None = None
+        saved = b""
+        for env, am_hash in live:
+            _, am_change = automerge_of(env)
+            saved += am_change
+            after = Document.load(saved)
+            deps = () if env.body.is_snapshot else tuple(env.body.deps)
+            meta = next(tracking.ChangeMeta.of(c) for c in after.get_changes(list(deps)) if c.hash == am_hash)
+            frontiers = tracking.track(before, after, meta, frontiers)
+            before = after
+        return frontiers
 
     def _policies(self, txn: Txn) -> PolicySet:
         def owner_of(registry: str) -> str | None:
@@ -122,6 +145,8 @@ class Rebuilds(EngineCore):
         refused_now: dict[bytes, bytes] = {}
         blob = b""
         state: dict[str, Any] | None = None
+        heads: set[bytes] = set()  # of the document built so far
+        concurrent = False  # did a change not see all of the document before it?
         for env in envs:
             body = env.body
             try:
@@ -130,7 +155,8 @@ class Rebuilds(EngineCore):
                 am_hash, am_change = automerge_of(env)
                 if registry != MEMBERS_REGISTRY:
                     self.trust.check_chain(body.author, registry, body.seq)
-                candidate = RecordDoc.apply(blob, am_change).materialize()
+                candidate_doc = RecordDoc.apply(blob, am_change)
+                candidate = candidate_doc.materialize()
                 at_ms = body.hlc[0]
                 if body.is_genesis:
                     claim = read_snapshot(body.payload, kind=body.kind, schema=body.schema) if body.is_snapshot \
@@ -150,13 +176,19 @@ class Rebuilds(EngineCore):
                 else:
                     if state is None:
                         raise NotOwner(f"{registry}/{record_id} has no valid create")
+                    judged_before, judged = state, candidate
+                    if set(body.deps) != heads:  # concurrent: judged on what its author saw (_judged_states)
+                        judged_before = candidate_doc.materialize(heads=list(body.deps))
+                        judged = candidate_doc.materialize(heads=[am_hash])
                     access.check_modify(self.trust, desc, op=body.op, author=body.author,
-                                        before={**state, "registry": registry, "id": record_id}, after=candidate,
-                                        at_ms=at_ms, policy=self.policy)
+                                        before={**judged_before, "registry": registry, "id": record_id},
+                                        after=judged, at_ms=at_ms, policy=self.policy)
             except (PolicyDenied, MalformedInput):
                 refused_now[automerge_of(env)[0]] = env.cid
                 self.metrics["trust.refused_on_rebuild"] += int(env.cid in applied_cids)
                 continue
+            concurrent = concurrent or set(body.deps) != heads
+            heads = (heads - set(body.deps)) | {am_hash}
             blob += am_change
             live.append((env, am_hash))
             live_hashes.add(am_hash)
@@ -176,13 +208,21 @@ class Rebuilds(EngineCore):
         record: dict[str, Any] | None = None
         if not live:
             records.delete_document(store, txn, registry, record_id)
+            records.put_frontiers(store, txn, registry, record_id, {})
             if old is not None:
                 records.delete_record(self.store, txn, old)
         else:
             doc = RecordDoc.load(blob)
             records.put_document(store, txn, registry, record_id, stored_doc(doc.save()))
             latest = max((env for env, _ in live), key=lambda e: (tuple(e.body.hlc), e.id))
-            record = {**self._materialized(doc.materialize(), latest, None), "revision": len(live)}
+            frontiers = self._frontiers_of(live) if concurrent else {}
+            records.put_frontiers(store, txn, registry, record_id, frontiers)
+            state = doc.materialize()
+            found = self._conflicts_of(txn, batch, registry, record_id, doc.doc, frontiers, state["kind"],
+                                       state["owner"])
+            state = resolver.apply(state, found) if found else state
+            record = {**self._materialized(state, latest, None, [msgspec.structs.asdict(c) for c in found]),
+                      "revision": len(live)}
             records.put_record(self.store, txn, old, record)
         batch.docs.pop((registry, record_id), None)
         if registry == regs.REGISTRY_OF_REGISTRIES:

@@ -16,10 +16,11 @@ The node's guard enforces both on changes from peers (docs/federation.md).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from registrygrid.errors import UnknownRegistry, ValidationError
+from registrygrid.crdt.conflict_policy import NAMES, ConflictPolicy
+from registrygrid.errors import RegistryError, UnknownRegistry, ValidationError
 from registrygrid.protocol import limits
 from registrygrid.schemas import BUILTIN_REGISTRIES, SchemaCatalog
 
@@ -31,7 +32,7 @@ WRITE_POLICIES = ("open", "owner", "members", "roles")
 # same): above the engine's whole ingest (~2,500 changes/s measured) a limit
 # means nothing, and 100,000 leaves room for much faster machines.
 MAX_CHANGES_PER_SECOND_PER_ORG = 100_000
-CONFLICT_POLICIES = ("crdt", "last-writer-wins", "owner-wins", "manual")
+CONFLICT_POLICIES = NAMES  # rule names a descriptor's conflict_policy may give (crdt/conflict_policy.py)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class RegistryDescriptor:
     kinds: tuple[str, ...]
     owner: str | None  # did:key; None for built-ins (anyone may write them)
     write_policy: str = "open"
-    conflict_policy: str = "crdt"
+    conflict_policy: Any = "last-writer-wins"  # as declared: a rule name or an object
     replication: str = "federation"
     description: str = ""
     builtin: bool = False
@@ -48,6 +49,7 @@ class RegistryDescriptor:
     max_changes_per_second_per_org: float | None = None
     readers: tuple[str, ...] = ()  # orgs besides the owner that may read a private registry
     write_roles: tuple[str, ...] = ()  # roles that may create under write_policy "roles" (trust/access.py)
+    conflict_rules: ConflictPolicy = field(default_factory=ConflictPolicy)  # conflict_policy, read (crdt/conflict_policy.py)
 
     @property
     def private(self) -> bool:
@@ -94,13 +96,24 @@ def descriptor_from_record(record: Mapping[str, Any]) -> RegistryDescriptor:
         kinds=tuple(fields.get("kinds") or ()),
         owner=record["owner"],
         write_policy=fields.get("write_policy", "open"),
-        conflict_policy=fields.get("conflict_policy", "crdt"),
+        conflict_policy=fields.get("conflict_policy", "last-writer-wins"),
+        conflict_rules=_conflict_rules(fields.get("conflict_policy")),
         replication=replication.get("scope", "federation") if isinstance(replication, Mapping) else "federation",
         readers=tuple(replication.get("readers") or ()) if isinstance(replication, Mapping) else (),
         write_roles=tuple(r for r in fields.get("write_roles") or () if isinstance(r, str)),
         description=fields.get("description", ""),
         **_limits(fields.get("limits")),
     )
+
+
+def _conflict_rules(declared: Any) -> ConflictPolicy:
+    """The descriptor's conflict policy; checked on every write of the
+    descriptor, read defensively all the same (a stored descriptor that no
+    longer reads settles by the default rule, never fails a read)."""
+    try:
+        return ConflictPolicy.parse(declared)
+    except RegistryError:
+        return ConflictPolicy()
 
 
 def _limits(given: Any) -> dict[str, Any]:
@@ -124,6 +137,7 @@ def check_new_descriptor(record_id: str, fields: Mapping[str, Any], catalog: Sch
         raise ValidationError(f"{record_id} is a built-in registry")
     if fields.get("name", record_id) != record_id:
         raise ValidationError(f"descriptor name {fields.get('name')!r} must equal its record id {record_id!r}")
+    ConflictPolicy.parse(fields.get("conflict_policy"))  # names the bad part of a policy the schema let through
     kinds = fields.get("kinds") or []
     if not kinds:
         raise ValidationError("a registry must hold at least one kind", details=[{"path": "/kinds", "message": "empty"}])

@@ -29,19 +29,24 @@ _ROW = ("kind", "schema", "owner", "tags", "links", "fields", "deleted", "create
 
 
 def _encode_record(record: dict[str, Any]) -> bytes:
-    return pack([record[name] for name in _ROW])
+    row = [record[name] for name in _ROW]
+    if record.get("conflicts"):  # rare: only a record whose writes conflict pays for the member
+        row.append(record["conflicts"])
+    return pack(row)
 
 
 def _decode_record(registry: str, record_id: str, raw: bytes) -> dict[str, Any]:
     value = unpack(raw)
     if isinstance(value, dict):  # written by store format 2 (a migrated store): a map already
+        value.setdefault("conflicts", [])
         return value
     (kind, schema, owner, tags, links, fields, deleted, created_at, created_by, updated_hlc, updated_by, change_id,
-     revision) = value
+     revision) = value[:13]
     return {"registry": registry, "id": record_id, "kind": kind, "schema": schema, "owner": owner, "tags": tags,
             "links": links, "fields": fields, "deleted": deleted, "created_at": created_at,
             "created_by": created_by, "updated_at": updated_hlc[0], "updated_hlc": updated_hlc,
-            "updated_by": updated_by, "change_id": change_id, "revision": revision}
+            "updated_by": updated_by, "change_id": change_id, "revision": revision,
+            "conflicts": value[13] if len(value) > 13 else []}
 
 
 def _decode_keyed(k: bytes, raw: bytes) -> dict[str, Any]:
@@ -165,6 +170,25 @@ def _matches(record: dict[str, Any], registry: str | None, kind: str | None, own
 # create is in the record's history like any change that counts; its
 # genesis change gets an 'a' entry once the record's document is built.
 _HISTORY, _AM_HASH, _REFUSED = SEP + b"h", SEP + b"a", SEP + b"x"
+# The record's conflict frontiers (crdt/conflicts.py): registry \0 record
+# \0 'c' -> msgpack [[path, [automerge hash, ...]], ...]; absent while no
+# path of the record has concurrent writers (nearly always).
+_FRONTIERS = SEP + b"c"
+
+
+def get_frontiers(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> dict[tuple[str, ...], list[bytes]]:
+    raw = txn.get(key(registry, record_id) + _FRONTIERS, db=store.db["docs"])
+    return {} if raw is None else {tuple(path): list(writers) for path, writers in unpack(raw)}
+
+
+def put_frontiers(store: Store, txn: lmdb.Transaction, registry: str, record_id: str,
+                  frontiers: dict[tuple[str, ...], list[bytes]]) -> None:
+    k = key(registry, record_id) + _FRONTIERS
+    if frontiers:
+        txn.put(k, pack(sorted([list(path), sorted(writers)] for path, writers in frontiers.items())),
+                db=store.db["docs"])
+    else:
+        txn.delete(k, db=store.db["docs"])
 
 
 def counts(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, cid: bytes,

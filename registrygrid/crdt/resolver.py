@@ -1,0 +1,309 @@
+"""The policy-guided resolver: what a record shows where writes conflict.
+
+crdt/conflicts.py finds the paths that concurrent changes wrote; this
+module settles each one by the registry's conflict policy
+(crdt/conflict_policy.py) and says how, so every node, given the same
+changes and the same descriptor, shows the same record and the same
+explanation. Sans-IO: the engine hands in the document, the frontiers,
+what it knows of each writer (author, clock, roles at the change's time)
+and the signed resolutions of disputes.
+
+A conflict whose writes all hold the same value is no conflict to show.
+Conflicts under a conflicting map are settled with the map (the map's
+value is one write). ``manual`` shows the last writer's value, marked
+``disputed``, until a valid resolution names the dispute; then it shows
+the resolution's value, marked ``resolved``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from automerge.core import Document
+
+from registrygrid.crdt.conflict_policy import ConflictPolicy
+from registrygrid.crdt.conflicts import ABSENT, DELETED, Frontiers, Path, value_at
+from registrygrid.protocol import base32
+
+
+@dataclass(frozen=True)
+class Writer:
+    """What the resolver knows of a change that wrote a conflicting value."""
+
+    change_id: str
+    author: str
+    hlc: tuple[int, int]
+    roles: frozenset[str] = frozenset()  # verified by the trust layer at the change's time
+    for_owner: bool = False  # the author spoke for the record's owner org then
+
+    @property
+    def order(self) -> tuple[tuple[int, int], str]:
+        """Last-writer-wins order: clock, then change ID (unique, so no ties)."""
+        return (self.hlc, self.change_id)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    writer: Writer
+    value: Any  # ABSENT for a removal
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A signed resolution of a dispute, as the disputes registry holds it."""
+
+    dispute: str
+    value: Any  # ABSENT: remove the path
+    change_id: str
+    author: str
+
+
+def pointer(path: Path) -> str:
+    """A path as a JSON Pointer (RFC 6901) into the record."""
+    return "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in path)
+
+
+def dispute_id(registry: str, record_id: str, path: Path, change_ids: Sequence[str]) -> str:
+    """The id every node gives the dispute over these writes of this path."""
+    digest = hashlib.sha256("\0".join([registry, record_id, pointer(path), *sorted(change_ids)]).encode()).digest()
+    return "dispute-" + base32.encode_bytes(digest[:20])
+
+
+class FieldConflict(msgspec.Struct, frozen=True, kw_only=True):
+    """One settled (or disputed) conflict, as a record shows it."""
+
+    path: str  # JSON Pointer into the record, e.g. /fields/pricing/amount
+    rule: str
+    status: str  # settled | disputed | resolved
+    value: Any  # what the record shows at path (null with removed)
+    removed: bool = False
+    chosen: str | None = None  # the change whose value won; None when merged (union) or resolved
+    dispute: str | None = None
+    resolved_by: str | None = None  # the resolution's change ID
+    writes: list[dict[str, Any]] = []  # {change, author, hlc, value, removed}
+
+
+def settle(doc: Document, frontiers: Frontiers, *, policy: ConflictPolicy, kind: str, registry: str,
+           record_id: str, describe: Callable[[bytes], Writer],
+           resolutions: Mapping[str, Resolution] | None = None,
+           created_heads: Callable[[], list[bytes]] | None = None) -> list[FieldConflict]:
+    """The record's conflicts, each with the value its rule chose. ``describe``
+    names the writer of an Automerge change by its hash; ``created_heads``
+    gives the heads of the record's create(s), for immutable fields."""
+    resolutions = resolutions or {}
+    immutable = policy.immutable_fields(kind)
+    out: list[FieldConflict] = []
+    for path in sorted(frontiers):
+        if any(path[:i] in frontiers for i in range(1, len(path))):
+            continue  # settled with the map above it
+        if _is_immutable(path, immutable):
+            continue  # the create's value stands (below)
+        candidates = [Candidate(describe(h), value_at(doc, path, [h])) for h in frontiers[path]]
+        if len({_canonical(c.value) for c in candidates}) == 1:
+            continue
+        rule = policy.rule_for(kind, path)
+        value, chosen = choose(rule, candidates, policy)
+        status, dispute, resolved_by = "settled", None, None
+        if rule == "manual":
+            dispute = dispute_id(registry, record_id, path, [c.writer.change_id for c in candidates])
+            resolution = resolutions.get(dispute)
+            if resolution is None:
+                status = "disputed"
+            else:
+                status, value, chosen, resolved_by = "resolved", resolution.value, None, resolution.change_id
+        out.append(_shown(path, rule, status, value, chosen, candidates, dispute, resolved_by))
+    if immutable and created_heads is not None:
+        out += _immutable(doc, immutable, created_heads, describe)
+    return out
+
+
+def choose(rule: str, candidates: Sequence[Candidate], policy: ConflictPolicy) -> tuple[Any, Candidate | None]:
+    """The value a rule picks among concurrent writes, and whose it is
+    (None when the value merges several)."""
+    latest = max(candidates, key=lambda c: c.writer.order)
+    if rule == "owner-wins":
+        owners = [c for c in candidates if c.writer.for_owner]
+        return _latest(owners or candidates)
+    if rule == "role-priority":
+        best = min(_rank(c.writer, policy.roles) for c in candidates)
+        return _latest([c for c in candidates if _rank(c.writer, policy.roles) == best])
+    if rule in ("max", "min"):
+        numbers = [c for c in candidates if _is_number(c.value)]
+        if not numbers:
+            return latest.value, latest
+        pick = (max if rule == "max" else min)(numbers, key=lambda c: (c.value, c.writer.order))
+        return pick.value, pick
+    if rule == "union":
+        return _union(candidates)
+    if rule == "immutable":  # two creates raced: the first one's value
+        first = min(candidates, key=lambda c: c.writer.order)
+        return first.value, first
+    if rule in ("delete-wins", "update-wins"):
+        wanted = rule == "delete-wins"
+        side = [c for c in candidates if c.value is wanted]
+        return _latest(side or candidates)
+    return latest.value, latest  # last-writer-wins, manual
+
+
+def apply(state: dict[str, Any], conflicts: Sequence[FieldConflict]) -> dict[str, Any]:
+    """The materialized state with each conflict's chosen value in place.
+    ``tags`` is a sorted list in the materialized state (a set)."""
+    out = {**state, "fields": _copy(state.get("fields") or {})}
+    for conflict in conflicts:
+        path = tuple(_unpointer(conflict.path))
+        value = ABSENT if conflict.removed else conflict.value
+        if path[0] == "tags":
+            if len(path) == 1:  # two creates' tag maps
+                out["tags"] = sorted(value) if isinstance(value, dict) else []
+                continue
+            tags = set(out.get("tags") or ())
+            tags.discard(path[1]) if value is ABSENT else tags.add(path[1])
+            out["tags"] = sorted(tags)
+        elif len(path) == 1:
+            _set(out, path, value)
+        else:
+            top = out[path[0]] = _copy(out.get(path[0])) if isinstance(out.get(path[0]), dict) else {}
+            _set(top, path[1:], value)
+    return out
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _latest(candidates: Sequence[Candidate]) -> tuple[Any, Candidate]:
+    pick = max(candidates, key=lambda c: c.writer.order)
+    return pick.value, pick
+
+
+def _rank(writer: Writer, order: Sequence[str]) -> int:
+    return min((i for i, role in enumerate(order) if role in writer.roles), default=len(order))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _union(candidates: Sequence[Candidate]) -> tuple[Any, Candidate | None]:
+    newest_first = sorted(candidates, key=lambda c: c.writer.order, reverse=True)
+    present = [c for c in newest_first if c.value is not ABSENT]
+    if not present:
+        return ABSENT, newest_first[0]
+    lists = [c for c in present if isinstance(c.value, list)]
+    if len(lists) != len(present):
+        return present[0].value, present[0]  # not all lists: a value beats a removal, then the latest
+    merged: list[Any] = []
+    seen: set[bytes] = set()
+    for candidate in lists:
+        for item in candidate.value:
+            key = _canonical(item)
+            if key not in seen:
+                seen.add(key)
+                merged.append(item)
+    return merged, (lists[0] if len(lists) == 1 else None)
+
+
+def _canonical(value: Any) -> bytes:
+    if value is ABSENT:
+        return b"\xc1"  # a msgpack byte that no value encodes to
+    return msgspec.msgpack.encode(value, order="sorted")
+
+
+def _is_immutable(path: Path, immutable: frozenset[str]) -> bool:
+    return len(path) > 1 and path[0] == "fields" and ("*" in immutable or path[1] in immutable)
+
+
+def _immutable(doc: Document, immutable: frozenset[str], created_heads: Callable[[], list[bytes]],
+               describe: Callable[[bytes], Writer]) -> list[FieldConflict]:
+    """Immutable fields whose value is not the create's: the create's value
+    stands, and the conflict says which write tried to change it."""
+    current = value_at(doc, ("fields",))
+    heads = created_heads()
+    at_create = value_at(doc, ("fields",), heads)
+    names = set(current if isinstance(current, dict) else ()) | set(at_create if isinstance(at_create, dict) else ())
+    out = []
+    for name in sorted(names):
+        if "*" not in immutable and name not in immutable:
+            continue
+        before = at_create.get(name, ABSENT) if isinstance(at_create, dict) else ABSENT
+        now = current.get(name, ABSENT) if isinstance(current, dict) else ABSENT
+        if _canonical(before) == _canonical(now):
+            continue
+        path = ("fields", name)
+        created = [Candidate(describe(h), value_at(doc, path, [h])) for h in heads]
+        value, chosen = choose("immutable", created, ConflictPolicy())
+        out.append(FieldConflict(path=pointer(path), rule="immutable", status="settled",
+                                 value=None if value is ABSENT else value, removed=value is ABSENT,
+                                 chosen=chosen.writer.change_id if chosen else None,
+                                 writes=[*_writes(created), {"change": None, "author": None, "hlc": None,
+                                                             "value": None if now is ABSENT else now,
+                                                             "removed": now is ABSENT}]))
+    return out
+
+
+def _shown(path: Path, rule: str, status: str, value: Any, chosen: Candidate | None,
+           candidates: Sequence[Candidate], dispute: str | None, resolved_by: str | None) -> FieldConflict:
+    return FieldConflict(path=pointer(path), rule=rule, status=status, value=None if value is ABSENT else value,
+                         removed=value is ABSENT, chosen=chosen.writer.change_id if chosen else None,
+                         dispute=dispute, resolved_by=resolved_by, writes=_writes(candidates))
+
+
+def _writes(candidates: Sequence[Candidate]) -> list[dict[str, Any]]:
+    ordered = sorted(candidates, key=lambda c: c.writer.order)
+    return [{"change": c.writer.change_id, "author": c.writer.author, "hlc": list(c.writer.hlc),
+             "value": None if c.value is ABSENT else c.value, "removed": c.value is ABSENT} for c in ordered]
+
+
+def unpointer(pointer_text: str) -> list[str]:
+    """The path a JSON Pointer names."""
+    return [part.replace("~1", "/").replace("~0", "~") for part in pointer_text.split("/")[1:]]
+
+
+_unpointer = unpointer
+
+
+def get_in(value: Any, path: Sequence[str]) -> Any:
+    """The value at ``path`` inside plain maps (ABSENT when there is none)."""
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return ABSENT
+        value = value[key]
+    return value
+
+
+def put_in(target: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    """Set (or, with ABSENT, remove) the value at ``path`` inside plain maps."""
+    _set(target, path, value)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal as stored values (1 and 1.0 and True differ)."""
+    return _canonical(a) == _canonical(b)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _set(target: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    for key in path[:-1]:
+        child = target.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            target[key] = child
+        target = child
+    if value is ABSENT:
+        target.pop(path[-1], None)
+    else:
+        target[path[-1]] = _copy(value)
+
+
+__all__ = ["DELETED", "Candidate", "FieldConflict", "Resolution", "Writer", "apply", "choose", "dispute_id",
+           "pointer", "settle"]

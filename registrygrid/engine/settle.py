@@ -1,0 +1,144 @@
+"""Conflicts settled as changes commit: what a record shows where writes raced.
+
+After a change joins a record's document, the record's conflict frontiers
+are brought up to date (crdt/conflicts.py) and every conflict is settled by
+the registry's conflict policy (crdt/resolver.py). The record then shows
+the chosen values and lists the conflicts, and each newly settled conflict
+is written to the audit ledger with the rule that decided it.
+
+Costs nothing on the common path: a change that has seen the whole record
+(every local write; a remote change whose deps are the document's heads)
+of a record without conflicts, in a registry without immutable fields,
+skips all of it after one LMDB read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+from automerge.core import Document
+
+from registrygrid.crdt import conflicts as tracking
+from registrygrid.crdt import resolver
+from registrygrid.crdt.record import RecordDoc
+from registrygrid.engine.batch import Batch
+from registrygrid.engine.core import EngineCore
+from registrygrid.errors import RegistryError
+from registrygrid.protocol.envelope import cid_to_str
+from registrygrid.storage import records
+from registrygrid.storage.store import Txn
+from registrygrid.trust import access
+
+
+class Settling(EngineCore):
+    """The engine's conflict settling (mixed into Engine)."""
+
+    def _settled(self, txn: Txn, batch: Batch, registry: str, record_id: str, doc: RecordDoc,
+                 change_hash: bytes, *, before: RecordDoc | None, deps: Sequence[bytes],
+                 state: dict[str, Any], old: dict[str, Any] | None,
+                 cause: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The state a record shows once ``change_hash`` joined ``doc``, and
+        its conflicts. ``before``: the document without the change (a remote
+        change, which may not have seen all of it); None for a local one."""
+        store = self.store
+        frontiers = records.get_frontiers(store, txn, registry, record_id)
+        desc = self._registry(txn, registry)
+        policy = desc.conflict_rules
+        kind = state["kind"]
+        concurrent = before is not None and sorted(before.heads()) != sorted(deps)
+        had = bool(old and old.get("conflicts"))
+        if not frontiers and not concurrent and not had and not policy.immutable_fields(kind):
+            return state, []
+        if frontiers or concurrent:
+            meta = next(tracking.ChangeMeta.of(c) for c in doc.doc.get_changes(list(deps)) if c.hash == change_hash)
+            updated = tracking.track(before.doc if before is not None else None, doc.doc, meta, frontiers)
+            if updated != frontiers:
+                records.put_frontiers(store, txn, registry, record_id, updated)
+            frontiers = updated
+        conflicts = self._conflicts_of(txn, batch, registry, record_id, doc.doc, frontiers, kind, state["owner"])
+        if conflicts or had:
+            state = resolver.apply(doc.materialize(), conflicts)
+            self._audit_settled(txn, registry, record_id, old, conflicts, cause)
+        return state, [msgspec.structs.asdict(c) for c in conflicts]
+
+    def _conflicts_of(self, txn: Txn, batch: Batch, registry: str, record_id: str, doc: Document,
+                      frontiers: tracking.Frontiers, kind: str, owner: str) -> list[resolver.FieldConflict]:
+        desc = self._registry(txn, registry)
+        applied: dict[bytes, bytes] | None = None
+
+        def describe(change_hash: bytes) -> resolver.Writer:
+            nonlocal applied
+            if applied is None:
+                applied = records.applied_changes(self.store, txn, registry, record_id)
+            cid = applied.get(change_hash)
+            if cid is None:  # cannot happen for a change the document holds; say so rather than guess
+                return resolver.Writer(change_id=f"automerge:{change_hash.hex()}", author="unknown", hlc=(0, 0))
+            body = self._stored_envelope(txn, batch, cid).body
+            at_ms = body.hlc[0]
+            subject = access.subject_of(self.trust, body.author, at_ms, owner)
+            return resolver.Writer(change_id=cid_to_str(cid), author=body.author, hlc=tuple(body.hlc),
+                                   roles=subject.roles, for_owner=owner in subject.orgs)
+
+        def created_heads() -> list[bytes]:
+            return [c.hash for c in doc.get_changes([]) if not c.deps]
+
+        return resolver.settle(doc, frontiers, policy=desc.conflict_rules, kind=kind, registry=registry,
+                               record_id=record_id, describe=describe, created_heads=created_heads,
+                               resolutions=self._resolutions(txn, registry, record_id))
+
+    def _resolutions(self, txn: Txn, registry: str, record_id: str) -> dict[str, resolver.Resolution]:
+        """Signed resolutions of the record's disputes (none until the
+        disputes registry holds one)."""
+        return {}
+
+    def _audit_settled(self, txn: Txn, registry: str, record_id: str, old: dict[str, Any] | None,
+                       conflicts: Sequence[resolver.FieldConflict], cause: str | None) -> None:
+        """One audit entry per conflict that is new or settled differently, with
+        the rule that decided it: ``rgrid audit log --record`` explains a value."""
+        seen = {(c["path"], c["status"], c["chosen"], c.get("resolved_by")) for c in (old or {}).get("conflicts") or ()}
+        for conflict in conflicts:
+            if (conflict.path, conflict.status, conflict.chosen, conflict.resolved_by) in seen:
+                continue
+            shown = "removed" if conflict.removed else _short(conflict.value)
+            how = {"settled": f"{conflict.rule} chose {shown}",
+                   "disputed": f"manual: disputed ({conflict.dispute}); showing {shown} until resolved",
+                   "resolved": f"manual: resolved by {conflict.resolved_by} to {shown}"}[conflict.status]
+            whose = f" (change {conflict.chosen})" if conflict.chosen else ""
+            self.metrics[f"conflicts.{conflict.status}"] += 1
+            self.audit.append(txn, at_ms=self.now_ms(), actor=self.key.did, action="merge",
+                              target=f"{registry}/{record_id}",
+                              reason=f"{conflict.path}: {how}{whose} among {len(conflict.writes)} concurrent "
+                                     f"writes"[:512], change=cause)
+
+    def _resettle_registry(self, txn: Txn, batch: Batch, registry: str, cause: Any, origin: str) -> None:
+        """The registry's conflict policy changed: every record with a
+        document shows what the new rules choose."""
+        for record in list(records.iter_records(self.store, txn, registry=registry)):
+            doc = self._document(txn, batch, registry, record["id"])
+            if doc is None:
+                continue  # never updated: nothing concurrent, nothing immutable to guard
+            frontiers = records.get_frontiers(self.store, txn, registry, record["id"])
+            try:
+                conflicts = self._conflicts_of(txn, batch, registry, record["id"], doc.doc, frontiers,
+                                               record["kind"], record["owner"])
+            except RegistryError:
+                self.metrics["conflicts.unsettled"] += 1
+                continue
+            state = resolver.apply(doc.materialize(), conflicts)
+            shown = {**record, "tags": state["tags"], "links": state["links"], "fields": state["fields"],
+                     "deleted": bool(state["deleted"]), "schema": state["schema"],
+                     "conflicts": [msgspec.structs.asdict(c) for c in conflicts]}
+            if shown == record:
+                continue
+            records.put_record(self.store, txn, record, shown)
+            self._audit_settled(txn, registry, record["id"], record, conflicts, cause.id)
+            self._feed_event(txn, batch, cause, registry, record["id"], "deleted" if shown["deleted"] else "updated",
+                             origin, kind=record["kind"], history=False)
+
+
+def _short(value: Any) -> str:
+    text = msgspec.json.encode(value).decode()
+    return text if len(text) <= 80 else text[:77] + "..."
+

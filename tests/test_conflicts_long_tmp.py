@@ -1,0 +1,396 @@
+"""Concurrent writes of one record: detected, shown, and settled by policy.
+
+Real LMDB stores exchanging real envelopes. Orgs A and B each run a node;
+the registry's write policy is ``members``, so both edit every record, and
+their edits race whenever they have not seen each other's. Every test
+checks that both nodes (and a third that only replicates) end with the
+same record, whatever order the changes reached them in.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from registrygrid.engine.ops import Remote
+from registrygrid.errors import PolicyDenied, RegistryError, ValidationError
+from registrygrid.identity.delegation import sign_delegation
+from registrygrid.identity.keys import KeyPair
+from registrygrid.protocol.envelope import cid_from_str, open_envelope
+from registrygrid.sdk import LocalRegistry
+
+REG = "test.clusters"
+ORG_A, ORG_B = KeyPair(b"\xa1" * 32), KeyPair(b"\xb1" * 32)
+NODE_A, NODE_B, NODE_C = KeyPair(b"\xa2" * 32), KeyPair(b"\xb2" * 32), KeyPair(b"\xc2" * 32)
+
+
+def wires(grid: LocalRegistry) -> list[bytes]:
+    out = []
+    for event in grid.changes(0, limit=10_000):
+        wire = grid.change(cid_from_str(event.change))
+        assert wire is not None
+        out.append(wire)
+    return out
+
+
+def deliver(source: LocalRegistry, target: LocalRegistry, *, reverse: bool = False) -> None:
+    batch = wires(source)
+    results = target.execute([Remote(w, "peer") for w in (reversed(batch) if reverse else batch)])
+    assert {r.status for r in results} <= {"applied", "duplicate", "pending"}, [r.error for r in results]
+
+
+def exchange(*grids: LocalRegistry) -> None:
+    for source in grids:
+        for target in grids:
+            if source is not target:
+                deliver(source, target)
+
+
+class Pair:
+    """Node a of org A, node b of org B (b's delegation grants ``b_roles``),
+    and c, a third store that only replicates."""
+
+    def __init__(self, root: Path, policy: Any, *, b_roles: tuple[str, ...] = ("node", "writer"),
+                 a_roles: tuple[str, ...] = ("node", "writer")) -> None:
+        self.a = LocalRegistry.open_path(root / "a", NODE_A, delegation=sign_delegation(ORG_A, NODE_A.did,
+                                                                                        list(a_roles)))
+        self.b = LocalRegistry.open_path(root / "b", NODE_B, delegation=sign_delegation(ORG_B, NODE_B.did,
+                                                                                        list(b_roles)))
+        self.c = LocalRegistry.open_path(root / "c", NODE_C)
+        self.a.create_registry(REG, ["cluster"], write_policy="members", conflict_policy=policy)
+
+    def create(self, fields: dict[str, Any], **extra: Any) -> None:
+        self.a.put(REG, "cluster", {"name": "x", **fields}, id="x", **extra)
+        exchange(self.a, self.b, self.c)
+
+    def race(self, a_patch: dict[str, Any] | None, b_patch: dict[str, Any] | None) -> None:
+        """a and b each edit x without seeing the other's edit."""
+        if a_patch is not None:
+            self.a.update(REG, "x", patch=a_patch)
+        if b_patch is not None:
+            self.b.update(REG, "x", patch=b_patch)
+
+    def converge(self) -> dict[str, Any]:
+        """Exchange everything (c hears b first, in reverse order), then the
+        record, which must be the same on every node."""
+        deliver(self.b, self.c, reverse=True)
+        exchange(self.a, self.b, self.c)
+        shown = [g.get(REG, "x", include_deleted=True) for g in (self.a, self.b, self.c)]
+        assert shown[0] == shown[1] == shown[2]
+        return shown[0]
+
+    def close(self) -> None:
+        for grid in (self.a, self.b, self.c):
+            grid.close()
+
+
+@pytest.fixture
+def pair(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Pair]:
+    marker = request.node.get_closest_marker("policy")
+    kwargs = marker.kwargs if marker else {}
+    made = Pair(tmp_path, marker.args[0] if marker else "last-writer-wins", **kwargs)
+    yield made
+    made.close()
+
+
+def latest_writer(record: dict[str, Any], path: str) -> dict[str, Any]:
+    (conflict,) = [c for c in record["conflicts"] if c["path"] == path]
+    return max(conflict["writes"], key=lambda w: (w["hlc"], w["change"]))
+
+
+def conflict_at(record: dict[str, Any], path: str) -> dict[str, Any]:
+    (conflict,) = [c for c in record["conflicts"] if c["path"] == path]
+    return conflict
+
+
+# ================================================================ detection
+
+
+def test_concurrent_writes_of_different_fields_all_survive_without_a_conflict(pair: Pair) -> None:
+    pair.create({"region": "eu", "slots": 1})
+    pair.race({"region": "us"}, {"slots": 8})
+    record = pair.converge()
+    assert record["fields"] == {"name": "x", "region": "us", "slots": 8}
+    assert record["conflicts"] == []
+
+
+def test_concurrent_writes_of_one_field_are_a_visible_conflict_naming_every_write(pair: Pair) -> None:
+    pair.create({"region": "eu"})
+    pair.race({"region": "us"}, {"region": "apac"})
+    record = pair.converge()
+    conflict = conflict_at(record, "/fields/region")
+    assert conflict["rule"] == "last-writer-wins"
+    assert conflict["status"] == "settled"
+    assert {(w["author"], w["value"]) for w in conflict["writes"]} == {(NODE_A.did, "us"), (NODE_B.did, "apac")}
+    latest = latest_writer(record, "/fields/region")
+    assert record["fields"]["region"] == conflict["value"] == latest["value"]
+    assert conflict["chosen"] == latest["change"]
+
+
+def test_equal_concurrent_writes_are_no_conflict(pair: Pair) -> None:
+    pair.create({"region": "eu"})
+    pair.race({"region": "us"}, {"region": "us"})
+    assert pair.converge()["conflicts"] == []
+
+
+def test_a_later_write_that_saw_both_ends_the_conflict(pair: Pair) -> None:
+    pair.create({"region": "eu"})
+    pair.race({"region": "us"}, {"region": "apac"})
+    pair.converge()
+    pair.b.update(REG, "x", patch={"region": "emea"})
+    record = pair.converge()
+    assert record["fields"]["region"] == "emea"
+    assert record["conflicts"] == []
+
+
+def test_an_edit_of_another_field_leaves_the_conflict_as_it_was(pair: Pair) -> None:
+    pair.create({"region": "eu"})
+    pair.race({"region": "us"}, {"region": "apac"})
+    before = pair.converge()
+    pair.a.update(REG, "x", patch={"slots": 2})
+    after = pair.converge()
+    assert after["fields"]["region"] == before["fields"]["region"]
+    assert [c["path"] for c in after["conflicts"]] == ["/fields/region"]
+
+
+def test_nested_fields_conflict_path_by_path(pair: Pair) -> None:
+    pair.create({"pricing": {"amount": 1, "currency": "EUR"}})
+    pair.race({"pricing": {"amount": 2}}, {"pricing": {"currency": "USD", "amount": 3}})
+    record = pair.converge()
+    assert [c["path"] for c in record["conflicts"]] == ["/fields/pricing/amount"]
+    assert record["fields"]["pricing"]["currency"] == "USD"
+    assert record["fields"]["pricing"]["amount"] == latest_writer(record, "/fields/pricing/amount")["value"]
+
+
+def test_a_removal_racing_a_write_is_a_conflict_whose_removal_can_win(pair: Pair) -> None:
+    pair.create({"region": "eu"})
+    pair.race({"region": None}, {"region": "us"})
+    record = pair.converge()
+    conflict = conflict_at(record, "/fields/region")
+    removed = [w for w in conflict["writes"] if w["removed"]]
+    assert len(removed) == 1 and removed[0]["author"] == NODE_A.did
+    latest = latest_writer(record, "/fields/region")
+    assert ("region" in record["fields"]) == (not latest["removed"])
+
+
+# ================================================================ policies
+
+
+@pytest.mark.policy({"default": "last-writer-wins", "fields": {"region": "owner-wins"}})
+def test_owner_wins_keeps_the_owner_orgs_write_whoever_wrote_last(pair: Pair) -> None:
+    pair.create({"region": "eu"})
+    # b (not the owner) writes after a, so its clock is later.
+    pair.race({"region": "owner-value"}, None)
+    pair.b.update(REG, "x", patch={"region": "other-value"})
+    record = pair.converge()
+    assert record["fields"]["region"] == "owner-value"
+    assert conflict_at(record, "/fields/region")["rule"] == "owner-wins"
+
+
+@pytest.mark.policy("role-priority", b_roles=("node", "writer", "admin"))
+def test_role_priority_prefers_the_author_with_the_higher_verified_role(pair: Pair) -> None:
+    pair.create({"region": "eu"})
+    pair.b.update(REG, "x", patch={"region": "from-admin"})
+    pair.a.update(REG, "x", patch={"region": "from-writer"})  # later, but a lower role
+    record = pair.converge()
+    assert record["fields"]["region"] == "from-admin"
+    assert conflict_at(record, "/fields/region")["rule"] == "role-priority"
+
+
+@pytest.mark.policy({"fields": {"downloads": "max", "latency_ms": "min"}})
+def test_max_and_min_keep_the_greatest_and_the_least_number(pair: Pair) -> None:
+    pair.create({"downloads": 10, "latency_ms": 50})
+    pair.race({"downloads": 500, "latency_ms": 40}, {"downloads": 20, "latency_ms": 30})
+    record = pair.converge()
+    assert record["fields"]["downloads"] == 500
+    assert record["fields"]["latency_ms"] == 30
+
+
+@pytest.mark.policy({"fields": {"capabilities": "union"}})
+def test_union_merges_concurrent_lists(pair: Pair) -> None:
+    pair.create({"capabilities": ["chat"]})
+    pair.race({"capabilities": ["chat", "vision"]}, {"capabilities": ["chat", "audio"]})
+    record = pair.converge()
+    assert sorted(record["fields"]["capabilities"]) == ["audio", "chat", "vision"]
+    assert conflict_at(record, "/fields/capabilities")["chosen"] is None  # a merge, no one write
+
+
+@pytest.mark.policy({"fields": {"license": "immutable"}})
+def test_an_immutable_field_refuses_a_local_update_and_keeps_its_create_value(pair: Pair) -> None:
+    pair.create({"license": "apache-2.0", "region": "eu"})
+    with pytest.raises(PolicyDenied) as refused:
+        pair.a.update(REG, "x", patch={"license": "proprietary"})
+    assert refused.value.details["fields"] == ["license"]
+    pair.a.update(REG, "x", patch={"region": "us"})  # other fields stay editable
+    assert pair.converge()["fields"] == {"name": "x", "license": "apache-2.0", "region": "us"}
+
+
+@pytest.mark.policy({"delete": "delete-wins"})
+def test_delete_wins_deletes_a_record_despite_a_concurrent_update(pair: Pair) -> None:
+    pair.create({"region": "eu"})
+    pair.a.delete(REG, "x")
+    pair.race(None, {"region": "us"})
+    record = pair.converge()
+    assert record["deleted"] is True
+    assert conflict_at(record, "/deleted")["rule"] == "delete-wins"
+
+
+@pytest.mark.policy({"delete": "update-wins"})
+def test_update_wins_keeps_a_record_a_concurrent_update_touched(pair: Pair) -> None:
+    pair.create({"region": "eu"})
+    pair.a.delete(REG, "x")
+    pair.race(None, {"region": "us"})
+    record = pair.converge()
+    assert record["deleted"] is False
+    assert record["fields"]["region"] == "us"
+    # The record stays live when someone edits it afterwards.
+    pair.a.update(REG, "x", patch={"slots": 1})
+    assert pair.converge()["deleted"] is False
+
+
+@pytest.mark.policy({"fields": {"region": "manual"}})
+def test_manual_marks_the_conflict_disputed_with_an_id_every_node_shares(pair: Pair) -> None:
+    pair.create({"region": "eu"})
+    pair.race({"region": "us"}, {"region": "apac"})
+    record = pair.converge()
+    conflict = conflict_at(record, "/fields/region")
+    assert conflict["status"] == "disputed"
+    assert conflict["dispute"].startswith("dispute-")
+
+
+def test_conflicts_are_settled_in_the_audit_ledger_with_their_rule(pair: Pair) -> None:
+    pair.create({"region": "eu"})
+    pair.race({"region": "us"}, {"region": "apac"})
+    pair.converge()
+    merges = [e for e in pair.c.audit_log(limit=10_000) if e.action == "merge"]
+    assert merges and merges[-1].target == f"{REG}/x"
+    assert merges[-1].reason.startswith("/fields/region: last-writer-wins chose")
+    pair.c.audit_verify()
+
+
+def test_a_new_conflict_policy_resettles_existing_records_on_every_node(pair: Pair) -> None:
+    pair.create({"downloads": 1})
+    pair.race({"downloads": 500}, {"downloads": 20})
+    pair.converge()
+    pair.a.update("grid.registries", REG, patch={"conflict_policy": {"fields": {"downloads": "min"}}})
+    record = pair.converge()
+    assert record["fields"]["downloads"] == 20
+    assert conflict_at(record, "/fields/downloads")["rule"] == "min"
+
+
+@pytest.mark.parametrize(("policy", "where"), [
+    ("first-writer-wins", "/conflict_policy"),
+    ({"fields": {"a": "nope"}}, "/conflict_policy"),
+    ({"delete": "sometimes"}, "/conflict_policy"),
+])
+def test_a_descriptor_with_a_bad_conflict_policy_is_refused_naming_the_part(tmp_path: Path, policy: Any,
+                                                                            where: str) -> None:
+    with LocalRegistry.open_path(tmp_path, NODE_A) as grid:
+        with pytest.raises(ValidationError) as refused:
+            grid.create_registry(REG, ["cluster"], conflict_policy=policy)
+        assert any(d["path"].startswith(where) for d in refused.value.details)
+
+
+# ================================================================ a pure function of the changes
+
+EVERY_RULE = {"default": "last-writer-wins",
+              "fields": {"n": "max", "m": "min", "caps": "union", "lic": "immutable", "note": "manual",
+                         "own": "owner-wins", "rank": "role-priority"}}
+NODE_A2 = KeyPair(b"\xa3" * 32)
+
+
+def _step() -> st.SearchStrategy[tuple[Any, ...]]:
+    fields = st.sampled_from(["n", "m", "caps", "note", "own", "rank", "region", "lic"])
+    return st.tuples(st.integers(0, 9), st.integers(0, 2), st.integers(0, 2), fields, st.integers(0, 3))
+
+
+def _value(field: str, value: int) -> Any:
+    if field == "caps":
+        return [f"c{i}" for i in range(value)]
+    if field in ("n", "m"):
+        return value * 10
+    return None if value == 0 else f"v{value}"
+
+
+def _act(authors: list[LocalRegistry], step: tuple[Any, ...]) -> None:
+    action, who, other, field, value = step
+    grid = authors[who]
+    if action >= 7:
+        if authors[other] is not grid:
+            deliver(grid, authors[other])
+        return
+    try:
+        current = grid.get(REG, "x", include_deleted=True)
+    except RegistryError:
+        return  # x has not reached this author yet
+    if action == 6:
+        if not current["deleted"]:
+            grid.delete(REG, "x")
+        return
+    if current["deleted"]:
+        grid.put(REG, "cluster", {"name": "x", "lic": "mit"}, id="x")
+        return
+    if field == "lic":
+        return  # immutable: refused locally (tested above)
+    grid.update(REG, "x", patch={field: _value(field, value)})
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data(), delete_rule=st.sampled_from(["delete-wins", "update-wins"]))
+def test_any_arrival_order_of_the_same_changes_shows_the_same_records_under_every_rule(
+        data: st.DataObject, delete_rule: str) -> None:
+    steps = data.draw(st.lists(_step(), min_size=4, max_size=16), label="steps")
+    with tempfile.TemporaryDirectory() as root:
+        base = Path(root)
+        a = LocalRegistry.open_path(base / "a", NODE_A, delegation=sign_delegation(ORG_A, NODE_A.did,
+                                                                                    ["node", "writer"]))
+        b = LocalRegistry.open_path(base / "b", NODE_B, delegation=sign_delegation(ORG_B, NODE_B.did,
+                                                                                    ["node", "writer", "admin"]))
+        a2 = LocalRegistry.open_path(base / "a2", NODE_A2, delegation=sign_delegation(ORG_A, NODE_A2.did,
+                                                                                       ["node", "writer"]))
+        authors = [a, b, a2]
+        replicas: list[LocalRegistry] = []
+        try:
+            a.create_registry(REG, ["cluster"], write_policy="members",
+                              conflict_policy={**EVERY_RULE, "delete": delete_rule})
+            a.put(REG, "cluster", {"name": "x", "lic": "mit", "n": 0, "m": 100}, id="x")
+            exchange(*authors)
+            for step in steps:
+                _act(authors, step)
+            everything: dict[bytes, bytes] = {}
+            for grid in authors:
+                for wire in wires(grid):
+                    everything.setdefault(open_envelope(wire).cid, wire)
+            all_wires = list(everything.values())
+            # Membership and the descriptor go first, as sync sends them
+            # first (a change to a registry a node does not know is refused).
+            descriptor = sorted((w for w in all_wires if open_envelope(w).body.registry != REG),
+                                key=lambda w: open_envelope(w).body.registry != "grid.members")
+            rest = [w for w in all_wires if w not in descriptor]
+            shown = []
+            for i in range(3):
+                order = descriptor + data.draw(st.permutations(rest), label=f"order{i}")
+                replica = LocalRegistry.open_path(base / f"replica{i}", KeyPair(bytes([0xd0 + i]) * 32))
+                replicas.append(replica)
+                cuts = sorted(set(data.draw(st.lists(st.integers(0, len(order)), max_size=3), label="cuts")))
+                bounds = [0, *cuts, len(order)]
+                for start, end in zip(bounds, bounds[1:]):
+                    if start < end:
+                        results = replica.execute([Remote(w, "p") for w in order[start:end]])
+                        assert all(r.status != "rejected" for r in results), [repr(r.error)[:200] for r in results]
+                record = replica.get(REG, "x", include_deleted=True)
+                event(f"conflicts: {min(len(record['conflicts']), 3)}")
+                shown.append((record, replica.state_digest()))
+            assert shown[0] == shown[1] == shown[2]
+            for grid in authors:  # the authors converge too
+                grid.execute([Remote(w, "p") for w in all_wires])
+                assert grid.get(REG, "x", include_deleted=True) == shown[0][0]
+        finally:
+            for grid in authors + replicas:
+                grid.close()
