@@ -116,6 +116,13 @@ class KeyRevoked(PolicyDenied):
     code = "key_revoked"
 
 
+class Quarantined(PolicyDenied):
+    """The signer was proven to equivocate in this registry at or before this
+    change's sequence (docs/conflicts.md)."""
+
+    code = "quarantined"
+
+
 class NotMember(PolicyDenied):
     """A peer or org that is not an admitted member of this federation."""
 

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from registrygrid import dispute_views
+from registrygrid.crdt.conflicts import ABSENT
+from registrygrid.crdt.disputes import DISPUTES_REGISTRY, RESOLUTION_KIND
 from registrygrid.engine import registries as regs
 from registrygrid.engine.engine import Engine
 from registrygrid.engine.ops import (
@@ -246,6 +249,28 @@ class LocalRegistry:
 
     def delete(self, registry: str, id: str, *, if_match: str | None = None, actor: str | None = None) -> WriteResult:
         return _raise_if_error(self.engine.execute([Delete(registry, id, if_match, actor)])[0])
+
+    # ---- disputes (docs/conflicts.md) ----
+
+    def disputes(self, *, status: str | None = None) -> list[dict[str, Any]]:
+        """Field disputes (manual conflict rule) and equivocations this node knows."""
+        if status is not None and status not in dispute_views.STATUSES:
+            raise ValidationError(f"status must be one of {list(dispute_views.STATUSES)}")
+        return dispute_views.list_disputes(self.store, self.engine.trust, status=status)
+
+    def dispute(self, id: str) -> dict[str, Any]:
+        """One dispute in full: competing writes or envelopes, a diff, its resolutions."""
+        return dispute_views.show_dispute(self.store, self.engine.trust, id)
+
+    def resolve_dispute(self, id: str, *, value: Any = ABSENT, removed: bool = False, note: str = "",
+                        actor: str | None = None) -> WriteResult:
+        """File a signed resolution: the value a disputed field takes (or
+        ``removed``), or, for an equivocation, its acknowledgement. Refused
+        (PolicyDenied) when this node's key may not decide it."""
+        fields = dispute_views.resolution_fields(self.store, self.engine.trust, id, author=self.engine.key.did,
+                                                 at_ms=self.engine.now_ms(), value=value, removed=removed,
+                                                 note=note)
+        return self.put(DISPUTES_REGISTRY, RESOLUTION_KIND, fields, tags=[id], actor=actor)
 
     def audit_note(self, action: str, actor: str, target: str, reason: str = "") -> None:
         self.engine.execute([AuditNote(action, actor, target, reason)])

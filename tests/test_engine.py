@@ -693,7 +693,7 @@ def test_any_delivery_order_of_concurrent_changes_yields_the_same_records(data: 
 # ================================================================ hostile changes
 
 
-def test_equivocation_is_rejected_with_evidence_and_changes_nothing_else(tmp_path: Path) -> None:
+def test_equivocation_is_rejected_kept_as_evidence_and_reported(tmp_path: Path) -> None:
     twin = KeyPair.generate()
     a = open_store(tmp_path / "a", twin)
     b = open_store(tmp_path / "b", twin)
@@ -703,22 +703,26 @@ def test_equivocation_is_rejected_with_evidence_and_changes_nothing_else(tmp_pat
         wire_a = wires_in_feed_order(a)[0]
         wire_b = wires_in_feed_order(b)[0]
         assert open_envelope(wire_a).body.seq == open_envelope(wire_b).body.seq == 1
-        before = snapshot(b)
         audit_before = len(audit_entries(b))
         result = b.execute([Remote(wire_a, "mallory")])[0]
         assert result.status == "rejected"
         assert isinstance(result.error, Equivocation)
         assert result.change_id == open_envelope(wire_a).id
-        assert snapshot(b) == before
         assert entries(b, "evidence") == 2
         with b.store.read() as txn:
             kept = {v for _, v in txn.cursor(db=b.store.db["evidence"])}
         assert kept == {wire_a, wire_b}
-        denial = audit_entries(b)[audit_before:]
-        assert [e.action for e in denial] == ["deny"]
+        # The change itself is not stored; the proof is filed as a report
+        # (tests/test_disputes.py follows it), which quarantines the key.
+        (report,) = b.list("grid.disputes").items
+        assert report["kind"] == "equivocation-report"
+        assert sorted(report["fields"]["changes"]) == sorted([open_envelope(wire_a).id, open_envelope(wire_b).id])
+        denial = [e for e in audit_entries(b)[audit_before:] if e.action == "deny"]
         assert denial[0].reason.startswith("equivocation:")
         assert denial[0].actor == "peer:mallory"
         assert b.engine.metrics["rejected.equivocation"] == 1
+        assert b.engine.metrics["equivocation.reported"] == 1
+        b.audit_verify()
     finally:
         a.close()
         b.close()

@@ -311,6 +311,14 @@ EXAMPLES: dict[tuple[str, int], dict] = {
     ("revocation", 1): _STATEMENTS[1],
     ("federation", 1): _STATEMENTS[2],
     ("invitation", 1): _STATEMENTS[3],
+    # Disputes (docs/conflicts.md): a resolution of a manual conflict, and
+    # an equivocation report (its envelopes are checked by the engine, not
+    # by the schema; tests/test_disputes.py uses real ones).
+    ("dispute-resolution", 1): {"dispute": "dispute-" + "a" * 32, "outcome": "value", "value": {"eur": 0.01},
+                                "note": "agreed with the owner on the 2026-11 price list"},
+    ("equivocation-report", 1): {"author": "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
+                                 "registry": "grid.functions", "seq": 7,
+                                 "changes": ["bafyreia", "bafyreib"], "envelopes": ["lQ==", "lg=="]},
 }
 
 KIND_HOMES = {
@@ -324,6 +332,7 @@ KIND_HOMES = {
     "registry": "grid.registries", "kind": "grid.kinds",
     "delegation": "grid.members", "revocation": "grid.members",
     "federation": "grid.members", "invitation": "grid.members",
+    "dispute-resolution": "grid.disputes", "equivocation-report": "grid.disputes",
 }
 
 
@@ -381,7 +390,7 @@ def test_every_builtin_schema_is_a_valid_draft_2020_12_schema(catalog):
 def test_builtin_registries_are_the_table_of_kinds_and_homes():
     assert all(isinstance(r, BuiltinRegistry) for r in BUILTIN_REGISTRIES)
     assert {kind: r.name for r in BUILTIN_REGISTRIES for kind in r.kinds} == KIND_HOMES
-    assert len({r.name for r in BUILTIN_REGISTRIES}) == len(BUILTIN_REGISTRIES) == 23
+    assert len({r.name for r in BUILTIN_REGISTRIES}) == len(BUILTIN_REGISTRIES) == 24
     assert all(r.description for r in BUILTIN_REGISTRIES)
 
 

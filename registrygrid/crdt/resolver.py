@@ -89,12 +89,11 @@ class FieldConflict(msgspec.Struct, frozen=True, kw_only=True):
 
 def settle(doc: Document, frontiers: Frontiers, *, policy: ConflictPolicy, kind: str, registry: str,
            record_id: str, describe: Callable[[bytes], Writer],
-           resolutions: Mapping[str, Resolution] | None = None,
+           resolutions: Callable[[str], Resolution | None] | None = None,
            created_heads: Callable[[], list[bytes]] | None = None) -> list[FieldConflict]:
     """The record's conflicts, each with the value its rule chose. ``describe``
     names the writer of an Automerge change by its hash; ``created_heads``
     gives the heads of the record's create(s), for immutable fields."""
-    resolutions = resolutions or {}
     immutable = policy.immutable_fields(kind)
     out: list[FieldConflict] = []
     for path in sorted(frontiers):
@@ -110,7 +109,7 @@ def settle(doc: Document, frontiers: Frontiers, *, policy: ConflictPolicy, kind:
         status, dispute, resolved_by = "settled", None, None
         if rule == "manual":
             dispute = dispute_id(registry, record_id, path, [c.writer.change_id for c in candidates])
-            resolution = resolutions.get(dispute)
+            resolution = resolutions(dispute) if resolutions is not None else None
             if resolution is None:
                 status = "disputed"
             else:

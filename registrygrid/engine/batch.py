@@ -30,6 +30,11 @@ class Batch:
     # An access policy changed in this batch: the rules are reloaded and the
     # records of the registries they target rebuilt (see _apply_policies).
     policies_changed: bool = False
+    # Equivocations proven by this batch, (author, registry, seq): what they
+    # quarantine is rebuilt (see _apply_disputes).
+    quarantined: list[tuple[str, str, int]] = field(default_factory=list)
+    # Disputes a resolution of this batch answers: their records are resettled.
+    resolved: list[str] = field(default_factory=list)
 
 
 class CreateRace(Exception):

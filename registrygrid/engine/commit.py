@@ -19,6 +19,7 @@ from registrygrid.crdt.record import (
     append_to_stored,
     stored_doc,
 )
+from registrygrid.crdt import disputes
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
@@ -102,6 +103,8 @@ class Committing(EngineCore):
             self._registry_cache.pop(rec, None)
             if old is not None and old["fields"].get("conflict_policy") != record["fields"].get("conflict_policy"):
                 self._resettle_registry(txn, batch, rec, env, origin)
+        if reg == disputes.DISPUTES_REGISTRY and not record["deleted"]:
+            self._after_dispute_record(batch, record["kind"], rec, record["fields"])  # type: ignore[attr-defined]
         if reg == POLICIES_REGISTRY:
             batch.policies_changed = True
         if statement is not None and self.trust.add(statement):

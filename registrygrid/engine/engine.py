@@ -34,6 +34,7 @@ from dataclasses import replace
 from registrygrid.crdt.record import (
     actor_for,
 )
+from registrygrid.crdt import disputes
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.commit import Committing
@@ -51,6 +52,7 @@ from registrygrid.engine.ops import (
     Remote,
     Update,
 )
+from registrygrid.engine.disputes import Disputing
 from registrygrid.engine.rebuild import Rebuilds
 from registrygrid.engine.settle import Settling
 from registrygrid.engine.values import canonical, merge_patch, record_digest  # noqa: F401 (re-exported)
@@ -83,7 +85,7 @@ PARALLEL_VERIFY_THREADS = 2
 PARALLEL_VERIFY_MIN_OPS = 32
 
 
-class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Committing):
+class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Committing):
     def __init__(
         self,
         store: Store,
@@ -251,6 +253,15 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Committing):
                     trust.add(read_statement(record["kind"], record["id"], record["fields"]))
                 except RegistryError:
                     self.metrics["trust.unreadable_statements"] += 1
+            # Proven equivocations quarantine their authors (crdt/disputes.py).
+            for record in records.iter_records(self.store, txn, registry=disputes.DISPUTES_REGISTRY,
+                                               kind=disputes.REPORT_KIND):
+                try:
+                    found = disputes.read_report(record["id"], record["fields"])
+                except RegistryError:
+                    self.metrics["equivocation.unreadable_reports"] += 1
+                    continue
+                trust.quarantine(found.author, found.registry, found.seq)
         self.trust = trust
 
     def _load_user_kinds(self) -> None:

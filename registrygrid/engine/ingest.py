@@ -23,6 +23,7 @@ from registrygrid.crdt.snapshot import (
     genesis_change,
     read_snapshot,
 )
+from registrygrid.crdt import disputes
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch, CreateRace
 from registrygrid.engine.core import EngineCore
@@ -75,6 +76,7 @@ class RemoteIngest(EngineCore):
         if result.status in ("applied", "refused"):
             self._apply_policies(txn, batch, env, op.peer)
             self._rebuild_revoked(txn, batch, env, op.peer)
+            self._apply_disputes(txn, batch, env, op.peer)  # type: ignore[attr-defined]
             released = self._release(txn, batch, env, op.peer)
             if released:
                 result = replace(result, released=tuple(released))
@@ -89,6 +91,7 @@ class RemoteIngest(EngineCore):
         if body.seq <= head_seq:
             other = chains.at(self.store, txn, body.registry, body.author, body.seq)
             self._keep_evidence(txn, batch, env, other)
+            self._report_equivocation(txn, batch, env, other)  # type: ignore[attr-defined]
             raise Equivocation(
                 f"{body.author} signed two different changes with sequence {body.seq} in {body.registry}",
                 details={"seq": body.seq, "changes": [env.id, cid_to_str(other) if other else None]},
@@ -170,6 +173,8 @@ class RemoteIngest(EngineCore):
             return self._park(txn, env, pending.for_delegation(body.author, env.cid))
         if body.registry == regs.KINDS_REGISTRY and not state.get("deleted"):
             self._register_kind(body.record, state["fields"])
+        if body.registry == disputes.DISPUTES_REGISTRY and not state.get("deleted"):
+            self._check_dispute_record(body.record, body.kind, state["fields"], state.get("tags"))  # type: ignore[attr-defined]
         if not self.clock.observe(env.hlc):
             # A timestamp far ahead would drag every clock forward and win
             # every "latest change" comparison; refuse it (the author's
@@ -315,6 +320,7 @@ class RemoteIngest(EngineCore):
                 if result.status in ("applied", "refused"):
                     self._apply_policies(txn, batch, env, peer)
                     self._rebuild_revoked(txn, batch, env, peer)
+                    self._apply_disputes(txn, batch, env, peer)  # type: ignore[attr-defined]
                     released.append(env.id)
                     work.append(env)
         return released

@@ -14,7 +14,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from registrygrid.crdt import resolver
+from registrygrid.crdt import disputes, resolver
 from registrygrid.crdt.conflicts import value_at
 from registrygrid.crdt.snapshot import (
     check_value,
@@ -69,6 +69,8 @@ class LocalWrites(EngineCore):
         links = checked_links(op.links)
         record_id = names.record_id(op.record_id) if op.record_id is not None else names.new_record_id()
         statement = self._special_checks(registry, record_id, kind.name, fields)
+        if registry == disputes.DISPUTES_REGISTRY:
+            self._check_dispute_record(record_id, kind.name, fields, tags)  # type: ignore[attr-defined]
         old = records.get_record(self.store, txn, registry, record_id)
         if old is not None and not old["deleted"]:
             raise AlreadyExists(f"{registry}/{record_id} already exists; update it instead")
@@ -214,6 +216,8 @@ class LocalWrites(EngineCore):
         if batch.delegated:
             self._rebuild_revoked(txn, batch, env, "local")
             self._release(txn, batch, None, "parked")
+        if batch.quarantined or batch.resolved:
+            self._apply_disputes(txn, batch, env, "local")  # type: ignore[attr-defined]
 
     def _check_own_chain(self, txn: Txn, batch: Batch, registry: str) -> None:
         """This node's own key may have been revoked (by its org, from another node)."""

@@ -86,12 +86,7 @@ class Settling(EngineCore):
 
         return resolver.settle(doc, frontiers, policy=desc.conflict_rules, kind=kind, registry=registry,
                                record_id=record_id, describe=describe, created_heads=created_heads,
-                               resolutions=self._resolutions(txn, registry, record_id))
-
-    def _resolutions(self, txn: Txn, registry: str, record_id: str) -> dict[str, resolver.Resolution]:
-        """Signed resolutions of the record's disputes (none until the
-        disputes registry holds one)."""
-        return {}
+                               resolutions=self._resolutions(txn, registry, record_id, owner))  # type: ignore[attr-defined]
 
     def _audit_settled(self, txn: Txn, registry: str, record_id: str, old: dict[str, Any] | None,
                        conflicts: Sequence[resolver.FieldConflict], cause: str | None) -> None:
@@ -116,26 +111,33 @@ class Settling(EngineCore):
         """The registry's conflict policy changed: every record with a
         document shows what the new rules choose."""
         for record in list(records.iter_records(self.store, txn, registry=registry)):
-            doc = self._document(txn, batch, registry, record["id"])
-            if doc is None:
-                continue  # never updated: nothing concurrent, nothing immutable to guard
-            frontiers = records.get_frontiers(self.store, txn, registry, record["id"])
-            try:
-                conflicts = self._conflicts_of(txn, batch, registry, record["id"], doc.doc, frontiers,
-                                               record["kind"], record["owner"])
-            except RegistryError:
-                self.metrics["conflicts.unsettled"] += 1
-                continue
-            state = resolver.apply(doc.materialize(), conflicts)
-            shown = {**record, "tags": state["tags"], "links": state["links"], "fields": state["fields"],
-                     "deleted": bool(state["deleted"]), "schema": state["schema"],
-                     "conflicts": [msgspec.structs.asdict(c) for c in conflicts]}
-            if shown == record:
-                continue
-            records.put_record(self.store, txn, record, shown)
-            self._audit_settled(txn, registry, record["id"], record, conflicts, cause.id)
-            self._feed_event(txn, batch, cause, registry, record["id"], "deleted" if shown["deleted"] else "updated",
-                             origin, kind=record["kind"], history=False)
+            self._resettle_record(txn, batch, registry, record["id"], cause, origin)
+
+    def _resettle_record(self, txn: Txn, batch: Batch, registry: str, record_id: str, cause: Any,
+                         origin: str) -> None:
+        """Settle a record's conflicts again (a new policy, a resolution),
+        with a feed event when what it shows changes."""
+        record = records.get_record(self.store, txn, registry, record_id)
+        doc = self._document(txn, batch, registry, record_id) if record is not None else None
+        if record is None or doc is None:
+            return  # never updated: nothing concurrent, nothing immutable to guard
+        frontiers = records.get_frontiers(self.store, txn, registry, record_id)
+        try:
+            conflicts = self._conflicts_of(txn, batch, registry, record_id, doc.doc, frontiers, record["kind"],
+                                           record["owner"])
+        except RegistryError:
+            self.metrics["conflicts.unsettled"] += 1
+            return
+        state = resolver.apply(doc.materialize(), conflicts)
+        shown = {**record, "tags": state["tags"], "links": state["links"], "fields": state["fields"],
+                 "deleted": bool(state["deleted"]), "schema": state["schema"],
+                 "conflicts": [msgspec.structs.asdict(c) for c in conflicts]}
+        if shown == record:
+            return
+        records.put_record(self.store, txn, record, shown)
+        self._audit_settled(txn, registry, record_id, record, conflicts, cause.id)
+        self._feed_event(txn, batch, cause, registry, record_id, "deleted" if shown["deleted"] else "updated",  # type: ignore[attr-defined]
+                         origin, kind=record["kind"], history=False)
 
 
 def _short(value: Any) -> str:

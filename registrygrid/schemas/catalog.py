@@ -182,6 +182,9 @@ BUILTIN_REGISTRIES: tuple[BuiltinRegistry, ...] = (
                     "The registry of registries: descriptors that map and resolve every registry."),
     BuiltinRegistry("grid.kinds", ("kind",),
                     "User-defined record kinds and their schemas, replicated like any record."),
+    BuiltinRegistry("grid.disputes", ("dispute-resolution", "equivocation-report"),
+                    "Disputes that need a human: signed resolutions of manual conflicts, and proofs of "
+                    "equivocation with their acknowledgements."),
     BuiltinRegistry("grid.members", ("delegation", "revocation", "federation", "invitation"),
                     "The federation's trust statements: its genesis, invitations of orgs, and orgs' signed "
                     "delegations and revocations of keys."),

@@ -59,6 +59,8 @@ def index_keys(record: dict[str, Any]) -> set[bytes]:
     registry, record_id = record["registry"], record["id"]
     keys = {b"k" + key(registry, record["kind"], record_id), b"o" + key(record["owner"], registry, record_id)}
     keys.update(b"t" + key(tag, registry, record_id) for tag in record["tags"])
+    # Open (or resolved) field disputes, by dispute id (crdt/disputes.py).
+    keys.update(b"d" + key(c["dispute"], registry, record_id) for c in record.get("conflicts") or () if c.get("dispute"))
     return keys
 
 
@@ -71,6 +73,9 @@ def put_record(store: Store, txn: lmdb.Transaction, old: dict[str, Any] | None, 
         txn.put(b"o" + key(new["owner"], registry, record_id), b"", db=indexes)
         for tag in new["tags"]:
             txn.put(b"t" + key(tag, registry, record_id), b"", db=indexes)
+        for conflict in new.get("conflicts") or ():
+            if conflict.get("dispute"):
+                txn.put(b"d" + key(conflict["dispute"], registry, record_id), b"", db=indexes)
         return
     old_keys = index_keys(old)
     new_keys = index_keys(new)
@@ -137,6 +142,19 @@ def iter_records(
         record = _decode_record(reg, rec, raw)
         if _matches(record, registry, kind, owner, tag):
             yield record
+
+
+def records_disputing(store: Store, txn: lmdb.Transaction, dispute: str) -> list[tuple[str, str]]:
+    """(registry, id) of the records whose conflicts include ``dispute``."""
+    prefix = b"d" + key(dispute) + SEP
+    return [_split2(k[len(prefix):]) for k, _ in store.iter_prefix(txn, "indexes", prefix)]
+
+
+def iter_disputes(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[str, str, str]]:
+    """(dispute, registry, id) of every field dispute, in dispute id order."""
+    for k, _ in store.iter_prefix(txn, "indexes", b"d"):
+        dispute, registry, record_id = k[1:].decode().split("\x00", 2)
+        yield dispute, registry, record_id
 
 
 def _split2(suffix: bytes) -> tuple[str, str]:

@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # the engine owns descriptors; trust only reads them
     from registrygrid.engine.registries import RegistryDescriptor
 
 ORGS_REGISTRY = "grid.orgs"
+DISPUTES_REGISTRY = "grid.disputes"  # crdt/disputes.py (trust does not import crdt)
 
 
 def check_create(trust: TrustState, desc: RegistryDescriptor, *, author: str, record_id: str, owner: Any,
@@ -115,6 +116,9 @@ def judge_modify(trust: TrustState, desc: RegistryDescriptor, *, op: str, author
                  after: Mapping[str, Any] | None, at_ms: int, policy: PolicySet | None = None,
                  after_fields: Mapping[str, Any] | None = None,
                  local_roles: Sequence[str] = ()) -> _Judged | Verdict:
+    if desc.name == DISPUTES_REGISTRY:
+        raise PolicyDenied(f"{DISPUTES_REGISTRY} records are evidence and are never {op}d; file a new "
+                           "resolution instead (`rgrid disputes resolve`)")
     if desc.name == MEMBERS_REGISTRY:
         raise PolicyDenied(f"{MEMBERS_REGISTRY} statements are never {op}d; publish a new delegation "
                            "(`rgrid org renew`) or a revocation (`rgrid org revoke`)")
@@ -248,3 +252,17 @@ def explain(trust: TrustState, desc: RegistryDescriptor, policy: PolicySet | Non
                             "its changes would wait for one")
         return Decision(True, "builtin:statement", "a signed statement carries its own authority")
     return judged.decision
+
+
+def may_resolve(trust: TrustState, author: str | None, at_ms: int, *, registry_owner: str | None,
+                owners: Iterable[str]) -> bool:
+    """May ``author``, at ``at_ms``, decide a dispute (crdt/disputes.py)? When
+    it speaks for a federation admin org, the registry's owner org, or one
+    of ``owners`` (the disputed record's owner org; for an equivocation,
+    the equivocating key's orgs)."""
+    if not author:
+        return False
+    deciders = set(owners) | ({registry_owner} if registry_owner else set())
+    orgs = set(trust.orgs_of(author, at_ms)) | {author}
+    return any(trust.is_admin(org) or org in deciders for org in orgs)
+

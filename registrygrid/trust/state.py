@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from registrygrid.errors import DelegationExpired, KeyRevoked, NotOwner, RegistryError
+from registrygrid.errors import DelegationExpired, KeyRevoked, NotOwner, Quarantined, RegistryError
 from registrygrid.identity.delegation import DelegationBody
 from registrygrid.trust.federation import GenesisBody, check_invitation
 from registrygrid.trust.statements import (
@@ -89,6 +89,10 @@ class TrustState:
     _revocations: dict[str, list[RevocationBody]] = field(default_factory=dict)  # subject -> all seen
     _delegated_by: dict[str, set[str]] = field(default_factory=dict)  # org -> keys it delegated
     _seen: set[str] = field(default_factory=set)
+    # (author, registry) -> the lowest sequence at which the author was proven
+    # to equivocate there (grid.disputes equivocation reports): its changes
+    # from that sequence on are quarantined, on every node alike.
+    quarantined: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, statements: Iterable[Statement], *, federation: GenesisBody | None = None,
@@ -187,8 +191,24 @@ class TrustState:
     def _writes(claims: DelegationBody | None) -> bool:
         return claims is not None and not WRITING_ROLES.isdisjoint(claims.roles)
 
+    def quarantine(self, author: str, registry: str, seq: int) -> bool:
+        """Quarantine the author's changes in ``registry`` from ``seq`` on;
+        False if that was already so."""
+        held = self.quarantined.get((author, registry))
+        if held is not None and held <= seq:
+            return False
+        self.quarantined[(author, registry)] = seq
+        return True
+
     def check_chain(self, author: str, registry: str, seq: int) -> None:
-        """Refuse a change past its author's revocation cutoff (KeyRevoked)."""
+        """Refuse a change past its author's revocation cutoff (KeyRevoked),
+        or one its author's proven equivocation quarantines (Quarantined)."""
+        if self.quarantined:
+            since = self.quarantined.get((author, registry))
+            if since is not None and seq >= since:
+                raise Quarantined(
+                    f"{author} signed two different changes with sequence {since} in {registry}; its changes "
+                    f"there from #{since} on are quarantined (this is #{seq}); see `rgrid disputes list`")
         if author not in self._revocations:
             return
         revoked = self.revoked(author)

@@ -1,0 +1,130 @@
+"""Disputes: what the conflict policy cannot settle alone, and their evidence.
+
+Two kinds, both listed by ``rgrid disputes`` and ``/v1/disputes``:
+
+* **Field disputes.** A field whose conflict rule is ``manual`` and whose
+  concurrent writes differ (crdt/resolver.py). Every node derives the same
+  dispute, with the same id, from the same changes, so opening one needs no
+  message. It is answered by a signed ``dispute-resolution`` record in
+  ``grid.disputes``, tagged with the dispute's id.
+* **Equivocations.** An author that signed two different changes with one
+  (registry, sequence). The node that sees both files an
+  ``equivocation-report`` in ``grid.disputes`` holding both signed
+  envelopes; every node that stores the report checks them itself
+  (``read_report``), and then quarantines the author's changes in that
+  registry from that sequence on.
+
+Sans-IO: ids, evidence encoding and checking, and the human-readable diff.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from registrygrid.errors import RegistryError, ValidationError
+from registrygrid.protocol import base32
+from registrygrid.protocol.envelope import Envelope, open_envelope
+
+DISPUTES_REGISTRY = "grid.disputes"
+RESOLUTION_KIND = "dispute-resolution"
+REPORT_KIND = "equivocation-report"
+# The report's schema bound on each base64 envelope (equivocation-report.v1.json):
+# two of them fit a record (protocol.limits.MAX_RECORD_BYTES, 128 KiB).
+MAX_EVIDENCE_CHARS = 60_000
+
+
+def equivocation_id(author: str, registry: str, seq: int, change_ids: Sequence[str]) -> str:
+    """The id every node gives the dispute over one equivocation."""
+    text = "\0".join(["equivocation", author, registry, str(seq), *sorted(change_ids)])
+    return "dispute-" + base32.encode_bytes(hashlib.sha256(text.encode()).digest()[:20])
+
+
+@dataclass(frozen=True)
+class Equivocation:
+    """Two authenticated envelopes of one author with one (registry, seq)."""
+
+    author: str
+    registry: str
+    seq: int
+    envelopes: tuple[Envelope, Envelope]
+
+    @property
+    def dispute(self) -> str:
+        return equivocation_id(self.author, self.registry, self.seq, [e.id for e in self.envelopes])
+
+
+def report_fields(first: Envelope, second: Envelope) -> dict[str, Any]:
+    """The fields of an equivocation report; ValidationError if the evidence
+    does not fit a record (then no report is filed: the refusal is still
+    counted and audited where it was seen)."""
+    pair = sorted((first, second), key=lambda e: e.id)
+    wires = [base64.b64encode(e.wire).decode() for e in pair]
+    if any(len(w) > MAX_EVIDENCE_CHARS for w in wires):
+        raise ValidationError("the two envelopes are too large to file as an equivocation report")
+    body = first.body
+    return {"author": body.author, "registry": body.registry, "seq": body.seq,
+            "changes": [e.id for e in pair], "envelopes": wires}
+
+
+def read_report(record_id: str, fields: Mapping[str, Any]) -> Equivocation:
+    """The equivocation a report proves, after checking it as its own
+    evidence: both envelopes decode and their signatures hold, both are the
+    named author's with the named registry and sequence, they differ, and
+    the record's id is the dispute's. A ValidationError says what fails."""
+    try:
+        envelopes = tuple(open_envelope(base64.b64decode(w, validate=True)) for w in fields["envelopes"])
+    except RegistryError as exc:
+        raise ValidationError(f"an equivocation report's envelope does not verify: {exc.message}") from None
+    except (ValueError, TypeError, KeyError):
+        raise ValidationError("an equivocation report's envelopes must be two base64 envelopes") from None
+    first, second = envelopes
+    for env in envelopes:
+        body = env.body
+        if (body.author, body.registry, body.seq) != (fields["author"], fields["registry"], fields["seq"]):
+            raise ValidationError("an equivocation report's envelopes must both be the named author's, with the "
+                                  "named registry and sequence")
+    if first.id == second.id:
+        raise ValidationError("an equivocation report needs two different changes")
+    if sorted(fields["changes"]) != sorted([first.id, second.id]):
+        raise ValidationError("an equivocation report's change ids must be its envelopes' ids")
+    found = Equivocation(fields["author"], fields["registry"], fields["seq"], (first, second))
+    if record_id != found.dispute:
+        raise ValidationError(f"an equivocation report's id must be its dispute's id ({found.dispute})")
+    return found
+
+
+def check_resolution(fields: Mapping[str, Any], tags: Sequence[str]) -> None:
+    """A resolution is tagged with its dispute's id (so a node finds it by
+    the tag index) and says what it decides."""
+    if list(tags) != [fields["dispute"]]:
+        raise ValidationError(f"a dispute resolution must carry exactly one tag, its dispute's id "
+                              f"({fields['dispute']})")
+    if fields["outcome"] == "value" and "value" not in fields and not fields.get("removed"):
+        raise ValidationError("a resolution with outcome value needs a value, or removed: true")
+
+
+def describe_change(env: Envelope) -> dict[str, Any]:
+    """What a person needs to tell two changes apart."""
+    body = env.body
+    return {"change": env.id, "author": body.author, "registry": body.registry, "record": body.record,
+            "op": body.op, "seq": body.seq, "hlc": list(body.hlc), "kind": body.kind, "size": len(env.wire)}
+
+
+def field_diff(before: Any, writes: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A field dispute as lines a person reads: old -> each new value, who, when."""
+    lines = [f"was: {_shown(before)}"]
+    for write in writes:
+        value = "(removed)" if write.get("removed") else _shown(write.get("value"))
+        lines.append(f"-> {value}   by {write.get('author')} at hlc {write.get('hlc')} (change {write.get('change')})")
+    return lines
+
+
+def _shown(value: Any) -> str:
+    import msgspec
+
+    text = msgspec.json.encode(value).decode()
+    return text if len(text) <= 120 else text[:117] + "..."

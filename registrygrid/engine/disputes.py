@@ -1,0 +1,123 @@
+"""Disputes in the engine: equivocations reported and quarantined, resolutions counted.
+
+crdt/disputes.py defines the records of ``grid.disputes`` and checks their
+evidence; this part of the engine acts on them, identically on every node:
+
+* a node that sees an author sign two changes with one sequence files an
+  equivocation report (a local write, so it replicates like any record);
+* a stored report quarantines the author's changes in that registry from
+  that sequence on (trust/state.py), and the records they touched are
+  rebuilt without them (rebuild.py), whatever order things arrived in;
+* a stored resolution resettles the records that hold its dispute, and the
+  resolver (crdt/resolver.py) shows its value when its author may decide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from registrygrid.crdt import disputes
+from registrygrid.crdt.resolver import Resolution
+from registrygrid.engine.batch import Batch
+from registrygrid.engine.core import EngineCore
+from registrygrid.engine.ops import Put
+from registrygrid.errors import RegistryError
+from registrygrid.protocol.envelope import Envelope
+from registrygrid.storage import chains, changes, records
+from registrygrid.storage.store import Txn
+from registrygrid.trust import access
+
+
+class Disputing(EngineCore):
+    """The engine's handling of grid.disputes (mixed into Engine)."""
+
+    def _check_dispute_record(self, record_id: str, kind: str, fields: Any, tags: Any) -> None:
+        """A grid.disputes record is its own evidence: checked before it is
+        stored, for local writes and remote changes alike."""
+        if kind == disputes.REPORT_KIND:
+            disputes.read_report(record_id, fields)
+        elif kind == disputes.RESOLUTION_KIND:
+            disputes.check_resolution(fields, tags or ())
+
+    def _report_equivocation(self, txn: Txn, batch: Batch, env: Envelope, other_cid: bytes | None) -> None:
+        """File the proof that ``env``'s author equivocated (once per dispute,
+        whoever files it first). Never fails the intake: a node that may not
+        write grid.disputes (no delegation yet) counts it and goes on."""
+        if other_cid is None or other_cid in batch.drafts:
+            return
+        other = changes.envelope(self.store, txn, other_cid)
+        if other is None or other.id == env.id:
+            return
+        try:
+            fields = disputes.report_fields(env, other)
+            dispute = disputes.equivocation_id(env.body.author, env.body.registry, env.body.seq,
+                                               fields["changes"])
+            if records.get_record(self.store, txn, disputes.DISPUTES_REGISTRY, dispute) is not None:
+                return
+            self._put(txn, batch, Put(disputes.DISPUTES_REGISTRY, disputes.REPORT_KIND, fields,  # type: ignore[attr-defined]
+                                      record_id=dispute, actor="equivocation detector"))
+            self.metrics["equivocation.reported"] += 1
+        except RegistryError as exc:
+            self.metrics[f"equivocation.unreported.{exc.code}"] += 1
+
+    def _after_dispute_record(self, batch: Batch, kind: str, record_id: str, fields: Any) -> None:
+        """Note what a committed grid.disputes record asks for; done once the
+        operation's change is in (_apply_disputes)."""
+        if kind == disputes.REPORT_KIND:
+            found = disputes.read_report(record_id, fields)
+            if self.trust.quarantine(found.author, found.registry, found.seq):
+                self.metrics["equivocation.quarantined"] += 1
+                batch.quarantined.append((found.author, found.registry, found.seq))
+        elif kind == disputes.RESOLUTION_KIND:
+            batch.resolved.append(fields["dispute"])
+
+    def _apply_disputes(self, txn: Txn, batch: Batch, cause: Envelope, origin: str) -> None:
+        """Rebuild what a new quarantine cuts, and resettle what a new
+        resolution decides."""
+        while batch.quarantined:
+            author, registry, seq = batch.quarantined.pop()
+            targets: set[str] = set()
+            for _, cid in chains.links_after(self.store, txn, registry, author, seq - 1):
+                body = self._change_body(txn, batch, cid)
+                targets.add(body.record)
+            for record_id in sorted(targets):
+                self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)  # type: ignore[attr-defined]
+        while batch.resolved:
+            dispute = batch.resolved.pop()
+            for registry, record_id in records.records_disputing(self.store, txn, dispute):
+                self._resettle_record(txn, batch, registry, record_id, cause, origin)  # type: ignore[attr-defined]
+
+    def _resolutions(self, txn: Txn, registry: str, record_id: str,
+                     owner: str) -> Callable[[str], Resolution | None]:
+        """How the resolver finds a dispute's resolution: the latest one (by
+        clock, then change ID) whose author, at its own time, spoke for a
+        federation admin org, the registry's owner org or the record's owner
+        org. Anyone may file one; only those count."""
+        desc = self._registry(txn, registry)
+
+        def lookup(dispute: str) -> Resolution | None:
+            best: tuple[Any, Resolution] | None = None
+            for rec in records.iter_records(self.store, txn, registry=disputes.DISPUTES_REGISTRY, tag=dispute):
+                fields = rec["fields"]
+                if rec["deleted"] or rec["kind"] != disputes.RESOLUTION_KIND or fields.get("dispute") != dispute:
+                    continue
+                if not access.may_resolve(self.trust, rec["created_by"], rec["created_at"] or 0,
+                                          registry_owner=desc.owner, owners=(owner,)):
+                    continue
+                order = (rec["updated_hlc"], rec["change_id"])
+                if best is None or order > best[0]:
+                    value = disputes_value(fields)
+                    best = (order, Resolution(dispute=dispute, value=value, change_id=rec["change_id"],
+                                              author=rec["created_by"]))
+            return best[1] if best else None
+
+        return lookup
+
+
+def disputes_value(fields: Any) -> Any:
+    from registrygrid.crdt.conflicts import ABSENT
+
+    if fields.get("removed"):
+        return ABSENT
+    return fields.get("value")

@@ -1,0 +1,220 @@
+"""Disputes: manual conflicts answered by signed resolutions, and equivocations
+proven, replicated and quarantined. Real stores exchanging real envelopes."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from registrygrid.engine.ops import Remote
+from registrygrid.errors import PolicyDenied, Quarantined, ValidationError
+from registrygrid.identity.delegation import sign_delegation
+from registrygrid.identity.keys import KeyPair
+from registrygrid.protocol.envelope import open_envelope
+from registrygrid.sdk import LocalRegistry
+from tests.test_conflicts import NODE_A, NODE_B, NODE_C, ORG_A, ORG_B, REG, Pair, deliver, exchange, wires
+
+FIELDS = "grid.clusters"
+
+
+@pytest.fixture
+def manual(tmp_path: Path) -> Iterator[Pair]:
+    made = Pair(tmp_path, {"fields": {"price": "manual"}})
+    made.create({"price": 1})
+    made.race({"price": 2}, {"price": 3})
+    made.converge()
+    yield made
+    made.close()
+
+
+def test_a_manual_conflict_is_one_dispute_with_the_same_id_on_every_node(manual: Pair) -> None:
+    listed = [g.disputes() for g in (manual.a, manual.b, manual.c)]
+    assert listed[0] == listed[1] == listed[2]
+    (dispute,) = listed[0]
+    assert dispute["type"] == "field" and dispute["status"] == "disputed"
+    assert (dispute["registry"], dispute["record"], dispute["path"]) == (REG, "x", "/fields/price")
+    assert {w["value"] for w in dispute["writes"]} == {2, 3}
+
+
+def test_showing_a_dispute_gives_a_diff_from_the_old_value_to_each_new_one(manual: Pair) -> None:
+    (listed,) = manual.c.disputes()
+    shown = manual.c.dispute(listed["id"])
+    assert shown["was"] == 1
+    assert shown["diff"][0] == "was: 1"
+    assert {line.split()[1] for line in shown["diff"][1:]} == {"2", "3"}
+    assert all(NODE_A.did in line or NODE_B.did in line for line in shown["diff"][1:])
+    assert shown["resolutions"] == []
+
+
+def test_the_owner_resolves_and_every_node_shows_the_resolved_value(manual: Pair) -> None:
+    (listed,) = manual.a.disputes()
+    manual.a.resolve_dispute(listed["id"], value=7, note="the list price")
+    record = manual.converge()
+    assert record["fields"]["price"] == 7
+    (conflict,) = record["conflicts"]
+    assert conflict["status"] == "resolved" and conflict["resolved_by"]
+    for grid in (manual.a, manual.b, manual.c):
+        shown = grid.dispute(listed["id"])
+        assert shown["status"] == "resolved"
+        assert [(r["value"], r["counts"], r["note"]) for r in shown["resolutions"]] == [(7, True, "the list price")]
+    assert manual.c.disputes(status="disputed") == []
+
+
+def test_a_later_resolution_replaces_an_earlier_one_and_both_stay_in_the_history(manual: Pair) -> None:
+    (listed,) = manual.a.disputes()
+    manual.a.resolve_dispute(listed["id"], value=7)
+    manual.a.resolve_dispute(listed["id"], removed=True)
+    record = manual.converge()
+    assert "price" not in record["fields"]
+    assert len(manual.b.dispute(listed["id"])["resolutions"]) == 2
+
+
+def test_a_party_that_may_not_decide_is_refused_and_its_filed_resolution_does_not_count(manual: Pair) -> None:
+    (listed,) = manual.b.disputes()
+    with pytest.raises(PolicyDenied):
+        manual.b.resolve_dispute(listed["id"], value=99)  # org B owns neither the registry nor the record
+    # Filed anyway, past the SDK's check: stored, listed, but it decides nothing.
+    manual.b.put("grid.disputes", "dispute-resolution", {"dispute": listed["id"], "outcome": "value", "value": 99},
+                 tags=[listed["id"]])
+    record = manual.converge()
+    assert record["fields"]["price"] != 99
+    assert [r["counts"] for r in manual.a.dispute(listed["id"])["resolutions"]] == [False]
+
+
+def test_a_resolution_that_arrives_before_the_conflict_still_decides_it(tmp_path: Path) -> None:
+    pair = Pair(tmp_path, {"fields": {"price": "manual"}})
+    try:
+        pair.create({"price": 1})
+        pair.race({"price": 2}, {"price": 3})
+        deliver(pair.a, pair.b)
+        (listed,) = pair.b.disputes()
+        deliver(pair.b, pair.a)
+        pair.a.resolve_dispute(listed["id"], value=5)
+        # c hears the resolution first, the competing writes after.
+        resolution = wires(pair.a)[-1]
+        assert pair.c.execute([Remote(resolution, "p")])[0].status == "applied"
+        assert pair.converge()["fields"]["price"] == 5
+    finally:
+        pair.close()
+
+
+def test_a_resolution_must_be_tagged_with_its_dispute(manual: Pair) -> None:
+    (listed,) = manual.a.disputes()
+    with pytest.raises(ValidationError):
+        manual.a.put("grid.disputes", "dispute-resolution", {"dispute": listed["id"], "outcome": "value", "value": 1})
+
+
+# ================================================================ equivocation
+
+
+@pytest.fixture
+def twins(tmp_path: Path) -> Iterator[tuple[LocalRegistry, LocalRegistry, LocalRegistry, LocalRegistry]]:
+    """One key of org A running on two nodes (a cloned key), an honest node
+    c of org B, and a replica d."""
+    cloned = KeyPair(b"\x77" * 32)
+    delegation = sign_delegation(ORG_A, cloned.did, ["node", "writer"])
+    one = LocalRegistry.open_path(tmp_path / "one", cloned, delegation=delegation)
+    two = LocalRegistry.open_path(tmp_path / "two", cloned, owner=ORG_A.did)
+    feed(one, two)  # the key's delegation, published once
+    c = LocalRegistry.open_path(tmp_path / "c", NODE_C, delegation=sign_delegation(ORG_B, NODE_C.did,
+                                                                                    ["node", "writer", "admin"]))
+    d = LocalRegistry.open_path(tmp_path / "d", KeyPair(b"\x78" * 32))
+    grids = (one, two, c, d)
+    yield grids
+    for grid in grids:
+        grid.close()
+
+
+def feed(source: LocalRegistry, target: LocalRegistry) -> None:
+    """Everything ``source`` holds, to ``target``, refusals allowed (an
+    equivocation is refused by design)."""
+    target.execute([Remote(w, "peer") for w in wires(source)])
+
+
+def _equivocate(one: LocalRegistry, two: LocalRegistry) -> None:
+    one.put(FIELDS, "cluster", {"name": "resize"}, id="f1")
+    two.put(FIELDS, "cluster", {"name": "crop"}, id="f2")  # the same key, sequence 1 again
+    one.put(FIELDS, "cluster", {"name": "blur"}, id="f3")
+
+
+def test_an_equivocation_is_reported_replicated_and_quarantined_on_every_node(twins) -> None:
+    one, two, c, d = twins
+    _equivocate(one, two)
+    feed(one, c)
+    results = c.execute([Remote(w, "two") for w in wires(two)])
+    assert "rejected" in {r.status for r in results}
+    (dispute,) = c.disputes()
+    assert dispute["type"] == "equivocation" and dispute["status"] == "quarantined"
+    assert (dispute["registry"], dispute["seq"]) == (FIELDS, 1)
+    # The report replicates; d learns the equivocation from it alone.
+    feed(one, d)
+    feed(c, d)
+    assert d.disputes() == c.disputes()
+    for grid in (c, d):
+        assert grid.list(FIELDS).items == []  # every change of the key there from #1 on is quarantined
+    shown = d.dispute(dispute["id"])
+    assert sorted(ch["record"] for ch in shown["changes"]) == ["f1", "f2"]
+    assert "cloned key" in shown["why"]
+    assert all(open_envelope(base64.b64decode(e)) for e in shown["envelopes"])
+
+
+def test_a_quarantined_keys_later_changes_are_refused_with_a_typed_error(twins) -> None:
+    one, two, c, _ = twins
+    _equivocate(one, two)
+    feed(one, c)
+    feed(two, c)
+    one.put(FIELDS, "cluster", {"name": "sharpen"}, id="f4")
+    results = c.execute([Remote(w, "one") for w in wires(one)])
+    refused = [r for r in results if r.status == "refused"]
+    assert refused and all(isinstance(r.error, Quarantined) for r in refused)
+    assert c.list(FIELDS).items == []
+
+
+def test_the_order_things_arrive_in_does_not_change_what_is_quarantined(twins) -> None:
+    one, two, c, d = twins
+    _equivocate(one, two)
+    feed(two, c)
+    feed(one, c)  # c detects and reports
+    report = [w for w in wires(c) if open_envelope(w).body.registry == "grid.disputes"]
+    # d gets the report before any of the key's changes.
+    d.execute([Remote(w, "c") for w in wires(c) if open_envelope(w).body.registry == "grid.members"])
+    d.execute([Remote(w, "c") for w in report])
+    feed(one, d)
+    feed(two, d)
+    assert d.list(FIELDS).items == c.list(FIELDS).items == []
+    assert d.disputes() == c.disputes()
+
+
+def test_a_forged_equivocation_report_is_refused(twins) -> None:
+    one, two, c, d = twins
+    _equivocate(one, two)
+    feed(one, c)
+    feed(two, c)
+    (dispute,) = c.disputes()
+    fields = dict(c.get("grid.disputes", dispute["id"])["fields"])
+    tampered = bytearray(base64.b64decode(fields["envelopes"][0]))
+    tampered[-5] ^= 1  # one bit of a signature
+    fields["envelopes"] = [base64.b64encode(bytes(tampered)).decode(), fields["envelopes"][1]]
+    with pytest.raises(ValidationError):
+        d.put("grid.disputes", "equivocation-report", fields, id=dispute["id"])
+    assert d.disputes() == []
+
+
+def test_an_admin_acknowledges_an_equivocation_and_the_quarantine_stays(twins) -> None:
+    one, two, c, _ = twins
+    _equivocate(one, two)
+    feed(one, c)
+    feed(two, c)
+    (dispute,) = c.disputes()
+    # c's org (B) is neither an admin nor the key's org here: refused.
+    with pytest.raises(PolicyDenied):
+        c.resolve_dispute(dispute["id"])
+    feed(c, one)
+    feed(one, c)
+    one.resolve_dispute(dispute["id"], note="key rotated")  # the key's own org acknowledges
+    feed(one, c)
+    assert c.dispute(dispute["id"])["status"] == "resolved"
+    assert c.list(FIELDS).items == []
