@@ -180,7 +180,9 @@ def track(before: Document | None, after: Document, change: ChangeMeta, frontier
     """The record's frontiers once ``change`` (held by ``after``, not by
     ``before``) is applied. Pure: the result depends on the set of changes,
     never on their arrival order."""
-    unseen = {c.hash: ChangeMeta.of(c) for c in before.get_changes(list(change.deps))} if before else {}
+    # The changes ``change`` has not seen (binding Change objects: their
+    # op ranges are read only when a path's single writer must be found).
+    unseen = {c.hash: c for c in before.get_changes(list(change.deps))} if before else {}
     if not unseen and not frontiers:
         return {}
     out = {path: list(writers) for path, writers in frontiers.items()}
@@ -218,15 +220,15 @@ def _wrote(doc: Document, change: ChangeMeta, path: Path) -> bool:
     return value == ObjType.List and _plain(doc, value, obj, at) != value_at(doc, path, deps)
 
 
-def _single_writer(before: Document, heads: list[bytes], path: Path, unseen: dict[bytes, ChangeMeta]) -> list[bytes]:
+def _single_writer(before: Document, heads: list[bytes], path: Path, unseen: dict[bytes, Any]) -> list[bytes]:
     """The one maximal writer of a path whose frontier is not stored, among
     the changes a new change has not seen (the others it supersedes)."""
     if path == DELETED:
         return list(heads)  # every change writes it: its writers are the heads
     got = _get(before, path, None)
     if got is not None:
-        op = op_of(got[1])
-        return [h for h, meta in unseen.items() if meta.made(op)]
+        actor, counter = op_of(got[1])
+        return [h for h, c in unseen.items() if c.actor_id == actor and c.start_op <= counter <= c.max_op]
     # Removed: by one of the unseen changes, or by none of them.
-    return [h for h, meta in unseen.items()
-            if _get(before, path, [h]) is None and _get(before, path, list(meta.deps)) is not None]
+    return [h for h, c in unseen.items()
+            if _get(before, path, [h]) is None and _get(before, path, list(c.deps)) is not None]

@@ -14,16 +14,17 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from registrygrid.crdt import disputes
 from registrygrid.crdt.change import read_header
 from registrygrid.crdt.record import (
     RecordDoc,
     actor_for,
+    doc_bytes,
 )
 from registrygrid.crdt.snapshot import (
     genesis_change,
     read_snapshot,
 )
-from registrygrid.crdt import disputes
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch, CreateRace
 from registrygrid.engine.core import EngineCore
@@ -142,7 +143,11 @@ class RemoteIngest(EngineCore):
             doc, state = None, claim
         else:
             existing = self._document(txn, batch, body.registry, body.record)
-            saved = existing.save() if existing is not None else None
+            # The stored bytes are the document (saved, plus the changes
+            # appended since: crdt/record.py), current within this batch too,
+            # so no save() of the loaded document is needed.
+            stored = records.get_document(self.store, txn, body.registry, body.record) if existing else None
+            saved = doc_bytes(stored) if stored is not None else (existing.save() if existing is not None else None)
             if body.is_snapshot:
                 # A create of a record that exists: two creates raced. Their
                 # geneses merge as Automerge merges any concurrent changes.

@@ -66,20 +66,22 @@ class Settling(EngineCore):
     def _conflicts_of(self, txn: Txn, batch: Batch, registry: str, record_id: str, doc: Document,
                       frontiers: tracking.Frontiers, kind: str, owner: str) -> list[resolver.FieldConflict]:
         desc = self._registry(txn, registry)
-        applied: dict[bytes, bytes] | None = None
+        known: dict[bytes, resolver.Writer] = {}
 
         def describe(change_hash: bytes) -> resolver.Writer:
-            nonlocal applied
-            if applied is None:
-                applied = records.applied_changes(self.store, txn, registry, record_id)
-            cid = applied.get(change_hash)
+            writer = known.get(change_hash)
+            if writer is not None:
+                return writer
+            cid = records.applied_change(self.store, txn, registry, record_id, change_hash)
             if cid is None:  # cannot happen for a change the document holds; say so rather than guess
-                return resolver.Writer(change_id=f"automerge:{change_hash.hex()}", author="unknown", hlc=(0, 0))
-            body = self._stored_envelope(txn, batch, cid).body
-            at_ms = body.hlc[0]
-            subject = access.subject_of(self.trust, body.author, at_ms, owner)
-            return resolver.Writer(change_id=cid_to_str(cid), author=body.author, hlc=tuple(body.hlc),
-                                   roles=subject.roles, for_owner=owner in subject.orgs)
+                writer = resolver.Writer(change_id=f"automerge:{change_hash.hex()}", author="unknown", hlc=(0, 0))
+            else:
+                body = self._change_body(txn, batch, cid)
+                subject = access.subject_of(self.trust, body.author, body.hlc[0], owner)
+                writer = resolver.Writer(change_id=cid_to_str(cid), author=body.author, hlc=tuple(body.hlc),
+                                         roles=subject.roles, for_owner=owner in subject.orgs)
+            known[change_hash] = writer
+            return writer
 
         def created_heads() -> list[bytes]:
             return [c.hash for c in doc.get_changes([]) if not c.deps]

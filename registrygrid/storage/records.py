@@ -266,6 +266,12 @@ def refused_record_ids(store: Store, txn: lmdb.Transaction, registry: str) -> li
     return out
 
 
+def applied_change(store: Store, txn: lmdb.Transaction, registry: str, record_id: str,
+                   automerge_hash: bytes) -> bytes | None:
+    """The change id whose Automerge change ``automerge_hash`` the record's document holds."""
+    return txn.get(am_hash_key(key(registry, record_id), automerge_hash), db=store.db["docs"])
+
+
 def applied_changes(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> dict[bytes, bytes]:
     """Automerge hash -> change id of the changes the record's document holds."""
     prefix = key(registry, record_id) + _AM_HASH
