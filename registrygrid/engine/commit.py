@@ -14,12 +14,12 @@ from typing import Any
 
 import msgspec
 
+from registrygrid.crdt import disputes
 from registrygrid.crdt.record import (
     RecordDoc,
     append_to_stored,
     stored_doc,
 )
-from registrygrid.crdt import disputes
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore

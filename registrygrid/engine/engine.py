@@ -31,13 +31,14 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
+from registrygrid.crdt import disputes
 from registrygrid.crdt.record import (
     actor_for,
 )
-from registrygrid.crdt import disputes
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.commit import Committing
+from registrygrid.engine.disputes import Disputing
 from registrygrid.engine.ingest import MAX_PENDING, RemoteIngest  # noqa: F401 (re-exported)
 from registrygrid.engine.local import LocalWrites
 from registrygrid.engine.ops import (
@@ -52,7 +53,6 @@ from registrygrid.engine.ops import (
     Remote,
     Update,
 )
-from registrygrid.engine.disputes import Disputing
 from registrygrid.engine.rebuild import Rebuilds
 from registrygrid.engine.settle import Settling
 from registrygrid.engine.values import canonical, merge_patch, record_digest  # noqa: F401 (re-exported)
