@@ -7,18 +7,31 @@ import hashlib
 from pathlib import Path
 
 import trio
+from test_federation_support import (
+    CLUSTERS,
+    LOOPBACK,
+    cluster,
+    converged,
+    eventually,
+    full_mesh,
+    make_member,
+)
 
 from registrygrid import dispute_views
 from registrygrid.crdt.disputes import DISPUTES_REGISTRY, RESOLUTION_KIND
 from registrygrid.engine.ops import Put, Remote, Update, WriteResult
+from registrygrid.errors import NotFound
 from registrygrid.home import read_key_file
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.node.p2p import P2PHost
 from registrygrid.protocol.gossip import encode_batch
 from registrygrid.sdk import LocalRegistry
-from registrygrid.trust.statements import DELEGATION_KIND, MEMBERS_REGISTRY, delegation_record
-from test_federation_support import CLUSTERS, FAST, LOOPBACK, cluster, converged, eventually, full_mesh, make_member
+from registrygrid.trust.statements import (
+    DELEGATION_KIND,
+    MEMBERS_REGISTRY,
+    delegation_record,
+)
 
 REG = "acme.prices"
 
@@ -79,7 +92,7 @@ def _has(member, record_id: str) -> bool:
     try:
         member.registry.get(REG, record_id)
         return True
-    except Exception:
+    except NotFound:
         return False
 
 

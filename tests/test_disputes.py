@@ -15,7 +15,17 @@ from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import open_envelope
 from registrygrid.sdk import LocalRegistry
-from tests.test_conflicts import NODE_A, NODE_B, NODE_C, ORG_A, ORG_B, REG, Pair, deliver, exchange, wires
+from tests.test_conflicts import (
+    NODE_A,
+    NODE_B,
+    NODE_C,
+    ORG_A,
+    ORG_B,
+    REG,
+    Pair,
+    deliver,
+    wires,
+)
 
 FIELDS = "grid.clusters"
 
