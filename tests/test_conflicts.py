@@ -23,8 +23,9 @@ from registrygrid.engine.ops import Remote
 from registrygrid.errors import PolicyDenied, RegistryError, ValidationError
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
-from registrygrid.protocol.envelope import cid_from_str, open_envelope
+from registrygrid.protocol.envelope import open_envelope
 from registrygrid.sdk import LocalRegistry
+from tests.test_engine import wires_in_feed_order
 
 REG = "test.clusters"
 ORG_A, ORG_B = KeyPair(b"\xa1" * 32), KeyPair(b"\xb1" * 32)
@@ -32,12 +33,7 @@ NODE_A, NODE_B, NODE_C = KeyPair(b"\xa2" * 32), KeyPair(b"\xb2" * 32), KeyPair(b
 
 
 def wires(grid: LocalRegistry) -> list[bytes]:
-    out = []
-    for feed_event in grid.changes(0, limit=10_000):
-        wire = grid.change(cid_from_str(feed_event.change))
-        assert wire is not None
-        out.append(wire)
-    return out
+    return wires_in_feed_order(grid)
 
 
 def deliver(source: LocalRegistry, target: LocalRegistry, *, reverse: bool = False) -> None:

@@ -41,6 +41,8 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType
 
+from registrygrid.crdt.record import plain
+
 Path = tuple[str, ...]
 Frontiers = dict[Path, list[bytes]]  # path -> the Automerge hashes of its concurrent writers (two or more)
 
@@ -128,13 +130,7 @@ def _get(doc: Document, path: Path, heads: list[bytes] | None) -> tuple[Any, byt
 
 
 def _plain(doc: Document, kind: ObjType, obj: bytes, heads: list[bytes] | None) -> Any:
-    if kind == ObjType.Map:
-        return {key: (_plain(doc, value, child, heads) if isinstance(value, ObjType) else value[1])
-                for key, (value, child) in zip(doc.keys(obj, heads), doc.values(obj, heads))}
-    if kind == ObjType.List:
-        return [(_plain(doc, value, child, heads) if isinstance(value, ObjType) else value[1])
-                for value, child in doc.values(obj, heads)]
-    return doc.text(obj, heads)
+    return plain(doc, obj, kind, heads)
 
 
 def _leaves(doc: Document, heads: list[bytes]) -> Iterator[tuple[Path, Any, bytes]]:
