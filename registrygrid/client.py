@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+from registrygrid.crdt.conflicts import ABSENT
 from registrygrid.engine.ops import WriteResult
 from registrygrid.errors import MalformedInput, RegistryError, Unavailable, ValidationError
 from registrygrid.home import Home
@@ -174,6 +175,29 @@ class BridgeClient:
         return _write_result(self.request("DELETE", f"/v1/registries/{_seg(registry)}/records/{_seg(id)}",
                                           headers=headers)[2])
 
+    # ------------------------------------------------------------------ disputes (docs/conflicts.md)
+
+    def disputes(self, *, status: str | None = None) -> list[dict[str, Any]]:
+        """Field disputes (manual conflict rule) and equivocations the node knows."""
+        return self._get("/v1/disputes", status=status)["items"]
+
+    def dispute(self, id: str) -> dict[str, Any]:
+        """One dispute in full: competing writes or envelopes, a diff, its resolutions."""
+        return self._get(f"/v1/disputes/{_seg(id)}")
+
+    def resolve_dispute(self, id: str, *, value: Any = ABSENT, removed: bool = False, note: str = "",
+                        actor: str | None = None) -> WriteResult:
+        """File a resolution signed by the node's key, as ``LocalRegistry.resolve_dispute``
+        (``removed`` wins over ``value`` there too)."""
+        body: dict[str, Any] = {}
+        if removed:
+            body["removed"] = True
+        elif value is not ABSENT:
+            body["value"] = value
+        if note:
+            body["note"] = note
+        return _write_result(self.request("POST", f"/v1/disputes/{_seg(id)}/resolve", body=body)[2])
+
     # ------------------------------------------------------------------ reads
 
     def get(self, registry: str, id: str, *, include_deleted: bool = False) -> dict[str, Any]:
@@ -255,8 +279,10 @@ class BridgeClient:
 
     # ------------------------------------------------------------------ node
 
-    def audit_log(self, *, since: int = 0, limit: int = 100, reverse: bool = False) -> list[AuditEntry]:
-        data = self._get("/v1/audit", since=since, limit=limit, reverse=reverse or None)
+    def audit_log(self, *, since: int = 0, limit: int = 100, reverse: bool = False,
+                  target: str | None = None) -> list[AuditEntry]:
+        """``target`` (REGISTRY/ID) keeps the entries about one record."""
+        data = self._get("/v1/audit", since=since, limit=limit, reverse=reverse or None, target=target)
         return [_audit_entry(e) for e in data["entries"]]
 
     def audit_verify(self) -> dict[str, Any]:

@@ -439,8 +439,10 @@ class LocalRegistry:
     def verify(self) -> VerifyReport:
         return verify_store(self.store)
 
-    def audit_log(self, *, since: int = 0, limit: int = 100, reverse: bool = False) -> list[AuditEntry]:
-        return AuditLedger.entries(self.store, since=since, limit=limit, reverse=reverse)
+    def audit_log(self, *, since: int = 0, limit: int = 100, reverse: bool = False,
+                  target: str | None = None) -> list[AuditEntry]:
+        """Audit entries; ``target`` (``REGISTRY/ID``) keeps one record's."""
+        return AuditLedger.entries(self.store, since=since, limit=limit, reverse=reverse, target=target)
 
     def audit_verify(self) -> dict[str, Any]:
         return AuditLedger.verify(self.store)

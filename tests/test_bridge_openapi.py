@@ -116,6 +116,15 @@ async def test_real_responses_validate_against_the_document(served: Served) -> N
                                                          "action": "update", "registry": REGISTRY, "record": "v1",
                                                          "fields": ["name"]}),
                 await c.post("/v1/policy/explain", json={"subject": "x", "action": "read", "registry": REGISTRY}),
+                await c.post("/v1/registries", json={"name": "test.priced", "kinds": ["note"],
+                                                     "conflict_policy": {"fields": {"n": "manual"}}}),
+                await c.get("/v1/registries/test.priced"),
+                await c.get("/v1/audit", params={"target": f"{REGISTRY}/v1"}),
+                await c.get("/v1/audit", params={"target": "v1"}),
+                await c.get("/v1/disputes"), await c.get("/v1/disputes", params={"status": "nope"}),
+                await c.get(f"/v1/disputes/dispute-{'a' * 32}"),
+                await c.post(f"/v1/disputes/dispute-{'a' * 32}/resolve", json={"value": 1}),
+                await rc.post(f"/v1/disputes/dispute-{'a' * 32}/resolve", json={"value": 1}),
                 await c.delete(f"{rec}/v1"),
             ]
             created = [r for r in responses if r.request.url.path == "/v1/tokens" and r.status_code == 201][0]

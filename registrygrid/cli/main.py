@@ -22,8 +22,16 @@ import click
 from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend
 from registrygrid.cli.values import parse_assignments, parse_where, read_json_file
-from registrygrid.errors import EX_NOPERM, EX_USAGE, RegistryError, ValidationError
+from registrygrid.crdt.conflict_policy import NAMES as CONFLICT_RULES
+from registrygrid.errors import (
+    EX_NOPERM,
+    EX_USAGE,
+    MalformedInput,
+    RegistryError,
+    ValidationError,
+)
 from registrygrid.home import Home
+from registrygrid.protocol import names
 from registrygrid.sdk import home_identity
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -117,12 +125,19 @@ def put(home: Path | None, registry: str, kind: str, file: Path | None, sets: tu
 @click.argument("registry")
 @click.argument("record_id")
 @click.option("--deleted", is_flag=True, help="Show the record even if it was deleted.")
+@click.option("--conflicts", "show_conflicts", is_flag=True,
+              help="Also show its conflicts: each path, its rule, the value shown and every competing write "
+                   '(with --json: {"record": ..., "conflicts": [...]}).')
 @json_option
-def get(home: Path | None, registry: str, record_id: str, deleted: bool, as_json: bool) -> None:
+def get(home: Path | None, registry: str, record_id: str, deleted: bool, show_conflicts: bool,
+        as_json: bool) -> None:
     """Show one record."""
     with open_backend(home) as backend:
         record = backend.get(registry, record_id, include_deleted=deleted)
-    render.record(record, as_json)
+    if show_conflicts:
+        render.conflicts(record, as_json)
+    else:
+        render.record(record, as_json)
 
 
 @cli.command()
@@ -230,7 +245,13 @@ def store_migrate(home: Path | None, as_json: bool) -> None:
 
     Resumable: a run that is stopped goes on where it stopped next time.
     The node must be stopped. Verifies the whole store afterwards."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from registrygrid.home import Home
     from registrygrid.storage.migrate import migrate
@@ -314,11 +335,20 @@ def audit() -> None:
 @click.option("--since", type=click.IntRange(0), default=0, help="Entries after this sequence.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
 @click.option("--latest", is_flag=True, help="Show the newest entries first.")
+@click.option("--record", "record_target", metavar="REGISTRY/ID",
+              help="Only the entries about this record: its writes, reads, denials and settled conflicts (merge).")
 @json_option
-def audit_log(home: Path | None, since: int, limit: int, latest: bool, as_json: bool) -> None:
+def audit_log(home: Path | None, since: int, limit: int, latest: bool, record_target: str | None,
+              as_json: bool) -> None:
     """Show audit entries."""
+    target = None
+    if record_target is not None:
+        registry_name, sep, record_id = record_target.partition("/")
+        if not sep:
+            raise ValidationError(f"--record expects REGISTRY/ID, not {record_target!r}")
+        target = f"{names.registry_name(registry_name)}/{names.record_id(record_id)}"
     with open_backend(home) as backend:
-        entries = backend.audit_log(since=since, limit=limit, reverse=latest)
+        entries = backend.audit_log(since=since, limit=limit, reverse=latest, target=target)
     render.rows([e if isinstance(e, dict) else e.to_dict() for e in entries], as_json,
                 columns=["seq", "action", "actor", "target", "reason", "change"], title="audit")
 
@@ -369,8 +399,12 @@ def registry_describe(home: Path | None, name: str, as_json: bool) -> None:
 @click.option("--write-role", "write_roles", multiple=True,
               type=click.Choice(["node", "writer", "admin", "federation-admin", "member"]),
               help="With --write-policy roles: a role that may create records. Repeatable.")
-@click.option("--conflict-policy", type=click.Choice(["crdt", "last-writer-wins", "owner-wins", "manual"]),
-              default="crdt", show_default=True)
+@click.option("--conflict-policy", "conflict_policy_text", metavar="RULE|JSON|@FILE", default="last-writer-wins",
+              show_default=True,
+              help="How concurrent writes of a field are settled: one rule for the whole registry "
+                   f"({', '.join(CONFLICT_RULES)}), or a JSON object of rules per field and kind, e.g. "
+                   """'{"fields": {"price": "manual"}, "delete": "update-wins"}', or @FILE holding one """
+                   "(crdt/conflict_policy.py).")
 @click.option("--replication", type=click.Choice(["local", "federation", "public", "private"]),
               default="federation", show_default=True,
               help="private: sent by sync only to nodes of the owner org and of the --reader orgs.")
@@ -378,16 +412,33 @@ def registry_describe(home: Path | None, name: str, as_json: bool) -> None:
               help="An org (did:key) that may read a private registry. Repeatable.")
 @json_option
 def registry_create(home: Path | None, name: str, kinds: tuple[str, ...], description: str, write_policy: str,
-                    write_roles: tuple[str, ...], conflict_policy: str, replication: str, readers: tuple[str, ...],
-                    as_json: bool) -> None:
+                    write_roles: tuple[str, ...], conflict_policy_text: str, replication: str,
+                    readers: tuple[str, ...], as_json: bool) -> None:
     """Create a registry (a signed record in grid.registries)."""
     if readers and replication != "private":
         raise ValidationError("--reader names who may read a private registry; add --replication private")
+    conflict_policy = parse_conflict_policy(conflict_policy_text)
     with open_backend(home) as backend:
         result = backend.create_registry(name, list(kinds), description=description, write_policy=write_policy,
                                          conflict_policy=conflict_policy, replication=replication,
                                          readers=list(readers), write_roles=list(write_roles), actor="cli")
     render.write_result(result, as_json)
+
+
+def parse_conflict_policy(text: str) -> Any:
+    """--conflict-policy: a rule name, a JSON object, or @FILE holding one. An
+    object is checked where every descriptor is (registry.v1.json, crdt/conflict_policy.py)."""
+    if text.startswith("@"):
+        return read_json_file(text[1:])
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MalformedInput(f"--conflict-policy is not valid JSON: {exc.msg} at column {exc.colno}") from None
+    if text not in CONFLICT_RULES:
+        raise ValidationError(f"--conflict-policy {text!r} is no rule; use one of {', '.join(CONFLICT_RULES)}, "
+                              "a JSON object or @FILE")
+    return text
 
 
 @cli.group()
@@ -464,7 +515,7 @@ def kind_register(home: Path | None, name: str, version: int, schema_file: Path,
 
 
 def _register_optional_groups() -> None:
-    """Command groups that live in their own modules (node, token, peers, org, federation)."""
+    """Command groups that live in their own modules (node, token, peers, org, federation, disputes)."""
     try:
         from registrygrid.cli import node_commands
     except ImportError:
@@ -483,10 +534,11 @@ def _register_optional_groups() -> None:
         pass
     else:
         peer_commands.register(cli)
-    from registrygrid.cli import federation_commands, org_commands
+    from registrygrid.cli import dispute_commands, federation_commands, org_commands
 
     org_commands.register(cli)
     federation_commands.register(cli)
+    dispute_commands.register(cli)
 
 
 _register_optional_groups()

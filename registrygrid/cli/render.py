@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from registrygrid.errors import RegistryError
 
@@ -153,3 +154,113 @@ def event(data: Any, as_json: bool) -> None:
     else:
         click.echo(f"{plain['seq']:>8} {plain['type']:<8} {plain['registry']}/{plain['record']} "
                    f"{plain['kind']} {plain['change']} by {plain['author'][-12:]} ({plain['origin']})")
+
+
+# ---------------------------------------------------------------- conflicts and disputes
+
+
+def _shown(value: Any, removed: bool = False) -> str:
+    """A field value on one line, as JSON (the diff's notation)."""
+    return "(removed)" if removed else json.dumps(value, sort_keys=True)
+
+
+def conflicts(data: Mapping[str, Any], as_json: bool) -> None:
+    """A record, then each of its conflicts: the path, the rule, what the
+    record shows, and every competing write, one whole line each (a did or
+    change ID cut short can no longer be looked up). With --json,
+    {"record", "conflicts"}."""
+    found = list(data.get("conflicts") or [])
+    if as_json:
+        dump_json({"record": data, "conflicts": found})
+        return
+    record({k: v for k, v in data.items() if k != "conflicts"}, False)
+    if not found:
+        _out.print("no conflicts", highlight=False, markup=False)
+    for conflict in found:
+        status = conflict["status"] + (f" ({conflict['dispute']})" if conflict.get("dispute") else "")
+        _out.print(Text.assemble(("conflict ", "bold"), (conflict["path"], "bold cyan"),
+                                 f"  rule {conflict['rule']}  {status}  shows ",
+                                 _shown(conflict["value"], conflict.get("removed", False))))
+        for write in conflict.get("writes") or []:
+            by = f"by {write['author']} at hlc {write['hlc']}" if write.get("author") else "as created"
+            click.echo(f"  {_shown(write.get('value'), bool(write.get('removed')))}  {by}")
+
+
+def disputes(items: Sequence[Mapping[str, Any]], as_json: bool) -> None:
+    """One row a dispute: a field dispute names its record and path, an
+    equivocation the key and the sequence it signed twice. Cells are data,
+    never markup (a path names anyone's field); on a narrow terminal they
+    fold rather than end in "…", the id last (it is copied into `show`)."""
+    if as_json:
+        dump_json(items)
+        return
+    table = Table(title="disputes")
+    table.add_column("id", no_wrap=True, overflow="fold")
+    for column in ("type", "status", "registry", "record/author", "path/seq"):
+        table.add_column(column, overflow="fold")
+    for item in items:
+        field = item["type"] == "field"
+        # An author is a did:key, too wide for a row: its tail tells keys
+        # apart (as `rgrid list` shows updated_by); `show` gives it whole.
+        table.add_row(*(Text(_cell(v)) for v in (
+            item["id"], item["type"], item["status"], item["registry"],
+            item["record"] if field else "…" + item["author"][-12:], item["path"] if field else f"#{item['seq']}")))
+    _out.print(table)
+
+
+def dispute(data: Mapping[str, Any], as_json: bool) -> None:
+    """One dispute for a person to decide: a field dispute's diff, rule and
+    shown value; an equivocation's two changes side by side, why they prove
+    it, and what is quarantined; then every resolution and whether it counts."""
+    if as_json:
+        dump_json(data)
+        return
+    _out.print(Text.assemble((data["id"], "bold"), f"  {data['type']}  ", (data["status"], "bold")))
+    if data["type"] == "field":
+        _facts({"registry": data["registry"], "record": data["record"], "path": data["path"],
+                "rule": data["rule"], "shows": _shown(data["shows"], data["removed"]),
+                "resolved by": data.get("resolved_by")})
+        whole_lines("diff:", data.get("diff") or [])
+    else:
+        _facts({"author": data["author"], "author orgs": ", ".join(data["author_orgs"]),
+                "registry": data["registry"], "seq": data["seq"], "reported by": data["reported_by"]})
+        _changes_side_by_side(data.get("changes") or [])
+        if data.get("error"):
+            whole_lines("evidence unreadable:", [data["error"]])
+        if data.get("why"):
+            whole_lines("why:", [data["why"]])
+        whole_lines("quarantine:", [data["quarantine"]])
+    resolutions = data.get("resolutions") or []
+    whole_lines("resolutions:", [_resolution_line(r) for r in resolutions] or ["(none)"])
+
+
+def _facts(pairs: Mapping[str, Any]) -> None:
+    """Key/value lines whose values are data, never markup (a field's value is anyone's text)."""
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold cyan")
+    table.add_column(overflow="fold")
+    for key, value in pairs.items():
+        table.add_row(key, Text(_cell(value)))
+    _out.print(table)
+
+
+def _changes_side_by_side(changes: Sequence[Mapping[str, Any]]) -> None:
+    if not changes:
+        return
+    table = Table(title="the two changes")
+    table.add_column("", style="bold cyan")
+    for i, _ in enumerate(changes, 1):
+        table.add_column(f"change {i}", overflow="fold")
+    for key in ("change", "author", "registry", "record", "op", "seq", "hlc", "kind", "size"):
+        table.add_row(key, *(Text(_cell(change.get(key))) for change in changes))
+    _out.print(table)
+
+
+def _resolution_line(resolution: Mapping[str, Any]) -> str:
+    if resolution["outcome"] == "quarantine":
+        decided = "acknowledged (quarantine stays)"
+    else:
+        decided = "value " + _shown(resolution.get("value"), resolution.get("removed", False))
+    counts = "counts" if resolution["counts"] else "does not count (its author may not decide)"
+    note = f"  note: {resolution['note']}" if resolution.get("note") else ""
+    return f"{decided}  by {resolution['by']} at hlc {resolution['hlc']}  {counts}  (change {resolution['change']}){note}"

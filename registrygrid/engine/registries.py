@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from registrygrid.crdt.conflict_policy import NAMES, ConflictPolicy
+from registrygrid.crdt.conflict_policy import ConflictPolicy
 from registrygrid.errors import RegistryError, UnknownRegistry, ValidationError
 from registrygrid.protocol import limits
 from registrygrid.schemas import BUILTIN_REGISTRIES, SchemaCatalog
@@ -32,7 +32,6 @@ WRITE_POLICIES = ("open", "owner", "members", "roles")
 # same): above the engine's whole ingest (~2,500 changes/s measured) a limit
 # means nothing, and 100,000 leaves room for much faster machines.
 MAX_CHANGES_PER_SECOND_PER_ORG = 100_000
-CONFLICT_POLICIES = NAMES  # rule names a descriptor's conflict_policy may give (crdt/conflict_policy.py)
 
 
 @dataclass(frozen=True)

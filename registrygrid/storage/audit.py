@@ -137,8 +137,13 @@ class AuditLedger:
     # ---- reading and verifying (any process, read-only) ----
 
     @staticmethod
-    def entries(store: Store, *, since: int = 0, limit: int = 100, reverse: bool = False) -> list[AuditEntry]:
-        out = []
+    def entries(store: Store, *, since: int = 0, limit: int = 100, reverse: bool = False,
+                target: str | None = None) -> list[AuditEntry]:
+        """Up to ``limit`` entries after ``since`` (before or at it, newest
+        first, with ``reverse``). ``target`` keeps only the entries about one
+        thing ("REGISTRY/ID", "tokens/ID"); entries are not indexed by target,
+        so a filtered read walks the ledger until ``limit`` entries match."""
+        out: list[AuditEntry] = []
         with store.read() as txn:
             cursor = txn.cursor(db=store.db["audit"])
             if reverse:
@@ -147,13 +152,16 @@ class AuditLedger:
                     ok = cursor.last()
                 while ok and len(out) < limit:
                     entry = _decode(cursor.value())
-                    if not since or entry.seq <= since:
+                    if (not since or entry.seq <= since) and (target is None or entry.target == target):
                         out.append(entry)
                     ok = cursor.prev()
             else:
                 if cursor.set_range(u64(since + 1)):
                     for _, value in cursor:
-                        out.append(_decode(value))
+                        entry = _decode(value)
+                        if target is not None and entry.target != target:
+                            continue
+                        out.append(entry)
                         if len(out) >= limit:
                             break
         return out

@@ -27,12 +27,16 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from registrygrid import dispute_views
+from registrygrid.crdt.conflicts import ABSENT
+from registrygrid.crdt.disputes import DISPUTES_REGISTRY, RESOLUTION_KIND
 from registrygrid.engine import registries as regs
 from registrygrid.engine.ops import Delete, Operation, Outcome, Put, Update, WriteResult
 from registrygrid.errors import (
     Conflict,
     MalformedInput,
     NotFound,
+    PolicyDenied,
     RateLimited,
     RegistryError,
     TooLarge,
@@ -82,6 +86,7 @@ MAX_BODY_DEPTH = limits.MAX_NESTING + 4
 _TRACE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _WHERE_PATH = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
 _TOKEN_ID = re.compile(r"^[A-Za-z0-9_-]{12}$")
+_DISPUTE_ID = re.compile(openapi.DISPUTE_ID["pattern"])
 _WHERE_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "contains")
 
 
@@ -210,6 +215,14 @@ def q_name(request: web.Request, name: str, check: Callable[[object], str]) -> s
         return check(raw)
     except ValidationError as exc:
         raise ValidationError(exc.message, details=[{"path": f"query:{name}", "message": exc.message}]) from None
+
+
+def record_target(value: object) -> str:
+    """An audit target naming a record: REGISTRY/ID, each part checked as names.py checks it."""
+    registry, sep, record_id = str(value).partition("/")
+    if not sep:
+        raise ValidationError(f"expected REGISTRY/ID, not {str(value)[:80]!r}")
+    return f"{names.registry_name(registry)}/{names.record_id(record_id)}"
 
 
 def parse_value(text: str) -> Any:
@@ -566,15 +579,85 @@ class Api:
 
     async def audit_log(self, request: web.Request) -> web.Response:
         token = self.require(request, ADMIN, target="audit")
-        entries = self.registry.audit_log(since=q_int(request, "since", 0, 0, 2**63 - 1) or 0,
-                                          limit=q_int(request, "limit", 100, 1, 10_000) or 100,
-                                          reverse=q_bool(request, "reverse"))
-        self.read_note(token, "audit", "audit log")
+        since = q_int(request, "since", 0, 0, 2**63 - 1) or 0
+        limit = q_int(request, "limit", 100, 1, 10_000) or 100
+        reverse = q_bool(request, "reverse")
+        target = q_name(request, "target", record_target)
+        if target is None:
+            entries = self.registry.audit_log(since=since, limit=limit, reverse=reverse)
+        else:
+            # A target filter reads on through the ledger until enough entries match: a scan.
+            entries = await self.in_executor(self.registry.audit_log, since=since, limit=limit,
+                                             reverse=reverse, target=target)
+        self.read_note(token, "audit", "audit log" + (f" of {target}" if target else ""))
         return json_response({"entries": [e.to_dict() for e in entries]})
 
     async def audit_verify(self, request: web.Request) -> web.Response:
         self.require(request, ADMIN, target="audit")
         return json_response(await self.in_executor(self.registry.audit_verify))
+
+    # ---------------------------------------------------------------- disputes
+
+    def _dispute_path(self, request: web.Request) -> tuple[str, str]:
+        """The dispute id of the path, and the audit target naming it. An id
+        that cannot be a dispute's is one this node does not know: 404, as
+        revoke_token answers a malformed token id."""
+        dispute = request.match_info["id"]
+        if not _DISPUTE_ID.fullmatch(dispute):
+            raise NotFound(f"no dispute {dispute[:80]!r} on this node; GET /v1/disputes lists them")
+        return dispute, f"{DISPUTES_REGISTRY}/{dispute}"
+
+    def _in_scope(self, token: Token, found: dict[str, Any], target: str) -> None:
+        """A token limited to one registry reads the disputes of that registry only."""
+        if token.registry is not None and found["registry"] != token.registry:
+            raise self.auth.refuse(token.actor, target, PolicyDenied(
+                f"this token is limited to registry {token.registry}, not {found['registry']}"))
+
+    async def list_disputes(self, request: web.Request) -> web.Response:
+        token = self.require(request, READ, target="disputes")
+        status = request.query.get("status") or None
+        if status is not None and status not in dispute_views.STATUSES:
+            raise ValidationError(f"query parameter status must be one of {list(dispute_views.STATUSES)}",
+                                  details=[{"path": "query:status", "message": "unknown status"}])
+        # Every disputed record and every report is read: a scan, off the loop.
+        found = await self.in_executor(self.registry.disputes, status=status)
+        if token.registry is not None:
+            found = [d for d in found if d["registry"] == token.registry]
+        self.read_note(token, "disputes", "list disputes" + (f" {status}" if status else ""))
+        return json_response({"items": found})
+
+    async def get_dispute(self, request: web.Request) -> web.Response:
+        token = self.require(request, READ, target="disputes")
+        dispute, target = self._dispute_path(request)
+        found = self.registry.dispute(dispute)
+        self._in_scope(token, found, target)
+        self.read_note(token, target, "show dispute")
+        return json_response(found)
+
+    async def resolve_dispute(self, request: web.Request) -> web.Response:
+        token = self.require(request, WRITE, registry=DISPUTES_REGISTRY, target=DISPUTES_REGISTRY)
+        dispute, _ = self._dispute_path(request)
+        body, raw = await self.body(request, "DisputeResolve")
+        if "value" in body and body.get("removed"):
+            raise ValidationError("give value, or removed: true, not both",
+                                  details=[{"path": "/removed", "message": "with value"}])
+
+        async def run(reserved: dict[str, Any]) -> web.Response:
+            # Signed by this node's key, as the SDK's resolve_dispute: the
+            # node's key (its org) is who decides, the token only who asked.
+            engine = self.registry.engine
+            fields = dispute_views.resolution_fields(
+                self.store, engine.trust, dispute, author=engine.key.did, at_ms=engine.now_ms(),
+                value=body.get("value", ABSENT), removed=bool(body.get("removed")), note=body.get("note", ""))
+            result = await self.write(Put(DISPUTES_REGISTRY, RESOLUTION_KIND, fields, reserved.get("id"),
+                                          tags=[dispute], actor=token.actor, roles=local_roles(token)))
+            return json_response(write_json(result), 201, {
+                "Location": f"/v1/registries/{DISPUTES_REGISTRY}/records/{result.record_id}",
+                "ETag": etag_of(result.change_id)})
+
+        # As create_record: with an Idempotency-Key the resolution's id is
+        # picked up front, so a retry files the same record, not a second one.
+        return await self.idempotent(request, token, raw, run, reserve=lambda: {"id": names.new_record_id()})
 
     # ---------------------------------------------------------------- kinds
 
@@ -681,6 +764,9 @@ class Api:
             web.get("/v1/changes/ws", self.changes_ws),
             web.get("/v1/audit", self.audit_log),
             web.get("/v1/audit/verify", self.audit_verify),
+            web.get("/v1/disputes", self.list_disputes),
+            web.get("/v1/disputes/{id}", self.get_dispute),
+            web.post("/v1/disputes/{id}/resolve", self.resolve_dispute),
             web.get("/v1/kinds", self.list_kinds),
             web.post("/v1/policy/explain", self.explain_policy),
             web.post("/v1/kinds", self.register_kind),

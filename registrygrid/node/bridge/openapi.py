@@ -10,7 +10,9 @@ dialect of OpenAPI 3.1). Name patterns come from ``protocol/names.py``.
 from __future__ import annotations
 
 import copy
+import json
 from functools import cache, lru_cache
+from importlib import resources
 from typing import Any
 
 import jsonschema
@@ -19,7 +21,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from registrygrid.engine.registries import CONFLICT_POLICIES, WRITE_POLICIES
+from registrygrid.dispute_views import STATUSES as DISPUTE_STATUSES
+from registrygrid.engine.registries import WRITE_POLICIES
 from registrygrid.protocol import limits, names
 from registrygrid.record import record_json_schema
 from registrygrid.schemas.catalog import rust_reads_as_python
@@ -53,6 +56,13 @@ KIND_NAME = {"type": "string", "pattern": names.KIND_NAME.pattern}
 TAG = {"type": "string", "pattern": names.TAG.pattern}
 TAGS = {"type": "array", "items": TAG, "maxItems": limits.MAX_TAGS}
 TOKEN_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{12}$"}
+# A dispute's id: "dispute-" and the base32 of 20 bytes of a SHA-256
+# (crdt/resolver.py dispute_id, crdt/disputes.py equivocation_id); the
+# pattern of builtin/dispute-resolution.v1.json.
+DISPUTE_ID = {"type": "string", "pattern": "^dispute-[a-z2-7]{32}$"}
+# An audit entry's target naming a record, as the engine and the bridge write it.
+RECORD_TARGET = {"type": "string", "pattern": "^" + names.REGISTRY_NAME.pattern[1:-1] + "/"
+                 + names.RECORD_ID.pattern[1:-1] + "$", "description": "REGISTRY/ID"}
 LOCAL_TOKEN = {"type": "boolean", "description": "the running node's own CLI credential (the admin token in "
                                                  "HOME/bridge.json): it cannot be revoked through the API (409) "
                                                  "and is revoked when the node stops"}
@@ -67,6 +77,15 @@ def _obj(props: dict[str, Any], required: list[str] | None = None, *, closed: bo
     if description:
         out["description"] = description
     return out
+
+
+def _conflict_policy_schemas() -> dict[str, Any]:
+    """ConflictPolicy and the ConflictRule it refers to, as OpenAPI components,
+    taken from builtin/registry.v1.json, the descriptor's one definition."""
+    text = resources.files("registrygrid.schemas").joinpath("builtin/registry.v1.json").read_text("utf-8")
+    descriptor = json.loads(text.replace('"#/$defs/conflict_rule"', '"#/components/schemas/ConflictRule"'))
+    return {"ConflictPolicy": descriptor["properties"]["conflict_policy"],
+            "ConflictRule": descriptor["$defs"]["conflict_rule"]}
 
 
 SCHEMAS: dict[str, Any] = {
@@ -101,7 +120,8 @@ SCHEMAS: dict[str, Any] = {
                      "head": {**SEQ, "description": "newest feed sequence of the node"}}),
     "Registry": _obj({
         "name": REGISTRY_NAME, "kinds": {"type": "array", "items": KIND_NAME}, "owner": _nullable(STRING),
-        "write_policy": STRING, "conflict_policy": STRING, "replication": STRING, "description": STRING,
+        "write_policy": STRING, "conflict_policy": _ref("ConflictPolicy"), "replication": STRING,
+        "description": STRING,
         "builtin": {"type": "boolean"}, "records": {**SEQ, "description": "live records (describe only)"},
         "readers": {"type": "array", "items": STRING,
                     "description": "orgs besides the owner that may read a private registry"},
@@ -136,6 +156,56 @@ SCHEMAS: dict[str, Any] = {
         "token": {"type": "string", "description": "rgt_<id>.<secret>: shown once, never stored"},
     }),
     "Tokens": _obj({"tokens": {"type": "array", "items": _ref("Token")}}),
+    **_conflict_policy_schemas(),
+    # ---- disputes (registrygrid/dispute_views.py builds them; docs/conflicts.md)
+    "ConflictWrite": _obj({
+        "change": _nullable(STRING), "author": _nullable(STRING), "hlc": _nullable(HLC),
+        "value": {"description": "the value the change wrote (null when removed)"},
+        "removed": {"type": "boolean", "description": "the change removed the field"},
+    }, description="one of the concurrent writes of a disputed field"),
+    "DisputeResolution": _obj({
+        "id": RECORD_ID, "change": STRING, "by": _nullable(STRING), "at": _nullable(INT), "hlc": HLC,
+        "outcome": {"enum": ["value", "quarantine"]}, "value": {"description": "the value decided (outcome value)"},
+        "removed": {"type": "boolean"}, "note": STRING,
+        "counts": {"type": "boolean", "description": "its author may decide the dispute (a federation admin, the "
+                                                     "owner org of the registry or of the record, or for an "
+                                                     "equivocation the key's own org); the latest that counts "
+                                                     "wins"},
+    }, description="a signed resolution filed in grid.disputes"),
+    "FieldDispute": _obj({
+        "id": DISPUTE_ID, "type": {"const": "field"}, "status": {"enum": ["disputed", "resolved"]},
+        "registry": REGISTRY_NAME, "record": RECORD_ID,
+        "path": {**STRING, "description": "JSON Pointer into the record, e.g. /fields/price"},
+        "rule": STRING, "shows": {"description": "what the record shows now (null when removed)"},
+        "removed": {"type": "boolean"}, "resolved_by": _nullable(STRING),
+        "writes": {"type": "array", "items": _ref("ConflictWrite")},
+        "registry_owner": _nullable(STRING), "record_owner": STRING,
+        "was": {"description": "the field before the competing writes (detail only)"},
+        "diff": {"type": "array", "items": STRING, "description": "was -> each new value, who, when (detail only)"},
+        "resolutions": {"type": "array", "items": _ref("DisputeResolution"), "description": "oldest first "
+                        "(detail only)"},
+    }, required=["id", "type", "status", "registry", "record", "path", "rule", "shows", "removed", "resolved_by",
+                 "writes", "registry_owner", "record_owner"],
+        description="a field under the manual conflict rule that concurrent writes set differently"),
+    "EquivocationChange": _obj({"change": STRING, "author": STRING, "registry": REGISTRY_NAME, "record": RECORD_ID,
+                                "op": STRING, "seq": INT, "hlc": HLC, "kind": _nullable(STRING), "size": INT}),
+    "Equivocation": _obj({
+        "id": DISPUTE_ID, "type": {"const": "equivocation"}, "status": {"enum": ["quarantined", "resolved"]},
+        "author": STRING, "author_orgs": {"type": "array", "items": STRING}, "registry": REGISTRY_NAME,
+        "seq": INT, "reported_by": _nullable(STRING), "reported_at": _nullable(INT),
+        "quarantine": {**STRING, "description": "whose changes no longer count"},
+        "changes": {"type": "array", "items": _ref("EquivocationChange"), "description": "the two signed changes "
+                    "(detail only)"},
+        "envelopes": {"type": "array", "items": STRING, "description": "both envelopes, base64 (detail only)"},
+        "why": {**STRING, "description": "why the two changes prove an equivocation (detail only)"},
+        "error": {**STRING, "description": "why the evidence could not be read back (detail only)"},
+        "resolutions": {"type": "array", "items": _ref("DisputeResolution"), "description": "oldest first "
+                        "(detail only)"},
+    }, required=["id", "type", "status", "author", "author_orgs", "registry", "seq", "reported_by", "reported_at",
+                 "quarantine"],
+        description="a key that signed two different changes with one (registry, sequence)"),
+    "Dispute": {"oneOf": [_ref("FieldDispute"), _ref("Equivocation")]},
+    "Disputes": _obj({"items": {"type": "array", "items": _ref("Dispute")}}),
     # ---- request bodies (validated by the bridge with these very schemas)
     "RecordCreate": _obj({
         "kind": KIND_NAME, "fields": {"type": "object"}, "id": RECORD_ID, "tags": TAGS,
@@ -156,7 +226,7 @@ SCHEMAS: dict[str, Any] = {
     "RegistryCreate": _obj({
         "name": REGISTRY_NAME, "kinds": {"type": "array", "items": KIND_NAME, "minItems": 1, "maxItems": 64},
         "description": {"type": "string", "maxLength": 4096},
-        "write_policy": {"enum": list(WRITE_POLICIES)}, "conflict_policy": {"enum": list(CONFLICT_POLICIES)},
+        "write_policy": {"enum": list(WRITE_POLICIES)}, "conflict_policy": _ref("ConflictPolicy"),
         "replication": {"enum": ["local", "federation", "public", "private"]},
         "write_roles": {"type": "array", "maxItems": 5, "uniqueItems": True,
                         "items": {"enum": ["node", "writer", "admin", "federation-admin", "member"]}},
@@ -181,6 +251,12 @@ SCHEMAS: dict[str, Any] = {
         "schema": {"type": "object"}, "registry": {**REGISTRY_NAME, "description": "the kind's home registry"},
         "description": {"type": "string", "maxLength": 4096},
     }, required=["name", "version", "schema"]),
+    "DisputeResolve": _obj({
+        "value": {"description": "the value the disputed field takes (any JSON value, null included)"},
+        "removed": {"type": "boolean", "description": "true: the disputed field is removed instead"},
+        "note": {"type": "string", "maxLength": 2000, "description": "why, for the people reading the dispute"},
+    }, required=[], description="a field dispute takes value or removed: true; an equivocation neither ({} or a "
+                               "note alone acknowledges it)"),
     "TokenCreate": _obj({
         "role": {"enum": list(ROLES)}, "name": {"type": "string", "maxLength": 64}, "registry": REGISTRY_NAME,
         "expires_in": {"type": "integer", "minimum": 1, "maximum": MAX_LIFETIME_S,
@@ -192,7 +268,7 @@ _ERROR_STATUSES = {
     "400": "Malformed request (bad JSON, bad parameter)",
     "401": "No token or a bad one",
     "403": "The token lacks the role or the registry scope",
-    "404": "No such registry, record, kind or token",
+    "404": "No such registry, record, kind, token or dispute",
     "409": "Conflict (already exists, in progress, the node's own CLI token)",
     "412": "If-Match names a change the record moved past",
     "413": f"Body over {MAX_BODY_BYTES} bytes, or fields over {limits.MAX_RECORD_BYTES} bytes encoded",
@@ -239,6 +315,7 @@ def _header(name: str, description: str) -> dict[str, Any]:
 
 P_REGISTRY = _path("registry", REGISTRY_NAME)
 P_ID = _path("id", RECORD_ID)
+P_DISPUTE = _path("id", DISPUTE_ID, "the dispute's id (rgrid disputes list, GET /v1/disputes)")
 IDEMPOTENCY = _header("Idempotency-Key", "A retry with the same key and body replays the first answer "
                       "(kept 24 h per token); the same key with another body is refused (422).")
 LOCATION = {"Location": {"description": "URL of what was created", "schema": STRING}}
@@ -373,11 +450,37 @@ def _paths() -> dict[str, Any]:
                        tags=["audit"],
                        params=[_query("since", SEQ), _query("limit", {"type": "integer", "minimum": 1,
                                                                       "maximum": 10000, "default": 100}),
-                               _query("reverse", {"type": "boolean", "default": False})]),
+                               _query("reverse", {"type": "boolean", "default": False}),
+                               _query("target", RECORD_TARGET,
+                                      "only the entries about this record (REGISTRY/ID): its writes, reads, "
+                                      "denials and settled conflicts (action merge)")]),
         },
         "/v1/audit/verify": {
             "get": _op("auditVerify", "Recheck the hash chain and every signed tree head (admin)",
                        {**_json("200", "AuditVerify", "intact"), **_errors("401", "403", "429")}, tags=["audit"]),
+        },
+        "/v1/disputes": {
+            "get": _op("listDisputes", "Field disputes and equivocations this node knows",
+                       {**_json("200", "Disputes", "disputes: field disputes, then equivocations, each in id order"),
+                        **_errors("400", "401", "403", "422", "429")},
+                       tags=["disputes"],
+                       params=[_query("status", {"enum": list(DISPUTE_STATUSES)}, "keep one status")],
+                       description="A token limited to one registry sees the disputes of that registry only."),
+        },
+        "/v1/disputes/{id}": {
+            "get": _op("getDispute", "One dispute in full: the competing writes and a diff, or both envelopes of "
+                       "an equivocation, and every resolution filed with whether it counts",
+                       {**_json("200", "Dispute", "the dispute"), **_errors(*READ_ERRORS)},
+                       tags=["disputes"], params=[P_DISPUTE]),
+        },
+        "/v1/disputes/{id}/resolve": {
+            "post": _op("resolveDispute", "File a signed resolution (a record of grid.disputes) as this node's key",
+                        {**_json("201", "WriteResult", "filed", {**LOCATION, **ETAG}), **_errors(*WRITE_ERRORS)},
+                        tags=["disputes"], params=[P_DISPUTE, IDEMPOTENCY], body=_body("DisputeResolve"),
+                        description="Needs a writer token that may write grid.disputes. The node's key must be "
+                                    "allowed to decide (a federation admin, the owner org of the registry or of "
+                                    "the record; for an equivocation, the key's own org): else 403 and nothing "
+                                    "is filed."),
         },
         "/v1/policy/explain": {
             "post": _op("explainPolicy", "What every node would decide for a subject's action, and which rule "
