@@ -41,13 +41,19 @@ from registrygrid.errors import NotMember, PolicyDenied, RegistryError, Validati
 from registrygrid.identity.keys import did_from_peer_id
 from registrygrid.node import gossip as gossip_mod
 from registrygrid.node import peers as peers_mod
+from registrygrid.node.dht import RegistryDirectory
 from registrygrid.node.gossip import GossipService
 from registrygrid.node.guard import PeerGuard
 from registrygrid.node.multiaddrs import check_listen_addrs, check_peer_addrs
 from registrygrid.node.p2p import GossipConfig, P2PError, P2PHost, PeerEvent
 from registrygrid.node.peers import PeerTable
-from registrygrid.node.sync import MAX_INBOUND_SYNCS, SessionReport, SyncFailed, SyncService
-from registrygrid.protocol import names
+from registrygrid.node.sync import (
+    MAX_INBOUND_SYNCS,
+    SessionReport,
+    SyncFailed,
+    SyncService,
+)
+from registrygrid.protocol import names, registry_record
 from registrygrid.protocol import sync as sync_protocol
 from registrygrid.protocol.envelope import registry_of
 from registrygrid.protocol.gossip import topic_for
@@ -122,6 +128,11 @@ class FederationConfig:
     # and the longest sync wait: each default with its reason in
     # protocol/guard.py (docs/federation.md, "Policy guard").
     guard: GuardLimits = field(default_factory=GuardLimits)
+    # The registry of registries (node/dht.py): run the Kademlia DHT, as a
+    # client only (for a node others can't dial), and how often to republish.
+    dht: bool = True
+    dht_client: bool = False
+    dht_republish_interval: float = registry_record.REPUBLISH_SECONDS
 
 
 class Federation:
@@ -156,6 +167,7 @@ class Federation:
         self.admitted: dict[str, Admitted] = {}  # peer id -> its org, once its hello proved membership
         self.federation_id = ""
         self._proof = b""
+        self.directory: RegistryDirectory | None = None  # the DHT, once running
 
     # ------------------------------------------------------------ lifecycle
 
@@ -216,6 +228,12 @@ class Federation:
                     nursery.start_soon(self._watch_peers, events)
                     nursery.start_soon(self._dial_loop)
                     nursery.start_soon(self._persist_loop)
+                    if cfg.dht:
+                        self.directory = RegistryDirectory(
+                            host, node, federation_id=self.federation_id,
+                            delegation=membership.delegation if membership else None, client=cfg.dht_client,
+                            republish_seconds=cfg.dht_republish_interval, metrics=self.metrics)
+                        await nursery.start(self.directory.run)
                     log.info("federation %s: peer %s on %s", self.federation, host.peer_id, host.listen_addrs())
                     task_status.started(self)
             finally:

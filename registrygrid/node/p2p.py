@@ -714,6 +714,12 @@ class P2PHost:
         self._finished = trio.Event()
         self._start_error: BaseException | None = None
 
+    @property
+    def libp2p_host(self) -> Any:
+        """The py-libp2p host, for services that share this host and its
+        identity (the Kademlia DHT, node/dht.py)."""
+        return self._host
+
     # -- lifecycle ----------------------------------------------------------
 
     async def __aenter__(self) -> P2PHost:

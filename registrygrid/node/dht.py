@@ -1,0 +1,230 @@
+"""The registry of registries on a Kademlia DHT: publish, provide, resolve.
+
+Each node runs py-libp2p's Kademlia DHT (``libp2p.kad_dht.KadDHT``) on its
+own libp2p host and identity: in server mode (it answers queries and holds
+records) unless started as a DHT client (``--dht-client``, for nodes others
+can't dial). Its routing table is filled with the peers the node connects
+to (bootstrap peers and those learned at hellos); the peer table the
+federation persists in LMDB is what brings them back after a restart.
+
+A node publishes, under ``/rgrid-registry/<name>``, a signed record of each
+registry its org owns (protocol/registry_record.py) and announces itself as
+a provider of each registry it hosts. It republishes both every
+``REPUBLISH_SECONDS`` (22 h, libp2p's default, so records that live 48 h
+never lapse while their owner runs), and right away when asked
+(``publish``). Every value the DHT stores or returns passes
+``DescriptorValidator``: a forged, stale or oversized one is refused on put
+and on get, and counted.
+
+``resolve(name)`` answers with the descriptor, its verification and the
+providers with their addresses, from the DHT, or from a short cache
+(``CACHE_SECONDS``) unless ``fresh``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
+from libp2p.records.validator import NamespacedValidator, Validator
+from libp2p.tools.anyio_service import background_trio_service
+
+from registrygrid.engine import registries as regs
+from registrygrid.errors import NotFound, RegistryError, Unavailable
+from registrygrid.identity.delegation import Delegation
+from registrygrid.protocol import registry_record as rr
+from registrygrid.protocol.hlc import wall_clock_ms
+from registrygrid.storage import records
+
+log = logging.getLogger(__name__)
+
+# A resolve is a few DHT round trips (~1-3 ms each on a LAN, 100+ ms across
+# the world); past this the caller gets what was found, or a timeout.
+RESOLVE_TIMEOUT_S = 10.0
+# How long a resolve answer is reused: registries change rarely, and a
+# minute bounds how stale a provider list can be (``--fresh`` skips it).
+CACHE_SECONDS = 60.0
+# At most this many providers are asked for and shown.
+MAX_PROVIDERS = 20
+
+
+class DescriptorValidator(Validator):
+    """py-libp2p's validator hook for the ``rgrid-registry`` namespace: every
+    value put here or returned by a peer is checked as its own evidence."""
+
+    def __init__(self, metrics: Counter[str], now_ms: Any = wall_clock_ms) -> None:
+        self.metrics = metrics
+        self.now_ms = now_ms
+
+    def validate(self, key: str, value: bytes) -> None:
+        try:
+            rr.read_record(key, value, now_ms=self.now_ms())
+        except RegistryError as exc:
+            self.metrics[f"dht.invalid.{exc.code}"] += 1
+            raise
+
+    def select(self, key: str, values: list[bytes]) -> int:
+        bodies = [rr.readable(key, v, self.now_ms()) for v in values]
+        valid = [i for i, b in enumerate(bodies) if b is not None]
+        if not valid:
+            return 0
+        return valid[rr.choose([bodies[i] for i in valid])]  # type: ignore[misc]
+
+
+@dataclass
+class _Cached:
+    at: float
+    answer: dict[str, Any]
+
+
+class RegistryDirectory:
+    """The DHT of one node, and what it publishes and resolves there."""
+
+    def __init__(self, host: Any, node: Any, *, federation_id: str, delegation: Delegation | None,
+                 client: bool = False, republish_seconds: float = rr.REPUBLISH_SECONDS,
+                 cache_seconds: float = CACHE_SECONDS, metrics: Counter[str] | None = None) -> None:
+        self.host = host
+        self.node = node
+        self.federation_id = federation_id
+        self.delegation = delegation
+        self.mode = DHTMode.CLIENT if client else DHTMode.SERVER
+        self.republish_seconds = republish_seconds
+        self.cache_seconds = cache_seconds
+        self.metrics: Counter[str] = metrics if metrics is not None else Counter()
+        self.dht: KadDHT | None = None
+        self._cache: dict[str, _Cached] = {}
+        self._publish_now = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        validator = NamespacedValidator({rr.NAMESPACE: DescriptorValidator(self.metrics)}, strict_validation=True)
+        self.dht = KadDHT(self.host.libp2p_host, self.mode, validator=validator, validator_changed=True,
+                          strict_validation=True)
+        async with background_trio_service(self.dht):
+            events = self.host.peer_events()
+            async with trio.open_nursery() as nursery:
+                for peer_id in self.host.connected_peers():
+                    nursery.start_soon(self._add_peer, peer_id)
+                nursery.start_soon(self._track_peers, events, nursery)
+                nursery.start_soon(self._republish_loop)
+                task_status.started(self)
+
+    # ------------------------------------------------------------ routing table
+
+    async def _track_peers(self, events: Any, nursery: trio.Nursery) -> None:
+        async for event in events:
+            if event.kind == "connected":
+                nursery.start_soon(self._add_peer, event.peer_id)
+
+    async def _add_peer(self, peer_id: str) -> None:
+        """A connected peer joins the routing table once it is known to speak
+        the DHT (py-libp2p checks its protocols; a DHT client is left out)."""
+        assert self.dht is not None
+        with trio.move_on_after(RESOLVE_TIMEOUT_S):
+            try:
+                if await self.dht.add_peer(ID.from_base58(peer_id)):
+                    self.metrics["dht.peers_added"] += 1
+            except Exception as exc:  # noqa: BLE001 - py-libp2p raises bare errors for a peer that left
+                log.debug("dht: could not add %s: %s", peer_id, exc)
+
+    # ------------------------------------------------------------ publishing
+
+    def publish_soon(self) -> None:
+        """Publish and provide now rather than at the next republish."""
+        self._publish_now.set()
+
+    async def _republish_loop(self) -> None:
+        while True:
+            try:
+                await self.publish()
+            except RegistryError as exc:
+                log.warning("dht: publishing failed: %s", exc.message)
+            with trio.move_on_after(self.republish_seconds):
+                await self._publish_now.wait()
+            self._publish_now = trio.Event()
+
+    def _registries(self) -> tuple[list[tuple[str, bytes]], list[str]]:
+        """(signed records of the registries this node's org owns, names of
+        the registries this node hosts), from its store."""
+        node = self.node
+        engine = node.engine
+        owned: list[tuple[str, bytes]] = []
+        hosted: list[str] = []
+        now = wall_clock_ms()
+        with node.store.read() as txn:
+            for record in records.iter_records(node.store, txn, registry=regs.REGISTRY_OF_REGISTRIES):
+                desc = regs.descriptor_from_record(record)
+                if record["deleted"] or desc.replication in ("local", "private"):
+                    continue
+                hosted.append(desc.name)
+                if desc.owner != engine.owner:
+                    continue
+                owned.append((desc.name, rr.sign_record(
+                    engine.key, None if engine.key.did == desc.owner else self.delegation, name=desc.name,
+                    owner=desc.owner, claimed_at=record["created_at"] or 0, version=tuple(record["updated_hlc"]),
+                    change_id=record["change_id"], descriptor=record["fields"], federations=[self.federation_id],
+                    issued_at=now)))
+        return owned, hosted
+
+    async def publish(self) -> dict[str, int]:
+        """Put the signed records of this org's registries and announce this
+        node as a provider of the registries it hosts; counts of each."""
+        assert self.dht is not None
+        owned, hosted = await trio.to_thread.run_sync(self._registries)
+        put = provided = 0
+        for name, value in owned:
+            with trio.move_on_after(RESOLVE_TIMEOUT_S):
+                try:
+                    await self.dht.put_value(rr.dht_key(name), value)
+                    put += 1
+                except Exception as exc:  # noqa: BLE001 - a newer value elsewhere, a peer gone
+                    self.metrics["dht.put_failed"] += 1
+                    log.info("dht: put of %s failed: %s", name, exc)
+        for name in hosted:
+            with trio.move_on_after(RESOLVE_TIMEOUT_S):
+                if await self.dht.provide(rr.provider_key(name)):
+                    provided += 1
+        self.metrics["dht.published"] += put
+        self.metrics["dht.provided"] += provided
+        return {"published": put, "provided": provided}
+
+    # ------------------------------------------------------------ resolving
+
+    async def resolve(self, name: str, *, fresh: bool = False) -> dict[str, Any]:
+        """The registry's descriptor, its verification, and its providers."""
+        if self.dht is None:
+            raise Unavailable("the DHT is not running on this node")
+        key = rr.dht_key(name)
+        cached = self._cache.get(name)
+        now = trio.current_time()
+        if cached is not None and not fresh and now - cached.at < self.cache_seconds:
+            self.metrics["dht.resolve.cached"] += 1
+            return {**cached.answer, "source": "cache"}
+        with trio.move_on_after(RESOLVE_TIMEOUT_S) as scope:
+            value = await self.dht.get_value(key)
+        if scope.cancelled_caught:
+            raise Unavailable(f"resolving {name} timed out after {RESOLVE_TIMEOUT_S} s")
+        if value is None:
+            self.metrics["dht.resolve.not_found"] += 1
+            raise NotFound(f"no registry named {name!r} in the DHT (nobody published it, or its record lapsed)")
+        body = rr.read_record(key, value, now_ms=wall_clock_ms())  # checked again: a local value may be old
+        providers = []
+        with trio.move_on_after(RESOLVE_TIMEOUT_S):
+            for info in await self.dht.find_providers(rr.provider_key(name), MAX_PROVIDERS):
+                providers.append({"peer_id": info.peer_id.to_base58(), "addrs": [str(a) for a in info.addrs]})
+        answer = {
+            "name": body.name, "descriptor": body.descriptor, "owner": body.owner, "federations": body.federations,
+            "version": list(body.version), "change_id": body.change_id, "claimed_at": body.claimed_at,
+            "issued_at": body.issued_at,
+            "verification": {"signature": "valid", "signer": body.signer,
+                             "authority": "owner" if body.signer == body.owner else "delegated by the owner"},
+            "providers": providers, "source": "dht",
+        }
+        self._cache[name] = _Cached(now, answer)
+        self.metrics["dht.resolve.ok"] += 1
+        return answer
+
