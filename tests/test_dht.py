@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
+from libp2p.peer.id import ID
+from test_federation_support import cluster, eventually, full_mesh
 
 from registrygrid.engine.ops import Put
-from test_federation_support import cluster, eventually, full_mesh
+from registrygrid.errors import RegistryError
+from registrygrid.identity.keys import KeyPair
+from registrygrid.protocol import registry_record as rr
+from registrygrid.protocol.hlc import wall_clock_ms
 
 REG = "acme.models"
 
@@ -41,5 +47,38 @@ def _knows(member) -> bool:
     try:
         member.registry.describe_registry(REG)
         return True
-    except Exception:
+    except RegistryError:
         return False
+
+
+async def test_forged_stale_and_oversized_records_are_refused_on_put_and_on_get(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with cluster(tmp_path) as nodes:
+            a = await nodes.start("a")
+            b = await nodes.start("b", a.fed.addrs())
+            await full_mesh([a, b])
+            await eventually(lambda: b.fed.directory.dht.get_routing_table_size() > 0, 20, "b's routing table")
+            key = rr.dht_key(REG)
+            stranger = KeyPair(b"\x66" * 32)
+            now = wall_clock_ms()
+            bad = {
+                "forged": rr.sign_record(stranger, None, name=REG, owner=a.node.engine.owner, claimed_at=now,
+                                         version=(now, 0), change_id="x", descriptor={"name": REG},
+                                         federations=[], issued_at=now),
+                "stale": rr.sign_record(stranger, None, name=REG, owner=stranger.did, claimed_at=now,
+                                        version=(now, 0), change_id="x", descriptor={"name": REG}, federations=[],
+                                        issued_at=now - rr.RECORD_MAX_AGE_MS - 1),
+                "oversized": b"\x92" + b"x" * rr.MAX_VALUE_BYTES,
+            }
+            dht_b = b.fed.directory.dht
+            for what, value in bad.items():
+                with pytest.raises(RegistryError):  # on put, at the putting node
+                    await dht_b.put_value(key, value)
+                # Sent straight to a peer, past the sender's own check: the peer refuses it too.
+                await dht_b.value_store._store_at_peer(ID.from_base58(a.peer_id), key.encode(), value)
+                assert a.fed.directory.dht.value_store.get(key.encode()) is None, what
+            assert sum(n for k, n in a.fed.metrics.items() if k.startswith("dht.invalid.")) == len(bad)
+            # On get: a value a node holds is checked again before it is shown.
+            dht_b.value_store.put(key.encode(), bad["stale"])
+            with pytest.raises(RegistryError):
+                await b.fed.directory.resolve(REG, fresh=True)

@@ -27,8 +27,18 @@ from typing import Any
 
 import msgspec
 
-from registrygrid.errors import MalformedInput, PolicyDenied, RegistryError, SignatureInvalid, TooLarge, ValidationError
-from registrygrid.identity.delegation import Delegation, decode_delegation, verify_delegation
+from registrygrid.errors import (
+    MalformedInput,
+    PolicyDenied,
+    RegistryError,
+    TooLarge,
+    ValidationError,
+)
+from registrygrid.identity.delegation import (
+    Delegation,
+    decode_delegation,
+    verify_delegation,
+)
 from registrygrid.identity.keys import KeyPair, verify_did_signature
 from registrygrid.protocol import names
 

@@ -1,0 +1,108 @@
+"""Signed registry records for the DHT (protocol/registry_record.py): each value
+is its own evidence, checked on put and on get, and choosing between valid
+values is first-come by owner, newest by version."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from registrygrid.errors import (
+    MalformedInput,
+    PolicyDenied,
+    SignatureInvalid,
+    TooLarge,
+    ValidationError,
+)
+from registrygrid.identity.delegation import ROLES, sign_delegation
+from registrygrid.identity.keys import KeyPair
+from registrygrid.protocol import registry_record as rr
+
+ORG, NODE, OTHER = KeyPair(b"\x01" * 32), KeyPair(b"\x02" * 32), KeyPair(b"\x03" * 32)
+NOW = 1_800_000_000_000
+NAME = "acme.models"
+
+
+def record(key: KeyPair = NODE, *, owner: KeyPair = ORG, delegated: bool = True, name: str = NAME,
+           claimed_at: int = NOW - 10_000, version: tuple[int, int] = (NOW - 5_000, 0), issued_at: int = NOW,
+           descriptor: dict | None = None, roles: tuple[str, ...] = ("node", "writer")) -> bytes:
+    delegation = sign_delegation(owner, key.did, list(roles), now=(issued_at / 1000) - 60) if delegated else None
+    return rr.sign_record(key, delegation, name=name, owner=owner.did, claimed_at=claimed_at, version=version,
+                          change_id="bafyexample", descriptor=descriptor or {"name": name, "kinds": ["asset"]},
+                          federations=["fed-x"], issued_at=issued_at)
+
+
+def test_a_record_signed_by_a_key_the_owner_delegated_reads_back() -> None:
+    body = rr.read_record(rr.dht_key(NAME), record(), now_ms=NOW)
+    assert (body.name, body.owner, body.signer) == (NAME, ORG.did, NODE.did)
+
+
+def test_the_owner_org_may_sign_its_own_record() -> None:
+    assert rr.read_record(rr.dht_key(NAME), record(ORG, delegated=False), now_ms=NOW).signer == ORG.did
+
+
+def test_a_record_signed_by_a_key_the_owner_never_delegated_is_forged() -> None:
+    forged = record(OTHER, delegated=False)  # claims ORG's registry, signed by someone else
+    with pytest.raises(MalformedInput):  # no delegation to show
+        rr.read_record(rr.dht_key(NAME), forged, now_ms=NOW)
+    with pytest.raises(SignatureInvalid):  # a delegation of the signer by another org
+        rr.read_record(rr.dht_key(NAME), _with_foreign_delegation(), now_ms=NOW)
+
+
+def _with_foreign_delegation() -> bytes:
+    """NODE signs ORG's registry, showing a delegation from OTHER, not ORG."""
+    delegation = sign_delegation(OTHER, NODE.did, ["node"], now=NOW / 1000 - 60)
+    return rr.sign_record(NODE, delegation, name=NAME, owner=ORG.did, claimed_at=NOW, version=(NOW, 0),
+                          change_id="x", descriptor={"name": NAME}, federations=[], issued_at=NOW)
+
+
+def test_a_tampered_record_fails_its_signature() -> None:
+    signed = msgspec.msgpack.decode(record(), type=rr.SignedRecord)
+    body = msgspec.msgpack.decode(signed.body, type=rr.RecordBody)
+    altered = msgspec.structs.replace(body, descriptor={"name": NAME, "kinds": ["tool"]})
+    tampered = msgspec.msgpack.encode(rr.SignedRecord(msgspec.msgpack.encode(altered), signed.signature))
+    with pytest.raises(SignatureInvalid):
+        rr.read_record(rr.dht_key(NAME), tampered, now_ms=NOW)
+
+
+def test_a_record_under_another_name_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        rr.read_record(rr.dht_key("acme.other"), record(), now_ms=NOW)
+
+
+def test_a_stale_record_is_refused_and_so_is_one_from_the_future() -> None:
+    with pytest.raises(ValidationError, match="stale"):
+        rr.read_record(rr.dht_key(NAME), record(issued_at=NOW - rr.RECORD_MAX_AGE_MS - 1), now_ms=NOW)
+    with pytest.raises(ValidationError, match="ahead"):
+        rr.read_record(rr.dht_key(NAME), record(issued_at=NOW + rr.MAX_FUTURE_MS + 60_000), now_ms=NOW)
+
+
+def test_an_oversized_record_is_refused_before_it_is_decoded() -> None:
+    with pytest.raises(TooLarge):
+        rr.read_record(rr.dht_key(NAME), b"\x92" + b"x" * rr.MAX_VALUE_BYTES, now_ms=NOW)
+    with pytest.raises(TooLarge):
+        record(descriptor={"name": NAME, "description": "x" * rr.MAX_VALUE_BYTES})
+
+
+def test_a_delegation_without_a_publishing_role_is_refused() -> None:
+    role = next(r for r in sorted(ROLES) if r not in rr.PUBLISHING_ROLES)
+    with pytest.raises(PolicyDenied):
+        rr.read_record(rr.dht_key(NAME), record(roles=(role,)), now_ms=NOW)
+
+
+def test_garbage_is_malformed() -> None:
+    with pytest.raises(MalformedInput):
+        rr.read_record(rr.dht_key(NAME), b"\xff\x00garbage", now_ms=NOW)
+
+
+def test_the_newest_descriptor_of_one_owner_is_chosen() -> None:
+    old = rr.read_record(rr.dht_key(NAME), record(version=(NOW - 9_000, 0)), now_ms=NOW)
+    new = rr.read_record(rr.dht_key(NAME), record(version=(NOW - 1_000, 0)), now_ms=NOW)
+    assert rr.choose([old, new]) == 1 and rr.choose([new, old]) == 0
+
+
+def test_between_owners_the_first_claim_holds_whatever_its_version() -> None:
+    first = rr.read_record(rr.dht_key(NAME), record(claimed_at=NOW - 50_000, version=(NOW - 40_000, 0)), now_ms=NOW)
+    squatter = rr.read_record(rr.dht_key(NAME), record(OTHER, owner=OTHER, delegated=False, claimed_at=NOW - 1_000,
+                                                        version=(NOW - 500, 0)), now_ms=NOW)
+    assert rr.choose([squatter, first]) == 1 and rr.choose([first, squatter]) == 0
