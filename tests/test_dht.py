@@ -82,3 +82,33 @@ async def test_forged_stale_and_oversized_records_are_refused_on_put_and_on_get(
             dht_b.value_store.put(key.encode(), bad["stale"])
             with pytest.raises(RegistryError):
                 await b.fed.directory.resolve(REG, fresh=True)
+
+
+async def test_a_registry_of_one_federation_resolves_from_every_node_of_another(tmp_path: Path) -> None:
+    """12 nodes in two federations, joined by one connection between them:
+    they never admit each other (no gossip, no sync), but share the DHT."""
+    with trio.fail_after(120):
+        async with cluster(tmp_path / "a", name="fed-one") as one, cluster(tmp_path / "b", name="fed-two") as two:
+            a0 = await one.start("a0")
+            side_a = [a0] + [await one.start(f"a{i}", a0.fed.addrs()) for i in range(1, 6)]
+            b0 = await two.start("b0", a0.fed.addrs())  # the one link between the federations
+            side_b = [b0] + [await two.start(f"b{i}", b0.fed.addrs()) for i in range(1, 6)]
+            await full_mesh(side_a)
+            await full_mesh(side_b)
+            await eventually(lambda: a0.peer_id in b0.fed.foreign, 20, "b0 and a0 connected as foreign peers")
+            assert a0.peer_id not in b0.fed.admitted and b0.peer_id not in a0.fed.admitted
+
+            await a0.node.submit([Put("grid.registries", "registry", {"name": REG, "kinds": ["cluster"]},
+                                      record_id=REG)])
+            await eventually(lambda: all(_knows(m) for m in side_a), 20, "the descriptor across federation one")
+            assert not any(_knows(m) for m in side_b)  # nothing replicates across
+            await eventually(lambda: all(m.fed.directory.dht.get_routing_table_size() > 0 for m in side_a + side_b),
+                             20, "routing tables filled")
+            for member in side_a:
+                await member.fed.directory.publish()
+            hosts = {m.peer_id for m in side_a}
+            for member in side_b:
+                answer = await member.fed.directory.resolve(REG, fresh=True)
+                assert answer["owner"] == a0.node.engine.owner
+                assert answer["federations"] == [a0.fed.federation_id]
+                assert {p["peer_id"] for p in answer["providers"]} <= hosts and answer["providers"]

@@ -71,10 +71,11 @@ class Member:
 class Cluster:
     """Nodes started and stopped one by one inside a nursery."""
 
-    def __init__(self, nursery: trio.Nursery, root: Path, config: FederationConfig) -> None:
+    def __init__(self, nursery: trio.Nursery, root: Path, config: FederationConfig, name: str = "testfed") -> None:
         self.nursery = nursery
         self.root = root
         self.config = config
+        self.name = name  # the federation every node of this cluster belongs to
         self.members: list[Member] = []
         self.founder: Home | None = None
 
@@ -92,11 +93,11 @@ class Cluster:
         return home
 
     def admit(self, home: Home) -> None:
-        """Every node of the cluster is in one federation, "testfed": the
+        """Every node of the cluster is in one federation (``name``): the
         first home's org founds it and invites each other org."""
         if self.founder is None:
             self.founder = home
-            create_federation(home, "testfed")
+            create_federation(home, self.name)
             return
         genesis = current_genesis(self.founder)
         org = home.org().org  # type: ignore[union-attr]
@@ -106,7 +107,7 @@ class Cluster:
     async def start(self, name: str, bootstrap: Sequence[str] = (), *, listen: str = LOOPBACK,
                     config: FederationConfig | None = None, org: str | None = None) -> Member:
         home = self.home(name, org)
-        fed = Federation(listen=[listen], bootstrap=list(bootstrap), federation="testfed",
+        fed = Federation(listen=[listen], bootstrap=list(bootstrap), federation=self.name,
                          config=config or self.config)
         node = Node(home, [fed])
         member = Member(name, home, node, fed)
@@ -129,9 +130,9 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(root: Path, config: FederationConfig = FAST) -> AsyncIterator[Cluster]:
+async def cluster(root: Path, config: FederationConfig = FAST, name: str = "testfed") -> AsyncIterator[Cluster]:
     async with trio.open_nursery() as nursery:
-        nodes = Cluster(nursery, root, config)
+        nodes = Cluster(nursery, root, config, name)
         try:
             yield nodes
         finally:

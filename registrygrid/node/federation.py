@@ -132,6 +132,10 @@ class FederationConfig:
     # client only (for a node others can't dial), and how often to republish.
     dht: bool = True
     dht_client: bool = False
+    # Peers of other federations kept connected for the DHT: enough for
+    # Kademlia lookups to cross federations (k = 20 per bucket), few enough
+    # that outsiders can't take the connection budget (max_connected_peers).
+    max_foreign_peers: int = 32
     dht_republish_interval: float = registry_record.REPUBLISH_SECONDS
 
 
@@ -168,6 +172,7 @@ class Federation:
         self.federation_id = ""
         self._proof = b""
         self.directory: RegistryDirectory | None = None  # the DHT, once running
+        self.foreign: dict[str, str] = {}  # peer id -> its federation: connected for the DHT, never admitted
 
     # ------------------------------------------------------------ lifecycle
 
@@ -343,6 +348,7 @@ class Federation:
 
     def _on_disconnected(self, peer_id: str) -> None:
         self.admitted.pop(peer_id, None)
+        self.foreign.pop(peer_id, None)
         assert self.peers is not None
         self._drop_task(peer_id)
         self.peers.disconnected(peer_id, trio.current_time())
@@ -475,11 +481,18 @@ class Federation:
             return exc
         now = trio.current_time()
         if hello.federation != self.federation:
+            # A node of another federation: never admitted (no gossip, no
+            # sync: _shut_out), but welcome on the open protocols, the DHT of
+            # the registry of registries first (node/dht.py). Not banned, and
+            # bounded: past max_foreign_peers it is cut off (room may free up).
             self.metrics["hello.foreign_federation"] += 1
-            why = f"member of federation {hello.federation!r}, not {self.federation!r}"
-            self.peers.ban(peer_id, why)
-            self._nursery.start_soon(self._cut_off, peer_id)  # type: ignore[union-attr]
-            return NotMember(why)
+            if peer_id not in self.foreign and len(self.foreign) >= self.config.max_foreign_peers:
+                self.metrics["peers.foreign_refused"] += 1
+                self._nursery.start_soon(self._cut_off, peer_id)  # type: ignore[union-attr]
+                return NotMember(f"member of federation {hello.federation!r}, not {self.federation!r}, and this "
+                                 f"node already talks to {self.config.max_foreign_peers} peers of other federations")
+            self.foreign[peer_id] = hello.federation
+            return None
         try:
             admitted = check_admission(self.node.engine.trust, did_from_peer_id(peer_id), hello.federation_id,
                                        hello.proof)
