@@ -3,6 +3,7 @@ own home, LMDB store and py-libp2p host on 127.0.0.1, in one trio process."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,39 @@ async def test_a_registry_of_one_federation_resolves_from_every_node_of_another(
                 assert answer["owner"] == a0.node.engine.owner
                 assert answer["federations"] == [a0.fed.federation_id]
                 assert {p["peer_id"] for p in answer["providers"]} <= hosts and answer["providers"]
+
+
+async def test_a_provider_that_restarts_announces_itself_again_at_its_new_address(tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        async with cluster(tmp_path) as nodes:
+            first = await nodes.start("n0")
+            members = [first] + [await nodes.start(f"n{i}", first.fed.addrs()) for i in range(1, 4)]
+            await full_mesh(members)
+            await first.node.submit([Put("grid.registries", "registry", {"name": REG, "kinds": ["cluster"]},
+                                         record_id=REG)])
+            await eventually(lambda: all(_knows(m) for m in members), 20, "the descriptor everywhere")
+            await first.fed.directory.publish()
+            await members[1].fed.directory.resolve(REG, fresh=True)  # found before the restart
+            provider = members[3]
+            old_addrs = set(provider.fed.addrs())
+            await nodes.stop(provider)
+            provider = await nodes.start("n3", first.fed.addrs())  # same home, a new port
+            await eventually(lambda: provider.fed.directory is not None
+                             and provider.fed.directory.dht.get_routing_table_size() > 0, 20, "back in the DHT")
+            await provider.fed.directory.publish()  # what its republish loop did at start, made sure of here
+
+            def transport(addrs: Iterable[str]) -> set[str]:
+                return {a.split("/p2p/")[0] for a in addrs}
+
+            # Still found, at the address it has now (the peers' connections
+            # to its old incarnation may take a round to be noticed as gone).
+            for _ in range(10):
+                answer = await members[1].fed.directory.resolve(REG, fresh=True)
+                announced = transport(a for p in answer["providers"] if p["peer_id"] == provider.peer_id
+                                      for a in p["addrs"])
+                if announced & transport(provider.fed.addrs()):
+                    break
+                await trio.sleep(0.5)
+                await provider.fed.directory.publish()
+            assert announced & transport(provider.fed.addrs()), [p["peer_id"] for p in answer["providers"]]
+            assert not announced & transport(old_addrs)

@@ -51,6 +51,8 @@ RESOLVE_TIMEOUT_S = 10.0
 CACHE_SECONDS = 60.0
 # At most this many providers are asked for and shown.
 MAX_PROVIDERS = 20
+# A burst of descriptor changes (a sync bringing many) is published once.
+DESCRIPTOR_DEBOUNCE_S = 0.5
 
 
 class DescriptorValidator(Validator):
@@ -111,6 +113,7 @@ class RegistryDirectory:
                     nursery.start_soon(self._add_peer, peer_id)
                 nursery.start_soon(self._track_peers, events, nursery)
                 nursery.start_soon(self._republish_loop)
+                nursery.start_soon(self._watch_descriptors)
                 task_status.started(self)
 
     # ------------------------------------------------------------ routing table
@@ -136,6 +139,20 @@ class RegistryDirectory:
     def publish_soon(self) -> None:
         """Publish and provide now rather than at the next republish."""
         self._publish_now.set()
+
+    async def _watch_descriptors(self) -> None:
+        """Publish soon after a descriptor changes here (created, updated,
+        replicated in): a new registry is findable in seconds, not at the
+        next republish. Debounced: one publish per burst of changes."""
+        seen = self.node.feed.head
+        while True:
+            head = await self.node.feed.wait_beyond(seen)
+            events = await trio.to_thread.run_sync(
+                lambda: self.node.registry.changes(seen, limit=10_000, registry=regs.REGISTRY_OF_REGISTRIES))
+            seen = head
+            if events:
+                await trio.sleep(DESCRIPTOR_DEBOUNCE_S)
+                self.publish_soon()
 
     async def _republish_loop(self) -> None:
         while True:
@@ -212,10 +229,7 @@ class RegistryDirectory:
             self.metrics["dht.resolve.not_found"] += 1
             raise NotFound(f"no registry named {name!r} in the DHT (nobody published it, or its record lapsed)")
         body = rr.read_record(key, value, now_ms=wall_clock_ms())  # checked again: a local value may be old
-        providers = []
-        with trio.move_on_after(RESOLVE_TIMEOUT_S):
-            for info in await self.dht.find_providers(rr.provider_key(name), MAX_PROVIDERS):
-                providers.append({"peer_id": info.peer_id.to_base58(), "addrs": [str(a) for a in info.addrs]})
+        providers = await self._providers(name, fresh=fresh)
         answer = {
             "name": body.name, "descriptor": body.descriptor, "owner": body.owner, "federations": body.federations,
             "version": list(body.version), "change_id": body.change_id, "claimed_at": body.claimed_at,
@@ -228,3 +242,35 @@ class RegistryDirectory:
         self.metrics["dht.resolve.ok"] += 1
         return answer
 
+    async def _providers(self, name: str, *, fresh: bool) -> list[dict[str, Any]]:
+        """The nodes that announced they host ``name``, with their addresses.
+        py-libp2p's ``find_providers`` answers from the local provider store
+        alone whenever it holds any, which can be a restarted provider's old
+        address; a fresh resolve also asks the peers closest to the key (the
+        same GET_PROVIDERS query, through py-libp2p's per-peer call), and a
+        provider's newest answer wins."""
+        assert self.dht is not None
+        key = rr.provider_key(name)
+        found: dict[str, list[str]] = {}
+        with trio.move_on_after(RESOLVE_TIMEOUT_S):
+            for info in await self.dht.find_providers(key, MAX_PROVIDERS):
+                found[info.peer_id.to_base58()] = [str(a) for a in info.addrs]
+            if fresh:
+                store = self.dht.provider_store
+                key_bytes = bytes.fromhex(key)
+                closest = await self.dht.peer_routing.find_closest_peers_network(key_bytes)
+                async with trio.open_nursery() as nursery:
+                    for peer in closest[:MAX_PROVIDERS]:
+                        nursery.start_soon(self._ask_for_providers, store, peer, key_bytes, found)
+        return [{"peer_id": peer, "addrs": addrs} for peer, addrs in sorted(found.items())][:MAX_PROVIDERS]
+
+    async def _ask_for_providers(self, store: Any, peer: ID, key: bytes, found: dict[str, list[str]]) -> None:
+        with trio.move_on_after(RESOLVE_TIMEOUT_S / 2):
+            try:
+                infos, _ = await store._get_providers_from_peer_with_closers(peer, key)
+            except Exception as exc:  # noqa: BLE001 - a peer that left: its answer is simply missing
+                log.debug("dht: providers from %s: %s", peer, exc)
+                return
+            for info in infos:
+                if info.addrs:
+                    found[info.peer_id.to_base58()] = [str(a) for a in info.addrs]
