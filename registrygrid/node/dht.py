@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -148,7 +149,7 @@ class RegistryDirectory:
         while True:
             head = await self.node.feed.wait_beyond(seen)
             events = await trio.to_thread.run_sync(
-                lambda: self.node.registry.changes(seen, limit=10_000, registry=regs.REGISTRY_OF_REGISTRIES))
+                partial(self.node.registry.changes, seen, limit=10_000, registry=regs.REGISTRY_OF_REGISTRIES))
             seen = head
             if events:
                 await trio.sleep(DESCRIPTOR_DEBOUNCE_S)
