@@ -251,6 +251,15 @@ class BridgeClient:
     def describe_registry(self, name: str) -> dict[str, Any]:
         return self._get(f"/v1/registries/{_seg(name)}")
 
+    def resolve_registry(self, name: str, *, fresh: bool = False) -> dict[str, Any]:
+        """``name`` in the registry of registries (the node's Kademlia DHT):
+        its signed descriptor, verified, and the nodes that host it, with
+        ``source`` "dht" or "cache" (the node reuses an answer for a minute;
+        ``fresh`` asks the DHT anyway). Only a running node has a DHT, so
+        ``LocalRegistry`` has no such method. NotFound when nobody published
+        the name; Unavailable when the node runs no DHT or the lookup timed out."""
+        return self._get(f"/v1/registries/{_seg(name)}/resolve", fresh=fresh or None)
+
     def create_registry(self, name: str, kinds: Sequence[str], *, description: str = "",
                         write_policy: str = "open", conflict_policy: Any = "last-writer-wins",
                         replication: str = "federation", readers: Sequence[str] = (),

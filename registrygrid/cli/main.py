@@ -28,6 +28,7 @@ from registrygrid.errors import (
     EX_USAGE,
     MalformedInput,
     RegistryError,
+    Unavailable,
     ValidationError,
 )
 from registrygrid.home import Home
@@ -368,7 +369,7 @@ def audit_verify(home: Path | None, as_json: bool) -> None:
 
 @cli.group()
 def registry() -> None:
-    """Registries: list, describe, create."""
+    """Registries: list, describe, create, resolve (from the DHT)."""
 
 
 @registry.command(name="list")
@@ -387,6 +388,31 @@ def registry_list(home: Path | None, as_json: bool) -> None:
 def registry_describe(home: Path | None, name: str, as_json: bool) -> None:
     with open_backend(home) as backend:
         render.mapping(backend.describe_registry(name), as_json, title=name)
+
+
+@registry.command(name="resolve")
+@home_option
+@click.argument("name")
+@click.option("--fresh", is_flag=True,
+              help="Ask the DHT even when the node resolved NAME within the last minute (its cache).")
+@json_option
+def registry_resolve(home: Path | None, name: str, fresh: bool, as_json: bool) -> None:
+    """Look NAME up in the registry of registries (the running node's DHT):
+    its descriptor as its owner signed it (kinds, owner, write and conflict
+    policy, replication, federations, version), whether the signature
+    holds and who signed, and the nodes that host it with their
+    multiaddrs. Works for registries this node does not hold. Needs the
+    node running (`rgrid node start`, without --no-p2p or --no-dht)."""
+    from registrygrid.client import BridgeClient
+
+    names.registry_name(name)
+    with open_backend(home) as backend:
+        if not isinstance(backend, BridgeClient):
+            # The DHT lives in the running node (node/dht.py); this process has none to ask.
+            raise Unavailable("resolving a registry asks the running node's DHT, and no node runs on this "
+                              "home: start it with `rgrid node start` (the DHT runs unless --no-p2p or --no-dht)")
+        answer = backend.resolve_registry(name, fresh=fresh)
+    render.resolution(answer, as_json)
 
 
 @registry.command(name="create")

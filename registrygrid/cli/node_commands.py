@@ -18,6 +18,11 @@ def build_components(home: Home, options: dict[str, Any]) -> list[Any]:
     """The node's optional parts, configured from the home's config and flags."""
     config = home.config()
     components: list[Any] = []
+    if not options.get("p2p", True) and (options.get("dht_client") or not options.get("dht", True)):
+        # The DHT runs on the federation's libp2p host: without p2p there is none to configure.
+        raise ValidationError("--dht-client and --no-dht configure the DHT of the p2p node; drop them or --no-p2p")
+    if options.get("dht_client") and not options.get("dht", True):
+        raise ValidationError("--dht-client runs the DHT as a client, --no-dht runs none: give one of them")
     if options.get("listen") or options.get("bootstrap"):
         # What the operator typed is checked whole even with --no-p2p, and
         # named by its flag (config.json's addresses by their key, below).
@@ -41,7 +46,7 @@ def build_components(home: Home, options: dict[str, Any]) -> list[Any]:
             components.append(Bridge(host=host, port=int(port)))
     if options.get("p2p", True):
         try:
-            from registrygrid.node.federation import Federation
+            from registrygrid.node.federation import Federation, FederationConfig
         except ImportError:
             Federation = None  # noqa: N806
         if Federation is not None:
@@ -51,8 +56,9 @@ def build_components(home: Home, options: dict[str, Any]) -> list[Any]:
                                                                       source="config.json listen"))
             bootstrap = (check_peer_addrs(_listed(config, "bootstrap"), source="config.json bootstrap")
                          + list(options.get("bootstrap") or []))
+            dht = FederationConfig(dht=bool(options.get("dht", True)), dht_client=bool(options.get("dht_client")))
             components.append(Federation(listen=listen, bootstrap=bootstrap,
-                                         federation=config.get("federation", "default")))
+                                         federation=config.get("federation", "default"), config=dht))
     return components
 
 
@@ -81,13 +87,25 @@ def register(cli: click.Group) -> None:
     @click.option("--allow-public-bridge", "allow_public", is_flag=True,
                   help="Allow the bridge on 0.0.0.0 (it then needs tokens for everything).")
     @click.option("--no-bridge", "no_bridge", is_flag=True, help="Do not serve the HTTP bridge.")
-    @click.option("--no-p2p", "no_p2p", is_flag=True, help="Do not join a federation (local node).")
+    @click.option("--no-p2p", "no_p2p", is_flag=True, help="Do not join a federation (local node; no DHT either).")
+    @click.option("--dht-client", "dht_client", is_flag=True,
+                  help="Run the registry of registries' DHT as a client: look registries up and publish this "
+                       "org's, but neither store others' records nor answer queries (for a node others can't "
+                       "dial, e.g. behind NAT).")
+    @click.option("--no-dht", "no_dht", is_flag=True,
+                  help="Do not run the DHT: this node neither publishes its registries nor resolves others' "
+                       "(`rgrid registry resolve` then fails).")
     @click.option("--init", "init_home", is_flag=True, help="Initialise the home first if it is new.")
     @click.option("--log-level", default="INFO", show_default=True)
     def start(home: Path | None, listen: tuple[str, ...], bootstrap: tuple[str, ...], bridge_host: str | None,
-              bridge_port: int | None, allow_public: bool, no_bridge: bool, no_p2p: bool, init_home: bool,
-              log_level: str) -> None:
-        """Start the node in the foreground; Ctrl-C or SIGTERM stops it cleanly."""
+              bridge_port: int | None, allow_public: bool, no_bridge: bool, no_p2p: bool, dht_client: bool,
+              no_dht: bool, init_home: bool, log_level: str) -> None:
+        """Start the node in the foreground; Ctrl-C or SIGTERM stops it cleanly.
+
+        With p2p it joins the federation and runs the Kademlia DHT of the
+        registry of registries (server mode unless --dht-client): it
+        publishes its org's registries there and resolves others'
+        (`rgrid registry resolve`)."""
         from registrygrid.node.node import Node
 
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -98,7 +116,8 @@ def register(cli: click.Group) -> None:
         home_obj.require()
         components = build_components(home_obj, {
             "listen": listen, "bootstrap": bootstrap, "bridge_host": bridge_host, "bridge_port": bridge_port,
-            "allow_public": allow_public, "bridge": not no_bridge, "p2p": not no_p2p,
+            "allow_public": allow_public, "bridge": not no_bridge, "p2p": not no_p2p, "dht": not no_dht,
+            "dht_client": dht_client,
         })
         node_obj = Node(home_obj, components)
 

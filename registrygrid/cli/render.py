@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -12,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from registrygrid.engine.registries import descriptor_from_record
 from registrygrid.errors import RegistryError
 
 # emoji=False: "did:key:z6Mk..." must not become a key emoji.
@@ -264,3 +266,45 @@ def _resolution_line(resolution: Mapping[str, Any]) -> str:
     counts = "counts" if resolution["counts"] else "does not count (its author may not decide)"
     note = f"  note: {resolution['note']}" if resolution.get("note") else ""
     return f"{decided}  by {resolution['by']} at hlc {resolution['hlc']}  {counts}  (change {resolution['change']}){note}"
+
+
+# ---------------------------------------------------------------- the registry of registries
+
+
+def resolution(data: Mapping[str, Any], as_json: bool) -> None:
+    """A registry as the DHT answered for it: where the answer came from,
+    the descriptor (with the defaults its fields leave out, read as the
+    engine reads them), its verification, then each provider and its
+    multiaddrs, one whole line each in the dialable form (with
+    /p2p/<peer id>), so a copied line is a --bootstrap value as is."""
+    if as_json:
+        dump_json(data)
+        return
+    source = "the DHT" if data["source"] == "dht" else "this node's cache (--fresh asks the DHT)"
+    _out.print(Text.assemble((data["name"], "bold"), f"  resolved from {source}"))
+    desc = descriptor_from_record({"id": data["name"], "owner": data["owner"], "fields": data["descriptor"]})
+    replication = desc.replication + (f", readers {', '.join(desc.readers)}" if desc.readers else "")
+    write_policy = desc.write_policy + (f", roles {', '.join(desc.write_roles)}" if desc.write_roles else "")
+    facts = {"kinds": ", ".join(desc.kinds), "owner": data["owner"], "write policy": write_policy,
+             "conflict policy": desc.conflict_policy, "replication": replication,
+             "federations": ", ".join(data["federations"]) or "(none)",
+             "version": list(data["version"]), "change": data["change_id"],
+             "claimed": _when(data["claimed_at"]), "signed": _when(data["issued_at"])}
+    if desc.description:
+        facts["description"] = desc.description
+    _facts(facts)
+    verification = data["verification"]
+    _out.print("verification", style="bold cyan", markup=False, highlight=False)
+    _facts({"signature": verification["signature"], "signer": verification["signer"],
+            "authority": verification["authority"]})
+    providers = data["providers"]
+    if not providers:
+        whole_lines("providers:", ["(none found: no node announced that it hosts this registry)"])
+    for provider in providers:
+        peer = provider["peer_id"]
+        addrs = [a if a.endswith(f"/p2p/{peer}") else f"{a}/p2p/{peer}" for a in provider["addrs"]]
+        whole_lines(f"provider {peer}:", addrs or ["(no addresses known)"])
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

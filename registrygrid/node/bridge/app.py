@@ -4,10 +4,12 @@ Handlers run on the bridge's asyncio loop thread (see ``runtime.py``).
 Reads go straight to LMDB through the node's ``LocalRegistry`` (read
 transactions are safe from any thread and cost microseconds, so they run
 inline on the loop); writes go through ``Api.submit``, which crosses into
-the node's trio committer. Every handler checks its token first, parses
-and validates its input (query parameters by hand, JSON bodies against the
-OpenAPI document's own schemas), and lets typed errors escape: the
-middleware turns each into the JSON error shape with its status.
+the node's trio committer; a registry resolve goes through ``Api.resolve``,
+which runs the DHT lookup in the node's trio world. Every handler checks
+its token first, parses and validates its input (query parameters by hand,
+JSON bodies against the OpenAPI document's own schemas), and lets typed
+errors escape: the middleware turns each into the JSON error shape with its
+status.
 """
 
 from __future__ import annotations
@@ -257,6 +259,8 @@ class Api:
     metrics: BridgeMetrics
     hub: FeedHub
     submit: Callable[[Sequence[Operation]], Awaitable[list[Outcome]]]
+    # (name, fresh) -> the DHT's answer (node/dht.py RegistryDirectory.resolve), run on trio (runtime.py).
+    resolve: Callable[[str, bool], Awaitable[dict[str, Any]]]
     max_body: int = openapi.MAX_BODY_BYTES
     idempotency_ttl_ms: int = idempotency.DEFAULT_TTL_MS
     max_streams: int = 512
@@ -412,6 +416,16 @@ class Api:
         desc = await self.in_executor(self.registry.describe_registry, name)  # counts records: a scan
         self.read_note(token, name, "describe registry")
         return json_response(desc)
+
+    async def resolve_registry(self, request: web.Request) -> web.Response:
+        """A registry's signed descriptor and its providers, from the registry
+        of registries (the DHT), verified; from a short cache unless fresh."""
+        name = names.registry_name(request.match_info["registry"])
+        token = self.require(request, READ, registry=name)
+        fresh = q_bool(request, "fresh")
+        answer = await self.resolve(name, fresh)
+        self.read_note(token, name, "resolve registry" + (" (fresh)" if fresh else ""))
+        return json_response(answer)
 
     async def create_registry(self, request: web.Request) -> web.Response:
         token = self.require(request, WRITE, registry=regs.REGISTRY_OF_REGISTRIES, target=regs.REGISTRY_OF_REGISTRIES)
@@ -758,6 +772,7 @@ class Api:
             web.get("/v1/registries", self.list_registries),
             web.post("/v1/registries", self.create_registry),
             web.get("/v1/registries/{registry}", self.describe_registry),
+            web.get("/v1/registries/{registry}/resolve", self.resolve_registry),
             web.get(rec + "/{id}/history", self.record_history),
             web.get("/v1/records", self.list_records),
             web.get("/v1/changes", self.changes),

@@ -56,6 +56,7 @@ KIND_NAME = {"type": "string", "pattern": names.KIND_NAME.pattern}
 TAG = {"type": "string", "pattern": names.TAG.pattern}
 TAGS = {"type": "array", "items": TAG, "maxItems": limits.MAX_TAGS}
 TOKEN_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{12}$"}
+DID_KEY = {"type": "string", "pattern": "^did:key:z[1-9A-HJ-NP-Za-km-z]{40,60}$"}
 # A dispute's id: "dispute-" and the base32 of 20 bytes of a SHA-256
 # (crdt/resolver.py dispute_id, crdt/disputes.py equivocation_id); the
 # pattern of builtin/dispute-resolution.v1.json.
@@ -79,13 +80,24 @@ def _obj(props: dict[str, Any], required: list[str] | None = None, *, closed: bo
     return out
 
 
-def _conflict_policy_schemas() -> dict[str, Any]:
-    """ConflictPolicy and the ConflictRule it refers to, as OpenAPI components,
-    taken from builtin/registry.v1.json, the descriptor's one definition."""
+# The components that builtin/registry.v1.json's $defs become here.
+_DESCRIPTOR_DEFS = {"conflict_rule": "ConflictRule", "endpoint": "RegistryEndpoint",
+                    "description": "RegistryDescriptionText"}
+
+
+def _descriptor_schemas() -> dict[str, Any]:
+    """The registry descriptor (RegistryDescriptor), ConflictPolicy, and the
+    $defs they refer to, as OpenAPI components, taken from
+    builtin/registry.v1.json, the descriptor's one definition."""
     text = resources.files("registrygrid.schemas").joinpath("builtin/registry.v1.json").read_text("utf-8")
-    descriptor = json.loads(text.replace('"#/$defs/conflict_rule"', '"#/components/schemas/ConflictRule"'))
-    return {"ConflictPolicy": descriptor["properties"]["conflict_policy"],
-            "ConflictRule": descriptor["$defs"]["conflict_rule"]}
+    for name, component in _DESCRIPTOR_DEFS.items():
+        text = text.replace(f'"#/$defs/{name}"', f'"#/components/schemas/{component}"')
+    descriptor = json.loads(text)
+    defs = descriptor.pop("$defs")
+    for key in ("$schema", "$id"):
+        descriptor.pop(key, None)
+    return {"RegistryDescriptor": descriptor, "ConflictPolicy": descriptor["properties"]["conflict_policy"],
+            **{component: defs[name] for name, component in _DESCRIPTOR_DEFS.items()}}
 
 
 SCHEMAS: dict[str, Any] = {
@@ -156,7 +168,30 @@ SCHEMAS: dict[str, Any] = {
         "token": {"type": "string", "description": "rgt_<id>.<secret>: shown once, never stored"},
     }),
     "Tokens": _obj({"tokens": {"type": "array", "items": _ref("Token")}}),
-    **_conflict_policy_schemas(),
+    **_descriptor_schemas(),
+    # ---- the registry of registries (node/dht.py RegistryDirectory.resolve builds it)
+    "RegistryResolution": _obj({
+        "name": REGISTRY_NAME,
+        "descriptor": {**_ref("RegistryDescriptor"),
+                       "description": "the registry's record in grid.registries, as its owner signed it"},
+        "owner": {**DID_KEY, "description": "the owner org"},
+        "federations": {"type": "array", "items": STRING, "description": "ids of the federations that host it"},
+        "version": {**HLC, "description": "clock of the descriptor's latest change"},
+        "change_id": STRING,
+        "claimed_at": {**INT, "description": "ms: the registry's signed creation (the first claim holds a name)"},
+        "issued_at": {**INT, "description": "ms: when this copy was signed (each republish signs anew)"},
+        "verification": _obj({
+            "signature": {"const": "valid", "description": "always: a record that fails its checks is "
+                                                           "answered with its typed error instead"},
+            "signer": {**DID_KEY, "description": "the key that signed: the owner org's, or one it delegated"},
+            "authority": {"enum": ["owner", "delegated by the owner"]},
+        }),
+        "providers": {"type": "array", "description": "nodes that announced they host it",
+                      "items": _obj({"peer_id": STRING, "addrs": {"type": "array", "items": STRING,
+                                                                   "description": "libp2p multiaddrs"}})},
+        "source": {"enum": ["dht", "cache"], "description": "cache: this node resolved it within the last "
+                                                           "minute (fresh=true asks the DHT)"},
+    }, description="a registry's descriptor as the DHT holds it, checked as its own evidence, and its providers"),
     # ---- disputes (registrygrid/dispute_views.py builds them; docs/conflicts.md)
     "ConflictWrite": _obj({
         "change": _nullable(STRING), "author": _nullable(STRING), "hlc": _nullable(HLC),
@@ -271,10 +306,12 @@ _ERROR_STATUSES = {
     "404": "No such registry, record, kind, token or dispute",
     "409": "Conflict (already exists, in progress, the node's own CLI token)",
     "412": "If-Match names a change the record moved past",
-    "413": f"Body over {MAX_BODY_BYTES} bytes, or fields over {limits.MAX_RECORD_BYTES} bytes encoded",
+    "413": f"Body over {MAX_BODY_BYTES} bytes, or fields over {limits.MAX_RECORD_BYTES} bytes encoded "
+           "(resolve: a DHT record over its cap)",
     "422": "Well-formed but invalid (schema violation: details list every failing path)",
     "429": "Rate limited (see Retry-After)",
-    "503": "The node is starting, stopping, or its audit ledger is behind",
+    "503": "The node is starting, stopping, or its audit ledger is behind (resolve: the node runs no DHT, or "
+           "the lookup timed out)",
 }
 
 
@@ -380,6 +417,22 @@ def _paths() -> dict[str, Any]:
             "get": _op("describeRegistry", "A registry's descriptor and live record count",
                        {**_json("200", "Registry", "descriptor"), **_errors(*READ_ERRORS)},
                        tags=["registries"], params=[P_REGISTRY]),
+        },
+        "/v1/registries/{registry}/resolve": {
+            "get": _op("resolveRegistry", "Look a registry up in the registry of registries (the Kademlia DHT): "
+                       "its signed descriptor, verified, and the nodes that host it",
+                       {**_json("200", "RegistryResolution", "the verified descriptor and its providers"),
+                        **_errors(*READ_ERRORS, "413")},
+                       tags=["registries"],
+                       params=[P_REGISTRY, _query("fresh", {"type": "boolean", "default": False},
+                                                  "ask the DHT even when this node resolved the name within the "
+                                                  "last minute")],
+                       description="Works for any published registry, known to this node or not. 404: nobody "
+                                   "published the name (or its record lapsed). 503: this node runs no DHT "
+                                   "(--no-p2p, --no-dht) or the lookup timed out. A record the DHT holds that "
+                                   "fails its checks is answered with that check's typed error: "
+                                   "signature_invalid (400), policy_denied (403, a delegation that may not "
+                                   "publish), too_large (413), validation_failed (422, stale or misplaced)."),
         },
         records: {
             "get": _op("listRecords", "Records of a registry, filtered, in id order, cursor-paged",

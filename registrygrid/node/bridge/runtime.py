@@ -39,6 +39,13 @@ the committer and a ``to_thread`` hand-off per batch, ~0.8 ms of a lone
 POST. The direct hand-off removes both.) The executor, with
 ``write_threads`` threads, still runs the loop's other blocking calls
 (idempotency records).
+
+A registry resolve (``GET /v1/registries/{name}/resolve``) is trio code
+(py-libp2p's DHT, and the directory's cache, live on the node's trio
+thread). It crosses as a task of the bridge's own nursery, started with
+``run_sync_soon`` and settling the handler's future with
+``call_soon_threadsafe``: see ``_run_in_trio`` for why not
+``trio.from_thread.run`` in an executor thread.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +140,9 @@ class Bridge:
         self._startup_error: BaseException | None = None
         self._closing = False
         self._wake = trio.Event()
+        # The bridge's trio nursery, while it serves: the parent of the tasks
+        # that run trio work for the loop (``_run_in_trio``).
+        self._tasks: trio.Nursery | None = None
 
     @property
     def url(self) -> str:
@@ -154,6 +164,7 @@ class Bridge:
                              on_throttle=metrics.throttled.inc)
         self.api = api = Api(registry=node.registry, auth=auth, audit=audit, metrics=metrics,
                              hub=FeedHub(node.feed.head), submit=self._submit_from_loop,
+                             resolve=self._resolve_from_loop,
                              max_body=self.config.max_body, idempotency_ttl_ms=self.config.idempotency_ttl_ms,
                              max_streams=self.config.max_streams)
         thread = threading.Thread(target=self._thread_main, args=(api,), name="rgrid-bridge", daemon=True)
@@ -169,11 +180,14 @@ class Bridge:
         try:
             if self.config.write_bridge_file:
                 await trio.to_thread.run_sync(self._publish_cli_token, node, bridge_file)
-            api.state = "ok"
-            log.info("bridge serving on %s", self.url)
-            task_status.started(self)
-            await self._flush_loop(node, audit)
+            async with trio.open_nursery() as tasks:
+                self._tasks = tasks
+                api.state = "ok"
+                log.info("bridge serving on %s", self.url)
+                task_status.started(self)
+                await self._flush_loop(node, audit)
         finally:
+            self._tasks = None  # from here on a crossing into trio is answered 503
             with trio.CancelScope(shield=True):
                 await self._shutdown(node, thread, audit, bridge_file)
 
@@ -306,6 +320,91 @@ class Bridge:
         api.metrics.commit_seconds.observe(commit_s)
         api.metrics.crossing_seconds.observe(max(0.0, total - commit_s))
         return outcomes
+
+    async def _resolve_from_loop(self, name: str, fresh: bool) -> dict[str, Any]:
+        """The DHT's answer for a registry name (node/dht.py), from the loop."""
+        answer: dict[str, Any] = await self._run_in_trio(self._resolve, name, fresh)
+        return answer
+
+    async def _resolve(self, name: str, fresh: bool) -> dict[str, Any]:
+        """Trio side: the directory is looked up here, on the thread that sets it."""
+        federation = self._node.component("federation")
+        directory = federation.directory if federation is not None else None
+        if directory is None:
+            raise Unavailable("this node runs no DHT, so it cannot resolve registries: it was started with "
+                              "--no-p2p or --no-dht, or its federation is still starting")
+        return await directory.resolve(name, fresh=fresh)
+
+    async def _run_in_trio(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """``await fn(*args)`` as a task of the bridge's trio nursery, its
+        outcome handed back to this loop.
+
+        Why a task and not ``trio.from_thread.run`` in ``run_in_executor``:
+        that holds an executor thread for the whole call, and a resolve may
+        take two DHT timeouts (the value, then its providers: 10 s each,
+        node/dht.py); a burst of slow lookups would hold every one of the
+        ``write_threads`` threads that the idempotency writes also need.
+        A task holds no thread (one wake-up each way, as a write's
+        hand-off) and is a child of the bridge, so it ends with it (its
+        handler then answers 503). A handler cancelled on the loop cancels
+        its task too; aiohttp does not cancel a handler whose client went
+        away, so such a lookup ends by its own timeouts (node/dht.py)."""
+        loop, token = self._loop, self._node.trio_token
+        assert loop is not None and token is not None
+        if self._closing:
+            raise Unavailable("the bridge is stopping")
+        future: asyncio.Future[Any] = loop.create_future()
+        scope = trio.CancelScope()  # an unbound scope: cancelled, below, from trio's thread only
+
+        def settle_on_loop(result: Any, error: BaseException | None) -> None:
+            if future.done():
+                return  # the request was cancelled meanwhile
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        def send(result: Any, error: BaseException | None) -> None:
+            try:
+                loop.call_soon_threadsafe(settle_on_loop, result, error)
+            except RuntimeError:
+                pass  # the loop closed meanwhile: nobody awaits the answer
+
+        async def task() -> None:
+            try:
+                with scope:
+                    send(await fn(*args), None)
+                    return
+                send(None, Unavailable("the request was cancelled"))  # our scope caught it: nobody waits
+            except Exception as exc:  # noqa: BLE001 - the handler raises it: typed -> its status, else 500 + log
+                send(None, exc)
+            except BaseException:
+                send(None, Unavailable("the node is stopping"))
+                raise  # trio.Cancelled: the bridge's nursery is being cancelled
+
+        def start() -> None:
+            """On trio's thread (a run_sync_soon callback: it must not raise)."""
+            tasks = self._tasks
+            if tasks is None:
+                send(None, Unavailable("the bridge is stopping"))
+                return
+            try:
+                tasks.start_soon(task)
+            except RuntimeError:  # the nursery closed: the bridge is stopping
+                send(None, Unavailable("the bridge is stopping"))
+
+        try:
+            token.run_sync_soon(start)
+        except trio.RunFinishedError:
+            raise Unavailable("the node has stopped") from None
+        try:
+            return await future
+        except asyncio.CancelledError:
+            try:
+                token.run_sync_soon(scope.cancel)
+            except trio.RunFinishedError:
+                pass
+            raise
 
     def _thread_main(self, api: Api) -> None:
         loop = asyncio.new_event_loop()
