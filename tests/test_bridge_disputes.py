@@ -22,8 +22,8 @@ from registrygrid.home import read_key_file
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.node.bridge.openapi import schema_validator
-from registrygrid.protocol.envelope import cid_from_str
 from registrygrid.sdk import LocalRegistry
+from tests.test_engine import wires_in_feed_order as wires
 
 pytest_plugins = ("test_bridge_support",)  # its fixtures: served
 
@@ -33,16 +33,6 @@ PRICES = "test.prices"
 RECORDS = f"/v1/registries/{PRICES}/records"
 NODE_D = KeyPair(b"\xd2" * 32)
 UNKNOWN = "dispute-" + "a" * 32
-
-
-def wires(grid: LocalRegistry) -> list[bytes]:
-    """Every change a store holds, in its feed's order."""
-    out = []
-    for event in grid.changes(0, limit=10_000):
-        wire = grid.change(cid_from_str(event.change))
-        assert wire is not None
-        out.append(wire)
-    return out
 
 
 def remote(batch: list[bytes]) -> list[Remote]:

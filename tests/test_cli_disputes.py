@@ -24,8 +24,8 @@ from registrygrid.errors import EX_DATAERR, EX_NOINPUT
 from registrygrid.home import Home, read_key_file
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
-from registrygrid.protocol.envelope import cid_from_str
 from registrygrid.sdk import LocalRegistry
+from tests.test_engine import wires_in_feed_order as wires
 
 Run = Callable[..., Any]
 
@@ -43,16 +43,6 @@ def ok_text(rgrid: Run, *args: str, home: Path) -> str:
     proc = rgrid(*args, home=home)
     assert proc.returncode == 0, proc.stderr
     return str(proc.stdout)
-
-
-def wires(grid: LocalRegistry) -> list[bytes]:
-    """Every change a store holds, in its feed's order."""
-    out = []
-    for event in grid.changes(0, limit=10_000):
-        wire = grid.change(cid_from_str(event.change))
-        assert wire is not None
-        out.append(wire)
-    return out
 
 
 def deliver(source: LocalRegistry, target: LocalRegistry) -> list[str]:
