@@ -6,15 +6,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 from libp2p.peer.id import ID
 from test_federation_support import cluster, eventually, full_mesh
 
-from registrygrid.engine.ops import Put
-from registrygrid.errors import RegistryError
+from registrygrid.engine.ops import Put, Update
+from registrygrid.errors import RegistryError, Unavailable
 from registrygrid.identity.keys import KeyPair
+from registrygrid.node import remote_read as node_read
 from registrygrid.protocol import registry_record as rr
+from registrygrid.protocol import remote_read
 from registrygrid.protocol.hlc import wall_clock_ms
 
 REG = "acme.models"
@@ -149,3 +152,90 @@ async def test_a_provider_that_restarts_announces_itself_again_at_its_new_addres
                 await provider.fed.directory.publish()
             assert announced & transport(provider.fed.addrs()), [p["peer_id"] for p in answer["providers"]]
             assert not announced & transport(old_addrs)
+
+
+async def test_a_node_reads_a_public_registry_of_another_federation_verified(tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        async with cluster(tmp_path / "a", name="fed-one") as one, cluster(tmp_path / "b", name="fed-two") as two:
+            a0 = await one.start("a0")
+            a1 = await one.start("a1", a0.fed.addrs())
+            b0 = await two.start("b0", a0.fed.addrs())
+            b1 = await two.start("b1", b0.fed.addrs())
+            await full_mesh([a0, a1])
+            await full_mesh([b0, b1])
+            descriptor = {"name": REG, "kinds": ["cluster"], "replication": {"scope": "public"}}
+            await a0.node.submit([Put("grid.registries", "registry", descriptor, record_id=REG)])
+            await a0.node.submit([Put(REG, "cluster", {"name": f"gpu-{i}"}, record_id=f"gpu-{i}") for i in range(5)])
+            await a0.node.submit([Update(REG, "gpu-0", patch={"region": "eu"})])
+            await eventually(lambda: all(_knows(m) for m in (a0, a1)), 20, "the descriptor in federation one")
+            await eventually(lambda: all(m.fed.directory.dht.get_routing_table_size() > 0
+                                         for m in (a0, a1, b0, b1)), 20, "routing tables")
+            for member in (a0, a1):
+                await member.fed.directory.publish()
+
+            read = await b1.fed.reader.read(REG)
+            assert sorted(r["id"] for r in read["records"]) == [f"gpu-{i}" for i in range(5)]
+            assert read["provider"] in {a0.peer_id, a1.peer_id}
+            assert read["owner"] == a0.node.engine.owner
+            assert read["verified"]["changes"] >= 6
+            assert next(r for r in read["records"] if r["id"] == "gpu-0")["fields"]["region"] == "eu"
+            one_record = await b1.fed.reader.read(REG, record_id="gpu-3")
+            assert [r["id"] for r in one_record["records"]] == ["gpu-3"]
+            assert not _knows(b1)  # read, not replicated: nothing of it is stored on b1
+            assert b1.fed.metrics["remote_read.ok"] == 2
+
+
+async def test_a_registry_that_is_not_public_is_not_served_across_federations(tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        async with cluster(tmp_path / "a", name="fed-one") as one, cluster(tmp_path / "b", name="fed-two") as two:
+            a0 = await one.start("a0")
+            b0 = await two.start("b0", a0.fed.addrs())
+            await a0.node.submit([Put("grid.registries", "registry", {"name": REG, "kinds": ["cluster"]},
+                                      record_id=REG)])
+            await eventually(lambda: a0.peer_id in b0.fed.foreign, 20, "connected")
+            await eventually(lambda: b0.fed.directory.dht.get_routing_table_size() > 0, 20, "routing table")
+            await a0.fed.directory.publish()
+            with pytest.raises(RegistryError) as refused:
+                await b0.fed.reader.read(REG)
+            assert "not public" in refused.value.message
+
+
+async def test_a_provider_that_lies_is_refused_and_reported(tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        async with cluster(tmp_path / "a", name="fed-one") as one, cluster(tmp_path / "b", name="fed-two") as two:
+            a0 = await one.start("a0")
+            liar = await one.start("a1", a0.fed.addrs())
+            b0 = await two.start("b0", a0.fed.addrs())
+            await full_mesh([a0, liar])
+            descriptor = {"name": REG, "kinds": ["cluster"], "replication": {"scope": "public"}}
+            await a0.node.submit([Put("grid.registries", "registry", descriptor, record_id=REG)])
+            await a0.node.submit([Put(REG, "cluster", {"name": "gpu"}, record_id="gpu")])
+            await eventually(lambda: _has_record(liar), 20, "the record at the liar")
+            await liar.fed.host.connect(b0.fed.addrs()[0])
+            await eventually(lambda: all(m.fed.directory.dht.get_routing_table_size() > 0 for m in (a0, liar, b0)),
+                             20, "routing tables")
+            for member in (a0, liar):
+                await member.fed.directory.publish()
+
+            async def lie(peer_id: str, request: bytes) -> bytes:
+                """The true answer with one envelope's bytes altered (a forged record)."""
+                answer = remote_read.decode_response(node_read.answer_read(request, liar.node.engine))
+                forged = bytearray(answer.envelopes[0])
+                forged[len(forged) // 2] ^= 0xFF
+                return remote_read.encode_response(msgspec.structs.replace(
+                    answer, envelopes=[bytes(forged), *answer.envelopes[1:]]))
+
+            liar.fed.host.set_handler(remote_read.READ_PROTOCOL_ID, lie)
+            await one.stop(a0)  # the honest provider is gone: only the liar answers
+            with pytest.raises(Unavailable) as refused:
+                await b0.fed.reader.read(REG)
+            assert any(r.startswith(f"{liar.peer_id}: refused") for r in refused.value.details["refusals"])
+            assert b0.fed.metrics["remote_read.lying_provider"] == 1
+
+
+def _has_record(member) -> bool:
+    try:
+        member.registry.get(REG, "gpu")
+        return True
+    except RegistryError:
+        return False

@@ -47,13 +47,14 @@ from registrygrid.node.guard import PeerGuard
 from registrygrid.node.multiaddrs import check_listen_addrs, check_peer_addrs
 from registrygrid.node.p2p import GossipConfig, P2PError, P2PHost, PeerEvent
 from registrygrid.node.peers import PeerTable
+from registrygrid.node.remote_read import RemoteReader, answer_read
 from registrygrid.node.sync import (
     MAX_INBOUND_SYNCS,
     SessionReport,
     SyncFailed,
     SyncService,
 )
-from registrygrid.protocol import names, registry_record
+from registrygrid.protocol import names, registry_record, remote_read
 from registrygrid.protocol import sync as sync_protocol
 from registrygrid.protocol.envelope import registry_of
 from registrygrid.protocol.gossip import topic_for
@@ -172,6 +173,7 @@ class Federation:
         self.federation_id = ""
         self._proof = b""
         self.directory: RegistryDirectory | None = None  # the DHT, once running
+        self.reader: RemoteReader | None = None  # reads of other federations' public registries
         self.foreign: dict[str, str] = {}  # peer id -> its federation: connected for the DHT, never admitted
 
     # ------------------------------------------------------------ lifecycle
@@ -184,7 +186,8 @@ class Federation:
             host = P2PHost(key.seed, self.listen, gossip=cfg.gossip,
                            max_request_bytes=sync_protocol.MAX_REQUEST_BYTES,
                            # a sync response: envelopes plus the responder's vector (protocol/sync.py)
-                           max_response_bytes=sync_protocol.MAX_RESPONSE_BYTES + 2**20)
+                           max_response_bytes=max(sync_protocol.MAX_RESPONSE_BYTES + 2**20,
+                                                  remote_read.MAX_RESPONSE_BYTES))
         except ValueError as exc:  # a --listen address it cannot use
             raise ValidationError(str(exc)) from None
         self.host = host
@@ -216,6 +219,7 @@ class Federation:
                                 org_of=lambda peer: self.admitted[peer].org if peer in self.admitted else None)
         host.set_handler(sync_protocol.SYNC_PROTOCOL_ID, self.sync.handle)
         host.set_handler(HELLO_PROTOCOL_ID, self._answer_hello)
+        host.set_handler(remote_read.READ_PROTOCOL_ID, self._answer_read)
         host.set_topic_validator(self.topic, self.gossip.validate)
         assert node.committer is not None
         async with host:
@@ -239,6 +243,7 @@ class Federation:
                             delegation=membership.delegation if membership else None, client=cfg.dht_client,
                             republish_seconds=cfg.dht_republish_interval, metrics=self.metrics)
                         await nursery.start(self.directory.run)
+                        self.reader = RemoteReader(host, self.directory, self.metrics)
                     log.info("federation %s: peer %s on %s", self.federation, host.peer_id, host.listen_addrs())
                     task_status.started(self)
             finally:
@@ -457,6 +462,15 @@ class Federation:
             return
         self.peers.note_latency(peer_id, trio.current_time() - started)
         await self._heard(peer_id, reply)
+
+    async def _answer_read(self, peer_id: str, request: bytes) -> bytes:
+        """A public registry's changes, for any peer that is not banned
+        (node/remote_read.py); at most max_inbound_syncs at once, with sync."""
+        assert self.peers is not None and self.node is not None
+        if self.peers.blocked(peer_id):
+            raise PolicyDenied("this node does not serve you")
+        self.metrics["remote_read.served"] += 1
+        return await trio.to_thread.run_sync(answer_read, request, self.node.engine, limiter=self._sessions)
 
     async def _answer_hello(self, peer_id: str, request: bytes) -> bytes:
         assert self.peers is not None

@@ -1,0 +1,205 @@
+"""Reading public registries across federations: serving, fetching, verifying.
+
+Serving (``answer_read``): a node answers ``/registrygrid/read/1.0.0``
+(protocol/remote_read.py) for a registry it hosts whose replication scope
+is ``public``, to any peer it talks to. It refuses when a descriptor
+author's ``grid.registries`` chain (which the answer must carry for the
+descriptor's chain links) holds the descriptor of a private registry:
+those are never sent outside their readers.
+
+Reading (``RemoteReader.read``): resolve the registry in the DHT, ask its
+providers one by one, and replay each answer into a scratch store (a
+temporary LMDB store with the node's own engine) that checks every
+signature, chain, delegation, ownership and schema. The answer counts only
+if every change applies and the descriptor the provider sent is the one
+its owner signed into the DHT; otherwise the provider lied (or is broken):
+it is refused, counted (``remote_read.lying_provider``), logged, and the
+next provider is asked. Nothing is shown until an answer passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections import Counter
+from typing import Any
+
+import trio
+
+from registrygrid.engine import registries as regs
+from registrygrid.engine.ops import Remote
+from registrygrid.errors import (
+    NotFound,
+    PolicyDenied,
+    RegistryError,
+    Unavailable,
+    ValidationError,
+)
+from registrygrid.identity.keys import KeyPair
+from registrygrid.protocol import remote_read as proto
+from registrygrid.protocol.envelope import peek
+from registrygrid.storage import changes, records
+from registrygrid.trust.statements import MEMBERS_REGISTRY
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT_S = 15.0
+# Pages of one read (each up to the protocol's caps): enough for a registry
+# of ~100k changes; a larger one is followed, not read in one go.
+MAX_PAGES = 50
+
+
+def answer_read(data: bytes, engine: Any) -> bytes:
+    """The answer to a read request, from ``engine``'s store (a worker thread)."""
+    request = proto.decode_request(data)
+    store = engine.store
+    with store.read() as txn:
+        desc = regs.lookup(store, txn, request.registry)
+        if desc.replication != "public":
+            raise PolicyDenied(f"{request.registry} is not public: it is read by members of its federation only")
+        history = [changes.body(store, txn, cid) for _, cid in
+                   records.history(store, txn, regs.REGISTRY_OF_REGISTRIES, request.registry)]
+    needed: dict[str, int] = {}
+    for body in history:
+        if body is not None:
+            needed[body.author] = max(needed.get(body.author, 0), body.seq)
+    descriptor: list[bytes] = []
+    for author, last in sorted(needed.items()):
+        chain = engine.envelopes_after(regs.REGISTRY_OF_REGISTRIES, author, 0, limit=last, max_bytes=2**30)
+        for wire in chain:
+            other = peek(wire)
+            if other is not None and _private(store, other.record):
+                raise PolicyDenied(f"{request.registry} can't be read from outside its federation yet: its "
+                                   "descriptor's chain holds a private registry's descriptor")
+        descriptor += chain
+    statements: list[bytes] = []
+    for author in sorted(engine.version_vector(MEMBERS_REGISTRY).get(MEMBERS_REGISTRY, {})):
+        statements += engine.envelopes_after(MEMBERS_REGISTRY, author, 0, limit=100_000, max_bytes=2**30)
+    envelopes: list[bytes] = []
+    size, more = 0, False
+    for author, head in sorted(engine.version_vector(request.registry).get(request.registry, {}).items()):
+        after = request.after.get(author, 0)
+        if head <= after:
+            continue
+        room = proto.MAX_RESPONSE_ENVELOPE_BYTES - size
+        count = proto.MAX_RESPONSE_ENVELOPES - len(envelopes)
+        if room <= 0 or count <= 0:
+            more = True
+            break
+        chain = engine.envelopes_after(request.registry, author, after, limit=count, max_bytes=room)
+        envelopes += chain
+        size += sum(map(len, chain))
+        more = more or len(chain) < head - after
+    return proto.encode_response(proto.ReadResponse(request.registry, descriptor, statements, envelopes, more))
+
+
+def _private(store: Any, registry: str) -> bool:
+    with store.read() as txn:
+        try:
+            return regs.lookup(store, txn, registry).private
+        except RegistryError:
+            return False
+
+
+class RemoteReader:
+    """Reads of public registries hosted by other federations."""
+
+    def __init__(self, host: Any, directory: Any, metrics: Counter[str]) -> None:
+        self.host = host
+        self.directory = directory
+        self.metrics = metrics
+
+    async def read(self, name: str, *, record_id: str | None = None) -> dict[str, Any]:
+        """The registry's records (or one), verified, and where they came from."""
+        resolution = await self.directory.resolve(name)
+        refusals: list[str] = []
+        for provider in resolution["providers"]:
+            peer = provider["peer_id"]
+            if peer == self.host.peer_id:
+                continue
+            try:
+                return await self._read_from(peer, provider["addrs"], resolution, record_id)
+            except ValidationError as exc:  # the answer failed its checks: a lying or broken provider
+                self.metrics["remote_read.lying_provider"] += 1
+                log.warning("refused %s's answer for %s: %s", peer, name, exc.message)
+                refusals.append(f"{peer}: refused: {exc.message}")
+            except RegistryError as exc:
+                self.metrics["remote_read.failed"] += 1
+                refusals.append(f"{peer}: {exc.code}: {exc.message}")
+        raise Unavailable(f"no provider of {name} gave a verifiable answer"
+                          + (f" ({'; '.join(refusals)[:500]})" if refusals else " (none is known)"),
+                          details={"refusals": refusals})
+
+    async def _read_from(self, peer: str, addrs: list[str], resolution: dict[str, Any],
+                         record_id: str | None) -> dict[str, Any]:
+        from registrygrid.node.p2p import P2PError
+
+        if peer not in self.host.connected_peers():
+            for addr in addrs:
+                try:
+                    await self.host.connect(addr if "/p2p/" in addr else f"{addr}/p2p/{peer}", timeout=5)
+                    break
+                except P2PError:
+                    continue
+        root = tempfile.mkdtemp(prefix="rgrid-remote-read-")
+        try:
+            from registrygrid.sdk import LocalRegistry
+
+            scratch = LocalRegistry.open_path(root, KeyPair.generate())
+            try:
+                cursor: dict[str, int] = {}
+                applied = 0
+                for _ in range(MAX_PAGES):
+                    try:
+                        data = await self.host.request(peer, proto.READ_PROTOCOL_ID,
+                                                       proto.encode_request(resolution["name"], cursor),
+                                                       timeout=READ_TIMEOUT_S)
+                    except P2PError as exc:
+                        raise Unavailable(exc.message) from None
+                    answer = proto.decode_response(data)
+                    applied += await trio.to_thread.run_sync(_replay, scratch, answer, peer)
+                    vector = scratch.engine.version_vector(resolution["name"]).get(resolution["name"], {})
+                    cursor = dict(vector)
+                    if not answer.more:
+                        break
+                described = scratch.get(regs.REGISTRY_OF_REGISTRIES, resolution["name"])
+                if described["change_id"] != resolution["change_id"]:
+                    raise ValidationError(f"the descriptor it sent ({described['change_id']}) is not the one its "
+                                          f"owner signed into the DHT ({resolution['change_id']})")
+                if described["owner"] != resolution["owner"]:
+                    raise ValidationError("the descriptor it sent belongs to another org than the DHT's")
+                if record_id is not None:
+                    found = [scratch.get(resolution["name"], record_id)]
+                else:
+                    found = list(scratch.iter_all(resolution["name"]))
+            finally:
+                scratch.close()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        self.metrics["remote_read.ok"] += 1
+        return {"registry": resolution["name"], "provider": peer, "owner": resolution["owner"],
+                "verified": {"changes": applied, "descriptor": "the one its owner signed into the DHT",
+                             "signatures": "every one checked"},
+                "records": found}
+
+
+def _replay(scratch: Any, answer: proto.ReadResponse, peer: str) -> int:
+    """Apply an answer in a scratch store; ValidationError naming the first
+    change that did not apply."""
+    applied = 0
+    for part, wires in (("statements", answer.statements), ("descriptor", answer.descriptor),
+                        ("envelopes", answer.envelopes)):
+        results = scratch.execute([Remote(w, peer) for w in wires])
+        for wire, result in zip(wires, results):
+            if result.status == "applied":
+                applied += 1
+            elif result.status == "duplicate" or (part == "statements" and result.status != "rejected"):
+                continue  # a statement that waits or is refused here is context, not content
+            else:
+                why = result.error.message if result.error is not None else result.status
+                body = peek(wire)
+                where = f"{body.registry}/{body.record}" if body is not None else "an undecodable change"
+                raise ValidationError(f"its change {result.change_id or '?'} of {where} was {result.status}: {why}")
+    return applied
+

@@ -1,0 +1,76 @@
+"""Reading a public registry from a node of another federation: the messages.
+
+A node that hosts a registry whose replication scope is ``public`` answers
+``/registrygrid/read/1.0.0`` for anyone it talks to, member or not: the
+signed changes of the registry's descriptor (with the rest of their
+authors' chains in ``grid.registries``, which each change's chain link
+needs), the federation's trust statements (which vouch for the authors),
+and the registry's own changes, in their authors' chain order, bounded,
+with a cursor. The reader trusts none of it: it replays everything into a
+scratch store that checks every signature, chain, ownership and schema as
+its own store would (node/remote_read.py), and refuses the answer whole if
+anything fails.
+
+Sans-IO: the request and the response, and their caps.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from registrygrid.errors import MalformedInput, TooLarge
+from registrygrid.protocol import names
+
+READ_PROTOCOL_ID = "/registrygrid/read/1.0.0"
+# A request is a registry name and a cursor (author -> sequence held).
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_CURSOR_AUTHORS = 1024
+# The registry's own envelopes in one answer: the sync path's bound
+# (protocol/sync.py); more come with the cursor.
+MAX_RESPONSE_ENVELOPE_BYTES = 4 * 1024 * 1024
+MAX_RESPONSE_ENVELOPES = 2000
+# Plus the descriptor's chains and the statements.
+MAX_RESPONSE_BYTES = MAX_RESPONSE_ENVELOPE_BYTES + 4 * 1024 * 1024
+
+
+class ReadRequest(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    registry: str
+    after: dict[str, int] = {}  # author did -> highest sequence the reader holds
+
+
+class ReadResponse(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    registry: str
+    descriptor: list[bytes]  # grid.registries changes: the descriptor's, with their chains
+    statements: list[bytes]  # grid.members changes: the trust statements
+    envelopes: list[bytes]  # the registry's changes after the cursor, chain order per author
+    more: bool  # the answer was cut: ask again with the cursor moved on
+
+
+def encode_request(registry: str, after: dict[str, int] | None = None) -> bytes:
+    return msgspec.msgpack.encode(ReadRequest(names.registry_name(registry), dict(after or {})))
+
+
+def decode_request(data: bytes) -> ReadRequest:
+    if len(data) > MAX_REQUEST_BYTES:
+        raise TooLarge(f"a read request of {len(data)} bytes exceeds {MAX_REQUEST_BYTES}")
+    try:
+        request = msgspec.msgpack.decode(data, type=ReadRequest)
+    except msgspec.DecodeError as exc:
+        raise MalformedInput(f"malformed read request: {exc}") from None
+    names.registry_name(request.registry)
+    if len(request.after) > MAX_CURSOR_AUTHORS:
+        raise TooLarge(f"a read cursor names at most {MAX_CURSOR_AUTHORS} authors")
+    return request
+
+
+def encode_response(response: ReadResponse) -> bytes:
+    return msgspec.msgpack.encode(response)
+
+
+def decode_response(data: bytes) -> ReadResponse:
+    if len(data) > MAX_RESPONSE_BYTES:
+        raise TooLarge(f"a read response of {len(data)} bytes exceeds {MAX_RESPONSE_BYTES}")
+    try:
+        return msgspec.msgpack.decode(data, type=ReadResponse)
+    except msgspec.DecodeError as exc:
+        raise MalformedInput(f"malformed read response: {exc}") from None
