@@ -30,7 +30,6 @@ import trio
 from registrygrid.engine import registries as regs
 from registrygrid.engine.ops import Remote
 from registrygrid.errors import (
-    NotFound,
     PolicyDenied,
     RegistryError,
     Unavailable,
