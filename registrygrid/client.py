@@ -260,6 +260,17 @@ class BridgeClient:
         the name; Unavailable when the node runs no DHT or the lookup timed out."""
         return self._get(f"/v1/registries/{_seg(name)}/resolve", fresh=fresh or None)
 
+    def read_remote(self, name: str, *, record_id: str | None = None) -> dict[str, Any]:
+        """A public registry that another federation hosts, read by the node
+        from one of its providers and verified change by change (node/remote_read.py):
+        {registry, provider, owner, verified, records}, ``records`` all its
+        live records or, with ``record_id``, that one. Only a running node
+        reaches other federations, so ``LocalRegistry`` has no such method.
+        NotFound when nobody published the name (or no such record);
+        PolicyDenied when it is not public; Unavailable when the node runs no
+        DHT or no provider gave a verifiable answer (``details["refusals"]``)."""
+        return self._get(f"/v1/registries/{_seg(name)}/remote", record=record_id)
+
     def create_registry(self, name: str, kinds: Sequence[str], *, description: str = "",
                         write_policy: str = "open", conflict_policy: Any = "last-writer-wins",
                         replication: str = "federation", readers: Sequence[str] = (),

@@ -99,6 +99,33 @@ def show_id(home: Path | None, as_json: bool) -> None:
 # ------------------------------------------------------------------ records
 
 
+REMOTE_HELP = ("Read REGISTRY from another federation that hosts it publicly, through the running node: "
+               "resolved in the DHT, asked of its providers and verified change by change; nothing is kept here.")
+
+
+def _refuse_with_remote(given: dict[str, Any]) -> None:
+    used = [flag for flag, value in given.items() if value]
+    if used:
+        raise ValidationError(f"--remote reads the registry as its provider serves it and does not combine with "
+                              f"{', '.join(used)}")
+
+
+def _read_remote(home: Path | None, registry: str, record_id: str | None) -> dict[str, Any]:
+    from registrygrid.client import BridgeClient
+
+    names.registry_name(registry)
+    if record_id is not None:
+        names.record_id(record_id)
+    with open_backend(home) as backend:
+        if not isinstance(backend, BridgeClient):
+            # The DHT and the libp2p host live in the running node (node/remote_read.py); this process has neither.
+            raise Unavailable("reading a registry of another federation goes through the running node's DHT, and "
+                              "no node runs on this home: start it with `rgrid node start` (the DHT runs unless "
+                              "--no-p2p or --no-dht)")
+        answer: dict[str, Any] = backend.read_remote(registry, record_id=record_id)
+    return answer
+
+
 @cli.command()
 @home_option
 @click.argument("registry")
@@ -129,10 +156,16 @@ def put(home: Path | None, registry: str, kind: str, file: Path | None, sets: tu
 @click.option("--conflicts", "show_conflicts", is_flag=True,
               help="Also show its conflicts: each path, its rule, the value shown and every competing write "
                    '(with --json: {"record": ..., "conflicts": [...]}).')
+@click.option("--remote", is_flag=True, help=REMOTE_HELP)
 @json_option
-def get(home: Path | None, registry: str, record_id: str, deleted: bool, show_conflicts: bool,
+def get(home: Path | None, registry: str, record_id: str, deleted: bool, show_conflicts: bool, remote: bool,
         as_json: bool) -> None:
     """Show one record."""
+    if remote:
+        _refuse_with_remote({"--deleted": deleted, "--conflicts": show_conflicts})
+        answer = _read_remote(home, registry, record_id)
+        render.remote_read(answer, as_json, one=True)
+        return
     with open_backend(home) as backend:
         record = backend.get(registry, record_id, include_deleted=deleted)
     if show_conflicts:
@@ -197,10 +230,23 @@ def delete(home: Path | None, registry: str, record_id: str, if_match: str | Non
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--cursor", help="Resume after the last record of a previous page.")
 @click.option("--deleted", is_flag=True, help="Include deleted records.")
+@click.option("--remote", is_flag=True, help=REMOTE_HELP + " Every live record, in id order; no other filter.")
 @json_option
-def list_records(home: Path | None, registry: str | None, kind: str | None, tag: str | None, owner: str | None,
-                 wheres: tuple[str, ...], limit: int, cursor: str | None, deleted: bool, as_json: bool) -> None:
+@click.pass_context
+def list_records(ctx: click.Context, home: Path | None, registry: str | None, kind: str | None, tag: str | None,
+                 owner: str | None, wheres: tuple[str, ...], limit: int, cursor: str | None, deleted: bool,
+                 remote: bool, as_json: bool) -> None:
     """List records, optionally of one REGISTRY, with filters."""
+    if remote:
+        # The reader returns the whole verified registry (node/remote_read.py); filtering
+        # it here would look like the node's own listing while meaning something else.
+        explicit_limit = ctx.get_parameter_source("limit") is not click.core.ParameterSource.DEFAULT
+        _refuse_with_remote({"--kind": kind, "--tag": tag, "--owner": owner, "--where": wheres,
+                             "--limit": explicit_limit, "--cursor": cursor, "--deleted": deleted})
+        if registry is None:
+            raise ValidationError("--remote needs REGISTRY: the public registry of another federation to read")
+        render.remote_read(_read_remote(home, registry, None), as_json, one=False)
+        return
     where = [parse_where(w) for w in wheres]
     with open_backend(home) as backend:
         page = backend.list(registry, kind=kind, tag=tag, owner=owner, where=where, limit=limit, cursor=cursor,

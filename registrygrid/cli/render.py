@@ -306,5 +306,26 @@ def resolution(data: Mapping[str, Any], as_json: bool) -> None:
         whole_lines(f"provider {peer}:", addrs or ["(no addresses known)"])
 
 
+def remote_read(data: Mapping[str, Any], as_json: bool, *, one: bool) -> None:
+    """A read of another federation's public registry: where the records came
+    from (the provider's peer id and the owner org, whole on their lines so
+    either can be copied) and what was verified, then the records as `rgrid
+    get` (``one``) or `rgrid list` show them. With --json, the node's answer
+    as is."""
+    if as_json:
+        dump_json(data)
+        return
+    _out.print(Text.assemble((data["registry"], "bold"), "  read from another federation, verified"))
+    verified = data["verified"]
+    _facts({"provider": data["provider"], "owner": data["owner"], "changes verified": verified["changes"],
+            "descriptor": verified["descriptor"], "signatures": verified["signatures"]})
+    records = data["records"]
+    if one:
+        for found in records:
+            record(found, False)
+    else:
+        page({"items": records, "next_cursor": None}, False)
+
+
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -30,6 +30,7 @@ import trio
 from registrygrid.engine import registries as regs
 from registrygrid.engine.ops import Remote
 from registrygrid.errors import (
+    NotFound,
     PolicyDenied,
     RegistryError,
     Unavailable,
@@ -112,20 +113,32 @@ class RemoteReader:
     async def read(self, name: str, *, record_id: str | None = None) -> dict[str, Any]:
         """The registry's records (or one), verified, and where they came from."""
         resolution = await self.directory.resolve(name)
+        # The owner's signed descriptor (checked by the directory) says who may
+        # read it: no provider is asked for a registry it would refuse to serve.
+        desc = regs.descriptor_from_record({"id": name, "owner": resolution["owner"],
+                                            "fields": resolution["descriptor"]})
+        if desc.replication != "public":
+            raise PolicyDenied(f"{name} is not public: it is read by members of its federation only")
         refusals: list[str] = []
         for provider in resolution["providers"]:
             peer = provider["peer_id"]
             if peer == self.host.peer_id:
                 continue
             try:
-                return await self._read_from(peer, provider["addrs"], resolution, record_id)
+                answer = await self._read_from(peer, provider["addrs"], resolution, record_id)
             except ValidationError as exc:  # the answer failed its checks: a lying or broken provider
                 self.metrics["remote_read.lying_provider"] += 1
                 log.warning("refused %s's answer for %s: %s", peer, name, exc.message)
                 refusals.append(f"{peer}: refused: {exc.message}")
+                continue
             except RegistryError as exc:
                 self.metrics["remote_read.failed"] += 1
                 refusals.append(f"{peer}: {exc.code}: {exc.message}")
+                continue
+            if record_id is not None and not answer["records"]:
+                # A verified read of the whole registry holds no such record.
+                raise NotFound(f"{name} has no record {record_id}")
+            return answer
         raise Unavailable(f"no provider of {name} gave a verifiable answer"
                           + (f" ({'; '.join(refusals)[:500]})" if refusals else " (none is known)"),
                           details={"refusals": refusals})
@@ -169,7 +182,10 @@ class RemoteReader:
                 if described["owner"] != resolution["owner"]:
                     raise ValidationError("the descriptor it sent belongs to another org than the DHT's")
                 if record_id is not None:
-                    found = [scratch.get(resolution["name"], record_id)]
+                    try:
+                        found = [scratch.get(resolution["name"], record_id)]
+                    except NotFound:
+                        found = []
                 else:
                     found = list(scratch.iter_all(resolution["name"]))
             finally:

@@ -5,7 +5,9 @@ Reads go straight to LMDB through the node's ``LocalRegistry`` (read
 transactions are safe from any thread and cost microseconds, so they run
 inline on the loop); writes go through ``Api.submit``, which crosses into
 the node's trio committer; a registry resolve goes through ``Api.resolve``,
-which runs the DHT lookup in the node's trio world. Every handler checks
+which runs the DHT lookup in the node's trio world, and a read of another
+federation's public registry through ``Api.read_remote``, which runs the
+node's ``RemoteReader`` there. Every handler checks
 its token first, parses and validates its input (query parameters by hand,
 JSON bodies against the OpenAPI document's own schemas), and lets typed
 errors escape: the middleware turns each into the JSON error shape with its
@@ -261,6 +263,9 @@ class Api:
     submit: Callable[[Sequence[Operation]], Awaitable[list[Outcome]]]
     # (name, fresh) -> the DHT's answer (node/dht.py RegistryDirectory.resolve), run on trio (runtime.py).
     resolve: Callable[[str, bool], Awaitable[dict[str, Any]]]
+    # (name, record id or None) -> the verified read of a public registry another
+    # federation hosts (node/remote_read.py RemoteReader.read), run on trio (runtime.py).
+    read_remote: Callable[[str, str | None], Awaitable[dict[str, Any]]]
     max_body: int = openapi.MAX_BODY_BYTES
     idempotency_ttl_ms: int = idempotency.DEFAULT_TTL_MS
     max_streams: int = 512
@@ -425,6 +430,18 @@ class Api:
         fresh = q_bool(request, "fresh")
         answer = await self.resolve(name, fresh)
         self.read_note(token, name, "resolve registry" + (" (fresh)" if fresh else ""))
+        return json_response(answer)
+
+    async def read_remote_registry(self, request: web.Request) -> web.Response:
+        """A public registry another federation hosts (or one of its records),
+        read from one of its providers and verified change by change in a
+        scratch store; nothing of it is kept on this node."""
+        name = names.registry_name(request.match_info["registry"])
+        record_id = q_name(request, "record", names.record_id)
+        target = name if record_id is None else f"{name}/{record_id}"
+        token = self.require(request, READ, registry=name, target=target)
+        answer = await self.read_remote(name, record_id)
+        self.read_note(token, target, f"remote read from {answer['provider']}")
         return json_response(answer)
 
     async def create_registry(self, request: web.Request) -> web.Response:
@@ -773,6 +790,7 @@ class Api:
             web.post("/v1/registries", self.create_registry),
             web.get("/v1/registries/{registry}", self.describe_registry),
             web.get("/v1/registries/{registry}/resolve", self.resolve_registry),
+            web.get("/v1/registries/{registry}/remote", self.read_remote_registry),
             web.get(rec + "/{id}/history", self.record_history),
             web.get("/v1/records", self.list_records),
             web.get("/v1/changes", self.changes),

@@ -192,6 +192,21 @@ SCHEMAS: dict[str, Any] = {
         "source": {"enum": ["dht", "cache"], "description": "cache: this node resolved it within the last "
                                                            "minute (fresh=true asks the DHT)"},
     }, description="a registry's descriptor as the DHT holds it, checked as its own evidence, and its providers"),
+    # ---- reads across federations (node/remote_read.py RemoteReader.read builds it)
+    "RemoteRead": _obj({
+        "registry": REGISTRY_NAME,
+        "provider": {**STRING, "description": "peer id of the node whose answer passed every check"},
+        "owner": {**DID_KEY, "description": "the owner org, as its descriptor in the DHT names it"},
+        "verified": _obj({
+            "changes": {**SEQ, "description": "changes of the answer that applied in the scratch store"},
+            "descriptor": {**STRING, "description": "the descriptor sent is the one its owner signed into the DHT"},
+            "signatures": {**STRING, "description": "every change's signature, chain, delegation, ownership "
+                                                    "and schema was checked"},
+        }),
+        "records": {"type": "array", "items": _ref("Record"),
+                    "description": "its live records in id order, or the one asked for (record=ID)"},
+    }, description="a public registry of another federation, read from one provider and verified in a scratch "
+                   "store (nothing of it is kept on this node)"),
     # ---- disputes (registrygrid/dispute_views.py builds them; docs/conflicts.md)
     "ConflictWrite": _obj({
         "change": _nullable(STRING), "author": _nullable(STRING), "hlc": _nullable(HLC),
@@ -311,7 +326,7 @@ _ERROR_STATUSES = {
     "422": "Well-formed but invalid (schema violation: details list every failing path)",
     "429": "Rate limited (see Retry-After)",
     "503": "The node is starting, stopping, or its audit ledger is behind (resolve: the node runs no DHT, or "
-           "the lookup timed out)",
+           "the lookup timed out; remote: no provider gave a verifiable answer)",
 }
 
 
@@ -433,6 +448,21 @@ def _paths() -> dict[str, Any]:
                                    "fails its checks is answered with that check's typed error: "
                                    "signature_invalid (400), policy_denied (403, a delegation that may not "
                                    "publish), too_large (413), validation_failed (422, stale or misplaced)."),
+        },
+        "/v1/registries/{registry}/remote": {
+            "get": _op("readRemoteRegistry", "Read a public registry that another federation hosts (or one of its "
+                       "records), from one of its providers, verified",
+                       {**_json("200", "RemoteRead", "where the records came from, what was checked, the records"),
+                        **_errors(*READ_ERRORS)},
+                       tags=["registries"],
+                       params=[P_REGISTRY, _query("record", RECORD_ID, "only this record")],
+                       description="The node resolves the registry in the DHT, asks its providers one by one "
+                                   "and replays each answer into a scratch store that checks every signature, "
+                                   "chain, delegation, ownership and schema; an answer that fails is refused "
+                                   "and the next provider asked. 404: nobody published the name, or with "
+                                   "record no such record. 403: the registry is not public. 503: this node runs "
+                                   "no DHT, or no provider gave a verifiable answer (details.refusals says why, "
+                                   "one line a provider)."),
         },
         records: {
             "get": _op("listRecords", "Records of a registry, filtered, in id order, cursor-paged",

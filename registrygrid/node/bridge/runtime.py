@@ -45,7 +45,10 @@ A registry resolve (``GET /v1/registries/{name}/resolve``) is trio code
 thread). It crosses as a task of the bridge's own nursery, started with
 ``run_sync_soon`` and settling the handler's future with
 ``call_soon_threadsafe``: see ``_run_in_trio`` for why not
-``trio.from_thread.run`` in an executor thread.
+``trio.from_thread.run`` in an executor thread. A remote read
+(``GET /v1/registries/{name}/remote``: the node's ``RemoteReader``, which
+resolves, asks providers over libp2p and verifies in a scratch store)
+crosses the same way.
 """
 
 from __future__ import annotations
@@ -164,7 +167,7 @@ class Bridge:
                              on_throttle=metrics.throttled.inc)
         self.api = api = Api(registry=node.registry, auth=auth, audit=audit, metrics=metrics,
                              hub=FeedHub(node.feed.head), submit=self._submit_from_loop,
-                             resolve=self._resolve_from_loop,
+                             resolve=self._resolve_from_loop, read_remote=self._read_remote_from_loop,
                              max_body=self.config.max_body, idempotency_ttl_ms=self.config.idempotency_ttl_ms,
                              max_streams=self.config.max_streams)
         thread = threading.Thread(target=self._thread_main, args=(api,), name="rgrid-bridge", daemon=True)
@@ -334,6 +337,20 @@ class Bridge:
             raise Unavailable("this node runs no DHT, so it cannot resolve registries: it was started with "
                               "--no-p2p or --no-dht, or its federation is still starting")
         return await directory.resolve(name, fresh=fresh)
+
+    async def _read_remote_from_loop(self, name: str, record_id: str | None) -> dict[str, Any]:
+        """The verified read of another federation's public registry (node/remote_read.py), from the loop."""
+        answer: dict[str, Any] = await self._run_in_trio(self._read_remote, name, record_id)
+        return answer
+
+    async def _read_remote(self, name: str, record_id: str | None) -> dict[str, Any]:
+        """Trio side: the reader is looked up here, on the thread that sets it."""
+        federation = self._node.component("federation")
+        reader = federation.reader if federation is not None else None
+        if reader is None:
+            raise Unavailable("this node runs no DHT, so it cannot read registries of other federations: it was "
+                              "started with --no-p2p or --no-dht, or its federation is still starting")
+        return await reader.read(name, record_id=record_id)
 
     async def _run_in_trio(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """``await fn(*args)`` as a task of the bridge's trio nursery, its
