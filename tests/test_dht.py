@@ -239,3 +239,17 @@ def _has_record(member) -> bool:
         return True
     except RegistryError:
         return False
+
+
+async def test_a_restarted_node_reconnects_to_the_other_federation_without_a_bootstrap_address(tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        async with cluster(tmp_path / "a", name="fed-one") as one, cluster(tmp_path / "b", name="fed-two") as two:
+            a0 = await one.start("a0")
+            b0 = await two.start("b0", a0.fed.addrs())
+            await eventually(lambda: a0.peer_id in b0.fed.foreign and b0.peer_id in a0.fed.foreign, 20,
+                             "connected as foreign peers")
+            await one.stop(a0)
+            a0 = await one.start("a0")  # no bootstrap: it remembers b0 from its persisted peer table
+            await eventually(lambda: b0.peer_id in a0.fed.foreign, 20, "a0 dialed b0 again")
+            await eventually(lambda: a0.fed.directory.dht.get_routing_table_size() > 0, 20,
+                             "b0 back in a0's routing table")

@@ -32,7 +32,11 @@ async def test_a_write_on_any_node_appears_on_all_with_identical_state(tmp_path:
             # Remote changes are on each node's own feed, naming the peer they came from.
             for member in members:
                 origins = {e.origin for e in member.registry.changes(0)}
-                assert origins == {"local"} | {o.peer_id for o in members if o is not member}
+                others = {o.peer_id for o in members if o is not member}
+                # Each names the peer it came from; which peer that is for a
+                # third node's change is a race between gossip and the sync
+                # session each new connection opens (both relay).
+                assert "local" in origins and len(origins) > 1 and origins <= {"local"} | others
                 metrics = member.fed.metrics
                 # Gossip carried them (the session on a fresh connection may race it to a few).
                 assert metrics["gossip.ingest.applied"] >= 5

@@ -506,6 +506,12 @@ class Federation:
                 return NotMember(f"member of federation {hello.federation!r}, not {self.federation!r}, and this "
                                  f"node already talks to {self.config.max_foreign_peers} peers of other federations")
             self.foreign[peer_id] = hello.federation
+            # Remembered (and persisted with the peer table), so a restart
+            # dials it again and the DHT's routing table crosses federations
+            # again without a bootstrap address for it.
+            own = [a for a in hello.addrs if peer_of(a) == peer_id]
+            if own:
+                self.peers.add(own, "foreign", trio.current_time())
             return None
         try:
             admitted = check_admission(self.node.engine.trust, did_from_peer_id(peer_id), hello.federation_id,

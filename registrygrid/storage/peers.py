@@ -26,7 +26,7 @@ MAX_RECORD_BYTES = 64 * 1024
 class PeerRecord(msgspec.Struct, kw_only=True):
     peer_id: str
     addrs: list[str] = []
-    source: str = "learned"  # bootstrap | learned (peer exchange) | inbound (it dialed us)
+    source: str = "learned"  # bootstrap | learned (peer exchange) | inbound (it dialed us) | foreign (another federation's, for the DHT)
     state: str = "new"  # new | connected | disconnected | backoff | banned | denied
     first_seen_ms: int = 0
     last_seen_ms: int = 0  # last moment we were connected to it
