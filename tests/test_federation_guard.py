@@ -122,10 +122,13 @@ async def test_a_fresh_node_catches_up_thousands_of_changes_with_the_default_lim
             fresh = await nodes.start("fresh", writer.fed.addrs())
             await converged([writer, fresh], 90, records=3000)
             metrics = fresh.fed.metrics
-            # Mostly by sync (GossipSub's message cache may still hand over a
-            # tail when a loaded machine stretches its heartbeats past
-            # PAST_GOSSIP_WINDOW_S), and nothing waited.
-            assert metrics["sync.ingest.applied"] + metrics["gossip.ingest.applied"] >= 3000 - 10
+            # By sync, applied at once or parked until what it builds on came
+            # (a change that reaches the node before its signer's delegation
+            # waits for it, then is released); GossipSub's message cache may
+            # still hand over a tail when a loaded machine stretches its
+            # heartbeats past PAST_GOSSIP_WINDOW_S. And nothing waited on the guard.
+            taken = metrics["sync.ingest.applied"] + metrics["sync.ingest.pending"] + metrics["gossip.ingest.applied"]
+            assert taken >= 3000 - 10
             assert metrics["sync.ingest.applied"] >= 2000
             assert metrics["guard.sync_waits"] == 0 and metrics["guard.sync_deferred"] == 0
 
