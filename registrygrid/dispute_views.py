@@ -17,7 +17,7 @@ from registrygrid.crdt.conflicts import ABSENT, value_at
 from registrygrid.crdt.record import RecordDoc, doc_bytes
 from registrygrid.crdt.resolver import unpointer
 from registrygrid.engine import registries as regs
-from registrygrid.errors import NotFound, RegistryError
+from registrygrid.errors import NotFound, PolicyDenied, RegistryError, ValidationError
 from registrygrid.protocol.envelope import cid_from_str
 from registrygrid.storage import changes, records
 from registrygrid.storage.store import Store
@@ -56,8 +56,6 @@ def resolution_fields(store: Store, trust: TrustState, dispute: str, *, author: 
                       value: Any = ABSENT, removed: bool = False, note: str = "") -> dict[str, Any]:
     """The fields of a resolution ``author`` may file now; PolicyDenied when
     its resolution would not count, ValidationError when it says nothing."""
-    from registrygrid.errors import PolicyDenied, ValidationError
-
     found = show_dispute(store, trust, dispute)
     if found["type"] == "equivocation":
         if value is not ABSENT or removed:

@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from registrygrid.errors import RegistryError, ValidationError
 from registrygrid.protocol import base32
 from registrygrid.protocol.envelope import Envelope, open_envelope
@@ -116,15 +118,14 @@ def describe_change(env: Envelope) -> dict[str, Any]:
 
 def field_diff(before: Any, writes: Sequence[Mapping[str, Any]]) -> list[str]:
     """A field dispute as lines a person reads: old -> each new value, who, when."""
-    lines = [f"was: {_shown(before)}"]
+    lines = [f"was: {short_json(before)}"]
     for write in writes:
-        value = "(removed)" if write.get("removed") else _shown(write.get("value"))
+        value = "(removed)" if write.get("removed") else short_json(write.get("value"))
         lines.append(f"-> {value}   by {write.get('author')} at hlc {write.get('hlc')} (change {write.get('change')})")
     return lines
 
 
-def _shown(value: Any) -> str:
-    import msgspec
-
+def short_json(value: Any, limit: int = 120) -> str:
+    """A value as compact JSON, cut to ``limit`` characters for a line of text."""
     text = msgspec.json.encode(value).decode()
-    return text if len(text) <= 120 else text[:117] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from registrygrid.crdt import disputes
+from registrygrid.crdt.conflicts import ABSENT
 from registrygrid.crdt.resolver import Resolution
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
@@ -116,8 +117,7 @@ class Disputing(EngineCore):
 
 
 def disputes_value(fields: Any) -> Any:
-    from registrygrid.crdt.conflicts import ABSENT
-
+    """The value a resolution decides (ABSENT: the field is removed)."""
     if fields.get("removed"):
         return ABSENT
     return fields.get("value")

@@ -22,6 +22,7 @@ from automerge.core import Document
 
 from registrygrid.crdt import conflicts as tracking
 from registrygrid.crdt import resolver
+from registrygrid.crdt.disputes import short_json
 from registrygrid.crdt.record import RecordDoc
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
@@ -98,7 +99,7 @@ class Settling(EngineCore):
         for conflict in conflicts:
             if (conflict.path, conflict.status, conflict.chosen, conflict.resolved_by) in seen:
                 continue
-            shown = "removed" if conflict.removed else _short(conflict.value)
+            shown = "removed" if conflict.removed else short_json(conflict.value, 80)
             how = {"settled": f"{conflict.rule} chose {shown}",
                    "disputed": f"manual: disputed ({conflict.dispute}); showing {shown} until resolved",
                    "resolved": f"manual: resolved by {conflict.resolved_by} to {shown}"}[conflict.status]
@@ -140,9 +141,3 @@ class Settling(EngineCore):
         self._audit_settled(txn, registry, record_id, record, conflicts, cause.id)
         self._feed_event(txn, batch, cause, registry, record_id, "deleted" if shown["deleted"] else "updated",  # type: ignore[attr-defined]
                          origin, kind=record["kind"], history=False)
-
-
-def _short(value: Any) -> str:
-    text = msgspec.json.encode(value).decode()
-    return text if len(text) <= 80 else text[:77] + "..."
-

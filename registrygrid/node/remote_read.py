@@ -37,8 +37,10 @@ from registrygrid.errors import (
     ValidationError,
 )
 from registrygrid.identity.keys import KeyPair
+from registrygrid.node.p2p import P2PError
 from registrygrid.protocol import remote_read as proto
 from registrygrid.protocol.envelope import peek
+from registrygrid.sdk import LocalRegistry
 from registrygrid.storage import changes, records
 from registrygrid.trust.statements import MEMBERS_REGISTRY
 
@@ -145,8 +147,6 @@ class RemoteReader:
 
     async def _read_from(self, peer: str, addrs: list[str], resolution: dict[str, Any],
                          record_id: str | None) -> dict[str, Any]:
-        from registrygrid.node.p2p import P2PError
-
         if peer not in self.host.connected_peers():
             for addr in addrs:
                 try:
@@ -156,8 +156,6 @@ class RemoteReader:
                     continue
         root = tempfile.mkdtemp(prefix="rgrid-remote-read-")
         try:
-            from registrygrid.sdk import LocalRegistry
-
             scratch = LocalRegistry.open_path(root, KeyPair.generate())
             try:
                 cursor: dict[str, int] = {}
