@@ -37,11 +37,19 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from registrygrid.engine import registries as regs
-from registrygrid.errors import NotMember, PolicyDenied, RegistryError, ValidationError
+from registrygrid.errors import (
+    NotMember,
+    PolicyDenied,
+    RegistryError,
+    UnknownRegistry,
+    ValidationError,
+)
 from registrygrid.identity.keys import did_from_peer_id
+from registrygrid.node import follow as follow_mod
 from registrygrid.node import gossip as gossip_mod
 from registrygrid.node import peers as peers_mod
 from registrygrid.node.dht import RegistryDirectory
+from registrygrid.node.follow import Follows
 from registrygrid.node.gossip import GossipService
 from registrygrid.node.guard import PeerGuard
 from registrygrid.node.multiaddrs import check_listen_addrs, check_peer_addrs
@@ -138,6 +146,8 @@ class FederationConfig:
     # that outsiders can't take the connection budget (max_connected_peers).
     max_foreign_peers: int = 32
     dht_republish_interval: float = registry_record.REPUBLISH_SECONDS
+    # How often a followed registry asks its providers for news (node/follow.py).
+    follow_interval: float = follow_mod.FOLLOW_INTERVAL_S
 
 
 class Federation:
@@ -174,6 +184,7 @@ class Federation:
         self._proof = b""
         self.directory: RegistryDirectory | None = None  # the DHT, once running
         self.reader: RemoteReader | None = None  # reads of other federations' public registries
+        self.follows: Follows | None = None  # public registries of other federations replicated here
         self.foreign: dict[str, str] = {}  # peer id -> its federation: connected for the DHT, never admitted
 
     # ------------------------------------------------------------ lifecycle
@@ -244,6 +255,10 @@ class Federation:
                             republish_seconds=cfg.dht_republish_interval, metrics=self.metrics)
                         await nursery.start(self.directory.run)
                         self.reader = RemoteReader(host, self.directory, self.metrics)
+                        self.follows = Follows(node.home.path / "follows", host, self.directory, key,
+                                               hosted=self._hosts, interval=cfg.follow_interval,
+                                               metrics=self.metrics)
+                        await nursery.start(self.follows.run)
                     log.info("federation %s: peer %s on %s", self.federation, host.peer_id, host.listen_addrs())
                     task_status.started(self)
             finally:
@@ -256,6 +271,16 @@ class Federation:
                     await self._persist()
 
     # ------------------------------------------------------------ operator and test hooks
+
+    def _hosts(self, name: str) -> bool:
+        """Whether this node's own store holds registry ``name`` (a worker thread)."""
+        assert self.node is not None
+        with self.node.store.read() as txn:
+            try:
+                regs.lookup(self.node.store, txn, name)
+            except UnknownRegistry:
+                return False
+        return True
 
     def addrs(self) -> list[str]:
         return self.host.listen_addrs() if self.host is not None else []

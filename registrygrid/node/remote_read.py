@@ -68,7 +68,10 @@ def answer_read(data: bytes, engine: Any) -> bytes:
             needed[body.author] = max(needed.get(body.author, 0), body.seq)
     descriptor: list[bytes] = []
     for author, last in sorted(needed.items()):
-        chain = engine.envelopes_after(regs.REGISTRY_OF_REGISTRIES, author, 0, limit=last, max_bytes=2**30)
+        held = request.descriptor_after.get(author, 0)
+        if last <= held:
+            continue
+        chain = engine.envelopes_after(regs.REGISTRY_OF_REGISTRIES, author, held, limit=last - held, max_bytes=2**30)
         for wire in chain:
             other = peek(wire)
             if other is not None and _private(store, other.record):
@@ -77,7 +80,8 @@ def answer_read(data: bytes, engine: Any) -> bytes:
         descriptor += chain
     statements: list[bytes] = []
     for author in sorted(engine.version_vector(MEMBERS_REGISTRY).get(MEMBERS_REGISTRY, {})):
-        statements += engine.envelopes_after(MEMBERS_REGISTRY, author, 0, limit=100_000, max_bytes=2**30)
+        statements += engine.envelopes_after(MEMBERS_REGISTRY, author, request.statements_after.get(author, 0),
+                                             limit=100_000, max_bytes=2**30)
     envelopes: list[bytes] = []
     size, more = 0, False
     for author, head in sorted(engine.version_vector(request.registry).get(request.registry, {}).items()):
@@ -147,38 +151,12 @@ class RemoteReader:
 
     async def _read_from(self, peer: str, addrs: list[str], resolution: dict[str, Any],
                          record_id: str | None) -> dict[str, Any]:
-        if peer not in self.host.connected_peers():
-            for addr in addrs:
-                try:
-                    await self.host.connect(addr if "/p2p/" in addr else f"{addr}/p2p/{peer}", timeout=5)
-                    break
-                except P2PError:
-                    continue
         root = tempfile.mkdtemp(prefix="rgrid-remote-read-")
         try:
             scratch = LocalRegistry.open_path(root, KeyPair.generate())
             try:
-                cursor: dict[str, int] = {}
-                applied = 0
-                for _ in range(MAX_PAGES):
-                    try:
-                        data = await self.host.request(peer, proto.READ_PROTOCOL_ID,
-                                                       proto.encode_request(resolution["name"], cursor),
-                                                       timeout=READ_TIMEOUT_S)
-                    except P2PError as exc:
-                        raise Unavailable(exc.message) from None
-                    answer = proto.decode_response(data)
-                    applied += await trio.to_thread.run_sync(_replay, scratch, answer, peer)
-                    vector = scratch.engine.version_vector(resolution["name"]).get(resolution["name"], {})
-                    cursor = dict(vector)
-                    if not answer.more:
-                        break
-                described = scratch.get(regs.REGISTRY_OF_REGISTRIES, resolution["name"])
-                if described["change_id"] != resolution["change_id"]:
-                    raise ValidationError(f"the descriptor it sent ({described['change_id']}) is not the one its "
-                                          f"owner signed into the DHT ({resolution['change_id']})")
-                if described["owner"] != resolution["owner"]:
-                    raise ValidationError("the descriptor it sent belongs to another org than the DHT's")
+                applied = await fetch_into(self.host, scratch, resolution["name"], peer, addrs)
+                check_descriptor(scratch, resolution)
                 if record_id is not None:
                     try:
                         found = [scratch.get(resolution["name"], record_id)]
@@ -197,22 +175,82 @@ class RemoteReader:
                 "records": found}
 
 
-def _replay(scratch: Any, answer: proto.ReadResponse, peer: str) -> int:
-    """Apply an answer in a scratch store; ValidationError naming the first
-    change that did not apply."""
+async def dial(host: Any, peer: str, addrs: list[str]) -> None:
+    """Connect to a provider at one of the addresses the DHT gave, unless
+    connected already; a failure shows at the request that follows."""
+    if peer in host.connected_peers():
+        return
+    for addr in addrs:
+        try:
+            await host.connect(addr if "/p2p/" in addr else f"{addr}/p2p/{peer}", timeout=5)
+            return
+        except P2PError:
+            continue
+
+
+async def fetch_into(host: Any, target: LocalRegistry, name: str, peer: str, addrs: list[str]) -> int:
+    """Page ``peer``'s answers for registry ``name`` into ``target``, asking
+    for what ``target`` lacks (the registry's changes, the statements and
+    the descriptor's chains, each by its version vector), every change
+    checked by ``target``'s engine as it applies. The number applied;
+    ValidationError naming the first change that failed, or counting those
+    left waiting for changes the provider never sent."""
+    await dial(host, peer, addrs)
+    applied = 0
+    waiting: set[str] = set()
+    for _ in range(MAX_PAGES):
+        vectors = target.engine.version_vector()
+        request = proto.encode_request(name, vectors.get(name, {}),
+                                       statements_after=vectors.get(MEMBERS_REGISTRY, {}),
+                                       descriptor_after=vectors.get(regs.REGISTRY_OF_REGISTRIES, {}))
+        try:
+            data = await host.request(peer, proto.READ_PROTOCOL_ID, request, timeout=READ_TIMEOUT_S)
+        except P2PError as exc:
+            raise Unavailable(exc.message) from None
+        answer = proto.decode_response(data)
+        if answer.registry != name:
+            raise ValidationError(f"it answered for {answer.registry!r}, not {name!r}")
+        applied += await trio.to_thread.run_sync(_replay, target, answer, peer, waiting)
+        if not answer.more:
+            break
+    if waiting:
+        raise ValidationError(f"{len(waiting)} of its changes wait for changes it did not send "
+                              f"(first: {min(waiting)})")
+    return applied
+
+
+def check_descriptor(target: LocalRegistry, resolution: dict[str, Any]) -> dict[str, Any]:
+    """The descriptor ``target`` now holds, if it is the one the owner
+    signed into the DHT (``resolution``); ValidationError otherwise."""
+    described = target.get(regs.REGISTRY_OF_REGISTRIES, resolution["name"])
+    if described["owner"] != resolution["owner"]:
+        raise ValidationError("the descriptor it sent belongs to another org than the DHT's")
+    if described["change_id"] != resolution["change_id"]:
+        raise ValidationError(f"the descriptor it sent ({described['change_id']}) is not the one its "
+                              f"owner signed into the DHT ({resolution['change_id']})")
+    return described
+
+
+def _replay(target: Any, answer: proto.ReadResponse, peer: str, waiting: set[str]) -> int:
+    """Apply an answer in ``target``; ValidationError naming the first change
+    that was refused. ``waiting`` keeps the ids of the registry's and the
+    descriptor's changes parked for dependencies, less those released since:
+    a later page may bring what they wait for."""
     applied = 0
     for part, wires in (("statements", answer.statements), ("descriptor", answer.descriptor),
                         ("envelopes", answer.envelopes)):
-        results = scratch.execute([Remote(w, peer) for w in wires])
+        results = target.execute([Remote(w, peer) for w in wires])
         for wire, result in zip(wires, results):
+            waiting.difference_update(result.released)
             if result.status == "applied":
-                applied += 1
+                applied += 1 + len(result.released)
             elif result.status == "duplicate" or (part == "statements" and result.status != "rejected"):
                 continue  # a statement that waits or is refused here is context, not content
+            elif result.status == "pending" and result.change_id is not None:
+                waiting.add(result.change_id)
             else:
                 why = result.error.message if result.error is not None else result.status
                 body = peek(wire)
                 where = f"{body.registry}/{body.record}" if body is not None else "an undecodable change"
                 raise ValidationError(f"its change {result.change_id or '?'} of {where} was {result.status}: {why}")
     return applied
-

@@ -35,7 +35,12 @@ MAX_RESPONSE_BYTES = MAX_RESPONSE_ENVELOPE_BYTES + 4 * 1024 * 1024
 
 class ReadRequest(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
     registry: str
-    after: dict[str, int] = {}  # author did -> highest sequence the reader holds
+    after: dict[str, int] = {}  # author did -> highest sequence of the registry the reader holds
+    # What a follower holds already of the context (node/follow.py): the
+    # statements (grid.members) and the descriptor's chains (grid.registries),
+    # author -> highest sequence; a one-off read sends neither and gets all.
+    statements_after: dict[str, int] = {}
+    descriptor_after: dict[str, int] = {}
 
 
 class ReadResponse(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
@@ -46,8 +51,11 @@ class ReadResponse(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_
     more: bool  # the answer was cut: ask again with the cursor moved on
 
 
-def encode_request(registry: str, after: dict[str, int] | None = None) -> bytes:
-    return msgspec.msgpack.encode(ReadRequest(names.registry_name(registry), dict(after or {})))
+def encode_request(registry: str, after: dict[str, int] | None = None, *,
+                   statements_after: dict[str, int] | None = None,
+                   descriptor_after: dict[str, int] | None = None) -> bytes:
+    return msgspec.msgpack.encode(ReadRequest(names.registry_name(registry), dict(after or {}),
+                                              dict(statements_after or {}), dict(descriptor_after or {})))
 
 
 def decode_request(data: bytes) -> ReadRequest:
@@ -58,8 +66,9 @@ def decode_request(data: bytes) -> ReadRequest:
     except msgspec.DecodeError as exc:
         raise MalformedInput(f"malformed read request: {exc}") from None
     names.registry_name(request.registry)
-    if len(request.after) > MAX_CURSOR_AUTHORS:
-        raise TooLarge(f"a read cursor names at most {MAX_CURSOR_AUTHORS} authors")
+    for cursor in (request.after, request.statements_after, request.descriptor_after):
+        if len(cursor) > MAX_CURSOR_AUTHORS:
+            raise TooLarge(f"a read cursor names at most {MAX_CURSOR_AUTHORS} authors")
     return request
 
 

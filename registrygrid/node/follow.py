@@ -1,0 +1,341 @@
+"""Following public registries of other federations: a verified local copy
+kept up to date from the registry's providers.
+
+``rgrid registry follow NAME`` asks this node to replicate a public
+registry it does not host. The copy lives in its own LMDB store under
+``HOME/follows/<name>/`` (a *mirror*), never in the node's own store:
+the mirror's engine judges every change by the owning federation's trust
+statements, which come with the registry, so a foreign federation's
+members gain no standing in this node's federation, and this
+federation's policies never judge theirs.
+
+The first sync fills a scratch store (``.incoming-*``), checks it as a
+one-off read does (node/remote_read.py: every signature, chain, ownership
+and schema, and the descriptor against the one the owner signed into the
+DHT), and only then moves it into place: a lying provider leaves nothing
+behind. Later syncs ask a provider for what the mirror lacks (its version
+vectors) every ``interval`` seconds, and whenever asked; each change is
+checked by the mirror's engine as it applies, so a forged one is refused
+there, the provider counted as lying (``follow.lying_provider``) and the
+next one asked. A registry gets no gossip from outside its federation, so
+a follower lags its source by at most about one interval.
+
+Reads of a followed registry (``Mirror.use``) run on the bridge's thread
+while syncs write on worker threads; LMDB allows both. An unfollow waits
+for reads in progress before it closes and deletes the mirror.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from registrygrid.engine import registries as regs
+from registrygrid.errors import (
+    Conflict,
+    NotFound,
+    PolicyDenied,
+    RegistryError,
+    Unavailable,
+    ValidationError,
+)
+from registrygrid.identity.keys import KeyPair
+from registrygrid.node.remote_read import check_descriptor, fetch_into
+from registrygrid.protocol import names
+from registrygrid.protocol.hlc import wall_clock_ms
+from registrygrid.sdk import LocalRegistry
+
+log = logging.getLogger(__name__)
+
+# How often a followed registry asks its providers for news: the lag of a
+# follower behind its source, since no gossip crosses federations. Each
+# sync sends the mirror's version vectors and gets only what is new.
+FOLLOW_INTERVAL_S = 30.0
+# A node follows at most this many registries: each is an LMDB environment
+# (a memory map and file handles) and a sync task.
+MAX_FOLLOWS = 64
+_STATE_FILE = "follow.json"
+
+
+@dataclass
+class FollowStatus:
+    registry: str
+    owner: str
+    followed_at: int  # ms
+    last_sync_at: int | None = None  # ms, of the last sync that succeeded
+    last_provider: str | None = None
+    last_error: str | None = None
+    synced_changes: int = 0  # changes applied since the node started
+    lying_providers: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Mirror:
+    """One followed registry's store, and its readers."""
+
+    name: str
+    path: Path
+    registry: LocalRegistry
+    status: FollowStatus
+    wake: trio.Event = field(default_factory=trio.Event)
+    _users: int = 0
+    _closed: bool = False
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    @contextmanager
+    def use(self) -> Iterator[LocalRegistry]:
+        """The mirror's registry, kept open while the caller uses it (any thread)."""
+        with self._cond:
+            if self._closed:
+                raise NotFound(f"{self.name} is no longer followed here")
+            self._users += 1
+        try:
+            yield self.registry
+        finally:
+            with self._cond:
+                self._users -= 1
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Close once no reader uses it (a worker thread: it may wait)."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.wait_for(lambda: self._users == 0)
+        self.registry.close()
+
+    def describe(self) -> dict[str, Any]:
+        """Its status, with the live records it holds and its descriptor."""
+        out = self.status.to_json()
+        with self.use() as registry:
+            try:
+                desc = registry.describe_registry(self.name)
+            except NotFound:  # a mirror always holds its descriptor; a damaged one shows as empty
+                desc = {"records": 0}
+        out["records"] = desc.pop("records")
+        out["descriptor"] = desc
+        return out
+
+
+class Follows:
+    """The registries this node follows, each synced by a task of its own."""
+
+    def __init__(self, root: Path, host: Any, directory: Any, key: KeyPair, *, hosted: Callable[[str], bool],
+                 interval: float = FOLLOW_INTERVAL_S, metrics: Counter[str] | None = None) -> None:
+        self.root = root
+        self.hosted = hosted  # whether this node's own store holds a registry of that name
+        self.host = host
+        self.directory = directory
+        self.key = key
+        self.interval = interval
+        self.metrics: Counter[str] = metrics if metrics is not None else Counter()
+        self.mirrors: dict[str, Mirror] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        self._lock = trio.Lock()  # one follow or unfollow at a time
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """Reopen the mirrors a previous run followed and keep them synced."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for mirror in await trio.to_thread.run_sync(self._reopen):
+                    self._start(mirror)
+                task_status.started(self)
+                await trio.sleep_forever()  # the sync tasks come and go: the nursery stays
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                for mirror in list(self.mirrors.values()):
+                    await trio.to_thread.run_sync(mirror.close)
+                self.mirrors.clear()
+
+    # ------------------------------------------------------------ reads
+
+    def mirror(self, name: str) -> Mirror | None:
+        """The followed copy of ``name``, if this node follows it (any thread)."""
+        return self.mirrors.get(name)
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self.mirrors[name].describe() for name in sorted(self.mirrors)]
+
+    # ------------------------------------------------------------ follow, unfollow
+
+    async def follow(self, name: str) -> dict[str, Any]:
+        """Follow ``name``: the first sync, verified, before this returns; or,
+        if it is followed already, a sync now. Its status either way."""
+        name = names.registry_name(name)
+        async with self._lock:
+            mirror = self.mirrors.get(name)
+            if mirror is None:
+                if await trio.to_thread.run_sync(self.hosted, name):
+                    raise Conflict(f"this node hosts {name} in its own federation: it replicates already")
+                if len(self.mirrors) >= MAX_FOLLOWS:
+                    raise Conflict(f"this node follows {MAX_FOLLOWS} registries already; unfollow one first")
+                mirror = await self._first_sync(name)
+                self._start(mirror)
+                self.metrics["follow.followed"] += 1
+                return mirror.describe()
+        await self.sync(mirror)
+        if mirror.status.last_error is not None and mirror.status.last_sync_at is None:
+            raise Unavailable(mirror.status.last_error)
+        return mirror.describe()
+
+    async def unfollow(self, name: str) -> dict[str, Any]:
+        """Stop following ``name`` and delete its copy."""
+        name = names.registry_name(name)
+        async with self._lock:
+            mirror = self.mirrors.pop(name, None)
+            if mirror is None:
+                raise NotFound(f"this node does not follow {name}")
+            scope = self._scopes.pop(name, None)
+            if scope is not None:
+                scope.cancel()
+            await trio.to_thread.run_sync(mirror.close)
+            await trio.to_thread.run_sync(partial(shutil.rmtree, mirror.path, ignore_errors=True))
+        self.metrics["follow.unfollowed"] += 1
+        return {"registry": name, "unfollowed": True}
+
+    async def _first_sync(self, name: str) -> Mirror:
+        resolution = await self.directory.resolve(name)
+        desc = regs.descriptor_from_record({"id": name, "owner": resolution["owner"],
+                                            "fields": resolution["descriptor"]})
+        if desc.replication != "public":
+            raise PolicyDenied(f"{name} is not public: only members of its federation may hold it")
+        self.root.mkdir(parents=True, exist_ok=True)
+        refusals: list[str] = []
+        for provider in resolution["providers"]:
+            peer = provider["peer_id"]
+            if peer == self.host.peer_id:
+                continue
+            incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
+            scratch = LocalRegistry.open_path(incoming, self.key)
+            try:
+                applied = await fetch_into(self.host, scratch, name, peer, provider["addrs"])
+                check_descriptor(scratch, resolution)
+            except RegistryError as exc:
+                await trio.to_thread.run_sync(scratch.close)
+                shutil.rmtree(incoming, ignore_errors=True)
+                refusals.append(self._refused(name, peer, exc))
+                continue
+            scratch.close()
+            final = self.root / name
+            now = wall_clock_ms()
+            status = FollowStatus(name, resolution["owner"], now, now, peer, None, applied)
+            (incoming / _STATE_FILE).write_text(json.dumps({"registry": name, "owner": resolution["owner"],
+                                                            "followed_at": now}) + "\n")
+            os.replace(incoming, final)  # same filesystem: the copy appears whole or not at all
+            return Mirror(name, final, LocalRegistry.open_path(final, self.key), status)
+        raise Unavailable(f"no provider of {name} gave a verifiable answer"
+                          + (f" ({'; '.join(refusals)[:500]})" if refusals else " (none is known)"),
+                          details={"refusals": refusals})
+
+    def _refused(self, name: str, peer: str, exc: RegistryError) -> str:
+        if isinstance(exc, ValidationError):  # its answer failed a check: lying or broken
+            self.metrics["follow.lying_provider"] += 1
+            log.warning("follow %s: refused %s's answer: %s", name, peer, exc.message)
+            return f"{peer}: refused: {exc.message}"
+        self.metrics["follow.failed"] += 1
+        return f"{peer}: {exc.code}: {exc.message}"
+
+    # ------------------------------------------------------------ syncing
+
+    def _start(self, mirror: Mirror) -> None:
+        assert self._nursery is not None, "follows not running"
+        self.mirrors[mirror.name] = mirror
+        scope = trio.CancelScope()
+        self._scopes[mirror.name] = scope
+        self._nursery.start_soon(self._sync_loop, mirror, scope)
+
+    async def _sync_loop(self, mirror: Mirror, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                with trio.move_on_after(self.interval):
+                    await mirror.wake.wait()
+                mirror.wake = trio.Event()
+                await self.sync(mirror)
+
+    async def sync(self, mirror: Mirror) -> None:
+        """Bring ``mirror`` up to date from one of its providers; the outcome
+        goes to its status (a sync that fails is retried at the next interval)."""
+        name = mirror.name
+        try:
+            resolution = await self.directory.resolve(name)
+        except RegistryError as exc:
+            mirror.status.last_error = f"resolve: {exc.message}"
+            self.metrics["follow.sync_failed"] += 1
+            return
+        if resolution["owner"] != mirror.status.owner:
+            # The name now resolves to another org (a transfer): the copy
+            # keeps what it verified, and follows the new owner's changes
+            # only once the user follows it anew.
+            mirror.status.last_error = (f"{name} now belongs to {resolution['owner']}, not {mirror.status.owner}: "
+                                        "unfollow and follow again to take the new owner's registry")
+            return
+        refusals: list[str] = []
+        for provider in resolution["providers"]:
+            peer = provider["peer_id"]
+            if peer == self.host.peer_id:
+                continue
+            try:
+                with mirror.use() as registry:
+                    applied = await fetch_into(self.host, registry, name, peer, provider["addrs"])
+                    described = registry.get(regs.REGISTRY_OF_REGISTRIES, name)
+            except RegistryError as exc:
+                refusals.append(self._refused(name, peer, exc))
+                if isinstance(exc, ValidationError):
+                    mirror.status.lying_providers += 1
+                continue
+            if described["owner"] != mirror.status.owner:  # the mirror's engine holds the owner: can't happen
+                raise AssertionError(f"mirror of {name} changed owner")
+            mirror.status.last_sync_at = wall_clock_ms()
+            mirror.status.last_provider = peer
+            mirror.status.last_error = None
+            mirror.status.synced_changes += applied
+            self.metrics["follow.synced"] += 1
+            self.metrics["follow.changes"] += applied
+            return
+        mirror.status.last_error = "no provider answered: " + ("; ".join(refusals)[:500] or "none is known")
+        self.metrics["follow.sync_failed"] += 1
+
+    def sync_soon(self, name: str) -> None:
+        mirror = self.mirrors.get(name)
+        if mirror is not None:
+            mirror.wake.set()
+
+    # ------------------------------------------------------------ restart
+
+    def _reopen(self) -> list[Mirror]:
+        """The mirrors of the previous run; scratch stores a crash left are removed."""
+        mirrors: list[Mirror] = []
+        if not self.root.exists():
+            return mirrors
+        for path in sorted(self.root.iterdir()):
+            if path.name.startswith(".incoming-"):
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            try:
+                state = json.loads((path / _STATE_FILE).read_text())
+                status = FollowStatus(state["registry"], state["owner"], state["followed_at"])
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("follows: skipping %s: %s", path, exc)
+                continue
+            mirrors.append(Mirror(status.registry, path, LocalRegistry.open_path(path, self.key), status))
+        return mirrors

@@ -1,0 +1,190 @@
+"""Following a public registry of another federation: a verified copy on
+the follower, kept up to date from the registry's providers. Real nodes,
+each with its home, LMDB store, py-libp2p host and Kademlia DHT on
+127.0.0.1, in one trio process."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+from test_federation_support import FAST, Member, cluster, eventually, full_mesh
+
+from registrygrid.engine.ops import Put, Update
+from registrygrid.errors import Conflict, NotFound, PolicyDenied, RegistryError, Unavailable
+from registrygrid.node import remote_read as node_read
+from registrygrid.protocol import remote_read
+
+REG = "acme.models"
+PUBLIC = {"name": REG, "kinds": ["cluster"], "replication": {"scope": "public"}}
+# Syncs every half second, so a test sees a new change arrive in about that.
+FOLLOWING = dataclasses.replace(FAST, follow_interval=0.5)
+
+pytestmark = pytest.mark.timeout(150)
+
+
+async def _published(owner: Member, others: list[Member], readers: list[Member], descriptor: dict[str, Any]) -> None:
+    """``owner`` creates the registry; once its federation holds it, every
+    host publishes and the readers' DHT is ready to resolve it."""
+    await owner.node.submit([Put("grid.registries", "registry", descriptor, record_id=REG)])
+    await eventually(lambda: all(_hosts(m) for m in [owner, *others]), 20, "the descriptor in federation one")
+    await eventually(lambda: all(m.fed.directory.dht.get_routing_table_size() > 0
+                                 for m in [owner, *others, *readers]), 20, "routing tables")
+    for member in [owner, *others]:
+        await member.fed.directory.publish()
+
+
+def _hosts(member: Member) -> bool:
+    try:
+        member.registry.describe_registry(REG)
+        return True
+    except RegistryError:
+        return False
+
+
+def _copy(member: Member) -> dict[str, dict[str, Any]]:
+    """The live records of the follower's copy, by id."""
+    mirror = member.fed.follows.mirror(REG)
+    assert mirror is not None
+    with mirror.use() as registry:
+        return {r["id"]: r for r in registry.iter_all(REG)}
+
+
+async def test_a_followed_registry_is_copied_verified_and_kept_up_to_date(tmp_path: Path) -> None:
+    with trio.fail_after(120):
+        async with cluster(tmp_path / "a", name="fed-one") as one, \
+                cluster(tmp_path / "b", FOLLOWING, name="fed-two") as two:
+            a0 = await one.start("a0")
+            a1 = await one.start("a1", a0.fed.addrs())
+            b0 = await two.start("b0", a0.fed.addrs())
+            await full_mesh([a0, a1])
+            await _published(a0, [a1], [b0], PUBLIC)
+            await a0.node.submit([Put(REG, "cluster", {"name": f"gpu-{i}"}, record_id=f"gpu-{i}") for i in range(3)])
+            await eventually(lambda: _has(a1, "gpu-2"), 20, "the records across federation one")
+            requests: list[remote_read.ReadRequest] = []
+            for host in (a0, a1):
+                _spy_on_reads(host, requests)
+
+            status = await b0.fed.follows.follow(REG)
+            assert status["records"] == 3 and status["owner"] == a0.node.engine.owner
+            assert status["last_provider"] in {a0.peer_id, a1.peer_id}
+            assert sorted(_copy(b0)) == ["gpu-0", "gpu-1", "gpu-2"]
+            assert not _hosts(b0)  # the copy is not in b0's own store: its federation's trust is its own
+
+            # Changes by another author of federation one, and an update, arrive by the periodic sync.
+            await a1.node.submit([Put(REG, "cluster", {"name": "tpu"}, record_id="tpu")])
+            await a0.node.submit([Update(REG, "gpu-0", patch={"region": "eu"})])
+            await eventually(lambda: "tpu" in _copy(b0) and _copy(b0)["gpu-0"]["fields"].get("region") == "eu",
+                             20, "the new changes in the copy")
+            # Later syncs ask only for what the copy lacks: its statements and descriptor are not sent again.
+            assert not requests[0].statements_after and requests[-1].statements_after
+            assert requests[-1].descriptor_after and requests[-1].after
+            assert b0.fed.follows.list()[0]["last_error"] is None
+
+
+def _has(member: Member, record_id: str) -> bool:
+    try:
+        member.registry.get(REG, record_id)
+        return True
+    except RegistryError:
+        return False
+
+
+def _spy_on_reads(member: Member, seen: list[remote_read.ReadRequest]) -> None:
+    serve = member.fed._answer_read
+
+    async def spy(peer_id: str, request: bytes) -> bytes:
+        seen.append(remote_read.decode_request(request))
+        return await serve(peer_id, request)
+
+    member.fed.host.set_handler(remote_read.READ_PROTOCOL_ID, spy)
+
+
+async def test_a_node_keeps_following_after_a_restart(tmp_path: Path) -> None:
+    with trio.fail_after(120):
+        async with cluster(tmp_path / "a", name="fed-one") as one, \
+                cluster(tmp_path / "b", FOLLOWING, name="fed-two") as two:
+            a0 = await one.start("a0")
+            b0 = await two.start("b0", a0.fed.addrs())
+            await _published(a0, [], [b0], PUBLIC)
+            await a0.node.submit([Put(REG, "cluster", {"name": "gpu"}, record_id="gpu")])
+            await b0.fed.follows.follow(REG)
+            await two.stop(b0)
+            await a0.node.submit([Put(REG, "cluster", {"name": "tpu"}, record_id="tpu")])
+            b0 = await two.start("b0", a0.fed.addrs())
+            assert b0.fed.follows.mirror(REG) is not None  # reopened from its home
+            await eventually(lambda: sorted(_copy(b0)) == ["gpu", "tpu"], 30, "the change made while it was down")
+
+
+async def test_a_lying_provider_at_the_first_sync_leaves_nothing_behind(tmp_path: Path) -> None:
+    with trio.fail_after(120):
+        async with cluster(tmp_path / "a", name="fed-one") as one, \
+                cluster(tmp_path / "b", FOLLOWING, name="fed-two") as two:
+            a0 = await one.start("a0")
+            liar = await one.start("a1", a0.fed.addrs())
+            b0 = await two.start("b0", a0.fed.addrs())
+            await full_mesh([a0, liar])
+            await liar.fed.host.connect(b0.fed.addrs()[0])
+            await _published(a0, [liar], [b0], PUBLIC)
+            await a0.node.submit([Put(REG, "cluster", {"name": "gpu"}, record_id="gpu")])
+            await eventually(lambda: _has(liar, "gpu"), 20, "the record at the liar")
+
+            async def lie(peer_id: str, request: bytes) -> bytes:
+                """The true answer with one change's bytes altered (a forged record)."""
+                answer = remote_read.decode_response(node_read.answer_read(request, liar.node.engine))
+                forged = bytearray(answer.envelopes[0])
+                forged[len(forged) // 2] ^= 0xFF
+                return remote_read.encode_response(msgspec.structs.replace(
+                    answer, envelopes=[bytes(forged), *answer.envelopes[1:]]))
+
+            liar.fed.host.set_handler(remote_read.READ_PROTOCOL_ID, lie)
+            await one.stop(a0)  # only the liar answers
+            with pytest.raises(Unavailable) as refused:
+                await b0.fed.follows.follow(REG)
+            assert any(r.startswith(f"{liar.peer_id}: refused") for r in refused.value.details["refusals"])
+            assert b0.fed.metrics["follow.lying_provider"] == 1
+            assert b0.fed.follows.mirror(REG) is None
+            follows_dir = b0.home.path / "follows"
+            assert not follows_dir.exists() or not list(follows_dir.iterdir())
+
+
+async def test_following_is_refused_for_registries_it_may_not_or_need_not_hold(tmp_path: Path) -> None:
+    with trio.fail_after(120):
+        async with cluster(tmp_path / "a", name="fed-one") as one, \
+                cluster(tmp_path / "b", FOLLOWING, name="fed-two") as two:
+            a0 = await one.start("a0")
+            b0 = await two.start("b0", a0.fed.addrs())
+            scoped = {"name": REG, "kinds": ["cluster"], "replication": {"scope": "federation"}}
+            await _published(a0, [], [b0], scoped)
+            with pytest.raises(PolicyDenied):  # its federation only
+                await b0.fed.follows.follow(REG)
+            with pytest.raises(NotFound):
+                await b0.fed.follows.follow("nobody.published")
+            with pytest.raises(Conflict):  # a0 hosts it: it replicates it already
+                await a0.fed.follows.follow(REG)
+            with pytest.raises(NotFound):
+                await b0.fed.follows.unfollow(REG)
+
+
+async def test_unfollowing_deletes_the_copy(tmp_path: Path) -> None:
+    with trio.fail_after(120):
+        async with cluster(tmp_path / "a", name="fed-one") as one, \
+                cluster(tmp_path / "b", FOLLOWING, name="fed-two") as two:
+            a0 = await one.start("a0")
+            b0 = await two.start("b0", a0.fed.addrs())
+            await _published(a0, [], [b0], PUBLIC)
+            await a0.node.submit([Put(REG, "cluster", {"name": "gpu"}, record_id="gpu")])
+            await b0.fed.follows.follow(REG)
+            again = await b0.fed.follows.follow(REG)  # followed already: a sync now, same copy
+            assert again["records"] == 1
+            mirror = b0.fed.follows.mirror(REG)
+            assert mirror is not None and mirror.path.exists()
+            assert await b0.fed.follows.unfollow(REG) == {"registry": REG, "unfollowed": True}
+            assert b0.fed.follows.mirror(REG) is None and not mirror.path.exists()
+            with pytest.raises(NotFound):
+                with mirror.use():
+                    pass
