@@ -3,6 +3,7 @@ own home, LMDB store and py-libp2p host on 127.0.0.1, in one trio process."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from libp2p.peer.id import ID
 from test_federation_support import cluster, eventually, full_mesh
 
 from registrygrid.engine.ops import Put, Update
-from registrygrid.errors import RegistryError, Unavailable
+from registrygrid.errors import RegistryError, Unavailable, ValidationError
 from registrygrid.identity.keys import KeyPair
+from registrygrid.membership import org_key
 from registrygrid.node import remote_read as node_read
 from registrygrid.protocol import registry_record as rr
 from registrygrid.protocol import remote_read
@@ -253,3 +255,76 @@ async def test_a_restarted_node_reconnects_to_the_other_federation_without_a_boo
             await eventually(lambda: b0.peer_id in a0.fed.foreign, 20, "a0 dialed b0 again")
             await eventually(lambda: a0.fed.directory.dht.get_routing_table_size() > 0, 20,
                              "b0 back in a0's routing table")
+
+
+async def test_an_owner_transfers_a_name_to_an_org_of_another_federation(tmp_path: Path) -> None:
+    """Federation one claims the name first; an org of federation two hosts a
+    registry of that name too, but only holds the name once federation one's
+    owner signs it over, and the giver can't take it back."""
+    with trio.fail_after(120):
+        async with cluster(tmp_path / "a", name="fed-one") as one, cluster(tmp_path / "b", name="fed-two") as two:
+            a0 = await one.start("a0")
+            a1 = await one.start("a1", a0.fed.addrs())
+            b0 = await two.start("b0", a0.fed.addrs())
+            b1 = await two.start("b1", b0.fed.addrs())
+            await full_mesh([a0, a1])
+            await full_mesh([b0, b1])
+            public = {"name": REG, "kinds": ["cluster"], "replication": {"scope": "public"}}
+            await a0.node.submit([Put("grid.registries", "registry", public, record_id=REG)])
+            await eventually(lambda: _knows(a1), 20, "the descriptor in federation one")
+            await b0.node.submit([Put("grid.registries", "registry", public, record_id=REG)])
+            await b0.node.submit([Put(REG, "cluster", {"name": "b-gpu"}, record_id="b-gpu")])
+            await eventually(lambda: _knows(b1), 20, "the descriptor in federation two")
+            await eventually(lambda: all(m.fed.directory.dht.get_routing_table_size() > 0
+                                         for m in (a0, a1, b0, b1)), 20, "routing tables")
+            for member in (a0, a1, b0, b1):
+                await member.fed.directory.publish()
+            giver, receiver = a0.node.engine.owner, b0.node.engine.owner
+            before = await a1.fed.directory.resolve(REG, fresh=True)
+            assert before["owner"] == giver and before["holder"] == giver  # first come
+
+            # A forged transfer (signed by the receiver, not the owner) is refused as a write.
+            forged = rr.sign_transfer(org_key(b0.home), name=REG, to_owner=KeyPair(b"\x09" * 32).did,
+                                      claimed_at=before["claimed_at"], at=wall_clock_ms())
+            [refused] = await a0.node.submit([Update("grid.registries", REG,
+                                                     patch={"transfer": _field(forged, receiver)})])
+            assert isinstance(refused, RegistryError) and isinstance(refused, ValidationError), refused
+            statement = rr.sign_transfer(org_key(a0.home), name=REG, to_owner=receiver,
+                                         claimed_at=before["claimed_at"], at=wall_clock_ms())
+            [done] = await a0.node.submit([Update("grid.registries", REG,
+                                                  patch={"transfer": _field(statement, receiver)})])
+            assert done.status == "updated"
+            await eventually(lambda: "transfer" in a1.registry.get("grid.registries", REG)["fields"], 20,
+                             "the transfer across federation one")
+
+            async def settled() -> bool:
+                for member in (a0, a1, b0, b1):
+                    await member.fed.directory.publish()
+                await trio.sleep(0.3)  # the receivers look for their chain in the background
+                answer = await a1.fed.directory.resolve(REG, fresh=True)
+                return answer["owner"] == receiver
+
+            await eventually_async(settled, 40, "the receiver's record everywhere")
+            after = await b1.fed.directory.resolve(REG, fresh=True)
+            assert after["holder"] == receiver and after["claimed_at"] == before["claimed_at"]
+            assert after["transfers"] == [{"from": giver, "to": receiver, "at": after["transfers"][0]["at"]}]
+            read = await a1.fed.reader.read(REG)  # now served by federation two
+            assert [r["id"] for r in read["records"]] == ["b-gpu"] and read["owner"] == receiver
+
+            # The giver drops the transfer from its descriptor: its old claim comes back, and loses.
+            await a0.node.submit([Update("grid.registries", REG, patch={"transfer": None})])
+            await a0.fed.directory.publish()
+            again = await b1.fed.directory.resolve(REG, fresh=True)
+            assert again["owner"] == receiver
+
+
+def _field(statement: bytes, to: str) -> dict[str, str]:
+    return {"to": to, "statement": base64.b64encode(statement).decode()}
+
+
+async def eventually_async(check, timeout: float, what: str) -> None:
+    with trio.move_on_after(timeout):
+        while not await check():
+            await trio.sleep(0.2)
+        return
+    raise AssertionError(f"timed out waiting for {what}")

@@ -15,7 +15,13 @@ import trio
 from test_federation_support import FAST, Member, cluster, eventually, full_mesh
 
 from registrygrid.engine.ops import Put, Update
-from registrygrid.errors import Conflict, NotFound, PolicyDenied, RegistryError, Unavailable
+from registrygrid.errors import (
+    Conflict,
+    NotFound,
+    PolicyDenied,
+    RegistryError,
+    Unavailable,
+)
 from registrygrid.node import remote_read as node_read
 from registrygrid.protocol import remote_read
 
@@ -185,6 +191,5 @@ async def test_unfollowing_deletes_the_copy(tmp_path: Path) -> None:
             assert mirror is not None and mirror.path.exists()
             assert await b0.fed.follows.unfollow(REG) == {"registry": REG, "unfollowed": True}
             assert b0.fed.follows.mirror(REG) is None and not mirror.path.exists()
-            with pytest.raises(NotFound):
-                with mirror.use():
-                    pass
+            with pytest.raises(NotFound), mirror.use():
+                pass

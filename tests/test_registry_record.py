@@ -4,6 +4,8 @@ values is first-come by owner, newest by version."""
 
 from __future__ import annotations
 
+import base64
+
 import msgspec
 import pytest
 
@@ -106,3 +108,84 @@ def test_between_owners_the_first_claim_holds_whatever_its_version() -> None:
     squatter = rr.read_record(rr.dht_key(NAME), record(OTHER, owner=OTHER, delegated=False, claimed_at=NOW - 1_000,
                                                         version=(NOW - 500, 0)), now_ms=NOW)
     assert rr.choose([squatter, first]) == 1 and rr.choose([first, squatter]) == 0
+
+
+# ---------------------------------------------------------------- transfers
+
+CLAIM = NOW - 10_000
+
+
+def transfer(giver: KeyPair, to: KeyPair, *, at: int = NOW - 1_000, claimed_at: int = CLAIM,
+             name: str = NAME) -> bytes:
+    return rr.sign_transfer(giver, name=name, to_owner=to.did, claimed_at=claimed_at, at=at)
+
+
+def held(owner: KeyPair, transfers: list[bytes], *, claimed_at: int = CLAIM, version: tuple[int, int] = (NOW, 0),
+         issued_at: int = NOW) -> bytes:
+    """A record of ``owner`` (signed by its org key) carrying ``transfers``."""
+    return rr.sign_record(owner, None, name=NAME, owner=owner.did, claimed_at=claimed_at, version=version,
+                          change_id=f"bafy-{owner.did[-4:]}", descriptor={"name": NAME}, federations=[],
+                          issued_at=issued_at, transfers=transfers)
+
+
+def read(value: bytes) -> rr.RecordBody:
+    return rr.read_record(rr.dht_key(NAME), value, now_ms=NOW)
+
+
+def test_a_received_name_is_held_by_the_last_receiver_of_its_chain() -> None:
+    body = read(held(OTHER, [transfer(ORG, OTHER)]))
+    assert rr.holder(body) == OTHER.did
+    pointer = read(held(ORG, [transfer(ORG, OTHER)]))  # the giver's record, pointing at the receiver
+    assert rr.holder(pointer) == OTHER.did
+    third = KeyPair(b"\x04" * 32)
+    relayed = read(held(third, [transfer(ORG, OTHER, at=NOW - 2_000), transfer(OTHER, third)]))
+    assert rr.holder(relayed) == third.did
+
+
+def test_a_transfer_the_giver_did_not_sign_is_refused() -> None:
+    signed = msgspec.msgpack.decode(transfer(ORG, OTHER), type=rr.SignedTransfer)
+    signed_by_receiver = msgspec.msgpack.encode(rr.SignedTransfer(signed.body, OTHER.sign(signed.body)))
+    with pytest.raises(SignatureInvalid):
+        read(held(OTHER, [signed_by_receiver]))
+    with pytest.raises(ValidationError):  # and nobody gives a name to itself
+        rr.sign_transfer(OTHER, name=NAME, to_owner=OTHER.did, claimed_at=CLAIM, at=NOW)
+
+
+@pytest.mark.parametrize("why, value", [
+    ("another name", lambda: held(OTHER, [transfer(ORG, OTHER, name="acme.other")])),
+    ("another claim time", lambda: held(OTHER, [transfer(ORG, OTHER, claimed_at=CLAIM - 1)])),
+    ("a broken chain", lambda: held(OTHER, [transfer(ORG, OTHER), transfer(ORG, OTHER, at=NOW)])),
+    ("an owner the chain does not reach", lambda: held(KeyPair(b"\x05" * 32), [transfer(ORG, OTHER)])),
+    ("a transfer from the future", lambda: held(OTHER, [transfer(ORG, OTHER, at=NOW + rr.MAX_FUTURE_MS + 1)])),
+])
+def test_a_chain_of_transfers_must_lead_from_the_first_claim_to_the_owner(why, value) -> None:
+    with pytest.raises(ValidationError):
+        read(value())
+
+
+def test_after_a_transfer_the_receiver_holds_the_name_and_the_giver_cannot_take_it_back() -> None:
+    original = read(held(ORG, [], version=(NOW + 5, 0)))  # the giver republishes its old claim, newer version
+    pointer = read(held(ORG, [transfer(ORG, OTHER)]))
+    receivers = read(held(OTHER, [transfer(ORG, OTHER)]))
+    assert rr.choose([original, pointer]) == 1  # before the receiver publishes, the pointer holds
+    assert rr.choose([original, pointer, receivers]) == 2
+    later_claimer = read(held(KeyPair(b"\x06" * 32), [], claimed_at=CLAIM + 1))
+    assert rr.choose([later_claimer, receivers]) == 1  # the receiver keeps the first claim's place
+
+
+def test_an_owner_that_gives_one_name_twice_loses_it_to_the_transfer_dated_first() -> None:
+    third = KeyPair(b"\x07" * 32)
+    first = read(held(OTHER, [transfer(ORG, OTHER, at=NOW - 5_000)]))
+    second = read(held(third, [transfer(ORG, third, at=NOW - 1_000)]))
+    assert rr.choose([second, first]) == 1
+
+
+def test_the_transfer_member_of_a_descriptor_must_be_its_owners_transfer_of_it() -> None:
+    field = {"to": OTHER.did, "statement": base64.b64encode(transfer(ORG, OTHER)).decode()}
+    assert rr.transfer_field(NAME, ORG.did, field).to_owner == OTHER.did
+    with pytest.raises(ValidationError):  # the descriptor of another org's registry
+        rr.transfer_field(NAME, OTHER.did, field)
+    with pytest.raises(ValidationError):  # names another receiver
+        rr.transfer_field(NAME, ORG.did, {**field, "to": NODE.did})
+    with pytest.raises(ValidationError):
+        rr.transfer_field(NAME, ORG.did, {"to": OTHER.did, "statement": "not base64!"})

@@ -170,14 +170,14 @@ class EngineCore:
         return env
 
     def _special_checks(self, registry: str, record_id: str, kind: str,
-                        fields: Mapping[str, Any]) -> Statement | None:
+                        fields: Mapping[str, Any], owner: str | None) -> Statement | None:
         """Rules of the built-in registries that describe the grid itself;
         a grid.members record is read (and its signature checked) as the
         statement it carries."""
         if registry == MEMBERS_REGISTRY:
             return read_statement(kind, record_id, fields)
         if registry == regs.REGISTRY_OF_REGISTRIES:
-            regs.check_new_descriptor(record_id, fields, self.catalog)
+            regs.check_new_descriptor(record_id, fields, self.catalog, owner=owner)
         elif registry == regs.KINDS_REGISTRY:
             self._register_kind(record_id, fields)
         return None

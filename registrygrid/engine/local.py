@@ -68,7 +68,7 @@ class LocalWrites(EngineCore):
         tags = checked_tags(op.tags)
         links = checked_links(op.links)
         record_id = names.record_id(op.record_id) if op.record_id is not None else names.new_record_id()
-        statement = self._special_checks(registry, record_id, kind.name, fields)
+        statement = self._special_checks(registry, record_id, kind.name, fields, self.owner)
         if registry == disputes.DISPUTES_REGISTRY:
             self._check_dispute_record(record_id, kind.name, fields, tags)  # type: ignore[attr-defined]
         old = records.get_record(self.store, txn, registry, record_id)
@@ -144,7 +144,7 @@ class LocalWrites(EngineCore):
         self.catalog.validate(kind.name, kind.version, fields)
         tags = checked_tags(op.tags) if op.tags is not None else None
         links = checked_links(op.links) if op.links is not None else None
-        self._special_checks(registry, record_id, kind.name, fields)
+        self._special_checks(registry, record_id, kind.name, fields, old["owner"])
         self._check_immutable(desc, old, fields)
         doc = self._doc_for_write(txn, batch, registry, record_id)
         # A local update is made on the record as shown (old), but its

@@ -21,7 +21,7 @@ from typing import Any
 
 from registrygrid.crdt.conflict_policy import ConflictPolicy
 from registrygrid.errors import RegistryError, UnknownRegistry, ValidationError
-from registrygrid.protocol import limits
+from registrygrid.protocol import limits, registry_record
 from registrygrid.schemas import BUILTIN_REGISTRIES, SchemaCatalog
 
 REGISTRY_OF_REGISTRIES = "grid.registries"
@@ -130,13 +130,19 @@ def _limits(given: Any) -> dict[str, Any]:
     return out
 
 
-def check_new_descriptor(record_id: str, fields: Mapping[str, Any], catalog: SchemaCatalog) -> None:
-    """Rules a registry descriptor must meet beyond its JSON Schema."""
+def check_new_descriptor(record_id: str, fields: Mapping[str, Any], catalog: SchemaCatalog, *,
+                         owner: str | None) -> None:
+    """Rules a registry descriptor must meet beyond its JSON Schema;
+    ``owner``: the registry's owner org, whose key must have signed a transfer."""
     if record_id in BUILTINS:
         raise ValidationError(f"{record_id} is a built-in registry")
     if fields.get("name", record_id) != record_id:
         raise ValidationError(f"descriptor name {fields.get('name')!r} must equal its record id {record_id!r}")
     ConflictPolicy.parse(fields.get("conflict_policy"))  # names the bad part of a policy the schema let through
+    if "transfer" in fields:
+        if owner is None:
+            raise ValidationError("only an org's registry can be transferred", details=[{"path": "/transfer"}])
+        registry_record.transfer_field(record_id, owner, fields["transfer"])
     kinds = fields.get("kinds") or []
     if not kinds:
         raise ValidationError("a registry must hold at least one kind", details=[{"path": "/kinds", "message": "empty"}])

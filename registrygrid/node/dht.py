@@ -23,6 +23,7 @@ providers with their addresses, from the DHT, or from a short cache
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -83,6 +84,27 @@ class DescriptorValidator(Validator):
         return valid[rr.choose([bodies[i] for i in valid])]  # type: ignore[misc]
 
 
+@dataclass(frozen=True)
+class _Owned:
+    """A registry this node's org owns, as ``publish`` needs it."""
+
+    name: str
+    created_at: int
+    ceded: tuple[rr.TransferBody, bytes] | None  # the transfer that gave its name away, if one did
+
+
+def _ceded(name: str, owner: str, field: Any) -> tuple[rr.TransferBody, bytes] | None:
+    """The descriptor's transfer (checked on write; read defensively)."""
+    if field is None:
+        return None
+    try:
+        link = rr.transfer_field(name, owner, field)
+    except RegistryError as exc:
+        log.warning("dht: the transfer in %s's descriptor does not hold: %s", name, exc.message)
+        return None
+    return link, base64.b64decode(field["statement"])
+
+
 @dataclass
 class _Cached:
     at: float
@@ -106,6 +128,11 @@ class RegistryDirectory:
         self.dht: KadDHT | None = None
         self._cache: dict[str, _Cached] = {}
         self._publish_now = trio.Event()
+        # name -> the signed transfers that lead to this org's claim of it
+        # (adopted from the DHT, ``_adopt``); names it never received are absent.
+        self._chains: dict[str, list[bytes]] = {}
+        self._adopting = False
+        self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         validator = NamespacedValidator({rr.NAMESPACE: DescriptorValidator(self.metrics)}, strict_validation=True)
@@ -114,6 +141,7 @@ class RegistryDirectory:
         async with background_trio_service(self.dht):
             events = self.host.peer_events()
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 for peer_id in self.host.connected_peers():
                     nursery.start_soon(self._add_peer, peer_id)
                 nursery.start_soon(self._track_peers, events, nursery)
@@ -169,12 +197,16 @@ class RegistryDirectory:
                 await self._publish_now.wait()
             self._publish_now = trio.Event()
 
-    def _registries(self) -> tuple[list[tuple[str, bytes]], list[str]]:
-        """(signed records of the registries this node's org owns, names of
-        the registries this node hosts), from its store."""
+    def _registries(self) -> tuple[list[_Owned], list[tuple[str, bytes]], list[str]]:
+        """(the registries this node's org owns, their signed records, the
+        names of the registries this node announces it hosts), from its
+        store. A registry whose name its owner gave away (its descriptor's
+        ``transfer``) is published as a pointer to the receiver, and no
+        longer announced: the receiver's nodes serve that name now."""
         node = self.node
         engine = node.engine
-        owned: list[tuple[str, bytes]] = []
+        owned: list[_Owned] = []
+        signed: list[tuple[str, bytes]] = []
         hosted: list[str] = []
         now = wall_clock_ms()
         with node.store.read() as txn:
@@ -182,23 +214,38 @@ class RegistryDirectory:
                 desc = regs.descriptor_from_record(record)
                 if record["deleted"] or desc.replication in ("local", "private"):
                     continue
-                hosted.append(desc.name)
+                ceded = _ceded(desc.name, desc.owner, record["fields"].get("transfer"))
+                if ceded is None:
+                    hosted.append(desc.name)
                 if desc.owner != engine.owner:
                     continue
-                owned.append((desc.name, rr.sign_record(
-                    engine.key, None if engine.key.did == desc.owner else self.delegation, name=desc.name,
-                    owner=desc.owner, claimed_at=record["created_at"] or 0, version=tuple(record["updated_hlc"]),
-                    change_id=record["change_id"], descriptor=record["fields"], federations=[self.federation_id],
-                    issued_at=now)))
-        return owned, hosted
+                item = _Owned(desc.name, record["created_at"] or 0, ceded)
+                owned.append(item)
+                chain = self._chains.get(desc.name, [])
+                if ceded is not None:
+                    chain = [*chain, ceded[1]]
+                # A received name keeps its first claim's time: every link of the chain carries it.
+                claimed_at = rr.read_transfer(chain[0]).claimed_at if chain else item.created_at
+                try:
+                    signed.append((desc.name, rr.sign_record(
+                        engine.key, None if engine.key.did == desc.owner else self.delegation, name=desc.name,
+                        owner=desc.owner, claimed_at=claimed_at, version=tuple(record["updated_hlc"]),
+                        change_id=record["change_id"], descriptor=record["fields"],
+                        federations=[self.federation_id], issued_at=now, transfers=chain)))
+                except RegistryError as exc:
+                    self.metrics["dht.sign_failed"] += 1
+                    log.warning("dht: can't sign the record of %s: %s", desc.name, exc.message)
+        return owned, signed, hosted
 
     async def publish(self) -> dict[str, int]:
         """Put the signed records of this org's registries and announce this
-        node as a provider of the registries it hosts; counts of each."""
+        node as a provider of the registries it hosts; counts of each. Then,
+        in the background, look in the DHT for transfers that give this org
+        one of its names (``_adopt``)."""
         assert self.dht is not None
-        owned, hosted = await trio.to_thread.run_sync(self._registries)
+        owned, signed, hosted = await trio.to_thread.run_sync(self._registries)
         put = provided = 0
-        for name, value in owned:
+        for name, value in signed:
             with trio.move_on_after(RESOLVE_TIMEOUT_S):
                 try:
                     await self.dht.put_value(rr.dht_key(name), value)
@@ -212,7 +259,81 @@ class RegistryDirectory:
                     provided += 1
         self.metrics["dht.published"] += put
         self.metrics["dht.provided"] += provided
+        if owned and not self._adopting and self._nursery is not None:
+            self._adopting = True
+            self._nursery.start_soon(self._adopt_all, owned)
         return {"published": put, "provided": provided}
+
+    # ------------------------------------------------------------ transfers
+
+    async def _adopt_all(self, owned: list[_Owned]) -> None:
+        """Take up the chains of transfers the DHT holds for this org's names;
+        publish again if one changed what this org would sign."""
+        try:
+            changed = False
+            for item in owned:
+                chain = await self._adopt(item)
+                if chain is not None and chain != self._chains.get(item.name):
+                    self._chains[item.name] = chain
+                    self.metrics["dht.transfers_adopted"] += 1
+                    changed = True
+            if changed:
+                self.publish_soon()
+        finally:
+            self._adopting = False
+
+    async def _adopt(self, item: _Owned) -> list[bytes] | None:
+        """The chain of transfers by which this org holds ``item``'s name, as
+        the peers closest to its key (and this node) hold it: for a name it
+        holds, the best record's chain if it ends at this org; for one it
+        gave away, that chain's links before its own transfer. None when the
+        DHT knows no such chain."""
+        assert self.dht is not None
+        me = self.node.engine.owner
+        key = rr.dht_key(item.name)
+        now = wall_clock_ms()
+        bodies = [b for b in (rr.readable(key, v, now) for v in await self._values_near(key)) if b is not None]
+        candidates: list[tuple[rr.RecordBody, list[bytes]]] = []
+        for body in bodies:
+            chain = rr.chain_of(body)
+            if item.ceded is None and chain and chain[-1].to_owner == me:
+                candidates.append((body, list(body.transfers)))
+            elif item.ceded is not None:
+                for i, link in enumerate(chain):
+                    if link.from_owner == me and link.to_owner == item.ceded[0].to_owner:
+                        candidates.append((body, list(body.transfers[:i])))
+                        break
+        if not candidates:
+            return None
+        return candidates[rr.choose([body for body, _ in candidates])][1]
+
+    async def _values_near(self, key: str) -> list[bytes]:
+        """The values this node and the peers closest to ``key`` hold for it
+        (asked one by one: py-libp2p's ``get_value`` stops at a local copy)."""
+        assert self.dht is not None
+        key_bytes = key.encode()
+        found: list[bytes] = []
+        local = self.dht.value_store.get(key_bytes)
+        if local is not None:
+            found.append(local.value)
+
+        async def ask(peer: ID) -> None:
+            with trio.move_on_after(RESOLVE_TIMEOUT_S / 2):
+                try:
+                    value = await self.dht.value_store._get_from_peer(peer, key_bytes)  # type: ignore[union-attr]
+                except Exception as exc:  # noqa: BLE001 - a peer that left: its answer is simply missing
+                    log.debug("dht: value from %s: %s", peer, exc)
+                    return
+                if isinstance(value, bytes):
+                    found.append(value)
+
+        with trio.move_on_after(RESOLVE_TIMEOUT_S):
+            closest = await self.dht.peer_routing.find_closest_peers_network(key_bytes)
+            async with trio.open_nursery() as nursery:
+                for peer in closest[:PROVIDER_FANOUT]:
+                    if peer != self.dht.local_peer_id:
+                        nursery.start_soon(ask, peer)
+        return found
 
     # ------------------------------------------------------------ resolving
 
@@ -235,12 +356,15 @@ class RegistryDirectory:
             raise NotFound(f"no registry named {name!r} in the DHT (nobody published it, or its record lapsed)")
         body = rr.read_record(key, value, now_ms=wall_clock_ms())  # checked again: a local value may be old
         providers = await self._providers(name, fresh=fresh)
+        chain = rr.chain_of(body)
         answer = {
             "name": body.name, "descriptor": body.descriptor, "owner": body.owner, "federations": body.federations,
             "version": list(body.version), "change_id": body.change_id, "claimed_at": body.claimed_at,
             "issued_at": body.issued_at,
             "verification": {"signature": "valid", "signer": body.signer,
                              "authority": "owner" if body.signer == body.owner else "delegated by the owner"},
+            "holder": chain[-1].to_owner if chain else body.owner,
+            "transfers": [{"from": t.from_owner, "to": t.to_owner, "at": t.at} for t in chain],
             "providers": providers, "source": "dht",
         }
         self._cache[name] = _Cached(now, answer)

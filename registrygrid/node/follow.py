@@ -53,7 +53,7 @@ from registrygrid.errors import (
     ValidationError,
 )
 from registrygrid.identity.keys import KeyPair
-from registrygrid.node.remote_read import check_descriptor, fetch_into
+from registrygrid.node.remote_read import check_descriptor, fetch_into, not_yet_served
 from registrygrid.protocol import names
 from registrygrid.protocol.hlc import wall_clock_ms
 from registrygrid.sdk import LocalRegistry
@@ -215,6 +215,7 @@ class Follows:
 
     async def _first_sync(self, name: str) -> Mirror:
         resolution = await self.directory.resolve(name)
+        not_yet_served(resolution)
         desc = regs.descriptor_from_record({"id": name, "owner": resolution["owner"],
                                             "fields": resolution["descriptor"]})
         if desc.replication != "public":
@@ -282,11 +283,11 @@ class Follows:
             mirror.status.last_error = f"resolve: {exc.message}"
             self.metrics["follow.sync_failed"] += 1
             return
-        if resolution["owner"] != mirror.status.owner:
+        if resolution["holder"] != mirror.status.owner:
             # The name now resolves to another org (a transfer): the copy
             # keeps what it verified, and follows the new owner's changes
             # only once the user follows it anew.
-            mirror.status.last_error = (f"{name} now belongs to {resolution['owner']}, not {mirror.status.owner}: "
+            mirror.status.last_error = (f"{name} now belongs to {resolution['holder']}, not {mirror.status.owner}: "
                                         "unfollow and follow again to take the new owner's registry")
             return
         refusals: list[str] = []

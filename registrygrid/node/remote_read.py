@@ -30,6 +30,7 @@ import trio
 from registrygrid.engine import registries as regs
 from registrygrid.engine.ops import Remote
 from registrygrid.errors import (
+    Conflict,
     NotFound,
     PolicyDenied,
     RegistryError,
@@ -119,6 +120,7 @@ class RemoteReader:
     async def read(self, name: str, *, record_id: str | None = None) -> dict[str, Any]:
         """The registry's records (or one), verified, and where they came from."""
         resolution = await self.directory.resolve(name)
+        not_yet_served(resolution)
         # The owner's signed descriptor (checked by the directory) says who may
         # read it: no provider is asked for a registry it would refuse to serve.
         desc = regs.descriptor_from_record({"id": name, "owner": resolution["owner"],
@@ -175,6 +177,15 @@ class RemoteReader:
                 "records": found}
 
 
+def not_yet_served(resolution: dict[str, Any]) -> None:
+    """Unavailable when the DHT's record of the name is its former owner's
+    pointer (protocol/registry_record.py): the org it was given to has not
+    published it yet, and the former owner's nodes no longer serve it."""
+    if resolution["holder"] != resolution["owner"]:
+        raise Unavailable(f"{resolution['name']} was given to {resolution['holder']}, whose nodes have not "
+                          "published it yet; try again later")
+
+
 async def dial(host: Any, peer: str, addrs: list[str]) -> None:
     """Connect to a provider at one of the addresses the DHT gave, unless
     connected already; a failure shows at the request that follows."""
@@ -221,13 +232,16 @@ async def fetch_into(host: Any, target: LocalRegistry, name: str, peer: str, add
 
 def check_descriptor(target: LocalRegistry, resolution: dict[str, Any]) -> dict[str, Any]:
     """The descriptor ``target`` now holds, if it is the one the owner
-    signed into the DHT (``resolution``); ValidationError otherwise."""
+    signed into the DHT (``resolution``). Conflict otherwise: a provider
+    behind (or ahead of) the DHT, or one hosting another org's registry of
+    that name (before or after a transfer), answers honestly but not for
+    this descriptor; its answer is refused without calling it a liar."""
     described = target.get(regs.REGISTRY_OF_REGISTRIES, resolution["name"])
     if described["owner"] != resolution["owner"]:
-        raise ValidationError("the descriptor it sent belongs to another org than the DHT's")
+        raise Conflict(f"it hosts {described['owner']}'s registry of that name, not {resolution['owner']}'s")
     if described["change_id"] != resolution["change_id"]:
-        raise ValidationError(f"the descriptor it sent ({described['change_id']}) is not the one its "
-                              f"owner signed into the DHT ({resolution['change_id']})")
+        raise Conflict(f"the descriptor it sent ({described['change_id']}) is not the one its "
+                       f"owner signed into the DHT ({resolution['change_id']})")
     return described
 
 
