@@ -271,6 +271,32 @@ class BridgeClient:
         DHT or no provider gave a verifiable answer (``details["refusals"]``)."""
         return self._get(f"/v1/registries/{_seg(name)}/remote", record=record_id)
 
+    # ------------------------------------------------------------------ follows (node/follow.py)
+
+    def follow(self, name: str) -> dict[str, Any]:
+        """Have the node keep a verified copy of ``name``, a public registry
+        another federation hosts, synced from its providers; the ordinary
+        reads (``get``, ``list``, ``history``, ``describe_registry``) then
+        answer from it. Returns once the first sync passed every check (or,
+        if followed already, after a sync now), with its status: {registry,
+        owner, followed_at, last_sync_at, last_provider, last_error,
+        synced_changes, lying_providers, records, descriptor}. Needs an admin
+        token. NotFound when nobody published the name; PolicyDenied when it
+        is not public; Conflict when the node hosts it itself or follows as
+        many as it may; Unavailable when it runs no DHT or no provider gave a
+        verifiable answer. Only a running node follows, so ``LocalRegistry``
+        has no such method."""
+        return self.request("PUT", f"/v1/follows/{_seg(name)}")[2]
+
+    def unfollow(self, name: str) -> dict[str, Any]:
+        """Stop following ``name`` and delete the node's copy: {registry,
+        unfollowed: True}. NotFound when the node does not follow it."""
+        return self.request("DELETE", f"/v1/follows/{_seg(name)}")[2]
+
+    def follows(self) -> list[dict[str, Any]]:
+        """The statuses of the registries the node follows, by name (as ``follow`` returns them)."""
+        return self._get("/v1/follows")["follows"]
+
     def create_registry(self, name: str, kinds: Sequence[str], *, description: str = "",
                         write_policy: str = "open", conflict_policy: Any = "last-writer-wins",
                         replication: str = "federation", readers: Sequence[str] = (),

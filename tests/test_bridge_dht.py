@@ -37,8 +37,15 @@ from test_federation_support import FAST, LOOPBACK, Cluster, eventually
 from registrygrid.cli.node_commands import build_components
 from registrygrid.client import BridgeClient
 from registrygrid.engine.ops import Put
-from registrygrid.errors import EX_NOINPUT, EX_TEMPFAIL, NotFound, ValidationError
+from registrygrid.errors import (
+    EX_DATAERR,
+    EX_NOINPUT,
+    EX_TEMPFAIL,
+    NotFound,
+    ValidationError,
+)
 from registrygrid.home import Home
+from registrygrid.identity.keys import KeyPair
 from registrygrid.node.bridge import Bridge, BridgeConfig
 from registrygrid.node.bridge.openapi import schema_validator
 from registrygrid.node.dht import RegistryDirectory
@@ -358,3 +365,36 @@ def test_a_node_started_with_no_dht_cannot_resolve(tmp_path: Path) -> None:
         _stop_process(node)
     assert proc.returncode == EX_TEMPFAIL and "error[unavailable]" in proc.stderr and "--no-dht" in proc.stderr
     assert node.returncode == 0, node.communicate()
+
+
+async def test_rgrid_registry_transfer_gives_the_name_away_with_the_org_key(published: Served) -> None:
+    home = published.home.path
+    receiver = KeyPair(b"\x0b" * 32).did
+    org = published.node.registry.identity()["org"]
+    with trio.fail_after(90):
+        given = await trio.to_thread.run_sync(rgrid, home, "registry", "transfer", REGISTRY, "--to", receiver,
+                                              "--json")
+        assert given.returncode == 0, given.stderr
+        assert json.loads(given.stdout)["status"] == "updated"
+        descriptor = published.node.registry.get("grid.registries", REGISTRY)["fields"]
+        assert descriptor["transfer"]["to"] == receiver  # a signed change of the federation, with the statement
+        await directory_of(published).publish()  # the pointer replaces this node's own record
+        answer = await directory_of(published).resolve(REGISTRY, fresh=True)
+        assert (answer["owner"], answer["holder"]) == (org, receiver)
+        assert [(t["from"], t["to"]) for t in answer["transfers"]] == [(org, receiver)]
+        shown = await trio.to_thread.run_sync(rgrid, home, "registry", "resolve", REGISTRY, "--fresh")
+        again = await trio.to_thread.run_sync(rgrid, home, "registry", "transfer", REGISTRY, "--to", receiver)
+        to_itself = await trio.to_thread.run_sync(rgrid, home, "registry", "transfer", OTHER, "--to", org)
+        unknown = await trio.to_thread.run_sync(rgrid, home, "registry", "transfer", UNKNOWN, "--to", receiver)
+    facts = dict(m.groups() for m in re.finditer(r"^ (\w+(?: \w+)?) {2,}(\S.*?) *$", shown.stdout, re.MULTILINE))
+    assert facts["holder"] == f"{receiver} (given the name; has not published it yet)", shown.stdout
+    assert facts["transfers"].startswith(f"{org} -> {receiver} at "), shown.stdout
+    assert again.returncode == EX_DATAERR and "given to" in again.stderr
+    assert to_itself.returncode == EX_DATAERR and "belongs to" in to_itself.stderr
+    assert unknown.returncode == EX_NOINPUT
+
+
+def test_rgrid_registry_transfer_without_a_running_node_says_to_start_it(tmp_path: Path) -> None:
+    home = new_home(tmp_path / "home").path
+    proc = rgrid(home, "registry", "transfer", REGISTRY, "--to", KeyPair(b"\x0b" * 32).did)
+    assert proc.returncode == EX_TEMPFAIL and "rgrid node start" in proc.stderr, proc.stderr

@@ -95,6 +95,9 @@ async def test_real_responses_validate_against_the_document(served: Served) -> N
                 # reads across two federations).
                 await c.get(f"/v1/registries/{REGISTRY}/remote"),
                 await c.get(f"/v1/registries/{REGISTRY}/remote", params={"record": "not an id!"}),
+                # Nor to follow with: 503 (tests/test_bridge_follow.py follows across two federations).
+                await c.get("/v1/follows"), await c.put(f"/v1/follows/{REGISTRY}"),
+                await c.delete(f"/v1/follows/{REGISTRY}"), await rc.put(f"/v1/follows/{REGISTRY}"),
                 await c.post(rec, json={"kind": "note", "id": "v1", "fields": {"name": "v", "n": 1},
                                         "links": [{"rel": "see", "registry": REGISTRY, "record": "v0"}]}),
                 await c.post(rec, json={"kind": "note", "fields": {"name": 1}}),
@@ -164,9 +167,10 @@ def test_fuzzing_every_operation_never_gets_a_server_error(case: Any, fuzz_targe
     headers = {**(case.headers or {}), **fuzz_target.headers()}
     headers.pop("Accept", None)
     response = case.call(base_url=fuzz_target.url, headers=headers, timeout=15)
-    # The fuzzed node runs no federation, so it has no DHT to resolve or read remotely with: its documented
-    # answer is 503.
-    no_dht = case.operation.path in ("/v1/registries/{registry}/resolve", "/v1/registries/{registry}/remote") \
+    # The fuzzed node runs no federation, so it has no DHT to resolve, read remotely or follow with: its
+    # documented answer is 503.
+    no_dht = case.operation.path in ("/v1/registries/{registry}/resolve", "/v1/registries/{registry}/remote",
+                                     "/v1/follows", "/v1/follows/{registry}") \
         and response.status_code == 503 \
         and response.json()["error"]["code"] == "unavailable"
     assert response.status_code < 500 or no_dht, (case.method, case.formatted_path, response.status_code,

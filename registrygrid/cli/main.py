@@ -21,12 +21,15 @@ import click
 
 from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend
+from registrygrid.cli.options import org_key_option
 from registrygrid.cli.values import parse_assignments, parse_where, read_json_file
 from registrygrid.crdt.conflict_policy import NAMES as CONFLICT_RULES
 from registrygrid.errors import (
     EX_NOPERM,
     EX_USAGE,
+    Conflict,
     MalformedInput,
+    PolicyDenied,
     RegistryError,
     Unavailable,
     ValidationError,
@@ -415,7 +418,7 @@ def audit_verify(home: Path | None, as_json: bool) -> None:
 
 @cli.group()
 def registry() -> None:
-    """Registries: list, describe, create, resolve (from the DHT)."""
+    """Registries: list, describe, create, resolve (from the DHT), follow (another federation's public ones)."""
 
 
 @registry.command(name="list")
@@ -459,6 +462,117 @@ def registry_resolve(home: Path | None, name: str, fresh: bool, as_json: bool) -
                               "home: start it with `rgrid node start` (the DHT runs unless --no-p2p or --no-dht)")
         answer = backend.resolve_registry(name, fresh=fresh)
     render.resolution(answer, as_json)
+
+
+@registry.command(name="transfer")
+@home_option
+@click.argument("name")
+@click.option("--to", "to_org", required=True, metavar="DID", help="The org (did:key) that receives the name.")
+@org_key_option
+@json_option
+def registry_transfer(home: Path | None, name: str, to_org: str, org_key_file: Path | None, as_json: bool) -> None:
+    """Give the name NAME to another org in the registry of registries (the
+    DHT). Signs a transfer with this org's key (the home's keys/org.key, or
+    --org-key FILE) and records it in NAME's descriptor, a signed change
+    every node of this federation gets: they then publish a pointer to the
+    receiver and stop serving the name, and the receiver's nodes, hosting a
+    registry of that name in their federation, take it over with this
+    org's first claim. It can't be taken back
+    (docs/registry-of-registries.md). Needs the node running with its DHT."""
+    import base64
+
+    from registrygrid.client import BridgeClient
+    from registrygrid.engine.registries import REGISTRY_OF_REGISTRIES
+    from registrygrid.membership import org_key
+    from registrygrid.protocol import registry_record
+    from registrygrid.protocol.hlc import wall_clock_ms
+
+    names.registry_name(name)
+    home_obj = Home(home)
+    home_obj.require()
+    key = org_key(home_obj, org_key_file)
+    with open_backend(home) as backend:
+        if not isinstance(backend, BridgeClient):
+            raise Unavailable("a transfer carries the name's first claim, which the running node's DHT knows, and "
+                              "no node runs on this home: start it with `rgrid node start`")
+        answer = backend.resolve_registry(name, fresh=True)
+        if answer["owner"] != key.did:
+            raise PolicyDenied(f"{name} belongs to {answer['owner']} in the DHT, not to this org ({key.did})")
+        if answer["holder"] != key.did:
+            raise Conflict(f"{name} was given to {answer['holder']} already")
+        statement = registry_record.sign_transfer(key, name=name, to_owner=to_org, claimed_at=answer["claimed_at"],
+                                                  at=wall_clock_ms())
+        result = backend.update(REGISTRY_OF_REGISTRIES, name, actor="cli", patch={
+            "transfer": {"to": to_org, "statement": base64.b64encode(statement).decode()}})
+    if as_json:
+        render.dump_json({**result.to_dict(), "to": to_org, "claimed_at": answer["claimed_at"]})
+    else:
+        render.write_result(result, False)
+        click.echo(f"{name} given to {to_org}: this federation's nodes now point to it and stop serving the name; "
+                   "its nodes take it over at their next publish")
+
+
+# How often the node syncs a followed registry: node/follow.py FOLLOW_INTERVAL_S
+# (the help says it; tests/test_bridge_follow.py checks they agree). Not
+# imported: node.follow pulls in libp2p, ~0.7 s of every `rgrid` start.
+FOLLOW_INTERVAL_TEXT = "30 s"
+
+
+def _follows_of_running_node(backend: Any) -> Any:
+    """The running node's bridge client; Unavailable when no node runs on the home."""
+    from registrygrid.client import BridgeClient
+
+    if not isinstance(backend, BridgeClient):
+        # Following is the running node's work (node/follow.py): its DHT finds the providers, its tasks sync.
+        raise Unavailable("following a registry of another federation is the running node's work (its DHT and "
+                          "its syncs), and no node runs on this home: start it with `rgrid node start` (the DHT "
+                          "runs unless --no-p2p or --no-dht)")
+    return backend
+
+
+@registry.command(name="follow", help=(
+    "Keep a verified copy of NAME, a public registry another federation hosts, on the running node. The node "
+    "resolves NAME in the DHT, fetches it from one of its providers and checks every change (signature, chain, "
+    "ownership, schema, and the descriptor against the one its owner signed into the DHT) before it keeps "
+    f"anything; then it syncs the copy from the providers every {FOLLOW_INTERVAL_TEXT}, each change checked again. "
+    "`rgrid get NAME ID`, `rgrid list NAME` and `rgrid history NAME ID` then read the copy. Following NAME again "
+    "syncs it now. Needs the node running (`rgrid node start`, without --no-p2p or --no-dht)."))
+@home_option
+@click.argument("name")
+@json_option
+def registry_follow(home: Path | None, name: str, as_json: bool) -> None:
+    names.registry_name(name)
+    with open_backend(home) as backend:
+        status = _follows_of_running_node(backend).follow(name)
+    render.follow_status(status, as_json)
+
+
+@registry.command(name="unfollow")
+@home_option
+@click.argument("name")
+@json_option
+def registry_unfollow(home: Path | None, name: str, as_json: bool) -> None:
+    """Stop following NAME and delete the running node's copy of it (the
+    registry itself, at its federation, is untouched)."""
+    names.registry_name(name)
+    with open_backend(home) as backend:
+        answer = _follows_of_running_node(backend).unfollow(name)
+    if as_json:
+        render.dump_json(answer)
+    else:
+        click.echo(f"unfollowed {answer['registry']}: its copy is deleted from this node")
+
+
+@registry.command(name="follows", help=(
+    "The registries of other federations the running node follows (`rgrid registry follow`): each one's owner, "
+    "the live records of its copy, when its last sync succeeded (syncs run every "
+    f"{FOLLOW_INTERVAL_TEXT}), from which provider, and the last sync's error, if any."))
+@home_option
+@json_option
+def registry_follows(home: Path | None, as_json: bool) -> None:
+    with open_backend(home) as backend:
+        found = _follows_of_running_node(backend).follows()
+    render.follows(found, as_json)
 
 
 @registry.command(name="create")

@@ -292,6 +292,11 @@ def resolution(data: Mapping[str, Any], as_json: bool) -> None:
              "claimed": _when(data["claimed_at"]), "signed": _when(data["issued_at"])}
     if desc.description:
         facts["description"] = desc.description
+    transfers = data.get("transfers") or []
+    if transfers:
+        facts["holder"] = data["holder"] + ("" if data["holder"] == data["owner"]
+                                            else " (given the name; has not published it yet)")
+        facts["transfers"] = "; ".join(f"{t['from']} -> {t['to']} at {_when(t['at'])}" for t in transfers)
     _facts(facts)
     verification = data["verification"]
     _out.print("verification", style="bold cyan", markup=False, highlight=False)
@@ -325,6 +330,61 @@ def remote_read(data: Mapping[str, Any], as_json: bool, *, one: bool) -> None:
             record(found, False)
     else:
         page({"items": records, "next_cursor": None}, False)
+
+
+# ---------------------------------------------------------------- follows (node/follow.py)
+
+
+def follow_status(data: Mapping[str, Any], as_json: bool) -> None:
+    """A followed registry's status: whose it is, what the copy holds, how
+    its last sync went (the owner and provider whole on their lines, to be
+    copied), then how to read it. With --json, the node's answer as is."""
+    if as_json:
+        dump_json(data)
+        return
+    _out.print(Text.assemble((data["registry"], "bold"), "  followed: a verified copy on this node"))
+    facts = {"owner": data["owner"], "records": data["records"], "followed": _when(data["followed_at"]),
+             "last sync": _sync_age(data["last_sync_at"]), "provider": data["last_provider"] or "",
+             "synced changes": data["synced_changes"], "lying providers": data["lying_providers"]}
+    if data.get("last_error"):
+        facts["error"] = data["last_error"]
+    _facts(facts)
+    whole_lines("read it with:", [f"rgrid list {data['registry']}", f"rgrid get {data['registry']} ID"])
+
+
+def follows(items: Sequence[Mapping[str, Any]], as_json: bool) -> None:
+    """One row a followed registry: its owner, its copy's live records, the
+    age of its last good sync, the provider of it and the last sync's error.
+    Cells are data, never markup (an error quotes what a provider sent)."""
+    if as_json:
+        dump_json(items)
+        return
+    if not items:
+        _out.print("no followed registries (rgrid registry follow NAME follows one)", markup=False,
+                   highlight=False)
+        return
+    table = Table(title="followed registries")
+    table.add_column("registry", no_wrap=True, overflow="fold")
+    for column in ("owner", "records", "last sync", "provider", "error"):
+        table.add_column(column, overflow="fold")
+    for item in items:
+        table.add_row(*(Text(_cell(v)) for v in (
+            item["registry"], item["owner"], item["records"], _sync_age(item["last_sync_at"]),
+            item["last_provider"], item["last_error"])))
+    _out.print(table)
+
+
+def _sync_age(ms: int | None, now_ms: int | None = None) -> str:
+    """How long ago a sync succeeded, coarsely ("12s ago", "3m ago"); a node
+    keeps no sync times across restarts, so None is "none since the node started"."""
+    if ms is None:
+        return "none since the node started"
+    now = now_ms if now_ms is not None else int(datetime.now(UTC).timestamp() * 1000)
+    seconds = max(0, (now - ms) // 1000)
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
 
 
 def _when(ms: int) -> str:

@@ -94,6 +94,7 @@ class Mirror:
     registry: LocalRegistry
     status: FollowStatus
     wake: trio.Event = field(default_factory=trio.Event)
+    lock: trio.Lock | None = None  # set when its sync task starts (trio's thread)
     _users: int = 0
     _closed: bool = False
     _cond: threading.Condition = field(default_factory=threading.Condition)
@@ -149,7 +150,7 @@ class Follows:
         self.mirrors: dict[str, Mirror] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
-        self._lock = trio.Lock()  # one follow or unfollow at a time
+        self._starting: set[str] = set()  # names whose first sync runs
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         """Reopen the mirrors a previous run followed and keep them synced."""
@@ -174,7 +175,15 @@ class Follows:
         return self.mirrors.get(name)
 
     def list(self) -> list[dict[str, Any]]:
-        return [self.mirrors[name].describe() for name in sorted(self.mirrors)]
+        """The status of each followed registry (any thread; counts records:
+        a scan of each copy). One unfollowed meanwhile is left out."""
+        out = []
+        for _, mirror in sorted(self.mirrors.items()):
+            try:
+                out.append(mirror.describe())
+            except NotFound:
+                continue
+        return out
 
     # ------------------------------------------------------------ follow, unfollow
 
@@ -182,32 +191,43 @@ class Follows:
         """Follow ``name``: the first sync, verified, before this returns; or,
         if it is followed already, a sync now. Its status either way."""
         name = names.registry_name(name)
-        async with self._lock:
-            mirror = self.mirrors.get(name)
-            if mirror is None:
-                if await trio.to_thread.run_sync(self.hosted, name):
-                    raise Conflict(f"this node hosts {name} in its own federation: it replicates already")
-                if len(self.mirrors) >= MAX_FOLLOWS:
-                    raise Conflict(f"this node follows {MAX_FOLLOWS} registries already; unfollow one first")
-                mirror = await self._first_sync(name)
-                self._start(mirror)
-                self.metrics["follow.followed"] += 1
-                return mirror.describe()
-        await self.sync(mirror)
-        if mirror.status.last_error is not None and mirror.status.last_sync_at is None:
-            raise Unavailable(mirror.status.last_error)
-        return mirror.describe()
+        if self._nursery is None:
+            raise Unavailable("this node's follows are not running (it is starting or stopping)")
+        mirror = self.mirrors.get(name)
+        if mirror is not None:
+            await self.sync(mirror)
+            if mirror.status.last_error is not None and mirror.status.last_sync_at is None:
+                raise Unavailable(mirror.status.last_error)
+            return await trio.to_thread.run_sync(mirror.describe)
+        if name in self._starting:
+            raise Conflict(f"{name} is being followed already: its first sync is running")
+        if await trio.to_thread.run_sync(self.hosted, name):
+            raise Conflict(f"this node hosts {name} in its own federation: it replicates already")
+        if len(self.mirrors) + len(self._starting) >= MAX_FOLLOWS:
+            raise Conflict(f"this node follows {MAX_FOLLOWS} registries already; unfollow one first")
+        self._starting.add(name)
+        try:
+            mirror = await self._first_sync(name)
+        finally:
+            self._starting.discard(name)
+        if self._nursery is None:  # the node stopped meanwhile: the copy stays for the next run
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(mirror.close)
+            raise Unavailable("the node stopped during the first sync; the copy is kept for its next start")
+        self._start(mirror)
+        self.metrics["follow.followed"] += 1
+        return await trio.to_thread.run_sync(mirror.describe)
 
     async def unfollow(self, name: str) -> dict[str, Any]:
         """Stop following ``name`` and delete its copy."""
         name = names.registry_name(name)
-        async with self._lock:
-            mirror = self.mirrors.pop(name, None)
-            if mirror is None:
-                raise NotFound(f"this node does not follow {name}")
-            scope = self._scopes.pop(name, None)
-            if scope is not None:
-                scope.cancel()
+        mirror = self.mirrors.pop(name, None)
+        if mirror is None:
+            raise NotFound(f"this node does not follow {name}")
+        scope = self._scopes.pop(name, None)
+        if scope is not None:
+            scope.cancel()
+        with trio.CancelScope(shield=True):  # half a deletion would leave a copy nobody follows
             await trio.to_thread.run_sync(mirror.close)
             await trio.to_thread.run_sync(partial(shutil.rmtree, mirror.path, ignore_errors=True))
         self.metrics["follow.unfollowed"] += 1
@@ -220,33 +240,54 @@ class Follows:
                                             "fields": resolution["descriptor"]})
         if desc.replication != "public":
             raise PolicyDenied(f"{name} is not public: only members of its federation may hold it")
-        self.root.mkdir(parents=True, exist_ok=True)
         refusals: list[str] = []
         for provider in resolution["providers"]:
             peer = provider["peer_id"]
             if peer == self.host.peer_id:
                 continue
-            incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
-            scratch = LocalRegistry.open_path(incoming, self.key)
+            incoming = await trio.to_thread.run_sync(self._scratch_dir)
+            scratch = await trio.to_thread.run_sync(LocalRegistry.open_path, incoming, self.key)
+            kept = False
             try:
                 applied = await fetch_into(self.host, scratch, name, peer, provider["addrs"])
                 check_descriptor(scratch, resolution)
+                kept = True
             except RegistryError as exc:
-                await trio.to_thread.run_sync(scratch.close)
-                shutil.rmtree(incoming, ignore_errors=True)
                 refusals.append(self._refused(name, peer, exc))
                 continue
-            scratch.close()
-            final = self.root / name
+            finally:
+                with trio.CancelScope(shield=True):  # cancelled or refused: nothing stays behind
+                    await trio.to_thread.run_sync(scratch.close)
+                    if not kept:
+                        await trio.to_thread.run_sync(partial(shutil.rmtree, incoming, ignore_errors=True))
             now = wall_clock_ms()
             status = FollowStatus(name, resolution["owner"], now, now, peer, None, applied)
-            (incoming / _STATE_FILE).write_text(json.dumps({"registry": name, "owner": resolution["owner"],
-                                                            "followed_at": now}) + "\n")
-            os.replace(incoming, final)  # same filesystem: the copy appears whole or not at all
-            return Mirror(name, final, LocalRegistry.open_path(final, self.key), status)
+            final = await trio.to_thread.run_sync(self._keep, incoming, status)
+            registry = await trio.to_thread.run_sync(LocalRegistry.open_path, final, self.key)
+            return Mirror(name, final, registry, status)
         raise Unavailable(f"no provider of {name} gave a verifiable answer"
                           + (f" ({'; '.join(refusals)[:500]})" if refusals else " (none is known)"),
                           details={"refusals": refusals})
+
+    def _scratch_dir(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
+
+    def _keep(self, incoming: Path, status: FollowStatus) -> Path:
+        """Move a verified scratch store into place, its state file durable
+        first; a stale directory of that name (a copy a crash half deleted,
+        or one whose state file did not read) is replaced."""
+        state = incoming / _STATE_FILE
+        with state.open("w") as out:
+            out.write(json.dumps({"registry": status.registry, "owner": status.owner,
+                                  "followed_at": status.followed_at}) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        final = self.root / status.registry
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(incoming, final)  # same filesystem: the copy appears whole or not at all
+        return final
 
     def _refused(self, name: str, peer: str, exc: RegistryError) -> str:
         if isinstance(exc, ValidationError):  # its answer failed a check: lying or broken
@@ -259,7 +300,8 @@ class Follows:
     # ------------------------------------------------------------ syncing
 
     def _start(self, mirror: Mirror) -> None:
-        assert self._nursery is not None, "follows not running"
+        assert self._nursery is not None, "follows not running"  # callers check
+        mirror.lock = trio.Lock()
         self.mirrors[mirror.name] = mirror
         scope = trio.CancelScope()
         self._scopes[mirror.name] = scope
@@ -275,7 +317,13 @@ class Follows:
 
     async def sync(self, mirror: Mirror) -> None:
         """Bring ``mirror`` up to date from one of its providers; the outcome
-        goes to its status (a sync that fails is retried at the next interval)."""
+        goes to its status (a sync that fails is retried at the next interval).
+        One sync of a copy at a time: its engine has one writer."""
+        assert mirror.lock is not None
+        async with mirror.lock:
+            await self._sync(mirror)
+
+    async def _sync(self, mirror: Mirror) -> None:
         name = mirror.name
         try:
             resolution = await self.directory.resolve(name)
@@ -304,8 +352,9 @@ class Follows:
                 if isinstance(exc, ValidationError):
                     mirror.status.lying_providers += 1
                 continue
-            if described["owner"] != mirror.status.owner:  # the mirror's engine holds the owner: can't happen
-                raise AssertionError(f"mirror of {name} changed owner")
+            if described["owner"] != mirror.status.owner:  # its engine keeps a record's owner: a damaged copy
+                mirror.status.last_error = f"the copy's descriptor names {described['owner']}: unfollow and follow again"
+                return
             mirror.status.last_sync_at = wall_clock_ms()
             mirror.status.last_provider = peer
             mirror.status.last_error = None

@@ -7,7 +7,12 @@ inline on the loop); writes go through ``Api.submit``, which crosses into
 the node's trio committer; a registry resolve goes through ``Api.resolve``,
 which runs the DHT lookup in the node's trio world, and a read of another
 federation's public registry through ``Api.read_remote``, which runs the
-node's ``RemoteReader`` there. Every handler checks
+node's ``RemoteReader`` there. A follow and an unfollow of such a registry
+cross the same way (``Api.follow``, ``Api.unfollow``); reads of a registry
+this node follows (``Api.followed``: a verified copy in a store of its own,
+node/follow.py) are answered from that copy by the ordinary record routes,
+with ``X-Registry-Source: followed``, when the node's own store does not
+hold the registry. Every handler checks
 its token first, parses and validates its input (query parameters by hand,
 JSON bodies against the OpenAPI document's own schemas), and lets typed
 errors escape: the middleware turns each into the JSON error shape with its
@@ -26,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -46,6 +51,7 @@ from registrygrid.errors import (
     TooLarge,
     Unauthorized,
     Unavailable,
+    UnknownRegistry,
     ValidationError,
 )
 from registrygrid.node.bridge import openapi
@@ -92,6 +98,12 @@ _WHERE_PATH = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
 _TOKEN_ID = re.compile(r"^[A-Za-z0-9_-]{12}$")
 _DISPUTE_ID = re.compile(openapi.DISPUTE_ID["pattern"])
 _WHERE_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "contains")
+# The header that marks an answer read from a registry this node follows
+# (node/follow.py), not from its own store; openapi.py documents it.
+SOURCE_HEADER = "X-Registry-Source"
+FOLLOWED = {SOURCE_HEADER: "followed"}
+
+T = TypeVar("T")
 
 
 def now_ms() -> int:
@@ -266,6 +278,14 @@ class Api:
     # (name, record id or None) -> the verified read of a public registry another
     # federation hosts (node/remote_read.py RemoteReader.read), run on trio (runtime.py).
     read_remote: Callable[[str, str | None], Awaitable[dict[str, Any]]]
+    # Public registries of other federations this node follows (node/follow.py
+    # Follows): follow (the first sync, verified) and unfollow run on trio
+    # (runtime.py); follows lists their statuses, blocking (each counts its
+    # copy's records); followed(name) is the copy of name (a Mirror) or None.
+    follow: Callable[[str], Awaitable[dict[str, Any]]]
+    unfollow: Callable[[str], Awaitable[dict[str, Any]]]
+    follows: Callable[[], list[dict[str, Any]]]
+    followed: Callable[[str], Any]
     max_body: int = openapi.MAX_BODY_BYTES
     idempotency_ttl_ms: int = idempotency.DEFAULT_TTL_MS
     max_streams: int = 512
@@ -294,6 +314,26 @@ class Api:
 
     def read_note(self, token: Token, target: str, reason: str = "") -> None:
         self.audit.note("read", token.actor, target, reason)
+
+    def _unknown_registry(self, registry: str) -> UnknownRegistry | None:
+        """The node's own store's UnknownRegistry for ``registry``, or None if it
+        holds it (a listing of at most one record: one read transaction)."""
+        try:
+            self.registry.list(registry, limit=1)
+        except UnknownRegistry as exc:
+            return exc
+        return None
+
+    def from_followed(self, registry: str, unknown: UnknownRegistry, read: Callable[[LocalRegistry], T]) -> T:
+        """``read`` the copy of ``registry`` this node follows, the node's own
+        store lacking it (``unknown``, raised again when no copy is followed
+        either). Called only after a miss, so reads of the node's own
+        registries pay nothing for it. Any thread."""
+        mirror = self.followed(registry)
+        if mirror is None:
+            raise unknown
+        with mirror.use() as copy:  # NotFound if it is unfollowed meanwhile
+            return read(copy)
 
     async def body(self, request: web.Request, schema: str | None) -> tuple[Any, bytes]:
         length = request.content_length
@@ -418,7 +458,12 @@ class Api:
     async def describe_registry(self, request: web.Request) -> web.Response:
         name = names.registry_name(request.match_info["registry"])
         token = self.require(request, READ, registry=name)
-        desc = await self.in_executor(self.registry.describe_registry, name)  # counts records: a scan
+        try:
+            desc = await self.in_executor(self.registry.describe_registry, name)  # counts records: a scan
+        except UnknownRegistry as exc:
+            desc = await self.in_executor(self.from_followed, name, exc, lambda copy: copy.describe_registry(name))
+            self.read_note(token, name, "describe registry (followed copy)")
+            return json_response(desc, headers=FOLLOWED)
         self.read_note(token, name, "describe registry")
         return json_response(desc)
 
@@ -442,6 +487,39 @@ class Api:
         token = self.require(request, READ, registry=name, target=target)
         answer = await self.read_remote(name, record_id)
         self.read_note(token, target, f"remote read from {answer['provider']}")
+        return json_response(answer)
+
+    # ---------------------------------------------------------------- follows (node/follow.py)
+
+    async def list_follows(self, request: web.Request) -> web.Response:
+        """The registries of other federations this node keeps a verified copy of, with their sync status."""
+        token = self.require(request, READ, target="follows")
+        found = await self.in_executor(self.follows)  # each counts its copy's records: a scan
+        if token.registry is not None:
+            found = [f for f in found if f["registry"] == token.registry]
+        self.read_note(token, "follows", "list follows")
+        return json_response({"follows": found})
+
+    async def follow_registry(self, request: web.Request) -> web.Response:
+        """Follow a public registry another federation hosts: the node stores
+        a verified copy (its first sync is done before this answers) and keeps
+        it synced; following it again syncs it now. Admin: it makes the node
+        store and fetch data on its own from then on."""
+        name = names.registry_name(request.match_info["registry"])
+        token = self.require(request, ADMIN, registry=name, target=f"follows/{name}")
+        status = await self.follow(name)
+        self.audit.note("create", token.actor, f"follows/{name}",
+                        f"follow {name}: {status['records']} records, last from {status['last_provider']}",
+                        required=False)
+        return json_response(status)
+
+    async def unfollow_registry(self, request: web.Request) -> web.Response:
+        """Stop following a registry and delete this node's copy of it."""
+        name = names.registry_name(request.match_info["registry"])
+        token = self.require(request, ADMIN, registry=name, target=f"follows/{name}")
+        answer = await self.unfollow(name)
+        self.audit.note("delete", token.actor, f"follows/{name}", f"unfollow {name}: its copy deleted",
+                        required=False)
         return json_response(answer)
 
     async def create_registry(self, request: web.Request) -> web.Response:
@@ -474,13 +552,21 @@ class Api:
         if sort != "id":
             raise ValidationError("sort: only 'id' ((registry, id) order) is supported; it keeps cursors stable "
                                   "under concurrent inserts", details=[{"path": "query:sort", "message": "not 'id'"}])
-        page: Page = self.registry.list(
-            registry, kind=q_name(request, "kind", names.kind_name), tag=q_name(request, "tag", names.tag),
-            owner=request.query.get("owner") or None, where=parse_where(request.query.getall("where", [])),
-            limit=q_int(request, "limit", 100, 1, 1000) or 100, cursor=request.query.get("cursor") or None,
-            include_deleted=q_bool(request, "include_deleted"))
-        self.read_note(token, registry or "*", f"list {request.query_string[:400]}")
-        return json_response({"items": page.items, "next_cursor": page.next_cursor})
+        filters: dict[str, Any] = {
+            "kind": q_name(request, "kind", names.kind_name), "tag": q_name(request, "tag", names.tag),
+            "owner": request.query.get("owner") or None, "where": parse_where(request.query.getall("where", [])),
+            "limit": q_int(request, "limit", 100, 1, 1000) or 100, "cursor": request.query.get("cursor") or None,
+            "include_deleted": q_bool(request, "include_deleted")}
+        headers: dict[str, str] | None = None
+        try:
+            page: Page = self.registry.list(registry, **filters)
+        except UnknownRegistry as exc:
+            assert registry is not None  # a listing across registries names none that could be unknown
+            page = self.from_followed(registry, exc, lambda copy: copy.list(registry, **filters))
+            headers = FOLLOWED
+        self.read_note(token, registry or "*", f"list {request.query_string[:400]}"
+                       + (" (followed copy)" if headers else ""))
+        return json_response({"items": page.items, "next_cursor": page.next_cursor}, headers=headers)
 
     async def create_record(self, request: web.Request) -> web.Response:
         registry = names.registry_name(request.match_info["registry"])
@@ -508,13 +594,21 @@ class Api:
         registry, record_id = self._record_path(request)
         target = f"{registry}/{record_id}"
         token = self.require(request, READ, registry=registry, target=target)
-        record = self.registry.get(registry, record_id, include_deleted=q_bool(request, "include_deleted"))
-        self.read_note(token, target)
-        etag = etag_of(record["change_id"])
+        deleted = q_bool(request, "include_deleted")
+        headers: dict[str, str]
+        try:
+            record = self.registry.get(registry, record_id, include_deleted=deleted)
+            headers = {}
+        except UnknownRegistry as exc:
+            record = self.from_followed(registry, exc, lambda copy: copy.get(registry, record_id,
+                                                                             include_deleted=deleted))
+            headers = dict(FOLLOWED)
+        self.read_note(token, target, "followed copy" if headers else "")
+        etag = headers["ETag"] = etag_of(record["change_id"])
         inm = request.headers.get("If-None-Match")
         if inm is not None and _etag_matches(inm, etag):
-            return web.Response(status=304, headers={"ETag": etag})
-        return json_response(record, headers={"ETag": etag})
+            return web.Response(status=304, headers=headers)
+        return json_response(record, headers=headers)
 
     async def replace_record(self, request: web.Request) -> web.Response:
         registry, record_id = self._record_path(request)
@@ -553,7 +647,17 @@ class Api:
         registry, record_id = self._record_path(request)
         target = f"{registry}/{record_id}"
         token = self.require(request, READ, registry=registry, target=target)
-        history = self.registry.history(registry, record_id)
+        try:
+            history = self.registry.history(registry, record_id)
+        except NotFound:
+            # history() answers NotFound for a registry the store lacks as for
+            # a record it lacks; which one it was matters only when a copy is followed.
+            unknown = self._unknown_registry(registry) if self.followed(registry) is not None else None
+            if unknown is None:
+                raise
+            history = self.from_followed(registry, unknown, lambda copy: copy.history(registry, record_id))
+            self.read_note(token, target, "history (followed copy)")
+            return json_response({"history": history}, headers=FOLLOWED)
         self.read_note(token, target, "history")
         return json_response({"history": history})
 
@@ -791,6 +895,9 @@ class Api:
             web.get("/v1/registries/{registry}", self.describe_registry),
             web.get("/v1/registries/{registry}/resolve", self.resolve_registry),
             web.get("/v1/registries/{registry}/remote", self.read_remote_registry),
+            web.get("/v1/follows", self.list_follows),
+            web.put("/v1/follows/{registry}", self.follow_registry),
+            web.delete("/v1/follows/{registry}", self.unfollow_registry),
             web.get(rec + "/{id}/history", self.record_history),
             web.get("/v1/records", self.list_records),
             web.get("/v1/changes", self.changes),

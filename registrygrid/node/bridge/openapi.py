@@ -23,6 +23,7 @@ from referencing.jsonschema import DRAFT202012
 
 from registrygrid.dispute_views import STATUSES as DISPUTE_STATUSES
 from registrygrid.engine.registries import WRITE_POLICIES
+from registrygrid.node.follow import FOLLOW_INTERVAL_S
 from registrygrid.protocol import limits, names
 from registrygrid.record import record_json_schema
 from registrygrid.schemas.catalog import rust_reads_as_python
@@ -178,8 +179,14 @@ SCHEMAS: dict[str, Any] = {
         "federations": {"type": "array", "items": STRING, "description": "ids of the federations that host it"},
         "version": {**HLC, "description": "clock of the descriptor's latest change"},
         "change_id": STRING,
-        "claimed_at": {**INT, "description": "ms: the registry's signed creation (the first claim holds a name)"},
+        "claimed_at": {**INT, "description": "ms: the name's first claim, the registry's signed creation (the "
+                                             "first claim holds a name; a received name keeps its giver's)"},
         "issued_at": {**INT, "description": "ms: when this copy was signed (each republish signs anew)"},
+        "holder": {**DID_KEY, "description": "the org that holds the name: the owner, or, while the record is "
+                                             "its former owner's pointer, the org it was given to"},
+        "transfers": {"type": "array", "description": "the signed transfers of the name, from its first "
+                                                      "claimant on, each checked",
+                      "items": _obj({"from": DID_KEY, "to": DID_KEY, "at": {**INT, "description": "ms"}})},
         "verification": _obj({
             "signature": {"const": "valid", "description": "always: a record that fails its checks is "
                                                            "answered with its typed error instead"},
@@ -207,6 +214,25 @@ SCHEMAS: dict[str, Any] = {
                     "description": "its live records in id order, or the one asked for (record=ID)"},
     }, description="a public registry of another federation, read from one provider and verified in a scratch "
                    "store (nothing of it is kept on this node)"),
+    # ---- follows (node/follow.py: FollowStatus and Mirror.describe build it)
+    "FollowStatus": _obj({
+        "registry": REGISTRY_NAME,
+        "owner": {**DID_KEY, "description": "the owner org, as its descriptor in the DHT named it when followed"},
+        "followed_at": {**INT, "description": "ms"},
+        "last_sync_at": {**_nullable(INT), "description": "ms: the last sync that succeeded (null: none since "
+                                                           "the node started)"},
+        "last_provider": {**_nullable(STRING), "description": "peer id of the provider of that sync"},
+        "last_error": {**_nullable(STRING), "description": "why the last sync failed (null: it succeeded); the "
+                                                          "copy keeps what it verified and retries"},
+        "synced_changes": {**SEQ, "description": "changes applied since the node started"},
+        "lying_providers": {**SEQ, "description": "answers refused since the node started because a change in "
+                                                  "them failed its checks"},
+        "records": {**SEQ, "description": "live records in the copy"},
+        "descriptor": {**_ref("Registry"), "description": "the registry's descriptor, as the copy holds it"},
+    }, description="a public registry of another federation that this node keeps a verified copy of"),
+    "Follows": _obj({"follows": {"type": "array", "items": _ref("FollowStatus"),
+                                 "description": "in registry name order"}}),
+    "Unfollowed": _obj({"registry": REGISTRY_NAME, "unfollowed": {"const": True}}),
     # ---- disputes (registrygrid/dispute_views.py builds them; docs/conflicts.md)
     "ConflictWrite": _obj({
         "change": _nullable(STRING), "author": _nullable(STRING), "hlc": _nullable(HLC),
@@ -319,14 +345,15 @@ _ERROR_STATUSES = {
     "401": "No token or a bad one",
     "403": "The token lacks the role or the registry scope",
     "404": "No such registry, record, kind, token or dispute",
-    "409": "Conflict (already exists, in progress, the node's own CLI token)",
+    "409": "Conflict (already exists, in progress, the node's own CLI token; follow: the node hosts the "
+           "registry itself, or follows as many as it may)",
     "412": "If-Match names a change the record moved past",
     "413": f"Body over {MAX_BODY_BYTES} bytes, or fields over {limits.MAX_RECORD_BYTES} bytes encoded "
            "(resolve: a DHT record over its cap)",
     "422": "Well-formed but invalid (schema violation: details list every failing path)",
     "429": "Rate limited (see Retry-After)",
     "503": "The node is starting, stopping, or its audit ledger is behind (resolve: the node runs no DHT, or "
-           "the lookup timed out; remote: no provider gave a verifiable answer)",
+           "the lookup timed out; remote and follow: no provider gave a verifiable answer)",
 }
 
 
@@ -371,6 +398,12 @@ P_DISPUTE = _path("id", DISPUTE_ID, "the dispute's id (rgrid disputes list, GET 
 IDEMPOTENCY = _header("Idempotency-Key", "A retry with the same key and body replays the first answer "
                       "(kept 24 h per token); the same key with another body is refused (422).")
 LOCATION = {"Location": {"description": "URL of what was created", "schema": STRING}}
+# app.py SOURCE_HEADER: on reads of a registry this node follows rather than hosts.
+SOURCE = {"X-Registry-Source": {
+    "description": "followed: answered from the verified copy of a public registry of another federation "
+                   "that this node follows (PUT /v1/follows/{registry}), the node's own store not holding it; "
+                   "absent on answers from the node's own store",
+    "schema": {"enum": ["followed"]}}}
 ETAG = {"ETag": {"description": "the record's change id, quoted", "schema": STRING}}
 LIST_PARAMS = [
     _query("kind", KIND_NAME), _query("tag", TAG), _query("owner", {"type": "string", "maxLength": 256}),
@@ -430,7 +463,7 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/registries/{registry}": {
             "get": _op("describeRegistry", "A registry's descriptor and live record count",
-                       {**_json("200", "Registry", "descriptor"), **_errors(*READ_ERRORS)},
+                       {**_json("200", "Registry", "descriptor", SOURCE), **_errors(*READ_ERRORS)},
                        tags=["registries"], params=[P_REGISTRY]),
         },
         "/v1/registries/{registry}/resolve": {
@@ -464,9 +497,42 @@ def _paths() -> dict[str, Any]:
                                    "no DHT, or no provider gave a verifiable answer (details.refusals says why, "
                                    "one line a provider)."),
         },
+        "/v1/follows": {
+            "get": _op("listFollows", "The public registries of other federations this node keeps a verified "
+                       "copy of, with how each sync went",
+                       {**_json("200", "Follows", "the followed registries"), **_errors("401", "403", "429", "503")},
+                       tags=["follows"],
+                       description="503: this node runs no DHT (--no-p2p, --no-dht), so it follows nothing. A "
+                                   "token limited to one registry sees that one only."),
+        },
+        "/v1/follows/{registry}": {
+            "put": _op("followRegistry", "Follow a public registry that another federation hosts: keep a "
+                       "verified copy on this node, synced from its providers (admin)",
+                       {**_json("200", "FollowStatus", "followed: the first sync passed every check"),
+                        **_errors("400", "401", "403", "404", "409", "422", "429", "503")},
+                       tags=["follows"], params=[P_REGISTRY],
+                       description="The node resolves the registry in the DHT, fetches it from one of its "
+                                   "providers into a scratch store that checks every signature, chain, "
+                                   "delegation, ownership and schema, and the descriptor against the one its "
+                                   "owner signed into the DHT; only then does it keep the copy (in a store of its "
+                                   "own: the owner's federation's trust, never this one's, judges it) and "
+                                   "answer. From then on it syncs the copy from the providers periodically "
+                                   f"(every {FOLLOW_INTERVAL_S:g} s by default), and the record routes (GET "
+                                   "/v1/registries/{registry}, .../records, .../records/{id}, .../history) "
+                                   "answer from it with X-Registry-Source: followed. Following a registry "
+                                   "followed already syncs it now. 404: nobody published the name. 403: not "
+                                   "public, or not an admin token. 409: this node hosts the registry itself, or "
+                                   "follows as many as it may. 503: no DHT, or no provider gave a verifiable "
+                                   "answer (details.refusals says why)."),
+            "delete": _op("unfollowRegistry", "Stop following a registry and delete this node's copy (admin)",
+                          {**_json("200", "Unfollowed", "unfollowed: the copy is deleted"),
+                           **_errors("400", "401", "403", "404", "422", "429", "503")},
+                          tags=["follows"], params=[P_REGISTRY],
+                          description="404: this node does not follow it. Reads in progress finish first."),
+        },
         records: {
             "get": _op("listRecords", "Records of a registry, filtered, in id order, cursor-paged",
-                       {**_json("200", "Page", "a page"), **_errors(*READ_ERRORS)},
+                       {**_json("200", "Page", "a page", SOURCE), **_errors(*READ_ERRORS)},
                        tags=["records"], params=[P_REGISTRY, *LIST_PARAMS]),
             "post": _op("createRecord", "Create a record (id generated when absent)",
                         {**_json("201", "WriteResult", "created", {**LOCATION, **ETAG}), **_errors(*WRITE_ERRORS)},
@@ -474,8 +540,9 @@ def _paths() -> dict[str, Any]:
         },
         record: {
             "get": _op("getRecord", "One record",
-                       {**_json("200", "Record", "the record", ETAG),
-                        "304": {"description": "If-None-Match matched", "headers": {**_TRACE_HEADER, **ETAG}},
+                       {**_json("200", "Record", "the record", {**ETAG, **SOURCE}),
+                        "304": {"description": "If-None-Match matched",
+                                "headers": {**_TRACE_HEADER, **ETAG, **SOURCE}},
                         **_errors(*READ_ERRORS)},
                        tags=["records"], params=[P_REGISTRY, P_ID, _query("include_deleted", {"type": "boolean"}),
                                                  _header("If-None-Match", "a quoted change id")]),
@@ -495,7 +562,7 @@ def _paths() -> dict[str, Any]:
         },
         record + "/history": {
             "get": _op("recordHistory", "Every change of a record, in the order this node accepted them",
-                       {**_json("200", "History", "history"), **_errors(*READ_ERRORS)},
+                       {**_json("200", "History", "history", SOURCE), **_errors(*READ_ERRORS)},
                        tags=["records"], params=[P_REGISTRY, P_ID]),
         },
         "/v1/records": {

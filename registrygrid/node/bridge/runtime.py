@@ -48,7 +48,12 @@ thread). It crosses as a task of the bridge's own nursery, started with
 ``trio.from_thread.run`` in an executor thread. A remote read
 (``GET /v1/registries/{name}/remote``: the node's ``RemoteReader``, which
 resolves, asks providers over libp2p and verifies in a scratch store)
-crosses the same way.
+crosses the same way, and so do a follow and an unfollow
+(``PUT``/``DELETE /v1/follows/{name}``: node/follow.py's ``Follows``, whose
+syncs run in trio). Reads of a followed copy do not cross: a ``Mirror`` is
+an LMDB store like the node's own, read from any thread (``Api.followed``
+hands it to the loop), and the list of follows reads each copy's status and
+record count on an executor thread.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ import trio
 from aiohttp import web
 
 from registrygrid.engine.ops import Committed, Operation, Outcome
-from registrygrid.errors import RegistryError, Unavailable, ValidationError
+from registrygrid.errors import NotFound, RegistryError, Unavailable, ValidationError
 from registrygrid.node.bridge import openapi
 from registrygrid.node.bridge.app import Api
 from registrygrid.node.bridge.audit import FLUSH_BATCH, FLUSH_INTERVAL_S, AuditBuffer
@@ -168,6 +173,8 @@ class Bridge:
         self.api = api = Api(registry=node.registry, auth=auth, audit=audit, metrics=metrics,
                              hub=FeedHub(node.feed.head), submit=self._submit_from_loop,
                              resolve=self._resolve_from_loop, read_remote=self._read_remote_from_loop,
+                             follow=self._follow_from_loop, unfollow=self._unfollow_from_loop,
+                             follows=self._follows, followed=self._followed,
                              max_body=self.config.max_body, idempotency_ttl_ms=self.config.idempotency_ttl_ms,
                              max_streams=self.config.max_streams)
         thread = threading.Thread(target=self._thread_main, args=(api,), name="rgrid-bridge", daemon=True)
@@ -351,6 +358,63 @@ class Bridge:
             raise Unavailable("this node runs no DHT, so it cannot read registries of other federations: it was "
                               "started with --no-p2p or --no-dht, or its federation is still starting")
         return await reader.read(name, record_id=record_id)
+
+    def _following(self) -> Any:
+        """The node's ``Follows`` (node/follow.py), or None when it runs no DHT
+        (a plain attribute read: safe from any thread)."""
+        federation = self._node.component("federation")
+        return federation.follows if federation is not None else None
+
+    def _no_follows(self) -> Unavailable:
+        return Unavailable("this node runs no DHT, so it follows no registries of other federations: it was "
+                           "started with --no-p2p or --no-dht, or its federation is still starting")
+
+    async def _follow_from_loop(self, name: str) -> dict[str, Any]:
+        """Follow a public registry of another federation (its first sync, verified), from the loop."""
+        answer: dict[str, Any] = await self._run_in_trio(self._follow, name)
+        return answer
+
+    async def _follow(self, name: str) -> dict[str, Any]:
+        follows = self._following()
+        if follows is None:
+            raise self._no_follows()
+        return await follows.follow(name)
+
+    async def _unfollow_from_loop(self, name: str) -> dict[str, Any]:
+        """Stop following a registry and delete its copy, from the loop."""
+        answer: dict[str, Any] = await self._run_in_trio(self._unfollow, name)
+        return answer
+
+    async def _unfollow(self, name: str) -> dict[str, Any]:
+        follows = self._following()
+        if follows is None:
+            raise self._no_follows()
+        return await follows.unfollow(name)
+
+    def _follows(self) -> list[dict[str, Any]]:
+        """Every followed registry's status, in name order (an executor
+        thread: each status counts its copy's records, a scan).
+
+        Not ``Follows.list``, which reads ``Follows.mirrors`` while trio's
+        thread may add or drop one (a follow or an unfollow), and would
+        then fail on a missing key or a closed copy: this copies the dict
+        first (``_copied``: the copy may meet a resize) and leaves out a
+        copy unfollowed meanwhile."""
+        follows = self._following()
+        if follows is None:
+            raise self._no_follows()
+        out = []
+        for _, mirror in sorted(_copied(lambda: dict(follows.mirrors)).items()):
+            try:
+                out.append(mirror.describe())
+            except NotFound:  # unfollowed while we read: no longer followed
+                continue
+        return out
+
+    def _followed(self, name: str) -> Any:
+        """The followed copy of ``name`` (a node/follow.py ``Mirror``), or None (any thread)."""
+        follows = self._following()
+        return follows.mirror(name) if follows is not None else None
 
     async def _run_in_trio(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """``await fn(*args)`` as a task of the bridge's trio nursery, its
