@@ -7,19 +7,16 @@ import base64
 from collections.abc import Iterable
 from pathlib import Path
 
-import msgspec
 import pytest
 import trio
 from libp2p.peer.id import ID
-from test_federation_support import cluster, eventually, full_mesh
+from test_federation_support import cluster, eventually, full_mesh, serve_forged_reads
 
 from registrygrid.engine.ops import Put, Update
 from registrygrid.errors import RegistryError, Unavailable, ValidationError
 from registrygrid.identity.keys import KeyPair
 from registrygrid.membership import org_key
-from registrygrid.node import remote_read as node_read
 from registrygrid.protocol import registry_record as rr
-from registrygrid.protocol import remote_read
 from registrygrid.protocol.hlc import wall_clock_ms
 
 REG = "acme.models"
@@ -219,15 +216,7 @@ async def test_a_provider_that_lies_is_refused_and_reported(tmp_path: Path) -> N
             for member in (a0, liar):
                 await member.fed.directory.publish()
 
-            async def lie(peer_id: str, request: bytes) -> bytes:
-                """The true answer with one envelope's bytes altered (a forged record)."""
-                answer = remote_read.decode_response(node_read.answer_read(request, liar.node.engine))
-                forged = bytearray(answer.envelopes[0])
-                forged[len(forged) // 2] ^= 0xFF
-                return remote_read.encode_response(msgspec.structs.replace(
-                    answer, envelopes=[bytes(forged), *answer.envelopes[1:]]))
-
-            liar.fed.host.set_handler(remote_read.READ_PROTOCOL_ID, lie)
+            serve_forged_reads(liar)
             await one.stop(a0)  # the honest provider is gone: only the liar answers
             with pytest.raises(Unavailable) as refused:
                 await b0.fed.reader.read(REG)

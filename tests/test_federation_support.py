@@ -203,3 +203,22 @@ def make_member(nodes: Cluster, host: P2PHost, *, federation_id: str | None = No
         return encode_hello("testfed", host.listen_addrs(), [], federation_id or genesis.id, proof)
 
     host.set_handler(HELLO_PROTOCOL_ID, answer)
+
+
+def serve_forged_reads(liar: Member) -> None:
+    """Make ``liar`` answer remote reads (``/registrygrid/read/1.0.0``) with
+    its true answer but one change's bytes altered: a forged record."""
+    import msgspec
+
+    from registrygrid.node import remote_read as node_read
+    from registrygrid.protocol import remote_read
+
+    async def lie(peer_id: str, request: bytes) -> bytes:
+        answer = remote_read.decode_response(node_read.answer_read(request, liar.node.engine))
+        forged = bytearray(answer.envelopes[0])
+        forged[len(forged) // 2] ^= 0xFF
+        return remote_read.encode_response(msgspec.structs.replace(
+            answer, envelopes=[bytes(forged), *answer.envelopes[1:]]))
+
+    assert liar.fed.host is not None
+    liar.fed.host.set_handler(remote_read.READ_PROTOCOL_ID, lie)

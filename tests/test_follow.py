@@ -6,13 +6,22 @@ each with its home, LMDB store, py-libp2p host and Kademlia DHT on
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 import trio
-from test_federation_support import FAST, Member, cluster, eventually, full_mesh
+from test_federation_support import (
+    FAST,
+    Cluster,
+    Member,
+    cluster,
+    eventually,
+    full_mesh,
+    serve_forged_reads,
+)
 
 from registrygrid.engine.ops import Put, Update
 from registrygrid.errors import (
@@ -22,7 +31,6 @@ from registrygrid.errors import (
     RegistryError,
     Unavailable,
 )
-from registrygrid.node import remote_read as node_read
 from registrygrid.protocol import remote_read
 
 REG = "acme.models"
@@ -42,6 +50,19 @@ async def _published(owner: Member, others: list[Member], readers: list[Member],
                                  for m in [owner, *others, *readers]), 20, "routing tables")
     for member in [owner, *others]:
         await member.fed.directory.publish()
+
+
+@asynccontextmanager
+async def _owner_and_follower(tmp_path: Path, descriptor: dict[str, Any]) -> AsyncIterator[tuple[Cluster, Member,
+                                                                                               Member]]:
+    """a0 of federation one owns the registry ``descriptor`` describes, published;
+    b0 of federation two (its cluster first) may follow it."""
+    async with cluster(tmp_path / "a", name="fed-one") as one, \
+            cluster(tmp_path / "b", FOLLOWING, name="fed-two") as two:
+        a0 = await one.start("a0")
+        b0 = await two.start("b0", a0.fed.addrs())
+        await _published(a0, [], [b0], descriptor)
+        yield two, a0, b0
 
 
 def _hosts(member: Member) -> bool:
@@ -112,11 +133,7 @@ def _spy_on_reads(member: Member, seen: list[remote_read.ReadRequest]) -> None:
 
 async def test_a_node_keeps_following_after_a_restart(tmp_path: Path) -> None:
     with trio.fail_after(120):
-        async with cluster(tmp_path / "a", name="fed-one") as one, \
-                cluster(tmp_path / "b", FOLLOWING, name="fed-two") as two:
-            a0 = await one.start("a0")
-            b0 = await two.start("b0", a0.fed.addrs())
-            await _published(a0, [], [b0], PUBLIC)
+        async with _owner_and_follower(tmp_path, PUBLIC) as (two, a0, b0):
             await a0.node.submit([Put(REG, "cluster", {"name": "gpu"}, record_id="gpu")])
             await b0.fed.follows.follow(REG)
             await two.stop(b0)
@@ -139,15 +156,7 @@ async def test_a_lying_provider_at_the_first_sync_leaves_nothing_behind(tmp_path
             await a0.node.submit([Put(REG, "cluster", {"name": "gpu"}, record_id="gpu")])
             await eventually(lambda: _has(liar, "gpu"), 20, "the record at the liar")
 
-            async def lie(peer_id: str, request: bytes) -> bytes:
-                """The true answer with one change's bytes altered (a forged record)."""
-                answer = remote_read.decode_response(node_read.answer_read(request, liar.node.engine))
-                forged = bytearray(answer.envelopes[0])
-                forged[len(forged) // 2] ^= 0xFF
-                return remote_read.encode_response(msgspec.structs.replace(
-                    answer, envelopes=[bytes(forged), *answer.envelopes[1:]]))
-
-            liar.fed.host.set_handler(remote_read.READ_PROTOCOL_ID, lie)
+            serve_forged_reads(liar)
             await one.stop(a0)  # only the liar answers
             with pytest.raises(Unavailable) as refused:
                 await b0.fed.follows.follow(REG)
@@ -160,12 +169,8 @@ async def test_a_lying_provider_at_the_first_sync_leaves_nothing_behind(tmp_path
 
 async def test_following_is_refused_for_registries_it_may_not_or_need_not_hold(tmp_path: Path) -> None:
     with trio.fail_after(120):
-        async with cluster(tmp_path / "a", name="fed-one") as one, \
-                cluster(tmp_path / "b", FOLLOWING, name="fed-two") as two:
-            a0 = await one.start("a0")
-            b0 = await two.start("b0", a0.fed.addrs())
-            scoped = {"name": REG, "kinds": ["cluster"], "replication": {"scope": "federation"}}
-            await _published(a0, [], [b0], scoped)
+        scoped = {"name": REG, "kinds": ["cluster"], "replication": {"scope": "federation"}}
+        async with _owner_and_follower(tmp_path, scoped) as (_, a0, b0):
             with pytest.raises(PolicyDenied):  # its federation only
                 await b0.fed.follows.follow(REG)
             with pytest.raises(NotFound):
@@ -178,11 +183,7 @@ async def test_following_is_refused_for_registries_it_may_not_or_need_not_hold(t
 
 async def test_unfollowing_deletes_the_copy(tmp_path: Path) -> None:
     with trio.fail_after(120):
-        async with cluster(tmp_path / "a", name="fed-one") as one, \
-                cluster(tmp_path / "b", FOLLOWING, name="fed-two") as two:
-            a0 = await one.start("a0")
-            b0 = await two.start("b0", a0.fed.addrs())
-            await _published(a0, [], [b0], PUBLIC)
+        async with _owner_and_follower(tmp_path, PUBLIC) as (_, a0, b0):
             await a0.node.submit([Put(REG, "cluster", {"name": "gpu"}, record_id="gpu")])
             await b0.fed.follows.follow(REG)
             again = await b0.fed.follows.follow(REG)  # followed already: a sync now, same copy
