@@ -1,0 +1,231 @@
+"""The search index (search/index.py) against the reference semantics of the
+query language (search/query.py ``matches``): random filter trees over
+random records, compiled for tantivy, must select exactly the records a
+brute-force scan selects; sorted pages walk every match once, in order,
+while records are inserted; an index caught up incrementally equals one
+rebuilt; a crash between commit and cursor loses and doubles nothing."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from registrygrid.errors import ValidationError
+from registrygrid.sdk import LocalRegistry
+from registrygrid.search import query as q
+from registrygrid.search.fields import normalize
+from registrygrid.search.index import SearchIndex
+
+REGIONS = ["eu-west", "eu-north", "us-east", "ap-south"]
+WORDS = ["summarize", "translate", "legal", "contract", "gpu", "cluster", "vision", "speech", "german", "fast"]
+TAGS = ["nlp", "gpu", "eu", "beta", "free"]
+
+
+def make_records(n: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        fields: dict[str, Any] = {"name": f"{rng.choice(WORDS)}-{i}",
+                                  "description": " ".join(rng.choices(WORDS, k=rng.randint(0, 8))) or None}
+        if fields["description"] is None:
+            del fields["description"]
+        if rng.random() < 0.7:
+            fields["region"] = rng.choice(REGIONS)
+        if rng.random() < 0.6:
+            fields["price"] = rng.choice([0, 0.001, 0.005, 0.01, 0.02, 1, 2.5])
+        if rng.random() < 0.5:
+            fields["status"] = rng.choice(["up", "down"])
+        if rng.random() < 0.5:
+            fields["specs"] = {"gpus": rng.choice([1, 2, 4, 8]), "vendor": rng.choice(["nvidia", "amd"]),
+                               "list": [rng.choice(["a", "b"]), rng.randint(0, 3)]}
+        if rng.random() < 0.4:
+            fields["tags"] = rng.sample(TAGS, rng.randint(1, 3))
+        if rng.random() < 0.3:
+            fields["reputation"] = rng.choice([0.1, 0.5, 0.9])
+        out.append({"id": f"r{i:03d}", "fields": fields, "tags": rng.sample(TAGS, rng.randint(0, 2)),
+                    "registry": rng.choice(["acme.tools", "acme.clusters"])})
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchIndex, list[dict[str, Any]], LocalRegistry]:
+    root = tmp_path_factory.mktemp("search")
+    registry = LocalRegistry.open_path(root / "store")
+    for name in ("acme.tools", "acme.clusters"):
+        registry.create_registry(name, ["tool"])
+    for rec in make_records(160, seed=11):
+        registry.put(rec["registry"], "tool", rec["fields"], id=rec["id"], tags=rec["tags"])
+    index = SearchIndex(root / "index")
+    index.catch_up(registry, org_verified=lambda org: False, local_org=registry.engine.owner)
+    docs = [normalize(r, org_verified=lambda org: False, local_org=registry.engine.owner)
+            for name in ("acme.tools", "acme.clusters", "grid.registries") for r in registry.iter_all(name)]
+    return index, docs, registry
+
+
+KEYWORD_VALUES = {"region": REGIONS, "status": ["up", "down"], "tags": TAGS, "registry": ["acme.tools", "acme.clusters"],
+                  "kind": ["tool", "cluster"], "name": [f"{w}-{i}" for w in WORDS[:2] for i in range(3)]}
+NUMBERS = {"price": [0, 0.001, 0.005, 0.01, 1, 2.5], "reputation": [0.1, 0.5, 0.9]}
+USER = {"fields.specs.gpus": [1, 2, 4, 8], "fields.specs.vendor": ["nvidia", "amd"], "fields.specs.list": ["a", 2]}
+
+
+def comparisons() -> st.SearchStrategy[dict[str, Any]]:
+    keyword = st.sampled_from(sorted(KEYWORD_VALUES)).flatmap(lambda f: st.one_of(
+        st.builds(lambda v: {"field": f, "eq": v}, st.sampled_from(KEYWORD_VALUES[f])),
+        st.builds(lambda v: {"field": f, "ne": v}, st.sampled_from(KEYWORD_VALUES[f])),
+        st.builds(lambda v: {"field": f, "in": v}, st.lists(st.sampled_from(KEYWORD_VALUES[f]), min_size=1,
+                                                             max_size=3)),
+        st.builds(lambda v: {"field": f, "prefix": v[:2]}, st.sampled_from(KEYWORD_VALUES[f])),
+        st.builds(lambda v: {"field": f, "exists": v}, st.booleans())))
+    number = st.sampled_from(sorted(NUMBERS)).flatmap(lambda f: st.builds(
+        lambda op, v: {"field": f, op: v}, st.sampled_from(["eq", "ne", "lt", "le", "gt", "ge"]),
+        st.sampled_from(NUMBERS[f])))
+    user = st.sampled_from(sorted(USER)).flatmap(lambda f: st.one_of(
+        st.builds(lambda v: {"field": f, "eq": v}, st.sampled_from(USER[f])),
+        st.builds(lambda op, v: {"field": f, op: v}, st.sampled_from(["lt", "ge"]),
+                  st.sampled_from([v for v in USER[f] if isinstance(v, int)] or [1])),
+        st.builds(lambda v: {"field": f, "exists": v}, st.booleans())))
+    other = st.sampled_from([{"field": "description", "exists": True}, {"field": "verified", "eq": False},
+                             {"field": "local", "eq": True}, {"field": "fields.specs", "exists": True},
+                             {"field": "updated_at", "gt": 0}])
+    return st.one_of(keyword, number, user, other)
+
+
+filters = st.recursive(comparisons(), lambda inner: st.one_of(
+    st.builds(lambda xs: {"and": xs}, st.lists(inner, min_size=1, max_size=3)),
+    st.builds(lambda xs: {"or": xs}, st.lists(inner, min_size=1, max_size=3)),
+    st.builds(lambda x: {"not": x}, inner)), max_leaves=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=filters)
+def test_a_compiled_filter_selects_exactly_what_the_reference_semantics_select(corpus, tree) -> None:
+    index, docs, _ = corpus
+    query = q.parse_query({"filter": tree, "limit": 100, "sort": "updated_at"})
+    expected = {(d["registry"], d["id"]) for d in docs if q.matches(query.filter, d)}
+    found = set()
+    cursor = None
+    while True:
+        answer = index.search(q.parse_query({"filter": tree, "limit": 100, "sort": "updated_at",
+                                             **({"cursor": cursor} if cursor else {})}))
+        found |= {(h.registry, h.id) for h in answer["hits"]}
+        cursor = answer["next_cursor"]
+        if cursor is None:
+            break
+    assert found == expected, tree
+    assert index.search(query)["total"] == len(expected)
+
+
+def test_a_sorted_walk_sees_every_record_once_in_order_while_records_are_inserted(tmp_path: Path) -> None:
+    registry = LocalRegistry.open_path(tmp_path / "store")
+    registry.create_registry("acme.tools", ["tool"])
+    rng = random.Random(5)
+    for i in range(120):
+        registry.put("acme.tools", "tool", {"name": f"t{i}", "price": rng.choice([1, 2, 3, 4])}, id=f"t{i:03d}")
+    index = SearchIndex(tmp_path / "index")
+    index.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    before = {f"t{i:03d}" for i in range(120)}
+    seen: list[tuple[float, str]] = []
+    cursor = None
+    n = 1000
+    while True:
+        answer = index.search(q.parse_query({"sort": {"field": "price", "order": "asc"}, "limit": 7,
+                                             **({"cursor": cursor} if cursor else {})}))
+        seen += [(h.value, h.id) for h in answer["hits"]]
+        for _ in range(3):  # inserts land before, among and after the walk's position
+            registry.put("acme.tools", "tool", {"name": "new", "price": rng.choice([0, 2, 5])}, id=f"n{n}")
+            n += 1
+        index.catch_up(registry, org_verified=lambda org: False, local_org=None)
+        cursor = answer["next_cursor"]
+        if cursor is None:
+            break
+    ids = [i for _, i in seen]
+    assert len(ids) == len(set(ids)), "no record twice"
+    assert before <= set(ids), "every record that existed when the walk began"
+    assert [v for v, _ in seen] == sorted(v for v, _ in seen)
+
+
+def test_an_index_caught_up_incrementally_equals_a_rebuilt_one(tmp_path: Path) -> None:
+    registry = LocalRegistry.open_path(tmp_path / "store")
+    registry.create_registry("acme.tools", ["tool"])
+    index = SearchIndex(tmp_path / "index")
+    for step in range(5):
+        for i in range(20):
+            registry.put("acme.tools", "tool", {"name": f"s{step}-{i}", "price": i}, id=f"s{step}-{i}")
+        registry.update("acme.tools", f"s{step}-0", patch={"price": 99})
+        registry.delete("acme.tools", f"s{step}-1")
+        index.catch_up(registry, org_verified=lambda org: False, local_org=None, limit=17)
+    index.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    everything = q.parse_query({"limit": 100, "sort": "price", "facets": ["registry"]})
+    incremental = [(h.id, h.value) for h in _all(index, everything)]
+    rebuilt = SearchIndex(tmp_path / "index2")
+    rebuilt.rebuild(registry, org_verified=lambda org: False, local_org=None)
+    assert incremental == [(h.id, h.value) for h in _all(rebuilt, everything)]
+    assert len(incremental) == 5 * 19 and ("s0-0", 99.0) in incremental
+
+
+def _all(index: SearchIndex, query: q.Query) -> list[Any]:
+    out, cursor = [], None
+    while True:
+        answer = index.search(q.Query(**{**query.__dict__, "cursor": cursor}))
+        out += answer["hits"]
+        cursor = answer["next_cursor"]
+        if cursor is None:
+            return out
+
+
+def test_a_crash_between_commit_and_cursor_replays_without_loss_or_duplicates(tmp_path: Path) -> None:
+    registry = LocalRegistry.open_path(tmp_path / "store")
+    registry.create_registry("acme.tools", ["tool"])
+    for i in range(30):
+        registry.put("acme.tools", "tool", {"name": f"c{i}"}, id=f"c{i}")
+    index = SearchIndex(tmp_path / "index")
+    index.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    committed_at = index.cursor
+    for i in range(30, 40):
+        registry.put("acme.tools", "tool", {"name": f"c{i}"}, id=f"c{i}")
+    index.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    index._save_cursor(committed_at)  # the crash: the commit landed, the cursor did not
+    reopened = SearchIndex(tmp_path / "index")
+    assert reopened.cursor == committed_at
+    reopened.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    assert reopened.count() == 41  # the 40 records and the registry's descriptor
+    assert reopened.search(q.parse_query({"limit": 100, "registries": ["acme.tools"]}))["total"] == 40
+
+
+def test_full_text_ranks_by_bm25_with_phrases_facets_and_an_explanation(corpus) -> None:
+    index, docs, _ = corpus
+    answer = index.search(q.parse_query({"text": "legal contract", "limit": 5, "facets": ["region", "verified"],
+                                         "explain": True}))
+    assert answer["hits"] and answer["hits"][0].components["text"] > 0
+    scores = [h.score for h in answer["hits"]]
+    assert scores == sorted(scores, reverse=True)
+    assert sum(b["count"] for b in answer["facets"]["verified"]) == answer["total"]
+    phrase = index.search(q.parse_query({"text": '"legal contract"', "limit": 100}))
+    words = index.search(q.parse_query({"text": "legal contract", "limit": 100}))
+    assert phrase["total"] <= words["total"]
+    boosted = index.search(q.parse_query({"text": "legal", "limit": 3,
+                                          "boosts": [{"filter": {"field": "region", "eq": "us-east"}, "factor": 50}]}))
+    assert all(h.components["boost"] == 50 for h in boosted["hits"])
+
+
+@pytest.mark.parametrize("bad, path", [
+    ({"filter": {"field": "price", "prefix": "1"}}, "/filter/prefix"),
+    ({"filter": {"and": [{"field": "kind", "eq": "x"}, {"field": "nope", "eq": 1}]}}, "/filter/and/1/field"),
+    ({"filter": {"or": []}}, "/filter/or"),
+    ({"filter": {"field": "price", "lt": "cheap"}}, "/filter/lt"),
+    ({"sort": "name"}, "/sort"),
+    ({"limit": 0}, "/limit"),
+    ({"facets": ["price"]}, "/facets/0"),
+    ({"boosts": [{"filter": {"field": "kind", "eq": "x"}, "factor": -1}]}, "/boosts/0/factor"),
+    ({"text": "x", "sort": {"field": "relevance", "order": "asc"}}, "/sort"),
+    ({"frobnicate": 1}, "/frobnicate"),
+])
+def test_a_malformed_query_is_refused_naming_its_bad_part(bad, path) -> None:
+    with pytest.raises(ValidationError) as refused:
+        q.parse_query(bad)
+    assert refused.value.details[0]["path"] == path
