@@ -198,7 +198,7 @@ def test_a_crash_between_commit_and_cursor_replays_without_loss_or_duplicates(tm
 
 
 def test_full_text_ranks_by_bm25_with_phrases_facets_and_an_explanation(corpus) -> None:
-    index, docs, _ = corpus
+    index, _, _ = corpus
     answer = index.search(q.parse_query({"text": "legal contract", "limit": 5, "facets": ["region", "verified"],
                                          "explain": True}))
     assert answer["hits"] and answer["hits"][0].components["text"] > 0

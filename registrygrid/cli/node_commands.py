@@ -30,6 +30,10 @@ def build_components(home: Home, options: dict[str, Any]) -> list[Any]:
 
         check_listen_addrs(options.get("listen") or (), source="--listen")
         check_peer_addrs(options.get("bootstrap") or (), source="--bootstrap")
+    if options.get("search", True):
+        from registrygrid.search.service import SearchService
+
+        components.append(SearchService())  # first: the bridge finds it running
     if options.get("bridge", True):
         try:
             from registrygrid.node.bridge import Bridge
@@ -95,11 +99,14 @@ def register(cli: click.Group) -> None:
     @click.option("--no-dht", "no_dht", is_flag=True,
                   help="Do not run the DHT: this node neither publishes its registries nor resolves others' "
                        "(`rgrid registry resolve` then fails).")
+    @click.option("--no-search", "no_search", is_flag=True,
+                  help="Do not keep the search index (HOME/index) up to date; `rgrid search` then indexes "
+                       "when it runs with the node stopped.")
     @click.option("--init", "init_home", is_flag=True, help="Initialise the home first if it is new.")
     @click.option("--log-level", default="INFO", show_default=True)
     def start(home: Path | None, listen: tuple[str, ...], bootstrap: tuple[str, ...], bridge_host: str | None,
               bridge_port: int | None, allow_public: bool, no_bridge: bool, no_p2p: bool, dht_client: bool,
-              no_dht: bool, init_home: bool, log_level: str) -> None:
+              no_dht: bool, no_search: bool, init_home: bool, log_level: str) -> None:
         """Start the node in the foreground; Ctrl-C or SIGTERM stops it cleanly.
 
         With p2p it joins the federation and runs the Kademlia DHT of the
@@ -117,7 +124,7 @@ def register(cli: click.Group) -> None:
         components = build_components(home_obj, {
             "listen": listen, "bootstrap": bootstrap, "bridge_host": bridge_host, "bridge_port": bridge_port,
             "allow_public": allow_public, "bridge": not no_bridge, "p2p": not no_p2p, "dht": not no_dht,
-            "dht_client": dht_client,
+            "dht_client": dht_client, "search": not no_search,
         })
         node_obj = Node(home_obj, components)
 

@@ -41,7 +41,7 @@ MAX_TEXT_CHARS = 32 * 1024
 def _at(fields: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     value: Any = fields
     for part in path:
-        if not isinstance(value, Mapping):
+        if type(value) is not dict:
             return None
         value = value.get(part)
     return value
@@ -72,13 +72,14 @@ def _keyword(value: Any) -> str | None:
 
 
 def texts(value: Any) -> Iterator[str]:
-    """Every string in a JSON value, depth first."""
-    if isinstance(value, str):
+    """Every string in a JSON value (decoded: plain dicts and lists), depth first."""
+    kind = type(value)
+    if kind is str:
         yield value
-    elif isinstance(value, Mapping):
+    elif kind is dict:
         for v in value.values():
             yield from texts(v)
-    elif isinstance(value, list):
+    elif kind is list:
         for v in value:
             yield from texts(v)
 

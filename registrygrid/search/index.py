@@ -51,6 +51,9 @@ INDEX_VERSION = 1
 # The trust statements are the federation's plumbing, not things to find.
 NOT_INDEXED = frozenset({"grid.members"})
 BATCH = 2000
+# While catching up, commit at most every this many events: a tantivy commit
+# writes and syncs segment files (tens of ms); the cursor follows each commit.
+COMMIT_EVERY = 20_000
 WRITER_HEAP = 64 * 2**20
 # Freshness halves every this many days.
 FRESHNESS_HALF_LIFE_DAYS = 30.0
@@ -149,10 +152,18 @@ class SearchIndex:
             head = registry.feed_head()
             done = 0
             while self.cursor < head and (limit is None or done < limit):
-                events = registry.changes(self.cursor, limit=BATCH)
-                if not events:
+                touched: dict[tuple[str, str], None] = {}
+                last = self.cursor
+                while last < head and len(touched) < COMMIT_EVERY and (limit is None or done < limit):
+                    events = registry.changes(last, limit=BATCH if limit is None else min(BATCH, limit - done))
+                    if not events:
+                        break
+                    touched.update(dict.fromkeys((e.registry, e.record) for e in events
+                                                 if e.registry not in NOT_INDEXED))
+                    last = events[-1].seq
+                    done += len(events)
+                if last == self.cursor:
                     break
-                touched = dict.fromkeys((e.registry, e.record) for e in events if e.registry not in NOT_INDEXED)
                 docs = []
                 for reg, record_id in touched:
                     try:
@@ -161,8 +172,7 @@ class SearchIndex:
                         continue
                     docs.append(normalize(record, org_verified=org_verified, local_org=local_org))
                 self._apply([doc_key(r, i) for r, i in touched], docs)
-                self._save_cursor(events[-1].seq)
-                done += len(events)
+                self._save_cursor(last)
                 if progress is not None:
                     progress(self.cursor, head)
             return done
@@ -441,13 +451,14 @@ def _range(schema: Any, field: str, ftype: Any, op: str, value: Any) -> tantivy.
 def _json_safe(value: Any) -> Any:
     """Record fields as the JSON field holds them: the values ``query.lookup``
     compares (long strings are left to full text)."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
+    kind = type(value)  # record fields are decoded JSON: plain dicts and lists (exact checks are faster)
+    if kind is dict:
+        return {k: _json_safe(v) for k, v in value.items()}
+    if kind is list:
         return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
+    if kind is float and not math.isfinite(value):
         return None
-    if isinstance(value, str) and len(value) > q.MAX_VALUE_CHARS:
+    if kind is str and len(value) > q.MAX_VALUE_CHARS:
         return None
     return value
 

@@ -1,0 +1,117 @@
+"""Search for users: answering a query with records, and the node component
+that keeps the index caught up with the changefeed.
+
+``answer`` runs a query (its JSON form, search/query.py) on an index and
+shows each hit as the record the store holds now, with its score and, if
+asked, each component of it. ``SearchService`` is the node's component
+``search``: it opens ``HOME/index``, catches up at start and then within
+``DEBOUNCE_S`` of each commit, on a worker thread, never in a commit's
+way (a write never waits for indexing); the bridge and the CLI ask it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from registrygrid.errors import RegistryError, Unavailable
+from registrygrid.search import query as q
+from registrygrid.search.index import SearchIndex
+
+log = logging.getLogger(__name__)
+
+# A burst of commits is indexed in one pass.
+DEBOUNCE_S = 0.2
+
+
+def index_path(home_path: Path) -> Path:
+    return home_path / "index"
+
+
+def verifier(engine: Any) -> Callable[[str], bool]:
+    """Whether an org is a verified member of the node's federation (a node
+    outside any federation verifies nobody)."""
+    trust = engine.trust
+    return lambda org: trust.federation is not None and trust.is_member(org)
+
+
+def answer(index: SearchIndex, registry: Any, body: Any, *, registries: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The answer to a query: its hits as records (in order), the total,
+    facets and the next cursor. ValidationError names a bad part of it."""
+    query = q.parse_query(body)
+    found = index.search(query, registries=registries)
+    items = []
+    for hit in found["hits"]:
+        try:
+            record = registry.get(hit.registry, hit.id)
+        except RegistryError:  # deleted since it was indexed: the next catch-up drops it
+            continue
+        item: dict[str, Any] = {"registry": hit.registry, "id": hit.id, "score": round(hit.score, 6),
+                                "record": record}
+        if query.sort.field != "relevance":
+            item["sort_value"] = hit.value
+        if query.explain and hit.components is not None:
+            item["explain"] = {k: round(v, 6) for k, v in hit.components.items()}
+        items.append(item)
+    return {"items": items, "total": found["total"], "facets": found["facets"], "next_cursor": found["next_cursor"],
+            "indexed_through": index.cursor}
+
+
+class SearchService:
+    """The node component ``search``."""
+
+    name = "search"
+
+    def __init__(self) -> None:
+        self.index: SearchIndex | None = None
+        self.node: Any = None
+        self._wake = trio.Event()
+
+    async def run(self, node: Any, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        self.node = node
+        self.index = await trio.to_thread.run_sync(SearchIndex, index_path(node.home.path))
+        task_status.started(self)  # serves at once; answers say how far the index got (indexed_through)
+        await self._catch_up()
+        seen = self.index.cursor
+        while True:
+            seen = await node.feed.wait_beyond(max(seen, self.index.cursor))
+            await trio.sleep(DEBOUNCE_S)
+            await self._catch_up()
+
+    async def _catch_up(self) -> None:
+        assert self.index is not None
+        try:
+            await trio.to_thread.run_sync(self._catch_up_sync)
+        except RegistryError as exc:  # a store error: the next commit retries
+            log.warning("search: indexing stopped at %d: %s", self.index.cursor, exc.message)
+
+    def _catch_up_sync(self, progress: Callable[[int, int], None] | None = None) -> int:
+        assert self.index is not None
+        engine = self.node.engine
+        return self.index.catch_up(self.node.registry, org_verified=verifier(engine), local_org=engine.owner,
+                                   progress=progress)
+
+    # ---- what the bridge calls (any thread)
+
+    def search(self, body: Any, registries: tuple[str, ...] | None = None) -> dict[str, Any]:
+        if self.index is None:
+            raise Unavailable("the search index is still opening")
+        return answer(self.index, self.node.registry, body, registries=registries)
+
+    def rebuild(self) -> dict[str, Any]:
+        """Index the whole feed again (an admin's repair; the node keeps serving)."""
+        if self.index is None:
+            raise Unavailable("the search index is still opening")
+        engine = self.node.engine
+        events = self.index.rebuild(self.node.registry, org_verified=verifier(engine), local_org=engine.owner)
+        return {"events": events, "documents": self.index.count(), "indexed_through": self.index.cursor}
+
+    def status(self) -> dict[str, Any]:
+        if self.index is None:
+            return {"state": "opening"}
+        return {"state": "ready", "documents": self.index.count(), "indexed_through": self.index.cursor,
+                "feed_head": self.node.feed.head}
