@@ -40,6 +40,10 @@ from registrygrid.storage.feed import FeedEvent
 # Long enough for a write waiting behind a 2,000-op group commit and for a
 # 30 s long-poll; a request to a hung node still fails instead of blocking forever.
 DEFAULT_TIMEOUT_S = 60.0
+# A rebuild answers once the whole feed is indexed again. The index builds
+# ~8,000 records/s (benchmarks/bench_search.py, 20k records); 30 minutes
+# covers a million records even at a tenth of that on a loaded node.
+REBUILD_TIMEOUT_S = 30 * 60.0
 
 
 def _seg(value: str) -> str:
@@ -233,6 +237,39 @@ class BridgeClient:
 
     def feed_head(self) -> int:
         return int(self._get("/v1/changes", since=0, limit=1)["head"])
+
+    # ------------------------------------------------------------------ search (registrygrid/search)
+
+    def search(self, query: Mapping[str, Any]) -> dict[str, Any]:
+        """The node's answer to a query in the search language (search/query.py:
+        text, filter, registries, sort, facets, limit, cursor, weights,
+        boosts, explain): {items: [{registry, id, score, record, sort_value?,
+        explain?}], total, facets, next_cursor, indexed_through}. Pass an
+        answer's next_cursor as the next query's cursor for the next page.
+        ValidationError names a malformed part (``details[0]["path"]``);
+        Unavailable when the node was started with --no-search."""
+        return self.request("POST", "/v1/search", body=dict(query))[2]  # type: ignore[no-any-return]
+
+    def search_fields(self) -> list[dict[str, Any]]:
+        """The fields a query may filter, sort and facet by: {field, type, many,
+        operators, sortable, facetable, description} each."""
+        return self._get("/v1/search/fields")["fields"]  # type: ignore[no-any-return]
+
+    def index_status(self) -> dict[str, Any]:
+        """{state, documents, indexed_through, feed_head} of the node's search index."""
+        return self._get("/v1/index")  # type: ignore[no-any-return]
+
+    def rebuild_index(self, *, timeout: float = REBUILD_TIMEOUT_S) -> dict[str, Any]:
+        """Have the node index its whole feed again (admin): {events,
+        documents, indexed_through}, once it is done; waits up to ``timeout``."""
+        kept = self.timeout
+        self.close()  # the connection's socket carries the timeout: a fresh one for this call
+        self.timeout = max(timeout, kept)
+        try:
+            return self.request("POST", "/v1/index/rebuild")[2]  # type: ignore[no-any-return]
+        finally:
+            self.close()
+            self.timeout = kept
 
     # ------------------------------------------------------------------ registries and kinds
 

@@ -172,7 +172,7 @@ def test_build_components_refuses_a_public_bridge_without_the_flag(tmp_path) -> 
     home.init()
     with pytest.raises(ValidationError, match="allow-public-bridge"):
         build_components(home, {"bridge_host": "0.0.0.0", "p2p": False})
-    (bridge,) = build_components(home, {"bridge_host": "0.0.0.0", "allow_public": True, "p2p": False})
+    (bridge,) = build_components(home, {"bridge_host": "0.0.0.0", "allow_public": True, "p2p": False, "search": False})
     assert bridge.host == "0.0.0.0" and bridge.port == 8700
 
 

@@ -292,9 +292,9 @@ def test_rgrid_registry_resolve_without_a_running_node_says_to_start_it(tmp_path
 
 def test_node_start_flags_configure_the_dht(tmp_path: Path) -> None:
     home = new_home(tmp_path / "home")
-    [default] = build_components(home, {"bridge": False})
-    [client] = build_components(home, {"bridge": False, "dht_client": True})
-    [none] = build_components(home, {"bridge": False, "dht": False})
+    [default] = build_components(home, {"bridge": False, "search": False})
+    [client] = build_components(home, {"bridge": False, "search": False, "dht_client": True})
+    [none] = build_components(home, {"bridge": False, "search": False, "dht": False})
     assert (default.config.dht, default.config.dht_client) == (True, False)
     assert (client.config.dht, client.config.dht_client) == (True, True)
     assert none.config.dht is False

@@ -135,6 +135,9 @@ async def test_real_responses_validate_against_the_document(served: Served) -> N
                 await c.get(f"/v1/disputes/dispute-{'a' * 32}"),
                 await c.post(f"/v1/disputes/dispute-{'a' * 32}/resolve", json={"value": 1}),
                 await rc.post(f"/v1/disputes/dispute-{'a' * 32}/resolve", json={"value": 1}),
+                # No search component either: 503 (tests/test_bridge_search.py has a node that searches).
+                await c.post("/v1/search", json={"text": "v"}), await c.get("/v1/search/fields"),
+                await c.get("/v1/index"), await c.post("/v1/index/rebuild"), await rc.post("/v1/index/rebuild"),
                 await c.delete(f"{rec}/v1"),
             ]
             created = [r for r in responses if r.request.url.path == "/v1/tokens" and r.status_code == 201][0]
@@ -167,12 +170,13 @@ def test_fuzzing_every_operation_never_gets_a_server_error(case: Any, fuzz_targe
     headers = {**(case.headers or {}), **fuzz_target.headers()}
     headers.pop("Accept", None)
     response = case.call(base_url=fuzz_target.url, headers=headers, timeout=15)
-    # The fuzzed node runs no federation, so it has no DHT to resolve, read remotely or follow with: its
-    # documented answer is 503.
-    no_dht = case.operation.path in ("/v1/registries/{registry}/resolve", "/v1/registries/{registry}/remote",
-                                     "/v1/follows", "/v1/follows/{registry}") \
+    # The fuzzed node runs no federation, so it has no DHT to resolve, read remotely or follow with, and no
+    # search component (tests/test_bridge_search.py fuzzes a node with one): its documented answer is 503.
+    no_component = case.operation.path in ("/v1/registries/{registry}/resolve", "/v1/registries/{registry}/remote",
+                                           "/v1/follows", "/v1/follows/{registry}",
+                                           "/v1/search", "/v1/index", "/v1/index/rebuild") \
         and response.status_code == 503 \
         and response.json()["error"]["code"] == "unavailable"
-    assert response.status_code < 500 or no_dht, (case.method, case.formatted_path, response.status_code,
-                                                   response.text[:500])
+    assert response.status_code < 500 or no_component, (case.method, case.formatted_path, response.status_code,
+                                                         response.text[:500])
     assert response.headers.get("x-trace-id") or response.status_code == 400  # 400: rejected by the HTTP parser

@@ -181,7 +181,7 @@ def test_build_components_checks_flags_even_without_p2p_and_names_config_address
     with pytest.raises(ValidationError, match="must be a list"):
         build_components(home, {"bridge": False})
     config_path.write_text(json.dumps({**config, "bootstrap": [GOOD]}))
-    (fed,) = build_components(home, {"bridge": False, "bootstrap": [f"/ip6/::1/tcp/4001/p2p/{OLD_PEER}"]})
+    (fed,) = build_components(home, {"bridge": False, "search": False, "bootstrap": [f"/ip6/::1/tcp/4001/p2p/{OLD_PEER}"]})
     assert fed.bootstrap == [GOOD, f"/ip6/::1/tcp/4001/p2p/{OLD_PEER}"]
 
 

@@ -229,3 +229,19 @@ def test_a_malformed_query_is_refused_naming_its_bad_part(bad, path) -> None:
     with pytest.raises(ValidationError) as refused:
         q.parse_query(bad)
     assert refused.value.details[0]["path"] == path
+
+
+@pytest.mark.parametrize("weights", [{"freshness": 0, "trust": 0}, {"freshness": 0.5, "trust": 0.5}])
+def test_relevance_pages_walk_every_match_once_best_first(corpus, weights) -> None:
+    index, _, _ = corpus
+    seen: list[tuple[float, str]] = []
+    cursor = None
+    while True:
+        answer = index.search(q.parse_query({"text": "legal gpu", "limit": 7, "weights": weights,
+                                             **({"cursor": cursor} if cursor else {})}))
+        seen += [(h.score, h.key) for h in answer["hits"]]
+        cursor = answer["next_cursor"]
+        if cursor is None:
+            break
+    assert len({k for _, k in seen}) == len(seen) == answer["total"]
+    assert [s for s, _ in seen] == sorted((s for s, _ in seen), reverse=True)

@@ -10,10 +10,11 @@ output on stdout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +23,12 @@ import click
 from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend
 from registrygrid.cli.options import org_key_option
-from registrygrid.cli.values import parse_assignments, parse_where, read_json_file
+from registrygrid.cli.values import (
+    parse_assignments,
+    parse_value,
+    parse_where,
+    read_json_file,
+)
 from registrygrid.crdt.conflict_policy import NAMES as CONFLICT_RULES
 from registrygrid.errors import (
     EX_NOPERM,
@@ -37,6 +43,7 @@ from registrygrid.errors import (
 from registrygrid.home import Home
 from registrygrid.protocol import names
 from registrygrid.sdk import home_identity
+from registrygrid.search import query as search_query
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -267,6 +274,241 @@ def history(home: Path | None, registry: str, record_id: str, as_json: bool) -> 
     with open_backend(home) as backend:
         render.rows(backend.history(registry, record_id), as_json,
                     columns=["feed_seq", "op", "change_id", "author", "seq", "hlc"], title=f"{registry}/{record_id}")
+
+
+# ------------------------------------------------------------------ search (registrygrid/search)
+
+
+def _json_or_file(text: str, option: str) -> Any:
+    """A JSON value given inline, or @FILE holding one."""
+    if text.startswith("@"):
+        return read_json_file(text[1:])
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MalformedInput(f"{option} is not valid JSON: {exc.msg} at column {exc.colno}") from None
+
+
+def search_comparison(text: str) -> dict[str, Any]:
+    """``--where PATH:OP:VALUE`` as a comparison of the query language
+    (search/query.py). VALUE is JSON when it parses, else the plain string;
+    for ``in`` a JSON list or values separated by commas; ``exists`` alone means true."""
+    path, _, rest = text.partition(":")
+    op, _, raw = rest.partition(":")
+    if not path or op not in search_query.OPERATORS:
+        raise ValidationError(f"--where {text!r}: expected PATH:OP:VALUE with OP one of "
+                              f"{' '.join(search_query.OPERATORS)}")
+    value: Any
+    if op == "exists":
+        value = True if raw == "" else parse_value(raw)
+    elif op == "in":
+        parsed = parse_value(raw)
+        value = parsed if isinstance(parsed, list) else [parse_value(part) for part in raw.split(",")]
+    else:
+        value = parse_value(raw)
+    return {"field": path, op: value}
+
+
+def search_body(*, text: str | None, query: str | None, wheres: Sequence[str], filter_text: str | None,
+                registries: Sequence[str], sort: str | None, facets: Sequence[str], limit: int | None,
+                cursor: str | None, explain: bool, weights: Sequence[str], boosts: Sequence[str]) -> dict[str, Any]:
+    """The query object of `rgrid search`'s options: --query is the base,
+    --filter and each --where are ANDed with its filter, --weight and
+    --boost add to its weights and boosts, the other options replace its
+    members. The node's parser (or the offline one) judges the result."""
+    body = _json_or_file(query, "--query") if query else {}
+    if not isinstance(body, dict):
+        raise ValidationError("--query must be a JSON object (the query language: `rgrid search --help`)")
+    if text is not None:
+        body["text"] = text
+    filters = [body["filter"]] if body.get("filter") is not None else []
+    if filter_text:
+        filters.append(_json_or_file(filter_text, "--filter"))
+    filters += [search_comparison(w) for w in wheres]
+    if filters:
+        body["filter"] = filters[0] if len(filters) == 1 else {"and": filters}
+    if registries:
+        body["registries"] = list(registries)
+    if sort:
+        field, _, order = sort.partition(":")
+        body["sort"] = {"field": field, **({"order": order} if order else {})}
+    if facets:
+        body["facets"] = list(facets)
+    if limit is not None:
+        body["limit"] = limit
+    if cursor:
+        body["cursor"] = cursor
+    if explain:
+        body["explain"] = True
+    if weights:
+        merged = body.get("weights") or {}
+        if not isinstance(merged, dict):
+            raise ValidationError("--query's weights must be an object to add --weight to")
+        for item in weights:
+            name, sep, number = item.partition("=")
+            try:
+                if not sep:
+                    raise ValueError(item)
+                merged[name] = float(number)
+            except ValueError:
+                raise ValidationError(f"--weight {item!r}: expected NAME=NUMBER, NAME one of text freshness "
+                                      "trust") from None
+        body["weights"] = merged
+    if boosts:
+        given = body.get("boosts") or []
+        if not isinstance(given, list):
+            raise ValidationError("--query's boosts must be a list to add --boost to")
+        body["boosts"] = [*given, *(_json_or_file(b, "--boost") for b in boosts)]
+    return body
+
+
+@contextlib.contextmanager
+def _index_progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr (stdout stays the result) fed by SearchIndex's
+    ``progress(done_seq, head)``; none when stderr is no terminal or with --json."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True, disable=quiet or not sys.stderr.isatty(),
+                  console=render.stderr_console) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, head: bar.update(task, completed=done, total=head)
+
+
+def _offline_index(registry: Any, *, quiet: bool, rebuild: bool = False) -> tuple[Any, int]:
+    """The home's search index (HOME/index), caught up with the store's feed
+    (or rebuilt), for commands run while no node runs; and the events read."""
+    from registrygrid.search.index import SearchIndex
+    from registrygrid.search.service import index_path, verifier
+
+    index = SearchIndex(index_path(registry.home.path))
+    engine = registry.engine
+    with _index_progress("rebuilding the search index" if rebuild else "indexing", quiet) as progress:
+        work = index.rebuild if rebuild else index.catch_up
+        events = work(registry, org_verified=verifier(engine), local_org=engine.owner, progress=progress)
+    return index, events
+
+
+def _sort_field(body: dict[str, Any]) -> str:
+    """The field a query's hits are ordered by (search/query.py's defaults)."""
+    given = body.get("sort")
+    given = given[0] if isinstance(given, list) and given else given
+    if isinstance(given, dict):
+        given = given.get("field")
+    if isinstance(given, str):
+        return given
+    return "relevance" if isinstance(body.get("text"), str) and body["text"].strip() else "updated_at"
+
+
+@cli.command(epilog="""\b
+Examples:
+  rgrid search "summarize legal" --where region:in:eu-west,eu-north --where price:lt:0.01 --facet kind
+  rgrid search --filter '{"or": [{"field": "tags", "eq": "gpu"}, {"field": "fields.gpus", "ge": 8}]}' --sort price
+  rgrid search --fields""")
+@home_option
+@click.argument("text", required=False)
+@click.option("--where", "wheres", multiple=True, metavar="PATH:OP:VALUE",
+              help="A comparison, e.g. region:eq:eu-west, price:lt:0.01, tags:in:gpu,nlp, fields.license:exists. "
+                   "OP: eq ne in lt le gt ge prefix exists. VALUE is JSON if it parses, else a string "
+                   "('name:eq:\"42\"' for the string 42); for in, a JSON list or comma-separated. Repeatable: "
+                   "all must hold.")
+@click.option("--filter", "filter_text", metavar="JSON|@FILE",
+              help="A whole filter tree (and, or, not, comparisons), ANDed with --where.")
+@click.option("--registry", "registries", multiple=True, help="Search only this registry. Repeatable.")
+@click.option("--sort", metavar="FIELD[:asc|desc]",
+              help="relevance (with TEXT, the default), or a number or date field: price, reputation, created_at, "
+                   "updated_at (the default without TEXT, newest first).")
+@click.option("--facet", "facets", multiple=True, help="Count the matches' values of this field. Repeatable.")
+@click.option("--limit", type=int, help=f"Hits per page, 1 to {search_query.MAX_LIMIT} (default 20).")
+@click.option("--cursor", help="The next page: the cursor a previous answer printed.")
+@click.option("--explain", is_flag=True, help="Show each hit's score components.")
+@click.option("--weight", "weights", multiple=True, metavar="NAME=NUMBER",
+              help="Weigh a relevance component: text, freshness or trust (0 to 100). Repeatable.")
+@click.option("--boost", "boosts", multiple=True, metavar="JSON",
+              help='Multiply the score of hits matching a filter: \'{"filter": {...}, "factor": 2}\'. Repeatable.')
+@click.option("--query", "query", metavar="JSON|@FILE",
+              help="The whole query object (POST /v1/search's body); the other options refine it.")
+@click.option("--fields", "show_fields", is_flag=True,
+              help="Print the fields a query may filter, sort and facet by, and exit.")
+@json_option
+def search(home: Path | None, text: str | None, wheres: tuple[str, ...], filter_text: str | None,
+           registries: tuple[str, ...], sort: str | None, facets: tuple[str, ...], limit: int | None,
+           cursor: str | None, explain: bool, weights: tuple[str, ...], boosts: tuple[str, ...], query: str | None,
+           show_fields: bool, as_json: bool) -> None:
+    """Search the records this node holds: full TEXT (quotes make a phrase),
+    filters, facets, a sort and pages.
+
+    While the node runs, its index answers (through the bridge). With the
+    node stopped, this command brings the home's index up to date with the
+    store first, then answers."""
+    if show_fields:
+        render.search_fields(search_query.describe_fields(), as_json)
+        return
+    body = search_body(text=text, query=query, wheres=wheres, filter_text=filter_text, registries=registries,
+                       sort=sort, facets=facets, limit=limit, cursor=cursor, explain=explain, weights=weights,
+                       boosts=boosts)
+    from registrygrid.client import BridgeClient
+
+    with open_backend(home) as backend:
+        if isinstance(backend, BridgeClient):
+            answer = backend.search(body)
+        else:
+            from registrygrid.search.service import answer as answer_query
+
+            search_query.parse_query(body)  # a malformed query is refused before any indexing
+            index, _ = _offline_index(backend, quiet=as_json)
+            answer = answer_query(index, backend, body)
+    render.search_answer(answer, as_json, sort_field=_sort_field(body))
+
+
+@cli.group(name="index")
+def index_group() -> None:
+    """The search index (HOME/index): its status, and rebuilding it."""
+
+
+@index_group.command(name="rebuild")
+@home_option
+@json_option
+def index_rebuild(home: Path | None, as_json: bool) -> None:
+    """Index every record again from the changefeed. Through the running
+    node (it keeps serving), or, with the node stopped, in this process
+    with a progress bar."""
+    from registrygrid.client import BridgeClient
+
+    with open_backend(home) as backend:
+        if isinstance(backend, BridgeClient):
+            report = backend.rebuild_index()
+        else:
+            index, events = _offline_index(backend, quiet=as_json, rebuild=True)
+            report = {"events": events, "documents": index.count(), "indexed_through": index.cursor}
+    render.mapping(report, as_json, title="search index rebuilt")
+
+
+@index_group.command(name="status")
+@home_option
+@json_option
+def index_status(home: Path | None, as_json: bool) -> None:
+    """How far the search index has followed the changefeed. With the node
+    stopped, state is offline: `rgrid search` or the node's start catches it up."""
+    from registrygrid.client import BridgeClient
+
+    with open_backend(home) as backend:
+        if isinstance(backend, BridgeClient):
+            status = backend.index_status()
+        else:
+            from registrygrid.search.index import SearchIndex
+            from registrygrid.search.service import index_path
+
+            index = SearchIndex(index_path(backend.home.path))
+            status = {"state": "offline", "documents": index.count(), "indexed_through": index.cursor,
+                      "feed_head": backend.feed_head()}
+    render.mapping(status, as_json, title="search index")
 
 
 @cli.command()

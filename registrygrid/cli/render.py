@@ -158,6 +158,69 @@ def event(data: Any, as_json: bool) -> None:
                    f"{plain['kind']} {plain['change']} by {plain['author'][-12:]} ({plain['origin']})")
 
 
+# ---------------------------------------------------------------- search (registrygrid/search)
+
+# The components of a score `rgrid search --explain` shows, in this order
+# (search/index.py rank: the weighted parts, the raw BM25, the boost factor).
+EXPLAIN_COLUMNS = ("text", "freshness", "trust", "bm25", "boost")
+_DATE_FIELDS = ("created_at", "updated_at")
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else _cell(value)
+
+
+def search_answer(data: Mapping[str, Any], as_json: bool, *, sort_field: str) -> None:
+    """Hits ranked: registry, id, kind, name (fields.name, else the id) and
+    the score, or the sort field's value (dates as UTC times); with explain,
+    each component of the score. Then the facets, one line each, and the
+    next page's cursor. Cells are data, never markup (anyone writes names).
+    With --json, the answer as is."""
+    if as_json:
+        dump_json(data)
+        return
+    items = data["items"]
+    explained = any("explain" in item for item in items)
+    by_value = sort_field != "relevance"
+    table = Table(title=f"{data['total']} match{'es' if data['total'] != 1 else ''}")
+    table.add_column("rank", justify="right")
+    table.add_column("registry", no_wrap=True, overflow="fold")
+    table.add_column("id", no_wrap=True, overflow="fold")
+    table.add_column("kind")
+    table.add_column("name", overflow="fold")
+    table.add_column(sort_field if by_value else "score", justify="right")
+    for column in EXPLAIN_COLUMNS if explained else ():
+        table.add_column(column, justify="right")
+    for rank, item in enumerate(items, 1):
+        record = item["record"]
+        fields = record.get("fields") if isinstance(record.get("fields"), dict) else {}
+        name = fields.get("name") if isinstance(fields.get("name"), str) else item["id"]
+        if by_value:
+            value = item.get("sort_value")
+            shown = _when(value) if sort_field in _DATE_FIELDS and isinstance(value, int) else _number(value)
+        else:
+            shown = _number(item["score"])
+        cells = [str(rank), item["registry"], item["id"], record.get("kind"), name, shown]
+        cells += [_number((item.get("explain") or {}).get(c)) for c in EXPLAIN_COLUMNS] if explained else []
+        table.add_row(*(Text(_cell(c)) for c in cells))
+    _out.print(table)
+    for field, buckets in data["facets"].items():
+        counts = ", ".join(f"{json.dumps(b['value']) if isinstance(b['value'], bool) else b['value']} "
+                           f"({b['count']})" for b in buckets)
+        _out.print(Text.assemble((f"{field}: ", "bold cyan"), counts or "(none)"))
+    if data.get("next_cursor"):
+        click.echo(f"more: --cursor {data['next_cursor']}")
+
+
+def search_fields(fields: Sequence[Mapping[str, Any]], as_json: bool) -> None:
+    """What a query may filter, sort and facet by (search/query.py describe_fields)."""
+    if as_json:
+        dump_json(fields)
+        return
+    rows([{**f, "operators": " ".join(f["operators"])} for f in fields], False,
+         columns=["field", "type", "operators", "sortable", "facetable", "description"], title="search fields")
+
+
 # ---------------------------------------------------------------- conflicts and disputes
 
 

@@ -51,8 +51,8 @@ INDEX_VERSION = 1
 # The trust statements are the federation's plumbing, not things to find.
 NOT_INDEXED = frozenset({"grid.members"})
 BATCH = 2000
-# While catching up, commit at most every this many events: a tantivy commit
-# writes and syncs segment files (tens of ms); the cursor follows each commit.
+# While catching up, commit once this many records were touched: a tantivy
+# commit writes and syncs segment files (tens of ms); the cursor follows each commit.
 COMMIT_EVERY = 20_000
 WRITER_HEAP = 64 * 2**20
 # Freshness halves every this many days.
@@ -116,7 +116,7 @@ class SearchIndex:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.schema = _schema()
-        self._write_lock = threading.Lock()  # one writer: catch-up and rebuild take turns
+        self._write_lock = threading.RLock()  # one writer: catch-up and rebuild take turns
         self._open()
 
     # ------------------------------------------------------------ lifecycle
@@ -162,6 +162,8 @@ class SearchIndex:
                                                  if e.registry not in NOT_INDEXED))
                     last = events[-1].seq
                     done += len(events)
+                    if progress is not None:
+                        progress(last, head)
                 if last == self.cursor:
                     break
                 docs = []
@@ -173,20 +175,18 @@ class SearchIndex:
                     docs.append(normalize(record, org_verified=org_verified, local_org=local_org))
                 self._apply([doc_key(r, i) for r, i in touched], docs)
                 self._save_cursor(last)
-                if progress is not None:
-                    progress(self.cursor, head)
             return done
 
     def rebuild(self, registry: Any, *, org_verified: Callable[[str], bool], local_org: str | None,
                 progress: Callable[[int, int], None] | None = None) -> int:
         """Start over from the feed's beginning; the events read."""
-        with self._write_lock:
+        with self._write_lock:  # held throughout: the node's own catch-up waits, so the count is whole
             writer = self.index.writer(WRITER_HEAP, 1)
             writer.delete_all_documents()
             writer.commit()
             writer.wait_merging_threads()
             self._save_cursor(0)
-        return self.catch_up(registry, org_verified=org_verified, local_org=local_org, progress=progress)
+            return self.catch_up(registry, org_verified=org_verified, local_org=local_org, progress=progress)
 
     def _apply(self, keys: Iterable[str], docs: list[dict[str, Any]]) -> None:
         writer = self.index.writer(WRITER_HEAP, 1)
@@ -306,9 +306,6 @@ class SearchIndex:
         if op == "exists":
             found = tantivy.Query.exists_query(path, json_subpaths=True)
             return found if value else _negate(found)
-        if not re.fullmatch(r"fields(\.[A-Za-z0-9_]+)+", path):
-            raise ValidationError(f"{name}: a field path compared by value is letters, digits and _ only",
-                                  details=[{"path": "/filter", "message": name}])
         if op == "eq" and isinstance(value, str):
             return tantivy.Query.term_query(self.schema, path, value)
         bound = repr(float(value))
@@ -323,7 +320,11 @@ class SearchIndex:
         start = 0
         if query.cursor is not None:
             start = int(q.decode_cursor(query.cursor, query.sort).value)
-        window = min(q.MAX_RELEVANCE_WINDOW, max(100, start + query.limit))
+        # Freshness, trust and boosts can lift a hit from below the page: rerank
+        # a window of 100 or more; text alone ranks as BM25 does, so the page is enough.
+        reranked = query.weights.freshness > 0 or query.weights.trust > 0 or bool(query.boosts)
+        # One more than the page says whether a next page exists.
+        window = min(q.MAX_RELEVANCE_WINDOW, max(100 if reranked else 0, start + query.limit + 1))
         found = searcher.search(base, window, count=False).hits
         hits = [self._hit(searcher, address, score, None) for score, address in found]
         boosts = [(self.compile(b.filter), b.factor) for b in query.boosts]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,9 @@ MAX_FACETS = 8
 # Longer strings are searched as text but not compared by value (a keyword
 # index holds whole values; a record's strings may be many KiB).
 MAX_VALUE_CHARS = 256
+# Dates are 64-bit ms in the index; a bound beyond is refused, not clamped.
+MAX_DATE = 2**62
+_PATH_PART = re.compile(r"[A-Za-z0-9_]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,7 @@ def parse_query(obj: Any) -> Query:
     if text is not None:
         if not isinstance(text, str) or len(text) > MAX_TEXT:
             raise _error("/text", f"a string of at most {MAX_TEXT} characters")
-        text = text.strip() or None
+        text = text.strip() if re.search(r"\w", text) else None  # no word at all: no text to search for
     budget = [MAX_NODES]
     node = parse_filter(obj["filter"], "/filter", budget) if obj.get("filter") is not None else None
     registries = obj.get("registries", [])
@@ -239,8 +243,9 @@ def parse_filter(obj: Any, path: str, budget: list[int] | None = None) -> Node:
     elif name.startswith(USER_PREFIX) and len(name) > len(USER_PREFIX):
         kind = "user"
         for part in name[len(USER_PREFIX):].split("."):
-            if not part or len(part) > 128:
-                raise _error(f"{path}/field", f"{name!r}: each part of a field path is 1 to 128 characters")
+            if not _PATH_PART.fullmatch(part):
+                raise _error(f"{path}/field", f"{name!r}: each part of a field path is 1 to 128 letters, "
+                                              "digits or _")
     else:
         raise _error(f"{path}/field", f"unknown field {name!r}: one of {', '.join(FIELDS)}, or fields.<path>")
     if op not in _OPS_BY_TYPE[kind]:
@@ -257,17 +262,19 @@ def parse_filter(obj: Any, path: str, budget: list[int] | None = None) -> Node:
         if not isinstance(value, str) or not value:
             raise _error(at, "a non-empty string")
     elif op in ("lt", "le", "gt", "ge"):
-        value = _number(value, at) if kind != "user" or not isinstance(value, str) else None
-        if value is None:
+        if kind == "user" and isinstance(value, str):
             raise _error(at, "a number")
+        value = _number(value, at, kind=kind)
     else:
         value = _value(kind, value, at)
     return Cmp(name, op, value)
 
 
-def _number(value: Any, at: str) -> float | int:
+def _number(value: Any, at: str, *, kind: str = NUMBER) -> float | int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _error(at, "a finite number")
+    if kind == DATE and not -MAX_DATE <= value <= MAX_DATE:
+        raise _error(at, f"a date in ms since the epoch, at most {MAX_DATE} either way")
     return value
 
 
@@ -277,7 +284,7 @@ def _value(kind: str, value: Any, at: str) -> Any:
             raise _error(at, "a string")
         return value
     if kind in (NUMBER, DATE):
-        return _number(value, at)
+        return _number(value, at, kind=kind)
     if kind == BOOL:
         if not isinstance(value, bool):
             raise _error(at, "true or false")
@@ -441,6 +448,15 @@ def decode_cursor(text: str, sort: SortKey) -> Cursor:
         raise _error("/cursor", "not a cursor this node made") from None
     if cursor.sort != sort.field:
         raise _error("/cursor", f"a cursor of a query sorted by {cursor.sort}, not {sort.field}")
+    value = cursor.value
+    if sort.field == "relevance":
+        valid = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RELEVANCE_WINDOW
+    else:
+        valid = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                 and (FIELDS[sort.field].type != DATE or -MAX_DATE <= value <= MAX_DATE)
+                 and cursor.key.isdigit() and int(cursor.key) < 2**62)
+    if not valid:
+        raise _error("/cursor", "not a cursor this node made")
     return cursor
 
 

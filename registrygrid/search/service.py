@@ -43,6 +43,7 @@ def answer(index: SearchIndex, registry: Any, body: Any, *, registries: tuple[st
     """The answer to a query: its hits as records (in order), the total,
     facets and the next cursor. ValidationError names a bad part of it."""
     query = q.parse_query(body)
+    indexed_through = index.cursor  # read first: the hits reflect at least this much of the feed
     found = index.search(query, registries=registries)
     items = []
     for hit in found["hits"]:
@@ -58,7 +59,7 @@ def answer(index: SearchIndex, registry: Any, body: Any, *, registries: tuple[st
             item["explain"] = {k: round(v, 6) for k, v in hit.components.items()}
         items.append(item)
     return {"items": items, "total": found["total"], "facets": found["facets"], "next_cursor": found["next_cursor"],
-            "indexed_through": index.cursor}
+            "indexed_through": indexed_through}
 
 
 class SearchService:

@@ -12,7 +12,8 @@ cross the same way (``Api.follow``, ``Api.unfollow``); reads of a registry
 this node follows (``Api.followed``: a verified copy in a store of its own,
 node/follow.py) are answered from that copy by the ordinary record routes,
 with ``X-Registry-Source: followed``, when the node's own store does not
-hold the registry. Every handler checks
+hold the registry. Searches ask the node's search component (``Api.search``:
+search/service.py) on an executor thread. Every handler checks
 its token first, parses and validates its input (query parameters by hand,
 JSON bodies against the OpenAPI document's own schemas), and lets typed
 errors escape: the middleware turns each into the JSON error shape with its
@@ -77,6 +78,7 @@ from registrygrid.node.bridge.streaming import (
 )
 from registrygrid.protocol import limits, names
 from registrygrid.sdk import LocalRegistry, Page
+from registrygrid.search.query import describe_fields
 from registrygrid.storage import idempotency, tokens
 from registrygrid.storage.tokens import Token
 
@@ -286,6 +288,10 @@ class Api:
     unfollow: Callable[[str], Awaitable[dict[str, Any]]]
     follows: Callable[[], list[dict[str, Any]]]
     followed: Callable[[str], Any]
+    # The node's search component (search/service.py SearchService), or None
+    # when it runs without one (--no-search). Its methods are thread-safe and
+    # block (tantivy, LMDB reads), so handlers call them on an executor thread.
+    search: Callable[[], Any]
     max_body: int = openapi.MAX_BODY_BYTES
     idempotency_ttl_ms: int = idempotency.DEFAULT_TTL_MS
     max_streams: int = 512
@@ -831,6 +837,51 @@ class Api:
 
         return await self.idempotent(request, token, raw, run)
 
+    # ---------------------------------------------------------------- search (registrygrid/search)
+
+    def _searcher(self) -> Any:
+        service = self.search()
+        if service is None:
+            raise Unavailable("this node keeps no search index: it was started with --no-search (stop it and run "
+                              "`rgrid search` to index and search offline, or start it without --no-search)")
+        return service
+
+    async def search_records(self, request: web.Request) -> web.Response:
+        """Answer a query (search/query.py) from the node's index. A token
+        limited to one registry searches that registry only."""
+        token = self.require(request, READ, target="search")
+        service = self._searcher()
+        body, _ = await self.body(request, "SearchQuery")
+        named = body.get("registries")
+        scope = None
+        if token.registry is not None:
+            scope = (token.registry,)
+            if isinstance(named, list):
+                other = next((n for n in named if isinstance(n, str) and n != token.registry), None)
+                if other is not None:
+                    # As the registry routes answer a registry outside the scope (auth.py require).
+                    raise self.auth.refuse(token.actor, "search", PolicyDenied(
+                        f"this token is limited to registry {token.registry}, not {str(other)[:80]}"))
+        answer = await self.in_executor(service.search, body, scope)
+        self.read_note(token, token.registry or "*", "search " + dumps(body).decode()[:400])
+        return json_response(answer)
+
+    async def search_fields(self, request: web.Request) -> web.Response:
+        self.require(request, READ, target="search")
+        return json_response({"fields": describe_fields()})
+
+    async def index_status(self, request: web.Request) -> web.Response:
+        self.require(request, READ, target="index")
+        return json_response(await self.in_executor(self._searcher().status))  # counts documents: a searcher
+
+    async def rebuild_index(self, request: web.Request) -> web.Response:
+        token = self.require(request, ADMIN, target="index")
+        service = self._searcher()
+        answer = await self.in_executor(service.rebuild)
+        self.audit.note("update", token.actor, "index", f"search index rebuilt: {answer['events']} events, "
+                        f"{answer['documents']} documents", required=False)
+        return json_response(answer)
+
     # ---------------------------------------------------------------- tokens
 
     async def create_token(self, request: web.Request) -> web.Response:
@@ -911,6 +962,10 @@ class Api:
             web.post("/v1/policy/explain", self.explain_policy),
             web.post("/v1/kinds", self.register_kind),
             web.get("/v1/kinds/{name}", self.get_kind),
+            web.post("/v1/search", self.search_records),
+            web.get("/v1/search/fields", self.search_fields),
+            web.get("/v1/index", self.index_status),
+            web.post("/v1/index/rebuild", self.rebuild_index),
             web.post("/v1/tokens", self.create_token),
             web.get("/v1/tokens", self.list_tokens),
             web.delete("/v1/tokens/{token_id}", self.revoke_token),

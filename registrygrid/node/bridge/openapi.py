@@ -27,6 +27,7 @@ from registrygrid.node.follow import FOLLOW_INTERVAL_S
 from registrygrid.protocol import limits, names
 from registrygrid.record import record_json_schema
 from registrygrid.schemas.catalog import rust_reads_as_python
+from registrygrid.search import query as search_query
 from registrygrid.storage.tokens import MAX_LIFETIME_S, ROLES
 
 SPEC_URI = "urn:registrygrid:bridge:openapi"
@@ -99,6 +100,43 @@ def _descriptor_schemas() -> dict[str, Any]:
         descriptor.pop(key, None)
     return {"RegistryDescriptor": descriptor, "ConflictPolicy": descriptor["properties"]["conflict_policy"],
             **{component: defs[name] for name, component in _DESCRIPTOR_DEFS.items()}}
+
+
+def _search_query_schema() -> dict[str, Any]:
+    """The query language's JSON form (search/query.py, its one parser).
+
+    Deliberately loose: it documents each member and checks only its JSON
+    type, so that the parser, not this schema, judges what a member says
+    and names the bad part with its JSON pointer (``/filter/and/1/lt``),
+    which a schema of the recursive filter tree could not (a failed oneOf
+    points at the whole node). Members the parser takes as null accept null."""
+    q = search_query
+    return {"type": "object", "description": "a search query: every member is optional ({} lists the newest "
+                                             "records); unknown members are refused (422)", "properties": {
+        "text": {"type": ["string", "null"], "description": f"full text, at most {q.MAX_TEXT} characters: BM25 over "
+                 "the name (x3), the description (x1.5) and every string of the record; \"quoted words\" form a "
+                 "phrase; nothing in it is query syntax"},
+        "filter": {"anyOf": [_ref("SearchFilter"), {"type": "null"}]},
+        "registries": {"type": "array", "items": STRING, "description": "only these registries (default: every "
+                       "registry the index holds; a token limited to one registry searches that one only)"},
+        "sort": {"type": ["string", "object", "array", "null"], "description": (
+            "one key: a field name or {\"field\": F, \"order\": \"asc\"|\"desc\"}, F one of "
+            f"{', '.join(q.SORTABLE)}; default relevance with text, else updated_at desc; ties by registry and id")},
+        "facets": {"type": "array", "items": STRING, "description": f"at most {q.MAX_FACETS} of "
+                   f"{', '.join(q.FACETABLE)}: the count of each value over all matches"},
+        "limit": {"type": "integer", "description": f"hits per page, 1 to {q.MAX_LIMIT} (default 20)"},
+        "cursor": {"type": ["string", "null"], "description": "the next_cursor of the previous page of the same "
+                   f"query; relevance-ordered pages reach {q.MAX_RELEVANCE_WINDOW} hits deep"},
+        "weights": {"type": ["object", "null"], "description": "text, freshness and trust: numbers from 0 to 100 "
+                    f"(default text {q.Weights.text:g}, freshness {q.Weights.freshness:g}, trust "
+                    f"{q.Weights.trust:g}); they weigh a relevance score"},
+        "boosts": {"type": ["array", "null"], "items": {"type": "object"}, "description": "at most 16 "
+                   "{\"filter\": SearchFilter, \"factor\": number above 0, at most 100}: a hit matching the "
+                   "filter has its relevance score multiplied by the factor"},
+        "explain": {"type": "boolean", "description": "each hit says the components of its score"},
+    }, "examples": [{"text": "summarize \"legal contracts\"",
+                     "filter": {"and": [{"field": "kind", "eq": "function"}, {"field": "price", "lt": 0.01}]},
+                     "facets": ["region"], "limit": 20}]}
 
 
 SCHEMAS: dict[str, Any] = {
@@ -282,6 +320,56 @@ SCHEMAS: dict[str, Any] = {
         description="a key that signed two different changes with one (registry, sequence)"),
     "Dispute": {"oneOf": [_ref("FieldDispute"), _ref("Equivocation")]},
     "Disputes": _obj({"items": {"type": "array", "items": _ref("Dispute")}}),
+    # ---- search (registrygrid/search: query.py parses a query, service.py answers it)
+    "SearchQuery": _search_query_schema(),
+    "SearchFilter": {"type": "object", "description": (
+        "a filter node: {\"and\": [nodes]}, {\"or\": [nodes]} (non-empty lists), {\"not\": node}, or a "
+        "comparison {\"field\": F, OP: VALUE} with exactly one OP of "
+        f"{', '.join(search_query.OPERATORS)}; which OPs a field takes follows from its type (GET "
+        "/v1/search/fields); fields.<path> compares any value of a record's own fields as a keyword or a number; "
+        f"a query holds at most {search_query.MAX_NODES} nodes. The bridge checks only that it is an object: "
+        "the query parser names any malformed part with its JSON pointer (422, details[0].path, e.g. "
+        "/filter/and/1/lt)")},
+    "SearchHit": _obj({
+        "registry": REGISTRY_NAME, "id": RECORD_ID,
+        "score": {"type": "number", "description": "relevance: the weighted text, freshness and trust, times the "
+                                                   "boosts it matches; 0 when sorted by a field"},
+        "record": {**_ref("Record"), "description": "the record as the node's store holds it now"},
+        "sort_value": {"type": "number", "description": "the value of the sort field (a sort other than relevance)"},
+        "explain": {"type": "object", "additionalProperties": {"type": "number"},
+                    "description": "explain: true: the weighted components text, freshness and trust, the raw "
+                                   "bm25 and the boost factor"},
+    }, required=["registry", "id", "score", "record"]),
+    "SearchResult": _obj({
+        "items": {"type": "array", "items": _ref("SearchHit"), "description": "best first, or in sort order"},
+        "total": {**SEQ, "description": "records that match, over every page (a sort by a field lists only the "
+                                        "records that have it, so its pages may hold fewer)"},
+        "facets": {"type": "object", "description": "for each facet asked for: its values over every match, "
+                                                    "most frequent first",
+                   "additionalProperties": {"type": "array", "items": _obj({
+                       "value": {"type": ["string", "boolean"]}, "count": SEQ})}},
+        "next_cursor": {**_nullable(STRING), "description": "the cursor of the next page (null: the last page)"},
+        "indexed_through": {**SEQ, "description": "the feed sequence the index had reached: a write with a "
+                                                  "higher feed_seq is not searchable yet"},
+    }),
+    "SearchField": _obj({
+        "field": STRING, "type": {"enum": ["keyword", "text", "number", "date", "bool", "keyword or number"]},
+        "many": {"type": "boolean", "description": "several values per record"},
+        "operators": {"type": "array", "items": {"enum": list(search_query.OPERATORS)}},
+        "sortable": {"type": "boolean"}, "facetable": {"type": "boolean"}, "description": STRING,
+    }),
+    "SearchFields": _obj({"fields": {"type": "array", "items": _ref("SearchField")}}),
+    "IndexStatus": _obj({
+        "state": {"enum": ["opening", "ready"]},
+        "documents": {**SEQ, "description": "records in the index"},
+        "indexed_through": {**SEQ, "description": "the feed sequence the index has reached"},
+        "feed_head": {**SEQ, "description": "the node's newest feed sequence (the index catches up within a "
+                                            "fraction of a second of each commit)"},
+    }, required=["state"]),
+    "IndexRebuild": _obj({
+        "events": {**SEQ, "description": "feed events read"}, "documents": {**SEQ, "description": "records indexed"},
+        "indexed_through": SEQ,
+    }),
     # ---- request bodies (validated by the bridge with these very schemas)
     "RecordCreate": _obj({
         "kind": KIND_NAME, "fields": {"type": "object"}, "id": RECORD_ID, "tags": TAGS,
@@ -353,7 +441,8 @@ _ERROR_STATUSES = {
     "422": "Well-formed but invalid (schema violation: details list every failing path)",
     "429": "Rate limited (see Retry-After)",
     "503": "The node is starting, stopping, or its audit ledger is behind (resolve: the node runs no DHT, or "
-           "the lookup timed out; remote and follow: no provider gave a verifiable answer)",
+           "the lookup timed out; remote and follow: no provider gave a verifiable answer; search and index: the "
+           "node keeps no search index (--no-search), or it is still opening)",
 }
 
 
@@ -649,6 +738,38 @@ def _paths() -> dict[str, Any]:
             "get": _op("getKind", "A kind's JSON Schema (latest version unless asked)",
                        {**_json("200", "Kind", "kind"), **_errors(*READ_ERRORS)}, tags=["kinds"],
                        params=[_path("name", KIND_NAME), _query("version", {"type": "integer", "minimum": 1})]),
+        },
+        "/v1/search": {
+            "post": _op("searchRecords", "Search the records this node holds: full text, filters, facets, "
+                        "sorting and pages",
+                        {**_json("200", "SearchResult", "the matching records, best first or in sort order"),
+                         **_errors("400", "401", "403", "413", "422", "429", "503")},
+                        tags=["search"], body=_body("SearchQuery"),
+                        description="The query language is one JSON object (SearchQuery; GET /v1/search/fields "
+                                    "lists the fields a filter, sort or facet may use). A malformed part is "
+                                    "refused with 422 and its JSON pointer in details[0].path. The index follows "
+                                    "the changefeed within a fraction of a second of each commit: "
+                                    "indexed_through says how far it got. A token limited to one registry "
+                                    "searches that registry only (403 if the query names another). 503: the node "
+                                    "was started with --no-search, or its index is still opening."),
+        },
+        "/v1/search/fields": {
+            "get": _op("searchFields", "The fields a search query may filter, sort and facet by, with their types "
+                       "and operators",
+                       {**_json("200", "SearchFields", "the fields"), **_errors("401", "429")}, tags=["search"]),
+        },
+        "/v1/index": {
+            "get": _op("indexStatus", "How far the search index has followed the changefeed",
+                       {**_json("200", "IndexStatus", "its state"), **_errors("401", "429", "503")},
+                       tags=["search"], description="503: the node was started with --no-search."),
+        },
+        "/v1/index/rebuild": {
+            "post": _op("rebuildIndex", "Index the whole changefeed again (admin)",
+                        {**_json("200", "IndexRebuild", "rebuilt"), **_errors("401", "403", "429", "503")},
+                        tags=["search"],
+                        description="A repair: the index is emptied and every record indexed again from the "
+                                    "feed; the answer comes when it is done. Searches meanwhile see a partial "
+                                    "index. 503: the node was started with --no-search."),
         },
         "/v1/tokens": {
             "get": _op("listTokens", "Every token (never their secrets) (admin)",

@@ -54,6 +54,11 @@ syncs run in trio). Reads of a followed copy do not cross: a ``Mirror`` is
 an LMDB store like the node's own, read from any thread (``Api.followed``
 hands it to the loop), and the list of follows reads each copy's status and
 record count on an executor thread.
+
+Search does not cross either: the node's ``SearchService`` (search/service.py)
+answers from any thread (a tantivy searcher and LMDB reads), so the search
+and index routes call it on an executor thread (``Api.search`` hands it to
+the loop); its own trio task keeps the index caught up with the feed.
 """
 
 from __future__ import annotations
@@ -175,6 +180,7 @@ class Bridge:
                              resolve=self._resolve_from_loop, read_remote=self._read_remote_from_loop,
                              follow=self._follow_from_loop, unfollow=self._unfollow_from_loop,
                              follows=self._follows, followed=self._followed,
+                             search=lambda: node.component("search"),
                              max_body=self.config.max_body, idempotency_ttl_ms=self.config.idempotency_ttl_ms,
                              max_streams=self.config.max_streams)
         thread = threading.Thread(target=self._thread_main, args=(api,), name="rgrid-bridge", daemon=True)
