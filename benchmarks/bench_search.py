@@ -17,10 +17,17 @@ prices drawn from a fixed vocabulary:
   - SQLite FTS5 (stdlib sqlite3) BM25 top 10 of the same words over the
     same names and descriptions: the engine we measured against tantivy.
 
+  - semantic (the semantic extra): the embeddings' build rate, and
+    semantic and hybrid top-10 latency over the same records;
+  - quality: a labelled query set over a separate generated corpus whose
+    records are about two topics each, described in one vocabulary, and
+    queries that ask for two topics mostly in another (synonyms): nDCG@10
+    and recall@10 of text, semantic and hybrid ranking.
+
     python -m benchmarks.bench_search [--records 100000] [--queries 200] [--json]
 
 Goals (issue 18): build at least the ingest rate; at 100k records full-text
-p50 < 5 ms (hybrid top-10 p50 < 15 ms once semantic search lands).
+p50 < 5 ms and hybrid top-10 p50 < 15 ms.
 """
 
 from __future__ import annotations
@@ -51,6 +58,19 @@ REGIONS = ["eu-west", "eu-north", "us-east", "us-west", "ap-south", "ap-east"]
 INGEST_RATE = 5_000  # changes/s: the node's remote ingest by sync (README, bench_federation)
 TEXTS = [["summarize", "legal"], ["gpu", "cluster", "europe"], ["llama"], ["translate", "german", "contract"],
          ["code", "review"], ["speech", "english"], ["vision", "model", "fast"]]
+# Topics for the quality set: the words records use, and the words queries use (mostly synonyms).
+TOPICS = {
+    "summarization": (["summarize", "summary", "abstract", "condense"], ["digest", "shorten", "recap", "summarize"]),
+    "translation": (["translate", "translation", "localize", "multilingual"],
+                    ["interpreter", "languages", "translator", "translate"]),
+    "speech": (["speech", "transcribe", "voice", "spoken"], ["audio", "dictation", "talk", "speech"]),
+    "vision": (["image", "photo", "picture", "visual"], ["camera", "vision", "pictures", "image"]),
+    "legal": (["contract", "legal", "agreement", "clause"], ["law", "lawyer", "court", "contract"]),
+    "finance": (["invoice", "billing", "payment", "accounting"], ["money", "bank", "finance", "invoice"]),
+    "gpu": (["gpu", "accelerator", "cuda", "h100"], ["graphics", "compute", "nvidia", "gpu"]),
+    "medical": (["medical", "clinical", "patient", "diagnosis"], ["health", "doctor", "hospital", "medical"]),
+}
+FILLER = ["fast", "reliable", "service", "tool", "api", "hosted", "managed", "open", "new", "best"]
 FILTER = {"and": [{"field": "region", "in": ["eu-west", "eu-north"]}, {"field": "price", "lt": 0.5},
                   {"field": "tags", "eq": "gpu"}, {"not": {"field": "status", "eq": "down"}}]}
 
@@ -77,6 +97,55 @@ def fill(registry: LocalRegistry, n: int) -> None:
         for result in registry.execute(ops):
             if isinstance(result, Exception):
                 raise result
+
+
+def quality(root: Path, n: int = 4000, queries: int = 60) -> dict[str, dict[str, float]]:
+    """nDCG@10 and recall@10 of each mode over the labelled topical corpus."""
+    import math as m
+
+    rng = random.Random(7)
+    registry = LocalRegistry.open_path(root / "quality-store")
+    registry.register_kind("bench-tool", 1, KIND_SCHEMA, registry="bench.quality")
+    registry.create_registry("bench.quality", ["bench-tool"])
+    names = sorted(TOPICS)
+    topics_of: dict[str, tuple[str, str]] = {}
+    ops = []
+    for i in range(n):
+        pair = tuple(rng.sample(names, 2))
+        words = rng.choices(TOPICS[pair[0]][0], k=3) + rng.choices(TOPICS[pair[1]][0], k=3) + rng.choices(FILLER, k=4)
+        rng.shuffle(words)
+        topics_of[f"q{i}"] = pair  # type: ignore[assignment]
+        ops.append(Put("bench.quality", "bench-tool", {"name": f"tool-{i}", "description": " ".join(words)},
+                       record_id=f"q{i}"))
+    registry.execute(ops)
+    index = SearchIndex(root / "quality-index")
+    if not index.enable_semantic():
+        registry.close()
+        return {}
+    index.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    index.catch_up_vectors(registry)
+    asked = [tuple(rng.sample(names, 2)) for _ in range(queries)]
+    out: dict[str, dict[str, float]] = {}
+    for mode in ("text", "semantic", "hybrid"):
+        ndcg = recall = 0.0
+        for a, b in asked:
+            text = " ".join(rng.sample(TOPICS[a][1], 2) + rng.sample(TOPICS[b][1], 1))
+            found = index.search(q.parse_query({"text": text, "mode": mode, "limit": 10,
+                                                "weights": {"freshness": 0, "trust": 0}}))["hits"]
+
+            def grade(record_id: str, a: str = a, b: str = b) -> int:
+                return len({a, b} & set(topics_of[record_id]))
+
+            gains = [2 ** grade(h.id) - 1 for h in found]
+            dcg = sum(g / m.log2(i + 2) for i, g in enumerate(gains))
+            ideal = sorted((2 ** grade(r) - 1 for r in topics_of), reverse=True)[:10]
+            idcg = sum(g / m.log2(i + 2) for i, g in enumerate(ideal))
+            ndcg += dcg / idcg if idcg else 0.0
+            both = sum(1 for r in topics_of if grade(r) == 2)
+            recall += sum(1 for h in found if grade(h.id) == 2) / min(10, both) if both else 0.0
+        out[mode] = {"ndcg@10": ndcg / len(asked), "recall@10": recall / len(asked)}
+    registry.close()
+    return out
 
 
 def pct(samples: list[float]) -> tuple[float, float]:
@@ -122,6 +191,18 @@ def main() -> None:
             {"text": " ".join(TEXTS[i % len(TEXTS)]), "limit": 10,
              "boosts": [{"filter": {"field": "region", "eq": "eu-west"}, "factor": 1.5}]})), args.queries)
 
+        if index.enable_semantic():
+            started = time.perf_counter()
+            index.catch_up_vectors(registry)
+            out["vectors_records_per_s"] = args.records / (time.perf_counter() - started)
+            out["semantic_ms"] = timed(lambda i: index.search(q.parse_query(
+                {"text": " ".join(TEXTS[i % len(TEXTS)]) + f" {i}", "mode": "semantic", "limit": 10})),
+                args.queries)
+            out["hybrid_ms"] = timed(lambda i: index.search(q.parse_query(
+                {"text": " ".join(TEXTS[i % len(TEXTS)]) + f" {i}", "mode": "hybrid", "limit": 10})),
+                args.queries)
+        out["quality"] = quality(root)
+
         docs = [normalize(r, org_verified=lambda org: True, local_org=None)
                 for name in KINDS for r in registry.iter_all(name)]
         node = q.parse_query({"filter": FILTER}).filter
@@ -160,6 +241,16 @@ def main() -> None:
         print(f"  {label:<62} p50 {p50:8.2f} ms   p99 {p99:8.2f} ms")
     print(f"  full text is {out['brute_text_ms'][0] / out['text_ms'][0]:,.0f}x the brute-force scan and "
           f"{out['fts5_ms'][0] / out['text_ms'][0]:.1f}x FTS5 at p50")
+    if "hybrid_ms" in out:
+        print(f"  embeddings build: {out['vectors_records_per_s']:,.0f} records/s (behind the text index, never in "
+              "its way)")
+        for label, key in (("semantic top 10", "semantic_ms"), ("hybrid top 10 (BM25 + vectors, fused)", "hybrid_ms")):
+            p50, p99 = out[key]
+            print(f"  {label:<62} p50 {p50:8.2f} ms   p99 {p99:8.2f} ms")
+    else:
+        print("  semantic: not measured (pip install 'registrygrid[semantic]')")
+    for mode, figures in out["quality"].items():
+        print(f"  quality, {mode:<8} nDCG@10 {figures['ndcg@10']:.3f}   recall@10 {figures['recall@10']:.3f}")
 
 
 if __name__ == "__main__":

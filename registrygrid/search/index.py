@@ -41,7 +41,7 @@ from typing import Any
 
 import tantivy
 
-from registrygrid.errors import RegistryError, ValidationError
+from registrygrid.errors import FeatureUnavailable, RegistryError, ValidationError
 from registrygrid.search import query as q
 from registrygrid.search.fields import normalize
 
@@ -59,6 +59,9 @@ WRITER_HEAP = 64 * 2**20
 FRESHNESS_HALF_LIFE_DAYS = 30.0
 _KEYWORDS = ("registry", "id", "kind", "owner", "name", "category", "region", "status")
 _WORD = re.compile(r'"([^"]*)"|(\S+)')
+# Reciprocal rank fusion's constant (Cormack et al. 2009): ranks past the
+# first few count for little, and neither ranking's scale matters.
+RRF_K = 60
 
 
 def doc_key(registry: str, record_id: str) -> str:
@@ -100,7 +103,7 @@ class Hit:
     key: str
     registry: str
     id: str
-    bm25: float
+    relevance: float  # BM25, cosine similarity, or the fused reciprocal rank (by the query's mode)
     updated_at: int
     verified: bool
     reputation: float | None
@@ -108,15 +111,17 @@ class Hit:
     kid: int
     score: float = 0.0
     components: dict[str, float] | None = None
+    signals: dict[str, float] | None = None  # what the relevance was made of, for explain
 
 
 class SearchIndex:
     """The tantivy index of one node's store and the feed cursor it reached."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
         self.schema = _schema()
         self._write_lock = threading.RLock()  # one writer: catch-up and rebuild take turns
+        self.vectors: Any = None  # a semantic.VectorIndex, when the semantic extra runs
         self._open()
 
     # ------------------------------------------------------------ lifecycle
@@ -141,6 +146,25 @@ class SearchIndex:
             os.fsync(out.fileno())
         os.replace(tmp, self.path / "search.json")
         self.cursor = cursor
+
+    # ------------------------------------------------------------ semantic (optional extra)
+
+    def enable_semantic(self) -> bool:
+        """Load the embedder and the vector index if the semantic extra is
+        installed (search/semantic.py); whether it is."""
+        from registrygrid.search import semantic
+
+        if not semantic.available():
+            return False
+        self.vectors = semantic.VectorIndex(self.path / "vectors", semantic.Embedder(self.path / "model"))
+        return True
+
+    def catch_up_vectors(self, registry: Any, *, limit: int | None = None) -> int:
+        """Embed what the feed touched since the vectors' own cursor (it lags
+        the text index's; semantic queries see what it has reached)."""
+        if self.vectors is None:
+            return 0
+        return int(self.vectors.catch_up(registry, kid_of=kid_of, key_of=doc_key, skip=NOT_INDEXED, limit=limit))
 
     # ------------------------------------------------------------ writing
 
@@ -186,7 +210,11 @@ class SearchIndex:
             writer.commit()
             writer.wait_merging_threads()
             self._save_cursor(0)
-            return self.catch_up(registry, org_verified=org_verified, local_org=local_org, progress=progress)
+            if self.vectors is not None:
+                self.vectors.reset()
+            events = self.catch_up(registry, org_verified=org_verified, local_org=local_org, progress=progress)
+            self.catch_up_vectors(registry)
+            return events
 
     def _apply(self, keys: Iterable[str], docs: list[dict[str, Any]]) -> None:
         writer = self.index.writer(WRITER_HEAP, 1)
@@ -229,17 +257,23 @@ class SearchIndex:
         searcher = self.index.searcher()
         base = self._base(query, registries)
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        if query.mode != "text" and self.vectors is None:
+            from registrygrid.search.semantic import EXTRA_HINT
+
+            raise FeatureUnavailable(EXTRA_HINT)
         if query.sort.field == "relevance":
-            hits, next_cursor = self._by_relevance(searcher, query, base, now_ms)
+            hits, next_cursor = self._by_relevance(searcher, query, base, now_ms, registries)
         else:
             hits, next_cursor = self._by_field(searcher, query, base)
         total = searcher.search(base, 1, count=True).count
         facets = self._facets(searcher, query, base) if query.facets else {}
         return {"hits": hits, "total": total, "facets": facets, "next_cursor": next_cursor}
 
-    def _base(self, query: q.Query, registries: tuple[str, ...] | None) -> tantivy.Query:
+    def _base(self, query: q.Query, registries: tuple[str, ...] | None, *, text: bool = True) -> tantivy.Query:
+        """The query's text (unless ``text`` is false, or it is matched by
+        meaning alone), filter and registries as one tantivy query."""
         must: list[tuple[tantivy.Occur, tantivy.Query]] = []
-        if query.text is not None:
+        if text and query.text is not None and query.mode != "semantic":
             must.append((tantivy.Occur.Must, self._text(query.text)))
         if query.filter is not None:
             must.append((tantivy.Occur.Must, self.compile(query.filter)))
@@ -249,7 +283,7 @@ class SearchIndex:
                 must.append((tantivy.Occur.Must, tantivy.Query.term_set_query(self.schema, "registry", list(scope))))
         if not must:
             return tantivy.Query.all_query()
-        if query.text is None:  # filters alone: every match scores alike
+        if not text or query.text is None or query.mode == "semantic":  # filters alone: every match scores alike
             return tantivy.Query.const_score_query(tantivy.Query.boolean_query(must), 1.0)
         return tantivy.Query.boolean_query(must)
 
@@ -315,18 +349,25 @@ class SearchIndex:
 
     # ------------------------------------------------------------ orders
 
-    def _by_relevance(self, searcher: Any, query: q.Query, base: tantivy.Query,
-                      now_ms: int) -> tuple[list[Hit], str | None]:
+    def _by_relevance(self, searcher: Any, query: q.Query, base: tantivy.Query, now_ms: int,
+                      registries: tuple[str, ...] | None) -> tuple[list[Hit], str | None]:
         start = 0
         if query.cursor is not None:
             start = int(q.decode_cursor(query.cursor, query.sort).value)
-        # Freshness, trust and boosts can lift a hit from below the page: rerank
-        # a window of 100 or more; text alone ranks as BM25 does, so the page is enough.
-        reranked = query.weights.freshness > 0 or query.weights.trust > 0 or bool(query.boosts)
-        # One more than the page says whether a next page exists.
+        # Freshness, trust, boosts and fusion can lift a hit from below the
+        # page: rerank a window of 100 or more; BM25 alone ranks as tantivy
+        # does, so the page (and one more, to know a next page exists) is enough.
+        reranked = (query.weights.freshness > 0 or query.weights.trust > 0 or bool(query.boosts)
+                    or query.mode != "text")
         window = min(q.MAX_RELEVANCE_WINDOW, max(100 if reranked else 0, start + query.limit + 1))
-        found = searcher.search(base, window, count=False).hits
-        hits = [self._hit(searcher, address, score, None) for score, address in found]
+        hits: list[Hit] = []
+        if query.mode in ("text", "hybrid"):
+            for rank_no, (score, address) in enumerate(searcher.search(base, window, count=False).hits, 1):
+                hit = self._hit(searcher, address, score, None)
+                hit.signals = {"bm25": float(score), "bm25_rank": rank_no}
+                hits.append(hit)
+        if query.mode in ("semantic", "hybrid"):
+            hits = self._fuse(hits, self._nearest(searcher, query, registries, window), query.mode)
         boosts = [(self.compile(b.filter), b.factor) for b in query.boosts]
         boosted = self._boosted_keys(searcher, boosts, [h.key for h in hits])
         rank(hits, query.weights, now_ms, boosted)
@@ -335,6 +376,49 @@ class SearchIndex:
         more = start + query.limit < len(hits)
         cursor = q.encode_cursor(q.Cursor("relevance", start + query.limit, page[-1].key)) if page and more else None
         return page, cursor
+
+    def _nearest(self, searcher: Any, query: q.Query, registries: tuple[str, ...] | None,
+                 window: int) -> list[Hit]:
+        """The records nearest the query text by meaning that pass its filter
+        and registries, nearest first (asks the vector index for more than
+        the window, since a filter may drop some)."""
+        assert query.text is not None
+        nearest = self.vectors.search(query.text, min(4 * window, 4 * q.MAX_RELEVANCE_WINDOW))
+        if not nearest:
+            return []
+        similarity = dict(nearest)
+        allowed = _and(self._base(query, registries, text=False),
+                       tantivy.Query.term_set_query(self.schema, "kid", list(similarity)))
+        # Ordered by kid, a hit's order key is its kid (a fast field): the
+        # survivors are ranked by similarity before any document is loaded.
+        passed = [(int(kid), address) for kid, address in searcher.search(
+            allowed, len(similarity), count=False, order_by_field="kid", order=tantivy.Order.Asc).hits]
+        passed.sort(key=lambda pair: (-similarity[pair[0]], pair[0]))
+        found = []
+        for rank_no, (kid, address) in enumerate(passed[:window], 1):
+            hit = self._hit(searcher, address, 0.0, None)
+            hit.relevance = similarity[kid]
+            hit.signals = {"similarity": similarity[kid], "vector_rank": rank_no}
+            found.append(hit)
+        return found
+
+    @staticmethod
+    def _fuse(text_hits: list[Hit], vector_hits: list[Hit], mode: str) -> list[Hit]:
+        """Semantic: the vector hits. Hybrid: reciprocal rank fusion (k=60) of
+        the BM25 and vector rankings, each hit's relevance its fused score."""
+        if mode == "semantic":
+            return vector_hits
+        merged: dict[str, Hit] = {}
+        for hit in [*text_hits, *vector_hits]:
+            kept = merged.setdefault(hit.key, hit)
+            if kept is not hit:
+                kept.signals = {**(kept.signals or {}), **(hit.signals or {})}
+        for hit in merged.values():
+            signals = hit.signals or {}
+            rrf = sum(1.0 / (RRF_K + signals[name]) for name in ("bm25_rank", "vector_rank") if name in signals)
+            hit.relevance = rrf
+            hit.signals = {**signals, "rrf": rrf}
+        return list(merged.values())
 
     def _boosted_keys(self, searcher: Any, boosts: list[tuple[tantivy.Query, float]],
                       keys: list[str]) -> dict[str, float]:
@@ -465,17 +549,18 @@ def _json_safe(value: Any) -> Any:
 
 
 def rank(hits: list[Hit], weights: q.Weights, now_ms: int, boosted: Mapping[str, float]) -> None:
-    """Each hit's score: text (BM25 over the best of the window), freshness
-    (halves every ``FRESHNESS_HALF_LIFE_DAYS``) and trust (a verified owner
-    0.6, its reputation up to 0.4), weighted, times its boosts."""
-    best = max((h.bm25 for h in hits), default=0.0) or 1.0
+    """Each hit's score: its relevance (BM25, similarity or fused rank, over
+    the best of the window), freshness (halves every
+    ``FRESHNESS_HALF_LIFE_DAYS``) and trust (a verified owner 0.6, its
+    reputation up to 0.4), weighted, times its boosts."""
+    best = max((h.relevance for h in hits), default=0.0) or 1.0
     for h in hits:
         age_days = max(0.0, (now_ms - h.updated_at) / 86_400_000)
         freshness = 0.5 ** (age_days / FRESHNESS_HALF_LIFE_DAYS)
         reputation = min(1.0, max(0.0, h.reputation)) if h.reputation is not None else 0.0
         trust = (0.6 if h.verified else 0.0) + 0.4 * reputation
-        components = {"text": weights.text * h.bm25 / best, "freshness": weights.freshness * freshness,
+        components = {"text": weights.text * h.relevance / best, "freshness": weights.freshness * freshness,
                       "trust": weights.trust * trust}
         boost = boosted.get(h.key, 1.0)
         h.score = sum(components.values()) * boost
-        h.components = {**components, "bm25": h.bm25, "boost": boost}
+        h.components = {**components, **(h.signals or {}), "boost": boost}

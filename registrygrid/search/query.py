@@ -1,6 +1,7 @@
 """The search query language: one JSON object for the SDK, the CLI and HTTP.
 
     {"text": "summarize \"legal contracts\"",          # full text, BM25; quotes make a phrase
+     "mode": "hybrid",                                    # text (BM25, the default), semantic or hybrid
      "filter": {"and": [{"field": "kind", "eq": "function"},
                         {"field": "price", "lt": 0.01},
                         {"not": {"field": "region", "in": ["us-east", "us-west"]}},
@@ -147,9 +148,13 @@ class Boost:
     factor: float
 
 
+MODES = ("text", "semantic", "hybrid")
+
+
 @dataclass(frozen=True)
 class Query:
     text: str | None = None
+    mode: str = "text"  # how text is matched: BM25, embeddings (search/semantic.py), or both fused
     filter: Node | None = None
     registries: tuple[str, ...] = ()
     sort: SortKey = SortKey("relevance", True)
@@ -169,7 +174,8 @@ def parse_query(obj: Any) -> Query:
     """A Query from its JSON form; ValidationError naming the bad part."""
     if not isinstance(obj, Mapping):
         raise _error("", "a query is a JSON object")
-    known = {"text", "filter", "registries", "sort", "facets", "limit", "cursor", "weights", "boosts", "explain"}
+    known = {"text", "mode", "filter", "registries", "sort", "facets", "limit", "cursor", "weights", "boosts",
+             "explain"}
     for key in obj:
         if key not in known:
             raise _error(f"/{key}", f"unknown member; a query has {', '.join(sorted(known))}")
@@ -178,6 +184,11 @@ def parse_query(obj: Any) -> Query:
         if not isinstance(text, str) or len(text) > MAX_TEXT:
             raise _error("/text", f"a string of at most {MAX_TEXT} characters")
         text = text.strip() if re.search(r"\w", text) else None  # no word at all: no text to search for
+    mode = obj.get("mode", "text")
+    if mode not in MODES:
+        raise _error("/mode", f"one of {', '.join(MODES)}")
+    if mode != "text" and text is None:
+        raise _error("/mode", f"{mode} search needs text to search for")
     budget = [MAX_NODES]
     node = parse_filter(obj["filter"], "/filter", budget) if obj.get("filter") is not None else None
     registries = obj.get("registries", [])
@@ -206,8 +217,8 @@ def parse_query(obj: Any) -> Query:
     explain = obj.get("explain", False)
     if not isinstance(explain, bool):
         raise _error("/explain", "true or false")
-    return Query(text, node, tuple(registries), sort, tuple(dict.fromkeys(facets)), limit, cursor, weights, boosts,
-                 explain)
+    return Query(text, mode, node, tuple(registries), sort, tuple(dict.fromkeys(facets)), limit, cursor, weights,
+                 boosts, explain)
 
 
 def parse_filter(obj: Any, path: str, budget: list[int] | None = None) -> Node:

@@ -59,7 +59,8 @@ def answer(index: SearchIndex, registry: Any, body: Any, *, registries: tuple[st
             item["explain"] = {k: round(v, 6) for k, v in hit.components.items()}
         items.append(item)
     return {"items": items, "total": found["total"], "facets": found["facets"], "next_cursor": found["next_cursor"],
-            "indexed_through": indexed_through}
+            "indexed_through": indexed_through if query.mode == "text" else min(
+                indexed_through, index.vectors.cursor if index.vectors is not None else 0)}
 
 
 class SearchService:
@@ -75,6 +76,9 @@ class SearchService:
     async def run(self, node: Any, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         self.node = node
         self.index = await trio.to_thread.run_sync(SearchIndex, index_path(node.home.path))
+        semantic = await trio.to_thread.run_sync(self.index.enable_semantic)
+        log.info("search: index at %s, semantic search %s", self.index.path,
+                 "on" if semantic else "off (pip install 'registrygrid[semantic]')")
         task_status.started(self)  # serves at once; answers say how far the index got (indexed_through)
         await self._catch_up()
         seen = self.index.cursor
@@ -93,8 +97,10 @@ class SearchService:
     def _catch_up_sync(self, progress: Callable[[int, int], None] | None = None) -> int:
         assert self.index is not None
         engine = self.node.engine
-        return self.index.catch_up(self.node.registry, org_verified=verifier(engine), local_org=engine.owner,
-                                   progress=progress)
+        events = self.index.catch_up(self.node.registry, org_verified=verifier(engine), local_org=engine.owner,
+                                     progress=progress)
+        self.index.catch_up_vectors(self.node.registry)  # after the text: meaning may lag, words don't
+        return events
 
     # ---- what the bridge calls (any thread)
 
@@ -114,5 +120,7 @@ class SearchService:
     def status(self) -> dict[str, Any]:
         if self.index is None:
             return {"state": "opening"}
+        vectors = self.index.vectors
         return {"state": "ready", "documents": self.index.count(), "indexed_through": self.index.cursor,
-                "feed_head": self.node.feed.head}
+                "feed_head": self.node.feed.head, "semantic": vectors is not None,
+                "vectors_through": vectors.cursor if vectors is not None else None}

@@ -116,6 +116,9 @@ def _search_query_schema() -> dict[str, Any]:
         "text": {"type": ["string", "null"], "description": f"full text, at most {q.MAX_TEXT} characters: BM25 over "
                  "the name (x3), the description (x1.5) and every string of the record; \"quoted words\" form a "
                  "phrase; nothing in it is query syntax"},
+        "mode": {"type": "string", "description": "how text is matched: text (BM25, the default), semantic "
+                 "(embeddings: records near it in meaning) or hybrid (both, fused by reciprocal rank); semantic and "
+                 "hybrid need the semantic extra (501 without it)"},
         "filter": {"anyOf": [_ref("SearchFilter"), {"type": "null"}]},
         "registries": {"type": "array", "items": STRING, "description": "only these registries (default: every "
                        "registry the index holds; a token limited to one registry searches that one only)"},
@@ -337,8 +340,9 @@ SCHEMAS: dict[str, Any] = {
         "record": {**_ref("Record"), "description": "the record as the node's store holds it now"},
         "sort_value": {"type": "number", "description": "the value of the sort field (a sort other than relevance)"},
         "explain": {"type": "object", "additionalProperties": {"type": "number"},
-                    "description": "explain: true: the weighted components text, freshness and trust, the raw "
-                                   "bm25 and the boost factor"},
+                    "description": "explain: true: the weighted components text, freshness and trust, the "
+                                   "signals the text relevance came from (bm25 and bm25_rank; similarity and "
+                                   "vector_rank; rrf, their fusion) and the boost factor"},
     }, required=["registry", "id", "score", "record"]),
     "SearchResult": _obj({
         "items": {"type": "array", "items": _ref("SearchHit"), "description": "best first, or in sort order"},
@@ -365,6 +369,9 @@ SCHEMAS: dict[str, Any] = {
         "indexed_through": {**SEQ, "description": "the feed sequence the index has reached"},
         "feed_head": {**SEQ, "description": "the node's newest feed sequence (the index catches up within a "
                                             "fraction of a second of each commit)"},
+        "semantic": {"type": "boolean", "description": "semantic search runs (the semantic extra is installed)"},
+        "vectors_through": {"anyOf": [SEQ, {"type": "null"}],
+                            "description": "the feed sequence the embeddings have reached (they lag the text)"},
     }, required=["state"]),
     "IndexRebuild": _obj({
         "events": {**SEQ, "description": "feed events read"}, "documents": {**SEQ, "description": "records indexed"},
@@ -440,6 +447,8 @@ _ERROR_STATUSES = {
            "(resolve: a DHT record over its cap)",
     "422": "Well-formed but invalid (schema violation: details list every failing path)",
     "429": "Rate limited (see Retry-After)",
+    "501": "A capability of an optional extra this node was installed without (semantic search: "
+           "pip install 'registrygrid[semantic]')",
     "503": "The node is starting, stopping, or its audit ledger is behind (resolve: the node runs no DHT, or "
            "the lookup timed out; remote and follow: no provider gave a verifiable answer; search and index: the "
            "node keeps no search index (--no-search), or it is still opening)",
@@ -743,7 +752,7 @@ def _paths() -> dict[str, Any]:
             "post": _op("searchRecords", "Search the records this node holds: full text, filters, facets, "
                         "sorting and pages",
                         {**_json("200", "SearchResult", "the matching records, best first or in sort order"),
-                         **_errors("400", "401", "403", "413", "422", "429", "503")},
+                         **_errors("400", "401", "403", "413", "422", "429", "501", "503")},
                         tags=["search"], body=_body("SearchQuery"),
                         description="The query language is one JSON object (SearchQuery; GET /v1/search/fields "
                                     "lists the fields a filter, sort or facet may use). A malformed part is "
