@@ -30,7 +30,12 @@ from typing import Any
 import msgspec
 
 from registrygrid.errors import HomeLocked, NotInitialized, ValidationError
-from registrygrid.identity.delegation import Delegation, decode_delegation, sign_delegation, verify_delegation
+from registrygrid.identity.delegation import (
+    Delegation,
+    decode_delegation,
+    sign_delegation,
+    verify_delegation,
+)
 from registrygrid.identity.keys import KeyPair
 from registrygrid.trust.federation import (
     Genesis,
@@ -49,6 +54,18 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "federation": "default",
     "bridge": {"host": "127.0.0.1", "port": 8700},
 }
+
+
+def write_json_durably(path: Path, data: Any) -> None:
+    """``path`` holds ``data`` as JSON whole or not at all, synced to disk
+    (a temporary file beside it, fsync, rename): state files whose loss or
+    tearing a crash must not cause (index cursors, follow state)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as out:
+        out.write(json.dumps(data) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
 
 
 def default_home() -> Path:

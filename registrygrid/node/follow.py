@@ -52,6 +52,7 @@ from registrygrid.errors import (
     Unavailable,
     ValidationError,
 )
+from registrygrid.home import write_json_durably
 from registrygrid.identity.keys import KeyPair
 from registrygrid.node.remote_read import check_descriptor, fetch_into, not_yet_served
 from registrygrid.protocol import names
@@ -277,12 +278,8 @@ class Follows:
         """Move a verified scratch store into place, its state file durable
         first; a stale directory of that name (a copy a crash half deleted,
         or one whose state file did not read) is replaced."""
-        state = incoming / _STATE_FILE
-        with state.open("w") as out:
-            out.write(json.dumps({"registry": status.registry, "owner": status.owner,
-                                  "followed_at": status.followed_at}) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+        write_json_durably(incoming / _STATE_FILE, {"registry": status.registry, "owner": status.owner,
+                                                      "followed_at": status.followed_at})
         final = self.root / status.registry
         if final.exists():
             shutil.rmtree(final)

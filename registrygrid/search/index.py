@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import threading
@@ -42,6 +41,7 @@ from typing import Any
 import tantivy
 
 from registrygrid.errors import FeatureUnavailable, RegistryError, ValidationError
+from registrygrid.home import write_json_durably
 from registrygrid.search import query as q
 from registrygrid.search.fields import normalize
 
@@ -139,12 +139,7 @@ class SearchIndex:
         self._save_cursor(self.cursor)
 
     def _save_cursor(self, cursor: int) -> None:
-        tmp = self.path / "search.json.tmp"
-        with tmp.open("w") as out:
-            out.write(json.dumps({"version": INDEX_VERSION, "cursor": cursor}) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path / "search.json")
+        write_json_durably(self.path / "search.json", {"version": INDEX_VERSION, "cursor": cursor})
         self.cursor = cursor
 
     # ------------------------------------------------------------ semantic (optional extra)

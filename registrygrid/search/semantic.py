@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from registrygrid.errors import FeatureUnavailable, RegistryError
+from registrygrid.home import write_json_durably
 from registrygrid.search.fields import normalize
 
 EXTRA_HINT = "semantic search needs the optional extra: pip install 'registrygrid[semantic]'"
@@ -114,12 +115,7 @@ class VectorIndex:
         tmp = self.path / "vectors.usearch.tmp"
         self.index.save(str(tmp))
         os.replace(tmp, self.path / "vectors.usearch")
-        meta_tmp = self.path / "vectors.json.tmp"
-        with meta_tmp.open("w") as out:
-            out.write(json.dumps({"version": VECTORS_VERSION, "cursor": cursor}) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(meta_tmp, self.path / "vectors.json")
+        write_json_durably(self.path / "vectors.json", {"version": VECTORS_VERSION, "cursor": cursor})
         self.cursor = cursor
 
     def catch_up(self, registry: Any, *, kid_of: Callable[[str], int], key_of: Callable[[str, str], str],
