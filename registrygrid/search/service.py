@@ -80,27 +80,33 @@ class SearchService:
         log.info("search: index at %s, semantic search %s", self.index.path,
                  "on" if semantic else "off (pip install 'registrygrid[semantic]')")
         task_status.started(self)  # serves at once; answers say how far the index got (indexed_through)
-        await self._catch_up()
-        seen = self.index.cursor
-        while True:
-            seen = await node.feed.wait_beyond(max(seen, self.index.cursor))
-            await trio.sleep(DEBOUNCE_S)
-            await self._catch_up()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_feed, self._catch_up_sync, lambda: self.index.cursor, "indexing")
+            if semantic:  # on a thread of its own: embedding is slower than indexing and must not hold it back
+                nursery.start_soon(self._follow_feed, self._embed_sync, lambda: self.index.vectors.cursor,
+                                   "embedding")
 
-    async def _catch_up(self) -> None:
+    async def _follow_feed(self, work: Callable[[], int], reached: Callable[[], int], what: str) -> None:
+        """Run ``work`` (a blocking catch-up) on a worker thread now and then
+        within ``DEBOUNCE_S`` of every commit past what it ``reached``."""
+        seen = 0
+        while True:
+            try:
+                await trio.to_thread.run_sync(work)
+            except RegistryError as exc:  # a store error: the next commit retries
+                log.warning("search: %s stopped at %d: %s", what, reached(), exc.message)
+            seen = await self.node.feed.wait_beyond(max(seen, reached()))
+            await trio.sleep(DEBOUNCE_S)
+
+    def _embed_sync(self) -> int:
         assert self.index is not None
-        try:
-            await trio.to_thread.run_sync(self._catch_up_sync)
-        except RegistryError as exc:  # a store error: the next commit retries
-            log.warning("search: indexing stopped at %d: %s", self.index.cursor, exc.message)
+        return self.index.catch_up_vectors(self.node.registry)
 
     def _catch_up_sync(self, progress: Callable[[int, int], None] | None = None) -> int:
         assert self.index is not None
         engine = self.node.engine
-        events = self.index.catch_up(self.node.registry, org_verified=verifier(engine), local_org=engine.owner,
-                                     progress=progress)
-        self.index.catch_up_vectors(self.node.registry)  # after the text: meaning may lag, words don't
-        return events
+        return self.index.catch_up(self.node.registry, org_verified=verifier(engine), local_org=engine.owner,
+                                   progress=progress)
 
     # ---- what the bridge calls (any thread)
 
