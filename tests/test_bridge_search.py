@@ -38,8 +38,9 @@ from registrygrid.home import Home
 from registrygrid.node.bridge import Bridge, BridgeConfig
 from registrygrid.node.bridge.openapi import build_spec, schema_validator
 from registrygrid.node.node import Node
+from registrygrid.node.search import SearchService
 from registrygrid.sdk import LocalRegistry
-from registrygrid.search.service import SearchService, index_path
+from registrygrid.search.service import index_path
 
 pytest_plugins = ("test_bridge_support",)
 

@@ -12,7 +12,7 @@ import trio
 from registrygrid.engine.ops import Delete, Put, Update
 from registrygrid.home import Home
 from registrygrid.node.node import Node
-from registrygrid.search.service import SearchService
+from registrygrid.node.search import SearchService
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -31,7 +31,7 @@ def build_components(home: Home, options: dict[str, Any]) -> list[Any]:
         check_listen_addrs(options.get("listen") or (), source="--listen")
         check_peer_addrs(options.get("bootstrap") or (), source="--bootstrap")
     if options.get("search", True):
-        from registrygrid.search.service import SearchService
+        from registrygrid.node.search import SearchService
 
         components.append(SearchService())  # first: the bridge finds it running
     if options.get("bridge", True):

@@ -288,7 +288,7 @@ class Api:
     unfollow: Callable[[str], Awaitable[dict[str, Any]]]
     follows: Callable[[], list[dict[str, Any]]]
     followed: Callable[[str], Any]
-    # The node's search component (search/service.py SearchService), or None
+    # The node's search component (node/search.py SearchService), or None
     # when it runs without one (--no-search). Its methods are thread-safe and
     # block (tantivy, LMDB reads), so handlers call them on an executor thread.
     search: Callable[[], Any]

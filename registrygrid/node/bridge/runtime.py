@@ -55,7 +55,7 @@ an LMDB store like the node's own, read from any thread (``Api.followed``
 hands it to the loop), and the list of follows reads each copy's status and
 record count on an executor thread.
 
-Search does not cross either: the node's ``SearchService`` (search/service.py)
+Search does not cross either: the node's ``SearchService`` (node/search.py)
 answers from any thread (a tantivy searcher and LMDB reads), so the search
 and index routes call it on an executor thread (``Api.search`` hands it to
 the loop); its own trio task keeps the index caught up with the feed.

@@ -1,0 +1,92 @@
+"""The node's search component ``search``: it opens ``HOME/index`` (search/),
+keeps the text index and, with the semantic extra, the embeddings caught
+up with the changefeed, each on a worker thread of its own, within
+``DEBOUNCE_S`` of each commit and never in a commit's way (a write never
+waits for indexing); the bridge asks it (search/service.py ``answer``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from registrygrid.errors import RegistryError, Unavailable
+from registrygrid.search.index import SearchIndex
+from registrygrid.search.service import answer, index_path, verifier
+
+log = logging.getLogger(__name__)
+
+# A burst of commits is indexed in one pass.
+DEBOUNCE_S = 0.2
+
+
+class SearchService:
+    """The node component ``search``."""
+
+    name = "search"
+
+    def __init__(self) -> None:
+        self.index: SearchIndex | None = None
+        self.node: Any = None
+        self._wake = trio.Event()
+
+    async def run(self, node: Any, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        self.node = node
+        self.index = await trio.to_thread.run_sync(SearchIndex, index_path(node.home.path))
+        semantic = await trio.to_thread.run_sync(self.index.enable_semantic)
+        log.info("search: index at %s, semantic search %s", self.index.path,
+                 "on" if semantic else "off (pip install 'registrygrid[semantic]')")
+        task_status.started(self)  # serves at once; answers say how far the index got (indexed_through)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_feed, self._catch_up_sync, lambda: self.index.cursor, "indexing")
+            if semantic:  # on a thread of its own: embedding is slower than indexing and must not hold it back
+                nursery.start_soon(self._follow_feed, self._embed_sync, lambda: self.index.vectors.cursor,
+                                   "embedding")
+
+    async def _follow_feed(self, work: Callable[[], int], reached: Callable[[], int], what: str) -> None:
+        """Run ``work`` (a blocking catch-up) on a worker thread now and then
+        within ``DEBOUNCE_S`` of every commit past what it ``reached``."""
+        seen = 0
+        while True:
+            try:
+                await trio.to_thread.run_sync(work)
+            except RegistryError as exc:  # a store error: the next commit retries
+                log.warning("search: %s stopped at %d: %s", what, reached(), exc.message)
+            seen = await self.node.feed.wait_beyond(max(seen, reached()))
+            await trio.sleep(DEBOUNCE_S)
+
+    def _embed_sync(self) -> int:
+        assert self.index is not None
+        return self.index.catch_up_vectors(self.node.registry)
+
+    def _catch_up_sync(self, progress: Callable[[int, int], None] | None = None) -> int:
+        assert self.index is not None
+        engine = self.node.engine
+        return self.index.catch_up(self.node.registry, org_verified=verifier(engine), local_org=engine.owner,
+                                   progress=progress)
+
+    # ---- what the bridge calls (any thread)
+
+    def search(self, body: Any, registries: tuple[str, ...] | None = None) -> dict[str, Any]:
+        if self.index is None:
+            raise Unavailable("the search index is still opening")
+        return answer(self.index, self.node.registry, body, registries=registries)
+
+    def rebuild(self) -> dict[str, Any]:
+        """Index the whole feed again (an admin's repair; the node keeps serving)."""
+        if self.index is None:
+            raise Unavailable("the search index is still opening")
+        engine = self.node.engine
+        events = self.index.rebuild(self.node.registry, org_verified=verifier(engine), local_org=engine.owner)
+        return {"events": events, "documents": self.index.count(), "indexed_through": self.index.cursor}
+
+    def status(self) -> dict[str, Any]:
+        if self.index is None:
+            return {"state": "opening"}
+        vectors = self.index.vectors
+        return {"state": "ready", "documents": self.index.count(), "indexed_through": self.index.cursor,
+                "feed_head": self.node.feed.head, "semantic": vectors is not None,
+                "vectors_through": vectors.cursor if vectors is not None else None}
