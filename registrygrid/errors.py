@@ -65,6 +65,14 @@ class MalformedInput(ValidationError):
     http_status = 400
 
 
+class Unverifiable(ValidationError):
+    """A record another node sent does not verify here: a change's signature
+    or form, a signer without standing, or a history this node cannot
+    judge alone (an unknown registry, a fork); search/proof.py."""
+
+    code = "unverifiable"
+
+
 class TooLarge(ValidationError):
     code = "too_large"
     http_status = 413

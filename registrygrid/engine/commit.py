@@ -119,22 +119,7 @@ class Committing(EngineCore):
 
     def _materialized(self, state: dict[str, Any], env: Envelope | Draft, old: dict[str, Any] | None,
                       conflicts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        body = env.body
-        created = state.get("created") if isinstance(state.get("created"), dict) else {}
-        latest = (tuple(body.hlc), env.id)
-        if old is not None and (tuple(old["updated_hlc"]), old["change_id"]) > latest:
-            updated_hlc, updated_by, change_id = old["updated_hlc"], old["updated_by"], old["change_id"]
-        else:
-            updated_hlc, updated_by, change_id = list(body.hlc), body.author, env.id
-        # The record's one shape (registrygrid/record.py), as the dict that
-        # storage, the SDK and the bridge read.
-        return msgspec.structs.asdict(Record(
-            registry=body.registry, id=body.record, kind=state.get("kind"), schema=state.get("schema"),
-            owner=state.get("owner"), tags=state["tags"], links=state["links"], fields=state["fields"],
-            deleted=bool(state["deleted"]), created_at=created.get("at"), created_by=created.get("by"),
-            updated_at=updated_hlc[0], updated_hlc=updated_hlc, updated_by=updated_by, change_id=change_id,
-            revision=(old["revision"] if old else 0) + 1, conflicts=conflicts or [],
-        ))
+        return materialized(state, env, old, conflicts)
 
     def _feed_event(self, txn: Txn, batch: Batch, env: Envelope, registry: str, record_id: str,
                     event: str, origin: str, *, kind: str | None = None, history: bool = True) -> None:
@@ -146,3 +131,25 @@ class Committing(EngineCore):
         if history:
             records.add_history(self.store, txn, registry, record_id, seq, env.cid)
         batch.committed.feed_seqs.append(seq)
+
+
+def materialized(state: dict[str, Any], env: Envelope | Draft, old: dict[str, Any] | None,
+                 conflicts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The record, as stored and read, after ``env`` made the document's
+    state ``state`` (``old``: the record before it, or None)."""
+    body = env.body
+    created = state.get("created") if isinstance(state.get("created"), dict) else {}
+    latest = (tuple(body.hlc), env.id)
+    if old is not None and (tuple(old["updated_hlc"]), old["change_id"]) > latest:
+        updated_hlc, updated_by, change_id = old["updated_hlc"], old["updated_by"], old["change_id"]
+    else:
+        updated_hlc, updated_by, change_id = list(body.hlc), body.author, env.id
+    # The record's one shape (registrygrid/record.py), as the dict that
+    # storage, the SDK and the bridge read.
+    return msgspec.structs.asdict(Record(
+        registry=body.registry, id=body.record, kind=state.get("kind"), schema=state.get("schema"),
+        owner=state.get("owner"), tags=state["tags"], links=state["links"], fields=state["fields"],
+        deleted=bool(state["deleted"]), created_at=created.get("at"), created_by=created.get("by"),
+        updated_at=updated_hlc[0], updated_hlc=updated_hlc, updated_by=updated_by, change_id=change_id,
+        revision=(old["revision"] if old else 0) + 1, conflicts=conflicts or [],
+    ))

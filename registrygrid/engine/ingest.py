@@ -50,6 +50,7 @@ from registrygrid.errors import (
 from registrygrid.identity.keys import public_key_from_did
 from registrygrid.protocol import limits
 from registrygrid.protocol.envelope import (
+    ChangeBody,
     Envelope,
     cid_to_str,
     open_envelope,
@@ -192,16 +193,7 @@ class RemoteIngest(EngineCore):
         return IngestResult("applied", env.id, seq)
 
     def _check_automerge_header(self, env: Envelope) -> None:
-        """What the envelope says of its Automerge change must be what the
-        change's own bytes say, checked before any document is loaded."""
-        body = env.body
-        header = read_header(body.payload)
-        if header.hash != body.change_hash:
-            raise MalformedInput("the envelope's payload is not the change its change_hash names")
-        if header.actor != actor_for(public_key_from_did(body.author)):
-            raise PolicyDenied("the Automerge change was made under another author's actor id")
-        if sorted(header.deps) != sorted(body.deps):
-            raise MalformedInput("the envelope's deps differ from its change's deps")
+        check_automerge_header(env.body)
 
     def _remote_verdict(self, env: Envelope, desc: regs.RegistryDescriptor, old: dict[str, Any] | None,
                         state: dict[str, Any], statement: Statement | None) -> Verdict:
@@ -341,3 +333,15 @@ class RemoteIngest(EngineCore):
             if other is not None:
                 pending.keep_evidence(self.store, txn, body.registry, body.author, other.body.seq, other_cid,
                                       other.wire)
+
+
+def check_automerge_header(body: ChangeBody) -> None:
+    """What an envelope says of its Automerge change must be what the
+    change's own bytes say, checked before any document is loaded."""
+    header = read_header(body.payload)
+    if header.hash != body.change_hash:
+        raise MalformedInput("the envelope's payload is not the change its change_hash names")
+    if header.actor != actor_for(public_key_from_did(body.author)):
+        raise PolicyDenied("the Automerge change was made under another author's actor id")
+    if sorted(header.deps) != sorted(body.deps):
+        raise MalformedInput("the envelope's deps differ from its change's deps")

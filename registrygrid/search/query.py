@@ -13,7 +13,8 @@
      "limit": 20, "cursor": "...",                        # pages: next_cursor of the previous answer
      "weights": {"text": 1, "freshness": 0.2, "trust": 0.3},
      "boosts": [{"filter": {"field": "owner", "eq": "did:key:..."}, "factor": 2}],
-     "explain": true}
+     "explain": true,
+     "federated": {"deadline_ms": 2000}}                 # also ask peers (node/federated_search.py)
 
 A filter is a tree: ``and``/``or`` (non-empty lists), ``not`` (one node),
 or a comparison ``{"field": F, OP: VALUE}`` with exactly one operator:
@@ -149,6 +150,19 @@ class Boost:
 
 
 MODES = ("text", "semantic", "hybrid")
+# How long a federated query waits for peers by default, and at most: an
+# answer on loopback or a LAN takes milliseconds, across the world ~300 ms;
+# a peer slower than the deadline is reported, not waited for.
+DEFAULT_DEADLINE_MS = 2000
+MAX_DEADLINE_MS = 10_000
+
+
+@dataclass(frozen=True)
+class Federated:
+    """Ask the federation's peers (and the providers of followed registries)
+    too, waiting at most ``deadline_ms`` for their answers."""
+
+    deadline_ms: int = DEFAULT_DEADLINE_MS
 
 
 @dataclass(frozen=True)
@@ -164,6 +178,7 @@ class Query:
     weights: Weights = field(default_factory=Weights)
     boosts: tuple[Boost, ...] = ()
     explain: bool = False
+    federated: Federated | None = None
 
 
 def _error(path: str, message: str) -> ValidationError:
@@ -175,7 +190,7 @@ def parse_query(obj: Any) -> Query:
     if not isinstance(obj, Mapping):
         raise _error("", "a query is a JSON object")
     known = {"text", "mode", "filter", "registries", "sort", "facets", "limit", "cursor", "weights", "boosts",
-             "explain"}
+             "explain", "federated"}
     for key in obj:
         if key not in known:
             raise _error(f"/{key}", f"unknown member; a query has {', '.join(sorted(known))}")
@@ -217,8 +232,25 @@ def parse_query(obj: Any) -> Query:
     explain = obj.get("explain", False)
     if not isinstance(explain, bool):
         raise _error("/explain", "true or false")
+    federated = _parse_federated(obj.get("federated"))
+    if federated is not None and cursor is not None:
+        raise _error("/cursor", "a federated answer is one page (its sources' pages do not line up): raise limit "
+                                "or narrow the query")
     return Query(text, mode, node, tuple(registries), sort, tuple(dict.fromkeys(facets)), limit, cursor, weights,
-                 boosts, explain)
+                 boosts, explain, federated)
+
+
+def _parse_federated(given: Any) -> Federated | None:
+    if given is None or given is False:
+        return None
+    if given is True:
+        return Federated()
+    if not isinstance(given, Mapping) or set(given) - {"deadline_ms"}:
+        raise _error("/federated", "true, false, or {\"deadline_ms\": N}")
+    deadline = given.get("deadline_ms", DEFAULT_DEADLINE_MS)
+    if not isinstance(deadline, int) or isinstance(deadline, bool) or not 1 <= deadline <= MAX_DEADLINE_MS:
+        raise _error("/federated/deadline_ms", f"an integer from 1 to {MAX_DEADLINE_MS} (ms)")
+    return Federated(deadline)
 
 
 def parse_filter(obj: Any, path: str, budget: list[int] | None = None) -> Node:
