@@ -243,9 +243,12 @@ class BridgeClient:
     def search(self, query: Mapping[str, Any]) -> dict[str, Any]:
         """The node's answer to a query in the search language (search/query.py:
         text, filter, registries, sort, facets, limit, cursor, weights,
-        boosts, explain): {items: [{registry, id, score, record, sort_value?,
-        explain?}], total, facets, next_cursor, indexed_through}. Pass an
-        answer's next_cursor as the next query's cursor for the next page.
+        boosts, explain, federated): {items: [{registry, id, score, record,
+        sort_value?, explain?}], total, facets, next_cursor, indexed_through}.
+        Pass an answer's next_cursor as the next query's cursor for the next
+        page. A federated query (``"federated": true`` or ``{"deadline_ms":
+        N}``) also asks the node's peers: its items name their ``sources``
+        and the answer reports each source (``sources``); one page only.
         ValidationError names a malformed part (``details[0]["path"]``);
         Unavailable when the node was started with --no-search."""
         return self.request("POST", "/v1/search", body=dict(query))[2]  # type: ignore[no-any-return]
@@ -270,6 +273,36 @@ class BridgeClient:
         finally:
             self.close()
             self.timeout = kept
+
+    # ------------------------------------------------------------------ saved views (registrygrid/search/views.py)
+
+    def views(self) -> list[dict[str, Any]]:
+        """Every saved view the node holds: {name, title, owner, description,
+        query, materialized, members, truncated, through, error} each."""
+        return self._get("/v1/views")["views"]  # type: ignore[no-any-return]
+
+    def view(self, name: str, *, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        """A view and a page of its results: {view, items: [{registry, id,
+        sort_value, record}], total, next_cursor}."""
+        return self._get(f"/v1/views/{_seg(name)}", limit=limit, cursor=cursor)  # type: ignore[no-any-return]
+
+    def put_view(self, name: str, query: Mapping[str, Any], *, description: str = "",
+                 title: str | None = None) -> WriteResult:
+        """Create or replace view ``name`` (ValidationError names a bad part of
+        the query, under /query)."""
+        body: dict[str, Any] = {"query": dict(query)}
+        if description:
+            body["description"] = description
+        if title:
+            body["title"] = title
+        return _write_result(self.request("PUT", f"/v1/views/{_seg(name)}", body=body)[2])
+
+    def delete_view(self, name: str) -> WriteResult:
+        return _write_result(self.request("DELETE", f"/v1/views/{_seg(name)}")[2])
+
+    def view_events(self, name: str, *, after: str | None = None) -> dict[str, Any]:
+        """A materialized view's changes after an event id: {events, reset, last_id}."""
+        return self._get(f"/v1/views/{_seg(name)}/events", after=after)  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ registries and kinds
 

@@ -138,6 +138,14 @@ async def test_real_responses_validate_against_the_document(served: Served) -> N
                 # No search component either: 503 (tests/test_bridge_search.py has a node that searches).
                 await c.post("/v1/search", json={"text": "v"}), await c.get("/v1/search/fields"),
                 await c.get("/v1/index"), await c.post("/v1/index/rebuild"), await rc.post("/v1/index/rebuild"),
+                # Saved views: definitions are records (written and listed without a search index); their
+                # results and changes need one: 503 (tests/test_views.py has a node that keeps them).
+                await c.put("/v1/views/cheap", json={"query": {"filter": {"field": "price", "lt": 1}}}),
+                await c.put("/v1/views/cheap", json={"query": {"text": "gpu"}, "description": "d"}),
+                await c.put("/v1/views/cheap", json={"query": {"filter": {"field": "price", "lt": "x"}}}),
+                await rc.put("/v1/views/cheap", json={"query": {}}), await c.get("/v1/views"),
+                await c.get("/v1/views/cheap"), await c.get("/v1/views/cheap/events"),
+                await c.delete("/v1/views/cheap"),
                 await c.delete(f"{rec}/v1"),
             ]
             created = [r for r in responses if r.request.url.path == "/v1/tokens" and r.status_code == 201][0]
@@ -174,7 +182,8 @@ def test_fuzzing_every_operation_never_gets_a_server_error(case: Any, fuzz_targe
     # search component (tests/test_bridge_search.py fuzzes a node with one): its documented answer is 503.
     no_component = case.operation.path in ("/v1/registries/{registry}/resolve", "/v1/registries/{registry}/remote",
                                            "/v1/follows", "/v1/follows/{registry}",
-                                           "/v1/search", "/v1/index", "/v1/index/rebuild") \
+                                           "/v1/search", "/v1/index", "/v1/index/rebuild",
+                                           "/v1/views/{name}", "/v1/views/{name}/events") \
         and response.status_code == 503 \
         and response.json()["error"]["code"] == "unavailable"
     assert response.status_code < 500 or no_component, (case.method, case.formatted_path, response.status_code,

@@ -219,7 +219,7 @@ async def test_pages_of_a_sorted_query_walk_every_record_once_in_order(searching
     ({"filter": {"and": [{"field": "kind", "eq": "note"}, {"field": "price", "lt": "cheap"}]}}, "/filter/and/1/lt"),
     ({"filter": {"field": "nope", "eq": 1}}, "/filter/field"),
     ({"facets": ["price"]}, "/facets/0"),
-    ({"sort": "name"}, "/sort"),
+    ({"sort": "tags"}, "/sort"),
     ({"limit": 1000}, "/limit"),
     ({"frobnicate": 1}, "/frobnicate"),
     ({"sort": "price", "cursor": "not-a-cursor"}, "/cursor"),
@@ -375,6 +375,26 @@ async def test_rgrid_search_goes_through_the_running_nodes_bridge(searching: Ser
     assert json.loads(rebuilt.stdout)["documents"] == json.loads(status.stdout)["documents"]
 
 
+async def test_a_federated_query_over_http_and_the_cli_reports_its_sources(searching: Served) -> None:
+    """A node without a federation answers a federated query from its own
+    index alone and says so; the CLI shows where each hit came from.
+    (Peers answering: tests/test_federated_search.py.)"""
+    home = searching.home.path
+    with trio.fail_after(60):
+        async with searching.client() as client:
+            answer = await search(client, {"text": "legal contracts", "federated": {"deadline_ms": 500}})
+            paged = await client.post("/v1/search", json={"federated": True, "cursor": "x"})
+        table = await trio.to_thread.run_sync(partial(rgrid, "search", "legal", "--federated", home=home))
+    assert answer["sources"] == [{"source": "local", "kind": "local", "status": "ok", "hits": len(answer["items"]),
+                                  "total": answer["total"]}]
+    assert answer["items"] and all(i["sources"] == ["local"] and i["record_from"] == "local"
+                                   for i in answer["items"])
+    assert answer["next_cursor"] is None
+    assert assert_error(paged, 422, "validation_failed")["details"][0]["path"] == "/cursor"
+    assert table.returncode == 0, table.stderr
+    assert "local: local, ok" in table.stdout and "contract summarizer" in table.stdout
+
+
 # ---------------------------------------------------------------- CLI offline
 
 
@@ -418,6 +438,13 @@ def test_rgrid_search_offline_indexes_the_store_then_answers(tmp_path: Path) -> 
 
     refused = rgrid("search", "--filter", '{"or": []}', home=home)
     assert refused.returncode == 65 and "/filter/or" in refused.stderr
+
+
+def test_rgrid_search_federated_needs_a_running_node(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert rgrid("init", home=home).returncode == 0
+    refused = rgrid("search", "legal", "--federated", home=home)
+    assert refused.returncode == 75 and "start the node" in refused.stderr, refused.stderr  # EX_TEMPFAIL
 
 
 def test_rgrid_search_flags_refine_a_whole_query(tmp_path: Path) -> None:

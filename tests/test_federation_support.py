@@ -14,14 +14,19 @@ from registrygrid.engine.ops import Put, WriteResult
 from registrygrid.home import Home
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair, did_from_peer_id
-from registrygrid.membership import create_federation, current_genesis, invite_org, join_federation
-from registrygrid.protocol.hello import HELLO_PROTOCOL_ID, encode_hello
-from registrygrid.trust.admission import encode_proof
+from registrygrid.membership import (
+    create_federation,
+    current_genesis,
+    invite_org,
+    join_federation,
+)
 from registrygrid.node.federation import Federation, FederationConfig
-from registrygrid.node.p2p import P2PHost
 from registrygrid.node.node import Node
+from registrygrid.node.p2p import P2PHost
+from registrygrid.protocol.hello import HELLO_PROTOCOL_ID, encode_hello
 from registrygrid.sdk import LocalRegistry
 from registrygrid.storage.store import Store
+from registrygrid.trust.admission import encode_proof
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 CLUSTERS = "grid.clusters"
@@ -105,11 +110,13 @@ class Cluster:
         join_federation(home, genesis, invitation)
 
     async def start(self, name: str, bootstrap: Sequence[str] = (), *, listen: str = LOOPBACK,
-                    config: FederationConfig | None = None, org: str | None = None) -> Member:
+                    config: FederationConfig | None = None, org: str | None = None,
+                    components: Sequence[Any] = ()) -> Member:
+        """Start node ``name``; ``components`` run beside its federation (a search index)."""
         home = self.home(name, org)
         fed = Federation(listen=[listen], bootstrap=list(bootstrap), federation=self.name,
                          config=config or self.config)
-        node = Node(home, [fed])
+        node = Node(home, [fed, *components])
         member = Member(name, home, node, fed)
 
         async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

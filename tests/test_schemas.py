@@ -319,6 +319,9 @@ EXAMPLES: dict[tuple[str, int], dict] = {
     ("equivocation-report", 1): {"author": "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
                                  "registry": "grid.functions", "seq": 7,
                                  "changes": ["bafyreia", "bafyreib"], "envelopes": ["lQ==", "lg=="]},
+    # A saved view (search/views.py): its query is judged by the search parser, not the schema.
+    ("view", 1): {"name": "Cheap EU GPUs", "description": "GPU clusters in the EU under 1 EUR/h",
+                  "query": {"text": "gpu", "filter": {"field": "price", "lt": 1}, "sort": "price"}},
 }
 
 KIND_HOMES = {
@@ -333,6 +336,7 @@ KIND_HOMES = {
     "delegation": "grid.members", "revocation": "grid.members",
     "federation": "grid.members", "invitation": "grid.members",
     "dispute-resolution": "grid.disputes", "equivocation-report": "grid.disputes",
+    "view": "grid.views",
 }
 
 
@@ -390,7 +394,7 @@ def test_every_builtin_schema_is_a_valid_draft_2020_12_schema(catalog):
 def test_builtin_registries_are_the_table_of_kinds_and_homes():
     assert all(isinstance(r, BuiltinRegistry) for r in BUILTIN_REGISTRIES)
     assert {kind: r.name for r in BUILTIN_REGISTRIES for kind in r.kinds} == KIND_HOMES
-    assert len({r.name for r in BUILTIN_REGISTRIES}) == len(BUILTIN_REGISTRIES) == 24
+    assert len({r.name for r in BUILTIN_REGISTRIES}) == len(BUILTIN_REGISTRIES) == 25
     assert all(r.description for r in BUILTIN_REGISTRIES)
 
 

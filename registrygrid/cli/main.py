@@ -312,7 +312,7 @@ def search_comparison(text: str) -> dict[str, Any]:
 def search_body(*, text: str | None, query: str | None, wheres: Sequence[str], filter_text: str | None,
                 registries: Sequence[str], sort: str | None, facets: Sequence[str], limit: int | None,
                 cursor: str | None, explain: bool, weights: Sequence[str], boosts: Sequence[str],
-                mode: str | None = None) -> dict[str, Any]:
+                mode: str | None = None, federated: bool = False, deadline_ms: int | None = None) -> dict[str, Any]:
     """The query object of `rgrid search`'s options: --query is the base,
     --filter and each --where are ANDed with its filter, --weight and
     --boost add to its weights and boosts, the other options replace its
@@ -343,6 +343,8 @@ def search_body(*, text: str | None, query: str | None, wheres: Sequence[str], f
         body["cursor"] = cursor
     if explain:
         body["explain"] = True
+    if federated or deadline_ms is not None:
+        body["federated"] = {"deadline_ms": deadline_ms} if deadline_ms is not None else True
     if weights:
         merged = body.get("weights") or {}
         if not isinstance(merged, dict):
@@ -427,8 +429,9 @@ Examples:
               help="A whole filter tree (and, or, not, comparisons), ANDed with --where.")
 @click.option("--registry", "registries", multiple=True, help="Search only this registry. Repeatable.")
 @click.option("--sort", metavar="FIELD[:asc|desc]",
-              help="relevance (with TEXT, the default), or a number or date field: price, reputation, created_at, "
-                   "updated_at (the default without TEXT, newest first).")
+              help="relevance (with TEXT, the default), a number or date field: price, reputation, created_at, "
+                   "updated_at (the default without TEXT, newest first), or a keyword: name, kind, owner, "
+                   "category, region, status, registry, id (UTF-8 byte order, ascending by default).")
 @click.option("--facet", "facets", multiple=True, help="Count the matches' values of this field. Repeatable.")
 @click.option("--limit", type=int, help=f"Hits per page, 1 to {search_query.MAX_LIMIT} (default 20).")
 @click.option("--cursor", help="The next page: the cursor a previous answer printed.")
@@ -442,13 +445,19 @@ Examples:
               help='Multiply the score of hits matching a filter: \'{"filter": {...}, "factor": 2}\'. Repeatable.')
 @click.option("--query", "query", metavar="JSON|@FILE",
               help="The whole query object (POST /v1/search's body); the other options refine it.")
+@click.option("--federated", is_flag=True,
+              help="Ask the federation's peers and the providers of followed registries too (the node must run); "
+                   "their hits are verified from their signed changes before they are shown.")
+@click.option("--deadline", "deadline_ms", type=int, metavar="MS",
+              help=f"With --federated: wait at most MS for peers (default {search_query.DEFAULT_DEADLINE_MS}, "
+                   f"at most {search_query.MAX_DEADLINE_MS}); slower ones are reported, not waited for.")
 @click.option("--fields", "show_fields", is_flag=True,
               help="Print the fields a query may filter, sort and facet by, and exit.")
 @json_option
 def search(home: Path | None, text: str | None, wheres: tuple[str, ...], filter_text: str | None,
            registries: tuple[str, ...], sort: str | None, facets: tuple[str, ...], limit: int | None,
            cursor: str | None, explain: bool, mode: str | None, weights: tuple[str, ...], boosts: tuple[str, ...],
-           query: str | None, show_fields: bool, as_json: bool) -> None:
+           federated: bool, deadline_ms: int | None, query: str | None, show_fields: bool, as_json: bool) -> None:
     """Search the records this node holds: full TEXT (quotes make a phrase),
     filters, facets, a sort and pages.
 
@@ -460,12 +469,15 @@ def search(home: Path | None, text: str | None, wheres: tuple[str, ...], filter_
         return
     body = search_body(text=text, query=query, wheres=wheres, filter_text=filter_text, registries=registries,
                        sort=sort, facets=facets, limit=limit, cursor=cursor, explain=explain, weights=weights,
-                       boosts=boosts, mode=mode)
+                       boosts=boosts, mode=mode, federated=federated, deadline_ms=deadline_ms)
     from registrygrid.client import BridgeClient
 
     with open_backend(home) as backend:
         if isinstance(backend, BridgeClient):
             answer = backend.search(body)
+        elif body.get("federated") not in (None, False):
+            raise Unavailable("a federated search asks the node's peers over libp2p: start the node "
+                              "(`rgrid node start`), or search this home alone without --federated")
         else:
             from registrygrid.search.service import answer as answer_query
 
@@ -951,7 +963,7 @@ def kind_register(home: Path | None, name: str, version: int, schema_file: Path,
 
 
 def _register_optional_groups() -> None:
-    """Command groups that live in their own modules (node, token, peers, org, federation, disputes)."""
+    """Command groups that live in their own modules (node, token, peers, org, federation, disputes, view)."""
     try:
         from registrygrid.cli import node_commands
     except ImportError:
@@ -970,11 +982,17 @@ def _register_optional_groups() -> None:
         pass
     else:
         peer_commands.register(cli)
-    from registrygrid.cli import dispute_commands, federation_commands, org_commands
+    from registrygrid.cli import (
+        dispute_commands,
+        federation_commands,
+        org_commands,
+        view_commands,
+    )
 
     org_commands.register(cli)
     federation_commands.register(cli)
     dispute_commands.register(cli)
+    view_commands.register(cli)
 
 
 _register_optional_groups()

@@ -191,6 +191,9 @@ def search_answer(data: Mapping[str, Any], as_json: bool, *, sort_field: str) ->
     table.add_column(sort_field if by_value else "score", justify="right")
     for column in EXPLAIN_COLUMNS if explained else ():
         table.add_column(column, justify="right")
+    federated = "sources" in data
+    if federated:
+        table.add_column("from", overflow="fold")
     for rank, item in enumerate(items, 1):
         record = item["record"]
         fields = record.get("fields") if isinstance(record.get("fields"), dict) else {}
@@ -202,6 +205,7 @@ def search_answer(data: Mapping[str, Any], as_json: bool, *, sort_field: str) ->
             shown = _number(item["score"])
         cells = [str(rank), item["registry"], item["id"], record.get("kind"), name, shown]
         cells += [_number((item.get("explain") or {}).get(c)) for c in EXPLAIN_COLUMNS] if explained else []
+        cells += [", ".join(_short(s) for s in item.get("sources", []))] if federated else []
         table.add_row(*(Text(_cell(c)) for c in cells))
     _out.print(table)
     for field, buckets in data["facets"].items():
@@ -210,6 +214,18 @@ def search_answer(data: Mapping[str, Any], as_json: bool, *, sort_field: str) ->
         _out.print(Text.assemble((f"{field}: ", "bold cyan"), counts or "(none)"))
     if data.get("next_cursor"):
         click.echo(f"more: --cursor {data['next_cursor']}")
+    for source in data.get("sources") or ():  # a federated query: how each source answered
+        facts = [source["kind"] + (f" of {source['registry']}" if source.get("registry") else ""), source["status"],
+                 f"{source['hits']} shown"]
+        facts += [f"{source[k]} {k}" for k in ("unverified", "withheld") if source.get(k)]
+        if source.get("error"):
+            facts.append(source["error"])
+        _out.print(Text.assemble((f"{source['source']}: ", "bold cyan"), _cell(", ".join(facts))))
+
+
+def _short(source: str) -> str:
+    """A source as a table shows it: local, or a peer id's last 8 characters."""
+    return source if source == "local" else f"…{source[-8:]}"
 
 
 def search_fields(fields: Sequence[Mapping[str, Any]], as_json: bool) -> None:
@@ -452,3 +468,49 @@ def _sync_age(ms: int | None, now_ms: int | None = None) -> str:
 
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _view_state(view: Mapping[str, Any], offline: bool) -> str:
+    if view.get("error"):
+        return "error"
+    if view.get("materialized"):
+        return "materialized" + (" (truncated)" if view.get("truncated") else "")
+    return "node stopped" if offline else "live"
+
+
+def views(items: Sequence[Mapping[str, Any]], as_json: bool, *, offline: bool = False) -> None:
+    """One row a saved view: its owner, whether this node keeps its results
+    (materialized, live, error), how many and through which feed sequence."""
+    if as_json:
+        dump_json(items)
+        return
+    if not items:
+        _out.print("no saved views (rgrid view create NAME --query JSON makes one)", markup=False, highlight=False)
+        return
+    table = Table(title="saved views")
+    table.add_column("name", no_wrap=True, overflow="fold")
+    for column in ("title", "owner", "state", "members", "through", "query"):
+        table.add_column(column, overflow="fold")
+    for item in items:
+        table.add_row(*(Text(_cell(v)) for v in (
+            item["name"], item["title"], item["owner"], _view_state(item, offline), item["members"],
+            item["through"], item["error"]["message"] if item.get("error") else item["query"])))
+    _out.print(table)
+
+
+def view(data: Mapping[str, Any], as_json: bool, *, sort_field: str, offline: bool = False) -> None:
+    """A saved view's facts, then its results as `rgrid search` shows hits."""
+    if as_json:
+        dump_json(data)
+        return
+    facts = data["view"]
+    _facts({"view": facts["name"], "title": facts["title"], "owner": facts["owner"],
+            "description": facts["description"], "query": facts["query"], "state": _view_state(facts, offline),
+            "members": facts["members"], "through": facts["through"]})
+    if facts.get("error"):
+        whole_lines("error:", [f"{facts['error']['path']}: {facts['error']['message']}"])
+        return
+    relevance = sort_field == "relevance"
+    search_answer({"total": data["total"], "facets": {}, "next_cursor": data["next_cursor"],
+                   "items": [{**item, "score": item.get("sort_value") or 0.0} if relevance else item
+                             for item in data["items"]]}, False, sort_field=sort_field)

@@ -49,6 +49,7 @@ from registrygrid.node import follow as follow_mod
 from registrygrid.node import gossip as gossip_mod
 from registrygrid.node import peers as peers_mod
 from registrygrid.node.dht import RegistryDirectory
+from registrygrid.node.federated_search import serve_search
 from registrygrid.node.follow import Follows
 from registrygrid.node.gossip import GossipService
 from registrygrid.node.guard import PeerGuard
@@ -62,7 +63,7 @@ from registrygrid.node.sync import (
     SyncFailed,
     SyncService,
 )
-from registrygrid.protocol import names, registry_record, remote_read
+from registrygrid.protocol import federated_search, names, registry_record, remote_read
 from registrygrid.protocol import sync as sync_protocol
 from registrygrid.protocol.envelope import registry_of
 from registrygrid.protocol.gossip import topic_for
@@ -198,7 +199,8 @@ class Federation:
                            max_request_bytes=sync_protocol.MAX_REQUEST_BYTES,
                            # a sync response: envelopes plus the responder's vector (protocol/sync.py)
                            max_response_bytes=max(sync_protocol.MAX_RESPONSE_BYTES + 2**20,
-                                                  remote_read.MAX_RESPONSE_BYTES))
+                                                  remote_read.MAX_RESPONSE_BYTES,
+                                                  federated_search.MAX_RESPONSE_BYTES + 2**16))
         except ValueError as exc:  # a --listen address it cannot use
             raise ValidationError(str(exc)) from None
         self.host = host
@@ -231,6 +233,7 @@ class Federation:
         host.set_handler(sync_protocol.SYNC_PROTOCOL_ID, self.sync.handle)
         host.set_handler(HELLO_PROTOCOL_ID, self._answer_hello)
         host.set_handler(remote_read.READ_PROTOCOL_ID, self._answer_read)
+        host.set_handler(federated_search.SEARCH_PROTOCOL_ID, self._answer_search)
         host.set_topic_validator(self.topic, self.gossip.validate)
         assert node.committer is not None
         async with host:
@@ -496,6 +499,19 @@ class Federation:
             raise PolicyDenied("this node does not serve you")
         self.metrics["remote_read.served"] += 1
         return await trio.to_thread.run_sync(answer_read, request, self.node.engine, limiter=self._sessions)
+
+    async def _answer_search(self, peer_id: str, request: bytes) -> bytes:
+        """A peer's federated query (node/federated_search.py), over what its
+        org may read here: any peer that is not banned, members and others
+        alike (others see the public registries only)."""
+        assert self.peers is not None and self.node is not None
+        if self.peers.blocked(peer_id):
+            raise PolicyDenied("this node does not serve you")
+        self.metrics["search.served"] += 1
+        admitted = self.admitted.get(peer_id)
+        return await trio.to_thread.run_sync(serve_search, self.node.component("search"), request,
+                                             admitted.org if admitted is not None else None, admitted is not None,
+                                             limiter=self._sessions)
 
     async def _answer_hello(self, peer_id: str, request: bytes) -> bytes:
         assert self.peers is not None

@@ -3,6 +3,8 @@ keeps the text index and, with the semantic extra, the embeddings caught
 up with the changefeed, each on a worker thread of its own, within
 ``DEBOUNCE_S`` of each commit and never in a commit's way (a write never
 waits for indexing); the bridge asks it (search/service.py ``answer``).
+After each indexing pass, on the same thread, it refreshes the saved views
+(search/views.py), whose changes the bridge streams.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import trio
 from registrygrid.errors import RegistryError, Unavailable
 from registrygrid.search.index import SearchIndex
 from registrygrid.search.service import answer, index_path, verifier
+from registrygrid.search.views import Views
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ class SearchService:
     def __init__(self) -> None:
         self.index: SearchIndex | None = None
         self.node: Any = None
+        self.views: Views | None = None
         self._wake = trio.Event()
 
     async def run(self, node: Any, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
@@ -39,6 +43,8 @@ class SearchService:
         semantic = await trio.to_thread.run_sync(self.index.enable_semantic)
         log.info("search: index at %s, semantic search %s", self.index.path,
                  "on" if semantic else "off (pip install 'registrygrid[semantic]')")
+        self.views = await trio.to_thread.run_sync(Views, index_path(node.home.path) / "views", self.index,
+                                                   node.registry, lambda: node.engine.owner)
         task_status.started(self)  # serves at once; answers say how far the index got (indexed_through)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_feed, self._catch_up_sync, lambda: self.index.cursor, "indexing")
@@ -65,8 +71,11 @@ class SearchService:
     def _catch_up_sync(self, progress: Callable[[int, int], None] | None = None) -> int:
         assert self.index is not None
         engine = self.node.engine
-        return self.index.catch_up(self.node.registry, org_verified=verifier(engine), local_org=engine.owner,
-                                   progress=progress)
+        events = self.index.catch_up(self.node.registry, org_verified=verifier(engine), local_org=engine.owner,
+                                     progress=progress)
+        if self.views is not None:
+            self.views.refresh()  # here: the views judge records by what the index holds now
+        return events
 
     # ---- what the bridge calls (any thread)
 
@@ -90,3 +99,26 @@ class SearchService:
         return {"state": "ready", "documents": self.index.count(), "indexed_through": self.index.cursor,
                 "feed_head": self.node.feed.head, "semantic": vectors is not None,
                 "vectors_through": vectors.cursor if vectors is not None else None}
+
+    # ---- saved views (search/views.py): what the bridge calls (any thread)
+
+    def _views(self) -> Views:
+        if self.views is None:
+            raise Unavailable("the search index is still opening")
+        return self.views
+
+    def view_list(self) -> list[dict[str, Any]]:
+        return self._views().list()
+
+    def view_show(self, name: str, *, limit: int | None = None, cursor: str | None = None,
+                  registries: tuple[str, ...] | None = None) -> dict[str, Any]:
+        return self._views().show(name, limit=limit, cursor=cursor, registries=registries)
+
+    def view_changes(self, name: str, after: str | None) -> dict[str, Any] | None:
+        """Events after ``after`` or the whole member list (Views.changes); None while it is being materialized."""
+        return self._views().changes(name, after)
+
+    def view_subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """``callback()`` after each views refresh that changed something, on
+        the indexing thread (so it must only hand off); returns the unsubscribe."""
+        return self._views().subscribe(callback)

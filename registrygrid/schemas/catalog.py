@@ -188,6 +188,8 @@ BUILTIN_REGISTRIES: tuple[BuiltinRegistry, ...] = (
     BuiltinRegistry("grid.members", ("delegation", "revocation", "federation", "invitation"),
                     "The federation's trust statements: its genesis, invitations of orgs, and orgs' signed "
                     "delegations and revocations of keys."),
+    BuiltinRegistry("grid.views", ("view",),
+                    "Saved searches: named queries whose results nodes keep materialized."),
 )
 
 _HOME_REGISTRY: Mapping[str, str] = MappingProxyType(

@@ -18,14 +18,16 @@ documents again: nothing is lost or doubled. ``rebuild`` starts over.
 Sorting and pages. Relevance orders text queries (BM25 over name, which
 counts 3x, description 1.5x, and every string of the record, reranked
 with freshness and trust: ``rank``); pages reach ``MAX_RELEVANCE_WINDOW``
-deep. Any number or date field sorts too, ties broken by ``kid`` (a
-64-bit hash of the key): a cursor is the last hit's (value, kid), so a
-walk is stable while records change (keyset, never offsets). A sort
-lists the records that have the field.
+deep. Any number, date or keyword field sorts too (keywords in UTF-8
+byte order: see ``PREFIX_BYTES``), ties broken by ``kid`` (a 62-bit hash
+of the key): a cursor is the last hit's (value, kid), so a walk is stable
+while records change (keyset, never offsets). A sort lists the records
+that have the field.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -33,7 +35,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +49,10 @@ from registrygrid.search.fields import normalize
 
 # Bump when the schema or the normalization changes: an index of another
 # version is rebuilt from the feed at open.
-INDEX_VERSION = 1
-# The trust statements are the federation's plumbing, not things to find.
-NOT_INDEXED = frozenset({"grid.members"})
+INDEX_VERSION = 2
+# The trust statements are the federation's plumbing, and saved views are
+# queries (a view would list its own record): neither is a thing to find.
+NOT_INDEXED = frozenset({"grid.members", "grid.views"})
 BATCH = 2000
 # While catching up, commit once this many records were touched: a tantivy
 # commit writes and syncs segment files (tens of ms); the cursor follows each commit.
@@ -58,6 +61,14 @@ WRITER_HEAP = 64 * 2**20
 # Freshness halves every this many days.
 FRESHNESS_HALF_LIFE_DAYS = 30.0
 _KEYWORDS = ("registry", "id", "kind", "owner", "name", "category", "region", "status")
+# A keyword sort's keyset needs "after this string", which tantivy answers
+# for numbers only (no range query over text): each keyword field also
+# holds the first PREFIX_BYTES of its UTF-8 bytes as two big-endian u64
+# (``<field>__p0``, ``<field>__p1``), an order-keeping projection of byte
+# order. A page after value V is then V's ties (by kid), the values of V's
+# prefix group after V (few: values rarely share 16 bytes), and every value
+# whose prefix is beyond V's (a range query).
+PREFIX_BYTES = 16
 _WORD = re.compile(r'"([^"]*)"|(\S+)')
 # Reciprocal rank fusion's constant (Cormack et al. 2009): ranks past the
 # first few count for little, and neither ranking's scale matters.
@@ -78,7 +89,9 @@ def _schema() -> tantivy.Schema:
     sb.add_text_field("key", stored=True, fast=True, tokenizer_name="raw")
     sb.add_integer_field("kid", stored=True, indexed=True, fast=True)
     for name in _KEYWORDS:
-        sb.add_text_field(name, stored=name in ("registry", "id"), fast=True, tokenizer_name="raw")
+        sb.add_text_field(name, stored=True, fast=True, tokenizer_name="raw")
+        for part in _prefix_fields(name):
+            sb.add_unsigned_field(part, fast=True)  # range queries read fast fields: no postings needed
     sb.add_text_field("tags", fast=True, tokenizer_name="raw")
     sb.add_text_field("name_text", tokenizer_name="en_stem")
     sb.add_text_field("description", tokenizer_name="en_stem")
@@ -238,12 +251,45 @@ class SearchIndex:
         for name in ("price", "reputation"):
             if doc.get(name) is not None:
                 out[name] = float(doc[name])
-        return tantivy.Document(**out)
+        made = tantivy.Document(**out)
+        for name in _KEYWORDS:  # u64 fields take unsigned values explicitly (a Python int reads as i64)
+            if doc.get(name) is not None:
+                for part, number in zip(_prefix_fields(name), _prefix_numbers(doc[name]), strict=True):
+                    made.add_unsigned(part, number)
+        return made
 
     # ------------------------------------------------------------ reading
 
     def count(self) -> int:
         return int(self.index.searcher().num_docs)
+
+    @contextlib.contextmanager
+    def steady(self) -> Iterator[None]:
+        """Hold off catch-up and rebuild meanwhile: the index and its cursor
+        agree throughout (saved views read both, search/views.py)."""
+        with self._write_lock:
+            yield
+
+    def matching(self, query: q.Query, keys: Sequence[str]) -> dict[str, Any]:
+        """Which of ``keys`` a text-mode query matches (its text, filter and
+        registries), each with the value it orders them by: the field's for
+        a sort by field (a record without it does not match, as a sorted
+        search lists only records that have it), else the record's BM25 score
+        exactly as a search of the whole index scores it (the restriction to
+        ``keys`` is a constant-score clause worth 0)."""
+        if not keys:
+            return {}
+        searcher = self.index.searcher()
+        among = tantivy.Query.const_score_query(tantivy.Query.term_set_query(self.schema, "key", list(keys)), 0.0)
+        clauses = [self._base(query, None), among]
+        field = query.sort.field
+        if field != "relevance":
+            clauses.append(tantivy.Query.exists_query(field))
+        out: dict[str, Any] = {}
+        for score, address in searcher.search(_and(*clauses), len(keys), count=False).hits:
+            doc = searcher.doc(address)
+            out[doc["key"][0]] = float(score) if field == "relevance" else doc.get_first(field)
+        return out
 
     def search(self, query: q.Query, *, registries: tuple[str, ...] | None = None,
                now_ms: int | None = None) -> dict[str, Any]:
@@ -433,7 +479,7 @@ class SearchIndex:
         """Keyset pages over (field, kid): hits after the cursor, ties of the
         page's last value completed in kid order so the next page starts clean."""
         field, desc = query.sort.field, query.sort.descending
-        ftype = tantivy.FieldType.Float if q.FIELDS[field].type == q.NUMBER else tantivy.FieldType.Integer
+        keyword = q.FIELDS[field].type == q.KEYWORD
         has = tantivy.Query.boolean_query([(tantivy.Occur.Must, base),
                                            (tantivy.Occur.Must, tantivy.Query.exists_query(field))])
         limit = query.limit
@@ -442,23 +488,21 @@ class SearchIndex:
         if query.cursor is not None:
             cursor = q.decode_cursor(query.cursor, query.sort)
             after = cursor.value
-            page += self._ties(searcher, has, field, ftype, after, int(_kid_of_cursor(cursor)), limit)
+            page += self._ties(searcher, has, field, after, int(_kid_of_cursor(cursor)), limit)
+            if keyword and len(page) < limit:
+                page += self._prefix_group_after(searcher, has, field, after, desc, limit - len(page))
         if len(page) < limit:
-            beyond = has if after is None else _and(has, _range(self.schema, field, ftype, "lt" if desc else "gt",
-                                                                 after))
+            beyond = has if after is None else _and(has, self._beyond(field, after, desc))
             want = limit - len(page)
             found = searcher.search(beyond, want, count=False, order_by_field=field,
                                     order=tantivy.Order.Desc if desc else tantivy.Order.Asc).hits
             rows = [self._hit(searcher, address, 0.0, value) for value, address in found]
             if len(rows) == want and rows:
                 last = rows[-1].value
-                kept = [h for h in rows if h.value != last]
-                kept.sort(key=lambda h: ((-h.value if desc else h.value), h.kid))
-                page += kept
-                page += self._ties(searcher, has, field, ftype, last, None, limit - len(page))
+                page += _in_order([h for h in rows if h.value != last], desc)
+                page += self._ties(searcher, has, field, last, None, limit - len(page))
             else:
-                rows.sort(key=lambda h: ((-h.value if desc else h.value), h.kid))
-                page += rows
+                page += _in_order(rows, desc)
         page = page[:limit]
         cursor_text = None
         if len(page) == limit:
@@ -466,11 +510,51 @@ class SearchIndex:
             cursor_text = q.encode_cursor(q.Cursor(field, last_hit.value, f"{last_hit.kid}"))
         return page, cursor_text
 
-    def _ties(self, searcher: Any, has: tantivy.Query, field: str, ftype: Any, value: Any, after_kid: int | None,
+    def _beyond(self, field: str, value: Any, desc: bool) -> tantivy.Query:
+        """Values strictly after ``value`` in the sort's direction; for a
+        keyword, those whose whole prefix is (its own group comes apart)."""
+        op = "lt" if desc else "gt"
+        if q.FIELDS[field].type != q.KEYWORD:
+            return _range(self.schema, field, _ftype(field), op, value)
+        (p0, p1), (n0, n1) = _prefix_fields(field), _prefix_numbers(value)
+        u64 = tantivy.FieldType.Unsigned
+        return tantivy.Query.boolean_query([
+            (tantivy.Occur.Should, _range(self.schema, p0, u64, op, n0)),
+            (tantivy.Occur.Should, _and(_range(self.schema, p0, u64, "eq", n0), _range(self.schema, p1, u64, op, n1))),
+        ])
+
+    def _prefix_group_after(self, searcher: Any, has: tantivy.Query, field: str, value: str, desc: bool,
+                            limit: int) -> list[Hit]:
+        """The hits whose keyword shares ``value``'s prefix and sorts after it
+        (its own ties excepted: ``_ties`` gives those), in order, at most
+        ``limit``, their last value's ties completed."""
+        (p0, p1), (n0, n1) = _prefix_fields(field), _prefix_numbers(value)
+        u64 = tantivy.FieldType.Unsigned
+        group = _and(has, _range(self.schema, p0, u64, "eq", n0), _range(self.schema, p1, u64, "eq", n1))
+        order = tantivy.Order.Desc if desc else tantivy.Order.Asc
+        rows: list[Hit] = []
+        offset, chunk = 0, 1000
+        while True:  # the values before ``value`` come first: page past them
+            found = searcher.search(group, chunk, count=False, order_by_field=field, order=order, offset=offset).hits
+            rows += [self._hit(searcher, address, 0.0, found_value) for found_value, address in found
+                     if (found_value < value if desc else found_value > value)]
+            offset += chunk
+            if len(rows) > limit or len(found) < chunk:
+                break
+        if len(rows) <= limit:
+            return _in_order(rows, desc)
+        rows = _in_order(rows, desc)
+        last = rows[limit - 1].value
+        kept = [h for h in rows[:limit] if h.value != last]
+        return kept + self._ties(searcher, has, field, last, None, limit - len(kept))
+
+    def _ties(self, searcher: Any, has: tantivy.Query, field: str, value: Any, after_kid: int | None,
               limit: int) -> list[Hit]:
         if limit <= 0:
             return []
-        clauses = [has, _range(self.schema, field, ftype, "eq", value)]
+        equal = (tantivy.Query.term_query(self.schema, field, value) if q.FIELDS[field].type == q.KEYWORD
+                 else _range(self.schema, field, _ftype(field), "eq", value))
+        clauses = [has, equal]
         if after_kid is not None:
             clauses.append(_range(self.schema, "kid", tantivy.FieldType.Integer, "gt", after_kid))
         found = searcher.search(_and(*clauses), limit, count=False, order_by_field="kid",
@@ -496,6 +580,30 @@ class SearchIndex:
             else:
                 out[name] = [{"value": b["key"], "count": b["doc_count"]} for b in buckets]
         return out
+
+
+def _prefix_fields(field: str) -> tuple[str, str]:
+    return f"{field}__p0", f"{field}__p1"
+
+
+def _prefix_numbers(value: str) -> tuple[int, int]:
+    """The first PREFIX_BYTES of ``value``'s UTF-8, zero-padded, as two
+    big-endian numbers: s < t in byte order implies the pair of s is at
+    most t's."""
+    head = value.encode()[:PREFIX_BYTES].ljust(PREFIX_BYTES, b"\0")
+    return int.from_bytes(head[:8], "big"), int.from_bytes(head[8:], "big")
+
+
+def _ftype(field: str) -> Any:
+    return tantivy.FieldType.Float if q.FIELDS[field].type == q.NUMBER else tantivy.FieldType.Integer
+
+
+def _in_order(hits: list[Hit], desc: bool) -> list[Hit]:
+    """Hits by value in the sort's direction, ties by kid (two stable sorts:
+    strings can't be negated)."""
+    hits = sorted(hits, key=lambda h: h.kid)
+    hits.sort(key=lambda h: h.value, reverse=desc)
+    return hits
 
 
 def _kid_of_cursor(cursor: q.Cursor) -> int:

@@ -83,7 +83,10 @@ _OPS_BY_TYPE = {
     BOOL: {"eq", "ne", "exists"},
     "user": {"eq", "ne", "in", "lt", "le", "gt", "ge", "exists"},
 }
-SORTABLE = tuple(f for f, spec in FIELDS.items() if spec.type in (NUMBER, DATE)) + ("relevance",)
+# Any field with one value per record sorts (keywords in UTF-8 byte order:
+# "Zeta" before "alpha"); tags, with many, and description, text, do not.
+SORTABLE = tuple(f for f, spec in FIELDS.items() if spec.type in (NUMBER, DATE, KEYWORD) and not spec.many) \
+    + ("relevance",)
 FACETABLE = tuple(f for f, spec in FIELDS.items() if spec.type in (KEYWORD, BOOL))
 MAX_LIMIT = 100
 # Pages of relevance-ordered results reach this deep at most (as search
@@ -494,6 +497,9 @@ def decode_cursor(text: str, sort: SortKey) -> Cursor:
     value = cursor.value
     if sort.field == "relevance":
         valid = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RELEVANCE_WINDOW
+    elif FIELDS[sort.field].type == KEYWORD:
+        valid = (isinstance(value, str) and len(value) <= MAX_VALUE_CHARS
+                 and cursor.key.isdigit() and int(cursor.key) < 2**62)
     else:
         valid = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
                  and (FIELDS[sort.field].type != DATE or -MAX_DATE <= value <= MAX_DATE)

@@ -43,6 +43,7 @@ from registrygrid.crdt.disputes import DISPUTES_REGISTRY, RESOLUTION_KIND
 from registrygrid.engine import registries as regs
 from registrygrid.engine.ops import Delete, Operation, Outcome, Put, Update, WriteResult
 from registrygrid.errors import (
+    AlreadyExists,
     Conflict,
     MalformedInput,
     NotFound,
@@ -74,10 +75,12 @@ from registrygrid.node.bridge.streaming import (
     FeedReader,
     long_poll,
     serve_sse,
+    serve_view_sse,
     serve_websocket,
 )
 from registrygrid.protocol import limits, names
 from registrygrid.sdk import LocalRegistry, Page
+from registrygrid.search import views as saved_views
 from registrygrid.search.query import describe_fields
 from registrygrid.storage import idempotency, tokens
 from registrygrid.storage.tokens import Token
@@ -292,6 +295,9 @@ class Api:
     # when it runs without one (--no-search). Its methods are thread-safe and
     # block (tantivy, LMDB reads), so handlers call them on an executor thread.
     search: Callable[[], Any]
+    # (query, registries scope) -> the merged answer of this node, its peers and
+    # its followed registries' providers (node/federated_search.py), run on trio.
+    federated_search: Callable[[Any, tuple[str, ...] | None], Awaitable[dict[str, Any]]]
     max_body: int = openapi.MAX_BODY_BYTES
     idempotency_ttl_ms: int = idempotency.DEFAULT_TTL_MS
     max_streams: int = 512
@@ -862,7 +868,10 @@ class Api:
                     # As the registry routes answer a registry outside the scope (auth.py require).
                     raise self.auth.refuse(token.actor, "search", PolicyDenied(
                         f"this token is limited to registry {token.registry}, not {str(other)[:80]}"))
-        answer = await self.in_executor(service.search, body, scope)
+        if body.get("federated") not in (None, False):  # also ask peers: trio work (node/federated_search.py)
+            answer = await self.federated_search(body, scope)
+        else:
+            answer = await self.in_executor(service.search, body, scope)
         self.read_note(token, token.registry or "*", "search " + dumps(body).decode()[:400])
         return json_response(answer)
 
@@ -881,6 +890,88 @@ class Api:
         self.audit.note("update", token.actor, "index", f"search index rebuilt: {answer['events']} events, "
                         f"{answer['documents']} documents", required=False)
         return json_response(answer)
+
+    # ---------------------------------------------------------------- saved views (search/views.py)
+
+    async def list_views(self, request: web.Request) -> web.Response:
+        """Every view this node holds; without a search index, their definitions alone."""
+        token = self.require(request, READ, target="views")
+        service = self.search()
+        if service is None:
+            found = [saved_views.describe(saved_views.Definition.of(r), None)
+                     for r in self.registry.iter_all(saved_views.VIEWS_REGISTRY)]
+        else:
+            found = await self.in_executor(service.view_list)
+        self.read_note(token, "views", "list views")
+        return json_response({"views": found})
+
+    async def get_view(self, request: web.Request) -> web.Response:
+        """A view and a page of its results; a token limited to one registry sees that registry's only."""
+        name = names.record_id(request.match_info["name"])
+        token = self.require(request, READ, target=f"{saved_views.VIEWS_REGISTRY}/{name}")
+        service = self._searcher()
+        limit = q_int(request, "limit", None, 1, saved_views.MAX_MEMBERS)
+        cursor = request.query.get("cursor") or None
+        scope = (token.registry,) if token.registry is not None else None
+        answer = await self.in_executor(service.view_show, name, limit=limit, cursor=cursor, registries=scope)
+        self.read_note(token, f"{saved_views.VIEWS_REGISTRY}/{name}", "show view")
+        return json_response(answer)
+
+    async def put_view(self, request: web.Request) -> web.Response:
+        """Create or replace a view: a record of grid.views written through the
+        node's write path (signed, gossiped), once its query parses."""
+        name = names.record_id(request.match_info["name"])
+        target = f"{saved_views.VIEWS_REGISTRY}/{name}"
+        token = self.require(request, WRITE, registry=saved_views.VIEWS_REGISTRY, target=target)
+        body, _ = await self.body(request, "ViewPut")
+        fields = saved_views.view_fields(name, body["query"], description=body.get("description", ""),
+                                         title=body.get("title"))
+        replace = Update(saved_views.VIEWS_REGISTRY, name, fields=fields, actor=token.actor, roles=local_roles(token))
+        try:
+            self.registry.get(saved_views.VIEWS_REGISTRY, name)
+        except NotFound:  # new, or deleted: a put makes it (again)
+            try:
+                result = await self.write(Put(saved_views.VIEWS_REGISTRY, saved_views.VIEW_KIND, fields, name,
+                                              actor=token.actor, roles=local_roles(token)))
+            except AlreadyExists:  # made meanwhile by another request
+                result = await self.write(replace)
+        else:
+            result = await self.write(replace)
+        return json_response(write_json(result), 201 if result.status == "created" else 200,
+                             {"Location": f"/v1/views/{name}", "ETag": etag_of(result.change_id)})
+
+    async def delete_view(self, request: web.Request) -> web.Response:
+        name = names.record_id(request.match_info["name"])
+        token = self.require(request, WRITE, registry=saved_views.VIEWS_REGISTRY,
+                             target=f"{saved_views.VIEWS_REGISTRY}/{name}")
+        result = await self.write(Delete(saved_views.VIEWS_REGISTRY, name, actor=token.actor,
+                                         roles=local_roles(token)))
+        return json_response(write_json(result))
+
+    async def view_events(self, request: web.Request) -> web.StreamResponse:
+        """A materialized view's changes after an event id: a JSON page, or SSE
+        (Accept: text/event-stream; Last-Event-ID resumes)."""
+        name = names.record_id(request.match_info["name"])
+        target = f"{saved_views.VIEWS_REGISTRY}/{name}"
+        token = self.require(request, READ, target=target)
+        service = self._searcher()
+        after = request.headers.get("Last-Event-ID") or request.query.get("after") or None
+        if after is not None and len(after) > 64:
+            raise ValidationError("after: an event id (GENERATION.N) is at most 64 characters",
+                                  details=[{"path": "query:after", "message": "too long"}])
+        first = service.view_changes(name, after)  # NotFound, Conflict before any stream starts
+        if "text/event-stream" in request.headers.get("Accept", ""):
+            self.read_note(token, target, f"view events (sse) after {after or 'the start'}")
+
+            def serve(req: web.Request, _reader: Any, hub: FeedHub, _since: Any) -> Awaitable[web.StreamResponse]:
+                return serve_view_sse(req, lambda last: service.view_changes(name, last), service.view_subscribe,
+                                      hub, after)
+
+            return await self._stream(request, "sse", serve, None, 0)
+        if first is None:
+            raise Unavailable(f"view {name} is being materialized on this node; retry shortly")
+        self.read_note(token, target, f"view events after {after or 'the start'}")
+        return json_response(first)
 
     # ---------------------------------------------------------------- tokens
 
@@ -966,6 +1057,11 @@ class Api:
             web.get("/v1/search/fields", self.search_fields),
             web.get("/v1/index", self.index_status),
             web.post("/v1/index/rebuild", self.rebuild_index),
+            web.get("/v1/views", self.list_views),
+            web.get("/v1/views/{name}", self.get_view),
+            web.put("/v1/views/{name}", self.put_view),
+            web.delete("/v1/views/{name}", self.delete_view),
+            web.get("/v1/views/{name}/events", self.view_events),
             web.post("/v1/tokens", self.create_token),
             web.get("/v1/tokens", self.list_tokens),
             web.delete("/v1/tokens/{token_id}", self.revoke_token),

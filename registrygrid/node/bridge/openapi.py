@@ -28,6 +28,7 @@ from registrygrid.protocol import limits, names
 from registrygrid.record import record_json_schema
 from registrygrid.schemas.catalog import rust_reads_as_python
 from registrygrid.search import query as search_query
+from registrygrid.search import views as saved_views
 from registrygrid.storage.tokens import MAX_LIFETIME_S, ROLES
 
 SPEC_URI = "urn:registrygrid:bridge:openapi"
@@ -124,7 +125,8 @@ def _search_query_schema() -> dict[str, Any]:
                        "registry the index holds; a token limited to one registry searches that one only)"},
         "sort": {"type": ["string", "object", "array", "null"], "description": (
             "one key: a field name or {\"field\": F, \"order\": \"asc\"|\"desc\"}, F one of "
-            f"{', '.join(q.SORTABLE)}; default relevance with text, else updated_at desc; ties by registry and id")},
+            f"{', '.join(q.SORTABLE)} (keywords in UTF-8 byte order, ascending by default); default relevance with "
+            "text, else updated_at desc; ties in a fixed order (a hash of registry and id)")},
         "facets": {"type": "array", "items": STRING, "description": f"at most {q.MAX_FACETS} of "
                    f"{', '.join(q.FACETABLE)}: the count of each value over all matches"},
         "limit": {"type": "integer", "description": f"hits per page, 1 to {q.MAX_LIMIT} (default 20)"},
@@ -137,6 +139,13 @@ def _search_query_schema() -> dict[str, Any]:
                    "{\"filter\": SearchFilter, \"factor\": number above 0, at most 100}: a hit matching the "
                    "filter has its relevance score multiplied by the factor"},
         "explain": {"type": "boolean", "description": "each hit says the components of its score"},
+        "federated": {"type": ["boolean", "object", "null"], "description": (
+            "true or {\"deadline_ms\": N} (1 to "
+            f"{q.MAX_DEADLINE_MS}, default {q.DEFAULT_DEADLINE_MS}): ask the federation's connected peers and a "
+            "provider of each followed registry too, each over libp2p with that deadline; a peer that has not "
+            "answered by then is reported (sources[].status timeout), not waited for. Every remote hit is rebuilt "
+            "from its signed changes and judged by this node's trust before it is shown; hits are merged by "
+            "record (relevance by reciprocal rank fusion), and the answer is one page (no cursor)")},
     }, "examples": [{"text": "summarize \"legal contracts\"",
                      "filter": {"and": [{"field": "kind", "eq": "function"}, {"field": "price", "lt": 0.01}]},
                      "facets": ["region"], "limit": 20}]}
@@ -338,12 +347,30 @@ SCHEMAS: dict[str, Any] = {
         "score": {"type": "number", "description": "relevance: the weighted text, freshness and trust, times the "
                                                    "boosts it matches; 0 when sorted by a field"},
         "record": {**_ref("Record"), "description": "the record as the node's store holds it now"},
-        "sort_value": {"type": "number", "description": "the value of the sort field (a sort other than relevance)"},
+        "sort_value": {"type": ["number", "string"], "description": "the value of the sort field (a sort other "
+                       "than relevance): a number, a date in ms, or a keyword (sorted in UTF-8 byte order)"},
         "explain": {"type": "object", "additionalProperties": {"type": "number"},
                     "description": "explain: true: the weighted components text, freshness and trust, the "
                                    "signals the text relevance came from (bm25 and bm25_rank; similarity and "
                                    "vector_rank; rrf, their fusion) and the boost factor"},
+        "sources": {"type": "array", "items": STRING, "description": "a federated query: every source that "
+                    "returned this record, local or a peer id"},
+        "record_from": {**STRING, "description": "a federated query: the source whose copy is shown (the newest "
+                        "verified one); a peer's copy is rebuilt here from its signed changes"},
     }, required=["registry", "id", "score", "record"]),
+    "SearchSource": _obj({
+        "source": {**STRING, "description": "local, or a peer id"},
+        "kind": {"enum": ["local", "peer", "provider"], "description": "this node, a member of its federation, or "
+                 "a provider of a followed registry"},
+        "registry": {**REGISTRY_NAME, "description": "a provider's followed registry"},
+        "status": {"enum": ["ok", "timeout", "failed"]},
+        "hits": {**SEQ, "description": "its hits shown (verified)"},
+        "total": {**SEQ, "description": "matches in its index, over what this node may read there"},
+        "unverified": {**SEQ, "description": "its hits dropped: their changes did not verify here"},
+        "withheld": {**SEQ, "description": "hits it left out (a record of too many changes, or its byte cap)"},
+        "indexed_through": {**SEQ, "description": "the feed sequence its index had reached"},
+        "error": STRING,
+    }, required=["source", "kind", "status", "hits"]),
     "SearchResult": _obj({
         "items": {"type": "array", "items": _ref("SearchHit"), "description": "best first, or in sort order"},
         "total": {**SEQ, "description": "records that match, over every page (a sort by a field lists only the "
@@ -355,7 +382,9 @@ SCHEMAS: dict[str, Any] = {
         "next_cursor": {**_nullable(STRING), "description": "the cursor of the next page (null: the last page)"},
         "indexed_through": {**SEQ, "description": "the feed sequence the index had reached: a write with a "
                                                   "higher feed_seq is not searchable yet"},
-    }),
+        "sources": {"type": "array", "items": _ref("SearchSource"), "description": "a federated query: how each "
+                    "source answered (total and facets above are the local index's)"},
+    }, required=["items", "total", "facets", "next_cursor", "indexed_through"]),
     "SearchField": _obj({
         "field": STRING, "type": {"enum": ["keyword", "text", "number", "date", "bool", "keyword or number"]},
         "many": {"type": "boolean", "description": "several values per record"},
@@ -377,6 +406,64 @@ SCHEMAS: dict[str, Any] = {
         "events": {**SEQ, "description": "feed events read"}, "documents": {**SEQ, "description": "records indexed"},
         "indexed_through": SEQ,
     }),
+    # ---- saved views (registrygrid/search/views.py: describe, Views.show and Views.changes build them)
+    "View": _obj({
+        "name": {**RECORD_ID, "description": "the view's name: its record id in grid.views"},
+        "title": STRING, "owner": {**_nullable(STRING), "description": "the org that owns it (did:key)"},
+        "description": STRING, "query": {"description": "the view's query (SearchQuery, no cursor)"},
+        "materialized": {"type": "boolean", "description": "this node keeps its results and follows their changes "
+                         f"(its org's {saved_views.MAX_MATERIALIZED} oldest views); false: answered live, or "
+                         "not refreshed yet since it was made or edited, or failed (error)"},
+        "members": {**_nullable(SEQ), "description": f"records in its results (at most {saved_views.MAX_MEMBERS}; "
+                    "null unless materialized)"},
+        "truncated": {"type": "boolean", "description": f"more records match than the {saved_views.MAX_MEMBERS} "
+                      "first in the query's order it keeps"},
+        "through": {**_nullable(SEQ), "description": "the feed sequence its results reflect (null unless "
+                    "materialized): a write with a higher feed_seq is not in them yet"},
+        "error": {"anyOf": [_obj({"message": STRING, "path": {**STRING, "description": "JSON pointer into the "
+                                                                          "view's fields, e.g. /query/filter/lt"}}),
+                            {"type": "null"}],
+                  "description": "why the view has no results: its query does not parse (a view may arrive "
+                                 "from a peer), or failed on this node's index"},
+    }),
+    "Views": _obj({"views": {"type": "array", "items": _ref("View"), "description": "in name order"}}),
+    "ViewItem": _obj({
+        "registry": REGISTRY_NAME, "id": RECORD_ID,
+        "sort_value": {"type": ["number", "string", "null"], "description": "what the query orders by: the sort "
+                       "field's value, or for a relevance order the record's BM25 text score"},
+        "record": {**_ref("Record"), "description": "the record as the node's store holds it now"},
+    }),
+    "ViewPage": _obj({
+        "view": _ref("View"),
+        "items": {"type": "array", "items": _ref("ViewItem"), "description": "in the query's order"},
+        "total": {**SEQ, "description": "results over every page"},
+        "next_cursor": {**_nullable(STRING), "description": "the cursor of the next page (null: the last page)"},
+    }),
+    "ViewMember": _obj({"registry": REGISTRY_NAME, "id": RECORD_ID,
+                        "sort_value": {"type": ["number", "string", "null"]}}),
+    "ViewEvent": _obj({
+        "event_id": {**STRING, "description": "GENERATION.N: resume after it (after=, Last-Event-ID)"},
+        "type": {"enum": ["added", "updated", "removed"]}, "registry": REGISTRY_NAME, "id": RECORD_ID,
+        "seq": {**SEQ, "description": "the feed sequence of the change that caused it"},
+    }),
+    "ViewChanges": _obj({
+        "events": {"type": "array", "items": _ref("ViewEvent"), "description": "oldest first"},
+        "reset": {"anyOf": [_obj({"members": {"type": "array", "items": _ref("ViewMember"),
+                                              "description": "in the query's order"},
+                                  "through": {**SEQ, "description": "the feed sequence they reflect"}}),
+                            {"type": "null"}],
+                  "description": "the whole result list instead of events: no after was given, or it is older "
+                                 "than the events this node keeps (or before a node restart or an edit of the "
+                                 "view)"},
+        "last_id": {**STRING, "description": "pass it as after= next time"},
+    }),
+    "ViewPut": _obj({
+        "query": {**_ref("SearchQuery"), "description": "a query of the search language, without cursor, in text "
+                  "mode: its every match, in its order, is the view"},
+        "description": {"type": "string", "maxLength": 4096},
+        "title": {"type": "string", "minLength": 1, "maxLength": 256, "description": "display title (default: "
+                  "the name)"},
+    }, required=["query"]),
     # ---- request bodies (validated by the bridge with these very schemas)
     "RecordCreate": _obj({
         "kind": KIND_NAME, "fields": {"type": "object"}, "id": RECORD_ID, "tags": TAGS,
@@ -493,6 +580,7 @@ def _header(name: str, description: str) -> dict[str, Any]:
 P_REGISTRY = _path("registry", REGISTRY_NAME)
 P_ID = _path("id", RECORD_ID)
 P_DISPUTE = _path("id", DISPUTE_ID, "the dispute's id (rgrid disputes list, GET /v1/disputes)")
+P_VIEW = _path("name", RECORD_ID, "the view's name (its record id in grid.views)")
 IDEMPOTENCY = _header("Idempotency-Key", "A retry with the same key and body replays the first answer "
                       "(kept 24 h per token); the same key with another body is refused (422).")
 LOCATION = {"Location": {"description": "URL of what was created", "schema": STRING}}
@@ -779,6 +867,61 @@ def _paths() -> dict[str, Any]:
                         description="A repair: the index is emptied and every record indexed again from the "
                                     "feed; the answer comes when it is done. Searches meanwhile see a partial "
                                     "index. 503: the node was started with --no-search."),
+        },
+        "/v1/views": {
+            "get": _op("listViews", "Every saved view this node holds, and what it keeps of each",
+                       {**_json("200", "Views", "the views"), **_errors("401", "429", "503")}, tags=["views"],
+                       description="Views are records of grid.views, replicated like any record; this node "
+                                   "materializes the oldest views of its own org (materialized: true) and answers "
+                                   "the others live."),
+        },
+        "/v1/views/{name}": {
+            "get": _op("getView", "A saved view and a page of its results as records, in the query's order",
+                       {**_json("200", "ViewPage", "the view and its results"), **_errors(*READ_ERRORS)},
+                       tags=["views"],
+                       params=[P_VIEW, _query("limit", {"type": "integer", "minimum": 1,
+                                                        "maximum": saved_views.MAX_MEMBERS},
+                                              "results per page (default: the query's limit, else "
+                                              f"{saved_views.DEFAULT_PAGE}; a view answered live pages at most "
+                                              f"{search_query.MAX_LIMIT})"),
+                               _query("cursor", {"type": "string", "maxLength": 1024},
+                                      "next_cursor of the previous page")],
+                       description="From the materialized results when this node keeps them, else by running the "
+                                   "query now. A view whose query is refused answers 200 with view.error and no "
+                                   "items. A token limited to one registry sees that registry's results only. "
+                                   "503: the node keeps no search index (--no-search)."),
+            "put": _op("putView", "Create or replace a saved view (a signed record of grid.views)",
+                       {**_json("201", "WriteResult", "created", {**LOCATION, **ETAG}),
+                        **_json("200", "WriteResult", "replaced (or unchanged)", {**LOCATION, **ETAG}),
+                        **_errors(*WRITE_ERRORS)},
+                       tags=["views"], params=[P_VIEW], body=_body("ViewPut"),
+                       description="The query is parsed first: a malformed part is refused with 422 and its JSON "
+                                   "pointer under /query in details[0].path. Needs a writer token; only the "
+                                   "owner org's nodes replace or delete a view (403)."),
+            "delete": _op("deleteView", "Delete a saved view (a signed tombstone)",
+                          {**_json("200", "WriteResult", "deleted"), **_errors(*WRITE_ERRORS)},
+                          tags=["views"], params=[P_VIEW]),
+        },
+        "/v1/views/{name}/events": {
+            "get": _op(
+                "viewEvents", "A materialized view's changes: results added, updated, removed",
+                {"200": {"description": "events (JSON), or an endless SSE stream with Accept: text/event-stream",
+                         "headers": _TRACE_HEADER,
+                         "content": {"application/json": {"schema": _ref("ViewChanges")},
+                                     "text/event-stream": {"schema": STRING}}},
+                 **_errors(*READ_ERRORS, "409")},
+                tags=["views"],
+                params=[P_VIEW, _query("after", {"type": "string", "maxLength": 64},
+                                       "the event_id (or SSE id) of the last event received"),
+                        _header("Last-Event-ID", "SSE resume: the id of the last event received")],
+                description="With Accept: text/event-stream the answer is an SSE stream: first, unless it "
+                            "resumes, event reset (data: {members, through}); then events added, updated and "
+                            "removed (data: {registry, id, seq}), each with id: GENERATION.N; reset again when "
+                            "the client is further behind than the events the node keeps, or the view is "
+                            "edited; deleted, and the end, when the view is deleted. Reconnect with "
+                            "Last-Event-ID. 409: this node answers the view live (another org's, or beyond "
+                            "the views it keeps), or its query is refused. 503: the view is being "
+                            "materialized (JSON; a stream waits), or the node keeps no search index."),
         },
         "/v1/tokens": {
             "get": _op("listTokens", "Every token (never their secrets) (admin)",

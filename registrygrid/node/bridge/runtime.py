@@ -86,6 +86,7 @@ from registrygrid.node.bridge.audit import FLUSH_BATCH, FLUSH_INTERVAL_S, AuditB
 from registrygrid.node.bridge.auth import Authenticator, RateLimit, RateLimiter
 from registrygrid.node.bridge.metrics import BridgeMetrics
 from registrygrid.node.bridge.streaming import FeedHub
+from registrygrid.node.federated_search import federated_search
 from registrygrid.storage import idempotency, tokens
 
 log = logging.getLogger("registrygrid.bridge")
@@ -181,6 +182,7 @@ class Bridge:
                              follow=self._follow_from_loop, unfollow=self._unfollow_from_loop,
                              follows=self._follows, followed=self._followed,
                              search=lambda: node.component("search"),
+                             federated_search=self._federated_search_from_loop,
                              max_body=self.config.max_body, idempotency_ttl_ms=self.config.idempotency_ttl_ms,
                              max_streams=self.config.max_streams)
         thread = threading.Thread(target=self._thread_main, args=(api,), name="rgrid-bridge", daemon=True)
@@ -364,6 +366,11 @@ class Bridge:
             raise Unavailable("this node runs no DHT, so it cannot read registries of other federations: it was "
                               "started with --no-p2p or --no-dht, or its federation is still starting")
         return await reader.read(name, record_id=record_id)
+
+    async def _federated_search_from_loop(self, body: Any, scope: tuple[str, ...] | None) -> dict[str, Any]:
+        """A query answered by this node and its peers, verified (node/federated_search.py), from the loop."""
+        answer: dict[str, Any] = await self._run_in_trio(federated_search, self._node, body, scope)
+        return answer
 
     def _following(self) -> Any:
         """The node's ``Follows`` (node/follow.py), or None when it runs no DHT

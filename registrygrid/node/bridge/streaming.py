@@ -13,6 +13,10 @@ handled (SSE ``id:`` lines and ``Last-Event-ID``, the WebSocket's
 ``since``). Feed sequences are dense and never reused (``storage/feed.py``),
 so a client that reconnects with its cursor misses nothing and sees at most
 the events it had not acknowledged again (at-least-once).
+
+A saved view's changes (search/views.py) stream over SSE the same way
+(``serve_view_sse``): the views' refresh wakes the streams, and the cursor
+is the view's own event id.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from aiohttp import WSMsgType, web
 
+from registrygrid.errors import NotFound, RegistryError
 from registrygrid.storage.feed import FeedEvent
 
 # The request's trace id (set by the app's middleware). Streams prepare their
@@ -174,3 +180,68 @@ async def serve_websocket(request: web.Request, reader: FeedReader, hub: FeedHub
         if not ws.closed:
             await ws.close()
     return ws
+
+
+# ---------------------------------------------------------------- saved views (search/views.py)
+
+
+def sse_event(event_id: str, kind: str, data: Any) -> bytes:
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id.encode(), kind.encode(), msgspec.json.encode(data))
+
+
+async def serve_view_sse(request: web.Request, changes: Callable[[str | None], dict[str, Any] | None],
+                         subscribe: Callable[[Callable[[], None]], Callable[[], None]], hub: FeedHub,
+                         after: str | None, heartbeat_s: float = HEARTBEAT_S) -> web.StreamResponse:
+    """A saved view's changes as SSE. ``changes(after)`` is the node's
+    ``Views.changes`` for this view (events after an event id, or the whole
+    member list as ``reset``; None while it waits for its first refresh);
+    ``subscribe`` registers a wake-up that the views' refresh calls on the
+    indexing thread, which hands it to this loop (``call_soon_threadsafe``),
+    as the committer's hook wakes the feed's streams. Ends with ``deleted``
+    when the view is deleted, ``error`` when it can no longer be followed
+    here, or when the bridge stops."""
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(changed.set)  # RuntimeError once the loop closed: Views ignores it
+
+    unsubscribe = subscribe(wake)
+    try:
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+            **_trace_headers(request)})
+        await response.prepare(request)
+        await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
+        cursor = after
+        while not hub.closing:
+            changed.clear()  # before reading: a refresh after the read wakes the wait below
+            try:
+                batch = changes(cursor)
+            except NotFound:
+                await response.write(b"event: deleted\ndata: {}\n\n")
+                break
+            except RegistryError as exc:  # Conflict: edited into a view this node no longer keeps, or refused
+                await response.write(b"event: error\ndata: %s\n\n" % msgspec.json.encode(
+                    {"code": exc.code, "message": exc.message}))
+                break
+            if batch is not None:
+                frames = []
+                if batch["reset"] is not None:
+                    frames.append(sse_event(batch["last_id"], "reset", batch["reset"]))
+                frames += [sse_event(e["event_id"], e["type"], {"registry": e["registry"], "id": e["id"],
+                                                                "seq": e["seq"]}) for e in batch["events"]]
+                cursor = batch["last_id"]
+                if frames:
+                    await response.write(b"".join(frames))
+                    continue
+            view = asyncio.ensure_future(changed.wait())
+            stopping = asyncio.ensure_future(hub.wait_beyond(2**63, heartbeat_s))  # only shutdown or the timeout
+            await asyncio.wait({view, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            view.cancel()
+            stopping.cancel()
+            if not changed.is_set() and not hub.closing:
+                await response.write(b": keepalive\n\n")
+    finally:
+        unsubscribe()
+    return response
