@@ -89,7 +89,7 @@ def _schema() -> tantivy.Schema:
     sb.add_text_field("key", stored=True, fast=True, tokenizer_name="raw")
     sb.add_integer_field("kid", stored=True, indexed=True, fast=True)
     for name in _KEYWORDS:
-        sb.add_text_field(name, stored=True, fast=True, tokenizer_name="raw")
+        sb.add_text_field(name, stored=name in ("registry", "id"), fast=True, tokenizer_name="raw")
         for part in _prefix_fields(name):
             sb.add_unsigned_field(part, fast=True)  # range queries read fast fields: no postings needed
     sb.add_text_field("tags", fast=True, tokenizer_name="raw")
@@ -286,9 +286,13 @@ class SearchIndex:
         if field != "relevance":
             clauses.append(tantivy.Query.exists_query(field))
         out: dict[str, Any] = {}
-        for score, address in searcher.search(_and(*clauses), len(keys), count=False).hits:
-            doc = searcher.doc(address)
-            out[doc["key"][0]] = float(score) if field == "relevance" else doc.get_first(field)
+        if field == "relevance":
+            for score, address in searcher.search(_and(*clauses), len(keys), count=False).hits:
+                out[searcher.doc(address)["key"][0]] = float(score)
+            return out
+        # The sort value as the sort reads it: the field's fast value (keywords are not stored).
+        for value, address in searcher.search(_and(*clauses), len(keys), count=False, order_by_field=field).hits:
+            out[searcher.doc(address)["key"][0]] = value
         return out
 
     def search(self, query: q.Query, *, registries: tuple[str, ...] | None = None,
