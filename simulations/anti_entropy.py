@@ -21,12 +21,19 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registrygrid.engine.ops import Operation, Outcome, Put, Remote, Update
+from registrygrid.engine.ops import (
+    Operation,
+    Outcome,
+    Put,
+    Remote,
+    Update,
+)
 from registrygrid.errors import RegistryError
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.gossip import decode_batch, encode_batch
-from registrygrid.protocol.sync import SyncPuller, answer_sync
+from registrygrid.protocol.sync import answer_sync
+from registrygrid.protocol.sync_session import Applied, SyncSession, run_session
 from registrygrid.sdk import LocalRegistry
 
 FEDERATION = "sim"
@@ -57,15 +64,16 @@ class Report:
 
 
 def pull(puller_node: SimNode, responder: SimNode) -> int:
-    """One anti-entropy session, through bytes only, until the responder has nothing more."""
-    session = SyncPuller(FEDERATION)
-    while not session.done:
-        request = session.request(puller_node.grid.engine.version_vector())
-        response = answer_sync(request, responder.grid.engine, federation=FEDERATION)
-        wires = session.receive(response)
-        if wires:
-            puller_node.grid.execute([Remote(w, responder.name) for w in wires])
-    return session.rounds
+    """One anti-entropy session, through bytes only: the node's own session
+    state machine (protocol/sync_session.py), driven step by step."""
+    engine = puller_node.grid.engine
+
+    def apply(wires: list[bytes]) -> Applied:
+        return Applied.of(puller_node.grid.execute([Remote(w, responder.name) for w in wires]))
+
+    report = run_session(SyncSession(FEDERATION), vector=engine.replicated_vector, apply=apply,
+                         exchange=lambda request: answer_sync(request, responder.grid.engine, federation=FEDERATION))
+    return report.rounds
 
 
 def run(nodes: int = 5, rounds: int = 10, writes_per_round: int = 3, loss: float = 0.3, seed: int = 1,

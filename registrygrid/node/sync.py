@@ -33,16 +33,34 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from registrygrid.engine.ops import IngestResult, Remote
-from registrygrid.errors import MalformedInput, PolicyDenied, RateLimited, RegistryError, TooLarge, Unavailable
+from registrygrid.errors import (
+    MalformedInput,
+    PolicyDenied,
+    RateLimited,
+    RegistryError,
+    TooLarge,
+    Unavailable,
+)
 from registrygrid.node.guard import PeerGuard
 from registrygrid.node.p2p import P2PError, P2PHost
-from registrygrid.protocol.sync import SYNC_PROTOCOL_ID, SyncPuller, Vector, advance, answer_sync, behind
+from registrygrid.protocol.sync import SYNC_PROTOCOL_ID, answer_sync
+from registrygrid.protocol.sync_session import (
+    Action,
+    Applied,
+    Apply,
+    Finish,
+    PassApplied,
+    Response,
+    SendRequest,
+    SessionReport,
+    Start,
+    SyncSession,
+)
 
 if TYPE_CHECKING:
     from registrygrid.node.node import Node
@@ -63,25 +81,6 @@ APPLY_CHUNK = 2000
 # One sync round trip: an 8 MiB response at 10 Mbit/s is ~7 s; p2p's request
 # timeout default is 30 s for the same reason.
 REQUEST_TIMEOUT_S = 30.0
-# Rounds per session before yielding to the scheduler: 500 rounds of 2 MiB is
-# 1 GB, far beyond any catch-up; it only stops a responder that keeps saying
-# "more" with ever-new envelopes from holding a session slot forever.
-MAX_ROUNDS = 500
-
-
-@dataclass
-class SessionReport:
-    rounds: int = 0
-    received: int = 0
-    applied: int = 0
-    duplicate: int = 0
-    pending: int = 0
-    rejected: int = 0
-    lag: int = 0  # changes the peer holds that we still lack after the session
-    ahead: int = 0  # changes we hold that the peer lacks
-    stalled: bool = False
-
-
 class SyncFailed(Exception):
     """A session ended early (the peer misbehaved, went away or refused)."""
 
@@ -140,67 +139,58 @@ class SyncService:
     # ---- puller ----
 
     async def pull(self, peer: str) -> SessionReport:
-        """One session with ``peer``; raises SyncFailed if it could not finish.
+        """One session with ``peer`` (protocol/sync_session.py decides every
+        step; this executes them); raises SyncFailed if it could not finish.
 
-        A session is one or more passes. A pass asks round after round,
-        each from the vector as it will be once the previous rounds are
-        applied (``protocol.sync.advance``), while the rounds before are
-        verified and committed: the responder's work and the transfer overlap
-        the engine's. After a pass the store's vector is the truth again: if
-        the peer still holds changes we lack (some were parked or refused), a
-        new pass starts from it, as long as the last one made progress.
+        Each pass is pipelined: the next request goes out while the batch
+        before it is verified and committed, so the responder's work and the
+        transfer overlap the engine's. Between passes the store's vector is
+        read again, and the session decides whether to go on.
         """
         engine = self.node.engine
-        report = SessionReport()
         self.metrics["sync.sessions"] += 1
-        vector: Vector = await trio.to_thread.run_sync(engine.replicated_vector)
+        session = SyncSession(self.federation)
+        actions = session.handle(Start(await trio.to_thread.run_sync(engine.replicated_vector)))
         while True:
-            puller = SyncPuller(self.federation)
-            applied_before = report.applied
-            await self._pass(peer, puller, vector, report)
-            vector = await trio.to_thread.run_sync(engine.replicated_vector)
-            report.lag = behind(vector, puller.peer_vector)
-            report.ahead = behind(puller.peer_vector, vector)
-            if report.lag == 0 or report.rounds >= MAX_ROUNDS:
+            await self._pass(peer, session, actions)
+            actions = session.handle(PassApplied(await trio.to_thread.run_sync(engine.replicated_vector)))
+            if isinstance(actions[-1], Finish):
                 break
-            if report.applied == applied_before:
-                report.stalled = True  # what is left cannot be applied yet: stop asking for it
-                self.metrics["sync.stalled"] += 1
-                break
+        if session.report.stalled:
+            self.metrics["sync.stalled"] += 1
         self.metrics["sync.completed"] += 1
-        return report
+        return session.report
 
-    async def _pass(self, peer: str, puller: SyncPuller, vector: Vector, report: SessionReport) -> None:
+    async def _pass(self, peer: str, session: SyncSession, first: list[Action]) -> None:
+        """Execute one pass's actions: requests on one task, batches applied
+        on this one, until the session ends the pass and every batch is in."""
         # Unbuffered: at most one response waits while one is applied, so a
         # session holds two responses (<= 2 x 9 MiB, P2PHost's cap) at most.
-        responses: trio.MemorySendChannel[list[bytes]]
-        responses, to_apply = trio.open_memory_channel[list[bytes]](0)
+        batches: trio.MemorySendChannel[list[bytes]]
+        batches, to_apply = trio.open_memory_channel[list[bytes]](0)
         failure: SyncFailed | None = None
 
         async def fetch() -> None:
             nonlocal failure
-            cursor = vector
-            async with responses:
-                while not puller.done and report.rounds < MAX_ROUNDS:
-                    try:
-                        envelopes = await self._round(peer, puller, cursor)
-                    except SyncFailed as exc:
-                        failure = exc
-                        return
-                    report.rounds += 1
-                    report.received += len(envelopes)
-                    advanced = advance(cursor, envelopes)
-                    if envelopes:
-                        await responses.send(envelopes)
-                    if advanced == cursor and not puller.done:
-                        return  # "more", but nothing that moves us on: end the pass
-                    cursor = advanced
+            actions = first
+            async with batches:
+                while actions:
+                    action, actions = actions[0], actions[1:]
+                    if isinstance(action, Apply):
+                        await batches.send(action.envelopes)
+                    elif isinstance(action, SendRequest):
+                        try:
+                            actions = [*actions, *await self._round(peer, session, action)]
+                        except SyncFailed as exc:
+                            failure = exc
+                            return
+                    # EndPass: nothing more to send; the batches drain below
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fetch)
             async for envelopes in to_apply:
                 try:
-                    await self._apply(peer, envelopes, report)
+                    session.handle(await self._apply(peer, envelopes))
                 except SyncFailed as exc:
                     failure = exc
                     nursery.cancel_scope.cancel()
@@ -208,31 +198,32 @@ class SyncService:
         if failure is not None:  # raised out here, not wrapped in the nursery's exception group
             raise failure
 
-    async def _round(self, peer: str, puller: SyncPuller, vector: Vector) -> list[bytes]:
+    async def _round(self, peer: str, session: SyncSession, request: SendRequest) -> list[Action]:
         try:
-            data = await self.host.request(peer, SYNC_PROTOCOL_ID, puller.request(vector),
-                                           timeout=self.request_timeout)
+            data = await self.host.request(peer, SYNC_PROTOCOL_ID, request.data, timeout=self.request_timeout)
         except P2PError as exc:
             self.metrics["sync.failed"] += 1
             raise SyncFailed(f"sync with {peer}: {exc.code}: {exc.message}") from exc
         try:
-            envelopes = puller.receive(data)
+            actions = session.handle(Response(data))
         except RegistryError as exc:
             self.metrics["sync.invalid_response"] += 1
             self._strike(peer, f"sync response: {exc.code}: {exc.message}"[:200])
             raise SyncFailed(f"sync with {peer}: bad response: {exc.message}") from exc
         self.metrics["sync.rounds"] += 1
-        return envelopes
+        return actions
 
-    async def _apply(self, peer: str, envelopes: list[bytes], report: SessionReport) -> None:
+    async def _apply(self, peer: str, envelopes: list[bytes]) -> Applied:
+        """Apply a batch through the policy guard and the committer; its outcomes."""
+        counts: Counter[str] = Counter()
         guard = self._guard
         if guard is None:
-            await self._submit(peer, envelopes, report)
-            return
+            await self._submit(peer, envelopes, counts)
+            return _applied(counts)
         charges = guard.charges(envelopes, trio.current_time())
         refused = guard.refused(charges)
         if refused:
-            report.rejected += refused
+            counts["rejected"] += refused
             self._on_rejected(peer, refused)
         pending = [(wire, charge) for wire, charge in zip(envelopes, charges, strict=True) if charge.refusal is None]
         waited = 0.0
@@ -241,10 +232,10 @@ class SyncService:
             admission = guard.admit_sync(peer, [charge for _, charge in pending], asked)
             if admission.admitted:
                 chosen = set(admission.admitted)
-                await self._submit(peer, [pending[i][0] for i in admission.admitted], report)
+                await self._submit(peer, [pending[i][0] for i in admission.admitted], counts)
                 pending = [item for i, item in enumerate(pending) if i not in chosen]
             if not pending:
-                return
+                return _applied(counts)
             # Wait until the rest fits (or a burst of it does), not just the
             # few changes that trickled in meanwhile: throttled changes go
             # in batches, each one transaction, not one commit per refill.
@@ -260,29 +251,25 @@ class SyncService:
             self.metrics["guard.sync_wait_ms"] += round(wait * 1000)
             await trio.sleep(wait)
             waited += wait
+        return _applied(counts)
 
-    async def _submit(self, peer: str, envelopes: list[bytes], report: SessionReport) -> None:
+    async def _submit(self, peer: str, envelopes: list[bytes], counts: Counter[str]) -> None:
         for start in range(0, len(envelopes), APPLY_CHUNK):
             chunk = envelopes[start:start + APPLY_CHUNK]
             try:
                 outcomes = await self.node.submit([Remote(wire, peer) for wire in chunk])
             except RegistryError as exc:  # the node is stopping, or storage failed
                 raise SyncFailed(f"could not apply changes from {peer}: {exc.message}") from exc
-            self._count(peer, outcomes, report)
+            self._count(peer, outcomes, counts)
 
-    def _count(self, peer: str, outcomes: list[Any], report: SessionReport) -> None:
-        rejected = 0
+    def _count(self, peer: str, outcomes: list[Any], counts: Counter[str]) -> None:
         for outcome in outcomes:
-            status = outcome.status if isinstance(outcome, IngestResult) else "rejected"
-            self.metrics[f"sync.ingest.{status}"] += 1
-            if status == "applied":
-                report.applied += 1 + len(outcome.released)
-            elif status == "duplicate":
-                report.duplicate += 1
-            elif status == "pending":
-                report.pending += 1
-            else:
-                rejected += 1
-        report.rejected += rejected
-        self._on_rejected(peer, rejected)
+            self.metrics[f"sync.ingest.{outcome.status if isinstance(outcome, IngestResult) else 'rejected'}"] += 1
+        applied = Applied.of(outcomes)
+        counts.update(applied=applied.applied, duplicate=applied.duplicate, pending=applied.pending,
+                      rejected=applied.rejected)
+        self._on_rejected(peer, applied.rejected)
 
+
+def _applied(counts: Counter[str]) -> Applied:
+    return Applied(counts["applied"], counts["duplicate"], counts["pending"], counts["rejected"])
