@@ -12,8 +12,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from registrygrid.errors import MalformedInput, RegistryError, TooLarge
-from registrygrid.node.gossip import VALIDATION_BURST_S, VALIDATION_SHARE, SeenSet, _Budget, _Inbound
-from registrygrid.node.peers import BACKOFF_BASE_S, BACKOFF_CAP_S, STABLE_AFTER_S, PeerTable, backoff_delay
+from registrygrid.node.peers import (
+    BACKOFF_BASE_S,
+    BACKOFF_CAP_S,
+    STABLE_AFTER_S,
+    PeerTable,
+    backoff_delay,
+)
+from registrygrid.protocol.gossip_intake import (
+    VALIDATION_BURST_S,
+    VALIDATION_SHARE,
+    InboundQueues,
+    SeenSet,
+    ValidationBudget,
+)
 from registrygrid.protocol.hello import (
     HELLO_VERSION,
     MAX_SHARED_PEERS,
@@ -178,12 +190,12 @@ def test_the_seen_set_is_bounded_and_forgets_the_oldest() -> None:
 
 
 def test_inbound_queues_are_bounded_per_peer_and_in_total_and_served_round_robin() -> None:
-    inbound = _Inbound()
+    inbound = InboundQueues(peer_cap=500, total_cap=700)
     for i in range(10):
-        assert inbound.put("flood", b"x" * 100, peer_cap=500, total_cap=700) == (i < 5)
-    assert inbound.put("quiet", b"q" * 100, peer_cap=500, total_cap=700)
-    assert inbound.put("other", b"o" * 100, peer_cap=500, total_cap=700)
-    assert not inbound.put("late", b"l", peer_cap=500, total_cap=700)  # total cap
+        assert inbound.put("flood", b"x" * 100) == (i < 5)
+    assert inbound.put("quiet", b"q" * 100)
+    assert inbound.put("other", b"o" * 100)
+    assert not inbound.put("late", b"l")  # total cap
     taken = inbound.take(400)
     assert [peer for peer, _ in taken] == ["flood", "quiet", "other", "flood"]
     assert inbound.total == 300
@@ -192,9 +204,9 @@ def test_inbound_queues_are_bounded_per_peer_and_in_total_and_served_round_robin
 
 
 def test_one_origin_gets_a_bounded_share_of_validation_time() -> None:
-    budget = _Budget(at=0.0)
+    budget = ValidationBudget(at=0.0)
     assert budget.allows(0.0)
-    budget.tokens -= VALIDATION_BURST_S + 0.5  # one huge message overdraws the bucket
+    budget.spend(VALIDATION_BURST_S + 0.5)  # one huge message overdraws the bucket
     assert not budget.allows(0.5)
     refill = (0.5 + 0.01) / VALIDATION_SHARE  # seconds to earn the overdraft back
     assert budget.allows(0.5 + refill) and budget.tokens <= VALIDATION_BURST_S

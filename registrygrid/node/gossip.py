@@ -6,8 +6,11 @@ to a bounded outbox, and ``publish_loop`` packs them with
 ``protocol.gossip.Batcher`` (flush at 512 KiB or 5 ms) onto the topic.
 
 In: ``validate`` runs inside py-libp2p's receive path, before a message is
-delivered or forwarded: size cap, decoding, dedupe (a bounded seen-set of
-change IDs, then the store), every new envelope's signature, then the policy
+delivered or forwarded: the validation budget of its origin, decoding,
+dedupe (a bounded seen-set of change IDs, then the store), every new
+envelope's signature (the rules and their state are sans-IO, in
+protocol/gossip_intake.py ``GossipIntake``; this module gives them the
+time, the store and the libp2p side), then the policy
 guard (``node/guard.py``) on the envelopes it just opened: a message holding
 a change its registry's caps refuse is rejected (counted against the origin
 as refused changes, not struck); a message the origin's, an org's or a
@@ -31,9 +34,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -42,9 +44,17 @@ from registrygrid.engine.ops import Committed, IngestResult, Remote
 from registrygrid.errors import RegistryError
 from registrygrid.node.guard import PeerGuard
 from registrygrid.node.p2p import GossipMessage, P2PError, P2PHost
-from registrygrid.protocol.envelope import claimed_id, open_envelope
-from registrygrid.storage import changes
 from registrygrid.protocol.gossip import Batcher, decode_batch
+from registrygrid.protocol.gossip_intake import (
+    PEER_QUEUE_BYTES,
+    SEEN_CAPACITY,
+    TOTAL_QUEUE_BYTES,
+    Duplicate,
+    GossipIntake,
+    Invalid,
+    Throttled,
+)
+from registrygrid.storage import changes
 
 if TYPE_CHECKING:
     from registrygrid.node.node import Node
@@ -53,18 +63,6 @@ log = logging.getLogger("registrygrid.federation.gossip")
 
 MiB = 2**20
 
-# Change IDs remembered as seen (validated or stored). 2**16 IDs cost about
-# 8 MB (36-byte CID + dict overhead) and cover the last minute of a busy
-# federation at 1k changes/s; older replays are still caught by the store
-# lookup that follows a seen-set miss.
-SEEN_CAPACITY = 2**16
-# Per-origin inbound queue: 8 full gossip batches (512 KiB each). At the
-# engine's ingest rate (1-10k changes/s, ~750 B each) that is 0.5-5 s of work
-# queued per peer; beyond it the peer's messages are dropped (and synced).
-PEER_QUEUE_BYTES = 4 * MiB
-# All peers together: 32 MiB of queued gossip, so 64 connected peers that all
-# flood cannot hold more than this much of our memory.
-TOTAL_QUEUE_BYTES = 32 * MiB
 # Local envelopes waiting to be published. The committer's hook cannot wait,
 # so this is where a stalled publish (py-libp2p backpressure) backs up; 16 MiB
 # is ~20k changes, several seconds of the fastest bulk import. Beyond it the
@@ -76,86 +74,6 @@ INGEST_BATCH_OPS = 2000
 # ... and queued messages taken per pass: about that many envelopes at
 # 750-1000 B each, taken round-robin across origins.
 INGEST_BATCH_BYTES = 2 * MiB
-# Validation runs on the node's one trio thread (py-libp2p calls validators
-# synchronously), at ~50-100 us per new envelope (Ed25519 verify, decode).
-# One origin may use at most half of that thread on average, with a burst of
-# one second: an honest bulk import (~3k changes/s, ~0.25 s/s) fits, a
-# hostile flood of well-signed envelopes cannot stall everyone else. Over
-# budget, a message is ignored (not penalised) and the origin is synced
-# with instead: anti-entropy pulls at the engine's pace.
-VALIDATION_SHARE = 0.5
-VALIDATION_BURST_S = 1.0
-
-
-@dataclass
-class _Budget:
-    """Token bucket of validation seconds for one origin."""
-
-    tokens: float = VALIDATION_BURST_S
-    at: float = 0.0
-
-    def allows(self, now: float) -> bool:
-        self.tokens = min(VALIDATION_BURST_S, self.tokens + (now - self.at) * VALIDATION_SHARE)
-        self.at = now
-        return self.tokens > 0
-
-
-class SeenSet:
-    """A bounded set of change IDs, oldest forgotten first."""
-
-    def __init__(self, capacity: int = SEEN_CAPACITY) -> None:
-        self.capacity = capacity
-        self._ids: OrderedDict[bytes, None] = OrderedDict()
-
-    def __contains__(self, cid: bytes) -> bool:
-        return cid in self._ids
-
-    def add(self, cid: bytes) -> None:
-        self._ids[cid] = None
-        self._ids.move_to_end(cid)
-        while len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-
-@dataclass
-class _Inbound:
-    """Accepted messages waiting for the engine, one queue per origin peer."""
-
-    queues: dict[str, deque[bytes]] = field(default_factory=dict)
-    sizes: Counter[str] = field(default_factory=Counter)
-    total: int = 0
-
-    def put(self, peer: str, data: bytes, peer_cap: int, total_cap: int) -> bool:
-        if self.sizes[peer] + len(data) > peer_cap or self.total + len(data) > total_cap:
-            return False
-        self.queues.setdefault(peer, deque()).append(data)
-        self.sizes[peer] += len(data)
-        self.total += len(data)
-        return True
-
-    def take(self, max_bytes: int) -> list[tuple[str, bytes]]:
-        """Round-robin: one message per peer per pass, until ``max_bytes`` (at least one message)."""
-        out: list[tuple[str, bytes]] = []
-        size = 0
-        while self.queues and size < max_bytes:
-            for peer in list(self.queues):
-                queue = self.queues[peer]
-                data = queue.popleft()
-                self.sizes[peer] -= len(data)
-                self.total -= len(data)
-                if not queue:
-                    del self.queues[peer]
-                    del self.sizes[peer]
-                out.append((peer, data))
-                size += len(data)
-                if size >= max_bytes:
-                    break
-        return out
-
-
 class GossipService:
     def __init__(self, node: Node, host: P2PHost, topic: str, *, metrics: Counter[str],
                  strike: Callable[[str, str], None], blocked: Callable[[str], bool],
@@ -175,15 +93,13 @@ class GossipService:
         self._blocked = blocked
         self._on_gap = on_gap
         self._on_rejected = on_rejected
-        self.seen = SeenSet(seen_capacity)
-        self._peer_queue_bytes = peer_queue_bytes
-        self._total_queue_bytes = total_queue_bytes
-        self._inbound = _Inbound()
+        # The receiving side's rules and state, sans-IO: budgets, seen-set, queues.
+        self.intake = GossipIntake(seen_capacity=seen_capacity, peer_queue_bytes=peer_queue_bytes,
+                                   total_queue_bytes=total_queue_bytes)
         self._inbound_ready = trio.Event()
         self._outbox: deque[bytes] = deque()
         self._outbox_bytes = 0
         self._outbox_ready = trio.Event()
-        self._budgets: dict[str, _Budget] = {}
         self._guard = guard
 
     # ---- in: validation (py-libp2p's receive path; synchronous, bounded work) ----
@@ -197,67 +113,51 @@ class GossipService:
             metrics["gossip.rejected_blocked"] += 1
             return False
         started = time.perf_counter()
-        budget = self._budgets.get(origin)
-        if budget is None:
-            if len(self._budgets) >= 4096:  # origins come and go; forget them all now and then
-                self._budgets.clear()
-            budget = self._budgets[origin] = _Budget(at=started)
-        if not budget.allows(started):
+        try:
+            return self._check(origin, data, started)
+        finally:
+            self.intake.budget(origin, started).spend(time.perf_counter() - started)
+
+    def _check(self, origin: str, data: bytes, now: float) -> bool:
+        metrics = self.metrics
+        verdict = self.intake.check(origin, data, now, self._stored)
+        if isinstance(verdict, Throttled):
             metrics["gossip.throttled"] += 1
             self._on_gap(origin)
             return False
-        try:
-            return self._check(origin, data)
-        finally:
-            budget.tokens -= time.perf_counter() - started
-
-    def _check(self, origin: str, data: bytes) -> bool:
-        metrics = self.metrics
-        try:
-            wires = decode_batch(data)
-            fresh = [(cid, wire) for wire in wires if (cid := claimed_id(wire)) not in self.seen]
-            if fresh:
-                fresh = self._not_stored(fresh)
-            if not fresh:
-                metrics["gossip.duplicate"] += 1
-                return False
-            envelopes = [open_envelope(wire, verify=True) for _, wire in fresh]
-        except RegistryError as exc:
+        if isinstance(verdict, Duplicate):
+            metrics["gossip.duplicate"] += 1
+            return False
+        if isinstance(verdict, Invalid):
+            exc = verdict.error
             metrics["gossip.invalid"] += 1
             metrics[f"gossip.invalid.{exc.code}"] += 1
             self._strike(origin, f"gossip: {exc.code}: {exc.message}"[:200])
             return False
         if self._guard is not None:
-            verdict = self._guard.gossip(origin, envelopes, trio.current_time())
-            if not verdict.accept:
-                if verdict.refused:
-                    self._on_rejected(origin, verdict.refused)
-                if verdict.strike:
-                    self._strike(origin, f"gossip: flooding: over its rate budget ({', '.join(verdict.short)})")
+            judged = self._guard.gossip(origin, verdict.envelopes, trio.current_time())
+            if not judged.accept:
+                if judged.refused:
+                    self._on_rejected(origin, judged.refused)
+                if judged.strike:
+                    self._strike(origin, f"gossip: flooding: over its rate budget ({', '.join(judged.short)})")
                 return False
-        for cid, _ in fresh:
-            self.seen.add(cid)
+        self.intake.accept(verdict)
         metrics["gossip.accepted"] += 1
         return True
 
-    def _not_stored(self, fresh: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """Drop changes the store already holds (an LMDB get each: microseconds)."""
+    def _stored(self, ids: Sequence[bytes]) -> set[bytes]:
+        """Which of ``ids`` the store holds (an LMDB get each: microseconds)."""
         store = self.node.store
         with store.read() as txn:
-            kept = []
-            for cid, wire in fresh:
-                if not changes.has(store, txn, cid):
-                    kept.append((cid, wire))
-                else:
-                    self.seen.add(cid)
-            return kept
+            return {cid for cid in ids if changes.has(store, txn, cid)}
 
     # ---- in: drain and ingest ----
 
     async def drain(self, subscription: trio.MemoryReceiveChannel[GossipMessage]) -> None:
         """Move accepted messages into the per-peer queues. Nothing slow here."""
         async for message in subscription:
-            if self._inbound.put(message.from_peer, message.data, self._peer_queue_bytes, self._total_queue_bytes):
+            if self.intake.queue(message.from_peer, message.data):
                 self._inbound_ready.set()
             else:
                 self.metrics["gossip.dropped_queue_full"] += 1
@@ -265,11 +165,11 @@ class GossipService:
 
     async def ingest_loop(self) -> None:
         while True:
-            if not self._inbound.queues:
+            if not self.intake.inbound.queues:
                 await self._inbound_ready.wait()
                 self._inbound_ready = trio.Event()
                 continue
-            taken = self._inbound.take(INGEST_BATCH_BYTES)
+            taken = self.intake.take(INGEST_BATCH_BYTES)
             ops: list[Remote] = []
             for peer, data in taken:
                 try:
@@ -349,4 +249,5 @@ class GossipService:
         self.metrics["gossip.published"] += 1
 
     def queued(self) -> dict[str, int]:
-        return {"inbound_bytes": self._inbound.total, "outbox_bytes": self._outbox_bytes, "seen": len(self.seen)}
+        return {"inbound_bytes": self.intake.inbound.total, "outbox_bytes": self._outbox_bytes,
+                "seen": len(self.intake.seen)}
