@@ -37,7 +37,7 @@ from typing import Any
 import trio
 
 from registrygrid.errors import RegistryError, Unavailable, Unverifiable
-from registrygrid.node.p2p import P2PError
+from registrygrid.node.transport import P2PError
 from registrygrid.node.remote_read import dial
 from registrygrid.protocol import federated_search as wire
 from registrygrid.search import query as q

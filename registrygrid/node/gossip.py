@@ -43,7 +43,7 @@ import trio
 from registrygrid.engine.ops import Committed, IngestResult, Remote
 from registrygrid.errors import RegistryError
 from registrygrid.node.guard import PeerGuard
-from registrygrid.node.p2p import GossipMessage, P2PError, P2PHost
+from registrygrid.node.transport import GossipMessage, P2PError, Transport
 from registrygrid.protocol.gossip import Batcher, decode_batch
 from registrygrid.protocol.gossip_intake import (
     PEER_QUEUE_BYTES,
@@ -75,7 +75,7 @@ INGEST_BATCH_OPS = 2000
 # 750-1000 B each, taken round-robin across origins.
 INGEST_BATCH_BYTES = 2 * MiB
 class GossipService:
-    def __init__(self, node: Node, host: P2PHost, topic: str, *, metrics: Counter[str],
+    def __init__(self, node: Node, host: Transport, topic: str, *, metrics: Counter[str],
                  strike: Callable[[str, str], None], blocked: Callable[[str], bool],
                  on_gap: Callable[[str], None], on_rejected: Callable[[str, int], None],
                  seen_capacity: int = SEEN_CAPACITY, peer_queue_bytes: int = PEER_QUEUE_BYTES,

@@ -38,7 +38,7 @@ from registrygrid.errors import (
     ValidationError,
 )
 from registrygrid.identity.keys import KeyPair
-from registrygrid.node.p2p import P2PError
+from registrygrid.node.transport import P2PError
 from registrygrid.protocol import remote_read as proto
 from registrygrid.protocol.envelope import peek
 from registrygrid.sdk import LocalRegistry

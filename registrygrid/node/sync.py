@@ -47,7 +47,7 @@ from registrygrid.errors import (
     Unavailable,
 )
 from registrygrid.node.guard import PeerGuard
-from registrygrid.node.p2p import P2PError, P2PHost
+from registrygrid.node.transport import P2PError, Transport
 from registrygrid.protocol.sync import SYNC_PROTOCOL_ID, answer_sync
 from registrygrid.protocol.sync_session import (
     Action,
@@ -86,7 +86,7 @@ class SyncFailed(Exception):
 
 
 class SyncService:
-    def __init__(self, node: Node, host: P2PHost, federation: str, *, metrics: Counter[str],
+    def __init__(self, node: Node, host: Transport, federation: str, *, metrics: Counter[str],
                  strike: Callable[[str, str], None], blocked: Callable[[str], bool],
                  on_rejected: Callable[[str, int], None], max_inbound: int = MAX_INBOUND_SYNCS,
                  request_timeout: float = REQUEST_TIMEOUT_S, guard: PeerGuard | None = None,
