@@ -111,11 +111,13 @@ class Cluster:
 
     async def start(self, name: str, bootstrap: Sequence[str] = (), *, listen: str = LOOPBACK,
                     config: FederationConfig | None = None, org: str | None = None,
-                    components: Sequence[Any] = ()) -> Member:
-        """Start node ``name``; ``components`` run beside its federation (a search index)."""
+                    components: Sequence[Any] = (), transport: Any = None) -> Member:
+        """Start node ``name``; ``components`` run beside its federation (a
+        search index); ``transport``: the federation's (a MemoryNetwork's
+        factory), py-libp2p on ``listen`` by default."""
         home = self.home(name, org)
         fed = Federation(listen=[listen], bootstrap=list(bootstrap), federation=self.name,
-                         config=config or self.config)
+                         config=config or self.config, transport=transport)
         node = Node(home, [fed, *components])
         member = Member(name, home, node, fed)
 

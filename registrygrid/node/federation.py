@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +54,7 @@ from registrygrid.node.follow import Follows
 from registrygrid.node.gossip import GossipService
 from registrygrid.node.guard import PeerGuard
 from registrygrid.node.multiaddrs import check_listen_addrs, check_peer_addrs
-from registrygrid.node.p2p import GossipConfig, P2PError, P2PHost, PeerEvent
+from registrygrid.node.p2p import GossipConfig, P2PHost
 from registrygrid.node.peers import PeerTable
 from registrygrid.node.remote_read import RemoteReader, answer_read
 from registrygrid.node.sync import (
@@ -63,6 +63,7 @@ from registrygrid.node.sync import (
     SyncFailed,
     SyncService,
 )
+from registrygrid.node.transport import P2PError, PeerEvent, Transport
 from registrygrid.protocol import federated_search, names, registry_record, remote_read
 from registrygrid.protocol import sync as sync_protocol
 from registrygrid.protocol.envelope import registry_of
@@ -155,7 +156,12 @@ class Federation:
     name = "federation"
 
     def __init__(self, *, listen: Sequence[str], bootstrap: Sequence[str] = (), federation: str = "default",
-                 config: FederationConfig | None = None) -> None:
+                 config: FederationConfig | None = None,
+                 transport: Callable[[bytes], Transport] | None = None) -> None:
+        """``transport``: the node's key seed -> the host it talks through
+        (node/transport.py); py-libp2p's P2PHost on ``listen`` by default, an
+        in-memory network's host in simulations (node/memory_transport.py,
+        which has no DHT: the config must say ``dht=False``)."""
         self.federation = names.registry_name(federation)  # it becomes a topic segment
         # Every address is checked whole here, before anything runs: a bad
         # one is a ValidationError naming it, not a peer in backoff later.
@@ -166,7 +172,11 @@ class Federation:
         self.config = config or FederationConfig()
         self.topic = topic_for(self.federation)
         self.metrics: Counter[str] = Counter()
-        self.host: P2PHost | None = None
+        self.host: Transport | None = None
+        self._transport = transport
+        if transport is not None and self.config.dht:
+            raise ValidationError("the registry of registries (DHT) runs on py-libp2p only: a federation on "
+                                  "another transport needs FederationConfig(dht=False)")
         self.peers: PeerTable | None = None
         self.gossip: GossipService | None = None
         self.sync: SyncService | None = None
@@ -195,12 +205,11 @@ class Federation:
         cfg = self.config
         key = node.engine.key
         try:
-            host = P2PHost(key.seed, self.listen, gossip=cfg.gossip,
-                           max_request_bytes=sync_protocol.MAX_REQUEST_BYTES,
-                           # a sync response: envelopes plus the responder's vector (protocol/sync.py)
-                           max_response_bytes=max(sync_protocol.MAX_RESPONSE_BYTES + 2**20,
-                                                  remote_read.MAX_RESPONSE_BYTES,
-                                                  federated_search.MAX_RESPONSE_BYTES + 2**16))
+            host = self._transport(key.seed) if self._transport is not None else P2PHost(
+                key.seed, self.listen, gossip=cfg.gossip, max_request_bytes=sync_protocol.MAX_REQUEST_BYTES,
+                # a sync response: envelopes plus the responder's vector (protocol/sync.py)
+                max_response_bytes=max(sync_protocol.MAX_RESPONSE_BYTES + 2**20, remote_read.MAX_RESPONSE_BYTES,
+                                       federated_search.MAX_RESPONSE_BYTES + 2**16))
         except ValueError as exc:  # a --listen address it cannot use
             raise ValidationError(str(exc)) from None
         self.host = host

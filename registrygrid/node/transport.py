@@ -15,9 +15,9 @@ code above the transport handles both the same way.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import trio
 
@@ -160,7 +160,14 @@ TopicValidator = Callable[[str, bytes], bool]
 
 
 class Transport(Protocol):
-    """A node's connection to its peers (see the module docstring)."""
+    """A node's connection to its peers (see the module docstring). It runs
+    while its ``async with`` block does; ``stats`` counts what it did."""
+
+    stats: Mapping[str, int]
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, *exc_info: object) -> Any: ...
 
     @property
     def peer_id(self) -> str: ...

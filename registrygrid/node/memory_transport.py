@@ -1,0 +1,413 @@
+"""An in-memory transport: many nodes in one process, in trio's (virtual) time.
+
+    network = MemoryNetwork(seed=7, latency=lambda rng: rng.uniform(0.01, 0.05), loss=0.01)
+    async with network.host() as a, network.host() as b:
+        await a.connect(b.listen_addrs()[0])
+        ...
+
+A ``MemoryHost`` keeps the contract of node/transport.py as ``P2PHost``
+does (tests/test_transport_contract.py runs one suite against both), so
+gossip, sync and the federation run on it unchanged. Under
+``trio.testing.MockClock`` every latency is virtual: a run of simulated
+minutes takes as long as its computation.
+
+What it models, and what it does not:
+
+* Connections are symmetric and instant to open; ``partition`` splits the
+  hosts into groups that cannot reach each other (open connections across
+  groups drop, with their peer events), ``heal`` joins them again.
+* A request takes one sampled latency each way; its handler runs as the
+  remote's (an error it raises reaches the requester as ``RemoteError``
+  with ``code: message``, as over libp2p); caps and timeouts raise the same
+  errors as ``P2PHost``. Requests are never lost (they run over TCP there).
+* Gossip is GossipSub's eager push, simplified: a host forwards a message
+  it has not seen and its validator accepts to up to ``degree`` of its
+  connected peers on the topic (all, if no more than ``degree``; else a
+  seeded random choice), except the one it came from; each hop takes a
+  sampled latency and is lost with probability ``loss``. No IHAVE/IWANT
+  repair: what is lost stays lost until anti-entropy, which is what a
+  simulation wants to see.
+* Every message and byte is counted, per host and for the network
+  (``MemoryNetwork.stats``), for amplification figures.
+
+Deterministic for a seed: one seeded random source decides latencies,
+losses and mesh choices, and trio's MockClock orders events by time
+(``MockClock(rate=0, autojump_threshold=0)``, and ``trio.run`` with a
+fixed scheduler seed for exact replays).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import trio
+
+from registrygrid.errors import RegistryError
+from registrygrid.node.p2p_base import peer_id_from_seed
+from registrygrid.node.transport import (
+    DialFailed,
+    GossipMessage,
+    MessageRejected,
+    MessageTooLarge,
+    NotRunning,
+    PeerEvent,
+    PeerUnreachable,
+    ProtocolNotSupported,
+    RemoteError,
+    RequestHandler,
+    RequestTimeout,
+    RequestTooLarge,
+    ResponseTooLarge,
+    TopicValidator,
+)
+
+# GossipSub's target mesh degree (D = 6 in the spec and every implementation).
+DEFAULT_DEGREE = 6
+# The same caps as P2PHost's defaults (node/p2p_requests.py, node/p2p_pubsub.py).
+DEFAULT_MAX_REQUEST_BYTES = 1 * 2**20
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 2**20
+DEFAULT_MAX_MESSAGE_BYTES = 2**20 - 16 * 1024
+DEFAULT_REQUEST_TIMEOUT = 30.0
+SUBSCRIPTION_CHANNEL_SIZE = 1024
+PEER_EVENT_CHANNEL_SIZE = 256
+# Message IDs a host remembers (GossipSub's seen cache holds ~2 minutes).
+SEEN_MESSAGES = 2**16
+
+
+@dataclass(frozen=True)
+class _Message:
+    topic: str
+    data: bytes
+    origin: str
+    seqno: int
+
+    @property
+    def id(self) -> tuple[str, int]:
+        return self.origin, self.seqno
+
+
+class MemoryNetwork:
+    """The hosts of one simulated network, and what passes between them."""
+
+    def __init__(self, *, seed: int = 0, latency: Callable[[random.Random], float] = lambda rng: 0.0,
+                 loss: float = 0.0, degree: int = DEFAULT_DEGREE) -> None:
+        if not 0.0 <= loss < 1.0:
+            raise ValueError("loss must be in [0, 1)")
+        self.rng = random.Random(seed)
+        self.latency = latency
+        self.loss = loss
+        self.degree = degree
+        self.hosts: dict[str, MemoryHost] = {}
+        self.stats: Counter[str] = Counter()
+        self._groups: dict[str, int] | None = None  # peer -> partition group, while partitioned
+        self._made = 0
+
+    def host(self, peer_id: str | None = None, **options: Any) -> MemoryHost:
+        """A new host (``async with`` it to run it). ``peer_id``: the libp2p
+        peer ID of the node's key (``node.p2p.peer_id_from_seed``), so the
+        federation's admission reads it as over libp2p; by default one of a
+        fresh key. Its address is a synthetic ``/ip4/10.x.y.z/tcp/4001/p2p/<id>``:
+        a valid multiaddr for the peer table and hellos, never a socket."""
+        self._made += 1
+        name = peer_id or peer_id_from_seed(self.rng.randbytes(32))
+        if name in self.hosts:
+            raise ValueError(f"a host named {name!r} exists already")
+        n = self._made
+        host = MemoryHost(self, name, address=f"/ip4/10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}/tcp/4001",
+                          **options)
+        self.hosts[name] = host
+        return host
+
+    def factory(self, **options: Any) -> Callable[[bytes], MemoryHost]:
+        """What ``Federation(transport=...)`` takes: the node's key seed -> its host here."""
+        return lambda seed: self.host(peer_id_from_seed(seed), **options)
+
+    def reachable(self, a: str, b: str) -> bool:
+        return self._groups is None or self._groups.get(a, -1) == self._groups.get(b, -1)
+
+    def partition(self, *groups: list[str] | set[str]) -> None:
+        """Split the hosts into ``groups`` (a host in none is alone); connections across groups drop."""
+        self._groups = {peer: i for i, group in enumerate(groups) for peer in group}
+        for host in self.hosts.values():
+            for peer in list(host._connected):
+                if not self.reachable(host.peer_id, peer):
+                    host._drop(peer)
+
+    def heal(self) -> None:
+        self._groups = None
+
+    def delay(self) -> float:
+        return max(0.0, float(self.latency(self.rng)))
+
+
+class MemoryHost:
+    """One node's transport in a MemoryNetwork (see the module docstring)."""
+
+    def __init__(self, network: MemoryNetwork, peer_id: str, *, address: str = "/ip4/10.0.0.1/tcp/4001",
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
+        self.network = network
+        self._peer_id = peer_id
+        self._address = f"{address}/p2p/{peer_id}"
+        self.max_request_bytes = max_request_bytes
+        self.max_response_bytes = max_response_bytes
+        self.max_message_bytes = max_message_bytes
+        self.request_timeout = request_timeout
+        self.stats: Counter[str] = Counter()
+        self._connected: set[str] = set()
+        self._handlers: dict[str, RequestHandler] = {}
+        self._subscriptions: dict[str, trio.MemorySendChannel[GossipMessage]] = {}
+        self._validators: dict[str, TopicValidator] = {}
+        self._event_channels: list[trio.MemorySendChannel[PeerEvent]] = []
+        self._seen: dict[tuple[str, int], None] = {}
+        self._seqno = 0
+        self._nursery: trio.Nursery | None = None
+        self._cm: Any = None  # the nursery of deliveries to this host, while it runs
+
+    # ---- lifecycle
+
+    async def __aenter__(self) -> Self:
+        if self._nursery is not None:
+            raise NotRunning("a MemoryHost runs once")
+        self._cm = trio.open_nursery()
+        self._nursery = await self._cm.__aenter__()  # type: ignore[attr-defined]
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        for peer in list(self._connected):
+            self._drop(peer)
+        for channel in [*self._subscriptions.values(), *self._event_channels]:
+            channel.close()
+        assert self._nursery is not None and self._cm is not None
+        self._nursery.cancel_scope.cancel()  # deliveries still in flight to us are lost, as at a real shutdown
+        self._nursery = None
+        self.network.hosts.pop(self._peer_id, None)
+        return await self._cm.__aexit__(exc_type, exc, tb)  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def running(self) -> bool:
+        return self._nursery is not None
+
+    def _require_running(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise NotRunning("the host is not running")
+        return self._nursery
+
+    # ---- identity and connections
+
+    @property
+    def peer_id(self) -> str:
+        return self._peer_id
+
+    def listen_addrs(self) -> list[str]:
+        return [self._address] if self.running else []
+
+    def connected_peers(self) -> list[str]:
+        return sorted(self._connected)
+
+    async def connect(self, multiaddr: str, timeout: float = 5.0) -> str:
+        self._require_running()
+        peer = multiaddr.rsplit("/p2p/", 1)[-1] if "/p2p/" in multiaddr else ""
+        other = self.network.hosts.get(peer)
+        if other is None or not other.running or peer == self._peer_id:
+            raise DialFailed(f"no host listens at {multiaddr}")
+        if not self.network.reachable(self._peer_id, peer):
+            raise DialFailed(f"{peer} is unreachable (partitioned)")
+        await trio.sleep(self.network.delay())
+        if peer not in self._connected and other.running:
+            self._connected.add(peer)
+            other._connected.add(self._peer_id)
+            self._emit(PeerEvent("connected", peer))
+            other._emit(PeerEvent("connected", self._peer_id))
+        return peer
+
+    async def disconnect(self, peer_id: str) -> None:
+        self._drop(peer_id)
+
+    def _drop(self, peer: str) -> None:
+        if peer not in self._connected:
+            return
+        self._connected.discard(peer)
+        self._emit(PeerEvent("disconnected", peer))
+        other = self.network.hosts.get(peer)
+        if other is not None and self._peer_id in other._connected:
+            other._connected.discard(self._peer_id)
+            other._emit(PeerEvent("disconnected", self._peer_id))
+
+    def peer_events(self) -> trio.MemoryReceiveChannel[PeerEvent]:
+        send, receive = trio.open_memory_channel[PeerEvent](PEER_EVENT_CHANNEL_SIZE)
+        self._event_channels.append(send)
+        return receive
+
+    def _emit(self, event: PeerEvent) -> None:
+        for channel in list(self._event_channels):
+            try:
+                channel.send_nowait(event)
+            except trio.WouldBlock:
+                self.stats["peer_events_dropped"] += 1
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                self._event_channels.remove(channel)
+
+    # ---- request/response
+
+    def set_handler(self, protocol_id: str, handler: RequestHandler) -> None:
+        self._handlers[protocol_id] = handler
+
+    def remove_handler(self, protocol_id: str) -> None:
+        self._handlers.pop(protocol_id, None)
+
+    async def request(self, peer_id: str, protocol_id: str, data: bytes, timeout: float | None = None) -> bytes:
+        self._require_running()
+        data = bytes(data)
+        if len(data) > self.max_request_bytes:
+            raise RequestTooLarge(f"request of {len(data)} bytes is over max_request_bytes={self.max_request_bytes}")
+        limit = self.request_timeout if timeout is None else timeout
+        with trio.move_on_after(limit) as scope:
+            answer = await self._exchange(peer_id, protocol_id, data)
+        if scope.cancelled_caught:
+            self.stats["requests_failed"] += 1
+            raise RequestTimeout(f"no answer from {peer_id} within {limit:g} s")
+        return answer
+
+    async def _exchange(self, peer_id: str, protocol_id: str, data: bytes) -> bytes:
+        network = self.network
+        other = network.hosts.get(peer_id)
+        if peer_id not in self._connected or other is None or not other.running:
+            self.stats["requests_failed"] += 1
+            raise PeerUnreachable(f"not connected to {peer_id}")
+        self.stats["requests_sent"] += 1
+        network.stats["requests"] += 1
+        network.stats["request_bytes"] += len(data)
+        await trio.sleep(network.delay())
+        if len(data) > other.max_request_bytes:
+            raise RequestTooLarge(f"the peer refused the request: over its max_request_bytes={other.max_request_bytes}")
+        handler = other._handlers.get(protocol_id)
+        if handler is None:
+            raise ProtocolNotSupported(f"{peer_id} does not speak {protocol_id}")
+        try:
+            response = bytes(await handler(self._peer_id, data))
+        except RegistryError as exc:
+            other.stats["requests_handler_errors"] += 1
+            reason = f"{exc.code}: {exc.message}"
+            raise RemoteError(f"the peer's handler failed: {reason}", details={"reason": reason}) from None
+        except Exception as exc:  # noqa: BLE001 - the peer's bug is its refusal, as over libp2p
+            other.stats["requests_handler_errors"] += 1
+            reason = f"handler error ({type(exc).__name__})"
+            raise RemoteError(f"the peer's handler failed: {reason}", details={"reason": reason}) from None
+        other.stats["requests_served"] += 1
+        if len(response) > other.max_response_bytes:
+            raise ResponseTooLarge("the peer refused to answer: over its max_response_bytes")
+        network.stats["response_bytes"] += len(response)
+        await trio.sleep(network.delay())
+        if peer_id not in self._connected:
+            raise PeerUnreachable(f"{peer_id} went away before answering")
+        if len(response) > self.max_response_bytes:
+            raise ResponseTooLarge(f"response is over max_response_bytes={self.max_response_bytes}")
+        return response
+
+    # ---- publish/subscribe
+
+    async def subscribe(self, topic: str) -> trio.MemoryReceiveChannel[GossipMessage]:
+        self._require_running()
+        if topic in self._subscriptions:
+            raise ValueError(f"already subscribed to {topic!r}")
+        send, receive = trio.open_memory_channel[GossipMessage](SUBSCRIPTION_CHANNEL_SIZE)
+        self._subscriptions[topic] = send
+        return receive
+
+    async def unsubscribe(self, topic: str) -> None:
+        channel = self._subscriptions.pop(topic, None)
+        if channel is not None:
+            channel.close()
+
+    def set_topic_validator(self, topic: str, validator: TopicValidator) -> None:
+        self._validators[topic] = validator
+
+    def topic_peers(self, topic: str) -> list[str]:
+        hosts = self.network.hosts
+        return sorted(p for p in self._connected if p in hosts and topic in hosts[p]._subscriptions)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        self._require_running()
+        data = bytes(data)
+        if len(data) > self.max_message_bytes:
+            raise MessageTooLarge(f"gossip payload of {len(data)} bytes is over the {self.max_message_bytes}-byte "
+                                  "limit", details={"size": len(data), "limit": self.max_message_bytes})
+        validator = self._validators.get(topic)
+        if validator is not None and not validator(self._peer_id, data):
+            raise MessageRejected(f"our validator for {topic!r} rejects this payload")
+        self._seqno += 1
+        message = _Message(topic, data, self._peer_id, self._seqno)
+        self._remember(message.id)
+        self.stats["gossip_published"] += 1
+        self._forward(message, came_from=None)
+
+    def _forward(self, message: _Message, came_from: str | None) -> None:
+        """Push ``message`` to this host's mesh on its topic, each hop delayed and maybe lost."""
+        network = self.network
+        candidates = [p for p in self.topic_peers(message.topic) if p not in (came_from, message.origin)]
+        if len(candidates) > network.degree:
+            candidates = network.rng.sample(candidates, network.degree)
+        for peer in candidates:
+            self.stats["gossip_sent"] += 1
+            self.stats["gossip_sent_bytes"] += len(message.data)
+            network.stats["gossip_messages"] += 1
+            network.stats["gossip_bytes"] += len(message.data)
+            if network.loss and network.rng.random() < network.loss:
+                network.stats["gossip_lost"] += 1
+                continue
+            target = network.hosts.get(peer)
+            if target is not None and target._nursery is not None:
+                target._nursery.start_soon(target._arrive, message, self._peer_id, network.delay())
+
+    async def _arrive(self, message: _Message, sender: str, delay: float) -> None:
+        if delay:
+            await trio.sleep(delay)
+        if sender not in self._connected:
+            self.network.stats["gossip_dropped_disconnected"] += 1
+            return
+        if message.id in self._seen:
+            self.stats["gossip_duplicates"] += 1
+            self.network.stats["gossip_duplicates"] += 1
+            return
+        self._remember(message.id)
+        validator = self._validators.get(message.topic)
+        if validator is not None and not validator(message.origin, message.data):
+            self.stats["gossip_rejected"] += 1
+            return  # neither delivered nor forwarded
+        channel = self._subscriptions.get(message.topic)
+        if channel is not None:
+            try:
+                channel.send_nowait(GossipMessage(message.topic, message.data, message.origin, message.seqno))
+                self.stats["gossip_received"] += 1
+                self.network.stats["gossip_delivered"] += 1
+            except trio.WouldBlock:
+                self.stats["gossip_dropped"] += 1
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+        self._forward(message, came_from=sender)
+
+    def _remember(self, message_id: tuple[str, int]) -> None:
+        self._seen[message_id] = None
+        if len(self._seen) > SEEN_MESSAGES:
+            del self._seen[next(iter(self._seen))]
+
+
+def no_latency(rng: random.Random) -> float:
+    return 0.0
+
+
+def lognormal_latency(median_s: float, sigma: float = 0.5) -> Callable[[random.Random], float]:
+    """Latencies whose median is ``median_s`` and whose tail grows with ``sigma``
+    (network round trips are roughly log-normal)."""
+    mu = math.log(median_s)
+    return lambda rng: rng.lognormvariate(mu, sigma)
