@@ -24,9 +24,8 @@ MEMORY = dataclasses.replace(FAST, dht=False)
 
 
 async def test_a_federation_on_the_in_memory_network_gossips_syncs_and_heals_a_partition(tmp_path: Path) -> None:
-    network = MemoryNetwork(seed=3)
     with trio.fail_after(90):
-        async with cluster(tmp_path, MEMORY) as nodes:
+        async with MemoryNetwork(seed=3) as network, cluster(tmp_path, MEMORY) as nodes:
             n0 = await nodes.start("n0", transport=network.factory())
             n1 = await nodes.start("n1", n0.fed.addrs(), transport=network.factory())
             n2 = await nodes.start("n2", n0.fed.addrs(), transport=network.factory())

@@ -46,8 +46,7 @@ async def libp2p_hosts(n: int, **options: Any) -> AsyncIterator[list[Transport]]
 
 @asynccontextmanager
 async def memory_hosts(n: int, **options: Any) -> AsyncIterator[list[Transport]]:
-    network = MemoryNetwork(seed=1)
-    async with AsyncExitStack() as stack:
+    async with MemoryNetwork(seed=1) as network, AsyncExitStack() as stack:
         yield [await stack.enter_async_context(network.host(**options)) for _ in range(n)]
 
 

@@ -963,7 +963,7 @@ def kind_register(home: Path | None, name: str, version: int, schema_file: Path,
 
 
 def _register_optional_groups() -> None:
-    """Command groups that live in their own modules (node, token, peers, org, federation, disputes, view)."""
+    """Command groups that live in their own modules (node, token, peers, org, federation, disputes, view, sim)."""
     try:
         from registrygrid.cli import node_commands
     except ImportError:
@@ -986,6 +986,7 @@ def _register_optional_groups() -> None:
         dispute_commands,
         federation_commands,
         org_commands,
+        sim_commands,
         view_commands,
     )
 
@@ -993,6 +994,7 @@ def _register_optional_groups() -> None:
     federation_commands.register(cli)
     dispute_commands.register(cli)
     view_commands.register(cli)
+    sim_commands.register(cli)
 
 
 _register_optional_groups()

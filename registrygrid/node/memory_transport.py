@@ -1,9 +1,9 @@
 """An in-memory transport: many nodes in one process, in trio's (virtual) time.
 
-    network = MemoryNetwork(seed=7, latency=lambda rng: rng.uniform(0.01, 0.05), loss=0.01)
-    async with network.host() as a, network.host() as b:
-        await a.connect(b.listen_addrs()[0])
-        ...
+    async with MemoryNetwork(seed=7, latency=lambda rng: rng.uniform(0.01, 0.05), loss=0.01) as network:
+        async with network.host() as a, network.host() as b:
+            await a.connect(b.listen_addrs()[0])
+            ...
 
 A ``MemoryHost`` keeps the contract of node/transport.py as ``P2PHost``
 does (tests/test_transport_contract.py runs one suite against both), so
@@ -38,15 +38,17 @@ fixed scheduler seed for exact replays).
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Self
 
 import trio
+import trio.lowlevel
 
 from registrygrid.errors import RegistryError
 from registrygrid.node.p2p_base import peer_id_from_seed
@@ -67,6 +69,10 @@ from registrygrid.node.transport import (
     TopicValidator,
 )
 
+# Gossip hops are delivered in ticks of this length (their sampled latency
+# rounded up): a millisecond is below any WAN latency's spread, and lets one
+# wake-up deliver every hop due in it.
+DEFAULT_RESOLUTION_S = 0.001
 # GossipSub's target mesh degree (D = 6 in the spec and every implementation).
 DEFAULT_DEGREE = 6
 # The same caps as P2PHost's defaults (node/p2p_requests.py, node/p2p_pubsub.py).
@@ -86,6 +92,7 @@ class _Message:
     data: bytes
     origin: str
     seqno: int
+    hops: int = 0  # links travelled so far
 
     @property
     def id(self) -> tuple[str, int]:
@@ -96,7 +103,7 @@ class MemoryNetwork:
     """The hosts of one simulated network, and what passes between them."""
 
     def __init__(self, *, seed: int = 0, latency: Callable[[random.Random], float] = lambda rng: 0.0,
-                 loss: float = 0.0, degree: int = DEFAULT_DEGREE) -> None:
+                 loss: float = 0.0, degree: int = DEFAULT_DEGREE, resolution: float = DEFAULT_RESOLUTION_S) -> None:
         if not 0.0 <= loss < 1.0:
             raise ValueError("loss must be in [0, 1)")
         self.rng = random.Random(seed)
@@ -105,8 +112,18 @@ class MemoryNetwork:
         self.degree = degree
         self.hosts: dict[str, MemoryHost] = {}
         self.stats: Counter[str] = Counter()
+        # Gossip deliveries by the number of links the message travelled to
+        # get there (first deliveries only): the propagation rounds.
+        self.hops: Counter[int] = Counter()
         self._groups: dict[str, int] | None = None  # peer -> partition group, while partitioned
         self._made = 0
+        self.resolution = resolution
+        self.running = False
+        self._due: list[tuple[float, int, str, _Message, str]] = []  # gossip hops in flight, by time
+        self._order = 0
+        self._wake = trio.Event()
+        self._cm: Any = None
+        self._dispatcher_scope = trio.CancelScope()
 
     def host(self, peer_id: str | None = None, **options: Any) -> MemoryHost:
         """A new host (``async with`` it to run it). ``peer_id``: the libp2p
@@ -128,6 +145,54 @@ class MemoryNetwork:
         """What ``Federation(transport=...)`` takes: the node's key seed -> its host here."""
         return lambda seed: self.host(peer_id_from_seed(seed), **options)
 
+    # ---- running: one dispatcher delivers every gossip hop
+
+    async def __aenter__(self) -> Self:
+        self._cm = trio.open_nursery()
+        nursery = await self._cm.__aenter__()
+        nursery.start_soon(self._dispatch)
+        self.running = True
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        self.running = False
+        self._dispatcher_scope.cancel()
+        return await self._cm.__aexit__(exc_type, exc, tb)  # type: ignore[no-any-return]
+
+    def schedule(self, delay: float, target: str, message: _Message, sender: str) -> None:
+        """Deliver ``message`` from ``sender`` to ``target`` after ``delay``,
+        rounded up to the network's resolution. One heap and one task for
+        the whole network: deliveries due in the same tick go in one
+        wake-up, so a run of millions of hops does not pay a trio wake-up
+        (tens of microseconds) for each."""
+        at = math.ceil((trio.current_time() + delay) / self.resolution) * self.resolution
+        self._order += 1
+        heapq.heappush(self._due, (at, self._order, target, message, sender))
+        if self._due[0][1] == self._order:
+            self._wake.set()  # the dispatcher sleeps until a later time: this one is sooner
+
+    async def _dispatch(self) -> None:
+        with trio.CancelScope() as self._dispatcher_scope:
+            while True:
+                if not self._due:
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+                    continue
+                at = self._due[0][0]
+                if at > trio.current_time():
+                    with trio.move_on_at(at):
+                        await self._wake.wait()
+                    self._wake = trio.Event()
+                    continue
+                now = trio.current_time()
+                while self._due and self._due[0][0] <= now:
+                    _, _, target, message, sender = heapq.heappop(self._due)
+                    host = self.hosts.get(target)
+                    if host is not None and host.running:
+                        host._arrive(message, sender)
+                await trio.lowlevel.checkpoint()
+
     def reachable(self, a: str, b: str) -> bool:
         return self._groups is None or self._groups.get(a, -1) == self._groups.get(b, -1)
 
@@ -135,7 +200,7 @@ class MemoryNetwork:
         """Split the hosts into ``groups`` (a host in none is alone); connections across groups drop."""
         self._groups = {peer: i for i, group in enumerate(groups) for peer in group}
         for host in self.hosts.values():
-            for peer in list(host._connected):
+            for peer in sorted(host._connected):
                 if not self.reachable(host.peer_id, peer):
                     host._drop(peer)
 
@@ -178,12 +243,14 @@ class MemoryHost:
         if self._nursery is not None:
             raise NotRunning("a MemoryHost runs once")
         self._cm = trio.open_nursery()
+        if not self.network.running:
+            raise NotRunning("start the network first: async with MemoryNetwork(...) as network")
         self._nursery = await self._cm.__aenter__()  # type: ignore[attr-defined]
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool | None:
-        for peer in list(self._connected):
+        for peer in sorted(self._connected):
             self._drop(peer)
         for channel in [*self._subscriptions.values(), *self._event_channels]:
             channel.close()
@@ -354,6 +421,7 @@ class MemoryHost:
     def _forward(self, message: _Message, came_from: str | None) -> None:
         """Push ``message`` to this host's mesh on its topic, each hop delayed and maybe lost."""
         network = self.network
+        message = replace(message, hops=message.hops + 1)
         candidates = [p for p in self.topic_peers(message.topic) if p not in (came_from, message.origin)]
         if len(candidates) > network.degree:
             candidates = network.rng.sample(candidates, network.degree)
@@ -367,11 +435,9 @@ class MemoryHost:
                 continue
             target = network.hosts.get(peer)
             if target is not None and target._nursery is not None:
-                target._nursery.start_soon(target._arrive, message, self._peer_id, network.delay())
+                network.schedule(network.delay(), target.peer_id, message, self._peer_id)
 
-    async def _arrive(self, message: _Message, sender: str, delay: float) -> None:
-        if delay:
-            await trio.sleep(delay)
+    def _arrive(self, message: _Message, sender: str) -> None:
         if sender not in self._connected:
             self.network.stats["gossip_dropped_disconnected"] += 1
             return
@@ -380,6 +446,7 @@ class MemoryHost:
             self.network.stats["gossip_duplicates"] += 1
             return
         self._remember(message.id)
+        self.network.hops[message.hops] += 1
         validator = self._validators.get(message.topic)
         if validator is not None and not validator(message.origin, message.data):
             self.stats["gossip_rejected"] += 1
