@@ -24,6 +24,8 @@ Shapes:
   form ``P2PHost`` binds (a socket binds an interface address, not a name);
   port 0 asks the kernel for a free one. No ``/p2p`` part: the node's own ID
   is appended when it publishes its addresses.
+* a bare peer ID (``rgrid peers deny|allow``, ``POST /v1/peers/deny|allow``):
+  the ``/p2p`` part of a peer's address alone, checked the same way.
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ def peer_addr_problem(text: object) -> str | None:
 def listen_addr_problem(text: object) -> str | None:
     """What is wrong with ``text`` as an address to listen on, or None."""
     return _problem(text, LISTEN_HOSTS, peer=False)
+
+
+def peer_id_problem(text: object) -> str | None:
+    """What is wrong with ``text`` as a bare libp2p peer ID, or None."""
+    if not isinstance(text, str):
+        return f"a peer ID is text, not {type(text).__name__}"
+    return _peer_id_problem(text)
 
 
 def check_peer_addrs(addrs: Iterable[object], *, source: str = "bootstrap") -> list[str]:

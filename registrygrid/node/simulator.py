@@ -326,7 +326,7 @@ class Simulation:
                 if target.scope is not None:  # restart it with the hostile loop
                     await self._stop(target)
                     self._start(target)
-        elif fault.kind == "stop":
+        elif fault.kind in ("stop", "kill"):  # in memory a kill is a stop: no disk to leave half-written
             chosen = [nodes[i] for i in fault.nodes] or self.rng.sample(
                 nodes[self.s.workload.writers:], round(fault.fraction * (len(nodes) - self.s.workload.writers)))
             for target in chosen:

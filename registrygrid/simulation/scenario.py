@@ -28,7 +28,8 @@
 
     [[faults]]
     at_s = 30
-    kind = "partition"       # partition (groups = N regions), heal, stop (fraction or nodes, for_s), hostile (nodes)
+    kind = "partition"       # partition (groups = N regions), heal, stop or kill (fraction or nodes, for_s),
+                             # hostile (nodes; large-scale mode only)
     groups = 2
 
 Every member is checked; a bad one is a ValidationError naming it
@@ -45,7 +46,7 @@ from typing import Any
 
 from registrygrid.errors import MalformedInput, ValidationError
 
-FAULT_KINDS = ("partition", "heal", "stop", "hostile")
+FAULT_KINDS = ("partition", "heal", "stop", "kill", "hostile")
 PATTERNS = ("steady", "burst")
 MAX_NODES = 10_000
 
@@ -70,7 +71,7 @@ class Fault:
     at_s: float
     kind: str
     groups: int = 2  # partition: how many regions
-    fraction: float = 0.0  # stop: this share of the nodes (writers excepted) ...
+    fraction: float = 0.0  # stop, kill: this share of the nodes (writers excepted) ...
     nodes: tuple[int, ...] = ()  # ... or these node numbers
     for_s: float | None = None  # stop: back after this long (None: for good)
 
