@@ -367,6 +367,24 @@ class BridgeClient:
         """The statuses of the registries the node follows, by name (as ``follow`` returns them)."""
         return self._get("/v1/follows")["follows"]
 
+    # ------------------------------------------------------------------ peers (node/federation.py)
+
+    def peers(self) -> dict[str, Any]:
+        """The running node's federation peers: {peer_id (its own), connected,
+        denied}. Unavailable when it runs no federation (--no-p2p)."""
+        return self._get("/v1/peers")
+
+    def deny_peers(self, peers: Sequence[str]) -> dict[str, Any]:
+        """Cut ``peers`` (libp2p peer IDs) off and refuse them until
+        ``allow_peers`` (an admin token): {denied, connected (the peers
+        still connected after)}. ValidationError naming a bad ID by JSON
+        pointer (``/peers/3``); Unavailable when the node runs no federation."""
+        return self.request("POST", "/v1/peers/deny", body={"peers": list(peers)})[2]
+
+    def allow_peers(self, peers: Sequence[str]) -> dict[str, Any]:
+        """Take denied ``peers`` back; the node dials them at once: {allowed}."""
+        return self.request("POST", "/v1/peers/allow", body={"peers": list(peers)})[2]
+
     def create_registry(self, name: str, kinds: Sequence[str], *, description: str = "",
                         write_policy: str = "open", conflict_policy: Any = "last-writer-wins",
                         replication: str = "federation", readers: Sequence[str] = (),

@@ -22,6 +22,7 @@ from registrygrid.node.bridge.openapi import SPEC_URI, build_spec, schema_valida
 pytest_plugins = ("test_bridge_support",)  # its fixtures: served
 
 SPEC = build_spec()
+PEER = "12D3KooWJ3JXfUDrCk6xSby3wGN3RJAZF1oMzW7ktBCYMTfSL2ki"  # a well-formed peer ID nobody runs
 
 
 def _route_of(path: str) -> str | None:
@@ -98,6 +99,11 @@ async def test_real_responses_validate_against_the_document(served: Served) -> N
                 # Nor to follow with: 503 (tests/test_bridge_follow.py follows across two federations).
                 await c.get("/v1/follows"), await c.put(f"/v1/follows/{REGISTRY}"),
                 await c.delete(f"/v1/follows/{REGISTRY}"), await rc.put(f"/v1/follows/{REGISTRY}"),
+                # Nor peers to list, deny or allow: 503 (tests/test_peer_controls.py has a federation).
+                await c.get("/v1/peers"), await c.post("/v1/peers/deny", json={"peers": [PEER]}),
+                await c.post("/v1/peers/allow", json={"peers": [PEER]}),
+                await c.post("/v1/peers/deny", json={"peers": []}),
+                await rc.post("/v1/peers/allow", json={"peers": [PEER]}),
                 await c.post(rec, json={"kind": "note", "id": "v1", "fields": {"name": "v", "n": 1},
                                         "links": [{"rel": "see", "registry": REGISTRY, "record": "v0"}]}),
                 await c.post(rec, json={"kind": "note", "fields": {"name": 1}}),
@@ -178,10 +184,12 @@ def test_fuzzing_every_operation_never_gets_a_server_error(case: Any, fuzz_targe
     headers = {**(case.headers or {}), **fuzz_target.headers()}
     headers.pop("Accept", None)
     response = case.call(base_url=fuzz_target.url, headers=headers, timeout=15)
-    # The fuzzed node runs no federation, so it has no DHT to resolve, read remotely or follow with, and no
-    # search component (tests/test_bridge_search.py fuzzes a node with one): its documented answer is 503.
+    # The fuzzed node runs no federation, so it has no DHT to resolve, read remotely or follow with, no peers
+    # to control, and no search component (tests/test_bridge_search.py fuzzes a node with one): its documented
+    # answer is 503.
     no_component = case.operation.path in ("/v1/registries/{registry}/resolve", "/v1/registries/{registry}/remote",
                                            "/v1/follows", "/v1/follows/{registry}",
+                                           "/v1/peers", "/v1/peers/deny", "/v1/peers/allow",
                                            "/v1/search", "/v1/index", "/v1/index/rebuild",
                                            "/v1/views/{name}", "/v1/views/{name}/events") \
         and response.status_code == 503 \

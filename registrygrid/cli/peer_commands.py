@@ -1,20 +1,30 @@
-"""`rgrid peers`: the federation peers this home's node knows.
+"""`rgrid peers`: the federation peers this home's node knows; `rgrid peers
+deny|allow`: the operator's peer controls.
 
-Reads the peer table straight from LMDB through a read-only environment
-(safe while the node writes; no bridge needed) and the running node's
-``node.json``. The node persists its table every few seconds, so the view is
-at most that stale; with no node running it is the last known state.
+`rgrid peers` reads the peer table straight from LMDB through a read-only
+environment (safe while the node writes; no bridge needed) and the running
+node's ``node.json``. The node persists its table every few seconds, so the
+view is at most that stale; with no node running it is the last known state.
+
+`deny` and `allow` act on the running node's connections, so they go
+through its bridge (``POST /v1/peers/deny|allow``, with the home's admin
+token); with no node running there is nothing to deny.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from registrygrid.cli import render
+from registrygrid.cli.backend import open_backend
+from registrygrid.cli.options import home_option, json_option
+from registrygrid.errors import Unavailable
 from registrygrid.home import Home
 from registrygrid.storage import peers as peer_store
 from registrygrid.storage.store import Store
@@ -79,13 +89,38 @@ def rows_for(running: dict[str, Any] | None, records: list[peer_store.PeerRecord
     return rows
 
 
+@contextlib.contextmanager
+def _running_node(home: Path | None) -> Iterator[Any]:
+    """The bridge client of the node running on ``home``; Unavailable when none runs."""
+    from registrygrid.client import BridgeClient
+
+    with open_backend(home) as backend:
+        if not isinstance(backend, BridgeClient):
+            raise Unavailable("no node runs on this home, so there is nothing to deny or allow: a deny cuts the "
+                              "running node's connections and lasts while it runs; start it with `rgrid node "
+                              "start` (without --no-p2p)")
+        yield backend
+
+
+def _given(ctx: click.Context, name: str, value: Any) -> Any:
+    """A subcommand's --home or --json, else the group's (`rgrid peers --home H deny ...`)."""
+    if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE or ctx.parent is None:
+        return value
+    return ctx.parent.params.get(name) or value
+
+
 def register(cli: click.Group) -> None:
-    @cli.command()
+    @cli.group(invoke_without_command=True)
     @click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="RGRID_HOME", default=None,
                   help="Node home directory (default $RGRID_HOME or ~/.registrygrid).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-    def peers(home: Path | None, as_json: bool) -> None:
-        """Federation peers: state, addresses, last seen, latency, replication lag."""
+    @click.pass_context
+    def peers(ctx: click.Context, home: Path | None, as_json: bool) -> None:
+        """Federation peers: state, addresses, last seen, latency, replication lag.
+
+        `rgrid peers deny PEER...` cuts peers off until `rgrid peers allow PEER...`."""
+        if ctx.invoked_subcommand is not None:
+            return
         running, rows = peer_rows(Home(home))
         if as_json:
             render.dump_json({"node": running, "peers": rows})
@@ -106,3 +141,43 @@ def register(cli: click.Group) -> None:
         for row in rows:
             render.whole_lines(f"peer {row['peer']}" + (":" if row["addrs"] else " (no address known)"),
                                row["addrs"])
+
+    @peers.command(name="deny")
+    @home_option
+    @click.argument("peer_ids", nargs=-1, required=True, metavar="PEER...")
+    @json_option
+    @click.pass_context
+    def peers_deny(ctx: click.Context, home: Path | None, peer_ids: tuple[str, ...], as_json: bool) -> None:
+        """Cut peers off and refuse them until `rgrid peers allow`.
+
+        PEER... are libp2p peer IDs (12D3KooW...). The running node
+        disconnects them, never dials them, drops the connections they open,
+        and neither serves them nor takes anything from them. One-sided (they
+        keep dialing and are refused: deny on both sides for a clean cut); a
+        restart of the node lifts it."""
+        with _running_node(_given(ctx, "home", home)) as node:
+            answer = node.deny_peers(peer_ids)
+        if _given(ctx, "as_json", as_json):
+            render.dump_json(answer)
+            return
+        render.whole_lines(f"denied {len(answer['denied'])} peers: cut off and refused until `rgrid peers allow`",
+                           answer["denied"])
+        render.whole_lines(f"still connected: {len(answer['connected'])} peers", answer["connected"])
+
+    @peers.command(name="allow")
+    @home_option
+    @click.argument("peer_ids", nargs=-1, required=True, metavar="PEER...")
+    @json_option
+    @click.pass_context
+    def peers_allow(ctx: click.Context, home: Path | None, peer_ids: tuple[str, ...], as_json: bool) -> None:
+        """Take denied peers back: the running node dials them again at once.
+
+        PEER... are libp2p peer IDs; allowing one that is not denied changes
+        nothing."""
+        with _running_node(_given(ctx, "home", home)) as node:
+            answer = node.allow_peers(peer_ids)
+        if _given(ctx, "as_json", as_json):
+            render.dump_json(answer)
+            return
+        render.whole_lines(f"allowed {len(answer['allowed'])} peers: the node dials them again",
+                           answer["allowed"])

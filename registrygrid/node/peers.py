@@ -150,9 +150,10 @@ class PeerTable:
         return peer
 
     def _evict_one(self) -> bool:
-        """Forget the least useful learned peer: never connected, most failed dials."""
+        """Forget the least useful learned peer: never connected, most failed
+        dials. Never a denied one: forgetting it would lift the deny."""
         candidates = [p for p in self.peers.values()
-                      if p.record.source != "bootstrap" and not p.connected and not p.dialing]
+                      if p.record.source != "bootstrap" and not p.connected and not p.dialing and not p.denied]
         if not candidates:
             return False
         victim = max(candidates,
@@ -319,3 +320,6 @@ class PeerTable:
 
     def connected_ids(self) -> list[str]:
         return [p.id for p in self.peers.values() if p.connected]
+
+    def denied_ids(self) -> list[str]:
+        return [p.id for p in self.peers.values() if p.denied]

@@ -13,7 +13,10 @@ this node follows (``Api.followed``: a verified copy in a store of its own,
 node/follow.py) are answered from that copy by the ordinary record routes,
 with ``X-Registry-Source: followed``, when the node's own store does not
 hold the registry. Searches ask the node's search component (``Api.search``:
-search/service.py) on an executor thread. Every handler checks
+search/service.py) on an executor thread. The operator's peer controls
+(deny and allow peers, and the list of connected and denied ones) cross
+into trio too (``Api.deny_peers``, ``Api.allow_peers``, ``Api.peer_status``:
+node/federation.py). Every handler checks
 its token first, parses and validates its input (query parameters by hand,
 JSON bodies against the OpenAPI document's own schemas), and lets typed
 errors escape: the middleware turns each into the JSON error shape with its
@@ -298,6 +301,12 @@ class Api:
     # (query, registries scope) -> the merged answer of this node, its peers and
     # its followed registries' providers (node/federated_search.py), run on trio.
     federated_search: Callable[[Any, tuple[str, ...] | None], Awaitable[dict[str, Any]]]
+    # The operator's peer controls (node/federation.py Federation.deny and
+    # allow, node/peers.py's table), run on trio (runtime.py), which checks
+    # each peer ID; Unavailable on a node without a federation (--no-p2p).
+    peer_status: Callable[[], Awaitable[dict[str, Any]]]
+    deny_peers: Callable[[list[str]], Awaitable[dict[str, Any]]]
+    allow_peers: Callable[[list[str]], Awaitable[dict[str, Any]]]
     max_body: int = openapi.MAX_BODY_BYTES
     idempotency_ttl_ms: int = idempotency.DEFAULT_TTL_MS
     max_streams: int = 512
@@ -533,6 +542,38 @@ class Api:
         self.audit.note("delete", token.actor, f"follows/{name}", f"unfollow {name}: its copy deleted",
                         required=False)
         return json_response(answer)
+
+    # ---------------------------------------------------------------- peers (node/federation.py)
+
+    async def list_peers(self, request: web.Request) -> web.Response:
+        """This node's peer ID, the peers connected to it, the peers an operator denied."""
+        token = self.require(request, READ, target="peers")
+        answer = await self.peer_status()
+        self.read_note(token, "peers", "list peers")
+        return json_response(answer)
+
+    async def deny_peer_ids(self, request: web.Request) -> web.Response:
+        """Cut these peers off and refuse them until allowed (admin): the
+        operator's partition switch. Answers once they are disconnected."""
+        token, peers = await self._peer_control(request)
+        answer = await self.deny_peers(peers)
+        self.audit.note("update", token.actor, "peers", f"deny {len(answer['denied'])} peers: "
+                        + " ".join(answer["denied"]), required=False)
+        return json_response(answer)
+
+    async def allow_peer_ids(self, request: web.Request) -> web.Response:
+        """Take denied peers back (admin): the node dials them again at once."""
+        token, peers = await self._peer_control(request)
+        answer = await self.allow_peers(peers)
+        self.audit.note("update", token.actor, "peers", f"allow {len(answer['allowed'])} peers: "
+                        + " ".join(answer["allowed"]), required=False)
+        return json_response(answer)
+
+    async def _peer_control(self, request: web.Request) -> tuple[Token, list[str]]:
+        """The admin token and the body's peer IDs (shape checked here, each ID on trio: runtime.py)."""
+        token = self.require(request, ADMIN, target="peers")  # admin tokens are never limited to a registry
+        body, _ = await self.body(request, "PeerIds")
+        return token, body["peers"]
 
     async def create_registry(self, request: web.Request) -> web.Response:
         token = self.require(request, WRITE, registry=regs.REGISTRY_OF_REGISTRIES, target=regs.REGISTRY_OF_REGISTRIES)
@@ -1040,6 +1081,9 @@ class Api:
             web.get("/v1/follows", self.list_follows),
             web.put("/v1/follows/{registry}", self.follow_registry),
             web.delete("/v1/follows/{registry}", self.unfollow_registry),
+            web.get("/v1/peers", self.list_peers),
+            web.post("/v1/peers/deny", self.deny_peer_ids),
+            web.post("/v1/peers/allow", self.allow_peer_ids),
             web.get(rec + "/{id}/history", self.record_history),
             web.get("/v1/records", self.list_records),
             web.get("/v1/changes", self.changes),

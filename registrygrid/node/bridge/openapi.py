@@ -67,6 +67,18 @@ DISPUTE_ID = {"type": "string", "pattern": "^dispute-[a-z2-7]{32}$"}
 # An audit entry's target naming a record, as the engine and the bridge write it.
 RECORD_TARGET = {"type": "string", "pattern": "^" + names.REGISTRY_NAME.pattern[1:-1] + "/"
                  + names.RECORD_ID.pattern[1:-1] + "$", "description": "REGISTRY/ID"}
+# A libp2p peer ID in base58, the form the peer table keys peers by. The
+# libp2p peer-ids spec inlines keys of at most 42 bytes (an identity
+# multihash: 12D3KooW... for Ed25519) and hashes longer ones (SHA-256:
+# Qm...), so an ID is at most 44 bytes, 61 base58 characters. The pattern
+# bounds the text; node/multiaddrs.py peer_id_problem parses it for real.
+PEER_ID = {"type": "string", "pattern": "^[1-9A-HJ-NP-Za-km-z]{1,64}$",
+           "description": "a libp2p peer ID, like 12D3KooW..."}
+# Peers one deny or allow names. A partition cuts a node off from every node
+# of the other side; 256 covers a federation of a few hundred nodes in one
+# call (node/peers.py plans for tens to hundreds; the simulator's real-node
+# mode runs at most 50), and bounds one request's work (one disconnect each).
+MAX_PEER_IDS = 256
 LOCAL_TOKEN = {"type": "boolean", "description": "the running node's own CLI credential (the admin token in "
                                                  "HOME/bridge.json): it cannot be revoked through the API (409) "
                                                  "and is revoked when the node stops"}
@@ -283,6 +295,22 @@ SCHEMAS: dict[str, Any] = {
     "Follows": _obj({"follows": {"type": "array", "items": _ref("FollowStatus"),
                                  "description": "in registry name order"}}),
     "Unfollowed": _obj({"registry": REGISTRY_NAME, "unfollowed": {"const": True}}),
+    # ---- peer controls (node/federation.py deny and allow; runtime.py builds the answers)
+    "PeerIds": _obj({"peers": {"type": "array", "items": PEER_ID, "minItems": 1, "maxItems": MAX_PEER_IDS,
+                               "description": "peer IDs (a repeated one counts once)"}}),
+    "PeerStatus": _obj({
+        "peer_id": {**PEER_ID, "description": "this node's own"},
+        "connected": {"type": "array", "items": PEER_ID, "description": "peers with a libp2p connection now"},
+        "denied": {"type": "array", "items": PEER_ID,
+                   "description": "peers an operator denied (POST /v1/peers/deny) and did not allow again"},
+    }),
+    "PeersDenied": _obj({
+        "denied": {"type": "array", "items": PEER_ID, "description": "the peers denied, each once"},
+        "connected": {"type": "array", "items": PEER_ID,
+                      "description": "the peers still connected once the denied ones were cut off"},
+    }),
+    "PeersAllowed": _obj({"allowed": {"type": "array", "items": PEER_ID,
+                                      "description": "the peers allowed, each once"}}),
     # ---- disputes (registrygrid/dispute_views.py builds them; docs/conflicts.md)
     "ConflictWrite": _obj({
         "change": _nullable(STRING), "author": _nullable(STRING), "hlc": _nullable(HLC),
@@ -538,7 +566,8 @@ _ERROR_STATUSES = {
            "pip install 'registrygrid[semantic]')",
     "503": "The node is starting, stopping, or its audit ledger is behind (resolve: the node runs no DHT, or "
            "the lookup timed out; remote and follow: no provider gave a verifiable answer; search and index: the "
-           "node keeps no search index (--no-search), or it is still opening)",
+           "node keeps no search index (--no-search), or it is still opening; peers: the node runs no federation "
+           "(--no-p2p))",
 }
 
 
@@ -715,6 +744,37 @@ def _paths() -> dict[str, Any]:
                            **_errors("400", "401", "403", "404", "422", "429", "503")},
                           tags=["follows"], params=[P_REGISTRY],
                           description="404: this node does not follow it. Reads in progress finish first."),
+        },
+        "/v1/peers": {
+            "get": _op("listPeers", "This node's peer ID, the peers connected to it and the peers denied",
+                       {**_json("200", "PeerStatus", "the peers"), **_errors("401", "403", "429", "503")},
+                       tags=["peers"],
+                       description="503: this node runs no federation (--no-p2p), or it is still starting. "
+                                   "`rgrid peers` shows the whole peer table (addresses, latency, lag)."),
+        },
+        "/v1/peers/deny": {
+            "post": _op("denyPeers", "Cut peers off and refuse them until they are allowed again (admin)",
+                        {**_json("200", "PeersDenied", "denied: the peers are disconnected"),
+                         **_errors("400", "401", "403", "413", "422", "429", "503")},
+                        tags=["peers"], body=_body("PeerIds"),
+                        description="The operator's partition switch: the node disconnects each peer, never "
+                                    "dials it, drops a connection it opens, and neither serves it nor takes "
+                                    "anything from it, until POST /v1/peers/allow (or the node restarts: a deny "
+                                    "is not kept across restarts). A peer not yet known is denied ahead. "
+                                    "Denying is one-sided: the peer keeps dialing and is refused each time; deny "
+                                    "on both sides for a clean cut. 422: a peer ID that does not parse, or this "
+                                    "node's own, named by its JSON pointer in details (/peers/3). 403: not an "
+                                    "admin token. 503: no federation (--no-p2p)."),
+        },
+        "/v1/peers/allow": {
+            "post": _op("allowPeers", "Take denied peers back: the node dials them again at once (admin)",
+                        {**_json("200", "PeersAllowed", "allowed"),
+                         **_errors("400", "401", "403", "413", "422", "429", "503")},
+                        tags=["peers"], body=_body("PeerIds"),
+                        description="Allowing a peer that is not denied changes nothing. A peer the node knows "
+                                    "an address of is dialed at once, its backoff reset. 422: a peer ID that "
+                                    "does not parse, named by its JSON pointer in details. 403: not an admin "
+                                    "token. 503: no federation (--no-p2p)."),
         },
         records: {
             "get": _op("listRecords", "Records of a registry, filtered, in id order, cursor-paged",

@@ -53,7 +53,10 @@ crosses the same way, and so do a follow and an unfollow
 syncs run in trio). Reads of a followed copy do not cross: a ``Mirror`` is
 an LMDB store like the node's own, read from any thread (``Api.followed``
 hands it to the loop), and the list of follows reads each copy's status and
-record count on an executor thread.
+record count on an executor thread. The operator's peer controls
+(``POST /v1/peers/deny`` and ``/allow``, ``GET /v1/peers``:
+node/federation.py's ``deny`` and ``allow`` and its peer table, which live on
+trio's thread; a deny disconnects) cross the same way.
 
 Search does not cross either: the node's ``SearchService`` (node/search.py)
 answers from any thread (a tantivy searcher and LMDB reads), so the search
@@ -183,6 +186,8 @@ class Bridge:
                              follows=self._follows, followed=self._followed,
                              search=lambda: node.component("search"),
                              federated_search=self._federated_search_from_loop,
+                             peer_status=self._peer_status_from_loop, deny_peers=self._deny_peers_from_loop,
+                             allow_peers=self._allow_peers_from_loop,
                              max_body=self.config.max_body, idempotency_ttl_ms=self.config.idempotency_ttl_ms,
                              max_streams=self.config.max_streams)
         thread = threading.Thread(target=self._thread_main, args=(api,), name="rgrid-bridge", daemon=True)
@@ -429,6 +434,47 @@ class Bridge:
         follows = self._following()
         return follows.mirror(name) if follows is not None else None
 
+    # ---- the operator's peer controls (node/federation.py), from the loop; each runs on trio
+
+    def _running_federation(self) -> Any:
+        """The node's federation once its host and peer table are up (trio's thread)."""
+        federation = self._node.component("federation")
+        if federation is None or federation.peers is None or federation.host is None:
+            raise Unavailable("this node runs no federation, so it has no peers to list, deny or allow: it was "
+                              "started with --no-p2p, or its federation is still starting")
+        return federation
+
+    async def _peer_status_from_loop(self) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._run_in_trio(self._peer_status)
+        return answer
+
+    async def _peer_status(self) -> dict[str, Any]:
+        federation = self._running_federation()
+        return {"peer_id": federation.host.peer_id, "connected": sorted(federation.host.connected_peers()),
+                "denied": sorted(federation.peers.denied_ids())}
+
+    async def _deny_peers_from_loop(self, peers: list[str]) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._run_in_trio(self._deny_peers, peers)
+        return answer
+
+    async def _deny_peers(self, peers: list[str]) -> dict[str, Any]:
+        """Deny, then answer with who is still connected: a denied peer is not
+        (``Federation.deny`` returns once each one is disconnected)."""
+        federation = self._running_federation()
+        peers = _checked_peer_ids(peers, own=federation.host.peer_id)
+        await federation.deny(peers)
+        return {"denied": peers, "connected": sorted(federation.host.connected_peers())}
+
+    async def _allow_peers_from_loop(self, peers: list[str]) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._run_in_trio(self._allow_peers, peers)
+        return answer
+
+    async def _allow_peers(self, peers: list[str]) -> dict[str, Any]:
+        federation = self._running_federation()
+        peers = _checked_peer_ids(peers)
+        federation.allow(peers)  # wakes the dial loop: allowed peers with an address are dialed at once
+        return {"allowed": peers}
+
     async def _run_in_trio(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """``await fn(*args)`` as a task of the bridge's trio nursery, its
         outcome handed back to this loop.
@@ -560,6 +606,23 @@ def _copied(read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         except RuntimeError:
             continue
     return {}
+
+
+def _checked_peer_ids(peers: list[str], *, own: str | None = None) -> list[str]:
+    """The body's peer IDs, each once, in order; a ValidationError whose
+    details name every bad one by JSON pointer (``/peers/3``): not a libp2p
+    peer ID, or (``own``) this node's own, which it cannot be cut off from."""
+    # libp2p's parser: loaded already, since a federation runs (node/federation.py imports it).
+    from registrygrid.node.multiaddrs import peer_id_problem
+
+    details = []
+    for i, peer in enumerate(peers):
+        problem = "this node's own peer ID" if peer == own else peer_id_problem(peer)
+        if problem is not None:
+            details.append({"path": f"/peers/{i}", "message": problem})
+    if details:
+        raise ValidationError(f"{details[0]['path']}: {details[0]['message']}", details=details[:100])
+    return list(dict.fromkeys(peers))
 
 
 def _now_ms() -> int:
