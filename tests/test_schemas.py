@@ -320,6 +320,11 @@ EXAMPLES: dict[tuple[str, int], dict] = {
                                  "registry": "grid.functions", "seq": 7,
                                  "changes": ["bafyreia", "bafyreib"], "envelopes": ["lQ==", "lg=="]},
     # A saved view (search/views.py): its query is judged by the search parser, not the schema.
+    # One version of an MCP server, as its server.json says (formats/mcp.py).
+    ("mcp-server", 1): {"$schema": "https://static.modelcontextprotocol.io/schemas/2025-09-29/server.schema.json",
+                        "name": "io.github.example/weather", "description": "Weather forecasts over MCP",
+                        "version": "1.0.2", "remotes": [{"type": "streamable-http", "url": "https://w.example/mcp"}],
+                        "_meta": {"io.modelcontextprotocol.registry/publisher-provided": {"tool": "cli"}}},
     ("view", 1): {"name": "Cheap EU GPUs", "description": "GPU clusters in the EU under 1 EUR/h",
                   "query": {"text": "gpu", "filter": {"field": "price", "lt": 1}, "sort": "price"}},
 }
@@ -336,7 +341,7 @@ KIND_HOMES = {
     "delegation": "grid.members", "revocation": "grid.members",
     "federation": "grid.members", "invitation": "grid.members",
     "dispute-resolution": "grid.disputes", "equivocation-report": "grid.disputes",
-    "view": "grid.views",
+    "view": "grid.views", "mcp-server": "grid.mcp-servers",
 }
 
 
@@ -394,7 +399,7 @@ def test_every_builtin_schema_is_a_valid_draft_2020_12_schema(catalog):
 def test_builtin_registries_are_the_table_of_kinds_and_homes():
     assert all(isinstance(r, BuiltinRegistry) for r in BUILTIN_REGISTRIES)
     assert {kind: r.name for r in BUILTIN_REGISTRIES for kind in r.kinds} == KIND_HOMES
-    assert len({r.name for r in BUILTIN_REGISTRIES}) == len(BUILTIN_REGISTRIES) == 25
+    assert len({r.name for r in BUILTIN_REGISTRIES}) == len(BUILTIN_REGISTRIES) == 26
     assert all(r.description for r in BUILTIN_REGISTRIES)
 
 

@@ -985,6 +985,7 @@ def _register_optional_groups() -> None:
     from registrygrid.cli import (
         dispute_commands,
         federation_commands,
+        import_commands,
         org_commands,
         sim_commands,
         view_commands,
@@ -995,6 +996,7 @@ def _register_optional_groups() -> None:
     dispute_commands.register(cli)
     view_commands.register(cli)
     sim_commands.register(cli)
+    import_commands.register(cli)
 
 
 _register_optional_groups()

@@ -190,6 +190,9 @@ BUILTIN_REGISTRIES: tuple[BuiltinRegistry, ...] = (
                     "delegations and revocations of keys."),
     BuiltinRegistry("grid.views", ("view",),
                     "Saved searches: named queries whose results nodes keep materialized."),
+    BuiltinRegistry("grid.mcp-servers", ("mcp-server",),
+                    "Model Context Protocol servers, one record per version, as their server.json describes "
+                    "them (the MCP Registry's format: `rgrid import`, `rgrid export --format mcp`)."),
 )
 
 _HOME_REGISTRY: Mapping[str, str] = MappingProxyType(

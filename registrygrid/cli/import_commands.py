@@ -1,0 +1,91 @@
+"""`rgrid import PATH` and `rgrid export REGISTRY --format FORMAT`: the
+ecosystem's documents as records (registrygrid/formats/).
+
+Import reads a .json file (one document or a list) or a directory of them,
+recognizes each document's format, and creates or updates its record
+(nothing when unchanged), through the running node's bridge or, with the
+node stopped, in the home's store in batches. A progress bar runs on
+stderr; then a summary, and for each invalid document every failing field
+path. It exits 65 when any document was invalid (the valid ones are in).
+Export writes each record back as its format's document.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from registrygrid.cli import render
+from registrygrid.cli.backend import open_backend
+from registrygrid.cli.options import home_option, json_option
+from registrygrid.errors import EX_DATAERR
+from registrygrid.formats import importer
+
+
+def register(cli: click.Group) -> None:
+
+    @cli.command(name="import", epilog="""\b
+Examples:
+  rgrid import server.json
+  rgrid import ./servers/            # every .json below, in name order
+  rgrid import servers.json --json   # a list of documents; the report as JSON""")
+    @home_option
+    @click.argument("path", type=click.Path(exists=True, path_type=Path))
+    @json_option
+    def import_documents(home: Path | None, path: Path, as_json: bool) -> None:
+        """Import documents of the ecosystem's formats (MCP server.json) as records."""
+        documents = list(importer.read_documents(path))
+        with open_backend(home) as backend:
+            report = _with_progress(backend, documents, quiet=as_json)
+        if as_json:
+            render.dump_json(report.to_dict())
+        else:
+            click.echo(f"{len(documents)} documents: {report.created} created, {report.updated} updated, "
+                       f"{report.unchanged} unchanged, {len(report.invalid)} invalid"
+                       + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(report.by_format.items()))})"
+                          if report.by_format else ""))
+            for bad in report.invalid:
+                click.echo(f"invalid: {bad['source']}: {bad['error']}: {bad['message'][:200]}", err=True)
+                for failing in bad["paths"]:
+                    click.echo(f"  {failing['path'] or '/'}: {failing['message']}", err=True)
+        if report.invalid:
+            sys.exit(EX_DATAERR)
+
+    @cli.command(name="export")
+    @home_option
+    @click.argument("registry")
+    @click.option("--format", "fmt", type=click.Choice(sorted(importer.FORMATS)), required=True,
+                  help="The documents' format.")
+    @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Write one file per record (RECORD_ID.json) here; default: a JSON list on stdout.")
+    def export_documents(home: Path | None, registry: str, fmt: str, out: Path | None) -> None:
+        """Export a registry's records as documents of FORMAT (mcp: server.json)."""
+        with open_backend(home) as backend:
+            exported = list(importer.export(backend, registry, fmt))
+        if out is None:
+            click.echo(json.dumps([doc for _, doc in exported], indent=1, ensure_ascii=False))
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        for record_id, doc in exported:
+            (out / f"{record_id}.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n",
+                                                   encoding="utf-8")
+        click.echo(f"wrote {len(exported)} documents to {out}")
+
+
+def _with_progress(backend: object, documents: list[importer.Document], *, quiet: bool) -> importer.Report:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True, disable=quiet or not sys.stderr.isatty(),
+                  console=render.stderr_console) as bar:
+        task = bar.add_task("import", total=len(documents))
+        return importer.Importer(backend).run(iter(documents), progress=lambda n: bar.update(task, completed=n))

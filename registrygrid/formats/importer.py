@@ -1,0 +1,173 @@
+"""Importing documents of the ecosystem's formats as records, and exporting them.
+
+``Importer`` reads JSON documents (a file holding one document or a list
+of them, or a directory of such files), recognizes each one's format
+(``FORMATS``: today the MCP Registry's server.json), and writes it as its
+record: a create when the record is new, an update when its content
+changed, nothing when it is the same (so an import runs again safely). It
+works through any backend with the SDK's write and read calls: the
+embedded ``LocalRegistry`` (batched: one transaction per ``BATCH``
+creates) or a running node's bridge (``BridgeClient``). A document that
+is not valid is reported with every failing field path (the kind's
+schema names them all) and the others go on. ``export`` gives back the
+documents a registry's records hold.
+
+No trio, no network of its own: the CLI (cli/import_commands.py) drives it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from registrygrid.engine.ops import Put
+from registrygrid.errors import MalformedInput, NotFound, RegistryError, ValidationError
+from registrygrid.formats import mcp
+
+FORMATS = {mcp.FORMAT: mcp}
+# Creates per transaction when importing into an embedded store: the
+# committer's batch size (node/committer.py), one fsync for them all.
+BATCH = 2000
+# A document file this large is not a registry document (server.json is KiBs).
+MAX_FILE_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class Document:
+    source: str  # file (and [index] in a list)
+    body: Any
+
+
+@dataclass
+class Report:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    invalid: list[dict[str, Any]] = field(default_factory=list)  # {source, error, paths: [{path, message}]}
+    by_format: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"created": self.created, "updated": self.updated, "unchanged": self.unchanged,
+                "invalid": len(self.invalid), "by_format": self.by_format, "errors": self.invalid}
+
+
+def read_documents(path: Path) -> Iterator[Document]:
+    """Every document in ``path`` (a .json file, or a directory's .json files, in name order)."""
+    files = sorted(p for p in path.rglob("*.json") if p.is_file()) if path.is_dir() else [path]
+    if not files:
+        raise NotFound(f"no .json files in {path}")
+    for file in files:
+        try:
+            if file.stat().st_size > MAX_FILE_BYTES:
+                raise MalformedInput(f"{file} is over {MAX_FILE_BYTES} bytes")
+            body = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            yield Document(str(file), MalformedInput(f"{file}: not JSON: {exc}"))
+            continue
+        except MalformedInput as exc:
+            yield Document(str(file), exc)
+            continue
+        if isinstance(body, list):
+            for i, item in enumerate(body):
+                yield Document(f"{file}[{i}]", item)
+        else:
+            yield Document(str(file), body)
+
+
+def format_of(body: Any) -> str | None:
+    return next((name for name, module in FORMATS.items() if module.looks_like(body)), None)
+
+
+class Importer:
+    def __init__(self, backend: Any) -> None:
+        """``backend``: a LocalRegistry or a BridgeClient; either checks each
+        record against its kind's schema as it writes it, one by one."""
+        self.backend = backend
+        self._pending: list[tuple[Document, str, str, dict[str, Any], list[str]]] = []
+
+    def run(self, documents: Iterator[Document], *, progress: Callable[[int], None] | None = None) -> Report:
+        report = Report()
+        for n, document in enumerate(documents, 1):
+            self._take(document, report)
+            if len(self._pending) >= BATCH:
+                self._flush(report)
+            if progress is not None:
+                progress(n)
+        self._flush(report)
+        return report
+
+    def _take(self, document: Document, report: Report) -> None:
+        if isinstance(document.body, RegistryError):
+            self._invalid(report, document, document.body)
+            return
+        name = format_of(document.body)
+        if name is None:
+            self._invalid(report, document, ValidationError(
+                f"not a document of a known format ({', '.join(FORMATS)})",
+                details=[{"path": "/", "message": "unrecognized format"}]))
+            return
+        module = FORMATS[name]
+        report.by_format[name] = report.by_format.get(name, 0) + 1
+        try:
+            record_id, fields, tags = module.to_record(document.body)
+        except RegistryError as exc:
+            self._invalid(report, document, exc)
+            return
+        self._pending.append((document, module.REGISTRY, record_id, fields, tags))
+
+    def _flush(self, report: Report) -> None:
+        pending, self._pending = self._pending, []
+        creates: list[tuple[Document, Put]] = []
+        for document, registry, record_id, fields, tags in pending:
+            try:
+                existing = self.backend.get(registry, record_id)
+            except NotFound:
+                kind = next(m.KIND for m in FORMATS.values() if m.REGISTRY == registry)
+                creates.append((document, Put(registry, kind, fields, record_id=record_id, tags=tags)))
+                continue
+            if existing["fields"] == fields and sorted(existing["tags"]) == tags:
+                report.unchanged += 1
+                continue
+            try:
+                self.backend.update(registry, record_id, fields=fields, tags=tags)
+                report.updated += 1
+            except RegistryError as exc:
+                self._invalid(report, document, exc)
+        if not creates:
+            return
+        if hasattr(self.backend, "put_many"):  # embedded: one transaction for the batch
+            outcomes = self.backend.put_many([put for _, put in creates])
+        else:  # a node's bridge: one request each
+            outcomes = []
+            for _, put in creates:
+                try:
+                    outcomes.append(self.backend.put(put.registry, put.kind, put.fields, id=put.record_id,
+                                                     tags=put.tags))
+                except RegistryError as exc:
+                    outcomes.append(exc)
+        for (document, _), outcome in zip(creates, outcomes, strict=True):
+            if isinstance(outcome, RegistryError):
+                self._invalid(report, document, outcome)
+            else:
+                report.created += 1
+
+    @staticmethod
+    def _invalid(report: Report, document: Document, error: RegistryError) -> None:
+        details = error.details if isinstance(error.details, list) else []
+        paths = [{"path": d.get("path", "/"), "message": d.get("message", "")} for d in details
+                 if isinstance(d, Mapping)]
+        report.invalid.append({"source": document.source, "error": error.code, "message": error.message,
+                               "paths": paths or [{"path": "/", "message": error.message}]})
+
+
+def export(backend: Any, registry: str, fmt: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(record id, document) for every live record of ``registry`` in ``fmt``."""
+    module = FORMATS.get(fmt)
+    if module is None:
+        raise ValidationError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
+    for record in backend.iter_all(registry):
+        if record["kind"] == module.KIND:
+            yield record["id"], module.from_record(record)
