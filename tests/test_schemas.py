@@ -325,6 +325,11 @@ EXAMPLES: dict[tuple[str, int], dict] = {
                         "name": "io.github.example/weather", "description": "Weather forecasts over MCP",
                         "version": "1.0.2", "remotes": [{"type": "streamable-http", "url": "https://w.example/mcp"}],
                         "_meta": {"io.modelcontextprotocol.registry/publisher-provided": {"tool": "cli"}}},
+    # An A2A agent card (formats/a2a.py), as the agent published it.
+    ("agent-card", 1): {"name": "Contract summarizer", "description": "Summarizes legal contracts",
+                        "version": "1.2.0", "supportedInterfaces": [{"url": "https://agents.example.com/s",
+                                                                     "protocolBinding": "JSONRPC"}],
+                        "skills": [{"id": "summarize", "name": "Summarize", "tags": ["legal"]}]},
     ("view", 1): {"name": "Cheap EU GPUs", "description": "GPU clusters in the EU under 1 EUR/h",
                   "query": {"text": "gpu", "filter": {"field": "price", "lt": 1}, "sort": "price"}},
 }
@@ -341,7 +346,7 @@ KIND_HOMES = {
     "delegation": "grid.members", "revocation": "grid.members",
     "federation": "grid.members", "invitation": "grid.members",
     "dispute-resolution": "grid.disputes", "equivocation-report": "grid.disputes",
-    "view": "grid.views", "mcp-server": "grid.mcp-servers",
+    "view": "grid.views", "mcp-server": "grid.mcp-servers", "agent-card": "grid.agent-cards",
 }
 
 
@@ -399,7 +404,7 @@ def test_every_builtin_schema_is_a_valid_draft_2020_12_schema(catalog):
 def test_builtin_registries_are_the_table_of_kinds_and_homes():
     assert all(isinstance(r, BuiltinRegistry) for r in BUILTIN_REGISTRIES)
     assert {kind: r.name for r in BUILTIN_REGISTRIES for kind in r.kinds} == KIND_HOMES
-    assert len({r.name for r in BUILTIN_REGISTRIES}) == len(BUILTIN_REGISTRIES) == 26
+    assert len({r.name for r in BUILTIN_REGISTRIES}) == len(BUILTIN_REGISTRIES) == 27
     assert all(r.description for r in BUILTIN_REGISTRIES)
 
 

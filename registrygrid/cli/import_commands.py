@@ -34,12 +34,18 @@ Examples:
   rgrid import servers.json --json   # a list of documents; the report as JSON""")
     @home_option
     @click.argument("path", type=click.Path(exists=True, path_type=Path))
+    @click.option("--keys", "keys_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                  help="A JWKS of keys trusted to sign A2A agent cards (a card's jku is never fetched).")
     @json_option
-    def import_documents(home: Path | None, path: Path, as_json: bool) -> None:
-        """Import documents of the ecosystem's formats (MCP server.json) as records."""
+    def import_documents(home: Path | None, path: Path, keys_file: Path | None, as_json: bool) -> None:
+        """Import documents of the ecosystem's formats (MCP server.json, A2A agent cards) as records."""
+        from registrygrid.cli.values import read_json_file
+        from registrygrid.formats import a2a
+
+        keys = a2a.load_keys(read_json_file(keys_file)) if keys_file is not None else None
         documents = list(importer.read_documents(path))
         with open_backend(home) as backend:
-            report = _with_progress(backend, documents, quiet=as_json)
+            report = _with_progress(backend, documents, keys, quiet=as_json)
         if as_json:
             render.dump_json(report.to_dict())
         else:
@@ -62,7 +68,7 @@ Examples:
     @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
                   help="Write one file per record (RECORD_ID.json) here; default: a JSON list on stdout.")
     def export_documents(home: Path | None, registry: str, fmt: str, out: Path | None) -> None:
-        """Export a registry's records as documents of FORMAT (mcp: server.json)."""
+        """Export a registry's records as documents of FORMAT (mcp: server.json; a2a: agent cards)."""
         with open_backend(home) as backend:
             exported = list(importer.export(backend, registry, fmt))
         if out is None:
@@ -75,7 +81,8 @@ Examples:
         click.echo(f"wrote {len(exported)} documents to {out}")
 
 
-def _with_progress(backend: object, documents: list[importer.Document], *, quiet: bool) -> importer.Report:
+def _with_progress(backend: object, documents: list[importer.Document], keys: object, *,
+                   quiet: bool) -> importer.Report:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -88,4 +95,5 @@ def _with_progress(backend: object, documents: list[importer.Document], *, quiet
     with Progress(*columns, transient=True, disable=quiet or not sys.stderr.isatty(),
                   console=render.stderr_console) as bar:
         task = bar.add_task("import", total=len(documents))
-        return importer.Importer(backend).run(iter(documents), progress=lambda n: bar.update(task, completed=n))
+        return importer.Importer(backend, keys=keys).run(iter(documents),
+                                                         progress=lambda n: bar.update(task, completed=n))

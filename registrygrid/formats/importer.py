@@ -2,7 +2,7 @@
 
 ``Importer`` reads JSON documents (a file holding one document or a list
 of them, or a directory of such files), recognizes each one's format
-(``FORMATS``: today the MCP Registry's server.json), and writes it as its
+(``FORMATS``: the MCP Registry's server.json, A2A agent cards), and writes it as its
 record: a create when the record is new, an update when its content
 changed, nothing when it is the same (so an import runs again safely). It
 works through any backend with the SDK's write and read calls: the
@@ -25,9 +25,9 @@ from typing import Any
 
 from registrygrid.engine.ops import Put
 from registrygrid.errors import MalformedInput, NotFound, RegistryError, ValidationError
-from registrygrid.formats import mcp
+from registrygrid.formats import a2a, mcp
 
-FORMATS = {mcp.FORMAT: mcp}
+FORMATS = {mcp.FORMAT: mcp, a2a.FORMAT: a2a}
 # Creates per transaction when importing into an embedded store: the
 # committer's batch size (node/committer.py), one fsync for them all.
 BATCH = 2000
@@ -82,10 +82,13 @@ def format_of(body: Any) -> str | None:
 
 
 class Importer:
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: Any, *, keys: Any = None) -> None:
         """``backend``: a LocalRegistry or a BridgeClient; either checks each
-        record against its kind's schema as it writes it, one by one."""
+        record against its kind's schema as it writes it, one by one.
+        ``keys``: a JWKS (joserfc KeySet, ``a2a.load_keys``) of keys trusted
+        to sign A2A agent cards."""
         self.backend = backend
+        self.options: dict[str, dict[str, Any]] = {a2a.FORMAT: {"keys": keys}}
         self._pending: list[tuple[Document, str, str, dict[str, Any], list[str]]] = []
 
     def run(self, documents: Iterator[Document], *, progress: Callable[[int], None] | None = None) -> Report:
@@ -112,7 +115,7 @@ class Importer:
         module = FORMATS[name]
         report.by_format[name] = report.by_format.get(name, 0) + 1
         try:
-            record_id, fields, tags = module.to_record(document.body)
+            record_id, fields, tags = module.to_record(document.body, **self.options.get(name, {}))
         except RegistryError as exc:
             self._invalid(report, document, exc)
             return

@@ -193,6 +193,9 @@ BUILTIN_REGISTRIES: tuple[BuiltinRegistry, ...] = (
     BuiltinRegistry("grid.mcp-servers", ("mcp-server",),
                     "Model Context Protocol servers, one record per version, as their server.json describes "
                     "them (the MCP Registry's format: `rgrid import`, `rgrid export --format mcp`)."),
+    BuiltinRegistry("grid.agent-cards", ("agent-card",),
+                    "A2A agent cards, one record per agent, signatures verified at import (`rgrid import`, "
+                    "`rgrid export --format a2a`)."),
 )
 
 _HOME_REGISTRY: Mapping[str, str] = MappingProxyType(

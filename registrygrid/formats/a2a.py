@@ -1,0 +1,177 @@
+"""A2A agent cards <-> records of ``grid.agent-cards`` (kind ``agent-card``).
+
+An agent card (A2A 1.0, §8) says who an agent is, where it answers, and
+what it can do (skills, modes, capabilities, security schemes). Here one
+agent is one record:
+
+* **fields**: the card itself, every member verbatim (its ``signatures``
+  included), so an export gives back the card as it was signed;
+* **record id**: ``a2a-`` and the first 40 hex of sha256 of the agent's
+  address (the first of ``supportedInterfaces[].url`` in A2A 1.0, or the
+  older ``url``), else of its name: importing a newer card of the same
+  agent updates its record;
+* **tags**: ``a2a``, its skills' tags (those a tag can be), and the card's
+  signature status, as verified at import: ``signature:verified`` (a
+  signature checks with a trusted key), ``signature:self-signed`` (it
+  checks with the key the signature itself carries: intact, but the key
+  vouches only for itself), ``signature:unverified`` (no key to check it:
+  its ``jku`` is not fetched, so pass the agent's JWKS), ``signature:invalid``
+  (it does not check: the card was altered, or the signature is forged)
+  or ``signature:unsigned``.
+
+Verification (A2A 1.0 §8.4): each signature is a JWS whose payload is
+detached: the RFC 8785 canonical form of the card without its
+``signatures`` member. The signing input is the protected header (as
+sent), a dot, and the base64url of that canonical form; the key is found
+by the protected header's ``kid`` among the trusted keys (a JWKS the
+importer is given), or is the ``jwk`` the header embeds. Algorithms:
+ES256, ES384, ES512, Ed25519 (and its older name EdDSA), RS256, PS256 (``none`` and HMAC are refused:
+a card's signature must be checkable by anyone with the public key).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import rfc8785
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet, import_key
+
+from registrygrid.errors import ValidationError
+from registrygrid.protocol import names
+
+FORMAT = "a2a"
+KIND = "agent-card"
+REGISTRY = "grid.agent-cards"
+# "EdDSA" is the older name of Ed25519 (RFC 9864 deprecates it); cards signed so still verify.
+ALGORITHMS = ["ES256", "ES384", "ES512", "Ed25519", "EdDSA", "RS256", "PS256"]
+STATUSES = ("verified", "self-signed", "unverified", "invalid", "unsigned")
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    status: str  # one of STATUSES
+    reason: str
+    kid: str | None = None
+
+
+def looks_like(doc: Any) -> bool:
+    return (isinstance(doc, Mapping) and isinstance(doc.get("name"), str) and isinstance(doc.get("skills"), list)
+            and ("supportedInterfaces" in doc or "url" in doc or "capabilities" in doc))
+
+
+def address_of(card: Mapping[str, Any]) -> str | None:
+    interfaces = card.get("supportedInterfaces")
+    if isinstance(interfaces, list):
+        for interface in interfaces:
+            if isinstance(interface, Mapping) and isinstance(interface.get("url"), str):
+                return str(interface["url"])
+    url = card.get("url")
+    return url if isinstance(url, str) else None
+
+
+def record_id(card: Mapping[str, Any]) -> str:
+    key = address_of(card) or str(card.get("name"))
+    return "a2a-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def to_record(doc: Mapping[str, Any], *, keys: KeySet | None = None) -> tuple[str, dict[str, Any], list[str]]:
+    card = dict(doc)
+    missing = [{"path": f"/{k}", "message": f"{k} is required"} for k in ("name", "description", "skills")
+               if k not in card]
+    if missing:
+        raise ValidationError("not an agent card: " + ", ".join(d["path"] for d in missing), details=missing)
+    check = verify(card, keys)
+    tags = {"a2a", f"signature:{check.status}"}
+    for skill in card.get("skills") or ():
+        for tag in (skill.get("tags") or ()) if isinstance(skill, Mapping) else ():
+            if isinstance(tag, str) and names.TAG.fullmatch(tag):
+                tags.add(tag)
+    return record_id(card), card, sorted(tags)[:64]
+
+
+def from_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(record["fields"])
+
+
+def canonical_payload(card: Mapping[str, Any]) -> bytes:
+    """What an agent card's signatures cover: RFC 8785 of the card without them."""
+    return rfc8785.dumps({k: v for k, v in card.items() if k != "signatures"})
+
+
+def verify(card: Mapping[str, Any], keys: KeySet | None = None) -> SignatureCheck:
+    """The card's signature status (the best of its signatures)."""
+    signatures = card.get("signatures")
+    if not signatures:
+        return SignatureCheck("unsigned", "the card carries no signature")
+    if not isinstance(signatures, list):
+        return SignatureCheck("invalid", "signatures is not a list")
+    payload = _b64(canonical_payload(card))
+    checks = [_check_one(signature, payload, keys) for signature in signatures]
+    return min(checks, key=lambda c: STATUSES.index(c.status))
+
+
+def _check_one(signature: Any, payload: str, keys: KeySet | None) -> SignatureCheck:
+    if not isinstance(signature, Mapping) or not isinstance(signature.get("protected"), str) \
+            or not isinstance(signature.get("signature"), str):
+        return SignatureCheck("invalid", "a signature needs protected and signature strings")
+    try:
+        header = json.loads(_unb64(signature["protected"]))
+    except ValueError:
+        return SignatureCheck("invalid", "its protected header is not base64url JSON")
+    if not isinstance(header, dict) or header.get("alg") not in ALGORITHMS:
+        return SignatureCheck("invalid", f"algorithm {header.get('alg') if isinstance(header, dict) else None!r} "
+                                         f"is not one of {', '.join(ALGORITHMS)}")
+    kid = header.get("kid") if isinstance(header.get("kid"), str) else None
+    token = f"{signature['protected']}.{payload}.{signature['signature']}"
+    trusted = _trusted_key(keys, kid)
+    if trusted is not None:
+        return SignatureCheck(*_outcome(token, trusted, "verified", f"checks with trusted key {kid}"), kid=kid)
+    embedded = header.get("jwk")
+    if isinstance(embedded, dict):
+        try:
+            key = import_key(embedded)
+        except (JoseError, ValueError, TypeError) as exc:
+            return SignatureCheck("invalid", f"its embedded jwk is not a key: {exc}", kid)
+        return SignatureCheck(*_outcome(token, key, "self-signed", "checks with the key it embeds"), kid=kid)
+    where = f" (its jku {header['jku']} is not fetched)" if isinstance(header.get("jku"), str) else ""
+    return SignatureCheck("unverified", f"no trusted key {kid!r} to check it{where}: pass the agent's JWKS", kid)
+
+
+def _outcome(token: str, key: Any, ok: str, why: str) -> tuple[str, str]:
+    try:
+        jws.deserialize_compact(token, key, algorithms=ALGORITHMS)
+    except (JoseError, ValueError) as exc:
+        return "invalid", f"the signature does not check: {type(exc).__name__}"
+    return ok, why
+
+
+def _trusted_key(keys: KeySet | None, kid: str | None) -> Any:
+    if keys is None or kid is None:
+        return None
+    try:
+        return keys.get_by_kid(kid)
+    except (JoseError, ValueError, KeyError):
+        return None
+
+
+def load_keys(jwks: Mapping[str, Any]) -> KeySet:
+    """A JWKS (``{"keys": [...]}``) of keys trusted to sign agent cards."""
+    try:
+        return KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
+    except (JoseError, ValueError, TypeError, KeyError) as exc:
+        raise ValidationError(f"not a JWKS: {exc}") from None
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

@@ -1,0 +1,122 @@
+"""A2A agent cards as records of grid.agent-cards (formats/a2a.py): cards
+signed here as A2A 1.0 says (a JWS whose detached payload is the RFC 8785
+form of the card without its signatures), with real EC P-256 and Ed25519
+keys, are verified on import: a valid one with a trusted key, a tampered
+one, an unsigned one, one whose key is only embedded, and one whose key is
+unknown each get their status; every card exports as it was signed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rfc8785
+from joserfc import jws
+from joserfc.jwk import ECKey, KeySet, OKPKey
+
+from registrygrid.formats import a2a, importer
+from registrygrid.sdk import LocalRegistry
+
+CARD: dict[str, Any] = {
+    "name": "Contract summarizer",
+    "description": "Summarizes legal contracts in German and English",
+    "version": "1.2.0",
+    "supportedInterfaces": [{"url": "https://agents.example.com/summarizer", "protocolBinding": "JSONRPC"}],
+    "provider": {"organization": "Example Legal", "url": "https://example.com"},
+    "capabilities": {"streaming": True, "pushNotifications": False},
+    "defaultInputModes": ["text/plain", "application/pdf"],
+    "defaultOutputModes": ["text/plain"],
+    "skills": [{"id": "summarize", "name": "Summarize a contract", "description": "One page from fifty",
+                "tags": ["legal", "summarization"], "examples": ["Summarize this NDA"]}],
+    "x-extension": {"kept": [1, 2.5, None]},
+}
+
+
+def sign(card: dict[str, Any], key: Any, kid: str, alg: str, *, embed: bool = False) -> dict[str, Any]:
+    """The card with one more signature, made as A2A 1.0 §8.4 says."""
+    header: dict[str, Any] = {"alg": alg, "kid": kid, "typ": "JOSE"}
+    if embed:
+        header["jwk"] = key.as_dict(private=False)
+    payload = rfc8785.dumps({k: v for k, v in card.items() if k != "signatures"})
+    protected, _, signature = jws.serialize_compact(header, payload, key, algorithms=[alg]).split(".")
+    return {**card, "signatures": [*card.get("signatures", []), {"protected": protected, "signature": signature}]}
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[str, Any]:
+    return {"ec": ECKey.generate_key("P-256", parameters={"kid": "ec-1"}),
+            "ed": OKPKey.generate_key("Ed25519", parameters={"kid": "ed-1"}),
+            "other": ECKey.generate_key("P-256", parameters={"kid": "other-1"})}
+
+
+@pytest.fixture
+def trusted(keys: dict[str, Any]) -> KeySet:
+    return a2a.load_keys({"keys": [keys["ec"].as_dict(private=False), keys["ed"].as_dict(private=False)]})
+
+
+def test_a_card_signed_with_a_trusted_key_verifies_with_either_algorithm(keys: dict[str, Any], trusted: KeySet) -> None:
+    assert a2a.verify(sign(CARD, keys["ec"], "ec-1", "ES256"), trusted).status == "verified"
+    assert a2a.verify(sign(CARD, keys["ed"], "ed-1", "Ed25519"), trusted).status == "verified"
+
+
+def test_any_change_to_a_signed_card_makes_its_signature_invalid(keys: dict[str, Any], trusted: KeySet) -> None:
+    signed = sign(CARD, keys["ec"], "ec-1", "ES256")
+    tampered = {**signed, "skills": [{**CARD["skills"][0], "description": "Sends your contracts elsewhere"}]}
+    assert a2a.verify(tampered, trusted).status == "invalid"
+    reordered = dict(reversed(list(signed.items())))  # member order is not content: RFC 8785 sorts it
+    assert a2a.verify(reordered, trusted).status == "verified"
+    forged = {**signed, "signatures": [{**signed["signatures"][0], "signature": "A" * 86}]}
+    assert a2a.verify(forged, trusted).status == "invalid"
+
+
+def test_unsigned_self_signed_and_unknown_key_cards_say_so(keys: dict[str, Any], trusted: KeySet) -> None:
+    assert a2a.verify(CARD, trusted).status == "unsigned"
+    assert a2a.verify(sign(CARD, keys["other"], "other-1", "ES256", embed=True), trusted).status == "self-signed"
+    unknown = a2a.verify(sign(CARD, keys["other"], "other-1", "ES256"), trusted)
+    assert unknown.status == "unverified" and "JWKS" in unknown.reason
+    none_alg = {**CARD, "signatures": [{"protected": base64.urlsafe_b64encode(b'{"alg":"none"}').decode().rstrip("="),
+                                        "signature": ""}]}
+    assert a2a.verify(none_alg, trusted).status == "invalid"
+    # With several signatures the best one counts.
+    both = sign(sign(CARD, keys["other"], "other-1", "ES256"), keys["ec"], "ec-1", "ES256")
+    assert a2a.verify(both, trusted).status == "verified"
+
+
+def test_imported_cards_carry_their_status_and_export_as_signed(tmp_path: Path, keys: dict[str, Any],
+                                                               trusted: KeySet) -> None:
+    signed = sign(CARD, keys["ec"], "ec-1", "ES256")
+    other = {**CARD, "name": "Translator", "supportedInterfaces": [{"url": "https://agents.example.com/tr"}]}
+    (tmp_path / "cards.json").write_text(json.dumps([signed, other]))
+    with LocalRegistry.open_path(tmp_path / "store") as grid:
+        report = importer.Importer(grid, keys=trusted).run(importer.read_documents(tmp_path / "cards.json"))
+        records = {r["fields"]["name"]: r for r in grid.iter_all(a2a.REGISTRY)}
+        exported = [doc for _, doc in importer.export(grid, a2a.REGISTRY, "a2a")]
+    assert report.created == 2 and report.by_format == {"a2a": 2}
+    assert "signature:verified" in records["Contract summarizer"]["tags"]
+    assert {"a2a", "legal", "summarization", "signature:unsigned"} <= set(records["Translator"]["tags"])
+    assert sorted(exported, key=lambda c: c["name"]) == [signed, other]
+    assert a2a.verify(next(c for c in exported if c["name"] == "Contract summarizer"), trusted).status == "verified"
+
+
+def test_rgrid_import_takes_a_jwks_of_trusted_keys(tmp_path: Path, keys: dict[str, Any]) -> None:
+    home = tmp_path / "home"
+    env = {**os.environ, "RGRID_HOME": ""}
+
+    def rgrid(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "registrygrid", *args, "--home", str(home)], check=False,
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    assert rgrid("init").returncode == 0
+    (tmp_path / "card.json").write_text(json.dumps(sign(CARD, keys["ec"], "ec-1", "ES256")))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [keys["ec"].as_dict(private=False)]}))
+    imported = rgrid("import", str(tmp_path / "card.json"), "--keys", str(tmp_path / "jwks.json"), "--json")
+    listed = rgrid("export", "grid.agent-cards", "--format", "a2a")
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout)["created"] == 1
+    assert json.loads(listed.stdout)[0]["signatures"]
