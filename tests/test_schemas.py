@@ -330,6 +330,12 @@ EXAMPLES: dict[tuple[str, int], dict] = {
                         "version": "1.2.0", "supportedInterfaces": [{"url": "https://agents.example.com/s",
                                                                      "protocolBinding": "JSONRPC"}],
                         "skills": [{"id": "summarize", "name": "Summarize", "tags": ["legal"]}]},
+    # An AGNTCY OASF record (formats/oasf.py).
+    ("oasf-record", 1): {"name": "contract-summarizer", "version": "v1.2.0", "schema_version": "0.8.0",
+                         "description": "Summarizes legal contracts", "authors": ["Example Legal"],
+                         "created_at": "2025-11-01T12:00:00Z",
+                         "skills": [{"name": "natural_language_processing/summarization", "id": 10201}],
+                         "locators": [{"type": "docker_image", "url": "ghcr.io/example/s:1.2.0"}]},
     ("view", 1): {"name": "Cheap EU GPUs", "description": "GPU clusters in the EU under 1 EUR/h",
                   "query": {"text": "gpu", "filter": {"field": "price", "lt": 1}, "sort": "price"}},
 }
@@ -347,6 +353,7 @@ KIND_HOMES = {
     "federation": "grid.members", "invitation": "grid.members",
     "dispute-resolution": "grid.disputes", "equivocation-report": "grid.disputes",
     "view": "grid.views", "mcp-server": "grid.mcp-servers", "agent-card": "grid.agent-cards",
+    "oasf-record": "grid.oasf-records",
 }
 
 
@@ -404,7 +411,7 @@ def test_every_builtin_schema_is_a_valid_draft_2020_12_schema(catalog):
 def test_builtin_registries_are_the_table_of_kinds_and_homes():
     assert all(isinstance(r, BuiltinRegistry) for r in BUILTIN_REGISTRIES)
     assert {kind: r.name for r in BUILTIN_REGISTRIES for kind in r.kinds} == KIND_HOMES
-    assert len({r.name for r in BUILTIN_REGISTRIES}) == len(BUILTIN_REGISTRIES) == 27
+    assert len({r.name for r in BUILTIN_REGISTRIES}) == len(BUILTIN_REGISTRIES) == 28
     assert all(r.description for r in BUILTIN_REGISTRIES)
 
 

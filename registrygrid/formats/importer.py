@@ -2,7 +2,8 @@
 
 ``Importer`` reads JSON documents (a file holding one document or a list
 of them, or a directory of such files), recognizes each one's format
-(``FORMATS``: the MCP Registry's server.json, A2A agent cards), and writes it as its
+(``FORMATS``: the MCP Registry's server.json, A2A agent cards, OASF
+records), and writes it as its
 record: a create when the record is new, an update when its content
 changed, nothing when it is the same (so an import runs again safely). It
 works through any backend with the SDK's write and read calls: the
@@ -25,9 +26,9 @@ from typing import Any
 
 from registrygrid.engine.ops import Put
 from registrygrid.errors import MalformedInput, NotFound, RegistryError, ValidationError
-from registrygrid.formats import a2a, mcp
+from registrygrid.formats import a2a, mcp, oasf
 
-FORMATS = {mcp.FORMAT: mcp, a2a.FORMAT: a2a}
+FORMATS = {mcp.FORMAT: mcp, a2a.FORMAT: a2a, oasf.FORMAT: oasf}
 # Creates per transaction when importing into an embedded store: the
 # committer's batch size (node/committer.py), one fsync for them all.
 BATCH = 2000

@@ -196,6 +196,9 @@ BUILTIN_REGISTRIES: tuple[BuiltinRegistry, ...] = (
     BuiltinRegistry("grid.agent-cards", ("agent-card",),
                     "A2A agent cards, one record per agent, signatures verified at import (`rgrid import`, "
                     "`rgrid export --format a2a`)."),
+    BuiltinRegistry("grid.oasf-records", ("oasf-record",),
+                    "AGNTCY OASF records of agentic workloads, one record per version (`rgrid import`, "
+                    "`rgrid export --format oasf`)."),
 )
 
 _HOME_REGISTRY: Mapping[str, str] = MappingProxyType(
