@@ -336,6 +336,11 @@ EXAMPLES: dict[tuple[str, int], dict] = {
                          "created_at": "2025-11-01T12:00:00Z",
                          "skills": [{"name": "natural_language_processing/summarization", "id": 10201}],
                          "locators": [{"type": "docker_image", "url": "ghcr.io/example/s:1.2.0"}]},
+    # An AI Catalog entry with its catalog (formats/ai_catalog.py).
+    ("ai-catalog-entry", 1): {"entry": {"identifier": "urn:air:acme.com:tool:ocr", "displayName": "OCR",
+                                        "type": "application/mcp-server+json",
+                                        "url": "https://tools.acme.com/ocr/mcp.json"},
+                              "catalog": {"specVersion": "1.0", "host": {"displayName": "Acme"}}},
     ("view", 1): {"name": "Cheap EU GPUs", "description": "GPU clusters in the EU under 1 EUR/h",
                   "query": {"text": "gpu", "filter": {"field": "price", "lt": 1}, "sort": "price"}},
 }
@@ -353,7 +358,7 @@ KIND_HOMES = {
     "federation": "grid.members", "invitation": "grid.members",
     "dispute-resolution": "grid.disputes", "equivocation-report": "grid.disputes",
     "view": "grid.views", "mcp-server": "grid.mcp-servers", "agent-card": "grid.agent-cards",
-    "oasf-record": "grid.oasf-records",
+    "oasf-record": "grid.oasf-records", "ai-catalog-entry": "grid.ai-catalog-entries",
 }
 
 
@@ -411,7 +416,7 @@ def test_every_builtin_schema_is_a_valid_draft_2020_12_schema(catalog):
 def test_builtin_registries_are_the_table_of_kinds_and_homes():
     assert all(isinstance(r, BuiltinRegistry) for r in BUILTIN_REGISTRIES)
     assert {kind: r.name for r in BUILTIN_REGISTRIES for kind in r.kinds} == KIND_HOMES
-    assert len({r.name for r in BUILTIN_REGISTRIES}) == len(BUILTIN_REGISTRIES) == 28
+    assert len({r.name for r in BUILTIN_REGISTRIES}) == len(BUILTIN_REGISTRIES) == 29
     assert all(r.description for r in BUILTIN_REGISTRIES)
 
 

@@ -3,7 +3,7 @@
 ``Importer`` reads JSON documents (a file holding one document or a list
 of them, or a directory of such files), recognizes each one's format
 (``FORMATS``: the MCP Registry's server.json, A2A agent cards, OASF
-records), and writes it as its
+records, AI Catalogs), and writes it as its
 record: a create when the record is new, an update when its content
 changed, nothing when it is the same (so an import runs again safely). It
 works through any backend with the SDK's write and read calls: the
@@ -26,9 +26,10 @@ from typing import Any
 
 from registrygrid.engine.ops import Put
 from registrygrid.errors import MalformedInput, NotFound, RegistryError, ValidationError
-from registrygrid.formats import a2a, mcp, oasf
+from registrygrid.formats import a2a, ai_catalog, mcp, oasf
 
-FORMATS = {mcp.FORMAT: mcp, a2a.FORMAT: a2a, oasf.FORMAT: oasf}
+# An AI Catalog is recognized first: its entries may inline a server.json.
+FORMATS = {ai_catalog.FORMAT: ai_catalog, mcp.FORMAT: mcp, a2a.FORMAT: a2a, oasf.FORMAT: oasf}
 # Creates per transaction when importing into an embedded store: the
 # committer's batch size (node/committer.py), one fsync for them all.
 BATCH = 2000
@@ -116,11 +117,15 @@ class Importer:
         module = FORMATS[name]
         report.by_format[name] = report.by_format.get(name, 0) + 1
         try:
-            record_id, fields, tags = module.to_record(document.body, **self.options.get(name, {}))
+            if hasattr(module, "to_records"):  # one document, several records (an AI Catalog's entries)
+                made = module.to_records(document.body)
+            else:
+                made = [module.to_record(document.body, **self.options.get(name, {}))]
         except RegistryError as exc:
             self._invalid(report, document, exc)
             return
-        self._pending.append((document, module.REGISTRY, record_id, fields, tags))
+        for record_id, fields, tags in made:
+            self._pending.append((document, module.REGISTRY, record_id, fields, tags))
 
     def _flush(self, report: Report) -> None:
         pending, self._pending = self._pending, []
@@ -172,6 +177,10 @@ def export(backend: Any, registry: str, fmt: str) -> Iterator[tuple[str, dict[st
     module = FORMATS.get(fmt)
     if module is None:
         raise ValidationError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
-    for record in backend.iter_all(registry):
-        if record["kind"] == module.KIND:
-            yield record["id"], module.from_record(record)
+    records = [r for r in backend.iter_all(registry) if r["kind"] == module.KIND]
+    if hasattr(module, "catalogs"):  # entries go back into the catalogs they came in
+        for i, document in enumerate(module.catalogs(records)):
+            yield f"catalog-{i}", document
+        return
+    for record in records:
+        yield record["id"], module.from_record(record)

@@ -199,6 +199,9 @@ BUILTIN_REGISTRIES: tuple[BuiltinRegistry, ...] = (
     BuiltinRegistry("grid.oasf-records", ("oasf-record",),
                     "AGNTCY OASF records of agentic workloads, one record per version (`rgrid import`, "
                     "`rgrid export --format oasf`)."),
+    BuiltinRegistry("grid.ai-catalog-entries", ("ai-catalog-entry",),
+                    "Entries of AI Catalogs (ai-catalog.json) with the catalog they came in (`rgrid import`, "
+                    "`rgrid export --format ai-catalog`)."),
 )
 
 _HOME_REGISTRY: Mapping[str, str] = MappingProxyType(

@@ -1,0 +1,61 @@
+"""AI Catalog documents (formats/ai_catalog.py): each entry a record of
+grid.ai-catalog-entries with the catalog it came in, so an export rebuilds
+the catalog; entries that break the draft's rules (no identifier, both or
+neither of url and data, no media type) are refused by path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registrygrid.formats import ai_catalog, importer
+from registrygrid.sdk import LocalRegistry
+
+CATALOG: dict[str, Any] = {
+    "specVersion": "1.0",
+    "host": {"displayName": "Acme Systems", "identifier": "did:web:acme.com"},
+    "entries": [
+        {"identifier": "urn:air:acme.com:tool:ocr", "displayName": "OCR Text Extractor",
+         "type": "application/mcp-server+json", "url": "https://tools.acme.com/ocr/server.json",
+         "description": "Extracts text and tables from scanned PDFs", "tags": ["ocr", "pdf"],
+         "representativeQueries": ["read this invoice", "extract the table on page 3"], "version": "2.1.0"},
+        {"identifier": "urn:air:acme.com:agent:assistant", "displayName": "Acme Assistant",
+         "type": "application/a2a-agent-card+json",
+         "data": {"name": "Acme Assistant", "description": "Answers questions about Acme", "skills": []},
+         "capabilities": ["question-answering"], "updatedAt": "2026-11-30T08:00:00Z"},
+    ],
+    "collections": [{"displayName": "Research", "url": "https://research.acme.com/.well-known/ai-catalog.json"}],
+}
+
+
+def run(tmp_path: Path, grid: LocalRegistry, doc: Any) -> importer.Report:
+    (tmp_path / "catalog.json").write_text(json.dumps(doc))
+    return importer.Importer(grid).run(importer.read_documents(tmp_path / "catalog.json"))
+
+
+def test_a_catalog_becomes_one_record_per_entry_and_exports_as_it_came(tmp_path: Path) -> None:
+    with LocalRegistry.open_path(tmp_path / "store") as grid:
+        report = run(tmp_path, grid, CATALOG)
+        ocr = grid.get(ai_catalog.REGISTRY, "urn:air:acme.com:tool:ocr")
+        exported = [doc for _, doc in importer.export(grid, ai_catalog.REGISTRY, "ai-catalog")]
+        again = run(tmp_path, grid, CATALOG)
+    assert report.created == 2 and report.by_format == {"ai-catalog": 1}
+    assert {"ai-catalog", "ocr", "pdf"} <= set(ocr["tags"])
+    assert ocr["fields"]["catalog"]["host"]["displayName"] == "Acme Systems"
+    assert exported == [{**CATALOG, "entries": sorted(CATALOG["entries"], key=lambda e: e["identifier"])}]
+    assert again.unchanged == 2
+
+
+@pytest.mark.parametrize("entry, path", [
+    ({"displayName": "x", "type": "text/plain", "url": "https://a"}, "/entries/0/identifier"),
+    ({"identifier": "urn:x", "displayName": "x", "type": "text/plain"}, "/entry"),
+    ({"identifier": "urn:x", "displayName": "x", "type": "text/plain", "url": "https://a", "data": {}}, "/entry"),
+    ({"identifier": "urn:x", "displayName": "x", "type": "not a media type", "url": "https://a"}, "/entry/type"),
+])
+def test_an_entry_breaking_the_rules_is_refused_by_path(tmp_path: Path, entry: dict[str, Any], path: str) -> None:
+    with LocalRegistry.open_path(tmp_path / "store") as grid:
+        report = run(tmp_path, grid, {"specVersion": "1.0", "entries": [entry]})
+    assert report.created == 0 and path in {p["path"] for p in report.invalid[0]["paths"]}, report.invalid
