@@ -63,7 +63,11 @@ def publish_statement(home: Home, kind: str, record_id: str, fields: dict[str, A
 
 def _bridge_client(home: Home) -> Any:
     try:
-        from registrygrid.client import BridgeClient
+        from registrygrid.client import NO_RETRY, BridgeClient
     except ImportError:
         return None
-    return BridgeClient.for_home(home)
+    # One attempt: a command's error goes to a person (or a script) who can
+    # run it again, and the bridge answers some lasting conditions 503 with
+    # Retry-After: 1 (--no-dht, --no-search), which the SDK's default policy
+    # would wait out four times (~4.5 s) before saying what is wrong.
+    return BridgeClient.for_home(home, retry=NO_RETRY)

@@ -17,8 +17,8 @@ own facts about it under ``_meta["io.modelcontextprotocol.registry/official"]``:
 * **publishedAt**: the record's ``created_at``; **updatedAt**: its
   ``updated_at`` (RFC 3339, UTC, milliseconds);
 * **isLatest**: the newest live version of that name, by the rule the MCP
-  Registry's versioning guide gives aggregators (docs/modelcontextprotocol-io/
-  versioning.mdx): two semantic versions (SemVer 2.0.0) compare by
+  Registry's versioning guide gives aggregators (modelcontextprotocol/registry
+  docs/modelcontextprotocol-io/versioning.mdx): two semantic versions (SemVer 2.0.0) compare by
   precedence, a semantic version is later than a non-semantic one, and two
   non-semantic versions (or two of equal precedence) compare by publication
   time, then by the version string. The rule needs no history, so every node
@@ -40,7 +40,7 @@ import bisect
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -57,10 +57,11 @@ MAX_LIMIT = 100
 PREFIX = "/v0.1/"
 LATEST = "latest"
 STATUSES = ("active", "deprecated", "deleted")
-# A cursor names one (name, version): the name is at most 200 characters and
-# the version 255 (the server.json schema), so base64 of both with their JSON
-# quoting stays under 1 KiB; anything longer is not one of ours.
-MAX_CURSOR = 1024
+# A cursor is base64 of the JSON [name, version]: the name is at most 200
+# ASCII characters and the version 255 characters (the server.json schema),
+# each at most 6 bytes of JSON (a control character's \u escape), so at most
+# ~1,740 bytes, ~2,320 characters of base64; anything longer is not one of ours.
+MAX_CURSOR = 4096
 
 # SemVer 2.0.0, the regular expression semver.org recommends (section "Is
 # there a suggested regular expression"), without a "v" prefix.
@@ -71,6 +72,7 @@ _SEMVER = re.compile(
 # RFC 3339 section 5.6 date-time (Go's time.RFC3339, which the official
 # registry parses updated_since with, takes the same; "t" and "z" may be lower case).
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$", re.ASCII)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def semver_key(version: str) -> tuple[Any, ...] | None:
@@ -102,12 +104,10 @@ def parse_rfc3339(text: str, *, where: str = "query:updated_since") -> int:
                              f"2025-08-07T13:15:04.280Z, not {text[:64]!r}",
                              details=[{"path": where, "message": "not an RFC 3339 date-time"}])
     try:
-        when = datetime.fromisoformat(text.upper())
-    except ValueError:  # well-formed but no such date or time (2025-02-30, 25:00)
+        return (datetime.fromisoformat(text.upper()) - _EPOCH) // timedelta(milliseconds=1)
+    except (ValueError, OverflowError):  # well-formed, but no such date or time (2025-02-30, 25:00, year 0)
         raise MalformedInput(f"{where.removeprefix('query:')}: no such date-time {text[:64]!r}",
                              details=[{"path": where, "message": "not a valid date-time"}]) from None
-    seconds = int(when.timestamp())
-    return seconds * 1000 + when.microsecond // 1000
 
 
 def encode_cursor(name: str, version: str) -> str:

@@ -17,7 +17,7 @@ changefeed must hold every acknowledged write, and their stores (read
 through read-only LMDB environments beside the running processes) must
 have equal state digests. The summary has the large-scale mode's shape.
 
-No trio here: processes, HTTP (registrygrid/client.py) and threads.
+No trio here: processes, HTTP (registrygrid/client/) and threads.
 Hostile nodes are a large-scale mode fault only (a real node does not
 forge envelopes; tests/test_federation_hostile.py covers real ones).
 """

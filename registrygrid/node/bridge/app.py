@@ -59,12 +59,14 @@ from registrygrid.errors import (
     UnknownRegistry,
     ValidationError,
 )
+from registrygrid.formats import mcp_registry
 from registrygrid.node.bridge import openapi
 from registrygrid.node.bridge.audit import AuditBuffer
 from registrygrid.node.bridge.auth import ADMIN, READ, WRITE, Authenticator, is_loopback
 from registrygrid.node.bridge.errors import (
     IdempotencyInProgress,
     IdempotencyKeyReused,
+    InternalError,
     MethodNotAllowed,
     PreconditionFailed,
     RouteNotFound,
@@ -126,7 +128,7 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(body=dumps(data), status=status, headers=headers, content_type=JSON)
 
 
-def error_response(exc: RegistryError, trace_id: str) -> web.Response:
+def error_response(exc: RegistryError, trace_id: str, path: str = "") -> web.Response:
     headers: dict[str, str] = {}
     if isinstance(exc, RateLimited) and isinstance(exc.details, dict):
         # RFC 9110 10.2.3: whole seconds; round up so a client that obeys never comes back early.
@@ -135,7 +137,9 @@ def error_response(exc: RegistryError, trace_id: str) -> web.Response:
         headers["WWW-Authenticate"] = 'Bearer realm="registrygrid"'  # RFC 6750 3
     elif isinstance(exc, Unavailable):
         headers["Retry-After"] = "1"
-    return json_response(error_body(exc, trace_id), exc.http_status, headers)
+    # The MCP Registry API's routes answer errors in that API's shape (node/bridge/mcp_routes.py).
+    body = (mcp_registry.error_body if path.startswith(mcp_registry.PREFIX) else error_body)(exc, trace_id)
+    return json_response(body, exc.http_status, headers)
 
 
 def write_json(result: WriteResult) -> dict[str, Any]:
@@ -310,6 +314,8 @@ class Api:
     max_body: int = openapi.MAX_BODY_BYTES
     idempotency_ttl_ms: int = idempotency.DEFAULT_TTL_MS
     max_streams: int = 512
+    # HOME/config.json bridge.agent_card: the card /.well-known/agent-card.json serves when the org has several.
+    agent_card: str | None = None
     state: str = "starting"
     base_url: str = ""
     # The id of the admin token this node wrote to HOME/bridge.json for the
@@ -1057,6 +1063,10 @@ class Api:
     # ---------------------------------------------------------------- the app
 
     def routes(self) -> list[web.RouteDef]:
+        # Imported here: mcp_routes and discovery_routes import this module's helpers.
+        from registrygrid.node.bridge.discovery_routes import DiscoveryRoutes
+        from registrygrid.node.bridge.mcp_routes import McpRoutes
+
         rec = "/v1/registries/{registry}/records"
         # aiohttp tries the routes under one path prefix in registration
         # order, one regex each: the record routes, the hottest, go first.
@@ -1109,6 +1119,8 @@ class Api:
             web.post("/v1/tokens", self.create_token),
             web.get("/v1/tokens", self.list_tokens),
             web.delete("/v1/tokens/{token_id}", self.revoke_token),
+            *McpRoutes(self).routes(),
+            *DiscoveryRoutes(self, agent_card=self.agent_card).routes(),
         ]
 
     def build(self) -> web.Application:
@@ -1136,13 +1148,13 @@ class Api:
             response = await handler(request)
         except RegistryError as exc:
             code = exc.code
-            response = error_response(exc, trace_id)
+            response = error_response(exc, trace_id, request.path)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             mapped = _from_http_exception(exc)
             code = mapped.code
-            response = error_response(mapped, trace_id)
+            response = error_response(mapped, trace_id, request.path)
             if exc.status == 405 and "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
         except (asyncio.CancelledError, ConnectionResetError):
@@ -1150,9 +1162,8 @@ class Api:
         except Exception:
             log.exception("unexpected error answering %s %s (trace %s)", request.method, request.path, trace_id)
             code = "internal_error"
-            err = RegistryError("internal error; the node's log has the details under this trace id")
-            err.code = "internal_error"
-            response = error_response(err, trace_id)
+            response = error_response(InternalError("internal error; the node's log has the details under this "
+                                                    "trace id"), trace_id, request.path)
         if not response.prepared:  # streams set it themselves before they prepare
             response.headers["X-Trace-Id"] = trace_id
         self.metrics.observe_request(route, request.method, response.status, time.perf_counter() - started, code)
@@ -1170,6 +1181,6 @@ def _from_http_exception(exc: web.HTTPException) -> RegistryError:
         err = MalformedInput(exc.text or exc.reason)
         err.http_status = exc.status
         return err
-    err = RegistryError(exc.text or exc.reason)
-    err.code, err.http_status = "internal_error", exc.status
+    err = InternalError(exc.text or exc.reason)
+    err.http_status = exc.status
     return err

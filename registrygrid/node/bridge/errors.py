@@ -14,7 +14,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from registrygrid.errors import Conflict, NotFound, RegistryError, ValidationError
+from registrygrid.errors import (
+    Conflict,
+    MalformedInput,
+    NotFound,
+    RateLimited,
+    RegistryError,
+    TooLarge,
+    Unavailable,
+    ValidationError,
+)
 
 
 class PreconditionFailed(Conflict):
@@ -46,6 +55,12 @@ class MethodNotAllowed(RegistryError):
     http_status = 405
 
 
+class InternalError(RegistryError):
+    """A bug answered 500; the node's log holds the details under the trace id."""
+
+    code = "internal_error"
+
+
 def _subclasses(cls: type[RegistryError]) -> list[type[RegistryError]]:
     out = [cls]
     for sub in cls.__subclasses__():
@@ -54,8 +69,19 @@ def _subclasses(cls: type[RegistryError]) -> list[type[RegistryError]]:
 
 
 def error_classes() -> dict[str, type[RegistryError]]:
-    """code -> class, for every typed error (core and bridge), for the client."""
+    """code -> class, for every typed error (core and bridge), for the client.
+
+    The transport's errors (``p2p_*``: a follow or a remote read whose peer
+    failed) live in ``node/transport.py``, which imports trio; they are
+    looked up only when such a code arrives (``rebuild``)."""
     return {cls.code: cls for cls in _subclasses(RegistryError)}
+
+
+# An answer without our error body (a proxy's page, a crash before the
+# middleware) is typed by its status, so 404s, 429s and 503s still behave.
+_BY_STATUS: dict[int, type[RegistryError]] = {
+    400: MalformedInput, 404: NotFound, 405: MethodNotAllowed, 409: Conflict, 412: PreconditionFailed,
+    413: TooLarge, 422: ValidationError, 429: RateLimited, 500: InternalError, 503: Unavailable}
 
 
 def error_body(exc: RegistryError, trace_id: str) -> dict[str, Any]:
@@ -64,23 +90,32 @@ def error_body(exc: RegistryError, trace_id: str) -> dict[str, Any]:
 
 
 def rebuild(status: int, body: Any) -> RegistryError:
-    """The typed error an error answer stands for (client side)."""
+    """The typed error an error answer stands for (client side): the class
+    of its code, or RegistryError keeping an unknown code; ``http_status``
+    is the status answered, ``trace_id`` the answer's (or None)."""
     err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, str) and "code" in body:  # the MCP Registry API's shape (formats/mcp_registry.py)
+        err = {"code": body["code"], "message": err, "details": body.get("details"), "trace_id": body.get("trace_id")}
     if not isinstance(err, dict):
-        exc = RegistryError(f"HTTP {status} without an error body")
+        exc = _BY_STATUS.get(status, RegistryError)(f"HTTP {status} without an error body")
         exc.http_status = status
+        exc.trace_id = None  # type: ignore[attr-defined]
         return exc
     code = str(err.get("code", "registry_error"))
-    cls = error_classes().get(code)
+    classes = error_classes()
+    if code not in classes and code.startswith("p2p_"):
+        from registrygrid.node import transport  # noqa: F401  (defines the p2p_* classes)
+
+        classes = error_classes()
+    cls = classes.get(code)
     message = str(err.get("message", ""))
     trace = err.get("trace_id")
     if trace:
         message = f"{message} (trace {trace})"
+    exc = (cls or RegistryError)(message, details=err.get("details"))
     if cls is None:
-        exc = RegistryError(message, details=err.get("details"))
-        exc.code, exc.http_status = code, status
-        return exc
-    exc = cls(message, details=err.get("details"))
+        exc.code = code
+    exc.http_status = status
     exc.trace_id = trace  # type: ignore[attr-defined]
     return exc
 

@@ -23,6 +23,7 @@ from referencing.jsonschema import DRAFT202012
 
 from registrygrid.dispute_views import STATUSES as DISPUTE_STATUSES
 from registrygrid.engine.registries import WRITE_POLICIES
+from registrygrid.formats import ard, mcp, mcp_registry
 from registrygrid.node.follow import FOLLOW_INTERVAL_S
 from registrygrid.protocol import limits, names
 from registrygrid.record import record_json_schema
@@ -548,6 +549,74 @@ SCHEMAS: dict[str, Any] = {
         "expires_in": {"type": "integer", "minimum": 1, "maximum": MAX_LIFETIME_S,
                        "description": "seconds until the token expires; omit for no expiry"},
     }, required=["role"]),
+    # The MCP Registry API's answers (formats/mcp_registry.py builds them). The
+    # official document, vendored in formats/vendor/mcp-registry-openapi.yaml,
+    # defines them in full (ServerDetail, ServerResponse, ServerList); the
+    # tests check every answer against it. Here: their frame, and the server
+    # as the record's fields hold it.
+    "McpServerResponse": _obj({
+        "server": {"type": "object", "required": ["name", "version"],
+                   "properties": {"name": STRING, "version": STRING},
+                   "description": "the server.json: the record's fields, verbatim (the official document's "
+                                  "ServerDetail)"},
+        "_meta": _obj({mcp.OFFICIAL_META: _obj({
+            "status": {"enum": list(mcp_registry.STATUSES), "description": "deleted: the record is deleted (listed "
+                       "only with include_deleted); deprecated: the server.json's own _meta says so; else active"},
+            "publishedAt": {"type": "string", "format": "date-time", "description": "the record's created_at"},
+            "updatedAt": {"type": "string", "format": "date-time", "description": "the record's updated_at"},
+            "isLatest": {"type": "boolean", "description": "the newest live version of the name: semantic versions "
+                         "by precedence, above non-semantic ones; otherwise by publication time"},
+        })}),
+    }, description="one version of an MCP server, as the MCP Registry API answers it"),
+    "McpServerList": _obj({
+        "servers": {"type": "array", "items": _ref("McpServerResponse")},
+        "metadata": _obj({"nextCursor": {"type": "string", "description": "the cursor of the next page; absent on "
+                                                                            "the last"},
+                          "count": {"type": "integer", "minimum": 0, "description": "servers in this answer"}},
+                         required=["count"]),
+    }),
+    "AgentCardList": _obj({
+        "cards": {"type": "array", "items": _obj({
+            "id": RECORD_ID, "owner": {"type": "string", "description": "did:key of the org that published it"},
+            "name": {"description": "the card's name"},
+            "signature": {"enum": ["verified", "self-signed", "unverified", "invalid", "unsigned"],
+                          "description": "its JWS signatures as verified at import (formats/a2a.py)"},
+            "updated_at": {"type": "integer"},
+            "card": {"type": "object", "description": "the card, verbatim (signatures included)"},
+        })},
+        "next_cursor": {**_nullable(STRING), "description": "the cursor of the next page (null: the last)"},
+    }, description="A2A agent cards the federation replicates here"),
+    "ArdSearch": {"type": "object", "required": ["query"], "properties": {
+        "query": {"type": "object", "required": ["text"], "properties": {
+            "text": {"type": "string", "description": "the task in plain language"},
+            "filter": {"type": "object", "description": "type (media types), tags, capabilities, publisher "
+                       "(did:key): within a key values are OR'd, across keys AND'd"}}},
+        "federation": {"enum": list(ard.FEDERATION), "description": "auto: this node's federated query (peers "
+                       "and followed registries' providers, remote records verified); none, referrals: this "
+                       "node alone (referrals is always empty: its peers are no HTTP discovery services)"},
+        "pageSize": {"type": "integer", "minimum": 1, "maximum": ard.MAX_PAGE_SIZE},
+        "pageToken": {"type": "string", "description": "nextPageToken of the previous answer (not with auto)"},
+    }, "description": "an ARD (Agentic Resource Discovery) search request"},
+    "ArdAnswer": {"type": "object", "required": ["results", "referrals"], "properties": {
+        "results": {"type": "array", "items": {"type": "object", "required": ["identifier", "displayName", "type",
+                                                                              "score"]},
+                    "description": "AI Catalog entries, best first; score 0-100 is relevance within the page, "
+                                   "never a trust signal"},
+        "referrals": {"type": "array", "items": {"type": "object"}},
+        "nextPageToken": {"type": "string"},
+    }},
+    "AiCatalog": {"type": "object", "required": ["specVersion", "entries"], "properties": {
+        "specVersion": {"type": "string"}, "host": {"type": "object"},
+        "entries": {"type": "array", "items": {"type": "object", "required": ["identifier", "displayName", "type"]}},
+    }, "description": "an AI Catalog (application/ai-catalog+json) of what this org publishes: its agent cards and "
+                      "the latest version of each of its MCP servers inline, and the AI Catalog entries it imported"},
+    "McpError": _obj({
+        "error": {"type": "string", "description": "the message (the official document's error shape)"},
+        "code": {"type": "string", "description": "stable machine-readable code (registrygrid.errors)"},
+        "details": {"description": "structured context"},
+        "trace_id": {"type": "string", "description": "also in the X-Trace-Id header"},
+    }, description="an error of the MCP Registry API's routes: {error: message} as the official document has "
+                   "it, with the bridge's code, details and trace id beside it"),
 }
 
 _ERROR_STATUSES = {
@@ -645,6 +714,90 @@ def _op(op_id: str, summary: str, responses: dict[str, Any], *, tags: list[str],
     if security is not None:
         out["security"] = security
     return out
+
+
+def _mcp_errors(*statuses: str) -> dict[str, Any]:
+    """Error answers of the MCP Registry API's routes, in that API's shape."""
+    described = {**_ERROR_STATUSES, "404": "Server not found, or no such version of it",
+                 "501": "Not offered by this registry (publish, delete: write records with rgrid import or the "
+                        "/v1 record routes)"}
+    return {status: {"description": described[status], "headers": _TRACE_HEADER,
+                     "content": {"application/json": {"schema": _ref("McpError")}}} for status in statuses}
+
+
+def _mcp_paths() -> dict[str, Any]:
+    """The MCP Registry API's read routes (node/bridge/mcp_routes.py), from grid.mcp-servers."""
+    name = _path("serverName", {"type": "string", "minLength": 1}, "the server's name, URL-encoded "
+                 "(com.example%2Fmy-server)")
+    version = _path("version", {"type": "string", "minLength": 1}, "a version (URL-encoded), or latest")
+    deleted = _query("include_deleted", {"type": "boolean", "default": False},
+                     "deleted versions too (status deleted); not in the official document")
+    tags = ["mcp registry"]
+    about = ("The MCP Registry API (the official document, vendored in registrygrid/formats/vendor/): an "
+             "unmodified MCP registry client reads grid.mcp-servers here. Errors are {error: message, code, "
+             "details, trace_id}. Needs a reader token; one limited to another registry is refused (403).")
+    return {
+        "/v0.1/servers": {"get": _op(
+            "mcpListServers", "MCP servers: a page of versions in (name, version) order",
+            {**_json("200", "McpServerList", "a page; metadata.nextCursor names the next"),
+             **_mcp_errors("400", "401", "403", "422", "429")},
+            tags=tags, description=about,
+            params=[_query("cursor", {"type": "string", "maxLength": mcp_registry.MAX_CURSOR},
+                           "metadata.nextCursor of the previous page (opaque)"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": mcp_registry.MAX_LIMIT,
+                                     "default": mcp_registry.DEFAULT_LIMIT}),
+                    _query("search", STRING, "a substring of the server's name, case-insensitive"),
+                    _query("updated_since", {"type": "string", "format": "date-time"},
+                           "RFC 3339: versions updated at or after it"),
+                    _query("version", STRING, "latest: the latest version of each server; else one exact version "
+                                              "(default: every version)"),
+                    deleted])},
+        "/v0.1/servers/{serverName}/versions": {"get": _op(
+            "mcpListServerVersions", "Every version of an MCP server, newest publication first",
+            {**_json("200", "McpServerList", "the versions"), **_mcp_errors("400", "401", "403", "404", "429")},
+            tags=tags, params=[name, deleted])},
+        "/v0.1/servers/{serverName}/versions/{version}": {
+            "get": _op("mcpGetServerVersion", "One version of an MCP server (latest: the latest)",
+                       {**_json("200", "McpServerResponse", "the version"),
+                        **_mcp_errors("400", "401", "403", "404", "429")},
+                       tags=tags, params=[name, version, deleted]),
+            "delete": _op("mcpDeleteServerVersion", "Not offered (501): delete the version's record instead",
+                          _mcp_errors("401", "403", "429", "501"), tags=tags, params=[name, version]),
+        },
+        "/v0.1/publish": {"post": _op(
+            "mcpPublish", "Not offered (501): rgrid import writes server.json files as records",
+            _mcp_errors("401", "403", "429", "501"), tags=tags)},
+    }
+
+
+def _discovery_paths() -> dict[str, Any]:
+    """Well-known discovery documents and the agent card listing (node/bridge/discovery_routes.py)."""
+    public = ("Public, as the protocol means it (a client discovers before it holds a credential here); "
+              "Cache-Control: public, max-age=60.")
+    return {
+        "/.well-known/agent-card.json": {"get": _op(
+            "wellKnownAgentCard", "The A2A card of the agent this org hosts (as imported, signatures intact)",
+            {"200": {"description": "the card", "headers": _TRACE_HEADER,
+                     "content": {"application/json": {"schema": {"type": "object"}}}},
+             **_errors("404", "409")},
+            tags=["discovery"], security=[{}], description=public + " 404: the org hosts none; 409: several, and "
+            "bridge.agent_card in HOME/config.json names none of them (details.candidates lists them).")},
+        "/.well-known/ai-catalog.json": {"get": _op(
+            "wellKnownAiCatalog", "An AI Catalog of what this org publishes", _json("200", "AiCatalog", "the catalog"),
+            tags=["discovery"], security=[{}], description=public)},
+        "/search": {"post": _op(
+            "ardSearch", "ARD search over the MCP servers, agent cards and AI Catalog entries held here",
+            {**_json("200", "ArdAnswer", "the results"), **_errors("400", "401", "403", "413", "422", "429", "503")},
+            tags=["discovery"], body=_body("ArdSearch"),
+            description="The Agentic Resource Discovery search API (draft v0.9), answered from this node's search "
+                        "index (formats/ard.py maps it). Needs a reader token.")},
+        "/v1/agent-cards": {"get": _op(
+            "listAgentCards", "Agent cards the federation replicates here, with their signature status",
+            {**_json("200", "AgentCardList", "a page"), **_errors("400", "401", "403", "422", "429")},
+            tags=["discovery"], params=[_query("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
+                                                         "default": 100}),
+                                        _query("cursor", STRING, "next_cursor of the previous page")])},
+    }
 
 
 def _paths() -> dict[str, Any]:
@@ -997,6 +1150,8 @@ def _paths() -> dict[str, Any]:
                           description="The node's own CLI token (local: true) is refused with 409 (and "
                                       "audited): it is revoked when the node stops."),
         },
+        **_mcp_paths(),
+        **_discovery_paths(),
     }
 
 
@@ -1006,7 +1161,9 @@ def build_spec(server_url: str | None = None) -> dict[str, Any]:
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "info": {"title": "RegistryGrid node bridge", "version": API_VERSION,
                  "description": "The local HTTP API of a RegistryGrid node. Every error is "
-                                "{error: {code, message, details, trace_id}}; every answer carries X-Trace-Id. "
+                                "{error: {code, message, details, trace_id}} (under /v0.1, the MCP Registry "
+                                "API's routes: {error: message, code, details, trace_id}, that API's shape); "
+                                "every answer carries X-Trace-Id. "
                                 f"Request bodies are capped at {MAX_BODY_BYTES} bytes."},
         "paths": _paths(),
         "components": {

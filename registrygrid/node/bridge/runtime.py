@@ -116,12 +116,15 @@ class BridgeConfig:
     # open-file limit is 1,024; half of it for streams leaves room for the rest.
     max_streams: int = 512
     write_bridge_file: bool = True
+    # The agent card /.well-known/agent-card.json serves when the org hosts several (a record id of grid.agent-cards).
+    agent_card: str | None = None
 
 
 def config_from_home(home_config: dict[str, Any]) -> BridgeConfig:
     """BridgeConfig from the ``bridge`` section of HOME/config.json:
     ``rate_limit`` (requests/s per token), ``rate_burst``, ``max_streams``,
-    ``write_threads``; anything absent keeps its default."""
+    ``write_threads``, ``agent_card`` (the card /.well-known/agent-card.json
+    serves among several); anything absent keeps its default."""
     section = home_config.get("bridge") or {}
     default = BridgeConfig()
     try:
@@ -134,7 +137,11 @@ def config_from_home(home_config: dict[str, Any]) -> BridgeConfig:
     if rate <= 0 or burst < 1 or streams < 1 or threads < 1:
         raise ValidationError("config.json bridge section: rate_limit, rate_burst, max_streams and write_threads "
                               "must be positive (rate_burst >= 1)")
-    return BridgeConfig(rate_limit=RateLimit(rate, burst), max_streams=streams, write_threads=threads)
+    agent_card = section.get("agent_card")
+    if agent_card is not None and not isinstance(agent_card, str):
+        raise ValidationError("config.json bridge section: agent_card is a record id of grid.agent-cards")
+    return BridgeConfig(rate_limit=RateLimit(rate, burst), max_streams=streams, write_threads=threads,
+                        agent_card=agent_card)
 
 
 class Bridge:
@@ -189,7 +196,7 @@ class Bridge:
                              peer_status=self._peer_status_from_loop, deny_peers=self._deny_peers_from_loop,
                              allow_peers=self._allow_peers_from_loop,
                              max_body=self.config.max_body, idempotency_ttl_ms=self.config.idempotency_ttl_ms,
-                             max_streams=self.config.max_streams)
+                             max_streams=self.config.max_streams, agent_card=self.config.agent_card)
         thread = threading.Thread(target=self._thread_main, args=(api,), name="rgrid-bridge", daemon=True)
         thread.start()
         await trio.to_thread.run_sync(self._ready.wait)
