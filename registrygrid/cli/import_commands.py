@@ -49,10 +49,10 @@ Examples:
         if as_json:
             render.dump_json(report.to_dict())
         else:
-            click.echo(f"{len(documents)} documents: {report.created} created, {report.updated} updated, "
-                       f"{report.unchanged} unchanged, {len(report.invalid)} invalid"
-                       + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(report.by_format.items()))})"
-                          if report.by_format else ""))
+            render.rows(report.table(), False, columns=["format", "documents", "created", "updated", "unchanged",
+                                                        "invalid"], title=f"imported {len(documents)} documents")
+            click.echo(f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged, "
+                       f"{len(report.invalid)} invalid")
             for bad in report.invalid:
                 click.echo(f"invalid: {bad['source']}: {bad['error']}: {bad['message'][:200]}", err=True)
                 for failing in bad["paths"]:

@@ -50,10 +50,22 @@ class Report:
     unchanged: int = 0
     invalid: list[dict[str, Any]] = field(default_factory=list)  # {source, error, paths: [{path, message}]}
     by_format: dict[str, int] = field(default_factory=dict)
+    # format -> outcome (created, updated, unchanged, invalid) -> records
+    outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def count(self, fmt: str, outcome: str) -> None:
+        per = self.outcomes.setdefault(fmt, {"created": 0, "updated": 0, "unchanged": 0, "invalid": 0})
+        per[outcome] += 1
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per format: its documents and what became of their records."""
+        return [{"format": fmt, "documents": self.by_format.get(fmt, 0), **self.outcomes.get(fmt, {})}
+                for fmt in sorted(set(self.by_format) | set(self.outcomes))]
 
     def to_dict(self) -> dict[str, Any]:
         return {"created": self.created, "updated": self.updated, "unchanged": self.unchanged,
-                "invalid": len(self.invalid), "by_format": self.by_format, "errors": self.invalid}
+                "invalid": len(self.invalid), "by_format": self.by_format, "formats": self.table(),
+                "errors": self.invalid}
 
 
 def read_documents(path: Path) -> Iterator[Document]:
@@ -91,7 +103,7 @@ class Importer:
         to sign A2A agent cards."""
         self.backend = backend
         self.options: dict[str, dict[str, Any]] = {a2a.FORMAT: {"keys": keys}}
-        self._pending: list[tuple[Document, str, str, dict[str, Any], list[str]]] = []
+        self._pending: list[tuple[Document, str, str, str, dict[str, Any], list[str]]] = []
 
     def run(self, documents: Iterator[Document], *, progress: Callable[[int], None] | None = None) -> Report:
         report = Report()
@@ -106,13 +118,13 @@ class Importer:
 
     def _take(self, document: Document, report: Report) -> None:
         if isinstance(document.body, RegistryError):
-            self._invalid(report, document, document.body)
+            self._invalid(report, document, document.body, "unreadable")
             return
         name = format_of(document.body)
         if name is None:
             self._invalid(report, document, ValidationError(
                 f"not a document of a known format ({', '.join(FORMATS)})",
-                details=[{"path": "/", "message": "unrecognized format"}]))
+                details=[{"path": "/", "message": "unrecognized format"}]), "unrecognized")
             return
         module = FORMATS[name]
         report.by_format[name] = report.by_format.get(name, 0) + 1
@@ -122,49 +134,53 @@ class Importer:
             else:
                 made = [module.to_record(document.body, **self.options.get(name, {}))]
         except RegistryError as exc:
-            self._invalid(report, document, exc)
+            self._invalid(report, document, exc, name)
             return
         for record_id, fields, tags in made:
-            self._pending.append((document, module.REGISTRY, record_id, fields, tags))
+            self._pending.append((document, name, module.REGISTRY, record_id, fields, tags))
 
     def _flush(self, report: Report) -> None:
         pending, self._pending = self._pending, []
-        creates: list[tuple[Document, Put]] = []
-        for document, registry, record_id, fields, tags in pending:
+        creates: list[tuple[Document, str, Put]] = []
+        for document, fmt, registry, record_id, fields, tags in pending:
             try:
                 existing = self.backend.get(registry, record_id)
             except NotFound:
                 kind = next(m.KIND for m in FORMATS.values() if m.REGISTRY == registry)
-                creates.append((document, Put(registry, kind, fields, record_id=record_id, tags=tags)))
+                creates.append((document, fmt, Put(registry, kind, fields, record_id=record_id, tags=tags)))
                 continue
             if existing["fields"] == fields and sorted(existing["tags"]) == tags:
                 report.unchanged += 1
+                report.count(fmt, "unchanged")
                 continue
             try:
                 self.backend.update(registry, record_id, fields=fields, tags=tags)
                 report.updated += 1
+                report.count(fmt, "updated")
             except RegistryError as exc:
-                self._invalid(report, document, exc)
+                self._invalid(report, document, exc, fmt)
         if not creates:
             return
         if hasattr(self.backend, "put_many"):  # embedded: one transaction for the batch
-            outcomes = self.backend.put_many([put for _, put in creates])
+            outcomes = self.backend.put_many([put for _, _, put in creates])
         else:  # a node's bridge: one request each
             outcomes = []
-            for _, put in creates:
+            for _, _, put in creates:
                 try:
                     outcomes.append(self.backend.put(put.registry, put.kind, put.fields, id=put.record_id,
                                                      tags=put.tags))
                 except RegistryError as exc:
                     outcomes.append(exc)
-        for (document, _), outcome in zip(creates, outcomes, strict=True):
+        for (document, fmt, _), outcome in zip(creates, outcomes, strict=True):
             if isinstance(outcome, RegistryError):
-                self._invalid(report, document, outcome)
+                self._invalid(report, document, outcome, fmt)
             else:
                 report.created += 1
+                report.count(fmt, "created")
 
     @staticmethod
-    def _invalid(report: Report, document: Document, error: RegistryError) -> None:
+    def _invalid(report: Report, document: Document, error: RegistryError, fmt: str) -> None:
+        report.count(fmt, "invalid")
         details = error.details if isinstance(error.details, list) else []
         paths = [{"path": d.get("path", "/"), "message": d.get("message", "")} for d in details
                  if isinstance(d, Mapping)]
