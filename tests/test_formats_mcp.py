@@ -172,3 +172,15 @@ def test_rgrid_import_and_export_offline(tmp_path: Path) -> None:
     written = {json.loads(p.read_text())["name"] for p in (tmp_path / "out").glob("*.json")}
     assert written == {load(p)["name"] for p in VALID}
     assert table.returncode == 65 and "/packages/0/version" in table.stderr
+
+
+def test_a_server_json_of_the_previous_schema_reads_with_its_own_status() -> None:
+    """Schema 2025-09-16 kept a top-level status (2025-09-29 moved it to the
+    registry): such a document imports as it is, and the MCP Registry API
+    reads its status from it (formats/mcp_registry.py)."""
+    from registrygrid.formats import mcp_registry
+
+    doc = load(FIXTURES / "valid" / "previous-schema-2025-09-16.json")
+    assert mcp.looks_like(doc)
+    assert mcp_registry.publisher_status(doc) == "deprecated"
+    assert mcp_registry.publisher_status({k: v for k, v in doc.items() if k != "_meta"}) == "deprecated"

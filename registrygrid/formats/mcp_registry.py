@@ -10,8 +10,9 @@ own facts about it under ``_meta["io.modelcontextprotocol.registry/official"]``:
 * **status**: ``deleted`` for a deleted record (a signed tombstone; listed
   only when asked, ``include_deleted``); ``deprecated`` when the server.json
   itself says so (``_meta["io.modelcontextprotocol.registry/official"]
-  .status``: the only place a publisher's own word about it survives an
-  import, formats/mcp.py); else ``active``. A later version does not
+  .status``, or the top-level ``status`` of the 2025-09-16 schema: the only
+  places a publisher's own word about it survives an import,
+  formats/mcp.py); else ``active``. A later version does not
   deprecate an earlier one: ``isLatest`` says which is newest, as the
   official registry does;
 * **publishedAt**: the record's ``created_at``; **updatedAt**: its
@@ -172,6 +173,8 @@ def publisher_status(server: Mapping[str, Any]) -> str | None:
     meta = server.get("_meta")
     official = meta.get(mcp.OFFICIAL_META) if isinstance(meta, Mapping) else None
     status = official.get("status") if isinstance(official, Mapping) else None
+    if status is None:
+        status = server.get("status")  # schema 2025-09-16 and before kept it at the top level
     return status if status in ("active", "deprecated") else None
 
 
