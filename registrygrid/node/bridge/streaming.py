@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,8 @@ from aiohttp import WSMsgType, web
 
 from registrygrid.errors import NotFound, RegistryError
 from registrygrid.storage.feed import FeedEvent
+
+log = logging.getLogger("registrygrid.bridge")
 
 # The request's trace id (set by the app's middleware). Streams prepare their
 # response inside the handler, before the middleware sees it, so they add the
@@ -138,15 +141,18 @@ async def serve_sse(request: web.Request, reader: FeedReader, hub: FeedHub, sinc
         **_trace_headers(request),
     })
     await response.prepare(request)
-    await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
-    cursor = since
-    while not hub.closing:
-        events, cursor = reader.next(cursor, STREAM_BATCH)
-        if events:
-            await response.write(b"".join(sse_frame(e) for e in events))
-            continue
-        if not await hub.wait_beyond(cursor, heartbeat_s) and not hub.closing:
-            await response.write(b": keepalive\n\n")
+    try:
+        await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
+        cursor = since
+        while not hub.closing:
+            events, cursor = reader.next(cursor, STREAM_BATCH)
+            if events:
+                await response.write(b"".join(sse_frame(e) for e in events))
+                continue
+            if not await hub.wait_beyond(cursor, heartbeat_s) and not hub.closing:
+                await response.write(b": keepalive\n\n")
+    except ConnectionResetError:  # the client went away mid-write: an ordinary end of a stream
+        log.debug("sse: the client closed its stream")
     return response
 
 
@@ -207,6 +213,7 @@ async def serve_view_sse(request: web.Request, changes: Callable[[str | None], d
         loop.call_soon_threadsafe(changed.set)  # RuntimeError once the loop closed: Views ignores it
 
     unsubscribe = subscribe(wake)
+    response: web.StreamResponse | None = None
     try:
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
@@ -242,6 +249,8 @@ async def serve_view_sse(request: web.Request, changes: Callable[[str | None], d
             stopping.cancel()
             if not changed.is_set() and not hub.closing:
                 await response.write(b": keepalive\n\n")
+    except ConnectionResetError:  # the client went away mid-write: an ordinary end of a stream
+        log.debug("sse: the client closed its view stream")
     finally:
         unsubscribe()
     return response
