@@ -1,5 +1,6 @@
 """The served OpenAPI document tells the truth: real answers validate against it,
-and fuzzing every operation from it (schemathesis) never gets a 5xx."""
+fuzzing every operation from it (schemathesis) never gets a 5xx, every request
+it calls valid is accepted, and its links walk (schemathesis's stateful tests)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,17 @@ import pytest
 import schemathesis
 import trio
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+from schemathesis import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    positive_data_acceptance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from test_bridge_support import REGISTRY, Served, ThreadedNode, make_token
 
+from registrygrid.identity.keys import did_from_public_key
 from registrygrid.node.bridge.openapi import SPEC_URI, build_spec, schema_validator
 
 pytest_plugins = ("test_bridge_support",)  # its fixtures: served
@@ -214,3 +223,113 @@ def test_fuzzing_every_operation_never_gets_a_server_error(case: Any, fuzz_targe
     assert response.status_code < 500 or no_component or not_offered, (case.method, case.formatted_path,
                                                                         response.status_code, response.text[:500])
     assert response.headers.get("x-trace-id") or response.status_code == 400  # 400: rejected by the HTTP parser
+
+
+# ---------------------------------------------------------------- schema-valid requests are accepted
+
+# The document's did:keys name Ed25519 keys, a check no short pattern states: the format says so.
+schemathesis.openapi.format("did-key-ed25519", st.binary(min_size=32, max_size=32).map(did_from_public_key))
+ACCEPTANCE_SCHEMA = schemathesis.openapi.from_dict(build_spec()).exclude(
+    # A WebSocket upgrade is no plain request; publishing and deleting through the MCP Registry API are not
+    # offered (501, as its document allows).
+    path=["/v1/changes/ws", "/v0.1/publish", "/v0.1/servers/{serverName}/versions/{version}"])
+ACCEPTANCE_SCHEMA.config.generation.update(modes=[GenerationMode.POSITIVE])
+
+# Refusals of a well-formed request for what the node holds, not for the request's shape: no document can
+# state them (as no document says which ids exist: 404). Each: (operation path, or None for any; error code;
+# a regular expression its message starts with).
+RECORDS = "/v1/registries/{registry}/records"
+STATE_REFUSALS = [
+    (None, "unknown_kind", ""),  # names a kind this node has not registered (GET /v1/kinds lists them)
+    (None, "idempotency_key_reused", ""),  # the key came with another request before (IETF draft: 422)
+    ("/v1/kinds", "validation_failed", "kind .* is already registered"),  # that version, defined otherwise
+    # The kind's schema must itself be a JSON Schema: its meta-schema is not part of this document.
+    ("/v1/kinds", "schema_violation", "kind v1: /schema"),
+    # A record's kind must be one its registry holds, and its fields are judged by that kind's JSON Schema:
+    # both are data on the node (GET /v1/registries/{registry}, GET /v1/kinds/{name}).
+    (RECORDS, "validation_failed", "registry .* holds kinds"), (RECORDS, "schema_violation", ""),
+    (RECORDS + "/{id}", "schema_violation", ""),
+    # Not state: a did:key must name an Ed25519 key, which the document says with its format
+    # (did-key-ed25519, generated above), but schemathesis's coverage phase draws from the pattern alone.
+    (None, "validation_failed", "(malformed )?did:key "),
+]
+
+
+def _error_of(response: Any) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return error
+    return body if isinstance(body, dict) and "code" in body else {}  # the MCP Registry API's shape
+
+
+def _accepted_as_the_document_says(ctx: Any, response: Any, case: Any) -> bool | None:
+    """schemathesis's positive_data_acceptance, but for refusals of state (STATE_REFUSALS) and
+    If-Match's precondition (412: the record is at another change, or the tag names none of its own)."""
+    if response.status_code == 412 and "If-Match" in (case.headers or {}):
+        return None
+    error = _error_of(response)
+    for path, code, message in STATE_REFUSALS:
+        if path in (None, case.operation.path) and error.get("code") == code \
+                and re.match(message, str(error.get("message", error.get("error", "")))):
+            return None
+    return positive_data_acceptance(ctx, response, case)
+
+
+def _prepare(case: Any) -> None:
+    """What a generated request cannot know: a cursor is opaque, valid only as the node issued it (the
+    stateful test below follows real ones); a view's filter tree is judged by the query parser, which names
+    the bad part (SearchFilter says so); a long-poll or an SSE stream would only make the run slower."""
+    for params in (case.query, case.headers):
+        if params:
+            for name in ("cursor", "Accept", "Last-Event-ID"):
+                params.pop(name, None)
+    if case.query and "wait" in case.query:
+        case.query["wait"] = 0
+    query = case.body.get("query") if isinstance(case.body, dict) else None
+    if case.operation.path in ("/v1/views/{name}", "/v1/search") and isinstance(query, dict):
+        for member in ("filter", "boosts"):
+            query.pop(member, None)
+
+
+@ACCEPTANCE_SCHEMA.parametrize()
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+def test_every_request_the_document_calls_valid_is_accepted(case: Any, fuzz_target: Served) -> None:
+    _prepare(case)
+    headers = {**(case.headers or {}), **fuzz_target.headers()}
+    response = case.call(base_url=fuzz_target.url, headers=headers, timeout=15)
+    case.validate_response(response, checks=[_accepted_as_the_document_says, status_code_conformance,
+                                             response_schema_conformance])
+
+
+# ---------------------------------------------------------------- the document's links walk
+
+STATEFUL_SCHEMA = schemathesis.openapi.from_dict(build_spec()).exclude(
+    path=["/v1/changes/ws", "/v0.1/publish", "/v0.1/servers/{serverName}/versions/{version}"])
+STATEFUL_SCHEMA.config.generation.update(modes=[GenerationMode.POSITIVE])
+
+
+def test_following_the_documents_links_every_answer_is_documented_and_every_valid_request_accepted(
+        fuzz_target: Served) -> None:
+    base = STATEFUL_SCHEMA.as_state_machine()
+    calls: list[tuple[str, int]] = []
+
+    class Workflow(base):  # type: ignore[misc,valid-type]
+        def before_call(self, case: Any) -> None:
+            _prepare(case)
+
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"base_url": fuzz_target.url, "headers": fuzz_target.headers(), "timeout": 15}
+
+        def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
+            calls.append((case.operation.label, response.status_code))
+            case.validate_response(response, checks=[_accepted_as_the_document_says, status_code_conformance,
+                                                     response_schema_conformance])
+
+    Workflow.run(settings=settings(max_examples=10, stateful_step_count=6, deadline=None, derandomize=True,
+                                   suppress_health_check=list(HealthCheck)))
+    # The walk followed links to answers that worked: a token created, then revoked; a kind registered, then read.
+    assert {("DELETE /v1/tokens/{token_id}", 200), ("GET /v1/kinds/{name}", 200)} <= set(calls), sorted(set(calls))

@@ -37,7 +37,8 @@ DEFAULT_TTL_MS = 24 * 3600 * 1000
 # opaque string; 255 visible ASCII characters cover UUIDs and ULIDs many
 # times over and keep the LMDB key (token id + key) under its 511-byte cap.
 MAX_KEY = 255
-_KEY = re.compile(r"^[\x21-\x7e]{1,%d}$" % MAX_KEY)
+KEY_PATTERN = f"^[!-~]{{1,{MAX_KEY}}}$"  # !-~: 0x21-0x7e
+_KEY = re.compile(KEY_PATTERN)
 
 
 @dataclass

@@ -40,7 +40,8 @@ _SECRET_BYTES = 32
 _TOKEN = re.compile(r"^rgt_([A-Za-z0-9_-]{12})\.([A-Za-z0-9_-]{43})$")
 # A label for people and the audit log; short enough to stay readable there.
 MAX_NAME = 64
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:@/+-]{0,%d}$" % (MAX_NAME - 1))
+NAME_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9 ._:@/+-]{{0,{MAX_NAME - 1}}}$"
+_NAME = re.compile(NAME_PATTERN)
 
 
 def now_ms() -> int:

@@ -97,17 +97,18 @@ _trace_ids = random.Random(secrets.token_bytes(16))
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
-# Field filters per listing: each is a scan-time check on every candidate
-# record, so a handful is plenty and a bound keeps one request cheap.
-MAX_WHERE = 16
+# Field filters per listing (openapi.py states them): each is a scan-time
+# check on every candidate record, so a handful is plenty and a bound keeps
+# one request cheap.
+MAX_WHERE = openapi.MAX_WHERE
 # Bodies nest at most this deep: the record nesting cap plus the request
 # wrapper's own levels ({"fields": ...}, {"schema": {...}} of a kind).
 MAX_BODY_DEPTH = limits.MAX_NESTING + 4
 _TRACE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_WHERE_PATH = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
+_WHERE_PATH = re.compile(openapi.WHERE_PATH)
 _TOKEN_ID = re.compile(r"^[A-Za-z0-9_-]{12}$")
 _DISPUTE_ID = re.compile(openapi.DISPUTE_ID["pattern"])
-_WHERE_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "contains")
+_WHERE_OPS = openapi.WHERE_OPS
 # The header that marks an answer read from a registry this node follows
 # (node/follow.py), not from its own store; openapi.py documents it.
 SOURCE_HEADER = "X-Registry-Source"
@@ -191,6 +192,19 @@ def _shape_problem(value: Any, limit: int) -> str | None:
                 return f"{path or '/'}: nests deeper than {limit} levels"
             stack.extend((child, depth + 1, f"{path}/{i}") for i, child in enumerate(item))
     return None
+
+
+def _blamed(error: Any) -> list[list[Any]]:
+    """The JSON pointers (as paths) a schema error blames: an unknown member
+    is named itself (/frobnicate), as the query parser names it, not the
+    object that holds it."""
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {})
+        extra = [key for key in error.instance if key not in known]
+        if extra:
+            return [[*path, key] for key in extra]
+    return [path]
 
 
 # ------------------------------------------------------------------ query parsing
@@ -384,10 +398,11 @@ class Api:
         if schema is not None:
             errors = openapi.request_errors(schema, data)
             if errors:
-                details = [{"path": "/" + "/".join(str(p) for p in e.absolute_path),
-                            "message": e.message[:300], "validator": str(e.validator)} for e in errors[:100]]
+                details = [{"path": "/" + "/".join(str(p) for p in path), "message": e.message[:300],
+                            "validator": str(e.validator)} for e in errors[:100] for path in _blamed(e)]
                 raise ValidationError(f"request body does not match {schema}: {details[0]['path']}: "
                                       f"{details[0]['message']}", details=details)
+            data = openapi.integer_members(schema, data)
         return data, raw
 
     async def write(self, op: Operation, *, if_match: str | None = None) -> WriteResult:

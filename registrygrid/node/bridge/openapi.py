@@ -30,6 +30,8 @@ from registrygrid.record import record_json_schema
 from registrygrid.schemas.catalog import rust_reads_as_python
 from registrygrid.search import query as search_query
 from registrygrid.search import views as saved_views
+from registrygrid.storage import idempotency
+from registrygrid.storage import tokens as stored_tokens
 from registrygrid.storage.tokens import MAX_LIFETIME_S, ROLES
 
 SPEC_URI = "urn:registrygrid:bridge:openapi"
@@ -51,7 +53,8 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 STRING = {"type": "string"}
 INT = {"type": "integer"}
-SEQ = {"type": "integer", "minimum": 0}
+# Sequences and counts: the bridge reads a since= as a signed 64-bit integer (app.py q_int).
+SEQ = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 HLC = {"type": "array", "items": INT, "minItems": 2, "maxItems": 2,
        "description": "hybrid logical clock [wall ms, counter]"}
 REGISTRY_NAME = {"type": "string", "pattern": names.REGISTRY_NAME.pattern}
@@ -60,7 +63,14 @@ KIND_NAME = {"type": "string", "pattern": names.KIND_NAME.pattern}
 TAG = {"type": "string", "pattern": names.TAG.pattern}
 TAGS = {"type": "array", "items": TAG, "maxItems": limits.MAX_TAGS}
 TOKEN_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{12}$"}
-DID_KEY = {"type": "string", "pattern": "^did:key:z[1-9A-HJ-NP-Za-km-z]{40,60}$"}
+# An org's or a node's key: a did:key of an Ed25519 key (identity/keys.py
+# public_key_from_did refuses every other codec). Its multibase text is "z"
+# and the base58btc of 0xed01 + 32 bytes: always "6Mk" and 44 more characters.
+# Not every such text is in range (one below "6MkeTG3b" or above
+# "6MkwgaR6" decodes to another codec): the format names that check, which
+# no short pattern states.
+DID_KEY = {"type": "string", "pattern": "^did:key:z6Mk[1-9A-HJ-NP-Za-km-z]{44}$", "format": "did-key-ed25519",
+           "description": "did:key of an Ed25519 public key (multicodec ed25519-pub)"}
 # A dispute's id: "dispute-" and the base32 of 20 bytes of a SHA-256
 # (crdt/resolver.py dispute_id, crdt/disputes.py equivocation_id); the
 # pattern of builtin/dispute-resolution.v1.json.
@@ -75,6 +85,11 @@ RECORD_TARGET = {"type": "string", "pattern": "^" + names.REGISTRY_NAME.pattern[
 # bounds the text; node/multiaddrs.py peer_id_problem parses it for real.
 PEER_ID = {"type": "string", "pattern": "^[1-9A-HJ-NP-Za-km-z]{1,64}$",
            "description": "a libp2p peer ID, like 12D3KooW..."}
+# Every cursor the bridge hands out is base64url, unpadded, of what it resumes
+# after: the listings' (sdk.py), the MCP Registry API's (mcp_registry.py), a
+# search's and a view's pages' (search/query.py). Opaque: only a cursor the
+# node issued resumes a walk; any other is refused (422).
+CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"
 # Peers one deny or allow names. A partition cuts a node off from every node
 # of the other side; 256 covers a federation of a few hundred nodes in one
 # call (node/peers.py plans for tens to hundreds; the simulator's real-node
@@ -119,46 +134,70 @@ def _descriptor_schemas() -> dict[str, Any]:
 def _search_query_schema() -> dict[str, Any]:
     """The query language's JSON form (search/query.py, its one parser).
 
-    Deliberately loose: it documents each member and checks only its JSON
-    type, so that the parser, not this schema, judges what a member says
-    and names the bad part with its JSON pointer (``/filter/and/1/lt``),
-    which a schema of the recursive filter tree could not (a failed oneOf
+    Every member states its type and bounds, so that a schema-valid query
+    is one the parser takes, with one exception: the filter tree
+    (SearchFilter, also in boosts) stays an object checked by the parser,
+    which names the bad part with its JSON pointer (``/filter/and/1/lt``);
+    a schema of the recursive, field-typed tree could not (a failed oneOf
     points at the whole node). Members the parser takes as null accept null."""
     q = search_query
-    return {"type": "object", "description": "a search query: every member is optional ({} lists the newest "
-                                             "records); unknown members are refused (422)", "properties": {
-        "text": {"type": ["string", "null"], "description": f"full text, at most {q.MAX_TEXT} characters: BM25 over "
-                 "the name (x3), the description (x1.5) and every string of the record; \"quoted words\" form a "
-                 "phrase; nothing in it is query syntax"},
-        "mode": {"type": "string", "description": "how text is matched: text (BM25, the default), semantic "
+    sortable = {"enum": list(q.SORTABLE)}
+    sort_key = {"anyOf": [sortable, {"type": "object", "required": ["field"], "propertyNames": {"minLength": 1},
+                                     "properties": {"field": sortable, "order": {"enum": ["asc", "desc"]}},
+                                     "additionalProperties": _ref("JsonValue"),
+                                     # relevance: best first only
+                                     "if": {"properties": {"field": {"const": "relevance"}}},
+                                     "then": {"properties": {"order": {"const": "desc"}}}}]}
+    relevance = {"anyOf": [{"const": "relevance"}, {"type": "object", "properties": {"field": {"const": "relevance"}}}]}
+    # What ranks by the text needs a text with a word in it (a text without one searches for nothing).
+    needs_text = {"anyOf": [
+        {"required": ["mode"], "properties": {"mode": {"enum": [m for m in q.MODES if m != "text"]}}},
+        {"required": ["sort"], "properties": {"sort": {"anyOf": [relevance, {"type": "array", "items": relevance}]}}}]}
+    return {"type": "object", "additionalProperties": False,
+            "if": needs_text, "then": {"required": ["text"], "properties": {"text": {"type": "string",
+                                                                                      "pattern": "\\w"}}},
+            "description": "a search query: every member is optional ({} lists the newest records); unknown "
+                           "members are refused (422)", "properties": {
+        "text": {"type": ["string", "null"], "maxLength": q.MAX_TEXT, "description": f"full text, at most "
+                 f"{q.MAX_TEXT} characters: BM25 over the name (x3), the description (x1.5) and every string of the "
+                 "record; \"quoted words\" form a phrase; nothing in it is query syntax"},
+        "mode": {"enum": list(q.MODES), "description": "how text is matched: text (BM25, the default), semantic "
                  "(embeddings: records near it in meaning) or hybrid (both, fused by reciprocal rank); semantic and "
-                 "hybrid need the semantic extra (501 without it)"},
+                 "hybrid need text with a word in it, and the semantic extra (501 without it)"},
         "filter": {"anyOf": [_ref("SearchFilter"), {"type": "null"}]},
-        "registries": {"type": "array", "items": STRING, "description": "only these registries (default: every "
-                       "registry the index holds; a token limited to one registry searches that one only)"},
-        "sort": {"type": ["string", "object", "array", "null"], "description": (
+        "registries": {"type": "array", "items": REGISTRY_NAME, "description": "only these registries (default: "
+                       "every registry the index holds; a token limited to one registry searches that one only)"},
+        "sort": {"anyOf": [{"type": "null"}, sort_key, {"type": "array", "items": sort_key, "minItems": 1,
+                                                        "maxItems": 1}],
+                 "description": (
             "one key: a field name or {\"field\": F, \"order\": \"asc\"|\"desc\"}, F one of "
             f"{', '.join(q.SORTABLE)} (keywords in UTF-8 byte order, ascending by default); default relevance with "
-            "text, else updated_at desc; ties in a fixed order (a hash of registry and id)")},
-        "facets": {"type": "array", "items": STRING, "description": f"at most {q.MAX_FACETS} of "
-                   f"{', '.join(q.FACETABLE)}: the count of each value over all matches"},
-        "limit": {"type": "integer", "description": f"hits per page, 1 to {q.MAX_LIMIT} (default 20)"},
-        "cursor": {"type": ["string", "null"], "description": "the next_cursor of the previous page of the same "
-                   f"query; relevance-ordered pages reach {q.MAX_RELEVANCE_WINDOW} hits deep"},
-        "weights": {"type": ["object", "null"], "description": "text, freshness and trust: numbers from 0 to 100 "
-                    f"(default text {q.Weights.text:g}, freshness {q.Weights.freshness:g}, trust "
-                    f"{q.Weights.trust:g}); they weigh a relevance score"},
-        "boosts": {"type": ["array", "null"], "items": {"type": "object"}, "description": "at most 16 "
-                   "{\"filter\": SearchFilter, \"factor\": number above 0, at most 100}: a hit matching the "
-                   "filter has its relevance score multiplied by the factor"},
+            "text, else updated_at desc; relevance only with text, desc; ties in a fixed order (a hash of registry "
+            "and id)")},
+        "facets": {"type": "array", "items": {"enum": list(q.FACETABLE)}, "maxItems": q.MAX_FACETS,
+                   "description": "the count of each value over all matches"},
+        "limit": {"type": "integer", "minimum": 1, "maximum": q.MAX_LIMIT, "description": "hits per page "
+                  "(default 20)"},
+        "cursor": {"anyOf": [{"type": "string", "pattern": CURSOR_PATTERN}, {"type": "null"}],
+                   "description": "the next_cursor of the previous page of the same query (opaque); "
+                                  f"relevance-ordered pages reach {q.MAX_RELEVANCE_WINDOW} hits deep"},
+        "weights": {"anyOf": [{"type": "null"}, _obj({
+            name: {"type": "number", "minimum": 0, "maximum": 100} for name in ("text", "freshness", "trust")},
+            required=[])],
+                    "description": f"they weigh a relevance score (default text {q.Weights.text:g}, freshness "
+                                   f"{q.Weights.freshness:g}, trust {q.Weights.trust:g})"},
+        "boosts": {"type": ["array", "null"], "maxItems": 16, "items": _obj({
+            "filter": _ref("SearchFilter"), "factor": {"type": "number", "exclusiveMinimum": 0, "maximum": 100}}),
+                   "description": "a hit matching the filter has its relevance score multiplied by the factor"},
         "explain": {"type": "boolean", "description": "each hit says the components of its score"},
-        "federated": {"type": ["boolean", "object", "null"], "description": (
-            "true or {\"deadline_ms\": N} (1 to "
-            f"{q.MAX_DEADLINE_MS}, default {q.DEFAULT_DEADLINE_MS}): ask the federation's connected peers and a "
-            "provider of each followed registry too, each over libp2p with that deadline; a peer that has not "
-            "answered by then is reported (sources[].status timeout), not waited for. Every remote hit is rebuilt "
-            "from its signed changes and judged by this node's trust before it is shown; hits are merged by "
-            "record (relevance by reciprocal rank fusion), and the answer is one page (no cursor)")},
+        "federated": {"anyOf": [{"type": ["boolean", "null"]}, _obj({
+            "deadline_ms": {"type": "integer", "minimum": 1, "maximum": q.MAX_DEADLINE_MS}}, required=[])],
+                      "description": (
+            f"true or {{\"deadline_ms\": N}} (default {q.DEFAULT_DEADLINE_MS}): ask the federation's connected "
+            "peers and a provider of each followed registry too, each over libp2p with that deadline; a peer that "
+            "has not answered by then is reported (sources[].status timeout), not waited for. Every remote hit is "
+            "rebuilt from its signed changes and judged by this node's trust before it is shown; hits are merged "
+            "by record (relevance by reciprocal rank fusion), and the answer is one page (no cursor)")},
     }, "examples": [{"text": "summarize \"legal contracts\"",
                      "filter": {"and": [{"field": "kind", "eq": "function"}, {"field": "price", "lt": 0.01}]},
                      "facets": ["region"], "limit": 20}]}
@@ -297,6 +336,17 @@ SCHEMAS: dict[str, Any] = {
                                  "description": "in registry name order"}}),
     "Unfollowed": _obj({"registry": REGISTRY_NAME, "unfollowed": {"const": True}}),
     # ---- peer controls (node/federation.py deny and allow; runtime.py builds the answers)
+    # Any JSON value a body may carry inside an open object: the bridge refuses an
+    # empty object key at any depth (app.py _shape_problem: Automerge refuses
+    # one deep in the write path), and bodies nest at most MAX_BODY_DEPTH
+    # levels (a record's fields, limits.MAX_NESTING, and the request's own).
+    "JsonValue": {"type": ["object", "array", "string", "number", "boolean", "null"],
+                  "propertyNames": {"minLength": 1}, "additionalProperties": _ref("JsonValue"),
+                  "items": _ref("JsonValue"),
+                  "description": f"any JSON value whose objects have no empty key, nesting at most "
+                                 f"{limits.MAX_NESTING} levels"},
+    "JsonObject": {"type": "object", "propertyNames": {"minLength": 1}, "additionalProperties": _ref("JsonValue"),
+                   "description": "a JSON object with no empty key at any depth"},
     "PeerIds": _obj({"peers": {"type": "array", "items": PEER_ID, "minItems": 1, "maxItems": MAX_PEER_IDS,
                                "description": "peer IDs (a repeated one counts once)"}}),
     "PeerStatus": _obj({
@@ -363,7 +413,7 @@ SCHEMAS: dict[str, Any] = {
     "Disputes": _obj({"items": {"type": "array", "items": _ref("Dispute")}}),
     # ---- search (registrygrid/search: query.py parses a query, service.py answers it)
     "SearchQuery": _search_query_schema(),
-    "SearchFilter": {"type": "object", "description": (
+    "SearchFilter": {"type": "object", "propertyNames": {"minLength": 1}, "description": (
         "a filter node: {\"and\": [nodes]}, {\"or\": [nodes]} (non-empty lists), {\"not\": node}, or a "
         "comparison {\"field\": F, OP: VALUE} with exactly one OP of "
         f"{', '.join(search_query.OPERATORS)}; which OPs a field takes follows from its type (GET "
@@ -487,43 +537,46 @@ SCHEMAS: dict[str, Any] = {
         "last_id": {**STRING, "description": "pass it as after= next time"},
     }),
     "ViewPut": _obj({
-        "query": {**_ref("SearchQuery"), "description": "a query of the search language, without cursor, in text "
-                  "mode: its every match, in its order, is the view"},
+        "query": {"allOf": [_ref("SearchQuery"), {"properties": {
+            "mode": {"const": "text"}, "cursor": {"not": {}}, "federated": {"enum": [False, None]}}}],
+                  "description": "a query of the search language, without cursor, in text mode, not federated "
+                                 "(search/views.py check_query): its every match, in its order, is the view"},
         "description": {"type": "string", "maxLength": 4096},
         "title": {"type": "string", "minLength": 1, "maxLength": 256, "description": "display title (default: "
                   "the name)"},
     }, required=["query"]),
     # ---- request bodies (validated by the bridge with these very schemas)
     "RecordCreate": _obj({
-        "kind": KIND_NAME, "fields": {"type": "object"}, "id": RECORD_ID, "tags": TAGS,
+        "kind": KIND_NAME, "fields": _ref("JsonObject"), "id": RECORD_ID, "tags": TAGS,
         "links": {"type": "array", "items": _ref("Link"), "maxItems": limits.MAX_LINKS},
         "schema": {"type": "integer", "minimum": 1},
     }, required=["kind", "fields"]),
     "RecordReplace": _obj({
-        "fields": {"type": "object"}, "tags": TAGS,
+        "fields": _ref("JsonObject"), "tags": TAGS,
         "links": {"type": "array", "items": _ref("Link"), "maxItems": limits.MAX_LINKS},
         "schema": {"type": "integer", "minimum": 1},
     }, required=["fields"]),
     "RecordPatch": _obj({
-        "patch": {"type": "object", "description": "RFC 7386 merge patch on the fields"}, "tags": TAGS,
+        "patch": {**_ref("JsonObject"), "description": "RFC 7386 merge patch on the fields"}, "tags": TAGS,
         "links": {"type": "array", "items": _ref("Link"), "maxItems": limits.MAX_LINKS},
         "schema": {"type": "integer", "minimum": 1},
     }, required=[]),
-    "MergePatch": {"type": "object", "description": "RFC 7386 merge patch applied to the record's fields"},
+    "MergePatch": {**_ref("JsonObject"), "description": "RFC 7386 merge patch applied to the record's fields"},
     "RegistryCreate": _obj({
-        "name": REGISTRY_NAME, "kinds": {"type": "array", "items": KIND_NAME, "minItems": 1, "maxItems": 64},
+        "name": REGISTRY_NAME, "kinds": {"type": "array", "items": KIND_NAME, "minItems": 1, "maxItems": 64,
+                                         "uniqueItems": True, "description": "kinds registered on this node "
+                                         "(GET /v1/kinds); another is refused (422 unknown_kind)"},
         "description": {"type": "string", "maxLength": 4096},
         "write_policy": {"enum": list(WRITE_POLICIES)}, "conflict_policy": _ref("ConflictPolicy"),
         "replication": {"enum": ["local", "federation", "public", "private"]},
         "write_roles": {"type": "array", "maxItems": 5, "uniqueItems": True,
                         "items": {"enum": ["node", "writer", "admin", "federation-admin", "member"]}},
         "readers": {"type": "array", "maxItems": 256, "uniqueItems": True,
-                    "items": {"type": "string", "pattern": "^did:key:z[1-9A-HJ-NP-Za-km-z]{40,60}$"},
+                    "items": DID_KEY,
                     "description": "a private registry's reader orgs (did:key); its owner org always reads"},
     }, required=["name", "kinds"]),
     "PolicyExplain": _obj({
-        "subject": {"type": "string", "pattern": "^did:key:z[1-9A-HJ-NP-Za-km-z]{40,60}$",
-                    "description": "a node's or an org's key"},
+        "subject": {**DID_KEY, "description": "a node's or an org's key"},
         "action": {"enum": ["read", "create", "update", "delete", "admin"]},
         "registry": REGISTRY_NAME,
         "record": {"type": "string", "minLength": 1, "maxLength": 128,
@@ -535,20 +588,27 @@ SCHEMAS: dict[str, Any] = {
     "KindCreate": _obj({
         # Bounds as builtin/kind.v1.json; without a home registry the engine names it user.<name>.
         "name": KIND_NAME, "version": {"type": "integer", "minimum": 1, "maximum": 65535},
-        "schema": {"type": "object"}, "registry": {**REGISTRY_NAME, "description": "the kind's home registry"},
+        "schema": _ref("JsonObject"), "registry": {**REGISTRY_NAME, "description": "the kind's home registry"},
         "description": {"type": "string", "maxLength": 4096},
     }, required=["name", "version", "schema"]),
     "DisputeResolve": _obj({
-        "value": {"description": "the value the disputed field takes (any JSON value, null included)"},
+        "value": {**_ref("JsonValue"), "description": "the value the disputed field takes (any JSON value, null "
+                                                      "included)"},
         "removed": {"type": "boolean", "description": "true: the disputed field is removed instead"},
         "note": {"type": "string", "maxLength": 2000, "description": "why, for the people reading the dispute"},
-    }, required=[], description="a field dispute takes value or removed: true; an equivocation neither ({} or a "
-                               "note alone acknowledges it)"),
+    }, required=[], description="a field dispute takes value or removed: true, not both; an equivocation "
+                               "neither ({} or a note alone acknowledges it)")
+    | {"dependentSchemas": {"value": {"properties": {"removed": {"const": False}}}}},
     "TokenCreate": _obj({
-        "role": {"enum": list(ROLES)}, "name": {"type": "string", "maxLength": 64}, "registry": REGISTRY_NAME,
+        "role": {"enum": list(ROLES)},
+        "name": {"type": "string", "anyOf": [{"maxLength": 0}, {"pattern": stored_tokens.NAME_PATTERN}],
+                 "description": "a label (default token-ID)"},
+        "registry": {**REGISTRY_NAME, "description": "limits the token to this registry (not an admin token: an "
+                                                     "admin mints tokens for any registry)"},
         "expires_in": {"type": "integer", "minimum": 1, "maximum": MAX_LIFETIME_S,
                        "description": "seconds until the token expires; omit for no expiry"},
-    }, required=["role"]),
+    }, required=["role"]) | {"dependentSchemas": {"registry": {"properties": {
+        "role": {"enum": [r for r in ROLES if r != "admin"]}}}}},
     # The MCP Registry API's answers (formats/mcp_registry.py builds them). The
     # official document, vendored in formats/vendor/mcp-registry-openapi.yaml,
     # defines them in full (ServerDetail, ServerResponse, ServerList); the
@@ -586,17 +646,27 @@ SCHEMAS: dict[str, Any] = {
         })},
         "next_cursor": {**_nullable(STRING), "description": "the cursor of the next page (null: the last)"},
     }, description="A2A agent cards the federation replicates here"),
-    "ArdSearch": {"type": "object", "required": ["query"], "properties": {
-        "query": {"type": "object", "required": ["text"], "properties": {
-            "text": {"type": "string", "description": "the task in plain language"},
-            "filter": {"type": "object", "description": "type (media types), tags, capabilities, publisher "
-                       "(did:key): within a key values are OR'd, across keys AND'd"}}},
+    "ArdSearch": {"type": "object", "required": ["query"], "additionalProperties": False, "properties": {
+        "query": {"type": "object", "required": ["text"], "propertyNames": {"minLength": 1},
+                  "additionalProperties": _ref("JsonValue"), "properties": {
+            "text": {"type": "string", "pattern": "\\S", "description": "the task in plain language (not blank)"},
+            "filter": {"anyOf": [_obj({key: {"anyOf": [{"type": "string", "minLength": 1},
+                                                      {"type": "array", "minItems": 1,
+                                                       "items": {"type": "string", "minLength": 1}}]}
+                                       for key in ("type", "tags", "capabilities", "publisher")}, required=[]),
+                                 {"type": "null"}],
+                       "description": "type (media types), tags, capabilities, publisher (did:key): within a key "
+                                      "values are OR'd, across keys AND'd"}}},
         "federation": {"enum": list(ard.FEDERATION), "description": "auto: this node's federated query (peers "
                        "and followed registries' providers, remote records verified); none, referrals: this "
                        "node alone (referrals is always empty: its peers are no HTTP discovery services)"},
         "pageSize": {"type": "integer", "minimum": 1, "maximum": ard.MAX_PAGE_SIZE},
-        "pageToken": {"type": "string", "description": "nextPageToken of the previous answer (not with auto)"},
-    }, "description": "an ARD (Agentic Resource Discovery) search request"},
+        "pageToken": {"type": ["string", "null"], "pattern": CURSOR_PATTERN,
+                      "description": "nextPageToken of the previous answer (opaque; not with auto)"},
+    }, "dependentSchemas": {"pageToken": {"anyOf": [
+        {"properties": {"pageToken": {"type": "null"}}},
+        {"properties": {"federation": {"enum": [f for f in ard.FEDERATION if f != "auto"]}}}]}},
+        "description": "an ARD (Agentic Resource Discovery) search request"},
     "ArdAnswer": {"type": "object", "required": ["results", "referrals"], "properties": {
         "results": {"type": "array", "items": {"type": "object", "required": ["identifier", "displayName", "type",
                                                                               "score"]},
@@ -671,8 +741,8 @@ def _query(name: str, schema: dict[str, Any], description: str = "", **extra: An
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description, **extra}
 
 
-def _header(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "header", "required": False, "schema": STRING, "description": description}
+def _header(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": False, "schema": schema or STRING, "description": description}
 
 
 P_REGISTRY = _path("registry", REGISTRY_NAME)
@@ -680,7 +750,23 @@ P_ID = _path("id", RECORD_ID)
 P_DISPUTE = _path("id", DISPUTE_ID, "the dispute's id (rgrid disputes list, GET /v1/disputes)")
 P_VIEW = _path("name", RECORD_ID, "the view's name (its record id in grid.views)")
 IDEMPOTENCY = _header("Idempotency-Key", "A retry with the same key and body replays the first answer "
-                      "(kept 24 h per token); the same key with another body is refused (422).")
+                      "(kept 24 h per token); the same key with another body is refused (422).",
+                      {"type": "string", "pattern": idempotency.KEY_PATTERN,
+                       "description": f"1 to {idempotency.MAX_KEY} visible ASCII characters"})
+# If-Match (RFC 9110 13.1.1): "*" or one entity tag, as the ETag of a record
+# carries it (its change id, quoted). A tag the record moved past, or never
+# had, is refused with 412: whether it matches is the record's state, not
+# the request's shape. Lists and weak tags are not taken (a weak tag never
+# matches under If-Match's strong comparison).
+IF_MATCH = _header("If-Match", "a quoted change id (the ETag of a read or a write), or *: the write applies only "
+                   "while the record's current change is that one (412 otherwise)",
+                   {"type": "string", "pattern": '^(\\*|"[!#-~]+")$'})
+# The listings' cursors (sdk.py encode_cursor: the last (registry, id) listed).
+LIST_CURSOR = {"type": "string", "pattern": CURSOR_PATTERN, "maxLength": 1024}
+# A field filter of a listing (app.py parse_where): PATH:OP:VALUE.
+MAX_WHERE = 16  # each is a scan-time check on every candidate record: a handful is plenty (app.py)
+WHERE_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "contains")
+WHERE_PATH = "^[A-Za-z0-9_.-]{1,256}$"
 LOCATION = {"Location": {"description": "URL of what was created", "schema": STRING}}
 # app.py SOURCE_HEADER: on reads of a registry this node follows rather than hosts.
 SOURCE = {"X-Registry-Source": {
@@ -691,12 +777,14 @@ SOURCE = {"X-Registry-Source": {
 ETAG = {"ETag": {"description": "the record's change id, quoted", "schema": STRING}}
 LIST_PARAMS = [
     _query("kind", KIND_NAME), _query("tag", TAG), _query("owner", {"type": "string", "maxLength": 256}),
-    _query("where", {"type": "array", "items": {"type": "string", "maxLength": 1024}},
+    _query("where", {"type": "array", "maxItems": MAX_WHERE,
+                     "items": {"type": "string", "maxLength": 1024,
+                               "pattern": f"{WHERE_PATH[:-1]}:({'|'.join(WHERE_OPS)}):"}},
            "field filter PATH:OP:VALUE, OP one of eq ne lt le gt ge contains; VALUE is JSON or a string; "
            "repeatable (all must hold)", style="form", explode=True),
     _query("sort", {"enum": ["id"]}, "listing order; only (registry, id) order, which keeps cursors stable"),
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
-    _query("cursor", {"type": "string", "maxLength": 1024}, "next_cursor of the previous page"),
+    _query("cursor", LIST_CURSOR, "next_cursor of the previous page (opaque)"),
     _query("include_deleted", {"type": "boolean", "default": False}),
 ]
 OPEN = [{}]  # no token needed (loopback)
@@ -742,7 +830,8 @@ def _mcp_paths() -> dict[str, Any]:
             {**_json("200", "McpServerList", "a page; metadata.nextCursor names the next"),
              **_mcp_errors("400", "401", "403", "422", "429")},
             tags=tags, description=about,
-            params=[_query("cursor", {"type": "string", "maxLength": mcp_registry.MAX_CURSOR},
+            params=[_query("cursor", {"type": "string", "pattern": CURSOR_PATTERN,
+                                      "maxLength": mcp_registry.MAX_CURSOR},
                            "metadata.nextCursor of the previous page (opaque)"),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": mcp_registry.MAX_LIMIT,
                                      "default": mcp_registry.DEFAULT_LIMIT}),
@@ -796,7 +885,8 @@ def _discovery_paths() -> dict[str, Any]:
             {**_json("200", "AgentCardList", "a page"), **_errors("400", "401", "403", "422", "429")},
             tags=["discovery"], params=[_query("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
                                                          "default": 100}),
-                                        _query("cursor", STRING, "next_cursor of the previous page")])},
+                                        _query("cursor", LIST_CURSOR, "next_cursor of the previous page "
+                                                                      "(opaque)")])},
     }
 
 
@@ -947,17 +1037,17 @@ def _paths() -> dict[str, Any]:
                                                  _header("If-None-Match", "a quoted change id")]),
             "put": _op("replaceRecord", "Replace a record's fields (and tags/links when given)",
                        {**_json("200", "WriteResult", "replaced", ETAG), **_errors(*WRITE_ERRORS, "412")},
-                       tags=["records"], params=[P_REGISTRY, P_ID, _header("If-Match", "a quoted change id")],
+                       tags=["records"], params=[P_REGISTRY, P_ID, IF_MATCH],
                        body=_body("RecordReplace")),
             "patch": _op("patchRecord", "Merge-patch a record's fields (RFC 7386)",
                          {**_json("200", "WriteResult", "patched", ETAG), **_errors(*WRITE_ERRORS, "412")},
-                         tags=["records"], params=[P_REGISTRY, P_ID, _header("If-Match", "a quoted change id")],
+                         tags=["records"], params=[P_REGISTRY, P_ID, IF_MATCH],
                          body={"required": True, "content": {
                              "application/merge-patch+json": {"schema": _ref("MergePatch")},
                              "application/json": {"schema": _ref("RecordPatch")}}}),
             "delete": _op("deleteRecord", "Delete a record (a signed tombstone; history stays)",
                           {**_json("200", "WriteResult", "deleted"), **_errors(*WRITE_ERRORS, "412")},
-                          tags=["records"], params=[P_REGISTRY, P_ID, _header("If-Match", "a quoted change id")]),
+                          tags=["records"], params=[P_REGISTRY, P_ID, IF_MATCH]),
         },
         record + "/history": {
             "get": _op("recordHistory", "Every change of a record, in the order this node accepted them",
@@ -1047,7 +1137,8 @@ def _paths() -> dict[str, Any]:
         "/v1/kinds/{name}": {
             "get": _op("getKind", "A kind's JSON Schema (latest version unless asked)",
                        {**_json("200", "Kind", "kind"), **_errors(*READ_ERRORS)}, tags=["kinds"],
-                       params=[_path("name", KIND_NAME), _query("version", {"type": "integer", "minimum": 1})]),
+                       params=[_path("name", KIND_NAME),
+                               _query("version", {"type": "integer", "minimum": 1, "maximum": 2**31})]),
         },
         "/v1/search": {
             "post": _op("searchRecords", "Search the records this node holds: full text, filters, facets, "
@@ -1097,7 +1188,7 @@ def _paths() -> dict[str, Any]:
                                               "results per page (default: the query's limit, else "
                                               f"{saved_views.DEFAULT_PAGE}; a view answered live pages at most "
                                               f"{search_query.MAX_LIMIT})"),
-                               _query("cursor", {"type": "string", "maxLength": 1024},
+                               _query("cursor", LIST_CURSOR,
                                       "next_cursor of the previous page")],
                        description="From the materialized results when this node keeps them, else by running the "
                                    "query now. A view whose query is refused answers 200 with view.error and no "
@@ -1155,6 +1246,34 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _linked(paths: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI links: how an answer's values feed the next request (what a
+    client follows, and schemathesis's stateful tests walk)."""
+    record = {"registry": "$request.path.registry", "id": "$response.body#/id"}
+    follows = {
+        ("/v1/registries", "post", "201"): {"DescribeRegistry": ("describeRegistry",
+                                                                 {"registry": "$response.body#/id"})},
+        ("/v1/registries/{registry}/records", "post", "201"): {
+            "GetRecord": ("getRecord", record), "RecordHistory": ("recordHistory", record),
+            "PatchRecord": ("patchRecord", {**record, "header.If-Match": "$response.header.ETag"}),
+            "DeleteRecord": ("deleteRecord", {**record, "header.If-Match": "$response.header.ETag"})},
+        ("/v1/kinds", "post", "201"): {"GetKind": ("getKind", {"name": "$request.body#/name",
+                                                              "version": "$request.body#/version"})},
+        ("/v1/tokens", "post", "201"): {"RevokeToken": ("revokeToken", {"token_id": "$response.body#/id"})},
+        ("/v1/records", "get", "200"): {
+            "NextPage": ("listAllRecords", {"cursor": "$response.body#/next_cursor"}),
+            "GetFirstRecord": ("getRecord", {"registry": "$response.body#/items/0/registry",
+                                             "id": "$response.body#/items/0/id"})},
+        **{("/v1/views/{name}", "put", status): {"GetView": ("getView", {"name": "$request.path.name"}),
+                                                 "DeleteView": ("deleteView", {"name": "$request.path.name"})}
+           for status in ("200", "201")},
+    }
+    for (path, method, status), links in follows.items():
+        paths[path][method]["responses"][status]["links"] = {
+            name: {"operationId": op_id, "parameters": params} for name, (op_id, params) in links.items()}
+    return paths
+
+
 def build_spec(server_url: str | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -1165,7 +1284,7 @@ def build_spec(server_url: str | None = None) -> dict[str, Any]:
                                 "API's routes: {error: message, code, details, trace_id}, that API's shape); "
                                 "every answer carries X-Trace-Id. "
                                 f"Request bodies are capped at {MAX_BODY_BYTES} bytes."},
-        "paths": _paths(),
+        "paths": _linked(_paths()),
         "components": {
             "schemas": copy.deepcopy(SCHEMAS),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "rgt_<id>.<secret>"}},
@@ -1198,6 +1317,37 @@ def _fast_request_validator(name: str) -> jsonschema_rs.Validator:
     registry = jsonschema_rs.Registry([(SPEC_URI, build_spec())], draft=jsonschema_rs.Draft202012)
     return jsonschema_rs.Draft202012Validator({"$ref": f"{SPEC_URI}#/components/schemas/{name}"},
                                               registry=registry, offline=True)
+
+
+def _integer_members(schema: dict[str, Any], value: Any) -> Any:
+    """``value`` with every member the schema types as an integer made an int.
+
+    JSON has one number type, and JSON Schema counts 3.0 an integer (2020-12,
+    validation 6.1.1), so a schema-valid body may carry one where the code
+    takes an int; msgspec reads it as a float. Follows properties, items and
+    $refs to components; never enters an open object (JsonValue: a record's
+    fields keep the numbers they were given)."""
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[1]
+        if name in ("JsonValue", "JsonObject"):
+            return value
+        value = _integer_members(SCHEMAS[name], value)
+    for branch in (*schema.get("allOf", ()), *schema.get("anyOf", ())):
+        value = _integer_members(branch, value)
+    if isinstance(value, float) and value.is_integer() and "integer" in (
+            schema.get("type") if isinstance(schema.get("type"), list) else [schema.get("type")]):
+        return int(value)
+    if isinstance(value, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key in value:
+                value[key] = _integer_members(sub, value[key])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        value[:] = [_integer_members(schema["items"], item) for item in value]
+    return value
+
+
+def integer_members(name: str, body: Any) -> Any:
+    return _integer_members(SCHEMAS[name], body)
 
 
 def request_errors(name: str, body: Any) -> list[jsonschema.ValidationError]:
