@@ -120,3 +120,59 @@ def test_rgrid_import_takes_a_jwks_of_trusted_keys(tmp_path: Path, keys: dict[st
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["created"] == 1
     assert json.loads(listed.stdout)[0]["signatures"]
+
+
+# ---------------------------------------------------------------- round trip, generated
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+_word = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=10)
+_json = st.recursive(st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.text(max_size=16),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_word, inner, max_size=3),
+                     max_leaves=10)
+
+
+@st.composite
+def agent_card(draw: st.DrawFn) -> dict[str, Any]:
+    card: dict[str, Any] = {
+        "name": draw(st.text(min_size=1, max_size=40).filter(str.strip)),
+        "description": draw(st.text(max_size=80)),
+        "version": f"{draw(st.integers(0, 9))}.{draw(st.integers(0, 9))}.0",
+        "supportedInterfaces": [{"url": f"https://{draw(_word)}.example/{draw(_word)}", "protocolBinding": "JSONRPC"}],
+        "skills": [{"id": draw(_word), "name": draw(_word), "tags": draw(st.lists(_word, max_size=3))}
+                   for _ in range(draw(st.integers(0, 3)))],
+    }
+    for key in draw(st.lists(_word.map(lambda w: f"x-{w}"), max_size=2, unique=True)):
+        card[key] = draw(_json)  # members the kind does not model: kept verbatim
+    return card
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cards=st.lists(agent_card(), min_size=1, max_size=4,
+                      unique_by=lambda c: c["supportedInterfaces"][0]["url"]), sign_some=st.booleans())
+def test_import_export_import_is_the_identity(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Any],
+                                              cards: list[dict[str, Any]], sign_some: bool) -> None:
+    if sign_some:  # a signed card round-trips with its signatures, still verifying
+        cards = [sign(cards[0], keys["ec"], "ec-1", "ES256"), *cards[1:]]
+    root = tmp_path_factory.mktemp("a2a")
+    (root / "in.json").write_text(json.dumps(cards))
+    trusted = a2a.load_keys({"keys": [keys["ec"].as_dict(private=False)]})
+    with LocalRegistry.open_path(root / "a") as first:
+        assert importer.Importer(first, keys=trusted).run(importer.read_documents(root / "in.json")).created \
+            == len(cards)
+        exported = [doc for _, doc in importer.export(first, a2a.REGISTRY, "a2a")]
+        records = {r["id"]: (r["fields"], r["tags"]) for r in first.iter_all(a2a.REGISTRY)}
+    assert sorted(exported, key=json.dumps) == sorted(cards, key=json.dumps)
+    (root / "out.json").write_text(json.dumps(exported))
+    with LocalRegistry.open_path(root / "b") as second:
+        importer.Importer(second, keys=trusted).run(importer.read_documents(root / "out.json"))
+        assert {r["id"]: (r["fields"], r["tags"]) for r in second.iter_all(a2a.REGISTRY)} == records
+
+
+def test_a_card_whose_name_holds_a_slash_is_still_a_card_not_a_server_json() -> None:
+    """Found by the round-trip property: a server.json's minimal form is a
+    slashed name, a version and a description, which a card can have too."""
+    card = {**CARD, "name": "legal/summarizer"}
+    assert importer.format_of(card) == "a2a"
+    assert importer.format_of({"name": "io.example/x", "description": "d", "version": "1"}) == "mcp"

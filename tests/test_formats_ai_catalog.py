@@ -59,3 +59,51 @@ def test_an_entry_breaking_the_rules_is_refused_by_path(tmp_path: Path, entry: d
     with LocalRegistry.open_path(tmp_path / "store") as grid:
         report = run(tmp_path, grid, {"specVersion": "1.0", "entries": [entry]})
     assert report.created == 0 and path in {p["path"] for p in report.invalid[0]["paths"]}, report.invalid
+
+
+# ---------------------------------------------------------------- round trip, generated
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+_word = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=10)
+
+
+@st.composite
+def catalog(draw: st.DrawFn) -> dict[str, Any]:
+    host = draw(_word)
+    entries = []
+    for n in range(draw(st.integers(1, 4))):
+        entry: dict[str, Any] = {"identifier": f"urn:air:{host}.example:tool:{n}-{draw(_word)}",
+                                 "displayName": draw(st.text(min_size=1, max_size=30).filter(str.strip)),
+                                 "type": draw(st.sampled_from(["application/mcp-server+json", "application/json",
+                                                              "application/a2a-agent-card+json"]))}
+        if draw(st.booleans()):
+            entry["url"] = f"https://{host}.example/{n}.json"
+        else:
+            entry["data"] = {"name": draw(_word), "n": draw(st.integers(-2**53, 2**53))}
+        if draw(st.booleans()):
+            entry["tags"] = draw(st.lists(_word, max_size=3))
+        entries.append(entry)
+    doc: dict[str, Any] = {"specVersion": "1.0", "host": {"displayName": host, "identifier": f"{host}.example"},
+                           "entries": entries}
+    return doc
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(docs=st.lists(catalog(), min_size=1, max_size=3, unique_by=lambda d: d["host"]["displayName"]))
+def test_import_export_import_is_the_identity(tmp_path_factory: pytest.TempPathFactory,
+                                              docs: list[dict[str, Any]]) -> None:
+    root = tmp_path_factory.mktemp("aic")
+    with LocalRegistry.open_path(root / "a") as first:
+        assert run(root, first, docs).created == sum(len(d["entries"]) for d in docs)
+        exported = [doc for _, doc in importer.export(first, ai_catalog.REGISTRY, "ai-catalog")]
+        records = {r["id"]: (r["fields"], r["tags"]) for r in first.iter_all(ai_catalog.REGISTRY)}
+
+    def canonical(doc: dict[str, Any]) -> str:
+        return json.dumps({**doc, "entries": sorted(doc["entries"], key=lambda e: e["identifier"])}, sort_keys=True)
+
+    assert sorted(map(canonical, exported)) == sorted(map(canonical, docs))
+    with LocalRegistry.open_path(root / "b") as second:
+        run(root, second, exported)
+        assert {r["id"]: (r["fields"], r["tags"]) for r in second.iter_all(ai_catalog.REGISTRY)} == records

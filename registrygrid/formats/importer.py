@@ -28,8 +28,9 @@ from registrygrid.engine.ops import Put
 from registrygrid.errors import MalformedInput, NotFound, RegistryError, ValidationError
 from registrygrid.formats import a2a, ai_catalog, mcp, oasf
 
-# An AI Catalog is recognized first: its entries may inline a server.json.
-FORMATS = {ai_catalog.FORMAT: ai_catalog, mcp.FORMAT: mcp, a2a.FORMAT: a2a, oasf.FORMAT: oasf}
+# An AI Catalog is recognized first (its entries may inline a server.json),
+# then an A2A card (its name may hold a slash, as a server.json's does).
+FORMATS = {ai_catalog.FORMAT: ai_catalog, a2a.FORMAT: a2a, mcp.FORMAT: mcp, oasf.FORMAT: oasf}
 # Creates per transaction when importing into an embedded store: the
 # committer's batch size (node/committer.py), one fsync for them all.
 BATCH = 2000

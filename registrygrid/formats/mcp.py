@@ -52,6 +52,8 @@ def looks_like(doc: Any) -> bool:
     if isinstance(schema, str) and SCHEMA_HINT in schema:
         return True
     name = doc.get("name")
+    if "skills" in doc or "supportedInterfaces" in doc:
+        return False  # an A2A agent card's own members: its name may hold a slash too
     # Packages or remotes are server.json's own members; a slashed name and a
     # version with a description are its minimal form.
     return isinstance(name, str) and "version" in doc and (
