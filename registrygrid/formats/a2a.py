@@ -112,7 +112,10 @@ def verify(card: Mapping[str, Any], keys: KeySet | None = None) -> SignatureChec
         return SignatureCheck("unsigned", "the card carries no signature")
     if not isinstance(signatures, list):
         return SignatureCheck("invalid", "signatures is not a list")
-    payload = _b64(canonical_payload(card))
+    try:
+        payload = _b64(canonical_payload(card))
+    except rfc8785.CanonicalizationError as exc:  # e.g. an integer beyond 2**53-1: no canonical form to check
+        return SignatureCheck("invalid", f"the card has no RFC 8785 form to check its signatures over: {exc}")
     checks = [_check_one(signature, payload, keys) for signature in signatures]
     return min(checks, key=lambda c: STATUSES.index(c.status))
 
