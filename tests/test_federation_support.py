@@ -76,8 +76,10 @@ class Member:
 class Cluster:
     """Nodes started and stopped one by one inside a nursery."""
 
-    def __init__(self, nursery: trio.Nursery, root: Path, config: FederationConfig, name: str = "testfed") -> None:
+    def __init__(self, nursery: trio.Nursery, root: Path, config: FederationConfig, name: str = "testfed",
+                 transport: Any = None) -> None:
         self.nursery = nursery
+        self.transport = transport  # every node's, unless start() names one: py-libp2p by default
         self.root = root
         self.config = config
         self.name = name  # the federation every node of this cluster belongs to
@@ -117,7 +119,7 @@ class Cluster:
         factory), py-libp2p on ``listen`` by default."""
         home = self.home(name, org)
         fed = Federation(listen=[listen], bootstrap=list(bootstrap), federation=self.name,
-                         config=config or self.config, transport=transport)
+                         config=config or self.config, transport=transport or self.transport)
         node = Node(home, [fed, *components])
         member = Member(name, home, node, fed)
 
@@ -139,9 +141,11 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(root: Path, config: FederationConfig = FAST, name: str = "testfed") -> AsyncIterator[Cluster]:
+async def cluster(root: Path, config: FederationConfig = FAST, name: str = "testfed", *,
+                  transport: Any = None) -> AsyncIterator[Cluster]:
+    """Nodes on py-libp2p, or on ``transport`` (a MemoryNetwork's factory)."""
     async with trio.open_nursery() as nursery:
-        nodes = Cluster(nursery, root, config, name)
+        nodes = Cluster(nursery, root, config, name, transport)
         try:
             yield nodes
         finally:

@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 
 from registrygrid.errors import MalformedInput, ValidationError
+from registrygrid.home import Home
 from registrygrid.node.simulator import simulate
+from registrygrid.sdk import LocalRegistry
 from registrygrid.simulation import scenario
+from registrygrid.storage.store import Store
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -170,3 +173,46 @@ def test_real_node_mode_plays_a_scenario_on_node_processes_and_checks_it(tmp_pat
     assert summary["gossip"]["published"] >= 60 and summary["sync"]["sessions"] > 0
     for log in (tmp_path / "homes").glob("n*.log"):
         assert b"Traceback" not in log.read_bytes(), log.read_text()[-2000:]
+
+
+def test_engine_mode_plays_a_scenario_on_whole_nodes_in_virtual_time_and_checks_it(tmp_path: Path) -> None:
+    """`rgrid sim run engine-small --engine`: 6 whole nodes (engine, LMDB
+    homes, federation) over the in-memory network in virtual time; a
+    partition and its heal, a node stopped and restarted on its home, a
+    member forging envelopes that every other node's validator refuses;
+    every acknowledged write everywhere, equal states."""
+    ran = rgrid("sim", "run", "engine-small", "--engine", "--out", "out", "--no-plots", "--keep", "homes",
+                cwd=tmp_path)
+
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "safety: ok" in ran.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["mode"] == "engine" and summary["nodes"] == 6
+    assert summary["checker"]["ok"] and summary["checker"]["live_nodes"] == 6
+    assert summary["acknowledged_writes"] == 60 and summary["converged_fraction"] == 1.0
+    assert summary["faults"]["stops"] == 1 and summary["faults"]["starts"] == 1
+    assert summary["faults"]["hostile_sent"] > 0 and summary["gossip"]["invalid_rejected"] > 0
+    assert summary["gossip"]["published"] >= 60 and summary["sync"]["sessions"] > 0
+    # The homes are real node homes: each store holds the 60 records, in one state.
+    assert sorted(p.name for p in (tmp_path / "homes").iterdir()) == [f"n{i}" for i in range(6)]
+    digests = set()
+    for i in range(6):
+        store = Store(Home(tmp_path / "homes" / f"n{i}").store_path, readonly=True)
+        try:
+            registry = LocalRegistry(store, engine=None)  # type: ignore[arg-type]
+            assert sum(1 for _ in registry.iter_all("grid.clusters")) == 60
+            digests.add(registry.state_digest())
+        finally:
+            store.close()
+    assert len(digests) == 1
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('name = "x"\nnodes = 101\n', "engine mode runs 2 to 100 nodes"),
+    ('name = "x"\nnodes = 4\n[sync]\nenabled = false\n', "always gossip and sync"),
+])
+def test_engine_mode_refuses_what_whole_nodes_cannot_play(tmp_path: Path, text: str, message: str) -> None:
+    from registrygrid.node.engine_simulator import simulate_engine
+
+    with pytest.raises(ValidationError, match=message):
+        simulate_engine(small(tmp_path, text), root=tmp_path / "homes")

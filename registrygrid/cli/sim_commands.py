@@ -83,15 +83,27 @@ Examples:
     @click.option("--real", is_flag=True,
                   help="Real-node mode: 2 to 50 real `rgrid node start` processes on 127.0.0.1, in real time "
                        "(faults: stop, kill -9, partitions through the nodes' peer controls).")
+    @click.option("--engine", is_flag=True,
+                  help="Engine mode: 2 to 100 whole nodes (engine, LMDB, federation) in one process over the "
+                       "in-memory network, in virtual time.")
     @click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
-                  help="With --real: keep the nodes' homes and logs here.")
+                  help="With --real or --engine: keep the nodes' homes (and logs) here.")
     @json_option
     def sim_run(scenario: str, out: Path | None, seed: int | None, nodes: int | None, no_plots: bool, real: bool,
-                keep: Path | None, as_json: bool) -> None:
+                engine: bool, keep: Path | None, as_json: bool) -> None:
         """Run SCENARIO (a shipped name or a TOML file) and check its safety."""
         from registrygrid.simulation import plots
 
-        if real:
+        if real and engine:
+            raise click.UsageError("choose one of --real and --engine")
+        if keep is not None and not (real or engine):
+            raise click.UsageError("--keep goes with --real or --engine (large-scale nodes have no homes)")
+        if engine:
+            from registrygrid.node.engine_simulator import simulate_engine
+
+            def simulate(spec: scenarios.Scenario, progress: Any = None) -> dict[str, Any]:
+                return simulate_engine(spec, root=keep, progress=progress)
+        elif real:
             from registrygrid.simulation.real import run_real
 
             def simulate(spec: scenarios.Scenario, progress: Any = None) -> dict[str, Any]:

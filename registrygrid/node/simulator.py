@@ -71,6 +71,7 @@ from registrygrid.protocol.sync_session import (
 from registrygrid.simulation import checker
 from registrygrid.simulation.ledger import Ledger
 from registrygrid.simulation.scenario import Scenario
+from registrygrid.simulation.stats import full_propagation, hop_quantile, quantiles
 
 FEDERATION = "sim"
 TOPIC = topic_for(FEDERATION)
@@ -368,13 +369,13 @@ class Simulation:
             per_node.append(totals)
         sent = [c["gossip_sent"] for c in per_node]
         changes = max(1, len(self.writes))
-        full = _full_propagation(self.writes, self.samples)
+        full = full_propagation(self.samples, bool(self.writes))
         hops = self.network.hops
         return {
             "scenario": self.s.name, "seed": self.s.seed, "nodes": len(self.nodes), "live_nodes": len(live),
             "virtual_seconds": self.s.duration_s + self.s.settle_s,
             "acknowledged_writes": len(self.writes),
-            "propagation_ms": _quantiles([d * 1000 for d in self.delays]),
+            "propagation_ms": quantiles([d * 1000 for d in self.delays]),
             "converged_fraction": self.samples[-1][1] if self.samples else 1.0,
             "full_propagation_at_s": full,
             "gossip": {
@@ -384,7 +385,7 @@ class Simulation:
                 "messages_per_node_per_change": round(statistics.fmean(sent) / changes, 3) if sent else 0.0,
                 "max_messages_per_node_per_change": round(max(sent, default=0) / changes, 3),
                 "invalid_rejected": self.stats["gossip.invalid"],
-                "rounds": {"p50": _hop_quantile(hops, 0.5), "p99": _hop_quantile(hops, 0.99),
+                "rounds": {"p50": hop_quantile(hops, 0.5), "p99": hop_quantile(hops, 0.99),
                            "max": max(hops, default=0),
                            "bound_2log2n": round(2 * math.log2(max(2, len(self.nodes))), 2)},
             },
@@ -398,36 +399,6 @@ class Simulation:
             "propagation_delays_ms": sorted(round(d * 1000, 3) for d in self.delays),
             "checker": verdict.to_dict(),
         }
-
-
-def _quantiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
-
-    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": round(ordered[-1], 3)}
-
-
-def _hop_quantile(hops: Counter[int], q: float) -> int:
-    total = sum(hops.values())
-    seen = 0
-    for count in sorted(hops):
-        seen += hops[count]
-        if seen >= q * total:
-            return count
-    return 0
-
-
-def _full_propagation(writes: list[checker.Write], samples: list[tuple[float, float]]) -> float | None:
-    """When every node came to hold every acknowledged write for good: the
-    sample after the last one that fell short (None if the run ended short)."""
-    if not writes or not samples or samples[-1][1] < 1.0:
-        return None
-    short = [i for i, (_, fraction) in enumerate(samples) if fraction < 1.0]
-    return samples[short[-1] + 1][0] if short else samples[0][0]
 
 
 def simulate(scenario: Scenario, *, progress: Callable[[float, float], None] | None = None) -> dict[str, Any]:

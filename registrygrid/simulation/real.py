@@ -52,6 +52,7 @@ from registrygrid.protocol.envelope import cid_from_str
 from registrygrid.sdk import LocalRegistry
 from registrygrid.simulation import checker
 from registrygrid.simulation.scenario import Scenario
+from registrygrid.simulation.stats import full_propagation, quantiles
 from registrygrid.storage.store import Store
 
 MAX_REAL_NODES = 50
@@ -325,8 +326,8 @@ class RealRun:
             "mode": "real", "scenario": self.s.name, "seed": self.s.seed, "nodes": len(self.nodes),
             "live_nodes": len(live), "virtual_seconds": self.s.duration_s + self.s.settle_s,
             "acknowledged_writes": len(self.writes),
-            "propagation_ms": _quantiles(delays), "converged_fraction": samples[-1][1] if samples else 1.0,
-            "full_propagation_at_s": _full(samples, bool(self.writes)),
+            "propagation_ms": quantiles(delays), "converged_fraction": samples[-1][1] if samples else 1.0,
+            "full_propagation_at_s": full_propagation(samples, bool(self.writes)),
             "gossip": {"published": int(sum(s.get("gossip_published", 0) for s in stats)),
                        "accepted": int(sum(s.get("gossip_accepted", 0) for s in stats)),
                        "duplicates": int(sum(s.get("gossip_duplicate", 0) for s in stats)),
@@ -371,20 +372,6 @@ def _digest(home: Home) -> str:
         return LocalRegistry(store, engine=None).state_digest()  # type: ignore[arg-type]
     finally:
         store.close()
-
-
-def _quantiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
-    return {"p50": values[len(values) // 2], "p90": values[min(len(values) - 1, int(0.9 * len(values)))],
-            "p99": values[min(len(values) - 1, int(0.99 * len(values)))], "max": values[-1]}
-
-
-def _full(samples: list[tuple[float, float]], any_writes: bool) -> float | None:
-    if not any_writes or not samples or samples[-1][1] < 1.0:
-        return None
-    short = [i for i, (_, f) in enumerate(samples) if f < 1.0]
-    return samples[short[-1] + 1][0] if short else samples[0][0]
 
 
 def run_real(scenario: Scenario, *, keep: Path | None = None,
