@@ -27,7 +27,8 @@ the federation's topic, which the others' validators must refuse.
 Gossip and sync cannot be switched off: a node always runs both.
 
 The summary has the other modes' shape, with ``mode: "engine"``; the
-safety checker (simulation/checker.py) judges each live node's store.
+safety checker (simulation/checker.py) judges each live honest node's
+store (a hostile member is banned by its peers, so it may miss writes).
 """
 
 from __future__ import annotations
@@ -297,16 +298,21 @@ class EngineRun:
     # ---- results
 
     def _fraction(self) -> float:
-        expected = len(self.written_at) * (len(self.nodes) - 1)
-        got = sum(1 for n in self.nodes for c in self.written_at if c in n.seen) - len(self.written_at)
-        return max(0, got) / expected if expected else 1.0
+        """Of the (honest node, write by another node) pairs, the share delivered."""
+        writer = {cid_to_str(w.change): w.node for w in self.writes}
+        honest = [n for n in self.nodes if not n.hostile]
+        pairs = [(n, c) for n in honest for c in self.written_at if writer.get(c) != n.peer_id]
+        return sum(1 for n, c in pairs if c in n.seen) / len(pairs) if pairs else 1.0
 
     def _summary(self) -> dict[str, Any]:
         live = [n for n in self.nodes if n.node is not None]
         for node in live:
             self._arrived(node)
-        held = {n.peer_id: {cid_from_str(c) for c in n.seen} for n in live}
-        digests = {n.peer_id: n.node.registry.state_digest() for n in live}  # type: ignore[union-attr]
+        # A hostile member is not judged: its peers' guards ban it for what it
+        # sends (10 minutes), so it may rightly miss what they wrote meanwhile.
+        judged = [n for n in live if not n.hostile]
+        held = {n.peer_id: {cid_from_str(c) for c in n.seen} for n in judged}
+        digests = {n.peer_id: n.node.registry.state_digest() for n in judged}  # type: ignore[union-attr]
         verdict = checker.check(self.writes, held, digests)
         writer_of = {cid_to_str(w.change): w.node for w in self.writes}
         delays = sorted(round((n.seen[c] - at) * 1000, 3) for n in self.nodes for c, at in self.written_at.items()

@@ -537,6 +537,11 @@ class Federation:
         """Take in a peer's hello: check its federation and its membership,
         learn its and its peers' addresses. The refusal, if any."""
         assert self.peers is not None and self.host is not None and self.node is not None
+        if self.peers.blocked(peer_id):
+            # Denied or banned while our own hello to it was in flight: its
+            # answer admits nothing (the disconnect is on its way).
+            self.metrics["hello.refused_blocked"] += 1
+            return PolicyDenied("this node does not talk to you")
         try:
             hello = decode_hello(data)
         except RegistryError as exc:
