@@ -113,6 +113,15 @@ def change_id(body: bytes) -> bytes:
     return _CID_PREFIX + hashlib.sha256(body).digest()
 
 
+def cid_from_sha256(digest: bytes) -> bytes:
+    """The CIDv1 (raw, sha2-256) of bytes whose SHA-256 is ``digest``: what
+    names a change body and a blob alike, so a digest computed while bytes
+    stream gives their CID without a second pass."""
+    if len(digest) != 32:
+        raise ValueError("a SHA-256 digest has 32 bytes")
+    return _CID_PREFIX + digest
+
+
 def cid_to_str(cid: bytes) -> str:
     """Multibase base32 (lower case, no padding, prefix 'b'): the usual text
     form of a CIDv1. Done here because multiformats' generic encoder costs

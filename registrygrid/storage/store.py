@@ -37,6 +37,9 @@ are 8-byte big-endian so byte order is numeric order):
                                                  (see storage/tokens.py)
     idempotency token id \\0 idempotency key   -> msgpack [expires_at, request sha256, reserved,
                                                  status, body, headers] (see storage/idempotency.py)
+    blobs       blob CID                      -> msgpack blob entry (size, digests, holds, retention;
+                                                 see storage/blobs.py); meta "blob_bytes" sums sizes
+    uploads     session id                    -> msgpack upload session (see storage/blobs.py)
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ SUBDATABASES = (
     "peers",
     "tokens",
     "idempotency",
+    "blobs",
+    "uploads",
 )
 
 # 2: a record's Automerge hashes and history live beside its document in

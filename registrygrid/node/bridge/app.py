@@ -41,6 +41,7 @@ import msgspec
 from aiohttp import web
 
 from registrygrid import dispute_views
+from registrygrid.blobs.ranges import RangeNotSatisfiable
 from registrygrid.crdt.conflicts import ABSENT
 from registrygrid.crdt.disputes import DISPUTES_REGISTRY, RESOLUTION_KIND
 from registrygrid.engine import registries as regs
@@ -138,6 +139,8 @@ def error_response(exc: RegistryError, trace_id: str, path: str = "") -> web.Res
         headers["WWW-Authenticate"] = 'Bearer realm="registrygrid"'  # RFC 6750 3
     elif isinstance(exc, Unavailable):
         headers["Retry-After"] = "1"
+    elif isinstance(exc, RangeNotSatisfiable):
+        headers["Content-Range"] = f"bytes */{exc.size}"  # RFC 9110 14.4
     # The MCP Registry API's routes answer errors in that API's shape (node/bridge/mcp_routes.py).
     body = (mcp_registry.error_body if path.startswith(mcp_registry.PREFIX) else error_body)(exc, trace_id)
     return json_response(body, exc.http_status, headers)
@@ -164,8 +167,7 @@ def _unquote_etag(value: str | None) -> str | None:
     value = value.strip()
     if value == "*":
         return None
-    if value.startswith("W/"):
-        value = value[2:]
+    value = value.removeprefix("W/")
     return value.strip('"')
 
 
@@ -328,6 +330,10 @@ class Api:
     max_body: int = openapi.MAX_BODY_BYTES
     idempotency_ttl_ms: int = idempotency.DEFAULT_TTL_MS
     max_streams: int = 512
+    # The node's asset content (blobs/service.py Assets: blobs, uploads, presigned
+    # URLs), or None; its calls block (files, S3, LMDB), so handlers run them on
+    # executor threads (node/bridge/asset_routes.py).
+    assets: Any = None
     # HOME/config.json bridge.agent_card: the card /.well-known/agent-card.json serves when the org has several.
     agent_card: str | None = None
     state: str = "starting"
@@ -1079,6 +1085,7 @@ class Api:
 
     def routes(self) -> list[web.RouteDef]:
         # Imported here: mcp_routes and discovery_routes import this module's helpers.
+        from registrygrid.node.bridge.asset_routes import AssetRoutes
         from registrygrid.node.bridge.discovery_routes import DiscoveryRoutes
         from registrygrid.node.bridge.mcp_routes import McpRoutes
 
@@ -1134,6 +1141,7 @@ class Api:
             web.post("/v1/tokens", self.create_token),
             web.get("/v1/tokens", self.list_tokens),
             web.delete("/v1/tokens/{token_id}", self.revoke_token),
+            *AssetRoutes(self).routes(),
             *McpRoutes(self).routes(),
             *DiscoveryRoutes(self, agent_card=self.agent_card).routes(),
         ]

@@ -19,8 +19,19 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -167,6 +178,8 @@ class BridgeMetrics:
                                "(403) or as a revocation of the node's own CLI token (409).",
                                ["status"], registry=r)
         self.throttled = Counter("rgrid_http_rate_limited", "Requests refused with 429 by a rate limit.", registry=r)
+        self.upload_bytes = Counter("rgrid_asset_upload_bytes", "Bytes of upload parts stored.", registry=r)
+        self.download_bytes = Counter("rgrid_asset_download_bytes", "Bytes of blobs sent.", registry=r)
         self.write_seconds = Histogram(
             "rgrid_bridge_write_seconds", "A write as the HTTP side sees it: hand-off to the committer, "
             "queueing, its batch's durable commit, and the way back.",

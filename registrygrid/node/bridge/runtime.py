@@ -81,6 +81,7 @@ from typing import Any
 import trio
 from aiohttp import web
 
+from registrygrid.blobs.service import Assets
 from registrygrid.engine.ops import Committed, Operation, Outcome
 from registrygrid.errors import NotFound, RegistryError, Unavailable, ValidationError
 from registrygrid.node.bridge import openapi
@@ -186,6 +187,7 @@ class Bridge:
         auth = Authenticator(node.store, RateLimiter(self.config.rate_limit), audit,
                              on_deny=lambda status: metrics.denials.labels(str(status)).inc(),
                              on_throttle=metrics.throttled.inc)
+        assets = await trio.to_thread.run_sync(Assets.open, node.home, node.store)
         self.api = api = Api(registry=node.registry, auth=auth, audit=audit, metrics=metrics,
                              hub=FeedHub(node.feed.head), submit=self._submit_from_loop,
                              resolve=self._resolve_from_loop, read_remote=self._read_remote_from_loop,
@@ -196,7 +198,8 @@ class Bridge:
                              peer_status=self._peer_status_from_loop, deny_peers=self._deny_peers_from_loop,
                              allow_peers=self._allow_peers_from_loop,
                              max_body=self.config.max_body, idempotency_ttl_ms=self.config.idempotency_ttl_ms,
-                             max_streams=self.config.max_streams, agent_card=self.config.agent_card)
+                             max_streams=self.config.max_streams, agent_card=self.config.agent_card,
+                             assets=assets)
         thread = threading.Thread(target=self._thread_main, args=(api,), name="rgrid-bridge", daemon=True)
         thread.start()
         await trio.to_thread.run_sync(self._ready.wait)

@@ -1,0 +1,234 @@
+"""Blobs: content-addressed bytes in an object store, indexed in LMDB.
+
+    blobs = BlobStore(LocalObjects(home / "objects"), store, BlobLimits())
+    entry = blobs.put(chunks, expected=Expected(size=n, sha256=h), content_type="application/zip")
+    for chunk in blobs.read(cid, start=0, end=1024): ...
+
+A blob is stored under ``blobs/<CID>``, where the CID is of its SHA-256
+(blobs/digest.py), so one set of bytes is stored once however many records
+or uploads name it (dedupe by CID), and an asset record that names a CID
+signs the bytes. Bytes arrive in a staging object, are digested as they
+stream, and are moved under their CID only when every declared checksum
+matched: a mismatch or a failure leaves nothing behind. The index entry is
+written after the move, so the index never names bytes that are absent (a
+crash between the two leaves an unindexed object, which ``reconcile``
+indexes again or removes).
+
+Deletion honours retention (no deletion before ``retain_until``) and legal
+holds (none while any hold is set); see ``delete``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import msgspec
+
+from registrygrid.blobs.digest import Expected, StreamDigest, cid_text, parse_cid
+from registrygrid.blobs.objects import ObjectMissing, ObjectStore
+from registrygrid.errors import (
+    EX_UNAVAILABLE,
+    Conflict,
+    NotFound,
+    RegistryError,
+    TooLarge,
+)
+from registrygrid.storage import blobs as index
+from registrygrid.storage.blobs import BlobEntry
+from registrygrid.storage.store import Store
+
+STAGING = "staging"
+BLOBS = "blobs"
+
+
+class QuotaExceeded(RegistryError):
+    """Storing this would take the node past its blob quota."""
+
+    code = "quota_exceeded"
+    http_status = 507
+    exit_code = EX_UNAVAILABLE
+
+
+class BlobMissing(NotFound):
+    code = "blob_missing"
+
+
+class RetentionHeld(Conflict):
+    """A retention period or a legal hold forbids deleting this blob now."""
+
+    code = "retention_held"
+
+
+@dataclass(frozen=True)
+class BlobLimits:
+    # The largest blob: S3's own object limit is 5 TiB; 1 TiB is plenty for
+    # model weights and keeps a mistaken declaration from reserving a quota.
+    max_blob_bytes: int = 1 << 40
+    # All blobs together; None: as much as the object store holds.
+    quota_bytes: int | None = None
+
+
+def blob_key(cid: bytes) -> str:
+    return f"{BLOBS}/{cid_text(cid)}"
+
+
+class BlobStore:
+    def __init__(self, objects: ObjectStore, store: Store, limits: BlobLimits | None = None, *,
+                 now_ms: object = None) -> None:
+        self.objects = objects
+        self.store = store
+        self.limits = limits or BlobLimits()
+        self._now_ms = now_ms or (lambda: int(time.time() * 1000))
+
+    def now_ms(self) -> int:
+        return self._now_ms()  # type: ignore[operator,no-any-return]
+
+    # ---- reading
+
+    def entry(self, cid: bytes) -> BlobEntry | None:
+        return index.get_blob(self.store, cid)
+
+    def require(self, cid: bytes) -> BlobEntry:
+        entry = self.entry(cid)
+        if entry is None:
+            raise BlobMissing(f"no blob {cid_text(cid)} on this node")
+        return entry
+
+    def read(self, cid: bytes, *, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The blob's bytes in [start, end), as chunks."""
+        self.require(cid)
+        try:
+            return self.objects.get(blob_key(cid), start=start, end=end)
+        except ObjectMissing:
+            raise BlobMissing(f"blob {cid_text(cid)} is indexed but its bytes are gone from the "
+                              f"{self.objects.name} object store (run `rgrid asset verify`)") from None
+
+    def used_bytes(self) -> int:
+        return index.blob_bytes(self.store)
+
+    # ---- writing
+
+    def check_room(self, size: int) -> None:
+        """Refuse a declared size beyond the limits before any byte moves."""
+        if size > self.limits.max_blob_bytes:
+            raise TooLarge(f"a blob may have at most {self.limits.max_blob_bytes} bytes, not {size}",
+                           details=[{"path": "size", "limit": self.limits.max_blob_bytes}])
+        quota = self.limits.quota_bytes
+        if quota is not None and self.used_bytes() + size > quota:
+            raise QuotaExceeded(f"storing {size} bytes would pass the node's blob quota of {quota} bytes "
+                                f"({self.used_bytes()} used)", details=[{"quota": quota,
+                                                                       "used": self.used_bytes()}])
+
+    def put(self, chunks: Iterable[bytes], *, expected: Expected | None = None,
+            content_type: str = "application/octet-stream") -> tuple[bytes, BlobEntry, bool]:
+        """Store ``chunks`` as a blob; (CID, entry, stored) where ``stored``
+        is False if the blob was here already (the bytes were still checked).
+        ChecksumMismatch, TooLarge or QuotaExceeded leave nothing behind."""
+        expected = expected or Expected()
+        if expected.size is not None:
+            self.check_room(expected.size)
+        staging = f"{STAGING}/{secrets.token_hex(16)}"
+        digest = StreamDigest(md5=True)
+        try:
+            self.objects.put(staging, self._bounded(digest.tee(chunks), expected.size))
+            digest.check(expected, what="the blob")
+            cid = digest.cid
+            known = self.entry(cid)
+            if known is not None:
+                self.objects.delete(staging)
+                return cid, known, False
+            self.check_room(digest.size)
+            self.objects.move(staging, blob_key(cid))
+        except BaseException:
+            self.objects.delete(staging)
+            raise
+        entry = BlobEntry(size=digest.size, sha256=digest.sha256, md5=digest.md5 or "",
+                          content_type=content_type, created_ms=self.now_ms())
+        if not index.put_blob(self.store, cid, entry):  # a concurrent put of the same bytes won
+            return cid, self.require(cid), False
+        return cid, entry, True
+
+    def _bounded(self, chunks: Iterator[bytes], declared: int | None) -> Iterator[bytes]:
+        """Stop a stream as soon as it passes its declared size or the limit,
+        rather than after storing all of it."""
+        limit = self.limits.max_blob_bytes if declared is None else declared
+        seen = 0
+        for chunk in chunks:
+            seen += len(chunk)
+            if seen > limit:
+                raise TooLarge(f"more bytes arrived than the {limit} declared" if declared is not None
+                               else f"a blob may have at most {limit} bytes")
+            yield chunk
+
+    # ---- retention and deletion
+
+    def delete(self, cid: bytes) -> BlobEntry:
+        """Delete a blob's bytes and index entry: refused (RetentionHeld)
+        while a legal hold is set or before its retention ends."""
+        entry = self.require(cid)
+        now = self.now_ms()
+        if entry.holds:
+            raise RetentionHeld(f"blob {cid_text(cid)} is under legal hold ({', '.join(sorted(entry.holds))})",
+                                details=[{"holds": dict(entry.holds)}])
+        if entry.retain_until_ms > now:
+            raise RetentionHeld(f"blob {cid_text(cid)} is retained until {entry.retain_until_ms} (ms since "
+                                "the epoch)", details=[{"retain_until_ms": entry.retain_until_ms}])
+        index.remove_blob(self.store, cid)  # first: the index never names absent bytes
+        self.objects.delete(blob_key(cid))
+        return entry
+
+    def retain(self, cid: bytes, until_ms: int) -> BlobEntry:
+        """Extend retention; it can only grow (as S3 Object Lock's compliance mode)."""
+        entry = self.require(cid)
+        if until_ms < entry.retain_until_ms:
+            raise RetentionHeld(f"retention of {cid_text(cid)} can only be extended",
+                                details=[{"retain_until_ms": entry.retain_until_ms}])
+        new = msgspec.structs.replace(entry, retain_until_ms=until_ms)
+        index.replace_blob(self.store, cid, new)
+        return new
+
+    def hold(self, cid: bytes, name: str, reason: str) -> BlobEntry:
+        entry = self.require(cid)
+        new = msgspec.structs.replace(entry, holds={**entry.holds, name: reason})
+        index.replace_blob(self.store, cid, new)
+        return new
+
+    def release(self, cid: bytes, name: str) -> BlobEntry:
+        entry = self.require(cid)
+        if name not in entry.holds:
+            raise NotFound(f"blob {cid_text(cid)} has no hold named {name!r}")
+        new = msgspec.structs.replace(entry, holds={k: v for k, v in entry.holds.items() if k != name})
+        index.replace_blob(self.store, cid, new)
+        return new
+
+    # ---- consistency
+
+    def reconcile(self) -> dict[str, int]:
+        """Make the index and the object store agree after a crash: stale
+        staging objects go, an unindexed blob whose bytes hash to its name is
+        indexed again, and one that does not is removed."""
+        counts = {"staging_removed": 0, "reindexed": 0, "removed_corrupt": 0}
+        for key in list(self.objects.keys(f"{STAGING}/")):
+            self.objects.delete(key)
+            counts["staging_removed"] += 1
+        for key in list(self.objects.keys(f"{BLOBS}/")):
+            cid = parse_cid(key.split("/", 1)[1])
+            if self.entry(cid) is not None:
+                continue
+            digest = StreamDigest(md5=True)
+            for chunk in self.objects.get(key):
+                digest.update(chunk)
+            if digest.cid == cid:
+                index.put_blob(self.store, cid, BlobEntry(size=digest.size, sha256=digest.sha256,
+                                                          md5=digest.md5 or "",
+                                                          content_type="application/octet-stream",
+                                                          created_ms=self.now_ms()))
+                counts["reindexed"] += 1
+            else:
+                self.objects.delete(key)
+                counts["removed_corrupt"] += 1
+        return counts
+

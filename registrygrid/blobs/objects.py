@@ -1,0 +1,182 @@
+"""Object stores: where asset bytes live, behind one small interface.
+
+Two backends implement ``ObjectStore``: ``LocalObjects`` (a directory; the
+embedded default, no service needed) and ``S3Objects`` (blobs/s3.py: any
+S3-compatible service). One contract suite (tests/test_object_stores.py)
+runs against both. The interface is synchronous and streaming: callers run
+it on a worker thread (the bridge's executor, trio's ``to_thread``), and
+bytes move as bounded chunks, never whole objects, so a multi-GB object
+costs a few MB of memory.
+
+Keys are relative paths of lower-case segments (``blobs/bafkrei...``,
+``uploads/<session>/00001``); content addressing, parts and sessions are
+the blob layer's business (blobs/blobs.py), not the backend's.
+
+    store.put("uploads/s1/00001", chunks)     # atomic: the whole object or nothing
+    for chunk in store.get(key, start=0, end=1024): ...   # end exclusive
+    store.size(key)                            # None when absent
+    store.move(src, dst)                       # replaces dst; src is gone after
+    store.delete(key)                          # True if it was there
+    list(store.keys("uploads/s1/"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from registrygrid.errors import NotFound, Unavailable, ValidationError
+
+# Bytes read or written at a time: large enough that per-call overhead
+# vanishes (syscalls, S3 requests), small enough that many concurrent
+# transfers stay within a few MB each.
+CHUNK_BYTES = 1 << 20
+
+_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}(/[a-z0-9][a-z0-9._-]{0,127}){0,7}$")
+
+
+class ObjectMissing(NotFound):
+    code = "object_missing"
+
+
+class ObjectStoreUnavailable(Unavailable):
+    """The backend failed (disk, network, service): nothing was changed by the failed call."""
+
+    code = "object_store_unavailable"
+
+
+def check_key(key: str) -> str:
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise ValidationError(f"not an object key: {key!r}")
+    return key
+
+
+class ObjectStore(Protocol):
+    name: str  # "local", "s3"
+
+    def put(self, key: str, chunks: Iterable[bytes]) -> int:
+        """Store ``chunks`` under ``key`` atomically (replacing it); the byte count.
+        If ``chunks`` raises, nothing is stored and the error propagates."""
+        ...
+
+    def get(self, key: str, *, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The bytes in [start, end) (end None: to the end), as chunks.
+        ObjectMissing if absent (raised by the first ``next``)."""
+        ...
+
+    def size(self, key: str) -> int | None: ...
+
+    def move(self, src: str, dst: str) -> None: ...
+
+    def delete(self, key: str) -> bool: ...
+
+    def keys(self, prefix: str = "") -> Iterator[str]: ...
+
+
+class LocalObjects:
+    """Objects as files under ``root``: written to a temporary file in the
+    same directory, fsynced, then renamed into place (atomic on POSIX), so a
+    crash leaves either the old object or the new one, never half of one."""
+
+    name = "local"
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put(self, key: str, chunks: Iterable[bytes]) -> int:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        written = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                    written += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return written
+
+    def get(self, key: str, *, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        path = self._path(key)
+        _check_range(start, end)
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 (closed by the generator)
+        except FileNotFoundError:
+            raise ObjectMissing(f"no object {key}") from None
+        return self._read(handle, start, end)
+
+    @staticmethod
+    def _read(handle: object, start: int, end: int | None) -> Iterator[bytes]:
+        with handle as f:  # type: ignore[attr-defined]
+            f.seek(start)
+            left = None if end is None else max(0, end - start)
+            while left is None or left > 0:
+                chunk = f.read(CHUNK_BYTES if left is None else min(CHUNK_BYTES, left))
+                if not chunk:
+                    return
+                if left is not None:
+                    left -= len(chunk)
+                yield chunk
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def move(self, src: str, dst: str) -> None:
+        source, target = self._path(src), self._path(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:
+            raise ObjectMissing(f"no object {src}") from None
+        _fsync_dir(target.parent)
+
+    def delete(self, key: str) -> bool:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(path.parent)
+        return True
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        base = self.root
+        for dirpath, _dirs, files in os.walk(base):
+            for name in sorted(files):
+                if name.startswith(".part-"):
+                    continue
+                rel = os.path.relpath(os.path.join(dirpath, name), base).replace(os.sep, "/")
+                if rel.startswith(prefix):
+                    yield rel
+
+
+def _check_range(start: int, end: int | None) -> None:
+    if start < 0 or (end is not None and end < start):
+        raise ValidationError(f"bad byte range [{start}, {end})")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,156 @@
+"""Presigned URLs: time-bound, least-privilege links to one object and one method.
+
+    keys = PresignKeys.open(home.path / "presign-keys.json")    # made on first use, mode 0600
+    url = keys.sign("PUT", "/v1/uploads/up_1/parts/3", expires_in_s=3600, max_bytes=8 << 20)
+    keys.verify("PUT", path, query, client_ip="127.0.0.1", content_length=n)   # or PresignInvalid
+
+A presigned URL lets someone without an API token do exactly one thing:
+the method and path it names (one part of one upload, one blob), until it
+expires, optionally only from an IP network and with at most
+``max_bytes`` in the body. The query carries the grant and an HMAC-SHA256
+over it, keyed by a node secret; any change to method, path, expiry,
+limits or signature fails verification (compared in constant time).
+
+Keys rotate: ``rotate`` makes a new signing key and keeps the previous
+ones for as long as a URL they signed may live (``MAX_EXPIRES_S``), so
+rotation never breaks a link before its time, and a leaked key stops
+working one lifetime after the rotation that retired it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+from registrygrid.errors import PolicyDenied, ValidationError
+
+# As S3's presigned URLs (SigV4): at most seven days.
+MAX_EXPIRES_S = 7 * 24 * 3600
+PARAMS = ("rg-method", "rg-expires", "rg-kid", "rg-max-bytes", "rg-ip", "rg-sig")
+METHODS = ("GET", "HEAD", "PUT")
+
+
+class PresignInvalid(PolicyDenied):
+    """The URL's grant was altered, is signed by an unknown key, or does not cover this request."""
+
+    code = "presign_invalid"
+
+
+class PresignExpired(PresignInvalid):
+    code = "presign_expired"
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    secret: bytes
+    created_s: float
+
+
+def _canonical(method: str, path: str, expires: str, kid: str, max_bytes: str, ip: str) -> bytes:
+    return f"rg-presign-1\n{method}\n{path}\n{expires}\n{kid}\n{max_bytes}\n{ip}".encode()
+
+
+def _mac(secret: bytes, message: bytes) -> str:
+    return base64.urlsafe_b64encode(hmac.new(secret, message, hashlib.sha256).digest()).rstrip(b"=").decode()
+
+
+class PresignKeys:
+    def __init__(self, path: Path, keys: list[SigningKey]) -> None:
+        self.path = path
+        self.keys = keys  # newest first
+
+    @classmethod
+    def open(cls, path: str | Path) -> PresignKeys:
+        path = Path(path)
+        if path.exists():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            keys = [SigningKey(k["kid"], bytes.fromhex(k["secret"]), float(k["created_s"])) for k in data["keys"]]
+            return cls(path, keys)
+        made = cls(path, [])
+        made.rotate()
+        return made
+
+    def _save(self) -> None:
+        data = {"keys": [{"kid": k.kid, "secret": k.secret.hex(), "created_s": k.created_s} for k in self.keys]}
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(data, out)
+        os.replace(tmp, self.path)
+
+    def rotate(self, *, now: float | None = None) -> SigningKey:
+        """A new signing key; keys retired more than a URL lifetime ago are dropped."""
+        now = time.time() if now is None else now
+        new = SigningKey("k" + secrets.token_hex(4), secrets.token_bytes(32), now)
+        kept = [new]
+        retired_at = now
+        for key in self.keys:  # each older key was retired when its successor was made
+            if now - retired_at <= MAX_EXPIRES_S:
+                kept.append(key)
+            retired_at = key.created_s
+        self.keys = kept
+        self._save()
+        return new
+
+    def sign(self, method: str, path: str, *, expires_in_s: float, max_bytes: int | None = None,
+             ip: str | None = None, now: float | None = None) -> str:
+        """``path`` with the query that grants ``method`` on it."""
+        if method not in METHODS:
+            raise ValidationError(f"a presigned URL grants one of {', '.join(METHODS)}")
+        if not 1 <= expires_in_s <= MAX_EXPIRES_S:
+            raise ValidationError(f"expires_in must be 1 to {MAX_EXPIRES_S} seconds",
+                                  details=[{"path": "expires_in"}])
+        if max_bytes is not None and max_bytes < 0:
+            raise ValidationError("max_bytes must be >= 0", details=[{"path": "max_bytes"}])
+        if ip is not None:
+            try:
+                ip = str(ipaddress.ip_network(ip, strict=False))
+            except ValueError:
+                raise ValidationError(f"not an IP address or network: {ip!r}", details=[{"path": "ip"}]) from None
+        key = self.keys[0]
+        expires = str(int((time.time() if now is None else now) + expires_in_s))
+        limit = "" if max_bytes is None else str(max_bytes)
+        grant = {"rg-method": method, "rg-expires": expires, "rg-kid": key.kid}
+        if limit:
+            grant["rg-max-bytes"] = limit
+        if ip:
+            grant["rg-ip"] = ip
+        grant["rg-sig"] = _mac(key.secret, _canonical(method, path, expires, key.kid, limit, ip or ""))
+        return f"{path}?{urlencode(grant)}"
+
+    def verify(self, method: str, path: str, query: Mapping[str, str], *, client_ip: str | None,
+               content_length: int | None = None, now: float | None = None) -> None:
+        """Raise PresignInvalid (or PresignExpired) unless ``query`` grants this request."""
+        granted = query.get("rg-method", "")
+        expires = query.get("rg-expires", "")
+        kid = query.get("rg-kid", "")
+        limit = query.get("rg-max-bytes", "")
+        ip = query.get("rg-ip", "")
+        key = next((k for k in self.keys if k.kid == kid), None)
+        expected = _mac(key.secret, _canonical(granted, path, expires, kid, limit, ip)) if key else ""
+        if key is None or not hmac.compare_digest(expected, query.get("rg-sig", "")):
+            raise PresignInvalid("the presigned URL is not valid (altered, or signed by a retired key)")
+        # Signed, so every value below is the node's own.
+        if granted != method and not (granted == "GET" and method == "HEAD"):
+            raise PresignInvalid(f"the presigned URL grants {granted}, not {method}")
+        if int(expires) < (time.time() if now is None else now):
+            raise PresignExpired("the presigned URL has expired")
+        if ip and (client_ip is None or ipaddress.ip_address(client_ip) not in ipaddress.ip_network(ip)):
+            raise PresignInvalid("the presigned URL is not valid from this address")
+        if limit and content_length is not None and content_length > int(limit):
+            raise PresignInvalid(f"the presigned URL allows at most {limit} bytes")
+
+
+def is_presigned(query: Mapping[str, str]) -> bool:
+    return "rg-sig" in query

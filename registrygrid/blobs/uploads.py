@@ -1,0 +1,271 @@
+"""Resumable upload sessions: large files in parts, any order, in parallel.
+
+    session = uploads.create(owner, size=n, sha256=h, content_type="application/zip")
+    uploads.put_part(session.id, owner, 3, chunks, Expected(md5=...))   # any order, any time
+    uploads.status(session.id, owner).parts                            # what arrived: resume from here
+    uploads.finalize(session.id, owner)                                # idempotent: the blob's CID
+
+A session declares the whole file (size, and optionally its SHA-256 and
+MD5 and content type); the node fixes the part size and so the parts'
+count and lengths: every part is ``part_size`` bytes but the last. Each
+part is digested as it streams into the object store (``uploads/<id>/<n>``)
+and must match its length and any checksum the client sent with it, or it
+is discarded and the session is as before. The session lives in LMDB with
+an expiry that every part and heartbeat renews (a TTL key), so a client or
+the node can stop and resume later: ``status`` lists the parts held.
+
+``finalize`` streams the parts in order into a blob (blobs/blobs.py),
+checking each part against the digest it had on arrival and the whole
+against the declaration, in the one pass that composes them; then the
+parts go and the session records the CID. A second finalize answers the
+same. If the declared SHA-256 names a blob the node holds already, the
+session is complete at creation with no bytes to send (``deduplicated``).
+Quotas are checked at creation (the declared size) and at finalize.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import msgspec
+
+from registrygrid.blobs.blobs import BlobStore
+from registrygrid.blobs.digest import ChecksumMismatch, Expected, StreamDigest, cid_text
+from registrygrid.errors import (
+    Conflict,
+    NotFound,
+    PolicyDenied,
+    RateLimited,
+    TooLarge,
+    ValidationError,
+)
+from registrygrid.protocol.envelope import cid_from_sha256
+from registrygrid.storage import blobs as index
+from registrygrid.storage.blobs import Part, UploadSession
+
+UPLOADS = "uploads"
+
+
+class UploadExpired(NotFound):
+    code = "upload_expired"
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    # 8 MiB parts: S3's multipart minimum is 5 MiB, and a lost part costs
+    # little to resend; a client may ask for 1 MiB to 256 MiB.
+    default_part_bytes: int = 8 << 20
+    min_part_bytes: int = 1 << 20
+    max_part_bytes: int = 256 << 20
+    max_parts: int = 10_000  # as S3
+    # A session untouched for this long expires (its parts are deleted).
+    ttl_s: float = 24 * 3600.0
+    max_open_per_owner: int = 64
+
+
+def _session_id() -> str:
+    return "up_" + secrets.token_hex(16)
+
+
+class Uploads:
+    def __init__(self, blobs: BlobStore, limits: UploadLimits | None = None, *,
+                 now: Callable[[], float] = time.time) -> None:
+        self.blobs = blobs
+        self.store = blobs.store
+        self.objects = blobs.objects
+        self.limits = limits or UploadLimits()
+        self._now = now
+        self._finalizing: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _now_ms(self) -> int:
+        return int(self._now() * 1000)
+
+    def _expiry(self) -> int:
+        return self._now_ms() + int(self.limits.ttl_s * 1000)
+
+    # ---- create
+
+    def create(self, owner: str, *, size: int, part_size: int | None = None, sha256: str | None = None,
+               md5: str | None = None, content_type: str = "application/octet-stream",
+               name: str = "") -> UploadSession:
+        declared = Expected(size=size, sha256=sha256, md5=md5)  # checks their forms
+        if not isinstance(size, int) or size < 0:
+            raise ValidationError("size must be a whole number of bytes", details=[{"path": "size"}])
+        limits = self.limits
+        part = limits.default_part_bytes if part_size is None else part_size
+        if not limits.min_part_bytes <= part <= limits.max_part_bytes:
+            raise ValidationError(f"part_size must be {limits.min_part_bytes} to {limits.max_part_bytes} bytes",
+                                  details=[{"path": "part_size"}])
+        if -(-size // part) > limits.max_parts:
+            part = -(-size // limits.max_parts)  # the fewest bytes per part that fit the part cap
+            if part > limits.max_part_bytes:
+                raise TooLarge(f"{size} bytes need more than {limits.max_parts} parts of "
+                               f"{limits.max_part_bytes} bytes", details=[{"path": "size"}])
+        if len(name) > 1024 or len(content_type) > 255 or "/" not in content_type:
+            raise ValidationError("name has at most 1024 characters; content_type is a media type (type/subtype)",
+                                  details=[{"path": "content_type"}])
+        now = self._now_ms()
+        open_sessions = sum(1 for s in index.iter_sessions(self.store)
+                            if s.owner == owner and s.state == "open" and s.expires_ms > now)
+        if open_sessions >= limits.max_open_per_owner:
+            raise RateLimited(f"at most {limits.max_open_per_owner} open uploads per client: finalize or "
+                              "cancel one first")
+        session = UploadSession(id=_session_id(), owner=owner, size=size, part_size=part,
+                                content_type=content_type, name=name, sha256=declared.sha256, md5=declared.md5,
+                                created_ms=now, expires_ms=self._expiry())
+        if sha256 is not None:
+            cid = cid_from_sha256(bytes.fromhex(sha256))
+            known = self.blobs.entry(cid)
+            if known is not None and known.size == size:
+                session = msgspec.structs.replace(session, state="complete", cid=cid_text(cid), deduplicated=True)
+                index.put_session(self.store, session)
+                return session
+        self.blobs.check_room(size)
+        index.put_session(self.store, session)
+        return session
+
+    # ---- parts
+
+    def _open(self, session_id: str, owner: str | None) -> UploadSession:
+        session = index.get_session(self.store, session_id)
+        if session is None:
+            raise NotFound(f"no upload {session_id!r}")
+        if owner is not None and session.owner != owner:
+            raise PolicyDenied(f"upload {session_id} belongs to another client")
+        if session.state == "open" and session.expires_ms <= self._now_ms():
+            raise UploadExpired(f"upload {session_id} expired (untouched for {self.limits.ttl_s:g} s); start again")
+        return session
+
+    def put_part(self, session_id: str, owner: str | None, number: int, chunks: Iterable[bytes],
+                 expected: Expected | None = None) -> Part:
+        """Store part ``number`` (1-based). The same part sent twice replaces
+        the first; one that fails its length or a checksum leaves the session
+        as it was."""
+        session = self._open(session_id, owner)
+        if session.state != "open":
+            raise Conflict(f"upload {session_id} is {session.state}")
+        if not 1 <= number <= session.part_count:
+            raise ValidationError(f"part numbers of upload {session_id} run from 1 to {session.part_count}",
+                                  details=[{"path": "part", "max": session.part_count}])
+        length = session.part_length(number)
+        digest = StreamDigest(md5=True)
+        key = part_key(session_id, number)
+        staged = f"{key}.{secrets.token_hex(4)}"  # parallel retries of one part don't collide
+        try:
+            self.objects.put(staged, digest.tee(_at_most(chunks, length, number)))
+            sent = expected or Expected()
+            digest.check(Expected(size=length, sha256=sent.sha256, md5=sent.md5), what=f"part {number}")
+            self.objects.move(staged, key)
+        except BaseException:
+            self.objects.delete(staged)
+            raise
+        part = Part(digest.size, digest.sha256, digest.md5 or "")
+
+        def add(current: UploadSession | None) -> UploadSession:
+            if current is None or current.state != "open":
+                raise Conflict(f"upload {session_id} ended while part {number} arrived")
+            return msgspec.structs.replace(current, parts={**current.parts, number: part},
+                                           expires_ms=self._expiry())
+
+        try:
+            index.update_session(self.store, session_id, add)
+        except Conflict:
+            self.objects.delete(key)
+            raise
+        return part
+
+    def heartbeat(self, session_id: str, owner: str | None) -> UploadSession:
+        self._open(session_id, owner)
+
+        def renew(current: UploadSession | None) -> UploadSession:
+            assert current is not None
+            return msgspec.structs.replace(current, expires_ms=self._expiry()) if current.state == "open" \
+                else current
+
+        renewed = index.update_session(self.store, session_id, renew)
+        assert renewed is not None
+        return renewed
+
+    def status(self, session_id: str, owner: str | None) -> UploadSession:
+        return self._open(session_id, owner)
+
+    # ---- finalize and cancel
+
+    def finalize(self, session_id: str, owner: str | None) -> UploadSession:
+        with self._guard:
+            lock = self._finalizing.setdefault(session_id, threading.Lock())
+        with lock:  # one composition per session; a concurrent finalize waits and answers the same
+            session = self._open(session_id, owner)
+            if session.state == "complete":
+                return session
+            if session.state != "open":
+                raise Conflict(f"upload {session_id} is {session.state}")
+            missing = [n for n in range(1, session.part_count + 1) if n not in session.parts]
+            if missing:
+                raise Conflict(f"upload {session_id} lacks {len(missing)} of {session.part_count} parts",
+                               details=[{"missing": missing[:100]}])
+            cid, _entry, _stored = self.blobs.put(
+                self._composed(session), content_type=session.content_type,
+                expected=Expected(size=session.size, sha256=session.sha256, md5=session.md5))
+            done = msgspec.structs.replace(session, state="complete", cid=cid_text(cid))
+            index.put_session(self.store, done)
+            for n in session.parts:
+                self.objects.delete(part_key(session_id, n))
+        with self._guard:
+            self._finalizing.pop(session_id, None)
+        return done
+
+    def _composed(self, session: UploadSession) -> Iterator[bytes]:
+        """The parts in order, each checked against the digest it had on arrival."""
+        for n in range(1, session.part_count + 1):
+            recorded = session.parts[n]
+            digest = StreamDigest()
+            yield from digest.tee(self.objects.get(part_key(session.id, n)))
+            if digest.sha256 != recorded.sha256 or digest.size != recorded.size:
+                raise ChecksumMismatch(f"part {n} of upload {session.id} changed in the object store since it "
+                                       "arrived; send it again", details=[{"part": n}])
+
+    def cancel(self, session_id: str, owner: str | None) -> UploadSession:
+        session = self._open(session_id, owner)
+        if session.state == "complete":
+            raise Conflict(f"upload {session_id} is complete; delete the blob instead")
+        cancelled = msgspec.structs.replace(session, state="cancelled", parts={})
+        index.put_session(self.store, cancelled)
+        self._drop_parts(session_id)
+        return cancelled
+
+    def _drop_parts(self, session_id: str) -> None:
+        for key in list(self.objects.keys(f"{UPLOADS}/{session_id}/")):
+            self.objects.delete(key)
+
+    def sweep(self) -> int:
+        """Forget sessions that expired or ended a TTL ago, with their parts."""
+        now = self._now_ms()
+        ttl_ms = int(self.limits.ttl_s * 1000)
+        gone = 0
+        for session in list(index.iter_sessions(self.store)):
+            stale = session.expires_ms <= now if session.state == "open" else session.expires_ms + ttl_ms <= now
+            if stale:
+                self._drop_parts(session.id)
+                index.delete_session(self.store, session.id)
+                gone += 1
+        return gone
+
+
+def part_key(session_id: str, number: int) -> str:
+    return f"{UPLOADS}/{session_id}/{number:05d}"
+
+
+def _at_most(chunks: Iterable[bytes], length: int, number: int) -> Iterator[bytes]:
+    seen = 0
+    for chunk in chunks:
+        seen += len(chunk)
+        if seen > length:
+            raise TooLarge(f"part {number} must have {length} bytes; more arrived",
+                           details=[{"path": "part", "length": length}])
+        yield chunk

@@ -1,0 +1,423 @@
+"""Asset bytes on the bridge: resumable uploads, blob downloads, presigned URLs.
+
+    POST   /v1/uploads                      create a session (size, sha256?, md5?, content_type, part_size?)
+    GET    /v1/uploads/{id}                 its state: parts held, parts missing (resume from here)
+    PUT    /v1/uploads/{id}/parts/{n}       one part's bytes (any order, in parallel); Content-MD5 and
+                                            X-Checksum-Sha256 are checked when sent
+    POST   /v1/uploads/{id}/heartbeat       keep a paused session alive
+    POST   /v1/uploads/{id}/presign         presigned part URLs (PUT), for a client with no token
+    POST   /v1/uploads/{id}/finalize        compose and verify; idempotent: the blob's CID
+    DELETE /v1/uploads/{id}                 cancel (its parts are deleted)
+    GET    /v1/blobs/{cid}                  the bytes: Range and multi-range, ETag, If-None-Match, If-Range
+    HEAD   /v1/blobs/{cid}
+    GET    /v1/blobs/{cid}/meta             size, digests, content type, retention, holds
+    POST   /v1/blobs/{cid}/presign          a presigned GET URL
+    PUT    /v1/blobs/{cid}/retention        retain until a time (only ever extended; admin)
+    PUT    /v1/blobs/{cid}/holds/{name}     a legal hold (admin); DELETE releases it
+    DELETE /v1/blobs/{cid}                  purge the bytes (admin; refused under retention or hold)
+
+Bytes never sit whole in memory. An upload's body is read on the loop in
+pieces of about a MiB, each handed to a worker thread that digests it and
+writes it to the object store, which asks for the next piece only when it
+has written the last one (so a slow disk or S3 slows the client, through
+TCP, rather than filling memory). A download runs the other way: a thread
+reads a chunk, the loop writes it and waits for the socket to drain.
+
+A blob's ETag is its CID: the bytes under a CID never change, so answers
+carry ``Cache-Control: ... immutable`` and an edge cache (a CDN in front
+of the bridge) may keep them for a year; ``private`` unless the request
+came through a presigned URL (docs in the README, "Asset content").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiohttp import web
+
+from registrygrid.blobs.blobs import blob_key
+from registrygrid.blobs.digest import Expected, cid_text, parse_cid
+from registrygrid.blobs.objects import CHUNK_BYTES
+from registrygrid.blobs.presign import MAX_EXPIRES_S, is_presigned
+from registrygrid.blobs.ranges import parse_ranges
+from registrygrid.errors import (
+    MalformedInput,
+    RegistryError,
+    Unavailable,
+    ValidationError,
+)
+from registrygrid.node.bridge.app import json_response
+from registrygrid.node.bridge.auth import ADMIN, READ, WRITE
+from registrygrid.storage.blobs import BlobEntry, UploadSession
+
+if TYPE_CHECKING:
+    from registrygrid.blobs.service import Assets
+    from registrygrid.node.bridge.app import Api
+
+T = TypeVar("T")
+IMMUTABLE_S = 365 * 24 * 3600
+
+
+class AssetRoutes:
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    @property
+    def assets(self) -> Assets:
+        assets = self.api.assets
+        if assets is None:
+            raise Unavailable("this node stores no asset content")
+        return assets  # type: ignore[no-any-return]
+
+    def routes(self) -> list[web.RouteDef]:
+        up = "/v1/uploads/{id}"
+        blob = "/v1/blobs/{cid}"
+        return [
+            web.post("/v1/uploads", self.create_upload),
+            web.get(up, self.upload_status),
+            web.delete(up, self.cancel_upload),
+            web.put(up + "/parts/{n}", self.put_part),
+            web.post(up + "/heartbeat", self.heartbeat),
+            web.post(up + "/presign", self.presign_parts),
+            web.post(up + "/finalize", self.finalize_upload),
+            web.get(blob, self.get_blob, allow_head=True),
+            web.get(blob + "/meta", self.blob_meta),
+            web.post(blob + "/presign", self.presign_blob),
+            web.put(blob + "/retention", self.retain_blob),
+            web.put(blob + "/holds/{name}", self.hold_blob),
+            web.delete(blob + "/holds/{name}", self.release_blob),
+            web.delete(blob, self.delete_blob),
+        ]
+
+    # ------------------------------------------------------------------ helpers
+
+    def _owner(self, request: web.Request, need: str) -> str | None:
+        """The token id that owns what this request touches; None for an admin (any session)."""
+        token = self.api.require(request, need, target="uploads")
+        return None if token.role == "admin" else token.id
+
+    def _presigned(self, request: web.Request, content_length: int | None = None) -> bool:
+        """True if the request carries a valid presigned grant for itself (PresignInvalid if it carries a bad one)."""
+        if not is_presigned(request.query):
+            return False
+        try:
+            self.assets.presign.verify(request.method, request.path, request.query, client_ip=request.remote,
+                                       content_length=content_length)
+        except RegistryError as exc:
+            raise self.api.auth.refuse("presigned", request.path, exc) from None
+        return True
+
+    async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self.api.in_executor(fn, *args)  # type: ignore[no-any-return]
+
+    async def _consume_body(self, request: web.Request, consume: Callable[[Iterator[bytes]], T]) -> T:
+        """Run ``consume`` on a worker thread over the request body's bytes,
+        pulled from the loop a piece at a time (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        content = request.content
+
+        async def piece() -> bytes:
+            buf = bytearray()
+            while len(buf) < CHUNK_BYTES:
+                got = await content.readany()
+                if not got:
+                    break
+                buf += got
+            return bytes(buf)
+
+        def chunks() -> Iterator[bytes]:
+            while True:
+                data = asyncio.run_coroutine_threadsafe(piece(), loop).result()
+                if not data:
+                    return
+                yield data
+
+        return await loop.run_in_executor(None, lambda: consume(chunks()))
+
+    # ------------------------------------------------------------------ uploads
+
+    async def create_upload(self, request: web.Request) -> web.Response:
+        owner_token = self.api.require(request, WRITE, target="uploads")
+        body, _ = await self.api.body(request, None)
+        if not isinstance(body, dict):
+            raise ValidationError("the body is an object: {size, sha256?, md5?, content_type?, part_size?, name?}")
+        unknown = set(body) - {"size", "sha256", "md5", "content_type", "part_size", "name", "presign"}
+        if unknown:
+            raise ValidationError(f"unknown members: {', '.join(sorted(unknown))}",
+                                  details=[{"path": f"/{k}"} for k in sorted(unknown)])
+        size = body.get("size")
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise ValidationError("size (bytes, a whole number) is required", details=[{"path": "/size"}])
+        session = await self._thread(lambda: self.assets.uploads.create(
+            owner_token.id, size=size, part_size=body.get("part_size"), sha256=body.get("sha256"),
+            md5=body.get("md5"), content_type=body.get("content_type") or "application/octet-stream",
+            name=body.get("name") or ""))
+        answer = self._session(session)
+        presign = body.get("presign")
+        if presign and session.state == "open":
+            answer["part_urls"] = self._part_urls(request, session, presign)
+        self.api.audit.note("create", owner_token.actor, f"upload/{session.id}",
+                            f"upload of {size} bytes{' (deduplicated)' if session.deduplicated else ''}")
+        return json_response(answer, status=201, headers={"Location": f"/v1/uploads/{session.id}"})
+
+    def _part_urls(self, request: web.Request, session: UploadSession, options: Any) -> list[str]:
+        options = options if isinstance(options, dict) else {}
+        expires = options.get("expires_in", 3600)
+        if not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES_S:
+            raise ValidationError(f"presign.expires_in: 1 to {MAX_EXPIRES_S} seconds")
+        ip = options.get("ip")
+        return [self.assets.presign.sign("PUT", f"/v1/uploads/{session.id}/parts/{n}", expires_in_s=expires,
+                                         max_bytes=session.part_length(n), ip=ip)
+                for n in range(1, session.part_count + 1)]
+
+    @staticmethod
+    def _session(session: UploadSession) -> dict[str, Any]:
+        return {"id": session.id, "state": session.state, "size": session.size, "part_size": session.part_size,
+                "parts": session.part_count, "content_type": session.content_type, "name": session.name,
+                "sha256": session.sha256, "received_bytes": session.received,
+                "received": [{"part": n, "size": p.size, "sha256": p.sha256, "md5": p.md5}
+                             for n, p in sorted(session.parts.items())],
+                "missing": [n for n in range(1, session.part_count + 1) if n not in session.parts]
+                if session.state == "open" else [],
+                "expires_at_ms": session.expires_ms, "cid": session.cid, "deduplicated": session.deduplicated}
+
+    async def upload_status(self, request: web.Request) -> web.Response:
+        owner = self._owner(request, READ)
+        session = await self._thread(self.assets.uploads.status, request.match_info["id"], owner)
+        return json_response(self._session(session))
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        owner = self._owner(request, WRITE)
+        session = await self._thread(self.assets.uploads.heartbeat, request.match_info["id"], owner)
+        return json_response(self._session(session))
+
+    async def presign_parts(self, request: web.Request) -> web.Response:
+        owner = self._owner(request, WRITE)
+        body, _ = await self.api.body(request, None)
+        session = await self._thread(self.assets.uploads.status, request.match_info["id"], owner)
+        return json_response({"part_urls": self._part_urls(request, session, body)})
+
+    async def put_part(self, request: web.Request) -> web.Response:
+        session_id = request.match_info["id"]
+        try:
+            number = int(request.match_info["n"])
+        except ValueError:
+            raise MalformedInput("the part number is a whole number") from None
+        length = request.content_length
+        if self._presigned(request, length):
+            owner: str | None = None  # the grant names this part of this session: the token's check is done
+            actor = "presigned"
+        else:
+            token = self.api.require(request, WRITE, target=f"upload/{session_id}")
+            owner = None if token.role == "admin" else token.id
+            actor = token.actor
+        expected = Expected(md5=_content_md5(request.headers.get("Content-MD5")),
+                            sha256=_sha256_header(request.headers.get("X-Checksum-Sha256")))
+        part = await self._consume_body(
+            request, lambda chunks: self.assets.uploads.put_part(session_id, owner, number, chunks, expected))
+        self.api.metrics.upload_bytes.inc(part.size)
+        self.api.audit.note("update", actor, f"upload/{session_id}", f"part {number}: {part.size} bytes",
+                            required=False)
+        return json_response({"part": number, "size": part.size, "sha256": part.sha256, "md5": part.md5},
+                             headers={"ETag": f'"{part.md5}"'})
+
+    async def finalize_upload(self, request: web.Request) -> web.Response:
+        token = self.api.require(request, WRITE, target="uploads")
+        owner = None if token.role == "admin" else token.id
+        session = await self._thread(self.assets.uploads.finalize, request.match_info["id"], owner)
+        self.api.audit.note("create", token.actor, f"blob/{session.cid}", f"upload {session.id} finalized")
+        return json_response(self._session(session))
+
+    async def cancel_upload(self, request: web.Request) -> web.Response:
+        owner = self._owner(request, WRITE)
+        session = await self._thread(self.assets.uploads.cancel, request.match_info["id"], owner)
+        return json_response(self._session(session))
+
+    # ------------------------------------------------------------------ blobs
+
+    def _blob_cid(self, request: web.Request) -> bytes:
+        return parse_cid(request.match_info["cid"])
+
+    async def get_blob(self, request: web.Request) -> web.StreamResponse:
+        cid = self._blob_cid(request)
+        presigned = self._presigned(request)
+        if not presigned:
+            token = self.api.require(request, READ, target=f"blob/{cid_text(cid)}")
+            self.api.read_note(token, f"blob/{cid_text(cid)}", "download")
+        entry: BlobEntry = await self._thread(self.assets.blobs.require, cid)
+        etag = f'"{cid_text(cid)}"'
+        max_age = IMMUTABLE_S
+        if presigned:
+            max_age = max(0, min(IMMUTABLE_S, int(request.query["rg-expires"]) - int(time.time())))
+        headers = {"ETag": etag, "Accept-Ranges": "bytes",
+                   "Cache-Control": f"{'public' if presigned else 'private'}, max-age={max_age}, immutable",
+                   "X-Content-SHA256": entry.sha256}
+        if _matches(request.headers.get("If-None-Match"), etag):
+            return web.Response(status=304, headers=headers)
+        ranges = None
+        if_range = request.headers.get("If-Range")
+        if if_range is None or if_range.strip() == etag:
+            ranges = parse_ranges(request.headers.get("Range"), entry.size)  # RangeNotSatisfiable: 416
+        if ranges is None:
+            return await self._stream(request, cid, [(0, entry.size)], 200, entry, headers)
+        if len(ranges) == 1:
+            start, end = ranges[0]
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
+            return await self._stream(request, cid, ranges, 206, entry, headers)
+        return await self._stream_multipart(request, cid, ranges, entry, headers)
+
+    async def _stream(self, request: web.Request, cid: bytes, ranges: list[tuple[int, int]], status: int,
+                      entry: BlobEntry, headers: dict[str, str]) -> web.StreamResponse:
+        start, end = ranges[0]
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_type = entry.content_type
+        response.content_length = end - start
+        await response.prepare(request)
+        if request.method != "HEAD":
+            await self._pump(response, self.assets.blobs.read(cid, start=start, end=end))
+        await response.write_eof()
+        return response
+
+    async def _stream_multipart(self, request: web.Request, cid: bytes, ranges: list[tuple[int, int]],
+                                entry: BlobEntry, headers: dict[str, str]) -> web.StreamResponse:
+        boundary = secrets.token_hex(16)
+        heads = [(f"\r\n--{boundary}\r\nContent-Type: {entry.content_type}\r\n"
+                  f"Content-Range: bytes {s}-{e - 1}/{entry.size}\r\n\r\n").encode() for s, e in ranges]
+        tail = f"\r\n--{boundary}--\r\n".encode()
+        response = web.StreamResponse(status=206, headers=headers)
+        response.content_type = "multipart/byteranges"
+        response.headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
+        response.content_length = sum(len(h) for h in heads) + sum(e - s for s, e in ranges) + len(tail)
+        await response.prepare(request)
+        if request.method != "HEAD":
+            for head, (start, end) in zip(heads, ranges, strict=True):
+                await response.write(head)
+                await self._pump(response, self.assets.blobs.read(cid, start=start, end=end))
+            await response.write(tail)
+        await response.write_eof()
+        return response
+
+    async def _pump(self, response: web.StreamResponse, chunks: Iterator[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                chunk = await loop.run_in_executor(None, next, chunks, None)
+                if chunk is None:
+                    return
+                await response.write(chunk)  # waits for the socket to drain: the backpressure
+                self.api.metrics.download_bytes.inc(len(chunk))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                await loop.run_in_executor(None, close)
+
+    async def blob_meta(self, request: web.Request) -> web.Response:
+        cid = self._blob_cid(request)
+        token = self.api.require(request, READ, target=f"blob/{cid_text(cid)}")
+        entry = await self._thread(self.assets.blobs.require, cid)
+        self.api.read_note(token, f"blob/{cid_text(cid)}", "meta")
+        return json_response(blob_view(cid, entry))
+
+    async def presign_blob(self, request: web.Request) -> web.Response:
+        cid = self._blob_cid(request)
+        self.api.require(request, READ, target=f"blob/{cid_text(cid)}")
+        body, _ = await self.api.body(request, None)
+        body = body if isinstance(body, dict) else {}
+        await self._thread(self.assets.blobs.require, cid)
+        expires = body.get("expires_in", 3600)
+        if not isinstance(expires, int) or isinstance(expires, bool):
+            raise ValidationError("expires_in: a whole number of seconds")
+        url = self.assets.presign.sign("GET", f"/v1/blobs/{cid_text(cid)}", expires_in_s=expires, ip=body.get("ip"))
+        return json_response({"url": url, "expires_in": expires})
+
+    async def retain_blob(self, request: web.Request) -> web.Response:
+        cid = self._blob_cid(request)
+        token = self.api.require(request, ADMIN, target=f"blob/{cid_text(cid)}")
+        body, _ = await self.api.body(request, None)
+        until = body.get("until_ms") if isinstance(body, dict) else None
+        if not isinstance(until, int) or isinstance(until, bool) or until < 0:
+            raise ValidationError("until_ms: milliseconds since the epoch", details=[{"path": "/until_ms"}])
+        entry = await self._thread(self.assets.blobs.retain, cid, until)
+        self.api.audit.note("update", token.actor, f"blob/{cid_text(cid)}", f"retained until {until}")
+        return json_response(blob_view(cid, entry))
+
+    async def hold_blob(self, request: web.Request) -> web.Response:
+        cid = self._blob_cid(request)
+        token = self.api.require(request, ADMIN, target=f"blob/{cid_text(cid)}")
+        name = _hold_name(request.match_info["name"])
+        body, _ = await self.api.body(request, None)
+        reason = body.get("reason", "") if isinstance(body, dict) else ""
+        if not isinstance(reason, str) or not reason or len(reason) > 1000:
+            raise ValidationError("reason: why the hold is set (1 to 1000 characters)", details=[{"path": "/reason"}])
+        entry = await self._thread(self.assets.blobs.hold, cid, name, f"{reason} (by {token.actor})")
+        self.api.audit.note("update", token.actor, f"blob/{cid_text(cid)}", f"legal hold {name}: {reason}")
+        return json_response(blob_view(cid, entry))
+
+    async def release_blob(self, request: web.Request) -> web.Response:
+        cid = self._blob_cid(request)
+        token = self.api.require(request, ADMIN, target=f"blob/{cid_text(cid)}")
+        name = _hold_name(request.match_info["name"])
+        entry = await self._thread(self.assets.blobs.release, cid, name)
+        self.api.audit.note("update", token.actor, f"blob/{cid_text(cid)}", f"legal hold {name} released")
+        return json_response(blob_view(cid, entry))
+
+    async def delete_blob(self, request: web.Request) -> web.Response:
+        cid = self._blob_cid(request)
+        token = self.api.require(request, ADMIN, target=f"blob/{cid_text(cid)}")
+        try:
+            entry = await self._thread(self.assets.blobs.delete, cid)
+        except RegistryError as exc:
+            raise self.api.auth.refuse(token.actor, f"blob/{cid_text(cid)}", exc) from None
+        gone = await self._thread(self.assets.blobs.objects.size, blob_key(cid))
+        self.api.audit.note("delete", token.actor, f"blob/{cid_text(cid)}",
+                            f"purged {entry.size} bytes; object store holds it: {gone is not None}")
+        return json_response({"cid": cid_text(cid), "purged": True, "size": entry.size})
+
+
+def blob_view(cid: bytes, entry: BlobEntry) -> dict[str, Any]:
+    return {"cid": cid_text(cid), "size": entry.size, "sha256": entry.sha256, "md5": entry.md5,
+            "content_type": entry.content_type, "created_at_ms": entry.created_ms,
+            "retain_until_ms": entry.retain_until_ms or None, "holds": dict(entry.holds)}
+
+
+def _content_md5(value: str | None) -> str | None:
+    """Content-MD5 (RFC 1864): base64 of the digest; S3 clients send it."""
+    if value is None:
+        return None
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 16:
+        raise MalformedInput("Content-MD5 is the base64 of a 16-byte MD5 digest",
+                             details=[{"path": "header:Content-MD5"}])
+    return raw.hex()
+
+
+def _sha256_header(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise MalformedInput("X-Checksum-Sha256 is 64 hex digits", details=[{"path": "header:X-Checksum-Sha256"}])
+    return value
+
+
+def _hold_name(name: str) -> str:
+    if not 1 <= len(name) <= 64 or not all(c.isalnum() or c in "-_." for c in name):
+        raise ValidationError("a hold's name has 1 to 64 letters, digits, '-', '_' or '.'")
+    return name
+
+
+def _matches(header: str | None, etag: str) -> bool:
+    if header is None:
+        return False
+    return header.strip() == "*" or etag in [t.strip().removeprefix("W/") for t in header.split(",")]
+
+

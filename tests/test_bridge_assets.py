@@ -1,0 +1,249 @@
+"""Asset content through the bridge of a real node (HTTP on loopback, the
+local object store in the node's home): resumable uploads in parts sent
+in any order, checksums checked inline, finalize that is idempotent,
+downloads with ranges and conditional requests, presigned URLs that grant
+exactly one thing, retention and legal holds that block a purge."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import trio
+from test_bridge_support import Served, make_token, served  # noqa: F401 (the fixture)
+
+from registrygrid.blobs.digest import parse_cid
+
+PART = 1 << 20
+
+
+def part_of(data: bytes, n: int, size: int = PART) -> bytes:
+    return data[(n - 1) * size:n * size]
+
+
+async def upload(served: Served, data: bytes, *, order: list[int] | None = None, token: str | None = None,
+                 declare: bool = True) -> dict:
+    async with served.client(token) as http:
+        created = await http.post("/v1/uploads", json={
+            "size": len(data), "part_size": PART, "content_type": "application/x-test",
+            **({"sha256": hashlib.sha256(data).hexdigest()} if declare else {})})
+        assert created.status_code == 201, created.text
+        session = created.json()
+        for n in order or range(1, session["parts"] + 1):
+            sent = await http.put(f"/v1/uploads/{session['id']}/parts/{n}", content=part_of(data, n))
+            assert sent.status_code == 200, sent.text
+        done = await http.post(f"/v1/uploads/{session['id']}/finalize")
+        assert done.status_code == 200, done.text
+        return done.json()  # type: ignore[no-any-return]
+
+
+async def test_parts_sent_in_any_order_make_one_blob_whose_cid_is_its_sha256(served: Served) -> None:
+    data = os.urandom(3 * PART + 12345)
+    done = await upload(served, data, order=[4, 2, 1, 3])
+    assert done["state"] == "complete" and done["received_bytes"] == len(data)
+    assert parse_cid(done["cid"])[-32:] == hashlib.sha256(data).digest()
+    async with served.client() as http:
+        got = await http.get(f"/v1/blobs/{done['cid']}")
+        again = await http.post(f"/v1/uploads/{done['id']}/finalize")  # idempotent
+        meta = await http.get(f"/v1/blobs/{done['cid']}/meta")
+    assert got.status_code == 200 and got.content == data
+    assert got.headers["ETag"] == f'"{done["cid"]}"' and "immutable" in got.headers["Cache-Control"]
+    assert again.status_code == 200 and again.json()["cid"] == done["cid"]
+    assert meta.json()["size"] == len(data) and meta.json()["md5"] == hashlib.md5(data).hexdigest()
+    # The parts are gone: only the blob remains in the object store.
+    objects = served.home.path / "objects"
+    assert [p.name for p in objects.rglob("*") if p.is_file()] == [done["cid"]]
+
+
+async def test_an_interrupted_upload_resumes_from_the_parts_the_node_holds(served: Served) -> None:
+    data = os.urandom(4 * PART)
+    async with served.client() as http:
+        session = (await http.post("/v1/uploads", json={"size": len(data), "part_size": PART})).json()
+        for n in (1, 3):
+            await http.put(f"/v1/uploads/{session['id']}/parts/{n}", content=part_of(data, n))
+        status = (await http.get(f"/v1/uploads/{session['id']}")).json()
+        assert status["missing"] == [2, 4] and [p["part"] for p in status["received"]] == [1, 3]
+        early = await http.post(f"/v1/uploads/{session['id']}/finalize")
+        assert early.status_code == 409 and early.json()["error"]["details"] == [{"missing": [2, 4]}]
+        for n in status["missing"]:
+            await http.put(f"/v1/uploads/{session['id']}/parts/{n}", content=part_of(data, n))
+        done = await http.post(f"/v1/uploads/{session['id']}/finalize")
+    assert done.status_code == 200 and parse_cid(done.json()["cid"])[-32:] == hashlib.sha256(data).digest()
+
+
+async def test_a_part_that_fails_its_checksum_or_length_is_refused_and_leaves_the_session_as_it_was(
+        served: Served) -> None:
+    data = os.urandom(2 * PART)
+    async with served.client() as http:
+        session = (await http.post("/v1/uploads", json={"size": len(data), "part_size": PART})).json()
+        up = f"/v1/uploads/{session['id']}/parts"
+        wrong_md5 = base64.b64encode(hashlib.md5(b"other").digest()).decode()
+        bad_md5 = await http.put(f"{up}/1", content=part_of(data, 1), headers={"Content-MD5": wrong_md5})
+        bad_sha = await http.put(f"{up}/1", content=part_of(data, 1),
+                                 headers={"X-Checksum-Sha256": hashlib.sha256(b"x").hexdigest()})
+        short = await http.put(f"{up}/1", content=part_of(data, 1)[:-1])
+        long = await http.put(f"{up}/2", content=part_of(data, 2) + b"!")
+        beyond = await http.put(f"{up}/3", content=b"x")
+        status = (await http.get(f"/v1/uploads/{session['id']}")).json()
+        good = await http.put(f"{up}/1", content=part_of(data, 1),
+                              headers={"Content-MD5": base64.b64encode(hashlib.md5(part_of(data, 1)).digest()).decode()})
+    assert bad_md5.status_code == bad_sha.status_code == short.status_code == 422
+    assert bad_md5.json()["error"]["code"] == "checksum_mismatch" and bad_md5.json()["error"]["details"][0]["path"] == "md5"
+    assert bad_sha.json()["error"]["details"][0]["path"] == "sha256" and short.json()["error"]["details"][0]["path"] == "size"
+    assert long.status_code == 413 and beyond.status_code == 422
+    assert status["received"] == [] and status["missing"] == [1, 2]
+    assert good.status_code == 200 and good.headers["ETag"] == f'"{hashlib.md5(part_of(data, 1)).hexdigest()}"'
+    leftovers = [p for p in (served.home.path / "objects").rglob("*") if p.is_file()]
+    assert [p.name for p in leftovers] == ["00001"]  # the good part only: refused bytes leave nothing
+
+
+async def test_a_whole_that_does_not_match_its_declared_sha256_is_refused_at_finalize(served: Served) -> None:
+    data = os.urandom(PART + 10)
+    async with served.client() as http:
+        session = (await http.post("/v1/uploads", json={"size": len(data), "part_size": PART,
+                                                        "sha256": hashlib.sha256(b"another file").hexdigest()})).json()
+        for n in (1, 2):
+            await http.put(f"/v1/uploads/{session['id']}/parts/{n}", content=part_of(data, n))
+        refused = await http.post(f"/v1/uploads/{session['id']}/finalize")
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "checksum_mismatch"
+    assert not list((served.home.path / "objects" / "blobs").glob("*"))
+
+
+async def test_a_declared_sha256_the_node_holds_completes_at_creation_with_no_bytes_sent(served: Served) -> None:
+    data = os.urandom(PART // 2)
+    first = await upload(served, data)
+    async with served.client() as http:
+        second = await http.post("/v1/uploads", json={"size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    assert second.status_code == 201
+    assert second.json()["state"] == "complete" and second.json()["deduplicated"] is True
+    assert second.json()["cid"] == first["cid"]
+
+
+async def test_ranges_multi_ranges_and_conditional_requests(served: Served) -> None:
+    data = os.urandom(PART + 777)
+    cid = (await upload(served, data))["cid"]
+    url = f"/v1/blobs/{cid}"
+    async with served.client() as http:
+        one = await http.get(url, headers={"Range": "bytes=10-19"})
+        suffix = await http.get(url, headers={"Range": "bytes=-5"})
+        multi = await http.get(url, headers={"Range": "bytes=0-1,100-102"})
+        unsatisfiable = await http.get(url, headers={"Range": f"bytes={len(data)}-"})
+        cached = await http.get(url, headers={"If-None-Match": f'"{cid}"'})
+        stale_if_range = await http.get(url, headers={"Range": "bytes=0-0", "If-Range": '"other"'})
+        head = await http.head(url)
+    assert one.status_code == 206 and one.content == data[10:20]
+    assert one.headers["Content-Range"] == f"bytes 10-19/{len(data)}"
+    assert suffix.status_code == 206 and suffix.content == data[-5:]
+    assert multi.status_code == 206 and multi.headers["Content-Type"].startswith("multipart/byteranges; boundary=")
+    boundary = multi.headers["Content-Type"].split("boundary=")[1]
+    parts = [p for p in multi.content.split(f"--{boundary}".encode()) if b"Content-Range" in p]
+    assert [p.split(b"\r\n\r\n", 1)[1].rstrip(b"\r\n") for p in parts] == [data[0:2], data[100:103]]
+    assert int(multi.headers["Content-Length"]) == len(multi.content)
+    assert unsatisfiable.status_code == 416 and unsatisfiable.headers["Content-Range"] == f"bytes */{len(data)}"
+    assert cached.status_code == 304 and not cached.content
+    assert stale_if_range.status_code == 200 and len(stale_if_range.content) == len(data)
+    assert head.status_code == 200 and head.headers["Content-Length"] == str(len(data)) and not head.content
+
+
+async def test_presigned_urls_grant_one_method_on_one_object_until_they_expire(served: Served) -> None:
+    data = os.urandom(PART + 1)
+    async with served.client() as http:
+        created = (await http.post("/v1/uploads", json={"size": len(data), "part_size": PART,
+                                                        "presign": {"expires_in": 600}})).json()
+    urls = created["part_urls"]
+    assert len(urls) == 2
+    async with served.client("no-such-token") as anonymous:
+        # No token: the URLs alone upload the parts.
+        for n, url in enumerate(urls, start=1):
+            sent = await anonymous.put(url, content=part_of(data, n))
+            assert sent.status_code == 200, sent.text
+        swapped = await anonymous.put(urls[0].replace("/parts/1", "/parts/2"), content=part_of(data, 2))
+        tampered = await anonymous.put(re.sub(r"rg-expires=\d+", "rg-expires=9999999999", urls[0]),
+                                       content=part_of(data, 1))
+        wrong_method = await anonymous.get(urls[0])
+        too_big = await anonymous.put(urls[1], content=part_of(data, 2) + b"extra")
+    assert swapped.status_code == tampered.status_code == 403
+    assert swapped.json()["error"]["code"] == "presign_invalid"
+    assert wrong_method.status_code in (403, 405)
+    assert too_big.status_code == 403
+    async with served.client() as http:
+        done = (await http.post(f"/v1/uploads/{created['id']}/finalize")).json()
+        short = (await http.post(f"/v1/blobs/{done['cid']}/presign", json={"expires_in": 1})).json()
+        scoped = (await http.post(f"/v1/blobs/{done['cid']}/presign", json={"expires_in": 600,
+                                                                          "ip": "10.0.0.0/8"})).json()
+    async with served.client("no-such-token") as anonymous:
+        fresh = await anonymous.get(short["url"])
+        assert fresh.status_code == 200 and fresh.content == data
+        assert fresh.headers["Cache-Control"].startswith("public")
+        elsewhere = await anonymous.get(scoped["url"])  # we are 127.0.0.1
+        await trio.sleep(2.1)
+        expired = await anonymous.get(short["url"])
+    assert elsewhere.status_code == 403
+    assert expired.status_code == 403 and expired.json()["error"]["code"] == "presign_expired"
+
+
+async def test_retention_and_legal_holds_block_a_purge_until_they_end(served: Served) -> None:
+    cid = (await upload(served, os.urandom(1000)))["cid"]
+    writer = await make_token(served, "writer")
+    async with served.client() as admin, served.client(writer) as http:
+        not_admin = await http.delete(f"/v1/blobs/{cid}")
+        held = await admin.put(f"/v1/blobs/{cid}/holds/case-7", json={"reason": "litigation"})
+        refused = await admin.delete(f"/v1/blobs/{cid}")
+        released = await admin.delete(f"/v1/blobs/{cid}/holds/case-7")
+        retained = await admin.put(f"/v1/blobs/{cid}/retention", json={"until_ms": 4_102_444_800_000})
+        shortened = await admin.put(f"/v1/blobs/{cid}/retention", json={"until_ms": 1})
+        still = await admin.delete(f"/v1/blobs/{cid}")
+    assert not_admin.status_code == 403
+    assert held.status_code == 200 and "case-7" in held.json()["holds"]
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "retention_held"
+    assert released.status_code == 200 and released.json()["holds"] == {}
+    assert retained.status_code == 200 and shortened.status_code == 409 and still.status_code == 409
+
+
+async def test_a_blob_is_purged_from_the_index_and_the_object_store(served: Served) -> None:
+    cid = (await upload(served, os.urandom(5000)))["cid"]
+    async with served.client() as http:
+        purged = await http.delete(f"/v1/blobs/{cid}")
+        gone = await http.get(f"/v1/blobs/{cid}")
+
+        async def audited() -> bool:
+            entries = (await http.get("/v1/audit", params={"limit": 1000})).json()["entries"]
+            return any(e["action"] == "delete" and e["target"] == f"blob/{cid}" for e in entries)
+
+        logged = False
+        for _ in range(50):  # the audit flusher runs every ~200 ms
+            logged = await audited()
+            if logged:
+                break
+            await trio.sleep(0.1)
+    assert purged.status_code == 200 and purged.json()["purged"] is True
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "blob_missing"
+    assert not list((served.home.path / "objects" / "blobs").glob("*"))
+    assert logged, "the purge is in the audit ledger"
+
+
+async def test_uploads_belong_to_the_token_that_made_them(served: Served) -> None:
+    one, two = await make_token(served, "writer"), await make_token(served, "writer")
+    async with served.client(one) as first, served.client(two) as second:
+        session = (await first.post("/v1/uploads", json={"size": 10})).json()
+        theirs = await second.put(f"/v1/uploads/{session['id']}/parts/1", content=b"0123456789")
+        peek = await second.get(f"/v1/uploads/{session['id']}")
+    assert theirs.status_code == 403 and peek.status_code == 403
+
+
+async def test_bad_requests_get_typed_errors(served: Served, tmp_path: Path) -> None:
+    async with served.client() as http:
+        no_size = await http.post("/v1/uploads", json={"content_type": "a/b"})
+        extra = await http.post("/v1/uploads", json={"size": 1, "colour": "red"})
+        bad_part_size = await http.post("/v1/uploads", json={"size": 10, "part_size": 5})
+        bad_sha = await http.post("/v1/uploads", json={"size": 10, "sha256": "xyz"})
+        bad_cid = await http.get("/v1/blobs/not-a-cid")
+        missing = await http.get("/v1/blobs/bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq")
+        no_session = await http.get("/v1/uploads/up_00")
+        bad_md5 = await http.put("/v1/uploads/up_00/parts/1", content=b"x", headers={"Content-MD5": "nope"})
+    assert no_size.status_code == extra.status_code == bad_part_size.status_code == bad_sha.status_code == 422
+    assert bad_cid.status_code == 422 and missing.status_code == 404 and no_session.status_code == 404
+    assert bad_md5.status_code in (400, 404)
