@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import math
 import os
 import secrets
 import time
@@ -119,7 +120,8 @@ class PresignKeys:
             except ValueError:
                 raise ValidationError(f"not an IP address or network: {ip!r}", details=[{"path": "ip"}]) from None
         key = self.keys[0]
-        expires = str(int((time.time() if now is None else now) + expires_in_s))
+        # Rounded up: a URL never expires before the time it was given.
+        expires = str(math.ceil((time.time() if now is None else now) + expires_in_s))
         limit = "" if max_bytes is None else str(max_bytes)
         grant = {"rg-method": method, "rg-expires": expires, "rg-kid": key.kid}
         if limit:

@@ -963,7 +963,7 @@ def kind_register(home: Path | None, name: str, version: int, schema_file: Path,
 
 
 def _register_optional_groups() -> None:
-    """Command groups that live in their own modules (node, token, peers, org, federation, disputes, view, sim)."""
+    """Command groups that live in their own modules (node, token, peers, org, federation, disputes, view, sim, import, asset)."""
     try:
         from registrygrid.cli import node_commands
     except ImportError:
@@ -983,6 +983,7 @@ def _register_optional_groups() -> None:
     else:
         peer_commands.register(cli)
     from registrygrid.cli import (
+        asset_commands,
         dispute_commands,
         federation_commands,
         import_commands,
@@ -997,6 +998,7 @@ def _register_optional_groups() -> None:
     view_commands.register(cli)
     sim_commands.register(cli)
     import_commands.register(cli)
+    asset_commands.register(cli)
 
 
 _register_optional_groups()

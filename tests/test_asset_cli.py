@@ -1,0 +1,109 @@
+"""`rgrid asset` and the client's resumable transfers: offline on the home's
+own store, and through a running node's bridge (an upload cut after two
+parts sends only the rest when run again; a download resumes its .part
+file and refuses bytes that do not hash to the CID)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_bridge_support import Served, threaded_served  # noqa: F401 (the fixture)
+
+from registrygrid.client import BridgeClient
+from registrygrid.client.assets import download_blob, upload_file
+from registrygrid.errors import ValidationError
+
+pytestmark = pytest.mark.timeout(120)
+MIB = 1 << 20
+
+
+def rgrid(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "registrygrid", *args, "--home", str(home)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "RGRID_HOME": ""})
+    if check:
+        assert proc.returncode == 0, f"rgrid {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def test_offline_upload_links_an_asset_record_and_get_by_record_returns_the_bytes(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    rgrid(home, "init", "--org-name", "acme")
+    data = os.urandom(3 * MIB + 5)
+    (tmp_path / "w.bin").write_bytes(data)
+    rgrid(home, "put", "grid.assets", "asset", "--id", "weights", "--set", "name=weights",
+          "--set", "uri=https://example.org/w.bin")
+
+    up = json.loads(rgrid(home, "asset", "upload", str(tmp_path / "w.bin"), "--record", "grid.assets/weights",
+                          "--json").stdout)
+    record = json.loads(rgrid(home, "get", "grid.assets", "weights", "--json").stdout)
+    rgrid(home, "asset", "get", "grid.assets/weights", "-o", str(tmp_path / "out.bin"))
+    info = json.loads(rgrid(home, "asset", "info", up["cid"], "--json").stdout)
+    again = json.loads(rgrid(home, "asset", "upload", str(tmp_path / "w.bin"), "--json").stdout)
+
+    assert record["fields"]["file_info"]["cid"] == up["cid"] and record["fields"]["file_info"]["size"] == len(data)
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert info["size"] == len(data) and info["sha256"] == up["sha256"]
+    assert again["cid"] == up["cid"] and again["deduplicated"] is True
+    held = rgrid(home, "asset", "hold", up["cid"], "case-1", "--reason", "audit")
+    refused = rgrid(home, "asset", "rm", up["cid"], check=False)
+    rgrid(home, "asset", "release", up["cid"], "case-1")
+    purged = json.loads(rgrid(home, "asset", "rm", up["cid"]).stdout)
+    missing = rgrid(home, "asset", "info", up["cid"], check=False)
+    assert "case-1" in json.loads(held.stdout)["holds"]
+    assert refused.returncode != 0 and "retention_held" in refused.stderr
+    assert purged["purged"] is True and missing.returncode == 66 and "blob_missing" in missing.stderr
+
+
+class Cut(Exception):
+    pass
+
+
+def test_an_upload_cut_after_two_parts_sends_only_the_rest_when_run_again(threaded_served: Served,
+                                                                           tmp_path: Path) -> None:
+    data = os.urandom(6 * MIB + 7)
+    file = tmp_path / "big.bin"
+    file.write_bytes(data)
+    client = BridgeClient(threaded_served.url, token=threaded_served.admin)
+    state = tmp_path / "state"
+    seen: list[int] = []
+
+    def cut_after_two(phase: str, done: int, total: int) -> None:
+        if phase == "upload":
+            seen.append(done)
+            if len(seen) >= 2:
+                raise Cut
+
+    with pytest.raises(Cut):
+        upload_file(client, file, state_dir=state, part_size=MIB, parallel=1, progress=cut_after_two)
+    assert len(list(state.glob("*.json"))) == 1  # the session is remembered
+
+    first_run = len(seen)  # two, or three if the next part was already on its way
+    done = upload_file(client, file, state_dir=state, part_size=MIB, parallel=3)
+    assert first_run >= 2 and done.sent_parts == 7 - first_run and not list(state.glob("*.json"))
+    out = tmp_path / "copy.bin"
+    assert download_blob(client, done.cid, out) == len(data) and out.read_bytes() == data
+
+
+def test_a_download_resumes_its_part_file_and_refuses_bytes_that_do_not_hash_to_the_cid(
+        threaded_served: Served, tmp_path: Path) -> None:
+    data = os.urandom(2 * MIB + 3)
+    (tmp_path / "f.bin").write_bytes(data)
+    client = BridgeClient(threaded_served.url, token=threaded_served.admin)
+    cid = upload_file(client, tmp_path / "f.bin", state_dir=tmp_path / "state").cid
+
+    out = tmp_path / "out.bin"
+    (tmp_path / "out.bin.part").write_bytes(data[:MIB])  # a download that stopped half way
+    fetched: list[int] = []
+    download_blob(client, cid, out, progress=lambda phase, done, total: fetched.append(done))
+    assert out.read_bytes() == data and fetched[0] > MIB  # it went on from where the part file ended
+
+    bad = tmp_path / "bad.bin"
+    (tmp_path / "bad.bin.part").write_bytes(b"x" * MIB)  # bytes that are not the blob's
+    with pytest.raises(ValidationError, match="do not hash"):
+        download_blob(client, cid, bad)
+    assert not bad.exists() and not (tmp_path / "bad.bin.part").exists()
