@@ -53,7 +53,8 @@ class Served:
 
 async def start_served(nursery: trio.Nursery, home_dir: Path, config: BridgeConfig | None = None) -> Served:
     home = Home(home_dir)
-    home.init(org_name="test org")
+    if not home.exists():  # a test may have made it, to set its config.json first
+        home.init(org_name="test org")
     bridge = Bridge(port=0, config=config or BridgeConfig(rate_limit=UNLIMITED))
     node = Node(home, [bridge])
     await nursery.start(node.run)

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -41,6 +42,8 @@ from registrygrid.storage.blobs import BlobEntry
 from registrygrid.storage.store import Store
 
 STAGING = "staging"
+# (staging key, size, content type, name) -> (metadata, checks' verdict line); raises to refuse.
+Vet = Callable[[str, int, str, str], tuple[dict[str, Any], str]]
 BLOBS = "blobs"
 
 
@@ -123,10 +126,15 @@ class BlobStore:
                                                                        "used": self.used_bytes()}])
 
     def put(self, chunks: Iterable[bytes], *, expected: Expected | None = None,
-            content_type: str = "application/octet-stream") -> tuple[bytes, BlobEntry, bool]:
+            content_type: str = "application/octet-stream", name: str = "",
+            vet: Vet | None = None) -> tuple[bytes, BlobEntry, bool]:
         """Store ``chunks`` as a blob; (CID, entry, stored) where ``stored``
         is False if the blob was here already (the bytes were still checked).
-        ChecksumMismatch, TooLarge or QuotaExceeded leave nothing behind."""
+        ``vet`` sees the verified bytes before they become a blob (their
+        staging key, size and content type) and returns what they say of
+        themselves and the checks' verdict line, or raises to refuse them.
+        ChecksumMismatch, TooLarge, QuotaExceeded or a refusal leave nothing
+        behind."""
         expected = expected or Expected()
         if expected.size is not None:
             self.check_room(expected.size)
@@ -141,12 +149,14 @@ class BlobStore:
                 self.objects.delete(staging)
                 return cid, known, False
             self.check_room(digest.size)
+            meta, checks = vet(staging, digest.size, content_type, name) if vet is not None else ({}, "")
             self.objects.move(staging, blob_key(cid))
         except BaseException:
             self.objects.delete(staging)
             raise
         entry = BlobEntry(size=digest.size, sha256=digest.sha256, md5=digest.md5 or "",
-                          content_type=content_type, created_ms=self.now_ms())
+                          content_type=content_type, created_ms=self.now_ms(), meta=meta, checks=checks,
+                          crc32=digest.crc32)
         if not index.put_blob(self.store, cid, entry):  # a concurrent put of the same bytes won
             return cid, self.require(cid), False
         return cid, entry, True
@@ -223,7 +233,7 @@ class BlobStore:
                 digest.update(chunk)
             if digest.cid == cid:
                 index.put_blob(self.store, cid, BlobEntry(size=digest.size, sha256=digest.sha256,
-                                                          md5=digest.md5 or "",
+                                                          md5=digest.md5 or "", crc32=digest.crc32,
                                                           content_type="application/octet-stream",
                                                           created_ms=self.now_ms()))
                 counts["reindexed"] += 1

@@ -14,7 +14,12 @@ config.json's ``assets`` section (every member optional):
       "quota_bytes": null,                # all blobs together; null: unlimited
       "max_blob_bytes": 1099511627776,
       "part_bytes": 8388608,              # the default part size of an upload
-      "upload_ttl_s": 86400               # an untouched upload expires after this
+      "upload_ttl_s": 86400,              # an untouched upload expires after this
+      "checks": {"max_bytes": 10737418240, "content_types": ["application/*", "text/*"],
+                 "licenses": ["apache-2.0", "mit"], "refuse_unstated_license": false,
+                 "license_on_download": false},   # blobs/scanners.py
+      "policy": "grid.policies/asset-rules",      # a policy record whose "assets" member adds rules
+      "bundle_hosts": ["mirror.example.org"]      # hosts a bundle (POST /v1/bundles) may fetch URLs from
     }
 
 The S3 secret is read from the environment variable ``secret_key_env``
@@ -25,16 +30,22 @@ store). Presigning keys live in HOME/presign-keys.json (mode 0600).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from registrygrid.blobs.blobs import BlobLimits, BlobStore
+from registrygrid.blobs.metadata import extract
 from registrygrid.blobs.objects import LocalObjects, ObjectStore
 from registrygrid.blobs.presign import PresignKeys
+from registrygrid.blobs.scanners import Checks, Subject, Verdict, summary
 from registrygrid.blobs.uploads import UploadLimits, Uploads
-from registrygrid.errors import ValidationError
+from registrygrid.errors import RegistryError, ValidationError
 from registrygrid.home import Home
+from registrygrid.storage.blobs import BlobEntry
 from registrygrid.storage.store import Store
 
 PRESIGN_KEYS = "presign-keys.json"
@@ -45,9 +56,61 @@ class Assets:
     blobs: BlobStore
     uploads: Uploads
     presign: PresignKeys
+    checks: Checks = field(default_factory=Checks)  # config.json's assets.checks
+    # REGISTRY/ID of a policy record whose ``assets`` member adds rules (read
+    # at each check, so an update of the replicated record applies at once),
+    # and how to read it: (registry, id) -> the record's fields, or None.
+    policy: str | None = None
+    bundle_hosts: tuple[str, ...] = ()  # hosts a bundle may fetch URLs from (config assets.bundle_hosts)
+    read_record: Callable[[str, str], dict[str, Any] | None] | None = None
+
+    def __post_init__(self) -> None:
+        self.uploads.declare = self._declared
+        self.uploads.vet = self.vet
+
+    # ---- the checks (blobs/scanners.py)
+
+    def _rules(self) -> tuple[Checks, bool]:
+        """The checks in force, and whether they are enforced (a policy record
+        with ``enforcement: audit`` only records its verdicts)."""
+        if self.policy is None or self.read_record is None:
+            return self.checks, True
+        registry, _, record_id = self.policy.partition("/")
+        fields = self.read_record(registry, record_id) or {}
+        if fields.get("enforcement") == "disabled":
+            return self.checks, True
+        extra = Checks.from_config(fields.get("assets"), where=f"policy {self.policy} assets")
+        return self.checks + extra, fields.get("enforcement", "enforce") != "audit"
+
+    def judge(self, subject: Subject) -> list[Verdict]:
+        """Every verdict on ``subject``; CheckRefused if an enforced one refuses."""
+        checks, enforced = self._rules()
+        return checks.enforce(subject) if enforced else checks.judge(subject)
+
+    def _declared(self, size: int, content_type: str, name: str) -> None:
+        self.judge(Subject("declare", size, content_type, name))
+
+    def vet(self, key: str, size: int, content_type: str, name: str) -> tuple[dict[str, Any], str]:
+        """What staged bytes say of themselves, and the checks' verdicts on them
+        (a refusal raises: the caller discards the bytes)."""
+        try:
+            extracted = extract(name, content_type, self.blobs.objects.get(key))
+            meta = {k: v for k, v in msgspec.structs.asdict(extracted).items() if v not in (None, (), {}, [])}
+        except RegistryError as exc:
+            meta = {"unreadable": f"{exc.code}: {exc.message}"[:300]}
+        meta = msgspec.json.decode(msgspec.json.encode(meta))  # plain JSON types, for LMDB and answers
+        license_ = meta.get("license") if isinstance(meta.get("license"), str) else None
+        verdicts = self.judge(Subject("upload", size, content_type, name, license_, meta))
+        return meta, summary(verdicts)
+
+    def may_serve(self, entry: BlobEntry) -> str:
+        """The download checks' verdict line; CheckRefused if one refuses."""
+        license_ = entry.meta.get("license") if isinstance(entry.meta.get("license"), str) else None
+        return summary(self.judge(Subject("download", entry.size, entry.content_type, "", license_, entry.meta)))
 
     @classmethod
-    def open(cls, home: Home, store: Store) -> Assets:
+    def open(cls, home: Home, store: Store,
+             read_record: Callable[[str, str], dict[str, Any] | None] | None = None) -> Assets:
         section = home.config().get("assets") or {}
         if not isinstance(section, dict):
             raise ValidationError("config.json assets: an object")
@@ -63,7 +126,20 @@ class Assets:
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"config.json assets: {exc}") from None
         blobs = BlobStore(objects, store, blob_limits)
-        return cls(blobs, Uploads(blobs, upload_limits), PresignKeys.open(home.path / PRESIGN_KEYS))
+        policy = section.get("policy")
+        if policy is not None and (not isinstance(policy, str) or "/" not in policy):
+            raise ValidationError("config.json assets.policy: REGISTRY/ID of a policy record")
+        return cls(blobs, Uploads(blobs, upload_limits), PresignKeys.open(home.path / PRESIGN_KEYS),
+                   checks=Checks.from_config(section.get("checks"), where="config.json assets.checks"),
+                   policy=policy, read_record=read_record, bundle_hosts=_hosts(section.get("bundle_hosts")))
+
+
+def _hosts(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(h, str) and h for h in value):
+        raise ValidationError("config.json assets.bundle_hosts: a list of host names")
+    return tuple(h.lower() for h in value)
 
 
 def _objects(home: Home, section: dict[str, Any]) -> ObjectStore:

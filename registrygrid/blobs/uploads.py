@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from registrygrid.blobs.blobs import BlobStore
+from registrygrid.blobs.blobs import BlobStore, Vet
 from registrygrid.blobs.digest import ChecksumMismatch, Expected, StreamDigest, cid_text
 from registrygrid.errors import (
     Conflict,
@@ -79,6 +79,10 @@ class Uploads:
         self.objects = blobs.objects
         self.limits = limits or UploadLimits()
         self._now = now
+        # Judges what a client declares at create ("declare") and the bytes
+        # before they become a blob (blobs/service.py sets both; None: no checks).
+        self.declare: Callable[[int, str, str], None] | None = None
+        self.vet: Vet | None = None
         self._finalizing: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -109,6 +113,8 @@ class Uploads:
         if len(name) > 1024 or len(content_type) > 255 or "/" not in content_type:
             raise ValidationError("name has at most 1024 characters; content_type is a media type (type/subtype)",
                                   details=[{"path": "content_type"}])
+        if self.declare is not None:
+            self.declare(size, content_type, name)
         now = self._now_ms()
         open_sessions = sum(1 for s in index.iter_sessions(self.store)
                             if s.owner == owner and s.state == "open" and s.expires_ms > now)
@@ -210,7 +216,7 @@ class Uploads:
                 raise Conflict(f"upload {session_id} lacks {len(missing)} of {session.part_count} parts",
                                details=[{"missing": missing[:100]}])
             cid, _entry, _stored = self.blobs.put(
-                self._composed(session), content_type=session.content_type,
+                self._composed(session), content_type=session.content_type, name=session.name, vet=self.vet,
                 expected=Expected(size=session.size, sha256=session.sha256, md5=session.md5))
             done = msgspec.structs.replace(session, state="complete", cid=cid_text(cid))
             index.put_session(self.store, done)

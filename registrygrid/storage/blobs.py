@@ -13,6 +13,7 @@ Layout (see ``storage/store.py``):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import msgspec
 
@@ -31,6 +32,11 @@ class BlobEntry(msgspec.Struct, frozen=True, kw_only=True):
     # name, with who set it and why) blocks deletion until released.
     retain_until_ms: int = 0
     holds: dict[str, str] = {}
+    # What the bytes say of themselves (blobs/metadata.py's normalized
+    # fields), and the verdicts of the checks that let them in (blobs/scanners.py).
+    meta: dict[str, Any] = {}
+    checks: str = ""
+    crc32: int = -1  # -1: not known
 
 
 class Part(msgspec.Struct, frozen=True, array_like=True):

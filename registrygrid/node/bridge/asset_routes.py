@@ -42,10 +42,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 
 from registrygrid.blobs.blobs import blob_key
+from registrygrid.blobs.bundles import Bundle, entry_of, manifest_of, manifest_view
 from registrygrid.blobs.digest import Expected, cid_text, parse_cid
 from registrygrid.blobs.objects import CHUNK_BYTES
 from registrygrid.blobs.presign import MAX_EXPIRES_S, is_presigned
 from registrygrid.blobs.ranges import parse_ranges
+from registrygrid.blobs.scanners import CheckRefused
 from registrygrid.errors import (
     MalformedInput,
     RegistryError,
@@ -88,6 +90,9 @@ class AssetRoutes:
             web.post(up + "/finalize", self.finalize_upload),
             web.get(blob, self.get_blob, allow_head=True),
             web.get(blob + "/meta", self.blob_meta),
+            web.get(blob + "/manifest", self.blob_manifest),
+            web.get(blob + "/entries/{name:.+}", self.blob_entry),
+            web.post("/v1/bundles", self.bundle),
             web.post(blob + "/presign", self.presign_blob),
             web.put(blob + "/retention", self.retain_blob),
             web.put(blob + "/holds/{name}", self.hold_blob),
@@ -115,6 +120,13 @@ class AssetRoutes:
 
     async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.api.in_executor(fn, *args)  # type: ignore[no-any-return]
+
+    async def _checked(self, actor: str, target: str, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` on a worker thread; a refusal by the asset checks is audited as a deny."""
+        try:
+            return await self._thread(fn, *args)
+        except CheckRefused as exc:
+            raise self.api.auth.refuse(actor, target, exc) from None
 
     async def _consume_body(self, request: web.Request, consume: Callable[[Iterator[bytes]], T]) -> T:
         """Run ``consume`` on a worker thread over the request body's bytes,
@@ -154,7 +166,7 @@ class AssetRoutes:
         size = body.get("size")
         if not isinstance(size, int) or isinstance(size, bool):
             raise ValidationError("size (bytes, a whole number) is required", details=[{"path": "/size"}])
-        session = await self._thread(lambda: self.assets.uploads.create(
+        session = await self._checked(owner_token.actor, "uploads", lambda: self.assets.uploads.create(
             owner_token.id, size=size, part_size=body.get("part_size"), sha256=body.get("sha256"),
             md5=body.get("md5"), content_type=body.get("content_type") or "application/octet-stream",
             name=body.get("name") or ""))
@@ -230,9 +242,13 @@ class AssetRoutes:
     async def finalize_upload(self, request: web.Request) -> web.Response:
         token = self.api.require(request, WRITE, target="uploads")
         owner = None if token.role == "admin" else token.id
-        session = await self._thread(self.assets.uploads.finalize, request.match_info["id"], owner)
-        self.api.audit.note("create", token.actor, f"blob/{session.cid}", f"upload {session.id} finalized")
-        return json_response(self._session(session))
+        session = await self._checked(token.actor, f"upload/{request.match_info['id']}",
+                                      self.assets.uploads.finalize, request.match_info["id"], owner)
+        entry = await self._thread(self.assets.blobs.entry, parse_cid(session.cid or ""))
+        self.api.audit.note("create", token.actor, f"blob/{session.cid}",
+                            f"upload {session.id} finalized; checks: {entry.checks if entry else ''}")
+        return json_response({**self._session(session), "meta": entry.meta if entry else {},
+                              "checks": entry.checks if entry else ""})
 
     async def cancel_upload(self, request: web.Request) -> web.Response:
         owner = self._owner(request, WRITE)
@@ -247,10 +263,13 @@ class AssetRoutes:
     async def get_blob(self, request: web.Request) -> web.StreamResponse:
         cid = self._blob_cid(request)
         presigned = self._presigned(request)
+        actor = "presigned"
         if not presigned:
             token = self.api.require(request, READ, target=f"blob/{cid_text(cid)}")
-            self.api.read_note(token, f"blob/{cid_text(cid)}", "download")
+            actor = token.actor
         entry: BlobEntry = await self._thread(self.assets.blobs.require, cid)
+        verdicts = await self._checked(actor, f"blob/{cid_text(cid)}", self.assets.may_serve, entry)
+        self.api.audit.note("read", actor, f"blob/{cid_text(cid)}", f"download; checks: {verdicts}", required=False)
         etag = f'"{cid_text(cid)}"'
         max_age = IMMUTABLE_S
         if presigned:
@@ -316,6 +335,53 @@ class AssetRoutes:
             close = getattr(chunks, "close", None)
             if close is not None:
                 await loop.run_in_executor(None, close)
+
+    async def blob_manifest(self, request: web.Request) -> web.Response:
+        cid = self._blob_cid(request)
+        token = self.api.require(request, READ, target=f"blob/{cid_text(cid)}")
+        found = await self._thread(manifest_of, self.assets.blobs, cid)
+        self.api.read_note(token, f"blob/{cid_text(cid)}", "zip manifest")
+        return json_response(manifest_view(cid, found), headers={"ETag": f'"{cid_text(cid)}-manifest"'})
+
+    async def blob_entry(self, request: web.Request) -> web.StreamResponse:
+        """One file of a stored ZIP, inflated as it is sent."""
+        cid = self._blob_cid(request)
+        name = request.match_info["name"]
+        token = self.api.require(request, READ, target=f"blob/{cid_text(cid)}")
+        entry, chunks = await self._thread(entry_of, self.assets.blobs, cid, name)
+        self.api.read_note(token, f"blob/{cid_text(cid)}", f"zip entry {name[:200]}")
+        response = web.StreamResponse(headers={"ETag": f'"{entry.sha256}"', "X-Content-SHA256": entry.sha256,
+                                               "Cache-Control": f"private, max-age={IMMUTABLE_S}, immutable"})
+        response.content_type = "application/octet-stream"
+        response.content_length = entry.size
+        await response.prepare(request)
+        if request.method != "HEAD":
+            await self._pump(response, chunks)
+        await response.write_eof()
+        return response
+
+    async def bundle(self, request: web.Request) -> web.StreamResponse:
+        """A ZIP of blobs, entries of stored ZIPs and allowed URLs, built while it is sent."""
+        token = self.api.require(request, READ, target="bundles")
+        body, _ = await self.api.body(request, None)
+        if not isinstance(body, dict) or set(body) - {"name", "members"}:
+            raise ValidationError("the body is {name?, members: [{name, cid, entry?} | {name, url}]}")
+        plan = Bundle.parse(body.get("members"), allowed_hosts=self.assets.bundle_hosts)
+        await self._thread(plan.check, self.assets.blobs)  # 404 before any byte, not a broken archive
+        filename = body.get("name") or "bundle.zip"
+        if not isinstance(filename, str) or not filename.endswith(".zip") or "/" in filename or '"' in filename:
+            raise ValidationError("name: a file name ending in .zip")
+        headers = {"ETag": plan.etag, "Content-Disposition": f'attachment; filename="{filename}"',
+                   "Cache-Control": "private, max-age=3600"}
+        if _matches(request.headers.get("If-None-Match"), plan.etag):
+            return web.Response(status=304, headers=headers)
+        self.api.read_note(token, "bundles", f"bundle of {len(plan.members)} members")
+        response = web.StreamResponse(headers=headers)
+        response.content_type = "application/zip"
+        await response.prepare(request)  # chunked: the size is known only at the end
+        await self._pump(response, plan.chunks(self.assets.blobs))
+        await response.write_eof()
+        return response
 
     async def blob_meta(self, request: web.Request) -> web.Response:
         cid = self._blob_cid(request)
@@ -383,7 +449,8 @@ class AssetRoutes:
 def blob_view(cid: bytes, entry: BlobEntry) -> dict[str, Any]:
     return {"cid": cid_text(cid), "size": entry.size, "sha256": entry.sha256, "md5": entry.md5,
             "content_type": entry.content_type, "created_at_ms": entry.created_ms,
-            "retain_until_ms": entry.retain_until_ms or None, "holds": dict(entry.holds)}
+            "retain_until_ms": entry.retain_until_ms or None, "holds": dict(entry.holds),
+            "meta": dict(entry.meta), "checks": entry.checks}
 
 
 def _content_md5(value: str | None) -> str | None:

@@ -145,6 +145,16 @@ def config_from_home(home_config: dict[str, Any]) -> BridgeConfig:
                         agent_card=agent_card)
 
 
+def _record_reader(registry: Any) -> Callable[[str, str], dict[str, Any] | None]:
+    """(registry, id) -> a record's fields, or None (the asset checks' policy record)."""
+    def read(name: str, record_id: str) -> dict[str, Any] | None:
+        try:
+            return registry.get(name, record_id)["fields"]  # type: ignore[no-any-return]
+        except RegistryError:
+            return None
+    return read
+
+
 class Bridge:
     """The node component that serves the local HTTP API (see the module docstring)."""
 
@@ -187,7 +197,7 @@ class Bridge:
         auth = Authenticator(node.store, RateLimiter(self.config.rate_limit), audit,
                              on_deny=lambda status: metrics.denials.labels(str(status)).inc(),
                              on_throttle=metrics.throttled.inc)
-        assets = await trio.to_thread.run_sync(Assets.open, node.home, node.store)
+        assets = await trio.to_thread.run_sync(Assets.open, node.home, node.store, _record_reader(node.registry))
         self.api = api = Api(registry=node.registry, auth=auth, audit=audit, metrics=metrics,
                              hub=FeedHub(node.feed.head), submit=self._submit_from_loop,
                              resolve=self._resolve_from_loop, read_remote=self._read_remote_from_loop,

@@ -1,0 +1,157 @@
+"""ZIPs, metadata and checks through a real node's bridge: a stored ZIP's
+manifest and single entries, bundles rebuilt on the fly (readable by
+zipfile, byte-stable, conditional), what the bytes say of themselves kept
+with the blob, and the checks (config.json and a policy record) that let
+bytes in and out, each verdict audited."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import struct
+import zipfile
+from pathlib import Path
+
+import trio
+from test_bridge_support import Served, served, start_served  # noqa: F401 (the fixture)
+
+from registrygrid.home import Home
+
+MIB = 1 << 20
+
+
+async def put_blob(served: Served, data: bytes, *, content_type: str = "application/octet-stream",
+                   name: str = "") -> tuple[int, dict]:
+    async with served.client() as http:
+        created = await http.post("/v1/uploads", json={"size": len(data), "content_type": content_type,
+                                                       "name": name})
+        if created.status_code != 201:
+            return created.status_code, created.json()
+        session = created.json()
+        for n in range(1, session["parts"] + 1):
+            part = data[(n - 1) * session["part_size"]:n * session["part_size"]]
+            sent = await http.put(f"/v1/uploads/{session['id']}/parts/{n}", content=part)
+            assert sent.status_code == 200, sent.text
+        done = await http.post(f"/v1/uploads/{session['id']}/finalize")
+        return done.status_code, done.json()
+
+
+def a_zip(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, content in files.items():
+            z.writestr(name, content)
+    return out.getvalue()
+
+
+def safetensors(tensors: dict[str, tuple[str, list[int]]], metadata: dict[str, str]) -> bytes:
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    sizes = {"F32": 4, "F16": 2}
+    for name, (dtype, shape) in tensors.items():
+        n = sizes[dtype]
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + bytes(offset)
+
+
+async def test_a_stored_zip_lists_its_entries_and_serves_one_of_them(served: Served) -> None:
+    files = {"README.md": b"# hello\n", "weights/a.bin": os.urandom(300_000), "weights/b.bin": b"b" * 50_000}
+    status, done = await put_blob(served, a_zip(files), content_type="application/zip", name="pack.zip")
+    assert status == 200, done
+    assert done["meta"]["format"] == "zip" and done["meta"]["entry_count"] == 3
+    async with served.client() as http:
+        listing = (await http.get(f"/v1/blobs/{done['cid']}/manifest")).json()
+        one = await http.get(f"/v1/blobs/{done['cid']}/entries/weights/a.bin")
+        absent = await http.get(f"/v1/blobs/{done['cid']}/entries/nope.txt")
+    assert [(e["name"], e["size"], e["sha256"]) for e in listing["entries"]] == [
+        (n, len(c), hashlib.sha256(c).hexdigest()) for n, c in files.items()]
+    assert listing["top_level"] == ["README.md", "weights/"]
+    assert one.status_code == 200 and one.content == files["weights/a.bin"]
+    assert absent.status_code == 404
+
+
+async def test_a_bundle_rebuilds_a_zip_of_blobs_and_entries_that_zipfile_reads_the_same_every_time(
+        served: Served) -> None:
+    weights, card = os.urandom(2 * MIB + 3), b"---\nlicense: mit\n---\n# card\n"
+    _, w = await put_blob(served, weights)
+    _, z = await put_blob(served, a_zip({"inner/card.md": card}), content_type="application/zip")
+    members = [{"name": "model/weights.bin", "cid": w["cid"]},
+               {"name": "model/README.md", "cid": z["cid"], "entry": "inner/card.md"}]
+    async with served.client() as http:
+        first = await http.post("/v1/bundles", json={"name": "model.zip", "members": members})
+        second = await http.post("/v1/bundles", json={"name": "model.zip", "members": members})
+        cached = await http.post("/v1/bundles", json={"members": members},
+                                 headers={"If-None-Match": first.headers["ETag"]})
+        url = await http.post("/v1/bundles", json={"members": [{"name": "x", "url": "https://example.org/x"}]})
+        missing = await http.post("/v1/bundles", json={"members": [
+            {"name": "x", "cid": "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"}]})
+        unsafe = await http.post("/v1/bundles", json={"members": [{"name": "../evil", "cid": w["cid"]}]})
+    assert first.status_code == 200 and first.headers["Content-Type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(first.content))
+    assert archive.testzip() is None  # every CRC checks
+    assert archive.read("model/weights.bin") == weights and archive.read("model/README.md") == card
+    assert second.content == first.content and second.headers["ETag"] == first.headers["ETag"]
+    assert cached.status_code == 304
+    assert url.status_code == 403 and "bundle_hosts" in url.json()["error"]["message"]
+    assert missing.status_code == 404 and unsafe.status_code == 422
+
+
+async def test_what_the_bytes_say_is_kept_with_the_blob(served: Served) -> None:
+    weights = safetensors({"w": ("F32", [4, 8]), "b": ("F16", [8])}, {"format": "pt"})
+    status, done = await put_blob(served, weights, name="model.safetensors")
+    assert status == 200
+    async with served.client() as http:
+        meta = (await http.get(f"/v1/blobs/{done['cid']}/meta")).json()
+    assert meta["meta"]["format"] == "safetensors" and meta["meta"]["parameters"] == 4 * 8 + 8
+    assert meta["meta"]["tensor_count"] == 2 and meta["meta"]["dtypes"] == ["F16", "F32"]
+
+
+async def test_checks_from_the_config_and_a_policy_record_decide_what_gets_in_and_out(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    home.init(org_name="checked")
+    config = json.loads((home.path / "config.json").read_text())
+    config["assets"] = {"checks": {"content_types": ["application/*", "text/markdown"],
+                                   "licenses": ["mit", "apache-2.0"]},
+                        "policy": "grid.policies/asset-rules"}
+    (home.path / "config.json").write_text(json.dumps(config))
+    served = await start_served(nursery, home.path)
+
+    refused_type, body = await put_blob(served, b"<html>", content_type="text/html")
+    assert refused_type == 403 and body["error"]["code"] == "check_refused"
+    gpl = b"---\nlicense: gpl-3.0\n---\n# card\n"
+    refused_license, body = await put_blob(served, gpl, content_type="text/markdown", name="README.md")
+    assert refused_license == 403 and "license gpl-3.0" in body["error"]["message"]
+    assert not list((home.path / "objects" / "blobs").glob("*"))  # refused bytes leave nothing
+    ok, done = await put_blob(served, gpl.replace(b"gpl-3.0", b"mit"), content_type="text/markdown",
+                              name="README.md")
+    assert ok == 200 and "license: ok" in done["checks"]
+
+    # A policy record adds a size cap; it replicates like any record and applies at once.
+    async with served.client() as http:
+        made = await http.post("/v1/registries/grid.policies/records", json={
+            "kind": "policy", "id": "asset-rules",
+            "fields": {"name": "asset rules", "policy_type": "security", "assets": {"max_bytes": 1000}}})
+        assert made.status_code == 201, made.text
+    too_big, body = await put_blob(served, os.urandom(2000))
+    assert too_big == 403 and "size check" in body["error"]["message"]
+    small, _ = await put_blob(served, os.urandom(500))
+    assert small == 200
+
+    async with served.client() as http:
+        logged = False
+        for _ in range(50):  # the audit flusher runs every ~200 ms
+            entries = (await http.get("/v1/audit", params={"limit": 1000})).json()["entries"]
+            denies = [e for e in entries if e["action"] == "deny" and "check_refused" in e.get("reason", "")]
+            logged = len(denies) >= 3
+            if logged:
+                break
+            await trio.sleep(0.1)
+    assert logged, "every refusal is in the audit ledger"
+    served.node.stop()
