@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_bridge_support import Served, threaded_served  # noqa: F401 (the fixture)
+from test_bridge_support import Served
 
 from registrygrid.client import BridgeClient
 from registrygrid.client.assets import download_blob, upload_file
@@ -21,9 +21,12 @@ from registrygrid.errors import ValidationError
 pytestmark = pytest.mark.timeout(120)
 MIB = 1 << 20
 
+pytest_plugins = ("test_bridge_support",)  # its fixtures: served, threaded_served
+
 
 def rgrid(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "registrygrid", *args, "--home", str(home)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "registrygrid", *args, "--home", str(home)], check=False,
+                          capture_output=True,
                           text=True, timeout=60, env={**os.environ, "RGRID_HOME": ""})
     if check:
         assert proc.returncode == 0, f"rgrid {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"

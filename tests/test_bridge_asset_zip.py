@@ -15,11 +15,13 @@ import zipfile
 from pathlib import Path
 
 import trio
-from test_bridge_support import Served, served, start_served  # noqa: F401 (the fixture)
+from test_bridge_support import Served, start_served
 
 from registrygrid.home import Home
 
 MIB = 1 << 20
+
+pytest_plugins = ("test_bridge_support",)  # its fixtures: served, threaded_served
 
 
 async def put_blob(served: Served, data: bytes, *, content_type: str = "application/octet-stream",

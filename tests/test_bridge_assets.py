@@ -13,11 +13,13 @@ import re
 from pathlib import Path
 
 import trio
-from test_bridge_support import Served, make_token, served  # noqa: F401 (the fixture)
+from test_bridge_support import Served, make_token
 
 from registrygrid.blobs.digest import parse_cid
 
 PART = 1 << 20
+
+pytest_plugins = ("test_bridge_support",)  # its fixtures: served, threaded_served
 
 
 def part_of(data: bytes, n: int, size: int = PART) -> bytes:
@@ -247,3 +249,19 @@ async def test_bad_requests_get_typed_errors(served: Served, tmp_path: Path) -> 
     assert no_size.status_code == extra.status_code == bad_part_size.status_code == bad_sha.status_code == 422
     assert bad_cid.status_code == 422 and missing.status_code == 404 and no_session.status_code == 404
     assert bad_md5.status_code in (400, 404)
+
+
+async def test_rotating_the_signing_key_keeps_earlier_urls_working(served: Served) -> None:
+    cid = (await upload(served, os.urandom(100)))["cid"]
+    async with served.client() as http:
+        before = (await http.post(f"/v1/blobs/{cid}/presign", json={"expires_in": 600})).json()["url"]
+        rotated = await http.post("/v1/presign/rotate")
+        after = (await http.post(f"/v1/blobs/{cid}/presign", json={"expires_in": 600})).json()["url"]
+    writer = await make_token(served, "writer")
+    async with served.client(writer) as http:
+        not_admin = await http.post("/v1/presign/rotate")
+    async with served.client("no-such-token") as anonymous:
+        old, new = await anonymous.get(before), await anonymous.get(after)
+    assert rotated.status_code == 200 and len(rotated.json()["keys"]) == 2
+    assert rotated.json()["kid"] in after and rotated.json()["kid"] not in before
+    assert old.status_code == new.status_code == 200 and not_admin.status_code == 403

@@ -232,6 +232,23 @@ Examples:
                                      body={"expires_in": expires_in, **({"ip": ip} if ip else {})})[2]
             click.echo(backend.url + answer["url"])
 
+    @asset_group.command(name="rotate-keys")
+    @home_option
+    def asset_rotate_keys(home: Path | None) -> None:
+        """A new signing key for presigned URLs. URLs signed before keep working
+        until they expire; keys retired a URL lifetime (7 days) ago are dropped."""
+        with open_backend(home) as backend:
+            if _bridge(backend):
+                answer = backend.request("POST", "/v1/presign/rotate")[2]
+            else:
+                from registrygrid.blobs.presign import PresignKeys
+                from registrygrid.blobs.service import PRESIGN_KEYS
+
+                keys = PresignKeys.open(Home(home).path / PRESIGN_KEYS)
+                key = keys.rotate()
+                answer = {"kid": key.kid, "keys": [k.kid for k in keys.keys]}
+        render.dump_json(answer)
+
     @asset_group.command(name="hold")
     @home_option
     @click.argument("target", metavar="CID|REGISTRY/ID")

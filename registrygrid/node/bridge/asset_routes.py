@@ -93,6 +93,7 @@ class AssetRoutes:
             web.get(blob + "/manifest", self.blob_manifest),
             web.get(blob + "/entries/{name:.+}", self.blob_entry),
             web.post("/v1/bundles", self.bundle),
+            web.post("/v1/presign/rotate", self.rotate_presign_keys),
             web.post(blob + "/presign", self.presign_blob),
             web.put(blob + "/retention", self.retain_blob),
             web.put(blob + "/holds/{name}", self.hold_blob),
@@ -382,6 +383,13 @@ class AssetRoutes:
         await self._pump(response, plan.chunks(self.assets.blobs))
         await response.write_eof()
         return response
+
+    async def rotate_presign_keys(self, request: web.Request) -> web.Response:
+        """A new signing key for presigned URLs; URLs signed before keep working until they expire."""
+        token = self.api.require(request, ADMIN, target="presign")
+        key = await self._thread(self.assets.presign.rotate)
+        self.api.audit.note("update", token.actor, "presign", f"signing key rotated to {key.kid}")
+        return json_response({"kid": key.kid, "keys": [k.kid for k in self.assets.presign.keys]})
 
     async def blob_meta(self, request: web.Request) -> web.Response:
         cid = self._blob_cid(request)
