@@ -232,6 +232,24 @@ Examples:
                                      body={"expires_in": expires_in, **({"ip": ip} if ip else {})})[2]
             click.echo(backend.url + answer["url"])
 
+    @asset_group.command(name="fetch")
+    @home_option
+    @click.argument("target", metavar="CID|REGISTRY/ID")
+    @json_option
+    def asset_fetch(home: Path | None, target: str, as_json: bool) -> None:
+        """Bring a blob this node lacks from the federation's members that hold it
+        (verified against its CID; needs the running node)."""
+        with open_backend(home) as backend:
+            if not _bridge(backend):
+                raise ValidationError("fetching from peers needs the running node: start it (`rgrid node start`)")
+            cid = _cid_of(backend, target)
+            answer = backend.request("POST", f"/v1/blobs/{cid}/fetch")[2]
+        if as_json:
+            render.dump_json(answer)
+        else:
+            how = f"from {', '.join(answer['providers'])}" if answer.get("fetched") else "(held already)"
+            click.echo(f"{answer['cid']}: {answer['size']} bytes {how}")
+
     @asset_group.command(name="rotate-keys")
     @home_option
     def asset_rotate_keys(home: Path | None) -> None:

@@ -48,6 +48,7 @@ from registrygrid.identity.keys import did_from_peer_id
 from registrygrid.node import follow as follow_mod
 from registrygrid.node import gossip as gossip_mod
 from registrygrid.node import peers as peers_mod
+from registrygrid.node.blob_exchange import BlobExchange
 from registrygrid.node.dht import RegistryDirectory
 from registrygrid.node.federated_search import serve_search
 from registrygrid.node.follow import Follows
@@ -66,6 +67,7 @@ from registrygrid.node.sync import (
 from registrygrid.node.transport import P2PError, PeerEvent, Transport
 from registrygrid.protocol import federated_search, names, registry_record, remote_read
 from registrygrid.protocol import sync as sync_protocol
+from registrygrid.protocol.blob_exchange import BLOB_PROTOCOL_ID
 from registrygrid.protocol.envelope import registry_of
 from registrygrid.protocol.gossip import topic_for
 from registrygrid.protocol.guard import GuardLimits
@@ -197,6 +199,7 @@ class Federation:
         self.reader: RemoteReader | None = None  # reads of other federations' public registries
         self.follows: Follows | None = None  # public registries of other federations replicated here
         self.foreign: dict[str, str] = {}  # peer id -> its federation: connected for the DHT, never admitted
+        self.blobs: BlobExchange | None = None  # asset bytes to and from members (node/blob_exchange.py)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -243,6 +246,10 @@ class Federation:
         host.set_handler(HELLO_PROTOCOL_ID, self._answer_hello)
         host.set_handler(remote_read.READ_PROTOCOL_ID, self._answer_read)
         host.set_handler(federated_search.SEARCH_PROTOCOL_ID, self._answer_search)
+        self.blobs = BlobExchange(host, node.assets, self.metrics,
+                                  members=lambda: [p for p in host.connected_peers() if not self._shut_out(p)],
+                                  may_serve=lambda peer: not self._shut_out(peer))
+        host.set_handler(BLOB_PROTOCOL_ID, self.blobs.handle)
         host.set_topic_validator(self.topic, self.gossip.validate)
         assert node.committer is not None
         async with host:

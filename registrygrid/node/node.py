@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import trio
 
+from registrygrid.blobs.service import Assets
 from registrygrid.engine.engine import Engine
 from registrygrid.engine.ops import Committed, Operation, Outcome
+from registrygrid.errors import RegistryError
 from registrygrid.home import Home
 from registrygrid.node.committer import GroupCommitter
 from registrygrid.sdk import LocalRegistry
@@ -77,6 +79,16 @@ class FeedSignal:
         return self.head
 
 
+def _record_reader(registry: LocalRegistry) -> Callable[[str, str], dict[str, Any] | None]:
+    """(registry, id) -> a record's fields, or None (the asset checks' policy record)."""
+    def read(name: str, record_id: str) -> dict[str, Any] | None:
+        try:
+            return registry.get(name, record_id)["fields"]  # type: ignore[no-any-return]
+        except RegistryError:
+            return None
+    return read
+
+
 class Node:
     def __init__(self, home: Home, components: Sequence[Component] = ()) -> None:
         self.home = home
@@ -87,6 +99,9 @@ class Node:
         self.nursery: trio.Nursery | None = None
         self.trio_token: trio.lowlevel.TrioToken | None = None
         self.started = trio.Event()
+        # The node's asset content (blobs/service.py), opened with the store:
+        # the bridge serves it, the federation exchanges it with peers.
+        self.assets: Any = None
 
     @property
     def engine(self) -> Engine:
@@ -115,6 +130,7 @@ class Node:
         self.registry = LocalRegistry.open_home(self.home)  # takes the lock: one node per home
         self.trio_token = trio.lowlevel.current_trio_token()
         try:
+            self.assets = Assets.open(self.home, self.store, _record_reader(self.registry))
             self.committer = GroupCommitter(self.engine)
             self.feed.bind(self.trio_token)
             self.committer.on_commit_threadsafe.append(self._on_commit)

@@ -334,6 +334,9 @@ class Api:
     # URLs), or None; its calls block (files, S3, LMDB), so handlers run them on
     # executor threads (node/bridge/asset_routes.py).
     assets: Any = None
+    # cid -> the blob fetched from the federation's peers that hold it
+    # (node/blob_exchange.py BlobExchange.fetch), run on trio (runtime.py).
+    fetch_blob: Callable[[bytes], Awaitable[dict[str, Any]]] | None = None
     # HOME/config.json bridge.agent_card: the card /.well-known/agent-card.json serves when the org has several.
     agent_card: str | None = None
     state: str = "starting"

@@ -12,6 +12,7 @@
     HEAD   /v1/blobs/{cid}
     GET    /v1/blobs/{cid}/meta             size, digests, content type, retention, holds
     POST   /v1/blobs/{cid}/presign          a presigned GET URL
+    POST   /v1/blobs/{cid}/fetch            fetch a blob this node lacks from the members that hold it
     PUT    /v1/blobs/{cid}/retention        retain until a time (only ever extended; admin)
     PUT    /v1/blobs/{cid}/holds/{name}     a legal hold (admin); DELETE releases it
     DELETE /v1/blobs/{cid}                  purge the bytes (admin; refused under retention or hold)
@@ -95,6 +96,7 @@ class AssetRoutes:
             web.post("/v1/bundles", self.bundle),
             web.post("/v1/presign/rotate", self.rotate_presign_keys),
             web.post(blob + "/presign", self.presign_blob),
+            web.post(blob + "/fetch", self.fetch_blob),
             web.put(blob + "/retention", self.retain_blob),
             web.put(blob + "/holds/{name}", self.hold_blob),
             web.delete(blob + "/holds/{name}", self.release_blob),
@@ -383,6 +385,22 @@ class AssetRoutes:
         await self._pump(response, plan.chunks(self.assets.blobs))
         await response.write_eof()
         return response
+
+    async def fetch_blob(self, request: web.Request) -> web.Response:
+        """Bring a blob here from the federation's members (node/blob_exchange.py): verified, resumable."""
+        cid = self._blob_cid(request)
+        token = self.api.require(request, WRITE, target=f"blob/{cid_text(cid)}")
+        if self.api.fetch_blob is None:
+            raise Unavailable("this node cannot fetch blobs from peers")
+        try:
+            answer = await self.api.fetch_blob(cid)
+        except CheckRefused as exc:
+            raise self.api.auth.refuse(token.actor, f"blob/{cid_text(cid)}", exc) from None
+        if answer.get("fetched"):
+            self.api.audit.note("create", token.actor, f"blob/{cid_text(cid)}",
+                                f"fetched from {', '.join(answer.get('providers', []))[:300]}; "
+                                f"checks: {answer.get('checks', '')}")
+        return json_response(answer)
 
     async def rotate_presign_keys(self, request: web.Request) -> web.Response:
         """A new signing key for presigned URLs; URLs signed before keep working until they expire."""

@@ -81,7 +81,6 @@ from typing import Any
 import trio
 from aiohttp import web
 
-from registrygrid.blobs.service import Assets
 from registrygrid.engine.ops import Committed, Operation, Outcome
 from registrygrid.errors import NotFound, RegistryError, Unavailable, ValidationError
 from registrygrid.node.bridge import openapi
@@ -145,16 +144,6 @@ def config_from_home(home_config: dict[str, Any]) -> BridgeConfig:
                         agent_card=agent_card)
 
 
-def _record_reader(registry: Any) -> Callable[[str, str], dict[str, Any] | None]:
-    """(registry, id) -> a record's fields, or None (the asset checks' policy record)."""
-    def read(name: str, record_id: str) -> dict[str, Any] | None:
-        try:
-            return registry.get(name, record_id)["fields"]  # type: ignore[no-any-return]
-        except RegistryError:
-            return None
-    return read
-
-
 class Bridge:
     """The node component that serves the local HTTP API (see the module docstring)."""
 
@@ -197,7 +186,6 @@ class Bridge:
         auth = Authenticator(node.store, RateLimiter(self.config.rate_limit), audit,
                              on_deny=lambda status: metrics.denials.labels(str(status)).inc(),
                              on_throttle=metrics.throttled.inc)
-        assets = await trio.to_thread.run_sync(Assets.open, node.home, node.store, _record_reader(node.registry))
         self.api = api = Api(registry=node.registry, auth=auth, audit=audit, metrics=metrics,
                              hub=FeedHub(node.feed.head), submit=self._submit_from_loop,
                              resolve=self._resolve_from_loop, read_remote=self._read_remote_from_loop,
@@ -209,7 +197,7 @@ class Bridge:
                              allow_peers=self._allow_peers_from_loop,
                              max_body=self.config.max_body, idempotency_ttl_ms=self.config.idempotency_ttl_ms,
                              max_streams=self.config.max_streams, agent_card=self.config.agent_card,
-                             assets=assets)
+                             assets=node.assets, fetch_blob=self._fetch_blob_from_loop)
         thread = threading.Thread(target=self._thread_main, args=(api,), name="rgrid-bridge", daemon=True)
         thread.start()
         await trio.to_thread.run_sync(self._ready.wait)
@@ -406,6 +394,17 @@ class Bridge:
     def _no_follows(self) -> Unavailable:
         return Unavailable("this node runs no DHT, so it follows no registries of other federations: it was "
                            "started with --no-p2p or --no-dht, or its federation is still starting")
+
+    async def _fetch_blob_from_loop(self, cid: bytes) -> dict[str, Any]:
+        """Fetch a blob this node lacks from the peers that hold it (node/blob_exchange.py), from the loop."""
+        answer: dict[str, Any] = await self._run_in_trio(self._fetch_blob, cid)
+        return answer
+
+    async def _fetch_blob(self, cid: bytes) -> dict[str, Any]:
+        federation = self._node.component("federation") if self._node is not None else None
+        if federation is None or federation.blobs is None:
+            raise Unavailable("this node runs no federation (--no-p2p): it has no peers to fetch a blob from")
+        return await federation.blobs.fetch(cid)  # type: ignore[no-any-return]
 
     async def _follow_from_loop(self, name: str) -> dict[str, Any]:
         """Follow a public registry of another federation (its first sync, verified), from the loop."""
