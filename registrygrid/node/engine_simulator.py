@@ -49,12 +49,6 @@ import trio.testing
 from registrygrid.engine.ops import Put, WriteResult
 from registrygrid.errors import RegistryError, ValidationError
 from registrygrid.home import Home
-from registrygrid.membership import (
-    create_federation,
-    current_genesis,
-    invite_org,
-    join_federation,
-)
 from registrygrid.node.federation import Federation, FederationConfig
 from registrygrid.node.memory_transport import (
     MemoryNetwork,
@@ -67,6 +61,7 @@ from registrygrid.protocol.envelope import cid_from_str, cid_to_str, seal
 from registrygrid.protocol.gossip import encode_batch
 from registrygrid.protocol.hlc import Hlc
 from registrygrid.simulation import checker
+from registrygrid.simulation.homes import federation_homes
 from registrygrid.simulation.scenario import Scenario
 from registrygrid.simulation.stats import full_propagation, hop_quantile, quantiles
 
@@ -133,16 +128,7 @@ class EngineRun:
 
     def make_homes(self) -> None:
         """One federation: the first node's org founds it and invites each other org."""
-        founder: Home | None = None
-        for i in range(self.s.nodes):
-            home = Home(self.root / f"n{i}")
-            home.init(org_name=f"n{i}")
-            if founder is None:
-                founder = home
-                create_federation(home, FEDERATION)
-            else:
-                join_federation(home, current_genesis(founder),
-                                invite_org(founder, home.org().org))  # type: ignore[union-attr]
+        for i, home in enumerate(federation_homes(self.root, self.s.nodes, FEDERATION)):
             self.nodes.append(EngineNode(i, home, home.node_key().peer_id))
 
     # ---- the run
@@ -226,12 +212,9 @@ class EngineRun:
     # ---- workload and faults
 
     async def _write_loop(self, node: EngineNode) -> None:
-        s = self.s
-        share = s.workload.changes // s.workload.writers + (node.index < s.workload.changes % s.workload.writers)
+        share, step = self.s.workload.schedule(node.index, self.s.duration_s)
         if not share:
             return
-        spread = s.duration_s if s.workload.pattern == "steady" else min(1.0, s.duration_s)
-        step = spread / share
         await trio.sleep(self.rng.random() * step)
         for n in range(share):
             whole = node.node

@@ -266,12 +266,9 @@ class Simulation:
     # ---- workload and faults
 
     async def _write_loop(self, node: SimNode) -> None:
-        s = self.s
-        share = s.workload.changes // s.workload.writers + (node.index < s.workload.changes % s.workload.writers)
+        share, step = self.s.workload.schedule(node.index, self.s.duration_s)
         if not share:
             return
-        spread = s.duration_s if s.workload.pattern == "steady" else min(1.0, s.duration_s)
-        step = spread / share
         await trio.sleep(self.rng.random() * step)
         for n in range(share):
             if node.alive and node.host is not None:

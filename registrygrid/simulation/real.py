@@ -42,15 +42,10 @@ from typing import Any
 from registrygrid.client import BridgeClient
 from registrygrid.errors import RegistryError, Unavailable, ValidationError
 from registrygrid.home import Home
-from registrygrid.membership import (
-    create_federation,
-    current_genesis,
-    invite_org,
-    join_federation,
-)
 from registrygrid.protocol.envelope import cid_from_str
 from registrygrid.sdk import LocalRegistry
 from registrygrid.simulation import checker
+from registrygrid.simulation.homes import federation_homes
 from registrygrid.simulation.scenario import Scenario
 from registrygrid.simulation.stats import full_propagation, quantiles
 from registrygrid.storage.store import Store
@@ -174,16 +169,7 @@ class RealRun:
     # ---- setup
 
     def make_nodes(self) -> None:
-        founder: Home | None = None
-        for i in range(self.s.nodes):
-            home = Home(self.root / f"n{i}")
-            home.init(org_name=f"n{i}")
-            if founder is None:
-                founder = home
-                create_federation(home, FEDERATION)
-            else:
-                genesis = current_genesis(founder)
-                join_federation(home, genesis, invite_org(founder, home.org().org))  # type: ignore[union-attr]
+        for i, home in enumerate(federation_homes(self.root, self.s.nodes, FEDERATION)):
             self.nodes.append(RealNode(i, home, _free_port(), _free_port(), home.node_key().peer_id, [],
                                        self.root / f"n{i}.log"))
         for node in self.nodes[1:]:
@@ -251,10 +237,7 @@ class RealRun:
                     node.cursor = max(node.cursor, event.seq)
 
     def _writer(self, node: RealNode) -> None:
-        s = self.s
-        share = s.workload.changes // s.workload.writers + (node.index < s.workload.changes % s.workload.writers)
-        spread = s.duration_s if s.workload.pattern == "steady" else min(1.0, s.duration_s)
-        step = spread / max(1, share)
+        share, step = self.s.workload.schedule(node.index, self.s.duration_s)
         self._sleep_until(self.rng.random() * step)
         held: tuple[int, BridgeClient | None] = (0, None)
         for n in range(share):

@@ -65,6 +65,14 @@ class Workload:
     writers: int = 1
     pattern: str = "steady"
 
+    def schedule(self, writer: int, duration_s: float) -> tuple[int, float]:
+        """Writer number ``writer``'s share of the changes, and the seconds
+        between its writes (steady: spread over the duration; burst: within
+        the first second)."""
+        share = self.changes // self.writers + (writer < self.changes % self.writers)
+        spread = duration_s if self.pattern == "steady" else min(1.0, duration_s)
+        return share, spread / max(1, share)
+
 
 @dataclass(frozen=True)
 class Fault:
