@@ -31,7 +31,7 @@ async def upload(served: Served, data: bytes, *, order: list[int] | None = None,
     async with served.client(token) as http:
         created = await http.post("/v1/uploads", json={
             "size": len(data), "part_size": PART, "content_type": "application/x-test",
-            **({"sha256": hashlib.sha256(data).hexdigest()} if declare else {})})
+            **({"sha256": hashlib.sha256(data).hexdigest(), "md5": hashlib.md5(data).hexdigest()} if declare else {})})
         assert created.status_code == 201, created.text
         session = created.json()
         for n in order or range(1, session["parts"] + 1):

@@ -139,7 +139,9 @@ class BlobStore:
         if expected.size is not None:
             self.check_room(expected.size)
         staging = f"{STAGING}/{secrets.token_hex(16)}"
-        digest = StreamDigest(md5=True)
+        # MD5 only when it was declared (to check it): it is the costliest
+        # digest here (~210 MB/s against SHA-256's ~620 on this machine).
+        digest = StreamDigest(md5=expected.md5 is not None)
         try:
             self.objects.put(staging, self._bounded(digest.tee(chunks), expected.size))
             digest.check(expected, what="the blob")

@@ -25,9 +25,12 @@ class RangeNotSatisfiable(ValidationError):
     code = "range_not_satisfiable"
     http_status = 416
 
-    def __init__(self, message: str, *, size: int) -> None:
-        super().__init__(message, details=[{"size": size}])
-        self.size = size
+    def __init__(self, message: str, *, size: int | None = None, details: object = None) -> None:
+        # ``details`` alone: rebuilt by a client from an answer (node/bridge/errors.py rebuild).
+        if size is None and isinstance(details, list) and details and isinstance(details[0], dict):
+            size = details[0].get("size")
+        super().__init__(message, details=[{"size": size}] if details is None else details)
+        self.size = size if isinstance(size, int) else 0
 
 
 def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:

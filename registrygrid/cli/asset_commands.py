@@ -144,7 +144,7 @@ Examples:
         if not sep:
             raise ValidationError(f"--record is REGISTRY/ID, not {target!r}")
         file_info = {"cid": blob["cid"], "size": blob["size"], "mime_type": blob["content_type"],
-                     "checksums": {"sha256": blob["sha256"], "md5": blob["md5"]}}
+                     "checksums": {"sha256": blob["sha256"], **({"md5": blob["md5"]} if blob.get("md5") else {})}}
         backend.update(registry, record_id, patch={"file_info": file_info})
         return target
 

@@ -196,7 +196,7 @@ class AssetRoutes:
         return {"id": session.id, "state": session.state, "size": session.size, "part_size": session.part_size,
                 "parts": session.part_count, "content_type": session.content_type, "name": session.name,
                 "sha256": session.sha256, "received_bytes": session.received,
-                "received": [{"part": n, "size": p.size, "sha256": p.sha256, "md5": p.md5}
+                "received": [{"part": n, "size": p.size, "sha256": p.sha256, "md5": p.md5 or None}
                              for n, p in sorted(session.parts.items())],
                 "missing": [n for n in range(1, session.part_count + 1) if n not in session.parts]
                 if session.state == "open" else [],
@@ -239,8 +239,8 @@ class AssetRoutes:
         self.api.metrics.upload_bytes.inc(part.size)
         self.api.audit.note("update", actor, f"upload/{session_id}", f"part {number}: {part.size} bytes",
                             required=False)
-        return json_response({"part": number, "size": part.size, "sha256": part.sha256, "md5": part.md5},
-                             headers={"ETag": f'"{part.md5}"'})
+        return json_response({"part": number, "size": part.size, "sha256": part.sha256, "md5": part.md5 or None},
+                             headers={"ETag": f'"{part.md5 or part.sha256}"'})
 
     async def finalize_upload(self, request: web.Request) -> web.Response:
         token = self.api.require(request, WRITE, target="uploads")
@@ -473,7 +473,7 @@ class AssetRoutes:
 
 
 def blob_view(cid: bytes, entry: BlobEntry) -> dict[str, Any]:
-    return {"cid": cid_text(cid), "size": entry.size, "sha256": entry.sha256, "md5": entry.md5,
+    return {"cid": cid_text(cid), "size": entry.size, "sha256": entry.sha256, "md5": entry.md5 or None,
             "content_type": entry.content_type, "created_at_ms": entry.created_ms,
             "retain_until_ms": entry.retain_until_ms or None, "holds": dict(entry.holds),
             "meta": dict(entry.meta), "checks": entry.checks}
