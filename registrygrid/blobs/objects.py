@@ -12,6 +12,10 @@ Keys are relative paths of lower-case segments (``blobs/bafkrei...``,
 ``uploads/<session>/00001``); content addressing, parts and sessions are
 the blob layer's business (blobs/blobs.py), not the backend's.
 
+Memory per call: LocalObjects holds a chunk (1 MiB); S3Objects holds the
+parts of a multipart put in flight (two of 8 MiB: S3's parts must be at
+least 5 MiB), ~25 MiB measured for a 256 MiB put (tests/test_object_stores.py).
+
     store.put("uploads/s1/00001", chunks)     # atomic: the whole object or nothing
     for chunk in store.get(key, start=0, end=1024): ...   # end exclusive
     store.size(key)                            # None when absent
@@ -66,7 +70,8 @@ class ObjectStore(Protocol):
 
     def get(self, key: str, *, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """The bytes in [start, end) (end None: to the end), as chunks.
-        ObjectMissing if absent (raised by the first ``next``)."""
+        ObjectMissing if absent, raised by this call (not by the first
+        ``next``), so a caller can tell an absent object before it answers."""
         ...
 
     def size(self, key: str) -> int | None: ...
