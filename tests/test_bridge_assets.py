@@ -265,3 +265,27 @@ async def test_rotating_the_signing_key_keeps_earlier_urls_working(served: Serve
     assert rotated.status_code == 200 and len(rotated.json()["keys"]) == 2
     assert rotated.json()["kid"] in after and rotated.json()["kid"] not in before
     assert old.status_code == new.status_code == 200 and not_admin.status_code == 403
+
+
+async def test_an_upload_resumes_after_the_node_restarts(nursery: trio.Nursery, tmp_path: Path) -> None:
+    from test_bridge_support import start_served
+
+    data = os.urandom(3 * PART)
+    first = await start_served(nursery, tmp_path / "home")
+    async with first.client() as http:
+        session = (await http.post("/v1/uploads", json={"size": len(data), "part_size": PART})).json()
+        await http.put(f"/v1/uploads/{session['id']}/parts/2", content=part_of(data, 2))
+    first.node.stop()
+    with trio.fail_after(15):
+        while first.home.lock_holder() is not None:  # stopped: its store closed, the home free
+            await trio.sleep(0.02)
+
+    again = await start_served(nursery, tmp_path / "home")  # the same home: its store and objects
+    async with again.client() as http:
+        status = (await http.get(f"/v1/uploads/{session['id']}")).json()
+        for n in status["missing"]:
+            await http.put(f"/v1/uploads/{session['id']}/parts/{n}", content=part_of(data, n))
+        done = (await http.post(f"/v1/uploads/{session['id']}/finalize")).json()
+        got = await http.get(f"/v1/blobs/{done['cid']}")
+    assert status["missing"] == [1, 3] and got.content == data
+    again.node.stop()
