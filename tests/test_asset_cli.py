@@ -110,3 +110,31 @@ def test_a_download_resumes_its_part_file_and_refuses_bytes_that_do_not_hash_to_
     with pytest.raises(ValidationError, match="do not hash"):
         download_blob(client, cid, bad)
     assert not bad.exists() and not (tmp_path / "bad.bin.part").exists()
+
+
+def test_asset_verify_finds_corrupt_and_missing_bytes_and_repair_reindexes(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    rgrid(home, "init", "--org-name", "acme")
+    for name in ("a", "b", "c"):
+        (tmp_path / name).write_bytes(os.urandom(1000))
+    cids = [json.loads(rgrid(home, "asset", "upload", str(tmp_path / n), "--json").stdout)["cid"] for n in "abc"]
+    assert json.loads(rgrid(home, "asset", "verify", "--json").stdout)["ok"] is True
+
+    objects = home / "objects" / "blobs"
+    (objects / cids[0]).write_bytes(b"tampered")  # bytes that no longer hash to their name
+    (objects / cids[1]).unlink()  # bytes gone
+    bad = rgrid(home, "asset", "verify", "--json", check=False)
+    report = json.loads(bad.stdout)
+    assert bad.returncode == 65 and report["corrupt"] == [cids[0]] and report["missing"] == [cids[1]]
+
+    stray = os.urandom(500)
+    from registrygrid.blobs.digest import StreamDigest, cid_text
+
+    digest = StreamDigest()
+    digest.update(stray)
+    (objects / cid_text(digest.cid)).write_bytes(stray)  # stored but never indexed (a crash between the two)
+    (home / "objects" / "staging").mkdir(exist_ok=True)
+    (home / "objects" / "staging" / "leftover").write_bytes(b"x")
+    repaired = json.loads(rgrid(home, "asset", "verify", "--repair", "--json", check=False).stdout)
+    assert repaired["repaired"] == {"staging_removed": 1, "reindexed": 1, "removed_corrupt": 0}
+    assert cid_text(digest.cid) not in repaired["unindexed"]

@@ -250,6 +250,38 @@ Examples:
             how = f"from {', '.join(answer['providers'])}" if answer.get("fetched") else "(held already)"
             click.echo(f"{answer['cid']}: {answer['size']} bytes {how}")
 
+    @asset_group.command(name="verify")
+    @home_option
+    @click.option("--repair", is_flag=True,
+                  help="Also make the index and the object store agree (the node must be stopped): index stored "
+                       "blobs that hash to their name, remove those that do not, clear interrupted puts.")
+    @json_option
+    def asset_verify(home: Path | None, repair: bool, as_json: bool) -> None:
+        """Read every blob back and check it hashes to its CID (exit 65 if one does not or is gone)."""
+        from registrygrid.blobs.service import Assets
+        from registrygrid.errors import EX_DATAERR
+
+        with open_backend(home, direct_read=not repair) as backend:
+            if repair and _bridge(backend):
+                raise ValidationError("--repair changes the store: stop the node first")
+            assets = Assets.open(Home(home), backend.store)
+            repaired = assets.blobs.reconcile() if repair else None
+            report = assets.blobs.verify()
+        if repaired is not None:
+            report["repaired"] = repaired
+        if as_json:
+            render.dump_json(report)
+        else:
+            click.echo(f"{report['checked']} blobs, {report['bytes']} bytes checked; "
+                       f"{len(report['corrupt'])} corrupt, {len(report['missing'])} missing, "
+                       f"{len(report['unindexed'])} unindexed" + (f"; repaired: {repaired}" if repaired else ""))
+            for cid in report["corrupt"]:
+                click.echo(f"corrupt: {cid}")
+            for cid in report["missing"]:
+                click.echo(f"missing: {cid}")
+        if not report["ok"]:
+            sys.exit(EX_DATAERR)
+
     @asset_group.command(name="rotate-keys")
     @home_option
     def asset_rotate_keys(home: Path | None) -> None:

@@ -89,6 +89,11 @@ def _record_reader(registry: LocalRegistry) -> Callable[[str, str], dict[str, An
     return read
 
 
+# Expired uploads are swept this often: a session's TTL is a day, so ten
+# minutes late costs nothing, and a sweep reads every session.
+SWEEP_UPLOADS_S = 600.0
+
+
 class Node:
     def __init__(self, home: Home, components: Sequence[Component] = ()) -> None:
         self.home = home
@@ -138,6 +143,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 await nursery.start(self.committer.run)
+                nursery.start_soon(self._keep_assets)
                 for component in self.components:
                     await nursery.start(component.run, self)
                     log.info("%s started", component.name)
@@ -150,6 +156,19 @@ class Node:
             with trio.CancelScope(shield=True):
                 self.registry.close()
                 log.info("node stopped; store closed")
+
+    async def _keep_assets(self) -> None:
+        """Asset housekeeping: staging left by a crash, at start (no put runs
+        yet); upload sessions past their TTL, with their parts, every
+        ``SWEEP_UPLOADS_S``."""
+        removed = await trio.to_thread.run_sync(self.assets.blobs.clear_staging)
+        if removed:
+            log.info("removed %d staged objects a crash left behind", removed)
+        while True:
+            swept = await trio.to_thread.run_sync(self.assets.uploads.sweep)
+            if swept:
+                log.info("swept %d expired uploads", swept)
+            await trio.sleep(SWEEP_UPLOADS_S)
 
     def stop(self) -> None:
         if self.nursery is not None:
