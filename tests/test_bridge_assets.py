@@ -289,3 +289,43 @@ async def test_an_upload_resumes_after_the_node_restarts(nursery: trio.Nursery, 
         got = await http.get(f"/v1/blobs/{done['cid']}")
     assert status["missing"] == [1, 3] and got.content == data
     again.node.stop()
+
+
+async def test_what_fuzzing_found_gets_a_typed_error_and_changes_nothing(served: Served) -> None:
+    """Each request here once answered 500, or stored what it refused, or broke later requests."""
+    from registrygrid.storage.blobs import iter_sessions
+
+    def sessions() -> int:
+        return sum(1 for _ in iter_sessions(served.node.store))
+
+    async with served.client() as http:
+        before = sessions()
+        for bad in ({"size": 1, "content_type": 5}, {"size": 1, "name": 5}, {"size": 1, "sha256": 5},
+                    {"size": 1, "md5": 5}, {"size": 1, "part_size": "x"}, {"size": 10, "name": ["x"]},
+                    {"size": 10, "content_type": ["/"]}, {"size": 1, "content_type": "text/plain\r\nX-Evil: 1"},
+                    {"size": 1, "presign": {"expires_in": 0}}, {"size": 1, "presign": {"ip": "nope"}},
+                    {"size": 1, "presign": {"expires_in": True}}):
+            answer = await http.post("/v1/uploads", json=bad)
+            assert answer.status_code == 422, (bad, answer.text)
+        assert sessions() == before  # nothing stored by a refused creation
+        whole_float = await http.post("/v1/uploads", json={"size": 10, "part_size": 1048576.0})
+        assert whole_float.status_code == 201 and whole_float.json()["part_size"] == 1048576
+
+        empty = await upload(served, b"")
+        cid = empty["cid"]
+        suffix = await http.get(f"/v1/blobs/{cid}", headers={"Range": "bytes=-5"})
+        assert suffix.status_code == 200 and suffix.content == b"" and "X-Trace-Id" in suffix.headers
+        huge = await http.put(f"/v1/blobs/{cid}/retention", json={"until_ms": 2**70})
+        control = await http.post("/v1/bundles", json={"name": "a\n.zip", "members": [{"name": "x", "cid": cid}]})
+        after_control = await http.get(f"/v1/blobs/{cid}/meta")  # the same keep-alive connection still works
+        bad_url = await http.post("/v1/bundles", json={"members": [{"name": "x", "url": "http://[::1"}]})
+        wide_digit = await http.put(f"/v1/uploads/{whole_float.json()['id']}/parts/\uff11", content=b"0123456789")
+        accented_hold = await http.put(f"/v1/blobs/{cid}/holds/\u00e9", json={"reason": "r"})
+        stray_bits = await http.get(f"/v1/blobs/{cid[:-1]}{'b' if cid[-1] != 'b' else 'c'}")
+        url = (await http.post(f"/v1/blobs/{cid}/presign", json={"expires_in": 60})).json()["url"]
+    async with served.client("no-such-token") as anonymous:
+        non_ascii_sig = await anonymous.get(url.split("rg-sig=")[0] + "rg-sig=%C3%A9")
+    assert huge.status_code == 422 and control.status_code == 422 and after_control.status_code == 200
+    assert bad_url.status_code == 422 and wide_digit.status_code == 400 and accented_hold.status_code == 422
+    assert stray_bits.status_code == 422
+    assert non_ascii_sig.status_code == 403 and non_ascii_sig.json()["error"]["code"] == "presign_invalid"

@@ -112,7 +112,10 @@ class Bundle:
             names.add(name)
             if "url" in item:
                 url = item["url"]
-                host = urllib.parse.urlsplit(url).hostname if isinstance(url, str) else None
+                try:
+                    host = urllib.parse.urlsplit(url).hostname if isinstance(url, str) else None
+                except ValueError:  # "http://[::1": urllib refuses it
+                    host = None
                 if not isinstance(url, str) or not url.startswith(("https://", "http://")) or host is None:
                     raise ValidationError(f"{at}/url: an http(s) URL", details=[{"path": f"{at}/url"}])
                 if host not in allowed_hosts:

@@ -112,6 +112,9 @@ def parse_cid(text: str) -> bytes:
         raise ValidationError(f"not a blob CID: {text[:80]!r} (a CIDv1, raw, sha2-256, base32: 'bafkrei...')",
                               details=[{"path": "cid", "message": "invalid"}]) from None
     assert len(raw) == CID_BYTES
+    if cid_to_str(raw) != text:  # base32 with stray padding bits: one blob, one spelling
+        raise ValidationError(f"not a blob CID in canonical form: {text[:80]!r}",
+                              details=[{"path": "cid", "message": "not canonical"}])
     return raw
 
 

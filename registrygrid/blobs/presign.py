@@ -141,7 +141,8 @@ class PresignKeys:
         ip = query.get("rg-ip", "")
         key = next((k for k in self.keys if k.kid == kid), None)
         expected = _mac(key.secret, _canonical(granted, path, expires, kid, limit, ip)) if key else ""
-        if key is None or not hmac.compare_digest(expected, query.get("rg-sig", "")):
+        given = query.get("rg-sig", "").encode("utf-8", "surrogateescape")  # compare_digest takes ASCII str only
+        if key is None or not hmac.compare_digest(expected.encode(), given):
             raise PresignInvalid("the presigned URL is not valid (altered, or signed by a retired key)")
         # Signed, so every value below is the node's own.
         if granted != method and not (granted == "GET" and method == "HEAD"):

@@ -34,8 +34,8 @@ class RangeNotSatisfiable(ValidationError):
 
 
 def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
-    if header is None:
-        return None
+    if header is None or size == 0:
+        return None  # an empty representation has no byte to select: the whole (empty) answer
     unit, sep, specs = header.partition("=")
     if not sep or unit.strip().lower() != "bytes":
         return None

@@ -25,6 +25,7 @@ Quotas are checked at creation (the declared size) and at finalize.
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
@@ -48,6 +49,11 @@ from registrygrid.storage import blobs as index
 from registrygrid.storage.blobs import Part, UploadSession
 
 UPLOADS = "uploads"
+# A media type as RFC 9110 8.3.1 writes it: type/subtype and parameters, each
+# a token or a quoted value, so no control character can reach a header.
+_TOKEN = "[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+MEDIA_TYPE_PATTERN = f'^{_TOKEN}/{_TOKEN}( *; *{_TOKEN}=({_TOKEN}|"[^"\\\\\\x00-\\x1f\\x7f]*"))*$'
+_MEDIA_TYPE = re.compile(MEDIA_TYPE_PATTERN)
 
 
 class UploadExpired(NotFound):
@@ -97,9 +103,16 @@ class Uploads:
     def create(self, owner: str, *, size: int, part_size: int | None = None, sha256: str | None = None,
                md5: str | None = None, content_type: str = "application/octet-stream",
                name: str = "") -> UploadSession:
-        declared = Expected(size=size, sha256=sha256, md5=md5)  # checks their forms
-        if not isinstance(size, int) or size < 0:
+        for path, value in (("sha256", sha256), ("md5", md5)):
+            if value is not None and not isinstance(value, str):
+                raise ValidationError(f"{path} is a hex string", details=[{"path": path}])
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ValidationError("size must be a whole number of bytes", details=[{"path": "size"}])
+        if part_size is not None and (not isinstance(part_size, int) or isinstance(part_size, bool)):
+            raise ValidationError("part_size is a whole number of bytes", details=[{"path": "part_size"}])
+        if not isinstance(name, str) or not isinstance(content_type, str):
+            raise ValidationError("name and content_type are strings", details=[{"path": "content_type"}])
+        declared = Expected(size=size, sha256=sha256, md5=md5)  # checks their forms
         limits = self.limits
         part = limits.default_part_bytes if part_size is None else part_size
         if not limits.min_part_bytes <= part <= limits.max_part_bytes:
@@ -110,8 +123,11 @@ class Uploads:
             if part > limits.max_part_bytes:
                 raise TooLarge(f"{size} bytes need more than {limits.max_parts} parts of "
                                f"{limits.max_part_bytes} bytes", details=[{"path": "size"}])
-        if len(name) > 1024 or len(content_type) > 255 or "/" not in content_type:
-            raise ValidationError("name has at most 1024 characters; content_type is a media type (type/subtype)",
+        if len(name) > 1024 or any(ord(c) < 0x20 or c == "\x7f" for c in name):
+            raise ValidationError("name has at most 1024 characters and no control characters",
+                                  details=[{"path": "name"}])
+        if len(content_type) > 255 or not _MEDIA_TYPE.fullmatch(content_type):
+            raise ValidationError("content_type is a media type (type/subtype; RFC 9110 tokens)",
                                   details=[{"path": "content_type"}])
         if self.declare is not None:
             self.declare(size, content_type, name)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -57,6 +58,7 @@ from registrygrid.errors import (
 )
 from registrygrid.node.bridge.app import json_response
 from registrygrid.node.bridge.auth import ADMIN, READ, WRITE
+from registrygrid.node.bridge.streaming import TRACE_ID
 from registrygrid.storage.blobs import BlobEntry, UploadSession
 
 if TYPE_CHECKING:
@@ -159,34 +161,22 @@ class AssetRoutes:
 
     async def create_upload(self, request: web.Request) -> web.Response:
         owner_token = self.api.require(request, WRITE, target="uploads")
-        body, _ = await self.api.body(request, None)
-        if not isinstance(body, dict):
-            raise ValidationError("the body is an object: {size, sha256?, md5?, content_type?, part_size?, name?}")
-        unknown = set(body) - {"size", "sha256", "md5", "content_type", "part_size", "name", "presign"}
-        if unknown:
-            raise ValidationError(f"unknown members: {', '.join(sorted(unknown))}",
-                                  details=[{"path": f"/{k}"} for k in sorted(unknown)])
-        size = body.get("size")
-        if not isinstance(size, int) or isinstance(size, bool):
-            raise ValidationError("size (bytes, a whole number) is required", details=[{"path": "/size"}])
+        body, _ = await self.api.body(request, "UploadCreate")  # types and bounds, by the document's schema
+        size = body["size"]
+        presign = body.get("presign")
+        grant = _presign_options(presign if isinstance(presign, dict) else {}) if presign else None
         session = await self._checked(owner_token.actor, "uploads", lambda: self.assets.uploads.create(
             owner_token.id, size=size, part_size=body.get("part_size"), sha256=body.get("sha256"),
             md5=body.get("md5"), content_type=body.get("content_type") or "application/octet-stream",
             name=body.get("name") or ""))
         answer = self._session(session)
-        presign = body.get("presign")
-        if presign and session.state == "open":
-            answer["part_urls"] = self._part_urls(request, session, presign)
+        if grant is not None and session.state == "open":
+            answer["part_urls"] = self._part_urls(session, *grant)
         self.api.audit.note("create", owner_token.actor, f"upload/{session.id}",
                             f"upload of {size} bytes{' (deduplicated)' if session.deduplicated else ''}")
         return json_response(answer, status=201, headers={"Location": f"/v1/uploads/{session.id}"})
 
-    def _part_urls(self, request: web.Request, session: UploadSession, options: Any) -> list[str]:
-        options = options if isinstance(options, dict) else {}
-        expires = options.get("expires_in", 3600)
-        if not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES_S:
-            raise ValidationError(f"presign.expires_in: 1 to {MAX_EXPIRES_S} seconds")
-        ip = options.get("ip")
+    def _part_urls(self, session: UploadSession, expires: int, ip: str | None) -> list[str]:
         return [self.assets.presign.sign("PUT", f"/v1/uploads/{session.id}/parts/{n}", expires_in_s=expires,
                                          max_bytes=session.part_length(n), ip=ip)
                 for n in range(1, session.part_count + 1)]
@@ -214,16 +204,17 @@ class AssetRoutes:
 
     async def presign_parts(self, request: web.Request) -> web.Response:
         owner = self._owner(request, WRITE)
-        body, _ = await self.api.body(request, None)
+        body, _ = await self.api.body(request, "PresignOptions")
+        grant = _presign_options(body)
         session = await self._thread(self.assets.uploads.status, request.match_info["id"], owner)
-        return json_response({"part_urls": self._part_urls(request, session, body)})
+        return json_response({"part_urls": self._part_urls(session, *grant)})
 
     async def put_part(self, request: web.Request) -> web.Response:
         session_id = request.match_info["id"]
-        try:
-            number = int(request.match_info["n"])
-        except ValueError:
-            raise MalformedInput("the part number is a whole number") from None
+        raw_number = request.match_info["n"]
+        if not (raw_number.isascii() and raw_number.isdigit()) or len(raw_number) > 6:
+            raise MalformedInput("the part number is a whole number (ASCII digits)")
+        number = int(raw_number)
         length = request.content_length
         if self._presigned(request, length):
             owner: str | None = None  # the grant names this part of this session: the token's check is done
@@ -297,7 +288,7 @@ class AssetRoutes:
     async def _stream(self, request: web.Request, cid: bytes, ranges: list[tuple[int, int]], status: int,
                       entry: BlobEntry, headers: dict[str, str]) -> web.StreamResponse:
         start, end = ranges[0]
-        response = web.StreamResponse(status=status, headers=headers)
+        response = web.StreamResponse(status=status, headers={**headers, **_trace(request)})
         response.content_type = entry.content_type
         response.content_length = end - start
         await response.prepare(request)
@@ -312,7 +303,7 @@ class AssetRoutes:
         heads = [(f"\r\n--{boundary}\r\nContent-Type: {entry.content_type}\r\n"
                   f"Content-Range: bytes {s}-{e - 1}/{entry.size}\r\n\r\n").encode() for s, e in ranges]
         tail = f"\r\n--{boundary}--\r\n".encode()
-        response = web.StreamResponse(status=206, headers=headers)
+        response = web.StreamResponse(status=206, headers={**headers, **_trace(request)})
         response.content_type = "multipart/byteranges"
         response.headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
         response.content_length = sum(len(h) for h in heads) + sum(e - s for s, e in ranges) + len(tail)
@@ -354,7 +345,8 @@ class AssetRoutes:
         entry, chunks = await self._thread(entry_of, self.assets.blobs, cid, name)
         self.api.read_note(token, f"blob/{cid_text(cid)}", f"zip entry {name[:200]}")
         response = web.StreamResponse(headers={"ETag": f'"{entry.sha256}"', "X-Content-SHA256": entry.sha256,
-                                               "Cache-Control": f"private, max-age={IMMUTABLE_S}, immutable"})
+                                               "Cache-Control": f"private, max-age={IMMUTABLE_S}, immutable",
+                                               **_trace(request)})
         response.content_type = "application/octet-stream"
         response.content_length = entry.size
         await response.prepare(request)
@@ -366,20 +358,19 @@ class AssetRoutes:
     async def bundle(self, request: web.Request) -> web.StreamResponse:
         """A ZIP of blobs, entries of stored ZIPs and allowed URLs, built while it is sent."""
         token = self.api.require(request, READ, target="bundles")
-        body, _ = await self.api.body(request, None)
-        if not isinstance(body, dict) or set(body) - {"name", "members"}:
-            raise ValidationError("the body is {name?, members: [{name, cid, entry?} | {name, url}]}")
+        body, _ = await self.api.body(request, "BundleRequest")
         plan = Bundle.parse(body.get("members"), allowed_hosts=self.assets.bundle_hosts)
         await self._thread(plan.check, self.assets.blobs)  # 404 before any byte, not a broken archive
         filename = body.get("name") or "bundle.zip"
-        if not isinstance(filename, str) or not filename.endswith(".zip") or "/" in filename or '"' in filename:
-            raise ValidationError("name: a file name ending in .zip")
+        if not isinstance(filename, str) or not filename.endswith(".zip") or "/" in filename or '"' in filename \
+                or "\\" in filename or any(ord(c) < 0x20 or c == "\x7f" for c in filename):
+            raise ValidationError("name: a file name ending in .zip (no '/', '\"', '\\' or control characters)")
         headers = {"ETag": plan.etag, "Content-Disposition": f'attachment; filename="{filename}"',
                    "Cache-Control": "private, max-age=3600"}
         if _matches(request.headers.get("If-None-Match"), plan.etag):
             return web.Response(status=304, headers=headers)
         self.api.read_note(token, "bundles", f"bundle of {len(plan.members)} members")
-        response = web.StreamResponse(headers=headers)
+        response = web.StreamResponse(headers={**headers, **_trace(request)})
         response.content_type = "application/zip"
         await response.prepare(request)  # chunked: the size is known only at the end
         await self._pump(response, plan.chunks(self.assets.blobs))
@@ -419,21 +410,18 @@ class AssetRoutes:
     async def presign_blob(self, request: web.Request) -> web.Response:
         cid = self._blob_cid(request)
         self.api.require(request, READ, target=f"blob/{cid_text(cid)}")
-        body, _ = await self.api.body(request, None)
-        body = body if isinstance(body, dict) else {}
+        body, _ = await self.api.body(request, "PresignOptions")
+        expires, ip = _presign_options(body)
         await self._thread(self.assets.blobs.require, cid)
-        expires = body.get("expires_in", 3600)
-        if not isinstance(expires, int) or isinstance(expires, bool):
-            raise ValidationError("expires_in: a whole number of seconds")
-        url = self.assets.presign.sign("GET", f"/v1/blobs/{cid_text(cid)}", expires_in_s=expires, ip=body.get("ip"))
+        url = self.assets.presign.sign("GET", f"/v1/blobs/{cid_text(cid)}", expires_in_s=expires, ip=ip)
         return json_response({"url": url, "expires_in": expires})
 
     async def retain_blob(self, request: web.Request) -> web.Response:
         cid = self._blob_cid(request)
         token = self.api.require(request, ADMIN, target=f"blob/{cid_text(cid)}")
-        body, _ = await self.api.body(request, None)
-        until = body.get("until_ms") if isinstance(body, dict) else None
-        if not isinstance(until, int) or isinstance(until, bool) or until < 0:
+        body, _ = await self.api.body(request, "RetentionSet")
+        until = body.get("until_ms")
+        if not isinstance(until, int) or isinstance(until, bool) or not 0 <= until < 2**63:
             raise ValidationError("until_ms: milliseconds since the epoch", details=[{"path": "/until_ms"}])
         entry = await self._thread(self.assets.blobs.retain, cid, until)
         self.api.audit.note("update", token.actor, f"blob/{cid_text(cid)}", f"retained until {until}")
@@ -443,8 +431,8 @@ class AssetRoutes:
         cid = self._blob_cid(request)
         token = self.api.require(request, ADMIN, target=f"blob/{cid_text(cid)}")
         name = _hold_name(request.match_info["name"])
-        body, _ = await self.api.body(request, None)
-        reason = body.get("reason", "") if isinstance(body, dict) else ""
+        body, _ = await self.api.body(request, "HoldSet")
+        reason = body.get("reason", "")
         if not isinstance(reason, str) or not reason or len(reason) > 1000:
             raise ValidationError("reason: why the hold is set (1 to 1000 characters)", details=[{"path": "/reason"}])
         entry = await self._thread(self.assets.blobs.hold, cid, name, f"{reason} (by {token.actor})")
@@ -470,6 +458,12 @@ class AssetRoutes:
         self.api.audit.note("delete", token.actor, f"blob/{cid_text(cid)}",
                             f"purged {entry.size} bytes; object store holds it: {gone is not None}")
         return json_response({"cid": cid_text(cid), "purged": True, "size": entry.size})
+
+
+def _trace(request: web.Request) -> dict[str, str]:
+    """A streamed answer is sent before the middleware sees it: it names its trace id itself."""
+    trace_id = request.get(TRACE_ID)
+    return {"X-Trace-Id": trace_id} if trace_id else {}
 
 
 def blob_view(cid: bytes, entry: BlobEntry) -> dict[str, Any]:
@@ -502,8 +496,23 @@ def _sha256_header(value: str | None) -> str | None:
     return value
 
 
+def _presign_options(options: dict[str, Any]) -> tuple[int, str | None]:
+    """(expires_in, ip) of a presign request, checked before anything is created."""
+    expires = options.get("expires_in", 3600)
+    if not isinstance(expires, int) or isinstance(expires, bool) or not 1 <= expires <= MAX_EXPIRES_S:
+        raise ValidationError(f"expires_in: 1 to {MAX_EXPIRES_S} seconds", details=[{"path": "/expires_in"}])
+    ip = options.get("ip")
+    if ip is not None:
+        try:
+            ip = str(ipaddress.ip_network(ip, strict=False))
+        except (TypeError, ValueError):
+            raise ValidationError(f"ip: an IP address or network, not {str(ip)[:60]!r}",
+                                  details=[{"path": "/ip"}]) from None
+    return expires, ip
+
+
 def _hold_name(name: str) -> str:
-    if not 1 <= len(name) <= 64 or not all(c.isalnum() or c in "-_." for c in name):
+    if not 1 <= len(name) <= 64 or not name.isascii() or not all(c.isalnum() or c in "-_." for c in name):
         raise ValidationError("a hold's name has 1 to 64 letters, digits, '-', '_' or '.'")
     return name
 

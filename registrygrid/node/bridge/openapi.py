@@ -17,15 +17,25 @@ from typing import Any
 
 import jsonschema
 import jsonschema_rs
+import msgspec
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from registrygrid.blobs import bundles as asset_bundles
+from registrygrid.blobs.blobs import BlobLimits
+from registrygrid.blobs.metadata import Extracted
+from registrygrid.blobs.presign import MAX_EXPIRES_S
+from registrygrid.blobs.presign import PARAMS as PRESIGN_PARAMS
+from registrygrid.blobs.ranges import MAX_RANGES
+from registrygrid.blobs.uploads import MEDIA_TYPE_PATTERN, UploadLimits
+from registrygrid.blobs.zipfiles import DEFAULT_LIMITS as ZIP_LIMITS
 from registrygrid.dispute_views import STATUSES as DISPUTE_STATUSES
 from registrygrid.engine.registries import WRITE_POLICIES
 from registrygrid.formats import ard, mcp, mcp_registry
 from registrygrid.node.follow import FOLLOW_INTERVAL_S
 from registrygrid.protocol import limits, names
+from registrygrid.protocol.blob_exchange import MAX_CHUNK as BLOB_RANGE_BYTES
 from registrygrid.record import record_json_schema
 from registrygrid.schemas.catalog import rust_reads_as_python
 from registrygrid.search import query as search_query
@@ -201,6 +211,181 @@ def _search_query_schema() -> dict[str, Any]:
     }, "examples": [{"text": "summarize \"legal contracts\"",
                      "filter": {"and": [{"field": "kind", "eq": "function"}, {"field": "price", "lt": 0.01}]},
                      "facets": ["region"], "limit": 20}]}
+
+
+# ---- asset content (registrygrid/blobs; node/bridge/asset_routes.py serves it)
+UPLOAD_LIMITS = UploadLimits()
+BLOB_LIMITS = BlobLimits()
+# A blob's CID as the bridge writes it (blobs/digest.py cid_text): CIDv1, raw,
+# sha2-256, multibase base32 in lower case, so "b" and 58 characters. Its
+# prefix (0x01 0x55 0x12 0x20) fixes "afkrei" and the top two bits of the next
+# character (a to h); the last character holds 3 bits and 2 zero padding bits.
+BLOB_CID = {"type": "string", "pattern": "^bafkrei[a-h][a-z2-7]{50}[aeimquy4]$",
+            "description": "a blob's CID: CIDv1 (raw, sha2-256) of its SHA-256, base32 ('bafkrei...')"}
+UPLOAD_ID = {"type": "string", "pattern": "^up_[0-9a-f]{32}$", "description": "an upload session's id"}
+SHA256_HEX = {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "hex SHA-256"}
+MD5_HEX = {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "hex MD5"}
+# A media type as RFC 9110 8.3.1 writes it (blobs/uploads.py checks the same
+# pattern): no control character reaches a header.
+MEDIA_TYPE = {"type": "string", "maxLength": 255, "pattern": MEDIA_TYPE_PATTERN}
+# An IPv4 address or network (CIDR), or an IPv6 address: what a presigned URL
+# may be limited to (blobs/presign.py reads it with ipaddress.ip_network,
+# strict=False, which also takes an IPv6 network).
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+IP_LIMIT = {"anyOf": [{"type": "string", "pattern": f"^{_OCTET}(\\.{_OCTET}){{3}}(/(3[0-2]|[12]?[0-9]))?$"},
+                      {"type": "string", "format": "ipv6"}, {"type": "null"}],
+            "description": "only requests from this address or network (10.0.0.0/8) may use the URL"}
+EXPIRES_IN = {"type": "integer", "minimum": 1, "maximum": MAX_EXPIRES_S,
+              "description": f"seconds the URL lives (default 3600; at most {MAX_EXPIRES_S}, as S3's SigV4)"}
+# A path inside a ZIP (blobs/zipfiles.py check_name): relative, no '..', '.'
+# or empty segment, no backslash or control character, at most
+# max_segment_bytes a segment and max_name_bytes in all, in UTF-8. A schema
+# counts characters, not bytes: the bounds below are the characters that
+# always fit (4 bytes a character at most), so a name the schema takes is
+# one the node takes.
+_ZIP_CHAR = "[^/\\\\\\x00-\\x1f\\x7f]"
+_ZIP_SEGMENT = f"{_ZIP_CHAR}{{1,{ZIP_LIMITS.max_segment_bytes // 4}}}"
+ZIP_PATH = {"type": "string", "maxLength": ZIP_LIMITS.max_name_bytes // 4,
+            "pattern": f"^(?![A-Za-z]:)(?!\\.\\.?(/|$))(?!.*/\\.\\.?(/|$)){_ZIP_SEGMENT}(/{_ZIP_SEGMENT})*/?$",
+            "description": f"a path inside the archive: relative, '/' between segments (a trailing one names a "
+                           f"directory), no '..', '.' or empty segment, no backslash or control character; at "
+                           f"most {ZIP_LIMITS.max_segment_bytes} UTF-8 bytes a segment and "
+                           f"{ZIP_LIMITS.max_name_bytes} in all"}
+# A presigning key's id (blobs/presign.py PresignKeys.rotate: "k" and 4 random bytes in hex).
+PRESIGN_KID = {"type": "string", "pattern": "^k[0-9a-f]{8}$"}
+# Content-MD5 (RFC 1864): base64 of the 16-byte digest, as S3 clients send it.
+CONTENT_MD5 = {"type": "string", "pattern": "^[A-Za-z0-9+/]{21}[AQgw]==$"}
+
+
+def _asset_metadata_schema() -> dict[str, Any]:
+    """What a blob's bytes say of themselves: blobs/metadata.py's Extracted,
+    its one definition, less its empty members (blobs/service.py keeps only
+    the ones the bytes filled), or why they could not be read."""
+    (_, ), components = msgspec.json.schema_components([Extracted], ref_template="#/components/schemas/{name}")
+    schema = components["Extracted"]
+    schema.pop("title", None)
+    for prop in schema["properties"].values():
+        prop.pop("default", None)
+    schema["properties"]["unreadable"] = {"type": "string", "description": "CODE: message, when a header of "
+                                          "the bytes could not be read (the blob is stored all the same)"}
+    return {**schema, "additionalProperties": False, "description": (
+        "what the bytes say of themselves (safetensors, GGUF, a ZIP's listing, a model card's front matter), "
+        "read from their head when they were stored; members the bytes do not fill are absent")}
+
+
+def _asset_schemas() -> dict[str, Any]:
+    up = UPLOAD_LIMITS
+    part = {"part": {"type": "integer", "minimum": 1, "maximum": up.max_parts}, "size": SEQ,
+            "sha256": SHA256_HEX, "md5": {**_nullable(MD5_HEX), "description": "null unless it came with a "
+                                                                            "Content-MD5 (MD5 is computed only to "
+                                                                            "check one)"}}
+    blob = {
+        "cid": BLOB_CID, "size": SEQ, "sha256": SHA256_HEX,
+        "md5": {**_nullable(MD5_HEX), "description": "null unless its upload declared one (MD5 is computed only "
+                                                     "to check one)"},
+        "content_type": STRING, "created_at_ms": INT,
+        "retain_until_ms": {**_nullable(INT), "description": "ms: no purge before then (null: none)"},
+        "holds": {"type": "object", "additionalProperties": STRING,
+                  "description": "legal holds by name, each with its reason and who set it"},
+        "meta": _ref("AssetMetadata"),
+        "checks": {**STRING, "description": "the asset checks' verdicts when the bytes were stored"},
+    }
+    session = {
+        "id": UPLOAD_ID, "state": {"enum": ["open", "complete", "cancelled"]},
+        "size": {**SEQ, "description": "the whole file's bytes, as declared"},
+        "part_size": {"type": "integer", "minimum": 1, "description": "bytes of every part but the last"},
+        "parts": {"type": "integer", "minimum": 1, "maximum": up.max_parts, "description": "how many parts"},
+        "content_type": STRING, "name": STRING, "sha256": {**_nullable(SHA256_HEX), "description": "as declared"},
+        "received_bytes": SEQ,
+        "received": {"type": "array", "items": _obj(part), "description": "the parts the node holds, by number"},
+        "missing": {"type": "array", "items": part["part"], "description": "the parts still to send (an open "
+                    "session; empty otherwise): resume from here"},
+        "expires_at_ms": {**INT, "description": "ms: an open session untouched until then expires (its parts "
+                          "are deleted); every part and heartbeat renews it"},
+        "cid": {**_nullable(BLOB_CID), "description": "the blob's CID, once complete"},
+        "deduplicated": {"type": "boolean", "description": "complete at creation with no bytes sent: the node "
+                         "held a blob of the declared sha256 and size already"},
+    }
+    return {
+        "UploadCreate": _obj({
+            "size": {"type": "integer", "minimum": 0, "maximum": BLOB_LIMITS.max_blob_bytes,
+                     "description": f"the whole file's bytes (the node's assets.max_blob_bytes caps it: "
+                                    f"{BLOB_LIMITS.max_blob_bytes} by default, 413 beyond)"},
+            "sha256": {**_nullable(SHA256_HEX), "description": "the whole file's, checked at finalize; a blob "
+                       "this node holds with it (and the size) completes the session at once"},
+            "md5": {**_nullable(MD5_HEX), "description": "the whole file's, checked at finalize"},
+            "content_type": {"anyOf": [MEDIA_TYPE, {"const": ""}, {"type": "null"}],
+                             "description": "the blob's media type (default application/octet-stream)"},
+            "part_size": {"anyOf": [{"type": "integer", "minimum": up.min_part_bytes,
+                                     "maximum": up.max_part_bytes}, {"type": "null"}],
+                          "description": f"bytes a part (default: the node's assets.part_bytes, "
+                                         f"{up.default_part_bytes}); raised when size would need more "
+                                         f"than {up.max_parts} parts"},
+            "name": {"type": ["string", "null"], "maxLength": 1024, "pattern": "^[^\\x00-\\x1f\\x7f]*$",
+                     "description": "the file's name, no control characters: what reading the bytes' metadata "
+                                    "and the asset checks go by (model.safetensors, README.md)"},
+            "presign": {"anyOf": [{"type": ["boolean", "null"]}, _ref("PresignOptions")],
+                        "description": "true or a non-empty object: the answer lists a presigned PUT URL for each "
+                                       "part (part_urls); false, null or {}: none"},
+        }, required=["size"], description="an upload to create: the whole file, declared"),
+        "PresignOptions": _obj({"expires_in": EXPIRES_IN, "ip": IP_LIMIT}, required=[]),
+        "UploadSession": _obj({**session, "part_urls": {
+            "type": "array", "items": STRING, "description": "presigned PUT URLs, one a part in order (creation "
+            "with presign only): paths with their query, to resolve against the bridge's URL"}},
+            required=list(session), description="an upload session"),
+        "UploadFinalized": _obj({**session, "meta": _ref("AssetMetadata"), "checks": {
+            **STRING, "description": "the asset checks' verdicts on the bytes, one line ('no checks' when none "
+                                     "apply)"}}, description="a complete upload and what its blob's bytes say"),
+        "UploadPart": _obj(part, description="a part the node holds now"),
+        "PartUrls": _obj({"part_urls": {"type": "array", "items": STRING, "minItems": 1, "description": (
+            "presigned PUT URLs, one a part in order: paths with their query, to resolve against the bridge's "
+            "URL")}}),
+        "PresignedUrl": _obj({"url": {**STRING, "description": "a path with its query (rg-*), to resolve against "
+                                                               "the bridge's URL"},
+                              "expires_in": EXPIRES_IN}),
+        "AssetMetadata": _asset_metadata_schema(),
+        "BlobMeta": _obj(blob, description="what the node knows of a blob"),
+        "BlobFetched": _obj({
+            **blob, "fetched": {"type": "boolean", "description": "false: the node held it already"},
+            "providers": {"type": "array", "items": PEER_ID, "description": "the members it came from (fetched "
+                                                                           "only)"},
+        }, required=[*blob, "fetched"], description="a blob fetched from the federation's members"),
+        "PresignKeys": _obj({"kid": {**PRESIGN_KID, "description": "the new signing key's"},
+                             "keys": {"type": "array", "items": PRESIGN_KID, "minItems": 1,
+                                      "description": "every key the node keeps, newest first"}}),
+        "BlobPurged": _obj({"cid": BLOB_CID, "purged": {"const": True}, "size": SEQ}),
+        "RetentionSet": _obj({"until_ms": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1,
+                                           "description": "ms since the epoch"}}),
+        "HoldSet": _obj({"reason": {"type": "string", "minLength": 1, "maxLength": 1000,
+                                    "description": "why the blob is held"}}),
+        "ZipManifest": _obj({
+            "cid": BLOB_CID, "archive_size": {**SEQ, "description": "bytes read, central directory included"},
+            "entry_count": SEQ, "total_size": {**SEQ, "description": "every entry expanded"},
+            "top_level": {"type": "array", "items": STRING, "description": "the first segment of every name, "
+                          "sorted; directories end in '/'"},
+            "entries": {"type": "array", "description": "in archive order", "items": _obj({
+                "name": STRING, "size": {**SEQ, "description": "expanded"}, "compressed_size": SEQ,
+                "crc32": {"type": "string", "pattern": "^[0-9a-f]{8}$"}, "sha256": SHA256_HEX,
+                "is_dir": {"type": "boolean"}})},
+        }, description="a stored ZIP's listing, checked against its central directory"),
+        "BundleRequest": _obj({
+            "name": {"anyOf": [{"type": "string", "maxLength": 255,
+                                "pattern": '^[^/"\\\\\\x00-\\x1f\\x7f]*\\.zip$'}, {"const": ""}, {"type": "null"}],
+                     "description": "the download's file name (Content-Disposition; default bundle.zip)"},
+            "members": {"type": "array", "minItems": 1, "maxItems": asset_bundles.MAX_MEMBERS,
+                        "items": _ref("BundleMember"),
+                        "description": "the archive's files, in order; their names differ (422 otherwise)"},
+        }, required=["members"]),
+        "BundleMember": {"oneOf": [
+            _obj({"name": ZIP_PATH, "cid": BLOB_CID, "entry": {
+                "type": "string", "minLength": 1, "maxLength": ZIP_LIMITS.max_name_bytes,
+                "description": "an entry of the blob, a stored ZIP: that entry alone"}}, required=["name", "cid"]),
+            _obj({"name": ZIP_PATH, "url": {
+                "type": "string", "maxLength": 2048, "pattern": "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][!-~]*)?$",
+                "description": "fetched while the bundle is sent, from a host in the node's assets.bundle_hosts "
+                               "only (none by default: 403)"}}),
+        ], "description": "a blob (cid), an entry of a stored ZIP (cid and entry), or a URL"},
+    }
 
 
 SCHEMAS: dict[str, Any] = {
@@ -687,6 +872,7 @@ SCHEMAS: dict[str, Any] = {
         "trace_id": {"type": "string", "description": "also in the X-Trace-Id header"},
     }, description="an error of the MCP Registry API's routes: {error: message} as the official document has "
                    "it, with the bridge's code, details and trace id beside it"),
+    **_asset_schemas(),
 }
 
 _ERROR_STATUSES = {
@@ -887,6 +1073,293 @@ def _discovery_paths() -> dict[str, Any]:
                                                          "default": 100}),
                                         _query("cursor", LIST_CURSOR, "next_cursor of the previous page "
                                                                       "(opaque)")])},
+    }
+
+
+_ASSET_ERROR_STATUSES = {
+    **_ERROR_STATUSES,
+    "400": "Malformed request: bad JSON or no body where one is needed, a part number that is no number, a "
+           "Content-MD5 or X-Checksum-Sha256 of the wrong form; manifest and entries: the blob is no sound ZIP "
+           "(zip_malformed)",
+    "403": "The token lacks the role (reader; writer to upload; admin for retention, holds and purges), the upload "
+           "is another token's, an asset check refused (check_refused: details list every verdict), a presigned "
+           "URL does not grant this request (presign_invalid) or expired (presign_expired), or a bundle names a "
+           "URL of a host the node may not fetch from",
+    "404": "No such upload (or it expired: upload_expired), blob (blob_missing), hold, or ZIP entry "
+           "(zip_entry_missing)",
+    "409": "The upload is not open, or lacks parts (details[0].missing); a complete upload cannot be cancelled; "
+           "retention or a legal hold forbids the purge, or retention would shorten (retention_held)",
+    "413": f"Too large (too_large): a declared size over the node's max_blob_bytes, a part longer than its length, "
+           f"a JSON body over {MAX_BODY_BYTES} bytes",
+    "416": "No requested range overlaps the blob (range_not_satisfiable); Content-Range: bytes */SIZE",
+    "422": "Well-formed but invalid: a member out of its bounds, a part number out of range, bytes that do not "
+           "match their declared size or checksum (checksum_mismatch: details name size, sha256 or md5), a bad "
+           f"CID, more than {MAX_RANGES} ranges, a ZIP the node will not read (zip_refused)",
+    "503": "The node is starting or stopping, stores no asset content, or its object store is unavailable "
+           "(object_store_unavailable)",
+    "507": "Storing it would pass the node's blob quota (quota_exceeded; details: quota, used)",
+}
+_RANGE_HEADERS = {"Content-Range": {"description": "bytes */SIZE: the blob's size", "schema": STRING}}
+
+
+def _asset_errors(*statuses: str, head: bool = False) -> dict[str, Any]:
+    """Error answers of the asset routes; a HEAD's carry no body."""
+    out: dict[str, Any] = {}
+    for status in statuses:
+        headers = {**_TRACE_HEADER, **(_RANGE_HEADERS if status == "416" else {})}
+        out[status] = {"description": _ASSET_ERROR_STATUSES[status], "headers": headers}
+        if not head:
+            out[status]["content"] = {"application/json": {"schema": _ref("Error")}}
+    return out
+
+
+def _asset_paths() -> dict[str, Any]:
+    """Asset content (node/bridge/asset_routes.py): resumable uploads, blobs, ZIPs and bundles."""
+    # Imported here: asset_routes imports app, which imports this module.
+    from registrygrid.node.bridge.asset_routes import IMMUTABLE_S
+
+    up = UPLOAD_LIMITS
+    tags = ["assets"]
+    p_upload = _path("id", UPLOAD_ID, "the upload's id (POST /v1/uploads answers it)")
+    p_cid = _path("cid", BLOB_CID, "the blob's CID")
+    p_hold = _path("name", {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+                   "the hold's name: 1 to 64 letters, digits, '-', '_' or '.'")
+    presigned = [_query(name, {"type": "string", "maxLength": 256}, f"{name}: part of a presigned URL's grant "
+                        "(as the node wrote it: any change fails the signature)") for name in PRESIGN_PARAMS]
+    token_or_url = [{"bearer": []}, {}]  # a token, or no token and a presigned URL's rg-* query
+    blob_etag = {"ETag": {"description": "the blob's CID, quoted: the bytes under a CID never change",
+                          "schema": STRING}}
+    blob_headers = {
+        **blob_etag, "Accept-Ranges": {"schema": {"const": "bytes"}},
+        "Cache-Control": {"description": f"private, max-age={IMMUTABLE_S}, immutable; through a presigned URL "
+                                         "public, max-age the seconds it has left", "schema": STRING},
+        "X-Content-SHA256": {"description": "the blob's SHA-256", "schema": SHA256_HEX},
+        "Content-Length": {"schema": SEQ}}
+    any_bytes = {"*/*": {"schema": {"description": "the bytes, of the media type declared at upload"}}}
+    session_ok = _json("200", "UploadSession", "the session")
+    upload_errors = ("401", "403", "404", "429", "503")
+    blob_params = [
+        p_cid,
+        _header("Range", f"bytes=FIRST-LAST, bytes=FIRST-, bytes=-SUFFIX, or up to {MAX_RANGES} of them separated "
+                "by commas (RFC 9110 14.1.2); a value of another form is ignored (200)",
+                {"type": "string", "maxLength": 4096,
+                 "pattern": f"^bytes= *[0-9]*-[0-9]*( *, *[0-9]*-[0-9]*){{0,{MAX_RANGES - 1}}} *$"}),
+        _header("If-None-Match", "the ETag (or *): 304 when it matches"),
+        _header("If-Range", "the ETag: Range applies only while it matches, else the whole blob (200)"),
+        *presigned]
+    return {
+        "/v1/uploads": {"post": _op(
+            "createUpload", "Start a resumable upload: declare the whole file; send its parts in any order",
+            {**_json("201", "UploadSession", "created (complete at once when deduplicated)", LOCATION),
+             **_asset_errors("400", "401", "403", "413", "422", "429", "503", "507")},
+            tags=tags, body=_body("UploadCreate"),
+            description=(
+                "The node fixes the parts: every one part_size bytes but the last (min "
+                f"{up.min_part_bytes}, max {up.max_part_bytes}, default the node's assets.part_bytes, "
+                f"{up.default_part_bytes}; raised when size would need more than {up.max_parts} parts). A declared "
+                "sha256 of a blob the node holds, of that size, completes the session at once with no bytes to "
+                "send (state complete, deduplicated, cid). The session belongs to the token (an admin may use any "
+                f"session); a token has at most {up.max_open_per_owner} open (429). An untouched session expires "
+                f"after the node's assets.upload_ttl_s ({up.ttl_s:g} s by default); every part and heartbeat "
+                "renews it. 413: size over the node's max_blob_bytes; 507: over its quota; 403: an asset check "
+                "refuses what is declared (check_refused). Needs a writer token."))},
+        "/v1/uploads/{id}": {
+            "get": _op("getUpload", "An upload's state: the parts held and the parts missing (resume from there)",
+                       {**session_ok, **_asset_errors(*upload_errors)}, tags=tags, params=[p_upload],
+                       description="404 (upload_expired) once it expired; 403: another token's."),
+            "delete": _op("cancelUpload", "Cancel an upload: its parts are deleted",
+                          {**_json("200", "UploadSession", "cancelled"), **_asset_errors(*upload_errors, "409")},
+                          tags=tags, params=[p_upload],
+                          description="409: it is complete (purge the blob instead). Needs a writer token."),
+        },
+        "/v1/uploads/{id}/parts/{n}": {"put": _op(
+            "putUploadPart", "Send one part's bytes (any order, in parallel; again to replace it)",
+            {**_json("200", "UploadPart", "stored", {"ETag": {"description": "the part's MD5 (as S3's UploadPart) "
+                                                                             "when it came with a Content-MD5, else "
+                                                                             "its SHA-256, quoted",
+                                                              "schema": STRING}}),
+             **_asset_errors("400", *upload_errors, "409", "413", "422")},
+            tags=tags, security=token_or_url,
+            params=[p_upload, _path("n", {"type": "integer", "minimum": 1, "maximum": up.max_parts},
+                                    "the part's number, from 1"),
+                    _header("Content-MD5", "base64 of the part's MD5 (RFC 1864): checked as it streams",
+                            CONTENT_MD5),
+                    _header("X-Checksum-Sha256", "hex SHA-256 of the part: checked as it streams",
+                            {"type": "string", "pattern": "^ *[0-9A-Fa-f]{64} *$"}),
+                    *presigned],
+            body={"required": True, "content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}}}},
+            description=(
+                "The body is the part's bytes: exactly part_size (the last part: the rest), streamed to the "
+                f"object store as they arrive (the {MAX_BODY_BYTES}-byte cap of JSON bodies does not apply; a part "
+                f"has at most {up.max_part_bytes} bytes). A part that does not match (422 checksum_mismatch: fewer "
+                "bytes, or a checksum sent; 413: more bytes) is discarded and the session is as before. 409: the "
+                "session is not open; 422: a number outside 1 to parts. Needs a writer token that owns the session, "
+                "or none with a presigned URL of this part (part_urls), which allows at most the part's length "
+                "(403 presign_invalid, presign_expired)."))},
+        "/v1/uploads/{id}/heartbeat": {"post": _op(
+            "heartbeatUpload", "Keep a paused upload alive: renew its expiry",
+            {**session_ok, **_asset_errors(*upload_errors)}, tags=tags, params=[p_upload],
+            description="An open session's expiry moves to now plus the TTL; one that ended is answered as it is. "
+                        "Needs a writer token.")},
+        "/v1/uploads/{id}/presign": {"post": _op(
+            "presignUploadParts", "Presigned PUT URLs of an upload's parts, for a client with no token",
+            {**_json("200", "PartUrls", "one URL a part, in order"),
+             **_asset_errors("400", *upload_errors, "413", "422")},
+            tags=tags, params=[p_upload], body=_body("PresignOptions"),
+            description="Each URL grants PUT of its part only, with at most the part's length, until it expires; "
+                        "ip limits it to an address or network. The body is required ({}: the defaults). Needs "
+                        "a writer token.")},
+        "/v1/uploads/{id}/finalize": {"post": _op(
+            "finalizeUpload", "Compose the parts into a blob and verify it (idempotent: the blob's CID)",
+            {**_json("200", "UploadFinalized", "complete"),
+             **_asset_errors(*upload_errors, "409", "413", "422", "507")},
+            tags=tags, params=[p_upload],
+            description=(
+                "The parts stream in order into the blob, the whole checked against the declared size, sha256 "
+                "and md5 (422 checksum_mismatch: nothing is stored), and without a declared sha256 each part "
+                "against the digest it had on arrival; "
+                "the asset checks judge the bytes and what they say of themselves (403 check_refused), then the "
+                "parts are deleted. A second finalize answers the same. 409: parts are missing (details[0].missing "
+                "lists up to 100), or the session was cancelled; 507: over the node's quota. Needs a writer "
+                "token."))},
+        "/v1/blobs/{cid}": {
+            "get": _op(
+                "getBlob", "A blob's bytes: Range and multi-range, ETag, If-None-Match, If-Range",
+                {"200": {"description": "the whole blob", "headers": {**_TRACE_HEADER, **blob_headers},
+                         "content": any_bytes},
+                 "206": {"description": "one range (Content-Range), or several as multipart/byteranges",
+                         "headers": {**_TRACE_HEADER, **blob_headers, "Content-Range": {
+                             "description": "bytes FIRST-LAST/SIZE (one range only)", "schema": STRING}},
+                         "content": {**any_bytes, "multipart/byteranges": {"schema": {
+                             "description": "each range with its Content-Type and Content-Range"}}}},
+                 "304": {"description": "If-None-Match matched", "headers": {**_TRACE_HEADER, **blob_headers}},
+                 **_asset_errors("401", "403", "404", "416", "422", "429", "503")},
+                tags=tags, params=blob_params, security=token_or_url,
+                description=(
+                    "Streamed, with Content-Length. The ETag is the CID: Cache-Control says immutable, and a CDN "
+                    "in front of the bridge may keep answers for a year (private unless presigned). Ranges (RFC "
+                    "9110 14): overlapping or touching ones are merged; none overlapping the blob: 416. Needs a "
+                    "reader token, or none with a presigned GET URL (POST /v1/blobs/{cid}/presign). 403: the "
+                    "download checks refuse (check_refused); 422: a bad CID, or more than "
+                    f"{MAX_RANGES} ranges.")),
+            "head": _op(
+                "headBlob", "A blob's headers (size, ETag, SHA-256) without its bytes",
+                {"200": {"description": "the whole blob's headers", "headers": {**_TRACE_HEADER, **blob_headers}},
+                 "206": {"description": "a range's headers", "headers": {**_TRACE_HEADER, **blob_headers}},
+                 "304": {"description": "If-None-Match matched", "headers": {**_TRACE_HEADER, **blob_headers}},
+                 **_asset_errors("401", "403", "404", "416", "422", "429", "503", head=True)},
+                tags=tags, params=blob_params, security=token_or_url,
+                description="As GET, without a body (a presigned GET URL serves HEAD too)."),
+            "delete": _op(
+                "deleteBlob", "Purge a blob's bytes and index entry (admin)",
+                {**_json("200", "BlobPurged", "purged"), **_asset_errors("401", "403", "404", "409", "422", "429",
+                                                                        "503")},
+                tags=tags, params=[p_cid],
+                description="409 retention_held while it is retained or under a legal hold (audited as a "
+                            "denial). The purge is audited."),
+        },
+        "/v1/blobs/{cid}/meta": {"get": _op(
+            "getBlobMeta", "What the node knows of a blob: size, digests, content type, retention, holds, metadata",
+            {**_json("200", "BlobMeta", "the blob"), **_asset_errors("401", "403", "404", "422", "429", "503")},
+            tags=tags, params=[p_cid])},
+        "/v1/blobs/{cid}/manifest": {"get": _op(
+            "getBlobManifest", "A stored ZIP's entries: names, sizes, CRC-32s and SHA-256s",
+            {**_json("200", "ZipManifest", "the listing", {"ETag": {"description": "\"CID-manifest\"",
+                                                                    "schema": STRING}}),
+             **_asset_errors("400", "401", "403", "404", "422", "429", "503")},
+            tags=tags, params=[p_cid],
+            description=(
+                "Read in one streaming pass and kept beside the blob. Bounded (blobs/zipfiles.py): at most "
+                f"{ZIP_LIMITS.max_entries} entries and {ZIP_LIMITS.max_total_bytes} bytes expanded, an inflation "
+                f"ratio of {ZIP_LIMITS.max_ratio}, safe names, no encrypted entry: 422 zip_refused (details.reason "
+                "says which); 400 zip_malformed: the blob is no sound ZIP (or its central directory contradicts "
+                "its entries)."))},
+        "/v1/blobs/{cid}/entries/{name}": {"get": _op(
+            "getBlobEntry", "One entry of a stored ZIP, inflated as it is sent",
+            {"200": {"description": "the entry's bytes", "headers": {
+                **_TRACE_HEADER, "ETag": {"description": "the entry's SHA-256, quoted", "schema": STRING},
+                "X-Content-SHA256": {"description": "the entry's SHA-256", "schema": SHA256_HEX},
+                "Cache-Control": {"description": f"private, max-age={IMMUTABLE_S}, immutable", "schema": STRING}},
+                "content": {"application/octet-stream": {}}},
+             **_asset_errors("400", "401", "403", "404", "422", "429", "503")},
+            tags=tags, params=[p_cid, _path("name", {"type": "string", "minLength": 1,
+                                                     "maxLength": ZIP_LIMITS.max_name_bytes},
+                                            "the entry's path in the archive ('/' as is, or %2F)")],
+            description="Read from the entry's offset on (the entries before it are not inflated) and checked "
+                        "against the manifest's SHA-256. 404 zip_entry_missing: no such entry; 400 and 422: as "
+                        "the manifest.")},
+        "/v1/blobs/{cid}/presign": {"post": _op(
+            "presignBlob", "A presigned GET URL of a blob, for a client with no token",
+            {**_json("200", "PresignedUrl", "the URL"),
+             **_asset_errors("400", "401", "403", "404", "413", "422", "429", "503")},
+            tags=tags, params=[p_cid], body=_body("PresignOptions"),
+            description="Whoever holds the URL reads the blob (GET and HEAD) until it expires; ip limits it to an "
+                        "address or network. The signing keys rotate without breaking a URL before its time. The "
+                        "body is required ({}: the defaults). Needs a reader token.")},
+        "/v1/blobs/{cid}/fetch": {"post": _op(
+            "fetchBlob", "Fetch a blob this node lacks from the federation's members that hold it",
+            {**_json("200", "BlobFetched", "the blob, here now"),
+             **_asset_errors("401", "403", "404", "413", "422", "429", "503", "507")},
+            tags=tags, params=[p_cid],
+            description=(
+                "Every connected member is asked whether it holds the blob; then it moves in ranges of "
+                f"{BLOB_RANGE_BYTES} bytes, several at once, a range that fails asked again of the next provider "
+                "(node/blob_exchange.py). The whole must hash to the CID (422 checksum_mismatch: nothing is "
+                "stored), and passes the checks an upload does (403 check_refused). A blob the node holds already "
+                "is answered at once (fetched: false). 404: no connected member holds it; 503: the node runs no "
+                "federation (--no-p2p), or no provider gave a range; 413, 507: as an upload. Needs a writer "
+                "token."))},
+        "/v1/presign/rotate": {"post": _op(
+            "rotatePresignKeys", "Make a new signing key for presigned URLs (admin)",
+            {**_json("200", "PresignKeys", "rotated"), **_asset_errors("401", "403", "429", "503")},
+            tags=tags,
+            description="New URLs are signed with the new key. URLs signed before keep working until they "
+                        f"expire: a retired key is kept for as long as a URL may live ({MAX_EXPIRES_S} s), then "
+                        "dropped, so a leaked key stops working one URL lifetime after the rotation that retired "
+                        "it.")},
+        "/v1/blobs/{cid}/retention": {"put": _op(
+            "setBlobRetention", "Retain a blob until a time: no purge before then (admin)",
+            {**_json("200", "BlobMeta", "retained"),
+             **_asset_errors("400", "401", "403", "404", "409", "413", "422", "429", "503")},
+            tags=tags, params=[p_cid], body=_body("RetentionSet"),
+            description="Retention only grows (as S3 Object Lock's compliance mode): an earlier until_ms than "
+                        "the blob's is refused (409 retention_held).")},
+        "/v1/blobs/{cid}/holds/{name}": {
+            "put": _op("setBlobHold", "Set a named legal hold: no purge while any is set (admin)",
+                       {**_json("200", "BlobMeta", "held"),
+                        **_asset_errors("400", "401", "403", "404", "413", "422", "429", "503")},
+                       tags=tags, body=_body("HoldSet"),
+                       params=[p_cid, p_hold],
+                       description="Setting a hold again replaces its reason; the reason is kept with the token "
+                                   "that set it."),
+            "delete": _op("releaseBlobHold", "Release a legal hold (admin)",
+                          {**_json("200", "BlobMeta", "released"),
+                           **_asset_errors("401", "403", "404", "422", "429", "503")},
+                          tags=tags, params=[p_cid, p_hold],
+                          description="404: the blob has no hold of that name."),
+        },
+        "/v1/bundles": {"post": _op(
+            "createBundle", "A ZIP of blobs, entries of stored ZIPs and allowed URLs, built while it is sent",
+            {"200": {"description": "the archive, chunked (its size is known only at the end)", "headers": {
+                **_TRACE_HEADER,
+                "ETag": {"description": "a hash of the members: the same members give the same bytes",
+                         "schema": STRING},
+                "Content-Disposition": {"description": "attachment; filename=\"NAME\"", "schema": STRING},
+                "Cache-Control": {"description": "private, max-age=3600", "schema": STRING}},
+                "content": {"application/zip": {}}},
+             "304": {"description": "If-None-Match matched", "headers": {
+                 **_TRACE_HEADER, "ETag": {"description": "the bundle's", "schema": STRING}}},
+             **_asset_errors("400", "401", "403", "404", "413", "422", "429", "503")},
+            tags=tags, body=_body("BundleRequest"),
+            params=[_header("If-None-Match", "the ETag of an earlier bundle of the same members: 304")],
+            description=(
+                "Nothing is staged: members are stored (known size and CRC-32) at a fixed time, so the same "
+                "members give the same bytes. Missing blobs and entries are refused (404) before the first byte; "
+                "a URL that fails midway ends the archive early (a broken ZIP). A URL member needs its host in "
+                "the node's assets.bundle_hosts (none by default: 403; a node that fetched any URL would be an "
+                f"open proxy). At most {asset_bundles.MAX_MEMBERS} members, each name once (422). Needs a reader "
+                "token."))},
     }
 
 
@@ -1243,6 +1716,7 @@ def _paths() -> dict[str, Any]:
         },
         **_mcp_paths(),
         **_discovery_paths(),
+        **_asset_paths(),
     }
 
 
@@ -1267,6 +1741,14 @@ def _linked(paths: dict[str, Any]) -> dict[str, Any]:
         **{("/v1/views/{name}", "put", status): {"GetView": ("getView", {"name": "$request.path.name"}),
                                                  "DeleteView": ("deleteView", {"name": "$request.path.name"})}
            for status in ("200", "201")},
+        # An upload walks by its id; its blob by the CID finalize answers.
+        ("/v1/uploads", "post", "201"): {
+            "GetUpload": ("getUpload", {"id": "$response.body#/id"}),
+            "FinalizeUpload": ("finalizeUpload", {"id": "$response.body#/id"}),
+            "CancelUpload": ("cancelUpload", {"id": "$response.body#/id"})},
+        ("/v1/uploads/{id}/finalize", "post", "200"): {
+            "GetBlob": ("getBlob", {"cid": "$response.body#/cid"}),
+            "GetBlobMeta": ("getBlobMeta", {"cid": "$response.body#/cid"})},
     }
     for (path, method, status), links in follows.items():
         paths[path][method]["responses"][status]["links"] = {
