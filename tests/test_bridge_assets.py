@@ -22,6 +22,14 @@ PART = 1 << 20
 pytest_plugins = ("test_bridge_support",)  # its fixtures: served, threaded_served
 
 
+def flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 1]))
+
+
 def part_of(data: bytes, n: int, size: int = PART) -> bytes:
     return data[(n - 1) * size:n * size]
 
@@ -99,7 +107,9 @@ async def test_a_part_that_fails_its_checksum_or_length_is_refused_and_leaves_th
     assert status["received"] == [] and status["missing"] == [1, 2]
     assert good.status_code == 200 and good.headers["ETag"] == f'"{hashlib.md5(part_of(data, 1)).hexdigest()}"'
     leftovers = [p for p in (served.home.path / "objects").rglob("*") if p.is_file()]
-    assert [p.name for p in leftovers] == ["00001"]  # the good part only: refused bytes leave nothing
+    # The upload's one file (parts are written in place on the local store):
+    # refused parts are recorded nowhere, and no blob or staging object exists.
+    assert [p.relative_to(served.home.path / "objects").parts[0] for p in leftovers] == ["uploads"]
 
 
 async def test_a_whole_that_does_not_match_its_declared_sha256_is_refused_at_finalize(served: Served) -> None:
@@ -329,3 +339,17 @@ async def test_what_fuzzing_found_gets_a_typed_error_and_changes_nothing(served:
     assert bad_url.status_code == 422 and wide_digit.status_code == 400 and accented_hold.status_code == 422
     assert stray_bits.status_code == 422
     assert non_ascii_sig.status_code == 403 and non_ascii_sig.json()["error"]["code"] == "presign_invalid"
+
+
+async def test_a_part_changed_on_disk_after_it_arrived_fails_the_finalize(served: Served) -> None:
+    """Without a declared SHA-256, finalize checks each part's range of the
+    file they were written into against the digest it had on arrival."""
+    data = os.urandom(2 * PART)
+    async with served.client() as http:
+        session = (await http.post("/v1/uploads", json={"size": len(data), "part_size": PART})).json()
+        for n in (1, 2):
+            await http.put(f"/v1/uploads/{session['id']}/parts/{n}", content=part_of(data, n))
+        flip_byte(served.home.path / "objects" / "uploads" / session["id"] / "data", PART + 10)  # in part 2
+        refused = await http.post(f"/v1/uploads/{session['id']}/finalize")
+    assert refused.status_code == 422 and refused.json()["error"]["details"] == [{"part": 2}]
+    assert not list((served.home.path / "objects" / "blobs").glob("*"))

@@ -144,6 +144,31 @@ class BlobStore:
         digest = StreamDigest(md5=expected.md5 is not None)
         try:
             self.objects.put(staging, self._bounded(digest.tee(chunks), expected.size))
+        except BaseException:
+            self.objects.delete(staging)
+            raise
+        return self._commit(staging, digest, expected, content_type, name, vet)
+
+    def adopt(self, key: str, *, expected: Expected, content_type: str = "application/octet-stream",
+              name: str = "", vet: Vet | None = None,
+              reading: Callable[[Iterator[bytes]], Iterator[bytes]] = lambda chunks: chunks,
+              ) -> tuple[bytes, BlobEntry, bool]:
+        """Make the object at ``key`` (an upload written in place) a blob:
+        read once to digest it (through ``reading``, which may check what it
+        sees), then moved under its CID, as ``put`` would have stored it,
+        without writing its bytes again. On success the object is gone; on a
+        failure it stays, for its owner to mend or drop."""
+        self.check_room(expected.size or 0)
+        digest = StreamDigest(md5=expected.md5 is not None)
+        for chunk in reading(self._bounded(self.objects.get(key), expected.size)):
+            digest.update(chunk)
+        return self._commit(key, digest, expected, content_type, name, vet, discard=False)
+
+    def _commit(self, staging: str, digest: StreamDigest, expected: Expected, content_type: str, name: str,
+                vet: Vet | None, *, discard: bool = True) -> tuple[bytes, BlobEntry, bool]:
+        """Staged bytes, digested: checked, vetted and moved under their CID;
+        on a failure deleted (``discard``) or left where they are."""
+        try:
             digest.check(expected, what="the blob")
             cid = digest.cid
             known = self.entry(cid)
@@ -154,7 +179,8 @@ class BlobStore:
             meta, checks = vet(staging, digest.size, content_type, name) if vet is not None else ({}, "")
             self.objects.move(staging, blob_key(cid))
         except BaseException:
-            self.objects.delete(staging)
+            if discard:
+                self.objects.delete(staging)
             raise
         entry = BlobEntry(size=digest.size, sha256=digest.sha256, md5=digest.md5 or "",
                           content_type=content_type, created_ms=self.now_ms(), meta=meta, checks=checks,

@@ -139,6 +139,32 @@ class LocalObjects:
                     left -= len(chunk)
                 yield chunk
 
+    def write_at(self, key: str, offset: int, chunks: Iterable[bytes]) -> int:
+        """Write ``chunks`` into the object at ``offset`` (creating it, sparse,
+        if absent), durably; the byte count. Not atomic, and not part of
+        ObjectStore: an upload writes its parts in place with it, each at its
+        own offset, in parallel (blobs/uploads.py), so the composed file is
+        never written twice."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        written = 0
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    n = os.pwrite(fd, view, offset + written)
+                    written += n
+                    view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return written
+
+    def truncate(self, key: str, size: int) -> None:
+        """Cut (or extend, sparse) the object to ``size`` bytes."""
+        os.truncate(self._path(key), size)
+
     def size(self, key: str) -> int | None:
         try:
             return self._path(key).stat().st_size
