@@ -168,21 +168,10 @@ def on_s3(work: Path, src: Path) -> tuple[float, float, dict[str, Any]]:
 
 def between_nodes(work: Path, size: int) -> float:
     """MB/s of one node fetching a ``size``-byte blob from another over py-libp2p."""
-    from registrygrid.membership import (
-        create_federation,
-        current_genesis,
-        invite_org,
-        join_federation,
-    )
     from registrygrid.node.federation import Federation, FederationConfig
+    from registrygrid.simulation.homes import federation_homes
 
-    homes = []
-    for name in ("a", "b"):
-        home = Home(work / f"p2p-{name}")
-        home.init(org_name=name)
-        homes.append(home)
-    create_federation(homes[0], "bench")
-    join_federation(homes[1], current_genesis(homes[0]), invite_org(homes[0], homes[1].org().org))  # type: ignore[union-attr]
+    homes = federation_homes(work / "p2p", 2, "bench")
     data = os.urandom(size)
     result: dict[str, float] = {}
 

@@ -38,6 +38,7 @@ measure them (a missing one is skipped, with the reason printed):
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import importlib
@@ -89,20 +90,20 @@ def threads(call: Callable[[Any], None], items: list[Any], concurrency: int) -> 
         list(pool.map(call, items))
 
 
-class Client:
+class Client(abc.ABC):
     """One way to talk to the server; ``many`` runs calls on threads."""
 
     name = ""
 
-    def put(self, key: str, data: bytes) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes) -> None: ...
 
+    @abc.abstractmethod
     def get(self, key: str) -> int:
         """Stream the object; the number of bytes read."""
-        raise NotImplementedError
 
-    def read_all(self, key: str) -> bytes:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def read_all(self, key: str) -> bytes: ...
 
     def many(self, operation: str, data: bytes, keys: list[str], concurrency: int) -> None:
         def one(key: str) -> None:
