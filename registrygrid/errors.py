@@ -84,6 +84,13 @@ class NotFound(RegistryError):
     exit_code = EX_NOINPUT
 
 
+class RecordErased(NotFound):
+    """The record was erased (an erasure notice: docs/erasure.md): gone for good."""
+
+    code = "record_erased"
+    http_status = 410
+
+
 class UnknownRegistry(NotFound):
     code = "unknown_registry"
 

@@ -27,6 +27,7 @@ from registrygrid.engine.engine import Engine
 from registrygrid.engine.ops import (
     AuditNote,
     Delete,
+    Erase,
     Operation,
     Outcome,
     Put,
@@ -34,14 +35,14 @@ from registrygrid.engine.ops import (
     WriteResult,
 )
 from registrygrid.engine.verify import VerifyReport, verify_store
-from registrygrid.errors import NotFound, RegistryError, ValidationError
+from registrygrid.errors import NotFound, RecordErased, RegistryError, ValidationError
 from registrygrid.home import FederationMembership, Home, OrgMembership
 from registrygrid.identity.delegation import Delegation, verify_delegation
 from registrygrid.identity.keys import KeyPair, public_key_from_did
 from registrygrid.protocol import names
 from registrygrid.protocol.envelope import cid_to_str, open_envelope
 from registrygrid.schemas import KindSchema, SchemaCatalog
-from registrygrid.storage import chains, changes, feed, records
+from registrygrid.storage import chains, changes, erasures, feed, records
 from registrygrid.storage.audit import AuditEntry, AuditLedger
 from registrygrid.storage.feed import FeedEvent
 from registrygrid.storage.store import Store, pack, unpack
@@ -250,6 +251,31 @@ class LocalRegistry:
     def delete(self, registry: str, id: str, *, if_match: str | None = None, actor: str | None = None) -> WriteResult:
         return _raise_if_error(self.engine.execute([Delete(registry, id, if_match, actor)])[0])
 
+    def erase(self, registry: str, id: str, *, reason: str = "", blobs: Sequence[str] = (),
+              actor: str | None = None) -> WriteResult:
+        """Erase a record's whole history here, and ask every node to (an
+        erasure notice in grid.erasures: docs/erasure.md). The result names
+        the notice; "unchanged" if the record was erased already. The blobs
+        named are purged from this home's object store too (a running node
+        does that itself)."""
+        result = _raise_if_error(self.engine.execute([Erase(registry, id, reason, tuple(blobs), actor)])[0])
+        if blobs and self.home is not None:
+            from registrygrid.blobs.erasure import purge_blobs
+            from registrygrid.blobs.service import Assets
+
+            for purge in purge_blobs(Assets.open(self.home, self.store).blobs, blobs):
+                if purge.outcome != "absent":
+                    self.audit_note("erase", actor or "sdk", f"blobs/{purge.cid}",
+                                    f"erasure {result.record_id}: blob {purge.outcome} {purge.reason}".strip())
+        return result
+
+    def erasures(self) -> list[dict[str, Any]]:
+        """Every record an erasure notice names here, and what became of it
+        (erased, waiting for the record, refused)."""
+        with self.store.read() as txn:
+            return [{"registry": registry, "record": record, "notice": notice, "state": state}
+                    for registry, record, notice, state in erasures.iter_marks(self.store, txn)]
+
     # ---- disputes (docs/conflicts.md) ----
 
     def disputes(self, *, status: str | None = None) -> list[dict[str, Any]]:
@@ -284,9 +310,19 @@ class LocalRegistry:
             record = records.get_record(self.store, txn, registry, id)
             if record is None and registry not in regs.BUILTINS:
                 self._require_registry(txn, registry)
+        if record is None:
+            self._raise_if_erased(registry, id)
         if record is None or (record["deleted"] and not include_deleted):
             raise NotFound(f"no record {registry}/{id}" + (" (it was deleted)" if record else ""))
         return record
+
+    def _raise_if_erased(self, registry: str, id: str) -> None:
+        with self.store.read() as txn:
+            held = erasures.mark(self.store, txn, registry, id)
+        # "waiting": the record was never held here, and its changes are
+        # erased as they arrive; gone either way.
+        if held is not None and held[1] != erasures.REFUSED:
+            raise RecordErased(f"{registry}/{id} was erased (notice {held[0]})", details={"notice": held[0]})
 
     def list(self, registry: str | None = None, *, kind: str | None = None, tag: str | None = None,
              owner: str | None = None, where: Sequence[tuple[str, str, Any]] = (), limit: int = 100,
@@ -338,6 +374,7 @@ class LocalRegistry:
                             "author": body.author, "seq": body.seq, "hlc": list(body.hlc),
                             "schema": body.schema, "size": len(wire)})  # type: ignore[arg-type]
         if not out:
+            self._raise_if_erased(registry, id)
             raise NotFound(f"no record {registry}/{id}")
         return out
 

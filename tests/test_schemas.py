@@ -343,6 +343,11 @@ EXAMPLES: dict[tuple[str, int], dict] = {
                               "catalog": {"specVersion": "1.0", "host": {"displayName": "Acme"}}},
     ("view", 1): {"name": "Cheap EU GPUs", "description": "GPU clusters in the EU under 1 EUR/h",
                   "query": {"text": "gpu", "filter": {"field": "price", "lt": 1}, "sort": "price"}},
+    ("erasure", 1): {"registry": "grid.subjects", "record": "alice-smith",
+                     "positions": [{"author": "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
+                                    "seqs": [[3, 5], [9, 9]]}],
+                     "blobs": ["bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"],
+                     "reason": "erasure request 2026-118 (art. 17 GDPR)"},
 }
 
 KIND_HOMES = {
@@ -357,7 +362,7 @@ KIND_HOMES = {
     "delegation": "grid.members", "revocation": "grid.members",
     "federation": "grid.members", "invitation": "grid.members",
     "dispute-resolution": "grid.disputes", "equivocation-report": "grid.disputes",
-    "view": "grid.views", "mcp-server": "grid.mcp-servers", "agent-card": "grid.agent-cards",
+    "view": "grid.views", "erasure": "grid.erasures", "mcp-server": "grid.mcp-servers", "agent-card": "grid.agent-cards",
     "oasf-record": "grid.oasf-records", "ai-catalog-entry": "grid.ai-catalog-entries",
 }
 
@@ -416,7 +421,7 @@ def test_every_builtin_schema_is_a_valid_draft_2020_12_schema(catalog):
 def test_builtin_registries_are_the_table_of_kinds_and_homes():
     assert all(isinstance(r, BuiltinRegistry) for r in BUILTIN_REGISTRIES)
     assert {kind: r.name for r in BUILTIN_REGISTRIES for kind in r.kinds} == KIND_HOMES
-    assert len({r.name for r in BUILTIN_REGISTRIES}) == len(BUILTIN_REGISTRIES) == 29
+    assert len({r.name for r in BUILTIN_REGISTRIES}) == len(BUILTIN_REGISTRIES) == 30
     assert all(r.description for r in BUILTIN_REGISTRIES)
 
 

@@ -115,8 +115,13 @@ class RecordDoc:
         tags: Sequence[str] | None = None,
         links: Sequence[Mapping[str, str]] | None = None,
         undelete: bool = False,
+        force_undelete: bool = False,
     ) -> Any | None:
-        """Change the document to hold these values; None when nothing differs."""
+        """Change the document to hold these values; None when nothing differs.
+        ``force_undelete`` writes ``deleted: False`` even where the document's
+        pick says so already: a record a conflict rule shows deleted (its
+        concurrent delete kept by "delete-wins") comes back only by a write
+        that sees, and so supersedes, that delete."""
         before = self.doc.get_heads()
         with _edit(self.doc) as tx:
             if schema is not None and _scalar(tx, ROOT, "schema") != schema:
@@ -143,7 +148,7 @@ class RecordDoc:
             if links is not None:
                 if _materialize_tx(tx, ROOT, "links") != [dict(link) for link in links]:
                     _put_value(tx, ROOT, "links", [dict(link) for link in links], 0)
-            if undelete and _scalar(tx, ROOT, "deleted") is not False:
+            if force_undelete or (undelete and _scalar(tx, ROOT, "deleted") is not False):
                 tx.put(ROOT, "deleted", ScalarType.Boolean, False)
         after = self.doc.get_heads()
         if after == before:

@@ -35,6 +35,9 @@ class Batch:
     quarantined: list[tuple[str, str, int]] = field(default_factory=list)
     # Disputes a resolution of this batch answers: their records are resettled.
     resolved: list[str] = field(default_factory=list)
+    # Records this batch erased: a draft of one (written earlier in the
+    # batch) is kept without its bytes when the batch signs (_seal_drafts).
+    erased_records: set[tuple[str, str]] = field(default_factory=set)
 
 
 class CreateRace(Exception):

@@ -23,6 +23,7 @@ from registrygrid.crdt.record import (
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
+from registrygrid.engine.erasure import ERASURES_REGISTRY
 from registrygrid.engine.values import (
     record_digest,
 )
@@ -50,9 +51,16 @@ class Committing(EngineCore):
         drafts = list(batch.drafts.values())
         signed, tree = sign_batch(self.key, drafts)
         changes.put_batch(self.store, txn, drafts, signed)
+        # A draft of a record this batch went on to erase keeps its ID only,
+        # and is never published (the notice vouches for its position).
+        gone = {d.cid for d in drafts if (d.body.registry, d.body.record) in batch.erased_records}
+        for d in drafts:
+            if d.cid in gone:
+                changes.put_erased(self.store, txn, d.cid)
         if publish:
             batch.committed.local_envelopes.extend(
-                wire_of(d.body_bytes, i, signed.size, tree.path(i), signed.signature) for i, d in enumerate(drafts))
+                wire_of(d.body_bytes, i, signed.size, tree.path(i), signed.signature) for i, d in enumerate(drafts)
+                if d.cid not in gone)
         self.metrics["write.batches_signed"] += 1
 
     def _commit(self, txn: Txn, batch: Batch, env: Envelope | Draft, doc: RecordDoc | None,
@@ -107,6 +115,8 @@ class Committing(EngineCore):
             self._after_dispute_record(batch, record["kind"], rec, record["fields"])  # type: ignore[attr-defined]
         if reg == POLICIES_REGISTRY:
             batch.policies_changed = True
+        if reg == ERASURES_REGISTRY and body.op == "create" and not record["deleted"]:
+            self._after_erasure_notice(txn, batch, env, record, origin)  # type: ignore[attr-defined]
         if statement is not None and self.trust.add(statement):
             # Nothing can fail after this point of the op; a later failure of
             # the batch reloads the trust state from the store.

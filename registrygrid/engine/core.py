@@ -96,6 +96,8 @@ class EngineCore:
     def _live_record(self, txn: Txn, registry: str, record_id: str) -> dict[str, Any]:
         self._registry(txn, registry)
         record = records.get_record(self.store, txn, registry, record_id)
+        if record is None:
+            self._refuse_if_erased(txn, registry, record_id)  # type: ignore[attr-defined]
         if record is None or record["deleted"]:
             raise NotFound(f"no record {registry}/{record_id}" + (" (it was deleted)" if record else ""))
         return record

@@ -80,8 +80,9 @@ class Disputing(EngineCore):
             author, registry, seq = batch.quarantined.pop()
             targets: set[str] = set()
             for _, cid in chains.links_after(self.store, txn, registry, author, seq - 1):
-                body = self._change_body(txn, batch, cid)
-                targets.add(body.record)
+                body = self._held_body(txn, batch, cid)  # type: ignore[attr-defined]
+                if body is not None:  # an erased change counts nowhere
+                    targets.add(body.record)
             for record_id in sorted(targets):
                 self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)  # type: ignore[attr-defined]
         while batch.resolved:

@@ -39,12 +39,14 @@ from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.commit import Committing
 from registrygrid.engine.disputes import Disputing
+from registrygrid.engine.erasure import Erasing
 from registrygrid.engine.ingest import MAX_PENDING, RemoteIngest  # noqa: F401 (re-exported)
 from registrygrid.engine.local import LocalWrites
 from registrygrid.engine.ops import (
     AuditNote,
     Committed,
     Delete,
+    Erase,
     Executed,
     IngestResult,
     Operation,
@@ -68,7 +70,7 @@ from registrygrid.protocol.envelope import (
 )
 from registrygrid.protocol.hlc import Hlc, HybridClock, wall_clock_ms
 from registrygrid.schemas import SchemaCatalog
-from registrygrid.storage import chains, changes, feed, records
+from registrygrid.storage import chains, changes, erasures, feed, records
 from registrygrid.storage.audit import AuditLedger
 from registrygrid.storage.store import Store, StoreFull, Txn
 from registrygrid.trust.federation import GenesisBody
@@ -85,7 +87,7 @@ PARALLEL_VERIFY_THREADS = 2
 PARALLEL_VERIFY_MIN_OPS = 32
 
 
-class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Committing):
+class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Erasing, Committing):
     def __init__(
         self,
         store: Store,
@@ -114,6 +116,7 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Committin
         self.audit = AuditLedger(store)
         with store.read() as txn:
             self.clock = HybridClock(now_ms, Hlc(*store.get_meta(txn, "hlc", [0, 0])))
+            self._has_erasures = erasures.any_held(store, txn)
         self._reset_caches()
         self._load_user_kinds()
         self._load_trust()
@@ -196,6 +199,8 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Committin
                 return self._update(txn, batch, op)
             if isinstance(op, Delete):
                 return self._delete(txn, batch, op)
+            if isinstance(op, Erase):
+                return self._erase(txn, batch, op)
             if isinstance(op, Remote):
                 return self._remote(txn, batch, op)
             if isinstance(op, AuditNote):
@@ -323,7 +328,7 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Committin
 
 
 def _target_of(op: Operation) -> tuple[str, str]:
-    if isinstance(op, (Update, Delete)):
+    if isinstance(op, (Update, Delete, Erase)):
         return (str(op.registry), str(op.record_id))
     if isinstance(op, Put):
         return (str(op.registry), str(op.record_id or ""))

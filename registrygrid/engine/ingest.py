@@ -11,6 +11,7 @@ evidence) -> commit -> release what waited for it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -28,6 +29,7 @@ from registrygrid.crdt.snapshot import (
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch, CreateRace
 from registrygrid.engine.core import EngineCore
+from registrygrid.engine.erasure import ERASURES_REGISTRY
 from registrygrid.engine.ops import (
     IngestResult,
     Remote,
@@ -56,7 +58,7 @@ from registrygrid.protocol.envelope import (
     open_envelope,
 )
 from registrygrid.protocol.hlc import MAX_DRIFT_MS
-from registrygrid.storage import chains, changes, pending, records
+from registrygrid.storage import chains, changes, erasures, pending, records
 from registrygrid.storage.store import Txn
 from registrygrid.trust import access
 from registrygrid.trust.state import Verdict
@@ -75,7 +77,7 @@ class RemoteIngest(EngineCore):
         self.metrics["remote.received"] += 1
         env = open_envelope(op.wire, verify=not op.preverified)
         result = self._ingest(txn, batch, env, op.peer)
-        if result.status in ("applied", "refused"):
+        if result.status in ("applied", "refused", "erased"):
             self._apply_policies(txn, batch, env, op.peer)
             self._rebuild_revoked(txn, batch, env, op.peer)
             self._apply_disputes(txn, batch, env, op.peer)  # type: ignore[attr-defined]
@@ -90,6 +92,19 @@ class RemoteIngest(EngineCore):
         if changes.has(self.store, txn, env.cid) or env.cid in batch.drafts:
             return IngestResult("duplicate", env.id)
         head_seq, head_cid = self._head(txn, batch, body.registry, body.author)
+        if self._has_erasures:  # type: ignore[attr-defined]
+            # Chain positions an erasure notice vouches for (engine/erasure.py).
+            if body.seq > head_seq + 1 and self._fill_vouched(txn, batch, body.registry, body.author):  # type: ignore[attr-defined]
+                head_seq, head_cid = self._head(txn, batch, body.registry, body.author)
+            if body.seq <= head_seq and chains.at(self.store, txn, body.registry, body.author,
+                                                  body.seq) == erasures.UNSEEN:
+                return self._arrived_unseen(txn, batch, env)
+            if body.seq == head_seq + 1 and head_cid == erasures.UNSEEN and body.prev:
+                # Written before this change's own checks: its signature holds
+                # (checked on arrival), so the ID it names is authentic even
+                # if the change itself is refused below.
+                self._learn_unseen(txn, batch, body.registry, body.author, head_seq, body.prev)  # type: ignore[attr-defined]
+                head_cid = body.prev
         if body.seq <= head_seq:
             other = chains.at(self.store, txn, body.registry, body.author, body.seq)
             self._keep_evidence(txn, batch, env, other)
@@ -107,6 +122,11 @@ class RemoteIngest(EngineCore):
         if body.prev != head_cid:
             self._keep_evidence(txn, batch, env, head_cid or None)
             raise ChainBroken(f"change {body.seq} of {body.author} does not follow its change {head_seq}")
+        if self._has_erasures:  # type: ignore[attr-defined]
+            held = erasures.mark(self.store, txn, body.registry, body.record)
+            if held is not None and held[1] == erasures.ERASED:
+                self._keep_erased(txn, batch, env, held[0])  # type: ignore[attr-defined]
+                return IngestResult("erased", env.id)
         desc = self._registry(txn, body.registry)
         if body.kind not in desc.kinds:
             raise PolicyDenied(f"registry {body.registry} does not hold kind {body.kind!r}")
@@ -168,6 +188,11 @@ class RemoteIngest(EngineCore):
                 judged_old, judged = self._judged_states(old, existing, doc, list(body.deps), body.change_hash,
                                                          state)
             verdict = self._remote_verdict(env, desc, judged_old, judged, statement)
+            if body.registry == ERASURES_REGISTRY and body.op == "create" and not state.get("deleted"):
+                # Whether its signer may erase the record depends on what this
+                # node holds: refused here, it is kept as evidence (the chain
+                # goes on), never dropped.
+                self._check_erasure_notice(txn, body.record, state["fields"], body.author, body.hlc[0])  # type: ignore[attr-defined]
         except CreateRace as race:
             return self._settle_create_race(txn, batch, env, race, peer)
         except PolicyDenied as exc:
@@ -190,7 +215,26 @@ class RemoteIngest(EngineCore):
         seq, _ = self._commit(txn, batch, env, doc, old, origin=peer, requested_by=None, state=state,
                               statement=statement, automerge=automerge, before=existing,
                               deps=() if body.is_snapshot else body.deps)
+        if self._has_erasures:  # type: ignore[attr-defined]
+            # A notice that waited for this record is judged now, in this
+            # transaction: an erased record's bytes are never left behind.
+            self._judge_waiting(txn, batch, body.registry, body.record, peer)  # type: ignore[attr-defined]
         return IngestResult("applied", env.id, seq)
+
+    def _arrived_unseen(self, txn: Txn, batch: Batch, env: Envelope) -> IngestResult:
+        """A change arrived for a position this node linked past unseen (an
+        erasure notice vouched for it): if it fits the chain around it, its
+        ID takes the place; its bytes are not kept."""
+        body = env.body
+        before = chains.at(self.store, txn, body.registry, body.author, body.seq - 1) if body.seq > 1 else b""
+        after = chains.at(self.store, txn, body.registry, body.author, body.seq + 1)
+        after_body = changes.body(self.store, txn, after) if after and after != erasures.UNSEEN else None
+        if (before != erasures.UNSEEN and body.prev != before) or (after_body is not None
+                                                                    and after_body.prev != env.cid):
+            self._keep_evidence(txn, batch, env, None)
+            raise ChainBroken(f"change {body.seq} of {body.author} does not fit the changes around it")
+        self._learn_unseen(txn, batch, body.registry, body.author, body.seq, env.cid, body.record)  # type: ignore[attr-defined]
+        return IngestResult("erased", env.id)
 
     def _check_automerge_header(self, env: Envelope) -> None:
         check_automerge_header(env.body)
@@ -291,16 +335,20 @@ class RemoteIngest(EngineCore):
             self.metrics["remote.parked"] += 1
         return IngestResult("pending", env.id)
 
-    def _release(self, txn: Txn, batch: Batch, first: Envelope | None, peer: str) -> list[str]:
-        """Apply parked changes that waited for ``first`` or for a delegation
-        this batch committed (and, transitively, for those)."""
+    def _release(self, txn: Txn, batch: Batch, first: Envelope | None, peer: str, *,
+                 prefixes: Sequence[bytes] = ()) -> list[str]:
+        """Apply parked changes that waited for ``first``, for a delegation
+        this batch committed, or under ``prefixes`` (and, transitively, for
+        those)."""
         released: list[str] = []
         if not pending.any_waiting(self.store, txn):  # the common case: nothing is parked
             batch.delegated.clear()
             return released
         work: list[Envelope | None] = [first]
+        extra = list(prefixes)
         while work or batch.delegated:
-            prefixes = [pending.on_delegation(subject) for subject in batch.delegated]
+            prefixes = [pending.on_delegation(subject) for subject in batch.delegated] + extra
+            extra = []
             batch.delegated.clear()
             done = work.pop() if work else None
             if done is not None:
@@ -314,7 +362,7 @@ class RemoteIngest(EngineCore):
                 except RegistryError as exc:
                     self.metrics[f"rejected.{exc.code}"] += 1
                     continue
-                if result.status in ("applied", "refused"):
+                if result.status in ("applied", "refused", "erased"):
                     self._apply_policies(txn, batch, env, peer)
                     self._rebuild_revoked(txn, batch, env, peer)
                     self._apply_disputes(txn, batch, env, peer)  # type: ignore[attr-defined]

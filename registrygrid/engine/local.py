@@ -22,6 +22,7 @@ from registrygrid.crdt.snapshot import (
 )
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
+from registrygrid.engine.erasure import ERASURES_REGISTRY
 from registrygrid.engine.ops import (
     Delete,
     Put,
@@ -71,6 +72,9 @@ class LocalWrites(EngineCore):
         statement = self._special_checks(registry, record_id, kind.name, fields, self.owner)
         if registry == disputes.DISPUTES_REGISTRY:
             self._check_dispute_record(record_id, kind.name, fields, tags)  # type: ignore[attr-defined]
+        self._refuse_if_erased(txn, registry, record_id)  # type: ignore[attr-defined]
+        if registry == ERASURES_REGISTRY:
+            self._check_erasure_notice(txn, record_id, fields, self.key.did, self.now_ms(), op.roles)  # type: ignore[attr-defined]
         old = records.get_record(self.store, txn, registry, record_id)
         if old is not None and not old["deleted"]:
             raise AlreadyExists(f"{registry}/{record_id} already exists; update it instead")
@@ -84,7 +88,7 @@ class LocalWrites(EngineCore):
                                                     before=old, after=None, at_ms=hlc.wall_ms, policy=self.policy,
                                                     after_fields=fields, local_roles=op.roles), old["owner"])
             doc = self._doc_for_write(txn, batch, registry, record_id)
-            change = doc.update(fields=fields, schema=kind.version, tags=tags, links=links, undelete=True)
+            change = doc.update(fields=fields, schema=kind.version, tags=tags, links=links, force_undelete=True)
             state = state_after_edit(old, schema=kind.version, fields=fields, tags=tags, links=links, deleted=False)
             made = self._draft(txn, batch, registry, record_id, "create", kind, hlc, change=change)
         else:

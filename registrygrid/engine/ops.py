@@ -79,6 +79,19 @@ class Remote:
 
 
 @dataclass(frozen=True)
+class Erase:
+    """Erase a record's whole history, here and on every node that honours
+    the notice this writes (engine/erasure.py, docs/erasure.md)."""
+
+    registry: str
+    record_id: str
+    reason: str = ""
+    blobs: Sequence[str] = ()  # blob CIDs to purge with it
+    actor: str | None = None
+    roles: tuple[str, ...] = ()  # as Put.roles
+
+
+@dataclass(frozen=True)
 class AuditNote:
     """An audit entry with no change: reads through the API, denials at the edge."""
 
@@ -88,7 +101,7 @@ class AuditNote:
     reason: str = ""
 
 
-Operation = Put | Update | Delete | Remote | AuditNote
+Operation = Put | Update | Delete | Erase | Remote | AuditNote
 
 
 @dataclass(frozen=True)
@@ -122,11 +135,22 @@ class IngestResult:
 
 
 @dataclass(frozen=True)
+class ErasedRecord:
+    """A record a batch erased, and the blobs its notice names."""
+
+    registry: str
+    record: str
+    notice: str
+    blobs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Committed:
     """What one batch added, for whoever publishes it (gossip, SSE)."""
 
     feed_seqs: list[int] = field(default_factory=list)
     local_envelopes: list[bytes] = field(default_factory=list)  # this node's changes, wire bytes
+    erased: list[ErasedRecord] = field(default_factory=list)  # for the node to purge their blobs
 
 
 Outcome = WriteResult | IngestResult | RegistryError | None

@@ -114,7 +114,9 @@ class Rebuilds(EngineCore):
             if registry == MEMBERS_REGISTRY or head <= revoked.cutoff(registry):
                 continue
             for _, cid in chains.links_after(self.store, txn, registry, subject, revoked.cutoff(registry)):
-                body = self._change_body(txn, batch, cid)
+                body = self._held_body(txn, batch, cid)  # type: ignore[attr-defined]
+                if body is None:  # erased: nothing of it counts anywhere
+                    continue
                 if records.counts(self.store, txn, registry, body.record, cid, body.change_hash):
                     targets.add((registry, body.record))
         for registry, record_id in sorted(targets):

@@ -6,7 +6,9 @@ once), and its ID is the hash of its body; every stored batch that keeps its
 leaves has them hash to its root. Each author's chain in each registry runs
 1, 2, 3 ... with every ``prev`` naming the change before. Then every record
 must be what its Automerge document (or, before its first update, its
-snapshot) says. Stops at the first bad item and names it.
+snapshot) says. An erased change is counted, not read: its entry must name
+an erasure, and its ID still links its chain. Stops at the first bad item
+and names it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from registrygrid.protocol.envelope import cid_to_str, open_envelope
 from registrygrid.protocol.merkle import MerkleTree
 from registrygrid.storage import chains as stored_chains
 from registrygrid.storage import changes as stored_changes
+from registrygrid.storage import erasures
 from registrygrid.storage import records as stored_records
 from registrygrid.storage.store import Store
 
@@ -33,14 +36,15 @@ class VerifyReport:
     records: int
     problem: str | None = None
     where: str | None = None
+    erased: int = 0  # changes held without their bytes (erasure notices: docs/erasure.md)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "changes": self.changes, "chains": self.chains, "records": self.records,
-                "problem": self.problem, "where": self.where}
+                "erased": self.erased, "problem": self.problem, "where": self.where}
 
 
 def verify_store(store: Store) -> VerifyReport:
-    changes = chains = records = 0
+    changes = chains = records = erased = 0
     with store.read() as txn:
         for root, _size, leaves in stored_changes.iter_batches(store, txn):
             if leaves and (len(leaves) % 36 or MerkleTree([leaves[i:i + 36] for i in range(0, len(leaves), 36)]).root
@@ -53,6 +57,12 @@ def verify_store(store: Store) -> VerifyReport:
             except Exception as exc:  # damaged bytes: whatever the decoder says, name the change
                 return VerifyReport(False, changes, chains, records, f"stored change does not decode: {exc}",
                                     f"change {cid_to_str(stored_id)}")
+            if wire is None and stored_changes.is_erased(store, txn, stored_id):
+                if erasures.change(store, txn, stored_id) is None:
+                    return VerifyReport(False, changes, chains, records, "an erased change no erasure names",
+                                        f"change {cid_to_str(stored_id)}")
+                erased += 1
+                continue
             try:
                 env = open_envelope(wire)  # type: ignore[arg-type]
             except RegistryError as exc:  # open_envelope raises nothing else, for any bytes
@@ -67,13 +77,21 @@ def verify_store(store: Store) -> VerifyReport:
             chain = (registry, author)
             body = stored_changes.body(store, txn, cid)
             where = f"chain {registry} {author} seq {seq}"
-            if body is None:
-                return VerifyReport(False, changes, chains, records, "chain names a change that is not stored", where)
             expected_prev = last[2] if last is not None and last[0] == chain else b""
             expected_seq = last[1] + 1 if last is not None and last[0] == chain else 1
-            if seq != expected_seq or body.seq != seq:
+            if seq != expected_seq:
                 return VerifyReport(False, changes, chains, records, f"chain skips to {seq} from {expected_seq - 1}", where)
-            if body.prev != expected_prev:
+            if body is None:
+                # An erased change keeps its ID in the chain (its successor's
+                # prev still checks it); an unseen one, a notice's word.
+                erased_here = (cid == erasures.UNSEEN and erasures.vouched(store, txn, registry, author, seq)) \
+                    or stored_changes.is_erased(store, txn, cid)
+                if not erased_here:
+                    return VerifyReport(False, changes, chains, records, "chain names a change that is not stored",
+                                        where)
+            elif body.seq != seq:
+                return VerifyReport(False, changes, chains, records, f"chain skips to {seq} from {expected_seq - 1}", where)
+            elif body.prev != expected_prev and expected_prev != erasures.UNSEEN:
                 return VerifyReport(False, changes, chains, records, "prev does not name the previous change", where)
             if last is None or last[0] != chain:
                 chains += 1
@@ -94,7 +112,7 @@ def verify_store(store: Store) -> VerifyReport:
                     return VerifyReport(False, changes, chains, records,
                                         f"stored {name} differs from its document", where)
             records += 1
-    return VerifyReport(True, changes, chains, records)
+    return VerifyReport(True, changes, chains, records, erased=erased)
 
 
 def _snapshot_state(store: Store, txn: Any, registry: str, record_id: str) -> dict[str, Any]:

@@ -188,6 +188,9 @@ BUILTIN_REGISTRIES: tuple[BuiltinRegistry, ...] = (
     BuiltinRegistry("grid.members", ("delegation", "revocation", "federation", "invitation"),
                     "The federation's trust statements: its genesis, invitations of orgs, and orgs' signed "
                     "delegations and revocations of keys."),
+    BuiltinRegistry("grid.erasures", ("erasure",),
+                    "Erasure notices: signed requests that every node erase a record's whole history and its "
+                    "blobs (docs/erasure.md)."),
     BuiltinRegistry("grid.views", ("view",),
                     "Saved searches: named queries whose results nodes keep materialized."),
     BuiltinRegistry("grid.mcp-servers", ("mcp-server",),

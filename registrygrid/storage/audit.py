@@ -22,7 +22,7 @@ from registrygrid.identity.keys import KeyPair, verify_did_signature
 from registrygrid.protocol.merkle import MerkleFrontier, leaf_hash, node_hash  # noqa: F401 (re-exported)
 from registrygrid.storage.store import Store, from_u64, pack, u64, unpack
 
-ACTIONS = ("create", "update", "delete", "read", "deny", "remote", "merge")
+ACTIONS = ("create", "update", "delete", "read", "deny", "remote", "merge", "erase")
 GENESIS = b"\x00" * 32
 
 # Sign a tree head at least every this many entries (and when the node

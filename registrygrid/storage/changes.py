@@ -62,6 +62,7 @@ class _StoredRoot(msgspec.Struct, array_like=True, frozen=True):
 
 _encode = msgspec.msgpack.Encoder().encode
 _SIGNATURE_BYTES = 64
+_ERASED = _encode(_StoredChange(b"", b"", 0, []))
 _change_decoder = msgspec.msgpack.Decoder(_StoredChange)
 _root_decoder = msgspec.msgpack.Decoder(_StoredRoot)
 
@@ -95,6 +96,16 @@ def put_received(store: Store, txn: lmdb.Transaction, env: Envelope) -> None:
     txn.put(env.cid, _encode(_StoredChange(env.body_bytes, batch, env.index, env.path)), db=store.db["changes"])
 
 
+def put_erased(store: Store, txn: lmdb.Transaction, cid: bytes) -> None:
+    """Keep change ``cid`` without its bytes (an erasure): the body goes,
+    the entry stays."""
+    txn.put(cid, _ERASED, db=store.db["changes"])
+
+
+def is_erased(store: Store, txn: lmdb.Transaction, cid: bytes) -> bool:
+    return txn.get(cid, db=store.db["changes"]) == _ERASED
+
+
 def has(store: Store, txn: lmdb.Transaction, cid: bytes) -> bool:
     return txn.get(cid, db=store.db["changes"]) is not None
 
@@ -104,6 +115,8 @@ def body(store: Store, txn: lmdb.Transaction, cid: bytes) -> ChangeBody | None:
     if raw is None:
         return None
     stored = _change_decoder.decode(raw)
+    if not stored.body:  # erased
+        return None
     return decode_body(stored.body) if stored.batch else open_envelope(stored.body, verify=False).body
 
 
@@ -114,7 +127,7 @@ def wire(store: Store, txn: lmdb.Transaction, cid: bytes) -> bytes | None:
         return None
     stored = _change_decoder.decode(raw)
     if not stored.batch:
-        return stored.body
+        return stored.body or None  # a legacy wire, or b"" when erased
     if len(stored.batch) == _SIGNATURE_BYTES:  # a batch of one
         return wire_of(stored.body, 0, 1, [], stored.batch)
     signed = txn.get(stored.batch, db=store.db["roots"])

@@ -40,6 +40,9 @@ are 8-byte big-endian so byte order is numeric order):
     blobs       blob CID                      -> msgpack blob entry (size, digests, holds, retention;
                                                  see storage/blobs.py); meta "blob_bytes" sums sizes
     uploads     session id                    -> msgpack upload session (see storage/blobs.py)
+    erasures    'r' registry \\0 record | 'c' change id | 'g' registry \\0 author \\0 u64(first)
+                                              -> erased records, erased changes, chain positions
+                                                 notices vouch for (see storage/erasures.py)
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ SUBDATABASES = (
     "idempotency",
     "blobs",
     "uploads",
+    "erasures",
 )
 
 # 2: a record's Automerge hashes and history live beside its document in

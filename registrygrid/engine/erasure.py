@@ -1,0 +1,358 @@
+"""Erasure: a record's whole history removed for data that must go (docs/erasure.md).
+
+A delete is a signed tombstone: the record's earlier changes, and the
+personal data they carry, stay in every store and are served to every peer
+that syncs. An erasure removes the bytes. It is asked for with an erasure
+notice, a record of ``grid.erasures`` signed like any other, so it reaches
+every node by gossip and sync and is judged by each:
+
+- the notice counts on a node when its signer may delete the record as
+  that node holds it (trust/access.py, ``op="delete"``); a notice whose
+  record the node does not hold yet waits, and is judged when the record
+  arrives (within the same batch: its bytes are never left behind);
+- honoured, it removes every change body of the record (each change keeps
+  its ID in its author's chain: storage/erasures.py), its document, its
+  materialized state, history, indexes, parked changes and evidence, and
+  burns the record's id: no later change of it is applied anywhere, and a
+  change of it that arrives is kept as an ID only;
+- the chain positions it lists let a node that never saw those changes
+  link past them without their bytes (only positions of the signer's own
+  org count: an org may vouch for its own chains, never for another's);
+- the blobs it names are purged by the node after the commit (legal holds
+  there win: the node keeps the bytes and audits why).
+
+An erasure cannot be undone: deleting the notice does not bring the record
+back, and a revocation of the notice's signer does not either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from registrygrid.engine.batch import Batch
+from registrygrid.engine.core import EngineCore
+from registrygrid.engine.ops import Erase, ErasedRecord, Put, WriteResult
+from registrygrid.errors import NotFound, PolicyDenied, RecordErased, ValidationError
+from registrygrid.protocol import base32, names
+from registrygrid.protocol.envelope import Draft, Envelope, open_envelope
+from registrygrid.storage import chains, changes, erasures, feed, pending, records
+from registrygrid.storage.store import SEP, Txn, key
+from registrygrid.trust import access
+from registrygrid.trust.state import Verdict
+
+ERASURES_REGISTRY = "grid.erasures"
+ERASURE_KIND = "erasure"
+
+
+def erasure_id(registry: str, record: str) -> str:
+    """The notice's record id: one per erased record, whoever asks, so two
+    notices for one record are one record (the first create owns it)."""
+    digest = hashlib.sha256(f"registrygrid/erasure\x00{registry}\x00{record}".encode()).digest()
+    return "erasure-" + base32.encode_bytes(digest[:20])
+
+
+@dataclass(frozen=True)
+class ErasureNotice:
+    id: str
+    registry: str
+    record: str
+    positions: tuple[tuple[str, tuple[tuple[int, int], ...]], ...]  # (author, ((first, last), ...))
+    blobs: tuple[str, ...]
+    reason: str
+
+    @classmethod
+    def read(cls, record_id: str, fields: Mapping[str, Any]) -> ErasureNotice:
+        """A notice's fields, checked beyond its schema: its id names its
+        record, and each range runs forward."""
+        registry, record = str(fields["registry"]), str(fields["record"])
+        if record_id != erasure_id(registry, record):
+            raise ValidationError(f"an erasure notice of {registry}/{record} has id {erasure_id(registry, record)}, "
+                                  f"not {record_id}")
+        if registry == ERASURES_REGISTRY:
+            raise ValidationError("erasure notices themselves cannot be erased")
+        positions = []
+        for entry in fields.get("positions") or ():
+            ranges = tuple((int(first), int(last)) for first, last in entry["seqs"])
+            if any(first > last for first, last in ranges):
+                raise ValidationError(f"erasure notice {record_id}: a range of {entry['author']} runs backwards")
+            positions.append((str(entry["author"]), ranges))
+        return cls(record_id, registry, record, tuple(positions), tuple(fields.get("blobs") or ()),
+                   str(fields.get("reason") or ""))
+
+
+def positions_of(pairs: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """(author, seq) pairs as the notice lists them: per author, sorted
+    ranges of consecutive sequence numbers."""
+    by_author: dict[str, list[int]] = defaultdict(list)
+    for author, seq in pairs:
+        by_author[author].append(seq)
+    out = []
+    for author in sorted(by_author):
+        ranges: list[list[int]] = []
+        for seq in sorted(set(by_author[author])):
+            if ranges and ranges[-1][1] == seq - 1:
+                ranges[-1][1] = seq
+            else:
+                ranges.append([seq, seq])
+        out.append({"author": author, "seqs": ranges})
+    return out
+
+
+class Erasing(EngineCore):
+    """Erasure notices asked for, judged, honoured (mixed into Engine)."""
+
+    _has_erasures: bool  # any erasure held: the checks below cost a lookup only then
+
+    # ---- asking: a local Erase writes the notice
+
+    def _erase(self, txn: Txn, batch: Batch, op: Erase) -> WriteResult:
+        registry = names.registry_name(op.registry)
+        record_id = names.record_id(op.record_id)
+        notice_id = erasure_id(registry, record_id)
+        held = erasures.mark(self.store, txn, registry, record_id)
+        if held is not None and held[1] == erasures.ERASED:
+            return WriteResult("unchanged", ERASURES_REGISTRY, notice_id, None, None)
+        target = records.get_record(self.store, txn, registry, record_id)
+        if target is None:
+            self._registry(txn, registry)  # an unknown registry says so
+            raise NotFound(f"no record {registry}/{record_id}")
+        pairs = []
+        for cid in self._record_change_ids(txn, registry, record_id):
+            body = self._held_body(txn, batch, cid)
+            if body is not None:
+                pairs.append((body.author, body.seq))
+        fields: dict[str, Any] = {"registry": registry, "record": record_id, "positions": positions_of(pairs)}
+        if op.blobs:
+            fields["blobs"] = list(op.blobs)
+        if op.reason:
+            fields["reason"] = op.reason
+        return self._put(txn, batch, Put(ERASURES_REGISTRY, ERASURE_KIND, fields, record_id=notice_id,  # type: ignore[attr-defined]
+                                         actor=op.actor, roles=op.roles))
+
+    # ---- judging: before a notice is stored (local and remote alike)
+
+    def _check_erasure_notice(self, txn: Txn, record_id: str, fields: Mapping[str, Any], author: str,
+                              at_ms: int, roles: tuple[str, ...] = ()) -> None:
+        """Refuse a notice its signer may not give for the record as held
+        here (PolicyDenied, NotOwner); a record not held yet is judged when
+        it arrives."""
+        notice = ErasureNotice.read(record_id, fields)
+        target = records.get_record(self.store, txn, notice.registry, notice.record)
+        if target is None:
+            return
+        self._may_erase(txn, notice, author, target, at_ms, roles)
+
+    def _may_erase(self, txn: Txn, notice: ErasureNotice, author: str, target: dict[str, Any], at_ms: int,
+                   roles: tuple[str, ...] = ()) -> bool:
+        """Whether ``author`` may erase ``target`` (as it may delete it);
+        False while its delegation is missing, raises when refused."""
+        desc = self._registry(txn, notice.registry)
+        verdict = access.check_modify(self.trust, desc, op="delete", author=author, before=target, after=None,
+                                      at_ms=at_ms, policy=self.policy, local_roles=roles)
+        return verdict is not Verdict.WAIT
+
+    # ---- honouring: once the notice is committed
+
+    def _after_erasure_notice(self, txn: Txn, batch: Batch, env: Envelope | Draft, record: dict[str, Any],
+                              origin: str) -> None:
+        """A notice was committed: vouch for its positions, and erase its
+        record now if it is held (its authority was checked before commit)."""
+        notice = ErasureNotice.read(record["id"], record["fields"])
+        self._has_erasures = True
+        author = env.body.author
+        now = self.now_ms()
+        signer_orgs = self.trust.orgs_of(author, now)
+        for chain_author, ranges in notice.positions:
+            if not self.trust.orgs_of(chain_author, now) & signer_orgs:
+                self.metrics["erasure.positions_not_vouched"] += 1
+                continue  # an org vouches for its own chains only
+            for first, last in ranges:
+                erasures.vouch(self.store, txn, notice.registry, chain_author, first, last, notice.id,
+                               notice.record)
+        held = erasures.mark(self.store, txn, notice.registry, notice.record)
+        if held is None or held[1] != erasures.ERASED:
+            if records.get_record(self.store, txn, notice.registry, notice.record) is None:
+                erasures.set_mark(self.store, txn, notice.registry, notice.record, notice.id, erasures.WAITING)
+            else:
+                self._erase_record(txn, batch, notice, env, origin)
+        for chain_author, _ in notice.positions:
+            self._link_vouched(txn, batch, notice.registry, chain_author, origin)
+
+    def _judge_waiting(self, txn: Txn, batch: Batch, registry: str, record_id: str, origin: str) -> None:
+        """A change of a record whose notice waited was just committed: judge
+        the notice against the record now held, and erase it if it counts."""
+        held = erasures.mark(self.store, txn, registry, record_id)
+        if held is None or held[1] != erasures.WAITING:
+            return
+        stored = records.get_record(self.store, txn, ERASURES_REGISTRY, held[0])
+        target = records.get_record(self.store, txn, registry, record_id)
+        if stored is None or target is None:
+            return
+        notice = ErasureNotice.read(stored["id"], stored["fields"])
+        cid = records.applied_ids(self.store, txn, ERASURES_REGISTRY, notice.id)
+        env = self._stored_envelope(txn, batch, cid[0]) if cid else None
+        try:
+            if env is None or not self._may_erase(txn, notice, env.body.author, target, self.now_ms()):
+                return  # its signer's delegation has not arrived: judged again at the next change
+        except PolicyDenied as exc:  # NotOwner too: the notice does not count here
+            erasures.set_mark(self.store, txn, registry, record_id, notice.id, erasures.REFUSED)
+            self.metrics["erasure.refused"] += 1
+            self.audit.append(txn, at_ms=self.now_ms(), actor=env.body.author if env else "unknown",
+                              action="deny", target=f"{registry}/{record_id}",
+                              reason=f"erasure notice {notice.id} not honoured: {exc}"[:512])
+            return
+        self._erase_record(txn, batch, notice, env, origin)
+
+    def _erase_record(self, txn: Txn, batch: Batch, notice: ErasureNotice, env: Envelope | Draft,
+                      origin: str) -> None:
+        """Remove every byte of the record's history from this store, in the
+        batch's transaction, and burn its id."""
+        store, registry, record_id = self.store, notice.registry, notice.record
+        target = records.get_record(store, txn, registry, record_id)
+        erased = 0
+        for cid in self._record_change_ids(txn, registry, record_id):
+            body = self._held_body(txn, batch, cid)
+            if body is None:
+                continue
+            changes.put_erased(store, txn, cid)
+            erasures.put_change(store, txn, cid, registry, record_id, body.author, body.seq, notice.id)
+            erased += 1
+        for feed_seq, _ in records.history(store, txn, registry, record_id):
+            records.drop_history(store, txn, registry, record_id, feed_seq)
+        records.clear_change_index(store, txn, registry, record_id)
+        records.put_frontiers(store, txn, registry, record_id, {})
+        records.delete_document(store, txn, registry, record_id)
+        if target is not None:
+            records.delete_record(store, txn, target)
+        batch.docs.pop((registry, record_id), None)
+        batch.erased_records.add((registry, record_id))
+        parked = self._drop_parked(txn, notice)
+        evidence = self._drop_evidence(txn, registry, record_id)
+        erasures.set_mark(store, txn, registry, record_id, notice.id, erasures.ERASED)
+        self._batch_feed_seq += 1
+        seq = self._batch_feed_seq
+        body = env.body
+        feed.append(store, txn, feed.FeedEvent(seq, "erased", registry, record_id,
+                                               target["kind"] if target else "", env.id, body.author, body.hlc,
+                                               origin))
+        batch.committed.feed_seqs.append(seq)
+        batch.committed.erased.append(ErasedRecord(registry, record_id, notice.id, notice.blobs))
+        self.metrics["erasure.records"] += 1
+        self.metrics["erasure.changes"] += erased
+        self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action="erase",
+                          target=f"{registry}/{record_id}",
+                          reason=(f"erasure notice {notice.id} ({origin}): {erased} changes, {parked} parked "
+                                  f"and {evidence} evidence entries erased; {notice.reason}")[:512],
+                          change=env.id)
+
+    def _record_change_ids(self, txn: Txn, registry: str, record_id: str) -> list[bytes]:
+        """Every change of the record held here: applied (its history) and
+        refused (kept as evidence in its author's chain)."""
+        ids = dict.fromkeys(cid for _, cid in records.history(self.store, txn, registry, record_id))
+        ids.update(dict.fromkeys(records.applied_changes(self.store, txn, registry, record_id).values()))
+        ids.update(dict.fromkeys(records.refused_changes(self.store, txn, registry, record_id).values()))
+        return list(ids)
+
+    def _held_body(self, txn: Txn, batch: Batch, cid: bytes) -> Any:
+        """A change's body, or None when it is erased (or never seen)."""
+        made = batch.drafts.get(cid)
+        return made.body if made is not None else changes.body(self.store, txn, cid)
+
+    def _drop_parked(self, txn: Txn, notice: ErasureNotice) -> int:
+        """Parked changes of the record go; each was verified when parked, so
+        its author vouches for its position: the gap it leaves is linked
+        past without it (storage/erasures.py)."""
+        dropped = 0
+        for cid, wire in list(self.store.iter_prefix(txn, "pending", b"")):
+            env = open_envelope(wire, verify=False)
+            body = env.body
+            if (body.registry, body.record) != (notice.registry, notice.record):
+                continue
+            txn.delete(cid, db=self.store.db["pending"])  # its waiting keys find nothing and are dropped
+            erasures.vouch(self.store, txn, body.registry, body.author, body.seq, body.seq, notice.id, body.record)
+            dropped += 1
+        return dropped
+
+    def _drop_evidence(self, txn: Txn, registry: str, record_id: str) -> int:
+        """Evidence (equivocations, broken chains) holding the record's changes goes;
+        a report already filed in grid.disputes keeps the IDs."""
+        stale = []
+        for k, wire in self.store.iter_prefix(txn, "evidence", key(registry) + SEP):
+            if open_envelope(wire, verify=False).body.record == record_id:
+                stale.append(k)
+        for k in stale:
+            txn.delete(k, db=self.store.db["evidence"])
+        return len(stale)
+
+    # ---- chains past erased positions
+
+    def _link_vouched(self, txn: Txn, batch: Batch, registry: str, author: str, origin: str) -> int:
+        """Link the chain past the positions notices vouch for that follow its
+        head (their IDs unseen until the author's next change names them),
+        then release what waited for the last of them; how many were linked."""
+        linked = self._fill_vouched(txn, batch, registry, author)
+        if linked:
+            seq, _ = self._head(txn, batch, registry, author)
+            self._release(txn, batch, None, origin, prefixes=[pending.after_link(registry, author, seq)])  # type: ignore[attr-defined]
+        return linked
+
+    def _fill_vouched(self, txn: Txn, batch: Batch, registry: str, author: str) -> int:
+        linked = 0
+        while True:
+            seq, _ = self._head(txn, batch, registry, author)
+            if erasures.vouched(self.store, txn, registry, author, seq + 1) is None:
+                return linked
+            chains.link(self.store, txn, registry, author, seq + 1, erasures.UNSEEN)
+            batch.heads[(registry, author)] = self._chain_heads[(registry, author)] = (seq + 1, erasures.UNSEEN)
+            self.metrics["erasure.positions_linked"] += 1
+            linked += 1
+
+    def _learn_unseen(self, txn: Txn, batch: Batch, registry: str, author: str, seq: int, cid: bytes,
+                      record: str | None = None) -> None:
+        """Change ``seq`` of the chain, linked unseen, is ``cid``: named by the
+        author's next change (its ``prev``) or arrived itself (``record``:
+        its own). Its ID replaces the unseen link; its bytes are not kept."""
+        found = erasures.vouched(self.store, txn, registry, author, seq)
+        notice, vouched_record = found if found is not None else ("", "")
+        chains.link(self.store, txn, registry, author, seq, cid)
+        if not changes.has(self.store, txn, cid):
+            changes.put_erased(self.store, txn, cid)
+            erasures.put_change(self.store, txn, cid, registry, record or vouched_record, author, seq, notice)
+        head = self._head(txn, batch, registry, author)
+        if head[0] == seq:
+            batch.heads[(registry, author)] = self._chain_heads[(registry, author)] = (seq, cid)
+        if record is not None and record != vouched_record:
+            # The notice's signer vouched for a change of another record:
+            # it lied about its own chain. The change stays out (the chain
+            # moved past it); say so.
+            self.metrics["erasure.vouched_wrongly"] += 1
+            self.audit.append(txn, at_ms=self.now_ms(), actor=author, action="deny",
+                              target=f"{registry}/{record}",
+                              reason=f"erasure notice {notice} vouched for change {seq} of {author}, a change of "
+                                     f"{record}, not of {vouched_record}: it is not applied here")
+
+    def _keep_erased(self, txn: Txn, batch: Batch, env: Envelope, notice: str) -> None:
+        """A change of an erased record arrived (from a peer that had not
+        honoured the notice yet): its ID takes its place in the chain, its
+        bytes are dropped."""
+        body = env.body
+        chains.link(self.store, txn, body.registry, body.author, body.seq, env.cid)
+        batch.heads[(body.registry, body.author)] = self._chain_heads[(body.registry, body.author)] = \
+            (body.seq, env.cid)
+        changes.put_erased(self.store, txn, env.cid)
+        erasures.put_change(self.store, txn, env.cid, body.registry, body.record, body.author, body.seq, notice)
+        self.metrics["erasure.dropped_on_arrival"] += 1
+
+    def _refuse_if_erased(self, txn: Txn, registry: str, record_id: str) -> None:
+        """A local write of an id an erasure notice names (erased, or waiting
+        for its record) is refused: the id is burned."""
+        if not self._has_erasures:
+            return
+        held = erasures.mark(self.store, txn, registry, record_id)
+        if held is not None and held[1] != erasures.REFUSED:
+            raise RecordErased(f"{registry}/{record_id} was erased (notice {held[0]}); its id cannot be used again",
+                               details={"notice": held[0]})

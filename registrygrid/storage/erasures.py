@@ -1,0 +1,121 @@
+"""What this node erased, and what erasure notices vouch for (docs/erasure.md).
+
+    erasures  'r' registry \\0 record              -> msgpack [notice id, state]
+                                                   state: "erased" (honoured here), "waiting" (the
+                                                   notice is held, its record not yet), "refused"
+                                                   (its signer may not erase the record as held here)
+              'c' change id                        -> msgpack [registry, record, author, seq, notice id]
+                                                   (a change whose body was erased)
+              'g' registry \\0 author \\0 u64(first) -> msgpack [last, notice id, record]
+                                                   (chain positions a notice vouches were the erased
+                                                   record's: a gap there is filled without the body)
+
+An erased change keeps its place in its author's chain (``chains`` still
+maps its sequence number to its ID) and an entry in ``changes`` without a
+body (storage/changes.py ``put_erased``), so the chain, the version vector
+and dedupe hold; only the bytes are gone. A position a notice vouches for
+whose change this node never saw is linked to ``UNSEEN``: the ID is learned
+from the author's next change (its ``prev``), the only party that can
+vouch for it, and the link is then rewritten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import lmdb
+
+from registrygrid.storage.store import SEP, Store, key, pack, u64, unpack
+
+# A chain link whose change this node never saw (36 bytes, as a change ID;
+# never a real one: a CID starts with its version byte, 0x01).
+UNSEEN = b"\x00" * 36
+
+ERASED, WAITING, REFUSED = "erased", "waiting", "refused"
+
+
+def any_held(store: Store, txn: lmdb.Transaction) -> bool:
+    """Whether this store holds any erasure at all (one page read)."""
+    # A read-only open of a store from before erasures has no such sub-database.
+    return "erasures" in store.db and txn.stat(store.db["erasures"])["entries"] > 0
+
+
+def mark(store: Store, txn: lmdb.Transaction, registry: str, record: str) -> tuple[str, str] | None:
+    """(notice id, state) of the record's erasure notice, if one is held."""
+    if "erasures" not in store.db:
+        return None
+    raw = txn.get(b"r" + key(registry, record), db=store.db["erasures"])
+    if raw is None:
+        return None
+    notice, state = unpack(raw)
+    return notice, state
+
+
+def set_mark(store: Store, txn: lmdb.Transaction, registry: str, record: str, notice: str, state: str) -> None:
+    txn.put(b"r" + key(registry, record), pack([notice, state]), db=store.db["erasures"])
+
+
+def put_change(store: Store, txn: lmdb.Transaction, cid: bytes, registry: str, record: str, author: str,
+               seq: int, notice: str) -> None:
+    txn.put(b"c" + cid, pack([registry, record, author, seq, notice]), db=store.db["erasures"])
+
+
+def change(store: Store, txn: lmdb.Transaction, cid: bytes) -> dict[str, Any] | None:
+    """What is known of an erased change: registry, record, author, seq, notice."""
+    if "erasures" not in store.db:
+        return None
+    raw = txn.get(b"c" + cid, db=store.db["erasures"])
+    if raw is None:
+        return None
+    registry, record, author, seq, notice = unpack(raw)
+    return {"registry": registry, "record": record, "author": author, "seq": seq, "notice": notice}
+
+
+def vouch(store: Store, txn: lmdb.Transaction, registry: str, author: str, first: int, last: int,
+          notice: str, record: str) -> None:
+    """Record that ``notice`` (erasing ``record``) vouches for positions
+    first..last of the chain."""
+    txn.put(b"g" + key(registry, author) + SEP + u64(first), pack([last, notice, record]), db=store.db["erasures"])
+
+
+def vouched(store: Store, txn: lmdb.Transaction, registry: str, author: str, seq: int) -> tuple[str, str] | None:
+    """(notice id, record) of the notice that vouches for position ``seq`` of
+    the chain, if any: a range starting at or before ``seq`` that reaches it."""
+    if "erasures" not in store.db:
+        return None
+    chain = b"g" + key(registry, author) + SEP
+    cursor = txn.cursor(db=store.db["erasures"])
+    if cursor.set_range(chain + u64(seq + 1)):
+        found = cursor.prev()
+    else:
+        found = cursor.last()
+    while found and cursor.key().startswith(chain):
+        last, notice, record = unpack(cursor.value())
+        if last >= seq:
+            return notice, record
+        found = cursor.prev()  # an earlier range may be wider (ranges of several notices overlap)
+    return None
+
+
+def iter_marks(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[str, str, str, str]]:
+    """(registry, record, notice id, state) of every record a notice names."""
+    if "erasures" not in store.db:
+        return
+    for k, value in store.iter_prefix(txn, "erasures", b"r"):
+        registry, record = k[1:].split(SEP, 1)
+        notice, state = unpack(value)
+        yield registry.decode(), record.decode(), notice, state
+
+
+def counts(store: Store, txn: lmdb.Transaction) -> dict[str, int]:
+    """How many records are erased (or waiting, or refused) and changes erased here."""
+    out = {ERASED: 0, WAITING: 0, REFUSED: 0, "changes": 0}
+    if "erasures" not in store.db:
+        return out
+    for k, value in store.iter_prefix(txn, "erasures", b""):
+        if k[:1] == b"r":
+            out[unpack(value)[1]] += 1
+        elif k[:1] == b"c":
+            out["changes"] += 1
+    return out

@@ -1,0 +1,218 @@
+"""Erasure: a record's whole history removed on every node that honours the
+notice, chains kept whole. Real LMDB stores in temporary directories;
+changes cross between them as the envelopes peers would send."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registrygrid.engine.erasure import ERASURE_KIND, ERASURES_REGISTRY, erasure_id
+from registrygrid.engine.ops import Remote
+from registrygrid.errors import NotFound, NotOwner, RecordErased
+from registrygrid.identity.delegation import sign_delegation
+from registrygrid.identity.keys import KeyPair
+from registrygrid.protocol.envelope import cid_from_str, open_envelope
+from registrygrid.sdk import LocalRegistry
+from registrygrid.storage import erasures
+
+TOOLS = "grid.tools"
+SECRET = "alice.private@example.org"
+
+
+def tool(name: str, contact: str = "ops@example.org") -> dict[str, Any]:
+    return {"name": name, "description": f"{name}, reached at {contact}", "category": "testing"}
+
+
+def org_node(path: Path, org: KeyPair) -> LocalRegistry:
+    key = KeyPair.generate()
+    return LocalRegistry.open_path(path, key, delegation=sign_delegation(org, key.did, ["node", "writer"]))
+
+
+def wires(grid: LocalRegistry) -> list[bytes]:
+    """Every change the node still serves, in its feed order (an erased one
+    is served by nobody)."""
+    out = []
+    for event in grid.changes(since=0, limit=10_000):
+        wire = grid.change(cid_from_str(event.change))
+        if wire is not None:
+            out.append(wire)
+    return out
+
+
+def deliver(target: LocalRegistry, source_wires: list[bytes]) -> list[Any]:
+    return target.execute([Remote(w, "peer") for w in source_wires])
+
+
+def holds_secret(grid: LocalRegistry) -> bool:
+    """Whether any live LMDB value of the store carries the secret."""
+    needle = SECRET.encode()
+    with grid.store.read() as txn:
+        for name, db in grid.store.db.items():
+            for _, value in txn.cursor(db=db):
+                if needle in value:
+                    return True
+    return False
+
+
+@pytest.fixture()
+def org_a() -> KeyPair:
+    return KeyPair.generate()
+
+
+def _written(grid: LocalRegistry) -> tuple[str, str]:
+    """A record carrying the secret, edited twice, beside one that stays."""
+    grid.put(TOOLS, "tool", tool("keeper"), id="keeper")
+    grid.put(TOOLS, "tool", tool("alice-tool", SECRET), id="alice-tool")
+    grid.update(TOOLS, "alice-tool", patch={"category": "personal"})
+    grid.update(TOOLS, "alice-tool", patch={"description": f"still {SECRET}"})
+    return TOOLS, "alice-tool"
+
+
+def test_an_erasure_removes_every_byte_of_the_records_history_and_keeps_its_chain(tmp_path: Path,
+                                                                                   org_a: KeyPair) -> None:
+    a = org_node(tmp_path / "a", org_a)
+    registry, record = _written(a)
+    assert holds_secret(a)
+    result = a.erase(registry, record, reason="GDPR art. 17 request 2026-118")
+    assert (result.status, result.registry, result.record_id) == ("created", ERASURES_REGISTRY,
+                                                                  erasure_id(registry, record))
+    assert not holds_secret(a)
+    with pytest.raises(RecordErased) as gone:
+        a.get(registry, record)
+    assert gone.value.http_status == 410 and gone.value.details["notice"] == result.record_id
+    with pytest.raises(RecordErased):
+        a.history(registry, record)
+    assert a.get(registry, "keeper")["fields"]["name"] == "keeper"
+    notice = a.get(ERASURES_REGISTRY, result.record_id)
+    assert notice["fields"]["positions"] == [{"author": a.engine.key.did, "seqs": [[2, 4]]}]
+    report = a.verify()
+    assert report.ok and report.erased == 3, report
+    assert a.erase(registry, record).status == "unchanged"
+    assert a.erasures() == [{"registry": registry, "record": record, "notice": result.record_id, "state": "erased"}]
+    assert "erase" in [e.action for e in a.audit_log(limit=1000)]
+
+
+def test_an_erased_id_is_burned_for_local_writes(tmp_path: Path, org_a: KeyPair) -> None:
+    a = org_node(tmp_path / "a", org_a)
+    registry, record = _written(a)
+    a.erase(registry, record)
+    with pytest.raises(RecordErased):
+        a.put(registry, "tool", tool("again"), id=record)
+    with pytest.raises(RecordErased):
+        a.update(registry, record, patch={"category": "x"})
+    with pytest.raises(RecordErased):
+        a.delete(registry, record)
+
+
+def test_a_peer_honours_the_notice_and_its_later_changes_still_follow_the_chain(tmp_path: Path,
+                                                                                org_a: KeyPair) -> None:
+    a, b = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b", org_a)
+    registry, record = _written(a)
+    deliver(b, wires(a))
+    assert holds_secret(b)
+    a.erase(registry, record)
+    a.put(registry, "tool", tool("after"), id="after")
+    results = deliver(b, wires(a))
+    assert all(r.status in ("applied", "duplicate") for r in results), results
+    assert not holds_secret(b)
+    with pytest.raises(RecordErased):
+        b.get(registry, record)
+    assert b.get(registry, "after")["fields"]["name"] == "after"
+    assert b.verify().ok
+    assert b.engine.version_vector(registry) == a.engine.version_vector(registry)
+
+
+def test_a_node_that_never_saw_the_record_links_past_its_changes_in_either_order(tmp_path: Path,
+                                                                                 org_a: KeyPair) -> None:
+    a = org_node(tmp_path / "a", org_a)
+    registry, record = _written(a)
+    original = wires(a)  # what a peer that had not honoured the notice still holds
+    a.erase(registry, record)
+    a.put(registry, "tool", tool("after"), id="after")
+    served = wires(a)
+    notice = [w for w in served if open_envelope(w, verify=False).body.registry == ERASURES_REGISTRY]
+    rest = [w for w in served if w not in notice]
+    for name, order in (("notice-last", rest + notice), ("notice-first", notice + rest)):
+        c = org_node(tmp_path / name, org_a)
+        deliver(c, order)
+        assert c.get(registry, "after")["fields"]["name"] == "after", name
+        assert c.engine.version_vector(registry) == a.engine.version_vector(registry), name
+        report = c.verify()
+        assert report.ok, (name, report)
+        # The original changes arrive late from a peer that kept them: their
+        # IDs fill the unseen positions, their bytes are dropped.
+        late = deliver(c, original)
+        assert not holds_secret(c), name
+        with pytest.raises(RecordErased):
+            c.get(registry, record)
+        assert {r.status for r in late} <= {"duplicate", "erased"}, (name, late)
+        assert c.verify().ok, name
+
+
+def test_changes_of_an_erased_record_from_a_lagging_peer_keep_only_their_ids(tmp_path: Path,
+                                                                             org_a: KeyPair) -> None:
+    a, b = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b", org_a)
+    registry, record = _written(a)
+    deliver(b, wires(a))
+    b.update(registry, record, patch={"category": f"edited by b for {SECRET}"})  # b has not heard yet
+    from_b = wires(b)
+    a.erase(registry, record)
+    results = deliver(a, from_b)
+    assert "erased" in {r.status for r in results}
+    assert not holds_secret(a)
+    assert a.verify().ok
+
+
+def test_a_notice_from_an_org_that_does_not_own_the_record_is_refused(tmp_path: Path, org_a: KeyPair) -> None:
+    org_b = KeyPair.generate()
+    a, b = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b", org_b)
+    registry, record = _written(a)
+    deliver(b, wires(a))
+    with pytest.raises(NotOwner):
+        b.erase(registry, record)
+    # A node of org B that never held the record can't judge the notice, so
+    # it writes it; the owner's node judges it, keeps it as evidence, and
+    # erases nothing.
+    blind = org_node(tmp_path / "blind", org_b)
+    deliver(blind, [w for w in wires(a) if open_envelope(w, verify=False).body.registry != registry])
+    fields = {"registry": registry, "record": record, "positions": []}
+    blind.put(ERASURES_REGISTRY, ERASURE_KIND, fields, id=erasure_id(registry, record))
+    results = deliver(a, wires(blind))
+    assert "refused" in {r.status for r in results}
+    assert SECRET in a.get(registry, record)["fields"]["description"]
+    with pytest.raises(NotFound):
+        a.get(ERASURES_REGISTRY, erasure_id(registry, record))
+
+
+def test_a_notice_that_waits_for_its_record_erases_it_on_arrival(tmp_path: Path, org_a: KeyPair) -> None:
+    a = org_node(tmp_path / "a", org_a)
+    registry, record = _written(a)
+    original = wires(a)
+    a.erase(registry, record)
+    notice = [w for w in wires(a) if open_envelope(w, verify=False).body.registry == ERASURES_REGISTRY]
+    # Only grid.members and the notice first: the record is not held, so the
+    # notice waits; then the record's changes arrive and are erased in the
+    # batch that brings them.
+    c = org_node(tmp_path / "c", org_a)
+    deliver(c, [w for w in original if open_envelope(w, verify=False).body.registry != TOOLS] + notice)
+    assert c.erasures()[0]["state"] in ("waiting", "erased")
+    deliver(c, [w for w in original if open_envelope(w, verify=False).body.registry == TOOLS])
+    assert not holds_secret(c)
+    assert c.erasures() == [{"registry": registry, "record": record, "notice": erasure_id(registry, record),
+                             "state": "erased"}]
+    assert c.get(registry, "keeper")["fields"]["name"] == "keeper"
+    assert c.verify().ok
+
+
+def test_a_notice_names_its_record_in_its_id(tmp_path: Path, org_a: KeyPair) -> None:
+    a = org_node(tmp_path / "a", org_a)
+    _written(a)
+    fields = {"registry": TOOLS, "record": "alice-tool", "positions": []}
+    with pytest.raises(Exception) as wrong:
+        a.put(ERASURES_REGISTRY, ERASURE_KIND, fields, id=erasure_id(TOOLS, "keeper"))
+    assert wrong.value.code == "validation_failed"  # type: ignore[attr-defined]
+    with a.store.read() as txn:
+        assert not erasures.any_held(a.store, txn)
