@@ -1,4 +1,8 @@
-"""Shared fixtures: a store in a temporary directory, and the `rgrid` CLI as a subprocess."""
+"""Shared fixtures: a store in a temporary directory, the `rgrid` CLI as a subprocess,
+and ``seaweed``: one real SeaweedFS S3 server per pytest process (tests/seaweed_support.py),
+started the first time a test asks for it. Its module is registered here as a
+plugin, once for the whole session, so every module shares that one server (a
+module that imported the fixture itself would get a second one)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from registrygrid.sdk import LocalRegistry
+
+pytest_plugins = ("seaweed_support",)  # its fixture: seaweed (a SeaweedS3)
 
 
 @pytest.fixture
@@ -30,6 +36,6 @@ def rgrid(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
         # --home belongs to each subcommand, so it goes after the command words.
         cmd = [sys.executable, "-m", "registrygrid", *args, "--home", str(home or tmp_path / "home")]
-        return subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout)
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, input=input, timeout=timeout)
 
     return run

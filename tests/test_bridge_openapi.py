@@ -198,6 +198,15 @@ async def test_real_responses_validate_against_the_document(served: Served) -> N
                 await c.get("/v1/views/cheap"), await c.get("/v1/views/cheap/events"),
                 await c.delete("/v1/views/cheap"),
                 await c.delete(f"{rec}/v1"),
+                # Erasure (tests/test_erasure.py, tests/test_bridge_erasure.py have the rest).
+                await c.post(rec, json={"kind": "note", "id": "gone", "fields": {"name": "g"}}),
+                await rc.post(f"{rec}/gone/erase", json={}),
+                await c.post(f"{rec}/gone/erase", json={"reason": "a request", "blobs": []}),
+                await c.post(f"{rec}/gone/erase", json={}),
+                await c.post(f"{rec}/gone/erase", json={"blobs": ["not-a-cid"]}),
+                await c.get(f"{rec}/gone"), await c.get(f"{rec}/gone/history"),
+                await c.put(f"{rec}/gone", json={"fields": {"name": "again"}}),
+                await c.get("/v1/erasures"),
                 # The MCP Registry API (tests/test_mcp_registry_api.py checks it against the official document).
                 await c.get("/v0.1/servers"), await c.get("/v0.1/servers", params={"limit": "x"}),
                 await c.get("/v0.1/servers", params={"limit": 101}),
@@ -217,7 +226,8 @@ async def test_real_responses_validate_against_the_document(served: Served) -> N
             _check(response, seen)
     operations = {(m, p) for m, p in OPERATIONS if ASSETS not in SPEC["paths"][p][m]["tags"]}  # the next test's
     assert operations - {(m, p) for m, p, _ in seen} == set(), "every documented operation was exercised"
-    assert {s for _, _, s in seen} >= {"200", "201", "304", "400", "401", "403", "404", "409", "412", "413", "422"}
+    assert {s for _, _, s in seen} >= {"200", "201", "304", "400", "401", "403", "404", "409", "410", "412", "413",
+                                       "422"}
     assert ("delete", "/v1/tokens/{token_id}", "409") in seen
 
 
@@ -299,7 +309,7 @@ async def test_real_asset_responses_validate_against_the_document(served: Served
             await call(c, "HEAD", f"/v1/blobs/{missing}")
             await call(anon, "GET", blob)
             await call(c, "GET", f"{blob}/meta")
-            await call(c, "GET", f"{blob}/manifest")  # not a ZIP: 400
+            await call(c, "GET", f"{blob}/manifest")  # not a ZIP: 422
             url = (await call(rc, "POST", f"{blob}/presign", json={"expires_in": 60, "ip": "127.0.0.1"})).json()["url"]
             await call(anon, "GET", url)
             await call(anon, "HEAD", url)

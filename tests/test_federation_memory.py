@@ -23,9 +23,17 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from test_federation_support import Member, cluster, converged, eventually, full_mesh
+from test_federation_support import (
+    CLUSTERS,
+    Member,
+    cluster,
+    converged,
+    eventually,
+    full_mesh,
+)
 
-from registrygrid.errors import UnknownRegistry, ValidationError
+from registrygrid.engine.ops import Erase, WriteResult
+from registrygrid.errors import RecordErased, UnknownRegistry, ValidationError
 from registrygrid.node.federation import SYNC_INTERVAL_S, Federation, FederationConfig
 from registrygrid.node.memory_transport import MemoryNetwork
 from registrygrid.protocol.guard import Budget, GuardLimits, Rate
@@ -74,6 +82,36 @@ async def test_a_federation_on_the_in_memory_network_gossips_syncs_and_heals_a_p
             network.heal()  # the peer table redials; sync brings what n2 missed
             await converged([n0, n1, n2], 900, records=50)
     assert network.stats["gossip_bytes"] > 0
+
+
+async def test_an_erasure_reaches_every_member_by_gossip_and_sync_and_their_chains_go_on(
+        tmp_path: Path, virtual_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(1800):
+        async with MemoryNetwork(seed=5) as network, cluster(tmp_path, MEMORY) as nodes:
+            n0 = await nodes.start("n0", transport=network.factory())
+            n1 = await nodes.start("n1", n0.fed.addrs(), transport=network.factory())
+            n2 = await nodes.start("n2", n0.fed.addrs(), transport=network.factory())
+            await full_mesh([n0, n1, n2])
+            await n0.write("a", 10)
+            await converged([n0, n1, n2], 300, records=10)
+
+            network.partition([n0.peer_id, n1.peer_id], [n2.peer_id])
+            await eventually(lambda: n2.peer_id not in n0.fed.host.connected_peers(), 120, "n2 cut off")
+            [erased] = await n0.node.submit([Erase(CLUSTERS, "a3", "a test request")])
+            assert isinstance(erased, WriteResult) and erased.status == "created", erased
+            await n0.write("b", 5)  # n0's chain goes on past the erased change
+            await eventually(lambda: n1.records() == 14, 300, "n1 erases a3 (gossip) and takes b")
+            with pytest.raises(RecordErased):
+                n1.registry.get(CLUSTERS, "a3")
+            assert n2.registry.get(CLUSTERS, "a3")["fields"]["name"] == "a3", "nothing crosses a partition"
+
+            network.heal()  # sync brings the notice and b; n2 erases a3 and takes b
+            await converged([n0, n1, n2], 900, records=14)
+            for member in (n1, n2):
+                with pytest.raises(RecordErased):
+                    member.registry.get(CLUSTERS, "a3")
+                assert member.registry.verify().ok
+                assert member.registry.erasures()[0]["state"] == "erased"
 
 
 def count(member: Member, prefix: str) -> int:

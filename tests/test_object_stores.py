@@ -2,7 +2,8 @@
 
 Each contract test runs against ``LocalObjects`` in a temporary directory
 and ``S3Objects`` against a real SeaweedFS S3 server (tests/seaweed_support.py,
-one per pytest process), each test under a fresh key prefix. Tests that
+one per pytest process: the ``seaweed`` fixture of conftest.py), each test
+under a fresh key prefix. Tests that
 only make sense for S3 (multipart uploads left behind, an unreachable
 service, server-side encryption, the request timeout) follow the contract.
 """
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from seaweed_support import SeaweedS3, seaweed  # noqa: F401 (seaweed is a fixture)
+from seaweed_support import SeaweedS3
 
 from registrygrid.blobs.objects import (
     CHUNK_BYTES,
@@ -45,7 +46,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
 
 
 @pytest.fixture
-def s3(seaweed: SeaweedS3) -> S3Objects:  # noqa: F811 (the fixture imported above)
+def s3(seaweed: SeaweedS3) -> S3Objects:
     return seaweed.objects(prefix=f"t-{uuid.uuid4().hex[:12]}")
 
 
@@ -182,7 +183,7 @@ def test_a_put_whose_chunks_raise_stores_nothing_and_keeps_the_old_object(store:
     assert sorted(store.keys("uploads/")) == ["uploads/s1/00001"]
 
 
-def test_a_failed_multipart_put_leaves_no_upload_behind(seaweed: SeaweedS3, s3: S3Objects) -> None:  # noqa: F811
+def test_a_failed_multipart_put_leaves_no_upload_behind(seaweed: SeaweedS3, s3: S3Objects) -> None:
     with pytest.raises(ConnectionResetError):
         s3.put("uploads/s1/00001", failing_after(pattern(PART_BYTES * 2 + 1)))
     assert [key for key in seaweed.pending_uploads() if key.startswith(s3.prefix + "/")] == []
@@ -372,14 +373,14 @@ def test_an_unreachable_service_is_object_store_unavailable_for_every_operation(
             operation()
 
 
-def test_refused_credentials_are_object_store_unavailable(seaweed: SeaweedS3) -> None:  # noqa: F811
+def test_refused_credentials_are_object_store_unavailable(seaweed: SeaweedS3) -> None:
     store = S3Objects(seaweed.bucket, seaweed.endpoint, seaweed.access_key, "wrong-secret", allow_http=True)
     for operation in every_operation(store):
         with pytest.raises(ObjectStoreUnavailable):
             operation()
 
 
-def test_a_missing_bucket_is_unavailable_not_an_absent_object(seaweed: SeaweedS3) -> None:  # noqa: F811
+def test_a_missing_bucket_is_unavailable_not_an_absent_object(seaweed: SeaweedS3) -> None:
     """S3 answers HEAD of a key in a missing bucket with the same bodiless
     404 as an absent key; the store must not report every object absent."""
     store = S3Objects("no-such-bucket", seaweed.endpoint, seaweed.access_key, seaweed.secret_key,
@@ -403,7 +404,7 @@ def test_plain_http_off_this_machine_needs_allow_http() -> None:
         S3Objects("bucket", loopback, "key", "secret")
 
 
-def test_plain_http_on_loopback_works_without_allow_http(seaweed: SeaweedS3) -> None:  # noqa: F811
+def test_plain_http_on_loopback_works_without_allow_http(seaweed: SeaweedS3) -> None:
     store = S3Objects(seaweed.bucket, seaweed.endpoint, seaweed.access_key, seaweed.secret_key,
                       prefix=f"t-{uuid.uuid4().hex[:12]}")
     store.put("blobs/one", [b"over loopback"])
@@ -419,7 +420,7 @@ def test_a_bad_bucket_name_is_refused(bucket: str) -> None:
 # ------------------------------------------------------------------ S3: reads and encryption
 
 
-def test_a_slow_reader_outlasts_the_request_timeout(seaweed: SeaweedS3) -> None:  # noqa: F811
+def test_a_slow_reader_outlasts_the_request_timeout(seaweed: SeaweedS3) -> None:
     """A request that outlives its timeout breaks the stream; the store
     resumes from the last byte it handed out, pinned to the same version."""
     store = seaweed.objects(prefix=f"t-{uuid.uuid4().hex[:12]}", timeout_seconds=0.5, retries=0)
@@ -432,7 +433,7 @@ def test_a_slow_reader_outlasts_the_request_timeout(seaweed: SeaweedS3) -> None:
     assert b"".join(received) == data
 
 
-def test_an_object_replaced_mid_read_fails_the_read_rather_than_splicing(seaweed: SeaweedS3) -> None:  # noqa: F811
+def test_an_object_replaced_mid_read_fails_the_read_rather_than_splicing(seaweed: SeaweedS3) -> None:
     store = seaweed.objects(prefix=f"t-{uuid.uuid4().hex[:12]}", timeout_seconds=0.5, retries=0)
     old = pattern(4 * MiB, seed=1)
     store.put("blobs/swapped", in_chunks(old))
@@ -447,7 +448,7 @@ def test_an_object_replaced_mid_read_fails_the_read_rather_than_splicing(seaweed
 
 
 def test_server_side_encryption_stores_no_plaintext_and_reads_back_transparently(
-        seaweed: SeaweedS3) -> None:  # noqa: F811
+        seaweed: SeaweedS3) -> None:
     prefix = f"t-{uuid.uuid4().hex[:12]}"
     encrypted = seaweed.objects(prefix=prefix, server_side_encryption=True)
     plain_reader = seaweed.objects(prefix=prefix)

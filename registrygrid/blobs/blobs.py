@@ -21,6 +21,7 @@ holds (none while any hold is set); see ``delete``.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ class BlobStore:
         self.store = store
         self.limits = limits or BlobLimits()
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self._protecting = threading.Lock()  # see retain
 
     def now_ms(self) -> int:
         return self._now_ms()  # type: ignore[operator,no-any-return]
@@ -218,29 +220,59 @@ class BlobStore:
         self.objects.delete(blob_key(cid))
         return entry
 
+    # Where the object store can enforce retention itself (S3 Object Lock,
+    # ObjectStore.protect), the object is protected before the index
+    # records it and unprotected after the index forgets it: at every
+    # moment and after any failure, the backend protects at least what the
+    # index claims, so a failure can leave a blob safer than recorded, never
+    # deletable while the index says it is kept. The lock keeps two
+    # retention calls of this process from interleaving those two steps.
+
     def retain(self, cid: bytes, until_ms: int) -> BlobEntry:
         """Extend retention; it can only grow (as S3 Object Lock's compliance mode)."""
-        entry = self.require(cid)
-        if until_ms < entry.retain_until_ms:
-            raise RetentionHeld(f"retention of {cid_text(cid)} can only be extended",
-                                details=[{"retain_until_ms": entry.retain_until_ms}])
-        new = msgspec.structs.replace(entry, retain_until_ms=until_ms)
-        index.replace_blob(self.store, cid, new)
-        return new
+        with self._protecting:
+            entry = self.require(cid)
+            if until_ms < entry.retain_until_ms:
+                raise RetentionHeld(f"retention of {cid_text(cid)} can only be extended",
+                                    details=[{"retain_until_ms": entry.retain_until_ms}])
+            self._protect(cid, retain_until_ms=until_ms)
+            new = msgspec.structs.replace(entry, retain_until_ms=until_ms)
+            index.replace_blob(self.store, cid, new)
+            return new
 
     def hold(self, cid: bytes, name: str, reason: str) -> BlobEntry:
-        entry = self.require(cid)
-        new = msgspec.structs.replace(entry, holds={**entry.holds, name: reason})
-        index.replace_blob(self.store, cid, new)
-        return new
+        with self._protecting:
+            entry = self.require(cid)
+            self._protect(cid, legal_hold=True)  # ON while any named hold exists
+            new = msgspec.structs.replace(entry, holds={**entry.holds, name: reason})
+            index.replace_blob(self.store, cid, new)
+            return new
 
     def release(self, cid: bytes, name: str) -> BlobEntry:
-        entry = self.require(cid)
-        if name not in entry.holds:
-            raise NotFound(f"blob {cid_text(cid)} has no hold named {name!r}")
-        new = msgspec.structs.replace(entry, holds={k: v for k, v in entry.holds.items() if k != name})
-        index.replace_blob(self.store, cid, new)
-        return new
+        with self._protecting:
+            entry = self.require(cid)
+            if name not in entry.holds:
+                raise NotFound(f"blob {cid_text(cid)} has no hold named {name!r}")
+            new = msgspec.structs.replace(entry, holds={k: v for k, v in entry.holds.items() if k != name})
+            index.replace_blob(self.store, cid, new)
+            if not new.holds:  # the last one: the object's legal hold goes OFF
+                try:
+                    self._protect(cid, legal_hold=False)
+                except BlobMissing:
+                    pass  # no current object, nothing for the store to lift: the release stands
+                except BaseException:
+                    # The object is still held: so is the index again, and
+                    # the caller may release once more.
+                    index.replace_blob(self.store, cid, entry)
+                    raise
+            return new
+
+    def _protect(self, cid: bytes, **protection: Any) -> bool:
+        try:
+            return self.objects.protect(blob_key(cid), **protection)
+        except ObjectMissing:
+            raise BlobMissing(f"blob {cid_text(cid)} is indexed but its bytes are gone from the "
+                              f"{self.objects.name} object store (run `rgrid asset verify`)") from None
 
     # ---- consistency
 

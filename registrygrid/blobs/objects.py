@@ -22,6 +22,7 @@ least 5 MiB), ~25 MiB measured for a 256 MiB put (tests/test_object_stores.py).
     store.move(src, dst)                       # replaces dst; src is gone after
     store.delete(key)                          # True if it was there
     list(store.keys("uploads/s1/"))
+    store.protect(key, retain_until_ms=t)      # True if the backend itself enforces it
 """
 
 from __future__ import annotations
@@ -81,6 +82,21 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> bool: ...
 
     def keys(self, prefix: str = "") -> Iterator[str]: ...
+
+    def protect(self, key: str, *, retain_until_ms: int | None = None, legal_hold: bool | None = None) -> bool:
+        """Have the backend itself refuse to delete the object: retained until
+        ``retain_until_ms`` (ms since the epoch; extended only), under a legal
+        hold while ``legal_hold`` (None: that one unchanged). True if the
+        backend enforces it (S3 Object Lock), False if it cannot and only the
+        node's index does (blobs/blobs.py): then nothing is asked of the
+        backend. ObjectMissing if it enforces and the object is absent.
+
+        A caller that strengthens protection calls this before recording it
+        in its own index, and one that weakens it records first and calls
+        this after, so the backend never protects less than the index claims
+        (a failure in between leaves the object safer than recorded, never
+        less safe)."""
+        ...
 
 
 class LocalObjects:
@@ -188,6 +204,13 @@ class LocalObjects:
             return False
         _fsync_dir(path.parent)
         return True
+
+    def protect(self, key: str, *, retain_until_ms: int | None = None, legal_hold: bool | None = None) -> bool:
+        """A directory has no retention of its own: the node's index alone
+        enforces it (BlobStore.delete refuses), and anyone who can write the
+        directory can delete the file. False."""
+        check_key(key)
+        return False
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         base = self.root

@@ -18,9 +18,9 @@ How the interface maps onto S3:
   object appears only when the upload completes; if the chunks raise,
   obstore aborts the upload (nothing visible, no parts left behind) and the
   caller's own exception propagates. An abort that itself fails (service
-  gone at that moment) leaves an incomplete upload on the service: give the
-  bucket an AbortIncompleteMultipartUpload lifecycle rule where the service
-  supports one.
+  gone at that moment) leaves an incomplete upload on the service: the
+  node's lifecycle rules (blobs/lifecycle.py, ``rgrid asset lifecycle``)
+  abort those under staging/ and uploads/ after some days.
 - ``get``: one streamed GET per call, sent by the call itself (so an
   absent key raises there, as with ``LocalObjects``), in chunks of at
   least ``CHUNK_BYTES`` (except the last) and at most one network read
@@ -59,6 +59,20 @@ without that directory, not a whole data directory. SSE-S3 is not
 client-side encryption: anyone the service lets read the object reads
 plaintext.
 
+Object Lock: with ``object_lock="governance"`` or ``"compliance"`` (the
+bucket must have been created with Object Lock), ``protect`` sets the
+object's retention (PutObjectRetention, that mode, the date rounded up to
+the second) and legal hold (PutObjectLegalHold) through the control-plane
+client (blobs/s3_control.py: obstore has no such call), so the service
+itself refuses to delete a retained or held object version, whoever asks.
+Compliance mode cannot be shortened or bypassed by anyone, as the node's
+own retention; governance yields to a user with the bypass permission.
+Such a bucket is versioned: ``delete`` (and the delete half of ``move``)
+adds a delete marker and the old version stays, retained or not, until
+removed by version (the lifecycle rules of blobs/lifecycle.py do that for
+staging/ and uploads/, never for blobs/). Without ``object_lock``,
+``protect`` answers False: the node's index alone enforces retention.
+
     store = S3Objects("assets", "https://s3.example.org", access_key, secret_key,
                       prefix="node-1", server_side_encryption=True)
 """
@@ -70,6 +84,7 @@ import itertools
 import queue
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -88,6 +103,7 @@ from registrygrid.blobs.objects import (
     _check_range,
     check_key,
 )
+from registrygrid.blobs.s3_control import LOCK_MODES, ObjectLockMissing, S3Control
 from registrygrid.errors import ValidationError
 
 # A multipart upload's part: S3 refuses parts under 5 MiB (except the last)
@@ -138,6 +154,7 @@ class S3Objects:
         region: str = "us-east-1",
         prefix: str = "",
         server_side_encryption: bool = False,
+        object_lock: str | None = None,
         allow_http: bool = False,
         part_bytes: int = PART_BYTES,
         parallel_parts: int = PARALLEL_PARTS,
@@ -150,6 +167,14 @@ class S3Objects:
         self.endpoint = endpoint.rstrip("/")
         self.prefix = check_key(prefix.strip("/")) if prefix.strip("/") else ""
         self.server_side_encryption = server_side_encryption
+        if object_lock is not None and object_lock not in LOCK_MODES:
+            raise ValidationError(f"S3 object_lock is one of {', '.join(LOCK_MODES)} or unset, not {object_lock!r}")
+        self.object_lock = object_lock
+        self._lock_seen = False
+        # Bucket configuration and Object Lock (obstore has no call for them);
+        # its client is built at first use.
+        self.control = S3Control(bucket, self.endpoint, access_key, secret_key, region=region,
+                                 timeout_seconds=timeout_seconds, retries=retries)
         self.part_bytes = part_bytes
         self.parallel_parts = parallel_parts
         self._bucket_seen = False
@@ -320,6 +345,39 @@ class S3Objects:
         with self._call(f"delete {key}"):
             obstore.delete(self._store, key)
         return True
+
+    def protect(self, key: str, *, retain_until_ms: int | None = None, legal_hold: bool | None = None) -> bool:
+        check_key(key)
+        if self.object_lock is None:
+            return False  # the node's index alone enforces it, as with LocalObjects
+        self._check_lock()
+        full = self.full_key(key)
+        # S3 refuses a retain-until date in the past; one that has passed
+        # protects nothing, so there is nothing to set.
+        retain = retain_until_ms is not None and retain_until_ms > time.time() * 1000
+        if retain:
+            self.control.put_retention(full, retain_until_ms, self.object_lock)  # type: ignore[arg-type]
+        if legal_hold is not None:
+            self.control.put_legal_hold(full, legal_hold)
+        if not retain and legal_hold is None and self.size(key) is None:
+            raise ObjectMissing(f"no object {key}")
+        return True
+
+    def full_key(self, key: str) -> str:
+        """The key in the bucket: this store's prefix joined."""
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _check_lock(self) -> None:
+        """Once per store: Object Lock asked for on a bucket without it is a
+        configuration error, told as such before the first object counts on it."""
+        if self._lock_seen:
+            return
+        if not self.control.object_lock_enabled():
+            raise ObjectLockMissing(
+                f"config.json assets.s3.object_lock is {self.object_lock!r}, but bucket {self.bucket} has no "
+                "Object Lock; S3 enables it only when a bucket is created (create one with it, or unset "
+                "object_lock to let the node's index alone enforce retention)")
+        self._lock_seen = True
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         # Listing works on whole path segments: list the prefix's directory

@@ -10,7 +10,9 @@ MD5 and content type); the node fixes the part size and so the parts'
 count and lengths: every part is ``part_size`` bytes but the last. Each
 part is digested as it streams into the object store (``uploads/<id>/<n>``)
 and must match its length and any checksum the client sent with it, or it
-is discarded and the session is as before. The session lives in LMDB with
+is not recorded (a part it replaced on the local store, which writes parts
+in place, is then missing). One request writes a part at a time (another
+meanwhile gets PartInProgress). The session lives in LMDB with
 an expiry that every part and heartbeat renews (a TTL key), so a client or
 the node can stop and resume later: ``status`` lists the parts held.
 
@@ -25,6 +27,7 @@ Quotas are checked at creation (the declared size) and at finalize.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import threading
@@ -60,6 +63,23 @@ class UploadExpired(NotFound):
     code = "upload_expired"
 
 
+class PartInProgress(Conflict):
+    """Another request is writing this part of this upload right now: a
+    client retrying while its first attempt still streams. The two would
+    write the same bytes of the same file at once (the local store writes a
+    part in place), so the second is refused before it writes anything;
+    ``details["retry_after_s"]`` (the answer's Retry-After) says when to
+    ask again."""
+
+    code = "part_in_progress"
+
+
+# How long a refused writer of a busy part is asked to wait: about what a
+# default part (8 MiB) takes at ~10 MB/s, and the bridge's Retry-After on a
+# 503 (1 s, node/bridge/app.py); a part still streaming then is refused again.
+PART_RETRY_AFTER_S = 1
+
+
 @dataclass(frozen=True)
 class UploadLimits:
     # 8 MiB parts: S3's multipart minimum is 5 MiB, and a lost part costs
@@ -90,6 +110,9 @@ class Uploads:
         self.declare: Callable[[int, str, str], None] | None = None
         self.vet: Vet | None = None
         self._finalizing: dict[str, threading.Lock] = {}
+        # The (session, part) pairs being written now: one writer a part, so
+        # two attempts at the same part never write its range at once.
+        self._writing: set[tuple[str, int]] = set()
         # A backend that writes at an offset (LocalObjects) takes parts in place.
         self._in_place = callable(getattr(self.objects, "write_at", None))
         self._guard = threading.Lock()
@@ -168,14 +191,44 @@ class Uploads:
     def put_part(self, session_id: str, owner: str | None, number: int, chunks: Iterable[bytes],
                  expected: Expected | None = None) -> Part:
         """Store part ``number`` (1-based). The same part sent twice replaces
-        the first; one that fails its length or a checksum leaves the session
-        as it was."""
+        the first; one that fails its length or a checksum is not recorded
+        (on the local store, where a part is written in place, a part held
+        before is then missing: its bytes were overwritten). One writer a
+        part at a time: a second, while the first streams, is refused
+        (PartInProgress); other parts go in parallel."""
         session = self._open(session_id, owner)
         if session.state != "open":
             raise Conflict(f"upload {session_id} is {session.state}")
         if not 1 <= number <= session.part_count:
             raise ValidationError(f"part numbers of upload {session_id} run from 1 to {session.part_count}",
                                   details=[{"path": "part", "max": session.part_count}])
+        with self._writing_part(session_id, number):
+            # Read again under the claim: a writer of this part that just
+            # ended may have recorded it since.
+            return self._put_part(self._open(session_id, owner), number, chunks, expected)
+
+    @contextlib.contextmanager
+    def _writing_part(self, session_id: str, number: int) -> Iterator[None]:
+        """Hold part ``number`` of ``session_id`` for one writer (PartInProgress
+        to a second); released however the writer ends: done, refused, or its
+        body failing because the client went away."""
+        claim = (session_id, number)
+        with self._guard:
+            if claim in self._writing:
+                raise PartInProgress(
+                    f"part {number} of upload {session_id} is being written by another request; retry when it "
+                    "ends (its answer says whether it was stored)",
+                    details={"part": number, "retry_after_s": PART_RETRY_AFTER_S})
+            self._writing.add(claim)
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._writing.discard(claim)
+
+    def _put_part(self, session: UploadSession, number: int, chunks: Iterable[bytes],
+                  expected: Expected | None) -> Part:
+        session_id = session.id
         length = session.part_length(number)
         # MD5 only when the client sent one to check (S3 clients send
         # Content-MD5): it costs more than SHA-256 and CRC-32 together here.
@@ -183,16 +236,35 @@ class Uploads:
         sent = expected or Expected()
         declared = Expected(size=length, sha256=sent.sha256, md5=sent.md5)
         key = part_key(session_id, number)
+
+        def ended(current: UploadSession | None) -> UploadSession:
+            if current is None or current.state != "open":
+                raise Conflict(f"upload {session_id} ended while part {number} arrived")
+            return current
+
+        def forget(current: UploadSession | None) -> UploadSession:
+            held = ended(current)
+            return msgspec.structs.replace(held, parts={n: p for n, p in held.parts.items() if n != number})
+
         if self._in_place:
             # Each part straight into its place in the file the blob will be
             # (a local disk): finalize then reads it once and renames it, and
             # never writes the bytes a second time. A part that fails its
             # checks is not recorded; its range is written again by a retry.
+            body = digest.tee(_at_most(chunks, length, number))
+            if number in session.parts:
+                # A part sent again (its first answer lost) rewrites the bytes
+                # the session vouches for: it stops vouching before the first
+                # of them changes, so a rewrite that fails leaves the part
+                # missing (send it again) rather than recorded over bytes that
+                # no longer match. Refused before any byte: held as before.
+                body = _before_the_first(body, lambda: index.update_session(self.store, session_id, forget))
             self.objects.write_at(data_key(session_id), (number - 1) * session.part_size,  # type: ignore[attr-defined]
-                                  digest.tee(_at_most(chunks, length, number)))
+                                  body)
             digest.check(declared, what=f"part {number}")
         else:
-            staged = f"{key}.{secrets.token_hex(4)}"  # parallel retries of one part don't collide
+            # A name of its own: never another attempt's, even one a stopped node left behind.
+            staged = f"{key}.{secrets.token_hex(4)}"
             try:
                 self.objects.put(staged, digest.tee(_at_most(chunks, length, number)))
                 digest.check(declared, what=f"part {number}")
@@ -203,10 +275,8 @@ class Uploads:
         part = Part(digest.size, digest.sha256, digest.md5 or "")
 
         def add(current: UploadSession | None) -> UploadSession:
-            if current is None or current.state != "open":
-                raise Conflict(f"upload {session_id} ended while part {number} arrived")
-            return msgspec.structs.replace(current, parts={**current.parts, number: part},
-                                           expires_ms=self._expiry())
+            held = ended(current)
+            return msgspec.structs.replace(held, parts={**held.parts, number: part}, expires_ms=self._expiry())
 
         try:
             index.update_session(self.store, session_id, add)
@@ -340,6 +410,16 @@ def part_key(session_id: str, number: int) -> str:
 def data_key(session_id: str) -> str:
     """The file an upload's parts are written into, in place (a local object store)."""
     return f"{UPLOADS}/{session_id}/data"
+
+
+def _before_the_first(chunks: Iterable[bytes], action: Callable[[], object]) -> Iterator[bytes]:
+    """``chunks``, with ``action`` run once just before the first is handed on."""
+    started = False
+    for chunk in chunks:
+        if not started:
+            action()
+            started = True
+        yield chunk
 
 
 def _at_most(chunks: Iterable[bytes], length: int, number: int) -> Iterator[bytes]:

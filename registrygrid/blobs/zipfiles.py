@@ -63,9 +63,15 @@ class ZipRefused(ValidationError):
 class ZipMalformed(MalformedInput):
     """Bytes that are not a well-formed ZIP archive: truncated, corrupt
     compressed data, a CRC-32 or size that does not match, a central
-    directory that contradicts the entries."""
+    directory that contradicts the entries, or no ZIP at all.
+
+    422, not MalformedInput's 400: the bytes are a stored blob's, not the
+    request's. Asking for the manifest of a blob that is no ZIP is a
+    well-formed request about content that cannot be processed (RFC 9110
+    15.5.21), as a checksum_mismatch at finalize is."""
 
     code = "zip_malformed"
+    http_status = 422
 
 
 class ZipEntryMissing(NotFound):

@@ -7,6 +7,7 @@
     rgrid asset hold CID case-7 --reason "litigation"; rgrid asset release CID case-7
     rgrid asset retain CID --until 2030-01-01
     rgrid asset rm CID
+    rgrid asset lifecycle [--apply]                                     # the S3 bucket's lifecycle rules
 
 With a node running on the home, uploads and downloads go through its
 bridge: an upload in parts on parallel connections that resumes where it
@@ -44,7 +45,9 @@ def _bridge(backend: Any) -> bool:
 def _assets(home: Path | None, backend: Any) -> Any:
     from registrygrid.blobs.service import Assets
 
-    return Assets.open(Home(home), backend.store)
+    # Lifecycle rules are set at the node's start or by `asset lifecycle
+    # --apply`, not as a side effect of every command that reads a blob.
+    return Assets.open(Home(home), backend.store, apply_lifecycle=False)
 
 
 def _cid_of(backend: Any, target: str) -> str:
@@ -264,7 +267,7 @@ Examples:
         with open_backend(home, direct_read=not repair) as backend:
             if repair and _bridge(backend):
                 raise ValidationError("--repair changes the store: stop the node first")
-            assets = Assets.open(Home(home), backend.store)
+            assets = Assets.open(Home(home), backend.store, apply_lifecycle=False)
             repaired = assets.blobs.reconcile() if repair else None
             report = assets.blobs.verify()
         if repaired is not None:
@@ -337,6 +340,47 @@ Examples:
     def asset_rm(home: Path | None, target: str) -> None:
         """Purge the blob's bytes (refused under retention or a legal hold). Records naming it keep the CID."""
         _govern(home, target, "delete")
+
+    @asset_group.command(name="lifecycle", epilog="""\b
+Examples:
+  rgrid asset lifecycle            # what the node would set, what the bucket has
+  rgrid asset lifecycle --apply    # write the node's rules, keeping every other rule""")
+    @home_option
+    @click.option("--apply", "apply_", is_flag=True,
+                  help="Write the node's rules into the bucket's lifecycle configuration.")
+    @json_option
+    def asset_lifecycle(home: Path | None, apply_: bool, as_json: bool) -> None:
+        """The S3 bucket's lifecycle rules for this node: staging/ and uploads/ expire, incomplete
+        multipart uploads are aborted, blobs/ is never touched. Rules of other tenants of the bucket
+        (IDs not starting with this node's rgrid:PREFIX:) are kept as they are."""
+        # Bucket configuration, not node state: read from config.json and
+        # sent to S3 directly, whether or not a node runs on the home.
+        from registrygrid.blobs.service import BucketLifecycle
+
+        bucket = BucketLifecycle.open(Home(home))
+        wanted = bucket.plan.rules()
+        current, changed = bucket.apply() if apply_ else (bucket.current(), False)
+        lock_enabled = bucket.control.object_lock_enabled()
+        report = {
+            "bucket": bucket.control.bucket, "endpoint": bucket.control.endpoint, "id_prefix": bucket.plan.id_prefix,
+            "wanted": wanted, "in_place": bucket.plan.in_place(current), "applied": changed,
+            "ours": [r for r in current if bucket.plan.owns(r)],
+            "others": [r for r in current if not bucket.plan.owns(r)],
+            "object_lock": {"bucket": lock_enabled},
+        }
+        if as_json:
+            render.dump_json(report)
+            return
+        click.echo(f"bucket {report['bucket']} at {report['endpoint']}; this node's rules are {report['id_prefix']}*")
+        for rule in wanted:
+            click.echo(f"  {rule['ID']:32} {rule['Filter']['Prefix']:24} expire {rule['Expiration']['Days']} d, "
+                       f"abort multipart {rule['AbortIncompleteMultipartUpload']['DaysAfterInitiation']} d, "
+                       f"old versions {rule['NoncurrentVersionExpiration']['NoncurrentDays']} d")
+        state = "written now" if changed else ("in place" if report["in_place"] else
+                                               "NOT in place (run with --apply)")
+        click.echo(f"in the bucket: {state}; {len(report['others'])} other rule(s) kept"
+                   + (": " + ", ".join(str(r.get("ID", "?")) for r in report["others"]) if report["others"] else ""))
+        click.echo(f"object lock on the bucket: {'enabled' if lock_enabled else 'not enabled'}")
 
     def _govern(home: Path | None, target: str, action: str, **args: Any) -> None:
         from registrygrid.blobs.digest import parse_cid

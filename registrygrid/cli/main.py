@@ -546,7 +546,7 @@ def verify(home: Path | None, as_json: bool) -> None:
 
 @cli.group()
 def store() -> None:
-    """The store on disk: format upgrades."""
+    """The store on disk: format upgrades, compaction."""
 
 
 @store.command(name="migrate")
@@ -587,6 +587,69 @@ def store_migrate(home: Path | None, as_json: bool) -> None:
                    title="store migration")
     if not verified["ok"]:
         sys.exit(1)
+
+
+@store.command(name="compact")
+@home_option
+@json_option
+def store_compact(home: Path | None, as_json: bool) -> None:
+    """Rewrite the store without its free pages (the node must be stopped).
+
+    LMDB keeps a deleted value's bytes in free pages until a later write
+    reuses them: after an erasure, compact so they leave the disk too.
+    Needs free space for a copy of the store. Verifies it afterwards."""
+    from registrygrid.home import Home
+    from registrygrid.storage.compact import compact
+
+    the_home = Home(home)
+    the_home.require()
+    the_home.lock("rgrid store compact")
+    try:
+        report = compact(the_home.store_path)
+    finally:
+        the_home.unlock()
+    with open_backend(home, direct_read=True) as backend:
+        verified = backend.verify()
+    verified = verified if isinstance(verified, dict) else verified.to_dict()
+    render.mapping({**report.to_dict(), "verified": verified["ok"], "problem": verified["problem"]}, as_json,
+                   title="store compaction")
+    if not verified["ok"]:
+        sys.exit(1)
+
+
+@cli.command()
+@home_option
+@click.argument("registry")
+@click.argument("record_id")
+@click.option("--reason", default="", help="Why, for every node's audit ledger (no personal data: it is kept).")
+@click.option("--blob", "blobs", multiple=True, metavar="CID", help="A blob to purge with it (repeatable).")
+@click.option("--yes", is_flag=True, help="Don't ask for confirmation.")
+@json_option
+def erase(home: Path | None, registry: str, record_id: str, reason: str, blobs: tuple[str, ...], yes: bool,
+          as_json: bool) -> None:
+    """Erase a record's whole history, here and on every node that honours it.
+
+    Unlike delete (a signed tombstone that keeps the history), every change
+    of the record loses its bytes, its id can never be used again, and an
+    erasure notice asks every node of the federation to do the same
+    (docs/erasure.md). It cannot be undone. Run `rgrid store compact` on a
+    stopped node afterwards to remove the freed bytes from disk."""
+    if not yes:
+        click.confirm(f"Erase {registry}/{record_id} and its whole history on every node? This cannot be undone",
+                      abort=True, err=True)
+    with open_backend(home) as backend:
+        result = backend.erase(registry, record_id, reason=reason, blobs=list(blobs), actor="cli")
+    render.write_result(result, as_json)
+
+
+@cli.command()
+@home_option
+@json_option
+def erasures(home: Path | None, as_json: bool) -> None:
+    """Records erasure notices name here: erased, waiting for the record, or refused."""
+    with open_backend(home) as backend:
+        rows = backend.erasures()
+    render.rows(rows, as_json, columns=["registry", "record", "state", "notice"], title="erasures")
 
 
 @cli.command()

@@ -193,6 +193,14 @@ class AsyncBridgeClient:
                      actor: str | None = None) -> WriteResult:
         return await self._write("DELETE", calls.record_path(registry, id), headers=calls.if_match(if_match))
 
+    async def erase(self, registry: str, id: str, *, reason: str = "", blobs: Sequence[str] = (),
+                    actor: str | None = None, idempotency_key: str | None = None) -> WriteResult:
+        return await self._write("POST", f"{calls.record_path(registry, id)}/erase",
+                                 calls.erase_body(reason, blobs), self._keyed(idempotency_key))
+
+    async def erasures(self) -> list[dict[str, Any]]:
+        return (await self._get("/v1/erasures"))["items"]  # type: ignore[no-any-return]
+
     # ------------------------------------------------------------------ disputes
 
     async def disputes(self, *, status: str | None = None) -> list[dict[str, Any]]:

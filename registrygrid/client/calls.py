@@ -196,6 +196,15 @@ def resolution_body(*, value: Any, removed: bool, note: str) -> dict[str, Any]:
     return body
 
 
+def erase_body(reason: str, blobs: Sequence[str]) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if reason:
+        body["reason"] = reason
+    if blobs:
+        body["blobs"] = list(blobs)
+    return body
+
+
 def view_body(query: Mapping[str, Any], *, description: str, title: str | None) -> dict[str, Any]:
     body: dict[str, Any] = {"query": dict(query)}
     if description:

@@ -232,6 +232,17 @@ class BridgeClient:
     def delete(self, registry: str, id: str, *, if_match: str | None = None, actor: str | None = None) -> WriteResult:
         return self._write("DELETE", calls.record_path(registry, id), headers=calls.if_match(if_match))
 
+    def erase(self, registry: str, id: str, *, reason: str = "", blobs: Sequence[str] = (),
+              actor: str | None = None, idempotency_key: str | None = None) -> WriteResult:
+        """Erase a record's whole history on the node and ask every node to
+        (docs/erasure.md); the result names the erasure notice."""
+        return self._write("POST", f"{calls.record_path(registry, id)}/erase",
+                           calls.erase_body(reason, blobs), self._keyed(idempotency_key))
+
+    def erasures(self) -> list[dict[str, Any]]:
+        """Records erasure notices name on the node, and what became of each."""
+        return self._get("/v1/erasures")["items"]  # type: ignore[no-any-return]
+
     # ------------------------------------------------------------------ disputes (docs/conflicts.md)
 
     def disputes(self, *, status: str | None = None) -> list[dict[str, Any]]:

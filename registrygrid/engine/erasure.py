@@ -237,7 +237,7 @@ class Erasing(EngineCore):
         seq = self._batch_feed_seq
         body = env.body
         feed.append(store, txn, feed.FeedEvent(seq, "erased", registry, record_id,
-                                               target["kind"] if target else "", env.id, body.author, body.hlc,
+                                               target["kind"] if target else body.kind, env.id, body.author, body.hlc,
                                                origin))
         batch.committed.feed_seqs.append(seq)
         batch.committed.erased.append(ErasedRecord(registry, record_id, notice.id, notice.blobs))

@@ -19,9 +19,17 @@ from typing import Any, Protocol
 
 import trio
 
+from registrygrid.blobs.erasure import purge_blobs, still_held
 from registrygrid.blobs.service import Assets
 from registrygrid.engine.engine import Engine
-from registrygrid.engine.ops import Committed, Operation, Outcome
+from registrygrid.engine.erasure import ERASURES_REGISTRY
+from registrygrid.engine.ops import (
+    AuditNote,
+    Committed,
+    ErasedRecord,
+    Operation,
+    Outcome,
+)
 from registrygrid.errors import RegistryError
 from registrygrid.home import Home
 from registrygrid.node.committer import GroupCommitter
@@ -107,6 +115,9 @@ class Node:
         # The node's asset content (blobs/service.py), opened with the store:
         # the bridge serves it, the federation exchanges it with peers.
         self.assets: Any = None
+        # Records erased by a commit whose notices name blobs: purged from the
+        # object store after the commit, outside LMDB (_purge_erased_blobs).
+        self._erased_send, self._erased_receive = trio.open_memory_channel[ErasedRecord](float("inf"))
 
     @property
     def engine(self) -> Engine:
@@ -139,11 +150,13 @@ class Node:
             self.committer = GroupCommitter(self.engine)
             self.feed.bind(self.trio_token)
             self.committer.on_commit_threadsafe.append(self._on_commit)
+            self.committer.on_commit.append(self._on_erased)
             self.feed.advance(self.registry.feed_head())
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 await nursery.start(self.committer.run)
                 nursery.start_soon(self._keep_assets)
+                nursery.start_soon(self._purge_erased_blobs)
                 for component in self.components:
                     await nursery.start(component.run, self)
                     log.info("%s started", component.name)
@@ -164,11 +177,57 @@ class Node:
         removed = await trio.to_thread.run_sync(self.assets.blobs.clear_staging)
         if removed:
             log.info("removed %d staged objects a crash left behind", removed)
+        # A few requests to the bucket (and their retries if it is down): on
+        # a thread, so they never hold up the node's start.
+        await trio.to_thread.run_sync(self.assets.apply_lifecycle)
         while True:
             swept = await trio.to_thread.run_sync(self.assets.uploads.sweep)
             if swept:
                 log.info("swept %d expired uploads", swept)
             await trio.sleep(SWEEP_UPLOADS_S)
+
+    def _on_erased(self, committed: Committed) -> None:
+        """Committer hook (trio thread): queue the blobs erased records name."""
+        for erased in committed.erased:
+            if erased.blobs:
+                self._erased_send.send_nowait(erased)
+
+    async def _purge_erased_blobs(self) -> None:
+        """Purge the blobs of erased records, each outcome audited: first
+        what a stop between an erasure's commit and its purge left, then
+        each erasure as it is committed. A legal hold here keeps the bytes."""
+        for erased in await trio.to_thread.run_sync(self._unpurged_erasures):
+            await self._purge(erased)
+        async for erased in self._erased_receive:
+            await self._purge(erased)
+
+    def _unpurged_erasures(self) -> list[ErasedRecord]:
+        assert self.registry is not None
+        out = []
+        for item in self.registry.erasures():
+            if item["state"] != "erased":
+                continue
+            try:
+                notice = self.registry.get(ERASURES_REGISTRY, item["notice"])
+            except RegistryError:
+                continue
+            held = still_held(self.assets.blobs, notice["fields"].get("blobs") or [])
+            if held:
+                out.append(ErasedRecord(item["registry"], item["record"], item["notice"], tuple(held)))
+        return out
+
+    async def _purge(self, erased: ErasedRecord) -> None:
+        outcomes = await trio.to_thread.run_sync(purge_blobs, self.assets.blobs, erased.blobs)
+        notes = [AuditNote("erase", "node", f"blobs/{o.cid}",
+                           f"erasure {erased.notice} of {erased.registry}/{erased.record}: blob {o.outcome}"
+                           + (f" ({o.reason})" if o.reason else ""))
+                 for o in outcomes if o.outcome != "absent"]
+        if notes:
+            await self.submit(notes)
+        for o in outcomes:
+            if o.outcome in ("held", "failed"):
+                log.warning("blob %s of erased %s/%s %s: %s", o.cid, erased.registry, erased.record, o.outcome,
+                            o.reason)
 
     def stop(self) -> None:
         if self.nursery is not None:

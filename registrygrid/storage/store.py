@@ -295,6 +295,11 @@ class Store:
     def close(self) -> None:
         self.env.close()
 
+    def copy_compacted(self, directory: Path) -> None:
+        """A consistent copy of the store holding only the pages in use
+        (storage/compact.py), into an existing empty ``directory``."""
+        self.env.copy(str(directory), compact=True)
+
     # ---- transactions ----
 
     def read(self) -> _ReadTxn:

@@ -45,7 +45,15 @@ from registrygrid.blobs.ranges import RangeNotSatisfiable
 from registrygrid.crdt.conflicts import ABSENT
 from registrygrid.crdt.disputes import DISPUTES_REGISTRY, RESOLUTION_KIND
 from registrygrid.engine import registries as regs
-from registrygrid.engine.ops import Delete, Operation, Outcome, Put, Update, WriteResult
+from registrygrid.engine.ops import (
+    Delete,
+    Erase,
+    Operation,
+    Outcome,
+    Put,
+    Update,
+    WriteResult,
+)
 from registrygrid.errors import (
     AlreadyExists,
     Conflict,
@@ -726,6 +734,32 @@ class Api:
                                   if_match=if_match)
         return json_response(write_json(result))
 
+    async def erase_record(self, request: web.Request) -> web.Response:
+        registry, record_id = self._record_path(request)
+        token = self.require(request, WRITE, registry=registry, target=f"{registry}/{record_id}")
+        body, raw = await self.body(request, "RecordErase")
+
+        async def run(_: dict[str, Any]) -> web.Response:
+            # Signed by this node's key (the notice is its org's word); the
+            # token says who asked, and the node purges the blobs named once
+            # the erasure is committed (Node._purge_erased_blobs).
+            result = await self.write(Erase(registry, record_id, body.get("reason", ""), tuple(body.get("blobs", ())),
+                                            token.actor, local_roles(token)))
+            if result.status == "unchanged":
+                return json_response(write_json(result))
+            return json_response(write_json(result), 201, {
+                "Location": f"/v1/registries/{result.registry}/records/{result.record_id}"})
+
+        return await self.idempotent(request, token, raw, run)
+
+    async def list_erasures(self, request: web.Request) -> web.Response:
+        token = self.require(request, READ, target="erasures")
+        found = await self.in_executor(self.registry.erasures)
+        if token.registry is not None:
+            found = [e for e in found if e["registry"] == token.registry]
+        self.read_note(token, "erasures", "list erasures")
+        return json_response({"items": found})
+
     async def record_history(self, request: web.Request) -> web.Response:
         registry, record_id = self._record_path(request)
         target = f"{registry}/{record_id}"
@@ -1120,6 +1154,8 @@ class Api:
             web.post("/v1/peers/deny", self.deny_peer_ids),
             web.post("/v1/peers/allow", self.allow_peer_ids),
             web.get(rec + "/{id}/history", self.record_history),
+            web.post(rec + "/{id}/erase", self.erase_record),
+            web.get("/v1/erasures", self.list_erasures),
             web.get("/v1/records", self.list_records),
             web.get("/v1/changes", self.changes),
             web.get("/v1/changes/ws", self.changes_ws),

@@ -325,8 +325,8 @@ def _asset_schemas() -> dict[str, Any]:
                      "description": "the file's name, no control characters: what reading the bytes' metadata "
                                     "and the asset checks go by (model.safetensors, README.md)"},
             "presign": {"anyOf": [{"type": ["boolean", "null"]}, _ref("PresignOptions")],
-                        "description": "true or a non-empty object: the answer lists a presigned PUT URL for each "
-                                       "part (part_urls); false, null or {}: none"},
+                        "description": "true or an object ({}: the defaults): the answer lists a presigned PUT "
+                                       "URL for each part (part_urls); false or null: none"},
         }, required=["size"], description="an upload to create: the whole file, declared"),
         "PresignOptions": _obj({"expires_in": EXPIRES_IN, "ip": IP_LIMIT}, required=[]),
         "UploadSession": _obj({**session, "part_urls": {
@@ -412,7 +412,10 @@ SCHEMAS: dict[str, Any] = {
     "HistoryEntry": _obj({"feed_seq": SEQ, "change_id": STRING, "op": {"enum": ["create", "update", "delete"]},
                           "author": STRING, "seq": INT, "hlc": HLC, "schema": INT, "size": INT}),
     "History": _obj({"history": {"type": "array", "items": _ref("HistoryEntry")}}),
-    "FeedEvent": _obj({"seq": SEQ, "type": {"enum": ["created", "updated", "deleted"]}, "registry": REGISTRY_NAME,
+    "FeedEvent": _obj({"seq": SEQ, "type": {"enum": ["created", "updated", "deleted", "erased"],
+                                            "description": "erased: the record's whole history was erased "
+                                                           "(change and author are the erasure notice's)"},
+                       "registry": REGISTRY_NAME,
                        "record": RECORD_ID, "kind": KIND_NAME, "change": STRING, "author": STRING, "hlc": HLC,
                        "origin": {"type": "string", "description": "'local' or the peer it came from"}}),
     "Changes": _obj({"events": {"type": "array", "items": _ref("FeedEvent")},
@@ -596,6 +599,13 @@ SCHEMAS: dict[str, Any] = {
         description="a key that signed two different changes with one (registry, sequence)"),
     "Dispute": {"oneOf": [_ref("FieldDispute"), _ref("Equivocation")]},
     "Disputes": _obj({"items": {"type": "array", "items": _ref("Dispute")}}),
+    "Erasures": _obj({"items": {"type": "array", "items": _obj({
+        "registry": REGISTRY_NAME, "record": RECORD_ID,
+        "notice": {"type": "string", "description": "the erasure notice's id in grid.erasures"},
+        "state": {"enum": ["erased", "waiting", "refused"],
+                  "description": "erased here; waiting: the record never reached this node (its changes are "
+                                 "erased as they arrive); refused: the notice's signer may not erase it"},
+    }, required=["registry", "record", "notice", "state"])}}, required=["items"]),
     # ---- search (registrygrid/search: query.py parses a query, service.py answers it)
     "SearchQuery": _search_query_schema(),
     "SearchFilter": {"type": "object", "propertyNames": {"minLength": 1}, "description": (
@@ -776,6 +786,13 @@ SCHEMAS: dict[str, Any] = {
         "schema": _ref("JsonObject"), "registry": {**REGISTRY_NAME, "description": "the kind's home registry"},
         "description": {"type": "string", "maxLength": 4096},
     }, required=["name", "version", "schema"]),
+    "RecordErase": _obj({
+        "reason": {"type": "string", "maxLength": 512,
+                   "description": "why, for every node's audit ledger (no personal data: the notice is kept)"},
+        "blobs": {"type": "array", "maxItems": 256,
+                  "items": {"type": "string", "pattern": "^b[a-z2-7]{58}$"},
+                  "description": "CIDs of blobs to purge with the record"},
+    }, required=[]),
     "DisputeResolve": _obj({
         "value": {**_ref("JsonValue"), "description": "the value the disputed field takes (any JSON value, null "
                                                       "included)"},
@@ -882,6 +899,8 @@ _ERROR_STATUSES = {
     "404": "No such registry, record, kind, token or dispute",
     "409": "Conflict (already exists, in progress, the node's own CLI token; follow: the node hosts the "
            "registry itself, or follows as many as it may)",
+    "410": "The record was erased (record_erased; details.notice names the erasure notice): its id is gone for "
+           "good (docs/erasure.md)",
     "412": "If-Match names a change the record moved past",
     "413": f"Body over {MAX_BODY_BYTES} bytes, or fields over {limits.MAX_RECORD_BYTES} bytes encoded "
            "(resolve: a DHT record over its cap)",
@@ -1079,34 +1098,39 @@ def _discovery_paths() -> dict[str, Any]:
 _ASSET_ERROR_STATUSES = {
     **_ERROR_STATUSES,
     "400": "Malformed request: bad JSON or no body where one is needed, a part number that is no number, a "
-           "Content-MD5 or X-Checksum-Sha256 of the wrong form; manifest and entries: the blob is no sound ZIP "
-           "(zip_malformed)",
+           "Content-MD5 or X-Checksum-Sha256 of the wrong form",
     "403": "The token lacks the role (reader; writer to upload; admin for retention, holds and purges), the upload "
            "is another token's, an asset check refused (check_refused: details list every verdict), a presigned "
            "URL does not grant this request (presign_invalid) or expired (presign_expired), or a bundle names a "
            "URL of a host the node may not fetch from",
     "404": "No such upload (or it expired: upload_expired), blob (blob_missing), hold, or ZIP entry "
            "(zip_entry_missing)",
-    "409": "The upload is not open, or lacks parts (details[0].missing); a complete upload cannot be cancelled; "
-           "retention or a legal hold forbids the purge, or retention would shorten (retention_held)",
+    "409": "The upload is not open, or lacks parts (details[0].missing); another request is writing this part "
+           "now (part_in_progress: Retry-After); a complete upload cannot be cancelled; retention or a legal hold "
+           "forbids the purge, or retention would shorten (retention_held)",
     "413": f"Too large (too_large): a declared size over the node's max_blob_bytes, a part longer than its length, "
            f"a JSON body over {MAX_BODY_BYTES} bytes",
     "416": "No requested range overlaps the blob (range_not_satisfiable); Content-Range: bytes */SIZE",
     "422": "Well-formed but invalid: a member out of its bounds, a part number out of range, bytes that do not "
            "match their declared size or checksum (checksum_mismatch: details name size, sha256 or md5), a bad "
-           f"CID, more than {MAX_RANGES} ranges, a ZIP the node will not read (zip_refused)",
+           f"CID, more than {MAX_RANGES} ranges, a ZIP the node will not read (zip_refused), a blob that is no "
+           "sound ZIP (zip_malformed)",
     "503": "The node is starting or stopping, stores no asset content, or its object store is unavailable "
            "(object_store_unavailable)",
     "507": "Storing it would pass the node's blob quota (quota_exceeded; details: quota, used)",
 }
 _RANGE_HEADERS = {"Content-Range": {"description": "bytes */SIZE: the blob's size", "schema": STRING}}
+_RETRY_AFTER_HEADERS = {"Retry-After": {"description": "seconds to wait before asking again (RFC 9110 10.2.3)",
+                                        "schema": {"type": "integer", "minimum": 1}}}
 
 
-def _asset_errors(*statuses: str, head: bool = False) -> dict[str, Any]:
-    """Error answers of the asset routes; a HEAD's carry no body."""
+def _asset_errors(*statuses: str, head: bool = False, retry_after: str | None = None) -> dict[str, Any]:
+    """Error answers of the asset routes; a HEAD's carry no body; the
+    ``retry_after`` status's answer may carry Retry-After."""
     out: dict[str, Any] = {}
     for status in statuses:
-        headers = {**_TRACE_HEADER, **(_RANGE_HEADERS if status == "416" else {})}
+        headers = {**_TRACE_HEADER, **(_RANGE_HEADERS if status == "416" else {}),
+                   **(_RETRY_AFTER_HEADERS if status == retry_after else {})}
         out[status] = {"description": _ASSET_ERROR_STATUSES[status], "headers": headers}
         if not head:
             out[status]["content"] = {"application/json": {"schema": _ref("Error")}}
@@ -1178,7 +1202,7 @@ def _asset_paths() -> dict[str, Any]:
                                                                              "when it came with a Content-MD5, else "
                                                                              "its SHA-256, quoted",
                                                               "schema": STRING}}),
-             **_asset_errors("400", *upload_errors, "409", "413", "422")},
+             **_asset_errors("400", *upload_errors, "409", "413", "422", retry_after="409")},
             tags=tags, security=token_or_url,
             params=[p_upload, _path("n", {"type": "integer", "minimum": 1, "maximum": up.max_parts},
                                     "the part's number, from 1"),
@@ -1193,8 +1217,10 @@ def _asset_paths() -> dict[str, Any]:
                 "The body is the part's bytes: exactly part_size (the last part: the rest), streamed to the "
                 f"object store as they arrive (the {MAX_BODY_BYTES}-byte cap of JSON bodies does not apply; a part "
                 f"has at most {up.max_part_bytes} bytes). A part that does not match (422 checksum_mismatch: fewer "
-                "bytes, or a checksum sent; 413: more bytes) is discarded and the session is as before. 409: the "
-                "session is not open; 422: a number outside 1 to parts. Needs a writer token that owns the session, "
+                "bytes, or a checksum sent; 413: more bytes) is not recorded (a part held before is then missing: "
+                "on the local store parts are written in place). One request writes a part at a time: another "
+                "for the same part meanwhile gets 409 part_in_progress with Retry-After (other parts go in "
+                "parallel). 409 also: the session is not open; 422: a number outside 1 to parts. Needs a writer token that owns the session, "
                 "or none with a presigned URL of this part (part_urls), which allows at most the part's length "
                 "(403 presign_invalid, presign_expired)."))},
         "/v1/uploads/{id}/heartbeat": {"post": _op(
@@ -1267,14 +1293,14 @@ def _asset_paths() -> dict[str, Any]:
             "getBlobManifest", "A stored ZIP's entries: names, sizes, CRC-32s and SHA-256s",
             {**_json("200", "ZipManifest", "the listing", {"ETag": {"description": "\"CID-manifest\"",
                                                                     "schema": STRING}}),
-             **_asset_errors("400", "401", "403", "404", "422", "429", "503")},
+             **_asset_errors("401", "403", "404", "422", "429", "503")},
             tags=tags, params=[p_cid],
             description=(
                 "Read in one streaming pass and kept beside the blob. Bounded (blobs/zipfiles.py): at most "
                 f"{ZIP_LIMITS.max_entries} entries and {ZIP_LIMITS.max_total_bytes} bytes expanded, an inflation "
                 f"ratio of {ZIP_LIMITS.max_ratio}, safe names, no encrypted entry: 422 zip_refused (details.reason "
-                "says which); 400 zip_malformed: the blob is no sound ZIP (or its central directory contradicts "
-                "its entries)."))},
+                "says which); 422 zip_malformed: the blob is no ZIP, or no sound one (truncated, corrupt, or its "
+                "central directory contradicts its entries)."))},
         "/v1/blobs/{cid}/entries/{name}": {"get": _op(
             "getBlobEntry", "One entry of a stored ZIP, inflated as it is sent",
             {"200": {"description": "the entry's bytes", "headers": {
@@ -1282,13 +1308,13 @@ def _asset_paths() -> dict[str, Any]:
                 "X-Content-SHA256": {"description": "the entry's SHA-256", "schema": SHA256_HEX},
                 "Cache-Control": {"description": f"private, max-age={IMMUTABLE_S}, immutable", "schema": STRING}},
                 "content": {"application/octet-stream": {}}},
-             **_asset_errors("400", "401", "403", "404", "422", "429", "503")},
+             **_asset_errors("401", "403", "404", "422", "429", "503")},
             tags=tags, params=[p_cid, _path("name", {"type": "string", "minLength": 1,
                                                      "maxLength": ZIP_LIMITS.max_name_bytes},
                                             "the entry's path in the archive ('/' as is, or %2F)")],
             description="Read from the entry's offset on (the entries before it are not inflated) and checked "
-                        "against the manifest's SHA-256. 404 zip_entry_missing: no such entry; 400 and 422: as "
-                        "the manifest.")},
+                        "against the manifest's SHA-256. 404 zip_entry_missing: no such entry; 422: as the "
+                        "manifest.")},
         "/v1/blobs/{cid}/presign": {"post": _op(
             "presignBlob", "A presigned GET URL of a blob, for a client with no token",
             {**_json("200", "PresignedUrl", "the URL"),
@@ -1497,7 +1523,8 @@ def _paths() -> dict[str, Any]:
                        {**_json("200", "Page", "a page", SOURCE), **_errors(*READ_ERRORS)},
                        tags=["records"], params=[P_REGISTRY, *LIST_PARAMS]),
             "post": _op("createRecord", "Create a record (id generated when absent)",
-                        {**_json("201", "WriteResult", "created", {**LOCATION, **ETAG}), **_errors(*WRITE_ERRORS)},
+                        {**_json("201", "WriteResult", "created", {**LOCATION, **ETAG}),
+                         **_errors(*WRITE_ERRORS, "410")},
                         tags=["records"], params=[P_REGISTRY, IDEMPOTENCY], body=_body("RecordCreate")),
         },
         record: {
@@ -1505,27 +1532,48 @@ def _paths() -> dict[str, Any]:
                        {**_json("200", "Record", "the record", {**ETAG, **SOURCE}),
                         "304": {"description": "If-None-Match matched",
                                 "headers": {**_TRACE_HEADER, **ETAG, **SOURCE}},
-                        **_errors(*READ_ERRORS)},
+                        **_errors(*READ_ERRORS, "410")},
                        tags=["records"], params=[P_REGISTRY, P_ID, _query("include_deleted", {"type": "boolean"}),
                                                  _header("If-None-Match", "a quoted change id")]),
             "put": _op("replaceRecord", "Replace a record's fields (and tags/links when given)",
-                       {**_json("200", "WriteResult", "replaced", ETAG), **_errors(*WRITE_ERRORS, "412")},
+                       {**_json("200", "WriteResult", "replaced", ETAG), **_errors(*WRITE_ERRORS, "410", "412")},
                        tags=["records"], params=[P_REGISTRY, P_ID, IF_MATCH],
                        body=_body("RecordReplace")),
             "patch": _op("patchRecord", "Merge-patch a record's fields (RFC 7386)",
-                         {**_json("200", "WriteResult", "patched", ETAG), **_errors(*WRITE_ERRORS, "412")},
+                         {**_json("200", "WriteResult", "patched", ETAG), **_errors(*WRITE_ERRORS, "410", "412")},
                          tags=["records"], params=[P_REGISTRY, P_ID, IF_MATCH],
                          body={"required": True, "content": {
                              "application/merge-patch+json": {"schema": _ref("MergePatch")},
                              "application/json": {"schema": _ref("RecordPatch")}}}),
             "delete": _op("deleteRecord", "Delete a record (a signed tombstone; history stays)",
-                          {**_json("200", "WriteResult", "deleted"), **_errors(*WRITE_ERRORS, "412")},
+                          {**_json("200", "WriteResult", "deleted"), **_errors(*WRITE_ERRORS, "410", "412")},
                           tags=["records"], params=[P_REGISTRY, P_ID, IF_MATCH]),
         },
         record + "/history": {
             "get": _op("recordHistory", "Every change of a record, in the order this node accepted them",
-                       {**_json("200", "History", "history", SOURCE), **_errors(*READ_ERRORS)},
+                       {**_json("200", "History", "history", SOURCE), **_errors(*READ_ERRORS, "410")},
                        tags=["records"], params=[P_REGISTRY, P_ID]),
+        },
+        record + "/erase": {
+            "post": _op("eraseRecord", "Erase a record's whole history here, and ask every node to (an erasure "
+                        "notice in grid.erasures, signed by this node's key)",
+                        {**_json("201", "WriteResult", "erased: the result names the notice (registry "
+                                 "grid.erasures)", LOCATION),
+                         **_json("200", "WriteResult", "erased already (status unchanged)"),
+                         **_errors(*WRITE_ERRORS)},
+                        tags=["records"], params=[P_REGISTRY, P_ID, IDEMPOTENCY], body=_body("RecordErase"),
+                        description="Unlike DELETE (a signed tombstone that keeps the history), every change "
+                                    "of the record loses its bytes on every node that honours the notice, the "
+                                    "record's id is burned, and the blobs named are purged (a legal hold on a "
+                                    "node keeps them there). Needs a writer token for the record's registry; "
+                                    "the node's key must be allowed to delete the record (its owner org): else "
+                                    "403 and nothing is written. Cannot be undone. docs/erasure.md."),
+        },
+        "/v1/erasures": {
+            "get": _op("listErasures", "Records erasure notices name on this node, and what became of each",
+                       {**_json("200", "Erasures", "erasures, in (registry, record) order"),
+                        **_errors("401", "403", "429")},
+                       tags=["records"]),
         },
         "/v1/records": {
             "get": _op("listAllRecords", "Records across registries, in (registry, id) order",

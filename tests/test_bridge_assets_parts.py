@@ -1,0 +1,129 @@
+"""One writer a part: the parts of an upload go to a real node's bridge in
+parallel, but two attempts at the same part never write it at once (on the
+local store a part is written in place, in the file the blob becomes, so two
+writers would mix their bytes in one range). A second attempt while the
+first still streams is refused with 409 part_in_progress and Retry-After;
+the part is free again however the first attempt ends, and a part sent
+again stops counting as held until its new bytes have passed their checks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+
+import httpx
+import trio
+from test_bridge_support import Served
+
+MIB = 1 << 20
+PART = 2 * MIB  # more than the bridge's 1 MiB pieces: a stalled first attempt has written some of its part
+
+pytest_plugins = ("test_bridge_support",)  # its fixtures: served, threaded_served
+
+
+def part_of(data: bytes, n: int) -> bytes:
+    return data[(n - 1) * PART:n * PART]
+
+
+async def create(http: httpx.AsyncClient, data: bytes) -> str:
+    created = await http.post("/v1/uploads", json={"size": len(data), "part_size": PART,
+                                                   "sha256": hashlib.sha256(data).hexdigest()})
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+async def stalled(part: bytes, release: trio.Event) -> AsyncIterator[bytes]:
+    """A part's body that sends its first MiB and a half, then waits for ``release``."""
+    yield part[:MIB + MIB // 2]
+    await release.wait()
+    yield part[MIB + MIB // 2:]
+
+
+async def until_written(served: Served, session_id: str, at_least: int) -> None:
+    """Wait until the upload's in-place file holds ``at_least`` bytes: a writer has its part."""
+    data = served.home.path / "objects" / "uploads" / session_id / "data"
+    with trio.fail_after(10):
+        while not data.exists() or data.stat().st_size < at_least:
+            await trio.sleep(0.01)
+
+
+async def test_a_part_sent_again_while_its_first_attempt_streams_is_refused_and_other_parts_go_on(
+        served: Served) -> None:
+    data = os.urandom(2 * PART)
+    release = trio.Event()
+    answers: dict[str, httpx.Response] = {}
+    async with served.client() as first, served.client() as http:
+        session_id = await create(http, data)
+        up = f"/v1/uploads/{session_id}/parts"
+
+        async def send_first() -> None:
+            answers["first"] = await first.put(f"{up}/1", content=stalled(part_of(data, 1), release),
+                                               headers={"Content-Length": str(PART)})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_first)
+            await until_written(served, session_id, MIB)
+            answers["again"] = await http.put(f"{up}/1", content=part_of(data, 1))
+            answers["other"] = await http.put(f"{up}/2", content=part_of(data, 2))
+            status = (await http.get(f"/v1/uploads/{session_id}")).json()
+            release.set()
+        done = await http.post(f"/v1/uploads/{session_id}/finalize")
+        got = await http.get(f"/v1/blobs/{done.json()['cid']}")
+    again = answers["again"]
+    assert again.status_code == 409 and again.json()["error"]["code"] == "part_in_progress"
+    assert again.json()["error"]["details"]["part"] == 1 and again.headers["Retry-After"] == "1"
+    assert answers["other"].status_code == 200, answers["other"].text  # another part goes in parallel
+    assert status["missing"] == [1]  # the refused attempt recorded nothing
+    assert answers["first"].status_code == 200, answers["first"].text
+    assert done.status_code == 200, done.text
+    assert got.content == data
+
+
+async def test_a_part_whose_writer_went_away_can_be_sent_again(served: Served) -> None:
+    data = os.urandom(PART)
+    async with served.client() as http:
+        session_id = await create(http, data)
+        up = f"/v1/uploads/{session_id}/parts"
+        async with served.client() as doomed, trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: doomed.put(f"{up}/1", content=stalled(part_of(data, 1), trio.Event()),
+                                                  headers={"Content-Length": str(PART)}))
+            await until_written(served, session_id, MIB)
+            nursery.cancel_scope.cancel()  # the client gives up mid-part: its connection closes
+        refusals = 0
+        with trio.fail_after(10):
+            while True:  # the node learns of the closed connection a moment later: Retry-After until then
+                again = await http.put(f"{up}/1", content=part_of(data, 1))
+                if again.status_code != 409:
+                    break
+                assert again.json()["error"]["code"] == "part_in_progress"
+                refusals += 1
+                await trio.sleep(0.05)
+        done = await http.post(f"/v1/uploads/{session_id}/finalize")
+        got = await http.get(f"/v1/blobs/{done.json()['cid']}")
+    assert again.status_code == 200, again.text
+    assert done.status_code == 200 and got.content == data
+
+
+async def test_a_held_part_sent_again_that_fails_its_checks_is_missing_until_sent_whole(served: Served) -> None:
+    """Sent again in place, a part's range no longer holds what the session
+    vouched for: a resend that fails leaves the part missing, and status
+    (what a resuming client reads) says to send it, rather than a finalize
+    that fails on the whole's SHA-256 with no part to blame."""
+    data = os.urandom(2 * PART)
+    async with served.client() as http:
+        session_id = await create(http, data)
+        up = f"/v1/uploads/{session_id}/parts"
+        for n in (1, 2):
+            assert (await http.put(f"{up}/{n}", content=part_of(data, n))).status_code == 200
+        cut_short = await http.put(f"{up}/1", content=os.urandom(PART - 1))
+        status = (await http.get(f"/v1/uploads/{session_id}")).json()
+        early = await http.post(f"/v1/uploads/{session_id}/finalize")
+        resent = await http.put(f"{up}/1", content=part_of(data, 1))
+        done = await http.post(f"/v1/uploads/{session_id}/finalize")
+        got = await http.get(f"/v1/blobs/{done.json()['cid']}")
+    assert cut_short.status_code == 422 and cut_short.json()["error"]["code"] == "checksum_mismatch"
+    assert status["missing"] == [1] and [p["part"] for p in status["received"]] == [2]
+    assert early.status_code == 409 and early.json()["error"]["details"] == [{"missing": [1]}]
+    assert resent.status_code == 200 and done.status_code == 200, done.text
+    assert got.content == data

@@ -1,0 +1,109 @@
+"""Erasure through the bridge of a real node and through the `rgrid` CLI:
+the record answers 410 afterwards, the blobs its notice names leave the
+object store (a legal hold keeps one, and says so in the audit ledger),
+and `rgrid store compact` takes the freed bytes off the disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+from test_bridge_support import REGISTRY, Served, make_token
+
+from registrygrid.home import Home
+
+pytest_plugins = ("test_bridge_support",)  # its fixtures: served, threaded_served
+
+SECRET = "bob.private@example.org"
+
+
+async def _blob(served: Served, data: bytes) -> str:
+    async with served.client() as http:
+        created = await http.post("/v1/uploads", json={"size": len(data), "part_size": 1 << 20,
+                                                       "content_type": "application/x-test",
+                                                       "sha256": hashlib.sha256(data).hexdigest()})
+        assert created.status_code == 201, created.text
+        session = created.json()
+        await http.put(f"/v1/uploads/{session['id']}/parts/1", content=data)
+        done = await http.post(f"/v1/uploads/{session['id']}/finalize")
+        assert done.status_code == 200, done.text
+        return done.json()["cid"]  # type: ignore[no-any-return]
+
+
+async def _audit(served: Served, wanted: Callable[[dict[str, Any]], bool]) -> bool:
+    async with served.client() as http:
+        for _ in range(100):  # the purge runs after the commit, the audit flusher every ~200 ms
+            entries = (await http.get("/v1/audit", params={"limit": 1000})).json()["entries"]
+            if any(wanted(e) for e in entries):
+                return True
+            await trio.sleep(0.1)
+    return False
+
+
+async def test_an_erased_record_answers_410_and_its_blobs_leave_the_object_store(served: Served) -> None:
+    kept, held = await _blob(served, os.urandom(3000)), await _blob(served, os.urandom(2000))
+    async with served.client() as http:
+        made = await http.post(f"/v1/registries/{REGISTRY}/records",
+                               json={"kind": "note", "id": "bob", "fields": {"name": SECRET}})
+        assert made.status_code == 201, made.text
+        await http.put(f"/v1/blobs/{held}/holds/case-9", json={"reason": "litigation"})
+        reader = await make_token(served, "reader")
+        async with served.client(reader) as read_only:
+            forbidden = await read_only.post(f"/v1/registries/{REGISTRY}/records/bob/erase", json={})
+        erased = await http.post(f"/v1/registries/{REGISTRY}/records/bob/erase",
+                                 json={"reason": "request 2026-7", "blobs": [kept, held]})
+        again = await http.post(f"/v1/registries/{REGISTRY}/records/bob/erase", json={})
+        gone = await http.get(f"/v1/registries/{REGISTRY}/records/bob")
+        history = await http.get(f"/v1/registries/{REGISTRY}/records/bob/history")
+        rewrite = await http.post(f"/v1/registries/{REGISTRY}/records",
+                                  json={"kind": "note", "id": "bob", "fields": {"name": "again"}})
+        listed = (await http.get("/v1/erasures")).json()["items"]
+        missing = await http.post(f"/v1/registries/{REGISTRY}/records/nobody/erase", json={})
+    assert forbidden.status_code == 403
+    assert erased.status_code == 201, erased.text
+    notice = erased.json()["id"]
+    assert erased.json()["registry"] == "grid.erasures" and erased.headers["Location"].endswith(notice)
+    assert again.status_code == 200 and again.json()["status"] == "unchanged"
+    assert gone.status_code == 410 and gone.json()["error"]["code"] == "record_erased"
+    assert gone.json()["error"]["details"]["notice"] == notice
+    assert history.status_code == 410 and rewrite.status_code == 410
+    assert listed == [{"registry": REGISTRY, "record": "bob", "notice": notice, "state": "erased"}]
+    assert missing.status_code == 404
+    assert await _audit(served, lambda e: e["action"] == "erase" and e["target"] == f"blobs/{kept}"
+                        and "purged" in e["reason"])
+    assert await _audit(served, lambda e: e["action"] == "erase" and e["target"] == f"blobs/{held}"
+                        and "held" in e["reason"])
+    async with served.client() as http:
+        assert (await http.get(f"/v1/blobs/{kept}")).status_code == 404
+        assert (await http.get(f"/v1/blobs/{held}")).status_code == 200
+
+
+def test_rgrid_erase_then_compact_takes_the_bytes_off_the_disk(rgrid: Callable[..., Any], tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert rgrid("init", "--org-name", "test org", home=home).returncode == 0
+    fields = json.dumps({"name": "bob-tool", "description": f"reach {SECRET}", "category": "testing"})
+    made = rgrid("put", "grid.tools", "tool", "--id", "bob-tool", "--file", "-", "--json", input=fields, home=home)
+    assert made.returncode == 0, made.stderr
+    assert rgrid("update", "grid.tools", "bob-tool", "--set", "category=personal", home=home).returncode == 0
+    refused = rgrid("erase", "grid.tools", "bob-tool", home=home, input="n\n")
+    assert refused.returncode != 0  # asked, and the answer was no
+    erased = rgrid("erase", "grid.tools", "bob-tool", "--yes", "--reason", "request 2026-8", "--json", home=home)
+    assert erased.returncode == 0, erased.stderr
+    assert json.loads(erased.stdout)["registry"] == "grid.erasures"
+    shown = rgrid("get", "grid.tools", "bob-tool", home=home)
+    assert shown.returncode != 0 and "erased" in shown.stderr
+    listed = json.loads(rgrid("erasures", "--json", home=home).stdout)
+    assert [(e["record"], e["state"]) for e in listed] == [("bob-tool", "erased")]
+    data = Home(home).store_path / "data.mdb"
+    compacted = rgrid("store", "compact", "--json", home=home)
+    assert compacted.returncode == 0, compacted.stderr
+    report = json.loads(compacted.stdout)
+    assert report["verified"] is True and report["bytes_after"] <= report["bytes_before"]
+    assert SECRET.encode() not in data.read_bytes()
+    verified = json.loads(rgrid("verify", "--json", home=home).stdout)
+    assert verified["ok"] and verified["erased"] == 2
