@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -49,6 +50,15 @@ MEMORY = FederationConfig(dht=False)
 IDLE_BEFORE_JUMP_S = 0.02
 
 
+async def three_members(nodes: Any, network: MemoryNetwork) -> tuple[Member, Member, Member]:
+    """n0, and n1 and n2 bootstrapped from it, fully meshed on ``network``."""
+    n0 = await nodes.start("n0", transport=network.factory())
+    n1 = await nodes.start("n1", n0.fed.addrs(), transport=network.factory())
+    n2 = await nodes.start("n2", n0.fed.addrs(), transport=network.factory())
+    await full_mesh([n0, n1, n2])
+    return n0, n1, n2
+
+
 @pytest.fixture
 def virtual_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=IDLE_BEFORE_JUMP_S)
@@ -60,10 +70,7 @@ async def test_a_federation_on_the_in_memory_network_gossips_syncs_and_heals_a_p
     # (pytest-timeout bounds the real time).
     with trio.fail_after(1800):
         async with MemoryNetwork(seed=3) as network, cluster(tmp_path, MEMORY) as nodes:
-            n0 = await nodes.start("n0", transport=network.factory())
-            n1 = await nodes.start("n1", n0.fed.addrs(), transport=network.factory())
-            n2 = await nodes.start("n2", n0.fed.addrs(), transport=network.factory())
-            await full_mesh([n0, n1, n2])
+            n0, n1, n2 = await three_members(nodes, network)
             assert all(m.fed.admitted for m in (n0, n1, n2)), "hellos proved membership over the memory transport"
 
             await n0.write("a", 30)
@@ -88,10 +95,7 @@ async def test_an_erasure_reaches_every_member_by_gossip_and_sync_and_their_chai
         tmp_path: Path, virtual_clock: trio.testing.MockClock) -> None:
     with trio.fail_after(1800):
         async with MemoryNetwork(seed=5) as network, cluster(tmp_path, MEMORY) as nodes:
-            n0 = await nodes.start("n0", transport=network.factory())
-            n1 = await nodes.start("n1", n0.fed.addrs(), transport=network.factory())
-            n2 = await nodes.start("n2", n0.fed.addrs(), transport=network.factory())
-            await full_mesh([n0, n1, n2])
+            n0, n1, n2 = await three_members(nodes, network)
             await n0.write("a", 10)
             await converged([n0, n1, n2], 300, records=10)
 

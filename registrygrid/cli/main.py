@@ -565,26 +565,36 @@ def store_migrate(home: Path | None, as_json: bool) -> None:
         TimeRemainingColumn,
     )
 
-    from registrygrid.home import Home
     from registrygrid.storage.migrate import migrate
 
-    the_home = Home(home)
-    the_home.require()
-    the_home.lock("rgrid store migrate")
-    try:
+    def run(store_path: Path) -> Any:
         columns = (TextColumn("migrating changes"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, transient=True, disable=as_json or not sys.stderr.isatty(),
                       console=render.stderr_console) as bar:
             task = bar.add_task("changes", total=None)
-            report = migrate(the_home.store_path, progress=lambda done, total: bar.update(task, completed=done,
-                                                                                          total=total))
+            return migrate(store_path, progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+    _offline_store_work(home, "rgrid store migrate", run, as_json, title="store migration")
+
+
+def _offline_store_work(home: Path | None, what: str, run: Callable[[Path], Any], as_json: bool, *,
+                        title: str) -> None:
+    """Work on the store of a stopped node (its home's lock held meanwhile),
+    then verify the whole store and report both; exit 1 if it fails."""
+    from registrygrid.home import Home
+
+    the_home = Home(home)
+    the_home.require()
+    the_home.lock(what)
+    try:
+        report = run(the_home.store_path)
     finally:
         the_home.unlock()
     with open_backend(home, direct_read=True) as backend:
         verified = backend.verify()
     verified = verified if isinstance(verified, dict) else verified.to_dict()
     render.mapping({**report.to_dict(), "verified": verified["ok"], "problem": verified["problem"]}, as_json,
-                   title="store migration")
+                   title=title)
     if not verified["ok"]:
         sys.exit(1)
 
@@ -598,23 +608,9 @@ def store_compact(home: Path | None, as_json: bool) -> None:
     LMDB keeps a deleted value's bytes in free pages until a later write
     reuses them: after an erasure, compact so they leave the disk too.
     Needs free space for a copy of the store. Verifies it afterwards."""
-    from registrygrid.home import Home
     from registrygrid.storage.compact import compact
 
-    the_home = Home(home)
-    the_home.require()
-    the_home.lock("rgrid store compact")
-    try:
-        report = compact(the_home.store_path)
-    finally:
-        the_home.unlock()
-    with open_backend(home, direct_read=True) as backend:
-        verified = backend.verify()
-    verified = verified if isinstance(verified, dict) else verified.to_dict()
-    render.mapping({**report.to_dict(), "verified": verified["ok"], "problem": verified["problem"]}, as_json,
-                   title="store compaction")
-    if not verified["ok"]:
-        sys.exit(1)
+    _offline_store_work(home, "rgrid store compact", compact, as_json, title="store compaction")
 
 
 @cli.command()
