@@ -157,6 +157,8 @@ def test_the_table_survives_a_restart_through_the_store(tmp_path: Path) -> None:
         peers.note_latency("P", 0.0123)
         peers.note_sync("P", lag=0, ahead=2)
         peers.ban("B", "bad")
+        peers.add([addr("D")], "exchange", 0.0)
+        peers.deny("D")
         records, forget = peers.take_dirty()
         peer_store.save(store, records, forget=forget)
         assert peers.take_dirty() == ([], [])
@@ -167,6 +169,7 @@ def test_the_table_survives_a_restart_through_the_store(tmp_path: Path) -> None:
         assert again.peers["P"].record.latency_ms == 12.3 and again.peers["P"].record.state == "disconnected"
         assert again.peers["P"].record.ahead == 2 and again.blocked("B") and "X" not in again.peers
         assert [p.id for p in again.due(5.0)] == ["P"]
+        assert again.blocked("D") and again.denied_ids() == ["D"], "a deny outlives the restart"
     finally:
         store.close()
 

@@ -94,11 +94,15 @@ class PeerTable:
     # ---- loading and persistence ----
 
     def load(self, records: Iterable[PeerRecord], now: float) -> None:
-        for record in records:
-            if record.peer_id == self.own_id or len(self.peers) >= self.max_known:
+        # Denied peers first, and whatever the cap: a deny is the operator's
+        # and outlives a restart (forgetting it would lift it).
+        for record in sorted(records, key=lambda r: r.state != "denied"):
+            denied = record.state == "denied"
+            if record.peer_id == self.own_id or (len(self.peers) >= self.max_known and not denied):
                 continue
-            record.state = "banned" if record.banned_until_ms > self.wall_ms() else "disconnected"
-            self.peers[record.peer_id] = Peer(record, next_dial_at=now)
+            if not denied:
+                record.state = "banned" if record.banned_until_ms > self.wall_ms() else "disconnected"
+            self.peers[record.peer_id] = Peer(record, denied=denied, next_dial_at=now)
 
     def take_dirty(self) -> tuple[list[PeerRecord], list[str]]:
         """Copies of the changed records (a worker thread encodes them while this table moves on)."""
