@@ -95,6 +95,14 @@ class UnknownRegistry(NotFound):
     code = "unknown_registry"
 
 
+class BodyTimeout(RegistryError):
+    """A request body stalled: nothing arrived for the bridge's idle timeout."""
+
+    code = "body_timeout"
+    http_status = 408
+    exit_code = EX_TEMPFAIL
+
+
 class Conflict(RegistryError):
     code = "conflict"
     http_status = 409

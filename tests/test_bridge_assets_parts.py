@@ -11,10 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import trio
-from test_bridge_support import Served
+from test_bridge_support import UNLIMITED, Served, start_served
+
+from registrygrid.node.bridge import BridgeConfig
 
 MIB = 1 << 20
 PART = 2 * MIB  # more than the bridge's 1 MiB pieces: a stalled first attempt has written some of its part
@@ -127,3 +130,38 @@ async def test_a_held_part_sent_again_that_fails_its_checks_is_missing_until_sen
     assert early.status_code == 409 and early.json()["error"]["details"] == [{"missing": [1]}]
     assert resent.status_code == 200 and done.status_code == 200, done.text
     assert got.content == data
+
+
+async def test_a_body_that_stalls_past_the_idle_timeout_is_cut_and_its_part_freed(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    served = await start_served(nursery, tmp_path / "home",
+                                BridgeConfig(rate_limit=UNLIMITED, body_idle_timeout_s=0.5))
+    data = os.urandom(PART)
+    answers: list[object] = []
+    async with served.client() as http, served.client() as hung, trio.open_nursery() as hanging:
+        session_id = await create(http, data)
+        up = f"/v1/uploads/{session_id}/parts"
+
+        async def send_and_hang() -> None:
+            # The connection stays open and silent: only the node's timeout ends it.
+            try:
+                answers.append(await hung.put(f"{up}/1", content=stalled(part_of(data, 1), trio.Event()),
+                                              headers={"Content-Length": str(PART)}))
+            except httpx.HTTPError as exc:  # the node answered and closed while the client still "sends"
+                answers.append(exc)
+
+        hanging.start_soon(send_and_hang)
+        await until_written(served, session_id, MIB)
+        with trio.fail_after(20):
+            while True:
+                again = await http.put(f"{up}/1", content=part_of(data, 1))
+                if again.status_code != 409:
+                    break
+                await trio.sleep(0.1)
+        done = await http.post(f"/v1/uploads/{session_id}/finalize")
+        hanging.cancel_scope.cancel()  # the client goes away at last
+    assert again.status_code == 200, again.text
+    assert done.status_code == 200 and done.json()["cid"]
+    cut = [a for a in answers if isinstance(a, httpx.Response)]
+    assert all(a.status_code == 408 and a.json()["error"]["code"] == "body_timeout" for a in cut)
+    served.node.stop()

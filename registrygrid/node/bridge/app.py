@@ -338,6 +338,7 @@ class Api:
     max_body: int = openapi.MAX_BODY_BYTES
     idempotency_ttl_ms: int = idempotency.DEFAULT_TTL_MS
     max_streams: int = 512
+    body_idle_timeout_s: float = 60.0  # BridgeConfig.body_idle_timeout_s
     # The node's asset content (blobs/service.py Assets: blobs, uploads, presigned
     # URLs), or None; its calls block (files, S3, LMDB), so handlers run them on
     # executor threads (node/bridge/asset_routes.py).

@@ -52,6 +52,7 @@ from registrygrid.blobs.ranges import parse_ranges
 from registrygrid.blobs.scanners import CheckRefused
 from registrygrid.blobs.uploads import PartInProgress
 from registrygrid.errors import (
+    BodyTimeout,
     MalformedInput,
     RegistryError,
     Unavailable,
@@ -140,10 +141,19 @@ class AssetRoutes:
         loop = asyncio.get_running_loop()
         content = request.content
 
+        idle = self.api.body_idle_timeout_s
+
         async def piece() -> bytes:
             buf = bytearray()
             while len(buf) < CHUNK_BYTES:
-                got = await content.readany()
+                try:
+                    got = await asyncio.wait_for(content.readany(), idle)
+                except TimeoutError:
+                    # Closed after the answer: aiohttp would otherwise linger
+                    # up to 10 s draining a body that never comes.
+                    request.protocol.force_close()
+                    raise BodyTimeout(f"the request body sent nothing for {idle:g} s; send it again",
+                                      details={"idle_s": idle}) from None
                 if not got:
                     break
                 buf += got

@@ -1105,6 +1105,8 @@ _ASSET_ERROR_STATUSES = {
            "URL of a host the node may not fetch from",
     "404": "No such upload (or it expired: upload_expired), blob (blob_missing), hold, or ZIP entry "
            "(zip_entry_missing)",
+    "408": "The body sent nothing for the bridge's idle timeout (body_timeout; 60 s by default): the part is "
+           "not stored, send it again",
     "409": "The upload is not open, or lacks parts (details[0].missing); another request is writing this part "
            "now (part_in_progress: Retry-After); a complete upload cannot be cancelled; retention or a legal hold "
            "forbids the purge, or retention would shorten (retention_held)",
@@ -1202,7 +1204,7 @@ def _asset_paths() -> dict[str, Any]:
                                                                              "when it came with a Content-MD5, else "
                                                                              "its SHA-256, quoted",
                                                               "schema": STRING}}),
-             **_asset_errors("400", *upload_errors, "409", "413", "422", retry_after="409")},
+             **_asset_errors("400", *upload_errors, "408", "409", "413", "422", retry_after="409")},
             tags=tags, security=token_or_url,
             params=[p_upload, _path("n", {"type": "integer", "minimum": 1, "maximum": up.max_parts},
                                     "the part's number, from 1"),

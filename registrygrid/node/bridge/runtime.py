@@ -116,6 +116,11 @@ class BridgeConfig:
     # open-file limit is 1,024; half of it for streams leaves room for the rest.
     max_streams: int = 512
     write_bridge_file: bool = True
+    # A request body (an upload's part) that sends nothing for this long is
+    # cut with 408, like nginx's client_body_timeout: a client whose
+    # connection hangs without closing would otherwise hold its part (and a
+    # worker thread) until TCP gives up, which can take hours.
+    body_idle_timeout_s: float = 60.0
     # The agent card /.well-known/agent-card.json serves when the org hosts several (a record id of grid.agent-cards).
     agent_card: str | None = None
 
@@ -197,6 +202,7 @@ class Bridge:
                              allow_peers=self._allow_peers_from_loop,
                              max_body=self.config.max_body, idempotency_ttl_ms=self.config.idempotency_ttl_ms,
                              max_streams=self.config.max_streams, agent_card=self.config.agent_card,
+                             body_idle_timeout_s=self.config.body_idle_timeout_s,
                              assets=node.assets, fetch_blob=self._fetch_blob_from_loop)
         thread = threading.Thread(target=self._thread_main, args=(api,), name="rgrid-bridge", daemon=True)
         thread.start()
