@@ -34,6 +34,7 @@ from registrygrid.blobs.objects import LocalObjects
 from registrygrid.blobs.s3 import S3Objects
 from registrygrid.blobs.s3_control import ObjectLockMissing
 from registrygrid.blobs.service import Assets, BucketLifecycle
+from registrygrid.blobs.uploads import UploadExpired, Uploads
 from registrygrid.errors import ValidationError
 from registrygrid.home import Home
 from registrygrid.sdk import LocalRegistry
@@ -159,6 +160,30 @@ def test_the_node_applies_its_rules_when_it_opens_its_assets_with_the_lifecycle_
     assets = Assets.open(home, grid.store, apply_lifecycle=True)  # as the node does once started
     assert seaweed.control(bucket).lifecycle() == lifecycle.plan("node-1", DAY).rules()
     assert assets.apply_lifecycle() is True  # again: in place, nothing written
+
+
+def test_under_a_lifecycle_rule_no_upload_session_outlives_its_parts(
+        seaweed: SeaweedS3, tmp_path: Path, grid: LocalRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parts expire by their own age, so heartbeats may not keep a session
+    open past the rule: it ends an hour before its first part could go."""
+    home = s3_home(tmp_path, seaweed, seaweed.bucket, monkeypatch, lifecycle=True)
+    assets = Assets.open(home, grid.store)
+    days = lifecycle.plan("node-1", DAY).expire_days
+    assert assets.uploads.limits.max_age_s == days * 86400 - 3600
+    clock = [1_000_000.0]
+    uploads = Uploads(assets.blobs, assets.uploads.limits, now=lambda: clock[0])
+    session = uploads.create("token-1", size=10)
+    for _ in range(days * 24):  # a heartbeat every hour, for as many days as the rule allows
+        clock[0] += 3600
+        try:
+            renewed = uploads.heartbeat(session.id, "token-1")
+        except UploadExpired:
+            break
+    else:
+        raise AssertionError("the session outlived its parts")
+    assert renewed.expires_ms <= session.created_ms + (days * 86400 - 3600) * 1000
+    plain = s3_home(tmp_path / "plain", seaweed, seaweed.bucket, monkeypatch)  # no lifecycle rule: no cap
+    assert Assets.open(plain, grid.store).uploads.limits.max_age_s is None
 
 
 def test_a_node_whose_bucket_is_unreachable_starts_without_its_rules(

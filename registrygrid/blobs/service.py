@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,10 @@ class Assets:
                 ttl_s=float(section.get("upload_ttl_s", default_upload.ttl_s)))
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"config.json assets: {exc}") from None
+        if bucket is not None:
+            # The bucket expires upload objects expire_days after their
+            # creation: a session ends an hour before its first part could go.
+            upload_limits = replace(upload_limits, max_age_s=bucket.plan.expire_days * 86400.0 - 3600.0)
         blobs = BlobStore(objects, store, blob_limits)
         policy = section.get("policy")
         if policy is not None and (not isinstance(policy, str) or "/" not in policy):

@@ -91,6 +91,11 @@ class UploadLimits:
     # A session untouched for this long expires (its parts are deleted).
     ttl_s: float = 24 * 3600.0
     max_open_per_owner: int = 64
+    # However often renewed, a session expires this long after its creation
+    # (None: never). Set under an S3 lifecycle rule that expires upload
+    # objects (blobs/service.py): parts count their age from their own
+    # creation, so a session kept alive past the rule would lose them.
+    max_age_s: float | None = None
 
 
 def _session_id() -> str:
@@ -120,8 +125,11 @@ class Uploads:
     def _now_ms(self) -> int:
         return int(self._now() * 1000)
 
-    def _expiry(self) -> int:
-        return self._now_ms() + int(self.limits.ttl_s * 1000)
+    def _expiry(self, created_ms: int | None = None) -> int:
+        renewed = self._now_ms() + int(self.limits.ttl_s * 1000)
+        if created_ms is None or self.limits.max_age_s is None:
+            return renewed
+        return min(renewed, created_ms + int(self.limits.max_age_s * 1000))
 
     # ---- create
 
@@ -276,7 +284,8 @@ class Uploads:
 
         def add(current: UploadSession | None) -> UploadSession:
             held = ended(current)
-            return msgspec.structs.replace(held, parts={**held.parts, number: part}, expires_ms=self._expiry())
+            return msgspec.structs.replace(held, parts={**held.parts, number: part},
+                                           expires_ms=self._expiry(held.created_ms))
 
         try:
             index.update_session(self.store, session_id, add)
@@ -291,8 +300,8 @@ class Uploads:
 
         def renew(current: UploadSession | None) -> UploadSession:
             assert current is not None
-            return msgspec.structs.replace(current, expires_ms=self._expiry()) if current.state == "open" \
-                else current
+            return msgspec.structs.replace(current, expires_ms=self._expiry(current.created_ms)) \
+                if current.state == "open" else current
 
         renewed = index.update_session(self.store, session_id, renew)
         assert renewed is not None
