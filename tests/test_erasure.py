@@ -216,3 +216,20 @@ def test_a_notice_names_its_record_in_its_id(tmp_path: Path, org_a: KeyPair) -> 
     assert wrong.value.code == "validation_failed"  # type: ignore[attr-defined]
     with a.store.read() as txn:
         assert not erasures.any_held(a.store, txn)
+
+
+def test_the_search_index_drops_an_erased_record_at_its_next_catch_up(tmp_path: Path, org_a: KeyPair) -> None:
+    from registrygrid.search import query as q
+    from registrygrid.search.index import SearchIndex
+
+    a = org_node(tmp_path / "a", org_a)
+    registry, record = _written(a)
+    index = SearchIndex(tmp_path / "index")
+    caught = {"org_verified": lambda org: False, "local_org": None}
+    index.catch_up(a, **caught)
+    find = q.parse_query({"text": "still", "limit": 10})
+    assert [h.id for h in index.search(find)["hits"]] == [record]
+    a.erase(registry, record)
+    index.catch_up(a, **caught)
+    assert index.search(find)["hits"] == []
+    assert [h.id for h in index.search(q.parse_query({"limit": 10}), registries=(registry,))["hits"]] == ["keeper"]
