@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from registrygrid.engine.erasure import ERASURE_KIND, ERASURES_REGISTRY, erasure_id
 from registrygrid.engine.ops import Remote
@@ -233,3 +235,31 @@ def test_the_search_index_drops_an_erased_record_at_its_next_catch_up(tmp_path: 
     index.catch_up(a, **caught)
     assert index.search(find)["hits"] == []
     assert [h.id for h in index.search(q.parse_query({"limit": 10}), registries=(registry,))["hits"]] == ["keeper"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(order=st.permutations(range(8)), late=st.sets(st.integers(0, 7), max_size=8))
+def test_any_arrival_order_of_an_erasure_leaves_no_byte_and_the_same_chains(tmp_path_factory: Any, order: list[int],
+                                                                             late: set[int]) -> None:
+    """What a node is sent, in any order: the changes still served after the
+    erasure, and some of the originals, from a peer that kept them."""
+    root = tmp_path_factory.mktemp("order")
+    org = KeyPair.generate()
+    a = org_node(root / "a", org)
+    registry, record = _written(a)
+    original = wires(a)
+    a.erase(registry, record)
+    a.put(registry, "tool", tool("after"), id="after")
+    served = wires(a)
+    pieces = [served[i::4] for i in range(4)] + [original[i::4] for i in range(4)]
+    c = org_node(root / "c", org)
+    for i in order:
+        if i < 4 or i in late:
+            deliver(c, pieces[i])
+    deliver(c, served)  # anti-entropy: whatever is still served arrives in the end
+    assert not holds_secret(c)
+    with pytest.raises(RecordErased):
+        c.get(registry, record)
+    assert c.get(registry, "after")["fields"]["name"] == "after"
+    assert c.engine.version_vector(registry) == a.engine.version_vector(registry)
+    assert c.verify().ok

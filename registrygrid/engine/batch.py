@@ -38,6 +38,9 @@ class Batch:
     # Records this batch erased: a draft of one (written earlier in the
     # batch) is kept without its bytes when the batch signs (_seal_drafts).
     erased_records: set[tuple[str, str]] = field(default_factory=set)
+    # Chain positions linked unseen in this batch (engine/erasure.py), as the
+    # waiting-room prefixes of what waits for them: released by _release.
+    unseen_links: list[bytes] = field(default_factory=list)
 
 
 class CreateRace(Exception):

@@ -176,7 +176,10 @@ class Erasing(EngineCore):
         held = erasures.mark(self.store, txn, notice.registry, notice.record)
         if held is None or held[1] != erasures.ERASED:
             if records.get_record(self.store, txn, notice.registry, notice.record) is None:
+                # Not held: what of it arrives is erased on arrival (a create
+                # first lets the notice be judged); parked changes go now.
                 erasures.set_mark(self.store, txn, notice.registry, notice.record, notice.id, erasures.WAITING)
+                self._drop_parked(txn, notice)
             else:
                 self._erase_record(txn, batch, notice, env, origin)
         for chain_author, _ in notice.positions:
@@ -293,11 +296,10 @@ class Erasing(EngineCore):
     def _link_vouched(self, txn: Txn, batch: Batch, registry: str, author: str, origin: str) -> int:
         """Link the chain past the positions notices vouch for that follow its
         head (their IDs unseen until the author's next change names them),
-        then release what waited for the last of them; how many were linked."""
+        then release what waited for them; how many were linked."""
         linked = self._fill_vouched(txn, batch, registry, author)
         if linked:
-            seq, _ = self._head(txn, batch, registry, author)
-            self._release(txn, batch, None, origin, prefixes=[pending.after_link(registry, author, seq)])  # type: ignore[attr-defined]
+            self._release(txn, batch, None, origin)  # type: ignore[attr-defined]
         return linked
 
     def _fill_vouched(self, txn: Txn, batch: Batch, registry: str, author: str) -> int:
@@ -308,6 +310,7 @@ class Erasing(EngineCore):
                 return linked
             chains.link(self.store, txn, registry, author, seq + 1, erasures.UNSEEN)
             batch.heads[(registry, author)] = self._chain_heads[(registry, author)] = (seq + 1, erasures.UNSEEN)
+            batch.unseen_links.append(pending.after_link(registry, author, seq + 1))
             self.metrics["erasure.positions_linked"] += 1
             linked += 1
 

@@ -77,6 +77,10 @@ class RemoteIngest(EngineCore):
         self.metrics["remote.received"] += 1
         env = open_envelope(op.wire, verify=not op.preverified)
         result = self._ingest(txn, batch, env, op.peer)
+        if result.status == "pending" and batch.unseen_links:
+            # Parked itself, but linked unseen positions on the way: what
+            # waited for those may go on.
+            self._release(txn, batch, None, op.peer)
         if result.status in ("applied", "refused", "erased"):
             self._apply_policies(txn, batch, env, op.peer)
             self._rebuild_revoked(txn, batch, env, op.peer)
@@ -124,7 +128,10 @@ class RemoteIngest(EngineCore):
             raise ChainBroken(f"change {body.seq} of {body.author} does not follow its change {head_seq}")
         if self._has_erasures:  # type: ignore[attr-defined]
             held = erasures.mark(self.store, txn, body.registry, body.record)
-            if held is not None and held[1] == erasures.ERASED:
+            # Erased; or not held yet under a waiting notice, and no create
+            # that lets the notice be judged (it would wait for one forever).
+            if held is not None and (held[1] == erasures.ERASED
+                                     or (held[1] == erasures.WAITING and not body.is_genesis)):
                 self._keep_erased(txn, batch, env, held[0])  # type: ignore[attr-defined]
                 return IngestResult("erased", env.id)
         desc = self._registry(txn, body.registry)
@@ -343,13 +350,15 @@ class RemoteIngest(EngineCore):
         released: list[str] = []
         if not pending.any_waiting(self.store, txn):  # the common case: nothing is parked
             batch.delegated.clear()
+            batch.unseen_links.clear()
             return released
         work: list[Envelope | None] = [first]
         extra = list(prefixes)
-        while work or batch.delegated:
-            prefixes = [pending.on_delegation(subject) for subject in batch.delegated] + extra
+        while work or batch.delegated or batch.unseen_links:
+            prefixes = [pending.on_delegation(subject) for subject in batch.delegated] + extra + batch.unseen_links
             extra = []
             batch.delegated.clear()
+            batch.unseen_links.clear()
             done = work.pop() if work else None
             if done is not None:
                 body = done.body

@@ -75,8 +75,13 @@ def change(store: Store, txn: lmdb.Transaction, cid: bytes) -> dict[str, Any] | 
 def vouch(store: Store, txn: lmdb.Transaction, registry: str, author: str, first: int, last: int,
           notice: str, record: str) -> None:
     """Record that ``notice`` (erasing ``record``) vouches for positions
-    first..last of the chain."""
-    txn.put(b"g" + key(registry, author) + SEP + u64(first), pack([last, notice, record]), db=store.db["erasures"])
+    first..last of the chain (a range that starts where another does keeps
+    the longer of the two)."""
+    k = b"g" + key(registry, author) + SEP + u64(first)
+    held = txn.get(k, db=store.db["erasures"])
+    if held is not None and unpack(held)[0] >= last:
+        return
+    txn.put(k, pack([last, notice, record]), db=store.db["erasures"])
 
 
 def vouched(store: Store, txn: lmdb.Transaction, registry: str, author: str, seq: int) -> tuple[str, str] | None:
