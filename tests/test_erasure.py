@@ -52,7 +52,7 @@ def holds_secret(grid: LocalRegistry) -> bool:
     """Whether any live LMDB value of the store carries the secret."""
     needle = SECRET.encode()
     with grid.store.read() as txn:
-        for name, db in grid.store.db.items():
+        for db in grid.store.db.values():
             for _, value in txn.cursor(db=db):
                 if needle in value:
                     return True
