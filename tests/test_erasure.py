@@ -263,3 +263,15 @@ def test_any_arrival_order_of_an_erasure_leaves_no_byte_and_the_same_chains(tmp_
     assert c.get(registry, "after")["fields"]["name"] == "after"
     assert c.engine.version_vector(registry) == a.engine.version_vector(registry)
     assert c.verify().ok
+
+
+def test_records_the_grid_runs_on_cannot_be_erased(tmp_path: Path, org_a: KeyPair) -> None:
+    from registrygrid.errors import ValidationError
+    from registrygrid.trust.statements import MEMBERS_REGISTRY
+
+    a = org_node(tmp_path / "a", org_a)
+    statement = next(iter(a.list(MEMBERS_REGISTRY).items))
+    with pytest.raises(ValidationError, match="describe the grid itself"):
+        a.erase(MEMBERS_REGISTRY, statement["id"])
+    assert a.get(MEMBERS_REGISTRY, statement["id"])["id"] == statement["id"]
+    assert a.erasures() == []

@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from registrygrid.crdt import disputes
+from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
 from registrygrid.engine.ops import Erase, ErasedRecord, Put, WriteResult
@@ -42,10 +44,17 @@ from registrygrid.protocol.envelope import Draft, Envelope, open_envelope
 from registrygrid.storage import chains, changes, erasures, feed, pending, records
 from registrygrid.storage.store import SEP, Txn, key
 from registrygrid.trust import access
+from registrygrid.trust.policy import POLICIES_REGISTRY
 from registrygrid.trust.state import Verdict
+from registrygrid.trust.statements import MEMBERS_REGISTRY
 
 ERASURES_REGISTRY = "grid.erasures"
 ERASURE_KIND = "erasure"
+# Registries whose records the grid runs on: every node folds them into its
+# trust, catalog, descriptors, rules or disputes, and none holds personal
+# data. Erasing one would change what other records mean.
+UNERASABLE = frozenset({MEMBERS_REGISTRY, regs.KINDS_REGISTRY, regs.REGISTRY_OF_REGISTRIES, POLICIES_REGISTRY,
+                        disputes.DISPUTES_REGISTRY, ERASURES_REGISTRY})
 
 
 def erasure_id(registry: str, record: str) -> str:
@@ -72,8 +81,10 @@ class ErasureNotice:
         if record_id != erasure_id(registry, record):
             raise ValidationError(f"an erasure notice of {registry}/{record} has id {erasure_id(registry, record)}, "
                                   f"not {record_id}")
-        if registry == ERASURES_REGISTRY:
-            raise ValidationError("erasure notices themselves cannot be erased")
+        if registry in UNERASABLE:
+            raise ValidationError(f"records of {registry} describe the grid itself (trust, kinds, registries, "
+                                  "policies, disputes, erasures) and cannot be erased; delete them instead",
+                                  details=[{"path": "registry", "message": "not erasable"}])
         positions = []
         for entry in fields.get("positions") or ():
             ranges = tuple((int(first), int(last)) for first, last in entry["seqs"])
