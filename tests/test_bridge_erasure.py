@@ -107,3 +107,21 @@ def test_rgrid_erase_then_compact_takes_the_bytes_off_the_disk(rgrid: Callable[.
     assert SECRET.encode() not in data.read_bytes()
     verified = json.loads(rgrid("verify", "--json", home=home).stdout)
     assert verified["ok"] and verified["erased"] == 2
+
+
+def test_the_client_sdk_erases_through_a_running_node(threaded_served: Served) -> None:
+    from registrygrid.client import BridgeClient
+    from registrygrid.errors import RecordErased
+
+    client = BridgeClient(threaded_served.url, token=threaded_served.admin)
+    client.put(REGISTRY, "note", {"name": SECRET}, id="carol")
+    erased = client.erase(REGISTRY, "carol", reason="request 2026-9")
+    assert erased.registry == "grid.erasures" and erased.status == "created"
+    assert client.erase(REGISTRY, "carol").status == "unchanged"
+    assert [(e["record"], e["state"]) for e in client.erasures()] == [("carol", "erased")]
+    try:
+        client.get(REGISTRY, "carol")
+    except RecordErased as gone:
+        assert gone.details["notice"] == erased.record_id
+    else:
+        raise AssertionError("an erased record answers 410")
