@@ -17,6 +17,7 @@ import httpx
 import trio
 from test_bridge_support import UNLIMITED, Served, start_served
 
+from registrygrid.blobs.digest import parse_cid
 from registrygrid.node.bridge import BridgeConfig
 
 MIB = 1 << 20
@@ -69,6 +70,7 @@ async def test_a_part_sent_again_while_its_first_attempt_streams_is_refused_and_
             await until_written(served, session_id, MIB)
             answers["again"] = await http.put(f"{up}/1", content=part_of(data, 1))
             answers["other"] = await http.put(f"{up}/2", content=part_of(data, 2))
+            answers["finalize"] = await http.post(f"/v1/uploads/{session_id}/finalize")
             status = (await http.get(f"/v1/uploads/{session_id}")).json()
             release.set()
         done = await http.post(f"/v1/uploads/{session_id}/finalize")
@@ -77,6 +79,9 @@ async def test_a_part_sent_again_while_its_first_attempt_streams_is_refused_and_
     assert again.status_code == 409 and again.json()["error"]["code"] == "part_in_progress"
     assert again.json()["error"]["details"]["part"] == 1 and again.headers["Retry-After"] == "1"
     assert answers["other"].status_code == 200, answers["other"].text  # another part goes in parallel
+    early = answers["finalize"]  # a finalize while a part streams would read bytes being written
+    assert early.status_code == 409 and early.json()["error"]["code"] == "part_in_progress"
+    assert early.headers["Retry-After"] == "1"
     assert status["missing"] == [1]  # the refused attempt recorded nothing
     assert answers["first"].status_code == 200, answers["first"].text
     assert done.status_code == 200, done.text
@@ -165,3 +170,50 @@ async def test_a_body_that_stalls_past_the_idle_timeout_is_cut_and_its_part_free
     cut = [a for a in answers if isinstance(a, httpx.Response)]
     assert all(a.status_code == 408 and a.json()["error"]["code"] == "body_timeout" for a in cut)
     served.node.stop()
+
+
+def test_no_part_is_written_while_a_finalize_reads_the_parts(tmp_path: Path) -> None:
+    """The other way round: a part that arrives while a finalize is checking
+    the parts is refused, so the bytes checked are the bytes kept."""
+    import threading
+
+    from registrygrid.blobs.blobs import BlobStore
+    from registrygrid.blobs.objects import LocalObjects
+    from registrygrid.blobs.uploads import Uploads
+    from registrygrid.errors import Conflict
+    from registrygrid.storage.store import Store
+
+    store = Store(tmp_path / "store")
+    try:
+        uploads = Uploads(BlobStore(LocalObjects(tmp_path / "objects"), store))
+        reading, go_on = threading.Event(), threading.Event()
+
+        def slow_vet(key: str, size: int, content_type: str, name: str) -> tuple[dict, str]:
+            reading.set()  # the finalize has read the parts and vets them now
+            go_on.wait(10)
+            return {}, ""
+
+        uploads.vet = slow_vet
+        data = os.urandom(MIB + 10)
+        session = uploads.create("owner", size=len(data), part_size=MIB)
+        uploads.put_part(session.id, "owner", 1, [data[:MIB]])
+        uploads.put_part(session.id, "owner", 2, [data[MIB:]])
+        finalized: list[object] = []
+        worker = threading.Thread(target=lambda: finalized.append(uploads.finalize(session.id, "owner")))
+        worker.start()
+        assert reading.wait(10)
+        try:
+            uploads.put_part(session.id, "owner", 2, [os.urandom(10)])
+        except Conflict as refused:
+            assert "being finalized" in refused.message
+        else:
+            raise AssertionError("a part was written while the finalize read the parts")
+        finally:
+            go_on.set()
+            worker.join(10)
+        done = finalized[0]
+        assert done.state == "complete"  # type: ignore[attr-defined]
+        got = b"".join(uploads.blobs.read(parse_cid(done.cid)))  # type: ignore[attr-defined]
+        assert got == data
+    finally:
+        store.close()

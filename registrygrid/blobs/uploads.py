@@ -118,6 +118,9 @@ class Uploads:
         # The (session, part) pairs being written now: one writer a part, so
         # two attempts at the same part never write its range at once.
         self._writing: set[tuple[str, int]] = set()
+        # Sessions a finalize is reading now: no part may be written meanwhile
+        # (it would change bytes the finalize checks or renames).
+        self._composing: set[str] = set()
         # A backend that writes at an offset (LocalObjects) takes parts in place.
         self._in_place = callable(getattr(self.objects, "write_at", None))
         self._guard = threading.Lock()
@@ -222,6 +225,8 @@ class Uploads:
         body failing because the client went away."""
         claim = (session_id, number)
         with self._guard:
+            if session_id in self._composing:
+                raise Conflict(f"upload {session_id} is being finalized; its parts can no longer change")
             if claim in self._writing:
                 raise PartInProgress(
                     f"part {number} of upload {session_id} is being written by another request; retry when it "
@@ -319,28 +324,53 @@ class Uploads:
             session = self._open(session_id, owner)
             if session.state == "complete":
                 return session
-            if session.state != "open":
-                raise Conflict(f"upload {session_id} is {session.state}")
-            missing = [n for n in range(1, session.part_count + 1) if n not in session.parts]
-            if missing:
-                raise Conflict(f"upload {session_id} lacks {len(missing)} of {session.part_count} parts",
-                               details=[{"missing": missing[:100]}])
-            whole = Expected(size=session.size, sha256=session.sha256, md5=session.md5)
-            if self._in_place:
-                if self.objects.size(data_key(session_id)) is None:  # an empty file has no part to write it
-                    self.objects.put(data_key(session_id), [])
-                cid, _entry, _stored = self.blobs.adopt(
-                    data_key(session_id), expected=whole, content_type=session.content_type, name=session.name,
-                    vet=self.vet, reading=lambda chunks: self._checked_parts(session, chunks))
-            else:
-                cid, _entry, _stored = self.blobs.put(
-                    self._composed(session), content_type=session.content_type, name=session.name, vet=self.vet,
-                    expected=whole)
-            done = msgspec.structs.replace(session, state="complete", cid=cid_text(cid))
-            index.put_session(self.store, done)
-            self._drop_parts(session_id)
+            with self._composing_parts(session_id):
+                done = self._finalize(session)
         with self._guard:
             self._finalizing.pop(session_id, None)
+        return done
+
+    @contextlib.contextmanager
+    def _composing_parts(self, session_id: str) -> Iterator[None]:
+        """Hold the session's parts still while a finalize reads them:
+        PartInProgress if one is being written now, and no part write starts
+        until the finalize ends, however it ends."""
+        with self._guard:
+            busy = sorted(n for s, n in self._writing if s == session_id)
+            if busy:
+                raise PartInProgress(f"part {busy[0]} of upload {session_id} is being written; finalize when it "
+                                     "ends", details={"part": busy[0], "retry_after_s": PART_RETRY_AFTER_S})
+            self._composing.add(session_id)
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._composing.discard(session_id)
+
+    def _finalize(self, session: UploadSession) -> UploadSession:
+        """Check the parts and the whole, and make them one blob (the
+        session's parts held still: _composing_parts)."""
+        session_id = session.id
+        if session.state != "open":
+            raise Conflict(f"upload {session_id} is {session.state}")
+        missing = [n for n in range(1, session.part_count + 1) if n not in session.parts]
+        if missing:
+            raise Conflict(f"upload {session_id} lacks {len(missing)} of {session.part_count} parts",
+                           details=[{"missing": missing[:100]}])
+        whole = Expected(size=session.size, sha256=session.sha256, md5=session.md5)
+        if self._in_place:
+            if self.objects.size(data_key(session_id)) is None:  # an empty file has no part to write it
+                self.objects.put(data_key(session_id), [])
+            cid, _entry, _stored = self.blobs.adopt(
+                data_key(session_id), expected=whole, content_type=session.content_type, name=session.name,
+                vet=self.vet, reading=lambda chunks: self._checked_parts(session, chunks))
+        else:
+            cid, _entry, _stored = self.blobs.put(
+                self._composed(session), content_type=session.content_type, name=session.name, vet=self.vet,
+                expected=whole)
+        done = msgspec.structs.replace(session, state="complete", cid=cid_text(cid))
+        index.put_session(self.store, done)
+        self._drop_parts(session_id)
         return done
 
     def _composed(self, session: UploadSession) -> Iterator[bytes]:

@@ -140,8 +140,10 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 def error_response(exc: RegistryError, trace_id: str, path: str = "") -> web.Response:
     headers: dict[str, str] = {}
-    if isinstance(exc, RateLimited) and isinstance(exc.details, dict):
-        # RFC 9110 10.2.3: whole seconds; round up so a client that obeys never comes back early.
+    if isinstance(exc.details, dict) and (isinstance(exc, RateLimited) or "retry_after_s" in exc.details):
+        # A refusal that clears by itself (a rate limit, an upload part being
+        # written) says when to come back. RFC 9110 10.2.3: whole seconds;
+        # round up so a client that obeys never comes back early.
         headers["Retry-After"] = str(max(1, int(-(-float(exc.details.get("retry_after_s", 1)) // 1))))
     elif isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="registrygrid"'  # RFC 6750 3

@@ -50,7 +50,6 @@ from registrygrid.blobs.objects import CHUNK_BYTES
 from registrygrid.blobs.presign import MAX_EXPIRES_S, is_presigned
 from registrygrid.blobs.ranges import parse_ranges
 from registrygrid.blobs.scanners import CheckRefused
-from registrygrid.blobs.uploads import PartInProgress
 from registrygrid.errors import (
     BodyTimeout,
     MalformedInput,
@@ -58,7 +57,7 @@ from registrygrid.errors import (
     Unavailable,
     ValidationError,
 )
-from registrygrid.node.bridge.app import error_response, json_response
+from registrygrid.node.bridge.app import json_response
 from registrygrid.node.bridge.auth import ADMIN, READ, WRITE
 from registrygrid.node.bridge.streaming import TRACE_ID
 from registrygrid.storage.blobs import BlobEntry, UploadSession
@@ -239,15 +238,10 @@ class AssetRoutes:
             actor = token.actor
         expected = Expected(md5=_content_md5(request.headers.get("Content-MD5")),
                             sha256=_sha256_header(request.headers.get("X-Checksum-Sha256")))
-        try:
-            part = await self._consume_body(
-                request, lambda chunks: self.assets.uploads.put_part(session_id, owner, number, chunks, expected))
-        except PartInProgress as exc:
-            # The middleware gives Retry-After to 429s and 503s (app.py); a
-            # busy part is a 409 that clears by itself, so it says when too.
-            answer = error_response(exc, request.get(TRACE_ID, ""), request.path)
-            answer.headers["Retry-After"] = str(exc.details["retry_after_s"])
-            return answer
+        # A busy part (PartInProgress) is a 409 with Retry-After: the error
+        # middleware adds it for any refusal that says when to come back.
+        part = await self._consume_body(
+            request, lambda chunks: self.assets.uploads.put_part(session_id, owner, number, chunks, expected))
         self.api.metrics.upload_bytes.inc(part.size)
         self.api.audit.note("update", actor, f"upload/{session_id}", f"part {number}: {part.size} bytes",
                             required=False)

@@ -1107,9 +1107,10 @@ _ASSET_ERROR_STATUSES = {
            "(zip_entry_missing)",
     "408": "The body sent nothing for the bridge's idle timeout (body_timeout; 60 s by default): the part is "
            "not stored, send it again",
-    "409": "The upload is not open, or lacks parts (details[0].missing); another request is writing this part "
-           "now (part_in_progress: Retry-After); a complete upload cannot be cancelled; retention or a legal hold "
-           "forbids the purge, or retention would shorten (retention_held)",
+    "409": "The upload is not open, or lacks parts (details[0].missing); another request is writing this part, "
+           "or (at finalize) any part, now (part_in_progress: Retry-After); a part arrives while the upload is "
+           "being finalized; a complete upload cannot be cancelled; retention or a legal hold forbids the purge, "
+           "or retention would shorten (retention_held)",
     "413": f"Too large (too_large): a declared size over the node's max_blob_bytes, a part longer than its length, "
            f"a JSON body over {MAX_BODY_BYTES} bytes",
     "416": "No requested range overlaps the blob (range_not_satisfiable); Content-Range: bytes */SIZE",
@@ -1241,7 +1242,7 @@ def _asset_paths() -> dict[str, Any]:
         "/v1/uploads/{id}/finalize": {"post": _op(
             "finalizeUpload", "Compose the parts into a blob and verify it (idempotent: the blob's CID)",
             {**_json("200", "UploadFinalized", "complete"),
-             **_asset_errors(*upload_errors, "409", "413", "422", "507")},
+             **_asset_errors(*upload_errors, "409", "413", "422", "507", retry_after="409")},
             tags=tags, params=[p_upload],
             description=(
                 "The parts stream in order into the blob, the whole checked against the declared size, sha256 "
