@@ -221,6 +221,15 @@ class Unavailable(RegistryError):
     exit_code = EX_TEMPFAIL
 
 
+class Disabled(Unavailable):
+    """What was asked needs a part this node runs without (--no-search,
+    --no-dht, --no-p2p, no asset store): unavailable until the operator
+    restarts it otherwise, so no Retry-After and clients don't retry."""
+
+    code = "disabled"
+    exit_code = EX_UNAVAILABLE
+
+
 class FeatureUnavailable(RegistryError):
     """A capability of an optional extra this installation lacks (e.g.
     semantic search without ``registrygrid[semantic]``): asking again won't help."""

@@ -339,7 +339,7 @@ async def test_a_node_without_search_answers_503_naming_no_search(nursery: trio.
     finally:
         served.node.stop()
     for response in (found, status, rebuilt):
-        assert "--no-search" in assert_error(response, 503, "unavailable")["message"]
+        assert "--no-search" in assert_error(response, 503, "disabled")["message"]
     assert fields.status_code == 200, "the fields are the language's, not the index's"
 
 

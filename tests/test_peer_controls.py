@@ -213,7 +213,7 @@ async def test_a_node_without_a_federation_answers_503_naming_why(served: Served
             for response in (await client.get("/v1/peers"),
                              await client.post("/v1/peers/deny", json={"peers": [peer]}),
                              await client.post("/v1/peers/allow", json={"peers": [peer]})):
-                error = assert_error(response, 503, "unavailable")
+                error = assert_error(response, 503, "disabled")
                 assert "no federation" in error["message"] and "--no-p2p" in error["message"]
         with BridgeClient(served.url, token=served.admin) as grid:
             with pytest.raises(ValidationError):

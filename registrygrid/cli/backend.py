@@ -67,7 +67,6 @@ def _bridge_client(home: Home) -> Any:
     except ImportError:
         return None
     # One attempt: a command's error goes to a person (or a script) who can
-    # run it again, and the bridge answers some lasting conditions 503 with
-    # Retry-After: 1 (--no-dht, --no-search), which the SDK's default policy
-    # would wait out four times (~4.5 s) before saying what is wrong.
+    # run it again at once, rather than wait out a 503 that clears in a
+    # moment (a lasting one, 503 disabled, is never retried anyway).
     return BridgeClient.for_home(home, retry=NO_RETRY)

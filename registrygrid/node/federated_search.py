@@ -36,9 +36,9 @@ from typing import Any
 
 import trio
 
-from registrygrid.errors import RegistryError, Unavailable, Unverifiable
-from registrygrid.node.transport import P2PError
+from registrygrid.errors import Disabled, RegistryError, Unavailable, Unverifiable
 from registrygrid.node.remote_read import dial
+from registrygrid.node.transport import P2PError
 from registrygrid.protocol import federated_search as wire
 from registrygrid.search import query as q
 from registrygrid.search.index import doc_key, kid_of
@@ -103,7 +103,7 @@ async def federated_search(node: Any, body: Any, scope: tuple[str, ...] | None =
     assert query.federated is not None, "a federated query names federated"
     service = node.component("search")
     if service is None:
-        raise Unavailable("this node keeps no search index: it was started with --no-search")
+        raise Disabled("this node keeps no search index: it was started with --no-search")
     federation = node.component("federation")
     metrics = federation.metrics if federation is not None else None
     if metrics is not None:

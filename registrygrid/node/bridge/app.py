@@ -57,6 +57,7 @@ from registrygrid.engine.ops import (
 from registrygrid.errors import (
     AlreadyExists,
     Conflict,
+    Disabled,
     MalformedInput,
     NotFound,
     PolicyDenied,
@@ -147,7 +148,7 @@ def error_response(exc: RegistryError, trace_id: str, path: str = "") -> web.Res
         headers["Retry-After"] = str(max(1, int(-(-float(exc.details.get("retry_after_s", 1)) // 1))))
     elif isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="registrygrid"'  # RFC 6750 3
-    elif isinstance(exc, Unavailable):
+    elif isinstance(exc, Unavailable) and not isinstance(exc, Disabled):  # Disabled lasts: no retry
         headers["Retry-After"] = "1"
     elif isinstance(exc, RangeNotSatisfiable):
         headers["Content-Range"] = f"bytes */{exc.size}"  # RFC 9110 14.4
@@ -956,7 +957,7 @@ class Api:
     def _searcher(self) -> Any:
         service = self.search()
         if service is None:
-            raise Unavailable("this node keeps no search index: it was started with --no-search (stop it and run "
+            raise Disabled("this node keeps no search index: it was started with --no-search (stop it and run "
                               "`rgrid search` to index and search offline, or start it without --no-search)")
         return service
 

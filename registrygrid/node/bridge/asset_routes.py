@@ -52,9 +52,9 @@ from registrygrid.blobs.ranges import parse_ranges
 from registrygrid.blobs.scanners import CheckRefused
 from registrygrid.errors import (
     BodyTimeout,
+    Disabled,
     MalformedInput,
     RegistryError,
-    Unavailable,
     ValidationError,
 )
 from registrygrid.node.bridge.app import json_response
@@ -78,7 +78,7 @@ class AssetRoutes:
     def assets(self) -> Assets:
         assets = self.api.assets
         if assets is None:
-            raise Unavailable("this node stores no asset content")
+            raise Disabled("this node stores no asset content")
         return assets  # type: ignore[no-any-return]
 
     def routes(self) -> list[web.RouteDef]:
@@ -412,7 +412,7 @@ class AssetRoutes:
         cid = self._blob_cid(request)
         token = self.api.require(request, WRITE, target=f"blob/{cid_text(cid)}")
         if self.api.fetch_blob is None:
-            raise Unavailable("this node cannot fetch blobs from peers")
+            raise Disabled("this node cannot fetch blobs from peers")
         try:
             answer = await self.api.fetch_blob(cid)
         except CheckRefused as exc:

@@ -911,7 +911,8 @@ _ERROR_STATUSES = {
     "503": "The node is starting, stopping, or its audit ledger is behind (resolve: the node runs no DHT, or "
            "the lookup timed out; remote and follow: no provider gave a verifiable answer; search and index: the "
            "node keeps no search index (--no-search), or it is still opening; peers: the node runs no federation "
-           "(--no-p2p))",
+           "(--no-p2p)). Code disabled (no Retry-After): the node runs without what was asked (--no-search, "
+           "--no-dht, --no-p2p), until it restarts otherwise; unavailable (Retry-After): a moment",
 }
 
 

@@ -82,7 +82,13 @@ import trio
 from aiohttp import web
 
 from registrygrid.engine.ops import Committed, Operation, Outcome
-from registrygrid.errors import NotFound, RegistryError, Unavailable, ValidationError
+from registrygrid.errors import (
+    Disabled,
+    NotFound,
+    RegistryError,
+    Unavailable,
+    ValidationError,
+)
 from registrygrid.node.bridge import openapi
 from registrygrid.node.bridge.app import Api
 from registrygrid.node.bridge.audit import FLUSH_BATCH, FLUSH_INTERVAL_S, AuditBuffer
@@ -368,7 +374,7 @@ class Bridge:
         federation = self._node.component("federation")
         directory = federation.directory if federation is not None else None
         if directory is None:
-            raise Unavailable("this node runs no DHT, so it cannot resolve registries: it was started with "
+            raise Disabled("this node runs no DHT, so it cannot resolve registries: it was started with "
                               "--no-p2p or --no-dht, or its federation is still starting")
         return await directory.resolve(name, fresh=fresh)
 
@@ -382,7 +388,7 @@ class Bridge:
         federation = self._node.component("federation")
         reader = federation.reader if federation is not None else None
         if reader is None:
-            raise Unavailable("this node runs no DHT, so it cannot read registries of other federations: it was "
+            raise Disabled("this node runs no DHT, so it cannot read registries of other federations: it was "
                               "started with --no-p2p or --no-dht, or its federation is still starting")
         return await reader.read(name, record_id=record_id)
 
@@ -409,7 +415,7 @@ class Bridge:
     async def _fetch_blob(self, cid: bytes) -> dict[str, Any]:
         federation = self._node.component("federation") if self._node is not None else None
         if federation is None or federation.blobs is None:
-            raise Unavailable("this node runs no federation (--no-p2p): it has no peers to fetch a blob from")
+            raise Disabled("this node runs no federation (--no-p2p): it has no peers to fetch a blob from")
         return await federation.blobs.fetch(cid)  # type: ignore[no-any-return]
 
     async def _follow_from_loop(self, name: str) -> dict[str, Any]:
@@ -465,7 +471,7 @@ class Bridge:
         """The node's federation once its host and peer table are up (trio's thread)."""
         federation = self._node.component("federation")
         if federation is None or federation.peers is None or federation.host is None:
-            raise Unavailable("this node runs no federation, so it has no peers to list, deny or allow: it was "
+            raise Disabled("this node runs no federation, so it has no peers to list, deny or allow: it was "
                               "started with --no-p2p, or its federation is still starting")
         return federation
 
