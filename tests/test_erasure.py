@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from registrygrid.engine.erasure import ERASURE_KIND, ERASURES_REGISTRY, erasure_id
 from registrygrid.engine.ops import Remote
-from registrygrid.errors import NotFound, NotOwner, RecordErased
+from registrygrid.errors import NotFound, NotOwner, PolicyDenied, RecordErased
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import cid_from_str, open_envelope
@@ -80,7 +80,7 @@ def test_an_erasure_removes_every_byte_of_the_records_history_and_keeps_its_chai
     assert holds_secret(a)
     result = a.erase(registry, record, reason="GDPR art. 17 request 2026-118")
     assert (result.status, result.registry, result.record_id) == ("created", ERASURES_REGISTRY,
-                                                                  erasure_id(registry, record))
+                                                                  erasure_id(registry, record, org_a.did))
     assert not holds_secret(a)
     with pytest.raises(RecordErased) as gone:
         a.get(registry, record)
@@ -180,13 +180,20 @@ def test_a_notice_from_an_org_that_does_not_own_the_record_is_refused(tmp_path: 
     # erases nothing.
     blind = org_node(tmp_path / "blind", org_b)
     deliver(blind, [w for w in wires(a) if open_envelope(w, verify=False).body.registry != registry])
-    fields = {"registry": registry, "record": record, "positions": []}
-    blind.put(ERASURES_REGISTRY, ERASURE_KIND, fields, id=erasure_id(registry, record))
+    fields = {"registry": registry, "record": record, "org": org_b.did, "positions": []}
+    blind.put(ERASURES_REGISTRY, ERASURE_KIND, fields, id=erasure_id(registry, record, org_b.did))
     results = deliver(a, wires(blind))
     assert "refused" in {r.status for r in results}
     assert SECRET in a.get(registry, record)["fields"]["description"]
     with pytest.raises(NotFound):
-        a.get(ERASURES_REGISTRY, erasure_id(registry, record))
+        a.get(ERASURES_REGISTRY, erasure_id(registry, record, org_b.did))
+    # The owner's own notice is not held up by the one refused: ids are per org.
+    assert a.erase(registry, record).status == "created"
+    assert not holds_secret(a)
+    # Nor may a notice speak for an org its signer does not speak for.
+    forged = {"registry": registry, "record": record, "org": org_a.did, "positions": []}
+    with pytest.raises(PolicyDenied):
+        blind.put(ERASURES_REGISTRY, ERASURE_KIND, forged, id=erasure_id(registry, record, org_a.did))
 
 
 def test_a_notice_that_waits_for_its_record_erases_it_on_arrival(tmp_path: Path, org_a: KeyPair) -> None:
@@ -203,8 +210,13 @@ def test_a_notice_that_waits_for_its_record_erases_it_on_arrival(tmp_path: Path,
     assert c.erasures()[0]["state"] in ("waiting", "erased")
     deliver(c, [w for w in original if open_envelope(w, verify=False).body.registry == TOOLS])
     assert not holds_secret(c)
-    assert c.erasures() == [{"registry": registry, "record": record, "notice": erasure_id(registry, record),
-                             "state": "erased"}]
+    # Its create's position is vouched for, so the record is never held
+    # here: the notice stays "waiting", and each change of it that arrives
+    # is kept as an ID only.
+    assert c.erasures() == [{"registry": registry, "record": record,
+                             "notice": erasure_id(registry, record, org_a.did), "state": "waiting"}]
+    with pytest.raises(RecordErased):
+        c.get(registry, record)
     assert c.get(registry, "keeper")["fields"]["name"] == "keeper"
     assert c.verify().ok
 
@@ -212,9 +224,9 @@ def test_a_notice_that_waits_for_its_record_erases_it_on_arrival(tmp_path: Path,
 def test_a_notice_names_its_record_in_its_id(tmp_path: Path, org_a: KeyPair) -> None:
     a = org_node(tmp_path / "a", org_a)
     _written(a)
-    fields = {"registry": TOOLS, "record": "alice-tool", "positions": []}
+    fields = {"registry": TOOLS, "record": "alice-tool", "org": org_a.did, "positions": []}
     with pytest.raises(Exception) as wrong:
-        a.put(ERASURES_REGISTRY, ERASURE_KIND, fields, id=erasure_id(TOOLS, "keeper"))
+        a.put(ERASURES_REGISTRY, ERASURE_KIND, fields, id=erasure_id(TOOLS, "keeper", org_a.did))
     assert wrong.value.code == "validation_failed"  # type: ignore[attr-defined]
     with a.store.read() as txn:
         assert not erasures.any_held(a.store, txn)

@@ -344,6 +344,7 @@ EXAMPLES: dict[tuple[str, int], dict] = {
     ("view", 1): {"name": "Cheap EU GPUs", "description": "GPU clusters in the EU under 1 EUR/h",
                   "query": {"text": "gpu", "filter": {"field": "price", "lt": 1}, "sort": "price"}},
     ("erasure", 1): {"registry": "grid.subjects", "record": "alice-smith",
+                     "org": "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
                      "positions": [{"author": "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
                                     "seqs": [[3, 5], [9, 9]]}],
                      "blobs": ["bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"],

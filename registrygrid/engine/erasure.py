@@ -57,10 +57,11 @@ UNERASABLE = frozenset({MEMBERS_REGISTRY, regs.KINDS_REGISTRY, regs.REGISTRY_OF_
                         disputes.DISPUTES_REGISTRY, ERASURES_REGISTRY})
 
 
-def erasure_id(registry: str, record: str) -> str:
-    """The notice's record id: one per erased record, whoever asks, so two
-    notices for one record are one record (the first create owns it)."""
-    digest = hashlib.sha256(f"registrygrid/erasure\x00{registry}\x00{record}".encode()).digest()
+def erasure_id(registry: str, record: str, org: str) -> str:
+    """The notice's record id: one per erased record and org, so the notices
+    of one org's nodes are one record, and a notice another org filed first
+    (refused where the record is the owner's) never holds the owner's id."""
+    digest = hashlib.sha256(f"registrygrid/erasure\x00{registry}\x00{record}\x00{org}".encode()).digest()
     return "erasure-" + base32.encode_bytes(digest[:20])
 
 
@@ -69,6 +70,7 @@ class ErasureNotice:
     id: str
     registry: str
     record: str
+    org: str  # the org the notice speaks for (its signer's)
     positions: tuple[tuple[str, tuple[tuple[int, int], ...]], ...]  # (author, ((first, last), ...))
     blobs: tuple[str, ...]
     reason: str
@@ -77,10 +79,10 @@ class ErasureNotice:
     def read(cls, record_id: str, fields: Mapping[str, Any]) -> ErasureNotice:
         """A notice's fields, checked beyond its schema: its id names its
         record, and each range runs forward."""
-        registry, record = str(fields["registry"]), str(fields["record"])
-        if record_id != erasure_id(registry, record):
-            raise ValidationError(f"an erasure notice of {registry}/{record} has id {erasure_id(registry, record)}, "
-                                  f"not {record_id}")
+        registry, record, org = str(fields["registry"]), str(fields["record"]), str(fields["org"])
+        if record_id != erasure_id(registry, record, org):
+            raise ValidationError(f"an erasure notice of {registry}/{record} for {org} has id "
+                                  f"{erasure_id(registry, record, org)}, not {record_id}")
         if registry in UNERASABLE:
             raise ValidationError(f"records of {registry} describe the grid itself (trust, kinds, registries, "
                                   "policies, disputes, erasures) and cannot be erased; delete them instead",
@@ -91,7 +93,7 @@ class ErasureNotice:
             if any(first > last for first, last in ranges):
                 raise ValidationError(f"erasure notice {record_id}: a range of {entry['author']} runs backwards")
             positions.append((str(entry["author"]), ranges))
-        return cls(record_id, registry, record, tuple(positions), tuple(fields.get("blobs") or ()),
+        return cls(record_id, registry, record, org, tuple(positions), tuple(fields.get("blobs") or ()),
                    str(fields.get("reason") or ""))
 
 
@@ -123,7 +125,7 @@ class Erasing(EngineCore):
     def _erase(self, txn: Txn, batch: Batch, op: Erase) -> WriteResult:
         registry = names.registry_name(op.registry)
         record_id = names.record_id(op.record_id)
-        notice_id = erasure_id(registry, record_id)
+        notice_id = erasure_id(registry, record_id, self.owner)
         held = erasures.mark(self.store, txn, registry, record_id)
         if held is not None and held[1] == erasures.ERASED:
             return WriteResult("unchanged", ERASURES_REGISTRY, notice_id, None, None)
@@ -136,7 +138,8 @@ class Erasing(EngineCore):
             body = self._held_body(txn, batch, cid)
             if body is not None:
                 pairs.append((body.author, body.seq))
-        fields: dict[str, Any] = {"registry": registry, "record": record_id, "positions": positions_of(pairs)}
+        fields: dict[str, Any] = {"registry": registry, "record": record_id, "org": self.owner,
+                                  "positions": positions_of(pairs)}
         if op.blobs:
             fields["blobs"] = list(op.blobs)
         if op.reason:
@@ -147,15 +150,19 @@ class Erasing(EngineCore):
     # ---- judging: before a notice is stored (local and remote alike)
 
     def _check_erasure_notice(self, txn: Txn, record_id: str, fields: Mapping[str, Any], author: str,
-                              at_ms: int, roles: tuple[str, ...] = ()) -> None:
+                              at_ms: int, roles: tuple[str, ...] = ()) -> Verdict:
         """Refuse a notice its signer may not give for the record as held
-        here (PolicyDenied, NotOwner); a record not held yet is judged when
-        it arrives."""
+        here (PolicyDenied, NotOwner), or for an org it does not speak for;
+        WAIT while its signer's delegation is unknown. A record not held yet
+        is judged when it arrives."""
         notice = ErasureNotice.read(record_id, fields)
+        speaks = self.trust.check_speaks_for(author, notice.org, at_ms)
+        if speaks is Verdict.WAIT:
+            return speaks
         target = records.get_record(self.store, txn, notice.registry, notice.record)
-        if target is None:
-            return
-        self._may_erase(txn, notice, author, target, at_ms, roles)
+        if target is not None and not self._may_erase(txn, notice, author, target, at_ms, roles):
+            return Verdict.WAIT
+        return speaks
 
     def _may_erase(self, txn: Txn, notice: ErasureNotice, author: str, target: dict[str, Any], at_ms: int,
                    roles: tuple[str, ...] = ()) -> bool:
@@ -174,11 +181,9 @@ class Erasing(EngineCore):
         record now if it is held (its authority was checked before commit)."""
         notice = ErasureNotice.read(record["id"], record["fields"])
         self._has_erasures = True
-        author = env.body.author
         now = self.now_ms()
-        signer_orgs = self.trust.orgs_of(author, now)
         for chain_author, ranges in notice.positions:
-            if not self.trust.orgs_of(chain_author, now) & signer_orgs:
+            if notice.org not in self.trust.orgs_of(chain_author, now):
                 self.metrics["erasure.positions_not_vouched"] += 1
                 continue  # an org vouches for its own chains only
             for first, last in ranges:

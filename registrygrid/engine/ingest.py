@@ -77,6 +77,8 @@ class RemoteIngest(EngineCore):
         self.metrics["remote.received"] += 1
         env = open_envelope(op.wire, verify=not op.preverified)
         result = self._ingest(txn, batch, env, op.peer)
+        if result.status in ("applied", "refused", "erased"):
+            self._link_on(txn, batch, env)
         if result.status == "pending" and batch.unseen_links:
             # Parked itself, but linked unseen positions on the way: what
             # waited for those may go on.
@@ -199,7 +201,10 @@ class RemoteIngest(EngineCore):
                 # Whether its signer may erase the record depends on what this
                 # node holds: refused here, it is kept as evidence (the chain
                 # goes on), never dropped.
-                self._check_erasure_notice(txn, body.record, state["fields"], body.author, body.hlc[0])  # type: ignore[attr-defined]
+                notice_verdict = self._check_erasure_notice(txn, body.record, state["fields"], body.author,  # type: ignore[attr-defined]
+                                                            body.hlc[0])
+                if notice_verdict is Verdict.WAIT:
+                    verdict = notice_verdict
         except CreateRace as race:
             return self._settle_create_race(txn, batch, env, race, peer)
         except PolicyDenied as exc:
@@ -372,12 +377,20 @@ class RemoteIngest(EngineCore):
                     self.metrics[f"rejected.{exc.code}"] += 1
                     continue
                 if result.status in ("applied", "refused", "erased"):
+                    self._link_on(txn, batch, env)
                     self._apply_policies(txn, batch, env, peer)
                     self._rebuild_revoked(txn, batch, env, peer)
                     self._apply_disputes(txn, batch, env, peer)  # type: ignore[attr-defined]
                     released.append(env.id)
                     work.append(env)
         return released
+
+    def _link_on(self, txn: Txn, batch: Batch, env: Envelope) -> None:
+        """The author's chain just moved: link it past the positions an
+        erasure notice vouches for right after (they may follow its last
+        change here; _release lets what waited for them go on)."""
+        if self._has_erasures:  # type: ignore[attr-defined]
+            self._fill_vouched(txn, batch, env.body.registry, env.body.author)  # type: ignore[attr-defined]
 
     def _keep_evidence(self, txn: Txn, batch: Batch, env: Envelope, other_cid: bytes | None) -> None:
         """File both changes under their own sequence numbers: two with one

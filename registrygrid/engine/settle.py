@@ -22,7 +22,6 @@ from automerge.core import Document
 
 from registrygrid.crdt import conflicts as tracking
 from registrygrid.crdt import resolver
-from registrygrid.crdt.disputes import short_json
 from registrygrid.crdt.record import RecordDoc
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
@@ -99,7 +98,11 @@ class Settling(EngineCore):
         for conflict in conflicts:
             if (conflict.path, conflict.status, conflict.chosen, conflict.resolved_by) in seen:
                 continue
-            shown = "removed" if conflict.removed else short_json(conflict.value, 80)
+            # The ledger is append-only and hash-chained, so it never holds
+            # a field's value (an erasure could not take it out again): it
+            # names the path, the rule and the change; the record shows the
+            # value (docs/erasure.md).
+            shown = "a removal" if conflict.removed else "a value"
             how = {"settled": f"{conflict.rule} chose {shown}",
                    "disputed": f"manual: disputed ({conflict.dispute}); showing {shown} until resolved",
                    "resolved": f"manual: resolved by {conflict.resolved_by} to {shown}"}[conflict.status]
