@@ -115,7 +115,7 @@ class Committing(EngineCore):
             self._after_dispute_record(batch, record["kind"], rec, record["fields"])  # type: ignore[attr-defined]
         if reg == POLICIES_REGISTRY:
             batch.policies_changed = True
-        if reg == ERASURES_REGISTRY and body.op == "create" and not record["deleted"]:
+        if reg == ERASURES_REGISTRY and not record["deleted"]:  # a notice, or a supplement to one
             self._after_erasure_notice(txn, batch, env, record, origin)  # type: ignore[attr-defined]
         if statement is not None and self.trust.add(statement):
             # Nothing can fail after this point of the op; a later failure of

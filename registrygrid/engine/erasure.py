@@ -37,8 +37,14 @@ from registrygrid.crdt import disputes
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
-from registrygrid.engine.ops import Erase, ErasedRecord, Put, WriteResult
-from registrygrid.errors import NotFound, PolicyDenied, RecordErased, ValidationError
+from registrygrid.engine.ops import Erase, ErasedRecord, Put, Update, WriteResult
+from registrygrid.errors import (
+    NotFound,
+    PolicyDenied,
+    RecordErased,
+    RegistryError,
+    ValidationError,
+)
 from registrygrid.protocol import base32, names
 from registrygrid.protocol.envelope import Draft, Envelope, open_envelope
 from registrygrid.storage import chains, changes, erasures, feed, pending, records
@@ -88,7 +94,9 @@ class ErasureNotice:
                                   "policies, disputes, erasures) and cannot be erased; delete them instead",
                                   details=[{"path": "registry", "message": "not erasable"}])
         positions = []
-        for entry in fields.get("positions") or ():
+        supplements = fields.get("supplements") or {}
+        for entry in [*(fields.get("positions") or ()), *(e for node in sorted(supplements)
+                                                         for e in supplements[node])]:
             ranges = tuple((int(first), int(last)) for first, last in entry["seqs"])
             if any(first > last for first, last in ranges):
                 raise ValidationError(f"erasure notice {record_id}: a range of {entry['author']} runs backwards")
@@ -189,6 +197,10 @@ class Erasing(EngineCore):
             for first, last in ranges:
                 erasures.vouch(self.store, txn, notice.registry, chain_author, first, last, notice.id,
                                notice.record)
+        if env.body.op != "create":  # a supplement (below): its positions are vouched for, nothing more
+            for chain_author, _ in notice.positions:
+                self._link_vouched(txn, batch, notice.registry, chain_author, origin)
+            return
         held = erasures.mark(self.store, txn, notice.registry, notice.record)
         if held is None or held[1] != erasures.ERASED:
             if records.get_record(self.store, txn, notice.registry, notice.record) is None:
@@ -233,12 +245,14 @@ class Erasing(EngineCore):
         store, registry, record_id = self.store, notice.registry, notice.record
         target = records.get_record(store, txn, registry, record_id)
         erased = 0
+        erased_here: list[tuple[str, int]] = []
         for cid in self._record_change_ids(txn, registry, record_id):
             body = self._held_body(txn, batch, cid)
             if body is None:
                 continue
             changes.put_erased(store, txn, cid)
             erasures.put_change(store, txn, cid, registry, record_id, body.author, body.seq, notice.id)
+            erased_here.append((body.author, body.seq))
             erased += 1
         for feed_seq, _ in records.history(store, txn, registry, record_id):
             records.drop_history(store, txn, registry, record_id, feed_seq)
@@ -251,6 +265,7 @@ class Erasing(EngineCore):
         batch.erased_records.add((registry, record_id))
         parked = self._drop_parked(txn, notice)
         evidence = self._drop_evidence(txn, registry, record_id)
+        self._supplement(txn, batch, notice, erased_here)
         erasures.set_mark(store, txn, registry, record_id, notice.id, erasures.ERASED)
         self._batch_feed_seq += 1
         seq = self._batch_feed_seq
@@ -267,6 +282,36 @@ class Erasing(EngineCore):
                           reason=(f"erasure notice {notice.id} ({origin}): {erased} changes, {parked} parked "
                                   f"and {evidence} evidence entries erased; {notice.reason}")[:512],
                           change=env.id)
+
+    def _supplement(self, txn: Txn, batch: Batch, notice: ErasureNotice, erased_here: list[tuple[str, int]]) -> None:
+        """This node erased changes of its org's keys whose positions the
+        notice does not list (its signer never saw them: an edit made here
+        meanwhile): other nodes that lack them could never link past them.
+        A node of the notice's org lists them in the notice, under its own
+        key (supplements), so concurrent supplements merge. Never fails the
+        erasure: a node that may not write it counts it and goes on."""
+        if notice.org != self.owner:
+            return
+        # The notice's own positions of its org's chains were vouched for
+        # before the erasure (_after_erasure_notice): what is not is missing.
+        missing = [(author, seq) for author, seq in erased_here
+                   if erasures.vouched(self.store, txn, notice.registry, author, seq) is None
+                   and notice.org in self.trust.orgs_of(author, self.now_ms())]
+        if not missing:
+            return
+        current = records.get_record(self.store, txn, ERASURES_REGISTRY, notice.id)
+        if current is None:
+            return
+        mine = {(e["author"], s) for e in (current["fields"].get("supplements") or {}).get(self.key.did, ())
+                for first, last in e["seqs"] for s in range(first, last + 1)}
+        supplements = dict(current["fields"].get("supplements") or {})
+        supplements[self.key.did] = positions_of(sorted(mine | set(missing)))
+        try:
+            self._update(txn, batch, Update(ERASURES_REGISTRY, notice.id,  # type: ignore[attr-defined]
+                                            patch={"supplements": supplements}, actor="erasure"))
+            self.metrics["erasure.supplemented"] += len(missing)
+        except RegistryError as exc:
+            self.metrics[f"erasure.unsupplemented.{exc.code}"] += 1
 
     def _record_change_ids(self, txn: Txn, registry: str, record_id: str) -> list[bytes]:
         """Every change of the record held here: applied (its history) and

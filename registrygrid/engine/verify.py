@@ -6,16 +6,19 @@ once), and its ID is the hash of its body; every stored batch that keeps its
 leaves has them hash to its root. Each author's chain in each registry runs
 1, 2, 3 ... with every ``prev`` naming the change before. Then every record
 must be what its Automerge document (or, before its first update, its
-snapshot) says. An erased change is counted, not read: its entry must name
+snapshot) says, except at the paths whose writes conflict, where the
+record shows its conflict rule's choice. An erased change is counted, not read: its entry must name
 an erasure, and its ID still links its chain. Stops at the first bad item
 and names it.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
+from registrygrid.crdt import resolver
 from registrygrid.crdt.record import RecordDoc, doc_bytes
 from registrygrid.crdt.snapshot import genesis_change, read_snapshot
 from registrygrid.errors import RegistryError
@@ -107,6 +110,13 @@ def verify_store(store: Store) -> VerifyReport:
                     state = _snapshot_state(store, txn, registry, record_id)
             except Exception as exc:
                 return VerifyReport(False, changes, chains, records, f"document does not load: {exc}", where)
+            # A path whose writes conflict shows what the registry's conflict
+            # rule chose (engine/settle.py), not Automerge's own pick; the
+            # record lists each such path, so those are taken as stored.
+            for conflict in record.get("conflicts") or ():
+                path = resolver.unpointer(conflict["path"])
+                state = copy.deepcopy(state)
+                resolver.put_in(state, path, resolver.get_in(record, path))
             for name in ("kind", "owner", "fields", "tags", "links", "deleted"):
                 if state.get(name) != record.get(name):
                     return VerifyReport(False, changes, chains, records,
