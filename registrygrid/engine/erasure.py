@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from registrygrid.crdt import disputes
+from registrygrid.crdt.snapshot import read_snapshot
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
@@ -190,7 +191,16 @@ class Erasing(EngineCore):
         notice = ErasureNotice.read(record["id"], record["fields"])
         self._has_erasures = True
         now = self.now_ms()
-        for chain_author, ranges in notice.positions:
+        vouched = list(notice.positions)
+        body = env.body
+        if body.is_snapshot:
+            # Two nodes of one org may file the one notice (its id is the
+            # record's and the org's) at once: the record then shows one
+            # create's positions where they conflict, so each create's own
+            # positions count too.
+            claim = read_snapshot(body.payload, kind=body.kind, schema=body.schema)
+            vouched += ErasureNotice.read(record["id"], claim["fields"]).positions
+        for chain_author, ranges in vouched:
             if notice.org not in self.trust.orgs_of(chain_author, now):
                 self.metrics["erasure.positions_not_vouched"] += 1
                 continue  # an org vouches for its own chains only
@@ -198,7 +208,7 @@ class Erasing(EngineCore):
                 erasures.vouch(self.store, txn, notice.registry, chain_author, first, last, notice.id,
                                notice.record)
         if env.body.op != "create":  # a supplement (below): its positions are vouched for, nothing more
-            for chain_author, _ in notice.positions:
+            for chain_author, _ in vouched:
                 self._link_vouched(txn, batch, notice.registry, chain_author, origin)
             return
         held = erasures.mark(self.store, txn, notice.registry, notice.record)
@@ -210,7 +220,7 @@ class Erasing(EngineCore):
                 self._drop_parked(txn, notice)
             else:
                 self._erase_record(txn, batch, notice, env, origin)
-        for chain_author, _ in notice.positions:
+        for chain_author, _ in vouched:
             self._link_vouched(txn, batch, notice.registry, chain_author, origin)
 
     def _judge_waiting(self, txn: Txn, batch: Batch, registry: str, record_id: str, origin: str) -> None:
@@ -246,10 +256,18 @@ class Erasing(EngineCore):
         target = records.get_record(store, txn, registry, record_id)
         erased = 0
         erased_here: list[tuple[str, int]] = []
+        counted = set(records.applied_ids(store, txn, registry, record_id))
+        # The record's create that owns the id here (the earliest applied):
+        # kept, so a create of another org that arrives later is settled as
+        # the race it is, not dropped (_erased_race).
+        winner: tuple[str, tuple[int, int], bytes] | None = None
         for cid in self._record_change_ids(txn, registry, record_id):
             body = self._held_body(txn, batch, cid)
             if body is None:
                 continue
+            if body.is_genesis and cid in counted and target is not None and \
+                    (winner is None or (tuple(body.hlc), cid) < (winner[1], winner[2])):
+                winner = (target["owner"], (body.hlc[0], body.hlc[1]), cid)
             changes.put_erased(store, txn, cid)
             erasures.put_change(store, txn, cid, registry, record_id, body.author, body.seq, notice.id)
             erased_here.append((body.author, body.seq))
@@ -266,7 +284,7 @@ class Erasing(EngineCore):
         parked = self._drop_parked(txn, notice)
         evidence = self._drop_evidence(txn, registry, record_id)
         self._supplement(txn, batch, notice, erased_here)
-        erasures.set_mark(store, txn, registry, record_id, notice.id, erasures.ERASED)
+        erasures.set_mark(store, txn, registry, record_id, notice.id, erasures.ERASED, winner)
         self._batch_feed_seq += 1
         seq = self._batch_feed_seq
         body = env.body
@@ -410,6 +428,27 @@ class Erasing(EngineCore):
         changes.put_erased(self.store, txn, env.cid)
         erasures.put_change(self.store, txn, env.cid, body.registry, body.record, body.author, body.seq, notice)
         self.metrics["erasure.dropped_on_arrival"] += 1
+
+    def _erased_race(self, txn: Txn, env: Envelope) -> bool:
+        """A create of an erased id by another org than the erased record's,
+        and earlier than its create: it owns the id (the earliest create
+        wins, as in any create race), so the erasure did not cover it. The
+        notice then waits, and is judged against this record once it is in
+        (_judge_waiting): True. False for anything else of the id (dropped)."""
+        body = env.body
+        if not body.is_snapshot:
+            return False
+        erased = erasures.erased_create(self.store, txn, body.registry, body.record)
+        if erased is None:
+            return False
+        owner = read_snapshot(body.payload, kind=body.kind, schema=body.schema).get("owner")
+        if owner == erased[0] or (tuple(body.hlc), env.cid) >= (erased[1], erased[2]):
+            return False
+        held = erasures.mark(self.store, txn, body.registry, body.record)
+        assert held is not None
+        erasures.set_mark(self.store, txn, body.registry, body.record, held[0], erasures.WAITING)
+        self.metrics["erasure.create_race_won"] += 1
+        return True
 
     def _refuse_if_erased(self, txn: Txn, registry: str, record_id: str) -> None:
         """A local write of an id an erasure notice names (erased, or waiting

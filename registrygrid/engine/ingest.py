@@ -132,7 +132,7 @@ class RemoteIngest(EngineCore):
             held = erasures.mark(self.store, txn, body.registry, body.record)
             # Erased; or not held yet under a waiting notice, and no create
             # that lets the notice be judged (it would wait for one forever).
-            if held is not None and (held[1] == erasures.ERASED
+            if held is not None and (held[1] == erasures.ERASED and not self._erased_race(txn, env)  # type: ignore[attr-defined]
                                      or (held[1] == erasures.WAITING and not body.is_genesis)):
                 self._keep_erased(txn, batch, env, held[0])  # type: ignore[attr-defined]
                 return IngestResult("erased", env.id)

@@ -1,9 +1,11 @@
 """What this node erased, and what erasure notices vouch for (docs/erasure.md).
 
-    erasures  'r' registry \\0 record              -> msgpack [notice id, state]
+    erasures  'r' registry \\0 record              -> msgpack [notice id, state(, owner, hlc, create id)]
                                                    state: "erased" (honoured here), "waiting" (the
                                                    notice is held, its record not yet), "refused"
-                                                   (its signer may not erase the record as held here)
+                                                   (its signer may not erase the record as held here);
+                                                   once erased, the erased record's owner and its
+                                                   winning create (a create race's yardstick)
               'c' change id                        -> msgpack [registry, record, author, seq, notice id]
                                                    (a change whose body was erased)
               'g' registry \\0 author \\0 u64(first) -> msgpack [last, notice id, record]
@@ -48,12 +50,28 @@ def mark(store: Store, txn: lmdb.Transaction, registry: str, record: str) -> tup
     raw = txn.get(b"r" + key(registry, record), db=store.db["erasures"])
     if raw is None:
         return None
-    notice, state = unpack(raw)
+    notice, state = unpack(raw)[:2]
     return notice, state
 
 
-def set_mark(store: Store, txn: lmdb.Transaction, registry: str, record: str, notice: str, state: str) -> None:
-    txn.put(b"r" + key(registry, record), pack([notice, state]), db=store.db["erasures"])
+def erased_create(store: Store, txn: lmdb.Transaction, registry: str,
+                  record: str) -> tuple[str, tuple[int, int], bytes] | None:
+    """(owner, hlc, change id) of the erased record's winning create, if kept."""
+    if "erasures" not in store.db:
+        return None
+    raw = txn.get(b"r" + key(registry, record), db=store.db["erasures"])
+    value = unpack(raw) if raw is not None else []
+    if len(value) < 5:
+        return None
+    return value[2], (value[3][0], value[3][1]), value[4]
+
+
+def set_mark(store: Store, txn: lmdb.Transaction, registry: str, record: str, notice: str, state: str,
+             winner: tuple[str, tuple[int, int], bytes] | None = None) -> None:
+    row: list[object] = [notice, state]
+    if winner is not None:
+        row += [winner[0], list(winner[1]), winner[2]]
+    txn.put(b"r" + key(registry, record), pack(row), db=store.db["erasures"])
 
 
 def put_change(store: Store, txn: lmdb.Transaction, cid: bytes, registry: str, record: str, author: str,
@@ -109,7 +127,7 @@ def iter_marks(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[str, str, 
         return
     for k, value in store.iter_prefix(txn, "erasures", b"r"):
         registry, record = k[1:].split(SEP, 1)
-        notice, state = unpack(value)
+        notice, state = unpack(value)[:2]
         yield registry.decode(), record.decode(), notice, state
 
 
