@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from test_erasure import deliver, wires
 
 from registrygrid.engine.erasure import ERASURE_KIND, ERASURES_REGISTRY, erasure_id
-from registrygrid.engine.ops import Remote
 from registrygrid.errors import (
     AlreadyExists,
     NotFound,
@@ -42,7 +42,7 @@ from registrygrid.errors import (
 )
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
-from registrygrid.protocol.envelope import cid_from_str, open_envelope
+from registrygrid.protocol.envelope import open_envelope
 from registrygrid.sdk import LocalRegistry
 
 TOOLS, SUBJECTS = "grid.tools", "grid.subjects"
@@ -60,20 +60,6 @@ CREATOR = {(TOOLS, "r0"): 0, (TOOLS, "r1"): 1, (SUBJECTS, "s0"): 0, (TOOLS, "r2"
 def org_node(path: Path, org: KeyPair, key: KeyPair | None = None) -> LocalRegistry:
     key = key or KeyPair.generate()
     return LocalRegistry.open_path(path, key, delegation=sign_delegation(org, key.did, ["node", "writer"]))
-
-
-def wires(grid: LocalRegistry) -> list[bytes]:
-    """Every change the node still serves, in feed order."""
-    out = []
-    for fed in grid.changes(since=0, limit=10_000):
-        wire = grid.change(cid_from_str(fed.change))
-        if wire is not None:
-            out.append(wire)
-    return out
-
-
-def deliver(target: LocalRegistry, source_wires: list[bytes]) -> list[Any]:
-    return target.execute([Remote(w, "peer") for w in source_wires])
 
 
 def exchange(*nodes: LocalRegistry, rounds: int = 6) -> None:
