@@ -44,12 +44,17 @@ async def test_a_node_fetches_a_blob_it_lacks_from_the_members_that_hold_it(tmp_
             assert b.fed.blobs is not None
             fetched = await b.fed.blobs.fetch(cid)
             again = await b.fed.blobs.fetch(cid)
-            assert fetched["fetched"] is True and sorted(fetched["providers"]) == sorted([a.peer_id, c.peer_id])
+            # Both hold it; the fetch asks every member and takes whoever
+            # answers its "have" in time (a loaded CI run once saw one of
+            # the two miss it: the transfer then comes from the other).
+            assert fetched["fetched"] is True and fetched["providers"]
+            assert set(fetched["providers"]) <= {a.peer_id, c.peer_id}
             assert fetched["cid"] == cid_text(cid) and fetched["size"] == len(data)
             assert read_blob(b, cid) == data
             assert again["fetched"] is False  # held now: nothing moves
-            served = a.fed.metrics["blobs.served_ranges"] + c.fed.metrics["blobs.served_ranges"]
-            assert served >= 6  # 6 ranges of at most 1 MiB, spread over both providers (plus "have" asks)
+            served = {p.peer_id: p.fed.metrics["blobs.served_ranges"] for p in (a, c)}
+            assert sum(served.values()) >= 6  # 6 ranges of at most 1 MiB (plus "have" asks)
+            assert all(served[p] > 0 for p in fetched["providers"])  # spread over every provider
             with pytest.raises(NotFound):
                 await b.fed.blobs.fetch(bytes(cid[:-1]) + bytes([cid[-1] ^ 1]))  # nobody holds it
 
