@@ -35,7 +35,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -53,6 +52,7 @@ import pytest
 
 from registrygrid.blobs.s3 import S3Objects
 from registrygrid.blobs.s3_control import S3Control
+from registrygrid.ports import unused_ports
 
 ACCESS_KEY = "rgrid-test-key"
 SECRET_KEY = "rgrid-test-secret-0123456789"
@@ -234,7 +234,7 @@ def _launch(weed: Path, bucket: str) -> SeaweedS3:
         "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}))
-    ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+    ports = dict(zip(_PORT_FLAGS, unused_ports(len(_PORT_FLAGS)), strict=True))
     command = [
         *_dying_with_parent(), str(weed), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         *(f"-{flag}={port}" for flag, port in ports.items()),
@@ -285,20 +285,6 @@ def _wait_until_serving(server: SeaweedS3, seconds: float) -> None:
         return
     raise SeaweedStartFailed(f"weed mini did not serve S3 at {server.endpoint} within {seconds:.0f} s "
                              f"(last answer: {last}); log tail:\n{server.log_tail()}")
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out as free, all held at once so they differ."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _dying_with_parent() -> list[str]:

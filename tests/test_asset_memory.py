@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from registrygrid.ports import unused_ports
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 SIZE = 256 << 20
 LIMIT = 48 << 20  # what the transfer may add to the node's peak: parts in flight, chunks, buffers
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -52,7 +47,7 @@ def test_a_256_mib_upload_and_download_through_the_bridge_add_a_few_mb_to_the_no
         block = os.urandom(1 << 20)
         f.writelines(block[:-8] + i.to_bytes(8, "big") for i in range(SIZE >> 20))
     node = subprocess.Popen([sys.executable, "-m", "registrygrid", "node", "start", "--no-p2p", "--no-search",
-                             "--home", str(home), "--bridge-port", str(_free_port()), "--log-level", "WARNING"],
+                             "--home", str(home), "--bridge-port", str(unused_ports(1)[0]), "--log-level", "WARNING"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,18 +15,20 @@ import trio
 from test_bridge_support import NOTE_SCHEMA, REGISTRY, Served, make_token
 
 from registrygrid.client import BridgeClient
-from registrygrid.errors import AlreadyExists, Conflict, NotFound, PolicyDenied, SchemaViolation, Unauthorized
+from registrygrid.errors import (
+    AlreadyExists,
+    Conflict,
+    NotFound,
+    PolicyDenied,
+    SchemaViolation,
+    Unauthorized,
+)
+from registrygrid.ports import unused_ports
 from registrygrid.sdk import LocalRegistry
 
 pytest_plugins = ("test_bridge_support",)  # its fixtures: served
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rgrid(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -44,7 +45,7 @@ def test_cli_goes_through_the_bridge_while_the_node_runs(tmp_path: Path) -> None
     rgrid(home, "init", "--org-name", "cli org")
     schema = tmp_path / "note.json"
     schema.write_text(json.dumps(NOTE_SCHEMA))
-    port = _free_port()
+    port = unused_ports(1)[0]
     node = subprocess.Popen([sys.executable, "-m", "registrygrid", "node", "start", "--no-p2p", "--home", str(home),
                              "--bridge-port", str(port), "--log-level", "WARNING"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -155,7 +156,7 @@ async def test_client_matches_the_sdk_shapes_and_typed_errors(served: Served) ->
 
 def _start_node(home: Path) -> tuple[subprocess.Popen[str], dict]:
     node = subprocess.Popen([sys.executable, "-m", "registrygrid", "node", "start", "--no-p2p", "--home", str(home),
-                             "--bridge-port", str(_free_port()), "--log-level", "WARNING"],
+                             "--bridge-port", str(unused_ports(1)[0]), "--log-level", "WARNING"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not (home / "bridge.json").exists():

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -52,6 +51,7 @@ from registrygrid.node.bridge.openapi import schema_validator
 from registrygrid.node.dht import RegistryDirectory
 from registrygrid.node.federation import Federation, FederationConfig
 from registrygrid.node.node import Node
+from registrygrid.ports import unused_ports
 from registrygrid.sdk import LocalRegistry
 
 pytest_plugins = ("test_bridge_support",)
@@ -305,16 +305,10 @@ def test_node_start_flags_configure_the_dht(tmp_path: Path) -> None:
         build_components(home, {"bridge": False, "p2p": False, "dht_client": True})
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _start_process(home: Path, *flags: str) -> subprocess.Popen[str]:
     """`rgrid node start` with p2p on loopback and a bridge, once its bridge.json is there."""
     node = subprocess.Popen([sys.executable, "-m", "registrygrid", "node", "start", "--home", str(home),
-                             "--listen", "/ip4/127.0.0.1/tcp/0", "--bridge-port", str(_free_port()),
+                             "--listen", "/ip4/127.0.0.1/tcp/0", "--bridge-port", str(unused_ports(1)[0]),
                              "--log-level", "WARNING", *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     bridge_file = home / "bridge.json"

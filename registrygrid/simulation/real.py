@@ -27,7 +27,6 @@ from __future__ import annotations
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from typing import Any
 from registrygrid.client import BridgeClient
 from registrygrid.errors import RegistryError, Unavailable, ValidationError
 from registrygrid.home import Home
+from registrygrid.ports import unused_ports
 from registrygrid.protocol.envelope import cid_from_str
 from registrygrid.sdk import LocalRegistry
 from registrygrid.simulation import checker
@@ -56,12 +56,6 @@ REGISTRY = "grid.clusters"
 START_TIMEOUT_S = 60.0
 POLL_WAIT_S = 1.0
 SAMPLES = 100
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -108,7 +102,8 @@ class RealNode:
     def wait_ready(self, deadline: float) -> BridgeClient:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise Unavailable(f"node {self.index} exited at start (see {self.log})")
+                raise Unavailable(f"node {self.index} exited at start (see {self.log}); its log ends:\n"
+                                  f"{self.log_tail()}")
             info = _bridge_file(self.home)
             if info is not None:
                 client = BridgeClient(info["url"], token=info["token"])
@@ -120,6 +115,12 @@ class RealNode:
                     pass
             time.sleep(0.1)
         raise Unavailable(f"node {self.index} did not serve within {START_TIMEOUT_S:g} s (see {self.log})")
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as e:
+            return f"(unreadable: {e})"
 
     def signal(self, sig: signal.Signals) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -165,12 +166,15 @@ class RealRun:
         self.stop_event = threading.Event()
         self.start_time = 0.0
         self.stats: dict[str, int] = {"stops": 0, "kills": 0, "starts": 0, "write_failures": 0}
+        self.fault_failures: list[RegistryError] = []
 
     # ---- setup
 
     def make_nodes(self) -> None:
-        for i, home in enumerate(federation_homes(self.root, self.s.nodes, FEDERATION)):
-            self.nodes.append(RealNode(i, home, _free_port(), _free_port(), home.node_key().peer_id, [],
+        homes = federation_homes(self.root, self.s.nodes, FEDERATION)
+        ports = unused_ports(2 * len(homes))
+        for i, home in enumerate(homes):
+            self.nodes.append(RealNode(i, home, ports[2 * i], ports[2 * i + 1], home.node_key().peer_id, [],
                                        self.root / f"n{i}.log"))
         for node in self.nodes[1:]:
             others = [n for n in self.nodes[1:] if n is not node]
@@ -190,7 +194,7 @@ class RealRun:
         threads = [threading.Thread(target=self._follow, args=(n,), daemon=True) for n in self.nodes]
         threads += [threading.Thread(target=self._writer, args=(n,), daemon=True)
                     for n in self.nodes[:self.s.workload.writers]]
-        threads += [threading.Thread(target=self._fault, args=(f,), daemon=True) for f in self.s.faults]
+        threads += [threading.Thread(target=self._fault_thread, args=(f,), daemon=True) for f in self.s.faults]
         for thread in threads:
             thread.start()
         end = self.s.duration_s + self.s.settle_s
@@ -201,6 +205,8 @@ class RealRun:
             if self.progress is not None:
                 self.progress(self.now(), end)
         self.stop_event.set()
+        if self.fault_failures:
+            raise self.fault_failures[0]  # a fault the run could not play (e.g. a restart failed) voids the run
         return self._summary(samples)
 
     def close(self) -> None:
@@ -256,6 +262,13 @@ class RealRun:
                     with self.lock:
                         self.stats["write_failures"] += 1  # not acknowledged: not counted against anyone
             self._sleep_until(self.now() + step)
+
+    def _fault_thread(self, fault: Any) -> None:
+        try:
+            self._fault(fault)
+        except RegistryError as e:
+            with self.lock:
+                self.fault_failures.append(e)
 
     def _fault(self, fault: Any) -> None:
         self._sleep_until(fault.at_s)
