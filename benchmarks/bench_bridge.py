@@ -61,7 +61,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -77,6 +76,7 @@ import trio
 
 from benchmarks import limits, loadgen
 from benchmarks.limits import Figure
+from registrygrid.ports import unused_ports
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = 16
@@ -84,12 +84,6 @@ GET_ROUNDS = 3  # interleaved bare/ours GET measurements; the median pair is rep
 NOTE_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "n": {"type": "integer"}},
                "required": ["name"]}
 RECORD = {"name": "bench-record", "n": 1}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -103,7 +97,7 @@ def _node(tmp: Path) -> Iterator[tuple[str, str, int]]:
     # The benchmark measures throughput, so the per-token rate limit must not be what it measures.
     config["bridge"] = {**config["bridge"], "rate_limit": 1e9}
     (home.path / "config.json").write_text(json.dumps(config))
-    port = _free_port()
+    port = unused_ports(1)[0]
     proc = subprocess.Popen([sys.executable, "-m", "registrygrid", "node", "start", "--no-p2p", "--home",
                              str(home.path), "--bridge-port", str(port), "--log-level", "WARNING"],
                             cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

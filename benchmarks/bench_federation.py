@@ -72,7 +72,6 @@ import pstats
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -100,6 +99,7 @@ from registrygrid.node.federation import Federation, FederationConfig
 from registrygrid.node.node import Node
 from registrygrid.node.p2p import P2PHost
 from registrygrid.node.sync import APPLY_CHUNK
+from registrygrid.ports import unused_ports
 from registrygrid.protocol import envelope
 from registrygrid.protocol.envelope import BATCH_DOMAIN
 from registrygrid.record import REPLICATED_FIELDS
@@ -197,12 +197,6 @@ def _trust_envelopes(n: int, batch: int = 2000) -> tuple[list[bytes], int]:
     finally:
         grid.close()
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # ------------------------------------------------------------------ raw limits of the same envelopes
@@ -703,7 +697,7 @@ class PeerProcess:
 
     def __init__(self, home: Home) -> None:
         self.home = home
-        self.port = _free_port()
+        self.port = unused_ports(1)[0]
         self.addr = f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{home.node_key().peer_id}"
         self.log = open(home.path / "node.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "registrygrid", "node", "start", "--home",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ import trio
 from registrygrid.engine.ops import Put, WriteResult
 from registrygrid.errors import KeyRevoked
 from registrygrid.home import Home, read_key_file
+from registrygrid.ports import unused_ports
 from registrygrid.sdk import LocalRegistry
 from registrygrid.storage import records
 from registrygrid.storage.store import Store
@@ -35,17 +35,11 @@ from test_federation_support import CLUSTERS, Member, cluster, eventually, store
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class Follower:
     def __init__(self, root: Path, name: str, *, org_key_file: Path | None = None) -> None:
         self.home = Home(root / name)
         self.home.init(org_name=name, org_key_file=org_key_file)
-        self.port = free_port()
+        self.port = unused_ports(1)[0]
         self.peer_id = self.home.node_key().peer_id
         self.addr = f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{self.peer_id}"
         self.log = root / f"{name}.log"
@@ -96,7 +90,7 @@ async def test_nodes_in_separate_processes_replicate_both_ways_and_after_a_resta
     p1, p2 = followers
     with trio.fail_after(150):
         async with cluster(tmp_path / "inproc") as nodes:
-            writer: Member = await nodes.start("w", listen=f"/ip4/127.0.0.1/tcp/{free_port()}")
+            writer: Member = await nodes.start("w", listen=f"/ip4/127.0.0.1/tcp/{unused_ports(1)[0]}")
             # The followers' orgs are invited into the writer's federation.
             for follower in followers:
                 nodes.admit(follower.home)
@@ -155,7 +149,7 @@ async def test_a_revoked_node_that_keeps_writing_is_refused_by_every_other_node(
     from then on, and never takes what p1 writes next."""
     with trio.fail_after(170):
         async with cluster(tmp_path / "inproc") as nodes:
-            writer: Member = await nodes.start("w", listen=f"/ip4/127.0.0.1/tcp/{free_port()}")
+            writer: Member = await nodes.start("w", listen=f"/ip4/127.0.0.1/tcp/{unused_ports(1)[0]}")
             p1 = Follower(tmp_path, "p1", org_key_file=writer.home.org_key_path)
             p2 = Follower(tmp_path, "p2")
             try:
@@ -228,7 +222,7 @@ async def test_a_non_member_process_is_refused_and_never_gets_a_private_registry
     nothing of w's, private or not."""
     with trio.fail_after(120):
         async with cluster(tmp_path / "inproc") as nodes:
-            writer: Member = await nodes.start("w", listen=f"/ip4/127.0.0.1/tcp/{free_port()}")
+            writer: Member = await nodes.start("w", listen=f"/ip4/127.0.0.1/tcp/{unused_ports(1)[0]}")
             p1, p2 = Follower(tmp_path, "p1"), Follower(tmp_path, "p2")
             try:
                 nodes.admit(p1.home)
