@@ -17,7 +17,7 @@ from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import open_envelope
 from registrygrid.sdk import LocalRegistry
 from registrygrid.storage.migrate import migrate
-from registrygrid.storage.store import Store, StoreFormatError
+from registrygrid.storage.store import STORE_FORMAT, Store, StoreFormatError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store-format-2.tar.gz"
 # Written by the previous version (commit 4052244): node b (key bytes 1..32)
@@ -43,7 +43,7 @@ def test_this_version_refuses_a_format_2_store_and_names_the_migration(tmp_path:
 def test_a_migrated_store_keeps_every_record_and_change_and_verifies(tmp_path: Path) -> None:
     path = format2_store(tmp_path / "s")
     report = migrate(path)
-    assert (report.from_format, report.to_format, report.resumed) == (2, 3, False)
+    assert (report.from_format, report.to_format, report.resumed) == (2, STORE_FORMAT, False)
     grid = LocalRegistry.open_path(path, B_KEY)
     try:
         assert grid.verify().ok
@@ -95,15 +95,15 @@ def test_a_stopped_migration_resumes_and_a_half_migrated_store_is_never_opened(t
     with pytest.raises(KeyboardInterrupt):
         migrate(path, progress=stop_after_two, chunk=10)
     with pytest.raises(StoreFormatError):
-        Store(path)  # still format 2 on disk: half converted, never read as format 3
+        Store(path)  # still format 2 on disk: half converted, never read as current
     report = migrate(path, chunk=10)
-    assert report.resumed and report.to_format == 3
+    assert report.resumed and report.to_format == STORE_FORMAT
     with LocalRegistry.open_path(path, B_KEY) as grid:
         verified = grid.verify()
         assert verified.ok
         assert report.changes == verified.changes - 20  # the stopped run had converted two chunks
         assert grid.state_digest() == DIGEST_BEFORE
-    assert migrate(path).changes == 0  # already format 3: nothing to do
+    assert migrate(path).changes == 0  # already current: nothing to do
 
 
 def test_rgrid_store_migrate_upgrades_a_home_and_verifies_it(tmp_path: Path, rgrid) -> None:  # type: ignore[no-untyped-def]
@@ -117,7 +117,7 @@ def test_rgrid_store_migrate_upgrades_a_home_and_verifies_it(tmp_path: Path, rgr
     proc = rgrid("store", "migrate", "--json", home=home)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["from_format"] == 2 and report["to_format"] == 3 and report["verified"] is True
+    assert report["from_format"] == 2 and report["to_format"] == STORE_FORMAT and report["verified"] is True
     shown = rgrid("get", "grid.tools", "b3", "--json", home=home)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["fields"] == {"name": "b3-renamed"}

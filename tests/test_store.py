@@ -11,14 +11,34 @@ from registrygrid.sdk import LocalRegistry
 from registrygrid.storage.store import STORE_FORMAT, Store, StoreFormatError, key, pack, u64
 
 
-def test_a_store_of_another_format_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("other", [1, STORE_FORMAT + 1])
+def test_a_store_of_another_format_is_refused_with_a_clear_error(tmp_path: Path, other: int) -> None:
     store = Store(tmp_path)
     with store.write() as txn:
-        txn.put(b"format", pack(STORE_FORMAT - 1), db=store.db["meta"])
+        txn.put(b"format", pack(other), db=store.db["meta"])
     store.close()
     for readonly in (False, True):
-        with pytest.raises(StoreFormatError, match=f"format {STORE_FORMAT - 1}; this version reads format"):
+        with pytest.raises(StoreFormatError, match=f"format {other}; this version reads format {STORE_FORMAT}"):
             Store(tmp_path, readonly=readonly)
+
+
+def test_a_format_3_store_is_read_as_it_stands_and_upgraded_by_its_first_writable_open(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with store.write() as txn:
+        txn.put(b"format", pack(3), db=store.db["meta"])
+    store.close()
+
+    reader = Store(tmp_path, readonly=True)
+    assert (reader.found_format, reader.format) == (3, STORE_FORMAT)
+    with reader.read() as txn:
+        assert reader.get_meta(txn, "format") == 3  # a read-only open changes nothing
+    reader.close()
+    writer = Store(tmp_path)
+    assert (writer.found_format, writer.format) == (3, STORE_FORMAT)
+    writer.close()
+    again = Store(tmp_path, readonly=True)
+    assert again.found_format == STORE_FORMAT
+    again.close()
 
 
 def test_chain_heads_and_version_vectors_come_from_each_chains_last_link(tmp_path: Path) -> None:

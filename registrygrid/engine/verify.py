@@ -21,7 +21,7 @@ from typing import Any
 from registrygrid.crdt import resolver
 from registrygrid.crdt.record import RecordDoc, doc_bytes
 from registrygrid.crdt.snapshot import genesis_change, read_snapshot
-from registrygrid.errors import RegistryError
+from registrygrid.errors import IntegrityError, RegistryError
 from registrygrid.protocol.envelope import cid_to_str, open_envelope
 from registrygrid.protocol.merkle import MerkleTree
 from registrygrid.storage import chains as stored_chains
@@ -99,29 +99,32 @@ def verify_store(store: Store) -> VerifyReport:
             if last is None or last[0] != chain:
                 chains += 1
             last = (chain, seq, cid)
-        for k, record in stored_records.iter_stored(store, txn):
-            registry, record_id = k.decode().split("\x00", 1)
-            saved = stored_records.get_document(store, txn, registry, record_id)
-            where = f"record {registry}/{record_id}"
-            try:
-                if saved is not None:
-                    state = RecordDoc.load(doc_bytes(saved)).materialize()
-                else:
-                    state = _snapshot_state(store, txn, registry, record_id)
-            except Exception as exc:
-                return VerifyReport(False, changes, chains, records, f"document does not load: {exc}", where)
-            # A path whose writes conflict shows what the registry's conflict
-            # rule chose (engine/settle.py), not Automerge's own pick; the
-            # record lists each such path, so those are taken as stored.
-            for conflict in record.get("conflicts") or ():
-                path = resolver.unpointer(conflict["path"])
-                state = copy.deepcopy(state)
-                resolver.put_in(state, path, resolver.get_in(record, path))
-            for name in ("kind", "owner", "fields", "tags", "links", "deleted"):
-                if state.get(name) != record.get(name):
-                    return VerifyReport(False, changes, chains, records,
-                                        f"stored {name} differs from its document", where)
-            records += 1
+        try:
+            for k, record in stored_records.iter_stored(store, txn):
+                registry, record_id = k.decode().split("\x00", 1)
+                saved = stored_records.get_document(store, txn, registry, record_id)
+                where = f"record {registry}/{record_id}"
+                try:
+                    if saved is not None:
+                        state = RecordDoc.load(doc_bytes(saved)).materialize()
+                    else:
+                        state = _snapshot_state(store, txn, registry, record_id)
+                except Exception as exc:
+                    return VerifyReport(False, changes, chains, records, f"document does not load: {exc}", where)
+                # A path whose writes conflict shows what the registry's conflict
+                # rule chose (engine/settle.py), not Automerge's own pick; the
+                # record lists each such path, so those are taken as stored.
+                for conflict in record.get("conflicts") or ():
+                    path = resolver.unpointer(conflict["path"])
+                    state = copy.deepcopy(state)
+                    resolver.put_in(state, path, resolver.get_in(record, path))
+                for name in ("kind", "owner", "fields", "tags", "links", "deleted"):
+                    if state.get(name) != record.get(name):
+                        return VerifyReport(False, changes, chains, records,
+                                            f"stored {name} differs from its document", where)
+                records += 1
+        except IntegrityError as exc:  # a stored record's bytes do not decompress
+            return VerifyReport(False, changes, chains, records, exc.message, exc.details.get("where", "records"))
     return VerifyReport(True, changes, chains, records, erased=erased)
 
 

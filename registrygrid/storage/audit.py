@@ -110,7 +110,7 @@ class AuditLedger:
         seq = self.last_seq + 1
         body = _entry_bytes(seq, at_ms, actor, action, target, reason, before, after, change, self.last_hash)
         digest = hashlib.sha256(body).digest()
-        txn.put(u64(seq), pack([body, digest]), db=self.store.db["audit"])
+        txn.put(u64(seq), self.store.values.pack(txn, "audit", pack([body, digest])), db=self.store.db["audit"])
         self.frontier.append(leaf_hash(digest))
         self.last_seq, self.last_hash = seq, digest
         return seq
@@ -151,14 +151,14 @@ class AuditLedger:
                 if since and not ok:
                     ok = cursor.last()
                 while ok and len(out) < limit:
-                    entry = _decode(cursor.value())
+                    entry = _decode(store.values.unpack(txn, "audit", cursor.value(), cursor.key()))
                     if (not since or entry.seq <= since) and (target is None or entry.target == target):
                         out.append(entry)
                     ok = cursor.prev()
             else:
                 if cursor.set_range(u64(since + 1)):
-                    for _, value in cursor:
-                        entry = _decode(value)
+                    for at, value in cursor:
+                        entry = _decode(store.values.unpack(txn, "audit", value, at))
                         if target is not None and entry.target != target:
                             continue
                         out.append(entry)
@@ -185,7 +185,7 @@ class AuditLedger:
             for raw_key, value in txn.cursor(db=store.db["audit"]):
                 seq = from_u64(raw_key)
                 try:
-                    body, digest = unpack(value)
+                    body, digest = unpack(store.values.unpack(txn, "audit", value, raw_key))
                     fields = unpack(body)
                 except Exception:
                     raise IntegrityError(f"audit entry {seq} is not decodable", details={"entry": seq}) from None

@@ -1,6 +1,7 @@
 """Signed changes and the batch signatures that cover them.
 
-    changes  change id -> msgpack [body, batch key | signature, index, path]
+    changes  change id -> msgpack [body, batch key | signature, index, path],
+             compressed (storage/compression.py)
     roots    batch key = Merkle root + u64 size -> msgpack [author, size, signature, leaves]
 
 A batch's signature is stored once, under its root. A batch this node
@@ -71,29 +72,40 @@ def put_batch(store: Store, txn: lmdb.Transaction, drafts: Sequence[Draft], sign
     """A batch this node signed (``drafts[i]`` is leaf i): its signature and
     leaves once, each change without its path."""
     changes = store.db["changes"]
+    pack = store.values.pack
     if signed.size == 1:
-        txn.put(drafts[0].cid, _encode(_StoredChange(drafts[0].body_bytes, signed.signature, 0, [])), db=changes)
+        txn.put(drafts[0].cid, pack(txn, "changes", _encode(_StoredChange(drafts[0].body_bytes, signed.signature,
+                                                                           0, []))), db=changes)
         return
     batch = batch_key(signed.root, signed.size)
     txn.put(batch, _encode(_StoredRoot(signed.author, signed.size, signed.signature,
                                        b"".join(d.cid for d in drafts))), db=store.db["roots"])
     for index, d in enumerate(drafts):
-        txn.put(d.cid, _encode(_StoredChange(d.body_bytes, batch, index, [])), db=changes)
+        txn.put(d.cid, pack(txn, "changes", _encode(_StoredChange(d.body_bytes, batch, index, []))), db=changes)
 
 
 def put_received(store: Store, txn: lmdb.Transaction, env: Envelope) -> None:
     """A change from a peer, with the path it came with."""
     if env.legacy:  # signed alone, in format 1: kept whole
-        txn.put(env.cid, _encode(_StoredChange(env.wire, b"", 0, [])), db=store.db["changes"])
+        _put(store, txn, env.cid, _StoredChange(env.wire, b"", 0, []))
         return
     if env.size == 1:
-        txn.put(env.cid, _encode(_StoredChange(env.body_bytes, env.signature, 0, [])), db=store.db["changes"])
+        _put(store, txn, env.cid, _StoredChange(env.body_bytes, env.signature, 0, []))
         return
     batch = batch_key(env.root, env.size)
     roots = store.db["roots"]
     if txn.get(batch, db=roots) is None:
         txn.put(batch, _encode(_StoredRoot(env.body.author, env.size, env.signature, b"")), db=roots)
-    txn.put(env.cid, _encode(_StoredChange(env.body_bytes, batch, env.index, env.path)), db=store.db["changes"])
+    _put(store, txn, env.cid, _StoredChange(env.body_bytes, batch, env.index, env.path))
+
+
+def _put(store: Store, txn: lmdb.Transaction, cid: bytes, stored: _StoredChange) -> None:
+    txn.put(cid, store.values.pack(txn, "changes", _encode(stored)), db=store.db["changes"])
+
+
+def _stored(store: Store, txn: lmdb.Transaction, cid: bytes) -> _StoredChange | None:
+    raw = txn.get(cid, db=store.db["changes"])
+    return None if raw is None else _change_decoder.decode(store.values.unpack(txn, "changes", raw, cid))
 
 
 def put_erased(store: Store, txn: lmdb.Transaction, cid: bytes) -> None:
@@ -111,10 +123,9 @@ def has(store: Store, txn: lmdb.Transaction, cid: bytes) -> bool:
 
 
 def body(store: Store, txn: lmdb.Transaction, cid: bytes) -> ChangeBody | None:
-    raw = txn.get(cid, db=store.db["changes"])
-    if raw is None:
+    stored = _stored(store, txn, cid)
+    if stored is None:
         return None
-    stored = _change_decoder.decode(raw)
     if not stored.body:  # erased
         return None
     return decode_body(stored.body) if stored.batch else open_envelope(stored.body, verify=False).body
@@ -122,10 +133,9 @@ def body(store: Store, txn: lmdb.Transaction, cid: bytes) -> ChangeBody | None:
 
 def wire(store: Store, txn: lmdb.Transaction, cid: bytes) -> bytes | None:
     """The change's wire bytes: body, inclusion path and its batch's signature."""
-    raw = txn.get(cid, db=store.db["changes"])
-    if raw is None:
+    stored = _stored(store, txn, cid)
+    if stored is None:
         return None
-    stored = _change_decoder.decode(raw)
     if not stored.batch:
         return stored.body or None  # a legacy wire, or b"" when erased
     if len(stored.batch) == _SIGNATURE_BYTES:  # a batch of one
@@ -187,7 +197,7 @@ def adopt_legacy(store: Store, txn: lmdb.Transaction, *, after: bytes | None, li
     while found and seen < limit:
         cid, value = cursor.item()
         if value[:1] == _LEGACY_WIRE:
-            updates.append((cid, _encode(_StoredChange(value, b"", 0, []))))
+            updates.append((cid, store.values.pack(txn, "changes", _encode(_StoredChange(value, b"", 0, [])))))
         seen += 1
         last = cid
         found = cursor.next()

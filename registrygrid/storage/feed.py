@@ -52,12 +52,9 @@ def last_seq(store: Store, txn: lmdb.Transaction) -> int:
 
 
 def append(store: Store, txn: lmdb.Transaction, event: FeedEvent) -> None:
-    txn.put(
-        u64(event.seq),
-        pack([event.type, event.registry, event.record, event.kind, event.change, event.author,
-              list(event.hlc), event.origin]),
-        db=store.db["feed"],
-    )
+    value = pack([event.type, event.registry, event.record, event.kind, event.change, event.author,
+                  list(event.hlc), event.origin])
+    txn.put(u64(event.seq), store.values.pack(txn, "feed", value), db=store.db["feed"])
 
 
 def read(store: Store, *, since: int = 0, limit: int = 1000, registry: str | None = None,
@@ -69,7 +66,7 @@ def read(store: Store, *, since: int = 0, limit: int = 1000, registry: str | Non
         if not cursor.set_range(u64(since + 1)):
             return out
         for raw_key, value in cursor:
-            etype, reg, rec, knd, change, author, hlc, origin = unpack(value)
+            etype, reg, rec, knd, change, author, hlc, origin = unpack(store.values.unpack(txn, "feed", value, raw_key))
             if (registry is not None and reg != registry) or (kind is not None and knd != kind):
                 continue
             out.append(FeedEvent(int.from_bytes(raw_key, "big"), etype, reg, rec, knd, change, author,

@@ -1,4 +1,8 @@
-"""`rgrid store migrate`: upgrade a store to format 3 in place.
+"""`rgrid store migrate`: upgrade a store to the current format in place.
+
+Format 3 -> 4 rewrites nothing (format 4 only adds compressed values beside
+plain ones: storage/compression.py); opening a format-3 store for writing
+upgrades it, and so does this command.
 
 Format 2 -> 3 changes one thing on disk: how a change is stored. A format-2
 store holds wire-format-1 changes (``[body, signature]``, one signature per
@@ -53,9 +57,9 @@ def migrate(path: str | Path, *, progress: Callable[[int, int], None] | None = N
     STORE_FORMAT is left as it is (``changes == 0``)."""
     store = Store(path, formats=(STORE_FORMAT, *MIGRATES_FROM))
     try:
-        found = store.format
-        if found == STORE_FORMAT:
-            return MigrationReport(found, found, 0, False)
+        found = store.found_format
+        if store.format == STORE_FORMAT:  # current, or adopted as it stands (format 3: see ADOPTS)
+            return MigrationReport(found, STORE_FORMAT, 0, False)
         if found != 2:
             raise StoreFormatError(f"no migration from store format {found}")
         with store.read() as txn:
@@ -69,7 +73,7 @@ def migrate(path: str | Path, *, progress: Callable[[int, int], None] | None = N
                 if batch.last is not None:
                     cursor = batch.last
                     store.put_meta(txn, _CURSOR, cursor)
-                else:  # every change converted: the store is format 3 from this commit on
+                else:  # every change converted: the store is current from this commit on
                     store.put_meta(txn, "format", STORE_FORMAT)
                     txn.delete(_CURSOR.encode(), db=store.db["meta"])
             done += batch.seen

@@ -65,7 +65,8 @@ def index_keys(record: dict[str, Any]) -> set[bytes]:
 
 
 def put_record(store: Store, txn: lmdb.Transaction, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
-    txn.put(record_key(new["registry"], new["id"]), _encode_record(new), db=store.db["records"])
+    record_at = record_key(new["registry"], new["id"])
+    txn.put(record_at, store.values.pack(txn, "records", _encode_record(new)), db=store.db["records"])
     indexes = store.db["indexes"]
     if old is None:  # a create: every key is new (the common case, so no set arithmetic)
         registry, record_id = new["registry"], new["id"]
@@ -95,8 +96,10 @@ def delete_record(store: Store, txn: lmdb.Transaction, old: dict[str, Any]) -> N
 
 
 def get_record(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> dict[str, Any] | None:
-    raw = txn.get(record_key(registry, record_id), db=store.db["records"])
-    return None if raw is None else _decode_record(registry, record_id, raw)
+    record_at = record_key(registry, record_id)
+    raw = txn.get(record_at, db=store.db["records"])
+    return None if raw is None else _decode_record(registry, record_id,
+                                                   store.values.unpack(txn, "records", raw, record_at))
 
 
 def iter_records(
@@ -131,15 +134,16 @@ def iter_records(
     if source is None:
         prefix = b"" if registry is None else key(registry) + SEP
         for k, value in store.iter_prefix(txn, "records", prefix, start=start):
-            record = _decode_keyed(k, value)
+            record = _decode_keyed(k, store.values.unpack(txn, "records", value, k))
             if _matches(record, registry, kind, owner, tag):
                 yield record
         return
     for reg, rec in source:
-        raw = txn.get(record_key(reg, rec), db=records)
+        record_at = record_key(reg, rec)
+        raw = txn.get(record_at, db=records)
         if raw is None:
             continue
-        record = _decode_record(reg, rec, raw)
+        record = _decode_record(reg, rec, store.values.unpack(txn, "records", raw, record_at))
         if _matches(record, registry, kind, owner, tag):
             yield record
 
@@ -329,4 +333,4 @@ def is_refused(store: Store, txn: lmdb.Transaction, registry: str, record_id: st
 def iter_stored(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[bytes, dict[str, Any]]]:
     """Every materialized record with its key (registry \\0 id), in key order."""
     for k, raw in txn.cursor(db=store.db["records"]):
-        yield k, _decode_keyed(k, raw)
+        yield k, _decode_keyed(k, store.values.unpack(txn, "records", raw, k))

@@ -58,6 +58,7 @@ import lmdb
 import msgspec
 
 from registrygrid.errors import IntegrityError, Unavailable
+from registrygrid.storage.compression import ValueCodec
 
 SUBDATABASES = (
     "meta",
@@ -90,9 +91,15 @@ SUBDATABASES = (
 # 3: wire format 2. A change is stored as its body and batch proof, its
 # batch's signature once under the batch root ("roots"); a create is a
 # snapshot, so a record has no Automerge document until its first update.
-STORE_FORMAT = 3
+# 4: values of changes, records, feed and audit may be compressed against
+# dictionaries of the store's own values (storage/compression.py); plain
+# values read as before, so a format-3 store is format 4 as it stands.
+STORE_FORMAT = 4
 # Formats `rgrid store migrate` upgrades in place (storage/migrate.py).
 MIGRATES_FROM = (2,)
+# Formats this version reads as they are: the first writable open sets the
+# store's format to STORE_FORMAT (after which older versions refuse it).
+ADOPTS = (3,)
 
 # LMDB reserves address space, not disk: on Linux the file grows only as
 # pages are written, so a generous map costs nothing until used. 64 GiB
@@ -276,8 +283,15 @@ class Store:
                 # lacks the newer sub-databases; they are empty by definition.
                 continue
         self._gate = _ReaderGate()
+        self.values = ValueCodec(self)
         with self.env.begin(write=not readonly) as txn:
             fmt = txn.get(b"format", db=self.db["meta"]) if "meta" in self.db else None
+            # The format on disk when opened (``format`` is what it is now).
+            self.found_format = unpack(fmt) if fmt is not None else STORE_FORMAT
+            if fmt is not None and unpack(fmt) in ADOPTS and STORE_FORMAT in formats:
+                if not readonly:
+                    txn.put(b"format", pack(STORE_FORMAT), db=self.db["meta"])
+                fmt = pack(STORE_FORMAT)
             if fmt is None and not readonly:
                 txn.put(b"format", pack(STORE_FORMAT), db=self.db["meta"])
             elif fmt is not None and unpack(fmt) not in formats:
@@ -290,6 +304,8 @@ class Store:
                 raise StoreFormatError(
                     f"the store in {self.path} has format {found}; this version reads format {STORE_FORMAT}. "
                     "Move it aside and start afresh: a node refills from its federation's peers.")
+            if "meta" in self.db:
+                self.values.load(txn)
         self.format = unpack(fmt) if fmt is not None else STORE_FORMAT
 
     def close(self) -> None:

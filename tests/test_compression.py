@@ -1,0 +1,208 @@
+"""Stored values compressed against dictionaries of the store's own values
+(storage/compression.py): smaller, read back exactly, readable by any
+process, never referring to a dictionary the store lacks, and damage to
+them is named by verify."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from registrygrid.engine.ops import Put
+from registrygrid.errors import IntegrityError
+from registrygrid.protocol.envelope import cid_from_str
+from registrygrid.sdk import LocalRegistry
+from registrygrid.storage import records as stored_records
+from registrygrid.storage.audit import AuditLedger
+from registrygrid.storage.compression import FIRST_AFTER, MARK, SECOND_AFTER, dictionary_key
+from registrygrid.storage.store import Store, u64
+
+CLUSTERS = "grid.clusters"
+
+
+def cluster(i: int) -> dict[str, str]:
+    return {"name": f"cluster-{i:07d}", "region": ("eu-west-1", "us-east-1")[i % 2], "status": "active"}
+
+
+def fill(grid: LocalRegistry, count: int, *, start: int = 0) -> list[str]:
+    return [r.record_id for r in grid.put_many([Put(CLUSTERS, "cluster", cluster(i), record_id=f"c{i:06d}")
+                                                for i in range(start, start + count)])]
+
+
+def stored(store: Store, db: str) -> dict[bytes, bytes]:
+    with store.read() as txn:
+        return dict(txn.cursor(db=store.db[db]))
+
+
+def test_values_are_stored_compressed_once_a_dictionary_exists_and_read_back_exactly(
+        grid: LocalRegistry) -> None:
+    ids = fill(grid, 2 * FIRST_AFTER)
+
+    changes = stored(grid.store, "changes")
+    compressed = [v for v in changes.values() if v[0] == MARK]
+    assert compressed and len(compressed) < len(changes)  # the first values were written before any dictionary
+    records = stored(grid.store, "records")
+    with grid.store.read() as txn:
+        plain = {k: grid.store.values.unpack(txn, "records", v, k) for k, v in records.items()}
+    assert sum(len(v) for v in records.values()) < 0.75 * sum(len(v) for v in plain.values())
+    for i, record_id in enumerate(ids):
+        assert grid.get(CLUSTERS, record_id)["fields"] == cluster(i)
+    assert grid.verify().ok
+    assert grid.store.values.generations() == {"changes": 1, "records": 1, "feed": 1, "audit": 1}
+
+
+def test_a_new_generation_follows_the_workload_and_old_values_stay_readable(grid: LocalRegistry) -> None:
+    ids = fill(grid, FIRST_AFTER + SECOND_AFTER + 10)
+
+    assert grid.store.values.generations()["records"] == 2
+    with grid.store.read() as txn:
+        generations = {v[1] for v in txn.cursor(db=grid.store.db["records"]).iternext(keys=False) if v[0] == MARK}
+    assert generations == {1, 2}
+    assert [grid.get(CLUSTERS, i)["fields"]["name"] for i in ids[::97]] == [cluster(i)["name"]
+                                                                             for i in range(0, len(ids), 97)]
+    assert grid.verify().ok
+
+
+def test_a_dictionary_made_in_an_aborted_transaction_is_never_referred_to(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    plain = [os.urandom(8) + b"the same words again and again " * 4 for _ in range(FIRST_AFTER)]
+
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort), store.write() as txn:
+        for i, value in enumerate(plain):  # the last one makes generation 1, in this transaction
+            txn.put(u64(i), store.values.pack(txn, "feed", value), db=store.db["feed"])
+        assert store.values.generations()["feed"] == 1
+        raise Abort
+    with store.write() as txn:
+        packed = store.values.pack(txn, "feed", plain[0])
+        assert txn.get(dictionary_key("feed", 1), db=store.db["meta"]) is None
+        assert packed == plain[0]  # no dictionary: kept plain
+        txn.put(u64(0), packed, db=store.db["feed"])
+    assert store.values.generations()["feed"] == 0
+    store.close()
+    reopened = Store(tmp_path / "s")
+    with reopened.read() as txn:
+        assert reopened.values.unpack(txn, "feed", txn.get(u64(0), db=reopened.db["feed"]), u64(0)) == plain[0]
+    reopened.close()
+
+
+READER = """
+import sys, json
+from registrygrid.storage.store import Store
+from registrygrid.storage import records
+store = Store(sys.argv[1], readonly=True)
+print("open", flush=True)
+sys.stdin.readline()
+with store.read() as txn:
+    print(json.dumps(records.get_record(store, txn, "grid.clusters", sys.argv[2])["fields"]), flush=True)
+"""
+
+
+def test_a_reader_process_opened_before_a_dictionary_was_made_finds_it_in_the_store(tmp_path: Path) -> None:
+    writer = LocalRegistry.open_path(tmp_path / "s")
+    fill(writer, 1)  # no dictionary yet
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(tmp_path / "s"), "c000095"], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert reader.stdout is not None and reader.stdout.readline() == "open\n"
+        fill(writer, 3 * FIRST_AFTER, start=1)
+        assert writer.store.values.generations()["records"] == 1
+
+        out, _ = reader.communicate("go\n", timeout=60)
+        assert json.loads(out) == cluster(95)
+    finally:
+        reader.kill()
+        writer.close()
+
+
+def test_a_value_compression_would_not_shrink_is_kept_plain(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    with store.write() as txn:
+        for i in range(FIRST_AFTER):
+            txn.put(u64(i), store.values.pack(txn, "feed", b"a feed event like the others %d" % i),
+                    db=store.db["feed"])
+        assert store.values.generations()["feed"] == 1
+        noise = os.urandom(300)
+        assert store.values.pack(txn, "feed", noise) == noise
+        assert store.values.pack(txn, "feed", b"a feed event like the others 7")[0] == MARK
+    store.close()
+
+
+def test_readers_on_many_threads_decompress_while_the_writer_writes(grid: LocalRegistry) -> None:
+    ids = fill(grid, 4 * FIRST_AFTER)
+    wrong: list[str] = []
+    done = threading.Event()
+
+    def read_all() -> None:
+        while not done.is_set():
+            for i, record_id in enumerate(ids):
+                if grid.get(CLUSTERS, record_id)["fields"] != cluster(i):
+                    wrong.append(record_id)
+
+    readers = [threading.Thread(target=read_all) for _ in range(4)]
+    for thread in readers:
+        thread.start()
+    try:
+        for round_ in range(5):
+            fill(grid, 300, start=10_000 + 300 * round_)
+    finally:
+        done.set()
+        for thread in readers:
+            thread.join()
+    assert wrong == []
+    assert grid.verify().ok
+
+
+def _flip(store: Store, db: str, key: bytes, at: int) -> None:
+    with store.env.begin(write=True) as txn:
+        value = bytearray(txn.get(key, db=store.db[db]))
+        assert value[0] == MARK
+        value[at] ^= 0xFF
+        txn.put(key, bytes(value), db=store.db[db])
+
+
+@pytest.mark.parametrize("at", [1, 2, 3, 8, -1])
+def test_verify_names_a_change_whose_compressed_bytes_were_damaged(grid: LocalRegistry, at: int) -> None:
+    fill(grid, 2 * FIRST_AFTER)
+    target = grid.put(CLUSTERS, "cluster", cluster(1), id="target")
+    cid = cid_from_str(target.change_id)
+
+    _flip(grid.store, "changes", cid, at)
+
+    report = grid.verify()
+    assert not report.ok
+    assert report.where == f"change {target.change_id}"
+
+
+@pytest.mark.parametrize("at", [1, 2, 3, -1])
+def test_verify_names_a_record_whose_compressed_bytes_were_damaged(grid: LocalRegistry, at: int) -> None:
+    fill(grid, 2 * FIRST_AFTER)
+    grid.put(CLUSTERS, "cluster", cluster(1), id="target")
+
+    _flip(grid.store, "records", stored_records.record_key(CLUSTERS, "target"), at)
+
+    report = grid.verify()
+    assert not report.ok
+    assert report.where == f"record {CLUSTERS}/target"
+
+
+def test_audit_verify_names_an_entry_whose_compressed_bytes_were_damaged(grid: LocalRegistry) -> None:
+    fill(grid, 2 * FIRST_AFTER)
+    with grid.store.read() as txn:
+        last = txn.cursor(db=grid.store.db["audit"])
+        last.last()
+        seq = int.from_bytes(last.key(), "big")
+
+    _flip(grid.store, "audit", u64(seq), 2)
+
+    with pytest.raises(IntegrityError) as caught:
+        AuditLedger.verify(grid.store)
+    assert caught.value.details == {"entry": seq}
