@@ -206,3 +206,21 @@ def test_audit_verify_names_an_entry_whose_compressed_bytes_were_damaged(grid: L
     with pytest.raises(IntegrityError) as caught:
         AuditLedger.verify(grid.store)
     assert caught.value.details == {"entry": seq}
+
+
+def test_dictionaries_learn_no_record_content_so_an_erasure_leaves_none_in_them(grid: LocalRegistry) -> None:
+    """A dictionary is never removed, and an erasure removes a record's
+    change bodies and materialized record: what the changes' and records'
+    dictionaries learn is their shape and names, never ids, values, tags or
+    links."""
+    secret = "patient-4471-ssn-078051120"
+    grid.put_many([Put(CLUSTERS, "cluster", {"name": f"{secret}-{i}", "region": secret}, tags=[secret],
+                       record_id=f"{secret}-{i}") for i in range(3 * FIRST_AFTER)])
+
+    with grid.store.read() as txn:
+        dictionaries = {k: v for k, v in txn.cursor(db=grid.store.db["meta"]) if k.startswith(b"zdict")}
+    assert {k.split(b"\x00")[1] for k in dictionaries} == {b"changes", b"records", b"feed", b"audit"}
+    for k, content in dictionaries.items():
+        if k.split(b"\x00")[1] in (b"changes", b"records"):
+            assert secret.encode() not in content, k
+            assert b"region" in content and b"did:key:" in content  # names and identities are what repeats

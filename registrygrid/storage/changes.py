@@ -108,6 +108,31 @@ def _stored(store: Store, txn: lmdb.Transaction, cid: bytes) -> _StoredChange | 
     return None if raw is None else _change_decoder.decode(store.values.unpack(txn, "changes", raw, cid))
 
 
+def skeleton_value(plain: bytes) -> bytes:
+    """A stored change's value with its content taken out: its body keeps
+    registry, op, kind, schema and author, and a snapshot's payload its owner,
+    creator and field names, but no record ID, field value, tag, link, hash
+    or signature. That is what a compression dictionary may learn from it
+    (storage/compression.py): dictionaries are never erased, so they must not
+    hold what an erasure removes."""
+    stored = _change_decoder.decode(plain)
+    if not stored.batch or not stored.body:  # a legacy wire, or erased
+        return b""
+    body = decode_body(stored.body)
+    payload = b""
+    if body.is_snapshot:
+        snapshot = msgspec.msgpack.decode(body.payload)
+        snapshot.update(fields=dict.fromkeys(snapshot.get("fields") or {}), tags=[], links=[])
+        payload = _encode_sorted(snapshot)
+    bare = ChangeBody(body.v, body.registry, "", body.op, body.kind, body.schema, body.author, 0, b"", (0, 0), [],
+                      b"", payload)
+    return _encode(_StoredChange(_encode(bare), b"", 0, []))
+
+
+def _encode_sorted(value: object) -> bytes:
+    return msgspec.msgpack.encode(value, order="sorted")
+
+
 def put_erased(store: Store, txn: lmdb.Transaction, cid: bytes) -> None:
     """Keep change ``cid`` without its bytes (an erasure): the body goes,
     the entry stays."""

@@ -1,4 +1,10 @@
-"""`rgrid store compact`: rewrite the store without its free pages.
+"""`rgrid store compact`: compress what is stored plain, then rewrite the
+store without its free pages.
+
+Values written before their sub-database had a compression dictionary (a
+store upgraded from format 3, or a store's first few dozen values) are
+stored plain (storage/compression.py); compaction first packs them, in
+write transactions of ``CHUNK`` values, so a stopped run keeps what it did.
 
 LMDB never overwrites a page a reader may still see: a page a transaction
 frees goes on its free list, with its old bytes, until a later write reuses
@@ -22,8 +28,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from registrygrid.storage.compression import COMPRESSED, MARK
 from registrygrid.storage.store import Store
 
+CHUNK = 10_000
+_SMALLEST = 16  # shorter values never shrink (and an erased change's marker must stay as it is)
 _COPY = "compact.tmp"
 _DATA = "data.mdb"
 
@@ -32,10 +41,11 @@ _DATA = "data.mdb"
 class CompactReport:
     bytes_before: int
     bytes_after: int
+    repacked: int  # values that were stored plain and are now compressed
 
     def to_dict(self) -> dict[str, int]:
         return {"bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
-                "bytes_freed": self.bytes_before - self.bytes_after}
+                "bytes_freed": self.bytes_before - self.bytes_after, "repacked": self.repacked}
 
 
 def compact(store_path: Path) -> CompactReport:
@@ -46,6 +56,7 @@ def compact(store_path: Path) -> CompactReport:
     before = (store_path / _DATA).stat().st_size
     store = Store(store_path)
     try:
+        repacked = repack(store)
         store.copy_compacted(copy_dir)
     finally:
         store.close()
@@ -59,4 +70,32 @@ def compact(store_path: Path) -> CompactReport:
     finally:
         os.close(directory)
     shutil.rmtree(copy_dir, ignore_errors=True)
-    return CompactReport(before, (store_path / _DATA).stat().st_size)
+    return CompactReport(before, (store_path / _DATA).stat().st_size, repacked)
+
+
+def repack(store: Store, *, chunk: int = CHUNK) -> int:
+    """Compress the values of ``store`` that are stored plain, where that
+    makes them smaller; the number rewritten."""
+    repacked = 0
+    for db in COMPRESSED:
+        after: bytes | None = None
+        more = True
+        while more:
+            with store.write() as txn:
+                cursor = txn.cursor(db=store.db[db])
+                more = cursor.set_range(after + b"\x00") if after is not None else cursor.first()
+                updates = []
+                for _ in range(chunk):
+                    if not more:
+                        break
+                    k, value = cursor.item()
+                    if len(value) >= _SMALLEST and value[0] != MARK:
+                        packed = store.values.pack(txn, db, value)
+                        if packed != value:
+                            updates.append((k, packed))
+                    after = k
+                    more = cursor.next()
+                for k, packed in updates:
+                    txn.put(k, packed, db=store.db[db])
+                repacked += len(updates)
+    return repacked

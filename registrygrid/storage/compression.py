@@ -21,7 +21,7 @@ store holds both, and nothing needs rewriting to read it.
 Dictionaries are raw content rather than trained (zstd's trainer takes
 30-70 ms and gained ~10% more); a generation is made, inside the write
 transaction that first packs with it, from the last ``SAMPLES`` values the
-writer packed, first after ``FIRST_AFTER`` values, then after 4x as many
+writer packed (for changes and records, their skeletons: see ``skeleton``), first after ``FIRST_AFTER`` values, then after 4x as many
 values each time (1,024, 4,096, ... ), so the dictionary follows the
 workload as it drifts. Generations are never changed or removed, so every
 value stays readable; a value is kept plain where compressing it does not
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import zstandard
 
-from registrygrid.errors import IntegrityError
+from registrygrid.errors import IntegrityError, RegistryError
 
 if TYPE_CHECKING:
     import lmdb
@@ -120,7 +120,7 @@ class ValueCodec:
         return packed if len(packed) < len(value) else value
 
     def _make_generation(self, txn: lmdb.Transaction, db: str, generation: int) -> int:
-        content = b"".join(self._samples[db])
+        content = b"".join(skeleton(db, value) for value in self._samples[db])
         txn.put(dictionary_key(db, generation), content, db=self._store.db["meta"])
         self._contents[(db, generation)] = content
         self._newest[db] = generation
@@ -186,6 +186,24 @@ class ValueCodec:
     def generations(self) -> dict[str, int]:
         """The newest dictionary generation of each sub-database (0: none yet)."""
         return {db: self._newest.get(db, 0) for db in COMPRESSED}
+
+
+def skeleton(db: str, plain: bytes) -> bytes:
+    """What a dictionary may learn from a plain value of ``db``. Erasure
+    removes a record's change bodies and materialized record, and a
+    dictionary is never removed, so changes and records give only their
+    shape and names (storage/changes.py, storage/records.py); feed events
+    and audit entries are kept through an erasure, so they give themselves."""
+    from registrygrid.storage import changes, records
+
+    try:
+        if db == "changes":
+            return changes.skeleton_value(plain)
+        if db == "records":
+            return records.skeleton_value(plain)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, RegistryError):  # msgspec errors are ValueErrors
+        return b""  # a value we cannot read teaches nothing
+    return plain
 
 
 def describe(db: str, key: bytes) -> str:

@@ -35,6 +35,19 @@ def _encode_record(record: dict[str, Any]) -> bytes:
     return pack(row)
 
 
+def skeleton_value(plain: bytes) -> bytes:
+    """A stored record's value with its content taken out (tags, links, the
+    values of its fields, its change ID): what a compression dictionary may
+    learn from it (storage/compression.py). A dictionary is never erased,
+    so it must not hold what an erasure removes."""
+    row = unpack(plain)
+    if not isinstance(row, list) or len(row) < len(_ROW) or not isinstance(row[5], dict):
+        return b""  # a format-2 map, or not a record: nothing to learn
+    row = row[:len(_ROW)]
+    row[3], row[4], row[5], row[11] = [], [], dict.fromkeys(row[5]), ""
+    return pack(row)
+
+
 def _decode_record(registry: str, record_id: str, raw: bytes) -> dict[str, Any]:
     value = unpack(raw)
     if isinstance(value, dict):  # written by store format 2 (a migrated store): a map already
