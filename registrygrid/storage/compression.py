@@ -55,7 +55,7 @@ FIRST_AFTER = 32
 SECOND_AFTER = 1_024
 GROWTH = 4
 LAST_GENERATION = 255
-LEVEL = 3
+LEVEL = -1  # zstd's fast mode: on record-sized values as small as levels 1 and 3 make them, at a third of the time
 
 
 def dictionary_key(db: str, generation: int) -> bytes:
@@ -67,6 +67,23 @@ def _due(generation: int) -> int:
     return FIRST_AFTER if generation == 0 else SECOND_AFTER * GROWTH ** (generation - 1)
 
 
+class _Lane:
+    """The writer's packing state for one sub-database."""
+
+    __slots__ = ("compressor", "due", "generation", "header", "made_in", "samples", "since")
+
+    def __init__(self) -> None:
+        self.generation = 0  # the newest dictionary (0: none yet)
+        self.header = b""
+        self.compressor: zstandard.ZstdCompressor | None = None
+        self.since = 0  # values packed since that generation was made (or the store opened)
+        self.due = _due(0)
+        self.samples = collections.deque[bytes](maxlen=SAMPLES)
+        # The transaction that made ``generation``, until another one is
+        # seen: if it aborted, the generation never existed.
+        self.made_in: lmdb.Transaction | None = None
+
+
 class ValueCodec:
     """The packing state of one store: its dictionaries, newest per
     sub-database, and the recent plain values the next one is made from."""
@@ -74,18 +91,12 @@ class ValueCodec:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._contents: dict[tuple[str, int], bytes] = {}  # the dictionaries' bytes
-        self._newest: dict[str, int] = {}
-        self._compressors: dict[tuple[str, int], zstandard.ZstdCompressor] = {}
-        self._samples = {db: collections.deque[bytes](maxlen=SAMPLES) for db in COMPRESSED}
-        self._packed_since = dict.fromkeys(COMPRESSED, 0)
-        # A generation made in a transaction that has not ended yet: if that
-        # transaction aborts, the generation never existed.
-        self._unconfirmed: dict[str, tuple[int, lmdb.Transaction]] = {}
+        self._lanes = {db: _Lane() for db in COMPRESSED}
         self._local = threading.local()
         self._epoch = 0  # bumped when a generation is forgotten: readers drop their decompressors
 
     def load(self, txn: lmdb.Transaction) -> None:
-        """Learn the store's newest generation of each sub-database."""
+        """Learn the store's dictionaries, and the newest of each sub-database."""
         meta = self._store.db["meta"]
         cursor = txn.cursor(db=meta)
         prefix = b"zdict\x00"
@@ -96,55 +107,51 @@ class ValueCodec:
                 db, _, generation = k[len(prefix):].rpartition(b"\x00")
                 name, gen = db.decode(), generation[0]
                 self._contents[(name, gen)] = bytes(value)
-                self._newest[name] = max(self._newest.get(name, 0), gen)
+                if name in self._lanes and gen > self._lanes[name].generation:
+                    self._use(self._lanes[name], name, gen)
 
     # ---- writing
 
     def pack(self, txn: lmdb.Transaction, db: str, value: bytes) -> bytes:
         """``value`` (plain msgpack) as it is to be stored in ``db``."""
-        generation = self._confirmed_newest(txn, db)
-        self._samples[db].append(value)
-        self._packed_since[db] += 1
-        if (self._packed_since[db] >= _due(generation) and generation < LAST_GENERATION
-                and len(self._samples[db]) == SAMPLES):
-            generation = self._make_generation(txn, db, generation + 1)
-        if generation == 0:
+        lane = self._lanes[db]
+        if lane.made_in is not None and lane.made_in is not txn:
+            self._confirm(txn, db, lane)
+        lane.samples.append(value)
+        lane.since += 1
+        if lane.since >= lane.due and lane.generation < LAST_GENERATION and len(lane.samples) == SAMPLES:
+            self._make_generation(txn, db, lane)
+        if lane.compressor is None:
             return value
-        compressor = self._compressors.get((db, generation))
-        if compressor is None:
-            compressor = zstandard.ZstdCompressor(level=LEVEL, dict_data=_dictionary(self._contents[(db, generation)]),
-                                                  write_checksum=False, write_content_size=True,
-                                                  write_dict_id=False)
-            self._compressors[(db, generation)] = compressor
-        packed = bytes((MARK, generation)) + compressor.compress(value)
+        packed = lane.header + lane.compressor.compress(value)
         return packed if len(packed) < len(value) else value
 
-    def _make_generation(self, txn: lmdb.Transaction, db: str, generation: int) -> int:
-        content = b"".join(skeleton(db, value) for value in self._samples[db])
+    def _use(self, lane: _Lane, db: str, generation: int) -> None:
+        lane.generation, lane.header, lane.due = generation, bytes((MARK, generation)), _due(generation)
+        lane.compressor = None
+        if generation:
+            dictionary = _dictionary(self._contents[(db, generation)])
+            dictionary.precompute_compress(level=LEVEL)  # digested once, not at every value
+            lane.compressor = zstandard.ZstdCompressor(level=LEVEL, dict_data=dictionary, write_checksum=False,
+                                                       write_content_size=True, write_dict_id=False)
+
+    def _make_generation(self, txn: lmdb.Transaction, db: str, lane: _Lane) -> None:
+        generation = lane.generation + 1
+        content = b"".join(skeleton(db, value) for value in lane.samples)
         txn.put(dictionary_key(db, generation), content, db=self._store.db["meta"])
         self._contents[(db, generation)] = content
-        self._newest[db] = generation
-        self._unconfirmed[db] = (generation, txn)
-        self._packed_since[db] = 0
-        return generation
+        self._use(lane, db, generation)
+        lane.made_in, lane.since = txn, 0
 
-    def _confirmed_newest(self, txn: lmdb.Transaction, db: str) -> int:
-        generation = self._newest.get(db, 0)
-        pending = self._unconfirmed.get(db)
-        if pending is not None and pending[1] is not txn:
-            # The transaction that made it has ended (LMDB runs one write
-            # transaction at a time): it committed, or the dictionary is gone.
-            del self._unconfirmed[db]
-            if txn.get(dictionary_key(db, pending[0]), db=self._store.db["meta"]) is None:
-                self._forget(db, pending[0])
-                generation = self._newest.get(db, 0)
-        return generation
-
-    def _forget(self, db: str, generation: int) -> None:
-        self._contents.pop((db, generation), None)
-        self._compressors.pop((db, generation), None)
-        self._newest[db] = generation - 1
-        self._epoch += 1
+    def _confirm(self, txn: lmdb.Transaction, db: str, lane: _Lane) -> None:
+        """The transaction that made the lane's generation has ended (LMDB
+        runs one write transaction at a time): it committed, or its
+        dictionary is gone and so is every value packed with it."""
+        lane.made_in = None
+        if txn.get(dictionary_key(db, lane.generation), db=self._store.db["meta"]) is None:
+            self._contents.pop((db, lane.generation), None)
+            self._epoch += 1
+            self._use(lane, db, lane.generation - 1)
 
     # ---- reading
 
@@ -185,7 +192,7 @@ class ValueCodec:
 
     def generations(self) -> dict[str, int]:
         """The newest dictionary generation of each sub-database (0: none yet)."""
-        return {db: self._newest.get(db, 0) for db in COMPRESSED}
+        return {db: lane.generation for db, lane in self._lanes.items()}
 
 
 def skeleton(db: str, plain: bytes) -> bytes:
