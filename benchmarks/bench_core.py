@@ -17,7 +17,8 @@ Prints, in one run:
   - the ratios. Goals (wire format 2): batched writes >= 50% of the raw
     limit and >= 80% of the design floor. ``--floors`` also prints the
     floor of the previous design (an Automerge change and a signature per
-    write) and the two halves of the change.
+    write) and the two halves of the change, all with values stored plain,
+    and this design's floor with values stored plain (store format 3).
 
     python -m benchmarks.bench_core [--n 20000] [--batch 1000] [--json]
 """
@@ -30,6 +31,8 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -46,7 +49,8 @@ def _function_fields(i: int, rng: random.Random) -> dict:
     return fields
 
 
-def design_floor(n: int, batch: int, *, automerge: bool = False, sign_each: bool = False) -> Figure:
+def design_floor(n: int, batch: int, *, automerge: bool = False, sign_each: bool = False,
+                 compress: bool = True) -> Figure:
     """The bare library calls of one registry write, batched like group commit.
 
     Per record (wire format 2, the defaults): the record's snapshot as
@@ -54,14 +58,17 @@ def design_floor(n: int, batch: int, *, automerge: bool = False, sign_each: bool
     CID; per batch, the RFC 6962 Merkle tree of the IDs and one Ed25519
     signature; then the puts our store makes (change with its batch
     reference, chain link, history link beside the record, record, four
-    index keys, feed, audit entry; the batch's signature and leaves once) with values of the same sizes. No
-    validation, no clock, no ID text, no digests, no dictionaries: a
-    floor, not a competitor.
+    index keys, feed, audit entry; the batch's signature and leaves once) with values of the same sizes,
+    the change, record, feed and audit values compressed as store format 4
+    does (zstd's fast mode against a raw-content dictionary of such values,
+    made before the clock starts). No validation, no clock, no ID text, no
+    digests: a floor, not a competitor.
 
     ``automerge=True`` and ``sign_each=True`` price the previous design
     (``--floors``): an Automerge change of the record instead of a
     snapshot (with its document and Automerge hash stored), and an Ed25519
-    signature per change.
+    signature per change; both with ``compress=False``, as store format 3
+    stored values.
     """
     import hashlib
     import os
@@ -82,6 +89,7 @@ def design_floor(n: int, batch: int, *, automerge: bool = False, sign_each: bool
     dbs = {name: env.open_db(name.encode()) for name in names}
     prev = b""
     leaves: list[bytes] = []
+    squeeze = _compressors(fields[:32], pack) if compress else None
     try:
         t0 = time.perf_counter()
         for start in range(0, n, batch):
@@ -108,6 +116,12 @@ def design_floor(n: int, batch: int, *, automerge: bool = False, sign_each: bool
                     prev = cid
                     rid = record_id.encode()
                     record = pack({"id": record_id, "fields": fields[i], "change_id": cid, "revision": 1})
+                    feed = pack(["created", "grid.functions", record_id, cid])
+                    entry = pack([i, "create", record_id, prev])
+                    audit = pack([entry, hashlib.sha256(entry).digest()])
+                    if squeeze is not None:
+                        wire, record, feed, audit = (squeeze[0].compress(wire), squeeze[1].compress(record),
+                                                     squeeze[2].compress(feed), squeeze[3].compress(audit))
                     txn.put(cid, wire, db=dbs["changes"])
                     txn.put(b"grid.functions\x00did\x00" + i.to_bytes(8, "big"), cid, db=dbs["chains"])
                     doc_key = b"grid.functions\x00" + rid
@@ -118,9 +132,8 @@ def design_floor(n: int, batch: int, *, automerge: bool = False, sign_each: bool
                     txn.put(doc_key, record, db=dbs["records"])
                     for prefix in (b"k", b"o", b"tinference", b"ttext"):
                         txn.put(prefix + b"\x00grid.functions\x00" + rid, b"", db=dbs["indexes"])
-                    txn.put(i.to_bytes(8, "big"), pack(["created", "grid.functions", record_id, cid]), db=dbs["feed"])
-                    entry = pack([i, "create", record_id, prev])
-                    txn.put(i.to_bytes(8, "big"), pack([entry, hashlib.sha256(entry).digest()]), db=dbs["audit"])
+                    txn.put(i.to_bytes(8, "big"), feed, db=dbs["feed"])
+                    txn.put(i.to_bytes(8, "big"), audit, db=dbs["audit"])
                 if leaves:
                     root = MerkleTree(leaves).root
                     txn.put(root, pack(["did:key:z6Mk", len(leaves), crypto_sign(root, secret)[:64],
@@ -131,8 +144,38 @@ def design_floor(n: int, batch: int, *, automerge: bool = False, sign_each: bool
         env.close()
         shutil.rmtree(path, ignore_errors=True)
     label = "design floor: " + ("Automerge" if automerge else "snapshot") + (
-        " + sign each" if sign_each else " + one signature per batch") + " + puts, no logic"
+        " + sign each" if sign_each else " + one signature per batch") + (
+        " + compressed" if compress else "") + " + puts, no logic"
     return Figure(label, n / elapsed, "records/s", f"n={n}, batch {batch}, durable")
+
+
+def _compressors(sample_fields: list[dict], pack: Callable[..., bytes]) -> list[Any]:
+    """zstd compressors for the change, record, feed and audit values, each
+    with a raw-content dictionary of such values (storage/compression.py)."""
+    import hashlib
+
+    import zstandard
+
+    samples: list[list[bytes]] = [[], [], [], []]
+    for i, fields in enumerate(sample_fields):
+        payload = pack({"created": {"at": 1_764_000_000_000 + i, "by": "did:key:z6Mk"}, "fields": fields,
+                        "kind": "function", "links": [], "owner": "did:key:z6Mk", "schema": 1,
+                        "tags": ["inference", "text"]}, order="sorted")
+        cid = b"\x01\x55\x12\x20" + hashlib.sha256(payload).digest()
+        body = pack([2, "grid.functions", f"{i:032x}", "create", "function", 1, "did:key:z6Mk", i + 1, cid,
+                     [1_764_000_000_000 + i, 0], [], b"", payload])
+        entry = pack([i, "create", f"{i:032x}", cid])
+        samples[0].append(pack([body, b"\x00" * 32, i, []]))
+        samples[1].append(pack({"id": f"{i:032x}", "fields": fields, "change_id": cid, "revision": 1}))
+        samples[2].append(pack(["created", "grid.functions", f"{i:032x}", cid]))
+        samples[3].append(pack([entry, hashlib.sha256(entry).digest()]))
+    out = []
+    for values in samples:
+        dictionary = zstandard.ZstdCompressionDict(b"".join(values), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        dictionary.precompute_compress(level=-1)
+        out.append(zstandard.ZstdCompressor(level=-1, dict_data=dictionary, write_checksum=False,
+                                            write_dict_id=False))
+    return out
 
 
 def _automerge_create(actor: bytes, i: int, fields: dict) -> tuple[bytes, bytes]:
@@ -224,7 +267,8 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=1000)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--floors", action="store_true",
-                        help="also price two design changes: no Automerge change, one signature per batch")
+                        help="also price the design changes: no Automerge change, one signature per batch, "
+                             "compressed values")
     args = parser.parse_args()
 
     raw = raw_write_pipeline(n=args.n, batch=args.batch, max_seconds=30)
@@ -235,9 +279,12 @@ def main() -> None:
     read = ours_read_verify(min(args.n, 10000))
     figures = [raw, floor, batched, single, raw_read, read]
     if args.floors:
-        variants = [design_floor(args.n, args.batch, automerge=True, sign_each=True),
-                    design_floor(args.n, args.batch, automerge=True),
-                    design_floor(args.n, args.batch, sign_each=True)]
+        # Store format 3 stored values plain: the previous design, the two
+        # halves of the change, and this design without compression.
+        variants = [design_floor(args.n, args.batch, automerge=True, sign_each=True, compress=False),
+                    design_floor(args.n, args.batch, automerge=True, compress=False),
+                    design_floor(args.n, args.batch, sign_each=True, compress=False),
+                    design_floor(args.n, args.batch, compress=False)]
         figures[2:2] = variants
     ratios = {
         "batched / raw write": batched.value / raw.value,
