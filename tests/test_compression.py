@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import threading
 from pathlib import Path
 
@@ -16,12 +17,14 @@ import pytest
 
 from registrygrid.engine.ops import Put
 from registrygrid.errors import IntegrityError
+from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import cid_from_str
 from registrygrid.sdk import LocalRegistry
 from registrygrid.storage import records as stored_records
 from registrygrid.storage.audit import AuditLedger
+from registrygrid.storage.compact import compact
 from registrygrid.storage.compression import FIRST_AFTER, MARK, SECOND_AFTER, dictionary_key
-from registrygrid.storage.store import Store, u64
+from registrygrid.storage.store import STORE_FORMAT, Store, u64
 
 CLUSTERS = "grid.clusters"
 
@@ -224,3 +227,40 @@ def test_dictionaries_learn_no_record_content_so_an_erasure_leaves_none_in_them(
         if k.split(b"\x00")[1] in (b"changes", b"records"):
             assert secret.encode() not in content, k
             assert b"region" in content and b"did:key:" in content  # names and identities are what repeats
+
+
+FORMAT_3 = Path(__file__).parent / "fixtures" / "store-format-3.tar.gz"
+# Written by the version before store format 4 (commit 649c54a): key bytes
+# 1..32 made 200 clusters c000..c199 in one batch, set c003 draining and
+# deleted c004.
+FORMAT_3_KEY = KeyPair(bytes(range(1, 33)))
+FORMAT_3_DIGEST = "dbc6c95f49008843b932571067827a6ce99c2cbd4d78424010cc7bc67bc7a0a1"
+
+
+def format3_store(into: Path) -> Path:
+    into.mkdir(parents=True)
+    with tarfile.open(FORMAT_3) as archive:
+        archive.extractall(into, filter="data")
+    return into
+
+
+def test_a_format_3_store_reads_as_it_stands_and_compaction_packs_its_plain_values(tmp_path: Path) -> None:
+    path = format3_store(tmp_path / "s")
+    with LocalRegistry.open_path(path, FORMAT_3_KEY) as grid:
+        assert grid.store.found_format == 3 and grid.store.format == STORE_FORMAT
+        assert grid.state_digest() == FORMAT_3_DIGEST
+        assert grid.get(CLUSTERS, "c003")["fields"]["status"] == "draining"
+        assert all(v[0] != MARK for v in stored(grid.store, "records").values())
+        fill(grid, FIRST_AFTER + 1, start=500)  # new values compress
+        assert any(v[0] == MARK for v in stored(grid.store, "records").values())
+        digest = grid.state_digest()
+
+    report = compact(path)
+
+    assert report.repacked > 3 * 200  # changes, records, feed and audit entries of the 200 clusters
+    assert report.bytes_after <= report.bytes_before
+    with LocalRegistry.open_path(path, FORMAT_3_KEY) as grid:
+        assert grid.state_digest() == digest and grid.verify().ok
+        plain = [k for k, v in stored(grid.store, "records").items() if v[0] != MARK]
+        assert plain == []
+        assert grid.get(CLUSTERS, "c199")["fields"]["name"] == "cluster-199"

@@ -603,11 +603,13 @@ def _offline_store_work(home: Path | None, what: str, run: Callable[[Path], Any]
 @home_option
 @json_option
 def store_compact(home: Path | None, as_json: bool) -> None:
-    """Rewrite the store without its free pages (the node must be stopped).
+    """Compress what is stored plain, then rewrite the store without its
+    free pages (the node must be stopped).
 
     LMDB keeps a deleted value's bytes in free pages until a later write
-    reuses them: after an erasure, compact so they leave the disk too.
-    Needs free space for a copy of the store. Verifies it afterwards."""
+    reuses them: after an erasure, compact so they leave the disk too. After
+    upgrading from store format 3, compact to compress the values written
+    before. Needs free space for a copy of the store. Verifies it afterwards."""
     from registrygrid.storage.compact import compact
 
     _offline_store_work(home, "rgrid store compact", compact, as_json, title="store compaction")
