@@ -24,7 +24,8 @@ from registrygrid.storage import records as stored_records
 from registrygrid.storage.audit import AuditLedger
 from registrygrid.storage.compact import compact
 from registrygrid.storage.compression import FIRST_AFTER, MARK, SECOND_AFTER, dictionary_key
-from registrygrid.storage.store import STORE_FORMAT, Store, u64
+from registrygrid.storage.migrate import migrate
+from registrygrid.storage.store import STORE_FORMAT, Store, StoreFormatError, u64
 
 CLUSTERS = "grid.clusters"
 
@@ -244,23 +245,31 @@ def format3_store(into: Path) -> Path:
     return into
 
 
-def test_a_format_3_store_reads_as_it_stands_and_compaction_packs_its_plain_values(tmp_path: Path) -> None:
+def test_a_format_3_store_migrates_and_compaction_then_packs_its_plain_values(tmp_path: Path) -> None:
     path = format3_store(tmp_path / "s")
+    with pytest.raises(StoreFormatError, match="rgrid store migrate"):
+        Store(path)
+
+    report = migrate(path)
+
+    assert (report.from_format, report.to_format, report.changes) == (3, STORE_FORMAT, 0)
+    assert report.rekeyed >= 202 + 200  # every chain link (200 creates, an update, a delete) and owner index entry
     with LocalRegistry.open_path(path, FORMAT_3_KEY) as grid:
-        assert grid.store.found_format == 3 and grid.store.format == STORE_FORMAT
-        assert grid.state_digest() == FORMAT_3_DIGEST
+        assert grid.verify().ok and grid.state_digest() == FORMAT_3_DIGEST
         assert grid.get(CLUSTERS, "c003")["fields"]["status"] == "draining"
-        assert all(v[0] != MARK for v in stored(grid.store, "records").values())
+        assert grid.engine.version_vector(CLUSTERS) == {CLUSTERS: {FORMAT_3_KEY.did: 202}}
+        owner = grid.get(CLUSTERS, "c000")["owner"]
+        assert len(grid.list(CLUSTERS, owner=owner, limit=1000).items) == 199
+        assert all(v[0] != MARK for v in stored(grid.store, "records").values())  # format 3's values, as written
         fill(grid, FIRST_AFTER + 1, start=500)  # new values compress
         assert any(v[0] == MARK for v in stored(grid.store, "records").values())
         digest = grid.state_digest()
 
-    report = compact(path)
+    compacted = compact(path)
 
-    assert report.repacked > 3 * 200  # changes, records, feed and audit entries of the 200 clusters
-    assert report.bytes_after <= report.bytes_before
+    assert compacted.repacked > 3 * 200  # changes, records, feed and audit entries of the 200 clusters
+    assert compacted.bytes_after <= compacted.bytes_before
     with LocalRegistry.open_path(path, FORMAT_3_KEY) as grid:
         assert grid.state_digest() == digest and grid.verify().ok
-        plain = [k for k, v in stored(grid.store, "records").items() if v[0] != MARK]
-        assert plain == []
+        assert [k for k, v in stored(grid.store, "records").items() if v[0] != MARK] == []
         assert grid.get(CLUSTERS, "c199")["fields"]["name"] == "cluster-199"

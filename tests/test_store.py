@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from registrygrid.storage import chains
 from registrygrid.storage.chains import head as chain_head
 from registrygrid.sdk import LocalRegistry
-from registrygrid.storage.store import STORE_FORMAT, Store, StoreFormatError, key, pack, u64
+from registrygrid.storage.store import STORE_FORMAT, Store, StoreFormatError, key, pack
 
 
-@pytest.mark.parametrize("other", [1, STORE_FORMAT + 1])
+@pytest.mark.parametrize("other", [1, STORE_FORMAT + 1])  # (2 and 3 name `rgrid store migrate`: test_migrate.py)
 def test_a_store_of_another_format_is_refused_with_a_clear_error(tmp_path: Path, other: int) -> None:
     store = Store(tmp_path)
     with store.write() as txn:
@@ -22,25 +23,6 @@ def test_a_store_of_another_format_is_refused_with_a_clear_error(tmp_path: Path,
             Store(tmp_path, readonly=readonly)
 
 
-def test_a_format_3_store_is_read_as_it_stands_and_upgraded_by_its_first_writable_open(tmp_path: Path) -> None:
-    store = Store(tmp_path)
-    with store.write() as txn:
-        txn.put(b"format", pack(3), db=store.db["meta"])
-    store.close()
-
-    reader = Store(tmp_path, readonly=True)
-    assert (reader.found_format, reader.format) == (3, STORE_FORMAT)
-    with reader.read() as txn:
-        assert reader.get_meta(txn, "format") == 3  # a read-only open changes nothing
-    reader.close()
-    writer = Store(tmp_path)
-    assert (writer.found_format, writer.format) == (3, STORE_FORMAT)
-    writer.close()
-    again = Store(tmp_path, readonly=True)
-    assert again.found_format == STORE_FORMAT
-    again.close()
-
-
 def test_chain_heads_and_version_vectors_come_from_each_chains_last_link(tmp_path: Path) -> None:
     store = Store(tmp_path)
     # Names that prefix one another must not bleed into each other's chains.
@@ -48,8 +30,7 @@ def test_chain_heads_and_version_vectors_come_from_each_chains_last_link(tmp_pat
     with store.write() as txn:
         for (registry, author), last in links.items():
             for seq in range(1, last + 1):
-                txn.put(key(registry, author) + b"\x00" + u64(seq), f"{registry}/{author}/{seq}".encode(),
-                        db=store.db["chains"])
+                chains.link(store, txn, registry, author, seq, f"{registry}/{author}/{seq}".encode())
     with store.read() as txn:
         for (registry, author), last in links.items():
             assert chain_head(store, txn, registry, author) == (last, f"{registry}/{author}/{last}".encode())

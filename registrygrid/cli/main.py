@@ -553,10 +553,12 @@ def store() -> None:
 @home_option
 @json_option
 def store_migrate(home: Path | None, as_json: bool) -> None:
-    """Upgrade the home's store to this version's format, in place.
+    """Upgrade the home's store (format 2 or 3) to this version's format, in place.
 
-    Resumable: a run that is stopped goes on where it stopped next time.
-    The node must be stopped. Verifies the whole store afterwards."""
+    A stopped run is safe to run again: format 2's step goes on where it
+    stopped, format 3's is one transaction. The node must be stopped.
+    Verifies the whole store afterwards; `rgrid store compact` then
+    compresses the values written before."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -568,7 +570,7 @@ def store_migrate(home: Path | None, as_json: bool) -> None:
     from registrygrid.storage.migrate import migrate
 
     def run(store_path: Path) -> Any:
-        columns = (TextColumn("migrating changes"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        columns = (TextColumn("migrating changes and chain keys"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, transient=True, disable=as_json or not sys.stderr.isatty(),
                       console=render.stderr_console) as bar:
             task = bar.add_task("changes", total=None)

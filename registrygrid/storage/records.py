@@ -67,10 +67,12 @@ def _decode_keyed(k: bytes, raw: bytes) -> dict[str, Any]:
     return _decode_record(registry, record_id, raw)
 
 
-def index_keys(record: dict[str, Any]) -> set[bytes]:
-    """Every index entry a materialized record should have."""
+def index_keys(store: Store, txn: lmdb.Transaction, record: dict[str, Any]) -> set[bytes]:
+    """Every index entry a materialized record should have (its owner as a
+    code: storage/names.py)."""
     registry, record_id = record["registry"], record["id"]
-    keys = {b"k" + key(registry, record["kind"], record_id), b"o" + key(record["owner"], registry, record_id)}
+    keys = {b"k" + key(registry, record["kind"], record_id),
+            b"o" + store.names.assign(txn, record["owner"]) + key(registry, record_id)}
     keys.update(b"t" + key(tag, registry, record_id) for tag in record["tags"])
     # Open (or resolved) field disputes, by dispute id (crdt/disputes.py).
     keys.update(b"d" + key(c["dispute"], registry, record_id) for c in record.get("conflicts") or () if c.get("dispute"))
@@ -84,15 +86,15 @@ def put_record(store: Store, txn: lmdb.Transaction, old: dict[str, Any] | None, 
     if old is None:  # a create: every key is new (the common case, so no set arithmetic)
         registry, record_id = new["registry"], new["id"]
         txn.put(b"k" + key(registry, new["kind"], record_id), b"", db=indexes)
-        txn.put(b"o" + key(new["owner"], registry, record_id), b"", db=indexes)
+        txn.put(b"o" + store.names.assign(txn, new["owner"]) + key(registry, record_id), b"", db=indexes)
         for tag in new["tags"]:
             txn.put(b"t" + key(tag, registry, record_id), b"", db=indexes)
         for conflict in new.get("conflicts") or ():
             if conflict.get("dispute"):
                 txn.put(b"d" + key(conflict["dispute"], registry, record_id), b"", db=indexes)
         return
-    old_keys = index_keys(old)
-    new_keys = index_keys(new)
+    old_keys = index_keys(store, txn, old)
+    new_keys = index_keys(store, txn, new)
     for stale in old_keys - new_keys:
         txn.delete(stale, db=indexes)
     for fresh in new_keys - old_keys:
@@ -104,7 +106,7 @@ def delete_record(store: Store, txn: lmdb.Transaction, old: dict[str, Any]) -> N
     leaves a record with no valid change)."""
     txn.delete(record_key(old["registry"], old["id"]), db=store.db["records"])
     indexes = store.db["indexes"]
-    for stale in index_keys(old):
+    for stale in index_keys(store, txn, old):
         txn.delete(stale, db=indexes)
 
 
@@ -140,8 +142,10 @@ def iter_records(
         prefix = b"t" + key(tag) + SEP
         source = _index_scan(store, txn, prefix, start_suffix=start, registry_of=_split2)
     elif owner is not None:
-        prefix = b"o" + key(owner) + SEP
-        source = _index_scan(store, txn, prefix, start_suffix=start, registry_of=_split2)
+        code = store.names.code(txn, owner)
+        if code is None:  # no record here has ever had that owner
+            return
+        source = _index_scan(store, txn, b"o" + code, start_suffix=start, registry_of=_split2)
     else:
         source = None
     if source is None:

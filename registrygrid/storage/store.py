@@ -13,8 +13,9 @@ are 8-byte big-endian so byte order is numeric order):
     changes     change id (CID of its body)   -> msgpack [body, batch root, index, path]
     roots       batch Merkle root + u64 size  -> msgpack [author, size, signature, leaves]
                                               (see storage/changes.py)
-    chains      registry \\0 author \\0 seq     -> change id; an author's last link is the
-                                              head of its chain (the version vector)
+    chains      registry \\0 code(author) seq   -> change id; an author's last link is the
+                                              head of its chain (the version vector);
+                                              code: 4 bytes for a DID (storage/names.py)
     docs        registry \\0 record            -> Automerge document (absent until the record's
                                               first update: a create is a snapshot)
                 registry \\0 record \\0 'a' hash -> change id carrying that Automerge change
@@ -23,7 +24,7 @@ are 8-byte big-endian so byte order is numeric order):
                 registry \\0 record \\0 'h' feedseq -> change id (the record's history)
     records     registry \\0 record            -> msgpack materialized record
     feed        feedseq                       -> msgpack feed event
-    indexes     'k' registry \\0 kind \\0 record | 'o' owner \\0 registry \\0 record
+    indexes     'k' registry \\0 kind \\0 record | 'o' code(owner) registry \\0 record
                 | 't' tag \\0 registry \\0 record -> b""
     audit       audit seq                     -> msgpack [entry bytes, entry hash]
     audit_heads tree size                     -> msgpack signed tree head
@@ -40,6 +41,7 @@ are 8-byte big-endian so byte order is numeric order):
     blobs       blob CID                      -> msgpack blob entry (size, digests, holds, retention;
                                                  see storage/blobs.py); meta "blob_bytes" sums sizes
     uploads     session id                    -> msgpack upload session (see storage/blobs.py)
+    names       'n' DID -> u32be code | 'c' u32be code -> DID (storage/names.py)
     erasures    'r' registry \\0 record | 'c' change id | 'g' registry \\0 author \\0 u64(first)
                                               -> erased records, erased changes, chain positions
                                                  notices vouch for (see storage/erasures.py)
@@ -59,6 +61,7 @@ import msgspec
 
 from registrygrid.errors import IntegrityError, Unavailable
 from registrygrid.storage.compression import ValueCodec
+from registrygrid.storage.names import Names
 
 SUBDATABASES = (
     "meta",
@@ -80,6 +83,7 @@ SUBDATABASES = (
     "blobs",
     "uploads",
     "erasures",
+    "names",
 )
 
 # 2: a record's Automerge hashes and history live beside its document in
@@ -92,14 +96,12 @@ SUBDATABASES = (
 # batch's signature once under the batch root ("roots"); a create is a
 # snapshot, so a record has no Automerge document until its first update.
 # 4: values of changes, records, feed and audit may be compressed against
-# dictionaries of the store's own values (storage/compression.py); plain
-# values read as before, so a format-3 store is format 4 as it stands.
+# dictionaries of the store's own values (storage/compression.py); the
+# author in chain keys and the owner in owner index keys are 4-byte codes
+# (storage/names.py). ~3.3 KB a record at 1M records -> ~2 KB.
 STORE_FORMAT = 4
 # Formats `rgrid store migrate` upgrades in place (storage/migrate.py).
-MIGRATES_FROM = (2,)
-# Formats this version reads as they are: the first writable open sets the
-# store's format to STORE_FORMAT (after which older versions refuse it).
-ADOPTS = (3,)
+MIGRATES_FROM = (2, 3)
 
 # LMDB reserves address space, not disk: on Linux the file grows only as
 # pages are written, so a generous map costs nothing until used. 64 GiB
@@ -284,14 +286,9 @@ class Store:
                 continue
         self._gate = _ReaderGate()
         self.values = ValueCodec(self)
+        self.names = Names(self)
         with self.env.begin(write=not readonly) as txn:
             fmt = txn.get(b"format", db=self.db["meta"]) if "meta" in self.db else None
-            # The format on disk when opened (``format`` is what it is now).
-            self.found_format = unpack(fmt) if fmt is not None else STORE_FORMAT
-            if fmt is not None and unpack(fmt) in ADOPTS and STORE_FORMAT in formats:
-                if not readonly:
-                    txn.put(b"format", pack(STORE_FORMAT), db=self.db["meta"])
-                fmt = pack(STORE_FORMAT)
             if fmt is None and not readonly:
                 txn.put(b"format", pack(STORE_FORMAT), db=self.db["meta"])
             elif fmt is not None and unpack(fmt) not in formats:
@@ -346,6 +343,7 @@ class Store:
                 yield txn
             except BaseException as exc:
                 txn.abort()
+                self.names.ended(committed=False)
                 if isinstance(exc, lmdb.MapFullError):
                     raise StoreFull(str(exc)) from None
                 raise
@@ -353,7 +351,9 @@ class Store:
                 try:
                     txn.commit()
                 except lmdb.MapFullError as exc:
+                    self.names.ended(committed=False)
                     raise StoreFull(str(exc)) from None
+                self.names.ended(committed=True)
         finally:
             gate.leave()
 
