@@ -1,62 +1,69 @@
-"""DIDs in keys as 4-byte codes (storage/names.py): handed out once, in
-order, stable across restarts, and never the code of an aborted write."""
+"""Names and IDs: what a registry name, record id, kind and tag may be, and
+how change and record IDs are written as text."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import base64
+import os
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from registrygrid.errors import IntegrityError
-from registrygrid.storage import chains
-from registrygrid.storage.names import CODE_BYTES
-from registrygrid.storage.store import Store
-
-
-def test_codes_are_handed_out_in_order_once_and_survive_a_restart(tmp_path: Path) -> None:
-    store = Store(tmp_path)
-    with store.write() as txn:
-        a = store.names.assign(txn, "did:key:a")
-        b = store.names.assign(txn, "did:key:b")
-        assert store.names.assign(txn, "did:key:a") == a
-    assert (len(a), int.from_bytes(a, "big"), int.from_bytes(b, "big")) == (CODE_BYTES, 1, 2)
-    store.close()
-
-    reopened = Store(tmp_path)
-    with reopened.read() as txn:
-        assert reopened.names.code(txn, "did:key:b") == b
-        assert reopened.names.name(txn, a) == "did:key:a"
-        assert reopened.names.code(txn, "did:key:never") is None
-    with reopened.write() as txn:
-        assert int.from_bytes(reopened.names.assign(txn, "did:key:c"), "big") == 3
-    reopened.close()
+from registrygrid.errors import ValidationError
+from registrygrid.protocol import base32, names
+from registrygrid.protocol.envelope import cid_from_str, cid_to_str
 
 
-def test_a_code_handed_out_by_an_aborted_write_is_forgotten_and_given_again(tmp_path: Path) -> None:
-    store = Store(tmp_path)
-    with pytest.raises(RuntimeError), store.write() as txn:
-        lost = store.names.assign(txn, "did:key:lost")
-        chains.link(store, txn, "grid.tools", "did:key:lost", 1, b"x" * 36)
-        raise RuntimeError("the batch failed")
-
-    with store.write() as txn:
-        assert store.names.code(txn, "did:key:lost") is None
-        kept = store.names.assign(txn, "did:key:kept")
-        chains.link(store, txn, "grid.tools", "did:key:kept", 1, b"y" * 36)
-
-    assert kept == lost  # the same number, now the DID that committed
-    with store.read() as txn:
-        assert store.names.name(txn, kept) == "did:key:kept"
-        assert chains.heads(store, txn) == {"grid.tools": {"did:key:kept": 1}}
-        assert chains.head(store, txn, "grid.tools", "did:key:lost") == (0, b"")
-    store.close()
+@pytest.mark.parametrize("check, good", [
+    (names.registry_name, "grid.functions"),
+    (names.record_id, "model:llama-3@8b"),
+    (names.kind_name, "function"),
+    (names.tag, "inference"),
+])
+def test_a_name_with_a_trailing_newline_is_refused(check, good):
+    # Python's "$" also matches before a final newline; names become LMDB
+    # keys, topics and URL segments, so the whole string must match.
+    assert check(good) == good
+    with pytest.raises(ValidationError):
+        check(good + "\n")
 
 
-def test_a_chain_key_naming_a_code_never_handed_out_is_an_integrity_error(tmp_path: Path) -> None:
-    store = Store(tmp_path)
-    with store.write() as txn:
-        txn.put(b"grid.tools\x00" + (99).to_bytes(CODE_BYTES, "big") + (1).to_bytes(8, "big"), b"z" * 36,
-                db=store.db["chains"])
-    with store.read() as txn, pytest.raises(IntegrityError, match="never handed out"):
-        chains.heads(store, txn)
-    store.close()
+@given(st.binary(max_size=64))
+def test_base32_text_equals_the_stdlib_encoding(data):
+    assert base32.encode_bytes(data) == base64.b32encode(data).decode().rstrip("=").lower()
+
+
+def test_change_id_text_round_trips():
+    for _ in range(200):
+        cid = b"\x01\x55\x12\x20" + os.urandom(32)
+        assert cid_from_str(cid_to_str(cid)) == cid
+
+
+@given(st.integers(min_value=0, max_value=2**128 - 1))
+def test_ulid_digits_are_crockford_base32_most_significant_first(value):
+    text = base32.encode_int(value, 26)
+    assert len(text) == 26
+    assert int(text.translate(str.maketrans(base32.CROCKFORD, "0123456789abcdefghijklmnopqrstuv")), 32) == value
+
+
+def test_new_record_ids_are_unique_valid_and_time_sorted():
+    ids = [names.new_record_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    assert all(names.record_id(i) == i and len(i) == 26 for i in ids)
+    # The 10 leading characters are the millisecond clock: never decreasing.
+    stamps = [i[:10] for i in ids]
+    assert stamps == sorted(stamps)
+
+
+def test_a_forked_child_draws_different_record_ids():
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report one id's random part, then leave at once
+        os.write(write, names.new_record_id()[10:].encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert child and child != names.new_record_id()[10:]

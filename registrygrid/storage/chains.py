@@ -1,6 +1,6 @@
 """Author chains: ``chains`` maps registry \\0 code(author) seq -> change id.
 
-The author is its 4-byte code (storage/names.py): a DID would be 56 bytes
+The author is its 4-byte code (storage/codes.py): a DID would be 56 bytes
 of every link's key. An author's head in a registry (the version vector
 entry) is the last link of its chain, found with one seek; store format 1
 kept heads in a sub-database of their own, one more B-tree for every write
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import lmdb
 
-from registrygrid.storage.names import CODE_BYTES
+from registrygrid.storage.codes import CODE_BYTES
 from registrygrid.storage.store import SEP, Store, from_u64, u64
 
 # Sorts after every link of a chain (its keys are the chain's prefix and 8
@@ -25,7 +25,7 @@ _TAIL = 1 + CODE_BYTES + 8  # \0, code, seq: what follows the registry in a key
 def _chain(store: Store, txn: lmdb.Transaction, registry: str, author: str, *, assign: bool = False) -> bytes | None:
     """The key prefix of the author's chain in ``registry`` (None: the store
     has never seen the author, so it has no chain)."""
-    code = store.names.assign(txn, author) if assign else store.names.code(txn, author)
+    code = store.codes.assign(txn, author) if assign else store.codes.code(txn, author)
     return None if code is None else registry.encode() + SEP + code
 
 
@@ -58,7 +58,7 @@ def heads(store: Store, txn: lmdb.Transaction, registry: str | None = None) -> d
         chain = cursor.key()[:-8]  # registry \0 code, without the seq
         link = _last_link(cursor, chain)
         assert link is not None, "a chain seen a moment ago has a last link"
-        author = store.names.name(txn, chain[-CODE_BYTES:])
+        author = store.codes.name(txn, chain[-CODE_BYTES:])
         out.setdefault(chain[:-CODE_BYTES - 1].decode(), {})[author] = link[0]
         found = cursor.set_range(chain + _PAST_ANY_SEQ)
     return out
@@ -90,4 +90,4 @@ def links_after(store: Store, txn: lmdb.Transaction, registry: str, author: str,
 def iter_links(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[str, str, int, bytes]]:
     """Every link of every chain: (registry, author, seq, change ID), in key order."""
     for k, cid in txn.cursor(db=store.db["chains"]):
-        yield (k[:-_TAIL].decode(), store.names.name(txn, k[-_TAIL + 1:-8]), from_u64(k[-8:]), cid)
+        yield (k[:-_TAIL].decode(), store.codes.name(txn, k[-_TAIL + 1:-8]), from_u64(k[-8:]), cid)

@@ -1,7 +1,7 @@
 """`rgrid store migrate`: upgrade a store to the current format in place.
 
 Format 3 -> 4: chain keys and owner index keys name their DID by a 4-byte
-code (storage/names.py), rewritten in one transaction (all of it or none,
+code (storage/codes.py), rewritten in one transaction (all of it or none,
 so a stopped run starts over; it holds the keys of every chain link in
 memory, ~150 bytes each). Values are not rewritten: format 4 reads the
 plain values format 3 wrote beside the compressed ones it writes
@@ -104,13 +104,13 @@ def _code_names_in_keys(store: Store, txn: Txn) -> int:
     """Format 3 -> 4: chain keys ``registry \\0 author \\0 u64(seq)`` become
     ``registry \\0 code(author) u64(seq)`` and owner index keys ``'o' owner
     \\0 registry \\0 record`` become ``'o' code(owner) registry \\0 record``
-    (storage/names.py). Every chain key is rewritten, in key order, so the
+    (storage/codes.py). Every chain key is rewritten, in key order, so the
     new tree is written densely; the number of keys rewritten."""
     chains_db, indexes_db = store.db["chains"], store.db["indexes"]
     links = []
     for k, cid in txn.cursor(db=chains_db):
         registry, author = k[:-9].split(SEP, 1)
-        links.append((registry + SEP + store.names.assign(txn, author.decode()) + k[-8:], cid))
+        links.append((registry + SEP + store.codes.assign(txn, author.decode()) + k[-8:], cid))
     links.sort()
     txn.drop(chains_db, delete=False)
     for k, cid in links:
@@ -119,5 +119,5 @@ def _code_names_in_keys(store: Store, txn: Txn) -> int:
     for k in owned:
         owner, rest = k[1:].split(SEP, 1)
         txn.delete(k, db=indexes_db)
-        txn.put(b"o" + store.names.assign(txn, owner.decode()) + rest, b"", db=indexes_db)
+        txn.put(b"o" + store.codes.assign(txn, owner.decode()) + rest, b"", db=indexes_db)
     return len(links) + len(owned)

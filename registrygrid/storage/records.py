@@ -69,10 +69,10 @@ def _decode_keyed(k: bytes, raw: bytes) -> dict[str, Any]:
 
 def index_keys(store: Store, txn: lmdb.Transaction, record: dict[str, Any]) -> set[bytes]:
     """Every index entry a materialized record should have (its owner as a
-    code: storage/names.py)."""
+    code: storage/codes.py)."""
     registry, record_id = record["registry"], record["id"]
     keys = {b"k" + key(registry, record["kind"], record_id),
-            b"o" + store.names.assign(txn, record["owner"]) + key(registry, record_id)}
+            b"o" + store.codes.assign(txn, record["owner"]) + key(registry, record_id)}
     keys.update(b"t" + key(tag, registry, record_id) for tag in record["tags"])
     # Open (or resolved) field disputes, by dispute id (crdt/disputes.py).
     keys.update(b"d" + key(c["dispute"], registry, record_id) for c in record.get("conflicts") or () if c.get("dispute"))
@@ -86,7 +86,7 @@ def put_record(store: Store, txn: lmdb.Transaction, old: dict[str, Any] | None, 
     if old is None:  # a create: every key is new (the common case, so no set arithmetic)
         registry, record_id = new["registry"], new["id"]
         txn.put(b"k" + key(registry, new["kind"], record_id), b"", db=indexes)
-        txn.put(b"o" + store.names.assign(txn, new["owner"]) + key(registry, record_id), b"", db=indexes)
+        txn.put(b"o" + store.codes.assign(txn, new["owner"]) + key(registry, record_id), b"", db=indexes)
         for tag in new["tags"]:
             txn.put(b"t" + key(tag, registry, record_id), b"", db=indexes)
         for conflict in new.get("conflicts") or ():
@@ -142,7 +142,7 @@ def iter_records(
         prefix = b"t" + key(tag) + SEP
         source = _index_scan(store, txn, prefix, start_suffix=start, registry_of=_split2)
     elif owner is not None:
-        code = store.names.code(txn, owner)
+        code = store.codes.code(txn, owner)
         if code is None:  # no record here has ever had that owner
             return
         source = _index_scan(store, txn, b"o" + code, start_suffix=start, registry_of=_split2)

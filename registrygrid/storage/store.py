@@ -15,7 +15,7 @@ are 8-byte big-endian so byte order is numeric order):
                                               (see storage/changes.py)
     chains      registry \\0 code(author) seq   -> change id; an author's last link is the
                                               head of its chain (the version vector);
-                                              code: 4 bytes for a DID (storage/names.py)
+                                              code: 4 bytes for a DID (storage/codes.py)
     docs        registry \\0 record            -> Automerge document (absent until the record's
                                               first update: a create is a snapshot)
                 registry \\0 record \\0 'a' hash -> change id carrying that Automerge change
@@ -41,7 +41,7 @@ are 8-byte big-endian so byte order is numeric order):
     blobs       blob CID                      -> msgpack blob entry (size, digests, holds, retention;
                                                  see storage/blobs.py); meta "blob_bytes" sums sizes
     uploads     session id                    -> msgpack upload session (see storage/blobs.py)
-    names       'n' DID -> u32be code | 'c' u32be code -> DID (storage/names.py)
+    codes       'n' DID -> u32be code | 'c' u32be code -> DID (storage/codes.py)
     erasures    'r' registry \\0 record | 'c' change id | 'g' registry \\0 author \\0 u64(first)
                                               -> erased records, erased changes, chain positions
                                                  notices vouch for (see storage/erasures.py)
@@ -61,7 +61,7 @@ import msgspec
 
 from registrygrid.errors import IntegrityError, Unavailable
 from registrygrid.storage.compression import ValueCodec
-from registrygrid.storage.names import Names
+from registrygrid.storage.codes import Codes
 
 SUBDATABASES = (
     "meta",
@@ -83,7 +83,7 @@ SUBDATABASES = (
     "blobs",
     "uploads",
     "erasures",
-    "names",
+    "codes",
 )
 
 # 2: a record's Automerge hashes and history live beside its document in
@@ -98,7 +98,7 @@ SUBDATABASES = (
 # 4: values of changes, records, feed and audit may be compressed against
 # dictionaries of the store's own values (storage/compression.py); the
 # author in chain keys and the owner in owner index keys are 4-byte codes
-# (storage/names.py). ~3.3 KB a record at 1M records -> ~2 KB.
+# (storage/codes.py). ~3.3 KB a record at 1M records -> ~2 KB.
 STORE_FORMAT = 4
 # Formats `rgrid store migrate` upgrades in place (storage/migrate.py).
 MIGRATES_FROM = (2, 3)
@@ -286,7 +286,7 @@ class Store:
                 continue
         self._gate = _ReaderGate()
         self.values = ValueCodec(self)
-        self.names = Names(self)
+        self.codes = Codes(self)
         with self.env.begin(write=not readonly) as txn:
             fmt = txn.get(b"format", db=self.db["meta"]) if "meta" in self.db else None
             if fmt is None and not readonly:
@@ -343,7 +343,7 @@ class Store:
                 yield txn
             except BaseException as exc:
                 txn.abort()
-                self.names.ended(committed=False)
+                self.codes.ended(committed=False)
                 if isinstance(exc, lmdb.MapFullError):
                     raise StoreFull(str(exc)) from None
                 raise
@@ -351,9 +351,9 @@ class Store:
                 try:
                     txn.commit()
                 except lmdb.MapFullError as exc:
-                    self.names.ended(committed=False)
+                    self.codes.ended(committed=False)
                     raise StoreFull(str(exc)) from None
-                self.names.ended(committed=True)
+                self.codes.ended(committed=True)
         finally:
             gate.leave()
 

@@ -4,7 +4,7 @@ A DID (``did:key:z6Mk…``, 56 bytes of text) sits in the key of every chain
 link (its author) and every owner index entry (the record's owner). A store
 holds a handful of distinct DIDs and millions of such keys, and a key is
 not compressed: a code in its place takes each of those keys from ~80-100
-bytes to ~30-45. Sub-database ``names``:
+bytes to ~30-45. Sub-database ``codes``:
 
     'n' DID         -> u32be code
     'c' u32be code  -> DID
@@ -33,7 +33,7 @@ CODE_BYTES = 4
 _LAST_CODE = 2**32 - 1
 
 
-class Names:
+class Codes:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._codes: dict[str, bytes] = {}
@@ -44,7 +44,7 @@ class Names:
         """The code of ``name``, or None if the store has never needed one."""
         found = self._codes.get(name)
         if found is None:
-            found = txn.get(b"n" + name.encode(), db=self._store.db["names"])
+            found = txn.get(b"n" + name.encode(), db=self._store.db["codes"])
             if found is not None:
                 found = bytes(found)
                 self._codes[name] = found
@@ -55,7 +55,7 @@ class Names:
         found = self.code(txn, name)
         if found is not None:
             return found
-        db = self._store.db["names"]
+        db = self._store.db["codes"]
         cursor = txn.cursor(db=db)
         at_last = cursor.prev() if cursor.set_range(b"d") else cursor.last()
         last = cursor.key() if at_last else b""
@@ -73,7 +73,7 @@ class Names:
         """The DID behind ``code``."""
         found = self._names.get(code)
         if found is None:
-            raw = txn.get(b"c" + code, db=self._store.db["names"])
+            raw = txn.get(b"c" + code, db=self._store.db["codes"])
             if raw is None:
                 raise IntegrityError(f"a key names code {code.hex()}, which the store never handed out")
             found = self._names[bytes(code)] = bytes(raw).decode()
