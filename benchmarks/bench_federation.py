@@ -17,7 +17,7 @@ Prints, in one run:
     machine's limit for the wire format 1 shape, for scale);
   - the design floor of remote ingest (``design_floor_ingest``), beside
     them: what the libraries alone take to do what one remote change of
-    this design (wire format 2, store format 3) must do, on the same
+    this design (wire format 2, store format 4) must do, on the same
     envelopes, with no checks and no logic of ours, in durable LMDB
     transactions of the sync path's size: the raw figure's decode, hashing
     and batch verify; for a create, its snapshot decoded and its fields
@@ -86,6 +86,7 @@ from typing import Any
 import lmdb
 import msgspec
 import trio
+import zstandard
 from automerge.core import ROOT, Document, ObjType, ScalarType
 from nacl.signing import SigningKey, VerifyKey
 
@@ -373,20 +374,41 @@ def _bare_validators(wires: list[bytes]) -> dict[tuple[str, int], Any]:
 
 FLOOR = "design floor: verify+apply+schema+puts, no logic"
 FLOOR_TRUST = "design floor: trust-check envelopes, no logic"
-# A record as store format 3 keeps it (storage/records.py, docs/formats.md):
+# A record as store format 4 keeps it (storage/records.py, docs/formats.md):
 # an array in this order, registry and id in its key. The record's
 # replicated content, which the audit digests hash, is [registry, id, *row].
 _RECORD_ROW = ("kind", "schema", "owner", "tags", "links", "fields", "deleted", "created_at", "created_by",
                "updated_hlc", "updated_by", "change_id", "revision")
-# A store format 3 home's sub-databases that a remote change touches (storage/store.py).
+# A store format 4 home's sub-databases that a remote change touches (storage/store.py).
 _FLOOR_DBS = ("meta", "changes", "roots", "chains", "docs", "records", "feed", "indexes", "audit", "audit_heads")
 # The audit ledger signs a tree head every this many entries (storage/audit.py SIGN_EVERY_ENTRIES).
 _AUDIT_SIGN_EVERY = 1024
 
 
+class _Squeezer:
+    """Store format 4's value packing, bare: the first 32 values stored
+    plain, then each compressed against a raw-content dictionary of them."""
+
+    def __init__(self) -> None:
+        self.samples: list[bytes] = []
+        self.compressor: Any = None
+
+    def __call__(self, value: bytes) -> bytes:
+        if self.compressor is not None:
+            return b"\xc1\x01" + self.compressor.compress(value)
+        self.samples.append(value)
+        if len(self.samples) == 32:
+            dictionary = zstandard.ZstdCompressionDict(b"".join(self.samples),
+                                                       dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+            dictionary.precompute_compress(level=-1)
+            self.compressor = zstandard.ZstdCompressor(level=-1, dict_data=dictionary, write_checksum=False,
+                                                       write_dict_id=False)
+        return value
+
+
 def design_floor_ingest(wires: list[bytes], batch: int = APPLY_CHUNK, name: str = FLOOR) -> Figure:
     """The bare library calls one remote change of this design (wire format
-    2, store format 3) needs, on exactly the envelopes a peer sends, with no
+    2, store format 4) needs, on exactly the envelopes a peer sends, with no
     logic of ours, in durable LMDB transactions of ``batch`` changes:
 
       - what ``raw_same_envelopes`` does: decode the wire and its body
@@ -401,7 +423,7 @@ def design_floor_ingest(wires: list[bytes], batch: int = APPLY_CHUNK, name: str 
         record's first update the genesis change its snapshot implies is
         built first (one Automerge transaction: the design stores no
         document until then);
-      - the materialized record as store format 3's row, msgpack, and the
+      - the materialized record as store format 4's row, msgpack, and the
         audit's digests of it (sha256 of its replicated content as
         canonical msgpack, 32 bytes; before and after for an update);
       - the reads and puts ``Engine._commit`` makes (engine/commit.py,
@@ -412,7 +434,11 @@ def design_floor_ingest(wires: list[bytes], batch: int = APPLY_CHUNK, name: str 
         its 'k' and 'o' index keys and one per tag (a create), the feed
         event, the audit entry [entry, sha256] and its Merkle leaf hash; per
         batch the audit state, and an Ed25519 tree-head signature every
-        1,024 entries.
+        1,024 entries;
+      - store format 4's packing: the change, record, feed and audit values
+        compressed in zstd's fast mode against a raw-content dictionary of
+        the first 32 such values, and the author in chain keys and the
+        owner in 'o' index keys as a 4-byte code (a dict lookup).
 
     Left out, as logic of ours: the canonical-form re-encodings and range
     checks of open_envelope and read_snapshot, the chain and policy
@@ -437,6 +463,12 @@ def design_floor_ingest(wires: list[bytes], batch: int = APPLY_CHUNK, name: str 
     feed_seq = audit_seq = signed_at = 0
     audit_prev = bytes(32)
     creates = updates = geneses = 0
+    squeeze = [_Squeezer() for _ in range(4)]  # changes, records, feed, audit
+    codes: dict[str, bytes] = {}
+
+    def code(did: str) -> bytes:
+        return codes.setdefault(did, (len(codes) + 1).to_bytes(4, "big"))
+
     try:
         t0, c0 = time.perf_counter(), time.process_time()
         for start in range(0, len(wires), batch):
@@ -490,18 +522,18 @@ def design_floor_ingest(wires: list[bytes], batch: int = APPLY_CHUNK, name: str 
                     created, owner = state["created"], state["owner"]
                     row = [kind, version, owner, tags, state["links"], fields, state.get("deleted", False),
                            created["at"], created["by"], hlc, author, change_id, old[12] + 1 if old else 1]
-                    txn.put(record_key, encode(row), db=records)
+                    txn.put(record_key, squeeze[1](encode(row)), db=records)
                     if old is None:  # an update that keeps kind, owner and tags adds no index key
                         txn.put(f"k{registry}\x00{kind}\x00{record_id}".encode(), b"", db=indexes)
-                        txn.put(f"o{owner}\x00{registry}\x00{record_id}".encode(), b"", db=indexes)
+                        txn.put(b"o" + code(owner) + f"{registry}\x00{record_id}".encode(), b"", db=indexes)
                         for tag in tags:
                             txn.put(f"t{tag}\x00{registry}\x00{record_id}".encode(), b"", db=indexes)
-                    txn.put(cid, encode([body_bytes, batch_key, index, proof]), db=changes)
-                    txn.put(f"{registry}\x00{author}\x00".encode() + seq.to_bytes(8, "big"), cid, db=chains)
+                    txn.put(cid, squeeze[0](encode([body_bytes, batch_key, index, proof])), db=changes)
+                    txn.put(f"{registry}\x00".encode() + code(author) + seq.to_bytes(8, "big"), cid, db=chains)
                     feed_seq += 1
                     feed_key = feed_seq.to_bytes(8, "big")
-                    txn.put(feed_key, encode(["created" if old is None else "updated", registry, record_id, kind,
-                                              change_id, author, hlc, "bench"]), db=feed)
+                    txn.put(feed_key, squeeze[2](encode(["created" if old is None else "updated", registry, record_id,
+                                                         kind, change_id, author, hlc, "bench"])), db=feed)
                     txn.put(record_key + b"\x00h" + feed_key, cid, db=docs)
                     after = sha256(encode([registry, record_id, *row], order="sorted")).digest()
                     before = None if old is None else sha256(
@@ -510,7 +542,7 @@ def design_floor_ingest(wires: list[bytes], batch: int = APPLY_CHUNK, name: str 
                     entry = encode([audit_seq, time.time_ns() // 1_000_000, author, op, f"{registry}/{record_id}",
                                     "replicated from bench", before, after, change_id, audit_prev])
                     audit_prev = sha256(entry).digest()
-                    txn.put(audit_seq.to_bytes(8, "big"), encode([entry, audit_prev]), db=audit)
+                    txn.put(audit_seq.to_bytes(8, "big"), squeeze[3](encode([entry, audit_prev])), db=audit)
                     sha256(b"\x00" + audit_prev).digest()  # its leaf in the audit's Merkle tree
                 if audit_seq - signed_at >= _AUDIT_SIGN_EVERY:
                     head = encode([audit_seq, audit_prev, time.time_ns() // 1_000_000])
