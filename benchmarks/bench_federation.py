@@ -392,6 +392,7 @@ class _Squeezer:
     def __init__(self) -> None:
         self.samples: list[bytes] = []
         self.compressor: Any = None
+        self.decompressor: Any = None
 
     def __call__(self, value: bytes) -> bytes:
         if self.compressor is not None:
@@ -403,7 +404,11 @@ class _Squeezer:
             dictionary.precompute_compress(level=-1)
             self.compressor = zstandard.ZstdCompressor(level=-1, dict_data=dictionary, write_checksum=False,
                                                        write_dict_id=False)
+            self.decompressor = zstandard.ZstdDecompressor(dict_data=dictionary)
         return value
+
+    def unpack(self, stored: bytes) -> bytes:
+        return self.decompressor.decompress(stored[2:]) if stored[:1] == b"\xc1" else stored
 
 
 def design_floor_ingest(wires: list[bytes], batch: int = APPLY_CHUNK, name: str = FLOOR) -> Figure:
@@ -498,7 +503,7 @@ def design_floor_ingest(wires: list[bytes], batch: int = APPLY_CHUNK, name: str 
                         tags = state["tags"]
                         creates += 1
                     else:  # an update: its Automerge change on the record's document
-                        old = decode(old_bytes)
+                        old = decode(squeeze[1].unpack(old_bytes))
                         stored = txn.get(record_key, db=docs)
                         if stored is None:
                             actor = actors.get(author)
