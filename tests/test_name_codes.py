@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from registrygrid.errors import IntegrityError
+from registrygrid.sdk import LocalRegistry
 from registrygrid.storage import chains
 from registrygrid.storage.codes import CODE_BYTES
 from registrygrid.storage.store import Store
@@ -60,3 +61,18 @@ def test_a_chain_key_naming_a_code_never_handed_out_is_an_integrity_error(tmp_pa
     with store.read() as txn, pytest.raises(IntegrityError, match="never handed out"):
         chains.heads(store, txn)
     store.close()
+
+
+def test_verify_reports_a_chain_whose_author_code_the_store_lost(tmp_path: Path) -> None:
+    grid = LocalRegistry.open_path(tmp_path / "s")
+    try:
+        grid.put("grid.tools", "tool", {"name": "ocr"}, id="ocr")
+        with grid.store.env.begin(write=True) as txn:
+            txn.delete(b"c" + grid.store.codes.code(txn, grid.engine.key.did), db=grid.store.db["codes"])
+    finally:
+        grid.close()
+
+    with LocalRegistry.open_path(tmp_path / "s") as reopened:
+        report = reopened.verify()
+
+    assert not report.ok and report.where == "chains" and "never handed out" in (report.problem or "")

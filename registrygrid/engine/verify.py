@@ -76,29 +76,32 @@ def verify_store(store: Store) -> VerifyReport:
                                     f"change {cid_to_str(stored_id)}")
             changes += 1
         last: tuple[tuple[str, str], int, bytes] | None = None  # ((registry, author), seq, cid)
-        for registry, author, seq, cid in stored_chains.iter_links(store, txn):
-            chain = (registry, author)
-            body = stored_changes.body(store, txn, cid)
-            where = f"chain {registry} {author} seq {seq}"
-            expected_prev = last[2] if last is not None and last[0] == chain else b""
-            expected_seq = last[1] + 1 if last is not None and last[0] == chain else 1
-            if seq != expected_seq:
-                return VerifyReport(False, changes, chains, records, f"chain skips to {seq} from {expected_seq - 1}", where)
-            if body is None:
-                # An erased change keeps its ID in the chain (its successor's
-                # prev still checks it); an unseen one, a notice's word.
-                erased_here = (cid == erasures.UNSEEN and erasures.vouched(store, txn, registry, author, seq)) \
-                    or stored_changes.is_erased(store, txn, cid)
-                if not erased_here:
-                    return VerifyReport(False, changes, chains, records, "chain names a change that is not stored",
-                                        where)
-            elif body.seq != seq:
-                return VerifyReport(False, changes, chains, records, f"chain skips to {seq} from {expected_seq - 1}", where)
-            elif body.prev != expected_prev and expected_prev != erasures.UNSEEN:
-                return VerifyReport(False, changes, chains, records, "prev does not name the previous change", where)
-            if last is None or last[0] != chain:
-                chains += 1
-            last = (chain, seq, cid)
+        try:
+            for registry, author, seq, cid in stored_chains.iter_links(store, txn):
+                chain = (registry, author)
+                body = stored_changes.body(store, txn, cid)
+                where = f"chain {registry} {author} seq {seq}"
+                expected_prev = last[2] if last is not None and last[0] == chain else b""
+                expected_seq = last[1] + 1 if last is not None and last[0] == chain else 1
+                if seq != expected_seq:
+                    return VerifyReport(False, changes, chains, records, f"chain skips to {seq} from {expected_seq - 1}", where)
+                if body is None:
+                    # An erased change keeps its ID in the chain (its successor's
+                    # prev still checks it); an unseen one, a notice's word.
+                    erased_here = (cid == erasures.UNSEEN and erasures.vouched(store, txn, registry, author, seq)) \
+                        or stored_changes.is_erased(store, txn, cid)
+                    if not erased_here:
+                        return VerifyReport(False, changes, chains, records, "chain names a change that is not stored",
+                                            where)
+                elif body.seq != seq:
+                    return VerifyReport(False, changes, chains, records, f"chain skips to {seq} from {expected_seq - 1}", where)
+                elif body.prev != expected_prev and expected_prev != erasures.UNSEEN:
+                    return VerifyReport(False, changes, chains, records, "prev does not name the previous change", where)
+                if last is None or last[0] != chain:
+                    chains += 1
+                last = (chain, seq, cid)
+        except IntegrityError as exc:  # a chain key naming a DID code the store lacks
+            return VerifyReport(False, changes, chains, records, exc.message, "chains")
         try:
             for k, record in stored_records.iter_stored(store, txn):
                 registry, record_id = k.decode().split("\x00", 1)
