@@ -110,6 +110,25 @@ with store.read() as txn:
 """
 
 
+def test_every_generation_an_aborted_transaction_made_is_forgotten(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    plain = [b"\x92" + os.urandom(4) + b"a feed event like the others" * 3 for _ in range(FIRST_AFTER + SECOND_AFTER)]
+
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort), store.write() as txn:  # one big transaction past two thresholds
+        for i, value in enumerate(plain):
+            txn.put(u64(i), store.values.pack(txn, "feed", value), db=store.db["feed"])
+        assert store.values.generations()["feed"] == 2
+        raise Abort
+    with store.write() as txn:
+        packed = store.values.pack(txn, "feed", plain[0])
+        txn.put(u64(0), packed, db=store.db["feed"])
+    assert store.values.generations()["feed"] == 0 and packed == plain[0]
+    store.close()
+
+
 def test_a_reader_process_opened_before_a_dictionary_was_made_finds_it_in_the_store(tmp_path: Path) -> None:
     writer = LocalRegistry.open_path(tmp_path / "s")
     fill(writer, 1)  # no dictionary yet

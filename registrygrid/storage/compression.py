@@ -148,10 +148,15 @@ class ValueCodec:
         runs one write transaction at a time): it committed, or its
         dictionary is gone and so is every value packed with it."""
         lane.made_in = None
-        if txn.get(dictionary_key(db, lane.generation), db=self._store.db["meta"]) is None:
-            self._contents.pop((db, lane.generation), None)
+        generation = lane.generation
+        # One transaction can make several generations (a big one packs
+        # past more than one threshold): every one it made is gone with it.
+        while generation and txn.get(dictionary_key(db, generation), db=self._store.db["meta"]) is None:
+            self._contents.pop((db, generation), None)
+            generation -= 1
+        if generation != lane.generation:
             self._epoch += 1
-            self._use(lane, db, lane.generation - 1)
+            self._use(lane, db, generation)
 
     # ---- reading
 
