@@ -55,6 +55,9 @@ FIRST_AFTER = 32
 SECOND_AFTER = 1_024
 GROWTH = 4
 LAST_GENERATION = 255
+# No stored value comes near this: a change is at most an envelope (256 KiB),
+# a record at most 128 KiB (protocol/limits.py).
+MAX_VALUE_BYTES = 16 * 2**20
 LEVEL = -1  # zstd's fast mode: on record-sized values as small as levels 1 and 3 make them, at a third of the time
 
 
@@ -178,6 +181,10 @@ class ValueCodec:
             decompressor = decompressors[(db, generation)] = zstandard.ZstdDecompressor(
                 dict_data=_dictionary(self._content(txn, db, generation, key)))
         try:
+            # The frame says how big its content is; damage there must not
+            # make us allocate gigabytes (a stored value is never that big).
+            if not 0 <= zstandard.frame_content_size(raw[2:]) <= MAX_VALUE_BYTES:
+                raise zstandard.ZstdError("its frame announces an impossible content size")
             return decompressor.decompress(raw[2:])  # type: ignore[no-any-return]
         except zstandard.ZstdError as e:
             where = describe(db, key)
