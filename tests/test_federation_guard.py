@@ -57,9 +57,16 @@ async def test_a_fresh_node_catches_up_thousands_of_changes_with_the_default_lim
             # there; a full CI run saw 143 such, and a loaded one 143 that
             # came on both paths, counted duplicate on the second). And
             # nothing waited on the guard.
-            taken = sum(metrics[f"{path}.ingest.{status}"] for path in ("sync", "gossip")
-                        for status in ("applied", "pending", "duplicate"))
-            assert taken >= 3000 - 10
+            # The store shows a batch's records as soon as it commits; its
+            # outcomes are counted when the task that submitted it runs again,
+            # which a loaded machine can put after the convergence check (a
+            # CI run saw 2,857 counted of 3,000 held).
+            def taken() -> int:
+                return sum(metrics[f"{path}.ingest.{status}"] for path in ("sync", "gossip")
+                           for status in ("applied", "pending", "duplicate"))
+
+            await eventually(lambda: taken() >= 3000 - 10, 10, "every change counted as it was taken: "
+                             f"{ {k: v for k, v in metrics.items() if 'ingest' in k or 'guard' in k} }")
             assert metrics["sync.ingest.applied"] >= 2000
             assert metrics["guard.sync_waits"] == 0 and metrics["guard.sync_deferred"] == 0
 

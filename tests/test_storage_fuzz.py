@@ -317,7 +317,7 @@ def test_a_frame_header_damaged_to_announce_a_huge_content_size_is_an_integrity_
 
 REGISTRIES = ("r", "r.x", "s")
 dids = st.builds(lambda n: f"did:key:z{n}", st.integers(0, 12))
-seqs = st.one_of(st.integers(1, 20), st.integers(1, 2**64 - 1))
+seqs = st.one_of(st.integers(1, 20), st.integers(1, 2**64 - 1), st.sampled_from([255, 256, 2**32, 2**64 - 1]))
 cids = st.binary(min_size=36, max_size=36)
 operations = st.one_of(
     st.tuples(st.just("assign"), dids),
