@@ -338,6 +338,43 @@ def _act(authors: list[LocalRegistry], step: tuple[Any, ...]) -> None:
     grid.update(REG, "x", patch={field: _value(field, value)})
 
 
+def test_a_removal_made_after_seeing_another_supersedes_it_on_the_node_that_made_it(tmp_path: Path) -> None:
+    """Found by the property below (a run outside CI): a2 deletes x and puts
+    it back without m (a removal of m); b, which had set m, deletes x, gets
+    a2's changes and puts x back without m too, a removal made after seeing
+    a2's. A later update of m that neither saw must then conflict with b's
+    removal alone, on b as on a node that gets everything at once (b listed
+    a2's superseded removal as a third concurrent write)."""
+    a = LocalRegistry.open_path(tmp_path / "a", NODE_A, delegation=sign_delegation(ORG_A, NODE_A.did,
+                                                                                    ["node", "writer"]))
+    b = LocalRegistry.open_path(tmp_path / "b", NODE_B, delegation=sign_delegation(ORG_B, NODE_B.did,
+                                                                                    ["node", "writer", "admin"]))
+    a2 = LocalRegistry.open_path(tmp_path / "a2", NODE_A2, delegation=sign_delegation(ORG_A, NODE_A2.did,
+                                                                                       ["node", "writer"]))
+    replica = LocalRegistry.open_path(tmp_path / "replica", KeyPair(b"\xd9" * 32))
+    try:
+        a.create_registry(REG, ["cluster"], write_policy="members", conflict_policy=EVERY_RULE)
+        a.put(REG, "cluster", {"name": "x", "lic": "mit", "n": 0, "m": 100}, id="x")
+        exchange(a, b, a2)
+        a.update(REG, "x", patch={"m": 0})
+        b.update(REG, "x", patch={"m": 0})
+        a2.delete(REG, "x")
+        a2.put(REG, "cluster", {"name": "x", "lic": "mit"}, id="x")  # removes m
+        b.delete(REG, "x")
+        deliver(a2, b)
+        assert b.get(REG, "x", include_deleted=True)["deleted"]  # delete-wins: b's delete did not see a2's put
+        b.put(REG, "cluster", {"name": "x", "lic": "mit"}, id="x")  # removes m, having seen a2's removal
+        for grid in (b, replica):
+            exchange(grid, a, a2)
+        on_b, on_replica = b.get(REG, "x"), replica.get(REG, "x")
+        assert on_b == on_replica
+        writes = conflict_at(on_b, "/fields/m")["writes"]
+        assert sorted(w["author"] for w in writes) == sorted([NODE_A.did, NODE_B.did])
+    finally:
+        for grid in (a, b, a2, replica):
+            grid.close()
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data(), delete_rule=st.sampled_from(["delete-wins", "update-wins"]))
 def test_any_arrival_order_of_the_same_changes_shows_the_same_records_under_every_rule(

@@ -225,6 +225,16 @@ def _single_writer(before: Document, heads: list[bytes], path: Path, unseen: dic
     if got is not None:
         actor, counter = op_of(got[1])
         return [h for h, c in unseen.items() if c.actor_id == actor and c.start_op <= counter <= c.max_op]
-    # Removed: by one of the unseen changes, or by none of them.
-    return [h for h, c in unseen.items()
-            if _get(before, path, [h]) is None and _get(before, path, list(c.deps)) is not None]
+    # Removed: by one of the unseen changes, or by none of them. Several
+    # may have removed it, one after seeing another's removal: only the
+    # removals no other one has seen are maximal.
+    removers = [h for h, c in unseen.items()
+                if _get(before, path, [h]) is None and _get(before, path, list(c.deps)) is not None]
+    if len(removers) < 2:
+        return removers
+    return [h for h in removers if not any(other != h and _has_seen(before, other, h) for other in removers)]
+
+
+def _has_seen(doc: Document, later: bytes, earlier: bytes) -> bool:
+    """Whether change ``earlier`` is in the history of change ``later``."""
+    return all(c.hash != earlier for c in doc.get_changes([later]))
