@@ -3,6 +3,7 @@ function of it, built at the record's first update, the same on every node."""
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,10 @@ from registrygrid.crdt.snapshot import check_value, encode_snapshot, genesis_cha
 from registrygrid.engine.ops import Remote
 from registrygrid.errors import MalformedInput, ValidationError
 from registrygrid.identity.keys import KeyPair
+from registrygrid.protocol import limits
 from registrygrid.protocol.envelope import open_envelope
+from registrygrid.schemas import catalog
+from registrygrid.schemas.catalog import rust_reads_as_python
 from registrygrid.sdk import LocalRegistry
 from registrygrid.storage.store import key
 
@@ -95,6 +99,48 @@ def test_a_malformed_snapshot_is_refused_with_the_reason(payload: bytes, why: st
 def test_values_automerge_cannot_hold_exactly_are_refused(value: Any) -> None:
     with pytest.raises(ValidationError):
         check_value({"v": value})
+
+
+def _nested(levels: int, leaf: Any = None) -> Any:
+    """A list nested ``levels`` deep below its holder: the innermost holds
+    ``leaf``, or nothing."""
+    value: Any = [] if leaf is None else [leaf]
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("value", [
+    {}, {"a": [1, 2.5, "s", True, None, {"b": []}]}, {"n": 2**53}, {"n": -(2**53)},
+    {"deep": _nested(limits.MAX_NESTING)},
+])
+def test_plain_json_is_reported_plain_and_agrees_with_the_schema_engines_own_walk(value: Any) -> None:
+    assert check_value(value) is True
+    assert rust_reads_as_python(value)
+
+
+@pytest.mark.parametrize("value", [
+    {"n": 2**53 + 1}, {"n": -(2**53) - 1}, {"t": (1, 2)}, {"m": types.MappingProxyType({"k": 1})},
+    types.MappingProxyType({"k": 1}),
+])
+def test_values_a_schema_engine_may_read_otherwise_are_stored_but_not_reported_plain(value: Any) -> None:
+    """A tuple, a Mapping that is not a dict, an integer a float cannot hold
+    exactly: valid record values, which validation walks itself."""
+    assert check_value(value) is False
+    assert not rust_reads_as_python(value)
+
+
+def test_nesting_is_refused_exactly_where_it_always_was() -> None:
+    check_value({"deep": _nested(limits.MAX_NESTING - 1, leaf=1)})
+    check_value({"deep": _nested(limits.MAX_NESTING)})  # an empty container at the last level
+    with pytest.raises(ValidationError, match="nested deeper"):
+        check_value({"deep": _nested(limits.MAX_NESTING, leaf=1)})
+    with pytest.raises(ValidationError, match="nested deeper"):
+        check_value({"deep": _nested(limits.MAX_NESTING + 1)})
+
+
+def test_the_exact_integer_bound_is_the_schema_engines() -> None:
+    assert limits.EXACT_FLOAT_INT == catalog._RUST_EXACT_INT
 
 
 def test_a_create_stores_no_document_until_the_first_update_builds_it(tmp_path: Path) -> None:

@@ -88,30 +88,61 @@ def read_snapshot(payload: bytes, *, kind: str, schema: int) -> dict[str, Any]:
             "fields": snap["fields"], "deleted": False, "created": created}
 
 
-def check_value(value: Any, depth: int = 0) -> None:
+def check_value(value: Any, depth: int = 0) -> bool:
     """What an Automerge document can hold exactly as JSON gave it: a local
-    create checks its fields here instead of by writing them to Automerge."""
+    create checks its fields here instead of by writing them to Automerge.
+
+    Returns whether the value is also plain JSON that every schema engine
+    reads alike: containers only dicts and lists, integers within
+    ±limits.EXACT_FLOAT_INT (catalog.validate's ``plain_json``). Runs on
+    every create, so strings and numbers are checked in the loop, not by a
+    call each.
+    """
     if depth > limits.MAX_NESTING:
         raise ValidationError(f"value nested deeper than {limits.MAX_NESTING} levels")
     kind = type(value)
+    if kind is dict:
+        for k in value:
+            if type(k) is not str or not k:
+                raise ValidationError(f"object keys must be non-empty strings, got {k!r}")
+        items: Any = value.values()
+        plain = True
+    elif kind is list:
+        items, plain = value, True
+    elif kind is tuple:
+        items, plain = value, False
+    elif isinstance(value, Mapping):
+        check_value(dict(value), depth)
+        return False  # a Mapping that is not a dict: not plain
+    else:
+        return _check_scalar(value, kind)
+    if depth >= limits.MAX_NESTING and value:  # its items would sit one level too deep
+        raise ValidationError(f"value nested deeper than {limits.MAX_NESTING} levels")
+    for item in items:
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is dict or kind is list or kind is tuple:
+            plain = check_value(item, depth + 1) and plain
+        elif kind is int or kind is float or not isinstance(item, Mapping):
+            plain = _check_scalar(item, kind) and plain
+        else:
+            plain = check_value(item, depth + 1) and plain
+    return plain
+
+
+def _check_scalar(value: Any, kind: type) -> bool:
     if kind is str or kind is bool or value is None:
-        return
+        return True
     if kind is int:
         if not INT64_MIN <= value <= INT64_MAX:
             raise ValidationError(f"integer {value} does not fit in 64 bits")
-    elif kind is float:
+        return -limits.EXACT_FLOAT_INT <= value <= limits.EXACT_FLOAT_INT
+    if kind is float:
         if value != value or value in (float("inf"), float("-inf")):
             raise ValidationError("NaN and infinity are not JSON numbers")
-    elif kind is dict or isinstance(value, Mapping):
-        for k, v in value.items():
-            if type(k) is not str or not k:
-                raise ValidationError(f"object keys must be non-empty strings, got {k!r}")
-            check_value(v, depth + 1)
-    elif kind is list or kind is tuple:
-        for v in value:
-            check_value(v, depth + 1)
-    else:
-        raise ValidationError(f"unsupported value type {kind.__name__}")
+        return True
+    raise ValidationError(f"unsupported value type {kind.__name__}")
 
 
 def genesis_change(state: Mapping[str, Any], author: str) -> Any:

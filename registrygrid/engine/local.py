@@ -65,7 +65,10 @@ class LocalWrites(EngineCore):
         desc = self._registry(txn, registry)
         kind = self._kind_for(desc, op.kind, op.schema)
         fields = checked_fields(op.fields, desc.max_record_bytes)
-        self.catalog.validate(kind.name, kind.version, fields)
+        # One walk of the fields: what Automerge could hold, and whether the
+        # schema engine may take them as plain JSON without its own walk.
+        plain_json = check_value(fields)
+        self.catalog.validate(kind.name, kind.version, fields, plain_json=plain_json)
         tags = checked_tags(op.tags)
         links = checked_links(op.links)
         record_id = names.record_id(op.record_id) if op.record_id is not None else names.new_record_id()
@@ -98,8 +101,7 @@ class LocalWrites(EngineCore):
                                                     statement=statement, policy=self.policy, kind=kind.name,
                                                     fields=fields, local_roles=op.roles), owner)
             # A new record is a signed snapshot: no Automerge document
-            # until its first update (crdt/snapshot.py).
-            check_value(fields)
+            # until its first update (crdt/snapshot.py); check_value held.
             doc = None
             state = {"kind": kind.name, "schema": kind.version, "owner": owner, "tags": tags, "links": links,
                      "fields": fields, "deleted": False, "created": {"at": hlc.wall_ms, "by": self.key.did}}

@@ -34,3 +34,9 @@ MAX_DEPS = 256
 # JSON nesting: deep enough for any real descriptor, shallow enough that a
 # recursive walk cannot exhaust Python's stack (default limit 1000).
 MAX_NESTING = 32
+
+# The largest integer magnitude a float64 holds exactly. Schema engines that
+# compare numbers as floats (jsonschema-rs 0.60) agree with exact comparison
+# only up to here; crdt.snapshot.check_value reports whether a value stays
+# within it, so validation can skip its own walk (schemas/catalog.py).
+EXACT_FLOAT_INT = 2**53

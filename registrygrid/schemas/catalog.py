@@ -586,7 +586,7 @@ _RUST_MAX_DEPTH = 64
 # not here). Integers beyond this bound, in a value or in a schema, are left
 # to jsonschema. (0.61 compares exactly, but schemathesis, which the bridge
 # tests use, requires jsonschema-rs < 0.61.)
-_RUST_EXACT_INT = 2**53
+_RUST_EXACT_INT = 2**53  # = protocol.limits.EXACT_FLOAT_INT, which plain_json callers check against (tested)
 
 
 def _annotation_only(value: str) -> bool:
@@ -833,10 +833,12 @@ class CompiledKind:
         """The engine that judges plain-JSON values: ``"jsonschema-rs"`` or ``"jsonschema"``."""
         return "jsonschema" if self.rust is None else "jsonschema-rs"
 
-    def verdict(self, instance: object) -> bool | None:
-        """jsonschema-rs's verdict on ``instance``, or None where jsonschema decides."""
+    def verdict(self, instance: object, plain_json: bool = False) -> bool | None:
+        """jsonschema-rs's verdict on ``instance``, or None where jsonschema
+        decides (``plain_json``: the caller vouches that rust_reads_as_python
+        holds, so it is not walked again)."""
         rust = self.rust
-        if rust is None or not rust_reads_as_python(instance):
+        if rust is None or not (plain_json or rust_reads_as_python(instance)):
             return None
         try:
             return rust.is_valid(instance)
@@ -1066,8 +1068,15 @@ class SchemaCatalog:
         # setdefault: if two threads compile at once, both use the first one.
         return self._validators.setdefault(key, compiled)
 
-    def validate(self, name: str, version: int, fields: object) -> None:
-        """Raise SchemaViolation listing every error of ``fields`` against the kind's schema."""
+    def validate(self, name: str, version: int, fields: object, *, plain_json: bool = False) -> None:
+        """Raise SchemaViolation listing every error of ``fields`` against the kind's schema.
+
+        ``plain_json``: the caller has walked ``fields`` already and found
+        only dicts, lists, strings, bools, None, finite floats and integers
+        within ±2**53 (_RUST_EXACT_INT), nested at most 32
+        levels (crdt.snapshot.check_value returned True): the one walk a
+        local create makes, instead of two.
+        """
         validator = self.validator(name, version)
         if not isinstance(fields, dict):
             raise _violation(name, version, [{
@@ -1076,7 +1085,7 @@ class SchemaCatalog:
                 "validator": "type",
             }])
         try:
-            verdict = validator.verdict(fields)
+            verdict = validator.verdict(fields, plain_json)
             if verdict:
                 return  # the hot path: plain JSON, valid by jsonschema-rs
             errors = validator.errors(fields, verdict)
