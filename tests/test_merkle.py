@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registrygrid.protocol.merkle import MerkleFrontier, MerkleTree, leaf_hash, node_hash, root_from_path
+from registrygrid.protocol.merkle import (
+    MerkleFrontier,
+    MerkleTree,
+    ProvenPaths,
+    leaf_hash,
+    node_hash,
+    root_from_path,
+)
 
 
 def _rfc6962_root(leaves: list[bytes]) -> bytes:
@@ -70,3 +77,46 @@ def test_a_path_proves_nothing_for_another_leaf_or_index(n: int, data: st.DataOb
                                                          (0, 1, 1), (0, 2**64, 65)])
 def test_impossible_proofs_are_none_not_an_exception(index: int, size: int, path_len: int) -> None:
     assert root_from_path(b"leaf", index, size, [b"\x00" * 32] * path_len) is None
+
+
+# ---------------------------------------------------------------- a stream of paths
+
+
+def test_proven_paths_gives_every_leaf_of_a_batch_its_root_in_order_and_out_of_order() -> None:
+    proven = ProvenPaths()
+    for n in (1, 2, 3, 7, 64, 65, 130):
+        leaves = _leaves(n)
+        tree = MerkleTree(leaves)
+        for i in [*range(n), *reversed(range(n)), *range(0, n, 3)]:
+            assert proven.root(leaves[i], i, n, tree.path(i)) == tree.root, (n, i)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_proven_paths_answers_as_root_from_path_whatever_came_before(data: st.DataObject) -> None:
+    """Honest paths of several batches, interleaved with tampered ones (a
+    flipped leaf, sibling, index or size, a path cut or lengthened): the
+    remembered nodes never change an answer, nor let a bad path through."""
+    proven = ProvenPaths()
+    trees = {n: (MerkleTree(_leaves(n)), _leaves(n)) for n in data.draw(st.sets(st.integers(1, 40), min_size=1,
+                                                                                   max_size=3), label="sizes")}
+    for _ in range(data.draw(st.integers(1, 60), label="steps")):
+        n = data.draw(st.sampled_from(sorted(trees)))
+        tree, leaves = trees[n]
+        i = data.draw(st.integers(0, n - 1))
+        leaf, index, size, path = leaves[i], i, n, tree.path(i)
+        tamper = data.draw(st.sampled_from(["none", "none", "leaf", "sibling", "index", "size", "cut", "longer"]))
+        if tamper == "leaf":
+            leaf = leaf[:-1] + bytes([leaf[-1] ^ 1])
+        elif tamper == "sibling" and path:
+            k = data.draw(st.integers(0, len(path) - 1))
+            path = [*path[:k], bytes([path[k][0] ^ 1]) + path[k][1:], *path[k + 1:]]
+        elif tamper == "index":
+            index = data.draw(st.integers(-1, n))
+        elif tamper == "size":
+            size = data.draw(st.integers(0, 2 * n))
+        elif tamper == "cut" and path:
+            path = path[:-1]
+        elif tamper == "longer":
+            path = [*path, b"\x07" * 32]
+        assert proven.root(leaf, index, size, path) == root_from_path(leaf, index, size, path)

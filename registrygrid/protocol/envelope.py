@@ -31,7 +31,7 @@ from registrygrid.errors import MalformedInput, SignatureInvalid, TooLarge, Vali
 from registrygrid.identity.keys import KeyPair, public_key_from_did, verify_signature
 from registrygrid.protocol import base32, limits, names
 from registrygrid.protocol.hlc import Hlc
-from registrygrid.protocol.merkle import MerkleTree, root_from_path
+from registrygrid.protocol.merkle import MerkleTree, ProvenPaths
 
 PROTOCOL_VERSION = 2
 OPS = ("create", "update", "delete")
@@ -348,10 +348,16 @@ def _open_legacy(wire: bytes, verify: bool) -> Envelope:
                     path=[], signature=outer.signature, root=b"", legacy=True)
 
 
+# Inclusion paths of the changes opened, the last one remembered: a batch's
+# changes arrive together, so each is hashed only up to where its path meets
+# the previous one's (protocol/merkle.py).
+_proven_paths = ProvenPaths()
+
+
 def _proven_root(cid: bytes, outer: _Wire) -> bytes:
     if not 1 <= outer.size <= MAX_BATCH or any(len(h) != 32 for h in outer.path):
         raise MalformedInput(f"malformed envelope: batch proof for a batch of {outer.size}")
-    root = root_from_path(cid, outer.index, outer.size, outer.path)
+    root = _proven_paths.root(cid, outer.index, outer.size, outer.path)
     if root is None:
         raise MalformedInput(f"malformed envelope: no inclusion path for leaf {outer.index} of {outer.size}")
     if len(outer.signature) != 64:

@@ -89,6 +89,56 @@ def root_from_path(leaf: bytes, index: int, size: int, path: Sequence[bytes]) ->
     return acc if used == count else None
 
 
+class ProvenPaths:
+    """``root_from_path`` for a stream of leaves, remembering the last
+    path's nodes. A receiver gets a batch's changes together and in order,
+    and neighbouring leaves share every node of their paths above the level
+    where they meet: each leaf is hashed up to the first node it has in
+    common with the last one (about two levels, not log2 of the batch), and
+    the rest of the walk, the same inputs, gives the same root. One writer
+    thread uses it; a reader of ``_last`` sees one whole tuple or another.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        # (size, index, path, node at each level, path entries used below each level, root)
+        self._last: tuple[int, int, Sequence[bytes], list[bytes], list[int], bytes] | None = None
+
+    def root(self, leaf: bytes, index: int, size: int, path: Sequence[bytes]) -> bytes | None:
+        """What ``root_from_path(leaf, index, size, path)`` returns."""
+        if not 0 <= index < size or len(path) > MAX_PATH:
+            return None
+        last = self._last
+        if last is not None and last[0] != size:
+            last = None
+        sha256 = hashlib.sha256
+        acc = sha256(b"\x00" + leaf).digest()
+        nodes, used_below = [acc], [0]
+        used, count, width, position, level = 0, len(path), size, index, 0
+        while True:
+            if (last is not None and level < len(last[3]) and last[1] >> level == position
+                    and last[3][level] == acc and path[used:] == last[2][last[4][level]:]):
+                return last[5]  # the same node with the same siblings above it: the same root
+            if width <= 1:
+                break
+            if position & 1 or position + 1 < width:
+                if used == count:
+                    return None
+                sibling = path[used]
+                acc = sha256(b"\x01" + sibling + acc if position & 1 else b"\x01" + acc + sibling).digest()
+                used += 1
+            position >>= 1
+            width = (width + 1) >> 1
+            level += 1
+            nodes.append(acc)
+            used_below.append(used)
+        if used != count:
+            return None
+        self._last = (size, index, path, nodes, used_below, acc)
+        return acc
+
+
 class MerkleFrontier:
     """The roots of the perfect subtrees covering the leaves so far: O(log n)
     state that appends in O(log n) and yields the RFC 6962 root (the audit

@@ -8,18 +8,19 @@ an event may see that event again after a crash, never miss one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import lmdb
+import msgspec
 
 from registrygrid.storage.store import Store, u64, unpack, pack
 
 EVENT_TYPES = {"create": "created", "update": "updated", "delete": "deleted"}
 
 
-@dataclass(frozen=True)
-class FeedEvent:
+class FeedEvent(msgspec.Struct, frozen=True):
+    """One event of the feed (a Struct: one is built for every change committed)."""
+
     seq: int
     type: str  # created | updated | deleted
     registry: str
