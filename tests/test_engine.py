@@ -966,6 +966,32 @@ def test_a_registrys_record_size_cap_holds_for_local_writes_and_remote_updates(t
         replica.close()
 
 
+def test_a_registrys_record_size_cap_holds_for_remote_creates_on_the_fields_not_the_payload(tmp_path: Path) -> None:
+    """A create past the cap is refused; one whose fields fit, in a payload
+    that does not (a snapshot also carries its owner, tags and links), is
+    taken: the cap is on the fields, as for a local write."""
+    author = open_store(tmp_path / "author", KeyPair.generate())
+    replica = open_store(tmp_path / "replica")
+    try:
+        author.put("grid.registries", "registry", {"name": "acme.small", "kinds": ["cluster"],
+                                                   "limits": {"max_record_bytes": 200}}, id="acme.small")
+        author.put("acme.small", "cluster", cluster("small"), id="s")
+        # The author's node forgets the cap (as a node that runs other code might).
+        cached = author.engine._registry_cache["acme.small"]
+        author.engine._registry_cache["acme.small"] = dataclasses.replace(cached, max_record_bytes=10**6)
+        fits = author.put("acme.small", "cluster", cluster("fits", notes="x" * 170), id="fits")
+        author.put("acme.small", "cluster", cluster("big", notes="x" * 300), id="big")
+        assert 150 < len(msgspec.msgpack.encode(fits.record["fields"])) <= 200
+        fitting = wires_in_feed_order(author)[-2]
+        assert len(open_envelope(fitting).body.payload) > 200
+        outcomes = replica.execute([Remote(w, "p") for w in wires_in_feed_order(author)])
+        assert [o.status for o in outcomes[-2:]] == ["applied", "rejected"]
+        assert outcomes[-1].error.code == "too_large"
+    finally:
+        author.close()
+        replica.close()
+
+
 def test_a_batch_is_signed_once_and_a_lone_write_keeps_its_signature_beside_its_change(grid: LocalRegistry) -> None:
     def roots() -> int:
         with grid.store.read() as txn:

@@ -46,6 +46,12 @@ def read_snapshot(payload: bytes, *, kind: str, schema: int) -> dict[str, Any]:
     """The record state a snapshot payload creates (``deleted`` false), or
     MalformedInput naming what is wrong. The payload must be canonical, so
     one content has one payload and one change ID."""
+    return snapshot_state(payload, kind=kind, schema=schema)[0]
+
+
+def snapshot_state(payload: bytes, *, kind: str, schema: int) -> tuple[dict[str, Any], bool]:
+    """``read_snapshot``, and whether the fields are plain JSON (check_value's
+    answer: what schema validation may take without its own walk)."""
     try:
         snap = msgspec.msgpack.decode(payload)
     except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as exc:
@@ -79,13 +85,13 @@ def read_snapshot(payload: bytes, *, kind: str, schema: int) -> dict[str, Any]:
     if not isinstance(snap["fields"], dict):
         raise MalformedInput("snapshot 'fields' must be a map")
     try:
-        check_value(snap["fields"])
+        plain_json = check_value(snap["fields"])
     except ValidationError as exc:
         raise MalformedInput(f"snapshot fields: {exc.message}") from None
     if msgspec.msgpack.encode(snap, order="sorted") != payload:
         raise MalformedInput("snapshot is not in canonical form (map keys sorted)")
     return {"kind": kind, "schema": schema, "owner": snap["owner"], "tags": tags, "links": links,
-            "fields": snap["fields"], "deleted": False, "created": created}
+            "fields": snap["fields"], "deleted": False, "created": created}, plain_json
 
 
 def check_value(value: Any, depth: int = 0) -> bool:

@@ -24,7 +24,7 @@ from registrygrid.crdt.record import (
 )
 from registrygrid.crdt.snapshot import (
     genesis_change,
-    read_snapshot,
+    snapshot_state,
 )
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch, CreateRace
@@ -141,8 +141,8 @@ class RemoteIngest(EngineCore):
             raise PolicyDenied(f"registry {body.registry} does not hold kind {body.kind!r}")
         claim: dict[str, Any] = {}
         if body.is_snapshot:
-            claim = read_snapshot(body.payload, kind=body.kind, schema=body.schema)
-            self._check_state(env, claim, desc, shape_checked=True)
+            claim, plain_json = snapshot_state(body.payload, kind=body.kind, schema=body.schema)
+            self._check_state(env, claim, desc, shape_checked=True, plain_json=plain_json)
         else:
             self._check_automerge_header(env)
         store, reg, rec = self.store, body.registry, body.record
@@ -313,11 +313,12 @@ class RemoteIngest(EngineCore):
         return IngestResult("refused", env.id, error=race.refusal)
 
     def _check_state(self, env: Envelope, state: dict[str, Any], desc: regs.RegistryDescriptor, *,
-                     shape_checked: bool = False) -> dict[str, Any]:
+                     shape_checked: bool = False, plain_json: bool = False) -> dict[str, Any]:
         """A remote change's resulting record state, checked as a local write
         would be: fixed kind, the kind's schema, the size cap, an owner, and
         tags and links by the rules of local writes (``shape_checked``: a
-        snapshot's, which read_snapshot checked already)."""
+        snapshot's, which read_snapshot checked already; ``plain_json``:
+        its check_value answer)."""
         body = env.body
         if state.get("kind") != body.kind:
             raise ValidationError(f"change turns a {state.get('kind')!r} record into {body.kind!r}; kinds are fixed")
@@ -327,10 +328,13 @@ class RemoteIngest(EngineCore):
         kind = self.catalog.get(body.kind, schema)
         if not shape_checked:
             self._check_tags_and_links(state.get("tags"), state.get("links"))
-        self.catalog.validate(kind.name, kind.version, state.get("fields"))
+        self.catalog.validate(kind.name, kind.version, state.get("fields"), plain_json=plain_json)
         # The size cap holds for what a remote change makes, as for a local
-        # write (an update of a small record, or a payload that expands).
-        checked_fields(state.get("fields"), desc.max_record_bytes)
+        # write (an update of a small record, or a payload that expands). A
+        # snapshot's fields are encoded inside its payload, so a payload
+        # within the cap needs no second encoding to tell.
+        if not (shape_checked and len(env.body.payload) <= desc.max_record_bytes):
+            checked_fields(state.get("fields"), desc.max_record_bytes)
         if not isinstance(state.get("owner"), str):
             raise ValidationError("record has no owner")
         return state
