@@ -7,6 +7,7 @@ envelope bytes from one store to another, exactly what gossip and sync do.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import tempfile
 from collections import Counter
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 
 from registrygrid.crdt.record import RecordDoc
 from registrygrid.crdt.snapshot import encode_snapshot, genesis_change, read_snapshot
+from registrygrid.engine.engine import cyclic_gc_paused
 from registrygrid.engine.ops import Delete, IngestResult, Put, Remote, Update, WriteResult
 from registrygrid.errors import (
     AlreadyExists,
@@ -1005,3 +1007,38 @@ def test_a_batch_is_signed_once_and_a_lone_write_keeps_its_signature_beside_its_
     assert [env.size for env in envelopes] == [1, 5, 5, 5, 5, 5]
     assert len({env.signature for env in envelopes[1:]}) == 1
     assert grid.verify().ok
+
+
+def test_cyclic_gc_is_paused_during_a_batch_and_back_after_it_even_when_it_fails(grid: LocalRegistry) -> None:
+    seen: list[bool] = []
+    saved = grid.engine._execute_once
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.isenabled())
+        return saved(*args, **kwargs)
+
+    grid.engine._execute_once = spy  # type: ignore[method-assign]
+    assert gc.isenabled()
+    grid.put(CLUSTERS, "cluster", cluster("a"), id="a")
+    assert seen == [False] and gc.isenabled()
+    grid.engine._execute_once = lambda *a, **k: 1 / 0  # type: ignore[method-assign,assignment]
+    with pytest.raises(ZeroDivisionError):
+        grid.put(CLUSTERS, "cluster", cluster("b"), id="b")
+    assert gc.isenabled()
+
+
+def test_overlapping_pauses_switch_the_collector_back_on_only_at_the_last_end() -> None:
+    first, second = cyclic_gc_paused(), cyclic_gc_paused()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()  # the second batch still runs
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
+    gc.disable()  # a process that runs without the collector keeps it off
+    try:
+        with cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
