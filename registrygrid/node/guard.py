@@ -96,13 +96,18 @@ class PeerGuard:
     # ---- gossip ----
 
     def gossip(self, origin: str, envelopes: Sequence[Envelope], now: float) -> GossipVerdict:
-        return self.guard.admit_gossip(origin, [self._charge(env.body, len(env.wire), now) for env in envelopes],
-                                       now)
+        orgs: dict[tuple[str, int], tuple[str, ...]] = {}
+        return self.guard.admit_gossip(origin, [self._charge(env.body, len(env.wire), now, orgs)
+                                                for env in envelopes], now)
 
     # ---- sync ----
 
     def charges(self, wires: Sequence[bytes], now: float) -> list[Charge]:
         out = []
+        # The orgs a key speaks for change at whole seconds (trust/state.py),
+        # and a batch's changes share an author and a few seconds: worked
+        # out once per (author, second) of this call, not per change.
+        orgs: dict[tuple[str, int], tuple[str, ...]] = {}
         for wire in wires:
             # Only who, where and when are needed to charge a change: its body,
             # decoded without the proof walk (the engine opens it fully).
@@ -110,7 +115,7 @@ class PeerGuard:
             if body is None:  # the engine refuses it with its typed error; it still costs the peer
                 out.append(Charge(size=len(wire), orgs=()))
                 continue
-            out.append(self._charge(body, len(wire), now))
+            out.append(self._charge(body, len(wire), now, orgs))
         return out
 
     def admit_sync(self, peer: str, charges: Sequence[Charge], now: float) -> SyncAdmission:
@@ -135,9 +140,15 @@ class PeerGuard:
 
     # ---- one change ----
 
-    def _charge(self, body: ChangeBody, size: int, now: float) -> Charge:
-        orgs = charged_orgs(body.author, self.node.engine.trust.orgs_of(body.author, body.hlc[0]),
-                            self.guard.limits.max_orgs_per_change)
+    def _charge(self, body: ChangeBody, size: int, now: float,
+                known: dict[tuple[str, int], tuple[str, ...]]) -> Charge:
+        """``known``: the charged orgs already worked out in this call."""
+        second = (body.author, body.hlc[0] // 1000)
+        orgs = known.get(second)
+        if orgs is None:
+            orgs = known[second] = charged_orgs(body.author,
+                                                self.node.engine.trust.orgs_of(body.author, body.hlc[0]),
+                                                self.guard.limits.max_orgs_per_change)
         cached = self._caps(body.registry, now)
         if cached is None:
             return Charge(size=size, orgs=orgs, registry=body.registry)
