@@ -119,7 +119,13 @@ class ProvenPaths:
         while True:
             if (last is not None and level < len(last[3]) and last[1] >> level == position
                     and last[3][level] == acc and path[used:] == last[2][last[4][level]:]):
-                return last[5]  # the same node with the same siblings above it: the same root
+                # The same node with the same siblings above it: the same
+                # root. This leaf's path is remembered, its nodes above here
+                # being the last one's, so the next leaf meets it low.
+                shift = used - last[4][level]
+                self._last = (size, index, path, nodes + last[3][level + 1:],
+                              used_below + [u + shift for u in last[4][level + 1:]], last[5])
+                return last[5]
             if width <= 1:
                 break
             if position & 1 or position + 1 < width:
