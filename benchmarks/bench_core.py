@@ -36,7 +36,7 @@ from typing import Any
 
 import msgspec
 
-from benchmarks.limits import Figure, format_table, make_record, raw_read_verify, raw_write_pipeline
+from benchmarks.limits import Figure, format_table, gc_paused, make_record, raw_read_verify, raw_write_pipeline
 from registrygrid.engine.ops import Put
 from registrygrid.protocol.merkle import MerkleTree
 from registrygrid.protocol.envelope import cid_from_str, open_envelope
@@ -93,7 +93,7 @@ def design_floor(n: int, batch: int, *, automerge: bool = False, sign_each: bool
     try:
         t0 = time.perf_counter()
         for start in range(0, n, batch):
-            with env.begin(write=True) as txn:
+            with gc_paused(), env.begin(write=True) as txn:
                 for i in range(start, min(n, start + batch)):
                     record_id = os.urandom(16).hex()
                     if not automerge:

@@ -90,7 +90,7 @@ import zstandard
 from automerge.core import ROOT, Document, ObjType, ScalarType
 from nacl.signing import SigningKey, VerifyKey
 
-from benchmarks.limits import Figure, format_table, make_record, raw_verify_pipeline
+from benchmarks.limits import Figure, format_table, gc_paused, make_record, raw_verify_pipeline
 from registrygrid.engine.engine import Engine
 from registrygrid.engine.ops import Put, Remote, Update, WriteResult
 from registrygrid.home import Home
@@ -271,7 +271,7 @@ def raw_same_envelopes(wires: list[bytes], batch: int = APPLY_CHUNK,
     try:
         t0, c0 = time.perf_counter(), time.process_time()
         for start in range(0, len(wires), batch):
-            with env.begin(write=True) as txn:
+            with gc_paused(), env.begin(write=True) as txn:
                 for wire in wires[start:start + batch]:
                     body, index, size, proof, signature = decode(wire)
                     author = decode(body)[6]
@@ -477,7 +477,7 @@ def design_floor_ingest(wires: list[bytes], batch: int = APPLY_CHUNK, name: str 
     try:
         t0, c0 = time.perf_counter(), time.process_time()
         for start in range(0, len(wires), batch):
-            with env.begin(write=True) as txn:
+            with gc_paused(), env.begin(write=True) as txn:
                 for wire in wires[start:start + batch]:
                     body_bytes, index, size, proof, signature = decode(wire)
                     (_, registry, record_id, op, kind, version, author, seq, _, hlc, _, change_hash,
