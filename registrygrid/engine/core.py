@@ -76,7 +76,7 @@ class EngineCore:
 
     def _registry(self, txn: Txn, name: str) -> regs.RegistryDescriptor:
         # Writer thread only: readers use regs.lookup, which caches nothing.
-        cached = self._registry_cache.get(name)
+        cached = self._registry_cache.get(name) or regs.BUILTINS.get(name)  # built-ins never change
         if cached is not None:
             return cached
         desc = regs.lookup(self.store, txn, name)
