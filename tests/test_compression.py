@@ -292,3 +292,35 @@ def test_a_format_3_store_migrates_and_compaction_then_packs_its_plain_values(tm
         assert grid.state_digest() == digest and grid.verify().ok
         assert [k for k, v in stored(grid.store, "records").items() if v[0] != MARK] == []
         assert grid.get(CLUSTERS, "c199")["fields"]["name"] == "cluster-199"
+
+
+def test_a_stopped_format_3_migration_resumes_where_it_stopped_and_ends_the_same(tmp_path: Path) -> None:
+    """Format 3 -> 4 rewrites its keys in chunks, each with a cursor: a run
+    stopped after some of the chain keys, and one stopped among the owner
+    keys, leave a store still refused as format 3, and the next run ends
+    with the store a run never stopped makes."""
+    whole = migrate(format3_store(tmp_path / "whole"), chunk=50)
+    for stop_at in (2, 6):  # among the chain links (202 of them); among the owner keys (200)
+        path = format3_store(tmp_path / f"stopped-{stop_at}")
+        calls: list[int] = []
+
+        def stop(done: int, total: int) -> None:
+            calls.append(done)
+            if len(calls) == stop_at:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            migrate(path, progress=stop, chunk=50)
+        with pytest.raises(StoreFormatError):
+            Store(path)  # half rewritten: never opened as current
+        report = migrate(path, chunk=50)
+        assert report.resumed and report.to_format == STORE_FORMAT
+        assert report.rekeyed + calls[-1] == whole.rekeyed == 202 + 200  # nothing rewritten twice
+        with LocalRegistry.open_path(path, FORMAT_3_KEY) as grid:
+            assert grid.verify().ok and grid.state_digest() == FORMAT_3_DIGEST
+            assert grid.engine.version_vector(CLUSTERS) == {CLUSTERS: {FORMAT_3_KEY.did: 202}}
+            owner = grid.get(CLUSTERS, "c000")["owner"]
+            assert len(grid.list(CLUSTERS, owner=owner, limit=1000).items) == 199
+            grid.put(CLUSTERS, "cluster", {"name": "after", "region": "eu"}, id="after")  # the chain goes on
+            assert grid.engine.version_vector(CLUSTERS)[CLUSTERS][FORMAT_3_KEY.did] == 203
+

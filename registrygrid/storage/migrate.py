@@ -1,11 +1,14 @@
 """`rgrid store migrate`: upgrade a store to the current format in place.
 
 Format 3 -> 4: chain keys and owner index keys name their DID by a 4-byte
-code (storage/codes.py), rewritten in one transaction (all of it or none,
-so a stopped run starts over; it holds the keys of every chain link in
-memory, ~150 bytes each). Values are not rewritten: format 4 reads the
-plain values format 3 wrote beside the compressed ones it writes
-(storage/compression.py); `rgrid store compact` packs the old ones.
+code (storage/codes.py), rewritten in transactions of ``CHUNK`` keys, in
+key order, each recording the last old key it rewrote, so a stopped run
+resumes there. A rewritten key always sorts before every old key of its
+registry (chains) or of the owner index (a code's first byte is below the
+'d' of "did:"), so a scan forward from the cursor meets only keys still to
+rewrite. Values are not rewritten: format 4 reads the plain values format 3
+wrote beside the compressed ones it writes (storage/compression.py);
+`rgrid store compact` packs the old ones.
 
 Format 2 -> 3 changes how a change is stored. A format-2 store holds
 wire-format-1 changes (``[body, signature]``, one signature per change, the
@@ -40,6 +43,11 @@ from registrygrid.storage.store import (
 
 CHUNK = 10_000
 _CURSOR = "migrate.cursor"  # the last change ID converted, while a migration runs
+# While format 3 -> 4 runs: [phase, the last old key rewritten]; phase 0
+# rewrites chain keys, phase 1 owner index keys.
+_REKEY_CURSOR = "migrate.rekey"
+_CHAINS, _OWNERS = 0, 1
+_OLD_DID = b"did:"
 
 
 @dataclass(frozen=True)
@@ -69,9 +77,11 @@ def migrate(path: str | Path, *, progress: Callable[[int, int], None] | None = N
             raise StoreFormatError(f"no migration from store format {found}")
         with store.read() as txn:
             total = txn.stat(store.db["changes"])["entries"] if found == 2 else 0
-            total += txn.stat(store.db["chains"])["entries"]
+            # Format 3 -> 4 rewrites every chain link and one owner key per record.
+            total += txn.stat(store.db["chains"])["entries"] + txn.stat(store.db["records"])["entries"]
             cursor = store.get_meta(txn, _CURSOR)
-        resumed = cursor is not None
+            rekey = store.get_meta(txn, _REKEY_CURSOR)
+        resumed = cursor is not None or rekey is not None
         done = converted = 0
         while found == 2:
             with store.write() as txn:
@@ -88,9 +98,27 @@ def migrate(path: str | Path, *, progress: Callable[[int, int], None] | None = N
                 progress(min(done, total), total)
             if batch.last is None:
                 break
-        with store.write() as txn:  # format 3 -> 4 in one transaction: all of it, or none
-            rekeyed = _code_names_in_keys(store, txn)
-            store.put_meta(txn, "format", STORE_FORMAT)
+        rekeyed = 0
+        phase, after = rekey if rekey is not None else (_CHAINS, None)
+        while True:
+            with store.write() as txn:
+                count, last = _code_names_in_keys(store, txn, phase, after, chunk)
+                finished = count < chunk and phase == _OWNERS
+                if count < chunk and phase == _CHAINS:  # every chain key done: the owner keys next
+                    phase, after = _OWNERS, None
+                else:
+                    after = last
+                if finished:  # every key rewritten: the store is format 4 from this commit on
+                    store.put_meta(txn, "format", STORE_FORMAT)
+                    txn.delete(_REKEY_CURSOR.encode(), db=store.db["meta"])
+                else:
+                    store.put_meta(txn, _REKEY_CURSOR, [phase, after])
+            rekeyed += count
+            done += count
+            if progress is not None:
+                progress(min(done, total), total)
+            if finished:
+                break
         if progress is not None:
             progress(total, total)
         return MigrationReport(found, STORE_FORMAT, converted, resumed, rekeyed)
@@ -100,24 +128,46 @@ def migrate(path: str | Path, *, progress: Callable[[int, int], None] | None = N
         store.close()
 
 
-def _code_names_in_keys(store: Store, txn: Txn) -> int:
-    """Format 3 -> 4: chain keys ``registry \\0 author \\0 u64(seq)`` become
-    ``registry \\0 code(author) u64(seq)`` and owner index keys ``'o' owner
-    \\0 registry \\0 record`` become ``'o' code(owner) registry \\0 record``
-    (storage/codes.py). Every chain key is rewritten, in key order, so the
-    new tree is written densely; the number of keys rewritten."""
-    chains_db, indexes_db = store.db["chains"], store.db["indexes"]
-    links = []
-    for k, cid in txn.cursor(db=chains_db):
-        registry, author = k[:-9].split(SEP, 1)
-        links.append((registry + SEP + store.codes.assign(txn, author.decode()) + k[-8:], cid))
-    links.sort()
-    txn.drop(chains_db, delete=False)
-    for k, cid in links:
-        txn.put(k, cid, db=chains_db, append=True)
-    owned = [k for k, _ in store.iter_prefix(txn, "indexes", b"o")]
-    for k in owned:
-        owner, rest = k[1:].split(SEP, 1)
-        txn.delete(k, db=indexes_db)
-        txn.put(b"o" + store.codes.assign(txn, owner.decode()) + rest, b"", db=indexes_db)
-    return len(links) + len(owned)
+def _code_names_in_keys(store: Store, txn: Txn, phase: int, after: bytes | None,
+                        limit: int) -> tuple[int, bytes | None]:
+    """Format 3 -> 4, one chunk: up to ``limit`` keys after ``after`` of the
+    phase's tree rewritten; (how many, the last old key rewritten).
+
+    Chain keys ``registry \\0 author \\0 u64(seq)`` become ``registry \\0
+    code(author) u64(seq)``, owner index keys ``'o' owner \\0 registry \\0
+    record`` become ``'o' code(owner) registry \\0 record`` (storage/codes.py).
+    """
+    db = store.db["chains"] if phase == _CHAINS else store.db["indexes"]
+    start = after if after is not None else (b"" if phase == _CHAINS else b"o")
+    old: list[tuple[bytes, bytes]] = []
+    cursor = txn.cursor(db=db)
+    if cursor.set_range(start):
+        for k, value in cursor:
+            if k == after:
+                continue
+            if phase == _OWNERS and not k.startswith(b"o"):
+                break
+            old.append((bytes(k), bytes(value)))
+            if len(old) == limit:
+                break
+    for k, value in old:
+        if phase == _CHAINS:
+            registry, author = k[:-9].split(SEP, 1)
+            fresh = registry + SEP + _code(store, txn, author) + k[-8:]
+        else:
+            owner, rest = k[1:].split(SEP, 1)
+            fresh = b"o" + _code(store, txn, owner) + rest
+        txn.delete(k, db=db)
+        txn.put(fresh, value, db=db)
+    return len(old), (old[-1][0] if old else after)
+
+
+def _code(store: Store, txn: Txn, did: bytes) -> bytes:
+    if not did.startswith(_OLD_DID):
+        raise IntegrityError(f"a format-3 key names {did[:80]!r}, not a DID", details={"where": "chains"})
+    code = store.codes.assign(txn, did.decode())
+    # Rewritten keys must sort before the old ones still to rewrite (see
+    # the module's docstring); codes this high would take 1.6 billion DIDs.
+    if code >= _OLD_DID:
+        raise IntegrityError("too many DIDs to migrate this store in chunks")
+    return code
