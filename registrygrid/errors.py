@@ -95,6 +95,14 @@ class UnknownRegistry(NotFound):
     code = "unknown_registry"
 
 
+class KindNotFound(NotFound):
+    """A read of a kind (or kind version) this node has not registered: 404.
+    A write that names one is refused with UnknownKind (422): there the
+    request is what is wrong, here the resource is missing."""
+
+    code = "kind_not_found"
+
+
 class BodyTimeout(RegistryError):
     """A request body stalled: nothing arrived for the bridge's idle timeout."""
 

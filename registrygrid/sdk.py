@@ -35,7 +35,7 @@ from registrygrid.engine.ops import (
     WriteResult,
 )
 from registrygrid.engine.verify import VerifyReport, verify_store
-from registrygrid.errors import NotFound, RecordErased, RegistryError, ValidationError
+from registrygrid.errors import KindNotFound, NotFound, RecordErased, RegistryError, UnknownKind, ValidationError
 from registrygrid.home import FederationMembership, Home, OrgMembership
 from registrygrid.identity.delegation import Delegation, verify_delegation
 from registrygrid.identity.keys import KeyPair, public_key_from_did
@@ -457,7 +457,12 @@ class LocalRegistry:
         return [_kind_dict(k) for k in self.engine.catalog.kinds()]
 
     def kind(self, name: str, version: int | None = None) -> dict[str, Any]:
-        found = _kind_dict(self.engine.catalog.get(name, version))
+        """A kind's JSON Schema and versions; KindNotFound if this node has
+        not registered it (or that version of it)."""
+        try:
+            found = _kind_dict(self.engine.catalog.get(name, version))
+        except UnknownKind as exc:
+            raise KindNotFound(exc.message, details=exc.details) from None
         found["versions"] = self.engine.catalog.versions(name)
         return found
 

@@ -165,7 +165,8 @@ async def test_registries_and_kinds_endpoints(served: Served) -> None:
             r = await client.get("/v1/kinds/note")
             assert r.json()["versions"] == [1] and r.json()["builtin"] is False
             assert any(k["name"] == "function" for k in (await client.get("/v1/kinds")).json()["kinds"])
-            assert_error(await client.get("/v1/kinds/nosuchkind"), 422, "unknown_kind")
+            assert_error(await client.get("/v1/kinds/nosuchkind"), 404, "kind_not_found")
+            assert_error(await client.get("/v1/kinds/note?version=9"), 404, "kind_not_found")
             identity = (await client.get("/v1/identity")).json()
             assert identity["did"].startswith("did:key:") and identity["org_name"] == "test org"
             stats = (await client.get("/v1/stats")).json()

@@ -219,6 +219,8 @@ def test_kind_register_from_a_schema_file_then_put_a_record_of_it(home: Path, tm
     assert bad.returncode == EX_DATAERR
     assert "/tflops" in bad.stderr
     assert feed_head(home) == head
+    missing = rgrid("kind", "show", "gpu-bench", "--version", "2", home=home)
+    assert missing.returncode == EX_NOINPUT and "gpu-bench" in missing.stderr  # a read of what is not there
 
 
 # ---------------------------------------------------------------- bad input
