@@ -730,7 +730,11 @@ def trust_cost(wires: list[bytes], updates: int, rounds: int,
 
 
 class PeerProcess:
-    """`python -m registrygrid node start` serving a preloaded home."""
+    """`python -m registrygrid node start` serving a preloaded home, with no
+    search index: a node that has just started indexes its whole store
+    (every record's text and embedding), and a peer doing that during the
+    timed sync took most of its CPU, on the same two cores as the node
+    measured (a serving peer has long since indexed what it holds)."""
 
     def __init__(self, home: Home) -> None:
         self.home = home
@@ -739,7 +743,8 @@ class PeerProcess:
         self.log = open(home.path / "node.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "registrygrid", "node", "start", "--home",
                                       str(home.path), "--listen", f"/ip4/127.0.0.1/tcp/{self.port}", "--no-bridge",
-                                      "--log-level", "WARNING"], stdout=self.log, stderr=subprocess.STDOUT)
+                                      "--no-search", "--log-level", "WARNING"],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
 
     async def wait_ready(self, timeout: float = 60) -> None:
         with trio.fail_after(timeout):
