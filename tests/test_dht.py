@@ -317,3 +317,31 @@ async def eventually_async(check, timeout: float, what: str) -> None:
             await trio.sleep(0.2)
         return
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_peer_closing_its_dht_stream_is_not_a_warning_but_other_read_failures_are() -> None:
+    """py-libp2p warns "Failed to read DHT message" when a peer that queried
+    this node closes the stream it kept open (StreamEOF): every peer's stop
+    did that on the operator's stderr. The DHT's logger, as libp2p writes to it."""
+    import logging
+
+    from libp2p.network.stream.exceptions import StreamEOF, StreamReset
+
+    import registrygrid.node.dht  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("libp2p.kad_dht.kad_dht")
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        logger.warning("Failed to read DHT message from stream: %s", StreamEOF())
+        assert seen == []
+        logger.warning("Failed to read DHT message from stream: %s", StreamReset("reset by peer"))
+        logger.warning("DHT message too large (max %s bytes)", 4096)
+        assert [(r.levelname, r.getMessage()) for r in seen] == [
+            ("WARNING", "Failed to read DHT message from stream: reset by peer"),
+            ("WARNING", "DHT message too large (max 4096 bytes)"),
+        ]
+    finally:
+        logger.removeHandler(handler)

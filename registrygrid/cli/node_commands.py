@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,11 @@ def register(cli: click.Group) -> None:
             "allow_public": allow_public, "bridge": not no_bridge, "p2p": not no_p2p, "dht": not no_dht,
             "dht_client": dht_client, "search": not no_search,
         })
+        if not os.environ.get("LIBP2P_DEBUG"):
+            # py-libp2p detaches its loggers when imported (above, with the
+            # federation) unless LIBP2P_DEBUG is set, and its warnings then
+            # reach stderr bare: give them the node's format.
+            logging.getLogger("libp2p").propagate = True
         node_obj = Node(home_obj, components)
 
         async def main() -> None:

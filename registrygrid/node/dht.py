@@ -32,6 +32,7 @@ from typing import Any
 
 import trio
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.records.validator import NamespacedValidator, Validator
 from libp2p.tools.anyio_service import background_trio_service
@@ -44,6 +45,25 @@ from registrygrid.protocol.hlc import wall_clock_ms
 from registrygrid.storage import records
 
 log = logging.getLogger(__name__)
+
+
+class _PeerLeftQuietly(logging.Filter):
+    """py-libp2p's DHT keeps an inbound stream open for the peer's next
+    query and warns "Failed to read DHT message from stream" when the peer
+    closes it before starting one (StreamEOF, with an empty message): that
+    is how every peer that queried this node leaves, at a stop or a
+    restart. Seen as a debug line, not a warning; any other read failure
+    stays a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and record.args and isinstance(record.args[0], StreamEOF) \
+                and record.msg.startswith("Failed to read DHT message"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+logging.getLogger("libp2p.kad_dht.kad_dht").addFilter(_PeerLeftQuietly())
 
 # A resolve is a few DHT round trips (~1-3 ms each on a LAN, 100+ ms across
 # the world); past this the caller gets what was found, or a timeout.
