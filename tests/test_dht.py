@@ -345,3 +345,35 @@ def test_a_peer_closing_its_dht_stream_is_not_a_warning_but_other_read_failures_
         ]
     finally:
         logger.removeHandler(handler)
+
+
+async def test_a_new_descriptor_is_published_by_itself_and_other_writes_publish_nothing(tmp_path: Path) -> None:
+    """The owner's node publishes soon after a descriptor is committed, with
+    no publish() call; records of other registries never make it publish."""
+    with trio.fail_after(90):
+        async with cluster(tmp_path) as nodes:
+            owner = await nodes.start("n0")
+            other = await nodes.start("n1", owner.fed.addrs())
+            await full_mesh([owner, other])
+            await eventually(lambda: all(m.fed.directory.dht.get_routing_table_size() > 0 for m in (owner, other)),
+                             20, "routing tables filled")
+            metrics = owner.fed.directory.metrics
+            await owner.node.submit([Put("grid.registries", "registry", {"name": REG, "kinds": ["cluster"]},
+                                         record_id=REG)])
+            await eventually(lambda: metrics["dht.published"] > 0, 20, "a publish after the descriptor")
+
+            async def found() -> bool:
+                try:
+                    return (await other.fed.directory.resolve(REG, fresh=True))["owner"] == owner.node.engine.owner
+                except RegistryError:
+                    return False
+
+            with trio.fail_after(20):
+                while not await found():
+                    await trio.sleep(0.2)
+
+            await trio.sleep(1.5)  # past the debounce of anything committed so far
+            before = metrics["dht.published"]
+            await owner.node.submit([Put(REG, "cluster", {"name": f"gpu-{i}"}) for i in range(50)])
+            await trio.sleep(1.5)
+            assert metrics["dht.published"] == before, "records of another registry published nothing"

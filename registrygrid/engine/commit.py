@@ -106,6 +106,7 @@ class Committing(EngineCore):
         self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action=body.op, target=f"{reg}/{rec}",
                           reason=reason, before=record_digest(old), after=record_digest(record), change=env.id)
         batch.committed.feed_seqs.append(seq)
+        batch.committed.registries.add(reg)
         self.metrics[f"write.{body.op}"] += 1
         if reg == regs.REGISTRY_OF_REGISTRIES:
             self._registry_cache.pop(rec, None)
@@ -141,6 +142,7 @@ class Committing(EngineCore):
         if history:
             records.add_history(self.store, txn, registry, record_id, seq, env.cid)
         batch.committed.feed_seqs.append(seq)
+        batch.committed.registries.add(registry)
 
 
 def materialized(state: dict[str, Any], env: Envelope | Draft, old: dict[str, Any] | None,

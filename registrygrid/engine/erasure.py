@@ -292,6 +292,7 @@ class Erasing(EngineCore):
                                                target["kind"] if target else body.kind, env.id, body.author, body.hlc,
                                                origin))
         batch.committed.feed_seqs.append(seq)
+        batch.committed.registries.add(registry)
         batch.committed.erased.append(ErasedRecord(registry, record_id, notice.id, notice.blobs))
         self.metrics["erasure.records"] += 1
         self.metrics["erasure.changes"] += erased

@@ -151,6 +151,10 @@ class Committed:
     feed_seqs: list[int] = field(default_factory=list)
     local_envelopes: list[bytes] = field(default_factory=list)  # this node's changes, wire bytes
     erased: list[ErasedRecord] = field(default_factory=list)  # for the node to purge their blobs
+    # The registries of those feed events: a watcher of one registry (the
+    # DHT's of grid.registries) learns here whether it moved, rather than by
+    # reading and decompressing every event (100k of them in a catch-up).
+    registries: set[str] = field(default_factory=set)
 
 
 Outcome = WriteResult | IngestResult | RegistryError | None

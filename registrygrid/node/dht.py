@@ -27,7 +27,6 @@ import base64
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import trio
@@ -38,6 +37,7 @@ from libp2p.records.validator import NamespacedValidator, Validator
 from libp2p.tools.anyio_service import background_trio_service
 
 from registrygrid.engine import registries as regs
+from registrygrid.engine.ops import Committed
 from registrygrid.errors import NotFound, RegistryError, Unavailable
 from registrygrid.identity.delegation import Delegation
 from registrygrid.protocol import registry_record as rr
@@ -196,16 +196,26 @@ class RegistryDirectory:
     async def _watch_descriptors(self) -> None:
         """Publish soon after a descriptor changes here (created, updated,
         replicated in): a new registry is findable in seconds, not at the
-        next republish. Debounced: one publish per burst of changes."""
-        seen = self.node.feed.head
-        while True:
-            head = await self.node.feed.wait_beyond(seen)
-            events = await trio.to_thread.run_sync(
-                partial(self.node.registry.changes, seen, limit=10_000, registry=regs.REGISTRY_OF_REGISTRIES))
-            seen = head
-            if events:
+        next republish. Debounced: one publish per burst of changes. Told
+        by the committer which registries each batch changed, so a sync of
+        100k records costs it nothing (reading their feed events to find
+        the few descriptors among them took ~7% of a catch-up's CPU)."""
+        changed = trio.Event()
+
+        def on_commit(committed: Committed) -> None:
+            if regs.REGISTRY_OF_REGISTRIES in committed.registries:
+                changed.set()
+
+        hooks = self.node.committer.on_commit
+        hooks.append(on_commit)
+        try:
+            while True:
+                await changed.wait()
+                changed = trio.Event()
                 await trio.sleep(DESCRIPTOR_DEBOUNCE_S)
                 self.publish_soon()
+        finally:
+            hooks.remove(on_commit)
 
     async def _republish_loop(self) -> None:
         while True:
