@@ -41,6 +41,9 @@ class Batch:
     # Chain positions linked unseen in this batch (engine/erasure.py), as the
     # waiting-room prefixes of what waits for them: released by _release.
     unseen_links: list[bytes] = field(default_factory=list)
+    # The waiting room was found empty in this batch and nothing was parked
+    # since: the next ops skip asking the store (see _release).
+    none_waiting: bool = False
 
 
 class CreateRace(Exception):

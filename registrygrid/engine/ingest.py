@@ -124,7 +124,7 @@ class RemoteIngest(EngineCore):
             # keyed by the next link, every change of a long gap would be
             # released and parked again at each link applied (quadratic; a
             # 2,000-change gap cost ~1M re-parks).
-            return self._park(txn, env, pending.for_predecessor(body.registry, body.author, body.seq, env.cid))
+            return self._park(txn, batch, env, pending.for_predecessor(body.registry, body.author, body.seq, env.cid))
         if body.prev != head_cid:
             self._keep_evidence(txn, batch, env, head_cid or None)
             raise ChainBroken(f"change {body.seq} of {body.author} does not follow its change {head_seq}")
@@ -157,7 +157,7 @@ class RemoteIngest(EngineCore):
         for dep in body.deps:
             if not records.is_applied(store, txn, reg, rec, dep):
                 if not records.is_refused(store, txn, reg, rec, dep):
-                    return self._park(txn, env, pending.for_deps(reg, rec, env.cid))
+                    return self._park(txn, batch, env, pending.for_deps(reg, rec, env.cid))
                 builds_on_refused = True
         try:
             if builds_on_refused:
@@ -213,7 +213,7 @@ class RemoteIngest(EngineCore):
             # Its signer's delegation has not arrived: wait for it like a
             # missing dependency (sync brings grid.members), never guess.
             self.metrics["remote.waiting_delegation"] += 1
-            return self._park(txn, env, pending.for_delegation(body.author, env.cid))
+            return self._park(txn, batch, env, pending.for_delegation(body.author, env.cid))
         if body.registry == regs.KINDS_REGISTRY and not state.get("deleted"):
             self._register_kind(body.record, state["fields"])
         if body.registry == disputes.DISPUTES_REGISTRY and not state.get("deleted"):
@@ -346,7 +346,8 @@ class RemoteIngest(EngineCore):
         if not isinstance(links, list) or checked_links(links) != links:
             raise ValidationError(f"record links must be {{rel, registry, record}}, at most {limits.MAX_LINKS}")
 
-    def _park(self, txn: Txn, env: Envelope, waiting_key: bytes) -> IngestResult:
+    def _park(self, txn: Txn, batch: Batch, env: Envelope, waiting_key: bytes) -> IngestResult:
+        batch.none_waiting = False
         if pending.park(self.store, txn, waiting_key, env.cid, env.wire, cap=MAX_PENDING):
             self.metrics["remote.parked"] += 1
         return IngestResult("pending", env.id)
@@ -357,7 +358,8 @@ class RemoteIngest(EngineCore):
         this batch committed, or under ``prefixes`` (and, transitively, for
         those)."""
         released: list[str] = []
-        if not pending.any_waiting(self.store, txn):  # the common case: nothing is parked
+        if batch.none_waiting or not pending.any_waiting(self.store, txn):  # the common case: nothing is parked
+            batch.none_waiting = True
             batch.delegated.clear()
             batch.unseen_links.clear()
             return released
