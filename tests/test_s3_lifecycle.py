@@ -30,9 +30,11 @@ from seaweed_support import SeaweedS3
 
 from registrygrid.blobs import lifecycle
 from registrygrid.blobs.blobs import BlobStore, blob_key
+from registrygrid.blobs.digest import cid_text
+from registrygrid.blobs.erasure import purge_blobs, still_held
 from registrygrid.blobs.objects import LocalObjects
 from registrygrid.blobs.s3 import S3Objects
-from registrygrid.blobs.s3_control import ObjectLockMissing
+from registrygrid.blobs.s3_control import ObjectLocked, ObjectLockMissing
 from registrygrid.blobs.service import Assets, BucketLifecycle
 from registrygrid.blobs.uploads import UploadExpired, Uploads
 from registrygrid.errors import ValidationError
@@ -335,3 +337,52 @@ def test_object_lock_asked_of_a_bucket_without_it_is_refused_and_nothing_is_reco
     entry = blobs.require(cid)
     assert entry.retain_until_ms == 0 and entry.holds == {}
 
+
+
+def versions_of(store: S3Objects, key: str) -> list[tuple[str, str]]:
+    """Every version and delete marker of exactly ``key``, as (kind, version id)."""
+    answer = store.control.client().list_object_versions(Bucket=store.bucket, Prefix=key)
+    return [(kind, v["VersionId"]) for kind in ("Versions", "DeleteMarkers")
+            for v in answer.get(kind) or [] if v["Key"] == key]
+
+
+def test_deleting_a_blob_from_a_locked_bucket_removes_every_version_of_its_bytes(seaweed: SeaweedS3,
+                                                                                grid: LocalRegistry) -> None:
+    """A locked bucket is versioned, and a plain DELETE there only hides the
+    bytes behind a marker: a purge or an erasure would leave them readable
+    by version id for good. Past its retention, a delete leaves nothing."""
+    blobs, cid, key = locked_blob(seaweed, grid)
+    store: S3Objects = blobs.objects  # type: ignore[assignment]
+    until = int(time.time() * 1000) + 1500
+    blobs.retain(cid, until)
+    _mode, retained_ms = store.control.retention(key)  # type: ignore[misc]
+    time.sleep(max(0.0, retained_ms / 1000 - time.time()) + 0.5)
+    assert [kind for kind, _ in versions_of(store, key)] == ["Versions"]
+
+    blobs.delete(cid)
+    assert versions_of(store, key) == []
+    assert blobs.entry(cid) is None
+    assert store.delete(blob_key(cid)) is False  # nothing left to delete
+
+
+def test_a_delete_the_service_still_refuses_leaves_the_blob_indexed_and_readable(seaweed: SeaweedS3,
+                                                                                 grid: LocalRegistry) -> None:
+    """The node's index lets the blob go, but the service's lock still holds
+    it (set by someone with the bucket's credentials, or a date S3 rounded
+    up): the delete fails typed, the blob stays indexed with its bytes, and
+    an erasure's purge reports it failed and finds it again later."""
+
+    blobs, cid, key = locked_blob(seaweed, grid)
+    store: S3Objects = blobs.objects  # type: ignore[assignment]
+    store.control.put_retention(key, int(time.time() * 1000) + 60_000, "compliance")
+    total = blobs.entry(cid)
+
+    with pytest.raises(ObjectLocked):
+        blobs.delete(cid)
+    assert blobs.entry(cid) == total
+    assert b"".join(blobs.read(cid)) == b"weights " * 1000
+    assert blobs.used_bytes() == total.size  # counted once, as before the attempt
+
+    [outcome] = purge_blobs(blobs, [cid_text(cid)])
+    assert outcome.outcome == "failed" and outcome.reason.startswith("object_locked")
+    assert still_held(blobs, [cid_text(cid)]) == [cid_text(cid)]

@@ -217,7 +217,17 @@ class BlobStore:
             raise RetentionHeld(f"blob {cid_text(cid)} is retained until {entry.retain_until_ms} (ms since "
                                 "the epoch)", details=[{"retain_until_ms": entry.retain_until_ms}])
         index.remove_blob(self.store, cid)  # first: the index never names absent bytes
-        self.objects.delete(blob_key(cid))
+        try:
+            self.objects.delete(blob_key(cid))
+        except ObjectMissing:
+            pass  # gone already: what a delete wants
+        except RegistryError:
+            # Not deleted (the service unreachable, or its Object Lock still
+            # protecting the bytes): indexed again, so the blob is neither
+            # orphaned nor taken for a stray by reconcile, and a purge that
+            # failed is found and tried again (blobs/erasure.py).
+            index.put_blob(self.store, cid, entry)
+            raise
         return entry
 
     # Where the object store can enforce retention itself (S3 Object Lock,

@@ -67,10 +67,14 @@ client (blobs/s3_control.py: obstore has no such call), so the service
 itself refuses to delete a retained or held object version, whoever asks.
 Compliance mode cannot be shortened or bypassed by anyone, as the node's
 own retention; governance yields to a user with the bypass permission.
-Such a bucket is versioned: ``delete`` (and the delete half of ``move``)
-adds a delete marker and the old version stays, retained or not, until
-removed by version (the lifecycle rules of blobs/lifecycle.py do that for
-staging/ and uploads/, never for blobs/). Without ``object_lock``,
+Such a bucket is versioned: ``delete`` removes every version of the key
+(ListObjectVersions, then a DELETE of each, the current one last), since a
+plain DELETE there only adds a delete marker and the bytes would stay,
+readable by version id, after a purge or an erasure; the service refuses
+while a version is retained or held (``ObjectLocked``), and the current
+version is then still in place. The delete half of ``move`` (staging to
+blobs/) adds a marker only: the lifecycle rules of blobs/lifecycle.py
+expire those noncurrent staging versions. Without ``object_lock``,
 ``protect`` answers False: the node's index alone enforces retention.
 
     store = S3Objects("assets", "https://s3.example.org", access_key, secret_key,
@@ -340,7 +344,13 @@ class S3Objects:
             obstore.delete(self._store, src)
 
     def delete(self, key: str) -> bool:
-        if self.size(key) is None:
+        existed = self.size(key) is not None
+        if self.object_lock is not None:
+            # A bucket with Object Lock is versioned: a plain DELETE would
+            # leave the bytes there, readable by version id, for good.
+            self.control.delete_versions(self.full_key(key))
+            return existed
+        if not existed:
             return False
         with self._call(f"delete {key}"):
             obstore.delete(self._store, key)
