@@ -50,6 +50,9 @@ async def test_record_crud_with_etags_and_history(served: Served) -> None:
             r = await client.get(f"{RECORDS}/n1", headers={"If-None-Match": etag})
             assert r.status_code == 304 and r.content == b""
 
+            # If-Match compares strongly: the current tag made weak matches nothing.
+            r = await client.put(f"{RECORDS}/n1", json={"fields": {"name": "weak"}}, headers={"If-Match": "W/" + etag})
+            assert_error(r, 412, "precondition_failed")
             r = await client.put(f"{RECORDS}/n1", json={"fields": {"name": "uno"}}, headers={"If-Match": etag})
             assert r.status_code == 200, r.text
             assert r.json()["status"] == "updated" and r.json()["record"]["fields"] == {"name": "uno"}

@@ -178,7 +178,10 @@ def _unquote_etag(value: str | None) -> str | None:
     value = value.strip()
     if value == "*":
         return None
-    value = value.removeprefix("W/")
+    if value.startswith("W/"):
+        # If-Match compares strongly (RFC 9110 13.1.1): a weak tag matches
+        # nothing. Kept whole, it names no change, and the write gets 412.
+        return value
     return value.strip('"')
 
 
