@@ -251,6 +251,48 @@ async def test_idempotency_key_replays_the_first_answer_and_creates_nothing_new(
                          422, "validation_failed")
 
 
+async def test_an_idempotent_write_and_its_answer_commit_together(served: Served) -> None:
+    """The engine stores the answer in the write's own transaction: the
+    entry is there, complete, the moment the write is, and a retry that
+    finds a reservation an earlier bridge left (no answer yet) reuses the
+    record id it reserved instead of making a twin."""
+    from registrygrid.storage import idempotency
+
+    store = served.node.registry.store
+    admin = tokens.authenticate(store, served.admin)
+    with trio.fail_after(30):
+        async with served.client() as client:
+            body = {"kind": "note", "fields": {"name": "paired"}}
+            first = await client.post(RECORDS, json=body, headers={"Idempotency-Key": "paired-1"})
+            assert first.status_code == 201, first.text
+            entry = idempotency.lookup(store, admin.id, "paired-1", now_ms=tokens.now_ms())
+            assert entry is not None and entry.done and entry.status == 201
+            assert json.loads(entry.body) == first.json()
+            assert entry.headers == {"Location": first.headers["Location"], "ETag": first.headers["ETag"]}
+            refused = await client.post(RECORDS, json={"kind": "note", "fields": {"n": 1}},
+                                        headers={"Idempotency-Key": "paired-2"})
+            assert_error(refused, 422, "schema_violation")
+            assert idempotency.lookup(store, admin.id, "paired-2", now_ms=tokens.now_ms()) is None
+
+            # A reservation as the bridge before this one wrote it: the
+            # request's hash and the record id it chose, no answer.
+            legacy = {"kind": "note", "fields": {"name": "reserved"}}
+            raw = json.dumps(legacy).encode()
+            r = await client.post(RECORDS, content=raw, headers={"Idempotency-Key": "probe",
+                                                                  "Content-Type": "application/json"})
+            probe = idempotency.lookup(store, admin.id, "probe", now_ms=tokens.now_ms())
+            assert r.status_code == 201 and probe is not None
+            with store.write() as txn:
+                idempotency.remember(store, txn, admin.id, "legacy-1", idempotency.Entry(
+                    probe.expires_at, probe.request_hash, {"id": "reserved-id"}))
+            r = await client.post(RECORDS, content=raw, headers={"Idempotency-Key": "legacy-1",
+                                                                  "Content-Type": "application/json"})
+            assert r.status_code == 201 and r.json()["id"] == "reserved-id"
+            again = await client.post(RECORDS, content=raw, headers={"Idempotency-Key": "legacy-1",
+                                                                      "Content-Type": "application/json"})
+            assert again.headers["Idempotent-Replayed"] == "true" and again.json() == r.json()
+
+
 def reads_counted(entry: dict) -> int:
     """How many reads an audit entry stands for ("... (xN)" when folded)."""
     reason = entry["reason"]

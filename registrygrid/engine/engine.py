@@ -55,8 +55,10 @@ from registrygrid.engine.ops import (
     Operation,
     Outcome,
     Put,
+    Remembered,
     Remote,
     Update,
+    WriteResult,
 )
 from registrygrid.engine.rebuild import Rebuilds
 from registrygrid.engine.settle import Settling
@@ -73,7 +75,7 @@ from registrygrid.protocol.envelope import (
 )
 from registrygrid.protocol.hlc import Hlc, HybridClock, wall_clock_ms
 from registrygrid.schemas import SchemaCatalog
-from registrygrid.storage import chains, changes, erasures, feed, records
+from registrygrid.storage import chains, changes, erasures, feed, idempotency, records
 from registrygrid.storage.audit import AuditLedger
 from registrygrid.storage.store import Store, StoreFull, Txn
 from registrygrid.trust.federation import GenesisBody
@@ -207,6 +209,8 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Erasing, 
                 return self._erase(txn, batch, op)
             if isinstance(op, Remote):
                 return self._remote(txn, batch, op)
+            if isinstance(op, Remembered):
+                return self._remembered(txn, batch, op)
             if isinstance(op, AuditNote):
                 self.audit.append(txn, at_ms=self.now_ms(), actor=op.actor, action=op.action,
                                   target=op.target, reason=op.reason)
@@ -233,6 +237,15 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Erasing, 
             if isinstance(op, Remote):
                 return IngestResult("rejected", _try_id(op.wire), error=exc)
             return exc
+
+    def _remembered(self, txn: Txn, batch: Batch, op: Remembered) -> Outcome:
+        """The write, then (if it was made) its answer under its idempotency key."""
+        outcome = self._run_one(txn, batch, op.op)
+        if isinstance(outcome, WriteResult):
+            status, body, headers = op.answer(outcome)
+            idempotency.remember(self.store, txn, op.token_id, op.key, idempotency.Entry(
+                op.expires_at, op.request_hash, {}, status, body, headers))
+        return outcome
 
     def _reset_caches(self) -> None:
         self._chain_heads: dict[tuple[str, str], tuple[int, bytes]] = {}

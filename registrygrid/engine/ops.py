@@ -7,7 +7,7 @@ access or a denial that made no change. All go through ``Engine.execute``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +101,23 @@ class AuditNote:
     reason: str = ""
 
 
-Operation = Put | Update | Delete | Erase | Remote | AuditNote
+@dataclass(frozen=True)
+class Remembered:
+    """A local write asked once per (token, Idempotency-Key) through the
+    bridge: when it succeeds, ``answer`` turns its result into the response
+    (status, body, headers), stored under the key in the write's own
+    transaction (storage/idempotency.py), so the write and what a retry
+    replays are durable together, in one commit."""
+
+    op: Put | Update | Delete | Erase
+    token_id: str
+    key: str
+    request_hash: bytes
+    expires_at: int  # ms since the epoch
+    answer: Callable[[WriteResult], tuple[int, bytes, dict[str, str]]]
+
+
+Operation = Put | Update | Delete | Erase | Remote | AuditNote | Remembered
 
 
 @dataclass(frozen=True)

@@ -2,19 +2,18 @@
 
 A client that sends ``Idempotency-Key: K`` with a POST and retries after a
 timeout must not create a second record. The bridge keeps, per token and
-key, a hash of the request and, once it has one, the response (status, body,
-the headers that matter). A retry with the same key and the same request
-replays that response; the same key with another request is refused.
+key, a hash of the request and the response (status, body, the headers that
+matter). A retry with the same key and the same request replays that
+response; the same key with another request is refused.
 
-Two steps, both durable:
-
-1. ``reserve`` before the write, with anything the write must reuse on a
-   retry (the record id the bridge chose for a POST without one);
-2. ``complete`` after it, with the response.
-
-If the node dies between the write's commit and step 2, the retry finds a
-reservation without a response, redoes the write with the reserved record
-id, and the engine answers "already exists" instead of creating a twin.
+The entry is written by the engine in the write's own transaction
+(``remember``, engine op ``Remembered``): the write and its entry are
+durable together in one commit, or neither is, so a retry after any crash
+either replays the answer or makes the write afresh. A request refused
+before it wrote anything leaves no entry. (Earlier versions of the bridge
+reserved the key in a commit of its own before the write and stored the
+answer in a third after it; an entry such a bridge left reserved, without
+an answer, still gives a retry the record id it reserved.)
 
 Layout (sub-database ``idempotency``, see ``storage/store.py``):
 ``token id \\0 key`` -> msgpack [expires_at_ms, request sha256, reserved map,
@@ -25,10 +24,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registrygrid.errors import ValidationError
 from registrygrid.storage.store import Store, key, pack, unpack
+
+if TYPE_CHECKING:
+    import lmdb
 
 # 24 hours, as Stripe keeps its idempotency keys: longer than any sane
 # client retry loop, short enough that the table stays small.
@@ -79,25 +81,9 @@ def lookup(store: Store, token_id: str, idem_key: str, *, now_ms: int) -> Entry 
     return None if entry.expires_at <= now_ms else entry
 
 
-def reserve(store: Store, token_id: str, idem_key: str, request_hash: bytes, *, now_ms: int,
-            ttl_ms: int = DEFAULT_TTL_MS, reserved: dict[str, Any] | None = None) -> Entry:
-    entry = Entry(now_ms + ttl_ms, request_hash, dict(reserved or {}))
-    with store.write() as txn:
-        txn.put(_key(token_id, idem_key), _pack(entry), db=store.db["idempotency"])
-    return entry
-
-
-def complete(store: Store, token_id: str, idem_key: str, entry: Entry, *, status: int, body: bytes,
-             headers: dict[str, str]) -> None:
-    entry.status, entry.body, entry.headers = status, body, dict(headers)
-    with store.write() as txn:
-        txn.put(_key(token_id, idem_key), _pack(entry), db=store.db["idempotency"])
-
-
-def forget(store: Store, token_id: str, idem_key: str) -> None:
-    """Drop a reservation whose request failed before it could have written anything."""
-    with store.write() as txn:
-        txn.delete(_key(token_id, idem_key), db=store.db["idempotency"])
+def remember(store: Store, txn: lmdb.Transaction, token_id: str, idem_key: str, entry: Entry) -> None:
+    """Keep ``entry`` (with its answer) in the caller's write transaction."""
+    txn.put(_key(token_id, idem_key), _pack(entry), db=store.db["idempotency"])
 
 
 def purge_expired(store: Store, *, now_ms: int, limit: int = 10_000) -> int:

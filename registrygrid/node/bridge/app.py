@@ -51,6 +51,7 @@ from registrygrid.engine.ops import (
     Operation,
     Outcome,
     Put,
+    Remembered,
     Update,
     WriteResult,
 )
@@ -443,12 +444,14 @@ class Api:
         return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args, **kwargs))
 
     async def idempotent(self, request: web.Request, token: Token, raw: bytes,
-                         run: Callable[[dict[str, Any]], Awaitable[web.Response]],
-                         reserve: Callable[[], dict[str, Any]] = dict) -> web.Response:
-        """Run a POST once per (token, Idempotency-Key); see ``storage/idempotency.py``."""
+                         op_for: Callable[[dict[str, Any]], Put | Update | Delete | Erase],
+                         respond: Callable[[WriteResult], web.Response]) -> web.Response:
+        """Make the write ``op_for({})`` once per (token, Idempotency-Key) and
+        answer ``respond(result)``; a retry replays that answer. The engine
+        stores the answer in the write's own commit (storage/idempotency.py)."""
         key = request.headers.get("Idempotency-Key")
         if key is None:
-            return await run({})
+            return respond(await self.write(op_for({})))
         idempotency.check_key(key)
         digest = hashlib.sha256(b"\x00".join([request.method.encode(), request.path_qs.encode(), raw])).digest()
         slot = (token.id, key)
@@ -464,21 +467,21 @@ class Api:
                 assert entry.body is not None and entry.status is not None
                 return web.Response(status=entry.status, body=entry.body, content_type=JSON,
                                     headers={**(entry.headers or {}), "Idempotent-Replayed": "true"})
-            if entry is None:
-                entry = await self.in_executor(idempotency.reserve, self.store, token.id, key, digest,
-                                               now_ms=now_ms(), ttl_ms=self.idempotency_ttl_ms, reserved=reserve())
-            try:
-                response = await run(entry.reserved)
-            except RegistryError as exc:
-                if exc.http_status < 500 and not isinstance(exc, Unavailable):
-                    # Refused before writing anything: the key is free again.
-                    await self.in_executor(idempotency.forget, self.store, token.id, key)
-                raise  # 5xx / unavailable: outcome unknown, keep the reservation for the retry
-            assert isinstance(response.body, bytes)
-            kept = {k: v for k, v in response.headers.items() if k in ("Location", "ETag")}
-            await self.in_executor(idempotency.complete, self.store, token.id, key, entry,
-                                   status=response.status, body=response.body, headers=kept)
-            return response
+            made: list[web.Response] = []  # built once, on the writer thread, as it is stored
+
+            def answer(result: WriteResult) -> tuple[int, bytes, dict[str, str]]:
+                response = respond(result)
+                made.append(response)
+                assert isinstance(response.body, bytes)
+                return response.status, response.body, {k: v for k, v in response.headers.items()
+                                                         if k in ("Location", "ETag")}
+
+            # An entry left reserved by an earlier bridge (no answer) gives
+            # the retry the record id it reserved, so it makes no twin.
+            reserved = entry.reserved if entry is not None else {}
+            result = await self.write(Remembered(op_for(reserved), token.id, key, digest,
+                                                 now_ms() + self.idempotency_ttl_ms, answer))
+            return made[0] if made else respond(result)
         finally:
             self._inflight.discard(slot)
 
@@ -624,18 +627,18 @@ class Api:
         token = self.require(request, WRITE, registry=regs.REGISTRY_OF_REGISTRIES, target=regs.REGISTRY_OF_REGISTRIES)
         body, raw = await self.body(request, "RegistryCreate")
 
-        async def run(_: dict[str, Any]) -> web.Response:
-            fields = {"name": body["name"], "description": body.get("description", ""), "kinds": body["kinds"],
-                      "write_policy": body.get("write_policy", "open"),
-                      "conflict_policy": body.get("conflict_policy", "crdt"),
-                      "replication": {"scope": body.get("replication", "federation"),
-                                      **({"readers": body["readers"]} if body.get("readers") else {})},
-                      **({"write_roles": body["write_roles"]} if body.get("write_roles") else {})}
-            result = await self.write(Put(regs.REGISTRY_OF_REGISTRIES, "registry", fields, body["name"],
-                                          actor=token.actor, roles=local_roles(token)))
-            return json_response(write_json(result), 201, {"Location": f"/v1/registries/{result.record_id}"})
-
-        return await self.idempotent(request, token, raw, run)
+        fields = {"name": body["name"], "description": body.get("description", ""), "kinds": body["kinds"],
+                  "write_policy": body.get("write_policy", "open"),
+                  "conflict_policy": body.get("conflict_policy", "crdt"),
+                  "replication": {"scope": body.get("replication", "federation"),
+                                  **({"readers": body["readers"]} if body.get("readers") else {})},
+                  **({"write_roles": body["write_roles"]} if body.get("write_roles") else {})}
+        return await self.idempotent(
+            request, token, raw,
+            lambda _: Put(regs.REGISTRY_OF_REGISTRIES, "registry", fields, body["name"], actor=token.actor,
+                          roles=local_roles(token)),
+            lambda result: json_response(write_json(result), 201,
+                                         {"Location": f"/v1/registries/{result.record_id}"}))
 
     # ---------------------------------------------------------------- records
 
@@ -671,19 +674,14 @@ class Api:
         token = self.require(request, WRITE, registry=registry)
         body, raw = await self.body(request, "RecordCreate")
 
-        async def run(reserved: dict[str, Any]) -> web.Response:
-            op = Put(registry, body["kind"], body["fields"], body.get("id") or reserved.get("id"),
-                     body.get("tags", ()), body.get("links", ()), body.get("schema"), token.actor,
-                     local_roles(token))
-            result = await self.write(op)
-            return json_response(write_json(result), 201, {
+        return await self.idempotent(
+            request, token, raw,
+            lambda reserved: Put(registry, body["kind"], body["fields"], body.get("id") or reserved.get("id"),
+                                 body.get("tags", ()), body.get("links", ()), body.get("schema"), token.actor,
+                                 local_roles(token)),
+            lambda result: json_response(write_json(result), 201, {
                 "Location": f"/v1/registries/{registry}/records/{result.record_id}",
-                "ETag": etag_of(result.change_id)})
-
-        # Without an id the engine would pick one; with an Idempotency-Key the
-        # bridge picks it up front and keeps it, so a retry reuses it.
-        return await self.idempotent(request, token, raw, run,
-                                     reserve=lambda: {} if "id" in body else {"id": names.new_record_id()})
+                "ETag": etag_of(result.change_id)}))
 
     def _record_path(self, request: web.Request) -> tuple[str, str]:
         return names.registry_name(request.match_info["registry"]), names.record_id(request.match_info["id"])
@@ -746,18 +744,20 @@ class Api:
         token = self.require(request, WRITE, registry=registry, target=f"{registry}/{record_id}")
         body, raw = await self.body(request, "RecordErase")
 
-        async def run(_: dict[str, Any]) -> web.Response:
-            # Signed by this node's key (the notice is its org's word); the
-            # token says who asked, and the node purges the blobs named once
-            # the erasure is committed (Node._purge_erased_blobs).
-            result = await self.write(Erase(registry, record_id, body.get("reason", ""), tuple(body.get("blobs", ())),
-                                            token.actor, local_roles(token)))
+        def respond(result: WriteResult) -> web.Response:
             if result.status == "unchanged":
                 return json_response(write_json(result))
             return json_response(write_json(result), 201, {
                 "Location": f"/v1/registries/{result.registry}/records/{result.record_id}"})
 
-        return await self.idempotent(request, token, raw, run)
+        # Signed by this node's key (the notice is its org's word); the token
+        # says who asked, and the node purges the blobs named once the
+        # erasure is committed (Node._purge_erased_blobs).
+        return await self.idempotent(
+            request, token, raw,
+            lambda _: Erase(registry, record_id, body.get("reason", ""), tuple(body.get("blobs", ())), token.actor,
+                            local_roles(token)),
+            respond)
 
     async def list_erasures(self, request: web.Request) -> web.Response:
         token = self.require(request, READ, target="erasures")
@@ -901,22 +901,19 @@ class Api:
             raise ValidationError("give value, or removed: true, not both",
                                   details=[{"path": "/removed", "message": "with value"}])
 
-        async def run(reserved: dict[str, Any]) -> web.Response:
+        def op_for(reserved: dict[str, Any]) -> Put:
             # Signed by this node's key, as the SDK's resolve_dispute: the
             # node's key (its org) is who decides, the token only who asked.
             engine = self.registry.engine
             fields = dispute_views.resolution_fields(
                 self.store, engine.trust, dispute, author=engine.key.did, at_ms=engine.now_ms(),
                 value=body.get("value", ABSENT), removed=bool(body.get("removed")), note=body.get("note", ""))
-            result = await self.write(Put(DISPUTES_REGISTRY, RESOLUTION_KIND, fields, reserved.get("id"),
-                                          tags=[dispute], actor=token.actor, roles=local_roles(token)))
-            return json_response(write_json(result), 201, {
-                "Location": f"/v1/registries/{DISPUTES_REGISTRY}/records/{result.record_id}",
-                "ETag": etag_of(result.change_id)})
+            return Put(DISPUTES_REGISTRY, RESOLUTION_KIND, fields, reserved.get("id"), tags=[dispute],
+                       actor=token.actor, roles=local_roles(token))
 
-        # As create_record: with an Idempotency-Key the resolution's id is
-        # picked up front, so a retry files the same record, not a second one.
-        return await self.idempotent(request, token, raw, run, reserve=lambda: {"id": names.new_record_id()})
+        return await self.idempotent(request, token, raw, op_for, lambda result: json_response(
+            write_json(result), 201, {"Location": f"/v1/registries/{DISPUTES_REGISTRY}/records/{result.record_id}",
+                                      "ETag": etag_of(result.change_id)}))
 
     # ---------------------------------------------------------------- kinds
 
@@ -943,17 +940,16 @@ class Api:
         token = self.require(request, WRITE, registry=regs.KINDS_REGISTRY, target=regs.KINDS_REGISTRY)
         body, raw = await self.body(request, "KindCreate")
 
-        async def run(_: dict[str, Any]) -> web.Response:
-            fields = {"name": body["name"], "version": body["version"], "schema": body["schema"],
-                      "description": body.get("description", "")}
-            if body.get("registry"):
-                fields["registry"] = body["registry"]
-            result = await self.write(Put(regs.KINDS_REGISTRY, "kind", fields, f"{body['name']}.v{body['version']}",
-                                          actor=token.actor, roles=local_roles(token)))
-            return json_response(write_json(result), 201,
-                                 {"Location": f"/v1/kinds/{body['name']}?version={body['version']}"})
-
-        return await self.idempotent(request, token, raw, run)
+        fields = {"name": body["name"], "version": body["version"], "schema": body["schema"],
+                  "description": body.get("description", "")}
+        if body.get("registry"):
+            fields["registry"] = body["registry"]
+        return await self.idempotent(
+            request, token, raw,
+            lambda _: Put(regs.KINDS_REGISTRY, "kind", fields, f"{body['name']}.v{body['version']}",
+                          actor=token.actor, roles=local_roles(token)),
+            lambda result: json_response(write_json(result), 201,
+                                         {"Location": f"/v1/kinds/{body['name']}?version={body['version']}"}))
 
     # ---------------------------------------------------------------- search (registrygrid/search)
 
