@@ -39,6 +39,12 @@ class RegistryError(Exception):
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "details": self.details}
 
+    def audit_reason(self) -> str:
+        """What the audit ledger keeps of this error (a ``deny`` entry). The
+        ledger is hash-chained and never scrubbed, so no erasure can reach
+        it: an error whose message quotes the values it refuses says less here."""
+        return f"{self.code}: {self.message}"
+
 
 class ValidationError(RegistryError):
     """The input is well-formed but breaks a rule (schema, limit, naming)."""
@@ -52,6 +58,16 @@ class SchemaViolation(ValidationError):
     """Record fields break their kind's JSON Schema; details list every failing path."""
 
     code = "schema_violation"
+
+    def audit_reason(self) -> str:
+        # A schema message quotes the value it refuses ("'alice@...' is not
+        # of type 'integer'"): the ledger keeps the paths and rules only.
+        kind = self.message.split(":", 1)[0]
+        details = self.details if isinstance(self.details, list) else []
+        failing = ", ".join(f"{d.get('path') or '/'} ({d.get('validator')})" for d in details[:10]
+                            if isinstance(d, dict))
+        more = f" and {len(details) - 10} more" if len(details) > 10 else ""
+        return f"{self.code}: {kind}: {failing or 'fields'}{more}"
 
 
 class UnknownKind(ValidationError):

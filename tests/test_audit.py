@@ -266,3 +266,21 @@ def test_cli_audit_verify_fails_and_names_the_tampered_entry(tmp_path: Path, rgr
     assert bad.returncode != 0
     assert bad.returncode == IntegrityError.exit_code
     assert "audit entry 4" in bad.stderr
+
+
+def test_a_refused_writes_deny_entry_names_the_failing_paths_not_the_values(grid: LocalRegistry) -> None:
+    """The ledger is never scrubbed, so an erasure cannot reach it: a schema
+    refusal is kept as its paths and rules, without the values it quotes
+    to the caller."""
+    from registrygrid.errors import SchemaViolation
+
+    secret = "alice.smith@example.org"
+    with pytest.raises(SchemaViolation) as refused:
+        grid.put(CLUSTERS, "cluster", {"name": "a", "memory": secret, "reputation": 5}, id="a")
+    assert secret in refused.value.message  # the caller is told what was wrong
+
+    [deny] = [e for e in grid.audit_log() if e.action == "deny"]
+    assert deny.target == f"{CLUSTERS}/a"
+    assert secret not in deny.reason
+    assert deny.reason.startswith("schema_violation: cluster v1: ")
+    assert "/memory (type)" in deny.reason and "/reputation (maximum)" in deny.reason

@@ -232,7 +232,7 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Erasing, 
                 actor=_actor_of(op, self.key.did),
                 action="deny",
                 target="/".join(target) if target[0] else "",
-                reason=f"{exc.code}: {exc.message}"[:512],
+                reason=exc.audit_reason()[:512],
             )
             if isinstance(op, Remote):
                 return IngestResult("rejected", _try_id(op.wire), error=exc)

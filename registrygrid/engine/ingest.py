@@ -292,7 +292,7 @@ class RemoteIngest(EngineCore):
             self.metrics[f"rejected.{why.code}"] += 1
             self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action="deny",
                               target=f"{body.registry}/{body.record}",
-                              reason=f"{why.code}: {why.message} (from {peer}; kept as evidence, not applied)"[:512],
+                              reason=f"{why.audit_reason()} (from {peer}; kept as evidence, not applied)"[:512],
                               change=env.id)
         return IngestResult("refused", env.id, error=why)
 
@@ -308,7 +308,7 @@ class RemoteIngest(EngineCore):
         self.metrics[f"rejected.{race.refusal.code}"] += 1
         self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action="deny",
                           target=f"{body.registry}/{body.record}",
-                          reason=f"{race.refusal.code}: {race.refusal.message} (kept as evidence)"[:512],
+                          reason=f"{race.refusal.audit_reason()} (kept as evidence)"[:512],
                           change=env.id)
         return IngestResult("refused", env.id, error=race.refusal)
 

@@ -178,6 +178,6 @@ class Authenticator:
         return self._deny(exc.http_status, actor, target, exc)
 
     def _deny(self, status: int, actor: str, target: str, exc: RegistryError) -> RegistryError:
-        self.audit.note("deny", actor, target, f"{exc.code}: {exc.message}", required=False)
+        self.audit.note("deny", actor, target, exc.audit_reason(), required=False)
         self.on_deny(status)
         return exc
