@@ -17,7 +17,7 @@ import pytest
 import registrygrid
 from registrygrid.engine.engine import Engine
 from registrygrid.engine.ops import Put, WriteResult
-from registrygrid.errors import HomeLocked
+from registrygrid.errors import HomeLocked, NotFound
 from registrygrid.home import Home
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import cid_from_str
@@ -223,3 +223,41 @@ def test_a_holder_killed_with_sigkill_releases_the_home(tmp_path: Path) -> None:
             holder.wait()
         if holder.stdout is not None:
             holder.stdout.close()
+
+
+def test_an_idempotent_writes_answer_is_the_one_of_the_attempt_that_committed(tmp_path: Path) -> None:
+    """A batch that fills the map is run again after the map grows: the
+    answer of a Remembered write is made at each attempt, and the one stored
+    under its key is the last, which names the record that exists."""
+    from registrygrid.engine.ops import Remembered
+    from registrygrid.storage import idempotency
+
+    store = Store(tmp_path, map_size=2**20)
+    engine = Engine(store, KeyPair.generate())
+    answers: list[str] = []
+
+    def answer(result: WriteResult) -> tuple[int, bytes, dict[str, str]]:
+        answers.append(result.record_id)
+        return 201, result.record_id.encode(), {}
+
+    try:
+        # Random text: compressed values must still fill the 1 MiB map.
+        filler = [Put("grid.clusters", "cluster", {"name": f"c{i}", "blob": os.urandom(2000).hex()}, f"c{i}")
+                  for i in range(300)]
+        keyed = Remembered(Put("grid.clusters", "cluster", {"name": "keyed"}), "token-1", "key-1", b"h" * 32,
+                           2**62, answer)
+        outcomes = engine.execute([*filler, keyed])
+        assert engine.metrics["store.map_grown"] >= 1 and len(answers) >= 2
+        assert isinstance(outcomes[-1], WriteResult) and outcomes[-1].record_id == answers[-1]
+        entry = idempotency.lookup(store, "token-1", "key-1", now_ms=0)
+        assert entry is not None and entry.body == answers[-1].encode()
+    finally:
+        store.close()
+    grid = LocalRegistry.open_path(tmp_path)
+    try:
+        assert grid.get("grid.clusters", answers[-1])["fields"] == {"name": "keyed"}
+        for aborted in set(answers[:-1]) - {answers[-1]}:
+            with pytest.raises(NotFound):
+                grid.get("grid.clusters", aborted)
+    finally:
+        grid.close()

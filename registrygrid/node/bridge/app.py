@@ -467,7 +467,10 @@ class Api:
                 assert entry.body is not None and entry.status is not None
                 return web.Response(status=entry.status, body=entry.body, content_type=JSON,
                                     headers={**(entry.headers or {}), "Idempotent-Replayed": "true"})
-            made: list[web.Response] = []  # built once, on the writer thread, as it is stored
+            # Built on the writer thread as it is stored; once per attempt of
+            # the batch (a batch that filled the map is run again), the last
+            # being the one committed.
+            made: list[web.Response] = []
 
             def answer(result: WriteResult) -> tuple[int, bytes, dict[str, str]]:
                 response = respond(result)
@@ -481,7 +484,7 @@ class Api:
             reserved = entry.reserved if entry is not None else {}
             result = await self.write(Remembered(op_for(reserved), token.id, key, digest,
                                                  now_ms() + self.idempotency_ttl_ms, answer))
-            return made[0] if made else respond(result)
+            return made[-1] if made else respond(result)
         finally:
             self._inflight.discard(slot)
 
