@@ -49,7 +49,7 @@ from registrygrid.errors import (
 from registrygrid.protocol import base32, names
 from registrygrid.protocol.envelope import Draft, Envelope, open_envelope
 from registrygrid.storage import chains, changes, erasures, feed, pending, records
-from registrygrid.storage.store import SEP, Txn, key
+from registrygrid.storage.store import Txn
 from registrygrid.trust import access
 from registrygrid.trust.policy import POLICIES_REGISTRY
 from registrygrid.trust.state import Verdict
@@ -350,12 +350,12 @@ class Erasing(EngineCore):
         its author vouches for its position: the gap it leaves is linked
         past without it (storage/erasures.py)."""
         dropped = 0
-        for cid, wire in list(self.store.iter_prefix(txn, "pending", b"")):
+        for cid, wire in list(pending.parked(self.store, txn)):
             env = open_envelope(wire, verify=False)
             body = env.body
             if (body.registry, body.record) != (notice.registry, notice.record):
                 continue
-            txn.delete(cid, db=self.store.db["pending"])  # its waiting keys find nothing and are dropped
+            pending.unpark(self.store, txn, cid)
             erasures.vouch(self.store, txn, body.registry, body.author, body.seq, body.seq, notice.id, body.record)
             dropped += 1
         return dropped
@@ -364,11 +364,11 @@ class Erasing(EngineCore):
         """Evidence (equivocations, broken chains) holding the record's changes goes;
         a report already filed in grid.disputes keeps the IDs."""
         stale = []
-        for k, wire in self.store.iter_prefix(txn, "evidence", key(registry) + SEP):
+        for k, wire in pending.evidence_in(self.store, txn, registry):
             if open_envelope(wire, verify=False).body.record == record_id:
                 stale.append(k)
         for k in stale:
-            txn.delete(k, db=self.store.db["evidence"])
+            pending.drop_evidence(self.store, txn, k)
         return len(stale)
 
     # ---- chains past erased positions

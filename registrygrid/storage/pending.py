@@ -13,7 +13,7 @@ judged again from the start; anti-entropy refetches anything refused here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import lmdb
 
@@ -95,3 +95,23 @@ def keep_evidence(store: Store, txn: lmdb.Transaction, registry: str, author: st
     chain) under its own sequence number: ``evidence`` registry \\0 author
     \\0 u64(seq) \\0 cid -> wire."""
     txn.put(key(registry, author, u64(seq), cid), wire, db=store.db["evidence"])
+
+
+def parked(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[bytes, bytes]]:
+    """Every parked change, (change id, wire), in id order."""
+    yield from store.iter_prefix(txn, "pending", b"")
+
+
+def unpark(store: Store, txn: lmdb.Transaction, cid: bytes) -> None:
+    """Drop a parked change; its waiting keys then find nothing and are
+    dropped when released."""
+    txn.delete(cid, db=store.db["pending"])
+
+
+def evidence_in(store: Store, txn: lmdb.Transaction, registry: str) -> Iterator[tuple[bytes, bytes]]:
+    """The evidence filed in ``registry``, (its key, the change's wire)."""
+    yield from store.iter_prefix(txn, "evidence", key(registry) + SEP)
+
+
+def drop_evidence(store: Store, txn: lmdb.Transaction, evidence_key: bytes) -> None:
+    txn.delete(evidence_key, db=store.db["evidence"])
