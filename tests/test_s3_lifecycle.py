@@ -386,3 +386,28 @@ def test_a_delete_the_service_still_refuses_leaves_the_blob_indexed_and_readable
     [outcome] = purge_blobs(blobs, [cid_text(cid)])
     assert outcome.outcome == "failed" and outcome.reason.startswith("object_locked")
     assert still_held(blobs, [cid_text(cid)]) == [cid_text(cid)]
+
+
+def test_a_bucket_versioned_without_object_lock_loses_every_version_of_a_deleted_blob(seaweed: SeaweedS3,
+                                                                                    grid: LocalRegistry) -> None:
+    """Versioning turned on by the bucket's owner, not by the node's config:
+    the node asks the bucket at its first delete, and a purge leaves no
+    version behind there either; a bucket that is not versioned keeps
+    plain deletes."""
+    bucket = new_bucket(seaweed)
+    seaweed.control(bucket).client().put_bucket_versioning(Bucket=bucket,
+                                                           VersioningConfiguration={"Status": "Enabled"})
+    objects = S3Objects(bucket, seaweed.endpoint, seaweed.access_key, seaweed.secret_key, prefix="node-1",
+                        allow_http=True)
+    blobs = BlobStore(objects, grid.store)
+    cid, _entry, _stored = blobs.put([b"weights " * 1000])
+    key = objects.full_key(blob_key(cid))
+    assert [kind for kind, _ in versions_of(objects, key)] == ["Versions"]
+    blobs.delete(cid)
+    assert versions_of(objects, key) == [] and blobs.entry(cid) is None
+
+    plain = S3Objects(new_bucket(seaweed), seaweed.endpoint, seaweed.access_key, seaweed.secret_key,
+                      prefix="node-1", allow_http=True)
+    plain.put("blobs/x", [b"x"])
+    assert plain.delete("blobs/x") is True and plain.size("blobs/x") is None
+    assert plain._versioned is False

@@ -72,7 +72,9 @@ Such a bucket is versioned: ``delete`` removes every version of the key
 plain DELETE there only adds a delete marker and the bytes would stay,
 readable by version id, after a purge or an erasure; the service refuses
 while a version is retained or held (``ObjectLocked``), and the current
-version is then still in place. The delete half of ``move`` (staging to
+version is then still in place. A bucket versioned without Object Lock is
+treated alike: the first ``delete`` asks the bucket (GetBucketVersioning,
+once per process). The delete half of ``move`` (staging to
 blobs/) adds a marker only: the lifecycle rules of blobs/lifecycle.py
 expire those noncurrent staging versions. Without ``object_lock``,
 ``protect`` answers False: the node's index alone enforces retention.
@@ -175,6 +177,7 @@ class S3Objects:
             raise ValidationError(f"S3 object_lock is one of {', '.join(LOCK_MODES)} or unset, not {object_lock!r}")
         self.object_lock = object_lock
         self._lock_seen = False
+        self._versioned: bool | None = None  # the bucket keeps old versions (see _keeps_versions)
         # Bucket configuration and Object Lock (obstore has no call for them);
         # its client is built at first use.
         self.control = S3Control(bucket, self.endpoint, access_key, secret_key, region=region,
@@ -345,9 +348,9 @@ class S3Objects:
 
     def delete(self, key: str) -> bool:
         existed = self.size(key) is not None
-        if self.object_lock is not None:
-            # A bucket with Object Lock is versioned: a plain DELETE would
-            # leave the bytes there, readable by version id, for good.
+        if self._keeps_versions():
+            # A plain DELETE would leave the bytes there, readable by
+            # version id, for good.
             self.control.delete_versions(self.full_key(key))
             return existed
         if not existed:
@@ -355,6 +358,15 @@ class S3Objects:
         with self._call(f"delete {key}"):
             obstore.delete(self._store, key)
         return True
+
+    def _keeps_versions(self) -> bool:
+        """Whether the bucket is versioned: always with Object Lock, else as
+        the bucket says, asked once per process at the first delete."""
+        if self.object_lock is not None:
+            return True
+        if self._versioned is None:
+            self._versioned = self.control.versioned()
+        return self._versioned
 
     def protect(self, key: str, *, retain_until_ms: int | None = None, legal_hold: bool | None = None) -> bool:
         check_key(key)

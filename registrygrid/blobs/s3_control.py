@@ -52,6 +52,8 @@ LOCK_MODES = ("governance", "compliance")
 _NO_LIFECYCLE = "NoSuchLifecycleConfiguration"
 _NO_LOCK = "ObjectLockConfigurationNotFoundError"
 _ABSENT = ("NoSuchKey", "NoSuchVersion", "404")
+# A service that has no bucket versioning at all answers one of these.
+_NO_VERSIONING = ("NotImplemented", "MethodNotAllowed", "XNotImplemented")
 
 
 class ObjectLockMissing(ValidationError):
@@ -145,6 +147,14 @@ class S3Control:
             answer.value = self.client().get_object_legal_hold(Bucket=self.bucket, Key=key)
         return ((answer.value or {}).get("LegalHold") or {}).get("Status") == "ON"
 
+    def versioned(self) -> bool:
+        """Whether the bucket keeps old versions of what is overwritten or
+        deleted (versioning enabled, or suspended after it was: the versions
+        made meanwhile stay). A service without the call keeps none."""
+        with self._call("read of the bucket's versioning", empty=_NO_VERSIONING) as answer:
+            answer.value = self.client().get_bucket_versioning(Bucket=self.bucket)
+        return (answer.value or {}).get("Status") in ("Enabled", "Suspended")
+
     def delete_versions(self, key: str) -> int:
         """Delete every version of ``key`` (and its delete markers), the
         current one last: in a versioned bucket (every bucket with Object
@@ -177,7 +187,8 @@ class S3Control:
             return self._client
 
     @contextmanager
-    def _call(self, action: str, *, key: str | None = None, empty: str | None = None) -> Iterator[_Answer]:
+    def _call(self, action: str, *, key: str | None = None,
+              empty: str | tuple[str, ...] | None = None) -> Iterator[_Answer]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         answer = _Answer()
@@ -187,7 +198,7 @@ class S3Control:
             error = exc.response.get("Error") or {}
             code = str(error.get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if empty is not None and code == empty:
+            if empty is not None and code in ((empty,) if isinstance(empty, str) else empty):
                 answer.value = None
                 return
             if key is not None and code in _ABSENT:
