@@ -296,6 +296,73 @@ def test_a_descriptor_with_a_bad_conflict_policy_is_refused_naming_the_part(tmp_
 
 # ================================================================ a pure function of the changes
 
+# Found by the arrival-order property below, outside CI: automerge 1.0.0rc1
+# makes no op for a put of the value it already shows, even where a
+# concurrent write holds another, so a write that must settle a conflict
+# whose Automerge pick is its own value made an empty change (a delete
+# crashed the batch) or no op at all (an update was lost).
+
+
+@pytest.mark.policy({"default": "last-writer-wins", "delete": "update-wins"})
+def test_a_delete_of_a_record_shown_live_over_a_concurrent_delete_supersedes_it(pair: Pair) -> None:
+    pair.create({"n": 0})
+    pair.b.delete(REG, "x")
+    pair.race({"n": 1}, None)
+    deliver(pair.b, pair.a)
+    # update-wins shows x live on a, while Automerge's own pick is b's delete.
+    assert not pair.a.get(REG, "x", include_deleted=True)["deleted"]
+    pair.a.delete(REG, "x")
+    record = pair.converge()
+    assert record["deleted"] and not [c for c in record["conflicts"] if c["path"] == "/deleted"]
+
+
+@pytest.mark.policy({"default": "last-writer-wins", "fields": {"n": "max", "m": "min"}})
+def test_an_update_settles_a_conflict_with_the_value_not_shown_whichever_value_automerge_picked(
+        pair: Pair) -> None:
+    pair.create({"n": 0, "m": 0})
+    pair.race({"n": 10, "m": 10}, {"n": 20, "m": 20})
+    record = pair.converge()
+    assert (record["fields"]["n"], record["fields"]["m"]) == (20, 10)  # max and min
+    # Automerge picks one node's write for both paths, so for one of them the
+    # settling value below is its pick and for the other it is not.
+    pair.a.update(REG, "x", patch={"n": 10, "m": 20})
+    record = pair.converge()
+    assert (record["fields"]["n"], record["fields"]["m"]) == (10, 20)
+    assert record["conflicts"] == []
+
+
+def test_an_update_to_the_value_a_removal_hid_writes_it(pair: Pair) -> None:
+    """b sets n while a, later, removes it: Automerge keeps b's value (a
+    removal only removes what it saw), last-writer-wins shows n removed.
+    Writing n = b's value then settles the conflict with that value; it was
+    taken for no change and lost."""
+    pair.create({"n": 0})
+    pair.b.update(REG, "x", patch={"n": 5})
+    pair.a.update(REG, "x", patch={"n": None})
+    record = pair.converge()
+    assert "n" not in record["fields"] and conflict_at(record, "/fields/n")
+    result = pair.b.update(REG, "x", patch={"n": 5})
+    assert result.status == "updated"
+    record = pair.converge()
+    assert record["fields"]["n"] == 5 and record["conflicts"] == []
+
+
+@pytest.mark.policy({"default": "last-writer-wins", "delete": "delete-wins"})
+def test_a_put_that_brings_back_a_record_shown_deleted_supersedes_the_delete_everywhere(pair: Pair) -> None:
+    pair.create({"n": 0})
+    # b deletes and brings x back (an explicit live value); a deletes
+    # concurrently: delete-wins shows x deleted, whatever Automerge picked.
+    pair.b.delete(REG, "x")
+    pair.b.put(REG, "cluster", {"name": "x", "n": 1}, id="x")
+    pair.a.delete(REG, "x")
+    record = pair.converge()
+    assert record["deleted"]
+    pair.b.put(REG, "cluster", {"name": "x", "n": 2}, id="x")
+    record = pair.converge()
+    assert not record["deleted"] and record["fields"]["n"] == 2
+    assert not [c for c in record["conflicts"] if c["path"] == "/deleted"]
+
+
 EVERY_RULE = {"default": "last-writer-wins",
               "fields": {"n": "max", "m": "min", "caps": "union", "lic": "immutable", "note": "manual",
                          "own": "owner-wins", "rank": "role-priority"}}

@@ -21,7 +21,7 @@ not collaboratively edited prose.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
@@ -116,12 +116,16 @@ class RecordDoc:
         links: Sequence[Mapping[str, str]] | None = None,
         undelete: bool = False,
         force_undelete: bool = False,
+        settle: Collection[tuple[str, ...]] = (),
     ) -> Any | None:
         """Change the document to hold these values; None when nothing differs.
         ``force_undelete`` writes ``deleted: False`` even where the document's
         pick says so already: a record a conflict rule shows deleted (its
         concurrent delete kept by "delete-wins") comes back only by a write
-        that sees, and so supersedes, that delete."""
+        that sees, and so supersedes, that delete. ``settle``: paths under
+        ``fields`` whose concurrent values this update replaces, written
+        even where the new value is the one Automerge picked (a conflict
+        the record shows settled another way)."""
         before = self.doc.get_heads()
         with _edit(self.doc) as tx:
             if schema is not None and _scalar(tx, ROOT, "schema") != schema:
@@ -131,7 +135,7 @@ class RecordDoc:
                 if current is None or current[0] != ObjType.Map:
                     _put_value(tx, ROOT, "fields", dict(fields), 0)
                 else:
-                    _sync_map(tx, current[1], fields, 1)
+                    _sync_map(tx, current[1], fields, 1, ("fields",), frozenset(settle))
             if tags is not None:
                 tag_obj = tx.get(ROOT, "tags")
                 if tag_obj is None or tag_obj[0] != ObjType.Map:
@@ -149,7 +153,7 @@ class RecordDoc:
                 if _materialize_tx(tx, ROOT, "links") != [dict(link) for link in links]:
                     _put_value(tx, ROOT, "links", [dict(link) for link in links], 0)
             if force_undelete or (undelete and _scalar(tx, ROOT, "deleted") is not False):
-                tx.put(ROOT, "deleted", ScalarType.Boolean, False)
+                _overwrite_deleted(tx, False)
         after = self.doc.get_heads()
         if after == before:
             return None
@@ -158,7 +162,7 @@ class RecordDoc:
     def delete(self) -> Any:
         before = self.doc.get_heads()
         with _edit(self.doc) as tx:
-            tx.put(ROOT, "deleted", ScalarType.Boolean, True)
+            _overwrite_deleted(tx, True)
         return _only_change(self.doc, before)
 
     # ---- remote changes ----
@@ -233,6 +237,26 @@ def _only_change(doc: Document, before: list[bytes]) -> Any:
     return changes[0]
 
 
+def _overwrite(tx: Any, obj: bytes, key: str) -> None:
+    """Clear ``obj[key]`` before a write that must replace every value the
+    key holds. automerge 1.0.0rc1 makes no op for a put of the value it
+    shows, even where a concurrent write holds another one: such a put
+    would leave the conflict (and, for ``deleted``, the transaction
+    empty). A delete first makes the write's change overwrite them all."""
+    if tx.get(obj, key) is not None:
+        tx.delete(obj, key)
+
+
+def _overwrite_deleted(tx: Any, value: bool) -> None:
+    """Write ``deleted``, over every concurrent value: a record shown live
+    while Automerge picks a concurrent delete (update-wins), or shown
+    deleted while it picks a live value (delete-wins), gets a change that
+    supersedes the other side."""
+    if _scalar(tx, ROOT, "deleted") is value:
+        _overwrite(tx, ROOT, "deleted")
+    tx.put(ROOT, "deleted", ScalarType.Boolean, value)
+
+
 def _scalar(tx: Any, obj: bytes, key: str) -> Any:
     got = tx.get(obj, key)
     if got is None or isinstance(got[0], ObjType):
@@ -304,9 +328,11 @@ def _put_value(tx: Any, obj: bytes, key: str | int, value: Any, depth: int, inse
         raise ValidationError(f"unsupported value type {type(value).__name__}")
 
 
-def _sync_map(tx: Any, obj: bytes, wanted: Mapping[str, Any], depth: int) -> None:
-    """Make the Automerge map ``obj`` equal ``wanted`` with the fewest ops,
-    so concurrent edits of different fields merge instead of overwriting."""
+def _sync_map(tx: Any, obj: bytes, wanted: Mapping[str, Any], depth: int, path: tuple[str, ...] = (),
+              settle: frozenset[tuple[str, ...]] = frozenset()) -> None:
+    """Make the Automerge map ``obj`` (at ``path``) equal ``wanted`` with the
+    fewest ops, so concurrent edits of different fields merge instead of
+    overwriting; a path in ``settle`` is written over whatever it holds."""
     if depth > limits.MAX_NESTING:
         raise ValidationError(f"value nested deeper than {limits.MAX_NESTING} levels")
     for key in tx.keys(obj):
@@ -315,10 +341,13 @@ def _sync_map(tx: Any, obj: bytes, wanted: Mapping[str, Any], depth: int) -> Non
     for key, value in wanted.items():
         _check_key(key)
         got = tx.get(obj, key)
+        if got is not None and settle and path + (key,) in settle:
+            _overwrite(tx, obj, key)
+            got = None
         if got is not None:
             current, child = got
             if isinstance(value, Mapping) and current == ObjType.Map:
-                _sync_map(tx, child, value, depth + 1)
+                _sync_map(tx, child, value, depth + 1, path + (key,), settle)
                 continue
             if _materialize_tx(tx, obj, key) == value and type(value) is type(
                 _materialize_tx(tx, obj, key)
