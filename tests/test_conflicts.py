@@ -347,6 +347,27 @@ def test_an_update_to_the_value_a_removal_hid_writes_it(pair: Pair) -> None:
     assert record["fields"]["n"] == 5 and record["conflicts"] == []
 
 
+def test_setting_the_links_a_conflict_does_not_show_writes_them(pair: Pair) -> None:
+    """a and b set different links at once; whichever Automerge picks,
+    last-writer-wins shows the later. Setting either list then settles it
+    everywhere (the one Automerge picked was taken for no change)."""
+    first = [{"rel": "runs-on", "registry": REG, "record": "one"}]
+    second = [{"rel": "runs-on", "registry": REG, "record": "two"}]
+    pair.create({"n": 0})
+    pair.a.update(REG, "x", links=first)
+    pair.b.update(REG, "x", links=second)
+    record = pair.converge()
+    assert conflict_at(record, "/links")
+    shown = record["links"]
+    for wanted in (first, second):
+        if wanted == shown:
+            continue
+        result = pair.a.update(REG, "x", links=wanted)
+        assert result.status == "updated"
+        record = pair.converge()
+        assert record["links"] == wanted and record["conflicts"] == []
+
+
 @pytest.mark.policy({"default": "last-writer-wins", "delete": "delete-wins"})
 def test_a_put_that_brings_back_a_record_shown_deleted_supersedes_the_delete_everywhere(pair: Pair) -> None:
     pair.create({"n": 0})

@@ -123,10 +123,11 @@ class RecordDoc:
         pick says so already: a record a conflict rule shows deleted (its
         concurrent delete kept by "delete-wins") comes back only by a write
         that sees, and so supersedes, that delete. ``settle``: paths under
-        ``fields`` whose concurrent values this update replaces, written
-        even where the new value is the one Automerge picked (a conflict
-        the record shows settled another way)."""
+        ``fields``, or ``("links",)``, whose concurrent values this update
+        replaces, written even where the new value is the one Automerge
+        picked (a conflict the record shows settled another way)."""
         before = self.doc.get_heads()
+        settle = frozenset(settle)
         with _edit(self.doc) as tx:
             if schema is not None and _scalar(tx, ROOT, "schema") != schema:
                 tx.put(ROOT, "schema", ScalarType.Int, schema)
@@ -135,7 +136,7 @@ class RecordDoc:
                 if current is None or current[0] != ObjType.Map:
                     _put_value(tx, ROOT, "fields", dict(fields), 0)
                 else:
-                    _sync_map(tx, current[1], fields, 1, ("fields",), frozenset(settle))
+                    _sync_map(tx, current[1], fields, 1, ("fields",), settle)
             if tags is not None:
                 tag_obj = tx.get(ROOT, "tags")
                 if tag_obj is None or tag_obj[0] != ObjType.Map:
@@ -150,8 +151,8 @@ class RecordDoc:
                 for tag in sorted(wanted - existing):
                     tx.put(tag_id, tag, ScalarType.Boolean, True)
             if links is not None:
-                if _materialize_tx(tx, ROOT, "links") != [dict(link) for link in links]:
-                    _put_value(tx, ROOT, "links", [dict(link) for link in links], 0)
+                if ("links",) in settle or _materialize_tx(tx, ROOT, "links") != [dict(link) for link in links]:
+                    _put_value(tx, ROOT, "links", [dict(link) for link in links], 0)  # a new list: always an op
             if force_undelete or (undelete and _scalar(tx, ROOT, "deleted") is not False):
                 _overwrite_deleted(tx, False)
         after = self.doc.get_heads()

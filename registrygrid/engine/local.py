@@ -160,7 +160,7 @@ class LocalWrites(EngineCore):
         # settled by an edit of another field. undelete: a record shown live
         # (update-wins) is live in the change too.
         change = doc.update(fields=_as_written(doc, fields, old), schema=kind.version, tags=tags, links=links,
-                            undelete=bool(old.get("conflicts")), settle=_settling(fields, old))
+                            undelete=bool(old.get("conflicts")), settle=_settling(fields, links, old))
         if change is None:
             return WriteResult("unchanged", registry, record_id, old["change_id"], None, old)
         state = state_after_edit(old, schema=kind.version, fields=fields, tags=tags, links=links)
@@ -240,16 +240,20 @@ class LocalWrites(EngineCore):
                 f"the org publishes one with `rgrid org delegate {self.key.did}`")
 
 
-def _settling(fields: dict[str, Any], old: dict[str, Any]) -> list[tuple[str, ...]]:
-    """The conflicting paths under ``fields`` an update gives a value other
-    than the one shown: it settles them, so its change must overwrite every
-    concurrent value there, Automerge's pick included."""
+def _settling(fields: dict[str, Any], links: list[dict[str, str]] | None,
+              old: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The conflicting paths under ``fields`` (and ``links``, when the update
+    sets them) it gives a value other than the one shown: it settles them,
+    so its change must overwrite every concurrent value there, Automerge's
+    pick included."""
     out = []
     for conflict in old.get("conflicts") or ():
         path = resolver.unpointer(conflict["path"])
         if path[0] == "fields" and len(path) >= 2 and not resolver.same(
                 resolver.get_in(fields, path[1:]), resolver.get_in(old["fields"], path[1:])):
             out.append(tuple(path))
+        elif path == ["links"] and links is not None and not resolver.same(links, old["links"]):
+            out.append(("links",))
     return out
 
 
