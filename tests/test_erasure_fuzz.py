@@ -477,6 +477,36 @@ def _concurrent_creates(root: Path, org: KeyPair, first: KeyPair, second: KeyPai
         y.close()
 
 
+def test_a_notice_that_arrives_before_a_delegation_of_its_org_vouches_for_that_keys_positions_after_it(
+        tmp_path: Path) -> None:
+    """Found by the two-keys property with a random seed: a0 and a1 (org A)
+    both created r0, and a0's notice lists a1's create too. b (org B) gets
+    the notice before a1's delegation: a1's position could not be vouched
+    for then (an org vouches for its own keys only, and a1's org was
+    unknown), and nothing looked at it again, so b lacked that position for
+    good (its version vector never matched)."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a0, a1, b = org_node(tmp_path / "a0", org_a), org_node(tmp_path / "a1", org_a), org_node(tmp_path / "b", org_b)
+    try:
+        a1.put(TOOLS, "tool", fields_for(TOOLS, "one"), id="r0")
+        a0.put(TOOLS, "tool", fields_for(TOOLS, "two"), id="r0")
+        deliver(a0, wires(a1))
+        a0.erase(TOOLS, "r0", reason="fuzz")
+        a1_did = a1.engine.key.did
+        served = wires(a0)
+        a1_delegation = [w for w in served if open_envelope(w).body.author == a1_did]
+        assert a1_delegation and all(open_envelope(w).body.registry == "grid.members" for w in a1_delegation)
+        deliver(b, [w for w in served if w not in a1_delegation])
+        assert a1_did not in b.engine.version_vector().get(TOOLS, {})
+        deliver(b, a1_delegation)
+        assert b.engine.version_vector()[TOOLS] == a0.engine.version_vector()[TOOLS]
+        exchange(a0, a1, b)
+        assert a0.engine.version_vector() == a1.engine.version_vector() == b.engine.version_vector()
+    finally:
+        for node in (a0, a1, b):
+            node.close()
+
+
 def test_verify_takes_a_conflicted_value_as_its_conflict_rule_chose_it(tmp_path: Path) -> None:
     """Not an erasure matter, found by the same properties: two keys of one
     org create one id concurrently; last-writer-wins (by clock) picks the

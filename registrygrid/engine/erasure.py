@@ -373,6 +373,32 @@ class Erasing(EngineCore):
 
     # ---- chains past erased positions
 
+    def _vouch_for_key(self, txn: Txn, batch: Batch, key_did: str, origin: str) -> None:
+        """A statement about ``key_did`` was committed: the positions of its
+        chains that notices of its org list were skipped if the notice came
+        before the key's delegation (an org vouches for its own chains only,
+        and the key's org was unknown then). They count now, and the chains
+        are linked past them: else a node that never saw those erased
+        changes would lack them for good."""
+        if not self._has_erasures:
+            return
+        now = self.now_ms()
+        orgs = self.trust.orgs_of(key_did, now)
+        if not orgs:
+            return
+        for record in records.iter_records(self.store, txn, registry=ERASURES_REGISTRY):
+            try:
+                notice = ErasureNotice.read(record["id"], record["fields"])
+            except (ValidationError, KeyError, TypeError):
+                continue  # not a notice this node honours (it was refused on arrival)
+            if notice.org not in orgs:
+                continue
+            ranges = [r for author, rs in notice.positions if author == key_did for r in rs]
+            for first, last in ranges:
+                erasures.vouch(self.store, txn, notice.registry, key_did, first, last, notice.id, notice.record)
+            if ranges:
+                self._link_vouched(txn, batch, notice.registry, key_did, origin)
+
     def _link_vouched(self, txn: Txn, batch: Batch, registry: str, author: str, origin: str) -> int:
         """Link the chain past the positions notices vouch for that follow its
         head (their IDs unseen until the author's next change names them),

@@ -96,11 +96,14 @@ class Rebuilds(EngineCore):
                 self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)
 
     def _rebuild_revoked(self, txn: Txn, batch: Batch, cause: Envelope, origin: str) -> None:
-        """After a statement about a key: if the key is revoked, its applied
-        changes past their cutoffs no longer count, so the records they
-        touched are rebuilt from the changes that remain valid."""
+        """After a statement about a key: erasure notices of its org vouch for
+        its chains' positions now (engine/erasure.py); if the key is revoked,
+        its applied changes past their cutoffs no longer count, so the
+        records they touched are rebuilt from the changes that remain valid."""
         while batch.stated:
-            for key_did in sorted(self.trust.affected_by_revocation(batch.stated.pop())):
+            subject = batch.stated.pop()
+            self._vouch_for_key(txn, batch, subject, origin)  # type: ignore[attr-defined]
+            for key_did in sorted(self.trust.affected_by_revocation(subject)):
                 self._rebuild_revoked_key(txn, batch, key_did, cause, origin)
 
     def _rebuild_revoked_key(self, txn: Txn, batch: Batch, subject: str, cause: Envelope,
