@@ -44,7 +44,6 @@ from registrygrid.protocol import limits
 from registrygrid.protocol.envelope import cid_from_str, cid_to_str, open_envelope, seal
 from registrygrid.protocol.hlc import Hlc
 from registrygrid.sdk import LocalRegistry
-from registrygrid.storage.store import key as store_key
 from registrygrid.trust.statements import DELEGATION_KIND, MEMBERS_REGISTRY, delegation_record
 
 CLUSTERS = "grid.clusters"

@@ -507,6 +507,40 @@ def test_a_notice_that_arrives_before_a_delegation_of_its_org_vouches_for_that_k
             node.close()
 
 
+def test_a_late_delegation_vouches_for_positions_only_the_losing_notice_of_a_race_lists(tmp_path: Path) -> None:
+    """a1 and a0 (org A) file r0's notice at once; a1, which saw a2's
+    update, lists a2's position, and a0's later notice, which the record
+    shows, does not. b (org B) gets both notices before a2's delegation:
+    once the delegation comes, a2's position counts from the claim of a1's
+    create, not only from what the record shows (else b lacked it for
+    good)."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a0, a1, a2 = (org_node(tmp_path / f"a{i}", org_a) for i in range(3))
+    b = org_node(tmp_path / "b", org_b)
+    try:
+        a0.put(TOOLS, "tool", fields_for(TOOLS, "one"), id="r0")
+        deliver(a2, wires(a0))
+        a2.update(TOOLS, "r0", patch=patch_for(TOOLS, "two"))
+        deliver(a1, wires(a2))
+        a1.erase(TOOLS, "r0", reason="saw a2's update")
+        time.sleep(0.005)  # a0's notice is the later: its positions are the ones shown
+        a0.erase(TOOLS, "r0", reason="did not")
+        exchange(a0, a1, a2)
+        a2_did = a2.engine.key.did
+        shown = a0.get(ERASURES_REGISTRY, erasure_id(TOOLS, "r0", org_a.did))["fields"]["positions"]
+        assert a2_did not in {entry["author"] for entry in shown}
+        served = wires(a0)
+        of_a2 = [w for w in served if open_envelope(w).body.author == a2_did]
+        deliver(b, [w for w in served if w not in of_a2])
+        deliver(b, of_a2)
+        assert b.engine.version_vector()[TOOLS] == a0.engine.version_vector()[TOOLS]
+        exchange(a0, a1, a2, b)
+        assert all(node.engine.version_vector() == a0.engine.version_vector() for node in (a1, a2, b))
+    finally:
+        for node in (a0, a1, a2, b):
+            node.close()
+
+
 def test_verify_takes_a_conflicted_value_as_its_conflict_rule_chose_it(tmp_path: Path) -> None:
     """Not an erasure matter, found by the same properties: two keys of one
     org create one id concurrently; last-writer-wins (by clock) picks the

@@ -198,8 +198,7 @@ class Erasing(EngineCore):
             # record's and the org's) at once: the record then shows one
             # create's positions where they conflict, so each create's own
             # positions count too.
-            claim = read_snapshot(body.payload, kind=body.kind, schema=body.schema)
-            vouched += ErasureNotice.read(record["id"], claim["fields"]).positions
+            vouched += _claimed(record["id"], body)
         for chain_author, ranges in vouched:
             if notice.org not in self.trust.orgs_of(chain_author, now):
                 self.metrics["erasure.positions_not_vouched"] += 1
@@ -393,7 +392,15 @@ class Erasing(EngineCore):
                 continue  # not a notice this node honours (it was refused on arrival)
             if notice.org not in orgs:
                 continue
-            ranges = [r for author, rs in notice.positions if author == key_did for r in rs]
+            # Every create's own claim counts, as when it was committed: a
+            # create that lost a race lists positions the record may not show.
+            claims = [notice.positions]
+            for cid in records.applied_ids(self.store, txn, ERASURES_REGISTRY, notice.id):
+                body = self._stored_envelope(txn, batch, cid).body
+                if body.is_snapshot:
+                    claims.append(_claimed(notice.id, body))
+            ranges = sorted({r for positions in claims for author, rs in positions if author == key_did
+                             for r in rs})
             for first, last in ranges:
                 erasures.vouch(self.store, txn, notice.registry, key_did, first, last, notice.id, notice.record)
             if ranges:
@@ -486,3 +493,10 @@ class Erasing(EngineCore):
         if held is not None and held[1] != erasures.REFUSED:
             raise RecordErased(f"{registry}/{record_id} was erased (notice {held[0]}); its id cannot be used again",
                                details={"notice": held[0]})
+
+
+def _claimed(notice_id: str, body: Any) -> tuple[tuple[str, tuple[tuple[int, int], ...]], ...]:
+    """The positions a create of the notice lists itself (its snapshot's
+    fields), whatever the record shows after a race of creates."""
+    claim = read_snapshot(body.payload, kind=body.kind, schema=body.schema)
+    return ErasureNotice.read(notice_id, claim["fields"]).positions
