@@ -61,10 +61,12 @@ class SchemaViolation(ValidationError):
 
     def audit_reason(self) -> str:
         # A schema message quotes the value it refuses ("'alice@...' is not
-        # of type 'integer'"): the ledger keeps the paths and rules only.
+        # of type 'integer'"), and a field path may hold the keys of a map
+        # ("/members/alice@example.org"): the ledger keeps where in the
+        # schema each failing rule is, which names the schema's words only.
         kind = self.message.split(":", 1)[0]
         details = self.details if isinstance(self.details, list) else []
-        failing = ", ".join(f"{d.get('path') or '/'} ({d.get('validator')})" for d in details[:10]
+        failing = ", ".join(f"{d.get('schema_path') or '/'} ({d.get('validator')})" for d in details[:10]
                             if isinstance(d, dict))
         more = f" and {len(details) - 10} more" if len(details) > 10 else ""
         return f"{self.code}: {kind}: {failing or 'fields'}{more}"

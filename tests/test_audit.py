@@ -270,17 +270,30 @@ def test_cli_audit_verify_fails_and_names_the_tampered_entry(tmp_path: Path, rgr
 
 def test_a_refused_writes_deny_entry_names_the_failing_paths_not_the_values(grid: LocalRegistry) -> None:
     """The ledger is never scrubbed, so an erasure cannot reach it: a schema
-    refusal is kept as its paths and rules, without the values it quotes
-    to the caller."""
+    refusal is kept as where its rules sit in the schema, without the
+    values it quotes to the caller or the map keys on its field paths."""
     from registrygrid.errors import SchemaViolation
 
-    secret = "alice.smith@example.org"
+    secret, key = "alice.smith@example.org", "contact:bob.jones@example.org"
     with pytest.raises(SchemaViolation) as refused:
-        grid.put(CLUSTERS, "cluster", {"name": "a", "memory": secret, "reputation": 5}, id="a")
+        grid.put(CLUSTERS, "cluster", {"name": "a", "memory": secret, "reputation": 5,
+                                       "nodes": [{"id": "n1", "labels": {key: 7}}]}, id="a")
     assert secret in refused.value.message  # the caller is told what was wrong
+    assert any(key in d["path"] for d in refused.value.details)
 
     [deny] = [e for e in grid.audit_log() if e.action == "deny"]
     assert deny.target == f"{CLUSTERS}/a"
-    assert secret not in deny.reason
+    assert secret not in deny.reason and "bob.jones" not in deny.reason
     assert deny.reason.startswith("schema_violation: cluster v1: ")
-    assert "/memory (type)" in deny.reason and "/reputation (maximum)" in deny.reason
+    assert "/properties/memory" in deny.reason and "/properties/reputation/maximum (maximum)" in deny.reason
+    assert "/properties/nodes/items/properties/labels/additionalProperties/type (type)" in deny.reason
+
+
+def test_a_refused_out_of_range_integer_is_not_quoted(grid: LocalRegistry) -> None:
+    from registrygrid.errors import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        grid.put(CLUSTERS, "cluster", {"name": "a", "vcpus": 2**63 + 12345}, id="a")
+    assert "does not fit in 64 bits" in refused.value.message
+    [deny] = [e for e in grid.audit_log() if e.action == "deny"]
+    assert str(2**63 + 12345) not in deny.reason and "19 digits" in deny.reason

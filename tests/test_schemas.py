@@ -501,7 +501,10 @@ def test_record_with_several_errors_reports_every_failing_path_sorted(catalog):
         ("/region", "minLength"),
         ("/reputation", "maximum"),
     ]
-    assert all(set(d) == {"path", "message", "validator"} for d in err.details)
+    assert all(set(d) == {"path", "message", "validator", "schema_path"} for d in err.details)
+    # Where each rule sits in the schema (what the audit ledger keeps).
+    assert [d["schema_path"] for d in err.details][2:4] == ["/properties/nodes/items/required",
+                                                          "/properties/nodes/items/properties/hostname/format"]
     assert "(and 5 more)" in err.message
     assert err.code == "schema_violation" and err.http_status == 422
     assert isinstance(err, ValidationError)

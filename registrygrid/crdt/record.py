@@ -227,7 +227,7 @@ def _check_key(key: object) -> None:
     # Automerge map keys are non-empty strings; JSON allows "" but a record
     # field needs a name.
     if not isinstance(key, str):
-        raise ValidationError(f"object keys must be strings, got {key!r}")
+        raise ValidationError(f"object keys must be strings, got a {type(key).__name__}")
     if not key:
         raise ValidationError("object keys must not be empty")
 
@@ -309,7 +309,7 @@ def _put_value(tx: Any, obj: bytes, key: str | int, value: Any, depth: int, inse
         put(obj, key, _BOOL, value)
     elif kind is int or (isinstance(value, int) and not isinstance(value, bool)):
         if not INT64_MIN <= value <= INT64_MAX:
-            raise ValidationError(f"integer {value} does not fit in 64 bits")
+            raise ValidationError(f"an integer of {len(str(abs(value)))} digits does not fit in 64 bits")
         put(obj, key, _INT, int(value))
     elif kind is float:
         if value != value or value in _INFINITIES:

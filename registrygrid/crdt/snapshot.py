@@ -110,7 +110,7 @@ def check_value(value: Any, depth: int = 0) -> bool:
     if kind is dict:
         for k in value:
             if type(k) is not str or not k:
-                raise ValidationError(f"object keys must be non-empty strings, got {k!r}")
+                raise ValidationError(f"object keys must be non-empty strings, got {_key_shown(k)}")
         items: Any = value.values()
         plain = True
     elif kind is list:
@@ -137,12 +137,19 @@ def check_value(value: Any, depth: int = 0) -> bool:
     return plain
 
 
+def _key_shown(key: object) -> str:
+    # Refusals name the kind of a bad key or value, never the value itself:
+    # the audit ledger keeps a refused write's message, and no erasure can
+    # take it back from there.
+    return "an empty string" if key == "" else f"a {type(key).__name__}"
+
+
 def _check_scalar(value: Any, kind: type) -> bool:
     if kind is str or kind is bool or value is None:
         return True
     if kind is int:
         if not INT64_MIN <= value <= INT64_MAX:
-            raise ValidationError(f"integer {value} does not fit in 64 bits")
+            raise ValidationError(f"an integer of {len(str(abs(value)))} digits does not fit in 64 bits")
         return -limits.EXACT_FLOAT_INT <= value <= limits.EXACT_FLOAT_INT
     if kind is float:
         if value != value or value in (float("inf"), float("-inf")):

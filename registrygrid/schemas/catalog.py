@@ -418,7 +418,8 @@ def _clip(message: str) -> str:
 def _error_details(errors: list[jsonschema.ValidationError]) -> list[dict[str, str]]:
     errors.sort(key=lambda e: (_path_sort_key(e.absolute_path), str(e.validator), e.message))
     return [
-        {"path": _json_pointer(e.absolute_path), "message": _clip(e.message), "validator": str(e.validator)}
+        {"path": _json_pointer(e.absolute_path), "message": _clip(e.message), "validator": str(e.validator),
+         "schema_path": _json_pointer(e.absolute_schema_path)}
         for e in errors
     ]
 
