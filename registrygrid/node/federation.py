@@ -79,6 +79,7 @@ from registrygrid.protocol.hello import (
     encode_hello,
     peer_of,
 )
+from registrygrid.protocol.sync_session import GAP_SYNC_DELAY_S
 from registrygrid.storage import peers as peer_store
 from registrygrid.trust.admission import Admitted, check_admission, encode_proof
 
@@ -94,10 +95,6 @@ log = logging.getLogger("registrygrid.federation")
 # costs one request carrying two version vectors (a few KB) per peer, i.e.
 # a few requests a second for a federation of tens of peers.
 SYNC_INTERVAL_S = 10.0
-# After a gap, wait this long before syncing: the missing change may still
-# arrive by gossip (IWANT after the next 1 s heartbeat). A no-op sync is cheap
-# either way.
-GAP_SYNC_DELAY_S = 1.0
 # Connected peers. GossipSub keeps 4-12 mesh peers per topic; the rest only
 # sync. 64 bounds per-peer tasks, queues and sessions; more peers are refused.
 MAX_CONNECTED_PEERS = 64

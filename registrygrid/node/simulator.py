@@ -9,8 +9,10 @@ changes by author chain), and runs what a node runs on the network side:
 ``GossipIntake`` judges every gossip message in the topic validator
 (protocol/gossip_intake.py), ``answer_sync`` serves sync requests from the
 ledger and ``SyncSession`` (protocol/sync_session.py) decides every step of
-its own sessions: on each new connection and every ``sync.interval_s``
-with a random peer, as the federation does. Writers sign real envelopes
+its own sessions: on each new connection, every ``sync.interval_s``
+with a random peer, and a second after gossip shows a gap (a change
+parked for a predecessor it lacks) with that change's origin, as the
+federation does. Writers sign real envelopes
 and publish them in gossip batches (protocol/gossip.py). Faults come from
 the scenario: partitions into regions and their heal, nodes stopped (and
 restarted) at a time, hostile nodes publishing forged envelopes.
@@ -59,6 +61,7 @@ from registrygrid.protocol.gossip_intake import Fresh, GossipIntake, Invalid
 from registrygrid.protocol.hlc import Hlc
 from registrygrid.protocol.sync import SYNC_PROTOCOL_ID, answer_sync
 from registrygrid.protocol.sync_session import (
+    GAP_SYNC_DELAY_S,
     Applied,
     Apply,
     EndPass,
@@ -102,6 +105,7 @@ class SimNode:
     alive: bool = True
     hostile: bool = False
     syncing: bool = False
+    gap_sync_due: bool = False
     totals: Counter[str] = field(default_factory=Counter)  # host stats of past lives (restarts)
 
 
@@ -251,7 +255,28 @@ class Simulation:
 
     async def _drain(self, node: SimNode, subscription: trio.MemoryReceiveChannel[Any]) -> None:
         async for message in subscription:
-            self._apply(node, decode_batch(message.data))
+            if self._apply(node, decode_batch(message.data)).pending:
+                self._gap(node, message.from_peer)
+
+    def _gap(self, node: SimNode, origin: str) -> None:
+        """Gossip showed a gap (a change parked for its predecessor): sync
+        soon with the change's origin, or any peer if it is not connected,
+        as the node does (node/federation.py ``request_sync``); gaps seen
+        while one such sync is due share it."""
+        if node.gap_sync_due or self._nursery is None:
+            return
+        node.gap_sync_due = True
+        self._nursery.start_soon(self._gap_sync, node, origin)
+
+    async def _gap_sync(self, node: SimNode, origin: str) -> None:
+        await trio.sleep(GAP_SYNC_DELAY_S)
+        node.gap_sync_due = False
+        if node.host is None:
+            return
+        peers = node.host.connected_peers()
+        if origin in peers or peers:
+            self.stats["sync.gap"] += 1
+            await self._sync_with(node, origin if origin in peers else self.rng.choice(peers))
 
     def _apply(self, node: SimNode, wires: list[bytes]) -> Applied:
         counts, applied = node.ledger.apply(wires)
@@ -388,7 +413,7 @@ class Simulation:
             },
             "sync": {"requests": net["requests"], "request_bytes": net["request_bytes"],
                      "response_bytes": net["response_bytes"], "sessions": self.stats["sync.sessions"],
-                     "failed": self.stats["sync.failed"]},
+                     "after_gaps": self.stats["sync.gap"], "failed": self.stats["sync.failed"]},
             "faults": {"stops": self.stats["stops"], "starts": self.stats["starts"],
                        "hostile_sent": self.stats["hostile.sent"]},
             "convergence": self.samples,

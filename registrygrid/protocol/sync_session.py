@@ -47,6 +47,12 @@ from registrygrid.protocol.sync import (
 # it only stops a responder that keeps saying "more" with ever-new
 # envelopes from holding a session slot forever.
 MAX_ROUNDS = 500
+# After gossip shows a gap (a change whose predecessor this node lacks was
+# parked), a node syncs with the change's origin this long after: the
+# missing change may still arrive by gossip (IWANT after the next 1 s
+# heartbeat), and a no-op sync is cheap either way. The node
+# (node/federation.py) and the simulator (node/simulator.py) both wait it.
+GAP_SYNC_DELAY_S = 1.0
 
 
 class State(Enum):
