@@ -121,6 +121,7 @@ def test_a_malformed_safetensors_header_is_refused(header):
     with pytest.raises(MetadataMalformed) as caught:
         extract("model.safetensors", None, [raw_safetensors(header)])
     assert caught.value.code == "metadata_malformed" and isinstance(caught.value, MalformedInput)
+    assert caught.value.http_status == 422  # the bytes are a stored blob's, not the request's
 
 
 def test_a_truncated_safetensors_header_is_malformed():

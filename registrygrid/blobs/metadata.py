@@ -55,9 +55,12 @@ from registrygrid.errors import MalformedInput, ValidationError
 
 
 class MetadataMalformed(MalformedInput):
-    """The bytes claim a format (by magic, name or content type) and break it."""
+    """The bytes claim a format (by magic, name or content type) and break it.
+
+    422, as ZipMalformed: the bytes are a stored blob's, not a request's."""
 
     code = "metadata_malformed"
+    http_status = 422
 
 
 class MetadataRefused(ValidationError):
