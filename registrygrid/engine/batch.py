@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from registrygrid.crdt.record import RecordDoc
+from registrygrid.engine import doc_cache
 from registrygrid.engine.ops import Committed
 from registrygrid.errors import NotOwner
 from registrygrid.protocol.envelope import Draft
@@ -13,7 +14,11 @@ from registrygrid.protocol.envelope import Draft
 
 @dataclass
 class Batch:
+    # Records' documents this batch read or wrote, as its transaction holds
+    # them, and the digest and size of each one's stored value (what the
+    # document cache keeps them under when the batch commits: doc_cache.py).
     docs: dict[tuple[str, str], RecordDoc] = field(default_factory=dict)
+    doc_values: dict[tuple[str, str], tuple[bytes, int]] = field(default_factory=dict)
     committed: Committed = field(default_factory=Committed)
     # This node's changes of the batch, signed together when it ends (one
     # signature over the Merkle root of their IDs), by ID.
@@ -44,6 +49,19 @@ class Batch:
     # The waiting room was found empty in this batch and nothing was parked
     # since: the next ops skip asking the store (see _release).
     none_waiting: bool = False
+
+    def hold_doc(self, key: tuple[str, str], doc: RecordDoc, stored: bytes) -> None:
+        """``doc`` is the record's document as ``stored`` (its value in this
+        batch's transaction) says."""
+        self.docs[key] = doc
+        self.doc_values[key] = (doc_cache.digest(stored), len(stored))
+
+    def forget_doc(self, key: tuple[str, str]) -> None:
+        """The record's document in memory may no longer be what is stored
+        (a refused op edited it, a rebuild or an erasure rewrote it): the
+        next reader loads it."""
+        self.docs.pop(key, None)
+        self.doc_values.pop(key, None)
 
 
 class CreateRace(Exception):

@@ -86,9 +86,11 @@ class Committing(EngineCore):
             automerge = (body.change_hash, body.payload)
         if doc is not None and automerge is not None:
             stored = append_to_stored(records.get_document(store, txn, reg, rec), automerge[1])
-            records.put_document(store, txn, reg, rec, stored if stored is not None else stored_doc(doc.save()))
+            if stored is None:
+                stored = stored_doc(doc.save())
+            records.put_document(store, txn, reg, rec, stored)
             records.mark_applied(store, txn, reg, rec, automerge[0], env.cid)
-            batch.docs[(reg, rec)] = doc
+            batch.hold_doc((reg, rec), doc, stored)
         conflicts: list[dict[str, Any]] = []
         if doc is not None and automerge is not None:
             state, conflicts = self._settled(txn, batch, reg, rec, doc, automerge[0], before=before, deps=deps,

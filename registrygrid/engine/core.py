@@ -19,6 +19,7 @@ from registrygrid.crdt.snapshot import (
 )
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
+from registrygrid.engine.doc_cache import DocumentCache
 from registrygrid.errors import (
     NotFound,
     ValidationError,
@@ -60,6 +61,7 @@ class EngineCore:
     _batch_feed_seq: int
     _chain_heads: dict[tuple[str, str], tuple[int, bytes]]
     _registry_cache: dict[str, regs.RegistryDescriptor]
+    _doc_cache: DocumentCache
 
     def _head(self, txn: Txn, batch: Batch, registry: str, author: str) -> tuple[int, bytes]:
         # This batch's own moves first: they are not in LMDB until it ends,
@@ -112,12 +114,18 @@ class EngineCore:
     def _document(self, txn: Txn, batch: Batch, registry: str, record_id: str) -> RecordDoc | None:
         """The record's Automerge document; built (and stored) from its
         snapshot creates when it has none yet, None when it has neither."""
-        doc = batch.docs.get((registry, record_id))
+        key = (registry, record_id)
+        doc = batch.docs.get(key)
         if doc is not None:
             return doc
         stored = records.get_document(self.store, txn, registry, record_id)
         if stored is not None:
-            doc = RecordDoc.load(doc_bytes(stored))
+            doc = self._doc_cache.take(key, stored)
+            if doc is None:
+                doc = RecordDoc.load(doc_bytes(stored))
+                self.metrics["docs.loaded"] += 1
+            else:
+                self.metrics["docs.from_cache"] += 1
         else:
             geneses = []
             # No document yet: every change that counts is a snapshot create.
@@ -131,10 +139,11 @@ class EngineCore:
             if not geneses:
                 return None
             blob = b"".join(geneses)
-            records.put_document(self.store, txn, registry, record_id, stored_doc(b"") + blob)
+            stored = stored_doc(b"") + blob
+            records.put_document(self.store, txn, registry, record_id, stored)
             doc = RecordDoc.apply(None, blob)
             self.metrics["docs.built_from_snapshot"] += 1
-        batch.docs[(registry, record_id)] = doc
+        batch.hold_doc(key, doc, stored)
         return doc
 
     @staticmethod

@@ -42,6 +42,7 @@ from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.commit import Committing
 from registrygrid.engine.disputes import Disputing
+from registrygrid.engine.doc_cache import DocumentCache
 from registrygrid.engine.erasure import Erasing
 from registrygrid.engine.ingest import MAX_PENDING, RemoteIngest  # noqa: F401 (re-exported)
 from registrygrid.engine.local import LocalWrites
@@ -166,6 +167,8 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Erasing, 
             self.audit.reload()
             raise
         self.feed_seq = self._batch_feed_seq
+        for key, (stored_digest, size) in batch.doc_values.items():
+            self._doc_cache.keep(key, stored_digest, size, batch.docs[key])
         return Executed(outcomes, batch.committed)
 
     def _check_signatures_in_parallel(self, ops: Sequence[Operation]) -> Sequence[Operation]:
@@ -221,7 +224,7 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Erasing, 
             # Whatever the op touched in memory is suspect; the transaction
             # holds the truth, so reload from it next time.
             target = _target_of(op)
-            batch.docs.pop(target, None)
+            batch.forget_doc(target)
             self._chain_heads.clear()
             self.metrics[f"rejected.{exc.code}"] += 1
             if isinstance(op, Remote):
@@ -250,6 +253,7 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Erasing, 
     def _reset_caches(self) -> None:
         self._chain_heads: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._registry_cache: dict[str, regs.RegistryDescriptor] = {}
+        self._doc_cache = DocumentCache()
         with self.store.read() as txn:
             self.feed_seq = feed.last_seq(self.store, txn)
         self._batch_feed_seq = self.feed_seq

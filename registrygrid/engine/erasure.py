@@ -278,7 +278,7 @@ class Erasing(EngineCore):
         records.delete_document(store, txn, registry, record_id)
         if target is not None:
             records.delete_record(store, txn, target)
-        batch.docs.pop((registry, record_id), None)
+        batch.forget_doc((registry, record_id))
         batch.erased_records.add((registry, record_id))
         parked = self._drop_parked(txn, notice)
         evidence = self._drop_evidence(txn, registry, record_id)

@@ -223,7 +223,7 @@ class RemoteIngest(EngineCore):
             # every "latest change" comparison; refuse it (the author's
             # clock is wrong) rather than let it skew the federation.
             raise ValidationError(f"change clock {env.hlc.wall_ms} ms is more than {MAX_DRIFT_MS} ms ahead of ours")
-        batch.docs.pop((body.registry, body.record), None)
+        batch.forget_doc((body.registry, body.record))
         seq, _ = self._commit(txn, batch, env, doc, old, origin=peer, requested_by=None, state=state,
                               statement=statement, automerge=automerge, before=existing,
                               deps=() if body.is_snapshot else body.deps)

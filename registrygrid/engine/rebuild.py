@@ -229,7 +229,7 @@ class Rebuilds(EngineCore):
             record = {**self._materialized(state, latest, None, [msgspec.structs.asdict(c) for c in found]),
                       "revision": len(live)}
             records.put_record(self.store, txn, old, record)
-        batch.docs.pop((registry, record_id), None)
+        batch.forget_doc((registry, record_id))
         if registry == regs.REGISTRY_OF_REGISTRIES:
             self._registry_cache.pop(record_id, None)
         for env, _ in live:
