@@ -14,13 +14,16 @@ Prints, in one run:
     batch's IDs, and the same LMDB puts per record in one durable
     transaction per batch; it is where "ours" could get to, and its ratio
     to the raw limit is what the design itself costs;
+  - one record updated 2,000 times (``--history``), one durable write
+    each: the rate of its first 400 updates and of its last 400, whose
+    ratio shows whether a write's cost grows with the record's history;
   - the ratios. Goals (wire format 2): batched writes >= 50% of the raw
     limit and >= 80% of the design floor. ``--floors`` also prints the
     floor of the previous design (an Automerge change and a signature per
     write) and the two halves of the change, all with values stored plain,
     and this design's floor with values stored plain (store format 3).
 
-    python -m benchmarks.bench_core [--n 20000] [--batch 1000] [--json]
+    python -m benchmarks.bench_core [--n 20000] [--batch 1000] [--history 2000] [--json]
 """
 
 from __future__ import annotations
@@ -241,6 +244,31 @@ def ours_single(n: int) -> Figure:
     return Figure("ours: SDK put (one durable txn each)", n / elapsed, "records/s", f"n={n}")
 
 
+def ours_updates_with_history(writes: int, tail: int = 400) -> tuple[Figure, Figure]:
+    """One record updated ``writes`` times, one durable transaction each:
+    the rate of its first ``tail`` updates and of its last. An update edits
+    the record's Automerge document, whose stored bytes grow with its
+    history; the engine keeps documents in memory between batches
+    (engine/doc_cache.py), so the last ones should cost what the first do."""
+    path = tempfile.mkdtemp(prefix="rgrid-bench-")
+    try:
+        grid = LocalRegistry.open_path(path)
+        grid.put("grid.functions", "function", _function_fields(0, random.Random(10)), id="hot")
+        times = []
+        for n in range(writes):
+            t0 = time.perf_counter()
+            grid.update("grid.functions", "hot", patch={"description": f"revision {n}"})
+            times.append(time.perf_counter() - t0)
+        grid.close()
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+    first, last = sum(times[:tail]), sum(times[-tail:])
+    return (Figure(f"ours: update one record, its first {tail} updates", tail / first, "updates/s",
+                   "one durable txn each"),
+            Figure(f"ours: the same record, updates {writes - tail + 1}-{writes}", tail / last, "updates/s",
+                   f"history of {writes - tail} updates before them"))
+
+
 def ours_read_verify(n: int) -> Figure:
     rng = random.Random(9)
     path = tempfile.mkdtemp(prefix="rgrid-bench-")
@@ -265,6 +293,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--single", type=int, default=1000)
+    parser.add_argument("--history", type=int, default=2000, help="updates of one record (0: skip)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--floors", action="store_true",
                         help="also price the design changes: no Automerge change, one signature per batch, "
@@ -278,6 +307,9 @@ def main() -> None:
     raw_read = raw_read_verify(n=args.n, max_seconds=30)
     read = ours_read_verify(min(args.n, 10000))
     figures = [raw, floor, batched, single, raw_read, read]
+    history = ours_updates_with_history(args.history) if args.history > 400 else None
+    if history:
+        figures += history
     if args.floors:
         # Store format 3 stored values plain: the previous design, the two
         # halves of the change, and this design without compression.
@@ -294,6 +326,7 @@ def main() -> None:
            f.value / raw.value for f in figures if f.name.startswith("design floor") and f is not floor},
         "single / raw write": single.value / raw.value,
         "read+verify / raw read+verify": read.value / raw_read.value,
+        **({"last updates / first updates": history[1].value / history[0].value} if history else {}),
     }
     if args.json:
         print(json.dumps({"figures": [f.__dict__ for f in figures], "ratios": ratios}, indent=2))
