@@ -172,13 +172,16 @@ def written_by(doc: Document, change: ChangeMeta) -> dict[Path, Any]:
     return out
 
 
-def track(before: Document | None, after: Document, change: ChangeMeta, frontiers: Frontiers) -> Frontiers:
-    """The record's frontiers once ``change`` (held by ``after``, not by
-    ``before``) is applied. Pure: the result depends on the set of changes,
-    never on their arrival order."""
+def track(doc: Document, heads_before: list[bytes] | None, change: ChangeMeta, frontiers: Frontiers) -> Frontiers:
+    """The record's frontiers once ``change`` is applied. ``doc`` holds the
+    change; ``heads_before`` are its heads before the change joined it (None:
+    the change made the document). Pure: the result depends on the set of
+    changes, never on their arrival order."""
     # The changes ``change`` has not seen (binding Change objects: their
-    # op ranges are read only when a path's single writer must be found).
-    unseen = {c.hash: c for c in before.get_changes(list(change.deps))} if before else {}
+    # op ranges are read only when a path's single writer must be found):
+    # the document held them and the change itself when it joined.
+    unseen = {c.hash: c for c in doc.get_changes(list(change.deps)) if c.hash != change.hash} \
+        if heads_before is not None else {}
     if not unseen and not frontiers:
         return {}
     out = {path: list(writers) for path, writers in frontiers.items()}
@@ -187,14 +190,13 @@ def track(before: Document | None, after: Document, change: ChangeMeta, frontier
         # each path it writes (and it always writes ``deleted``).
         out.pop(DELETED, None)
         for path in list(out):
-            if _wrote(after, change, path):
+            if _wrote(doc, change, path):
                 del out[path]
         return out
-    heads_before = before.get_heads() if before else []
-    for path in written_by(after, change):
+    for path in written_by(doc, change):
         prior = out.get(path)
         if prior is None:
-            prior = _single_writer(before, heads_before, path, unseen) if before else []
+            prior = _single_writer(doc, heads_before, path, unseen) if heads_before is not None else []
         writers = sorted({h for h in prior if h in unseen} | {change.hash})
         if len(writers) > 1:
             out[path] = writers
@@ -216,12 +218,13 @@ def _wrote(doc: Document, change: ChangeMeta, path: Path) -> bool:
     return value == ObjType.List and _plain(doc, value, obj, at) != value_at(doc, path, deps)
 
 
-def _single_writer(before: Document, heads: list[bytes], path: Path, unseen: dict[bytes, Any]) -> list[bytes]:
+def _single_writer(doc: Document, heads: list[bytes], path: Path, unseen: dict[bytes, Any]) -> list[bytes]:
     """The one maximal writer of a path whose frontier is not stored, among
-    the changes a new change has not seen (the others it supersedes)."""
+    the changes a new change has not seen (the others it supersedes), read
+    from ``doc`` as it was at ``heads`` (before the new change joined)."""
     if path == DELETED:
         return list(heads)  # every change writes it: its writers are the heads
-    got = _get(before, path, None)
+    got = _get(doc, path, list(heads))
     if got is not None:
         actor, counter = op_of(got[1])
         return [h for h, c in unseen.items() if c.actor_id == actor and c.start_op <= counter <= c.max_op]
@@ -229,10 +232,10 @@ def _single_writer(before: Document, heads: list[bytes], path: Path, unseen: dic
     # may have removed it, one after seeing another's removal: only the
     # removals no other one has seen are maximal.
     removers = [h for h, c in unseen.items()
-                if _get(before, path, [h]) is None and _get(before, path, list(c.deps)) is not None]
+                if _get(doc, path, [h]) is None and _get(doc, path, list(c.deps)) is not None]
     if len(removers) < 2:
         return removers
-    return [h for h in removers if not any(other != h and _has_seen(before, other, h) for other in removers)]
+    return [h for h in removers if not any(other != h and _has_seen(doc, other, h) for other in removers)]
 
 
 def _has_seen(doc: Document, later: bytes, earlier: bytes) -> bool:

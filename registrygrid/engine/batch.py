@@ -19,6 +19,9 @@ class Batch:
     # document cache keeps them under when the batch commits: doc_cache.py).
     docs: dict[tuple[str, str], RecordDoc] = field(default_factory=dict)
     doc_values: dict[tuple[str, str], tuple[bytes, int]] = field(default_factory=dict)
+    # Documents a remote change was added to in place and not committed yet
+    # (engine/ingest.py drops them if it never is).
+    in_place: set[tuple[str, str]] = field(default_factory=set)
     committed: Committed = field(default_factory=Committed)
     # This node's changes of the batch, signed together when it ends (one
     # signature over the Merkle root of their IDs), by ID.

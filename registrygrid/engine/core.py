@@ -147,7 +147,7 @@ class EngineCore:
         return doc
 
     @staticmethod
-    def _judged_states(old: dict[str, Any], before: RecordDoc, after: RecordDoc, deps: list[bytes],
+    def _judged_states(old: dict[str, Any], doc: RecordDoc, heads_before: list[bytes], deps: list[bytes],
                        change_hash: bytes, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The record before and after an update, as ownership and access
         policy judge it: what the change did to what its author saw. That is
@@ -155,12 +155,13 @@ class EngineCore:
         all of the document (a concurrent change) or the record shows values
         a conflict rule chose: then both states are read from the change's
         own history (its deps, and the change itself), so a write is judged
-        whichever value the merge shows afterwards."""
-        if sorted(before.heads()) == sorted(deps):
+        whichever value the merge shows afterwards. ``doc`` holds the
+        change; ``heads_before`` were its heads before."""
+        if sorted(heads_before) == sorted(deps):
             if not old.get("conflicts"):
                 return old, state
-            return {**old, **before.materialize()}, state
-        return {**old, **before.materialize(heads=deps)}, after.materialize(heads=[change_hash])
+            return {**old, **doc.materialize(heads=heads_before)}, state
+        return {**old, **doc.materialize(heads=deps)}, doc.materialize(heads=[change_hash])
 
     def _change_body(self, txn: Txn, batch: Batch, cid: bytes) -> Any:
         made = batch.drafts.get(cid)

@@ -20,7 +20,6 @@ from registrygrid.crdt.change import read_header
 from registrygrid.crdt.record import (
     RecordDoc,
     actor_for,
-    doc_bytes,
 )
 from registrygrid.crdt.snapshot import (
     genesis_change,
@@ -94,6 +93,20 @@ class RemoteIngest(EngineCore):
         return result
 
     def _ingest(self, txn: Txn, batch: Batch, env: Envelope, peer: str) -> IngestResult:
+        """Judge and apply one change. An update is added to its record's
+        document in place (cheap, where loading the document again costs
+        its whole history), so whatever keeps it out of the record after
+        that (refused, parked, an error) drops the document from the batch:
+        the next reader loads it as stored."""
+        key = (env.body.registry, env.body.record)
+        try:
+            return self._take_in(txn, batch, env, peer)
+        finally:
+            if key in batch.in_place:
+                batch.in_place.discard(key)
+                batch.forget_doc(key)
+
+    def _take_in(self, txn: Txn, batch: Batch, env: Envelope, peer: str) -> IngestResult:
         body = env.body
         if changes.has(self.store, txn, env.cid) or env.cid in batch.drafts:
             return IngestResult("duplicate", env.id)
@@ -168,24 +181,26 @@ class RemoteIngest(EngineCore):
             return self._keep_refused(txn, batch, env, exc, peer)
         old = records.get_record(self.store, txn, body.registry, body.record)
         automerge: tuple[bytes, bytes] | None = None
-        existing: RecordDoc | None = None
+        heads_before: list[bytes] | None = None
         if body.is_snapshot and old is None:
             doc, state = None, claim
         else:
             existing = self._document(txn, batch, body.registry, body.record)
-            # The stored bytes are the document (saved, plus the changes
-            # appended since: crdt/record.py), current within this batch too,
-            # so no save() of the loaded document is needed.
-            stored = records.get_document(self.store, txn, body.registry, body.record) if existing else None
-            saved = doc_bytes(stored) if stored is not None else (existing.save() if existing is not None else None)
+            change = body.payload
             if body.is_snapshot:
                 # A create of a record that exists: two creates raced. Their
                 # geneses merge as Automerge merges any concurrent changes.
                 genesis = genesis_change(claim, body.author)
-                automerge = (genesis.hash, genesis.raw_bytes)
-                doc = RecordDoc.apply(saved, genesis.raw_bytes)
+                automerge, change = (genesis.hash, genesis.raw_bytes), genesis.raw_bytes
+            if existing is not None:
+                # Into the document in place; judged on it as it was before
+                # (heads_before), and dropped unless it commits (_ingest).
+                heads_before = existing.heads()
+                batch.in_place.add((body.registry, body.record))
+                existing.add_change(change)
+                doc = existing
             else:
-                doc = RecordDoc.apply(saved, body.payload)
+                doc = RecordDoc.apply(None, change)
             if (automerge[0] if automerge else body.change_hash) not in doc.heads():
                 raise MalformedInput("Automerge did not apply the change")
             state = self._check_state(env, doc.materialize(), desc)
@@ -193,8 +208,8 @@ class RemoteIngest(EngineCore):
             if body.registry == MEMBERS_REGISTRY and not state.get("deleted") else None
         try:
             judged_old, judged = old, (claim if body.is_snapshot else state)
-            if existing is not None and old is not None and not body.is_snapshot:
-                judged_old, judged = self._judged_states(old, existing, doc, list(body.deps), body.change_hash,
+            if heads_before is not None and old is not None and not body.is_snapshot:
+                judged_old, judged = self._judged_states(old, doc, heads_before, list(body.deps), body.change_hash,
                                                          state)
             verdict = self._remote_verdict(env, desc, judged_old, judged, statement)
             if body.registry == ERASURES_REGISTRY and body.op == "create" and not state.get("deleted"):
@@ -223,10 +238,10 @@ class RemoteIngest(EngineCore):
             # every "latest change" comparison; refuse it (the author's
             # clock is wrong) rather than let it skew the federation.
             raise ValidationError(f"change clock {env.hlc.wall_ms} ms is more than {MAX_DRIFT_MS} ms ahead of ours")
-        batch.forget_doc((body.registry, body.record))
         seq, _ = self._commit(txn, batch, env, doc, old, origin=peer, requested_by=None, state=state,
-                              statement=statement, automerge=automerge, before=existing,
+                              statement=statement, automerge=automerge, heads_before=heads_before,
                               deps=() if body.is_snapshot else body.deps)
+        batch.in_place.discard((body.registry, body.record))  # committed: the document is as stored now
         if self._has_erasures:  # type: ignore[attr-defined]
             # A notice that waited for this record is judged now, in this
             # transaction: an erased record's bytes are never left behind.

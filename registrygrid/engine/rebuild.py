@@ -64,7 +64,7 @@ class Rebuilds(EngineCore):
             after = Document.load(saved)
             deps = () if env.body.is_snapshot else tuple(env.body.deps)
             meta = next(tracking.ChangeMeta.of(c) for c in after.get_changes(list(deps)) if c.hash == am_hash)
-            frontiers = tracking.track(before, after, meta, frontiers)
+            frontiers = tracking.track(after, before.get_heads() if before is not None else None, meta, frontiers)
             before = after
         return frontiers
 

@@ -36,24 +36,25 @@ class Settling(EngineCore):
     """The engine's conflict settling (mixed into Engine)."""
 
     def _settled(self, txn: Txn, batch: Batch, registry: str, record_id: str, doc: RecordDoc,
-                 change_hash: bytes, *, before: RecordDoc | None, deps: Sequence[bytes],
+                 change_hash: bytes, *, heads_before: list[bytes] | None, deps: Sequence[bytes],
                  state: dict[str, Any], old: dict[str, Any] | None,
                  cause: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The state a record shows once ``change_hash`` joined ``doc``, and
-        its conflicts. ``before``: the document without the change (a remote
-        change, which may not have seen all of it); None for a local one."""
+        its conflicts. ``heads_before``: the document's heads before the
+        change joined it (a remote change, which may not have seen all of
+        it); None for a local one."""
         store = self.store
         frontiers = records.get_frontiers(store, txn, registry, record_id)
         desc = self._registry(txn, registry)
         policy = desc.conflict_rules
         kind = state["kind"]
-        concurrent = before is not None and sorted(before.heads()) != sorted(deps)
+        concurrent = heads_before is not None and sorted(heads_before) != sorted(deps)
         had = bool(old and old.get("conflicts"))
         if not frontiers and not concurrent and not had and not policy.immutable_fields(kind):
             return state, []
         if frontiers or concurrent:
             meta = next(tracking.ChangeMeta.of(c) for c in doc.doc.get_changes(list(deps)) if c.hash == change_hash)
-            updated = tracking.track(before.doc if before is not None else None, doc.doc, meta, frontiers)
+            updated = tracking.track(doc.doc, heads_before, meta, frontiers)
             if updated != frontiers:
                 records.put_frontiers(store, txn, registry, record_id, updated)
             frontiers = updated
