@@ -15,8 +15,9 @@ Prints, in one run:
     transaction per batch; it is where "ours" could get to, and its ratio
     to the raw limit is what the design itself costs;
   - one record updated 2,000 times (``--history``), one durable write
-    each: the rate of its first 400 updates and of its last 400, whose
-    ratio shows whether a write's cost grows with the record's history;
+    each: the rate of its first 400 updates and of its last 400, and of a
+    fresh store taking in the same changes as a peer's, whose ratios show
+    whether a write's cost grows with the record's history;
   - the ratios. Goals (wire format 2): batched writes >= 50% of the raw
     limit and >= 80% of the design floor. ``--floors`` also prints the
     floor of the previous design (an Automerge change and a signature per
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -40,7 +42,7 @@ from typing import Any
 import msgspec
 
 from benchmarks.limits import Figure, format_table, gc_paused, make_record, raw_read_verify, raw_write_pipeline
-from registrygrid.engine.ops import Put
+from registrygrid.engine.ops import Put, Remote
 from registrygrid.protocol.merkle import MerkleTree
 from registrygrid.protocol.envelope import cid_from_str, open_envelope
 from registrygrid.sdk import LocalRegistry
@@ -244,29 +246,46 @@ def ours_single(n: int) -> Figure:
     return Figure("ours: SDK put (one durable txn each)", n / elapsed, "records/s", f"n={n}")
 
 
-def ours_updates_with_history(writes: int, tail: int = 400) -> tuple[Figure, Figure]:
+def ours_updates_with_history(writes: int, tail: int = 400) -> list[Figure]:
     """One record updated ``writes`` times, one durable transaction each:
-    the rate of its first ``tail`` updates and of its last. An update edits
-    the record's Automerge document, whose stored bytes grow with its
-    history; the engine keeps documents in memory between batches
-    (engine/doc_cache.py), so the last ones should cost what the first do."""
+    the rate of its first ``tail`` updates and of its last; then a fresh
+    store takes in those changes as a peer's, ``tail`` to a transaction:
+    the rate of its first and last transaction. An update edits the
+    record's Automerge document, whose stored bytes grow with its history;
+    the engine keeps documents in memory between batches
+    (engine/doc_cache.py) and adds a remote change to one in place, so the
+    last ones should cost what the first do."""
     path = tempfile.mkdtemp(prefix="rgrid-bench-")
     try:
-        grid = LocalRegistry.open_path(path)
+        grid = LocalRegistry.open_path(os.path.join(path, "writer"))
         grid.put("grid.functions", "function", _function_fields(0, random.Random(10)), id="hot")
         times = []
         for n in range(writes):
             t0 = time.perf_counter()
             grid.update("grid.functions", "hot", patch={"description": f"revision {n}"})
             times.append(time.perf_counter() - t0)
+        wires = [wire for wire in (grid.change(cid_from_str(e.change)) for e in grid.changes(0, limit=10_000)
+                                   if e.registry == "grid.functions") if wire is not None]
         grid.close()
+        replica = LocalRegistry.open_path(os.path.join(path, "replica"))
+        ingest = []
+        for start in range(0, len(wires), tail):
+            t0 = time.perf_counter()
+            outcomes = replica.execute([Remote(w, "bench") for w in wires[start:start + tail]])
+            ingest.append((time.perf_counter() - t0, len(outcomes)))
+            assert all(o.status == "applied" for o in outcomes), outcomes[:2]  # type: ignore[union-attr]
+        replica.close()
     finally:
         shutil.rmtree(path, ignore_errors=True)
     first, last = sum(times[:tail]), sum(times[-tail:])
-    return (Figure(f"ours: update one record, its first {tail} updates", tail / first, "updates/s",
+    return [Figure(f"ours: update one record, its first {tail} updates", tail / first, "updates/s",
                    "one durable txn each"),
             Figure(f"ours: the same record, updates {writes - tail + 1}-{writes}", tail / last, "updates/s",
-                   f"history of {writes - tail} updates before them"))
+                   f"history of {writes - tail} updates before them"),
+            Figure(f"ours: those changes into a fresh store, first {tail}", ingest[0][1] / ingest[0][0], "changes/s",
+                   f"as a peer's, {tail} to a durable txn"),
+            Figure(f"ours: the same, last {ingest[-1][1]}", ingest[-1][1] / ingest[-1][0], "changes/s",
+                   f"history of {len(wires) - ingest[-1][1]} changes before them")]
 
 
 def ours_read_verify(n: int) -> Figure:
@@ -326,7 +345,8 @@ def main() -> None:
            f.value / raw.value for f in figures if f.name.startswith("design floor") and f is not floor},
         "single / raw write": single.value / raw.value,
         "read+verify / raw read+verify": read.value / raw_read.value,
-        **({"last updates / first updates": history[1].value / history[0].value} if history else {}),
+        **({"last updates / first updates": history[1].value / history[0].value,
+            "last ingest / first ingest": history[3].value / history[2].value} if history else {}),
     }
     if args.json:
         print(json.dumps({"figures": [f.__dict__ for f in figures], "ratios": ratios}, indent=2))
