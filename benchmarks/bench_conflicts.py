@@ -12,10 +12,11 @@ and for each:
     tracking and settling by policy (last-writer-wins, max and union on
     three fields), materialize, commit;
   - Automerge, incremental: the same Automerge changes applied one at a time
-    to their record's document as they arrive (``Document.load(saved +
-    change)``, the only way this binding applies a change, and what our
-    engine does) plus one walk of the result, no storage: the cost of
-    merging itself, change by change;
+    to their record's document in memory as they arrive (a sync message
+    carrying the change, ``RecordDoc.add_change``, as our engine does; the
+    binding has no other call that takes a change into a document) plus
+    one walk of the result, no storage: the cost of merging itself, change
+    by change;
   - Automerge, bulk: ``Document.load`` of all of a record's changes at once
     and one walk: the floor of merging when nothing needs to be seen in
     between;
@@ -44,6 +45,7 @@ from automerge.core import ROOT, Document, ObjType
 
 from benchmarks.bench_federation import _forget_verified, raw_same_envelopes
 from benchmarks.limits import Figure
+from registrygrid.crdt.record import RecordDoc
 from registrygrid.engine.ops import Remote
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
@@ -161,11 +163,11 @@ def _walk(doc: Document, obj: Any = ROOT, kind: ObjType = ObjType.Map) -> Any:
 
 
 def automerge_incremental(starts: dict[str, bytes], ordered: list[tuple[str, bytes]]) -> float:
-    saved = dict(starts)
+    docs = {record: RecordDoc(Document.load(genesis)) for record, genesis in starts.items()}
     t0 = time.perf_counter()
     for record, change in ordered:
-        saved[record] = saved[record] + change
-        _walk(Document.load(saved[record]))
+        docs[record].add_change(change)
+        _walk(docs[record].doc)
     return time.perf_counter() - t0
 
 

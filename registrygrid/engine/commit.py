@@ -9,7 +9,6 @@ signature over the Merkle root of their IDs (protocol/envelope.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -66,16 +65,15 @@ class Committing(EngineCore):
     def _commit(self, txn: Txn, batch: Batch, env: Envelope | Draft, doc: RecordDoc | None,
                 old: dict[str, Any] | None, *, origin: str, requested_by: str | None,
                 state: dict[str, Any], statement: Statement | None = None,
-                automerge: tuple[bytes, bytes] | None = None, heads_before: list[bytes] | None = None,
-                deps: Sequence[bytes] = ()) -> tuple[int, dict[str, Any]]:
+                automerge: tuple[bytes, bytes] | None = None,
+                heads_before: list[bytes] | None = None) -> tuple[int, dict[str, Any]]:
         """Store one change and what it makes. ``doc`` is the record's
         document with the change applied, None for a snapshot create of a
         record that has no document; ``automerge`` the (hash, change) the
         document gained, when that is not the envelope's own payload (a
         snapshot's genesis change, merged into an existing document).
         ``heads_before`` are the document's heads before the change joined
-        it, when the change may not have seen all of it (a remote one), with
-        ``deps`` the change's."""
+        it, when the change may not have seen all of it (a remote one)."""
         store = self.store
         body = env.body
         reg, rec = body.registry, body.record
@@ -95,7 +93,8 @@ class Committing(EngineCore):
         conflicts: list[dict[str, Any]] = []
         if doc is not None and automerge is not None:
             state, conflicts = self._settled(txn, batch, reg, rec, doc, automerge[0], heads_before=heads_before,
-                                             deps=deps, state=state, old=old, cause=env.id)
+                                             deps=() if body.is_snapshot else body.deps, state=state, old=old,
+                                             cause=env.id)
         record = self._materialized(state, env, old, conflicts)
         records.put_record(self.store, txn, old, record)
         self._batch_feed_seq += 1

@@ -239,8 +239,7 @@ class RemoteIngest(EngineCore):
             # clock is wrong) rather than let it skew the federation.
             raise ValidationError(f"change clock {env.hlc.wall_ms} ms is more than {MAX_DRIFT_MS} ms ahead of ours")
         seq, _ = self._commit(txn, batch, env, doc, old, origin=peer, requested_by=None, state=state,
-                              statement=statement, automerge=automerge, heads_before=heads_before,
-                              deps=() if body.is_snapshot else body.deps)
+                              statement=statement, automerge=automerge, heads_before=heads_before)
         batch.in_place.discard((body.registry, body.record))  # committed: the document is as stored now
         if self._has_erasures:  # type: ignore[attr-defined]
             # A notice that waited for this record is judged now, in this

@@ -53,7 +53,9 @@ class Settling(EngineCore):
         if not frontiers and not concurrent and not had and not policy.immutable_fields(kind):
             return state, []
         if frontiers or concurrent:
-            meta = next(tracking.ChangeMeta.of(c) for c in doc.doc.get_changes(list(deps)) if c.hash == change_hash)
+            # What the document gained since its heads before: the change alone.
+            since = heads_before if heads_before is not None else deps
+            meta = next(tracking.ChangeMeta.of(c) for c in doc.doc.get_changes(list(since)) if c.hash == change_hash)
             updated = tracking.track(doc.doc, heads_before, meta, frontiers)
             if updated != frontiers:
                 records.put_frontiers(store, txn, registry, record_id, updated)
