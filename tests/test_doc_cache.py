@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from registrygrid.crdt.record import RecordDoc
-from registrygrid.engine.doc_cache import DocumentCache, digest
+from registrygrid.engine.doc_cache import DocumentCache
 from registrygrid.engine.engine import Engine
 from registrygrid.engine.ops import Put, Remote, Update, WriteResult
 from registrygrid.identity.keys import KeyPair
@@ -45,10 +45,10 @@ def stored_doc(grid: LocalRegistry, record_id: str) -> bytes:
 
 def test_take_gives_a_document_only_for_the_stored_value_it_was_kept_under_and_removes_it() -> None:
     cache, doc = DocumentCache(), RecordDoc.new(b"\x01" * 16)
-    cache.keep(("r", "x"), digest(b"value one"), 9, doc)
+    cache.keep(("r", "x"), b"value one", doc)
     assert cache.take(("r", "x"), b"value two") is None  # the store moved on: miss
     assert len(cache) == 0  # and the entry is gone
-    cache.keep(("r", "x"), digest(b"value one"), 9, doc)
+    cache.keep(("r", "x"), b"value one", doc)
     assert cache.take(("r", "x"), b"value one") is doc
     assert cache.take(("r", "x"), b"value one") is None  # taken: the batch owns it now
     assert (cache.hits, cache.misses) == (1, 2)
@@ -57,11 +57,11 @@ def test_take_gives_a_document_only_for_the_stored_value_it_was_kept_under_and_r
 def test_the_least_recently_kept_documents_go_first_when_their_bytes_outgrow_the_bound() -> None:
     cache = DocumentCache(max_bytes=100)
     for n in range(4):
-        cache.keep(("r", str(n)), digest(bytes([n])), 40, RecordDoc.new(b"\x01" * 16))
+        cache.keep(("r", str(n)), bytes([n]) * 40, RecordDoc.new(b"\x01" * 16))
     assert len(cache) == 2  # 4 x 40 bytes over a bound of 100: the first two went
-    assert cache.take(("r", "0"), bytes([0])) is None and cache.take(("r", "3"), bytes([3])) is not None
-    cache.keep(("r", "big"), digest(b"big"), 101, RecordDoc.new(b"\x01" * 16))
-    assert cache.take(("r", "big"), b"big") is None  # bigger than the whole bound: never kept
+    assert cache.take(("r", "0"), bytes([0]) * 40) is None and cache.take(("r", "3"), bytes([3]) * 40) is not None
+    cache.keep(("r", "big"), b"b" * 101, RecordDoc.new(b"\x01" * 16))
+    assert cache.take(("r", "big"), b"b" * 101) is None  # bigger than the whole bound: never kept
 
 
 # ---------------------------------------------------------------- in the engine

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from registrygrid.crdt.record import RecordDoc
-from registrygrid.engine import doc_cache
 from registrygrid.engine.ops import Committed
 from registrygrid.errors import NotOwner
 from registrygrid.protocol.envelope import Draft
@@ -15,10 +14,10 @@ from registrygrid.protocol.envelope import Draft
 @dataclass
 class Batch:
     # Records' documents this batch read or wrote, as its transaction holds
-    # them, and the digest and size of each one's stored value (what the
-    # document cache keeps them under when the batch commits: doc_cache.py).
+    # them, and each one's stored value (what the document cache keeps them
+    # under when the batch commits: doc_cache.py).
     docs: dict[tuple[str, str], RecordDoc] = field(default_factory=dict)
-    doc_values: dict[tuple[str, str], tuple[bytes, int]] = field(default_factory=dict)
+    doc_values: dict[tuple[str, str], bytes] = field(default_factory=dict)
     # Documents a remote change was added to in place and not committed yet
     # (engine/ingest.py drops them if it never is).
     in_place: set[tuple[str, str]] = field(default_factory=set)
@@ -57,7 +56,7 @@ class Batch:
         """``doc`` is the record's document as ``stored`` (its value in this
         batch's transaction) says."""
         self.docs[key] = doc
-        self.doc_values[key] = (doc_cache.digest(stored), len(stored))
+        self.doc_values[key] = stored
 
     def forget_doc(self, key: tuple[str, str]) -> None:
         """The record's document in memory may no longer be what is stored

@@ -64,15 +64,15 @@ class DocumentCache:
         self.hits += 1
         return entry[2]
 
-    def keep(self, key: Key, stored_digest: bytes, size: int, doc: RecordDoc) -> None:
-        """``doc`` as its committed stored value (of ``size`` bytes, digest
-        ``stored_digest``) says it is."""
+    def keep(self, key: Key, stored: bytes, doc: RecordDoc) -> None:
+        """``doc`` as its committed stored value ``stored`` says it is."""
         old = self._entries.pop(key, None)
         if old is not None:
             self._bytes -= old[1]
+        size = len(stored)
         if size > self.max_bytes:
             return
-        self._entries[key] = (stored_digest, size, doc)
+        self._entries[key] = (digest(stored), size, doc)
         self._bytes += size
         while self._bytes > self.max_bytes:
             _, (_, dropped, _) = self._entries.popitem(last=False)

@@ -167,8 +167,8 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Erasing, 
             self.audit.reload()
             raise
         self.feed_seq = self._batch_feed_seq
-        for key, (stored_digest, size) in batch.doc_values.items():
-            self._doc_cache.keep(key, stored_digest, size, batch.docs[key])
+        for key, stored in batch.doc_values.items():
+            self._doc_cache.keep(key, stored, batch.docs[key])
         return Executed(outcomes, batch.committed)
 
     def _check_signatures_in_parallel(self, ops: Sequence[Operation]) -> Sequence[Operation]:
