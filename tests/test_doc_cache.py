@@ -136,3 +136,42 @@ def test_documents_of_many_records_in_one_batch_are_kept_for_the_next(grid: Loca
     grid.execute([Update(REG, f"c{n}", patch={"slots": 2}) for n in range(20)])
     assert grid.engine.metrics["docs.from_cache"] == 20 and grid.engine.metrics["docs.loaded"] == 0
     assert {r["fields"]["slots"] for r in grid.iter_all(REG)} == {2}
+
+
+def test_a_remote_update_that_waits_after_joining_the_document_leaves_it_as_stored(tmp_path: Path) -> None:
+    """A remote change goes into its record's document in place before it
+    is judged. a2's update waits at c for a2's delegation: c's document
+    must not keep it, so a1's later update applies on the document as
+    stored, and c shows a1's value until a2's delegation comes."""
+    from registrygrid.identity.delegation import sign_delegation
+    from registrygrid.protocol.envelope import open_envelope
+
+    org = KeyPair(b"\x53" * 32)
+
+    def node(name: str, seed: bytes) -> LocalRegistry:
+        key = KeyPair(seed * 32)
+        return LocalRegistry.open_path(tmp_path / name, key, delegation=sign_delegation(org, key.did, ["node", "writer"]))
+
+    a1, a2, c = node("a1", b"\x54"), node("a2", b"\x55"), node("c", b"\x56")
+    try:
+        a1.put(REG, "cluster", {"name": "x", "slots": 0, "region": "eu"}, id="x")
+        a1.update(REG, "x", patch={"slots": 1})
+        c.execute([Remote(w, "a1") for w in wires_in_feed_order(a1)])
+        c.execute([Remote(w, "a1") for w in wires_in_feed_order(a1)])  # x's document is in c's cache now
+        a2.execute([Remote(w, "a1") for w in wires_in_feed_order(a1)])
+        a2.update(REG, "x", patch={"region": "us"})
+        a2_did = a2.engine.key.did
+        of_a2 = [w for w in wires_in_feed_order(a2) if open_envelope(w).body.author == a2_did]
+        delegation = [w for w in of_a2 if open_envelope(w).body.registry == "grid.members"]
+        update = [w for w in of_a2 if w not in delegation]
+        assert [r.status for r in c.execute([Remote(w, "a2") for w in update])] == ["pending"]
+        a1.update(REG, "x", patch={"slots": 2})
+        c.execute([Remote(w, "a1") for w in wires_in_feed_order(a1)])
+        assert c.get(REG, "x")["fields"] == {"name": "x", "slots": 2, "region": "eu"}  # a2's edit waits
+        c.execute([Remote(w, "a2") for w in delegation])
+        a1.execute([Remote(w, "a2") for w in of_a2])
+        assert c.get(REG, "x")["fields"] == a1.get(REG, "x")["fields"] == {"name": "x", "slots": 2, "region": "us"}
+        assert c.verify().ok
+    finally:
+        for grid in (a1, a2, c):
+            grid.close()

@@ -98,13 +98,10 @@ class RemoteIngest(EngineCore):
         its whole history), so whatever keeps it out of the record after
         that (refused, parked, an error) drops the document from the batch:
         the next reader loads it as stored."""
-        key = (env.body.registry, env.body.record)
         try:
             return self._take_in(txn, batch, env, peer)
         finally:
-            if key in batch.in_place:
-                batch.in_place.discard(key)
-                batch.forget_doc(key)
+            _drop_in_place(batch, env.body)
 
     def _take_in(self, txn: Txn, batch: Batch, env: Envelope, peer: str) -> IngestResult:
         body = env.body
@@ -221,12 +218,15 @@ class RemoteIngest(EngineCore):
                 if notice_verdict is Verdict.WAIT:
                     verdict = notice_verdict
         except CreateRace as race:
+            _drop_in_place(batch, body)  # before the rebuild reads the record
             return self._settle_create_race(txn, batch, env, race, peer)
         except PolicyDenied as exc:
+            _drop_in_place(batch, body)
             return self._keep_refused(txn, batch, env, exc, peer)
         if verdict is Verdict.WAIT:
             # Its signer's delegation has not arrived: wait for it like a
             # missing dependency (sync brings grid.members), never guess.
+            _drop_in_place(batch, body)
             self.metrics["remote.waiting_delegation"] += 1
             return self._park(txn, batch, env, pending.for_delegation(body.author, env.cid))
         if body.registry == regs.KINDS_REGISTRY and not state.get("deleted"):
@@ -435,3 +435,12 @@ def check_automerge_header(body: ChangeBody) -> None:
         raise PolicyDenied("the Automerge change was made under another author's actor id")
     if sorted(header.deps) != sorted(body.deps):
         raise MalformedInput("the envelope's deps differ from its change's deps")
+
+
+def _drop_in_place(batch: Batch, body: Any) -> None:
+    """A change added to its record's document in place will not commit:
+    the document goes from the batch (the next reader loads it as stored)."""
+    key = (body.registry, body.record)
+    if key in batch.in_place:
+        batch.in_place.discard(key)
+        batch.forget_doc(key)
