@@ -497,10 +497,16 @@ def test_any_arrival_order_of_the_same_changes_shows_the_same_records_under_ever
             rest = [w for w in all_wires if w not in descriptor]
             shown = []
             for i in range(3):
-                order = descriptor + data.draw(st.permutations(rest), label=f"order{i}")
+                # How many changes the steps make depends on the wall clock
+                # (last-writer-wins ties, updates that change nothing), so
+                # the order and the cuts come from one seeded Random: a
+                # fixed number of draws, whatever the count (Hypothesis
+                # refuses draws whose shape changes between runs).
+                rnd = data.draw(st.randoms(use_true_random=True), label=f"order{i}")
+                order = descriptor + rnd.sample(rest, len(rest))
                 replica = LocalRegistry.open_path(base / f"replica{i}", KeyPair(bytes([0xd0 + i]) * 32))
                 replicas.append(replica)
-                cuts = sorted(set(data.draw(st.lists(st.integers(0, len(order)), max_size=3), label="cuts")))
+                cuts = sorted({rnd.randint(0, len(order)) for _ in range(rnd.randint(0, 3))})
                 bounds = [0, *cuts, len(order)]
                 for start, end in itertools.pairwise(bounds):
                     if start < end:
