@@ -41,10 +41,14 @@ def actor_for(public_key: bytes) -> bytes:
 class RecordDoc:
     """One record's Automerge document and the change its last transaction made."""
 
-    __slots__ = ("doc",)
+    __slots__ = ("doc", "written")
 
     def __init__(self, doc: Document) -> None:
         self.doc = doc
+        # What a change wrote at a path, by (path, change hash), as conflict
+        # settling reads it again and again (crdt/resolver.py): facts of a
+        # change never change, so they stay as long as the document does.
+        self.written: dict[Any, Any] = {}
 
     @classmethod
     def new(cls, actor: bytes) -> RecordDoc:

@@ -17,6 +17,7 @@ the resolution's value, marked ``resolved``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -90,10 +91,13 @@ class FieldConflict(msgspec.Struct, frozen=True, kw_only=True):
 def settle(doc: Document, frontiers: Frontiers, *, policy: ConflictPolicy, kind: str, registry: str,
            record_id: str, describe: Callable[[bytes], Writer],
            resolutions: Callable[[str], Resolution | None] | None = None,
-           created_heads: Callable[[], list[bytes]] | None = None) -> list[FieldConflict]:
+           created_heads: Callable[[], list[bytes]] | None = None,
+           written: dict[Any, Any] | None = None) -> list[FieldConflict]:
     """The record's conflicts, each with the value its rule chose. ``describe``
     names the writer of an Automerge change by its hash; ``created_heads``
-    gives the heads of the record's create(s), for immutable fields."""
+    gives the heads of the record's create(s), for immutable fields;
+    ``written`` keeps what each change wrote at each path between calls
+    (RecordDoc.written)."""
     immutable = policy.immutable_fields(kind)
     out: list[FieldConflict] = []
     for path in sorted(frontiers):
@@ -101,7 +105,7 @@ def settle(doc: Document, frontiers: Frontiers, *, policy: ConflictPolicy, kind:
             continue  # settled with the map above it
         if _is_immutable(path, immutable):
             continue  # the create's value stands (below)
-        candidates = [Candidate(describe(h), value_at(doc, path, [h])) for h in frontiers[path]]
+        candidates = [Candidate(describe(h), _written_at(doc, path, h, written)) for h in frontiers[path]]
         if len({_canonical(c.value) for c in candidates}) == 1:
             continue
         rule = policy.rule_for(kind, path)
@@ -118,6 +122,18 @@ def settle(doc: Document, frontiers: Frontiers, *, policy: ConflictPolicy, kind:
     if immutable and created_heads is not None:
         out += _immutable(doc, immutable, created_heads, describe)
     return out
+
+
+def _written_at(doc: Document, path: Path, change: bytes, written: dict[Any, Any] | None) -> Any:
+    """The value at ``path`` as ``change`` left it. A kept list or map is
+    handed out as a copy: it goes into records callers may edit."""
+    if written is None:
+        return value_at(doc, path, [change])
+    key = (path, change)
+    if key not in written:
+        written[key] = value_at(doc, path, [change])
+    value = written[key]
+    return copy.deepcopy(value) if isinstance(value, (list, dict)) else value
 
 
 def choose(rule: str, candidates: Sequence[Candidate], policy: ConflictPolicy) -> tuple[Any, Candidate | None]:

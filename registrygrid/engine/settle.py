@@ -60,14 +60,16 @@ class Settling(EngineCore):
             if updated != frontiers:
                 records.put_frontiers(store, txn, registry, record_id, updated)
             frontiers = updated
-        conflicts = self._conflicts_of(txn, batch, registry, record_id, doc.doc, frontiers, kind, state["owner"])
+        conflicts = self._conflicts_of(txn, batch, registry, record_id, doc.doc, frontiers, kind, state["owner"],
+                                       doc.written)
         if conflicts or had:
             state = resolver.apply(doc.materialize(), conflicts)
             self._audit_settled(txn, registry, record_id, old, conflicts, cause)
         return state, [msgspec.structs.asdict(c) for c in conflicts]
 
     def _conflicts_of(self, txn: Txn, batch: Batch, registry: str, record_id: str, doc: Document,
-                      frontiers: tracking.Frontiers, kind: str, owner: str) -> list[resolver.FieldConflict]:
+                      frontiers: tracking.Frontiers, kind: str, owner: str,
+                      written: dict[Any, Any] | None = None) -> list[resolver.FieldConflict]:
         desc = self._registry(txn, registry)
         known: dict[bytes, resolver.Writer] = {}
 
@@ -91,7 +93,8 @@ class Settling(EngineCore):
 
         return resolver.settle(doc, frontiers, policy=desc.conflict_rules, kind=kind, registry=registry,
                                record_id=record_id, describe=describe, created_heads=created_heads,
-                               resolutions=self._resolutions(txn, registry, record_id, owner))  # type: ignore[attr-defined]
+                               resolutions=self._resolutions(txn, registry, record_id, owner),  # type: ignore[attr-defined]
+                               written=written)
 
     def _audit_settled(self, txn: Txn, registry: str, record_id: str, old: dict[str, Any] | None,
                        conflicts: Sequence[resolver.FieldConflict], cause: str | None) -> None:
