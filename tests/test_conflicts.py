@@ -25,6 +25,7 @@ from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import open_envelope
 from registrygrid.sdk import LocalRegistry
+from tests.test_doc_cache import assert_documents_in_memory_are_as_stored
 from tests.test_engine import wires_in_feed_order
 
 REG = "test.clusters"
@@ -519,6 +520,8 @@ def test_any_arrival_order_of_the_same_changes_shows_the_same_records_under_ever
             for grid in authors:  # the authors converge too
                 grid.execute([Remote(w, "p") for w in all_wires])
                 assert grid.get(REG, "x", include_deleted=True) == shown[0][0]
+            for grid in authors + replicas:
+                assert_documents_in_memory_are_as_stored(grid)
         finally:
             for grid in authors + replicas:
                 grid.close()

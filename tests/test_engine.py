@@ -692,6 +692,9 @@ def test_any_delivery_order_of_concurrent_changes_yields_the_same_records(data: 
             for grid in stores:
                 grid.execute([Remote(w, "p") for w in wires])
                 assert grid.state_digest() == digests[0]
+            from tests.test_doc_cache import assert_documents_in_memory_are_as_stored  # it imports this module
+            for grid in stores + replicas:
+                assert_documents_in_memory_are_as_stored(grid)
         finally:
             for grid in stores + replicas:
                 grid.close()

@@ -44,6 +44,7 @@ from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import open_envelope
 from registrygrid.sdk import LocalRegistry
+from tests.test_doc_cache import assert_documents_in_memory_are_as_stored
 
 TOOLS, SUBJECTS = "grid.tools", "grid.subjects"
 KIND = {TOOLS: "tool", SUBJECTS: "subject"}
@@ -244,6 +245,10 @@ class Grid:
             for registry, record, author, seq in parked(node):  # 4
                 out.append(f"4: node {i} parks {registry}/{record} change {seq} of org "
                            f"{self.org_of_key.get(author)}'s key")
+            try:  # what the engine keeps in memory is what the store holds (engine/doc_cache.py)
+                assert_documents_in_memory_are_as_stored(node)
+            except AssertionError as exc:
+                out.append(f"3: node {i}: {exc}")
         return out
 
     @staticmethod

@@ -21,6 +21,9 @@ class Batch:
     # Documents a remote change was added to in place and not committed yet
     # (engine/ingest.py drops them if it never is).
     in_place: set[tuple[str, str]] = field(default_factory=set)
+    # Documents this batch dropped (rewritten, erased, or edited by a refused
+    # op): the document cache forgets them too when the batch commits.
+    dropped_docs: set[tuple[str, str]] = field(default_factory=set)
     committed: Committed = field(default_factory=Committed)
     # This node's changes of the batch, signed together when it ends (one
     # signature over the Merkle root of their IDs), by ID.
@@ -64,6 +67,7 @@ class Batch:
         next reader loads it."""
         self.docs.pop(key, None)
         self.doc_values.pop(key, None)
+        self.dropped_docs.add(key)
 
 
 class CreateRace(Exception):

@@ -78,6 +78,11 @@ class DocumentCache:
             _, (_, dropped, _) = self._entries.popitem(last=False)
             self._bytes -= dropped
 
+    def discard(self, key: Key) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry[1]
+
     def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0

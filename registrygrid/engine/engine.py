@@ -167,6 +167,8 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Erasing, 
             self.audit.reload()
             raise
         self.feed_seq = self._batch_feed_seq
+        for key in batch.dropped_docs:
+            self._doc_cache.discard(key)
         for key, stored in batch.doc_values.items():
             self._doc_cache.keep(key, stored, batch.docs[key])
         return Executed(outcomes, batch.committed)
