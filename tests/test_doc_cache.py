@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from registrygrid.crdt.record import RecordDoc
-from registrygrid.engine.doc_cache import DocumentCache
+from registrygrid.engine.doc_cache import DocumentCache, weight
 from registrygrid.engine.engine import Engine
 from registrygrid.engine.ops import Put, Remote, Update, WriteResult
 from registrygrid.identity.keys import KeyPair
@@ -54,14 +54,20 @@ def test_take_gives_a_document_only_for_the_stored_value_it_was_kept_under_and_r
     assert (cache.hits, cache.misses) == (1, 2)
 
 
-def test_the_least_recently_kept_documents_go_first_when_their_bytes_outgrow_the_bound() -> None:
-    cache = DocumentCache(max_bytes=100)
-    for n in range(4):
-        cache.keep(("r", str(n)), bytes([n]) * 40, RecordDoc.new(b"\x01" * 16))
-    assert len(cache) == 2  # 4 x 40 bytes over a bound of 100: the first two went
-    assert cache.take(("r", "0"), bytes([0]) * 40) is None and cache.take(("r", "3"), bytes([3]) * 40) is not None
-    cache.keep(("r", "big"), b"b" * 101, RecordDoc.new(b"\x01" * 16))
-    assert cache.take(("r", "big"), b"b" * 101) is None  # bigger than the whole bound: never kept
+def test_the_least_recently_kept_documents_go_first_when_what_they_weigh_outgrows_the_bound() -> None:
+    """A document weighs by its count of changes (what Automerge takes in
+    memory), not by its stored bytes."""
+    one = weight(RecordDoc.new(b"\x01" * 16))
+    cache = DocumentCache(max_bytes=4 * one + 100)
+    for n in range(6):
+        cache.keep(("r", str(n)), bytes([n]), RecordDoc.new(b"\x01" * 16))
+    assert len(cache) == 4  # six over a bound of four: the first two went
+    assert cache.take(("r", "1"), bytes([1])) is None and cache.take(("r", "2"), bytes([2])) is not None
+    long_history = RecordDoc(RecordDoc.new(b"\x01" * 16).doc, changes=10_000)
+    assert weight(long_history) > 10_000 * 1_000
+    cache = DocumentCache(max_bytes=4 * weight(long_history) - 1)
+    cache.keep(("r", "long"), b"long", long_history)
+    assert cache.take(("r", "long"), b"long") is None  # over a quarter of the bound: never kept
 
 
 # ---------------------------------------------------------------- in the engine

@@ -41,10 +41,13 @@ def actor_for(public_key: bytes) -> bytes:
 class RecordDoc:
     """One record's Automerge document and the change its last transaction made."""
 
-    __slots__ = ("doc", "written")
+    __slots__ = ("changes", "doc", "written")
 
-    def __init__(self, doc: Document) -> None:
+    def __init__(self, doc: Document, changes: int = 0) -> None:
         self.doc = doc
+        # How many changes the document holds, where its maker knew (0: not
+        # counted): what it weighs in memory (engine/doc_cache.py).
+        self.changes = changes
         # What a change wrote at a path, by (path, change hash), as conflict
         # settling reads it again and again (crdt/resolver.py): facts of a
         # change never change, so they stay as long as the document does.
@@ -109,6 +112,7 @@ class RecordDoc:
             raise
         except Exception as exc:  # the binding raises bare Exception
             raise ValidationError(f"Automerge refused the edit: {exc}") from None
+        self.changes += 1
         return _only_change(doc, before)
 
     def update(
@@ -162,12 +166,14 @@ class RecordDoc:
         after = self.doc.get_heads()
         if after == before:
             return None
+        self.changes += 1
         return _only_change(self.doc, before)
 
     def delete(self) -> Any:
         before = self.doc.get_heads()
         with _edit(self.doc) as tx:
             _overwrite_deleted(tx, True)
+        self.changes += 1
         return _only_change(self.doc, before)
 
     # ---- remote changes ----
@@ -195,6 +201,7 @@ class RecordDoc:
             self.doc.receive_sync_message(SyncState(), Message.decode(_carrying(change_bytes)))
         except Exception as exc:  # the binding raises bare Exception
             raise MalformedInput(f"Automerge refused the change: {exc}") from None
+        self.changes += 1
 
     def changes_since(self, heads: list[bytes]) -> list[Any]:
         return self.doc.get_changes(heads)

@@ -123,6 +123,8 @@ class EngineCore:
             doc = self._doc_cache.take(key, stored)
             if doc is None:
                 doc = RecordDoc.load(doc_bytes(stored))
+                record = records.get_record(self.store, txn, registry, record_id)
+                doc.changes = record["revision"] if record is not None else 0  # what it weighs when kept
                 self.metrics["docs.loaded"] += 1
             else:
                 self.metrics["docs.from_cache"] += 1
@@ -142,6 +144,7 @@ class EngineCore:
             stored = stored_doc(b"") + blob
             records.put_document(self.store, txn, registry, record_id, stored)
             doc = RecordDoc.apply(None, blob)
+            doc.changes = len(geneses)
             self.metrics["docs.built_from_snapshot"] += 1
         batch.hold_doc(key, doc, stored)
         return doc
