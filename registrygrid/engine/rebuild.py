@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from automerge.core import Document
 
 from registrygrid.crdt import conflicts as tracking
 from registrygrid.crdt import resolver
@@ -53,19 +52,20 @@ class Rebuilds(EngineCore):
     @staticmethod
     def _frontiers_of(live: list[tuple[Envelope | Draft, bytes]]) -> tracking.Frontiers:
         """A rebuilt record's conflict frontiers, from its valid changes in
-        causal order (a document load per change: rebuilds are rare, and only
-        a record whose history forked needs this)."""
+        causal order, each added to a document in place (only a record
+        whose history forked needs this)."""
         frontiers: tracking.Frontiers = {}
-        before: Document | None = None
-        saved = b""
+        doc: RecordDoc | None = None
         for env, am_hash in live:
             _, am_change = automerge_of(env)
-            saved += am_change
-            after = Document.load(saved)
-            deps = () if env.body.is_snapshot else tuple(env.body.deps)
-            meta = next(tracking.ChangeMeta.of(c) for c in after.get_changes(list(deps)) if c.hash == am_hash)
-            frontiers = tracking.track(after, before.get_heads() if before is not None else None, meta, frontiers)
-            before = after
+            heads_before = doc.heads() if doc is not None else None
+            if doc is None:
+                doc = RecordDoc.apply(None, am_change)
+            else:
+                doc.add_change(am_change)
+            meta = next(tracking.ChangeMeta.of(c) for c in doc.doc.get_changes(heads_before or [])
+                        if c.hash == am_hash)
+            frontiers = tracking.track(doc.doc, heads_before, meta, frontiers)
         return frontiers
 
     def _policies(self, txn: Txn) -> PolicySet:
@@ -149,18 +149,27 @@ class Rebuilds(EngineCore):
         live_hashes: set[bytes] = set()
         refused_now: dict[bytes, bytes] = {}
         blob = b""
+        doc: RecordDoc | None = None  # of the valid changes so far, each added in place
         state: dict[str, Any] | None = None
         heads: set[bytes] = set()  # of the document built so far
         concurrent = False  # did a change not see all of the document before it?
         for env in envs:
             body = env.body
+            added = False
             try:
                 if any(dep in refused_now for dep in body.deps) or not set(body.deps) <= live_hashes:
                     raise PolicyDenied("it builds on a refused change")
                 am_hash, am_change = automerge_of(env)
                 if registry != MEMBERS_REGISTRY:
                     self.trust.check_chain(body.author, registry, body.seq)
-                candidate_doc = RecordDoc.apply(blob, am_change)
+                if doc is None:
+                    candidate_doc = RecordDoc.apply(None, am_change)
+                else:
+                    added = True
+                    doc.add_change(am_change)
+                    candidate_doc = doc
+                if am_hash not in candidate_doc.heads():
+                    raise MalformedInput("Automerge did not apply the change")
                 candidate = candidate_doc.materialize()
                 at_ms = body.hlc[0]
                 if body.is_genesis:
@@ -191,10 +200,13 @@ class Rebuilds(EngineCore):
             except (PolicyDenied, MalformedInput):
                 refused_now[automerge_of(env)[0]] = env.cid
                 self.metrics["trust.refused_on_rebuild"] += int(env.cid in applied_cids)
+                if added:  # the refused change went into the document: build it again without it
+                    doc = RecordDoc.load(blob)
                 continue
             concurrent = concurrent or set(body.deps) != heads
             heads = (heads - set(body.deps)) | {am_hash}
             blob += am_change
+            doc = candidate_doc
             live.append((env, am_hash))
             live_hashes.add(am_hash)
             state = candidate
@@ -217,7 +229,7 @@ class Rebuilds(EngineCore):
             if old is not None:
                 records.delete_record(self.store, txn, old)
         else:
-            doc = RecordDoc.load(blob)
+            assert doc is not None  # built from the live changes, as ``blob`` holds them
             records.put_document(store, txn, registry, record_id, stored_doc(doc.save()))
             latest = max((env for env, _ in live), key=lambda e: (tuple(e.body.hlc), e.id))
             frontiers = self._frontiers_of(live) if concurrent else {}
