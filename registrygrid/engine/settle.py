@@ -89,7 +89,14 @@ class Settling(EngineCore):
             return writer
 
         def created_heads() -> list[bytes]:
-            return [c.hash for c in doc.get_changes([]) if not c.deps]
+            # The changes with no deps (the creates' geneses). Kept with the
+            # document, with the heads they were read at: the next call
+            # reads only the changes the document gained since.
+            seen_at, roots = written.get("roots", ([], [])) if written is not None else ([], [])
+            roots = sorted({*roots, *(c.hash for c in doc.get_changes(seen_at) if not c.deps)})
+            if written is not None:
+                written["roots"] = (doc.get_heads(), roots)
+            return roots
 
         return resolver.settle(doc, frontiers, policy=desc.conflict_rules, kind=kind, registry=registry,
                                record_id=record_id, describe=describe, created_heads=created_heads,
