@@ -25,7 +25,7 @@ from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import open_envelope
 from registrygrid.sdk import LocalRegistry
-from tests.test_doc_cache import assert_documents_in_memory_are_as_stored
+from tests.doc_checks import assert_documents_in_memory_are_as_stored
 from tests.test_engine import wires_in_feed_order
 
 REG = "test.clusters"

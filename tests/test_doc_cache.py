@@ -182,17 +182,3 @@ def test_a_remote_update_that_waits_after_joining_the_document_leaves_it_as_stor
         for grid in (a1, a2, c):
             grid.close()
 
-
-def assert_documents_in_memory_are_as_stored(grid: LocalRegistry) -> None:
-    """Every document the engine keeps between batches is the one its store
-    holds: the same heads and the same state as a fresh load of the stored
-    bytes. The arrival-order properties (test_conflicts.py, test_engine.py)
-    check it on every node they build."""
-    cache = grid.engine._doc_cache
-    with grid.store.read() as txn:
-        for (registry, record_id), (_, _, doc) in list(cache._entries.items()):
-            stored = records.get_document(grid.store, txn, registry, record_id)
-            assert stored is not None, f"{registry}/{record_id}: kept in memory, gone from the store"
-            loaded = RecordDoc.load(bytes(stored)[4:])
-            assert sorted(doc.heads()) == sorted(loaded.heads()), f"{registry}/{record_id}: other heads"
-            assert doc.materialize() == loaded.materialize(), f"{registry}/{record_id}: another state"

@@ -45,6 +45,7 @@ from registrygrid.protocol.envelope import cid_from_str, cid_to_str, open_envelo
 from registrygrid.protocol.hlc import Hlc
 from registrygrid.sdk import LocalRegistry
 from registrygrid.trust.statements import DELEGATION_KIND, MEMBERS_REGISTRY, delegation_record
+from tests.doc_checks import assert_documents_in_memory_are_as_stored
 
 CLUSTERS = "grid.clusters"
 
@@ -692,7 +693,6 @@ def test_any_delivery_order_of_concurrent_changes_yields_the_same_records(data: 
             for grid in stores:
                 grid.execute([Remote(w, "p") for w in wires])
                 assert grid.state_digest() == digests[0]
-            from tests.test_doc_cache import assert_documents_in_memory_are_as_stored  # it imports this module
             for grid in stores + replicas:
                 assert_documents_in_memory_are_as_stored(grid)
         finally:

@@ -39,6 +39,7 @@ from registrygrid.trust.statements import (
     revocation_record,
     sign_revocation,
 )
+from tests.doc_checks import assert_documents_in_memory_are_as_stored
 
 TOOLS = "grid.tools"
 YEAR = 365 * 24 * 3600
@@ -447,7 +448,6 @@ def test_records_are_the_same_on_every_node_whatever_order_revocations_and_races
                     assert replica.engine.metrics["trust.refused_on_rebuild"] >= 3
                 digests.append(replica.state_digest())
                 contents.append(list(replica.iter_all(include_deleted=True)))
-                from tests.test_doc_cache import assert_documents_in_memory_are_as_stored
                 assert_documents_in_memory_are_as_stored(replica)
         assert len(set(digests)) == 1
         assert all(c == contents[0] for c in contents)
