@@ -124,6 +124,10 @@ def settle(doc: Document, frontiers: Frontiers, *, policy: ConflictPolicy, kind:
     return out
 
 
+# What a document keeps of its changes' writes (RecordDoc.written), at most.
+MAX_WRITTEN = 4096
+
+
 def _written_at(doc: Document, path: Path, change: bytes, written: dict[Any, Any] | None) -> Any:
     """The value at ``path`` as ``change`` left it. A kept list or map is
     handed out as a copy: it goes into records callers may edit."""
@@ -131,6 +135,8 @@ def _written_at(doc: Document, path: Path, change: bytes, written: dict[Any, Any
         return value_at(doc, path, [change])
     key = (path, change)
     if key not in written:
+        if len(written) >= MAX_WRITTEN:  # a record that conflicts without end: start afresh
+            written.clear()
         written[key] = value_at(doc, path, [change])
     value = written[key]
     return copy.deepcopy(value) if isinstance(value, (list, dict)) else value
