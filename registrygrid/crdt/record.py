@@ -308,7 +308,11 @@ def _scalar(tx: Any, obj: bytes, key: str) -> Any:
 
 
 def _materialize_tx(tx: Any, obj: bytes, key: str | int) -> Any:
-    got = tx.get(obj, key)
+    return _materialize_got(tx, tx.get(obj, key))
+
+
+def _materialize_got(tx: Any, got: Any) -> Any:
+    """The JSON value of what ``tx.get`` answered (None: nothing there)."""
     if got is None:
         return None
     value, obj_id = got
@@ -392,9 +396,10 @@ def _sync_map(tx: Any, obj: bytes, wanted: Mapping[str, Any], depth: int, path: 
             if isinstance(value, Mapping) and current == ObjType.Map:
                 _sync_map(tx, child, value, depth + 1, path + (key,), settle)
                 continue
-            if _materialize_tx(tx, obj, key) == value and type(value) is type(
-                _materialize_tx(tx, obj, key)
-            ):
+            # One read of the key: a key written many times costs Automerge a
+            # walk of all its ops at each read (~15 us at 10,000 writes).
+            shown = _materialize_got(tx, got)
+            if shown == value and type(value) is type(shown):
                 continue
         _put_value(tx, obj, key, value, depth)
 
