@@ -246,6 +246,15 @@ def ours_single(n: int) -> Figure:
     return Figure("ours: SDK put (one durable txn each)", n / elapsed, "records/s", f"n={n}")
 
 
+def _whole_feed(grid: LocalRegistry, registry: str) -> list:
+    """Every feed event of ``registry``, paged (the feed answers at most 10,000 a call)."""
+    events, since = [], 0
+    while page := grid.changes(since, limit=10_000, registry=registry):
+        events += page
+        since = page[-1].seq
+    return events
+
+
 def ours_updates_with_history(writes: int, tail: int = 400) -> list[Figure]:
     """One record updated ``writes`` times, one durable transaction each:
     the rate of its first ``tail`` updates and of its last; then a fresh
@@ -264,8 +273,8 @@ def ours_updates_with_history(writes: int, tail: int = 400) -> list[Figure]:
             t0 = time.perf_counter()
             grid.update("grid.functions", "hot", patch={"description": f"revision {n}"})
             times.append(time.perf_counter() - t0)
-        wires = [wire for wire in (grid.change(cid_from_str(e.change)) for e in grid.changes(0, limit=10_000)
-                                   if e.registry == "grid.functions") if wire is not None]
+        wires = [wire for wire in (grid.change(cid_from_str(e.change)) for e in _whole_feed(grid, "grid.functions"))
+                 if wire is not None]
         grid.close()
         replica = LocalRegistry.open_path(os.path.join(path, "replica"))
         ingest = []
