@@ -30,18 +30,23 @@ delete rule settles.
 Costs: a change that has seen everything (its deps are the document's
 heads) on a record without stored conflicts costs nothing here: the common
 case of every local write and of in-order replication. Otherwise a change
-costs two historical walks of the record.
+costs two historical walks of the record. Which changes a change has not
+seen is answered by a ``History`` kept beside the document (a clock per
+change), not by ``doc.get_changes(deps)``: that call builds an object for
+every unseen change, and where writers race without seeing each other
+that is most of the record's history at every change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import bisect
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from automerge.core import ROOT, Document, ObjType
 
-from registrygrid.crdt.record import plain
+from registrygrid.crdt.record import RecordDoc, plain
 
 Path = tuple[str, ...]
 Frontiers = dict[Path, list[bytes]]  # path -> the Automerge hashes of its concurrent writers (two or more)
@@ -71,14 +76,132 @@ class ChangeMeta:
     start_op: int
     max_op: int
     deps: tuple[bytes, ...]
+    seq: int = 0  # the change's number among its actor's, from 1
 
     @classmethod
     def of(cls, change: Any) -> ChangeMeta:
-        return cls(change.hash, change.actor_id, change.start_op, change.max_op, tuple(change.deps))
+        return cls(change.hash, change.actor_id, change.start_op, change.max_op, tuple(change.deps), change.seq)
 
     def made(self, op: tuple[bytes, int]) -> bool:
         actor, counter = op
         return actor == self.actor and self.start_op <= counter <= self.max_op
+
+
+class History:
+    """Which changes of one document each change had seen: a clock per
+    change (actor -> the highest sequence number in its history), kept
+    beside the document and brought up to date with what it gained since.
+
+    Automerge numbers an actor's changes 1, 2, 3... each built on the one
+    before, and its own ``get_changes`` compares clocks the same way, so a
+    change has seen another exactly when its clock of the other's actor
+    reaches the other's number."""
+
+    __slots__ = ("_actors", "_clocks", "_heads", "_meta")
+
+    def __init__(self) -> None:
+        self._heads: list[bytes] = []  # the document's heads it has taken in
+        self._meta: dict[bytes, ChangeMeta] = {}
+        self._clocks: dict[bytes, dict[bytes, int]] = {}
+        # actor -> its changes' (seq, start_op, hash), in sequence order
+        self._actors: dict[bytes, list[tuple[int, int, bytes]]] = {}
+
+    def catch_up(self, doc: Document) -> History:
+        """Take in the changes ``doc`` gained since the last call (the
+        first call: all of them)."""
+        heads = doc.get_heads()
+        if heads != self._heads:
+            for change in doc.get_changes(self._heads):  # in causal order
+                self._add(ChangeMeta.of(change))
+            self._heads = heads
+        return self
+
+    def _add(self, change: ChangeMeta) -> None:
+        if change.hash in self._meta:
+            return
+        clock = self.clock_of(change.deps)
+        clock[change.actor] = max(clock.get(change.actor, 0), change.seq)
+        self._meta[change.hash] = change
+        self._clocks[change.hash] = clock
+        mine = self._actors.setdefault(change.actor, [])
+        entry = (change.seq, change.start_op, change.hash)
+        if not mine or mine[-1] < entry:
+            mine.append(entry)
+        else:  # not seen so far: Automerge hands an actor's changes out in order
+            bisect.insort(mine, entry)
+
+    def clock_of(self, heads: Iterable[bytes]) -> dict[bytes, int]:
+        """The clock of the history of ``heads`` (changes it holds)."""
+        clock: dict[bytes, int] = {}
+        for head in heads:
+            for actor, seq in self._clocks[head].items():
+                if seq > clock.get(actor, 0):
+                    clock[actor] = seq
+        return clock
+
+    def has_seen(self, later: bytes, earlier: bytes) -> bool:
+        """Whether change ``earlier`` is in the history of change ``later``
+        (a change is in its own)."""
+        meta = self._meta[earlier]
+        return self._clocks[later].get(meta.actor, 0) >= meta.seq
+
+    def unseen_by(self, change: ChangeMeta) -> Unseen:
+        """The changes of the document that ``change`` had not seen."""
+        return Unseen(self, self._clocks[change.hash])
+
+
+class Unseen:
+    """The changes of a document outside one clock: a set that is never
+    built (membership, emptiness and the maker of an op are answered from
+    the clock), and listed only where a caller walks it."""
+
+    __slots__ = ("_clock", "_history")
+
+    def __init__(self, history: History, clock: dict[bytes, int]) -> None:
+        self._history, self._clock = history, clock
+
+    @property
+    def history(self) -> History:
+        return self._history
+
+    def __contains__(self, change_hash: object) -> bool:
+        meta = self._history._meta.get(change_hash)  # type: ignore[call-overload]
+        return meta is not None and self._clock.get(meta.actor, 0) < meta.seq
+
+    def __bool__(self) -> bool:
+        return any(mine[-1][0] > self._clock.get(actor, 0) for actor, mine in self._history._actors.items())
+
+    def __iter__(self) -> Iterator[ChangeMeta]:
+        meta = self._history._meta
+        for actor, mine in self._history._actors.items():
+            for _, _, change_hash in mine[bisect.bisect_right(mine, (self._clock.get(actor, 0), 1 << 64)):]:
+                yield meta[change_hash]
+
+    def makers(self, op: tuple[bytes, int]) -> list[bytes]:
+        """The unseen change that made ``op`` (an empty list: a change seen,
+        or none of this document's)."""
+        actor, counter = op
+        mine = self._history._actors.get(actor)
+        if not mine:
+            return []
+        at = bisect.bisect_right(mine, counter, key=_start_op) - 1
+        if at < 0:
+            return []
+        change_hash = mine[at][2]
+        return [change_hash] if change_hash in self and self._history._meta[change_hash].made(op) else []
+
+
+def _start_op(entry: tuple[int, int, bytes]) -> int:
+    return entry[1]
+
+
+def kept_history(doc: RecordDoc) -> History:
+    """The ``History`` kept beside a record's document, made at first use:
+    it lives and goes with the document (a document dropped from a batch
+    takes it along)."""
+    if doc.history is None:
+        doc.history = History()
+    return doc.history  # type: ignore[no-any-return]
 
 
 def op_of(exid: bytes) -> tuple[bytes, int]:
@@ -172,16 +295,19 @@ def written_by(doc: Document, change: ChangeMeta) -> dict[Path, Any]:
     return out
 
 
-def track(doc: Document, heads_before: list[bytes] | None, change: ChangeMeta, frontiers: Frontiers) -> Frontiers:
+def track(doc: Document, heads_before: list[bytes] | None, change: ChangeMeta, frontiers: Frontiers,
+          history: History | None = None) -> Frontiers:
     """The record's frontiers once ``change`` is applied. ``doc`` holds the
     change; ``heads_before`` are its heads before the change joined it (None:
-    the change made the document). Pure: the result depends on the set of
+    the change made the document). ``history``: the document's, kept
+    between calls (None: built here). Pure: the result depends on the set of
     changes, never on their arrival order."""
-    # The changes ``change`` has not seen (binding Change objects: their
-    # op ranges are read only when a path's single writer must be found):
-    # the document held them and the change itself when it joined.
-    unseen = {c.hash: c for c in doc.get_changes(list(change.deps)) if c.hash != change.hash} \
-        if heads_before is not None else {}
+    if heads_before is None:
+        unseen: Unseen | tuple[()] = ()
+    else:
+        # The changes ``change`` has not seen: the document held them when
+        # it joined.
+        unseen = (history or History()).catch_up(doc).unseen_by(change)
     if not unseen and not frontiers:
         return {}
     out = {path: list(writers) for path, writers in frontiers.items()}
@@ -196,7 +322,7 @@ def track(doc: Document, heads_before: list[bytes] | None, change: ChangeMeta, f
     for path in written_by(doc, change):
         prior = out.get(path)
         if prior is None:
-            prior = _single_writer(doc, heads_before, path, unseen) if heads_before is not None else []
+            prior = _single_writer(doc, heads_before, path, unseen) if isinstance(unseen, Unseen) else []
         writers = sorted({h for h in prior if h in unseen} | {change.hash})
         if len(writers) > 1:
             out[path] = writers
@@ -218,7 +344,7 @@ def _wrote(doc: Document, change: ChangeMeta, path: Path) -> bool:
     return value == ObjType.List and _plain(doc, value, obj, at) != value_at(doc, path, deps)
 
 
-def _single_writer(doc: Document, heads: list[bytes], path: Path, unseen: dict[bytes, Any]) -> list[bytes]:
+def _single_writer(doc: Document, heads: list[bytes], path: Path, unseen: Unseen) -> list[bytes]:
     """The one maximal writer of a path whose frontier is not stored, among
     the changes a new change has not seen (the others it supersedes), read
     from ``doc`` as it was at ``heads`` (before the new change joined)."""
@@ -226,18 +352,13 @@ def _single_writer(doc: Document, heads: list[bytes], path: Path, unseen: dict[b
         return list(heads)  # every change writes it: its writers are the heads
     got = _get(doc, path, list(heads))
     if got is not None:
-        actor, counter = op_of(got[1])
-        return [h for h, c in unseen.items() if c.actor_id == actor and c.start_op <= counter <= c.max_op]
+        return unseen.makers(op_of(got[1]))
     # Removed: by one of the unseen changes, or by none of them. Several
     # may have removed it, one after seeing another's removal: only the
     # removals no other one has seen are maximal.
-    removers = [h for h, c in unseen.items()
-                if _get(doc, path, [h]) is None and _get(doc, path, list(c.deps)) is not None]
+    removers = [c.hash for c in unseen
+                if _get(doc, path, [c.hash]) is None and _get(doc, path, list(c.deps)) is not None]
     if len(removers) < 2:
         return removers
-    return [h for h in removers if not any(other != h and _has_seen(doc, other, h) for other in removers)]
-
-
-def _has_seen(doc: Document, later: bytes, earlier: bytes) -> bool:
-    """Whether change ``earlier`` is in the history of change ``later``."""
-    return all(c.hash != earlier for c in doc.get_changes([later]))
+    history = unseen.history
+    return [h for h in removers if not any(other != h and history.has_seen(other, h) for other in removers)]

@@ -41,7 +41,7 @@ def actor_for(public_key: bytes) -> bytes:
 class RecordDoc:
     """One record's Automerge document and the change its last transaction made."""
 
-    __slots__ = ("changes", "doc", "written")
+    __slots__ = ("changes", "doc", "history", "written")
 
     def __init__(self, doc: Document, changes: int = 0) -> None:
         self.doc = doc
@@ -52,6 +52,9 @@ class RecordDoc:
         # settling reads it again and again (crdt/resolver.py): facts of a
         # change never change, so they stay as long as the document does.
         self.written: dict[Any, Any] = {}
+        # Which of its changes each one had seen (crdt/conflicts.py
+        # History), kept once conflict tracking needs it.
+        self.history: Any = None
 
     @classmethod
     def new(cls, actor: bytes) -> RecordDoc:

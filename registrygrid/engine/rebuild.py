@@ -65,7 +65,7 @@ class Rebuilds(EngineCore):
                 doc.add_change(am_change)
             meta = next(tracking.ChangeMeta.of(c) for c in doc.doc.get_changes(heads_before or [])
                         if c.hash == am_hash)
-            frontiers = tracking.track(doc.doc, heads_before, meta, frontiers)
+            frontiers = tracking.track(doc.doc, heads_before, meta, frontiers, tracking.kept_history(doc))
         return frontiers
 
     def _policies(self, txn: Txn) -> PolicySet:

@@ -56,7 +56,7 @@ class Settling(EngineCore):
             # What the document gained since its heads before: the change alone.
             since = heads_before if heads_before is not None else deps
             meta = next(tracking.ChangeMeta.of(c) for c in doc.doc.get_changes(list(since)) if c.hash == change_hash)
-            updated = tracking.track(doc.doc, heads_before, meta, frontiers)
+            updated = tracking.track(doc.doc, heads_before, meta, frontiers, tracking.kept_history(doc))
             if updated != frontiers:
                 records.put_frontiers(store, txn, registry, record_id, updated)
             frontiers = updated
@@ -71,12 +71,19 @@ class Settling(EngineCore):
                       frontiers: tracking.Frontiers, kind: str, owner: str,
                       written: dict[Any, Any] | None = None) -> list[resolver.FieldConflict]:
         desc = self._registry(txn, registry)
-        known: dict[bytes, resolver.Writer] = {}
+        # Writers described once per document, not at every change: on a
+        # record where eight writers race, each change settles its paths
+        # among all of them again (~40 descriptions a change, each a stored
+        # body and a trust lookup). What one says depends on the change,
+        # the owner and the trust state, all three in the key.
+        known: dict[Any, Any] = written if written is not None else {}
+        revision = self.trust.revision
 
         def describe(change_hash: bytes) -> resolver.Writer:
-            writer = known.get(change_hash)
+            key = ("writer", change_hash, owner, revision)
+            writer = known.get(key)
             if writer is not None:
-                return writer
+                return writer  # type: ignore[no-any-return]
             cid = records.applied_change(self.store, txn, registry, record_id, change_hash)
             if cid is None:  # cannot happen for a change the document holds; say so rather than guess
                 writer = resolver.Writer(change_id=f"automerge:{change_hash.hex()}", author="unknown", hlc=(0, 0))
@@ -85,7 +92,9 @@ class Settling(EngineCore):
                 subject = access.subject_of(self.trust, body.author, body.hlc[0], owner)
                 writer = resolver.Writer(change_id=cid_to_str(cid), author=body.author, hlc=tuple(body.hlc),
                                          roles=subject.roles, for_owner=owner in subject.orgs)
-            known[change_hash] = writer
+            if len(known) >= resolver.MAX_WRITTEN:  # as resolver._written_at bounds it
+                known.clear()
+            known[key] = writer
             return writer
 
         def created_heads() -> list[bytes]:

@@ -32,6 +32,7 @@ it arrives. Rules:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -75,6 +76,9 @@ class Revoked:
         return min(r.cutoffs.get(registry, 0) for r in self.statements)
 
 
+_SERIALS = itertools.count()
+
+
 @dataclass
 class TrustState:
     # The federation this node belongs to (None: no membership rules, for
@@ -93,6 +97,9 @@ class TrustState:
     # to equivocate there (grid.disputes equivocation reports): its changes
     # from that sequence on are quarantined, on every node alike.
     quarantined: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Which state this is, among every one the process made (the engine
+    # replaces its state wholesale on a rebuild): half of ``revision``.
+    _serial: int = field(default_factory=lambda: next(_SERIALS), compare=False, repr=False)
 
     @classmethod
     def of(cls, statements: Iterable[Statement], *, federation: GenesisBody | None = None,
@@ -105,6 +112,14 @@ class TrustState:
     def fresh(self) -> TrustState:
         """An empty state of the same federation."""
         return TrustState(federation=self.federation, federation_id=self.federation_id)
+
+    @property
+    def revision(self) -> tuple[int, int]:
+        """Changes whenever what this state says of a key (its orgs, roles
+        and attributes at any time) may have changed: every statement taken
+        by ``add`` grows it, and another state object has another. Lets a
+        caller keep what it derived from the state until then."""
+        return (self._serial, len(self._seen))
 
     def add(self, statement: Statement) -> bool:
         """Take a verified statement; False if it was already known."""

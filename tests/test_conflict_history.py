@@ -1,0 +1,98 @@
+"""Which changes a change had seen: the clocks kept beside a document answer
+exactly what Automerge's own history walk (``get_changes(deps)``) answers,
+for any shape of history, taken in all at once or as the document grows."""
+
+from __future__ import annotations
+
+from automerge.core import ROOT, Document, ScalarType
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from registrygrid.crdt.conflicts import ChangeMeta, History, op_of
+
+ACTORS = [bytes([0x10 + i]) * 16 for i in range(3)]
+
+# A step: an actor writes a key, or an actor takes in what another has.
+steps = st.lists(st.one_of(st.tuples(st.just("write"), st.integers(0, 2), st.sampled_from("abc")),
+                           st.tuples(st.just("merge"), st.integers(0, 2), st.integers(0, 2))),
+                 min_size=1, max_size=40)
+
+
+def _grow(plan: list[tuple]) -> tuple[Document, list[list[bytes]]]:
+    """A document holding every change of the plan's actors, and the heads
+    of the merged document after each step (to take in as it grows)."""
+    base = Document(actor_id=ACTORS[0])
+    with base.transaction() as tx:
+        tx.put(ROOT, "created", ScalarType.Int, 1)
+    docs = [base.fork() for _ in ACTORS]
+    for doc, actor in zip(docs, ACTORS):
+        doc.set_actor(actor)
+    merged = base.fork()
+    stages = []
+    for n, (what, i, other) in enumerate(plan):
+        if what == "write":
+            with docs[i].transaction() as tx:
+                tx.put(ROOT, other, ScalarType.Int, n)
+                tx.put(ROOT, f"{other}{n % 2}", ScalarType.Int, n)  # changes of more than one op
+        elif i != other:
+            docs[i].merge(docs[other])
+        merged.merge(docs[i])
+        stages.append(merged.get_heads())
+    return merged, stages
+
+
+def _automerge_says(doc: Document, change: ChangeMeta) -> set[bytes]:
+    return {c.hash for c in doc.get_changes(list(change.deps)) if c.hash != change.hash}
+
+
+def _check(doc: Document, history: History) -> None:
+    changes = [ChangeMeta.of(c) for c in doc.get_changes([])]
+    for change in changes:
+        unseen = history.unseen_by(change)
+        expected = _automerge_says(doc, change)
+        assert {c.hash for c in unseen} == expected
+        assert {c.hash for c in changes if c.hash in unseen} == expected
+        assert bool(unseen) == bool(expected)
+        for other in changes:
+            # Every op of every change: its maker, when unseen; nobody otherwise.
+            for counter in (other.start_op, other.max_op):
+                want = [other.hash] if other.hash in expected else []
+                assert unseen.makers((other.actor, counter)) == want
+            assert history.has_seen(change.hash, other.hash) == (other.hash not in expected)
+        assert unseen.makers((b"\x99" * 16, 1)) == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(plan=steps)
+def test_the_history_of_a_whole_document_answers_what_automerge_answers(plan: list[tuple]) -> None:
+    doc, _ = _grow(plan)
+    _check(doc, History().catch_up(doc))
+
+
+@settings(max_examples=100, deadline=None)
+@given(plan=steps)
+def test_a_history_taken_in_as_its_document_grows_answers_the_same(plan: list[tuple]) -> None:
+    doc, stages = _grow(plan)
+    history = History()
+    for heads in stages:
+        # The document as it was at that stage: what a node held then.
+        then = Document.load(b"".join(c.raw_bytes for c in _in_order(doc, heads)))
+        history.catch_up(then)
+    history.catch_up(doc)
+    _check(doc, history)
+
+
+def _in_order(doc: Document, heads: list[bytes]) -> list:
+    """The changes in the history of ``heads``, in causal order."""
+    everything = doc.get_changes([])
+    after = {c.hash for c in doc.get_changes(heads)}
+    return [c for c in everything if c.hash not in after]
+
+
+def test_an_op_id_names_its_actor_and_counter() -> None:
+    doc = Document(actor_id=ACTORS[1])
+    with doc.transaction() as tx:
+        tx.put(ROOT, "a", ScalarType.Int, 1)
+        tx.put(ROOT, "b", ScalarType.Int, 2)
+    _, exid = doc.get(ROOT, "b")
+    assert op_of(exid) == (ACTORS[1], 2)
