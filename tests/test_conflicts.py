@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,40 @@ def test_role_priority_prefers_the_author_with_the_higher_verified_role(pair: Pa
     record = pair.converge()
     assert record["fields"]["region"] == "from-admin"
     assert conflict_at(record, "/fields/region")["rule"] == "role-priority"
+
+
+def test_a_role_the_trust_state_learns_later_counts_when_the_record_is_next_settled(tmp_path: Path) -> None:
+    """Writers of a conflict are described once and kept with the record's
+    document; a delegation that arrives afterwards must still count."""
+    start = int(time.time()) - 100  # b's delegations both cover the race; the later one governs it
+    a = LocalRegistry.open_path(tmp_path / "a", NODE_A, delegation=sign_delegation(ORG_A, NODE_A.did,
+                                                                                    ["node", "writer"]))
+    b = LocalRegistry.open_path(tmp_path / "b", NODE_B, delegation=sign_delegation(ORG_B, NODE_B.did,
+                                                                                    ["node", "writer"], now=start))
+    late, early = LocalRegistry.open_path(tmp_path / "late", NODE_C), \
+        LocalRegistry.open_path(tmp_path / "early", KeyPair(b"\xc3" * 32))
+    try:
+        a.create_registry(REG, ["cluster"], write_policy="members", conflict_policy="role-priority")
+        a.put(REG, "cluster", {"name": "x", "region": "eu"}, id="x")
+        exchange(a, b)
+        b.update(REG, "x", patch={"region": "from-b"})
+        a.update(REG, "x", patch={"region": "from-a"})  # later: it wins while both are writers
+        for grid in (a, b):
+            deliver(grid, late)
+        assert late.get(REG, "x")["fields"]["region"] == "from-a"
+        b.publish_delegation(sign_delegation(ORG_B, NODE_B.did, ["node", "writer", "admin"], now=start + 1))
+        deliver(b, late)  # the record is not settled again until its next change
+        a.update(REG, "x", patch={"note": "another field"})
+        exchange(a, b)
+        for grid in (b, a):  # early: the admin delegation before a's write
+            deliver(grid, late)
+            deliver(grid, early)
+        shown = [grid.get(REG, "x") for grid in (b, late, early)]
+        assert shown[2]["fields"]["region"] == "from-b"  # b was an admin when it wrote
+        assert shown[0] == shown[1] == shown[2]
+    finally:
+        for grid in (a, b, late, early):
+            grid.close()
 
 
 @pytest.mark.policy({"fields": {"downloads": "max", "latency_ms": "min"}})
