@@ -132,6 +132,15 @@ class ConflictPolicy:
             return self.delete
         return self.default if self.default in VALUE_RULES else "last-writer-wins"
 
+    @property
+    def reads_trust(self) -> bool:
+        """Whether a rule picks by who wrote (verified roles, the owner org):
+        then what the trust state learns can change its pick."""
+        rules = {self.default, *self.fields.values()}
+        for kind in self.kinds.values():
+            rules |= {kind.default, *kind.fields.values()}
+        return bool(rules & {"role-priority", "owner-wins"})
+
     def immutable_fields(self, kind: str) -> frozenset[str]:
         """Top-level fields a ``kind`` record may not change after its create."""
         rules = self.kinds.get(kind)

@@ -100,11 +100,14 @@ class Rebuilds(EngineCore):
         its chains' positions now (engine/erasure.py); if the key is revoked,
         its applied changes past their cutoffs no longer count, so the
         records they touched are rebuilt from the changes that remain valid."""
+        stated = bool(batch.stated)
         while batch.stated:
             subject = batch.stated.pop()
             self._vouch_for_key(txn, batch, subject, origin)  # type: ignore[attr-defined]
             for key_did in sorted(self.trust.affected_by_revocation(subject)):
                 self._rebuild_revoked_key(txn, batch, key_did, cause, origin)
+        if stated:
+            self._resettle_by_trust(txn, batch, cause, origin)  # type: ignore[attr-defined]
 
     def _rebuild_revoked_key(self, txn: Txn, batch: Batch, subject: str, cause: Envelope,
                              origin: str) -> None:

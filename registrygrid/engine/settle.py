@@ -23,6 +23,7 @@ from automerge.core import Document
 from registrygrid.crdt import conflicts as tracking
 from registrygrid.crdt import resolver
 from registrygrid.crdt.record import RecordDoc
+from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
 from registrygrid.errors import RegistryError
@@ -140,6 +141,24 @@ class Settling(EngineCore):
         document shows what the new rules choose."""
         for record in list(records.iter_records(self.store, txn, registry=registry)):
             self._resettle_record(txn, batch, registry, record["id"], cause, origin)
+
+    def _resettle_by_trust(self, txn: Txn, batch: Batch, cause: Any, origin: str) -> None:
+        """A statement changed what the trust state says of keys: conflicts
+        settled by a rule that picks by who wrote (``role-priority``,
+        ``owner-wins``) may pick otherwise now, so every node shows the
+        same pick whether the statement came before or after the writes."""
+        names = [r["id"] for r in records.iter_records(self.store, txn, registry=regs.REGISTRY_OF_REGISTRIES)
+                 if not r["deleted"]]
+        for registry in sorted(names):
+            try:
+                if not self._registry(txn, registry).conflict_rules.reads_trust:
+                    continue
+            except RegistryError:
+                continue
+            conflicted = [r["id"] for r in records.iter_records(self.store, txn, registry=registry)
+                          if r.get("conflicts")]
+            for record_id in conflicted:
+                self._resettle_record(txn, batch, registry, record_id, cause, origin)
 
     def _resettle_record(self, txn: Txn, batch: Batch, registry: str, record_id: str, cause: Any,
                          origin: str) -> None:
