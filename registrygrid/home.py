@@ -118,6 +118,14 @@ class OrgMembership:
     org: str  # did:key
     name: str
     delegation: Delegation
+    # The org's own record (grid.orgs/<org>) is created once, by the home
+    # that made the org's key, at its first open: were every node of the
+    # org to create it when its store lacks it, two nodes opened before
+    # they met would race two creates of one record, a conflict every node
+    # shows for good (and a joined node's default name would beat the
+    # founder's). Other nodes get it by replication.
+    founder: bool = False
+    org_record_published: bool = False
 
 
 class Home:
@@ -159,6 +167,7 @@ class Home:
         (self.path / "org.json").write_text(json.dumps({
             "org": org_key.did,
             "name": org_name,
+            "founder": org_key_file is None,
             "key_file": org_source,
             "delegation": base64.b64encode(delegation.encode()).decode(),
         }, indent=2) + "\n")
@@ -175,7 +184,11 @@ class Home:
             return None
         data = json.loads(path.read_text())
         delegation = decode_delegation(base64.b64decode(data["delegation"]))
-        return OrgMembership(org=data["org"], name=data.get("name", ""), delegation=delegation)
+        # A home from before "founder" was written: the founder's is the
+        # one whose org key it made itself.
+        founder = data.get("founder", data.get("key_file") == str(self.org_key_path))
+        return OrgMembership(org=data["org"], name=data.get("name", ""), delegation=delegation,
+                             founder=bool(founder), org_record_published=bool(data.get("org_record_published")))
 
     def verified_org(self) -> OrgMembership | None:
         """The home's org and delegation, signature checked. An expired
@@ -189,9 +202,17 @@ class Home:
 
     def set_delegation(self, delegation: Delegation) -> None:
         """Replace this node's delegation (a renewal), atomically."""
+        self._update_org_file(delegation=base64.b64encode(delegation.encode()).decode())
+
+    def note_org_record_published(self) -> None:
+        """The org's own record is in this node's store: its founder home
+        never creates it again (OrgMembership.founder says why)."""
+        self._update_org_file(org_record_published=True)
+
+    def _update_org_file(self, **changes: Any) -> None:
         path = self.path / "org.json"
         data = json.loads(path.read_text())
-        data["delegation"] = base64.b64encode(delegation.encode()).decode()
+        data.update(changes)
         tmp = self.path / f".org.json.{os.getpid()}"
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, path)

@@ -182,12 +182,22 @@ class LocalRegistry:
             for kind, record_id, fields in statements:
                 if records.get_record(self.store, txn, MEMBERS_REGISTRY, record_id) is None:
                     ops.append(Put(MEMBERS_REGISTRY, kind, fields, record_id))
-            if records.get_record(self.store, txn, access.ORGS_REGISTRY, membership.org) is None:
-                ops.append(Put(access.ORGS_REGISTRY, "org", {"name": membership.name or "org", "did": membership.org},
-                               membership.org))
+            org_record_here = records.get_record(self.store, txn, access.ORGS_REGISTRY, membership.org) is not None
+        # Only the founder's home creates the org's record, once
+        # (OrgMembership.founder says why); other nodes replicate it.
+        create_org_record = membership.founder and not membership.org_record_published and not org_record_here
+        if create_org_record:
+            ops.append(Put(access.ORGS_REGISTRY, "org", {"name": membership.name or "org", "did": membership.org},
+                           membership.org))
         # Each op is answered on its own: with an expired delegation the org
-        # record is refused (and audited) while the home still opens.
-        return [outcome for outcome in self.engine.execute(ops) if isinstance(outcome, WriteResult)]
+        # record is refused (and audited) while the home still opens, and
+        # created at an open after the renewal.
+        outcomes = self.engine.execute(ops)
+        org_record_written = create_org_record and isinstance(outcomes[-1], WriteResult)
+        if membership.founder and not membership.org_record_published and (org_record_here or org_record_written) \
+                and self.home is not None:
+            self.home.note_org_record_published()
+        return [outcome for outcome in outcomes if isinstance(outcome, WriteResult)]
 
     @classmethod
     def open_path(cls, path: str | Path, key: KeyPair | None = None, *, owner: str | None = None,
@@ -326,9 +336,11 @@ class LocalRegistry:
 
     def list(self, registry: str | None = None, *, kind: str | None = None, tag: str | None = None,
              owner: str | None = None, where: Sequence[tuple[str, str, Any]] = (), limit: int = 100,
-             cursor: str | None = None, include_deleted: bool = False) -> Page:
+             cursor: str | None = None, include_deleted: bool = False, conflicted: bool = False) -> Page:
         """Records in (registry, id) order; ``cursor`` resumes after the last
-        item of the previous page, so pages stay stable under concurrent inserts."""
+        item of the previous page, so pages stay stable under concurrent inserts.
+        ``conflicted``: only records that show conflicts (concurrent writes
+        a rule settled, or disputes), read from their own index."""
         if not 1 <= limit <= MAX_PAGE:
             raise ValidationError(f"limit must be between 1 and {MAX_PAGE}")
         if registry is not None:
@@ -340,7 +352,7 @@ class LocalRegistry:
             if registry is not None and registry not in regs.BUILTINS:
                 self._require_registry(txn, registry)
             for record in records.iter_records(self.store, txn, registry=registry, kind=kind, owner=owner,
-                                               tag=tag, after=after):
+                                               tag=tag, conflicted=conflicted, after=after):
                 if record["deleted"] and not include_deleted:
                     continue
                 if where and not matches_where(record, where):

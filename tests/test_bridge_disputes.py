@@ -196,6 +196,32 @@ async def test_the_client_has_the_sdk_dispute_methods_and_errors(disputed: Dispu
         await trio.to_thread.run_sync(work, served.url, served.admin, reader)
 
 
+async def test_records_that_show_conflicts_are_listed_with_conflicted_by_http_and_by_the_client(
+        disputed: Disputed) -> None:
+    served = disputed.served
+    with trio.fail_after(30):
+        async with served.client() as client:
+            r = await client.post(RECORDS, json={"kind": "note", "id": "n2", "fields": {"name": "calm", "n": 1}})
+            assert r.status_code == 201, r.text
+            every = (await client.get(RECORDS)).json()["items"]
+            assert [i["id"] for i in every] == ["n1", "n2"]
+            for path in (RECORDS, "/v1/records"):
+                r = await client.get(path, params={"conflicted": "true"})
+                assert r.status_code == 200, r.text
+                assert [i["id"] for i in r.json()["items"]] == ["n1"]
+                assert r.json()["items"][0]["conflicts"][0]["dispute"] == disputed.dispute
+            r = await client.get(RECORDS, params={"conflicted": "false"})
+            assert [i["id"] for i in r.json()["items"]] == ["n1", "n2"]
+            assert_error(await client.get(RECORDS, params={"conflicted": "maybe"}), 400, "malformed_input")
+
+    def work(url: str, admin: str) -> None:
+        with BridgeClient(url, token=admin) as client:
+            assert [r["id"] for r in client.list(PRICES, conflicted=True).items] == ["n1"]
+            assert [r["id"] for r in client.iter_all(PRICES, conflicted=True)] == ["n1"]
+
+    await trio.to_thread.run_sync(work, served.url, served.admin)
+
+
 async def test_the_audit_log_filtered_to_a_record_shows_its_writes_and_how_its_conflict_was_settled(
         disputed: Disputed) -> None:
     served = disputed.served

@@ -108,6 +108,20 @@ def test_disputes_list_names_the_record_and_path_of_a_manual_conflict(raced: Rac
     assert "disputed" in table and "/fields/price" in table
 
 
+def test_list_conflicted_shows_only_the_records_that_show_conflicts(raced: Raced, rgrid: Run) -> None:
+    with LocalRegistry.open_home(raced.home) as a:
+        a.put(PRICES, "cluster", {"name": "calm", "price": 1}, id="calm")
+    every = ok_json(rgrid, "list", PRICES, home=raced.home)["items"]
+    assert [r["id"] for r in every] == ["calm", "x"]
+    listed = ok_json(rgrid, "list", PRICES, "--conflicted", home=raced.home)
+    assert [r["id"] for r in listed["items"]] == ["x"] and listed["next_cursor"] is None
+    # Across registries: the org's own record is not among them (only the
+    # founder's home creates it, so two nodes of one org never race it).
+    assert [r["id"] for r in ok_json(rgrid, "list", "--conflicted", home=raced.home)["items"]] == ["x"]
+    table = ok_text(rgrid, "list", PRICES, "--conflicted", home=raced.home)
+    assert " x " in table and "calm" not in table
+
+
 def test_disputes_show_gives_the_diff_the_rule_and_what_the_record_shows(raced: Raced, rgrid: Run) -> None:
     shown = ok_json(rgrid, "disputes", "show", raced.dispute, home=raced.home)
     assert shown["was"] == 1 and shown["rule"] == "manual" and shown["resolutions"] == []

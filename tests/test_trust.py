@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import cid_from_str, open_envelope
 from registrygrid.sdk import LocalRegistry
 from registrygrid.trust.state import TrustState, Verdict
+from tests.test_engine import wires_in_feed_order
 from registrygrid.trust.statements import (
     DELEGATION_KIND,
     MEMBERS_REGISTRY,
@@ -355,6 +357,49 @@ def test_a_home_publishes_its_org_and_delegation(tmp_path: Path) -> None:
         assert org["fields"]["name"] == "acme" and org["owner"] == created["org"]
     with LocalRegistry.open_home(home) as grid:  # publishing again is a no-op
         assert len(grid.list(MEMBERS_REGISTRY).items) == 1
+
+
+def test_two_nodes_of_one_org_opened_before_they_meet_show_one_org_record_without_a_conflict(
+        tmp_path: Path) -> None:
+    """Only the home that made the org's key creates the org's own record:
+    a second node of the org (`rgrid init --org-key`) replicates it, so the
+    founder's name stands and no node shows a race of two creates."""
+    founder, joined = Home(tmp_path / "founder"), Home(tmp_path / "joined")
+    created = founder.init(org_name="acme")
+    joined.init(org_key_file=founder.org_key_path)
+    with LocalRegistry.open_home(founder) as a, LocalRegistry.open_home(joined) as b:
+        with pytest.raises(NotFound):
+            b.get("grid.orgs", created["org"])
+        for source, target in ((a, b), (b, a)):
+            target.execute([Remote(w, "peer") for w in wires_in_feed_order(source)])
+        shown = [grid.get("grid.orgs", created["org"]) for grid in (a, b)]
+        assert shown[0] == shown[1]
+        assert shown[0]["fields"]["name"] == "acme" and shown[0]["conflicts"] == []
+    assert founder.org().org_record_published and not joined.org().org_record_published
+
+
+def test_the_founder_home_creates_the_org_record_once_even_on_a_new_store(tmp_path: Path) -> None:
+    """A node that lost its store gets the org's record back from its peers;
+    creating it again would race the original."""
+    home = Home(tmp_path / "home")
+    created = home.init(org_name="acme")
+    with LocalRegistry.open_home(home) as grid:
+        assert grid.get("grid.orgs", created["org"])["fields"]["name"] == "acme"
+    shutil.rmtree(home.store_path)
+    with LocalRegistry.open_home(home) as grid:
+        with pytest.raises(NotFound):
+            grid.get("grid.orgs", created["org"])
+
+
+def test_a_home_written_before_the_founder_mark_is_the_founder_when_it_made_the_org_key(tmp_path: Path) -> None:
+    founder, joined = Home(tmp_path / "founder"), Home(tmp_path / "joined")
+    founder.init(org_name="acme")
+    joined.init(org_key_file=founder.org_key_path)
+    for home in (founder, joined):
+        data = json.loads((home.path / "org.json").read_text())
+        del data["founder"]
+        (home.path / "org.json").write_text(json.dumps(data))
+    assert founder.org().founder and not joined.org().founder
 
 
 def test_a_home_whose_delegation_expired_opens_reads_and_writes_again_once_renewed(tmp_path: Path) -> None:

@@ -240,19 +240,22 @@ def delete(home: Path | None, registry: str, record_id: str, if_match: str | Non
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--cursor", help="Resume after the last record of a previous page.")
 @click.option("--deleted", is_flag=True, help="Include deleted records.")
+@click.option("--conflicted", is_flag=True,
+              help="Only records that show conflicts (`rgrid get --conflicts` explains each).")
 @click.option("--remote", is_flag=True, help=REMOTE_HELP + " Every live record, in id order; no other filter.")
 @json_option
 @click.pass_context
 def list_records(ctx: click.Context, home: Path | None, registry: str | None, kind: str | None, tag: str | None,
                  owner: str | None, wheres: tuple[str, ...], limit: int, cursor: str | None, deleted: bool,
-                 remote: bool, as_json: bool) -> None:
+                 conflicted: bool, remote: bool, as_json: bool) -> None:
     """List records, optionally of one REGISTRY, with filters."""
     if remote:
         # The reader returns the whole verified registry (node/remote_read.py); filtering
         # it here would look like the node's own listing while meaning something else.
         explicit_limit = ctx.get_parameter_source("limit") is not click.core.ParameterSource.DEFAULT
         _refuse_with_remote({"--kind": kind, "--tag": tag, "--owner": owner, "--where": wheres,
-                             "--limit": explicit_limit, "--cursor": cursor, "--deleted": deleted})
+                             "--limit": explicit_limit, "--cursor": cursor, "--deleted": deleted,
+                             "--conflicted": conflicted})
         if registry is None:
             raise ValidationError("--remote needs REGISTRY: the public registry of another federation to read")
         render.remote_read(_read_remote(home, registry, None), as_json, one=False)
@@ -260,7 +263,7 @@ def list_records(ctx: click.Context, home: Path | None, registry: str | None, ki
     where = [parse_where(w) for w in wheres]
     with open_backend(home) as backend:
         page = backend.list(registry, kind=kind, tag=tag, owner=owner, where=where, limit=limit, cursor=cursor,
-                            include_deleted=deleted)
+                            include_deleted=deleted, conflicted=conflicted)
     render.page(page, as_json)
 
 

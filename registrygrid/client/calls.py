@@ -173,9 +173,11 @@ def update_request(*, fields: Mapping[str, Any] | None, patch: Mapping[str, Any]
 
 
 def list_query(*, kind: str | None, tag: str | None, owner: str | None, where: Sequence[tuple[str, str, Any]],
-               limit: int, cursor: str | None, include_deleted: bool) -> list[tuple[str, Any]]:
+               limit: int, cursor: str | None, include_deleted: bool,
+               conflicted: bool = False) -> list[tuple[str, Any]]:
     query: list[tuple[str, Any]] = [("kind", kind), ("tag", tag), ("owner", owner), ("limit", limit),
-                                    ("cursor", cursor), ("include_deleted", include_deleted or None)]
+                                    ("cursor", cursor), ("include_deleted", include_deleted or None),
+                                    ("conflicted", conflicted or None)]
     return query + [("where", f"{path}:{op}:{json.dumps(value)}") for path, op, value in where]
 
 

@@ -269,9 +269,10 @@ class BridgeClient:
 
     def list(self, registry: str | None = None, *, kind: str | None = None, tag: str | None = None,
              owner: str | None = None, where: Sequence[tuple[str, str, Any]] = (), limit: int = 100,
-             cursor: str | None = None, include_deleted: bool = False) -> Page:
+             cursor: str | None = None, include_deleted: bool = False,
+             conflicted: bool = False) -> Page:
         query = calls.list_query(kind=kind, tag=tag, owner=owner, where=where, limit=limit, cursor=cursor,
-                                 include_deleted=include_deleted)
+                                 include_deleted=include_deleted, conflicted=conflicted)
         data = self.request("GET", calls.records_path(registry), query=query)[2]
         return Page(data["items"], data["next_cursor"])
 

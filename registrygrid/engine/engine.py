@@ -128,6 +128,20 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Erasing, 
         self._load_trust()
         with store.read() as txn:
             self.policy = self._policies(txn)
+            indexed = store.get_meta(txn, records.CONFLICTED_INDEX, False)
+        if not indexed:
+            self._build_conflicted_index()
+
+    def _build_conflicted_index(self) -> None:
+        """The index of records that show conflicts, for a store written
+        before it existed (storage/records.py): once, as the store opens."""
+        while True:
+            try:
+                with self.store.write() as txn:
+                    self.metrics["store.conflicted_indexed"] += records.build_conflicted_index(self.store, txn)
+                return
+            except StoreFull:
+                self.store.grow()
 
     # ------------------------------------------------------------ batches
 

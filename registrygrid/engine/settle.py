@@ -155,8 +155,7 @@ class Settling(EngineCore):
                     continue
             except RegistryError:
                 continue
-            conflicted = [r["id"] for r in records.iter_records(self.store, txn, registry=registry)
-                          if r.get("conflicts")]
+            conflicted = [r["id"] for r in records.iter_records(self.store, txn, registry=registry, conflicted=True)]
             for record_id in conflicted:
                 self._resettle_record(txn, batch, registry, record_id, cause, origin)
 

@@ -67,6 +67,15 @@ def _decode_keyed(k: bytes, raw: bytes) -> dict[str, Any]:
     return _decode_record(registry, record_id, raw)
 
 
+# Records that show conflicts: 'c' registry \0 record. What a trust
+# statement settles again (engine/settle.py) and `list --conflicted` reads,
+# without a walk of every record. A store written before this index
+# existed gets it from `build_conflicted_index`, once (the engine calls it
+# as it opens a store); until then readers walk the records instead.
+_CONFLICTED = b"c"
+CONFLICTED_INDEX = "index.conflicted"  # meta: true once every conflicted record has its entry
+
+
 def index_keys(store: Store, txn: lmdb.Transaction, record: dict[str, Any]) -> set[bytes]:
     """Every index entry a materialized record should have (its owner as a
     code: storage/codes.py)."""
@@ -74,8 +83,11 @@ def index_keys(store: Store, txn: lmdb.Transaction, record: dict[str, Any]) -> s
     keys = {b"k" + key(registry, record["kind"], record_id),
             b"o" + store.codes.assign(txn, record["owner"]) + key(registry, record_id)}
     keys.update(b"t" + key(tag, registry, record_id) for tag in record["tags"])
+    conflicts = record.get("conflicts") or ()
+    if conflicts:
+        keys.add(_CONFLICTED + key(registry, record_id))
     # Open (or resolved) field disputes, by dispute id (crdt/disputes.py).
-    keys.update(b"d" + key(c["dispute"], registry, record_id) for c in record.get("conflicts") or () if c.get("dispute"))
+    keys.update(b"d" + key(c["dispute"], registry, record_id) for c in conflicts if c.get("dispute"))
     return keys
 
 
@@ -89,7 +101,10 @@ def put_record(store: Store, txn: lmdb.Transaction, old: dict[str, Any] | None, 
         txn.put(b"o" + store.codes.assign(txn, new["owner"]) + key(registry, record_id), b"", db=indexes)
         for tag in new["tags"]:
             txn.put(b"t" + key(tag, registry, record_id), b"", db=indexes)
-        for conflict in new.get("conflicts") or ():
+        conflicts = new.get("conflicts") or ()
+        if conflicts:
+            txn.put(_CONFLICTED + key(registry, record_id), b"", db=indexes)
+        for conflict in conflicts:
             if conflict.get("dispute"):
                 txn.put(b"d" + key(conflict["dispute"], registry, record_id), b"", db=indexes)
         return
@@ -125,16 +140,27 @@ def iter_records(
     kind: str | None = None,
     owner: str | None = None,
     tag: str | None = None,
+    conflicted: bool = False,
     after: tuple[str, str] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Records in (registry, id) order, starting after ``after``.
+    """Records in (registry, id) order, starting after ``after``; with
+    ``conflicted``, only those that show conflicts.
 
     Uses the most selective index available; the others are checked on the
     materialized record. Deleted records are included; callers filter.
     """
     records = store.db["records"]
     start = None if after is None else key(*after) + b"\x00\x00"  # strictly after
-    if kind is not None and registry is not None:
+    if conflicted and store.get_meta(txn, CONFLICTED_INDEX, False):
+        # Rare by nature, so the most selective of all when asked for.
+        if registry is not None:
+            prefix = _CONFLICTED + key(registry) + SEP
+            source = _index_scan(store, txn, prefix,
+                                 start_suffix=None if after is None else key(after[1]) + b"\x00\x00",
+                                 registry_of=lambda suffix: (registry, suffix.decode()))
+        else:
+            source = _index_scan(store, txn, _CONFLICTED, start_suffix=start, registry_of=_split2)
+    elif kind is not None and registry is not None:
         prefix = b"k" + key(registry, kind) + SEP
         source = _index_scan(store, txn, prefix, start_suffix=None if after is None else key(after[1]) + b"\x00\x00",
                              registry_of=lambda suffix: (registry, suffix.decode()))
@@ -152,7 +178,7 @@ def iter_records(
         prefix = b"" if registry is None else key(registry) + SEP
         for k, value in store.iter_prefix(txn, "records", prefix, start=start):
             record = _decode_keyed(k, store.values.unpack(txn, "records", value, k))
-            if _matches(record, registry, kind, owner, tag):
+            if _matches(record, registry, kind, owner, tag, conflicted):
                 yield record
         return
     for reg, rec in source:
@@ -161,8 +187,24 @@ def iter_records(
         if raw is None:
             continue
         record = _decode_record(reg, rec, store.values.unpack(txn, "records", raw, record_at))
-        if _matches(record, registry, kind, owner, tag):
+        if _matches(record, registry, kind, owner, tag, conflicted):
             yield record
+
+
+def build_conflicted_index(store: Store, txn: lmdb.Transaction) -> int:
+    """Give every record that shows conflicts its 'c' entry, once per store
+    (a store written before the index existed has none): a walk of every
+    record, then a mark in "meta" that later calls only read. How many
+    entries it wrote."""
+    if store.get_meta(txn, CONFLICTED_INDEX, False):
+        return 0
+    indexes, written = store.db["indexes"], 0
+    for record in iter_records(store, txn):
+        if record["conflicts"]:
+            txn.put(_CONFLICTED + key(record["registry"], record["id"]), b"", db=indexes)
+            written += 1
+    store.put_meta(txn, CONFLICTED_INDEX, True)
+    return written
 
 
 def records_disputing(store: Store, txn: lmdb.Transaction, dispute: str) -> list[tuple[str, str]]:
@@ -192,9 +234,10 @@ def _index_scan(store: Store, txn: lmdb.Transaction, prefix: bytes, *, start_suf
 
 
 def _matches(record: dict[str, Any], registry: str | None, kind: str | None, owner: str | None,
-             tag: str | None) -> bool:
+             tag: str | None, conflicted: bool = False) -> bool:
     return (
-        (registry is None or record["registry"] == registry)
+        (not conflicted or bool(record["conflicts"]))
+        and (registry is None or record["registry"] == registry)
         and (kind is None or record["kind"] == kind)
         and (owner is None or record["owner"] == owner)
         and (tag is None or tag in record["tags"])

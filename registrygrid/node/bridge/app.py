@@ -660,7 +660,7 @@ class Api:
             "kind": q_name(request, "kind", names.kind_name), "tag": q_name(request, "tag", names.tag),
             "owner": request.query.get("owner") or None, "where": parse_where(request.query.getall("where", [])),
             "limit": q_int(request, "limit", 100, 1, 1000) or 100, "cursor": request.query.get("cursor") or None,
-            "include_deleted": q_bool(request, "include_deleted")}
+            "include_deleted": q_bool(request, "include_deleted"), "conflicted": q_bool(request, "conflicted")}
         headers: dict[str, str] | None = None
         try:
             page: Page = self.registry.list(registry, **filters)

@@ -992,6 +992,9 @@ LIST_PARAMS = [
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
     _query("cursor", LIST_CURSOR, "next_cursor of the previous page (opaque)"),
     _query("include_deleted", {"type": "boolean", "default": False}),
+    _query("conflicted", {"type": "boolean", "default": False},
+           "only records that show conflicts (concurrent writes settled by the registry's conflict rules, or "
+           "field disputes); read from an index of them, so cheap on any registry"),
 ]
 OPEN = [{}]  # no token needed (loopback)
 
