@@ -138,6 +138,33 @@ def test_equal_concurrent_writes_are_no_conflict(pair: Pair) -> None:
     assert pair.converge()["conflicts"] == []
 
 
+def test_two_creates_alike_by_nodes_of_one_org_are_one_record_without_a_conflict(tmp_path: Path) -> None:
+    """Creates that differ only in who and when (a retried create, a
+    statement two nodes carry) leave nothing to settle; creates that differ
+    in content are a conflict as any other race."""
+    second = KeyPair(b"\xa3" * 32)
+    grids = [LocalRegistry.open_path(tmp_path / name, key, delegation=sign_delegation(ORG_A, key.did,
+                                                                                      ["node", "writer"]))
+             for name, key in (("a1", NODE_A), ("a2", second))]
+    try:
+        grids[0].create_registry(REG, ["cluster"], write_policy="members")
+        exchange(*grids)
+        for grid in grids:
+            grid.put(REG, "cluster", {"name": "x", "region": "eu"}, id="same", tags=["gpu"])
+        grids[0].put(REG, "cluster", {"name": "y", "region": "eu"}, id="differ")
+        grids[1].put(REG, "cluster", {"name": "y", "region": "us"}, id="differ")
+        exchange(*grids)
+        same = [grid.get(REG, "same") for grid in grids]
+        assert same[0] == same[1] and same[0]["conflicts"] == []
+        assert same[0]["created_by"] in (NODE_A.did, second.did)
+        differ = [grid.get(REG, "differ") for grid in grids]
+        assert differ[0] == differ[1]
+        assert [c["path"] for c in differ[0]["conflicts"]] == ["/created", "/fields"]
+    finally:
+        for grid in grids:
+            grid.close()
+
+
 def test_a_later_write_that_saw_both_ends_the_conflict(pair: Pair) -> None:
     pair.create({"region": "eu"})
     pair.race({"region": "us"}, {"region": "apac"})

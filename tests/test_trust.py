@@ -26,6 +26,7 @@ from registrygrid.errors import (
     SignatureInvalid,
 )
 from registrygrid.home import Home
+from registrygrid.membership import federate
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import cid_from_str, open_envelope
@@ -389,6 +390,35 @@ def test_the_founder_home_creates_the_org_record_once_even_on_a_new_store(tmp_pa
     with LocalRegistry.open_home(home) as grid:
         with pytest.raises(NotFound):
             grid.get("grid.orgs", created["org"])
+
+
+def test_statements_two_nodes_of_an_org_both_publish_are_one_record_each_without_a_conflict(
+        tmp_path: Path) -> None:
+    """Every node of a founder org publishes the federation's genesis, every
+    node of an invited org its invitation, each before it has met the
+    others: the same signed statement created twice is no conflict."""
+    homes = [Home(tmp_path / name) for name in ("f1", "f2", "o1", "o2")]
+    homes[0].init(org_name="founder")
+    homes[1].init(org_key_file=homes[0].org_key_path)
+    homes[2].init(org_name="other")
+    homes[3].init(org_key_file=homes[2].org_key_path)
+    federate(homes, "fed")
+    grids = [LocalRegistry.open_home(home) for home in homes]
+    try:
+        for _ in range(2):
+            for source in grids:
+                for target in grids:
+                    if target is not source:
+                        target.execute([Remote(w, "peer") for w in wires_in_feed_order(source)])
+        shown = [grid.list(MEMBERS_REGISTRY).items for grid in grids]
+        assert all(items == shown[0] for items in shown)
+        kinds = sorted(m["kind"] for m in shown[0])
+        assert kinds == ["delegation"] * 4 + ["federation", "invitation"]
+        for grid in grids:
+            assert grid.list(None, conflicted=True).items == []
+    finally:
+        for grid in grids:
+            grid.close()
 
 
 def test_a_home_written_before_the_founder_mark_is_the_founder_when_it_made_the_org_key(tmp_path: Path) -> None:

@@ -229,8 +229,10 @@ def _uleb(data: bytes, at: int) -> tuple[int, int]:
 
 
 def value_at(doc: Document, path: Path, heads: list[bytes] | None = None) -> Any:
-    """The plain value at ``path`` (ABSENT when there is none), at ``heads``
-    (None: the current state)."""
+    """The plain value at ``path`` (ABSENT when there is none; the whole
+    record for the empty path), at ``heads`` (None: the current state)."""
+    if not path:
+        return plain(doc, ROOT, ObjType.Map, heads)
     got = _get(doc, path, heads)
     if got is None:
         return ABSENT

@@ -105,6 +105,13 @@ def settle(doc: Document, frontiers: Frontiers, *, policy: ConflictPolicy, kind:
             continue  # settled with the map above it
         if _is_immutable(path, immutable):
             continue  # the create's value stands (below)
+        if path == _CREATED and _one_content(doc, frontiers[path]):
+            # One record created twice alike, differing only in who and
+            # when: a statement carried by two of its org's nodes (whoever
+            # publishes one adds nothing: docs/trust.md), a create retried
+            # on another node. Nothing for anyone to settle; every node
+            # shows the same `created`, Automerge's own pick.
+            continue
         candidates = [Candidate(describe(h), _written_at(doc, path, h, written)) for h in frontiers[path]]
         if len({_canonical(c.value) for c in candidates}) == 1:
             continue
@@ -122,6 +129,15 @@ def settle(doc: Document, frontiers: Frontiers, *, policy: ConflictPolicy, kind:
     if immutable and created_heads is not None:
         out += _immutable(doc, immutable, created_heads, describe)
     return out
+
+
+_CREATED = ("created",)
+
+
+def _one_content(doc: Document, creates: Sequence[bytes]) -> bool:
+    """Whether raced creates wrote the same record but for ``created``."""
+    contents = {_canonical({k: v for k, v in value_at(doc, (), [h]).items() if k != "created"}) for h in creates}
+    return len(contents) == 1
 
 
 # What a document keeps of its changes' writes (RecordDoc.written), at most.
