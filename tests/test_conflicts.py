@@ -588,6 +588,9 @@ def test_any_arrival_order_of_the_same_changes_shows_the_same_records_under_ever
                 assert grid.get(REG, "x", include_deleted=True) == shown[0][0]
             for grid in authors + replicas:
                 assert_documents_in_memory_are_as_stored(grid)
+                # The index of conflicted records lists exactly those that show conflicts.
+                assert [r["id"] for r in grid.iter_all(None, conflicted=True, include_deleted=True)] == \
+                    [r["id"] for r in grid.iter_all(None, include_deleted=True) if r["conflicts"]]
         finally:
             for grid in authors + replicas:
                 grid.close()
