@@ -120,6 +120,8 @@ def test_list_conflicted_shows_only_the_records_that_show_conflicts(raced: Raced
     assert [r["id"] for r in ok_json(rgrid, "list", "--conflicted", home=raced.home)["items"]] == ["x"]
     table = ok_text(rgrid, "list", PRICES, "--conflicted", home=raced.home)
     assert " x " in table and "calm" not in table
+    header, row = [line for line in table.splitlines() if "conflicts" in line or "/fields/price" in line]
+    assert "conflicts" in header and "/fields/price" in row
 
 
 def test_disputes_show_gives_the_diff_the_rule_and_what_the_record_shows(raced: Raced, rgrid: Run) -> None:

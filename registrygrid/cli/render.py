@@ -138,12 +138,18 @@ def page(result: Any, as_json: bool) -> None:
         dump_json({"items": items, "next_cursor": cursor})
         return
     table = Table()
-    for column in ("registry", "id", "kind", "name", "tags", "updated_by"):
+    # Paths that show conflicts, when any listed record has some (`rgrid
+    # list --conflicted`; `rgrid get --conflicts` explains each).
+    conflicted = any(item.get("conflicts") for item in items)
+    for column in ("registry", "id", "kind", "name", "tags", "updated_by", *(["conflicts"] if conflicted else [])):
         table.add_column(column)
     for item in items:
         name = item["fields"].get("name") if isinstance(item.get("fields"), dict) else None
-        table.add_row(item["registry"], item["id"], item["kind"], _cell(name), ",".join(item["tags"]),
-                      _cell(item.get("updated_by"))[-12:])
+        row = [item["registry"], item["id"], item["kind"], _cell(name), ",".join(item["tags"]),
+               _cell(item.get("updated_by"))[-12:]]
+        if conflicted:
+            row.append(" ".join(c["path"] for c in item.get("conflicts") or ()))
+        table.add_row(*row)
     _out.print(table)
     if cursor:
         _out.print(f"more: --cursor {cursor}", highlight=False)
