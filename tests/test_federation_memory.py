@@ -56,6 +56,9 @@ async def three_members(nodes: Any, network: MemoryNetwork) -> tuple[Member, Mem
     n1 = await nodes.start("n1", n0.fed.addrs(), transport=network.factory())
     n2 = await nodes.start("n2", n0.fed.addrs(), transport=network.factory())
     await full_mesh([n0, n1, n2])
+    # GossipSub grafts a mesh at a heartbeat (every second), as over libp2p:
+    # until then a publish reaches no one and only sync carries changes.
+    await trio.sleep(1.5)
     return n0, n1, n2
 
 

@@ -184,7 +184,8 @@ def _print(summary: dict[str, Any], wall: float, out: Path, drawn: list[str]) ->
         f"converged {summary['converged_fraction']:.4f}"),
         (f"gossip: {gossip['messages']} messages ({gossip['messages_per_node_per_change']} per node per change, "
         f"max {gossip['max_messages_per_node_per_change']}), duplicates {gossip['duplicate_ratio']:.2f}, "
-        f"lost {gossip['lost']}, rounds p50 {gossip['rounds']['p50']} max {gossip['rounds']['max']} "
+        f"lost {gossip['lost']}, pulled by IWANT {gossip.get('pulled', 0)}, "
+        f"rounds p50 {gossip['rounds']['p50']} max {gossip['rounds']['max']} "
         f"(2 log2 N = {gossip['rounds']['bound_2log2n']}), forged refused {gossip['invalid_rejected']}")
         if "messages" in gossip else
         (f"gossip: {gossip['published']} published, {gossip['accepted']} accepted, {gossip['duplicates']} "

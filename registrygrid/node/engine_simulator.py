@@ -320,6 +320,9 @@ class EngineRun:
                 "messages": net["gossip_messages"], "bytes": net["gossip_bytes"], "lost": net["gossip_lost"],
                 "duplicates": net["gossip_duplicates"],
                 "duplicate_ratio": round(net["gossip_duplicates"] / max(1, net["gossip_messages"]), 4),
+                # GossipSub's lazy repair: IHAVE offers, IWANT pulls, and the
+                # deliveries that came first through one (memory_transport.py).
+                "ihave": net["gossip_ihave"], "iwant": net["gossip_iwant"], "pulled": net["gossip_pulled"],
                 "messages_per_node_per_change": round(sum(sent) / len(sent) / changes, 3),
                 "max_messages_per_node_per_change": round(max(sent, default=0) / changes, 3),
                 "rounds": {"p50": hop_quantile(hops, 0.5), "p99": hop_quantile(hops, 0.99),

@@ -20,13 +20,22 @@ What it models, and what it does not:
   remote's (an error it raises reaches the requester as ``RemoteError``
   with ``code: message``, as over libp2p); caps and timeouts raise the same
   errors as ``P2PHost``. Requests are never lost (they run over TCP there).
-* Gossip is GossipSub's eager push, simplified: a host forwards a message
-  it has not seen and its validator accepts to up to ``degree`` of its
-  connected peers on the topic (all, if no more than ``degree``; else a
-  seeded random choice), except the one it came from; each hop takes a
-  sampled latency and is lost with probability ``loss``. No IHAVE/IWANT
-  repair: what is lost stays lost until anti-entropy, which is what a
-  simulation wants to see.
+* Gossip is GossipSub's, as py-libp2p runs it with the node's
+  ``GossipConfig`` (node/p2p_pubsub.py): each host keeps a **mesh** per
+  topic, joined with up to D of its topic peers when it subscribes and
+  kept between D_lo and D_hi at every **heartbeat** (GRAFT and PRUNE,
+  both ends at once); a host forwards a message it has not seen and its
+  validator accepts to its mesh peers, except the one it came from and
+  the origin (a host publishing to a topic it has not joined sends to D
+  topic peers: GossipSub's fanout). At each heartbeat a host also sends
+  **IHAVE** with the ids of the messages of its last ``gossip_window``
+  heartbeats to D topic peers outside its mesh; a peer that has not seen
+  one answers **IWANT**, and the message comes from the cache (kept
+  ``gossip_history`` heartbeats): how GossipSub repairs a lost hop before
+  anti-entropy does (``lazy_gossip=False`` turns it off). Every hop
+  (message, IHAVE, IWANT) takes a sampled latency and is lost with
+  probability ``loss``. Simplified: all hosts beat together, GRAFT and
+  PRUNE take no time and no backoff, and there is no peer scoring.
 * Every message and byte is counted, per host and for the network
   (``MemoryNetwork.stats``), for amplification figures.
 
@@ -39,9 +48,10 @@ fixed scheduler seed for exact replays).
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -73,8 +83,15 @@ from registrygrid.node.transport import (
 # rounded up): a millisecond is below any WAN latency's spread, and lets one
 # wake-up deliver every hop due in it.
 DEFAULT_RESOLUTION_S = 0.001
-# GossipSub's target mesh degree (D = 6 in the spec and every implementation).
+# GossipSub as the node runs it: node/p2p_pubsub.py's GossipConfig says
+# where each value comes from (tests/test_transport_contract.py checks
+# they stay equal). The target mesh degree D is 6 in the spec and every
+# implementation; D_lo and D_hi follow from it (``mesh_bounds``).
 DEFAULT_DEGREE = 6
+DEFAULT_HEARTBEAT_S = 1.0
+DEFAULT_HEARTBEAT_INITIAL_DELAY_S = 0.1
+DEFAULT_GOSSIP_WINDOW = 3
+DEFAULT_GOSSIP_HISTORY = 5
 # The same caps as P2PHost's defaults (node/p2p_requests.py, node/p2p_pubsub.py).
 DEFAULT_MAX_REQUEST_BYTES = 1 * 2**20
 DEFAULT_MAX_RESPONSE_BYTES = 8 * 2**20
@@ -86,6 +103,12 @@ PEER_EVENT_CHANNEL_SIZE = 256
 SEEN_MESSAGES = 2**16
 
 
+def mesh_bounds(degree: int) -> tuple[int, int]:
+    """D_lo and D_hi for a mesh degree D: the spec's 4 and 12 for D = 6,
+    in the same proportion for another D."""
+    return max(1, round(degree * 2 / 3)), 2 * degree
+
+
 @dataclass(frozen=True)
 class _Message:
     topic: str
@@ -93,23 +116,42 @@ class _Message:
     origin: str
     seqno: int
     hops: int = 0  # links travelled so far
+    pulled: bool = False  # this hop answers an IWANT
 
     @property
     def id(self) -> tuple[str, int]:
         return self.origin, self.seqno
 
 
+@dataclass(frozen=True)
+class _Control:
+    """IHAVE (ids a peer may pull) or IWANT (ids pulled)."""
+
+    kind: str
+    topic: str
+    ids: tuple[tuple[str, int], ...]
+
+
 class MemoryNetwork:
     """The hosts of one simulated network, and what passes between them."""
 
     def __init__(self, *, seed: int = 0, latency: Callable[[random.Random], float] = lambda rng: 0.0,
-                 loss: float = 0.0, degree: int = DEFAULT_DEGREE, resolution: float = DEFAULT_RESOLUTION_S) -> None:
+                 loss: float = 0.0, degree: int = DEFAULT_DEGREE, resolution: float = DEFAULT_RESOLUTION_S,
+                 heartbeat: float = DEFAULT_HEARTBEAT_S, gossip_window: int = DEFAULT_GOSSIP_WINDOW,
+                 gossip_history: int = DEFAULT_GOSSIP_HISTORY, lazy_gossip: bool = True) -> None:
         if not 0.0 <= loss < 1.0:
             raise ValueError("loss must be in [0, 1)")
+        if degree < 1 or heartbeat <= 0 or not 1 <= gossip_window <= gossip_history:
+            raise ValueError("need degree >= 1, heartbeat > 0 and 1 <= gossip_window <= gossip_history")
         self.rng = random.Random(seed)
         self.latency = latency
         self.loss = loss
         self.degree = degree
+        self.degree_low, self.degree_high = mesh_bounds(degree)
+        self.heartbeat = heartbeat
+        self.gossip_window = gossip_window
+        self.gossip_history = gossip_history
+        self.lazy_gossip = lazy_gossip
         self.hosts: dict[str, MemoryHost] = {}
         self.stats: Counter[str] = Counter()
         # Gossip deliveries by the number of links the message travelled to
@@ -119,11 +161,12 @@ class MemoryNetwork:
         self._made = 0
         self.resolution = resolution
         self.running = False
-        self._due: list[tuple[float, int, str, _Message, str]] = []  # gossip hops in flight, by time
+        self._due: list[tuple[float, int, str, _Message | _Control, str]] = []  # gossip hops in flight, by time
         self._order = 0
         self._wake = trio.Event()
         self._cm: Any = None
         self._dispatcher_scope = trio.CancelScope()
+        self._heartbeat_scope = trio.CancelScope()
 
     def host(self, peer_id: str | None = None, **options: Any) -> MemoryHost:
         """A new host (``async with`` it to run it). ``peer_id``: the libp2p
@@ -151,6 +194,7 @@ class MemoryNetwork:
         self._cm = trio.open_nursery()
         nursery = await self._cm.__aenter__()
         nursery.start_soon(self._dispatch)
+        nursery.start_soon(self._heartbeats)
         self.running = True
         return self
 
@@ -158,9 +202,22 @@ class MemoryNetwork:
                         tb: TracebackType | None) -> bool | None:
         self.running = False
         self._dispatcher_scope.cancel()
+        self._heartbeat_scope.cancel()
         return await self._cm.__aexit__(exc_type, exc, tb)  # type: ignore[no-any-return]
 
-    def schedule(self, delay: float, target: str, message: _Message, sender: str) -> None:
+    async def _heartbeats(self) -> None:
+        """Every host's GossipSub heartbeat, in one task and in the order
+        the hosts were made (so a seed replays exactly): mesh upkeep, IHAVE
+        gossip, the message cache's shift."""
+        with trio.CancelScope() as self._heartbeat_scope:
+            await trio.sleep(DEFAULT_HEARTBEAT_INITIAL_DELAY_S)
+            while True:
+                for host in list(self.hosts.values()):
+                    if host.running:
+                        host._heartbeat()
+                await trio.sleep(self.heartbeat)
+
+    def schedule(self, delay: float, target: str, message: _Message | _Control, sender: str) -> None:
         """Deliver ``message`` from ``sender`` to ``target`` after ``delay``,
         rounded up to the network's resolution. One heap and one task for
         the whole network: deliveries due in the same tick go in one
@@ -187,10 +244,13 @@ class MemoryNetwork:
                     continue
                 now = trio.current_time()
                 while self._due and self._due[0][0] <= now:
-                    _, _, target, message, sender = heapq.heappop(self._due)
+                    _, _, target, item, sender = heapq.heappop(self._due)
                     host = self.hosts.get(target)
                     if host is not None and host.running:
-                        host._arrive(message, sender)
+                        if isinstance(item, _Message):
+                            host._arrive(item, sender)
+                        else:
+                            host._control(item, sender)
                 await trio.lowlevel.checkpoint()
 
     def reachable(self, a: str, b: str) -> bool:
@@ -234,6 +294,11 @@ class MemoryHost:
         self._event_channels: list[trio.MemorySendChannel[PeerEvent]] = []
         self._seen: dict[tuple[str, int], None] = {}
         self._seqno = 0
+        # GossipSub's state: the mesh per joined topic, and the message
+        # cache (the messages of each of the last heartbeats, newest first).
+        self._mesh: dict[str, set[str]] = {}
+        self._windows: deque[list[_Message]] = deque([[]])
+        self._cached: dict[tuple[str, int], _Message] = {}
         self._nursery: trio.Nursery | None = None
         self._cm: Any = None  # the nursery of deliveries to this host, while it runs
 
@@ -304,10 +369,14 @@ class MemoryHost:
         if peer not in self._connected:
             return
         self._connected.discard(peer)
+        for mesh in self._mesh.values():
+            mesh.discard(peer)
         self._emit(PeerEvent("disconnected", peer))
         other = self.network.hosts.get(peer)
         if other is not None and self._peer_id in other._connected:
             other._connected.discard(self._peer_id)
+            for mesh in other._mesh.values():
+                mesh.discard(self._peer_id)
             other._emit(PeerEvent("disconnected", self._peer_id))
 
     def peer_events(self) -> trio.MemoryReceiveChannel[PeerEvent]:
@@ -389,12 +458,21 @@ class MemoryHost:
             raise ValueError(f"already subscribed to {topic!r}")
         send, receive = trio.open_memory_channel[GossipMessage](SUBSCRIPTION_CHANNEL_SIZE)
         self._subscriptions[topic] = send
+        # Joining: a mesh of up to D of the topic's peers, grafted now.
+        self._mesh[topic] = set()
+        peers = self.topic_peers(topic)
+        for peer in self.network.rng.sample(peers, min(len(peers), self.network.degree)):
+            self._graft(topic, peer)
         return receive
 
     async def unsubscribe(self, topic: str) -> None:
         channel = self._subscriptions.pop(topic, None)
         if channel is not None:
             channel.close()
+        for peer in sorted(self._mesh.pop(topic, ())):
+            other = self.network.hosts.get(peer)
+            if other is not None:
+                other._mesh.get(topic, set()).discard(self._peer_id)
 
     def set_topic_validator(self, topic: str, validator: TopicValidator) -> None:
         self._validators[topic] = validator
@@ -415,27 +493,113 @@ class MemoryHost:
         self._seqno += 1
         message = _Message(topic, data, self._peer_id, self._seqno)
         self._remember(message.id)
+        self._cache(message)
         self.stats["gossip_published"] += 1
         self._forward(message, came_from=None)
 
     def _forward(self, message: _Message, came_from: str | None) -> None:
-        """Push ``message`` to this host's mesh on its topic, each hop delayed and maybe lost."""
+        """Push ``message`` to this host's mesh on its topic (GossipSub's
+        fanout, D topic peers, on a topic it has not joined)."""
         network = self.network
-        message = replace(message, hops=message.hops + 1)
-        candidates = [p for p in self.topic_peers(message.topic) if p not in (came_from, message.origin)]
-        if len(candidates) > network.degree:
-            candidates = network.rng.sample(candidates, network.degree)
+        message = replace(message, hops=message.hops + 1, pulled=False)
+        mesh = self._mesh.get(message.topic)
+        if mesh is None:
+            peers = self.topic_peers(message.topic)
+            candidates = network.rng.sample(peers, min(len(peers), network.degree))
+        else:
+            candidates = sorted(mesh)
         for peer in candidates:
-            self.stats["gossip_sent"] += 1
-            self.stats["gossip_sent_bytes"] += len(message.data)
-            network.stats["gossip_messages"] += 1
-            network.stats["gossip_bytes"] += len(message.data)
-            if network.loss and network.rng.random() < network.loss:
-                network.stats["gossip_lost"] += 1
+            if peer not in (came_from, message.origin):
+                self._send(peer, message)
+
+    def _send(self, peer: str, message: _Message) -> None:
+        """One hop of a message: delayed, and lost with the network's odds."""
+        network = self.network
+        self.stats["gossip_sent"] += 1
+        self.stats["gossip_sent_bytes"] += len(message.data)
+        network.stats["gossip_messages"] += 1
+        network.stats["gossip_bytes"] += len(message.data)
+        if network.loss and network.rng.random() < network.loss:
+            network.stats["gossip_lost"] += 1
+            return
+        target = network.hosts.get(peer)
+        if target is not None and target._nursery is not None:
+            network.schedule(network.delay(), target.peer_id, message, self._peer_id)
+
+    def _send_control(self, peer: str, control: _Control) -> None:
+        network = self.network
+        network.stats[f"gossip_{control.kind}"] += 1
+        if network.loss and network.rng.random() < network.loss:
+            network.stats["gossip_control_lost"] += 1
+            return
+        network.schedule(network.delay(), peer, control, self._peer_id)
+
+    def _control(self, control: _Control, sender: str) -> None:
+        """IHAVE: pull what this host has not seen. IWANT: send what the
+        cache still holds."""
+        if sender not in self._connected:
+            return
+        if control.kind == "ihave":
+            if control.topic not in self._subscriptions:
+                return
+            wanted = tuple(i for i in control.ids if i not in self._seen)
+            if wanted:
+                self._send_control(sender, _Control("iwant", control.topic, wanted))
+            return
+        for message_id in control.ids:
+            message = self._cached.get(message_id)
+            if message is not None:
+                self._send(sender, replace(message, hops=message.hops + 1, pulled=True))
+
+    # ---- GossipSub's mesh and message cache
+
+    def _graft(self, topic: str, peer: str) -> None:
+        """``peer`` joins this host's mesh on ``topic``, and this host its
+        (a GRAFT is accepted: no backoff or scores here)."""
+        self._mesh[topic].add(peer)
+        other = self.network.hosts.get(peer)
+        if other is not None and topic in other._mesh:
+            other._mesh[topic].add(self._peer_id)
+        self.network.stats["gossip_grafts"] += 1
+
+    def _prune(self, topic: str, peer: str) -> None:
+        self._mesh[topic].discard(peer)
+        other = self.network.hosts.get(peer)
+        if other is not None and topic in other._mesh:
+            other._mesh[topic].discard(self._peer_id)
+        self.network.stats["gossip_prunes"] += 1
+
+    def _cache(self, message: _Message) -> None:
+        self._windows[0].append(message)
+        self._cached[message.id] = message
+
+    def _heartbeat(self) -> None:
+        """Mesh upkeep (up to D when below D_lo, down to D when above D_hi),
+        IHAVE to D topic peers outside the mesh, then the cache's shift."""
+        network = self.network
+        for topic in sorted(self._mesh):
+            mesh, peers = self._mesh[topic], self.topic_peers(topic)
+            for gone in sorted(mesh.difference(peers)):
+                self._prune(topic, gone)
+            if len(mesh) < network.degree_low:
+                pool = [p for p in peers if p not in mesh]
+                for peer in network.rng.sample(pool, min(len(pool), network.degree - len(mesh))):
+                    self._graft(topic, peer)
+            elif len(mesh) > network.degree_high:
+                for peer in network.rng.sample(sorted(mesh), len(mesh) - network.degree):
+                    self._prune(topic, peer)
+            if not network.lazy_gossip:
                 continue
-            target = network.hosts.get(peer)
-            if target is not None and target._nursery is not None:
-                network.schedule(network.delay(), target.peer_id, message, self._peer_id)
+            ids = tuple(m.id for window in itertools.islice(self._windows, network.gossip_window)
+                        for m in window if m.topic == topic)
+            if ids:
+                pool = [p for p in peers if p not in mesh]
+                for peer in network.rng.sample(pool, min(len(pool), network.degree)):
+                    self._send_control(peer, _Control("ihave", topic, ids))
+        if len(self._windows) == network.gossip_history:
+            for message in self._windows.pop():
+                self._cached.pop(message.id, None)
+        self._windows.appendleft([])
 
     def _arrive(self, message: _Message, sender: str) -> None:
         if sender not in self._connected:
@@ -447,10 +611,13 @@ class MemoryHost:
             return
         self._remember(message.id)
         self.network.hops[message.hops] += 1
+        if message.pulled:
+            self.network.stats["gossip_pulled"] += 1  # first heard through IHAVE/IWANT
         validator = self._validators.get(message.topic)
         if validator is not None and not validator(message.origin, message.data):
             self.stats["gossip_rejected"] += 1
             return  # neither delivered nor forwarded
+        self._cache(message)
         channel = self._subscriptions.get(message.topic)
         if channel is not None:
             try:
