@@ -53,7 +53,7 @@ import math
 import random
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Self
 
@@ -109,7 +109,7 @@ def mesh_bounds(degree: int) -> tuple[int, int]:
     return max(1, round(degree * 2 / 3)), 2 * degree
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Message:
     topic: str
     data: bytes
@@ -117,10 +117,10 @@ class _Message:
     seqno: int
     hops: int = 0  # links travelled so far
     pulled: bool = False  # this hop answers an IWANT
+    id: tuple[str, int] = field(init=False)  # made once: every host reads it at every hop
 
-    @property
-    def id(self) -> tuple[str, int]:
-        return self.origin, self.seqno
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", (self.origin, self.seqno))
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,13 @@ class _Control:
     kind: str
     topic: str
     ids: tuple[tuple[str, int], ...]
+
+
+class _Beat:
+    """The heap entry of the network's next heartbeat."""
+
+
+_HEARTBEAT = _Beat()
 
 
 class MemoryNetwork:
@@ -161,12 +168,12 @@ class MemoryNetwork:
         self._made = 0
         self.resolution = resolution
         self.running = False
-        self._due: list[tuple[float, int, str, _Message | _Control, str]] = []  # gossip hops in flight, by time
+        # Gossip hops in flight and the next heartbeat, by time.
+        self._due: list[tuple[float, int, str, _Message | _Control | _Beat, str]] = []
         self._order = 0
         self._wake = trio.Event()
         self._cm: Any = None
         self._dispatcher_scope = trio.CancelScope()
-        self._heartbeat_scope = trio.CancelScope()
 
     def host(self, peer_id: str | None = None, **options: Any) -> MemoryHost:
         """A new host (``async with`` it to run it). ``peer_id``: the libp2p
@@ -194,7 +201,7 @@ class MemoryNetwork:
         self._cm = trio.open_nursery()
         nursery = await self._cm.__aenter__()
         nursery.start_soon(self._dispatch)
-        nursery.start_soon(self._heartbeats)
+        self.schedule(DEFAULT_HEARTBEAT_INITIAL_DELAY_S, "", _HEARTBEAT, "")
         self.running = True
         return self
 
@@ -202,22 +209,20 @@ class MemoryNetwork:
                         tb: TracebackType | None) -> bool | None:
         self.running = False
         self._dispatcher_scope.cancel()
-        self._heartbeat_scope.cancel()
         return await self._cm.__aexit__(exc_type, exc, tb)  # type: ignore[no-any-return]
 
-    async def _heartbeats(self) -> None:
-        """Every host's GossipSub heartbeat, in one task and in the order
-        the hosts were made (so a seed replays exactly): mesh upkeep, IHAVE
-        gossip, the message cache's shift."""
-        with trio.CancelScope() as self._heartbeat_scope:
-            await trio.sleep(DEFAULT_HEARTBEAT_INITIAL_DELAY_S)
-            while True:
-                for host in list(self.hosts.values()):
-                    if host.running:
-                        host._heartbeat()
-                await trio.sleep(self.heartbeat)
+    def _heartbeats(self) -> None:
+        """Every host's GossipSub heartbeat, in the order the hosts were
+        made: mesh upkeep, IHAVE gossip, the message cache's shift. Run by
+        the dispatcher, in the same heap as the hops (a task of its own
+        would tie with the dispatcher at equal times, and trio breaks such
+        ties by memory address: a seed would no longer replay exactly)."""
+        for host in list(self.hosts.values()):
+            if host.running:
+                host._heartbeat()
+        self.schedule(self.heartbeat, "", _HEARTBEAT, "")
 
-    def schedule(self, delay: float, target: str, message: _Message | _Control, sender: str) -> None:
+    def schedule(self, delay: float, target: str, message: _Message | _Control | _Beat, sender: str) -> None:
         """Deliver ``message`` from ``sender`` to ``target`` after ``delay``,
         rounded up to the network's resolution. One heap and one task for
         the whole network: deliveries due in the same tick go in one
@@ -245,11 +250,14 @@ class MemoryNetwork:
                 now = trio.current_time()
                 while self._due and self._due[0][0] <= now:
                     _, _, target, item, sender = heapq.heappop(self._due)
+                    if item is _HEARTBEAT:
+                        self._heartbeats()
+                        continue
                     host = self.hosts.get(target)
                     if host is not None and host.running:
                         if isinstance(item, _Message):
                             host._arrive(item, sender)
-                        else:
+                        elif isinstance(item, _Control):
                             host._control(item, sender)
                 await trio.lowlevel.checkpoint()
 
