@@ -25,8 +25,9 @@ summary, byte for byte (the tests check it).
 
 What is measured: for every (node, change) pair, when the change reached
 the node; convergence over time; gossip messages, bytes, losses and
-duplicates per node and per change; the links a message travelled
-(rounds); sync requests and bytes. After the run the safety checker
+duplicates per node and per change; IHAVE and IWANT, and the deliveries an
+IWANT brought first (GossipSub's lazy repair of lost hops); the links a
+message travelled (rounds); sync requests and bytes. After the run the safety checker
 (simulation/checker.py) checks that every live node holds every
 acknowledged write and that all live nodes hold identical state.
 """

@@ -11,8 +11,8 @@
     [network]
     latency_ms = 40          # median one-way delay (log-normal)
     latency_sigma = 0.5
-    loss = 0.01              # per gossip hop
-    degree = 6               # gossip fan-out (GossipSub's D)
+    loss = 0.01              # per gossip hop (messages, IHAVE and IWANT alike)
+    degree = 6               # GossipSub's mesh degree D (D_lo, D_hi = 2D/3, 2D)
 
     [workload]
     changes = 2000
