@@ -132,8 +132,8 @@ def test_the_same_seed_gives_the_same_summary_byte_for_byte(tmp_path: Path) -> N
 
 def test_a_seed_replays_exactly_in_another_process_whatever_its_hash_seed(tmp_path: Path) -> None:
     """What a simulation does may not hang on set order (string hashes vary
-    by process) or on trio's tie-breaking between tasks woken at the same
-    time (by memory address): heartbeats run in the dispatcher's heap."""
+    by process) or on the order in which trio runs tasks woken at one
+    instant (by memory address, unless told to order them: simulate does)."""
     (tmp_path / "small.toml").write_text(SMALL)
     program = ("import json, sys; from registrygrid.node.simulator import simulate; "
                "from registrygrid.simulation import scenario; "

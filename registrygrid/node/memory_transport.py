@@ -214,9 +214,9 @@ class MemoryNetwork:
     def _heartbeats(self) -> None:
         """Every host's GossipSub heartbeat, in the order the hosts were
         made: mesh upkeep, IHAVE gossip, the message cache's shift. Run by
-        the dispatcher, in the same heap as the hops (a task of its own
-        would tie with the dispatcher at equal times, and trio breaks such
-        ties by memory address: a seed would no longer replay exactly)."""
+        the dispatcher, in the same heap as the hops: the two interleave by
+        time and scheduling order alone, never by which of two trio tasks
+        woken at one instant runs first."""
         for host in list(self.hosts.values()):
             if host.running:
                 host._heartbeat()
