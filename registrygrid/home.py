@@ -4,7 +4,9 @@
       config.json        node settings (listen addresses, bootstrap peers, bridge)
       keys/node.key      the node's Ed25519 seed (mode 0600)
       keys/org.key       the org's seed, when the org key lives here (0600)
-      org.json           the org's did:key and its signed delegation for this node
+      org.json           the org's did:key and its signed delegation for this node;
+                         whether this home made the org's key (founder) and has
+                         created the org's own record (org_record_published)
       federation.json    the federation this node joined: its signed genesis and
                          the org's invitation (rgrid federation create|join); without
                          it the node is in its org's own implicit federation
