@@ -247,6 +247,14 @@ class Unavailable(RegistryError):
     exit_code = EX_TEMPFAIL
 
 
+class StoreRecovering(Unavailable):
+    """The node's store was made anew while its key had signed changes
+    before: it signs nothing until its own history is back (docs/trust.md,
+    "A lost store")."""
+
+    code = "store_recovering"
+
+
 class Disabled(Unavailable):
     """What was asked needs a part this node runs without (--no-search,
     --no-dht, --no-p2p, no asset store): unavailable until the operator

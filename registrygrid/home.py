@@ -6,7 +6,8 @@
       keys/org.key       the org's seed, when the org key lives here (0600)
       org.json           the org's did:key and its signed delegation for this node;
                          whether this home made the org's key (founder) and has
-                         created the org's own record (org_record_published)
+                         created the org's own record (org_record_published);
+                         the node key that has signed changes (node_key_signed)
       federation.json    the federation this node joined: its signed genesis and
                          the org's invitation (rgrid federation create|join); without
                          it the node is in its org's own implicit federation
@@ -205,6 +206,15 @@ class Home:
     def set_delegation(self, delegation: Delegation) -> None:
         """Replace this node's delegation (a renewal), atomically."""
         self._update_org_file(delegation=base64.b64encode(delegation.encode()).decode())
+
+    def key_has_signed(self, did: str) -> bool:
+        """Whether this home's node signed changes with ``did`` (recorded at
+        each open that finds the node's delegation in the store)."""
+        path = self.path / "org.json"
+        return path.exists() and json.loads(path.read_text()).get("node_key_signed") == did
+
+    def note_key_signed(self, did: str) -> None:
+        self._update_org_file(node_key_signed=did)
 
     def note_org_record_published(self) -> None:
         """The org's own record is in this node's store: its founder home

@@ -149,20 +149,54 @@ class LocalRegistry:
             key = home.node_key()
             membership = home.verified_org()
             federation = home.federation()
+            # A store made anew for a key that signed before (a lost disk, a
+            # deleted store): its chains restart at 1, and any write would
+            # sign a sequence number peers hold already (equivocation).
+            lost = not (home.store_path / "data.mdb").exists() and home.key_has_signed(key.did)
             store = Store(home.store_path)
             engine = Engine(store, key, SchemaCatalog(), owner=membership.org if membership else None,
                             federation=(federation.claims, federation.id))
+            if lost and lock:
+                engine.begin_recovery()
         except BaseException:
             home.unlock()
             raise
         registry = cls(store, engine, home)
-        if lock and membership is not None:
+        if lock and membership is not None and engine.recovering is None:
             try:
                 registry.publish_membership(membership, federation)
+                registry._note_key_signed(membership)
             except BaseException:
                 registry.close()
                 raise
         return registry
+
+    def _note_key_signed(self, membership: OrgMembership) -> None:
+        """Record in the home that its node key has signed here, once the
+        store holds the node's delegation (which the node publishes itself)."""
+        assert self.home is not None
+        did = self.engine.key.did
+        if self.home.key_has_signed(did):
+            return
+        record_id, _ = delegation_record(membership.delegation)
+        with self.store.read() as txn:
+            held = records.get_record(self.store, txn, MEMBERS_REGISTRY, record_id)
+        if held is not None and held["created_by"] == did:
+            self.home.note_key_signed(did)
+
+    def end_recovery(self) -> dict[str, Any]:
+        """``rgrid store recovered``: the node's history is back; writes
+        resume after its key's last change held here, and the home's
+        statements are published if they are still missing."""
+        was = self.engine.recovering
+        heads = self.engine.end_recovery()
+        if was is not None and self.home is not None:
+            membership = self.home.verified_org()
+            if membership is not None:
+                self.publish_membership(membership, self.home.federation())
+                self._note_key_signed(membership)
+        return {"key": self.engine.key.did, "was_recovering": was is not None,
+                "since_ms": (was or {}).get("since_ms"), "last_changes": heads}
 
     def publish_membership(self, membership: OrgMembership,
                            federation: FederationMembership | None = None) -> list[WriteResult]:

@@ -549,7 +549,7 @@ def verify(home: Path | None, as_json: bool) -> None:
 
 @cli.group()
 def store() -> None:
-    """The store on disk: format upgrades, compaction."""
+    """The store on disk: format upgrades, compaction, recovery."""
 
 
 @store.command(name="migrate")
@@ -602,6 +602,24 @@ def _offline_store_work(home: Path | None, what: str, run: Callable[[Path], Any]
                    title=title)
     if not verified["ok"]:
         sys.exit(1)
+
+
+@store.command(name="recovered")
+@home_option
+@json_option
+def store_recovered(home: Path | None, as_json: bool) -> None:
+    """End the recovery of a store made anew for a node whose key had signed
+    changes (the node must be stopped).
+
+    While it recovers, the node syncs but signs nothing: a write would reuse
+    a sequence number its peers hold (equivocation, then quarantine). Run
+    this once the node has synced its history back from its peers: writes
+    go on after the last change of its key this store holds, listed here."""
+    from registrygrid.sdk import LocalRegistry
+
+    with LocalRegistry.open_home(home) as registry:
+        report = registry.end_recovery()
+    render.mapping(report, as_json, title="store recovery")
 
 
 @store.command(name="compact")

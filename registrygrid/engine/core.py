@@ -62,6 +62,9 @@ class EngineCore:
     _chain_heads: dict[tuple[str, str], tuple[int, bytes]]
     _registry_cache: dict[str, regs.RegistryDescriptor]
     _doc_cache: DocumentCache
+    # Set while a store made anew recovers what this node's key signed
+    # before (Engine.begin_recovery): the key signs nothing meanwhile.
+    recovering: dict[str, Any] | None
 
     def _head(self, txn: Txn, batch: Batch, registry: str, author: str) -> tuple[int, bytes]:
         # This batch's own moves first: they are not in LMDB until it ends,

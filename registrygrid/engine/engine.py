@@ -79,6 +79,9 @@ from registrygrid.schemas import SchemaCatalog
 from registrygrid.storage import chains, changes, erasures, feed, idempotency, records
 from registrygrid.storage.audit import AuditLedger
 from registrygrid.storage.store import Store, StoreFull, Txn
+
+# Meta key: set while a store made anew recovers its node's history (begin_recovery).
+RECOVERING = "recovering"
 from registrygrid.trust.federation import GenesisBody
 from registrygrid.trust.policy import PolicySet
 from registrygrid.trust.state import TrustState
@@ -129,8 +132,32 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Erasing, 
         with store.read() as txn:
             self.policy = self._policies(txn)
             indexed = store.get_meta(txn, records.CONFLICTED_INDEX, False)
+            # Set while a store made anew recovers the history its node's key
+            # signed before (LocalRegistry.open_home): no local write signs.
+            self.recovering = store.get_meta(txn, RECOVERING)
         if not indexed:
             self._build_conflicted_index()
+
+    def begin_recovery(self) -> None:
+        """This store was made anew for a node whose key signed changes
+        before: until ``end_recovery``, local writes are refused, so the key
+        never signs a sequence number its peers already hold (which they
+        would report as equivocation and quarantine)."""
+        self.recovering = {"key": self.key.did, "since_ms": self.now_ms()}
+        with self.store.write() as txn:
+            self.store.put_meta(txn, RECOVERING, self.recovering)
+
+    def end_recovery(self) -> dict[str, int]:
+        """The operator says the node's history is back (synced from peers,
+        or there was none to lose): writes resume after the last change of
+        its key held here. Those last changes, by registry."""
+        with self.store.write() as txn:
+            txn.delete(RECOVERING.encode(), db=self.store.db["meta"])
+            heads = chains.heads(self.store, txn)
+        self.recovering = None
+        self._chain_heads.clear()
+        return {registry: authors[self.key.did] for registry, authors in sorted(heads.items())
+                if self.key.did in authors}
 
     def _build_conflicted_index(self) -> None:
         """The index of records that show conflicts, for a store written

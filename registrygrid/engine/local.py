@@ -40,6 +40,7 @@ from registrygrid.errors import (
     AlreadyExists,
     Conflict,
     PolicyDenied,
+    StoreRecovering,
     ValidationError,
 )
 from registrygrid.protocol import names
@@ -227,7 +228,16 @@ class LocalWrites(EngineCore):
             self._apply_disputes(txn, batch, env, "local")  # type: ignore[attr-defined]
 
     def _check_own_chain(self, txn: Txn, batch: Batch, registry: str) -> None:
-        """This node's own key may have been revoked (by its org, from another node)."""
+        """Whether this node's key may sign its next change in ``registry``:
+        not while its store recovers the key's history (the next sequence
+        number may be one its peers hold already), nor once the key is
+        revoked (by its org, from another node)."""
+        if self.recovering is not None:
+            raise StoreRecovering(
+                f"this node's store was made anew while its key {self.key.did} had signed changes: it signs "
+                "nothing until its history is back. Let the node sync from its peers (`rgrid node start`), "
+                "then stop it and run `rgrid store recovered`; or restore the store from a backup",
+                details={"since_ms": self.recovering.get("since_ms")})
         seq, _ = self._head(txn, batch, registry, self.key.did)
         self.trust.check_chain(self.key.did, registry, seq + 1)
 

@@ -1,0 +1,119 @@
+"""A lost store: a home whose node key signed changes gets a new, empty
+store (a failed disk, a deleted directory). Its chains would restart at
+sequence 1, so any change it signed would take a (registry, sequence) its
+peers already hold: equivocation, which every peer reports and answers by
+quarantining the key. Instead the node recovers: it syncs but signs
+nothing until its operator says its history is back (`rgrid store
+recovered`), and then writes go on after its last change.
+
+Real homes and LMDB stores; the peer is a second store that holds the
+node's history, as any federation member would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registrygrid.engine.ops import Remote
+from registrygrid.errors import EX_TEMPFAIL, StoreRecovering
+from registrygrid.home import Home
+from registrygrid.identity.keys import KeyPair
+from registrygrid.sdk import LocalRegistry
+from tests.test_engine import wires_in_feed_order
+
+Run = Callable[..., Any]
+
+
+def deliver(source: LocalRegistry, target: LocalRegistry) -> list[str]:
+    return [r.status for r in target.execute([Remote(w, "peer") for w in wires_in_feed_order(source)])]
+
+
+@pytest.fixture
+def lost(tmp_path: Path) -> tuple[Home, LocalRegistry]:
+    """A home that wrote two records, all held by a peer; then its store is gone."""
+    home = Home(tmp_path / "home")
+    home.init(org_name="acme")
+    peer = LocalRegistry.open_path(tmp_path / "peer", KeyPair(b"\x77" * 32))
+    with LocalRegistry.open_home(home) as grid:
+        assert grid.engine.recovering is None, "a home that never signed opens as usual"
+        grid.put("grid.clusters", "cluster", {"name": "a"}, id="a")
+        grid.put("grid.clusters", "cluster", {"name": "b"}, id="b")
+        assert set(deliver(grid, peer)) == {"applied"}
+    shutil.rmtree(home.store_path)
+    return home, peer
+
+
+def test_a_lost_store_reopens_recovering_signs_nothing_and_gives_its_peers_no_equivocation(
+        lost: tuple[Home, LocalRegistry]) -> None:
+    home, peer = lost
+    try:
+        with LocalRegistry.open_home(home) as grid:
+            assert grid.engine.recovering is not None
+            assert wires_in_feed_order(grid) == [], "not even its delegation is published again"
+            with pytest.raises(StoreRecovering, match="rgrid store recovered"):
+                grid.put("grid.clusters", "cluster", {"name": "c"}, id="c")
+        with LocalRegistry.open_home(home) as grid:  # it stays so across opens
+            assert grid.engine.recovering is not None
+        assert peer.engine.metrics["equivocation.reported"] == 0
+    finally:
+        peer.close()
+
+
+def test_once_its_history_is_back_writes_go_on_after_its_last_change(lost: tuple[Home, LocalRegistry]) -> None:
+    home, peer = lost
+    try:
+        with LocalRegistry.open_home(home) as grid:
+            assert set(deliver(peer, grid)) == {"applied"}  # sync brings its own changes back
+            report = grid.end_recovery()
+            assert report["was_recovering"] and report["key"] == grid.engine.key.did
+            assert report["last_changes"]["grid.clusters"] == 2
+            assert grid.put("grid.clusters", "cluster", {"name": "c"}, id="c").status == "created"
+            assert set(deliver(grid, peer)) <= {"applied", "duplicate"}
+        assert peer.get("grid.clusters", "c")["fields"] == {"name": "c"}
+        assert peer.engine.metrics["equivocation.reported"] == 0
+        with LocalRegistry.open_home(home) as grid:
+            assert grid.engine.recovering is None
+    finally:
+        peer.close()
+
+
+def test_without_the_guard_the_same_loss_is_an_equivocation_its_peers_quarantine(
+        lost: tuple[Home, LocalRegistry]) -> None:
+    """What the guard prevents, shown: the node's fresh store signs again
+    from sequence 1, and the peer files the proof."""
+    home, peer = lost
+    try:
+        with LocalRegistry.open_home(home) as grid:
+            grid.end_recovery()  # at once, its history not back: as before the guard existed
+            grid.put("grid.clusters", "cluster", {"name": "c"}, id="c")
+            statuses = deliver(grid, peer)
+        assert "rejected" in statuses
+        assert peer.engine.metrics["equivocation.quarantined"] >= 1
+    finally:
+        peer.close()
+
+
+def test_rgrid_store_recovered_reports_the_last_changes_and_ends_the_recovery(
+        lost: tuple[Home, LocalRegistry], rgrid: Run) -> None:
+    home, peer = lost
+    try:
+        with LocalRegistry.open_home(home) as grid:
+            deliver(peer, grid)
+        proc = rgrid("put", "grid.clusters", "cluster", "--id", "c", "--set", "name=c", home=home.path)
+        assert proc.returncode == EX_TEMPFAIL and "error[store_recovering]" in proc.stderr
+        proc = rgrid("store", "recovered", "--json", home=home.path)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout)
+        assert report["was_recovering"] and report["last_changes"]["grid.clusters"] == 2
+        proc = rgrid("put", "grid.clusters", "cluster", "--id", "c", "--set", "name=c", "--json", home=home.path)
+        assert proc.returncode == 0, proc.stderr
+        again = json.loads(rgrid("store", "recovered", "--json", home=home.path).stdout)
+        assert again["was_recovering"] is False
+    finally:
+        peer.close()
