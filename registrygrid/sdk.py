@@ -544,6 +544,7 @@ class LocalRegistry:
     def stats(self) -> dict[str, Any]:
         out = self.store.stats()
         out["feed_head"] = self.feed_head()
+        out["recovering"] = int(self.engine.recovering is not None)  # 1: a lost store recovers (end_recovery)
         out.update({f"metric.{k}": v for k, v in sorted(self.engine.metrics.items())})
         return out
 

@@ -54,7 +54,7 @@ def test_a_lost_store_reopens_recovering_signs_nothing_and_gives_its_peers_no_eq
     home, peer = lost
     try:
         with LocalRegistry.open_home(home) as grid:
-            assert grid.engine.recovering is not None
+            assert grid.engine.recovering is not None and grid.stats()["recovering"] == 1
             assert wires_in_feed_order(grid) == [], "not even its delegation is published again"
             with pytest.raises(StoreRecovering, match="rgrid store recovered"):
                 grid.put("grid.clusters", "cluster", {"name": "c"}, id="c")
@@ -78,7 +78,7 @@ def test_once_its_history_is_back_writes_go_on_after_its_last_change(lost: tuple
         assert peer.get("grid.clusters", "c")["fields"] == {"name": "c"}
         assert peer.engine.metrics["equivocation.reported"] == 0
         with LocalRegistry.open_home(home) as grid:
-            assert grid.engine.recovering is None
+            assert grid.engine.recovering is None and grid.stats()["recovering"] == 0
     finally:
         peer.close()
 
