@@ -152,7 +152,7 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Erasing, 
         or there was none to lose): writes resume after the last change of
         its key held here. Those last changes, by registry."""
         with self.store.write() as txn:
-            txn.delete(RECOVERING.encode(), db=self.store.db["meta"])
+            self.store.delete_meta(txn, RECOVERING)
             heads = chains.heads(self.store, txn)
         self.recovering = None
         self._chain_heads.clear()

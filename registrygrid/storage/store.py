@@ -383,6 +383,9 @@ class Store:
     def put_meta(self, txn: lmdb.Transaction, name: str, value: Any) -> None:
         txn.put(name.encode(), pack(value), db=self.db["meta"])
 
+    def delete_meta(self, txn: lmdb.Transaction, name: str) -> None:
+        txn.delete(name.encode(), db=self.db["meta"])
+
     def stats(self) -> dict[str, Any]:
         info = self.env.info()
         out: dict[str, Any] = {"map_size": info["map_size"], "last_page": info["last_pgno"]}
