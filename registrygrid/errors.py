@@ -247,14 +247,6 @@ class Unavailable(RegistryError):
     exit_code = EX_TEMPFAIL
 
 
-class StoreRecovering(Unavailable):
-    """The node's store was made anew while its key had signed changes
-    before: it signs nothing until its own history is back (docs/trust.md,
-    "A lost store")."""
-
-    code = "store_recovering"
-
-
 class Disabled(Unavailable):
     """What was asked needs a part this node runs without (--no-search,
     --no-dht, --no-p2p, no asset store): unavailable until the operator
@@ -262,6 +254,15 @@ class Disabled(Unavailable):
 
     code = "disabled"
     exit_code = EX_UNAVAILABLE
+
+
+class StoreRecovering(Disabled):
+    """The node's store was made anew while its key had signed changes
+    before: it signs nothing until its operator ends the recovery (docs/
+    trust.md, "A lost store"). Lasts like Disabled: no Retry-After, and
+    clients don't retry."""
+
+    code = "store_recovering"
 
 
 class FeatureUnavailable(RegistryError):

@@ -487,6 +487,7 @@ def test_which_failures_are_retried() -> None:
     assert retryable(status=503, code="unavailable", sent=True, replayable=True)
     assert not retryable(status=503, code="unavailable", sent=True, replayable=False)
     assert not retryable(status=503, code="disabled", sent=True, replayable=True)  # lasts until a restart
+    assert not retryable(status=503, code="store_recovering", sent=True, replayable=True)  # until the operator acts
     assert retryable(status=409, code="idempotency_in_progress", sent=True, replayable=True)
     for status, code in [(404, "not_found"), (409, "already_exists"), (422, "schema_violation"),
                          (401, "unauthorized"), (500, "internal_error")]:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from registrygrid.engine.ops import Remote
-from registrygrid.errors import EX_TEMPFAIL, StoreRecovering
+from registrygrid.errors import EX_UNAVAILABLE, StoreRecovering
 from registrygrid.home import Home
 from registrygrid.identity.keys import KeyPair
 from registrygrid.sdk import LocalRegistry
@@ -99,6 +99,15 @@ def test_without_the_guard_the_same_loss_is_an_equivocation_its_peers_quarantine
         peer.close()
 
 
+def test_the_bridge_answers_a_write_while_recovering_503_without_retry_after() -> None:
+    """Recovery lasts until the operator ends it: nothing tells a client
+    to come back in a second (clients do not retry it: test_client_sdk.py)."""
+    from registrygrid.node.bridge.app import error_response
+
+    answer = error_response(StoreRecovering("recovering"), "trace")
+    assert answer.status == 503 and "Retry-After" not in answer.headers
+
+
 def test_rgrid_store_recovered_reports_the_last_changes_and_ends_the_recovery(
         lost: tuple[Home, LocalRegistry], rgrid: Run) -> None:
     home, peer = lost
@@ -106,7 +115,7 @@ def test_rgrid_store_recovered_reports_the_last_changes_and_ends_the_recovery(
         with LocalRegistry.open_home(home) as grid:
             deliver(peer, grid)
         proc = rgrid("put", "grid.clusters", "cluster", "--id", "c", "--set", "name=c", home=home.path)
-        assert proc.returncode == EX_TEMPFAIL and "error[store_recovering]" in proc.stderr
+        assert proc.returncode == EX_UNAVAILABLE and "error[store_recovering]" in proc.stderr
         proc = rgrid("store", "recovered", "--json", home=home.path)
         assert proc.returncode == 0, proc.stderr
         report = json.loads(proc.stdout)

@@ -7,7 +7,8 @@ The rules, by how an attempt ended:
 - **429 rate_limited**: always retried. The bridge's rate limiter answers
   before any handler runs (``node/bridge/auth.py``), so nothing was done.
 - **503 disabled** (the node runs without what was asked: --no-search,
-  --no-dht, --no-p2p): never retried, it lasts until the node restarts.
+  --no-dht, --no-p2p) and **503 store_recovering** (a lost store recovers,
+  docs/trust.md): never retried, they last until the operator acts.
 - **503 unavailable** (the node is stopping or starting, too many streams,
   a view not yet materialized) and **a connection lost after the request
   went out**: retried only when the request is *replayable*: a read
@@ -59,7 +60,9 @@ DEFAULT_CAP_S = 10.0
 RATE_LIMITED = 429
 UNAVAILABLE = 503
 IN_PROGRESS = "idempotency_in_progress"
-DISABLED = "disabled"  # errors.Disabled: the node runs without the part asked for
+# errors.Disabled and its kin: what lasts until the operator acts (the node
+# runs without the part asked for; a lost store recovers).
+LASTING = frozenset({"disabled", "store_recovering"})
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ def retryable(*, status: int | None, code: str | None, sent: bool, replayable: b
         return replayable or not sent
     if status == RATE_LIMITED or code == IN_PROGRESS:
         return True
-    return status == UNAVAILABLE and code != DISABLED and replayable
+    return status == UNAVAILABLE and code not in LASTING and replayable
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
