@@ -79,13 +79,13 @@ from registrygrid.schemas import SchemaCatalog
 from registrygrid.storage import chains, changes, erasures, feed, idempotency, records
 from registrygrid.storage.audit import AuditLedger
 from registrygrid.storage.store import Store, StoreFull, Txn
-
-# Meta key: set while a store made anew recovers its node's history (begin_recovery).
-RECOVERING = "recovering"
 from registrygrid.trust.federation import GenesisBody
 from registrygrid.trust.policy import PolicySet
 from registrygrid.trust.state import TrustState
 from registrygrid.trust.statements import MEMBERS_REGISTRY, read_statement
+
+# Meta key: set while a store made anew recovers its node's history (begin_recovery).
+RECOVERING = "recovering"
 
 # Remote changes of one batch have their signatures checked on this many
 # threads before the batch is applied (the machine has 2 cores; each check
