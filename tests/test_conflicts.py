@@ -165,6 +165,51 @@ def test_two_creates_alike_by_nodes_of_one_org_are_one_record_without_a_conflict
             grid.close()
 
 
+def test_two_creates_that_differ_are_settled_whole_and_the_first_edit_that_saw_both_ends_the_race(
+        tmp_path: Path) -> None:
+    """Each create makes its own fields and tags maps, and Automerge shows
+    one of each, whatever the rule shows. The record shows the chosen
+    create's fields with what its own node wrote into them since (here a2's
+    create wins last-writer-wins, then a2 added slots before it saw a1's),
+    and tags as the union of both creates'. An edit that saw both writes its
+    maps anew: it shows everywhere (once it did not show anywhere: it went
+    into the map Automerge shows, not the one the record showed)."""
+    second = KeyPair(b"\xa3" * 32)
+    grids = [LocalRegistry.open_path(tmp_path / name, key, delegation=sign_delegation(ORG_A, key.did,
+                                                                                      ["node", "writer"]))
+             for name, key in (("a1", NODE_A), ("a2", second))]
+    replica = LocalRegistry.open_path(tmp_path / "replica", NODE_C)
+    everyone = [*grids, replica]
+    try:
+        grids[0].create_registry(REG, ["cluster"], write_policy="members")
+        exchange(*everyone)
+        grids[0].put(REG, "cluster", {"name": "y", "region": "eu"}, id="y", tags=["gpu"])
+        time.sleep(0.005)  # a2's create is the later one on any clock
+        grids[1].put(REG, "cluster", {"name": "y", "region": "us"}, id="y", tags=["cpu"])
+        grids[1].update(REG, "y", patch={"slots": 4})
+        deliver(grids[1], replica, reverse=True)
+        exchange(*everyone)
+        shown = [grid.get(REG, "y") for grid in everyone]
+        assert shown[0] == shown[1] == shown[2]
+        assert [c["path"] for c in shown[0]["conflicts"]] == ["/created", "/fields", "/tags"]
+        assert shown[0]["fields"] == {"name": "y", "region": "us", "slots": 4}
+        assert shown[0]["tags"] == ["cpu", "gpu"]
+        assert shown[0]["created_by"] == second.did
+
+        grids[0].update(REG, "y", patch={"region": "apac"}, tags=["gpu", "tpu"])
+        exchange(*everyone)
+        shown = [grid.get(REG, "y") for grid in everyone]
+        assert shown[0] == shown[1] == shown[2]
+        assert shown[0]["fields"] == {"name": "y", "region": "apac", "slots": 4}
+        assert shown[0]["tags"] == ["gpu", "tpu"]
+        assert [c["path"] for c in shown[0]["conflicts"]] == ["/created"]
+        for grid in everyone:
+            assert_documents_in_memory_are_as_stored(grid)
+    finally:
+        for grid in everyone:
+            grid.close()
+
+
 def test_a_later_write_that_saw_both_ends_the_conflict(pair: Pair) -> None:
     pair.create({"region": "eu"})
     pair.race({"region": "us"}, {"region": "apac"})
@@ -531,9 +576,11 @@ def test_a_removal_made_after_seeing_another_supersedes_it_on_the_node_that_made
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(data=st.data(), delete_rule=st.sampled_from(["delete-wins", "update-wins"]))
+@given(data=st.data(), delete_rule=st.sampled_from(["delete-wins", "update-wins"]), raced=st.booleans())
 def test_any_arrival_order_of_the_same_changes_shows_the_same_records_under_every_rule(
-        data: st.DataObject, delete_rule: str) -> None:
+        data: st.DataObject, delete_rule: str, raced: bool) -> None:
+    """``raced``: a2 creates x too, with other fields and tags, before it
+    has seen a's create."""
     steps = data.draw(st.lists(_step(), min_size=4, max_size=16), label="steps")
     with tempfile.TemporaryDirectory() as root:
         base = Path(root)
@@ -548,7 +595,11 @@ def test_any_arrival_order_of_the_same_changes_shows_the_same_records_under_ever
         try:
             a.create_registry(REG, ["cluster"], write_policy="members",
                               conflict_policy={**EVERY_RULE, "delete": delete_rule})
-            a.put(REG, "cluster", {"name": "x", "lic": "mit", "n": 0, "m": 100}, id="x")
+            a.put(REG, "cluster", {"name": "x", "lic": "mit", "n": 0, "m": 100}, id="x", tags=["a"])
+            if raced:  # a2 gets the descriptor only, and creates x itself
+                known = a2.execute([Remote(w, "p") for w in wires(a) if open_envelope(w).body.registry != REG])
+                assert all(r.status != "rejected" for r in known)
+                a2.put(REG, "cluster", {"name": "x", "lic": "mit", "n": 5, "note": "v1"}, id="x", tags=["b"])
             exchange(*authors)
             for step in steps:
                 _act(authors, step)

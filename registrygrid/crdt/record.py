@@ -134,9 +134,10 @@ class RecordDoc:
         pick says so already: a record a conflict rule shows deleted (its
         concurrent delete kept by "delete-wins") comes back only by a write
         that sees, and so supersedes, that delete. ``settle``: paths under
-        ``fields``, or ``("links",)``, whose concurrent values this update
-        replaces, written even where the new value is the one Automerge
-        picked (a conflict the record shows settled another way)."""
+        ``fields``, or ``("fields",)``, ``("tags",)``, ``("links",)``, whose
+        concurrent values this update replaces, written even where the new
+        value is the one Automerge picked (a conflict the record shows
+        settled another way); ``fields`` and ``tags`` as new maps."""
         before = self.doc.get_heads()
         settle = frozenset(settle)
         with _edit(self.doc) as tx:
@@ -144,13 +145,13 @@ class RecordDoc:
                 tx.put(ROOT, "schema", ScalarType.Int, schema)
             if fields is not None:
                 current = tx.get(ROOT, "fields")
-                if current is None or current[0] != ObjType.Map:
+                if current is None or current[0] != ObjType.Map or ("fields",) in settle:
                     _put_value(tx, ROOT, "fields", dict(fields), 0)
                 else:
                     _sync_map(tx, current[1], fields, 1, ("fields",), settle)
             if tags is not None:
                 tag_obj = tx.get(ROOT, "tags")
-                if tag_obj is None or tag_obj[0] != ObjType.Map:
+                if tag_obj is None or tag_obj[0] != ObjType.Map or ("tags",) in settle:
                     tag_id = tx.put_object(ROOT, "tags", ObjType.Map)
                 else:
                     tag_id = tag_obj[1]

@@ -27,7 +27,7 @@ import msgspec
 from automerge.core import Document
 
 from registrygrid.crdt.conflict_policy import ConflictPolicy
-from registrygrid.crdt.conflicts import ABSENT, DELETED, Frontiers, Path, value_at
+from registrygrid.crdt.conflicts import ABSENT, DELETED, Frontiers, Path, map_now, value_at
 from registrygrid.protocol import base32
 
 
@@ -145,17 +145,22 @@ MAX_WRITTEN = 4096
 
 
 def _written_at(doc: Document, path: Path, change: bytes, written: dict[Any, Any] | None) -> Any:
-    """The value at ``path`` as ``change`` left it. A kept list or map is
-    handed out as a copy: it goes into records callers may edit."""
+    """The value at ``path`` as ``change`` left it; a map it made, as that
+    map is now (conflicts.map_now: the writes its branch made into it since
+    count). A kept list or map is handed out as a copy: it goes into records
+    callers may edit."""
     if written is None:
-        return value_at(doc, path, [change])
-    key = (path, change)
-    if key not in written:
-        if len(written) >= MAX_WRITTEN:  # a record that conflicts without end: start afresh
-            written.clear()
-        written[key] = value_at(doc, path, [change])
-    value = written[key]
-    return copy.deepcopy(value) if isinstance(value, (list, dict)) else value
+        value = value_at(doc, path, [change])
+    else:
+        key = (path, change)
+        if key not in written:
+            if len(written) >= MAX_WRITTEN:  # a record that conflicts without end: start afresh
+                written.clear()
+            written[key] = value_at(doc, path, [change])
+        value = written[key]
+    if isinstance(value, dict):
+        return map_now(doc, path, change)  # read anew: the document changes between calls
+    return copy.deepcopy(value) if isinstance(value, list) else value
 
 
 def choose(rule: str, candidates: Sequence[Candidate], policy: ConflictPolicy) -> tuple[Any, Candidate | None]:
@@ -229,6 +234,9 @@ def _union(candidates: Sequence[Candidate]) -> tuple[Any, Candidate | None]:
     present = [c for c in newest_first if c.value is not ABSENT]
     if not present:
         return ABSENT, newest_first[0]
+    if len(present) > 1 and all(isinstance(c.value, dict) for c in present):
+        # Maps (two creates' tag maps): every key, the latest's value first.
+        return {k: v for c in reversed(present) for k, v in c.value.items()}, None
     lists = [c for c in present if isinstance(c.value, list)]
     if len(lists) != len(present):
         return present[0].value, present[0]  # not all lists: a value beats a removal, then the latest

@@ -161,7 +161,7 @@ class LocalWrites(EngineCore):
         # settled by an edit of another field. undelete: a record shown live
         # (update-wins) is live in the change too.
         change = doc.update(fields=_as_written(doc, fields, old), schema=kind.version, tags=tags, links=links,
-                            undelete=bool(old.get("conflicts")), settle=_settling(fields, links, old))
+                            undelete=bool(old.get("conflicts")), settle=_settling(fields, tags, links, old))
         if change is None:
             return WriteResult("unchanged", registry, record_id, old["change_id"], None, old)
         state = state_after_edit(old, schema=kind.version, fields=fields, tags=tags, links=links)
@@ -250,16 +250,23 @@ class LocalWrites(EngineCore):
                 f"the org publishes one with `rgrid org delegate {self.key.did}`")
 
 
-def _settling(fields: dict[str, Any], links: list[dict[str, str]] | None,
+def _settling(fields: dict[str, Any], tags: list[str] | None, links: list[dict[str, str]] | None,
               old: dict[str, Any]) -> list[tuple[str, ...]]:
-    """The conflicting paths under ``fields`` (and ``links``, when the update
-    sets them) it gives a value other than the one shown: it settles them,
-    so its change must overwrite every concurrent value there, Automerge's
-    pick included."""
+    """The conflicting paths under ``fields`` (and ``tags`` or ``links``,
+    when the update sets them) it gives a value other than the one shown: it
+    settles them, so its change must overwrite every concurrent value there,
+    Automerge's pick included. ``fields`` or ``tags`` themselves conflict
+    where two creates raced: each made its own map, and Automerge shows one
+    of them, which may not be the one the record shows, so an edit written
+    into it would not be seen; the update writes a new map instead."""
     out = []
     for conflict in old.get("conflicts") or ():
         path = resolver.unpointer(conflict["path"])
-        if path[0] == "fields" and len(path) >= 2 and not resolver.same(
+        if path == ["fields"] and not resolver.same(fields, old["fields"]):
+            out.append(("fields",))
+        elif path == ["tags"] and tags is not None and sorted(set(tags)) != sorted(old["tags"]):
+            out.append(("tags",))
+        elif path[0] == "fields" and len(path) >= 2 and not resolver.same(
                 resolver.get_in(fields, path[1:]), resolver.get_in(old["fields"], path[1:])):
             out.append(tuple(path))
         elif path == ["links"] and links is not None and not resolver.same(links, old["links"]):
