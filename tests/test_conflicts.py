@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from registrygrid.engine.ops import Remote
-from registrygrid.errors import PolicyDenied, RegistryError, ValidationError
+from registrygrid.errors import PolicyDenied, RegistryError, UnknownRegistry, ValidationError
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import open_envelope
@@ -248,6 +248,34 @@ def test_a_removal_racing_a_write_is_a_conflict_whose_removal_can_win(pair: Pair
     assert len(removed) == 1 and removed[0]["author"] == NODE_A.did
     latest = latest_writer(record, "/fields/region")
     assert ("region" in record["fields"]) == (not latest["removed"])
+
+
+def test_writes_that_raced_a_registrys_delete_land_everywhere_and_none_are_made_after_it(pair: Pair) -> None:
+    """A registry's delete is a tombstone like any record's: b's writes made
+    before it saw a's delete are applied on every node (once they were
+    refused where the delete came first, so the nodes held different
+    records for as long as the registry stayed deleted, and sync offered
+    them again every round), and they are all there if the registry comes
+    back. No node writes to a registry it holds deleted."""
+    pair.create({"region": "eu"})
+    pair.a.delete("grid.registries", REG)
+    pair.b.put(REG, "cluster", {"name": "y"}, id="y")
+    pair.b.update(REG, "x", patch={"region": "us"})
+    deliver(pair.b, pair.a)
+    record = pair.converge()
+    assert record["fields"]["region"] == "us"
+    assert pair.a.state_digest() == pair.b.state_digest() == pair.c.state_digest()
+    for grid in (pair.a, pair.b, pair.c):
+        assert grid.get(REG, "y")["fields"] == {"name": "y"}
+        with pytest.raises(UnknownRegistry):
+            grid.list(REG)
+        with pytest.raises(UnknownRegistry):
+            grid.put(REG, "cluster", {"name": "z"}, id="z")
+        with pytest.raises(UnknownRegistry):
+            grid.update(REG, "x", patch={"region": "apac"})
+    pair.a.create_registry(REG, ["cluster"], write_policy="members")
+    pair.converge()
+    assert [r["id"] for r in pair.c.list(REG).items] == ["x", "y"]
 
 
 # ================================================================ policies

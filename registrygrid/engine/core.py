@@ -80,13 +80,23 @@ class EngineCore:
         return head
 
     def _registry(self, txn: Txn, name: str) -> regs.RegistryDescriptor:
+        """A registry's descriptor, a deleted one's included (remote changes
+        made before their authors saw the delete still land: regs.lookup);
+        local writes use _live_registry."""
         # Writer thread only: readers use regs.lookup, which caches nothing.
         cached = self._registry_cache.get(name) or regs.BUILTINS.get(name)  # built-ins never change
         if cached is not None:
             return cached
-        desc = regs.lookup(self.store, txn, name)
+        desc = regs.lookup(self.store, txn, name, include_deleted=True)
         if not desc.builtin:
             self._registry_cache[name] = desc
+        return desc
+
+    def _live_registry(self, txn: Txn, name: str) -> regs.RegistryDescriptor:
+        """A registry this node may write: known here, and not deleted."""
+        desc = self._registry(txn, name)
+        if desc.deleted:
+            raise regs.unknown_registry(name)
         return desc
 
     def _kind_for(self, desc: regs.RegistryDescriptor, kind: str, version: int | None) -> KindSchema:
@@ -99,7 +109,7 @@ class EngineCore:
         return self.catalog.get(kind, version)
 
     def _live_record(self, txn: Txn, registry: str, record_id: str) -> dict[str, Any]:
-        self._registry(txn, registry)
+        self._live_registry(txn, registry)
         record = records.get_record(self.store, txn, registry, record_id)
         if record is None:
             self._refuse_if_erased(txn, registry, record_id)  # type: ignore[attr-defined]

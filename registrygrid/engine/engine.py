@@ -364,7 +364,7 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Erasing, 
                 if wanted is not None and registry not in wanted:
                     continue
                 try:
-                    desc = regs.lookup(self.store, txn, registry)
+                    desc = regs.lookup(self.store, txn, registry, include_deleted=True)
                 except RegistryError:
                     continue
                 if desc.replication == "local" or (reader is not None and not desc.readable_by(reader)):

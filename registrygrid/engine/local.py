@@ -63,7 +63,7 @@ class LocalWrites(EngineCore):
 
     def _put(self, txn: Txn, batch: Batch, op: Put) -> WriteResult:
         registry = names.registry_name(op.registry)
-        desc = self._registry(txn, registry)
+        desc = self._live_registry(txn, registry)
         kind = self._kind_for(desc, op.kind, op.schema)
         fields = checked_fields(op.fields, desc.max_record_bytes)
         # One walk of the fields: what Automerge could hold, and whether the
@@ -120,7 +120,7 @@ class LocalWrites(EngineCore):
         registry's descriptor, the record), with its If-Match checked."""
         registry = names.registry_name(op.registry)
         record_id = names.record_id(op.record_id)
-        desc = self._registry(txn, registry)
+        desc = self._live_registry(txn, registry)
         old = self._live_record(txn, registry, record_id)
         if op.if_match is not None and op.if_match != old["change_id"]:
             raise Conflict(f"{registry}/{record_id} is at change {old['change_id']}, not {op.if_match}",

@@ -49,6 +49,7 @@ class RegistryDescriptor:
     readers: tuple[str, ...] = ()  # orgs besides the owner that may read a private registry
     write_roles: tuple[str, ...] = ()  # roles that may create under write_policy "roles" (trust/access.py)
     conflict_rules: ConflictPolicy = field(default_factory=ConflictPolicy)  # conflict_policy, read (crdt/conflict_policy.py)
+    deleted: bool = False  # its descriptor record is deleted: no local writes; remote ones still land (lookup)
 
     @property
     def private(self) -> bool:
@@ -101,6 +102,7 @@ def descriptor_from_record(record: Mapping[str, Any]) -> RegistryDescriptor:
         readers=tuple(replication.get("readers") or ()) if isinstance(replication, Mapping) else (),
         write_roles=tuple(r for r in fields.get("write_roles") or () if isinstance(r, str)),
         description=fields.get("description", ""),
+        deleted=bool(record.get("deleted")),
         **_limits(fields.get("limits")),
     )
 
@@ -150,16 +152,21 @@ def check_new_descriptor(record_id: str, fields: Mapping[str, Any], catalog: Sch
         catalog.get(kind)  # UnknownKind names the known ones
 
 
-def lookup(store: Any, txn: Any, name: str) -> RegistryDescriptor:
+def lookup(store: Any, txn: Any, name: str, *, include_deleted: bool = False) -> RegistryDescriptor:
     """A registry's descriptor from a read transaction, without touching any
-    writer cache (readers on other threads use this)."""
+    writer cache (readers on other threads use this). A deleted registry is
+    unknown to readers and local writers; ``include_deleted`` gives its last
+    descriptor (``deleted`` set), for what must go on regardless: the changes
+    its members made before they saw the delete still land and replicate, so
+    every node holds the same registry should it come back (a delete is a
+    tombstone, as for any record), and a private one stays private."""
     from registrygrid.storage import records
 
     builtin = BUILTINS.get(name)
     if builtin is not None:
         return builtin
     record = records.get_record(store, txn, REGISTRY_OF_REGISTRIES, name)
-    if record is None or record["deleted"]:
+    if record is None or (record["deleted"] and not include_deleted):
         raise unknown_registry(name)
     return descriptor_from_record(record)
 

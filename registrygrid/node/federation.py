@@ -383,7 +383,7 @@ class Federation:
             return True
         try:
             with self.node.store.read() as txn:
-                return not regs.lookup(self.node.store, txn, registry).private
+                return not regs.lookup(self.node.store, txn, registry, include_deleted=True).private
         except RegistryError:
             return True
 

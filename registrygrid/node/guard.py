@@ -167,7 +167,7 @@ class PeerGuard:
         store = self.node.store
         try:
             with store.read() as txn:
-                desc = regs.lookup(store, txn, registry)
+                desc = regs.lookup(store, txn, registry, include_deleted=True)
         except RegistryError:  # unknown here (yet): the engine decides
             self._descriptors.pop(registry, None)
             return None

@@ -104,7 +104,7 @@ def answer_read(data: bytes, engine: Any) -> bytes:
 def _private(store: Any, registry: str) -> bool:
     with store.read() as txn:
         try:
-            return regs.lookup(store, txn, registry).private
+            return regs.lookup(store, txn, registry, include_deleted=True).private
         except RegistryError:
             return False
 
