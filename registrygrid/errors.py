@@ -11,6 +11,8 @@ This module imports nothing of ours, so every layer may raise these.
 
 from __future__ import annotations
 
+import errno
+import shutil
 from typing import Any
 
 # sysexits.h: the conventional exit codes of Unix tools.
@@ -19,6 +21,7 @@ EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_IOERR = 74
 EX_TEMPFAIL = 75
 EX_NOPERM = 77
 EX_CONFIG = 78
@@ -263,6 +266,35 @@ class StoreRecovering(Disabled):
     clients don't retry."""
 
     code = "store_recovering"
+
+
+class StorageFailed(RegistryError):
+    """The store's disk refused a write: full, over a quota or a file-size
+    limit, read-only, failing. The whole write was aborted, so the store is
+    as it was and nothing was acknowledged. Asking again fails the same way
+    until the operator frees space or fixes the disk, so no Retry-After and
+    clients don't retry (HTTP 507 Insufficient Storage, RFC 4918 11.5)."""
+
+    code = "storage_failed"
+    http_status = 507
+    exit_code = EX_IOERR
+
+    # What the OS says when the disk, not our data, refuses a write.
+    ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+    @classmethod
+    def at(cls, path: Any, cause: BaseException, *, what: str = "the store",
+           fix: str = "free space (or fix the disk), then write again") -> StorageFailed:
+        """The error for a write under ``path`` the disk refused, saying how
+        much room is left (a full disk is the common cause, and the fix)."""
+        try:
+            free: int | None = shutil.disk_usage(path).free
+        except OSError:
+            free = None
+        room = f"{free:,} bytes free on its disk" if free is not None else "its disk's free space unknown"
+        return cls(f"{what} in {path} could not be written ({cause}; {room}). The write was not made and "
+                   f"{what} is as it was: {fix}",
+                   details={"path": str(path), "free_bytes": free, "cause": str(cause)})
 
 
 class FeatureUnavailable(RegistryError):

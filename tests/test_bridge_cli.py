@@ -154,9 +154,9 @@ async def test_client_matches_the_sdk_shapes_and_typed_errors(served: Served) ->
         await trio.to_thread.run_sync(work, served.url, served.admin, reader)
 
 
-def _start_node(home: Path) -> tuple[subprocess.Popen[str], dict]:
+def _start_node(home: Path, *options: str) -> tuple[subprocess.Popen[str], dict]:
     node = subprocess.Popen([sys.executable, "-m", "registrygrid", "node", "start", "--no-p2p", "--home", str(home),
-                             "--bridge-port", str(unused_ports(1)[0]), "--log-level", "WARNING"],
+                             "--bridge-port", str(unused_ports(1)[0]), "--log-level", "WARNING", *options],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not (home / "bridge.json").exists():

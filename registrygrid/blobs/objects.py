@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from registrygrid.errors import NotFound, Unavailable, ValidationError
+from registrygrid.errors import NotFound, StorageFailed, Unavailable, ValidationError
 
 # Bytes read or written at a time: large enough that per-call overhead
 # vanishes (syscalls, S3 requests), small enough that many concurrent
@@ -127,9 +127,11 @@ class LocalObjects:
                 os.fsync(out.fileno())
             os.replace(tmp, path)
             _fsync_dir(path.parent)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if isinstance(exc, OSError) and exc.errno in StorageFailed.ERRNOS:
+                raise StorageFailed.at(self.root, exc, what="the object store") from None
             raise
         return written
 
@@ -173,6 +175,10 @@ class LocalObjects:
                     written += n
                     view = view[n:]
             os.fsync(fd)
+        except OSError as exc:
+            if exc.errno in StorageFailed.ERRNOS:
+                raise StorageFailed.at(self.root, exc, what="the object store") from None
+            raise
         finally:
             os.close(fd)
         return written

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -1089,6 +1090,10 @@ _register_optional_groups()
 
 
 def main() -> None:
+    # A write past a file-size limit (``ulimit -f``) kills the process by
+    # default (SIGXFSZ); ignored, it fails with EFBIG, which the store turns
+    # into StorageFailed: the write is refused, the node goes on serving.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         cli(prog_name="rgrid")
     except RegistryError as exc:  # raised outside a command (e.g. while parsing)

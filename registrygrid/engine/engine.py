@@ -66,6 +66,7 @@ from registrygrid.engine.settle import Settling
 from registrygrid.engine.values import canonical, merge_patch, record_digest  # noqa: F401 (re-exported)
 from registrygrid.errors import (
     RegistryError,
+    StorageFailed,
     ValidationError,
 )
 from registrygrid.identity.keys import KeyPair
@@ -188,6 +189,9 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Erasing, 
             except StoreFull:
                 self.metrics["store.map_grown"] += 1
                 self.store.grow()
+            except StorageFailed:
+                self.metrics["store.write_failed"] += 1
+                raise
 
     def _execute_once(self, ops: Sequence[Operation], publish: bool) -> Executed:
         ops = self._check_signatures_in_parallel(ops)

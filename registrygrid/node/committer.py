@@ -39,7 +39,7 @@ import trio
 
 from registrygrid.engine.engine import Engine
 from registrygrid.engine.ops import Committed, Operation, Outcome
-from registrygrid.errors import Unavailable
+from registrygrid.errors import StorageFailed, Unavailable
 
 log = logging.getLogger("registrygrid.committer")
 
@@ -193,7 +193,10 @@ class GroupCommitter:
             # A storage failure: every writer in the batch hears it, none
             # waits forever, and the next batch tries again. Anything worse
             # than an Exception is answered too (below), then ends the loop.
-            log.exception("a batch of %d ops failed", len(ops))
+            if isinstance(exc, StorageFailed):  # the operator's to fix, not a bug: no traceback
+                log.error("a batch of %d ops failed: %s", len(ops), exc.message)
+            else:
+                log.exception("a batch of %d ops failed", len(ops))
             error = exc if isinstance(exc, Exception) else Unavailable(
                 "the node's writer stopped while this write was being committed; its outcome is unknown")
             for submission in batch:

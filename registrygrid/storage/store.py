@@ -4,7 +4,8 @@ This is the only module that opens LMDB, and only this package imports
 it: the rest of the code holds transactions (``Txn``) without looking inside
 and passes them to the functions of ``storage/*`` (changes, chains, records
 and documents, feed, pending, audit, peers, tokens, idempotency), which own
-every key layout below. A full map surfaces as ``StoreFull``.
+every key layout below. A full map surfaces as ``StoreFull``; a disk that
+refuses a write (full, over quota, failing) as ``StorageFailed``.
 
 Key layout (``\\x00`` separates names, which can never contain it; integers
 are 8-byte big-endian so byte order is numeric order):
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,7 +61,7 @@ from typing import Any
 import lmdb
 import msgspec
 
-from registrygrid.errors import IntegrityError, Unavailable
+from registrygrid.errors import IntegrityError, StorageFailed, Unavailable
 from registrygrid.storage.compression import ValueCodec
 from registrygrid.storage.codes import Codes
 
@@ -247,6 +249,14 @@ class StoreFull(Exception):
     """The map is full: the write was aborted; ``grow()``, then redo it."""
 
 
+def _disk_trouble(exc: BaseException) -> bool:
+    """Whether LMDB failed because the disk refused a write: it passes the
+    OS's errno on as a plain lmdb.Error naming it (a short write is EIO)."""
+    if isinstance(exc, (lmdb.DiskError, lmdb.PanicError)):
+        return True
+    return type(exc) is lmdb.Error and any(os.strerror(code) in str(exc) for code in StorageFailed.ERRNOS)
+
+
 class StoreFormatError(IntegrityError):
     """The store was written by a version with another key layout."""
 
@@ -346,16 +356,28 @@ class Store:
                 self.codes.ended(committed=False)
                 if isinstance(exc, lmdb.MapFullError):
                     raise StoreFull(str(exc)) from None
+                if _disk_trouble(exc):
+                    raise self._storage_failed(exc) from None
                 raise
             else:
                 try:
                     txn.commit()
-                except lmdb.MapFullError as exc:
+                except lmdb.Error as exc:
                     self.codes.ended(committed=False)
-                    raise StoreFull(str(exc)) from None
+                    if isinstance(exc, lmdb.MapFullError):
+                        raise StoreFull(str(exc)) from None
+                    if _disk_trouble(exc):
+                        raise self._storage_failed(exc) from None
+                    raise
                 self.codes.ended(committed=True)
         finally:
             gate.leave()
+
+    def _storage_failed(self, exc: lmdb.Error) -> StorageFailed:
+        if isinstance(exc, lmdb.PanicError):
+            return StorageFailed.at(self.path, exc, fix="LMDB stopped this store after a failed write: restart "
+                                                        "the node once the disk is fixed")
+        return StorageFailed.at(self.path, exc)
 
     def grow(self) -> int:
         """Double the map (called after MDB_MAP_FULL, with the write

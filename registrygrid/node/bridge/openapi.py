@@ -908,6 +908,8 @@ _ERROR_STATUSES = {
     "429": "Rate limited (see Retry-After)",
     "501": "A capability of an optional extra this node was installed without (semantic search: "
            "pip install 'registrygrid[semantic]')",
+    "507": "The node's disk refused the write (storage_failed: full, over quota, read-only, failing); nothing was "
+           "written. No Retry-After: it fails the same way until the operator makes room",
     "503": "The node is starting, stopping, or its audit ledger is behind (resolve: the node runs no DHT, or "
            "the lookup timed out; remote and follow: no provider gave a verifiable answer; search and index: the "
            "node keeps no search index (--no-search), or it is still opening; peers: the node runs no federation "
@@ -927,7 +929,7 @@ def _errors(*statuses: str) -> dict[str, Any]:
 _TRACE_HEADER = {"X-Trace-Id": {"description": "trace id of this request (also in error bodies)",
                                 "schema": STRING}}
 READ_ERRORS = ("400", "401", "403", "404", "422", "429", "503")
-WRITE_ERRORS = ("400", "401", "403", "404", "409", "413", "422", "429", "503")
+WRITE_ERRORS = ("400", "401", "403", "404", "409", "413", "422", "429", "503", "507")
 
 
 def _json(status: str, schema: str, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -1124,7 +1126,8 @@ _ASSET_ERROR_STATUSES = {
            "sound ZIP (zip_malformed)",
     "503": "The node is starting or stopping, stores no asset content, or its object store is unavailable "
            "(object_store_unavailable)",
-    "507": "Storing it would pass the node's blob quota (quota_exceeded; details: quota, used)",
+    "507": "Storing it would pass the node's blob quota (quota_exceeded; details: quota, used), or the node's disk "
+           "refused it (storage_failed: full, over quota, failing; nothing was kept)",
 }
 _RANGE_HEADERS = {"Content-Range": {"description": "bytes */SIZE: the blob's size", "schema": STRING}}
 _RETRY_AFTER_HEADERS = {"Retry-After": {"description": "seconds to wait before asking again (RFC 9110 10.2.3)",
