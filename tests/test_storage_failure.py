@@ -37,7 +37,9 @@ def test_a_write_the_disk_refuses_is_a_typed_error_and_leaves_the_store_as_it_wa
         with BridgeClient(info["url"], token=info["token"]) as client:
             for i in range(20):
                 client.put("grid.clusters", "cluster", {**NOTE, "name": f"before-{i}"}, id=f"before-{i}")
-            head = client.feed_head()
+            # The changefeed as stored (feed_head() is the node's notifier,
+            # which trails a commit by a moment).
+            feed = client.changes(0, limit=1000)
             before = [r["id"] for r in client.iter_all("grid.clusters")]
 
             # No page of the store can be written past its first one.
@@ -55,13 +57,13 @@ def test_a_write_the_disk_refuses_is_a_typed_error_and_leaves_the_store_as_it_wa
             assert upload.returncode == 74 and "storage_failed" in upload.stderr + upload.stdout
 
             assert node.poll() is None  # not killed by SIGXFSZ
-            assert client.feed_head() == head
+            assert client.changes(0, limit=1000) == feed
             assert [r["id"] for r in client.iter_all("grid.clusters")] == before
             assert client.stats()["metric.store.write_failed"] >= 2
 
             resource.prlimit(node.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, hard))
             assert client.put("grid.clusters", "cluster", {**NOTE, "name": "after"}, id="after").status == "created"
-            assert client.feed_head() == head + 1
+            assert len(client.changes(0, limit=1000)) == len(feed) + 1
             assert rgrid(home, "asset", "upload", str(weights), "--json").returncode == 0
     finally:
         node.send_signal(signal.SIGTERM)
@@ -83,7 +85,7 @@ from registrygrid.errors import StorageFailed
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # as rgrid does
 objects = LocalObjects(Path(sys.argv[1]))
 objects.put("blobs/small", [b"x" * 1000])
-resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 try:
     objects.put("blobs/large", [b"y" * 65536])
     print(json.dumps({"refused": None}))
@@ -102,3 +104,45 @@ def test_an_object_the_disk_refuses_is_a_typed_error_and_leaves_no_partial_file(
     assert answer["refused"] == "storage_failed"
     assert answer["message"].startswith("the object store in ")
     assert answer["keys"] == ["blobs/small"] and answer["files"] == ["small"]
+
+
+SEARCH_CATCH_UP = """
+import json, resource, signal, sys
+from pathlib import Path
+from registrygrid.errors import StorageFailed
+from registrygrid.identity.keys import KeyPair
+from registrygrid.sdk import LocalRegistry
+from registrygrid.search.index import SearchIndex
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # as rgrid does
+root = Path(sys.argv[1])
+grid = LocalRegistry.open_path(root / "store", KeyPair.generate())
+for i in range(40):
+    grid.put("grid.clusters", "cluster", {"name": f"c{i}", "description": "d" * 3000}, id=f"c{i}")
+index = SearchIndex(root / "index")
+_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+out = {}
+try:
+    index.catch_up(grid, org_verified=lambda org: True, local_org=None)
+except StorageFailed as exc:
+    out["refused"] = exc.code
+    out["message"] = exc.message
+out["cursor_while_full"] = index.cursor
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+index.catch_up(grid, org_verified=lambda org: True, local_org=None)
+out["cursor"], out["head"], out["documents"] = index.cursor, grid.feed_head(), index.count()
+print(json.dumps(out))
+"""
+
+
+def test_a_search_index_the_disk_refuses_stops_with_a_typed_error_and_catches_up_after(tmp_path: Path) -> None:
+    """The search index is derived from the changefeed: a refused write of
+    it is a StorageFailed (which the node's indexing task logs before it
+    waits for the next commit, rather than a ValueError that ended the node),
+    its cursor stays, and the next catch-up indexes everything."""
+    done = subprocess.run([sys.executable, "-c", SEARCH_CATCH_UP, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, check=True)
+    answer = json.loads(done.stdout)
+    assert answer["refused"] == "storage_failed" and answer["message"].startswith("the search index in ")
+    assert answer["cursor_while_full"] < answer["head"]
+    assert answer["cursor"] == answer["head"] and answer["documents"] >= 40

@@ -59,8 +59,9 @@ class SearchService:
         while True:
             try:
                 await trio.to_thread.run_sync(work)
-            except RegistryError as exc:  # a store error: the next commit retries
+            except RegistryError as exc:  # a store error (a full disk...): the next commit retries
                 log.warning("search: %s stopped at %d: %s", what, reached(), exc.message)
+                seen = max(seen, self.node.feed.head)  # not at once: the feed is past what it reached
             seen = await self.node.feed.wait_beyond(max(seen, reached()))
             await trio.sleep(DEBOUNCE_S)
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import tantivy
 
-from registrygrid.errors import FeatureUnavailable, RegistryError, ValidationError
+from registrygrid.errors import FeatureUnavailable, RegistryError, StorageFailed, ValidationError
 from registrygrid.home import write_json_durably
 from registrygrid.search import query as q
 from registrygrid.search.fields import normalize
@@ -73,6 +73,27 @@ _WORD = re.compile(r'"([^"]*)"|(\S+)')
 # Reciprocal rank fusion's constant (Cormack et al. 2009): ranks past the
 # first few count for little, and neither ranking's scale matters.
 RRF_K = 60
+
+
+@contextlib.contextmanager
+def _disk_refusals(path: Path) -> Iterator[None]:
+    """The index's writes, with a disk that refuses them (full, over quota,
+    failing) raised as StorageFailed: the node's indexing task logs it and
+    tries again at the next commit (node/search.py), instead of ending the
+    node. tantivy reports it as ValueError("An IO error occurred: ...")."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in StorageFailed.ERRNOS:
+            raise
+        raise StorageFailed.at(path, exc, what="the search index", fix=_INDEX_FIX) from None
+    except ValueError as exc:
+        if not str(exc).startswith("An IO error occurred"):
+            raise
+        raise StorageFailed.at(path, exc, what="the search index", fix=_INDEX_FIX) from None
+
+
+_INDEX_FIX = "free space; the index catches up by itself after the next write"
 
 
 def doc_key(registry: str, record_id: str) -> str:
@@ -152,7 +173,8 @@ class SearchIndex:
         self._save_cursor(self.cursor)
 
     def _save_cursor(self, cursor: int) -> None:
-        write_json_durably(self.path / "search.json", {"version": INDEX_VERSION, "cursor": cursor})
+        with _disk_refusals(self.path):
+            write_json_durably(self.path / "search.json", {"version": INDEX_VERSION, "cursor": cursor})
         self.cursor = cursor
 
     # ------------------------------------------------------------ semantic (optional extra)
@@ -172,7 +194,9 @@ class SearchIndex:
         the text index's; semantic queries see what it has reached)."""
         if self.vectors is None:
             return 0
-        return int(self.vectors.catch_up(registry, kid_of=kid_of, key_of=doc_key, skip=NOT_INDEXED, limit=limit))
+        with _disk_refusals(self.path):
+            return int(self.vectors.catch_up(registry, kid_of=kid_of, key_of=doc_key, skip=NOT_INDEXED,
+                                             limit=limit))
 
     # ------------------------------------------------------------ writing
 
@@ -213,10 +237,11 @@ class SearchIndex:
                 progress: Callable[[int, int], None] | None = None) -> int:
         """Start over from the feed's beginning; the events read."""
         with self._write_lock:  # held throughout: the node's own catch-up waits, so the count is whole
-            writer = self.index.writer(WRITER_HEAP, 1)
-            writer.delete_all_documents()
-            writer.commit()
-            writer.wait_merging_threads()
+            with _disk_refusals(self.path):
+                writer = self.index.writer(WRITER_HEAP, 1)
+                writer.delete_all_documents()
+                writer.commit()
+                writer.wait_merging_threads()
             self._save_cursor(0)
             if self.vectors is not None:
                 self.vectors.reset()
@@ -225,13 +250,14 @@ class SearchIndex:
             return events
 
     def _apply(self, keys: Iterable[str], docs: list[dict[str, Any]]) -> None:
-        writer = self.index.writer(WRITER_HEAP, 1)
-        for key in keys:
-            writer.delete_documents_by_term("key", key)
-        for doc in docs:
-            writer.add_document(self._document(doc))
-        writer.commit()
-        writer.wait_merging_threads()
+        with _disk_refusals(self.path):
+            writer = self.index.writer(WRITER_HEAP, 1)
+            for key in keys:
+                writer.delete_documents_by_term("key", key)
+            for doc in docs:
+                writer.add_document(self._document(doc))
+            writer.commit()
+            writer.wait_merging_threads()
         self.index.reload()
 
     def _document(self, doc: Mapping[str, Any]) -> tantivy.Document:
