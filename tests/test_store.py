@@ -9,7 +9,7 @@ import pytest
 from registrygrid.storage import chains
 from registrygrid.storage.chains import head as chain_head
 from registrygrid.sdk import LocalRegistry
-from registrygrid.storage.store import STORE_FORMAT, Store, StoreFormatError, key, pack
+from registrygrid.storage.store import STORE_FORMAT, Store, StoreDamaged, StoreFormatError, key, pack
 
 
 @pytest.mark.parametrize("other", [1, STORE_FORMAT + 1])  # (2 and 3 name `rgrid store migrate`: test_migrate.py)
@@ -21,6 +21,26 @@ def test_a_store_of_another_format_is_refused_with_a_clear_error(tmp_path: Path,
     for readonly in (False, True):
         with pytest.raises(StoreFormatError, match=f"format {other}; this version reads format {STORE_FORMAT}"):
             Store(tmp_path, readonly=readonly)
+
+
+@pytest.mark.parametrize("damage", ["overwritten", "cut short"])
+def test_a_damaged_store_is_refused_with_a_typed_error_naming_the_ways_back(tmp_path: Path, damage: str) -> None:
+    """Not a traceback from LMDB: the CLI prints it and exits 70."""
+    grid = LocalRegistry.open_path(tmp_path)
+    grid.put("grid.clusters", "cluster", {"name": "x"}, id="x")
+    grid.close()
+    data = tmp_path / "data.mdb"
+    if damage == "overwritten":
+        with data.open("r+b") as f:
+            f.write(bytes(range(256)) * 32)  # both meta pages
+    else:
+        with data.open("r+b") as f:
+            f.truncate(100)
+    for readonly in (False, True):
+        with pytest.raises(StoreDamaged) as refused:
+            Store(tmp_path, readonly=readonly)
+        assert refused.value.code == "store_damaged" and refused.value.exit_code == 70
+        assert "Restore it from a backup, or move it aside" in refused.value.message
 
 
 def test_chain_heads_and_version_vectors_come_from_each_chains_last_link(tmp_path: Path) -> None:

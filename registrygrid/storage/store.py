@@ -263,6 +263,18 @@ class StoreFormatError(IntegrityError):
     code = "store_format"
 
 
+class StoreDamaged(IntegrityError):
+    """LMDB cannot open the store: not an LMDB file, or its pages fail
+    LMDB's own checks (a failing disk, a file overwritten or cut short)."""
+
+    code = "store_damaged"
+
+
+# What LMDB says when the file itself is not a sound store.
+_DAMAGE = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.VersionMismatchError,
+           lmdb.BadChecksumError)
+
+
 class Store:
     """One LMDB environment in ``path`` with the sub-databases above."""
 
@@ -271,6 +283,25 @@ class Store:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.readonly = readonly
+        try:
+            try:
+                self._open(map_size, readonly, formats)
+            except lmdb.Error:
+                if getattr(self, "env", None) is not None:
+                    self.env.close()  # opened, then a sub-database or the first read failed
+                raise
+        except _DAMAGE as exc:
+            raise StoreDamaged(
+                f"the store in {self.path} cannot be opened: {exc}. Restore it from a backup, or move it aside "
+                "and start afresh: the node refills from its federation's peers (a node whose key has signed "
+                "changes then opens recovering: docs/trust.md, \"A lost store\")",
+                details={"path": str(self.path), "cause": str(exc)}) from None
+        except lmdb.Error as exc:
+            if not _disk_trouble(exc):
+                raise
+            raise StorageFailed.at(self.path, exc, fix="free space (or fix the disk), then open it again") from None
+
+    def _open(self, map_size: int, readonly: bool, formats: tuple[int, ...]) -> None:
         self.env = lmdb.open(
             str(self.path),
             map_size=map_size,
