@@ -182,16 +182,34 @@ class Home:
         return read_key_file(self.node_key_path)
 
     def org(self) -> OrgMembership | None:
-        path = self.path / "org.json"
-        if not path.exists():
+        data = self._org_file()
+        if data is None:
             return None
-        data = json.loads(path.read_text())
-        delegation = decode_delegation(base64.b64decode(data["delegation"]))
+        try:
+            delegation = decode_delegation(base64.b64decode(data["delegation"]))
+            org = str(data["org"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValidationError(f"{self.path / 'org.json'} is not an org file: {exc!r}") from None
         # A home from before "founder" was written: the founder's is the
         # one whose org key it made itself.
         founder = data.get("founder", data.get("key_file") == str(self.org_key_path))
-        return OrgMembership(org=data["org"], name=data.get("name", ""), delegation=delegation,
+        return OrgMembership(org=org, name=data.get("name", ""), delegation=delegation,
                              founder=bool(founder), org_record_published=bool(data.get("org_record_published")))
+
+    def _org_file(self) -> dict[str, Any] | None:
+        """org.json, or None when the home has none; a file that is not a
+        JSON object (cut short, edited by hand) is a ValidationError."""
+        path = self.path / "org.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise ValidationError(f"{path} is not valid JSON: {exc}; restore it from a backup (it holds this "
+                                  "node's org and its signed delegation)") from None
+        if not isinstance(data, dict):
+            raise ValidationError(f"{path} is not an org file: a JSON object was expected")
+        return data
 
     def verified_org(self) -> OrgMembership | None:
         """The home's org and delegation, signature checked. An expired
@@ -210,8 +228,8 @@ class Home:
     def key_has_signed(self, did: str) -> bool:
         """Whether this home's node signed changes with ``did`` (recorded at
         each open that finds the node's delegation in the store)."""
-        path = self.path / "org.json"
-        return path.exists() and json.loads(path.read_text()).get("node_key_signed") == did
+        data = self._org_file()
+        return data is not None and data.get("node_key_signed") == did
 
     def note_key_signed(self, did: str) -> None:
         self._update_org_file(node_key_signed=did)
@@ -223,7 +241,7 @@ class Home:
 
     def _update_org_file(self, **changes: Any) -> None:
         path = self.path / "org.json"
-        data = json.loads(path.read_text())
+        data = self._org_file() or {}
         data.update(changes)
         tmp = self.path / f".org.json.{os.getpid()}"
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -272,9 +290,12 @@ class Home:
         merged = json.loads(json.dumps(DEFAULT_CONFIG))
         if path.exists():
             try:
-                merged.update(json.loads(path.read_text()))
+                given = json.loads(path.read_text())
             except json.JSONDecodeError as exc:
                 raise ValidationError(f"{path} is not valid JSON: {exc}") from None
+            if not isinstance(given, dict):
+                raise ValidationError(f"{path} must hold a JSON object of settings")
+            merged.update(given)
         return merged
 
     def require(self) -> None:

@@ -109,3 +109,22 @@ def _wires(grid: Any) -> list[bytes]:
     from registrygrid.protocol.envelope import cid_from_str
 
     return [grid.change(cid_from_str(e.change)) for e in grid.changes(0, limit=10_000)]
+
+
+def test_a_home_file_cut_short_or_edited_badly_is_a_clear_error_not_a_traceback(rgrid: Run, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    ok_json(rgrid, "init", "--org-name", "acme", home=home)
+    org_file, config = home / "org.json", home / "config.json"
+    good_org, good_config = org_file.read_text(), config.read_text()
+    for path, text, says in [(org_file, good_org[:40], "org.json is not valid JSON"),
+                             (org_file, '{"org": "did:key:z6Mk"}', "org.json is not an org file"),
+                             (org_file, "[1, 2]", "org.json is not an org file"),
+                             (config, "[1]", "config.json must hold a JSON object")]:
+        path.write_text(text)
+        for command in (("org", "show"), ("stats",)):
+            proc = rgrid(*command, home=home)
+            assert proc.returncode == 65, (command, text, proc.stderr)
+            assert says in proc.stderr and "Traceback" not in proc.stderr
+        org_file.write_text(good_org)
+        config.write_text(good_config)
+    assert ok_json(rgrid, "org", "show", home=home)["status"] == "valid"
