@@ -284,16 +284,17 @@ class StorageFailed(RegistryError):
 
     @classmethod
     def at(cls, path: Any, cause: BaseException, *, what: str = "the store",
-           fix: str = "free space (or fix the disk), then write again") -> StorageFailed:
-        """The error for a write under ``path`` the disk refused, saying how
-        much room is left (a full disk is the common cause, and the fix)."""
+           fix: str = "free space (or fix the disk), then write again", kept: str | None = None) -> StorageFailed:
+        """The error for a write of ``what`` under ``path`` the disk refused,
+        saying how much room is left (a full disk is the common cause, and
+        the fix); ``kept``: what is as it was (``what`` itself by default)."""
         try:
             free: int | None = shutil.disk_usage(path).free
         except OSError:
             free = None
         room = f"{free:,} bytes free on its disk" if free is not None else "its disk's free space unknown"
         return cls(f"{what} in {path} could not be written ({cause}; {room}). The write was not made and "
-                   f"{what} is as it was: {fix}",
+                   f"{kept or what} is as it was: {fix}",
                    details={"path": str(path), "free_bytes": free, "cause": str(cause)})
 
 

@@ -146,3 +146,42 @@ def test_a_search_index_the_disk_refuses_stops_with_a_typed_error_and_catches_up
     assert answer["refused"] == "storage_failed" and answer["message"].startswith("the search index in ")
     assert answer["cursor_while_full"] < answer["head"]
     assert answer["cursor"] == answer["head"] and answer["documents"] >= 40
+
+
+COMPACT = """
+import json, resource, signal, sys
+from pathlib import Path
+from registrygrid.errors import StorageFailed
+from registrygrid.identity.keys import KeyPair
+from registrygrid.sdk import LocalRegistry
+from registrygrid.storage.compact import compact
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # as rgrid does
+path = Path(sys.argv[1]) / "store"
+grid = LocalRegistry.open_path(path, KeyPair.generate())
+for i in range(40):
+    grid.put("grid.clusters", "cluster", {"name": f"c{i}", "description": "d" * 3000}, id=f"c{i}")
+digest = grid.state_digest()
+grid.close()
+compact(path)  # everything packed: the next run only copies
+_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+out = {}
+try:
+    compact(path)
+except StorageFailed as exc:
+    out["refused"], out["message"] = exc.code, exc.message
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+out["left"] = sorted(p.name for p in path.parent.iterdir())
+grid = LocalRegistry.open_path(path)
+out["same"] = grid.state_digest() == digest
+print(json.dumps(out))
+"""
+
+
+def test_a_compaction_the_disk_refuses_leaves_the_store_as_it_was_and_no_half_copy(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", COMPACT, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, check=True)
+    answer = json.loads(done.stdout)
+    assert answer["refused"] == "storage_failed"
+    assert answer["message"].startswith("the compacted copy in ") and "the store is as it was" in answer["message"]
+    assert answer["left"] == ["store"] and answer["same"]

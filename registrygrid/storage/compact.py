@@ -58,6 +58,9 @@ def compact(store_path: Path) -> CompactReport:
     try:
         repacked = repack(store)
         store.copy_compacted(copy_dir)
+    except BaseException:
+        shutil.rmtree(copy_dir, ignore_errors=True)  # the store is as it was; a half copy is no use
+        raise
     finally:
         store.close()
     fresh = copy_dir / _DATA

@@ -352,7 +352,14 @@ class Store:
     def copy_compacted(self, directory: Path) -> None:
         """A consistent copy of the store holding only the pages in use
         (storage/compact.py), into an existing empty ``directory``."""
-        self.env.copy(str(directory), compact=True)
+        try:
+            self.env.copy(str(directory), compact=True)
+        except lmdb.Error as exc:
+            if not _disk_trouble(exc):
+                raise
+            raise StorageFailed.at(directory, exc, what="the compacted copy", kept="the store",
+                                   fix="it needs free space up to the store's size; free some, then run "
+                                       "`rgrid store compact` again") from None
 
     # ---- transactions ----
 
