@@ -368,6 +368,33 @@ def test_an_immutable_field_refuses_a_local_update_and_keeps_its_create_value(pa
     assert pair.converge()["fields"] == {"name": "x", "license": "apache-2.0", "region": "us"}
 
 
+def test_a_field_is_not_made_immutable_after_the_registrys_creation(pair: Pair) -> None:
+    """Made immutable later, a field would show every record's create value
+    again, undoing its updates; the refusal names the access policy that
+    freezes a field from now on. Removing `immutable` is allowed."""
+    pair.create({"license": "apache-2.0"})
+    pair.a.update(REG, "x", patch={"license": "mit"})
+    for policy in ({"fields": {"license": "immutable"}}, {"default": "immutable"},
+                   {"kinds": {"cluster": {"fields": {"license": "immutable"}}}}):
+        with pytest.raises(ValidationError) as refused:
+            pair.a.update("grid.registries", REG, patch={"conflict_policy": policy})
+        assert "access policy" in refused.value.message
+        assert refused.value.details[0]["path"] == "/conflict_policy"
+    assert pair.converge()["fields"]["license"] == "mit"
+    pair.a.delete("grid.registries", REG)
+    with pytest.raises(ValidationError):  # nor when a deleted registry comes back
+        pair.a.create_registry(REG, ["cluster"], write_policy="members",
+                               conflict_policy={"fields": {"license": "immutable"}})
+
+
+@pytest.mark.policy({"fields": {"license": "immutable", "region": "immutable"}})
+def test_a_field_may_stop_being_immutable(pair: Pair) -> None:
+    pair.create({"license": "apache-2.0", "region": "eu"})
+    pair.a.update("grid.registries", REG, patch={"conflict_policy": {"fields": {"license": None}}})  # merge patch
+    pair.a.update(REG, "x", patch={"license": "mit"})
+    assert pair.converge()["fields"]["license"] == "mit"
+
+
 @pytest.mark.policy({"delete": "delete-wins"})
 def test_delete_wins_deletes_a_record_despite_a_concurrent_update(pair: Pair) -> None:
     pair.create({"region": "eu"})
@@ -478,6 +505,7 @@ def test_an_update_to_the_value_a_removal_hid_writes_it(pair: Pair) -> None:
     taken for no change and lost."""
     pair.create({"n": 0})
     pair.b.update(REG, "x", patch={"n": 5})
+    time.sleep(0.005)  # a's clock past b's: in one millisecond the change IDs would decide
     pair.a.update(REG, "x", patch={"n": None})
     record = pair.converge()
     assert "n" not in record["fields"] and conflict_at(record, "/fields/n")

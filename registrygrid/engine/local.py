@@ -20,6 +20,7 @@ from registrygrid.crdt.snapshot import (
     check_value,
     encode_snapshot,
 )
+from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
 from registrygrid.engine.erasure import ERASURES_REGISTRY
@@ -89,6 +90,8 @@ class LocalWrites(EngineCore):
         if old is not None:
             if old["kind"] != kind.name:
                 raise Conflict(f"{registry}/{record_id} was a {old['kind']}; a deleted record keeps its kind")
+            if registry == regs.REGISTRY_OF_REGISTRIES:
+                regs.check_descriptor_change(record_id, old["fields"], fields)
             self._local_verdict(access.check_modify(self.trust, desc, op="create", author=self.key.did,
                                                     before=old, after=None, at_ms=hlc.wall_ms, policy=self.policy,
                                                     after_fields=fields, local_roles=op.roles), old["owner"])
@@ -153,6 +156,8 @@ class LocalWrites(EngineCore):
         tags = checked_tags(op.tags) if op.tags is not None else None
         links = checked_links(op.links) if op.links is not None else None
         self._special_checks(registry, record_id, kind.name, fields, old["owner"])
+        if registry == regs.REGISTRY_OF_REGISTRIES:
+            regs.check_descriptor_change(record_id, old["fields"], fields)
         self._check_immutable(desc, old, fields)
         doc = self._doc_for_write(txn, batch, registry, record_id)
         # A local update is made on the record as shown (old), but its

@@ -132,6 +132,34 @@ def _limits(given: Any) -> dict[str, Any]:
     return out
 
 
+def check_descriptor_change(name: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+    """Rules of a local change to a registry's existing descriptor (an
+    update, or a create that brings a deleted one back).
+
+    ``immutable`` shows the value a record was created with, so a field made
+    immutable later would show every existing record's create value again,
+    undoing the updates made since: refused, naming the access policy that
+    freezes a field from now on instead (docs/trust.md, in force from its
+    creation). Remote changes are not refused for it (a rule must judge the
+    same on every node, whatever records each holds), so the rule below
+    holds between honest nodes."""
+    was, now = _conflict_rules(before.get("conflict_policy")), ConflictPolicy.parse(after.get("conflict_policy"))
+    added = []
+    for kind in sorted({*(before.get("kinds") or ()), *(after.get("kinds") or ())}):
+        old_fields, new_fields = was.immutable_fields(kind), now.immutable_fields(kind)
+        if "*" in old_fields:
+            continue
+        added += [f"{kind}.{field_name}" for field_name in sorted(new_fields - old_fields)]
+    if added:
+        shown = ", ".join("every field of " + a[:-2] if a.endswith(".*") else a for a in added)
+        raise ValidationError(
+            f"{name}: `immutable` shows the value a record was created with, so it is set when a registry is "
+            f"created: making {shown} immutable now would undo every update of it made since. To stop changes "
+            "of a field from now on, forbid them with an access policy in grid.policies (in force from its "
+            "creation; docs/trust.md, \"Access policies\")",
+            details=[{"path": "/conflict_policy", "message": f"immutable added to {added}"}])
+
+
 def check_new_descriptor(record_id: str, fields: Mapping[str, Any], catalog: SchemaCatalog, *,
                          owner: str | None) -> None:
     """Rules a registry descriptor must meet beyond its JSON Schema;
