@@ -628,6 +628,22 @@ def test_reregistering_an_identical_user_kind_is_a_no_op():
     assert catalog.versions("eval-result") == [1]
 
 
+def test_a_user_kind_version_is_replaced_only_when_the_grid_settled_on_another_definition():
+    """register(replace=True): a create race of the kind settled elsewhere
+    (engine/kinds.py). The validator compiled for the old definition is not
+    used again."""
+    catalog = SchemaCatalog()
+    assert catalog.register(user_kind()) is True
+    record = {"model": "grid.assets/m", "benchmark": "mmlu", "score": 50}
+    with pytest.raises(ValidationError):
+        catalog.validate("eval-result", 1, record)  # score at most 1
+    changed = copy.deepcopy(EXAMPLES[("kind", 1)]["schema"])
+    changed["properties"]["score"]["maximum"] = 100
+    assert catalog.register(user_kind(schema=changed), replace=True) is True
+    catalog.validate("eval-result", 1, record)
+    assert catalog.register(user_kind(schema=changed), replace=True) is False  # the same: no change
+
+
 def test_user_kind_version_cannot_be_redefined():
     catalog = SchemaCatalog()
     catalog.register(user_kind())
@@ -1119,10 +1135,10 @@ def test_one_engine_decides_and_jsonschema_only_explains():
     catalog = SchemaCatalog()
     catalog.register(user_kind("stricter-rust", schema={"type": "object"}))
     catalog.register(user_kind("stricter-python", schema={"type": "object"}))
-    catalog._validators[("stricter-rust", 1)] = CompiledKind(
-        Draft202012Validator({}), jsonschema_rs.validator_for({"required": ["a"]}))
-    catalog._validators[("stricter-python", 1)] = CompiledKind(
-        Draft202012Validator({"required": ["a"]}), jsonschema_rs.validator_for({}))
+    catalog._validators[("stricter-rust", 1)] = (catalog.get("stricter-rust", 1), CompiledKind(
+        Draft202012Validator({}), jsonschema_rs.validator_for({"required": ["a"]})))
+    catalog._validators[("stricter-python", 1)] = (catalog.get("stricter-python", 1), CompiledKind(
+        Draft202012Validator({"required": ["a"]}), jsonschema_rs.validator_for({})))
     err = violation_of(catalog, "stricter-rust", 1, {"b": 1})
     assert [(d["path"], d["validator"]) for d in err.details] == [("", "required")]
     catalog.validate("stricter-python", 1, {"b": 1})

@@ -118,6 +118,8 @@ class Committing(EngineCore):
             self._after_dispute_record(batch, record["kind"], rec, record["fields"])  # type: ignore[attr-defined]
         if reg == POLICIES_REGISTRY:
             batch.policies_changed = True
+        if reg == regs.KINDS_REGISTRY:
+            self._after_kind_record(txn, batch, record, env, origin)  # type: ignore[attr-defined]
         if reg == ERASURES_REGISTRY and not record["deleted"]:  # a notice, or a supplement to one
             self._after_erasure_notice(txn, batch, env, record, origin)  # type: ignore[attr-defined]
         if statement is not None and self.trust.add(statement):

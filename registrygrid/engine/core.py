@@ -210,17 +210,22 @@ class EngineCore:
             self._register_kind(record_id, fields)
         return None
 
-    def _register_kind(self, record_id: str, fields: Mapping[str, Any]) -> None:
-        """Add a user kind to the catalog, or raise why not. Runs before the
-        kind's record is written (local and remote alike), so a kind the
-        catalog refuses is never stored. Registering an identical kind again
-        is a no-op, so replays and retries are harmless."""
+    def _register_kind(self, record_id: str, fields: Mapping[str, Any], *, replace: bool = False) -> bool:
+        """Add a user kind to the catalog, or raise why not; whether the
+        catalog changed. Runs before a local kind record is written, so a
+        kind the catalog refuses is never stored (a remote one is checked
+        before, and registered once committed: engine/kinds.py).
+        Registering an identical kind again is a no-op, so replays and
+        retries are harmless."""
+        return self.catalog.register(self._kind_of(record_id, fields), replace=replace)
+
+    @staticmethod
+    def _kind_of(record_id: str, fields: Mapping[str, Any]) -> KindSchema:
         expected = f"{fields.get('name')}.v{fields.get('version')}"
         if record_id != expected:
             raise ValidationError(f"a kind definition's id must be NAME.vVERSION ({expected!r})")
         # A kind's home registry is informational for user kinds (records go
         # wherever a registry lists the kind); default to a per-kind name.
         home = fields.get("registry") or f"user.{fields['name']}"
-        self.catalog.register(KindSchema(name=fields["name"], version=int(fields["version"]), registry=home,
-                                         schema=fields["schema"], description=fields.get("description", ""),
-                                         builtin=False))
+        return KindSchema(name=fields["name"], version=int(fields["version"]), registry=home,
+                          schema=fields["schema"], description=fields.get("description", ""), builtin=False)

@@ -61,6 +61,7 @@ from registrygrid.engine.ops import (
     Update,
     WriteResult,
 )
+from registrygrid.engine.kinds import Kinds
 from registrygrid.engine.rebuild import Rebuilds
 from registrygrid.engine.settle import Settling
 from registrygrid.engine.values import canonical, merge_patch, record_digest  # noqa: F401 (re-exported)
@@ -97,7 +98,7 @@ PARALLEL_VERIFY_THREADS = 2
 PARALLEL_VERIFY_MIN_OPS = 32
 
 
-class Engine(LocalWrites, RemoteIngest, Rebuilds, Settling, Disputing, Erasing, Committing):
+class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Erasing, Committing):
     def __init__(
         self,
         store: Store,

@@ -46,6 +46,7 @@ from registrygrid.errors import (
     NotOwner,
     PolicyDenied,
     RegistryError,
+    SchemaViolation,
     ValidationError,
 )
 from registrygrid.identity.keys import public_key_from_did
@@ -152,7 +153,10 @@ class RemoteIngest(EngineCore):
         claim: dict[str, Any] = {}
         if body.is_snapshot:
             claim, plain_json = snapshot_state(body.payload, kind=body.kind, schema=body.schema)
-            self._check_state(env, claim, desc, shape_checked=True, plain_json=plain_json)
+            try:
+                self._check_state(env, claim, desc, shape_checked=True, plain_json=plain_json)
+            except SchemaViolation as exc:
+                return self._refuse_by_schema(txn, batch, env, exc, peer)
         else:
             self._check_automerge_header(env)
         store, reg, rec = self.store, body.registry, body.record
@@ -200,7 +204,11 @@ class RemoteIngest(EngineCore):
                 doc = RecordDoc.apply(None, change)
             if (automerge[0] if automerge else body.change_hash) not in doc.heads():
                 raise MalformedInput("Automerge did not apply the change")
-            state = self._check_state(env, doc.materialize(), desc)
+            try:
+                state = self._check_state(env, doc.materialize(), desc)
+            except SchemaViolation as exc:
+                _drop_in_place(batch, body)
+                return self._refuse_by_schema(txn, batch, env, exc, peer)
         statement = read_statement(body.kind, body.record, state["fields"]) \
             if body.registry == MEMBERS_REGISTRY and not state.get("deleted") else None
         try:
@@ -230,7 +238,10 @@ class RemoteIngest(EngineCore):
             self.metrics["remote.waiting_delegation"] += 1
             return self._park(txn, batch, env, pending.for_delegation(body.author, env.cid))
         if body.registry == regs.KINDS_REGISTRY and not state.get("deleted"):
-            self._register_kind(body.record, state["fields"])
+            # Checked now, registered once committed (engine/kinds.py): two
+            # creates of one kind version may race, and the catalog follows
+            # the definition the record shows then.
+            self.catalog.check(self._kind_of(body.record, state["fields"]))
         if body.registry == disputes.DISPUTES_REGISTRY and not state.get("deleted"):
             self._check_dispute_record(body.record, body.kind, state["fields"], state.get("tags"))  # type: ignore[attr-defined]
         if not self.clock.observe(env.hlc):
@@ -261,6 +272,16 @@ class RemoteIngest(EngineCore):
             raise ChainBroken(f"change {body.seq} of {body.author} does not fit the changes around it")
         self._learn_unseen(txn, batch, body.registry, body.author, body.seq, env.cid, body.record)  # type: ignore[attr-defined]
         return IngestResult("erased", env.id)
+
+    def _refuse_by_schema(self, txn: Txn, batch: Batch, env: Envelope, exc: SchemaViolation,
+                          peer: str) -> IngestResult:
+        """A change whose record fails its kind's schema: a user kind's is
+        kept as evidence, since its definition may be replaced when a create
+        race of the kind settles (engine/kinds.py); a built-in kind's is
+        malformed input."""
+        if not self._is_user_kind(env.body.kind, env.body.schema):  # type: ignore[attr-defined]
+            raise exc
+        return self._keep_refused(txn, batch, env, exc, peer)
 
     def _check_automerge_header(self, env: Envelope) -> None:
         check_automerge_header(env.body)

@@ -34,6 +34,7 @@ from registrygrid.errors import (
     NotOwner,
     PolicyDenied,
     RegistryError,
+    SchemaViolation,
 )
 from registrygrid.protocol.envelope import (
     Draft,
@@ -174,6 +175,9 @@ class Rebuilds(EngineCore):
                 if am_hash not in candidate_doc.heads():
                     raise MalformedInput("Automerge did not apply the change")
                 candidate = candidate_doc.materialize()
+                if body.op != "delete" and self._is_user_kind(candidate["kind"], candidate["schema"]):  # type: ignore[attr-defined]
+                    # Its kind's definition may have changed since (engine/kinds.py).
+                    self.catalog.validate(candidate["kind"], candidate["schema"], candidate["fields"])
                 at_ms = body.hlc[0]
                 if body.is_genesis:
                     claim = read_snapshot(body.payload, kind=body.kind, schema=body.schema) if body.is_snapshot \
@@ -200,7 +204,7 @@ class Rebuilds(EngineCore):
                     access.check_modify(self.trust, desc, op=body.op, author=body.author,
                                         before={**judged_before, "registry": registry, "id": record_id},
                                         after=judged, at_ms=at_ms, policy=self.policy)
-            except (PolicyDenied, MalformedInput):
+            except (PolicyDenied, MalformedInput, SchemaViolation):
                 refused_now[automerge_of(env)[0]] = env.cid
                 self.metrics["trust.refused_on_rebuild"] += int(env.cid in applied_cids)
                 if added:  # the refused change went into the document: build it again without it
@@ -259,3 +263,5 @@ class Rebuilds(EngineCore):
                           else "update", target=f"{registry}/{record_id}",
                           reason=f"rebuilt from its valid changes: {len(live)} count, {len(refused_now)} refused",
                           before=record_digest(old), after=record_digest(record), change=cause.id)
+        if registry == regs.KINDS_REGISTRY:
+            self._after_kind_record(txn, batch, record, cause, origin)  # type: ignore[attr-defined]

@@ -896,7 +896,9 @@ class SchemaCatalog:
                 builtin=True,
             )
         self._kinds: Mapping[str, Mapping[int, KindSchema]] = kinds
-        self._validators: dict[tuple[str, int], CompiledKind] = {}
+        # (name, version) -> (the definition compiled, its validator): a
+        # definition replaced since (register(replace=True)) is compiled anew.
+        self._validators: dict[tuple[str, int], tuple[KindSchema, CompiledKind]] = {}
         self._write_lock = threading.Lock()
         self._migrations: Migrations = builtin_migrations()
 
@@ -939,8 +941,8 @@ class SchemaCatalog:
 
     # -- registration
 
-    def register(self, kind: KindSchema) -> None:
-        """Add a user kind version.
+    def register(self, kind: KindSchema, *, replace: bool = False) -> bool:
+        """Add a user kind version; whether the catalog changed.
 
         Refused (ValidationError): a malformed name, version or registry; a
         schema that is not a valid Draft 2020-12 schema, is too large, or
@@ -951,7 +953,35 @@ class SchemaCatalog:
         (kinds are immutable once published: make a new version). Registering
         an identical definition again is a no-op, so replaying ``kind``
         records is safe.
+
+        ``replace``: the definition the grid settled on takes the place of
+        this node's own. Two creates of one kind version can race (two orgs,
+        or two nodes of one, before they meet); every node then shows one of
+        them in ``grid.kinds`` (engine/kinds.py), and its catalog follows.
         """
+        definition = self.check(kind)
+        with self._write_lock:
+            existing = self._kinds.get(kind.name, {}).get(kind.version)
+            if existing is not None:
+                if existing == definition:
+                    return False
+                if not replace:
+                    raise ValidationError(
+                        f"kind {kind.name!r} v{kind.version} is already registered with a different definition;"
+                        " publish a new version instead",
+                        details={"kind": kind.name, "version": kind.version},
+                    )
+            table = {name: dict(versions) for name, versions in self._kinds.items()}
+            table.setdefault(kind.name, {})[kind.version] = definition
+            self._kinds = table
+            return True
+
+    def check(self, kind: KindSchema) -> KindSchema:
+        """``kind`` as register() would hold it, or why it refuses it (a
+        malformed name, version, registry or schema, a built-in's name), with
+        nothing registered: for a kind that arrives in a change, whose
+        definition counts once it is committed (a create race may settle it
+        otherwise)."""
         if not isinstance(kind, KindSchema):
             raise ValidationError(f"expected a KindSchema, got {type(kind).__name__}")
         if kind.builtin:
@@ -995,19 +1025,7 @@ class SchemaCatalog:
             description=kind.description,
             builtin=False,
         )
-        with self._write_lock:
-            existing = self._kinds.get(kind.name, {}).get(kind.version)
-            if existing is not None:
-                if existing == definition:
-                    return
-                raise ValidationError(
-                    f"kind {kind.name!r} v{kind.version} is already registered with a different definition;"
-                    " publish a new version instead",
-                    details={"kind": kind.name, "version": kind.version},
-                )
-            table = {name: dict(versions) for name, versions in self._kinds.items()}
-            table.setdefault(kind.name, {})[kind.version] = definition
-            self._kinds = table
+        return definition
 
     @staticmethod
     def _check_patterns(schema: dict[str, Any]) -> None:
@@ -1053,10 +1071,10 @@ class SchemaCatalog:
         if version is None:
             version = self.latest_version(name)
         key = (name, version)
-        cached = self._validators.get(key)
-        if cached is not None:
-            return cached
         kind = self.get(name, version)
+        cached = self._validators.get(key)
+        if cached is not None and cached[0] is kind:
+            return cached[1]
         schema = _inline_local_refs(copy.deepcopy(dict(kind.schema)))
         if kind.builtin:
             python_class, keywords = Draft202012Validator, _RUST_KEYWORDS
@@ -1067,7 +1085,8 @@ class SchemaCatalog:
             _compile_rust(schema, keywords),
         )
         # setdefault: if two threads compile at once, both use the first one.
-        return self._validators.setdefault(key, compiled)
+        kept = self._validators.setdefault(key, (kind, compiled))
+        return kept[1] if kept[0] is kind else compiled
 
     def validate(self, name: str, version: int, fields: object, *, plain_json: bool = False) -> None:
         """Raise SchemaViolation listing every error of ``fields`` against the kind's schema.
