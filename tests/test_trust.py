@@ -263,6 +263,32 @@ def test_a_remote_create_claiming_another_org_is_refused(tmp_path: Path, org_a: 
             a.get(TOOLS, "fake")
 
 
+@pytest.mark.parametrize("first", ["earlier", "later"])
+def test_two_orgs_creating_one_registry_end_with_the_earlier_ones_rules_for_every_record(
+        tmp_path: Path, org_a: KeyPair, org_b: KeyPair, first: str) -> None:
+    """A and B each create shared.x (write policy owner) before they meet,
+    A first, and each puts a record in it. A's descriptor wins everywhere, so
+    B's record, which only B's own descriptor allowed, is refused on every
+    node; B judged it by B's descriptor when it wrote it, and judges it
+    again once A's arrives (once it stayed in B's store, and only there)."""
+    with org_node(tmp_path / "a", org_a) as a, org_node(tmp_path / "b", org_b) as b, \
+            org_node(tmp_path / "c", org_a) as c:
+        for target, source in ((a, b), (b, a), (c, a), (c, b)):
+            deliver(target, source)
+        a.create_registry("shared.x", ["tool"], write_policy="owner")
+        a.put("shared.x", "tool", {"name": "from-a"}, id="ra")
+        time.sleep(0.005)  # B's create is the later one on any clock
+        b.create_registry("shared.x", ["tool"], write_policy="owner")
+        b.put("shared.x", "tool", {"name": "from-b"}, id="rb")
+        order = [(a, b), (b, a)] if first == "earlier" else [(b, a), (a, b)]
+        for target, source in [*order, (c, b), (c, a)]:
+            assert "rejected" not in statuses(deliver(target, source))
+        for grid in (a, b, c):
+            assert grid.describe_registry("shared.x")["owner"] == org_a.did
+            assert [r["id"] for r in grid.list("shared.x").items] == ["ra"]
+        assert a.state_digest() == b.state_digest()  # (c holds its own delegation besides)
+
+
 def test_two_nodes_of_one_org_edit_each_others_records(tmp_path: Path, org_a: KeyPair) -> None:
     with org_node(tmp_path / "1", org_a) as one, org_node(tmp_path / "2", org_a) as two:
         one.put(TOOLS, "tool", {"name": "ocr"}, id="ocr")

@@ -265,3 +265,23 @@ class Rebuilds(EngineCore):
                           before=record_digest(old), after=record_digest(record), change=cause.id)
         if registry == regs.KINDS_REGISTRY:
             self._after_kind_record(txn, batch, record, cause, origin)  # type: ignore[attr-defined]
+        if registry == regs.REGISTRY_OF_REGISTRIES and _judges_otherwise(old, record):
+            # Another create of the descriptor won (an earlier one, by
+            # another org): the registry's records were judged by the one
+            # that lost, here only. Judge them again by the one every node
+            # holds (its owner, write policy, kinds, limits).
+            self.metrics["trust.registry_rejudged"] += 1
+            ids = [r["id"] for r in records.iter_records(self.store, txn, registry=record_id)]
+            ids += [rid for rid in records.refused_record_ids(self.store, txn, record_id) if rid not in ids]
+            for rebuilt in ids:
+                self._rebuild(txn, batch, record_id, rebuilt, cause=cause, origin=origin)
+
+
+def _judges_otherwise(before: dict[str, Any] | None, after: dict[str, Any] | None) -> bool:
+    """Whether two states of a registry's descriptor judge its records'
+    changes differently: owner, write policy and roles, kinds, size limit."""
+    if before is None or after is None:
+        return before is not after
+    old, new = regs.descriptor_from_record(before), regs.descriptor_from_record(after)
+    return (old.owner, old.write_policy, old.write_roles, old.kinds, old.max_record_bytes) != \
+        (new.owner, new.write_policy, new.write_roles, new.kinds, new.max_record_bytes)
