@@ -289,6 +289,36 @@ def test_two_orgs_creating_one_registry_end_with_the_earlier_ones_rules_for_ever
         assert a.state_digest() == b.state_digest()  # (c holds its own delegation besides)
 
 
+@pytest.mark.parametrize("b_writes", ["before", "after"])
+def test_a_change_is_judged_by_the_write_policy_in_force_when_it_was_made_whatever_the_arrival_order(
+        tmp_path: Path, org_a: KeyPair, org_b: KeyPair, b_writes: str) -> None:
+    """A's registry is open; A tightens it to owner while B, not having
+    seen that, puts a record in it, before or after by the clock. Replica c
+    gets A's changes first, d gets B's first: both hold B's record if B
+    wrote it before the tightening, neither if after (once, whichever came
+    first decided)."""
+    with org_node(tmp_path / "a", org_a) as a, org_node(tmp_path / "b", org_b) as b, \
+            LocalRegistry.open_path(tmp_path / "c", KeyPair.generate()) as c, \
+            LocalRegistry.open_path(tmp_path / "d", KeyPair.generate()) as d:
+        deliver(b, a)
+        a.create_registry("open.x", ["tool"], write_policy="open")
+        deliver(b, a)
+        if b_writes == "before":
+            b.put("open.x", "tool", {"name": "by-b"}, id="rb")
+            time.sleep(0.005)
+            a.update("grid.registries", "open.x", patch={"write_policy": "owner"})
+        else:
+            a.update("grid.registries", "open.x", patch={"write_policy": "owner"})
+            time.sleep(0.005)
+            b.put("open.x", "tool", {"name": "by-b"}, id="rb")
+        for replica, sources in ((c, (a, b)), (d, (b, a))):
+            for source in sources:
+                assert "rejected" not in statuses(deliver(replica, source))
+        held = [[r["id"] for r in grid.list("open.x").items] for grid in (c, d)]
+        assert held == ([["rb"], ["rb"]] if b_writes == "before" else [[], []])
+        assert c.state_digest() == d.state_digest()
+
+
 def test_two_nodes_of_one_org_edit_each_others_records(tmp_path: Path, org_a: KeyPair) -> None:
     with org_node(tmp_path / "1", org_a) as one, org_node(tmp_path / "2", org_a) as two:
         one.put(TOOLS, "tool", {"name": "ocr"}, id="ocr")
@@ -552,6 +582,68 @@ def test_records_are_the_same_on_every_node_whatever_order_revocations_and_races
                 assert_documents_in_memory_are_as_stored(replica)
         assert len(set(digests)) == 1
         assert all(c == contents[0] for c in contents)
+
+
+def _write_policy_scenario(root: Path) -> tuple[list[bytes], list[bytes], dict[str, Any]]:
+    """Org O's open registry, tightened to owner and later opened again,
+    while org P's node writes without seeing either: its changes count
+    where they were made while the registry was open. Returns what a
+    replica gets first (members, the descriptor's create), the rest, and
+    the records every replica must end with."""
+    org_o, org_p = KeyPair(b"\x13" * 32), KeyPair(b"\x14" * 32)
+    o, p = org_node(root / "o", org_o), org_node(root / "p", org_p)
+    try:
+        deliver(o, p)
+        o.create_registry("open.x", ["tool"], write_policy="open")
+        o.put("open.x", "tool", {"name": "by-o"}, id="ro")
+        deliver(p, o)
+        p.put("open.x", "tool", {"name": "p-before"}, id="p1")
+        time.sleep(0.005)
+        o.update("grid.registries", "open.x", patch={"write_policy": "owner"})
+        time.sleep(0.005)
+        p.put("open.x", "tool", {"name": "p-during"}, id="p2")
+        p.update("open.x", "p1", patch={"edited": True})  # during: refused, p1 stays as created
+        time.sleep(0.005)
+        o.update("grid.registries", "open.x", patch={"write_policy": "open"})
+        time.sleep(0.005)
+        p.put("open.x", "tool", {"name": "p-after"}, id="p3")
+        everything: dict[bytes, bytes] = {}
+        for grid in (o, p):
+            for wire in feed_wires(grid):
+                everything.setdefault(wire, wire)
+        first = [w for w in everything if open_envelope(w).body.registry == MEMBERS_REGISTRY
+                 or (open_envelope(w).body.record == "open.x" and open_envelope(w).body.op == "create")]
+        rest = [w for w in everything if w not in first]
+        expected = {"ro": {"name": "by-o"}, "p1": {"name": "p-before"}, "p3": {"name": "p-after"}}
+        return first, rest, expected
+    finally:
+        o.close()
+        p.close()
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_records_are_the_same_on_every_node_whatever_order_write_policy_changes_arrive_in(
+        data: st.DataObject) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        first, rest, expected = _write_policy_scenario(Path(root))
+        digests = []
+        for i in range(3):
+            order = rest if i == 0 else data.draw(st.permutations(rest), label=f"order{i}")
+            cuts = sorted(set(data.draw(st.lists(st.integers(0, len(order)), max_size=4), label=f"cuts{i}")))
+            with LocalRegistry.open_path(Path(root) / f"replica{i}") as replica:
+                replica.execute([Remote(w, "p") for w in first])
+                bounds = [0, *cuts, len(order)]
+                for start, end in zip(bounds, bounds[1:], strict=False):
+                    if start < end:
+                        results = replica.execute([Remote(w, "p") for w in order[start:end]])
+                        assert "rejected" not in statuses(results), [r.error for r in results]
+                assert {r["id"]: r["fields"] for r in replica.list("open.x").items} == expected
+                digests.append(replica.state_digest())
+                assert_documents_in_memory_are_as_stored(replica)
+        assert len(set(digests)) == 1
 
 
 def test_an_expired_node_is_still_admitted_at_the_handshake_so_it_syncs(org_a: KeyPair) -> None:

@@ -20,6 +20,7 @@ from registrygrid.crdt.record import (
     stored_doc,
 )
 from registrygrid.engine import registries as regs
+from registrygrid.engine.rebuild import judges_otherwise
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
 from registrygrid.engine.erasure import ERASURES_REGISTRY
@@ -114,6 +115,11 @@ class Committing(EngineCore):
             self._registry_cache.pop(rec, None)
             if old is not None and old["fields"].get("conflict_policy") != record["fields"].get("conflict_policy"):
                 self._resettle_registry(txn, batch, rec, env, origin)
+            if origin != "local" and old is not None and judges_otherwise(old, record):
+                # A version that came in late: changes made since it was,
+                # judged by the version before it here, are judged again. (A
+                # local change is later than every change this node holds.)
+                self._rejudge_registry(txn, batch, rec, tuple(body.hlc), env, origin)  # type: ignore[attr-defined]
         if reg == disputes.DISPUTES_REGISTRY and not record["deleted"]:
             self._after_dispute_record(batch, record["kind"], rec, record["fields"])  # type: ignore[attr-defined]
         if reg == POLICIES_REGISTRY:

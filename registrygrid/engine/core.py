@@ -92,6 +92,38 @@ class EngineCore:
             self._registry_cache[name] = desc
         return desc
 
+    def _descriptor_at(self, txn: Txn, batch: Batch, name: str, hlc: Any) -> regs.RegistryDescriptor:
+        """The descriptor that judges a remote change made at ``hlc``: the
+        one in force then, as for access policies (docs/trust.md). A change
+        made before a write policy was tightened still counts on a node that
+        got the tightening first, as on one that got it after: records stay
+        a function of their changes, whatever the arrival order. Costs a
+        comparison unless the change is older than the descriptor's latest
+        change (a late arrival)."""
+        desc = self._registry(txn, name)
+        if desc.builtin or tuple(hlc) >= desc.changed_hlc:
+            return desc
+        ids = records.applied_ids(self.store, txn, regs.REGISTRY_OF_REGISTRIES, name)
+        if len(ids) < 2:
+            return desc  # one version only (a change dated before it is judged by it)
+        doc = self._document(txn, batch, regs.REGISTRY_OF_REGISTRIES, name)
+        applied = records.applied_changes(self.store, txn, regs.REGISTRY_OF_REGISTRIES, name)
+        if doc is None or not applied:
+            return desc
+        bodies = {h: self._change_body(txn, batch, cid) for h, cid in applied.items()}
+        then = {h for h, body in bodies.items() if tuple(body.hlc) <= tuple(hlc)}
+        if not then:  # dated before the registry's first version: judged by it
+            then = {min(bodies, key=lambda h: (tuple(bodies[h].hlc), h))}
+        # Clocks follow causality, so the changes up to a time hold their own
+        # deps; their heads are those none of the others depends on.
+        heads = sorted(then - {dep for h in then for dep in bodies[h].deps})
+        state = doc.materialize(heads=heads)
+        record = records.get_record(self.store, txn, regs.REGISTRY_OF_REGISTRIES, name) or {}
+        return regs.descriptor_from_record({**record, "id": name, "fields": state.get("fields") or {},
+                                            "owner": state.get("owner", desc.owner),
+                                            "deleted": bool(state.get("deleted")),
+                                            "updated_hlc": list(max(tuple(bodies[h].hlc) for h in then))})
+
     def _live_registry(self, txn: Txn, name: str) -> regs.RegistryDescriptor:
         """A registry this node may write: known here, and not deleted."""
         desc = self._registry(txn, name)

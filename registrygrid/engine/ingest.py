@@ -147,7 +147,7 @@ class RemoteIngest(EngineCore):
                                      or (held[1] == erasures.WAITING and not body.is_genesis)):
                 self._keep_erased(txn, batch, env, held[0])  # type: ignore[attr-defined]
                 return IngestResult("erased", env.id)
-        desc = self._registry(txn, body.registry)
+        desc = self._descriptor_at(txn, batch, body.registry, body.hlc)  # the one in force when it was made
         if body.kind not in desc.kinds:
             raise PolicyDenied(f"registry {body.registry} does not hold kind {body.kind!r}")
         claim: dict[str, Any] = {}

@@ -148,7 +148,6 @@ class Rebuilds(EngineCore):
         refused = records.refused_changes(self.store, txn, registry, record_id)
         envs = [self._stored_envelope(txn, batch, cid) for cid in applied_cids | set(refused.values())]
         envs.sort(key=lambda e: (tuple(e.body.hlc), e.cid))
-        desc = self._registry(txn, registry)
         live: list[tuple[Envelope | Draft, bytes]] = []  # with the hash of its Automerge change
         live_hashes: set[bytes] = set()
         refused_now: dict[bytes, bytes] = {}
@@ -175,6 +174,7 @@ class Rebuilds(EngineCore):
                 if am_hash not in candidate_doc.heads():
                     raise MalformedInput("Automerge did not apply the change")
                 candidate = candidate_doc.materialize()
+                desc = self._descriptor_at(txn, batch, registry, body.hlc)  # the one in force when it was made
                 if body.op != "delete" and self._is_user_kind(candidate["kind"], candidate["schema"]):  # type: ignore[attr-defined]
                     # Its kind's definition may have changed since (engine/kinds.py).
                     self.catalog.validate(candidate["kind"], candidate["schema"], candidate["fields"])
@@ -265,19 +265,28 @@ class Rebuilds(EngineCore):
                           before=record_digest(old), after=record_digest(record), change=cause.id)
         if registry == regs.KINDS_REGISTRY:
             self._after_kind_record(txn, batch, record, cause, origin)  # type: ignore[attr-defined]
-        if registry == regs.REGISTRY_OF_REGISTRIES and _judges_otherwise(old, record):
+        if registry == regs.REGISTRY_OF_REGISTRIES and judges_otherwise(old, record):
             # Another create of the descriptor won (an earlier one, by
             # another org): the registry's records were judged by the one
             # that lost, here only. Judge them again by the one every node
             # holds (its owner, write policy, kinds, limits).
-            self.metrics["trust.registry_rejudged"] += 1
-            ids = [r["id"] for r in records.iter_records(self.store, txn, registry=record_id)]
-            ids += [rid for rid in records.refused_record_ids(self.store, txn, record_id) if rid not in ids]
-            for rebuilt in ids:
-                self._rebuild(txn, batch, record_id, rebuilt, cause=cause, origin=origin)
+            self._rejudge_registry(txn, batch, record_id, None, cause, origin)
+
+    def _rejudge_registry(self, txn: Txn, batch: Batch, registry: str, since: tuple[int, int] | None,
+                          cause: Envelope | Draft, origin: str) -> None:
+        """Rebuild the registry's records changed at or after ``since`` (all
+        of them when None), and those holding refused changes: a version of
+        its descriptor that judges otherwise came in late (each change is
+        judged by the version in force when it was made: _descriptor_at)."""
+        self.metrics["trust.registry_rejudged"] += 1
+        ids = [r["id"] for r in records.iter_records(self.store, txn, registry=registry)
+               if since is None or tuple(r["updated_hlc"]) >= since]
+        ids += [rid for rid in records.refused_record_ids(self.store, txn, registry) if rid not in ids]
+        for record_id in ids:
+            self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)  # type: ignore[arg-type]
 
 
-def _judges_otherwise(before: dict[str, Any] | None, after: dict[str, Any] | None) -> bool:
+def judges_otherwise(before: dict[str, Any] | None, after: dict[str, Any] | None) -> bool:
     """Whether two states of a registry's descriptor judge its records'
     changes differently: owner, write policy and roles, kinds, size limit."""
     if before is None or after is None:

@@ -50,6 +50,7 @@ class RegistryDescriptor:
     write_roles: tuple[str, ...] = ()  # roles that may create under write_policy "roles" (trust/access.py)
     conflict_rules: ConflictPolicy = field(default_factory=ConflictPolicy)  # conflict_policy, read (crdt/conflict_policy.py)
     deleted: bool = False  # its descriptor record is deleted: no local writes; remote ones still land (lookup)
+    changed_hlc: tuple[int, int] = (0, 0)  # the clock of the descriptor's latest change (EngineCore._descriptor_at)
 
     @property
     def private(self) -> bool:
@@ -103,6 +104,7 @@ def descriptor_from_record(record: Mapping[str, Any]) -> RegistryDescriptor:
         write_roles=tuple(r for r in fields.get("write_roles") or () if isinstance(r, str)),
         description=fields.get("description", ""),
         deleted=bool(record.get("deleted")),
+        changed_hlc=tuple(record.get("updated_hlc") or (0, 0)),  # type: ignore[arg-type]
         **_limits(fields.get("limits")),
     )
 
