@@ -171,9 +171,10 @@ def test_two_creates_that_differ_are_settled_whole_and_the_first_edit_that_saw_b
     one of each, whatever the rule shows. The record shows the chosen
     create's fields with what its own node wrote into them since (here a2's
     create wins last-writer-wins, then a2 added slots before it saw a1's),
-    and tags as the union of both creates'. An edit that saw both writes its
-    maps anew: it shows everywhere (once it did not show anywhere: it went
-    into the map Automerge shows, not the one the record showed)."""
+    and tags as the union of both creates'. An edit that saw both goes into
+    both creates' fields and tag maps: it shows everywhere, and the maps
+    agree again (once it showed nowhere: it went into the map Automerge
+    shows, not the one the record showed)."""
     second = KeyPair(b"\xa3" * 32)
     grids = [LocalRegistry.open_path(tmp_path / name, key, delegation=sign_delegation(ORG_A, key.did,
                                                                                       ["node", "writer"]))
@@ -203,6 +204,11 @@ def test_two_creates_that_differ_are_settled_whole_and_the_first_edit_that_saw_b
         assert shown[0]["fields"] == {"name": "y", "region": "apac", "slots": 4}
         assert shown[0]["tags"] == ["gpu", "tpu"]
         assert [c["path"] for c in shown[0]["conflicts"]] == ["/created"]
+        grids[1].update(REG, "y", patch={"slots": 8}, tags=["tpu"])  # the other node, now
+        exchange(*everyone)
+        shown = [grid.get(REG, "y") for grid in everyone]
+        assert shown[0] == shown[1] == shown[2]
+        assert (shown[0]["fields"]["slots"], shown[0]["tags"]) == (8, ["tpu"])
         for grid in everyone:
             assert_documents_in_memory_are_as_stored(grid)
     finally:

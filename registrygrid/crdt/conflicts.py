@@ -240,6 +240,13 @@ def value_at(doc: Document, path: Path, heads: list[bytes] | None = None) -> Any
     return _plain(doc, value, obj, heads) if isinstance(value, ObjType) else value[1]
 
 
+def map_object(doc: Document, path: Path, change: bytes) -> bytes | None:
+    """The id of the map ``change`` left at ``path`` (None when the value
+    there is not a map): the object later writes of its branch go into."""
+    got = _get(doc, path, [change])
+    return got[1] if got is not None and got[0] == ObjType.Map else None
+
+
 def map_now(doc: Document, path: Path, change: bytes) -> dict[str, Any] | None:
     """The map ``change`` left at ``path``, as it is now: the same Automerge
     object with every later write into it (None when the value there is not
@@ -247,10 +254,8 @@ def map_now(doc: Document, path: Path, change: bytes) -> dict[str, Any] | None:
     other (two creates' ``fields``), Automerge shows one object and later
     writes of the branch that made the other go into that other, out of
     sight: a conflict settled for it must show them."""
-    got = _get(doc, path, [change])
-    if got is None or got[0] != ObjType.Map:
-        return None
-    return plain(doc, got[1], ObjType.Map)  # type: ignore[no-any-return]
+    obj = map_object(doc, path, change)
+    return None if obj is None else plain(doc, obj, ObjType.Map)  # type: ignore[no-any-return]
 
 
 def _get(doc: Document, path: Path, heads: list[bytes] | None) -> tuple[Any, bytes] | None:

@@ -128,16 +128,22 @@ class RecordDoc:
         undelete: bool = False,
         force_undelete: bool = False,
         settle: Collection[tuple[str, ...]] = (),
+        field_objs: Sequence[bytes] = (),
+        tag_objs: Sequence[bytes] = (),
     ) -> Any | None:
         """Change the document to hold these values; None when nothing differs.
         ``force_undelete`` writes ``deleted: False`` even where the document's
         pick says so already: a record a conflict rule shows deleted (its
         concurrent delete kept by "delete-wins") comes back only by a write
         that sees, and so supersedes, that delete. ``settle``: paths under
-        ``fields``, or ``("fields",)``, ``("tags",)``, ``("links",)``, whose
-        concurrent values this update replaces, written even where the new
-        value is the one Automerge picked (a conflict the record shows
-        settled another way); ``fields`` and ``tags`` as new maps."""
+        ``fields``, or ``("links",)``, whose concurrent values this update
+        replaces, written even where the new value is the one Automerge
+        picked (a conflict the record shows settled another way).
+        ``field_objs``, ``tag_objs``: where two creates raced, each made its
+        own fields and tags maps, Automerge shows one of each and the record
+        the one its conflict rule picks (tags: their union); the update goes
+        into every one of them, so that it shows whichever is picked, and
+        they agree again (crdt/resolver.py reads them as they are now)."""
         before = self.doc.get_heads()
         settle = frozenset(settle)
         with _edit(self.doc) as tx:
@@ -145,23 +151,27 @@ class RecordDoc:
                 tx.put(ROOT, "schema", ScalarType.Int, schema)
             if fields is not None:
                 current = tx.get(ROOT, "fields")
-                if current is None or current[0] != ObjType.Map or ("fields",) in settle:
+                if field_objs:
+                    for fields_obj in field_objs:
+                        _sync_map(tx, fields_obj, fields, 1, ("fields",), settle)
+                elif current is None or current[0] != ObjType.Map:
                     _put_value(tx, ROOT, "fields", dict(fields), 0)
                 else:
                     _sync_map(tx, current[1], fields, 1, ("fields",), settle)
             if tags is not None:
-                tag_obj = tx.get(ROOT, "tags")
-                if tag_obj is None or tag_obj[0] != ObjType.Map or ("tags",) in settle:
-                    tag_id = tx.put_object(ROOT, "tags", ObjType.Map)
-                else:
-                    tag_id = tag_obj[1]
+                tag_ids = list(tag_objs)
+                if not tag_ids:
+                    tag_obj = tx.get(ROOT, "tags")
+                    tag_ids = [tx.put_object(ROOT, "tags", ObjType.Map) if tag_obj is None or tag_obj[0] != ObjType.Map
+                               else tag_obj[1]]
                 wanted = set(tags)
-                for old in tx.keys(tag_id):
-                    if old not in wanted:
-                        tx.delete(tag_id, old)
-                existing = set(tx.keys(tag_id))
-                for tag in sorted(wanted - existing):
-                    tx.put(tag_id, tag, ScalarType.Boolean, True)
+                for tag_id in tag_ids:
+                    for old in tx.keys(tag_id):
+                        if old not in wanted:
+                            tx.delete(tag_id, old)
+                    existing = set(tx.keys(tag_id))
+                    for tag in sorted(wanted - existing):
+                        tx.put(tag_id, tag, ScalarType.Boolean, True)
             if links is not None:
                 if ("links",) in settle or _materialize_tx(tx, ROOT, "links") != [dict(link) for link in links]:
                     _put_value(tx, ROOT, "links", [dict(link) for link in links], 0)  # a new list: always an op

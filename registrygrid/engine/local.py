@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from registrygrid.crdt import disputes, resolver
-from registrygrid.crdt.conflicts import value_at
+from registrygrid.crdt.conflicts import map_object, value_at
 from registrygrid.crdt.snapshot import (
     check_value,
     encode_snapshot,
@@ -96,7 +96,9 @@ class LocalWrites(EngineCore):
                                                     before=old, after=None, at_ms=hlc.wall_ms, policy=self.policy,
                                                     after_fields=fields, local_roles=op.roles), old["owner"])
             doc = self._doc_for_write(txn, batch, registry, record_id)
-            change = doc.update(fields=fields, schema=kind.version, tags=tags, links=links, force_undelete=True)
+            field_objs, tag_objs = self._raced_maps(txn, registry, record_id, doc)
+            change = doc.update(fields=fields, schema=kind.version, tags=tags, links=links, force_undelete=True,
+                                field_objs=field_objs, tag_objs=tag_objs)
             state = state_after_edit(old, schema=kind.version, fields=fields, tags=tags, links=links, deleted=False)
             made = self._draft(txn, batch, registry, record_id, "create", kind, hlc, change=change)
         else:
@@ -165,8 +167,10 @@ class LocalWrites(EngineCore):
         # paths alone unless the update changes them, so a conflict is never
         # settled by an edit of another field. undelete: a record shown live
         # (update-wins) is live in the change too.
+        field_objs, tag_objs = self._raced_maps(txn, registry, record_id, doc)
         change = doc.update(fields=_as_written(doc, fields, old), schema=kind.version, tags=tags, links=links,
-                            undelete=bool(old.get("conflicts")), settle=_settling(fields, tags, links, old))
+                            undelete=bool(old.get("conflicts")), settle=_settling(fields, links, old),
+                            field_objs=field_objs, tag_objs=tag_objs)
         if change is None:
             return WriteResult("unchanged", registry, record_id, old["change_id"], None, old)
         state = state_after_edit(old, schema=kind.version, fields=fields, tags=tags, links=links)
@@ -190,6 +194,21 @@ class LocalWrites(EngineCore):
                                    state=state_after_edit(old, deleted=True))
         self._after_local(txn, batch, env)
         return WriteResult("deleted", registry, record_id, env.id, seq, record)
+
+    def _raced_maps(self, txn: Txn, registry: str, record_id: str,
+                    doc: Any) -> tuple[list[bytes], list[bytes]]:
+        """Where two creates of the record raced, the fields maps and the
+        tag maps they made (each made its own; Automerge shows one, the
+        record the one its rule picks, or the tags' union): an edit goes
+        into all of them. ([], []) for a record created once."""
+        frontiers = records.get_frontiers(self.store, txn, registry, record_id)
+        out: tuple[list[bytes], list[bytes]] = ([], [])
+        for path, objs in ((("fields",), out[0]), (("tags",), out[1])):
+            for change in frontiers.get(path, ()):
+                obj = map_object(doc.doc, path, change)
+                if obj is not None and obj not in objs:
+                    objs.append(obj)
+        return out
 
     def _check_immutable(self, desc: Any, old: dict[str, Any], fields: Mapping[str, Any]) -> None:
         """Fields the registry's conflict policy makes immutable keep the value
@@ -255,23 +274,16 @@ class LocalWrites(EngineCore):
                 f"the org publishes one with `rgrid org delegate {self.key.did}`")
 
 
-def _settling(fields: dict[str, Any], tags: list[str] | None, links: list[dict[str, str]] | None,
+def _settling(fields: dict[str, Any], links: list[dict[str, str]] | None,
               old: dict[str, Any]) -> list[tuple[str, ...]]:
-    """The conflicting paths under ``fields`` (and ``tags`` or ``links``,
-    when the update sets them) it gives a value other than the one shown: it
-    settles them, so its change must overwrite every concurrent value there,
-    Automerge's pick included. ``fields`` or ``tags`` themselves conflict
-    where two creates raced: each made its own map, and Automerge shows one
-    of them, which may not be the one the record shows, so an edit written
-    into it would not be seen; the update writes a new map instead."""
+    """The conflicting paths under ``fields`` (and ``links``, when the update
+    sets them) it gives a value other than the one shown: it settles them,
+    so its change must overwrite every concurrent value there, Automerge's
+    pick included."""
     out = []
     for conflict in old.get("conflicts") or ():
         path = resolver.unpointer(conflict["path"])
-        if path == ["fields"] and not resolver.same(fields, old["fields"]):
-            out.append(("fields",))
-        elif path == ["tags"] and tags is not None and sorted(set(tags)) != sorted(old["tags"]):
-            out.append(("tags",))
-        elif path[0] == "fields" and len(path) >= 2 and not resolver.same(
+        if path[0] == "fields" and len(path) >= 2 and not resolver.same(
                 resolver.get_in(fields, path[1:]), resolver.get_in(old["fields"], path[1:])):
             out.append(tuple(path))
         elif path == ["links"] and links is not None and not resolver.same(links, old["links"]):
