@@ -260,3 +260,54 @@ def test_the_registry_schema_refuses_bad_limits(bad: dict[str, object]) -> None:
         catalog.validate("registry", 1, fields)
     catalog.validate("registry", 1, {**fields, "limits": {"max_record_bytes": 2048,
                                                           "max_changes_per_second_per_org": 0.5}})
+
+
+def test_a_change_made_before_its_registry_dropped_a_kind_passes_the_guard_to_the_engine(tmp_path) -> None:
+    """The guard refuses by the caps of a registry's current descriptor only
+    changes made since its latest change: an older one is judged by the
+    engine under the version in force when it was made (a remote change of a
+    kind since dropped still counts there), not dropped before it."""
+    import time
+    from types import SimpleNamespace
+
+    from registrygrid.engine.ops import Remote
+    from registrygrid.identity.delegation import sign_delegation
+    from registrygrid.identity.keys import KeyPair
+    from registrygrid.node.guard import PeerGuard
+    from registrygrid.protocol.guard import GuardLimits
+    from registrygrid.sdk import LocalRegistry
+    from tests.test_conflicts import NODE_A, NODE_B, ORG_A, ORG_B, wires
+
+    def open_node(name: str, key: KeyPair, org: KeyPair) -> LocalRegistry:
+        return LocalRegistry.open_path(tmp_path / name, key, delegation=sign_delegation(org, key.did, ["node"]))
+
+    a, b = open_node("a", NODE_A, ORG_A), open_node("b", NODE_B, ORG_B)
+    replica = LocalRegistry.open_path(tmp_path / "replica", KeyPair(b"\xc9" * 32))
+    try:
+        b.execute([Remote(w, "a") for w in wires(a)])
+        a.create_registry("acme.mixed", ["cluster", "tool"], write_policy="open")
+        b.execute([Remote(w, "a") for w in wires(a)])
+        b.put("acme.mixed", "tool", {"name": "before"}, id="before")
+        time.sleep(0.005)
+        a.update("grid.registries", "acme.mixed", fields={"name": "acme.mixed", "kinds": ["cluster"],
+                                                         "write_policy": "open"})
+        time.sleep(0.005)
+        b.put("acme.mixed", "tool", {"name": "after"}, id="after")  # b has not seen the update
+        replica.execute([Remote(w, "p") for w in wires(a)])
+        peer_guard = PeerGuard(SimpleNamespace(store=replica.store, engine=replica.engine), GuardLimits(),
+                               Counter())
+        tools = [w for w in wires(b) if open_envelope_body(w).registry == "acme.mixed"]
+        refusals = [c.refusal for c in peer_guard.charges(tools, 0.0)]
+        assert refusals == [None, "kind_not_held"]
+        results = replica.execute([Remote(w, "b") for w in wires(b)])
+        assert [r.status for r in results if r.error is not None] == ["rejected"]  # "after": no such kind then
+        assert [r["id"] for r in replica.list("acme.mixed").items] == ["before"]
+    finally:
+        for grid in (a, b, replica):
+            grid.close()
+
+
+def open_envelope_body(wire: bytes) -> object:
+    from registrygrid.protocol.envelope import open_envelope
+
+    return open_envelope(wire).body

@@ -77,6 +77,7 @@ class _Cached:
     caps: RegistryCaps
     explicit_size_cap: bool  # the registry names a max_record_bytes below the global cap
     until: float
+    changed_hlc: tuple[int, int] = (0, 0)  # the clock of the descriptor's latest change
 
 
 class PeerGuard:
@@ -155,9 +156,13 @@ class PeerGuard:
         fields_bytes = None
         if body.is_snapshot and (cached.explicit_size_cap or len(body.payload) > MEASURE_CREATES_ABOVE):
             fields_bytes = _fields_bytes(body.payload)
+        # A change older than the descriptor's latest change may have been
+        # made under another version of it (kinds, size limit): the engine
+        # judges it by that one (EngineCore._descriptor_at), so the caps of
+        # this one do not refuse it here.
+        refusal = cap_refusal(body.kind, cached.caps, fields_bytes) if tuple(body.hlc) >= cached.changed_hlc else None
         return Charge(size=size, orgs=orgs, registry=body.registry,
-                      registry_rate=cached.caps.max_changes_per_second_per_org,
-                      refusal=cap_refusal(body.kind, cached.caps, fields_bytes))
+                      registry_rate=cached.caps.max_changes_per_second_per_org, refusal=refusal)
 
     def _caps(self, registry: str, now: float) -> _Cached | None:
         cached = self._descriptors.get(registry)
@@ -174,7 +179,7 @@ class PeerGuard:
         cached = _Cached(RegistryCaps(kinds=frozenset(desc.kinds), max_record_bytes=desc.max_record_bytes,
                                       max_changes_per_second_per_org=desc.max_changes_per_second_per_org),
                          explicit_size_cap=desc.max_record_bytes < limits.MAX_RECORD_BYTES,
-                         until=now + DESCRIPTOR_TTL_S)
+                         until=now + DESCRIPTOR_TTL_S, changed_hlc=desc.changed_hlc)
         self._descriptors[registry] = cached
         self._descriptors.move_to_end(registry)
         while len(self._descriptors) > MAX_CACHED_DESCRIPTORS:
