@@ -324,6 +324,7 @@ def test_a_role_the_trust_state_learns_later_counts_on_every_node(tmp_path: Path
         a.put(REG, "cluster", {"name": "x", "region": "eu"}, id="x")
         exchange(a, b)
         b.update(REG, "x", patch={"region": "from-b"})
+        time.sleep(0.005)  # a's clock past b's: in one millisecond the change IDs would decide
         a.update(REG, "x", patch={"region": "from-a"})  # later: it wins while both are writers
         for grid in (a, b):
             deliver(grid, late)
