@@ -69,12 +69,8 @@ class Kinds(EngineCore):
                       origin: str) -> None:
         """Rebuild every record of ``name`` v``version``, and every record
         holding refused changes, in each registry that lists the kind."""
-        store = self.store
-        holders = [r["id"] for r in records.iter_records(store, txn, registry=regs.REGISTRY_OF_REGISTRIES)
+        holders = [r["id"] for r in records.iter_records(self.store, txn, registry=regs.REGISTRY_OF_REGISTRIES)
                    if name in (r["fields"].get("kinds") or ())]
         for registry in sorted(holders):
-            ids = [r["id"] for r in records.iter_records(store, txn, registry=registry, kind=name)
-                   if r["schema"] == version]
-            ids += [rid for rid in records.refused_record_ids(store, txn, registry) if rid not in ids]
-            for record_id in ids:
-                self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)  # type: ignore[attr-defined]
+            self._rebuild_records(txn, batch, registry, lambda record: record["schema"] == version,  # type: ignore[attr-defined]
+                                  cause, origin, kind=name)

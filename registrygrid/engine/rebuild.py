@@ -9,6 +9,7 @@ every node shows the same record whatever order things arrived in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -91,10 +92,7 @@ class Rebuilds(EngineCore):
         changed = {r for r in before.registries() | self.policy.registries()
                    if before.rules.get(r) != self.policy.rules.get(r)}
         for registry in sorted(changed):
-            ids = [r["id"] for r in records.iter_records(self.store, txn, registry=registry)]
-            ids += [rid for rid in records.refused_record_ids(self.store, txn, registry) if rid not in ids]
-            for record_id in ids:
-                self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)
+            self._rebuild_records(txn, batch, registry, lambda record: True, cause, origin)
 
     def _rebuild_revoked(self, txn: Txn, batch: Batch, cause: Envelope, origin: str) -> None:
         """After a statement about a key: erasure notices of its org vouch for
@@ -279,9 +277,17 @@ class Rebuilds(EngineCore):
         its descriptor that judges otherwise came in late (each change is
         judged by the version in force when it was made: _descriptor_at)."""
         self.metrics["trust.registry_rejudged"] += 1
-        ids = [r["id"] for r in records.iter_records(self.store, txn, registry=registry)
-               if since is None or tuple(r["updated_hlc"]) >= since]
-        ids += [rid for rid in records.refused_record_ids(self.store, txn, registry) if rid not in ids]
+        self._rebuild_records(txn, batch, registry,
+                              lambda record: since is None or tuple(record["updated_hlc"]) >= since, cause, origin)
+
+    def _rebuild_records(self, txn: Txn, batch: Batch, registry: str, chosen: Callable[[dict[str, Any]], bool],
+                         cause: Envelope | Draft, origin: str, *, kind: str | None = None) -> None:
+        """Rebuild the records of ``registry`` (of ``kind``) that ``chosen``
+        picks, and every record holding refused changes (a change of the
+        rules may make one count)."""
+        ids = [r["id"] for r in records.iter_records(self.store, txn, registry=registry, kind=kind) if chosen(r)]
+        listed = set(ids)
+        ids += [rid for rid in records.refused_record_ids(self.store, txn, registry) if rid not in listed]
         for record_id in ids:
             self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)  # type: ignore[arg-type]
 
