@@ -963,14 +963,20 @@ def test_a_registrys_record_size_cap_holds_for_local_writes_and_remote_updates(t
             author.put("acme.small", "cluster", cluster("big", notes="x" * 300))
         author.put("acme.small", "cluster", cluster("small"), id="s")
         replica.execute([Remote(w, "p") for w in wires_in_feed_order(author)])
-        # The author's node forgets the cap (as a node that runs other code
-        # might) and grows the record past it: the replica refuses the update.
+        # The author's node forgets the cap (as a node that runs other code,
+        # or has not seen the cap lowered, might) and grows the record past
+        # it: the replica refuses the update, and keeps it as evidence so
+        # that the author's next change still follows its chain.
         cached = author.engine._registry_cache["acme.small"]
         author.engine._registry_cache["acme.small"] = dataclasses.replace(cached, max_record_bytes=10**6)
         author.update("acme.small", "s", patch={"notes": "x" * 300})
-        result = replica.execute([Remote(wires_in_feed_order(author)[-1], "p")])[0]
-        assert result.status == "rejected" and result.error.code == "too_large"
+        author.put("acme.small", "cluster", cluster("next"), id="next")
+        outcomes = replica.execute([Remote(w, "p") for w in wires_in_feed_order(author)[-2:]])
+        assert [o.status for o in outcomes] == ["refused", "applied"]
+        assert isinstance(outcomes[0].error, PolicyDenied) and "max_record_bytes is 200" in outcomes[0].error.message
         assert "notes" not in replica.get("acme.small", "s")["fields"]
+        assert replica.get("acme.small", "next")["fields"]["name"] == "next"
+        assert replica.engine.metrics["rejected.policy_denied"] == 1
     finally:
         author.close()
         replica.close()
@@ -995,8 +1001,9 @@ def test_a_registrys_record_size_cap_holds_for_remote_creates_on_the_fields_not_
         fitting = wires_in_feed_order(author)[-2]
         assert len(open_envelope(fitting).body.payload) > 200
         outcomes = replica.execute([Remote(w, "p") for w in wires_in_feed_order(author)])
-        assert [o.status for o in outcomes[-2:]] == ["applied", "rejected"]
-        assert outcomes[-1].error.code == "too_large"
+        assert [o.status for o in outcomes[-2:]] == ["applied", "refused"]
+        assert "max_record_bytes" in outcomes[-1].error.message
+        assert replica.list("acme.small").items and "big" not in {r["id"] for r in replica.list("acme.small").items}
     finally:
         author.close()
         replica.close()

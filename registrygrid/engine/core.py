@@ -20,12 +20,14 @@ from registrygrid.crdt.snapshot import (
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.doc_cache import DocumentCache
+from registrygrid.engine.values import fields_size
 from registrygrid.errors import (
     NotFound,
+    PolicyDenied,
     ValidationError,
 )
 from registrygrid.identity.keys import KeyPair
-from registrygrid.protocol import names
+from registrygrid.protocol import limits, names
 from registrygrid.protocol.envelope import (
     Draft,
     Envelope,
@@ -124,6 +126,26 @@ class EngineCore:
                                             "deleted": bool(state.get("deleted")),
                                             "updated_hlc": list(max(tuple(bodies[h].hlc) for h in then))})
 
+    @staticmethod
+    def _registry_refusal(desc: regs.RegistryDescriptor, kind: str,
+                          fields: Mapping[str, Any] | None) -> PolicyDenied | None:
+        """Why a registry's own rules refuse what a remote change made, or
+        None: its kinds and its ``max_record_bytes``, in ``desc``, the
+        version in force at the change's clock. Its author may not have seen
+        that version (a kind dropped, the cap lowered) when it signed, so
+        such a change is kept as evidence, never rejected: a rejected change
+        is never stored, and its author's later changes in the registry
+        would wait for it forever. ``fields`` None: not measured (a delete,
+        which makes nothing larger)."""
+        if kind not in desc.kinds:
+            return PolicyDenied(f"registry {desc.name} does not hold kind {kind!r}")
+        if fields is not None and desc.max_record_bytes < limits.MAX_RECORD_BYTES:
+            size = fields_size(fields)
+            if size > desc.max_record_bytes:
+                return PolicyDenied(f"record fields take {size} bytes; registry {desc.name}'s max_record_bytes "
+                                    f"is {desc.max_record_bytes}")
+        return None
+
     def _live_registry(self, txn: Txn, name: str) -> regs.RegistryDescriptor:
         """A registry this node may write: known here, and not deleted."""
         desc = self._registry(txn, name)
@@ -195,21 +217,16 @@ class EngineCore:
         return doc
 
     @staticmethod
-    def _judged_states(old: dict[str, Any], doc: RecordDoc, heads_before: list[bytes], deps: list[bytes],
-                       change_hash: bytes, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The record before and after an update, as ownership and access
-        policy judge it: what the change did to what its author saw. That is
-        the record and the new document state, unless the change did not see
-        all of the document (a concurrent change) or the record shows values
-        a conflict rule chose: then both states are read from the change's
-        own history (its deps, and the change itself), so a write is judged
-        whichever value the merge shows afterwards. ``doc`` holds the
-        change; ``heads_before`` were its heads before."""
+    def _judged_before(old: dict[str, Any], doc: RecordDoc, heads_before: list[bytes],
+                       deps: list[bytes]) -> dict[str, Any]:
+        """The record before an update, as ownership and access policy judge
+        it: what its author saw. That is the record as stored, unless the
+        change did not see all of the document (a concurrent change) or the
+        record shows values a conflict rule chose: then it is read from the
+        change's deps (``heads_before``: the document's heads before it)."""
         if sorted(heads_before) == sorted(deps):
-            if not old.get("conflicts"):
-                return old, state
-            return {**old, **doc.materialize(heads=heads_before)}, state
-        return {**old, **doc.materialize(heads=deps)}, doc.materialize(heads=[change_hash])
+            return {**old, **doc.materialize(heads=heads_before)} if old.get("conflicts") else old
+        return {**old, **doc.materialize(heads=deps)}
 
     def _change_body(self, txn: Txn, batch: Batch, cid: bytes) -> Any:
         made = batch.drafts.get(cid)

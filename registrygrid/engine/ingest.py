@@ -148,8 +148,14 @@ class RemoteIngest(EngineCore):
                 self._keep_erased(txn, batch, env, held[0])  # type: ignore[attr-defined]
                 return IngestResult("erased", env.id)
         desc = self._descriptor_at(txn, batch, body.registry, body.hlc)  # the one in force when it was made
+        store, reg, rec = self.store, body.registry, body.record
+        if not body.is_snapshot:
+            self._check_automerge_header(env)
+            if records.is_applied(store, txn, reg, rec, body.change_hash) \
+                    or records.is_refused(store, txn, reg, rec, body.change_hash):
+                raise MalformedInput("this Automerge change was already stored under another envelope")
         if body.kind not in desc.kinds:
-            raise PolicyDenied(f"registry {body.registry} does not hold kind {body.kind!r}")
+            return self._keep_refused(txn, batch, env, self._registry_refusal(desc, body.kind, None), peer)
         claim: dict[str, Any] = {}
         if body.is_snapshot:
             claim, plain_json = snapshot_state(body.payload, kind=body.kind, schema=body.schema)
@@ -157,12 +163,8 @@ class RemoteIngest(EngineCore):
                 self._check_state(env, claim, desc, shape_checked=True, plain_json=plain_json)
             except SchemaViolation as exc:
                 return self._refuse_by_schema(txn, batch, env, exc, peer)
-        else:
-            self._check_automerge_header(env)
-        store, reg, rec = self.store, body.registry, body.record
-        if not body.is_snapshot and (records.is_applied(store, txn, reg, rec, body.change_hash)
-                                     or records.is_refused(store, txn, reg, rec, body.change_hash)):
-            raise MalformedInput("this Automerge change was already stored under another envelope")
+            except PolicyDenied as exc:
+                return self._keep_refused(txn, batch, env, exc, peer)
         builds_on_refused = False
         if body.deps:
             # Updates name the genesis change of the record's snapshot: build
@@ -204,18 +206,31 @@ class RemoteIngest(EngineCore):
                 doc = RecordDoc.apply(None, change)
             if (automerge[0] if automerge else body.change_hash) not in doc.heads():
                 raise MalformedInput("Automerge did not apply the change")
-            try:
-                state = self._check_state(env, doc.materialize(), desc)
-            except SchemaViolation as exc:
-                _drop_in_place(batch, body)
-                return self._refuse_by_schema(txn, batch, env, exc, peer)
+            state = doc.materialize()
+            if not body.is_snapshot:  # a create's claim is checked above
+                # Judged on what it made of what its author saw (its own
+                # history), never on its merge with changes its author had
+                # not seen: two updates each within the size cap or a schema
+                # may merge into a record beyond it, and a verdict on the merge
+                # would depend on which of them arrived first.
+                concurrent = heads_before is not None and sorted(heads_before) != sorted(body.deps)
+                own = doc.materialize(heads=[body.change_hash]) if concurrent else state
+                try:
+                    self._check_state(env, own, desc)
+                except SchemaViolation as exc:
+                    _drop_in_place(batch, body)
+                    return self._refuse_by_schema(txn, batch, env, exc, peer)
+                except PolicyDenied as exc:
+                    _drop_in_place(batch, body)
+                    return self._keep_refused(txn, batch, env, exc, peer)
         statement = read_statement(body.kind, body.record, state["fields"]) \
             if body.registry == MEMBERS_REGISTRY and not state.get("deleted") else None
         try:
-            judged_old, judged = old, (claim if body.is_snapshot else state)
-            if heads_before is not None and old is not None and not body.is_snapshot:
-                judged_old, judged = self._judged_states(old, doc, heads_before, list(body.deps), body.change_hash,
-                                                         state)
+            judged_old, judged = old, claim
+            if not body.is_snapshot:
+                judged = own
+                if heads_before is not None and old is not None:
+                    judged_old = self._judged_before(old, doc, heads_before, list(body.deps))
             verdict = self._remote_verdict(env, desc, judged_old, judged, statement)
             if body.registry == ERASURES_REGISTRY and body.op == "create" and not state.get("deleted"):
                 # Whether its signer may erase the record depends on what this
@@ -349,11 +364,13 @@ class RemoteIngest(EngineCore):
 
     def _check_state(self, env: Envelope, state: dict[str, Any], desc: regs.RegistryDescriptor, *,
                      shape_checked: bool = False, plain_json: bool = False) -> dict[str, Any]:
-        """A remote change's resulting record state, checked as a local write
-        would be: fixed kind, the kind's schema, the size cap, an owner, and
-        tags and links by the rules of local writes (``shape_checked``: a
-        snapshot's, which read_snapshot checked already; ``plain_json``:
-        its check_value answer)."""
+        """The record as a remote change made it from what its author saw,
+        checked as a local write would be: fixed kind, the kind's schema, an
+        owner, tags and links by the rules of local writes, and the size
+        caps (``shape_checked``: a snapshot's, which read_snapshot checked
+        already; ``plain_json``: its check_value answer). Raises what
+        rejects it, or SchemaViolation or PolicyDenied (the registry's own
+        rules), which the caller keeps as evidence."""
         body = env.body
         if state.get("kind") != body.kind:
             raise ValidationError(f"change turns a {state.get('kind')!r} record into {body.kind!r}; kinds are fixed")
@@ -364,14 +381,19 @@ class RemoteIngest(EngineCore):
         if not shape_checked:
             self._check_tags_and_links(state.get("tags"), state.get("links"))
         self.catalog.validate(kind.name, kind.version, state.get("fields"), plain_json=plain_json)
-        # The size cap holds for what a remote change makes, as for a local
-        # write (an update of a small record, or a payload that expands). A
-        # snapshot's fields are encoded inside its payload, so a payload
-        # within the cap needs no second encoding to tell.
-        if not (shape_checked and len(env.body.payload) <= desc.max_record_bytes):
-            checked_fields(state.get("fields"), desc.max_record_bytes)
         if not isinstance(state.get("owner"), str):
             raise ValidationError("record has no owner")
+        # The size caps hold for what a remote change makes, as for a local
+        # write (an update of a small record, or a payload that expands). A
+        # snapshot's fields are encoded inside its payload, so a payload
+        # within the cap needs no second encoding to tell. No node signs a
+        # record beyond the global cap (rejected); the registry's own cap is
+        # the registry's rule (_registry_refusal: kept as evidence).
+        if body.op != "delete" and not (shape_checked and len(body.payload) <= desc.max_record_bytes):
+            checked_fields(state.get("fields"))
+            refusal = self._registry_refusal(desc, body.kind, state.get("fields"))
+            if refusal is not None:
+                raise refusal
         return state
 
     @staticmethod

@@ -35,7 +35,7 @@ from registrygrid.errors import (
     NotOwner,
     PolicyDenied,
     RegistryError,
-    SchemaViolation,
+    ValidationError,
 )
 from registrygrid.protocol.envelope import (
     Draft,
@@ -173,13 +173,24 @@ class Rebuilds(EngineCore):
                     raise MalformedInput("Automerge did not apply the change")
                 candidate = candidate_doc.materialize()
                 desc = self._descriptor_at(txn, batch, registry, body.hlc)  # the one in force when it was made
-                if body.op != "delete" and self._is_user_kind(candidate["kind"], candidate["schema"]):  # type: ignore[attr-defined]
+                # Judged on what it made of what its author saw, as ingest
+                # judges it (RemoteIngest._check_state): its own history.
+                if body.is_genesis:
+                    own = read_snapshot(body.payload, kind=body.kind, schema=body.schema) if body.is_snapshot \
+                        else RecordDoc.apply(None, am_change).materialize()
+                elif set(body.deps) == heads:
+                    own = candidate
+                else:
+                    own = candidate_doc.materialize(heads=[am_hash])
+                refusal = self._registry_refusal(desc, body.kind, None if body.op == "delete" else own["fields"])
+                if refusal is not None:
+                    raise refusal
+                if body.op != "delete" and self._is_user_kind(own["kind"], own["schema"]):  # type: ignore[attr-defined]
                     # Its kind's definition may have changed since (engine/kinds.py).
-                    self.catalog.validate(candidate["kind"], candidate["schema"], candidate["fields"])
+                    self.catalog.validate(own["kind"], own["schema"], own["fields"])
                 at_ms = body.hlc[0]
                 if body.is_genesis:
-                    claim = read_snapshot(body.payload, kind=body.kind, schema=body.schema) if body.is_snapshot \
-                        else RecordDoc.apply(None, am_change).materialize()
+                    claim = own
                     created = claim["created"] if isinstance(claim.get("created"), dict) else {}
                     statement = read_statement(body.kind, record_id, claim["fields"]) \
                         if registry == MEMBERS_REGISTRY else None
@@ -195,14 +206,13 @@ class Rebuilds(EngineCore):
                 else:
                     if state is None:
                         raise NotOwner(f"{registry}/{record_id} has no valid create")
-                    judged_before, judged = state, candidate
-                    if set(body.deps) != heads:  # concurrent: judged on what its author saw (_judged_states)
+                    judged_before = state
+                    if set(body.deps) != heads:  # concurrent: judged on what its author saw (_judged_before)
                         judged_before = candidate_doc.materialize(heads=list(body.deps))
-                        judged = candidate_doc.materialize(heads=[am_hash])
                     access.check_modify(self.trust, desc, op=body.op, author=body.author,
                                         before={**judged_before, "registry": registry, "id": record_id},
-                                        after=judged, at_ms=at_ms, policy=self.policy)
-            except (PolicyDenied, MalformedInput, SchemaViolation):
+                                        after=own, at_ms=at_ms, policy=self.policy)
+            except (PolicyDenied, ValidationError):  # MalformedInput and SchemaViolation among them
                 refused_now[automerge_of(env)[0]] = env.cid
                 self.metrics["trust.refused_on_rebuild"] += int(env.cid in applied_cids)
                 if added:  # the refused change went into the document: build it again without it

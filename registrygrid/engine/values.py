@@ -83,14 +83,19 @@ def state_after_edit(old: Mapping[str, Any], *, schema: int | None = None, field
 # ------------------------------------------------------------ input checks
 
 
-def checked_fields(fields: Any, cap: int = limits.MAX_RECORD_BYTES) -> dict[str, Any]:
+def fields_size(fields: Any) -> int:
+    """The bytes a record's fields take packed, which every size cap counts."""
     if not isinstance(fields, Mapping):
         raise ValidationError("record fields must be a JSON object",
                               details=[{"path": "", "message": "not an object"}])
     try:
-        size = len(pack(fields))
+        return len(pack(fields))
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise ValidationError(f"record fields are not JSON values: {exc}") from None
+
+
+def checked_fields(fields: Any, cap: int = limits.MAX_RECORD_BYTES) -> dict[str, Any]:
+    size = fields_size(fields)
     if size > cap:
         raise TooLarge(f"record fields take {size} bytes; the cap is {cap}"
                        + ("" if cap == limits.MAX_RECORD_BYTES else " (the registry's max_record_bytes)"))

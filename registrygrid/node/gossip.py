@@ -137,8 +137,6 @@ class GossipService:
         if self._guard is not None:
             judged = self._guard.gossip(origin, verdict.envelopes, trio.current_time())
             if not judged.accept:
-                if judged.refused:
-                    self._on_rejected(origin, judged.refused)
                 if judged.strike:
                     self._strike(origin, f"gossip: flooding: over its rate budget ({', '.join(judged.short)})")
                 return False

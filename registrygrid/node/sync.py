@@ -221,11 +221,7 @@ class SyncService:
             await self._submit(peer, envelopes, counts)
             return _applied(counts)
         charges = guard.charges(envelopes, trio.current_time())
-        refused = guard.refused(charges)
-        if refused:
-            counts["rejected"] += refused
-            self._on_rejected(peer, refused)
-        pending = [(wire, charge) for wire, charge in zip(envelopes, charges, strict=True) if charge.refusal is None]
+        pending = list(zip(envelopes, charges, strict=True))
         waited = 0.0
         while pending:
             asked = trio.current_time()

@@ -1,23 +1,24 @@
 """The policy guard between peers, sans-IO: rate budgets and per-registry caps.
 
 Every remote change reaches the engine through gossip or sync. Before it is
-submitted, the guard asks two questions:
+submitted, the guard asks one question: **is there budget for it now?**
+Token buckets, each on changes/s *and* bytes/s with a burst, per peer and per
+org (the orgs the change's author speaks for: ``trust.state.TrustState.orgs_of``;
+an author with no known delegation is its own org), and per (registry, org)
+where a registry names ``limits.max_changes_per_second_per_org``. Over
+budget, nothing is refused: gossip drops the whole message (not delivered,
+not forwarded; anti-entropy fetches it later, paced by the same budgets) and
+sync waits. A rate verdict depends on arrival times, which differ between
+nodes, so it may delay a change but never refuse it: a refused change would
+stall its author's chain on one node and not on another.
 
-* **May this registry hold it?** A registry's descriptor names its kinds and
-  may name ``limits.max_record_bytes`` (``engine/registries.py``): a change
-  of another kind, or a create whose fields pack larger than the cap, is
-  refused. The answer depends only on the change and the descriptor, so
-  every node that holds the same descriptor refuses the same changes.
-* **Is there budget for it now?** Token buckets, each on changes/s *and*
-  bytes/s with a burst, per peer and per org (the orgs the change's author
-  speaks for: ``trust.state.TrustState.orgs_of``; an author with no known
-  delegation is its own org), and per (registry, org) where a registry names
-  ``limits.max_changes_per_second_per_org``. Over budget, nothing is
-  refused: gossip drops the whole message (not delivered, not forwarded;
-  anti-entropy fetches it later, paced by the same budgets) and sync waits.
-  A rate verdict depends on arrival times, which differ between nodes, so it
-  may delay a change but never refuse it: a refused change would stall its
-  author's chain on one node and not on another.
+The guard refuses nothing by a registry's rules either (its kinds, its
+``max_record_bytes``). Those are the engine's to judge, by the version of the
+descriptor in force when a change was made, on what the change made of
+what its author saw; a change they refuse is kept in its author's chain as
+evidence. Dropped here, it would never be stored, and every later change of
+its author in the registry would wait for it forever: its author may simply
+not have seen the registry drop the kind or lower the cap yet.
 
 One org budget, shared by gossip and sync. Gossip is lossy by design and
 sync repairs every loss, so a gossip-only limit would only move a flood onto
@@ -54,7 +55,6 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
-from registrygrid.protocol import limits
 
 MiB = 2**20
 
@@ -257,42 +257,18 @@ class MeterTable:
         return len(self._meters)
 
 
-# ---- what a change costs, and whether its registry may hold it ----
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryCaps:
-    """A registry's caps as the guard needs them (node/guard.py reads the descriptor)."""
-
-    kinds: frozenset[str]
-    max_record_bytes: int = limits.MAX_RECORD_BYTES
-    max_changes_per_second_per_org: float | None = None
+# ---- what a change costs, and to whom ----
 
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    """One change as the guard sees it: its size, whom it is charged to, its
-    registry's rate (if the registry names one) and, when a per-registry cap
-    refuses it, why."""
+    """One change as the guard sees it: its size, whom it is charged to, and
+    its registry's rate per org (if the registry names one)."""
 
     size: int  # wire bytes
     orgs: tuple[str, ...]  # empty: undecodable; charged to the peer only, the engine refuses it
     registry: str = ""
     registry_rate: float | None = None
-    refusal: str | None = None  # "kind_not_held" or "record_too_large"
-
-
-def cap_refusal(kind: str, caps: RegistryCaps | None, fields_bytes: int | None) -> str | None:
-    """Why a registry's caps refuse a change, or None. ``caps`` None: the
-    registry is not known here (the engine decides); ``fields_bytes`` None:
-    the record's size is not known before applying it (an update)."""
-    if caps is None:
-        return None
-    if kind not in caps.kinds:
-        return "kind_not_held"
-    if fields_bytes is not None and fields_bytes > caps.max_record_bytes:
-        return "record_too_large"
-    return None
 
 
 def charged_orgs(author: str, orgs: frozenset[str], most: int = MAX_ORGS_PER_CHANGE) -> tuple[str, ...]:
@@ -309,7 +285,6 @@ def charged_orgs(author: str, orgs: frozenset[str], most: int = MAX_ORGS_PER_CHA
 @dataclass(frozen=True, slots=True)
 class GossipVerdict:
     accept: bool
-    refused: int = 0  # changes a registry's caps refuse (the message is rejected, no strike)
     short: tuple[str, ...] = ()  # budgets that ran short: "peer", "org", "registry"
     strike: bool = False  # the origin overflowed its own budget; strike it
 
@@ -344,12 +319,6 @@ class Guard:
 
     def admit_gossip(self, peer: str, charges: Sequence[Charge], now: float) -> GossipVerdict:
         metrics = self.metrics
-        refused = [c for c in charges if c.refusal is not None]
-        if refused:
-            for charge in refused:
-                metrics[f"guard.refused.{charge.refusal}"] += 1
-            metrics["guard.refused_batches"] += 1
-            return GossipVerdict(False, refused=len(refused))
         peer_meter = self.gossip_peers.get(peer, now)
         meters = [("peer", peer, peer_meter, len(charges), sum(c.size for c in charges))]
         meters += [("org", org, self.orgs.get(org, now), n, size)
@@ -390,8 +359,7 @@ class Guard:
         skip the others, and every later change that shares a budget with a
         skipped one (so one author's changes keep their order). ``wait`` is
         how long until the skipped ones all fit, if nothing else spends the
-        budgets meanwhile. Refused changes (``refusal``) are the caller's:
-        pass only the others."""
+        budgets meanwhile."""
         peer_key = ("peer", peer)
         admitted: list[int] = []
         closed: dict[tuple[str, Hashable], list[float]] = {}  # meter key -> [changes, bytes] waiting

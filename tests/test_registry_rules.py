@@ -1,0 +1,217 @@
+"""A registry's own rules judge each remote change by what it made of what
+its author saw, and a change they refuse is kept as evidence.
+
+A registry's kinds and ``max_record_bytes`` are its rules, changed by its
+descriptor; a record's kind and the tags it may carry are fixed by the
+grid. Two things can make an honest change break one of them on arrival:
+its author had not seen the registry drop a kind or lower its cap, or it
+raced another change and their merge is beyond a cap neither broke. Every
+node must judge such a change alike whatever else it holds, and a change
+refused must stay in its author's chain, or the author's later changes
+would wait for it forever. Real LMDB stores exchanging real envelopes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from registrygrid.crdt.change import _uleb, read_header
+from registrygrid.crdt.record import RecordDoc, actor_for
+from registrygrid.crdt.snapshot import genesis_change, read_snapshot
+from registrygrid.engine.ops import Remote
+from registrygrid.identity.keys import KeyPair, public_key_from_did
+from registrygrid.protocol import limits
+from registrygrid.protocol.envelope import open_envelope, seal
+from registrygrid.protocol.hlc import Hlc
+from registrygrid.sdk import LocalRegistry
+from registrygrid.storage import pending
+from registrygrid.trust.statements import MEMBERS_REGISTRY
+from tests.doc_checks import assert_documents_in_memory_are_as_stored
+from tests.test_trust import deliver, feed_wires, org_node, statuses
+
+ORG_O, ORG_P = KeyPair(b"\x21" * 32), KeyPair(b"\x22" * 32)
+REG = "rules.x"
+
+
+def everything(*grids: LocalRegistry) -> list[bytes]:
+    """Every change the nodes hold, each once, in the order first seen."""
+    seen: dict[bytes, None] = {}
+    for grid in grids:
+        for wire in feed_wires(grid):
+            seen.setdefault(wire, None)
+    return list(seen)
+
+
+def shown(grid: LocalRegistry) -> dict[str, tuple[str, dict[str, Any]]]:
+    return {r["id"]: (r["kind"], r["fields"]) for r in grid.list(REG).items}
+
+
+def _tightening_scenario(root: Path) -> tuple[list[bytes], list[bytes], dict[str, Any]]:
+    """Org O's registry holds clusters and tools, with a 2 KiB cap. O and P
+    each grow one record concurrently (within the cap, their merge beyond
+    it), then O drops tools and lowers the cap to 1 KiB while P, which has
+    not seen that, writes a tool, an oversized cluster, an update of the
+    shared record, and one more cluster. Returns what a replica gets first
+    (members, the registry's create), the rest, and the records every
+    replica must end with."""
+    o, p = org_node(root / "o", ORG_O), org_node(root / "p", ORG_P)
+    try:
+        deliver(p, o)
+        o.create_registry(REG, ["cluster", "tool"], write_policy="members", limits={"max_record_bytes": 2048})
+        o.put(REG, "cluster", {"name": "shared"}, id="shared")
+        deliver(p, o)
+        deliver(o, p)
+        o.update(REG, "shared", patch={"from_o": "o" * 1200})
+        p.update(REG, "shared", patch={"from_p": "p" * 1200})  # concurrent: 2,422 bytes merged
+        p.put(REG, "tool", {"name": "t-before", "description": "a tool"}, id="t-before")
+        time.sleep(0.005)
+        o.update("grid.registries", REG, patch={"kinds": ["cluster"], "limits": {"max_record_bytes": 1024}})
+        time.sleep(0.005)
+        p.put(REG, "tool", {"name": "t-after", "description": "a tool"}, id="t-after")  # kind dropped
+        p.put(REG, "cluster", {"name": "big-after", "notes": "x" * 1500}, id="big-after")  # over 1 KiB
+        p.update(REG, "shared", patch={"from_p": "short"})  # what p saw, within 1 KiB
+        p.put(REG, "cluster", {"name": "small-after"}, id="small-after")
+        wires = everything(o, p)
+        bodies = [open_envelope(w).body for w in wires]
+        first = [w for w, body in zip(wires, bodies, strict=True) if body.registry == MEMBERS_REGISTRY
+                 or (body.record == REG and body.op == "create")]
+        rest = [w for w in wires if w not in first]
+        expected = {"shared": ("cluster", {"name": "shared", "from_o": "o" * 1200, "from_p": "short"}),
+                    "t-before": ("tool", {"name": "t-before", "description": "a tool"}),
+                    "small-after": ("cluster", {"name": "small-after"})}
+        return first, rest, expected
+    finally:
+        o.close()
+        p.close()
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_records_are_the_same_on_every_node_whatever_order_a_registrys_tightening_arrives_in(
+        data: st.DataObject) -> None:
+    with tempfile.TemporaryDirectory() as root:
+        first, rest, expected = _tightening_scenario(Path(root))
+        digests = []
+        for i in range(3):
+            order = rest if i == 0 else data.draw(st.permutations(rest), label=f"order{i}")
+            cuts = sorted(set(data.draw(st.lists(st.integers(0, len(order)), max_size=4), label=f"cuts{i}")))
+            with LocalRegistry.open_path(Path(root) / f"replica{i}") as replica:
+                replica.execute([Remote(w, "p") for w in first])
+                bounds = [0, *cuts, len(order)]
+                for start, end in zip(bounds, bounds[1:], strict=False):
+                    if start < end:
+                        results = replica.execute([Remote(w, "p") for w in order[start:end]])
+                        assert "rejected" not in statuses(results), [r.error for r in results]
+                assert shown(replica) == expected
+                # Every change is kept, the two refused ones too, and nothing waits.
+                assert all(replica.change(open_envelope(w).cid) == w for w in first + rest)
+                with replica.store.read() as txn:
+                    assert not pending.any_waiting(replica.store, txn)
+                digests.append(replica.state_digest())
+                assert_documents_in_memory_are_as_stored(replica)
+        assert len(set(digests)) == 1
+
+
+def test_concurrent_tag_adds_beyond_the_tag_cap_land_on_every_node(tmp_path: Path) -> None:
+    o, p = org_node(tmp_path / "o", ORG_O), org_node(tmp_path / "p", ORG_P)
+    replica = LocalRegistry.open_path(tmp_path / "replica")
+    try:
+        deliver(p, o)
+        o.create_registry(REG, ["cluster"], write_policy="members")
+        base = [f"t{i}" for i in range(limits.MAX_TAGS - 2)]
+        o.put(REG, "cluster", {"name": "x"}, id="x", tags=base)
+        deliver(p, o)
+        o.update(REG, "x", tags=[*base, "o1", "o2"])
+        p.update(REG, "x", tags=[*base, "p1", "p2"])  # each at the cap; both: 66 tags
+        for target, source in ((o, p), (p, o), (replica, p), (replica, o)):
+            assert "rejected" not in statuses(deliver(target, source))
+        tags = [set(grid.get(REG, "x")["tags"]) for grid in (o, p, replica)]
+        assert tags[0] == tags[1] == tags[2] == {*base, "o1", "o2", "p1", "p2"}
+    finally:
+        for grid in (o, p, replica):
+            grid.close()
+
+
+def test_a_create_race_of_one_id_with_two_kinds_keeps_the_earliest_and_the_losers_chain_goes_on(
+        tmp_path: Path) -> None:
+    o, p = org_node(tmp_path / "o", ORG_O), org_node(tmp_path / "p", ORG_P)
+    replica = LocalRegistry.open_path(tmp_path / "replica")
+    try:
+        deliver(p, o)
+        o.create_registry(REG, ["cluster", "tool"], write_policy="members")
+        deliver(p, o)
+        o.put(REG, "cluster", {"name": "x"}, id="x")
+        time.sleep(0.005)
+        p.put(REG, "tool", {"name": "x", "description": "a tool"}, id="x")
+        p.put(REG, "cluster", {"name": "y"}, id="y")  # after its lost create, in the same chain
+        for target, source in ((o, p), (p, o), (replica, p), (replica, o)):
+            assert "rejected" not in statuses(deliver(target, source))
+        for grid in (o, p, replica):
+            assert shown(grid) == {"x": ("cluster", {"name": "x"}), "y": ("cluster", {"name": "y"})}
+            assert grid.get(REG, "x")["owner"] == ORG_O.did
+    finally:
+        for grid in (o, p, replica):
+            grid.close()
+
+
+def _rewritten(raw: bytes, *, seq: int, start_op: int) -> bytes:
+    """An uncompressed Automerge change chunk with another seq and start op
+    (each one byte, as in ``raw``), checksummed again: what a hostile node
+    crafts by hand; no document makes it (crdt/change.py has the layout)."""
+    length, start = _uleb(raw, 9)
+    count, i = _uleb(raw, start)
+    actor_len, i = _uleb(raw, i + 32 * count)
+    at_seq = i + actor_len
+    at_start_op = _uleb(raw, at_seq)[1]
+    assert _uleb(raw, at_start_op)[1] == at_start_op + 1 and seq < 128 and start_op < 128
+    out = bytearray(raw)
+    out[at_seq], out[at_start_op] = seq, start_op
+    out[4:8] = hashlib.sha256(bytes(out[8:])).digest()[:4]
+    return bytes(out)
+
+
+def test_an_authors_change_crafted_beside_its_own_earlier_one_is_judged_with_it(tmp_path: Path) -> None:
+    """Judged on its own history, could each of an author's changes fit the
+    size cap while their merge grows without bound? No: Automerge counts an
+    actor's earlier changes (lower seq) as seen by its later ones, whatever
+    their deps say, so a change crafted beside its author's earlier one is
+    judged on both, and refused here as a write over the cap."""
+    o = org_node(tmp_path / "o", ORG_O)
+    replica = LocalRegistry.open_path(tmp_path / "replica")
+    try:
+        o.create_registry(REG, ["cluster"], write_policy="members", limits={"max_record_bytes": 2048})
+        o.put(REG, "cluster", {"name": "x"}, id="x")
+        o.update(REG, "x", patch={"one": "a" * 1200})
+        created, first = [open_envelope(w) for w in feed_wires(o)[-2:]]
+        author = created.body.author
+        genesis = genesis_change(read_snapshot(created.body.payload, kind="cluster", schema=1), author)
+        # Beside ``first`` rather than after it: built on the genesis alone,
+        # then its seq and op counters moved on as if it followed ``first``.
+        beside = RecordDoc.apply(None, genesis.raw_bytes).fork_with_actor(actor_for(public_key_from_did(author)))
+        made = beside.update(fields={"name": "x", "two": "b" * 1200})
+        both = RecordDoc.apply(None, genesis.raw_bytes)
+        both.add_change(first.body.payload)
+        (first_change,) = both.doc.get_changes([genesis.hash])
+        crafted = _rewritten(made.raw_bytes, seq=3, start_op=first_change.max_op + 1)
+        both.add_change(crafted)  # Automerge alone takes it: 2,422 bytes of fields
+        crafted_hash = read_header(crafted).hash
+        assert sorted(both.heads()) == sorted([first.body.change_hash, crafted_hash])  # concurrent, by deps
+        # Yet its own history holds ``first``, which its deps do not name.
+        assert sorted(both.materialize(heads=[crafted_hash])["fields"]) == ["name", "one", "two"]
+        wire = seal(o.engine.key, registry=REG, record="x", op="update", kind="cluster",
+                    schema=1, seq=first.body.seq + 1, prev=first.cid, hlc=Hlc(first.body.hlc[0] + 1, 0),
+                    deps=[genesis.hash], change_hash=crafted_hash, payload=crafted).wire
+        results = replica.execute([Remote(w, "o") for w in feed_wires(o)] + [Remote(wire, "o")])
+        assert "rejected" not in statuses(results[:-1])
+        assert results[-1].status == "refused" and "take 2422 bytes" in results[-1].error.message
+        assert sorted(replica.get(REG, "x")["fields"]) == ["name", "one"]
+    finally:
+        o.close()
+        replica.close()
