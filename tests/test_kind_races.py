@@ -155,3 +155,30 @@ def test_any_arrival_order_of_a_kind_race_gives_the_same_kinds_and_records(data:
         finally:
             for grid in [a, b, *replicas]:
                 grid.close()
+
+
+def test_a_record_that_arrives_before_its_user_kinds_definition_waits_for_it(tmp_path: Path) -> None:
+    """Gossip messages may arrive out of order, and a sync response is cut
+    at its budget: a record of a user kind can reach a node before the
+    kind's definition. It waits for it, and so do its author's later
+    changes; the definition releases them all."""
+    a = node(tmp_path, "a", NODE_A, ORG_A)
+    replica = node(tmp_path, "replica", KeyPair(b"\x7c" * 32), None)
+    try:
+        a.register_kind("widget", 1, SIZE_AS_NUMBER)
+        a.create_registry("a.widgets", ["widget"], write_policy="members")
+        a.put("a.widgets", "widget", {"name": "v", "size": 3}, id="v")
+        a.put("a.widgets", "widget", {"name": "w", "size": 4}, id="w")
+        everything = wires(a)
+        definition = [w for w in everything if open_envelope(w).body.registry == "grid.kinds"]
+        rest = [w for w in everything if w not in definition]
+        early = replica.execute([Remote(w, "peer") for w in rest])
+        assert [r.status for r in early[-2:]] == ["pending", "pending"]
+        assert replica.engine.metrics["remote.waiting_kind"] == 1  # the first; the second waits for it
+        (late,) = replica.execute([Remote(w, "peer") for w in definition])
+        assert late.status == "applied" and len(late.released) == 2
+        assert sorted(r["id"] for r in replica.list("a.widgets").items) == ["v", "w"]
+        assert replica.list("a.widgets").items == a.list("a.widgets").items
+    finally:
+        a.close()
+        replica.close()

@@ -156,6 +156,15 @@ class RemoteIngest(EngineCore):
                 raise MalformedInput("this Automerge change was already stored under another envelope")
         if body.kind not in desc.kinds:
             return self._keep_refused(txn, batch, env, self._registry_refusal(desc, body.kind, None), peer)
+        if self._awaits_kind(body.kind, body.schema):  # type: ignore[attr-defined]
+            # Its user kind's definition has not arrived (gossip messages
+            # out of order; a sync response cut at its budget): wait for it
+            # like a missing dependency, released when that record commits.
+            # Rejected, it would hold back its author's later changes until
+            # sync offered it again.
+            self.metrics["remote.waiting_kind"] += 1
+            return self._park(txn, batch, env, pending.for_deps(regs.KINDS_REGISTRY, f"{body.kind}.v{body.schema}",
+                                                                env.cid))
         claim: dict[str, Any] = {}
         if body.is_snapshot:
             claim, plain_json = snapshot_state(body.payload, kind=body.kind, schema=body.schema)

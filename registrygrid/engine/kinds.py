@@ -18,6 +18,10 @@ version is rebuilt with each change judged anew, schema included
 evidence, and one it refused may count: every node holds the same records
 whatever order the creates and the records reached it in.
 
+A remote change of a user kind version this node has no definition of yet
+waits for it (``_awaits_kind``; parked under the kind's grid.kinds record,
+released when that commits), as a change waits for a missing dependency.
+
 Built-in kinds ship with the software and never change, so a change that
 fails one is malformed input, rejected as before.
 """
@@ -43,6 +47,21 @@ class Kinds(EngineCore):
             return not self.catalog.get(kind, version).builtin
         except UnknownKind:
             return False
+
+    def _awaits_kind(self, kind: str, version: int) -> bool:
+        """Whether a remote change must wait for its kind's definition: a
+        kind version the catalog lacks whose name no built-in kind has. A
+        built-in kind's version this software lacks never arrives as a
+        record: such a change is rejected (sync offers it again after an
+        upgrade)."""
+        try:
+            self.catalog.get(kind, version)
+            return False
+        except UnknownKind:
+            try:
+                return not any(self.catalog.get(kind, v).builtin for v in self.catalog.versions(kind))
+            except UnknownKind:
+                return True
 
     def _after_kind_record(self, txn: Txn, batch: Batch, record: dict[str, Any] | None,
                            cause: Envelope | Draft, origin: str) -> None:

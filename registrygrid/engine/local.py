@@ -52,7 +52,7 @@ from registrygrid.protocol.envelope import (
 )
 from registrygrid.protocol.hlc import Hlc
 from registrygrid.schemas import KindSchema
-from registrygrid.storage import records
+from registrygrid.storage import pending, records
 from registrygrid.storage.store import Txn
 from registrygrid.trust import access
 from registrygrid.trust.state import Verdict
@@ -248,6 +248,9 @@ class LocalWrites(EngineCore):
         if batch.delegated:
             self._rebuild_revoked(txn, batch, env, "local")
             self._release(txn, batch, None, "parked")
+        if env.body.registry == regs.KINDS_REGISTRY:  # remote records of this kind may wait for it
+            self._release(txn, batch, None, "parked", prefixes=[pending.on_record(regs.KINDS_REGISTRY,
+                                                                                  env.body.record)])
         if batch.quarantined or batch.resolved:
             self._apply_disputes(txn, batch, env, "local")  # type: ignore[attr-defined]
 
