@@ -261,13 +261,15 @@ class RemoteIngest(EngineCore):
             _drop_in_place(batch, body)
             self.metrics["remote.waiting_delegation"] += 1
             return self._park(txn, batch, env, pending.for_delegation(body.author, env.cid))
-        if body.registry == regs.KINDS_REGISTRY and not state.get("deleted"):
+        # What the change made (``judged``, its own history), as for every
+        # record rule: the merge may hold a concurrent change's values.
+        if body.registry == regs.KINDS_REGISTRY and not judged.get("deleted"):
             # Checked now, registered once committed (engine/kinds.py): two
             # creates of one kind version may race, and the catalog follows
             # the definition the record shows then.
-            self.catalog.check(self._kind_of(body.record, state["fields"]))
-        if body.registry == disputes.DISPUTES_REGISTRY and not state.get("deleted"):
-            self._check_dispute_record(body.record, body.kind, state["fields"], state.get("tags"))  # type: ignore[attr-defined]
+            self.catalog.check(self._kind_of(body.record, judged["fields"]))
+        if body.registry == disputes.DISPUTES_REGISTRY and not judged.get("deleted"):
+            self._check_dispute_record(body.record, body.kind, judged["fields"], judged.get("tags"))  # type: ignore[attr-defined]
         if not self.clock.observe(env.hlc):
             # A timestamp far ahead would drag every clock forward and win
             # every "latest change" comparison; refuse it (the author's
