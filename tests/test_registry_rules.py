@@ -215,3 +215,29 @@ def test_an_authors_change_crafted_beside_its_own_earlier_one_is_judged_with_it(
     finally:
         o.close()
         replica.close()
+
+
+def test_a_change_that_arrives_before_its_registrys_descriptor_waits_for_it(tmp_path: Path) -> None:
+    """Gossip messages may arrive out of order: a record can reach a node
+    before its registry's descriptor. It waits, with its author's later
+    changes, and the descriptor releases them all; rejected, it would hold
+    them back until sync offered it again."""
+    o = org_node(tmp_path / "o", ORG_O)
+    replica = LocalRegistry.open_path(tmp_path / "replica")
+    try:
+        o.create_registry(REG, ["cluster"], write_policy="members")
+        o.put(REG, "cluster", {"name": "v"}, id="v")
+        o.put(REG, "cluster", {"name": "w"}, id="w")
+        wires = feed_wires(o)
+        descriptor = [w for w in wires if open_envelope(w).body.record == REG]
+        early = replica.execute([Remote(w, "o") for w in wires if w not in descriptor])
+        assert statuses(early)[-2:] == ["pending", "pending"]
+        assert replica.engine.metrics["remote.waiting_registry"] == 1  # the first; the second waits for it
+        (late,) = replica.execute([Remote(w, "o") for w in descriptor])
+        assert late.status == "applied" and len(late.released) == 2
+        assert replica.list(REG).items == o.list(REG).items
+        with replica.store.read() as txn:
+            assert not pending.any_waiting(replica.store, txn)
+    finally:
+        o.close()
+        replica.close()

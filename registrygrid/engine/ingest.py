@@ -47,6 +47,7 @@ from registrygrid.errors import (
     PolicyDenied,
     RegistryError,
     SchemaViolation,
+    UnknownRegistry,
     ValidationError,
 )
 from registrygrid.identity.keys import public_key_from_did
@@ -147,7 +148,15 @@ class RemoteIngest(EngineCore):
                                      or (held[1] == erasures.WAITING and not body.is_genesis)):
                 self._keep_erased(txn, batch, env, held[0])  # type: ignore[attr-defined]
                 return IngestResult("erased", env.id)
-        desc = self._descriptor_at(txn, batch, body.registry, body.hlc)  # the one in force when it was made
+        try:
+            desc = self._descriptor_at(txn, batch, body.registry, body.hlc)  # the one in force when it was made
+        except UnknownRegistry:
+            # Its registry's descriptor has not arrived (gossip messages out
+            # of order): wait for it like a missing dependency, released when
+            # grid.registries/NAME commits. Rejected, it would hold back its
+            # author's later changes until sync offered it again.
+            self.metrics["remote.waiting_registry"] += 1
+            return self._park(txn, batch, env, pending.for_deps(regs.REGISTRY_OF_REGISTRIES, body.registry, env.cid))
         store, reg, rec = self.store, body.registry, body.record
         if not body.is_snapshot:
             self._check_automerge_header(env)

@@ -248,8 +248,9 @@ class LocalWrites(EngineCore):
         if batch.delegated:
             self._rebuild_revoked(txn, batch, env, "local")
             self._release(txn, batch, None, "parked")
-        if env.body.registry == regs.KINDS_REGISTRY:  # remote records of this kind may wait for it
-            self._release(txn, batch, None, "parked", prefixes=[pending.on_record(regs.KINDS_REGISTRY,
+        if env.body.registry in (regs.KINDS_REGISTRY, regs.REGISTRY_OF_REGISTRIES):
+            # Remote changes of this kind, or in this registry, may wait for it.
+            self._release(txn, batch, None, "parked", prefixes=[pending.on_record(env.body.registry,
                                                                                   env.body.record)])
         if batch.quarantined or batch.resolved:
             self._apply_disputes(txn, batch, env, "local")  # type: ignore[attr-defined]

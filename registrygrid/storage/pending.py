@@ -1,12 +1,13 @@
 """Remote changes that wait: for their chain's previous link, for Automerge
-dependencies of their record, for their user kind's definition, or for
-their signer's delegation.
+dependencies of their record, for their user kind's definition or their
+registry's descriptor, or for their signer's delegation.
 
     pending  change id -> wire (checked before it was parked)
     waiting  'c' registry \\0 author \\0 u64(seq - 1) \\0 cid   waits for its own predecessor
              'r' registry \\0 record \\0 cid                   waits for deps of its record (under
-                                                              grid.kinds \\0 NAME.vN: for the
-                                                              definition of its user kind)
+                                                              grid.kinds \\0 NAME.vN: for its user
+                                                              kind; grid.registries \\0 NAME: for
+                                                              its registry's descriptor)
              'd' author \\0 cid                                waits for its signer's delegation
              -> change id
 
