@@ -61,7 +61,12 @@ def test_cli_goes_through_the_bridge_while_the_node_runs(tmp_path: Path) -> None
         assert bridge_file.stat().st_mode & 0o777 == 0o600
 
         rgrid(home, "kind", "register", "note", "--schema", str(schema), "--registry", REGISTRY)
-        rgrid(home, "registry", "create", REGISTRY, "--kind", "note")
+        rgrid(home, "registry", "create", REGISTRY, "--kind", "note", "--max-record-bytes", "4096")
+        rgrid(home, "registry", "update", REGISTRY, "--max-changes-per-second-per-org", "50")
+        described = json.loads(rgrid(home, "registry", "describe", REGISTRY, "--json").stdout)
+        assert described["limits"] == {"max_record_bytes": 4096, "max_changes_per_second_per_org": 50.0}
+        gone = rgrid(home, "registry", "update", "acme.nowhere", "--kind", "note", check=False)
+        assert gone.returncode == 66 and "error[unknown_registry]" in gone.stderr
         put = json.loads(rgrid(home, "put", REGISTRY, "note", "--id", "hello", "--set", "name=world",
                                "--tag", "cli", "--json").stdout)
         assert put["status"] == "created"
@@ -142,6 +147,9 @@ async def test_client_matches_the_sdk_shapes_and_typed_errors(served: Served) ->
             made = client.create_token("reader", name="from-client")
             assert made["token"].startswith("rgt_") and any(t["name"] == "from-client" for t in client.list_tokens())
             assert client.revoke_token(made["id"])["revoked_at"] is not None
+            capped = client.create_registry("acme.capped", ["note"], limits={"max_record_bytes": 512})
+            assert capped.status == "created"
+            assert client.describe_registry("acme.capped")["limits"]["max_record_bytes"] == 512
         with BridgeClient(url, token=reader) as client:
             with pytest.raises(PolicyDenied):
                 client.put(REGISTRY, "note", {"name": "no"})

@@ -197,6 +197,33 @@ def test_registry_create_and_list(home: Path, rgrid: Run) -> None:
     assert put["registry"] == "acme.models"
 
 
+def test_registry_create_with_limits_and_update_its_rules(home: Path, rgrid: Run) -> None:
+    ok_json(rgrid, "registry", "create", "acme.notes", "--kind", "cluster", "--max-record-bytes", "300",
+            "--max-changes-per-second-per-org", "5", home=home)
+    described = ok_json(rgrid, "registry", "describe", "acme.notes", home=home)
+    assert described["limits"] == {"max_record_bytes": 300, "max_changes_per_second_per_org": 5.0}
+    big = rgrid("put", "acme.notes", "cluster", "--set", "name=big", "--set", "notes=" + "x" * 400, home=home)
+    assert big.returncode == EX_DATAERR and "max_record_bytes" in big.stderr
+
+    # Only what is given changes: kinds replaced, the size cap raised, the rate kept.
+    updated = ok_json(rgrid, "registry", "update", "acme.notes", "--kind", "cluster", "--kind", "tool",
+                      "--max-record-bytes", "1000", "--write-policy", "members", home=home)
+    assert updated["status"] == "updated"
+    described = ok_json(rgrid, "registry", "describe", "acme.notes", home=home)
+    assert described["kinds"] == ["cluster", "tool"] and described["write_policy"] == "members"
+    assert described["limits"] == {"max_record_bytes": 1000, "max_changes_per_second_per_org": 5.0}
+    ok_json(rgrid, "put", "acme.notes", "cluster", "--set", "name=big", "--set", "notes=" + "x" * 400, home=home)
+
+    head = feed_head(home)
+    nothing = rgrid("registry", "update", "acme.notes", home=home)
+    assert nothing.returncode == EX_DATAERR and "nothing to change" in nothing.stderr
+    unknown = rgrid("registry", "update", "acme.nowhere", "--kind", "cluster", home=home)
+    assert unknown.returncode == EX_NOINPUT and "error[unknown_registry]" in unknown.stderr
+    frozen = rgrid("registry", "update", "acme.notes", "--conflict-policy", "immutable", home=home)
+    assert frozen.returncode == EX_DATAERR and "access policy" in frozen.stderr
+    assert feed_head(home) == head
+
+
 def test_kind_register_from_a_schema_file_then_put_a_record_of_it(home: Path, tmp_path: Path,
                                                                   rgrid: Run) -> None:
     schema = tmp_path / "bench.schema.json"

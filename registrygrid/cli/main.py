@@ -36,13 +36,15 @@ from registrygrid.errors import (
     EX_USAGE,
     Conflict,
     MalformedInput,
+    NotFound,
     PolicyDenied,
     RegistryError,
     Unavailable,
     ValidationError,
 )
 from registrygrid.home import Home
-from registrygrid.protocol import names
+from registrygrid.engine import registries as regs
+from registrygrid.protocol import limits, names
 from registrygrid.sdk import home_identity
 from registrygrid.search import query as search_query
 
@@ -922,31 +924,51 @@ def registry_follows(home: Path | None, as_json: bool) -> None:
     render.follows(found, as_json)
 
 
+_WRITE_POLICY_HELP = "Who may write (docs/trust.md, 'Records belong to orgs')."
+_WRITE_ROLE_HELP = "With --write-policy roles: a role that may create records. Repeatable."
+_CONFLICT_POLICY_HELP = ("How concurrent writes of a field are settled: one rule for the whole registry "
+                         f"({', '.join(CONFLICT_RULES)}), or a JSON object of rules per field and kind, e.g. "
+                         """'{"fields": {"price": "manual"}, "delete": "update-wins"}', or @FILE holding one """
+                         "(crdt/conflict_policy.py).")
+_REPLICATION_HELP = "private: sent by sync only to nodes of the owner org and of the --reader orgs."
+_READER_HELP = "An org (did:key) that may read a private registry. Repeatable."
+_WRITE_ROLES = click.Choice(["node", "writer", "admin", "federation-admin", "member"])
+_REPLICATIONS = click.Choice(["local", "federation", "public", "private"])
+
+
+def limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A registry's ``limits`` (registry.v1.json; docs/federation.md, "Policy guard")."""
+    command = click.option("--max-changes-per-second-per-org", "max_rate", type=click.FloatRange(min=0, min_open=True,
+                                                                                                 max=100_000),
+                           help="How fast one org's changes here are taken in from peers.")(command)
+    return click.option("--max-record-bytes", type=click.IntRange(1, limits.MAX_RECORD_BYTES),
+                        help="The most a record's fields may take, msgpack-packed "
+                             f"(default and maximum {limits.MAX_RECORD_BYTES}).")(command)
+
+
+def registry_limits(max_record_bytes: int | None, max_rate: float | None) -> dict[str, Any]:
+    return {**({"max_record_bytes": max_record_bytes} if max_record_bytes is not None else {}),
+            **({"max_changes_per_second_per_org": max_rate} if max_rate is not None else {})}
+
+
 @registry.command(name="create")
 @home_option
 @click.argument("name")
 @click.option("--kind", "kinds", multiple=True, required=True, help="A kind it holds. Repeatable.")
 @click.option("--description", default="")
 @click.option("--write-policy", type=click.Choice(["open", "owner", "members", "roles"]), default="open",
-              show_default=True, help="Who may write (docs/trust.md, 'Records belong to orgs').")
-@click.option("--write-role", "write_roles", multiple=True,
-              type=click.Choice(["node", "writer", "admin", "federation-admin", "member"]),
-              help="With --write-policy roles: a role that may create records. Repeatable.")
+              show_default=True, help=_WRITE_POLICY_HELP)
+@click.option("--write-role", "write_roles", multiple=True, type=_WRITE_ROLES, help=_WRITE_ROLE_HELP)
 @click.option("--conflict-policy", "conflict_policy_text", metavar="RULE|JSON|@FILE", default="last-writer-wins",
-              show_default=True,
-              help="How concurrent writes of a field are settled: one rule for the whole registry "
-                   f"({', '.join(CONFLICT_RULES)}), or a JSON object of rules per field and kind, e.g. "
-                   """'{"fields": {"price": "manual"}, "delete": "update-wins"}', or @FILE holding one """
-                   "(crdt/conflict_policy.py).")
-@click.option("--replication", type=click.Choice(["local", "federation", "public", "private"]),
-              default="federation", show_default=True,
-              help="private: sent by sync only to nodes of the owner org and of the --reader orgs.")
-@click.option("--reader", "readers", multiple=True,
-              help="An org (did:key) that may read a private registry. Repeatable.")
+              show_default=True, help=_CONFLICT_POLICY_HELP)
+@click.option("--replication", type=_REPLICATIONS, default="federation", show_default=True, help=_REPLICATION_HELP)
+@click.option("--reader", "readers", multiple=True, help=_READER_HELP)
+@limit_options
 @json_option
 def registry_create(home: Path | None, name: str, kinds: tuple[str, ...], description: str, write_policy: str,
                     write_roles: tuple[str, ...], conflict_policy_text: str, replication: str,
-                    readers: tuple[str, ...], as_json: bool) -> None:
+                    readers: tuple[str, ...], max_record_bytes: int | None, max_rate: float | None,
+                    as_json: bool) -> None:
     """Create a registry (a signed record in grid.registries)."""
     if readers and replication != "private":
         raise ValidationError("--reader names who may read a private registry; add --replication private")
@@ -954,7 +976,60 @@ def registry_create(home: Path | None, name: str, kinds: tuple[str, ...], descri
     with open_backend(home) as backend:
         result = backend.create_registry(name, list(kinds), description=description, write_policy=write_policy,
                                          conflict_policy=conflict_policy, replication=replication,
-                                         readers=list(readers), write_roles=list(write_roles), actor="cli")
+                                         readers=list(readers), write_roles=list(write_roles),
+                                         limits=registry_limits(max_record_bytes, max_rate) or None, actor="cli")
+    render.write_result(result, as_json)
+
+
+@registry.command(name="update")
+@home_option
+@click.argument("name")
+@click.option("--kind", "kinds", multiple=True, help="Hold these kinds (replaces the list). Repeatable.")
+@click.option("--description")
+@click.option("--write-policy", type=click.Choice(["open", "owner", "members", "roles"]), help=_WRITE_POLICY_HELP)
+@click.option("--write-role", "write_roles", multiple=True, type=_WRITE_ROLES,
+              help="With --write-policy roles: the roles that may create records (replaces them). Repeatable.")
+@click.option("--conflict-policy", "conflict_policy_text", metavar="RULE|JSON|@FILE", help=_CONFLICT_POLICY_HELP)
+@click.option("--replication", type=_REPLICATIONS, help=_REPLICATION_HELP)
+@click.option("--reader", "readers", multiple=True, help="The orgs (did:key) that may read a private registry "
+              "(replaces them). Repeatable.")
+@limit_options
+@click.option("--if-match", help="Only if the descriptor is still at this change ID.")
+@json_option
+def registry_update(home: Path | None, name: str, kinds: tuple[str, ...], description: str | None,
+                    write_policy: str | None, write_roles: tuple[str, ...], conflict_policy_text: str | None,
+                    replication: str | None, readers: tuple[str, ...], max_record_bytes: int | None,
+                    max_rate: float | None, if_match: str | None, as_json: bool) -> None:
+    """Change a registry's rules: a signed update of its descriptor, which
+    every node applies to the changes made from then on (docs/trust.md).
+    Only what is given changes."""
+    patch: dict[str, Any] = {}
+    if kinds:
+        patch["kinds"] = list(kinds)
+    if description is not None:
+        patch["description"] = description
+    if write_policy is not None:
+        patch["write_policy"] = write_policy
+    if write_roles:
+        patch["write_roles"] = list(write_roles)
+    if conflict_policy_text is not None:
+        patch["conflict_policy"] = parse_conflict_policy(conflict_policy_text)
+    replication_patch = {**({"scope": replication} if replication else {}),
+                         **({"readers": list(readers)} if readers else {})}
+    if replication_patch:
+        patch["replication"] = replication_patch
+    if limits_patch := registry_limits(max_record_bytes, max_rate):
+        patch["limits"] = limits_patch
+    if not patch:
+        raise ValidationError("nothing to change: give --kind, --description, --write-policy, --write-role, "
+                              "--conflict-policy, --replication, --reader, --max-record-bytes or "
+                              "--max-changes-per-second-per-org")
+    names.registry_name(name)
+    with open_backend(home) as backend:
+        try:
+            result = backend.update(regs.REGISTRY_OF_REGISTRIES, name, patch=patch, if_match=if_match, actor="cli")
+        except NotFound:  # its descriptor: no such registry (or a deleted one)
+            raise regs.unknown_registry(name) from None
     render.write_result(result, as_json)
 
 

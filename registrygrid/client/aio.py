@@ -375,11 +375,11 @@ class AsyncBridgeClient:
     async def create_registry(self, name: str, kinds: Sequence[str], *, description: str = "",
                               write_policy: str = "open", conflict_policy: Any = "last-writer-wins",
                               replication: str = "federation", readers: Sequence[str] = (),
-                              write_roles: Sequence[str] = (), actor: str | None = None,
-                              idempotency_key: str | None = None) -> WriteResult:
+                              write_roles: Sequence[str] = (), limits: Mapping[str, Any] | None = None,
+                              actor: str | None = None, idempotency_key: str | None = None) -> WriteResult:
         body = calls.registry_body(name, kinds, description=description, write_policy=write_policy,
                                    conflict_policy=conflict_policy, replication=replication, readers=readers,
-                                   write_roles=write_roles)
+                                   write_roles=write_roles, limits=limits)
         return await self._write("POST", "/v1/registries", body, self._keyed(idempotency_key))
 
     async def kinds(self) -> list[dict[str, Any]]:

@@ -227,7 +227,8 @@ def explain_body(subject: str, action: str, registry: str, record_id: str | None
 
 
 def registry_body(name: str, kinds: Sequence[str], *, description: str, write_policy: str, conflict_policy: Any,
-                  replication: str, readers: Sequence[str], write_roles: Sequence[str]) -> dict[str, Any]:
+                  replication: str, readers: Sequence[str], write_roles: Sequence[str],
+                  limits: Mapping[str, Any] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"name": name, "kinds": list(kinds), "description": description,
                             "write_policy": write_policy, "conflict_policy": conflict_policy,
                             "replication": replication}
@@ -235,6 +236,8 @@ def registry_body(name: str, kinds: Sequence[str], *, description: str, write_po
         body["readers"] = list(readers)
     if write_roles:
         body["write_roles"] = list(write_roles)
+    if limits:
+        body["limits"] = dict(limits)
     return body
 
 

@@ -635,7 +635,8 @@ class Api:
                   "conflict_policy": body.get("conflict_policy", "crdt"),
                   "replication": {"scope": body.get("replication", "federation"),
                                   **({"readers": body["readers"]} if body.get("readers") else {})},
-                  **({"write_roles": body["write_roles"]} if body.get("write_roles") else {})}
+                  **({"write_roles": body["write_roles"]} if body.get("write_roles") else {}),
+                  **({"limits": body["limits"]} if body.get("limits") else {})}
         return await self.idempotent(
             request, token, raw,
             lambda _: Put(regs.REGISTRY_OF_REGISTRIES, "registry", fields, body["name"], actor=token.actor,

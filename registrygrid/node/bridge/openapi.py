@@ -769,6 +769,13 @@ SCHEMAS: dict[str, Any] = {
         "readers": {"type": "array", "maxItems": 256, "uniqueItems": True,
                     "items": DID_KEY,
                     "description": "a private registry's reader orgs (did:key); its owner org always reads"},
+        "limits": _obj(required=[], props={
+            "max_record_bytes": {"type": "integer", "minimum": 1, "maximum": limits.MAX_RECORD_BYTES,
+                                 "description": "the most a record's fields may take, msgpack-packed"},
+            "max_changes_per_second_per_org": {"type": "number", "exclusiveMinimum": 0, "maximum": 100_000,
+                                               "description": "how fast one org's changes here are taken in "
+                                                              "from peers"},
+        }),
     }, required=["name", "kinds"]),
     "PolicyExplain": _obj({
         "subject": {**DID_KEY, "description": "a node's or an org's key"},
