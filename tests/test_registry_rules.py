@@ -32,21 +32,11 @@ from registrygrid.protocol.envelope import open_envelope, seal
 from registrygrid.protocol.hlc import Hlc
 from registrygrid.sdk import LocalRegistry
 from registrygrid.storage import pending
-from registrygrid.trust.statements import MEMBERS_REGISTRY
-from tests.doc_checks import assert_documents_in_memory_are_as_stored
+from tests.arrival_orders import first_and_rest, replicas_agree_in_any_order
 from tests.test_trust import deliver, feed_wires, org_node, statuses
 
 ORG_O, ORG_P = KeyPair(b"\x21" * 32), KeyPair(b"\x22" * 32)
 REG = "rules.x"
-
-
-def everything(*grids: LocalRegistry) -> list[bytes]:
-    """Every change the nodes hold, each once, in the order first seen."""
-    seen: dict[bytes, None] = {}
-    for grid in grids:
-        for wire in feed_wires(grid):
-            seen.setdefault(wire, None)
-    return list(seen)
 
 
 def shown(grid: LocalRegistry) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -78,11 +68,7 @@ def _tightening_scenario(root: Path) -> tuple[list[bytes], list[bytes], dict[str
         p.put(REG, "cluster", {"name": "big-after", "notes": "x" * 1500}, id="big-after")  # over 1 KiB
         p.update(REG, "shared", patch={"from_p": "short"})  # what p saw, within 1 KiB
         p.put(REG, "cluster", {"name": "small-after"}, id="small-after")
-        wires = everything(o, p)
-        bodies = [open_envelope(w).body for w in wires]
-        first = [w for w, body in zip(wires, bodies, strict=True) if body.registry == MEMBERS_REGISTRY
-                 or (body.record == REG and body.op == "create")]
-        rest = [w for w in wires if w not in first]
+        first, rest = first_and_rest(REG, o, p)
         expected = {"shared": ("cluster", {"name": "shared", "from_o": "o" * 1200, "from_p": "short"}),
                     "t-before": ("tool", {"name": "t-before", "description": "a tool"}),
                     "small-after": ("cluster", {"name": "small-after"})}
@@ -98,25 +84,15 @@ def test_records_are_the_same_on_every_node_whatever_order_a_registrys_tightenin
         data: st.DataObject) -> None:
     with tempfile.TemporaryDirectory() as root:
         first, rest, expected = _tightening_scenario(Path(root))
-        digests = []
-        for i in range(3):
-            order = rest if i == 0 else data.draw(st.permutations(rest), label=f"order{i}")
-            cuts = sorted(set(data.draw(st.lists(st.integers(0, len(order)), max_size=4), label=f"cuts{i}")))
-            with LocalRegistry.open_path(Path(root) / f"replica{i}") as replica:
-                replica.execute([Remote(w, "p") for w in first])
-                bounds = [0, *cuts, len(order)]
-                for start, end in zip(bounds, bounds[1:], strict=False):
-                    if start < end:
-                        results = replica.execute([Remote(w, "p") for w in order[start:end]])
-                        assert "rejected" not in statuses(results), [r.error for r in results]
-                assert shown(replica) == expected
-                # Every change is kept, the two refused ones too, and nothing waits.
-                assert all(replica.change(open_envelope(w).cid) == w for w in first + rest)
-                with replica.store.read() as txn:
-                    assert not pending.any_waiting(replica.store, txn)
-                digests.append(replica.state_digest())
-                assert_documents_in_memory_are_as_stored(replica)
-        assert len(set(digests)) == 1
+
+        def check(replica: LocalRegistry) -> None:
+            assert shown(replica) == expected
+            # Every change is kept, the two refused ones too, and nothing waits.
+            assert all(replica.change(open_envelope(w).cid) == w for w in first + rest)
+            with replica.store.read() as txn:
+                assert not pending.any_waiting(replica.store, txn)
+
+        replicas_agree_in_any_order(Path(root), first, rest, data, check)
 
 
 def test_concurrent_tag_adds_beyond_the_tag_cap_land_on_every_node(tmp_path: Path) -> None:
