@@ -4,10 +4,11 @@ crosses its parts."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from registrygrid.crdt.record import RecordDoc
 from registrygrid.engine.ops import Committed
-from registrygrid.errors import NotOwner
+from registrygrid.errors import PolicyDenied
 from registrygrid.protocol.envelope import Draft
 
 
@@ -71,9 +72,16 @@ class Batch:
 
 
 class CreateRace(Exception):
-    """A create of an id another org's create already holds: which one
-    owns the record is settled by rebuilding it (earliest create wins)."""
+    """A create of an id another org's create already holds, or one that
+    made it a record of another kind or schema version: which one counts is
+    settled by rebuilding the record (earliest create wins)."""
 
-    def __init__(self, refusal: NotOwner) -> None:
+    def __init__(self, refusal: PolicyDenied) -> None:
         super().__init__(refusal.message)
         self.refusal = refusal
+
+
+def kind_race(registry: str, record_id: str, first: dict[str, Any], then: dict[str, Any]) -> PolicyDenied:
+    return PolicyDenied(f"{registry}/{record_id} was created as a {first.get('kind')} v{first.get('schema')} "
+                        f"record first; a create of it as {then.get('kind')} v{then.get('schema')} is refused "
+                        "(a record's kind is fixed)")

@@ -115,10 +115,14 @@ class Committing(EngineCore):
             self._registry_cache.pop(rec, None)
             if old is not None and old["fields"].get("conflict_policy") != record["fields"].get("conflict_policy"):
                 self._resettle_registry(txn, batch, rec, env, origin)
-            if origin != "local" and old is not None and judges_otherwise(old, record):
+            if origin != "local" and old is not None and (judges_otherwise(old, record)
+                                                          or tuple(body.hlc) < tuple(old["updated_hlc"])):
                 # A version that came in late: changes made since it was,
-                # judged by the version before it here, are judged again. (A
-                # local change is later than every change this node holds.)
+                # judged by the version before it here, are judged again. A
+                # version older than the latest one held changes nothing the
+                # registry shows now, but judges the changes of its own time
+                # (EngineCore._descriptor_at). (A local change is later than
+                # every change this node holds.)
                 self._rejudge_registry(txn, batch, rec, tuple(body.hlc), env, origin)  # type: ignore[attr-defined]
         if reg == disputes.DISPUTES_REGISTRY and not record["deleted"]:
             self._after_dispute_record(batch, record["kind"], rec, record["fields"])  # type: ignore[attr-defined]

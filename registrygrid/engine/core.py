@@ -127,7 +127,7 @@ class EngineCore:
                                             "updated_hlc": list(max(tuple(bodies[h].hlc) for h in then))})
 
     @staticmethod
-    def _registry_refusal(desc: regs.RegistryDescriptor, kind: str,
+    def _registry_refusal(desc: regs.RegistryDescriptor, op: str, kind: str,
                           fields: Mapping[str, Any] | None) -> PolicyDenied | None:
         """Why a registry's own rules refuse what a remote change made, or
         None: its kinds and its ``max_record_bytes``, in ``desc``, the
@@ -135,8 +135,12 @@ class EngineCore:
         that version (a kind dropped, the cap lowered) when it signed, so
         such a change is kept as evidence, never rejected: a rejected change
         is never stored, and its author's later changes in the registry
-        would wait for it forever. ``fields`` None: not measured (a delete,
-        which makes nothing larger)."""
+        would wait for it forever. A delete is never refused by them (it
+        makes nothing larger, and the records of a kind a registry stopped
+        holding can still be cleared away, as local deletes can). ``fields``
+        None: not measured."""
+        if op == "delete":
+            return None
         if kind not in desc.kinds:
             return PolicyDenied(f"registry {desc.name} does not hold kind {kind!r}")
         if fields is not None and desc.max_record_bytes < limits.MAX_RECORD_BYTES:

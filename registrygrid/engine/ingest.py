@@ -26,7 +26,7 @@ from registrygrid.crdt.snapshot import (
     snapshot_state,
 )
 from registrygrid.engine import registries as regs
-from registrygrid.engine.batch import Batch, CreateRace
+from registrygrid.engine.batch import Batch, CreateRace, kind_race
 from registrygrid.engine.core import EngineCore
 from registrygrid.engine.erasure import ERASURES_REGISTRY
 from registrygrid.engine.ops import (
@@ -163,8 +163,13 @@ class RemoteIngest(EngineCore):
             if records.is_applied(store, txn, reg, rec, body.change_hash) \
                     or records.is_refused(store, txn, reg, rec, body.change_hash):
                 raise MalformedInput("this Automerge change was already stored under another envelope")
-        if body.kind not in desc.kinds:
-            return self._keep_refused(txn, batch, env, self._registry_refusal(desc, body.kind, None), peer)
+        claim: dict[str, Any] = {}
+        plain_json = False
+        if body.is_snapshot:
+            claim, plain_json = snapshot_state(body.payload, kind=body.kind, schema=body.schema)
+        refusal = self._registry_refusal(desc, body.op, body.kind, None)  # the kinds it holds
+        if refusal is not None:
+            return self._refuse(txn, batch, env, refusal, peer, claim)
         if self._awaits_kind(body.kind, body.schema):  # type: ignore[attr-defined]
             # Its user kind's definition has not arrived (gossip messages
             # out of order; a sync response cut at its budget): wait for it
@@ -174,15 +179,13 @@ class RemoteIngest(EngineCore):
             self.metrics["remote.waiting_kind"] += 1
             return self._park(txn, batch, env, pending.for_deps(regs.KINDS_REGISTRY, f"{body.kind}.v{body.schema}",
                                                                 env.cid))
-        claim: dict[str, Any] = {}
         if body.is_snapshot:
-            claim, plain_json = snapshot_state(body.payload, kind=body.kind, schema=body.schema)
             try:
                 self._check_state(env, claim, desc, shape_checked=True, plain_json=plain_json)
             except SchemaViolation as exc:
-                return self._refuse_by_schema(txn, batch, env, exc, peer)
+                return self._refuse_by_schema(txn, batch, env, exc, peer, claim)
             except PolicyDenied as exc:
-                return self._keep_refused(txn, batch, env, exc, peer)
+                return self._refuse(txn, batch, env, exc, peer, claim)
         builds_on_refused = False
         if body.deps:
             # Updates name the genesis change of the record's snapshot: build
@@ -193,9 +196,10 @@ class RemoteIngest(EngineCore):
                 if not records.is_refused(store, txn, reg, rec, dep):
                     return self._park(txn, batch, env, pending.for_deps(reg, rec, env.cid))
                 builds_on_refused = True
+        if builds_on_refused:
+            return self._refuse(txn, batch, env, PolicyDenied(
+                f"it builds on a refused change of {body.registry}/{body.record}"), peer, claim)
         try:
-            if builds_on_refused:
-                raise PolicyDenied(f"it builds on a refused change of {body.registry}/{body.record}")
             if body.registry != MEMBERS_REGISTRY:  # statements carry their own authority
                 self.trust.check_chain(body.author, body.registry, body.seq)
         except PolicyDenied as exc:
@@ -218,7 +222,22 @@ class RemoteIngest(EngineCore):
                 # (heads_before), and dropped unless it commits (_ingest).
                 heads_before = existing.heads()
                 batch.in_place.add((body.registry, body.record))
-                existing.add_change(change)
+                try:
+                    existing.add_change(change)
+                except MalformedInput:
+                    _drop_in_place(batch, body)
+                    seq = self._seq_taken(txn, batch, body.registry, body.record, change)
+                    if seq is None:
+                        raise
+                    # Its author made a change here that its own node later
+                    # refused (a rule that arrived late: a revocation, a
+                    # descriptor), then this one, which took the refused
+                    # one's place in its Automerge sequence; this node still
+                    # holds that one, and one document cannot hold both.
+                    # Which counts is settled by judging them in clock order.
+                    return self._settle_by_rebuild(txn, batch, env, PolicyDenied(
+                        f"{body.author} made its Automerge change {seq} of {body.registry}/{body.record} twice "
+                        "(the first was refused where it was made); one counts"), peer)
                 doc = existing
             else:
                 doc = RecordDoc.apply(None, change)
@@ -237,10 +256,10 @@ class RemoteIngest(EngineCore):
                     self._check_state(env, own, desc)
                 except SchemaViolation as exc:
                     _drop_in_place(batch, body)
-                    return self._refuse_by_schema(txn, batch, env, exc, peer)
+                    return self._refuse_by_schema(txn, batch, env, exc, peer, claim)
                 except PolicyDenied as exc:
                     _drop_in_place(batch, body)
-                    return self._keep_refused(txn, batch, env, exc, peer)
+                    return self._refuse(txn, batch, env, exc, peer, claim)
         statement = read_statement(body.kind, body.record, state["fields"]) \
             if body.registry == MEMBERS_REGISTRY and not state.get("deleted") else None
         try:
@@ -309,14 +328,36 @@ class RemoteIngest(EngineCore):
         return IngestResult("erased", env.id)
 
     def _refuse_by_schema(self, txn: Txn, batch: Batch, env: Envelope, exc: SchemaViolation,
-                          peer: str) -> IngestResult:
+                          peer: str, claim: dict[str, Any]) -> IngestResult:
         """A change whose record fails its kind's schema: a user kind's is
         kept as evidence, since its definition may be replaced when a create
         race of the kind settles (engine/kinds.py); a built-in kind's is
         malformed input."""
         if not self._is_user_kind(env.body.kind, env.body.schema):  # type: ignore[attr-defined]
             raise exc
-        return self._keep_refused(txn, batch, env, exc, peer)
+        return self._refuse(txn, batch, env, exc, peer, claim)
+
+    def _refuse(self, txn: Txn, batch: Batch, env: Envelope, why: RegistryError, peer: str,
+                claim: dict[str, Any]) -> IngestResult:
+        """Keep a change that the registry's rules refuse as evidence, unless
+        its signer's authority is not known here yet: then it waits for its
+        delegation, like a change that passes them, and is judged from the
+        start when it comes. Kept at once, a rebuild would later judge a
+        change whose signer it could not place. ``claim``: a create's
+        snapshot (its owner; an update's is the record's)."""
+        body = env.body
+        if body.registry != MEMBERS_REGISTRY:
+            owner = claim.get("owner") if body.is_snapshot else \
+                (records.get_record(self.store, txn, body.registry, body.record) or {}).get("owner")
+            try:
+                waits = isinstance(owner, str) and \
+                    self.trust.check_speaks_for(body.author, owner, body.hlc[0]) is Verdict.WAIT
+            except RegistryError:  # a refusal of its own: the registry's stands
+                waits = False
+            if waits:
+                self.metrics["remote.waiting_delegation"] += 1
+                return self._park(txn, batch, env, pending.for_delegation(body.author, env.cid))
+        return self._keep_refused(txn, batch, env, why, peer)
 
     def _check_automerge_header(self, env: Envelope) -> None:
         check_automerge_header(env.body)
@@ -337,9 +378,16 @@ class RemoteIngest(EngineCore):
                                           owner=claim.get("owner"), created_by=created.get("by"), at_ms=at_ms,
                                           statement=statement, policy=self.policy, kind=body.kind,
                                           fields=claim.get("fields"))
+            if verdict is Verdict.WAIT:
+                return verdict  # its signer first: a race is settled by rebuilding, which judges it
             if old is not None and old["owner"] != claim.get("owner"):
                 raise CreateRace(NotOwner(f"{body.registry}/{body.record} belongs to {old['owner']}, whose create "
                                            f"came first; a create of the same id by {claim.get('owner')} is refused"))
+            if old is not None and (old["kind"], old["schema"]) != (claim.get("kind"), claim.get("schema")):
+                # Creates of one org merge, but a record has one kind and
+                # schema version (Automerge would pick one, its conflict rule
+                # maybe another, and records would be judged by either).
+                raise CreateRace(kind_race(body.registry, body.record, old, claim))
             return verdict
         if old is None:
             raise MalformedInput(f"a {body.op} of {body.registry}/{body.record}, which has no create")
@@ -366,21 +414,40 @@ class RemoteIngest(EngineCore):
                               change=env.id)
         return IngestResult("refused", env.id, error=why)
 
+    def _seq_taken(self, txn: Txn, batch: Batch, registry: str, record_id: str, change: bytes) -> int | None:
+        """The Automerge sequence number of ``change`` if the record's
+        document holds another change of its actor with it, else None."""
+        header = read_header(change)
+        doc = self._document(txn, batch, registry, record_id)  # as stored: the one it failed in was dropped
+        if doc is None:
+            return None
+        for held in doc.doc.get_changes([]):
+            if held.actor_id == header.actor and held.seq == header.seq and held.hash != header.hash:
+                return header.seq
+        return None
+
     def _settle_create_race(self, txn: Txn, batch: Batch, env: Envelope, race: CreateRace,
                             peer: str) -> IngestResult:
         """Two orgs created one id: the earliest valid create (by clock, then
         change ID) owns the record on every node, whichever arrived first."""
+        return self._settle_by_rebuild(txn, batch, env, race.refusal, peer)
+
+    def _settle_by_rebuild(self, txn: Txn, batch: Batch, env: Envelope, refusal: PolicyDenied,
+                           peer: str) -> IngestResult:
+        """Keep the change, then rebuild its record from every change it
+        holds, judged in clock order: the change counts if it is valid
+        there, and is kept as evidence otherwise (``refusal`` says why)."""
         body = env.body
-        self._keep_refused(txn, batch, env, race.refusal, peer, audit=False)
+        self._keep_refused(txn, batch, env, refusal, peer, audit=False)
         self._rebuild(txn, batch, body.registry, body.record, cause=env, origin=peer)
         if records.counts(self.store, txn, body.registry, body.record, env.cid, body.change_hash):
             return IngestResult("applied", env.id, self._batch_feed_seq)
-        self.metrics[f"rejected.{race.refusal.code}"] += 1
+        self.metrics[f"rejected.{refusal.code}"] += 1
         self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action="deny",
                           target=f"{body.registry}/{body.record}",
-                          reason=f"{race.refusal.audit_reason()} (kept as evidence)"[:512],
+                          reason=f"{refusal.audit_reason()} (kept as evidence)"[:512],
                           change=env.id)
-        return IngestResult("refused", env.id, error=race.refusal)
+        return IngestResult("refused", env.id, error=refusal)
 
     def _check_state(self, env: Envelope, state: dict[str, Any], desc: regs.RegistryDescriptor, *,
                      shape_checked: bool = False, plain_json: bool = False) -> dict[str, Any]:
@@ -411,7 +478,7 @@ class RemoteIngest(EngineCore):
         # the registry's rule (_registry_refusal: kept as evidence).
         if body.op != "delete" and not (shape_checked and len(body.payload) <= desc.max_record_bytes):
             checked_fields(state.get("fields"))
-            refusal = self._registry_refusal(desc, body.kind, state.get("fields"))
+            refusal = self._registry_refusal(desc, body.op, body.kind, state.get("fields"))
             if refusal is not None:
                 raise refusal
         return state

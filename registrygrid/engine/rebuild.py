@@ -24,7 +24,7 @@ from registrygrid.crdt.snapshot import (
     read_snapshot,
 )
 from registrygrid.engine import registries as regs
-from registrygrid.engine.batch import Batch
+from registrygrid.engine.batch import Batch, kind_race
 from registrygrid.engine.core import EngineCore
 from registrygrid.engine.values import (
     automerge_of,
@@ -45,6 +45,7 @@ from registrygrid.storage import chains, feed, records
 from registrygrid.storage.store import Txn
 from registrygrid.trust import access
 from registrygrid.trust.policy import POLICIES_REGISTRY, PolicySet
+from registrygrid.trust.state import Verdict
 from registrygrid.trust.statements import MEMBERS_REGISTRY, read_statement
 
 
@@ -182,7 +183,7 @@ class Rebuilds(EngineCore):
                     own = candidate
                 else:
                     own = candidate_doc.materialize(heads=[am_hash])
-                refusal = self._registry_refusal(desc, body.kind, None if body.op == "delete" else own["fields"])
+                refusal = self._registry_refusal(desc, body.op, body.kind, own["fields"])
                 if refusal is not None:
                     raise refusal
                 if body.op != "delete" and self._is_user_kind(own["kind"], own["schema"]):  # type: ignore[attr-defined]
@@ -194,24 +195,31 @@ class Rebuilds(EngineCore):
                     created = claim["created"] if isinstance(claim.get("created"), dict) else {}
                     statement = read_statement(body.kind, record_id, claim["fields"]) \
                         if registry == MEMBERS_REGISTRY else None
-                    # WAIT cannot happen here: the change was applied or judged
-                    # once, so its signer's delegations were known then.
-                    access.check_create(self.trust, desc, author=body.author, record_id=record_id,
-                                        owner=claim.get("owner"), created_by=created.get("by"), at_ms=at_ms,
-                                        statement=statement, policy=self.policy, kind=body.kind,
-                                        fields=claim.get("fields"))
+                    verdict = access.check_create(self.trust, desc, author=body.author, record_id=record_id,
+                                                  owner=claim.get("owner"), created_by=created.get("by"),
+                                                  at_ms=at_ms, statement=statement, policy=self.policy,
+                                                  kind=body.kind, fields=claim.get("fields"))
                     if state is not None and state.get("owner") != claim.get("owner"):
                         raise NotOwner(f"{registry}/{record_id} belongs to {state.get('owner')}, whose create "
                                        f"came first")
+                    if state is not None and (state.get("kind"), state.get("schema")) != \
+                            (claim.get("kind"), claim.get("schema")):
+                        raise kind_race(registry, record_id, state, claim)
                 else:
                     if state is None:
                         raise NotOwner(f"{registry}/{record_id} has no valid create")
                     judged_before = state
                     if set(body.deps) != heads:  # concurrent: judged on what its author saw (_judged_before)
                         judged_before = candidate_doc.materialize(heads=list(body.deps))
-                    access.check_modify(self.trust, desc, op=body.op, author=body.author,
-                                        before={**judged_before, "registry": registry, "id": record_id},
-                                        after=own, at_ms=at_ms, policy=self.policy)
+                    verdict = access.check_modify(self.trust, desc, op=body.op, author=body.author,
+                                                  before={**judged_before, "registry": registry, "id": record_id},
+                                                  after=own, at_ms=at_ms, policy=self.policy)
+                if verdict is Verdict.WAIT:
+                    # Every stored change was judged once with its signer's
+                    # delegation known (RemoteIngest._refuse waits for it), and
+                    # delegations are never forgotten: a WAIT here is a bug,
+                    # and a change nobody can place never counts.
+                    raise PolicyDenied(f"{body.author}'s delegation is not known here")
             except (PolicyDenied, ValidationError):  # MalformedInput and SchemaViolation among them
                 refused_now[automerge_of(env)[0]] = env.cid
                 self.metrics["trust.refused_on_rebuild"] += int(env.cid in applied_cids)
