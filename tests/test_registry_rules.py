@@ -217,3 +217,173 @@ def test_a_change_that_arrives_before_its_registrys_descriptor_waits_for_it(tmp_
     finally:
         o.close()
         replica.close()
+
+
+def test_a_record_of_a_kind_its_registry_dropped_can_still_be_deleted_everywhere(tmp_path: Path) -> None:
+    o, p = org_node(tmp_path / "o", ORG_O), org_node(tmp_path / "p", ORG_P)
+    replica = LocalRegistry.open_path(tmp_path / "replica")
+    try:
+        deliver(p, o)
+        o.create_registry(REG, ["cluster", "tool"], write_policy="members")
+        deliver(p, o)
+        p.put(REG, "tool", {"name": "t", "description": "a tool"}, id="t")
+        deliver(o, p)
+        o.update("grid.registries", REG, patch={"kinds": ["cluster"]})
+        deliver(p, o)
+        p.delete(REG, "t")  # no new tools, no edits of them; clearing one away is fine
+        for target, source in ((o, p), (replica, o)):
+            assert "rejected" not in statuses(deliver(target, source))
+        for grid in (o, p, replica):
+            assert grid.get(REG, "t", include_deleted=True)["deleted"] is True
+    finally:
+        for grid in (o, p, replica):
+            grid.close()
+
+
+def test_two_creates_of_one_id_with_two_kinds_by_one_org_keep_the_earliest(tmp_path: Path) -> None:
+    """Creates of one org merge, but a record has one kind: Automerge's
+    pick of it and the conflict rule's could differ, and records would be
+    judged by either. They race as wholes, like two orgs' creates."""
+    o1, o2 = org_node(tmp_path / "o1", ORG_O), org_node(tmp_path / "o2", ORG_O)
+    replica = LocalRegistry.open_path(tmp_path / "replica")
+    try:
+        deliver(o2, o1)
+        o1.create_registry(REG, ["cluster", "tool"], write_policy="members")
+        deliver(o2, o1)
+        o1.put(REG, "cluster", {"name": "x"}, id="x")
+        time.sleep(0.005)
+        o2.put(REG, "tool", {"name": "x", "description": "a tool"}, id="x")
+        o2.update(REG, "x", patch={"name": "y"})  # on its own create: refused with it
+        for target, source in ((replica, o2), (replica, o1), (o1, o2), (o2, o1)):
+            assert "rejected" not in statuses(deliver(target, source))
+        for grid in (o1, o2, replica):
+            assert shown(grid) == {"x": ("cluster", {"name": "x"})}
+        assert len({grid.state_digest() for grid in (o1, o2, replica)}) == 1
+    finally:
+        for grid in (o1, o2, replica):
+            grid.close()
+
+
+def test_a_create_its_own_node_refused_and_made_again_ends_the_same_everywhere(tmp_path: Path) -> None:
+    """P creates t as a tool, not knowing its registry dropped tools; once
+    it learns that, its own node refuses the create, and P creates t again
+    as a cluster. Both geneses are P's first Automerge change of t: a
+    replica that still holds the first cannot add the second to one
+    document, so it keeps it and judges both in clock order."""
+    o, p = org_node(tmp_path / "o", ORG_O), org_node(tmp_path / "p", ORG_P)
+    replica = LocalRegistry.open_path(tmp_path / "replica")
+    try:
+        deliver(p, o)
+        o.create_registry(REG, ["cluster", "tool"], write_policy="members")
+        deliver(p, o)
+        deliver(replica, o)
+        o.update("grid.registries", REG, patch={"kinds": ["cluster"]})
+        time.sleep(0.005)
+        p.put(REG, "tool", {"name": "t", "description": "a tool"}, id="t")
+        assert "rejected" not in statuses(deliver(replica, p))  # the replica has not seen the drop
+        assert shown(replica) == {"t": ("tool", {"name": "t", "description": "a tool"})}
+        deliver(p, o)
+        assert shown(p) == {}  # its own create, refused by the rule of its time
+        p.put(REG, "cluster", {"name": "t"}, id="t")
+        (again,) = [w for w in feed_wires(p) if open_envelope(w).body.registry == REG][-1:]
+        (kept,) = replica.execute([Remote(again, "p")])  # the drop has not reached the replica yet
+        assert kept.status == "refused"  # kept, and judged again with the first create when the drop comes
+        assert "rejected" not in statuses(deliver(replica, o))
+        deliver(o, p)
+        for grid in (o, p, replica):
+            assert shown(grid) == {"t": ("cluster", {"name": "t"})}
+        assert len({grid.state_digest() for grid in (o, p, replica)}) == 1
+    finally:
+        for grid in (o, p, replica):
+            grid.close()
+
+
+def test_a_descriptor_version_that_arrives_after_a_later_one_judges_the_changes_of_its_time(
+        tmp_path: Path) -> None:
+    """Two nodes of O open its registry concurrently (only owners then edit
+    their records): o1 first (v1), o2 later, describing it too (v2). P
+    edits O's record in between, seeing neither. A replica that gets v2
+    before v1 shows the same registry after v1 as before it, yet v1 decides
+    P's edit, made in its time."""
+    o1, o2, p = org_node(tmp_path / "o1", ORG_O), org_node(tmp_path / "o2", ORG_O), org_node(tmp_path / "p", ORG_P)
+    replica = LocalRegistry.open_path(tmp_path / "replica")
+    try:
+        deliver(o2, o1)
+        deliver(p, o1)
+        o1.create_registry(REG, ["cluster"], write_policy="members")
+        o1.put(REG, "cluster", {"name": "x"}, id="x")
+        for target in (o2, p, replica):
+            deliver(target, o1)
+        o1.update("grid.registries", REG, patch={"write_policy": "open"})  # v1
+        time.sleep(0.005)
+        p.update(REG, "x", patch={"by": "p"})  # p has seen neither version
+        time.sleep(0.005)
+        o2.update("grid.registries", REG, patch={"write_policy": "open", "description": "x"})  # v2, beside v1
+        for source in (p, o2, o1):  # p's edit, then v2, then v1: late
+            assert "rejected" not in statuses(deliver(replica, source))
+        for target, source in ((o1, o2), (o1, p), (o2, o1)):
+            deliver(target, source)
+        for grid in (o1, o2, replica):
+            assert shown(grid) == {"x": ("cluster", {"name": "x"})}
+        assert len({grid.state_digest() for grid in (o1, o2, replica)}) == 1
+    finally:
+        for grid in (o1, o2, p, replica):
+            grid.close()
+
+
+def test_a_change_a_registry_rule_refuses_waits_for_its_signers_delegation_first(tmp_path: Path) -> None:
+    """Kept at once, a later rebuild would judge a change whose signer it
+    cannot place; so it waits for the signer's delegation, as a change the
+    rules let through does, and is judged when it comes."""
+    o, p = org_node(tmp_path / "o", ORG_O), org_node(tmp_path / "p", ORG_P)
+    replica = LocalRegistry.open_path(tmp_path / "replica")
+    try:
+        deliver(p, o)
+        o.create_registry(REG, ["cluster", "tool"], write_policy="members")
+        deliver(p, o)
+        o.update("grid.registries", REG, patch={"kinds": ["cluster"]})
+        time.sleep(0.005)
+        p.put(REG, "tool", {"name": "t", "description": "a tool"}, id="t")  # p has not seen the drop
+        p.put(REG, "cluster", {"name": "c"}, id="c")
+        deliver(replica, o)
+        ours = [w for w in feed_wires(p) if open_envelope(w).body.registry == REG]
+        early = replica.execute([Remote(w, "p") for w in ours])
+        assert statuses(early) == ["pending", "pending"]
+        assert replica.engine.metrics["remote.waiting_delegation"] == 1  # the tool; the cluster waits for it
+        assert "rejected" not in statuses(deliver(replica, p))  # p's delegation, and what waited for it
+        assert replica.engine.metrics["rejected.policy_denied"] == 1  # the tool, judged now: kept as evidence
+        assert shown(replica) == {"c": ("cluster", {"name": "c"})}
+    finally:
+        for grid in (o, p, replica):
+            grid.close()
+
+
+def test_a_create_racing_a_held_record_waits_for_its_signers_delegation_before_the_race_is_settled(
+        tmp_path: Path) -> None:
+    """P, not having seen O restrict its registry to O's own records,
+    creates x; O creates x after it. P's create is the earlier one but
+    counts nowhere (the rule of its time refuses it), so x is O's. A replica
+    that gets P's create before P's delegation must not settle the race
+    without it: it waits, then judges."""
+    o, p = org_node(tmp_path / "o", ORG_O), org_node(tmp_path / "p", ORG_P)
+    replica = LocalRegistry.open_path(tmp_path / "replica")
+    try:
+        deliver(p, o)
+        o.create_registry(REG, ["cluster"], write_policy="members")
+        deliver(p, o)
+        o.update("grid.registries", REG, patch={"write_policy": "owner"})
+        time.sleep(0.005)
+        p.put(REG, "cluster", {"name": "by p"}, id="x")
+        time.sleep(0.005)
+        o.put(REG, "cluster", {"name": "by o"}, id="x")
+        deliver(replica, o)
+        ours = [w for w in feed_wires(p) if open_envelope(w).body.registry == REG]
+        assert statuses(replica.execute([Remote(w, "p") for w in ours])) == ["pending"]
+        assert "rejected" not in statuses(deliver(replica, p))
+        deliver(o, p)
+        for grid in (o, replica):
+            assert shown(grid) == {"x": ("cluster", {"name": "by o"})}
+            assert grid.get(REG, "x")["owner"] == ORG_O.did
+    finally:
+        for grid in (o, p, replica):
+            grid.close()
