@@ -439,6 +439,9 @@ STATE_REFUSALS = [
     # both are data on the node (GET /v1/registries/{registry}, GET /v1/kinds/{name}).
     (RECORDS, "validation_failed", "registry .* holds kinds"), (RECORDS, "schema_violation", ""),
     (RECORDS + "/{id}", "schema_violation", ""),
+    # A registry may cap its records' size below the global cap (its limits.max_record_bytes, data too).
+    *[(path, "too_large", r"record fields take \d+ bytes; the cap is \d+ \(the registry's max_record_bytes\)")
+      for path in (RECORDS, RECORDS + "/{id}")],
     # Not state: a did:key must name an Ed25519 key, which the document says with its format
     # (did-key-ed25519, generated above), but schemathesis's coverage phase draws from the pattern alone.
     (None, "validation_failed", "(malformed )?did:key "),

@@ -909,8 +909,8 @@ _ERROR_STATUSES = {
     "410": "The record was erased (record_erased; details.notice names the erasure notice): its id is gone for "
            "good (docs/erasure.md)",
     "412": "If-Match names a change the record moved past",
-    "413": f"Body over {MAX_BODY_BYTES} bytes, or fields over {limits.MAX_RECORD_BYTES} bytes encoded "
-           "(resolve: a DHT record over its cap)",
+    "413": f"Body over {MAX_BODY_BYTES} bytes, or fields over {limits.MAX_RECORD_BYTES} bytes encoded, or over "
+           "the registry's limits.max_record_bytes (resolve: a DHT record over its cap)",
     "422": "Well-formed but invalid (schema violation: details list every failing path)",
     "429": "Rate limited (see Retry-After)",
     "501": "A capability of an optional extra this node was installed without (semantic search: "
