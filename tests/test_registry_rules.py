@@ -36,6 +36,7 @@ from registrygrid.protocol.envelope import open_envelope, seal
 from registrygrid.protocol.hlc import Hlc
 from registrygrid.sdk import LocalRegistry
 from registrygrid.storage import pending
+from registrygrid.trust.statements import MEMBERS_REGISTRY
 from tests.arrival_orders import first_and_rest, replicas_agree_in_any_order
 from tests.test_trust import deliver, feed_wires, org_node, statuses
 
@@ -359,3 +360,52 @@ def test_a_create_racing_a_held_record_waits_for_its_signers_delegation_before_t
     for grid in (o, replica):
         assert shown(grid) == {"x": ("cluster", {"name": "by o"})}
         assert grid.get(REG, "x")["owner"] == ORG_O.did
+
+
+def test_a_change_whose_dependencies_are_missing_waits_for_them_before_any_rule_refuses_it(
+        stores: Stores) -> None:
+    """O drops tools from its registry and adds them back; O's other node,
+    having seen both, creates a tool, and P edits it. A replica that has
+    only seen the drop gets P's edit before the create: judged then, by the
+    rules it knows so far, it would be refused for good (the create's
+    arrival rebuilds nothing). It waits for the create like any change
+    missing its deps."""
+    o, o2, p, replica = stores.o, stores.o2, stores.p, stores.replica
+    stores.registry(["cluster", "tool"], write_policy="members")
+    deliver(replica, o)
+    o.update("grid.registries", REG, patch={"kinds": ["cluster"]})
+    time.sleep(0.005)
+    o.update("grid.registries", REG, patch={"kinds": ["cluster", "tool"]})
+    deliver(o2, o)
+    time.sleep(0.005)
+    o2.put(REG, "tool", {"name": "t", "description": "a tool"}, id="t")
+    deliver(p, o2)
+    p.update(REG, "t", patch={"description": "edited"})
+    drop, back = [w for w in feed_wires(o) if open_envelope(w).body.record == REG][-2:]
+    (create,) = [w for w in feed_wires(o2) if open_envelope(w).body.registry == REG]
+    (edit,) = [w for w in feed_wires(p) if open_envelope(w).body.registry == REG and w != create]
+    members = [w for w in feed_wires(p) if open_envelope(w).body.registry == MEMBERS_REGISTRY]  # every delegation
+    assert "rejected" not in statuses(replica.execute([Remote(w, "o") for w in [*members, drop]]))
+    for batch, outcome in (([edit], ["pending"]), ([back], ["applied"]), ([create], ["applied"])):
+        assert statuses(replica.execute([Remote(w, "o") for w in batch])) == outcome
+    assert shown(replica) == shown(p) == {"t": ("tool", {"name": "t", "description": "edited"})}
+
+
+def test_an_access_policy_that_arrives_before_its_registrys_descriptor_counts_once_it_comes(
+        stores: Stores) -> None:
+    """A policy counts where its org owns the registries it targets, which a
+    node learns from their descriptors: one that came first counts from the
+    moment the descriptor arrives, as everywhere else."""
+    o, p, replica = stores.o, stores.p, stores.replica
+    stores.registry(["cluster"], write_policy="members")
+    o.put("grid.policies", "policy", {"name": "no-creates", "policy_type": "access", "targets": [REG],
+                                      "access": {"rules": [{"id": "none", "effect": "forbid",
+                                                            "actions": ["create"]}]}}, id="no-creates")
+    time.sleep(0.005)
+    p.put(REG, "cluster", {"name": "x"}, id="x")  # p has not seen the policy
+    ours = feed_wires(o)
+    descriptor = [w for w in ours if open_envelope(w).body.record == REG]
+    for batch in ([w for w in ours if w not in descriptor], descriptor, feed_wires(p)):
+        assert "rejected" not in statuses(replica.execute([Remote(w, "o") for w in batch]))
+    deliver(o, p)
+    assert shown(replica) == shown(o) == {}

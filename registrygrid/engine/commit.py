@@ -113,6 +113,10 @@ class Committing(EngineCore):
         self.metrics[f"write.{body.op}"] += 1
         if reg == regs.REGISTRY_OF_REGISTRIES:
             self._registry_cache.pop(rec, None)
+            # Whose access policies count for a registry depends on its
+            # owner (trust/policy.py): a descriptor that arrives after a
+            # policy for its registry makes that policy count from then on.
+            batch.policies_changed = True
             if old is not None and old["fields"].get("conflict_policy") != record["fields"].get("conflict_policy"):
                 self._resettle_registry(txn, batch, rec, env, origin)
             if origin != "local" and old is not None and (judges_otherwise(old, record)

@@ -167,10 +167,11 @@ class RemoteIngest(EngineCore):
         plain_json = False
         if body.is_snapshot:
             claim, plain_json = snapshot_state(body.payload, kind=body.kind, schema=body.schema)
-        refusal = self._registry_refusal(desc, body.op, body.kind, None)  # the kinds it holds
-        if refusal is not None:
-            return self._refuse(txn, batch, env, refusal, peer, claim)
-        if self._awaits_kind(body.kind, body.schema):  # type: ignore[attr-defined]
+        # The kinds it holds. Refused only once the change's deps are here
+        # (below): a refusal is final until something rebuilds the record,
+        # and the arrival of a missing dependency does not.
+        refusal = self._registry_refusal(desc, body.op, body.kind, None)
+        if refusal is None and self._awaits_kind(body.kind, body.schema):  # type: ignore[attr-defined]
             # Its user kind's definition has not arrived (gossip messages
             # out of order; a sync response cut at its budget): wait for it
             # like a missing dependency, released when that record commits.
@@ -179,7 +180,7 @@ class RemoteIngest(EngineCore):
             self.metrics["remote.waiting_kind"] += 1
             return self._park(txn, batch, env, pending.for_deps(regs.KINDS_REGISTRY, f"{body.kind}.v{body.schema}",
                                                                 env.cid))
-        if body.is_snapshot:
+        if body.is_snapshot and refusal is None:
             try:
                 self._check_state(env, claim, desc, shape_checked=True, plain_json=plain_json)
             except SchemaViolation as exc:
@@ -196,6 +197,8 @@ class RemoteIngest(EngineCore):
                 if not records.is_refused(store, txn, reg, rec, dep):
                     return self._park(txn, batch, env, pending.for_deps(reg, rec, env.cid))
                 builds_on_refused = True
+        if refusal is not None:
+            return self._refuse(txn, batch, env, refusal, peer, claim)
         if builds_on_refused:
             return self._refuse(txn, batch, env, PolicyDenied(
                 f"it builds on a refused change of {body.registry}/{body.record}"), peer, claim)

@@ -74,7 +74,7 @@ class Rebuilds(EngineCore):
     def _policies(self, txn: Txn) -> PolicySet:
         def owner_of(registry: str) -> str | None:
             try:
-                return regs.lookup(self.store, txn, registry).owner
+                return regs.lookup(self.store, txn, registry, include_deleted=True).owner
             except RegistryError:
                 return None
 

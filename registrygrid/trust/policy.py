@@ -26,7 +26,10 @@ edit would be a record no one wrote.
 
 Which policies count: an access policy targets named registries; it counts
 when its owner org is a federation admin, or owns every registry it
-targets (an org rules its own registries). It applies to changes made at or
+targets (an org rules its own registries; a deleted registry's last
+descriptor says who owns it, and the engine weighs the policies again
+whenever a descriptor changes, so one that arrived before its registry's
+descriptor counts once that comes). It applies to changes made at or
 after its creation (their clocks), so a late-arriving policy does not
 rewrite history, and a node that learns it late rebuilds the records it
 judged without it (records are a pure function of their valid changes
