@@ -20,14 +20,13 @@ from registrygrid.crdt.snapshot import (
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.doc_cache import DocumentCache
-from registrygrid.engine.values import fields_size
 from registrygrid.errors import (
     NotFound,
     PolicyDenied,
     ValidationError,
 )
 from registrygrid.identity.keys import KeyPair
-from registrygrid.protocol import limits, names
+from registrygrid.protocol import names
 from registrygrid.protocol.envelope import (
     Draft,
     Envelope,
@@ -128,7 +127,7 @@ class EngineCore:
 
     @staticmethod
     def _registry_refusal(desc: regs.RegistryDescriptor, op: str, kind: str,
-                          fields: Mapping[str, Any] | None) -> PolicyDenied | None:
+                          size: int | None) -> PolicyDenied | None:
         """Why a registry's own rules refuse what a remote change made, or
         None: its kinds and its ``max_record_bytes``, in ``desc``, the
         version in force at the change's clock. Its author may not have seen
@@ -137,17 +136,15 @@ class EngineCore:
         is never stored, and its author's later changes in the registry
         would wait for it forever. A delete is never refused by them (it
         makes nothing larger, and the records of a kind a registry stopped
-        holding can still be cleared away, as local deletes can). ``fields``
-        None: not measured."""
+        holding can still be cleared away, as local deletes can). ``size``: the
+        record's fields packed (values.fields_size), or None: not measured."""
         if op == "delete":
             return None
         if kind not in desc.kinds:
             return PolicyDenied(f"registry {desc.name} does not hold kind {kind!r}")
-        if fields is not None and desc.max_record_bytes < limits.MAX_RECORD_BYTES:
-            size = fields_size(fields)
-            if size > desc.max_record_bytes:
-                return PolicyDenied(f"record fields take {size} bytes; registry {desc.name}'s max_record_bytes "
-                                    f"is {desc.max_record_bytes}")
+        if size is not None and size > desc.max_record_bytes:
+            return PolicyDenied(f"record fields take {size} bytes; registry {desc.name}'s max_record_bytes "
+                                f"is {desc.max_record_bytes}")
         return None
 
     def _live_registry(self, txn: Txn, name: str) -> regs.RegistryDescriptor:

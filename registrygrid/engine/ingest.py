@@ -35,9 +35,9 @@ from registrygrid.engine.ops import (
 )
 from registrygrid.engine.values import (
     automerge_of,
-    checked_fields,
     checked_links,
     checked_tags,
+    fields_size,
 )
 from registrygrid.errors import (
     ChainBroken,
@@ -47,6 +47,7 @@ from registrygrid.errors import (
     PolicyDenied,
     RegistryError,
     SchemaViolation,
+    TooLarge,
     UnknownRegistry,
     ValidationError,
 )
@@ -480,8 +481,10 @@ class RemoteIngest(EngineCore):
         # record beyond the global cap (rejected); the registry's own cap is
         # the registry's rule (_registry_refusal: kept as evidence).
         if body.op != "delete" and not (shape_checked and len(body.payload) <= desc.max_record_bytes):
-            checked_fields(state.get("fields"))
-            refusal = self._registry_refusal(desc, body.op, body.kind, state.get("fields"))
+            size = fields_size(state.get("fields"))  # packed once for both caps
+            if size > limits.MAX_RECORD_BYTES:
+                raise TooLarge(f"record fields take {size} bytes; the cap is {limits.MAX_RECORD_BYTES}")
+            refusal = self._registry_refusal(desc, body.op, body.kind, size)
             if refusal is not None:
                 raise refusal
         return state

@@ -28,6 +28,7 @@ from registrygrid.engine.batch import Batch, kind_race
 from registrygrid.engine.core import EngineCore
 from registrygrid.engine.values import (
     automerge_of,
+    fields_size,
     record_digest,
 )
 from registrygrid.errors import (
@@ -37,6 +38,7 @@ from registrygrid.errors import (
     RegistryError,
     ValidationError,
 )
+from registrygrid.protocol import limits
 from registrygrid.protocol.envelope import (
     Draft,
     Envelope,
@@ -183,7 +185,9 @@ class Rebuilds(EngineCore):
                     own = candidate
                 else:
                     own = candidate_doc.materialize(heads=[am_hash])
-                refusal = self._registry_refusal(desc, body.op, body.kind, own["fields"])
+                size = fields_size(own["fields"]) \
+                    if body.op != "delete" and desc.max_record_bytes < limits.MAX_RECORD_BYTES else None
+                refusal = self._registry_refusal(desc, body.op, body.kind, size)
                 if refusal is not None:
                     raise refusal
                 if body.op != "delete" and self._is_user_kind(own["kind"], own["schema"]):  # type: ignore[attr-defined]
