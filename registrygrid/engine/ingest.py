@@ -283,7 +283,9 @@ class RemoteIngest(EngineCore):
                     verdict = notice_verdict
         except CreateRace as race:
             _drop_in_place(batch, body)  # before the rebuild reads the record
-            return self._settle_create_race(txn, batch, env, race, peer)
+            # The earliest valid create (by clock, then change ID) counts on
+            # every node, whichever arrived first.
+            return self._settle_by_rebuild(txn, batch, env, race.refusal, peer)
         except PolicyDenied as exc:
             _drop_in_place(batch, body)
             return self._keep_refused(txn, batch, env, exc, peer)
@@ -429,12 +431,6 @@ class RemoteIngest(EngineCore):
             if held.actor_id == header.actor and held.seq == header.seq and held.hash != header.hash:
                 return header.seq
         return None
-
-    def _settle_create_race(self, txn: Txn, batch: Batch, env: Envelope, race: CreateRace,
-                            peer: str) -> IngestResult:
-        """Two orgs created one id: the earliest valid create (by clock, then
-        change ID) owns the record on every node, whichever arrived first."""
-        return self._settle_by_rebuild(txn, batch, env, race.refusal, peer)
 
     def _settle_by_rebuild(self, txn: Txn, batch: Batch, env: Envelope, refusal: PolicyDenied,
                            peer: str) -> IngestResult:
