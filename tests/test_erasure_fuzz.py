@@ -22,6 +22,7 @@ Two kinds of tests live here:
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -575,3 +576,87 @@ def test_a_notice_of_another_org_for_a_record_it_does_not_hold_is_refused_where_
         assert readable(node, TOOLS, "r") == "readable"
         assert node.verify().ok
         assert parked(node) == []
+
+
+# ---------------------------------------------------------------- what the 3-node history search found
+
+
+def _shuffled_replica(path: Path, *sources: LocalRegistry) -> LocalRegistry:
+    """A fresh node that takes everything its sources serve in one batch, in
+    a fixed shuffled order."""
+    served: list[bytes] = []
+    for source in sources:
+        served += [w for w in wires(source) if w not in served]
+    random.Random(7).shuffle(served)
+    replica = LocalRegistry.open_path(path, KeyPair.generate())
+    deliver(replica, served)
+    return replica
+
+
+def test_a_member_that_may_delete_another_orgs_record_may_not_erase_it(tmp_path: Path) -> None:
+    """A registry whose write policy lets any member edit and delete any
+    record: B may delete A's record (a tombstone), never erase it (bytes
+    gone for good, and only A's chains vouched for). Before, a node that
+    held the record under that policy honoured B's notice and erased A's
+    bytes, while a node that held a concurrent change did not."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a, b = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b", org_b)
+    a.create_registry("open.things", ["cluster"], write_policy="members")
+    a.put("open.things", "cluster", {"name": "SECRET-of-A"}, id="r")
+    deliver(b, wires(a))
+    with pytest.raises(NotOwner):
+        b.erase("open.things", "r")
+    # Nor does a notice that a node of B which never held r writes.
+    blind = org_node(tmp_path / "blind", org_b)
+    blind.put(ERASURES_REGISTRY, ERASURE_KIND, {"registry": "open.things", "record": "r", "org": org_b.did,
+                                                "positions": []}, id=erasure_id("open.things", "r", org_b.did))
+    exchange(a, b, blind)
+    assert {readable(node, "open.things", "r") for node in (a, b, blind)} == {"readable"}
+    assert stores_holding(a, "SECRET-of-A") and stores_holding(blind, "SECRET-of-A")
+    assert {e["state"] for e in a.erasures()} == {"refused"}
+    assert b.delete("open.things", "r").status == "deleted"  # a delete it may give
+
+
+def test_an_erasure_keeps_another_orgs_losing_create_so_that_orgs_chain_goes_on(tmp_path: Path) -> None:
+    """A creates r first; B creates r too, then writes s. A erases r. B's
+    create lost the race and is B's, not A's record: erased everywhere, it
+    left a gap in B's chain that no node could link past (A vouches for
+    its own chains only), and a node that never saw it waited for good
+    before taking B's s."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a, b = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b", org_b)
+    a.put(TOOLS, "tool", fields_for(TOOLS, "of-A"), id="r")
+    time.sleep(0.005)  # A's create is the earlier
+    b.put(TOOLS, "tool", fields_for(TOOLS, "of-B"), id="r")
+    b.put(TOOLS, "tool", fields_for(TOOLS, "s"), id="s")
+    a.erase(TOOLS, "r")
+    exchange(a, b)
+    replica = _shuffled_replica(tmp_path / "replica", a, b)
+    for node in (a, b, replica):
+        assert readable(node, TOOLS, "r") == "erased"
+        assert node.get(TOOLS, "s")["owner"] == org_b.did
+        assert stores_holding(node, "of-B") and not stores_holding(node, "of-A")
+    assert parked(replica) == []
+
+
+def test_a_node_that_never_saw_the_erased_create_settles_the_race_against_it(tmp_path: Path) -> None:
+    """B creates r first; A creates r later; B erases r before its create
+    reached anyone. The nodes that held A's r judged B's notice against
+    it and kept it, while b (where A's create lost) had erased r. The
+    notice names the create it erased (clock, change ID), so every node
+    settles the race against it: A's r lost, r is erased everywhere."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a, b, c = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b", org_b), org_node(tmp_path / "c", org_a)
+    b.put(TOOLS, "tool", fields_for(TOOLS, "of-B"), id="r")
+    time.sleep(0.005)  # B's create is the earlier
+    a.put(TOOLS, "tool", fields_for(TOOLS, "of-A"), id="r")
+    deliver(c, wires(a))
+    b.erase(TOOLS, "r")
+    notice = b.get(ERASURES_REGISTRY, erasure_id(TOOLS, "r", org_b.did))["fields"]
+    assert set(notice["create"]) == {"change", "hlc"}
+    exchange(a, b, c)
+    replica = _shuffled_replica(tmp_path / "replica", a, b, c)
+    answers = {name: readable(node, TOOLS, "r") for name, node in (("a", a), ("b", b), ("c", c), ("r", replica))}
+    assert set(answers.values()) == {"erased"}, answers
+    assert all(not stores_holding(node, "of-B") for node in (a, b, c, replica))
+    assert all(node.verify().ok for node in (a, b, c, replica))

@@ -6,10 +6,12 @@ that syncs. An erasure removes the bytes. It is asked for with an erasure
 notice, a record of ``grid.erasures`` signed like any other, so it reaches
 every node by gossip and sync and is judged by each:
 
-- the notice counts on a node when its signer may delete the record as
-  that node holds it (trust/access.py, ``op="delete"``); a notice whose
-  record the node does not hold yet waits, and is judged when the record
-  arrives (within the same batch: its bytes are never left behind);
+- the notice counts on a node when its signer speaks for the org that
+  created the record (its create holds the id; not by the rules of a
+  delete: _may_erase); every node holds the notice, refused where it does
+  not count; a notice whose record the node does not hold yet waits, and
+  is judged when the record arrives (within the same batch: its bytes are
+  never left behind);
 - honoured, it removes every change body of the record (each change keeps
   its ID in its author's chain: storage/erasures.py), its document, its
   materialized state, history, indexes, parked changes and evidence, and
@@ -41,16 +43,16 @@ from registrygrid.engine.core import EngineCore
 from registrygrid.engine.ops import Erase, ErasedRecord, Put, Update, WriteResult
 from registrygrid.errors import (
     NotFound,
+    NotOwner,
     PolicyDenied,
     RecordErased,
     RegistryError,
     ValidationError,
 )
 from registrygrid.protocol import base32, names
-from registrygrid.protocol.envelope import Draft, Envelope, open_envelope
+from registrygrid.protocol.envelope import Draft, Envelope, cid_from_str, cid_to_str, open_envelope
 from registrygrid.storage import chains, changes, erasures, feed, pending, records
 from registrygrid.storage.store import Txn
-from registrygrid.trust import access
 from registrygrid.trust.policy import POLICIES_REGISTRY
 from registrygrid.trust.state import Verdict
 from registrygrid.trust.statements import MEMBERS_REGISTRY
@@ -81,6 +83,9 @@ class ErasureNotice:
     positions: tuple[tuple[str, tuple[tuple[int, int], ...]], ...]  # (author, ((first, last), ...))
     blobs: tuple[str, ...]
     reason: str
+    # The erased record's create that holds the id, (clock, change ID): a
+    # node that never saw it settles a create race against it all the same.
+    create: tuple[tuple[int, int], bytes] | None = None
 
     @classmethod
     def read(cls, record_id: str, fields: Mapping[str, Any]) -> ErasureNotice:
@@ -102,8 +107,12 @@ class ErasureNotice:
             if any(first > last for first, last in ranges):
                 raise ValidationError(f"erasure notice {record_id}: a range of {entry['author']} runs backwards")
             positions.append((str(entry["author"]), ranges))
+        create = None
+        if fields.get("create") is not None:
+            hlc = fields["create"]["hlc"]
+            create = ((int(hlc[0]), int(hlc[1])), cid_from_str(fields["create"]["change"]))
         return cls(record_id, registry, record, org, tuple(positions), tuple(fields.get("blobs") or ()),
-                   str(fields.get("reason") or ""))
+                   str(fields.get("reason") or ""), create)
 
 
 def positions_of(pairs: list[tuple[str, int]]) -> list[dict[str, Any]]:
@@ -149,6 +158,9 @@ class Erasing(EngineCore):
                 pairs.append((body.author, body.seq))
         fields: dict[str, Any] = {"registry": registry, "record": record_id, "org": self.owner,
                                   "positions": positions_of(pairs)}
+        create = self._winning_create(txn, batch, registry, record_id)
+        if create is not None:
+            fields["create"] = {"change": cid_to_str(create[1]), "hlc": list(create[0])}
         if op.blobs:
             fields["blobs"] = list(op.blobs)
         if op.reason:
@@ -159,35 +171,45 @@ class Erasing(EngineCore):
     # ---- judging: before a notice is stored (local and remote alike)
 
     def _check_erasure_notice(self, txn: Txn, record_id: str, fields: Mapping[str, Any], author: str,
-                              at_ms: int, roles: tuple[str, ...] = ()) -> Verdict:
-        """Refuse a notice its signer may not give for the record as held
-        here (PolicyDenied, NotOwner), or for an org it does not speak for;
-        WAIT while its signer's delegation is unknown. A record not held yet
-        is judged when it arrives."""
+                              at_ms: int, *, local: bool = False) -> Verdict:
+        """Refuse a notice for an org its signer does not speak for; WAIT
+        while its signer's delegation is unknown. A local one is refused
+        too (NotOwner) for a record another org created. A peer's is not:
+        whose the record is can change here (a create race settled late),
+        so the notice is committed on every node alike, and counts where
+        and once its org's create holds the id (_judge_notice)."""
         notice = ErasureNotice.read(record_id, fields)
         speaks = self.trust.check_speaks_for(author, notice.org, at_ms)
-        if speaks is Verdict.WAIT:
+        if speaks is Verdict.WAIT or not local:
             return speaks
         target = records.get_record(self.store, txn, notice.registry, notice.record)
-        if target is not None and not self._may_erase(txn, notice, author, target, at_ms, roles):
-            return Verdict.WAIT
+        if target is not None:
+            self._may_erase(notice, author, target, at_ms)
         return speaks
 
-    def _may_erase(self, txn: Txn, notice: ErasureNotice, author: str, target: dict[str, Any], at_ms: int,
-                   roles: tuple[str, ...] = ()) -> bool:
-        """Whether ``author`` may erase ``target`` (as it may delete it);
-        False while its delegation is missing, raises when refused."""
-        desc = self._registry(txn, notice.registry)
-        verdict = access.check_modify(self.trust, desc, op="delete", author=author, before=target, after=None,
-                                      at_ms=at_ms, policy=self.policy, local_roles=roles)
-        return verdict is not Verdict.WAIT
+    def _may_erase(self, notice: ErasureNotice, author: str, target: dict[str, Any], at_ms: int) -> bool:
+        """Whether ``author`` may erase ``target``: it speaks for the notice's
+        org, and that org created the record (its create holds the id).
+        False while its delegation is missing; raises when refused.
+
+        Not by the registry's write or access policy, which may let other
+        orgs delete the record: a delete is a tombstone, an erasure removes
+        bytes for good. An org erases what it created; judged by the rules
+        of a delete, a notice would count where a node held a policy that
+        lets its signer delete and not where a concurrent change of it did
+        not, and nothing could reconcile the two afterwards."""
+        if target.get("owner") != notice.org:
+            raise NotOwner(f"{notice.registry}/{notice.record} belongs to {target.get('owner')}: an org erases "
+                           f"only the records it created, and {notice.org} did not create this one")
+        return self.trust.check_speaks_for(author, notice.org, at_ms) is not Verdict.WAIT
 
     # ---- honouring: once the notice is committed
 
     def _after_erasure_notice(self, txn: Txn, batch: Batch, env: Envelope | Draft, record: dict[str, Any],
                               origin: str) -> None:
-        """A notice was committed: vouch for its positions, and erase its
-        record now if it is held (its authority was checked before commit)."""
+        """A notice was committed: vouch for its positions, and judge it now
+        against its record if that is held (its signer's authority over its
+        org was checked before commit; whose the record is, here)."""
         notice = ErasureNotice.read(record["id"], record["fields"])
         self._has_erasures = True
         now = self.now_ms()
@@ -218,32 +240,60 @@ class Erasing(EngineCore):
                 erasures.set_mark(self.store, txn, notice.registry, notice.record, notice.id, erasures.WAITING)
                 self._drop_parked(txn, notice)
             else:
-                self._erase_record(txn, batch, notice, env, origin)
+                self._judge_notice(txn, batch, notice, env, origin)
         for chain_author, _ in vouched:
             self._link_vouched(txn, batch, notice.registry, chain_author, origin)
 
     def _judge_waiting(self, txn: Txn, batch: Batch, registry: str, record_id: str, origin: str) -> None:
         """A change of a record whose notice waited was just committed: judge
-        the notice against the record now held, and erase it if it counts."""
+        the notice against the record now held, and erase it if it counts.
+        A notice refused because another org's create held the id is judged
+        again once its own org's record holds it (an earlier create of it
+        arrived: the race went the other way), as where that create came
+        first."""
         held = erasures.mark(self.store, txn, registry, record_id)
-        if held is None or held[1] != erasures.WAITING:
+        if held is None or held[1] == erasures.ERASED:
             return
         stored = records.get_record(self.store, txn, ERASURES_REGISTRY, held[0])
         target = records.get_record(self.store, txn, registry, record_id)
         if stored is None or target is None:
             return
         notice = ErasureNotice.read(stored["id"], stored["fields"])
+        if held[1] == erasures.REFUSED and target["owner"] != notice.org:
+            return  # still another org's record
         cid = records.applied_ids(self.store, txn, ERASURES_REGISTRY, notice.id)
-        env = self._stored_envelope(txn, batch, cid[0]) if cid else None
+        if cid:
+            self._judge_notice(txn, batch, notice, self._stored_envelope(txn, batch, cid[0]), origin,
+                               again=held[1] == erasures.REFUSED)
+
+    def _judge_notice(self, txn: Txn, batch: Batch, notice: ErasureNotice, env: Envelope | Draft, origin: str,
+                      *, again: bool = False) -> None:
+        """Erase the notice's record, held here, if the notice counts for it;
+        else mark the notice refused here (audited once)."""
+        target = records.get_record(self.store, txn, notice.registry, notice.record)
+        assert target is not None
+        if target["owner"] != notice.org and notice.create is not None:
+            held = self._winning_create(txn, batch, notice.registry, notice.record)
+            if held is not None and notice.create < held:
+                # The erased record's create came first (its bytes were gone
+                # before they reached here): the record held lost the race
+                # to it, as where that create arrived. Rebuilt against it,
+                # the record counts for nothing; then erased.
+                erasures.set_mark(self.store, txn, notice.registry, notice.record, notice.id, erasures.ERASED,
+                                  (notice.org, *notice.create))
+                self._rebuild(txn, batch, notice.registry, notice.record, cause=env, origin=origin)  # type: ignore[attr-defined]
+                self._erase_record(txn, batch, notice, env, origin)
+                return
         try:
-            if env is None or not self._may_erase(txn, notice, env.body.author, target, self.now_ms()):
+            if not self._may_erase(notice, env.body.author, target, env.body.hlc[0]):
                 return  # its signer's delegation has not arrived: judged again at the next change
         except PolicyDenied as exc:  # NotOwner too: the notice does not count here
-            erasures.set_mark(self.store, txn, registry, record_id, notice.id, erasures.REFUSED)
-            self.metrics["erasure.refused"] += 1
-            self.audit.append(txn, at_ms=self.now_ms(), actor=env.body.author if env else "unknown",
-                              action="deny", target=f"{registry}/{record_id}",
-                              reason=f"erasure notice {notice.id} not honoured: {exc}"[:512])
+            erasures.set_mark(self.store, txn, notice.registry, notice.record, notice.id, erasures.REFUSED)
+            if not again:
+                self.metrics["erasure.refused"] += 1
+                self.audit.append(txn, at_ms=self.now_ms(), actor=env.body.author, action="deny",
+                                  target=f"{notice.registry}/{notice.record}",
+                                  reason=f"erasure notice {notice.id} not honoured: {exc}"[:512])
             return
         self._erase_record(txn, batch, notice, env, origin)
 
@@ -260,9 +310,12 @@ class Erasing(EngineCore):
         # kept, so a create of another org that arrives later is settled as
         # the race it is, not dropped (_erased_race).
         winner: tuple[str, tuple[int, int], bytes] | None = None
+        if notice.create is not None:
+            winner = (notice.org, *notice.create)
+        others = self._others_evidence(txn, batch, registry, record_id, notice.org)
         for cid in self._record_change_ids(txn, registry, record_id):
             body = self._held_body(txn, batch, cid)
-            if body is None:
+            if body is None or cid in others.values():
                 continue
             if body.is_genesis and cid in counted and target is not None and \
                     (winner is None or (tuple(body.hlc), cid) < (winner[1], winner[2])):
@@ -274,6 +327,8 @@ class Erasing(EngineCore):
         for feed_seq, _ in records.history(store, txn, registry, record_id):
             records.drop_history(store, txn, registry, record_id, feed_seq)
         records.clear_change_index(store, txn, registry, record_id)
+        for am_hash, cid in others.items():
+            records.mark_refused(store, txn, registry, record_id, am_hash, cid)
         records.put_frontiers(store, txn, registry, record_id, {})
         records.delete_document(store, txn, registry, record_id)
         if target is not None:
@@ -300,6 +355,51 @@ class Erasing(EngineCore):
                           reason=(f"erasure notice {notice.id} ({origin}): {erased} changes, {parked} parked "
                                   f"and {evidence} evidence entries erased; {notice.reason}")[:512],
                           change=env.id)
+
+    def _others_evidence(self, txn: Txn, batch: Batch, registry: str, record_id: str, org: str) -> dict[bytes, bytes]:
+        """Automerge hash -> change id of the record's refused changes that
+        another org's create roots: a create of the id that lost the race to
+        ``org``'s, and what was built on it. Their bytes are that org's, not
+        the erased record's, and an erasure by ``org`` could not vouch for
+        their places in their authors' chains (an org vouches for its own):
+        erased, they would leave a gap no node that never saw them could
+        link past. They stay, as the evidence they were."""
+        kept: dict[bytes, bytes] = {}
+        waiting: list[tuple[bytes, bytes, Any]] = []
+        for am_hash, cid in records.refused_changes(self.store, txn, registry, record_id).items():
+            body = self._held_body(txn, batch, cid)
+            if body is None:
+                continue
+            if body.is_snapshot:
+                if read_snapshot(body.payload, kind=body.kind, schema=body.schema).get("owner") != org:
+                    kept[am_hash] = cid
+            elif body.deps:
+                waiting.append((am_hash, cid, body))
+        grown = True
+        while grown:  # what builds on a kept change, in any order
+            grown = False
+            for am_hash, cid, body in waiting:
+                if am_hash not in kept and any(dep in kept for dep in body.deps):
+                    kept[am_hash] = cid
+                    grown = True
+        return kept
+
+    def _loses_to_erased(self, txn: Txn, env: Envelope) -> RegistryError | None:
+        """Why a change of an erased record is kept as evidence rather than
+        as an ID only: a create of another org than the erased record's, later
+        than its create (it lost the race, and its bytes are its org's), or a
+        change built on such a create. None for anything else (dropped)."""
+        body = env.body
+        if body.is_snapshot:
+            erased = erasures.erased_create(self.store, txn, body.registry, body.record)
+            owner = read_snapshot(body.payload, kind=body.kind, schema=body.schema).get("owner")
+            if erased is not None and owner != erased[0]:
+                return NotOwner(f"{body.registry}/{body.record} belongs to {erased[0]}, whose create came first "
+                                f"(the record was erased since); a create of the same id by {owner} is refused")
+            return None
+        if any(records.is_refused(self.store, txn, body.registry, body.record, dep) for dep in body.deps):
+            return PolicyDenied("it builds on a refused change")
+        return None
 
     def _supplement(self, txn: Txn, batch: Batch, notice: ErasureNotice, erased_here: list[tuple[str, int]]) -> None:
         """This node erased changes of its org's keys whose positions the
@@ -339,21 +439,37 @@ class Erasing(EngineCore):
         ids.update(dict.fromkeys(records.refused_changes(self.store, txn, registry, record_id).values()))
         return list(ids)
 
+    def _winning_create(self, txn: Txn, batch: Batch, registry: str,
+                        record_id: str) -> tuple[tuple[int, int], bytes] | None:
+        """(clock, change ID) of the create that holds the record's id here:
+        the earliest of those that count."""
+        found = None
+        for cid in records.applied_ids(self.store, txn, registry, record_id):
+            body = self._held_body(txn, batch, cid)
+            if body is not None and body.is_genesis:
+                key = ((body.hlc[0], body.hlc[1]), cid)
+                found = key if found is None or key < found else found
+        return found
+
     def _held_body(self, txn: Txn, batch: Batch, cid: bytes) -> Any:
         """A change's body, or None when it is erased (or never seen)."""
         made = batch.drafts.get(cid)
         return made.body if made is not None else changes.body(self.store, txn, cid)
 
     def _drop_parked(self, txn: Txn, notice: ErasureNotice) -> int:
-        """Parked changes of the record go; each was verified when parked, so
-        its author vouches for its position: the gap it leaves is linked
-        past without it (storage/erasures.py)."""
+        """Parked changes of the record go, but for creates of other orgs;
+        each was verified when parked, so its author vouches for its
+        position: the gap it leaves is linked past without it
+        (storage/erasures.py)."""
         dropped = 0
         for cid, wire in list(pending.parked(self.store, txn)):
             env = open_envelope(wire, verify=False)
             body = env.body
             if (body.registry, body.record) != (notice.registry, notice.record):
                 continue
+            if body.is_snapshot and read_snapshot(body.payload, kind=body.kind, schema=body.schema).get("owner") \
+                    != notice.org:
+                continue  # another org's create: the race against the erased one is settled when it comes in
             pending.unpark(self.store, txn, cid)
             erasures.vouch(self.store, txn, body.registry, body.author, body.seq, body.seq, notice.id, body.record)
             dropped += 1

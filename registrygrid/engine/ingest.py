@@ -147,6 +147,9 @@ class RemoteIngest(EngineCore):
             # that lets the notice be judged (it would wait for one forever).
             if held is not None and (held[1] == erasures.ERASED and not self._erased_race(txn, env)  # type: ignore[attr-defined]
                                      or (held[1] == erasures.WAITING and not body.is_genesis)):
+                lost = self._loses_to_erased(txn, env) if held[1] == erasures.ERASED else None  # type: ignore[attr-defined]
+                if lost is not None:
+                    return self._keep_refused(txn, batch, env, lost, peer)
                 self._keep_erased(txn, batch, env, held[0])  # type: ignore[attr-defined]
                 return IngestResult("erased", env.id)
         try:
@@ -440,6 +443,10 @@ class RemoteIngest(EngineCore):
         body = env.body
         self._keep_refused(txn, batch, env, refusal, peer, audit=False)
         self._rebuild(txn, batch, body.registry, body.record, cause=env, origin=peer)
+        if self._has_erasures:  # type: ignore[attr-defined]
+            # The race may have given the id to the org whose notice of it
+            # was refused: judged again (engine/erasure.py).
+            self._judge_waiting(txn, batch, body.registry, body.record, peer)  # type: ignore[attr-defined]
         if records.counts(self.store, txn, body.registry, body.record, env.cid, body.change_hash):
             return IngestResult("applied", env.id, self._batch_feed_seq)
         self.metrics[f"rejected.{refusal.code}"] += 1

@@ -80,7 +80,7 @@ class LocalWrites(EngineCore):
         self._refuse_if_erased(txn, registry, record_id)  # type: ignore[attr-defined]
         if registry == ERASURES_REGISTRY:
             self._local_verdict(self._check_erasure_notice(txn, record_id, fields, self.key.did,  # type: ignore[attr-defined]
-                                                           self.now_ms(), op.roles), self.owner)
+                                                           self.now_ms(), local=True), self.owner)
         old = records.get_record(self.store, txn, registry, record_id)
         if old is not None and not old["deleted"]:
             raise AlreadyExists(f"{registry}/{record_id} already exists; update it instead")

@@ -43,7 +43,7 @@ from registrygrid.protocol.envelope import (
     Draft,
     Envelope,
 )
-from registrygrid.storage import chains, feed, records
+from registrygrid.storage import chains, erasures, feed, records
 from registrygrid.storage.store import Txn
 from registrygrid.trust import access
 from registrygrid.trust.policy import POLICIES_REGISTRY, PolicySet
@@ -157,6 +157,10 @@ class Rebuilds(EngineCore):
         state: dict[str, Any] | None = None
         heads: set[bytes] = set()  # of the document built so far
         concurrent = False  # did a change not see all of the document before it?
+        # An erased record's create is gone but still came first: a later
+        # create of the id by another org lost to it (engine/erasure.py).
+        erased = erasures.erased_create(store, txn, registry, record_id) \
+            if self._has_erasures else None  # type: ignore[attr-defined]
         for env in envs:
             body = env.body
             added = False
@@ -203,6 +207,10 @@ class Rebuilds(EngineCore):
                                                   owner=claim.get("owner"), created_by=created.get("by"),
                                                   at_ms=at_ms, statement=statement, policy=self.policy,
                                                   kind=body.kind, fields=claim.get("fields"))
+                    if state is None and erased is not None and claim.get("owner") != erased[0] \
+                            and (tuple(body.hlc), env.cid) > (erased[1], erased[2]):
+                        raise NotOwner(f"{registry}/{record_id} belongs to {erased[0]}, whose create came first "
+                                       "(the record was erased since)")
                     if state is not None and state.get("owner") != claim.get("owner"):
                         raise NotOwner(f"{registry}/{record_id} belongs to {state.get('owner')}, whose create "
                                        f"came first")
