@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from registrygrid.crdt import disputes
@@ -40,7 +40,8 @@ from registrygrid.crdt.snapshot import read_snapshot
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
-from registrygrid.engine.ops import Erase, ErasedRecord, Put, Update, WriteResult
+from registrygrid.engine.ops import Erase, ErasedRecord, IngestResult, Put, Update, WriteResult
+from registrygrid.engine.values import automerge_of
 from registrygrid.errors import (
     NotFound,
     NotOwner,
@@ -80,11 +81,14 @@ class ErasureNotice:
     registry: str
     record: str
     org: str  # the org the notice speaks for (its signer's)
-    positions: tuple[tuple[str, tuple[tuple[int, int], ...]], ...]  # (author, ((first, last), ...))
+    # (who vouches, author, ((first, last), ...)): the notice's own list (its
+    # org vouches), then each node's supplement (that node's key vouches).
+    positions: tuple[tuple[str, str, tuple[tuple[int, int], ...]], ...]
     blobs: tuple[str, ...]
     reason: str
     # The erased record's create that holds the id, (clock, change ID): a
     # node that never saw it settles a create race against it all the same.
+    # The earliest of ``create`` and the ``creates`` nodes of the org added.
     create: tuple[tuple[int, int], bytes] | None = None
 
     @classmethod
@@ -101,18 +105,33 @@ class ErasureNotice:
                                   details=[{"path": "registry", "message": "not erasable"}])
         positions = []
         supplements = fields.get("supplements") or {}
-        for entry in [*(fields.get("positions") or ()), *(e for node in sorted(supplements)
-                                                         for e in supplements[node])]:
+        for voucher, entry in [*((org, e) for e in fields.get("positions") or ()),
+                               *((node, e) for node in sorted(supplements) for e in supplements[node])]:
             ranges = tuple((int(first), int(last)) for first, last in entry["seqs"])
             if any(first > last for first, last in ranges):
                 raise ValidationError(f"erasure notice {record_id}: a range of {entry['author']} runs backwards")
-            positions.append((str(entry["author"]), ranges))
+            positions.append((str(voucher), str(entry["author"]), ranges))
         create = None
-        if fields.get("create") is not None:
-            hlc = fields["create"]["hlc"]
-            create = ((int(hlc[0]), int(hlc[1])), cid_from_str(fields["create"]["change"]))
+        creates = fields.get("creates") or {}
+        for named in [fields.get("create"), *(creates[node] for node in sorted(creates))]:
+            if named is not None:
+                key = ((int(named["hlc"][0]), int(named["hlc"][1])), cid_from_str(named["change"]))
+                create = key if create is None or key < create else create
         return cls(record_id, registry, record, org, tuple(positions), tuple(fields.get("blobs") or ()),
                    str(fields.get("reason") or ""), create)
+
+
+    def vouches(self, orgs_of: Callable[[str], Collection[str]]) -> list[tuple[str, str, tuple[tuple[int, int], ...]]]:
+        """The positions whose vouching counts: an org vouches for its own
+        chains only, and a node (a supplement) for its own org's chains, so
+        one org can never make another org's changes vanish on a node that
+        never saw them."""
+        out = []
+        for voucher, author, ranges in self.positions:
+            orgs = orgs_of(author)
+            if voucher in orgs if voucher == self.org else any(org in orgs for org in orgs_of(voucher)):
+                out.append((voucher, author, ranges))
+        return out
 
 
 def positions_of(pairs: list[tuple[str, int]]) -> list[dict[str, Any]]:
@@ -156,8 +175,10 @@ class Erasing(EngineCore):
             body = self._held_body(txn, batch, cid)
             if body is not None:
                 pairs.append((body.author, body.seq))
+        # The maps that nodes add their supplements to, made with the notice:
+        # two nodes that each made one would race, and one's entries be lost.
         fields: dict[str, Any] = {"registry": registry, "record": record_id, "org": self.owner,
-                                  "positions": positions_of(pairs)}
+                                  "positions": positions_of(pairs), "supplements": {}, "creates": {}}
         create = self._winning_create(txn, batch, registry, record_id)
         if create is not None:
             fields["create"] = {"change": cid_to_str(create[1]), "hlc": list(create[0])}
@@ -213,24 +234,24 @@ class Erasing(EngineCore):
         notice = ErasureNotice.read(record["id"], record["fields"])
         self._has_erasures = True
         now = self.now_ms()
-        vouched = list(notice.positions)
+        listed = list(notice.positions)
         body = env.body
         if body.is_snapshot:
             # Two nodes of one org may file the one notice (its id is the
             # record's and the org's) at once: the record then shows one
             # create's positions where they conflict, so each create's own
             # positions count too.
-            vouched += _claimed(record["id"], body)
-        for chain_author, ranges in vouched:
-            if notice.org not in self.trust.orgs_of(chain_author, now):
-                self.metrics["erasure.positions_not_vouched"] += 1
-                continue  # an org vouches for its own chains only
+            listed += _claimed(record["id"], body)
+        vouched = replace(notice, positions=tuple(listed)).vouches(lambda did: self.trust.orgs_of(did, now))
+        self.metrics["erasure.positions_not_vouched"] += len(listed) - len(vouched)
+        for _, chain_author, ranges in vouched:
             for first, last in ranges:
                 erasures.vouch(self.store, txn, notice.registry, chain_author, first, last, notice.id,
                                notice.record)
-        if env.body.op != "create":  # a supplement (below): its positions are vouched for, nothing more
-            for chain_author, _ in vouched:
+        if env.body.op != "create":  # a supplement (below): its positions are vouched for
+            for _, chain_author, _ in vouched:
                 self._link_vouched(txn, batch, notice.registry, chain_author, origin)
+            self._earlier_create_named(txn, batch, notice, env, origin)
             return
         held = erasures.mark(self.store, txn, notice.registry, notice.record)
         if held is None or held[1] != erasures.ERASED:
@@ -241,7 +262,7 @@ class Erasing(EngineCore):
                 self._drop_parked(txn, notice)
             else:
                 self._judge_notice(txn, batch, notice, env, origin)
-        for chain_author, _ in vouched:
+        for _, chain_author, _ in vouched:
             self._link_vouched(txn, batch, notice.registry, chain_author, origin)
 
     def _judge_waiting(self, txn: Txn, batch: Batch, registry: str, record_id: str, origin: str) -> None:
@@ -294,6 +315,12 @@ class Erasing(EngineCore):
                 self.audit.append(txn, at_ms=self.now_ms(), actor=env.body.author, action="deny",
                                   target=f"{notice.registry}/{notice.record}",
                                   reason=f"erasure notice {notice.id} not honoured: {exc}"[:512])
+            self._erase_own_losers(txn, batch, notice, env, origin)
+            if records.refused_changes(self.store, txn, notice.registry, notice.record):
+                # Changes refused while the erased create held the id (a
+                # create of the org that holds it now, later than that one)
+                # may count now that the earlier create came in.
+                self._rebuild(txn, batch, notice.registry, notice.record, cause=env, origin=origin)  # type: ignore[attr-defined]
             return
         self._erase_record(txn, batch, notice, env, origin)
 
@@ -320,8 +347,11 @@ class Erasing(EngineCore):
             if body.is_genesis and cid in counted and target is not None and \
                     (winner is None or (tuple(body.hlc), cid) < (winner[1], winner[2])):
                 winner = (target["owner"], (body.hlc[0], body.hlc[1]), cid)
+            am_hash = automerge_of(self._stored_envelope(txn, batch, cid))[0] if body.is_snapshot \
+                else body.change_hash
             changes.put_erased(store, txn, cid)
             erasures.put_change(store, txn, cid, registry, record_id, body.author, body.seq, notice.id)
+            erasures.put_hash(store, txn, registry, record_id, am_hash, notice.id)
             erased_here.append((body.author, body.seq))
             erased += 1
         for feed_seq, _ in records.history(store, txn, registry, record_id):
@@ -337,7 +367,7 @@ class Erasing(EngineCore):
         batch.erased_records.add((registry, record_id))
         parked = self._drop_parked(txn, notice)
         evidence = self._drop_evidence(txn, registry, record_id)
-        self._supplement(txn, batch, notice, erased_here)
+        self._supplement(txn, batch, notice, erased_here, winner)
         erasures.set_mark(store, txn, registry, record_id, notice.id, erasures.ERASED, winner)
         self._batch_feed_seq += 1
         seq = self._batch_feed_seq
@@ -364,6 +394,13 @@ class Erasing(EngineCore):
         their places in their authors' chains (an org vouches for its own):
         erased, they would leave a gap no node that never saw them could
         link past. They stay, as the evidence they were."""
+        return self._rooted_evidence(txn, batch, registry, record_id, lambda owner: owner != org)
+
+    def _rooted_evidence(self, txn: Txn, batch: Batch, registry: str, record_id: str,
+                         chosen: Callable[[Any], bool]) -> dict[bytes, bytes]:
+        """Automerge hash -> change id of the record's refused changes rooted
+        at a create whose owner ``chosen`` picks: those creates, and what
+        was built on them."""
         kept: dict[bytes, bytes] = {}
         waiting: list[tuple[bytes, bytes, Any]] = []
         for am_hash, cid in records.refused_changes(self.store, txn, registry, record_id).items():
@@ -371,12 +408,12 @@ class Erasing(EngineCore):
             if body is None:
                 continue
             if body.is_snapshot:
-                if read_snapshot(body.payload, kind=body.kind, schema=body.schema).get("owner") != org:
+                if chosen(read_snapshot(body.payload, kind=body.kind, schema=body.schema).get("owner")):
                     kept[am_hash] = cid
             elif body.deps:
                 waiting.append((am_hash, cid, body))
         grown = True
-        while grown:  # what builds on a kept change, in any order
+        while grown:  # what builds on a chosen change, in any order
             grown = False
             for am_hash, cid, body in waiting:
                 if am_hash not in kept and any(dep in kept for dep in body.deps):
@@ -384,50 +421,174 @@ class Erasing(EngineCore):
                     grown = True
         return kept
 
-    def _loses_to_erased(self, txn: Txn, env: Envelope) -> RegistryError | None:
-        """Why a change of an erased record is kept as evidence rather than
-        as an ID only: a create of another org than the erased record's, later
-        than its create (it lost the race, and its bytes are its org's), or a
-        change built on such a create. None for anything else (dropped)."""
+    def _under_erasure(self, txn: Txn, batch: Batch, env: Envelope, held: tuple[str, str],
+                       peer: str) -> IngestResult | None:
+        """A change of a record a notice names arrived: settled here when the
+        notice decides it, else None (ingested as any change).
+
+        - Erased: a create of another org earlier than the erased one owns
+          the id and comes in (_erased_race); a later one lost the race, and
+          it and what is built on it are kept as evidence (_loses_to_erased).
+        - Waiting for its record: a create comes in (the notice is judged
+          then).
+        - Refused (another org's create holds the id): a create of the
+          notice's org that lost that race is kept as an ID only.
+        - Erased or waiting, a change built on an erased one, or made by a
+          key of the notice's org, is kept as an ID only (it would wait for
+          erased changes forever). A change of another org's key whose
+          dependencies are not here comes in and waits for them: it may be
+          built on a create of its own org that is on its way (that org's
+          bytes, which the notice does not erase).
+        - Refused, a change built on an erased one is kept as an ID only."""
         body = env.body
+        notice_id, state = held
         if body.is_snapshot:
-            erased = erasures.erased_create(self.store, txn, body.registry, body.record)
-            owner = read_snapshot(body.payload, kind=body.kind, schema=body.schema).get("owner")
-            if erased is not None and owner != erased[0]:
-                return NotOwner(f"{body.registry}/{body.record} belongs to {erased[0]}, whose create came first "
-                                f"(the record was erased since); a create of the same id by {owner} is refused")
-            return None
-        if any(records.is_refused(self.store, txn, body.registry, body.record, dep) for dep in body.deps):
-            return PolicyDenied("it builds on a refused change")
+            if state == erasures.ERASED:
+                if self._erased_race(txn, env):
+                    return None
+                lost = self._loses_to_erased(txn, env)
+                if lost is not None:
+                    return self._keep_refused(txn, batch, env, lost, peer)  # type: ignore[attr-defined]
+                self._earlier_erased_create(txn, env, notice_id)
+            elif state == erasures.WAITING or not self._erased_as_own(txn, batch, env, notice_id):
+                return None
+        elif state == erasures.ERASED and any(records.is_refused(self.store, txn, body.registry, body.record, dep)
+                                              for dep in body.deps):
+            return self._keep_refused(txn, batch, env, PolicyDenied("it builds on a refused change"), peer)  # type: ignore[attr-defined]
+        elif not any(erasures.is_erased_hash(self.store, txn, body.registry, body.record, dep) for dep in body.deps):
+            if state == erasures.REFUSED or not self._of_notice_org(txn, notice_id, body.author):
+                return None
+        self._keep_erased(txn, batch, env, notice_id)
+        return IngestResult("erased", env.id)
+
+    def _earlier_create_named(self, txn: Txn, batch: Batch, notice: ErasureNotice, env: Envelope | Draft,
+                              origin: str) -> None:
+        """A supplement may name a create of the record earlier than those
+        known here: erased, it is the id's holder from then on; refused, the
+        notice is judged again against it (the record held may have lost
+        the race to it)."""
+        held = erasures.mark(self.store, txn, notice.registry, notice.record)
+        if notice.create is None or held is None or held[0] != notice.id:
+            return
+        if held[1] == erasures.ERASED:
+            erased = erasures.erased_create(self.store, txn, notice.registry, notice.record)
+            if erased is not None and notice.create < (erased[1], erased[2]):
+                erasures.set_mark(self.store, txn, notice.registry, notice.record, notice.id, erasures.ERASED,
+                                  (erased[0], *notice.create))
+        elif held[1] == erasures.REFUSED:
+            holder = self._winning_create(txn, batch, notice.registry, notice.record)
+            if holder is not None and notice.create < holder:
+                self._judge_notice(txn, batch, notice, env, origin, again=True)
+
+    def _earlier_erased_create(self, txn: Txn, env: Envelope, notice_id: str) -> None:
+        """A create of the erased record's org, earlier than the create the
+        erasure kept as the id's holder, arrived (another node of the org
+        made it): it is the holder now, the yardstick of later races."""
+        body = env.body
+        erased = erasures.erased_create(self.store, txn, body.registry, body.record)
+        if erased is not None and ((body.hlc[0], body.hlc[1]), env.cid) < (erased[1], erased[2]):
+            erasures.set_mark(self.store, txn, body.registry, body.record, notice_id, erasures.ERASED,
+                              (erased[0], (body.hlc[0], body.hlc[1]), env.cid))
+
+    def _of_notice_org(self, txn: Txn, notice_id: str, author: str) -> bool:
+        stored = records.get_record(self.store, txn, ERASURES_REGISTRY, notice_id)
+        return stored is not None and stored["fields"].get("org") in self.trust.orgs_of(author, self.now_ms())
+
+    def _erased_as_own(self, txn: Txn, batch: Batch, env: Envelope, notice_id: str) -> bool:
+        """Under a notice refused here (another org's create holds the id):
+        whether the create ``env`` is of the notice's org and later than the
+        one that holds the id: that org's own record, which the notice
+        erases all the same (_erase_own_losers)."""
+        body = env.body
+        stored = records.get_record(self.store, txn, ERASURES_REGISTRY, notice_id)
+        holder = self._winning_create(txn, batch, body.registry, body.record)
+        if stored is None or holder is None:
+            return False
+        owner = read_snapshot(body.payload, kind=body.kind, schema=body.schema).get("owner")
+        return owner == stored["fields"].get("org") and ((body.hlc[0], body.hlc[1]), env.cid) > holder
+
+    def _erase_own_losers(self, txn: Txn, batch: Batch, notice: ErasureNotice, env: Envelope | Draft,
+                          origin: str) -> None:
+        """The notice does not count here (another org's create holds the
+        id), but its org's own creates of the id that lost that race, and
+        what was built on them, are its org's bytes: erased, as on a node
+        that honoured the notice before the earlier create arrived."""
+        registry, record_id = notice.registry, notice.record
+        own = self._rooted_evidence(txn, batch, registry, record_id, lambda owner: owner == notice.org)
+        if not own:
+            return
+        erased_here = []
+        for am_hash, cid in own.items():
+            body = self._held_body(txn, batch, cid)
+            changes.put_erased(self.store, txn, cid)
+            erasures.put_change(self.store, txn, cid, registry, record_id, body.author, body.seq, notice.id)
+            erasures.put_hash(self.store, txn, registry, record_id, am_hash, notice.id)
+            records.unmark_refused(self.store, txn, registry, record_id, am_hash)
+            erased_here.append((body.author, body.seq))
+        self._supplement(txn, batch, notice, erased_here)
+        self.metrics["erasure.changes"] += len(own)
+        self.audit.append(txn, at_ms=self.now_ms(), actor=env.body.author, action="erase",
+                          target=f"{registry}/{record_id}",
+                          reason=(f"erasure notice {notice.id} ({origin}): the record is another org's; "
+                                  f"{len(own)} changes of {notice.org}'s own creates of it erased")[:512],
+                          change=env.id)
+
+    def _loses_to_erased(self, txn: Txn, env: Envelope) -> RegistryError | None:
+        """Why a create of an erased record is kept as evidence rather than
+        as an ID only: it is another org's than the erased record's, and
+        later than its create (it lost the race, and its bytes are its
+        org's). None for a create of the erased record's org (dropped)."""
+        body = env.body
+        erased = erasures.erased_create(self.store, txn, body.registry, body.record)
+        owner = read_snapshot(body.payload, kind=body.kind, schema=body.schema).get("owner")
+        if erased is not None and owner != erased[0]:
+            return NotOwner(f"{body.registry}/{body.record} belongs to {erased[0]}, whose create came first "
+                            f"(the record was erased since); a create of the same id by {owner} is refused")
         return None
 
-    def _supplement(self, txn: Txn, batch: Batch, notice: ErasureNotice, erased_here: list[tuple[str, int]]) -> None:
+    def _supplement(self, txn: Txn, batch: Batch, notice: ErasureNotice, erased_here: list[tuple[str, int]],
+                    winner: tuple[str, tuple[int, int], bytes] | None = None) -> None:
         """This node erased changes of its org's keys whose positions the
         notice does not list (its signer never saw them: an edit made here
-        meanwhile): other nodes that lack them could never link past them.
-        A node of the notice's org lists them in the notice, under its own
-        key (supplements), so concurrent supplements merge. Never fails the
-        erasure: a node that may not write it counts it and goes on."""
-        if notice.org != self.owner:
-            return
+        meanwhile, or by another org's key where the record let other orgs
+        edit it), or a create of the record earlier than the one the notice
+        names (made by another node of the notice's org): other nodes could
+        never link past those positions, nor settle a create race against
+        that create. The node lists them in the notice, under its own key
+        (supplements, creates; a node of another org may write its own
+        supplement and nothing else), so concurrent additions merge. Never
+        fails the erasure: a node that may not write it counts it and goes
+        on."""
         # The notice's own positions of its org's chains were vouched for
         # before the erasure (_after_erasure_notice): what is not is missing.
+        # A node lists those of its own org's chains (a node of another org
+        # than the notice's: edits its keys made of the erased record).
         missing = [(author, seq) for author, seq in erased_here
                    if erasures.vouched(self.store, txn, notice.registry, author, seq) is None
-                   and notice.org in self.trust.orgs_of(author, self.now_ms())]
-        if not missing:
+                   and self.owner in self.trust.orgs_of(author, self.now_ms())]
+        earlier = notice.org == self.owner and winner is not None and winner[0] == notice.org and \
+            (notice.create is None or (winner[1], winner[2]) < notice.create)
+        if not missing and not earlier:
             return
         current = records.get_record(self.store, txn, ERASURES_REGISTRY, notice.id)
         if current is None:
             return
-        mine = {(e["author"], s) for e in (current["fields"].get("supplements") or {}).get(self.key.did, ())
-                for first, last in e["seqs"] for s in range(first, last + 1)}
-        supplements = dict(current["fields"].get("supplements") or {})
-        supplements[self.key.did] = positions_of(sorted(mine | set(missing)))
+        patch: dict[str, Any] = {}
+        if missing:
+            mine = {(e["author"], s) for e in (current["fields"].get("supplements") or {}).get(self.key.did, ())
+                    for first, last in e["seqs"] for s in range(first, last + 1)}
+            supplements = dict(current["fields"].get("supplements") or {})
+            supplements[self.key.did] = positions_of(sorted(mine | set(missing)))
+            patch["supplements"] = supplements
+        if earlier:
+            assert winner is not None
+            creates = dict(current["fields"].get("creates") or {})
+            creates[self.key.did] = {"change": cid_to_str(winner[2]), "hlc": list(winner[1])}
+            patch["creates"] = creates
         try:
             self._update(txn, batch, Update(ERASURES_REGISTRY, notice.id,  # type: ignore[attr-defined]
-                                            patch={"supplements": supplements}, actor="erasure"))
-            self.metrics["erasure.supplemented"] += len(missing)
+                                            patch=patch, actor="erasure"))
+            self.metrics["erasure.supplemented"] += len(missing) + int(earlier)
         except RegistryError as exc:
             self.metrics[f"erasure.unsupplemented.{exc.code}"] += 1
 
@@ -457,7 +618,8 @@ class Erasing(EngineCore):
         return made.body if made is not None else changes.body(self.store, txn, cid)
 
     def _drop_parked(self, txn: Txn, notice: ErasureNotice) -> int:
-        """Parked changes of the record go, but for creates of other orgs;
+        """Parked changes of the record go, but for other orgs' creates and
+        changes of other orgs' keys (_under_erasure judges them on arrival);
         each was verified when parked, so its author vouches for its
         position: the gap it leaves is linked past without it
         (storage/erasures.py)."""
@@ -467,9 +629,12 @@ class Erasing(EngineCore):
             body = env.body
             if (body.registry, body.record) != (notice.registry, notice.record):
                 continue
-            if body.is_snapshot and read_snapshot(body.payload, kind=body.kind, schema=body.schema).get("owner") \
-                    != notice.org:
-                continue  # another org's create: the race against the erased one is settled when it comes in
+            if (read_snapshot(body.payload, kind=body.kind, schema=body.schema).get("owner") if body.is_snapshot
+                    else None) != notice.org and notice.org not in self.trust.orgs_of(body.author, self.now_ms()):
+                # Another org's create (the race against the erased one is
+                # settled when it comes in), or a change of another org's
+                # key (it may be built on such a create): not the notice's.
+                continue
             pending.unpark(self.store, txn, cid)
             erasures.vouch(self.store, txn, body.registry, body.author, body.seq, body.seq, notice.id, body.record)
             dropped += 1
@@ -490,37 +655,38 @@ class Erasing(EngineCore):
 
     def _vouch_for_key(self, txn: Txn, batch: Batch, key_did: str, origin: str) -> None:
         """A statement about ``key_did`` was committed: the positions of its
-        chains that notices of its org list were skipped if the notice came
-        before the key's delegation (an org vouches for its own chains only,
-        and the key's org was unknown then). They count now, and the chains
-        are linked past them: else a node that never saw those erased
-        changes would lack them for good."""
+        chains that notices list, or that it lists in a supplement, were
+        skipped if they came before the key's delegation (an org or a node
+        vouches for its own org's chains only, and the key's org was unknown
+        then). They count now, and the chains are linked past them: else a
+        node that never saw those erased changes would lack them for good."""
         if not self._has_erasures:
             return
         now = self.now_ms()
-        orgs = self.trust.orgs_of(key_did, now)
-        if not orgs:
+        if not self.trust.orgs_of(key_did, now):
             return
         for record in records.iter_records(self.store, txn, registry=ERASURES_REGISTRY):
             try:
                 notice = ErasureNotice.read(record["id"], record["fields"])
             except (ValidationError, KeyError, TypeError):
                 continue  # not a notice this node honours (it was refused on arrival)
-            if notice.org not in orgs:
-                continue
             # Every create's own claim counts, as when it was committed: a
             # create that lost a race lists positions the record may not show.
-            claims = [notice.positions]
+            listed = list(notice.positions)
             for cid in records.applied_ids(self.store, txn, ERASURES_REGISTRY, notice.id):
                 body = self._stored_envelope(txn, batch, cid).body
                 if body.is_snapshot:
-                    claims.append(_claimed(notice.id, body))
-            ranges = sorted({r for positions in claims for author, rs in positions if author == key_did
-                             for r in rs})
-            for first, last in ranges:
-                erasures.vouch(self.store, txn, notice.registry, key_did, first, last, notice.id, notice.record)
-            if ranges:
-                self._link_vouched(txn, batch, notice.registry, key_did, origin)
+                    listed += _claimed(notice.id, body)
+            vouched = replace(notice, positions=tuple(listed)).vouches(lambda did: self.trust.orgs_of(did, now))
+            linked: set[str] = set()
+            for voucher, author, ranges in vouched:
+                if key_did not in (voucher, author):
+                    continue
+                for first, last in ranges:
+                    erasures.vouch(self.store, txn, notice.registry, author, first, last, notice.id, notice.record)
+                linked.add(author)
+            for author in sorted(linked):
+                self._link_vouched(txn, batch, notice.registry, author, origin)
 
     def _link_vouched(self, txn: Txn, batch: Batch, registry: str, author: str, origin: str) -> int:
         """Link the chain past the positions notices vouch for that follow its
@@ -577,6 +743,8 @@ class Erasing(EngineCore):
             (body.seq, env.cid)
         changes.put_erased(self.store, txn, env.cid)
         erasures.put_change(self.store, txn, env.cid, body.registry, body.record, body.author, body.seq, notice)
+        # A change built on this one is known for what it is when it comes.
+        erasures.put_hash(self.store, txn, body.registry, body.record, automerge_of(env)[0], notice)
         self.metrics["erasure.dropped_on_arrival"] += 1
 
     def _erased_race(self, txn: Txn, env: Envelope) -> bool:
@@ -611,7 +779,7 @@ class Erasing(EngineCore):
                                details={"notice": held[0]})
 
 
-def _claimed(notice_id: str, body: Any) -> tuple[tuple[str, tuple[tuple[int, int], ...]], ...]:
+def _claimed(notice_id: str, body: Any) -> tuple[tuple[str, str, tuple[tuple[int, int], ...]], ...]:
     """The positions a create of the notice lists itself (its snapshot's
     fields), whatever the record shows after a race of creates."""
     claim = read_snapshot(body.payload, kind=body.kind, schema=body.schema)

@@ -143,15 +143,10 @@ class RemoteIngest(EngineCore):
             raise ChainBroken(f"change {body.seq} of {body.author} does not follow its change {head_seq}")
         if self._has_erasures:  # type: ignore[attr-defined]
             held = erasures.mark(self.store, txn, body.registry, body.record)
-            # Erased; or not held yet under a waiting notice, and no create
-            # that lets the notice be judged (it would wait for one forever).
-            if held is not None and (held[1] == erasures.ERASED and not self._erased_race(txn, env)  # type: ignore[attr-defined]
-                                     or (held[1] == erasures.WAITING and not body.is_genesis)):
-                lost = self._loses_to_erased(txn, env) if held[1] == erasures.ERASED else None  # type: ignore[attr-defined]
-                if lost is not None:
-                    return self._keep_refused(txn, batch, env, lost, peer)
-                self._keep_erased(txn, batch, env, held[0])  # type: ignore[attr-defined]
-                return IngestResult("erased", env.id)
+            if held is not None:
+                settled = self._under_erasure(txn, batch, env, held, peer)  # type: ignore[attr-defined]
+                if settled is not None:
+                    return settled
         try:
             desc = self._descriptor_at(txn, batch, body.registry, body.hlc)  # the one in force when it was made
         except UnknownRegistry:

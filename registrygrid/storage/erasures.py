@@ -11,6 +11,10 @@
               'g' registry \\0 author \\0 u64(first) -> msgpack [last, notice id, record]
                                                    (chain positions a notice vouches were the erased
                                                    record's: a gap there is filled without the body)
+              'h' registry \\0 record \\0 Automerge hash -> notice id
+                                                   (the Automerge changes of erased changes of a
+                                                   record another org's create still holds: a change
+                                                   built on one is erased on arrival too)
 
 An erased change keeps its place in its author's chain (``chains`` still
 maps its sequence number to its ID) and an entry in ``changes`` without a
@@ -88,6 +92,16 @@ def change(store: Store, txn: lmdb.Transaction, cid: bytes) -> dict[str, Any] | 
         return None
     registry, record, author, seq, notice = unpack(raw)
     return {"registry": registry, "record": record, "author": author, "seq": seq, "notice": notice}
+
+
+def put_hash(store: Store, txn: lmdb.Transaction, registry: str, record: str, automerge_hash: bytes,
+             notice: str) -> None:
+    txn.put(b"h" + key(registry, record) + SEP + automerge_hash, notice.encode(), db=store.db["erasures"])
+
+
+def is_erased_hash(store: Store, txn: lmdb.Transaction, registry: str, record: str, automerge_hash: bytes) -> bool:
+    """Whether this node erased the change whose Automerge hash this is."""
+    return txn.get(b"h" + key(registry, record) + SEP + automerge_hash, db=store.db["erasures"]) is not None
 
 
 def vouch(store: Store, txn: lmdb.Transaction, registry: str, author: str, first: int, last: int,

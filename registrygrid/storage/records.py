@@ -382,6 +382,10 @@ def mark_refused(store: Store, txn: lmdb.Transaction, registry: str, record_id: 
     txn.put(refused_key(key(registry, record_id), automerge_hash), cid, db=store.db["docs"])
 
 
+def unmark_refused(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, automerge_hash: bytes) -> None:
+    txn.delete(refused_key(key(registry, record_id), automerge_hash), db=store.db["docs"])
+
+
 def is_applied(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, automerge_hash: bytes) -> bool:
     return txn.get(am_hash_key(key(registry, record_id), automerge_hash), db=store.db["docs"]) is not None
 

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the engine owns descriptors; trust only reads them
 
 ORGS_REGISTRY = "grid.orgs"
 DISPUTES_REGISTRY = "grid.disputes"  # crdt/disputes.py (trust does not import crdt)
+ERASURES_REGISTRY = "grid.erasures"  # engine/erasure.py (trust does not import the engine)
 
 
 def check_create(trust: TrustState, desc: RegistryDescriptor, *, author: str, record_id: str, owner: Any,
@@ -144,6 +145,12 @@ def judge_modify(trust: TrustState, desc: RegistryDescriptor, *, op: str, author
     except NotOwner:
         if desc.write_policy == "members" and any(trust.is_member(o) for o in trust.orgs_of(author, at_ms)):
             rule = "builtin:members-edit"  # a members registry: every member edits every record
+        elif desc.name == ERASURES_REGISTRY and op == "update" and \
+                _own_supplement(author, before, after, after_fields) and \
+                any(trust.is_member(o) for o in trust.orgs_of(author, at_ms)):
+            # A node that erased its own org's edits of the record lists
+            # their places in its own org's chains (docs/erasure.md).
+            rule = "builtin:own-supplement"
         else:
             rule = "builtin:owner-only"
             refusal = NotOwner(f"{before['registry']}/{before['id']} belongs to {owner}; {author} does not "
@@ -161,6 +168,24 @@ def judge_modify(trust: TrustState, desc: RegistryDescriptor, *, op: str, author
 
     return _decide(policy, desc, lambda: subject_of(trust, author, at_ms, owner, local_roles), op,
                    str(before.get("kind") or ""), touched, at_ms, builtin, refusal, bool(local_roles))
+
+
+def _own_supplement(author: str, before: Mapping[str, Any], after: Mapping[str, Any] | None,
+                    after_fields: Mapping[str, Any] | None) -> bool:
+    """Whether an update of an erasure notice changes nothing but the
+    signer's own entry of its ``supplements``."""
+    if after is not None and (after.get("deleted") or after.get("tags") != before.get("tags")
+                              or after.get("links") != before.get("links")):
+        return False
+    old = dict(before.get("fields") or {})
+    new_fields = after.get("fields") if after is not None else after_fields
+    if new_fields is None:
+        return False
+    new = dict(new_fields)
+    old_mine, new_mine = dict(old.pop("supplements", None) or {}), dict(new.pop("supplements", None) or {})
+    old_mine.pop(author, None)
+    new_mine.pop(author, None)
+    return old == new and old_mine == new_mine
 
 
 def subject_of(trust: TrustState, author: str, at_ms: int, owner: str | None,
