@@ -213,10 +213,11 @@ def test_a_notice_that_waits_for_its_record_erases_it_on_arrival(tmp_path: Path,
     deliver(c, [w for w in original if open_envelope(w, verify=False).body.registry == TOOLS])
     assert not holds_secret(c)
     # Its create's position is vouched for, so the record is never held
-    # here: the notice stays "waiting", and each change of it that arrives
-    # is kept as an ID only.
+    # here, and the notice names that create: the record counts as erased
+    # here from the notice on, and each change of it that arrives is kept
+    # as an ID only.
     assert c.erasures() == [{"registry": registry, "record": record,
-                             "notice": erasure_id(registry, record, org_a.did), "state": "waiting"}]
+                             "notice": erasure_id(registry, record, org_a.did), "state": "erased"}]
     with pytest.raises(RecordErased):
         c.get(registry, record)
     assert c.get(registry, "keeper")["fields"]["name"] == "keeper"

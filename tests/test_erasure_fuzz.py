@@ -660,3 +660,170 @@ def test_a_node_that_never_saw_the_erased_create_settles_the_race_against_it(tmp
     assert set(answers.values()) == {"erased"}, answers
     assert all(not stores_holding(node, "of-B") for node in (a, b, c, replica))
     assert all(node.verify().ok for node in (a, b, c, replica))
+
+
+def test_a_refused_notice_still_erases_its_orgs_own_losing_create(tmp_path: Path) -> None:
+    """B creates r first, A later; A erases its r before it hears of B's.
+    r is B's everywhere. A's notice does not count for B's record, but A's
+    own create of r is A's bytes: it erased them at home, so every node
+    erases them, wherever they arrived as the losing side of the race."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a, b, c = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b", org_b), org_node(tmp_path / "c", org_b)
+    b.put(TOOLS, "tool", fields_for(TOOLS, "of-B"), id="r")
+    time.sleep(0.005)  # B's create is the earlier
+    a.put(TOOLS, "tool", fields_for(TOOLS, "of-A"), id="r")
+    deliver(c, wires(a))  # c holds A's create as the losing side before the notice comes
+    deliver(c, wires(b))
+    a.erase(TOOLS, "r")
+    exchange(a, b, c)
+    replica = _shuffled_replica(tmp_path / "replica", a, b, c)
+    for node in (a, b, c, replica):
+        assert node.get(TOOLS, "r")["owner"] == org_b.did
+        assert stores_holding(node, "of-B") and not stores_holding(node, "of-A")
+        assert {e["state"] for e in node.erasures()} == {"refused"}
+        assert node.verify().ok
+
+
+def test_another_orgs_node_vouches_for_its_own_edit_of_an_erased_record(tmp_path: Path) -> None:
+    """Any member may edit any record of a members registry. B's node edits
+    A's r, then writes s; A erases r before it sees B's edit. b erases its
+    own edit when it honours the notice, and lists its place in B's chain
+    in the notice (its own supplement, the one part of A's notice it may
+    write): a node that never saw the edit links B's chain past it and
+    takes s. A's notice could not vouch for B's chain."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a, b = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b", org_b)
+    a.create_registry("open.things", ["cluster"], write_policy="members")
+    a.put("open.things", "cluster", {"name": "r"}, id="r")
+    deliver(b, wires(a))
+    b.update("open.things", "r", patch={"note": "B-SECRET"})
+    b.put("open.things", "cluster", {"name": "s"}, id="s")
+    a.erase("open.things", "r")
+    exchange(a, b)
+    notice = a.get(ERASURES_REGISTRY, erasure_id("open.things", "r", org_a.did))["fields"]
+    assert list(notice["supplements"]) == [b.engine.key.did]
+    replica = _shuffled_replica(tmp_path / "replica", a, b)
+    for node in (a, b, replica):
+        assert readable(node, "open.things", "r") == "erased"
+        assert node.get("open.things", "s")["owner"] == org_b.did
+        assert not stores_holding(node, "B-SECRET")
+    assert parked(replica) == [] and replica.verify().ok
+
+
+def test_an_earlier_create_another_node_of_the_org_erased_is_named_so_races_settle_alike(
+        tmp_path: Path) -> None:
+    """A's two nodes each create r (a1 first, a2 last); B creates r between
+    them. a2 erases r knowing its own create only, so its notice names that
+    one, which B's beats. a1 erases its earlier create when it honours the
+    notice before anyone else saw it, and names it in the notice (its own
+    entry of creates): every node then settles B's create as the loser of
+    the race, as a1 does, and r is erased everywhere."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a1, b, a2 = org_node(tmp_path / "a1", org_a), org_node(tmp_path / "b", org_b), org_node(tmp_path / "a2", org_a)
+    a1.put(TOOLS, "tool", fields_for(TOOLS, "of-a1"), id="r")
+    time.sleep(0.005)
+    b.put(TOOLS, "tool", fields_for(TOOLS, "of-B"), id="r")
+    time.sleep(0.005)
+    a2.put(TOOLS, "tool", fields_for(TOOLS, "of-a2"), id="r")
+    a2.erase(TOOLS, "r")
+    deliver(a1, wires(a2))  # a1 honours the notice: its create goes before it left a1
+    exchange(a1, b, a2)
+    notice = a1.get(ERASURES_REGISTRY, erasure_id(TOOLS, "r", org_a.did))["fields"]
+    assert list(notice["creates"]) == [a1.engine.key.did]
+    replica = _shuffled_replica(tmp_path / "replica", a1, b, a2)
+    for node in (a1, b, a2, replica):
+        assert readable(node, TOOLS, "r") == "erased"
+        assert not stores_holding(node, "of-a1") and not stores_holding(node, "of-a2")
+        assert node.verify().ok
+
+
+def test_a_change_built_on_another_orgs_create_waits_for_it_under_an_erasure(tmp_path: Path) -> None:
+    """b1 (org B) creates r first; A creates r later and erases it; b2,
+    B's other node, deletes r. A node that takes b2's delete after A's
+    notice and before b1's create keeps it waiting for that create, as it
+    would any change (it is not at a place the notice vouches for, nor
+    built on an erased change), not as an ID only: r is B's, deleted,
+    everywhere."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a, b1, b2 = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b1", org_b), org_node(tmp_path / "b2", org_b)
+    b1.put(TOOLS, "tool", fields_for(TOOLS, "of-B"), id="r")
+    time.sleep(0.005)
+    a.put(TOOLS, "tool", fields_for(TOOLS, "of-A"), id="r")
+    a.erase(TOOLS, "r")
+    deliver(b2, wires(b1))
+    b2.delete(TOOLS, "r")
+    c = org_node(tmp_path / "c", KeyPair.generate())
+    b2_own = [w for w in wires(b2) if open_envelope(w, verify=False).body.author == b2.engine.key.did]
+    deliver(c, wires(a) + b2_own)
+    deliver(c, wires(b1))
+    exchange(a, b1, b2, c)
+    for node in (a, b1, b2, c):
+        record = node.get(TOOLS, "r", include_deleted=True)
+        assert record["owner"] == org_b.did and record["deleted"]
+        assert node.verify().ok
+    assert parked(c) == []
+
+
+def test_an_edit_of_another_orgs_record_by_the_notices_org_waits_for_that_record(tmp_path: Path) -> None:
+    """B creates r first, A later; A erases its r, then hears of B's and,
+    as a members registry lets it, deletes B's r. A node that holds A's
+    delete parked (B's create not there yet) when A's notice comes keeps
+    it: it is not the erased record's (not built on an erased change, not
+    at a place a notice vouches for), though A's key made it."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a, b = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b", org_b)
+    a.create_registry("open.things", ["cluster"], write_policy="members")
+    deliver(b, wires(a))
+    b.put("open.things", "cluster", {"name": "of-B"}, id="r")
+    time.sleep(0.005)
+    a.put("open.things", "cluster", {"name": "of-A"}, id="r")
+    a.erase("open.things", "r")
+    deliver(a, wires(b))
+    a.delete("open.things", "r")
+    c = org_node(tmp_path / "c", KeyPair.generate())
+    a_wires = [w for w in wires(a) if open_envelope(w, verify=False).body.author == a.engine.key.did]
+    delete = [w for w in a_wires if open_envelope(w, verify=False).body.op == "delete"]
+    notice = [w for w in a_wires if open_envelope(w, verify=False).body.registry == ERASURES_REGISTRY]
+    deliver(c, [w for w in a_wires if open_envelope(w, verify=False).body.registry not in
+                ("open.things", ERASURES_REGISTRY)])
+    deliver(c, [w for w in a_wires if w not in notice])  # A's create, and its delete of B's r parks
+    assert len(parked(c)) == 1  # for B's create, not here yet
+    deliver(c, notice)
+    assert len(parked(c)) == 1
+    deliver(c, wires(b))
+    exchange(a, b, c)
+    for node in (a, b, c):
+        record = node.get("open.things", "r", include_deleted=True)
+        assert record["owner"] == org_b.did and record["deleted"], record
+        assert not stores_holding(node, "of-A")
+    assert parked(c) == []
+
+
+def test_a_record_a_late_rule_refuses_gives_the_id_back_to_the_notices_create(tmp_path: Path) -> None:
+    """A's registry becomes writable by A only; B's create of r, made
+    before B heard of that rule, is refused by it. A creates r and erases
+    it. A node that takes B's create before the rule judged A's notice
+    against B's r and refused it; when the rule comes, B's r stops
+    counting, and the create A's notice names holds the id: r is erased
+    there, as everywhere."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a, b = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b", org_b)
+    a.create_registry("owned.things", ["cluster"], write_policy="members")
+    deliver(b, wires(a))
+    a.update("grid.registries", "owned.things", patch={"write_policy": "owner"})
+    b.put("owned.things", "cluster", {"name": "of-B"}, id="r")
+    time.sleep(0.005)
+    a.put("owned.things", "cluster", {"name": "of-A"}, id="r")
+    a.erase("owned.things", "r")
+    c = org_node(tmp_path / "c", KeyPair.generate())
+    rule = [w for w in wires(a) if open_envelope(w, verify=False).body.registry == "grid.registries"
+            and open_envelope(w, verify=False).body.op == "update"]
+    deliver(c, [w for w in wires(b)])  # the registry as created, and B's r
+    deliver(c, [w for w in wires(a) if w not in rule])  # A's notice: refused against B's r
+    assert {e["state"] for e in c.erasures()} == {"refused"}
+    deliver(c, rule)
+    exchange(a, b, c)
+    for node in (a, b, c):
+        assert readable(node, "owned.things", "r") == "erased"
+        assert {e["state"] for e in node.erasures()} == {"erased"}
+        assert not stores_holding(node, "of-A")

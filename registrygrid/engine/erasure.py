@@ -249,6 +249,7 @@ class Erasing(EngineCore):
                 erasures.vouch(self.store, txn, notice.registry, chain_author, first, last, notice.id,
                                notice.record)
         if env.body.op != "create":  # a supplement (below): its positions are vouched for
+            self._drop_parked(txn, notice)
             for _, chain_author, _ in vouched:
                 self._link_vouched(txn, batch, notice.registry, chain_author, origin)
             self._earlier_create_named(txn, batch, notice, env, origin)
@@ -256,10 +257,18 @@ class Erasing(EngineCore):
         held = erasures.mark(self.store, txn, notice.registry, notice.record)
         if held is None or held[1] != erasures.ERASED:
             if records.get_record(self.store, txn, notice.registry, notice.record) is None:
-                # Not held: what of it arrives is erased on arrival (a create
-                # first lets the notice be judged); parked changes go now.
-                erasures.set_mark(self.store, txn, notice.registry, notice.record, notice.id, erasures.WAITING)
-                self._drop_parked(txn, notice)
+                if notice.create is not None:
+                    # Not held, but the notice names the create that holds
+                    # the id: erased as if held, the race settled against it.
+                    self._erase_record(txn, batch, notice, env, origin)
+                else:
+                    # Not held (a notice from before notices named their
+                    # create): what of it arrives is erased on arrival (a
+                    # create first lets the notice be judged); parked changes
+                    # go now.
+                    erasures.set_mark(self.store, txn, notice.registry, notice.record, notice.id,
+                                      erasures.WAITING)
+                    self._drop_parked(txn, notice)
             else:
                 self._judge_notice(txn, batch, notice, env, origin)
         for _, chain_author, _ in vouched:
@@ -273,13 +282,21 @@ class Erasing(EngineCore):
         arrived: the race went the other way), as where that create came
         first."""
         held = erasures.mark(self.store, txn, registry, record_id)
-        if held is None or held[1] == erasures.ERASED:
-            return
-        stored = records.get_record(self.store, txn, ERASURES_REGISTRY, held[0])
         target = records.get_record(self.store, txn, registry, record_id)
-        if stored is None or target is None:
+        if held is None or (held[1] == erasures.ERASED and target is None):
+            return  # erased: a record here again is another org's earlier create (_erased_race)
+        stored = records.get_record(self.store, txn, ERASURES_REGISTRY, held[0])
+        if stored is None:
             return
         notice = ErasureNotice.read(stored["id"], stored["fields"])
+        if target is None:
+            # Refused against a record that no longer counts (its create was
+            # refused since, by a rule that came late): the create the
+            # notice names holds the id now.
+            cid = records.applied_ids(self.store, txn, ERASURES_REGISTRY, notice.id)
+            if held[1] == erasures.REFUSED and notice.create is not None and cid:
+                self._erase_record(txn, batch, notice, self._stored_envelope(txn, batch, cid[0]), origin)
+            return
         if held[1] == erasures.REFUSED and target["owner"] != notice.org:
             return  # still another org's record
         cid = records.applied_ids(self.store, txn, ERASURES_REGISTRY, notice.id)
@@ -455,11 +472,21 @@ class Erasing(EngineCore):
         elif state == erasures.ERASED and any(records.is_refused(self.store, txn, body.registry, body.record, dep)
                                               for dep in body.deps):
             return self._keep_refused(txn, batch, env, PolicyDenied("it builds on a refused change"), peer)  # type: ignore[attr-defined]
-        elif not any(erasures.is_erased_hash(self.store, txn, body.registry, body.record, dep) for dep in body.deps):
-            if state == erasures.REFUSED or not self._of_notice_org(txn, notice_id, body.author):
-                return None
+        elif not self._built_on_erased(txn, body):
+            return None
         self._keep_erased(txn, batch, env, notice_id)
         return IngestResult("erased", env.id)
+
+    def _built_on_erased(self, txn: Txn, body: Any) -> bool:
+        """Whether a change (not a create) of a record a notice names is the
+        erased record's: built on a change erased here, or at a place in its
+        author's chain that a notice vouches was the record's (a node that
+        never saw its dependencies knows it so). Else it may be built on
+        another org's create on its way: it waits for its dependencies."""
+        if any(erasures.is_erased_hash(self.store, txn, body.registry, body.record, dep) for dep in body.deps):
+            return True
+        vouched = erasures.vouched(self.store, txn, body.registry, body.author, body.seq)
+        return vouched is not None and vouched[1] == body.record
 
     def _earlier_create_named(self, txn: Txn, batch: Batch, notice: ErasureNotice, env: Envelope | Draft,
                               origin: str) -> None:
@@ -489,10 +516,6 @@ class Erasing(EngineCore):
         if erased is not None and ((body.hlc[0], body.hlc[1]), env.cid) < (erased[1], erased[2]):
             erasures.set_mark(self.store, txn, body.registry, body.record, notice_id, erasures.ERASED,
                               (erased[0], (body.hlc[0], body.hlc[1]), env.cid))
-
-    def _of_notice_org(self, txn: Txn, notice_id: str, author: str) -> bool:
-        stored = records.get_record(self.store, txn, ERASURES_REGISTRY, notice_id)
-        return stored is not None and stored["fields"].get("org") in self.trust.orgs_of(author, self.now_ms())
 
     def _erased_as_own(self, txn: Txn, batch: Batch, env: Envelope, notice_id: str) -> bool:
         """Under a notice refused here (another org's create holds the id):
@@ -618,8 +641,10 @@ class Erasing(EngineCore):
         return made.body if made is not None else changes.body(self.store, txn, cid)
 
     def _drop_parked(self, txn: Txn, notice: ErasureNotice) -> int:
-        """Parked changes of the record go, but for other orgs' creates and
-        changes of other orgs' keys (_under_erasure judges them on arrival);
+        """Parked changes of the erased record go: creates of the notice's
+        org, and changes built on erased ones or at places a notice vouches
+        for (_built_on_erased); the others wait on (another org's create
+        may be on its way);
         each was verified when parked, so its author vouches for its
         position: the gap it leaves is linked past without it
         (storage/erasures.py)."""
@@ -629,11 +654,11 @@ class Erasing(EngineCore):
             body = env.body
             if (body.registry, body.record) != (notice.registry, notice.record):
                 continue
-            if (read_snapshot(body.payload, kind=body.kind, schema=body.schema).get("owner") if body.is_snapshot
-                    else None) != notice.org and notice.org not in self.trust.orgs_of(body.author, self.now_ms()):
+            if not (read_snapshot(body.payload, kind=body.kind, schema=body.schema).get("owner") == notice.org
+                    if body.is_snapshot else self._built_on_erased(txn, body)):
                 # Another org's create (the race against the erased one is
-                # settled when it comes in), or a change of another org's
-                # key (it may be built on such a create): not the notice's.
+                # settled when it comes in), or a change that may be built
+                # on one: not the notice's, judged when what it needs comes.
                 continue
             pending.unpark(self.store, txn, cid)
             erasures.vouch(self.store, txn, body.registry, body.author, body.seq, body.seq, notice.id, body.record)
@@ -750,9 +775,10 @@ class Erasing(EngineCore):
     def _erased_race(self, txn: Txn, env: Envelope) -> bool:
         """A create of an erased id by another org than the erased record's,
         and earlier than its create: it owns the id (the earliest create
-        wins, as in any create race), so the erasure did not cover it. The
-        notice then waits, and is judged against this record once it is in
-        (_judge_waiting): True. False for anything else of the id (dropped)."""
+        wins, as in any create race), so the erasure did not cover it: True,
+        and the notice is judged against this record once it is in
+        (_judge_waiting). Refused on its own account (a rule), it leaves the
+        erasure as it was. False for anything else of the id."""
         body = env.body
         if not body.is_snapshot:
             return False
@@ -762,9 +788,6 @@ class Erasing(EngineCore):
         owner = read_snapshot(body.payload, kind=body.kind, schema=body.schema).get("owner")
         if owner == erased[0] or (tuple(body.hlc), env.cid) >= (erased[1], erased[2]):
             return False
-        held = erasures.mark(self.store, txn, body.registry, body.record)
-        assert held is not None
-        erasures.set_mark(self.store, txn, body.registry, body.record, held[0], erasures.WAITING)
         self.metrics["erasure.create_race_won"] += 1
         return True
 

@@ -438,10 +438,6 @@ class RemoteIngest(EngineCore):
         body = env.body
         self._keep_refused(txn, batch, env, refusal, peer, audit=False)
         self._rebuild(txn, batch, body.registry, body.record, cause=env, origin=peer)
-        if self._has_erasures:  # type: ignore[attr-defined]
-            # The race may have given the id to the org whose notice of it
-            # was refused: judged again (engine/erasure.py).
-            self._judge_waiting(txn, batch, body.registry, body.record, peer)  # type: ignore[attr-defined]
         if records.counts(self.store, txn, body.registry, body.record, env.cid, body.change_hash):
             return IngestResult("applied", env.id, self._batch_feed_seq)
         self.metrics[f"rejected.{refusal.code}"] += 1

@@ -293,6 +293,11 @@ class Rebuilds(EngineCore):
                           before=record_digest(old), after=record_digest(record), change=cause.id)
         if registry == regs.KINDS_REGISTRY:
             self._after_kind_record(txn, batch, record, cause, origin)  # type: ignore[attr-defined]
+        if self._has_erasures:  # type: ignore[attr-defined]
+            # The rebuild may have given the id to the org whose erasure
+            # notice of it was refused (a create race, a rule that came
+            # late): judged again (engine/erasure.py).
+            self._judge_waiting(txn, batch, registry, record_id, origin)  # type: ignore[attr-defined]
         if registry == regs.REGISTRY_OF_REGISTRIES and judges_otherwise(old, record):
             # Another create of the descriptor won (an earlier one, by
             # another org): the registry's records were judged by the one
