@@ -782,7 +782,6 @@ def test_an_edit_of_another_orgs_record_by_the_notices_org_waits_for_that_record
     a.delete("open.things", "r")
     c = org_node(tmp_path / "c", KeyPair.generate())
     a_wires = [w for w in wires(a) if open_envelope(w, verify=False).body.author == a.engine.key.did]
-    delete = [w for w in a_wires if open_envelope(w, verify=False).body.op == "delete"]
     notice = [w for w in a_wires if open_envelope(w, verify=False).body.registry == ERASURES_REGISTRY]
     deliver(c, [w for w in a_wires if open_envelope(w, verify=False).body.registry not in
                 ("open.things", ERASURES_REGISTRY)])
