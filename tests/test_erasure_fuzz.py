@@ -826,3 +826,71 @@ def test_a_record_a_late_rule_refuses_gives_the_id_back_to_the_notices_create(tm
         assert readable(node, "owned.things", "r") == "erased"
         assert {e["state"] for e in node.erasures()} == {"erased"}
         assert not stores_holding(node, "of-A")
+
+
+# Two keys of one org, in both roles: which create of a notice the record
+# shows depends on its signers' keys.
+B_KEYS = (KeyPair(b"\x21" * 32), KeyPair(b"\x22" * 32))
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_two_nodes_of_an_org_that_erase_at_once_name_the_earliest_create_between_them(tmp_path: Path,
+                                                                                       swap: bool) -> None:
+    """b1 creates r first, A next, b2 (B's other node) last, each knowing
+    only its own. b1 and b2 erase r at once: one notice (its id is the
+    record's and B's), two creates of it, each naming the create its node
+    held. The record shows one create's fields; every node settles the
+    race against the earliest create either names (b1's), so A's r lost
+    everywhere and r is erased everywhere."""
+    org_a, org_b = KeyPair.generate(), KeyPair(b"\x23" * 32)
+    k1, k2 = B_KEYS[::-1] if swap else B_KEYS
+    b1, a, b2 = (org_node(tmp_path / "b1", org_b, k1), org_node(tmp_path / "a", org_a),
+                 org_node(tmp_path / "b2", org_b, k2))
+    b1.put(TOOLS, "tool", fields_for(TOOLS, "of-b1"), id="r")
+    time.sleep(0.005)
+    a.put(TOOLS, "tool", fields_for(TOOLS, "of-A"), id="r")
+    time.sleep(0.005)
+    b2.put(TOOLS, "tool", fields_for(TOOLS, "of-b2"), id="r")
+    b1.erase(TOOLS, "r")
+    time.sleep(0.005)  # b2's create of the notice is the later: the record shows its fields
+    b2.erase(TOOLS, "r")
+    deliver(a, wires(b2))  # a judges b2's notice first: A's create beats the one it names
+    exchange(b1, a, b2)
+    replica = _shuffled_replica(tmp_path / "replica", b1, a, b2)
+    for node in (b1, a, b2, replica):
+        assert readable(node, TOOLS, "r") == "erased"
+        assert {e["state"] for e in node.erasures()} == {"erased"}
+        assert not stores_holding(node, "of-b1") and not stores_holding(node, "of-b2")
+        assert node.verify().ok
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_a_supplement_counts_where_the_record_shows_the_other_create_of_its_notice(tmp_path: Path,
+                                                                                    swap: bool) -> None:
+    """B's r, in a members registry: b1 created it, a (org A) edited it,
+    then a writes s. b2 and then b1 erase r at once (two creates of one
+    notice). a honours the notice as b2 made it and lists its own edit in
+    b2's create's supplements map; the record shows b1's create's fields
+    (the later), which do not hold it. The supplement counts as a made it, so
+    a node that never saw a's edit links A's chain past it and takes s."""
+    org_a, org_b = KeyPair.generate(), KeyPair(b"\x23" * 32)
+    k1, k2 = B_KEYS[::-1] if swap else B_KEYS
+    b1, b2, a = (org_node(tmp_path / "b1", org_b, k1), org_node(tmp_path / "b2", org_b, k2),
+                 org_node(tmp_path / "a", org_a))
+    b1.create_registry("open.things", ["cluster"], write_policy="members")
+    b1.put("open.things", "cluster", {"name": "r"}, id="r")
+    deliver(b2, wires(b1))
+    deliver(a, wires(b2))
+    a.update("open.things", "r", patch={"note": "A-SECRET"})
+    b2.erase("open.things", "r")
+    a.put("open.things", "cluster", {"name": "s"}, id="s")
+    time.sleep(0.005)  # b1's create of the notice is the later: the record shows its fields
+    b1.erase("open.things", "r")
+    deliver(a, wires(b2))  # a honours b2's create of the notice, and supplements it
+    exchange(b1, b2, a)
+    replica = _shuffled_replica(tmp_path / "replica", b1, b2, a)
+    for node in (b1, b2, a, replica):
+        assert readable(node, "open.things", "r") == "erased"
+        assert node.get("open.things", "s")["owner"] == org_a.did
+        assert not stores_holding(node, "A-SECRET")
+    assert parked(replica) == [] and replica.verify().ok

@@ -135,7 +135,11 @@ class Committing(EngineCore):
         if reg == regs.KINDS_REGISTRY:
             self._after_kind_record(txn, batch, record, env, origin)  # type: ignore[attr-defined]
         if reg == ERASURES_REGISTRY and not record["deleted"]:  # a notice, or a supplement to one
-            self._after_erasure_notice(txn, batch, env, record, origin)  # type: ignore[attr-defined]
+            # A supplement as its author made it too: two nodes of an org may
+            # file one notice at once, and the record shows one create's
+            # fields, maybe not the ones this supplement was written into.
+            own = doc.materialize(heads=[body.change_hash]) if doc is not None and not body.is_snapshot else None
+            self._after_erasure_notice(txn, batch, env, record, origin, own)  # type: ignore[attr-defined]
         if statement is not None and self.trust.add(statement):
             # Nothing can fail after this point of the op; a later failure of
             # the batch reloads the trust state from the store.

@@ -227,14 +227,21 @@ class Erasing(EngineCore):
     # ---- honouring: once the notice is committed
 
     def _after_erasure_notice(self, txn: Txn, batch: Batch, env: Envelope | Draft, record: dict[str, Any],
-                              origin: str) -> None:
+                              origin: str, own: dict[str, Any] | None = None) -> None:
         """A notice was committed: vouch for its positions, and judge it now
         against its record if that is held (its signer's authority over its
         org was checked before commit; whose the record is, here)."""
-        notice = ErasureNotice.read(record["id"], record["fields"])
+        notice = self._notice(txn, batch, record)
         self._has_erasures = True
         now = self.now_ms()
         listed = list(notice.positions)
+        if own is not None and not own.get("deleted"):
+            # A supplement as its author wrote it (``own``): what it adds
+            # counts even where the record shows another create's fields.
+            made = ErasureNotice.read(record["id"], own["fields"])
+            listed += made.positions
+            if made.create is not None and (notice.create is None or made.create < notice.create):
+                notice = replace(notice, create=made.create)
         body = env.body
         if body.is_snapshot:
             # Two nodes of one org may file the one notice (its id is the
@@ -274,6 +281,21 @@ class Erasing(EngineCore):
         for _, chain_author, _ in vouched:
             self._link_vouched(txn, batch, notice.registry, chain_author, origin)
 
+    def _notice(self, txn: Txn, batch: Batch, record: dict[str, Any]) -> ErasureNotice:
+        """The notice a record of grid.erasures holds, with the earliest
+        create that any of its creates names: two nodes of one org may file
+        the notice at once, each naming the create it held, and the record
+        shows one create's fields."""
+        notice = ErasureNotice.read(record["id"], record["fields"])
+        for cid in records.applied_ids(self.store, txn, ERASURES_REGISTRY, notice.id):
+            body = self._held_body(txn, batch, cid)
+            if body is not None and body.is_snapshot:
+                claim = read_snapshot(body.payload, kind=body.kind, schema=body.schema)
+                named = ErasureNotice.read(notice.id, claim["fields"]).create
+                if named is not None and (notice.create is None or named < notice.create):
+                    notice = replace(notice, create=named)
+        return notice
+
     def _judge_waiting(self, txn: Txn, batch: Batch, registry: str, record_id: str, origin: str) -> None:
         """A change of a record whose notice waited was just committed: judge
         the notice against the record now held, and erase it if it counts.
@@ -288,7 +310,7 @@ class Erasing(EngineCore):
         stored = records.get_record(self.store, txn, ERASURES_REGISTRY, held[0])
         if stored is None:
             return
-        notice = ErasureNotice.read(stored["id"], stored["fields"])
+        notice = self._notice(txn, batch, stored)
         if target is None:
             # Refused against a record that no longer counts (its create was
             # refused since, by a rule that came late): the create the
