@@ -409,3 +409,31 @@ def test_an_access_policy_that_arrives_before_its_registrys_descriptor_counts_on
         assert "rejected" not in statuses(replica.execute([Remote(w, "o") for w in batch]))
     deliver(o, p)
     assert shown(replica) == shown(o) == {}
+
+
+def test_the_same_edit_made_again_after_a_late_rule_refused_it_is_a_new_change(stores: Stores) -> None:
+    """P re-creates its deleted record while O's registry is, for a moment,
+    writable by O only; P hears of that rule (and of its end) afterwards,
+    and its own node refuses the re-create and drops it from the record's
+    document. P then makes the same edit again: automerge 1.0.0rc1 dates
+    every change 0, so it would repeat the refused change to the byte, and
+    every node holding the first would reject the second envelope of it
+    (and hold back P's later changes). It is made distinct instead, and
+    counts everywhere."""
+    stores.registry(["cluster"], write_policy="members")
+    stores.p.put(REG, "cluster", {"name": "again"}, id="again")
+    stores.p.delete(REG, "again")
+    time.sleep(0.005)
+    stores.o.update("grid.registries", REG, patch={"write_policy": "owner"})
+    time.sleep(0.005)
+    stores.p.put(REG, "cluster", {"name": "again"}, id="again")  # refused by the rule it has not heard of
+    time.sleep(0.005)
+    stores.o.update("grid.registries", REG, patch={"write_policy": "members"})
+    deliver(stores.o, stores.p)
+    deliver(stores.p, stores.o)
+    assert stores.p.get(REG, "again", include_deleted=True)["deleted"]  # its re-create was refused at home
+    stores.p.put(REG, "cluster", {"name": "again"}, id="again")
+    stores.p.put(REG, "cluster", {"name": "later"}, id="later")
+    for node in (stores.o, stores.o2, stores.replica):
+        assert "rejected" not in statuses(deliver(node, stores.p))
+        assert not node.get(REG, "again")["deleted"] and node.get(REG, "later")["owner"] == ORG_P.did

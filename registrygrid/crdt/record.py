@@ -30,6 +30,7 @@ from registrygrid.errors import MalformedInput, RegistryError, ValidationError
 from registrygrid.protocol import limits
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_DISTINCT = "~distinct"  # never a record's key: the document's keys are kind, schema, owner, ...
 
 
 def actor_for(public_key: bytes) -> bytes:
@@ -130,6 +131,7 @@ class RecordDoc:
         settle: Collection[tuple[str, ...]] = (),
         field_objs: Sequence[bytes] = (),
         tag_objs: Sequence[bytes] = (),
+        distinct: int | None = None,
     ) -> Any | None:
         """Change the document to hold these values; None when nothing differs.
         ``force_undelete`` writes ``deleted: False`` even where the document's
@@ -143,7 +145,8 @@ class RecordDoc:
         own fields and tags maps, Automerge shows one of each and the record
         the one its conflict rule picks (tags: their union); the update goes
         into every one of them, so that it shows whichever is picked, and
-        they agree again (crdt/resolver.py reads them as they are now)."""
+        they agree again (crdt/resolver.py reads them as they are now).
+        ``distinct``: see _make_distinct."""
         before = self.doc.get_heads()
         settle = frozenset(settle)
         with _edit(self.doc) as tx:
@@ -177,18 +180,32 @@ class RecordDoc:
                     _put_value(tx, ROOT, "links", [dict(link) for link in links], 0)  # a new list: always an op
             if force_undelete or (undelete and _scalar(tx, ROOT, "deleted") is not False):
                 _overwrite_deleted(tx, False)
+            if distinct is not None:
+                _make_distinct(tx, distinct)
         after = self.doc.get_heads()
         if after == before:
             return None
         self.changes += 1
         return _only_change(self.doc, before)
 
-    def delete(self) -> Any:
+    def delete(self, distinct: int | None = None) -> Any:
         before = self.doc.get_heads()
         with _edit(self.doc) as tx:
             _overwrite_deleted(tx, True)
+            if distinct is not None:
+                _make_distinct(tx, distinct)
         self.changes += 1
         return _only_change(self.doc, before)
+
+    def rollback(self, heads: list[bytes]) -> None:
+        """Forget the local changes made since ``heads`` (a change that was
+        never committed), keeping the actor."""
+        actor = self.doc.get_actor()
+        self.doc = self.doc.fork(heads)
+        self.doc.set_actor(actor)
+        self.changes = max(0, self.changes - 1)
+        self.written = {}
+        self.history = None
 
     # ---- remote changes ----
 
@@ -286,6 +303,17 @@ def _uleb128(n: int) -> bytes:
         out.append(byte | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+def _make_distinct(tx: Any, value: int) -> None:
+    """Two ops that leave the document as it was (a key put, then deleted)
+    but make the change another one. Automerge 1.0.0rc1 dates every change
+    0, so an author whose change was refused and dropped from its document,
+    and who makes the same edit again, would make the same change, with
+    the same hash, under a new envelope: a node that holds the first
+    rejects it as a second envelope of one change (engine/local.py)."""
+    tx.put(ROOT, _DISTINCT, ScalarType.Int, value)
+    tx.delete(ROOT, _DISTINCT)
 
 
 def _only_change(doc: Document, before: list[bytes]) -> Any:

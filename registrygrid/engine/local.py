@@ -11,7 +11,7 @@ draft until the batch ends and signs all of this node's drafts at once
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from registrygrid.crdt import disputes, resolver
@@ -97,8 +97,10 @@ class LocalWrites(EngineCore):
                                                     after_fields=fields, local_roles=op.roles), old["owner"])
             doc = self._doc_for_write(txn, batch, registry, record_id)
             field_objs, tag_objs = self._raced_maps(txn, registry, record_id, doc)
-            change = doc.update(fields=fields, schema=kind.version, tags=tags, links=links, force_undelete=True,
-                                field_objs=field_objs, tag_objs=tag_objs)
+            before = doc.heads()
+            change = self._not_refused(txn, registry, record_id, doc, before, hlc, lambda distinct: doc.update(
+                fields=fields, schema=kind.version, tags=tags, links=links, force_undelete=True,
+                field_objs=field_objs, tag_objs=tag_objs, distinct=distinct))
             state = state_after_edit(old, schema=kind.version, fields=fields, tags=tags, links=links, deleted=False)
             made = self._draft(txn, batch, registry, record_id, "create", kind, hlc, change=change)
         else:
@@ -168,9 +170,10 @@ class LocalWrites(EngineCore):
         # settled by an edit of another field. undelete: a record shown live
         # (update-wins) is live in the change too.
         field_objs, tag_objs = self._raced_maps(txn, registry, record_id, doc)
-        change = doc.update(fields=_as_written(doc, fields, old), schema=kind.version, tags=tags, links=links,
-                            undelete=bool(old.get("conflicts")), settle=_settling(fields, links, old),
-                            field_objs=field_objs, tag_objs=tag_objs)
+        written, settling = _as_written(doc, fields, old), _settling(fields, links, old)
+        change = self._not_refused(txn, registry, record_id, doc, doc.heads(), hlc, lambda distinct: doc.update(
+            fields=written, schema=kind.version, tags=tags, links=links, undelete=bool(old.get("conflicts")),
+            settle=settling, field_objs=field_objs, tag_objs=tag_objs, distinct=distinct))
         if change is None:
             return WriteResult("unchanged", registry, record_id, old["change_id"], None, old)
         state = state_after_edit(old, schema=kind.version, fields=fields, tags=tags, links=links)
@@ -188,7 +191,7 @@ class LocalWrites(EngineCore):
                                                 local_roles=op.roles), old["owner"])
         kind = self.catalog.get(old["kind"], old["schema"])
         doc = self._doc_for_write(txn, batch, registry, record_id)
-        change = doc.delete()
+        change = self._not_refused(txn, registry, record_id, doc, doc.heads(), hlc, doc.delete)
         env = self._draft(txn, batch, registry, record_id, "delete", kind, hlc, change=change)
         seq, record = self._commit(txn, batch, env, doc, old, origin="local", requested_by=op.actor,
                                    state=state_after_edit(old, deleted=True))
@@ -239,6 +242,23 @@ class LocalWrites(EngineCore):
                      change_hash=change_hash, payload=payload)
         batch.drafts[made.cid] = made
         return made
+
+    def _not_refused(self, txn: Txn, registry: str, record_id: str, doc: Any, before: list[bytes], hlc: Hlc,
+                     edit: Callable[[int | None], Any]) -> Any:
+        """The Automerge change ``edit`` makes, made again distinct when it
+        is one this record holds as refused: this node's own change that a
+        rule which came late refused and dropped from the document, and
+        that the same edit made again would repeat to the byte (automerge
+        1.0.0rc1 dates every change 0). Signed under a new envelope, it
+        would be rejected by every node holding the first as a second
+        envelope of one change, and this node's later changes in the
+        registry would wait behind it."""
+        change = edit(None)
+        if change is None or not records.is_refused(self.store, txn, registry, record_id, change.hash):
+            return change
+        doc.rollback(before)
+        self.metrics["write.made_distinct"] += 1
+        return edit(hlc.wall_ms * 65536 + hlc.counter % 65536)
 
     def _after_local(self, txn: Txn, batch: Batch, env: Envelope) -> None:
         """A local write that changed the rules (a statement, a policy)
