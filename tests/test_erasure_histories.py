@@ -28,42 +28,20 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_erasure_fuzz import parked
 
 from registrygrid.engine.ops import Remote
 from registrygrid.errors import RegistryError
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.sdk import LocalRegistry
-from registrygrid.protocol.envelope import cid_from_str
+from tests.test_erasure_fuzz import parked
+from tests.test_random_histories import exchange_all, send, served
 
 REG = "erasure.histories"
 ORG_A, ORG_B = KeyPair(b"\x53" * 32), KeyPair(b"\x54" * 32)
 KEYS = [KeyPair(bytes([0x68 + i]) * 32) for i in range(4)]
 ORGS = [ORG_A, ORG_B, ORG_A, ORG_B]
 IDS = ["r0", "r1", "r2"]
-
-
-def served(grid: LocalRegistry) -> list[bytes]:
-    """What the node serves, in its feed's order (an erased change keeps its
-    feed event, and is never served again)."""
-    wires = (grid.change(cid_from_str(event.change)) for event in grid.changes(0, limit=10_000))
-    return list(dict.fromkeys(w for w in wires if w is not None))
-
-
-def send(source: LocalRegistry, target: LocalRegistry, rnd: random.Random | None = None) -> None:
-    wires = served(source)
-    if rnd is not None:
-        rnd.shuffle(wires)
-    results = target.execute([Remote(w, "peer") for w in wires])
-    assert all(r.status != "rejected" for r in results), [r.error for r in results if r.status == "rejected"]
-
-
-def exchange_all(nodes: list[LocalRegistry]) -> None:
-    for source in nodes:
-        for target in nodes:
-            if source is not target:
-                send(source, target)
 
 
 def step(rnd: random.Random, nodes: list[LocalRegistry]) -> None:
