@@ -9,17 +9,21 @@ every node by gossip and sync and is judged by each:
 - the notice counts on a node when its signer speaks for the org that
   created the record (its create holds the id; not by the rules of a
   delete: _may_erase); every node holds the notice, refused where it does
-  not count; a notice whose record the node does not hold yet waits, and
-  is judged when the record arrives (within the same batch: its bytes are
-  never left behind);
+  not count, and judged again when a rebuild or a create of the record
+  may have given the id to its org;
+- it names the create it erases, so a node that never held it settles
+  create races against it, and erases at once a record it does not hold;
+  changes that arrive later are erased on arrival when they are the
+  erased record's (_under_erasure), and judged as any change otherwise;
 - honoured, it removes every change body of the record (each change keeps
   its ID in its author's chain: storage/erasures.py), its document, its
-  materialized state, history, indexes, parked changes and evidence, and
-  burns the record's id: no later change of it is applied anywhere, and a
-  change of it that arrives is kept as an ID only;
+  materialized state, history, indexes, parked changes and evidence (not
+  another org's losing create of the id: its bytes are that org's), and
+  burns the record's id;
 - the chain positions it lists let a node that never saw those changes
   link past them without their bytes (only positions of the signer's own
-  org count: an org may vouch for its own chains, never for another's);
+  org count, and each node's supplement for its own org's chains: an org
+  may vouch for its own chains, never for another's);
 - the blobs it names are purged by the node after the commit (legal holds
   there win: the node keeps the bytes and audits why).
 
@@ -119,7 +123,6 @@ class ErasureNotice:
                 create = key if create is None or key < create else create
         return cls(record_id, registry, record, org, tuple(positions), tuple(fields.get("blobs") or ()),
                    str(fields.get("reason") or ""), create)
-
 
     def vouches(self, orgs_of: Callable[[str], Collection[str]]) -> list[tuple[str, str, tuple[tuple[int, int], ...]]]:
         """The positions whose vouching counts: an org vouches for its own
