@@ -14,8 +14,8 @@ dropped kind, kinds racing within one org, a reused Automerge sequence
 number, a late intermediate descriptor version, refusals judged before
 their signer was known or before their dependencies arrived, access
 policies of a deleted registry, and of one whose descriptor came after
-them). Erasures are left out: nodes can honour a notice differently
-(docs/erasure.md, "What it does not do").
+them). Erasures have their own search, of two orgs racing for the
+same ids (test_erasure_histories.py).
 Real LMDB stores exchanging real envelopes.
 """
 
