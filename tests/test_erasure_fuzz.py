@@ -894,3 +894,31 @@ def test_a_supplement_counts_where_the_record_shows_the_other_create_of_its_noti
         assert node.get("open.things", "s")["owner"] == org_a.did
         assert not stores_holding(node, "A-SECRET")
     assert parked(replica) == [] and replica.verify().ok
+
+
+def test_both_orgs_erase_the_id_they_raced_for_and_every_node_ends_alike(tmp_path: Path) -> None:
+    """b (org B) creates r and erases it before anyone saw it. a2 (org A)
+    creates r later, a1 (A's other node) hears of it, a2 edits it, and a1
+    erases it, without either having heard of B's notice. a2 then hears
+    of B's notice (whose create came first, so A's r lost the race) and
+    writes s. Two notices of one id, by two orgs: each erases its own
+    org's changes of it, wherever they stand in the race, so A's chain is
+    vouched for by A's notice and every node takes s."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    b, a1, a2 = org_node(tmp_path / "b", org_b), org_node(tmp_path / "a1", org_a), org_node(tmp_path / "a2", org_a)
+    b.put(TOOLS, "tool", fields_for(TOOLS, "of-B"), id="r")
+    b.erase(TOOLS, "r")
+    time.sleep(0.005)
+    a2.put(TOOLS, "tool", fields_for(TOOLS, "of-A"), id="r")
+    deliver(a1, wires(a2))
+    a2.update(TOOLS, "r", patch={"description": "edit-of-A"})
+    a1.erase(TOOLS, "r")
+    deliver(a2, wires(b))
+    a2.put(TOOLS, "tool", fields_for(TOOLS, "s"), id="s")
+    exchange(b, a1, a2)
+    replica = _shuffled_replica(tmp_path / "replica", b, a1, a2)
+    for node in (b, a1, a2, replica):
+        assert readable(node, TOOLS, "r") == "erased"
+        assert node.get(TOOLS, "s")["owner"] == org_a.did
+        assert not any(stores_holding(node, secret) for secret in ("of-B", "of-A", "edit-of-A"))
+        assert parked(node) == [] and node.verify().ok

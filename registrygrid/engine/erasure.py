@@ -265,7 +265,9 @@ class Erasing(EngineCore):
             self._earlier_create_named(txn, batch, notice, env, origin)
             return
         held = erasures.mark(self.store, txn, notice.registry, notice.record)
-        if held is None or held[1] != erasures.ERASED:
+        if held is not None and held[1] == erasures.ERASED and held[0] != notice.id:
+            self._second_notice(txn, batch, notice, env, origin)
+        elif held is None or held[1] != erasures.ERASED:
             if records.get_record(self.store, txn, notice.registry, notice.record) is None:
                 if notice.create is not None:
                     # Not held, but the notice names the create that holds
@@ -283,6 +285,18 @@ class Erasing(EngineCore):
                 self._judge_notice(txn, batch, notice, env, origin)
         for _, chain_author, _ in vouched:
             self._link_vouched(txn, batch, notice.registry, chain_author, origin)
+
+    def _second_notice(self, txn: Txn, batch: Batch, notice: ErasureNotice, env: Envelope | Draft,
+                       origin: str) -> None:
+        """Another org's notice of a record erased here already (both orgs
+        created the id, and both erased it): its own org's creates, which
+        lost the race, are erased as it asks; and if the create it names is
+        the earliest, its org holds the id, the yardstick of later races."""
+        erased = erasures.erased_create(self.store, txn, notice.registry, notice.record)
+        if notice.create is not None and (erased is None or notice.create < (erased[1], erased[2])):
+            erasures.set_mark(self.store, txn, notice.registry, notice.record, notice.id, erasures.ERASED,
+                              (notice.org, *notice.create))
+        self._erase_own_losers(txn, batch, notice, env, origin)
 
     def _notice(self, txn: Txn, batch: Batch, record: dict[str, Any]) -> ErasureNotice:
         """The notice a record of grid.erasures holds, with the earliest
@@ -322,8 +336,16 @@ class Erasing(EngineCore):
             if held[1] == erasures.REFUSED and notice.create is not None and cid:
                 self._erase_record(txn, batch, notice, self._stored_envelope(txn, batch, cid[0]), origin)
             return
-        if held[1] == erasures.REFUSED and target["owner"] != notice.org:
-            return  # still another org's record
+        if target["owner"] != notice.org:
+            # Not this notice's org's record: its owner's own notice, if it
+            # filed one (both orgs created the id and erased it), is the one
+            # that counts.
+            owners = records.get_record(self.store, txn, ERASURES_REGISTRY,
+                                        erasure_id(registry, record_id, target["owner"]))
+            if owners is not None:
+                notice = self._notice(txn, batch, owners)
+            elif held[1] == erasures.REFUSED:
+                return  # still another org's record
         cid = records.applied_ids(self.store, txn, ERASURES_REGISTRY, notice.id)
         if cid:
             self._judge_notice(txn, batch, notice, self._stored_envelope(txn, batch, cid[0]), origin,
@@ -378,8 +400,10 @@ class Erasing(EngineCore):
         # The record's create that owns the id here (the earliest applied):
         # kept, so a create of another org that arrives later is settled as
         # the race it is, not dropped (_erased_race).
-        winner: tuple[str, tuple[int, int], bytes] | None = None
-        if notice.create is not None:
+        # The earliest create known to hold the id: held here, named by the
+        # notice, or by another org's notice that erased the id here first.
+        winner: tuple[str, tuple[int, int], bytes] | None = erasures.erased_create(store, txn, registry, record_id)
+        if notice.create is not None and (winner is None or notice.create < (winner[1], winner[2])):
             winner = (notice.org, *notice.create)
         others = self._others_evidence(txn, batch, registry, record_id, notice.org)
         for cid in self._record_change_ids(txn, registry, record_id):
@@ -435,8 +459,10 @@ class Erasing(EngineCore):
         the erased record's, and an erasure by ``org`` could not vouch for
         their places in their authors' chains (an org vouches for its own):
         erased, they would leave a gap no node that never saw them could
-        link past. They stay, as the evidence they were."""
-        return self._rooted_evidence(txn, batch, registry, record_id, lambda owner: owner != org)
+        link past. They stay, as the evidence they were, unless their org
+        erased the record too (its own notice asks for them)."""
+        return self._rooted_evidence(txn, batch, registry, record_id, lambda owner: owner != org and records.get_record(
+            self.store, txn, ERASURES_REGISTRY, erasure_id(registry, record_id, owner)) is None)
 
     def _rooted_evidence(self, txn: Txn, batch: Batch, registry: str, record_id: str,
                          chosen: Callable[[Any], bool]) -> dict[bytes, bytes]:
@@ -494,13 +520,25 @@ class Erasing(EngineCore):
                 self._earlier_erased_create(txn, env, notice_id)
             elif state == erasures.WAITING or not self._erased_as_own(txn, batch, env, notice_id):
                 return None
-        elif state == erasures.ERASED and any(records.is_refused(self.store, txn, body.registry, body.record, dep)
-                                              for dep in body.deps):
+        elif state == erasures.ERASED and self._builds_on_refused(txn, body):
             return self._keep_refused(txn, batch, env, PolicyDenied("it builds on a refused change"), peer)  # type: ignore[attr-defined]
         elif not self._built_on_erased(txn, body):
             return None
         self._keep_erased(txn, batch, env, notice_id)
         return IngestResult("erased", env.id)
+
+    def _builds_on_refused(self, txn: Txn, body: Any) -> bool:
+        """Whether every dependency of a change is here, and one is refused
+        (a losing create of another org, or what was built on it). A change
+        with a dependency still on its way waits for it, as any change does:
+        refused now, nothing would judge it again once it came."""
+        refused = False
+        for dep in body.deps:
+            if records.is_refused(self.store, txn, body.registry, body.record, dep):
+                refused = True
+            elif not records.is_applied(self.store, txn, body.registry, body.record, dep):
+                return False
+        return refused
 
     def _built_on_erased(self, txn: Txn, body: Any) -> bool:
         """Whether a change (not a create) of a record a notice names is the
