@@ -922,3 +922,37 @@ def test_both_orgs_erase_the_id_they_raced_for_and_every_node_ends_alike(tmp_pat
         assert node.get(TOOLS, "s")["owner"] == org_a.did
         assert not any(stores_holding(node, secret) for secret in ("of-B", "of-A", "edit-of-A"))
         assert parked(node) == [] and node.verify().ok
+
+
+def test_a_notice_lists_only_the_places_of_changes_it_erases(tmp_path: Path) -> None:
+    """a2 (org A) creates r first, b (org B) next. a1 (A's other node)
+    hears of B's r only, and edits it (a members registry). a2 then holds
+    B's create as the losing side, and a1's edit built on it, when it
+    erases r: both are B's record's, kept as evidence, so the notice must
+    not vouch for the place of a1's edit in A's chain. It did: a node that
+    never saw that edit linked past it, and A's chain stopped at a1's next
+    edit of B's r, built on it."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a2, b, a1 = org_node(tmp_path / "a2", org_a), org_node(tmp_path / "b", org_b), org_node(tmp_path / "a1", org_a)
+    a2.create_registry("open.things", ["cluster"], write_policy="members")
+    deliver(b, wires(a2))
+    deliver(a1, wires(a2))
+    a2.put("open.things", "cluster", {"name": "of-A"}, id="r")
+    time.sleep(0.005)
+    b.put("open.things", "cluster", {"name": "of-B"}, id="r")
+    deliver(a1, wires(b))
+    a1.update("open.things", "r", patch={"note": "a1 on B's r"})
+    deliver(a2, wires(a1))
+    a2.erase("open.things", "r")
+    notice = a2.get(ERASURES_REGISTRY, erasure_id("open.things", "r", org_a.did))["fields"]
+    assert [p["author"] for p in notice["positions"]] == [a2.engine.key.did]
+    a1.update("open.things", "r", tags=["t1"])
+    a1.put("open.things", "cluster", {"name": "s"}, id="s")
+    exchange(a2, b, a1)
+    replica = _shuffled_replica(tmp_path / "replica", a2, b, a1)
+    for node in (a2, b, a1, replica):
+        assert readable(node, "open.things", "r") == "erased"
+        assert node.get("open.things", "s")["owner"] == org_a.did
+        assert not stores_holding(node, "of-A")
+        assert parked(node) == [] and node.verify().ok
+    assert len({node.state_digest() for node in (a2, b, a1, replica)}) == 1

@@ -173,10 +173,13 @@ class Erasing(EngineCore):
         if target is None:
             self._registry(txn, registry)  # an unknown registry says so
             raise NotFound(f"no record {registry}/{record_id}")
+        # The places of the changes it erases: not another org's losing
+        # create of the id, nor what was built on it (kept: _erase_record).
+        kept = set(self._others_evidence(txn, batch, registry, record_id, self.owner).values())
         pairs = []
         for cid in self._record_change_ids(txn, registry, record_id):
             body = self._held_body(txn, batch, cid)
-            if body is not None:
+            if body is not None and cid not in kept:
                 pairs.append((body.author, body.seq))
         # The maps that nodes add their supplements to, made with the notice:
         # two nodes that each made one would race, and one's entries be lost.
