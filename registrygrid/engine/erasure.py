@@ -295,10 +295,8 @@ class Erasing(EngineCore):
         created the id, and both erased it): its own org's creates, which
         lost the race, are erased as it asks; and if the create it names is
         the earliest, its org holds the id, the yardstick of later races."""
-        erased = erasures.erased_create(self.store, txn, notice.registry, notice.record)
-        if notice.create is not None and (erased is None or notice.create < (erased[1], erased[2])):
-            erasures.set_mark(self.store, txn, notice.registry, notice.record, notice.id, erasures.ERASED,
-                              (notice.org, *notice.create))
+        if notice.create is not None:
+            self._hold_if_earlier(txn, notice.registry, notice.record, notice.id, notice.org, notice.create)
         self._erase_own_losers(txn, batch, notice, env, origin)
 
     def _notice(self, txn: Txn, batch: Batch, record: dict[str, Any]) -> ErasureNotice:
@@ -504,13 +502,13 @@ class Erasing(EngineCore):
           then).
         - Refused (another org's create holds the id): a create of the
           notice's org that lost that race is kept as an ID only.
-        - Erased or waiting, a change built on an erased one, or made by a
-          key of the notice's org, is kept as an ID only (it would wait for
-          erased changes forever). A change of another org's key whose
-          dependencies are not here comes in and waits for them: it may be
-          built on a create of its own org that is on its way (that org's
-          bytes, which the notice does not erase).
-        - Refused, a change built on an erased one is kept as an ID only."""
+        - Erased, a change built on a refused one (another org's losing
+          create), all its dependencies here, is kept as evidence.
+        - Any state: a change built on a change erased here, or at a place
+          in its author's chain a notice vouches was the record's, is kept
+          as an ID only (it would wait for erased changes forever). Any
+          other change comes in, and waits for its dependencies: it may be
+          built on another org's create on its way."""
         body = env.body
         notice_id, state = held
         if body.is_snapshot:
@@ -520,7 +518,9 @@ class Erasing(EngineCore):
                 lost = self._loses_to_erased(txn, env)
                 if lost is not None:
                     return self._keep_refused(txn, batch, env, lost, peer)  # type: ignore[attr-defined]
-                self._earlier_erased_create(txn, env, notice_id)
+                owner = read_snapshot(body.payload, kind=body.kind, schema=body.schema).get("owner")
+                self._hold_if_earlier(txn, body.registry, body.record, notice_id, owner,
+                                      ((body.hlc[0], body.hlc[1]), env.cid))
             elif state == erasures.WAITING or not self._erased_as_own(txn, batch, env, notice_id):
                 return None
         elif state == erasures.ERASED and self._builds_on_refused(txn, body):
@@ -564,24 +564,22 @@ class Erasing(EngineCore):
         if notice.create is None or held is None or held[0] != notice.id:
             return
         if held[1] == erasures.ERASED:
-            erased = erasures.erased_create(self.store, txn, notice.registry, notice.record)
-            if erased is not None and notice.create < (erased[1], erased[2]):
-                erasures.set_mark(self.store, txn, notice.registry, notice.record, notice.id, erasures.ERASED,
-                                  (erased[0], *notice.create))
+            self._hold_if_earlier(txn, notice.registry, notice.record, notice.id, notice.org, notice.create)
         elif held[1] == erasures.REFUSED:
             holder = self._winning_create(txn, batch, notice.registry, notice.record)
             if holder is not None and notice.create < holder:
                 self._judge_notice(txn, batch, notice, env, origin, again=True)
 
-    def _earlier_erased_create(self, txn: Txn, env: Envelope, notice_id: str) -> None:
-        """A create of the erased record's org, earlier than the create the
-        erasure kept as the id's holder, arrived (another node of the org
-        made it): it is the holder now, the yardstick of later races."""
-        body = env.body
-        erased = erasures.erased_create(self.store, txn, body.registry, body.record)
-        if erased is not None and ((body.hlc[0], body.hlc[1]), env.cid) < (erased[1], erased[2]):
-            erasures.set_mark(self.store, txn, body.registry, body.record, notice_id, erasures.ERASED,
-                              (erased[0], (body.hlc[0], body.hlc[1]), env.cid))
+    def _hold_if_earlier(self, txn: Txn, registry: str, record_id: str, notice_id: str, org: Any,
+                         create: tuple[tuple[int, int], bytes]) -> None:
+        """An erased id's holder becomes ``org``'s create ``create`` (clock,
+        change ID) if it is earlier than the one kept: the yardstick of
+        later races. A create of the erased org that arrives late (another
+        node of it made it), one a supplement names, or another org's
+        notice of the id naming an earlier create."""
+        erased = erasures.erased_create(self.store, txn, registry, record_id)
+        if erased is None or create < (erased[1], erased[2]):
+            erasures.set_mark(self.store, txn, registry, record_id, notice_id, erasures.ERASED, (org, *create))
 
     def _erased_as_own(self, txn: Txn, batch: Batch, env: Envelope, notice_id: str) -> bool:
         """Under a notice refused here (another org's create holds the id):
@@ -709,11 +707,10 @@ class Erasing(EngineCore):
     def _drop_parked(self, txn: Txn, notice: ErasureNotice) -> int:
         """Parked changes of the erased record go: creates of the notice's
         org, and changes built on erased ones or at places a notice vouches
-        for (_built_on_erased); the others wait on (another org's create
-        may be on its way);
-        each was verified when parked, so its author vouches for its
-        position: the gap it leaves is linked past without it
-        (storage/erasures.py)."""
+        for (_built_on_erased). The others wait on: another org's create
+        may be on its way. Each one dropped was verified when parked, so
+        its author vouches for its position: the gap it leaves is linked
+        past without it (storage/erasures.py)."""
         dropped = 0
         for cid, wire in list(pending.parked(self.store, txn)):
             env = open_envelope(wire, verify=False)
