@@ -896,6 +896,53 @@ def test_a_supplement_counts_where_the_record_shows_the_other_create_of_its_noti
     assert parked(replica) == [] and replica.verify().ok
 
 
+@pytest.mark.parametrize("swap", [False, True])
+def test_a_late_delegation_vouches_for_a_supplement_written_into_the_other_create_of_its_notice(
+        tmp_path: Path, swap: bool) -> None:
+    """As above, but the edit a lists is a2's (A's other key): a vouches for
+    its own org's chains. A fresh node takes everything but a2's delegation,
+    then the delegation: a2's position counts from the supplement as a wrote
+    it (into b2's create's fields), not only from the fields the record shows
+    (b1's), else a2's s stayed parked there for good."""
+    org_a, org_b = KeyPair.generate(), KeyPair(b"\x23" * 32)
+    k1, k2 = B_KEYS[::-1] if swap else B_KEYS
+    b1, b2 = org_node(tmp_path / "b1", org_b, k1), org_node(tmp_path / "b2", org_b, k2)
+    a, a2 = org_node(tmp_path / "a", org_a), org_node(tmp_path / "a2", org_a)
+    b1.create_registry("open.things", ["cluster"], write_policy="members")
+    b1.put("open.things", "cluster", {"name": "r"}, id="r")
+    deliver(b2, wires(b1))
+    deliver(a2, wires(b2))
+    a2.update("open.things", "r", patch={"note": "A-SECRET"})
+    a2.put("open.things", "cluster", {"name": "s"}, id="s")
+    deliver(a, wires(a2))
+    b2.erase("open.things", "r")
+    time.sleep(0.005)  # b1's create of the notice is the later: the record shows its fields
+    b1.erase("open.things", "r")
+    deliver(a, wires(b2))  # a honours b2's create of the notice, and supplements it for a2's edit
+    exchange(b1, b2, a)
+    a2_did = a2.engine.key.did
+    notice = a.get(ERASURES_REGISTRY, erasure_id("open.things", "r", org_b.did))["fields"]
+    assert a.engine.key.did not in notice.get("supplements", {})  # not shown: in b2's create's fields
+    served: list[bytes] = []
+    for source in (b1, b2, a):
+        served += [w for w in wires(source) if w not in served]
+    delegation = [w for w in served if open_envelope(w).body.registry == "grid.members"
+                  and open_envelope(w).body.author == a2_did]
+    assert delegation
+    replica = LocalRegistry.open_path(tmp_path / "replica", KeyPair.generate())
+    try:
+        deliver(replica, [w for w in served if w not in delegation])
+        deliver(replica, delegation)
+        assert readable(replica, "open.things", "r") == "erased"
+        assert replica.get("open.things", "s")["owner"] == org_a.did
+        assert parked(replica) == [] and not stores_holding(replica, "A-SECRET")
+        assert replica.engine.version_vector()["open.things"] == a.engine.version_vector()["open.things"]
+        assert replica.verify().ok
+    finally:
+        for node in (b1, b2, a, a2, replica):
+            node.close()
+
+
 def test_both_orgs_erase_the_id_they_raced_for_and_every_node_ends_alike(tmp_path: Path) -> None:
     """b (org B) creates r and erases it before anyone saw it. a2 (org A)
     creates r later, a1 (A's other node) hears of it, a2 edits it, and a1

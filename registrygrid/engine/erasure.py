@@ -758,13 +758,23 @@ class Erasing(EngineCore):
                 notice = ErasureNotice.read(record["id"], record["fields"])
             except (ValidationError, KeyError, TypeError):
                 continue  # not a notice this node honours (it was refused on arrival)
-            # Every create's own claim counts, as when it was committed: a
-            # create that lost a race lists positions the record may not show.
+            # Every change's own claim counts, as when it was committed: a
+            # create that lost a race lists positions the record may not
+            # show, and so may a supplement written into that create's fields.
             listed = list(notice.positions)
+            doc = None
             for cid in records.applied_ids(self.store, txn, ERASURES_REGISTRY, notice.id):
                 body = self._stored_envelope(txn, batch, cid).body
                 if body.is_snapshot:
                     listed += _claimed(notice.id, body)
+                    continue
+                doc = doc or self._document(txn, batch, ERASURES_REGISTRY, notice.id)
+                own = doc.materialize(heads=[body.change_hash]) if doc is not None else None
+                if own is not None and not own.get("deleted"):
+                    try:
+                        listed += ErasureNotice.read(notice.id, own["fields"]).positions
+                    except (ValidationError, KeyError, TypeError):
+                        continue  # not a view this node honoured when it was committed
             vouched = replace(notice, positions=tuple(listed)).vouches(lambda did: self.trust.orgs_of(did, now))
             linked: set[str] = set()
             for voucher, author, ranges in vouched:
