@@ -22,7 +22,14 @@ from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import cid_from_str
 from registrygrid.sdk import LocalRegistry
 from registrygrid.trust.federation import genesis_record, invitation_record, invite, make_genesis
-from registrygrid.trust.statements import FEDERATION_KIND, INVITATION_KIND, MEMBERS_REGISTRY
+from registrygrid.trust.statements import (
+    FEDERATION_KIND,
+    INVITATION_KIND,
+    MEMBERS_REGISTRY,
+    REVOCATION_KIND,
+    revocation_record,
+    sign_revocation,
+)
 
 MODELS = "b.models"
 ADMIN_ORG, MEMBER_ORG = KeyPair(b"\x31" * 32), KeyPair(b"\x32" * 32)
@@ -215,3 +222,38 @@ def test_a_local_rule_about_bridge_tokens_never_judges_changes_from_peers(federa
         b2.update(MODELS, "m1", patch={"v": 3})
         result = deliver(b, b2)[-1]
         assert result.status == "applied" and b.get(MODELS, "m1")["fields"]["v"] == 3
+
+
+def test_a_revoked_keys_edit_of_a_policy_stops_counting_on_the_nodes_that_applied_it(tmp_path: Path) -> None:
+    """k, a key of the registry owner's org, rewrites its access policy to
+    forbid creates; the org then revokes k from its first change on. b and
+    a had applied k's edit: the revocation rebuilds the policy record
+    without it, and the rules in force must follow that record (they stayed
+    the revoked ones: b could not create, and a refused b's create that a
+    fresh node, which never applied k's edit, counts)."""
+    a, b, k = node(tmp_path / "a", ADMIN_ORG), node(tmp_path / "b", MEMBER_ORG), node(tmp_path / "k", MEMBER_ORG)
+    try:
+        b.create_registry(MODELS, ["tool"])
+        policy(b, "rules", CURATE)
+        deliver(k, b)
+        k.update("grid.policies", "rules", fields={
+            "name": "rules", "policy_type": "access", "targets": [MODELS],
+            "access": {"rules": [{"id": "no-creates", "effect": "forbid", "actions": ["create"]}]}})
+        deliver(b, k)
+        with pytest.raises(PolicyDenied):
+            b.put(MODELS, "tool", {"name": "early"}, id="early")
+        deliver(a, b)
+        record_id, fields = revocation_record(sign_revocation(MEMBER_ORG, k.engine.key.did, {}, reason="lost"))
+        b.put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, id=record_id)
+        assert b.get("grid.policies", "rules")["fields"]["access"]["rules"] == [CURATE]
+        b.put(MODELS, "tool", {"name": "m2"}, id="m2")
+        deliver(a, b)
+        deliver(b, a)
+        assert a.get(MODELS, "m2")["owner"] == MEMBER_ORG.did
+        with LocalRegistry.open_path(tmp_path / "fresh", federation=GENESIS) as fresh:
+            fresh.execute([Remote(w, "p") for w in reversed(list(dict.fromkeys(wires(a) + wires(b) + wires(k))))])
+            assert fresh.get(MODELS, "m2")["owner"] == MEMBER_ORG.did
+            assert fresh.state_digest() == a.state_digest() == b.state_digest()
+    finally:
+        for grid in (a, b, k):
+            grid.close()

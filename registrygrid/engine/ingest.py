@@ -86,9 +86,7 @@ class RemoteIngest(EngineCore):
             # waited for those may go on.
             self._release(txn, batch, None, op.peer)
         if result.status in ("applied", "refused", "erased"):
-            self._apply_policies(txn, batch, env, op.peer)
-            self._rebuild_revoked(txn, batch, env, op.peer)
-            self._apply_disputes(txn, batch, env, op.peer)  # type: ignore[attr-defined]
+            self._apply_rules(txn, batch, env, op.peer)  # type: ignore[attr-defined]
             released = self._release(txn, batch, env, op.peer)
             if released:
                 result = replace(result, released=tuple(released))
@@ -528,9 +526,7 @@ class RemoteIngest(EngineCore):
                     continue
                 if result.status in ("applied", "refused", "erased"):
                     self._link_on(txn, batch, env)
-                    self._apply_policies(txn, batch, env, peer)
-                    self._rebuild_revoked(txn, batch, env, peer)
-                    self._apply_disputes(txn, batch, env, peer)  # type: ignore[attr-defined]
+                    self._apply_rules(txn, batch, env, peer)  # type: ignore[attr-defined]
                     released.append(env.id)
                     work.append(env)
         return released

@@ -274,6 +274,9 @@ class LocalWrites(EngineCore):
                                                                                   env.body.record)])
         if batch.quarantined or batch.resolved:
             self._apply_disputes(txn, batch, env, "local")  # type: ignore[attr-defined]
+        # A rebuild above may have changed a grid.policies record (a revoked
+        # key's edit of a policy): the rules in force are weighed again.
+        self._apply_policies(txn, batch, env, "local")
 
     def _check_own_chain(self, txn: Txn, batch: Batch, registry: str) -> None:
         """Whether this node's key may sign its next change in ``registry``:

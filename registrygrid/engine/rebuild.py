@@ -83,19 +83,31 @@ class Rebuilds(EngineCore):
         return PolicySet.of(records.iter_records(self.store, txn, registry=POLICIES_REGISTRY),
                             is_admin=self.trust.is_admin, owner_of=owner_of)
 
-    def _apply_policies(self, txn: Txn, batch: Batch, cause: Envelope, origin: str) -> None:
-        """After a grid.policies change: the rules in force are reloaded, and
-        every record of a registry whose rules changed is rebuilt, so records
-        stay the pure function of the changes valid under the rules of their
-        time, whichever order the policy and the changes arrived in."""
-        if not batch.policies_changed:
-            return
-        batch.policies_changed = False
-        before, self.policy = self.policy, self._policies(txn)
-        changed = {r for r in before.registries() | self.policy.registries()
-                   if before.rules.get(r) != self.policy.rules.get(r)}
-        for registry in sorted(changed):
-            self._rebuild_records(txn, batch, registry, lambda record: True, cause, origin)
+    def _apply_rules(self, txn: Txn, batch: Batch, cause: Envelope, origin: str) -> None:
+        """After a remote change committed: what it changed in the rules
+        (access policies, trust statements, quarantines, resolutions) is
+        applied to what is stored. A revocation or a quarantine may rebuild
+        a grid.policies record (the revoked key edited a policy), so the
+        policies are weighed again after them."""
+        self._apply_policies(txn, batch, cause, origin)
+        self._rebuild_revoked(txn, batch, cause, origin)
+        self._apply_disputes(txn, batch, cause, origin)  # type: ignore[attr-defined]
+        self._apply_policies(txn, batch, cause, origin)
+
+    def _apply_policies(self, txn: Txn, batch: Batch, cause: Envelope | Draft, origin: str) -> None:
+        """After a grid.policies change or rebuild: the rules in force are
+        reloaded, and every record of a registry whose rules changed is
+        rebuilt, so records stay the pure function of the changes valid
+        under the rules of their time, whichever order the policy and the
+        changes arrived in (a policy may target grid.policies itself: its
+        records' rebuilds weigh the rules again, until they stand)."""
+        while batch.policies_changed:
+            batch.policies_changed = False
+            before, self.policy = self.policy, self._policies(txn)
+            changed = {r for r in before.registries() | self.policy.registries()
+                       if before.rules.get(r) != self.policy.rules.get(r)}
+            for registry in sorted(changed):
+                self._rebuild_records(txn, batch, registry, lambda record: True, cause, origin)
 
     def _rebuild_revoked(self, txn: Txn, batch: Batch, cause: Envelope, origin: str) -> None:
         """After a statement about a key: erasure notices of its org vouch for
@@ -279,6 +291,8 @@ class Rebuilds(EngineCore):
         batch.forget_doc((registry, record_id))
         if registry == regs.REGISTRY_OF_REGISTRIES:
             self._registry_cache.pop(record_id, None)
+        if registry == POLICIES_REGISTRY:
+            batch.policies_changed = True  # the rules in force are read from these records (_apply_policies)
         for env, _ in live:
             if env.cid not in applied_cids:  # counts now: its own feed event, as if just applied
                 self._feed_event(txn, batch, env, registry, record_id, feed.EVENT_TYPES[env.body.op], origin)
