@@ -395,6 +395,38 @@ def test_changes_of_a_revoked_key_past_its_cutoff_are_refused(tmp_path: Path, or
             thief.put(TOOLS, "tool", {"name": "more"}, id="more")
 
 
+def test_a_revoked_keys_edit_of_a_registrys_rules_no_longer_judges_the_changes_of_its_time(
+        tmp_path: Path, org_a: KeyPair) -> None:
+    """k (org A) drops kind tool from A's registry; w, which never saw that,
+    then creates a tool; A revokes k from its first change on. A node that
+    got k's edit and w's create before the revocation refused the create by
+    k's version of the rules: the revocation rebuilds the descriptor without
+    it, and the changes of its time are judged again (the create counts, as
+    on a node that got the revocation first). The latest descriptor was the
+    same before and after, so only its history told."""
+    k, w = KeyPair.generate(), KeyPair.generate()
+    with org_node(tmp_path / "a", org_a) as a, org_node(tmp_path / "k", org_a, k) as kn, \
+            org_node(tmp_path / "w", org_a, w) as wn, LocalRegistry.open_path(tmp_path / "late") as late, \
+            LocalRegistry.open_path(tmp_path / "early") as early:
+        a.create_registry("a.things", ["cluster", "tool"], write_policy="members")
+        deliver(kn, a)
+        deliver(wn, a)
+        kn.update("grid.registries", "a.things", patch={"kinds": ["cluster"]})
+        time.sleep(0.005)  # w's create is later: k's version of the rules was in force
+        wn.put("a.things", "tool", {"name": "t"}, id="t")
+        time.sleep(0.005)
+        a.update("grid.registries", "a.things", patch={"kinds": ["cluster"]})  # the latest version, either way
+        deliver(late, a), deliver(late, kn), deliver(late, wn)
+        assert [r["id"] for r in late.iter_all("a.things")] == []  # refused by k's version
+        revocation = publish(a, sign_revocation(org_a, k.did, {}, reason="lost"))
+        deliver(late, a)
+        assert late.get(MEMBERS_REGISTRY, revocation)
+        deliver(early, a), deliver(early, wn), deliver(early, kn)
+        for node in (late, early):
+            assert node.get("a.things", "t")["owner"] == org_a.did
+        assert late.state_digest() == early.state_digest()
+
+
 def test_an_expired_delegation_refuses_writes_with_a_hint_but_the_store_still_opens(tmp_path: Path,
                                                                                   org_a: KeyPair) -> None:
     key = KeyPair.generate()

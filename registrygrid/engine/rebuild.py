@@ -312,12 +312,19 @@ class Rebuilds(EngineCore):
             # notice of it was refused (a create race, a rule that came
             # late): judged again (engine/erasure.py).
             self._judge_waiting(txn, batch, registry, record_id, origin)  # type: ignore[attr-defined]
-        if registry == regs.REGISTRY_OF_REGISTRIES and judges_otherwise(old, record):
-            # Another create of the descriptor won (an earlier one, by
-            # another org): the registry's records were judged by the one
-            # that lost, here only. Judge them again by the one every node
-            # holds (its owner, write policy, kinds, limits).
-            self._rejudge_registry(txn, batch, record_id, None, cause, origin)
+        if registry == regs.REGISTRY_OF_REGISTRIES:
+            flipped = [tuple(env.body.hlc) for env in envs if (env.cid in applied_cids) != (env.cid in live_cids)]
+            if judges_otherwise(old, record):
+                # Another create of the descriptor won (an earlier one, by
+                # another org): the registry's records were judged by the one
+                # that lost, here only. Judge them again by the one every node
+                # holds (its owner, write policy, kinds, limits).
+                self._rejudge_registry(txn, batch, record_id, None, cause, origin)
+            elif flipped:
+                # A version stopped or started counting (a revoked key's
+                # edit of the rules): the changes made while it was in force
+                # were judged by it here only (_descriptor_at).
+                self._rejudge_registry(txn, batch, record_id, min(flipped), cause, origin)
 
     def _rejudge_registry(self, txn: Txn, batch: Batch, registry: str, since: tuple[int, int] | None,
                           cause: Envelope | Draft, origin: str) -> None:
