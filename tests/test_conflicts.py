@@ -245,6 +245,33 @@ def test_nested_fields_conflict_path_by_path(pair: Pair) -> None:
     assert record["fields"]["pricing"]["amount"] == latest_writer(record, "/fields/pricing/amount")["value"]
 
 
+def test_a_map_made_anew_after_a_removal_raced_a_write_inside_it_ends_the_conflict_in_any_order(
+        pair: Pair) -> None:
+    """a writes pricing.amount while b removes pricing: a conflict on
+    /fields/pricing/amount that Automerge's merge does not show (the map
+    is gone). b, having seen both, makes pricing anew without amount, and
+    a, not having seen that, edits another field. b's edit ended the
+    conflict where it came after a's, and left it standing where it came
+    before (a change that has not seen every write was judged only on the
+    paths its new map holds): the record differed by arrival order."""
+    pair.create({"pricing": {"amount": 1}})
+    pair.a.update(REG, "x", patch={"pricing": {"amount": 2}})
+    pair.b.update(REG, "x", patch={"pricing": None})
+    deliver(pair.a, pair.b)
+    pair.a.update(REG, "x", patch={"note": "z"})
+    pair.b.update(REG, "x", patch={"pricing": {"currency": "EUR"}})
+    by_id = {open_envelope(w).id: w for w in [*wires(pair.a), *wires(pair.b)]}
+    a_note, b_pricing = (grid.history(REG, "x")[-1]["change_id"] for grid in (pair.a, pair.b))
+    rest = [w for cid, w in by_id.items() if cid not in (a_note, b_pricing)]
+    shown = []
+    for n, last_two in enumerate(([a_note, b_pricing], [b_pricing, a_note])):
+        with LocalRegistry.open_path(pair.a.store.path.parent / f"order{n}") as replica:
+            replica.execute([Remote(w, "peer") for w in [*rest, *(by_id[cid] for cid in last_two)]])
+            shown.append(replica.get(REG, "x"))
+    assert shown[0] == shown[1] == pair.converge()
+    assert shown[0]["fields"]["pricing"] == {"currency": "EUR"} and shown[0]["conflicts"] == []
+
+
 def test_a_removal_racing_a_write_is_a_conflict_whose_removal_can_win(pair: Pair) -> None:
     pair.create({"region": "eu"})
     pair.race({"region": None}, {"region": "us"})

@@ -339,7 +339,15 @@ def track(doc: Document, heads_before: list[bytes] | None, change: ChangeMeta, f
             if _wrote(doc, change, path):
                 del out[path]
         return out
-    for path in written_by(doc, change):
+    written = written_by(doc, change)
+    for path in frontiers:
+        # A conflicted path Automerge's merge no longer shows (its parent
+        # map removed by one writer, the value put in the old map by
+        # another): a change that made the parent map anew wrote it too,
+        # as _wrote rules for a change that has seen every write.
+        if path not in written and _wrote(doc, change, path):
+            written[path] = ABSENT
+    for path in written:
         prior = out.get(path)
         if prior is None:
             prior = _single_writer(doc, heads_before, path, unseen) if isinstance(unseen, Unseen) else []
