@@ -437,3 +437,37 @@ def test_the_same_edit_made_again_after_a_late_rule_refused_it_is_a_new_change(s
     for node in (stores.o, stores.o2, stores.replica):
         assert "rejected" not in statuses(deliver(node, stores.p))
         assert not node.get(REG, "again")["deleted"] and node.get(REG, "later")["owner"] == ORG_P.did
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_a_late_change_is_judged_by_its_time_s_descriptor_as_its_conflict_rule_settled_it(
+        tmp_path: Path, swap: bool) -> None:
+    """o and o2 (one org) set REG's size cap at once: 1 KiB, then 64 KiB
+    (later: last-writer-wins shows it). P, having seen both, creates a
+    2 KB record; o then edits the descriptor again. A replica that takes
+    P's create after that edit judges it by the version of its time, which
+    must be the one the record showed then (64 KiB), not Automerge's own
+    pick among the two caps (1 KiB for one order of the two keys): the
+    replica refused what every other node counts."""
+    keys = (KeyPair(b"\x41" * 32), KeyPair(b"\x42" * 32))
+    k1, k2 = keys[::-1] if swap else keys
+    with org_node(tmp_path / "o", ORG_O, k1) as o, org_node(tmp_path / "o2", ORG_O, k2) as o2, \
+            org_node(tmp_path / "p", ORG_P) as p, LocalRegistry.open_path(tmp_path / "replica") as replica:
+        o.create_registry(REG, ["tool"], write_policy="members", limits={"max_record_bytes": 4096})
+        deliver(o2, o)
+        o.update("grid.registries", REG, patch={"limits": {"max_record_bytes": 1024}})
+        time.sleep(0.005)
+        o2.update("grid.registries", REG, patch={"limits": {"max_record_bytes": 65536}})
+        deliver(o, o2)
+        assert o.get("grid.registries", REG)["fields"]["limits"] == {"max_record_bytes": 65536}
+        deliver(p, o)
+        time.sleep(0.005)
+        p.put(REG, "tool", {"name": "t", "description": "d" * 2000}, id="t")
+        time.sleep(0.005)
+        o.update("grid.registries", REG, patch={"description": "edited since"})
+        deliver(replica, o)
+        assert "refused" not in statuses(deliver(replica, p))
+        deliver(o, p)
+        for grid in (o, replica):
+            assert grid.get(REG, "t")["owner"] == ORG_P.did
+        assert replica.state_digest() == o.state_digest()

@@ -359,6 +359,24 @@ def track(doc: Document, heads_before: list[bytes] | None, change: ChangeMeta, f
     return out
 
 
+def replayed(changes: Iterable[tuple[bytes, bytes]]) -> tuple[RecordDoc, Frontiers]:
+    """A document of ``changes`` ((hash, bytes), in causal order, at least
+    one), each added in place, and its frontiers: a record rebuilt from some
+    of its changes, or as it stood at some time."""
+    frontiers: Frontiers = {}
+    doc: RecordDoc | None = None
+    for change_hash, change in changes:
+        heads_before = doc.heads() if doc is not None else None
+        if doc is None:
+            doc = RecordDoc.apply(None, change)
+        else:
+            doc.add_change(change)
+        meta = next(ChangeMeta.of(c) for c in doc.doc.get_changes(heads_before or []) if c.hash == change_hash)
+        frontiers = track(doc.doc, heads_before, meta, frontiers, kept_history(doc))
+    assert doc is not None, "replayed() needs a change"
+    return doc, frontiers
+
+
 def _wrote(doc: Document, change: ChangeMeta, path: Path) -> bool:
     """Did ``change`` write ``path``, by the rules of ``written_by``?"""
     at, deps = [change.hash], list(change.deps)

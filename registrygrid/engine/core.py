@@ -8,6 +8,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from registrygrid.crdt import conflicts as tracking
+from registrygrid.crdt import resolver
 from registrygrid.crdt.record import (
     RecordDoc,
     doc_bytes,
@@ -20,6 +22,7 @@ from registrygrid.crdt.snapshot import (
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.doc_cache import DocumentCache
+from registrygrid.engine.values import automerge_of_body
 from registrygrid.errors import (
     NotFound,
     PolicyDenied,
@@ -118,7 +121,17 @@ class EngineCore:
         # Clocks follow causality, so the changes up to a time hold their own
         # deps; their heads are those none of the others depends on.
         heads = sorted(then - {dep for h in then for dep in bodies[h].deps})
-        state = doc.materialize(heads=heads)
+        ordered = sorted(then, key=lambda h: (tuple(bodies[h].hlc), h))  # causal: clocks follow deps
+        if all(list(bodies[h].deps) == ordered[n - 1:n] for n, h in enumerate(ordered)):
+            state = doc.materialize(heads=heads)  # one line of edits: nothing raced
+        else:
+            # Edits raced: the version shows what its conflict rules chose
+            # then (as the record did when it stood so), not Automerge's pick.
+            then_doc, frontiers = tracking.replayed((h, automerge_of_body(bodies[h])[1]) for h in ordered)
+            state = then_doc.materialize()
+            found = self._conflicts_of(txn, batch, regs.REGISTRY_OF_REGISTRIES, name,  # type: ignore[attr-defined]
+                                       then_doc.doc, frontiers, state["kind"], state["owner"])
+            state = resolver.apply(state, found) if found else state
         record = records.get_record(self.store, txn, regs.REGISTRY_OF_REGISTRIES, name) or {}
         return regs.descriptor_from_record({**record, "id": name, "fields": state.get("fields") or {},
                                             "owner": state.get("owner", desc.owner),

@@ -55,7 +55,11 @@ def record_digest(record: Mapping[str, Any] | None) -> str | None:
 def automerge_of(env: Envelope | Draft) -> tuple[bytes, bytes]:
     """The (hash, bytes) of the Automerge change a change stands for: its
     payload, or for a snapshot the genesis change it implies."""
-    body = env.body
+    return automerge_of_body(env.body)
+
+
+def automerge_of_body(body: Any) -> tuple[bytes, bytes]:
+    """automerge_of, from the change's body (an envelope's or a draft's)."""
     if not body.is_snapshot:
         return body.change_hash, body.payload
     genesis = genesis_change(read_snapshot(body.payload, kind=body.kind, schema=body.schema), body.author)
