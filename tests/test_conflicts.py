@@ -272,6 +272,27 @@ def test_a_map_made_anew_after_a_removal_raced_a_write_inside_it_ends_the_confli
     assert shown[0]["fields"]["pricing"] == {"currency": "EUR"} and shown[0]["conflicts"] == []
 
 
+def test_a_removal_of_a_map_ends_a_conflict_inside_a_version_of_it_automerge_does_not_show(
+        pair: Pair) -> None:
+    """a removes pricing and makes it anew without amount, while b writes
+    pricing.amount into the old map: a conflict on /fields/pricing/amount,
+    whose value b wrote lives in the map Automerge no longer shows. a, having
+    seen both, then removes pricing. That removal ends the conflict (it was
+    taken for no write of the path, since the shown map had no amount, so
+    the conflict rule put b's amount back into a record whose pricing was
+    removed, or not, by arrival order)."""
+    pair.create({"pricing": {"amount": 1}})
+    pair.a.update(REG, "x", patch={"pricing": None})
+    pair.a.update(REG, "x", patch={"pricing": {"currency": "EUR"}})
+    time.sleep(0.005)  # b's amount is the later write: last-writer-wins shows it
+    pair.b.update(REG, "x", patch={"pricing": {"amount": 3}})
+    deliver(pair.b, pair.a)
+    assert pair.a.get(REG, "x")["fields"]["pricing"] == {"currency": "EUR", "amount": 3}
+    pair.a.update(REG, "x", patch={"pricing": None})
+    record = pair.converge()
+    assert "pricing" not in record["fields"] and record["conflicts"] == []
+
+
 def test_a_removal_racing_a_write_is_a_conflict_whose_removal_can_win(pair: Pair) -> None:
     pair.create({"region": "eu"})
     pair.race({"region": None}, {"region": "us"})
