@@ -293,6 +293,30 @@ def test_a_removal_of_a_map_ends_a_conflict_inside_a_version_of_it_automerge_doe
     assert "pricing" not in record["fields"] and record["conflicts"] == []
 
 
+def test_a_write_inside_a_removed_map_conflicts_with_the_same_removal_in_any_order(pair: Pair) -> None:
+    """a removes pricing, makes it anew without amount, and removes it
+    again; b, seeing none of that, writes pricing.amount into the old map.
+    Every node must name the same writers in the conflict on
+    /fields/pricing/amount: a's last removal (it removed the map, whatever
+    version it saw), whether b's write came before a's changes or after
+    (one order named a's first removal)."""
+    pair.create({"pricing": {"amount": 1}})
+    pair.a.update(REG, "x", patch={"pricing": None})
+    pair.a.update(REG, "x", patch={"pricing": {"currency": "EUR"}})
+    pair.a.update(REG, "x", patch={"pricing": None})
+    pair.b.update(REG, "x", patch={"pricing": {"amount": 3}})
+    of_a, of_b = wires(pair.a), wires(pair.b)
+    shown = []
+    for n, order in enumerate((of_b + of_a, of_a + of_b)):
+        with LocalRegistry.open_path(pair.a.store.path.parent / f"order{n}") as replica:
+            replica.execute([Remote(w, "peer") for w in order])
+            shown.append(replica.get(REG, "x", include_deleted=True))
+    assert shown[0] == shown[1] == pair.converge()
+    (conflict,) = shown[0]["conflicts"]
+    a_last = pair.a.history(REG, "x")[-1]["change_id"]
+    assert conflict["path"] == "/fields/pricing/amount" and a_last in {w["change"] for w in conflict["writes"]}
+
+
 def test_a_removal_racing_a_write_is_a_conflict_whose_removal_can_win(pair: Pair) -> None:
     pair.create({"region": "eu"})
     pair.race({"region": None}, {"region": "us"})

@@ -405,8 +405,7 @@ def _single_writer(doc: Document, heads: list[bytes], path: Path, unseen: Unseen
     # Removed: by one of the unseen changes, or by none of them. Several
     # may have removed it, one after seeing another's removal: only the
     # removals no other one has seen are maximal.
-    removers = [c.hash for c in unseen
-                if _get(doc, path, [c.hash]) is None and _get(doc, path, list(c.deps)) is not None]
+    removers = [c.hash for c in unseen if _get(doc, path, [c.hash]) is None and _wrote(doc, c, path)]
     if len(removers) < 2:
         return removers
     history = unseen.history
