@@ -352,8 +352,11 @@ class RemoteIngest(EngineCore):
             owner = claim.get("owner") if body.is_snapshot else \
                 (records.get_record(self.store, txn, body.registry, body.record) or {}).get("owner")
             try:
-                waits = isinstance(owner, str) and \
-                    self.trust.check_speaks_for(body.author, owner, body.hlc[0]) is Verdict.WAIT
+                # No record to place it against (its create was refused):
+                # its signer must be known at least, or a rebuild that later
+                # lets the create count could not judge it.
+                waits = self.trust.check_speaks_for(body.author, owner, body.hlc[0]) is Verdict.WAIT \
+                    if isinstance(owner, str) else not self.trust.known(body.author)
             except RegistryError:  # a refusal of its own: the registry's stands
                 waits = False
             if waits:
