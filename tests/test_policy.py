@@ -8,6 +8,7 @@ stores; changes cross between them as envelopes peers would send."""
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from registrygrid.engine.ops import Remote
 from registrygrid.errors import NotOwner, PolicyDenied
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
-from registrygrid.protocol.envelope import cid_from_str
+from registrygrid.protocol.envelope import cid_from_str, open_envelope
 from registrygrid.sdk import LocalRegistry
 from registrygrid.trust.federation import genesis_record, invitation_record, invite, make_genesis
 from registrygrid.trust.statements import (
@@ -256,4 +257,50 @@ def test_a_revoked_keys_edit_of_a_policy_stops_counting_on_the_nodes_that_applie
             assert fresh.state_digest() == a.state_digest() == b.state_digest()
     finally:
         for grid in (a, b, k):
+            grid.close()
+
+
+def test_an_edit_built_on_a_refused_create_waits_for_its_signers_delegation_before_it_is_kept(
+        tmp_path: Path) -> None:
+    """b2 creates m2 in the owner's members registry before it hears of the
+    owner's rule against creates; b3 (b2's org) deletes m2, built on that
+    create. A replica takes the rule, the create (refused), b3's delete
+    before b3's delegation, then the rule's repeal (the create counts: the
+    record is rebuilt) and b3's delegation last. b3's delete was kept
+    refused at once (no record to place its signer against), so the rebuild
+    could not judge it and it stayed refused for good: the replica showed
+    m2, which every other node shows deleted."""
+    owner = node(tmp_path / "owner", ADMIN_ORG)
+    b2, b3 = node(tmp_path / "b2", MEMBER_ORG), node(tmp_path / "b3", MEMBER_ORG)
+    try:
+        owner.create_registry(MODELS, ["tool"], write_policy="members")
+        for target in (b2, b3):
+            deliver(target, owner)
+        known = set(wires(owner))
+        policy(owner, "rules", {"id": "no-creates", "effect": "forbid", "actions": ["create"]})
+        rule = [w for w in wires(owner) if w not in known]
+        time.sleep(0.005)
+        b2.put(MODELS, "tool", {"name": "m2"}, id="m2")  # b2 has not heard of the rule
+        create = [w for w in wires(b2) if open_envelope(w).body.record == "m2"]
+        deliver(b3, b2)
+        b3.delete(MODELS, "m2")
+        delete = [w for w in wires(b3) if open_envelope(w).body.record == "m2" and w not in create]
+        known = set(wires(owner))
+        owner.update("grid.policies", "rules", fields={"name": "rules", "policy_type": "access",
+                                                       "targets": [MODELS], "access": {"rules": [CURATE]}})
+        repeal = [w for w in wires(owner) if w not in known]
+        everything = list(dict.fromkeys(wires(owner) + wires(b2) + wires(b3)))
+        b3_delegation = [w for w in everything if open_envelope(w).body.registry == MEMBERS_REGISTRY
+                         and open_envelope(w).body.author == b3.engine.key.did]
+        first = [w for w in everything if w not in rule + create + delete + repeal + b3_delegation]
+        with LocalRegistry.open_path(tmp_path / "replica", federation=GENESIS) as replica:
+            for batch in (first, rule, create, delete, repeal, b3_delegation):
+                replica.execute([Remote(w, "p") for w in batch])
+            for source in (b2, b3):
+                deliver(owner, source)
+            assert owner.get(MODELS, "m2", include_deleted=True)["deleted"] is True
+            assert replica.get(MODELS, "m2", include_deleted=True)["deleted"] is True
+            assert replica.state_digest() == owner.state_digest()
+    finally:
+        for grid in (owner, b2, b3):
             grid.close()
