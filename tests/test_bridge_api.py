@@ -130,12 +130,12 @@ async def test_pagination_is_stable_under_concurrent_inserts(served: Served) -> 
             inserting = True
 
             async def insert() -> None:
-                i = 1
-                while inserting:  # ids between and around the existing ones
-                    r = await client.post(RECORDS, json={"kind": "note", "id": f"b{i:03d}x",
+                n = 0
+                while inserting:  # ids between and around the existing ones, each new (a slow walk wraps around)
+                    r = await client.post(RECORDS, json={"kind": "note", "id": f"b{(2 * n + 1) % 140:03d}x{n // 70}",
                                                          "fields": {"name": "late"}})
                     assert r.status_code == 201
-                    i = (i + 2) % 140
+                    n += 1
                     await trio.sleep(0)
 
             async with trio.open_nursery() as nursery:
