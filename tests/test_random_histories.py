@@ -70,6 +70,24 @@ def exchange_all(nodes: list[LocalRegistry]) -> None:
                 send(source, target)
 
 
+def open_registry(nodes: list[LocalRegistry]) -> None:
+    """Every node knows every other's delegation; A's first node opens REG."""
+    exchange_all(nodes)
+    nodes[0].create_registry(REG, ["cluster", "tool"], write_policy="members", limits={"max_record_bytes": 4096})
+    exchange_all(nodes)
+
+
+def fresh_takes_everything(nodes: list[LocalRegistry], fresh: LocalRegistry, rnd: random.Random) -> None:
+    """The nodes exchange all they hold, then ``fresh`` takes it all in one
+    shuffled batch: nothing may be rejected."""
+    exchange_all(nodes)
+    exchange_all(nodes)  # what one node forwarded to another in the first round
+    everything = list(dict.fromkeys(w for node in nodes for w in served(node)))
+    rnd.shuffle(everything)
+    results = fresh.execute([Remote(w, "peer") for w in everything])
+    assert all(r.status != "rejected" for r in results), [r.error for r in results if r.status == "rejected"]
+
+
 def step(rnd: random.Random, nodes: list[LocalRegistry]) -> None:
     """One random write or exchange; a write its node refuses is fine."""
     i = rnd.randrange(3)
@@ -126,18 +144,10 @@ def test_random_histories_end_with_the_same_records_on_every_node(rnd: random.Ra
                  for i, (key, org) in enumerate(zip(KEYS, ORGS, strict=True))]
         fresh = LocalRegistry.open_path(Path(root) / "fresh", KeyPair(b"\x70" * 32))
         try:
-            exchange_all(nodes)
-            nodes[0].create_registry(REG, ["cluster", "tool"], write_policy="members",
-                                     limits={"max_record_bytes": 4096})
-            exchange_all(nodes)
+            open_registry(nodes)
             for _ in range(40):
                 step(rnd, nodes)
-            exchange_all(nodes)
-            exchange_all(nodes)  # what one node forwarded to another in the first round
-            everything = list(dict.fromkeys(w for node in nodes for w in served(node)))
-            rnd.shuffle(everything)
-            results = fresh.execute([Remote(w, "peer") for w in everything])
-            assert all(r.status != "rejected" for r in results), [r.error for r in results if r.status == "rejected"]
+            fresh_takes_everything(nodes, fresh, rnd)
             digests = {grid.state_digest() for grid in [*nodes, fresh]}
             assert len(digests) == 1, [sorted((r["id"], r["kind"], sorted(r["fields"]), r["deleted"])
                                               for r in grid.list(REG, include_deleted=True).items)

@@ -30,13 +30,12 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from registrygrid.engine.ops import Remote
 from registrygrid.errors import RegistryError
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.sdk import LocalRegistry
 from registrygrid.trust.statements import MEMBERS_REGISTRY, REVOCATION_KIND, revocation_record, sign_revocation
-from tests.test_random_histories import ORG_A, ORG_B, REG, exchange_all, send, served, step
+from tests.test_random_histories import ORG_A, ORG_B, fresh_takes_everything, open_registry, send, step
 
 STEPS = 80
 # Nodes 0-2 are test_random_histories.py's; 3 (A) and 4 (B) are the keys their orgs revoke.
@@ -78,10 +77,7 @@ def test_random_histories_with_revocations_end_alike_on_every_node(seed: int) ->
                  for i, (key, org) in enumerate(zip(KEYS, ORGS, strict=True))]
         fresh = LocalRegistry.open_path(Path(root) / "fresh", KeyPair(b"\x72" * 32))
         try:
-            exchange_all(nodes)
-            nodes[0].create_registry(REG, ["cluster", "tool"], write_policy="members",
-                                     limits={"max_record_bytes": 4096})
-            exchange_all(nodes)
+            open_registry(nodes)
             for n in range(STEPS):
                 if n > STEPS // 3 and rnd.random() < 0.04:
                     revoke(rnd, nodes)
@@ -94,12 +90,7 @@ def test_random_histories_with_revocations_end_alike_on_every_node(seed: int) ->
                 if rnd.random() < 0.25:
                     source, target = rnd.sample(nodes, 2)
                     send(source, target, rnd if rnd.random() < 0.3 else None)
-            exchange_all(nodes)
-            exchange_all(nodes)  # what one node forwarded to another in the first round
-            everything = list(dict.fromkeys(w for node in nodes for w in served(node)))
-            rnd.shuffle(everything)
-            results = fresh.execute([Remote(w, "peer") for w in everything])
-            assert all(r.status != "rejected" for r in results), [r.error for r in results if r.status == "rejected"]
+            fresh_takes_everything(nodes, fresh, rnd)
             everyone = [*nodes, fresh]
             assert len({grid.state_digest() for grid in everyone}) == 1
             assert all(grid.engine.version_vector() == fresh.engine.version_vector() for grid in nodes)
