@@ -343,8 +343,8 @@ def track(doc: Document, heads_before: list[bytes] | None, change: ChangeMeta, f
     for path in frontiers:
         # A conflicted path Automerge's merge no longer shows (its parent
         # map removed by one writer, the value put in the old map by
-        # another): a change that made the parent map anew wrote it too,
-        # as _wrote rules for a change that has seen every write.
+        # another): a change that made the parent map anew, or removed it,
+        # wrote it too, as _wrote rules for a change that has seen every write.
         if path not in written and _wrote(doc, change, path):
             written[path] = ABSENT
     for path in written:

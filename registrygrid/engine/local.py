@@ -263,8 +263,7 @@ class LocalWrites(EngineCore):
     def _after_local(self, txn: Txn, batch: Batch, env: Envelope) -> None:
         """A local write that changed the rules (a statement, a policy)
         re-judges what they govern, and lets waiting changes go on."""
-        if batch.policies_changed:
-            self._apply_policies(txn, batch, env, "local")
+        self._apply_policies(txn, batch, env, "local")  # a no-op unless a policy changed
         if batch.delegated:
             self._rebuild_revoked(txn, batch, env, "local")
             self._release(txn, batch, None, "parked")
