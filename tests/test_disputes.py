@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from registrygrid.engine.ops import Remote
-from registrygrid.errors import PolicyDenied, Quarantined, ValidationError
+from registrygrid.errors import NotFound, PolicyDenied, Quarantined, ValidationError
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import open_envelope
@@ -196,6 +196,71 @@ def test_the_order_things_arrive_in_does_not_change_what_is_quarantined(twins) -
     feed(two, d)
     assert d.list(FIELDS).items == c.list(FIELDS).items == []
     assert d.disputes() == c.disputes()
+
+
+SHARED = "shared.notes"
+
+
+def _forked_with_an_honest_writer_on_each_side(twins) -> tuple[LocalRegistry, ...]:  # type: ignore[no-untyped-def]
+    """c (org B) opens a registry any member may write; the cloned key signs
+    sequence 1 there twice: ``one`` makes n1, ``two`` makes n2. c takes
+    two's branch and builds on it; d holds one's branch."""
+    one, two, c, d = twins
+    c.create_registry(SHARED, ["cluster"], write_policy="members")
+    for grid in (one, two, d):
+        feed(c, grid)
+    one.put(SHARED, "cluster", {"name": "one"}, id="n1")
+    two.put(SHARED, "cluster", {"name": "two"}, id="n2")
+    feed(two, c)
+    feed(one, d)
+    return one, two, c, d
+
+
+def _but_the_key_in(grid: LocalRegistry, key: str, registry: str) -> list[bytes]:
+    """What ``grid`` holds, less the key's changes in ``registry``: what sync
+    sends a peer whose vector already holds that chain as far (a branch of
+    its own)."""
+    return [w for w in wires(grid) if (open_envelope(w).body.author, open_envelope(w).body.registry)
+            != (key, registry)]
+
+
+def test_an_honest_change_built_on_the_other_branch_of_a_fork_is_refused_and_its_authors_chain_goes_on(
+        twins) -> None:
+    one, two, c, d = _forked_with_an_honest_writer_on_each_side(twins)
+    cloned = one.engine.key.did
+    c.update(SHARED, "n2", patch={"seen": True})  # built on two's change, which d never holds
+    c.put(SHARED, "cluster", {"name": "c's own"}, id="c1")
+    d.execute([Remote(w, "c") for w in _but_the_key_in(c, cloned, SHARED)])
+    with pytest.raises(NotFound):  # c's chain waits behind the change built on the unknown branch
+        d.get(SHARED, "c1")
+    feed(one, c)  # c sees both branches: it reports the equivocation
+    (dispute,) = c.disputes()
+    d.execute([Remote(w, "c") for w in _but_the_key_in(c, cloned, SHARED)])
+    # The report carries two's change: d knows it never counts, so what
+    # builds on it is refused as on c, and c's later change goes on.
+    assert d.disputes() == c.disputes()
+    assert d.get(SHARED, "c1")["fields"]["name"] == "c's own"
+    assert d.engine.version_vector()[SHARED][c.engine.key.did] == c.engine.version_vector()[SHARED][c.engine.key.did]
+    assert d.state_digest() == c.state_digest()
+
+
+def test_a_change_past_the_fork_that_the_chain_cannot_take_still_settles_what_builds_on_it(twins) -> None:
+    one, two, c, d = _forked_with_an_honest_writer_on_each_side(twins)
+    cloned = one.engine.key.did
+    two.put(SHARED, "cluster", {"name": "two again"}, id="n3")  # sequence 2 on two's branch
+    feed(two, c)
+    c.update(SHARED, "n3", patch={"seen": True})
+    c.put(SHARED, "cluster", {"name": "c's own"}, id="c1")
+    feed(one, c)  # reported
+    # d takes c's report and changes first, then the key's sequence 2 of
+    # two's branch (its prev is not d's sequence 1: a broken chain).
+    d.execute([Remote(w, "c") for w in _but_the_key_in(c, cloned, SHARED)])
+    with pytest.raises(NotFound):
+        d.get(SHARED, "c1")
+    results = d.execute([Remote(w, "two") for w in wires(two) if open_envelope(w).body.registry == SHARED])
+    assert "chain_broken" in {r.error.code for r in results if r.status == "rejected"}
+    assert d.get(SHARED, "c1")["fields"]["name"] == "c's own"
+    assert d.state_digest() == c.state_digest()
 
 
 def test_a_forged_equivocation_report_is_refused(twins) -> None:

@@ -49,9 +49,10 @@ class Batch:
     # Records this batch erased: a draft of one (written earlier in the
     # batch) is kept without its bytes when the batch signs (_seal_drafts).
     erased_records: set[tuple[str, str]] = field(default_factory=set)
-    # Chain positions linked unseen in this batch (engine/erasure.py), as the
-    # waiting-room prefixes of what waits for them: released by _release.
-    unseen_links: list[bytes] = field(default_factory=list)
+    # Waiting-room prefixes whose condition this batch met: chain positions
+    # linked unseen (engine/erasure.py), a record's change of a quarantined
+    # fork held as evidence (engine/disputes.py). Released by _release.
+    unblocked: list[bytes] = field(default_factory=list)
     # The waiting room was found empty in this batch and nothing was parked
     # since: the next ops skip asking the store (see _release).
     none_waiting: bool = False

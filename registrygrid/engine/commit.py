@@ -129,7 +129,7 @@ class Committing(EngineCore):
                 # every change this node holds.)
                 self._rejudge_registry(txn, batch, rec, tuple(body.hlc), env, origin)  # type: ignore[attr-defined]
         if reg == disputes.DISPUTES_REGISTRY and not record["deleted"]:
-            self._after_dispute_record(batch, record["kind"], rec, record["fields"])  # type: ignore[attr-defined]
+            self._after_dispute_record(txn, batch, record["kind"], rec, record["fields"])  # type: ignore[attr-defined]
         if reg == POLICIES_REGISTRY:
             batch.policies_changed = True
         if reg == regs.KINDS_REGISTRY:

@@ -8,6 +8,10 @@ evidence; this part of the engine acts on them, identically on every node:
 * a stored report quarantines the author's changes in that registry from
   that sequence on (trust/state.py), and the records they touched are
   rebuilt without them (rebuild.py), whatever order things arrived in;
+* a quarantined author's change that this node's chain cannot take (the
+  other branch of the fork: this node holds its own) is kept as evidence
+  and marked on its record, so that what builds on it is refused here as
+  on the nodes that hold that branch, instead of waiting for it for ever;
 * a stored resolution resettles the records that hold its dispute, and the
   resolver (crdt/resolver.py) shows its value when its author may decide.
 """
@@ -24,8 +28,9 @@ from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
 from registrygrid.engine.ops import Put
 from registrygrid.errors import RegistryError
-from registrygrid.protocol.envelope import Envelope
-from registrygrid.storage import chains, changes, records
+from registrygrid.engine.values import automerge_of
+from registrygrid.protocol.envelope import Envelope, open_envelope
+from registrygrid.storage import chains, changes, pending, records
 from registrygrid.storage.store import Txn
 from registrygrid.trust import access
 
@@ -62,14 +67,42 @@ class Disputing(EngineCore):
         except RegistryError as exc:
             self.metrics[f"equivocation.unreported.{exc.code}"] += 1
 
-    def _after_dispute_record(self, batch: Batch, kind: str, record_id: str, fields: Any) -> None:
+    def _hold_forked(self, txn: Txn, batch: Batch, env: Envelope, *, as_evidence: bool = True) -> None:
+        """Hold ``env`` as the other branch of its author's fork, if a
+        quarantine covers it and this node's chain does not hold it (it
+        conflicts with a held link, breaks the chain, or waits past a gap):
+        kept as evidence, and its Automerge hash marked on its record. Sync
+        never brings the rest of that branch (this node's vector names those
+        positions already), so a change built on it would otherwise wait for
+        ever, and its author's later changes behind it; refused instead, as
+        on the nodes that hold the branch (it builds on a quarantined change).
+        What waited for the record is released (batch.unblocked)."""
+        body = env.body
+        since = self.trust.quarantined_since(body.author, body.registry)
+        if since is None or body.seq < since:
+            return
+        if chains.at(self.store, txn, body.registry, body.author, body.seq) == env.cid:
+            return
+        automerge_hash = automerge_of(env)[0]
+        if records.is_forked(self.store, txn, body.registry, body.record, automerge_hash):
+            return
+        if as_evidence:
+            pending.keep_evidence(self.store, txn, body.registry, body.author, body.seq, env.cid, env.wire)
+        records.mark_forked(self.store, txn, body.registry, body.record, automerge_hash, env.cid)
+        batch.unblocked.append(pending.on_record(body.registry, body.record))
+        self.metrics["equivocation.fork_held"] += 1
+
+    def _after_dispute_record(self, txn: Txn, batch: Batch, kind: str, record_id: str, fields: Any) -> None:
         """Note what a committed grid.disputes record asks for; done once the
-        operation's change is in (_apply_disputes)."""
+        operation's change is in (_apply_disputes). A report's two changes
+        are held at once: one of them is the other branch's."""
         if kind == disputes.REPORT_KIND:
             found = disputes.read_report(record_id, fields)
             if self.trust.quarantine(found.author, found.registry, found.seq):
                 self.metrics["equivocation.quarantined"] += 1
                 batch.quarantined.append((found.author, found.registry, found.seq))
+            for env in found.envelopes:
+                self._hold_forked(txn, batch, env)
         elif kind == disputes.RESOLUTION_KIND:
             batch.resolved.append(fields["dispute"])
 
@@ -85,6 +118,15 @@ class Disputing(EngineCore):
                     targets.add(body.record)
             for record_id in sorted(targets):
                 self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)  # type: ignore[attr-defined]
+            # Changes of the author's other branch this node held before the
+            # quarantine: evidence (a conflict, a broken chain), or parked
+            # past a gap in its chain.
+            evidence = [open_envelope(w, verify=False) for w in pending.evidence_of(self.store, txn, registry, author)]
+            parked = [open_envelope(w, verify=False) for w in pending.waiting_in_chain(self.store, txn, registry, author)]
+            for env in evidence:
+                self._hold_forked(txn, batch, env)
+            for env in parked:
+                self._hold_forked(txn, batch, env, as_evidence=False)
         while batch.resolved:
             dispute = batch.resolved.pop()
             for registry, record_id in records.records_disputing(self.store, txn, dispute):

@@ -803,7 +803,7 @@ class Erasing(EngineCore):
                 return linked
             chains.link(self.store, txn, registry, author, seq + 1, erasures.UNSEEN)
             batch.heads[(registry, author)] = self._chain_heads[(registry, author)] = (seq + 1, erasures.UNSEEN)
-            batch.unseen_links.append(pending.after_link(registry, author, seq + 1))
+            batch.unblocked.append(pending.after_link(registry, author, seq + 1))
             self.metrics["erasure.positions_linked"] += 1
             linked += 1
 

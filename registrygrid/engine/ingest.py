@@ -78,12 +78,17 @@ class RemoteIngest(EngineCore):
     def _remote(self, txn: Txn, batch: Batch, op: Remote) -> IngestResult:
         self.metrics["remote.received"] += 1
         env = open_envelope(op.wire, verify=not op.preverified)
-        result = self._ingest(txn, batch, env, op.peer)
+        try:
+            result = self._ingest(txn, batch, env, op.peer)
+        except RegistryError:
+            if batch.unblocked:  # refused, but held as a fork's change: what built on it is judged now
+                self._release(txn, batch, None, op.peer)
+            raise
         if result.status in ("applied", "refused", "erased"):
             self._link_on(txn, batch, env)
-        if result.status == "pending" and batch.unseen_links:
-            # Parked itself, but linked unseen positions on the way: what
-            # waited for those may go on.
+        if result.status == "pending" and batch.unblocked:
+            # Parked itself, but linked unseen positions (or held a fork's
+            # change) on the way: what waited for those may go on.
             self._release(txn, batch, None, op.peer)
         if result.status in ("applied", "refused", "erased"):
             self._apply_rules(txn, batch, env, op.peer)  # type: ignore[attr-defined]
@@ -126,6 +131,7 @@ class RemoteIngest(EngineCore):
             other = chains.at(self.store, txn, body.registry, body.author, body.seq)
             self._keep_evidence(txn, batch, env, other)
             self._report_equivocation(txn, batch, env, other)  # type: ignore[attr-defined]
+            self._hold_forked(txn, batch, env)  # type: ignore[attr-defined]
             raise Equivocation(
                 f"{body.author} signed two different changes with sequence {body.seq} in {body.registry}",
                 details={"seq": body.seq, "changes": [env.id, cid_to_str(other) if other else None]},
@@ -135,9 +141,11 @@ class RemoteIngest(EngineCore):
             # keyed by the next link, every change of a long gap would be
             # released and parked again at each link applied (quadratic; a
             # 2,000-change gap cost ~1M re-parks).
+            self._hold_forked(txn, batch, env, as_evidence=False)  # type: ignore[attr-defined]
             return self._park(txn, batch, env, pending.for_predecessor(body.registry, body.author, body.seq, env.cid))
         if body.prev != head_cid:
             self._keep_evidence(txn, batch, env, head_cid or None)
+            self._hold_forked(txn, batch, env)  # type: ignore[attr-defined]
             raise ChainBroken(f"change {body.seq} of {body.author} does not follow its change {head_seq}")
         if self._has_erasures:  # type: ignore[attr-defined]
             held = erasures.mark(self.store, txn, body.registry, body.record)
@@ -191,7 +199,8 @@ class RemoteIngest(EngineCore):
             self._document(txn, batch, body.registry, body.record)
         for dep in body.deps:
             if not records.is_applied(store, txn, reg, rec, dep):
-                if not records.is_refused(store, txn, reg, rec, dep):
+                if not records.is_refused(store, txn, reg, rec, dep) \
+                        and not records.is_forked(store, txn, reg, rec, dep):  # a quarantined fork's other branch
                     return self._park(txn, batch, env, pending.for_deps(reg, rec, env.cid))
                 builds_on_refused = True
         if refusal is not None:
@@ -506,15 +515,15 @@ class RemoteIngest(EngineCore):
         if batch.none_waiting or not pending.any_waiting(self.store, txn):  # the common case: nothing is parked
             batch.none_waiting = True
             batch.delegated.clear()
-            batch.unseen_links.clear()
+            batch.unblocked.clear()
             return released
         work: list[Envelope | None] = [first]
         extra = list(prefixes)
-        while work or batch.delegated or batch.unseen_links:
-            prefixes = [pending.on_delegation(subject) for subject in batch.delegated] + extra + batch.unseen_links
+        while work or batch.delegated or batch.unblocked:
+            prefixes = [pending.on_delegation(subject) for subject in batch.delegated] + extra + batch.unblocked
             extra = []
             batch.delegated.clear()
-            batch.unseen_links.clear()
+            batch.unblocked.clear()
             done = work.pop() if work else None
             if done is not None:
                 body = done.body

@@ -276,6 +276,8 @@ class LocalWrites(EngineCore):
         # A rebuild above may have changed a grid.policies record (a revoked
         # key's edit of a policy): the rules in force are weighed again.
         self._apply_policies(txn, batch, env, "local")
+        if batch.unblocked:  # a report held a fork's change: what built on it is judged now
+            self._release(txn, batch, None, "parked")
 
     def _check_own_chain(self, txn: Txn, batch: Batch, registry: str) -> None:
         """Whether this node's key may sign its next change in ``registry``:

@@ -112,6 +112,23 @@ def unpark(store: Store, txn: lmdb.Transaction, cid: bytes) -> None:
     txn.delete(cid, db=store.db["pending"])
 
 
+def evidence_of(store: Store, txn: lmdb.Transaction, registry: str, author: str) -> Iterator[bytes]:
+    """The wires filed as evidence against ``author`` in ``registry``, in
+    sequence order."""
+    for _, wire in store.iter_prefix(txn, "evidence", key(registry, author) + SEP):
+        yield wire
+
+
+def waiting_in_chain(store: Store, txn: lmdb.Transaction, registry: str, author: str) -> Iterator[bytes]:
+    """The wires of ``author``'s changes in ``registry`` that wait for a
+    predecessor, in sequence order."""
+    pending = store.db["pending"]
+    for _, cid in store.iter_prefix(txn, "waiting", b"c" + key(registry, author) + SEP):
+        wire = txn.get(cid, db=pending)
+        if wire is not None:
+            yield wire
+
+
 def evidence_in(store: Store, txn: lmdb.Transaction, registry: str) -> Iterator[tuple[bytes, bytes]]:
     """The evidence filed in ``registry``, (its key, the change's wire)."""
     yield from store.iter_prefix(txn, "evidence", key(registry) + SEP)

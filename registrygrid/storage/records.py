@@ -252,6 +252,13 @@ def _matches(record: dict[str, Any], registry: str | None, kind: str | None, own
 # create is in the record's history like any change that counts; its
 # genesis change gets an 'a' entry once the record's document is built.
 _HISTORY, _AM_HASH, _REFUSED = SEP + b"h", SEP + b"a", SEP + b"x"
+# A quarantined key's change that this node holds only as evidence (the
+# other branch of its fork: this node's chain holds its own branch, so the
+# change never links here, and it counts nowhere): registry \0 record \0
+# 'q' hash -> change id. A change that builds on it is refused, as on the
+# nodes that hold that branch, instead of waiting for it for ever. Never
+# cleared by a rebuild: no rule makes such a change count.
+_FORKED = SEP + b"q"
 # The record's conflict frontiers (crdt/conflicts.py): registry \0 record
 # \0 'c' -> msgpack [[path, [automerge hash, ...]], ...]; absent while no
 # path of the record has concurrent writers (nearly always).
@@ -384,6 +391,15 @@ def mark_refused(store: Store, txn: lmdb.Transaction, registry: str, record_id: 
 
 def unmark_refused(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, automerge_hash: bytes) -> None:
     txn.delete(refused_key(key(registry, record_id), automerge_hash), db=store.db["docs"])
+
+
+def mark_forked(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, automerge_hash: bytes,
+                cid: bytes) -> None:
+    txn.put(key(registry, record_id) + _FORKED + automerge_hash, cid, db=store.db["docs"])
+
+
+def is_forked(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, automerge_hash: bytes) -> bool:
+    return txn.get(key(registry, record_id) + _FORKED + automerge_hash, db=store.db["docs"]) is not None
 
 
 def is_applied(store: Store, txn: lmdb.Transaction, registry: str, record_id: str, automerge_hash: bytes) -> bool:

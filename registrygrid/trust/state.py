@@ -215,6 +215,11 @@ class TrustState:
         self.quarantined[(author, registry)] = seq
         return True
 
+    def quarantined_since(self, author: str, registry: str) -> int | None:
+        """The sequence from which ``author``'s changes in ``registry`` are
+        quarantined, or None."""
+        return self.quarantined.get((author, registry)) if self.quarantined else None
+
     def check_chain(self, author: str, registry: str, seq: int) -> None:
         """Refuse a change past its author's revocation cutoff (KeyRevoked),
         or one its author's proven equivocation quarantines (Quarantined)."""
