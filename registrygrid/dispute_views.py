@@ -132,11 +132,10 @@ def _equivocation(store: Store, txn: Any, trust: TrustState, report: dict[str, A
             found = disputes.read_report(report["id"], fields)
             out["changes"] = [disputes.describe_change(e) for e in found.envelopes]
             out["envelopes"] = fields["envelopes"]
+            out["why"] = disputes.why(found)
         except RegistryError as exc:
             out["changes"], out["error"] = [], exc.message
-        out["why"] = (f"both changes are signed by {author} with sequence {fields['seq']} in {fields['registry']}, "
-                      f"but they differ ({' vs '.join(fields['changes'])}): a key signs one change per sequence, "
-                      "so two mean a cloned key or a faulty node")
+            out["why"] = f"the report does not hold: {exc.message}"
         out["resolutions"] = resolutions
     return out
 

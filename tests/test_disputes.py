@@ -14,6 +14,7 @@ from registrygrid.errors import NotFound, PolicyDenied, Quarantined, ValidationE
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import open_envelope
+from registrygrid.protocol.sync import SyncPuller, answer_sync
 from registrygrid.sdk import LocalRegistry
 from tests.test_conflicts import (
     NODE_A,
@@ -260,7 +261,72 @@ def test_a_change_past_the_fork_that_the_chain_cannot_take_still_settles_what_bu
     results = d.execute([Remote(w, "two") for w in wires(two) if open_envelope(w).body.registry == SHARED])
     assert "chain_broken" in {r.error.code for r in results if r.status == "rejected"}
     assert d.get(SHARED, "c1")["fields"]["name"] == "c's own"
+    feed(d, c)  # d reported the broken chain too (sequence 2's prev is not d's 1)
     assert d.state_digest() == c.state_digest()
+
+
+def sync(source: LocalRegistry, target: LocalRegistry) -> None:
+    """One anti-entropy session, as peers run it (protocol/sync.py): ``target``
+    gets only what its version vector lacks, so a branch of a fork it holds
+    the positions of is never sent."""
+    puller = SyncPuller("fed")
+    while not puller.done:
+        request = puller.request(target.engine.replicated_vector())
+        target.execute([Remote(w, "peer") for w in puller.receive(answer_sync(request, source.engine,
+                                                                              federation="fed"))])
+
+
+def test_a_change_whose_prev_is_not_the_held_link_proves_the_fork_and_quarantines_from_the_link_before(
+        twins) -> None:
+    one, two, c, _ = twins
+    c.create_registry(SHARED, ["cluster"], write_policy="members")
+    for grid in (one, two):
+        feed(c, grid)
+    one.put(SHARED, "cluster", {"name": "one"}, id="n1")
+    two.put(SHARED, "cluster", {"name": "two"}, id="n2")
+    two.put(SHARED, "cluster", {"name": "two again"}, id="n3")  # sequence 2, after two's own 1
+    feed(one, c)  # c holds one's sequence 1, and never sees two's
+    results = c.execute([Remote(w, "two") for w in wires(two) if open_envelope(w).body.seq == 2
+                         and open_envelope(w).body.registry == SHARED])
+    assert [r.error.code for r in results] == ["chain_broken"]
+    (dispute,) = c.disputes()
+    # Sequence 2 names as its predecessor a change other than the sequence 1
+    # c holds: the key signed two changes with sequence 1.
+    assert (dispute["type"], dispute["registry"], dispute["seq"]) == ("equivocation", SHARED, 1)
+    assert c.list(SHARED).items == []
+    assert "names as its predecessor" in c.dispute(dispute["id"])["why"]
+
+
+def test_reports_walk_back_to_where_a_fork_began_so_both_sides_count_the_same_changes(
+        twins, tmp_path: Path) -> None:
+    one, two, c, _ = twins
+    e = LocalRegistry.open_path(tmp_path / "e", KeyPair(b"\x79" * 32),
+                                delegation=sign_delegation(ORG_B, KeyPair(b"\x79" * 32).did, ["node", "writer"]))
+    try:
+        c.create_registry(SHARED, ["cluster"], write_policy="members")
+        for grid in (one, two, e):
+            feed(c, grid)
+        feed(c, e)
+        one.put(SHARED, "cluster", {"name": "before the clone"}, id="k1")
+        feed(one, two)  # the clone is made after sequence 1
+        for n in (2, 3):
+            one.put(SHARED, "cluster", {"name": f"one {n}"}, id=f"a{n}")
+        for n in (2, 3, 4):
+            two.put(SHARED, "cluster", {"name": f"two {n}"}, id=f"b{n}")
+        # Peers that only sync: c holds one's branch (to 3), e two's (to 4).
+        sync(one, c)
+        sync(two, e)
+        for _ in range(4):
+            sync(e, c)  # c gets two's sequence 4 only: its prev is not c's 3
+            sync(c, e)
+        quarantined = [{(d["registry"], d["seq"]) for d in grid.disputes() if d["type"] == "equivocation"}
+                       for grid in (c, e)]
+        assert quarantined[0] == quarantined[1]
+        assert min(seq for _, seq in quarantined[0]) == 2  # where the branches part, not where it was seen
+        assert [r["id"] for r in c.list(SHARED).items] == [r["id"] for r in e.list(SHARED).items] == ["k1"]
+        assert c.state_digest() == e.state_digest()
+    finally:
+        e.close()
 
 
 def test_a_forged_equivocation_report_is_refused(twins) -> None:

@@ -81,19 +81,22 @@ def open_registry(nodes: list[LocalRegistry]) -> None:
     exchange_all(nodes)
 
 
-def fresh_takes_everything(nodes: list[LocalRegistry], fresh: LocalRegistry, rnd: random.Random, *,
-                           tolerate: frozenset[str] = frozenset()) -> None:
+def settle(nodes: list[LocalRegistry], *, tolerate: frozenset[str] = frozenset()) -> None:
     """The nodes exchange all they hold until none has anything new (what
-    one node forwarded to another, a report a node filed on what it took),
-    then ``fresh`` takes it all in one shuffled batch: nothing may be
-    rejected but with an error code in ``tolerate``."""
+    one node forwarded to another, a report a node filed on what it took)."""
     for _ in range(8):
         held = [len(served(node)) for node in nodes]
         exchange_all(nodes, tolerate=tolerate)
         if [len(served(node)) for node in nodes] == held:
-            break
-    else:
-        raise AssertionError("the nodes still file new changes after 8 rounds of exchanging everything")
+            return
+    raise AssertionError("the nodes still file new changes after 8 rounds of exchanging everything")
+
+
+def fresh_takes_everything(nodes: list[LocalRegistry], fresh: LocalRegistry, rnd: random.Random, *,
+                           tolerate: frozenset[str] = frozenset()) -> None:
+    """The nodes settle, then ``fresh`` takes it all in one shuffled batch:
+    nothing may be rejected but with an error code in ``tolerate``."""
+    settle(nodes, tolerate=tolerate)
     everything = list(dict.fromkeys(w for node in nodes for w in served(node)))
     rnd.shuffle(everything)
     results = fresh.execute([Remote(w, "peer") for w in everything])

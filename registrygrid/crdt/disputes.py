@@ -12,7 +12,11 @@ Two kinds, both listed by ``rgrid disputes`` and ``/v1/disputes``:
   ``equivocation-report`` in ``grid.disputes`` holding both signed
   envelopes; every node that stores the report checks them itself
   (``read_report``), and then quarantines the author's changes in that
-  registry from that sequence on.
+  registry from that sequence on. A change whose ``prev`` is not the ID of
+  the author's change one sequence before it proves the same of that
+  sequence (it names a second change there), so that pair is a report too:
+  peers that only sync never meet two changes with one sequence, since a
+  version vector asks for the positions after the ones held.
 
 Sans-IO: ids, evidence encoding and checking, and the human-readable diff.
 """
@@ -47,7 +51,9 @@ def equivocation_id(author: str, registry: str, seq: int, change_ids: Sequence[s
 
 @dataclass(frozen=True)
 class Equivocation:
-    """Two authenticated envelopes of one author with one (registry, seq)."""
+    """Two authenticated envelopes of one author in one registry that cannot
+    both be in its chain: two with sequence ``seq``, or change ``seq`` and a
+    change ``seq + 1`` whose ``prev`` names another change ``seq``."""
 
     author: str
     registry: str
@@ -60,16 +66,40 @@ class Equivocation:
 
 
 def report_fields(first: Envelope, second: Envelope) -> dict[str, Any]:
-    """The fields of an equivocation report; ValidationError if the evidence
-    does not fit a record (then no report is filed: the refusal is still
-    counted and audited where it was seen)."""
+    """The fields of an equivocation report over two changes that prove a
+    fork (``proves_fork``); ValidationError if the evidence does not fit a
+    record (then no report is filed: the refusal is still counted and
+    audited where it was seen)."""
     pair = sorted((first, second), key=lambda e: e.id)
     wires = [base64.b64encode(e.wire).decode() for e in pair]
     if any(len(w) > MAX_EVIDENCE_CHARS for w in wires):
         raise ValidationError("the two envelopes are too large to file as an equivocation report")
     body = first.body
-    return {"author": body.author, "registry": body.registry, "seq": body.seq,
+    return {"author": body.author, "registry": body.registry, "seq": min(first.body.seq, second.body.seq),
             "changes": [e.id for e in pair], "envelopes": wires}
+
+
+def proves_fork(first: Envelope, second: Envelope) -> bool:
+    """Whether two changes of one author in one registry cannot both be in
+    its chain: they differ with one sequence, or the later of two adjacent
+    ones names as its ``prev`` a change other than the earlier."""
+    a, b = sorted((first, second), key=lambda e: e.body.seq)
+    if (a.body.author, a.body.registry) != (b.body.author, b.body.registry) or a.id == b.id:
+        return False
+    return a.body.seq == b.body.seq or (b.body.seq == a.body.seq + 1 and b.body.prev != a.cid)
+
+
+def why(found: Equivocation) -> str:
+    """Why the report's two changes prove that its author signed two changes
+    with one sequence, in words."""
+    a, b = sorted(found.envelopes, key=lambda e: e.body.seq)
+    if a.body.seq == b.body.seq:
+        return (f"both changes are signed by {found.author} with sequence {found.seq} in {found.registry}, "
+                f"but they differ ({a.id} vs {b.id}): a key signs one change per sequence, "
+                "so two mean a cloned key or a faulty node")
+    return (f"change #{b.body.seq} ({b.id}), signed by {found.author} in {found.registry}, names as its "
+            f"predecessor a change other than its #{a.body.seq} ({a.id}): the key signed two changes with "
+            f"sequence {found.seq}, which means a cloned key or a faulty node")
 
 
 def read_report(record_id: str, fields: Mapping[str, Any]) -> Equivocation:
@@ -86,11 +116,15 @@ def read_report(record_id: str, fields: Mapping[str, Any]) -> Equivocation:
     first, second = envelopes
     for env in envelopes:
         body = env.body
-        if (body.author, body.registry, body.seq) != (fields["author"], fields["registry"], fields["seq"]):
-            raise ValidationError("an equivocation report's envelopes must both be the named author's, with the "
-                                  "named registry and sequence")
+        if (body.author, body.registry) != (fields["author"], fields["registry"]) \
+                or body.seq not in (fields["seq"], fields["seq"] + 1):
+            raise ValidationError("an equivocation report's envelopes must both be the named author's, in the "
+                                  "named registry, with the named sequence (or the one after it)")
     if first.id == second.id:
         raise ValidationError("an equivocation report needs two different changes")
+    if min(first.body.seq, second.body.seq) != fields["seq"] or not proves_fork(first, second):
+        raise ValidationError("an equivocation report needs two changes with the named sequence, or one with it "
+                              "and one after it whose prev names another change")
     if sorted(fields["changes"]) != sorted([first.id, second.id]):
         raise ValidationError("an equivocation report's change ids must be its envelopes' ids")
     found = Equivocation(fields["author"], fields["registry"], fields["seq"], (first, second))

@@ -9,7 +9,7 @@ from typing import Any
 from registrygrid.crdt.record import RecordDoc
 from registrygrid.engine.ops import Committed
 from registrygrid.errors import PolicyDenied
-from registrygrid.protocol.envelope import Draft
+from registrygrid.protocol.envelope import Draft, Envelope
 
 
 @dataclass
@@ -44,6 +44,9 @@ class Batch:
     # Equivocations proven by this batch, (author, registry, seq): what they
     # quarantine is rebuilt (see _apply_disputes).
     quarantined: list[tuple[str, str, int]] = field(default_factory=list)
+    # The changes of reports stored in this batch, to compare with this
+    # node's chains of their authors (see _walk_fork).
+    fork_walk: list[Envelope] = field(default_factory=list)
     # Disputes a resolution of this batch answers: their records are resettled.
     resolved: list[str] = field(default_factory=list)
     # Records this batch erased: a draft of one (written earlier in the

@@ -3,8 +3,16 @@
 crdt/disputes.py defines the records of ``grid.disputes`` and checks their
 evidence; this part of the engine acts on them, identically on every node:
 
-* a node that sees an author sign two changes with one sequence files an
-  equivocation report (a local write, so it replicates like any record);
+* a node that sees an author sign two changes with one sequence, or a
+  change whose ``prev`` is not the author's change before it that the node
+  holds, files an equivocation report (a local write, so it replicates
+  like any record);
+* a node that stores a report compares its two changes with its own chain
+  of the author, and files what that proves in turn: reports walk back,
+  between nodes holding either branch, to where the fork began (a node
+  that only syncs first meets a fork where the branches' heads part,
+  past where they did), and carry each branch's changes to the nodes
+  holding the other;
 * a stored report quarantines the author's changes in that registry from
   that sequence on (trust/state.py), and the records they touched are
   rebuilt without them (rebuild.py), whatever order things arrived in;
@@ -30,7 +38,7 @@ from registrygrid.engine.ops import Put
 from registrygrid.errors import RegistryError
 from registrygrid.engine.values import automerge_of
 from registrygrid.protocol.envelope import Envelope, open_envelope
-from registrygrid.storage import chains, changes, pending, records
+from registrygrid.storage import chains, changes, erasures, pending, records
 from registrygrid.storage.store import Txn
 from registrygrid.trust import access
 
@@ -47,17 +55,20 @@ class Disputing(EngineCore):
             disputes.check_resolution(fields, tags or ())
 
     def _report_equivocation(self, txn: Txn, batch: Batch, env: Envelope, other_cid: bytes | None) -> None:
-        """File the proof that ``env``'s author equivocated (once per dispute,
-        whoever files it first). Never fails the intake: a node that may not
-        write grid.disputes (no delegation yet) counts it and goes on."""
+        """File the proof that ``env``'s author equivocated: ``other_cid`` is
+        the author's change this node holds with ``env``'s sequence, or with
+        the one before it that ``env``'s prev does not name (once per
+        dispute, whoever files it first). Never fails the intake: a node
+        that may not write grid.disputes (no delegation yet) counts it and
+        goes on."""
         if other_cid is None or other_cid in batch.drafts:
             return
         other = changes.envelope(self.store, txn, other_cid)
-        if other is None or other.id == env.id:
+        if other is None or not disputes.proves_fork(env, other):
             return
         try:
             fields = disputes.report_fields(env, other)
-            dispute = disputes.equivocation_id(env.body.author, env.body.registry, env.body.seq,
+            dispute = disputes.equivocation_id(env.body.author, env.body.registry, fields["seq"],
                                                fields["changes"])
             if records.get_record(self.store, txn, disputes.DISPUTES_REGISTRY, dispute) is not None:
                 return
@@ -103,12 +114,29 @@ class Disputing(EngineCore):
                 batch.quarantined.append((found.author, found.registry, found.seq))
             for env in found.envelopes:
                 self._hold_forked(txn, batch, env)
+            batch.fork_walk.extend(found.envelopes)
         elif kind == disputes.RESOLUTION_KIND:
             batch.resolved.append(fields["dispute"])
 
+    def _walk_fork(self, txn: Txn, batch: Batch, env: Envelope) -> None:
+        """A report's change, against this node's chain of its author: a
+        different change held with its sequence, or one held with the
+        sequence before that its prev does not name, proves the fork there
+        too, and is reported (nothing when the chain agrees: the branches
+        share that history)."""
+        body = env.body
+        here = chains.at(self.store, txn, body.registry, body.author, body.seq)
+        if here is not None and here != env.cid and here != erasures.UNSEEN:
+            self._report_equivocation(txn, batch, env, here)
+        before = chains.at(self.store, txn, body.registry, body.author, body.seq - 1) if body.seq > 1 else None
+        if before is not None and before != body.prev and before != erasures.UNSEEN:
+            self._report_equivocation(txn, batch, env, before)
+
     def _apply_disputes(self, txn: Txn, batch: Batch, cause: Envelope, origin: str) -> None:
-        """Rebuild what a new quarantine cuts, and resettle what a new
-        resolution decides."""
+        """Rebuild what a new quarantine cuts, walk reports back to where
+        their fork began, and resettle what a new resolution decides."""
+        while batch.fork_walk:
+            self._walk_fork(txn, batch, batch.fork_walk.pop())
         while batch.quarantined:
             author, registry, seq = batch.quarantined.pop()
             targets: set[str] = set()

@@ -145,6 +145,9 @@ class RemoteIngest(EngineCore):
             return self._park(txn, batch, env, pending.for_predecessor(body.registry, body.author, body.seq, env.cid))
         if body.prev != head_cid:
             self._keep_evidence(txn, batch, env, head_cid or None)
+            # Its prev names a change other than the held one before it: the
+            # author signed two with that sequence (crdt/disputes.py).
+            self._report_equivocation(txn, batch, env, head_cid or None)  # type: ignore[attr-defined]
             self._hold_forked(txn, batch, env)  # type: ignore[attr-defined]
             raise ChainBroken(f"change {body.seq} of {body.author} does not follow its change {head_seq}")
         if self._has_erasures:  # type: ignore[attr-defined]

@@ -271,7 +271,7 @@ class LocalWrites(EngineCore):
             # Remote changes of this kind, or in this registry, may wait for it.
             self._release(txn, batch, None, "parked", prefixes=[pending.on_record(env.body.registry,
                                                                                   env.body.record)])
-        if batch.quarantined or batch.resolved:
+        if batch.quarantined or batch.resolved or batch.fork_walk:
             self._apply_disputes(txn, batch, env, "local")  # type: ignore[attr-defined]
         # A rebuild above may have changed a grid.policies record (a revoked
         # key's edit of a policy): the rules in force are weighed again.

@@ -587,7 +587,8 @@ SCHEMAS: dict[str, Any] = {
         "author": STRING, "author_orgs": {"type": "array", "items": STRING}, "registry": REGISTRY_NAME,
         "seq": INT, "reported_by": _nullable(STRING), "reported_at": _nullable(INT),
         "quarantine": {**STRING, "description": "whose changes no longer count"},
-        "changes": {"type": "array", "items": _ref("EquivocationChange"), "description": "the two signed changes "
+        "changes": {"type": "array", "items": _ref("EquivocationChange"), "description": "the two signed changes: "
+                    "both with sequence seq, or one with it and the next, whose prev names another change "
                     "(detail only)"},
         "envelopes": {"type": "array", "items": STRING, "description": "both envelopes, base64 (detail only)"},
         "why": {**STRING, "description": "why the two changes prove an equivocation (detail only)"},
