@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -265,15 +266,21 @@ def test_a_change_past_the_fork_that_the_chain_cannot_take_still_settles_what_bu
     assert d.state_digest() == c.state_digest()
 
 
-def sync(source: LocalRegistry, target: LocalRegistry) -> None:
-    """One anti-entropy session, as peers run it (protocol/sync.py): ``target``
-    gets only what its version vector lacks, so a branch of a fork it holds
-    the positions of is never sent."""
+def sync(source: LocalRegistry, target: LocalRegistry) -> list[Any]:
+    """One anti-entropy pass, as peers run it (protocol/sync.py): ``target``
+    gets what its version vector lacks, and with its first request sends its
+    chains' head tags, so a peer holding another branch of a fork at a
+    position it holds shows its change there."""
     puller = SyncPuller("fed")
+    first = True
+    outcomes: list[Any] = []
     while not puller.done:
-        request = puller.request(target.engine.replicated_vector())
-        target.execute([Remote(w, "peer") for w in puller.receive(answer_sync(request, source.engine,
-                                                                              federation="fed"))])
+        vector = target.engine.replicated_vector()
+        request = puller.request(vector, target.engine.head_tags(vector) if first else None)
+        first = False
+        outcomes += target.execute([Remote(w, "peer") for w in puller.receive(answer_sync(request, source.engine,
+                                                                                          federation="fed"))])
+    return outcomes
 
 
 def test_a_change_whose_prev_is_not_the_held_link_proves_the_fork_and_quarantines_from_the_link_before(
@@ -295,6 +302,29 @@ def test_a_change_whose_prev_is_not_the_held_link_proves_the_fork_and_quarantine
     assert (dispute["type"], dispute["registry"], dispute["seq"]) == ("equivocation", SHARED, 1)
     assert c.list(SHARED).items == []
     assert "names as its predecessor" in c.dispute(dispute["id"])["why"]
+
+
+def test_two_branches_of_the_same_length_meet_through_the_head_tags_of_a_sync_request(twins) -> None:
+    one, two, c, _ = twins
+    c.create_registry(SHARED, ["cluster"], write_policy="members")
+    for grid in (one, two):
+        feed(c, grid)
+    one.put(SHARED, "cluster", {"name": "one"}, id="n1")
+    two.put(SHARED, "cluster", {"name": "two"}, id="n2")  # sequence 1 again
+    sync(one, c)
+    assert c.engine.replicated_vector() == two.engine.replicated_vector()  # equal vectors: nothing lacks
+    sync(two, c)  # two's change at c's head goes first: c meets both
+    (dispute,) = c.disputes()
+    assert (dispute["registry"], dispute["seq"]) == (SHARED, 1)
+    assert c.list(SHARED).items == []
+    sync(c, two)  # the report reaches the key's own node: nothing of either branch counts there either
+    sync(two, c)
+    assert c.disputes() == two.disputes()
+    assert two.list(SHARED).items == []
+    assert c.state_digest() == two.state_digest()
+    # Each pass still shows the other branch; a node that knows the fork
+    # holds it as evidence already, and takes it as a duplicate.
+    assert [r.status for r in sync(two, c)] == ["duplicate"]
 
 
 def test_reports_walk_back_to_where_a_fork_began_so_both_sides_count_the_same_changes(

@@ -318,6 +318,27 @@ def test_forged_envelopes_in_a_well_formed_response_are_rejected_by_the_engine(p
     assert b.feed_head() == 0 and b.engine.version_vector() == {}
 
 
+def test_head_tags_are_optional_checked_and_skipped_by_a_responder_that_predates_them() -> None:
+    tagged = encode_request(SyncRequest(v=SYNC_VERSION, federation=FED, vector={CLUSTERS: {"did:key:zA": 3}},
+                                        registries=None, max_bytes=1024,
+                                        heads={CLUSTERS: {"did:key:zA": b"\x01" * sync.HEAD_TAG_BYTES}}))
+    assert decode_request(tagged).heads == {CLUSTERS: {"did:key:zA": b"\x01" * sync.HEAD_TAG_BYTES}}
+
+    class Before(msgspec.Struct, array_like=True):  # the request as it was before head tags
+        v: int
+        federation: str
+        vector: dict[str, dict[str, int]]
+        registries: list[str] | None
+        max_bytes: int
+
+    assert msgspec.msgpack.decode(tagged, type=Before).vector == {CLUSTERS: {"did:key:zA": 3}}
+    untagged = msgspec.msgpack.encode(Before(SYNC_VERSION, FED, {}, None, 1024))
+    assert decode_request(untagged).heads is None
+    with pytest.raises(MalformedInput):
+        decode_request(encode_request(SyncRequest(v=SYNC_VERSION, federation=FED, vector={}, registries=None,
+                                                  max_bytes=1024, heads={CLUSTERS: {"did:key:zA": b"\x01"}})))
+
+
 def test_request_roundtrip() -> None:
     request = SyncRequest(v=SYNC_VERSION, federation=FED, vector={CLUSTERS: {KeyPair.generate().did: 3}},
                           registries=[CLUSTERS], max_bytes=1234)

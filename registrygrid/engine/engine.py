@@ -29,7 +29,7 @@ from __future__ import annotations
 import gc
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
@@ -77,6 +77,7 @@ from registrygrid.protocol.envelope import (
     signatures_hold,
 )
 from registrygrid.protocol.hlc import Hlc, HybridClock, wall_clock_ms
+from registrygrid.protocol.sync import head_tag
 from registrygrid.schemas import SchemaCatalog
 from registrygrid.storage import chains, changes, erasures, feed, idempotency, records
 from registrygrid.storage.audit import AuditLedger
@@ -393,6 +394,43 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
                 size += len(wire)
                 if len(out) >= limit:
                     break
+        return out
+
+
+    def head_tags(self, vector: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, bytes]]:
+        """The head tag (protocol/sync.py) of each chain ``vector`` names, as
+        held now: what a pass's first sync request sends, so that a peer
+        holding another branch of a fork of the same length shows it."""
+        with self.store.read() as txn:
+            links = chains.head_links(self.store, txn)
+        return {registry: {author: head_tag(links[registry][author][1]) for author, seq in authors.items()
+                           if links.get(registry, {}).get(author, (0, b""))[0] == seq}
+                for registry, authors in vector.items()}
+
+    def other_links(self, vector: Mapping[str, Mapping[str, int]], heads: Mapping[str, Mapping[str, bytes]], *,
+                    max_bytes: int) -> list[bytes]:
+        """Our changes at the positions a peer's ``vector`` names, where its
+        head tag is not ours: the peer holds another branch of a fork. Sent
+        even where this node knows the fork already: its own report may not
+        count elsewhere (its key may be the forked one), and a peer that
+        knows it too takes the change as a duplicate (held as evidence)."""
+        out: list[bytes] = []
+        size = 0
+        with self.store.read() as txn:
+            for registry, tags in sorted(heads.items()):
+                for author, tag in sorted(tags.items()):
+                    seq = vector.get(registry, {}).get(author, 0)
+                    if seq < 1:
+                        continue
+                    link = chains.at(self.store, txn, registry, author, seq)
+                    if link is None or head_tag(link) == tag:
+                        continue
+                    wire = changes.wire(self.store, txn, link)  # None: erased, or linked unseen
+                    if wire is None or (out and size + len(wire) > max_bytes):
+                        continue
+                    out.append(wire)
+                    size += len(wire)
+        self.metrics["sync.forks_shown"] += len(out)
         return out
 
 

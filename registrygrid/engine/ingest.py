@@ -113,6 +113,12 @@ class RemoteIngest(EngineCore):
         body = env.body
         if changes.has(self.store, txn, env.cid) or env.cid in batch.drafts:
             return IngestResult("duplicate", env.id)
+        since = self.trust.quarantined_since(body.author, body.registry)
+        if since is not None and since <= body.seq \
+                and pending.has_evidence(self.store, txn, body.registry, body.author, body.seq, env.cid):
+            # The other branch of a fork this node knows and acted on: held
+            # as evidence already (a peer shows it with each sync pass).
+            return IngestResult("duplicate", env.id)
         head_seq, head_cid = self._head(txn, batch, body.registry, body.author)
         if self._has_erasures:  # type: ignore[attr-defined]
             # Chain positions an erasure notice vouches for (engine/erasure.py).

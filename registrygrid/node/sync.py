@@ -150,7 +150,10 @@ class SyncService:
         engine = self.node.engine
         self.metrics["sync.sessions"] += 1
         session = SyncSession(self.federation)
-        actions = session.handle(Start(await trio.to_thread.run_sync(engine.replicated_vector)))
+        vector = await trio.to_thread.run_sync(engine.replicated_vector)
+        # Head tags with the first request: a peer holding another branch of
+        # a forked chain of the same length answers with its change there.
+        actions = session.handle(Start(vector, await trio.to_thread.run_sync(engine.head_tags, vector)))
         while True:
             await self._pass(peer, session, actions)
             actions = session.handle(PassApplied(await trio.to_thread.run_sync(engine.replicated_vector)))

@@ -43,8 +43,18 @@ MAX_RESPONSE_ENVELOPES = 20_000
 # what a hostile request can make us decode and walk.
 MAX_VECTOR_ENTRIES = 100_000
 MAX_REQUEST_BYTES = 8 * 2**20
+# A chain's head tag: the last bytes of its head change's ID (the digest's
+# end; a CID's first bytes are the same for every change). Two branches of a
+# forked chain with the same length hold different heads: the vector alone
+# can't tell them apart (docs/conflicts.md, "Equivocation and quarantine").
+HEAD_TAG_BYTES = 8
 
 Vector = dict[str, dict[str, int]]
+HeadTags = dict[str, dict[str, bytes]]
+
+
+def head_tag(change_id: bytes) -> bytes:
+    return change_id[-HEAD_TAG_BYTES:]
 
 
 class SyncRequest(msgspec.Struct, array_like=True, frozen=True):
@@ -53,6 +63,11 @@ class SyncRequest(msgspec.Struct, array_like=True, frozen=True):
     vector: dict[str, dict[str, int]]
     registries: list[str] | None  # None: every registry the responder replicates
     max_bytes: int
+    # The head tag of each chain of ``vector`` (a pass's first request only).
+    # Last and optional, so a responder that predates it skips it (msgspec
+    # ignores trailing items of an array-like struct) and one that has it
+    # reads an older request as having none.
+    heads: HeadTags | None = None
 
 
 class SyncResponse(msgspec.Struct, array_like=True, frozen=True):
@@ -74,6 +89,12 @@ class ChangeSource(Protocol):
 
     def envelopes_after(self, registry: str, author: str, after_seq: int, *, limit: int,
                         max_bytes: int) -> list[bytes]: ...
+
+    def other_links(self, vector: Vector, heads: HeadTags, *, max_bytes: int) -> list[bytes]:
+        """This source's changes at the positions ``vector`` names whose
+        head tags in ``heads`` are not its own (the other branch of a fork),
+        bounded."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -98,6 +119,8 @@ def decode_request(data: bytes) -> SyncRequest:
     if request.v != SYNC_VERSION:
         raise MalformedInput(f"sync version {request.v}; this node speaks {SYNC_VERSION}")
     _check_vector(request.vector)
+    if request.heads is not None:
+        _check_heads(request.heads)
     if request.registries is not None:
         for registry in request.registries:
             _checked_name(registry)
@@ -144,6 +167,18 @@ def _check_vector(vector: Mapping[str, Mapping[str, int]]) -> None:
                 raise MalformedInput(f"sync: bad vector entry {author!r}: {seq!r}")
 
 
+def _check_heads(heads: Mapping[str, Mapping[str, bytes]]) -> None:
+    entries = 0
+    for registry, authors in heads.items():
+        _checked_name(registry)
+        entries += len(authors)
+        if entries > MAX_VECTOR_ENTRIES:
+            raise TooLarge(f"head tags have more than {MAX_VECTOR_ENTRIES} entries")
+        for author, tag in authors.items():
+            if not author.startswith("did:key:") or len(author) > 128 or len(tag) != HEAD_TAG_BYTES:
+                raise MalformedInput(f"sync: bad head tag entry {author!r}")
+
+
 def missing(local: Mapping[str, Mapping[str, int]], remote: Mapping[str, Mapping[str, int]]) -> dict[tuple[str, str], int]:
     """(registry, author) -> the remote's seq, wherever ``remote`` holds more than ``local``."""
     out: dict[tuple[str, str], int] = {}
@@ -178,6 +213,16 @@ def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str, 
     candidates: list[Candidate] = []
     more = False
     size = 0
+    chosen: list[bytes] = []
+    if request.heads:
+        # The puller's branch of a forked chain, where ours is another with a
+        # position it holds: ours goes first, so the puller meets both
+        # changes with one sequence and reports the fork (a vector alone
+        # never shows two branches of the same length).
+        readable = {registry: authors for registry, authors in request.vector.items() if registry in ours}
+        for wire in source.other_links(readable, request.heads, max_bytes=budget):
+            chosen.append(wire)
+            size += len(wire)
     # Take at most the budget from each chain, then cut the causally sorted
     # union at the budget: every chain progresses, dependencies come first.
     for (registry, author), after in sorted(lacking.items()):
@@ -188,7 +233,6 @@ def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str, 
         for offset, wire in enumerate(wires):
             candidates.append(Candidate(_hlc_of(wire), author, after + offset + 1, wire))
     candidates.sort(key=lambda c: (c.hlc, c.author, c.seq))
-    chosen: list[bytes] = []
     for candidate in candidates:
         if chosen and (size + len(candidate.wire) > budget or len(chosen) >= MAX_RESPONSE_ENVELOPES):
             more = True
@@ -272,9 +316,9 @@ class SyncPuller:
     peer_vector: Vector = field(default_factory=dict)
     _last_empty_more: int = 0
 
-    def request(self, vector: Vector) -> bytes:
+    def request(self, vector: Vector, heads: HeadTags | None = None) -> bytes:
         return encode_request(SyncRequest(v=SYNC_VERSION, federation=self.federation, vector=vector,
-                                          registries=self.registries, max_bytes=self.max_bytes))
+                                          registries=self.registries, max_bytes=self.max_bytes, heads=heads))
 
     def receive(self, data: bytes) -> list[bytes]:
         response = decode_response(data)

@@ -37,6 +37,7 @@ from typing import Any
 
 from registrygrid.protocol.sync import (
     DEFAULT_RESPONSE_BYTES,
+    HeadTags,
     SyncPuller,
     Vector,
     advance,
@@ -67,6 +68,7 @@ class State(Enum):
 @dataclass(frozen=True)
 class Start:
     vector: Vector  # the store's replicated vector
+    heads: HeadTags | None = None  # its chains' head tags, sent with the first request (protocol/sync.py)
 
 
 @dataclass(frozen=True)
@@ -183,14 +185,14 @@ class SyncSession:
     # ---- transitions
 
     def _start(self, event: Start) -> list[Action]:
-        return self._new_pass(event.vector)
+        return self._new_pass(event.vector, event.heads)
 
-    def _new_pass(self, vector: Vector) -> list[Action]:
+    def _new_pass(self, vector: Vector, heads: HeadTags | None = None) -> list[Action]:
         self._puller = SyncPuller(self.federation, self.registries, self.max_bytes)
         self._cursor = vector
         self._applied_at_pass_start = self.report.applied
         self.state = State.ASKING
-        return [SendRequest(self._puller.request(vector))]
+        return [SendRequest(self._puller.request(vector, heads))]
 
     def _response(self, event: Response) -> list[Action]:
         assert self._puller is not None

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from registrygrid.errors import RegistryError
 from registrygrid.protocol.envelope import claimed_id, open_envelope
-from registrygrid.protocol.sync import Vector
+from registrygrid.protocol.sync import HeadTags, Vector, head_tag
 from registrygrid.protocol.sync_session import Applied
 
 
@@ -102,6 +102,22 @@ class Ledger:
                 break
             out.append(wire)
             size += len(wire)
+        return out
+
+    def other_links(self, vector: Vector, heads: HeadTags, *, max_bytes: int) -> list[bytes]:
+        out: list[bytes] = []
+        size = 0
+        for registry, tags in sorted(heads.items()):
+            for author, tag in sorted(tags.items()):
+                chain = self.chains.get((registry, author), [])
+                seq = vector.get(registry, {}).get(author, 0)
+                if not 1 <= seq <= len(chain) or head_tag(chain[seq - 1][0]) == tag:
+                    continue
+                wire = chain[seq - 1][1]
+                if out and size + len(wire) > max_bytes:
+                    continue
+                out.append(wire)
+                size += len(wire)
         return out
 
     def digest(self) -> str:

@@ -50,7 +50,15 @@ def head(store: Store, txn: lmdb.Transaction, registry: str, author: str) -> tup
 
 def heads(store: Store, txn: lmdb.Transaction, registry: str | None = None) -> dict[str, dict[str, int]]:
     """registry -> author -> seq of the last link: a skip-scan, one seek per chain."""
-    out: dict[str, dict[str, int]] = {}
+    return {reg: {author: seq for author, (seq, _) in authors.items()}
+            for reg, authors in head_links(store, txn, registry).items()}
+
+
+def head_links(store: Store, txn: lmdb.Transaction,
+               registry: str | None = None) -> dict[str, dict[str, tuple[int, bytes]]]:
+    """registry -> author -> (seq, ID) of the last link: a skip-scan, one
+    seek per chain."""
+    out: dict[str, dict[str, tuple[int, bytes]]] = {}
     prefix = b"" if registry is None else registry.encode() + SEP
     cursor = txn.cursor(db=store.db["chains"])
     found = cursor.set_range(prefix)
@@ -59,7 +67,7 @@ def heads(store: Store, txn: lmdb.Transaction, registry: str | None = None) -> d
         link = _last_link(cursor, chain)
         assert link is not None, "a chain seen a moment ago has a last link"
         author = store.codes.name(txn, chain[-CODE_BYTES:])
-        out.setdefault(chain[:-CODE_BYTES - 1].decode(), {})[author] = link[0]
+        out.setdefault(chain[:-CODE_BYTES - 1].decode(), {})[author] = link
         found = cursor.set_range(chain + _PAST_ANY_SEQ)
     return out
 

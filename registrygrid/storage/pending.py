@@ -112,6 +112,10 @@ def unpark(store: Store, txn: lmdb.Transaction, cid: bytes) -> None:
     txn.delete(cid, db=store.db["pending"])
 
 
+def has_evidence(store: Store, txn: lmdb.Transaction, registry: str, author: str, seq: int, cid: bytes) -> bool:
+    return txn.get(key(registry, author, u64(seq), cid), db=store.db["evidence"]) is not None
+
+
 def evidence_of(store: Store, txn: lmdb.Transaction, registry: str, author: str) -> Iterator[bytes]:
     """The wires filed as evidence against ``author`` in ``registry``, in
     sequence order."""
