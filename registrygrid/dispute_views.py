@@ -47,6 +47,8 @@ def show_dispute(store: Store, trust: TrustState, dispute: str) -> dict[str, Any
             if found is not None:
                 return found
         report = records.get_record(store, txn, disputes.DISPUTES_REGISTRY, dispute)
+        if report is None:
+            report = _refused_report(store, txn, dispute)
         if report is not None and report["kind"] == disputes.REPORT_KIND:
             return _equivocation(store, txn, trust, report, detailed=True)
     raise NotFound(f"no dispute {dispute!r} on this node; `rgrid disputes list` shows the open ones")
@@ -141,7 +143,27 @@ def _equivocation(store: Store, txn: Any, trust: TrustState, report: dict[str, A
 
 
 def _reports(store: Store, txn: Any) -> Iterator[dict[str, Any]]:
-    return records.iter_records(store, txn, registry=disputes.DISPUTES_REGISTRY, kind=disputes.REPORT_KIND)
+    """Every report record, then every report kept only refused (its filer
+    could not write grid.disputes): it quarantines all the same, so it is
+    listed, read from its change."""
+    yield from records.iter_records(store, txn, registry=disputes.DISPUTES_REGISTRY, kind=disputes.REPORT_KIND)
+    for record_id in records.refused_record_ids(store, txn, disputes.DISPUTES_REGISTRY):
+        if records.get_record(store, txn, disputes.DISPUTES_REGISTRY, record_id) is None:
+            report = _refused_report(store, txn, record_id)
+            if report is not None:
+                yield report
+
+
+def _refused_report(store: Store, txn: Any, record_id: str) -> dict[str, Any] | None:
+    """A report no record holds, as a record would show it, from the first
+    of its refused creates whose evidence holds."""
+    for cid in sorted(records.refused_changes(store, txn, disputes.DISPUTES_REGISTRY, record_id).values()):
+        env = changes.envelope(store, txn, cid)
+        found = disputes.report_in(env) if env is not None else None
+        if found is not None:
+            return {"id": record_id, "kind": disputes.REPORT_KIND, "fields": disputes.report_fields(*found.envelopes),
+                    "created_by": env.body.author, "created_at": env.body.hlc[0]}
+    return None
 
 
 def _resolutions(store: Store, txn: Any, dispute: str,

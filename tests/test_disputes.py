@@ -17,6 +17,7 @@ from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import open_envelope
 from registrygrid.protocol.sync import SyncPuller, answer_sync
 from registrygrid.sdk import LocalRegistry
+from registrygrid.trust.statements import MEMBERS_REGISTRY, REVOCATION_KIND, revocation_record, sign_revocation
 from tests.test_conflicts import (
     NODE_A,
     NODE_B,
@@ -357,6 +358,42 @@ def test_reports_walk_back_to_where_a_fork_began_so_both_sides_count_the_same_ch
         assert c.state_digest() == e.state_digest()
     finally:
         e.close()
+
+
+def test_a_report_quarantines_alike_whether_its_filer_was_revoked_before_or_after_it_arrived(
+        twins, tmp_path: Path) -> None:
+    """A report is its own evidence: the change that files it quarantines the
+    key it proves forked even where the change itself is refused (here its
+    filer's key was revoked), so the order of the report and the revocation
+    changes nothing."""
+    one, two, c, _ = twins
+    reporter = KeyPair(b"\x7a" * 32)
+    r = LocalRegistry.open_path(tmp_path / "r", reporter,
+                                delegation=sign_delegation(ORG_B, reporter.did, ["node", "writer"]))
+    first, second = (LocalRegistry.open_path(tmp_path / name, KeyPair(bytes([n]) * 32))
+                     for name, n in (("first", 0x7b), ("second", 0x7c)))
+    try:
+        feed(one, r)
+        feed(r, c)
+        _equivocate(one, two)
+        feed(one, r)
+        feed(two, r)  # r reports
+        reported = [w for w in wires(r) if open_envelope(w).body.registry == "grid.disputes"]
+        record_id, fields = revocation_record(sign_revocation(ORG_B, reporter.did, {}, reason="a lost laptop"))
+        c.put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, id=record_id)
+        (revoked,) = [w for w in wires(c) if open_envelope(w).body.kind == REVOCATION_KIND]
+        known = [w for w in [*wires(c), *wires(r), *wires(one)] if w not in [*reported, revoked]]
+        first.execute([Remote(w, "p") for w in [*known, *reported, revoked]])
+        second.execute([Remote(w, "p") for w in [*known, revoked, *reported]])
+        for grid in (first, second):
+            assert grid.list(FIELDS).items == []  # the key's changes from #1 on are quarantined
+            # Listed though no record holds it: read from the refused change.
+            assert {(d["type"], d["status"], d["seq"]) for d in grid.disputes()} == {("equivocation", "quarantined", 1)}
+        assert first.disputes() == second.disputes()
+        assert first.state_digest() == second.state_digest()
+    finally:
+        for grid in (r, first, second):
+            grid.close()
 
 
 def test_a_forged_equivocation_report_is_refused(twins) -> None:

@@ -133,6 +133,22 @@ def read_report(record_id: str, fields: Mapping[str, Any]) -> Equivocation:
     return found
 
 
+def report_in(env: Envelope) -> Equivocation | None:
+    """The equivocation a grid.disputes change files as a report, if it is
+    the create of one whose evidence holds; else None. Read from the change
+    itself: a report kept refused proves its equivocation all the same."""
+    from registrygrid.crdt.snapshot import snapshot_state  # the snapshot codec imports the schemas
+
+    body = env.body
+    if body.registry != DISPUTES_REGISTRY or body.kind != REPORT_KIND or not body.is_snapshot:
+        return None
+    try:
+        claim, _ = snapshot_state(body.payload, kind=body.kind, schema=body.schema)
+        return read_report(body.record, claim["fields"])
+    except (RegistryError, KeyError, TypeError):
+        return None
+
+
 def check_resolution(fields: Mapping[str, Any], tags: Sequence[str]) -> None:
     """A resolution is tagged with its dispute's id (so a node finds it by
     the tag index) and says what it decides."""

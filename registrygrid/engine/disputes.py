@@ -70,8 +70,9 @@ class Disputing(EngineCore):
             fields = disputes.report_fields(env, other)
             dispute = disputes.equivocation_id(env.body.author, env.body.registry, fields["seq"],
                                                fields["changes"])
-            if records.get_record(self.store, txn, disputes.DISPUTES_REGISTRY, dispute) is not None:
-                return
+            if records.get_record(self.store, txn, disputes.DISPUTES_REGISTRY, dispute) is not None \
+                    or records.refused_changes(self.store, txn, disputes.DISPUTES_REGISTRY, dispute):
+                return  # filed already: a report kept refused proves it too (_take_refused_report)
             self._put(txn, batch, Put(disputes.DISPUTES_REGISTRY, disputes.REPORT_KIND, fields,  # type: ignore[attr-defined]
                                       record_id=dispute, actor="equivocation detector"))
             self.metrics["equivocation.reported"] += 1
@@ -108,15 +109,30 @@ class Disputing(EngineCore):
         operation's change is in (_apply_disputes). A report's two changes
         are held at once: one of them is the other branch's."""
         if kind == disputes.REPORT_KIND:
-            found = disputes.read_report(record_id, fields)
-            if self.trust.quarantine(found.author, found.registry, found.seq):
-                self.metrics["equivocation.quarantined"] += 1
-                batch.quarantined.append((found.author, found.registry, found.seq))
-            for env in found.envelopes:
-                self._hold_forked(txn, batch, env)
-            batch.fork_walk.extend(found.envelopes)
+            self._take_report(txn, batch, disputes.read_report(record_id, fields))
         elif kind == disputes.RESOLUTION_KIND:
             batch.resolved.append(fields["dispute"])
+
+    def _take_report(self, txn: Txn, batch: Batch, found: disputes.Equivocation) -> None:
+        """Act on a proven equivocation: quarantine, hold the other branch's
+        change, and compare both with this node's chain (_walk_fork)."""
+        if self.trust.quarantine(found.author, found.registry, found.seq):
+            self.metrics["equivocation.quarantined"] += 1
+            batch.quarantined.append((found.author, found.registry, found.seq))
+        for env in found.envelopes:
+            self._hold_forked(txn, batch, env)
+        batch.fork_walk.extend(found.envelopes)
+
+    def _take_refused_report(self, txn: Txn, batch: Batch, env: Envelope) -> None:
+        """A report kept refused in its filer's chain (its filer may not write
+        grid.disputes, was revoked, lost a create race, or is the forked key
+        itself) proves its equivocation all the same: the evidence is the two
+        signed changes, whoever carried them. Every node holds the same
+        chains, so every node quarantines alike, in whichever order the
+        report and what refuses it arrived."""
+        found = disputes.report_in(env)
+        if found is not None:
+            self._take_report(txn, batch, found)
 
     def _walk_fork(self, txn: Txn, batch: Batch, env: Envelope) -> None:
         """A report's change, against this node's chain of its author: a

@@ -337,6 +337,13 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
                     self.metrics["equivocation.unreadable_reports"] += 1
                     continue
                 trust.quarantine(found.author, found.registry, found.seq)
+            # Reports kept refused prove their equivocations too (engine/disputes.py).
+            for record_id in records.refused_record_ids(self.store, txn, disputes.DISPUTES_REGISTRY):
+                for cid in records.refused_changes(self.store, txn, disputes.DISPUTES_REGISTRY, record_id).values():
+                    env = changes.envelope(self.store, txn, cid)
+                    found = disputes.report_in(env) if env is not None else None
+                    if found is not None:
+                        trust.quarantine(found.author, found.registry, found.seq)
         self.trust = trust
 
     def _load_user_kinds(self) -> None:

@@ -86,6 +86,8 @@ class RemoteIngest(EngineCore):
             raise
         if result.status in ("applied", "refused", "erased"):
             self._link_on(txn, batch, env)
+        if result.status == "refused":
+            self._take_refused_report(txn, batch, env)  # type: ignore[attr-defined]
         if result.status == "pending" and batch.unblocked:
             # Parked itself, but linked unseen positions (or held a fork's
             # change) on the way: what waited for those may go on.
@@ -547,6 +549,8 @@ class RemoteIngest(EngineCore):
                     continue
                 if result.status in ("applied", "refused", "erased"):
                     self._link_on(txn, batch, env)
+                    if result.status == "refused":
+                        self._take_refused_report(txn, batch, env)  # type: ignore[attr-defined]
                     self._apply_rules(txn, batch, env, peer)  # type: ignore[attr-defined]
                     released.append(env.id)
                     work.append(env)
