@@ -427,6 +427,36 @@ def test_a_revoked_keys_edit_of_a_registrys_rules_no_longer_judges_the_changes_o
         assert late.state_digest() == early.state_digest()
 
 
+def test_a_revoked_keys_edit_of_a_registrys_conflict_rules_stops_settling_its_records(
+        tmp_path: Path, org_a: KeyPair) -> None:
+    """k (org A) changes how A's registry settles a price from max to min,
+    after a and w wrote two prices concurrently; A revokes k. A node that got
+    k's edit first showed the min: the revocation rebuilds the descriptor
+    without it, and its records are settled again by the rules that count
+    (the max), as on a node that got the revocation first."""
+    k, w = KeyPair.generate(), KeyPair.generate()
+    with org_node(tmp_path / "a", org_a) as a, org_node(tmp_path / "k", org_a, k) as kn, \
+            org_node(tmp_path / "w", org_a, w) as wn, LocalRegistry.open_path(tmp_path / "late") as late, \
+            LocalRegistry.open_path(tmp_path / "early") as early:
+        a.create_registry("a.prices", ["cluster"], write_policy="members",
+                          conflict_policy={"fields": {"price": "max"}})
+        a.put("a.prices", "cluster", {"name": "p", "price": 1}, id="p")
+        deliver(kn, a), deliver(wn, a)
+        wn.update("a.prices", "p", patch={"price": 2})
+        a.update("a.prices", "p", patch={"price": 3})  # concurrent with w's
+        time.sleep(0.005)
+        kn.update("grid.registries", "a.prices", patch={"conflict_policy": {"fields": {"price": "min"}}})
+        deliver(late, a), deliver(late, wn), deliver(late, kn)
+        assert late.get("a.prices", "p")["fields"]["price"] == 2  # settled by k's rules
+        revocation = publish(a, sign_revocation(org_a, k.did, {}, reason="lost"))
+        deliver(late, a)
+        assert late.get(MEMBERS_REGISTRY, revocation)
+        deliver(early, a), deliver(early, wn), deliver(early, kn)
+        for node in (late, early):
+            assert node.get("a.prices", "p")["fields"]["price"] == 3
+        assert late.state_digest() == early.state_digest()
+
+
 def test_an_expired_delegation_refuses_writes_with_a_hint_but_the_store_still_opens(tmp_path: Path,
                                                                                   org_a: KeyPair) -> None:
     key = KeyPair.generate()

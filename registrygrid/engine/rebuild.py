@@ -312,6 +312,12 @@ class Rebuilds(EngineCore):
                 # edit of the rules): the changes made while it was in force
                 # were judged by it here only (_descriptor_at).
                 self._rejudge_registry(txn, batch, record_id, min(flipped), cause, origin)
+            if (old or {}).get("fields", {}).get("conflict_policy") \
+                    != (record or {}).get("fields", {}).get("conflict_policy"):
+                # The rules that settle conflicts now are others (a revoked
+                # key's edit of them stopped counting): every record shows
+                # what they choose, as on a node that never applied the edit.
+                self._resettle_registry(txn, batch, record_id, cause, origin)  # type: ignore[attr-defined]
 
     def _rejudge_registry(self, txn: Txn, batch: Batch, registry: str, since: tuple[int, int] | None,
                           cause: Envelope | Draft, origin: str) -> None:
