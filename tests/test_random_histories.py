@@ -33,7 +33,7 @@ from registrygrid.engine.ops import Remote
 from registrygrid.errors import NotFound, RegistryError
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
-from registrygrid.protocol.envelope import cid_from_str
+from registrygrid.protocol.envelope import open_envelope
 from registrygrid.sdk import LocalRegistry
 
 REG = "random.histories"
@@ -49,10 +49,19 @@ ACCESS_RULES = [[{"id": "no-a", "effect": "forbid", "actions": ["update"], "fiel
 
 
 def served(grid: LocalRegistry) -> list[bytes]:
-    """What the node serves, in its feed's order (an erased change keeps its
-    feed event, and is never served again: test_erasure_histories.py)."""
-    wires = (grid.change(cid_from_str(event.change)) for event in grid.changes(0, limit=10_000))
-    return list(dict.fromkeys(w for w in wires if w is not None))
+    """What the node serves a peer that holds nothing, as sync does: every
+    change of every chain, refused ones too (kept in their author's chain as
+    evidence; a feed lists only what counts), in causal order (HLC, author,
+    seq). An erased change's bytes are gone: it is never served again
+    (test_erasure_histories.py)."""
+    wires = [wire for registry, authors in grid.engine.replicated_vector().items() for author in authors
+             for wire in grid.engine.envelopes_after(registry, author, 0, limit=100_000, max_bytes=2**40)]
+    return sorted(wires, key=_causal)
+
+
+def _causal(wire: bytes) -> tuple[tuple[int, int], str, int]:
+    body = open_envelope(wire, verify=False).body
+    return tuple(body.hlc), body.author, body.seq  # type: ignore[return-value]
 
 
 def send(source: LocalRegistry, target: LocalRegistry, rnd: random.Random | None = None, *,
