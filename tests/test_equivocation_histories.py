@@ -4,19 +4,23 @@ The nodes and revocations of test_trust_histories.py, and once past the
 first quarter of a history, A's revocable key is cloned: its node's store
 is copied, and the copy goes on signing with the same key, so the next
 change either copy signs in a registry is an equivocation. The copy writes
-(creates and updates) now and then and takes part in exchanges like any node. Nodes that hold
-different branches of the fork build on what they hold; a node that sees
-both reports the equivocation, and the report quarantines the key's
-changes there from that sequence on.
+(creates and updates) now and then and takes part in exchanges like any
+node. Half of the random exchanges are sync passes (what the version
+vector lacks, and the head tags that show a branch of the same length);
+the others send everything. Nodes that hold different branches of the
+fork build on what they hold; a node that sees both reports the
+equivocation, and the report quarantines the key's changes there from
+that sequence on.
 
 In the end every node has everything (exchanged until no node files
 anything new), and a fresh node takes it all in one shuffled batch, then
 all settle again (fresh may report pairs no other node met). No change may
-be rejected but the fork's (an equivocation, a broken chain), and all stores must hold the same records and the same chains of every key
-but the cloned one (each node holds the branch it took first). Before
-2026-12-04 a node that held one branch parked for ever a change built on
-the other, and its author's later changes behind it (test_disputes.py).
-Real LMDB stores exchanging real envelopes.
+be rejected but the fork's (an equivocation, a broken chain), and all stores
+must hold the same records and the same chains of every key but the cloned
+one (each node holds the branch it took first). Before 2026-12-04 a node
+that held one branch parked for ever a change built on the other, and its
+author's later changes behind it (test_disputes.py). Real LMDB stores
+exchanging real envelopes.
 """
 
 from __future__ import annotations
@@ -30,11 +34,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from registrygrid.errors import RegistryError
-from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.sdk import LocalRegistry
+from tests.test_disputes import sync
 from tests.test_random_histories import IDS, REG, fresh_takes_everything, open_registry, send, settle, step
-from tests.test_trust_histories import KEYS, ORGS, revoke
+from tests.test_trust_histories import KEYS, open_nodes, revoke
 
 STEPS = 80
 CLONED = 3  # A's revocable key: its node's store is copied mid-history
@@ -61,9 +65,7 @@ def test_random_histories_with_a_cloned_key_end_alike_on_every_node(seed: int) -
     expiring = rnd.random() < 0.4  # B's revocable key's delegation lasts one second
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        nodes = [LocalRegistry.open_path(root / f"n{i}", key, delegation=sign_delegation(
-                     org, key.did, ["node", "writer"], valid_for=1 if expiring and i == 4 else 3600))
-                 for i, (key, org) in enumerate(zip(KEYS, ORGS, strict=True))]
+        nodes = open_nodes(root, expiring)
         fresh = LocalRegistry.open_path(root / "fresh", KeyPair(b"\x73" * 32))
         try:
             open_registry(nodes)
@@ -87,7 +89,11 @@ def test_random_histories_with_a_cloned_key_end_alike_on_every_node(seed: int) -
                         pass  # refused locally (exists, quarantined, revoked, ...)
                 if rnd.random() < 0.25:
                     source, target = rnd.sample(nodes, 2)
-                    send(source, target, rnd if rnd.random() < 0.3 else None, tolerate=FORK)
+                    if rnd.random() < 0.5:  # a sync pass: only what the vector lacks, and the head tags
+                        rejected = {r.error.code for r in sync(source, target) if r.status == "rejected"}
+                        assert rejected <= FORK, rejected
+                    else:
+                        send(source, target, rnd if rnd.random() < 0.3 else None, tolerate=FORK)
             fresh_takes_everything(nodes, fresh, rnd, tolerate=FORK)
             everyone = [*nodes, fresh]
             settle(everyone, tolerate=FORK)  # what fresh reported of pairs no other node met

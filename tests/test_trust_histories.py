@@ -64,6 +64,14 @@ def revoke(rnd: random.Random, nodes: list[LocalRegistry]) -> None:
         pass  # the publisher is the revoked key's own node, revoked already
 
 
+def open_nodes(root: Path, expiring: bool) -> list[LocalRegistry]:
+    """The five nodes, each with its org's delegation (B's revocable key's
+    lasts one second when ``expiring``)."""
+    return [LocalRegistry.open_path(root / f"n{i}", key, delegation=sign_delegation(
+                org, key.did, ["node", "writer"], valid_for=1 if expiring and i == 4 else 3600))
+            for i, (key, org) in enumerate(zip(KEYS, ORGS, strict=True))]
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(min_value=0, max_value=2**32 - 1))
 def test_random_histories_with_revocations_end_alike_on_every_node(seed: int) -> None:
@@ -72,9 +80,7 @@ def test_random_histories_with_revocations_end_alike_on_every_node(seed: int) ->
     rnd = random.Random(seed)
     expiring = rnd.random() < 0.4
     with tempfile.TemporaryDirectory() as root:
-        nodes = [LocalRegistry.open_path(Path(root) / f"n{i}", key, delegation=sign_delegation(
-                     org, key.did, ["node", "writer"], valid_for=1 if expiring and i == 4 else 3600))
-                 for i, (key, org) in enumerate(zip(KEYS, ORGS, strict=True))]
+        nodes = open_nodes(Path(root), expiring)
         fresh = LocalRegistry.open_path(Path(root) / "fresh", KeyPair(b"\x72" * 32))
         try:
             open_registry(nodes)

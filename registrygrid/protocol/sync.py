@@ -19,9 +19,9 @@ network in ``simulations/``) carries them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -156,27 +156,25 @@ def _checked_name(registry: str) -> str:
 
 
 def _check_vector(vector: Mapping[str, Mapping[str, int]]) -> None:
-    entries = 0
-    for registry, authors in vector.items():
-        _checked_name(registry)
-        entries += len(authors)
-        if entries > MAX_VECTOR_ENTRIES:
-            raise TooLarge(f"version vector has more than {MAX_VECTOR_ENTRIES} entries")
-        for author, seq in authors.items():
-            if not author.startswith("did:key:") or len(author) > 128 or not 0 <= seq < 2**63:
-                raise MalformedInput(f"sync: bad vector entry {author!r}: {seq!r}")
+    _check_per_chain(vector, "version vector", lambda seq: 0 <= seq < 2**63)
 
 
 def _check_heads(heads: Mapping[str, Mapping[str, bytes]]) -> None:
+    _check_per_chain(heads, "head tags", lambda tag: len(tag) == HEAD_TAG_BYTES)
+
+
+def _check_per_chain(per_chain: Mapping[str, Mapping[str, Any]], what: str, valid: Callable[[Any], bool]) -> None:
+    """registry -> author -> value, as a peer sent it: registry names, author
+    DIDs, each value, and at most MAX_VECTOR_ENTRIES chains in all."""
     entries = 0
-    for registry, authors in heads.items():
+    for registry, authors in per_chain.items():
         _checked_name(registry)
         entries += len(authors)
         if entries > MAX_VECTOR_ENTRIES:
-            raise TooLarge(f"head tags have more than {MAX_VECTOR_ENTRIES} entries")
-        for author, tag in authors.items():
-            if not author.startswith("did:key:") or len(author) > 128 or len(tag) != HEAD_TAG_BYTES:
-                raise MalformedInput(f"sync: bad head tag entry {author!r}")
+            raise TooLarge(f"{what} has more than {MAX_VECTOR_ENTRIES} entries")
+        for author, value in authors.items():
+            if not author.startswith("did:key:") or len(author) > 128 or not valid(value):
+                raise MalformedInput(f"sync: bad {what} entry {author!r}: {value!r}")
 
 
 def missing(local: Mapping[str, Mapping[str, int]], remote: Mapping[str, Mapping[str, int]]) -> dict[tuple[str, str], int]:
