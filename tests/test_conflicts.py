@@ -780,3 +780,19 @@ def test_any_arrival_order_of_the_same_changes_shows_the_same_records_under_ever
         finally:
             for grid in authors + replicas:
                 grid.close()
+
+
+def test_a_store_whose_tag_add_raced_its_removal_verifies(pair: Pair) -> None:
+    """b adds a tag that a added and then removed without seeing b's add: a
+    conflict at /tags/t1. The record shows the rule's pick, and `rgrid
+    verify` reads tags as the set they are (it reported every such store as
+    damaged: "stored tags differs from its document")."""
+    pair.create({})
+    pair.a.update(REG, "x", tags=["t1"])
+    pair.a.update(REG, "x", tags=[])
+    pair.b.update(REG, "x", tags=["t1"])
+    record = pair.converge()
+    assert [c["path"] for c in record["conflicts"]] == ["/tags/t1"]
+    for grid in (pair.a, pair.b, pair.c):
+        report = grid.verify()
+        assert report.ok, report.problem

@@ -46,6 +46,20 @@ class VerifyReport:
                 "erased": self.erased, "problem": self.problem, "where": self.where}
 
 
+def _tags_as_stored(shown: list[str], stored: list[str], path: list[str]) -> list[str]:
+    """Tags are a set, kept as a sorted list: a conflict at ``/tags/NAME``
+    decides that one tag's membership (crdt/resolver.py ``apply``), and one
+    at ``/tags`` (two creates' tag sets) the whole set."""
+    if len(path) == 1:
+        return list(stored)
+    tags = set(shown)
+    if path[1] in stored:
+        tags.add(path[1])
+    else:
+        tags.discard(path[1])
+    return sorted(tags)
+
+
 def verify_store(store: Store) -> VerifyReport:
     changes = chains = records = erased = 0
     with store.read() as txn:
@@ -120,7 +134,10 @@ def verify_store(store: Store) -> VerifyReport:
                 for conflict in record.get("conflicts") or ():
                     path = resolver.unpointer(conflict["path"])
                     state = copy.deepcopy(state)
-                    resolver.put_in(state, path, resolver.get_in(record, path))
+                    if path[0] == "tags":
+                        state["tags"] = _tags_as_stored(state.get("tags") or [], record.get("tags") or [], path)
+                    else:
+                        resolver.put_in(state, path, resolver.get_in(record, path))
                 for name in ("kind", "owner", "fields", "tags", "links", "deleted"):
                     if state.get(name) != record.get(name):
                         return VerifyReport(False, changes, chains, records,
