@@ -403,7 +403,6 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
                     break
         return out
 
-
     def head_tags(self, vector: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, bytes]]:
         """The head tag (protocol/sync.py) of each chain ``vector`` names, as
         held now: what a pass's first sync request sends, so that a peer
