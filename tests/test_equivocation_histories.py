@@ -37,10 +37,9 @@ from registrygrid.errors import RegistryError
 from registrygrid.identity.keys import KeyPair
 from registrygrid.sdk import LocalRegistry
 from tests.test_disputes import sync
-from tests.test_random_histories import IDS, REG, fresh_takes_everything, open_registry, send, settle, step
-from tests.test_trust_histories import KEYS, open_nodes, revoke
+from tests.test_random_histories import IDS, REG, fresh_takes_everything, open_registry, send, settle
+from tests.test_trust_histories import KEYS, STEPS, open_nodes, revoke_or_step
 
-STEPS = 80
 CLONED = 3  # A's revocable key: its node's store is copied mid-history
 FORK = frozenset({"equivocation", "chain_broken"})  # what an exchange may reject once the key is cloned
 
@@ -70,13 +69,7 @@ def test_random_histories_with_a_cloned_key_end_alike_on_every_node(seed: int) -
         try:
             open_registry(nodes)
             for n in range(STEPS):
-                if n > STEPS // 3 and rnd.random() < 0.04:
-                    revoke(rnd, nodes)
-                else:
-                    first = rnd.choice([0, 2, CLONED, *range(len(KEYS), len(nodes))])  # A's nodes and the clone
-                    others = [i for i in range(len(nodes)) if i != first]  # the clone too, once made
-                    rnd.shuffle(others)
-                    step(rnd, [nodes[i] for i in [first, *others[:2]]], tolerate=FORK)
+                revoke_or_step(rnd, nodes, n, tolerate=FORK)
                 if len(nodes) == len(KEYS) and n > STEPS // 4 and rnd.random() < 0.05:
                     clone(root, nodes)
                 if len(nodes) > len(KEYS) and rnd.random() < 0.3:

@@ -64,6 +64,20 @@ def revoke(rnd: random.Random, nodes: list[LocalRegistry]) -> None:
         pass  # the publisher is the revoked key's own node, revoked already
 
 
+def revoke_or_step(rnd: random.Random, nodes: list[LocalRegistry], n: int, *,
+                   tolerate: frozenset[str] = frozenset()) -> None:
+    """Step ``n``: past the first third, now and then a revocation; else the
+    shared step drives three nodes, an A node first (it edits the rules; a
+    copy of A's key's store, once made, is one too)."""
+    if n > STEPS // 3 and rnd.random() < 0.04:
+        revoke(rnd, nodes)
+    else:
+        first = rnd.choice([0, 2, 3, *range(len(KEYS), len(nodes))])
+        others = [i for i in range(len(nodes)) if i != first]
+        rnd.shuffle(others)
+        step(rnd, [nodes[i] for i in [first, *others[:2]]], tolerate=tolerate)
+
+
 def open_nodes(root: Path, expiring: bool) -> list[LocalRegistry]:
     """The five nodes, each with its org's delegation (B's revocable key's
     lasts one second when ``expiring``)."""
@@ -85,14 +99,7 @@ def test_random_histories_with_revocations_end_alike_on_every_node(seed: int) ->
         try:
             open_registry(nodes)
             for n in range(STEPS):
-                if n > STEPS // 3 and rnd.random() < 0.04:
-                    revoke(rnd, nodes)
-                else:
-                    # The shared step drives three nodes: an A node first (it edits the rules).
-                    first = rnd.choice([0, 2, 3])
-                    others = [i for i in range(len(nodes)) if i != first]
-                    rnd.shuffle(others)
-                    step(rnd, [nodes[i] for i in [first, *others[:2]]])
+                revoke_or_step(rnd, nodes, n)
                 if rnd.random() < 0.25:
                     source, target = rnd.sample(nodes, 2)
                     send(source, target, rnd if rnd.random() < 0.3 else None)
