@@ -237,6 +237,11 @@ def test_engine_mode_plays_a_scenario_on_whole_nodes_in_virtual_time_and_checks_
 
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "safety: ok" in ran.stdout
+    # The nodes' warnings (each forgery gets its publisher banned) go to a
+    # file beside the summary, not between the progress bar and the figures.
+    assert "banned" not in ran.stderr
+    assert "banned" in (tmp_path / "out" / "nodes.log").read_text()
+    assert f"node warnings in {Path('out') / 'nodes.log'}" in ran.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["mode"] == "engine" and summary["nodes"] == 6
     assert summary["checker"]["ok"] and summary["checker"]["live_nodes"] == 5  # the hostile member is not judged

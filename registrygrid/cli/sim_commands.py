@@ -13,8 +13,11 @@ evidence.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -120,10 +123,11 @@ Examples:
         if overrides:  # checked as the file's own values are
             spec = scenarios.parse({**_as_table(spec), **overrides})
         out = out or Path("sim-results") / spec.name
-        started = time.perf_counter()
-        summary = _run_with_progress(simulate, spec, quiet=as_json)
-        wall = time.perf_counter() - started
         out.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        with _node_logs_to(out / NODE_LOG) as logged:
+            summary = _run_with_progress(simulate, spec, quiet=as_json)
+        wall = time.perf_counter() - started
         (out / "summary.json").write_text(json.dumps(summary, sort_keys=True, indent=1) + "\n", encoding="utf-8")
         drawn: list[str] = []
         if not no_plots:
@@ -135,13 +139,38 @@ Examples:
         if as_json:
             render.dump_json({k: v for k, v in summary.items()
                               if k not in ("propagation_delays_ms", "messages_per_node", "convergence")}
-                             | {"wall_seconds": round(wall, 2), "files": [str(out / "summary.json"), *drawn]})
+                             | {"wall_seconds": round(wall, 2), "files": [str(out / "summary.json"), *drawn,
+                                                                         *([str(out / NODE_LOG)] if logged() else [])]})
         else:
-            _print(summary, wall, out, drawn)
+            _print(summary, wall, out, drawn, out / NODE_LOG if logged() else None)
         if not verdict["ok"]:
             click.echo("SAFETY VIOLATED:", err=True)
             click.echo(json.dumps(verdict["violations"], indent=1), err=True)
             sys.exit(EX_VIOLATION)
+
+
+# Where the simulated nodes' own log lines go, in the run's --out folder.
+NODE_LOG = "nodes.log"
+
+
+@contextmanager
+def _node_logs_to(path: Path) -> Iterator[Any]:
+    """Send the node code's warnings to ``path`` for the run. In engine and
+    large-scale mode the nodes run in this process, and a scenario's faults
+    make them warn on purpose (a hostile member's peer banned at each of its
+    forgeries): unrouted, Python prints each line between the progress bar
+    and the figures. Yields a function telling whether anything was logged
+    (the file is made only then)."""
+    package = logging.getLogger("registrygrid")
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    package.addHandler(handler)
+    try:
+        yield lambda: path.exists()
+    finally:
+        package.removeHandler(handler)
+        handler.close()
 
 
 def _as_table(spec: scenarios.Scenario) -> dict[str, Any]:
@@ -171,7 +200,7 @@ def _run_with_progress(simulate: Any, spec: scenarios.Scenario, *, quiet: bool) 
     return summary
 
 
-def _print(summary: dict[str, Any], wall: float, out: Path, drawn: list[str]) -> None:
+def _print(summary: dict[str, Any], wall: float, out: Path, drawn: list[str], node_log: Path | None) -> None:
     gossip, sync, prop = summary["gossip"], summary["sync"], summary["propagation_ms"]
     verdict = summary["checker"]
     lines = [
@@ -196,6 +225,7 @@ def _print(summary: dict[str, Any], wall: float, out: Path, drawn: list[str]) ->
         (f"safety: {'ok' if verdict['ok'] else 'VIOLATED'} ({verdict['live_nodes']} live nodes, "
         f"{verdict['acknowledged']} acknowledged writes)"),
         f"wrote {out / 'summary.json'}" + (f" and {len(drawn)} plots" if drawn else ""),
+        *([f"node warnings in {node_log}"] if node_log else []),
     ]
     for line in lines:
         click.echo(line)
