@@ -237,6 +237,72 @@ def test_a_crash_between_commit_and_cursor_replays_without_loss_or_duplicates(tm
     assert reopened.search(q.parse_query({"limit": 100, "registries": ["acme.tools"]}))["total"] == 40
 
 
+def test_a_crash_inside_a_commit_leaves_files_the_next_commit_does_not_trip_on(tmp_path: Path) -> None:
+    """A node killed while tantivy commits leaves the files that commit
+    wrote (registered, among them a deletes file named by segment and
+    opstamp) beside the last committed meta.json. Reopened, the index
+    counts from that meta's opstamp again, so its next commit would write
+    the same deletes file: found by a kill -9 search on node processes,
+    where the restarted node stopped at its first indexing pass."""
+    registry = _crashed_inside_a_commit(tmp_path, registered=True)
+    reopened = SearchIndex(tmp_path / "index")
+    reopened.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    assert reopened.started_over == 0  # the files were tantivy's own to delete
+    _holds_the_renamed_records(reopened, registry)
+
+
+def _crashed_inside_a_commit(tmp_path: Path, *, registered: bool) -> LocalRegistry:
+    """A store, and its index as a crash inside the commit of ten updates
+    left it: that commit's files on disk (``registered`` or not in
+    tantivy's list of the files it manages), the meta.json and cursor of
+    the commit before."""
+    registry = LocalRegistry.open_path(tmp_path / "store")
+    registry.create_registry("acme.tools", ["tool"])
+    for i in range(30):
+        registry.put("acme.tools", "tool", {"name": f"c{i}"}, id=f"c{i}")
+    index = SearchIndex(tmp_path / "index")
+    index.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    committed_at = index.cursor
+    folder = tmp_path / "index" / "tantivy"
+    before = {name: (folder / name).read_bytes() for name in ("meta.json", ".managed.json")}
+    for i in range(10):  # updates: the commit deletes their old documents
+        registry.update("acme.tools", f"c{i}", patch={"name": f"renamed-{i}"})
+    index.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    assert list(folder.glob("*.del"))
+    for name, data in before.items():
+        if name == "meta.json" or not registered:
+            (folder / name).write_bytes(data)
+    index._save_cursor(committed_at)
+    return registry
+
+
+def _holds_the_renamed_records(index: SearchIndex, registry: LocalRegistry) -> None:
+    assert index.cursor == registry.feed_head()
+    assert index.count() == 31  # the 30 records and the registry's descriptor
+    names = {h.id for h in index.search(q.parse_query({"text": "renamed", "limit": 100}))["hits"]}
+    assert names == {f"c{i}" for i in range(10)}
+
+
+def test_an_index_whose_commit_fails_on_files_it_does_not_know_starts_over_from_the_feed(tmp_path: Path) -> None:
+    """A deletes file tantivy did not register (a disk that kept the file
+    but lost the list's rename) makes every commit fail: the index is
+    derived, so it starts over from the feed's beginning, once a pass."""
+    registry = _crashed_inside_a_commit(tmp_path, registered=False)
+    reopened = SearchIndex(tmp_path / "index")
+    reopened.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    assert reopened.started_over == 1
+    _holds_the_renamed_records(reopened, registry)
+
+
+def test_an_index_tantivy_cannot_open_starts_over_from_the_feed(tmp_path: Path) -> None:
+    registry = _crashed_inside_a_commit(tmp_path, registered=True)
+    (tmp_path / "index" / "tantivy" / "meta.json").write_text("{not json")
+    reopened = SearchIndex(tmp_path / "index")
+    assert reopened.started_over == 1 and reopened.cursor == 0
+    reopened.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    _holds_the_renamed_records(reopened, registry)
+
+
 def test_full_text_ranks_by_bm25_with_phrases_facets_and_an_explanation(corpus) -> None:
     index, _, _ = corpus
     answer = index.search(q.parse_query({"text": "legal contract", "limit": 5, "facets": ["region", "verified"],

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import re
 import shutil
@@ -42,10 +43,12 @@ from typing import Any
 
 import tantivy
 
-from registrygrid.errors import FeatureUnavailable, RegistryError, StorageFailed, ValidationError
+from registrygrid.errors import FeatureUnavailable, IntegrityError, RegistryError, StorageFailed, ValidationError
 from registrygrid.home import write_json_durably
 from registrygrid.search import query as q
 from registrygrid.search.fields import normalize
+
+log = logging.getLogger(__name__)
 
 # Bump when the schema or the normalization changes: an index of another
 # version is rebuilt from the feed at open.
@@ -80,7 +83,10 @@ def _disk_refusals(path: Path) -> Iterator[None]:
     """The index's writes, with a disk that refuses them (full, over quota,
     failing) raised as StorageFailed: the node's indexing task logs it and
     tries again at the next commit (node/search.py), instead of ending the
-    node. tantivy reports it as ValueError("An IO error occurred: ...")."""
+    node. tantivy reports it as ValueError("An IO error occurred: ...").
+    Its other errors on a write (files it does not expect, a meta.json it
+    cannot read) are IntegrityError: the index is derived, so the caller
+    starts it over (SearchIndex._start_over)."""
     try:
         yield
     except OSError as exc:
@@ -89,7 +95,7 @@ def _disk_refusals(path: Path) -> Iterator[None]:
         raise StorageFailed.at(path, exc, what="the search index", fix=_INDEX_FIX) from None
     except ValueError as exc:
         if not str(exc).startswith("An IO error occurred"):
-            raise
+            raise IntegrityError(f"the search index at {path} is damaged: {exc}") from None
         raise StorageFailed.at(path, exc, what="the search index", fix=_INDEX_FIX) from None
 
 
@@ -167,10 +173,40 @@ class SearchIndex:
             shutil.rmtree(self.path, ignore_errors=True)
             self.path.mkdir(parents=True, exist_ok=True)
             state = {"version": INDEX_VERSION, "cursor": 0}
-        (self.path / "tantivy").mkdir(parents=True, exist_ok=True)
-        self.index = tantivy.Index(self.schema, path=str(self.path / "tantivy"))
+        self.started_over = 0  # times this index was found damaged and rebuilt from the feed
+        try:
+            self._open_tantivy()
+        except IntegrityError as exc:
+            self._start_over(exc)
+            return
         self.cursor = int(state["cursor"])
         self._save_cursor(self.cursor)
+
+    def _open_tantivy(self) -> None:
+        (self.path / "tantivy").mkdir(parents=True, exist_ok=True)
+        with _disk_refusals(self.path):
+            self.index = tantivy.Index(self.schema, path=str(self.path / "tantivy"))
+            self._drop_uncommitted_files()
+
+    def _start_over(self, why: IntegrityError) -> None:
+        """An empty index at cursor 0, for a damaged one: the next catch-up
+        indexes the whole feed again."""
+        log.warning("search: %s; indexing the feed again from its start", why.message)
+        self.started_over += 1
+        shutil.rmtree(self.path / "tantivy", ignore_errors=True)
+        self._open_tantivy()
+        self._save_cursor(0)
+
+    def _drop_uncommitted_files(self) -> None:
+        """Delete the files of a commit a crash cut short. tantivy registers
+        each file before writing it and names a deletes file by segment and
+        opstamp, but counts opstamps from the last meta.json it committed:
+        left in place, the next commit's deletes file would have the name
+        of one on disk already, and every commit would fail from then on."""
+        with _disk_refusals(self.path):
+            writer = self.index.writer(WRITER_HEAP, 1)
+            writer.garbage_collect_files()
+            del writer  # releases the index's writer lock
 
     def _save_cursor(self, cursor: int) -> None:
         with _disk_refusals(self.path):
@@ -207,6 +243,7 @@ class SearchIndex:
         with self._write_lock:
             head = registry.feed_head()
             done = 0
+            started_over = False
             while self.cursor < head and (limit is None or done < limit):
                 touched: dict[tuple[str, str], None] = {}
                 last = self.cursor
@@ -229,7 +266,15 @@ class SearchIndex:
                     except RegistryError:  # deleted since, or a registry gone: the document goes
                         continue
                     docs.append(normalize(record, org_verified=org_verified, local_org=local_org))
-                self._apply([doc_key(r, i) for r, i in touched], docs)
+                try:
+                    self._apply([doc_key(r, i) for r, i in touched], docs)
+                except IntegrityError as exc:
+                    if started_over:  # once a pass: what starting over did not mend, the caller hears of
+                        raise
+                    self._start_over(exc)
+                    started_over = True
+                    head = registry.feed_head()
+                    continue
                 self._save_cursor(last)
             return done
 
