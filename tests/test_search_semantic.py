@@ -99,6 +99,18 @@ def test_vectors_survive_a_reopen(indexed, tmp_path: Path) -> None:
     assert ids(answer)[0] == "condense"
 
 
+def test_vectors_a_crash_left_unreadable_are_embedded_again(indexed, tmp_path: Path) -> None:
+    index, registry = indexed
+    (tmp_path / "index" / "vectors" / "vectors.usearch").write_bytes(b"")  # a power cut before the data
+    reopened = SearchIndex(tmp_path / "index")
+    assert reopened.enable_semantic() and reopened.vectors.cursor == 0
+    reopened.catch_up_vectors(registry)
+    assert reopened.vectors.cursor == index.vectors.cursor
+    answer = reopened.search(q.parse_query({"text": "summarize a contract", "mode": "semantic",
+                                            "registries": ["acme.tools"]}))
+    assert ids(answer)[0] == "condense"
+
+
 def test_semantic_modes_need_text(indexed) -> None:
     with pytest.raises(Exception) as refused:
         q.parse_query({"mode": "semantic"})

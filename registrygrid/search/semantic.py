@@ -23,6 +23,7 @@ which replace the same vectors.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
@@ -33,6 +34,8 @@ from typing import Any
 from registrygrid.errors import FeatureUnavailable, RegistryError
 from registrygrid.home import write_json_durably
 from registrygrid.search.fields import normalize
+
+log = logging.getLogger(__name__)
 
 EXTRA_HINT = "semantic search needs the optional extra: pip install 'registrygrid[semantic]'"
 BATCH = 2000
@@ -107,13 +110,24 @@ class VectorIndex:
             state = {"version": VECTORS_VERSION, "cursor": 0}
         self.index = Index(ndim=embedder.dim, metric="cos", dtype="i8")
         stored = path / "vectors.usearch"
-        if stored.exists() and state["cursor"] > 0:
-            self.index.load(str(stored))
         self.cursor = int(state["cursor"])
+        if self.cursor > 0:
+            try:
+                self.index.load(str(stored))
+            except (RuntimeError, ValueError) as exc:  # usearch's words for a file it cannot read
+                # Derived like the text index: embed the feed again rather than stop the node.
+                log.warning("search: the vectors at %s are unreadable (%s); embedding the feed again", stored, exc)
+                self.index.reset()
+                self._save(0)
 
     def _save(self, cursor: int) -> None:
         tmp = self.path / "vectors.usearch.tmp"
         self.index.save(str(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:  # on disk before the rename and the cursor that count on it
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, self.path / "vectors.usearch")
         write_json_durably(self.path / "vectors.json", {"version": VECTORS_VERSION, "cursor": cursor})
         self.cursor = cursor
