@@ -269,6 +269,10 @@ async def test_bad_requests_get_typed_errors(served: Served, tmp_path: Path) -> 
         no_session = await http.get("/v1/uploads/up_00")
         bad_md5 = await http.put("/v1/uploads/up_00/parts/1", content=b"x", headers={"Content-MD5": "nope"})
     assert no_size.status_code == extra.status_code == bad_part_size.status_code == bad_sha.status_code == 422
+    # A nullable member's error names the rule its value broke, not only
+    # that neither "a number in range" nor "null" fits.
+    assert "5 is less than the minimum of 1048576" in bad_part_size.json()["error"]["message"]
+    assert bad_part_size.json()["error"]["details"][0]["path"] == "/part_size"
     assert bad_cid.status_code == 422 and missing.status_code == 404 and no_session.status_code == 404
     assert bad_md5.status_code in (400, 404)
 

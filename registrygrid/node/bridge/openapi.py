@@ -1909,4 +1909,9 @@ def request_errors(name: str, body: Any) -> list[jsonschema.ValidationError]:
     """
     if rust_reads_as_python(body) and _fast_request_validator(name).is_valid(body):
         return []
-    return sorted(request_validator(name).iter_errors(body), key=lambda e: list(map(str, e.absolute_path)))
+    # An anyOf's own report says only that no branch fits ("262144 is not
+    # valid under any of the given schemas"); best_match names the broken
+    # rule of the branch that came closest ("less than the minimum of ...").
+    found = [jsonschema.exceptions.best_match([e]) if e.context else e
+             for e in request_validator(name).iter_errors(body)]
+    return sorted(found, key=lambda e: list(map(str, e.absolute_path)))
