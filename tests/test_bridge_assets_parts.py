@@ -217,3 +217,59 @@ def test_no_part_is_written_while_a_finalize_reads_the_parts(tmp_path: Path) -> 
         assert got == data
     finally:
         store.close()
+
+
+def _cut_after_the_blob_moved(tmp_path: Path, *, declare_sha256: bool):  # type: ignore[no-untyped-def]
+    """An upload on the local store, finalized, then its session put back as
+    it was before: the state a kill -9 leaves between the in-place file's
+    move under its CID and the session's completion (found by a kill -9
+    search on node processes: the resumed upload failed its finalize for
+    ever, "the blob does not match its declared size, sha256")."""
+    from registrygrid.blobs.blobs import BlobStore
+    from registrygrid.blobs.objects import LocalObjects
+    from registrygrid.blobs.uploads import Uploads
+    from registrygrid.storage import blobs as index
+    from registrygrid.storage.store import Store
+
+    store = Store(tmp_path / "store")
+    uploads = Uploads(BlobStore(LocalObjects(tmp_path / "objects"), store))
+    data = os.urandom(MIB + 10)
+    session = uploads.create("owner", size=len(data), part_size=MIB,
+                             sha256=hashlib.sha256(data).hexdigest() if declare_sha256 else None)
+    uploads.put_part(session.id, "owner", 1, [data[:MIB]])
+    uploads.put_part(session.id, "owner", 2, [data[MIB:]])
+    before = uploads.status(session.id, "owner")
+    done = uploads.finalize(session.id, "owner")
+    index.put_session(store, before)
+    return store, uploads, session.id, data, done.cid
+
+
+def test_a_finalize_cut_after_the_blob_was_recorded_completes_when_it_is_run_again(tmp_path: Path) -> None:
+    store, uploads, session_id, data, cid = _cut_after_the_blob_moved(tmp_path, declare_sha256=True)
+    try:
+        again = uploads.finalize(session_id, "owner")
+        assert again.state == "complete" and again.cid == cid
+        assert b"".join(uploads.blobs.read(parse_cid(cid))) == data
+    finally:
+        store.close()
+
+
+def test_a_finalize_cut_that_cannot_name_its_blob_asks_for_the_parts_again(tmp_path: Path) -> None:
+    from registrygrid.errors import Conflict
+
+    store, uploads, session_id, data, cid = _cut_after_the_blob_moved(tmp_path, declare_sha256=False)
+    try:
+        try:
+            uploads.finalize(session_id, "owner")
+        except Conflict as refused:
+            assert "send its 2 parts again" in refused.message and refused.details == [{"missing": [1, 2]}]
+        else:
+            raise AssertionError("a finalize with no bytes to read completed")
+        assert uploads.status(session_id, "owner").parts == {}
+        uploads.put_part(session_id, "owner", 1, [data[:MIB]])
+        uploads.put_part(session_id, "owner", 2, [data[MIB:]])
+        again = uploads.finalize(session_id, "owner")
+        assert again.state == "complete" and again.cid == cid
+        assert b"".join(uploads.blobs.read(parse_cid(cid))) == data
+    finally:
+        store.close()

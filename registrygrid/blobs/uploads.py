@@ -359,8 +359,10 @@ class Uploads:
                            details=[{"missing": missing[:100]}])
         whole = Expected(size=session.size, sha256=session.sha256, md5=session.md5)
         if self._in_place:
-            if self.objects.size(data_key(session_id)) is None:  # an empty file has no part to write it
-                self.objects.put(data_key(session_id), [])
+            if self.objects.size(data_key(session_id)) is None:
+                if session.size > 0:
+                    return self._after_a_cut_finalize(session)
+                self.objects.put(data_key(session_id), [])  # an empty file has no part to write it
             cid, _entry, _stored = self.blobs.adopt(
                 data_key(session_id), expected=whole, content_type=session.content_type, name=session.name,
                 vet=self.vet, reading=lambda chunks: self._checked_parts(session, chunks))
@@ -372,6 +374,33 @@ class Uploads:
         index.put_session(self.store, done)
         self._drop_parts(session_id)
         return done
+
+    def _after_a_cut_finalize(self, session: UploadSession) -> UploadSession:
+        """The in-place file of a session that holds every part is gone: a
+        finalize that a crash cut short moved it under its CID, and the
+        session's completion never committed. Done, if the node holds the
+        declared SHA-256 (the blob's entry committed); otherwise the parts'
+        bytes are lost to this session, so it stops vouching for them and
+        asks for them again (the blob they make is deduplicated)."""
+        if session.sha256 is not None:
+            cid = cid_from_sha256(bytes.fromhex(session.sha256))
+            known = self.blobs.entry(cid)
+            if known is not None and known.size == session.size:
+                done = msgspec.structs.replace(session, state="complete", cid=cid_text(cid))
+                index.put_session(self.store, done)
+                self._drop_parts(session.id)
+                return done
+
+        def forget_all(current: UploadSession | None) -> UploadSession:
+            if current is None or current.state != "open":
+                raise Conflict(f"upload {session.id} ended while it was finalized")
+            return msgspec.structs.replace(current, parts={})
+
+        index.update_session(self.store, session.id, forget_all)
+        numbers = list(range(1, session.part_count + 1))
+        raise Conflict(f"upload {session.id} lacks the bytes of its parts (a finalize stopped midway, before "
+                       f"the blob was recorded): send its {len(numbers)} parts again",
+                       details=[{"missing": numbers[:100]}])
 
     def _composed(self, session: UploadSession) -> Iterator[bytes]:
         """The parts in order. Without a declared SHA-256 for the whole, each
