@@ -535,3 +535,25 @@ def test_the_sse_decoder_gives_the_same_events_however_the_stream_is_split(cuts:
     assert events == [SseEvent("created", '{"seq": 7}', "7"), SseEvent("updated", "line one\nline two", "8"),
                       SseEvent("message", "no space", "9")]
     assert decoder.last_id == "10" and decoder.retry_ms == 1000
+
+
+def test_a_client_types_the_blob_stores_errors_and_a_newer_nodes_codes_by_their_status() -> None:
+    """In a process that loaded only the client (as an app does): an expired
+    upload is a NotFound, so upload_file starts it again instead of failing,
+    and a code this version lacks keeps its code, typed by its status."""
+    import subprocess
+    import sys
+
+    script = (
+        "import json\n"
+        "from registrygrid.client import assets\n"
+        "from registrygrid.errors import NotFound, ValidationError\n"
+        "from registrygrid.node.bridge.errors import rebuild\n"
+        "def error(code): return {'error': {'code': code, 'message': 'm', 'details': None, 'trace_id': None}}\n"
+        "expired, mismatch, newer = (rebuild(404, error('upload_expired')), rebuild(422, error('checksum_mismatch')),\n"
+        "                            rebuild(404, error('frobnicated')))\n"
+        "print(json.dumps([type(expired).__name__, isinstance(expired, NotFound), type(mismatch).__name__,\n"
+        "                  isinstance(mismatch, ValidationError), isinstance(newer, NotFound), newer.code]))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["UploadExpired", True, "ChecksumMismatch", True, True, "frobnicated"]

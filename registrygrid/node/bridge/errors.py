@@ -103,16 +103,23 @@ def rebuild(status: int, body: Any) -> RegistryError:
         return exc
     code = str(err.get("code", "registry_error"))
     classes = error_classes()
-    if code not in classes and code.startswith("p2p_"):
-        from registrygrid.node import transport  # noqa: F401  (defines the p2p_* classes)
-
+    if code not in classes:
+        # Defined where they are raised, in modules a client has no other
+        # reason to load: the transport (p2p_*) and the blob store (an
+        # expired upload must be a NotFound to the client that resumes it).
+        if code.startswith("p2p_"):
+            from registrygrid.node import transport  # noqa: F401
+        else:
+            from registrygrid.blobs import service  # noqa: F401
         classes = error_classes()
     cls = classes.get(code)
     message = str(err.get("message", ""))
     trace = err.get("trace_id")
     if trace:
         message = f"{message} (trace {trace})"
-    exc = (cls or RegistryError)(message, details=err.get("details"))
+    # A code this version lacks (a newer node's) is typed by its status, so
+    # a 404 still reads as NotFound; the code itself is kept.
+    exc = (cls or _BY_STATUS.get(status, RegistryError))(message, details=err.get("details"))
     if cls is None:
         exc.code = code
     exc.http_status = status
