@@ -218,13 +218,18 @@ def _all(index: SearchIndex, query: q.Query) -> list[Any]:
             return out
 
 
-def test_a_crash_between_commit_and_cursor_replays_without_loss_or_duplicates(tmp_path: Path) -> None:
+def _thirty_tools_indexed(tmp_path: Path) -> tuple[LocalRegistry, SearchIndex]:
     registry = LocalRegistry.open_path(tmp_path / "store")
     registry.create_registry("acme.tools", ["tool"])
     for i in range(30):
         registry.put("acme.tools", "tool", {"name": f"c{i}"}, id=f"c{i}")
     index = SearchIndex(tmp_path / "index")
     index.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    return registry, index
+
+
+def test_a_crash_between_commit_and_cursor_replays_without_loss_or_duplicates(tmp_path: Path) -> None:
+    registry, index = _thirty_tools_indexed(tmp_path)
     committed_at = index.cursor
     for i in range(30, 40):
         registry.put("acme.tools", "tool", {"name": f"c{i}"}, id=f"c{i}")
@@ -256,12 +261,7 @@ def _crashed_inside_a_commit(tmp_path: Path, *, registered: bool) -> LocalRegist
     left it: that commit's files on disk (``registered`` or not in
     tantivy's list of the files it manages), the meta.json and cursor of
     the commit before."""
-    registry = LocalRegistry.open_path(tmp_path / "store")
-    registry.create_registry("acme.tools", ["tool"])
-    for i in range(30):
-        registry.put("acme.tools", "tool", {"name": f"c{i}"}, id=f"c{i}")
-    index = SearchIndex(tmp_path / "index")
-    index.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    registry, index = _thirty_tools_indexed(tmp_path)
     committed_at = index.cursor
     folder = tmp_path / "index" / "tantivy"
     before = {name: (folder / name).read_bytes() for name in ("meta.json", ".managed.json")}
