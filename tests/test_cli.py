@@ -16,7 +16,7 @@ import pytest
 
 import registrygrid
 from registrygrid.engine.ops import Put
-from registrygrid.errors import EX_DATAERR, EX_NOINPUT
+from registrygrid.errors import EX_DATAERR, EX_NOINPUT, ValidationError
 from registrygrid.home import Home
 from registrygrid.storage import feed, records
 from registrygrid.storage.store import Store
@@ -162,6 +162,15 @@ def test_list_filters_by_kind_tag_and_where_and_pages_with_a_cursor(listed_home:
     assert cursor is not None
     second, cursor = ids("grid.clusters", "--limit", "4", "--cursor", cursor)
     assert (second, cursor) == (["c4", "c5", "c6"], None)
+
+
+@pytest.mark.parametrize("typo", ["gpus.count>>4", "gpus.count=>4", "gpus.count=<4", "gpus.count<>4"])
+def test_a_where_with_a_mistyped_operator_is_refused_not_an_empty_answer(typo: str) -> None:
+    from registrygrid.cli.values import parse_where
+
+    with pytest.raises(ValidationError, match="starts with an operator"):
+        parse_where(typo)
+    assert parse_where('name="=x"') == ("name", "eq", "=x")  # quoted, such a string is a value
 
 
 def test_feed_tail_prints_one_json_event_per_line(listed_home: Path, rgrid: Run) -> None:

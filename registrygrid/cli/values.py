@@ -71,4 +71,10 @@ def parse_where(text: str) -> tuple[str, str, Any]:
     if not match:
         raise ValidationError(f"bad filter {text!r}: expected PATH OP VALUE with OP one of = != < <= > >= ~")
     path, op, raw = match.groups()
+    if raw[:1] in ("<", ">", "=", "!", "~"):
+        # `count=>4`, `count>>4`: a mistyped operator, whose rest would be
+        # compared as the string "=>4" or ">4" and match nothing, silently.
+        raise ValidationError(f"bad filter {text!r}: after {op!r} the value {raw!r} starts with an operator; "
+                              f"operators are = != < <= > >= ~ (quote a string value that starts so: "
+                              f"{path}{op}'\"{raw}\"')")
     return path, _OPS[op], parse_value(raw)
