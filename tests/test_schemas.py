@@ -465,7 +465,18 @@ def test_unknown_fields_are_kept_for_forward_compatibility(catalog):
 def test_a_registry_descriptor_refuses_an_unknown_conflict_policy(catalog):
     record = {**EXAMPLES[("registry", 1)], "conflict_policy": "first-writer-wins", "name": "Bad Name"}
     err = violation_of(catalog, "registry", 1, record)
-    assert {(d["path"], d["validator"]) for d in err.details} == {("/conflict_policy", "oneOf"), ("/name", "pattern")}
+    assert {(d["path"], d["validator"]) for d in err.details} == {("/conflict_policy", "enum"), ("/name", "pattern")}
+    # Of the oneOf's branches (a rule's name, or a table of rules), the one
+    # the value's type fits says what is wrong: not "valid under none".
+    (policy,) = [d["message"] for d in err.details if d["path"] == "/conflict_policy"]
+    assert policy.startswith("'first-writer-wins' is not one of ['crdt', 'last-writer-wins'")
+
+
+def test_a_kind_whose_schema_misspells_a_type_is_told_the_types(catalog):
+    record = {**EXAMPLES[("kind", 1)], "schema": {"type": "object", "properties": {"a": {"type": "strin"}}}}
+    err = violation_of(catalog, "kind", 1, record)
+    assert [(d["path"], d["validator"]) for d in err.details] == [("/schema/properties/a/type", "enum")]
+    assert "'strin' is not one of ['array', 'boolean', 'integer', 'null'" in err.message
 
 
 def test_a_vdag_node_must_name_exactly_one_component_or_function(catalog):

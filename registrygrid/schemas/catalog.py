@@ -805,6 +805,22 @@ def rust_reads_as_python(value: Any, depth: int = 0) -> bool:
     return True
 
 
+def closest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """An anyOf's or oneOf's own report says only that no branch fits ("'strin'
+    is not valid under any of the given schemas"); the best of its branches'
+    errors (jsonschema's best_match) names the broken rule ("'strin' is not
+    one of [...]"): the branches the value's type fits, that is, whose
+    error is not a type mismatch, tell what is wrong with it. Where two of
+    them tell it equally (an address that is neither an IPv4 nor an IPv6
+    one), or none does, the anyOf's own report stays. Other errors as they
+    are."""
+    relevance = jsonschema.exceptions.relevance
+    fitting = sorted((e for e in error.context or () if e.validator != "type"), key=relevance, reverse=True)
+    if not fitting or (len(fitting) > 1 and relevance(fitting[0]) == relevance(fitting[1])):
+        return error
+    return closest(fitting[0])
+
+
 def _from_rust(error: jsonschema_rs.ValidationError) -> jsonschema.ValidationError:
     last = error.schema_path[-1] if error.schema_path else None
     keyword = last if isinstance(last, str) and last in Draft202012Validator.VALIDATORS else error.kind.name
@@ -858,7 +874,7 @@ class CompiledKind:
         """The errors of ``instance``, given :meth:`verdict`'s answer on it."""
         if verdict:
             return []
-        errors = list(self.python.iter_errors(instance))
+        errors = [closest(e) for e in self.python.iter_errors(instance)]
         if errors or verdict is None:
             return errors
         # jsonschema finds nothing wrong with a value jsonschema-rs rejected.

@@ -37,7 +37,7 @@ from registrygrid.node.follow import FOLLOW_INTERVAL_S
 from registrygrid.protocol import limits, names
 from registrygrid.protocol.blob_exchange import MAX_CHUNK as BLOB_RANGE_BYTES
 from registrygrid.record import record_json_schema
-from registrygrid.schemas.catalog import rust_reads_as_python
+from registrygrid.schemas.catalog import closest, rust_reads_as_python
 from registrygrid.search import query as search_query
 from registrygrid.search import views as saved_views
 from registrygrid.storage import idempotency
@@ -1909,9 +1909,5 @@ def request_errors(name: str, body: Any) -> list[jsonschema.ValidationError]:
     """
     if rust_reads_as_python(body) and _fast_request_validator(name).is_valid(body):
         return []
-    # An anyOf's own report says only that no branch fits ("262144 is not
-    # valid under any of the given schemas"); best_match names the broken
-    # rule of the branch that came closest ("less than the minimum of ...").
-    found = [jsonschema.exceptions.best_match([e]) if e.context else e
-             for e in request_validator(name).iter_errors(body)]
+    found = [closest(e) for e in request_validator(name).iter_errors(body)]
     return sorted(found, key=lambda e: list(map(str, e.absolute_path)))
