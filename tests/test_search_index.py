@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from registrygrid.errors import ValidationError
+from registrygrid.errors import Unavailable, ValidationError
 from registrygrid.sdk import LocalRegistry
 from registrygrid.search import query as q
 from registrygrid.search.fields import normalize
-from registrygrid.search.index import SearchIndex
+from registrygrid.search.index import WRITER_HEAP, SearchIndex
 
 REGIONS = ["eu-west", "eu-north", "us-east", "ap-south"]
 WORDS = ["summarize", "translate", "legal", "contract", "gpu", "cluster", "vision", "speech", "german", "fast"]
@@ -292,6 +292,18 @@ def test_an_index_whose_commit_fails_on_files_it_does_not_know_starts_over_from_
     reopened.catch_up(registry, org_verified=lambda org: False, local_org=None)
     assert reopened.started_over == 1
     _holds_the_renamed_records(reopened, registry)
+
+
+def test_an_index_another_writer_holds_is_in_use_not_damaged_and_is_left_as_it_is(tmp_path: Path) -> None:
+    registry, index = _thirty_tools_indexed(tmp_path)
+    holder = index.index.writer(WRITER_HEAP, 1)  # as another process's writer would
+    try:
+        with pytest.raises(Unavailable, match="being written by another writer"):
+            SearchIndex(tmp_path / "index")
+    finally:
+        del holder
+    reopened = SearchIndex(tmp_path / "index")
+    assert reopened.started_over == 0 and reopened.cursor == registry.feed_head() and reopened.count() == 31
 
 
 def test_an_index_tantivy_cannot_open_starts_over_from_the_feed(tmp_path: Path) -> None:

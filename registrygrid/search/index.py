@@ -43,7 +43,14 @@ from typing import Any
 
 import tantivy
 
-from registrygrid.errors import FeatureUnavailable, IntegrityError, RegistryError, StorageFailed, ValidationError
+from registrygrid.errors import (
+    FeatureUnavailable,
+    IntegrityError,
+    RegistryError,
+    StorageFailed,
+    Unavailable,
+    ValidationError,
+)
 from registrygrid.home import write_json_durably
 from registrygrid.search import query as q
 from registrygrid.search.fields import normalize
@@ -86,7 +93,8 @@ def _disk_refusals(path: Path) -> Iterator[None]:
     node. tantivy reports it as ValueError("An IO error occurred: ...").
     Its other errors on a write (files it does not expect, a meta.json it
     cannot read) are IntegrityError: the index is derived, so the caller
-    starts it over (SearchIndex._start_over)."""
+    starts it over (SearchIndex._start_over); but not a writer lock held
+    elsewhere (Unavailable), which is an index in use."""
     try:
         yield
     except OSError as exc:
@@ -94,6 +102,8 @@ def _disk_refusals(path: Path) -> Iterator[None]:
             raise
         raise StorageFailed.at(path, exc, what="the search index", fix=_INDEX_FIX) from None
     except ValueError as exc:
+        if "LockBusy" in str(exc):  # another writer holds it: in use, not damaged (never start it over)
+            raise Unavailable(f"the search index at {path} is being written by another writer: {exc}") from None
         if not str(exc).startswith("An IO error occurred"):
             raise IntegrityError(f"the search index at {path} is damaged: {exc}") from None
         raise StorageFailed.at(path, exc, what="the search index", fix=_INDEX_FIX) from None
