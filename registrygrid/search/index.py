@@ -183,7 +183,7 @@ class SearchIndex:
             shutil.rmtree(self.path, ignore_errors=True)
             self.path.mkdir(parents=True, exist_ok=True)
             state = {"version": INDEX_VERSION, "cursor": 0}
-        self.started_over = 0  # times this index was found damaged and rebuilt from the feed
+        self.started_over = 0  # times this index was found damaged and started over (at most once while open)
         try:
             self._open_tantivy()
         except IntegrityError as exc:
@@ -253,7 +253,6 @@ class SearchIndex:
         with self._write_lock:
             head = registry.feed_head()
             done = 0
-            started_over = False
             while self.cursor < head and (limit is None or done < limit):
                 touched: dict[tuple[str, str], None] = {}
                 last = self.cursor
@@ -279,10 +278,12 @@ class SearchIndex:
                 try:
                     self._apply([doc_key(r, i) for r, i in touched], docs)
                 except IntegrityError as exc:
-                    if started_over:  # once a pass: what starting over did not mend, the caller hears of
+                    # Once while open: damage comes from a crash, which a start
+                    # over mends; what it did not mend (a document tantivy
+                    # refuses) must not cost a whole re-index at every commit.
+                    if self.started_over:
                         raise
                     self._start_over(exc)
-                    started_over = True
                     head = registry.feed_head()
                     continue
                 self._save_cursor(last)
