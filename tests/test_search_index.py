@@ -286,7 +286,9 @@ def _holds_the_renamed_records(index: SearchIndex, registry: LocalRegistry) -> N
 def test_an_index_whose_commit_fails_on_files_it_does_not_know_starts_over_from_the_feed(tmp_path: Path) -> None:
     """A deletes file tantivy did not register (a disk that kept the file
     but lost the list's rename) makes every commit fail: the index is
-    derived, so it starts over from the feed's beginning, once while open (what a start over does not mend is raised, not re-indexed at every commit)."""
+    derived, so it starts over from the feed's beginning, once while open
+    (what a start over does not mend is raised, not re-indexed at every
+    commit)."""
     registry = _crashed_inside_a_commit(tmp_path, registered=False)
     reopened = SearchIndex(tmp_path / "index")
     reopened.catch_up(registry, org_verified=lambda org: False, local_org=None)
