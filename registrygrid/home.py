@@ -63,12 +63,31 @@ def write_json_durably(path: Path, data: Any) -> None:
     """``path`` holds ``data`` as JSON whole or not at all, synced to disk
     (a temporary file beside it, fsync, rename): state files whose loss or
     tearing a crash must not cause (index cursors, follow state)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as out:
-        out.write(json.dumps(data) + "\n")
+    write_text_durably(path, json.dumps(data) + "\n")
+
+
+def write_text_durably(path: Path, text: str, *, secret: bool = False) -> None:
+    """``path`` holds ``text`` whole or not at all, on disk when this
+    returns: a temporary file beside it, synced, renamed over it, and the
+    rename synced in the folder (without that, a power cut may keep the
+    old name or an empty file, whatever LMDB committed meanwhile).
+    ``secret``: readable by its owner only (mode 0600) from its creation."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def default_home() -> Path:
@@ -85,6 +104,9 @@ def _write_secret(path: Path, data: str) -> None:
         raise ValidationError(f"{path} already exists; refusing to overwrite a key") from None
     with os.fdopen(fd, "w") as handle:
         handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())  # a key lost to a power cut orphans what the store signed with it
+    _sync_folder(path.parent)
 
 
 def write_key_file(path: Path, key: KeyPair) -> None:
@@ -167,7 +189,7 @@ class Home:
             write_key_file(self.org_key_path, org_key)
             org_source = str(self.org_key_path)
         delegation = sign_delegation(org_key, node_key.did, ["node", "writer"])
-        (self.path / "org.json").write_text(json.dumps({
+        write_text_durably(self.path / "org.json", json.dumps({
             "org": org_key.did,
             "name": org_name,
             "founder": org_key_file is None,
@@ -175,7 +197,7 @@ class Home:
             "delegation": base64.b64encode(delegation.encode()).decode(),
         }, indent=2) + "\n")
         if not (self.path / "config.json").exists():
-            (self.path / "config.json").write_text(json.dumps(DEFAULT_CONFIG, indent=2) + "\n")
+            write_text_durably(self.path / "config.json", json.dumps(DEFAULT_CONFIG, indent=2) + "\n")
         return {"home": str(self.path), "node": node_key.did, "org": org_key.did}
 
     def node_key(self) -> KeyPair:
@@ -243,9 +265,7 @@ class Home:
         path = self.path / "org.json"
         data = self._org_file() or {}
         data.update(changes)
-        tmp = self.path / f".org.json.{os.getpid()}"
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_text_durably(path, json.dumps(data, indent=2) + "\n")
 
     # ---- the federation ----
 
@@ -275,15 +295,10 @@ class Home:
         data = {"federation": genesis.id, "name": genesis.name,
                 "genesis": base64.b64encode(genesis.encode()).decode(),
                 "invitation": base64.b64encode(invitation.encode()).decode() if invitation else None}
-        tmp = self.path / f".federation.json.{os.getpid()}"
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, self.federation_path)
-        config_path = self.path / "config.json"
+        write_text_durably(self.federation_path, json.dumps(data, indent=2) + "\n")
         config = self.config()
         config["federation"] = genesis.name
-        tmp = self.path / f".config.json.{os.getpid()}"
-        tmp.write_text(json.dumps(config, indent=2) + "\n")
-        os.replace(tmp, config_path)
+        write_text_durably(self.path / "config.json", json.dumps(config, indent=2) + "\n")
 
     def config(self) -> dict[str, Any]:
         path = self.path / "config.json"

@@ -261,3 +261,29 @@ def test_an_idempotent_writes_answer_is_the_one_of_the_attempt_that_committed(tm
                 grid.get("grid.clusters", aborted)
     finally:
         grid.close()
+
+
+def test_a_new_home_is_on_disk_before_init_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keys and the files naming the org and its delegation are synced,
+    and so are the folders their names are in: a power cut right after
+    `rgrid init` (or a federation join) must not leave a store of changes
+    signed by a key that is gone. Every fsync goes through to the disk; this
+    only notes which files and folders it was asked for."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def noting(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", noting)
+    home = Home(tmp_path / "home")
+    home.init(org_name="acme")
+
+    def was_synced(path: Path) -> bool:  # itself, or the temporary file renamed over it
+        return str(path) in synced or any(s.startswith(f"{path.parent}/.{path.name}.") for s in synced)
+
+    for path in (home.node_key_path, home.org_key_path, home.path / "org.json", home.path / "config.json",
+                 home.node_key_path.parent, home.path):
+        assert was_synced(path), (path, synced)
+    assert (home.node_key_path.stat().st_mode & 0o777) == 0o600

@@ -25,7 +25,6 @@ import hmac
 import ipaddress
 import json
 import math
-import os
 import secrets
 import time
 from collections.abc import Mapping
@@ -34,6 +33,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from registrygrid.errors import PolicyDenied, ValidationError
+from registrygrid.home import write_text_durably
 
 # As S3's presigned URLs (SigV4): at most seven days.
 MAX_EXPIRES_S = 7 * 24 * 3600
@@ -84,11 +84,7 @@ class PresignKeys:
 
     def _save(self) -> None:
         data = {"keys": [{"kid": k.kid, "secret": k.secret.hex(), "created_s": k.created_s} for k in self.keys]}
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out)
-        os.replace(tmp, self.path)
+        write_text_durably(self.path, json.dumps(data), secret=True)  # lost keys would void every URL given out
 
     def rotate(self, *, now: float | None = None) -> SigningKey:
         """A new signing key; keys retired more than a URL lifetime ago are dropped."""

@@ -32,7 +32,7 @@ from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend, publish_statement
 from registrygrid.cli.options import home_option, json_option, org_key_option
 from registrygrid.errors import NotFound, PolicyDenied, ValidationError
-from registrygrid.home import Home, read_key_file
+from registrygrid.home import Home, read_key_file, write_text_durably
 from registrygrid.identity.keys import public_key_from_did
 from registrygrid.membership import (
     cosign_invitation,
@@ -169,7 +169,7 @@ def register(cli: click.Group) -> None:
         if addrs:
             config = home_obj.config()
             config["bootstrap"] = sorted(set(config.get("bootstrap", [])) | set(addrs))
-            (home_obj.path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            write_text_durably(home_obj.path / "config.json", json.dumps(config, indent=2) + "\n")
         render.mapping({"federation": genesis.id, "name": genesis.name, "bootstrap": addrs,
                         "note": _restart_note(home_obj)}, as_json, title="joined")
 
