@@ -79,10 +79,11 @@ def write_text_durably(path: Path, text: str, *, secret: bool = False) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
-    _sync_folder(path.parent)
+    sync_folder(path.parent)
 
 
-def _sync_folder(folder: Path) -> None:
+def sync_folder(folder: Path) -> None:
+    """Make the names in ``folder`` (a rename, a new file) durable."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -106,7 +107,7 @@ def _write_secret(path: Path, data: str) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())  # a key lost to a power cut orphans what the store signed with it
-    _sync_folder(path.parent)
+    sync_folder(path.parent)
 
 
 def write_key_file(path: Path, key: KeyPair) -> None:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from registrygrid.errors import NotInitialized, ValidationError
-from registrygrid.home import Home, read_key_file
+from registrygrid.home import Home, read_key_file, sync_folder, write_key_file, write_text_durably
 from registrygrid.identity.keys import KeyPair
 from registrygrid.trust.federation import (
     Genesis,
@@ -127,7 +128,15 @@ def federate(homes: Sequence[Home], name: str) -> Genesis:
     return genesis
 
 
-def rotate_node_key(home: Home, *, org_key_file: Path | None = None, reason: str = "") -> dict[str, Any]:
+# A rotation's plan, written before its key swap: what finish_rotation
+# completes, at the rotation itself or at the next open of a home a crash
+# stopped midway (the plan names the new key, its delegation and the
+# revocation of the old key still to publish).
+ROTATION_FILE = "rotation.json"
+
+
+def rotate_node_key(home: Home, *, org_key_file: Path | None = None, reason: str = "",
+                    on_step: Callable[[str], None] = lambda step: None) -> dict[str, Any]:
     """Give this home's node a new key, without losing history or breaking chains.
 
     The org delegates the new key (same roles) and revokes the old one with
@@ -137,22 +146,26 @@ def rotate_node_key(home: Home, *, org_key_file: Path | None = None, reason: str
     own. The old key file is kept beside the new one, renamed, for audits.
     The node must not be running (this takes the home's lock); its peer ID
     changes with the key, so peers that bootstrap from its address need the
-    new one (`rgrid id`)."""
+    new one (`rgrid id`).
+
+    Safe to stop at any point: the home always has a key and the delegation
+    of the key it has once it is opened again. The new key and a copy of
+    the old one are written first, then the plan (ROTATION_FILE); the key
+    swap, the delegation and the revocation's publication follow it, and
+    the next open of the home finishes what a crash left undone.
+    ``on_step`` hears each step as it is done ("keys written", "plan
+    written", "key swapped", "published")."""
     from registrygrid.identity.delegation import sign_delegation
     from registrygrid.sdk import LocalRegistry, StoreChecks
-    from registrygrid.trust.statements import (
-        MEMBERS_REGISTRY,
-        REVOCATION_KIND,
-        revocation_record,
-        sign_revocation,
-    )
+    from registrygrid.trust.statements import revocation_record, sign_revocation
 
     home.require()
     signer = org_key(home, org_key_file)
-    membership = home.org()
-    assert membership is not None
     home.lock("rotate-key")
     try:
+        finish_rotation(home)  # one a crash stopped, first: it may have swapped the key already
+        membership = home.org()
+        assert membership is not None
         old = home.node_key()
         checks = StoreChecks(home)
         try:
@@ -163,17 +176,58 @@ def rotate_node_key(home: Home, *, org_key_file: Path | None = None, reason: str
         delegation = sign_delegation(signer, new.did, membership.delegation.claims.roles)
         revocation = sign_revocation(signer, old.did, cutoffs, reason=reason or f"rotated to {new.did}")
         retired = home.node_key_path.with_name(f"node.key.retired-{old.did[-8:]}")
-        staged = home.node_key_path.with_name("node.key.new")
-        from registrygrid.home import write_key_file
-
+        staged = _staged_key(home)
+        staged.unlink(missing_ok=True)  # a rotation stopped before its plan: that key never signed
         write_key_file(staged, new)
-        home.node_key_path.rename(retired)
-        staged.rename(home.node_key_path)
-        home.set_delegation(delegation)
+        if not retired.exists():
+            write_key_file(retired, old)
+        on_step("keys written")
+        record_id, fields = revocation_record(revocation)
+        write_text_durably(home.path / ROTATION_FILE, json.dumps({
+            "old": old.did, "new": new.did, "delegation": base64.b64encode(delegation.encode()).decode(),
+            "revocation": {"id": record_id, "fields": fields}}) + "\n")
+        on_step("plan written")
+        finish_rotation(home)
+        on_step("key swapped")
     finally:
         home.unlock()
-    with LocalRegistry.open_home(home) as grid:  # publishes the new delegation
-        record_id, fields = revocation_record(revocation)
-        grid.put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, id=record_id)
+    with LocalRegistry.open_home(home):  # publishes the new delegation and the revocation, and ends the plan
+        pass
+    on_step("published")
     return {"old": old.did, "new": new.did, "peer_id": new.peer_id, "cutoffs": cutoffs,
             "retired_key": str(retired)}
+
+
+def _staged_key(home: Home) -> Path:
+    return home.node_key_path.with_name("node.key.new")
+
+
+def finish_rotation(home: Home) -> dict[str, Any] | None:
+    """Complete the key swap of a rotation whose plan is in ROTATION_FILE:
+    the new key in place, its delegation in the home (each step skipped if
+    done). The plan, for its revocation still to publish (LocalRegistry
+    removes the file once it has), or None when no rotation is under way.
+    The caller holds the home's lock."""
+    from registrygrid.identity.delegation import decode_delegation
+
+    path = home.path / ROTATION_FILE
+    if not path.exists():
+        return None
+    try:
+        plan = json.loads(path.read_text())
+        new_did, delegation = plan["new"], decode_delegation(base64.b64decode(plan["delegation"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValidationError(f"{path} is not a key rotation's plan: {exc}") from None
+    staged = _staged_key(home)
+    if staged.exists():
+        if read_key_file(staged).did != new_did:
+            raise ValidationError(f"{staged} is not the key {path} names ({new_did})")
+        os.replace(staged, home.node_key_path)
+        sync_folder(home.node_key_path.parent)
+    if home.node_key().did != new_did:
+        raise ValidationError(f"{home.node_key_path} is neither the key a rotation left nor the one it made "
+                              f"({new_did}); see {path}")
+    membership = home.org()
+    if membership is None or membership.delegation.encode() != delegation.encode():
+        home.set_delegation(delegation)
+    return dict(plan)

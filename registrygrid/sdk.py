@@ -53,6 +53,7 @@ from registrygrid.trust.statements import (
     FEDERATION_KIND,
     INVITATION_KIND,
     MEMBERS_REGISTRY,
+    REVOCATION_KIND,
     delegation_record,
 )
 
@@ -145,7 +146,12 @@ class LocalRegistry:
         home.require()
         if lock:
             home.lock("sdk")
+        rotation = None
         try:
+            if lock:  # a key rotation a crash stopped: its key swap first, then the rest below
+                from registrygrid.membership import finish_rotation
+
+                rotation = finish_rotation(home)
             key = home.node_key()
             membership = home.verified_org()
             federation = home.federation()
@@ -166,10 +172,28 @@ class LocalRegistry:
             try:
                 registry.publish_membership(membership, federation)
                 registry._note_key_signed(membership)
+                if rotation is not None:
+                    registry._publish_rotation(rotation)
             except BaseException:
                 registry.close()
                 raise
         return registry
+
+    def _publish_rotation(self, plan: dict[str, Any]) -> None:
+        """Put the revocation of a rotation's old key (membership.py) into
+        grid.members unless it is there, then end the rotation's plan."""
+        from registrygrid.membership import ROTATION_FILE
+
+        assert self.home is not None
+        revocation = plan["revocation"]
+        with self.store.read() as txn:
+            held = records.get_record(self.store, txn, MEMBERS_REGISTRY, revocation["id"]) is not None
+        if not held:
+            (outcome,) = self.engine.execute([Put(MEMBERS_REGISTRY, REVOCATION_KIND, revocation["fields"],
+                                                  revocation["id"])])
+            if isinstance(outcome, RegistryError):
+                raise outcome
+        (self.home.path / ROTATION_FILE).unlink()
 
     def _note_key_signed(self, membership: OrgMembership) -> None:
         """Record in the home that its node key has signed here, once the

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import registrygrid
 from registrygrid.engine.ops import Remote
 from registrygrid.errors import EX_NOPERM
@@ -103,6 +105,43 @@ def test_rotate_key_keeps_history_and_refuses_the_old_keys_later_changes(rgrid: 
         result = grid.execute([Remote(stolen, "p")])[0]
         assert result.status == "refused" and result.error.code == "key_revoked"
         assert {r["id"] for r in grid.list("grid.tools").items} == {"before", "after"}
+
+
+@pytest.mark.parametrize("stop_after", ["keys written", "plan written", "key swapped"])
+def test_a_rotation_stopped_at_any_step_leaves_a_home_that_opens_and_finishes_it(tmp_path: Path,
+                                                                                   stop_after: str) -> None:
+    """A crash (here: an interrupt) at each step of `rgrid node rotate-key`:
+    the home opens with a key and that key's delegation; once the plan was
+    written, the open finishes the rotation (the new key, the old one
+    revoked); before that the old key goes on, and rotating again works."""
+    from registrygrid.membership import ROTATION_FILE, rotate_node_key
+
+    home = Home(tmp_path / "home")
+    home.init(org_name="acme")
+    old_key = home.node_key()
+    with registrygrid.open(home.path) as grid:
+        grid.put("grid.tools", "tool", {"name": "before"}, id="before")
+
+    def stop(step: str) -> None:
+        if step == stop_after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rotate_node_key(home, reason="stopped", on_step=stop)
+    with registrygrid.open(home.path) as grid:
+        key = home.node_key()
+        assert home.org().delegation.claims.subject == key.did  # type: ignore[union-attr]
+        assert not (home.path / ROTATION_FILE).exists()
+        assert (key.did != old_key.did) == (stop_after != "keys written")
+        assert (grid.engine.trust.revoked(old_key.did) is not None) == (stop_after != "keys written")
+        written = grid.put("grid.tools", "tool", {"name": "after"}, id="after")
+        assert written.record is not None and written.record["created_by"] == key.did
+        assert grid.get("grid.tools", "before")["created_by"] == old_key.did and grid.verify().ok
+    again = rotate_node_key(home, reason="again")
+    assert again["old"] != again["new"] == home.org().delegation.claims.subject  # type: ignore[union-attr]
+    with registrygrid.open(home.path) as grid:
+        assert grid.engine.trust.revoked(again["old"]) is not None and grid.verify().ok
+        assert home.node_key().did == again["new"]
 
 
 def _wires(grid: Any) -> list[bytes]:
