@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Protocol
 
 from registrygrid.errors import NotFound, StorageFailed, Unavailable, ValidationError
+from registrygrid.home import sync_folder
 
 # Bytes read or written at a time: large enough that per-call overhead
 # vanishes (syscalls, S3 requests), small enough that many concurrent
@@ -126,7 +127,7 @@ class LocalObjects:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            sync_folder(path.parent)
         except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -200,7 +201,7 @@ class LocalObjects:
             os.replace(source, target)
         except FileNotFoundError:
             raise ObjectMissing(f"no object {src}") from None
-        _fsync_dir(target.parent)
+        sync_folder(target.parent)
 
     def delete(self, key: str) -> bool:
         path = self._path(key)
@@ -208,7 +209,7 @@ class LocalObjects:
             path.unlink()
         except FileNotFoundError:
             return False
-        _fsync_dir(path.parent)
+        sync_folder(path.parent)
         return True
 
     def protect(self, key: str, *, retain_until_ms: int | None = None, legal_hold: bool | None = None) -> bool:
@@ -232,11 +233,3 @@ class LocalObjects:
 def _check_range(start: int, end: int | None) -> None:
     if start < 0 or (end is not None and end < start):
         raise ValidationError(f"bad byte range [{start}, {end})")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
