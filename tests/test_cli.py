@@ -280,6 +280,14 @@ def test_errors_print_their_stable_code_on_stderr(home: Path, rgrid: Run) -> Non
     assert proc.stderr.startswith("error[schema_violation]: "), proc.stderr
 
 
+def test_an_errors_details_print_one_line_each_not_a_python_repr(home: Path, rgrid: Run) -> None:
+    proc = rgrid("registry", "create", "acme.models", "--kind", "nosuchkind", home=home)
+    assert proc.returncode == EX_DATAERR
+    assert proc.stderr.startswith("error[unknown_kind]: unknown kind 'nosuchkind'"), proc.stderr
+    assert "  kind: nosuchkind\n" in proc.stderr and "  known_kinds: adhoc-server, agent-card," in proc.stderr
+    assert "{'kind'" not in proc.stderr
+
+
 def test_unknown_registry_exits_66(home: Path, rgrid: Run) -> None:
     head = feed_head(home)
     proc = rgrid("put", "acme.nowhere", "cluster", "--set", "name=x", home=home)

@@ -47,6 +47,10 @@ def error(exc: RegistryError) -> None:
                            markup=False)
             else:
                 _err.print(f"  {item}", highlight=False, markup=False)
+    elif isinstance(exc.details, Mapping):  # one line each, not a Python dict's repr
+        for key, value in exc.details.items():
+            shown = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+            _err.print(f"  {key}: {shown}", highlight=False, markup=False)
     elif exc.details:
         _err.print(f"  {exc.details}", highlight=False, markup=False)
 
