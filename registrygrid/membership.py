@@ -161,9 +161,13 @@ def rotate_node_key(home: Home, *, org_key_file: Path | None = None, reason: str
 
     home.require()
     signer = org_key(home, org_key_file)
+    if (home.path / ROTATION_FILE).exists():
+        # One a crash stopped: finished (its revocation published) before
+        # this one's plan takes the file's place.
+        with LocalRegistry.open_home(home):
+            pass
     home.lock("rotate-key")
     try:
-        finish_rotation(home)  # one a crash stopped, first: it may have swapped the key already
         membership = home.org()
         assert membership is not None
         old = home.node_key()

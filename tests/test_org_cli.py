@@ -144,6 +144,28 @@ def test_a_rotation_stopped_at_any_step_leaves_a_home_that_opens_and_finishes_it
         assert home.node_key().did == again["new"]
 
 
+def test_a_rotation_run_again_after_one_stopped_before_publishing_revokes_both_old_keys(tmp_path: Path) -> None:
+    from registrygrid.membership import rotate_node_key
+
+    home = Home(tmp_path / "home")
+    home.init(org_name="acme")
+    registrygrid.open(home.path).close()  # as `rgrid init` does: the home's statements published
+    first = home.node_key().did
+
+    def stop(step: str) -> None:
+        if step == "key swapped":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rotate_node_key(home, on_step=stop)
+    second = home.node_key().did
+    again = rotate_node_key(home)  # the home not opened in between
+    assert again["old"] == second != first
+    with registrygrid.open(home.path) as grid:
+        assert grid.engine.trust.revoked(first) is not None and grid.engine.trust.revoked(second) is not None
+        assert grid.verify().ok
+
+
 def _wires(grid: Any) -> list[bytes]:
     from registrygrid.protocol.envelope import cid_from_str
 
