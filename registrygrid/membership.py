@@ -171,11 +171,13 @@ def rotate_node_key(home: Home, *, org_key_file: Path | None = None, reason: str
         membership = home.org()
         assert membership is not None
         old = home.node_key()
-        checks = StoreChecks(home)
-        try:
-            cutoffs = checks.heads_of(old.did)
-        finally:
-            checks.close()
+        cutoffs: dict[str, int] = {}
+        if (home.store_path / "data.mdb").exists():  # else never opened (`rgrid init` alone): nothing signed
+            checks = StoreChecks(home)
+            try:
+                cutoffs = checks.heads_of(old.did)
+            finally:
+                checks.close()
         new = KeyPair.generate()
         delegation = sign_delegation(signer, new.did, membership.delegation.claims.roles)
         revocation = sign_revocation(signer, old.did, cutoffs, reason=reason or f"rotated to {new.did}")

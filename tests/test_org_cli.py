@@ -166,6 +166,17 @@ def test_a_rotation_run_again_after_one_stopped_before_publishing_revokes_both_o
         assert grid.verify().ok
 
 
+def test_rotate_key_right_after_init_has_no_cutoffs_and_works(rgrid: Run, tmp_path: Path) -> None:
+    """`rgrid init` writes the home but opens no store: the key has signed
+    nothing yet, so the revocation names no cutoffs (it was a traceback)."""
+    home_path = tmp_path / "home"
+    ok_json(rgrid, "init", "--org-name", "acme", home=home_path)
+    rotated = ok_json(rgrid, "node", "rotate-key", home=home_path)
+    assert json.loads(rotated["cutoffs"]) == {} and rotated["new"] == Home(home_path).node_key().did
+    with registrygrid.open(home_path) as grid:
+        assert grid.engine.trust.revoked(rotated["old"]) is not None and grid.verify().ok
+
+
 def _wires(grid: Any) -> list[bytes]:
     from registrygrid.protocol.envelope import cid_from_str
 
