@@ -370,9 +370,12 @@ class Uploads:
             cid, _entry, _stored = self.blobs.put(
                 self._composed(session), content_type=session.content_type, name=session.name, vet=self.vet,
                 expected=whole)
+        return self._completed(session, cid)
+
+    def _completed(self, session: UploadSession, cid: bytes) -> UploadSession:
         done = msgspec.structs.replace(session, state="complete", cid=cid_text(cid))
         index.put_session(self.store, done)
-        self._drop_parts(session_id)
+        self._drop_parts(session.id)
         return done
 
     def _after_a_cut_finalize(self, session: UploadSession) -> UploadSession:
@@ -386,10 +389,7 @@ class Uploads:
             cid = cid_from_sha256(bytes.fromhex(session.sha256))
             known = self.blobs.entry(cid)
             if known is not None and known.size == session.size:
-                done = msgspec.structs.replace(session, state="complete", cid=cid_text(cid))
-                index.put_session(self.store, done)
-                self._drop_parts(session.id)
-                return done
+                return self._completed(session, cid)
 
         def forget_all(current: UploadSession | None) -> UploadSession:
             if current is None or current.state != "open":
