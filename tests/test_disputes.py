@@ -271,13 +271,15 @@ def sync(source: LocalRegistry, target: LocalRegistry) -> list[Any]:
     """One anti-entropy pass, as peers run it (protocol/sync.py): ``target``
     gets what its version vector lacks, and with its first request sends its
     chains' head tags, so a peer holding another branch of a fork at a
-    position it holds shows its change there."""
+    position it holds shows its change there, and asks by ID for the other
+    branch's changes its evidence names but it lacks."""
     puller = SyncPuller("fed")
     first = True
     outcomes: list[Any] = []
     while not puller.done:
         vector = target.engine.replicated_vector()
-        request = puller.request(vector, target.engine.head_tags(vector) if first else None)
+        request = (puller.request(vector, target.engine.head_tags(vector), target.engine.wanted())
+                   if first else puller.request(vector))
         first = False
         outcomes += target.execute([Remote(w, "peer") for w in puller.receive(answer_sync(request, source.engine,
                                                                                           federation="fed"))])
@@ -358,6 +360,44 @@ def test_reports_walk_back_to_where_a_fork_began_so_both_sides_count_the_same_ch
         assert c.state_digest() == e.state_digest()
     finally:
         e.close()
+
+
+def test_a_fork_only_a_revoked_node_holds_from_its_start_is_walked_back_by_asking_for_its_links(
+        twins, tmp_path: Path) -> None:
+    """The other branch's only holder may not file reports (its key was
+    revoked), and an honest node meets that branch only where the heads
+    part: the change it gets names as its prev a change it lacks, so its
+    report cannot be walked further back from its own evidence. Its next
+    sync asks for that change by ID, and the holder sends it and the links
+    before it: the quarantine reaches where the fork began on both."""
+    one, two, c, _ = twins
+    holder = KeyPair(b"\x7d" * 32)
+    b = LocalRegistry.open_path(tmp_path / "b", holder,
+                                delegation=sign_delegation(ORG_B, holder.did, ["node", "writer"]))
+    try:
+        c.create_registry(SHARED, ["cluster"], write_policy="members")
+        for grid in (one, two, b):
+            feed(c, grid)
+        for n in (1, 2, 3):
+            one.put(SHARED, "cluster", {"name": f"one {n}"}, id=f"a{n}")
+        for n in (1, 2, 3, 4):
+            two.put(SHARED, "cluster", {"name": f"two {n}"}, id=f"b{n}")  # the clone's branch, from sequence 1
+        sync(one, c)
+        sync(two, b)  # b alone holds the clone's branch
+        record_id, fields = revocation_record(sign_revocation(ORG_B, holder.did, {}, reason="a lost laptop"))
+        c.put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, id=record_id)
+        sync(c, b)
+        sync(b, c)  # c gets the clone's sequence 4 only: its prev is a change c lacks
+        for _ in range(3):
+            sync(b, c)
+            sync(c, b)
+        starts = [min(d["seq"] for d in grid.disputes() if d["type"] == "equivocation") for grid in (b, c)]
+        assert starts == [1, 1]  # where the fork began, not where the heads parted
+        assert b.list(SHARED).items == c.list(SHARED).items == []
+        assert b.state_digest() == c.state_digest()
+        assert c.engine.wanted() == {}  # nothing of the other branch is missing any more
+    finally:
+        b.close()
 
 
 def test_a_report_quarantines_alike_whether_its_filer_was_revoked_before_or_after_it_arrived(

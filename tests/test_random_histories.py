@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -76,26 +77,33 @@ def send(source: LocalRegistry, target: LocalRegistry, rnd: random.Random | None
     assert not rejected, rejected
 
 
-def exchange_all(nodes: list[LocalRegistry], *, tolerate: frozenset[str] = frozenset()) -> None:
+# How one node passes what it holds to another: ``send`` (everything), or a
+# sync pass (test_equivocation_histories.py).
+Exchange = Callable[..., None]
+
+
+def exchange_all(nodes: list[LocalRegistry], *, tolerate: frozenset[str] = frozenset(),
+                 exchange: Exchange = send) -> None:
     for source in nodes:
         for target in nodes:
             if source is not target:
-                send(source, target, tolerate=tolerate)
+                exchange(source, target, tolerate=tolerate)
 
 
-def open_registry(nodes: list[LocalRegistry]) -> None:
+def open_registry(nodes: list[LocalRegistry], *, exchange: Exchange = send) -> None:
     """Every node knows every other's delegation; A's first node opens REG."""
-    exchange_all(nodes)
+    exchange_all(nodes, exchange=exchange)
     nodes[0].create_registry(REG, ["cluster", "tool"], write_policy="members", limits={"max_record_bytes": 4096})
-    exchange_all(nodes)
+    exchange_all(nodes, exchange=exchange)
 
 
-def settle(nodes: list[LocalRegistry], *, tolerate: frozenset[str] = frozenset()) -> None:
+def settle(nodes: list[LocalRegistry], *, tolerate: frozenset[str] = frozenset(),
+           exchange: Exchange = send) -> None:
     """The nodes exchange all they hold until none has anything new (what
     one node forwarded to another, a report a node filed on what it took)."""
     for _ in range(8):
         held = [len(served(node)) for node in nodes]
-        exchange_all(nodes, tolerate=tolerate)
+        exchange_all(nodes, tolerate=tolerate, exchange=exchange)
         if [len(served(node)) for node in nodes] == held:
             return
     raise AssertionError("the nodes still file new changes after 8 rounds of exchanging everything")
@@ -113,7 +121,8 @@ def fresh_takes_everything(nodes: list[LocalRegistry], fresh: LocalRegistry, rnd
     assert not rejected, rejected
 
 
-def step(rnd: random.Random, nodes: list[LocalRegistry], *, tolerate: frozenset[str] = frozenset()) -> None:
+def step(rnd: random.Random, nodes: list[LocalRegistry], *, tolerate: frozenset[str] = frozenset(),
+         exchange: Exchange = send) -> None:
     """One random write or exchange; a write its node refuses is fine, and
     so is a change an exchange rejects with a code in ``tolerate``."""
     i = rnd.randrange(3)
@@ -155,7 +164,7 @@ def step(rnd: random.Random, nodes: list[LocalRegistry], *, tolerate: frozenset[
         else:
             j = rnd.randrange(3)
             if j != i:
-                send(node, nodes[j], rnd if rnd.random() < 0.3 else None, tolerate=tolerate)
+                exchange(node, nodes[j], rnd if rnd.random() < 0.3 else None, tolerate=tolerate)
     except RegistryError:
         pass  # refused locally (not found, too large, a kind not held, ...): nothing was signed
     time.sleep(0.002)  # distinct clocks, mostly

@@ -35,7 +35,9 @@ from registrygrid.protocol.sync import (
     encode_response,
     missing,
 )
+from registrygrid.protocol.envelope import open_envelope
 from registrygrid.sdk import LocalRegistry
+from registrygrid.simulation.ledger import Ledger
 
 FED = "acme"
 CLUSTERS = "grid.clusters"
@@ -337,6 +339,74 @@ def test_head_tags_are_optional_checked_and_skipped_by_a_responder_that_predates
     with pytest.raises(MalformedInput):
         decode_request(encode_request(SyncRequest(v=SYNC_VERSION, federation=FED, vector={}, registries=None,
                                                   max_bytes=1024, heads={CLUSTERS: {"did:key:zA": b"\x01"}})))
+
+
+def test_wanted_changes_are_optional_checked_and_skipped_by_a_responder_that_predates_them() -> None:
+    author = "did:key:zA"
+    wanted = {CLUSTERS: {author: [(2, b"\x01" * 36)]}}
+    asked = encode_request(SyncRequest(v=SYNC_VERSION, federation=FED, vector={CLUSTERS: {author: 3}},
+                                       registries=None, max_bytes=1024, wanted=wanted))
+    assert decode_request(asked).wanted == wanted
+
+    class Before(msgspec.Struct, array_like=True):  # the request as it was before wanted changes
+        v: int
+        federation: str
+        vector: dict[str, dict[str, int]]
+        registries: list[str] | None
+        max_bytes: int
+        heads: dict[str, dict[str, bytes]] | None = None
+
+    assert msgspec.msgpack.decode(asked, type=Before).vector == {CLUSTERS: {author: 3}}
+    assert decode_request(msgspec.msgpack.encode(Before(SYNC_VERSION, FED, {}, None, 1024))).wanted is None
+
+    def asking(wanted: dict[str, dict[str, list[tuple[int, bytes]]]]) -> bytes:
+        return encode_request(SyncRequest(v=SYNC_VERSION, federation=FED, vector={}, registries=None,
+                                          max_bytes=1024, wanted=wanted))
+
+    for bad in ({CLUSTERS: {author: [(0, b"\x01" * 36)]}},  # no change has sequence 0
+                {CLUSTERS: {author: [(1, b"")]}},  # no ID
+                {CLUSTERS: {author: [(1, b"\x01" * 65)]}},  # longer than any change ID
+                {CLUSTERS: {"zA": [(1, b"\x01" * 36)]}},  # not a DID
+                {"Not A Name": {author: [(1, b"\x01" * 36)]}}):
+        with pytest.raises(MalformedInput):
+            decode_request(asking(bad))
+    with pytest.raises(TooLarge):
+        decode_request(asking({CLUSTERS: {author: [(n, b"\x01" * 36) for n in range(1, sync.MAX_WANTED + 2)]}}))
+
+
+def test_a_wanted_change_comes_with_the_links_before_it_oldest_first_from_a_store_and_a_ledger(
+        tmp_path: Path) -> None:
+    """A puller that holds another branch of a chain asks for a change by
+    ID; the responder sends it and the links its prevs name before it, up to
+    WANTED_DEPTH, oldest first, from the store as from the simulator's ledger."""
+    a, b = store(tmp_path / "a"), store(tmp_path / "b")
+    try:
+        for i in range(sync.WANTED_DEPTH + 4):
+            a.put(CLUSTERS, "cluster", {"name": f"n{i}"}, id=f"n{i}")
+        author = a.engine.key.did
+        chain = a.engine.envelopes_after(CLUSTERS, author, 0, limit=1000, max_bytes=2**20)
+        held = len(chain)
+        target = open_envelope(chain[held - 2])  # the one before the head
+        ledger = Ledger()
+        ledger.apply(chain)
+
+        def answer(source: object, wanted: dict[str, dict[str, list[tuple[int, bytes]]]]) -> list[bytes]:
+            request = encode_request(SyncRequest(v=SYNC_VERSION, federation=FED, vector=a.engine.replicated_vector(),
+                                                 registries=None, max_bytes=2**20, wanted=wanted))
+            return decode_response(answer_sync(request, source, federation=FED)).envelopes  # type: ignore[arg-type]
+
+        asked = {CLUSTERS: {author: [(target.body.seq, target.cid)]}}
+        expected = chain[held - 1 - sync.WANTED_DEPTH:held - 1]
+        assert answer(a.engine, asked) == answer(ledger, asked) == expected
+        assert open_envelope(expected[-1]).cid == target.cid
+        # Not held at that position, or not at all: nothing.
+        for wanted in ({CLUSTERS: {author: [(target.body.seq - 1, target.cid)]}},
+                       {CLUSTERS: {author: [(1, b"\x01" * 36)]}},
+                       {CLUSTERS: {b.engine.key.did: [(1, target.cid)]}}):
+            assert answer(a.engine, wanted) == answer(ledger, wanted) == []
+    finally:
+        a.close()
+        b.close()
 
 
 def test_request_roundtrip() -> None:

@@ -35,7 +35,15 @@ from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.sdk import LocalRegistry
 from registrygrid.trust.statements import MEMBERS_REGISTRY, REVOCATION_KIND, revocation_record, sign_revocation
-from tests.test_random_histories import ORG_A, ORG_B, fresh_takes_everything, open_registry, send, step
+from tests.test_random_histories import (
+    ORG_A,
+    ORG_B,
+    Exchange,
+    fresh_takes_everything,
+    open_registry,
+    send,
+    step,
+)
 
 STEPS = 80
 # Nodes 0-2 are test_random_histories.py's; 3 (A) and 4 (B) are the keys their orgs revoke.
@@ -65,7 +73,7 @@ def revoke(rnd: random.Random, nodes: list[LocalRegistry]) -> None:
 
 
 def revoke_or_step(rnd: random.Random, nodes: list[LocalRegistry], n: int, *,
-                   tolerate: frozenset[str] = frozenset()) -> None:
+                   tolerate: frozenset[str] = frozenset(), exchange: Exchange = send) -> None:
     """Step ``n``: past the first third, now and then a revocation; else the
     shared step drives three nodes, an A node first (it edits the rules; a
     copy of A's key's store, once made, is one too)."""
@@ -75,7 +83,7 @@ def revoke_or_step(rnd: random.Random, nodes: list[LocalRegistry], n: int, *,
         first = rnd.choice([0, 2, 3, *range(len(KEYS), len(nodes))])
         others = [i for i in range(len(nodes)) if i != first]
         rnd.shuffle(others)
-        step(rnd, [nodes[i] for i in [first, *others[:2]]], tolerate=tolerate)
+        step(rnd, [nodes[i] for i in [first, *others[:2]]], tolerate=tolerate, exchange=exchange)
 
 
 def open_nodes(root: Path, expiring: bool) -> list[LocalRegistry]:

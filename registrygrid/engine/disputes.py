@@ -20,6 +20,11 @@ evidence; this part of the engine acts on them, identically on every node:
   other branch of the fork: this node holds its own) is kept as evidence
   and marked on its record, so that what builds on it is refused here as
   on the nodes that hold that branch, instead of waiting for it for ever;
+* a report's change whose prev this node lacks (the other branch's, which
+  only sync could bring and its vector never asks for) is asked for by ID
+  with the next sync (``wanted``); a peer holding it sends it with the
+  links before it (``wanted_links``), so the walk back goes on even where
+  the only node holding that branch may not file reports;
 * a stored resolution resettles the records that hold its dispute, and the
   resolver (crdt/resolver.py) shows its value when its author may decide.
 """
@@ -38,6 +43,7 @@ from registrygrid.engine.ops import Put
 from registrygrid.errors import RegistryError
 from registrygrid.engine.values import automerge_of
 from registrygrid.protocol.envelope import Envelope, open_envelope
+from registrygrid.protocol.sync import MAX_WANTED, WANTED_DEPTH, Wanted
 from registrygrid.storage import chains, changes, erasures, pending, records
 from registrygrid.storage.store import Txn
 from registrygrid.trust import access
@@ -57,27 +63,39 @@ class Disputing(EngineCore):
     def _report_equivocation(self, txn: Txn, batch: Batch, env: Envelope, other_cid: bytes | None) -> None:
         """File the proof that ``env``'s author equivocated: ``other_cid`` is
         the author's change this node holds with ``env``'s sequence, or with
-        the one before it that ``env``'s prev does not name (once per
-        dispute, whoever files it first). Never fails the intake: a node
-        that may not write grid.disputes (no delegation yet) counts it and
-        goes on."""
+        the one before it that ``env``'s prev does not name."""
         if other_cid is None or other_cid in batch.drafts:
             return
         other = changes.envelope(self.store, txn, other_cid)
-        if other is None or not disputes.proves_fork(env, other):
-            return
+        if other is not None and disputes.proves_fork(env, other):
+            self._file_report(txn, batch, env, other)
+
+    def _file_report(self, txn: Txn, batch: Batch, first: Envelope, second: Envelope) -> None:
+        """File a report over two changes that prove a fork, once per
+        dispute, whoever files it first. Never fails the intake: a node that
+        may not write grid.disputes (no delegation yet) counts it and goes on."""
         try:
-            fields = disputes.report_fields(env, other)
-            dispute = disputes.equivocation_id(env.body.author, env.body.registry, fields["seq"],
+            fields = disputes.report_fields(first, second)
+            dispute = disputes.equivocation_id(first.body.author, first.body.registry, fields["seq"],
                                                fields["changes"])
             if records.get_record(self.store, txn, disputes.DISPUTES_REGISTRY, dispute) is not None \
-                    or records.refused_changes(self.store, txn, disputes.DISPUTES_REGISTRY, dispute):
-                return  # filed already: a report kept refused proves it too (_take_refused_report)
+                    or self._filed_refused(txn, dispute):
+                return
             self._put(txn, batch, Put(disputes.DISPUTES_REGISTRY, disputes.REPORT_KIND, fields,  # type: ignore[attr-defined]
                                       record_id=dispute, actor="equivocation detector"))
             self.metrics["equivocation.reported"] += 1
         except RegistryError as exc:
             self.metrics[f"equivocation.unreported.{exc.code}"] += 1
+
+    def _filed_refused(self, txn: Txn, dispute: str) -> bool:
+        """Whether a report kept refused files ``dispute`` already (it
+        proves it too: _take_refused_report) in a chain every node holds
+        alike: not in a forked one (_carried_by_a_fork)."""
+        for cid in records.refused_changes(self.store, txn, disputes.DISPUTES_REGISTRY, dispute).values():
+            carrier = changes.body(self.store, txn, cid)
+            if carrier is not None and not self._carried_by_a_fork(carrier):
+                return True
+        return False
 
     def _hold_forked(self, txn: Txn, batch: Batch, env: Envelope, *, as_evidence: bool = True) -> None:
         """Hold ``env`` as the other branch of its author's fork, if a
@@ -131,8 +149,20 @@ class Disputing(EngineCore):
         chains, so every node quarantines alike, in whichever order the
         report and what refuses it arrived."""
         found = disputes.report_in(env)
-        if found is not None:
-            self._take_report(txn, batch, found)
+        if found is None:
+            return
+        self._take_report(txn, batch, found)
+        if self._carried_by_a_fork(env.body):
+            self._file_report(txn, batch, *found.envelopes)
+
+    def _carried_by_a_fork(self, body: Any) -> bool:
+        """Whether a grid.disputes change lies in its author's quarantined
+        (forked) chain there. Nodes hold different branches of such a chain,
+        and one holding another has this change as evidence at most, so a
+        report it carries may never reach some nodes: a node that takes it
+        files it again, in a chain every node holds alike."""
+        since = self.trust.quarantined_since(body.author, disputes.DISPUTES_REGISTRY)
+        return since is not None and since <= body.seq
 
     def _walk_fork(self, txn: Txn, batch: Batch, env: Envelope) -> None:
         """A report's change, against this node's chain of its author: a
@@ -151,17 +181,29 @@ class Disputing(EngineCore):
     def _apply_disputes(self, txn: Txn, batch: Batch, cause: Envelope, origin: str) -> None:
         """Rebuild what a new quarantine cuts, walk reports back to where
         their fork began, and resettle what a new resolution decides."""
+        # Filing a report (a walk, a carried report filed again) may
+        # quarantine, and walk, anew: until nothing is left.
+        while batch.fork_walk or batch.quarantined or batch.resolved:
+            self._apply_disputes_once(txn, batch, cause, origin)
+
+    def _apply_disputes_once(self, txn: Txn, batch: Batch, cause: Envelope, origin: str) -> None:
         while batch.fork_walk:
             self._walk_fork(txn, batch, batch.fork_walk.pop())
         while batch.quarantined:
             author, registry, seq = batch.quarantined.pop()
             targets: set[str] = set()
+            carried: list[disputes.Equivocation] = []
             for _, cid in chains.links_after(self.store, txn, registry, author, seq - 1):
                 body = self._held_body(txn, batch, cid)  # type: ignore[attr-defined]
                 if body is not None:  # an erased change counts nowhere
                     targets.add(body.record)
+                    found = disputes.report_of(body) if registry == disputes.DISPUTES_REGISTRY else None
+                    if found is not None:
+                        carried.append(found)
             for record_id in sorted(targets):
                 self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)  # type: ignore[attr-defined]
+            for found in carried:  # reports this fork carried: filed again from here (_carried_by_a_fork)
+                self._file_report(txn, batch, *found.envelopes)
             # Changes of the author's other branch this node held before the
             # quarantine: evidence (a conflict, a broken chain), or parked
             # past a gap in its chain.
@@ -175,6 +217,74 @@ class Disputing(EngineCore):
             dispute = batch.resolved.pop()
             for registry, record_id in records.records_disputing(self.store, txn, dispute):
                 self._resettle_record(txn, batch, registry, record_id, cause, origin)  # type: ignore[attr-defined]
+
+    def wanted(self) -> Wanted:
+        """The other branches' changes this node asks its sync peers for by
+        ID: those a change it holds as evidence against a quarantined author
+        names as its prev, where this node holds that change neither as a
+        link nor as evidence. Its vector can't ask for them (it holds those
+        positions), and without them its reports can't be walked back past
+        where it met the fork."""
+        out: Wanted = {}
+        count = 0
+        with self.store.read() as txn:
+            for (author, registry) in sorted(dict(self.trust.quarantined)):
+                for wire in pending.evidence_of(self.store, txn, registry, author):
+                    body = open_envelope(wire, verify=False).body
+                    seq = body.seq - 1
+                    if seq < 1 or not body.prev or self._holds_link(txn, registry, author, seq, body.prev):
+                        continue
+                    out.setdefault(registry, {}).setdefault(author, []).append((seq, body.prev))
+                    count += 1
+                    if count >= MAX_WANTED:
+                        return out
+        return out
+
+    def _holds_link(self, txn: Txn, registry: str, author: str, seq: int, cid: bytes) -> bool:
+        """Whether this node holds ``cid`` at ``seq`` of the author's chain,
+        as a link or as evidence (an unseen link counts as held: erased)."""
+        link = chains.at(self.store, txn, registry, author, seq)
+        return link in (cid, erasures.UNSEEN) or pending.has_evidence(self.store, txn, registry, author, seq, cid)
+
+    def wanted_links(self, wanted: Wanted, *, max_bytes: int) -> list[bytes]:
+        """What a peer's ``wanted`` asks for that this node holds (as a link
+        or as evidence), each with up to WANTED_DEPTH links before it along
+        the prevs, oldest first: a fork whose branches met past where they
+        parted is walked back in one session, however few of its changes
+        the asker's evidence named. At least one change, then ``max_bytes``."""
+        out: list[bytes] = []
+        sent: set[bytes] = set()
+        size = 0
+        with self.store.read() as txn:
+            for registry, authors in sorted(wanted.items()):
+                for author, asked in sorted(authors.items()):
+                    for seq, cid in sorted(asked, reverse=True):
+                        for wire, link in reversed(self._links_back(txn, registry, author, seq, cid, sent)):
+                            if out and size + len(wire) > max_bytes:
+                                self.metrics["sync.wanted_sent"] += len(out)
+                                return out
+                            out.append(wire)
+                            sent.add(link)
+                            size += len(wire)
+        self.metrics["sync.wanted_sent"] += len(out)
+        return out
+
+    def _links_back(self, txn: Txn, registry: str, author: str, seq: int, cid: bytes,
+                    sent: set[bytes]) -> list[tuple[bytes, bytes]]:
+        """(wire, ID) of ``cid`` at ``seq`` and the changes its prevs name
+        before it, newest first, while this node holds them: stops at an
+        erased change, one sent already, or WANTED_DEPTH."""
+        out: list[tuple[bytes, bytes]] = []
+        while seq >= 1 and cid and cid not in sent and len(out) < WANTED_DEPTH:
+            if chains.at(self.store, txn, registry, author, seq) == cid:
+                wire = changes.wire(self.store, txn, cid)
+            else:
+                wire = pending.evidence_wire(self.store, txn, registry, author, seq, cid)
+            if not wire:  # not held, or erased
+                break
+            out.append((wire, cid))
+            seq, cid = seq - 1, open_envelope(wire, verify=False).body.prev
+        return out
 
     def _resolutions(self, txn: Txn, registry: str, record_id: str,
                      owner: str) -> Callable[[str], Resolution | None]:

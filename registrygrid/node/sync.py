@@ -153,7 +153,10 @@ class SyncService:
         vector = await trio.to_thread.run_sync(engine.replicated_vector)
         # Head tags with the first request: a peer holding another branch of
         # a forked chain of the same length answers with its change there.
-        actions = session.handle(Start(vector, await trio.to_thread.run_sync(engine.head_tags, vector)))
+        # And the other branch's changes this node's evidence names but
+        # lacks, by ID: its vector can't ask for them.
+        heads = await trio.to_thread.run_sync(engine.head_tags, vector)
+        actions = session.handle(Start(vector, heads, await trio.to_thread.run_sync(engine.wanted)))
         while True:
             await self._pass(peer, session, actions)
             actions = session.handle(PassApplied(await trio.to_thread.run_sync(engine.replicated_vector)))

@@ -49,8 +49,22 @@ MAX_REQUEST_BYTES = 8 * 2**20
 # can't tell them apart (docs/conflicts.md, "Equivocation and quarantine").
 HEAD_TAG_BYTES = 8
 
+# Changes a puller asks for by ID. A fork's report names a change of the
+# other branch as its prev, and the node that stored it lacks that change:
+# its vector names the position already (it holds its own branch's change
+# there), so only a request by ID brings it, and the report can then be
+# walked back to where the fork began (docs/conflicts.md).
+MAX_WANTED = 256
+# Links a responder sends back along its chain from each wanted change: one
+# session reaches where a fork up to this deep began; a deeper one takes
+# more sessions. Links the puller holds (the history both branches share)
+# arrive as duplicates.
+WANTED_DEPTH = 64
+CHANGE_ID_MAX_BYTES = 64
+
 Vector = dict[str, dict[str, int]]
 HeadTags = dict[str, dict[str, bytes]]
+Wanted = dict[str, dict[str, list[tuple[int, bytes]]]]  # registry -> author -> [(seq, change ID)]
 
 
 def head_tag(change_id: bytes) -> bytes:
@@ -68,6 +82,10 @@ class SyncRequest(msgspec.Struct, array_like=True, frozen=True):
     # ignores trailing items of an array-like struct) and one that has it
     # reads an older request as having none.
     heads: HeadTags | None = None
+    # Changes asked for by (seq, ID) (a pass's first request only): the
+    # other branch's links this node's evidence names but lacks. Last and
+    # optional, like ``heads``.
+    wanted: Wanted | None = None
 
 
 class SyncResponse(msgspec.Struct, array_like=True, frozen=True):
@@ -96,6 +114,12 @@ class ChangeSource(Protocol):
         bounded."""
         ...
 
+    def wanted_links(self, wanted: Wanted, *, max_bytes: int) -> list[bytes]:
+        """The changes ``wanted`` names that this source holds, each with up
+        to WANTED_DEPTH links before it along its author's chain, oldest
+        first, bounded."""
+        ...
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -121,6 +145,8 @@ def decode_request(data: bytes) -> SyncRequest:
     _check_vector(request.vector)
     if request.heads is not None:
         _check_heads(request.heads)
+    if request.wanted is not None:
+        _check_wanted(request.wanted)
     if request.registries is not None:
         for registry in request.registries:
             _checked_name(registry)
@@ -177,6 +203,13 @@ def _check_per_chain(per_chain: Mapping[str, Mapping[str, Any]], what: str, vali
                 raise MalformedInput(f"sync: bad {what} entry {author!r}: {value!r}")
 
 
+def _check_wanted(wanted: Mapping[str, Mapping[str, list[tuple[int, bytes]]]]) -> None:
+    _check_per_chain(wanted, "wanted changes", lambda asked: all(
+        1 <= seq < 2**63 and 1 <= len(change_id) <= CHANGE_ID_MAX_BYTES for seq, change_id in asked))
+    if sum(len(asked) for authors in wanted.values() for asked in authors.values()) > MAX_WANTED:
+        raise TooLarge(f"a sync request may ask for at most {MAX_WANTED} changes by ID")
+
+
 def missing(local: Mapping[str, Mapping[str, int]], remote: Mapping[str, Mapping[str, int]]) -> dict[tuple[str, str], int]:
     """(registry, author) -> the remote's seq, wherever ``remote`` holds more than ``local``."""
     out: dict[tuple[str, str], int] = {}
@@ -219,6 +252,13 @@ def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str, 
         # never shows two branches of the same length).
         readable = {registry: authors for registry, authors in request.vector.items() if registry in ours}
         for wire in source.other_links(readable, request.heads, max_bytes=budget):
+            chosen.append(wire)
+            size += len(wire)
+    if request.wanted:
+        # The other branch of a fork, asked for by ID where the puller's
+        # evidence names a change it lacks (its vector can't ask for it).
+        asked = {registry: authors for registry, authors in request.wanted.items() if registry in ours}
+        for wire in source.wanted_links(asked, max_bytes=max(budget - size, 0)):
             chosen.append(wire)
             size += len(wire)
     # Take at most the budget from each chain, then cut the causally sorted
@@ -314,9 +354,10 @@ class SyncPuller:
     peer_vector: Vector = field(default_factory=dict)
     _last_empty_more: int = 0
 
-    def request(self, vector: Vector, heads: HeadTags | None = None) -> bytes:
+    def request(self, vector: Vector, heads: HeadTags | None = None, wanted: Wanted | None = None) -> bytes:
         return encode_request(SyncRequest(v=SYNC_VERSION, federation=self.federation, vector=vector,
-                                          registries=self.registries, max_bytes=self.max_bytes, heads=heads))
+                                          registries=self.registries, max_bytes=self.max_bytes, heads=heads,
+                                          wanted=wanted or None))
 
     def receive(self, data: bytes) -> list[bytes]:
         response = decode_response(data)

@@ -40,6 +40,7 @@ from registrygrid.protocol.sync import (
     HeadTags,
     SyncPuller,
     Vector,
+    Wanted,
     advance,
     behind,
 )
@@ -69,6 +70,7 @@ class State(Enum):
 class Start:
     vector: Vector  # the store's replicated vector
     heads: HeadTags | None = None  # its chains' head tags, sent with the first request (protocol/sync.py)
+    wanted: Wanted | None = None  # changes it asks for by ID, with the first request (protocol/sync.py)
 
 
 @dataclass(frozen=True)
@@ -185,14 +187,14 @@ class SyncSession:
     # ---- transitions
 
     def _start(self, event: Start) -> list[Action]:
-        return self._new_pass(event.vector, event.heads)
+        return self._new_pass(event.vector, event.heads, event.wanted)
 
-    def _new_pass(self, vector: Vector, heads: HeadTags | None = None) -> list[Action]:
+    def _new_pass(self, vector: Vector, heads: HeadTags | None = None, wanted: Wanted | None = None) -> list[Action]:
         self._puller = SyncPuller(self.federation, self.registries, self.max_bytes)
         self._cursor = vector
         self._applied_at_pass_start = self.report.applied
         self.state = State.ASKING
-        return [SendRequest(self._puller.request(vector, heads))]
+        return [SendRequest(self._puller.request(vector, heads, wanted))]
 
     def _response(self, event: Response) -> list[Action]:
         assert self._puller is not None

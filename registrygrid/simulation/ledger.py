@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from registrygrid.errors import RegistryError
 from registrygrid.protocol.envelope import claimed_id, open_envelope
-from registrygrid.protocol.sync import HeadTags, Vector, head_tag
+from registrygrid.protocol.sync import WANTED_DEPTH, HeadTags, Vector, Wanted, head_tag
 from registrygrid.protocol.sync_session import Applied
 
 
@@ -118,6 +118,25 @@ class Ledger:
                     continue
                 out.append(wire)
                 size += len(wire)
+        return out
+
+    def wanted_links(self, wanted: Wanted, *, max_bytes: int) -> list[bytes]:
+        """The asked changes this ledger's chains hold, each with up to
+        WANTED_DEPTH links before it, oldest first (a ledger holds one
+        branch of each chain, and no evidence)."""
+        out: list[bytes] = []
+        size = 0
+        for registry, authors in sorted(wanted.items()):
+            for author, asked in sorted(authors.items()):
+                chain = self.chains.get((registry, author), [])
+                for seq, cid in sorted(asked):
+                    if not 1 <= seq <= len(chain) or chain[seq - 1][0] != cid:
+                        continue
+                    for _, wire in chain[max(seq - WANTED_DEPTH, 0):seq]:
+                        if out and size + len(wire) > max_bytes:
+                            return out
+                        out.append(wire)
+                        size += len(wire)
         return out
 
     def digest(self) -> str:

@@ -113,7 +113,13 @@ def unpark(store: Store, txn: lmdb.Transaction, cid: bytes) -> None:
 
 
 def has_evidence(store: Store, txn: lmdb.Transaction, registry: str, author: str, seq: int, cid: bytes) -> bool:
-    return txn.get(key(registry, author, u64(seq), cid), db=store.db["evidence"]) is not None
+    return evidence_wire(store, txn, registry, author, seq, cid) is not None
+
+
+def evidence_wire(store: Store, txn: lmdb.Transaction, registry: str, author: str, seq: int,
+                  cid: bytes) -> bytes | None:
+    """The wire of one change filed as evidence, if it is."""
+    return txn.get(key(registry, author, u64(seq), cid), db=store.db["evidence"])
 
 
 def evidence_of(store: Store, txn: lmdb.Transaction, registry: str, author: str) -> Iterator[bytes]:
