@@ -4,7 +4,7 @@ proven, replicated and quarantined. Real stores exchanging real envelopes."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from pathlib import Path
 
@@ -398,6 +398,83 @@ def test_a_fork_only_a_revoked_node_holds_from_its_start_is_walked_back_by_askin
         assert c.engine.wanted() == {}  # nothing of the other branch is missing any more
     finally:
         b.close()
+
+
+def _fork_in_two_registries(one: LocalRegistry, two: LocalRegistry, c: LocalRegistry,
+                            others: tuple[LocalRegistry, ...]) -> Callable[[LocalRegistry, str], list[Remote]]:
+    """The cloned key forks in FIELDS and in SHARED (one's branch of SHARED
+    the longer, so no head tag shows a node holding it the other); each copy
+    reports the fork in FIELDS it sees, so its chain of grid.disputes forks
+    too. Returns how to take one registry's changes of a node."""
+    c.create_registry(SHARED, ["cluster"], write_policy="members")
+    for grid in (one, two, *others):
+        feed(c, grid)
+    for grid, name in ((one, "one"), (two, "two")):
+        grid.put(FIELDS, "cluster", {"name": name}, id=f"f-{name}")
+        grid.put(SHARED, "cluster", {"name": name}, id=f"s-{name}")
+    one.update(SHARED, "s-one", patch={"name": "one, again"})
+
+    def of(source: LocalRegistry, registry: str) -> list[Remote]:
+        return [Remote(w, "peer") for w in wires(source) if open_envelope(w).body.registry == registry]
+
+    one.execute(of(two, FIELDS))
+    two.execute(of(one, FIELDS))
+    return of
+
+
+def test_a_report_the_forked_key_carries_is_filed_again_by_the_honest_node_that_takes_it_kept_refused(
+        twins, tmp_path: Path) -> None:
+    """A report in one branch of the cloned key's own chain of grid.disputes
+    reaches a node holding the other branch as evidence at most; here that
+    node is also revoked, so it can't report the fork itself. The honest
+    node that takes the report kept refused (it knew of the fork of
+    grid.disputes first) files it again, in its own chain, which every node
+    holds alike."""
+    one, two, c, _ = twins
+    holder = KeyPair(b"\x7e" * 32)
+    b = LocalRegistry.open_path(tmp_path / "b", holder,
+                                delegation=sign_delegation(ORG_B, holder.did, ["node", "writer"]))
+    try:
+        of = _fork_in_two_registries(one, two, c, (b,))
+        record_id, fields = revocation_record(sign_revocation(ORG_B, holder.did, {}, reason="a lost laptop"))
+        c.put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, id=record_id)
+        sync(c, b)  # b is revoked before it sees any fork
+        sync(one, c)
+        sync(two, b)  # b alone holds two's branch
+        sync(b, c)  # c meets the fork of grid.disputes: the key's changes there stop counting
+        one.execute(of(two, SHARED))  # one reports the fork in SHARED, in its branch of grid.disputes
+        sync(one, c)  # c takes that report kept refused
+        for _ in range(3):
+            sync(c, b)
+            sync(b, c)
+        forks = [{(d["registry"], d["seq"]) for d in grid.disputes() if d["type"] == "equivocation"}
+                 for grid in (b, c)]
+        assert forks[0] == forks[1] and {(SHARED, 1), (FIELDS, 1), ("grid.disputes", 1)} <= forks[0]
+        assert b.list(SHARED).items == c.list(SHARED).items == []
+        assert b.state_digest() == c.state_digest()
+    finally:
+        b.close()
+
+
+def test_a_report_the_forked_key_carries_is_filed_again_when_the_quarantine_of_its_carrier_refuses_it(
+        twins) -> None:
+    """The same report, taken as a record before the fork of the key's chain
+    of grid.disputes is known: that fork's quarantine refuses it, and the
+    node files it again. The node that met that fork holds the report as
+    evidence only, and never held the other branch of SHARED."""
+    one, two, c, d = twins
+    of = _fork_in_two_registries(one, two, c, (d,))
+    one.execute(of(two, SHARED))  # one reports the fork in SHARED, in its branch of grid.disputes
+    sync(one, c)  # c takes it as a record
+    d.execute(of(two, "grid.disputes"))  # d holds two's branch of grid.disputes
+    sync(c, d)  # the report arrives past d's head, naming a prev d lacks: d reports that fork
+    for _ in range(3):
+        sync(d, c)
+        sync(c, d)
+    forks = [{(x["registry"], x["seq"]) for x in grid.disputes() if x["type"] == "equivocation"} for grid in (c, d)]
+    assert forks[0] == forks[1] and {(SHARED, 1), (FIELDS, 1), ("grid.disputes", 1)} <= forks[0]
+    assert c.list(SHARED).items == d.list(SHARED).items == []
+    assert c.state_digest() == d.state_digest()
 
 
 def test_a_report_quarantines_alike_whether_its_filer_was_revoked_before_or_after_it_arrived(
