@@ -477,6 +477,38 @@ def test_a_report_the_forked_key_carries_is_filed_again_when_the_quarantine_of_i
     assert c.state_digest() == d.state_digest()
 
 
+def test_a_fork_only_a_revoked_node_meets_is_shown_to_its_peers_which_report_it(twins, tmp_path: Path) -> None:
+    """The cloned key's chain of grid.disputes forks, and the honest node
+    holds the longer branch, so no sync brings it the other. The node that
+    holds the other branch meets the fork but, revoked, can't report it: it
+    shows the fork's two changes with a pass's first answer instead, and
+    the honest node reports it (then files again the report its branch
+    carried, which the quarantine refuses)."""
+    one, two, c, _ = twins
+    holder = KeyPair(b"\x7e" * 32)
+    b = LocalRegistry.open_path(tmp_path / "b", holder,
+                                delegation=sign_delegation(ORG_B, holder.did, ["node", "writer"]))
+    try:
+        of = _fork_in_two_registries(one, two, c, (b,))
+        record_id, fields = revocation_record(sign_revocation(ORG_B, holder.did, {}, reason="a lost laptop"))
+        c.put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, id=record_id)
+        sync(c, b)
+        one.execute(of(two, SHARED))  # one's branch of grid.disputes is the longer: it reports SHARED too
+        sync(one, c)
+        sync(two, b)
+        for _ in range(3):
+            sync(c, b)  # b meets the fork of grid.disputes (a broken chain), and may not report it
+            sync(b, c)
+        forks = [{(d["registry"], d["seq"]) for d in grid.disputes() if d["type"] == "equivocation"}
+                 for grid in (b, c)]
+        assert forks[0] == forks[1] and {(SHARED, 1), (FIELDS, 1), ("grid.disputes", 1)} <= forks[0]
+        assert b.list(SHARED).items == c.list(SHARED).items == []
+        assert b.state_digest() == c.state_digest()
+        assert b.engine.unreported_forks({"grid.disputes"}, max_bytes=2**20) == []  # reported now
+    finally:
+        b.close()
+
+
 def test_a_report_quarantines_alike_whether_its_filer_was_revoked_before_or_after_it_arrived(
         twins, tmp_path: Path) -> None:
     """A report is its own evidence: the change that files it quarantines the

@@ -25,13 +25,17 @@ evidence; this part of the engine acts on them, identically on every node:
   with the next sync (``wanted``); a peer holding it sends it with the
   links before it (``wanted_links``), so the walk back goes on even where
   the only node holding that branch may not file reports;
+* a node that met a fork it could not report shows the fork's changes to
+  its peers (``unreported_forks``), which report it;
+* a report in its author's forked chain of grid.disputes is filed again by
+  the node that takes it (``_carried_by_a_fork``);
 * a stored resolution resettles the records that hold its dispute, and the
   resolver (crdt/resolver.py) shows its value when its author may decide.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from registrygrid.crdt import disputes
@@ -43,7 +47,7 @@ from registrygrid.engine.ops import Put
 from registrygrid.errors import RegistryError
 from registrygrid.engine.values import automerge_of
 from registrygrid.protocol.envelope import Envelope, open_envelope
-from registrygrid.protocol.sync import MAX_WANTED, WANTED_DEPTH, Wanted
+from registrygrid.protocol.sync import MAX_UNREPORTED, MAX_WANTED, WANTED_DEPTH, Wanted
 from registrygrid.storage import chains, changes, erasures, pending, records
 from registrygrid.storage.store import Txn
 from registrygrid.trust import access
@@ -245,6 +249,30 @@ class Disputing(EngineCore):
         as a link or as evidence (an unseen link counts as held: erased)."""
         link = chains.at(self.store, txn, registry, author, seq)
         return link in (cid, erasures.UNSEEN) or pending.has_evidence(self.store, txn, registry, author, seq, cid)
+
+    def unreported_forks(self, registries: Collection[str], *, max_bytes: int) -> list[bytes]:
+        """The changes this node holds as evidence of forks in
+        ``registries`` that no quarantine here covers: it met both changes
+        but could not report them (its key revoked, or not yet delegated),
+        or its report was refused. Sent with a pass's first answer, so that
+        the peer meets them and reports the fork: otherwise a peer holding
+        the longer branch never would (its vector asks past its own head).
+        Empty wherever every fork seen is reported. At least one change,
+        then ``max_bytes`` and MAX_UNREPORTED."""
+        out: list[bytes] = []
+        size = 0
+        with self.store.read() as txn:
+            for wire in pending.all_evidence(self.store, txn):
+                body = open_envelope(wire, verify=False).body
+                since = self.trust.quarantined_since(body.author, body.registry)
+                if body.registry not in registries or (since is not None and since <= body.seq):
+                    continue
+                if out and (size + len(wire) > max_bytes or len(out) >= MAX_UNREPORTED):
+                    break
+                out.append(wire)
+                size += len(wire)
+        self.metrics["sync.unreported_forks_shown"] += len(out)
+        return out
 
     def wanted_links(self, wanted: Wanted, *, max_bytes: int) -> list[bytes]:
         """What a peer's ``wanted`` asks for that this node holds (as a link

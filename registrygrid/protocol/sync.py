@@ -19,7 +19,7 @@ network in ``simulations/``) carries them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -60,6 +60,9 @@ MAX_WANTED = 256
 # more sessions. Links the puller holds (the history both branches share)
 # arrive as duplicates.
 WANTED_DEPTH = 64
+# Changes of forks a responder saw but no quarantine covers there, sent
+# with a pass's first answer (ChangeSource.unreported_forks).
+MAX_UNREPORTED = 256
 CHANGE_ID_MAX_BYTES = 64
 
 Vector = dict[str, dict[str, int]]
@@ -112,6 +115,12 @@ class ChangeSource(Protocol):
         """This source's changes at the positions ``vector`` names whose
         head tags in ``heads`` are not its own (the other branch of a fork),
         bounded."""
+        ...
+
+    def unreported_forks(self, registries: Collection[str], *, max_bytes: int) -> list[bytes]:
+        """The changes this source holds as evidence of forks in
+        ``registries`` that no quarantine covers here (it saw a fork it may
+        not report), at most MAX_UNREPORTED, bounded."""
         ...
 
     def wanted_links(self, wanted: Wanted, *, max_bytes: int) -> list[bytes]:
@@ -252,6 +261,13 @@ def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str, 
         # never shows two branches of the same length).
         readable = {registry: authors for registry, authors in request.vector.items() if registry in ours}
         for wire in source.other_links(readable, request.heads, max_bytes=budget):
+            chosen.append(wire)
+            size += len(wire)
+    if request.heads is not None:
+        # A pass's first request: forks this node saw but could not report
+        # (its key revoked, or without delegation), shown to the peer, which
+        # meets both changes and reports them (docs/conflicts.md).
+        for wire in source.unreported_forks(set(ours), max_bytes=max(budget - size, 0)):
             chosen.append(wire)
             size += len(wire)
     if request.wanted:

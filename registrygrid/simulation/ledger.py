@@ -16,7 +16,7 @@ the engine's own tests cover what it does with them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from registrygrid.errors import RegistryError
@@ -119,6 +119,9 @@ class Ledger:
                 out.append(wire)
                 size += len(wire)
         return out
+
+    def unreported_forks(self, registries: Collection[str], *, max_bytes: int) -> list[bytes]:
+        return []  # a ledger keeps no evidence: it holds one branch and counts the rest as duplicates
 
     def wanted_links(self, wanted: Wanted, *, max_bytes: int) -> list[bytes]:
         """The asked changes this ledger's chains hold, each with up to

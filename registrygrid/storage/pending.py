@@ -139,6 +139,12 @@ def waiting_in_chain(store: Store, txn: lmdb.Transaction, registry: str, author:
             yield wire
 
 
+def all_evidence(store: Store, txn: lmdb.Transaction) -> Iterator[bytes]:
+    """The wire of every change filed as evidence, by registry, author, seq."""
+    for _, wire in store.iter_prefix(txn, "evidence", b""):
+        yield wire
+
+
 def evidence_in(store: Store, txn: lmdb.Transaction, registry: str) -> Iterator[tuple[bytes, bytes]]:
     """The evidence filed in ``registry``, (its key, the change's wire)."""
     yield from store.iter_prefix(txn, "evidence", key(registry) + SEP)
