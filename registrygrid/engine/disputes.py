@@ -262,10 +262,9 @@ class Disputing(EngineCore):
         out: list[bytes] = []
         size = 0
         with self.store.read() as txn:
-            for wire in pending.all_evidence(self.store, txn):
-                body = open_envelope(wire, verify=False).body
-                since = self.trust.quarantined_since(body.author, body.registry)
-                if body.registry not in registries or (since is not None and since <= body.seq):
+            for registry, author, seq, wire in pending.all_evidence(self.store, txn):
+                since = self.trust.quarantined_since(author, registry)
+                if registry not in registries or (since is not None and since <= seq):
                     continue
                 if out and (size + len(wire) > max_bytes or len(out) >= MAX_UNREPORTED):
                     break

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 import lmdb
 
 from registrygrid.errors import MissingDependencies
-from registrygrid.storage.store import SEP, Store, key, u64
+from registrygrid.storage.store import SEP, Store, from_u64, key, u64
 
 
 def for_predecessor(registry: str, author: str, seq: int, cid: bytes) -> bytes:
@@ -139,10 +139,12 @@ def waiting_in_chain(store: Store, txn: lmdb.Transaction, registry: str, author:
             yield wire
 
 
-def all_evidence(store: Store, txn: lmdb.Transaction) -> Iterator[bytes]:
-    """The wire of every change filed as evidence, by registry, author, seq."""
-    for _, wire in store.iter_prefix(txn, "evidence", b""):
-        yield wire
+def all_evidence(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[str, str, int, bytes]]:
+    """(registry, author, seq, wire) of every change filed as evidence, in
+    that order: read from the keys, no envelope decoded."""
+    for k, wire in store.iter_prefix(txn, "evidence", b""):
+        registry, author, rest = k.split(SEP, 2)
+        yield registry.decode(), author.decode(), from_u64(rest[:8]), wire
 
 
 def evidence_in(store: Store, txn: lmdb.Transaction, registry: str) -> Iterator[tuple[bytes, bytes]]:
