@@ -150,8 +150,9 @@ class Disputing(EngineCore):
         grid.disputes, was revoked, lost a create race, or is the forked key
         itself) proves its equivocation all the same: the evidence is the two
         signed changes, whoever carried them. Every node holds the same
-        chains, so every node quarantines alike, in whichever order the
-        report and what refuses it arrived."""
+        chains (but forked ones: _carried_by_a_fork), so every node
+        quarantines alike, in whichever order the report and what refuses
+        it arrived."""
         found = disputes.report_in(env)
         if found is None:
             return
