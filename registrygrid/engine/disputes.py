@@ -255,17 +255,20 @@ class Disputing(EngineCore):
         """The changes this node holds as evidence of forks in
         ``registries`` that no quarantine here covers: it met both changes
         but could not report them (its key revoked, or not yet delegated),
-        or its report was refused. Sent with a pass's first answer, so that
-        the peer meets them and reports the fork: otherwise a peer holding
-        the longer branch never would (its vector asks past its own head).
-        Empty wherever every fork seen is reported. At least one change,
-        then ``max_bytes`` and MAX_UNREPORTED."""
+        or its report was refused. And those of forks of its own key: it
+        reports them in its own forked chains, which its peers may hold
+        another branch of. Sent with a pass's first answer, so that the
+        peer meets them and reports the fork: otherwise a peer holding the
+        longer branch never would (its vector asks past its own head).
+        Empty wherever every fork seen is reported by a key not forked. At
+        least one change, then ``max_bytes`` and MAX_UNREPORTED."""
         out: list[bytes] = []
         size = 0
         with self.store.read() as txn:
             for registry, author, seq, wire in pending.all_evidence(self.store, txn):
                 since = self.trust.quarantined_since(author, registry)
-                if registry not in registries or (since is not None and since <= seq):
+                covered = since is not None and since <= seq and author != self.key.did  # type: ignore[attr-defined]
+                if registry not in registries or covered:
                     continue
                 if out and (size + len(wire) > max_bytes or len(out) >= MAX_UNREPORTED):
                     break
