@@ -144,6 +144,43 @@ async def test_an_equivocating_key_is_detected_disputed_and_quarantined_on_every
             assert shown["author"] == cloned.did
 
 
+async def test_nodes_that_only_sync_quarantine_a_cloned_key_from_where_its_fork_began(tmp_path: Path) -> None:
+    """Two nodes that only sync (the branches reached them while they were
+    apart; gossip never replays): a holds one branch of a cloned key's
+    chain, b a longer one. a meets b's branch past its own head, so its
+    first report pairs changes 3 and 4; reports walk back, and each sync
+    asks by ID for what a report names but the node lacks, until both
+    quarantine the key from #1, where the fork began."""
+    with trio.fail_after(90):
+        async with cluster(tmp_path) as nodes:
+            a = await nodes.start("a")
+            b = await nodes.start("b", a.fed.addrs())
+            members = [a, b]
+            await full_mesh(members)
+            org = read_key_file(a.home.org_key_path)
+            cloned = KeyPair(b"\x5d" * 32)
+            record_id, statement = delegation_record(sign_delegation(org, cloned.did, ["node", "writer"]))
+            await a.node.submit([Put(MEMBERS_REGISTRY, DELEGATION_KIND, statement, record_id=record_id)])
+            await converged(members, 20)
+            await _partitioned([a], [b])
+            for n, (member, length) in enumerate(((a, 3), (b, 4))):
+                with LocalRegistry.open_path(tmp_path / f"clone{n}", cloned, owner=org.did) as clone:
+                    clone.execute([Remote(w, "a") for w in a.node.engine.envelopes_after(
+                        MEMBERS_REGISTRY, a.node.engine.key.did, 0)])
+                    for i in range(length):
+                        clone.put(CLUSTERS, "cluster", {"name": f"branch {n}, {i}"}, id=f"b{n}-{i}")
+                    branch = clone.engine.envelopes_after(CLUSTERS, cloned.did, 0)
+                await member.node.submit([Remote(w, "clone") for w in branch])
+            await _healed(members)
+
+            def quarantined_from_the_start() -> bool:
+                return all(m.node.engine.trust.quarantined_since(cloned.did, CLUSTERS) == 1 for m in members)
+
+            await eventually(quarantined_from_the_start, 45, "the key quarantined from #1 on both", interval=0.2)
+            await converged(members, 30)
+            assert not [r for r in a.registry.iter_all(CLUSTERS) if r["id"].startswith(("b0-", "b1-"))]
+
+
 def _cid(text: str) -> bytes:
     from registrygrid.protocol.envelope import cid_from_str
 
