@@ -219,12 +219,15 @@ def test_no_part_is_written_while_a_finalize_reads_the_parts(tmp_path: Path) -> 
         store.close()
 
 
-def _cut_after_the_blob_moved(tmp_path: Path, *, declare_sha256: bool):  # type: ignore[no-untyped-def]
+def _cut_after_the_blob_moved(tmp_path: Path, *, declare_sha256: bool,  # type: ignore[no-untyped-def]
+                              before_the_index: bool = False):
     """An upload on the local store, finalized, then its session put back as
     it was before: the state a kill -9 leaves between the in-place file's
     move under its CID and the session's completion (found by a kill -9
     search on node processes: the resumed upload failed its finalize for
-    ever, "the blob does not match its declared size, sha256")."""
+    ever, "the blob does not match its declared size, sha256").
+    ``before_the_index``: the blob's index entry goes too (the kill came
+    between the move and the index)."""
     from registrygrid.blobs.blobs import BlobStore
     from registrygrid.blobs.objects import LocalObjects
     from registrygrid.blobs.uploads import Uploads
@@ -241,6 +244,8 @@ def _cut_after_the_blob_moved(tmp_path: Path, *, declare_sha256: bool):  # type:
     before = uploads.status(session.id, "owner")
     done = uploads.finalize(session.id, "owner")
     index.put_session(store, before)
+    if before_the_index:
+        index.remove_blob(store, parse_cid(done.cid))
     return store, uploads, session.id, data, done.cid
 
 
@@ -250,6 +255,19 @@ def test_a_finalize_cut_after_the_blob_was_recorded_completes_when_it_is_run_aga
         again = uploads.finalize(session_id, "owner")
         assert again.state == "complete" and again.cid == cid
         assert b"".join(uploads.blobs.read(parse_cid(cid))) == data
+    finally:
+        store.close()
+
+
+def test_a_finalize_cut_before_the_blob_was_indexed_adopts_its_file_when_it_is_run_again(tmp_path: Path) -> None:
+    store, uploads, session_id, data, cid = _cut_after_the_blob_moved(tmp_path, declare_sha256=True,
+                                                                      before_the_index=True)
+    try:
+        assert uploads.blobs.verify()["unindexed"] == [f"blobs/{cid}"]
+        again = uploads.finalize(session_id, "owner")  # no part sent again
+        assert again.state == "complete" and again.cid == cid
+        assert b"".join(uploads.blobs.read(parse_cid(cid))) == data
+        assert uploads.blobs.verify()["unindexed"] == [] and uploads.blobs.verify()["ok"]
     finally:
         store.close()
 

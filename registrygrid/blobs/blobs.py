@@ -179,7 +179,8 @@ class BlobStore:
                 return cid, known, False
             self.check_room(digest.size)
             meta, checks = vet(staging, digest.size, content_type, name) if vet is not None else ({}, "")
-            self.objects.move(staging, blob_key(cid))
+            if staging != blob_key(cid):  # else: adopted where it lies (an object a crash left unindexed)
+                self.objects.move(staging, blob_key(cid))
         except BaseException:
             if discard:
                 self.objects.delete(staging)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from registrygrid.blobs.blobs import BlobStore, Vet
+from registrygrid.blobs.blobs import BlobStore, Vet, blob_key
 from registrygrid.blobs.digest import ChecksumMismatch, Expected, StreamDigest, cid_text
 from registrygrid.errors import (
     Conflict,
@@ -361,7 +361,7 @@ class Uploads:
         if self._in_place:
             if self.objects.size(data_key(session_id)) is None:
                 if session.size > 0:
-                    return self._after_a_cut_finalize(session)
+                    return self._after_a_cut_finalize(session, whole)
                 self.objects.put(data_key(session_id), [])  # an empty file has no part to write it
             cid, _entry, _stored = self.blobs.adopt(
                 data_key(session_id), expected=whole, content_type=session.content_type, name=session.name,
@@ -378,16 +378,23 @@ class Uploads:
         self._drop_parts(session.id)
         return done
 
-    def _after_a_cut_finalize(self, session: UploadSession) -> UploadSession:
+    def _after_a_cut_finalize(self, session: UploadSession, whole: Expected) -> UploadSession:
         """The in-place file of a session that holds every part is gone: a
         finalize that a crash cut short moved it under its CID, and the
         session's completion never committed. Done, if the node holds the
-        declared SHA-256 (the blob's entry committed); otherwise the parts'
+        declared SHA-256: the blob's entry committed, or the crash came
+        before it and the file lies under its CID, unindexed (checked,
+        vetted and indexed now, as reconcile would). Otherwise the parts'
         bytes are lost to this session, so it stops vouching for them and
         asks for them again (the blob they make is deduplicated)."""
         if session.sha256 is not None:
             cid = cid_from_sha256(bytes.fromhex(session.sha256))
             known = self.blobs.entry(cid)
+            if known is None and self.objects.size(blob_key(cid)) == session.size:
+                with contextlib.suppress(ChecksumMismatch):  # not its bytes: left for verify to list
+                    _cid, known, _stored = self.blobs.adopt(blob_key(cid), expected=whole,
+                                                            content_type=session.content_type,
+                                                            name=session.name, vet=self.vet)
             if known is not None and known.size == session.size:
                 return self._completed(session, cid)
 
