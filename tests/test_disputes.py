@@ -423,6 +423,27 @@ def _fork_in_two_registries(one: LocalRegistry, two: LocalRegistry, c: LocalRegi
     return of
 
 
+def _member_of_b(tmp_path: Path) -> LocalRegistry:
+    holder = KeyPair(b"\x7e" * 32)
+    return LocalRegistry.open_path(tmp_path / "b", holder,
+                                   delegation=sign_delegation(ORG_B, holder.did, ["node", "writer"]))
+
+
+def _revoke(c: LocalRegistry, b: LocalRegistry) -> None:
+    """c publishes the revocation of b's key (org B's), and b takes it."""
+    record_id, fields = revocation_record(sign_revocation(ORG_B, b.engine.key.did, {}, reason="a lost laptop"))
+    c.put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, id=record_id)
+    sync(c, b)
+
+
+def _quarantined_alike_from_the_start(x: LocalRegistry, y: LocalRegistry) -> None:
+    """Both know the three forks from #1, count nothing of SHARED, and hold the same records."""
+    forks = [{(d["registry"], d["seq"]) for d in grid.disputes() if d["type"] == "equivocation"} for grid in (x, y)]
+    assert forks[0] == forks[1] and {(SHARED, 1), (FIELDS, 1), ("grid.disputes", 1)} <= forks[0]
+    assert x.list(SHARED).items == y.list(SHARED).items == []
+    assert x.state_digest() == y.state_digest()
+
+
 def test_a_report_the_forked_key_carries_is_filed_again_by_the_honest_node_that_takes_it_kept_refused(
         twins, tmp_path: Path) -> None:
     """A report in one branch of the cloned key's own chain of grid.disputes
@@ -432,14 +453,10 @@ def test_a_report_the_forked_key_carries_is_filed_again_by_the_honest_node_that_
     grid.disputes first) files it again, in its own chain, which every node
     holds alike."""
     one, two, c, _ = twins
-    holder = KeyPair(b"\x7e" * 32)
-    b = LocalRegistry.open_path(tmp_path / "b", holder,
-                                delegation=sign_delegation(ORG_B, holder.did, ["node", "writer"]))
+    b = _member_of_b(tmp_path)
     try:
         of = _fork_in_two_registries(one, two, c, (b,))
-        record_id, fields = revocation_record(sign_revocation(ORG_B, holder.did, {}, reason="a lost laptop"))
-        c.put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, id=record_id)
-        sync(c, b)  # b is revoked before it sees any fork
+        _revoke(c, b)  # before b sees any fork
         sync(one, c)
         sync(two, b)  # b alone holds two's branch
         sync(b, c)  # c meets the fork of grid.disputes: the key's changes there stop counting
@@ -448,11 +465,7 @@ def test_a_report_the_forked_key_carries_is_filed_again_by_the_honest_node_that_
         for _ in range(3):
             sync(c, b)
             sync(b, c)
-        forks = [{(d["registry"], d["seq"]) for d in grid.disputes() if d["type"] == "equivocation"}
-                 for grid in (b, c)]
-        assert forks[0] == forks[1] and {(SHARED, 1), (FIELDS, 1), ("grid.disputes", 1)} <= forks[0]
-        assert b.list(SHARED).items == c.list(SHARED).items == []
-        assert b.state_digest() == c.state_digest()
+        _quarantined_alike_from_the_start(b, c)
     finally:
         b.close()
 
@@ -472,10 +485,7 @@ def test_a_report_the_forked_key_carries_is_filed_again_when_the_quarantine_of_i
     for _ in range(3):
         sync(d, c)
         sync(c, d)
-    forks = [{(x["registry"], x["seq"]) for x in grid.disputes() if x["type"] == "equivocation"} for grid in (c, d)]
-    assert forks[0] == forks[1] and {(SHARED, 1), (FIELDS, 1), ("grid.disputes", 1)} <= forks[0]
-    assert c.list(SHARED).items == d.list(SHARED).items == []
-    assert c.state_digest() == d.state_digest()
+    _quarantined_alike_from_the_start(c, d)
 
 
 def test_a_fork_only_a_revoked_node_meets_is_shown_to_its_peers_which_report_it(twins, tmp_path: Path) -> None:
@@ -486,25 +496,17 @@ def test_a_fork_only_a_revoked_node_meets_is_shown_to_its_peers_which_report_it(
     the honest node reports it (then files again the report its branch
     carried, which the quarantine refuses)."""
     one, two, c, _ = twins
-    holder = KeyPair(b"\x7e" * 32)
-    b = LocalRegistry.open_path(tmp_path / "b", holder,
-                                delegation=sign_delegation(ORG_B, holder.did, ["node", "writer"]))
+    b = _member_of_b(tmp_path)
     try:
         of = _fork_in_two_registries(one, two, c, (b,))
-        record_id, fields = revocation_record(sign_revocation(ORG_B, holder.did, {}, reason="a lost laptop"))
-        c.put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, id=record_id)
-        sync(c, b)
+        _revoke(c, b)
         one.execute(of(two, SHARED))  # one's branch of grid.disputes is the longer: it reports SHARED too
         sync(one, c)
         sync(two, b)
         for _ in range(3):
             sync(c, b)  # b meets the fork of grid.disputes (a broken chain), and may not report it
             sync(b, c)
-        forks = [{(d["registry"], d["seq"]) for d in grid.disputes() if d["type"] == "equivocation"}
-                 for grid in (b, c)]
-        assert forks[0] == forks[1] and {(SHARED, 1), (FIELDS, 1), ("grid.disputes", 1)} <= forks[0]
-        assert b.list(SHARED).items == c.list(SHARED).items == []
-        assert b.state_digest() == c.state_digest()
+        _quarantined_alike_from_the_start(b, c)
         assert b.engine.unreported_forks({"grid.disputes"}, max_bytes=2**20) == []  # reported now
     finally:
         b.close()

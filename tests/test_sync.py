@@ -320,21 +320,30 @@ def test_forged_envelopes_in_a_well_formed_response_are_rejected_by_the_engine(p
     assert b.feed_head() == 0 and b.engine.version_vector() == {}
 
 
+class RequestBeforeHeads(msgspec.Struct, array_like=True):
+    """A sync request as nodes sent it before head tags."""
+
+    v: int
+    federation: str
+    vector: dict[str, dict[str, int]]
+    registries: list[str] | None
+    max_bytes: int
+
+
+class RequestBeforeWanted(RequestBeforeHeads, array_like=True):
+    """A sync request as nodes sent it before wanted changes."""
+
+    heads: dict[str, dict[str, bytes]] | None = None
+
+
 def test_head_tags_are_optional_checked_and_skipped_by_a_responder_that_predates_them() -> None:
     tagged = encode_request(SyncRequest(v=SYNC_VERSION, federation=FED, vector={CLUSTERS: {"did:key:zA": 3}},
                                         registries=None, max_bytes=1024,
                                         heads={CLUSTERS: {"did:key:zA": b"\x01" * sync.HEAD_TAG_BYTES}}))
     assert decode_request(tagged).heads == {CLUSTERS: {"did:key:zA": b"\x01" * sync.HEAD_TAG_BYTES}}
 
-    class Before(msgspec.Struct, array_like=True):  # the request as it was before head tags
-        v: int
-        federation: str
-        vector: dict[str, dict[str, int]]
-        registries: list[str] | None
-        max_bytes: int
-
-    assert msgspec.msgpack.decode(tagged, type=Before).vector == {CLUSTERS: {"did:key:zA": 3}}
-    untagged = msgspec.msgpack.encode(Before(SYNC_VERSION, FED, {}, None, 1024))
+    assert msgspec.msgpack.decode(tagged, type=RequestBeforeHeads).vector == {CLUSTERS: {"did:key:zA": 3}}
+    untagged = msgspec.msgpack.encode(RequestBeforeHeads(SYNC_VERSION, FED, {}, None, 1024))
     assert decode_request(untagged).heads is None
     with pytest.raises(MalformedInput):
         decode_request(encode_request(SyncRequest(v=SYNC_VERSION, federation=FED, vector={}, registries=None,
@@ -348,16 +357,8 @@ def test_wanted_changes_are_optional_checked_and_skipped_by_a_responder_that_pre
                                        registries=None, max_bytes=1024, wanted=wanted))
     assert decode_request(asked).wanted == wanted
 
-    class Before(msgspec.Struct, array_like=True):  # the request as it was before wanted changes
-        v: int
-        federation: str
-        vector: dict[str, dict[str, int]]
-        registries: list[str] | None
-        max_bytes: int
-        heads: dict[str, dict[str, bytes]] | None = None
-
-    assert msgspec.msgpack.decode(asked, type=Before).vector == {CLUSTERS: {author: 3}}
-    assert decode_request(msgspec.msgpack.encode(Before(SYNC_VERSION, FED, {}, None, 1024))).wanted is None
+    assert msgspec.msgpack.decode(asked, type=RequestBeforeWanted).vector == {CLUSTERS: {author: 3}}
+    assert decode_request(msgspec.msgpack.encode(RequestBeforeWanted(SYNC_VERSION, FED, {}, None, 1024))).wanted is None
 
     def asking(wanted: dict[str, dict[str, list[tuple[int, bytes]]]]) -> bytes:
         return encode_request(SyncRequest(v=SYNC_VERSION, federation=FED, vector={}, registries=None,
