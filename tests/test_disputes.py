@@ -15,7 +15,8 @@ from registrygrid.errors import NotFound, PolicyDenied, Quarantined, ValidationE
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import open_envelope
-from registrygrid.protocol.sync import SyncPuller, answer_sync
+from registrygrid.protocol.sync import answer_sync
+from registrygrid.protocol.sync_session import Applied, Start, SyncSession, run_session
 from registrygrid.sdk import LocalRegistry
 from registrygrid.trust.statements import MEMBERS_REGISTRY, REVOCATION_KIND, revocation_record, sign_revocation
 from tests.test_conflicts import (
@@ -268,21 +269,24 @@ def test_a_change_past_the_fork_that_the_chain_cannot_take_still_settles_what_bu
 
 
 def sync(source: LocalRegistry, target: LocalRegistry) -> list[Any]:
-    """One anti-entropy pass, as peers run it (protocol/sync.py): ``target``
-    gets what its version vector lacks, and with its first request sends its
-    chains' head tags, so a peer holding another branch of a fork at a
-    position it holds shows its change there, and asks by ID for the other
-    branch's changes its evidence names but it lacks."""
-    puller = SyncPuller("fed")
-    first = True
+    """One anti-entropy session, as a node runs it (protocol/sync_session.py):
+    ``target`` gets what its version vector lacks, and with its first request
+    sends its chains' head tags, so a peer holding another branch of a fork
+    at a position it holds shows its change there, and asks by ID for the
+    other branch's changes its evidence names but it lacks. It ends as the
+    node's does: when nothing is left, or nothing more can be applied.
+    Returns the outcomes of every change applied."""
     outcomes: list[Any] = []
-    while not puller.done:
-        vector = target.engine.replicated_vector()
-        request = (puller.request(vector, target.engine.head_tags(vector), target.engine.wanted())
-                   if first else puller.request(vector))
-        first = False
-        outcomes += target.execute([Remote(w, "peer") for w in puller.receive(answer_sync(request, source.engine,
-                                                                                          federation="fed"))])
+
+    def apply(envelopes: list[bytes]) -> Applied:
+        results = target.execute([Remote(w, "peer") for w in envelopes])
+        outcomes.extend(results)
+        return Applied.of(results)
+
+    vector = target.engine.replicated_vector()
+    run_session(SyncSession("fed"), vector=target.engine.replicated_vector, apply=apply,
+                exchange=lambda request: answer_sync(request, source.engine, federation="fed"),
+                start=Start(vector, target.engine.head_tags(vector), target.engine.wanted()))
     return outcomes
 
 

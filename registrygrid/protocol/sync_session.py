@@ -241,13 +241,15 @@ _TRANSITIONS: dict[tuple[State, type], Callable[[SyncSession, Any], list[Action]
 
 
 def run_session(session: SyncSession, *, vector: Callable[[], Vector], exchange: Callable[[bytes], bytes],
-                apply: Callable[[list[bytes]], Applied]) -> SessionReport:
+                apply: Callable[[list[bytes]], Applied], start: Start | None = None) -> SessionReport:
     """Drive ``session`` to its end one step at a time, with blocking
     callables: ``vector`` reads the store's replicated vector, ``exchange``
     sends a request and returns the answer, ``apply`` applies a batch and
-    counts its outcomes. The simulator's driver (no pipelining: it runs in
-    virtual time, where overlap buys nothing); the node's is node/sync.py."""
-    actions = session.handle(Start(vector()))
+    counts its outcomes; ``start``: the first event, when it carries more
+    than the vector (head tags, wanted changes). The simulator's driver (no
+    pipelining: it runs in virtual time, where overlap buys nothing); the
+    node's is node/sync.py."""
+    actions = session.handle(start or Start(vector()))
     while True:
         action, actions = actions[0], actions[1:]
         if isinstance(action, SendRequest):
