@@ -448,14 +448,14 @@ def _quarantined_alike_from_the_start(x: LocalRegistry, y: LocalRegistry) -> Non
     assert x.state_digest() == y.state_digest()
 
 
-def test_a_report_the_forked_key_carries_is_filed_again_by_the_honest_node_that_takes_it_kept_refused(
+def test_a_report_only_the_forked_keys_own_chain_carries_counts_on_the_revoked_node_holding_its_other_branch(
         twins, tmp_path: Path) -> None:
     """A report in one branch of the cloned key's own chain of grid.disputes
     reaches a node holding the other branch as evidence at most; here that
-    node is also revoked, so it can't report the fork itself. The honest
-    node that takes the report kept refused (it knew of the fork of
-    grid.disputes first) files it again, in its own chain, which every node
-    holds alike."""
+    node is also revoked, so it can't report the fork itself. It shows the
+    forks it holds evidence of to its peers instead, and the honest node
+    reports them in its own chain, which every node holds alike (before
+    2026-12-04 the revoked node counted the forked key's changes in SHARED)."""
     one, two, c, _ = twins
     b = _member_of_b(tmp_path)
     try:
@@ -474,12 +474,13 @@ def test_a_report_the_forked_key_carries_is_filed_again_by_the_honest_node_that_
         b.close()
 
 
-def test_a_report_the_forked_key_carries_is_filed_again_when_the_quarantine_of_its_carrier_refuses_it(
+def test_a_report_taken_before_the_fork_of_its_carrier_was_known_counts_on_the_node_that_met_that_fork(
         twins) -> None:
     """The same report, taken as a record before the fork of the key's chain
-    of grid.disputes is known: that fork's quarantine refuses it, and the
-    node files it again. The node that met that fork holds the report as
-    evidence only, and never held the other branch of SHARED."""
+    of grid.disputes is known: that fork's quarantine refuses it there, and
+    the node that met that fork holds it as evidence only, and never held
+    the other branch of SHARED. Reports walk on until both count nothing
+    of SHARED."""
     one, two, c, d = twins
     of = _fork_in_two_registries(one, two, c, (d,))
     one.execute(of(two, SHARED))  # one reports the fork in SHARED, in its branch of grid.disputes

@@ -131,13 +131,14 @@ def test_random_histories_with_a_cloned_key_end_alike_on_every_node(seed: int) -
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(min_value=0, max_value=2**32 - 1))
-# Found by searches on 2026-12-04. 6004 and 6017 ended with B's node apart:
-# one walked back only by asking for the other branch's changes by ID (B's
-# key was revoked, and B's node alone held the clone's branch from its
-# start); one settled only by reports the forked key carried, filed again
-# by an honest node. 7011 and 7013 ended with the cloned key's own node or
-# the clone apart: each met forks of its own key that only it knew, and
-# reported them in its own forked chain, until it showed them to its peers.
+# Found by searches on 2026-12-04. 6004 and 6017 ended with B's node apart,
+# its key revoked: one walked back only by asking for the other branch's
+# changes by ID (B's node alone held the clone's branch from its start);
+# in one B's node held, as evidence only, a report the forked key carried,
+# and settled once it showed the forks it could not report. 7011 and 7013
+# ended with the cloned key's own node or the clone apart: each met forks
+# of its own key that only it knew, and reported them in its own forked
+# chain, until it showed them to its peers.
 @example(seed=6004)
 @example(seed=6017)
 @example(seed=7011)

@@ -137,13 +137,9 @@ def report_in(env: Envelope) -> Equivocation | None:
     """The equivocation a grid.disputes change files as a report, if it is
     the create of one whose evidence holds; else None. Read from the change
     itself: a report kept refused proves its equivocation all the same."""
-    return report_of(env.body)
-
-
-def report_of(body: Any) -> Equivocation | None:
-    """``report_in`` of a change's body (a draft's, or a stored one's)."""
     from registrygrid.crdt.snapshot import snapshot_state  # the snapshot codec imports the schemas
 
+    body = env.body
     if body.registry != DISPUTES_REGISTRY or body.kind != REPORT_KIND or not body.is_snapshot:
         return None
     try:

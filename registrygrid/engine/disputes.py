@@ -27,8 +27,6 @@ evidence; this part of the engine acts on them, identically on every node:
   the only node holding that branch may not file reports;
 * a node that met a fork it could not report shows the fork's changes to
   its peers (``unreported_forks``), which report it;
-* a report in its author's forked chain of grid.disputes is filed again by
-  the node that takes it (``_carried_by_a_fork``);
 * a stored resolution resettles the records that hold its dispute, and the
   resolver (crdt/resolver.py) shows its value when its author may decide.
 """
@@ -67,39 +65,27 @@ class Disputing(EngineCore):
     def _report_equivocation(self, txn: Txn, batch: Batch, env: Envelope, other_cid: bytes | None) -> None:
         """File the proof that ``env``'s author equivocated: ``other_cid`` is
         the author's change this node holds with ``env``'s sequence, or with
-        the one before it that ``env``'s prev does not name."""
+        the one before it that ``env``'s prev does not name (once per
+        dispute, whoever files it first). Never fails the intake: a node
+        that may not write grid.disputes (no delegation yet) counts it and
+        goes on."""
         if other_cid is None or other_cid in batch.drafts:
             return
         other = changes.envelope(self.store, txn, other_cid)
-        if other is not None and disputes.proves_fork(env, other):
-            self._file_report(txn, batch, env, other)
-
-    def _file_report(self, txn: Txn, batch: Batch, first: Envelope, second: Envelope) -> None:
-        """File a report over two changes that prove a fork, once per
-        dispute, whoever files it first. Never fails the intake: a node that
-        may not write grid.disputes (no delegation yet) counts it and goes on."""
+        if other is None or not disputes.proves_fork(env, other):
+            return
         try:
-            fields = disputes.report_fields(first, second)
-            dispute = disputes.equivocation_id(first.body.author, first.body.registry, fields["seq"],
+            fields = disputes.report_fields(env, other)
+            dispute = disputes.equivocation_id(env.body.author, env.body.registry, fields["seq"],
                                                fields["changes"])
             if records.get_record(self.store, txn, disputes.DISPUTES_REGISTRY, dispute) is not None \
-                    or self._filed_refused(txn, dispute):
-                return
+                    or records.refused_changes(self.store, txn, disputes.DISPUTES_REGISTRY, dispute):
+                return  # filed already: a report kept refused proves it too (_take_refused_report)
             self._put(txn, batch, Put(disputes.DISPUTES_REGISTRY, disputes.REPORT_KIND, fields,  # type: ignore[attr-defined]
                                       record_id=dispute, actor="equivocation detector"))
             self.metrics["equivocation.reported"] += 1
         except RegistryError as exc:
             self.metrics[f"equivocation.unreported.{exc.code}"] += 1
-
-    def _filed_refused(self, txn: Txn, dispute: str) -> bool:
-        """Whether a report kept refused files ``dispute`` already (it
-        proves it too: _take_refused_report) in a chain every node holds
-        alike: not in a forked one (_carried_by_a_fork)."""
-        for cid in records.refused_changes(self.store, txn, disputes.DISPUTES_REGISTRY, dispute).values():
-            carrier = changes.body(self.store, txn, cid)
-            if carrier is not None and not self._carried_by_a_fork(carrier):
-                return True
-        return False
 
     def _hold_forked(self, txn: Txn, batch: Batch, env: Envelope, *, as_evidence: bool = True) -> None:
         """Hold ``env`` as the other branch of its author's fork, if a
@@ -150,24 +136,14 @@ class Disputing(EngineCore):
         grid.disputes, was revoked, lost a create race, or is the forked key
         itself) proves its equivocation all the same: the evidence is the two
         signed changes, whoever carried them. Every node holds the same
-        chains (but forked ones: _carried_by_a_fork), so every node
-        quarantines alike, in whichever order the report and what refuses
-        it arrived."""
+        chains, so every node quarantines alike, in whichever order the
+        report and what refuses it arrived. (A forked chain is the
+        exception: a node on its other branch holds the report as evidence
+        at most; if no report of its own follows, it shows that evidence
+        to its peers: unreported_forks.)"""
         found = disputes.report_in(env)
-        if found is None:
-            return
-        self._take_report(txn, batch, found)
-        if self._carried_by_a_fork(env.body):
-            self._file_report(txn, batch, *found.envelopes)
-
-    def _carried_by_a_fork(self, body: Any) -> bool:
-        """Whether a grid.disputes change lies in its author's quarantined
-        (forked) chain there. Nodes hold different branches of such a chain,
-        and one holding another has this change as evidence at most, so a
-        report it carries may never reach some nodes: a node that takes it
-        files it again, in a chain every node holds alike."""
-        since = self.trust.quarantined_since(body.author, disputes.DISPUTES_REGISTRY)
-        return since is not None and since <= body.seq
+        if found is not None:
+            self._take_report(txn, batch, found)
 
     def _walk_fork(self, txn: Txn, batch: Batch, env: Envelope) -> None:
         """A report's change, against this node's chain of its author: a
@@ -186,29 +162,17 @@ class Disputing(EngineCore):
     def _apply_disputes(self, txn: Txn, batch: Batch, cause: Envelope, origin: str) -> None:
         """Rebuild what a new quarantine cuts, walk reports back to where
         their fork began, and resettle what a new resolution decides."""
-        # Filing a report (a walk, a carried report filed again) may
-        # quarantine, and walk, anew: until nothing is left.
-        while batch.fork_walk or batch.quarantined or batch.resolved:
-            self._apply_disputes_once(txn, batch, cause, origin)
-
-    def _apply_disputes_once(self, txn: Txn, batch: Batch, cause: Envelope, origin: str) -> None:
         while batch.fork_walk:
             self._walk_fork(txn, batch, batch.fork_walk.pop())
         while batch.quarantined:
             author, registry, seq = batch.quarantined.pop()
             targets: set[str] = set()
-            carried: list[disputes.Equivocation] = []
             for _, cid in chains.links_after(self.store, txn, registry, author, seq - 1):
                 body = self._held_body(txn, batch, cid)  # type: ignore[attr-defined]
                 if body is not None:  # an erased change counts nowhere
                     targets.add(body.record)
-                    found = disputes.report_of(body) if registry == disputes.DISPUTES_REGISTRY else None
-                    if found is not None:
-                        carried.append(found)
             for record_id in sorted(targets):
                 self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)  # type: ignore[attr-defined]
-            for found in carried:  # reports this fork carried: filed again from here (_carried_by_a_fork)
-                self._file_report(txn, batch, *found.envelopes)
             # Changes of the author's other branch this node held before the
             # quarantine: evidence (a conflict, a broken chain), or parked
             # past a gap in its chain.
