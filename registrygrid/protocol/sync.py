@@ -60,8 +60,8 @@ MAX_WANTED = 256
 # more sessions. Links the puller holds (the history both branches share)
 # arrive as duplicates.
 WANTED_DEPTH = 64
-# Changes of forks a responder saw but no quarantine covers there, sent
-# with a pass's first answer (ChangeSource.unreported_forks).
+# Changes of forks a responder saw but no quarantine covers there (or of
+# its own key), sent with a pass's first answer (ChangeSource.unreported_forks).
 MAX_UNREPORTED = 256
 CHANGE_ID_MAX_BYTES = 64
 
@@ -120,7 +120,8 @@ class ChangeSource(Protocol):
     def unreported_forks(self, registries: Collection[str], *, max_bytes: int) -> list[bytes]:
         """The changes this source holds as evidence of forks in
         ``registries`` that no quarantine covers here (it saw a fork it may
-        not report), at most MAX_UNREPORTED, bounded."""
+        not report), and of forks of its own key, at most MAX_UNREPORTED,
+        bounded."""
         ...
 
     def wanted_links(self, wanted: Wanted, *, max_bytes: int) -> list[bytes]:
@@ -265,8 +266,9 @@ def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str, 
             size += len(wire)
     if request.heads is not None:
         # A pass's first request: forks this node saw but could not report
-        # (its key revoked, or without delegation), shown to the peer, which
-        # meets both changes and reports them (docs/conflicts.md).
+        # (its key revoked, or without delegation), and those of its own
+        # key, shown to the peer, which meets both changes and reports them
+        # (docs/conflicts.md).
         for wire in source.unreported_forks(set(ours), max_bytes=max(budget - size, 0)):
             chosen.append(wire)
             size += len(wire)
