@@ -399,6 +399,10 @@ def test_a_wanted_change_comes_with_the_links_before_it_oldest_first_from_a_stor
         asked = {CLUSTERS: {author: [(target.body.seq, target.cid)]}}
         expected = chain[held - 1 - sync.WANTED_DEPTH:held - 1]
         assert answer(a.engine, asked) == answer(ledger, asked) == expected
+        # Two asks of one chain walk back over the same links: each is sent once.
+        head = open_envelope(chain[held - 1])
+        both = {CLUSTERS: {author: [(target.body.seq, target.cid), (head.body.seq, head.cid)]}}
+        assert answer(a.engine, both) == answer(ledger, both) == chain[held - sync.WANTED_DEPTH:held]
         assert open_envelope(expected[-1]).cid == target.cid
         # Not held at that position, or not at all: nothing.
         for wanted in ({CLUSTERS: {author: [(target.body.seq - 1, target.cid)]}},

@@ -128,17 +128,24 @@ class Ledger:
         WANTED_DEPTH links before it, oldest first (a ledger holds one
         branch of each chain, and no evidence)."""
         out: list[bytes] = []
+        sent: set[bytes] = set()  # a walk stops at a link an ask above it sent (as the engine's does)
         size = 0
         for registry, authors in sorted(wanted.items()):
             for author, asked in sorted(authors.items()):
                 chain = self.chains.get((registry, author), [])
-                for seq, cid in sorted(asked):
+                for seq, cid in sorted(asked, reverse=True):
                     if not 1 <= seq <= len(chain) or chain[seq - 1][0] != cid:
                         continue
-                    for _, wire in chain[max(seq - WANTED_DEPTH, 0):seq]:
+                    walk = []
+                    for link, wire in reversed(chain[max(seq - WANTED_DEPTH, 0):seq]):
+                        if link in sent:
+                            break
+                        walk.append((link, wire))
+                    for link, wire in reversed(walk):
                         if out and size + len(wire) > max_bytes:
                             return out
                         out.append(wire)
+                        sent.add(link)
                         size += len(wire)
         return out
 
