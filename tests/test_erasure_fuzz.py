@@ -828,6 +828,45 @@ def test_a_record_a_late_rule_refuses_gives_the_id_back_to_the_notices_create(tm
         assert not stores_holding(node, "of-A")
 
 
+def test_a_create_of_the_erased_org_that_arrives_after_the_erasure_settles_no_race_its_own_node_did_not_name(
+        tmp_path: Path) -> None:
+    """A makes its registry writable by A only; b3 (org B), not knowing,
+    creates r first, then A, then b1 (B's other node), which erases its r.
+    b3's create reaches b1 after the erasure and is dropped there as the
+    erased record's. Everywhere else the rule refuses it, so A's create
+    holds the id and B's notice is refused; b3, honouring the notice,
+    erases its refused create without naming it. b1 must not take the
+    dropped create as the erased record's (the yardstick of the race): it
+    would settle A's create as the loser there only, and answer r erased
+    where every other node holds A's r (a random erasure history, seed
+    8104, ended so). A race is settled against the creates a notice names:
+    the one its signer erased, and those the org's nodes add (``creates``)
+    when they erase an earlier create that holds the id there."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a, b1, b3 = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b1", org_b), org_node(tmp_path / "b3", org_b)
+    a.create_registry("owned.things", ["cluster"], write_policy="members")
+    deliver(b1, wires(a))
+    deliver(b3, wires(a))
+    a.update("grid.registries", "owned.things", patch={"write_policy": "owner"})
+    time.sleep(0.005)
+    b3.put("owned.things", "cluster", {"name": "of-b3"}, id="r")
+    time.sleep(0.005)
+    a.put("owned.things", "cluster", {"name": "of-A"}, id="r")
+    time.sleep(0.005)
+    b1.put("owned.things", "cluster", {"name": "of-b1"}, id="r")
+    b1.erase("owned.things", "r")
+    assert deliver(b1, wires(b3))  # b3's create, dropped: r is erased on b1
+    assert readable(b1, "owned.things", "r") == "erased"
+    exchange(a, b1, b3)
+    replica = _shuffled_replica(tmp_path / "replica", a, b1, b3)
+    for node in (a, b1, b3, replica):
+        assert node.get("owned.things", "r")["owner"] == org_a.did
+        assert {e["state"] for e in node.erasures()} == {"refused"}
+        assert not stores_holding(node, "of-b1") and not stores_holding(node, "of-b3")
+        assert node.verify().ok
+    assert parked(replica) == []
+
+
 # Two keys of one org, in both roles: which create of a notice the record
 # shows depends on its signers' keys.
 B_KEYS = (KeyPair(b"\x21" * 32), KeyPair(b"\x22" * 32))

@@ -498,6 +498,12 @@ class Erasing(EngineCore):
         - Erased: a create of another org earlier than the erased one owns
           the id and comes in (_erased_race); a later one lost the race, and
           it and what is built on it are kept as evidence (_loses_to_erased).
+          A create of the erased record's org is kept as an ID only, and
+          settles no race here: only a create a notice names does (its own
+          node names it, in ``creates``, if it held the id there). Judged
+          here, it would count by the rules this node knows now, which a
+          rule that comes late (a write policy that refuses it) could never
+          undo, its bytes gone: seed 8104 of test_erasure_histories.py.
         - Waiting for its record: a create comes in (the notice is judged
           then).
         - Refused (another org's create holds the id): a create of the
@@ -518,9 +524,6 @@ class Erasing(EngineCore):
                 lost = self._loses_to_erased(txn, env)
                 if lost is not None:
                     return self._keep_refused(txn, batch, env, lost, peer)  # type: ignore[attr-defined]
-                owner = read_snapshot(body.payload, kind=body.kind, schema=body.schema).get("owner")
-                self._hold_if_earlier(txn, body.registry, body.record, notice_id, owner,
-                                      ((body.hlc[0], body.hlc[1]), env.cid))
             elif state == erasures.WAITING or not self._erased_as_own(txn, batch, env, notice_id):
                 return None
         elif state == erasures.ERASED and self._builds_on_refused(txn, body):
@@ -574,9 +577,9 @@ class Erasing(EngineCore):
                          create: tuple[tuple[int, int], bytes]) -> None:
         """An erased id's holder becomes ``org``'s create ``create`` (clock,
         change ID) if it is earlier than the one kept: the yardstick of
-        later races. A create of the erased org that arrives late (another
-        node of it made it), one a supplement names, or another org's
-        notice of the id naming an earlier create."""
+        later races. One a supplement names, or another org's notice of
+        the id naming an earlier create: a create every node learns of, so
+        each settles its races alike."""
         erased = erasures.erased_create(self.store, txn, registry, record_id)
         if erased is None or create < (erased[1], erased[2]):
             erasures.set_mark(self.store, txn, registry, record_id, notice_id, erasures.ERASED, (org, *create))
