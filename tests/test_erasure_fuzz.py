@@ -1042,3 +1042,41 @@ def test_a_notice_lists_only_the_places_of_changes_it_erases(tmp_path: Path) -> 
         assert not stores_holding(node, "of-A")
         assert parked(node) == [] and node.verify().ok
     assert len({node.state_digest() for node in (a2, b, a1, replica)}) == 1
+
+
+def test_a_create_another_org_held_when_it_honoured_the_notice_settles_no_race_its_own_node_did_not_name(
+        tmp_path: Path) -> None:
+    """As above, but x, a node of a third org that has not heard of A's rule,
+    holds b3's create (which counts there) when B's notice comes, and
+    erases it. b3 knew the rule first: its create never counted there, and
+    it names nothing. x must settle later races against the create the
+    notice names, as every other node does, not against b3's, which no
+    node names: A's r, not an erased one, everywhere."""
+    org_a, org_b, org_c = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    a, b1, b3 = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b1", org_b), org_node(tmp_path / "b3", org_b)
+    x = org_node(tmp_path / "x", org_c)
+    a.create_registry("owned.things", ["cluster"], write_policy="members")
+    for node in (b1, b3, x):
+        deliver(node, wires(a))
+    deliver(a, wires(x))
+    a.update("grid.registries", "owned.things", patch={"write_policy": "owner"})
+    time.sleep(0.005)
+    b3.put("owned.things", "cluster", {"name": "of-b3"}, id="r")
+    deliver(x, wires(b3))  # b3's create counts on x: x has not heard of the rule
+    time.sleep(0.005)
+    a.put("owned.things", "cluster", {"name": "of-A"}, id="r")
+    time.sleep(0.005)
+    b1.put("owned.things", "cluster", {"name": "of-b1"}, id="r")
+    b1.erase("owned.things", "r")
+    deliver(b3, wires(a))  # the rule refuses b3's create there; A's r holds the id
+    deliver(b3, wires(b1))  # B's notice: refused on b3, which erases its own create
+    deliver(x, wires(b1))  # x honours it: r is B's there
+    assert readable(x, "owned.things", "r") == "erased"
+    exchange(a, b1, b3, x)
+    replica = _shuffled_replica(tmp_path / "replica", a, b1, b3, x)
+    for node in (a, b1, b3, x, replica):
+        assert readable(node, "owned.things", "r") == "readable"
+        assert node.get("owned.things", "r")["owner"] == org_a.did
+        assert not stores_holding(node, "of-b1") and not stores_holding(node, "of-b3")
+        assert node.verify().ok
+    assert parked(replica) == []

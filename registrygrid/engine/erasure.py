@@ -398,20 +398,26 @@ class Erasing(EngineCore):
         erased = 0
         erased_here: list[tuple[str, int]] = []
         counted = set(records.applied_ids(store, txn, registry, record_id))
-        # The record's create that owns the id here (the earliest applied):
-        # kept, so a create of another org that arrives later is settled as
-        # the race it is, not dropped (_erased_race).
-        # The earliest create known to hold the id: held here, named by the
-        # notice, or by another org's notice that erased the id here first.
+        # The earliest create known to hold the id, kept so a create of
+        # another org that arrives later is settled as the race it is, not
+        # dropped (_erased_race): named by the notice, or by another org's
+        # notice that erased the id here first; or held here, where this
+        # node names it in the notice (of the notice's org: _supplement), or
+        # the notice names none (from before notices named their create).
+        # Not a create held here and named nowhere: it holds the id by the
+        # rules this node knows now, and a rule that came late and refused
+        # it (a write policy) could not undo that once its bytes are gone,
+        # while every other node settles against the creates named.
         winner: tuple[str, tuple[int, int], bytes] | None = erasures.erased_create(store, txn, registry, record_id)
         if notice.create is not None and (winner is None or notice.create < (winner[1], winner[2])):
             winner = (notice.org, *notice.create)
+        names_held = notice.org == self.owner or notice.create is None
         others = self._others_evidence(txn, batch, registry, record_id, notice.org)
         for cid in self._record_change_ids(txn, registry, record_id):
             body = self._held_body(txn, batch, cid)
             if body is None or cid in others.values():
                 continue
-            if body.is_genesis and cid in counted and target is not None and \
+            if body.is_genesis and cid in counted and target is not None and names_held and \
                     (winner is None or (tuple(body.hlc), cid) < (winner[1], winner[2])):
                 winner = (target["owner"], (body.hlc[0], body.hlc[1]), cid)
             am_hash = automerge_of(self._stored_envelope(txn, batch, cid))[0] if body.is_snapshot \
