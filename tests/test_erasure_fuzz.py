@@ -1080,3 +1080,46 @@ def test_a_create_another_org_held_when_it_honoured_the_notice_settles_no_race_i
         assert not stores_holding(node, "of-b1") and not stores_holding(node, "of-b3")
         assert node.verify().ok
     assert parked(replica) == []
+
+
+def test_a_change_parked_at_a_place_the_second_create_of_a_notice_vouches_for_is_dropped(tmp_path: Path) -> None:
+    """a2 (org A) creates r in a registry any member may edit; d (org C)
+    deletes it, and a2 writes r again over the tombstone (a change built on
+    d's delete). a1 and a2 erase r at once: one notice, two creates of it,
+    and only a2's lists its second write. c takes a1's create of the notice
+    (r erased), then a2's second write: built on d's delete, which c has not
+    seen, and at a place no notice vouched for yet, it waits for it. a2's
+    create of the notice then vouches for that place: the waiting change is
+    the erased record's and goes, as a supplement's vouching drops it.
+    Before, it stayed parked until a supplement of the notice came, and
+    for good where none came (a random erasure history with a node of a
+    third org, seed 13027 of 100 steps)."""
+    org_a, org_c = KeyPair.generate(), KeyPair.generate()
+    a1, a2 = org_node(tmp_path / "a1", org_a), org_node(tmp_path / "a2", org_a)
+    d, c = org_node(tmp_path / "d", org_c), org_node(tmp_path / "c", KeyPair.generate())
+    a1.create_registry("open.things", ["cluster"], write_policy="members")
+    for node in (a2, d, c):
+        deliver(node, wires(a1))
+    deliver(a1, wires(a2) + wires(d) + wires(c))
+    a2.put("open.things", "cluster", {"name": "of-a2"}, id="r")
+    deliver(a1, wires(a2))
+    deliver(d, wires(a2))
+    d.delete("open.things", "r")
+    deliver(a2, wires(d))
+    a2.put("open.things", "cluster", {"name": "again-of-a2"}, id="r")
+    second = [w for w in wires(a2) if open_envelope(w, verify=False).body.record == "r"
+              and open_envelope(w, verify=False).body.seq == 2]
+    assert len(second) == 1 and not open_envelope(second[0], verify=False).body.is_snapshot
+    a1.erase("open.things", "r")
+    a2.erase("open.things", "r")
+    deliver(c, wires(a1))  # a1's create of the notice: r is erased on c
+    assert readable(c, "open.things", "r") == "erased"
+    deliver(c, second)
+    assert len(parked(c)) == 1  # it waits for d's delete
+    deliver(c, [w for w in wires(a2) if open_envelope(w, verify=False).body.registry == ERASURES_REGISTRY])
+    assert parked(c) == []
+    exchange(a1, a2, d, c)
+    for node in (a1, a2, d, c):
+        assert readable(node, "open.things", "r") == "erased"
+        assert parked(node) == [] and node.verify().ok
+        assert not stores_holding(node, "of-a2")

@@ -268,24 +268,26 @@ class Erasing(EngineCore):
             self._earlier_create_named(txn, batch, notice, env, origin)
             return
         held = erasures.mark(self.store, txn, notice.registry, notice.record)
-        if held is not None and held[1] == erasures.ERASED and held[0] != notice.id:
+        if held is not None and held[1] == erasures.ERASED and held[0] == notice.id:
+            # Another create of a notice that erased the record here (two
+            # nodes of its org filed it at once): the places it lists may
+            # hold parked changes of the record, which go, as a
+            # supplement's do.
+            self._drop_parked(txn, notice)
+        elif held is not None and held[1] == erasures.ERASED:
             self._second_notice(txn, batch, notice, env, origin)
-        elif held is None or held[1] != erasures.ERASED:
-            if records.get_record(self.store, txn, notice.registry, notice.record) is None:
-                if notice.create is not None:
-                    # Not held, but the notice names the create that holds
-                    # the id: erased as if held, the race settled against it.
-                    self._erase_record(txn, batch, notice, env, origin)
-                else:
-                    # Not held (a notice from before notices named their
-                    # create): what of it arrives is erased on arrival (a
-                    # create first lets the notice be judged); parked changes
-                    # go now.
-                    erasures.set_mark(self.store, txn, notice.registry, notice.record, notice.id,
-                                      erasures.WAITING)
-                    self._drop_parked(txn, notice)
-            else:
-                self._judge_notice(txn, batch, notice, env, origin)
+        elif records.get_record(self.store, txn, notice.registry, notice.record) is not None:
+            self._judge_notice(txn, batch, notice, env, origin)
+        elif notice.create is not None:
+            # Not held, but the notice names the create that holds the id:
+            # erased as if held, the race settled against it.
+            self._erase_record(txn, batch, notice, env, origin)
+        else:
+            # Not held (a notice from before notices named their create):
+            # what of it arrives is erased on arrival (a create first lets
+            # the notice be judged); parked changes go now.
+            erasures.set_mark(self.store, txn, notice.registry, notice.record, notice.id, erasures.WAITING)
+            self._drop_parked(txn, notice)
         for _, chain_author, _ in vouched:
             self._link_vouched(txn, batch, notice.registry, chain_author, origin)
 
