@@ -389,7 +389,7 @@ class LocalRegistry:
             held = erasures.mark(self.store, txn, registry, id)
         # "waiting": the record was never held here, and its changes are
         # erased as they arrive; gone either way.
-        if held is not None and held[1] != erasures.REFUSED:
+        if held is not None and erasures.burned(held[1]):
             raise RecordErased(f"{registry}/{id} was erased (notice {held[0]})", details={"notice": held[0]})
 
     def list(self, registry: str | None = None, *, kind: str | None = None, tag: str | None = None,

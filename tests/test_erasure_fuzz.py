@@ -1123,3 +1123,78 @@ def test_a_change_parked_at_a_place_the_second_create_of_a_notice_vouches_for_is
         assert readable(node, "open.things", "r") == "erased"
         assert parked(node) == [] and node.verify().ok
         assert not stores_holding(node, "of-a2")
+
+
+def _revoke(org: KeyPair, node: LocalRegistry, key: KeyPair, cutoffs: dict[str, int]) -> None:
+    """``org`` revokes ``key`` from ``node``, with ``cutoffs``."""
+    from registrygrid.trust.statements import MEMBERS_REGISTRY, REVOCATION_KIND, revocation_record, sign_revocation
+    record_id, fields = revocation_record(sign_revocation(org, key.did, cutoffs, reason="stolen"))
+    node.put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, id=record_id)
+
+
+def test_a_notice_its_signers_revocation_cuts_is_undone_and_the_record_comes_back_from_a_peer_that_kept_it(
+        tmp_path: Path) -> None:
+    """A's node a creates r; A's key k (stolen) erases it, and A revokes k
+    with no change of it in grid.erasures counting. x honoured k's notice
+    before the revocation came; y took the revocation first and refused the
+    notice, so it kept r. On x the notice stops counting when the
+    revocation comes: r is no longer erased there (its id is free again),
+    and its changes come back from y as they arrive, by their IDs: r ends
+    alike on every node, a fresh one included. Before, x answered
+    record_erased for good, and y the record (a random revocation history
+    with erasures, seed 20007)."""
+    org_a = KeyPair.generate()
+    k_key = KeyPair.generate()
+    a = org_node(tmp_path / "a", org_a)
+    k = org_node(tmp_path / "k", org_a, k_key)
+    x, y = org_node(tmp_path / "x", KeyPair.generate()), org_node(tmp_path / "y", KeyPair.generate())
+    a.put(TOOLS, "tool", fields_for(TOOLS, "of-a"), id="r")
+    a.update(TOOLS, "r", patch=patch_for(TOOLS, "of-a-again"))
+    for node in (k, x, y):
+        deliver(node, wires(a))
+    k.erase(TOOLS, "r")
+    notice = wires(k)
+    deliver(x, notice)
+    assert readable(x, TOOLS, "r") == "erased"
+    _revoke(org_a, a, k_key, {})
+    deliver(y, wires(a))
+    deliver(y, notice)  # the revocation first: refused
+    assert readable(y, TOOLS, "r") == "readable"
+    deliver(x, wires(a))  # the revocation: the notice no longer counts on x
+    assert readable(x, TOOLS, "r") == "absent"
+    assert {e["state"] for e in x.erasures()} <= {"void"}
+    exchange(a, k, x, y)
+    replica = _shuffled_replica(tmp_path / "replica", x, y)
+    exchange(replica, x, y)
+    for node in (a, x, y, replica):
+        assert node.get(TOOLS, "r")["fields"] == y.get(TOOLS, "r")["fields"]
+        assert node.verify().ok
+        assert parked(node) == []
+    assert len({node.state_digest() for node in (a, x, y, replica)}) == 1
+
+
+def test_peers_that_only_sync_give_back_what_a_notice_that_stopped_counting_erased(tmp_path: Path) -> None:
+    """As above, where x and y only sync: x's version vector holds the
+    erased changes' places, so it asks for them by ID (sync's ``wanted``),
+    and y, which kept them, sends them back."""
+    from tests.test_disputes import sync
+
+    org_a, k_key = KeyPair.generate(), KeyPair.generate()
+    a, k = org_node(tmp_path / "a", org_a), org_node(tmp_path / "k", org_a, k_key)
+    x, y = org_node(tmp_path / "x", KeyPair.generate()), org_node(tmp_path / "y", KeyPair.generate())
+    a.put(TOOLS, "tool", fields_for(TOOLS, "of-a"), id="r")
+    a.update(TOOLS, "r", patch=patch_for(TOOLS, "of-a-again"))
+    for node in (k, x, y):
+        sync(a, node)
+    k.erase(TOOLS, "r")
+    sync(k, x)
+    _revoke(org_a, a, k_key, {})
+    sync(a, y)
+    sync(k, y)
+    sync(a, x)
+    assert readable(x, TOOLS, "r") == "absent" and readable(y, TOOLS, "r") == "readable"
+    assert x.engine.wanted()  # the two changes of r it erased
+    sync(y, x)
+    assert x.get(TOOLS, "r") == y.get(TOOLS, "r")
+    assert x.engine.wanted() == {} and x.verify().ok
+    assert x.list(TOOLS, include_deleted=True).items == y.list(TOOLS, include_deleted=True).items

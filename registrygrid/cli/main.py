@@ -670,7 +670,7 @@ def erase(home: Path | None, registry: str, record_id: str, reason: str, blobs: 
 @home_option
 @json_option
 def erasures(home: Path | None, as_json: bool) -> None:
-    """Records erasure notices name here: erased, waiting for the record, or refused."""
+    """Records erasure notices name here: erased, waiting for the record, refused, or void (erased, then the notice stopped counting)."""
     with open_backend(home) as backend:
         rows = backend.erasures()
     render.rows(rows, as_json, columns=["registry", "record", "state", "notice"], title="erasures")

@@ -188,15 +188,25 @@ class Disputing(EngineCore):
                 self._resettle_record(txn, batch, registry, record_id, cause, origin)  # type: ignore[attr-defined]
 
     def wanted(self) -> Wanted:
-        """The other branches' changes this node asks its sync peers for by
-        ID: those a change it holds as evidence against a quarantined author
-        names as its prev, where this node holds that change neither as a
-        link nor as evidence. Its vector can't ask for them (it holds those
-        positions), and without them its reports can't be walked back past
-        where it met the fork."""
+        """The changes this node asks its sync peers for by ID, which its
+        vector can't ask for (it holds those positions):
+
+        - the other branches' changes that a change it holds as evidence
+          against a quarantined author names as its prev, where this node
+          holds that change neither as a link nor as evidence: without them
+          its reports can't be walked back past where it met the fork;
+        - changes it erased by a notice that no longer counts (its signer's
+          key was revoked before it): a peer that kept them gives them back."""
         out: Wanted = {}
         count = 0
         with self.store.read() as txn:
+            # Changes erased here by a notice that no longer counts: taken
+            # again from a peer that kept them (engine/erasure.py _restore).
+            for cid, known in erasures.restorable(self.store, txn):
+                out.setdefault(known["registry"], {}).setdefault(known["author"], []).append((known["seq"], cid))
+                count += 1
+                if count >= MAX_WANTED:
+                    return out
             for (author, registry) in sorted(dict(self.trust.quarantined)):
                 for wire in pending.evidence_of(self.store, txn, registry, author):
                     body = open_envelope(wire, verify=False).body

@@ -875,13 +875,69 @@ class Erasing(EngineCore):
         self.metrics["erasure.create_race_won"] += 1
         return True
 
+    # ---- undoing: a notice that stops counting (its signer's key revoked before it)
+
+    def _void_notice(self, txn: Txn, batch: Batch, notice_id: str, old: dict[str, Any], cause: Envelope | Draft,
+                     origin: str) -> None:
+        """The notice ``old`` showed no longer counts here (a rebuild left it
+        no valid create: its signer's key was revoked with a cutoff before
+        it). A node that took the revocation first refused it and kept the
+        record; this one erased it. So the id is free again (state *void*),
+        the record is judged anew without the erased create (another org's
+        create that lost to it may hold the id now), and each change it
+        erased here is taken again when its bytes arrive from a peer that
+        kept them (_restore; sync asks for them by ID: Engine.wanted)."""
+        fields = old.get("fields") or {}
+        registry, record_id = fields.get("registry"), fields.get("record")
+        erasures.put_void(self.store, txn, notice_id)
+        self.metrics["erasure.voided"] += 1
+        held = erasures.mark(self.store, txn, registry, record_id) if isinstance(registry, str) \
+            and isinstance(record_id, str) else None
+        if held is None or held[0] != notice_id:
+            return
+        erasures.set_mark(self.store, txn, registry, record_id, notice_id, erasures.VOID)
+        self.audit.append(txn, at_ms=self.now_ms(), actor=cause.body.author, action="update",
+                          target=f"{registry}/{record_id}",
+                          reason=f"erasure notice {notice_id} no longer counts: its changes are taken again "
+                                 "from peers that kept them", change=cause.id)
+        if records.refused_changes(self.store, txn, registry, record_id):
+            self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)  # type: ignore[attr-defined]
+
+    def _restorable(self, txn: Txn, cid: bytes) -> bool:
+        """Whether ``cid`` is a change this node erased by a notice that no
+        longer counts, whose record no other notice erased since."""
+        if not changes.is_erased(self.store, txn, cid):
+            return False
+        known = erasures.change(self.store, txn, cid)
+        if known is None or not erasures.is_void(self.store, txn, known["notice"]):
+            return False
+        held = erasures.mark(self.store, txn, known["registry"], known["record"])
+        return held is None or not erasures.burned(held[1])
+
+    def _restore(self, txn: Txn, batch: Batch, env: Envelope, peer: str) -> IngestResult:
+        """Take again a change erased by a notice that no longer counts: its
+        bytes are stored at the place its ID kept in its author's chain, and
+        its record is rebuilt from every change held of it, as on a node
+        that never erased it (verified on arrival, judged by the rebuild)."""
+        body = env.body
+        am_hash = automerge_of(env)[0]
+        changes.put_received(self.store, txn, env)
+        erasures.drop_change(self.store, txn, env.cid)
+        erasures.drop_hash(self.store, txn, body.registry, body.record, am_hash)
+        records.mark_refused(self.store, txn, body.registry, body.record, am_hash, env.cid)  # until judged
+        self._rebuild(txn, batch, body.registry, body.record, cause=env, origin=peer)  # type: ignore[attr-defined]
+        self.metrics["erasure.restored"] += 1
+        if records.is_applied(self.store, txn, body.registry, body.record, am_hash):
+            return IngestResult("applied", env.id)
+        return IngestResult("refused", env.id)
+
     def _refuse_if_erased(self, txn: Txn, registry: str, record_id: str) -> None:
         """A local write of an id an erasure notice names (erased, or waiting
         for its record) is refused: the id is burned."""
         if not self._has_erasures:
             return
         held = erasures.mark(self.store, txn, registry, record_id)
-        if held is not None and held[1] != erasures.REFUSED:
+        if held is not None and erasures.burned(held[1]):
             raise RecordErased(f"{registry}/{record_id} was erased (notice {held[0]}); its id cannot be used again",
                                details={"notice": held[0]})
 

@@ -114,6 +114,8 @@ class RemoteIngest(EngineCore):
     def _take_in(self, txn: Txn, batch: Batch, env: Envelope, peer: str) -> IngestResult:
         body = env.body
         if changes.has(self.store, txn, env.cid) or env.cid in batch.drafts:
+            if self._has_erasures and self._restorable(txn, env.cid):  # type: ignore[attr-defined]
+                return self._restore(txn, batch, env, peer)  # type: ignore[attr-defined]
             return IngestResult("duplicate", env.id)
         since = self.trust.quarantined_since(body.author, body.registry)
         if since is not None and since <= body.seq \
@@ -128,7 +130,7 @@ class RemoteIngest(EngineCore):
                 head_seq, head_cid = self._head(txn, batch, body.registry, body.author)
             if body.seq <= head_seq and chains.at(self.store, txn, body.registry, body.author,
                                                   body.seq) == erasures.UNSEEN:
-                return self._arrived_unseen(txn, batch, env)
+                return self._arrived_unseen(txn, batch, env, peer)
             if body.seq == head_seq + 1 and head_cid == erasures.UNSEEN and body.prev:
                 # Written before this change's own checks: its signature holds
                 # (checked on arrival), so the ID it names is authentic even
@@ -160,7 +162,7 @@ class RemoteIngest(EngineCore):
             raise ChainBroken(f"change {body.seq} of {body.author} does not follow its change {head_seq}")
         if self._has_erasures:  # type: ignore[attr-defined]
             held = erasures.mark(self.store, txn, body.registry, body.record)
-            if held is not None:
+            if held is not None and held[1] != erasures.VOID:  # void: its record is taken as any
                 settled = self._under_erasure(txn, batch, env, held, peer)  # type: ignore[attr-defined]
                 if settled is not None:
                     return settled
@@ -334,7 +336,7 @@ class RemoteIngest(EngineCore):
             self._judge_waiting(txn, batch, body.registry, body.record, peer)  # type: ignore[attr-defined]
         return IngestResult("applied", env.id, seq)
 
-    def _arrived_unseen(self, txn: Txn, batch: Batch, env: Envelope) -> IngestResult:
+    def _arrived_unseen(self, txn: Txn, batch: Batch, env: Envelope, peer: str) -> IngestResult:
         """A change arrived for a position this node linked past unseen (an
         erasure notice vouched for it): if it fits the chain around it, its
         ID takes the place; its bytes are not kept."""
@@ -346,6 +348,11 @@ class RemoteIngest(EngineCore):
                                                                     and after_body.prev != env.cid):
             self._keep_evidence(txn, batch, env, None)
             raise ChainBroken(f"change {body.seq} of {body.author} does not fit the changes around it")
+        vouched = erasures.vouched(self.store, txn, body.registry, body.author, body.seq)
+        if vouched is not None and erasures.is_void(self.store, txn, vouched[0]):
+            # Linked past on the word of a notice that no longer counts.
+            chains.link(self.store, txn, body.registry, body.author, body.seq, env.cid)
+            return self._restore(txn, batch, env, peer)  # type: ignore[attr-defined]
         self._learn_unseen(txn, batch, body.registry, body.author, body.seq, env.cid, body.record)  # type: ignore[attr-defined]
         return IngestResult("erased", env.id)
 

@@ -26,6 +26,7 @@ from registrygrid.crdt.snapshot import (
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch, kind_race
 from registrygrid.engine.core import EngineCore
+from registrygrid.engine.erasure import ERASURES_REGISTRY
 from registrygrid.engine.values import (
     automerge_of,
     fields_size,
@@ -294,6 +295,10 @@ class Rebuilds(EngineCore):
                           before=record_digest(old), after=record_digest(record), change=cause.id)
         if registry == regs.KINDS_REGISTRY:
             self._after_kind_record(txn, batch, record, cause, origin)  # type: ignore[attr-defined]
+        if registry == ERASURES_REGISTRY and record is None and old is not None:
+            # An erasure notice no longer counts (its signer's key was
+            # revoked before it): what it erased here is undone.
+            self._void_notice(txn, batch, record_id, old, cause, origin)  # type: ignore[attr-defined]
         if self._has_erasures:  # type: ignore[attr-defined]
             # The rebuild may have given the id to the org whose erasure
             # notice of it was refused (a create race, a rule that came

@@ -3,7 +3,9 @@
     erasures  'r' registry \\0 record              -> msgpack [notice id, state(, owner, hlc, create id)]
                                                    state: "erased" (honoured here), "waiting" (the
                                                    notice is held, its record not yet), "refused"
-                                                   (its signer may not erase the record as held here);
+                                                   (its signer may not erase the record as held here),
+                                                   "void" (it erased the record here, then stopped
+                                                   counting: its signer's key was revoked before it);
                                                    once erased, the erased record's owner and its
                                                    winning create (a create race's yardstick)
               'c' change id                        -> msgpack [registry, record, author, seq, notice id]
@@ -15,6 +17,8 @@
                                                    (the Automerge changes of erased changes of a
                                                    record another org's create still holds: a change
                                                    built on one is erased on arrival too)
+              'v' notice id                        -> b"" (a notice that no longer counts: what it
+                                                   erased is taken again from a peer that kept it)
 
 An erased change keeps its place in its author's chain (``chains`` still
 maps its sequence number to its ID) and an entry in ``changes`` without a
@@ -38,7 +42,14 @@ from registrygrid.storage.store import SEP, Store, key, pack, u64, unpack
 # never a real one: a CID starts with its version byte, 0x01).
 UNSEEN = b"\x00" * 36
 
-ERASED, WAITING, REFUSED = "erased", "waiting", "refused"
+ERASED, WAITING, REFUSED, VOID = "erased", "waiting", "refused", "void"
+
+
+def burned(state: str) -> bool:
+    """Whether a record in this state answers 410 and its id takes no
+    write: erased here, or waiting to be (its notice is held, the record
+    not yet). A refused notice, or one that no longer counts, burns nothing."""
+    return state in (ERASED, WAITING)
 
 
 def any_held(store: Store, txn: lmdb.Transaction) -> bool:
@@ -94,9 +105,43 @@ def change(store: Store, txn: lmdb.Transaction, cid: bytes) -> dict[str, Any] | 
     return {"registry": registry, "record": record, "author": author, "seq": seq, "notice": notice}
 
 
+def drop_change(store: Store, txn: lmdb.Transaction, cid: bytes) -> None:
+    """A change erased here is held again (its notice no longer counts)."""
+    txn.delete(b"c" + cid, db=store.db["erasures"])
+
+
+def restorable(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    """(change id, what is known of it) of every change erased here by a
+    notice that no longer counts: its bytes may be taken again."""
+    if "erasures" not in store.db or not any_void(store, txn):
+        return
+    void: dict[str, bool] = {}
+    for k, raw in store.iter_prefix(txn, "erasures", b"c"):
+        registry, record, author, seq, notice = unpack(raw)
+        if void.setdefault(notice, is_void(store, txn, notice)):
+            yield k[1:], {"registry": registry, "record": record, "author": author, "seq": seq, "notice": notice}
+
+
+def put_void(store: Store, txn: lmdb.Transaction, notice: str) -> None:
+    txn.put(b"v" + notice.encode(), b"", db=store.db["erasures"])
+
+
+def is_void(store: Store, txn: lmdb.Transaction, notice: str) -> bool:
+    """Whether ``notice`` erased something here and then stopped counting."""
+    return "erasures" in store.db and txn.get(b"v" + notice.encode(), db=store.db["erasures"]) is not None
+
+
+def any_void(store: Store, txn: lmdb.Transaction) -> bool:
+    return next(iter(store.iter_prefix(txn, "erasures", b"v")), None) is not None
+
+
 def put_hash(store: Store, txn: lmdb.Transaction, registry: str, record: str, automerge_hash: bytes,
              notice: str) -> None:
     txn.put(b"h" + key(registry, record) + SEP + automerge_hash, notice.encode(), db=store.db["erasures"])
+
+
+def drop_hash(store: Store, txn: lmdb.Transaction, registry: str, record: str, automerge_hash: bytes) -> None:
+    txn.delete(b"h" + key(registry, record) + SEP + automerge_hash, db=store.db["erasures"])
 
 
 def is_erased_hash(store: Store, txn: lmdb.Transaction, registry: str, record: str, automerge_hash: bytes) -> bool:
@@ -147,7 +192,7 @@ def iter_marks(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[str, str, 
 
 def counts(store: Store, txn: lmdb.Transaction) -> dict[str, int]:
     """How many records are erased (or waiting, or refused) and changes erased here."""
-    out = {ERASED: 0, WAITING: 0, REFUSED: 0, "changes": 0}
+    out = {ERASED: 0, WAITING: 0, REFUSED: 0, VOID: 0, "changes": 0}
     if "erasures" not in store.db:
         return out
     for k, value in store.iter_prefix(txn, "erasures", b""):

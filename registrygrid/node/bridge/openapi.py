@@ -603,9 +603,11 @@ SCHEMAS: dict[str, Any] = {
     "Erasures": _obj({"items": {"type": "array", "items": _obj({
         "registry": REGISTRY_NAME, "record": RECORD_ID,
         "notice": {"type": "string", "description": "the erasure notice's id in grid.erasures"},
-        "state": {"enum": ["erased", "waiting", "refused"],
+        "state": {"enum": ["erased", "waiting", "refused", "void"],
                   "description": "erased here; waiting: the record never reached this node (its changes are "
-                                 "erased as they arrive); refused: the notice's signer may not erase it"},
+                                 "erased as they arrive); refused: the notice's signer may not erase it; "
+                                 "void: erased here, then the notice stopped counting (its signer's key was "
+                                 "revoked before it): what it erased is taken again from peers that kept it"},
     }, required=["registry", "record", "notice", "state"])}}, required=["items"]),
     # ---- search (registrygrid/search: query.py parses a query, service.py answers it)
     "SearchQuery": _search_query_schema(),
