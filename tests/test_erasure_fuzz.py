@@ -1198,3 +1198,44 @@ def test_peers_that_only_sync_give_back_what_a_notice_that_stopped_counting_eras
     assert x.get(TOOLS, "r") == y.get(TOOLS, "r")
     assert x.engine.wanted() == {} and x.verify().ok
     assert x.list(TOOLS, include_deleted=True).items == y.list(TOOLS, include_deleted=True).items
+
+
+def test_a_supplement_vouches_alike_on_nodes_that_read_it_before_and_after_its_keys_delegation_expired(
+        tmp_path: Path) -> None:
+    """k, B's key with a delegation of one second, edits A's r (a registry
+    any member may edit), then creates s. b2, B's other node, erases k's
+    edit as A's notice asks and lists its place (its supplement). x reads
+    the notice and the supplement while k's delegation holds, y after it
+    expired; both then take k's create of s, which follows the erased edit
+    in k's chain. The supplement's vouching is judged by when it was
+    written, not by the reader's clock: s comes in on both. Before, y did
+    not count b2's vouching for a key whose delegation had expired, and
+    parked s for good (a random revocation history with erasures)."""
+    org_a, org_b, k_key = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    a, b2 = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b2", org_b)
+    k = LocalRegistry.open_path(tmp_path / "k", k_key,
+                                delegation=sign_delegation(org_b, k_key.did, ["node", "writer"], valid_for=2))
+    x, y = org_node(tmp_path / "x", KeyPair.generate()), org_node(tmp_path / "y", KeyPair.generate())
+    a.create_registry("open.things", ["cluster"], write_policy="members")
+    a.put("open.things", "cluster", {"name": "of-A"}, id="r")
+    for node in (k, b2):
+        deliver(node, wires(a))
+    k.update("open.things", "r", patch={"by": "k"})
+    edit = [w for w in wires(k) if open_envelope(w, verify=False).body.author == k_key.did
+            and open_envelope(w, verify=False).body.record == "r"]
+    deliver(b2, edit + [w for w in wires(k) if open_envelope(w, verify=False).body.registry == "grid.members"])
+    deliver(a, wires(b2))
+    a.erase("open.things", "r")
+    deliver(b2, wires(a))  # b2 erases k's edit and lists its place
+    notice = b2.get(ERASURES_REGISTRY, erasure_id("open.things", "r", org_a.did))["fields"]
+    assert list(notice["supplements"]) == [b2.engine.key.did]
+    k.put("open.things", "cluster", {"name": "of-k"}, id="s")
+    create = [w for w in wires(k) if open_envelope(w, verify=False).body.record == "s"]
+    served = [w for w in wires(b2) if w not in edit]
+    deliver(x, served)
+    time.sleep(2.1)  # k's delegation expires
+    deliver(y, served)
+    for node in (x, y):
+        deliver(node, create)
+        assert node.get("open.things", "s")["fields"]["name"] == "of-k"
+        assert parked(node) == [] and node.verify().ok

@@ -239,7 +239,6 @@ class Erasing(EngineCore):
         org was checked before commit; whose the record is, here)."""
         notice = self._notice(txn, batch, record)
         self._has_erasures = True
-        now = self.now_ms()
         listed = list(notice.positions)
         if own is not None and not own.get("deleted"):
             # A supplement as its author wrote it (``own``): what it adds
@@ -255,7 +254,11 @@ class Erasing(EngineCore):
             # create's positions where they conflict, so each create's own
             # positions count too.
             listed += _claimed(record["id"], body)
-        vouched = replace(notice, positions=tuple(listed)).vouches(lambda did: self.trust.orgs_of(did, now))
+        # Whose keys' places the notice's signers vouch for: by the orgs each
+        # key spoke for up to this change, not by this node's clock (a key's
+        # delegation may expire between two nodes' readings).
+        at = env.body.hlc[0]
+        vouched = replace(notice, positions=tuple(listed)).vouches(lambda did: self.trust.orgs_ever(did, at))
         self.metrics["erasure.positions_not_vouched"] += len(listed) - len(vouched)
         for _, chain_author, ranges in vouched:
             for first, last in ranges:
@@ -663,7 +666,7 @@ class Erasing(EngineCore):
         # than the notice's: edits its keys made of the erased record).
         missing = [(author, seq) for author, seq in erased_here
                    if erasures.vouched(self.store, txn, notice.registry, author, seq) is None
-                   and self.owner in self.trust.orgs_of(author, self.now_ms())]
+                   and self.owner in self.trust.orgs_ever(author, self.now_ms())]
         earlier = notice.org == self.owner and winner is not None and winner[0] == notice.org and \
             (notice.create is None or (winner[1], winner[2]) < notice.create)
         if not missing and not earlier:
@@ -761,8 +764,7 @@ class Erasing(EngineCore):
         node that never saw those erased changes would lack them for good."""
         if not self._has_erasures:
             return
-        now = self.now_ms()
-        if not self.trust.orgs_of(key_did, now):
+        if not self.trust.orgs_ever(key_did, self.now_ms()):
             return
         for record in records.iter_records(self.store, txn, registry=ERASURES_REGISTRY):
             try:
@@ -786,7 +788,8 @@ class Erasing(EngineCore):
                         listed += ErasureNotice.read(notice.id, own["fields"]).positions
                     except (ValidationError, KeyError, TypeError):
                         continue  # not a view this node honoured when it was committed
-            vouched = replace(notice, positions=tuple(listed)).vouches(lambda did: self.trust.orgs_of(did, now))
+            at = record["updated_hlc"][0]  # the notice's last change: as when it was committed (ever since)
+            vouched = replace(notice, positions=tuple(listed)).vouches(lambda did: self.trust.orgs_ever(did, at))
             linked: set[str] = set()
             for voucher, author, ranges in vouched:
                 if key_did not in (voucher, author):

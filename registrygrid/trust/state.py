@@ -202,6 +202,16 @@ class TrustState:
                                   if d.not_before <= moment < d.expires
                                   and self._writes(self.delegation_at(key, d.org, at_ms))})
 
+    def orgs_ever(self, key: str, until_ms: int) -> frozenset[str]:
+        """The orgs a key spoke for at any moment up to ``until_ms`` (itself
+        included): an org vouches for the past places of its keys' chains
+        (erasure notices) whenever it does, and a delegation that expired
+        since still made the changes it covered. Judged at a fixed moment,
+        not the clock of whoever reads it, so every node finds the same."""
+        moment = until_ms // 1000
+        return frozenset({key} | {d.org for d in self.delegations.get(key, ())
+                                  if d.not_before <= moment and self._writes(d)})
+
     @staticmethod
     def _writes(claims: DelegationBody | None) -> bool:
         return claims is not None and not WRITING_ROLES.isdisjoint(claims.roles)
