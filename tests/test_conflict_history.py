@@ -4,11 +4,14 @@ for any shape of history, taken in all at once or as the document grows."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import msgspec
 from automerge.core import ROOT, Document, ScalarType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registrygrid.crdt.conflicts import ChangeMeta, History, op_of
+from registrygrid.crdt.conflicts import ChangeMeta, History, op_of, replayed
 
 ACTORS = [bytes([0x10 + i]) * 16 for i in range(3)]
 
@@ -96,3 +99,21 @@ def test_an_op_id_names_its_actor_and_counter() -> None:
         tx.put(ROOT, "b", ScalarType.Int, 2)
     _, exid = doc.get(ROOT, "b")
     assert op_of(exid) == (ACTORS[1], 2)
+
+
+def test_a_map_made_anew_without_a_key_that_another_writer_put_there_is_a_write_of_it_in_any_order() -> None:
+    """Seventeen changes of a registry's descriptor from a random revocation
+    history (seed 125 of test_trust_histories.py), in the orders two nodes
+    took them in. One change made ``limits`` anew, empty (it had seen the
+    map removed), without seeing a later write of ``limits.max_record_bytes``
+    into another version of the map. Where that write came first, it was
+    the path's one writer (a frontier not stored), and the new map was
+    judged only on the paths it holds: the path's conflict was lost there,
+    and the two nodes showed different limits. The frontiers are a
+    function of the set of changes, whatever the causal order."""
+    # Each change (Automerge's bytes) with its hash, in one node's order; each order lists them by index.
+    data = msgspec.msgpack.decode((Path(__file__).parent / "data" / "conflict_orders.msgpack").read_bytes())
+    changes = list(zip(data["hashes"], data["changes"], strict=True))
+    frontiers = [replayed(changes[i] for i in order)[1] for order in data["orders"]]
+    assert frontiers[0] == frontiers[1]
+    assert ("fields", "limits", "max_record_bytes") in frontiers[0]

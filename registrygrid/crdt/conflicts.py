@@ -340,11 +340,14 @@ def track(doc: Document, heads_before: list[bytes] | None, change: ChangeMeta, f
                 del out[path]
         return out
     written = written_by(doc, change)
-    for path in frontiers:
-        # A conflicted path Automerge's merge no longer shows (its parent
-        # map removed by one writer, the value put in the old map by
-        # another): a change that made the parent map anew, or removed it,
-        # wrote it too, as _wrote rules for a change that has seen every write.
+    # A path the change's own view lacks, under a map it made anew (or
+    # removed), while the record shows it (another writer put it in the
+    # map the change replaced) or keeps a conflict of it (Automerge's merge
+    # no longer shows it): the change wrote it too, as _wrote rules for a
+    # change that has seen every write. Else the frontier would depend on
+    # whether the change came before or after the other writer.
+    shown = [path for path, _, _ in _leaves(doc, heads_before)] if heads_before else []
+    for path in [*frontiers, *shown]:
         if path not in written and _wrote(doc, change, path):
             written[path] = ABSENT
     for path in written:
