@@ -346,7 +346,9 @@ def track(doc: Document, heads_before: list[bytes] | None, change: ChangeMeta, f
     # no longer shows it): the change wrote it too, as _wrote rules for a
     # change that has seen every write. Else the frontier would depend on
     # whether the change came before or after the other writer.
-    shown = [path for path, _, _ in _leaves(doc, heads_before)] if heads_before else []
+    replaced = {path for path, value in written.items() if value is ABSENT or isinstance(value, dict)}
+    shown = [path for path, _, _ in _leaves(doc, heads_before)
+             if any(path[:end] in replaced for end in range(1, len(path)))] if heads_before and replaced else []
     for path in [*frontiers, *shown]:
         if path not in written and _wrote(doc, change, path):
             written[path] = ABSENT
