@@ -638,11 +638,13 @@ NODE_A2 = KeyPair(b"\xa3" * 32)
 
 
 def _step() -> st.SearchStrategy[tuple[Any, ...]]:
-    fields = st.sampled_from(["n", "m", "caps", "note", "own", "rank", "region", "lic"])
+    fields = st.sampled_from(["n", "m", "caps", "note", "own", "rank", "region", "lic", "limits"])
     return st.tuples(st.integers(0, 9), st.integers(0, 2), st.integers(0, 2), fields, st.integers(0, 3))
 
 
 def _value(field: str, value: int) -> Any:
+    if field == "limits":  # a map: removed, made anew (empty when it was not there), or keys put into it
+        return [None, {}, {"k": 20}, {"k": 30, "j": 1}][value]
     if field == "caps":
         return [f"c{i}" for i in range(value)]
     if field in ("n", "m"):
