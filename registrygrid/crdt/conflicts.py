@@ -342,14 +342,21 @@ def track(doc: Document, heads_before: list[bytes] | None, change: ChangeMeta, f
     written = written_by(doc, change)
     # A path the change's own view lacks, under a map it made anew (or
     # removed), while the record shows it (another writer put it in the
-    # map the change replaced) or keeps a conflict of it (Automerge's merge
-    # no longer shows it): the change wrote it too, as _wrote rules for a
-    # change that has seen every write. Else the frontier would depend on
-    # whether the change came before or after the other writer.
+    # map the change replaced), a change it has not seen wrote it, or the
+    # record keeps a conflict of it (Automerge's merge no longer shows
+    # it): the change wrote it too, as _wrote rules for a change that has
+    # seen every write. Else the frontier would depend on whether the
+    # change came before or after the other writer.
     replaced = {path for path, value in written.items() if value is ABSENT or isinstance(value, dict)}
-    shown = [path for path, _, _ in _leaves(doc, heads_before)
-             if any(path[:end] in replaced for end in range(1, len(path)))] if heads_before and replaced else []
-    for path in [*frontiers, *shown]:
+    under: list[Path] = []
+    if heads_before and replaced and isinstance(unseen, Unseen):
+        # The paths under it that the record shows, and those a change it
+        # has not seen wrote (a removal the record no longer shows).
+        candidates = {path for path, _, _ in _leaves(doc, heads_before)}
+        for other in unseen:
+            candidates.update(written_by(doc, other))
+        under = sorted(path for path in candidates if any(path[:end] in replaced for end in range(1, len(path))))
+    for path in [*frontiers, *under]:
         if path not in written and _wrote(doc, change, path):
             written[path] = ABSENT
     for path in written:
