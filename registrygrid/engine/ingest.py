@@ -350,8 +350,12 @@ class RemoteIngest(EngineCore):
             raise ChainBroken(f"change {body.seq} of {body.author} does not fit the changes around it")
         vouched = erasures.vouched(self.store, txn, body.registry, body.author, body.seq)
         if vouched is not None and erasures.is_void(self.store, txn, vouched[0]):
-            # Linked past on the word of a notice that no longer counts.
+            # Linked past on the word of a notice that no longer counts: the
+            # change takes its place (and the head, if it is the head).
             chains.link(self.store, txn, body.registry, body.author, body.seq, env.cid)
+            if self._head(txn, batch, body.registry, body.author)[0] == body.seq:
+                batch.heads[(body.registry, body.author)] = self._chain_heads[(body.registry, body.author)] = \
+                    (body.seq, env.cid)
             return self._restore(txn, batch, env, peer)  # type: ignore[attr-defined]
         self._learn_unseen(txn, batch, body.registry, body.author, body.seq, env.cid, body.record)  # type: ignore[attr-defined]
         return IngestResult("erased", env.id)
