@@ -1239,3 +1239,47 @@ def test_a_supplement_vouches_alike_on_nodes_that_read_it_before_and_after_its_k
         deliver(node, create)
         assert node.get("open.things", "s")["fields"]["name"] == "of-k"
         assert parked(node) == [] and node.verify().ok
+
+
+def test_a_supplement_written_into_a_create_that_stopped_counting_still_vouches_for_its_places(
+        tmp_path: Path) -> None:
+    """k, B's node, edits A's r (a registry any member may edit), then
+    creates s. A's key a3 erases r; k erases its edit as a3's notice asks
+    and lists its place in that notice (its supplement, built on a3's
+    create). A's node a files the same notice (it never saw k's edit), and
+    A revokes a3 with none of its changes in grid.erasures counting, so on
+    every node the notice holds a's create only and k's supplement, built
+    on a create that counts nowhere, is refused. x takes the revocation and
+    a's notice first, then a3's create, k's supplement and s: the
+    supplement is refused there, but its signer's vouching for B's chain
+    is not a3's to take back, so x links past the erased edit and takes s;
+    and so does y, which takes k's delegation last. Before, x kept s parked for good, while nodes that had counted the
+    supplement before the revocation came held it (a random revocation
+    history with erasures, seed 20014)."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a3_key = KeyPair.generate()
+    a, a3 = org_node(tmp_path / "a", org_a), org_node(tmp_path / "a3", org_a, a3_key)
+    k, x = org_node(tmp_path / "k", org_b), org_node(tmp_path / "x", KeyPair.generate())
+    y = org_node(tmp_path / "y", KeyPair.generate())
+    a.create_registry("open.things", ["cluster"], write_policy="members")
+    a.put("open.things", "cluster", {"name": "of-A"}, id="r")
+    for node in (a3, k):
+        deliver(node, wires(a))
+    k.update("open.things", "r", patch={"by": "k"})
+    k.put("open.things", "cluster", {"name": "of-k"}, id="s")
+    a3.erase("open.things", "r")
+    deliver(k, wires(a3))  # k erases its edit and lists its place, in a3's create of the notice
+    notice = k.get(ERASURES_REGISTRY, erasure_id("open.things", "r", org_a.did))["fields"]
+    assert list(notice["supplements"]) == [k.engine.key.did]
+    a.erase("open.things", "r")
+    _revoke(org_a, a, a3_key, {})
+    delegation = [w for w in wires(k) if open_envelope(w, verify=False).body.registry == "grid.members"
+                  and open_envelope(w, verify=False).body.author == k.engine.key.did]
+    for node, last in ((x, []), (y, delegation)):
+        deliver(node, wires(a))
+        deliver(node, wires(a3) + [w for w in wires(k) if w not in last])
+        deliver(node, last)
+        assert readable(node, "open.things", "r") == "erased"
+        assert node.get("open.things", "s")["fields"]["name"] == "of-k"
+        assert parked(node) == [] and node.verify().ok
+        assert node.engine.version_vector()["open.things"] == k.engine.version_vector()["open.things"]

@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from registrygrid.crdt import disputes
+from registrygrid.crdt.record import RecordDoc
 from registrygrid.crdt.snapshot import read_snapshot
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
@@ -47,6 +48,7 @@ from registrygrid.engine.core import EngineCore
 from registrygrid.engine.ops import Erase, ErasedRecord, IngestResult, Put, Update, WriteResult
 from registrygrid.engine.values import automerge_of
 from registrygrid.errors import (
+    MalformedInput,
     NotFound,
     NotOwner,
     PolicyDenied,
@@ -754,6 +756,85 @@ class Erasing(EngineCore):
         return len(stale)
 
     # ---- chains past erased positions
+
+    def _after_refused_supplement(self, txn: Txn, batch: Batch, env: Envelope, origin: str) -> None:
+        """A change of a notice was kept as evidence, not applied: a
+        supplement built on a create that counts nowhere here (its signer's
+        revocation cut it, say, while another create of the notice counts)
+        is refused with it. Its signer's vouching for its own org's chains
+        is not that create's to take back: it counts as the signer wrote it,
+        unless the signer's own chain does not count there (revoked past its
+        cutoff, quarantined). Else a node that judged the supplement refused
+        from the start would never link past the places it lists, which a
+        node that counted it before the revocation came has linked past."""
+        found = self._refused_supplement(txn, batch, env)
+        if found is None:
+            return
+        notice, vouched = found
+        self._has_erasures = True
+        for _, chain_author, ranges in vouched:
+            for first, last in ranges:
+                erasures.vouch(self.store, txn, notice.registry, chain_author, first, last, notice.id,
+                               notice.record)
+        self.metrics["erasure.refused_supplement_vouched"] += 1
+        self._drop_parked(txn, notice)
+        for chain_author in sorted({author for _, author, _ in vouched}):
+            self._link_vouched(txn, batch, notice.registry, chain_author, origin)
+
+    def _refused_supplement(self, txn: Txn, batch: Batch, env: Envelope | Draft) -> tuple[
+            ErasureNotice, list[tuple[str, str, tuple[tuple[int, int], ...]]]] | None:
+        """The notice a refused update of grid.erasures makes, as its signer
+        saw it, and the positions of its signer's own supplement whose
+        vouching counts (by the orgs the signer spoke for up to then); None
+        when there are none, or the signer's chain does not count there."""
+        body = env.body
+        if body.registry != ERASURES_REGISTRY or body.is_snapshot or body.op != "update":
+            return None
+        try:
+            self.trust.check_chain(body.author, body.registry, body.seq)
+        except RegistryError:
+            return None
+        own = self._as_its_signer_saw_it(txn, batch, env)
+        if own is None or own.get("deleted"):
+            return None
+        try:
+            made = ErasureNotice.read(body.record, own["fields"])
+        except (ValidationError, KeyError, TypeError):
+            return None
+        # Only what the signer wrote under its own key: the rest of what it
+        # saw is other signers' (the create it built on among them).
+        mine = replace(made, positions=tuple(p for p in made.positions if p[0] == body.author))
+        vouched = mine.vouches(lambda did: self.trust.orgs_ever(did, body.hlc[0]))
+        return (made, vouched) if vouched else None
+
+    def _as_its_signer_saw_it(self, txn: Txn, batch: Batch, env: Envelope | Draft) -> dict[str, Any] | None:
+        """The record as a change that is not in its document made it: its
+        own deps (applied or refused changes of the record held here),
+        replayed in causal order; None when one of them is not held."""
+        body = env.body
+        held = {**records.refused_changes(self.store, txn, body.registry, body.record),
+                **records.applied_changes(self.store, txn, body.registry, body.record)}
+        for cid in records.applied_ids(self.store, txn, body.registry, body.record):
+            # A snapshot create is marked only once the document is built.
+            held.setdefault(automerge_of(self._stored_envelope(txn, batch, cid))[0], cid)
+        needed: dict[bytes, Any] = {}
+        wanted = list(body.deps)
+        while wanted:
+            am_hash = wanted.pop()
+            if am_hash in needed:
+                continue
+            if am_hash not in held:
+                return None
+            dep = self._stored_envelope(txn, batch, held[am_hash])
+            needed[am_hash] = dep
+            wanted.extend(dep.body.deps)
+        # A change's clock is above those of the changes it builds on.
+        ordered = sorted(needed.values(), key=lambda dep: (tuple(dep.body.hlc), dep.cid))
+        try:
+            doc = RecordDoc.apply(None, b"".join(automerge_of(dep)[1] for dep in [*ordered, env]))
+            return doc.materialize(heads=[body.change_hash])
+        except (MalformedInput, ValueError):
+            return None
 
     def _vouch_for_key(self, txn: Txn, batch: Batch, key_did: str, origin: str) -> None:
         """A statement about ``key_did`` was committed: the positions of its

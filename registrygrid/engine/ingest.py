@@ -448,6 +448,8 @@ class RemoteIngest(EngineCore):
                               target=f"{body.registry}/{body.record}",
                               reason=f"{why.audit_reason()} (from {peer}; kept as evidence, not applied)"[:512],
                               change=env.id)
+        if body.registry == ERASURES_REGISTRY and body.op == "update":
+            self._after_refused_supplement(txn, batch, env, peer)  # type: ignore[attr-defined]
         return IngestResult("refused", env.id, error=why)
 
     def _seq_taken(self, txn: Txn, batch: Batch, registry: str, record_id: str, change: bytes) -> int | None:
