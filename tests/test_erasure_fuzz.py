@@ -1283,3 +1283,44 @@ def test_a_supplement_written_into_a_create_that_stopped_counting_still_vouches_
         assert node.get("open.things", "s")["fields"]["name"] == "of-k"
         assert parked(node) == [] and node.verify().ok
         assert node.engine.version_vector()["open.things"] == k.engine.version_vector()["open.things"]
+
+
+def test_a_node_whose_delegation_lapsed_lists_the_places_it_erased_once_its_org_renews_it(tmp_path: Path) -> None:
+    """In a federation of A and B, k, B's node with a delegation of two
+    seconds, edits A's r (a registry any member may edit), then creates s;
+    no other node sees the edit. The delegation lapses, A erases r, and k
+    erases its edit as the notice asks but may not list its place (its
+    supplement: a key that speaks for no member writes nothing). x, B's
+    other node, takes s from k and cannot link past the erased edit: s
+    waits. Once B renews k's delegation, k lists the place it owed, and x
+    takes s. Before, the supplement was given up for good, and s stayed
+    parked on every node that never saw the erased edit."""
+    from registrygrid.trust.federation import make_genesis
+    org_a, org_b, k_key = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    genesis = make_genesis("grid", [org_a, org_b])
+
+    def member(name: str, org: KeyPair, key: KeyPair, valid_for: int = 3600) -> LocalRegistry:
+        return LocalRegistry.open_path(tmp_path / name, key, federation=genesis, delegation=sign_delegation(
+            org, key.did, ["node", "writer"], valid_for=valid_for))
+
+    a, x, k = member("a", org_a, KeyPair.generate()), member("x", org_b, KeyPair.generate()), \
+        member("k", org_b, k_key, valid_for=2)
+    a.create_registry("open.things", ["cluster"], write_policy="members")
+    a.put("open.things", "cluster", {"name": "of-A"}, id="r")
+    deliver(k, wires(a))
+    k.update("open.things", "r", patch={"by": "k"})
+    k.put("open.things", "cluster", {"name": "of-k"}, id="s")
+    time.sleep(2.1)  # k's delegation lapses
+    a.erase("open.things", "r")
+    deliver(k, wires(a))
+    assert k.engine.metrics["erasure.unsupplemented.not_owner"] == 1
+    deliver(x, wires(a) + wires(k))
+    assert ("open.things", "s", k_key.did, 2) in parked(x)
+
+    k.publish_delegation(sign_delegation(org_b, k_key.did, ["node", "writer"]))  # `rgrid org renew`
+    notice = k.get(ERASURES_REGISTRY, erasure_id("open.things", "r", org_a.did))["fields"]
+    assert notice["supplements"] == {k_key.did: [{"author": k_key.did, "seqs": [[1, 1]]}]}
+    deliver(x, wires(k))
+    assert x.get("open.things", "s")["fields"]["name"] == "of-k"
+    assert parked(x) == [] and x.verify().ok
+    assert x.engine.version_vector()["open.things"] == k.engine.version_vector()["open.things"]

@@ -694,6 +694,25 @@ class Erasing(EngineCore):
             self.metrics["erasure.supplemented"] += len(missing) + int(earlier)
         except RegistryError as exc:
             self.metrics[f"erasure.unsupplemented.{exc.code}"] += 1
+            if missing:
+                # Written once this node's key may write again (a renewed
+                # delegation): until then no node may vouch for these places.
+                erasures.owe(self.store, txn, notice.id, missing)
+
+    def _pay_owed_supplements(self, txn: Txn, batch: Batch) -> None:
+        """A statement about this node's key was committed (its delegation
+        renewed, say): the supplements it could not write are written now,
+        or owed again."""
+        for notice_id, places in erasures.owed(self.store, txn):
+            erasures.paid(self.store, txn, notice_id)
+            current = records.get_record(self.store, txn, ERASURES_REGISTRY, notice_id)
+            if current is None or current["deleted"]:
+                continue
+            try:
+                notice = ErasureNotice.read(notice_id, current["fields"])
+            except (ValidationError, KeyError, TypeError):
+                continue
+            self._supplement(txn, batch, notice, places)
 
     def _record_change_ids(self, txn: Txn, registry: str, record_id: str) -> list[bytes]:
         """Every change of the record held here: applied (its history) and

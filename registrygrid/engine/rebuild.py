@@ -106,6 +106,8 @@ class Rebuilds(EngineCore):
         while batch.stated:
             subject = batch.stated.pop()
             self._vouch_for_key(txn, batch, subject, origin)  # type: ignore[attr-defined]
+            if subject == self.key.did:
+                self._pay_owed_supplements(txn, batch)  # type: ignore[attr-defined]
             for key_did in sorted(self.trust.affected_by_revocation(subject)):
                 self._rebuild_revoked_key(txn, batch, key_did, cause, origin)
         if stated:

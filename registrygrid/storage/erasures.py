@@ -19,6 +19,10 @@
                                                    built on one is erased on arrival too)
               'v' notice id                        -> b"" (a notice that no longer counts: what it
                                                    erased is taken again from a peer that kept it)
+              'o' notice id                        -> msgpack [[author, seq], ...] (places of its
+                                                   org's chains this node erased under the notice
+                                                   but could not list: its key could not write
+                                                   then; listed once its delegation is renewed)
 
 An erased change keeps its place in its author's chain (``chains`` still
 maps its sequence number to its ID) and an entry in ``changes`` without a
@@ -133,6 +137,26 @@ def is_void(store: Store, txn: lmdb.Transaction, notice: str) -> bool:
 
 def any_void(store: Store, txn: lmdb.Transaction) -> bool:
     return next(iter(store.iter_prefix(txn, "erasures", b"v")), None) is not None
+
+
+def owe(store: Store, txn: lmdb.Transaction, notice: str, places: list[tuple[str, int]]) -> None:
+    """Keep the places this node erased under ``notice`` but could not list."""
+    k = b"o" + notice.encode()
+    held = txn.get(k, db=store.db["erasures"])
+    known = {(author, seq) for author, seq in unpack(held)} if held is not None else set()
+    txn.put(k, pack([list(place) for place in sorted(known | set(places))]), db=store.db["erasures"])
+
+
+def owed(store: Store, txn: lmdb.Transaction) -> list[tuple[str, list[tuple[str, int]]]]:
+    """(notice id, places) of every supplement this node still owes."""
+    if "erasures" not in store.db:
+        return []
+    return [(k[1:].decode(), [(author, seq) for author, seq in unpack(raw)])
+            for k, raw in store.iter_prefix(txn, "erasures", b"o")]
+
+
+def paid(store: Store, txn: lmdb.Transaction, notice: str) -> None:
+    txn.delete(b"o" + notice.encode(), db=store.db["erasures"])
 
 
 def put_hash(store: Store, txn: lmdb.Transaction, registry: str, record: str, automerge_hash: bytes,
