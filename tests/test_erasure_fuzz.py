@@ -1324,3 +1324,40 @@ def test_a_node_whose_delegation_lapsed_lists_the_places_it_erased_once_its_org_
     assert x.get("open.things", "s")["fields"]["name"] == "of-k"
     assert parked(x) == [] and x.verify().ok
     assert x.engine.version_vector()["open.things"] == k.engine.version_vector()["open.things"]
+
+
+def test_a_supplement_refused_with_its_create_vouches_once_the_delegation_of_the_key_it_lists_arrives(
+        tmp_path: Path) -> None:
+    """As above, but the refused supplement is b's, B's node that held k's
+    edit: it lists k's place. y takes it (refused: built on a3's create,
+    which counts nowhere) before it knows k's delegation, so k's place is
+    not vouched for then. When k's delegation comes, the notices are read
+    again for k's places (a late delegation), the refused supplement
+    among them: y links past the erased edit and takes s."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a3_key = KeyPair.generate()
+    a, a3 = org_node(tmp_path / "a", org_a), org_node(tmp_path / "a3", org_a, a3_key)
+    b, k = org_node(tmp_path / "b", org_b), org_node(tmp_path / "k", org_b)
+    y = org_node(tmp_path / "y", KeyPair.generate())
+    a.create_registry("open.things", ["cluster"], write_policy="members")
+    a.put("open.things", "cluster", {"name": "of-A"}, id="r")
+    for node in (a3, b, k):
+        deliver(node, wires(a))
+    k.update("open.things", "r", patch={"by": "k"})
+    k.put("open.things", "cluster", {"name": "of-k"}, id="s")
+    deliver(b, wires(k))
+    a3.erase("open.things", "r")
+    deliver(b, wires(a3))  # b erases k's edit and lists its place, in a3's create of the notice
+    notice = b.get(ERASURES_REGISTRY, erasure_id("open.things", "r", org_a.did))["fields"]
+    assert notice["supplements"] == {b.engine.key.did: [{"author": k.engine.key.did, "seqs": [[1, 1]]}]}
+    a.erase("open.things", "r")
+    _revoke(org_a, a, a3_key, {})
+    k_delegation = [w for w in wires(k) if open_envelope(w, verify=False).body.registry == "grid.members"
+                    and open_envelope(w, verify=False).body.author == k.engine.key.did]
+    create = [w for w in wires(k) if open_envelope(w, verify=False).body.record == "s"]
+    deliver(y, wires(a))
+    deliver(y, wires(a3) + [w for w in wires(b) if w not in k_delegation] + create)
+    deliver(y, k_delegation)
+    assert y.get("open.things", "s")["fields"]["name"] == "of-k"
+    assert parked(y) == [] and y.verify().ok
+    assert y.engine.version_vector()["open.things"] == k.engine.version_vector()["open.things"]

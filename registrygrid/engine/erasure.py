@@ -890,6 +890,11 @@ class Erasing(EngineCore):
                         continue  # not a view this node honoured when it was committed
             at = record["updated_hlc"][0]  # the notice's last change: as when it was committed (ever since)
             vouched = replace(notice, positions=tuple(listed)).vouches(lambda did: self.trust.orgs_ever(did, at))
+            for cid in records.refused_changes(self.store, txn, ERASURES_REGISTRY, notice.id).values():
+                # A supplement refused with the create it built on vouches
+                # too (_after_refused_supplement).
+                found = self._refused_supplement(txn, batch, self._stored_envelope(txn, batch, cid))
+                vouched += found[1] if found is not None else []
             linked: set[str] = set()
             for voucher, author, ranges in vouched:
                 if key_did not in (voucher, author):
