@@ -1361,3 +1361,47 @@ def test_a_supplement_refused_with_its_create_vouches_once_the_delegation_of_the
     assert y.get("open.things", "s")["fields"]["name"] == "of-k"
     assert parked(y) == [] and y.verify().ok
     assert y.engine.version_vector()["open.things"] == k.engine.version_vector()["open.things"]
+
+
+def test_a_revocation_that_voids_a_notice_of_a_record_whose_registry_is_not_known_yet_is_taken_in(
+        tmp_path: Path) -> None:
+    """A's key k erases A's x, and A's node a honours the notice: no node
+    keeps A's create. B's create of x, later than A's, lost the race and is
+    kept as evidence. A revokes k with none of its notices counting, so
+    the id is free again and B's create holds it, as on b. A fresh node
+    takes the notice and B's create before it knows x's registry, then
+    the revocation: x can't be judged anew before its registry is known.
+    The revocation is taken in all the same, and x is judged once the
+    registry's create comes: B's create holds it there too. Before, the
+    revocation was rejected (unknown_registry), and a node that took
+    everything in one batch in that order never held it (a random
+    revocation history with erasures, seed 40075)."""
+    org_a, org_b, k_key = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    a, k = org_node(tmp_path / "a", org_a), org_node(tmp_path / "k", org_a, k_key)
+    b, fresh = org_node(tmp_path / "b", org_b), LocalRegistry.open_path(tmp_path / "fresh", KeyPair.generate())
+    a.create_registry("open.things", ["cluster"], write_policy="members")
+    deliver(b, wires(a))
+    a.put("open.things", "cluster", {"name": "of-A"}, id="x")
+    b.put("open.things", "cluster", {"name": "of-B"}, id="x")
+    deliver(k, wires(a))
+    k.erase("open.things", "x")
+    deliver(a, wires(k))
+    _revoke(org_a, a, k_key, {})
+    exchange(a, b, k)
+    assert b.get("open.things", "x")["fields"] == {"name": "of-B"}
+
+    def where(wire: bytes) -> tuple[str, str]:
+        body = open_envelope(wire, verify=False).body
+        return body.registry, body.kind
+
+    everything = list(dict.fromkeys(w for node in (a, b, k) for w in wires(node)))
+    revocation = [w for w in everything if where(w)[1] == "revocation"]
+    first = [w for w in everything if where(w)[0] in ("grid.members", "grid.erasures") and w not in revocation] + \
+        [w for w in wires(b) if open_envelope(w, verify=False).body.record == "x"]
+    deliver(fresh, first)
+    assert [r.status for r in deliver(fresh, revocation)] == ["applied"]
+    assert {e["state"] for e in fresh.erasures()} == {"void"}
+    deliver(fresh, everything)
+    assert fresh.get("open.things", "x")["fields"] == {"name": "of-B"}
+    assert parked(fresh) == [] and fresh.verify().ok
+    assert fresh.state_digest() == b.state_digest()

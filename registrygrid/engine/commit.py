@@ -113,6 +113,10 @@ class Committing(EngineCore):
         self.metrics[f"write.{body.op}"] += 1
         if reg == regs.REGISTRY_OF_REGISTRIES:
             self._registry_cache.pop(rec, None)
+            if old is None and records.refused_record_ids(self.store, txn, rec):
+                # Its records' changes an erasure's paths kept before it came
+                # (refused until now: engine/rebuild.py) are judged by it.
+                self._rebuild_records(txn, batch, rec, lambda record: False, env, origin)  # type: ignore[attr-defined]
             # Whose access policies count for a registry depends on its
             # owner (trust/policy.py): a descriptor that arrives after a
             # policy for its registry makes that policy count from then on.

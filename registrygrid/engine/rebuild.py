@@ -37,6 +37,7 @@ from registrygrid.errors import (
     NotOwner,
     PolicyDenied,
     RegistryError,
+    UnknownRegistry,
     ValidationError,
 )
 from registrygrid.protocol import limits
@@ -181,7 +182,13 @@ class Rebuilds(EngineCore):
                 if am_hash not in candidate_doc.heads():
                     raise MalformedInput("Automerge did not apply the change")
                 candidate = candidate_doc.materialize()
-                desc = self._descriptor_at(txn, batch, registry, body.hlc)  # the one in force when it was made
+                try:
+                    desc = self._descriptor_at(txn, batch, registry, body.hlc)  # the one in force when it was made
+                except UnknownRegistry:
+                    # Held by an erasure's paths before its registry came (a
+                    # notice voided since): refused until the registry's
+                    # create comes, which judges it (_after_registry_known).
+                    raise PolicyDenied(f"registry {registry} is not known here yet") from None
                 # Judged on what it made of what its author saw, as ingest
                 # judges it (RemoteIngest._check_state): its own history.
                 if body.is_genesis:
