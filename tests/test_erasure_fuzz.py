@@ -1253,14 +1253,16 @@ def test_a_supplement_written_into_a_create_that_stopped_counting_still_vouches_
     a's notice first, then a3's create, k's supplement and s: the
     supplement is refused there, but its signer's vouching for B's chain
     is not a3's to take back, so x links past the erased edit and takes s;
-    and so does y, which takes k's delegation last. Before, x kept s parked for good, while nodes that had counted the
+    and so do y, which takes k's delegation last, and z, which takes a's
+    create of the notice last (the refused supplement is read again when
+    a create of its notice comes to count). Before, x kept s parked for good, while nodes that had counted the
     supplement before the revocation came held it (a random revocation
     history with erasures, seed 20014)."""
     org_a, org_b = KeyPair.generate(), KeyPair.generate()
     a3_key = KeyPair.generate()
     a, a3 = org_node(tmp_path / "a", org_a), org_node(tmp_path / "a3", org_a, a3_key)
     k, x = org_node(tmp_path / "k", org_b), org_node(tmp_path / "x", KeyPair.generate())
-    y = org_node(tmp_path / "y", KeyPair.generate())
+    y, z = org_node(tmp_path / "y", KeyPair.generate()), org_node(tmp_path / "z", KeyPair.generate())
     a.create_registry("open.things", ["cluster"], write_policy="members")
     a.put("open.things", "cluster", {"name": "of-A"}, id="r")
     for node in (a3, k):
@@ -1275,8 +1277,9 @@ def test_a_supplement_written_into_a_create_that_stopped_counting_still_vouches_
     _revoke(org_a, a, a3_key, {})
     delegation = [w for w in wires(k) if open_envelope(w, verify=False).body.registry == "grid.members"
                   and open_envelope(w, verify=False).body.author == k.engine.key.did]
-    for node, last in ((x, []), (y, delegation)):
-        deliver(node, wires(a))
+    a_notice = [w for w in wires(a) if open_envelope(w, verify=False).body.registry == ERASURES_REGISTRY]
+    for node, last in ((x, []), (y, delegation), (z, a_notice)):
+        deliver(node, [w for w in wires(a) if w not in last])
         deliver(node, wires(a3) + [w for w in wires(k) if w not in last])
         deliver(node, last)
         assert readable(node, "open.things", "r") == "erased"
@@ -1405,3 +1408,45 @@ def test_a_revocation_that_voids_a_notice_of_a_record_whose_registry_is_not_know
     assert fresh.get("open.things", "x")["fields"] == {"name": "of-B"}
     assert parked(fresh) == [] and fresh.verify().ok
     assert fresh.state_digest() == b.state_digest()
+
+
+def test_a_refused_supplement_of_a_notice_that_counts_nowhere_here_erases_nothing(tmp_path: Path) -> None:
+    """A's key a3 erases A's r, and k, B's node that edited r, lists its
+    place in a3's notice; then A revokes a3 with none of its notices
+    counting, so no create of the notice counts anywhere. y takes the
+    revocation, and r's create before it knows r's registry (it waits),
+    then a3's create and k's supplement, both refused. The supplement
+    vouches for nothing and drops nothing here: no create of its notice
+    counts. r comes in once its registry does, as on a. Before, the refused
+    supplement dropped r's waiting create as the erased record's (a random
+    revocation history with erasures, seed 40085, right after the fix
+    above)."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a3_key = KeyPair.generate()
+    a, a3 = org_node(tmp_path / "a", org_a), org_node(tmp_path / "a3", org_a, a3_key)
+    k, y = org_node(tmp_path / "k", org_b), LocalRegistry.open_path(tmp_path / "y", KeyPair.generate())
+    a.create_registry("open.things", ["cluster"], write_policy="members")
+    a.put("open.things", "cluster", {"name": "of-A"}, id="r")
+    for node in (a3, k):
+        deliver(node, wires(a))
+    k.update("open.things", "r", patch={"by": "k"})
+    a3.erase("open.things", "r")
+    deliver(k, wires(a3))
+    assert list(k.get(ERASURES_REGISTRY, erasure_id("open.things", "r", org_a.did))["fields"]["supplements"]) == \
+        [k.engine.key.did]
+    _revoke(org_a, a, a3_key, {})
+
+    def where(wire: bytes) -> tuple[str, str]:
+        body = open_envelope(wire, verify=False).body
+        return body.registry, body.record
+
+    deliver(y, [w for node in (a, a3, k) for w in wires(node) if where(w)[0] == "grid.members"] +
+            [w for w in wires(a) if where(w) == ("open.things", "r")])
+    waiting = parked(y)
+    assert waiting == [("open.things", "r", a.engine.key.did, 1)]
+    results = deliver(y, list(dict.fromkeys(w for w in wires(a3) + wires(k) if where(w)[0] == ERASURES_REGISTRY)))
+    assert {r.status for r in results} == {"refused"}
+    assert parked(y) == waiting
+    deliver(y, wires(a) + wires(a3) + wires(k))
+    assert y.get("open.things", "r")["fields"] == a.get("open.things", "r")["fields"] == {"name": "of-A"}
+    assert parked(y) == [] and y.verify().ok

@@ -262,6 +262,8 @@ class Erasing(EngineCore):
         at = env.body.hlc[0]
         vouched = replace(notice, positions=tuple(listed)).vouches(lambda did: self.trust.orgs_ever(did, at))
         self.metrics["erasure.positions_not_vouched"] += len(listed) - len(vouched)
+        if body.is_snapshot:
+            vouched += self._vouched_by_refused(txn, batch, record["id"])
         for _, chain_author, ranges in vouched:
             for first, last in ranges:
                 erasures.vouch(self.store, txn, notice.registry, chain_author, first, last, notice.id,
@@ -785,7 +787,13 @@ class Erasing(EngineCore):
         unless the signer's own chain does not count there (revoked past its
         cutoff, quarantined). Else a node that judged the supplement refused
         from the start would never link past the places it lists, which a
-        node that counted it before the revocation came has linked past."""
+        node that counted it before the revocation came has linked past.
+        Only while a create of the notice counts here: a notice that counts
+        nowhere erases nothing (one that comes to count reads it then:
+        _after_erasure_notice)."""
+        current = records.get_record(self.store, txn, ERASURES_REGISTRY, env.body.record)
+        if current is None or current["deleted"]:
+            return
         found = self._refused_supplement(txn, batch, env)
         if found is None:
             return
@@ -799,6 +807,17 @@ class Erasing(EngineCore):
         self._drop_parked(txn, notice)
         for chain_author in sorted({author for _, author, _ in vouched}):
             self._link_vouched(txn, batch, notice.registry, chain_author, origin)
+
+    def _vouched_by_refused(self, txn: Txn, batch: Batch,
+                            notice_id: str) -> list[tuple[str, str, tuple[tuple[int, int], ...]]]:
+        """The positions that the notice's refused supplements vouch for
+        (_after_refused_supplement): read again when a create of the notice
+        comes to count, or a delegation comes."""
+        out = []
+        for cid in records.refused_changes(self.store, txn, ERASURES_REGISTRY, notice_id).values():
+            found = self._refused_supplement(txn, batch, self._stored_envelope(txn, batch, cid))
+            out += found[1] if found is not None else []
+        return out
 
     def _refused_supplement(self, txn: Txn, batch: Batch, env: Envelope | Draft) -> tuple[
             ErasureNotice, list[tuple[str, str, tuple[tuple[int, int], ...]]]] | None:
@@ -890,11 +909,7 @@ class Erasing(EngineCore):
                         continue  # not a view this node honoured when it was committed
             at = record["updated_hlc"][0]  # the notice's last change: as when it was committed (ever since)
             vouched = replace(notice, positions=tuple(listed)).vouches(lambda did: self.trust.orgs_ever(did, at))
-            for cid in records.refused_changes(self.store, txn, ERASURES_REGISTRY, notice.id).values():
-                # A supplement refused with the create it built on vouches
-                # too (_after_refused_supplement).
-                found = self._refused_supplement(txn, batch, self._stored_envelope(txn, batch, cid))
-                vouched += found[1] if found is not None else []
+            vouched += self._vouched_by_refused(txn, batch, notice.id)
             linked: set[str] = set()
             for voucher, author, ranges in vouched:
                 if key_did not in (voucher, author):
