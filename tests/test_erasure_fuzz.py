@@ -1450,3 +1450,77 @@ def test_a_refused_supplement_of_a_notice_that_counts_nowhere_here_erases_nothin
     deliver(y, wires(a) + wires(a3) + wires(k))
     assert y.get("open.things", "r")["fields"] == a.get("open.things", "r")["fields"] == {"name": "of-A"}
     assert parked(y) == [] and y.verify().ok
+
+
+def test_a_gap_no_node_can_fill_past_a_revoked_keys_cutoff_holds_back_no_valid_key(tmp_path: Path) -> None:
+    """A's key a3 creates x, erases it (no node keeps x's create), then
+    edits A's r; b, B's node, honours the notice (it links past x's create,
+    its place vouched for), takes a3's edit and edits r on top of it, then
+    creates z. A revokes a3 with none of its changes counting: the notice
+    stops counting, and a3's edit and b's edit built on it count nowhere.
+    y takes the revocation first: the notice is refused there, so nothing
+    vouches for the place of x's create, whose bytes no node has. That
+    place is past a3's cutoff, where nothing counts: y links past it
+    without its bytes, keeps a3's edit as refused evidence, refuses b's
+    edit built on it and takes z. Before, a3's edit waited for x's create
+    for good there, b's edit for a3's, and every later change of b in the
+    registry behind it (a random revocation history with erasures, seed
+    40005)."""
+    org_a, org_b, a3_key = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    a, a3 = org_node(tmp_path / "a", org_a), org_node(tmp_path / "a3", org_a, a3_key)
+    b, y = org_node(tmp_path / "b", org_b), LocalRegistry.open_path(tmp_path / "y", KeyPair.generate())
+    a.create_registry("open.things", ["cluster"], write_policy="members")
+    a.put("open.things", "cluster", {"name": "of-A"}, id="r")
+    deliver(a3, wires(a))
+    deliver(b, wires(a))
+    a3.put("open.things", "cluster", {"name": "by-a3"}, id="x")
+    a3.erase("open.things", "x")
+    a3.update("open.things", "r", patch={"by": "a3"})
+    deliver(b, wires(a3))
+    b.update("open.things", "r", patch={"by": "b"})
+    _revoke(org_a, a, a3_key, {})
+    deliver(b, wires(a))
+    b.put("open.things", "cluster", {"name": "of-B"}, id="z")
+    assert b.get("open.things", "r")["fields"] == {"name": "of-A"}
+
+    deliver(y, wires(a))  # the revocation first
+    deliver(y, wires(a3) + wires(b))
+    assert y.get("open.things", "z")["fields"] == {"name": "of-B"}
+    assert y.get("open.things", "r")["fields"] == {"name": "of-A"}
+    assert parked(y) == [] and y.verify().ok
+    assert y.engine.version_vector()["open.things"] == b.engine.version_vector()["open.things"]
+    assert y.state_digest() == b.state_digest()
+
+
+def test_changes_past_a_revoked_keys_cutoff_that_arrive_out_of_order_are_kept_as_evidence_in_their_places(
+        tmp_path: Path) -> None:
+    """A revokes a3 with none of its changes counting; a3 made three. w
+    takes the revocation, then a3's third change: the two places before it
+    count nowhere, so w links past them at once (the first unseen, the
+    second by the ID the third names). When the first two come they take
+    their places, kept as evidence like the third: w ends with a3's chain
+    as a node that took them in order, every change stored, none counting."""
+    org_a, a3_key = KeyPair.generate(), KeyPair.generate()
+    a, a3 = org_node(tmp_path / "a", org_a), org_node(tmp_path / "a3", org_a, a3_key)
+    w, v = (LocalRegistry.open_path(tmp_path / name, KeyPair.generate()) for name in ("w", "v"))
+    a.create_registry("open.things", ["cluster"], write_policy="members")
+    deliver(a3, wires(a))
+    for n in range(3):
+        a3.put("open.things", "cluster", {"name": f"by-a3-{n}"}, id=f"x{n}")
+    _revoke(org_a, a, a3_key, {})
+    own = [w_ for w_ in wires(a3) if open_envelope(w_, verify=False).body.registry == "open.things"
+           and open_envelope(w_, verify=False).body.author == a3_key.did]
+    assert [open_envelope(w_, verify=False).body.seq for w_ in own] == [1, 2, 3]
+    deliver(v, wires(a) + wires(a3))
+    deliver(w, wires(a) + [w_ for w_ in wires(a3) if w_ not in own])
+    assert [r.status for r in deliver(w, own[2:])] == ["refused"]
+    assert w.engine.version_vector()["open.things"][a3_key.did] == 3
+    assert [r.status for r in deliver(w, own[:2])] == ["refused", "refused"]
+    for node in (v, w):
+        assert all(node.change(open_envelope(w_, verify=False).cid) == w_ for w_ in own)
+        for n in range(3):
+            with pytest.raises(NotFound):
+                node.get("open.things", f"x{n}")
+        assert parked(node) == [] and node.verify().ok
+    assert w.state_digest() == v.state_digest()
+    assert w.engine.version_vector() == v.engine.version_vector()

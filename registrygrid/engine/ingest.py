@@ -42,6 +42,7 @@ from registrygrid.engine.values import (
 from registrygrid.errors import (
     ChainBroken,
     Equivocation,
+    KeyRevoked,
     MalformedInput,
     NotOwner,
     PolicyDenied,
@@ -116,6 +117,9 @@ class RemoteIngest(EngineCore):
         if changes.has(self.store, txn, env.cid) or env.cid in batch.drafts:
             if self._has_erasures and self._restorable(txn, env.cid):  # type: ignore[attr-defined]
                 return self._restore(txn, batch, env, peer)  # type: ignore[attr-defined]
+            if self._has_erasures and (erasures.change(self.store, txn, env.cid) or {}).get("notice") \
+                    == erasures.PAST_CUTOFF:
+                return self._keep_past_cutoff(txn, batch, env, peer)  # its ID was linked before it came
             return IngestResult("duplicate", env.id)
         since = self.trust.quarantined_since(body.author, body.registry)
         if since is not None and since <= body.seq \
@@ -124,6 +128,16 @@ class RemoteIngest(EngineCore):
             # as evidence already (a peer shows it with each sync pass).
             return IngestResult("duplicate", env.id)
         head_seq, head_cid = self._head(txn, batch, body.registry, body.author)
+        if body.seq > head_seq + 1 and self._past_cutoff(body.registry, body.author, head_seq + 1):
+            # The places before it count nowhere (its author's revocation
+            # cut them): linked past at once, as a notice's vouched places
+            # are, so a gap whose bytes no node has (an erased change whose
+            # notice stopped counting) holds back nothing that counts: not
+            # this change, refused, nor a valid change built on it.
+            erasures.vouch(self.store, txn, body.registry, body.author, head_seq + 1, body.seq - 1,
+                           erasures.PAST_CUTOFF, "")
+            self._has_erasures = True
+            self.metrics["trust.revoked_places_linked"] += body.seq - 1 - head_seq
         if self._has_erasures:  # type: ignore[attr-defined]
             # Chain positions an erasure notice vouches for (engine/erasure.py).
             if body.seq > head_seq + 1 and self._fill_vouched(txn, batch, body.registry, body.author):  # type: ignore[attr-defined]
@@ -349,6 +363,12 @@ class RemoteIngest(EngineCore):
             self._keep_evidence(txn, batch, env, None)
             raise ChainBroken(f"change {body.seq} of {body.author} does not fit the changes around it")
         vouched = erasures.vouched(self.store, txn, body.registry, body.author, body.seq)
+        if vouched is not None and vouched[0] == erasures.PAST_CUTOFF:
+            chains.link(self.store, txn, body.registry, body.author, body.seq, env.cid)
+            if self._head(txn, batch, body.registry, body.author)[0] == body.seq:
+                batch.heads[(body.registry, body.author)] = self._chain_heads[(body.registry, body.author)] = \
+                    (body.seq, env.cid)
+            return self._keep_past_cutoff(txn, batch, env, peer)
         if vouched is not None and erasures.is_void(self.store, txn, vouched[0]):
             # Linked past on the word of a notice that no longer counts: the
             # change takes its place (and the head, if it is the head).
@@ -359,6 +379,30 @@ class RemoteIngest(EngineCore):
             return self._restore(txn, batch, env, peer)  # type: ignore[attr-defined]
         self._learn_unseen(txn, batch, body.registry, body.author, body.seq, env.cid, body.record)  # type: ignore[attr-defined]
         return IngestResult("erased", env.id)
+
+    def _past_cutoff(self, registry: str, author: str, seq: int) -> bool:
+        """Whether change ``seq`` of the author's chain in ``registry`` is past
+        the cutoff of a revocation of the author that counts here."""
+        if registry == MEMBERS_REGISTRY:
+            return False
+        revoked = self.trust.revoked(author)
+        return revoked is not None and seq > revoked.cutoff(registry)
+
+    def _keep_past_cutoff(self, txn: Txn, batch: Batch, env: Envelope, peer: str) -> IngestResult:
+        """A change at a place linked past without it (_past_cutoff) came:
+        kept as evidence, refused, as on a node that had it in order."""
+        body = env.body
+        changes.put_received(self.store, txn, env)
+        erasures.drop_change(self.store, txn, env.cid)
+        records.mark_refused(self.store, txn, body.registry, body.record, automerge_of(env)[0], env.cid)
+        why = KeyRevoked(f"{body.author} was revoked; its change #{body.seq} in {body.registry} is past the "
+                         "revocation's cutoff")
+        self.metrics[f"rejected.{why.code}"] += 1
+        self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action="deny",
+                          target=f"{body.registry}/{body.record}",
+                          reason=f"{why.audit_reason()} (from {peer}; kept as evidence, not applied)"[:512],
+                          change=env.id)
+        return IngestResult("refused", env.id, error=why)
 
     def _refuse_by_schema(self, txn: Txn, batch: Batch, env: Envelope, exc: SchemaViolation,
                           peer: str, claim: dict[str, Any]) -> IngestResult:

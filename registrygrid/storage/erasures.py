@@ -47,6 +47,11 @@ from registrygrid.storage.store import SEP, Store, key, pack, u64, unpack
 UNSEEN = b"\x00" * 36
 
 ERASED, WAITING, REFUSED, VOID = "erased", "waiting", "refused", "void"
+# The notice id that chain positions past their author's revocation cutoff
+# are vouched under: no change there counts anywhere, so a gap there (bytes
+# no node has: an erased change whose notice stopped counting) is linked
+# past without them, the revocation its warrant (never a notice's id).
+PAST_CUTOFF = "past-revocation-cutoff"
 
 
 def burned(state: str) -> bool:
