@@ -187,7 +187,7 @@ class Rebuilds(EngineCore):
                 except UnknownRegistry:
                     # Held by an erasure's paths before its registry came (a
                     # notice voided since): refused until the registry's
-                    # create comes, which judges it (_after_registry_known).
+                    # first version comes, which judges it (Committing).
                     raise PolicyDenied(f"registry {registry} is not known here yet") from None
                 # Judged on what it made of what its author saw, as ingest
                 # judges it (RemoteIngest._check_state): its own history.

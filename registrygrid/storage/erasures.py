@@ -12,7 +12,9 @@
                                                    (a change whose body was erased)
               'g' registry \\0 author \\0 u64(first) -> msgpack [last, notice id, record]
                                                    (chain positions a notice vouches were the erased
-                                                   record's: a gap there is filled without the body)
+                                                   record's: a gap there is filled without the body;
+                                                   under PAST_CUTOFF, places past the author's
+                                                   revocation cutoff, where nothing counts)
               'h' registry \\0 record \\0 Automerge hash -> notice id
                                                    (the Automerge changes of erased changes of a
                                                    record another org's create still holds: a change
