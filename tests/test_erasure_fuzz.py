@@ -1255,9 +1255,10 @@ def test_a_supplement_written_into_a_create_that_stopped_counting_still_vouches_
     is not a3's to take back, so x links past the erased edit and takes s;
     and so do y, which takes k's delegation last, and z, which takes a's
     create of the notice last (the refused supplement is read again when
-    a create of its notice comes to count). Before, x kept s parked for good, while nodes that had counted the
-    supplement before the revocation came held it (a random revocation
-    history with erasures, seed 20014)."""
+    a create of its notice comes to count). Before, x kept s parked for
+    good, while nodes that had counted the supplement before the
+    revocation came held it (a random revocation history with erasures,
+    seed 20014)."""
     org_a, org_b = KeyPair.generate(), KeyPair.generate()
     a3_key = KeyPair.generate()
     a, a3 = org_node(tmp_path / "a", org_a), org_node(tmp_path / "a3", org_a, a3_key)

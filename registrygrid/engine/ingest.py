@@ -397,12 +397,16 @@ class RemoteIngest(EngineCore):
         records.mark_refused(self.store, txn, body.registry, body.record, automerge_of(env)[0], env.cid)
         why = KeyRevoked(f"{body.author} was revoked; its change #{body.seq} in {body.registry} is past the "
                          "revocation's cutoff")
+        self._count_refusal(txn, env, why, f"from {peer}; kept as evidence, not applied")
+        return IngestResult("refused", env.id, error=why)
+
+    def _count_refusal(self, txn: Txn, env: Envelope, why: RegistryError, note: str) -> None:
+        """A change kept as evidence, not applied: counted and audited."""
+        body = env.body
         self.metrics[f"rejected.{why.code}"] += 1
         self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action="deny",
-                          target=f"{body.registry}/{body.record}",
-                          reason=f"{why.audit_reason()} (from {peer}; kept as evidence, not applied)"[:512],
+                          target=f"{body.registry}/{body.record}", reason=f"{why.audit_reason()} ({note})"[:512],
                           change=env.id)
-        return IngestResult("refused", env.id, error=why)
 
     def _refuse_by_schema(self, txn: Txn, batch: Batch, env: Envelope, exc: SchemaViolation,
                           peer: str, claim: dict[str, Any]) -> IngestResult:
@@ -487,11 +491,7 @@ class RemoteIngest(EngineCore):
             (body.seq, env.cid)
         records.mark_refused(self.store, txn, body.registry, body.record, automerge_of(env)[0], env.cid)
         if audit:
-            self.metrics[f"rejected.{why.code}"] += 1
-            self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action="deny",
-                              target=f"{body.registry}/{body.record}",
-                              reason=f"{why.audit_reason()} (from {peer}; kept as evidence, not applied)"[:512],
-                              change=env.id)
+            self._count_refusal(txn, env, why, f"from {peer}; kept as evidence, not applied")
         if body.registry == ERASURES_REGISTRY and body.op == "update":
             self._after_refused_supplement(txn, batch, env, peer)  # type: ignore[attr-defined]
         return IngestResult("refused", env.id, error=why)
@@ -518,11 +518,7 @@ class RemoteIngest(EngineCore):
         self._rebuild(txn, batch, body.registry, body.record, cause=env, origin=peer)
         if records.counts(self.store, txn, body.registry, body.record, env.cid, body.change_hash):
             return IngestResult("applied", env.id, self._batch_feed_seq)
-        self.metrics[f"rejected.{refusal.code}"] += 1
-        self.audit.append(txn, at_ms=self.now_ms(), actor=body.author, action="deny",
-                          target=f"{body.registry}/{body.record}",
-                          reason=f"{refusal.audit_reason()} (kept as evidence)"[:512],
-                          change=env.id)
+        self._count_refusal(txn, env, refusal, "kept as evidence")
         return IngestResult("refused", env.id, error=refusal)
 
     def _check_state(self, env: Envelope, state: dict[str, Any], desc: regs.RegistryDescriptor, *,
