@@ -1525,3 +1525,45 @@ def test_changes_past_a_revoked_keys_cutoff_that_arrive_out_of_order_are_kept_as
         assert parked(node) == [] and node.verify().ok
     assert w.state_digest() == v.state_digest()
     assert w.engine.version_vector() == v.engine.version_vector()
+
+
+def test_a_create_a_void_notice_erased_wins_the_id_back_from_another_orgs_later_notice(
+        tmp_path: Path) -> None:
+    """A creates r; B, not knowing it, creates r later: A's create holds the
+    id. A's key a3 erases r; B's node b erases its own r (its notice names
+    B's create). A revokes a3 with none of its notices counting. x honoured
+    a3's notice, took the revocation (the notice no longer counts there:
+    r's changes are taken again as they come), then B's notice while r's
+    bytes were still gone: the id is free, and B's notice erases B's r,
+    the only create of it x knows. Then A's create comes back: it came
+    before the create B's notice names, so it wins the id back, as such a
+    create does when it first arrives after an erasure, and B's notice is
+    refused there, as on a. Before, x dropped A's create as a change of a
+    record erased since, and r stayed erased there for good (a random
+    revocation history with erasures, seed 42111)."""
+    org_a, org_b, a3_key = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    a, a3 = org_node(tmp_path / "a", org_a), org_node(tmp_path / "a3", org_a, a3_key)
+    b, x = org_node(tmp_path / "b", org_b), LocalRegistry.open_path(tmp_path / "x", KeyPair.generate())
+    a.create_registry("open.things", ["cluster"], write_policy="members")
+    deliver(b, wires(a))
+    a.put("open.things", "cluster", {"name": "of-A"}, id="r")
+    b.put("open.things", "cluster", {"name": "of-B"}, id="r")
+    deliver(a3, wires(a))
+    a3.erase("open.things", "r")
+    b.erase("open.things", "r")
+    _revoke(org_a, a, a3_key, {})
+
+    def where(wire: bytes) -> str:
+        return open_envelope(wire, verify=False).body.registry
+
+    deliver(x, [w for node in (a, a3, b) for w in wires(node) if where(w) == "grid.members"
+                and open_envelope(w, verify=False).body.kind != "revocation"] + wires(a3))
+    assert readable(x, "open.things", "r") == "erased"
+    deliver(x, [w for w in wires(a) if open_envelope(w, verify=False).body.kind == "revocation"])
+    deliver(x, [w for w in wires(b) if where(w) == ERASURES_REGISTRY])
+    assert {e["record"]: e["state"] for e in x.erasures()} == {"r": "erased"}  # the id is B's as far as x knows
+    deliver(x, wires(a) + wires(b))
+    assert {e["record"]: e["state"] for e in x.erasures()} == {"r": "refused"}
+    deliver(a, wires(b))
+    assert x.get("open.things", "r")["fields"] == a.get("open.things", "r")["fields"] == {"name": "of-A"}
+    assert parked(x) == [] and x.verify().ok

@@ -1026,16 +1026,22 @@ class Erasing(EngineCore):
         if records.refused_changes(self.store, txn, registry, record_id):
             self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)  # type: ignore[attr-defined]
 
-    def _restorable(self, txn: Txn, cid: bytes) -> bool:
+    def _restorable(self, txn: Txn, cid: bytes, env: Envelope | None = None) -> bool:
         """Whether ``cid`` is a change this node erased by a notice that no
-        longer counts, whose record no other notice erased since."""
+        longer counts, whose record no other notice erased since; or, erased
+        since by another org's notice (its bytes were still gone when that
+        notice came), a create that came before the one that notice names:
+        it wins the id back, as such a create does on first arrival
+        (_erased_race). Without ``env`` (what to ask peers for), maybe."""
         if not changes.is_erased(self.store, txn, cid):
             return False
         known = erasures.change(self.store, txn, cid)
         if known is None or not erasures.is_void(self.store, txn, known["notice"]):
             return False
         held = erasures.mark(self.store, txn, known["registry"], known["record"])
-        return held is None or not erasures.burned(held[1])
+        if held is None or not erasures.burned(held[1]):
+            return True
+        return held[0] != known["notice"] and (env is None or self._erased_race(txn, env))
 
     def _restore(self, txn: Txn, batch: Batch, env: Envelope, peer: str) -> IngestResult:
         """Take again a change erased by a notice that no longer counts: its

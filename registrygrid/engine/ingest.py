@@ -115,7 +115,7 @@ class RemoteIngest(EngineCore):
     def _take_in(self, txn: Txn, batch: Batch, env: Envelope, peer: str) -> IngestResult:
         body = env.body
         if changes.has(self.store, txn, env.cid) or env.cid in batch.drafts:
-            if self._has_erasures and self._restorable(txn, env.cid):  # type: ignore[attr-defined]
+            if self._has_erasures and self._restorable(txn, env.cid, env):  # type: ignore[attr-defined]
                 return self._restore(txn, batch, env, peer)  # type: ignore[attr-defined]
             if self._has_erasures and (erasures.change(self.store, txn, env.cid) or {}).get("notice") \
                     == erasures.PAST_CUTOFF:
