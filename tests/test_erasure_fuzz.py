@@ -1567,3 +1567,38 @@ def test_a_create_a_void_notice_erased_wins_the_id_back_from_another_orgs_later_
     deliver(a, wires(b))
     assert x.get("open.things", "r")["fields"] == a.get("open.things", "r")["fields"] == {"name": "of-A"}
     assert parked(x) == [] and x.verify().ok
+
+
+def test_a_signers_word_on_its_own_chain_counts_in_a_supplement_of_a_notice_that_counts_nowhere(
+        tmp_path: Path) -> None:
+    """B's key b4 erases B's r; a2, A's node, erases its own edit of r as the
+    notice asks and lists its place (its supplement), then creates z. B
+    revokes b4 with none of its changes counting, so no create of the
+    notice counts anywhere and no node kept a2's edit. y takes the
+    revocation first: the notice and a2's supplement are refused there,
+    and erase nothing, but a2's word on its own chain links past the place
+    of its edit, so z comes in; a change that came for that place would be
+    taken in, since nothing erased its record here. Before, z waited for
+    the edit for good on y, and with it every later change of a2 in the
+    registry (a random revocation history with erasures, seed 42036)."""
+    org_a, org_b, b4_key = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    a2, b = org_node(tmp_path / "a2", org_a), org_node(tmp_path / "b", org_b)
+    b4, y = org_node(tmp_path / "b4", org_b, b4_key), LocalRegistry.open_path(tmp_path / "y", KeyPair.generate())
+    b.create_registry("open.things", ["cluster"], write_policy="members")
+    b.put("open.things", "cluster", {"name": "of-B"}, id="r")
+    for node in (a2, b4):
+        deliver(node, wires(b))
+    a2.update("open.things", "r", patch={"by": "a2"})
+    b4.erase("open.things", "r")
+    deliver(a2, wires(b4))
+    assert list(a2.get(ERASURES_REGISTRY, erasure_id("open.things", "r", org_b.did))["fields"]["supplements"]) \
+        == [a2.engine.key.did]
+    a2.put("open.things", "cluster", {"name": "of-A"}, id="z")
+    _revoke(org_b, b, b4_key, {})
+    deliver(y, wires(b))  # the revocation first
+    deliver(y, wires(b4) + wires(a2))
+    assert y.get("open.things", "z")["fields"] == {"name": "of-A"}
+    assert y.get("open.things", "r")["fields"] == b.get("open.things", "r")["fields"] == {"name": "of-B"}
+    assert y.erasures() == []
+    assert parked(y) == [] and y.verify().ok
+    assert y.engine.version_vector()["open.things"] == a2.engine.version_vector()["open.things"]

@@ -788,23 +788,30 @@ class Erasing(EngineCore):
         cutoff, quarantined). Else a node that judged the supplement refused
         from the start would never link past the places it lists, which a
         node that counted it before the revocation came has linked past.
-        Only while a create of the notice counts here: a notice that counts
-        nowhere erases nothing (one that comes to count reads it then:
-        _after_erasure_notice)."""
+        Where no create of the notice counts, the notice erases nothing
+        (one that comes to count reads it then: _after_erasure_notice), but
+        the signer's word on its own chain still links past the places it
+        erased itself, whose bytes may be gone everywhere: a change that
+        comes for one is taken in (nothing erased its record here:
+        RemoteIngest._arrived_unseen)."""
         current = records.get_record(self.store, txn, ERASURES_REGISTRY, env.body.record)
-        if current is None or current["deleted"]:
-            return
+        counts_here = current is not None and not current["deleted"]
         found = self._refused_supplement(txn, batch, env)
         if found is None:
             return
         notice, vouched = found
+        if not counts_here:
+            vouched = [entry for entry in vouched if entry[0] == entry[1] == env.body.author]
+            if not vouched:
+                return
         self._has_erasures = True
         for _, chain_author, ranges in vouched:
             for first, last in ranges:
                 erasures.vouch(self.store, txn, notice.registry, chain_author, first, last, notice.id,
                                notice.record)
         self.metrics["erasure.refused_supplement_vouched"] += 1
-        self._drop_parked(txn, notice)
+        if counts_here:
+            self._drop_parked(txn, notice)
         for chain_author in sorted({author for _, author, _ in vouched}):
             self._link_vouched(txn, batch, notice.registry, chain_author, origin)
 

@@ -353,7 +353,8 @@ class RemoteIngest(EngineCore):
     def _arrived_unseen(self, txn: Txn, batch: Batch, env: Envelope, peer: str) -> IngestResult:
         """A change arrived for a position this node linked past unseen (an
         erasure notice vouched for it): if it fits the chain around it, its
-        ID takes the place; its bytes are not kept."""
+        ID takes the place; its bytes are kept only if nothing erased its
+        record here (the notice no longer counts, or never acted here)."""
         body = env.body
         before = chains.at(self.store, txn, body.registry, body.author, body.seq - 1) if body.seq > 1 else b""
         after = chains.at(self.store, txn, body.registry, body.author, body.seq + 1)
@@ -369,9 +370,11 @@ class RemoteIngest(EngineCore):
                 batch.heads[(body.registry, body.author)] = self._chain_heads[(body.registry, body.author)] = \
                     (body.seq, env.cid)
             return self._keep_past_cutoff(txn, batch, env, peer)
-        if vouched is not None and erasures.is_void(self.store, txn, vouched[0]):
-            # Linked past on the word of a notice that no longer counts: the
-            # change takes its place (and the head, if it is the head).
+        if vouched is not None and (erasures.is_void(self.store, txn, vouched[0])
+                                    or erasures.mark(self.store, txn, body.registry, body.record) is None):
+            # Linked past on the word of a notice that no longer counts, or
+            # that erased nothing of this change's record here: the change
+            # takes its place (and the head, if it is the head).
             chains.link(self.store, txn, body.registry, body.author, body.seq, env.cid)
             if self._head(txn, batch, body.registry, body.author)[0] == body.seq:
                 batch.heads[(body.registry, body.author)] = self._chain_heads[(body.registry, body.author)] = \
