@@ -1602,3 +1602,36 @@ def test_a_signers_word_on_its_own_chain_counts_in_a_supplement_of_a_notice_that
     assert y.erasures() == []
     assert parked(y) == [] and y.verify().ok
     assert y.engine.version_vector()["open.things"] == a2.engine.version_vector()["open.things"]
+
+
+def test_a_change_built_on_one_erased_at_an_unseen_place_is_erased_on_arrival_too(tmp_path: Path) -> None:
+    """A's node a creates r and edits it; y, a lagging node, holds both,
+    and B's node b edits r on top of a's edit. a erases r. x takes the
+    notice first: it links past a's places unseen. Then a's changes come
+    from y, each erased on arrival at its unseen place, and then b's edit,
+    built on a's: it is the erased record's too, and is erased on arrival
+    (its place kept by its ID), as on a node that erased a's edit with its
+    bytes. Before, x did not know what a's edit was to the document (only
+    its ID was kept), and b's edit waited for it for good (a random erasure
+    history with a third org's node, seed 53114)."""
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a, b = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b", org_b)
+    x, y = org_node(tmp_path / "x", KeyPair.generate()), org_node(tmp_path / "y", KeyPair.generate())
+    a.create_registry("open.things", ["cluster"], write_policy="members")
+    a.put("open.things", "cluster", {"name": "of-A"}, id="r")
+    a.update("open.things", "r", patch={"more": "of-A"})
+    deliver(y, wires(a))
+    deliver(b, wires(y))
+    b.update("open.things", "r", patch={"by": "a-secret-of-b"})
+    a.erase("open.things", "r")
+    deliver(x, [w for node in (a, b, y) for w in wires(node)
+                if open_envelope(w, verify=False).body.registry in ("grid.members", "grid.registries")])
+    deliver(x, [w for w in wires(a) if open_envelope(w, verify=False).body.registry == ERASURES_REGISTRY])
+    assert readable(x, "open.things", "r") == "erased"
+    assert {r.status for r in deliver(x, [w for w in wires(y) if open_envelope(w, verify=False).body.record == "r"])} \
+        == {"erased"}
+    edit = [w for w in wires(b) if open_envelope(w, verify=False).body.author == b.engine.key.did
+            and open_envelope(w, verify=False).body.record == "r"]
+    assert [r.status for r in deliver(x, edit)] == ["erased"]
+    assert parked(x) == [] and x.verify().ok
+    assert stores_holding(x, "a-secret-of-b") == []

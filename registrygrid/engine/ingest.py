@@ -381,6 +381,11 @@ class RemoteIngest(EngineCore):
                     (body.seq, env.cid)
             return self._restore(txn, batch, env, peer)  # type: ignore[attr-defined]
         self._learn_unseen(txn, batch, body.registry, body.author, body.seq, env.cid, body.record)  # type: ignore[attr-defined]
+        if vouched is not None:
+            # A change built on this one is known for what it is when it
+            # comes (engine/erasure.py _built_on_erased), as where it was
+            # erased with its bytes.
+            erasures.put_hash(self.store, txn, body.registry, body.record, automerge_of(env)[0], vouched[0])
         return IngestResult("erased", env.id)
 
     def _past_cutoff(self, registry: str, author: str, seq: int) -> bool:
