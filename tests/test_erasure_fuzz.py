@@ -1132,6 +1132,18 @@ def _revoke(org: KeyPair, node: LocalRegistry, key: KeyPair, cutoffs: dict[str, 
     node.put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, id=record_id)
 
 
+def _raced_id(tmp_path: Path, org_a: KeyPair, org_b: KeyPair, record_id: str) -> tuple[LocalRegistry, LocalRegistry]:
+    """A's node a creates ``record_id`` in open.things (any member may edit
+    it), then B's node b, which never saw it, creates it too: A's create
+    came first and holds the id."""
+    a, b = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b", org_b)
+    a.create_registry("open.things", ["cluster"], write_policy="members")
+    deliver(b, wires(a))
+    a.put("open.things", "cluster", {"name": "of-A"}, id=record_id)
+    b.put("open.things", "cluster", {"name": "of-B"}, id=record_id)
+    return a, b
+
+
 def test_a_notice_its_signers_revocation_cuts_is_undone_and_the_record_comes_back_from_a_peer_that_kept_it(
         tmp_path: Path) -> None:
     """A's node a creates r; A's key k (stolen) erases it, and A revokes k
@@ -1381,12 +1393,8 @@ def test_a_revocation_that_voids_a_notice_of_a_record_whose_registry_is_not_know
     everything in one batch in that order never held it (a random
     revocation history with erasures, seed 40075)."""
     org_a, org_b, k_key = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
-    a, k = org_node(tmp_path / "a", org_a), org_node(tmp_path / "k", org_a, k_key)
-    b, fresh = org_node(tmp_path / "b", org_b), LocalRegistry.open_path(tmp_path / "fresh", KeyPair.generate())
-    a.create_registry("open.things", ["cluster"], write_policy="members")
-    deliver(b, wires(a))
-    a.put("open.things", "cluster", {"name": "of-A"}, id="x")
-    b.put("open.things", "cluster", {"name": "of-B"}, id="x")
+    a, b = _raced_id(tmp_path, org_a, org_b, "x")
+    k, fresh = org_node(tmp_path / "k", org_a, k_key), LocalRegistry.open_path(tmp_path / "fresh", KeyPair.generate())
     deliver(k, wires(a))
     k.erase("open.things", "x")
     deliver(a, wires(k))
@@ -1542,12 +1550,8 @@ def test_a_create_a_void_notice_erased_wins_the_id_back_from_another_orgs_later_
     record erased since, and r stayed erased there for good (a random
     revocation history with erasures, seed 42111)."""
     org_a, org_b, a3_key = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
-    a, a3 = org_node(tmp_path / "a", org_a), org_node(tmp_path / "a3", org_a, a3_key)
-    b, x = org_node(tmp_path / "b", org_b), LocalRegistry.open_path(tmp_path / "x", KeyPair.generate())
-    a.create_registry("open.things", ["cluster"], write_policy="members")
-    deliver(b, wires(a))
-    a.put("open.things", "cluster", {"name": "of-A"}, id="r")
-    b.put("open.things", "cluster", {"name": "of-B"}, id="r")
+    a, b = _raced_id(tmp_path, org_a, org_b, "r")
+    a3, x = org_node(tmp_path / "a3", org_a, a3_key), LocalRegistry.open_path(tmp_path / "x", KeyPair.generate())
     deliver(a3, wires(a))
     a3.erase("open.things", "r")
     b.erase("open.things", "r")
