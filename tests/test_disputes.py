@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from registrygrid.engine.ops import Remote
+from registrygrid.engine.ops import LinkPastGone, Remote
 from registrygrid.errors import NotFound, PolicyDenied, Quarantined, ValidationError
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import open_envelope
-from registrygrid.protocol.sync import answer_sync
+from registrygrid.protocol.sync import GonePlace, answer_sync
 from registrygrid.protocol.sync_session import Applied, Start, SyncSession, run_session
 from registrygrid.sdk import LocalRegistry
 from registrygrid.trust.statements import MEMBERS_REGISTRY, REVOCATION_KIND, revocation_record, sign_revocation
@@ -273,8 +273,10 @@ def sync(source: LocalRegistry, target: LocalRegistry) -> list[Any]:
     ``target`` gets what its version vector lacks, and with its first request
     sends its chains' head tags, so a peer holding another branch of a fork
     at a position it holds shows its change there, and asks by ID for the
-    other branch's changes its evidence names but it lacks. It ends as the
-    node's does: when nothing is left, or nothing more can be applied.
+    other branch's changes its evidence names but it lacks (and others:
+    Engine.wanted); of those, it links past the ones ``source`` says are
+    gone where it was. It ends as the node's does: when nothing is left, or
+    nothing more can be applied.
     Returns the outcomes of every change applied."""
     outcomes: list[Any] = []
 
@@ -283,10 +285,15 @@ def sync(source: LocalRegistry, target: LocalRegistry) -> list[Any]:
         outcomes.extend(results)
         return Applied.of(results)
 
+    def link_gone(places: list[GonePlace]) -> Applied:
+        results = target.execute([LinkPastGone(place, "peer") for place in places])
+        outcomes.extend(results)
+        return Applied.of(results)
+
     vector = target.engine.replicated_vector()
     run_session(SyncSession("fed"), vector=target.engine.replicated_vector, apply=apply,
                 exchange=lambda request: answer_sync(request, source.engine, federation="fed"),
-                start=Start(vector, target.engine.head_tags(vector), target.engine.wanted()))
+                start=Start(vector, target.engine.head_tags(vector), target.engine.wanted()), link_gone=link_gone)
     return outcomes
 
 

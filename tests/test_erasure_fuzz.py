@@ -1639,3 +1639,99 @@ def test_a_change_built_on_one_erased_at_an_unseen_place_is_erased_on_arrival_to
     assert [r.status for r in deliver(x, edit)] == ["erased"]
     assert parked(x) == [] and x.verify().ok
     assert stores_holding(x, "a-secret-of-b") == []
+
+
+def _gone_everywhere_but_named(tmp_path: Path) -> tuple[LocalRegistry, LocalRegistry, LocalRegistry, LocalRegistry]:
+    """A's key j creates r; k, another key of A, erases it, its notice
+    listing j's place. j's node and x honour it: the bytes are gone there.
+    y takes k's revocation first and refuses the notice, never having seen
+    r. The revocation voids the notice on j and x, but no node kept the
+    change. Then j creates s, built on its erased change. Returns a, j, x, y."""
+    from tests.test_disputes import sync
+
+    org_a, k_key, j_key = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    a, k, j = org_node(tmp_path / "a", org_a), org_node(tmp_path / "k", org_a, k_key), \
+        org_node(tmp_path / "j", org_a, j_key)
+    x, y = org_node(tmp_path / "x", KeyPair.generate()), org_node(tmp_path / "y", KeyPair.generate())
+    for node in (k, j, x, y):
+        sync(a, node)
+    j.put(TOOLS, "tool", fields_for(TOOLS, "of-j"), id="r")
+    sync(j, k)
+    sync(j, x)
+    k.erase(TOOLS, "r")
+    sync(k, j)
+    sync(k, x)
+    assert readable(j, TOOLS, "r") == readable(x, TOOLS, "r") == "erased"
+    _revoke(org_a, a, k_key, {})
+    sync(a, y)
+    sync(k, y)  # the revocation first: the notice is refused, and j's place unknown
+    for node in (j, x):
+        sync(a, node)
+        assert readable(node, TOOLS, "r") == "absent"
+    assert stores_holding(j, "of-j") == stores_holding(x, "of-j") == []
+    j.put(TOOLS, "tool", fields_for(TOOLS, "later-of-j"), id="s")
+    return a, j, x, y
+
+
+def test_a_place_no_node_kept_is_linked_past_on_a_peers_word_that_it_is_gone(tmp_path: Path) -> None:
+    """(_gone_everywhere_but_named) y syncs with j and parks s: its chain of
+    j stops before the erased change, which no node can send. With the next
+    sync y asks for that change by the ID s names, and j answers that it is
+    gone there: y links past it and takes s in. It keeps asking for the
+    change, which it would take if any peer still held it. Before, s waited
+    on y for good (docs/erasure.md, "Bytes no peer kept")."""
+    from tests.test_disputes import sync
+
+    _, j, x, y = _gone_everywhere_but_named(tmp_path)
+    sync(j, y)
+    assert parked(y) == [(TOOLS, "s", j.engine.key.did, 2)]
+    outcomes = sync(x, y)  # any node that erased it says so
+    assert "linked" in {o.status for o in outcomes}
+    assert parked(y) == []
+    assert y.get(TOOLS, "s")["fields"] == j.get(TOOLS, "s")["fields"]
+    assert y.engine.version_vector()[TOOLS] == j.engine.version_vector()[TOOLS]
+    assert y.engine.wanted()[TOOLS][j.engine.key.did]  # still asked for, in case a peer kept it
+    assert readable(y, TOOLS, "r") == "absent" and y.verify().ok
+    assert y.engine.metrics["sync.gone_linked"] == 1
+    sync(j, y)  # nothing more to take, nothing changes
+    assert y.get(TOOLS, "s") == j.get(TOOLS, "s") and parked(y) == []
+
+
+def test_a_peer_that_says_a_held_change_is_gone_only_delays_it(tmp_path: Path) -> None:
+    """j creates r, then s. y holds only s (parked). A lying peer says r's
+    create is gone: y links past it and takes s; a word about a place y does
+    not wait at, or an ID its parked change does not name, changes nothing.
+    Its next sync with j asks for r's create by ID, and j sends it: y ends
+    as j is."""
+    from registrygrid.engine.ops import LinkPastGone
+    from registrygrid.protocol.sync import GonePlace
+    from registrygrid.trust.statements import MEMBERS_REGISTRY
+    from tests.test_disputes import sync
+
+    org_a = KeyPair.generate()
+    a, j = org_node(tmp_path / "a", org_a), org_node(tmp_path / "j", org_a)
+    y = org_node(tmp_path / "y", KeyPair.generate())
+    sync(a, j)
+    sync(a, y)
+    j.put(TOOLS, "tool", fields_for(TOOLS, "of-j"), id="r")
+    j.put(TOOLS, "tool", fields_for(TOOLS, "later-of-j"), id="s")
+    by_record = {open_envelope(w, verify=False).body.record: w for w in wires(j)
+                 if open_envelope(w, verify=False).body.registry == TOOLS}
+    deliver(y, [w for w in wires(j) if open_envelope(w, verify=False).body.registry != TOOLS])
+    assert [r.status for r in deliver(y, [by_record["s"]])] == ["pending"]
+    create_of_r = open_envelope(by_record["r"], verify=False).cid
+    author = j.engine.key.did
+    before = y.state_digest()
+    ignored = y.execute([LinkPastGone(GonePlace(TOOLS, author, 1, 1, b"\x01" * 36), "liar"),  # not the ID s names
+                         LinkPastGone(GonePlace(TOOLS, author, 2, 2, create_of_r), "liar"),  # not where y waits
+                         LinkPastGone(GonePlace(MEMBERS_REGISTRY, author, 1, 1, create_of_r), "liar")])
+    assert [o.status for o in ignored] == ["ignored"] * 3 and y.state_digest() == before
+    assert y.engine.metrics["sync.gone_ignored"] == 3
+    (linked,) = y.execute([LinkPastGone(GonePlace(TOOLS, author, 1, 1, create_of_r), "liar")])
+    assert linked.status == "linked" and len(linked.released) == 1
+    assert y.get(TOOLS, "s")["fields"] == j.get(TOOLS, "s")["fields"] and readable(y, TOOLS, "r") == "absent"
+    assert y.engine.wanted() == {TOOLS: {author: [(1, create_of_r)]}}
+    sync(j, y)
+    assert y.get(TOOLS, "r") == j.get(TOOLS, "r") and y.engine.wanted() == {}
+    sync(y, j)  # y's own delegation
+    assert y.state_digest() == j.state_digest() and y.verify().ok

@@ -23,6 +23,7 @@ from registrygrid.protocol import sync
 from registrygrid.protocol.sync import (
     MAX_RESPONSE_BYTES,
     SYNC_VERSION,
+    GonePlace,
     SyncPuller,
     SyncRequest,
     SyncResponse,
@@ -373,6 +374,57 @@ def test_wanted_changes_are_optional_checked_and_skipped_by_a_responder_that_pre
             decode_request(asking(bad))
     with pytest.raises(TooLarge):
         decode_request(asking({CLUSTERS: {author: [(n, b"\x01" * 36) for n in range(1, sync.MAX_WANTED + 2)]}}))
+
+
+class ResponseBeforeGone(msgspec.Struct, array_like=True):
+    """A sync response as nodes sent it before gone places."""
+
+    v: int
+    envelopes: list[bytes]
+    more: bool
+    vector: dict[str, dict[str, int]]
+
+
+def test_gone_places_are_optional_checked_and_skipped_by_a_puller_that_predates_them() -> None:
+    author = "did:key:zA"
+    place = GonePlace(CLUSTERS, author, 2, 5, b"\x01" * 36)
+    said = encode_response(SyncResponse(SYNC_VERSION, [], False, {CLUSTERS: {author: 5}}, [place]))
+    assert decode_response(said).gone == [place]
+
+    assert msgspec.msgpack.decode(said, type=ResponseBeforeGone).vector == {CLUSTERS: {author: 5}}
+    assert decode_response(msgspec.msgpack.encode(ResponseBeforeGone(SYNC_VERSION, [], False, {}))).gone is None
+
+    def saying(gone: list[GonePlace]) -> bytes:
+        return encode_response(SyncResponse(SYNC_VERSION, [], False, {}, gone))
+
+    for bad in (GonePlace(CLUSTERS, author, 0, 1, b"\x01" * 36),  # no change has sequence 0
+                GonePlace(CLUSTERS, author, 3, 2, b"\x01" * 36),  # a run that ends before it starts
+                GonePlace(CLUSTERS, author, 1, sync.WANTED_DEPTH + 1, b"\x01" * 36),  # longer than a responder says
+                GonePlace(CLUSTERS, author, 1, 1, b""),  # no ID
+                GonePlace(CLUSTERS, "zA", 1, 1, b"\x01" * 36),  # not a DID
+                GonePlace("Not A Name", author, 1, 1, b"\x01" * 36)):
+        with pytest.raises(MalformedInput):
+            decode_response(saying([bad]))
+    with pytest.raises(TooLarge):
+        decode_response(saying([GonePlace(CLUSTERS, author, n, n, b"\x01" * 36)
+                                for n in range(1, sync.MAX_WANTED + 2)]))
+
+
+def test_a_change_asked_for_by_id_that_the_vector_also_lacks_is_sent_once(tmp_path: Path) -> None:
+    """A puller asks by ID for the predecessor of a change it parked, which
+    its vector lacks too: the responder sends it once."""
+    a = store(tmp_path / "a")
+    try:
+        write(a, "n", 3)
+        author = a.engine.key.did
+        chain = a.engine.envelopes_after(CLUSTERS, author, 0, limit=1000, max_bytes=2**20)
+        second = open_envelope(chain[1])
+        request = encode_request(SyncRequest(v=SYNC_VERSION, federation=FED, vector={}, registries=None,
+                                             max_bytes=2**20, wanted={CLUSTERS: {author: [(2, second.cid)]}}))
+        sent = decode_response(answer_sync(request, a.engine, federation=FED)).envelopes
+        assert len(sent) == len(set(sent)) and set(chain) <= set(sent)
+    finally:
+        a.close()
 
 
 def test_a_wanted_change_comes_with_the_links_before_it_oldest_first_from_a_store_and_a_ledger(

@@ -196,7 +196,10 @@ class Disputing(EngineCore):
           holds that change neither as a link nor as evidence: without them
           its reports can't be walked back past where it met the fork;
         - changes it erased by a notice that no longer counts (its signer's
-          key was revoked before it): a peer that kept them gives them back."""
+          key was revoked before it): a peer that kept them gives them back;
+        - the change the lowest parked change of each chain waits for: a
+          peer that holds it sends it, and one whose bytes of it are gone
+          says so (engine/gone.py)."""
         out: Wanted = {}
         count = 0
         with self.store.read() as txn:
@@ -217,6 +220,14 @@ class Disputing(EngineCore):
                     count += 1
                     if count >= MAX_WANTED:
                         return out
+            for registry, author, seq, cid in self._awaited_predecessors(txn):  # type: ignore[attr-defined]
+                asked = out.setdefault(registry, {}).setdefault(author, [])
+                if (seq, cid) in asked:
+                    continue
+                asked.append((seq, cid))
+                count += 1
+                if count >= MAX_WANTED:
+                    return out
         return out
 
     def _holds_link(self, txn: Txn, registry: str, author: str, seq: int, cid: bytes) -> bool:

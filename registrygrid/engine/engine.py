@@ -44,6 +44,7 @@ from registrygrid.engine.commit import Committing
 from registrygrid.engine.disputes import Disputing
 from registrygrid.engine.doc_cache import DocumentCache
 from registrygrid.engine.erasure import Erasing
+from registrygrid.engine.gone import GonePlaces
 from registrygrid.engine.ingest import MAX_PENDING, RemoteIngest  # noqa: F401 (re-exported)
 from registrygrid.engine.local import LocalWrites
 from registrygrid.engine.ops import (
@@ -53,6 +54,7 @@ from registrygrid.engine.ops import (
     Erase,
     Executed,
     IngestResult,
+    LinkPastGone,
     Operation,
     Outcome,
     Put,
@@ -99,7 +101,7 @@ PARALLEL_VERIFY_THREADS = 2
 PARALLEL_VERIFY_MIN_OPS = 32
 
 
-class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Erasing, Committing):
+class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Erasing, GonePlaces, Committing):
     def __init__(
         self,
         store: Store,
@@ -261,6 +263,8 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
                 return self._erase(txn, batch, op)
             if isinstance(op, Remote):
                 return self._remote(txn, batch, op)
+            if isinstance(op, LinkPastGone):
+                return self._link_past_gone(txn, batch, op)
             if isinstance(op, Remembered):
                 return self._remembered(txn, batch, op)
             if isinstance(op, AuditNote):
@@ -449,7 +453,7 @@ def _target_of(op: Operation) -> tuple[str, str]:
 
 
 def _actor_of(op: Operation, default: str) -> str:
-    if isinstance(op, Remote):
+    if isinstance(op, (Remote, LinkPastGone)):
         return f"peer:{op.peer}"
     return getattr(op, "actor", None) or default
 

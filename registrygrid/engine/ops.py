@@ -1,7 +1,8 @@
 """What can be asked of the write path, and what it answers.
 
 Local operations (Put, Update, Delete) come from the SDK, the CLI and the
-HTTP bridge; Remote carries an envelope from a peer; AuditNote records an
+HTTP bridge; Remote carries an envelope from a peer, LinkPastGone a peer's
+word that changes are gone where it was; AuditNote records an
 access or a denial that made no change. All go through ``Engine.execute``.
 """
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from registrygrid.errors import RegistryError
+from registrygrid.protocol.sync import GonePlace
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,16 @@ class Erase:
 
 
 @dataclass(frozen=True)
+class LinkPastGone:
+    """A peer's word that changes asked for by ID are gone where it was
+    (protocol/sync.py GonePlace): linked past where this node's chain
+    waits for them (engine/erasure.py ``_link_past_gone``)."""
+
+    place: GonePlace
+    peer: str = "unknown"
+
+
+@dataclass(frozen=True)
 class AuditNote:
     """An audit entry with no change: reads through the API, denials at the edge."""
 
@@ -117,7 +129,7 @@ class Remembered:
     answer: Callable[[WriteResult], tuple[int, bytes, dict[str, str]]]
 
 
-Operation = Put | Update | Delete | Erase | Remote | AuditNote | Remembered
+Operation = Put | Update | Delete | Erase | Remote | LinkPastGone | AuditNote | Remembered
 
 
 @dataclass(frozen=True)
@@ -142,7 +154,9 @@ class WriteResult:
 @dataclass(frozen=True)
 class IngestResult:
     # applied | duplicate | pending | rejected (not stored) | refused (kept
-    # in its author's chain as evidence, not applied: docs/trust.md)
+    # in its author's chain as evidence, not applied: docs/trust.md) |
+    # linked (LinkPastGone: places linked past) | ignored (LinkPastGone:
+    # no chain here waits there)
     status: str
     change_id: str | None
     feed_seq: int | None = None

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from registrygrid.engine.ops import IngestResult, Remote
+from registrygrid.engine.ops import IngestResult, LinkPastGone, Remote
 from registrygrid.errors import (
     MalformedInput,
     PolicyDenied,
@@ -54,6 +54,7 @@ from registrygrid.protocol.sync_session import (
     Applied,
     Apply,
     Finish,
+    LinkGone,
     PassApplied,
     Response,
     SendRequest,
@@ -172,8 +173,8 @@ class SyncService:
         on this one, until the session ends the pass and every batch is in."""
         # Unbuffered: at most one response waits while one is applied, so a
         # session holds two responses (<= 2 x 9 MiB, P2PHost's cap) at most.
-        batches: trio.MemorySendChannel[list[bytes]]
-        batches, to_apply = trio.open_memory_channel[list[bytes]](0)
+        batches: trio.MemorySendChannel[list[bytes] | LinkGone]
+        batches, to_apply = trio.open_memory_channel[list[bytes] | LinkGone](0)
         failure: SyncFailed | None = None
 
         async def fetch() -> None:
@@ -184,6 +185,8 @@ class SyncService:
                     action, actions = actions[0], actions[1:]
                     if isinstance(action, Apply):
                         await batches.send(action.envelopes)
+                    elif isinstance(action, LinkGone):  # after the batch before it, on the same queue
+                        await batches.send(action)
                     elif isinstance(action, SendRequest):
                         try:
                             actions = [*actions, *await self._round(peer, session, action)]
@@ -194,9 +197,12 @@ class SyncService:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fetch)
-            async for envelopes in to_apply:
+            async for item in to_apply:
                 try:
-                    session.handle(await self._apply(peer, envelopes))
+                    if isinstance(item, LinkGone):
+                        session.handle(await self._link_gone(peer, item))
+                    else:
+                        session.handle(await self._apply(peer, item))
                 except SyncFailed as exc:
                     failure = exc
                     nursery.cancel_scope.cancel()
@@ -254,6 +260,19 @@ class SyncService:
             await trio.sleep(wait)
             waited += wait
         return _applied(counts)
+
+    async def _link_gone(self, peer: str, gone: LinkGone) -> Applied:
+        """Link past the places ``peer`` says are gone where it was, where
+        this node's chains wait at them (engine/gone.py); what that lets go
+        on counts as applied. Not rate-charged: each is a few key writes,
+        and at most MAX_WANTED come per session."""
+        try:
+            outcomes = await self.node.submit([LinkPastGone(place, peer) for place in gone.places])
+        except RegistryError as exc:  # the node is stopping, or storage failed
+            raise SyncFailed(f"could not link past what {peer} says is gone: {exc.message}") from exc
+        for outcome in outcomes:
+            self.metrics[f"sync.gone.{getattr(outcome, 'status', 'rejected')}"] += 1
+        return Applied.of(outcomes)
 
     async def _submit(self, peer: str, envelopes: list[bytes], counts: Counter[str]) -> None:
         for start in range(0, len(envelopes), APPLY_CHUNK):

@@ -70,6 +70,23 @@ HeadTags = dict[str, dict[str, bytes]]
 Wanted = dict[str, dict[str, list[tuple[int, bytes]]]]  # registry -> author -> [(seq, change ID)]
 
 
+class GonePlace(msgspec.Struct, array_like=True, frozen=True):
+    """A responder's word that a change the puller asked for by ID is gone
+    where it was: ``change`` holds place ``seq`` of ``author``'s chain in
+    ``registry`` there, and it and the places ``first``..``seq`` - 1 before
+    it were erased there by a notice that no longer counts, their bytes
+    kept nowhere it knows (docs/erasure.md). The puller takes it only for
+    a gap its own chain stops at, whose ID a change it holds names as its
+    prev; it keeps asking for those changes, so a peer that lies only
+    delays them."""
+
+    registry: str
+    author: str
+    first: int
+    seq: int
+    change: bytes
+
+
 def head_tag(change_id: bytes) -> bytes:
     return change_id[-HEAD_TAG_BYTES:]
 
@@ -96,6 +113,10 @@ class SyncResponse(msgspec.Struct, array_like=True, frozen=True):
     envelopes: list[bytes]
     more: bool
     vector: dict[str, dict[str, int]]  # the responder's own vector: tells the puller what it could push
+    # Asked-for changes whose bytes are gone here (GonePlace). Last and
+    # optional, as the request's ``heads``: a puller that predates it skips
+    # it, and one that has it reads an older response as having none.
+    gone: list[GonePlace] | None = None
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -128,6 +149,12 @@ class ChangeSource(Protocol):
         """The changes ``wanted`` names that this source holds, each with up
         to WANTED_DEPTH links before it along its author's chain, oldest
         first, bounded."""
+        ...
+
+    def gone_places(self, wanted: Wanted) -> list[GonePlace]:
+        """The changes ``wanted`` names that this source erased under a
+        notice that no longer counts (their bytes are gone here), each with
+        the run of such places before it, at most WANTED_DEPTH long."""
         ...
 
 
@@ -181,6 +208,8 @@ def decode_response(data: bytes) -> SyncResponse:
     if len(response.envelopes) > MAX_RESPONSE_ENVELOPES:
         raise TooLarge(f"{len(response.envelopes)} envelopes in one response exceed {MAX_RESPONSE_ENVELOPES}")
     _check_vector(response.vector)
+    if response.gone is not None:
+        _check_gone(response.gone)
     return response
 
 
@@ -218,6 +247,18 @@ def _check_wanted(wanted: Mapping[str, Mapping[str, list[tuple[int, bytes]]]]) -
         1 <= seq < 2**63 and 1 <= len(change_id) <= CHANGE_ID_MAX_BYTES for seq, change_id in asked))
     if sum(len(asked) for authors in wanted.values() for asked in authors.values()) > MAX_WANTED:
         raise TooLarge(f"a sync request may ask for at most {MAX_WANTED} changes by ID")
+
+
+def _check_gone(gone: list[GonePlace]) -> None:
+    if len(gone) > MAX_WANTED:
+        raise TooLarge(f"a sync response may name at most {MAX_WANTED} gone changes")
+    for place in gone:
+        _checked_name(place.registry)
+        if not place.author.startswith("did:key:") or len(place.author) > 128 \
+                or not 1 <= place.first <= place.seq < 2**63 or place.seq - place.first >= WANTED_DEPTH \
+                or not 1 <= len(place.change) <= CHANGE_ID_MAX_BYTES:
+            raise MalformedInput(f"sync: bad gone place {place.registry!r} {place.author!r} "
+                                 f"{place.first}..{place.seq}")
 
 
 def missing(local: Mapping[str, Mapping[str, int]], remote: Mapping[str, Mapping[str, int]]) -> dict[tuple[str, str], int]:
@@ -272,13 +313,21 @@ def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str, 
         for wire in source.unreported_forks(set(ours), max_bytes=max(budget - size, 0)):
             chosen.append(wire)
             size += len(wire)
+    gone: list[GonePlace] | None = None
     if request.wanted:
-        # The other branch of a fork, asked for by ID where the puller's
-        # evidence names a change it lacks (its vector can't ask for it).
+        # Changes asked for by ID, which the puller's vector can't ask for:
+        # the other branch of a fork its evidence names, changes a notice
+        # that stopped counting erased there, and the predecessors of
+        # changes it parked. Those whose bytes are gone here too are named
+        # as gone, so a puller waiting for one can link past it.
         asked = {registry: authors for registry, authors in request.wanted.items() if registry in ours}
         for wire in source.wanted_links(asked, max_bytes=max(budget - size, 0)):
             chosen.append(wire)
             size += len(wire)
+        gone = source.gone_places(asked) or None
+    # A change sent above is not sent again below (an asked predecessor is
+    # often also what the puller's vector lacks).
+    sent = set(chosen)
     # Take at most the budget from each chain, then cut the causally sorted
     # union at the budget: every chain progresses, dependencies come first.
     for (registry, author), after in sorted(lacking.items()):
@@ -290,12 +339,14 @@ def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str, 
             candidates.append(Candidate(_hlc_of(wire), author, after + offset + 1, wire))
     candidates.sort(key=lambda c: (c.hlc, c.author, c.seq))
     for candidate in candidates:
+        if candidate.wire in sent:
+            continue
         if chosen and (size + len(candidate.wire) > budget or len(chosen) >= MAX_RESPONSE_ENVELOPES):
             more = True
             break
         chosen.append(candidate.wire)
         size += len(candidate.wire)
-    return encode_response(SyncResponse(v=SYNC_VERSION, envelopes=chosen, more=more, vector=ours))
+    return encode_response(SyncResponse(v=SYNC_VERSION, envelopes=chosen, more=more, vector=ours, gone=gone))
 
 
 class _WirePeek(msgspec.Struct, array_like=True):
@@ -370,6 +421,9 @@ class SyncPuller:
     received: int = 0
     done: bool = False
     peer_vector: Vector = field(default_factory=dict)
+    # The gone places of the last response (GonePlace): the caller links
+    # past those its chains wait at (Engine ``LinkGone``).
+    gone: list[GonePlace] = field(default_factory=list)
     _last_empty_more: int = 0
 
     def request(self, vector: Vector, heads: HeadTags | None = None, wanted: Wanted | None = None) -> bytes:
@@ -382,6 +436,7 @@ class SyncPuller:
         self.rounds += 1
         self.received += len(response.envelopes)
         self.peer_vector = response.vector
+        self.gone = response.gone or []
         # A responder that says "more" but sends nothing would loop us forever.
         if response.more and not response.envelopes:
             self._last_empty_more += 1

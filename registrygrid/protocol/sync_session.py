@@ -12,11 +12,11 @@ transition table, and an error for an event the state does not take.)
 States and transitions::
 
     IDLE      --Start(vector)------------> ASKING    [SendRequest]
-    ASKING    --Response(data)-----------> ASKING    [Apply?, SendRequest]    the peer has more, and it moves us on
-                                       \\-> DRAINING  [Apply?, EndPass]        no more, no progress, or the round cap
-    DRAINING  --PassApplied(vector)------> ASKING    [SendRequest]            a new pass: still behind, progress made
+    ASKING    --Response(data)-----------> ASKING    [Apply?, LinkGone?, SendRequest]  the peer has more, and it moves us on
+                                       \\-> DRAINING  [Apply?, LinkGone?, EndPass]      no more, no progress, or the round cap
+    DRAINING  --PassApplied(vector)------> ASKING    [SendRequest]                     a new pass: still behind, progress made
                                        \\-> DONE      [Finish(report)]
-    ASKING, DRAINING --Applied(counts)---> (same)    []                       a batch's outcomes, into the report
+    ASKING, DRAINING --Applied(counts)---> (same)    []                                a batch's outcomes, into the report
 
 A pass asks round after round, each from the vector as it will be once
 the rounds before are applied (``sync.advance``), so the responder's work
@@ -37,6 +37,7 @@ from typing import Any
 
 from registrygrid.protocol.sync import (
     DEFAULT_RESPONSE_BYTES,
+    GonePlace,
     HeadTags,
     SyncPuller,
     Vector,
@@ -96,6 +97,8 @@ class Applied:
             status = getattr(outcome, "status", "rejected")
             if status == "applied":
                 applied += 1 + len(outcome.released)
+            elif status == "linked":  # places a peer said are gone, linked past: what waited for them
+                applied += len(outcome.released)
             elif status == "duplicate":
                 duplicate += 1
             elif status == "pending":
@@ -126,6 +129,14 @@ class Apply:
 
 
 @dataclass(frozen=True)
+class LinkGone:
+    """Link past the places the peer says are gone where it was (its answer
+    to changes asked for by ID: protocol/sync.py GonePlace), after the
+    Apply before it; the engine takes each only where its chain waits."""
+    places: list[GonePlace]
+
+
+@dataclass(frozen=True)
 class EndPass:
     """Send nothing more this pass; once every Apply so far is done, tell
     the session the store's vector (PassApplied)."""
@@ -149,7 +160,7 @@ class Finish:
     report: SessionReport
 
 
-Action = SendRequest | Apply | EndPass | Finish
+Action = SendRequest | Apply | LinkGone | EndPass | Finish
 
 
 class LocalProtocolError(Exception):
@@ -203,6 +214,8 @@ class SyncSession:
         self.report.received += len(envelopes)
         advanced = advance(self._cursor, envelopes)
         actions: list[Action] = [Apply(envelopes)] if envelopes else []
+        if self._puller.gone:
+            actions.append(LinkGone(self._puller.gone))
         moved = advanced != self._cursor
         self._cursor = advanced
         if self._puller.done or not moved or self.report.rounds >= self.max_rounds:
@@ -241,12 +254,15 @@ _TRANSITIONS: dict[tuple[State, type], Callable[[SyncSession, Any], list[Action]
 
 
 def run_session(session: SyncSession, *, vector: Callable[[], Vector], exchange: Callable[[bytes], bytes],
-                apply: Callable[[list[bytes]], Applied], start: Start | None = None) -> SessionReport:
+                apply: Callable[[list[bytes]], Applied], start: Start | None = None,
+                link_gone: Callable[[list[GonePlace]], Applied] | None = None) -> SessionReport:
     """Drive ``session`` to its end one step at a time, with blocking
     callables: ``vector`` reads the store's replicated vector, ``exchange``
     sends a request and returns the answer, ``apply`` applies a batch and
     counts its outcomes; ``start``: the first event, when it carries more
-    than the vector (head tags, wanted changes). The simulator's driver (no
+    than the vector (head tags, wanted changes); ``link_gone`` links past
+    places the peer says are gone (a driver without it leaves them waiting,
+    as a node before them did). The simulator's driver (no
     pipelining: it runs in virtual time, where overlap buys nothing); the
     node's is node/sync.py."""
     actions = session.handle(start or Start(vector()))
@@ -256,6 +272,9 @@ def run_session(session: SyncSession, *, vector: Callable[[], Vector], exchange:
             actions += session.handle(Response(exchange(action.data)))
         elif isinstance(action, Apply):
             actions += session.handle(apply(action.envelopes))
+        elif isinstance(action, LinkGone):
+            if link_gone is not None:
+                actions += session.handle(link_gone(action.places))
         elif isinstance(action, EndPass):
             actions += session.handle(PassApplied(vector()))
         else:

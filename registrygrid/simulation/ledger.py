@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from registrygrid.errors import RegistryError
 from registrygrid.protocol.envelope import claimed_id, open_envelope
-from registrygrid.protocol.sync import WANTED_DEPTH, HeadTags, Vector, Wanted, head_tag
+from registrygrid.protocol.sync import WANTED_DEPTH, GonePlace, HeadTags, Vector, Wanted, head_tag
 from registrygrid.protocol.sync_session import Applied
 
 
@@ -122,6 +122,10 @@ class Ledger:
 
     def unreported_forks(self, registries: Collection[str], *, max_bytes: int) -> list[bytes]:
         return []  # a ledger keeps no evidence: it holds one branch and counts the rest as duplicates
+
+    def gone_places(self, wanted: Wanted) -> list[GonePlace]:
+        """Nothing: a ledger erases nothing, so no change's bytes are gone."""
+        return []
 
     def wanted_links(self, wanted: Wanted, *, max_bytes: int) -> list[bytes]:
         """The asked changes this ledger's chains hold, each with up to

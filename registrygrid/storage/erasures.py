@@ -14,7 +14,8 @@
                                                    (chain positions a notice vouches were the erased
                                                    record's: a gap there is filled without the body;
                                                    under PAST_CUTOFF, places past the author's
-                                                   revocation cutoff, where nothing counts)
+                                                   revocation cutoff, where nothing counts; under
+                                                   GONE, places a peer said are gone)
               'h' registry \\0 record \\0 Automerge hash -> notice id
                                                    (the Automerge changes of erased changes of a
                                                    record another org's create still holds: a change
@@ -54,6 +55,12 @@ ERASED, WAITING, REFUSED, VOID = "erased", "waiting", "refused", "void"
 # no node has: an erased change whose notice stopped counting) is linked
 # past without them, the revocation its warrant (never a notice's id).
 PAST_CUTOFF = "past-revocation-cutoff"
+# The notice id that chain places are vouched under on a peer's word that
+# they are gone where it was (a sync answer: protocol/sync.py GonePlace):
+# erased there by a notice that no longer counts, their bytes kept nowhere
+# it knows. Held as void, so each such change is asked for by ID on every
+# sync (engine/gone.py) and taken in if its bytes come (never a notice's id).
+GONE = "gone-at-peers"
 
 
 def burned(state: str) -> bool:
