@@ -20,7 +20,16 @@ from registrygrid.protocol import limits
 from registrygrid.protocol.envelope import ChangeBody, _Wire, batch_message, change_id, open_envelope
 from registrygrid.protocol.merkle import leaf_hash
 from registrygrid.protocol.gossip import encode_batch
-from registrygrid.protocol.sync import SYNC_PROTOCOL_ID, SyncPuller, SyncResponse, encode_response
+from registrygrid.protocol.sync import (
+    SYNC_PROTOCOL_ID,
+    GonePlace,
+    SyncPuller,
+    SyncResponse,
+    answer_sync,
+    decode_request,
+    decode_response,
+    encode_response,
+)
 from registrygrid.storage import peers as peer_store
 from test_federation_support import FAST, LOOPBACK, Member, cluster, converged, eventually, full_mesh, make_member
 
@@ -147,6 +156,46 @@ async def test_hostile_sync_requests_and_responses_are_refused_and_counted(tmp_p
             await b.write("after", 2)
             await converged([a, b], 10, records=5)
             assert a.registry.verify().ok
+
+
+async def test_a_peer_that_says_a_change_is_gone_only_delays_it(tmp_path: Path) -> None:
+    """A member's node answers a's sync with b's changes but r0's create,
+    and says that change is gone when a asks for it by ID (the change
+    after it, which a parked, names it). a links past it and takes the
+    change after it, and asks for r0's create with each sync: once it
+    meets b, b sends it, and a ends as b is (engine/gone.py)."""
+    with trio.fail_after(60):
+        async with cluster(tmp_path, TRUSTING) as nodes, evil_host() as evil:
+            a = await nodes.start("a")
+            b = await nodes.start("b")  # not connected to a: a hears of b only from evil
+            await b.write("r", 1)
+            await b.write("s", 1)
+            author = b.node.engine.key.did
+            withheld, after = b.node.engine.envelopes_after("grid.clusters", author, 0, limit=10)
+            create = open_envelope(withheld)
+            assert (create.body.record, open_envelope(after).body.prev) == ("r0", create.cid)
+
+            async def liar_sync(peer: str, request: bytes) -> bytes:
+                honest = decode_response(answer_sync(request, b.node.engine, federation="testfed"))
+                asked = (decode_request(request).wanted or {}).get("grid.clusters", {}).get(author, [])
+                gone = [GonePlace("grid.clusters", author, 1, 1, create.cid)] if (1, create.cid) in asked else None
+                return encode_response(msgspec.structs.replace(
+                    honest, envelopes=[w for w in honest.envelopes if w != withheld], gone=gone))
+
+            evil.set_handler(SYNC_PROTOCOL_ID, liar_sync)
+            make_member(nodes, evil)
+            await evil.connect(a.fed.addrs()[0])
+            metrics = a.fed.metrics
+            # The first session parks s0; a later one asks for its predecessor and hears it is gone.
+            await eventually(lambda: metrics["sync.gone.linked"] == 1, 20, "a links past what evil says is gone")
+            assert a.registry.get("grid.clusters", "s0")["fields"]["name"] == "s0"
+            assert a.records() == 1
+            assert a.node.engine.wanted() == {"grid.clusters": {author: [(1, create.cid)]}}
+
+            assert b.fed.host is not None
+            await b.fed.host.connect(a.fed.addrs()[0])
+            await converged([a, b], 20, records=2)
+            assert a.node.engine.wanted() == {} and a.registry.verify().ok
 
 
 async def test_a_peer_that_keeps_sending_invalid_messages_is_banned_and_refused(tmp_path: Path) -> None:
