@@ -1697,41 +1697,80 @@ def test_a_place_no_node_kept_is_linked_past_on_a_peers_word_that_it_is_gone(tmp
     assert y.get(TOOLS, "s") == j.get(TOOLS, "s") and parked(y) == []
 
 
-def test_a_peer_that_says_a_held_change_is_gone_only_delays_it(tmp_path: Path) -> None:
-    """j creates r, then s. y holds only s (parked). A lying peer says r's
-    create is gone: y links past it and takes s; a word about a place y does
-    not wait at, or an ID its parked change does not name, changes nothing.
-    Its next sync with j asks for r's create by ID, and j sends it: y ends
-    as j is."""
+def _held_but_the_first(tmp_path: Path, gap: int) -> tuple[LocalRegistry, LocalRegistry, list[bytes]]:
+    """j creates ``gap`` records, r0 first, then s; y holds only s, parked
+    for its predecessor. Returns j, y and the withheld creates in order."""
+    org_a = KeyPair.generate()
+    a, j = org_node(tmp_path / "a", org_a), org_node(tmp_path / "j", org_a)
+    y = org_node(tmp_path / "y", KeyPair.generate())
+    deliver(j, wires(a))
+    deliver(y, wires(a))
+    for n in range(gap):
+        j.put(TOOLS, "tool", fields_for(TOOLS, f"secret-of-r{n}"), id=f"r{n}")
+    j.put(TOOLS, "tool", fields_for(TOOLS, "of-s"), id="s")
+    in_tools = [w for w in wires(j) if open_envelope(w, verify=False).body.registry == TOOLS]
+    deliver(y, [w for w in wires(j) if open_envelope(w, verify=False).body.registry != TOOLS])
+    assert [r.status for r in deliver(y, in_tools[-1:])] == ["pending"]
+    return j, y, in_tools[:-1]
+
+
+@pytest.mark.parametrize("gap", [1, 2])
+def test_a_peer_that_says_a_held_change_is_gone_only_delays_it(tmp_path: Path, gap: int) -> None:
+    """(_held_but_the_first) A lying peer says the changes before s are
+    gone: y links past them and takes s; a word about a place y does not
+    wait at, or an ID its parked change does not name, changes nothing.
+    Its next sync with j asks by ID for the change s names, and j sends it
+    with the links before it: y ends as j is."""
     from registrygrid.engine.ops import LinkPastGone
     from registrygrid.protocol.sync import GonePlace
     from registrygrid.trust.statements import MEMBERS_REGISTRY
     from tests.test_disputes import sync
 
-    org_a = KeyPair.generate()
-    a, j = org_node(tmp_path / "a", org_a), org_node(tmp_path / "j", org_a)
-    y = org_node(tmp_path / "y", KeyPair.generate())
-    sync(a, j)
-    sync(a, y)
-    j.put(TOOLS, "tool", fields_for(TOOLS, "of-j"), id="r")
-    j.put(TOOLS, "tool", fields_for(TOOLS, "later-of-j"), id="s")
-    by_record = {open_envelope(w, verify=False).body.record: w for w in wires(j)
-                 if open_envelope(w, verify=False).body.registry == TOOLS}
-    deliver(y, [w for w in wires(j) if open_envelope(w, verify=False).body.registry != TOOLS])
-    assert [r.status for r in deliver(y, [by_record["s"]])] == ["pending"]
-    create_of_r = open_envelope(by_record["r"], verify=False).cid
+    j, y, withheld = _held_but_the_first(tmp_path, gap)
+    named = open_envelope(withheld[-1]).cid  # the prev s names
     author = j.engine.key.did
     before = y.state_digest()
-    ignored = y.execute([LinkPastGone(GonePlace(TOOLS, author, 1, 1, b"\x01" * 36), "liar"),  # not the ID s names
-                         LinkPastGone(GonePlace(TOOLS, author, 2, 2, create_of_r), "liar"),  # not where y waits
-                         LinkPastGone(GonePlace(MEMBERS_REGISTRY, author, 1, 1, create_of_r), "liar")])
-    assert [o.status for o in ignored] == ["ignored"] * 3 and y.state_digest() == before
-    assert y.engine.metrics["sync.gone_ignored"] == 3
-    (linked,) = y.execute([LinkPastGone(GonePlace(TOOLS, author, 1, 1, create_of_r), "liar")])
+    lies = [GonePlace(TOOLS, author, 1, gap, b"\x01" * 36),  # not the ID s names
+            GonePlace(TOOLS, author, gap + 1, gap + 1, named),  # not where y waits
+            GonePlace(MEMBERS_REGISTRY, author, 1, gap, named)]  # trust statements are never erased
+    if gap > 1:
+        lies.append(GonePlace(TOOLS, author, gap, gap, named))  # a run that starts past y's head
+    assert {o.status for o in y.execute([LinkPastGone(place, "liar") for place in lies])} == {"ignored"}
+    assert y.engine.metrics["sync.gone_ignored"] == len(lies)
+    assert y.state_digest() == before and parked(y) == [(TOOLS, "s", author, gap + 1)]
+    (linked,) = y.execute([LinkPastGone(GonePlace(TOOLS, author, 1, gap, named), "liar")])
     assert linked.status == "linked" and len(linked.released) == 1
-    assert y.get(TOOLS, "s")["fields"] == j.get(TOOLS, "s")["fields"] and readable(y, TOOLS, "r") == "absent"
-    assert y.engine.wanted() == {TOOLS: {author: [(1, create_of_r)]}}
+    assert y.get(TOOLS, "s")["fields"] == j.get(TOOLS, "s")["fields"] and readable(y, TOOLS, "r0") == "absent"
+    assert y.engine.wanted() == {TOOLS: {author: [(gap, named)]}}
     sync(j, y)
-    assert y.get(TOOLS, "r") == j.get(TOOLS, "r") and y.engine.wanted() == {}
+    assert [y.get(TOOLS, f"r{n}") for n in range(gap)] == [j.get(TOOLS, f"r{n}") for n in range(gap)]
+    assert y.engine.wanted() == {}
     sync(y, j)  # y's own delegation
     assert y.state_digest() == j.state_digest() and y.verify().ok
+
+
+@pytest.mark.parametrize("gap", [1, 2])
+def test_a_change_linked_past_on_a_peers_word_whose_record_is_erased_since_stays_erased_when_it_comes(
+        tmp_path: Path, gap: int) -> None:
+    """(_held_but_the_first) y links past the changes before s on a peer's
+    word that they are gone. Then j erases r0, and y takes the notice: y
+    did not know r0's create was r0's (its ID, or with a longer gap not
+    even that). When the create's bytes come after all (from a node that
+    kept a copy), y keeps its place by its ID and drops its bytes, as for
+    any change of an erased record, and asks for it no more."""
+    from registrygrid.engine.ops import LinkPastGone
+    from registrygrid.protocol.sync import GonePlace
+
+    j, y, withheld = _held_but_the_first(tmp_path, gap)
+    author = j.engine.key.did
+    (linked,) = y.execute([LinkPastGone(GonePlace(TOOLS, author, 1, gap, open_envelope(withheld[-1]).cid), "liar")])
+    assert linked.status == "linked" and y.get(TOOLS, "s")
+    j.erase(TOOLS, "r0")
+    deliver(y, [w for w in wires(j) if open_envelope(w, verify=False).body.registry == ERASURES_REGISTRY])
+    assert readable(y, TOOLS, "r0") == "erased"
+    assert [r.status for r in deliver(y, withheld)] == ["erased"] + ["applied"] * (gap - 1)
+    assert readable(y, TOOLS, "r0") == "erased" and stores_holding(y, "secret-of-r0") == []
+    assert y.engine.wanted() == {} and parked(y) == [] and y.verify().ok
+    exchange(j, y)
+    assert readable(y, TOOLS, "r0") == "erased" and stores_holding(y, "secret-of-r0") == []
+    assert [y.get(TOOLS, f"r{n}") for n in range(1, gap)] == [j.get(TOOLS, f"r{n}") for n in range(1, gap)]

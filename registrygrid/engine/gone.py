@@ -28,7 +28,8 @@ from collections.abc import Iterator
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
 from registrygrid.engine.ops import IngestResult, LinkPastGone
-from registrygrid.protocol.envelope import cid_to_str, open_envelope
+from registrygrid.engine.values import automerge_of
+from registrygrid.protocol.envelope import Envelope, cid_to_str, open_envelope
 from registrygrid.protocol.sync import MAX_WANTED, WANTED_DEPTH, GonePlace, Wanted
 from registrygrid.storage import chains, changes, erasures, pending
 from registrygrid.storage.store import Txn
@@ -127,6 +128,37 @@ class GonePlaces(EngineCore):
                                  "they are asked for by ID and taken in if their bytes come")
         released = self._release(txn, batch, None, op.peer)  # type: ignore[attr-defined]
         return IngestResult("linked", cid_to_str(place.change), released=tuple(released))
+
+    def _burned_gone(self, txn: Txn, env: Envelope) -> str | None:
+        """The notice that erased ``env``'s record here, if ``env`` is a
+        change this node linked past on a peer's word (its ID learned so,
+        or its place an unseen link so vouched for) and its record is
+        erased here since: it never knew the change was that record's."""
+        body = env.body
+        held = erasures.mark(self.store, txn, body.registry, body.record)
+        if held is None or not erasures.burned(held[1]):
+            return None
+        known = erasures.change(self.store, txn, env.cid)
+        if known is not None:
+            return held[0] if known["notice"] == erasures.GONE else None
+        vouched = erasures.vouched(self.store, txn, body.registry, body.author, body.seq)
+        return held[0] if vouched is not None and vouched[0] == erasures.GONE else None
+
+    def _keep_gone_erased(self, txn: Txn, batch: Batch, env: Envelope, notice: str) -> IngestResult:
+        """A change linked past on a peer's word came, and ``notice`` erased
+        its record here since: its ID keeps its place, its bytes are
+        dropped, and it is held as erased under ``notice`` (asked for no
+        more), as any change of an erased record that comes late."""
+        body = env.body
+        chains.link(self.store, txn, body.registry, body.author, body.seq, env.cid)
+        if self._head(txn, batch, body.registry, body.author)[0] == body.seq:
+            batch.heads[(body.registry, body.author)] = self._chain_heads[(body.registry, body.author)] = \
+                (body.seq, env.cid)
+        changes.put_erased(self.store, txn, env.cid)
+        erasures.put_change(self.store, txn, env.cid, body.registry, body.record, body.author, body.seq, notice)
+        erasures.put_hash(self.store, txn, body.registry, body.record, automerge_of(env)[0], notice)
+        self.metrics["erasure.dropped_on_arrival"] += 1
+        return IngestResult("erased", env.id)
 
     def _parked_after(self, txn: Txn, registry: str, author: str, seq: int, cid: bytes) -> bool:
         """Whether a change parked here waits for place ``seq`` of the chain

@@ -115,6 +115,8 @@ class RemoteIngest(EngineCore):
     def _take_in(self, txn: Txn, batch: Batch, env: Envelope, peer: str) -> IngestResult:
         body = env.body
         if changes.has(self.store, txn, env.cid) or env.cid in batch.drafts:
+            if self._has_erasures and (burning := self._burned_gone(txn, env)) is not None:  # type: ignore[attr-defined]
+                return self._keep_gone_erased(txn, batch, env, burning)  # type: ignore[attr-defined]
             if self._has_erasures and self._restorable(txn, env.cid, env):  # type: ignore[attr-defined]
                 return self._restore(txn, batch, env, peer)  # type: ignore[attr-defined]
             if self._has_erasures and (erasures.change(self.store, txn, env.cid) or {}).get("notice") \
@@ -364,6 +366,9 @@ class RemoteIngest(EngineCore):
             self._keep_evidence(txn, batch, env, None)
             raise ChainBroken(f"change {body.seq} of {body.author} does not fit the changes around it")
         vouched = erasures.vouched(self.store, txn, body.registry, body.author, body.seq)
+        if vouched is not None and vouched[0] == erasures.GONE \
+                and (burning := self._burned_gone(txn, env)) is not None:  # type: ignore[attr-defined]
+            return self._keep_gone_erased(txn, batch, env, burning)  # type: ignore[attr-defined]
         if vouched is not None and vouched[0] == erasures.PAST_CUTOFF:
             chains.link(self.store, txn, body.registry, body.author, body.seq, env.cid)
             if self._head(txn, batch, body.registry, body.author)[0] == body.seq:
