@@ -1641,12 +1641,12 @@ def test_a_change_built_on_one_erased_at_an_unseen_place_is_erased_on_arrival_to
     assert stores_holding(x, "a-secret-of-b") == []
 
 
-def _gone_everywhere_but_named(tmp_path: Path) -> tuple[LocalRegistry, LocalRegistry, LocalRegistry, LocalRegistry]:
+def _gone_everywhere(tmp_path: Path) -> tuple[LocalRegistry, LocalRegistry, LocalRegistry]:
     """A's key j creates r; k, another key of A, erases it, its notice
     listing j's place. j's node and x honour it: the bytes are gone there.
     y takes k's revocation first and refuses the notice, never having seen
     r. The revocation voids the notice on j and x, but no node kept the
-    change. Then j creates s, built on its erased change. Returns a, j, x, y."""
+    change. Returns j, x, y."""
     from tests.test_disputes import sync
 
     org_a, k_key, j_key = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
@@ -1655,7 +1655,7 @@ def _gone_everywhere_but_named(tmp_path: Path) -> tuple[LocalRegistry, LocalRegi
     x, y = org_node(tmp_path / "x", KeyPair.generate()), org_node(tmp_path / "y", KeyPair.generate())
     for node in (k, j, x, y):
         sync(a, node)
-    j.put(TOOLS, "tool", fields_for(TOOLS, "of-j"), id="r")
+    j.put(TOOLS, "tool", fields_for(TOOLS, "secret-of-r"), id="r")
     sync(j, k)
     sync(j, x)
     k.erase(TOOLS, "r")
@@ -1668,33 +1668,43 @@ def _gone_everywhere_but_named(tmp_path: Path) -> tuple[LocalRegistry, LocalRegi
     for node in (j, x):
         sync(a, node)
         assert readable(node, TOOLS, "r") == "absent"
-    assert stores_holding(j, "of-j") == stores_holding(x, "of-j") == []
-    j.put(TOOLS, "tool", fields_for(TOOLS, "later-of-j"), id="s")
-    return a, j, x, y
+    assert stores_holding(j, "secret-of-r") == stores_holding(x, "secret-of-r") == []
+    return j, x, y
 
 
-def test_a_place_no_node_kept_is_linked_past_on_a_peers_word_that_it_is_gone(tmp_path: Path) -> None:
-    """(_gone_everywhere_but_named) y syncs with j and parks s: its chain of
-    j stops before the erased change, which no node can send. With the next
-    sync y asks for that change by the ID s names, and j answers that it is
-    gone there: y links past it and takes s in. It keeps asking for the
-    change, which it would take if any peer still held it. Before, s waited
-    on y for good (docs/erasure.md, "Bytes no peer kept")."""
+@pytest.mark.parametrize("written", ["before", "after"])
+def test_a_place_no_node_kept_is_linked_past_on_a_peers_word_that_it_is_gone(tmp_path: Path, written: str) -> None:
+    """(_gone_everywhere) y's version vector lacks j's erased change, which no
+    node can send. A node that erased it says it is gone there, so y links
+    past it, and its vector meets theirs. j's next change, s (written
+    ``before`` or ``after`` that sync), is taken in, and names the erased
+    change's ID. y keeps asking for it, by place and then by that ID, and
+    would take it if any peer still held it. Before, y's vector stopped
+    short for good, and s waited on y for good (docs/erasure.md, "Bytes no
+    peer kept")."""
+    from registrygrid.storage.erasures import UNSEEN
     from tests.test_disputes import sync
 
-    _, j, x, y = _gone_everywhere_but_named(tmp_path)
-    sync(j, y)
-    assert parked(y) == [(TOOLS, "s", j.engine.key.did, 2)]
-    outcomes = sync(x, y)  # any node that erased it says so
-    assert "linked" in {o.status for o in outcomes}
+    j, x, y = _gone_everywhere(tmp_path)
+    author = j.engine.key.did
+    if written == "before":
+        j.put(TOOLS, "tool", fields_for(TOOLS, "of-s"), id="s")
+    outcomes = sync(j, y)  # any node that erased it says so
+    assert "linked" in {o.status for o in outcomes} and y.engine.metrics["sync.gone_linked"] == 1
+    if written == "after":
+        assert y.engine.wanted() == {TOOLS: {author: [(1, UNSEEN)]}}  # by place: its ID is unknown
+        j.put(TOOLS, "tool", fields_for(TOOLS, "of-s"), id="s")
+        sync(x, y)  # x has nothing more: it says nothing new
+        sync(j, y)
     assert parked(y) == []
     assert y.get(TOOLS, "s")["fields"] == j.get(TOOLS, "s")["fields"]
     assert y.engine.version_vector()[TOOLS] == j.engine.version_vector()[TOOLS]
-    assert y.engine.wanted()[TOOLS][j.engine.key.did]  # still asked for, in case a peer kept it
+    named = open_envelope(j.engine.envelopes_after(TOOLS, author, 1, limit=1)[0]).body.prev
+    assert y.engine.wanted() == {TOOLS: {author: [(1, named)]}}  # still asked for, in case a peer kept it
     assert readable(y, TOOLS, "r") == "absent" and y.verify().ok
     assert y.engine.metrics["sync.gone_linked"] == 1
-    sync(j, y)  # nothing more to take, nothing changes
-    assert y.get(TOOLS, "s") == j.get(TOOLS, "s") and parked(y) == []
+    sync(x, y)  # nothing more to take, nothing changes
+    assert y.get(TOOLS, "s") == j.get(TOOLS, "s") and parked(y) == [] and y.engine.metrics["sync.gone_linked"] == 1
 
 
 def _held_but_the_first(tmp_path: Path, gap: int) -> tuple[LocalRegistry, LocalRegistry, list[bytes]]:
@@ -1717,12 +1727,12 @@ def _held_but_the_first(tmp_path: Path, gap: int) -> tuple[LocalRegistry, LocalR
 @pytest.mark.parametrize("gap", [1, 2])
 def test_a_peer_that_says_a_held_change_is_gone_only_delays_it(tmp_path: Path, gap: int) -> None:
     """(_held_but_the_first) A lying peer says the changes before s are
-    gone: y links past them and takes s; a word about a place y does not
-    wait at, or an ID its parked change does not name, changes nothing.
-    Its next sync with j asks by ID for the change s names, and j sends it
-    with the links before it: y ends as j is."""
+    gone: y links past them and takes s; a word about a run its chain does
+    not stop in changes nothing. Its next sync with j asks for them (by
+    the ID s names, and by place), and j sends them: y ends as j is."""
     from registrygrid.engine.ops import LinkPastGone
     from registrygrid.protocol.sync import GonePlace
+    from registrygrid.storage.erasures import UNSEEN
     from registrygrid.trust.statements import MEMBERS_REGISTRY
     from tests.test_disputes import sync
 
@@ -1730,18 +1740,16 @@ def test_a_peer_that_says_a_held_change_is_gone_only_delays_it(tmp_path: Path, g
     named = open_envelope(withheld[-1]).cid  # the prev s names
     author = j.engine.key.did
     before = y.state_digest()
-    lies = [GonePlace(TOOLS, author, 1, gap, b"\x01" * 36),  # not the ID s names
-            GonePlace(TOOLS, author, gap + 1, gap + 1, named),  # not where y waits
-            GonePlace(MEMBERS_REGISTRY, author, 1, gap, named)]  # trust statements are never erased
-    if gap > 1:
-        lies.append(GonePlace(TOOLS, author, gap, gap, named))  # a run that starts past y's head
+    lies = [GonePlace(TOOLS, author, 2, gap + 1),  # a run past where y's chain stops
+            GonePlace(MEMBERS_REGISTRY, author, 1, gap)]  # trust statements are never erased
     assert {o.status for o in y.execute([LinkPastGone(place, "liar") for place in lies])} == {"ignored"}
     assert y.engine.metrics["sync.gone_ignored"] == len(lies)
     assert y.state_digest() == before and parked(y) == [(TOOLS, "s", author, gap + 1)]
-    (linked,) = y.execute([LinkPastGone(GonePlace(TOOLS, author, 1, gap, named), "liar")])
+    (linked,) = y.execute([LinkPastGone(GonePlace(TOOLS, author, 1, gap), "liar")])
     assert linked.status == "linked" and len(linked.released) == 1
     assert y.get(TOOLS, "s")["fields"] == j.get(TOOLS, "s")["fields"] and readable(y, TOOLS, "r0") == "absent"
-    assert y.engine.wanted() == {TOOLS: {author: [(gap, named)]}}
+    # By the ID s names, and by place where no change named one.
+    assert y.engine.wanted() == {TOOLS: {author: [(gap, named), *[(seq, UNSEEN) for seq in range(1, gap)]]}}
     sync(j, y)
     assert [y.get(TOOLS, f"r{n}") for n in range(gap)] == [j.get(TOOLS, f"r{n}") for n in range(gap)]
     assert y.engine.wanted() == {}
@@ -1763,7 +1771,7 @@ def test_a_change_linked_past_on_a_peers_word_whose_record_is_erased_since_stays
 
     j, y, withheld = _held_but_the_first(tmp_path, gap)
     author = j.engine.key.did
-    (linked,) = y.execute([LinkPastGone(GonePlace(TOOLS, author, 1, gap, open_envelope(withheld[-1]).cid), "liar")])
+    (linked,) = y.execute([LinkPastGone(GonePlace(TOOLS, author, 1, gap), "liar")])
     assert linked.status == "linked" and y.get(TOOLS, "s")
     j.erase(TOOLS, "r0")
     deliver(y, [w for w in wires(j) if open_envelope(w, verify=False).body.registry == ERASURES_REGISTRY])

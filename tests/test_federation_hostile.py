@@ -160,10 +160,10 @@ async def test_hostile_sync_requests_and_responses_are_refused_and_counted(tmp_p
 
 async def test_a_peer_that_says_a_change_is_gone_only_delays_it(tmp_path: Path) -> None:
     """A member's node answers a's sync with b's changes but r0's create,
-    and says that change is gone when a asks for it by ID (the change
-    after it, which a parked, names it). a links past it and takes the
-    change after it, and asks for r0's create with each sync: once it
-    meets b, b sends it, and a ends as b is (engine/gone.py)."""
+    and says that change's place is gone. a links past it and takes the
+    change after it (which names r0's create), and asks for r0's create
+    with each sync: once it meets b, b sends it, and a ends as b is
+    (engine/gone.py)."""
     with trio.fail_after(60):
         async with cluster(tmp_path, TRUSTING) as nodes, evil_host() as evil:
             a = await nodes.start("a")
@@ -177,16 +177,15 @@ async def test_a_peer_that_says_a_change_is_gone_only_delays_it(tmp_path: Path) 
 
             async def liar_sync(peer: str, request: bytes) -> bytes:
                 honest = decode_response(answer_sync(request, b.node.engine, federation="testfed"))
-                asked = (decode_request(request).wanted or {}).get("grid.clusters", {}).get(author, [])
-                gone = [GonePlace("grid.clusters", author, 1, 1, create.cid)] if (1, create.cid) in asked else None
+                lacks = decode_request(request).vector.get("grid.clusters", {}).get(author, 0) == 0
                 return encode_response(msgspec.structs.replace(
-                    honest, envelopes=[w for w in honest.envelopes if w != withheld], gone=gone))
+                    honest, envelopes=[w for w in honest.envelopes if w != withheld],
+                    gone=[GonePlace("grid.clusters", author, 1, 1)] if lacks else None))
 
             evil.set_handler(SYNC_PROTOCOL_ID, liar_sync)
             make_member(nodes, evil)
             await evil.connect(a.fed.addrs()[0])
             metrics = a.fed.metrics
-            # The first session parks s0; a later one asks for its predecessor and hears it is gone.
             await eventually(lambda: metrics["sync.gone.linked"] == 1, 20, "a links past what evil says is gone")
             assert a.registry.get("grid.clusters", "s0")["fields"]["name"] == "s0"
             assert a.records() == 1

@@ -387,7 +387,7 @@ class ResponseBeforeGone(msgspec.Struct, array_like=True):
 
 def test_gone_places_are_optional_checked_and_skipped_by_a_puller_that_predates_them() -> None:
     author = "did:key:zA"
-    place = GonePlace(CLUSTERS, author, 2, 5, b"\x01" * 36)
+    place = GonePlace(CLUSTERS, author, 2, 5)
     said = encode_response(SyncResponse(SYNC_VERSION, [], False, {CLUSTERS: {author: 5}}, [place]))
     assert decode_response(said).gone == [place]
 
@@ -397,17 +397,32 @@ def test_gone_places_are_optional_checked_and_skipped_by_a_puller_that_predates_
     def saying(gone: list[GonePlace]) -> bytes:
         return encode_response(SyncResponse(SYNC_VERSION, [], False, {}, gone))
 
-    for bad in (GonePlace(CLUSTERS, author, 0, 1, b"\x01" * 36),  # no change has sequence 0
-                GonePlace(CLUSTERS, author, 3, 2, b"\x01" * 36),  # a run that ends before it starts
-                GonePlace(CLUSTERS, author, 1, sync.WANTED_DEPTH + 1, b"\x01" * 36),  # longer than a responder says
-                GonePlace(CLUSTERS, author, 1, 1, b""),  # no ID
-                GonePlace(CLUSTERS, "zA", 1, 1, b"\x01" * 36),  # not a DID
-                GonePlace("Not A Name", author, 1, 1, b"\x01" * 36)):
+    for bad in (GonePlace(CLUSTERS, author, 0, 1),  # no change has sequence 0
+                GonePlace(CLUSTERS, author, 3, 2),  # a run that ends before it starts
+                GonePlace(CLUSTERS, author, 1, sync.MAX_GONE_RUN + 1),  # longer than a responder names
+                GonePlace(CLUSTERS, "zA", 1, 1),  # not a DID
+                GonePlace("Not A Name", author, 1, 1)):
         with pytest.raises(MalformedInput):
             decode_response(saying([bad]))
     with pytest.raises(TooLarge):
-        decode_response(saying([GonePlace(CLUSTERS, author, n, n, b"\x01" * 36)
-                                for n in range(1, sync.MAX_WANTED + 2)]))
+        decode_response(saying([GonePlace(CLUSTERS, author, n, n) for n in range(1, sync.MAX_GONE + 2)]))
+
+
+def test_advance_moves_a_chain_over_gone_places_it_reaches(tmp_path: Path) -> None:
+    """The next round's vector skips a run of gone places where the chain
+    reaches it, before or after the envelopes that extend it, and not a
+    run it does not reach."""
+    grid = store(tmp_path / "a")
+    try:
+        write(grid, "n", 3)
+        a, b = grid.engine.key.did, KeyPair.generate().did
+        first, _, third = grid.engine.envelopes_after(CLUSTERS, a, 0, limit=10, max_bytes=2**20)
+        gone = [GonePlace(CLUSTERS, a, 2, 2), GonePlace(CLUSTERS, a, 4, 6), GonePlace(CLUSTERS, b, 3, 4)]
+        assert advance({}, [first, third], gone) == {CLUSTERS: {a: 6}}
+        assert advance({}, [third], gone) == {}  # place 1 is neither sent nor gone
+        assert advance({CLUSTERS: {b: 2}}, [], gone) == {CLUSTERS: {b: 4}}
+    finally:
+        grid.close()
 
 
 def test_a_change_asked_for_by_id_that_the_vector_also_lacks_is_sent_once(tmp_path: Path) -> None:

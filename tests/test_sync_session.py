@@ -125,18 +125,19 @@ def test_a_peer_saying_more_but_sending_nothing_ends_the_pass_then_the_session()
     assert isinstance(finish, Finish) and finish.report.rounds == 1 and not finish.report.stalled
 
 
-def test_places_the_peer_says_are_gone_are_linked_after_the_batch_before_them_and_count_what_they_release() -> None:
+def test_places_the_peer_says_are_gone_are_linked_after_the_batch_before_them_and_count_with_what_they_release(
+        ) -> None:
     author = KeyPair.generate().did
-    place = GonePlace(CLUSTERS, author, 1, 1, b"\x01" * 36)
+    place = GonePlace(CLUSTERS, author, 1, 1)
     session = SyncSession(FED)
-    session.handle(Start({}, wanted={CLUSTERS: {author: [(1, b"\x01" * 36)]}}))
+    session.handle(Start({}))
     actions = session.handle(Response(encode_response(SyncResponse(
         v=SYNC_VERSION, envelopes=[b"a change"], more=False, vector={CLUSTERS: {author: 2}}, gone=[place]))))
     assert actions == [Apply([b"a change"]), LinkGone([place]), EndPass()]
     session.handle(Applied(pending=1))
-    session.handle(Applied.of([IngestResult("linked", "c", released=("s",))]))
+    session.handle(Applied.of([IngestResult("linked", None, released=("the change",))]))
     (finish,) = session.handle(PassApplied({CLUSTERS: {author: 2}}))
-    assert isinstance(finish, Finish) and finish.report.applied == 1 and finish.report.lag == 0
+    assert isinstance(finish, Finish) and finish.report.applied == 2 and finish.report.lag == 0
 
 
 def test_a_pass_that_applies_nothing_while_the_peer_is_ahead_stalls_the_session() -> None:

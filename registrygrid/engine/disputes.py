@@ -197,9 +197,9 @@ class Disputing(EngineCore):
           its reports can't be walked back past where it met the fork;
         - changes it erased by a notice that no longer counts (its signer's
           key was revoked before it): a peer that kept them gives them back;
-        - the change the lowest parked change of each chain waits for: a
-          peer that holds it sends it, and one whose bytes of it are gone
-          says so (engine/gone.py)."""
+        - places it linked past unseen on the word of such a notice, or of
+          a peer that said they are gone (engine/gone.py): asked for by
+          place (the unseen-link ID), since their IDs are unknown here."""
         out: Wanted = {}
         count = 0
         with self.store.read() as txn:
@@ -220,11 +220,8 @@ class Disputing(EngineCore):
                     count += 1
                     if count >= MAX_WANTED:
                         return out
-            for registry, author, seq, cid in self._awaited_predecessors(txn):  # type: ignore[attr-defined]
-                asked = out.setdefault(registry, {}).setdefault(author, [])
-                if (seq, cid) in asked:
-                    continue
-                asked.append((seq, cid))
+            for registry, author, seq in self._unseen_gone(txn):  # type: ignore[attr-defined]
+                out.setdefault(registry, {}).setdefault(author, []).append((seq, erasures.UNSEEN))
                 count += 1
                 if count >= MAX_WANTED:
                     return out
@@ -287,10 +284,14 @@ class Disputing(EngineCore):
 
     def _links_back(self, txn: Txn, registry: str, author: str, seq: int, cid: bytes,
                     sent: set[bytes]) -> list[tuple[bytes, bytes]]:
-        """(wire, ID) of ``cid`` at ``seq`` and the changes its prevs name
-        before it, newest first, while this node holds them: stops at an
-        erased change, one sent already, or WANTED_DEPTH."""
+        """(wire, ID) of ``cid`` at ``seq`` (whatever change this node holds
+        there, for the unseen-link ID: a place asked for by a node that
+        never learned its ID) and the changes its prevs name before it,
+        newest first, while this node holds them: stops at an erased
+        change, one sent already, or WANTED_DEPTH."""
         out: list[tuple[bytes, bytes]] = []
+        if cid == erasures.UNSEEN:
+            cid = chains.at(self.store, txn, registry, author, seq) or b""
         while seq >= 1 and cid and cid not in sent and len(out) < WANTED_DEPTH:
             if chains.at(self.store, txn, registry, author, seq) == cid:
                 wire = changes.wire(self.store, txn, cid)

@@ -3,35 +3,32 @@ what a node does with its word (docs/erasure.md, "Bytes no peer kept").
 
 A notice that erased a change and then stopped counting (its signer's key
 was revoked before it) leaves the change's place in the chains of the
-nodes that honoured it, its bytes gone, and those nodes ask their peers
-for it by ID. If no peer kept it, a node that refused the notice from the
-start (it took the revocation first) and never saw the change has no way
-to fill its place: the author's next change there waits for it for good.
+nodes that honoured it, its bytes gone. If no peer kept the change, a node
+that refused the notice from the start (it took the revocation first) and
+never saw it has no way to fill its place: its version vector stops there
+for good, and the author's next change in the registry waits for it.
 
-So a sync answer names the changes asked for by ID whose bytes are gone
-where it was (``gone_places``), and a node whose chain waits at such a
-place links past it (``_link_past_gone``): only where it holds the
-author's next change, whose signed ``prev`` names the place's change, and
-only for the run of places from its own chain's head. It never learns the
-run's other IDs (only a peer's word names them), so those stay unseen
-links. Each such change is held as void-erased, so this node asks for it
-by ID on every sync and takes it in if its bytes come: a peer that lies
-only delays it. A node asks for the predecessor of the lowest change
-parked in each chain (``_awaited_predecessors``), which is how the word
-comes at all.
+So a sync answer names the places the puller lacks whose bytes are gone
+where the responder is (``gone_places``), and a puller whose chain stops
+in such a run links past it (``_link_past_gone``) as unseen links: it
+never takes an ID on a peer's word (the author's next change names the
+last one, as after any unseen link). Those places count as erased by a
+notice that no longer counts, so the node asks for them on every sync (by
+ID where it learned one, by place otherwise: ``_unseen_gone``) and takes
+in any that comes: a peer that lies only delays them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
 from registrygrid.engine.ops import IngestResult, LinkPastGone
 from registrygrid.engine.values import automerge_of
-from registrygrid.protocol.envelope import Envelope, cid_to_str, open_envelope
-from registrygrid.protocol.sync import MAX_WANTED, WANTED_DEPTH, GonePlace, Wanted
-from registrygrid.storage import chains, changes, erasures, pending
+from registrygrid.protocol.envelope import Envelope
+from registrygrid.protocol.sync import MAX_GONE, MAX_GONE_RUN, MAX_WANTED, GonePlace
+from registrygrid.storage import chains, changes, erasures
 from registrygrid.storage.store import Txn
 from registrygrid.trust.statements import MEMBERS_REGISTRY
 
@@ -41,32 +38,47 @@ class GonePlaces(EngineCore):
 
     # ---- the responder
 
-    def gone_places(self, wanted: Wanted) -> list[GonePlace]:
-        """The changes ``wanted`` names that this node holds at their places
-        with their bytes erased by a notice that no longer counts (or on a
-        peer's word that they are gone), each with the run of such places
-        before it, at most WANTED_DEPTH long; at most MAX_WANTED."""
+    def gone_places(self, lacking: Mapping[tuple[str, str], tuple[int, int]]) -> list[GonePlace]:
+        """For each chain (registry, author) -> (after, sent): the runs of
+        places after ``after`` that this node holds without their bytes
+        because a notice that no longer counts erased them (or a peer said
+        they are gone), among the first ``sent`` places it holds with their
+        bytes (what it sends) and the run right after them; at most
+        MAX_GONE runs of at most MAX_GONE_RUN. Nothing (one read) on a node
+        where no notice ever stopped counting."""
         out: list[GonePlace] = []
         with self.store.read() as txn:
             if not erasures.any_void(self.store, txn):
                 return out
-            for registry, authors in sorted(wanted.items()):
-                for author, asked in sorted(authors.items()):
-                    for seq, cid in sorted(asked):
-                        if chains.at(self.store, txn, registry, author, seq) != cid \
-                                or not self._gone_here(txn, registry, author, seq, cid):
-                            continue
-                        first = seq
-                        while first > 1 and seq - first + 1 < WANTED_DEPTH:
-                            link = chains.at(self.store, txn, registry, author, first - 1)
-                            if link is None or not self._gone_here(txn, registry, author, first - 1, link):
-                                break
-                            first -= 1
-                        out.append(GonePlace(registry, author, first, seq, cid))
-                        if len(out) >= MAX_WANTED:
-                            break
+            for (registry, author), (after, sent) in sorted(lacking.items()):
+                for first, last in self._gone_runs(txn, registry, author, after, sent):
+                    out.append(GonePlace(registry, author, first, last))
+                    if len(out) >= MAX_GONE:
+                        return out
         self.metrics["sync.gone_said"] += len(out)
         return out
+
+    def _gone_runs(self, txn: Txn, registry: str, author: str, after: int,
+                   sent: int) -> Iterator[tuple[int, int]]:
+        """(first, last) of each run of gone places after ``after``, until
+        the place held with its bytes past the first ``sent`` such, or
+        MAX_GONE_RUN gone places in all (the puller asks again from there)."""
+        held = walked = first = last = 0
+        for seq, link in chains.links_after(self.store, txn, registry, author, after):
+            if self._gone_here(txn, registry, author, seq, link):
+                first, last = first or seq, seq
+                walked += 1
+                if walked >= MAX_GONE_RUN:
+                    break
+                continue
+            if first:
+                yield first, last
+                first = 0
+            held += 1
+            if held > sent:
+                return
+        if first:
+            yield first, last
 
     def _gone_here(self, txn: Txn, registry: str, author: str, seq: int, link: bytes) -> bool:
         """Whether chain place ``seq``, linked to ``link``, holds no bytes here
@@ -81,59 +93,60 @@ class GonePlaces(EngineCore):
 
     # ---- the puller
 
-    def _awaited_predecessors(self, txn: Txn) -> Iterator[tuple[str, str, int, bytes]]:
-        """(registry, author, seq, ID) of the change the lowest parked change
-        of each chain waits for, as that change's ``prev`` names it: asked
-        for by ID with a sync pass's first request (Engine.wanted), so that
-        a peer that holds it sends it, and one whose bytes of it are gone
-        says so."""
-        count = 0
-        for registry, author, seq, parked in pending.first_waiting_per_chain(self.store, txn):
-            wire = pending.parked_wire(self.store, txn, parked)
-            if wire is None or chains.at(self.store, txn, registry, author, seq) is not None:
-                continue  # a stale key: released already
-            prev = open_envelope(wire, verify=False).body.prev
-            if prev:
-                yield registry, author, seq, prev
-                count += 1
-                if count >= MAX_WANTED:
-                    return
-
     def _link_past_gone(self, txn: Txn, batch: Batch, op: LinkPastGone) -> IngestResult:
-        """A peer says ``op.place``'s changes are gone where it was: link
-        past them if this node's chain stops in that run and holds parked
-        the author's next change, which names the place's change as its
-        prev (the peer's word covers the gap; the signed prev, the ID).
-        Then what waited goes on. Anything else is ignored."""
+        """A peer says ``op.place``'s places are gone where it is: if this
+        node's chain stops inside that run, link past the rest of it as
+        unseen links, and what waited for them goes on. They count as
+        erased by a notice that no longer counts (``erasures.GONE``), so
+        they are asked for with every sync and taken in if they come.
+        Places past the author's revocation cutoff count nowhere: linked
+        on the revocation's word, as a change past such a gap would have
+        them. Anything else is ignored."""
         place = op.place
         registry, author = place.registry, place.author
         head, _ = self._head(txn, batch, registry, author)
-        if registry == MEMBERS_REGISTRY or not place.first <= head + 1 <= place.seq \
-                or not self._parked_after(txn, registry, author, place.seq, place.change):
-            # Trust statements are never erased; a gap that is not this
-            # node's, or a change it does not wait for, is not linked on
-            # a peer's word.
+        if registry == MEMBERS_REGISTRY or not place.first <= head + 1 <= place.last:
+            # Trust statements are never erased; a run this node's chain does not stop in is not its gap.
             self.metrics["sync.gone_ignored"] += 1
-            return IngestResult("ignored", cid_to_str(place.change))
-        erasures.put_void(self.store, txn, erasures.GONE)
-        erasures.vouch(self.store, txn, registry, author, head + 1, place.seq, erasures.GONE, "")
+            return IngestResult("ignored", None)
+        if self._past_cutoff(registry, author, head + 1):  # type: ignore[attr-defined]
+            warrant = erasures.PAST_CUTOFF
+        else:
+            warrant = erasures.GONE
+            erasures.put_void(self.store, txn, erasures.GONE)
+        erasures.vouch(self.store, txn, registry, author, head + 1, place.last, warrant, "")
         self._has_erasures = True
         self._fill_vouched(txn, batch, registry, author)  # type: ignore[attr-defined]
-        self._learn_unseen(txn, batch, registry, author, place.seq, place.change)  # type: ignore[attr-defined]
-        self.metrics["sync.gone_linked"] += place.seq - head
+        self.metrics["sync.gone_linked"] += place.last - head
         self.audit.append(txn, at_ms=self.now_ms(), actor=f"peer:{op.peer}", action="update",
                           target=f"{registry}/",
-                          reason=f"changes {head + 1}..{place.seq} of {author} are gone where {op.peer} was "
+                          reason=f"changes {head + 1}..{place.last} of {author} are gone where {op.peer} is "
                                  "(erased under a notice that no longer counts): linked past them; "
-                                 "they are asked for by ID and taken in if their bytes come")
+                                 "they are asked for and taken in if they come")
         released = self._release(txn, batch, None, op.peer)  # type: ignore[attr-defined]
-        return IngestResult("linked", cid_to_str(place.change), released=tuple(released))
+        return IngestResult("linked", None, released=tuple(released))
+
+    def _unseen_gone(self, txn: Txn) -> Iterator[tuple[str, str, int]]:
+        """(registry, author, seq) of each unseen link this node holds on the
+        word of a notice that no longer counts, or of a peer that said it is
+        gone: its ID is unknown here, so sync asks for it by place (the
+        unseen-link ID: Engine.wanted); at most MAX_WANTED."""
+        count = 0
+        for registry, author, first, last, notice in erasures.vouched_ranges(self.store, txn):
+            if notice == erasures.PAST_CUTOFF or not erasures.is_void(self.store, txn, notice):
+                continue
+            for seq in range(first, last + 1):
+                if chains.at(self.store, txn, registry, author, seq) == erasures.UNSEEN:
+                    yield registry, author, seq
+                    count += 1
+                    if count >= MAX_WANTED:
+                        return
 
     def _burned_gone(self, txn: Txn, env: Envelope) -> str | None:
         """The notice that erased ``env``'s record here, if ``env`` is a
-        change this node linked past on a peer's word (its ID learned so,
-        or its place an unseen link so vouched for) and its record is
-        erased here since: it never knew the change was that record's."""
+        change this node linked past on a peer's word (its ID learned since,
+        or its place still an unseen link) and its record is erased here
+        since: it never knew the change was that record's."""
         body = env.body
         held = erasures.mark(self.store, txn, body.registry, body.record)
         if held is None or not erasures.burned(held[1]):
@@ -159,9 +172,3 @@ class GonePlaces(EngineCore):
         erasures.put_hash(self.store, txn, body.registry, body.record, automerge_of(env)[0], notice)
         self.metrics["erasure.dropped_on_arrival"] += 1
         return IngestResult("erased", env.id)
-
-    def _parked_after(self, txn: Txn, registry: str, author: str, seq: int, cid: bytes) -> bool:
-        """Whether a change parked here waits for place ``seq`` of the chain
-        and names ``cid`` as its prev."""
-        return any(open_envelope(wire, verify=False).body.prev == cid
-                   for wire in pending.waiting_for(self.store, txn, registry, author, seq))

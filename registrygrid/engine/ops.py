@@ -2,7 +2,7 @@
 
 Local operations (Put, Update, Delete) come from the SDK, the CLI and the
 HTTP bridge; Remote carries an envelope from a peer, LinkPastGone a peer's
-word that changes are gone where it was; AuditNote records an
+word that changes are gone where it is; AuditNote records an
 access or a denial that made no change. All go through ``Engine.execute``.
 """
 
@@ -95,9 +95,9 @@ class Erase:
 
 @dataclass(frozen=True)
 class LinkPastGone:
-    """A peer's word that changes asked for by ID are gone where it was
-    (protocol/sync.py GonePlace): linked past where this node's chain
-    waits for them (engine/erasure.py ``_link_past_gone``)."""
+    """A peer's word that places of a chain this node lacks are gone where
+    it is (protocol/sync.py GonePlace): linked past where this node's chain
+    stops inside them (engine/gone.py ``_link_past_gone``)."""
 
     place: GonePlace
     peer: str = "unknown"

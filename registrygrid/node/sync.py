@@ -262,10 +262,10 @@ class SyncService:
         return _applied(counts)
 
     async def _link_gone(self, peer: str, gone: LinkGone) -> Applied:
-        """Link past the places ``peer`` says are gone where it was, where
-        this node's chains wait at them (engine/gone.py); what that lets go
-        on counts as applied. Not rate-charged: each is a few key writes,
-        and at most MAX_WANTED come per session."""
+        """Link past the places ``peer`` says are gone where it is, where
+        this node's chains stop inside them (engine/gone.py); what that
+        lets go on counts as applied. Not rate-charged: a run is a few key
+        writes a place, and a response names at most MAX_GONE runs."""
         try:
             outcomes = await self.node.submit([LinkPastGone(place, peer) for place in gone.places])
         except RegistryError as exc:  # the node is stopping, or storage failed

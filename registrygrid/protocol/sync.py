@@ -64,6 +64,10 @@ WANTED_DEPTH = 64
 # its own key), sent with a pass's first answer (ChangeSource.unreported_forks).
 MAX_UNREPORTED = 256
 CHANGE_ID_MAX_BYTES = 64
+# Gone places (GonePlace) in one response, and the longest run one names:
+# a puller links a longer run over several rounds.
+MAX_GONE = 4096
+MAX_GONE_RUN = 4096
 
 Vector = dict[str, dict[str, int]]
 HeadTags = dict[str, dict[str, bytes]]
@@ -71,20 +75,18 @@ Wanted = dict[str, dict[str, list[tuple[int, bytes]]]]  # registry -> author -> 
 
 
 class GonePlace(msgspec.Struct, array_like=True, frozen=True):
-    """A responder's word that a change the puller asked for by ID is gone
-    where it was: ``change`` holds place ``seq`` of ``author``'s chain in
-    ``registry`` there, and it and the places ``first``..``seq`` - 1 before
-    it were erased there by a notice that no longer counts, their bytes
-    kept nowhere it knows (docs/erasure.md). The puller takes it only for
-    a gap its own chain stops at, whose ID a change it holds names as its
-    prev; it keeps asking for those changes, so a peer that lies only
-    delays them."""
+    """A responder's word that places ``first``..``last`` of ``author``'s
+    chain in ``registry``, which the puller's vector lacks, are gone where
+    it is: it holds them without their bytes, erased by a notice that no
+    longer counts (or linked past on a peer's word), so it can't send them
+    (docs/erasure.md, "Bytes no peer kept"). A puller whose chain stops in
+    that run links past it and keeps asking for those places, so a peer
+    that lies only delays them."""
 
     registry: str
     author: str
     first: int
-    seq: int
-    change: bytes
+    last: int
 
 
 def head_tag(change_id: bytes) -> bytes:
@@ -113,9 +115,9 @@ class SyncResponse(msgspec.Struct, array_like=True, frozen=True):
     envelopes: list[bytes]
     more: bool
     vector: dict[str, dict[str, int]]  # the responder's own vector: tells the puller what it could push
-    # Asked-for changes whose bytes are gone here (GonePlace). Last and
-    # optional, as the request's ``heads``: a puller that predates it skips
-    # it, and one that has it reads an older response as having none.
+    # Places the puller lacks whose bytes are gone here (GonePlace). Last
+    # and optional, as the request's ``heads``: a puller that predates it
+    # skips it, and one that has it reads an older response as having none.
     gone: list[GonePlace] | None = None
 
 
@@ -151,10 +153,11 @@ class ChangeSource(Protocol):
         first, bounded."""
         ...
 
-    def gone_places(self, wanted: Wanted) -> list[GonePlace]:
-        """The changes ``wanted`` names that this source erased under a
-        notice that no longer counts (their bytes are gone here), each with
-        the run of such places before it, at most WANTED_DEPTH long."""
+    def gone_places(self, lacking: Mapping[tuple[str, str], tuple[int, int]]) -> list[GonePlace]:
+        """For each chain (registry, author) -> (after, sent): the runs of
+        places after ``after`` whose bytes are gone here (GonePlace), among
+        the first ``sent`` places held with their bytes and the run right
+        after them, each at most MAX_GONE_RUN long."""
         ...
 
 
@@ -164,6 +167,7 @@ class Candidate:
     author: str
     seq: int
     wire: bytes
+    registry: str
 
 
 def encode_request(request: SyncRequest) -> bytes:
@@ -250,15 +254,14 @@ def _check_wanted(wanted: Mapping[str, Mapping[str, list[tuple[int, bytes]]]]) -
 
 
 def _check_gone(gone: list[GonePlace]) -> None:
-    if len(gone) > MAX_WANTED:
-        raise TooLarge(f"a sync response may name at most {MAX_WANTED} gone changes")
+    if len(gone) > MAX_GONE:
+        raise TooLarge(f"a sync response may name at most {MAX_GONE} runs of gone places")
     for place in gone:
         _checked_name(place.registry)
         if not place.author.startswith("did:key:") or len(place.author) > 128 \
-                or not 1 <= place.first <= place.seq < 2**63 or place.seq - place.first >= WANTED_DEPTH \
-                or not 1 <= len(place.change) <= CHANGE_ID_MAX_BYTES:
-            raise MalformedInput(f"sync: bad gone place {place.registry!r} {place.author!r} "
-                                 f"{place.first}..{place.seq}")
+                or not 1 <= place.first <= place.last < 2**63 or place.last - place.first >= MAX_GONE_RUN:
+            raise MalformedInput(f"sync: bad gone places {place.registry!r} {place.author!r} "
+                                 f"{place.first}..{place.last}")
 
 
 def missing(local: Mapping[str, Mapping[str, int]], remote: Mapping[str, Mapping[str, int]]) -> dict[tuple[str, str], int]:
@@ -313,18 +316,14 @@ def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str, 
         for wire in source.unreported_forks(set(ours), max_bytes=max(budget - size, 0)):
             chosen.append(wire)
             size += len(wire)
-    gone: list[GonePlace] | None = None
     if request.wanted:
-        # Changes asked for by ID, which the puller's vector can't ask for:
-        # the other branch of a fork its evidence names, changes a notice
-        # that stopped counting erased there, and the predecessors of
-        # changes it parked. Those whose bytes are gone here too are named
-        # as gone, so a puller waiting for one can link past it.
+        # Changes asked for by ID (or by place: the unseen-link ID), which
+        # the puller's vector can't ask for: the other branch of a fork its
+        # evidence names, and changes whose bytes are gone there.
         asked = {registry: authors for registry, authors in request.wanted.items() if registry in ours}
         for wire in source.wanted_links(asked, max_bytes=max(budget - size, 0)):
             chosen.append(wire)
             size += len(wire)
-        gone = source.gone_places(asked) or None
     # A change sent above is not sent again below (an asked predecessor is
     # often also what the puller's vector lacks).
     sent = set(chosen)
@@ -336,16 +335,22 @@ def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str, 
         if after + len(wires) < held:
             more = True
         for offset, wire in enumerate(wires):
-            candidates.append(Candidate(_hlc_of(wire), author, after + offset + 1, wire))
+            candidates.append(Candidate(_hlc_of(wire), author, after + offset + 1, wire, registry))
     candidates.sort(key=lambda c: (c.hlc, c.author, c.seq))
+    sent_of: dict[tuple[str, str], int] = dict.fromkeys(lacking, 0)
     for candidate in candidates:
-        if candidate.wire in sent:
+        if sent and candidate.wire in sent:
             continue
         if chosen and (size + len(candidate.wire) > budget or len(chosen) >= MAX_RESPONSE_ENVELOPES):
             more = True
             break
         chosen.append(candidate.wire)
         size += len(candidate.wire)
+        sent_of[(candidate.registry, candidate.author)] += 1
+    # Places the puller lacks whose bytes are gone here: it can't get them
+    # from anyone who erased them, so it links past them (it asks again,
+    # so a lie only delays), instead of waiting for them for good.
+    gone = source.gone_places({chain: (after, sent_of[chain]) for chain, after in lacking.items()}) or None
     return encode_response(SyncResponse(v=SYNC_VERSION, envelopes=chosen, more=more, vector=ours, gone=gone))
 
 
@@ -378,14 +383,31 @@ def _hlc_of(wire: bytes) -> tuple[int, int]:
     return _peek_body.decode(outer.body).hlc
 
 
-def advance(vector: Mapping[str, Mapping[str, int]], envelopes: Iterable[bytes]) -> Vector:
+def advance(vector: Mapping[str, Mapping[str, int]], envelopes: Iterable[bytes],
+            gone: Iterable[GonePlace] = ()) -> Vector:
     """The vector as it will be once ``envelopes`` (a response, in order) are
-    applied: a copy in which each envelope that extends its chain by one moves
-    that chain on. Lets a puller ask for the next round while it still applies
-    this one; the store's own vector stays the cursor of record. Envelopes that
-    do not decode or do not extend a chain are skipped (the engine refuses or
-    parks them; the next session asks again)."""
+    applied and its ``gone`` places linked past: a copy in which each envelope
+    that extends its chain by one moves that chain on, as does a run of gone
+    places that starts at or before its next place. Lets a puller ask for the
+    next round while it still applies this one; the store's own vector stays
+    the cursor of record. Envelopes that do not decode or do not extend a
+    chain are skipped (the engine refuses or parks them; the next session
+    asks again)."""
     out: Vector = {registry: dict(authors) for registry, authors in vector.items()}
+    runs: dict[tuple[str, str], list[GonePlace]] = {}
+    for place in gone:
+        runs.setdefault((place.registry, place.author), []).append(place)
+
+    def past_gone(registry: str, author: str) -> None:
+        authors = out.get(registry)
+        for place in sorted(runs.get((registry, author), ()), key=lambda p: p.first):
+            held = (authors or {}).get(author, 0)
+            if place.first <= held + 1 <= place.last:
+                authors = out.setdefault(registry, {})
+                authors[author] = place.last
+
+    for registry, author in runs:
+        past_gone(registry, author)
     for wire in envelopes:
         try:
             body = _peek_body.decode(_peek_outer.decode(wire).body)
@@ -401,6 +423,8 @@ def advance(vector: Mapping[str, Mapping[str, int]], envelopes: Iterable[bytes])
                 continue
             authors = out[body.registry] = {}
         authors[body.author] = body.seq
+        if runs:
+            past_gone(body.registry, body.author)
     return out
 
 
@@ -422,7 +446,7 @@ class SyncPuller:
     done: bool = False
     peer_vector: Vector = field(default_factory=dict)
     # The gone places of the last response (GonePlace): the caller links
-    # past those its chains wait at (Engine ``LinkGone``).
+    # past those its chains stop in (engine ``LinkPastGone``).
     gone: list[GonePlace] = field(default_factory=list)
     _last_empty_more: int = 0
 

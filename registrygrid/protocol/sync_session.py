@@ -97,8 +97,8 @@ class Applied:
             status = getattr(outcome, "status", "rejected")
             if status == "applied":
                 applied += 1 + len(outcome.released)
-            elif status == "linked":  # places a peer said are gone, linked past: what waited for them
-                applied += len(outcome.released)
+            elif status == "linked":  # places a peer said are gone, linked past, and what waited for them
+                applied += 1 + len(outcome.released)
             elif status == "duplicate":
                 duplicate += 1
             elif status == "pending":
@@ -130,9 +130,9 @@ class Apply:
 
 @dataclass(frozen=True)
 class LinkGone:
-    """Link past the places the peer says are gone where it was (its answer
-    to changes asked for by ID: protocol/sync.py GonePlace), after the
-    Apply before it; the engine takes each only where its chain waits."""
+    """Link past the places the peer says are gone where it is
+    (protocol/sync.py GonePlace), after the Apply before it; the engine
+    takes each run only where its own chain stops inside it."""
     places: list[GonePlace]
 
 
@@ -212,7 +212,7 @@ class SyncSession:
         envelopes = self._puller.receive(event.data)  # a bad answer raises here, before any state changes
         self.report.rounds += 1
         self.report.received += len(envelopes)
-        advanced = advance(self._cursor, envelopes)
+        advanced = advance(self._cursor, envelopes, self._puller.gone)
         actions: list[Action] = [Apply(envelopes)] if envelopes else []
         if self._puller.gone:
             actions.append(LinkGone(self._puller.gone))

@@ -16,7 +16,7 @@ the engine's own tests cover what it does with them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from registrygrid.errors import RegistryError
@@ -123,7 +123,7 @@ class Ledger:
     def unreported_forks(self, registries: Collection[str], *, max_bytes: int) -> list[bytes]:
         return []  # a ledger keeps no evidence: it holds one branch and counts the rest as duplicates
 
-    def gone_places(self, wanted: Wanted) -> list[GonePlace]:
+    def gone_places(self, lacking: Mapping[tuple[str, str], tuple[int, int]]) -> list[GonePlace]:
         """Nothing: a ledger erases nothing, so no change's bytes are gone."""
         return []
 

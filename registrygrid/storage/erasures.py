@@ -43,7 +43,7 @@ from typing import Any
 
 import lmdb
 
-from registrygrid.storage.store import SEP, Store, key, pack, u64, unpack
+from registrygrid.storage.store import SEP, Store, from_u64, key, pack, u64, unpack
 
 # A chain link whose change this node never saw (36 bytes, as a change ID;
 # never a real one: a CID starts with its version byte, 0x01).
@@ -216,6 +216,17 @@ def vouched(store: Store, txn: lmdb.Transaction, registry: str, author: str, seq
             return notice, record
         found = cursor.prev()  # an earlier range may be wider (ranges of several notices overlap)
     return None
+
+
+def vouched_ranges(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[str, str, int, int, str]]:
+    """(registry, author, first, last, notice id) of every range of chain
+    places a notice (or a warrant: PAST_CUTOFF, GONE) vouches for."""
+    if "erasures" not in store.db:
+        return
+    for k, raw in store.iter_prefix(txn, "erasures", b"g"):
+        registry, author, first = k[1:].split(SEP, 2)
+        last, notice, _ = unpack(raw)
+        yield registry.decode(), author.decode(), from_u64(first), last, notice
 
 
 def iter_marks(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[str, str, str, str]]:

@@ -139,33 +139,6 @@ def waiting_in_chain(store: Store, txn: lmdb.Transaction, registry: str, author:
             yield wire
 
 
-def parked_wire(store: Store, txn: lmdb.Transaction, cid: bytes) -> bytes | None:
-    return txn.get(cid, db=store.db["pending"])
-
-
-def waiting_for(store: Store, txn: lmdb.Transaction, registry: str, author: str, seq: int) -> Iterator[bytes]:
-    """The wires of the changes that wait for place ``seq`` of the author's
-    chain in ``registry`` (its next change, or forks of it)."""
-    pending = store.db["pending"]
-    for _, cid in store.iter_prefix(txn, "waiting", for_predecessor(registry, author, seq + 1, b"")):
-        wire = txn.get(cid, db=pending)
-        if wire is not None:
-            yield wire
-
-
-def first_waiting_per_chain(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[str, str, int, bytes]]:
-    """(registry, author, place, change id) of the lowest change of each
-    chain that waits for its predecessor, ``place`` being the predecessor's
-    sequence number: one key read per chain, however long its gap."""
-    cursor = txn.cursor(db=store.db["waiting"])
-    found = cursor.set_range(b"c")
-    while found and cursor.key().startswith(b"c"):
-        registry, author, rest = cursor.key()[1:].split(SEP, 2)
-        yield registry.decode(), author.decode(), from_u64(rest[:8]), cursor.value()
-        # Past every key of this chain: a sequence number's 8 bytes never reach 0xff... 0xff.
-        found = cursor.set_range(b"c" + key(registry, author) + SEP + b"\xff" * 9)
-
-
 def all_evidence(store: Store, txn: lmdb.Transaction) -> Iterator[tuple[str, str, int, bytes]]:
     """(registry, author, seq, wire) of every change filed as evidence, in
     that order: read from the keys, no envelope decoded."""
