@@ -1,21 +1,23 @@
 """Changes whose bytes are gone everywhere: what a peer says of them, and
 what a node does with its word (docs/erasure.md, "Bytes no peer kept").
 
-A notice that erased a change and then stopped counting (its signer's key
-was revoked before it) leaves the change's place in the chains of the
-nodes that honoured it, its bytes gone. If no peer kept the change, a node
-that refused the notice from the start (it took the revocation first) and
-never saw it has no way to fill its place: its version vector stops there
-for good, and the author's next change in the registry waits for it.
+An erased change keeps its place in the chains of the nodes that erased
+it, its bytes gone. A node that never saw the change and has no word that
+vouches for its place (it refused the notice from the start: its signer's
+key was revoked before it; or the change is another org's edit that no
+node of that org could list) has no way to fill the place: its version
+vector stops there for good, and the author's next change in the
+registry waits for it.
 
-So a sync answer names the places the puller lacks whose bytes are gone
-where the responder is (``gone_places``), and a puller whose chain stops
-in such a run links past it (``_link_past_gone``) as unseen links: it
-never takes an ID on a peer's word (the author's next change names the
+So a sync answer names the places the puller lacks that the responder
+holds without their bytes (``gone_places``), and a puller whose chain
+stops in such a run links past it (``_link_past_gone``) as unseen links:
+it never takes an ID on a peer's word (the author's next change names the
 last one, as after any unseen link). Those places count as erased by a
 notice that no longer counts, so the node asks for them on every sync (by
 ID where it learned one, by place otherwise: ``_unseen_gone``) and takes
-in any that comes: a peer that lies only delays them.
+in any that comes (or drops its bytes, if its record was erased here
+since): a peer that lies only delays them.
 """
 
 from __future__ import annotations
@@ -41,14 +43,13 @@ class GonePlaces(EngineCore):
     def gone_places(self, lacking: Mapping[tuple[str, str], tuple[int, int]]) -> list[GonePlace]:
         """For each chain (registry, author) -> (after, sent): the runs of
         places after ``after`` that this node holds without their bytes
-        because a notice that no longer counts erased them (or a peer said
-        they are gone), among the first ``sent`` places it holds with their
-        bytes (what it sends) and the run right after them; at most
+        (``_gone_here``), among the first ``sent`` places it holds with
+        their bytes (what it sends) and the run right after them; at most
         MAX_GONE runs of at most MAX_GONE_RUN. Nothing (one read) on a node
-        where no notice ever stopped counting."""
+        that holds no erasure."""
         out: list[GonePlace] = []
         with self.store.read() as txn:
-            if not erasures.any_void(self.store, txn):
+            if not erasures.any_held(self.store, txn):
                 return out
             for (registry, author), (after, sent) in sorted(lacking.items()):
                 for first, last in self._gone_runs(txn, registry, author, after, sent):
@@ -81,15 +82,11 @@ class GonePlaces(EngineCore):
             yield first, last
 
     def _gone_here(self, txn: Txn, registry: str, author: str, seq: int, link: bytes) -> bool:
-        """Whether chain place ``seq``, linked to ``link``, holds no bytes here
-        because a notice that no longer counts erased it (or a peer said so)."""
-        if link == erasures.UNSEEN:
-            vouched = erasures.vouched(self.store, txn, registry, author, seq)
-            return vouched is not None and erasures.is_void(self.store, txn, vouched[0])
-        if not changes.is_erased(self.store, txn, link):
-            return False
-        known = erasures.change(self.store, txn, link)
-        return known is not None and erasures.is_void(self.store, txn, known["notice"])
+        """Whether chain place ``seq``, linked to ``link``, is held here
+        without its bytes: erased by a notice (one that counts here or not),
+        linked past unseen on a notice's or a revocation's word, or on a
+        peer's that it is gone."""
+        return link == erasures.UNSEEN or changes.is_erased(self.store, txn, link)
 
     # ---- the puller
 
