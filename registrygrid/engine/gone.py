@@ -118,8 +118,8 @@ class GonePlaces(EngineCore):
         self.audit.append(txn, at_ms=self.now_ms(), actor=f"peer:{op.peer}", action="update",
                           target=f"{registry}/",
                           reason=f"changes {head + 1}..{place.last} of {author} are gone where {op.peer} is "
-                                 "(erased under a notice that no longer counts): linked past them; "
-                                 "they are asked for and taken in if they come")
+                                 "(held there without their bytes): linked past them; they are asked for, "
+                                 "and taken in if they come")
         released = self._release(txn, batch, None, op.peer)  # type: ignore[attr-defined]
         return IngestResult("linked", None, released=tuple(released))
 
