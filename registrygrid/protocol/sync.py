@@ -77,11 +77,10 @@ Wanted = dict[str, dict[str, list[tuple[int, bytes]]]]  # registry -> author -> 
 class GonePlace(msgspec.Struct, array_like=True, frozen=True):
     """A responder's word that places ``first``..``last`` of ``author``'s
     chain in ``registry``, which the puller's vector lacks, are gone where
-    it is: it holds them without their bytes, erased by a notice that no
-    longer counts (or linked past on a peer's word), so it can't send them
-    (docs/erasure.md, "Bytes no peer kept"). A puller whose chain stops in
-    that run links past it and keeps asking for those places, so a peer
-    that lies only delays them."""
+    it is: it holds them without their bytes (erased, or linked past
+    unseen), so it can't send them (docs/erasure.md, "Bytes no peer
+    kept"). A puller whose chain stops in that run links past it and keeps
+    asking for those places, so a peer that lies only delays them."""
 
     registry: str
     author: str
@@ -155,9 +154,9 @@ class ChangeSource(Protocol):
 
     def gone_places(self, lacking: Mapping[tuple[str, str], tuple[int, int]]) -> list[GonePlace]:
         """For each chain (registry, author) -> (after, sent): the runs of
-        places after ``after`` whose bytes are gone here (GonePlace), among
-        the first ``sent`` places held with their bytes and the run right
-        after them, each at most MAX_GONE_RUN long."""
+        places after ``after`` held here without their bytes (GonePlace),
+        among the first ``sent`` places held with their bytes and the run
+        right after them, each at most MAX_GONE_RUN long."""
         ...
 
 
@@ -324,8 +323,8 @@ def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str, 
         for wire in source.wanted_links(asked, max_bytes=max(budget - size, 0)):
             chosen.append(wire)
             size += len(wire)
-    # A change sent above is not sent again below (an asked predecessor is
-    # often also what the puller's vector lacks).
+    # A change sent above is not sent again below (a change asked for by
+    # ID, or a link before it, may be one the puller's vector lacks too).
     sent = set(chosen)
     # Take at most the budget from each chain, then cut the causally sorted
     # union at the budget: every chain progresses, dependencies come first.

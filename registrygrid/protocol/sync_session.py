@@ -99,7 +99,7 @@ class Applied:
                 applied += 1 + len(outcome.released)
             elif status == "linked":  # places a peer said are gone, linked past, and what waited for them
                 applied += 1 + len(outcome.released)
-            elif status == "duplicate":
+            elif status in ("duplicate", "ignored"):  # ignored: a gone word about places held already
                 duplicate += 1
             elif status == "pending":
                 pending += 1
