@@ -12,18 +12,15 @@ Real LMDB stores exchanging real envelopes.
 from __future__ import annotations
 
 import random
-import tempfile
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from registrygrid.errors import RegistryError
-from registrygrid.identity.keys import KeyPair
 from registrygrid.sdk import LocalRegistry
 from tests.test_equivocation_histories import sync_pass
 from tests.test_random_histories import IDS, REG, exchange_all, fresh_takes_everything, open_registry, settle
-from tests.test_trust_histories import STEPS, open_nodes, revoke_or_step
+from tests.test_trust_histories import STEPS, history, revoke_or_step
 
 
 def erase(rnd: random.Random, nodes: list[LocalRegistry]) -> None:
@@ -51,29 +48,21 @@ def test_sync_only_histories_with_revocations_and_erasures_end_alike_on_every_no
     same records and version vectors. Before 2026-12-05, 9 to 15 of 100
     such histories ended with version vectors apart, each at places whose
     bytes no node kept (a search driver; docs/erasure.md)."""
-    rnd = random.Random(seed)
-    expiring = rnd.random() < 0.4
-    with tempfile.TemporaryDirectory() as root:
-        nodes = open_nodes(Path(root), expiring)
-        fresh = LocalRegistry.open_path(Path(root) / "fresh", KeyPair(b"\x72" * 32))
-        try:
-            open_registry(nodes, exchange=sync_pass)
-            for n in range(STEPS):
-                if rnd.random() < 0.1:
-                    erase(rnd, nodes)
-                else:
-                    revoke_or_step(rnd, nodes, n, exchange=sync_pass)
-                if rnd.random() < 0.25:
-                    source, target = rnd.sample(nodes, 2)
-                    sync_pass(source, target)
-            settle(nodes, exchange=sync_pass)
-            exchange_all(nodes, exchange=sync_pass)  # places linked past in the last round, passed on
-            fresh_takes_everything(nodes, fresh, rnd)
-            for node in nodes:
-                sync_pass(node, fresh)
-            everyone = [*nodes, fresh]
-            assert len({grid.state_digest() for grid in everyone}) == 1
-            assert all(grid.engine.version_vector() == fresh.engine.version_vector() for grid in nodes)
-        finally:
-            for grid in [*nodes, fresh]:
-                grid.close()
+    with history(seed) as (rnd, nodes, fresh):
+        open_registry(nodes, exchange=sync_pass)
+        for n in range(STEPS):
+            if rnd.random() < 0.1:
+                erase(rnd, nodes)
+            else:
+                revoke_or_step(rnd, nodes, n, exchange=sync_pass)
+            if rnd.random() < 0.25:
+                source, target = rnd.sample(nodes, 2)
+                sync_pass(source, target)
+        settle(nodes, exchange=sync_pass)
+        exchange_all(nodes, exchange=sync_pass)  # places linked past in the last round, passed on
+        fresh_takes_everything(nodes, fresh, rnd)
+        for node in nodes:
+            sync_pass(node, fresh)
+        everyone = [*nodes, fresh]
+        assert len({grid.state_digest() for grid in everyone}) == 1
+        assert all(grid.engine.version_vector() == fresh.engine.version_vector() for grid in nodes)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import random
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -94,9 +96,10 @@ def open_nodes(root: Path, expiring: bool) -> list[LocalRegistry]:
             for i, (key, org) in enumerate(zip(KEYS, ORGS, strict=True))]
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(min_value=0, max_value=2**32 - 1))
-def test_random_histories_with_revocations_end_alike_on_every_node(seed: int) -> None:
+@contextmanager
+def history(seed: int) -> Iterator[tuple[random.Random, list[LocalRegistry], LocalRegistry]]:
+    """A history's draw, its five nodes (B's revocable key's delegation
+    lasting one second in some) and a fresh node, all closed after."""
     # One draw: what a step draws depends on what the nodes hold, which the
     # wall clock changes, so a failing seed replays alike only mostly.
     rnd = random.Random(seed)
@@ -105,16 +108,23 @@ def test_random_histories_with_revocations_end_alike_on_every_node(seed: int) ->
         nodes = open_nodes(Path(root), expiring)
         fresh = LocalRegistry.open_path(Path(root) / "fresh", KeyPair(b"\x72" * 32))
         try:
-            open_registry(nodes)
-            for n in range(STEPS):
-                revoke_or_step(rnd, nodes, n)
-                if rnd.random() < 0.25:
-                    source, target = rnd.sample(nodes, 2)
-                    send(source, target, rnd if rnd.random() < 0.3 else None)
-            fresh_takes_everything(nodes, fresh, rnd)
-            everyone = [*nodes, fresh]
-            assert len({grid.state_digest() for grid in everyone}) == 1
-            assert all(grid.engine.version_vector() == fresh.engine.version_vector() for grid in nodes)
+            yield rnd, nodes, fresh
         finally:
             for grid in [*nodes, fresh]:
                 grid.close()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(min_value=0, max_value=2**32 - 1))
+def test_random_histories_with_revocations_end_alike_on_every_node(seed: int) -> None:
+    with history(seed) as (rnd, nodes, fresh):
+        open_registry(nodes)
+        for n in range(STEPS):
+            revoke_or_step(rnd, nodes, n)
+            if rnd.random() < 0.25:
+                source, target = rnd.sample(nodes, 2)
+                send(source, target, rnd if rnd.random() < 0.3 else None)
+        fresh_takes_everything(nodes, fresh, rnd)
+        everyone = [*nodes, fresh]
+        assert len({grid.state_digest() for grid in everyone}) == 1
+        assert all(grid.engine.version_vector() == fresh.engine.version_vector() for grid in nodes)

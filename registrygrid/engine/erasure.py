@@ -974,12 +974,13 @@ class Erasing(EngineCore):
 
     def _keep_erased(self, txn: Txn, batch: Batch, env: Envelope, notice: str) -> None:
         """A change of an erased record arrived (from a peer that had not
-        honoured the notice yet): its ID takes its place in the chain, its
-        bytes are dropped."""
+        honoured the notice yet; or at a place linked past without it): its
+        ID takes its place in the chain, its bytes are dropped."""
         body = env.body
         chains.link(self.store, txn, body.registry, body.author, body.seq, env.cid)
-        batch.heads[(body.registry, body.author)] = self._chain_heads[(body.registry, body.author)] = \
-            (body.seq, env.cid)
+        if self._head(txn, batch, body.registry, body.author)[0] <= body.seq:
+            batch.heads[(body.registry, body.author)] = self._chain_heads[(body.registry, body.author)] = \
+                (body.seq, env.cid)
         changes.put_erased(self.store, txn, env.cid)
         erasures.put_change(self.store, txn, env.cid, body.registry, body.record, body.author, body.seq, notice)
         # A change built on this one is known for what it is when it comes.

@@ -27,7 +27,6 @@ from collections.abc import Iterator, Mapping
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
 from registrygrid.engine.ops import IngestResult, LinkPastGone
-from registrygrid.engine.values import automerge_of
 from registrygrid.protocol.envelope import Envelope
 from registrygrid.protocol.sync import MAX_GONE, MAX_GONE_RUN, MAX_WANTED, GonePlace
 from registrygrid.storage import chains, changes, erasures
@@ -159,13 +158,5 @@ class GonePlaces(EngineCore):
         its record here since: its ID keeps its place, its bytes are
         dropped, and it is held as erased under ``notice`` (asked for no
         more), as any change of an erased record that comes late."""
-        body = env.body
-        chains.link(self.store, txn, body.registry, body.author, body.seq, env.cid)
-        if self._head(txn, batch, body.registry, body.author)[0] == body.seq:
-            batch.heads[(body.registry, body.author)] = self._chain_heads[(body.registry, body.author)] = \
-                (body.seq, env.cid)
-        changes.put_erased(self.store, txn, env.cid)
-        erasures.put_change(self.store, txn, env.cid, body.registry, body.record, body.author, body.seq, notice)
-        erasures.put_hash(self.store, txn, body.registry, body.record, automerge_of(env)[0], notice)
-        self.metrics["erasure.dropped_on_arrival"] += 1
+        self._keep_erased(txn, batch, env, notice)  # type: ignore[attr-defined]
         return IngestResult("erased", env.id)
