@@ -1558,6 +1558,48 @@ def test_changes_past_a_revoked_keys_cutoff_that_arrive_out_of_order_are_kept_as
     assert w.engine.version_vector() == v.engine.version_vector()
 
 
+def test_a_forked_revoked_keys_change_past_a_gap_is_held_as_the_other_branch_not_linked_on_the_revocation(
+        tmp_path: Path) -> None:
+    """k's key is in two stores (cloned): k1 creates r, k2 creates s and
+    edits it twice. x holds k1's create, meets k2's (the same sequence: a
+    fork, and k is quarantined from 1), and A revokes k with a cutoff of 0.
+    Then k2's third change comes, past a gap: it is held as the other
+    branch's (marked on its record, waiting), not linked into x's chain of
+    k on the revocation's word. Before, x linked k2's second change's ID after k1's create: the
+    branches mixed, and a change of k2 carrying the same Automerge change
+    as one of k1's was refused as malformed input (a cloned-key history of
+    tests/test_equivocation_histories.py, seed 3558821695)."""
+    from registrygrid.storage import chains, records
+
+    org_a, k_key = KeyPair.generate(), KeyPair.generate()
+    a, x = org_node(tmp_path / "a", org_a), org_node(tmp_path / "x", KeyPair.generate())
+    k1, k2 = org_node(tmp_path / "k1", org_a, k_key), org_node(tmp_path / "k2", org_a, k_key)
+    for node in (k1, k2, x):
+        deliver(node, wires(a))
+    k1.put(TOOLS, "tool", fields_for(TOOLS, "of-k1"), id="r")
+    k2.put(TOOLS, "tool", fields_for(TOOLS, "of-k2"), id="s")
+    for n in range(2):
+        k2.update(TOOLS, "s", patch=patch_for(TOOLS, f"edit-{n}"))
+    other_branch = [w for w in wires(k2) if open_envelope(w, verify=False).body.registry == TOOLS]
+    deliver(x, wires(k1))
+    deliver(x, other_branch[:1])
+    assert x.engine.trust.quarantined_since(k_key.did, TOOLS) == 1
+    _revoke(org_a, a, k_key, {TOOLS: 0})
+    deliver(x, wires(a))
+    deliver(x, other_branch[2:])
+    assert x.engine.version_vector()[TOOLS][k_key.did] == 1
+    third = open_envelope(other_branch[2], verify=False)
+    with x.store.read() as txn:
+        assert chains.at(x.store, txn, TOOLS, k_key.did, 2) is None
+        assert records.is_forked(x.store, txn, TOOLS, "s", third.body.change_hash)  # held as the other branch's
+    assert (TOOLS, "s", k_key.did, 3) in parked(x) and x.verify().ok
+    # Nor on a sync peer's word that the places before it are gone (engine/gone.py).
+    from registrygrid.engine.ops import LinkPastGone
+    from registrygrid.protocol.sync import GonePlace
+    (ignored,) = x.execute([LinkPastGone(GonePlace(TOOLS, k_key.did, 2, 2), "peer")])
+    assert ignored.status == "ignored" and x.engine.version_vector()[TOOLS][k_key.did] == 1
+
+
 def test_a_create_a_void_notice_erased_wins_the_id_back_from_another_orgs_later_notice(
         tmp_path: Path) -> None:
     """A creates r; B, not knowing it, creates r later: A's create holds the

@@ -97,12 +97,17 @@ class GonePlaces(EngineCore):
         they are asked for with every sync and taken in if they come.
         Places past the author's revocation cutoff count nowhere: linked
         on the revocation's word, as a change past such a gap would have
-        them. Anything else is ignored."""
+        them. Anything else is ignored, and so is a run of a quarantined
+        (forked) author's chain."""
         place = op.place
         registry, author = place.registry, place.author
         head, _ = self._head(txn, batch, registry, author)
-        if registry == MEMBERS_REGISTRY or not place.first <= head + 1 <= place.last:
-            # Trust statements are never erased; a run this node's chain does not stop in is not its gap.
+        since = self.trust.quarantined_since(author, registry)
+        if registry == MEMBERS_REGISTRY or not place.first <= head + 1 <= place.last \
+                or (since is not None and since <= place.last):
+            # Trust statements are never erased; a run this node's chain
+            # does not stop in is not its gap; and past a forked author's
+            # gap may be another branch (held as such, not linked into ours).
             self.metrics["sync.gone_ignored"] += 1
             return IngestResult("ignored", None)
         if self._past_cutoff(registry, author, head + 1):  # type: ignore[attr-defined]

@@ -130,12 +130,15 @@ class RemoteIngest(EngineCore):
             # as evidence already (a peer shows it with each sync pass).
             return IngestResult("duplicate", env.id)
         head_seq, head_cid = self._head(txn, batch, body.registry, body.author)
-        if body.seq > head_seq + 1 and self._past_cutoff(body.registry, body.author, head_seq + 1):
+        if body.seq > head_seq + 1 and self._past_cutoff(body.registry, body.author, head_seq + 1) \
+                and not (since is not None and since <= body.seq):
             # The places before it count nowhere (its author's revocation
             # cut them): linked past at once, as a notice's vouched places
             # are, so a gap whose bytes no node has (an erased change whose
             # notice stopped counting) holds back nothing that counts: not
-            # this change, refused, nor a valid change built on it.
+            # this change, refused, nor a valid change built on it. Not
+            # for a forked author's: past a gap may be another branch,
+            # which is held as such (_hold_forked), not linked into ours.
             erasures.vouch(self.store, txn, body.registry, body.author, head_seq + 1, body.seq - 1,
                            erasures.PAST_CUTOFF, "")
             self._has_erasures = True
