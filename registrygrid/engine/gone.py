@@ -120,7 +120,7 @@ class GonePlaces(EngineCore):
         self._fill_vouched(txn, batch, registry, author)  # type: ignore[attr-defined]
         self.metrics["sync.gone_linked"] += place.last - head
         self.audit.append(txn, at_ms=self.now_ms(), actor=f"peer:{op.peer}", action="update",
-                          target=f"{registry}/",
+                          target=registry,
                           reason=f"changes {head + 1}..{place.last} of {author} are gone where {op.peer} is "
                                  "(held there without their bytes): linked past them; they are asked for, "
                                  "and taken in if they come")
