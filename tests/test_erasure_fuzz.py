@@ -1822,6 +1822,35 @@ def test_a_peer_that_says_a_held_change_is_gone_only_delays_it(tmp_path: Path, g
     assert y.state_digest() == j.state_digest() and y.verify().ok
 
 
+def test_a_change_a_node_holds_waiting_for_its_record_is_not_linked_past_on_a_peers_word(tmp_path: Path) -> None:
+    """B's node b creates r in a registry any member may edit, and A's node
+    a edits it. y takes a's edit before b's create: it waits for it. A peer
+    says a's place is gone: y holds that change, so it does not link past
+    it, and once b's create comes the edit counts, as everywhere. Before,
+    y linked past the place, and where the create never came (erased) the
+    edit waited there for good (an erasure history with a third org's node,
+    100 steps, seed 58415)."""
+    from registrygrid.engine.ops import LinkPastGone
+    from registrygrid.protocol.sync import GonePlace
+
+    org_a, org_b = KeyPair.generate(), KeyPair.generate()
+    a, b = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b", org_b)
+    y = org_node(tmp_path / "y", KeyPair.generate())
+    a.create_registry("open.things", ["cluster"], write_policy="members")
+    deliver(b, wires(a))
+    b.put("open.things", "cluster", {"name": "of-B"}, id="r")
+    deliver(a, wires(b))
+    a.update("open.things", "r", patch={"by": "a"})
+    create = [w for w in wires(b) if open_envelope(w, verify=False).body.record == "r"]
+    deliver(y, [w for w in wires(a) if w not in create])
+    assert parked(y) == [("open.things", "r", a.engine.key.did, 1)]
+    (ignored,) = y.execute([LinkPastGone(GonePlace("open.things", a.engine.key.did, 1, 1), "peer")])
+    assert ignored.status == "ignored" and a.engine.key.did not in y.engine.version_vector().get("open.things", {})
+    deliver(y, wires(b))
+    assert parked(y) == [] and y.get("open.things", "r") == a.get("open.things", "r")
+    assert y.engine.version_vector()["open.things"] == a.engine.version_vector()["open.things"]
+
+
 @pytest.mark.parametrize("gap", [1, 2])
 def test_a_change_linked_past_on_a_peers_word_whose_record_is_erased_since_stays_erased_when_it_comes(
         tmp_path: Path, gap: int) -> None:

@@ -27,9 +27,9 @@ from collections.abc import Iterator, Mapping
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
 from registrygrid.engine.ops import IngestResult, LinkPastGone
-from registrygrid.protocol.envelope import Envelope
+from registrygrid.protocol.envelope import Envelope, open_envelope
 from registrygrid.protocol.sync import MAX_GONE, MAX_GONE_RUN, MAX_WANTED, GonePlace
-from registrygrid.storage import chains, changes, erasures
+from registrygrid.storage import chains, changes, erasures, pending
 from registrygrid.storage.store import Txn
 from registrygrid.trust.statements import MEMBERS_REGISTRY
 
@@ -110,22 +110,44 @@ class GonePlaces(EngineCore):
             # gap may be another branch (held as such, not linked into ours).
             self.metrics["sync.gone_ignored"] += 1
             return IngestResult("ignored", None)
+        held = self._held_in_run(txn, registry, author, head + 1, place.last)
+        last = place.last if held is None else held - 1
+        if last <= head:
+            # This node holds the change at its next place, waiting (for its
+            # record's dependencies, say): what it waits for settles it.
+            self.metrics["sync.gone_ignored"] += 1
+            return IngestResult("ignored", None)
         if self._past_cutoff(registry, author, head + 1):  # type: ignore[attr-defined]
             warrant = erasures.PAST_CUTOFF
         else:
             warrant = erasures.GONE
             erasures.put_void(self.store, txn, erasures.GONE)
-        erasures.vouch(self.store, txn, registry, author, head + 1, place.last, warrant, "")
+        erasures.vouch(self.store, txn, registry, author, head + 1, last, warrant, "")
         self._has_erasures = True
         self._fill_vouched(txn, batch, registry, author)  # type: ignore[attr-defined]
-        self.metrics["sync.gone_linked"] += place.last - head
+        self.metrics["sync.gone_linked"] += last - head
         self.audit.append(txn, at_ms=self.now_ms(), actor=f"peer:{op.peer}", action="update",
                           target=registry,
-                          reason=f"changes {head + 1}..{place.last} of {author} are gone where {op.peer} is "
+                          reason=f"changes {head + 1}..{last} of {author} are gone where {op.peer} is "
                                  "(held there without their bytes): linked past them; they are asked for, "
                                  "and taken in if they come")
         released = self._release(txn, batch, None, op.peer)  # type: ignore[attr-defined]
         return IngestResult("linked", None, released=tuple(released))
+
+    def _held_in_run(self, txn: Txn, registry: str, author: str, first: int, last: int) -> int | None:
+        """The lowest place in first..last whose change this node holds
+        parked (it waits for its record's dependencies, say): not gone
+        here. A scan of what is parked, as a notice's arrival makes
+        (engine/erasure.py _drop_parked); only when a run is taken."""
+        if not pending.any_waiting(self.store, txn):
+            return None
+        lowest: int | None = None
+        for _, wire in pending.parked(self.store, txn):
+            body = open_envelope(wire, verify=False).body
+            if body.registry == registry and body.author == author and first <= body.seq <= last \
+                    and (lowest is None or body.seq < lowest):
+                lowest = body.seq
+        return lowest
 
     def _unseen_gone(self, txn: Txn) -> Iterator[tuple[str, str, int]]:
         """(registry, author, seq) of each unseen link this node holds on the
