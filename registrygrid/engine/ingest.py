@@ -349,6 +349,14 @@ class RemoteIngest(EngineCore):
         seq, _ = self._commit(txn, batch, env, doc, old, origin=peer, requested_by=None, state=state,
                               statement=statement, automerge=automerge, heads_before=heads_before)
         batch.in_place.discard((body.registry, body.record))  # committed: the document is as stored now
+        if body.is_snapshot and old is None \
+                and records.refused_changes(self.store, txn, body.registry, body.record):
+            # Changes of the record held refused before its create came (a
+            # rebuild ran without it: what they build on was missing) are
+            # judged again now that it is here, as where it came first.
+            self._rebuild(txn, batch, body.registry, body.record, cause=env, origin=peer)  # type: ignore[attr-defined]
+            if not records.counts(self.store, txn, body.registry, body.record, env.cid, body.change_hash):
+                return IngestResult("refused", env.id)
         if self._has_erasures:  # type: ignore[attr-defined]
             # A notice that waited for this record is judged now, in this
             # transaction: an erased record's bytes are never left behind.
