@@ -1822,19 +1822,10 @@ def test_a_peer_that_says_a_held_change_is_gone_only_delays_it(tmp_path: Path, g
     assert y.state_digest() == j.state_digest() and y.verify().ok
 
 
-def test_a_change_taken_in_at_an_unseen_place_before_its_records_create_counts_once_the_create_comes(
-        tmp_path: Path) -> None:
-    """B's node b creates r in a registry any member may edit, and A's node
-    a edits it. y linked a's place past unseen (a peer said it is gone),
-    then a's edit comes: taken in at its place, its record is rebuilt
-    without the create it builds on, which y lacks, so it is refused. Once
-    b's create comes, the record is rebuilt with it and the edit counts, as
-    everywhere. Before, the edit stayed refused on y (a sync-only revocation
-    history with erasures, seed 70315, where the place was an erased change
-    whose notice stopped counting)."""
-    from registrygrid.engine.ops import LinkPastGone
-    from registrygrid.protocol.sync import GonePlace
-
+def _an_edit_of_another_orgs_record(tmp_path: Path) -> tuple[LocalRegistry, LocalRegistry, LocalRegistry]:
+    """B's node b creates r in a registry any member may edit, A's node a
+    edits it (a's first change there); y, a third org's node, has neither.
+    Returns a, b, y."""
     org_a, org_b = KeyPair.generate(), KeyPair.generate()
     a, b = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b", org_b)
     y = org_node(tmp_path / "y", KeyPair.generate())
@@ -1843,6 +1834,22 @@ def test_a_change_taken_in_at_an_unseen_place_before_its_records_create_counts_o
     b.put("open.things", "cluster", {"name": "of-B"}, id="r")
     deliver(a, wires(b))
     a.update("open.things", "r", patch={"by": "a"})
+    return a, b, y
+
+
+def test_a_change_taken_in_at_an_unseen_place_before_its_records_create_counts_once_the_create_comes(
+        tmp_path: Path) -> None:
+    """(_an_edit_of_another_orgs_record) y linked a's place past unseen (a
+    peer said it is gone), then a's edit comes: taken in at its place, its
+    record is rebuilt without the create it builds on, which y lacks, so it
+    is refused. Once b's create comes, the record is rebuilt with it and the
+    edit counts, as everywhere. Before, the edit stayed refused on y (a sync-only revocation
+    history with erasures, seed 70315, where the place was an erased change
+    whose notice stopped counting)."""
+    from registrygrid.engine.ops import LinkPastGone
+    from registrygrid.protocol.sync import GonePlace
+
+    a, b, y = _an_edit_of_another_orgs_record(tmp_path)
     by_record = [w for w in wires(a) if open_envelope(w, verify=False).body.record == "r"]
     deliver(y, [w for w in wires(a) if w not in by_record])
     (linked,) = y.execute([LinkPastGone(GonePlace("open.things", a.engine.key.did, 1, 1), "peer")])
@@ -1855,24 +1862,17 @@ def test_a_change_taken_in_at_an_unseen_place_before_its_records_create_counts_o
 
 
 def test_a_change_a_node_holds_waiting_for_its_record_is_not_linked_past_on_a_peers_word(tmp_path: Path) -> None:
-    """B's node b creates r in a registry any member may edit, and A's node
-    a edits it. y takes a's edit before b's create: it waits for it. A peer
-    says a's place is gone: y holds that change, so it does not link past
-    it, and once b's create comes the edit counts, as everywhere. Before,
+    """(_an_edit_of_another_orgs_record) y takes a's edit before b's create:
+    it waits for it. A peer says a's place is gone: y holds that change, so
+    it does not link past it, and once b's create comes the edit counts, as
+    everywhere. Before,
     y linked past the place, and where the create never came (erased) the
     edit waited there for good (an erasure history with a third org's node,
     100 steps, seed 58415)."""
     from registrygrid.engine.ops import LinkPastGone
     from registrygrid.protocol.sync import GonePlace
 
-    org_a, org_b = KeyPair.generate(), KeyPair.generate()
-    a, b = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b", org_b)
-    y = org_node(tmp_path / "y", KeyPair.generate())
-    a.create_registry("open.things", ["cluster"], write_policy="members")
-    deliver(b, wires(a))
-    b.put("open.things", "cluster", {"name": "of-B"}, id="r")
-    deliver(a, wires(b))
-    a.update("open.things", "r", patch={"by": "a"})
+    a, b, y = _an_edit_of_another_orgs_record(tmp_path)
     create = [w for w in wires(b) if open_envelope(w, verify=False).body.record == "r"]
     deliver(y, [w for w in wires(a) if w not in create])
     assert parked(y) == [("open.things", "r", a.engine.key.did, 1)]
