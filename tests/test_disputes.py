@@ -481,6 +481,100 @@ def test_a_report_only_the_forked_keys_own_chain_carries_counts_on_the_revoked_n
         b.close()
 
 
+def test_a_report_the_forked_key_holds_only_as_its_other_branchs_evidence_still_quarantines_there(
+        twins, tmp_path: Path) -> None:
+    """The cloned key forks in FIELDS, and one reports it (its grid.disputes
+    #1). Then it forks in SHARED, and two, which never saw one's report,
+    reports that (its own grid.disputes #1). one holds two's report only as
+    the other branch's evidence, and may not file its own (its key is
+    quarantined in grid.disputes): it quarantines SHARED on that report's
+    evidence all the same, as every other node does, and again after a
+    restart. Before, one kept counting its own change in SHARED that every
+    other node refused (a cloned-key history, seed 59006)."""
+    import shutil
+
+    one, two, c, d = twins
+    key = one.engine.key.did
+    c.create_registry(SHARED, ["cluster"], write_policy="members")
+    for grid in (one, two, d):
+        feed(c, grid)
+
+    def of(source: LocalRegistry, registry: str) -> list[Remote]:
+        return [Remote(w, "peer") for w in wires(source) if open_envelope(w).body.registry == registry]
+
+    one.put(FIELDS, "cluster", {"name": "one"}, id="f-one")
+    two.put(FIELDS, "cluster", {"name": "two"}, id="f-two")
+    one.execute(of(two, FIELDS))  # one reports the fork in FIELDS
+    one.put(SHARED, "cluster", {"name": "one"}, id="s-one")
+    two.put(SHARED, "cluster", {"name": "two"}, id="s-two")
+    two.execute(of(one, SHARED))  # two reports the fork in SHARED
+    assert one.engine.trust.quarantined_since(key, SHARED) is None
+    one.execute(of(two, "grid.disputes"))
+    assert one.engine.trust.quarantined_since(key, SHARED) == 1
+    for source in (one, two, c):
+        feed(source, d)
+    assert d.engine.trust.quarantined_since(key, SHARED) == 1
+    assert one.list(SHARED).items == d.list(SHARED).items == []
+    shutil.copytree(tmp_path / "one", tmp_path / "one-restarted")  # as the node's store is after a restart
+    reopened = LocalRegistry.open_path(tmp_path / "one-restarted", KeyPair(b"\x77" * 32))
+    try:
+        assert reopened.engine.trust.quarantined_since(key, SHARED) == 1 and reopened.verify().ok
+    finally:
+        reopened.close()
+
+
+def test_a_quarantine_that_a_report_held_as_evidence_makes_weighs_the_access_policies_again(
+        twins, tmp_path: Path) -> None:
+    """The cloned key forks in grid.policies: one's policy forbids creates
+    in its registry, and two reports the fork (its grid.disputes #1). b,
+    whose key is revoked so that it files nothing, holds one's branch of
+    grid.disputes, so it holds two's report only as that branch's evidence.
+    The quarantine the report makes cuts one's policy on b, so the rules in
+    force are weighed again at once: c's create counts on b, as on every
+    other node. Before, b kept the forbidding rule in force until a later
+    change or a restart made it weigh them again (a cloned-key history,
+    seed 1, once reports held as evidence counted)."""
+    one, two, c, _ = twins
+    key = one.engine.key.did
+    own = "a.tools"
+    b = _member_of_b(tmp_path)
+    try:
+        for grid in (one, two, b):
+            feed(c, grid)  # c's delegation
+        one.create_registry(own, ["cluster"], write_policy="open")
+        for grid in (two, c, b):
+            feed(one, grid)
+
+        def of(source: LocalRegistry, registry: str) -> list[Remote]:
+            return [Remote(w, "peer") for w in wires(source) if open_envelope(w).body.registry == registry]
+
+        one.put(FIELDS, "cluster", {"name": "one"}, id="f-one")
+        two.put(FIELDS, "cluster", {"name": "two"}, id="f-two")
+        one.execute(of(two, FIELDS))  # one reports the fork in FIELDS (its grid.disputes #1)
+        forbid = [{"id": "no-creates", "effect": "forbid", "actions": ["create"]}]
+        one.put("grid.policies", "policy", {"name": "rules", "policy_type": "access", "targets": [own],
+                                            "access": {"rules": forbid}}, id="rules")
+        two.put("grid.policies", "policy", {"name": "notes", "policy_type": "access", "targets": [own], "access": {
+            "rules": [{"id": "any-edit", "effect": "permit", "actions": ["update"]}]}}, id="notes")
+        two.execute(of(one, "grid.policies"))  # two reports the fork in grid.policies (its grid.disputes #1)
+        c.put(own, "cluster", {"name": "c's"}, id="by-c")
+        _revoke(c, b)
+        for source in (one, c):
+            feed(source, b)
+        assert b.list(own).items == []  # one's rule forbids it
+
+        (report,) = {r.wire: r for r in of(two, "grid.disputes") if open_envelope(r.wire).body.author == key}.values()
+        (outcome,) = b.execute([report])  # b holds one's grid.disputes #1: two's is the other branch's
+        assert outcome.status == "rejected" and outcome.error.code == "equivocation"
+        assert b.engine.trust.quarantined_since(key, "grid.policies") == 1
+        assert [r["id"] for r in b.list(own).items] == ["by-c"]
+        for source in (two, c):
+            feed(source, one)
+        assert [r["id"] for r in one.list(own).items] == ["by-c"]
+    finally:
+        b.close()
+
+
 def test_a_report_taken_before_the_fork_of_its_carrier_was_known_counts_on_the_node_that_met_that_fork(
         twins) -> None:
     """The same report, taken as a record before the fork of the key's chain

@@ -108,6 +108,7 @@ class Disputing(EngineCore):
             return
         if as_evidence:
             pending.keep_evidence(self.store, txn, body.registry, body.author, body.seq, env.cid, env.wire)
+            self._take_report_held_as_evidence(txn, batch, env)
         records.mark_forked(self.store, txn, body.registry, body.record, automerge_hash, env.cid)
         batch.unblocked.append(pending.on_record(body.registry, body.record))
         self.metrics["equivocation.fork_held"] += 1
@@ -144,6 +145,16 @@ class Disputing(EngineCore):
         found = disputes.report_in(env)
         if found is not None:
             self._take_report(txn, batch, found)
+
+    def _take_report_held_as_evidence(self, txn: Txn, batch: Batch, env: Envelope) -> None:
+        """A report this node holds only as evidence (a change of another
+        branch of its forked filer's chain in grid.disputes) proves its
+        equivocation all the same, as one kept refused does: else the forked
+        key's own node, which holds the clone's report that way and may not
+        file its own (its key quarantined there), never quarantines what
+        every other node does (Engine._load_trust reads these too)."""
+        if env.body.registry == disputes.DISPUTES_REGISTRY:
+            self._take_refused_report(txn, batch, env)
 
     def _walk_fork(self, txn: Txn, batch: Batch, env: Envelope) -> None:
         """A report's change, against this node's chain of its author: a

@@ -76,12 +76,13 @@ from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import (
     id_of,
     is_legacy_wire,
+    open_envelope,
     signatures_hold,
 )
 from registrygrid.protocol.hlc import Hlc, HybridClock, wall_clock_ms
 from registrygrid.protocol.sync import head_tag
 from registrygrid.schemas import SchemaCatalog
-from registrygrid.storage import chains, changes, erasures, feed, idempotency, records
+from registrygrid.storage import chains, changes, erasures, feed, idempotency, pending, records
 from registrygrid.storage.audit import AuditLedger
 from registrygrid.storage.store import Store, StoreFull, Txn
 from registrygrid.trust.federation import GenesisBody
@@ -348,6 +349,12 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
                     found = disputes.report_in(env) if env is not None else None
                     if found is not None:
                         trust.quarantine(found.author, found.registry, found.seq)
+            # And so do reports held as evidence (another branch of a forked
+            # filer's chain): the two signed changes prove it, whoever carried them.
+            for _, wire in pending.evidence_in(self.store, txn, disputes.DISPUTES_REGISTRY):
+                found = disputes.report_in(open_envelope(wire, verify=False))
+                if found is not None:
+                    trust.quarantine(found.author, found.registry, found.seq)
         self.trust = trust
 
     def _load_user_kinds(self) -> None:

@@ -82,6 +82,8 @@ class RemoteIngest(EngineCore):
         try:
             result = self._ingest(txn, batch, env, op.peer)
         except RegistryError:
+            if batch.quarantined or batch.fork_walk:  # refused, but a report it carries was taken
+                self._apply_rules(txn, batch, env, op.peer)  # type: ignore[attr-defined]
             if batch.unblocked:  # refused, but held as a fork's change: what built on it is judged now
                 self._release(txn, batch, None, op.peer)
             raise
@@ -646,6 +648,7 @@ class RemoteIngest(EngineCore):
         does not name (a broken chain: a fork one link earlier)."""
         body = env.body
         pending.keep_evidence(self.store, txn, body.registry, body.author, body.seq, env.cid, env.wire)
+        self._take_report_held_as_evidence(txn, batch, env)  # type: ignore[attr-defined]
         if other_cid and other_cid not in batch.drafts:  # a draft is this node's own: never equivocation
             other = changes.envelope(self.store, txn, other_cid)
             if other is not None:
