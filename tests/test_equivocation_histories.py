@@ -17,9 +17,12 @@ anything new), and a fresh node takes it all in one shuffled batch, then
 all settle again (fresh may report pairs no other node met). No change may
 be rejected but the fork's (an equivocation, a broken chain), and all stores
 must hold the same records and the same chains of every key but the cloned
-one (each node holds the branch it took first). Before 2026-12-04 a node
-that held one branch parked for ever a change built on the other, and its
-author's later changes behind it (test_disputes.py).
+one (each node holds the branch it took first, or none: a node that took a
+report of the fork before either branch holds both as evidence; so a
+registry only that key wrote in may be missing from a node's vector).
+Before 2026-12-04 a node that held one branch parked for ever a change
+built on the other, and its author's later changes behind it
+(test_disputes.py).
 
 A second test makes every exchange a sync pass, the fresh node's too (no
 node ever sends everything): all nodes end alike as well. Real LMDB stores
@@ -56,8 +59,12 @@ def clone(root: Path, nodes: list[LocalRegistry]) -> None:
 
 
 def chains_but(grid: LocalRegistry, keys: set[str]) -> dict[str, dict[str, int]]:
-    return {registry: {author: seq for author, seq in authors.items() if author not in keys}
+    """The node's version vector without the chains of ``keys``, and without
+    a registry only they wrote in (a node may hold none of the cloned key's
+    changes there: it held each as the other branch's evidence)."""
+    kept = {registry: {author: seq for author, seq in authors.items() if author not in keys}
             for registry, authors in grid.engine.version_vector().items()}
+    return {registry: authors for registry, authors in kept.items() if authors}
 
 
 def sync_pass(source: LocalRegistry, target: LocalRegistry, rnd: random.Random | None = None, *,
