@@ -828,6 +828,51 @@ def test_a_record_a_late_rule_refuses_gives_the_id_back_to_the_notices_create(tm
         assert not stores_holding(node, "of-A")
 
 
+def test_a_notice_refused_for_a_record_a_late_rule_refuses_counts_against_the_later_create_holding_the_id(
+        tmp_path: Path) -> None:
+    """As above, with a third org: A's registry is writable by A only for a
+    while. X's create of r, made then (X had not heard of the rule), is
+    refused by it; B's create, made after A opened the registry again,
+    holds the id, A's later create lost the race to it, and B erases r. A
+    node that takes X's create and A's before the rule refuses B's notice
+    against X's r; when the rule comes, X's r stops counting and A's create
+    holds the id there, but B's named create is earlier: r is erased there,
+    as everywhere. Before, the notice stayed refused there and A's r
+    counted (an erasure history with a third org, seed 58454)."""
+    org_a, org_b, org_x = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    a, b, x = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b", org_b), org_node(tmp_path / "x", org_x)
+    c = org_node(tmp_path / "c", KeyPair.generate())
+    try:
+        a.create_registry("owned.things", ["cluster"], write_policy="members")
+        opened = wires(a)
+        for node in (b, x, c):
+            deliver(node, opened)
+        deliver(a, wires(x))  # X's delegation
+        a.update("grid.registries", "owned.things", patch={"write_policy": "owner"})
+        x.put("owned.things", "cluster", {"name": "of-X"}, id="r")  # X has not heard of the rule
+        a.update("grid.registries", "owned.things", patch={"write_policy": "members"})
+        rules = [w for w in wires(a) if w not in opened]
+        deliver(b, rules)
+        time.sleep(0.005)
+        b.put("owned.things", "cluster", {"name": "of-B"}, id="r")
+        time.sleep(0.005)
+        a.put("owned.things", "cluster", {"name": "of-A"}, id="r")  # A has not seen B's r
+        b.erase("owned.things", "r")
+        deliver(c, [w for w in wires(b) if w not in rules])  # B's notice: c holds no r, so it erases it at once
+        deliver(c, wires(x))  # X's r is earlier than B's: the notice is refused against it
+        deliver(c, [w for w in wires(a) if w not in rules])  # A's r: it loses the race to X's
+        assert {e["state"] for e in c.erasures()} == {"refused"}
+        deliver(c, rules)  # X's r stops counting; A's r holds the id here, but B's came first
+        exchange(a, b, x, c)
+        for node in (a, b, x, c):
+            assert readable(node, "owned.things", "r") == "erased"
+            assert {e["state"] for e in node.erasures()} == {"erased"}
+            assert not stores_holding(node, "of-B")
+    finally:
+        for node in (a, b, x, c):
+            node.close()
+
+
 def test_a_create_of_the_erased_org_that_arrives_after_the_erasure_settles_no_race_its_own_node_did_not_name(
         tmp_path: Path) -> None:
     """A makes its registry writable by A only; b3 (org B), not knowing,

@@ -354,12 +354,21 @@ class Erasing(EngineCore):
                                         erasure_id(registry, record_id, target["owner"]))
             if owners is not None:
                 notice = self._notice(txn, batch, owners)
-            elif held[1] == erasures.REFUSED:
-                return  # still another org's record
+            elif held[1] == erasures.REFUSED and not self._named_create_first(txn, batch, notice):
+                return  # still another org's record, whose create came first
         cid = records.applied_ids(self.store, txn, ERASURES_REGISTRY, notice.id)
         if cid:
             self._judge_notice(txn, batch, notice, self._stored_envelope(txn, batch, cid[0]), origin,
                                again=held[1] == erasures.REFUSED)
+
+    def _named_create_first(self, txn: Txn, batch: Batch, notice: ErasureNotice) -> bool:
+        """Whether the create the notice names is earlier than the one that
+        holds its record's id here: the notice was refused against an
+        earlier create of a third org that stopped counting since (a rule
+        that came late refused it), and the record held now lost the race
+        to the erased create (_judge_notice settles it so)."""
+        held = self._winning_create(txn, batch, notice.registry, notice.record)
+        return notice.create is not None and held is not None and notice.create < held
 
     def _judge_notice(self, txn: Txn, batch: Batch, notice: ErasureNotice, env: Envelope | Draft, origin: str,
                       *, again: bool = False) -> None:
