@@ -344,6 +344,33 @@ class LocalRegistry:
             return [{"registry": registry, "record": record, "notice": notice, "state": state}
                     for registry, record, notice, state in erasures.iter_marks(self.store, txn)]
 
+    def erased_places(self) -> dict[str, Any]:
+        """The places of authors' chains this node holds, or will hold,
+        without their bytes (docs/erasure.md), run by run: what vouches for
+        each run (an erasure notice; ``gone-at-peers``: a sync peer said no
+        node kept them; ``past-revocation-cutoff``: its author's key was
+        revoked before them), how many of its places this node's chain has
+        linked, and whether it still asks its sync peers for their bytes
+        (the notice stopped counting, or a peer said they are gone). With
+        them, the supplements this node owes: places it erased under a
+        notice that it could not list yet (its key's delegation lapsed)."""
+        warrants = {erasures.GONE: "gone-at-peers", erasures.PAST_CUTOFF: "past-revocation-cutoff"}
+        places = []
+        with self.store.read() as txn:
+            heads = chains.heads(self.store, txn)
+            for registry, author, first, last, warrant in erasures.vouched_ranges(self.store, txn):
+                head = heads.get(registry, {}).get(author, 0)
+                places.append({
+                    "registry": registry, "author": author, "first": first, "last": last,
+                    "warrant": warrants.get(warrant, "notice"),
+                    "notice": None if warrant in warrants else warrant,
+                    "linked": max(0, min(last, head) - first + 1),
+                    "asked": erasures.is_void(self.store, txn, warrant),
+                })
+            owed = [{"notice": notice, "places": [{"author": author, "seq": seq} for author, seq in listed]}
+                    for notice, listed in erasures.owed(self.store, txn)]
+        return {"items": places, "owed": owed}
+
     # ---- disputes (docs/conflicts.md) ----
 
     def disputes(self, *, status: str | None = None) -> list[dict[str, Any]]:

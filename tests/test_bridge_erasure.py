@@ -63,7 +63,11 @@ async def test_an_erased_record_answers_410_and_its_blobs_leave_the_object_store
         rewrite = await http.post(f"/v1/registries/{REGISTRY}/records",
                                   json={"kind": "note", "id": "bob", "fields": {"name": "again"}})
         listed = (await http.get("/v1/erasures")).json()["items"]
+        places = (await http.get("/v1/erasures/places")).json()
         missing = await http.post(f"/v1/registries/{REGISTRY}/records/nobody/erase", json={})
+        elsewhere = await make_token(served, "reader", registry="grid.tools")
+        async with served.client(elsewhere) as scoped:
+            places_elsewhere = (await scoped.get("/v1/erasures/places")).json()
     assert forbidden.status_code == 403
     assert erased.status_code == 201, erased.text
     notice = erased.json()["id"]
@@ -73,6 +77,10 @@ async def test_an_erased_record_answers_410_and_its_blobs_leave_the_object_store
     assert gone.json()["error"]["details"]["notice"] == notice
     assert history.status_code == 410 and rewrite.status_code == 410
     assert listed == [{"registry": REGISTRY, "record": "bob", "notice": notice, "state": "erased"}]
+    (run,) = places["items"]  # the place of bob's create in the node's chain of REGISTRY
+    assert (run["registry"], run["first"], run["last"], run["warrant"], run["notice"], run["linked"],
+            run["asked"]) == (REGISTRY, run["first"], run["first"], "notice", notice, 1, False)
+    assert places["owed"] == [] and places_elsewhere == {"items": [], "owed": []}
     assert missing.status_code == 404
     assert await _audit(served, lambda e: e["action"] == "erase" and e["target"] == f"blobs/{kept}"
                         and "purged" in e["reason"])
@@ -99,6 +107,11 @@ def test_rgrid_erase_then_compact_takes_the_bytes_off_the_disk(rgrid: Callable[.
     assert shown.returncode != 0 and "erased" in shown.stderr
     listed = json.loads(rgrid("erasures", "--json", home=home).stdout)
     assert [(e["record"], e["state"]) for e in listed] == [("bob-tool", "erased")]
+    places = json.loads(rgrid("erasures", "--places", "--json", home=home).stdout)
+    assert [(p["registry"], p["last"] - p["first"] + 1, p["warrant"]) for p in places["items"]] == [
+        ("grid.tools", 2, "notice")]
+    shown = rgrid("erasures", "--places", home=home)
+    assert shown.returncode == 0 and "places held without their bytes" in shown.stdout, shown.stderr
     data = Home(home).store_path / "data.mdb"
     compacted = rgrid("store", "compact", "--json", home=home)
     assert compacted.returncode == 0, compacted.stderr
@@ -119,6 +132,7 @@ def test_the_client_sdk_erases_through_a_running_node(threaded_served: Served) -
     assert erased.registry == "grid.erasures" and erased.status == "created"
     assert client.erase(REGISTRY, "carol").status == "unchanged"
     assert [(e["record"], e["state"]) for e in client.erasures()] == [("carol", "erased")]
+    assert [p["notice"] for p in client.erased_places()["items"]] == [erased.record_id]
     try:
         client.get(REGISTRY, "carol")
     except RecordErased as gone:

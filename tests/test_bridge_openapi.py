@@ -201,7 +201,7 @@ async def test_real_responses_validate_against_the_document(served: Served) -> N
                 await c.post(f"{rec}/gone/erase", json={"blobs": ["not-a-cid"]}),
                 await c.get(f"{rec}/gone"), await c.get(f"{rec}/gone/history"),
                 await c.put(f"{rec}/gone", json={"fields": {"name": "again"}}),
-                await c.get("/v1/erasures"),
+                await c.get("/v1/erasures"), await c.get("/v1/erasures/places"),
                 # The MCP Registry API (tests/test_mcp_registry_api.py checks it against the official document).
                 await c.get("/v0.1/servers"), await c.get("/v0.1/servers", params={"limit": "x"}),
                 await c.get("/v0.1/servers", params={"limit": 101}),

@@ -94,6 +94,9 @@ def test_an_erasure_removes_every_byte_of_the_records_history_and_keeps_its_chai
     assert report.ok and report.erased == 3, report
     assert a.erase(registry, record).status == "unchanged"
     assert a.erasures() == [{"registry": registry, "record": record, "notice": result.record_id, "state": "erased"}]
+    assert a.erased_places() == {"owed": [], "items": [{
+        "registry": registry, "author": a.engine.key.did, "first": 2, "last": 4, "warrant": "notice",
+        "notice": result.record_id, "linked": 3, "asked": False}]}
     assert "erase" in [e.action for e in a.audit_log(limit=1000)]
 
 

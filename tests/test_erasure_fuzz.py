@@ -1383,10 +1383,13 @@ def test_a_node_whose_delegation_lapsed_lists_the_places_it_erased_once_its_org_
     parked on every node that never saw the erased edit."""
     a, x, k, org_b = _lapsed_edit(tmp_path)
     k_key = k.engine.key
+    notice_id = erasure_id("open.things", "r", a.engine.owner)
     deliver(x, wires(k))
     assert ("open.things", "s", k_key.did, 2) in parked(x)
+    assert k.erased_places()["owed"] == [{"notice": notice_id, "places": [{"author": k_key.did, "seq": 1}]}]
 
     k.publish_delegation(sign_delegation(org_b, k_key.did, ["node", "writer"]))  # `rgrid org renew`
+    assert k.erased_places()["owed"] == []
     notice = k.get(ERASURES_REGISTRY, erasure_id("open.things", "r", a.engine.owner))["fields"]
     assert notice["supplements"] == {k_key.did: [{"author": k_key.did, "seqs": [[1, 1]]}]}
     deliver(x, wires(k))
@@ -1815,6 +1818,10 @@ def test_a_place_no_node_kept_is_linked_past_on_a_peers_word_that_it_is_gone(tmp
     assert y.engine.metrics["sync.gone_linked"] == 1
     sync(x, y)  # nothing more to take, nothing changes
     assert y.get(TOOLS, "s") == j.get(TOOLS, "s") and parked(y) == [] and y.engine.metrics["sync.gone_linked"] == 1
+    # What `rgrid erasures --places` shows: the place y holds on its peers' word, still asked for.
+    assert y.erased_places() == {"owed": [], "items": [{
+        "registry": TOOLS, "author": author, "first": 1, "last": 1, "warrant": "gone-at-peers", "notice": None,
+        "linked": 1, "asked": True}]}
 
 
 def _held_but_the_first(tmp_path: Path, gap: int) -> tuple[LocalRegistry, LocalRegistry, list[bytes]]:

@@ -669,11 +669,26 @@ def erase(home: Path | None, registry: str, record_id: str, reason: str, blobs: 
 @cli.command()
 @home_option
 @json_option
-def erasures(home: Path | None, as_json: bool) -> None:
+@click.option("--places", is_flag=True,
+              help="Instead: the places of chains held without their bytes, run by run (what vouches for each, "
+                   "how many are linked, whether peers are asked for them), and the supplements owed.")
+def erasures(home: Path | None, as_json: bool, places: bool) -> None:
     """Records erasure notices name here: erased, waiting for the record, refused, or void (erased, then the notice stopped counting)."""
     with open_backend(home) as backend:
-        rows = backend.erasures()
-    render.rows(rows, as_json, columns=["registry", "record", "state", "notice"], title="erasures")
+        if places:
+            found = backend.erased_places()
+        else:
+            rows = backend.erasures()
+    if not places:
+        render.rows(rows, as_json, columns=["registry", "record", "state", "notice"], title="erasures")
+    elif as_json:
+        render.dump_json(found)
+    else:
+        render.rows(found["items"], False, title="places held without their bytes", whole=["author", "notice"],
+                    columns=["registry", "author", "first", "last", "warrant", "notice", "linked", "asked"])
+        owed = [{"notice": o["notice"], "places": ", ".join(f"{p['author']}#{p['seq']}" for p in o["places"])}
+                for o in found["owed"]]
+        render.rows(owed, False, columns=["notice", "places"], title="supplements owed", whole=["notice"])
 
 
 @cli.command()

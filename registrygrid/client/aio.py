@@ -201,6 +201,9 @@ class AsyncBridgeClient:
     async def erasures(self) -> list[dict[str, Any]]:
         return (await self._get("/v1/erasures"))["items"]  # type: ignore[no-any-return]
 
+    async def erased_places(self) -> dict[str, Any]:
+        return await self._get("/v1/erasures/places")  # type: ignore[no-any-return]
+
     # ------------------------------------------------------------------ disputes
 
     async def disputes(self, *, status: str | None = None) -> list[dict[str, Any]]:

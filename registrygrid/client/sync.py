@@ -243,6 +243,11 @@ class BridgeClient:
         """Records erasure notices name on the node, and what became of each."""
         return self._get("/v1/erasures")["items"]  # type: ignore[no-any-return]
 
+    def erased_places(self) -> dict[str, Any]:
+        """Places of chains the node holds without their bytes, run by run,
+        and the supplements it owes (LocalRegistry.erased_places)."""
+        return self._get("/v1/erasures/places")  # type: ignore[no-any-return]
+
     # ------------------------------------------------------------------ disputes (docs/conflicts.md)
 
     def disputes(self, *, status: str | None = None) -> list[dict[str, Any]]:

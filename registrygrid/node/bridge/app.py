@@ -771,6 +771,16 @@ class Api:
         self.read_note(token, "erasures", "list erasures")
         return json_response({"items": found})
 
+    async def list_erased_places(self, request: web.Request) -> web.Response:
+        token = self.require(request, READ, target="erasures")
+        found = await self.in_executor(self.registry.erased_places)
+        if token.registry is not None:
+            # Owed supplements name places of several registries' chains
+            # under notices a scoped token may not read: node-wide tokens only.
+            found = {"items": [p for p in found["items"] if p["registry"] == token.registry], "owed": []}
+        self.read_note(token, "erasures", "list erased places")
+        return json_response(found)
+
     async def record_history(self, request: web.Request) -> web.Response:
         registry, record_id = self._record_path(request)
         target = f"{registry}/{record_id}"
@@ -1163,6 +1173,7 @@ class Api:
             web.get(rec + "/{id}/history", self.record_history),
             web.post(rec + "/{id}/erase", self.erase_record),
             web.get("/v1/erasures", self.list_erasures),
+            web.get("/v1/erasures/places", self.list_erased_places),
             web.get("/v1/records", self.list_records),
             web.get("/v1/changes", self.changes),
             web.get("/v1/changes/ws", self.changes_ws),

@@ -609,6 +609,33 @@ SCHEMAS: dict[str, Any] = {
                                  "void: erased here, then the notice stopped counting (its signer's key was "
                                  "revoked before it): what it erased is taken again from peers that kept it"},
     }, required=["registry", "record", "notice", "state"])}}, required=["items"]),
+    "ErasedPlaces": _obj({
+        "items": {"type": "array", "items": _obj({
+            "registry": REGISTRY_NAME,
+            "author": {"type": "string", "description": "the did:key whose chain holds the places"},
+            "first": {"type": "integer", "minimum": 1, "description": "the run's first sequence number"},
+            "last": {"type": "integer", "minimum": 1, "description": "the run's last sequence number"},
+            "warrant": {"enum": ["notice", "gone-at-peers", "past-revocation-cutoff"],
+                        "description": "what vouches for the run: an erasure notice; a sync peer's word that "
+                                       "no node kept those bytes; or its author's revocation (places past its "
+                                       "cutoff)"},
+            "notice": {"type": ["string", "null"], "description": "the notice's id in grid.erasures, when "
+                                                                  "warrant is notice"},
+            "linked": {"type": "integer", "minimum": 0,
+                       "description": "how many of the run's places this node's chain of the author has linked"},
+            "asked": {"type": "boolean",
+                      "description": "whether this node asks its sync peers for the places' bytes (the notice "
+                                     "stopped counting, or a peer said they are gone)"},
+        }, required=["registry", "author", "first", "last", "warrant", "notice", "linked", "asked"])},
+        "owed": {"type": "array", "description": "supplements this node owes: places it erased under a notice "
+                 "but could not list yet (its key's delegation lapsed); empty for a registry-scoped token",
+                 "items": _obj({
+                     "notice": {"type": "string", "description": "the notice's id in grid.erasures"},
+                     "places": {"type": "array", "items": _obj({
+                         "author": {"type": "string"}, "seq": {"type": "integer", "minimum": 1},
+                     }, required=["author", "seq"])},
+                 }, required=["notice", "places"])},
+    }, required=["items", "owed"]),
     # ---- search (registrygrid/search: query.py parses a query, service.py answers it)
     "SearchQuery": _search_query_schema(),
     "SearchFilter": {"type": "object", "propertyNames": {"minLength": 1}, "description": (
@@ -1594,6 +1621,16 @@ def _paths() -> dict[str, Any]:
                        {**_json("200", "Erasures", "erasures, in (registry, record) order"),
                         **_errors("401", "403", "429")},
                        tags=["records"]),
+        },
+        "/v1/erasures/places": {
+            "get": _op("listErasedPlaces", "Places of chains this node holds without their bytes, run by run, "
+                       "and the supplements it owes",
+                       {**_json("200", "ErasedPlaces", "runs, in (registry, author, first) order"),
+                        **_errors("401", "403", "429")},
+                       tags=["records"],
+                       description="Why a version vector counts places whose changes no node serves: an "
+                                   "erasure notice, a peer's word that they are gone, or a revocation. "
+                                   "docs/erasure.md."),
         },
         "/v1/records": {
             "get": _op("listAllRecords", "Records across registries, in (registry, id) order",
