@@ -575,6 +575,75 @@ def test_a_quarantine_that_a_report_held_as_evidence_makes_weighs_the_access_pol
         b.close()
 
 
+def _served(grid: LocalRegistry, registry: str | None = None) -> list[Remote]:
+    """What ``grid`` still serves (an erased change is served by nobody)."""
+    from tests.test_erasure import wires as kept_wires
+
+    return [Remote(w, "peer") for w in kept_wires(grid)
+            if registry is None or open_envelope(w).body.registry == registry]
+
+
+@pytest.mark.parametrize("one_takes_s", [False, True])
+def test_a_fork_whose_one_side_is_erased_everywhere_ends_alike_on_both_sides(twins, one_takes_s: bool) -> None:
+    """The cloned key creates r on one and s on two, both its change #1 in
+    FIELDS, and A erases r (one's node). No node can prove that fork: r's
+    bytes are gone wherever they were. c takes s first and counts it; d
+    takes r and the notice first, and one holds r erased itself. Both then
+    take s in at the erased place, as if they had taken it first: every
+    node counts s and no r. Before, d and one refused s as an equivocation
+    for good (cloned-key histories with erasures, seeds 72064, 72075)."""
+    one, two, c, d = twins
+    for grid in (one, two, d):
+        feed(c, grid)  # c's delegation
+    for grid in (c, d):
+        grid.execute(_served(one, MEMBERS_REGISTRY))  # the cloned key's
+    one.put(FIELDS, "cluster", {"name": "r"}, id="r")
+    two.put(FIELDS, "cluster", {"name": "s"}, id="s")
+    c.execute(_served(two, FIELDS))
+    d.execute(_served(one, FIELDS))
+    one.erase(FIELDS, "r", reason="a request")
+    for grid in (c, d):
+        grid.execute(_served(one, "grid.erasures"))
+    if one_takes_s:
+        one.execute(_served(two, FIELDS))
+    (taken,) = d.execute(_served(two, FIELDS))
+    assert taken.status == "applied"
+    for grid in (one, two, c, d):
+        for source in (one, two, c, d):
+            grid.execute(_served(source))
+    for grid in (one, two, c, d):
+        assert [r["id"] for r in grid.list(FIELDS).items] == ["s"] and grid.disputes() == []
+        assert grid.verify().ok
+    assert len({grid.state_digest() for grid in (one, two, c, d)}) == 1
+    assert d.engine.metrics["erasure.erased_twin_taken"] == 1
+
+
+def test_a_fork_at_an_erased_place_is_proven_by_the_change_after_it(twins) -> None:
+    """As above, but one's branch goes on past r (t, its change #2, names
+    r's). d, which holds t, meets s: s and t prove the fork (t's prev is not
+    s), so d reports it, and c, which held s only, quarantines it too."""
+    one, two, c, d = twins
+    for grid in (one, two, d):
+        feed(c, grid)
+    for grid in (c, d):
+        grid.execute(_served(one, MEMBERS_REGISTRY))
+    one.put(FIELDS, "cluster", {"name": "r"}, id="r")
+    one.put(FIELDS, "cluster", {"name": "t"}, id="t")
+    two.put(FIELDS, "cluster", {"name": "s"}, id="s")
+    c.execute(_served(two, FIELDS))
+    d.execute(_served(one, FIELDS))
+    one.erase(FIELDS, "r", reason="a request")
+    d.execute(_served(one, "grid.erasures"))
+    (met,) = d.execute(_served(two, FIELDS))
+    assert met.status == "rejected" and met.error.code == "equivocation"
+    (dispute,) = d.disputes()
+    assert (dispute["registry"], dispute["seq"]) == (FIELDS, 1)
+    c.execute(_served(d, "grid.disputes"))
+    key = one.engine.key.did
+    assert c.engine.trust.quarantined_since(key, FIELDS) == d.engine.trust.quarantined_since(key, FIELDS) == 1
+    assert c.list(FIELDS).items == d.list(FIELDS).items == []
+
+
 def test_a_report_taken_before_the_fork_of_its_carrier_was_known_counts_on_the_node_that_met_that_fork(
         twins) -> None:
     """The same report, taken as a record before the fork of the key's chain

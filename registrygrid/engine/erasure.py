@@ -981,6 +981,41 @@ class Erasing(EngineCore):
                               reason=f"erasure notice {notice} vouched for change {seq} of {author}, a change of "
                                      f"{record}, not of {vouched_record}: it is not applied here")
 
+    def _erased_twin(self, txn: Txn, batch: Batch, env: Envelope, head_seq: int) -> tuple[int, bytes] | None:
+        """``env`` is another change at a place of its author's chain that
+        this node holds without bytes (erased): the author signed two
+        changes there, a cloned key. Nobody can prove it with the erased
+        one, whose bytes are gone on every node that held it, so no report
+        will ever quarantine it, and the nodes that took ``env`` first count
+        it. So this node takes ``env`` in at that place as if it were next
+        (returns the chain's head before the place), where the erased change
+        was its head, and ``env`` follows the link before it: records end
+        alike on both sides. (The erased change counts nowhere; its ID stays
+        known as erased.) Where this node holds its branch's next change,
+        that change and ``env`` prove the fork (the next one's ``prev`` is
+        not ``env``): it reports it (returns None: an equivocation, as
+        any). Before 2026-12-05 both sides ended apart for good (cloned-key
+        histories with erasures, seeds 72064, 72075)."""
+        body = env.body
+        registry, author = body.registry, body.author
+        other = chains.at(self.store, txn, registry, author, body.seq)
+        if other is None or other == erasures.UNSEEN or changes.body(self.store, txn, other) is not None \
+                or erasures.change(self.store, txn, other) is None:
+            return None  # held with its bytes: proven as any equivocation
+        if body.seq < head_seq:
+            after = chains.at(self.store, txn, registry, author, body.seq + 1)
+            if after is not None and changes.body(self.store, txn, after) is not None:
+                self._report_equivocation(txn, batch, env, after)  # type: ignore[attr-defined]
+            return None
+        before = chains.at(self.store, txn, registry, author, body.seq - 1) if body.seq > 1 else b""
+        if before is None or before == erasures.UNSEEN or (body.prev or b"") != before:
+            return None  # the fork began earlier: an equivocation, as any
+        self.metrics["erasure.erased_twin_taken"] += 1
+        self.audit.append(txn, at_ms=self.now_ms(), actor=author, action="remote", target=f"{registry}/{body.record}",
+                          reason=f"{author} signed change {body.seq} of {registry} twice; the one held here is "
+                                 f"erased, so the fork can't be proven: {env.id} takes its place")
+        return body.seq - 1, before
+
     def _keep_erased(self, txn: Txn, batch: Batch, env: Envelope, notice: str) -> None:
         """A change of an erased record arrived (from a peer that had not
         honoured the notice yet; or at a place linked past without it): its

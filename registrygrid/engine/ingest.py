@@ -158,6 +158,12 @@ class RemoteIngest(EngineCore):
                 # if the change itself is refused below.
                 self._learn_unseen(txn, batch, body.registry, body.author, head_seq, body.prev)  # type: ignore[attr-defined]
                 head_cid = body.prev
+        if body.seq <= head_seq and self._has_erasures and not (since is not None and since <= body.seq):  # type: ignore[attr-defined]
+            # Another change at a place whose change is erased here: a fork
+            # no node can prove (engine/erasure.py, _erased_twin).
+            twin = self._erased_twin(txn, batch, env, head_seq)  # type: ignore[attr-defined]
+            if twin is not None:
+                head_seq, head_cid = twin
         if body.seq <= head_seq:
             other = chains.at(self.store, txn, body.registry, body.author, body.seq)
             self._keep_evidence(txn, batch, env, other)
