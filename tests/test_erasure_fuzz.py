@@ -1177,6 +1177,36 @@ def _revoke(org: KeyPair, node: LocalRegistry, key: KeyPair, cutoffs: dict[str, 
     node.put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, id=record_id)
 
 
+def test_a_change_of_an_erased_record_past_its_authors_cutoff_is_kept_as_an_id_not_parked(tmp_path: Path) -> None:
+    """A's key k creates r, then deletes it (its changes #1 and #2). A's node
+    a held only the create when it erased r, so its notice lists place #1
+    only; k, revoked with cutoff 0, never lists #2. y takes the notice and
+    the revocation, then k's delete: built on a create y never held, at a
+    place no notice vouches for, it would wait for that create for good.
+    Past its author's cutoff it counts nowhere whatever it builds on: it
+    keeps its place as an ID only, as on the nodes that erased it. Before,
+    it stayed parked on y for good, and a sync peer's word that the place
+    is gone could not move the chain past a place whose change y held
+    (a sync-only revocation history with erasures, seed 71399)."""
+    org_a, k_key = KeyPair.generate(), KeyPair.generate()
+    a, k = org_node(tmp_path / "a", org_a), org_node(tmp_path / "k", org_a, k_key)
+    y = org_node(tmp_path / "y", KeyPair.generate())
+    a.create_registry("open.things", ["cluster"], write_policy="members")
+    deliver(k, wires(a))
+    k.put("open.things", "cluster", {"name": "of-k"}, id="r")
+    deliver(a, wires(k))  # the create, and k's delegation
+    k.delete("open.things", "r")
+    delete = wires(k)[-1]
+    assert open_envelope(delete).body.op == "delete"
+    a.erase("open.things", "r")
+    _revoke(org_a, a, k_key, {"open.things": 0})
+    deliver(y, wires(a))
+    (kept,) = deliver(y, [delete])
+    assert kept.status == "erased" and parked(y) == []
+    assert y.engine.version_vector()["open.things"][k_key.did] == 2
+    assert readable(y, "open.things", "r") == "erased" and y.verify().ok
+
+
 def _raced_id(tmp_path: Path, org_a: KeyPair, org_b: KeyPair, record_id: str) -> tuple[LocalRegistry, LocalRegistry]:
     """A's node a creates ``record_id`` in open.things (any member may edit
     it), then B's node b, which never saw it, creates it too: A's create

@@ -536,7 +536,8 @@ class Erasing(EngineCore):
           create), all its dependencies here, is kept as evidence.
         - Any state: a change built on a change erased here, or at a place
           in its author's chain a notice vouches was the record's, is kept
-          as an ID only (it would wait for erased changes forever). Any
+          as an ID only (it would wait for erased changes forever); so is,
+          erased, a change past its author's revocation cutoff. Any
           other change comes in, and waits for its dependencies: it may be
           built on another org's create on its way."""
         body = env.body
@@ -552,7 +553,11 @@ class Erasing(EngineCore):
                 return None
         elif state == erasures.ERASED and self._builds_on_refused(txn, body):
             return self._keep_refused(txn, batch, env, PolicyDenied("it builds on a refused change"), peer)  # type: ignore[attr-defined]
-        elif not self._built_on_erased(txn, body):
+        elif not self._built_on_erased(txn, body) and not (
+                state == erasures.ERASED and self._past_cutoff(body.registry, body.author, body.seq)):  # type: ignore[attr-defined]
+            # (Past its author's revocation cutoff, it counts nowhere
+            # whatever it builds on: it would wait for good for an erased
+            # create this node never held.)
             return None
         self._keep_erased(txn, batch, env, notice_id)
         return IngestResult("erased", env.id)
