@@ -481,6 +481,18 @@ def test_a_report_only_the_forked_keys_own_chain_carries_counts_on_the_revoked_n
         b.close()
 
 
+def of(source: LocalRegistry, registry: str) -> list[Remote]:
+    """The changes of ``registry`` that ``source`` holds, as remote ops."""
+    return [Remote(w, "peer") for w in wires(source) if open_envelope(w).body.registry == registry]
+
+
+def _one_reports_a_fork_in_fields(one: LocalRegistry, two: LocalRegistry) -> None:
+    """The cloned key forks in FIELDS, and one reports it (its grid.disputes #1)."""
+    one.put(FIELDS, "cluster", {"name": "one"}, id="f-one")
+    two.put(FIELDS, "cluster", {"name": "two"}, id="f-two")
+    one.execute(of(two, FIELDS))
+
+
 def test_a_report_the_forked_key_holds_only_as_its_other_branchs_evidence_still_quarantines_there(
         twins, tmp_path: Path) -> None:
     """The cloned key forks in FIELDS, and one reports it (its grid.disputes
@@ -499,12 +511,7 @@ def test_a_report_the_forked_key_holds_only_as_its_other_branchs_evidence_still_
     for grid in (one, two, d):
         feed(c, grid)
 
-    def of(source: LocalRegistry, registry: str) -> list[Remote]:
-        return [Remote(w, "peer") for w in wires(source) if open_envelope(w).body.registry == registry]
-
-    one.put(FIELDS, "cluster", {"name": "one"}, id="f-one")
-    two.put(FIELDS, "cluster", {"name": "two"}, id="f-two")
-    one.execute(of(two, FIELDS))  # one reports the fork in FIELDS
+    _one_reports_a_fork_in_fields(one, two)
     one.put(SHARED, "cluster", {"name": "one"}, id="s-one")
     two.put(SHARED, "cluster", {"name": "two"}, id="s-two")
     two.execute(of(one, SHARED))  # two reports the fork in SHARED
@@ -545,12 +552,7 @@ def test_a_quarantine_that_a_report_held_as_evidence_makes_weighs_the_access_pol
         for grid in (two, c, b):
             feed(one, grid)
 
-        def of(source: LocalRegistry, registry: str) -> list[Remote]:
-            return [Remote(w, "peer") for w in wires(source) if open_envelope(w).body.registry == registry]
-
-        one.put(FIELDS, "cluster", {"name": "one"}, id="f-one")
-        two.put(FIELDS, "cluster", {"name": "two"}, id="f-two")
-        one.execute(of(two, FIELDS))  # one reports the fork in FIELDS (its grid.disputes #1)
+        _one_reports_a_fork_in_fields(one, two)
         forbid = [{"id": "no-creates", "effect": "forbid", "actions": ["create"]}]
         one.put("grid.policies", "policy", {"name": "rules", "policy_type": "access", "targets": [own],
                                             "access": {"rules": forbid}}, id="rules")
