@@ -276,3 +276,23 @@ async def test_a_non_member_is_refused_at_the_handshake_and_gets_nothing(tmp_pat
             # Gossip from them is dropped before it is even validated.
             assert metrics["gossip.accepted"] == 0
             assert a.registry.verify().ok and a.records() == 2
+
+
+async def test_a_member_that_answers_the_hello_only_later_is_admitted_on_the_same_connection(tmp_path: Path) -> None:
+    """A member's node connects before it answers hellos (its handler is not
+    set yet, as on a loaded node that times out): a's hello fails while the
+    connection stays up. a tries it again, backing off, and admits the peer
+    once it answers, without a new connection. Before, a never admitted it
+    and never synced from it until the connection dropped (the dial loop
+    does not redial a connected peer): a federation test whose partition
+    healed with one node's hellos failed timed out in CI."""
+    with trio.fail_after(60):
+        async with cluster(tmp_path, TRUSTING) as nodes, evil_host() as late:
+            a = await nodes.start("a")
+            await late.connect(a.fed.addrs()[0])
+            metrics = a.fed.metrics
+            await eventually(lambda: metrics["hello.failed"] >= 1, 15, "a's first hello failed")
+            assert late.peer_id not in a.fed.admitted
+            make_member(nodes, late)  # it answers hellos from now on
+            await eventually(lambda: late.peer_id in a.fed.admitted, 20, "admitted at a later hello")
+            assert metrics["hello.retried"] >= 1 and late.peer_id in a.fed.host.connected_peers()  # type: ignore[union-attr]

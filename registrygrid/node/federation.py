@@ -112,6 +112,13 @@ DIAL_TIMEOUT_S = 10.0
 PERSIST_INTERVAL_S = 5.0
 # A hello is a few hundred bytes; 10 s is generous even across the world.
 HELLO_TIMEOUT_S = 10.0
+# A hello that failed on a connection that stays up (a timeout on a loaded
+# node, a peer still setting up its handlers) is tried again after 1 s,
+# doubling up to 30 s: the dial loop never redials a connected peer, so
+# without this the node would neither admit nor sync from that peer until
+# the connection dropped.
+HELLO_RETRY_BASE_S = 1.0
+HELLO_RETRY_CAP_S = 30.0
 # A refused peer is disconnected this long after the refusal is sent: a
 # refusal is one small frame (a round trip or two even across the world).
 REFUSAL_GRACE_S = 0.5
@@ -409,9 +416,13 @@ class Federation:
     async def _peer_task(self, peer_id: str, scope: trio.CancelScope) -> None:
         """While connected: hello, then sync on connect, every interval and on gaps."""
         with scope:
-            await self._hello(peer_id)
+            retry = HELLO_RETRY_BASE_S
+            while not await self._hello(peer_id) and not self.peers.blocked(peer_id):  # type: ignore[union-attr]
+                self.metrics["hello.retried"] += 1
+                await trio.sleep(retry)
+                retry = min(2 * retry, HELLO_RETRY_CAP_S)
             if peer_id not in self.admitted:
-                return  # refused (banned and cut off), or the hello failed: the dial loop retries
+                return  # refused (banned and cut off), or of another federation: no sync
             while True:
                 async with self._sessions:
                     await self._sync_with(peer_id)
@@ -487,7 +498,9 @@ class Federation:
         return encode_hello(self.federation, self.host.listen_addrs(), self.peers.share(peer_id, MAX_SHARED_PEERS),
                             self.federation_id, self._proof)
 
-    async def _hello(self, peer_id: str) -> None:
+    async def _hello(self, peer_id: str) -> bool:
+        """Exchange hellos; whether the peer answered (admitted, refused us,
+        or of another federation: nothing to try again)."""
         assert self.host is not None and self.peers is not None
         started = trio.current_time()
         try:
@@ -498,11 +511,12 @@ class Federation:
             if NotMember.code in exc.message:  # the peer's answer: we are not admitted there
                 self.metrics["hello.refused_by_peer"] += 1
                 log.warning("%s refused this node: %s", peer_id, exc.message)
-            else:
-                log.debug("hello to %s failed: %s", peer_id, exc)
-            return
+                return True
+            log.debug("hello to %s failed: %s", peer_id, exc)
+            return False
         self.peers.note_latency(peer_id, trio.current_time() - started)
         await self._heard(peer_id, reply)
+        return True
 
     async def _answer_read(self, peer_id: str, request: bytes) -> bytes:
         """A public registry's changes, for any peer that is not banned
