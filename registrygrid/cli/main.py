@@ -675,12 +675,9 @@ def erase(home: Path | None, registry: str, record_id: str, reason: str, blobs: 
 def erasures(home: Path | None, as_json: bool, places: bool) -> None:
     """Records erasure notices name here: erased, waiting for the record, refused, or void (erased, then the notice stopped counting)."""
     with open_backend(home) as backend:
-        if places:
-            found = backend.erased_places()
-        else:
-            rows = backend.erasures()
+        found = backend.erased_places() if places else backend.erasures()
     if not places:
-        render.rows(rows, as_json, columns=["registry", "record", "state", "notice"], title="erasures")
+        render.rows(found, as_json, columns=["registry", "record", "state", "notice"], title="erasures")
     elif as_json:
         render.dump_json(found)
     else:
