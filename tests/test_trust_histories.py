@@ -36,6 +36,7 @@ from registrygrid.errors import RegistryError
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.sdk import LocalRegistry
+from registrygrid.trust.federation import Genesis
 from registrygrid.trust.statements import MEMBERS_REGISTRY, REVOCATION_KIND, revocation_record, sign_revocation
 from tests.test_random_histories import (
     ORG_A,
@@ -88,10 +89,10 @@ def revoke_or_step(rnd: random.Random, nodes: list[LocalRegistry], n: int, *,
         step(rnd, [nodes[i] for i in [first, *others[:2]]], tolerate=tolerate, exchange=exchange)
 
 
-def open_nodes(root: Path, expiring: bool) -> list[LocalRegistry]:
+def open_nodes(root: Path, expiring: bool, federation: Genesis | None = None) -> list[LocalRegistry]:
     """The five nodes, each with its org's delegation (B's revocable key's
-    lasts one second when ``expiring``)."""
-    return [LocalRegistry.open_path(root / f"n{i}", key, delegation=sign_delegation(
+    lasts one second when ``expiring``), in ``federation`` if one is given."""
+    return [LocalRegistry.open_path(root / f"n{i}", key, federation=federation, delegation=sign_delegation(
                 org, key.did, ["node", "writer"], valid_for=1 if expiring and i == 4 else 3600))
             for i, (key, org) in enumerate(zip(KEYS, ORGS, strict=True))]
 
