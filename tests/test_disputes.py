@@ -620,6 +620,40 @@ def test_a_fork_whose_one_side_is_erased_everywhere_ends_alike_on_both_sides(twi
     assert d.engine.metrics["erasure.erased_twin_taken"] == 1
 
 
+def test_a_fork_whose_one_side_and_all_after_it_are_erased_ends_alike_on_both_sides(twins) -> None:
+    """As above, but one's branch goes on in r (an update, its change #2),
+    erased with r: d and one hold both places without bytes, so nothing
+    proves the fork there either. Both take s in at place #1 and keep #2
+    erased (it counts nowhere): every node counts s and no r. Before, d and
+    one refused s for good, since the erased place was not their head
+    (cloned-key histories with erasures in a federation, seed 73211)."""
+    one, two, c, d = twins
+    for grid in (one, two, d):
+        feed(c, grid)
+    for grid in (c, d):
+        grid.execute(_served(one, MEMBERS_REGISTRY))
+    one.put(FIELDS, "cluster", {"name": "r"}, id="r")
+    one.update(FIELDS, "r", patch={"name": "r2"})
+    two.put(FIELDS, "cluster", {"name": "s"}, id="s")
+    c.execute(_served(two, FIELDS))
+    d.execute(_served(one, FIELDS))
+    one.erase(FIELDS, "r", reason="a request")
+    for grid in (c, d):
+        grid.execute(_served(one, "grid.erasures"))
+    for grid in (one, d):
+        (taken,) = grid.execute(_served(two, FIELDS))
+        assert taken.status == "applied"
+    for grid in (one, two, c, d):
+        for source in (one, two, c, d):
+            grid.execute(_served(source))
+    for grid in (one, two, c, d):
+        assert [r["id"] for r in grid.list(FIELDS).items] == ["s"] and grid.disputes() == []
+        assert grid.verify().ok
+    assert len({grid.state_digest() for grid in (one, two, c, d)}) == 1
+    key = one.engine.key.did
+    assert one.engine.version_vector()[FIELDS][key] == d.engine.version_vector()[FIELDS][key] == 2
+
+
 def test_a_fork_at_an_erased_place_is_proven_by_the_change_after_it(twins) -> None:
     """As above, but one's branch goes on past r (t, its change #2, names
     r's). d, which holds t, meets s: s and t prove the fork (t's prev is not

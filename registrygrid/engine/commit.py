@@ -81,7 +81,8 @@ class Committing(EngineCore):
         if isinstance(env, Envelope):  # this node's drafts are stored when the batch signs them
             changes.put_received(store, txn, env)
         chains.link(store, txn, reg, body.author, body.seq, env.cid)
-        batch.heads[(reg, body.author)] = self._chain_heads[(reg, body.author)] = (body.seq, env.cid)
+        if self._head(txn, batch, reg, body.author)[0] <= body.seq:  # not back past erased places (_erased_twin)
+            batch.heads[(reg, body.author)] = self._chain_heads[(reg, body.author)] = (body.seq, env.cid)
         if automerge is None and not body.is_snapshot:
             automerge = (body.change_hash, body.payload)
         if doc is not None and automerge is not None:

@@ -999,8 +999,11 @@ class Erasing(EngineCore):
         known as erased.) Where this node holds its branch's next change,
         that change and ``env`` prove the fork (the next one's ``prev`` is
         not ``env``): it reports it (returns None: an equivocation, as
-        any). Before 2026-12-05 both sides ended apart for good (cloned-key
-        histories with erasures, seeds 72064, 72075)."""
+        any). Where every place after it is held without bytes too, it
+        takes ``env`` in as where the erased change is its head. Before
+        2026-12-05 both sides ended apart for good (cloned-key histories
+        with erasures, seeds 72064, 72075; with the places after it erased
+        too, 73211, in a federation)."""
         body = env.body
         registry, author = body.registry, body.author
         other = chains.at(self.store, txn, registry, author, body.seq)
@@ -1011,7 +1014,14 @@ class Erasing(EngineCore):
             after = chains.at(self.store, txn, registry, author, body.seq + 1)
             if after is not None and changes.body(self.store, txn, after) is not None:
                 self._report_equivocation(txn, batch, env, after)  # type: ignore[attr-defined]
-            return None
+                return None
+            if any(link is None or changes.body(self.store, txn, link) is not None
+                   for link in (chains.at(self.store, txn, registry, author, seq)
+                                for seq in range(body.seq + 1, head_seq + 1))):
+                return None  # a held change further on may prove it: an equivocation, as any
+            # Every place after it is held without bytes too (erased, or
+            # gone at peers): they count nowhere and stay as they are, and
+            # so does the head (commit moves a head forward only).
         before = chains.at(self.store, txn, registry, author, body.seq - 1) if body.seq > 1 else b""
         if before is None or before == erasures.UNSEEN or (body.prev or b"") != before:
             return None  # the fork began earlier: an equivocation, as any
