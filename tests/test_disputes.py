@@ -595,29 +595,44 @@ def test_a_fork_whose_one_side_is_erased_everywhere_ends_alike_on_both_sides(twi
     node counts s and no r. Before, d and one refused s as an equivocation
     for good (cloned-key histories with erasures, seeds 72064, 72075)."""
     one, two, c, d = twins
+    _fork_with_r_erased(twins, r_updated=False)
+    if one_takes_s:
+        one.execute(_served(two, FIELDS))
+    (taken,) = d.execute(_served(two, FIELDS))
+    assert taken.status == "applied"
+    _all_end_with_s_alone(twins)
+    assert d.engine.metrics["erasure.erased_twin_taken"] == 1
+
+
+def _fork_with_r_erased(twins: tuple[LocalRegistry, ...], *, r_updated: bool) -> None:
+    """The cloned key creates r on one (and updates it if ``r_updated``)
+    and s on two, from its change #1 in FIELDS; c takes s, d takes one's
+    branch; A erases r, and c and d take the notice."""
+    one, two, c, d = twins
     for grid in (one, two, d):
         feed(c, grid)  # c's delegation
     for grid in (c, d):
         grid.execute(_served(one, MEMBERS_REGISTRY))  # the cloned key's
     one.put(FIELDS, "cluster", {"name": "r"}, id="r")
+    if r_updated:
+        one.update(FIELDS, "r", patch={"name": "r2"})
     two.put(FIELDS, "cluster", {"name": "s"}, id="s")
     c.execute(_served(two, FIELDS))
     d.execute(_served(one, FIELDS))
     one.erase(FIELDS, "r", reason="a request")
     for grid in (c, d):
         grid.execute(_served(one, "grid.erasures"))
-    if one_takes_s:
-        one.execute(_served(two, FIELDS))
-    (taken,) = d.execute(_served(two, FIELDS))
-    assert taken.status == "applied"
-    for grid in (one, two, c, d):
-        for source in (one, two, c, d):
+
+
+def _all_end_with_s_alone(twins: tuple[LocalRegistry, ...]) -> None:
+    """After every node took what every node serves: s and no r, no dispute."""
+    for grid in twins:
+        for source in twins:
             grid.execute(_served(source))
-    for grid in (one, two, c, d):
+    for grid in twins:
         assert [r["id"] for r in grid.list(FIELDS).items] == ["s"] and grid.disputes() == []
         assert grid.verify().ok
-    assert len({grid.state_digest() for grid in (one, two, c, d)}) == 1
-    assert d.engine.metrics["erasure.erased_twin_taken"] == 1
+    assert len({grid.state_digest() for grid in twins}) == 1
 
 
 def test_a_fork_whose_one_side_and_all_after_it_are_erased_ends_alike_on_both_sides(twins) -> None:
@@ -628,28 +643,11 @@ def test_a_fork_whose_one_side_and_all_after_it_are_erased_ends_alike_on_both_si
     one refused s for good, since the erased place was not their head
     (cloned-key histories with erasures in a federation, seed 73211)."""
     one, two, c, d = twins
-    for grid in (one, two, d):
-        feed(c, grid)
-    for grid in (c, d):
-        grid.execute(_served(one, MEMBERS_REGISTRY))
-    one.put(FIELDS, "cluster", {"name": "r"}, id="r")
-    one.update(FIELDS, "r", patch={"name": "r2"})
-    two.put(FIELDS, "cluster", {"name": "s"}, id="s")
-    c.execute(_served(two, FIELDS))
-    d.execute(_served(one, FIELDS))
-    one.erase(FIELDS, "r", reason="a request")
-    for grid in (c, d):
-        grid.execute(_served(one, "grid.erasures"))
+    _fork_with_r_erased(twins, r_updated=True)
     for grid in (one, d):
         (taken,) = grid.execute(_served(two, FIELDS))
         assert taken.status == "applied"
-    for grid in (one, two, c, d):
-        for source in (one, two, c, d):
-            grid.execute(_served(source))
-    for grid in (one, two, c, d):
-        assert [r["id"] for r in grid.list(FIELDS).items] == ["s"] and grid.disputes() == []
-        assert grid.verify().ok
-    assert len({grid.state_digest() for grid in (one, two, c, d)}) == 1
+    _all_end_with_s_alone(twins)
     key = one.engine.key.did
     assert one.engine.version_vector()[FIELDS][key] == d.engine.version_vector()[FIELDS][key] == 2
 
