@@ -160,8 +160,12 @@ class LocalRegistry:
             # sign a sequence number peers hold already (equivocation).
             lost = not (home.store_path / "data.mdb").exists() and home.key_has_signed(key.did)
             store = Store(home.store_path)
-            engine = Engine(store, key, SchemaCatalog(), owner=membership.org if membership else None,
-                            federation=(federation.claims, federation.id))
+            try:
+                engine = Engine(store, key, SchemaCatalog(), owner=membership.org if membership else None,
+                                federation=(federation.claims, federation.id))
+            except BaseException:
+                store.close()  # a store the engine refuses (its federation record unreadable) is left shut
+                raise
             if lost and lock:
                 engine.begin_recovery()
         except BaseException:
@@ -263,12 +267,18 @@ class LocalRegistry:
         """A bare store without a home (tests, simulations, tools). With a
         ``delegation`` of ``key``, the store writes for the delegating org
         and publishes the delegation (as a home does); with a ``federation``
-        genesis, only its members' changes count (docs/trust.md)."""
+        genesis, only its members' changes count (docs/trust.md). The store
+        records its federation: opened without one later, it stays in it."""
         store = Store(path)
         if delegation is not None:
             owner = delegation.claims.org
-        registry = cls(store, Engine(store, key or KeyPair.generate(), SchemaCatalog(), owner=owner,
-                                     federation=(federation.claims, federation.id) if federation else None))
+        try:
+            engine = Engine(store, key or KeyPair.generate(), SchemaCatalog(), owner=owner,
+                            federation=(federation.claims, federation.id) if federation else None)
+        except BaseException:
+            store.close()
+            raise
+        registry = cls(store, engine)
         if delegation is not None:
             registry.publish_delegation(delegation)
         return registry

@@ -707,3 +707,56 @@ def test_an_expired_node_is_still_admitted_at_the_handshake_so_it_syncs(org_a: K
     trust.add(read_statement(DELEGATION_KIND, *delegation_record(expired)))
     with pytest.raises(DelegationExpired):
         trust.check_speaks_for(node_key.did, org_a.did, int(time.time() * 1000))
+
+
+def test_a_federated_store_reopened_without_its_genesis_stays_in_its_federation(
+        tmp_path: Path, org_a: KeyPair, org_b: KeyPair) -> None:
+    """The store records the federation its node was opened in, so a later
+    open that names none (a tool's, a test's bare ``open_path``) judges as
+    the federation does: a change of an org outside it does not count.
+    Before, the federation lived in the engine only, and such an open
+    counted every key's changes, as a node outside any federation does
+    (the search harness of session 28 fell into this)."""
+    from registrygrid.trust.federation import make_genesis
+
+    genesis = make_genesis("grid", [org_a])
+    key = KeyPair.generate()
+    member = LocalRegistry.open_path(tmp_path / "a", key, delegation=sign_delegation(org_a, key.did, ["node", "writer"]),
+                                     federation=genesis)
+    member.create_registry("open.x", ["cluster"], write_policy="members")
+    outsider = org_node(tmp_path / "b", org_b)
+    deliver(outsider, member)
+    outsider.put("open.x", "cluster", {"name": "of-B"}, id="r")
+    member.close()
+
+    reopened = LocalRegistry.open_path(tmp_path / "a", key)
+    try:
+        assert reopened.engine.federation == (genesis.claims, genesis.id)
+        deliver(reopened, outsider)
+        with pytest.raises(NotFound):
+            reopened.get("open.x", "r")
+    finally:
+        reopened.close()
+        outsider.close()
+
+
+def test_a_store_opened_in_another_federation_records_that_one_and_an_unreadable_record_is_refused(
+        tmp_path: Path, org_a: KeyPair) -> None:
+    """Joining another federation (a home's `rgrid federation join`) opens
+    the store with the new genesis: the store's record follows it. A record
+    this version cannot read is an integrity error, not a silent open
+    outside every federation."""
+    from registrygrid.engine.engine import FEDERATION
+    from registrygrid.errors import IntegrityError
+    from registrygrid.trust.federation import make_genesis
+
+    first, second = make_genesis("grid", [org_a]), make_genesis("other", [org_a])
+    key = KeyPair.generate()
+    LocalRegistry.open_path(tmp_path / "a", key, federation=first).close()
+    LocalRegistry.open_path(tmp_path / "a", key, federation=second).close()
+    with LocalRegistry.open_path(tmp_path / "a", key) as reopened:
+        assert reopened.engine.federation == (second.claims, second.id)
+        with reopened.store.write() as txn:
+            reopened.store.put_meta(txn, FEDERATION, {"id": second.id, "claims": b"\x01"})
+    with pytest.raises(IntegrityError, match="records its federation"):
+        LocalRegistry.open_path(tmp_path / "a", key)

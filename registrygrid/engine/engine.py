@@ -34,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 
+import msgspec
+
 from registrygrid.crdt import disputes
 from registrygrid.crdt.record import (
     actor_for,
@@ -68,6 +70,7 @@ from registrygrid.engine.rebuild import Rebuilds
 from registrygrid.engine.settle import Settling
 from registrygrid.engine.values import canonical, merge_patch, record_digest  # noqa: F401 (re-exported)
 from registrygrid.errors import (
+    IntegrityError,
     RegistryError,
     StorageFailed,
     ValidationError,
@@ -92,6 +95,9 @@ from registrygrid.trust.statements import MEMBERS_REGISTRY, read_statement
 
 # Meta key: set while a store made anew recovers its node's history (begin_recovery).
 RECOVERING = "recovering"
+# Meta key: the federation the store's node was last opened in (its id, name
+# and genesis claims), so that an open that names none stays in it.
+FEDERATION = "federation"
 
 # Remote changes of one batch have their signatures checked on this many
 # threads before the batch is applied (the machine has 2 cores; each check
@@ -125,7 +131,8 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
         # Who speaks for whom, folded from grid.members (trust/state.py);
         # every change, local or remote, is judged against it. With a
         # federation (genesis claims, id), only its members' orgs count.
-        self.trust = TrustState(*(federation or (None, None)))
+        self.federation = self._store_federation(store, federation)
+        self.trust = TrustState(*(self.federation or (None, None)))
         # Access rules of grid.policies in force (trust/policy.py).
         self.policy = PolicySet()
         self.audit = AuditLedger(store)
@@ -143,6 +150,35 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
             self.recovering = store.get_meta(txn, RECOVERING)
         if not indexed:
             self._build_conflicted_index()
+
+    def _store_federation(self, store: Store, given: tuple[GenesisBody, str] | None,
+                          ) -> tuple[GenesisBody, str] | None:
+        """The federation this store's node is in: ``given`` (its home's, or
+        the genesis a caller passed), which the store then records; with
+        none given, the one the store recorded. Before, the federation lived
+        in the engine only, so a federated store reopened without its
+        genesis (a bare ``open_path`` of a tool or a test) judged changes as
+        a node outside any federation, counting every key's, and ended apart
+        from its peers. A node that joins another federation passes the new
+        one, which replaces the record (membership changes take effect when
+        a node opens, docs/trust.md)."""
+        with store.read() as txn:
+            recorded = store.get_meta(txn, FEDERATION)
+        if given is None:
+            if recorded is None:
+                return None  # never in a federation: every org counts
+            try:
+                return msgspec.msgpack.decode(recorded["claims"], type=GenesisBody), str(recorded["id"])
+            except (msgspec.DecodeError, msgspec.ValidationError, KeyError, TypeError) as exc:
+                raise IntegrityError(f"the store in {store.path} records its federation in a form this version "
+                                     f"cannot read ({exc})") from None
+        claims, federation_id = given
+        if (recorded is None or recorded.get("id") != federation_id) and not store.readonly:
+            with store.write() as txn:
+                store.put_meta(txn, FEDERATION, {"id": federation_id, "name": claims.name,
+                                                 "claims": msgspec.msgpack.encode(claims)})
+            self.metrics["store.federation_recorded"] += 1
+        return given
 
     def begin_recovery(self) -> None:
         """This store was made anew for a node whose key signed changes
