@@ -1222,6 +1222,7 @@ def _raced_id(tmp_path: Path, org_a: KeyPair, org_b: KeyPair, record_id: str) ->
     a.create_registry("open.things", ["cluster"], write_policy="members")
     deliver(b, wires(a))
     a.put("open.things", "cluster", {"name": "of-A"}, id=record_id)
+    time.sleep(0.005)  # a millisecond of its own: creates of one clock are ordered by their IDs
     b.put("open.things", "cluster", {"name": "of-B"}, id=record_id)
     return a, b
 
