@@ -173,7 +173,7 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
                 raise IntegrityError(f"the store in {store.path} records its federation in a form this version "
                                      f"cannot read ({exc})") from None
         claims, federation_id = given
-        if (recorded is None or recorded.get("id") != federation_id) and not store.readonly:
+        if not (isinstance(recorded, dict) and recorded.get("id") == federation_id) and not store.readonly:
             with store.write() as txn:
                 store.put_meta(txn, FEDERATION, {"id": federation_id, "name": claims.name,
                                                  "claims": msgspec.msgpack.encode(claims)})
