@@ -606,6 +606,12 @@ class LocalRegistry:
         out = self.store.stats()
         out["feed_head"] = self.feed_head()
         out["recovering"] = int(self.engine.recovering is not None)  # 1: a lost store recovers (end_recovery)
+        # The federation whose members' changes this store counts: its
+        # home's, or the one the store recorded when opened bare
+        # (Engine._store_federation); "-" outside any federation.
+        federation = self.engine.federation
+        out["federation"] = federation[0].name if federation is not None else "-"
+        out["federation_id"] = federation[1] if federation is not None else "-"
         out.update({f"metric.{k}": v for k, v in sorted(self.engine.metrics.items())})
         return out
 

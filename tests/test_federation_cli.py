@@ -47,6 +47,9 @@ def test_create_invite_with_two_admins_join_and_list_members(rgrid: Run, tmp_pat
     assert second["status"] == "complete: created" and len(second["signers"]) == 2
     assert ok_json(rgrid, "federation", "join", str(invite), home=b)["federation"] == created["federation"]
     assert json.loads((b / "config.json").read_text())["federation"] == "acme-grid"
+    # The store names the federation whose members' changes it counts.
+    stats = ok_json(rgrid, "stats", home=b)
+    assert (stats["federation"], stats["federation_id"]) == ("acme-grid", created["federation"])
 
     members = ok_json(rgrid, "federation", "members", home=c)
     assert members["federation"] == created["federation"] and members["implicit"] is False
@@ -60,6 +63,7 @@ def test_a_node_outside_any_federation_is_in_its_orgs_own(rgrid: Run, tmp_path: 
     members = ok_json(rgrid, "federation", "members", home=home)
     assert members["implicit"] is True and members["name"] == "default"
     assert [m["roles"] for m in members["members"]] == ["admin,founder"]
+    assert ok_json(rgrid, "stats", home=home)["federation"] == "default"
 
 
 def test_only_an_admin_may_invite_or_revoke(rgrid: Run, tmp_path: Path) -> None:

@@ -732,6 +732,8 @@ def test_a_federated_store_reopened_without_its_genesis_stays_in_its_federation(
     reopened = LocalRegistry.open_path(tmp_path / "a", key)
     try:
         assert reopened.engine.federation == (genesis.claims, genesis.id)
+        assert (reopened.stats()["federation"], reopened.stats()["federation_id"]) == ("grid", genesis.id)
+        assert outsider.stats()["federation"] == "-"  # opened bare, never in one
         deliver(reopened, outsider)
         with pytest.raises(NotFound):
             reopened.get("open.x", "r")

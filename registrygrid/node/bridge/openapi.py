@@ -447,7 +447,11 @@ SCHEMAS: dict[str, Any] = {
                       "roles": {"type": "array", "items": STRING}, "delegation_expires": _nullable(INT)},
                      required=["did", "peer_id", "org"]),
     "Stats": {"type": "object", "additionalProperties": {"type": ["number", "integer"]},
-              "description": "store entry counts, sizes, feed head and engine counters"},
+              "properties": {"federation": {**STRING, "description": "the federation whose members' changes "
+                                                                       "this store counts; \"-\" outside any"},
+                             "federation_id": STRING},
+              "required": ["federation", "federation_id"],
+              "description": "store entry counts, sizes, feed head and engine counters, and the store's federation"},
     "Health": _obj({"status": {"enum": ["ok", "starting", "stopping"]}, "feed_head": SEQ}),
     "Token": _obj({"id": TOKEN_ID, "name": STRING, "role": {"enum": list(ROLES)}, "registry": _nullable(STRING),
                    "created_at": INT, "expires_at": _nullable(INT), "revoked_at": _nullable(INT),
