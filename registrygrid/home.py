@@ -306,8 +306,8 @@ class Home:
         merged = json.loads(json.dumps(DEFAULT_CONFIG))
         if path.exists():
             try:
-                given = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
+                given = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as exc:  # not JSON, or not UTF-8 at all
                 raise ValidationError(f"{path} is not valid JSON: {exc}") from None
             if not isinstance(given, dict):
                 raise ValidationError(f"{path} must hold a JSON object of settings")

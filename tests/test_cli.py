@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -304,5 +306,30 @@ def test_malformed_json_file_exits_65_and_says_so(home: Path, tmp_path: Path, rg
     assert proc.returncode == EX_DATAERR
     assert "not valid JSON" in proc.stderr
     assert "broken.json" in proc.stderr
+    assert feed_head(home) == head
+
+
+def test_a_file_that_is_not_utf8_exits_65_and_says_so_wherever_a_command_takes_one(home: Path, tmp_path: Path,
+                                                                                     rgrid: Run) -> None:
+    """JSON is UTF-8 (RFC 8259): a file of another encoding is malformed
+    input, named with its first bad byte. Before, `put --file`, `kind
+    register --schema`, @FILE options and `federation join`/`sign` printed
+    a Python traceback (the file's bytes reached a UTF-8 decode no one
+    caught)."""
+    head = feed_head(home)
+    latin = tmp_path / "latin1.json"
+    latin.write_bytes('{"name": "café"}'.encode("latin-1"))
+    for command in (("put", "grid.clusters", "cluster", "--file", str(latin)),
+                    ("kind", "register", "latin", "--schema", str(latin), "--registry", "acme.latin"),
+                    ("registry", "create", "acme.latin", "--kind", "cluster", "--conflict-policy", f"@{latin}"),
+                    ("search", "--filter", f"@{latin}"),
+                    ("federation", "join", str(latin)),
+                    ("federation", "sign", str(latin))):
+        proc = rgrid(*command, home=home)
+        assert proc.returncode == EX_DATAERR, (command, proc.stderr)
+        assert f"{latin} is not UTF-8 text: byte 13 is 0xe9" in proc.stderr and "Traceback" not in proc.stderr
+    piped = subprocess.run([sys.executable, "-m", "registrygrid", "put", "grid.clusters", "cluster", "--file", "-",
+                            "--home", str(home)], input=latin.read_bytes(), capture_output=True, timeout=60)
+    assert piped.returncode == EX_DATAERR and b"stdin is not UTF-8 text: byte 13" in piped.stderr
     assert feed_head(home) == head
 

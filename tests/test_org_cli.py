@@ -191,8 +191,13 @@ def test_a_home_file_cut_short_or_edited_badly_is_a_clear_error_not_a_traceback(
     for path, text, says in [(org_file, good_org[:40], "org.json is not valid JSON"),
                              (org_file, '{"org": "did:key:z6Mk"}', "org.json is not an org file"),
                              (org_file, "[1, 2]", "org.json is not an org file"),
-                             (config, "[1]", "config.json must hold a JSON object")]:
-        path.write_text(text)
+                             (config, "[1]", "config.json must hold a JSON object"),
+                             (config, b'{"federation": "\xff"}', "config.json is not valid JSON"),
+                             (org_file, b"\xfe\xff", "org.json is not valid JSON")]:
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
         for command in (("org", "show"), ("stats",)):
             proc = rgrid(*command, home=home)
             assert proc.returncode == 65, (command, text, proc.stderr)

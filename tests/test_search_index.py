@@ -317,6 +317,19 @@ def test_an_index_tantivy_cannot_open_starts_over_from_the_feed(tmp_path: Path) 
     _holds_the_renamed_records(reopened, registry)
 
 
+@pytest.mark.parametrize("damage", [b"\xff\xfe not UTF-8", b'{"version": 2, "cur', b"[]", b'{"version": 2}'])
+def test_an_index_whose_cursor_file_is_unreadable_starts_over_from_the_feed(tmp_path: Path, damage: bytes) -> None:
+    """search.json damaged (a hand edit, a bad disk): the index is derived,
+    so it starts over from the feed; before, opening it raised and the node
+    did not start."""
+    registry = _crashed_inside_a_commit(tmp_path, registered=True)
+    (tmp_path / "index" / "search.json").write_bytes(damage)
+    reopened = SearchIndex(tmp_path / "index")
+    assert reopened.started_over == 1 and reopened.cursor == 0
+    reopened.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    _holds_the_renamed_records(reopened, registry)
+
+
 def test_full_text_ranks_by_bm25_with_phrases_facets_and_an_explanation(corpus) -> None:
     index, _, _ = corpus
     answer = index.search(q.parse_query({"text": "legal contract", "limit": 5, "facets": ["region", "verified"],

@@ -111,6 +111,21 @@ def test_vectors_a_crash_left_unreadable_are_embedded_again(indexed, tmp_path: P
     assert ids(answer)[0] == "condense"
 
 
+@pytest.mark.parametrize("damage", [b"\xff\xfe not UTF-8", b'{"version": 1', b'{"version": 1, "cursor": "x"}'])
+def test_vectors_whose_cursor_file_is_unreadable_are_embedded_again(indexed, tmp_path: Path, damage: bytes) -> None:
+    """vectors.json damaged (a hand edit, a bad disk): the vectors are
+    derived, so they are embedded again; before, the node did not start."""
+    index, registry = indexed
+    (tmp_path / "index" / "vectors" / "vectors.json").write_bytes(damage)
+    reopened = SearchIndex(tmp_path / "index")
+    assert reopened.enable_semantic() and reopened.vectors.cursor == 0
+    reopened.catch_up_vectors(registry)
+    assert reopened.vectors.cursor == index.vectors.cursor
+    answer = reopened.search(q.parse_query({"text": "summarize a contract", "mode": "semantic",
+                                            "registries": ["acme.tools"]}))
+    assert ids(answer)[0] == "condense"
+
+
 def test_semantic_modes_need_text(indexed) -> None:
     with pytest.raises(Exception) as refused:
         q.parse_query({"mode": "semantic"})

@@ -31,6 +31,7 @@ import click
 from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend, publish_statement
 from registrygrid.cli.options import home_option, json_option, org_key_option
+from registrygrid.cli.values import read_text_file
 from registrygrid.errors import NotFound, PolicyDenied, ValidationError
 from registrygrid.home import Home, read_key_file, write_text_durably
 from registrygrid.identity.keys import public_key_from_did
@@ -126,7 +127,7 @@ def register(cli: click.Group) -> None:
         """Add this home's org's signature (an admin) to the invitation in FILE."""
         home_obj = Home(home)
         home_obj.require()
-        genesis, invitation = read_invitation_file(file.read_text())
+        genesis, invitation = read_invitation_file(read_text_file(file)[0])
         if genesis.id != current_genesis(home_obj).id:
             raise ValidationError(f"{file} invites into federation {genesis.id}, not this home's")
         if invitation is None:
@@ -164,7 +165,7 @@ def register(cli: click.Group) -> None:
         home_obj = Home(home)
         home_obj.require()
         addrs = check_peer_addrs(bootstrap, source="--bootstrap")
-        genesis, invitation = read_invitation_file(file.read_text())
+        genesis, invitation = read_invitation_file(read_text_file(file)[0])
         join_federation(home_obj, genesis, invitation)
         if addrs:
             config = home_obj.config()

@@ -16,8 +16,19 @@ MAX_INPUT_FILE = 4 * 2**20
 
 
 def read_json_file(path: Path | str) -> Any:
+    text, where = read_text_file(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MalformedInput(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                             details=[{"path": where, "line": exc.lineno, "column": exc.colno}]) from None
+
+
+def read_text_file(path: Path | str) -> tuple[str, str]:
+    """The UTF-8 text of a file an operator names ('-': stdin), at most
+    MAX_INPUT_FILE bytes, and how to name it in errors."""
     if str(path) == "-":
-        text = sys.stdin.read(MAX_INPUT_FILE + 1)
+        data = sys.stdin.buffer.read(MAX_INPUT_FILE + 1)
         where = "stdin"
     else:
         file = Path(path)
@@ -25,15 +36,23 @@ def read_json_file(path: Path | str) -> Any:
             raise ValidationError(f"{file}: no such file")
         if file.stat().st_size > MAX_INPUT_FILE:
             raise ValidationError(f"{file} is larger than {MAX_INPUT_FILE} bytes")
-        text = file.read_text()
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            raise ValidationError(f"cannot read {file}: {exc.strerror}") from None
         where = str(file)
-    if len(text) > MAX_INPUT_FILE:
+    if len(data) > MAX_INPUT_FILE:
         raise ValidationError(f"{where} is larger than {MAX_INPUT_FILE} bytes")
+    return decode_utf8(data, where), where
+
+
+def decode_utf8(data: bytes, where: str) -> str:
+    """``data`` as text: JSON files are UTF-8 (RFC 8259, section 8.1)."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MalformedInput(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                             details=[{"path": where, "line": exc.lineno, "column": exc.colno}]) from None
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedInput(f"{where} is not UTF-8 text: byte {exc.start} is {data[exc.start]:#04x}",
+                             details=[{"path": where, "byte": exc.start}]) from None
 
 
 def parse_value(text: str) -> Any:

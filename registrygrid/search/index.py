@@ -178,12 +178,22 @@ class SearchIndex:
 
     def _open(self) -> None:
         meta = self.path / "search.json"
-        state = json.loads(meta.read_text()) if meta.exists() else None
+        self.started_over = 0  # times this index was found damaged and started over (at most once while open)
+        try:
+            state = json.loads(meta.read_text(encoding="utf-8")) if meta.exists() else None
+            if state is not None:
+                int(state["cursor"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # The index is derived from the feed: a cursor file it cannot
+            # read (a hand edit, a damaged disk) costs a re-index, not the
+            # node's start.
+            log.warning("search: %s is unreadable (%s); indexing the feed again from its start", meta, exc)
+            self.started_over += 1
+            state = None
         if state is None or state.get("version") != INDEX_VERSION:
             shutil.rmtree(self.path, ignore_errors=True)
             self.path.mkdir(parents=True, exist_ok=True)
             state = {"version": INDEX_VERSION, "cursor": 0}
-        self.started_over = 0  # times this index was found damaged and started over (at most once while open)
         try:
             self._open_tantivy()
         except IntegrityError as exc:

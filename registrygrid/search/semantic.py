@@ -103,7 +103,13 @@ class VectorIndex:
         self.embedder = embedder
         self._lock = threading.RLock()
         meta = path / "vectors.json"
-        state = json.loads(meta.read_text()) if meta.exists() else None
+        try:
+            state = json.loads(meta.read_text(encoding="utf-8")) if meta.exists() else None
+            if state is not None:
+                int(state["cursor"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # derived: embed the feed again
+            log.warning("search: %s is unreadable (%s); embedding the feed again", meta, exc)
+            state = None
         if state is None or state.get("version") != VECTORS_VERSION:
             shutil.rmtree(path, ignore_errors=True)
             path.mkdir(parents=True, exist_ok=True)
