@@ -44,7 +44,7 @@ from registrygrid.protocol.envelope import cid_to_str, open_envelope
 from registrygrid.schemas import KindSchema, SchemaCatalog
 from registrygrid.storage import chains, changes, erasures, feed, records
 from registrygrid.storage.audit import AuditEntry, AuditLedger
-from registrygrid.storage.feed import FeedEvent
+from registrygrid.storage.feed import MAX_SEQ, FeedEvent
 from registrygrid.storage.store import Store, pack, unpack
 from registrygrid.trust import access
 from registrygrid.trust.federation import Genesis, genesis_record, invitation_record
@@ -128,6 +128,12 @@ def _compare(current: Any, op: str, value: Any) -> bool:
     if op == "ge":
         return current >= value
     raise ValidationError(f"unknown filter operator {op!r}; use eq ne lt le gt ge contains")
+
+
+def _check_seq(name: str, value: int) -> None:
+    """A feed or audit position a caller names: 0 to MAX_SEQ."""
+    if not 0 <= value <= MAX_SEQ:
+        raise ValidationError(f"{name} must be between 0 and {MAX_SEQ}")
 
 
 class LocalRegistry:
@@ -487,8 +493,7 @@ class LocalRegistry:
 
     def changes(self, since: int = 0, *, limit: int = 1000, registry: str | None = None,
                 kind: str | None = None) -> list[FeedEvent]:
-        if since < 0:
-            raise ValidationError("since must be >= 0")
+        _check_seq("since", since)
         if not 1 <= limit <= 10_000:
             raise ValidationError("limit must be between 1 and 10000")
         return feed.read(self.store, since=since, limit=limit, registry=registry, kind=kind)
@@ -591,6 +596,7 @@ class LocalRegistry:
     def audit_log(self, *, since: int = 0, limit: int = 100, reverse: bool = False,
                   target: str | None = None) -> list[AuditEntry]:
         """Audit entries; ``target`` (``REGISTRY/ID``) keeps one record's."""
+        _check_seq("since", since)
         return AuditLedger.entries(self.store, since=since, limit=limit, reverse=reverse, target=target)
 
     def audit_verify(self) -> dict[str, Any]:

@@ -103,6 +103,19 @@ async def test_sse_client_resumes_with_last_event_id_and_misses_nothing(served: 
         assert all(e["seq"] == e["id"] and e["event"] == "created" for e in first + second)
 
 
+async def test_a_last_event_id_that_is_no_feed_sequence_is_refused_before_the_stream_opens(served: Served) -> None:
+    """Before, an ID past a signed 64-bit number passed the check and the
+    stream failed packing the feed key; a negative one was read as 0."""
+    with trio.fail_after(30):
+        async with served.client() as client:
+            for last in ("99999999999999999999", "-5", "seven"):
+                r = await client.get("/v1/changes", headers={"Accept": "text/event-stream", "Last-Event-ID": last})
+                assert r.status_code == 400, (last, r.text)
+                assert r.json()["error"]["code"] == "malformed_input" and "Last-Event-ID" in r.json()["error"]["message"]
+            r = await client.get("/v1/changes", params={"since": "99999999999999999999"})
+            assert r.status_code == 422 and "between 0 and 9223372036854775807" in r.text
+
+
 async def test_websocket_client_resumes_with_since_and_misses_nothing(served: Served) -> None:
     with trio.fail_after(30):
         start = await _head(served)

@@ -185,6 +185,9 @@ def test_feed_tail_prints_one_json_event_per_line(listed_home: Path, rgrid: Run)
     assert all(e["type"] == "created" for e in events)
     assert [e["record"] for e in events[-2:]] == ["grep", "sed"]
     assert {"registry", "record", "kind", "change", "author", "hlc", "origin"} <= set(events[0])
+    for command in (("feed", "tail", "--from"), ("audit", "log", "--since")):  # past a signed 64-bit sequence
+        proc = rgrid(*command, "99999999999999999999", home=listed_home)
+        assert proc.returncode == 2 and "0<=x<=9223372036854775807" in proc.stderr, proc.stderr
 
 
 def test_verify_reports_a_healthy_store(listed_home: Path, rgrid: Run) -> None:

@@ -44,6 +44,7 @@ from registrygrid.protocol import limits
 from registrygrid.protocol.envelope import cid_from_str, cid_to_str, open_envelope, seal
 from registrygrid.protocol.hlc import Hlc
 from registrygrid.sdk import LocalRegistry
+from registrygrid.storage.feed import MAX_SEQ
 from registrygrid.trust.statements import DELEGATION_KIND, MEMBERS_REGISTRY, delegation_record
 from tests.doc_checks import assert_documents_in_memory_are_as_stored
 
@@ -490,8 +491,14 @@ def test_changes_since_n_resumes_exactly_after_n(grid: LocalRegistry) -> None:
         assert [e.seq for e in grid.changes(since)] == list(range(since + 1, head + 1))
     assert [e.seq for e in grid.changes(3, limit=4)] == [4, 5, 6, 7]
     assert grid.changes(head) == []
-    with pytest.raises(ValidationError):
-        grid.changes(-1)
+    assert grid.changes(MAX_SEQ) == []
+    # Beyond a signed 64-bit sequence: a typed refusal (before, an
+    # OverflowError packing the feed key, and a traceback in `rgrid feed tail`).
+    for since in (-1, MAX_SEQ + 1, 10**20):
+        with pytest.raises(ValidationError, match="since must be between 0 and"):
+            grid.changes(since)
+        with pytest.raises(ValidationError, match="since must be between 0 and"):
+            grid.audit_log(since=since)
 
 
 def test_changes_filter_by_registry_and_kind(grid: LocalRegistry) -> None:

@@ -47,6 +47,7 @@ from registrygrid.engine import registries as regs
 from registrygrid.protocol import limits, names
 from registrygrid.sdk import home_identity
 from registrygrid.search import query as search_query
+from registrygrid.storage.feed import MAX_SEQ
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -707,7 +708,7 @@ def feed() -> None:
 
 @feed.command()
 @home_option
-@click.option("--from", "since", type=click.IntRange(0), default=None,
+@click.option("--from", "since", type=click.IntRange(0, MAX_SEQ), default=None,
               help="Start after this feed sequence (default: the last 20 events).")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events until interrupted.")
 @click.option("--registry")
@@ -743,7 +744,7 @@ def audit() -> None:
 
 @audit.command(name="log")
 @home_option
-@click.option("--since", type=click.IntRange(0), default=0, help="Entries after this sequence.")
+@click.option("--since", type=click.IntRange(0, MAX_SEQ), default=0, help="Entries after this sequence.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
 @click.option("--latest", is_flag=True, help="Show the newest entries first.")
 @click.option("--record", "record_target", metavar="REGISTRY/ID",

@@ -15,6 +15,11 @@ import msgspec
 
 from registrygrid.storage.store import Store, u64, unpack, pack
 
+# The largest feed or audit sequence a caller may name (a signed 64-bit
+# integer, as JSON clients can hold it): the SDK, the bridge and the CLI
+# refuse larger ones with a typed error (keys are unsigned 64-bit).
+MAX_SEQ = 2**63 - 1
+
 EVENT_TYPES = {"create": "created", "update": "updated", "delete": "deleted"}
 
 

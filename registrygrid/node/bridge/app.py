@@ -99,6 +99,7 @@ from registrygrid.sdk import LocalRegistry, Page
 from registrygrid.search import views as saved_views
 from registrygrid.search.query import describe_fields
 from registrygrid.storage import idempotency, tokens
+from registrygrid.storage.feed import MAX_SEQ
 from registrygrid.storage.tokens import Token
 
 log = logging.getLogger("registrygrid.bridge")
@@ -807,7 +808,7 @@ class Api:
         token = self.require(request, READ, registry=registry, target=registry or "changes")
         if registry is None and token.registry is not None:
             registry = token.registry
-        since = q_int(request, "since", 0, 0, 2**63 - 1) or 0
+        since = q_int(request, "since", 0, 0, MAX_SEQ) or 0
         reader = FeedReader(read=lambda cursor, limit: self.registry.changes(cursor, limit=limit, registry=registry,
                                                                             kind=kind),
                             head=self.registry.feed_head)
@@ -821,9 +822,12 @@ class Api:
             last = request.headers.get("Last-Event-ID")
             if last:
                 try:
-                    since = max(0, int(last))
+                    since = int(last)
                 except ValueError:
-                    raise MalformedInput("Last-Event-ID must be a feed sequence number") from None
+                    since = -1
+                if not 0 <= since <= MAX_SEQ:
+                    raise MalformedInput(f"Last-Event-ID must be a feed sequence number (0 to {MAX_SEQ}), "
+                                         f"not {last[:40]!r}")
             self.read_note(token, registry or "*", f"changefeed (sse) from {since}")
             return await self._stream(request, "sse", serve_sse, reader, since)
         events, cursor = await long_poll(reader, self.hub, since, limit, wait)
@@ -852,7 +856,7 @@ class Api:
 
     async def audit_log(self, request: web.Request) -> web.Response:
         token = self.require(request, ADMIN, target="audit")
-        since = q_int(request, "since", 0, 0, 2**63 - 1) or 0
+        since = q_int(request, "since", 0, 0, MAX_SEQ) or 0
         limit = q_int(request, "limit", 100, 1, 10_000) or 100
         reverse = q_bool(request, "reverse")
         target = q_name(request, "target", record_target)
