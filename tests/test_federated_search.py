@@ -185,3 +185,26 @@ def test_a_peer_that_is_no_member_searches_public_registries_only(tmp_path: Any)
     assert {"acme.public", "acme.shared", "grid.clusters"} <= member and not {"acme.private", "acme.local"} & member
     assert "acme.private" in friend and "acme.local" not in friend
     assert node_search.MAX_PEERS >= 1
+
+
+def test_a_query_or_an_answer_nested_past_the_parsers_depth_is_malformed_not_a_crash(tmp_path: Any) -> None:
+    """A peer's query JSON and a peer's hit's sort value are parsed by
+    recursive decoders: nested thousands deep, each raised RecursionError
+    (a handler traceback, not a typed refusal) before."""
+    from registrygrid.errors import MalformedInput
+    from registrygrid.sdk import LocalRegistry
+    from registrygrid.search.index import SearchIndex
+    from registrygrid.search.service import answer_peer
+
+    marker = msgspec.msgpack.encode("@@deep@@")
+    answer = wire.encode_response(wire.SearchResponse([wire.Hit("acme.x", "r", 1.0, "@@deep@@", [])], 1, 1, 0))
+    with pytest.raises(MalformedInput, match="malformed search response"):
+        wire.decode_response(answer.replace(marker, b"\x91" * 5_000 + b"\xc0"))
+
+    grid = LocalRegistry.open_path(tmp_path / "store")
+    try:
+        request = wire.decode_request(wire.encode_request(b"[" * 5_000 + b"]" * 5_000, 1000))
+        with pytest.raises(MalformedInput, match="the query is not JSON"):
+            answer_peer(SearchIndex(tmp_path / "index"), grid, request, ("grid.clusters",))
+    finally:
+        grid.close()

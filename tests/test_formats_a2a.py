@@ -83,6 +83,11 @@ def test_unsigned_self_signed_and_unknown_key_cards_say_so(keys: dict[str, Any],
     none_alg = {**CARD, "signatures": [{"protected": base64.urlsafe_b64encode(b'{"alg":"none"}').decode().rstrip("="),
                                         "signature": ""}]}
     assert a2a.verify(none_alg, trusted).status == "invalid"
+    # A protected header nested deeper than the JSON parser follows: a
+    # RecursionError out of the import (a 500 over HTTP) before.
+    deep = base64.urlsafe_b64encode(b"[" * 3000 + b"]" * 3000).decode().rstrip("=")
+    nested = {**CARD, "signatures": [{"protected": deep, "signature": ""}]}
+    assert a2a.verify(nested, trusted).status == "invalid"
     # With several signatures the best one counts.
     both = sign(sign(CARD, keys["other"], "other-1", "ES256"), keys["ec"], "ec-1", "ES256")
     assert a2a.verify(both, trusted).status == "verified"

@@ -70,6 +70,15 @@ def test_an_invalid_server_json_is_refused_naming_every_failing_path(grid: Local
     assert list(grid.iter_all(mcp.REGISTRY)) == [], "nothing of an invalid document is written"
 
 
+def test_a_file_nested_past_the_parsers_depth_is_reported_unreadable_not_a_crash(grid: LocalRegistry,
+                                                                                   tmp_path: Path) -> None:
+    """Before, `rgrid import` of such a file stopped with RecursionError."""
+    (tmp_path / "deep.json").write_text("[" * 3000 + "]" * 3000)
+    report = importer.Importer(grid).run(importer.read_documents(tmp_path / "deep.json"))
+    assert report.created == 0 and len(report.invalid) == 1
+    assert "not JSON" in str(report.invalid[0]) and "recursion" in str(report.invalid[0])
+
+
 def test_a_directory_imports_what_is_valid_and_reports_the_rest(grid: LocalRegistry) -> None:
     report = importer.Importer(grid).run(importer.read_documents(FIXTURES))
     assert report.created == len(VALID) and len(report.invalid) == len(INVALID)

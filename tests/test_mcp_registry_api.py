@@ -18,6 +18,7 @@ serves the whole module; tests that write use names of their own.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -444,6 +445,8 @@ def test_a_reader_token_reads_and_a_token_of_another_registry_is_refused(world: 
     ({"limit": 101}, 422, "validation_failed"),
     ({"limit": "x"}, 400, "malformed_input"),
     ({"cursor": "bm90IG91cnM"}, 422, "validation_failed"),
+    # Nested deeper than the JSON parser follows: a 500 before.
+    ({"cursor": base64.urlsafe_b64encode(b"[" * 1500 + b"]" * 1500).decode()}, 422, "validation_failed"),
     ({"updated_since": "yesterday"}, 400, "malformed_input"),
     ({"updated_since": "2025-08-07"}, 400, "malformed_input"),
     ({"updated_since": "2025-02-30T00:00:00Z"}, 400, "malformed_input"),

@@ -97,6 +97,18 @@ def test_garbage_is_malformed() -> None:
         rr.read_record(rr.dht_key(NAME), b"\xff\x00garbage", now_ms=NOW)
 
 
+def test_a_descriptor_nested_past_the_parsers_depth_is_malformed_not_a_crash() -> None:
+    """Any peer on the DHT may store bytes under a name: a descriptor nested
+    thousands deep raised RecursionError out of the decoder before."""
+    marker = msgspec.msgpack.encode("@@deep@@")
+    body = msgspec.msgpack.encode(rr.RecordBody(NAME, ORG.did, NOW, (NOW, 0), "bafyexample",
+                                                {"name": NAME, "deep": "@@deep@@"}, [], NOW, NODE.did, b""))
+    body = body.replace(marker, b"\x91" * 5_000 + b"\xc0")
+    value = msgspec.msgpack.encode(rr.SignedRecord(body, b"\x00" * 64))
+    with pytest.raises(MalformedInput, match="malformed registry record"):
+        rr.read_record(rr.dht_key(NAME), value, now_ms=NOW)
+
+
 def test_the_newest_descriptor_of_one_owner_is_chosen() -> None:
     old = rr.read_record(rr.dht_key(NAME), record(version=(NOW - 9_000, 0)), now_ms=NOW)
     new = rr.read_record(rr.dht_key(NAME), record(version=(NOW - 1_000, 0)), now_ms=NOW)

@@ -7,6 +7,7 @@ rebuilt; a crash between commit and cursor loses and doubles nothing."""
 
 from __future__ import annotations
 
+import base64
 import random
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,15 @@ def test_a_sorted_walk_sees_every_record_once_in_order_while_records_are_inserte
     assert len(ids) == len(set(ids)), "no record twice"
     assert before <= set(ids), "every record that existed when the walk began"
     assert [v for v, _ in seen] == sorted(v for v, _ in seen)
+
+
+def test_a_cursor_nested_past_the_parsers_depth_is_refused_not_a_crash() -> None:
+    """The bridge's document bounds a cursor's length first, but `rgrid
+    search --cursor` offline and the SDK hand it to the decoder: a value
+    nested 3,000 deep raised RecursionError there before."""
+    cursor = base64.urlsafe_b64encode(b"\x93\xa5price" + b"\x91" * 3000 + b"\xc0\xa11").decode()
+    with pytest.raises(ValidationError, match="not a cursor this node made"):
+        q.decode_cursor(cursor, q.parse_query({"sort": "price"}).sort)
 
 
 # Names that share long prefixes (beyond the index's 16 prefix bytes), tie

@@ -181,3 +181,59 @@ def _cid(text: str) -> bytes:
     from registrygrid.protocol.envelope import cid_from_str
 
     return cid_from_str(text)
+
+
+def _signed_by_a_node_without_the_nesting_limit(grid: LocalRegistry, monkeypatch: pytest.MonkeyPatch,
+                                                write: Any) -> list[bytes]:
+    """The wires of what ``write`` makes on ``grid`` with the nesting limit
+    lifted: a hostile member's node, built without it, signs what it likes."""
+    import sys
+
+    from registrygrid.crdt import record as record_module
+
+    head = grid.feed_head()
+    limit = sys.getrecursionlimit()
+    with monkeypatch.context() as lifted:
+        lifted.setattr(limits, "MAX_NESTING", 10**6)
+        lifted.setattr(record_module, "MAX_OBJECT_DEPTH", 10**6, raising=False)
+        sys.setrecursionlimit(20_000)
+        try:
+            write()
+        finally:
+            sys.setrecursionlimit(limit)
+    return [grid.change(_cid(e.change)) for e in grid.changes(head)]
+
+
+@pytest.mark.parametrize("op", ["create", "update"])
+@pytest.mark.parametrize("depth", [limits.MAX_NESTING, 3_000])
+def test_a_signed_change_nested_past_the_limit_is_rejected_and_the_rest_of_its_batch_applies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op: str, depth: int) -> None:
+    """Nesting is held on every path a record can take: a remote create's
+    snapshot and a remote update's ops, as a local write's fields. Before,
+    an update's nesting was not checked at all, and a change nested
+    thousands deep (a snapshot, or an update's flat list of ops that makes
+    objects that deep) raised RecursionError out of the whole batch: the
+    good changes beside it were lost and every batch holding it failed."""
+    hostile, other, node = (LocalRegistry.open_path(tmp_path / n) for n in ("hostile", "other", "node"))
+    try:
+        hostile.put("grid.clusters", "cluster", {"name": "r"}, id="r")
+        node.execute([Remote(hostile.change(_cid(e.change)), "hostile") for e in hostile.changes(0)])
+        deep: Any = "x"  # a value ``depth`` maps below the field: one more level than a record may hold
+        for _ in range(depth):
+            deep = {"k": deep}
+        if op == "create":
+            write = lambda: hostile.put("grid.clusters", "cluster", {"name": "d", "labels": deep}, id="d")  # noqa: E731
+        else:
+            write = lambda: hostile.update("grid.clusters", "r", patch={"labels": deep})  # noqa: E731
+        wires = _signed_by_a_node_without_the_nesting_limit(hostile, monkeypatch, write)
+        good = other.put("grid.clusters", "cluster", {"name": "good"}, id="good")
+        batch = [Remote(w, "hostile") for w in wires] + [Remote(other.change(_cid(good.change_id)), "other")]
+        results = node.execute(batch)
+        assert results[0].status == "rejected" and "nested deeper than 32 levels" in str(results[0].error)
+        assert results[-1].status == "applied"
+        assert node.get("grid.clusters", "r")["fields"] == {"name": "r"}
+        assert node.get("grid.clusters", "good")["fields"] == {"name": "good"}
+        assert node.verify().ok
+    finally:
+        for grid in (hostile, other, node):
+            grid.close()

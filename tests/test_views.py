@@ -10,6 +10,7 @@ page after page."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -287,7 +288,9 @@ async def test_forged_page_cursors_are_refused_and_unknown_event_ids_get_the_who
             seq = await write(client, "create", REGISTRY, "c1", {"name": "x", "price": 1})
             seq = await put_view(client, "priced", {"filter": {"field": "price", "exists": True}, "sort": "price"})
             await reflected(client, "priced", seq)
-            for cursor in ("%%%", "bm90IGpzb24", "WyJhIiwgMV0", "WzEsIDIsIDNd", "x" * 2000):
+            # The last nests deeper than Python's JSON parser follows: a 500 before.
+            deep = base64.urlsafe_b64encode(("[" * 1500 + "]" * 1500).encode()).decode().rstrip("=")
+            for cursor in ("%%%", "bm90IGpzb24", "WyJhIiwgMV0", "WzEsIDIsIDNd", "x" * 2000, deep):
                 r = await client.get("/v1/views/priced", params={"cursor": cursor})
                 assert r.status_code == 422, (cursor, r.text)
             for after in ("", "nope", "x.y", "00000000.99999999999999999999", "." * 64):

@@ -25,6 +25,7 @@ from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend
 from registrygrid.cli.options import org_key_option
 from registrygrid.cli.values import (
+    loads_json,
     parse_assignments,
     parse_value,
     parse_where,
@@ -35,7 +36,6 @@ from registrygrid.errors import (
     EX_NOPERM,
     EX_USAGE,
     Conflict,
-    MalformedInput,
     NotFound,
     PolicyDenied,
     RegistryError,
@@ -290,10 +290,7 @@ def _json_or_file(text: str, option: str) -> Any:
     """A JSON value given inline, or @FILE holding one."""
     if text.startswith("@"):
         return read_json_file(text[1:])
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MalformedInput(f"{option} is not valid JSON: {exc.msg} at column {exc.colno}") from None
+    return loads_json(text, option)
 
 
 def search_comparison(text: str) -> dict[str, Any]:
@@ -1052,10 +1049,7 @@ def parse_conflict_policy(text: str) -> Any:
     if text.startswith("@"):
         return read_json_file(text[1:])
     if text.lstrip().startswith("{"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise MalformedInput(f"--conflict-policy is not valid JSON: {exc.msg} at column {exc.colno}") from None
+        return loads_json(text, "--conflict-policy")
     if text not in CONFLICT_RULES:
         raise ValidationError(f"--conflict-policy {text!r} is no rule; use one of {', '.join(CONFLICT_RULES)}, "
                               "a JSON object or @FILE")

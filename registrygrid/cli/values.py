@@ -17,11 +17,21 @@ MAX_INPUT_FILE = 4 * 2**20
 
 def read_json_file(path: Path | str) -> Any:
     text, where = read_text_file(path)
+    return loads_json(text, where)
+
+
+def loads_json(text: str, where: str) -> Any:
+    """``text`` as JSON; MalformedInput naming ``where`` when it is not, or
+    when it nests deeper than Python's parser can follow (no record may nest
+    past limits.MAX_NESTING anyway)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise MalformedInput(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                              details=[{"path": where, "line": exc.lineno, "column": exc.colno}]) from None
+    except RecursionError:
+        raise MalformedInput(f"{where} nests arrays or objects too deeply to read",
+                             details=[{"path": where, "message": "nested too deeply"}]) from None
 
 
 def read_text_file(path: Path | str) -> tuple[str, str]:
@@ -61,6 +71,8 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+    except RecursionError:
+        raise MalformedInput(f"value {text[:40]!r}... nests arrays or objects too deeply to read") from None
 
 
 def parse_assignments(assignments: list[str] | tuple[str, ...], base: Any) -> dict[str, Any]:

@@ -12,7 +12,6 @@ brought up to date first, as `rgrid search` does.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ import click
 from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend
 from registrygrid.cli.options import home_option, json_option
-from registrygrid.cli.values import read_json_file
-from registrygrid.errors import MalformedInput, NotFound, ValidationError
+from registrygrid.cli.values import loads_json, read_json_file
+from registrygrid.errors import NotFound, ValidationError
 from registrygrid.search import views as saved_views
 
 
@@ -31,10 +30,7 @@ def _query_option(text: str) -> Any:
     if text.startswith("@"):
         query = read_json_file(text[1:])
     else:
-        try:
-            query = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise MalformedInput(f"--query is not valid JSON: {exc.msg} at column {exc.colno}") from None
+        query = loads_json(text, "--query")
     if not isinstance(query, dict):
         raise ValidationError("--query must be a JSON object: a query of the search language (`rgrid search --help`)")
     return query

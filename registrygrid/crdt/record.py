@@ -251,16 +251,29 @@ class RecordDoc:
         return root
 
 
-def plain(doc: Document, obj: bytes, kind: ObjType, heads: list[bytes] | None = None) -> Any:
+# Objects below the document's root a record may hold: its ``fields`` map,
+# and values in it nested at most limits.MAX_NESTING levels (as local
+# writes and snapshots nest them).
+MAX_OBJECT_DEPTH = limits.MAX_NESTING + 1
+
+
+def plain(doc: Document, obj: bytes, kind: ObjType, heads: list[bytes] | None = None, depth: int = 0) -> Any:
     """The plain value of an Automerge object, now or at ``heads``: what
     ``automerge.core.extract`` gives, with one ``values()`` call per object
     instead of a ``get()`` per key and an ``object_type()`` per child (~30%
-    less on every remote apply)."""
+    less on every remote apply).
+
+    ValidationError past MAX_OBJECT_DEPTH: a remote update is a flat list
+    of ops, so a signed one can make objects thousands deep, and this walk
+    (one Python frame per level) raised RecursionError out of the whole
+    ingest batch."""
+    if depth > MAX_OBJECT_DEPTH:
+        raise ValidationError(f"value nested deeper than {limits.MAX_NESTING} levels")
     if kind == _MAP:
-        return {key: (plain(doc, child, value, heads) if isinstance(value, ObjType) else value[1])
+        return {key: (plain(doc, child, value, heads, depth + 1) if isinstance(value, ObjType) else value[1])
                 for key, (value, child) in zip(doc.keys(obj, heads), doc.values(obj, heads))}
     if kind == _LIST:
-        return [(plain(doc, child, value, heads) if isinstance(value, ObjType) else value[1])
+        return [(plain(doc, child, value, heads, depth + 1) if isinstance(value, ObjType) else value[1])
                 for value, child in doc.values(obj, heads)]
     return doc.text(obj, heads)
 

@@ -56,6 +56,10 @@ def snapshot_state(payload: bytes, *, kind: str, schema: int) -> tuple[dict[str,
         snap = msgspec.msgpack.decode(payload)
     except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as exc:
         raise MalformedInput(f"snapshot does not decode: {exc}") from None
+    except RecursionError:
+        # msgspec recurses per level of nesting: a signed snapshot nested
+        # thousands deep raised out of the whole ingest batch before.
+        raise MalformedInput(f"snapshot nested deeper than {limits.MAX_NESTING} levels") from None
     if not isinstance(snap, dict) or set(snap) != _KEYS:
         raise MalformedInput(f"a snapshot is a map of exactly {sorted(_KEYS)}")
     created, tags, links = snap["created"], snap["tags"], snap["links"]

@@ -22,6 +22,7 @@ from registrygrid.crdt.record import (
     actor_for,
 )
 from registrygrid.crdt.snapshot import (
+    check_value,
     genesis_change,
     snapshot_state,
 )
@@ -571,6 +572,10 @@ class RemoteIngest(EngineCore):
         kind = self.catalog.get(body.kind, schema)
         if not shape_checked:
             self._check_tags_and_links(state.get("tags"), state.get("links"))
+            # An update's ops can give its fields any shape: they must hold
+            # what a local write may (nesting, keys, JSON numbers), as a
+            # snapshot's must (read_snapshot), or it is rejected.
+            plain_json = check_value(state.get("fields"))
         self.catalog.validate(kind.name, kind.version, state.get("fields"), plain_json=plain_json)
         if not isinstance(state.get("owner"), str):
             raise ValidationError("record has no owner")

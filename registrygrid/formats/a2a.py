@@ -126,7 +126,7 @@ def _check_one(signature: Any, payload: str, keys: KeySet | None) -> SignatureCh
         return SignatureCheck("invalid", "a signature needs protected and signature strings")
     try:
         header = json.loads(_unb64(signature["protected"]))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
         return SignatureCheck("invalid", "its protected header is not base64url JSON")
     if not isinstance(header, dict) or header.get("alg") not in ALGORITHMS:
         return SignatureCheck("invalid", f"algorithm {header.get('alg') if isinstance(header, dict) else None!r} "

@@ -79,7 +79,7 @@ def read_documents(path: Path) -> Iterator[Document]:
             if file.stat().st_size > MAX_FILE_BYTES:
                 raise MalformedInput(f"{file} is over {MAX_FILE_BYTES} bytes")
             body = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             yield Document(str(file), MalformedInput(f"{file}: not JSON: {exc}"))
             continue
         except MalformedInput as exc:

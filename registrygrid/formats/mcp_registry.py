@@ -123,7 +123,7 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         value = msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
             raise ValueError("not a cursor")
-    except (ValueError, msgspec.MsgspecError):
+    except (ValueError, msgspec.MsgspecError, RecursionError):
         raise ValidationError(f"invalid cursor {cursor[:80]!r}: pass metadata.nextCursor of the previous page "
                               "as it came", details=[{"path": "query:cursor", "message": "not a cursor"}]) from None
     return value[0], value[1]

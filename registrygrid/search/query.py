@@ -490,7 +490,7 @@ def encode_cursor(cursor: Cursor) -> str:
 def decode_cursor(text: str, sort: SortKey) -> Cursor:
     try:
         cursor = msgspec.msgpack.decode(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), type=Cursor)
-    except (ValueError, msgspec.DecodeError):
+    except (ValueError, msgspec.DecodeError, RecursionError):  # a value nested past the parser's depth
         raise _error("/cursor", "not a cursor this node made") from None
     if cursor.sort != sort.field:
         raise _error("/cursor", f"a cursor of a query sorted by {cursor.sort}, not {sort.field}")

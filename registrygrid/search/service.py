@@ -76,7 +76,7 @@ def answer_peer(index: SearchIndex, registry: Any, request: wire.SearchRequest, 
     caps. ValidationError names a bad part of the query."""
     try:
         body = json.loads(request.query)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past the parser's depth
         raise MalformedInput(f"the query is not JSON: {exc}") from None
     if isinstance(body, dict):
         body = {k: v for k, v in body.items() if k not in ("federated", "cursor")}  # one hop, one page

@@ -259,7 +259,7 @@ def _decode_page(text: str) -> tuple[Any, int]:
         value, kid = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
         if isinstance(value, bool) or not isinstance(value, (int, float, str)) or type(kid) is not int:
             raise ValueError(text)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # RecursionError: nested past the parser's depth
         raise ValidationError("cursor: not a cursor of this view's pages",
                               details=[{"path": "query:cursor", "message": "malformed"}]) from None
     return value, kid
