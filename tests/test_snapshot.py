@@ -237,3 +237,42 @@ def test_a_signed_change_nested_past_the_limit_is_rejected_and_the_rest_of_its_b
     finally:
         for grid in (hostile, other, node):
             grid.close()
+
+
+@pytest.mark.parametrize("deleted", [True, "yes"])
+def test_an_update_that_deletes_or_writes_a_flag_that_is_no_boolean_is_rejected(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deleted: Any) -> None:
+    """Only a delete deletes. Before, a hostile member's "update" that also
+    wrote ``deleted`` was applied: as true it deleted the record under the
+    update's access rules (a policy that refuses its signer deletes let it
+    through), and as "yes" the record was stored deleted while its document
+    held "yes", so `rgrid verify` failed on every node that took it."""
+    from automerge.core import ROOT, ScalarType
+
+    from registrygrid.crdt import record as record_module
+
+    hostile, node = LocalRegistry.open_path(tmp_path / "hostile"), LocalRegistry.open_path(tmp_path / "node")
+    try:
+        hostile.put("grid.clusters", "cluster", {"name": "r"}, id="r")
+        hostile.update("grid.clusters", "r", patch={"name": "r1"})
+        node.execute([Remote(hostile.change(_cid(e.change)), "hostile") for e in hostile.changes(0)])
+        head = hostile.feed_head()
+        honest_sync = record_module._sync_map
+
+        def sync_and_delete(tx: Any, obj: bytes, wanted: Any, depth: int, *args: Any) -> None:
+            honest_sync(tx, obj, wanted, depth, *args)
+            if depth == 1:  # the fields map: once per update
+                tx.put(ROOT, "deleted", ScalarType.Boolean if deleted is True else ScalarType.Str, deleted)
+
+        with monkeypatch.context() as hostile_build:
+            hostile_build.setattr(record_module, "_sync_map", sync_and_delete)
+            hostile.update("grid.clusters", "r", patch={"name": "r2"})
+        wires = [hostile.change(_cid(e.change)) for e in hostile.changes(head)]
+        assert open_envelope(wires[0]).body.op == "update"
+        result = node.execute([Remote(w, "hostile") for w in wires])[0]
+        assert result.status == "rejected" and "only a delete deletes" in str(result.error)
+        assert node.get("grid.clusters", "r")["fields"] == {"name": "r1"}
+        assert node.verify().ok
+    finally:
+        hostile.close()
+        node.close()

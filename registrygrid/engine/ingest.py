@@ -566,6 +566,16 @@ class RemoteIngest(EngineCore):
         body = env.body
         if state.get("kind") != body.kind:
             raise ValidationError(f"change turns a {state.get('kind')!r} record into {body.kind!r}; kinds are fixed")
+        # A change does what its op says: only a delete leaves the record
+        # deleted (an update or a re-create leaves it live, as every local
+        # write does). Access policies judge by the op, so an "update" that
+        # deleted would pass a policy that refuses this signer deletes; and
+        # a flag that is not a boolean was stored as its truth value, while
+        # the document kept the other (`rgrid verify` failed).
+        deleted = state.get("deleted")
+        if type(deleted) is not bool or deleted != (body.op == "delete"):
+            raise ValidationError(f"{body.registry}/{body.record}: this {body.op} leaves deleted = {deleted!r:.40}; "
+                                  "only a delete deletes, and the flag is true or false")
         schema = state.get("schema")
         if type(schema) is not int:
             raise ValidationError(f"record schema version {schema!r} is not an integer")
