@@ -239,14 +239,20 @@ def test_a_signed_change_nested_past_the_limit_is_rejected_and_the_rest_of_its_b
             grid.close()
 
 
-@pytest.mark.parametrize("deleted", [True, "yes"])
-def test_an_update_that_deletes_or_writes_a_flag_that_is_no_boolean_is_rejected(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deleted: Any) -> None:
-    """Only a delete deletes. Before, a hostile member's "update" that also
-    wrote ``deleted`` was applied: as true it deleted the record under the
-    update's access rules (a policy that refuses its signer deletes let it
-    through), and as "yes" the record was stored deleted while its document
-    held "yes", so `rgrid verify` failed on every node that took it."""
+@pytest.mark.parametrize("key, value, why", [
+    ("deleted", True, "only a delete deletes"),
+    ("deleted", "yes", "only a delete deletes"),
+    ("stash", "x" * 10_000, "adds ['stash'] to the record's document"),
+])
+def test_an_update_that_deletes_or_writes_what_no_local_write_makes_is_rejected(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, value: Any, why: str) -> None:
+    """Only a delete deletes, and a document holds a record's keys only.
+    Before, a hostile member's "update" that also wrote ``deleted`` was
+    applied: as true it deleted the record under the update's access rules
+    (a policy that refuses its signer deletes let it through), and as "yes"
+    the record was stored deleted while its document held "yes", so `rgrid
+    verify` failed on every node that took it; a key beside the record's
+    stored bytes outside the size cap's count."""
     from automerge.core import ROOT, ScalarType
 
     from registrygrid.crdt import record as record_module
@@ -262,7 +268,7 @@ def test_an_update_that_deletes_or_writes_a_flag_that_is_no_boolean_is_rejected(
         def sync_and_delete(tx: Any, obj: bytes, wanted: Any, depth: int, *args: Any) -> None:
             honest_sync(tx, obj, wanted, depth, *args)
             if depth == 1:  # the fields map: once per update
-                tx.put(ROOT, "deleted", ScalarType.Boolean if deleted is True else ScalarType.Str, deleted)
+                tx.put(ROOT, key, ScalarType.Boolean if value is True else ScalarType.Str, value)
 
         with monkeypatch.context() as hostile_build:
             hostile_build.setattr(record_module, "_sync_map", sync_and_delete)
@@ -270,7 +276,7 @@ def test_an_update_that_deletes_or_writes_a_flag_that_is_no_boolean_is_rejected(
         wires = [hostile.change(_cid(e.change)) for e in hostile.changes(head)]
         assert open_envelope(wires[0]).body.op == "update"
         result = node.execute([Remote(w, "hostile") for w in wires])[0]
-        assert result.status == "rejected" and "only a delete deletes" in str(result.error)
+        assert result.status == "rejected" and why in str(result.error)
         assert node.get("grid.clusters", "r")["fields"] == {"name": "r1"}
         assert node.verify().ok
     finally:

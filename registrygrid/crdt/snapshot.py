@@ -31,6 +31,9 @@ from registrygrid.identity.keys import public_key_from_did
 from registrygrid.protocol import limits, names
 
 _KEYS = frozenset({"created", "fields", "kind", "links", "owner", "schema", "tags"})
+# What a record's document holds at its root: a snapshot's keys, and the
+# deleted flag the genesis change adds (crdt/record.py).
+DOCUMENT_KEYS = _KEYS | {"deleted"}
 _LINK_KEYS = frozenset({"rel", "registry", "record"})
 
 

@@ -22,6 +22,7 @@ from registrygrid.crdt.record import (
     actor_for,
 )
 from registrygrid.crdt.snapshot import (
+    DOCUMENT_KEYS,
     check_value,
     genesis_change,
     snapshot_state,
@@ -576,6 +577,10 @@ class RemoteIngest(EngineCore):
         if type(deleted) is not bool or deleted != (body.op == "delete"):
             raise ValidationError(f"{body.registry}/{body.record}: this {body.op} leaves deleted = {deleted!r:.40}; "
                                   "only a delete deletes, and the flag is true or false")
+        if not state.keys() <= DOCUMENT_KEYS:  # what no local write makes, outside the size cap's count
+            raise ValidationError(f"{body.registry}/{body.record}: this {body.op} adds "
+                                  f"{sorted(state.keys() - DOCUMENT_KEYS)[:5]} to the record's document, whose "
+                                  f"keys are {sorted(DOCUMENT_KEYS)}")
         schema = state.get("schema")
         if type(schema) is not int:
             raise ValidationError(f"record schema version {schema!r} is not an integer")
