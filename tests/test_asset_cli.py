@@ -33,6 +33,18 @@ def rgrid(home: Path, *args: str, check: bool = True) -> subprocess.CompletedPro
     return proc
 
 
+def test_a_presign_key_file_cut_short_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    rgrid(home, "init", "--org-name", "acme")
+    rgrid(home, "asset", "rotate-keys")
+    keys = home / "presign-keys.json"
+    for damaged in (keys.read_text()[:30], '{"keys": [{"kid": "k"}]}', "[]"):
+        keys.write_text(damaged)
+        proc = rgrid(home, "asset", "rotate-keys", check=False)
+        assert proc.returncode == 65 and "is not a presign key file" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
 def test_offline_upload_links_an_asset_record_and_get_by_record_returns_the_bytes(tmp_path: Path) -> None:
     home = tmp_path / "home"
     rgrid(home, "init", "--org-name", "acme")

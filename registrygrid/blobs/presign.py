@@ -75,8 +75,13 @@ class PresignKeys:
     def open(cls, path: str | Path) -> PresignKeys:
         path = Path(path)
         if path.exists():
-            data = json.loads(path.read_text(encoding="utf-8"))
-            keys = [SigningKey(k["kid"], bytes.fromhex(k["secret"]), float(k["created_s"])) for k in data["keys"]]
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                keys = [SigningKey(str(k["kid"]), bytes.fromhex(k["secret"]), float(k["created_s"]))
+                        for k in data["keys"]]
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:  # cut short or edited by hand
+                raise ValidationError(f"{path} is not a presign key file ({exc}); restore it, or delete it to make "
+                                      "new keys (URLs signed with the old ones stop working)") from None
             return cls(path, keys)
         made = cls(path, [])
         made.rotate()
