@@ -304,3 +304,34 @@ def test_an_edit_built_on_a_refused_create_waits_for_its_signers_delegation_befo
     finally:
         for grid in (owner, b2, b3):
             grid.close()
+
+
+def test_a_permit_to_update_is_no_permit_to_delete_even_in_an_update_that_deletes(
+        federation: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Policies judge a change by its op. An admin that may curate (update)
+    another org's record may not delete it; before, an "update" from a node
+    built to also write ``deleted`` passed as an update, and deleted B's
+    record on every node. Now every node rejects it: only a delete deletes."""
+    from automerge.core import ROOT, ScalarType
+
+    from registrygrid.crdt import record as record_module
+
+    a, b = federation
+    policy(a, "curation", CURATE)
+    deliver(a, b)
+    deliver(b, a)
+    with pytest.raises(NotOwner):
+        a.delete(MODELS, "m1")  # no rule lets an admin delete another org's record
+    honest_sync = record_module._sync_map
+
+    def sync_and_delete(tx: Any, obj: bytes, wanted: Any, depth: int, *args: Any) -> None:
+        honest_sync(tx, obj, wanted, depth, *args)
+        if depth == 1:
+            tx.put(ROOT, "deleted", ScalarType.Boolean, True)
+
+    with monkeypatch.context() as hostile_build:
+        hostile_build.setattr(record_module, "_sync_map", sync_and_delete)
+        a.update(MODELS, "m1", patch={"description": "curated"})
+    result = b.execute([Remote(wires(a)[-1], "peer")])[0]
+    assert result.status == "rejected" and "only a delete deletes" in str(result.error)
+    assert b.get(MODELS, "m1")["fields"]["name"] == "m1"
