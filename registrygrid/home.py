@@ -22,10 +22,12 @@ The home is ``--home``, else ``$RGRID_HOME``, else ``~/.registrygrid``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import fcntl
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,14 +73,23 @@ def write_text_durably(path: Path, text: str, *, secret: bool = False) -> None:
     returns: a temporary file beside it, synced, renamed over it, and the
     rename synced in the folder (without that, a power cut may keep the
     old name or an empty file, whatever LMDB committed meanwhile).
-    ``secret``: readable by its owner only (mode 0600) from its creation."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    ``secret``: readable by its owner only (mode 0600) from its creation.
+    Writers at once (threads of one process too) each write a temporary
+    file of their own: the last rename wins, and the file is always one
+    writer's text whole."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            if not secret:
+                os.fchmod(out.fileno(), 0o644)
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     sync_folder(path.parent)
 
 

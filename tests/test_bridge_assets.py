@@ -18,6 +18,7 @@ import trio
 from test_bridge_support import Served, make_token
 
 from registrygrid.blobs.digest import parse_cid
+from registrygrid.blobs.presign import PresignKeys
 
 PART = 1 << 20
 
@@ -291,6 +292,28 @@ async def test_rotating_the_signing_key_keeps_earlier_urls_working(served: Serve
     assert rotated.status_code == 200 and len(rotated.json()["keys"]) == 2
     assert rotated.json()["kid"] in after and rotated.json()["kid"] not in before
     assert old.status_code == new.status_code == 200 and not_admin.status_code == 403
+
+
+async def test_rotations_at_once_each_keep_their_key_and_the_key_file_whole(served: Served) -> None:
+    # Each rotation runs on a thread of the bridge's pool. They once shared
+    # one temporary file name (per process) and one unguarded key list: a
+    # rotation answered 500 (its temporary file renamed away by another),
+    # or a key already handed out went missing from the list and the file,
+    # so URLs it signed stopped working before their time.
+    answers: list = []
+
+    async def rotate(http: object) -> None:
+        answers.append(await http.post("/v1/presign/rotate"))  # type: ignore[attr-defined]
+
+    async with served.client() as http:
+        async with trio.open_nursery() as rotations:
+            for _ in range(24):
+                rotations.start_soon(rotate, http)
+    assert [a.status_code for a in answers] == [200] * 24, [a.text for a in answers if a.status_code != 200]
+    made = {a.json()["kid"] for a in answers}
+    on_disk = {k.kid for k in PresignKeys.open(served.home.path / "presign-keys.json").keys}
+    assert len(made) == 24 and made <= on_disk and made <= {k.kid for k in served.node.assets.presign.keys}
+    assert not list(served.home.path.glob(".presign-keys.json.*"))  # no temporary file left behind
 
 
 async def test_an_upload_resumes_after_the_node_restarts(nursery: trio.Nursery, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -90,6 +91,33 @@ async def test_metrics_of_a_node_without_federation_have_no_federation_series(se
         async with served.client() as client:
             text = (await client.get("/metrics")).text
     assert "rgrid_feed_head" in text and "rgrid_federation_" not in text and "rgrid_p2p_" not in text
+
+
+async def test_a_request_the_server_cannot_parse_is_answered_400_and_counted_not_logged_as_an_error(
+        served: Served) -> None:
+    # aiohttp answers these itself, before any route, and logged each at
+    # ERROR with a twenty-line traceback: any client could fill the log.
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logging.getLogger().addHandler(handler)
+    host, port = served.url.removeprefix("http://").split(":")
+    bad = [b"GET /v1/records?kind=\xff HTTP/1.1", b"GET /v1/records?q=" + b"a" * 9000 + b" HTTP/1.1",
+           b"GET /v1/records HTTP/1.1\r\nX-Bad\x01Header: 1"]
+    answers = []
+    try:
+        for line in bad:
+            with trio.socket.socket() as sock:
+                await sock.connect((host, int(port)))
+                await sock.send(line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+                answers.append(await sock.recv(100))
+    finally:
+        logging.getLogger().removeHandler(handler)
+    async with served.client() as http:
+        metrics = (await http.get("/metrics")).text
+    assert all(a.split(b"\r\n")[0].endswith(b" 400 Bad Request") for a in answers), answers
+    assert sample(metrics, "rgrid_http_malformed_requests_total") == len(bad)
+    assert [r.getMessage() for r in seen] == []
 
 
 async def test_metrics_export_federation_counters_and_engine_trust_refusals(nursery: trio.Nursery,

@@ -26,6 +26,7 @@ import ipaddress
 import json
 import math
 import secrets
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -70,6 +71,10 @@ class PresignKeys:
     def __init__(self, path: Path, keys: list[SigningKey]) -> None:
         self.path = path
         self.keys = keys  # newest first
+        # Rotations run on the bridge's threads: one at a time, or two would
+        # each build on the same list and one new key (maybe already signing
+        # URLs) would be lost from the list and the file.
+        self._rotating = threading.Lock()
 
     @classmethod
     def open(cls, path: str | Path) -> PresignKeys:
@@ -87,22 +92,23 @@ class PresignKeys:
         made.rotate()
         return made
 
-    def _save(self) -> None:
-        data = {"keys": [{"kid": k.kid, "secret": k.secret.hex(), "created_s": k.created_s} for k in self.keys]}
+    def _save(self, keys: list[SigningKey]) -> None:
+        data = {"keys": [{"kid": k.kid, "secret": k.secret.hex(), "created_s": k.created_s} for k in keys]}
         write_text_durably(self.path, json.dumps(data), secret=True)  # lost keys would void every URL given out
 
     def rotate(self, *, now: float | None = None) -> SigningKey:
         """A new signing key; keys retired more than a URL lifetime ago are dropped."""
         now = time.time() if now is None else now
         new = SigningKey("k" + secrets.token_hex(4), secrets.token_bytes(32), now)
-        kept = [new]
-        retired_at = now
-        for key in self.keys:  # each older key was retired when its successor was made
-            if now - retired_at <= MAX_EXPIRES_S:
-                kept.append(key)
-            retired_at = key.created_s
-        self.keys = kept
-        self._save()
+        with self._rotating:
+            kept = [new]
+            retired_at = now
+            for key in self.keys:  # each older key was retired when its successor was made
+                if now - retired_at <= MAX_EXPIRES_S:
+                    kept.append(key)
+                retired_at = key.created_s
+            self._save(kept)  # on disk before any URL is signed with it
+            self.keys = kept
         return new
 
     def sign(self, method: str, path: str, *, expires_in_s: float, max_bytes: int | None = None,

@@ -177,6 +177,8 @@ class BridgeMetrics:
         self.denials = Counter("rgrid_http_denials", "Requests refused by authentication (401), authorization "
                                "(403) or as a revocation of the node's own CLI token (409).",
                                ["status"], registry=r)
+        self.malformed = Counter("rgrid_http_malformed_requests", "Requests the HTTP server could not parse "
+                                 "(a bad request line, URL or header), answered 400 before any route.", registry=r)
         self.throttled = Counter("rgrid_http_rate_limited", "Requests refused with 429 by a rate limit.", registry=r)
         self.upload_bytes = Counter("rgrid_asset_upload_bytes", "Bytes of upload parts stored.", registry=r)
         self.download_bytes = Counter("rgrid_asset_download_bytes", "Bytes of blobs sent.", registry=r)

@@ -89,10 +89,12 @@ from registrygrid.errors import (
     Unavailable,
     ValidationError,
 )
+from registrygrid.home import write_text_durably
 from registrygrid.node.bridge import openapi
 from registrygrid.node.bridge.app import Api
 from registrygrid.node.bridge.audit import FLUSH_BATCH, FLUSH_INTERVAL_S, AuditBuffer
 from registrygrid.node.bridge.auth import Authenticator, RateLimit, RateLimiter
+from registrygrid.node.bridge.http_log import ServerLog
 from registrygrid.node.bridge.metrics import BridgeMetrics
 from registrygrid.node.bridge.streaming import FeedHub
 from registrygrid.node.federated_search import federated_search
@@ -313,12 +315,8 @@ class Bridge:
             # By id, not by created_by: an earlier run's CLI token was just
             # revoked above, so this one is the only live one, and the id names it exactly.
             self.api.local_token_id = created.id
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            json.dump({"url": self.url, "token": secret, "token_id": created.id, "pid": os.getpid()}, handle)
-        os.replace(tmp, path)
+        write_text_durably(path, json.dumps({"url": self.url, "token": secret, "token_id": created.id,
+                                             "pid": os.getpid()}), secret=True)
 
     def _on_commit(self, committed: Committed) -> None:
         """Committer hook (its writer thread): wake the loop's feed waiters."""
@@ -598,7 +596,8 @@ class Bridge:
     async def _start(self, api: Api) -> None:
         self._stop = asyncio.Event()
         self._runner = web.AppRunner(api.build(), access_log=None, handle_signals=False,
-                                     shutdown_timeout=self.config.shutdown_grace_s)
+                                     shutdown_timeout=self.config.shutdown_grace_s,
+                                     logger=ServerLog(on_malformed=api.metrics.malformed.inc))
         await self._runner.setup()
         # backlog 1024: wrk and bursty clients open many connections at once;
         # the kernel caps it at net.core.somaxconn anyway.

@@ -1,0 +1,42 @@
+"""The log of aiohttp's HTTP server, with clients' malformed requests
+counted instead of logged as errors.
+
+aiohttp answers a request it cannot parse (a bad request line, a byte no
+URL may hold, a line over its limit) with 400 itself, before any route or
+middleware sees it, and logs each one at ERROR with a full traceback. That
+is the client's fault, not the node's: an operator would take it for a
+crash, and any client could fill the node's log with twenty lines per
+request. Here each such request is counted
+(``rgrid_http_malformed_requests_total``) and logged at DEBUG on one line;
+any other error keeps its level and traceback.
+
+    web.AppRunner(app, logger=ServerLog(on_malformed=metrics.malformed.inc))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp.http_exceptions import HttpProcessingError
+
+LOGGER_NAME = "registrygrid.bridge.http"
+
+
+class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """What aiohttp's request handler logs, as ``LOGGER_NAME``; one per
+    bridge, so that each counts its own clients' malformed requests."""
+
+    def __init__(self, on_malformed: Callable[[], None]) -> None:
+        super().__init__(logging.getLogger(LOGGER_NAME), {})
+        self.on_malformed = on_malformed
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            self.on_malformed()
+            kwargs.pop("exc_info")
+            said = " ".join(str(exc.message).split()).replace("%", "%%")  # one line; the URL may hold a %
+            level, msg = logging.DEBUG, f"{msg}: answered {exc.code}: {said}"
+        super().log(level, msg, *args, **kwargs)
