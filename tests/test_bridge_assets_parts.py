@@ -219,6 +219,93 @@ def test_no_part_is_written_while_a_finalize_reads_the_parts(tmp_path: Path) -> 
         store.close()
 
 
+def test_a_cancel_and_a_finalize_of_one_upload_never_overlap(tmp_path: Path) -> None:
+    """A cancel that came while a finalize read the parts once dropped them
+    under it (the finalize failed with "no object uploads/.../data"), or
+    answered 200 while the finalize went on and wrote "complete" over the
+    cancel. Now whichever starts second is refused with 409 until the first
+    ends, and the session ends the way the first made it."""
+    import threading
+
+    from registrygrid.blobs.blobs import BlobStore
+    from registrygrid.blobs.objects import LocalObjects
+    from registrygrid.blobs.uploads import Uploads
+    from registrygrid.errors import Conflict
+    from registrygrid.storage.store import Store
+
+    class SlowToDrop(LocalObjects):
+        """The local object store, with a cancel's deletes held until told."""
+
+        def __init__(self, root: Path) -> None:
+            super().__init__(root)
+            self.dropping, self.go_on = threading.Event(), threading.Event()
+
+        def delete(self, key: str) -> None:
+            self.dropping.set()
+            self.go_on.wait(10)
+            super().delete(key)
+
+    store = Store(tmp_path / "store")
+    try:
+        objects = SlowToDrop(tmp_path / "objects")
+        uploads = Uploads(BlobStore(objects, store))
+        reading, go_on = threading.Event(), threading.Event()
+
+        def slow_vet(key: str, size: int, content_type: str, name: str) -> tuple[dict, str]:
+            reading.set()
+            go_on.wait(10)
+            return {}, ""
+
+        uploads.vet = slow_vet
+        data = os.urandom(MIB + 10)
+
+        def ready() -> str:
+            session = uploads.create("owner", size=len(data), part_size=MIB)
+            uploads.put_part(session.id, "owner", 1, [data[:MIB]])
+            uploads.put_part(session.id, "owner", 2, [data[MIB:]])
+            return session.id
+
+        # A cancel while a finalize reads: refused; the finalize completes.
+        first = ready()
+        finalized: list[object] = []
+        worker = threading.Thread(target=lambda: finalized.append(uploads.finalize(first, "owner")))
+        worker.start()
+        assert reading.wait(10)
+        try:
+            uploads.cancel(first, "owner")
+        except Conflict as refused:
+            assert "being finalized" in refused.message
+        else:
+            raise AssertionError("a cancel dropped the parts a finalize was reading")
+        finally:
+            go_on.set()
+            worker.join(10)
+        assert [getattr(done, "state", None) for done in finalized] == ["complete"]
+        assert uploads.status(first, "owner").state == "complete"
+        assert b"".join(uploads.blobs.read(parse_cid(finalized[0].cid))) == data  # type: ignore[attr-defined]
+
+        # A finalize while a cancel drops the parts: refused; the cancel ends it.
+        second = ready()
+        objects.go_on.clear()
+        cancelled: list[object] = []
+        worker = threading.Thread(target=lambda: cancelled.append(uploads.cancel(second, "owner")))
+        worker.start()
+        assert objects.dropping.wait(10)
+        try:
+            uploads.finalize(second, "owner")
+        except Conflict as refused:
+            assert "being cancelled" in refused.message
+        else:
+            raise AssertionError("a finalize ran while a cancel dropped its parts")
+        finally:
+            objects.go_on.set()
+            worker.join(10)
+        assert [getattr(done, "state", None) for done in cancelled] == ["cancelled"]
+        assert uploads.status(second, "owner").state == "cancelled"
+    finally:
+        store.close()
+
+
 def _cut_after_the_blob_moved(tmp_path: Path, *, declare_sha256: bool,  # type: ignore[no-untyped-def]
                               before_the_index: bool = False):
     """An upload on the local store, finalized, then its session put back as

@@ -118,9 +118,12 @@ class Uploads:
         # The (session, part) pairs being written now: one writer a part, so
         # two attempts at the same part never write its range at once.
         self._writing: set[tuple[str, int]] = set()
-        # Sessions a finalize is reading now: no part may be written meanwhile
-        # (it would change bytes the finalize checks or renames).
-        self._composing: set[str] = set()
+        # Sessions a finalize is reading, or a cancel dropping, now ->
+        # "finalized" or "cancelled": no part may be written meanwhile (it
+        # would change bytes the finalize checks or renames), and the other
+        # may not start (a cancel would drop the parts a finalize reads, and
+        # each would write its own end over the other's).
+        self._composing: dict[str, str] = {}
         # A backend that writes at an offset (LocalObjects) takes parts in place.
         self._in_place = callable(getattr(self.objects, "write_at", None))
         self._guard = threading.Lock()
@@ -226,7 +229,8 @@ class Uploads:
         claim = (session_id, number)
         with self._guard:
             if session_id in self._composing:
-                raise Conflict(f"upload {session_id} is being finalized; its parts can no longer change")
+                raise Conflict(f"upload {session_id} is being {self._composing[session_id]}; its parts can no "
+                               "longer change")
             if claim in self._writing:
                 raise PartInProgress(
                     f"part {number} of upload {session_id} is being written by another request; retry when it "
@@ -320,32 +324,39 @@ class Uploads:
     def finalize(self, session_id: str, owner: str | None) -> UploadSession:
         with self._guard:
             lock = self._finalizing.setdefault(session_id, threading.Lock())
-        with lock:  # one composition per session; a concurrent finalize waits and answers the same
-            session = self._open(session_id, owner)
-            if session.state == "complete":
-                return session
-            with self._composing_parts(session_id):
-                done = self._finalize(session)
-        with self._guard:
-            self._finalizing.pop(session_id, None)
-        return done
+        try:
+            with lock:  # one composition per session; a concurrent finalize waits and answers the same
+                session = self._open(session_id, owner)
+                if session.state == "complete":
+                    return session
+                with self._composing_parts(session_id, "finalized"):
+                    return self._finalize(self._open(session_id, owner))  # as it is now: no cancel can start
+        finally:
+            with self._guard:
+                self._finalizing.pop(session_id, None)
 
     @contextlib.contextmanager
-    def _composing_parts(self, session_id: str) -> Iterator[None]:
-        """Hold the session's parts still while a finalize reads them:
-        PartInProgress if one is being written now, and no part write starts
-        until the finalize ends, however it ends."""
+    def _composing_parts(self, session_id: str, ending: str) -> Iterator[None]:
+        """Hold the session's parts still while a finalize reads them or a
+        cancel drops them (``ending``: "finalized" or "cancelled"):
+        PartInProgress if one is being written now, Conflict if the other
+        is under way, and no part write starts until this ends, however it
+        ends."""
         with self._guard:
             busy = sorted(n for s, n in self._writing if s == session_id)
             if busy:
-                raise PartInProgress(f"part {busy[0]} of upload {session_id} is being written; finalize when it "
-                                     "ends", details={"part": busy[0], "retry_after_s": PART_RETRY_AFTER_S})
-            self._composing.add(session_id)
+                raise PartInProgress(f"part {busy[0]} of upload {session_id} is being written; "
+                                     f"{'finalize' if ending == 'finalized' else 'cancel'} when it ends",
+                                     details={"part": busy[0], "retry_after_s": PART_RETRY_AFTER_S})
+            if session_id in self._composing:
+                raise Conflict(f"upload {session_id} is being {self._composing[session_id]} now",
+                               details={"retry_after_s": PART_RETRY_AFTER_S})
+            self._composing[session_id] = ending
         try:
             yield
         finally:
             with self._guard:
-                self._composing.discard(session_id)
+                self._composing.pop(session_id, None)
 
     def _finalize(self, session: UploadSession) -> UploadSession:
         """Check the parts and the whole, and make them one blob (the
@@ -452,12 +463,14 @@ class Uploads:
                                    "arrived; send it again", details=[{"part": number}])
 
     def cancel(self, session_id: str, owner: str | None) -> UploadSession:
-        session = self._open(session_id, owner)
-        if session.state == "complete":
-            raise Conflict(f"upload {session_id} is complete; delete the blob instead")
-        cancelled = msgspec.structs.replace(session, state="cancelled", parts={})
-        index.put_session(self.store, cancelled)
-        self._drop_parts(session_id)
+        self._open(session_id, owner)  # NotFound before any wait
+        with self._composing_parts(session_id, "cancelled"):
+            session = self._open(session_id, owner)  # as it is now no finalize can start
+            if session.state == "complete":
+                raise Conflict(f"upload {session_id} is complete; delete the blob instead")
+            cancelled = msgspec.structs.replace(session, state="cancelled", parts={})
+            index.put_session(self.store, cancelled)
+            self._drop_parts(session_id)
         return cancelled
 
     def _drop_parts(self, session_id: str) -> None:
