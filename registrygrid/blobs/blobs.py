@@ -87,9 +87,16 @@ class BlobStore:
         self.limits = limits or BlobLimits()
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
         self._protecting = threading.Lock()  # see retain
+        # A blob's index entry and its object change together, one thread at
+        # a time per CID (striped: a lock per CID would have to be forgotten):
+        # a delete's removal and a put's move + index of the same bytes.
+        self._by_cid = [threading.Lock() for _ in range(64)]
 
     def now_ms(self) -> int:
         return self._now_ms()  # type: ignore[operator,no-any-return]
+
+    def _cid_lock(self, cid: bytes) -> threading.Lock:
+        return self._by_cid[cid[-1] % len(self._by_cid)]  # a CID ends in digest bytes
 
     # ---- reading
 
@@ -175,22 +182,36 @@ class BlobStore:
             cid = digest.cid
             known = self.entry(cid)
             if known is not None:
-                self.objects.delete(staging)
+                self._drop_copy(staging, cid)
                 return cid, known, False
             self.check_room(digest.size)
             meta, checks = vet(staging, digest.size, content_type, name) if vet is not None else ({}, "")
-            if staging != blob_key(cid):  # else: adopted where it lies (an object a crash left unindexed)
-                self.objects.move(staging, blob_key(cid))
+            entry = BlobEntry(size=digest.size, sha256=digest.sha256, md5=digest.md5 or "",
+                              content_type=content_type, created_ms=self.now_ms(), meta=meta, checks=checks,
+                              crc32=digest.crc32)
+            with self._cid_lock(cid):
+                # Not while a delete of the same bytes runs: it would take the
+                # object moved here after it dropped the index entry, and the
+                # entry indexed below would name absent bytes.
+                known = self.entry(cid)
+                if known is not None:  # a concurrent put of the same bytes won
+                    self._drop_copy(staging, cid)
+                    return cid, known, False
+                if staging != blob_key(cid):  # else: adopted where it lies (an object a crash left unindexed)
+                    self.objects.move(staging, blob_key(cid))
+                if not index.put_blob(self.store, cid, entry):  # indexed meanwhile by reconcile
+                    return cid, self.require(cid), False
         except BaseException:
             if discard:
                 self.objects.delete(staging)
             raise
-        entry = BlobEntry(size=digest.size, sha256=digest.sha256, md5=digest.md5 or "",
-                          content_type=content_type, created_ms=self.now_ms(), meta=meta, checks=checks,
-                          crc32=digest.crc32)
-        if not index.put_blob(self.store, cid, entry):  # a concurrent put of the same bytes won
-            return cid, self.require(cid), False
         return cid, entry, True
+
+    def _drop_copy(self, staging: str, cid: bytes) -> None:
+        """A second copy of bytes the node holds is dropped; never the blob
+        itself (an object adopted where it lies is already under its CID)."""
+        if staging != blob_key(cid):
+            self.objects.delete(staging)
 
     def _bounded(self, chunks: Iterator[bytes], declared: int | None) -> Iterator[bytes]:
         """Stop a stream as soon as it passes its declared size or the limit,
@@ -208,28 +229,32 @@ class BlobStore:
 
     def delete(self, cid: bytes) -> BlobEntry:
         """Delete a blob's bytes and index entry: refused (RetentionHeld)
-        while a legal hold is set or before its retention ends."""
-        entry = self.require(cid)
-        now = self.now_ms()
-        if entry.holds:
-            raise RetentionHeld(f"blob {cid_text(cid)} is under legal hold ({', '.join(sorted(entry.holds))})",
-                                details=[{"holds": dict(entry.holds)}])
-        if entry.retain_until_ms > now:
-            raise RetentionHeld(f"blob {cid_text(cid)} is retained until {entry.retain_until_ms} (ms since "
-                                "the epoch)", details=[{"retain_until_ms": entry.retain_until_ms}])
-        index.remove_blob(self.store, cid)  # first: the index never names absent bytes
-        try:
-            self.objects.delete(blob_key(cid))
-        except ObjectMissing:
-            pass  # gone already: what a delete wants
-        except RegistryError:
-            # Not deleted (the service unreachable, or its Object Lock still
-            # protecting the bytes): indexed again, so the blob is neither
-            # orphaned nor taken for a stray by reconcile, and a purge that
-            # failed is found and tried again (blobs/erasure.py).
-            index.put_blob(self.store, cid, entry)
-            raise
-        return entry
+        while a legal hold is set or before its retention ends. Judged and
+        done as one step against holds and retention set meanwhile (else a
+        hold acknowledged between the check and the removal was for bytes
+        about to go, and its entry written back named absent bytes)."""
+        with self._protecting, self._cid_lock(cid):
+            entry = self.require(cid)
+            now = self.now_ms()
+            if entry.holds:
+                raise RetentionHeld(f"blob {cid_text(cid)} is under legal hold "
+                                    f"({', '.join(sorted(entry.holds))})", details=[{"holds": dict(entry.holds)}])
+            if entry.retain_until_ms > now:
+                raise RetentionHeld(f"blob {cid_text(cid)} is retained until {entry.retain_until_ms} (ms since "
+                                    "the epoch)", details=[{"retain_until_ms": entry.retain_until_ms}])
+            index.remove_blob(self.store, cid)  # first: the index never names absent bytes
+            try:
+                self.objects.delete(blob_key(cid))
+            except ObjectMissing:
+                pass  # gone already: what a delete wants
+            except RegistryError:
+                # Not deleted (the service unreachable, or its Object Lock still
+                # protecting the bytes): indexed again, so the blob is neither
+                # orphaned nor taken for a stray by reconcile, and a purge that
+                # failed is found and tried again (blobs/erasure.py).
+                index.put_blob(self.store, cid, entry)
+                raise
+            return entry
 
     # Where the object store can enforce retention itself (S3 Object Lock,
     # ObjectStore.protect), the object is protected before the index
