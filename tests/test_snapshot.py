@@ -282,3 +282,41 @@ def test_an_update_that_deletes_or_writes_what_no_local_write_makes_is_rejected(
     finally:
         hostile.close()
         node.close()
+
+
+def test_a_delete_that_also_edits_the_record_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delete changes nothing but the deleted flag, as every local delete.
+    Before, a hostile member's delete that also rewrote a field was applied,
+    unjudged as an update of that field and beyond any size cap, and its
+    edit showed wherever update-wins shows the record live again."""
+    from automerge.core import ROOT, ObjType, ScalarType
+
+    from registrygrid.crdt import record as record_module
+
+    hostile, node = LocalRegistry.open_path(tmp_path / "hostile"), LocalRegistry.open_path(tmp_path / "node")
+    try:
+        hostile.put("grid.clusters", "cluster", {"name": "r"}, id="r")
+        hostile.update("grid.clusters", "r", patch={"name": "r1"})
+        node.execute([Remote(hostile.change(_cid(e.change)), "hostile") for e in hostile.changes(0)])
+        head = hostile.feed_head()
+        honest_overwrite = record_module._overwrite_deleted
+
+        def delete_and_edit(tx: Any, value: bool) -> None:
+            honest_overwrite(tx, value)
+            fields = tx.get(ROOT, "fields")
+            assert fields is not None and fields[0] == ObjType.Map
+            tx.put(fields[1], "name", ScalarType.Str, "edited by a delete")
+
+        with monkeypatch.context() as hostile_build:
+            hostile_build.setattr(record_module, "_overwrite_deleted", delete_and_edit)
+            hostile.delete("grid.clusters", "r")
+        wires = [hostile.change(_cid(e.change)) for e in hostile.changes(head)]
+        assert open_envelope(wires[0]).body.op == "delete"
+        result = node.execute([Remote(w, "hostile") for w in wires])[0]
+        assert result.status == "rejected" and "a delete changes nothing but the deleted flag" in str(result.error)
+        record = node.get("grid.clusters", "r")
+        assert record["fields"] == {"name": "r1"} and not record["deleted"]
+        assert node.verify().ok
+    finally:
+        hostile.close()
+        node.close()

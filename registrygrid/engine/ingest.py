@@ -305,6 +305,8 @@ class RemoteIngest(EngineCore):
                 own = doc.materialize(heads=[body.change_hash]) if concurrent else state
                 try:
                     self._check_state(env, own, desc)
+                    if body.op == "delete":
+                        _check_only_deletes(body, own, doc.materialize(heads=list(body.deps)))
                 except SchemaViolation as exc:
                     _drop_in_place(batch, body)
                     return self._refuse_by_schema(txn, batch, env, exc, peer, claim)
@@ -701,3 +703,15 @@ def _drop_in_place(batch: Batch, body: Any) -> None:
     if key in batch.in_place:
         batch.in_place.discard(key)
         batch.forget_doc(key)
+
+
+def _check_only_deletes(body: Any, after: dict[str, Any], before: dict[str, Any]) -> None:
+    """A delete changes nothing but the deleted flag, as every local delete
+    (RecordDoc.delete). Its edits would otherwise show where update-wins
+    shows the record live again, unchecked: a delete is neither size-capped
+    (nothing it keeps grows) nor judged as the update of those fields."""
+    changed = sorted(key for key in before.keys() | after.keys()
+                     if key != "deleted" and before.get(key) != after.get(key))
+    if changed:
+        raise ValidationError(f"{body.registry}/{body.record}: this delete also changes {changed[:5]}; a delete "
+                              "changes nothing but the deleted flag")
