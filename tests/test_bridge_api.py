@@ -49,6 +49,12 @@ async def test_record_crud_with_etags_and_history(served: Served) -> None:
 
             r = await client.get(f"{RECORDS}/n1", headers={"If-None-Match": etag})
             assert r.status_code == 304 and r.content == b""
+            # A read evaluates If-Match too (RFC 9110 13.1.1); before, it was
+            # ignored and another version than the one named was answered.
+            r = await client.get(f"{RECORDS}/n1", headers={"If-Match": '"an-older-change"'})
+            assert_error(r, 412, "precondition_failed")
+            r = await client.get(f"{RECORDS}/n1", headers={"If-Match": etag})
+            assert r.status_code == 200 and r.json() == record
 
             # If-Match compares strongly: the current tag made weak matches nothing.
             r = await client.put(f"{RECORDS}/n1", json={"fields": {"name": "weak"}}, headers={"If-Match": "W/" + etag})

@@ -151,6 +151,11 @@ async def test_ranges_multi_ranges_and_conditional_requests(served: Served) -> N
         unsatisfiable = await http.get(url, headers={"Range": f"bytes={len(data)}-"})
         cached = await http.get(url, headers={"If-None-Match": f'"{cid}"'})
         stale_if_range = await http.get(url, headers={"Range": "bytes=0-0", "If-Range": '"other"'})
+        # A client resuming the bytes of another blob (If-Match) must not get
+        # these: 412, before any byte. Weak tags never match (strong comparison).
+        other = await http.get(url, headers={"Range": "bytes=10-19", "If-Match": '"bafkother"'})
+        weak = await http.head(url, headers={"If-Match": f'W/"{cid}"'})
+        same = await http.get(url, headers={"Range": "bytes=10-19", "If-Match": f'"bafkother", "{cid}"'})
         head = await http.head(url)
     assert one.status_code == 206 and one.content == data[10:20]
     assert one.headers["Content-Range"] == f"bytes 10-19/{len(data)}"
@@ -165,6 +170,8 @@ async def test_ranges_multi_ranges_and_conditional_requests(served: Served) -> N
     assert unsatisfiable.status_code == 416 and unsatisfiable.headers["Content-Range"] == f"bytes */{len(data)}"
     assert cached.status_code == 304 and not cached.content
     assert stale_if_range.status_code == 200 and len(stale_if_range.content) == len(data)
+    assert other.status_code == 412 and other.json()["error"]["code"] == "precondition_failed"
+    assert weak.status_code == 412 and same.status_code == 206 and same.content == data[10:20]
     assert head.status_code == 200 and head.headers["Content-Length"] == str(len(data)) and not head.content
 
 

@@ -74,6 +74,7 @@ from registrygrid.formats import mcp_registry
 from registrygrid.node.bridge import openapi
 from registrygrid.node.bridge.audit import AuditBuffer
 from registrygrid.node.bridge.auth import ADMIN, READ, WRITE, Authenticator, is_loopback
+from registrygrid.node.bridge.conditional import not_modified
 from registrygrid.node.bridge.errors import (
     IdempotencyInProgress,
     IdempotencyKeyReused,
@@ -185,10 +186,6 @@ def _unquote_etag(value: str | None) -> str | None:
         # nothing. Kept whole, it names no change, and the write gets 412.
         return value
     return value.strip('"')
-
-
-def _etag_matches(header: str, etag: str) -> bool:
-    return any(part.strip() in (etag, "*", "W/" + etag) for part in header.split(","))
 
 
 def _shape_problem(value: Any, limit: int) -> str | None:
@@ -706,8 +703,7 @@ class Api:
             headers = dict(FOLLOWED)
         self.read_note(token, target, "followed copy" if headers else "")
         etag = headers["ETag"] = etag_of(record["change_id"])
-        inm = request.headers.get("If-None-Match")
-        if inm is not None and _etag_matches(inm, etag):
+        if not_modified(request.headers, etag):
             return web.Response(status=304, headers=headers)
         return json_response(record, headers=headers)
 

@@ -59,6 +59,7 @@ from registrygrid.errors import (
 )
 from registrygrid.node.bridge.app import json_response
 from registrygrid.node.bridge.auth import ADMIN, READ, WRITE
+from registrygrid.node.bridge.conditional import not_modified
 from registrygrid.node.bridge.streaming import TRACE_ID
 from registrygrid.storage.blobs import BlobEntry, UploadSession
 
@@ -286,7 +287,7 @@ class AssetRoutes:
         headers = {"ETag": etag, "Accept-Ranges": "bytes",
                    "Cache-Control": f"{'public' if presigned else 'private'}, max-age={max_age}, immutable",
                    "X-Content-SHA256": entry.sha256}
-        if _matches(request.headers.get("If-None-Match"), etag):
+        if not_modified(request.headers, etag):
             return web.Response(status=304, headers=headers)
         ranges = None
         if_range = request.headers.get("If-Range")
@@ -397,7 +398,7 @@ class AssetRoutes:
             raise ValidationError("name: a file name ending in .zip (no '/', '\"', '\\' or control characters)")
         headers = {"ETag": plan.etag, "Content-Disposition": f'attachment; filename="{filename}"',
                    "Cache-Control": "private, max-age=3600"}
-        if _matches(request.headers.get("If-None-Match"), plan.etag):
+        if not_modified(request.headers, plan.etag):
             return web.Response(status=304, headers=headers)
         self.api.read_note(token, "bundles", f"bundle of {len(plan.members)} members")
         response = web.StreamResponse(headers={**headers, **_trace(request)})
@@ -552,11 +553,5 @@ def _hold_name(name: str) -> str:
     if not 1 <= len(name) <= 64 or not name.isascii() or not all(c.isalnum() or c in "-_." for c in name):
         raise ValidationError("a hold's name has 1 to 64 letters, digits, '-', '_' or '.'")
     return name
-
-
-def _matches(header: str | None, etag: str) -> bool:
-    if header is None:
-        return False
-    return header.strip() == "*" or etag in [t.strip().removeprefix("W/") for t in header.split(",")]
 
 

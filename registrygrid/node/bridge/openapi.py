@@ -1160,6 +1160,7 @@ _ASSET_ERROR_STATUSES = {
            "or retention would shorten (retention_held)",
     "413": f"Too large (too_large): a declared size over the node's max_blob_bytes, a part longer than its length, "
            f"a JSON body over {MAX_BODY_BYTES} bytes",
+    "412": "If-Match names another entity tag (precondition_failed): another version than this one",
     "416": "No requested range overlaps the blob (range_not_satisfiable); Content-Range: bytes */SIZE",
     "422": "Well-formed but invalid: a member out of its bounds, a part number out of range, bytes that do not "
            "match their declared size or checksum (checksum_mismatch: details name size, sha256 or md5), a bad "
@@ -1219,6 +1220,7 @@ def _asset_paths() -> dict[str, Any]:
                 "by commas (RFC 9110 14.1.2); a value of another form is ignored (200)",
                 {"type": "string", "maxLength": 4096,
                  "pattern": f"^bytes= *[0-9]*-[0-9]*( *, *[0-9]*-[0-9]*){{0,{MAX_RANGES - 1}}} *$"}),
+        _header("If-Match", "the ETag (or *): 412 precondition_failed unless it matches (strong comparison)"),
         _header("If-None-Match", "the ETag (or *): 304 when it matches"),
         _header("If-Range", "the ETag: Range applies only while it matches, else the whole blob (200)"),
         *presigned]
@@ -1311,7 +1313,7 @@ def _asset_paths() -> dict[str, Any]:
                          "content": {**any_bytes, "multipart/byteranges": {"schema": {
                              "description": "each range with its Content-Type and Content-Range"}}}},
                  "304": {"description": "If-None-Match matched", "headers": {**_TRACE_HEADER, **blob_headers}},
-                 **_asset_errors("401", "403", "404", "416", "422", "429", "503")},
+                 **_asset_errors("401", "403", "404", "412", "416", "422", "429", "503")},
                 tags=tags, params=blob_params, security=token_or_url,
                 description=(
                     "Streamed, with Content-Length. The ETag is the CID: Cache-Control says immutable, and a CDN "
@@ -1325,7 +1327,7 @@ def _asset_paths() -> dict[str, Any]:
                 {"200": {"description": "the whole blob's headers", "headers": {**_TRACE_HEADER, **blob_headers}},
                  "206": {"description": "a range's headers", "headers": {**_TRACE_HEADER, **blob_headers}},
                  "304": {"description": "If-None-Match matched", "headers": {**_TRACE_HEADER, **blob_headers}},
-                 **_asset_errors("401", "403", "404", "416", "422", "429", "503", head=True)},
+                 **_asset_errors("401", "403", "404", "412", "416", "422", "429", "503", head=True)},
                 tags=tags, params=blob_params, security=token_or_url,
                 description="As GET, without a body (a presigned GET URL serves HEAD too)."),
             "delete": _op(
@@ -1427,9 +1429,10 @@ def _asset_paths() -> dict[str, Any]:
                 "content": {"application/zip": {}}},
              "304": {"description": "If-None-Match matched", "headers": {
                  **_TRACE_HEADER, "ETag": {"description": "the bundle's", "schema": STRING}}},
-             **_asset_errors("400", "401", "403", "404", "413", "422", "429", "503")},
+             **_asset_errors("400", "401", "403", "404", "412", "413", "422", "429", "503")},
             tags=tags, body=_body("BundleRequest"),
-            params=[_header("If-None-Match", "the ETag of an earlier bundle of the same members: 304")],
+            params=[_header("If-Match", "the bundle's ETag (or *): 412 precondition_failed unless it matches"),
+                    _header("If-None-Match", "the ETag of an earlier bundle of the same members: 304")],
             description=(
                 "Nothing is staged: members are stored (known size and CRC-32) at a fixed time, so the same "
                 "members give the same bytes. Missing blobs and entries are refused (404) before the first byte; "
@@ -1583,8 +1586,10 @@ def _paths() -> dict[str, Any]:
                        {**_json("200", "Record", "the record", {**ETAG, **SOURCE}),
                         "304": {"description": "If-None-Match matched",
                                 "headers": {**_TRACE_HEADER, **ETAG, **SOURCE}},
-                        **_errors(*READ_ERRORS, "410")},
+                        **_errors(*READ_ERRORS, "410", "412")},
                        tags=["records"], params=[P_REGISTRY, P_ID, _query("include_deleted", {"type": "boolean"}),
+                                                 _header("If-Match", "a quoted change id (or *): 412 unless it is "
+                                                         "the record's current one"),
                                                  _header("If-None-Match", "a quoted change id")]),
             "put": _op("replaceRecord", "Replace a record's fields (and tags/links when given)",
                        {**_json("200", "WriteResult", "replaced", ETAG), **_errors(*WRITE_ERRORS, "410", "412")},
