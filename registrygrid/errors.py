@@ -298,6 +298,20 @@ class StorageFailed(RegistryError):
                    details={"path": str(path), "free_bytes": free, "cause": str(cause)})
 
 
+class FileFailed(RegistryError):
+    """The CLI could not read or write a file or folder it was given, or
+    writes (a missing folder, no permission, a folder where a file goes, a
+    full disk): the path and the OS's reason, not a traceback."""
+
+    code = "file_failed"
+    exit_code = EX_IOERR
+
+    @classmethod
+    def of(cls, exc: OSError) -> FileFailed:
+        reason = exc.strerror or str(exc)
+        return cls(f"{exc.filename}: {reason}" if exc.filename is not None else reason)
+
+
 class FeatureUnavailable(RegistryError):
     """A capability of an optional extra this installation lacks (e.g.
     semantic search without ``registrygrid[semantic]``): asking again won't help."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from registrygrid.errors import EX_DATAERR
+from registrygrid.errors import EX_DATAERR, EX_IOERR
 from registrygrid.home import Home
 
 Run = Callable[..., Any]
@@ -93,6 +93,27 @@ def test_joining_with_a_bad_bootstrap_address_is_refused_before_anything_changes
     proc = rgrid("federation", "join", str(invite), "--bootstrap", "/ip4/999.1.1.1/tcp/4001/p2p/12D3KooWbad", home=b)
     assert proc.returncode == EX_DATAERR and "999.1.1.1" in proc.stderr
     assert not (b / "federation.json").exists()
+
+
+def test_an_out_file_that_cannot_be_written_is_refused_before_anything_changes(rgrid: Run, tmp_path: Path) -> None:
+    # Before, the federation was founded (or the invitation signed and
+    # published) and then writing --out failed with a traceback: the
+    # genesis the co-founders join with was never written, and `create`
+    # could not be run again.
+    a, b = tmp_path / "a", tmp_path / "b"
+    for home in (a, b):
+        Home(home).init(org_name=home.name)
+    proc = rgrid("federation", "create", "grid", "--out", str(tmp_path / "no-such-folder" / "genesis.json"), home=a)
+    assert proc.returncode == EX_IOERR and "error[file_failed]" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (a / "federation.json").exists()
+    ok_json(rgrid, "federation", "create", "grid", "--out", str(tmp_path / "genesis.json"), home=a)
+    proc = rgrid("federation", "invite", Home(b).org().org, "--out",  # type: ignore[union-attr]
+                 str(tmp_path / "no-such-folder" / "invite.json"), home=a)
+    assert proc.returncode == EX_IOERR and "no folder" in proc.stderr, proc.stderr
+    assert [m["org"] for m in ok_json(rgrid, "federation", "members", home=a)["members"]] == [Home(a).org().org]  # type: ignore[union-attr]
+    # Any other file a command writes fails the same way, in one line.
+    proc = rgrid("export", "grid.clusters", "--format", "mcp", "--out", str(tmp_path / "genesis.json" / "docs"), home=a)
+    assert proc.returncode == EX_IOERR and "error[file_failed]" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_node_announces_where_it_listens_and_members_lists_it(rgrid: Run, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ import click
 from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend, publish_statement
 from registrygrid.cli.options import home_option, json_option, org_key_option
-from registrygrid.cli.values import read_text_file
+from registrygrid.cli.values import check_writable, read_text_file
 from registrygrid.errors import NotFound, PolicyDenied, ValidationError
 from registrygrid.home import Home, read_key_file, write_text_durably
 from registrygrid.identity.keys import public_key_from_did
@@ -87,10 +87,12 @@ def register(cli: click.Group) -> None:
         """Found federation NAME with this home's org (and co-founders) as admins."""
         home_obj = Home(home)
         home_obj.require()
+        if out is not None:
+            check_writable(out)
         genesis = create_federation(home_obj, name, quorum=quorum, org_key_file=org_key_file,
                                     co_founders=[read_key_file(p) for p in co_founder_keys])
         if out is not None:
-            out.write_text(invitation_file(genesis, None))
+            write_text_durably(out, invitation_file(genesis, None))
         claims = genesis.claims
         render.mapping({"federation": genesis.id, "name": claims.name, "founders": list(claims.founders),
                         "quorum": claims.quorum, "note": _restart_note(home_obj)}, as_json, title="created")
@@ -111,6 +113,8 @@ def register(cli: click.Group) -> None:
         home_obj = Home(home)
         home_obj.require()
         public_key_from_did(org)
+        if out is not None:
+            check_writable(out)
         vouched = dict(a.split("=", 1) for a in attributes if "=" in a)
         if len(vouched) != len(attributes):
             raise ValidationError("--attribute takes NAME=VALUE")
@@ -127,6 +131,7 @@ def register(cli: click.Group) -> None:
         """Add this home's org's signature (an admin) to the invitation in FILE."""
         home_obj = Home(home)
         home_obj.require()
+        check_writable(file, "FILE")  # signed into it
         genesis, invitation = read_invitation_file(read_text_file(file)[0])
         if genesis.id != current_genesis(home_obj).id:
             raise ValidationError(f"{file} invites into federation {genesis.id}, not this home's")
@@ -145,7 +150,7 @@ def register(cli: click.Group) -> None:
         else:
             status = "complete: " + publish_statement(home_obj, INVITATION_KIND, *invitation_record(invitation))
         if out is not None:
-            out.write_text(text)
+            write_text_durably(out, text)
         elif not as_json:
             click.echo(text, nl=False)
         render.mapping({"org": invitation.claims.org, "roles": list(invitation.claims.roles), "signers": signers,

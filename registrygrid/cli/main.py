@@ -37,6 +37,7 @@ from registrygrid.errors import (
     EX_USAGE,
     Conflict,
     NotFound,
+    FileFailed,
     PolicyDenied,
     RegistryError,
     Unavailable,
@@ -67,7 +68,9 @@ def json_option(func: F) -> F:
 
 
 class Cli(click.Group):
-    """Turns RegistryError into a clean message and its exit code."""
+    """Turns RegistryError into a clean message and its exit code; and an
+    OSError (a file or folder the command was given or writes: missing,
+    not permitted, full) into FileFailed, for it is no crash of rgrid."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -75,6 +78,10 @@ class Cli(click.Group):
         except RegistryError as exc:
             render.error(exc)
             sys.exit(exc.exit_code)
+        except OSError as exc:
+            failed = FileFailed.of(exc)
+            render.error(failed)
+            sys.exit(failed.exit_code)
 
 
 @click.group(cls=Cli)

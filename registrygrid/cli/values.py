@@ -1,14 +1,15 @@
-"""Parsing what operators type: PATH=VALUE assignments, filters, JSON files."""
+"""Parsing what operators type: PATH=VALUE assignments, filters, JSON files; output paths."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from registrygrid.errors import MalformedInput, ValidationError
+from registrygrid.errors import FileFailed, MalformedInput, ValidationError
 
 # A file we read whole into memory; larger than any record can be anyway
 # (records are capped at 128 KiB), with room for pretty-printed JSON.
@@ -109,3 +110,16 @@ def parse_where(text: str) -> tuple[str, str, Any]:
                               f"operators are = != < <= > >= ~ (quote a string value that starts so: "
                               f"{path}{op}'\"{raw}\"')")
     return path, _OPS[op], parse_value(raw)
+
+
+def check_writable(path: Path, option: str = "--out") -> None:
+    """Refuse an output file the command could not write (FileFailed),
+    before it changes anything: a command that acts, then fails to write
+    what it made, leaves its user without it."""
+    folder = path.parent
+    if path.is_dir():
+        raise FileFailed(f"{option} {path}: is a folder; name a file in it")
+    if not folder.is_dir():
+        raise FileFailed(f"{option} {path}: no folder {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise FileFailed(f"{option} {path}: not writable")
