@@ -15,7 +15,8 @@ import trio
 from test_federation_support import FAST, Member, cluster, full_mesh
 
 from registrygrid.blobs.digest import ChecksumMismatch, cid_text
-from registrygrid.errors import NotFound, Unavailable
+from registrygrid.blobs.blobs import QuotaExceeded
+from registrygrid.errors import NotFound, TooLarge, Unavailable
 from registrygrid.protocol import blob_exchange as wire
 
 pytestmark = pytest.mark.timeout(90)
@@ -110,6 +111,36 @@ async def test_a_lying_provider_plants_nothing(tmp_path: Path) -> None:
             assert b.node.assets.blobs.entry(cid) is None
             assert not list((b.home.path / "objects").rglob("*.bin")) and not [
                 p for p in (b.home.path / "objects").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("claimed", [1 << 62, (1 << 40) - 1])
+async def test_a_provider_that_claims_an_enormous_size_gets_a_typed_refusal_before_any_range(
+        tmp_path: Path, claimed: int) -> None:
+    # Before, the fetch listed every 1 MiB offset of the claimed size (and
+    # an event for each) before asking for one: 2^62 bytes raised
+    # MemoryError out of the fetch, and even a size under the node's blob
+    # limit (1 TiB) held a million events in memory.
+    data = os.urandom(1000)
+    with trio.fail_after(60):
+        async with cluster(tmp_path, GOSSIP_ONLY) as nodes:
+            a = await nodes.start("a")
+            b = await nodes.start("b", a.fed.addrs())
+            await full_mesh([a, b])
+            cid = store_blob(a, data)
+            assert a.fed.blobs is not None and a.fed.host is not None and b.fed.blobs is not None
+            b.node.assets.blobs.limits = dataclasses.replace(b.node.assets.blobs.limits, quota_bytes=1 << 30)
+            asked = []
+
+            async def boasts(peer: str, request: bytes) -> bytes:
+                wanted = wire.decode_request(request)
+                asked.append(wanted.length)
+                return wire.encode_response(claimed, bytes(min(wanted.length, 16)))
+
+            a.fed.host.set_handler(wire.BLOB_PROTOCOL_ID, boasts)
+            with pytest.raises((TooLarge, QuotaExceeded)):
+                await b.fed.blobs.fetch(cid)
+            assert asked == [0]  # only "have": no range of a blob the node could never keep
+            assert b.node.assets.blobs.entry(cid) is None and b.fed.metrics["blobs.fetch_failed"] == 1
 
 
 async def test_the_bridge_fetches_a_blob_from_peers_on_request(tmp_path: Path) -> None:

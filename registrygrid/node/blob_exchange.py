@@ -101,6 +101,15 @@ class BlobExchange:
             raise NotFound(f"no connected member holds blob {cid_text(cid)}")
         size = Counter(holders.values()).most_common(1)[0][0]  # a liar's size loses to the others'
         order = [p for p, s in holders.items() if s == size]
+        # A size this node could never keep (past its largest blob or its
+        # quota) is refused before any range moves: what a provider claims
+        # costs nothing to claim.
+        try:
+            await trio.to_thread.run_sync(self.assets.blobs.check_room, size)
+        except RegistryError as exc:
+            self.metrics["blobs.fetch_failed"] += 1
+            raise type(exc)(f"{', '.join(order[:3])} say blob {cid_text(cid)} has {size} bytes: {exc.message}",
+                            details=exc.details) from None
         send, receive = trio.open_memory_channel[bytes](WINDOW)
         failure: list[BaseException] = []
 
@@ -160,28 +169,33 @@ class BlobExchange:
 
     async def _ranges(self, cid: bytes, size: int, providers: list[str],
                       send: trio.MemorySendChannel[bytes]) -> None:
-        """Every range of the blob, in order, into ``send``; WINDOW fetched at once."""
-        offsets = list(range(0, size, MAX_CHUNK))
+        """Every range of the blob, in order, into ``send``; WINDOW fetched
+        at once. Only the ranges in flight are held (their offsets come from
+        a lazy range): memory is the window's, whatever the size."""
         done: dict[int, bytes] = {}
-        ready = {offset: trio.Event() for offset in offsets}
         window = trio.Semaphore(WINDOW)
         turn = [0]  # which provider to ask first next: spread ranges over them
+        started_send, started = trio.open_memory_channel[tuple[int, trio.Event]](WINDOW)
 
-        async def one(offset: int) -> None:
+        async def one(offset: int, ready: trio.Event) -> None:
             done[offset] = await self._range(cid, offset, min(MAX_CHUNK, size - offset), providers, turn)
-            ready[offset].set()
+            ready.set()
 
         async with trio.open_nursery() as nursery:
             async def start_all() -> None:
-                for offset in offsets:
-                    await window.acquire()
-                    nursery.start_soon(one, offset)
+                async with started_send:
+                    for offset in range(0, size, MAX_CHUNK):
+                        await window.acquire()
+                        ready = trio.Event()
+                        nursery.start_soon(one, offset, ready)
+                        await started_send.send((offset, ready))
 
             nursery.start_soon(start_all)
-            for offset in offsets:
-                await ready[offset].wait()
-                await send.send(done.pop(offset))
-                window.release()
+            async with started:
+                async for offset, ready in started:  # in the order they started: the blob's
+                    await ready.wait()
+                    await send.send(done.pop(offset))
+                    window.release()
 
     async def _range(self, cid: bytes, offset: int, length: int, providers: list[str], turn: list[int]) -> bytes:
         """One range, from the first provider that answers it rightly."""
