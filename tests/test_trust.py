@@ -189,6 +189,41 @@ def test_a_revocation_by_an_org_that_never_delegated_the_key_does_not_count(org_
     state.check_chain(node.did, TOOLS, 100)
 
 
+def test_a_key_keeps_its_delegations_for_readers_on_other_threads_while_statements_arrive(org_a: KeyPair) -> None:
+    """The committer adds statements while other threads read the state
+    (the p2p hello's admission, the guard, the bridge's explain). Before, a
+    key's delegations were sorted in place, and a list being sorted looks
+    empty to another thread: a member was read as delegated by nobody."""
+    import sys
+    import threading
+
+    node = KeyPair.generate()
+    statements = [read_statement(DELEGATION_KIND, *delegation_record(sign_delegation(org, node.did, ["writer"])))
+                  for org in [org_a, *(KeyPair.generate() for _ in range(150))]]
+    state = TrustState.of(statements[:1])
+    now = int(time.time() * 1000)
+    lost, done = [0], threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            if org_a.did not in state.orgs_of(node.did, now):
+                lost[0] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for statement in statements[1:]:
+            state.add(statement)
+    finally:
+        done.set()
+        reader.join(10)
+        sys.setswitchinterval(interval)
+    assert lost[0] == 0, f"a reader saw the key's delegation by {org_a.did} gone {lost[0]} times"
+    assert len(state.orgs_of(node.did, now)) == len(statements) + 1  # every org, and the key itself
+
+
 def test_a_reader_delegation_does_not_let_a_key_write(org_a: KeyPair) -> None:
     node = KeyPair.generate()
     state = TrustState.of([read_statement(DELEGATION_KIND, *delegation_record(

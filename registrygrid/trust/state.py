@@ -91,7 +91,7 @@ class TrustState:
     # invitations of one org add up: a set per attribute, order-free)
     attributes: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)
     _revocations: dict[str, list[RevocationBody]] = field(default_factory=dict)  # subject -> all seen
-    _delegated_by: dict[str, set[str]] = field(default_factory=dict)  # org -> keys it delegated
+    _delegated_by: dict[str, frozenset[str]] = field(default_factory=dict)  # org -> keys it delegated
     _seen: set[str] = field(default_factory=set)
     # (author, registry) -> the lowest sequence at which the author was proven
     # to equivocate there (grid.disputes equivocation reports): its changes
@@ -126,12 +126,18 @@ class TrustState:
         if statement.record_id in self._seen:
             return False
         self._seen.add(statement.record_id)
+        # Every value is replaced whole, never changed in place: other threads
+        # read this state while the committer adds to it (the p2p hello's
+        # admission, the guard, the bridge's explain and dispute views), and
+        # a list being sorted looks empty to them, a set being added to
+        # fails their iteration.
         if statement.kind == DELEGATION_KIND:
             assert statement.delegation is not None
-            entries = self.delegations.setdefault(statement.subject, [])
-            entries.append(statement.delegation)
-            entries.sort(key=lambda d: (d.not_before, d.expires, d.org, d.roles))
-            self._delegated_by.setdefault(statement.delegation.org, set()).add(statement.subject)
+            self.delegations[statement.subject] = sorted(
+                [*self.delegations.get(statement.subject, ()), statement.delegation],
+                key=lambda d: (d.not_before, d.expires, d.org, d.roles))
+            org = statement.delegation.org
+            self._delegated_by[org] = self._delegated_by.get(org, frozenset()) | {statement.subject}
         elif statement.kind == INVITATION_KIND and self.federation is not None:
             try:
                 check_invitation(statement.invitation, self.federation, self.federation_id or "")
@@ -139,12 +145,14 @@ class TrustState:
                 return True  # another federation's, or short of its quorum: stored, admits nobody here
             roles = frozenset(statement.invitation.claims.roles)
             self.invited[statement.org] = self.invited.get(statement.org, frozenset()) | roles
-            held = self.attributes.setdefault(statement.org, {})
+            held = dict(self.attributes.get(statement.org, {}))
             for name, value in statement.invitation.claims.attributes.items():
                 held[name] = held.get(name, frozenset()) | {value}
+            self.attributes[statement.org] = held
         elif statement.kind == REVOCATION_KIND:
             assert statement.revocation is not None
-            self._revocations.setdefault(statement.subject, []).append(statement.revocation)
+            self._revocations[statement.subject] = [*self._revocations.get(statement.subject, ()),
+                                                    statement.revocation]
         return True
 
     def revoked(self, key: str) -> Revoked | None:
@@ -166,7 +174,7 @@ class TrustState:
     def affected_by_revocation(self, subject: str) -> set[str]:
         """The keys whose validity a statement about ``subject`` may change:
         itself, and the keys it delegated (an org's removal cuts them)."""
-        return {subject} | self._delegated_by.get(subject, set())
+        return {subject} | self._delegated_by.get(subject, frozenset())
 
     # ------------------------------------------------------------ membership
 
