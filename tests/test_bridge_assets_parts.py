@@ -306,6 +306,60 @@ def test_a_cancel_and_a_finalize_of_one_upload_never_overlap(tmp_path: Path) -> 
         store.close()
 
 
+def test_a_session_a_finalize_works_on_is_not_swept_when_it_expires_meanwhile(tmp_path: Path) -> None:
+    """The sweep forgets expired sessions with their parts. Before, it did
+    so under a finalize that was reading them: the finalize failed (the
+    file it was moving was gone) and the upload was lost."""
+    import threading
+
+    from registrygrid.blobs.blobs import BlobStore
+    from registrygrid.blobs.objects import LocalObjects
+    from registrygrid.blobs.uploads import UploadLimits, Uploads
+    from registrygrid.storage.store import Store
+
+    store = Store(tmp_path / "store")
+    try:
+        clock = [1_000.0]
+        uploads = Uploads(BlobStore(LocalObjects(tmp_path / "objects"), store), UploadLimits(ttl_s=60),
+                          now=lambda: clock[0])
+        reading, go_on = threading.Event(), threading.Event()
+
+        def slow_vet(key: str, size: int, content_type: str, name: str) -> tuple[dict, str]:
+            reading.set()
+            go_on.wait(10)
+            return {}, ""
+
+        uploads.vet = slow_vet
+        data = os.urandom(MIB + 10)
+        session = uploads.create("owner", size=len(data), part_size=MIB)
+        uploads.put_part(session.id, "owner", 1, [data[:MIB]])
+        uploads.put_part(session.id, "owner", 2, [data[MIB:]])
+        finalized: list[object] = []
+
+        def finalize() -> None:
+            try:
+                finalized.append(uploads.finalize(session.id, "owner"))
+            except Exception as exc:  # the outcome is what the test judges
+                finalized.append(exc)
+
+        worker = threading.Thread(target=finalize)
+        worker.start()
+        assert reading.wait(10)
+        clock[0] += 3600  # the session's expiry passes while the finalize works
+        try:
+            swept = uploads.sweep()
+        finally:
+            go_on.set()
+            worker.join(10)
+        assert swept == 0
+        assert getattr(finalized[0], "state", finalized[0]) == "complete"
+        assert b"".join(uploads.blobs.read(parse_cid(finalized[0].cid))) == data  # type: ignore[attr-defined]
+        clock[0] += 3600  # ended a TTL ago now, and no request on it: swept
+        assert uploads.sweep() == 1
+    finally:
+        store.close()
+
+
 def _cut_after_the_blob_moved(tmp_path: Path, *, declare_sha256: bool,  # type: ignore[no-untyped-def]
                               before_the_index: bool = False):
     """An upload on the local store, finalized, then its session put back as

@@ -478,17 +478,42 @@ class Uploads:
             self.objects.delete(key)
 
     def sweep(self) -> int:
-        """Forget sessions that expired or ended a TTL ago, with their parts."""
+        """Forget sessions that expired or ended a TTL ago, with their parts;
+        never one a request works on now (a part being written, a finalize
+        reading the parts, a cancel: the next sweep sees it), nor one renewed
+        since it was listed."""
         now = self._now_ms()
-        ttl_ms = int(self.limits.ttl_s * 1000)
         gone = 0
         for session in list(index.iter_sessions(self.store)):
-            stale = session.expires_ms <= now if session.state == "open" else session.expires_ms + ttl_ms <= now
-            if stale:
-                self._drop_parts(session.id)
-                index.delete_session(self.store, session.id)
-                gone += 1
+            if not self._stale(session, now):
+                continue
+            try:
+                with self._composing_parts(session.id, "swept (it expired)"):
+                    if self._forget_if_stale(session.id, now):
+                        self._drop_parts(session.id)
+                        gone += 1
+            except Conflict:  # PartInProgress too: busy now
+                continue
         return gone
+
+    def _stale(self, session: UploadSession, now: int) -> bool:
+        if session.state == "open":
+            return session.expires_ms <= now
+        return session.expires_ms + int(self.limits.ttl_s * 1000) <= now
+
+    def _forget_if_stale(self, session_id: str, now: int) -> bool:
+        """Delete the session if it is still stale, in one transaction (a
+        heartbeat may have renewed it meanwhile); whether it was."""
+        forgotten: list[UploadSession] = []
+
+        def forget(current: UploadSession | None) -> UploadSession | None:
+            if current is not None and self._stale(current, now):
+                forgotten.append(current)
+                return None
+            return current
+
+        index.update_session(self.store, session_id, forget)
+        return bool(forgotten)
 
 
 def part_key(session_id: str, number: int) -> str:
