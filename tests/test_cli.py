@@ -336,3 +336,24 @@ def test_a_file_that_is_not_utf8_exits_65_and_says_so_wherever_a_command_takes_o
     assert piped.returncode == EX_DATAERR and b"stdin is not UTF-8 text: byte 13" in piped.stderr
     assert feed_head(home) == head
 
+
+
+def test_output_cut_off_by_its_reader_stops_quietly(tmp_path: Path) -> None:
+    # `rgrid feed tail | head -1`: the reader goes away while rgrid writes.
+    # It stops at once with no message, as Unix tools do (since the CLI
+    # turned OSError into error[file_failed], a broken pipe must not read
+    # as a failed file).
+    home = tmp_path / "home"
+    Home(home).init(org_name="acme")
+    grid = registrygrid.open(home)
+    try:
+        grid.execute([Put("grid.clusters", "cluster", {"name": f"n{i}"}, record_id=f"c-{i}") for i in range(1500)])
+    finally:
+        grid.close()
+    proc = subprocess.Popen([sys.executable, "-m", "registrygrid", "feed", "tail", "--from", "0", "--limit", "10000",
+                             "--home", str(home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert b"created" in proc.stdout.readline()
+    proc.stdout.close()  # far more than a pipe's buffer is still to come
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(60) == 1 and stderr == ""

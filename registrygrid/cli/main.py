@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -78,6 +79,12 @@ class Cli(click.Group):
         except RegistryError as exc:
             render.error(exc)
             sys.exit(exc.exit_code)
+        except BrokenPipeError:
+            # The reader went away (`rgrid feed tail --follow | head`): stop
+            # quietly, as Unix tools do; stdout goes to /dev/null so that the
+            # interpreter's own flush at exit finds no broken pipe either.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except OSError as exc:
             failed = FileFailed.of(exc)
             render.error(failed)
