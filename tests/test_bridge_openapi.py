@@ -427,6 +427,8 @@ ASSET_BODIES = {"createUpload": "UploadCreate", "presignUploadParts": "PresignOp
 STATE_REFUSALS = [
     (None, "unknown_kind", ""),  # names a kind this node has not registered (GET /v1/kinds lists them)
     (None, "idempotency_key_reused", ""),  # the key came with another request before (IETF draft: 422)
+    # An erased record's id answers 410 for good: the walk may erase a record (its erase link), then read it.
+    (None, "record_erased", ""),
     ("/v1/kinds", "validation_failed", "kind .* is already registered"),  # that version, defined otherwise
     # The kind's schema must itself be a JSON Schema: its meta-schema is not part of this document.
     ("/v1/kinds", "schema_violation", "kind v1: /schema"),

@@ -118,8 +118,9 @@ class Uploads:
         # The (session, part) pairs being written now: one writer a part, so
         # two attempts at the same part never write its range at once.
         self._writing: set[tuple[str, int]] = set()
-        # Sessions a finalize is reading, or a cancel dropping, now ->
-        # "finalized" or "cancelled": no part may be written meanwhile (it
+        # Sessions a finalize is reading, or a cancel or the sweep dropping,
+        # now -> what ends them ("finalized", "cancelled", "swept (it
+        # expired)"): no part may be written meanwhile (it
         # would change bytes the finalize checks or renames), and the other
         # may not start (a cancel would drop the parts a finalize reads, and
         # each would write its own end over the other's).
@@ -337,8 +338,8 @@ class Uploads:
 
     @contextlib.contextmanager
     def _composing_parts(self, session_id: str, ending: str) -> Iterator[None]:
-        """Hold the session's parts still while a finalize reads them or a
-        cancel drops them (``ending``: "finalized" or "cancelled"):
+        """Hold the session's parts still while a finalize reads them, or a
+        cancel or the sweep drops them (``ending``: how the session ends):
         PartInProgress if one is being written now, Conflict if the other
         is under way, and no part write starts until this ends, however it
         ends."""
@@ -346,7 +347,7 @@ class Uploads:
             busy = sorted(n for s, n in self._writing if s == session_id)
             if busy:
                 raise PartInProgress(f"part {busy[0]} of upload {session_id} is being written; "
-                                     f"{'finalize' if ending == 'finalized' else 'cancel'} when it ends",
+                                     f"{_RETRY.get(ending, 'retry')} when it ends",
                                      details={"part": busy[0], "retry_after_s": PART_RETRY_AFTER_S})
             if session_id in self._composing:
                 raise Conflict(f"upload {session_id} is being {self._composing[session_id]} now",
@@ -514,6 +515,10 @@ class Uploads:
 
         index.update_session(self.store, session_id, forget)
         return bool(forgotten)
+
+
+# What a request that ends a session retries when a part write holds it.
+_RETRY = {"finalized": "finalize", "cancelled": "cancel"}
 
 
 def part_key(session_id: str, number: int) -> str:
