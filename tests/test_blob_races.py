@@ -114,3 +114,32 @@ def test_a_put_of_the_bytes_a_delete_removes_never_leaves_an_entry_without_its_b
     assert blobs.entry(cid) is not None  # the put came last
     assert b"".join(blobs.read(cid)) == data, "the index names a blob whose bytes the delete removed"
     assert blobs.verify()["missing"] == []
+
+
+def test_puts_at_once_never_pass_the_quota_together(tmp_path: Path, store: Store) -> None:
+    # Each put checked the quota against what was indexed, so two at once
+    # each fit and together passed it (by up to a blob each: 1 TiB at most).
+    from dataclasses import replace
+
+    from registrygrid.blobs.blobs import QuotaExceeded
+
+    blobs = BlobStore(LocalObjects(tmp_path / "objects"), store)
+    blobs.limits = replace(blobs.limits, quota_bytes=3_000)
+    vetting = Gate()
+    vetting.armed = True
+
+    def vet(key: str, size: int, content_type: str, name: str) -> tuple[dict, str]:
+        vetting.pass_()  # the first put waits here: checked against the quota, not yet indexed
+        return {}, ""
+
+    first: list[object] = []
+    putting = run(lambda: blobs.put([os.urandom(2_000)], vet=vet), first)
+    assert vetting.reached.wait(10)
+    try:
+        with pytest.raises(QuotaExceeded):
+            blobs.put([os.urandom(2_000)], vet=vet)
+    finally:
+        vetting.opened.set()
+        putting.join(10)
+    assert not isinstance(first[0], Exception), first
+    assert blobs.used_bytes() == 2_000 <= 3_000

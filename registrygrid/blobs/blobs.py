@@ -20,6 +20,7 @@ holds (none while any hold is set); see ``delete``.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
@@ -91,6 +92,11 @@ class BlobStore:
         # a time per CID (striped: a lock per CID would have to be forgotten):
         # a delete's removal and a put's move + index of the same bytes.
         self._by_cid = [threading.Lock() for _ in range(64)]
+        # Bytes of blobs being committed now (checked against the quota, not
+        # indexed yet): commits at once count each other's, so together they
+        # never pass the quota that each alone fits.
+        self._reserved = 0
+        self._reserving = threading.Lock()
 
     def now_ms(self) -> int:
         return self._now_ms()  # type: ignore[operator,no-any-return]
@@ -129,10 +135,24 @@ class BlobStore:
             raise TooLarge(f"a blob may have at most {self.limits.max_blob_bytes} bytes, not {size}",
                            details=[{"path": "size", "limit": self.limits.max_blob_bytes}])
         quota = self.limits.quota_bytes
-        if quota is not None and self.used_bytes() + size > quota:
-            raise QuotaExceeded(f"storing {size} bytes would pass the node's blob quota of {quota} bytes "
-                                f"({self.used_bytes()} used)", details=[{"quota": quota,
-                                                                       "used": self.used_bytes()}])
+        if quota is not None:
+            used = self.used_bytes() + self._reserved
+            if used + size > quota:
+                raise QuotaExceeded(f"storing {size} bytes would pass the node's blob quota of {quota} bytes "
+                                    f"({used} used or being stored)", details=[{"quota": quota, "used": used}])
+
+    @contextlib.contextmanager
+    def _room_for(self, size: int) -> Iterator[None]:
+        """``size`` bytes of the quota held while a blob is committed, until
+        it is indexed (then it counts in ``used_bytes``) or fails."""
+        with self._reserving:
+            self.check_room(size)
+            self._reserved += size
+        try:
+            yield
+        finally:
+            with self._reserving:
+                self._reserved -= size
 
     def put(self, chunks: Iterable[bytes], *, expected: Expected | None = None,
             content_type: str = "application/octet-stream", name: str = "",
@@ -184,23 +204,23 @@ class BlobStore:
             if known is not None:
                 self._drop_copy(staging, cid)
                 return cid, known, False
-            self.check_room(digest.size)
-            meta, checks = vet(staging, digest.size, content_type, name) if vet is not None else ({}, "")
-            entry = BlobEntry(size=digest.size, sha256=digest.sha256, md5=digest.md5 or "",
-                              content_type=content_type, created_ms=self.now_ms(), meta=meta, checks=checks,
-                              crc32=digest.crc32)
-            with self._cid_lock(cid):
-                # Not while a delete of the same bytes runs: it would take the
-                # object moved here after it dropped the index entry, and the
-                # entry indexed below would name absent bytes.
-                known = self.entry(cid)
-                if known is not None:  # a concurrent put of the same bytes won
-                    self._drop_copy(staging, cid)
-                    return cid, known, False
-                if staging != blob_key(cid):  # else: adopted where it lies (an object a crash left unindexed)
-                    self.objects.move(staging, blob_key(cid))
-                if not index.put_blob(self.store, cid, entry):  # indexed meanwhile by reconcile
-                    return cid, self.require(cid), False
+            with self._room_for(digest.size):
+                meta, checks = vet(staging, digest.size, content_type, name) if vet is not None else ({}, "")
+                entry = BlobEntry(size=digest.size, sha256=digest.sha256, md5=digest.md5 or "",
+                                  content_type=content_type, created_ms=self.now_ms(), meta=meta, checks=checks,
+                                  crc32=digest.crc32)
+                with self._cid_lock(cid):
+                    # Not while a delete of the same bytes runs: it would take the
+                    # object moved here after it dropped the index entry, and the
+                    # entry indexed below would name absent bytes.
+                    known = self.entry(cid)
+                    if known is not None:  # a concurrent put of the same bytes won
+                        self._drop_copy(staging, cid)
+                        return cid, known, False
+                    if staging != blob_key(cid):  # else: adopted where it lies (an object a crash left unindexed)
+                        self.objects.move(staging, blob_key(cid))
+                    if not index.put_blob(self.store, cid, entry):  # indexed meanwhile by reconcile
+                        return cid, self.require(cid), False
         except BaseException:
             if discard:
                 self.objects.delete(staging)
