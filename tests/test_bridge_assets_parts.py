@@ -360,6 +360,48 @@ def test_a_session_a_finalize_works_on_is_not_swept_when_it_expires_meanwhile(tm
         store.close()
 
 
+def test_creates_at_once_never_pass_the_open_uploads_cap_together(tmp_path: Path) -> None:
+    """A client has at most ``max_open_per_owner`` open uploads. Each create
+    counted them, then stored its session (an fsync later): creates at
+    once each counted the same sessions and together passed the cap."""
+    import sys
+    import threading
+
+    from registrygrid.blobs.blobs import BlobStore
+    from registrygrid.blobs.objects import LocalObjects
+    from registrygrid.blobs.uploads import UploadLimits, Uploads
+    from registrygrid.errors import RateLimited
+    from registrygrid.storage.store import Store
+
+    store = Store(tmp_path / "store")
+    try:
+        uploads = Uploads(BlobStore(LocalObjects(tmp_path / "objects"), store), UploadLimits(max_open_per_owner=3))
+        outcomes: list[object] = []
+        start = threading.Barrier(12)
+
+        def create() -> None:
+            start.wait(10)
+            try:
+                outcomes.append(uploads.create("owner", size=10))
+            except RateLimited as refused:
+                outcomes.append(refused)
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            workers = [threading.Thread(target=create) for _ in range(12)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(10)
+        finally:
+            sys.setswitchinterval(interval)
+        made = [o for o in outcomes if not isinstance(o, RateLimited)]
+        assert len(outcomes) == 12 and len(made) == 3, f"{len(made)} uploads open, the cap is 3"
+    finally:
+        store.close()
+
+
 def _cut_after_the_blob_moved(tmp_path: Path, *, declare_sha256: bool,  # type: ignore[no-untyped-def]
                               before_the_index: bool = False):
     """An upload on the local store, finalized, then its session put back as

@@ -128,6 +128,7 @@ class Uploads:
         # A backend that writes at an offset (LocalObjects) takes parts in place.
         self._in_place = callable(getattr(self.objects, "write_at", None))
         self._guard = threading.Lock()
+        self._creating = threading.Lock()
 
     def _now_ms(self) -> int:
         return int(self._now() * 1000)
@@ -171,25 +172,27 @@ class Uploads:
                                   details=[{"path": "content_type"}])
         if self.declare is not None:
             self.declare(size, content_type, name)
-        now = self._now_ms()
-        open_sessions = sum(1 for s in index.iter_sessions(self.store)
-                            if s.owner == owner and s.state == "open" and s.expires_ms > now)
-        if open_sessions >= limits.max_open_per_owner:
-            raise RateLimited(f"at most {limits.max_open_per_owner} open uploads per client: finalize or "
-                              "cancel one first")
-        session = UploadSession(id=_session_id(), owner=owner, size=size, part_size=part,
-                                content_type=content_type, name=name, sha256=declared.sha256, md5=declared.md5,
-                                created_ms=now, expires_ms=self._expiry())
-        if sha256 is not None:
-            cid = cid_from_sha256(bytes.fromhex(sha256))
-            known = self.blobs.entry(cid)
-            if known is not None and known.size == size:
-                session = msgspec.structs.replace(session, state="complete", cid=cid_text(cid), deduplicated=True)
-                index.put_session(self.store, session)
-                return session
-        self.blobs.check_room(size)
-        index.put_session(self.store, session)
-        return session
+        with self._creating:  # counted and stored as one step: creates at once can't pass the cap together
+            now = self._now_ms()
+            open_sessions = sum(1 for s in index.iter_sessions(self.store)
+                                if s.owner == owner and s.state == "open" and s.expires_ms > now)
+            if open_sessions >= limits.max_open_per_owner:
+                raise RateLimited(f"at most {limits.max_open_per_owner} open uploads per client: finalize or "
+                                  "cancel one first")
+            session = UploadSession(id=_session_id(), owner=owner, size=size, part_size=part,
+                                    content_type=content_type, name=name, sha256=declared.sha256,
+                                    md5=declared.md5, created_ms=now, expires_ms=self._expiry())
+            if sha256 is not None:
+                cid = cid_from_sha256(bytes.fromhex(sha256))
+                known = self.blobs.entry(cid)
+                if known is not None and known.size == size:
+                    session = msgspec.structs.replace(session, state="complete", cid=cid_text(cid),
+                                                      deduplicated=True)
+                    index.put_session(self.store, session)
+                    return session
+            self.blobs.check_room(size)
+            index.put_session(self.store, session)
+            return session
 
     # ---- parts
 
