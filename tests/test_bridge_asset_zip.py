@@ -157,3 +157,61 @@ async def test_checks_from_the_config_and_a_policy_record_decide_what_gets_in_an
             await trio.sleep(0.1)
     assert logged, "every refusal is in the audit ledger"
     served.node.stop()
+
+
+async def test_a_bundles_url_is_fetched_only_from_allowed_hosts_redirects_included(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    # An allowed host (or an open redirect on it) could send the node
+    # anywhere: before, urllib followed any redirect, so a bundle handed its
+    # requester the bytes of an address only the node reaches (a cloud's
+    # metadata service, its own bridge). Here "localhost" is allowed and
+    # 127.0.0.1, the same server under another name, is not.
+    import http.server
+    import threading
+
+    asked: list[str] = []
+
+    class Site(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            asked.append(self.path)
+            port = self.server.server_address[1]
+            moves = {"/near": f"http://localhost:{port}/public", "/away": f"http://127.0.0.1:{port}/secret"}
+            if self.path in moves:
+                self.send_response(302)
+                self.send_header("Location", moves[self.path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = b"secret bytes" if self.path == "/secret" else b"public bytes"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Site)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    port = site.server_address[1]
+    try:
+        home = Home(tmp_path / "home")
+        home.init(org_name="bundler")
+        config = json.loads((home.path / "config.json").read_text())
+        config["assets"] = {"bundle_hosts": ["localhost"]}
+        (home.path / "config.json").write_text(json.dumps(config))
+        served = await start_served(nursery, home.path)
+        async with served.client() as http_client:
+            near = await http_client.post("/v1/bundles", json={"members": [
+                {"name": "public.txt", "url": f"http://localhost:{port}/near"}]})
+            try:
+                away = (await http_client.post("/v1/bundles", json={"members": [
+                    {"name": "secret.txt", "url": f"http://localhost:{port}/away"}]})).content
+            except Exception:  # noqa: BLE001 (the archive is cut off: its member failed mid-stream)
+                away = b""
+        assert near.status_code == 200
+        assert zipfile.ZipFile(io.BytesIO(near.content)).read("public.txt") == b"public bytes"
+        assert b"secret bytes" not in away and "/secret" not in asked, asked
+    finally:
+        site.shutdown()
+        site.server_close()

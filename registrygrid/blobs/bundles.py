@@ -92,6 +92,8 @@ class Member:
 @dataclass(frozen=True)
 class Bundle:
     members: tuple[Member, ...]
+    # The hosts its URLs may be fetched from, redirects included.
+    allowed_hosts: frozenset[str] = frozenset()
 
     @classmethod
     def parse(cls, data: Any, *, allowed_hosts: Sequence[str] = ()) -> Bundle:
@@ -132,7 +134,7 @@ class Bundle:
                 raise ValidationError(f"{at}/entry: the name of an entry of the ZIP blob",
                                       details=[{"path": f"{at}/entry"}])
             members.append(Member(name, cid=cid, entry=entry))
-        return cls(tuple(members))
+        return cls(tuple(members), frozenset(allowed_hosts))
 
     @property
     def etag(self) -> str:
@@ -154,7 +156,8 @@ class Bundle:
     def _zip_members(self, blobs: BlobStore) -> Iterator[ZipMember]:
         for m in self.members:
             if m.url is not None:
-                yield ZipMember(m.name, BUNDLE_TIME, None, _fetch(m.url, blobs.limits.max_blob_bytes))
+                yield ZipMember(m.name, BUNDLE_TIME, None, _fetch(m.url, blobs.limits.max_blob_bytes,
+                                                                   self.allowed_hosts))
             elif m.entry is not None:
                 assert m.cid is not None
                 entry, data = entry_of(blobs, m.cid, m.entry)
@@ -166,9 +169,32 @@ class Bundle:
                                 crc32=stored.crc32 if stored.crc32 >= 0 else None)
 
 
-def _fetch(url: str, limit: int) -> Iterator[bytes]:
+class _RedirectsToAllowedHosts(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to an http(s) URL of an allowed host: else an
+    allowed host (or an open redirect on it) could send the node to any
+    address it reaches, a cloud's metadata service or its own bridge, and
+    the bundle would hand those bytes to whoever asked for it."""
+
+    def __init__(self, allowed_hosts: frozenset[str]) -> None:
+        super().__init__()
+        self.allowed_hosts = allowed_hosts
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        try:
+            target = urllib.parse.urlsplit(newurl)
+            host = target.hostname
+        except ValueError:
+            host = None
+        if host is None or target.scheme not in ("http", "https") or host not in self.allowed_hosts:
+            raise PolicyDenied(f"{req.full_url} redirects to {newurl[:200]}, not to a host this node fetches "
+                               "from (config.json assets.bundle_hosts)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _fetch(url: str, limit: int, allowed_hosts: frozenset[str]) -> Iterator[bytes]:
+    opener = urllib.request.build_opener(_RedirectsToAllowedHosts(allowed_hosts))
     try:
-        response = urllib.request.urlopen(url, timeout=URL_TIMEOUT_S)
+        response = opener.open(url, timeout=URL_TIMEOUT_S)
     except OSError as exc:
         raise Unavailable(f"cannot fetch {url}: {exc}") from None
     with response:
