@@ -34,7 +34,8 @@ from typing import Any
 
 import msgspec
 
-from registrygrid.errors import HomeLocked, NotInitialized, ValidationError
+from registrygrid.errors import HomeLocked, NotFound, NotInitialized, ValidationError
+from registrygrid.files import read_bounded
 from registrygrid.identity.delegation import (
     Delegation,
     decode_delegation,
@@ -51,6 +52,9 @@ from registrygrid.trust.federation import (
     federation_id,
     implicit_genesis,
 )
+
+# A key file is one line of JSON; a larger one is no key file (a device would never end).
+MAX_KEY_FILE_BYTES = 64 * 1024
 
 DEFAULT_CONFIG: dict[str, Any] = {
     # Loopback by default: a node joins a federation on purpose, with --listen.
@@ -127,9 +131,9 @@ def write_key_file(path: Path, key: KeyPair) -> None:
 
 def read_key_file(path: Path) -> KeyPair:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_bounded(path, MAX_KEY_FILE_BYTES))
         key = KeyPair(bytes.fromhex(data["seed"]))
-    except FileNotFoundError:
+    except NotFound:
         raise NotInitialized(f"no key at {path}; run `rgrid init`") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ValidationError(f"{path} is not a RegistryGrid key file: {exc}") from None

@@ -357,3 +357,27 @@ def test_output_cut_off_by_its_reader_stops_quietly(tmp_path: Path) -> None:
     proc.stdout.close()  # far more than a pipe's buffer is still to come
     stderr = proc.stderr.read().decode()
     assert proc.wait(60) == 1 and stderr == ""
+
+
+@pytest.mark.parametrize("args", [
+    ("put", "grid.clusters", "cluster", "--id", "c1", "--file", "{}"),
+    ("kind", "register", "thing", "--schema", "{}"),
+    ("import", "{}"),
+    ("org", "renew", "--org-key", "{}"),
+])
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_a_device_or_a_fifo_named_as_input_is_refused_not_read_forever(
+        rgrid: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, args: tuple[str, ...],
+        special: str) -> None:
+    # A device's size says 0 and its bytes never end; a FIFO blocks its
+    # reader until a writer comes. Before, `--file /dev/zero` read until
+    # memory ran out, and a FIFO hung the command.
+    import os
+
+    Home(tmp_path / "home").init(org_name="acme")
+    path = special
+    if special == "fifo":
+        path = str(tmp_path / "input.json")
+        os.mkfifo(path)
+    proc = rgrid(*[a.replace("{}", path) for a in args], timeout=30)
+    assert proc.returncode == EX_DATAERR and "is not a regular file" in proc.stdout + proc.stderr, proc.stderr

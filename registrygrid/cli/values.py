@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from registrygrid.errors import FileFailed, MalformedInput, ValidationError
+from registrygrid.errors import FileFailed, MalformedInput, NotFound, ValidationError
+from registrygrid.files import read_bounded
 
 # A file we read whole into memory; larger than any record can be anyway
 # (records are capped at 128 KiB), with room for pretty-printed JSON.
@@ -42,16 +43,11 @@ def read_text_file(path: Path | str) -> tuple[str, str]:
         data = sys.stdin.buffer.read(MAX_INPUT_FILE + 1)
         where = "stdin"
     else:
-        file = Path(path)
-        if not file.exists():
-            raise ValidationError(f"{file}: no such file")
-        if file.stat().st_size > MAX_INPUT_FILE:
-            raise ValidationError(f"{file} is larger than {MAX_INPUT_FILE} bytes")
         try:
-            data = file.read_bytes()
-        except OSError as exc:
-            raise ValidationError(f"cannot read {file}: {exc.strerror}") from None
-        where = str(file)
+            data = read_bounded(path, MAX_INPUT_FILE)
+        except NotFound as exc:  # what the CLI said of a missing file before
+            raise ValidationError(exc.message) from None
+        where = str(Path(path))
     if len(data) > MAX_INPUT_FILE:
         raise ValidationError(f"{where} is larger than {MAX_INPUT_FILE} bytes")
     return decode_utf8(data, where), where

@@ -26,6 +26,7 @@ from typing import Any
 
 from registrygrid.engine.ops import Put
 from registrygrid.errors import MalformedInput, NotFound, RegistryError, ValidationError
+from registrygrid.files import read_bounded
 from registrygrid.formats import a2a, ai_catalog, mcp, oasf
 
 # An AI Catalog is recognized first (its entries may inline a server.json),
@@ -76,14 +77,12 @@ def read_documents(path: Path) -> Iterator[Document]:
         raise NotFound(f"no .json files in {path}")
     for file in files:
         try:
-            if file.stat().st_size > MAX_FILE_BYTES:
-                raise MalformedInput(f"{file} is over {MAX_FILE_BYTES} bytes")
-            body = json.loads(file.read_text(encoding="utf-8"))
+            body = json.loads(read_bounded(file, MAX_FILE_BYTES).decode("utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             yield Document(str(file), MalformedInput(f"{file}: not JSON: {exc}"))
             continue
-        except MalformedInput as exc:
-            yield Document(str(file), exc)
+        except RegistryError as exc:  # not a regular file, over the size, unreadable
+            yield Document(str(file), MalformedInput(exc.message))
             continue
         if isinstance(body, list):
             for i, item in enumerate(body):

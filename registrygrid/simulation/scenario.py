@@ -45,10 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from registrygrid.errors import MalformedInput, ValidationError
+from registrygrid.files import read_bounded
 
 FAULT_KINDS = ("partition", "heal", "stop", "kill", "hostile")
 PATTERNS = ("steady", "burst")
 MAX_NODES = 10_000
+MAX_SCENARIO_BYTES = 1 << 20  # a scenario is a few lines of TOML
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class Scenario:
 
 def load(path: str | Path) -> Scenario:
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data = tomllib.loads(read_bounded(path, MAX_SCENARIO_BYTES).decode("utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise MalformedInput(f"cannot read scenario {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
