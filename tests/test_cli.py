@@ -364,6 +364,7 @@ def test_output_cut_off_by_its_reader_stops_quietly(tmp_path: Path) -> None:
     ("kind", "register", "thing", "--schema", "{}"),
     ("import", "{}"),
     ("org", "renew", "--org-key", "{}"),
+    ("asset", "upload", "{}"),
 ])
 @pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
 def test_a_device_or_a_fifo_named_as_input_is_refused_not_read_forever(

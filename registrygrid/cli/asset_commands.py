@@ -101,6 +101,8 @@ Examples:
         """Store FILE as a blob; print its CID. Run it again after an interruption: it resumes."""
         from registrygrid.blobs.digest import Expected, cid_text
 
+        if not file.is_file():  # a pipe's or a device's size is unknown until it ends, if it ends
+            raise ValidationError(f"{file} is not a regular file: upload a file (its size is declared first)")
         with open_backend(home) as backend, _progress(as_json) as bar:
             task = bar.add_task(f"{file.name}", total=file.stat().st_size)
 
