@@ -382,3 +382,25 @@ def test_a_device_or_a_fifo_named_as_input_is_refused_not_read_forever(
         os.mkfifo(path)
     proc = rgrid(*[a.replace("{}", path) for a in args], timeout=30)
     assert proc.returncode == EX_DATAERR and "is not a regular file" in proc.stdout + proc.stderr, proc.stderr
+
+
+def test_control_characters_in_what_others_wrote_are_shown_never_obeyed(
+        rgrid: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    # Records come from other orgs. Before, `rgrid list` wrote a record's
+    # escape sequences to the terminal as they were: a name could retitle
+    # the window, recolour or hide the rows after it, or on some terminals
+    # write the clipboard (OSC 52). JSON output escaped them already.
+    home = tmp_path / "home"
+    Home(home).init(org_name="acme")
+    hostile = "evil\x1b]0;pwned\x07\x1b[8mhidden\x1b[0m\x9b2J"
+    grid = registrygrid.open(home)
+    try:
+        grid.put("grid.clusters", "cluster", {"name": hostile}, id="c1")
+    finally:
+        grid.close()
+    listed = rgrid("list", "grid.clusters")
+    refused = rgrid("get", "grid.clusters", "\x1b[2Jx")  # an id no record may have, echoed in the error
+    assert listed.returncode == 0 and refused.returncode != 0
+    for shown in (listed.stdout, refused.stderr):
+        assert not any(c in shown for c in "\x1b\x07\x9b"), repr(shown)
+    assert "evil\\x1b]0;pwned" in listed.stdout and "\\x1b[8mhidden" in listed.stdout and "\\x1b[2J" in refused.stderr

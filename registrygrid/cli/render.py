@@ -3,22 +3,56 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import click
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, ConsoleRenderable, RenderHook
 from rich.markup import escape
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
 from registrygrid.engine.registries import descriptor_from_record
 from registrygrid.errors import RegistryError
 
+# Control characters (C0 and C1 but newline and tab, and DEL) are what a
+# terminal acts on: ESC starts a sequence that can retitle the window,
+# recolour or hide text, on some terminals write the clipboard. Records,
+# peers' names and their errors come from other orgs, so their text is
+# shown, never obeyed: ESC prints as "\x1b". (JSON output escapes them
+# already: json.dumps keeps to ASCII.)
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in "\n\t"}
+
+
+def visible(text: str) -> str:
+    """``text`` with every control character a terminal would act on written out."""
+    return text.translate(_CONTROLS)
+
+
+class _Shown:
+    """A renderable as rich draws it, its text's control characters written
+    out; rich's own codes (styles, cursor moves) are left as they are."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Segment]:
+        for segment in console.render(self.inner, options):
+            yield segment if segment.control else Segment(visible(segment.text), segment.style)
+
+
+class _ShowControlCharacters(RenderHook):
+    def process_renderables(self, renderables: list[ConsoleRenderable]) -> list[ConsoleRenderable]:
+        return [_Shown(r) for r in renderables]  # type: ignore[misc]
+
+
 # emoji=False: "did:key:z6Mk..." must not become a key emoji.
 _out = Console(soft_wrap=True, emoji=False, highlight=False)
 _err = Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)
+for _console in (_out, _err):
+    _console.push_render_hook(_ShowControlCharacters())
 stderr_console = _err  # progress bars go here, so stdout stays the result
 
 
