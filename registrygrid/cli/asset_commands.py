@@ -218,7 +218,7 @@ Examples:
             render.dump_json(info)
         else:
             for key, value in info.items():
-                click.echo(f"{key:16} {value}")
+                click.echo(render.visible(f"{key:16} {value}"))  # what the bytes say of themselves
 
     @asset_group.command(name="presign")
     @home_option

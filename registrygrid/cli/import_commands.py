@@ -54,9 +54,10 @@ Examples:
             click.echo(f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged, "
                        f"{len(report.invalid)} invalid")
             for bad in report.invalid:
-                click.echo(f"invalid: {bad['source']}: {bad['error']}: {bad['message'][:200]}", err=True)
+                click.echo(render.visible(f"invalid: {bad['source']}: {bad['error']}: {bad['message'][:200]}"),
+                           err=True)
                 for failing in bad["paths"]:
-                    click.echo(f"  {failing['path'] or '/'}: {failing['message']}", err=True)
+                    click.echo(render.visible(f"  {failing['path'] or '/'}: {failing['message']}"), err=True)
         if report.invalid:
             sys.exit(EX_DATAERR)
 
@@ -72,13 +73,17 @@ Examples:
         with open_backend(home) as backend:
             exported = list(importer.export(backend, registry, fmt))
         if out is None:
-            click.echo(json.dumps([doc for _, doc in exported], indent=1, ensure_ascii=False))
+            # Readable Unicode, but no C1 control character raw (a terminal may act on one): JSON escapes them.
+            click.echo(json.dumps([doc for _, doc in exported], indent=1, ensure_ascii=False).translate(_C1))
             return
         out.mkdir(parents=True, exist_ok=True)
         for record_id, doc in exported:
             (out / f"{record_id}.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n",
                                                    encoding="utf-8")
         click.echo(f"wrote {len(exported)} documents to {out}")
+
+
+_C1 = {c: f"\\u{c:04x}" for c in range(0x7F, 0xA0)}
 
 
 def _with_progress(backend: object, documents: list[importer.Document], keys: object, *,
