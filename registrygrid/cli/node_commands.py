@@ -13,6 +13,7 @@ import trio
 
 from registrygrid.errors import RegistryError, ValidationError
 from registrygrid.home import Home
+from registrygrid.logs import LineFormatter
 
 
 def build_components(home: Home, options: dict[str, Any]) -> list[Any]:
@@ -116,7 +117,9 @@ def register(cli: click.Group) -> None:
         (`rgrid registry resolve`)."""
         from registrygrid.node.node import Node
 
-        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        handler = logging.StreamHandler()
+        handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=log_level.upper(), handlers=[handler])
         home_obj = Home(home)
         if init_home and not home_obj.exists():
             created = home_obj.init()

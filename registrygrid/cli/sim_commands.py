@@ -27,6 +27,7 @@ import click
 from registrygrid.cli import render
 from registrygrid.cli.options import json_option
 from registrygrid.errors import FeatureUnavailable, NotFound
+from registrygrid.logs import LineFormatter
 from registrygrid.simulation import scenario as scenarios
 
 # The exit status of a run whose safety checker found a violation.
@@ -163,7 +164,7 @@ def _node_logs_to(path: Path) -> Iterator[Any]:
     (the file is made only then)."""
     package = logging.getLogger("registrygrid")
     handler = logging.FileHandler(path, mode="w", encoding="utf-8", delay=True)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(LineFormatter("%(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.WARNING)
     package.addHandler(handler)
     try:

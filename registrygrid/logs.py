@@ -1,0 +1,30 @@
+"""Log lines that say what others wrote without letting it act.
+
+    handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+A node logs what peers and clients sent it: record ids, a peer's reason
+for refusing, an error's message. Written as they came, a newline in one
+would forge a log line of its own, and an escape sequence would drive the
+terminal of whoever tails the log. Each message is one line, its control
+characters written out (``\\n``, ``\\x1b``); a traceback keeps its lines.
+"""
+
+from __future__ import annotations
+
+import logging
+
+# Every C0 and C1 control character, DEL, and the Unicode line and
+# paragraph separators some viewers break lines at.
+_WRITTEN_OUT = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_WRITTEN_OUT.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line, with nothing a terminal would act on."""
+    return text.translate(_WRITTEN_OUT)
+
+
+class LineFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
