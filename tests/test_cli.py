@@ -404,3 +404,20 @@ def test_control_characters_in_what_others_wrote_are_shown_never_obeyed(
     for shown in (listed.stdout, refused.stderr):
         assert not any(c in shown for c in "\x1b\x07\x9b"), repr(shown)
     assert "evil\\x1b]0;pwned" in listed.stdout and "\\x1b[8mhidden" in listed.stdout and "\\x1b[2J" in refused.stderr
+
+
+@pytest.mark.parametrize("section, key", [("bridge", "max_streams"), ("bridge", "rate_limit"),
+                                          ("assets", "max_blob_bytes"), ("assets", "upload_ttl_s")])
+def test_a_config_number_past_what_a_float_holds_is_refused_at_start(
+        rgrid: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, section: str, key: str) -> None:
+    # JSON's 1e309 reads as infinity: int() of it raised OverflowError out
+    # of `rgrid node start` with a traceback, and an infinite upload TTL
+    # or rate passed, to fail each later upload or request instead.
+    home = tmp_path / "home"
+    Home(home).init(org_name="acme")
+    config_file = home / "config.json"
+    config_file.write_text(config_file.read_text().rstrip().removesuffix("}")
+                           + f', "{section}": {{"{key}": 1e309}}}}')
+    proc = rgrid("node", "start", "--no-p2p", "--bridge-port", "0", timeout=60)
+    assert proc.returncode == EX_DATAERR and "error[validation_failed]: config.json" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

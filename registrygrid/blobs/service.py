@@ -40,6 +40,7 @@ fatal: the node's data path does not depend on the rules.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -145,8 +146,14 @@ class Assets:
             upload_limits = UploadLimits(
                 default_part_bytes=int(section.get("part_bytes", default_upload.default_part_bytes)),
                 ttl_s=float(section.get("upload_ttl_s", default_upload.ttl_s)))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int() of 1e309, an infinity
             raise ValidationError(f"config.json assets: {exc}") from None
+        if not (math.isfinite(upload_limits.ttl_s) and upload_limits.ttl_s > 0) or blob_limits.max_blob_bytes < 1 \
+                or (blob_limits.quota_bytes is not None and blob_limits.quota_bytes < 0) \
+                or not upload_limits.min_part_bytes <= upload_limits.default_part_bytes <= upload_limits.max_part_bytes:
+            raise ValidationError(f"config.json assets: max_blob_bytes and upload_ttl_s must be positive and finite, "
+                                  f"quota_bytes >= 0, part_bytes {upload_limits.min_part_bytes} to "
+                                  f"{upload_limits.max_part_bytes}")
         if bucket is not None:
             # The bucket expires upload objects expire_days after their
             # creation: a session ends an hour before its first part could go.
@@ -217,6 +224,8 @@ class BucketLifecycle:
             ttl = float(section.get("upload_ttl_s", UploadLimits().ttl_s))
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"config.json assets.upload_ttl_s: {exc}") from None
+        if not (math.isfinite(ttl) and ttl > 0):
+            raise ValidationError(f"config.json assets.upload_ttl_s: a positive number of seconds, not {ttl}")
         return cls(objects.control, lifecycle.plan(objects.prefix, ttl, expire_days=s3.get("lifecycle_expire_days"),
                                                    abort_days=s3.get("lifecycle_abort_days")))
 

@@ -69,6 +69,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -145,9 +146,9 @@ def config_from_home(home_config: dict[str, Any]) -> BridgeConfig:
         burst = float(section.get("rate_burst", max(default.rate_limit.burst, rate)))
         streams = int(section.get("max_streams", default.max_streams))
         threads = int(section.get("write_threads", default.write_threads))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int() of 1e309, an infinity
         raise ValidationError(f"config.json bridge section: {exc}") from None
-    if rate <= 0 or burst < 1 or streams < 1 or threads < 1:
+    if not (0 < rate < math.inf and 1 <= burst < math.inf) or streams < 1 or threads < 1:
         raise ValidationError("config.json bridge section: rate_limit, rate_burst, max_streams and write_threads "
                               "must be positive (rate_burst >= 1)")
     agent_card = section.get("agent_card")
