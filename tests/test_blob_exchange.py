@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -30,6 +31,16 @@ def store_blob(member: Member, data: bytes) -> bytes:
 
 def read_blob(member: Member, cid: bytes) -> bytes:
     return b"".join(member.node.assets.blobs.read(cid))
+
+
+async def two_members_a_holding(nodes: Any, data: bytes) -> tuple[Member, Member, bytes]:
+    """Members a and b, connected, a holding ``data``; its CID."""
+    a = await nodes.start("a")
+    b = await nodes.start("b", a.fed.addrs())
+    await full_mesh([a, b])
+    cid = store_blob(a, data)
+    assert a.fed.blobs is not None and a.fed.host is not None and b.fed.blobs is not None
+    return a, b, cid
 
 
 async def test_a_node_fetches_a_blob_it_lacks_from_the_members_that_hold_it(tmp_path: Path) -> None:
@@ -92,11 +103,7 @@ async def test_a_lying_provider_plants_nothing(tmp_path: Path) -> None:
     data = os.urandom(3 * (1 << 20))
     with trio.fail_after(60):
         async with cluster(tmp_path, GOSSIP_ONLY) as nodes:
-            a = await nodes.start("a")
-            b = await nodes.start("b", a.fed.addrs())
-            await full_mesh([a, b])
-            cid = store_blob(a, data)
-            assert a.fed.blobs is not None and a.fed.host is not None and b.fed.blobs is not None
+            a, b, cid = await two_members_a_holding(nodes, data)
             honest = a.fed.blobs.handle
 
             async def lies(peer: str, request: bytes) -> bytes:
@@ -123,11 +130,7 @@ async def test_a_provider_that_claims_an_enormous_size_gets_a_typed_refusal_befo
     data = os.urandom(1000)
     with trio.fail_after(60):
         async with cluster(tmp_path, GOSSIP_ONLY) as nodes:
-            a = await nodes.start("a")
-            b = await nodes.start("b", a.fed.addrs())
-            await full_mesh([a, b])
-            cid = store_blob(a, data)
-            assert a.fed.blobs is not None and a.fed.host is not None and b.fed.blobs is not None
+            a, b, cid = await two_members_a_holding(nodes, data)
             b.node.assets.blobs.limits = dataclasses.replace(b.node.assets.blobs.limits, quota_bytes=1 << 30)
             asked = []
 

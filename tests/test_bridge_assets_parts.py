@@ -8,17 +8,26 @@ again stops counting as held until its new bytes have passed their checks."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from test_bridge_support import UNLIMITED, Served, start_served
 
+from registrygrid.blobs.blobs import BlobStore
 from registrygrid.blobs.digest import parse_cid
+from registrygrid.blobs.objects import LocalObjects
+from registrygrid.blobs.uploads import UploadLimits, Uploads
+from registrygrid.errors import Conflict, RateLimited
 from registrygrid.node.bridge import BridgeConfig
+from registrygrid.storage.store import Store
 
 MIB = 1 << 20
 PART = 2 * MIB  # more than the bridge's 1 MiB pieces: a stalled first attempt has written some of its part
@@ -172,45 +181,64 @@ async def test_a_body_that_stalls_past_the_idle_timeout_is_cut_and_its_part_free
     served.node.stop()
 
 
+class HeldVet:
+    """The vet hook of a finalize (it runs once the parts are read), held
+    until ``go_on``: a finalize that is reading the parts, stopped there."""
+
+    def __init__(self) -> None:
+        self.reading, self.go_on = threading.Event(), threading.Event()
+
+    def __call__(self, key: str, size: int, content_type: str, name: str) -> tuple[dict, str]:
+        self.reading.set()
+        self.go_on.wait(10)
+        return {}, ""
+
+
+@contextlib.contextmanager
+def finalize_held(uploads: Uploads, session_id: str) -> Iterator[list[object]]:
+    """A finalize of ``session_id`` on a thread, held while it reads the
+    parts (``uploads.vet`` is a HeldVet) for as long as the block runs; its
+    outcome (the session, or what it raised) in the list once it ends."""
+    held = uploads.vet
+    assert isinstance(held, HeldVet)
+    outcome: list[object] = []
+
+    def finalize() -> None:
+        try:
+            outcome.append(uploads.finalize(session_id, "owner"))
+        except Exception as exc:  # the outcome is what the test judges
+            outcome.append(exc)
+
+    worker = threading.Thread(target=finalize)
+    worker.start()
+    assert held.reading.wait(10)
+    try:
+        yield outcome
+    finally:
+        held.go_on.set()
+        worker.join(10)
+
+
+def two_parts(uploads: Uploads, data: bytes) -> str:
+    """A session holding ``data`` (MIB + a few bytes) as its two parts."""
+    session = uploads.create("owner", size=len(data), part_size=MIB)
+    uploads.put_part(session.id, "owner", 1, [data[:MIB]])
+    uploads.put_part(session.id, "owner", 2, [data[MIB:]])
+    return session.id
+
+
 def test_no_part_is_written_while_a_finalize_reads_the_parts(tmp_path: Path) -> None:
     """The other way round: a part that arrives while a finalize is checking
     the parts is refused, so the bytes checked are the bytes kept."""
-    import threading
-
-    from registrygrid.blobs.blobs import BlobStore
-    from registrygrid.blobs.objects import LocalObjects
-    from registrygrid.blobs.uploads import Uploads
-    from registrygrid.errors import Conflict
-    from registrygrid.storage.store import Store
-
     store = Store(tmp_path / "store")
     try:
         uploads = Uploads(BlobStore(LocalObjects(tmp_path / "objects"), store))
-        reading, go_on = threading.Event(), threading.Event()
-
-        def slow_vet(key: str, size: int, content_type: str, name: str) -> tuple[dict, str]:
-            reading.set()  # the finalize has read the parts and vets them now
-            go_on.wait(10)
-            return {}, ""
-
-        uploads.vet = slow_vet
+        uploads.vet = HeldVet()
         data = os.urandom(MIB + 10)
-        session = uploads.create("owner", size=len(data), part_size=MIB)
-        uploads.put_part(session.id, "owner", 1, [data[:MIB]])
-        uploads.put_part(session.id, "owner", 2, [data[MIB:]])
-        finalized: list[object] = []
-        worker = threading.Thread(target=lambda: finalized.append(uploads.finalize(session.id, "owner")))
-        worker.start()
-        assert reading.wait(10)
-        try:
-            uploads.put_part(session.id, "owner", 2, [os.urandom(10)])
-        except Conflict as refused:
-            assert "being finalized" in refused.message
-        else:
-            raise AssertionError("a part was written while the finalize read the parts")
-        finally:
-            go_on.set()
-            worker.join(10)
+        session_id = two_parts(uploads, data)
+        with finalize_held(uploads, session_id) as finalized:
+            with pytest.raises(Conflict, match="being finalized"):  # the bytes checked are the bytes kept
+                uploads.put_part(session_id, "owner", 2, [os.urandom(10)])
         done = finalized[0]
         assert done.state == "complete"  # type: ignore[attr-defined]
         got = b"".join(uploads.blobs.read(parse_cid(done.cid)))  # type: ignore[attr-defined]
@@ -225,14 +253,6 @@ def test_a_cancel_and_a_finalize_of_one_upload_never_overlap(tmp_path: Path) -> 
     answered 200 while the finalize went on and wrote "complete" over the
     cancel. Now whichever starts second is refused with 409 until the first
     ends, and the session ends the way the first made it."""
-    import threading
-
-    from registrygrid.blobs.blobs import BlobStore
-    from registrygrid.blobs.objects import LocalObjects
-    from registrygrid.blobs.uploads import Uploads
-    from registrygrid.errors import Conflict
-    from registrygrid.storage.store import Store
-
     class SlowToDrop(LocalObjects):
         """The local object store, with a cancel's deletes held until told."""
 
@@ -249,43 +269,20 @@ def test_a_cancel_and_a_finalize_of_one_upload_never_overlap(tmp_path: Path) -> 
     try:
         objects = SlowToDrop(tmp_path / "objects")
         uploads = Uploads(BlobStore(objects, store))
-        reading, go_on = threading.Event(), threading.Event()
-
-        def slow_vet(key: str, size: int, content_type: str, name: str) -> tuple[dict, str]:
-            reading.set()
-            go_on.wait(10)
-            return {}, ""
-
-        uploads.vet = slow_vet
+        uploads.vet = HeldVet()
         data = os.urandom(MIB + 10)
 
-        def ready() -> str:
-            session = uploads.create("owner", size=len(data), part_size=MIB)
-            uploads.put_part(session.id, "owner", 1, [data[:MIB]])
-            uploads.put_part(session.id, "owner", 2, [data[MIB:]])
-            return session.id
-
         # A cancel while a finalize reads: refused; the finalize completes.
-        first = ready()
-        finalized: list[object] = []
-        worker = threading.Thread(target=lambda: finalized.append(uploads.finalize(first, "owner")))
-        worker.start()
-        assert reading.wait(10)
-        try:
-            uploads.cancel(first, "owner")
-        except Conflict as refused:
-            assert "being finalized" in refused.message
-        else:
-            raise AssertionError("a cancel dropped the parts a finalize was reading")
-        finally:
-            go_on.set()
-            worker.join(10)
+        first = two_parts(uploads, data)
+        with finalize_held(uploads, first) as finalized:
+            with pytest.raises(Conflict, match="being finalized"):
+                uploads.cancel(first, "owner")
         assert [getattr(done, "state", None) for done in finalized] == ["complete"]
         assert uploads.status(first, "owner").state == "complete"
         assert b"".join(uploads.blobs.read(parse_cid(finalized[0].cid))) == data  # type: ignore[attr-defined]
 
         # A finalize while a cancel drops the parts: refused; the cancel ends it.
-        second = ready()
+        second = two_parts(uploads, data)
         objects.go_on.clear()
         cancelled: list[object] = []
         worker = threading.Thread(target=lambda: cancelled.append(uploads.cancel(second, "owner")))
@@ -310,48 +307,17 @@ def test_a_session_a_finalize_works_on_is_not_swept_when_it_expires_meanwhile(tm
     """The sweep forgets expired sessions with their parts. Before, it did
     so under a finalize that was reading them: the finalize failed (the
     file it was moving was gone) and the upload was lost."""
-    import threading
-
-    from registrygrid.blobs.blobs import BlobStore
-    from registrygrid.blobs.objects import LocalObjects
-    from registrygrid.blobs.uploads import UploadLimits, Uploads
-    from registrygrid.storage.store import Store
-
     store = Store(tmp_path / "store")
     try:
         clock = [1_000.0]
         uploads = Uploads(BlobStore(LocalObjects(tmp_path / "objects"), store), UploadLimits(ttl_s=60),
                           now=lambda: clock[0])
-        reading, go_on = threading.Event(), threading.Event()
-
-        def slow_vet(key: str, size: int, content_type: str, name: str) -> tuple[dict, str]:
-            reading.set()
-            go_on.wait(10)
-            return {}, ""
-
-        uploads.vet = slow_vet
+        uploads.vet = HeldVet()
         data = os.urandom(MIB + 10)
-        session = uploads.create("owner", size=len(data), part_size=MIB)
-        uploads.put_part(session.id, "owner", 1, [data[:MIB]])
-        uploads.put_part(session.id, "owner", 2, [data[MIB:]])
-        finalized: list[object] = []
-
-        def finalize() -> None:
-            try:
-                finalized.append(uploads.finalize(session.id, "owner"))
-            except Exception as exc:  # the outcome is what the test judges
-                finalized.append(exc)
-
-        worker = threading.Thread(target=finalize)
-        worker.start()
-        assert reading.wait(10)
-        clock[0] += 3600  # the session's expiry passes while the finalize works
-        try:
-            swept = uploads.sweep()
-        finally:
-            go_on.set()
-            worker.join(10)
-        assert swept == 0
+        session_id = two_parts(uploads, data)
+        with finalize_held(uploads, session_id) as finalized:
+            clock[0] += 3600  # the session's expiry passes while the finalize works
+            assert uploads.sweep() == 0
         assert getattr(finalized[0], "state", finalized[0]) == "complete"
         assert b"".join(uploads.blobs.read(parse_cid(finalized[0].cid))) == data  # type: ignore[attr-defined]
         clock[0] += 3600  # ended a TTL ago now, and no request on it: swept
@@ -364,15 +330,6 @@ def test_creates_at_once_never_pass_the_open_uploads_cap_together(tmp_path: Path
     """A client has at most ``max_open_per_owner`` open uploads. Each create
     counted them, then stored its session (an fsync later): creates at
     once each counted the same sessions and together passed the cap."""
-    import sys
-    import threading
-
-    from registrygrid.blobs.blobs import BlobStore
-    from registrygrid.blobs.objects import LocalObjects
-    from registrygrid.blobs.uploads import UploadLimits, Uploads
-    from registrygrid.errors import RateLimited
-    from registrygrid.storage.store import Store
-
     store = Store(tmp_path / "store")
     try:
         uploads = Uploads(BlobStore(LocalObjects(tmp_path / "objects"), store), UploadLimits(max_open_per_owner=3))
@@ -411,11 +368,7 @@ def _cut_after_the_blob_moved(tmp_path: Path, *, declare_sha256: bool,  # type: 
     ever, "the blob does not match its declared size, sha256").
     ``before_the_index``: the blob's index entry goes too (the kill came
     between the move and the index)."""
-    from registrygrid.blobs.blobs import BlobStore
-    from registrygrid.blobs.objects import LocalObjects
-    from registrygrid.blobs.uploads import Uploads
     from registrygrid.storage import blobs as index
-    from registrygrid.storage.store import Store
 
     store = Store(tmp_path / "store")
     uploads = Uploads(BlobStore(LocalObjects(tmp_path / "objects"), store))
@@ -456,8 +409,6 @@ def test_a_finalize_cut_before_the_blob_was_indexed_adopts_its_file_when_it_is_r
 
 
 def test_a_finalize_cut_that_cannot_name_its_blob_asks_for_the_parts_again(tmp_path: Path) -> None:
-    from registrygrid.errors import Conflict
-
     store, uploads, session_id, data, cid = _cut_after_the_blob_moved(tmp_path, declare_sha256=False)
     try:
         try:

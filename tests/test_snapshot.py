@@ -239,6 +239,17 @@ def test_a_signed_change_nested_past_the_limit_is_rejected_and_the_rest_of_its_b
             grid.close()
 
 
+def _a_record_a_node_took_from_a_hostile_member(tmp_path: Path) -> tuple[LocalRegistry, LocalRegistry, int]:
+    """grid.clusters/r as the hostile member made it (created, then named
+    "r1"), taken by the node; and the member's feed head: its next changes
+    come after it."""
+    hostile, node = LocalRegistry.open_path(tmp_path / "hostile"), LocalRegistry.open_path(tmp_path / "node")
+    hostile.put("grid.clusters", "cluster", {"name": "r"}, id="r")
+    hostile.update("grid.clusters", "r", patch={"name": "r1"})
+    node.execute([Remote(hostile.change(_cid(e.change)), "hostile") for e in hostile.changes(0)])
+    return hostile, node, hostile.feed_head()
+
+
 @pytest.mark.parametrize("key, value, why", [
     ("deleted", True, "only a delete deletes"),
     ("deleted", "yes", "only a delete deletes"),
@@ -257,12 +268,8 @@ def test_an_update_that_deletes_or_writes_what_no_local_write_makes_is_rejected(
 
     from registrygrid.crdt import record as record_module
 
-    hostile, node = LocalRegistry.open_path(tmp_path / "hostile"), LocalRegistry.open_path(tmp_path / "node")
+    hostile, node, head = _a_record_a_node_took_from_a_hostile_member(tmp_path)
     try:
-        hostile.put("grid.clusters", "cluster", {"name": "r"}, id="r")
-        hostile.update("grid.clusters", "r", patch={"name": "r1"})
-        node.execute([Remote(hostile.change(_cid(e.change)), "hostile") for e in hostile.changes(0)])
-        head = hostile.feed_head()
         honest_sync = record_module._sync_map
 
         def sync_and_delete(tx: Any, obj: bytes, wanted: Any, depth: int, *args: Any) -> None:
@@ -293,12 +300,8 @@ def test_a_delete_that_also_edits_the_record_is_rejected(tmp_path: Path, monkeyp
 
     from registrygrid.crdt import record as record_module
 
-    hostile, node = LocalRegistry.open_path(tmp_path / "hostile"), LocalRegistry.open_path(tmp_path / "node")
+    hostile, node, head = _a_record_a_node_took_from_a_hostile_member(tmp_path)
     try:
-        hostile.put("grid.clusters", "cluster", {"name": "r"}, id="r")
-        hostile.update("grid.clusters", "r", patch={"name": "r1"})
-        node.execute([Remote(hostile.change(_cid(e.change)), "hostile") for e in hostile.changes(0)])
-        head = hostile.feed_head()
         honest_overwrite = record_module._overwrite_deleted
 
         def delete_and_edit(tx: Any, value: bool) -> None:
