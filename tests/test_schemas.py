@@ -582,6 +582,19 @@ def test_uri_format_is_checked_on_every_node_whatever_extras_are_installed(catal
     assert [(d["path"], d["validator"]) for d in err.details] == [("/uri", "format")]
 
 
+@pytest.mark.parametrize(("fmt", "value"), [
+    ("date", "2026-01-01"), ("date-time", "2026-01-01T00:00:00Z"), ("time", "00:00:00Z"),
+    ("uri", "https://example.org/x"), ("hostname", "example.org"), ("uuid", "123e4567-e89b-12d3-a456-426614174000"),
+    ("email", "a@example.org"), ("ipv4", "192.0.2.1"), ("ipv6", "2001:db8::1"),
+])
+def test_a_format_holds_for_the_whole_value_a_trailing_newline_included(fmt, value):
+    # A regular expression's `$` matches before a final newline: checked
+    # with `match`, "2026-01-01\n" was a date, and a uri, uuid, time or
+    # host name with a newline after it passed as one.
+    assert FORMAT_CHECKER.conforms(value, fmt)
+    assert not FORMAT_CHECKER.conforms(value + "\n", fmt)
+
+
 # ---------------------------------------------------------------- unknown kinds
 
 
@@ -1047,7 +1060,7 @@ def _with(record: dict, path: tuple, value: object) -> dict:
         ("adhoc-server", ("endpoint",), "/ip4/203.0.113.30/udp/4001\ufeffquic-v1", True),
         # format: FORMAT_CHECKER's checks, not jsonschema-rs's own.
         ("adhoc-server", ("expires_at",), "2025-08-14T06:30:60Z", True),
-        ("adhoc-server", ("expires_at",), "2025-08-14T06:30:00Z\n", True),
+        ("adhoc-server", ("expires_at",), "2025-08-14T06:30:00Z\n", False),  # the whole value is checked (fullmatch)
         ("cluster", ("nodes", 0, "hostname"), "a100-1.us.example.org.", True),
         ("cluster", ("network", "public_ips", 1), "fe80::1%eth0", True),
         ("org", ("contact",), "ml.admin.@univ.example.edu", True),

@@ -233,7 +233,7 @@ _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 
 
 def _valid_date(value: str) -> bool:
-    m = _DATE_RE.match(value)
+    m = _DATE_RE.fullmatch(value)
     if not m:
         return False
     try:
@@ -244,7 +244,7 @@ def _valid_date(value: str) -> bool:
 
 
 def _valid_time(value: str) -> bool:
-    m = _TIME_RE.match(value)
+    m = _TIME_RE.fullmatch(value)
     if not m:
         return False
     hour, minute, second = int(m[1]), int(m[2]), int(m[3])
@@ -278,7 +278,7 @@ def _check_time(value: object) -> bool:
 
 @FORMAT_CHECKER.checks("uri")
 def _check_uri(value: object) -> bool:
-    return not isinstance(value, str) or bool(_URI_RE.match(value))
+    return not isinstance(value, str) or bool(_URI_RE.fullmatch(value))
 
 
 @FORMAT_CHECKER.checks("hostname")
@@ -286,7 +286,7 @@ def _check_hostname(value: object) -> bool:
     if not isinstance(value, str):
         return True
     name = value[:-1] if value.endswith(".") else value
-    return 0 < len(name) <= 253 and all(_LABEL_RE.match(label) for label in name.split("."))
+    return 0 < len(name) <= 253 and all(_LABEL_RE.fullmatch(label) for label in name.split("."))
 
 
 @FORMAT_CHECKER.checks("email")
@@ -322,7 +322,7 @@ def _check_ipv6(value: object) -> bool:
 
 @FORMAT_CHECKER.checks("uuid")
 def _check_uuid(value: object) -> bool:
-    return not isinstance(value, str) or bool(_UUID_RE.match(value))
+    return not isinstance(value, str) or bool(_UUID_RE.fullmatch(value))
 
 
 @FORMAT_CHECKER.checks("regex", raises=(re.error, OverflowError))
