@@ -104,6 +104,18 @@ async def test_a_bundle_rebuilds_a_zip_of_blobs_and_entries_that_zipfile_reads_t
     assert missing.status_code == 404 and unsafe.status_code == 422
 
 
+async def test_a_bundle_named_beyond_ascii_is_named_in_rfc_8187s_form(served: Served) -> None:
+    # Before, the name went into the header as raw UTF-8 bytes, which a
+    # header may not hold and each client decoded its own way.
+    _, blob = await put_blob(served, b"weights")
+    async with served.client() as http:
+        named = await http.post("/v1/bundles", json={"name": "模型.zip", "members": [
+            {"name": "w.bin", "cid": blob["cid"]}]})
+    assert named.status_code == 200
+    raw = {k.lower(): v for k, v in named.headers.raw}[b"content-disposition"]
+    assert raw.isascii() and raw == b"attachment; filename=\"__.zip\"; filename*=UTF-8''%E6%A8%A1%E5%9E%8B.zip"
+
+
 async def test_what_the_bytes_say_is_kept_with_the_blob(served: Served) -> None:
     weights = safetensors({"w": ("F32", [4, 8]), "b": ("F16", [8])}, {"format": "pt"})
     status, done = await put_blob(served, weights, name="model.safetensors")

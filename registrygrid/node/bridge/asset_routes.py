@@ -38,6 +38,7 @@ import binascii
 import ipaddress
 import secrets
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -396,7 +397,7 @@ class AssetRoutes:
         if not isinstance(filename, str) or not filename.endswith(".zip") or "/" in filename or '"' in filename \
                 or "\\" in filename or any(ord(c) < 0x20 or c == "\x7f" for c in filename):
             raise ValidationError("name: a file name ending in .zip (no '/', '\"', '\\' or control characters)")
-        headers = {"ETag": plan.etag, "Content-Disposition": f'attachment; filename="{filename}"',
+        headers = {"ETag": plan.etag, "Content-Disposition": attachment(filename),
                    "Cache-Control": "private, max-age=3600"}
         if not_modified(request.headers, plan.etag):
             return web.Response(status=304, headers=headers)
@@ -555,3 +556,12 @@ def _hold_name(name: str) -> str:
     return name
 
 
+def attachment(filename: str) -> str:
+    """A Content-Disposition for ``filename`` that every client reads alike:
+    a header is ASCII, so a name beyond it goes as RFC 8187's
+    ``filename*=UTF-8''...``, with an ASCII ``filename`` beside it for
+    clients that know only that one (RFC 6266, section 4.3)."""
+    if filename.isascii():
+        return f'attachment; filename="{filename}"'
+    fallback = "".join(c if c.isascii() else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{urllib.parse.quote(filename, safe='')}"

@@ -1424,7 +1424,9 @@ def _asset_paths() -> dict[str, Any]:
                 **_TRACE_HEADER,
                 "ETag": {"description": "a hash of the members: the same members give the same bytes",
                          "schema": STRING},
-                "Content-Disposition": {"description": "attachment; filename=\"NAME\"", "schema": STRING},
+                "Content-Disposition": {"description": "attachment; filename=\"NAME\" (a name beyond ASCII: an ASCII "
+                                                "filename beside filename*=UTF-8''NAME percent-encoded, RFC 8187)",
+                                "schema": STRING},
                 "Cache-Control": {"description": "private, max-age=3600", "schema": STRING}},
                 "content": {"application/zip": {}}},
              "304": {"description": "If-None-Match matched", "headers": {
