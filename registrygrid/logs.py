@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import logging
 
-# Every C0 and C1 control character, DEL, and the Unicode line and
-# paragraph separators some viewers break lines at.
-_WRITTEN_OUT = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
-_WRITTEN_OUT.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+# Every C0 and C1 control character and DEL, as text: what a terminal
+# would act on (the CLI's output uses it too, keeping newline and tab).
+CONTROL_CHARACTERS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+# A log message is one line: its line breaks by name, and the Unicode line
+# and paragraph separators some viewers break lines at.
+_WRITTEN_OUT = {**CONTROL_CHARACTERS, ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t",
+                0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 def one_line(text: str) -> str:

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from registrygrid.engine.registries import descriptor_from_record
 from registrygrid.errors import RegistryError
+from registrygrid.logs import CONTROL_CHARACTERS
 
 # Control characters (C0 and C1 but newline and tab, and DEL) are what a
 # terminal acts on: ESC starts a sequence that can retitle the window,
@@ -23,7 +24,7 @@ from registrygrid.errors import RegistryError
 # peers' names and their errors come from other orgs, so their text is
 # shown, never obeyed: ESC prints as "\x1b". (JSON output escapes them
 # already: json.dumps keeps to ASCII.)
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in "\n\t"}
+_CONTROLS = {c: text for c, text in CONTROL_CHARACTERS.items() if chr(c) not in "\n\t"}
 
 
 def visible(text: str) -> str:
