@@ -6,8 +6,10 @@ each with its home, LMDB store, py-libp2p host and Kademlia DHT on
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +196,50 @@ async def test_unfollowing_deletes_the_copy(tmp_path: Path) -> None:
             assert b0.fed.follows.mirror(REG) is None and not mirror.path.exists()
             with pytest.raises(NotFound), mirror.use():
                 pass
+
+
+async def test_a_follow_while_an_unfollow_of_that_registry_runs_is_refused_and_keeps_the_copy_intact(
+        tmp_path: Path) -> None:
+    # An unfollow waits for the copy's readers before it deletes the copy's
+    # directory. A follow of the same name meanwhile would put a new copy in
+    # that directory, for the unfollow's deletion to take away under it.
+    with trio.fail_after(120):
+        async with _owner_and_follower(tmp_path, PUBLIC) as (_, a0, b0):
+            await a0.node.submit([Put(REG, "cluster", {"name": "gpu"}, record_id="gpu")])
+            follows = b0.fed.follows
+            await follows.follow(REG)
+            mirror = follows.mirror(REG)
+            assert mirror is not None
+            reading, release = threading.Event(), threading.Event()
+
+            def a_long_read() -> None:
+                with mirror.use():
+                    reading.set()
+                    release.wait(30)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(trio.to_thread.run_sync, a_long_read))
+                await trio.to_thread.run_sync(reading.wait, 10)
+                nursery.start_soon(follows.unfollow, REG)
+                await eventually(lambda: follows.mirror(REG) is None, 10, "the unfollow under way")
+                with pytest.raises(Conflict, match="being unfollowed"):
+                    await follows.follow(REG)
+                release.set()
+            assert not mirror.path.exists()
+
+            status = await follows.follow(REG)  # once the unfollow is done, a follow makes a new copy
+            assert status["records"] == 1
+            again = follows.mirror(REG)
+            assert again is not None and (again.path / "follow.json").exists()
+
+
+async def test_an_unfollow_during_the_first_sync_is_refused_with_the_reason(tmp_path: Path) -> None:
+    with trio.fail_after(120):
+        async with _owner_and_follower(tmp_path, PUBLIC) as (_, a0, b0):
+            follows = b0.fed.follows
+            follows._starting.add(REG)  # as follow() marks a first sync under way
+            try:
+                with pytest.raises(Conflict, match="first sync"):
+                    await follows.unfollow(REG)
+            finally:
+                follows._starting.discard(REG)

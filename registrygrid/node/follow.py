@@ -152,6 +152,10 @@ class Follows:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._starting: set[str] = set()  # names whose first sync runs
+        # Names whose unfollow waits for readers and deletes the copy: a
+        # follow of one meanwhile would put its new copy where the deletion
+        # is about to go.
+        self._ending: set[str] = set()
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         """Reopen the mirrors a previous run followed and keep them synced."""
@@ -202,6 +206,8 @@ class Follows:
             return await trio.to_thread.run_sync(mirror.describe)
         if name in self._starting:
             raise Conflict(f"{name} is being followed already: its first sync is running")
+        if name in self._ending:
+            raise Conflict(f"{name} is being unfollowed: its copy is being deleted; follow it again once that ends")
         if await trio.to_thread.run_sync(self.hosted, name):
             raise Conflict(f"this node hosts {name} in its own federation: it replicates already")
         if len(self.mirrors) + len(self._starting) >= MAX_FOLLOWS:
@@ -222,15 +228,21 @@ class Follows:
     async def unfollow(self, name: str) -> dict[str, Any]:
         """Stop following ``name`` and delete its copy."""
         name = names.registry_name(name)
+        if name in self._starting:
+            raise Conflict(f"{name} is not followed yet: its first sync is running; unfollow it once that ends")
         mirror = self.mirrors.pop(name, None)
         if mirror is None:
             raise NotFound(f"this node does not follow {name}")
         scope = self._scopes.pop(name, None)
         if scope is not None:
             scope.cancel()
-        with trio.CancelScope(shield=True):  # half a deletion would leave a copy nobody follows
-            await trio.to_thread.run_sync(mirror.close)
-            await trio.to_thread.run_sync(partial(shutil.rmtree, mirror.path, ignore_errors=True))
+        self._ending.add(name)
+        try:
+            with trio.CancelScope(shield=True):  # half a deletion would leave a copy nobody follows
+                await trio.to_thread.run_sync(mirror.close)
+                await trio.to_thread.run_sync(partial(shutil.rmtree, mirror.path, ignore_errors=True))
+        finally:
+            self._ending.discard(name)
         self.metrics["follow.unfollowed"] += 1
         return {"registry": name, "unfollowed": True}
 

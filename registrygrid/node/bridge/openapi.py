@@ -1534,14 +1534,15 @@ def _paths() -> dict[str, Any]:
                                    "/v1/registries/{registry}, .../records, .../records/{id}, .../history) "
                                    "answer from it with X-Registry-Source: followed. Following a registry "
                                    "followed already syncs it now. 404: nobody published the name. 403: not "
-                                   "public, or not an admin token. 409: this node hosts the registry itself, or "
-                                   "follows as many as it may. 503: no DHT, or no provider gave a verifiable "
+                                   "public, or not an admin token. 409: this node hosts the registry itself, "
+                                   "follows as many as it may, or is unfollowing it right now. 503: no DHT, or no provider gave a verifiable "
                                    "answer (details.refusals says why)."),
             "delete": _op("unfollowRegistry", "Stop following a registry and delete this node's copy (admin)",
                           {**_json("200", "Unfollowed", "unfollowed: the copy is deleted"),
-                           **_errors("400", "401", "403", "404", "422", "429", "503")},
+                           **_errors("400", "401", "403", "404", "409", "422", "429", "503")},
                           tags=["follows"], params=[P_REGISTRY],
-                          description="404: this node does not follow it. Reads in progress finish first."),
+                          description="404: this node does not follow it. 409: its first sync is still "
+                                      "running. Reads in progress finish first."),
         },
         "/v1/peers": {
             "get": _op("listPeers", "This node's peer ID, the peers connected to it and the peers denied",
