@@ -298,8 +298,11 @@ class LocalRegistry:
         return self.put(MEMBERS_REGISTRY, DELEGATION_KIND, fields, id=record_id)
 
     def close(self) -> None:
-        with self.store.write() as txn:
-            self.engine.audit.finish_batch(txn, self.engine.key, self.engine.now_ms(), force=True)
+        # The audit ledger's last, partial batch is sealed before the store
+        # closes (a head signed in a transaction that failed is forgotten).
+        audit = self.engine.audit
+        self.store.transact(lambda txn: audit.finish_batch(txn, self.engine.key, self.engine.now_ms(), force=True),
+                            aborted=audit.reload)
         self.engine.close()
         self.store.close()
         if self.home is not None:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 
 import msgspec
 
@@ -174,9 +175,8 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
                                      f"cannot read ({exc})") from None
         claims, federation_id = given
         if not (isinstance(recorded, dict) and recorded.get("id") == federation_id) and not store.readonly:
-            with store.write() as txn:
-                store.put_meta(txn, FEDERATION, {"id": federation_id, "name": claims.name,
-                                                 "claims": msgspec.msgpack.encode(claims)})
+            recorded = {"id": federation_id, "name": claims.name, "claims": msgspec.msgpack.encode(claims)}
+            store.transact(lambda txn: store.put_meta(txn, FEDERATION, recorded))
             self.metrics["store.federation_recorded"] += 1
         return given
 
@@ -185,17 +185,19 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
         before: until ``end_recovery``, local writes are refused, so the key
         never signs a sequence number its peers already hold (which they
         would report as equivocation and quarantine)."""
-        self.recovering = {"key": self.key.did, "since_ms": self.now_ms()}
-        with self.store.write() as txn:
-            self.store.put_meta(txn, RECOVERING, self.recovering)
+        recovering = {"key": self.key.did, "since_ms": self.now_ms()}
+        self.store.transact(lambda txn: self.store.put_meta(txn, RECOVERING, recovering))
+        self.recovering = recovering
 
     def end_recovery(self) -> dict[str, int]:
         """The operator says the node's history is back (synced from peers,
         or there was none to lose): writes resume after the last change of
         its key held here. Those last changes, by registry."""
-        with self.store.write() as txn:
+        def resume(txn: Txn) -> dict[str, dict[str, int]]:
             self.store.delete_meta(txn, RECOVERING)
-            heads = chains.heads(self.store, txn)
+            return chains.heads(self.store, txn)
+
+        heads = self.store.transact(resume)
         self.recovering = None
         self._chain_heads.clear()
         return {registry: authors[self.key.did] for registry, authors in sorted(heads.items())
@@ -204,13 +206,8 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
     def _build_conflicted_index(self) -> None:
         """The index of records that show conflicts, for a store written
         before it existed (storage/records.py): once, as the store opens."""
-        while True:
-            try:
-                with self.store.write() as txn:
-                    self.metrics["store.conflicted_indexed"] += records.build_conflicted_index(self.store, txn)
-                return
-            except StoreFull:
-                self.store.grow()
+        indexed = self.store.transact(partial(records.build_conflicted_index, self.store))
+        self.metrics["store.conflicted_indexed"] += indexed
 
     # ------------------------------------------------------------ batches
 

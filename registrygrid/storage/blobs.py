@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from registrygrid.storage.store import Store
+from registrygrid.storage.store import Store, Txn
 
 _BLOB_BYTES = "blob_bytes"
 
@@ -91,31 +91,36 @@ def get_blob(store: Store, cid: bytes) -> BlobEntry | None:
 
 def put_blob(store: Store, cid: bytes, entry: BlobEntry) -> bool:
     """Record a stored blob; False if it was known already (the total is unchanged)."""
-    with store.write() as txn:
-        db = store.db["blobs"]
+    db = store.db["blobs"]
+
+    def record(txn: Txn) -> bool:
         if txn.get(cid, db=db) is not None:
             return False
         txn.put(cid, _blob_encoder.encode(entry), db=db)
         store.put_meta(txn, _BLOB_BYTES, (store.get_meta(txn, _BLOB_BYTES, 0) or 0) + entry.size)
-    return True
+        return True
+
+    return store.transact(record)
 
 
 def replace_blob(store: Store, cid: bytes, entry: BlobEntry) -> None:
     """Change a known blob's retention or holds (its size never changes)."""
-    with store.write() as txn:
-        txn.put(cid, _blob_encoder.encode(entry), db=store.db["blobs"])
+    store.transact(lambda txn: txn.put(cid, _blob_encoder.encode(entry), db=store.db["blobs"]))
 
 
 def remove_blob(store: Store, cid: bytes) -> BlobEntry | None:
-    with store.write() as txn:
-        db = store.db["blobs"]
+    db = store.db["blobs"]
+
+    def remove(txn: Txn) -> BlobEntry | None:
         raw = txn.get(cid, db=db)
         if raw is None:
             return None
         entry = _blob_decoder.decode(raw)
         txn.delete(cid, db=db)
         store.put_meta(txn, _BLOB_BYTES, max(0, (store.get_meta(txn, _BLOB_BYTES, 0) or 0) - entry.size))
-    return entry
+        return entry
+
+    return store.transact(remove)
 
 
 def blob_bytes(store: Store) -> int:
@@ -147,26 +152,28 @@ def update_session(store: Store, session_id: str,
     """Read, change and write one session in one write transaction: parts
     uploaded in parallel each add theirs without losing another's. ``change``
     returns the new session, or None to delete it; it may raise, which
-    leaves the session as it was."""
-    with store.write() as txn:
-        db = store.db["uploads"]
+    leaves the session as it was. (On a full map it is called again with
+    the session read anew: it must only compute.)"""
+    db = store.db["uploads"]
+
+    def write(txn: Txn) -> UploadSession | None:
         raw = txn.get(session_id.encode(), db=db)
         new = change(None if raw is None else _session_decoder.decode(raw))
         if new is None:
             txn.delete(session_id.encode(), db=db)
         else:
             txn.put(session_id.encode(), _blob_encoder.encode(new), db=db)
-    return new
+        return new
+
+    return store.transact(write)
 
 
 def put_session(store: Store, session: UploadSession) -> None:
-    with store.write() as txn:
-        txn.put(session.id.encode(), _blob_encoder.encode(session), db=store.db["uploads"])
+    store.transact(lambda txn: txn.put(session.id.encode(), _blob_encoder.encode(session), db=store.db["uploads"]))
 
 
 def delete_session(store: Store, session_id: str) -> None:
-    with store.write() as txn:
-        txn.delete(session_id.encode(), db=store.db["uploads"])
+    store.transact(lambda txn: txn.delete(session_id.encode(), db=store.db["uploads"]))
 
 
 def iter_sessions(store: Store) -> Iterator[UploadSession]:

@@ -26,10 +26,11 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from registrygrid.storage.compression import COMPRESSED, MARK
-from registrygrid.storage.store import Store
+from registrygrid.storage.store import Store, Txn
 
 CHUNK = 10_000
 _SMALLEST = 16  # shorter values never shrink (and an erased change's marker must stay as it is)
@@ -84,21 +85,29 @@ def repack(store: Store, *, chunk: int = CHUNK) -> int:
         after: bytes | None = None
         more = True
         while more:
-            with store.write() as txn:
-                cursor = txn.cursor(db=store.db[db])
-                more = cursor.set_range(after + b"\x00") if after is not None else cursor.first()
-                updates = []
-                for _ in range(chunk):
-                    if not more:
-                        break
-                    k, value = cursor.item()
-                    if len(value) >= _SMALLEST and value[0] != MARK:
-                        packed = store.values.pack(txn, db, value)
-                        if packed != value:
-                            updates.append((k, packed))
-                    after = k
-                    more = cursor.next()
-                for k, packed in updates:
-                    txn.put(k, packed, db=store.db[db])
-                repacked += len(updates)
+            # One transaction a chunk, redone whole after the map grows (Store.transact).
+            count, after, more = store.transact(partial(_repack_chunk, store, db, after, chunk))
+            repacked += count
     return repacked
+
+
+def _repack_chunk(store: Store, db: str, after: bytes | None, chunk: int,
+                  txn: Txn) -> tuple[int, bytes | None, bool]:
+    """Compress up to ``chunk`` values of ``db`` after key ``after``: how
+    many were rewritten, the last key looked at, and whether any follow."""
+    cursor = txn.cursor(db=store.db[db])
+    more = cursor.set_range(after + b"\x00") if after is not None else cursor.first()
+    updates = []
+    for _ in range(chunk):
+        if not more:
+            break
+        k, value = cursor.item()
+        if len(value) >= _SMALLEST and value[0] != MARK:
+            packed = store.values.pack(txn, db, value)
+            if packed != value:
+                updates.append((k, packed))
+        after = k
+        more = cursor.next()
+    for k, packed in updates:
+        txn.put(k, packed, db=store.db[db])
+    return len(updates), after, more

@@ -92,7 +92,9 @@ def purge_expired(store: Store, *, now_ms: int, limit: int = 10_000) -> int:
     with store.read() as txn:
         stale = [k for k, v in txn.cursor(db=db) if unpack(v)[0] <= now_ms][:limit]
     if stale:
-        with store.write() as txn:
+        def delete(txn: lmdb.Transaction) -> None:
             for k in stale:
                 txn.delete(k, db=db)
+
+        store.transact(delete)
     return len(stale)

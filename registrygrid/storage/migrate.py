@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from registrygrid.errors import IntegrityError
@@ -84,14 +85,8 @@ def migrate(path: str | Path, *, progress: Callable[[int, int], None] | None = N
         resumed = cursor is not None or rekey is not None
         done = converted = 0
         while found == 2:
-            with store.write() as txn:
-                batch = changes.adopt_legacy(store, txn, after=cursor, limit=chunk)
-                if batch.last is not None:
-                    cursor = batch.last
-                    store.put_meta(txn, _CURSOR, cursor)
-                else:  # every change converted: the store is format 3 from this commit on
-                    store.put_meta(txn, "format", 3)
-                    txn.delete(_CURSOR.encode(), db=store.db["meta"])
+            batch = store.transact(partial(_adopt_chunk, store, cursor, chunk))
+            cursor = batch.last
             done += batch.seen
             converted += batch.converted
             if progress is not None:
@@ -101,18 +96,7 @@ def migrate(path: str | Path, *, progress: Callable[[int, int], None] | None = N
         rekeyed = 0
         phase, after = rekey if rekey is not None else (_CHAINS, None)
         while True:
-            with store.write() as txn:
-                count, last = _code_names_in_keys(store, txn, phase, after, chunk)
-                finished = count < chunk and phase == _OWNERS
-                if count < chunk and phase == _CHAINS:  # every chain key done: the owner keys next
-                    phase, after = _OWNERS, None
-                else:
-                    after = last
-                if finished:  # every key rewritten: the store is format 4 from this commit on
-                    store.put_meta(txn, "format", STORE_FORMAT)
-                    txn.delete(_REKEY_CURSOR.encode(), db=store.db["meta"])
-                else:
-                    store.put_meta(txn, _REKEY_CURSOR, [phase, after])
+            count, finished, (phase, after) = store.transact(partial(_rekey_chunk, store, phase, after, chunk))
             rekeyed += count
             done += count
             if progress is not None:
@@ -126,6 +110,38 @@ def migrate(path: str | Path, *, progress: Callable[[int, int], None] | None = N
         raise
     finally:
         store.close()
+
+
+# Each chunk is one transaction, which Store.transact redoes after growing a
+# full map: the cursor moves on only once a chunk committed.
+
+def _adopt_chunk(store: Store, cursor: bytes | None, chunk: int, txn: Txn) -> changes.AdoptedBatch:
+    """Convert the next ``chunk`` legacy changes after ``cursor``; the batch."""
+    batch = changes.adopt_legacy(store, txn, after=cursor, limit=chunk)
+    if batch.last is not None:
+        store.put_meta(txn, _CURSOR, batch.last)
+    else:  # every change converted: the store is format 3 from this commit on
+        store.put_meta(txn, "format", 3)
+        txn.delete(_CURSOR.encode(), db=store.db["meta"])
+    return batch
+
+
+def _rekey_chunk(store: Store, phase: int, after: bytes | None, chunk: int,
+                 txn: Txn) -> tuple[int, bool, tuple[int, bytes | None]]:
+    """Rewrite the next ``chunk`` keys of ``phase``: how many, whether every
+    key is done, and where the next chunk starts."""
+    count, last = _code_names_in_keys(store, txn, phase, after, chunk)
+    finished = count < chunk and phase == _OWNERS
+    if count < chunk and phase == _CHAINS:  # every chain key done: the owner keys next
+        phase, after = _OWNERS, None
+    else:
+        after = last
+    if finished:  # every key rewritten: the store is format 4 from this commit on
+        store.put_meta(txn, "format", STORE_FORMAT)
+        txn.delete(_REKEY_CURSOR.encode(), db=store.db["meta"])
+    else:
+        store.put_meta(txn, _REKEY_CURSOR, [phase, after])
+    return count, finished, (phase, after)
 
 
 def _code_names_in_keys(store: Store, txn: Txn, phase: int, after: bytes | None,

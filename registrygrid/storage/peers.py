@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from registrygrid.storage.store import Store
+from registrygrid.storage.store import Store, Txn
 
 # A stored peer record is a peer ID, a few addresses and counters: about
 # 500 bytes. 64 KiB bounds what a corrupt or hostile-looking entry costs to
@@ -64,8 +64,13 @@ def load(store: Store) -> list[PeerRecord]:
 def save(store: Store, records: Iterable[PeerRecord], *, forget: Iterable[str] = ()) -> None:
     """Write ``records`` and delete ``forget`` in one durable transaction."""
     handle = store.db["peers"]
-    with store.write() as txn:
-        for record in records:
-            txn.put(record.peer_id.encode(), _encoder.encode(record), db=handle)
-        for peer_id in forget:
-            txn.delete(peer_id.encode(), db=handle)
+    puts = [(record.peer_id.encode(), _encoder.encode(record)) for record in records]
+    deletes = [peer_id.encode() for peer_id in forget]  # iterables: read once, whatever the tries
+
+    def write(txn: Txn) -> None:
+        for peer_key, value in puts:
+            txn.put(peer_key, value, db=handle)
+        for peer_key in deletes:
+            txn.delete(peer_key, db=handle)
+
+    store.transact(write)

@@ -54,9 +54,9 @@ import collections
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 import msgspec
@@ -244,6 +244,8 @@ class _ReadTxn:
 # hold one, never look inside it.
 Txn = lmdb.Transaction
 
+T = TypeVar("T")
+
 
 class StoreFull(Exception):
     """The map is full: the write was aborted; ``grow()``, then redo it."""
@@ -283,6 +285,7 @@ class Store:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.readonly = readonly
+        self.maps_grown = 0  # by transact(); the engine counts its own batches' growth
         try:
             try:
                 self._open(map_size, readonly, formats)
@@ -410,6 +413,25 @@ class Store:
                 self.codes.ended(committed=True)
         finally:
             gate.leave()
+
+    def transact(self, work: Callable[[lmdb.Transaction], T], *, aborted: Callable[[], None] | None = None) -> T:
+        """``work(txn)`` in one durable write transaction, its result. On a
+        full map the transaction is aborted, the map grows and ``work`` runs
+        again on a fresh one, so ``work`` must keep its effects to the
+        transaction it is given (state it computes is returned, not left in
+        the caller's variables), or undo the rest in ``aborted``. Every
+        writer but the engine's batches (which redo a whole batch
+        themselves) writes through here: a token, a peer table, a blob entry
+        must not fail for want of map the disk has room for."""
+        while True:
+            try:
+                with self.write() as txn:
+                    return work(txn)
+            except StoreFull:
+                if aborted is not None:
+                    aborted()
+                self.maps_grown += 1
+                self.grow()
 
     def _storage_failed(self, exc: lmdb.Error) -> StorageFailed:
         if isinstance(exc, lmdb.PanicError):

@@ -28,7 +28,7 @@ from typing import Any
 
 from registrygrid.errors import NotFound, Unauthorized, ValidationError
 from registrygrid.protocol import names
-from registrygrid.storage.store import Store, pack, unpack
+from registrygrid.storage.store import Store, Txn, pack, unpack
 
 ROLES = ("reader", "writer", "admin")
 PREFIX = "rgt_"
@@ -122,9 +122,8 @@ def create(store: Store, *, role: str, name: str = "", registry: str | None = No
                               details=[{"path": "/name", "message": f"must match {_NAME.pattern}"}])
     token = Token(id=token_id, name=name or f"token-{token_id}", role=role, registry=registry,
                   created_at=created, expires_at=expires_at, revoked_at=None, created_by=created_by)
-    with store.write() as txn:
-        txn.put(token_id.encode(), pack({**token.to_dict(), "hash": _hash(secret)}), db=store.db["tokens"],
-                overwrite=False)
+    record = pack({**token.to_dict(), "hash": _hash(secret)})
+    store.transact(lambda txn: txn.put(token_id.encode(), record, db=store.db["tokens"], overwrite=False))
     return token, f"{PREFIX}{token_id}.{secret}"
 
 
@@ -163,7 +162,8 @@ def list_all(store: Store) -> list[Token]:
 def revoke(store: Store, token_id: str, *, at_ms: int | None = None) -> Token:
     """Mark a token revoked (kept, so the audit log's names stay resolvable)."""
     key = token_id.encode()
-    with store.write() as txn:
+
+    def mark(txn: Txn) -> Token:
         raw = txn.get(key, db=store.db["tokens"])
         if raw is None:
             raise NotFound(f"no token {token_id!r}")
@@ -171,7 +171,9 @@ def revoke(store: Store, token_id: str, *, at_ms: int | None = None) -> Token:
         if token.revoked_at is None:
             token = Token(**{**token.to_dict(), "revoked_at": now_ms() if at_ms is None else at_ms})
             txn.put(key, pack({**token.to_dict(), "hash": digest}), db=store.db["tokens"])
-    return token
+        return token
+
+    return store.transact(mark)
 
 
 _DURATION = re.compile(r"^(\d{1,6})([smhdw])$")
