@@ -12,6 +12,7 @@ characters written out (``\\n``, ``\\x1b``); a traceback keeps its lines.
 from __future__ import annotations
 
 import logging
+import sys
 
 # Every C0 and C1 control character and DEL, as text: what a terminal
 # would act on (the CLI's output uses it too, keeping newline and tab).
@@ -31,3 +32,24 @@ class LineFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
         record.message = one_line(record.message)
         return super().formatMessage(record)
+
+
+class _CurrentStderr(logging.Handler):
+    """Writes to ``sys.stderr`` as it is at each record (a redirect, a
+    test's capture), as Python's last-resort handler does."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 (logging's own contract: a handler never raises)
+            self.handleError(record)
+
+
+def warnings_on_one_line(prefix: str) -> None:
+    """Warnings no handler takes (a CLI command without a node: a search
+    index it found unreadable and rebuilds) go to stderr as one line, with
+    ``prefix`` and their level, instead of Python's bare last resort."""
+    handler = _CurrentStderr(logging.WARNING)
+    handler.setFormatter(LineFormatter(f"{prefix}: %(levelname)s: %(message)s"))
+    logging.lastResort = handler

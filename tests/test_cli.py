@@ -421,3 +421,25 @@ def test_a_config_number_past_what_a_float_holds_is_refused_at_start(
     proc = rgrid("node", "start", "--no-p2p", "--bridge-port", "0", timeout=60)
     assert proc.returncode == EX_DATAERR and "error[validation_failed]: config.json" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_warning_of_a_command_without_a_node_is_one_labelled_line_with_nothing_a_terminal_obeys(
+        rgrid: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    # Without a running node, no handler takes the warnings of the code a
+    # command runs (a search index found unreadable and rebuilt): Python's
+    # last resort printed them bare, with no label and their control
+    # characters as they were (here, of the home's own path).
+    home = tmp_path / "home\x1b[31m\nred"
+    Home(home).init(org_name="acme")
+    grid = registrygrid.open(home)
+    try:
+        grid.put("grid.clusters", "cluster", {"name": "gpu"}, id="c1")
+    finally:
+        grid.close()
+    assert rgrid("search", "gpu", home=home).returncode == 0  # builds the index
+    (home / "index" / "search.json").write_text("not json")
+    searched = rgrid("search", "gpu", home=home)
+    assert searched.returncode == 0 and "c1" in searched.stdout
+    warning, = searched.stderr.splitlines()
+    assert warning.startswith("rgrid: WARNING: search: ") and "unreadable" in warning
+    assert "\x1b" not in warning and "home\\x1b[31m\\nred" in warning

@@ -45,6 +45,7 @@ from registrygrid.errors import (
     ValidationError,
 )
 from registrygrid.home import Home
+from registrygrid.logs import warnings_on_one_line
 from registrygrid.engine import registries as regs
 from registrygrid.protocol import limits, names
 from registrygrid.sdk import home_identity
@@ -1190,6 +1191,7 @@ def main() -> None:
     # default (SIGXFSZ); ignored, it fails with EFBIG, which the store turns
     # into StorageFailed: the write is refused, the node goes on serving.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    warnings_on_one_line("rgrid")
     try:
         cli(prog_name="rgrid")
     except RegistryError as exc:  # raised outside a command (e.g. while parsing)
