@@ -385,7 +385,7 @@ def test_a_device_or_a_fifo_named_as_input_is_refused_not_read_forever(
 
 
 def test_control_characters_in_what_others_wrote_are_shown_never_obeyed(
-        rgrid: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+        rgrid: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Records come from other orgs. Before, `rgrid list` wrote a record's
     # escape sequences to the terminal as they were: a name could retitle
     # the window, recolour or hide the rows after it, or on some terminals
@@ -398,12 +398,15 @@ def test_control_characters_in_what_others_wrote_are_shown_never_obeyed(
         grid.put("grid.clusters", "cluster", {"name": hostile}, id="c1")
     finally:
         grid.close()
+    monkeypatch.setenv("COLUMNS", "160")  # the whole name fits its cell
     listed = rgrid("list", "grid.clusters")
     refused = rgrid("get", "grid.clusters", "\x1b[2Jx")  # an id no record may have, echoed in the error
     assert listed.returncode == 0 and refused.returncode != 0
     for shown in (listed.stdout, refused.stderr):
         assert not any(c in shown for c in "\x1b\x07\x9b"), repr(shown)
     assert "evil\\x1b]0;pwned" in listed.stdout and "\\x1b[8mhidden" in listed.stdout and "\\x1b[2J" in refused.stderr
+    # Written out before the table is laid out: the row is as wide as the borders.
+    assert len({len(line) for line in listed.stdout.splitlines() if line.strip()}) == 1, listed.stdout
 
 
 @pytest.mark.parametrize("section, key", [("bridge", "max_streams"), ("bridge", "rate_limit"),
@@ -443,3 +446,18 @@ def test_a_warning_of_a_command_without_a_node_is_one_labelled_line_with_nothing
     warning, = searched.stderr.splitlines()
     assert warning.startswith("rgrid: WARNING: search: ") and "unreadable" in warning
     assert "\x1b" not in warning and "home\\x1b[31m\\nred" in warning
+
+
+def test_rgrid_list_shows_each_record_id_whole_in_a_narrow_terminal(
+        rgrid: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The id is what a user copies into `rgrid get`: cut with "…" it was of no use.
+    home = tmp_path / "home"
+    Home(home).init(org_name="acme")
+    grid = registrygrid.open(home)
+    try:
+        made = grid.put("grid.clusters", "cluster", {"name": "a cluster with a long name, " * 4})
+    finally:
+        grid.close()
+    monkeypatch.setenv("COLUMNS", "80")
+    listed = rgrid("list", "grid.clusters")
+    assert listed.returncode == 0 and made.record_id in listed.stdout, listed.stdout

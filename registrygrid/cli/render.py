@@ -91,9 +91,12 @@ def error(exc: RegistryError) -> None:
 
 
 def _cell(value: Any) -> str:
+    """A table cell's text, control characters written out before the
+    table is laid out, so the columns are as wide as what is shown (the
+    render hook alone wrote them out after: rows came out wider)."""
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)
-    return "" if value is None else str(value)
+    return "" if value is None else visible(str(value))
 
 
 def _is_text_list(value: Any) -> bool:
@@ -181,7 +184,10 @@ def page(result: Any, as_json: bool) -> None:
     # list --conflicted`; `rgrid get --conflicts` explains each).
     conflicted = any(item.get("conflicts") for item in items)
     for column in ("registry", "id", "kind", "name", "tags", "updated_by", *(["conflicts"] if conflicted else [])):
-        table.add_column(column)
+        if column == "id":  # copied into the next command: folded in a narrow terminal, never cut with "…"
+            table.add_column(column, no_wrap=True, overflow="fold")
+        else:
+            table.add_column(column)
     for item in items:
         name = item["fields"].get("name") if isinstance(item.get("fields"), dict) else None
         row = [item["registry"], item["id"], item["kind"], _cell(name), ",".join(item["tags"]),
