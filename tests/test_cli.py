@@ -461,3 +461,33 @@ def test_rgrid_list_shows_each_record_id_whole_in_a_narrow_terminal(
     monkeypatch.setenv("COLUMNS", "80")
     listed = rgrid("list", "grid.clusters")
     assert listed.returncode == 0 and made.record_id in listed.stdout, listed.stdout
+
+
+def test_arguments_that_are_not_utf8_are_refused_naming_the_option_and_nothing_is_written(
+        rgrid: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    # A terminal set to Latin-1 sends bytes that are not UTF-8; Python hands
+    # them on as lone surrogates (here "\udcff": the byte 0xff on the
+    # command line). A put failed deep inside ("surrogates not allowed"),
+    # and a search crashed with a traceback from the index's tokenizer.
+    home = tmp_path / "home"
+    Home(home).init(org_name="acme")
+    grid = registrygrid.open(home)
+    try:
+        grid.put("grid.clusters", "cluster", {"name": "gpu"}, id="c1")
+    finally:
+        grid.close()
+    head = feed_head(home)
+    for args, named in [(("put", "grid.clusters", "cluster", "--set", "name=caf\udcff"), "--set name"),
+                        (("list", "grid.clusters", "--where", "name=caf\udcff"), "--where"),
+                        (("search", "caf\udcff"), "TEXT")]:
+        refused = rgrid(*args)
+        assert refused.returncode == EX_DATAERR, refused.stderr
+        assert f"error[malformed_input]: {named} is not UTF-8 text" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    # JSON may spell a lone surrogate as an escape: the query parser names where.
+    for query, path in [('{"text": "caf\\udcff"}', "query/text"),
+                        ('{"filter": {"name": "caf\\udcff"}}', "query/filter/name")]:
+        refused = rgrid("search", "--query", query)
+        assert refused.returncode == EX_DATAERR and f"{path}: character 3 is a lone surrogate" in refused.stderr, \
+            refused.stderr
+    assert feed_head(home) == head

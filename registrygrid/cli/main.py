@@ -31,6 +31,7 @@ from registrygrid.cli.values import (
     parse_value,
     parse_where,
     read_json_file,
+    typed_text,
 )
 from registrygrid.crdt.conflict_policy import NAMES as CONFLICT_RULES
 from registrygrid.errors import (
@@ -340,7 +341,7 @@ def search_body(*, text: str | None, query: str | None, wheres: Sequence[str], f
     if not isinstance(body, dict):
         raise ValidationError("--query must be a JSON object (the query language: `rgrid search --help`)")
     if text is not None:
-        body["text"] = text
+        body["text"] = typed_text(text, "TEXT")
     if mode is not None:
         body["mode"] = mode
     filters = [body["filter"]] if body.get("filter") is not None else []

@@ -188,10 +188,32 @@ def _error(path: str, message: str) -> ValidationError:
     return ValidationError(f"query{path or ''}: {message}", details=[{"path": path or "/", "message": message}])
 
 
+def _check_unicode(obj: Any) -> None:
+    """Refuse a string holding a lone surrogate, the path naming it. JSON
+    from the bridge never does (its decoder refuses them), but a query from
+    the SDK or from an argument that is not UTF-8 may, and the index's
+    tokenizer failed on one with UnicodeEncodeError."""
+    work: list[tuple[str, Any]] = [("", obj)]
+    while work:
+        path, value = work.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise _error(path, f"character {exc.start} is a lone surrogate, not Unicode text") from None
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                work.append((f"{path}/{key}", key))
+                work.append((f"{path}/{key}", item))
+        elif isinstance(value, (list, tuple)):
+            work.extend((f"{path}/{i}", item) for i, item in enumerate(value))
+
+
 def parse_query(obj: Any) -> Query:
     """A Query from its JSON form; ValidationError naming the bad part."""
     if not isinstance(obj, Mapping):
         raise _error("", "a query is a JSON object")
+    _check_unicode(obj)
     known = {"text", "mode", "filter", "registries", "sort", "facets", "limit", "cursor", "weights", "boosts",
              "explain", "federated"}
     for key in obj:
