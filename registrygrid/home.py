@@ -172,6 +172,14 @@ class OrgMembership:
 class Home:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else default_home()
+        try:
+            str(self.path).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # LMDB and the search index take UTF-8 paths only: the store
+            # failed to open with a traceback.
+            raise ValidationError(f"the home {str(self.path)!r} is not UTF-8 text (byte "
+                                  f"{ord(str(self.path)[exc.start]) - 0xDC00:#04x} at character {exc.start}); "
+                                  "choose a home whose path is") from None
         self._lock_fd: int | None = None
 
     @property

@@ -469,6 +469,7 @@ def test_arguments_that_are_not_utf8_are_refused_naming_the_option_and_nothing_i
     # them on as lone surrogates (here "\udcff": the byte 0xff on the
     # command line). A put failed deep inside ("surrogates not allowed"),
     # and a search crashed with a traceback from the index's tokenizer.
+    # Every command checks its text values before it runs.
     home = tmp_path / "home"
     Home(home).init(org_name="acme")
     grid = registrygrid.open(home)
@@ -477,17 +478,24 @@ def test_arguments_that_are_not_utf8_are_refused_naming_the_option_and_nothing_i
     finally:
         grid.close()
     head = feed_head(home)
-    for args, named in [(("put", "grid.clusters", "cluster", "--set", "name=caf\udcff"), "--set name"),
+    for args, named in [(("put", "grid.clusters", "cluster", "--set", "name=caf\udcff"), "--set"),
                         (("list", "grid.clusters", "--where", "name=caf\udcff"), "--where"),
-                        (("search", "caf\udcff"), "TEXT")]:
-        refused = rgrid(*args)
+                        (("search", "caf\udcff"), "TEXT"),
+                        (("registry", "create", "acme.models", "--kind", "model", "--description", "caf\udcff"),
+                         "--description")]:
+        refused = rgrid(*args, home=home)
         assert refused.returncode == EX_DATAERR, refused.stderr
         assert f"error[malformed_input]: {named} is not UTF-8 text" in refused.stderr
         assert "Traceback" not in refused.stderr
     # JSON may spell a lone surrogate as an escape: the query parser names where.
     for query, path in [('{"text": "caf\\udcff"}', "query/text"),
                         ('{"filter": {"name": "caf\\udcff"}}', "query/filter/name")]:
-        refused = rgrid("search", "--query", query)
+        refused = rgrid("search", "--query", query, home=home)
         assert refused.returncode == EX_DATAERR and f"{path}: character 3 is a lone surrogate" in refused.stderr, \
             refused.stderr
     assert feed_head(home) == head
+    # A home path may be any bytes to Linux, but LMDB and the search index
+    # take UTF-8 only: the store failed to open with a traceback.
+    elsewhere = rgrid("init", home=tmp_path / "home\udcff")
+    assert elsewhere.returncode == EX_DATAERR and "is not UTF-8 text (byte 0xff" in elsewhere.stderr, \
+        elsewhere.stderr

@@ -70,13 +70,40 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")(func)
 
 
+def _refuse_undecodable(command: click.Command, ctx: click.Context) -> None:
+    """Every text value of ``command`` must be UTF-8 (see typed_text); a
+    path need not be: Linux file names are bytes."""
+    for param in command.params:
+        if isinstance(param.type, (click.Path, click.File)) or param.name is None:
+            continue
+        value = ctx.params.get(param.name)
+        named = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, str):
+                typed_text(item, named)
+
+
+class TextCommand(click.Command):
+    """A command that refuses text values not typed in UTF-8 before it runs."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        _refuse_undecodable(self, ctx)
+        return super().invoke(ctx)
+
+
 class Cli(click.Group):
     """Turns RegistryError into a clean message and its exit code; and an
     OSError (a file or folder the command was given or writes: missing,
-    not permitted, full) into FileFailed, for it is no crash of rgrid."""
+    not permitted, full) into FileFailed, for it is no crash of rgrid.
+    Its commands and groups are of its kind: each refuses text that is not
+    UTF-8 (TextCommand)."""
+
+    command_class = TextCommand
+    group_class = type
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            _refuse_undecodable(self, ctx)
             return super().invoke(ctx)
         except RegistryError as exc:
             render.error(exc)
@@ -341,7 +368,7 @@ def search_body(*, text: str | None, query: str | None, wheres: Sequence[str], f
     if not isinstance(body, dict):
         raise ValidationError("--query must be a JSON object (the query language: `rgrid search --help`)")
     if text is not None:
-        body["text"] = typed_text(text, "TEXT")
+        body["text"] = text
     if mode is not None:
         body["mode"] = mode
     filters = [body["filter"]] if body.get("filter") is not None else []

@@ -26,8 +26,10 @@ def typed_text(text: str, where: str) -> str:
     """``text`` as typed on the command line, refused if it is not UTF-8.
 
     Python hands on the bytes of an argument that is not UTF-8 (a terminal
-    set to Latin-1) as lone surrogates, which no JSON encoder takes: the
-    write failed deep inside with "surrogates not allowed"."""
+    set to Latin-1) as lone surrogates, which no JSON or msgpack encoder
+    takes: a put failed deep inside with "surrogates not allowed", a search
+    crashed in the index's tokenizer, an org name went into org.json as a
+    surrogate escape."""
     for i, c in enumerate(text):
         if "\udc80" <= c <= "\udcff":
             raise MalformedInput(f"{where} is not UTF-8 text: character {i} is the byte {ord(c) - 0xDC00:#04x} "
@@ -39,7 +41,6 @@ def loads_json(text: str, where: str) -> Any:
     """``text`` as JSON; MalformedInput naming ``where`` when it is not, or
     when it nests deeper than Python's parser can follow (no record may nest
     past limits.MAX_NESTING anyway)."""
-    typed_text(text, where)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -93,7 +94,6 @@ def parse_assignments(assignments: list[str] | tuple[str, ...], base: Any) -> di
         path, sep, raw = assignment.partition("=")
         if not sep or not path:
             raise ValidationError(f"--set expects PATH=VALUE, got {assignment!r}")
-        typed_text(assignment, f"--set {path}")
         parts = path.split(".")
         target = base
         for part in parts[:-1]:
@@ -110,7 +110,6 @@ _OPS = {"=": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge", "~"
 
 
 def parse_where(text: str) -> tuple[str, str, Any]:
-    typed_text(text, "--where")
     match = _WHERE.match(text)
     if not match:
         raise ValidationError(f"bad filter {text!r}: expected PATH OP VALUE with OP one of = != < <= > >= ~")
