@@ -187,3 +187,21 @@ def test_token_ids_never_start_like_a_command_line_option(monkeypatch: pytest.Mo
     assert tokens.new_token_id() == "Aabcdefghijk"
     monkeypatch.undo()
     assert all(tokens.new_token_id()[0].isalnum() for _ in range(2000))
+
+
+@pytest.mark.parametrize("named", ["", "x" * 600, "short", "../../meta"])
+def test_a_token_id_not_made_here_names_no_token_and_is_never_an_lmdb_key(tmp_path: Path, named: str) -> None:
+    # `rgrid token revoke ''` crashed with LMDB's MDB_BAD_VALSIZE: an empty
+    # (or over 511-byte) key is no key at all to mdb_get.
+    from registrygrid.errors import NotFound
+    from registrygrid.storage import tokens
+
+    store = Store(tmp_path)
+    try:
+        made, _ = tokens.create(store, role="reader")
+        assert tokens.get(store, named) is None
+        with pytest.raises(NotFound, match="no token"):
+            tokens.revoke(store, named)
+        assert tokens.get(store, made.id) == made  # a real id is found as before
+    finally:
+        store.close()

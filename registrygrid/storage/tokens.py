@@ -38,6 +38,9 @@ _ID_BYTES = 9
 # 32 bytes = 256 bits of secret (see the module docstring).
 _SECRET_BYTES = 32
 _TOKEN = re.compile(r"^rgt_([A-Za-z0-9_-]{12})\.([A-Za-z0-9_-]{43})$")
+# A token id as made here: anything else names no token (and an empty or
+# long one is no LMDB key: mdb_get failed with MDB_BAD_VALSIZE).
+_ID = re.compile(r"[A-Za-z0-9_-]{12}")
 # A label for people and the audit log; short enough to stay readable there.
 MAX_NAME = 64
 NAME_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9 ._:@/+-]{{0,{MAX_NAME - 1}}}$"
@@ -148,6 +151,8 @@ def authenticate(store: Store, presented: str, *, at_ms: int | None = None) -> T
 
 
 def get(store: Store, token_id: str) -> Token | None:
+    if not _ID.fullmatch(token_id):
+        return None
     with store.read() as txn:
         raw = txn.get(token_id.encode(), db=store.db["tokens"])
     return None if raw is None else _decode(raw)[0]
@@ -161,6 +166,8 @@ def list_all(store: Store) -> list[Token]:
 
 def revoke(store: Store, token_id: str, *, at_ms: int | None = None) -> Token:
     """Mark a token revoked (kept, so the audit log's names stay resolvable)."""
+    if not _ID.fullmatch(token_id):
+        raise NotFound(f"no token {token_id!r}")
     key = token_id.encode()
 
     def mark(txn: Txn) -> Token:
