@@ -12,8 +12,12 @@ import json
 import os
 import struct
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+import pytest
 import trio
 from test_bridge_support import Served, start_served
 
@@ -171,13 +175,11 @@ async def test_checks_from_the_config_and_a_policy_record_decide_what_gets_in_an
     served.node.stop()
 
 
-async def test_a_bundles_url_is_fetched_only_from_allowed_hosts_redirects_included(
-        nursery: trio.Nursery, tmp_path: Path) -> None:
-    # An allowed host (or an open redirect on it) could send the node
-    # anywhere: before, urllib followed any redirect, so a bundle handed its
-    # requester the bytes of an address only the node reaches (a cloud's
-    # metadata service, its own bridge). Here "localhost" is allowed and
-    # 127.0.0.1, the same server under another name, is not.
+@contextmanager
+def _site(pages: dict[str, bytes], moves: Callable[[int], dict[str, str]] = lambda port: {}) -> Iterator[
+        tuple[int, list[str]]]:
+    """A real HTTP server on loopback: ``pages`` by path (404 for any other),
+    ``moves(port)`` redirects by path. Its port, and the paths asked of it."""
     import http.server
     import threading
 
@@ -186,33 +188,52 @@ async def test_a_bundles_url_is_fetched_only_from_allowed_hosts_redirects_includ
     class Site(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             asked.append(self.path)
-            port = self.server.server_address[1]
-            moves = {"/near": f"http://localhost:{port}/public", "/away": f"http://127.0.0.1:{port}/secret"}
-            if self.path in moves:
+            moved = moves(self.server.server_address[1])
+            if self.path in moved:
                 self.send_response(302)
-                self.send_header("Location", moves[self.path])
+                self.send_header("Location", moved[self.path])
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            body = b"secret bytes" if self.path == "/secret" else b"public bytes"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
+            body = pages.get(self.path)
+            self.send_response(404 if body is None else 200)
+            self.send_header("Content-Length", str(len(body or b"")))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(body or b"")
 
         def log_message(self, *args: object) -> None:
             pass
 
     site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Site)
     threading.Thread(target=site.serve_forever, daemon=True).start()
-    port = site.server_address[1]
     try:
-        home = Home(tmp_path / "home")
-        home.init(org_name="bundler")
-        config = json.loads((home.path / "config.json").read_text())
-        config["assets"] = {"bundle_hosts": ["localhost"]}
-        (home.path / "config.json").write_text(json.dumps(config))
-        served = await start_served(nursery, home.path)
+        yield site.server_address[1], asked
+    finally:
+        site.shutdown()
+        site.server_close()
+
+
+async def _bundler(nursery: trio.Nursery, tmp_path: Path) -> Served:
+    """A node that fetches bundle URLs of "localhost" only."""
+    home = Home(tmp_path / "home")
+    home.init(org_name="bundler")
+    config = json.loads((home.path / "config.json").read_text())
+    config["assets"] = {"bundle_hosts": ["localhost"]}
+    (home.path / "config.json").write_text(json.dumps(config))
+    return await start_served(nursery, home.path)
+
+
+async def test_a_bundles_url_is_fetched_only_from_allowed_hosts_redirects_included(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    # An allowed host (or an open redirect on it) could send the node
+    # anywhere: before, urllib followed any redirect, so a bundle handed its
+    # requester the bytes of an address only the node reaches (a cloud's
+    # metadata service, its own bridge). Here "localhost" is allowed and
+    # 127.0.0.1, the same server under another name, is not.
+    pages = {"/public": b"public bytes", "/secret": b"secret bytes"}
+    with _site(pages, lambda port: {"/near": f"http://localhost:{port}/public",
+                                    "/away": f"http://127.0.0.1:{port}/secret"}) as (port, asked):
+        served = await _bundler(nursery, tmp_path)
         async with served.client() as http_client:
             near = await http_client.post("/v1/bundles", json={"members": [
                 {"name": "public.txt", "url": f"http://localhost:{port}/near"}]})
@@ -224,6 +245,27 @@ async def test_a_bundles_url_is_fetched_only_from_allowed_hosts_redirects_includ
         assert near.status_code == 200
         assert zipfile.ZipFile(io.BytesIO(near.content)).read("public.txt") == b"public bytes"
         assert b"secret bytes" not in away and "/secret" not in asked, asked
-    finally:
-        site.shutdown()
-        site.server_close()
+
+
+async def test_a_bundle_whose_url_fails_midway_ends_with_the_connection_cut_never_an_answer_inside_it(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    # The archive is streamed: its headers are out before the second
+    # member's URL is asked. aiohttp wrote the error answer into the body
+    # under way ("HTTP/1.1 503 ..." as the archive's next bytes), ended it
+    # with a last chunk and kept the connection: a client read a "complete"
+    # archive with an HTTP answer inside it, or failed on broken chunk framing.
+    with _site({"/hello.txt": b"hello"}) as (port, _):
+        served = await _bundler(nursery, tmp_path)
+        received = b""
+        async with served.client() as http_client:
+            with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+                async with http_client.stream("POST", "/v1/bundles", json={"members": [
+                        {"name": "a.txt", "url": f"http://localhost:{port}/hello.txt"},
+                        {"name": "b.txt", "url": f"http://localhost:{port}/missing.txt"}]}) as streamed:
+                    assert streamed.status_code == 200  # sent before the failure was known
+                    async for chunk in streamed.aiter_raw():
+                        received += chunk
+            assert received.startswith(b"PK") and b"HTTP/1.1" not in received and b'"error"' not in received
+            metrics = (await http_client.get("/metrics")).text  # the node serves on, and counted it
+        assert 'rgrid_http_answers_cut_total{code="unavailable",route="/v1/bundles"} 1.0' in metrics
+        served.node.stop()

@@ -85,6 +85,7 @@ from registrygrid.node.bridge.errors import (
     error_body,
 )
 from registrygrid.node.bridge.metrics import BridgeMetrics
+from registrygrid.node.bridge.http_log import AnswerCut
 from registrygrid.node.bridge.streaming import (
     MAX_WAIT_S,
     TRACE_ID,
@@ -118,6 +119,9 @@ MAX_WHERE = openapi.MAX_WHERE
 # wrapper's own levels ({"fields": ...}, {"schema": {...}} of a kind).
 MAX_BODY_DEPTH = limits.MAX_NESTING + 4
 _TRACE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# The status of the answer whose headers went out (aiohttp's
+# on_response_prepare): from then on an error can only cut the connection.
+ANSWER_BEGUN = web.RequestKey("answer_begun", int)
 _WHERE_PATH = re.compile(openapi.WHERE_PATH)
 _TOKEN_ID = re.compile(r"^[A-Za-z0-9_-]{12}$")
 _DISPUTE_ID = re.compile(openapi.DISPUTE_ID["pattern"])
@@ -1207,12 +1211,34 @@ class Api:
         app = web.Application(middlewares=[self.middleware], client_max_size=self.max_body)
         app.add_routes(self.routes())
 
+        async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+            request[ANSWER_BEGUN] = response.status
+
+        app.on_response_prepare.append(on_response_prepare)
+
         async def on_shutdown(_: web.Application) -> None:
             self.state = "stopping"
             self.hub.close()  # ends every SSE/WebSocket/long-poll wait
 
         app.on_shutdown.append(on_shutdown)
         return app
+
+    def _cut(self, request: web.Request, route: str, status: int, exc: Exception, seconds: float) -> AnswerCut:
+        """A handler failed after its answer's headers went out (a download
+        whose store failed, a bundle whose URL was refused midway): no error
+        answer can follow them. The connection is closed instead, so the
+        client sees the body end early; the error is logged and counted."""
+        code = exc.code if isinstance(exc, RegistryError) else "internal_error"
+        trace_id = request.get(TRACE_ID, "")
+        if isinstance(exc, RegistryError):
+            log.warning("%s %s cut short after its answer began (trace %s): %s: %s", request.method, request.path,
+                        trace_id, code, exc.message)
+        else:
+            log.error("unexpected error after the answer to %s %s began (trace %s)", request.method, request.path,
+                      trace_id, exc_info=exc)
+        self.metrics.observe_request(route, request.method, status, seconds, code)
+        self.metrics.cut.labels(route, code).inc()
+        return AnswerCut(f"the answer to {request.method} {request.path} was cut short: {code}")
 
     @web.middleware
     async def middleware(self, request: web.Request,
@@ -1226,28 +1252,34 @@ class Api:
         code = ""
         try:
             response = await handler(request)
-        except RegistryError as exc:
-            code = exc.code
-            response = error_response(exc, trace_id, request.path)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            mapped = _from_http_exception(exc)
-            code = mapped.code
-            response = error_response(mapped, trace_id, request.path)
-            if exc.status == 405 and "Allow" in exc.headers:
-                response.headers["Allow"] = exc.headers["Allow"]
         except (asyncio.CancelledError, ConnectionResetError):
             raise  # the client went away (or the server stops): nobody to answer
-        except Exception:
-            log.exception("unexpected error answering %s %s (trace %s)", request.method, request.path, trace_id)
-            code = "internal_error"
-            response = error_response(InternalError("internal error; the node's log has the details under this "
-                                                    "trace id"), trace_id, request.path)
+        except Exception as exc:
+            begun = request.get(ANSWER_BEGUN)
+            if begun is not None:  # only the connection can still say it failed
+                raise self._cut(request, route, begun, exc, time.perf_counter() - started) from None
+            code, response = _error_answer(exc, request, trace_id)
         if not response.prepared:  # streams set it themselves before they prepare
             response.headers["X-Trace-Id"] = trace_id
         self.metrics.observe_request(route, request.method, response.status, time.perf_counter() - started, code)
         return response
+
+
+def _error_answer(exc: Exception, request: web.Request, trace_id: str) -> tuple[str, web.Response]:
+    """The JSON error answer for what a handler raised, and its code."""
+    if isinstance(exc, RegistryError):
+        return exc.code, error_response(exc, trace_id, request.path)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc  # a redirect: aiohttp sends it as it is
+        mapped = _from_http_exception(exc)
+        response = error_response(mapped, trace_id, request.path)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return mapped.code, response
+    log.error("unexpected error answering %s %s (trace %s)", request.method, request.path, trace_id, exc_info=exc)
+    return "internal_error", error_response(InternalError("internal error; the node's log has the details under "
+                                                          "this trace id"), trace_id, request.path)
 
 
 def _from_http_exception(exc: web.HTTPException) -> RegistryError:

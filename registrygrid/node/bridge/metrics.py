@@ -179,6 +179,9 @@ class BridgeMetrics:
                                ["status"], registry=r)
         self.malformed = Counter("rgrid_http_malformed_requests", "Requests the HTTP server could not parse "
                                  "(a bad request line, URL or header), answered 400 before any route.", registry=r)
+        self.cut = Counter("rgrid_http_answers_cut", "Answers that failed after their headers went out (a "
+                           "download, a bundle, a stream): the connection was closed, the body left short.",
+                           ["route", "code"], registry=r)
         self.throttled = Counter("rgrid_http_rate_limited", "Requests refused with 429 by a rate limit.", registry=r)
         self.upload_bytes = Counter("rgrid_asset_upload_bytes", "Bytes of upload parts stored.", registry=r)
         self.download_bytes = Counter("rgrid_asset_download_bytes", "Bytes of blobs sent.", registry=r)
