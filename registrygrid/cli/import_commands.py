@@ -21,8 +21,11 @@ import click
 from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend
 from registrygrid.cli.options import home_option, json_option
+from registrygrid.cli.values import check_writable
 from registrygrid.errors import EX_DATAERR
+from registrygrid.files import write_file
 from registrygrid.formats import importer
+from registrygrid.logs import one_line
 
 
 def register(cli: click.Group) -> None:
@@ -43,7 +46,7 @@ Examples:
         from registrygrid.formats import a2a
 
         keys = a2a.load_keys(read_json_file(keys_file)) if keys_file is not None else None
-        documents = list(importer.read_documents(path))
+        documents = importer.read_documents(path)
         with open_backend(home) as backend:
             report = _with_progress(backend, documents, keys, quiet=as_json)
         if as_json:
@@ -52,13 +55,15 @@ Examples:
             render.rows(report.table(), False, columns=["format", "documents", "created", "updated", "unchanged",
                                                         "invalid"], title=f"imported {len(documents)} documents")
             click.echo(f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged, "
-                       f"{len(report.invalid)} invalid")
+                       f"{report.invalid_count} invalid")
             for bad in report.invalid:
-                click.echo(render.visible(f"invalid: {bad['source']}: {bad['error']}: {bad['message'][:200]}"),
-                           err=True)
+                # One line each: a file name may hold a newline.
+                click.echo(one_line(f"invalid: {bad['source']}: {bad['error']}: {bad['message'][:200]}"), err=True)
                 for failing in bad["paths"]:
-                    click.echo(render.visible(f"  {failing['path'] or '/'}: {failing['message']}"), err=True)
-        if report.invalid:
+                    click.echo(one_line(f"  {failing['path'] or '/'}: {failing['message']}"), err=True)
+            if report.invalid_count > len(report.invalid):
+                click.echo(f"and {report.invalid_count - len(report.invalid)} more invalid documents", err=True)
+        if report.invalid_count:
             sys.exit(EX_DATAERR)
 
     @cli.command(name="export")
@@ -77,9 +82,11 @@ Examples:
             click.echo(json.dumps([doc for _, doc in exported], indent=1, ensure_ascii=False).translate(_C1))
             return
         out.mkdir(parents=True, exist_ok=True)
-        for record_id, doc in exported:
-            (out / f"{record_id}.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n",
-                                                   encoding="utf-8")
+        targets = [(out / f"{record_id}.json", doc) for record_id, doc in exported]
+        for target, _ in targets:  # a target no file can be written to: refused before any is written
+            check_writable(target)
+        for target, doc in targets:
+            write_file(target, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
         click.echo(f"wrote {len(exported)} documents to {out}")
 
 

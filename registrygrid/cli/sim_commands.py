@@ -27,6 +27,7 @@ import click
 from registrygrid.cli import render
 from registrygrid.cli.options import json_option
 from registrygrid.errors import FeatureUnavailable, NotFound
+from registrygrid.files import write_file
 from registrygrid.logs import LineFormatter
 from registrygrid.simulation import scenario as scenarios
 
@@ -129,7 +130,7 @@ Examples:
         with _node_logs_to(out / NODE_LOG) as logged:
             summary = _run_with_progress(simulate, spec, quiet=as_json)
         wall = time.perf_counter() - started
-        (out / "summary.json").write_text(json.dumps(summary, sort_keys=True, indent=1) + "\n", encoding="utf-8")
+        write_file(out / "summary.json", json.dumps(summary, sort_keys=True, indent=1) + "\n")
         drawn: list[str] = []
         if not no_plots:
             try:

@@ -44,7 +44,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, import_key
 
 from registrygrid.errors import ValidationError
-from registrygrid.protocol import names
+from registrygrid.formats.shape import listed, tags_with
 
 FORMAT = "a2a"
 KIND = "agent-card"
@@ -77,7 +77,10 @@ def address_of(card: Mapping[str, Any]) -> str | None:
 
 
 def record_id(card: Mapping[str, Any]) -> str:
-    key = address_of(card) or str(card.get("name"))
+    """A hash of the card's address; of its name, told apart, for a card
+    without one (a card named as another's address must not take its id)."""
+    address = address_of(card)
+    key = address if address else f"name\0{card.get('name')}"
     return "a2a-" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
@@ -88,12 +91,9 @@ def to_record(doc: Mapping[str, Any], *, keys: KeySet | None = None) -> tuple[st
     if missing:
         raise ValidationError("not an agent card: " + ", ".join(d["path"] for d in missing), details=missing)
     check = verify(card, keys)
-    tags = {"a2a", f"signature:{check.status}"}
-    for skill in card.get("skills") or ():
-        for tag in (skill.get("tags") or ()) if isinstance(skill, Mapping) else ():
-            if isinstance(tag, str) and names.TAG.fullmatch(tag):
-                tags.add(tag)
-    return record_id(card), card, sorted(tags)[:64]
+    content = [tag for i, skill in enumerate(listed(card, "skills", "/skills")) if isinstance(skill, Mapping)
+               for tag in listed(skill, "tags", f"/skills/{i}/tags")]
+    return record_id(card), card, tags_with(["a2a", f"signature:{check.status}"], content)
 
 
 def from_record(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -27,16 +27,19 @@ its own registry too.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from registrygrid.errors import ValidationError
+from registrygrid.formats.shape import listed, tags_with
 from registrygrid.protocol import names
 
 FORMAT = "ai-catalog"
 KIND = "ai-catalog-entry"
 REGISTRY = "grid.ai-catalog-entries"
 CATALOG_MEMBERS = ("specVersion", "host", "collections")
+_HASHED = re.compile(r"aic-[0-9a-f]{40}")
 
 
 def looks_like(doc: Any) -> bool:
@@ -44,7 +47,9 @@ def looks_like(doc: Any) -> bool:
 
 
 def record_id(identifier: str) -> str:
-    if names.RECORD_ID.fullmatch(identifier):
+    # An identifier shaped like a hashed id is hashed too: taken as it is,
+    # it would be another entry's id, and its import would overwrite that one.
+    if names.RECORD_ID.fullmatch(identifier) and not _HASHED.fullmatch(identifier):
         return identifier
     return "aic-" + hashlib.sha256(identifier.encode()).hexdigest()[:40]
 
@@ -64,12 +69,10 @@ def to_records(doc: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], list[s
             raise ValidationError(f"entry {i} repeats identifier {identifier!r}",
                                   details=[{"path": f"/entries/{i}/identifier", "message": "already listed"}])
         seen.add(identifier)
-        tags = {"ai-catalog"}
-        for member in ("tags", "capabilities"):
-            for tag in entry.get(member) or ():
-                if isinstance(tag, str) and names.TAG.fullmatch(tag):
-                    tags.add(tag)
-        out.append((record_id(identifier), {"entry": dict(entry), "catalog": catalog}, sorted(tags)[:64]))
+        content = [tag for member in ("tags", "capabilities")
+                   for tag in listed(entry, member, f"/entries/{i}/{member}")]
+        out.append((record_id(identifier), {"entry": dict(entry), "catalog": catalog},
+                    tags_with(["ai-catalog"], content)))
     return out
 
 

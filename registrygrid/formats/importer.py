@@ -19,13 +19,14 @@ No trio, no network of its own: the CLI (cli/import_commands.py) drives it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from registrygrid.engine.ops import Put
-from registrygrid.errors import MalformedInput, NotFound, RegistryError, ValidationError
+from registrygrid.engine.values import canonical
+from registrygrid.errors import MalformedInput, NotFound, RegistryError, TooLarge, ValidationError
 from registrygrid.files import read_bounded
 from registrygrid.formats import a2a, ai_catalog, mcp, oasf
 
@@ -37,6 +38,12 @@ FORMATS = {ai_catalog.FORMAT: ai_catalog, a2a.FORMAT: a2a, mcp.FORMAT: mcp, oasf
 BATCH = 2000
 # A document file this large is not a registry document (server.json is KiBs).
 MAX_FILE_BYTES = 64 * 2**20
+# Documents one import takes: each costs ~1-3 KB while it runs, whatever its
+# size, so a 2 MB file of a million zeros held gigabytes. (The MCP Registry
+# lists a few thousand servers: a whole dump fits many times over.)
+MAX_DOCUMENTS = 200_000
+# Invalid documents the report names one by one; the count covers them all.
+MAX_REPORTED = 1_000
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,9 @@ class Report:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
-    invalid: list[dict[str, Any]] = field(default_factory=list)  # {source, error, paths: [{path, message}]}
+    # {source, error, paths: [{path, message}]}, the first MAX_REPORTED of them
+    invalid: list[dict[str, Any]] = field(default_factory=list)
+    invalid_count: int = 0
     by_format: dict[str, int] = field(default_factory=dict)
     # format -> outcome (created, updated, unchanged, invalid) -> records
     outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -66,12 +75,23 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {"created": self.created, "updated": self.updated, "unchanged": self.unchanged,
-                "invalid": len(self.invalid), "by_format": self.by_format, "formats": self.table(),
-                "errors": self.invalid}
+                "invalid": self.invalid_count, "by_format": self.by_format, "formats": self.table(),
+                "errors": self.invalid, "errors_left_out": self.invalid_count - len(self.invalid)}
 
 
-def read_documents(path: Path) -> Iterator[Document]:
-    """Every document in ``path`` (a .json file, or a directory's .json files, in name order)."""
+def read_documents(path: Path) -> list[Document]:
+    """Every document in ``path`` (a .json file, or a directory's .json
+    files, in name order); TooLarge past MAX_DOCUMENTS, before any is
+    imported."""
+    documents = []
+    for document in _documents_in(path):
+        documents.append(document)
+        if len(documents) > MAX_DOCUMENTS:
+            raise TooLarge(f"{path} holds more than {MAX_DOCUMENTS} documents: import it in parts")
+    return documents
+
+
+def _documents_in(path: Path) -> Iterator[Document]:
     files = sorted(p for p in path.rglob("*.json") if p.is_file()) if path.is_dir() else [path]
     if not files:
         raise NotFound(f"no .json files in {path}")
@@ -104,9 +124,11 @@ class Importer:
         self.backend = backend
         self.options: dict[str, dict[str, Any]] = {a2a.FORMAT: {"keys": keys}}
         self._pending: list[tuple[Document, str, str, str, dict[str, Any], list[str]]] = []
+        self._taken: dict[tuple[str, str], str] = {}  # (registry, record id) -> the source that made it
 
-    def run(self, documents: Iterator[Document], *, progress: Callable[[int], None] | None = None) -> Report:
+    def run(self, documents: Iterable[Document], *, progress: Callable[[int], None] | None = None) -> Report:
         report = Report()
+        self._taken.clear()
         for n, document in enumerate(documents, 1):
             self._take(document, report)
             if len(self._pending) >= BATCH:
@@ -136,7 +158,24 @@ class Importer:
         except RegistryError as exc:
             self._invalid(report, document, exc, name)
             return
+        except (TypeError, AttributeError, KeyError, ValueError) as exc:
+            # A member of a shape the converter did not expect (each checks
+            # what it reads: shape.listed); the document is refused, never
+            # the import with the valid ones beside it.
+            self._invalid(report, document, ValidationError(f"not a {name} document this importer can read: {exc}"),
+                          name)
+            return
         for record_id, fields, tags in made:
+            # The same record twice in one import: the first stands, the
+            # others are reported, the same way on every run (both were
+            # created in one batch, the second refused as existing; then
+            # each run flipped the record between them).
+            earlier = self._taken.setdefault((module.REGISTRY, record_id), document.source)
+            if earlier != document.source:
+                self._invalid(report, document, ValidationError(
+                    f"record {record_id} is made by {earlier} already in this import",
+                    details=[{"path": "/", "message": f"the same record as {earlier}"}]), name)
+                continue
             self._pending.append((document, name, module.REGISTRY, record_id, fields, tags))
 
     def _flush(self, report: Report) -> None:
@@ -149,7 +188,9 @@ class Importer:
                 kind = next(m.KIND for m in FORMATS.values() if m.REGISTRY == registry)
                 creates.append((document, fmt, Put(registry, kind, fields, record_id=record_id, tags=tags)))
                 continue
-            if existing["fields"] == fields and sorted(existing["tags"]) == tags:
+            # Compared as encoded: Python's == takes 1 for true, 2 for 2.0
+            # and 0.0 for -0.0, and a change between them went unwritten.
+            if canonical(existing["fields"]) == canonical(fields) and sorted(existing["tags"]) == tags:
                 report.unchanged += 1
                 report.count(fmt, "unchanged")
                 continue
@@ -181,6 +222,9 @@ class Importer:
     @staticmethod
     def _invalid(report: Report, document: Document, error: RegistryError, fmt: str) -> None:
         report.count(fmt, "invalid")
+        report.invalid_count += 1
+        if len(report.invalid) >= MAX_REPORTED:
+            return
         details = error.details if isinstance(error.details, list) else []
         paths = [{"path": d.get("path", "/"), "message": d.get("message", "")} for d in details
                  if isinstance(d, Mapping)]

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from registrygrid.errors import ValidationError
+from registrygrid.formats.shape import listed, tags_with
 from registrygrid.protocol import names
 
 FORMAT = "mcp"
@@ -69,7 +70,10 @@ def unwrap(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def record_id(name: str, version: str) -> str:
     readable = f"{name.replace('/', '~')}@{version}"
-    if names.RECORD_ID.fullmatch(readable):
+    # Readable only when it reads back one way: a "~" or "@" in the name
+    # (or "@" in the version) would let two servers share an id, the
+    # second import overwriting the first.
+    if names.RECORD_ID.fullmatch(readable) and not {"~", "@"} & set(name) and "@" not in version:
         return readable
     return "mcp-" + hashlib.sha256(f"{name}\0{version}".encode()).hexdigest()[:40]
 
@@ -87,16 +91,12 @@ def to_record(doc: Mapping[str, Any]) -> tuple[str, dict[str, Any], list[str]]:
 
 
 def tags_of(server: Mapping[str, Any]) -> list[str]:
-    tags = {"mcp"}
-    for package in server.get("packages") or ():
+    found: list[Any] = []
+    for package in listed(server, "packages", "/packages"):
         if isinstance(package, Mapping):
-            for value in (package.get("registryType"), (package.get("transport") or {}).get("type")
-                          if isinstance(package.get("transport"), Mapping) else None):
-                if isinstance(value, str) and names.TAG.fullmatch(value):
-                    tags.add(value)
-    if server.get("remotes"):
-        tags.add("remote")
-    return sorted(tags)
+            transport = package.get("transport")
+            found += [package.get("registryType"), transport.get("type") if isinstance(transport, Mapping) else None]
+    return tags_with(["mcp", *(["remote"] if server.get("remotes") else [])], found)
 
 
 def from_record(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from registrygrid.errors import ValidationError
+from registrygrid.formats.shape import listed, tags_with
 from registrygrid.protocol import names
 
 FORMAT = "oasf"
@@ -37,7 +38,9 @@ def looks_like(doc: Any) -> bool:
 
 def record_id(name: str, version: str) -> str:
     readable = f"{name}@{version}"
-    if names.RECORD_ID.fullmatch(readable):
+    # Readable only when it splits back one way: "summ@v1" version "2" and
+    # "summ" version "v1@2" would share an id, the second overwriting the first.
+    if names.RECORD_ID.fullmatch(readable) and "@" not in name:
         return readable
     return "oasf-" + hashlib.sha256(f"{name}\0{version}".encode()).hexdigest()[:40]
 
@@ -49,13 +52,9 @@ def to_record(doc: Mapping[str, Any]) -> tuple[str, dict[str, Any], list[str]]:
         details = [{"path": f"/{k}", "message": f"{k} is required, a string"} for k in ("name", "version")
                    if not isinstance(record.get(k), str) or not record.get(k)]
         raise ValidationError("not an OASF record: name and version are required", details=details)
-    tags = {"oasf"}
-    for member in ("skills", "domains"):
-        for entry in record.get(member) or ():
-            label = entry.get("name") if isinstance(entry, Mapping) else None
-            if isinstance(label, str) and names.TAG.fullmatch(label):
-                tags.add(label)
-    return record_id(name, version), record, sorted(tags)[:64]
+    labels = [entry.get("name") for member in ("skills", "domains")
+              for entry in listed(record, member, f"/{member}") if isinstance(entry, Mapping)]
+    return record_id(name, version), record, tags_with(["oasf"], labels)
 
 
 def from_record(record: Mapping[str, Any]) -> dict[str, Any]:
