@@ -205,3 +205,15 @@ def test_a_home_file_cut_short_or_edited_badly_is_a_clear_error_not_a_traceback(
         org_file.write_text(good_org)
         config.write_text(good_config)
     assert ok_json(rgrid, "org", "show", home=home)["status"] == "valid"
+
+
+def test_org_show_in_a_home_that_made_a_federation_lists_the_orgs_own_statements(rgrid: Run, tmp_path: Path) -> None:
+    # grid.members holds the federation's genesis too, which has no "org"
+    # member: `rgrid org show` failed with a KeyError traceback.
+    home = tmp_path / "home"
+    created = ok_json(rgrid, "init", "--org-name", "acme", home=home)
+    ok_json(rgrid, "federation", "create", "acme-grid", home=home)
+    shown = rgrid("org", "show", "--json", home=home)
+    assert shown.returncode == 0, shown.stderr
+    assert [(s["kind"], s["subject"]) for s in json.loads(shown.stdout)["statements"]] == [
+        ("delegation", created["node"])]

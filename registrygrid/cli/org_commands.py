@@ -75,12 +75,18 @@ def register(cli: click.Group) -> None:
         claims = membership.delegation.claims
         now = time.time()
         status = "valid" if claims.not_before <= now < claims.expires else "EXPIRED: run `rgrid org renew`"
+        # The org's own statements about its keys: grid.members also holds
+        # the federation's genesis and other orgs' statements (with no
+        # "org" member in the genesis: `org show` failed with a KeyError in
+        # every home that had made a federation), and every page of them.
         with open_backend(home_obj.path) as backend:
-            statements = backend.list(MEMBERS_REGISTRY, limit=1000).items
+            statements = [s for kind in ("delegation", "revocation")
+                          for s in backend.iter_all(MEMBERS_REGISTRY, kind=kind)
+                          if s["fields"].get("org") == membership.org]
         rows = [{"kind": s["kind"], "subject": s["fields"]["subject"],
                  "roles": ",".join(s["fields"].get("roles", [])),
                  "until": _when(s["fields"]["expires"]) if "expires" in s["fields"] else "revoked",
-                 "id": s["id"]} for s in statements if s["fields"]["org"] == membership.org]
+                 "id": s["id"]} for s in sorted(statements, key=lambda s: s["id"])]
         if as_json:
             click.echo(json.dumps({"org": membership.org, "name": membership.name, "node": claims.subject,
                                    "roles": list(claims.roles), "expires": claims.expires, "status": status,
