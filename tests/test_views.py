@@ -293,7 +293,10 @@ async def test_forged_page_cursors_are_refused_and_unknown_event_ids_get_the_who
             for cursor in ("%%%", "bm90IGpzb24", "WyJhIiwgMV0", "WzEsIDIsIDNd", "x" * 2000, deep):
                 r = await client.get("/v1/views/priced", params={"cursor": cursor})
                 assert r.status_code == 422, (cursor, r.text)
-            for after in ("", "nope", "x.y", "00000000.99999999999999999999", "." * 64):
+            generation = (await client.get("/v1/views/priced/events")).json()["last_id"].partition(".")[0]
+            # A digit to str.isdigit(), not to int(): a 500 before.
+            for after in ("", "nope", "x.y", "00000000.99999999999999999999", "." * 64, f"{generation}.²",
+                          f"{generation}.①"):
                 r = await client.get("/v1/views/priced/events", params={"after": after})
                 assert r.status_code == 200 and r.json()["reset"]["members"][0]["id"] == "c1", (after, r.text)
             r = await client.get("/v1/views/priced/events", params={"after": "x" * 65})
@@ -355,6 +358,14 @@ async def test_a_reader_cannot_write_views_and_a_scoped_token_sees_its_registry_
             assert {i["id"] for i in (await reflected(client, "v", seq))["items"]} == {"a", "b"}
             r = await sc.get("/v1/views/v")
             assert [(i["registry"], i["id"]) for i in r.json()["items"]] == [(OTHER, "b")]
+            # Its events too: before, they named every registry's members and changes.
+            events = (await sc.get("/v1/views/v/events")).json()
+            assert [(m["registry"], m["id"]) for m in events["reset"]["members"]] == [(OTHER, "b")]
+            seq = await write(client, "create", REGISTRY, "c", {"name": "c", "region": "eu-west"})
+            seq = await write(client, "create", OTHER, "d", {"name": "d", "region": "eu-west"})
+            await reflected(client, "v", seq)
+            later = (await sc.get("/v1/views/v/events", params={"after": events["last_id"]})).json()
+            assert [(e["registry"], e["id"]) for e in later["events"]] == [(OTHER, "d")], later
 
 
 # ---------------------------------------------------------------- restart

@@ -115,9 +115,11 @@ class SearchService:
                   registries: tuple[str, ...] | None = None) -> dict[str, Any]:
         return self._views().show(name, limit=limit, cursor=cursor, registries=registries)
 
-    def view_changes(self, name: str, after: str | None) -> dict[str, Any] | None:
-        """Events after ``after`` or the whole member list (Views.changes); None while it is being materialized."""
-        return self._views().changes(name, after)
+    def view_changes(self, name: str, after: str | None, *,
+                     registries: tuple[str, ...] | None = None) -> dict[str, Any] | None:
+        """Events after ``after`` or the whole member list (Views.changes), of
+        ``registries`` only if given; None while it is being materialized."""
+        return self._views().changes(name, after, registries=registries)
 
     def view_subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """``callback()`` after each views refresh that changed something, on

@@ -47,6 +47,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import secrets
 import threading
 from collections import deque
@@ -65,6 +66,7 @@ from registrygrid.search.index import NOT_INDEXED, SearchIndex, doc_key, kid_of
 log = logging.getLogger(__name__)
 
 VIEWS_REGISTRY = "grid.views"
+_EVENT_NUMBER = re.compile(r"[0-9]{1,20}")
 VIEW_KIND = "view"
 STATE_VERSION = 1
 # See the module docstring for where these come from.
@@ -595,13 +597,16 @@ class Views:
                   "sort_value": i["score"] if relevance else i.get("sort_value")} for i in found["items"]]
         return {"items": items, "total": found["total"], "next_cursor": found["next_cursor"]}
 
-    def changes(self, name: str, after: str | None) -> dict[str, Any] | None:
+    def changes(self, name: str, after: str | None, *,
+                registries: tuple[str, ...] | None = None) -> dict[str, Any] | None:
         """The view's events after event id ``after`` ("<generation>.<n>"):
         {events, reset, last_id}; ``reset`` is the whole member list (and
         ``events`` empty) when ``after`` is missing, of another generation,
         older than the ring, or before a reset. None while the view waits
         for its first refresh here. NotFound: no such view; Conflict: this
-        node does not materialize it (it answers it live)."""
+        node does not materialize it (it answers it live). ``registries``
+        narrows events and members, as ``show`` does for a token limited
+        to one registry (event ids and ``last_id`` stay the view's own)."""
         definition = Definition.of(self.registry.get(VIEWS_REGISTRY, name))
         state = self._current(definition)
         if state is None:
@@ -621,12 +626,17 @@ class Views:
         head = f"{generation}.{n}"
         gen, _, number = (after or "").partition(".")
         floor = n - len(ring)
-        if gen == generation and number.isdigit() and floor <= int(number) <= n:
+        # ASCII digits only: "²" is a digit to str.isdigit() but not to int().
+        if gen == generation and _EVENT_NUMBER.fullmatch(number) and floor <= int(number) <= n:
             events = ring[int(number) - floor:]
             if all(e.type != "reset" for e in events):
-                return {"events": [e.to_dict(generation) for e in events], "reset": None, "last_id": head}
+                return {"events": [e.to_dict(generation) for e in events
+                                   if registries is None or e.registry in registries],
+                        "reset": None, "last_id": head}
         return {"events": [], "reset": {"members": [{"registry": m.registry, "id": m.id, "sort_value": m.value}
-                                                    for m in ordered], "through": cursor},
+                                                    for m in ordered
+                                                    if registries is None or m.registry in registries],
+                                        "through": cursor},
                 "last_id": head}
 
 

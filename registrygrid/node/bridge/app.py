@@ -1085,13 +1085,16 @@ class Api:
         if after is not None and len(after) > 64:
             raise ValidationError("after: an event id (GENERATION.N) is at most 64 characters",
                                   details=[{"path": "query:after", "message": "too long"}])
-        first = service.view_changes(name, after)  # NotFound, Conflict before any stream starts
+        # A token limited to one registry follows that registry's members
+        # only, as GET /v1/views/{name} shows them (it read every registry's).
+        scope = (token.registry,) if token.registry is not None else None
+        first = service.view_changes(name, after, registries=scope)  # NotFound, Conflict before any stream starts
         if "text/event-stream" in request.headers.get("Accept", ""):
             self.read_note(token, target, f"view events (sse) after {after or 'the start'}")
 
             def serve(req: web.Request, _reader: Any, hub: FeedHub, _since: Any) -> Awaitable[web.StreamResponse]:
-                return serve_view_sse(req, lambda last: service.view_changes(name, last), service.view_subscribe,
-                                      hub, after)
+                return serve_view_sse(req, lambda last: service.view_changes(name, last, registries=scope),
+                                      service.view_subscribe, hub, after)
 
             return await self._stream(request, "sse", serve, None, 0)
         if first is None:
