@@ -14,6 +14,7 @@ import re
 import zipfile
 from pathlib import Path
 
+import pytest
 import trio
 from test_bridge_support import Served, make_token
 
@@ -428,3 +429,86 @@ async def test_a_blob_whose_bytes_are_gone_from_the_store_answers_404_not_a_cut_
         ranged = await http.get(f"/v1/blobs/{cid}", headers={"Range": "bytes=10-19"})
     for answer in (whole, ranged):
         assert answer.status_code == 404 and answer.json()["error"]["code"] == "blob_missing"
+
+
+async def _raw_get(served: Served, path: str) -> trio.socket.SocketType:
+    """A GET sent on a socket that reads only when told, with a small
+    receive buffer: the node's writes back up fast."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(served.url)
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((where.hostname, where.port))
+    auth = served.headers()["Authorization"]
+    await sock.send(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n".encode())
+    return sock
+
+
+async def _metrics(served: Served) -> str:
+    async with served.client() as http:
+        return (await http.get("/metrics")).text
+
+
+async def test_a_download_whose_client_stops_reading_is_cut_after_the_write_timeout(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It held its ~2 MB of queued bytes and its connection for as long as
+    # the client stayed connected: 150 such clients held 400 MB.
+    from registrygrid.node.bridge import streaming
+
+    monkeypatch.setattr(streaming, "WRITE_TIMEOUT_S", 1.0)
+    data = os.urandom(24 * PART)
+    cid = (await upload(served, data))["cid"]
+    with trio.fail_after(40):
+        sock = await _raw_get(served, f"/v1/blobs/{cid}")
+        cut = 'rgrid_http_answers_cut_total{code="slow_client",route="/v1/blobs/{cid}"} 1.0'
+        while cut not in await _metrics(served):
+            await trio.sleep(0.2)
+        received = 0
+        try:
+            while chunk := await sock.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+        sock.close()
+        assert received < len(data)  # the connection was closed under it
+        async with served.client() as http:  # and the node serves on
+            assert (await http.get(f"/v1/blobs/{cid}")).content == data
+
+
+async def test_a_client_that_goes_away_mid_download_is_no_error_in_the_log_or_the_metrics(
+        served: Served) -> None:
+    # aiohttp says so as a plain ConnectionError("Connection lost") while a
+    # write waits for the socket: it was logged as an unexpected error with
+    # a traceback and counted as internal_error; the other forms of it were
+    # logged at ERROR by aiohttp, one traceback a client.
+    import logging
+    import socket
+    import struct
+
+    class Seen(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    seen = Seen()
+    package = logging.getLogger("registrygrid")
+    package.addHandler(seen)
+    try:
+        cid = (await upload(served, os.urandom(24 * PART)))["cid"]
+        with trio.fail_after(30):
+            for _ in range(3):
+                sock = await _raw_get(served, f"/v1/blobs/{cid}")
+                await sock.recv(4096)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
+                sock.close()
+            await trio.sleep(1.5)  # the node's writes fail meanwhile
+            metrics = await _metrics(served)
+    finally:
+        package.removeHandler(seen)
+    assert [r.getMessage() for r in seen.records] == []
+    assert 'code="internal_error"' not in metrics

@@ -91,6 +91,7 @@ from registrygrid.node.bridge.streaming import (
     TRACE_ID,
     FeedHub,
     FeedReader,
+    SlowClient,
     long_poll,
     serve_sse,
     serve_view_sse,
@@ -1255,8 +1256,18 @@ class Api:
         code = ""
         try:
             response = await handler(request)
-        except (asyncio.CancelledError, ConnectionResetError):
-            raise  # the client went away (or the server stops): nobody to answer
+        except SlowClient as exc:  # it stopped reading: its connection is closed
+            log.info("%s %s: %s (trace %s)", request.method, request.path, exc, trace_id)
+            self.metrics.observe_request(route, request.method, request.get(ANSWER_BEGUN, 200),
+                                         time.perf_counter() - started, "slow_client")
+            self.metrics.cut.labels(route, "slow_client").inc()
+            raise
+        except (asyncio.CancelledError, ConnectionError):
+            # The client went away (or the server stops): nobody to answer.
+            # (aiohttp says so as ConnectionResetError, its own subclass of
+            # it, or a plain ConnectionError("Connection lost") while a
+            # write waits for the socket: the last was taken for a crash.)
+            raise
         except Exception as exc:
             begun = request.get(ANSWER_BEGUN)
             if begun is not None:  # only the connection can still say it failed

@@ -61,7 +61,7 @@ from registrygrid.errors import (
 from registrygrid.node.bridge.app import json_response
 from registrygrid.node.bridge.auth import ADMIN, READ, WRITE
 from registrygrid.node.bridge.conditional import not_modified
-from registrygrid.node.bridge.streaming import TRACE_ID
+from registrygrid.node.bridge.streaming import TRACE_ID, send
 from registrygrid.storage.blobs import BlobEntry, UploadSession
 
 if TYPE_CHECKING:
@@ -322,8 +322,8 @@ class AssetRoutes:
                 await self._thread(_close, chunks)
             raise
         if chunks is not None:
-            await self._pump(response, chunks)
-        await response.write_eof()
+            await self._pump(request, response, chunks)
+        await send(request, response.write_eof())
         return response
 
     async def _stream_multipart(self, request: web.Request, cid: bytes, ranges: list[tuple[int, int]],
@@ -339,14 +339,14 @@ class AssetRoutes:
         await response.prepare(request)
         if request.method != "HEAD":
             for head, (start, end) in zip(heads, ranges, strict=True):
-                await response.write(head)
-                await self._pump(response, await self._thread(
+                await send(request, response.write(head))
+                await self._pump(request, response, await self._thread(
                     lambda s=start, e=end: self.assets.blobs.read(cid, start=s, end=e)))  # see _stream
-            await response.write(tail)
-        await response.write_eof()
+            await send(request, response.write(tail))
+        await send(request, response.write_eof())
         return response
 
-    async def _pump(self, response: web.StreamResponse, chunks: Iterator[bytes]) -> None:
+    async def _pump(self, request: web.Request, response: web.StreamResponse, chunks: Iterator[bytes]) -> None:
         # One thread hop a chunk (1 MiB): reading the next chunk while this
         # one is written (two held) was tried and not kept: on the 2-core VM
         # S3 downloads to a discarding client ran 545-708 MB/s with it and
@@ -357,7 +357,10 @@ class AssetRoutes:
                 chunk = await loop.run_in_executor(None, next, chunks, None)
                 if chunk is None:
                     return
-                await response.write(chunk)  # waits for the socket to drain: the backpressure
+                # Waits for the socket to drain (the backpressure), at most
+                # streaming.WRITE_TIMEOUT_S: a client that stopped reading
+                # held its download and ~2 MB of queued bytes for good.
+                await send(request, response.write(chunk))
                 self.api.metrics.download_bytes.inc(len(chunk))
         finally:
             await loop.run_in_executor(None, _close, chunks)
@@ -383,8 +386,8 @@ class AssetRoutes:
         response.content_length = entry.size
         await response.prepare(request)
         if request.method != "HEAD":
-            await self._pump(response, chunks)
-        await response.write_eof()
+            await self._pump(request, response, chunks)
+        await send(request, response.write_eof())
         return response
 
     async def bundle(self, request: web.Request) -> web.StreamResponse:
@@ -405,8 +408,8 @@ class AssetRoutes:
         response = web.StreamResponse(headers={**headers, **_trace(request)})
         response.content_type = "application/zip"
         await response.prepare(request)  # chunked: the size is known only at the end
-        await self._pump(response, plan.chunks(self.assets.blobs))
-        await response.write_eof()
+        await self._pump(request, response, plan.chunks(self.assets.blobs))
+        await send(request, response.write_eof())
         return response
 
     async def fetch_blob(self, request: web.Request) -> web.Response:

@@ -14,7 +14,9 @@ An answer that fails after its headers went out (a blob store failing in
 the middle of a download, a bundle's URL refused) can get no error answer:
 the app raises ``AnswerCut`` and aiohttp closes the connection, so the
 client sees the body end early. The app logged and counted it already; what
-aiohttp logs of it goes to DEBUG.
+aiohttp logs of it goes to DEBUG, as for any ConnectionError (a client
+gone mid-answer, one cut for taking nothing: streaming.SlowClient), which
+aiohttp logged at ERROR with a traceback each.
 
     web.AppRunner(app, logger=ServerLog(on_malformed=metrics.malformed.inc))
 """
@@ -47,9 +49,9 @@ class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info")
-        if isinstance(exc, AnswerCut):
+        if isinstance(exc, ConnectionError):  # AnswerCut, a slow client cut, a client gone: no crash
             kwargs.pop("exc_info")
-            level, msg = logging.DEBUG, f"{msg}: {exc}".replace("%", "%%")
+            level, msg = logging.DEBUG, f"{msg}: {type(exc).__name__}: {exc}".replace("%", "%%")
         elif isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
             self.on_malformed()
             kwargs.pop("exc_info")

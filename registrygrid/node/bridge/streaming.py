@@ -17,6 +17,12 @@ the events it had not acknowledged again (at-least-once).
 A saved view's changes (search/views.py) stream over SSE the same way
 (``serve_view_sse``): the views' refresh wakes the streams, and the cursor
 is the view's own event id.
+
+Every write of a stream (and of a download, asset_routes.py) goes through
+``send``: a client that takes nothing for ``WRITE_TIMEOUT_S`` has its
+connection closed, so a client that stopped reading holds neither a stream
+slot nor the bytes queued for it for longer. A client that goes away is an
+ordinary end of its stream (``ConnectionError``, whatever aiohttp calls it).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +63,28 @@ HEARTBEAT_S = 15.0
 SSE_RETRY_MS = 1000
 # Events per feed read while streaming: bounds the memory one slow stream holds.
 STREAM_BATCH = 500
+# A write whose bytes the client takes none of for this long ends its
+# answer (connection closed): a client that stopped reading held its stream
+# slot and the bytes queued for it (~2 MB a download) for as long as it
+# stayed connected, and 20 of them shut every other stream out. 60 s passes
+# a 1 MiB download chunk at ~17 KB/s.
+WRITE_TIMEOUT_S = 60.0
+
+
+class SlowClient(ConnectionResetError):
+    """The client took nothing of a write for WRITE_TIMEOUT_S: its connection was closed."""
+
+
+async def send(request: web.Request, write: Awaitable[None]) -> None:
+    """``await write`` (a response's or a WebSocket's): SlowClient, with the
+    connection closed, if the client does not take the bytes in time."""
+    try:
+        await asyncio.wait_for(write, WRITE_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        transport = request.transport
+        if transport is not None:
+            transport.abort()  # drops what is queued for it: the memory and the slot go now
+        raise SlowClient(f"the client took nothing for {WRITE_TIMEOUT_S:g} s; its connection was closed") from None
 
 
 class FeedHub:
@@ -142,16 +170,18 @@ async def serve_sse(request: web.Request, reader: FeedReader, hub: FeedHub, sinc
     })
     await response.prepare(request)
     try:
-        await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
+        await send(request, response.write(b"retry: %d\n\n" % SSE_RETRY_MS))
         cursor = since
         while not hub.closing:
             events, cursor = reader.next(cursor, STREAM_BATCH)
             if events:
-                await response.write(b"".join(sse_frame(e) for e in events))
+                await send(request, response.write(b"".join(sse_frame(e) for e in events)))
                 continue
             if not await hub.wait_beyond(cursor, heartbeat_s) and not hub.closing:
-                await response.write(b": keepalive\n\n")
-    except ConnectionResetError:  # the client went away mid-write: an ordinary end of a stream
+                await send(request, response.write(b": keepalive\n\n"))
+    except SlowClient:
+        raise  # the middleware counts it
+    except ConnectionError:  # the client went away mid-write: an ordinary end of a stream
         log.debug("sse: the client closed its stream")
     return response
 
@@ -175,16 +205,22 @@ async def serve_websocket(request: web.Request, reader: FeedReader, hub: FeedHub
         while not hub.closing and not client.done() and not ws.closed:
             events, cursor = reader.next(cursor, STREAM_BATCH)
             for event in events:
-                await ws.send_str(msgspec.json.encode(event.to_dict()).decode())
+                await send(request, ws.send_str(msgspec.json.encode(event.to_dict()).decode()))
             if events:
                 continue
             waiter = asyncio.ensure_future(hub.wait_beyond(cursor, heartbeat_s))
             await asyncio.wait({waiter, client}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
+    except SlowClient:
+        raise  # the middleware counts it
+    except ConnectionError:  # the client went away mid-send: an ordinary end of a stream
+        log.debug("websocket: the client closed its stream")
     finally:
         client.cancel()
-        if not ws.closed:
-            await ws.close()
+        transport = request.transport
+        if not ws.closed and transport is not None and not transport.is_closing():  # else: nobody to tell
+            with contextlib.suppress(ConnectionError):
+                await ws.close()
     return ws
 
 
@@ -219,18 +255,18 @@ async def serve_view_sse(request: web.Request, changes: Callable[[str | None], d
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
             **_trace_headers(request)})
         await response.prepare(request)
-        await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
+        await send(request, response.write(b"retry: %d\n\n" % SSE_RETRY_MS))
         cursor = after
         while not hub.closing:
             changed.clear()  # before reading: a refresh after the read wakes the wait below
             try:
                 batch = changes(cursor)
             except NotFound:
-                await response.write(b"event: deleted\ndata: {}\n\n")
+                await send(request, response.write(b"event: deleted\ndata: {}\n\n"))
                 break
             except RegistryError as exc:  # Conflict: edited into a view this node no longer keeps, or refused
-                await response.write(b"event: error\ndata: %s\n\n" % msgspec.json.encode(
-                    {"code": exc.code, "message": exc.message}))
+                await send(request, response.write(b"event: error\ndata: %s\n\n" % msgspec.json.encode(
+                    {"code": exc.code, "message": exc.message})))
                 break
             if batch is not None:
                 frames = []
@@ -240,7 +276,7 @@ async def serve_view_sse(request: web.Request, changes: Callable[[str | None], d
                                                                 "seq": e["seq"]}) for e in batch["events"]]
                 cursor = batch["last_id"]
                 if frames:
-                    await response.write(b"".join(frames))
+                    await send(request, response.write(b"".join(frames)))
                     continue
             view = asyncio.ensure_future(changed.wait())
             stopping = asyncio.ensure_future(hub.wait_beyond(2**63, heartbeat_s))  # only shutdown or the timeout
@@ -248,8 +284,10 @@ async def serve_view_sse(request: web.Request, changes: Callable[[str | None], d
             view.cancel()
             stopping.cancel()
             if not changed.is_set() and not hub.closing:
-                await response.write(b": keepalive\n\n")
-    except ConnectionResetError:  # the client went away mid-write: an ordinary end of a stream
+                await send(request, response.write(b": keepalive\n\n"))
+    except SlowClient:
+        raise  # the middleware counts it
+    except ConnectionError:  # the client went away mid-write: an ordinary end of a stream
         log.debug("sse: the client closed its view stream")
     finally:
         unsubscribe()
