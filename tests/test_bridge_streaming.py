@@ -155,3 +155,30 @@ async def test_streams_filter_by_registry_and_need_a_token(served: Served) -> No
             async with open_websocket_url(ws_url) as ws:
                 await ws.get_message()
         assert "401" in str(refused.value) or isinstance(refused.value, ConnectionClosed)
+
+
+async def test_a_stream_ends_once_its_token_is_revoked_and_its_reconnect_is_refused(served: Served) -> None:
+    # The token was checked only when the stream opened: a revoked (or
+    # expired) token went on receiving every change for as long as its
+    # client stayed connected.
+    from test_bridge_support import make_token
+
+    with trio.fail_after(30):
+        start = await _head(served)
+        secret = await make_token(served, "reader")
+        token_id = secret.split(".")[0].removeprefix("rgt_")
+        await _write(served, 2, "before")
+        headers = {"Accept": "text/event-stream"}
+        async with served.client(secret) as client:
+            seen = []
+            async with client.stream("GET", "/v1/changes", params={"since": start}, headers=headers) as r:
+                async for line in r.aiter_lines():  # until the node ends the stream
+                    if line.startswith("data: "):
+                        seen.append(json.loads(line[len("data: "):])["record"])
+                        if len(seen) == 2:
+                            async with served.client() as admin:
+                                assert (await admin.delete(f"/v1/tokens/{token_id}")).status_code == 200
+                            await _write(served, 2, "after")
+            assert seen == ["before0", "before1"]
+            again = await client.get("/v1/changes", params={"since": start}, headers=headers)
+            assert again.status_code == 401 and "revoked" in again.json()["error"]["message"]

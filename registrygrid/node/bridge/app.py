@@ -90,6 +90,7 @@ from registrygrid.node.bridge.streaming import (
     MAX_WAIT_S,
     TRACE_ID,
     FeedHub,
+    STILL_ALLOWED,
     FeedReader,
     SlowClient,
     long_poll,
@@ -830,7 +831,7 @@ class Api:
                     raise MalformedInput(f"Last-Event-ID must be a feed sequence number (0 to {MAX_SEQ}), "
                                          f"not {last[:40]!r}")
             self.read_note(token, registry or "*", f"changefeed (sse) from {since}")
-            return await self._stream(request, "sse", serve_sse, reader, since)
+            return await self._stream(request, "sse", serve_sse, reader, since, token)
         events, cursor = await long_poll(reader, self.hub, since, limit, wait)
         self.read_note(token, registry or "*", f"changes after {since}" + (f" kind {kind}" if kind else ""))
         return json_response({"events": [e.to_dict() for e in events], "next": cursor, "head": self.hub.head})
@@ -838,12 +839,13 @@ class Api:
     async def changes_ws(self, request: web.Request) -> web.StreamResponse:
         token, reader, since, registry, _ = self._feed_request(request)
         self.read_note(token, registry or "*", f"changefeed (websocket) from {since}")
-        return await self._stream(request, "websocket", serve_websocket, reader, since)
+        return await self._stream(request, "websocket", serve_websocket, reader, since, token)
 
-    async def _stream(self, request: web.Request, transport: str, serve: Any, reader: FeedReader,
-                      since: int) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, transport: str, serve: Any, reader: FeedReader | None,
+                      since: int, token: Token) -> web.StreamResponse:
         if self.streams >= self.max_streams:
             raise Unavailable(f"{self.max_streams} changefeed streams are open; use long-poll or retry later")
+        request[STILL_ALLOWED] = partial(self._still_valid, token.id)
         self.streams += 1
         gauge = self.metrics.streams.labels(transport)
         gauge.inc()
@@ -852,6 +854,15 @@ class Api:
         finally:
             self.streams -= 1
             gauge.dec()
+
+    def _still_valid(self, token_id: str) -> bool:
+        """Whether the token a stream opened with is neither revoked nor
+        expired now (one LMDB read): a stream checks before each write, so
+        one whose token is revoked ends, and its reconnect gets the 401. It
+        went on streaming for as long as the client stayed connected."""
+        token = tokens.get(self.store, token_id)
+        return token is not None and token.revoked_at is None and (
+            token.expires_at is None or now_ms() < token.expires_at)
 
     # ---------------------------------------------------------------- audit
 
@@ -1097,7 +1108,7 @@ class Api:
                 return serve_view_sse(req, lambda last: service.view_changes(name, last, registries=scope),
                                       service.view_subscribe, hub, after)
 
-            return await self._stream(request, "sse", serve, None, 0)
+            return await self._stream(request, "sse", serve, None, 0, token)
         if first is None:
             raise Unavailable(f"view {name} is being materialized on this node; retry shortly")
         self.read_note(token, target, f"view events after {after or 'the start'}")

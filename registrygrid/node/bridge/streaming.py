@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from registrygrid.errors import NotFound, RegistryError
 from registrygrid.storage.feed import FeedEvent
@@ -69,6 +69,17 @@ STREAM_BATCH = 500
 # stayed connected, and 20 of them shut every other stream out. 60 s passes
 # a 1 MiB download chunk at ~17 KB/s.
 WRITE_TIMEOUT_S = 60.0
+
+
+# Set by the app on a stream's request: whether the token it opened with
+# still holds (not revoked, not expired). A stream asks before each write
+# and ends when it no longer does.
+STILL_ALLOWED = web.RequestKey("still_allowed", object)
+
+
+def still_allowed(request: web.Request) -> bool:
+    check = request.get(STILL_ALLOWED)
+    return check is None or bool(check())  # type: ignore[operator]
 
 
 class SlowClient(ConnectionResetError):
@@ -172,12 +183,12 @@ async def serve_sse(request: web.Request, reader: FeedReader, hub: FeedHub, sinc
     try:
         await send(request, response.write(b"retry: %d\n\n" % SSE_RETRY_MS))
         cursor = since
-        while not hub.closing:
+        while not hub.closing and still_allowed(request):
             events, cursor = reader.next(cursor, STREAM_BATCH)
             if events:
                 await send(request, response.write(b"".join(sse_frame(e) for e in events)))
                 continue
-            if not await hub.wait_beyond(cursor, heartbeat_s) and not hub.closing:
+            if not await hub.wait_beyond(cursor, heartbeat_s) and not hub.closing and still_allowed(request):
                 await send(request, response.write(b": keepalive\n\n"))
     except SlowClient:
         raise  # the middleware counts it
@@ -202,7 +213,7 @@ async def serve_websocket(request: web.Request, reader: FeedReader, hub: FeedHub
     client = asyncio.ensure_future(drain_client())
     cursor = since
     try:
-        while not hub.closing and not client.done() and not ws.closed:
+        while not hub.closing and not client.done() and not ws.closed and still_allowed(request):
             events, cursor = reader.next(cursor, STREAM_BATCH)
             for event in events:
                 await send(request, ws.send_str(msgspec.json.encode(event.to_dict()).decode()))
@@ -220,7 +231,10 @@ async def serve_websocket(request: web.Request, reader: FeedReader, hub: FeedHub
         transport = request.transport
         if not ws.closed and transport is not None and not transport.is_closing():  # else: nobody to tell
             with contextlib.suppress(ConnectionError):
-                await ws.close()
+                if still_allowed(request):
+                    await ws.close()
+                else:
+                    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"the token was revoked or expired")
     return ws
 
 
@@ -257,7 +271,7 @@ async def serve_view_sse(request: web.Request, changes: Callable[[str | None], d
         await response.prepare(request)
         await send(request, response.write(b"retry: %d\n\n" % SSE_RETRY_MS))
         cursor = after
-        while not hub.closing:
+        while not hub.closing and still_allowed(request):
             changed.clear()  # before reading: a refresh after the read wakes the wait below
             try:
                 batch = changes(cursor)
