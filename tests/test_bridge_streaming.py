@@ -108,12 +108,18 @@ async def test_a_last_event_id_that_is_no_feed_sequence_is_refused_before_the_st
     stream failed packing the feed key; a negative one was read as 0."""
     with trio.fail_after(30):
         async with served.client() as client:
-            for last in ("99999999999999999999", "-5", "seven"):
+            # Python's int() takes "+5", "5_0" (50) and other scripts' digits: the API takes ASCII digits.
+            for last in ("99999999999999999999", "-5", "seven", "+5", "5_0"):
                 r = await client.get("/v1/changes", headers={"Accept": "text/event-stream", "Last-Event-ID": last})
                 assert r.status_code == 400, (last, r.text)
                 assert r.json()["error"]["code"] == "malformed_input" and "Last-Event-ID" in r.json()["error"]["message"]
             r = await client.get("/v1/changes", params={"since": "99999999999999999999"})
             assert r.status_code == 422 and "between 0 and 9223372036854775807" in r.text
+            for since in ("5_0", "+5", "\u0663", " 5"):
+                r = await client.get("/v1/changes", params={"since": since})
+                assert r.status_code == 400 and "must be an integer" in r.text, (since, r.text)
+            r = await client.get("/v1/changes", params={"since": "0", "wait": "1_0"})
+            assert r.status_code == 422, r.text
 
 
 async def test_websocket_client_resumes_with_since_and_misses_nothing(served: Served) -> None:

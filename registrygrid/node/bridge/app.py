@@ -231,15 +231,21 @@ def _blamed(error: Any) -> list[list[Any]]:
 # ------------------------------------------------------------------ query parsing
 
 
+# An integer as the API documents it: ASCII digits. Python's int() also
+# takes "5_0" (50), "+5", " 5 " and other scripts' digits ("٣" is 3).
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+# A decimal number, likewise (float() also takes "1_0", "infinity").
+_DECIMAL = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?")
+
+
 def q_int(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
+    if not _INTEGER.fullmatch(raw):
         raise MalformedInput(f"query parameter {name} must be an integer, not {raw[:40]!r}",
-                             details=[{"path": f"query:{name}", "message": "not an integer"}]) from None
+                             details=[{"path": f"query:{name}", "message": "not an integer"}])
+    value = int(raw)
     if not lo <= value <= hi:
         raise ValidationError(f"query parameter {name} must be between {lo} and {hi}",
                               details=[{"path": f"query:{name}", "message": f"out of range [{lo}, {hi}]"}])
@@ -250,11 +256,8 @@ def q_float(request: web.Request, name: str, lo: float, hi: float) -> float:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not lo <= value <= hi:  # also refuses nan and inf
+    value = float(raw) if _DECIMAL.fullmatch(raw) else float("nan")
+    if not lo <= value <= hi:  # also refuses nan
         raise ValidationError(f"query parameter {name} must be a number between {lo:g} and {hi:g}",
                               details=[{"path": f"query:{name}", "message": f"not a number in [{lo:g}, {hi:g}]"}])
     return value
@@ -823,10 +826,7 @@ class Api:
         if "text/event-stream" in request.headers.get("Accept", ""):
             last = request.headers.get("Last-Event-ID")
             if last:
-                try:
-                    since = int(last)
-                except ValueError:
-                    since = -1
+                since = int(last) if _INTEGER.fullmatch(last) else -1
                 if not 0 <= since <= MAX_SEQ:
                     raise MalformedInput(f"Last-Event-ID must be a feed sequence number (0 to {MAX_SEQ}), "
                                          f"not {last[:40]!r}")
