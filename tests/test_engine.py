@@ -299,6 +299,24 @@ def test_values_that_are_not_json_are_refused(grid: LocalRegistry) -> None:
     assert_refused(grid, lambda: grid.put(CLUSTERS, "cluster", cluster("x", f=float("nan"))), ValidationError)
 
 
+@pytest.mark.parametrize(("extra", "path"), [
+    ({"labels": {"a": [1, 2**64 + 5]}}, "/labels/a/1"),      # past what msgpack packs
+    ({"labels": {"a": 2**63 + 1}}, "/labels/a"),            # packs, but no int64
+    ({"labels": [0, float("nan")]}, "/labels/1"),
+    ({"labels": {"a/b~": {"": 1}}}, "/labels/a~1b~0/"),     # RFC 6901: "/" is ~1, "~" is ~0
+])
+def test_a_value_no_record_can_hold_is_refused_naming_its_path(grid: LocalRegistry, extra: dict[str, Any],
+                                                               path: str) -> None:
+    # They named "/" whichever field held it; schema refusals name theirs.
+    with pytest.raises(ValidationError) as refused:
+        grid.put(CLUSTERS, "cluster", {**cluster("x"), **extra})
+    assert [d["path"] for d in refused.value.details] == [path]
+    grid.put(CLUSTERS, "cluster", cluster("y"), id="y")
+    with pytest.raises(ValidationError) as refused:
+        grid.update(CLUSTERS, "y", patch=extra)
+    assert [d["path"] for d in refused.value.details] == [path]
+
+
 def test_a_batch_commits_the_good_operations_and_answers_each_in_order(grid: LocalRegistry) -> None:
     grid.put(CLUSTERS, "cluster", cluster("existing"), id="existing")
     head = grid.feed_head()

@@ -16,10 +16,7 @@ from typing import Any
 
 from registrygrid.crdt import disputes, resolver
 from registrygrid.crdt.conflicts import map_object, value_at
-from registrygrid.crdt.snapshot import (
-    check_value,
-    encode_snapshot,
-)
+from registrygrid.crdt.snapshot import encode_snapshot
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
@@ -32,6 +29,7 @@ from registrygrid.engine.ops import (
 )
 from registrygrid.engine.values import (
     checked_fields,
+    checked_json,
     checked_links,
     checked_tags,
     merge_patch,
@@ -69,7 +67,7 @@ class LocalWrites(EngineCore):
         fields = checked_fields(op.fields, desc.max_record_bytes)
         # One walk of the fields: what Automerge could hold, and whether the
         # schema engine may take them as plain JSON without its own walk.
-        plain_json = check_value(fields)
+        plain_json = checked_json(fields)
         self.catalog.validate(kind.name, kind.version, fields, plain_json=plain_json)
         tags = checked_tags(op.tags)
         links = checked_links(op.links)
@@ -153,6 +151,7 @@ class LocalWrites(EngineCore):
                     raise ValidationError("a merge patch must be a JSON object")
                 fields = merge_patch(fields, op.patch)
         fields = checked_fields(fields, desc.max_record_bytes)
+        checked_json(fields)  # what Automerge cannot hold, named by its path before the schema sees it
         self._local_verdict(access.check_modify(self.trust, desc, op="update", author=self.key.did, before=old,
                                                 after=None, at_ms=hlc.wall_ms, policy=self.policy,
                                                 after_fields=fields, local_roles=op.roles), old["owner"])

@@ -10,7 +10,9 @@ from typing import Any
 
 import msgspec
 
+from registrygrid.crdt.record import INT64_MAX, INT64_MIN
 from registrygrid.crdt.snapshot import (
+    check_value,
     genesis_change,
     read_snapshot,
 )
@@ -95,7 +97,59 @@ def fields_size(fields: Any) -> int:
     try:
         return len(pack(fields))
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-        raise ValidationError(f"record fields are not JSON values: {exc}") from None
+        message = f"record fields are not JSON values: {exc}"
+        raise ValidationError(message, details=[{"path": where_invalid(fields), "message": message}]) from None
+
+
+def checked_json(fields: Mapping[str, Any]) -> bool:
+    """``check_value`` of a write's fields (what Automerge can hold; whether
+    they are plain JSON), its refusal naming the path of the value at fault
+    as schema refusals do (it said only "/", whichever field it was)."""
+    try:
+        return check_value(fields)
+    except ValidationError as exc:
+        if exc.details:
+            raise
+        raise ValidationError(exc.message, details=[{"path": where_invalid(fields), "message": exc.message}]) from None
+
+
+_INFINITIES = (float("inf"), float("-inf"))
+
+
+def where_invalid(fields: Any) -> str:
+    """The JSON pointer of the first value in ``fields`` (document order)
+    that a record cannot hold: an integer beyond 64 bits, NaN or infinity,
+    an empty or non-string key, another type, nesting past the cap; ""
+    when none is found. Only on a refusal's path: a walk of its own."""
+    work: list[tuple[str, Any, int]] = [("", fields, 0)]
+    while work:
+        at, value, depth = work.pop()
+        if depth > limits.MAX_NESTING:
+            return at
+        if isinstance(value, Mapping):
+            found = []
+            for key, item in value.items():
+                if type(key) is not str or not key:
+                    return f"{at}/{_pointer_part(str(key))}"
+                found.append((f"{at}/{_pointer_part(key)}", item, depth + 1))
+            work.extend(reversed(found))
+        elif isinstance(value, (list, tuple)):
+            work.extend(reversed([(f"{at}/{i}", item, depth + 1) for i, item in enumerate(value)]))
+        elif value is None or isinstance(value, (str, bool)):
+            continue
+        elif isinstance(value, int):
+            if not INT64_MIN <= value <= INT64_MAX:
+                return at
+        elif isinstance(value, float):
+            if value != value or value in _INFINITIES:
+                return at
+        else:
+            return at
+    return ""
+
+
+def _pointer_part(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")  # RFC 6901
 
 
 def checked_fields(fields: Any, cap: int = limits.MAX_RECORD_BYTES) -> dict[str, Any]:
