@@ -158,3 +158,12 @@ def test_rgrid_export_to_a_fifo_nobody_reads_fails_at_once_and_to_a_folder_befor
         assert "error[file_failed]" in exported.stderr and "Traceback" not in exported.stderr
         written = sorted(p.name for p in out.iterdir() if p != target)
         assert written == ([] if blocker == "folder" else [f"{mcp.record_id(SERVER['name'], '0.1.0')}.json"])
+
+
+def test_an_export_in_another_formats_registry_is_refused_naming_the_right_pair(grid: LocalRegistry) -> None:
+    # grid.mcp-servers as A2A cards was an empty list, exit 0: nothing said why.
+    from registrygrid.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="holds mcp documents: export it with --format mcp"):
+        list(importer.export(grid, mcp.REGISTRY, a2a.FORMAT))
+    assert list(importer.export(grid, mcp.REGISTRY, mcp.FORMAT)) == []

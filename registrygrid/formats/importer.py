@@ -237,6 +237,10 @@ def export(backend: Any, registry: str, fmt: str) -> Iterator[tuple[str, dict[st
     module = FORMATS.get(fmt)
     if module is None:
         raise ValidationError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
+    held = next((name for name, m in FORMATS.items() if m.REGISTRY == registry and m is not module), None)
+    if held is not None:  # it holds another format's records: the export was an empty list, silently
+        raise ValidationError(f"{registry} holds {held} documents: export it with --format {held}, or export "
+                              f"{module.REGISTRY} as {fmt}", details=[{"path": "--format", "message": "mismatch"}])
     records = [r for r in backend.iter_all(registry) if r["kind"] == module.KIND]
     if hasattr(module, "catalogs"):  # entries go back into the catalogs they came in
         for i, document in enumerate(module.catalogs(records)):
