@@ -66,20 +66,34 @@ def append(store: Store, txn: lmdb.Transaction, event: FeedEvent) -> None:
 def read(store: Store, *, since: int = 0, limit: int = 1000, registry: str | None = None,
          kind: str | None = None) -> list[FeedEvent]:
     """Events with seq > since, oldest first, at most ``limit`` (after filtering)."""
+    return read_window(store, since=since, limit=limit, registry=registry, kind=kind)[0]
+
+
+def read_window(store: Store, *, since: int = 0, limit: int = 1000, registry: str | None = None,
+                kind: str | None = None, scan: int | None = None) -> tuple[list[FeedEvent], int, bool]:
+    """``read``, looking at no more than ``scan`` events: (the matches, the
+    last seq looked at, whether the feed's end was reached). A filter that
+    matches little reads on through the feed: bounded, a caller that must
+    not block (the bridge's loop) reads it in slices."""
     out: list[FeedEvent] = []
+    last = since
     with store.read() as txn:
         cursor = txn.cursor(db=store.db["feed"])
         if not cursor.set_range(u64(since + 1)):
-            return out
+            return out, last, True
+        looked = 0
         for raw_key, value in cursor:
+            if scan is not None and looked >= scan:
+                return out, last, False
+            looked += 1
+            last = int.from_bytes(raw_key, "big")
             etype, reg, rec, knd, change, author, hlc, origin = unpack(store.values.unpack(txn, "feed", value, raw_key))
             if (registry is not None and reg != registry) or (kind is not None and knd != kind):
                 continue
-            out.append(FeedEvent(int.from_bytes(raw_key, "big"), etype, reg, rec, knd, change, author,
-                                 tuple(hlc), origin))
+            out.append(FeedEvent(last, etype, reg, rec, knd, change, author, tuple(hlc), origin))
             if len(out) >= limit:
-                break
-    return out
+                return out, last, False
+    return out, last, True
 
 
 def head(store: Store) -> int:

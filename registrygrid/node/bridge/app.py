@@ -71,7 +71,7 @@ from registrygrid.errors import (
     ValidationError,
 )
 from registrygrid.formats import mcp_registry
-from registrygrid.node.bridge import openapi
+from registrygrid.node.bridge import openapi, streaming
 from registrygrid.node.bridge.audit import AuditBuffer
 from registrygrid.node.bridge.auth import ADMIN, READ, WRITE, Authenticator, is_loopback
 from registrygrid.node.bridge.conditional import not_modified
@@ -102,7 +102,7 @@ from registrygrid.protocol import limits, names
 from registrygrid.sdk import LocalRegistry, Page
 from registrygrid.search import views as saved_views
 from registrygrid.search.query import describe_fields
-from registrygrid.storage import idempotency, tokens
+from registrygrid.storage import feed, idempotency, tokens
 from registrygrid.storage.feed import MAX_SEQ
 from registrygrid.storage.tokens import Token
 
@@ -814,8 +814,9 @@ class Api:
         if registry is None and token.registry is not None:
             registry = token.registry
         since = q_int(request, "since", 0, 0, MAX_SEQ) or 0
-        reader = FeedReader(read=lambda cursor, limit: self.registry.changes(cursor, limit=limit, registry=registry,
-                                                                            kind=kind),
+        reader = FeedReader(read=lambda cursor, limit: feed.read_window(
+                                self.store, since=cursor, limit=limit, registry=registry, kind=kind,
+                                scan=streaming.SCAN_EVENTS),
                             head=self.registry.feed_head)
         return token, reader, since, registry, kind
 
