@@ -557,3 +557,34 @@ def test_a_client_types_the_blob_stores_errors_and_a_newer_nodes_codes_by_their_
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == ["UploadExpired", True, "ChecksumMismatch", True, True, "frobnicated"]
+
+
+async def test_both_clients_page_a_filtered_feed_past_slices_that_match_nothing(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A filtered page looks at a bounded slice of the feed: an empty page is
+    # not the end (it was, for iter_changes, which then missed what follows).
+    from test_bridge_support import OTHER
+
+    from registrygrid.node.bridge import streaming
+
+    monkeypatch.setattr(streaming, "SCAN_EVENTS", 10)
+
+    def work() -> tuple[list[str], list[str]]:
+        with BridgeClient(served.url, token=served.admin) as grid:
+            start = grid.feed_head()
+            for i in range(25):
+                grid.put(REGISTRY, "note", {"name": f"busy {i}"})
+            grid.put(OTHER, "note", {"name": "wanted"}, id="wanted")
+            synced = [e.record for e in grid.iter_changes(start, registry=OTHER)]
+            synced += [e.record for e in grid.changes(start, registry=OTHER)]  # one call reads on too
+
+        async def aio() -> list[str]:
+            async with AsyncBridgeClient(served.url, token=served.admin) as client:
+                return [e.record async for e in client.iter_changes(start, registry=OTHER)] + [
+                    e.record for e in await client.changes(start, registry=OTHER)]
+
+        return synced, asyncio.run(aio())
+
+    with trio.fail_after(30):
+        synced, from_aio = await in_thread(work)
+    assert synced == from_aio == ["wanted", "wanted"]

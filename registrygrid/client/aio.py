@@ -248,9 +248,13 @@ class AsyncBridgeClient:
 
     async def changes(self, since: int = 0, *, limit: int = 1000, registry: str | None = None,
                       kind: str | None = None, wait: float | None = None) -> list[FeedEvent]:
-        data = await self._get("/v1/changes", **calls.changes_query(since, limit=limit, registry=registry, kind=kind,
-                                                                     wait=wait))
-        return [calls.feed_event(e) for e in data["events"]]
+        while True:  # a filtered page may look at a slice with no match: read on (calls.next_page)
+            data = await self._get("/v1/changes", **calls.changes_query(since, limit=limit, registry=registry,
+                                                                         kind=kind, wait=wait))
+            after = calls.next_page(data, since)
+            if data["events"] or after is None:
+                return [calls.feed_event(e) for e in data["events"]]
+            since = after
 
     async def iter_changes(self, since: int = 0, *, registry: str | None = None, kind: str | None = None,
                            limit: int = 1000) -> AsyncIterator[FeedEvent]:
@@ -259,9 +263,10 @@ class AsyncBridgeClient:
                                                                          kind=kind))
             for event in data["events"]:
                 yield calls.feed_event(event)
-            if not data["events"] or int(data["next"]) <= since:
+            after = calls.next_page(data, since)
+            if after is None:
                 return
-            since = int(data["next"])
+            since = after
 
     def subscribe(self, since: int = 0, *, registry: str | None = None, kind: str | None = None,
                   max_reconnects: int | None = None, idle_timeout: float = STREAM_IDLE_S) -> AsyncSubscription:

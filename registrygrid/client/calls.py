@@ -186,6 +186,17 @@ def changes_query(since: int, *, limit: int | None, registry: str | None, kind: 
     return {"since": since, "limit": limit, "registry": registry, "kind": kind, "wait": wait}
 
 
+def next_page(page: Mapping[str, Any], since: int) -> int | None:
+    """Where ``iter_changes`` reads on after a page of /v1/changes, or None
+    at the feed's head. An empty page is not the end: a filtered read looks
+    at a bounded slice of the feed and its ``next`` moves on past what it
+    looked at (node/bridge/streaming.py, SCAN_EVENTS)."""
+    after = int(page["next"])
+    if after <= since or (not page["events"] and after >= int(page["head"])):
+        return None
+    return after
+
+
 def resolution_body(*, value: Any, removed: bool, note: str) -> dict[str, Any]:
     """``removed`` wins over ``value``, as in ``LocalRegistry.resolve_dispute``."""
     body: dict[str, Any] = {}

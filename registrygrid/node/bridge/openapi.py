@@ -1665,7 +1665,10 @@ def _paths() -> dict[str, Any]:
                                "long-poll: wait up to this many seconds for an event when there is none"),
                         _header("Last-Event-ID", "SSE resume: the id of the last event received")],
                 description="With Accept: text/event-stream the answer is an SSE stream: each event has "
-                            "id: <feed seq>, event: <type>, data: <FeedEvent JSON>. Reconnect with Last-Event-ID."),
+                            "id: <feed seq>, event: <type>, data: <FeedEvent JSON>. Reconnect with Last-Event-ID. "
+                            "A page with registry or kind looks at a bounded slice of the feed (5,000 events): "
+                            "it may hold no events with next below head; read on from next until next "
+                            "reaches head."),
         },
         "/v1/changes/ws": {
             "get": _op("changesWebSocket", "The changefeed over a WebSocket (one FeedEvent JSON per message)",
