@@ -50,6 +50,16 @@ def stored_record(home: Path, registry: str, record_id: str) -> dict[str, Any] |
         store.close()
 
 
+def home_holding(home: Path, fields: dict[str, Any], *, record_id: str | None) -> Any:
+    """A home made anew (org "acme") holding one record of grid.clusters; its write result."""
+    Home(home).init(org_name="acme")
+    grid = registrygrid.open(home)
+    try:
+        return grid.put("grid.clusters", "cluster", fields, id=record_id)
+    finally:
+        grid.close()
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     """An initialised home whose store already holds one record."""
@@ -390,14 +400,8 @@ def test_control_characters_in_what_others_wrote_are_shown_never_obeyed(
     # escape sequences to the terminal as they were: a name could retitle
     # the window, recolour or hide the rows after it, or on some terminals
     # write the clipboard (OSC 52). JSON output escaped them already.
-    home = tmp_path / "home"
-    Home(home).init(org_name="acme")
     hostile = "evil\x1b]0;pwned\x07\x1b[8mhidden\x1b[0m\x9b2J"
-    grid = registrygrid.open(home)
-    try:
-        grid.put("grid.clusters", "cluster", {"name": hostile}, id="c1")
-    finally:
-        grid.close()
+    home_holding(tmp_path / "home", {"name": hostile}, record_id="c1")
     monkeypatch.setenv("COLUMNS", "160")  # the whole name fits its cell
     listed = rgrid("list", "grid.clusters")
     refused = rgrid("get", "grid.clusters", "\x1b[2Jx")  # an id no record may have, echoed in the error
@@ -433,12 +437,7 @@ def test_a_warning_of_a_command_without_a_node_is_one_labelled_line_with_nothing
     # last resort printed them bare, with no label and their control
     # characters as they were (here, of the home's own path).
     home = tmp_path / "home\x1b[31m\nred"
-    Home(home).init(org_name="acme")
-    grid = registrygrid.open(home)
-    try:
-        grid.put("grid.clusters", "cluster", {"name": "gpu"}, id="c1")
-    finally:
-        grid.close()
+    home_holding(home, {"name": "gpu"}, record_id="c1")
     assert rgrid("search", "gpu", home=home).returncode == 0  # builds the index
     (home / "index" / "search.json").write_text("not json")
     searched = rgrid("search", "gpu", home=home)
@@ -452,12 +451,7 @@ def test_rgrid_list_shows_each_record_id_whole_in_a_narrow_terminal(
         rgrid: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The id is what a user copies into `rgrid get`: cut with "…" it was of no use.
     home = tmp_path / "home"
-    Home(home).init(org_name="acme")
-    grid = registrygrid.open(home)
-    try:
-        made = grid.put("grid.clusters", "cluster", {"name": "a cluster with a long name, " * 4})
-    finally:
-        grid.close()
+    made = home_holding(home, {"name": "a cluster with a long name, " * 4}, record_id=None)
     monkeypatch.setenv("COLUMNS", "80")
     listed = rgrid("list", "grid.clusters")
     assert listed.returncode == 0 and made.record_id in listed.stdout, listed.stdout
@@ -471,12 +465,7 @@ def test_arguments_that_are_not_utf8_are_refused_naming_the_option_and_nothing_i
     # and a search crashed with a traceback from the index's tokenizer.
     # Every command checks its text values before it runs.
     home = tmp_path / "home"
-    Home(home).init(org_name="acme")
-    grid = registrygrid.open(home)
-    try:
-        grid.put("grid.clusters", "cluster", {"name": "gpu"}, id="c1")
-    finally:
-        grid.close()
+    home_holding(home, {"name": "gpu"}, record_id="c1")
     head = feed_head(home)
     for args, named in [(("put", "grid.clusters", "cluster", "--set", "name=caf\udcff"), "--set"),
                         (("list", "grid.clusters", "--where", "name=caf\udcff"), "--where"),
