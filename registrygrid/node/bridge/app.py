@@ -84,13 +84,13 @@ from registrygrid.node.bridge.errors import (
     RouteNotFound,
     error_body,
 )
-from registrygrid.node.bridge.metrics import BridgeMetrics
 from registrygrid.node.bridge.http_log import AnswerCut
+from registrygrid.node.bridge.metrics import BridgeMetrics
 from registrygrid.node.bridge.streaming import (
     MAX_WAIT_S,
+    STILL_ALLOWED,
     TRACE_ID,
     FeedHub,
-    STILL_ALLOWED,
     FeedReader,
     SlowClient,
     long_poll,
