@@ -512,3 +512,31 @@ async def test_a_client_that_goes_away_mid_download_is_no_error_in_the_log_or_th
         package.removeHandler(seen)
     assert [r.getMessage() for r in seen.records] == []
     assert 'code="internal_error"' not in metrics
+
+
+async def test_downloads_past_the_cap_are_refused_with_retry_after_until_a_slot_frees(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each download holds a socket, an open object and up to ~2 MB queued
+    # for its client: unbounded, 150 stalled ones held 400 MB. (The cap is 1 here.)
+    import socket
+    import struct
+
+    from registrygrid.node.bridge import asset_routes
+
+    monkeypatch.setattr(asset_routes, "MAX_DOWNLOADS", 1)
+    data = os.urandom(24 * PART)
+    cid = (await upload(served, data))["cid"]
+    with trio.fail_after(30):
+        stalled = await _raw_get(served, f"/v1/blobs/{cid}")
+        while "rgrid_bridge_downloads 1.0" not in await _metrics(served):
+            await trio.sleep(0.1)
+        async with served.client() as http:
+            refused = await http.get(f"/v1/blobs/{cid}")
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+            assert "1 downloads are under way" in refused.json()["error"]["message"]
+            assert (await http.head(f"/v1/blobs/{cid}")).status_code == 200  # a HEAD sends no bytes: no slot
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            stalled.close()  # a reset: the node's next write fails and the slot frees
+            while "rgrid_bridge_downloads 0.0" not in await _metrics(served):
+                await trio.sleep(0.1)
+            assert (await http.get(f"/v1/blobs/{cid}")).content == data

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import ipaddress
 import secrets
 import time
@@ -56,6 +57,7 @@ from registrygrid.errors import (
     Disabled,
     MalformedInput,
     RegistryError,
+    Unavailable,
     ValidationError,
 )
 from registrygrid.node.bridge.app import json_response
@@ -70,11 +72,33 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 IMMUTABLE_S = 365 * 24 * 3600
+# Answers sending a blob's bytes at once (downloads, ZIP entries, bundles):
+# each holds a socket, an open object and up to ~2 MB queued for a slow
+# client (for at most streaming.WRITE_TIMEOUT_S); without a bound, clients
+# that stopped reading held ~400 MB at 150 downloads. Past it: 503, Retry-After.
+MAX_DOWNLOADS = 256
 
 
 class AssetRoutes:
     def __init__(self, api: Api) -> None:
         self.api = api
+        self.downloads = 0  # answers sending bytes now (on the loop thread)
+
+    @contextlib.contextmanager
+    def _download_slot(self, request: web.Request) -> Iterator[None]:
+        """One of MAX_DOWNLOADS answers that send bytes (a HEAD sends none)."""
+        if request.method == "HEAD":
+            yield
+            return
+        if self.downloads >= MAX_DOWNLOADS:
+            raise Unavailable(f"{MAX_DOWNLOADS} downloads are under way on this node; retry shortly")
+        self.downloads += 1
+        self.api.metrics.downloads.inc()
+        try:
+            yield
+        finally:
+            self.downloads -= 1
+            self.api.metrics.downloads.dec()
 
     @property
     def assets(self) -> Assets:
@@ -300,10 +324,16 @@ class AssetRoutes:
             start, end = ranges[0]
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
             return await self._stream(request, cid, ranges, 206, entry, headers)
-        return await self._stream_multipart(request, cid, ranges, entry, headers)
+        with self._download_slot(request):
+            return await self._stream_multipart(request, cid, ranges, entry, headers)
 
     async def _stream(self, request: web.Request, cid: bytes, ranges: list[tuple[int, int]], status: int,
                       entry: BlobEntry, headers: dict[str, str]) -> web.StreamResponse:
+        with self._download_slot(request):
+            return await self._stream_in_slot(request, cid, ranges, status, entry, headers)
+
+    async def _stream_in_slot(self, request: web.Request, cid: bytes, ranges: list[tuple[int, int]], status: int,
+                              entry: BlobEntry, headers: dict[str, str]) -> web.StreamResponse:
         start, end = ranges[0]
         chunks = None
         if request.method != "HEAD":
@@ -377,6 +407,10 @@ class AssetRoutes:
         cid = self._blob_cid(request)
         name = request.match_info["name"]
         token = self.api.require(request, READ, target=f"blob/{cid_text(cid)}")
+        with self._download_slot(request):
+            return await self._send_entry(request, token, cid, name)
+
+    async def _send_entry(self, request: web.Request, token: Any, cid: bytes, name: str) -> web.StreamResponse:
         entry, chunks = await self._thread(entry_of, self.assets.blobs, cid, name)
         self.api.read_note(token, f"blob/{cid_text(cid)}", f"zip entry {name[:200]}")
         response = web.StreamResponse(headers={"ETag": f'"{entry.sha256}"', "X-Content-SHA256": entry.sha256,
@@ -405,12 +439,13 @@ class AssetRoutes:
         if not_modified(request.headers, plan.etag):
             return web.Response(status=304, headers=headers)
         self.api.read_note(token, "bundles", f"bundle of {len(plan.members)} members")
-        response = web.StreamResponse(headers={**headers, **_trace(request)})
-        response.content_type = "application/zip"
-        await response.prepare(request)  # chunked: the size is known only at the end
-        await self._pump(request, response, plan.chunks(self.assets.blobs))
-        await send(request, response.write_eof())
-        return response
+        with self._download_slot(request):
+            response = web.StreamResponse(headers={**headers, **_trace(request)})
+            response.content_type = "application/zip"
+            await response.prepare(request)  # chunked: the size is known only at the end
+            await self._pump(request, response, plan.chunks(self.assets.blobs))
+            await send(request, response.write_eof())
+            return response
 
     async def fetch_blob(self, request: web.Request) -> web.Response:
         """Bring a blob here from the federation's members (node/blob_exchange.py): verified, resumable."""

@@ -197,6 +197,8 @@ class BridgeMetrics:
             "rgrid_bridge_crossing_seconds",
             "Write time minus its batch's commit: the thread hand-offs both ways plus waiting for the batch "
             "ahead to finish.", buckets=CROSSING_BUCKETS, registry=r)
+        self.downloads = Gauge("rgrid_bridge_downloads", "Answers sending a blob's bytes now (downloads, ZIP "
+                               "entries, bundles; at most asset_routes.MAX_DOWNLOADS).", registry=r)
         self.streams = Gauge("rgrid_bridge_stream_connections", "Open changefeed streams by transport.",
                              ["transport"], registry=r)
         ProcessCollector(registry=r)
