@@ -449,6 +449,9 @@ STATE_REFUSALS = [
     # Whether a blob's bytes are a ZIP the node reads.
     *[(path, code, "") for path in ("/v1/blobs/{cid}/manifest", ENTRY_ROUTE) for code in ("zip_malformed",
                                                                                              "zip_refused")],
+    # A feed cursor must be one this node gave: not beyond its feed head (how far the feed reaches is data).
+    *[(path, "validation_failed", r"since \d+ is beyond this node's feed head")
+      for path in ("/v1/changes", "/v1/changes/ws")],
 ]
 
 

@@ -215,3 +215,17 @@ async def test_a_filtered_read_looks_at_a_bounded_slice_of_the_feed_and_reads_on
             async with client.stream("GET", "/v1/changes", params={"since": start, "registry": OTHER},
                                      headers={"Accept": "text/event-stream"}) as r:
                 assert [e["record"] for e in await _read_sse(r, 1)] == ["wanted0"]
+
+
+async def test_a_cursor_beyond_the_feed_head_is_refused_not_waited_on(served: Served) -> None:
+    # A cursor of another node, or of before this store was restored: it was
+    # accepted, waited in silence until the feed grew past it, then skipped
+    # every event up to there.
+    with trio.fail_after(30):
+        head = await _head(served)
+        async with served.client() as client:
+            for params, headers in [({"since": head + 5}, {}), ({"since": head + 5, "wait": 1}, {}),
+                                    ({}, {"Accept": "text/event-stream", "Last-Event-ID": str(head + 5)})]:
+                r = await client.get("/v1/changes", params=params, headers=headers)
+                assert r.status_code == 422 and f"beyond this node's feed head {head}" in r.text, (params, r.text)
+            assert (await client.get("/v1/changes", params={"since": head})).status_code == 200  # the head itself

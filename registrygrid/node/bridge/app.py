@@ -814,11 +814,23 @@ class Api:
         if registry is None and token.registry is not None:
             registry = token.registry
         since = q_int(request, "since", 0, 0, MAX_SEQ) or 0
+        self._check_cursor(since, "query:since")
         reader = FeedReader(read=lambda cursor, limit: feed.read_window(
                                 self.store, since=cursor, limit=limit, registry=registry, kind=kind,
                                 scan=streaming.SCAN_EVENTS),
                             head=self.registry.feed_head)
         return token, reader, since, registry, kind
+
+    def _check_cursor(self, since: int, where: str) -> None:
+        """A cursor past this node's feed head names no event it ever gave:
+        a cursor from another node, or from before this store was restored.
+        Accepted, it waited in silence until the feed grew past it and then
+        skipped every event up to there; refused, the client starts over."""
+        head = self.registry.feed_head()
+        if since > head:
+            raise ValidationError(f"{where.partition(':')[2]} {since} is beyond this node's feed head {head}: a cursor "
+                                  "of another node, or of before its store was restored; start again from 0 or the head",
+                                  details=[{"path": where, "message": f"beyond the feed head {head}"}])
 
     async def changes(self, request: web.Request) -> web.StreamResponse:
         token, reader, since, registry, kind = self._feed_request(request)
@@ -831,6 +843,7 @@ class Api:
                 if not 0 <= since <= MAX_SEQ:
                     raise MalformedInput(f"Last-Event-ID must be a feed sequence number (0 to {MAX_SEQ}), "
                                          f"not {last[:40]!r}")
+                self._check_cursor(since, "header:Last-Event-ID")
             self.read_note(token, registry or "*", f"changefeed (sse) from {since}")
             return await self._stream(request, "sse", serve_sse, reader, since, token)
         events, cursor = await long_poll(reader, self.hub, since, limit, wait)

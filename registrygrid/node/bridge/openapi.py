@@ -1668,7 +1668,8 @@ def _paths() -> dict[str, Any]:
                             "id: <feed seq>, event: <type>, data: <FeedEvent JSON>. Reconnect with Last-Event-ID. "
                             "A page with registry or kind looks at a bounded slice of the feed (5,000 events): "
                             "it may hold no events with next below head; read on from next until next "
-                            "reaches head."),
+                            "reaches head. 422: since (or Last-Event-ID) beyond this node's feed head, a "
+                            "cursor of another node or of before its store was restored."),
         },
         "/v1/changes/ws": {
             "get": _op("changesWebSocket", "The changefeed over a WebSocket (one FeedEvent JSON per message)",
