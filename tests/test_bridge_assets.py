@@ -451,6 +451,34 @@ async def _metrics(served: Served) -> str:
         return (await http.get("/metrics")).text
 
 
+async def _until_metric(served: Served, line: str) -> None:
+    while line not in await _metrics(served):
+        await trio.sleep(0.1)
+
+
+def _reset(sock: trio.socket.SocketType) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a client that vanishes does."""
+    import socket
+    import struct
+
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+async def _big_blob(served: Served) -> tuple[bytes, str]:
+    """24 MiB stored: more than loopback's socket buffers hold, so writes back up."""
+    data = os.urandom(24 * PART)
+    return data, (await upload(served, data))["cid"]
+
+
+async def _stalled_download(served: Served, until: str) -> tuple[bytes, str, trio.socket.SocketType]:
+    """A big blob, and a GET of it that reads nothing, once the node's metrics show ``until``."""
+    data, cid = await _big_blob(served)
+    sock = await _raw_get(served, f"/v1/blobs/{cid}")
+    await _until_metric(served, until)
+    return data, cid, sock
+
+
 async def test_a_download_whose_client_stops_reading_is_cut_after_the_write_timeout(
         served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     # It held its ~2 MB of queued bytes and its connection for as long as
@@ -458,13 +486,9 @@ async def test_a_download_whose_client_stops_reading_is_cut_after_the_write_time
     from registrygrid.node.bridge import streaming
 
     monkeypatch.setattr(streaming, "WRITE_TIMEOUT_S", 1.0)
-    data = os.urandom(24 * PART)
-    cid = (await upload(served, data))["cid"]
     with trio.fail_after(40):
-        sock = await _raw_get(served, f"/v1/blobs/{cid}")
-        cut = 'rgrid_http_answers_cut_total{code="slow_client",route="/v1/blobs/{cid}"} 1.0'
-        while cut not in await _metrics(served):
-            await trio.sleep(0.2)
+        data, cid, sock = await _stalled_download(
+            served, 'rgrid_http_answers_cut_total{code="slow_client",route="/v1/blobs/{cid}"} 1.0')
         received = 0
         try:
             while chunk := await sock.recv(1 << 20):
@@ -484,8 +508,6 @@ async def test_a_client_that_goes_away_mid_download_is_no_error_in_the_log_or_th
     # a traceback and counted as internal_error; the other forms of it were
     # logged at ERROR by aiohttp, one traceback a client.
     import logging
-    import socket
-    import struct
 
     class Seen(logging.Handler):
         def __init__(self) -> None:
@@ -499,13 +521,12 @@ async def test_a_client_that_goes_away_mid_download_is_no_error_in_the_log_or_th
     package = logging.getLogger("registrygrid")
     package.addHandler(seen)
     try:
-        cid = (await upload(served, os.urandom(24 * PART)))["cid"]
+        _, cid = await _big_blob(served)
         with trio.fail_after(30):
             for _ in range(3):
                 sock = await _raw_get(served, f"/v1/blobs/{cid}")
                 await sock.recv(4096)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
-                sock.close()
+                _reset(sock)
             await trio.sleep(1.5)  # the node's writes fail meanwhile
             metrics = await _metrics(served)
     finally:
@@ -518,25 +539,16 @@ async def test_downloads_past_the_cap_are_refused_with_retry_after_until_a_slot_
         served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     # Each download holds a socket, an open object and up to ~2 MB queued
     # for its client: unbounded, 150 stalled ones held 400 MB. (The cap is 1 here.)
-    import socket
-    import struct
-
     from registrygrid.node.bridge import asset_routes
 
     monkeypatch.setattr(asset_routes, "MAX_DOWNLOADS", 1)
-    data = os.urandom(24 * PART)
-    cid = (await upload(served, data))["cid"]
     with trio.fail_after(30):
-        stalled = await _raw_get(served, f"/v1/blobs/{cid}")
-        while "rgrid_bridge_downloads 1.0" not in await _metrics(served):
-            await trio.sleep(0.1)
+        data, cid, stalled = await _stalled_download(served, "rgrid_bridge_downloads 1.0")
         async with served.client() as http:
             refused = await http.get(f"/v1/blobs/{cid}")
             assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
             assert "1 downloads are under way" in refused.json()["error"]["message"]
             assert (await http.head(f"/v1/blobs/{cid}")).status_code == 200  # a HEAD sends no bytes: no slot
-            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            stalled.close()  # a reset: the node's next write fails and the slot frees
-            while "rgrid_bridge_downloads 0.0" not in await _metrics(served):
-                await trio.sleep(0.1)
+            _reset(stalled)  # the node's next write fails and the slot frees
+            await _until_metric(served, "rgrid_bridge_downloads 0.0")
             assert (await http.get(f"/v1/blobs/{cid}")).content == data
