@@ -93,8 +93,10 @@ async def send(request: web.Request, write: Awaitable[None]) -> None:
     """``await write`` (a response's or a WebSocket's): SlowClient, with the
     connection closed, if the client does not take the bytes in time."""
     try:
-        await asyncio.wait_for(write, WRITE_TIMEOUT_S)
-    except asyncio.TimeoutError:
+        # asyncio.timeout, not wait_for: no task made per write (one per event on a WebSocket).
+        async with asyncio.timeout(WRITE_TIMEOUT_S):
+            await write
+    except TimeoutError:
         transport = request.transport
         if transport is not None:
             transport.abort()  # drops what is queued for it: the memory and the slot go now
