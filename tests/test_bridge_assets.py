@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_bridge_support import Served, make_token
+from test_bridge_support import Served, make_token, metrics_text, raw_request, until_metric
 
 from registrygrid.blobs.digest import parse_cid
 from registrygrid.blobs.presign import PresignKeys
@@ -431,31 +431,6 @@ async def test_a_blob_whose_bytes_are_gone_from_the_store_answers_404_not_a_cut_
         assert answer.status_code == 404 and answer.json()["error"]["code"] == "blob_missing"
 
 
-async def _raw_get(served: Served, path: str) -> trio.socket.SocketType:
-    """A GET sent on a socket that reads only when told, with a small
-    receive buffer: the node's writes back up fast."""
-    import socket
-    from urllib.parse import urlsplit
-
-    where = urlsplit(served.url)
-    sock = trio.socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    await sock.connect((where.hostname, where.port))
-    auth = served.headers()["Authorization"]
-    await sock.send(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n".encode())
-    return sock
-
-
-async def _metrics(served: Served) -> str:
-    async with served.client() as http:
-        return (await http.get("/metrics")).text
-
-
-async def _until_metric(served: Served, line: str) -> None:
-    while line not in await _metrics(served):
-        await trio.sleep(0.1)
-
-
 def _reset(sock: trio.socket.SocketType) -> None:
     """Close with a TCP reset (SO_LINGER 0), as a client that vanishes does."""
     import socket
@@ -474,8 +449,8 @@ async def _big_blob(served: Served) -> tuple[bytes, str]:
 async def _stalled_download(served: Served, until: str) -> tuple[bytes, str, trio.socket.SocketType]:
     """A big blob, and a GET of it that reads nothing, once the node's metrics show ``until``."""
     data, cid = await _big_blob(served)
-    sock = await _raw_get(served, f"/v1/blobs/{cid}")
-    await _until_metric(served, until)
+    sock = await raw_request(served, f"/v1/blobs/{cid}")
+    await until_metric(served, until)
     return data, cid, sock
 
 
@@ -524,11 +499,11 @@ async def test_a_client_that_goes_away_mid_download_is_no_error_in_the_log_or_th
         _, cid = await _big_blob(served)
         with trio.fail_after(30):
             for _ in range(3):
-                sock = await _raw_get(served, f"/v1/blobs/{cid}")
+                sock = await raw_request(served, f"/v1/blobs/{cid}")
                 await sock.recv(4096)
                 _reset(sock)
             await trio.sleep(1.5)  # the node's writes fail meanwhile
-            metrics = await _metrics(served)
+            metrics = await metrics_text(served)
     finally:
         package.removeHandler(seen)
     assert [r.getMessage() for r in seen.records] == []
@@ -550,5 +525,5 @@ async def test_downloads_past_the_cap_are_refused_with_retry_after_until_a_slot_
             assert "1 downloads are under way" in refused.json()["error"]["message"]
             assert (await http.head(f"/v1/blobs/{cid}")).status_code == 200  # a HEAD sends no bytes: no slot
             _reset(stalled)  # the node's next write fails and the slot frees
-            await _until_metric(served, "rgrid_bridge_downloads 0.0")
+            await until_metric(served, "rgrid_bridge_downloads 0.0")
             assert (await http.get(f"/v1/blobs/{cid}")).content == data

@@ -9,11 +9,13 @@ real HTTP clients (httpx, trio-websocket, the project's BridgeClient).
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -60,6 +62,29 @@ async def start_served(nursery: trio.Nursery, home_dir: Path, config: BridgeConf
     await nursery.start(node.run)
     info = json.loads((home.path / "bridge.json").read_text())
     return Served(node, bridge, home, info["url"], info["token"])
+
+
+async def raw_request(served: Served, path: str, headers: str = "") -> trio.socket.SocketType:
+    """A GET sent on a socket that reads only when told, with a small
+    receive buffer: the node's writes back up fast. ``headers``: more
+    header lines, each ending in CRLF."""
+    where = urlsplit(served.url)
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((where.hostname, where.port))
+    auth = served.headers()["Authorization"]
+    await sock.send(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n{headers}\r\n".encode())
+    return sock
+
+
+async def metrics_text(served: Served) -> str:
+    async with served.client() as http:
+        return (await http.get("/metrics")).text
+
+
+async def until_metric(served: Served, line: str) -> None:
+    while line not in await metrics_text(served):
+        await trio.sleep(0.1)
 
 
 async def setup_notes(served: Served) -> None:

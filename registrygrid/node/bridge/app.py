@@ -369,6 +369,9 @@ class Api:
     local_token_id: str | None = None
     streams: int = 0
     _inflight: set[tuple[str, str]] = field(default_factory=set)
+    # Every request a handler is running, by id() (a Request is a mapping,
+    # so unhashable): what the end of the shutdown grace cuts.
+    _running: dict[int, web.Request] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- helpers
 
@@ -1279,6 +1282,7 @@ class Api:
         route = resource.canonical if resource is not None else "unmatched"
         started = time.perf_counter()
         code = ""
+        self._running[id(request)] = request
         try:
             response = await handler(request)
         except SlowClient as exc:  # it stopped reading: its connection is closed
@@ -1298,10 +1302,28 @@ class Api:
             if begun is not None:  # only the connection can still say it failed
                 raise self._cut(request, route, begun, exc, time.perf_counter() - started) from None
             code, response = _error_answer(exc, request, trace_id)
+        finally:
+            del self._running[id(request)]
         if not response.prepared:  # streams set it themselves before they prepare
             response.headers["X-Trace-Id"] = trace_id
         self.metrics.observe_request(route, request.method, response.status, time.perf_counter() - started, code)
         return response
+
+    def cut_running(self) -> int:
+        """Close the connection of every request still running; how many.
+
+        For the end of the shutdown grace: a handler waiting on a client that
+        stopped reading (a download, a WebSocket whose client never answers
+        the close) waits until the socket moves, and aiohttp, past its grace,
+        only waits a second grace before cancelling it. A closed connection
+        ends that wait at once."""
+        cut = 0
+        for request in list(self._running.values()):
+            transport = request.transport
+            if transport is not None and not transport.is_closing():
+                transport.abort()
+                cut += 1
+        return cut
 
 
 def _error_answer(exc: Exception, request: web.Request, trace_id: str) -> tuple[str, web.Response]:

@@ -607,9 +607,20 @@ class Bridge:
         self.port = int(self._runner.addresses[0][1])
 
     async def _serve_until_stopped(self) -> None:
-        assert self._stop is not None and self._runner is not None
+        assert self._stop is not None and self._runner is not None and self.api is not None
         await self._stop.wait()
-        await self._runner.cleanup()
+        # aiohttp lets running handlers finish within the grace, then cancels
+        # them and waits for each up to a second grace: a handler blocked on
+        # a client that reads nothing held the stop for twice the grace, and
+        # a WebSocket whose client ignores the close for ten seconds.
+        cleanup = asyncio.ensure_future(self._runner.cleanup())
+        done, _ = await asyncio.wait({cleanup}, timeout=self.config.shutdown_grace_s)
+        if not done:
+            cut = self.api.cut_running()
+            if cut:
+                log.info("closed %d connection(s) still answering after the %.1f s shutdown grace",
+                         cut, self.config.shutdown_grace_s)
+        await cleanup
 
     def _snapshot(self) -> dict[str, Any]:
         """What /metrics reads of the node, on the scraping thread (see _copied)."""
