@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from registrygrid.crdt import disputes
+from registrygrid.crdt import disputes, resolver
 from registrygrid.crdt.conflicts import ABSENT, value_at
 from registrygrid.crdt.record import RecordDoc, doc_bytes
 from registrygrid.crdt.resolver import unpointer
 from registrygrid.engine import registries as regs
 from registrygrid.errors import NotFound, PolicyDenied, RegistryError, ValidationError
 from registrygrid.protocol.envelope import cid_from_str
+from registrygrid.schemas.catalog import SchemaCatalog
 from registrygrid.storage import changes, records
 from registrygrid.storage.store import Store
 from registrygrid.trust import access
@@ -54,10 +55,11 @@ def show_dispute(store: Store, trust: TrustState, dispute: str) -> dict[str, Any
     raise NotFound(f"no dispute {dispute!r} on this node; `rgrid disputes list` shows the open ones")
 
 
-def resolution_fields(store: Store, trust: TrustState, dispute: str, *, author: str, at_ms: int,
-                      value: Any = ABSENT, removed: bool = False, note: str = "") -> dict[str, Any]:
+def resolution_fields(store: Store, trust: TrustState, catalog: SchemaCatalog, dispute: str, *, author: str,
+                      at_ms: int, value: Any = ABSENT, removed: bool = False, note: str = "") -> dict[str, Any]:
     """The fields of a resolution ``author`` may file now; PolicyDenied when
-    its resolution would not count, ValidationError when it says nothing."""
+    its resolution would not count, ValidationError when it says nothing,
+    SchemaViolation when the record it settles would break its kind."""
     found = show_dispute(store, trust, dispute)
     if found["type"] == "equivocation":
         if value is not ABSENT or removed:
@@ -72,6 +74,7 @@ def resolution_fields(store: Store, trust: TrustState, dispute: str, *, author: 
                                   owners=(found["record_owner"],)):
             raise PolicyDenied(f"only a federation admin, the owner org of {found['registry']} or of the record "
                                f"may resolve {dispute}")
+        _check_settled_record(store, catalog, found, value, removed)
         fields = {"dispute": dispute, "outcome": "value"}
         if removed:
             fields["removed"] = True
@@ -80,6 +83,24 @@ def resolution_fields(store: Store, trust: TrustState, dispute: str, *, author: 
     if note:
         fields["note"] = note
     return fields
+
+
+def _check_settled_record(store: Store, catalog: SchemaCatalog, found: dict[str, Any], value: Any,
+                          removed: bool) -> None:
+    """Refuse a resolution that would leave its record's fields outside the
+    kind's schema (a required field removed, a value of the wrong type): the
+    record would show it on every node, and each later update of it would
+    be refused for what nobody could then change back."""
+    if not found["path"].startswith("/fields/"):
+        return
+    with store.read() as txn:
+        record = records.get_record(store, txn, found["registry"], found["record"])
+    if record is None:
+        return
+    settled = resolver.FieldConflict(path=found["path"], rule="manual", status="resolved",
+                                     value=None if removed else value, removed=removed)
+    fields = resolver.apply({"fields": record["fields"]}, [settled])["fields"]
+    catalog.validate(record["kind"], record["schema"], fields)
 
 
 # ---------------------------------------------------------------- the two kinds

@@ -17,7 +17,7 @@ from test_bridge_support import Served, make_token
 
 from registrygrid.client import BridgeClient
 from registrygrid.engine.ops import Remote
-from registrygrid.errors import NotFound, PolicyDenied, ValidationError
+from registrygrid.errors import NotFound, PolicyDenied, SchemaViolation, ValidationError
 from registrygrid.home import read_key_file
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
@@ -145,15 +145,42 @@ async def test_a_resolution_needs_a_value_or_removed_but_not_both(disputed: Disp
             assert "n" not in (await client.get(f"{RECORDS}/n1")).json()["fields"]
 
 
+async def test_a_resolution_that_would_leave_its_record_outside_its_kind_is_refused_and_nothing_is_filed(
+        disputed: Disputed) -> None:
+    # It was filed, and the record then showed a value its kind refuses:
+    # every later update of it failed with schema_violation.
+    served = disputed.served
+    with trio.fail_after(30):
+        async with served.client() as client:
+            head = (await client.get("/v1/stats")).json()["feed_head"]
+            resolve = f"/v1/disputes/{disputed.dispute}/resolve"
+            refused = await client.post(resolve, json={"value": {"nested": [1, 2, 3]}})
+            assert_error(refused, 422, "schema_violation")
+            assert "/n" in refused.text
+            assert (await client.get("/v1/stats")).json()["feed_head"] == head
+            assert (await client.get(f"/v1/disputes/{disputed.dispute}")).json()["resolutions"] == []
+    with pytest.raises(SchemaViolation):  # the SDK checks it the same way
+        served.node.registry.resolve_dispute(disputed.dispute, value="two")
+
+
 async def test_a_token_that_may_not_write_grid_disputes_is_refused_and_nothing_is_filed(disputed: Disputed) -> None:
     served = disputed.served
     with trio.fail_after(30):
         reader = await make_token(served, "reader")
         elsewhere = await make_token(served, "writer", registry=PRICES)
+        # Limited to grid.disputes, where resolutions are filed: it resolved
+        # any registry's disputes, even of a registry it could not read.
+        filer = await make_token(served, "writer", registry="grid.disputes")
         resolve = f"/v1/disputes/{disputed.dispute}/resolve"
-        for token in (reader, elsewhere):
+        for token in (reader, elsewhere, filer):
             async with served.client(token) as client:
                 assert_error(await client.post(resolve, json={"value": 9}), 403, "policy_denied")
+        async with served.client(filer) as client:  # nor may it file one as a plain record
+            assert_error(await client.post("/v1/registries/grid.disputes/records", json={
+                "kind": "dispute-resolution", "fields": {"dispute": disputed.dispute, "outcome": "value", "value": 9},
+                "tags": [disputed.dispute]}), 403, "policy_denied")
+        async with served.client() as client:
+            assert (await client.get(f"{RECORDS}/n1")).json()["fields"]["n"] in (2, 3)
         async with served.client(reader) as client:  # a reader still reads it
             assert (await client.get(f"/v1/disputes/{disputed.dispute}")).json()["resolutions"] == []
         async with served.client(elsewhere) as client:  # scoped to the dispute's registry: sees it too
@@ -184,9 +211,11 @@ async def test_the_client_has_the_sdk_dispute_methods_and_errors(disputed: Dispu
                 client.dispute(UNKNOWN)
             with pytest.raises(ValidationError):
                 client.resolve_dispute(disputed.dispute)  # a field dispute needs a value
-            result = client.resolve_dispute(disputed.dispute, value={"amount": 5}, note="from the client")
+            with pytest.raises(SchemaViolation):  # n is an integer in the note kind
+                client.resolve_dispute(disputed.dispute, value={"amount": 5})
+            result = client.resolve_dispute(disputed.dispute, value=5, note="from the client")
             assert (result.status, result.registry) == ("created", "grid.disputes")
-            assert client.get(PRICES, "n1")["fields"]["n"] == {"amount": 5}
+            assert client.get(PRICES, "n1")["fields"]["n"] == 5
             assert client.dispute(disputed.dispute)["resolutions"][-1]["note"] == "from the client"
         with BridgeClient(url, token=reader) as client, pytest.raises(PolicyDenied):
             client.resolve_dispute(disputed.dispute, removed=True)

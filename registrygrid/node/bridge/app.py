@@ -685,7 +685,7 @@ class Api:
 
     async def create_record(self, request: web.Request) -> web.Response:
         registry = names.registry_name(request.match_info["registry"])
-        token = self.require(request, WRITE, registry=registry)
+        token = self.require_record_write(request, registry, registry)
         body, raw = await self.body(request, "RecordCreate")
 
         return await self.idempotent(
@@ -696,6 +696,18 @@ class Api:
             lambda result: json_response(write_json(result), 201, {
                 "Location": f"/v1/registries/{registry}/records/{result.record_id}",
                 "ETag": etag_of(result.change_id)}))
+
+    def require_record_write(self, request: web.Request, registry: str, target: str) -> Token:
+        """A writer's token for a record route, which never writes grid.disputes:
+        a resolution filed there as a plain record skipped what the resolve
+        route checks (the token's registry scope, the record's kind), and a
+        resolution changed or deleted would reopen its dispute in silence."""
+        token = self.require(request, WRITE, registry=registry, target=target)
+        if registry == DISPUTES_REGISTRY:
+            raise self.auth.refuse(token.actor, target, PolicyDenied(
+                f"{DISPUTES_REGISTRY} takes resolutions through POST /v1/disputes/{{id}}/resolve only, "
+                "which checks who may decide them and what they leave"))
+        return token
 
     def _record_path(self, request: web.Request) -> tuple[str, str]:
         return names.registry_name(request.match_info["registry"]), names.record_id(request.match_info["id"])
@@ -721,7 +733,7 @@ class Api:
 
     async def replace_record(self, request: web.Request) -> web.Response:
         registry, record_id = self._record_path(request)
-        token = self.require(request, WRITE, registry=registry, target=f"{registry}/{record_id}")
+        token = self.require_record_write(request, registry, f"{registry}/{record_id}")
         body, _ = await self.body(request, "RecordReplace")
         if_match = _unquote_etag(request.headers.get("If-Match"))
         result = await self.write(Update(registry, record_id, fields=body["fields"], tags=body.get("tags"),
@@ -731,7 +743,7 @@ class Api:
 
     async def patch_record(self, request: web.Request) -> web.Response:
         registry, record_id = self._record_path(request)
-        token = self.require(request, WRITE, registry=registry, target=f"{registry}/{record_id}")
+        token = self.require_record_write(request, registry, f"{registry}/{record_id}")
         if request.content_type == MERGE_PATCH:
             patch, _ = await self.body(request, "MergePatch")
             body: dict[str, Any] = {"patch": patch}
@@ -745,7 +757,7 @@ class Api:
 
     async def delete_record(self, request: web.Request) -> web.Response:
         registry, record_id = self._record_path(request)
-        token = self.require(request, WRITE, registry=registry, target=f"{registry}/{record_id}")
+        token = self.require_record_write(request, registry, f"{registry}/{record_id}")
         if_match = _unquote_etag(request.headers.get("If-Match"))
         result = await self.write(Delete(registry, record_id, if_match=if_match, actor=token.actor,
                                          roles=local_roles(token)),
@@ -941,8 +953,12 @@ class Api:
         return json_response(found)
 
     async def resolve_dispute(self, request: web.Request) -> web.Response:
+        # A resolution is filed in grid.disputes but decides what a record of
+        # the disputed registry shows: a token limited to one registry (even
+        # to grid.disputes) resolves no other registry's disputes.
         token = self.require(request, WRITE, registry=DISPUTES_REGISTRY, target=DISPUTES_REGISTRY)
-        dispute, _ = self._dispute_path(request)
+        dispute, target = self._dispute_path(request)
+        self._in_scope(token, self.registry.dispute(dispute), target)
         body, raw = await self.body(request, "DisputeResolve")
         if "value" in body and body.get("removed"):
             raise ValidationError("give value, or removed: true, not both",
@@ -953,7 +969,7 @@ class Api:
             # node's key (its org) is who decides, the token only who asked.
             engine = self.registry.engine
             fields = dispute_views.resolution_fields(
-                self.store, engine.trust, dispute, author=engine.key.did, at_ms=engine.now_ms(),
+                self.store, engine.trust, engine.catalog, dispute, author=engine.key.did, at_ms=engine.now_ms(),
                 value=body.get("value", ABSENT), removed=bool(body.get("removed")), note=body.get("note", ""))
             return Put(DISPUTES_REGISTRY, RESOLUTION_KIND, fields, reserved.get("id"), tags=[dispute],
                        actor=token.actor, roles=local_roles(token))

@@ -1710,10 +1710,12 @@ def _paths() -> dict[str, Any]:
             "post": _op("resolveDispute", "File a signed resolution (a record of grid.disputes) as this node's key",
                         {**_json("201", "WriteResult", "filed", {**LOCATION, **ETAG}), **_errors(*WRITE_ERRORS)},
                         tags=["disputes"], params=[P_DISPUTE, IDEMPOTENCY], body=_body("DisputeResolve"),
-                        description="Needs a writer token that may write grid.disputes. The node's key must be "
+                        description="Needs a writer token not limited to a registry (the record routes never "
+                                    "write grid.disputes). The node's key must be "
                                     "allowed to decide (a federation admin, the owner org of the registry or of "
                                     "the record; for an equivocation, the key's own org): else 403 and nothing "
-                                    "is filed."),
+                                    "is filed. A value that would leave the record outside its kind's schema: "
+                                    "422 schema_violation."),
         },
         "/v1/policy/explain": {
             "post": _op("explainPolicy", "What every node would decide for a subject's action, and which rule "
