@@ -20,7 +20,7 @@ from registrygrid.errors import Unavailable, ValidationError
 from registrygrid.sdk import LocalRegistry
 from registrygrid.search import query as q
 from registrygrid.search.fields import normalize
-from registrygrid.search.index import WRITER_HEAP, SearchIndex
+from registrygrid.search.index import RERANK_WINDOW, WRITER_HEAP, Hit, SearchIndex
 
 REGIONS = ["eu-west", "eu-north", "us-east", "ap-south"]
 WORDS = ["summarize", "translate", "legal", "contract", "gpu", "cluster", "vision", "speech", "german", "fast"]
@@ -375,17 +375,60 @@ def test_a_malformed_query_is_refused_naming_its_bad_part(bad, path) -> None:
     assert refused.value.details[0]["path"] == path
 
 
+def walk(index: SearchIndex, query: dict[str, Any]) -> tuple[list[Hit], int]:
+    """Every hit of a relevance-ordered query, page by page, and its total."""
+    seen: list[Hit] = []
+    cursor = None
+    while True:
+        answer = index.search(q.parse_query({**query, **({"cursor": cursor} if cursor else {})}))
+        seen += answer["hits"]
+        cursor = answer["next_cursor"]
+        if cursor is None:
+            return seen, answer["total"]
+
+
 @pytest.mark.parametrize("weights", [{"freshness": 0, "trust": 0}, {"freshness": 0.5, "trust": 0.5}])
 def test_relevance_pages_walk_every_match_once_best_first(corpus, weights) -> None:
     index, _, _ = corpus
-    seen: list[tuple[float, str]] = []
-    cursor = None
-    while True:
-        answer = index.search(q.parse_query({"text": "legal gpu", "limit": 7, "weights": weights,
-                                             **({"cursor": cursor} if cursor else {})}))
-        seen += [(h.score, h.key) for h in answer["hits"]]
-        cursor = answer["next_cursor"]
-        if cursor is None:
-            break
-    assert len({k for _, k in seen}) == len(seen) == answer["total"]
-    assert [s for s, _ in seen] == sorted((s for s, _ in seen), reverse=True)
+    seen, total = walk(index, {"text": "legal gpu", "limit": 7, "weights": weights})
+    assert len({h.key for h in seen}) == len(seen) == total > RERANK_WINDOW
+    reranked, rest = (seen[:RERANK_WINDOW], seen[RERANK_WINDOW:]) if weights["freshness"] else ([], seen)
+    # Freshness and trust reorder the best text hits; the rest follow in text order.
+    assert [h.score for h in reranked] == sorted((h.score for h in reranked), reverse=True)
+    assert [h.relevance for h in rest] == sorted((h.relevance for h in rest), reverse=True)
+    assert min((h.relevance for h in reranked), default=1e9) >= max(h.relevance for h in rest)
+
+
+@pytest.fixture(scope="module")
+def alike(tmp_path_factory: pytest.TempPathFactory) -> SearchIndex:
+    """250 records that score the same for "zebra", and 30 that score better."""
+    root = tmp_path_factory.mktemp("alike")
+    registry = LocalRegistry.open_path(root / "store")
+    registry.create_registry("acme.tools", ["tool"])
+    index = SearchIndex(root / "index")
+    semantic = index.enable_semantic()  # the semantic extra is part of the test install
+    for part in range(5):  # five commits: ties span segments
+        for i in range(50 * part, 50 * part + 50):
+            registry.put("acme.tools", "tool", {"name": "zebra widget", "version": "1"}, id=f"t{i:03}")
+        for i in range(6 * part, 6 * part + 6):
+            registry.put("acme.tools", "tool", {"name": "zebra zebra", "version": "1"}, id=f"z{i:03}")
+        index.catch_up(registry, org_verified=lambda org: False, local_org=registry.engine.owner)
+    if semantic:
+        index.catch_up_vectors(registry)
+    registry.close()
+    return index
+
+
+@pytest.mark.parametrize("query", [
+    {"weights": {"text": 1, "freshness": 0, "trust": 0}},
+    {},  # freshness and trust rerank the best hundred
+    {"mode": "hybrid"},
+])
+@pytest.mark.parametrize("limit", [50, 7])
+def test_a_walk_over_records_that_score_alike_returns_each_once(alike: SearchIndex, query, limit) -> None:
+    # tantivy's top n breaks ties by document address, and each page asked
+    # for a bigger n: 250 records alike walked in pages of 50 returned 250
+    # hits of which 100 were distinct.
+    seen, total = walk(alike, {"text": "zebra", "limit": limit, **query})
+    assert total == 280
+    assert len({h.key for h in seen}) == len(seen) == 280

@@ -17,8 +17,8 @@ documents again: nothing is lost or doubled. ``rebuild`` starts over.
 
 Sorting and pages. Relevance orders text queries (BM25 over name, which
 counts 3x, description 1.5x, and every string of the record, reranked
-with freshness and trust: ``rank``); pages reach ``MAX_RELEVANCE_WINDOW``
-deep. Any number, date or keyword field sorts too (keywords in UTF-8
+with freshness and trust: ``rank``, over a fixed window: ``_by_relevance``);
+pages reach ``MAX_RELEVANCE_WINDOW`` deep. Any number, date or keyword field sorts too (keywords in UTF-8
 byte order: see ``PREFIX_BYTES``), ties broken by ``kid`` (a 62-bit hash
 of the key): a cursor is the last hit's (value, kid), so a walk is stable
 while records change (keyset, never offsets). A sort lists the records
@@ -70,6 +70,11 @@ COMMIT_EVERY = 20_000
 WRITER_HEAP = 64 * 2**20
 # Freshness halves every this many days.
 FRESHNESS_HALF_LIFE_DAYS = 30.0
+# Freshness, trust, boosts and meaning rerank this many of the best text
+# hits, the same ones for every page of a walk (search engines' rescore
+# window, which they too keep fixed while paging); 100 kept the reranked
+# top 10 at ~4 ms p50 over 100k records (bench_search).
+RERANK_WINDOW = 100
 _KEYWORDS = ("registry", "id", "kind", "owner", "name", "category", "region", "status")
 # A keyword sort's keyset needs "after this string", which tantivy answers
 # for numbers only (no range query over text): each keyword field also
@@ -488,31 +493,55 @@ class SearchIndex:
 
     def _by_relevance(self, searcher: Any, query: q.Query, base: tantivy.Query, now_ms: int,
                       registries: tuple[str, ...] | None) -> tuple[list[Hit], str | None]:
+        """One page of the query's one fixed order (every page of a walk
+        cuts the same list): a cursor is a position in it.
+
+        Text alone: best BM25 first, ties by kid. Freshness, trust, boosts
+        and meaning rerank the best ``RERANK_WINDOW`` only (a window that
+        grew with the page, as it did, chose other hits for each page, so a
+        walk repeated some and never reached others); text hits beyond it
+        follow in text order. Semantic search has no text order to follow:
+        its pages end with the window."""
         start = 0
         if query.cursor is not None:
             start = int(q.decode_cursor(query.cursor, query.sort).value)
-        # Freshness, trust, boosts and fusion can lift a hit from below the
-        # page: rerank a window of 100 or more; BM25 alone ranks as tantivy
-        # does, so the page (and one more, to know a next page exists) is enough.
+        depth = min(q.MAX_RELEVANCE_WINDOW, start + query.limit + 1)  # one more: is there a next page
         reranked = (query.weights.freshness > 0 or query.weights.trust > 0 or bool(query.boosts)
                     or query.mode != "text")
-        window = min(q.MAX_RELEVANCE_WINDOW, max(100 if reranked else 0, start + query.limit + 1))
-        hits: list[Hit] = []
+        text: list[Hit] = []
         if query.mode in ("text", "hybrid"):
-            for rank_no, (score, address) in enumerate(searcher.search(base, window, count=False).hits, 1):
-                hit = self._hit(searcher, address, score, None)
-                hit.signals = {"bm25": float(score), "bm25_rank": rank_no}
-                hits.append(hit)
-        if query.mode in ("semantic", "hybrid"):
-            hits = self._fuse(hits, self._nearest(searcher, query, registries, window), query.mode)
-        boosts = [(self.compile(b.filter), b.factor) for b in query.boosts]
-        boosted = self._boosted_keys(searcher, boosts, [h.key for h in hits])
-        rank(hits, query.weights, now_ms, boosted)
-        hits.sort(key=lambda h: (-h.score, h.kid))
+            text = self._text_order(searcher, base, max(depth, RERANK_WINDOW) if reranked else depth)
+        if reranked:
+            head = text[:RERANK_WINDOW]
+            if query.mode in ("semantic", "hybrid"):
+                head = self._fuse(head, self._nearest(searcher, query, registries, RERANK_WINDOW), query.mode)
+            boosts = [(self.compile(b.filter), b.factor) for b in query.boosts]
+            rank(head, query.weights, now_ms, self._boosted_keys(searcher, boosts, [h.key for h in head]))
+            head.sort(key=lambda h: (-h.score, h.kid))
+            shown = {h.key for h in head}
+            tail = [h for h in text[RERANK_WINDOW:] if h.key not in shown]
+            rank(tail, query.weights, now_ms, {}, best=max((h.relevance for h in text[:1]), default=0.0))
+            hits = head + tail
+        else:
+            rank(text, query.weights, now_ms, {})
+            hits = text
         page = hits[start:start + query.limit]
-        more = start + query.limit < len(hits)
+        more = start + query.limit < min(len(hits), q.MAX_RELEVANCE_WINDOW)
         cursor = q.encode_cursor(q.Cursor("relevance", start + query.limit, page[-1].key)) if page and more else None
         return page, cursor
+
+    def _text_order(self, searcher: Any, base: tantivy.Query, n: int) -> list[Hit]:
+        """The first ``n`` text hits, best BM25 first, in tantivy's order:
+        ties by document address, so that the first n are a prefix of one
+        order whatever n is, while the index holds the same documents (as a
+        positional cursor needs). Ordering ties by kid, as this did, took a
+        different set of tied hits for each page."""
+        hits = []
+        for rank_no, (score, address) in enumerate(searcher.search(base, n, count=False).hits, 1):
+            hit = self._hit(searcher, address, score, None)
+            hit.signals = {"bm25": float(score), "bm25_rank": rank_no}
+            hits.append(hit)
+        return hits
 
     def _nearest(self, searcher: Any, query: q.Query, registries: tuple[str, ...] | None,
                  window: int) -> list[Hit]:
@@ -747,12 +776,13 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def rank(hits: list[Hit], weights: q.Weights, now_ms: int, boosted: Mapping[str, float]) -> None:
+def rank(hits: list[Hit], weights: q.Weights, now_ms: int, boosted: Mapping[str, float], *,
+         best: float | None = None) -> None:
     """Each hit's score: its relevance (BM25, similarity or fused rank, over
-    the best of the window), freshness (halves every
+    ``best``, by default the best of ``hits``), freshness (halves every
     ``FRESHNESS_HALF_LIFE_DAYS``) and trust (a verified owner 0.6, its
     reputation up to 0.4), weighted, times its boosts."""
-    best = max((h.relevance for h in hits), default=0.0) or 1.0
+    best = (best if best is not None else max((h.relevance for h in hits), default=0.0)) or 1.0
     for h in hits:
         age_days = max(0.0, (now_ms - h.updated_at) / 86_400_000)
         freshness = 0.5 ** (age_days / FRESHNESS_HALF_LIFE_DAYS)
