@@ -255,3 +255,33 @@ def test_rgrid_token_revoke_of_the_nodes_own_cli_token_is_refused_and_the_cli_ke
     with LocalRegistry.open_home(home) as local:
         denials = [e for e in local.audit_log(limit=10_000) if e.action == "deny" and e.target == f"tokens/{cli_id}"]
     assert len(denials) == 2 and all(e.reason.startswith("conflict: ") for e in denials)
+
+
+@pytest.mark.slow
+def test_rgrid_import_through_a_rate_limited_bridge_waits_out_each_429_and_imports_everything(
+        tmp_path: Path) -> None:
+    # The CLI made one attempt of every request: an import checks each
+    # document with a GET before it writes, and the first 429 ended it
+    # (1,500 MCP documents against the default 500 requests/s: none imported).
+    # Every other error is still one attempt, reported at once.
+    home = tmp_path / "home"
+    rgrid(home, "init")
+    config = json.loads((home / "config.json").read_text())
+    config["bridge"] = {**config.get("bridge", {}), "rate_limit": 100, "rate_burst": 5}
+    (home / "config.json").write_text(json.dumps(config))
+    documents = tmp_path / "servers.json"
+    documents.write_text(json.dumps([{"name": f"io.example{i}/srv", "description": "d", "version": "1.0.0"}
+                                     for i in range(60)]))
+    node, _ = _start_node(home)
+    try:
+        imported = rgrid(home, "import", str(documents), "--json", check=False)
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=30) == 0, node.communicate()
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout)["created"] == 60
+    with LocalRegistry.open_home(home) as local:
+        assert len(list(local.iter_all("grid.mcp-servers"))) == 60

@@ -492,6 +492,11 @@ def test_which_failures_are_retried() -> None:
     for status, code in [(404, "not_found"), (409, "already_exists"), (422, "schema_violation"),
                          (401, "unauthorized"), (500, "internal_error")]:
         assert not retryable(status=status, code=code, sent=True, replayable=True), code
+    # The CLI's policy (RATE_LIMITS_ONLY): only what the node refused before doing anything.
+    assert retryable(status=429, code="rate_limited", sent=True, replayable=False, rate_limits_only=True)
+    assert retryable(status=409, code="idempotency_in_progress", sent=True, replayable=True, rate_limits_only=True)
+    assert not retryable(status=503, code="unavailable", sent=True, replayable=True, rate_limits_only=True)
+    assert not retryable(status=None, code="unavailable", sent=False, replayable=True, rate_limits_only=True)
 
 
 def test_backoff_is_full_jitter_under_a_doubling_ceiling_and_retry_after_is_a_floor() -> None:

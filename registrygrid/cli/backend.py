@@ -63,10 +63,11 @@ def publish_statement(home: Home, kind: str, record_id: str, fields: dict[str, A
 
 def _bridge_client(home: Home) -> Any:
     try:
-        from registrygrid.client import NO_RETRY, BridgeClient
+        from registrygrid.client import RATE_LIMITS_ONLY, BridgeClient
     except ImportError:
         return None
-    # One attempt: a command's error goes to a person (or a script) who can
-    # run it again at once, rather than wait out a 503 that clears in a
-    # moment (a lasting one, 503 disabled, is never retried anyway).
-    return BridgeClient.for_home(home, retry=NO_RETRY)
+    # A 429 is waited out (an import sends thousands of requests); anything
+    # else is one attempt: a command's error goes to a person (or a script)
+    # who can run it again at once, rather than wait out a 503 that clears
+    # in a moment (a lasting one, 503 disabled, is never retried anyway).
+    return BridgeClient.for_home(home, retry=RATE_LIMITS_ONLY)

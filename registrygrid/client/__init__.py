@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from registrygrid.client.retry import NO_RETRY, Retrying, RetryPolicy
+from registrygrid.client.retry import NO_RETRY, RATE_LIMITS_ONLY, Retrying, RetryPolicy
 from registrygrid.client.sync import BridgeClient, Subscription
 from registrygrid.errors import RegistryError
 
 if TYPE_CHECKING:
     from registrygrid.client.aio import AsyncBridgeClient, AsyncSubscription
 
-__all__ = ["NO_RETRY", "AsyncBridgeClient", "AsyncSubscription", "BridgeClient", "RegistryError", "RetryPolicy",
+__all__ = ["NO_RETRY", "RATE_LIMITS_ONLY", "AsyncBridgeClient", "AsyncSubscription", "BridgeClient", "RegistryError", "RetryPolicy",
            "Retrying", "Subscription"]
 
 

@@ -136,7 +136,8 @@ class AsyncBridgeClient:
                 error, answered, sent = rebuild(status, data), status, True
                 retry_after = parse_retry_after(reply_headers.get("retry-after"), time.time())
             delay = None
-            if retryable(status=answered, code=error.code, sent=sent, replayable=req.replayable):
+            if retryable(status=answered, code=error.code, sent=sent, replayable=req.replayable,
+                         rate_limits_only=self.retry.rate_limits_only):
                 delay = self.retry.delay(attempt, self._rng, retry_after=retry_after)
             if delay is None:
                 raise error

@@ -72,6 +72,10 @@ class RetryPolicy:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     base_s: float = DEFAULT_BASE_S
     cap_s: float = DEFAULT_CAP_S
+    # True: only what the node refused before doing anything, a 429 or a
+    # keyed request still in progress, is sent again; a 503, a lost answer
+    # or a connection never made is raised at once (RATE_LIMITS_ONLY).
+    rate_limits_only: bool = False
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1 or self.base_s <= 0 or self.cap_s < self.base_s:
@@ -109,6 +113,11 @@ class RetryPolicy:
 
 # One attempt, no waiting: what a caller passes to turn retries off.
 NO_RETRY = RetryPolicy(max_attempts=1)
+# The CLI's: a command's error goes to a person who can run it again at
+# once, rather than wait out a 503; but a rate limit is the node pacing a
+# command that sends many requests (an import of thousands of documents,
+# which failed on its first 429), and is waited out.
+RATE_LIMITS_ONLY = RetryPolicy(rate_limits_only=True)
 
 
 @dataclass(frozen=True)
@@ -140,15 +149,18 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
-def retryable(*, status: int | None, code: str | None, sent: bool, replayable: bool) -> bool:
+def retryable(*, status: int | None, code: str | None, sent: bool, replayable: bool,
+              rate_limits_only: bool = False) -> bool:
     """Whether an attempt that ended so may be made again (the module docstring's rules).
 
     ``status`` is None when no answer came: ``sent`` says whether the
     request may have reached the node (False: the connection was never made)."""
-    if status is None:
-        return replayable or not sent
     if status == RATE_LIMITED or code == IN_PROGRESS:
         return True
+    if rate_limits_only:
+        return False
+    if status is None:
+        return replayable or not sent
     return status == UNAVAILABLE and code not in LASTING and replayable
 
 
