@@ -14,11 +14,13 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from test_bridge_support import start_served
+from test_bridge_support import make_token, start_served
 
 from registrygrid.client import BridgeClient
 from registrygrid.formats import importer
 from registrygrid.formats.importer import Document
+from registrygrid.node.bridge import BridgeConfig
+from registrygrid.node.bridge.auth import RateLimit
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -118,4 +120,61 @@ async def test_ard_search_finds_resources_by_words_type_and_tags(nursery: trio.N
     assert federated.status_code == 200 and federated.json()["results"][0]["data"]["name"] == SERVER["name"]
     assert no_text.status_code == 422 and no_text.json()["error"]["details"][0]["path"] == "/query/text"
     assert bad_federation.status_code == 422 and "federation" in bad_federation.text
+    served.node.stop()
+
+
+async def test_the_catalog_names_the_version_the_mcp_api_calls_latest_and_is_sent_again_only_when_changed(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    # It named the version published last (1.0.1 below) where /v0.1/servers
+    # calls 2.0.0 latest, by the MCP Registry's semver rule.
+    served = await start_served(nursery, tmp_path / "home")
+    await trio.to_thread.run_sync(publish, served.url, served.admin, [{**SERVER, "version": "2.0.0"}])
+    await trio.to_thread.run_sync(publish, served.url, served.admin, [{**SERVER, "version": "1.0.1"}])
+    async with anonymous_client(served) as anonymous:
+        first = await anonymous.get("/.well-known/ai-catalog.json")
+        again = await anonymous.get("/.well-known/ai-catalog.json", headers={"If-None-Match": first.headers["ETag"]})
+    async with served.client() as client:
+        latest = (await client.get("/v0.1/servers", params={"version": "latest"})).json()
+    (entry,) = first.json()["entries"]
+    assert entry["version"] == "2.0.0" == latest["servers"][0]["server"]["version"]
+    assert again.status_code == 304 and again.content == b""
+    await trio.to_thread.run_sync(publish, served.url, served.admin, [{**SERVER, "version": "3.0.0"}])
+    async with anonymous_client(served) as anonymous:
+        changed = await anonymous.get("/.well-known/ai-catalog.json", headers={"If-None-Match": first.headers["ETag"]})
+    assert changed.status_code == 200 and changed.json()["entries"][0]["version"] == "3.0.0"
+    served.node.stop()
+
+
+async def test_the_well_known_documents_are_rate_limited_per_address_as_anonymous_requests_are(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    # Public and built from whole registries, they answered every request
+    # unthrottled: 24 crawlers of a 120 MB catalog took the node to 3 GB.
+    served = await start_served(nursery, tmp_path / "home", BridgeConfig(rate_limit=RateLimit(rate=0.5, burst=3)))
+    async with anonymous_client(served) as anonymous:
+        answers = [await anonymous.get(path) for path in ["/.well-known/ai-catalog.json"] * 2
+                   + ["/.well-known/agent-card.json"] * 2]
+    assert [a.status_code for a in answers] == [200, 200, 404, 429]
+    assert answers[-1].json()["error"]["code"] == "rate_limited" and int(answers[-1].headers["Retry-After"]) >= 1
+    served.node.stop()
+
+
+async def test_ard_search_with_a_token_limited_to_another_registry_finds_nothing(nursery: trio.Nursery,
+                                                                                 tmp_path: Path) -> None:
+    # It searched the token's own registry instead, and answered its tool
+    # records as agent cards.
+    from test_bridge_search import indexed, start_node
+
+    served = await start_node(nursery, tmp_path / "searching")
+    await trio.to_thread.run_sync(publish, served.url, served.admin, [CARD])
+    async with served.client() as client:
+        assert (await client.post("/v1/registries", json={"name": "acme.private", "kinds": ["tool"]})).status_code == 201
+        written = await client.post("/v1/registries/acme.private/records", json={
+            "kind": "tool", "id": "p1", "fields": {"name": "contracts helper", "version": "1"}})
+        assert written.status_code == 201, written.text
+        await indexed(client, (await client.get("/v1/index")).json()["feed_head"])
+    scoped = await make_token(served, "reader", registry="acme.private")
+    async with served.client(scoped) as client:
+        found = await client.post("/search", json={"query": {"text": "contracts", "filter": {
+            "type": ["application/a2a-agent-card+json"]}}})
+    assert found.status_code == 200 and found.json()["results"] == []
     served.node.stop()

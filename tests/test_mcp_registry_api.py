@@ -506,3 +506,30 @@ def _expected_rank(version: str, created: int) -> tuple[Any, ...]:
     if version in precedence:
         return (1, precedence.index(version), created, version)
     return (0, 0, created, version)
+
+
+def test_reads_that_find_the_catalog_stale_share_one_rebuild(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each such read rebuilt it: after one write, 100 concurrent reads of
+    # 10,000 versions ran 100 rebuilds (26 s each) on the executor every
+    # other route shares (/v1/stats took 11 s meanwhile).
+    from concurrent.futures import ThreadPoolExecutor
+
+    builds: list[int] = []
+    build = Catalog.of.__func__  # type: ignore[attr-defined]
+
+    def slow_build(cls: type[Catalog], records: Any) -> Catalog:
+        builds.append(1)
+        time.sleep(0.3)  # as long as ~10,000 versions take: the reads overlap it
+        return build(cls, records)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Catalog, "of", classmethod(slow_build))
+    assert world.import_docs(server_json("io.example.stale/one", "1.0.0")).created == 1
+
+    def read(_: int) -> int:
+        with world.client() as c:
+            return c.get(LIST, params={"limit": 1}).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        assert set(pool.map(read, range(48))) == {200}
+    assert builds == [1]
+    assert ("io.example.stale/one", "1.0.0") in world.all_versions()

@@ -227,6 +227,10 @@ class Catalog:
                 is_latest=not deleted and latest.get(name) == latest_key(version, published)))
         return cls(versions)
 
+    def versions_where_latest(self) -> list[Version]:
+        """The latest version of each server (none of a server whose versions are all deleted)."""
+        return [v for v in self._versions if v.is_latest]
+
     def __len__(self) -> int:
         return len(self._versions)
 

@@ -164,6 +164,11 @@ class Authenticator:
                 f"this token is limited to registry {token.registry}, not {registry}"))
         return token
 
+    def throttle_address(self, remote: str | None) -> None:
+        """The rate limit of a request without a token, for a route that asks
+        none (the well-known discovery documents): RateLimited past it."""
+        self._throttle(f"addr:{remote}")
+
     def _throttle(self, key: str) -> None:
         wait = self.limiter.take(key)
         if wait > 0:

@@ -20,20 +20,26 @@
 
 The two well-known documents are public, as their protocols mean them to
 be (a client discovers an agent before it holds any credential here); they
-hold only what this org publishes to its federation anyway. The listing
+hold only what this org publishes to its federation anyway. Each caller's
+address is rate limited as an anonymous request is, and each document is
+built once per change of its registries (feed_cache.py), not per request. The listing
 and ARD search need a reader token, as every other read.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from registrygrid.errors import Conflict, NotFound
 from registrygrid.formats import a2a, ai_catalog, ard, mcp
-from registrygrid.node.bridge.app import json_response, q_int
+from registrygrid.formats.mcp_registry import Catalog
+from registrygrid.node.bridge.app import dumps, json_response, q_int
 from registrygrid.node.bridge.auth import READ
+from registrygrid.node.bridge.conditional import not_modified
+from registrygrid.node.bridge.feed_cache import FeedCache
 
 if TYPE_CHECKING:
     from registrygrid.node.bridge.app import Api
@@ -50,6 +56,11 @@ class DiscoveryRoutes:
     def __init__(self, api: Api, *, agent_card: str | None = None) -> None:
         self.api = api
         self.agent_card = agent_card  # HOME/config.json bridge.agent_card: the card to serve among several
+        # Anyone may ask for these, as often as the rate limit lets them:
+        # each was a scan of whole registries per request.
+        self._cards = FeedCache(api, (a2a.REGISTRY,), lambda: self._owned(a2a.REGISTRY, a2a.KIND))
+        self._catalog_document = FeedCache(api, (a2a.REGISTRY, mcp.REGISTRY, ai_catalog.REGISTRY),
+                                           self._encoded_catalog)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -67,7 +78,8 @@ class DiscoveryRoutes:
         return [r for r in self.api.registry.iter_all(registry, kind=kind) if org is not None and r["owner"] == org]
 
     async def agent_card_document(self, request: web.Request) -> web.Response:
-        cards = await self.api.in_executor(self._owned, a2a.REGISTRY, a2a.KIND)
+        self.api.auth.throttle_address(request.remote)
+        cards = await self._cards.get()
         if self.agent_card is not None:
             cards = [c for c in cards if c["id"] == self.agent_card]
         if not cards:
@@ -79,8 +91,17 @@ class DiscoveryRoutes:
         return json_response(a2a.from_record(cards[0]), headers={"Cache-Control": CACHE_CONTROL})
 
     async def ai_catalog_document(self, request: web.Request) -> web.Response:
-        document = await self.api.in_executor(self._catalog)
-        return json_response(document, headers={"Cache-Control": CACHE_CONTROL})
+        self.api.auth.throttle_address(request.remote)
+        body, etag = await self._catalog_document.get()
+        headers = {"Cache-Control": CACHE_CONTROL, "ETag": etag}
+        if not_modified(request.headers, etag):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=body, headers=headers, content_type="application/json")
+
+    def _encoded_catalog(self) -> tuple[bytes, str]:
+        """The document as sent, and its entity tag."""
+        body = dumps(self._catalog())
+        return body, f'"{hashlib.sha256(body).hexdigest()[:32]}"'
 
     def _catalog(self) -> dict[str, Any]:
         identity = self.api.registry.identity()
@@ -91,11 +112,11 @@ class DiscoveryRoutes:
                             "displayName": str(card.get("name", record["id"])), "type": MEDIA_A2A,
                             "description": str(card.get("description", "")), "data": card,
                             **({"version": card["version"]} if isinstance(card.get("version"), str) else {})})
-        latest: dict[str, dict[str, Any]] = {}
-        for record in self._owned(mcp.REGISTRY, mcp.KIND):
-            name = record["fields"].get("name")
-            if isinstance(name, str) and (name not in latest or record["created_at"] > latest[name]["created_at"]):
-                latest[name] = record
+        # The latest version of each server by the MCP Registry API's rule
+        # (isLatest: semver order), not the last one published, so that
+        # /v0.1/servers and this document name the same version.
+        servers = {r["id"]: r for r in self._owned(mcp.REGISTRY, mcp.KIND)}
+        latest = {v.name: servers[v.record_id] for v in Catalog.of(servers.values()).versions_where_latest()}
         for name, record in sorted(latest.items()):
             server = mcp.from_record(record)
             entries.append({"identifier": f"urn:registrygrid:{mcp.REGISTRY}:{name}",
@@ -126,7 +147,12 @@ class DiscoveryRoutes:
         body, _ = await self.api.body(request, "ArdSearch")
         query = ard.to_query(body)
         if token.registry is not None:
-            query["registries"] = [r for r in query["registries"] if r == token.registry] or [token.registry]
+            # A token limited to a registry none of ARD's is: nothing to find
+            # (it searched its own registry, and answered any record as a card).
+            query["registries"] = [r for r in query["registries"] if r == token.registry]
+            if not query["registries"]:
+                self.api.read_note(token, "search", "ARD search outside the token's registry")
+                return json_response(ard.to_answer({"items": []}))
         if query.get("federated"):
             answer = await self.api.federated_search(query, None)
         else:

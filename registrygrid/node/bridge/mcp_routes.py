@@ -17,13 +17,13 @@ gossip them like any record.
 
 A reader token is needed, as for every read of the bridge; a token limited
 to another registry is refused (403). The handlers read the registry
-through a ``Catalog`` of every version, rebuilt off the loop when the
-registry changed (the node's feed says so) and otherwise shared.
+through a ``Catalog`` of every version, rebuilt off the loop, one build at
+a time, when the registry changed (the node's feed says so) and otherwise
+shared (feed_cache.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -40,16 +40,12 @@ from registrygrid.formats.mcp_registry import (
 )
 from registrygrid.node.bridge.app import json_response, q_bool, q_int
 from registrygrid.node.bridge.auth import READ, WRITE
+from registrygrid.node.bridge.feed_cache import FeedCache
 
 if TYPE_CHECKING:
     from registrygrid.node.bridge.app import Api
 
 BASE = "/v0.1/servers"
-# A cached catalog is brought up to date by looking for changes of
-# grid.mcp-servers among the feed events since it was built, when they are
-# at most this many: the most one changefeed read takes (sdk.py changes).
-# Further behind, it is rebuilt from the records instead.
-RECHECK_EVENTS = 10_000
 
 
 class NotSupported(RegistryError):
@@ -60,16 +56,11 @@ class NotSupported(RegistryError):
     exit_code = EX_UNAVAILABLE
 
 
-@dataclass(frozen=True)
-class _Cached:
-    head: int  # the feed head the catalog is known to be current at
-    catalog: Catalog
-
-
 class McpRoutes:
     def __init__(self, api: Api) -> None:
         self.api = api
-        self._cached: _Cached | None = None
+        self._catalog = FeedCache(api, (mcp.REGISTRY,), lambda: Catalog.of(
+            api.registry.iter_all(mcp.REGISTRY, kind=mcp.KIND, include_deleted=True)))
 
     def routes(self) -> list[web.RouteDef]:
         # aiohttp matches a path with its %2F still encoded and decodes each
@@ -86,23 +77,7 @@ class McpRoutes:
     # ------------------------------------------------------------------ the catalog
 
     async def catalog(self) -> Catalog:
-        head = self.api.registry.feed_head()
-        cached = self._cached
-        if cached is not None and cached.head == head:
-            return cached.catalog
-        return await self.api.in_executor(self._refresh, head)
-
-    def _refresh(self, head: int) -> Catalog:
-        """The catalog as of at least ``head`` (an executor thread: it may read every record)."""
-        registry, cached = self.api.registry, self._cached
-        if cached is not None and head - cached.head <= RECHECK_EVENTS \
-                and not registry.changes(cached.head, limit=1, registry=mcp.REGISTRY):
-            catalog = cached.catalog  # the feed moved on, grid.mcp-servers did not
-        else:
-            catalog = Catalog.of(registry.iter_all(mcp.REGISTRY, kind=mcp.KIND, include_deleted=True))
-        if self._cached is None or self._cached.head < head:
-            self._cached = _Cached(head, catalog)
-        return catalog
+        return await self._catalog.get()
 
     # ------------------------------------------------------------------ reads
 
