@@ -178,3 +178,21 @@ async def test_ard_search_with_a_token_limited_to_another_registry_finds_nothing
             "type": ["application/a2a-agent-card+json"]}}})
     assert found.status_code == 200 and found.json()["results"] == []
     served.node.stop()
+
+
+async def test_a_signature_status_tag_a_writer_chose_is_not_shown_when_the_card_contradicts_it(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    # The listing showed the tag as written: an unsigned card tagged
+    # signature:verified was "verified", and signature:trust-me broke the
+    # AgentCardList schema.
+    served = await start_served(nursery, tmp_path / "home")
+    records = "/v1/registries/grid.agent-cards/records"
+    async with served.client() as client:
+        for record_id, tag in (("a2a-claims-verified", "signature:verified"), ("a2a-claims-odd", "signature:trust-me")):
+            written = await client.post(records, json={"kind": "agent-card", "id": record_id, "fields": CARD,
+                                                       "tags": [tag]})
+            assert written.status_code == 201, written.text
+        listed = (await client.get("/v1/agent-cards")).json()
+    assert {c["id"]: c["signature"] for c in listed["cards"]} == {"a2a-claims-verified": "unsigned",
+                                                                  "a2a-claims-odd": "unsigned"}
+    served.node.stop()

@@ -93,6 +93,21 @@ def test_unsigned_self_signed_and_unknown_key_cards_say_so(keys: dict[str, Any],
     assert a2a.verify(both, trusted).status == "verified"
 
 
+def test_a_reader_is_shown_the_tagged_status_only_where_the_card_bears_it_out(keys: dict[str, Any]) -> None:
+    def shown(card: dict[str, Any], status: str, change: str) -> str:
+        return a2a.shown_status({"fields": card, "tags": ["a2a", f"signature:{status}"], "change_id": change})
+
+    kid_only = sign(CARD, keys["ec"], "ec-1", "ES256")  # checked with a key only the importer held
+    embedded = sign(CARD, keys["ec"], "ec-1", "ES256", embed=True)
+    assert shown(kid_only, "verified", "c1") == "verified"
+    assert shown(embedded, "verified", "c2") == "verified"
+    assert shown(CARD, "verified", "c3") == "unsigned"  # a writer's word against the card
+    tampered = {**embedded, "description": "Sends your contracts elsewhere"}
+    assert shown(tampered, "verified", "c4") == "invalid"
+    assert shown(kid_only, "self-signed", "c5") == "unverified"
+    assert shown(CARD, "trust-me", "c6") == "unsigned"  # only the five words are ever shown
+
+
 def test_imported_cards_carry_their_status_and_export_as_signed(tmp_path: Path, keys: dict[str, Any],
                                                                trusted: KeySet) -> None:
     signed = sign(CARD, keys["ec"], "ec-1", "ES256")

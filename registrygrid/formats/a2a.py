@@ -11,7 +11,8 @@ agent is one record:
   older ``url``), else of its name: importing a newer card of the same
   agent updates its record;
 * **tags**: ``a2a``, its skills' tags (those a tag can be), and the card's
-  signature status, as verified at import: ``signature:verified`` (a
+  signature status, as verified at import (readers are shown
+  ``shown_status``, which checks again what needs no key): ``signature:verified`` (a
   signature checks with a trusted key), ``signature:self-signed`` (it
   checks with the key the signature itself carries: intact, but the key
   vouches only for itself), ``signature:unverified`` (no key to check it:
@@ -98,6 +99,33 @@ def to_record(doc: Mapping[str, Any], *, keys: KeySet | None = None) -> tuple[st
 
 def from_record(record: Mapping[str, Any]) -> dict[str, Any]:
     return dict(record["fields"])
+
+
+# change id -> verify(card) without keys: a change's card never changes.
+_CHECKED: dict[str, str] = {}
+_CHECKED_MAX = 10_000
+
+
+def shown_status(record: Mapping[str, Any]) -> str:
+    """The signature status a reader is shown for a card record.
+
+    Its ``signature:`` tag is the word of whoever wrote the record: any
+    writer could tag an unsigned card ``verified``, or any word at all.
+    What needs no key is checked here: a card that is unsigned, or whose
+    signatures do not check (against the key they embed, or at all), shows
+    so whatever its tag says. ``verified`` (a trusted key the importing
+    node held) is taken from the tag only when the card's signatures are
+    intact as far as this node can tell."""
+    change = record.get("change_id")
+    computed = _CHECKED.get(change) if isinstance(change, str) else None
+    if computed is None:
+        computed = verify(record["fields"]).status
+        if isinstance(change, str):
+            if len(_CHECKED) >= _CHECKED_MAX:
+                _CHECKED.clear()
+            _CHECKED[change] = computed
+    claimed = next((t.split(":", 1)[1] for t in record.get("tags", ()) if t.startswith("signature:")), None)
+    return "verified" if claimed == "verified" and computed in ("self-signed", "unverified") else computed
 
 
 def canonical_payload(card: Mapping[str, Any]) -> bytes:

@@ -115,7 +115,7 @@ def entry_of(record: Mapping[str, Any]) -> dict[str, Any]:
     card = a2a.from_record(record)
     return {"identifier": f"urn:registrygrid:{registry}:{record['id']}", "displayName": str(card.get("name")),
             "type": MEDIA_A2A, "description": str(card.get("description", "")), "data": card,
-            "tags": [t for t in record.get("tags", []) if t.startswith("signature:")]}
+            "tags": [f"signature:{a2a.shown_status(record)}"]}
 
 
 def to_answer(answer: Mapping[str, Any]) -> dict[str, Any]:

@@ -136,8 +136,7 @@ class DiscoveryRoutes:
                                           limit=q_int(request, "limit", 100, 1, 1000) or 100,
                                           cursor=request.query.get("cursor") or None)
         cards = [{"id": r["id"], "owner": r["owner"], "name": r["fields"].get("name"),
-                  "signature": next((t.split(":", 1)[1] for t in r["tags"] if t.startswith("signature:")),
-                                    "unsigned"),
+                  "signature": a2a.shown_status(r),
                   "updated_at": r["updated_at"], "card": a2a.from_record(r)} for r in page.items]
         self.api.read_note(token, a2a.REGISTRY, "list agent cards")
         return json_response({"cards": cards, "next_cursor": page.next_cursor})
