@@ -395,6 +395,13 @@ async def test_policy_explain_names_the_deciding_rule(served: Served) -> None:
             assert_error(await client.post("/v1/policy/explain", json={"subject": me, "action": "update",
                                                                        "registry": REGISTRY, "record": "nope"}),
                          404, "not_found")
+        # A token limited to another registry learnt which records exist here (404 or 200).
+        elsewhere = await make_token(served, "reader", registry=OTHER)
+        async with served.client(elsewhere) as scoped:
+            assert_error(await scoped.post("/v1/policy/explain", json={
+                "subject": me, "action": "update", "registry": REGISTRY, "record": "n1"}), 403, "policy_denied")
+            assert (await scoped.post("/v1/policy/explain", json={
+                "subject": me, "action": "create", "registry": OTHER})).status_code == 200
 
 
 async def test_a_local_rule_restricts_what_a_bridge_token_may_write(served: Served) -> None:

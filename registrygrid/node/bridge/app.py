@@ -983,8 +983,15 @@ class Api:
     async def explain_policy(self, request: web.Request) -> web.Response:
         """What every node would decide for a subject's action, and the rule
         that decides it (the same checks the write path runs; nothing is written)."""
-        self.require(request, READ, target="policy")
+        token = self.require(request, READ, target="policy")
         body, _ = await self.body(request, "PolicyExplain")
+        # It reads the registry and the record it names (a 404 says which
+        # exist): a token limited to one registry asks about that one only.
+        target = f"{body['registry']}/{body['record']}" if body.get("record") else body["registry"]
+        if token.registry is not None and body["registry"] != token.registry:
+            raise self.auth.refuse(token.actor, target, PolicyDenied(
+                f"this token is limited to registry {token.registry}, not {body['registry']}"))
+        self.read_note(token, target, f"explain {body['action']}")
         answer = self.registry.explain(body["subject"], body["action"], body["registry"], body.get("record"),
                                        fields=body.get("fields") or (),
                                        local_roles=(f"app:{body['token_role']}",) if body.get("token_role") else ())
