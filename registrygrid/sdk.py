@@ -13,13 +13,12 @@ how bulk loads should be done.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registrygrid import dispute_views
+from registrygrid import b64url, dispute_views
 from registrygrid.crdt.conflicts import ABSENT
 from registrygrid.crdt.disputes import DISPUTES_REGISTRY, RESOLUTION_KIND
 from registrygrid.engine import registries as regs
@@ -69,13 +68,12 @@ class Page:
 
 
 def encode_cursor(registry: str, record_id: str) -> str:
-    return base64.urlsafe_b64encode(pack([registry, record_id])).decode().rstrip("=")
+    return b64url.encode(pack([registry, record_id]))
 
 
 def decode_cursor(cursor: str) -> tuple[str, str]:
     try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        registry, record_id = unpack(base64.urlsafe_b64decode(padded))
+        registry, record_id = unpack(b64url.decode(cursor))
         return str(registry), str(record_id)
     except Exception:
         raise ValidationError(f"invalid cursor {cursor!r}") from None

@@ -32,7 +32,6 @@ a card's signature must be checkable by anyone with the public key).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Mapping
@@ -44,6 +43,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, import_key
 
+from registrygrid import b64url
 from registrygrid.errors import ValidationError
 from registrygrid.formats.shape import listed, tags_with
 
@@ -141,7 +141,7 @@ def verify(card: Mapping[str, Any], keys: KeySet | None = None) -> SignatureChec
     if not isinstance(signatures, list):
         return SignatureCheck("invalid", "signatures is not a list")
     try:
-        payload = _b64(canonical_payload(card))
+        payload = b64url.encode(canonical_payload(card))
     except rfc8785.CanonicalizationError as exc:  # e.g. an integer beyond 2**53-1: no canonical form to check
         return SignatureCheck("invalid", f"the card has no RFC 8785 form to check its signatures over: {exc}")
     checks = [_check_one(signature, payload, keys) for signature in signatures]
@@ -153,7 +153,7 @@ def _check_one(signature: Any, payload: str, keys: KeySet | None) -> SignatureCh
             or not isinstance(signature.get("signature"), str):
         return SignatureCheck("invalid", "a signature needs protected and signature strings")
     try:
-        header = json.loads(_unb64(signature["protected"]))
+        header = json.loads(b64url.decode(signature["protected"]))
     except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
         return SignatureCheck("invalid", "its protected header is not base64url JSON")
     if not isinstance(header, dict) or header.get("alg") not in ALGORITHMS:
@@ -200,9 +200,3 @@ def load_keys(jwks: Mapping[str, Any]) -> KeySet:
         raise ValidationError(f"not a JWKS: {exc}") from None
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

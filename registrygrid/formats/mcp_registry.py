@@ -36,7 +36,6 @@ bridge (node/bridge/mcp_routes.py) reads the records and answers over HTTP.
 
 from __future__ import annotations
 
-import base64
 import bisect
 import re
 from collections.abc import Iterable, Mapping
@@ -46,6 +45,7 @@ from typing import Any
 
 import msgspec
 
+from registrygrid import b64url
 from registrygrid.errors import MalformedInput, NotFound, RegistryError, ValidationError
 from registrygrid.formats import mcp
 
@@ -112,7 +112,7 @@ def parse_rfc3339(text: str, *, where: str = "query:updated_since") -> int:
 
 
 def encode_cursor(name: str, version: str) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode([name, version])).decode().rstrip("=")
+    return b64url.encode(msgspec.json.encode([name, version]))
 
 
 def decode_cursor(cursor: str) -> tuple[str, str]:
@@ -120,7 +120,7 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         if len(cursor) > MAX_CURSOR:
             raise ValueError("too long")
-        value = msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        value = msgspec.json.decode(b64url.decode(cursor))
         if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
             raise ValueError("not a cursor")
     except (ValueError, msgspec.MsgspecError, RecursionError):

@@ -31,7 +31,6 @@ document (search/fields.py): the index compiles filters for tantivy
 
 from __future__ import annotations
 
-import base64
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -40,6 +39,7 @@ from typing import Any
 
 import msgspec
 
+from registrygrid import b64url
 from registrygrid.errors import ValidationError
 from registrygrid.protocol import names
 
@@ -506,12 +506,12 @@ class Cursor(msgspec.Struct, array_like=True, frozen=True):
 
 
 def encode_cursor(cursor: Cursor) -> str:
-    return base64.urlsafe_b64encode(msgspec.msgpack.encode(cursor)).decode().rstrip("=")
+    return b64url.encode(msgspec.msgpack.encode(cursor))
 
 
 def decode_cursor(text: str, sort: SortKey) -> Cursor:
     try:
-        cursor = msgspec.msgpack.decode(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), type=Cursor)
+        cursor = msgspec.msgpack.decode(b64url.decode(text), type=Cursor)
     except (ValueError, msgspec.DecodeError, RecursionError):  # a value nested past the parser's depth
         raise _error("/cursor", "not a cursor this node made") from None
     if cursor.sort != sort.field:

@@ -43,7 +43,6 @@ worker thread and the bridge reads through the thread-safe methods.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -57,6 +56,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from registrygrid import b64url
 from registrygrid.errors import Conflict, RegistryError, ValidationError
 from registrygrid.home import write_json_durably
 from registrygrid.protocol import names
@@ -253,12 +253,12 @@ def _state_file(folder: Path, name: str) -> Path:
 
 def _encode_page(member: Member) -> str:
     raw = json.dumps([member.value, member.kid]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return b64url.encode(raw)
 
 
 def _decode_page(text: str) -> tuple[Any, int]:
     try:
-        value, kid = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        value, kid = json.loads(b64url.decode(text))
         if isinstance(value, bool) or not isinstance(value, (int, float, str)) or type(kid) is not int:
             raise ValueError(text)
     except (ValueError, TypeError, RecursionError):  # RecursionError: nested past the parser's depth
