@@ -188,6 +188,14 @@ async def test_error_shapes_are_typed_4xx_never_5xx(served: Served) -> None:
             assert_error(await client.post(RECORDS, content=b'{"kind": "note", "fields": ',
                                            headers={"Content-Type": "application/json"}), 400, "malformed_input")
             assert_error(await client.post(RECORDS, content=b""), 400, "malformed_input")
+            # msgspec calls a lone high surrogate "Input data was truncated": the body is whole.
+            surrogate = assert_error(await client.post(RECORDS, content=b'{"kind": "note", "fields": {"name": "\\ud800"}}',
+                                                       headers={"Content-Type": "application/json"}),
+                                     400, "malformed_input")
+            assert "lone surrogate" in surrogate["message"] and "truncated" not in surrogate["message"]
+            cut = assert_error(await client.post(RECORDS, content=b'{"kind": "note", "fields": {"name": "x',
+                                                 headers={"Content-Type": "application/json"}), 400, "malformed_input")
+            assert "truncated" in cut["message"]
             err = assert_error(await client.post(RECORDS, json={"kind": 5, "fields": [], "tags": "x", "extra": 1}),
                                422, "validation_failed")
             # An unknown member is named itself, as the query parser names it.

@@ -111,6 +111,9 @@ async def test_ard_search_finds_resources_by_words_type_and_tags(nursery: trio.N
         federated = await client.post("/search", json={"query": {"text": "weather"}, "federation": "auto"})
         no_text = await client.post("/search", json={"query": {"text": " "}})
         bad_federation = await client.post("/search", json={"query": {"text": "x"}, "federation": "everywhere"})
+        # Refused by the search language, named as the request's members (it said /text and /cursor).
+        too_long = await client.post("/search", json={"query": {"text": "x" * 1001}})
+        forged = await client.post("/search", json={"query": {"text": "x"}, "pageToken": "zzz"})
     assert words["results"][0]["data"]["name"] == SERVER["name"] and words["results"][0]["score"] == 100
     assert words["referrals"] == []
     assert [r["type"] for r in agents["results"]] == ["application/a2a-agent-card+json"]
@@ -120,6 +123,8 @@ async def test_ard_search_finds_resources_by_words_type_and_tags(nursery: trio.N
     assert federated.status_code == 200 and federated.json()["results"][0]["data"]["name"] == SERVER["name"]
     assert no_text.status_code == 422 and no_text.json()["error"]["details"][0]["path"] == "/query/text"
     assert bad_federation.status_code == 422 and "federation" in bad_federation.text
+    assert too_long.status_code == 422 and too_long.json()["error"]["details"][0]["path"] == "/query/text"
+    assert forged.status_code == 422 and forged.json()["error"]["details"][0]["path"] == "/pageToken"
     served.node.stop()
 
 

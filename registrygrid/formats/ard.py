@@ -44,6 +44,29 @@ def _bad(path: str, message: str) -> ValidationError:
     return ValidationError(f"ARD search {path}: {message}", details=[{"path": path, "message": message}])
 
 
+# Where the parts of the search-language query to_query builds came from
+# in the ARD request: a refusal of them names the request's own member.
+_REQUEST_PATHS = (("/text", "/query/text"), ("/cursor", "/pageToken"), ("/limit", "/pageSize"),
+                  ("/filter", "/query/filter"))
+
+
+def request_error(exc: ValidationError) -> ValidationError:
+    """A refusal of the search language, named by the ARD request's paths
+    (it said ``/cursor`` of a ``pageToken``, ``/text`` of ``query.text``)."""
+    details = exc.details if isinstance(exc.details, list) else []
+    moved = []
+    for detail in details:
+        path = str(detail.get("path", "")) if isinstance(detail, Mapping) else ""
+        for ours, theirs in _REQUEST_PATHS:
+            if path == ours or path.startswith(ours + "/"):
+                path = theirs  # a filter this module built: the request's filter as a whole
+                break
+        moved.append({"path": path, "message": str(detail.get("message", "")) if isinstance(detail, Mapping) else ""})
+    if not moved:
+        return _bad("/", exc.message)
+    return ValidationError(f"ARD search {moved[0]['path']}: {moved[0]['message']}", details=moved)
+
+
 def to_query(body: Any) -> dict[str, Any]:
     """The search-language query for an ARD request; ValidationError naming a bad part."""
     if not isinstance(body, Mapping):

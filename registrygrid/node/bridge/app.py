@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import random
 import re
@@ -424,8 +425,8 @@ class Api:
         try:
             data = msgspec.json.decode(raw)
         except (msgspec.MsgspecError, RecursionError, ValueError) as exc:
-            raise MalformedInput(f"body is not valid JSON: {exc}", details=[{"path": "", "message": str(exc)}]) \
-                from None
+            why = _json_refusal(raw, exc)
+            raise MalformedInput(f"body is not valid JSON: {why}", details=[{"path": "", "message": why}]) from None
         problem = _shape_problem(data, MAX_BODY_DEPTH)
         if problem is not None:
             path, _, message = problem.partition(": ")
@@ -1347,6 +1348,21 @@ class Api:
                 transport.abort()
                 cut += 1
         return cut
+
+
+def _json_refusal(raw: bytes, exc: Exception) -> str:
+    """Why msgspec refused a body, in words that fit it. A high surrogate
+    escaped alone (``"\\ud800"``) it calls "Input data was truncated", which
+    sent people looking for a cut-off body; the standard library's parser,
+    which takes lone surrogates, tells the two apart."""
+    why = str(exc)
+    if why == "Input data was truncated":
+        try:
+            json.loads(raw)
+        except (ValueError, RecursionError):
+            return why
+        return "a \\u escape names a lone surrogate, which is no Unicode character"
+    return why
 
 
 def _error_answer(exc: Exception, request: web.Request, trace_id: str) -> tuple[str, web.Response]:

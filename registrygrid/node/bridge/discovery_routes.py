@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from registrygrid.errors import Conflict, NotFound
+from registrygrid.errors import Conflict, NotFound, ValidationError
 from registrygrid.formats import a2a, ai_catalog, ard, mcp
 from registrygrid.formats.mcp_registry import Catalog
 from registrygrid.node.bridge.app import dumps, json_response, q_int
@@ -152,9 +152,12 @@ class DiscoveryRoutes:
             if not query["registries"]:
                 self.api.read_note(token, "search", "ARD search outside the token's registry")
                 return json_response(ard.to_answer({"items": []}))
-        if query.get("federated"):
-            answer = await self.api.federated_search(query, None)
-        else:
-            answer = await self.api.in_executor(self.api._searcher().search, query, None)
+        try:
+            if query.get("federated"):
+                answer = await self.api.federated_search(query, None)
+            else:
+                answer = await self.api.in_executor(self.api._searcher().search, query, None)
+        except ValidationError as exc:
+            raise ard.request_error(exc) from None
         self.api.read_note(token, "search", "ARD search " + str(body.get("query", {}).get("text", ""))[:200])
         return json_response(ard.to_answer(answer))
