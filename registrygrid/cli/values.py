@@ -33,7 +33,8 @@ def typed_text(text: str, where: str) -> str:
     for i, c in enumerate(text):
         if "\udc80" <= c <= "\udcff":
             raise MalformedInput(f"{where} is not UTF-8 text: character {i} is the byte {ord(c) - 0xDC00:#04x} "
-                                 "(is the terminal set to UTF-8?)", details=[{"path": where, "message": "not UTF-8", "character": i}])
+                                 "(is the terminal set to UTF-8?)",
+                                 details=[{"path": where, "message": "not UTF-8", "character": i}])
     return text
 
 
