@@ -405,9 +405,9 @@ class LocalRegistry:
         """File a signed resolution: the value a disputed field takes (or
         ``removed``), or, for an equivocation, its acknowledgement. Refused
         (PolicyDenied) when this node's key may not decide it."""
-        fields = dispute_views.resolution_fields(self.store, self.engine.trust, self.engine.catalog, id, author=self.engine.key.did,
-                                                 at_ms=self.engine.now_ms(), value=value, removed=removed,
-                                                 note=note)
+        fields = dispute_views.resolution_fields(self.store, self.engine.trust, self.engine.catalog, id,
+                                                 author=self.engine.key.did, at_ms=self.engine.now_ms(),
+                                                 value=value, removed=removed, note=note)
         return self.put(DISPUTES_REGISTRY, RESOLUTION_KIND, fields, tags=[id], actor=actor)
 
     def audit_note(self, action: str, actor: str, target: str, reason: str = "") -> None:

@@ -91,6 +91,33 @@ async def test_an_erased_record_answers_410_and_its_blobs_leave_the_object_store
         assert (await http.get(f"/v1/blobs/{held}")).status_code == 200
 
 
+async def test_notices_are_filed_by_the_erase_route_only_never_as_plain_records(served: Served) -> None:
+    # A token limited to grid.erasures filed a notice for a registry it
+    # could not write, and the record answered 410; a notice's positions
+    # were rewritten by a PATCH.
+    filer = await make_token(served, "writer", registry="grid.erasures")
+    async with served.client() as http:
+        made = await http.post(f"/v1/registries/{REGISTRY}/records",
+                               json={"kind": "note", "id": "bob", "fields": {"name": SECRET}})
+        assert made.status_code == 201, made.text
+        me = (await http.get("/v1/identity")).json()
+        fields = {"registry": REGISTRY, "record": "bob", "org": me["org"], "positions": []}
+        async with served.client(filer) as scoped:
+            forged = await scoped.post("/v1/registries/grid.erasures/records", json={"kind": "erasure",
+                                                                                   "fields": fields})
+            erase = await scoped.post(f"/v1/registries/{REGISTRY}/records/bob/erase", json={})
+        assert forged.status_code == 403 and erase.status_code == 403
+        assert (await http.get(f"/v1/registries/{REGISTRY}/records/bob")).status_code == 200
+        notice = (await http.post(f"/v1/registries/{REGISTRY}/records/bob/erase", json={})).json()["id"]
+        head = (await http.get("/v1/stats")).json()["feed_head"]
+        at = f"/v1/registries/grid.erasures/records/{notice}"
+        edits = [await http.patch(at, json={"patch": {"positions": [{"author": me["did"], "seqs": [[1, 999]]}]}}),
+                 await http.put(at, json={"fields": fields}), await http.delete(at)]
+        assert [e.status_code for e in edits] == [403, 403, 403]
+        assert all("erase" in e.json()["error"]["message"] for e in edits)
+        assert (await http.get("/v1/stats")).json()["feed_head"] == head
+
+
 def test_rgrid_erase_then_compact_takes_the_bytes_off_the_disk(rgrid: Callable[..., Any], tmp_path: Path) -> None:
     home = tmp_path / "home"
     assert rgrid("init", "--org-name", "test org", home=home).returncode == 0

@@ -74,7 +74,8 @@ async def test_a_manual_conflict_is_disputed_everywhere_resolved_on_one_node_and
             assert dispute["status"] == "disputed" and {w["value"] for w in dispute["writes"]} == {12, 9}
 
             # Resolved on c, through its node (so it is gossiped).
-            resolution = dispute_views.resolution_fields(c.registry.store, c.node.engine.trust, dispute["id"],
+            resolution = dispute_views.resolution_fields(c.registry.store, c.node.engine.trust, c.node.engine.catalog,
+                                                         dispute["id"],
                                                          author=c.node.engine.key.did,
                                                          at_ms=c.node.engine.now_ms(), value=11, note="split")
             (done,) = await c.node.submit([Put(DISPUTES_REGISTRY, RESOLUTION_KIND, resolution,

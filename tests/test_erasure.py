@@ -238,6 +238,26 @@ def test_a_notice_names_its_record_in_its_id(tmp_path: Path, org_a: KeyPair) -> 
         assert not erasures.any_held(a.store, txn)
 
 
+def test_a_notice_is_never_edited_or_deleted_by_hand_and_the_store_stays_as_it_was(tmp_path: Path,
+                                                                                    org_a: KeyPair) -> None:
+    # An edit was checked only once stored: moved to another record it was
+    # refused (422) and committed all the same; its positions moved, this
+    # node's chain skipped to 1000 and the notice claimed places 1-999.
+    a = org_node(tmp_path / "a", org_a)
+    registry, record = _written(a)
+    notice = a.erase(registry, record).record_id
+    before = (a.feed_head(), a.get(ERASURES_REGISTRY, notice), a.state_digest())
+    for edit in ({"record": "keeper"}, {"registry": "grid.kinds"},
+                 {"positions": [{"author": a.engine.key.did, "seqs": [[1, 999]]}]}):
+        with pytest.raises(PolicyDenied, match="never edited or deleted"):
+            a.update(ERASURES_REGISTRY, notice, patch=edit)
+    with pytest.raises(PolicyDenied):
+        a.delete(ERASURES_REGISTRY, notice)
+    assert (a.feed_head(), a.get(ERASURES_REGISTRY, notice), a.state_digest()) == before
+    assert a.put(registry, "tool", tool("after"), id="after").feed_seq == before[0] + 1
+    assert a.verify().ok
+
+
 def test_the_search_index_drops_an_erased_record_at_its_next_catch_up(tmp_path: Path, org_a: KeyPair) -> None:
     from registrygrid.search import query as q
     from registrygrid.search.index import SearchIndex

@@ -66,6 +66,9 @@ from registrygrid.trust.statements import MEMBERS_REGISTRY
 
 ERASURES_REGISTRY = "grid.erasures"
 ERASURE_KIND = "erasure"
+# The actor of the one local edit of a notice there is: a node's own
+# supplement to it (_supplement). Any other is refused (LocalWrites._edited).
+SUPPLEMENT_ACTOR = "erasure"
 # Registries whose records the grid runs on: every node folds them into its
 # trust, catalog, descriptors, rules or disputes, and none holds personal
 # data. Erasing one would change what other records mean.
@@ -706,7 +709,7 @@ class Erasing(EngineCore):
             patch["creates"] = creates
         try:
             self._update(txn, batch, Update(ERASURES_REGISTRY, notice.id,  # type: ignore[attr-defined]
-                                            patch=patch, actor="erasure"))
+                                            patch=patch, actor=SUPPLEMENT_ACTOR))
             self.metrics["erasure.supplemented"] += len(missing) + int(earlier)
         except RegistryError as exc:
             self.metrics[f"erasure.unsupplemented.{exc.code}"] += 1

@@ -20,7 +20,7 @@ from registrygrid.crdt.snapshot import encode_snapshot
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
-from registrygrid.engine.erasure import ERASURES_REGISTRY
+from registrygrid.engine.erasure import ERASURES_REGISTRY, SUPPLEMENT_ACTOR
 from registrygrid.engine.ops import (
     Delete,
     Put,
@@ -125,6 +125,12 @@ class LocalWrites(EngineCore):
         registry's descriptor, the record), with its If-Match checked."""
         registry = names.registry_name(op.registry)
         record_id = names.record_id(op.record_id)
+        if registry == ERASURES_REGISTRY and not (isinstance(op, Update) and op.actor == SUPPLEMENT_ACTOR):
+            # Its registry, record and org name what was erased (its id is
+            # made of them), its positions what other nodes link past: an
+            # edit moved them, and was checked only once stored.
+            raise PolicyDenied(f"{registry}/{record_id}: an erasure notice is written by the erasure itself "
+                               "(rgrid erase, POST .../records/{id}/erase) and never edited or deleted")
         desc = self._live_registry(txn, registry)
         old = self._live_record(txn, registry, record_id)
         if op.if_match is not None and op.if_match != old["change_id"]:

@@ -46,6 +46,7 @@ from registrygrid.blobs.ranges import RangeNotSatisfiable
 from registrygrid.crdt.conflicts import ABSENT
 from registrygrid.crdt.disputes import DISPUTES_REGISTRY, RESOLUTION_KIND
 from registrygrid.engine import registries as regs
+from registrygrid.engine.erasure import ERASURES_REGISTRY
 from registrygrid.engine.ops import (
     Delete,
     Erase,
@@ -699,7 +700,8 @@ class Api:
                 "ETag": etag_of(result.change_id)}))
 
     def require_record_write(self, request: web.Request, registry: str, target: str) -> Token:
-        """A writer's token for a record route, which never writes grid.disputes:
+        """A writer's token for a record route, which never writes grid.disputes
+        or grid.erasures (each has its own route). For grid.disputes:
         a resolution filed there as a plain record skipped what the resolve
         route checks (the token's registry scope, the record's kind), and a
         resolution changed or deleted would reopen its dispute in silence."""
@@ -708,6 +710,12 @@ class Api:
             raise self.auth.refuse(token.actor, target, PolicyDenied(
                 f"{DISPUTES_REGISTRY} takes resolutions through POST /v1/disputes/{{id}}/resolve only, "
                 "which checks who may decide them and what they leave"))
+        if registry == ERASURES_REGISTRY:
+            # A notice filed as a plain record let a token limited to
+            # grid.erasures erase any registry's records.
+            raise self.auth.refuse(token.actor, target, PolicyDenied(
+                f"{ERASURES_REGISTRY} takes notices through POST /v1/registries/{{registry}}/records/{{id}}/erase "
+                "only, which checks the token may write the erased record's registry"))
         return token
 
     def _record_path(self, request: web.Request) -> tuple[str, str]:
