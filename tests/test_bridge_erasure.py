@@ -166,3 +166,30 @@ def test_the_client_sdk_erases_through_a_running_node(threaded_served: Served) -
         assert gone.details["notice"] == erased.record_id
     else:
         raise AssertionError("an erased record answers 410")
+
+
+async def test_an_erasure_forgets_the_idempotent_answers_that_hold_the_record(served: Served) -> None:
+    # The answer to a keyed create holds the record as written, and was
+    # replayed (201, every field) for a day after the record was erased.
+    key = {"Idempotency-Key": "create-bob-1"}
+    body = {"kind": "note", "id": "bob", "fields": {"name": SECRET}}
+    async with served.client() as http:
+        made = await http.post(f"/v1/registries/{REGISTRY}/records", json=body, headers=key)
+        carol = {"kind": "note", "id": "carol", "fields": {"name": "carol"}}
+        other = await http.post(f"/v1/registries/{REGISTRY}/records", json=carol,
+                                headers={"Idempotency-Key": "create-carol-1"})
+        assert made.status_code == other.status_code == 201
+        assert (await http.post(f"/v1/registries/{REGISTRY}/records/bob/erase", json={})).status_code == 201
+        replay = await http.post(f"/v1/registries/{REGISTRY}/records", json=body, headers=key)
+        kept = await http.post(f"/v1/registries/{REGISTRY}/records", json=carol,
+                               headers={"Idempotency-Key": "create-carol-1"})
+    assert replay.status_code == 410 and SECRET not in replay.text
+    assert kept.status_code == 201 and kept.headers["Idempotent-Replayed"] == "true"
+    assert SECRET.encode() not in _store_bytes(served)
+
+
+def _store_bytes(served: Served) -> bytes:
+    """Every value of the store's idempotency table, as LMDB holds it."""
+    store = served.node.registry.store
+    with store.read() as txn:
+        return b"".join(v for _, v in txn.cursor(db=store.db["idempotency"]))

@@ -58,7 +58,7 @@ from registrygrid.errors import (
 )
 from registrygrid.protocol import base32, names
 from registrygrid.protocol.envelope import Draft, Envelope, cid_from_str, cid_to_str, open_envelope
-from registrygrid.storage import chains, changes, erasures, feed, pending, records
+from registrygrid.storage import chains, changes, erasures, feed, idempotency, pending, records
 from registrygrid.storage.store import Txn
 from registrygrid.trust.policy import POLICIES_REGISTRY
 from registrygrid.trust.state import Verdict
@@ -457,6 +457,8 @@ class Erasing(EngineCore):
         records.delete_document(store, txn, registry, record_id)
         if target is not None:
             records.delete_record(store, txn, target)
+        self.metrics["erasure.answers_forgotten"] += idempotency.forget_answers_about(store, txn, registry,
+                                                                                      record_id)
         batch.forget_doc((registry, record_id))
         batch.erased_records.add((registry, record_id))
         parked = self._drop_parked(txn, notice)

@@ -22,6 +22,7 @@ status or None, body bytes or None, headers map or None].
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -84,6 +85,31 @@ def lookup(store: Store, token_id: str, idem_key: str, *, now_ms: int) -> Entry 
 def remember(store: Store, txn: lmdb.Transaction, token_id: str, idem_key: str, entry: Entry) -> None:
     """Keep ``entry`` (with its answer) in the caller's write transaction."""
     txn.put(_key(token_id, idem_key), _pack(entry), db=store.db["idempotency"])
+
+
+def forget_answers_about(store: Store, txn: lmdb.Transaction, registry: str, record_id: str) -> int:
+    """Delete every entry whose answer is a write of ``registry/record_id``
+    (the erasure of that record, in its own transaction): the answer holds
+    the record as written, which a replay of its key handed out for a day
+    after the erasure. A retry of such a key is then made afresh, and is
+    refused as the erased id is. A scan of the table (a day of keyed
+    writes at most), each answer looked into only if it names the id."""
+    db = store.db["idempotency"]
+    needle = json.dumps(record_id).encode()
+    doomed = []
+    for k, v in txn.cursor(db=db):
+        body = unpack(v)[4]
+        if not body or needle not in body:
+            continue
+        try:
+            answer = json.loads(body)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(answer, dict) and answer.get("registry") == registry and answer.get("id") == record_id:
+            doomed.append(k)
+    for k in doomed:
+        txn.delete(k, db=db)
+    return len(doomed)
 
 
 def purge_expired(store: Store, *, now_ms: int, limit: int = 10_000) -> int:
