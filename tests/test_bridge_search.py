@@ -327,6 +327,31 @@ async def test_rebuilding_the_index_needs_an_admin_and_reports_its_counts(search
     assert ids(after)[0] == "n1"
 
 
+async def test_the_audit_notes_of_listings_and_searches_keep_no_value_they_compare_with(searching: Served) -> None:
+    # The ledger is never scrubbed, and it kept the query string and the
+    # search body whole: an email looked up stayed in it for good.
+    secret = "victim.person@private.example"
+    with trio.fail_after(60):
+        async with searching.client() as client:
+            listed = await client.get(f"/v1/registries/{REGISTRY}/records",
+                                      params={"where": f"email:eq:{secret}", "tag": "secret-tag", "limit": 5})
+            assert listed.status_code == 200, listed.text
+            found = await search(client, {"text": f"{secret} phone-5551234", "filter": {
+                "and": [{"field": "fields.email", "eq": secret}, {"field": "region", "in": ["eu-west"]}]}})
+            assert found["total"] == 0
+            notes: list[str] = []
+            for _ in range(100):  # the flusher writes audit notes in batches, every ~200 ms
+                entries = (await client.get("/v1/audit", params={"limit": 10000})).json()["entries"]
+                notes = [e["reason"] for e in entries if e["action"] == "read"
+                         and (e["reason"].startswith("list ") or e["reason"].startswith("search "))]
+                if len(notes) >= 2:
+                    break
+                await trio.sleep(0.05)
+    assert "list where=email:eq tag limit=5" in notes
+    assert "search text of 2 words filter fields.email:eq,region:in" in notes
+    assert not [n for n in notes if "private" in n or "5551234" in n or "secret-tag" in n]
+
+
 async def test_a_node_without_search_answers_503_naming_no_search(nursery: trio.Nursery, tmp_path: Path) -> None:
     served = await start_node(nursery, tmp_path / "home", search=False)
     try:

@@ -33,7 +33,7 @@ import random
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -681,7 +681,7 @@ class Api:
             assert registry is not None  # a listing across registries names none that could be unknown
             page = self.from_followed(registry, exc, lambda copy: copy.list(registry, **filters))
             headers = FOLLOWED
-        self.read_note(token, registry or "*", f"list {request.query_string[:400]}"
+        self.read_note(token, registry or "*", f"list {listing_shape(request.query)}"
                        + (" (followed copy)" if headers else ""))
         return json_response({"items": page.items, "next_cursor": page.next_cursor}, headers=headers)
 
@@ -1059,7 +1059,7 @@ class Api:
             answer = await self.federated_search(body, scope)
         else:
             answer = await self.in_executor(service.search, body, scope)
-        self.read_note(token, token.registry or "*", "search " + dumps(body).decode()[:400])
+        self.read_note(token, token.registry or "*", f"search {search_shape(body)}")
         return json_response(answer)
 
     async def search_fields(self, request: web.Request) -> web.Response:
@@ -1356,6 +1356,56 @@ class Api:
                 transport.abort()
                 cut += 1
         return cut
+
+
+# A listing's parameters whose values the audit ledger keeps: none of them
+# is a record's content (a where's value and a tag may be: they are named only).
+_NOTED_VALUES = ("kind", "owner", "limit", "sort", "include_deleted", "conflicted", "registry")
+
+
+def listing_shape(query: Mapping[str, str]) -> str:
+    """A listing's parameters as an audit note keeps them. The ledger is
+    never scrubbed (docs/erasure.md), so it holds no field values: it kept
+    the query string whole, a where's value (an email, a name) included."""
+    parts = []
+    for name, value in query.items():
+        if name == "where":
+            path, _, rest = value.partition(":")
+            parts.append(f"where={path[:100]}:{rest.partition(':')[0][:8]}")
+        elif name in _NOTED_VALUES:
+            parts.append(f"{name}={value[:100]}")
+        else:
+            parts.append(name[:40])
+    return " ".join(parts)[:400]
+
+
+def search_shape(body: Mapping[str, Any]) -> str:
+    """A search as an audit note keeps it: which parts it used, the fields
+    its filter compares and with what, never its text or values."""
+    parts = []
+    if isinstance(body.get("text"), str):
+        parts.append(f"text of {len(body['text'].split())} words")
+    compared: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            if isinstance(node.get("field"), str):
+                ops = [k for k in node if k != "field"]
+                compared.append(f"{node['field'][:100]}:{(ops[0] if ops else '')[:8]}")
+            for child in ("and", "or", "not"):
+                if child in node:
+                    walk(node[child])
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(body.get("filter"))
+    if compared:
+        parts.append("filter " + ",".join(compared))
+    for name in ("registries", "sort", "facets", "mode", "limit", "federated"):
+        if name in body:
+            parts.append(f"{name}={dumps(body[name]).decode()[:100]}")
+    return " ".join(parts)[:400]
 
 
 def _json_refusal(raw: bytes, exc: Exception) -> str:

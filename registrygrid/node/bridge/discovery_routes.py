@@ -36,7 +36,7 @@ from aiohttp import web
 from registrygrid.errors import Conflict, NotFound, ValidationError
 from registrygrid.formats import a2a, ai_catalog, ard, mcp
 from registrygrid.formats.mcp_registry import Catalog
-from registrygrid.node.bridge.app import dumps, json_response, q_int
+from registrygrid.node.bridge.app import dumps, json_response, q_int, search_shape
 from registrygrid.node.bridge.auth import READ
 from registrygrid.node.bridge.conditional import not_modified
 from registrygrid.node.bridge.feed_cache import FeedCache
@@ -159,5 +159,5 @@ class DiscoveryRoutes:
                 answer = await self.api.in_executor(self.api._searcher().search, query, None)
         except ValidationError as exc:
             raise ard.request_error(exc) from None
-        self.api.read_note(token, "search", "ARD search " + str(body.get("query", {}).get("text", ""))[:200])
+        self.api.read_note(token, "search", "ARD " + search_shape(query))
         return json_response(ard.to_answer(answer))
