@@ -76,7 +76,7 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         registry, record_id = unpack(b64url.decode(cursor))
         return str(registry), str(record_id)
     except Exception:
-        raise ValidationError(f"invalid cursor {cursor!r}") from None
+        raise ValidationError(f"invalid cursor {cursor[:80]!r}") from None  # a cursor may be kilobytes long
 
 
 def _raise_if_error(outcome: Outcome) -> Any:

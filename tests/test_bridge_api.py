@@ -8,6 +8,7 @@ import pytest
 import trio
 from test_bridge_support import OTHER, REGISTRY, Served, make_token
 
+from registrygrid.errors import ValidationError
 from registrygrid.node.bridge.openapi import MAX_BODY_BYTES
 from registrygrid.storage import tokens
 
@@ -379,6 +380,8 @@ def test_token_secrets_are_stored_as_sha256_only(tmp_path) -> None:
         with pytest.raises(Exception, match="revoked"):
             tokens.authenticate(store, secret)
         assert tokens.parse_duration("30d") == 30 * 86400
+        with pytest.raises(ValidationError):  # another script's digit: \d took it
+            tokens.parse_duration("\u0663d")
     finally:
         store.close()
 

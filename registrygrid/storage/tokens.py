@@ -183,7 +183,7 @@ def revoke(store: Store, token_id: str, *, at_ms: int | None = None) -> Token:
     return store.transact(mark)
 
 
-_DURATION = re.compile(r"^(\d{1,6})([smhdw])$")
+_DURATION = re.compile(r"^([0-9]{1,6})([smhdw])$")  # ASCII digits: \d takes any script's
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # Ten years: a bound that keeps expiry arithmetic sane and still lets an
 # operator say "practically forever"; omit the expiry for a token that never expires.

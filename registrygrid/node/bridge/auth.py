@@ -157,8 +157,8 @@ class Authenticator:
         token = self.authenticate(authorization, remote, target)
         if need not in GRANTS[token.role]:
             raise self._deny(403, token.actor, target, PolicyDenied(
-                f"a {token.role} token cannot {need} here; it needs a "
-                f"{'writer or admin' if need == WRITE else 'admin'} token"))
+                f"a {token.role} token cannot {need} here; it needs "
+                f"{'a writer or admin' if need == WRITE else 'an admin'} token"))
         if registry is not None and token.registry is not None and registry != token.registry:
             raise self._deny(403, token.actor, target, PolicyDenied(
                 f"this token is limited to registry {token.registry}, not {registry}"))

@@ -374,7 +374,7 @@ class Bridge:
         directory = federation.directory if federation is not None else None
         if directory is None:
             raise Disabled("this node runs no DHT, so it cannot resolve registries: it was started with "
-                              "--no-p2p or --no-dht, or its federation is still starting")
+                           "--no-p2p or --no-dht, or its federation is still starting")
         return await directory.resolve(name, fresh=fresh)
 
     async def _read_remote_from_loop(self, name: str, record_id: str | None) -> dict[str, Any]:
@@ -388,7 +388,7 @@ class Bridge:
         reader = federation.reader if federation is not None else None
         if reader is None:
             raise Disabled("this node runs no DHT, so it cannot read registries of other federations: it was "
-                              "started with --no-p2p or --no-dht, or its federation is still starting")
+                           "started with --no-p2p or --no-dht, or its federation is still starting")
         return await reader.read(name, record_id=record_id)
 
     async def _federated_search_from_loop(self, body: Any, scope: tuple[str, ...] | None) -> dict[str, Any]:
@@ -402,9 +402,11 @@ class Bridge:
         federation = self._node.component("federation")
         return federation.follows if federation is not None else None
 
-    def _no_follows(self) -> Unavailable:
-        return Unavailable("this node runs no DHT, so it follows no registries of other federations: it was "
-                           "started with --no-p2p or --no-dht, or its federation is still starting")
+    def _no_follows(self) -> Disabled:
+        # Disabled, as resolve and remote reads answer: Unavailable told
+        # clients to retry (Retry-After: 1), for as long as the node runs.
+        return Disabled("this node runs no DHT, so it follows no registries of other federations: it was "
+                        "started with --no-p2p or --no-dht, or its federation is still starting")
 
     async def _fetch_blob_from_loop(self, cid: bytes) -> dict[str, Any]:
         """Fetch a blob this node lacks from the peers that hold it (node/blob_exchange.py), from the loop."""
