@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from registrygrid.errors import NotInitialized, ValidationError
+from registrygrid.errors import Conflict, NotInitialized, ValidationError
 from registrygrid.home import Home, read_key_file, sync_folder, write_key_file, write_text_durably
 from registrygrid.identity.keys import KeyPair
 from registrygrid.trust.federation import (
@@ -172,12 +172,22 @@ def rotate_node_key(home: Home, *, org_key_file: Path | None = None, reason: str
         assert membership is not None
         old = home.node_key()
         cutoffs: dict[str, int] = {}
+        recovering = False
         if (home.store_path / "data.mdb").exists():  # else never opened (`rgrid init` alone): nothing signed
             checks = StoreChecks(home)
             try:
-                cutoffs = checks.heads_of(old.did)
+                cutoffs, recovering = checks.heads_of(old.did), checks.recovering()
             finally:
                 checks.close()
+        if home.key_has_signed(old.did) and (not cutoffs or recovering):
+            # The cutoffs are the last change the old key made of each chain,
+            # as this store holds them: from a store lost, emptied or still
+            # recovering, the revocation named none (or too few), and every
+            # node then dropped what the old key had signed.
+            raise Conflict(f"this node's key {old.did} has signed changes, and this home's store "
+                           + ("is still recovering them from peers" if recovering else "holds none of them")
+                           + ": its revocation would cut them everywhere. Recover the store first (start the node "
+                           "in its federation until `rgrid stats` shows recovering 0), then rotate")
         new = KeyPair.generate()
         delegation = sign_delegation(signer, new.did, membership.delegation.claims.roles)
         revocation = sign_revocation(signer, old.did, cutoffs, reason=reason or f"rotated to {new.did}")

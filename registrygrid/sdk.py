@@ -162,8 +162,11 @@ class LocalRegistry:
             # A store made anew for a key that signed before (a lost disk, a
             # deleted store): its chains restart at 1, and any write would
             # sign a sequence number peers hold already (equivocation).
-            lost = not (home.store_path / "data.mdb").exists() and home.key_has_signed(key.did)
             store = Store(home.store_path)
+            # An empty store, not only a missing one: a data.mdb emptied or
+            # made anew (`rgrid store migrate` of a deleted store) opened as
+            # an ordinary store, and the key signed sequence 1 again.
+            lost = home.key_has_signed(key.did) and _empty(store)
             try:
                 engine = Engine(store, key, SchemaCatalog(), owner=membership.org if membership else None,
                                 federation=(federation.claims, federation.id))
@@ -657,8 +660,21 @@ class StoreChecks:
             vector = chains.heads(self.store, txn)
         return {registry: authors[author] for registry, authors in sorted(vector.items()) if author in authors}
 
+    def recovering(self) -> bool:
+        """The store is made anew and still recovers its key's changes from peers (Engine.begin_recovery)."""
+        from registrygrid.engine.engine import RECOVERING
+
+        with self.store.read() as txn:
+            return self.store.get_meta(txn, RECOVERING) is not None
+
     def close(self) -> None:
         self.store.close()
+
+
+def _empty(store: Store) -> bool:
+    """The store holds no change at all (its feed has none)."""
+    with store.read() as txn:
+        return feed.last_seq(store, txn) == 0
 
 
 def home_identity(home: Home) -> dict[str, Any]:

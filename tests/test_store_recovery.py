@@ -65,6 +65,51 @@ def test_a_lost_store_reopens_recovering_signs_nothing_and_gives_its_peers_no_eq
         peer.close()
 
 
+@pytest.mark.parametrize("loss", ["emptied", "migrated"])
+def test_a_store_emptied_or_made_anew_by_a_migration_reopens_recovering_too(lost: tuple[Home, LocalRegistry],
+                                                                            loss: str) -> None:
+    # Only a missing data.mdb counted as lost: an emptied one, or the one
+    # `rgrid store migrate` made where none was, opened as usual, and the
+    # key signed its delegation as sequence 1 of grid.members again.
+    from registrygrid.errors import NotFound
+    from registrygrid.storage.migrate import migrate
+
+    home, peer = lost
+    try:
+        if loss == "emptied":
+            home.store_path.mkdir()
+            (home.store_path / "data.mdb").write_bytes(b"")
+        else:
+            with pytest.raises(NotFound, match="no store to migrate"):
+                migrate(home.store_path)
+            LocalRegistry.open_path(home.store_path, KeyPair(b"\x78" * 32)).close()  # a store, made empty
+        with LocalRegistry.open_home(home) as grid:
+            assert grid.engine.recovering is not None
+            assert wires_in_feed_order(grid) == []
+    finally:
+        peer.close()
+
+
+def test_rotating_the_key_of_a_home_whose_store_is_lost_is_refused_and_revokes_nothing(
+        lost: tuple[Home, LocalRegistry]) -> None:
+    # Its revocation named no cutoffs: every node dropped all the old key signed.
+    from registrygrid.errors import Conflict
+    from registrygrid.membership import rotate_node_key
+
+    home, peer = lost
+    try:
+        key = home.node_key()
+        with pytest.raises(Conflict, match="signed changes"):
+            rotate_node_key(home)
+        assert home.node_key() == key and not (home.path / "rotation.json").exists()
+        with LocalRegistry.open_home(home) as grid:  # recovering now (the open above made the store anew)
+            assert grid.engine.recovering is not None
+        with pytest.raises(Conflict, match="still recovering"):
+            rotate_node_key(home)
+    finally:
+        peer.close()
+
+
 def test_once_its_history_is_back_writes_go_on_after_its_last_change(lost: tuple[Home, LocalRegistry]) -> None:
     home, peer = lost
     try:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from registrygrid.errors import IntegrityError
+from registrygrid.errors import IntegrityError, NotFound
 from registrygrid.storage import changes
 from registrygrid.storage.store import (
     MIGRATES_FROM,
@@ -68,7 +68,11 @@ def migrate(path: str | Path, *, progress: Callable[[int, int], None] | None = N
             chunk: int = CHUNK) -> MigrationReport:
     """Upgrade the store in ``path`` to STORE_FORMAT. ``progress(done,
     total)`` is called after each transaction. A store already at
-    STORE_FORMAT is left as it is (``changes == 0``)."""
+    STORE_FORMAT is left as it is (``changes == 0``). A store that is not
+    there is refused (NotFound): opening it made an empty one, which the
+    home then took for its store."""
+    if not (Path(path) / "data.mdb").is_file():
+        raise NotFound(f"no store to migrate at {path} (no data.mdb)")
     store = Store(path, formats=(STORE_FORMAT, *MIGRATES_FROM))
     try:
         found = store.format
