@@ -23,19 +23,26 @@ def test_a_store_of_another_format_is_refused_with_a_clear_error(tmp_path: Path,
             Store(tmp_path, readonly=readonly)
 
 
-@pytest.mark.parametrize("damage", ["overwritten", "cut short"])
+@pytest.mark.parametrize("damage", ["overwritten", "cut short", "cut short past its metas", "a directory"])
 def test_a_damaged_store_is_refused_with_a_typed_error_naming_the_ways_back(tmp_path: Path, damage: str) -> None:
-    """Not a traceback from LMDB: the CLI prints it and exits 70."""
+    """Not a traceback from LMDB: the CLI prints it and exits 70. Cut short
+    past its two meta pages, LMDB read a page beyond the end of the file
+    through its map: SIGBUS, the process gone without a word."""
     grid = LocalRegistry.open_path(tmp_path)
-    grid.put("grid.clusters", "cluster", {"name": "x"}, id="x")
+    for i in range(200):
+        grid.put("grid.clusters", "cluster", {"name": f"x{i}"}, id=f"x{i}")
     grid.close()
     data = tmp_path / "data.mdb"
     if damage == "overwritten":
         with data.open("r+b") as f:
             f.write(bytes(range(256)) * 32)  # both meta pages
+    elif damage == "a directory":
+        data.unlink()
+        data.mkdir()
     else:
+        assert data.stat().st_size > 5 * 4096
         with data.open("r+b") as f:
-            f.truncate(100)
+            f.truncate(100 if damage == "cut short" else 3 * 4096)
     for readonly in (False, True):
         with pytest.raises(StoreDamaged) as refused:
             Store(tmp_path, readonly=readonly)

@@ -53,6 +53,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -277,6 +278,37 @@ _DAMAGE = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.
            lmdb.BadChecksumError)
 
 
+_META_MAGIC = 0xBEEFC0DE  # LMDB's MDB_MAGIC, at the start of each meta page's MDB_meta
+
+
+def _check_length(path: Path) -> None:
+    """Refuse a data.mdb shorter than its own meta page says it is (a copy
+    cut short, a truncate): LMDB maps the file and reads its pages through
+    the map, and a page past the end of the file killed the process with
+    SIGBUS (exit 135, no message). Read with plain file I/O first: each of
+    the two meta pages holds the page size (the free DB's md_pad, at 40),
+    its last page number and its transaction id (at 136 and 144); the
+    newer meta counts. A file LMDB would refuse anyway is left to it."""
+    data = path / "data.mdb"
+    if not data.exists():
+        return
+    if not data.is_file():
+        raise lmdb.InvalidError(f"{data} is not a file")
+    size = data.stat().st_size
+    with open(data, "rb") as f:
+        head = f.read(2 * 65536)
+    if len(head) < 152 or struct.unpack_from("=I", head, 16)[0] != _META_MAGIC:
+        return
+    page = struct.unpack_from("=I", head, 40)[0]
+    if page < 512 or page & (page - 1) or len(head) < page + 152:
+        return
+    txnid, last_page = max((struct.unpack_from("=Q", head, m * page + 144)[0],
+                            struct.unpack_from("=Q", head, m * page + 136)[0]) for m in (0, 1))
+    if size < (last_page + 1) * page:
+        raise lmdb.CorruptedError(f"data.mdb is cut short: {size} bytes, where its pages run to "
+                                  f"{(last_page + 1) * page} (transaction {txnid})")
+
+
 class Store:
     """One LMDB environment in ``path`` with the sub-databases above."""
 
@@ -305,6 +337,7 @@ class Store:
             raise StorageFailed.at(self.path, exc, fix="free space (or fix the disk), then open it again") from None
 
     def _open(self, map_size: int, readonly: bool, formats: tuple[int, ...]) -> None:
+        _check_length(self.path)
         self.env = lmdb.open(
             str(self.path),
             map_size=map_size,
