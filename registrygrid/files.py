@@ -1,6 +1,7 @@
 """Reading a file an operator names, bounded; writing one without waiting.
 
     data = read_bounded(path, MAX_INPUT_FILE)   # bytes, or ValidationError
+    value = read_json(path)                     # a home's state file, parsed
     write_file(path, text)                      # or FileFailed
 
 A size from ``stat`` is no bound: a device says 0 and never ends
@@ -12,9 +13,11 @@ more than ``limit`` bytes plus one, whatever it said of its size.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from registrygrid.errors import FileFailed, NotFound, ValidationError
 
@@ -42,6 +45,26 @@ def read_bounded(path: str | Path, limit: int) -> bytes:
     if len(data) > limit:
         raise ValidationError(f"{file} is larger than {limit} bytes")
     return data
+
+
+# The home's own state files (config.json, org.json, federation.json,
+# node.json, bridge.json, a rotation's plan): a few KiB each.
+MAX_STATE_FILE = 1 << 20
+
+
+def read_json(path: str | Path, limit: int = MAX_STATE_FILE) -> Any:
+    """The JSON value in the regular file at ``path``: NotFound if there is
+    none, ValidationError if it is something else, larger than ``limit``,
+    not UTF-8 JSON, or nested past the parser's depth. The home's files were
+    read whole and as they were: a symlink to /dev/zero ate the memory, a
+    FIFO hung every command, a nesting 30,000 deep was a traceback."""
+    data = read_bounded(path, limit)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise ValidationError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValidationError(f"{path} is not valid JSON: nested too deeply") from None
 
 
 def write_file(path: str | Path, text: str) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 import msgspec
 
 from registrygrid.errors import HomeLocked, NotFound, NotInitialized, ValidationError
-from registrygrid.files import read_bounded
+from registrygrid.files import read_json
 from registrygrid.identity.delegation import (
     Delegation,
     decode_delegation,
@@ -131,11 +131,11 @@ def write_key_file(path: Path, key: KeyPair) -> None:
 
 def read_key_file(path: Path) -> KeyPair:
     try:
-        data = json.loads(read_bounded(path, MAX_KEY_FILE_BYTES))
+        data = read_json(path, MAX_KEY_FILE_BYTES)
         key = KeyPair(bytes.fromhex(data["seed"]))
     except NotFound:
         raise NotInitialized(f"no key at {path}; run `rgrid init`") from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, ValidationError) as exc:
         raise ValidationError(f"{path} is not a RegistryGrid key file: {exc}") from None
     if data.get("did") not in (None, key.did):
         raise ValidationError(f"{path}: its did does not match its seed")
@@ -247,11 +247,11 @@ class Home:
         JSON object (cut short, edited by hand) is a ValidationError."""
         path = self.path / "org.json"
         try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+            data = read_json(path)
+        except NotFound:
             return None
-        except ValueError as exc:
-            raise ValidationError(f"{path} is not valid JSON: {exc}; restore it from a backup (it holds this "
+        except ValidationError as exc:
+            raise ValidationError(f"{exc.message}; restore it from a backup (it holds this "
                                   "node's org and its signed delegation)") from None
         if not isinstance(data, dict):
             raise ValidationError(f"{path} is not an org file: a JSON object was expected")
@@ -302,7 +302,7 @@ class Home:
         (named by config.json's "federation")."""
         if self.federation_path.exists():
             try:
-                data = json.loads(self.federation_path.read_text())
+                data = read_json(self.federation_path)
                 genesis = decode_genesis(base64.b64decode(data["genesis"]))
                 invitation = decode_invitation(base64.b64decode(data["invitation"])) if data.get("invitation") \
                     else None
@@ -328,10 +328,7 @@ class Home:
         path = self.path / "config.json"
         merged = json.loads(json.dumps(DEFAULT_CONFIG))
         if path.exists():
-            try:
-                given = json.loads(path.read_text(encoding="utf-8"))
-            except ValueError as exc:  # not JSON, or not UTF-8 at all
-                raise ValidationError(f"{path} is not valid JSON: {exc}") from None
+            given = read_json(path)  # ValidationError: not JSON, not UTF-8, not a file, too big
             if not isinstance(given, dict):
                 raise ValidationError(f"{path} must hold a JSON object of settings")
             merged.update(given)
@@ -360,8 +357,8 @@ class Home:
         """What the running node wrote, or None if no node runs here (a file
         left by a killed node names a pid that no longer holds the lock)."""
         try:
-            info = json.loads(self.node_info_path.read_text())
-        except (OSError, ValueError):
+            info = read_json(self.node_info_path)
+        except (NotFound, ValidationError):
             return None
         holder = (self.lock_holder() or "") + " "
         if not isinstance(info, dict) or not holder.startswith(f"pid {info.get('pid')} "):

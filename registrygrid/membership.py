@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from registrygrid.errors import Conflict, NotInitialized, ValidationError
+from registrygrid.files import read_json
 from registrygrid.home import Home, read_key_file, sync_folder, write_key_file, write_text_durably
 from registrygrid.identity.keys import KeyPair
 from registrygrid.trust.federation import (
@@ -92,6 +93,8 @@ def read_invitation_file(text: str) -> tuple[Genesis, Invitation | None]:
         invitation = decode_invitation(base64.b64decode(data["invitation"])) if data.get("invitation") else None
     except (ValueError, KeyError, TypeError) as exc:
         raise ValidationError(f"not an invitation file: {exc}") from None
+    except RecursionError:  # nested past the parser's depth: a traceback before
+        raise ValidationError("not an invitation file: nested too deeply") from None
     return genesis, invitation
 
 
@@ -230,7 +233,7 @@ def finish_rotation(home: Home) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        plan = json.loads(path.read_text())
+        plan = read_json(path)
         new_did, delegation = plan["new"], decode_delegation(base64.b64decode(plan["delegation"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise ValidationError(f"{path} is not a key rotation's plan: {exc}") from None

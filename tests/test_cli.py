@@ -7,6 +7,7 @@ Homes are prepared in-process where the command under test is not `init`
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -488,3 +489,39 @@ def test_arguments_that_are_not_utf8_are_refused_naming_the_option_and_nothing_i
     elsewhere = rgrid("init", home=tmp_path / "home\udcff")
     assert elsewhere.returncode == EX_DATAERR and "is not UTF-8 text (byte 0xff" in elsewhere.stderr, \
         elsewhere.stderr
+
+
+@pytest.mark.parametrize("file", ["config.json", "org.json", "node.json"])
+@pytest.mark.parametrize("harm", ["fifo", "endless", "nested"])
+def test_a_home_file_that_is_a_fifo_endless_or_nested_past_the_parser_is_refused_never_a_hang_or_a_crash(
+        rgrid: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, file: str, harm: str) -> None:
+    # They were read whole, as they were: a FIFO hung every command, a link
+    # to /dev/zero ate the memory, 30,000 brackets were a RecursionError.
+    home = tmp_path / "home"
+    Home(home).init(org_name="acme")
+    target = home / file
+    target.unlink(missing_ok=True)
+    if harm == "fifo":
+        os.mkfifo(target)
+    elif harm == "endless":
+        target.symlink_to("/dev/zero")
+    else:
+        target.write_text("[" * 30_000 + "]" * 30_000)
+    proc = rgrid("stats", "--json", timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if file == "node.json":  # what a running node wrote: unreadable, no node runs
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert proc.returncode == EX_DATAERR and f"{file}" in proc.stderr, proc.stderr
+
+
+def test_a_damaged_search_cursor_file_is_indexed_again_not_a_failed_start(
+        rgrid: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    # An infinite cursor (1e999) raised OverflowError out of the node's start.
+    home = tmp_path / "home"
+    home_holding(home, {"name": "gpu"}, record_id="c1")
+    (home / "index").mkdir(exist_ok=True)
+    (home / "index" / "search.json").write_text('{"version": 2, "cursor": 1e999}')
+    proc = rgrid("search", "gpu", "--json", timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "indexing the feed again" in proc.stderr

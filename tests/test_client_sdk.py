@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import random
 import socket
 import threading
@@ -593,3 +594,27 @@ async def test_both_clients_page_a_filtered_feed_past_slices_that_match_nothing(
     with trio.fail_after(30):
         synced, from_aio = await in_thread(work)
     assert synced == from_aio == ["wanted", "wanted"]
+
+
+def test_a_bridge_file_a_killed_node_left_is_not_trusted_with_the_homes_token(tmp_path: Path) -> None:
+    # It names the port the dead node served, which another process may
+    # serve now: the CLI sent it the home's admin token.
+    from registrygrid.client import calls
+    from registrygrid.errors import Unavailable
+    from registrygrid.home import Home
+
+    home = Home(tmp_path / "home")
+    home.init(org_name="acme")
+    (home.path / "bridge.json").write_text(json.dumps({"url": "http://127.0.0.1:9", "token": "rgt_x.y",
+                                                        "pid": 999_999_999}))
+    with pytest.raises(Unavailable, match="left by a node that no longer runs"):
+        calls.bridge_file(home)
+    home.lock("test")
+    try:
+        with pytest.raises(Unavailable, match="holds it, without one"):
+            calls.bridge_file(home)
+        (home.path / "bridge.json").write_text(json.dumps({"url": "http://127.0.0.1:9", "token": "rgt_x.y",
+                                                            "pid": os.getpid()}))
+        assert calls.bridge_file(home) == ("http://127.0.0.1:9", "rgt_x.y")
+    finally:
+        home.unlock()

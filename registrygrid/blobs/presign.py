@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from registrygrid.errors import PolicyDenied, ValidationError
+from registrygrid.files import read_json
 from registrygrid.home import write_text_durably
 
 # As S3's presigned URLs (SigV4): at most seven days.
@@ -81,10 +82,10 @@ class PresignKeys:
         path = Path(path)
         if path.exists():
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = read_json(path)
                 keys = [SigningKey(str(k["kid"]), bytes.fromhex(k["secret"]), float(k["created_s"]))
                         for k in data["keys"]]
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:  # cut short or edited by hand
+            except (ValueError, KeyError, TypeError, AttributeError, ValidationError) as exc:  # cut short, edited
                 raise ValidationError(f"{path} is not a presign key file ({exc}); restore it, or delete it to make "
                                       "new keys (URLs signed with the old ones stop working)") from None
             return cls(path, keys)

@@ -18,7 +18,8 @@ from urllib.parse import SplitResult, quote, urlencode, urlsplit
 
 from registrygrid.crdt.conflicts import ABSENT
 from registrygrid.engine.ops import WriteResult
-from registrygrid.errors import MalformedInput, Unavailable, ValidationError
+from registrygrid.errors import MalformedInput, NotFound, Unavailable, ValidationError
+from registrygrid.files import read_json
 from registrygrid.home import Home
 from registrygrid.storage.audit import AuditEntry
 from registrygrid.storage.feed import FeedEvent
@@ -95,13 +96,21 @@ def bridge_file(home: str | Path | Home | None) -> tuple[str, str]:
     home = home if isinstance(home, Home) else Home(home)
     path = home.path / "bridge.json"
     try:
-        info = json.loads(path.read_text())
-        return str(info["url"]), str(info["token"])
-    except FileNotFoundError:
+        info = read_json(path)
+        url, token, pid = str(info["url"]), str(info["token"]), info.get("pid")
+    except NotFound:
         raise Unavailable(f"{path} does not exist: no node serves a bridge on this home "
                           "(not started yet, or started with --no-bridge)") from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, ValidationError) as exc:
         raise MalformedInput(f"{path} is not a bridge file: {exc}") from None
+    # A file a killed node left names its port, which another process may
+    # serve now: the home's admin token went to it. Only the process that
+    # holds the home's lock wrote the file that counts.
+    holder = home.lock_holder()
+    if pid is not None and not (holder or "").startswith(f"pid {pid} ") and holder != f"pid {pid}":
+        raise Unavailable(f"{path} was left by a node that no longer runs (pid {pid}); no node serves a bridge "
+                          "on this home now" + (f" ({holder} holds it, without one)" if holder else ""))
+    return url, token
 
 
 def seg(value: str) -> str:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import re
@@ -51,6 +50,7 @@ from registrygrid.errors import (
     Unavailable,
     ValidationError,
 )
+from registrygrid.files import read_json
 from registrygrid.home import write_json_durably
 from registrygrid.search import query as q
 from registrygrid.search.fields import normalize
@@ -185,10 +185,10 @@ class SearchIndex:
         meta = self.path / "search.json"
         self.started_over = 0  # times this index was found damaged and started over (at most once while open)
         try:
-            state = json.loads(meta.read_text(encoding="utf-8")) if meta.exists() else None
+            state = read_json(meta) if meta.exists() else None
             if state is not None:
                 int(state["cursor"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, OverflowError, RegistryError) as exc:
             # The index is derived from the feed: a cursor file it cannot
             # read (a hand edit, a damaged disk) costs a re-index, not the
             # node's start.

@@ -22,7 +22,6 @@ which replace the same vectors.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from registrygrid.errors import FeatureUnavailable, RegistryError
+from registrygrid.files import read_json
 from registrygrid.home import write_json_durably
 from registrygrid.search.fields import normalize
 
@@ -104,10 +104,10 @@ class VectorIndex:
         self._lock = threading.RLock()
         meta = path / "vectors.json"
         try:
-            state = json.loads(meta.read_text(encoding="utf-8")) if meta.exists() else None
+            state = read_json(meta) if meta.exists() else None
             if state is not None:
                 int(state["cursor"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:  # derived: embed the feed again
+        except (OSError, ValueError, KeyError, TypeError, OverflowError, RegistryError) as exc:  # derived: embed the feed again
             log.warning("search: %s is unreadable (%s); embedding the feed again", meta, exc)
             state = None
         if state is None or state.get("version") != VECTORS_VERSION:
