@@ -174,6 +174,13 @@ def test_every_shipped_scenario_parses() -> None:
     ("[[faults]]\nat_s = 1\nkind = 'meteor'", "faults[0].kind"),
     ("[[faults]]\nat_s = 1\nkind = 'stop'\nnodes = [99]", "faults[0].nodes"),
     ("colour = 'blue'", "colour"),
+    # The name is the default output folder: a path wrote results anywhere.
+    ("name = '../../escaped'", "name"),
+    ("name = '/tmp/escaped'", "name"),
+    ("name = 'x[/]'", "name"),  # rich markup, which crashed the progress bar
+    # Listed twice, a node was started twice (a crash); true is no number.
+    ("[[faults]]\nat_s = 1\nkind = 'stop'\nnodes = [3, 3]", "faults[0].nodes"),
+    ("[[faults]]\nat_s = 1\nkind = 'stop'\nnodes = [true]", "faults[0].nodes"),
 ])
 def test_a_bad_scenario_is_refused_naming_its_bad_part(tmp_path: Path, text: str, where: str) -> None:
     with pytest.raises(ValidationError) as refused:
@@ -184,6 +191,72 @@ def test_a_bad_scenario_is_refused_naming_its_bad_part(tmp_path: Path, text: str
 def test_a_scenario_that_is_not_toml_is_malformed(tmp_path: Path) -> None:
     with pytest.raises(MalformedInput):
         small(tmp_path, "nodes = = 3")
+    with pytest.raises(MalformedInput, match="nested too deeply"):  # a RecursionError before
+        small(tmp_path, "x = " + "[" * 5000 + "]" * 5000)
+
+
+def test_a_scenario_named_by_its_file_takes_a_name_that_is_a_folder(tmp_path: Path) -> None:
+    path = tmp_path / "my scenario (2).toml"
+    path.write_text("nodes = 3")
+    assert scenario.load(path).name == "my-scenario--2-"
+
+
+OVERLAPPING = """
+name = "overlap"
+seed = 3
+nodes = 12
+duration_s = 40
+settle_s = 40
+peers = 4
+[sync]
+enabled = {sync}
+[workload]
+changes = 60
+writers = 2
+[[faults]]
+at_s = 5
+kind = "stop"
+nodes = [0, 5]
+for_s = 20
+[[faults]]
+at_s = 10
+kind = "stop"
+nodes = [5, 6]
+for_s = 15
+[[faults]]
+at_s = 12
+kind = "stop"
+nodes = [7]
+[[faults]]
+at_s = 14
+kind = "hostile"
+nodes = [7]
+"""
+
+
+def test_overlapping_stops_a_restarted_writer_and_a_node_stopped_for_good_play_as_written(tmp_path: Path) -> None:
+    # Two stops ending together started a node twice (a traceback); a
+    # hostile fault brought back node 7, stopped for good; the writer
+    # restarted at 25 s published message ids its peers had seen from its
+    # first life, which they dropped as duplicates
+    # (tests/test_memory_gossip.py::test_a_host_restarted_under_its_peer_id_publishes_messages_its_peers_take_as_new).
+    summary = simulate(small(tmp_path, OVERLAPPING.format(sync="true")))
+    assert summary["checker"]["ok"], summary["checker"]
+    assert summary["live_nodes"] == 11
+    assert summary["faults"] == {"stops": 4, "starts": 3, "hostile_sent": 0}
+
+
+def test_with_sync_off_no_node_syncs_even_after_a_gap(tmp_path: Path) -> None:
+    summary = simulate(small(tmp_path, OVERLAPPING.format(sync="false").replace("kind = \"hostile\"",
+                                                                                   "kind = \"heal\"")))
+    assert summary["sync"]["sessions"] == 0
+
+
+def test_the_checker_fails_a_run_that_left_no_live_node_to_hold_the_writes() -> None:
+    from registrygrid.simulation import checker
+
+    verdict = checker.check([checker.Write(b"c", "n0", 1.0)], {}, {})
+    assert not verdict.ok and verdict.violations[0]["property"].startswith("a live node is left")
 
 
 def rgrid(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

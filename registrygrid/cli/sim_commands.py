@@ -26,7 +26,7 @@ import click
 
 from registrygrid.cli import render
 from registrygrid.cli.options import json_option
-from registrygrid.errors import FeatureUnavailable, NotFound
+from registrygrid.errors import FeatureUnavailable, NotFound, ValidationError
 from registrygrid.files import write_file
 from registrygrid.logs import LineFormatter
 from registrygrid.simulation import scenario as scenarios
@@ -163,6 +163,12 @@ def _node_logs_to(path: Path) -> Iterator[Any]:
     forgeries): unrouted, Python prints each line between the progress bar
     and the figures. Yields a function telling whether anything was logged
     (the file is made only then)."""
+    # The last run's file: this run's is made only if a node warns, and
+    # one left there was reported as this run's. Not a FIFO or a link:
+    # opening one blocked the run, or wrote through it elsewhere.
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise ValidationError(f"{path} is not a regular file: move it, or pick another --out")
+    path.unlink(missing_ok=True)
     package = logging.getLogger("registrygrid")
     handler = logging.FileHandler(path, mode="w", encoding="utf-8", delay=True)
     handler.setFormatter(LineFormatter("%(levelname)s %(name)s: %(message)s"))

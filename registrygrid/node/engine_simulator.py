@@ -86,6 +86,7 @@ class EngineNode:
     fed: Federation | None = None
     stopped: trio.Event = field(default_factory=trio.Event)
     hostile: bool = False
+    held: int = 0  # stop faults holding it down now: it starts again when the last one ends
     seen: dict[str, float] = field(default_factory=dict)  # change id -> when it was committed here
     cursor: int = 0  # the last feed seq read into ``seen``
     totals: Counter[str] = field(default_factory=Counter)  # federation metrics of past lives
@@ -269,11 +270,16 @@ class EngineRun:
             chosen = [nodes[i] for i in fault.nodes] or self.rng.sample(
                 nodes[self.s.workload.writers:], round(fault.fraction * (len(nodes) - self.s.workload.writers)))
             for target in chosen:
-                await self._stop(target)
-                self.stats["stops"] += 1
+                target.held += 1
+                if target.alive:
+                    await self._stop(target)
+                    self.stats["stops"] += 1
             if fault.for_s is not None:
                 await trio.sleep(fault.for_s)
                 for target in chosen:
+                    target.held -= 1
+                    if target.held or target.alive:  # another stop still holds it (restarted, it was HomeLocked)
+                        continue
                     others = [n for n in nodes if n.fed is not None]
                     peers = self.rng.sample(others, min(len(others), self.s.peers))
                     await self._start(target, [a for n in peers for a in n.fed.addrs()])  # type: ignore[union-attr]

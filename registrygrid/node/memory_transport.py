@@ -160,6 +160,11 @@ class MemoryNetwork:
         self.gossip_history = gossip_history
         self.lazy_gossip = lazy_gossip
         self.hosts: dict[str, MemoryHost] = {}
+        # The last gossip sequence number each peer ID published, across its
+        # hosts: a node restarted with seqno 0 again published message ids
+        # its peers had seen from its first life, and they dropped them as
+        # duplicates (py-libp2p starts the counter at the clock's seconds).
+        self.last_seqnos: dict[str, int] = {}
         self.stats: Counter[str] = Counter()
         # Gossip deliveries by the number of links the message travelled to
         # get there (first deliveries only): the propagation rounds.
@@ -301,7 +306,7 @@ class MemoryHost:
         self._validators: dict[str, TopicValidator] = {}
         self._event_channels: list[trio.MemorySendChannel[PeerEvent]] = []
         self._seen: dict[tuple[str, int], None] = {}
-        self._seqno = 0
+        self._seqno = network.last_seqnos.get(peer_id, 0)
         # GossipSub's state: the mesh per joined topic, and the message
         # cache (the messages of each of the last heartbeats, newest first).
         self._mesh: dict[str, set[str]] = {}
@@ -499,6 +504,7 @@ class MemoryHost:
         if validator is not None and not validator(self._peer_id, data):
             raise MessageRejected(f"our validator for {topic!r} rejects this payload")
         self._seqno += 1
+        self.network.last_seqnos[self._peer_id] = self._seqno
         message = _Message(topic, data, self._peer_id, self._seqno)
         self._remember(message.id)
         self._cache(message)

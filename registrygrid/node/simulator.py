@@ -104,6 +104,8 @@ class SimNode:
     host: MemoryHost | None = None
     scope: trio.CancelScope | None = None
     alive: bool = True
+    starting: bool = False  # a life is queued in the nursery, not yet begun (_start)
+    held: int = 0  # stop faults holding it down now: it starts again when the last one ends
     hostile: bool = False
     syncing: bool = False
     gap_sync_due: bool = False
@@ -159,8 +161,11 @@ class Simulation:
 
     async def _live(self, node: SimNode) -> None:
         """One life of a node: its host, handlers and loops, until stopped."""
+        if node.held:  # a stop came while this life was queued
+            node.starting = False
+            return
         with trio.CancelScope() as scope:
-            node.scope, node.alive = scope, True
+            node.scope, node.alive, node.starting = scope, True, False
             async with self.network.host(node.peer_id) as host:
                 node.host = host
                 host.set_handler(SYNC_PROTOCOL_ID, self._serve_sync(node))
@@ -263,8 +268,9 @@ class Simulation:
         """Gossip showed a gap (a change parked for its predecessor): sync
         soon with the change's origin, or any peer if it is not connected,
         as the node does (node/federation.py ``request_sync``); gaps seen
-        while one such sync is due share it."""
-        if node.gap_sync_due or self._nursery is None:
+        while one such sync is due share it. None with sync off: the
+        scenario measures gossip alone (it synced 192 times regardless)."""
+        if not self.s.sync_enabled or node.gap_sync_due or self._nursery is None:
             return
         node.gap_sync_due = True
         self._nursery.start_soon(self._gap_sync, node, origin)
@@ -347,18 +353,21 @@ class Simulation:
             for i in fault.nodes:
                 target = nodes[i]
                 target.hostile = True
-                if target.scope is not None:  # restart it with the hostile loop
+                if target.alive:  # restart it with the hostile loop (a stopped node stays down)
                     await self._stop(target)
                     self._start(target)
         elif fault.kind in ("stop", "kill"):  # in memory a kill is a stop: no disk to leave half-written
             chosen = [nodes[i] for i in fault.nodes] or self.rng.sample(
                 nodes[self.s.workload.writers:], round(fault.fraction * (len(nodes) - self.s.workload.writers)))
             for target in chosen:
+                target.held += 1
                 await self._stop(target)
             if fault.for_s is not None:
                 await trio.sleep(fault.for_s)
                 for target in chosen:
-                    self._start(target)
+                    target.held -= 1
+                    if target.held == 0:  # overlapping stops: up when the last one ends
+                        self._start(target)
 
     async def _stop(self, node: SimNode) -> None:
         if node.scope is not None and node.alive:
@@ -369,7 +378,8 @@ class Simulation:
 
     def _start(self, node: SimNode) -> None:
         assert self._nursery is not None
-        if not node.alive:
+        if not node.alive and not node.starting:  # alive only once _live runs: started twice, it crashed
+            node.starting = True
             self._nursery.start_soon(self._live, node)
             self.stats["starts"] += 1
 

@@ -41,6 +41,11 @@ def check(writes: list[Write], held: Mapping[str, set[bytes]], digests: Mapping[
     """``held``: each live node's change IDs; ``digests``: each live node's state digest."""
     violations: list[dict[str, Any]] = []
     acked = {w.change: w for w in writes}
+    if acked and not held:
+        # Vacuous otherwise: every node stopped for good, and the run "held
+        # every acknowledged write" on none of them.
+        violations.append({"property": "a live node is left to hold the acknowledged writes", "node": None,
+                           "missing": len(acked), "first_missing": []})
     for node in sorted(held):
         missing = [acked[c] for c in acked if c not in held[node]]
         if missing:

@@ -155,6 +155,11 @@ class RealRun:
         if any(f.kind == "hostile" for f in scenario.faults):
             raise ValidationError("real-node mode has no hostile nodes (a real node signs honestly); run the "
                                   "scenario in large-scale mode")
+        if not (scenario.sync_enabled and scenario.gossip_enabled):
+            # As engine mode: it ran them with both on, and reported the
+            # "no sync" scenario's 110 sync sessions as its result.
+            raise ValidationError("real-node mode runs real nodes, which always gossip and sync: run a scenario "
+                                  "that turns either off in large-scale mode")
         self.s = scenario
         self.root = root
         self.progress = progress

@@ -38,6 +38,7 @@ Every member is checked; a bad one is a ValidationError naming it
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -110,6 +111,8 @@ def load(path: str | Path) -> Scenario:
         raise MalformedInput(f"cannot read scenario {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise MalformedInput(f"scenario {path} is not TOML: {exc}") from None
+    except RecursionError:  # nested past the parser's depth: a traceback before
+        raise MalformedInput(f"scenario {path} is not TOML this reads: nested too deeply") from None
     return parse(data, default_name=Path(path).stem)
 
 
@@ -132,7 +135,7 @@ def parse(data: Mapping[str, Any], *, default_name: str = "scenario") -> Scenari
     if not isinstance(faults, list):
         raise _bad("faults", "a list of [[faults]] tables")
     return Scenario(
-        name=_str(data, "name", default_name),
+        name=_name(data, default_name),
         description=_str(data, "description", ""),
         seed=_int(data, "seed", 1, 0, 2**63),
         nodes=nodes,
@@ -161,13 +164,30 @@ def _fault(data: Any, i: int, nodes: int) -> Fault:
     if kind not in FAULT_KINDS:
         raise _bad(f"{at}kind", f"one of {', '.join(FAULT_KINDS)}")
     listed = data.get("nodes", [])
-    if not isinstance(listed, list) or not all(isinstance(n, int) and 0 <= n < nodes for n in listed):
-        raise _bad(f"{at}nodes", f"a list of node numbers from 0 to {nodes - 1}")
+    # Each node once (a node listed twice was started twice, and the run
+    # crashed); true is no node number, though Python counts it as 1.
+    if not isinstance(listed, list) or not all(type(n) is int and 0 <= n < nodes for n in listed) \
+            or len(set(listed)) != len(listed):
+        raise _bad(f"{at}nodes", f"a list of distinct node numbers from 0 to {nodes - 1}")
     for_s = data.get("for_s")
     return Fault(at_s=_num(data, "at_s", 0.0, 0.0, 10**7, at=at), kind=kind,
                  groups=_int(data, "groups", 2, 2, nodes, at=at),
                  fraction=_num(data, "fraction", 0.0, 0.0, 1.0, at=at), nodes=tuple(listed),
                  for_s=None if for_s is None else _num(data, "for_s", 0.0, 0.0, 10**7, at=at))
+
+
+# The name is the default output folder (sim-results/<name>): a name that
+# was a path wrote the results anywhere ("../../x", "/etc/x").
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _name(data: Mapping[str, Any], default: str) -> str:
+    if "name" not in data:  # the file's own name, made one
+        return re.sub(r"[^A-Za-z0-9._-]", "-", default).lstrip("._-")[:100] or "scenario"
+    value = data["name"]
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise _bad("name", "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 100")
+    return value
 
 
 def _bad(where: str, what: str) -> ValidationError:
