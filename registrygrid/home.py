@@ -202,16 +202,23 @@ class Home:
         file), a signed delegation org -> node, default config."""
         if self.exists():
             raise ValidationError(f"{self.path} is already initialised (node key exists); refusing to overwrite")
-        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        node_key = KeyPair.generate()
-        write_key_file(self.node_key_path, node_key)
+        # Every input is checked before anything is written: the node key
+        # marks a home initialised, and written before a bad --org-key was
+        # read, it left a half-made home that `rgrid init` refused to redo.
         if org_key_file is not None:
             org_key = read_key_file(Path(org_key_file))
             org_source = str(org_key_file)
+        elif self.org_key_path.exists():
+            raise ValidationError(f"{self.org_key_path} exists already: pass it with --org-key to join its org, "
+                                  "or move it away to found a new one")
         else:
             org_key = KeyPair.generate()
-            write_key_file(self.org_key_path, org_key)
             org_source = str(self.org_key_path)
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if org_key_file is None:
+            write_key_file(self.org_key_path, org_key)
+        node_key = KeyPair.generate()
+        write_key_file(self.node_key_path, node_key)
         delegation = sign_delegation(org_key, node_key.did, ["node", "writer"])
         write_text_durably(self.path / "org.json", json.dumps({
             "org": org_key.did,

@@ -110,6 +110,24 @@ def test_init_creates_private_keys_and_refuses_to_run_twice(tmp_path: Path, rgri
     assert set(identity["roles"]) >= {"node"}
 
 
+def test_an_init_refused_for_its_org_key_writes_nothing_and_can_be_run_again(tmp_path: Path, rgrid: Run) -> None:
+    # It wrote the node key first: a bad --org-key left a half-made home
+    # (no org.json) that every later init refused as initialised already.
+    home = tmp_path / "home"
+    bad = tmp_path / "bad.key"
+    bad.write_text("garbage")
+    refused = rgrid("init", "--org-key", str(bad), home=home)
+    assert refused.returncode == EX_DATAERR and "bad.key" in refused.stderr
+    assert not (home / "keys" / "node.key").exists()
+    (home / "keys").mkdir(parents=True)
+    (home / "keys" / "org.key").write_text("{}")  # an org key left there, not passed
+    kept = rgrid("init", home=home)
+    assert kept.returncode == EX_DATAERR and "--org-key" in kept.stderr
+    assert sorted(p.name for p in (home / "keys").iterdir()) == ["org.key"]
+    (home / "keys" / "org.key").unlink()
+    assert ok_json(rgrid, "init", "--org-name", "acme", home=home)["org"].startswith("did:key:")
+
+
 def test_commands_on_a_home_that_was_never_initialised_say_how_to_fix_it(tmp_path: Path, rgrid: Run) -> None:
     proc = rgrid("list", home=tmp_path / "nothing")
     assert proc.returncode != 0
