@@ -543,3 +543,21 @@ def test_a_damaged_search_cursor_file_is_indexed_again_not_a_failed_start(
     proc = rgrid("search", "gpu", "--json", timeout=60)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "indexing the feed again" in proc.stderr
+
+
+@pytest.mark.parametrize("bridge, named", [
+    (5, "config.json bridge"),
+    ({"port": "abc"}, "config.json bridge.port"),
+    ({"port": True}, "config.json bridge.port"),  # served on port 1
+    ({"port": 8795.7}, "config.json bridge.port"),
+    ({"port": 99_999_999}, "config.json bridge.port"),  # "unavailable", exit 75, as if in use
+    ({"host": 5}, "config.json bridge.host"),
+])
+def test_a_config_bridge_address_of_the_wrong_type_is_refused_naming_it(
+        rgrid: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, bridge: Any, named: str) -> None:
+    home = tmp_path / "home"
+    Home(home).init(org_name="acme")
+    config = json.loads((home / "config.json").read_text())
+    (home / "config.json").write_text(json.dumps({**config, "bridge": bridge}))
+    proc = rgrid("node", "start", "--no-p2p", timeout=60)
+    assert proc.returncode == EX_DATAERR and named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

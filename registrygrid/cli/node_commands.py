@@ -16,6 +16,25 @@ from registrygrid.home import Home
 from registrygrid.logs import LineFormatter
 
 
+def _bridge_address(config: dict[str, Any], options: dict[str, Any]) -> tuple[str, int]:
+    """The bridge's host and port, from the flags or config.json's bridge
+    section, checked: a section that was no object, or a port that was a
+    string, 1e309 or NaN, stopped the start with a traceback; true served
+    on port 1, 8795.7 on 8795, and 99999999 was taken for a port in use."""
+    section = config.get("bridge", {})
+    if not isinstance(section, dict):
+        raise ValidationError("config.json bridge: an object of settings")
+    host = options.get("bridge_host") or section.get("host", "127.0.0.1")
+    if not isinstance(host, str) or not host:
+        raise ValidationError("config.json bridge.host: a host name or address")
+    flag = options.get("bridge_port")
+    port = flag if flag is not None else section.get("port", 8700)
+    if type(port) is not int or not 0 <= port <= 65535:
+        where = "--bridge-port" if flag is not None else "config.json bridge.port"
+        raise ValidationError(f"{where}: a port number from 0 to 65535, not {str(port)[:40]}")
+    return host, port
+
+
 def build_components(home: Home, options: dict[str, Any]) -> list[Any]:
     """The node's optional parts, configured from the home's config and flags."""
     config = home.config()
@@ -42,14 +61,12 @@ def build_components(home: Home, options: dict[str, Any]) -> list[Any]:
         except ImportError:
             Bridge = None  # noqa: N806
         if Bridge is not None:
-            bridge_conf = config.get("bridge", {})
-            host = options.get("bridge_host") or bridge_conf.get("host", "127.0.0.1")
-            port = options.get("bridge_port") or bridge_conf.get("port", 8700)
+            host, port = _bridge_address(config, options)
             if host in ("0.0.0.0", "::") and not options.get("allow_public"):
                 raise ValidationError(
                     f"refusing to serve the bridge on {host} (every interface) without --allow-public-bridge"
                 )
-            components.append(Bridge(host=host, port=int(port)))
+            components.append(Bridge(host=host, port=port))
     if options.get("p2p", True):
         try:
             from registrygrid.node.federation import Federation, FederationConfig
