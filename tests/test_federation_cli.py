@@ -93,6 +93,14 @@ def test_joining_with_a_bad_bootstrap_address_is_refused_before_anything_changes
     proc = rgrid("federation", "join", str(invite), "--bootstrap", "/ip4/999.1.1.1/tcp/4001/p2p/12D3KooWbad", home=b)
     assert proc.returncode == EX_DATAERR and "999.1.1.1" in proc.stderr
     assert not (b / "federation.json").exists()
+    # A config.json bootstrap that is no list: it failed with a traceback
+    # after the home had joined (a string was taken letter by letter).
+    config = json.loads((b / "config.json").read_text())
+    (b / "config.json").write_text(json.dumps({**config, "bootstrap": 5}))
+    good = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWKnDEwWrvwdYDefeqE1BKqNyTYv8QGJcDkWLqEdQHsB8R"
+    proc = rgrid("federation", "join", str(invite), "--bootstrap", good, home=b)
+    assert proc.returncode == EX_DATAERR and "config.json bootstrap" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (b / "federation.json").exists()
 
 
 def test_an_out_file_that_cannot_be_written_is_refused_before_anything_changes(rgrid: Run, tmp_path: Path) -> None:

@@ -165,16 +165,22 @@ def register(cli: click.Group) -> None:
     def federation_join(home: Path | None, as_json: bool, file: Path, bootstrap: tuple[str, ...]) -> None:
         """Join the federation of the invitation in FILE (made for this home's
         org), or of the genesis in FILE (for a co-founder's nodes)."""
+        from registrygrid.cli.node_commands import _listed
         from registrygrid.node.multiaddrs import check_peer_addrs
 
         home_obj = Home(home)
         home_obj.require()
         addrs = check_peer_addrs(bootstrap, source="--bootstrap")
         genesis, invitation = read_invitation_file(read_text_file(file)[0])
+        config = home_obj.config()
+        # Checked before the join: a bootstrap that was one string was taken
+        # letter by letter, and one that was a number failed after the
+        # home had switched federations.
+        known = _listed(config, "bootstrap") if addrs else []
         join_federation(home_obj, genesis, invitation)
         if addrs:
-            config = home_obj.config()
-            config["bootstrap"] = sorted(set(config.get("bootstrap", [])) | set(addrs))
+            config = home_obj.config()  # as the join left it (it names the federation)
+            config["bootstrap"] = sorted({str(a) for a in known} | set(addrs))
             write_text_durably(home_obj.path / "config.json", json.dumps(config, indent=2) + "\n")
         render.mapping({"federation": genesis.id, "name": genesis.name, "bootstrap": addrs,
                         "note": _restart_note(home_obj)}, as_json, title="joined")
