@@ -358,6 +358,11 @@ async def test_a_reader_cannot_write_views_and_a_scoped_token_sees_its_registry_
             assert {i["id"] for i in (await reflected(client, "v", seq))["items"]} == {"a", "b"}
             r = await sc.get("/v1/views/v")
             assert [(i["registry"], i["id"]) for i in r.json()["items"]] == [(OTHER, "b")]
+            # Its member count too: it said 2, one of them in a registry it cannot read.
+            assert r.json()["view"]["members"] == 1 and r.json()["total"] == 1
+            listed = {v["name"]: v for v in (await sc.get("/v1/views")).json()["views"]}
+            assert listed["v"]["members"] == 1
+            assert {v["name"]: v for v in (await rc.get("/v1/views")).json()["views"]}["v"]["members"] == 2
             # Its events too: before, they named every registry's members and changes.
             events = (await sc.get("/v1/views/v/events")).json()
             assert [(m["registry"], m["id"]) for m in events["reset"]["members"]] == [(OTHER, "b")]

@@ -108,8 +108,8 @@ class SearchService:
             raise Unavailable("the search index is still opening")
         return self.views
 
-    def view_list(self) -> list[dict[str, Any]]:
-        return self._views().list()
+    def view_list(self, registries: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        return self._views().list(registries)
 
     def view_show(self, name: str, *, limit: int | None = None, cursor: str | None = None,
                   registries: tuple[str, ...] | None = None) -> dict[str, Any]:

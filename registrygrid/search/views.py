@@ -534,10 +534,11 @@ class Views:
             return None
         return state
 
-    def list(self) -> list[dict[str, Any]]:
-        """Every view this node holds, in name order, with what it keeps of each."""
-        return [describe(d, self._current(d)) for d in (Definition.of(r)
-                                                         for r in self.registry.iter_all(VIEWS_REGISTRY))]
+    def list(self, registries: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """Every view this node holds, in name order, with what it keeps of
+        each; ``registries``: its members counted in those only."""
+        return [describe(d, self._current(d), registries) for d in (Definition.of(r)
+                                                                    for r in self.registry.iter_all(VIEWS_REGISTRY))]
 
     def show(self, name: str, *, limit: int | None = None, cursor: str | None = None,
              registries: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -547,7 +548,8 @@ class Views:
         limited to one registry)."""
         definition = Definition.of(self.registry.get(VIEWS_REGISTRY, name))
         state = self._current(definition)
-        out: dict[str, Any] = {"view": describe(definition, state), "items": [], "total": 0, "next_cursor": None}
+        out: dict[str, Any] = {"view": describe(definition, state, registries), "items": [], "total": 0,
+                               "next_cursor": None}
         if definition.query is None or (state is not None and state.failed is not None):
             return out
         query = definition.query
@@ -640,13 +642,20 @@ class Views:
                 "last_id": head}
 
 
-def describe(definition: Definition, state: _State | None) -> dict[str, Any]:
-    """A view as the API shows it (openapi.py ``View``)."""
+def describe(definition: Definition, state: _State | None,
+             registries: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """A view as the API shows it (openapi.py ``View``). ``registries``: its
+    members counted in those only (a token limited to one registry was told
+    how many matched in the others)."""
     failed = definition.error or (state.error if state is not None else None)
     kept = state is not None and failed is None
+    members = None
+    if kept and state:
+        members = len(state.members) if registries is None else \
+            sum(1 for m in state.ordered if m.registry in registries)
     return {"name": definition.name, "title": definition.title, "owner": definition.owner,
             "description": definition.description, "query": definition.query_json,
-            "materialized": kept, "members": len(state.members) if kept and state else None,
+            "materialized": kept, "members": members,
             "truncated": bool(state.truncated) if kept and state else False,
             "through": state.cursor if kept and state else None, "error": failed}
 

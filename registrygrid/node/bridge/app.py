@@ -1088,7 +1088,7 @@ class Api:
             found = [saved_views.describe(saved_views.Definition.of(r), None)
                      for r in self.registry.iter_all(saved_views.VIEWS_REGISTRY)]
         else:
-            found = await self.in_executor(service.view_list)
+            found = await self.in_executor(service.view_list, (token.registry,) if token.registry else None)
         self.read_note(token, "views", "list views")
         return json_response({"views": found})
 
