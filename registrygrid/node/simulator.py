@@ -421,6 +421,9 @@ class Simulation:
                 "messages_per_node_per_change": round(statistics.fmean(sent) / changes, 3) if sent else 0.0,
                 "max_messages_per_node_per_change": round(max(sent, default=0) / changes, 3),
                 "invalid_rejected": self.stats["gossip.invalid"],
+                # Deliveries a node's full subscription queue dropped (a burst
+                # with no latency): a run lost them unseen, no loss counted.
+                "dropped_queue_full": sum(c["gossip_dropped"] for c in per_node),
                 "rounds": {"p50": hop_quantile(hops, 0.5), "p99": hop_quantile(hops, 0.99),
                            "max": max(hops, default=0),
                            "bound_2log2n": round(2 * math.log2(max(2, len(self.nodes))), 2)},
