@@ -246,8 +246,13 @@ class Home:
         # A home from before "founder" was written: the founder's is the
         # one whose org key it made itself.
         founder = data.get("founder", data.get("key_file") == str(self.org_key_path))
-        return OrgMembership(org=org, name=data.get("name", ""), delegation=delegation,
-                             founder=bool(founder), org_record_published=bool(data.get("org_record_published")))
+        name = data.get("name", "")
+        # Checked, not coerced: "founder": "false" counted as a founder.
+        if not isinstance(founder, bool) or not isinstance(name, str):
+            raise ValidationError(f"{self.path / 'org.json'} is not an org file: founder is true or false, "
+                                  "name a string")
+        return OrgMembership(org=org, name=name, delegation=delegation,
+                             founder=founder, org_record_published=bool(data.get("org_record_published")))
 
     def _org_file(self) -> dict[str, Any] | None:
         """org.json, or None when the home has none; a file that is not a

@@ -561,3 +561,15 @@ def test_a_config_bridge_address_of_the_wrong_type_is_refused_naming_it(
     (home / "config.json").write_text(json.dumps({**config, "bridge": bridge}))
     proc = rgrid("node", "start", "--no-p2p", timeout=60)
     assert proc.returncode == EX_DATAERR and named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("member, value", [("founder", "false"), ("name", {"x": [1, 2]})])
+def test_an_org_file_whose_members_have_the_wrong_type_is_refused_not_coerced(
+        rgrid: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, member: str, value: Any) -> None:
+    # "founder": "false" counted as true, and a name that was an object was shown as one.
+    home = tmp_path / "home"
+    Home(home).init(org_name="acme")
+    org = json.loads((home / "org.json").read_text())
+    (home / "org.json").write_text(json.dumps({**org, member: value}))
+    proc = rgrid("id", "--json", timeout=60)
+    assert proc.returncode == EX_DATAERR and "org.json" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
