@@ -90,9 +90,13 @@ def write_text_durably(path: Path, text: str, *, secret: bool = False) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            # A write or fsync that failed (a full disk) names no file: the
+            # error said "No space left on device" and nothing of where.
+            exc.filename = str(path)
         raise
     sync_folder(path.parent)
 
