@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -162,6 +164,21 @@ async def test_client_matches_the_sdk_shapes_and_typed_errors(served: Served) ->
         await trio.to_thread.run_sync(work, served.url, served.admin, reader)
 
 
+@contextlib.contextmanager
+def _running_node(home: Path) -> Iterator[dict]:
+    """A node on ``home`` for the block (its bridge.json), stopped by
+    SIGTERM at its end, where it must exit 0; killed if the block failed."""
+    node, info = _start_node(home)
+    try:
+        yield info
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=30) == 0, node.communicate()
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+
+
 def _start_node(home: Path, *options: str) -> tuple[subprocess.Popen[str], dict]:
     node = subprocess.Popen([sys.executable, "-m", "registrygrid", "node", "start", "--no-p2p", "--home", str(home),
                              "--bridge-port", str(unused_ports(1)[0]), "--log-level", "WARNING", *options],
@@ -220,8 +237,7 @@ def test_sigterm_during_writes_loses_no_acknowledged_write(tmp_path: Path) -> No
 def test_rgrid_token_revoke_of_the_nodes_own_cli_token_is_refused_and_the_cli_keeps_working(tmp_path: Path) -> None:
     home = tmp_path / "home"
     rgrid(home, "init")
-    node, info = _start_node(home)
-    try:
+    with _running_node(home) as info:
         cli_id = info["token_id"]
         refused = rgrid(home, "token", "revoke", cli_id, check=False)
         assert refused.returncode == 65, refused.stderr  # Conflict: EX_DATAERR
@@ -243,12 +259,6 @@ def test_rgrid_token_revoke_of_the_nodes_own_cli_token_is_refused_and_the_cli_ke
         revoked = json.loads(rgrid(home, "token", "revoke", ops["id"], "--json").stdout)
         assert revoked["revoked_at"] is not None and revoked["local"] is False
         assert json.loads(rgrid(home, "id", "--json").stdout)["did"].startswith("did:key:")
-        node.send_signal(signal.SIGTERM)
-        assert node.wait(timeout=30) == 0, node.communicate()
-    finally:
-        if node.poll() is None:
-            node.kill()
-            node.wait()
     # Stopped, the node revoked its own token, and the direct-store listing marks none as local.
     listed = {t["id"]: t for t in json.loads(rgrid(home, "token", "list", "--json").stdout)}
     assert listed[cli_id]["revoked_at"] is not None and not any(t["local"] for t in listed.values())
@@ -272,15 +282,8 @@ def test_rgrid_import_through_a_rate_limited_bridge_waits_out_each_429_and_impor
     documents = tmp_path / "servers.json"
     documents.write_text(json.dumps([{"name": f"io.example{i}/srv", "description": "d", "version": "1.0.0"}
                                      for i in range(60)]))
-    node, _ = _start_node(home)
-    try:
+    with _running_node(home):
         imported = rgrid(home, "import", str(documents), "--json", check=False)
-        node.send_signal(signal.SIGTERM)
-        assert node.wait(timeout=30) == 0, node.communicate()
-    finally:
-        if node.poll() is None:
-            node.kill()
-            node.wait()
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["created"] == 60
     with LocalRegistry.open_home(home) as local:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trio
 from test_bridge_assets import PART, upload
-from test_bridge_support import UNLIMITED, raw_request, start_served, until_metric
+from test_bridge_support import UNLIMITED, raw_request, read_to_the_end, start_served, until_metric
 
 from registrygrid.node.bridge import BridgeConfig
 
@@ -41,19 +41,6 @@ def bridge_log() -> Iterator[list[str]]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-
-
-async def read_to_the_end(sock: trio.socket.SocketType) -> int:
-    """Bytes received until the node closes the connection (a reset counts as closed)."""
-    received = 0
-    try:
-        while chunk := await sock.recv(1 << 20):
-            received += len(chunk)
-    except ConnectionResetError:
-        pass
-    finally:
-        sock.close()
-    return received
 
 
 async def test_a_stop_closes_the_connections_still_answering_once_its_grace_is_over(tmp_path: Path) -> None:

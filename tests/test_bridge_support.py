@@ -77,6 +77,19 @@ async def raw_request(served: Served, path: str, headers: str = "") -> trio.sock
     return sock
 
 
+async def read_to_the_end(sock: trio.socket.SocketType) -> int:
+    """Bytes received until the node closes the connection (a reset counts as closed)."""
+    received = 0
+    try:
+        while chunk := await sock.recv(1 << 20):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    return received
+
+
 async def metrics_text(served: Served) -> str:
     async with served.client() as http:
         return (await http.get("/metrics")).text
