@@ -1114,17 +1114,20 @@ def _mcp_paths() -> dict[str, Any]:
 def _discovery_paths() -> dict[str, Any]:
     """Well-known discovery documents and the agent card listing (node/bridge/discovery_routes.py)."""
     public = ("Public, as the protocol means it (a client discovers before it holds a credential here); "
-              "Cache-Control: public, max-age=60.")
+              "Cache-Control: public, max-age=60. Each address is held to the anonymous rate limit (429).")
     return {
         "/.well-known/agent-card.json": {"get": _op(
             "wellKnownAgentCard", "The A2A card of the agent this org hosts (as imported, signatures intact)",
             {"200": {"description": "the card", "headers": _TRACE_HEADER,
                      "content": {"application/json": {"schema": {"type": "object"}}}},
-             **_errors("404", "409")},
+             **_errors("404", "409", "429")},
             tags=["discovery"], security=[{}], description=public + " 404: the org hosts none; 409: several, and "
             "bridge.agent_card in HOME/config.json names none of them (details.candidates lists them).")},
         "/.well-known/ai-catalog.json": {"get": _op(
-            "wellKnownAiCatalog", "An AI Catalog of what this org publishes", _json("200", "AiCatalog", "the catalog"),
+            "wellKnownAiCatalog", "An AI Catalog of what this org publishes",
+            {**_json("200", "AiCatalog", "the catalog",
+                     {"ETag": {"description": "a hash of the document", "schema": STRING}}),
+             "304": {"description": "If-None-Match matched", "headers": _TRACE_HEADER}, **_errors("429")},
             tags=["discovery"], security=[{}], description=public)},
         "/search": {"post": _op(
             "ardSearch", "ARD search over the MCP servers, agent cards and AI Catalog entries held here",
