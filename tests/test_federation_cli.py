@@ -57,6 +57,12 @@ def test_create_invite_with_two_admins_join_and_list_members(rgrid: Run, tmp_pat
     assert roles[b_org] == "member" and "admin" in roles[Home(a).org().org]  # type: ignore[union-attr]
 
 
+def test_a_federation_name_it_cannot_take_is_refused_as_a_federation_name(rgrid: Run, tmp_path: Path) -> None:
+    Home(tmp_path / "a").init(org_name="a")
+    proc = rgrid("federation", "create", "fedA", home=tmp_path / "a")  # it said "invalid registry name"
+    assert proc.returncode == EX_DATAERR and "invalid federation name 'fedA'" in proc.stderr, proc.stderr
+
+
 def test_a_node_outside_any_federation_is_in_its_orgs_own(rgrid: Run, tmp_path: Path) -> None:
     home = tmp_path / "solo"
     Home(home).init(org_name="solo")

@@ -36,6 +36,11 @@ def registry_name(value: object) -> str:
     return check(REGISTRY_NAME, value, "registry name")
 
 
+def federation_name(value: object) -> str:
+    """A federation's name: spelled as a registry's (lower case), and said so."""
+    return check(REGISTRY_NAME, value, "federation name")
+
+
 def record_id(value: object) -> str:
     return check(RECORD_ID, value, "record id")
 

@@ -123,7 +123,7 @@ def federation_id(genesis_body: bytes) -> str:
 def make_genesis(name: str, founder_keys: Sequence[KeyPair], *, admins: Sequence[str] | None = None,
                  quorum: int = 1, now: float | None = None) -> Genesis:
     """A genesis signed by every founder. Admins default to all founders."""
-    names.registry_name(name)
+    names.federation_name(name)  # "invalid registry name 'fedA'" before
     founders = tuple(sorted({k.did for k in founder_keys}))
     if not founders or len(founders) > MAX_FOUNDERS:
         raise ValidationError(f"a federation has 1 to {MAX_FOUNDERS} founders, not {len(founders)}")
@@ -264,7 +264,7 @@ def _verified_signers(outer: _MultiSigned) -> set[str]:
 
 
 def _check_genesis_claims(body: GenesisBody) -> None:
-    names.registry_name(body.name)
+    names.federation_name(body.name)
     if not 0 < len(body.founders) <= MAX_FOUNDERS or list(body.founders) != sorted(set(body.founders)):
         raise ValidationError(f"founders must be 1 to {MAX_FOUNDERS} distinct org dids, sorted")
     for did in body.founders:
