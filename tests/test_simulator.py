@@ -175,6 +175,7 @@ def test_every_shipped_scenario_parses() -> None:
     ("[[faults]]\nat_s = 1\nkind = 'stop'\nnodes = [99]", "faults[0].nodes"),
     ("colour = 'blue'", "colour"),
     # The name is the default output folder: a path wrote results anywhere.
+    ("nodes = 10000\n[workload]\nchanges = 10000", "workload.changes"),  # 10**8 delays kept: out of memory
     ("name = '../../escaped'", "name"),
     ("name = '/tmp/escaped'", "name"),
     ("name = 'x[/]'", "name"),  # rich markup, which crashed the progress bar

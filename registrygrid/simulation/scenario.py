@@ -51,6 +51,11 @@ from registrygrid.files import read_bounded
 FAULT_KINDS = ("partition", "heal", "stop", "kill", "hostile")
 PATTERNS = ("steady", "burst")
 MAX_NODES = 10_000
+# The summary keeps the delay of every (node, change) delivery: 10,000
+# nodes and 10**7 changes passed, and a run would fill the memory with
+# 10**11 of them. 20 million (~0.7 GB) is 50 times the largest shipped
+# scenario (steady: 200 nodes x 2,000 changes).
+MAX_DELIVERIES = 20_000_000
 MAX_SCENARIO_BYTES = 1 << 20  # a scenario is a few lines of TOML
 
 
@@ -134,6 +139,10 @@ def parse(data: Mapping[str, Any], *, default_name: str = "scenario") -> Scenari
     faults = data.get("faults", [])
     if not isinstance(faults, list):
         raise _bad("faults", "a list of [[faults]] tables")
+    changes = _int(workload, "changes", 100, 0, 10**7, at="workload.")
+    if nodes * changes > MAX_DELIVERIES:
+        raise _bad("workload.changes", f"at most {MAX_DELIVERIES:,} deliveries (nodes x changes) in all, "
+                                       f"not {nodes * changes:,}: the summary keeps each one's delay")
     return Scenario(
         name=_name(data, default_name),
         description=_str(data, "description", ""),
@@ -146,7 +155,7 @@ def parse(data: Mapping[str, Any], *, default_name: str = "scenario") -> Scenari
                         latency_sigma=_num(network, "latency_sigma", 0.5, 0.0, 3.0, at="network."),
                         loss=_num(network, "loss", 0.0, 0.0, 0.99, at="network."),
                         degree=_int(network, "degree", 6, 1, 64, at="network.")),
-        workload=Workload(changes=_int(workload, "changes", 100, 0, 10**7, at="workload."),
+        workload=Workload(changes=changes,
                           writers=_int(workload, "writers", 1, 1, nodes, at="workload."), pattern=pattern),
         sync_enabled=_bool(sync, "enabled", True, at="sync."),
         sync_interval_s=_num(sync, "interval_s", 10.0, 0.1, 86_400, at="sync."),
