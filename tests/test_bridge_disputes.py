@@ -172,9 +172,10 @@ async def test_a_token_that_may_not_write_grid_disputes_is_refused_and_nothing_i
         # any registry's disputes, even of a registry it could not read.
         filer = await make_token(served, "writer", registry="grid.disputes")
         resolve = f"/v1/disputes/{disputed.dispute}/resolve"
-        for token in (reader, elsewhere, filer):
+        for token, status, code in ((reader, 403, "policy_denied"), (elsewhere, 403, "policy_denied"),
+                                    (filer, 404, "not_found")):  # another registry's dispute: as unknown to it
             async with served.client(token) as client:
-                assert_error(await client.post(resolve, json={"value": 9}), 403, "policy_denied")
+                assert_error(await client.post(resolve, json={"value": 9}), status, code)
         async with served.client(filer) as client:  # nor may it file one as a plain record
             assert_error(await client.post("/v1/registries/grid.disputes/records", json={
                 "kind": "dispute-resolution", "fields": {"dispute": disputed.dispute, "outcome": "value", "value": 9},
@@ -193,7 +194,11 @@ async def test_a_token_limited_to_another_registry_neither_lists_nor_reads_the_d
         scoped = await make_token(served, "reader", registry="test.notes")
         async with served.client(scoped) as client:
             assert (await client.get("/v1/disputes")).json()["items"] == []
-            assert_error(await client.get(f"/v1/disputes/{disputed.dispute}"), 403, "policy_denied")
+            # As an unknown one: a 403 said it exists, and named its registry.
+            hidden = assert_error(await client.get(f"/v1/disputes/{disputed.dispute}"), 404, "not_found")
+            unknown = assert_error(await client.get(f"/v1/disputes/{UNKNOWN}"), 404, "not_found")
+            assert PRICES not in hidden["message"]
+            assert hidden["message"].replace(disputed.dispute, UNKNOWN) == unknown["message"]
 
 
 async def test_the_client_has_the_sdk_dispute_methods_and_errors(disputed: Disputed) -> None:

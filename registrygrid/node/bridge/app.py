@@ -935,10 +935,13 @@ class Api:
         return dispute, f"{DISPUTES_REGISTRY}/{dispute}"
 
     def _in_scope(self, token: Token, found: dict[str, Any], target: str) -> None:
-        """A token limited to one registry reads the disputes of that registry only."""
+        """A token limited to one registry reads the disputes of that registry
+        only; another's is answered as one this node does not know. (A 403
+        said it exists, and named its registry, a private one's included,
+        to a token that may not read it.) Audited as a refusal all the same."""
         if token.registry is not None and found["registry"] != token.registry:
-            raise self.auth.refuse(token.actor, target, PolicyDenied(
-                f"this token is limited to registry {token.registry}, not {found['registry']}"))
+            raise self.auth.refuse(token.actor, target, NotFound(  # word for word dispute_views.show_dispute's
+                f"no dispute {found['id']!r} on this node; `rgrid disputes list` shows the open ones"))
 
     async def list_disputes(self, request: web.Request) -> web.Response:
         token = self.require(request, READ, target="disputes")
