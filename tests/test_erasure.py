@@ -100,6 +100,21 @@ def test_an_erasure_removes_every_byte_of_the_records_history_and_keeps_its_chai
     assert "erase" in [e.action for e in a.audit_log(limit=1000)]
 
 
+@pytest.mark.parametrize("reason", ["request\x00 7", "\x1b[2Jrequest", "two\nlines", "c1\x85"])
+def test_an_erasure_whose_reason_holds_control_characters_is_refused_and_erases_nothing(
+        tmp_path: Path, org_a: KeyPair, reason: str) -> None:
+    # The reason goes into the notice every node keeps and into each node's
+    # audit ledger: a NUL or an escape code went there as it came.
+    a = org_node(tmp_path / "a", org_a)
+    registry, record = _written(a)
+    head = a.feed_head()
+    with pytest.raises(Exception) as refused:
+        a.erase(registry, record, reason=reason)
+    assert refused.value.code == "validation_failed"  # type: ignore[attr-defined]
+    assert a.feed_head() == head and holds_secret(a)
+    assert a.erase(registry, record, reason="request 7").status == "created"
+
+
 def test_an_erased_id_is_burned_for_local_writes(tmp_path: Path, org_a: KeyPair) -> None:
     a = org_node(tmp_path / "a", org_a)
     registry, record = _written(a)

@@ -170,6 +170,11 @@ class Erasing(EngineCore):
     def _erase(self, txn: Txn, batch: Batch, op: Erase) -> WriteResult:
         registry = names.registry_name(op.registry)
         record_id = names.record_id(op.record_id)
+        if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in op.reason):
+            # The reason goes into the notice every node keeps and into each
+            # node's audit ledger: a NUL or an escape code went there as it came.
+            raise ValidationError("an erasure's reason is one line of text: no control characters",
+                                  details=[{"path": "/reason", "message": "control character"}])
         notice_id = erasure_id(registry, record_id, self.owner)
         held = erasures.mark(self.store, txn, registry, record_id)
         if held is not None and held[1] == erasures.ERASED:
