@@ -828,8 +828,9 @@ SCHEMAS: dict[str, Any] = {
         "description": {"type": "string", "maxLength": 4096},
     }, required=["name", "version", "schema"]),
     "RecordErase": _obj({
-        "reason": {"type": "string", "maxLength": 512,
-                   "description": "why, for every node's audit ledger (no personal data: the notice is kept)"},
+        "reason": {"type": "string", "maxLength": 512, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+                   "description": "why, for every node's audit ledger (no personal data: the notice is kept); "
+                                  "one line, no control characters"},
         "blobs": {"type": "array", "maxItems": 256,
                   "items": {"type": "string", "pattern": "^b[a-z2-7]{58}$"},
                   "description": "CIDs of blobs to purge with the record"},
