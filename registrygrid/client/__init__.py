@@ -25,8 +25,8 @@ from registrygrid.errors import RegistryError
 if TYPE_CHECKING:
     from registrygrid.client.aio import AsyncBridgeClient, AsyncSubscription
 
-__all__ = ["NO_RETRY", "RATE_LIMITS_ONLY", "AsyncBridgeClient", "AsyncSubscription", "BridgeClient", "RegistryError", "RetryPolicy",
-           "Retrying", "Subscription"]
+__all__ = ["NO_RETRY", "RATE_LIMITS_ONLY", "AsyncBridgeClient", "AsyncSubscription", "BridgeClient",
+           "RegistryError", "RetryPolicy", "Retrying", "Subscription"]
 
 
 def __getattr__(name: str) -> Any:

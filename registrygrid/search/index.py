@@ -18,8 +18,9 @@ documents again: nothing is lost or doubled. ``rebuild`` starts over.
 Sorting and pages. Relevance orders text queries (BM25 over name, which
 counts 3x, description 1.5x, and every string of the record, reranked
 with freshness and trust: ``rank``, over a fixed window: ``_by_relevance``);
-pages reach ``MAX_RELEVANCE_WINDOW`` deep. Any number, date or keyword field sorts too (keywords in UTF-8
-byte order: see ``PREFIX_BYTES``), ties broken by ``kid`` (a 62-bit hash
+pages reach ``MAX_RELEVANCE_WINDOW`` deep. Any number, date or keyword
+field sorts too (keywords in UTF-8 byte order: see ``PREFIX_BYTES``),
+ties broken by ``kid`` (a 62-bit hash
 of the key): a cursor is the last hit's (value, kid), so a walk is stable
 while records change (keyset, never offsets). A sort lists the records
 that have the field.
@@ -496,11 +497,11 @@ class SearchIndex:
         """One page of the query's one fixed order (every page of a walk
         cuts the same list): a cursor is a position in it.
 
-        Text alone: best BM25 first, ties by kid. Freshness, trust, boosts
-        and meaning rerank the best ``RERANK_WINDOW`` only (a window that
-        grew with the page, as it did, chose other hits for each page, so a
-        walk repeated some and never reached others); text hits beyond it
-        follow in text order. Semantic search has no text order to follow:
+        Text alone: best BM25 first, ties in tantivy's order (``_text_order``).
+        Freshness, trust, boosts and meaning rerank the best ``RERANK_WINDOW``
+        only (a window that grew with the page, as it did, chose other hits
+        for each page, so a walk repeated some and never reached others);
+        text hits beyond it follow in text order. Semantic search has no text order to follow:
         its pages end with the window."""
         start = 0
         if query.cursor is not None:

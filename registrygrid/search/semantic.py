@@ -107,7 +107,8 @@ class VectorIndex:
             state = read_json(meta) if meta.exists() else None
             if state is not None:
                 int(state["cursor"])
-        except (OSError, ValueError, KeyError, TypeError, OverflowError, RegistryError) as exc:  # derived: embed the feed again
+        except (OSError, ValueError, KeyError, TypeError, OverflowError, RegistryError) as exc:
+            # Derived: embed the feed again.
             log.warning("search: %s is unreadable (%s); embedding the feed again", meta, exc)
             state = None
         if state is None or state.get("version") != VECTORS_VERSION:
