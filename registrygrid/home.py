@@ -26,7 +26,9 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,8 @@ from registrygrid.trust.federation import (
     federation_id,
     implicit_genesis,
 )
+
+log = logging.getLogger(__name__)
 
 # A key file is one line of JSON; a larger one is no key file (a device would never end).
 MAX_KEY_FILE_BYTES = 64 * 1024
@@ -143,7 +147,19 @@ def read_key_file(path: Path) -> KeyPair:
         raise ValidationError(f"{path} is not a RegistryGrid key file: {exc}") from None
     if data.get("did") not in (None, key.did):
         raise ValidationError(f"{path}: its did does not match its seed")
+    _warn_if_others_may_read(path)
     return key
+
+
+def _warn_if_others_may_read(path: Path) -> None:
+    """A seed that other users may read is a key they may sign with. A
+    warning, not a refusal as ssh does: an org key kept on a USB stick
+    (FAT has no owners) shows mode 0755 whatever one does."""
+    with contextlib.suppress(OSError):
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o077:
+            log.warning("%s holds a secret key and other users may read it (mode %04o): "
+                        "chmod 600 it, or keep it where only you can read", path, mode)
 
 
 @dataclass(frozen=True)

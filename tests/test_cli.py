@@ -128,6 +128,26 @@ def test_an_init_refused_for_its_org_key_writes_nothing_and_can_be_run_again(tmp
     assert ok_json(rgrid, "init", "--org-name", "acme", home=home)["org"].startswith("did:key:")
 
 
+def test_a_key_file_others_may_read_is_used_with_a_warning_that_names_it(tmp_path: Path, rgrid: Run) -> None:
+    # A seed others may read is a key they may sign with; it was taken silently.
+    # A warning, not a refusal: a USB stick's FAT shows 0755 whatever one does.
+    source = tmp_path / "source"
+    Home(source).init(org_name="acme")
+    shared = tmp_path / "shared.key"
+    shared.write_bytes((source / "keys" / "org.key").read_bytes())
+    shared.chmod(0o644)
+    taken = rgrid("init", "--org-key", str(shared), "--json", home=tmp_path / "home")
+    assert taken.returncode == 0, taken.stderr
+    warning = taken.stderr.strip()
+    assert warning.startswith("rgrid: WARNING:") and "shared.key" in warning and "0644" in warning
+    assert "chmod 600" in warning and len(warning.splitlines()) == 1
+
+    shared.chmod(0o600)
+    quiet = rgrid("init", "--org-key", str(shared), "--json", home=tmp_path / "again")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert json.loads(quiet.stdout)["org"] == json.loads(taken.stdout)["org"]
+
+
 def test_commands_on_a_home_that_was_never_initialised_say_how_to_fix_it(tmp_path: Path, rgrid: Run) -> None:
     proc = rgrid("list", home=tmp_path / "nothing")
     assert proc.returncode != 0
