@@ -125,6 +125,24 @@ async def test_list_filters_where_and_cursor_pages(served: Served) -> None:
             assert_error(await client.get(RECORDS, params={"cursor": "!!"}), 422, "validation_failed")
 
 
+async def test_a_parameter_given_twice_is_refused_unless_it_adds_a_condition(served: Served) -> None:
+    # Handlers read the first of two: ?registry=a&registry=b answered for a
+    # while a proxy or a log reading the last saw b.
+    with trio.fail_after(30):
+        async with served.client() as client:
+            r = await client.post(RECORDS, json={"kind": "note", "id": "n1", "fields": {"name": "n1", "n": 1}, "tags": ["t"]})
+            assert r.status_code == 201
+            for params in ([("tag", "t"), ("tag", "u")], [("limit", "1"), ("limit", "1000")],
+                           [("registry", REGISTRY), ("registry", OTHER)]):
+                path = "/v1/records" if params[0][0] == "registry" else RECORDS
+                err = assert_error(await client.get(path, params=params), 400, "malformed_input")
+                name = params[0][0]
+                assert f"'{name}' is given 2 times" in err["message"]
+                assert err["details"] == [{"path": f"query:{name}", "message": "given more than once"}]
+            r = await client.get(RECORDS, params=[("where", "n:ge:1"), ("where", "n:le:1")])
+            assert [i["id"] for i in r.json()["items"]] == ["n1"]
+
+
 async def test_pagination_is_stable_under_concurrent_inserts(served: Served) -> None:
     """Every record that existed before the walk is seen exactly once, whatever is inserted meanwhile."""
     with trio.fail_after(60):

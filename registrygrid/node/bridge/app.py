@@ -1319,6 +1319,7 @@ class Api:
         code = ""
         self._running[id(request)] = request
         try:
+            _refuse_repeated_parameters(request.query)
             response = await handler(request)
         except SlowClient as exc:  # it stopped reading: its connection is closed
             log.info("%s %s: %s (trace %s)", request.method, request.path, exc, trace_id)
@@ -1359,6 +1360,23 @@ class Api:
                 transport.abort()
                 cut += 1
         return cut
+
+
+# Query parameters a request may give more than once (each adds a condition).
+_REPEATABLE = frozenset({"where"})
+
+
+def _refuse_repeated_parameters(query: Mapping[str, str]) -> None:
+    """Any other parameter given twice is refused: a handler reads the
+    first, so ``?registry=a&registry=b`` answered for ``a`` while a proxy or
+    log that reads the last saw ``b``."""
+    keys = [name for name, _ in query.items()]  # a MultiDict's keys() names each once
+    if len(keys) == len(set(keys)):
+        return
+    for name in dict.fromkeys(keys):
+        if name not in _REPEATABLE and keys.count(name) > 1:
+            raise MalformedInput(f"query parameter {name[:40]!r} is given {keys.count(name)} times; give it once",
+                                 details=[{"path": f"query:{name[:40]}", "message": "given more than once"}])
 
 
 # A listing's parameters whose values the audit ledger keeps: none of them
