@@ -140,11 +140,17 @@ def write_key_file(path: Path, key: KeyPair) -> None:
 def read_key_file(path: Path) -> KeyPair:
     try:
         data = read_json(path, MAX_KEY_FILE_BYTES)
-        key = KeyPair(bytes.fromhex(data["seed"]))
+        if not isinstance(data, dict) or not isinstance(data.get("seed"), str):
+            raise ValidationError("it is not a JSON object with a \"seed\" string")
+        try:
+            seed = bytes.fromhex(data["seed"])
+        except ValueError:
+            raise ValidationError("its seed is not hexadecimal") from None
+        key = KeyPair(seed)
     except NotFound:
         raise NotInitialized(f"no key at {path}; run `rgrid init`") from None
-    except (ValueError, KeyError, TypeError, ValidationError) as exc:
-        raise ValidationError(f"{path} is not a RegistryGrid key file: {exc}") from None
+    except ValidationError as exc:
+        raise ValidationError(f"{path} is not a RegistryGrid key file: {exc.message}") from None
     if data.get("did") not in (None, key.did):
         raise ValidationError(f"{path}: its did does not match its seed")
     _warn_if_others_may_read(path)

@@ -128,6 +128,23 @@ def test_an_init_refused_for_its_org_key_writes_nothing_and_can_be_run_again(tmp
     assert ok_json(rgrid, "init", "--org-name", "acme", home=home)["org"].startswith("did:key:")
 
 
+@pytest.mark.parametrize(("text", "why"), [
+    ('{"seed": "abcd"}', "an Ed25519 seed has 32 bytes"),
+    ('{"seed": "zz"}', "its seed is not hexadecimal"),
+    ("[1]", 'it is not a JSON object with a "seed" string'),
+    ('{"seed": 7}', 'it is not a JSON object with a "seed" string'),
+])
+def test_a_key_file_that_is_no_key_names_itself_and_what_is_wrong_in_words(
+        tmp_path: Path, rgrid: Run, text: str, why: str) -> None:
+    # A list said "list indices must be integers or slices, not str".
+    bad = tmp_path / "bad.key"
+    bad.write_text(text)
+    bad.chmod(0o600)
+    refused = rgrid("init", "--org-key", str(bad), home=tmp_path / "home")
+    assert refused.returncode == EX_DATAERR
+    assert refused.stderr.strip() == f"error[validation_failed]: {bad} is not a RegistryGrid key file: {why}"
+
+
 def test_a_key_file_others_may_read_is_used_with_a_warning_that_names_it(tmp_path: Path, rgrid: Run) -> None:
     # A seed others may read is a key they may sign with; it was taken silently.
     # A warning, not a refusal: a USB stick's FAT shows 0755 whatever one does.
