@@ -273,6 +273,38 @@ async def test_topic_validator_blocks_delivery_and_forwarding() -> None:
                 await b.publish(topic, b"bad-own")
 
 
+async def test_a_garbage_gossip_frame_costs_its_stream_only_and_counts_against_its_peer() -> None:
+    # One frame that is no protobuf RPC on /meshsub/1.1.0: py-libp2p lets its
+    # DecodeError escape, and the whole host stopped, for every peer.
+    with trio.fail_after(30):
+        async with running_hosts(3, "garbage") as (a, b, evil):
+            async def echo(peer: str, request: bytes) -> bytes:
+                return request
+
+            a.set_handler(PROTO, echo)
+            await link(a, b)
+            await link(evil, a)
+            events = a.peer_events()
+            topic = "rgrid/test/garbage"
+            sub_a = await a.subscribe(topic)
+            await b.subscribe(topic)
+            await b.wait_for_mesh_peer(topic, a.peer_id)
+
+            raw = await evil.libp2p_host.new_stream(ID.from_base58(a.peer_id), [TProtocol("/meshsub/1.1.0")])
+            await raw.write(encode_varint_prefixed(b"\x0a\x7f\x01"))  # a field longer than the frame
+            event = await events.receive()
+            while event.kind != "misbehaved":  # a late "connected" of the links above
+                event = await events.receive()
+            assert event.peer_id == evil.peer_id
+            assert event.why.startswith("/meshsub/1.1.0: DecodeError")
+            assert a.stats["inbound_streams_failed"] == 1
+
+            await b.publish(topic, b"after the garbage")
+            assert (await sub_a.receive()).data == b"after the garbage"
+            assert b.peer_id in a.connected_peers()
+            assert await b.request(a.peer_id, PROTO, b"still serving") == b"still serving"
+
+
 async def test_gossip_size_limit() -> None:
     with trio.fail_after(20):
         async with running_hosts(2, "size") as (a, b):

@@ -348,8 +348,11 @@ class Federation:
         async for event in events:
             if event.kind == "connected":
                 self._on_connected(event.peer_id)
-            else:
+            elif event.kind == "disconnected":
                 self._on_disconnected(event.peer_id)
+            else:
+                self.metrics["peers.streams_failed"] += 1
+                self._strike(event.peer_id, f"stream failed: {event.why}")
 
     def _reconcile(self) -> None:
         """Level-triggered check of the connection events: the host misses a

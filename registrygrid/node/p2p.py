@@ -83,6 +83,7 @@ from registrygrid.node.p2p_requests import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_REQUEST_TIMEOUT,
     RequestResponse,
+    _reset,
 )
 from registrygrid.node.transport import (
     DialFailed,
@@ -259,6 +260,14 @@ class P2PHost(PubsubSide, RequestResponse):
             on_drop=self._on_upstream_drop,
         )
         self._host.get_network().register_notifee(_PeerNotifee(self))
+        # Every inbound stream runs its protocol's handler in the task of its
+        # connection, inside the swarm's nursery: an exception a handler of
+        # py-libp2p's own does not catch (gossipsub's protobuf DecodeError on
+        # one garbage frame) stopped the whole host, for every peer, and any
+        # peer could send it. The host's dispatcher is wrapped so that a
+        # failure costs only its stream (and counts against its peer).
+        self._dispatch_stream = self._host._swarm_stream_handler
+        self._host.get_network().set_stream_handler(self._contain_stream)
 
         self._handlers: dict[str, RequestHandler] = {}
         self._validators: dict[str, TopicValidator] = {}
@@ -575,6 +584,17 @@ class P2PHost(PubsubSide, RequestResponse):
                 self.stats["peer_events_dropped"] += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._event_senders.remove(sender)
+
+    async def _contain_stream(self, stream: INetStream) -> None:
+        try:
+            await self._dispatch_stream(stream)
+        except Exception as exc:  # a boundary: see __init__; Cancelled passes
+            self.stats["inbound_streams_failed"] += 1
+            peer = stream.muxed_conn.peer_id.to_base58()
+            why = f"{stream.get_protocol() or 'no protocol'}: {type(exc).__name__}: {str(exc)[:160]}"
+            logger.warning("p2p: an inbound stream from %s failed and was reset: %s", peer, why)
+            await _reset(stream)
+            self._emit(PeerEvent("misbehaved", peer, why))
 
     def _on_conn_opened(self, peer: ID) -> None:
         if peer not in self._live_peers:

@@ -33,6 +33,7 @@ _STAT_KEYS = (
     "requests_refused_busy",
     "requests_inbound_failed",
     "peer_events_dropped",
+    "inbound_streams_failed",
 )
 
 

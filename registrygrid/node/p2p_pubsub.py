@@ -201,7 +201,7 @@ class GossipConfig:
 
 
 class _Pubsub(Pubsub):
-    """py-libp2p's Pubsub with two repairs.
+    """py-libp2p's Pubsub with three repairs.
 
     * ``notify_subscriptions`` does what py-libp2p 0.8.1's does
       (``send_nowait`` into each subscribed topic's 32-slot channel; a full
@@ -217,6 +217,9 @@ class _Pubsub(Pubsub):
       error py-libp2p does not catch, which stops the receiver's whole swarm.
       Seen here with a ~1 MiB message published right after the peer
       subscribed.
+    * ``stream_handler`` forgets a peer whose stream failed with an error
+      py-libp2p does not catch (that same ``DecodeError``, which a hostile
+      peer sends on purpose).
     """
 
     def __init__(self, *args: Any, on_drop: Callable[[str], None], **kwargs: Any) -> None:
@@ -232,6 +235,18 @@ class _Pubsub(Pubsub):
             lock = self._write_locks[stream] = trio.Lock()
         async with lock:
             return await super().write_msg(stream, rpc_msg)
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        """py-libp2p's, and a peer whose stream failed otherwise (a frame
+        that is no protobuf RPC: ``DecodeError``, which py-libp2p lets
+        escape) is also forgotten as a pubsub peer, as py-libp2p does for
+        the errors it catches. The error goes on to the host, which resets
+        the stream and counts it against the peer (``P2PHost._contain_stream``)."""
+        try:
+            await super().stream_handler(stream)
+        except Exception:
+            self._handle_dead_peer(stream.muxed_conn.peer_id)
+            raise
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         for topic in publish_message.topicIDs:

@@ -149,10 +149,14 @@ class GossipMessage:
 
 @dataclass(frozen=True, slots=True)
 class PeerEvent:
-    """A peer's first connection opened ("connected") or its last one closed ("disconnected")."""
+    """A peer's first connection opened ("connected") or its last one closed
+    ("disconnected"), or one of its streams broke the protocol it named
+    ("misbehaved", ``why`` says how): the host reset that stream and kept
+    serving; the federation counts it against the peer."""
 
-    kind: Literal["connected", "disconnected"]
+    kind: Literal["connected", "disconnected", "misbehaved"]
     peer_id: str
+    why: str = ""
 
 
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
