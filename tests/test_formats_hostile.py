@@ -75,6 +75,24 @@ def test_a_change_between_values_python_calls_equal_is_written(grid: LocalRegist
     assert imported(grid, tmp_path, [second]).unchanged == 1  # and then it is unchanged
 
 
+def test_a_change_between_equal_looking_values_inside_lists_is_written_to_the_signed_document(
+        grid: LocalRegistry, tmp_path: Path) -> None:
+    # The document skipped [1] -> [true] (Python's == on the list): the
+    # record shown took it, the signed change peers rebuild from did not,
+    # and every later run reported "updated" again.
+    first = {**SERVER, "x": [1], "y": [{"a": 1}], "z": [2]}
+    second = {**SERVER, "x": [True], "y": [{"a": True}], "z": [2.0], "description": "changed too"}
+    assert imported(grid, tmp_path, [first]).created == 1
+    again = imported(grid, tmp_path, [second])
+    assert (again.updated, again.unchanged) == (1, 0)
+    stored = grid.get(mcp.REGISTRY, mcp.record_id(SERVER["name"], SERVER["version"]))["fields"]
+    assert stored["x"] == [True] and stored["x"][0] is True and stored["y"][0]["a"] is True
+    assert isinstance(stored["z"][0], float)
+    report = grid.verify()  # every record is what its document says, types compared
+    assert report.ok, report.problem
+    assert imported(grid, tmp_path, [second]).unchanged == 1
+
+
 def test_one_record_twice_in_an_import_is_reported_the_same_way_on_every_run(
         grid: LocalRegistry, tmp_path: Path) -> None:
     # Both copies went into one batch of creates, the second refused as

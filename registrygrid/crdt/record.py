@@ -21,6 +21,7 @@ not collaboratively edited prose.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -454,9 +455,26 @@ def _sync_map(tx: Any, obj: bytes, wanted: Mapping[str, Any], depth: int, path: 
             # One read of the key: a key written many times costs Automerge a
             # walk of all its ops at each read (~15 us at 10,000 writes).
             shown = _materialize_got(tx, got)
-            if shown == value and type(value) is type(shown):
+            if same_value(shown, value):
                 continue
         _put_value(tx, obj, key, value, depth)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """``a`` and ``b`` are the same JSON value, types compared all the way
+    down. Python's ``==`` takes ``[1]`` for ``[true]``, ``[2]`` for
+    ``[2.0]`` and ``0.0`` for ``-0.0``: such a change was left out of the
+    document while the record shown took it, and peers, which rebuild the
+    record from the document, showed the old value."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(same_value, a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_value(v, b[k]) for k, v in a.items())
+    return bool(a == b)
 
 
 # ---- how a document is stored ----

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from registrygrid.crdt import resolver
-from registrygrid.crdt.record import RecordDoc, doc_bytes
+from registrygrid.crdt.record import RecordDoc, doc_bytes, same_value
 from registrygrid.crdt.snapshot import genesis_change, read_snapshot
 from registrygrid.errors import IntegrityError, RegistryError
 from registrygrid.protocol.envelope import cid_to_str, open_envelope
@@ -139,7 +139,7 @@ def verify_store(store: Store) -> VerifyReport:
                     else:
                         resolver.put_in(state, path, resolver.get_in(record, path))
                 for name in ("kind", "owner", "fields", "tags", "links", "deleted"):
-                    if state.get(name) != record.get(name):
+                    if not same_value(state.get(name), record.get(name)):  # [1] is not [true]
                         return VerifyReport(False, changes, chains, records,
                                             f"stored {name} differs from its document", where)
                 records += 1

@@ -188,6 +188,9 @@ class Importer:
                 kind = next(m.KIND for m in FORMATS.values() if m.REGISTRY == registry)
                 creates.append((document, fmt, Put(registry, kind, fields, record_id=record_id, tags=tags)))
                 continue
+            except RegistryError as exc:  # a registry the token may not read: this document, not the import
+                self._invalid(report, document, exc, fmt)
+                continue
             # Compared as encoded: Python's == takes 1 for true, 2 for 2.0
             # and 0.0 for -0.0, and a change between them went unwritten.
             if canonical(existing["fields"]) == canonical(fields) and sorted(existing["tags"]) == tags:
