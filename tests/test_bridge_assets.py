@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_bridge_support import Served, make_token, metrics_text, raw_request, read_to_the_end, until_metric
+from test_bridge_support import REGISTRY, Served, make_token, metrics_text, raw_request, read_to_the_end, until_metric
 
 from registrygrid.blobs.digest import parse_cid
 from registrygrid.blobs.presign import PresignKeys
@@ -265,6 +265,29 @@ async def test_uploads_belong_to_the_token_that_made_them(served: Served) -> Non
         theirs = await second.put(f"/v1/uploads/{session['id']}/parts/1", content=b"0123456789")
         peek = await second.get(f"/v1/uploads/{session['id']}")
     assert theirs.status_code == 403 and peek.status_code == 403
+
+
+async def test_a_token_limited_to_a_registry_reaches_no_asset_bytes(served: Served) -> None:
+    # Bytes belong to no registry: such a token read any blob, made a 7-day
+    # public link to it and uploaded, though the asset records naming the
+    # blob answered it 403.
+    blob = await upload(served, os.urandom(3000))
+    cid = blob["cid"]
+    reader = await make_token(served, "reader", registry=REGISTRY)
+    writer = await make_token(served, "writer", registry=REGISTRY)
+    async with served.client(reader) as read, served.client(writer) as write:
+        answers = [
+            await read.get(f"/v1/blobs/{cid}"),
+            await read.get(f"/v1/blobs/{cid}/meta"),
+            await read.post(f"/v1/blobs/{cid}/presign", json={"expires_in": 604800}),
+            await read.post("/v1/bundles", json={"items": [{"cid": cid}]}),
+            await write.post("/v1/uploads", json={"size": 10}),
+        ]
+    for answer in answers:
+        assert answer.status_code == 403, answer.text
+        assert answer.json()["error"]["code"] == "policy_denied"
+        assert f"limited to registry {REGISTRY}" in answer.json()["error"]["message"]
+    assert (await upload(served, b"0123456789"))["cid"]  # a token not limited to one still may
 
 
 async def test_bad_requests_get_typed_errors(served: Served, tmp_path: Path) -> None:

@@ -385,6 +385,18 @@ class Api:
         return self.auth.require(request.headers.get("Authorization"), request.remote, need,
                                  registry=registry, target=target)
 
+    def require_unlimited(self, request: web.Request, need: str, *, target: str) -> Token:
+        """The caller's token for a route whose data no registry holds (asset
+        bytes, uploads, bundles): one limited to a registry is refused. Such a
+        token read any blob, and shared it by a 7-day presigned link, though
+        it got 403 on the asset records that name the blob."""
+        token = self.require(request, need, target=target)
+        if token.registry is not None:
+            raise self.auth.refuse(token.actor, target, PolicyDenied(
+                f"this token is limited to registry {token.registry}; asset bytes, uploads and bundles "
+                "belong to no registry, so they need a token not limited to one"))
+        return token
+
     def open_on_loopback(self, request: web.Request, target: str) -> None:
         """Health and metrics: no token from this machine, a reader token from elsewhere."""
         if not is_loopback(request.remote):
