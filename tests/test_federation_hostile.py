@@ -16,7 +16,7 @@ import trio
 
 from registrygrid.identity.keys import KeyPair
 from registrygrid.node.p2p import P2PError, P2PHost, RemoteError
-from registrygrid.protocol import limits
+from registrygrid.protocol import limits, remote_read
 from registrygrid.protocol.envelope import ChangeBody, _Wire, batch_message, change_id, open_envelope
 from registrygrid.protocol.merkle import leaf_hash
 from registrygrid.protocol.gossip import encode_batch
@@ -156,6 +156,25 @@ async def test_hostile_sync_requests_and_responses_are_refused_and_counted(tmp_p
             await b.write("after", 2)
             await converged([a, b], 10, records=5)
             assert a.registry.verify().ok
+
+
+async def test_a_read_request_with_a_negative_cursor_is_malformed_input_counted_and_struck(tmp_path: Path) -> None:
+    # A negative sequence reached the store's u64 key: an OverflowError
+    # traceback at ERROR, "handler error" to the peer, no strike.
+    with trio.fail_after(40):
+        async with cluster(tmp_path, TRUSTING) as nodes, evil_host() as evil:
+            a = await nodes.start("a")
+            await a.write("public", 1)
+            await evil.connect(a.fed.addrs()[0])
+            author = a.node.engine.key.did
+            for cursor in ({"after": {author: -2}}, {"statements_after": {author: 2**63}},
+                           {"descriptor_after": {"not-a-did": 1}}):
+                request = remote_read.encode_request("grid.clusters", **cursor)  # type: ignore[arg-type]
+                with pytest.raises(RemoteError, match="malformed_input: a read cursor holds a bad entry"):
+                    await evil.request(a.peer_id, remote_read.READ_PROTOCOL_ID, request, timeout=10)
+            assert a.fed.metrics["remote_read.invalid_request"] == 3
+            assert a.fed.peers.peers[evil.peer_id].record.invalid == 3  # type: ignore[union-attr]
+            assert a.fed.host.stats["requests_handler_errors"] == 3  # type: ignore[union-attr]
 
 
 async def test_a_peer_that_says_a_change_is_gone_only_delays_it(tmp_path: Path) -> None:

@@ -38,9 +38,11 @@ import trio
 
 from registrygrid.engine import registries as regs
 from registrygrid.errors import (
+    MalformedInput,
     NotMember,
     PolicyDenied,
     RegistryError,
+    TooLarge,
     UnknownRegistry,
     ValidationError,
 )
@@ -528,7 +530,12 @@ class Federation:
         if self.peers.blocked(peer_id):
             raise PolicyDenied("this node does not serve you")
         self.metrics["remote_read.served"] += 1
-        return await trio.to_thread.run_sync(answer_read, request, self.node.engine, limiter=self._sessions)
+        try:
+            return await trio.to_thread.run_sync(answer_read, request, self.node.engine, limiter=self._sessions)
+        except (MalformedInput, TooLarge) as exc:  # counted and struck, as sync's invalid requests are
+            self.metrics["remote_read.invalid_request"] += 1
+            self._strike(peer_id, f"read: {exc.code}: {exc.message}")
+            raise
 
     async def _answer_search(self, peer_id: str, request: bytes) -> bytes:
         """A peer's federated query (node/federated_search.py), over what its

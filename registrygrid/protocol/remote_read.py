@@ -69,6 +69,12 @@ def decode_request(data: bytes) -> ReadRequest:
     for cursor in (request.after, request.statements_after, request.descriptor_after):
         if len(cursor) > MAX_CURSOR_AUTHORS:
             raise TooLarge(f"a read cursor names at most {MAX_CURSOR_AUTHORS} authors")
+        for author, seq in cursor.items():
+            # Checked here as sync checks its vectors: a negative sequence
+            # reached the store's u64 key and failed as an OverflowError
+            # traceback, logged at ERROR as often as any peer sent it.
+            if not author.startswith("did:key:") or len(author) > 128 or not 0 <= seq < 2**63:
+                raise MalformedInput(f"a read cursor holds a bad entry: {author[:80]!r} -> {seq}")
     return request
 
 
