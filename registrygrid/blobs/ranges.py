@@ -18,7 +18,15 @@ import re
 from registrygrid.errors import ValidationError
 
 MAX_RANGES = 64
-_SPEC = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+_SPEC = re.compile(r"^[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*$")
+# Past 19 digits a position lies beyond any blob: read as that, never
+# parsed (int() of 5,000 digits raised past Python's limit: a 500).
+_BEYOND_ANY_SIZE = 2**63
+
+
+def _position(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 19 else _BEYOND_ANY_SIZE
 
 
 class RangeNotSatisfiable(ValidationError):
@@ -50,14 +58,14 @@ def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
         if first == "" and last == "":
             return None
         if first == "":  # a suffix: the last N bytes
-            n = int(last)
+            n = _position(last)
             if n == 0:
                 continue
             ranges.append((max(0, size - n), size))
             continue
-        start = int(first)
-        end = size if last == "" else min(size, int(last) + 1)
-        if last != "" and int(last) < start:
+        start = _position(first)
+        end = size if last == "" else min(size, _position(last) + 1)
+        if last != "" and _position(last) < start:
             return None  # invalid: ignore the header
         if start >= size:
             continue  # not satisfiable on its own
