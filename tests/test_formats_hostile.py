@@ -20,7 +20,7 @@ from test_formats_ai_catalog import CATALOG
 from test_formats_oasf import RECORD as OASF_RECORD
 
 from registrygrid.errors import FileFailed, TooLarge
-from registrygrid.formats import a2a, ai_catalog, importer, mcp, oasf
+from registrygrid.formats import a2a, ai_catalog, ard, importer, mcp, oasf
 from registrygrid.sdk import LocalRegistry
 
 SERVER = json.loads((Path(__file__).parent / "fixtures" / "mcp" / "valid" / "minimal.json").read_text())
@@ -91,6 +91,22 @@ def test_a_change_between_equal_looking_values_inside_lists_is_written_to_the_si
     report = grid.verify()  # every record is what its document says, types compared
     assert report.ok, report.problem
     assert imported(grid, tmp_path, [second]).unchanged == 1
+
+
+def test_a_signature_tag_in_a_documents_content_never_becomes_a_record_tag(grid: LocalRegistry, tmp_path: Path) -> None:
+    # signature:* is the importer's verdict on an A2A card: an unsigned card
+    # whose skill carried signature:verified, or any catalog entry tagged so,
+    # listed among the verified cards.
+    card = {**CARD, "supportedInterfaces": [{"url": "https://x.example/claims"}],
+            "skills": [{**CARD["skills"][0], "tags": ["legal", "signature:verified"]}]}
+    catalog = {**CATALOG, "entries": [{**CATALOG["entries"][0], "tags": ["signature:verified", "nlp"]}]}
+    assert imported(grid, tmp_path, [card, catalog]).created == 2
+    card_tags = grid.list(a2a.REGISTRY, limit=10).items[0]["tags"]
+    assert "signature:verified" not in card_tags and "signature:unsigned" in card_tags and "legal" in card_tags
+    entry_tags = grid.list(ai_catalog.REGISTRY, limit=10).items[0]["tags"]
+    assert not [t for t in entry_tags if t.startswith("signature:")] and "nlp" in entry_tags
+    shown = ard.entry_of(grid.list(ai_catalog.REGISTRY, limit=10).items[0])  # ARD shows no such word either
+    assert shown["tags"] == ["nlp"]
 
 
 def test_one_record_twice_in_an_import_is_reported_the_same_way_on_every_run(

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from registrygrid.errors import ValidationError
-from registrygrid.formats import a2a, ai_catalog, mcp
+from registrygrid.formats import a2a, ai_catalog, mcp, shape
 
 MEDIA_MCP = "application/mcp-server+json"
 MEDIA_A2A = "application/a2a-agent-card+json"
@@ -128,7 +128,11 @@ def entry_of(record: Mapping[str, Any]) -> dict[str, Any]:
     """A record of the three registries as an AI Catalog entry."""
     registry, fields = record["registry"], record["fields"]
     if registry == ai_catalog.REGISTRY:
-        return dict(fields["entry"])
+        entry = dict(fields["entry"])
+        if isinstance(entry.get("tags"), list):  # the status words are the node's verdicts on A2A cards only
+            entry["tags"] = [t for t in entry["tags"]
+                             if not (isinstance(t, str) and t.startswith(shape.SIGNATURE_TAG_PREFIX))]
+        return entry
     if registry == mcp.REGISTRY:
         server = mcp.from_record(record)
         return {"identifier": f"urn:registrygrid:{registry}:{record['id']}",

@@ -31,9 +31,16 @@ def listed(doc: Mapping[str, Any], member: str, path: str) -> list[Any]:
     return value
 
 
+SIGNATURE_TAG_PREFIX = "signature:"
+
+
 def tags_with(markers: Iterable[str], content: Iterable[Any]) -> list[str]:
     """A record's tags: every marker, then the content's values that are
-    valid tags, in sorted order, as many as the cap leaves room for."""
+    valid tags, in sorted order, as many as the cap leaves room for.
+    ``signature:*`` is the importer's verdict on an A2A card, never
+    content's: a skill or a catalog entry tagged ``signature:verified`` made
+    an unsigned card, or any entry, list among the verified ones."""
     kept = set(markers)
-    extra = sorted({t for t in content if isinstance(t, str) and names.TAG.fullmatch(t)} - kept)
+    extra = sorted({t for t in content if isinstance(t, str) and names.TAG.fullmatch(t)
+                    and not t.startswith(SIGNATURE_TAG_PREFIX)} - kept)
     return sorted([*kept, *extra[:max(0, limits.MAX_TAGS - len(kept))]])
