@@ -25,6 +25,7 @@ from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_byt
 import multiaddr
 
 from registrygrid.errors import NotFound
+from registrygrid.node.p2p_requests import MAX_INBOUND_REQUESTS_PER_PEER
 from registrygrid.node.p2p import (
     DialFailed,
     GossipConfig,
@@ -427,6 +428,33 @@ async def test_failing_handler_gives_remote_error_and_host_keeps_serving() -> No
             assert b.stats["requests_handler_errors"] == 3
             assert b.stats["requests_served"] == 1
             assert a.stats["requests_failed"] == 3
+
+
+async def test_a_peer_holding_streams_open_without_a_request_cannot_starve_the_others() -> None:
+    # 64 streams from one peer that never sent their request held every
+    # slot for the whole request timeout: every other peer was "busy".
+    with trio.fail_after(30):
+        async with running_hosts(3, "slowloris", request_timeout=3.0) as (a, b, evil):
+
+            async def echo(peer: str, request: bytes) -> bytes:
+                return request
+
+            a.set_handler(PROTO, echo)
+            await link(evil, a)
+            await link(b, a)
+            silent = [await evil.libp2p_host.new_stream(ID.from_base58(a.peer_id), [TProtocol(PROTO)])
+                      for _ in range(64)]
+            while a.stats["requests_refused_busy_peer"] < 64 - MAX_INBOUND_REQUESTS_PER_PEER:
+                await trio.sleep(0.05)
+            with pytest.raises(RemoteBusy, match="of your requests are running here already"):
+                await evil.request(a.peer_id, PROTO, b"one more")
+            assert await b.request(a.peer_id, PROTO, b"others are served") == b"others are served"
+            assert a.stats["requests_refused_busy"] == 0
+            # A request that never arrives costs its slot a few seconds, not the request timeout.
+            while a.stats["requests_inbound_failed"] < MAX_INBOUND_REQUESTS_PER_PEER:
+                await trio.sleep(0.05)
+            assert await evil.request(a.peer_id, PROTO, b"freed") == b"freed"
+            del silent
 
 
 async def test_unknown_protocol_unknown_peer_and_timeout() -> None:

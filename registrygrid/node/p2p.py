@@ -276,6 +276,7 @@ class P2PHost(PubsubSide, RequestResponse):
         self._live_peers: set[ID] = set()
         self._slow_peers: dict[ID, float] = {}
         self._inbound_limiter = trio.Semaphore(max_inbound_requests)
+        self._inbound_per_peer: dict[str, int] = {}  # requests each peer has running here
         self._subscribe_lock = trio.Lock()
 
         self._state: Literal["new", "starting", "running", "failed", "stopping", "stopped"] = "new"

@@ -31,6 +31,7 @@ _STAT_KEYS = (
     "requests_handler_errors",
     "requests_refused_too_large",
     "requests_refused_busy",
+    "requests_refused_busy_peer",
     "requests_inbound_failed",
     "peer_events_dropped",
     "inbound_streams_failed",

@@ -87,6 +87,15 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 # py-libp2p's RequestResponseConfig.max_concurrent_inbound is 128 per
 # protocol; 64 across all protocols keeps a 2-core node responsive.
 DEFAULT_MAX_INBOUND_REQUESTS = 64
+# Of those, one peer holds at most a quarter: 64 streams opened by one peer
+# (a non-member's too) that never sent their request held every slot for
+# the whole request timeout, and every other peer's hello, sync and read
+# was refused as busy. A node's own traffic to a peer stays far below it
+# (a sync session, four blob ranges, a read, a search, a hello).
+MAX_INBOUND_REQUESTS_PER_PEER = 16
+# The request itself (at most max_request_bytes, 1 MiB) must arrive within
+# this; the handler's answer still has the whole request timeout.
+REQUEST_ARRIVAL_TIMEOUT = 10.0
 # Refusal reasons are short human text; the requester reads at most this much.
 _MAX_REASON_BYTES = 1 * KiB
 
@@ -127,16 +136,18 @@ class RequestResponse:
         if handler is None:
             await _reset(stream)
             return
+        held = self._inbound_per_peer.get(peer, 0)
+        if held >= MAX_INBOUND_REQUESTS_PER_PEER:
+            self.stats["requests_refused_busy_peer"] += 1
+            await _refuse_busy(stream, f"busy: {held} of your requests are running here already")
+            return
         try:
             self._inbound_limiter.acquire_nowait()
         except trio.WouldBlock:
             self.stats["requests_refused_busy"] += 1
-            try:
-                await _refuse(stream, _STATUS_BUSY, "busy: too many concurrent requests", 1.0)
-                await _close(stream)
-            except Exception:
-                await _reset(stream)
+            await _refuse_busy(stream, "busy: too many concurrent requests")
             return
+        self._inbound_per_peer[peer] = held + 1
         try:
             with trio.move_on_after(self.request_timeout) as scope:
                 await self._serve_one(protocol_id, peer, handler, stream)
@@ -155,13 +166,23 @@ class RequestResponse:
             await _reset(stream)
         finally:
             self._inbound_limiter.release()
+            left = self._inbound_per_peer.pop(peer) - 1
+            if left:
+                self._inbound_per_peer[peer] = left
 
     async def _serve_one(
         self, protocol_id: str, peer: str, handler: RequestHandler, stream: INetStream
     ) -> None:
         limit = self.request_timeout
         try:
-            request = await read_varint_prefixed_bytes_limited(stream, self.max_request_bytes)
+            with trio.move_on_after(min(REQUEST_ARRIVAL_TIMEOUT, limit)) as arrival:
+                request = await read_varint_prefixed_bytes_limited(stream, self.max_request_bytes)
+            if arrival.cancelled_caught:
+                self.stats["requests_inbound_failed"] += 1
+                logger.info("p2p: %s from %s: no request within %.0f s; stream reset",
+                            protocol_id, peer, min(REQUEST_ARRIVAL_TIMEOUT, limit))
+                await _reset(stream)
+                return
         except _Libp2pMessageTooLarge:
             self.stats["requests_refused_too_large"] += 1
             error = RequestTooLarge(
@@ -456,6 +477,14 @@ async def _drop_connection(stream: INetStream) -> None:
             await stream.muxed_conn.close()
         except Exception:
             logger.debug("p2p: closing a stalled connection failed", exc_info=True)
+
+
+async def _refuse_busy(stream: INetStream, reason: str) -> None:
+    try:
+        await _refuse(stream, _STATUS_BUSY, reason, 1.0)
+        await _close(stream)
+    except Exception:
+        await _reset(stream)
 
 
 async def _reset(stream: INetStream | None) -> None:
