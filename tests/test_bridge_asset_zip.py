@@ -82,6 +82,21 @@ async def test_a_stored_zip_lists_its_entries_and_serves_one_of_them(served: Ser
     assert absent.status_code == 404
 
 
+async def test_a_purged_zip_takes_its_cached_entry_listing_with_it(served: Served) -> None:
+    # The listing names the entries (patients/alice-smith/diagnosis.txt) and
+    # stayed on disk after a purge or an erasure, read by nothing, forever.
+    status, done = await put_blob(served, a_zip({"patients/alice-smith/diagnosis.txt": b"private"}),
+                                  content_type="application/zip")
+    assert status == 200, done
+    cached = served.home.path / "objects" / "manifests" / done["cid"]
+    async with served.client() as http:
+        assert (await http.get(f"/v1/blobs/{done['cid']}/manifest")).status_code == 200
+        assert cached.is_file()
+        assert (await http.delete(f"/v1/blobs/{done['cid']}")).status_code == 200
+    assert not cached.exists()
+    assert not [p for p in (served.home.path / "objects").rglob("*") if p.is_file() and b"alice" in p.read_bytes()]
+
+
 async def test_a_bundle_rebuilds_a_zip_of_blobs_and_entries_that_zipfile_reads_the_same_every_time(
         served: Served) -> None:
     weights, card = os.urandom(2 * MIB + 3), b"---\nlicense: mit\n---\n# card\n"

@@ -80,6 +80,13 @@ def blob_key(cid: bytes) -> str:
     return f"{BLOBS}/{cid_text(cid)}"
 
 
+def manifest_key(cid: bytes) -> str:
+    """Where a ZIP blob's entry listing is cached (blobs/bundles.py): it
+    names the entries (file names can be personal data) and goes with its
+    blob."""
+    return f"manifests/{cid_text(cid)}"
+
+
 class BlobStore:
     def __init__(self, objects: ObjectStore, store: Store, limits: BlobLimits | None = None, *,
                  now_ms: object = None) -> None:
@@ -274,6 +281,10 @@ class BlobStore:
                 # failed is found and tried again (blobs/erasure.py).
                 index.put_blob(self.store, cid, entry)
                 raise
+            # Its cached listing too: it names the archive's entries, which an
+            # erasure must not leave behind (it stayed, read by nothing, forever).
+            with contextlib.suppress(ObjectMissing):
+                self.objects.delete(manifest_key(cid))
             return entry
 
     # Where the object store can enforce retention itself (S3 Object Lock,

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from registrygrid.blobs.blobs import BlobStore
+from registrygrid.blobs.blobs import BlobStore, manifest_key
 from registrygrid.blobs.digest import cid_text, parse_cid
 from registrygrid.blobs.objects import CHUNK_BYTES, ObjectMissing
 from registrygrid.blobs.zipfiles import (
@@ -42,7 +42,6 @@ from registrygrid.blobs.zipfiles import (
 )
 from registrygrid.errors import PolicyDenied, TooLarge, Unavailable, ValidationError
 
-MANIFESTS = "manifests"
 MAX_MEMBERS = 10_000
 URL_TIMEOUT_S = 30.0
 # Every member's time in a bundle: a fixed instant, so the same members give
@@ -53,7 +52,7 @@ BUNDLE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 def manifest_of(blobs: BlobStore, cid: bytes) -> ZipManifest:
     """The manifest of stored ZIP ``cid`` (ZipRefused or ZipMalformed if it is not a sound ZIP)."""
     blobs.require(cid)
-    key = f"{MANIFESTS}/{cid_text(cid)}"
+    key = manifest_key(cid)
     try:
         cached = b"".join(blobs.objects.get(key))
         data = json.loads(cached)
