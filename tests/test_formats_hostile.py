@@ -109,6 +109,18 @@ def test_a_signature_tag_in_a_documents_content_never_becomes_a_record_tag(grid:
     assert shown["tags"] == ["nlp"]
 
 
+def test_a_card_whose_address_holds_a_control_character_is_refused_and_takes_no_ones_record(
+        grid: LocalRegistry, tmp_path: Path) -> None:
+    # "name\0Foo" as an address hashed as the address-less card named Foo:
+    # the second import overwrote the first card.
+    unaddressed = {k: v for k, v in CARD.items() if k not in ("url", "supportedInterfaces")}
+    impostor = {**CARD, "name": "Mallory", "supportedInterfaces": [{"url": f"name\0{CARD['name']}"}]}
+    assert imported(grid, tmp_path, [unaddressed]).created == 1
+    report = imported(grid, tmp_path, [impostor])
+    assert (report.updated, report.invalid_count) == (0, 1) and "control character" in report.invalid[0]["message"]
+    assert grid.get(a2a.REGISTRY, a2a.record_id(unaddressed))["fields"]["name"] == CARD["name"]
+
+
 def test_one_record_twice_in_an_import_is_reported_the_same_way_on_every_run(
         grid: LocalRegistry, tmp_path: Path) -> None:
     # Both copies went into one batch of creates, the second refused as

@@ -91,6 +91,12 @@ def to_record(doc: Mapping[str, Any], *, keys: KeySet | None = None) -> tuple[st
                if k not in card]
     if missing:
         raise ValidationError("not an agent card: " + ", ".join(d["path"] for d in missing), details=missing)
+    address = address_of(card)
+    if address is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in address):
+        # No URL holds one, and "name\0Foo" as an address took the record of
+        # the card named Foo that has none (record_id's two kinds of key).
+        raise ValidationError(f"the card's address {address[:80]!r} holds a control character",
+                              details=[{"path": "/url", "message": "a URL holds no control character"}])
     check = verify(card, keys)
     content = [tag for i, skill in enumerate(listed(card, "skills", "/skills")) if isinstance(skill, Mapping)
                for tag in listed(skill, "tags", f"/skills/{i}/tags")]
