@@ -85,6 +85,17 @@ def test_safetensors_gives_tensor_count_dtypes_parameters_and_its_metadata_map()
                             metadata={"format": "pt", "source": "unit test"})
 
 
+def test_a_safetensors_metadata_map_is_kept_within_the_caps_gguf_has():
+    # Kept whole: 20 MB of strings went into the blob's index entry and into
+    # every finalize, meta and asset info answer.
+    from registrygrid.blobs.metadata import MAX_KEPT_STRING, MAX_LIST_ITEMS, MAX_TEXT
+    metadata = {f"k{i:04}": "v" for i in range(MAX_LIST_ITEMS + 50)}
+    metadata |= {"a-long-value": "x" * (MAX_KEPT_STRING + 1), "a" + "k" * MAX_TEXT: "long key", "format": "pt"}
+    kept = extract("model.safetensors", None, [safetensors_file(TENSORS, metadata)]).metadata
+    assert len(kept) == MAX_LIST_ITEMS and "a-long-value" not in kept and "a" + "k" * MAX_TEXT not in kept
+    assert "format" in kept and all(kept[k] == "v" for k in kept if k.startswith("k"))
+
+
 def test_safetensors_is_recognised_by_its_header_whatever_its_name():
     got = extract("blob-1234", None, [safetensors_file(TENSORS)])
     assert got.format == "safetensors" and got.tensor_count == 4

@@ -329,7 +329,22 @@ def _safetensors(head: _Head) -> Extracted:
                                     "the data offsets overlap or leave a gap")
         position = end
     return Extracted(format="safetensors", parameters=parameters, tensor_count=len(spans),
-                     dtypes=tuple(sorted(dtypes)), metadata=dict(meta))
+                     dtypes=tuple(sorted(dtypes)), metadata=_kept_strings(meta))
+
+
+def _kept_strings(meta: dict[str, str]) -> dict[str, str]:
+    """What a blob's index entry keeps of a safetensors ``__metadata__``:
+    the first MAX_LIST_ITEMS keys in order, each at most MAX_TEXT long with a
+    value at most MAX_KEPT_STRING long (longer ones are left out, as GGUF's
+    are). It was kept whole: a 20 MB header was stored in the index and
+    sent in every finalize, meta and asset info answer."""
+    kept: dict[str, str] = {}
+    for key in sorted(meta):
+        if len(kept) >= MAX_LIST_ITEMS:
+            break
+        if len(key) <= MAX_TEXT and len(meta[key]) <= MAX_KEPT_STRING:
+            kept[key] = meta[key]
+    return kept
 
 
 def _tensor_info(tensor: str, info: Any) -> tuple[str, int, int, int]:
