@@ -253,6 +253,27 @@ def test_keys_lists_relative_keys_by_string_prefix(store: ObjectStore) -> None:
     assert list(store.keys("nothing/")) == []
 
 
+def test_a_folder_holds_objects_only_while_it_has_some_and_a_prefix_walks_its_own_folder_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each finished upload left uploads/<id>/ behind, empty, for good; and a
+    # look for one session's parts walked every stored blob.
+    store = LocalObjects(tmp_path / "objects")
+    for key in ("uploads/s1/00001", "uploads/s1/00002", "blobs/abc"):
+        store.put(key, [b"x"])
+    walked: list[str] = []
+    real_walk = os.walk
+    monkeypatch.setattr(os, "walk", lambda top, *a, **k: (walked.append(str(top)), real_walk(top, *a, **k))[1])
+    assert sorted(store.keys("uploads/s1/")) == ["uploads/s1/00001", "uploads/s1/00002"]
+    assert walked == [str(tmp_path / "objects" / "uploads" / "s1")]
+    monkeypatch.undo()
+    store.delete("uploads/s1/00001")
+    assert (tmp_path / "objects" / "uploads" / "s1").is_dir()  # one part still there
+    store.delete("uploads/s1/00002")
+    assert not (tmp_path / "objects" / "uploads" / "s1").exists()
+    store.delete("blobs/abc")
+    assert (tmp_path / "objects" / "blobs").is_dir() and (tmp_path / "objects" / "uploads").is_dir()
+
+
 BAD_KEYS = ["", "/abs", "a//b", "Upper/case", "../up", "a/./b", "a/", "a b", "x" * 129,
             "/".join("a" * 9), "a/\x00"]
 

@@ -210,6 +210,12 @@ class LocalObjects:
         except FileNotFoundError:
             return False
         sync_folder(path.parent)
+        if key.count("/") >= 2:
+            # An upload's folder (uploads/<id>/) goes with its last part: each
+            # session left an empty one behind, for good, and every keys()
+            # walk read them. Top-level folders (blobs/, uploads/) stay.
+            with contextlib.suppress(OSError):  # not empty: another object lives there
+                path.parent.rmdir()
         return True
 
     def protect(self, key: str, *, retain_until_ms: int | None = None, legal_hold: bool | None = None) -> bool:
@@ -220,8 +226,13 @@ class LocalObjects:
         return False
 
     def keys(self, prefix: str = "") -> Iterator[str]:
+        # From the deepest folder the prefix names, not the whole root: a
+        # finalize's look for its own parts walked every stored blob
+        # (~0.3 s a finalize at 60,000 blobs).
         base = self.root
-        for dirpath, _dirs, files in os.walk(base):
+        folder = prefix.rpartition("/")[0]
+        start = self._path(folder) if folder else base
+        for dirpath, _dirs, files in os.walk(start):
             for name in sorted(files):
                 if name.startswith(".part-"):
                     continue
