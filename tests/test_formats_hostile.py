@@ -175,6 +175,36 @@ def test_an_import_of_more_documents_than_it_holds_is_refused_before_any_is_writ
     assert importer.Importer(grid).run(importer.read_documents(path)).created == 10
 
 
+def test_a_catalogs_entries_count_against_the_cap_and_its_shared_members_are_bounded(
+        grid: LocalRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One catalog of 400,000 entries passed the 200,000-document cap, and each
+    # entry's record kept its own copy of the catalog's collections (284 KB
+    # of them over 2,000 entries wrote 480 MB).
+    monkeypatch.setattr(importer, "MAX_DOCUMENTS", 10)
+    entry = CATALOG["entries"][0]
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps({**CATALOG, "entries": [{**entry, "identifier": f"urn:x:{i}"} for i in range(11)]}))
+    with pytest.raises(TooLarge, match="more than 10 documents or catalog entries"):
+        importer.read_documents(path)
+    bloated = {**CATALOG, "collections": [{"name": "c" * 100, "identifier": f"urn:c:{i}"} for i in range(100)]}
+    report = imported(grid, tmp_path, [bloated])
+    assert report.created == 0 and report.invalid_count == 1
+    assert "each entry's record keeps a copy" in report.invalid[0]["message"]
+
+
+def test_an_import_reads_at_most_its_byte_cap_of_files_before_writing_anything(
+        grid: LocalRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Five 60 MB files took 1.3 GB: every file is parsed and held until the end.
+    monkeypatch.setattr(importer, "MAX_IMPORT_BYTES", 3000)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.json").write_text(json.dumps({**SERVER, "version": f"1.0.{i}", "pad": "x" * 1000}))
+    with pytest.raises(TooLarge, match="more than 3000 bytes of documents"):
+        importer.read_documents(folder)
+    assert grid.list(mcp.REGISTRY, limit=10).items == []
+
+
 def test_the_report_names_the_first_invalid_documents_and_counts_them_all(
         grid: LocalRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importer, "MAX_REPORTED", 3)

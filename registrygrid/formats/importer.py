@@ -42,6 +42,10 @@ MAX_FILE_BYTES = 64 * 2**20
 # size, so a 2 MB file of a million zeros held gigabytes. (The MCP Registry
 # lists a few thousand servers: a whole dump fits many times over.)
 MAX_DOCUMENTS = 200_000
+# Bytes of document files one import reads: parsed, a file takes several
+# times its size, and all of them are held until the import ends (five
+# 60 MB files took 1.3 GB). Two files at the per-file cap.
+MAX_IMPORT_BYTES = 2 * MAX_FILE_BYTES
 # Invalid documents the report names one by one; the count covers them all.
 MAX_REPORTED = 1_000
 
@@ -81,13 +85,18 @@ class Report:
 
 def read_documents(path: Path) -> list[Document]:
     """Every document in ``path`` (a .json file, or a directory's .json
-    files, in name order); TooLarge past MAX_DOCUMENTS, before any is
-    imported."""
+    files, in name order); TooLarge past MAX_DOCUMENTS (an AI Catalog counts
+    each of its entries: each becomes a record) or MAX_IMPORT_BYTES, before
+    any is imported."""
     documents = []
+    records = 0
     for document in _documents_in(path):
         documents.append(document)
-        if len(documents) > MAX_DOCUMENTS:
-            raise TooLarge(f"{path} holds more than {MAX_DOCUMENTS} documents: import it in parts")
+        entries = document.body.get("entries") if isinstance(document.body, dict) else None
+        records += max(1, len(entries)) if isinstance(entries, list) else 1
+        if records > MAX_DOCUMENTS:
+            raise TooLarge(f"{path} holds more than {MAX_DOCUMENTS} documents or catalog entries: "
+                           "import it in parts")
     return documents
 
 
@@ -95,14 +104,20 @@ def _documents_in(path: Path) -> Iterator[Document]:
     files = sorted(p for p in path.rglob("*.json") if p.is_file()) if path.is_dir() else [path]
     if not files:
         raise NotFound(f"no .json files in {path}")
+    read = 0
     for file in files:
         try:
-            body = json.loads(read_bounded(file, MAX_FILE_BYTES).decode("utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-            yield Document(str(file), MalformedInput(f"{file}: not JSON: {exc}"))
-            continue
+            raw = read_bounded(file, MAX_FILE_BYTES)
         except RegistryError as exc:  # not a regular file, over the size, unreadable
             yield Document(str(file), MalformedInput(exc.message))
+            continue
+        read += len(raw)
+        if read > MAX_IMPORT_BYTES:  # the whole import, not this document
+            raise TooLarge(f"{path} holds more than {MAX_IMPORT_BYTES} bytes of documents: import it in parts")
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            yield Document(str(file), MalformedInput(f"{file}: not JSON: {exc}"))
             continue
         if isinstance(body, list):
             for i, item in enumerate(body):
