@@ -978,6 +978,34 @@ def test_a_long_chain_delivered_backwards_parks_each_change_once(tmp_path: Path)
         replica.close()
 
 
+def test_parked_changes_are_capped_in_bytes_as_well_as_in_count(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # A count alone let 100,000 parked changes of 256 KiB each hold 25 GiB.
+    import secrets
+
+    from registrygrid.engine import ingest
+    from registrygrid.errors import MissingDependencies
+    monkeypatch.setattr(ingest, "MAX_PENDING_BYTES", 64 * 1024)
+    author = open_store(tmp_path / "author", KeyPair.generate())
+    replica = open_store(tmp_path / "replica")
+    try:
+        author.put_many([Put(CLUSTERS, "cluster", cluster(f"c{i}", notes=secrets.token_hex(2000)), f"c{i}") for i in range(40)])
+        wires = wires_in_feed_order(author)
+        outcomes = replica.execute([Remote(w, "p") for w in wires[1:]])  # all wait for the first
+        parked = [o for o in outcomes if o.status == "pending"]
+        refused = [o for o in outcomes if o.status == "rejected"]
+        assert parked and refused and len(parked) + len(refused) == len(wires) - 1
+        assert isinstance(refused[0].error, MissingDependencies)
+        assert "bytes of changes already wait" in refused[0].error.message
+        assert len(parked) * 4000 <= 64 * 1024
+        replica.execute([Remote(wires[0], "p")])  # the first arrives: what waited applies
+        replica.execute([Remote(w, "p") for w in wires])  # anti-entropy resends the refused ones
+        assert replica.state_digest() == author.state_digest()
+    finally:
+        author.close()
+        replica.close()
+
+
 def test_a_registrys_record_size_cap_holds_for_local_writes_and_remote_updates(tmp_path: Path) -> None:
     author = open_store(tmp_path / "author", KeyPair.generate())
     replica = open_store(tmp_path / "replica")

@@ -73,6 +73,9 @@ from registrygrid.trust.statements import MEMBERS_REGISTRY, Statement, read_stat
 # anything refused here, so the cap only bounds memory and disk a peer can
 # make us hold: 100k envelopes is ~50 MB at typical sizes.
 MAX_PENDING = 100_000
+# And their bytes: at the largest changes the count alone let a member park
+# 25 GiB (nothing expires a parked change yet; docs/federation.md).
+MAX_PENDING_BYTES = 1 << 30
 
 
 class RemoteIngest(EngineCore):
@@ -620,7 +623,8 @@ class RemoteIngest(EngineCore):
 
     def _park(self, txn: Txn, batch: Batch, env: Envelope, waiting_key: bytes) -> IngestResult:
         batch.none_waiting = False
-        if pending.park(self.store, txn, waiting_key, env.cid, env.wire, cap=MAX_PENDING):
+        if pending.park(self.store, txn, waiting_key, env.cid, env.wire, cap=MAX_PENDING,
+                        cap_bytes=MAX_PENDING_BYTES):
             self.metrics["remote.parked"] += 1
         return IngestResult("pending", env.id)
 
