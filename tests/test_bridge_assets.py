@@ -124,8 +124,13 @@ async def test_a_whole_that_does_not_match_its_declared_sha256_is_refused_at_fin
         for n in (1, 2):
             await http.put(f"/v1/uploads/{session['id']}/parts/{n}", content=part_of(data, n))
         refused = await http.post(f"/v1/uploads/{session['id']}/finalize")
+        missing = await http.get(f"/v1/blobs/{'b' * 59}")
+        stats = (await http.get("/v1/stats")).json()
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "checksum_mismatch"
     assert not list((served.home.path / "objects" / "blobs").glob("*"))
+    # Counted as the engine counts its refusals: they moved no metric before.
+    assert stats["assets.rejected.checksum_mismatch"] == 1
+    assert stats[f"assets.rejected.{missing.json()['error']['code']}"] == 1
 
 
 async def test_a_declared_sha256_the_node_holds_completes_at_creation_with_no_bytes_sent(served: Served) -> None:

@@ -33,6 +33,7 @@ import random
 import re
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -374,6 +375,9 @@ class Api:
     # Every request a handler is running, by id() (a Request is a mapping,
     # so unhashable): what the end of the shutdown grace cuts.
     _running: dict[int, web.Request] = field(default_factory=dict)
+    # Refusals of the asset routes by code: the engine counts what it
+    # refuses, and a checksum mismatch or a missing blob never reaches it.
+    asset_refusals: Counter[str] = field(default_factory=Counter)
 
     # ---------------------------------------------------------------- helpers
 
@@ -539,7 +543,9 @@ class Api:
 
     async def stats(self, request: web.Request) -> web.Response:
         self.require(request, READ, target="stats")
-        return json_response(await self.in_executor(self.registry.stats))
+        out = await self.in_executor(self.registry.stats)
+        out.update({f"assets.rejected.{code}": n for code, n in sorted(self.asset_refusals.items())})
+        return json_response(out)
 
     # ---------------------------------------------------------------- registries
 
@@ -1350,6 +1356,8 @@ class Api:
             if begun is not None:  # only the connection can still say it failed
                 raise self._cut(request, route, begun, exc, time.perf_counter() - started) from None
             code, response = _error_answer(exc, request, trace_id)
+            if route.startswith(_ASSET_ROUTES) and response.status < 500:
+                self.asset_refusals[code] += 1
         finally:
             del self._running[id(request)]
         if not response.prepared:  # streams set it themselves before they prepare
@@ -1373,6 +1381,8 @@ class Api:
                 cut += 1
         return cut
 
+
+_ASSET_ROUTES = ("/v1/blobs", "/v1/uploads", "/v1/bundles")
 
 # Query parameters a request may give more than once (each adds a condition).
 _REPEATABLE = frozenset({"where"})
