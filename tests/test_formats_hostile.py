@@ -162,6 +162,21 @@ def test_two_documents_never_share_a_record_id() -> None:
     assert mcp.record_id("io.example/server", "1.0.0") == "io.example~server@1.0.0"  # readable ids stay as they were
 
 
+def test_when_the_first_document_of_a_record_fails_the_next_one_makes_it(grid: LocalRegistry, tmp_path: Path) -> None:
+    # The second was refused as "made by" the first, which made nothing:
+    # neither was imported.
+    invalid_first = {**SERVER, "packages": [{"registryType": "bogus", "identifier": "x", "version": "1",
+                                              "transport": {"type": "stdio"}}]}
+    copies = [invalid_first, {**SERVER, "description": "the valid copy"}, {**SERVER, "description": "a third"}]
+    runs = [imported(grid, tmp_path, copies) for _ in range(2)]
+    assert [(r.created, r.updated, r.unchanged, r.invalid_count) for r in runs] == [(1, 0, 0, 2), (0, 0, 1, 2)]
+    assert runs[0].invalid[0]["error"] == "schema_violation" and runs[0].invalid[0]["source"].endswith("[0]")
+    assert runs[0].invalid[1]["source"].endswith("[2]") and "made by" in runs[0].invalid[1]["message"]
+    assert runs[0].invalid[1]["message"].endswith(f"made by {runs[0].invalid[1]['source'][:-3]}[1] already in this import")
+    record = grid.get(mcp.REGISTRY, mcp.record_id(SERVER["name"], SERVER["version"]))
+    assert record["fields"]["description"] == "the valid copy" and record["revision"] == 1
+
+
 def test_an_import_of_more_documents_than_it_holds_is_refused_before_any_is_written(
         grid: LocalRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Each document costs ~1-3 KB while an import runs, whatever its size: a

@@ -140,10 +140,17 @@ class Importer:
         self.options: dict[str, dict[str, Any]] = {a2a.FORMAT: {"keys": keys}}
         self._pending: list[tuple[Document, str, str, str, dict[str, Any], list[str]]] = []
         self._taken: dict[tuple[str, str], str] = {}  # (registry, record id) -> the source that made it
+        # Later documents of a record already taken, judged once the first is
+        # written: when the first fails, the next one makes the record (it was
+        # refused as "made by" a document that made nothing).
+        self._later: dict[tuple[str, str], list[tuple[Document, str, dict[str, Any], list[str]]]] = {}
+        self._failed: set[tuple[str, str]] = set()
 
     def run(self, documents: Iterable[Document], *, progress: Callable[[int], None] | None = None) -> Report:
         report = Report()
         self._taken.clear()
+        self._later.clear()
+        self._failed.clear()
         for n, document in enumerate(documents, 1):
             self._take(document, report)
             if len(self._pending) >= BATCH:
@@ -151,7 +158,26 @@ class Importer:
             if progress is not None:
                 progress(n)
         self._flush(report)
+        self._settle_duplicates(report)
         return report
+
+    def _settle_duplicates(self, report: Report) -> None:
+        """Each record made twice in this import: while the document that was
+        to make it failed, the next one tries; the rest are reported, the same
+        way on every run."""
+        while retry := [k for k, later in self._later.items() if later and k in self._failed]:
+            for k in retry:
+                document, name, fields, tags = self._later[k].pop(0)
+                self._failed.discard(k)
+                self._taken[k] = document.source
+                self._pending.append((document, name, k[0], k[1], fields, tags))
+            self._flush(report)
+        for k, later in self._later.items():
+            earlier = self._taken[k]
+            for document, name, _, _ in later:
+                self._invalid(report, document, ValidationError(
+                    f"record {k[1]} is made by {earlier} already in this import",
+                    details=[{"path": "/", "message": f"the same record as {earlier}"}]), name)
 
     def _take(self, document: Document, report: Report) -> None:
         if isinstance(document.body, RegistryError):
@@ -187,9 +213,7 @@ class Importer:
             # each run flipped the record between them).
             earlier = self._taken.setdefault((module.REGISTRY, record_id), document.source)
             if earlier != document.source:
-                self._invalid(report, document, ValidationError(
-                    f"record {record_id} is made by {earlier} already in this import",
-                    details=[{"path": "/", "message": f"the same record as {earlier}"}]), name)
+                self._later.setdefault((module.REGISTRY, record_id), []).append((document, name, fields, tags))
                 continue
             self._pending.append((document, name, module.REGISTRY, record_id, fields, tags))
 
@@ -204,6 +228,7 @@ class Importer:
                 creates.append((document, fmt, Put(registry, kind, fields, record_id=record_id, tags=tags)))
                 continue
             except RegistryError as exc:  # a registry the token may not read: this document, not the import
+                self._failed.add((registry, record_id))
                 self._invalid(report, document, exc, fmt)
                 continue
             # Compared as encoded: Python's == takes 1 for true, 2 for 2.0
@@ -217,6 +242,7 @@ class Importer:
                 report.updated += 1
                 report.count(fmt, "updated")
             except RegistryError as exc:
+                self._failed.add((registry, record_id))
                 self._invalid(report, document, exc, fmt)
         if not creates:
             return
@@ -230,8 +256,9 @@ class Importer:
                                                      tags=put.tags))
                 except RegistryError as exc:
                     outcomes.append(exc)
-        for (document, fmt, _), outcome in zip(creates, outcomes, strict=True):
+        for (document, fmt, put), outcome in zip(creates, outcomes, strict=True):
             if isinstance(outcome, RegistryError):
+                self._failed.add((put.registry, put.record_id))
                 self._invalid(report, document, outcome, fmt)
             else:
                 report.created += 1
