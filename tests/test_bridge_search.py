@@ -110,6 +110,31 @@ async def indexed(client: httpx.AsyncClient, seq: int, timeout: float = 20) -> d
     raise AssertionError(f"the index did not reach feed seq {seq} within {timeout} s (last: {status})")
 
 
+async def test_an_indexing_pass_that_fails_unexpectedly_is_tried_again_and_the_node_keeps_running(
+        nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With every descriptor held by idle clients, usearch raised RuntimeError
+    # ("Too many open files") out of the search task, and the node exited.
+    from registrygrid.search.index import SearchIndex
+    real, failures = SearchIndex.catch_up, []
+
+    def failing_once(self: SearchIndex, *args: Any, **kwargs: Any) -> int:
+        if len(failures) < 1 and self.cursor > 0:
+            failures.append(1)
+            raise RuntimeError("Too many open files")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SearchIndex, "catch_up", failing_once)
+    served = await start_node(nursery, tmp_path / "home")
+    await setup_notes(served)
+    await write_notes(served, NOTES[:1])
+    await write_notes(served, NOTES[1:3])  # the first pass over these fails; the next commit retries it
+    assert failures == [1]
+    async with served.client() as client:
+        found = await client.post("/v1/search", json={"text": "invoice"})
+    assert found.status_code == 200 and "n2" in [i["record"]["id"] for i in found.json()["items"]]
+    served.node.stop()
+
+
 def rgrid(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     # COLUMNS: wide enough that no table cell folds, so a test reads each fact from one line.
     return subprocess.run([sys.executable, "-m", "registrygrid", *args, "--home", str(home)], check=False,

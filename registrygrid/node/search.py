@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 # A burst of commits is indexed in one pass.
 DEBOUNCE_S = 0.2
+# A pass that failed unexpectedly is tried again after 1 s, then 2, 4 ... up to a minute.
+RETRY_FIRST_S = 1.0
+RETRY_LAST_S = 60.0
 
 
 class SearchService:
@@ -56,12 +59,23 @@ class SearchService:
         """Run ``work`` (a blocking catch-up) on a worker thread now and then
         within ``DEBOUNCE_S`` of every commit past what it ``reached``."""
         seen = 0
+        backoff = RETRY_FIRST_S
         while True:
             try:
                 await trio.to_thread.run_sync(work)
+                backoff = RETRY_FIRST_S
             except RegistryError as exc:  # a store error (a full disk...): the next commit retries
                 log.warning("search: %s stopped at %d: %s", what, reached(), exc.message)
                 seen = max(seen, self.node.feed.head)  # not at once: the feed is past what it reached
+            except Exception:
+                # Anything else the index's libraries raise (usearch's "Too
+                # many open files" while clients held every descriptor) ended
+                # this task, and with it the node. Search follows the store,
+                # which is whole: it tries again, backing off.
+                log.exception("search: %s stopped at %d; trying again in %.0f s", what, reached(), backoff)
+                await trio.sleep(backoff)
+                backoff = min(2 * backoff, RETRY_LAST_S)
+                continue
             seen = await self.node.feed.wait_beyond(max(seen, reached()))
             await trio.sleep(DEBOUNCE_S)
 
