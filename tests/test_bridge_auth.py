@@ -96,6 +96,32 @@ async def test_scoped_token_sees_only_its_registry_in_listings_and_the_feed(serv
             assert (await client.get("/v1/changes", params={"registry": REGISTRY})).status_code == 403
 
 
+async def test_a_token_revoked_while_its_request_body_arrives_writes_nothing(served: Served) -> None:
+    # The token was checked at the headers only: a body trickled in after the
+    # revocation still wrote (201), audited after the revocation.
+    with trio.fail_after(30):
+        async with served.client() as admin:
+            made = (await admin.post("/v1/tokens", json={"role": "writer", "name": "victim"})).json()
+        body = (b'{"kind": "note", "id": "late", "fields": {"name": "late", "n": 1}}')
+        where = httpx.URL(served.url)
+        sock = trio.socket.socket()
+        await sock.connect((where.host, where.port))
+        await sock.send(f"POST /v1/registries/{REGISTRY}/records HTTP/1.1\r\nHost: x\r\n"
+                        f"Authorization: Bearer {made['token']}\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        await trio.sleep(0.3)  # the handler has checked the token and waits for the body
+        async with served.client() as admin:
+            assert (await admin.delete(f"/v1/tokens/{made['id']}")).status_code == 200
+        await sock.send(body[10:])
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += await sock.recv(65536)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+        async with served.client() as admin:
+            assert (await admin.get(f"/v1/registries/{REGISTRY}/records/late")).status_code == 404
+
+
 async def test_token_endpoints_create_list_revoke(served: Served) -> None:
     with trio.fail_after(30):
         async with served.client() as admin:

@@ -437,6 +437,9 @@ class Api:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise TooLarge(f"request body exceeds the cap of {self.max_body} bytes") from None
+        authorization = request.headers.get("Authorization")
+        if authorization:  # checked at the headers; revoked or expired while the body came?
+            self.auth.recheck(authorization, request.remote, request.path)
         if not raw:
             raise MalformedInput("this request needs a JSON body", details=[{"path": "", "message": "empty body"}])
         try:
