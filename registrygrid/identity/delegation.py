@@ -73,7 +73,7 @@ def decode_delegation(data: bytes) -> Delegation:
     try:
         delegation = msgspec.msgpack.decode(data, type=Delegation)
         delegation.claims  # noqa: B018 - decode the body too, so bad bytes fail here
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 is its own error
         raise MalformedInput(f"malformed delegation: {exc}") from None
     return delegation
 

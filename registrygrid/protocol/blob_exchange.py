@@ -60,7 +60,7 @@ def decode_request(raw: bytes) -> BlobRequest:
         raise MalformedInput("blob request too large")
     try:
         request = _request_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise MalformedInput(f"malformed blob request: {exc}") from None
     if len(request.cid) != CID_BYTES or request.offset < 0 or not 0 <= request.length <= MAX_CHUNK:
         raise MalformedInput("blob request out of bounds (a 36-byte CID, offset >= 0, length up to 1 MiB)")
@@ -75,7 +75,7 @@ def decode_response(raw: bytes, request: BlobRequest) -> BlobResponse:
     """The answer to ``request``, checked against it (MalformedInput if it does not fit)."""
     try:
         response = _response_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise MalformedInput(f"malformed blob response: {exc}") from None
     expected = max(0, min(request.length, response.size - request.offset))
     if response.size < 0 or len(response.data) != expected:

@@ -55,7 +55,7 @@ def decode_batch(data: bytes) -> list[bytes]:
         raise TooLarge(f"gossip message of {len(data)} bytes exceeds the cap")
     try:
         batch = _decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise MalformedInput(f"undecodable gossip message: {exc}") from None
     if batch.v != GOSSIP_VERSION:
         raise MalformedInput(f"gossip version {batch.v}; this node speaks {GOSSIP_VERSION}")

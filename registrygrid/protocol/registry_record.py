@@ -142,7 +142,7 @@ def read_record(key: str, value: bytes, *, now_ms: int) -> RecordBody:
     try:
         signed = msgspec.msgpack.decode(value, type=SignedRecord)
         body = msgspec.msgpack.decode(signed.body, type=RecordBody)
-    except (msgspec.DecodeError, RecursionError) as exc:  # a descriptor nested past the parser's depth
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:  # nested too deep; bad UTF-8
         raise MalformedInput(f"malformed registry record: {exc}") from None
     if key != dht_key(body.name):
         raise ValidationError(f"a record of {body.name!r} can't be stored under {key!r}")
@@ -199,7 +199,7 @@ def read_transfer(data: bytes) -> TransferBody:
     try:
         signed = msgspec.msgpack.decode(data, type=SignedTransfer)
         body = msgspec.msgpack.decode(signed.body, type=TransferBody)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise MalformedInput(f"malformed registry transfer: {exc}") from None
     verify_did_signature(body.from_owner, _TRANSFER_DOMAIN + signed.body, signed.signature)
     return body

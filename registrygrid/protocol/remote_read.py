@@ -63,7 +63,7 @@ def decode_request(data: bytes) -> ReadRequest:
         raise TooLarge(f"a read request of {len(data)} bytes exceeds {MAX_REQUEST_BYTES}")
     try:
         request = msgspec.msgpack.decode(data, type=ReadRequest)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 is its own error
         raise MalformedInput(f"malformed read request: {exc}") from None
     names.registry_name(request.registry)
     for cursor in (request.after, request.statements_after, request.descriptor_after):
@@ -87,5 +87,5 @@ def decode_response(data: bytes) -> ReadResponse:
         raise TooLarge(f"a read response of {len(data)} bytes exceeds {MAX_RESPONSE_BYTES}")
     try:
         return msgspec.msgpack.decode(data, type=ReadResponse)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 is its own error
         raise MalformedInput(f"malformed read response: {exc}") from None
