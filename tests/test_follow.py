@@ -6,6 +6,7 @@ each with its home, LMDB store, py-libp2p host and Kademlia DHT on
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -143,6 +144,27 @@ async def test_a_node_keeps_following_after_a_restart(tmp_path: Path) -> None:
             b0 = await two.start("b0", a0.fed.addrs())
             assert b0.fed.follows.mirror(REG) is not None  # reopened from its home
             await eventually(lambda: sorted(_copy(b0)) == ["gpu", "tpu"], 30, "the change made while it was down")
+
+
+async def test_a_copy_that_cannot_be_read_is_skipped_at_start_and_following_again_replaces_it(
+        tmp_path: Path) -> None:
+    # A follow.json of [] raised TypeError out of every start of the node, and
+    # one naming "../../etc" was reopened as a mirror of that name.
+    with trio.fail_after(120):
+        async with _owner_and_follower(tmp_path, PUBLIC) as (two, a0, b0):
+            await a0.node.submit([Put(REG, "cluster", {"name": "gpu"}, record_id="gpu")])
+            await b0.fed.follows.follow(REG)
+            root = b0.fed.follows.root
+            await two.stop(b0)
+            (root / REG / "follow.json").write_text("[]")
+            (root / "acme.stray").mkdir()
+            (root / "acme.stray" / "follow.json").write_text(
+                json.dumps({"registry": "../../etc", "owner": "x", "followed_at": 1}))
+            b0 = await two.start("b0", a0.fed.addrs())
+            assert b0.fed.follows.mirror(REG) is None and b0.fed.follows.mirror("acme.stray") is None
+            assert b0.fed.follows.metrics["follow.unreadable"] == 2
+            await b0.fed.follows.follow(REG)
+            assert sorted(_copy(b0)) == ["gpu"]
 
 
 async def test_a_lying_provider_at_the_first_sync_leaves_nothing_behind(tmp_path: Path) -> None:

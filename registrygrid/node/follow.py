@@ -52,6 +52,7 @@ from registrygrid.errors import (
     Unavailable,
     ValidationError,
 )
+from registrygrid.files import read_json
 from registrygrid.home import write_json_durably
 from registrygrid.identity.keys import KeyPair
 from registrygrid.node.remote_read import check_descriptor, fetch_into, not_yet_served
@@ -390,11 +391,22 @@ class Follows:
             if path.name.startswith(".incoming-"):
                 shutil.rmtree(path, ignore_errors=True)
                 continue
+            # A copy that cannot be read is skipped with a warning, never the
+            # node's start: a follow.json of [] raised TypeError, and a copy
+            # whose store is damaged StoreDamaged, out of every start.
             try:
-                state = json.loads((path / _STATE_FILE).read_text())
-                status = FollowStatus(state["registry"], state["owner"], state["followed_at"])
-            except (OSError, ValueError, KeyError) as exc:
-                log.warning("follows: skipping %s: %s", path, exc)
+                state = read_json(path / _STATE_FILE)
+                if not isinstance(state, dict):
+                    raise ValidationError("its follow.json is not a JSON object")
+                status = FollowStatus(names.registry_name(state["registry"]), str(state["owner"]),
+                                      int(state["followed_at"]))
+                if status.registry != path.name:  # "../../etc" was reopened as a mirror named so
+                    raise ValidationError(f"its follow.json names {status.registry}, not {path.name}")
+                copy = LocalRegistry.open_path(path, self.key)
+            except (RegistryError, KeyError, TypeError, ValueError) as exc:
+                self.metrics["follow.unreadable"] += 1
+                log.warning("follows: skipping the copy at %s (following it again replaces it): %s",
+                            path, exc.message if isinstance(exc, RegistryError) else repr(exc))
                 continue
-            mirrors.append(Mirror(status.registry, path, LocalRegistry.open_path(path, self.key), status))
+            mirrors.append(Mirror(status.registry, path, copy, status))
         return mirrors
