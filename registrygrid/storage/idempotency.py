@@ -117,10 +117,18 @@ def purge_expired(store: Store, *, now_ms: int, limit: int = 10_000) -> int:
     db = store.db["idempotency"]
     with store.read() as txn:
         stale = [k for k, v in txn.cursor(db=db) if unpack(v)[0] <= now_ms][:limit]
-    if stale:
-        def delete(txn: lmdb.Transaction) -> None:
-            for k in stale:
-                txn.delete(k, db=db)
+    if not stale:
+        return 0
 
-        store.transact(delete)
-    return len(stale)
+    def delete(txn: lmdb.Transaction) -> int:
+        # Each looked at again: a key reused since the scan holds a fresh
+        # answer now, and deleting it blindly let a retry write twice.
+        gone = 0
+        for k in stale:
+            v = txn.get(k, db=db)
+            if v is not None and unpack(v)[0] <= now_ms:
+                txn.delete(k, db=db)
+                gone += 1
+        return gone
+
+    return int(store.transact(delete))
