@@ -191,6 +191,34 @@ async def test_a_lying_provider_at_the_first_sync_leaves_nothing_behind(tmp_path
             assert not follows_dir.exists() or not list(follows_dir.iterdir())
 
 
+async def test_a_provider_that_adds_another_registrys_changes_to_its_answer_is_a_liar_and_nothing_applies(
+        tmp_path: Path) -> None:
+    # The follower stored acme.other's changes in the copy of acme.models
+    # (never shown, never cleaned) and counted the sync a success.
+    import msgspec
+
+    from registrygrid.node import remote_read as node_read
+    with trio.fail_after(120):
+        async with _owner_and_follower(tmp_path, PUBLIC) as (two, a0, b0):
+            other = {**PUBLIC, "name": "acme.other"}
+            await a0.node.submit([Put("grid.registries", "registry", other, record_id="acme.other")])
+            await a0.node.submit([Put(REG, "cluster", {"name": "gpu"}, record_id="gpu"),
+                                  Put("acme.other", "cluster", {"name": "stuffed"}, record_id="x1")])
+
+            async def stuffing(peer_id: str, request: bytes) -> bytes:
+                answer = remote_read.decode_response(node_read.answer_read(request, a0.node.engine))
+                extra = a0.node.engine.envelopes_after("acme.other", a0.node.engine.key.did, 0, limit=10)
+                return remote_read.encode_response(msgspec.structs.replace(
+                    answer, envelopes=[*answer.envelopes, *extra]))
+
+            assert a0.fed.host is not None
+            a0.fed.host.set_handler(remote_read.READ_PROTOCOL_ID, stuffing)
+            with pytest.raises(RegistryError, match="has no place for"):
+                await b0.fed.follows.follow(REG)
+            assert b0.fed.follows.mirror(REG) is None
+            assert b0.fed.follows.metrics["follow.lying_provider"] >= 1
+
+
 async def test_following_is_refused_for_registries_it_may_not_or_need_not_hold(tmp_path: Path) -> None:
     with trio.fail_after(120):
         scoped = {"name": REG, "kinds": ["cluster"], "replication": {"scope": "federation"}}

@@ -245,11 +245,31 @@ def check_descriptor(target: LocalRegistry, resolution: dict[str, Any]) -> dict[
     return described
 
 
+def _check_parts(answer: proto.ReadResponse) -> None:
+    """Each part of an answer holds what it says, before any of it applies:
+    a provider that added another registry's descriptor and changes had them
+    stored in the copy (never shown, never cleaned) and was not counted a liar."""
+    name = answer.registry
+    for part, wires, registry in (("statements", answer.statements, MEMBERS_REGISTRY),
+                                  ("descriptor", answer.descriptor, regs.REGISTRY_OF_REGISTRIES),
+                                  ("envelopes", answer.envelopes, name)):
+        for wire in wires:
+            body = peek(wire)
+            if body is None:
+                continue  # undecodable: the engine refuses it, and says why
+            # (The descriptor's part is whole chains of grid.registries: the
+            # links before the descriptor may describe other registries.)
+            if body.registry != registry:
+                raise ValidationError(f"its {part} hold a change of {body.registry}/{body.record}, "
+                                      f"which an answer for {name} has no place for")
+
+
 def _replay(target: Any, answer: proto.ReadResponse, peer: str, waiting: set[str]) -> int:
     """Apply an answer in ``target``; ValidationError naming the first change
     that was refused. ``waiting`` keeps the ids of the registry's and the
     descriptor's changes parked for dependencies, less those released since:
     a later page may bring what they wait for."""
+    _check_parts(answer)
     applied = 0
     for part, wires in (("statements", answer.statements), ("descriptor", answer.descriptor),
                         ("envelopes", answer.envelopes)):
