@@ -229,3 +229,22 @@ async def test_a_cursor_beyond_the_feed_head_is_refused_not_waited_on(served: Se
                 r = await client.get("/v1/changes", params=params, headers=headers)
                 assert r.status_code == 422 and f"beyond this node's feed head {head}" in r.text, (params, r.text)
             assert (await client.get("/v1/changes", params={"since": head})).status_code == 200  # the head itself
+
+
+async def test_an_sse_stream_whose_client_left_frees_its_slot_without_waiting_for_a_keepalive(
+        served: Served) -> None:
+    # The stream noticed a closed connection only at its next keepalive write
+    # (15 s): clients opening and dropping streams held every slot meanwhile.
+    from test_bridge_support import metrics_text, raw_request, until_metric
+
+    from registrygrid.node.bridge.streaming import HEARTBEAT_S
+    sockets = [await raw_request(served, "/v1/changes?since=0", "Accept: text/event-stream\r\n")
+               for _ in range(3)]
+    with trio.fail_after(10):
+        await until_metric(served, 'rgrid_bridge_stream_connections{transport="sse"} 3.0')
+    for sock in sockets:
+        sock.close()
+    # Freed before the first keepalive (15 s) could be written: no write noticed it.
+    with trio.fail_after(HEARTBEAT_S - 3):
+        await until_metric(served, 'rgrid_bridge_stream_connections{transport="sse"} 0.0')
+    assert 'rgrid_bridge_stream_connections{transport="sse"} 0.0' in await metrics_text(served)

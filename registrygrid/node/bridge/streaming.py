@@ -180,6 +180,22 @@ async def long_poll(reader: FeedReader, hub: FeedHub, since: int, limit: int,
         await asyncio.sleep(0)  # a long filtered scan goes on in slices, other requests between them
 
 
+# How often a waiting stream looks whether its client is still there.
+GONE_POLL_S = 1.0
+
+
+async def _until_gone(request: web.Request) -> None:
+    """Return once the client's connection is closed. aiohttp does not
+    cancel a handler whose client left, and an SSE stream waiting for the
+    next event saw it only at its next keepalive write: clients that opened
+    and dropped streams held every stream slot for up to 15 s each."""
+    while True:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(GONE_POLL_S)
+
+
 def sse_frame(event: FeedEvent) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(),
                                                   msgspec.json.encode(event.to_dict()))
@@ -194,10 +210,11 @@ async def serve_sse(request: web.Request, reader: FeedReader, hub: FeedHub, sinc
         **_trace_headers(request),
     })
     await response.prepare(request)
+    gone = asyncio.ensure_future(_until_gone(request))
     try:
         await send(request, response.write(b"retry: %d\n\n" % SSE_RETRY_MS))
         cursor = since
-        while not hub.closing and still_allowed(request):
+        while not hub.closing and still_allowed(request) and not gone.done():
             events, cursor = reader.next(cursor, STREAM_BATCH)
             if events:
                 await send(request, response.write(b"".join(sse_frame(e) for e in events)))
@@ -205,12 +222,19 @@ async def serve_sse(request: web.Request, reader: FeedReader, hub: FeedHub, sinc
             if cursor < hub.head:  # a filtered scan stopped at its bound: on after the others had the loop
                 await asyncio.sleep(0)
                 continue
-            if not await hub.wait_beyond(cursor, heartbeat_s) and not hub.closing and still_allowed(request):
+            waiter = asyncio.ensure_future(hub.wait_beyond(cursor, heartbeat_s))
+            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if gone.done():
+                waiter.cancel()
+                break
+            if not waiter.result() and not hub.closing and still_allowed(request):
                 await send(request, response.write(b": keepalive\n\n"))
     except SlowClient:
         raise  # the middleware counts it
     except ConnectionError:  # the client went away mid-write: an ordinary end of a stream
         log.debug("sse: the client closed its stream")
+    finally:
+        gone.cancel()
     return response
 
 
@@ -311,9 +335,13 @@ async def serve_view_sse(request: web.Request, changes: Callable[[str | None], d
                     continue
             view = asyncio.ensure_future(changed.wait())
             stopping = asyncio.ensure_future(hub.wait_beyond(2**63, heartbeat_s))  # only shutdown or the timeout
-            await asyncio.wait({view, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            gone = asyncio.ensure_future(_until_gone(request))
+            await asyncio.wait({view, stopping, gone}, return_when=asyncio.FIRST_COMPLETED)
             view.cancel()
             stopping.cancel()
+            gone.cancel()
+            if gone.done() and not gone.cancelled():
+                break  # the client left: its stream slot is free at once
             if not changed.is_set() and not hub.closing:
                 await send(request, response.write(b": keepalive\n\n"))
     except SlowClient:
