@@ -76,7 +76,7 @@ def decode_response(data: bytes) -> SearchResponse:
         raise TooLarge(f"a search response of {len(data)} bytes exceeds {MAX_RESPONSE_BYTES}")
     try:
         response = msgspec.msgpack.decode(data, type=SearchResponse)
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:  # a sort value nested past the parser's depth
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:  # nested too deep; bad UTF-8
         raise MalformedInput(f"malformed search response: {exc}") from None
     if len(response.hits) > MAX_HITS:
         raise TooLarge(f"a search response holds at most {MAX_HITS} hits")
