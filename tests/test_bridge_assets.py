@@ -193,11 +193,14 @@ async def test_a_range_with_thousands_of_digits_is_read_as_beyond_the_end_never_
         past = await http.get(f"/v1/blobs/{cid}", headers={"Range": f"bytes={huge}-"})
         padded = await http.get(f"/v1/blobs/{cid}", headers={"Range": f"bytes={'0' * 5000}10-19"})
         arabic = await http.get(f"/v1/blobs/{cid}", headers={"Range": "bytes=\u0661-\u0662".encode()})
+        empty = [await http.get(f"/v1/blobs/{cid}", headers={"Range": r}) for r in ("bytes=", "bytes=,")]
     assert whole.status_code == 206 and whole.content == data
     assert tail.status_code == 206 and tail.content == data
     assert past.status_code == 416 and past.headers["Content-Range"] == "bytes */1000"
     assert padded.status_code == 206 and padded.content == data[10:20]
     assert arabic.status_code == 200 and arabic.content == data  # not ASCII digits: no range header at all
+    # No range-spec at all is an invalid header, ignored (RFC 9110), not 416.
+    assert [(e.status_code, e.content == data) for e in empty] == [(200, True), (200, True)]
 
 
 async def test_presigned_urls_grant_one_method_on_one_object_until_they_expire(served: Served) -> None:

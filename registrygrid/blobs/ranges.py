@@ -47,6 +47,8 @@ def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
     unit, sep, specs = header.partition("=")
     if not sep or unit.strip().lower() != "bytes":
         return None
+    if not specs.replace(",", "").strip():
+        return None  # "bytes=" or "bytes=,": no range-spec at all, an invalid header (RFC 9110: ignored)
     ranges: list[tuple[int, int]] = []
     for spec in specs.split(","):
         if not spec.strip():
