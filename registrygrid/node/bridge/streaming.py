@@ -304,6 +304,7 @@ async def serve_view_sse(request: web.Request, changes: Callable[[str | None], d
         loop.call_soon_threadsafe(changed.set)  # RuntimeError once the loop closed: Views ignores it
 
     unsubscribe = subscribe(wake)
+    gone = asyncio.ensure_future(_until_gone(request))
     response: web.StreamResponse | None = None
     try:
         response = web.StreamResponse(headers={
@@ -335,12 +336,10 @@ async def serve_view_sse(request: web.Request, changes: Callable[[str | None], d
                     continue
             view = asyncio.ensure_future(changed.wait())
             stopping = asyncio.ensure_future(hub.wait_beyond(2**63, heartbeat_s))  # only shutdown or the timeout
-            gone = asyncio.ensure_future(_until_gone(request))
             await asyncio.wait({view, stopping, gone}, return_when=asyncio.FIRST_COMPLETED)
             view.cancel()
             stopping.cancel()
-            gone.cancel()
-            if gone.done() and not gone.cancelled():
+            if gone.done():
                 break  # the client left: its stream slot is free at once
             if not changed.is_set() and not hub.closing:
                 await send(request, response.write(b": keepalive\n\n"))
@@ -349,5 +348,6 @@ async def serve_view_sse(request: web.Request, changes: Callable[[str | None], d
     except ConnectionError:  # the client went away mid-write: an ordinary end of a stream
         log.debug("sse: the client closed its view stream")
     finally:
+        gone.cancel()
         unsubscribe()
     return response
