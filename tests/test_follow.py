@@ -293,3 +293,34 @@ async def test_an_unfollow_during_the_first_sync_is_refused_with_the_reason(tmp_
                     await follows.unfollow(REG)
             finally:
                 follows._starting.discard(REG)
+
+
+async def test_a_registry_larger_than_a_page_whose_authors_edit_each_others_records_is_copied_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An answer was cut author by author: the first author's edits of the
+    # other's record filled the page, waited for the other's change, and the
+    # next page (its cursor unmoved) sent them again, until the read gave
+    # up. A page is now cut in causal order, as a sync's is.
+    monkeypatch.setattr(remote_read, "MAX_RESPONSE_ENVELOPES", 3)
+    with trio.fail_after(120):
+        async with cluster(tmp_path / "a", name="fed-one") as one, \
+                cluster(tmp_path / "b", FOLLOWING, name="fed-two") as two:
+            a0 = await one.start("a0")
+            a1 = await one.start("a1", a0.fed.addrs(), org="a0")  # two authors (node keys) of one org
+            b0 = await two.start("b0", a0.fed.addrs())
+            await full_mesh([a0, a1])
+            await _published(a0, [a1], [b0], PUBLIC)
+            await a0.node.submit([Put(REG, "cluster", {"name": "a"}, record_id="of-a0")])
+            await a1.node.submit([Put(REG, "cluster", {"name": "b"}, record_id="of-a1")])
+            await eventually(lambda: _has(a0, "of-a1") and _has(a1, "of-a0"), 20, "both records on both")
+            for n in range(4):  # each edits the other's record: whichever sorts first waits on the other
+                await a0.node.submit([Update(REG, "of-a1", patch={"n": n})])
+                await a1.node.submit([Update(REG, "of-a0", patch={"n": n})])
+            await eventually(lambda: a0.node.engine.version_vector(REG) == a1.node.engine.version_vector(REG),
+                             20, "every edit on both")
+
+            await b0.fed.follows.follow(REG)
+            copy = _copy(b0)
+            assert copy["of-a0"]["fields"]["n"] == 3 and copy["of-a1"]["fields"]["n"] == 3
+            read = await b0.fed.reader.read(REG)
+            assert sorted(r["id"] for r in read["records"]) == ["of-a0", "of-a1"]

@@ -41,6 +41,7 @@ from registrygrid.identity.keys import KeyPair
 from registrygrid.node.transport import P2PError
 from registrygrid.protocol import remote_read as proto
 from registrygrid.protocol.envelope import peek
+from registrygrid.protocol.sync import causal_cut
 from registrygrid.sdk import LocalRegistry
 from registrygrid.storage import changes, records
 from registrygrid.trust.statements import MEMBERS_REGISTRY
@@ -83,21 +84,15 @@ def answer_read(data: bytes, engine: Any) -> bytes:
     for author in sorted(engine.version_vector(MEMBERS_REGISTRY).get(MEMBERS_REGISTRY, {})):
         statements += engine.envelopes_after(MEMBERS_REGISTRY, author, request.statements_after.get(author, 0),
                                              limit=100_000, max_bytes=2**30)
-    envelopes: list[bytes] = []
-    size, more = 0, False
-    for author, head in sorted(engine.version_vector(request.registry).get(request.registry, {}).items()):
-        after = request.after.get(author, 0)
-        if head <= after:
-            continue
-        room = proto.MAX_RESPONSE_ENVELOPE_BYTES - size
-        count = proto.MAX_RESPONSE_ENVELOPES - len(envelopes)
-        if room <= 0 or count <= 0:
-            more = True
-            break
-        chain = engine.envelopes_after(request.registry, author, after, limit=count, max_bytes=room)
-        envelopes += chain
-        size += sum(map(len, chain))
-        more = more or len(chain) < head - after
+    # The registry's changes the reader lacks, cut in causal order as a
+    # sync's are: an author's edits of another author's record come after
+    # the change they build on, whatever the authors' order.
+    held = engine.version_vector(request.registry)
+    lacking = {(request.registry, author): request.after.get(author, 0)
+               for author, head in held.get(request.registry, {}).items() if head > request.after.get(author, 0)}
+    cut = causal_cut(engine, lacking, held, budget=proto.MAX_RESPONSE_ENVELOPE_BYTES,
+                     max_envelopes=proto.MAX_RESPONSE_ENVELOPES)
+    envelopes, more = cut.envelopes, cut.more
     return proto.encode_response(proto.ReadResponse(request.registry, descriptor, statements, envelopes, more))
 
 

@@ -294,7 +294,6 @@ def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str, 
     ours = source.replicated_vector(request.registries, reader=reader)
     lacking = missing(ours, request.vector)
     budget = request.max_bytes
-    candidates: list[Candidate] = []
     more = False
     size = 0
     chosen: list[bytes] = []
@@ -325,32 +324,59 @@ def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str, 
             size += len(wire)
     # A change sent above is not sent again below (a change asked for by
     # ID, or a link before it, may be one the puller's vector lacks too).
-    sent = set(chosen)
-    # Take at most the budget from each chain, then cut the causally sorted
-    # union at the budget: every chain progresses, dependencies come first.
+    cut = causal_cut(source, lacking, ours, budget=budget, max_envelopes=MAX_RESPONSE_ENVELOPES, already=chosen)
+    chosen += cut.envelopes
+    more = more or cut.more
+    # Places the puller lacks whose bytes are gone here: it can't get them
+    # from anyone who erased them, so it links past them (it asks again,
+    # so a lie only delays), instead of waiting for them for good.
+    gone = source.gone_places({chain: (after, cut.sent[chain]) for chain, after in lacking.items()}) or None
+    return encode_response(SyncResponse(v=SYNC_VERSION, envelopes=chosen, more=more, vector=ours, gone=gone))
+
+
+@dataclass(frozen=True)
+class CausalCut:
+    envelopes: list[bytes]
+    sent: dict[tuple[str, str], int]  # (registry, author) -> how many of its changes ``envelopes`` holds
+    more: bool  # some chain has changes left out
+
+
+def causal_cut(source: ChangeSource, lacking: Mapping[tuple[str, str], int], held: Mapping[str, Mapping[str, int]],
+               *, budget: int, max_envelopes: int, already: Collection[bytes] = ()) -> CausalCut:
+    """The changes each chain (registry, author) -> ``after`` of ``lacking``
+    lacks, up to ``held`` (the source's vector), in causal order, cut at
+    ``budget`` bytes and ``max_envelopes`` counting ``already`` (changes
+    sent before them, not sent again). At most the budget is taken from
+    each chain, then the causally sorted union is cut: every chain
+    progresses and dependencies come first. (A cut chain by chain, author
+    after author, filled a page with one author's edits of another's
+    record, which waited for the other's change the page left out; the
+    next page, its cursor unmoved, sent them again.)"""
+    more = False
+    candidates: list[Candidate] = []
     for (registry, author), after in sorted(lacking.items()):
-        wires = source.envelopes_after(registry, author, after, limit=MAX_RESPONSE_ENVELOPES, max_bytes=budget)
-        held = ours[registry][author]
-        if after + len(wires) < held:
+        wires = source.envelopes_after(registry, author, after, limit=max_envelopes, max_bytes=budget)
+        if after + len(wires) < held[registry][author]:
             more = True
         for offset, wire in enumerate(wires):
             candidates.append(Candidate(_hlc_of(wire), author, after + offset + 1, wire, registry))
     candidates.sort(key=lambda c: (c.hlc, c.author, c.seq))
-    sent_of: dict[tuple[str, str], int] = dict.fromkeys(lacking, 0)
+    skip = set(already)
+    size = sum(map(len, already))
+    count = len(already)
+    chosen: list[bytes] = []
+    sent: dict[tuple[str, str], int] = dict.fromkeys(lacking, 0)
     for candidate in candidates:
-        if sent and candidate.wire in sent:
+        if skip and candidate.wire in skip:
             continue
-        if chosen and (size + len(candidate.wire) > budget or len(chosen) >= MAX_RESPONSE_ENVELOPES):
+        if count and (size + len(candidate.wire) > budget or count >= max_envelopes):
             more = True
             break
         chosen.append(candidate.wire)
         size += len(candidate.wire)
-        sent_of[(candidate.registry, candidate.author)] += 1
-    # Places the puller lacks whose bytes are gone here: it can't get them
-    # from anyone who erased them, so it links past them (it asks again,
-    # so a lie only delays), instead of waiting for them for good.
-    gone = source.gone_places({chain: (after, sent_of[chain]) for chain, after in lacking.items()}) or None
-    return encode_response(SyncResponse(v=SYNC_VERSION, envelopes=chosen, more=more, vector=ours, gone=gone))
+        count += 1
+        sent[(candidate.registry, candidate.author)] += 1
+    return CausalCut(chosen, sent, more)
 
 
 class _WirePeek(msgspec.Struct, array_like=True):
