@@ -27,7 +27,6 @@ for reads in progress before it closes and deletes the mirror.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
