@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 from test_federation_support import (
@@ -26,15 +27,19 @@ from test_federation_support import (
     serve_forged_reads,
 )
 
-from registrygrid.engine.ops import Put, Update
+from registrygrid.engine.ops import Erase, Put, Update
 from registrygrid.errors import (
     Conflict,
+    MalformedInput,
     NotFound,
     PolicyDenied,
     RegistryError,
     Unavailable,
+    ValidationError,
 )
+from registrygrid.node.remote_read import check_parts
 from registrygrid.protocol import remote_read
+from registrygrid.protocol.sync import GonePlace
 
 REG = "acme.models"
 PUBLIC = {"name": REG, "kinds": ["cluster"], "replication": {"scope": "public"}}
@@ -324,3 +329,39 @@ async def test_a_registry_larger_than_a_page_whose_authors_edit_each_others_reco
             assert copy["of-a0"]["fields"]["n"] == 3 and copy["of-a1"]["fields"]["n"] == 3
             read = await b0.fed.reader.read(REG)
             assert sorted(r["id"] for r in read["records"]) == ["of-a0", "of-a1"]
+
+
+async def test_a_registry_with_an_erased_record_can_be_followed_and_its_later_changes_arrive(
+        tmp_path: Path) -> None:
+    # The provider holds the erased record's places without their bytes: it
+    # sent the changes around them, the author's next change waited for the
+    # gap for good, and every sync refused the provider as a liar. An answer
+    # now names the places gone there (as a sync's does) and the copy links
+    # past them.
+    with trio.fail_after(120):
+        async with _owner_and_follower(tmp_path, PUBLIC) as (two, a0, b0):
+            await a0.node.submit([Put(REG, "cluster", {"name": n}, record_id=n) for n in ("gpu", "secret")])
+            await b0.fed.follows.follow(REG)
+            await a0.node.submit([Erase(REG, "secret", "GDPR art. 17")])
+            await a0.node.submit([Put(REG, "cluster", {"name": "tpu"}, record_id="tpu")])
+            await eventually(lambda: "tpu" in _copy(b0), 20, "the change after the erased one in the copy")
+            assert b0.fed.follows.list()[0]["lying_providers"] == 0
+
+            await b0.fed.follows.unfollow(REG)
+            status = await b0.fed.follows.follow(REG)  # a first sync, past the gap
+            assert sorted(_copy(b0)) == ["gpu", "tpu"] and status["last_error"] is None
+            read = await b0.fed.reader.read(REG)
+            assert sorted(r["id"] for r in read["records"]) == ["gpu", "tpu"]
+
+
+def test_a_read_answer_naming_gone_places_is_checked_before_any_of_it_applies() -> None:
+    author = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
+    bad_run = remote_read.ReadResponse(REG, [], [], [], False, [GonePlace(REG, author, 5, 2)])
+    with pytest.raises(MalformedInput):
+        remote_read.decode_response(remote_read.encode_response(bad_run))
+    elsewhere = remote_read.ReadResponse(REG, [], [], [], False, [GonePlace("acme.other", author, 1, 2)])
+    with pytest.raises(ValidationError, match="acme.other"):
+        check_parts(remote_read.decode_response(remote_read.encode_response(elsewhere)))
+    # An answer without gone places is encoded as before they existed.
+    plain = remote_read.ReadResponse(REG, [], [], [], False)
+    assert msgspec.msgpack.decode(remote_read.encode_response(plain)) == [REG, [], [], [], False]

@@ -28,7 +28,7 @@ from typing import Any
 import trio
 
 from registrygrid.engine import registries as regs
-from registrygrid.engine.ops import Remote
+from registrygrid.engine.ops import LinkPastGone, Remote
 from registrygrid.errors import (
     Conflict,
     NotFound,
@@ -92,8 +92,11 @@ def answer_read(data: bytes, engine: Any) -> bytes:
                for author, head in held.get(request.registry, {}).items() if head > request.after.get(author, 0)}
     cut = causal_cut(engine, lacking, held, budget=proto.MAX_RESPONSE_ENVELOPE_BYTES,
                      max_envelopes=proto.MAX_RESPONSE_ENVELOPES)
-    envelopes, more = cut.envelopes, cut.more
-    return proto.encode_response(proto.ReadResponse(request.registry, descriptor, statements, envelopes, more))
+    # Places the reader lacks that this node holds without their bytes (an
+    # erased record's): it can't get them from anyone who erased them.
+    gone = engine.gone_places({chain: (after, cut.sent[chain]) for chain, after in lacking.items()}) or None
+    return proto.encode_response(proto.ReadResponse(request.registry, descriptor, statements, cut.envelopes,
+                                                    cut.more, gone))
 
 
 def _private(store: Any, registry: str) -> bool:
@@ -240,11 +243,15 @@ def check_descriptor(target: LocalRegistry, resolution: dict[str, Any]) -> dict[
     return described
 
 
-def _check_parts(answer: proto.ReadResponse) -> None:
+def check_parts(answer: proto.ReadResponse) -> None:
     """Each part of an answer holds what it says, before any of it applies:
     a provider that added another registry's descriptor and changes had them
     stored in the copy (never shown, never cleaned) and was not counted a liar."""
     name = answer.registry
+    for place in answer.gone or ():
+        if place.registry != name:
+            raise ValidationError(f"it says places of {place.registry} are gone, which an answer for {name} "
+                                  "has no place for")
     for part, wires, registry in (("statements", answer.statements, MEMBERS_REGISTRY),
                                   ("descriptor", answer.descriptor, regs.REGISTRY_OF_REGISTRIES),
                                   ("envelopes", answer.envelopes, name)):
@@ -264,7 +271,7 @@ def _replay(target: Any, answer: proto.ReadResponse, peer: str, waiting: set[str
     that was refused. ``waiting`` keeps the ids of the registry's and the
     descriptor's changes parked for dependencies, less those released since:
     a later page may bring what they wait for."""
-    _check_parts(answer)
+    check_parts(answer)
     applied = 0
     for part, wires in (("statements", answer.statements), ("descriptor", answer.descriptor),
                         ("envelopes", answer.envelopes)):
@@ -282,4 +289,11 @@ def _replay(target: Any, answer: proto.ReadResponse, peer: str, waiting: set[str
                 body = peek(wire)
                 where = f"{body.registry}/{body.record}" if body is not None else "an undecodable change"
                 raise ValidationError(f"its change {result.change_id or '?'} of {where} was {result.status}: {why}")
+    if answer.gone:
+        # Linked past on the provider's word, as a sync peer's (engine/gone.py);
+        # a read never asks for them again, so a lying provider can hide
+        # those changes from the copy, as it can hold back its latest.
+        for result in target.execute([LinkPastGone(place, peer) for place in answer.gone]):
+            waiting.difference_update(result.released)
+            applied += len(result.released)
     return applied

@@ -20,6 +20,7 @@ import msgspec
 
 from registrygrid.errors import MalformedInput, TooLarge
 from registrygrid.protocol import names
+from registrygrid.protocol.sync import GonePlace, check_gone
 
 READ_PROTOCOL_ID = "/registrygrid/read/1.0.0"
 # A request is a registry name and a cursor (author -> sequence held).
@@ -47,8 +48,14 @@ class ReadResponse(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_
     registry: str
     descriptor: list[bytes]  # grid.registries changes: the descriptor's, with their chains
     statements: list[bytes]  # grid.members changes: the trust statements
-    envelopes: list[bytes]  # the registry's changes after the cursor, chain order per author
+    envelopes: list[bytes]  # the registry's changes after the cursor, in causal order
     more: bool  # the answer was cut: ask again with the cursor moved on
+    # Places of the registry's chains the reader lacks that the provider
+    # holds without their bytes (erased), as a sync answer names them
+    # (protocol/sync.py GonePlace): the reader links past them, or the
+    # author's next change would wait for them for good. Last and left out
+    # when there are none, so an answer without them reads as before.
+    gone: list[GonePlace] | None = None
 
 
 def encode_request(registry: str, after: dict[str, int] | None = None, *,
@@ -79,6 +86,12 @@ def decode_request(data: bytes) -> ReadRequest:
 
 
 def encode_response(response: ReadResponse) -> bytes:
+    if response.gone is None:
+        # Without gone places, as before they existed: a reader that predates
+        # them refuses an array with an item more (msgspec writes trailing
+        # defaults of an array-like struct).
+        return msgspec.msgpack.encode((response.registry, response.descriptor, response.statements,
+                                       response.envelopes, response.more))
     return msgspec.msgpack.encode(response)
 
 
@@ -86,6 +99,9 @@ def decode_response(data: bytes) -> ReadResponse:
     if len(data) > MAX_RESPONSE_BYTES:
         raise TooLarge(f"a read response of {len(data)} bytes exceeds {MAX_RESPONSE_BYTES}")
     try:
-        return msgspec.msgpack.decode(data, type=ReadResponse)
+        response = msgspec.msgpack.decode(data, type=ReadResponse)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 is its own error
         raise MalformedInput(f"malformed read response: {exc}") from None
+    if response.gone is not None:
+        check_gone(response.gone)
+    return response

@@ -212,7 +212,7 @@ def decode_response(data: bytes) -> SyncResponse:
         raise TooLarge(f"{len(response.envelopes)} envelopes in one response exceed {MAX_RESPONSE_ENVELOPES}")
     _check_vector(response.vector)
     if response.gone is not None:
-        _check_gone(response.gone)
+        check_gone(response.gone)
     return response
 
 
@@ -252,14 +252,14 @@ def _check_wanted(wanted: Mapping[str, Mapping[str, list[tuple[int, bytes]]]]) -
         raise TooLarge(f"a sync request may ask for at most {MAX_WANTED} changes by ID")
 
 
-def _check_gone(gone: list[GonePlace]) -> None:
+def check_gone(gone: list[GonePlace]) -> None:
     if len(gone) > MAX_GONE:
-        raise TooLarge(f"a sync response may name at most {MAX_GONE} runs of gone places")
+        raise TooLarge(f"a response may name at most {MAX_GONE} runs of gone places")
     for place in gone:
         _checked_name(place.registry)
         if not place.author.startswith("did:key:") or len(place.author) > 128 \
                 or not 1 <= place.first <= place.last < 2**63 or place.last - place.first >= MAX_GONE_RUN:
-            raise MalformedInput(f"sync: bad gone places {place.registry!r} {place.author!r} "
+            raise MalformedInput(f"bad gone places {place.registry!r} {place.author!r} "
                                  f"{place.first}..{place.last}")
 
 
