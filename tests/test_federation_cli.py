@@ -143,3 +143,29 @@ def test_a_node_announces_where_it_listens_and_members_lists_it(rgrid: Run, tmp_
     assert again["status"] in ("updated", "unchanged")
     bad = rgrid("federation", "announce", "--endpoint", "/ip4/1.2.3.4/tcp/1", home=home)
     assert bad.returncode == EX_DATAERR and "/p2p" in bad.stderr
+
+
+def test_revoke_names_every_key_the_org_delegated_however_many_statements_the_store_holds(
+        rgrid: Run, tmp_path: Path) -> None:
+    # Only the first 1,000 statements were read: the keys past them went
+    # unnamed, and a revocation cuts the keys it does not name at 0.
+    import registrygrid
+    from registrygrid.engine.ops import Put
+    from registrygrid.identity.delegation import sign_delegation
+    from registrygrid.identity.keys import KeyPair
+    from registrygrid.membership import org_key
+    from registrygrid.trust.statements import delegation_record
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for home in (a, b):
+        Home(home).init(org_name=home.name)
+    ok_json(rgrid, "federation", "create", "grid", home=a)
+    b_org = Home(b).org().org  # type: ignore[union-attr]
+    b_keys = sorted(KeyPair.generate().did for _ in range(8))
+    statements = [delegation_record(sign_delegation(org_key(Home(a)), KeyPair.generate().did, ["writer"]))
+                  for _ in range(1500)]
+    statements += [delegation_record(sign_delegation(org_key(Home(b)), did, ["writer"])) for did in b_keys]
+    with registrygrid.open(a) as grid:
+        grid.put_many([Put("grid.members", "delegation", fields, record_id=rid) for rid, fields in statements])
+    revoked = ok_json(rgrid, "federation", "revoke", b_org, home=a)
+    assert [r["subject"] for r in revoked["revoked"]] == [b_org, *b_keys]

@@ -797,3 +797,53 @@ def test_a_store_opened_in_another_federation_records_that_one_and_an_unreadable
             reopened.store.put_meta(txn, FEDERATION, {"id": second.id, "claims": b"\x01"})
     with pytest.raises(IntegrityError, match="records its federation"):
         LocalRegistry.open_path(tmp_path / "a", key)
+
+
+# ================================================================ whose word cuts a key
+
+def _delegation(org: KeyPair, key: str, roles: tuple[str, ...] = ("node", "writer")) -> Any:
+    return read_statement(DELEGATION_KIND, *delegation_record(sign_delegation(org, key, list(roles))))
+
+
+def _revocation(org: KeyPair, key: str, cutoffs: dict[str, int] | None = None) -> Any:
+    return read_statement(REVOCATION_KIND, *revocation_record(sign_revocation(org, key, cutoffs or {})))
+
+
+def _federation(founder: KeyPair, *members: KeyPair) -> TrustState:
+    from registrygrid.trust.federation import invite, invitation_record, make_genesis
+    from registrygrid.trust.statements import INVITATION_KIND
+
+    genesis = make_genesis("grid", [founder])
+    state = TrustState(federation=genesis.claims, federation_id=genesis.id)
+    for member in members:
+        state.add(read_statement(INVITATION_KIND, *invitation_record(invite(genesis, member.did, founder))))
+    return state
+
+
+def test_an_org_a_federation_admin_removed_writes_nothing_through_a_key_it_delegates_later(
+        org_a: KeyPair, org_b: KeyPair) -> None:
+    # The removal named B's keys known then; a key B delegated afterwards was
+    # named by no revocation, so check_chain let its changes through and the
+    # handshake admitted it.
+    from registrygrid.errors import NotMember
+    from registrygrid.trust.admission import check_admission, encode_proof
+
+    from registrygrid.trust.federation import make_genesis
+
+    genesis = make_genesis("grid", [org_a, org_b], admins=[org_a.did])  # B a founder: no invitation to show
+    state = TrustState(federation=genesis.claims, federation_id=genesis.id)
+    state.add(_revocation(org_a, org_b.did))  # the admin removes B
+    later = KeyPair.generate()
+    delegation = sign_delegation(org_b, later.did, ["node", "writer"])
+    genesis_id = state.federation_id
+    assert genesis_id is not None
+    with pytest.raises(NotMember, match="revoked"):  # before its delegation reached this node ...
+        check_admission(state, later.did, genesis_id, encode_proof(delegation.encode(), None, None))
+    state.add(read_statement(DELEGATION_KIND, *delegation_record(delegation)))
+    with pytest.raises(KeyRevoked):
+        state.check_speaks_for(later.did, org_b.did, int(time.time() * 1000))
+    state.add(_revocation(org_b, later.did, {TOOLS: 10**6}))  # its own org's word gives it no cutoffs
+    with pytest.raises(KeyRevoked):
+        state.check_speaks_for(later.did, org_b.did, int(time.time() * 1000))
+    with pytest.raises(NotMember, match="revoked"):  # ... and after
+        check_admission(state, later.did, genesis_id, encode_proof(delegation.encode(), None, None))

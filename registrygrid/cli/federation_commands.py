@@ -230,7 +230,7 @@ def register(cli: click.Group) -> None:
         home_obj.require()
         fed = home_obj.federation()
         with open_backend(home_obj.path) as backend:
-            statements = backend.list(MEMBERS_REGISTRY, limit=1000).items
+            statements = list(backend.iter_all(MEMBERS_REGISTRY))
         roles: dict[str, set[str]] = {org: {"founder"} for org in fed.claims.founders}
         for org in fed.claims.admins:
             roles[org].add("admin")
@@ -248,7 +248,7 @@ def register(cli: click.Group) -> None:
                     and f["subject"] not in revoked:
                 nodes[f["org"]] = nodes.get(f["org"], 0) + 1
         with open_backend(home_obj.path) as backend:
-            subjects = backend.list(SUBJECTS_REGISTRY, limit=1000).items
+            subjects = list(backend.iter_all(SUBJECTS_REGISTRY))
         endpoints: dict[str, list[str]] = {org: [] for org in roles}
         for subject in subjects:  # what each node announced (rgrid federation announce)
             f = subject["fields"]
@@ -288,7 +288,7 @@ def register(cli: click.Group) -> None:
         if key.did not in fed.claims.admins:
             raise PolicyDenied(f"{key.did} is not an admin of federation {fed.name}; admins: {list(fed.claims.admins)}")
         with open_backend(home_obj.path) as backend:
-            statements = backend.list(MEMBERS_REGISTRY, limit=1000).items
+            statements = list(backend.iter_all(MEMBERS_REGISTRY))
         subjects = [subject] + sorted({s["fields"]["subject"] for s in statements
                                        if s["kind"] == "delegation" and s["fields"]["org"] == subject})
         checks = StoreChecks(home_obj)

@@ -90,6 +90,11 @@ def check_admission(trust: TrustState, peer_did: str, federation_id: str, proof_
         raise NotMember(f"undecodable membership proof: {exc}") from None
     except RegistryError as exc:
         raise NotMember(f"membership not proven: {exc.code}: {exc.message}") from None
+    if trust.org_removed(org):
+        # Before (or without) the node's delegation in the trust state: a
+        # removed org's key delegated after its removal is named by no
+        # revocation, and its changes are cut with the org (trust/state.py).
+        raise NotMember(f"org {org} was revoked from {genesis.name}; its nodes are refused")
     if trust.revoked(peer_did) is not None:
         raise NotMember(f"node key {peer_did} was revoked ({', '.join(trust.revoked(peer_did).by)})")  # type: ignore[union-attr]
     return Admitted(org=org, roles=claims.roles)

@@ -167,6 +167,10 @@ class TrustState:
             return Revoked(counted, removed_with)
         return None
 
+    def org_removed(self, org: str) -> bool:
+        """Whether a federation admin (or the org itself) revoked ``org``."""
+        return self._org_removed(org)
+
     def _org_removed(self, org: str) -> bool:
         """An org a federation admin (or the org itself) revoked."""
         return any(r.org == org or self.is_admin(r.org) for r in self._revocations.get(org, ()))
@@ -260,6 +264,14 @@ class TrustState:
         WAIT (no delegation of the author is known yet), or a typed refusal."""
         if author == org:
             return self._as_member(org)
+        if self._org_removed(org) and not any(self.is_admin(r.org) for r in self._revocations.get(author, ())):
+            # A removed org speaks only through the keys the removal named
+            # (each up to its cutoff: check_chain). A key it delegated after
+            # its removal is named by no revocation; its changes were let
+            # through. The org's own word can't name one (it would give it
+            # cutoffs of its choosing): an admin's must.
+            raise KeyRevoked(f"{org} was revoked from the federation; {author}, which no admin's revocation "
+                             "names, does not speak for it")
         claims = self.delegation_at(author, org, at_ms)
         if claims is not None:
             if self._writes(claims):
