@@ -787,3 +787,23 @@ def test_an_admin_acknowledges_an_equivocation_and_the_quarantine_stays(twins) -
     feed(one, c)
     assert c.dispute(dispute["id"])["status"] == "resolved"
     assert c.list(FIELDS).items == []
+
+
+def test_no_record_but_the_report_takes_an_equivocations_dispute_id(twins) -> None:
+    # The id is public (a hash of the two change ids): the cloned key filed
+    # a resolution under it before its fork spread, every node took the
+    # report as filed already, nothing was quarantined, and the nodes kept
+    # the two branches apart for good.
+    from registrygrid.crdt.disputes import DISPUTES_REGISTRY, RESOLUTION_KIND, equivocation_id
+
+    one, two, c, _ = twins
+    left = one.put(FIELDS, "cluster", {"name": "left"}, id="f1")
+    right = two.put(FIELDS, "cluster", {"name": "right"}, id="f2")
+    squatted = equivocation_id(one.engine.key.did, FIELDS, 1, [left.change_id, right.change_id])
+    with pytest.raises(ValidationError, match="equivocation reports"):
+        one.put(DISPUTES_REGISTRY, RESOLUTION_KIND, {"dispute": squatted, "outcome": "quarantine"},
+                id=squatted, tags=[squatted])
+    feed(one, c)
+    c.execute([Remote(w, "two") for w in wires(two)])
+    (dispute,) = c.disputes()
+    assert (dispute["id"], dispute["status"]) == (squatted, "quarantined")

@@ -42,7 +42,7 @@ from registrygrid.crdt.resolver import Resolution
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
 from registrygrid.engine.ops import Put
-from registrygrid.errors import RegistryError
+from registrygrid.errors import RegistryError, ValidationError
 from registrygrid.engine.values import automerge_of
 from registrygrid.protocol.envelope import Envelope, open_envelope
 from registrygrid.protocol.sync import MAX_UNREPORTED, MAX_WANTED, WANTED_DEPTH, Wanted
@@ -57,6 +57,13 @@ class Disputing(EngineCore):
     def _check_dispute_record(self, record_id: str, kind: str, fields: Any, tags: Any) -> None:
         """A grid.disputes record is its own evidence: checked before it is
         stored, for local writes and remote changes alike."""
+        if kind != disputes.REPORT_KIND and record_id.startswith("dispute-"):
+            # An equivocation's dispute id is public (a hash of the two
+            # change ids): a record of another kind under it made every node
+            # take the report as filed, so nothing was quarantined and the
+            # nodes kept the two branches apart for good.
+            raise ValidationError(f"{disputes.DISPUTES_REGISTRY} ids that start with dispute- are the "
+                                  f"equivocation reports' own; a {kind} takes another id")
         if kind == disputes.REPORT_KIND:
             disputes.read_report(record_id, fields)
         elif kind == disputes.RESOLUTION_KIND:
