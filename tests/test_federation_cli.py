@@ -169,3 +169,21 @@ def test_revoke_names_every_key_the_org_delegated_however_many_statements_the_st
         grid.put_many([Put("grid.members", "delegation", fields, record_id=rid) for rid, fields in statements])
     revoked = ok_json(rgrid, "federation", "revoke", b_org, home=a)
     assert [r["subject"] for r in revoked["revoked"]] == [b_org, *b_keys]
+
+
+def test_an_invitation_without_out_is_the_whole_of_stdout_or_inside_the_json(rgrid: Run, tmp_path: Path) -> None:
+    # Without --out, a table followed the invitation on stdout (`> invite.json`
+    # wrote a file join refused), and --json left the invitation out.
+    a, b, c = (tmp_path / n for n in "abc")
+    for home in (a, b, c):
+        Home(home).init(org_name=home.name)
+    ok_json(rgrid, "federation", "create", "grid", home=a)
+    b_org, c_org = (Home(h).org().org for h in (b, c))  # type: ignore[union-attr]
+    proc = rgrid("federation", "invite", b_org, home=a)
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "invite-b.json").write_text(proc.stdout)
+    assert "complete" in proc.stderr
+    ok_json(rgrid, "federation", "join", str(tmp_path / "invite-b.json"), home=b)
+    shown = ok_json(rgrid, "federation", "invite", c_org, home=a)
+    (tmp_path / "invite-c.json").write_text(json.dumps(shown["invitation"]))
+    ok_json(rgrid, "federation", "join", str(tmp_path / "invite-c.json"), home=c)

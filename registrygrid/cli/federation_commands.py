@@ -149,13 +149,18 @@ def register(cli: click.Group) -> None:
             status = f"needs more admin signatures: {exc.message}; next: `rgrid federation sign FILE`"
         else:
             status = "complete: " + publish_statement(home_obj, INVITATION_KIND, *invitation_record(invitation))
+        summary: dict[str, Any] = {"org": invitation.claims.org, "roles": list(invitation.claims.roles),
+                                   "signers": signers, "quorum": genesis.claims.quorum, "status": status,
+                                   "file": str(out) if out else "-"}
         if out is not None:
             write_text_durably(out, text)
-        elif not as_json:
+        elif as_json:
+            summary["invitation"] = json.loads(text)  # what --out would have written: nothing to hand over else
+        else:
+            # stdout is the invitation file (`... > invite.json`); what was
+            # done goes to stderr, or the file would not read back.
             click.echo(text, nl=False)
-        render.mapping({"org": invitation.claims.org, "roles": list(invitation.claims.roles), "signers": signers,
-                        "quorum": genesis.claims.quorum, "status": status, "file": str(out) if out else "-"},
-                       as_json, title="invitation")
+        render.mapping(summary, as_json, title="invitation", to_stderr=out is None and not as_json)
 
     @federation.command(name="join")
     @home_option

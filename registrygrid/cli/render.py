@@ -103,11 +103,12 @@ def _is_text_list(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
 
 
-def mapping(data: Mapping[str, Any], as_json: bool, *, title: str = "") -> None:
+def mapping(data: Mapping[str, Any], as_json: bool, *, title: str = "", to_stderr: bool = False) -> None:
     """A key/value table; a list of strings (multiaddrs, problems) is printed
     after it instead, under its key, one whole item per line: a table cell
     ellipsizes or folds what does not fit the terminal, and a multiaddr cut
-    either way no longer dials when copied."""
+    either way no longer dials when copied. ``to_stderr``: the table goes
+    to stderr, where stdout carries a file's text."""
     if as_json:
         dump_json(data)
         return
@@ -120,18 +121,18 @@ def mapping(data: Mapping[str, Any], as_json: bool, *, title: str = "") -> None:
             listed[str(k)] = v
         else:
             table.add_row(str(k), _cell(v))
-    _out.print(table)
+    (_err if to_stderr else _out).print(table)
     for key, values in listed.items():
-        whole_lines(f"{key}:", values)
+        whole_lines(f"{key}:", values, to_stderr=to_stderr)
 
 
-def whole_lines(heading: str, lines: Sequence[str]) -> None:
+def whole_lines(heading: str, lines: Sequence[str], *, to_stderr: bool = False) -> None:
     """``heading``, then each line as is: no wrapping, no cutting, no
     indent, so a copied line is exactly the value (the terminal may soft-wrap
     a long one; copying it back gives the whole line)."""
-    _out.print(heading, style="bold cyan", markup=False, highlight=False)
+    (_err if to_stderr else _out).print(heading, style="bold cyan", markup=False, highlight=False)
     for line in lines:
-        click.echo(line)
+        click.echo(line, err=to_stderr)
 
 
 def rows(items: Sequence[Any], as_json: bool, *, columns: list[str], title: str = "",
