@@ -104,13 +104,27 @@ def matches_where(record: Mapping[str, Any], where: Sequence[tuple[str, str, Any
 _MISSING = object()
 
 
+def _equal(a: Any, b: Any) -> bool:
+    """JSON equality as a filter means it: ``true`` is not ``1`` (Python's
+    ``==`` says it is), while ``2`` is ``2.0``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_equal, a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(v, b[k]) for k, v in a.items())
+    return bool(a == b)
+
+
 def _compare(current: Any, op: str, value: Any) -> bool:
     if op == "eq":
-        return current is not _MISSING and current == value
+        return current is not _MISSING and _equal(current, value)
     if op == "ne":
-        return current is _MISSING or current != value
+        return current is _MISSING or not _equal(current, value)
     if op == "contains":
-        return isinstance(current, (list, str)) and value in current
+        if isinstance(current, list):
+            return any(_equal(item, value) for item in current)
+        return isinstance(current, str) and isinstance(value, str) and value in current
     if current is _MISSING or isinstance(current, bool) or isinstance(value, bool):
         return False
     numeric = (int, float)

@@ -610,3 +610,20 @@ def test_an_org_file_whose_members_have_the_wrong_type_is_refused_not_coerced(
     (home / "org.json").write_text(json.dumps({**org, member: value}))
     proc = rgrid("id", "--json", timeout=60)
     assert proc.returncode == EX_DATAERR and "org.json" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_where_equality_tells_true_from_1_and_false_from_0() -> None:
+    # `--where enabled=true` matched a record whose enabled is 1 (Python's ==).
+    from registrygrid.sdk import matches_where
+
+    def hits(op: str, value: Any) -> list[str]:
+        records = {"bool": True, "one": 1, "float": 1.0, "zero": 0, "false": False, "list": [1, 2], "flags": [True]}
+        return sorted(name for name, v in records.items()
+                      if matches_where({"fields": {"enabled": v}}, [("enabled", op, value)]))
+
+    assert hits("eq", True) == ["bool"]
+    assert hits("eq", 1) == ["float", "one"]
+    assert hits("eq", False) == ["false"]
+    assert hits("ne", 0) == ["bool", "false", "flags", "float", "list", "one"]
+    assert hits("contains", 1) == ["list"]
+    assert hits("contains", True) == ["flags"]
