@@ -685,6 +685,19 @@ class StoreChecks:
         self.store.close()
 
 
+def heads_held(home: Home, authors: Sequence[str]) -> dict[str, dict[str, int]]:
+    """author -> registry -> sequence of its last change this home's store
+    holds (a revocation's cutoffs); nothing for a home whose node never
+    opened its store (it holds no change: an lmdb error was the answer)."""
+    if not Path(home.store_path).exists():
+        return {author: {} for author in authors}
+    checks = StoreChecks(home)
+    try:
+        return {author: checks.heads_of(author) for author in authors}
+    finally:
+        checks.close()
+
+
 def _empty(store: Store) -> bool:
     """The store holds no change at all (its feed has none)."""
     with store.read() as txn:

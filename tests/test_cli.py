@@ -627,3 +627,8 @@ def test_a_where_equality_tells_true_from_1_and_false_from_0() -> None:
     assert hits("ne", 0) == ["bool", "false", "flags", "float", "list", "one"]
     assert hits("contains", 1) == ["list"]
     assert hits("contains", True) == ["flags"]
+
+
+def test_an_unknown_log_level_is_a_usage_error_naming_the_levels(home: Path, rgrid: Run) -> None:
+    proc = rgrid("node", "start", "--no-p2p", "--no-bridge", "--log-level", "bogus", home=home)
+    assert proc.returncode == 2 and "warning" in proc.stderr.lower() and "Traceback" not in proc.stderr

@@ -217,3 +217,21 @@ def test_org_show_in_a_home_that_made_a_federation_lists_the_orgs_own_statements
     assert shown.returncode == 0, shown.stderr
     assert [(s["kind"], s["subject"]) for s in json.loads(shown.stdout)["statements"]] == [
         ("delegation", created["node"])]
+
+
+def test_revoking_this_nodes_own_key_asks_first_and_works_on_a_home_whose_store_is_not_made_yet(
+        rgrid: Run, tmp_path: Path) -> None:
+    # On a fresh home, org revoke died with an lmdb traceback (the store did
+    # not exist yet); and a node revoked its own key, for good, unasked.
+    home = tmp_path / "home"
+    Home(home).init(org_name="acme")
+    node = Home(home).node_key().did
+    refused = rgrid("org", "revoke", node, home=home, input="n\n")
+    assert refused.returncode == 1 and "rotate-key" in refused.stderr and "Traceback" not in refused.stderr
+    assert not [s for s in statements(home) if s["kind"] == "revocation"]
+    other = KeyPair.generate().did
+    fresh = tmp_path / "fresh"
+    Home(fresh).init(org_name="acme-two")
+    revoked = ok_json(rgrid, "org", "revoke", other, home=fresh)
+    assert revoked["subject"] == other and json.loads(revoked["cutoffs"]) == {}
+    assert ok_json(rgrid, "org", "revoke", node, "--yes", home=home)["subject"] == node

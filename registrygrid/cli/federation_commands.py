@@ -45,7 +45,7 @@ from registrygrid.membership import (
     org_key,
     read_invitation_file,
 )
-from registrygrid.sdk import StoreChecks
+from registrygrid.sdk import heads_held
 from registrygrid.trust.federation import check_invitation, invitation_record
 from registrygrid.trust.statements import (
     INVITATION_KIND,
@@ -296,11 +296,7 @@ def register(cli: click.Group) -> None:
             statements = list(backend.iter_all(MEMBERS_REGISTRY))
         subjects = [subject] + sorted({s["fields"]["subject"] for s in statements
                                        if s["kind"] == "delegation" and s["fields"]["org"] == subject})
-        checks = StoreChecks(home_obj)
-        try:
-            cutoffs = {did: checks.heads_of(did) for did in subjects}
-        finally:
-            checks.close()
+        cutoffs = heads_held(home_obj, subjects)
         published = []
         for did in subjects:
             record_id, fields = revocation_record(sign_revocation(key, did, cutoffs[did], reason=reason))

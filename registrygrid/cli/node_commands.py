@@ -122,7 +122,8 @@ def register(cli: click.Group) -> None:
                   help="Do not keep the search index (HOME/index) up to date; `rgrid search` then indexes "
                        "when it runs with the node stopped.")
     @click.option("--init", "init_home", is_flag=True, help="Initialise the home first if it is new.")
-    @click.option("--log-level", default="INFO", show_default=True)
+    @click.option("--log-level", default="INFO", show_default=True,
+                  type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False))
     def start(home: Path | None, listen: tuple[str, ...], bootstrap: tuple[str, ...], bridge_host: str | None,
               bridge_port: int | None, allow_public: bool, no_bridge: bool, no_p2p: bool, dht_client: bool,
               no_dht: bool, no_search: bool, init_home: bool, log_level: str) -> None:

@@ -33,7 +33,7 @@ from registrygrid.home import Home
 from registrygrid.identity.delegation import ROLES, sign_delegation
 from registrygrid.identity.keys import public_key_from_did
 from registrygrid.membership import org_key
-from registrygrid.sdk import StoreChecks
+from registrygrid.sdk import heads_held
 from registrygrid.trust.statements import (
     DELEGATION_KIND,
     MEMBERS_REGISTRY,
@@ -144,18 +144,22 @@ def register(cli: click.Group) -> None:
     @org_key_option
     @click.argument("subject")
     @click.option("--reason", default="", help="Why (kept in the signed statement).")
-    def org_revoke(home: Path | None, as_json: bool, org_key_file: Path | None, subject: str, reason: str) -> None:
+    @click.option("--yes", is_flag=True, help="Don't ask before revoking this node's own key or org.")
+    def org_revoke(home: Path | None, as_json: bool, org_key_file: Path | None, subject: str, reason: str,
+                   yes: bool) -> None:
         """Stop the key SUBJECT speaking for this org. Its changes this node
         holds stay valid; any later one is refused on every node."""
         home_obj = Home(home)
         home_obj.require()
         public_key_from_did(subject)
         signer = org_key(home_obj, org_key_file)
-        checks = StoreChecks(home_obj)
-        try:
-            cutoffs = checks.heads_of(subject)
-        finally:
-            checks.close()
+        if not yes and subject in (home_obj.node_key().did, signer.did):
+            # Nothing takes a revocation back: this node would write nothing
+            # more (a new key is `rgrid node rotate-key`).
+            what = "this node's own key" if subject == home_obj.node_key().did else "this org itself"
+            click.confirm(f"{subject} is {what}: once revoked, this node's writes are refused everywhere and "
+                          "only `rgrid node rotate-key` gives it a key that writes. Revoke it?", abort=True, err=True)
+        cutoffs = heads_held(home_obj, [subject])[subject]
         revocation = sign_revocation(signer, subject, cutoffs, reason=reason)
         record_id, fields = revocation_record(revocation)
         result = _publish(home_obj, REVOCATION_KIND, record_id, fields)

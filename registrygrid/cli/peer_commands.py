@@ -96,9 +96,9 @@ def _running_node(home: Path | None) -> Iterator[Any]:
 
     with open_backend(home) as backend:
         if not isinstance(backend, BridgeClient):
-            raise Unavailable("no node runs on this home, so there is nothing to deny or allow: a deny cuts the "
-                              "running node's connections and lasts while it runs; start it with `rgrid node "
-                              "start` (without --no-p2p)")
+            raise Unavailable("no node runs on this home: a deny or allow is made by the running node (it cuts "
+                              "its connections, and the node keeps it across restarts); start it with `rgrid "
+                              "node start` (without --no-p2p), then deny or allow")
         yield backend
 
 
@@ -153,8 +153,8 @@ def register(cli: click.Group) -> None:
         PEER... are libp2p peer IDs (12D3KooW...). The running node
         disconnects them, never dials them, drops the connections they open,
         and neither serves them nor takes anything from them. One-sided (they
-        keep dialing and are refused: deny on both sides for a clean cut); a
-        restart of the node lifts it."""
+        keep dialing and are refused: deny on both sides for a clean cut). A
+        deny outlives a restart of the node; `rgrid peers allow` lifts it."""
         with _running_node(_given(ctx, "home", home)) as node:
             answer = node.deny_peers(peer_ids)
         if _given(ctx, "as_json", as_json):
