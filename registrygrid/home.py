@@ -231,6 +231,7 @@ class Home:
         # Every input is checked before anything is written: the node key
         # marks a home initialised, and written before a bad --org-key was
         # read, it left a half-made home that `rgrid init` refused to redo.
+        _check_org_name(org_name)
         if org_key_file is not None:
             org_key = read_key_file(Path(org_key_file))
             org_source = str(org_key_file)
@@ -445,3 +446,17 @@ class Home:
             return None
         finally:
             os.close(fd)
+
+
+def _check_org_name(name: str) -> None:
+    """The org's name as its grid.orgs record will take it: a name the org
+    kind refuses left the home made and its org record never written, an
+    audited refusal at every open and no way to fix it."""
+    from registrygrid.errors import SchemaViolation
+    from registrygrid.schemas.catalog import SchemaCatalog
+
+    try:
+        SchemaCatalog().validate("org", SchemaCatalog().latest_version("org"), {"name": name or "org"})
+    except SchemaViolation as exc:
+        raise ValidationError(f"--org-name is not a name an org record takes ({len(name)} characters; "
+                              f"{exc.message[:200]})") from None

@@ -235,3 +235,13 @@ def test_revoking_this_nodes_own_key_asks_first_and_works_on_a_home_whose_store_
     revoked = ok_json(rgrid, "org", "revoke", other, home=fresh)
     assert revoked["subject"] == other and json.loads(revoked["cutoffs"]) == {}
     assert ok_json(rgrid, "org", "revoke", node, "--yes", home=home)["subject"] == node
+
+
+def test_init_refuses_an_org_name_the_org_record_would_refuse_and_writes_nothing(rgrid: Run, tmp_path: Path) -> None:
+    # A 300-character name made the home, and its org record was refused at
+    # every open (audited), with no way to fix the name.
+    home = tmp_path / "home"
+    proc = rgrid("init", "--org-name", "x" * 300, home=home)
+    assert proc.returncode == 65 and "--org-name" in proc.stderr and "Traceback" not in proc.stderr
+    assert not Home(home).exists()
+    assert rgrid("init", "--org-name", "acme", home=home).returncode == 0
