@@ -547,3 +547,41 @@ async def test_rgrid_view_create_show_list_delete_through_the_node_and_offline(n
         assert "g1" in shown.stdout and "node stopped" in shown.stdout
         assert (await run("view", "delete", "eu")).returncode == 0
         assert json.loads((await run("view", "list", "--json")).stdout) == []
+
+
+# ---------------------------------------------------------------- one view's failure is its own
+
+
+async def test_a_view_whose_name_is_long_and_quoted_long_is_kept_and_a_damaged_state_file_is_made_anew(
+        tmp_path: Path) -> None:
+    # A name of 128 characters, 127 of them ':', quotes to a file name longer
+    # than the file system takes: the OSError stopped every view (none moved,
+    # new ones never materialized, /events 503 for good) and slowed indexing,
+    # restart or not. A state file whose members mix value types raised
+    # TypeError out of the load, with the same effect.
+    home = tmp_path / "home"
+    long_name = "a" + ":" * 127
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            served = await start(nursery, home)
+            await setup_notes(served)
+            async with served.client() as client:
+                await put_view(client, long_name, CHEAP_EU)
+                seq = await put_view(client, "cheap-eu", CHEAP_EU)
+                seq = max(seq, await write(client, "create", REGISTRY, "n1", {"name": "a", "region": "eu-west",
+                                                                               "price": 1}))
+                for name in (long_name, "cheap-eu"):
+                    assert [m[:2] for m in members(await reflected(client, name, seq))] == [(REGISTRY, "n1")]
+            served.node.stop()
+        state_file = next((home / "index" / "views").glob("cheap-eu*.json"))
+        state = json.loads(state_file.read_text())
+        state["members"] = [[REGISTRY, "n1", 1], [REGISTRY, "n2", "text"]]
+        state_file.write_text(json.dumps(state))
+        async with trio.open_nursery() as nursery:
+            served = await start(nursery, home)
+            async with served.client() as client:
+                seq = await write(client, "create", REGISTRY, "n3", {"name": "b", "region": "eu-north", "price": 2})
+                for name in (long_name, "cheap-eu"):
+                    answer = await reflected(client, name, seq)
+                    assert [m[:2] for m in members(answer)] == [(REGISTRY, "n1"), (REGISTRY, "n3")]
+            served.node.stop()

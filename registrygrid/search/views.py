@@ -246,9 +246,19 @@ def _order_key(sort: q.SortKey) -> Callable[[Member], tuple[Any, int]]:
     return lambda m: (m.value, m.kid)
 
 
+# A file name is at most 255 bytes on the usual file systems.
+_MAX_FILE_STEM = 160
+
+
 def _state_file(folder: Path, name: str) -> Path:
-    # Record ids may hold ':' (names.RECORD_ID); quoted, every name is a plain file name.
-    return folder / f"{quote(name, safe='._-@~+')}.json"
+    # Record ids may hold ':' (names.RECORD_ID); quoted, every name is a plain
+    # file name, but three bytes a ':': a long one made a name the file system
+    # refused, and the failure stopped every view. A long name is cut and
+    # told apart by its digest (the file holds the whole name).
+    stem = quote(name, safe='._-@~+')
+    if len(stem) > _MAX_FILE_STEM:
+        stem = f"{stem[:100]}~{hashlib.sha256(name.encode()).hexdigest()[:32]}"
+    return folder / f"{stem}.json"
 
 
 def _encode_page(member: Member) -> str:
@@ -357,13 +367,13 @@ class Views:
                 members[key] = Member(registry, record_id, value, kid_of(key))
             state = _State(definition, str(data["generation"]), int(data["n"]), int(data["cursor"]),
                            bool(data["truncated"]), members, saved_cursor=int(data["cursor"]))
+            if definition.query is not None:  # values of mixed types don't sort: a damaged file too
+                state.ordered = sorted(members.values(), key=_order_key(definition.query.sort))
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError) as exc:  # torn by hand or another version: made anew
+        except (ValueError, KeyError, TypeError, OSError) as exc:  # torn by hand or another version: made anew
             log.warning("views: state of %s unreadable (%s); materializing it again", definition.name, exc)
             return None
-        if definition.query is not None:
-            state.ordered = sorted(members.values(), key=_order_key(definition.query.sort))
         if data.get("digest") != definition.digest:
             state.definition = replace(definition, digest=str(data.get("digest")))  # _sync resets it
         with self._lock:
@@ -487,10 +497,18 @@ class Views:
         n = events[-1].n if events else state.n
         truncated = state.truncated if truncated is None else truncated
         if save:
-            write_json_durably(_state_file(self.path, definition.name), {
-                "version": STATE_VERSION, "name": definition.name, "digest": definition.digest,
-                "generation": state.generation, "n": n, "cursor": cursor, "truncated": truncated,
-                "members": [[m.registry, m.id, m.value] for m in ordered]})
+            try:
+                write_json_durably(_state_file(self.path, definition.name), {
+                    "version": STATE_VERSION, "name": definition.name, "digest": definition.digest,
+                    "generation": state.generation, "n": n, "cursor": cursor, "truncated": truncated,
+                    "members": [[m.registry, m.id, m.value] for m in ordered]})
+            except OSError as exc:
+                # This view fails (shown as its error, events not emitted, so
+                # none a crash could take back); the others and the index go on.
+                log.warning("views: state of %s could not be saved: %s", definition.name, exc)
+                error = {"message": f"its state could not be saved on this node: {exc}"[:500], "path": ""}
+                events, save = [], False
+                n = state.n
         with self._lock:
             state.definition, state.members, state.ordered = definition, members, ordered
             state.truncated, state.cursor, state.n, state.error = truncated, cursor, n, error
