@@ -14,6 +14,7 @@ import re
 import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 from test_bridge_support import REGISTRY, Served, make_token, metrics_text, raw_request, read_to_the_end, until_metric
@@ -479,6 +480,23 @@ async def test_a_blob_whose_bytes_are_gone_from_the_store_answers_404_not_a_cut_
         ranged = await http.get(f"/v1/blobs/{cid}", headers={"Range": "bytes=10-19"})
     for answer in (whole, ranged):
         assert answer.status_code == 404 and answer.json()["error"]["code"] == "blob_missing"
+
+
+async def test_a_blob_whose_stored_bytes_are_short_is_cut_not_left_waiting_for_bytes_that_never_come(
+        served: Served) -> None:
+    # 200 with the whole Content-Length went out, then the few bytes held,
+    # then nothing: the client waited for good, the node logged nothing.
+    data = os.urandom(PART + 5)
+    cid = (await upload(served, data))["cid"]
+    stored = served.home.path / "objects" / "blobs" / cid
+    stored.write_bytes(data[:1000])  # truncated where it is stored; the index still says PART + 5
+    with trio.fail_after(30):
+        async with served.client() as http:
+            for headers in ({}, {"Range": "bytes=500-1999"}, {"Range": "bytes=0-9,900-1099"}):
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await http.get(f"/v1/blobs/{cid}", headers=headers)
+            metrics = (await http.get("/metrics")).text  # the node serves on, and counted each
+    assert 'rgrid_http_answers_cut_total{code="integrity_error",route="/v1/blobs/{cid}"} 3.0' in metrics
 
 
 def _reset(sock: trio.socket.SocketType) -> None:
