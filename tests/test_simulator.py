@@ -347,3 +347,48 @@ def test_engine_mode_refuses_what_whole_nodes_cannot_play(tmp_path: Path, text: 
 
     with pytest.raises(ValidationError, match=message):
         simulate_engine(small(tmp_path, text), root=tmp_path / "homes")
+
+
+def _processes_under(root: Path) -> list[int]:
+    """The pids whose command line names a path under ``root``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(root) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_real_mode_run_stopped_with_sigterm_stops_its_nodes_and_removes_its_homes(tmp_path: Path) -> None:
+    # SIGTERM ended the run at once: Python skipped its cleanup, and every
+    # node process and the temporary homes outlived it. A scenario it
+    # refused left an empty temporary directory behind.
+    import signal
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "RGRID_HOME": "", "TMPDIR": str(tmp)}
+    refused = subprocess.run([sys.executable, "-m", "registrygrid", "sim", "run", "real-small", "--real",
+                              "--nodes", "51"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    assert refused.returncode != 0 and not list(tmp.iterdir())
+    sim = subprocess.Popen([sys.executable, "-m", "registrygrid", "sim", "run", "real-small", "--real",
+                            "--no-plots", "--out", "out"], cwd=tmp_path, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_processes_under(tmp)) < 3 and time.monotonic() < deadline:  # its nodes are up
+            time.sleep(0.2)
+        assert _processes_under(tmp), "the run started no node"
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(timeout=90)
+        left = _processes_under(tmp)
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+        for pid in _processes_under(tmp):  # never leave a node behind, whatever the outcome
+            os.kill(pid, signal.SIGKILL)
+    assert sim.returncode != 0
+    assert left == [] and not list(tmp.iterdir())

@@ -33,7 +33,8 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -380,11 +381,35 @@ def run_real(scenario: Scenario, *, keep: Path | None = None,
     """Play ``scenario`` on real node processes; the summary. The homes live in
     a temporary directory, removed afterwards unless ``keep`` names one."""
     root = keep or Path(tempfile.mkdtemp(prefix="rgrid-sim-real-"))
-    root.mkdir(parents=True, exist_ok=True)
-    run = RealRun(scenario, root, progress=progress)
+    run: RealRun | None = None
+    with _sigterm_as_exit():
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            run = RealRun(scenario, root, progress=progress)  # a scenario it refuses leaves no directory
+            return run.run()
+        finally:
+            if run is not None:
+                run.close()
+            if keep is None:
+                shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM unwinds the run as Ctrl-C does: Python's default handling
+    ends the process at once, skipping ``finally``, and every node process
+    and the temporary homes outlived it. (The main thread only: a handler
+    can be set nowhere else.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the cleanup it starts is not cut short
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
-        return run.run()
+        yield
     finally:
-        run.close()
-        if keep is None:
-            shutil.rmtree(root, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
