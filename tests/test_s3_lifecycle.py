@@ -243,6 +243,12 @@ def test_the_lifecycle_command_on_a_local_backend_is_a_validation_error(
     ({"object_lock": "strict"}, "assets.s3.object_lock: 'governance' or 'compliance'"),
     ({"lifecycle": "yes"}, "assets.s3.lifecycle: true or false"),
     ({"lifecycle": True, "lifecycle_expire_days": 1}, "lifecycle_expire_days: at least 2"),
+    # A number where a string goes was a TypeError or AttributeError
+    # traceback, and "false" (a string, so true) turned encryption on.
+    ({"server_side_encryption": "false"}, "assets.s3.server_side_encryption: true or false"),
+    ({"region": 7}, "assets.s3.region: a string"),
+    ({"prefix": 5}, "assets.s3.prefix: a string"),
+    ({"access_key": 123}, "assets.s3.access_key: a string"),
 ])
 def test_config_errors_are_validation_errors_with_the_setting_named(
         seaweed: SeaweedS3, tmp_path: Path, grid: LocalRegistry, monkeypatch: pytest.MonkeyPatch,

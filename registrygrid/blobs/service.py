@@ -255,9 +255,16 @@ def _s3_section(section: dict[str, Any]) -> dict[str, Any]:
     s3 = section.get("s3") or {}
     if not isinstance(s3, dict):
         raise ValidationError("config.json assets.s3: an object")
-    if not isinstance(s3.get("lifecycle", False), bool):
-        raise ValidationError(f"config.json assets.s3.lifecycle: true or false, not {s3['lifecycle']!r}",
-                              details=[{"path": "assets.s3.lifecycle"}])
+    # Checked here, by name: a number where a string goes was a TypeError or
+    # AttributeError traceback, and bool("false") turned encryption on.
+    for key in ("lifecycle", "server_side_encryption"):
+        if not isinstance(s3.get(key, False), bool):
+            raise ValidationError(f"config.json assets.s3.{key}: true or false, not {s3[key]!r}",
+                                  details=[{"path": f"assets.s3.{key}"}])
+    for key in ("endpoint", "bucket", "access_key", "secret_key", "secret_key_env", "region", "prefix"):
+        if key in s3 and s3[key] is not None and not isinstance(s3[key], str):
+            raise ValidationError(f"config.json assets.s3.{key}: a string, not {s3[key]!r}",
+                                  details=[{"path": f"assets.s3.{key}"}])
     lock = s3.get("object_lock")
     if lock is not None and lock not in LOCK_MODES:
         raise ValidationError(f"config.json assets.s3.object_lock: {' or '.join(map(repr, LOCK_MODES))} (S3 Object "
@@ -284,6 +291,6 @@ def _objects(home: Home, section: dict[str, Any]) -> ObjectStore:
                                   details=[{"path": f"assets.s3.{k}"} for k in missing or ["secret_key_env"]])
         return S3Objects(bucket=s3["bucket"], endpoint=s3["endpoint"], access_key=s3["access_key"],
                          secret_key=secret, region=s3.get("region", "us-east-1"), prefix=s3.get("prefix", ""),
-                         server_side_encryption=bool(s3.get("server_side_encryption", False)),
+                         server_side_encryption=s3.get("server_side_encryption", False),
                          object_lock=s3.get("object_lock"))
     raise ValidationError(f"config.json assets.backend: 'local' or 's3', not {backend!r}")
