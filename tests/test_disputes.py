@@ -807,3 +807,29 @@ def test_no_record_but_the_report_takes_an_equivocations_dispute_id(twins) -> No
     c.execute([Remote(w, "two") for w in wires(two)])
     (dispute,) = c.disputes()
     assert (dispute["id"], dispute["status"]) == (squatted, "quarantined")
+
+
+def test_a_resolution_that_would_break_the_records_kind_does_not_count_whoever_filed_it(tmp_path: Path) -> None:
+    # The bridge and the SDK's resolve refuse it, but one filed past them (an
+    # SDK put, or a peer's change) removed a required field on every node,
+    # and each later update of the record was refused for it.
+    made = Pair(tmp_path, {"fields": {"name": "manual"}})
+    try:
+        made.create({})
+        made.race({"name": "left"}, {"name": "right"})
+        made.converge()
+        (listed,) = made.a.disputes()
+        with pytest.raises(ValidationError):
+            made.a.resolve_dispute(listed["id"], removed=True)
+        made.a.put("grid.disputes", "dispute-resolution", {"dispute": listed["id"], "outcome": "value",
+                                                           "removed": True}, tags=[listed["id"]])
+        record = made.converge()
+        assert record["fields"]["name"] in {"left", "right"}
+        assert [c["status"] for c in record["conflicts"]] == ["disputed"]
+        assert made.a.engine.metrics["conflicts.resolution_breaks_schema"] >= 1
+        made.a.resolve_dispute(listed["id"], value="settled")  # one that keeps the kind counts
+        made.a.update(REG, "x", patch={"region": "eu"})
+        record = made.converge()
+        assert (record["fields"]["name"], record["fields"]["region"]) == ("settled", "eu")
+    finally:
+        made.close()

@@ -26,7 +26,7 @@ from registrygrid.crdt.record import RecordDoc
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
-from registrygrid.errors import RegistryError
+from registrygrid.errors import RegistryError, SchemaViolation
 from registrygrid.protocol.envelope import cid_to_str
 from registrygrid.storage import records
 from registrygrid.storage.store import Txn
@@ -108,10 +108,41 @@ class Settling(EngineCore):
                 written["roots"] = (doc.get_heads(), roots)
             return roots
 
+        lookup = self._resolutions(txn, registry, record_id, owner)  # type: ignore[attr-defined]
+        found = resolver.settle(doc, frontiers, policy=desc.conflict_rules, kind=kind, registry=registry,
+                                record_id=record_id, describe=describe, created_heads=created_heads,
+                                resolutions=lookup, written=written)
+        breaking = self._schema_breaking(doc, kind, found)
+        if not breaking:
+            return found
+        # Such a resolution does not count, on every node alike (a pure
+        # function of the document and the resolutions): the bridge refused
+        # it, but one written through the SDK or by a peer left the record
+        # outside its kind (a required field removed), and every later
+        # update of it was refused.
+        self.metrics["conflicts.resolution_breaks_schema"] += len(breaking)
         return resolver.settle(doc, frontiers, policy=desc.conflict_rules, kind=kind, registry=registry,
                                record_id=record_id, describe=describe, created_heads=created_heads,
-                               resolutions=self._resolutions(txn, registry, record_id, owner),  # type: ignore[attr-defined]
+                               resolutions=lambda dispute: None if dispute in breaking else lookup(dispute),
                                written=written)
+
+    def _schema_breaking(self, doc: Document, kind: str, found: Sequence[resolver.FieldConflict]) -> set[str]:
+        """The disputes among ``found`` whose resolution, put in the record's
+        fields, leaves them outside the record's kind (each judged alone)."""
+        resolved = [c for c in found if c.status == "resolved" and c.path.startswith("/fields/")]
+        if not resolved:
+            return set()
+        state = RecordDoc(doc).materialize()
+        out = set()
+        for conflict in resolved:
+            fields = resolver.apply({"fields": state.get("fields") or {}}, [conflict])["fields"]
+            try:
+                self.catalog.validate(kind, state.get("schema", 1), fields)
+            except SchemaViolation:
+                out.add(str(conflict.dispute))
+            except RegistryError:
+                continue  # a kind this node does not know (yet): its schema can't be judged here
+        return out
 
     def _audit_settled(self, txn: Txn, registry: str, record_id: str, old: dict[str, Any] | None,
                        conflicts: Sequence[resolver.FieldConflict], cause: str | None) -> None:
