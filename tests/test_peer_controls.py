@@ -266,13 +266,13 @@ async def test_rgrid_peers_deny_and_allow_go_through_the_running_nodes_bridge(tm
             assert "error[validation_failed]" in bad.stderr and "/peers/0" in bad.stderr
 
 
-def test_rgrid_peers_deny_without_a_running_node_says_there_is_nothing_to_deny(tmp_path: Path) -> None:
+def test_rgrid_peers_deny_without_a_running_node_says_the_running_node_makes_it(tmp_path: Path) -> None:
     home = Home(tmp_path / "home")
     home.init(org_name="test org")
     for command in ("deny", "allow"):
         proc = rgrid("peers", command, KeyPair.generate().peer_id, "--home", str(home.path))
         assert proc.returncode == EX_TEMPFAIL, proc.stderr
-        assert "error[unavailable]" in proc.stderr and "nothing to deny" in proc.stderr
+        assert "error[unavailable]" in proc.stderr and "no node runs on this home" in proc.stderr
         assert "rgrid node start" in proc.stderr and proc.stdout == ""
     listed = rgrid("peers", "--home", str(home.path), "--json")  # the listing works as before
     assert listed.returncode == 0 and json.loads(listed.stdout) == {"node": None, "peers": []}
