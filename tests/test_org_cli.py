@@ -97,8 +97,10 @@ def test_rotate_key_keeps_history_and_refuses_the_old_keys_later_changes(rgrid: 
     with registrygrid.LocalRegistry.open_path(thief_path, old_key, owner=Home(home_path).org().org) as thief:  # type: ignore[union-attr]
         with registrygrid.open(home_path) as grid:
             thief.execute([Remote(w, "p") for w in _wires(grid)])
-        assert thief.engine.trust.revoked(old_key.did) is not None
-        thief.engine.trust.check_chain = lambda *args: None  # type: ignore[method-assign]
+        trust = thief.engine.trust
+        assert trust.revoked(old_key.did) is not None
+        trust.check_chain = lambda *args: None  # type: ignore[method-assign]  # a node that ignores it signs
+        trust.at_place = lambda *args: trust  # type: ignore[method-assign]
         thief.put("grid.tools", "tool", {"name": "stolen"}, id="stolen")
         stolen = _wires(thief)[-1]
     with registrygrid.open(home_path) as grid:

@@ -159,13 +159,16 @@ def test_trust_answers_are_the_same_whatever_order_statements_arrive_in(order: l
     now_ms = int(time.time() * 1000)
     assert state.check_speaks_for(node.did, org.did, now_ms) is Verdict.ALLOWED
     assert state.orgs_of(node.did, now_ms) == {node.did, org.did}
-    revoked = state.revoked(node.did)
-    assert revoked is not None
+    revoked = state.revoked(node.did)  # its only delegator's word: the whole key
+    assert revoked is not None and revoked.by == [org.did]
     # The lower cutoff of the two revocations wins; a registry one leaves out is cut at 0.
     assert (revoked.cutoff(TOOLS), revoked.cutoff("grid.x"), revoked.cutoff("grid.y")) == (5, 0, 0)
     state.check_chain(node.did, TOOLS, 5)
     with pytest.raises(KeyRevoked):
         state.check_chain(node.did, TOOLS, 6)
+    with pytest.raises(KeyRevoked):
+        state.at_place(node.did, TOOLS, 6).check_speaks_for(node.did, org.did, now_ms)
+    assert state.at_place(node.did, TOOLS, 6).orgs_of(node.did, now_ms) == {node.did}
 
 
 def test_a_key_with_no_known_delegation_waits_and_one_outside_its_window_is_refused(org_a: KeyPair) -> None:
@@ -847,3 +850,34 @@ def test_an_org_a_federation_admin_removed_writes_nothing_through_a_key_it_deleg
         state.check_speaks_for(later.did, org_b.did, int(time.time() * 1000))
     with pytest.raises(NotMember, match="revoked"):  # ... and after
         check_admission(state, later.did, genesis_id, encode_proof(delegation.encode(), None, None))
+
+
+def test_another_org_that_delegates_a_nodes_key_cannot_revoke_it_nor_take_it_down_by_leaving(
+        tmp_path: Path, org_a: KeyPair, org_b: KeyPair) -> None:
+    # Anyone may delegate any key (a delegation needs only its org's
+    # signature): org B delegated A's node key, revoked it with no cutoffs,
+    # and every node refused every change of A's node, its records gone.
+    with org_node(tmp_path / "a", org_a) as a, org_node(tmp_path / "b", org_b) as b, \
+            LocalRegistry.open_path(tmp_path / "c", KeyPair.generate()) as c:
+        a.put(TOOLS, "tool", {"name": "mine"}, id="mine")
+        a_node = a.engine.key.did
+        publish(b, sign_delegation(org_b, a_node, ["reader"]))
+        publish(b, sign_revocation(org_b, a_node, {}))
+        publish(b, sign_revocation(org_b, org_b.did, {}))  # ... and B leaves, taking "its" keys along
+        for source in (a, b):
+            deliver(c, source)
+        deliver(a, b)
+        a.put(TOOLS, "tool", {"name": "later"}, id="later")
+        deliver(c, a)
+        assert sorted(r["id"] for r in c.list(TOOLS).items) == ["later", "mine"]
+        # A's own word still ends its delegation: A's node's later changes are refused everywhere.
+        seq = c.engine.version_vector(TOOLS)[TOOLS][a_node]
+        publish(a, sign_revocation(org_a, a_node, {TOOLS: seq}, reason="key stolen"))
+        a_refused = None
+        try:
+            a.put(TOOLS, "tool", {"name": "after"}, id="after")
+        except KeyRevoked as exc:
+            a_refused = exc
+        assert a_refused is not None and org_a.did in a_refused.message
+        deliver(c, a)
+        assert sorted(r["id"] for r in c.list(TOOLS).items) == ["later", "mine"]

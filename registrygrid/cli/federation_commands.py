@@ -294,8 +294,15 @@ def register(cli: click.Group) -> None:
             raise PolicyDenied(f"{key.did} is not an admin of federation {fed.name}; admins: {list(fed.claims.admins)}")
         with open_backend(home_obj.path) as backend:
             statements = list(backend.iter_all(MEMBERS_REGISTRY))
-        subjects = [subject] + sorted({s["fields"]["subject"] for s in statements
-                                       if s["kind"] == "delegation" and s["fields"]["org"] == subject})
+        # An admin's revocation cuts a key whole, so it names only the keys
+        # the org alone delegated: another org may delegate any key (a node
+        # of its own that the revoked org delegated too), and its changes for
+        # the revoked org count no more once the org is revoked anyway.
+        delegators: dict[str, set[str]] = {}
+        for s in statements:
+            if s["kind"] == "delegation":
+                delegators.setdefault(s["fields"]["subject"], set()).add(s["fields"]["org"])
+        subjects = [subject] + sorted(key for key, orgs in delegators.items() if orgs == {subject})
         cutoffs = heads_held(home_obj, subjects)
         published = []
         for did in subjects:

@@ -497,7 +497,8 @@ class RemoteIngest(EngineCore):
             # legacy create's claim is its Automerge change alone.
             claim = state if body.is_snapshot else RecordDoc.apply(None, body.payload).materialize()
             created = claim.get("created") if isinstance(claim.get("created"), dict) else {}
-            verdict = access.check_create(self.trust, desc, author=body.author, record_id=body.record,
+            verdict = access.check_create(self.trust.at_place(body.author, body.registry, body.seq), desc,
+                                          author=body.author, record_id=body.record,
                                           owner=claim.get("owner"), created_by=created.get("by"), at_ms=at_ms,
                                           statement=statement, policy=self.policy, kind=body.kind,
                                           fields=claim.get("fields"))
@@ -514,8 +515,8 @@ class RemoteIngest(EngineCore):
             return verdict
         if old is None:
             raise MalformedInput(f"a {body.op} of {body.registry}/{body.record}, which has no create")
-        return access.check_modify(self.trust, desc, op=body.op, author=body.author, before=old, after=state,
-                                   at_ms=at_ms, policy=self.policy)
+        return access.check_modify(self.trust.at_place(body.author, body.registry, body.seq), desc, op=body.op,
+                                   author=body.author, before=old, after=state, at_ms=at_ms, policy=self.policy)
 
     def _keep_refused(self, txn: Txn, batch: Batch, env: Envelope, why: RegistryError, peer: str,
                       *, audit: bool = True) -> IngestResult:

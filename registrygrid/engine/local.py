@@ -53,7 +53,7 @@ from registrygrid.schemas import KindSchema
 from registrygrid.storage import pending, records
 from registrygrid.storage.store import Txn
 from registrygrid.trust import access
-from registrygrid.trust.state import Verdict
+from registrygrid.trust.state import PlacedTrust, Verdict
 from registrygrid.trust.statements import MEMBERS_REGISTRY
 
 
@@ -84,13 +84,13 @@ class LocalWrites(EngineCore):
             raise AlreadyExists(f"{registry}/{record_id} already exists; update it instead")
         hlc = self.clock.tick()
         owner = statement.org if statement is not None else self.owner
-        self._check_own_chain(txn, batch, registry)
+        placed = self._check_own_chain(txn, batch, registry)
         if old is not None:
             if old["kind"] != kind.name:
                 raise Conflict(f"{registry}/{record_id} was a {old['kind']}; a deleted record keeps its kind")
             if registry == regs.REGISTRY_OF_REGISTRIES:
                 regs.check_descriptor_change(record_id, old["fields"], fields)
-            self._local_verdict(access.check_modify(self.trust, desc, op="create", author=self.key.did,
+            self._local_verdict(access.check_modify(placed, desc, op="create", author=self.key.did,
                                                     before=old, after=None, at_ms=hlc.wall_ms, policy=self.policy,
                                                     after_fields=fields, local_roles=op.roles), old["owner"])
             doc = self._doc_for_write(txn, batch, registry, record_id)
@@ -102,7 +102,7 @@ class LocalWrites(EngineCore):
             state = state_after_edit(old, schema=kind.version, fields=fields, tags=tags, links=links, deleted=False)
             made = self._draft(txn, batch, registry, record_id, "create", kind, hlc, change=change)
         else:
-            self._local_verdict(access.check_create(self.trust, desc, author=self.key.did, record_id=record_id,
+            self._local_verdict(access.check_create(placed, desc, author=self.key.did, record_id=record_id,
                                                     owner=owner, created_by=self.key.did, at_ms=hlc.wall_ms,
                                                     statement=statement, policy=self.policy, kind=kind.name,
                                                     fields=fields, local_roles=op.roles), owner)
@@ -145,7 +145,7 @@ class LocalWrites(EngineCore):
         version = op.schema if op.schema is not None else old["schema"]
         kind = self._kind_for(desc, old["kind"], version)
         hlc = self.clock.tick()
-        self._check_own_chain(txn, batch, registry)
+        placed = self._check_own_chain(txn, batch, registry)
         if op.fields is not None:
             fields = dict(op.fields)
         else:
@@ -158,7 +158,7 @@ class LocalWrites(EngineCore):
                 fields = merge_patch(fields, op.patch)
         fields = checked_fields(fields, desc.max_record_bytes)
         checked_json(fields)  # what Automerge cannot hold, named by its path before the schema sees it
-        self._local_verdict(access.check_modify(self.trust, desc, op="update", author=self.key.did, before=old,
+        self._local_verdict(access.check_modify(placed, desc, op="update", author=self.key.did, before=old,
                                                 after=None, at_ms=hlc.wall_ms, policy=self.policy,
                                                 after_fields=fields, local_roles=op.roles), old["owner"])
         self.catalog.validate(kind.name, kind.version, fields)
@@ -190,8 +190,8 @@ class LocalWrites(EngineCore):
     def _delete(self, txn: Txn, batch: Batch, op: Delete) -> WriteResult:
         registry, record_id, desc, old = self._edited(txn, op)
         hlc = self.clock.tick()
-        self._check_own_chain(txn, batch, registry)
-        self._local_verdict(access.check_modify(self.trust, desc, op="delete", author=self.key.did, before=old,
+        placed = self._check_own_chain(txn, batch, registry)
+        self._local_verdict(access.check_modify(placed, desc, op="delete", author=self.key.did, before=old,
                                                 after=None, at_ms=hlc.wall_ms, policy=self.policy,
                                                 local_roles=op.roles), old["owner"])
         kind = self.catalog.get(old["kind"], old["schema"])
@@ -284,7 +284,7 @@ class LocalWrites(EngineCore):
         if batch.unblocked:  # a report held a fork's change: what built on it is judged now
             self._release(txn, batch, None, "parked")
 
-    def _check_own_chain(self, txn: Txn, batch: Batch, registry: str) -> None:
+    def _check_own_chain(self, txn: Txn, batch: Batch, registry: str) -> PlacedTrust:
         """Whether this node's key may sign its next change in ``registry``:
         not while its store recovers the key's history (the next sequence
         number may be one its peers hold already), nor once the key is
@@ -297,6 +297,7 @@ class LocalWrites(EngineCore):
                 details={"since_ms": self.recovering.get("since_ms")})
         seq, _ = self._head(txn, batch, registry, self.key.did)
         self.trust.check_chain(self.key.did, registry, seq + 1)
+        return self.trust.at_place(self.key.did, registry, seq + 1)  # its next change, as peers will judge it
 
     def _local_verdict(self, verdict: Verdict, org: str) -> None:
         """A local write never waits: a delegation this node lacks is one it

@@ -116,15 +116,25 @@ class Rebuilds(EngineCore):
 
     def _rebuild_revoked_key(self, txn: Txn, batch: Batch, subject: str, cause: Envelope,
                              origin: str) -> None:
-        revoked = self.trust.revoked(subject)
-        if revoked is None:
+        # Any revocation of the key, whoever signed it (the key's own or an
+        # admin's cuts it whole; an org's ends that org's delegation), and
+        # any org that delegated it and was removed (its changes for that
+        # org then count only up to an admin's cutoffs): the records whose
+        # changes past the lowest cutoff may no longer count are judged again.
+        revoked = self.trust.any_revocation(subject)
+        removed = any(self.trust.org_removed(d.org) for d in self.trust.delegations.get(subject, ()))
+        if revoked is None and not removed:
             return
+
+        def cutoff(registry: str) -> int:
+            return 0 if removed or revoked is None else revoked.cutoff(registry)
+
         targets: set[tuple[str, str]] = set()
         for registry, authors in chains.heads(self.store, txn).items():
             head = authors.get(subject, 0)
-            if registry == MEMBERS_REGISTRY or head <= revoked.cutoff(registry):
+            if registry == MEMBERS_REGISTRY or head <= cutoff(registry):
                 continue
-            for _, cid in chains.links_after(self.store, txn, registry, subject, revoked.cutoff(registry)):
+            for _, cid in chains.links_after(self.store, txn, registry, subject, cutoff(registry)):
                 body = self._held_body(txn, batch, cid)  # type: ignore[attr-defined]
                 if body is None:  # erased: nothing of it counts anywhere
                     continue
@@ -212,7 +222,8 @@ class Rebuilds(EngineCore):
                     created = claim["created"] if isinstance(claim.get("created"), dict) else {}
                     statement = read_statement(body.kind, record_id, claim["fields"]) \
                         if registry == MEMBERS_REGISTRY else None
-                    verdict = access.check_create(self.trust, desc, author=body.author, record_id=record_id,
+                    verdict = access.check_create(self.trust.at_place(body.author, registry, body.seq), desc,
+                                                  author=body.author, record_id=record_id,
                                                   owner=claim.get("owner"), created_by=created.get("by"),
                                                   at_ms=at_ms, statement=statement, policy=self.policy,
                                                   kind=body.kind, fields=claim.get("fields"))
@@ -232,7 +243,8 @@ class Rebuilds(EngineCore):
                     judged_before = state
                     if set(body.deps) != heads:  # concurrent: judged on what its author saw (_judged_before)
                         judged_before = candidate_doc.materialize(heads=list(body.deps))
-                    verdict = access.check_modify(self.trust, desc, op=body.op, author=body.author,
+                    verdict = access.check_modify(self.trust.at_place(body.author, registry, body.seq), desc,
+                                                  op=body.op, author=body.author,
                                                   before={**judged_before, "registry": registry, "id": record_id},
                                                   after=own, at_ms=at_ms, policy=self.policy)
                 if verdict is Verdict.WAIT:

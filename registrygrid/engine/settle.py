@@ -90,7 +90,8 @@ class Settling(EngineCore):
                 writer = resolver.Writer(change_id=f"automerge:{change_hash.hex()}", author="unknown", hlc=(0, 0))
             else:
                 body = self._change_body(txn, batch, cid)
-                subject = access.subject_of(self.trust, body.author, body.hlc[0], owner)
+                subject = access.subject_of(self.trust.at_place(body.author, registry, body.seq), body.author,
+                                            body.hlc[0], owner)
                 writer = resolver.Writer(change_id=cid_to_str(cid), author=body.author, hlc=tuple(body.hlc),
                                          roles=subject.roles, for_owner=owner in subject.orgs)
             if len(known) >= resolver.MAX_WRITTEN:  # as resolver._written_at bounds it

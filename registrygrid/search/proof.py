@@ -88,7 +88,7 @@ def _replay(engine: Any, desc: regs.RegistryDescriptor, envelopes: list[Envelope
     statement = read_statement(genesis.kind, genesis.record, state["fields"]) \
         if desc.name == MEMBERS_REGISTRY else None
     _check_signer(engine, envelopes[0], access.check_create(
-        engine.trust, desc, author=genesis.author, record_id=genesis.record, owner=state.get("owner"),
+        engine.trust.at_place(genesis.author, genesis.registry, genesis.seq), desc, author=genesis.author, record_id=genesis.record, owner=state.get("owner"),
         created_by=created.get("by"), at_ms=genesis.hlc[0], statement=statement, policy=engine.policy,
         kind=genesis.kind, fields=state.get("fields")))
     record = materialized(state, envelopes[0], None)
@@ -109,7 +109,7 @@ def _replay(engine: Any, desc: regs.RegistryDescriptor, envelopes: list[Envelope
         doc = RecordDoc.apply(doc.save(), body.payload)
         after = doc.materialize()
         _check_signer(engine, env, access.check_modify(
-            engine.trust, desc, op=body.op, author=body.author, before=record, after=after, at_ms=body.hlc[0],
+            engine.trust.at_place(body.author, body.registry, body.seq), desc, op=body.op, author=body.author, before=record, after=after, at_ms=body.hlc[0],
             policy=engine.policy))
         record = materialized(after, env, record)
     return record

@@ -95,6 +95,7 @@ def check_admission(trust: TrustState, peer_did: str, federation_id: str, proof_
         # removed org's key delegated after its removal is named by no
         # revocation, and its changes are cut with the org (trust/state.py).
         raise NotMember(f"org {org} was revoked from {genesis.name}; its nodes are refused")
-    if trust.revoked(peer_did) is not None:
-        raise NotMember(f"node key {peer_did} was revoked ({', '.join(trust.revoked(peer_did).by)})")  # type: ignore[union-attr]
+    revoked = trust.revoked(peer_did) or trust.revoked_for(peer_did, org)
+    if revoked is not None:  # cut whole, or by the org it says it speaks for
+        raise NotMember(f"node key {peer_did} was revoked ({', '.join(revoked.by)})")
     return Admitted(org=org, roles=claims.roles)

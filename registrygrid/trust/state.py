@@ -12,11 +12,18 @@ it arrives. Rules:
   window covers t and that grants a writing role (node, writer or admin).
   Of several delegations covering t, the latest issued (greatest
   ``not_before``) gives the roles, so a renewal can change them.
-* A revocation of key K by an org that delegated K (or by K itself) names,
-  per registry, the last of K's changes that stays valid. K's later changes
-  there, and all of K's changes in registries it does not name, are
-  refused. Two revocations of one key keep the lower cutoff per registry,
-  whatever their order.
+* A revocation of key K names, per registry, the last of K's changes that
+  stays valid (its cutoffs; a registry it does not name is cut at 0). Two
+  revocations keep the lower cutoff per registry, whatever their order.
+  By K itself, by a federation admin, or by every org that delegated K
+  (the common case: a node's own org), it cuts the key whole: K's later
+  changes are refused, whatever org they speak for. By one org O among
+  several, it ends O's delegation of K there: K's later changes no longer
+  speak for O (``at_place``), and K's standing for the other orgs that
+  delegated it is untouched. (Anyone may delegate any key, since a
+  delegation needs only its org's signature: when any delegator's word
+  cut the whole key, a member could delegate another org's node key,
+  revoke it, and every node refused that node's changes.)
 * A change whose author is not known to speak for the org it needs, and
   of whom no delegation at all is known, *waits* for one (like a missing
   dependency: it may be in flight); a known key that lacks this org's
@@ -25,9 +32,10 @@ it arrives. Rules:
 * In a federation (a genesis is set), an org counts only once it is a
   member: a founder, or invited by enough of the genesis admins
   (trust/federation.py). A change for an org that is not (yet) a member
-  waits for its invitation. Revocations then also count when a federation
-  admin signed them, and an org revoked that way takes every key it
-  delegated with it: keys its revocation does not name are cut at 0.
+  waits for its invitation. A federation admin's revocation cuts a key
+  whole; an org revoked (by an admin, or by itself) speaks only through
+  the keys an admin's revocation names, up to their cutoffs: any other key
+  it delegated, before or after, speaks for it no more.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from registrygrid.errors import DelegationExpired, KeyRevoked, NotOwner, Quarantined, RegistryError
 from registrygrid.identity.delegation import DelegationBody
@@ -60,20 +69,28 @@ class Verdict(Enum):
 
 @dataclass(frozen=True)
 class Revoked:
-    """The revocations of one key that count (see ``TrustState.revoked``)."""
+    """Revocations of one key that count (see ``TrustState.revoked``)."""
 
-    statements: tuple[RevocationBody, ...]
-    removed_with: tuple[str, ...] = ()  # revoked orgs that delegated this key (it is cut at 0)
+    statements: tuple[RevocationBody, ...]  # each cuts the key whole (its own, an admin's)
+    # When every org that delegated the key withdrew it: each one's
+    # revocations (none: the org was removed, its side cut at 0). The key
+    # counts for nobody past the highest of their cutoffs: each org's word
+    # ends its own delegation only.
+    delegators: tuple[tuple[RevocationBody, ...], ...] = ()
+    removed_with: tuple[str, ...] = ()  # revoked orgs that delegated this key
 
     @property
     def by(self) -> list[str]:
-        return sorted({r.org for r in self.statements} | set(self.removed_with))
+        return sorted({r.org for r in self.statements} | {r.org for revs in self.delegators for r in revs}
+                      | set(self.removed_with))
 
     def cutoff(self, registry: str) -> int:
         # The lowest cutoff wins; a registry a revocation leaves out is cut at 0.
-        if self.removed_with and not self.statements:
-            return 0
-        return min(r.cutoffs.get(registry, 0) for r in self.statements)
+        limits = [min(r.cutoffs.get(registry, 0) for r in self.statements)] if self.statements else []
+        if self.delegators:
+            limits.append(max(min((r.cutoffs.get(registry, 0) for r in revs), default=0)
+                              for revs in self.delegators))
+        return min(limits)
 
 
 _SERIALS = itertools.count()
@@ -156,16 +173,41 @@ class TrustState:
         return True
 
     def revoked(self, key: str) -> Revoked | None:
-        """The revocations of ``key`` that count: those by the key itself or by
-        an org that delegated it. One whose delegation has not arrived yet
-        starts to count when it does, so arrival order does not matter."""
+        """The revocations that cut ``key`` whole: by the key itself, by a
+        federation admin, or by its delegators once every org that
+        delegated it withdrew it (revoked it, or was removed: then it is
+        cut at 0 where no revocation names it). One org's word alone ends
+        that org's delegation only (``at_place``). A delegation or an
+        invitation that comes later is taken whenever it comes: arrival
+        order does not matter. (A member org's own key is never cut whole
+        by a delegator's word.)"""
         seen = self._revocations.get(key, ())
         delegators = {d.org for d in self.delegations.get(key, ())}
-        counted = tuple(r for r in seen if r.org == key or r.org in delegators or self.is_admin(r.org))
-        removed_with = tuple(sorted(org for org in delegators if self._org_removed(org)))
-        if counted or removed_with:
-            return Revoked(counted, removed_with)
-        return None
+        removed = {org for org in delegators if self._org_removed(org)}
+        whole = tuple(r for r in seen if r.org == key or self.is_admin(r.org))
+        withdrawn = bool(delegators) and delegators <= {r.org for r in seen} | removed \
+            and not (self.federation is not None and self.is_member(key))
+        if not withdrawn:
+            return Revoked(whole) if whole else None
+        sides = tuple(() if org in removed else tuple(r for r in seen if r.org == org) for org in sorted(delegators))
+        return Revoked(whole, sides, tuple(sorted(removed)))
+
+    def revoked_for(self, key: str, org: str) -> Revoked | None:
+        """The revocations of ``key`` by ``org`` (not the key, not an admin):
+        past their cutoffs, the key speaks for ``org`` no more."""
+        counted = tuple(r for r in self._revocations.get(key, ()) if r.org == org != key)
+        return Revoked(counted) if counted else None
+
+    def any_revocation(self, key: str) -> Revoked | None:
+        """Every revocation of ``key``, whoever signed it: the lowest cutoffs
+        any of them set, where changes may have stopped counting for some
+        org (what a rebuild looks at)."""
+        seen = tuple(self._revocations.get(key, ()))
+        return Revoked(seen) if seen else None
+
+    def at_place(self, author: str, registry: str, seq: int) -> PlacedTrust:
+        """This state as it judges ``author``'s change ``seq`` in ``registry``."""
+        return PlacedTrust(self, author, registry, seq)
 
     def org_removed(self, org: str) -> bool:
         """Whether a federation admin (or the org itself) revoked ``org``."""
@@ -253,7 +295,7 @@ class TrustState:
                     f"there from #{since} on are quarantined (this is #{seq}); see `rgrid disputes list`")
         if author not in self._revocations:
             return
-        revoked = self.revoked(author)
+        revoked = self.revoked(author)  # whole-key cuts; an org's own: PlacedTrust
         if revoked is not None and seq > revoked.cutoff(registry):
             raise KeyRevoked(
                 f"{author} was revoked by {', '.join(revoked.by)}; its changes in {registry} "
@@ -292,3 +334,42 @@ class TrustState:
         # Not a member (yet): its invitation may be in flight, so wait for
         # it; an org that was revoked is cut by check_chain instead.
         return Verdict.ALLOWED if self.is_member(org) else Verdict.WAIT
+
+
+class PlacedTrust:
+    """A trust state as it judges one change: ``author``'s change ``seq`` in
+    ``registry``. An org's revocation of the author (not the author's own,
+    not an admin's: those cut the whole key, ``check_chain``) ends that
+    org's delegation from its cutoffs on: past them, the author speaks for
+    that org no more, holds none of its roles, and counts as none of its
+    members; its standing for any other org is the state's. Everything
+    else is the state's own."""
+
+    def __init__(self, state: TrustState, author: str, registry: str, seq: int) -> None:
+        self.state = state
+        self.author = author
+        self.registry = registry
+        self.seq = seq
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.state, name)
+
+    def _cut(self, key: str, org: str) -> Revoked | None:
+        if key != self.author or key == org:
+            return None
+        revoked = self.state.revoked_for(key, org)
+        return revoked if revoked is not None and self.seq > revoked.cutoff(self.registry) else None
+
+    def check_speaks_for(self, author: str, org: str, at_ms: int) -> Verdict:
+        verdict = self.state.check_speaks_for(author, org, at_ms)
+        cut = self._cut(author, org)
+        if cut is not None:
+            raise KeyRevoked(f"{author} was revoked by {org}; its changes in {self.registry} after "
+                             f"#{cut.cutoff(self.registry)} no longer speak for {org} (this is #{self.seq})")
+        return verdict
+
+    def delegation_at(self, key: str, org: str, at_ms: int) -> DelegationBody | None:
+        return None if self._cut(key, org) is not None else self.state.delegation_at(key, org, at_ms)
+
+    def orgs_of(self, key: str, at_ms: int) -> frozenset[str]:
+        return frozenset(org for org in self.state.orgs_of(key, at_ms) if self._cut(key, org) is None)
