@@ -165,6 +165,8 @@ def test_revoke_names_every_key_the_org_delegated_however_many_statements_the_st
     statements = [delegation_record(sign_delegation(org_key(Home(a)), KeyPair.generate().did, ["writer"]))
                   for _ in range(1500)]
     statements += [delegation_record(sign_delegation(org_key(Home(b)), did, ["writer"])) for did in b_keys]
+    # B delegated A's node key too: an admin's revocation would cut it whole, so it is not named.
+    statements.append(delegation_record(sign_delegation(org_key(Home(b)), Home(a).node_key().did, ["reader"])))
     with registrygrid.open(a) as grid:
         grid.put_many([Put("grid.members", "delegation", fields, record_id=rid) for rid, fields in statements])
     revoked = ok_json(rgrid, "federation", "revoke", b_org, home=a)
