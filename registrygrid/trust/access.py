@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from registrygrid.errors import NotOwner, PolicyDenied, RegistryError
 from registrygrid.trust.policy import Decision, PolicySet, Subject, refuse, touched_fields
-from registrygrid.trust.state import TrustState, Verdict
+from registrygrid.trust.state import TrustView, Verdict
 from registrygrid.trust.statements import MEMBERS_REGISTRY, Statement
 
 if TYPE_CHECKING:  # the engine owns descriptors; trust only reads them
@@ -49,7 +49,7 @@ DISPUTES_REGISTRY = "grid.disputes"  # crdt/disputes.py (trust does not import c
 ERASURES_REGISTRY = "grid.erasures"  # engine/erasure.py (trust does not import the engine)
 
 
-def check_create(trust: TrustState, desc: RegistryDescriptor, *, author: str, record_id: str, owner: Any,
+def check_create(trust: TrustView, desc: RegistryDescriptor, *, author: str, record_id: str, owner: Any,
                  created_by: Any, at_ms: int, statement: Statement | None = None, policy: PolicySet | None = None,
                  kind: str = "", fields: Mapping[str, Any] | None = None, local_roles: Sequence[str] = ()) -> Verdict:
     """May ``author`` create this record for ``owner``? ALLOWED, WAIT (its
@@ -61,7 +61,7 @@ def check_create(trust: TrustState, desc: RegistryDescriptor, *, author: str, re
     return _verdict(judged)
 
 
-def check_modify(trust: TrustState, desc: RegistryDescriptor, *, op: str, author: str,
+def check_modify(trust: TrustView, desc: RegistryDescriptor, *, op: str, author: str,
                  before: Mapping[str, Any], after: Mapping[str, Any] | None, at_ms: int,
                  policy: PolicySet | None = None, after_fields: Mapping[str, Any] | None = None,
                  local_roles: Sequence[str] = ()) -> Verdict:
@@ -89,7 +89,7 @@ def _verdict(judged: _Judged | Verdict) -> Verdict:
     raise refuse(judged.decision)
 
 
-def judge_create(trust: TrustState, desc: RegistryDescriptor, *, author: str, record_id: str, owner: Any,
+def judge_create(trust: TrustView, desc: RegistryDescriptor, *, author: str, record_id: str, owner: Any,
                  created_by: Any, at_ms: int, statement: Statement | None = None, policy: PolicySet | None = None,
                  kind: str = "", fields: Mapping[str, Any] | None = None,
                  local_roles: Sequence[str] = ()) -> _Judged | Verdict:
@@ -123,7 +123,7 @@ def _own_record(owner: str) -> _Judged:
     return _Judged(Decision(True, "builtin:own-record", f"{owner} creates its own record"), None)
 
 
-def judge_modify(trust: TrustState, desc: RegistryDescriptor, *, op: str, author: str, before: Mapping[str, Any],
+def judge_modify(trust: TrustView, desc: RegistryDescriptor, *, op: str, author: str, before: Mapping[str, Any],
                  after: Mapping[str, Any] | None, at_ms: int, policy: PolicySet | None = None,
                  after_fields: Mapping[str, Any] | None = None,
                  local_roles: Sequence[str] = ()) -> _Judged | Verdict:
@@ -188,7 +188,7 @@ def _own_supplement(author: str, before: Mapping[str, Any], after: Mapping[str, 
     return old == new and old_mine == new_mine
 
 
-def subject_of(trust: TrustState, author: str, at_ms: int, owner: str | None,
+def subject_of(trust: TrustView, author: str, at_ms: int, owner: str | None,
                local_roles: Sequence[str] = ()) -> Subject:
     """Who the signer is at that moment, as policies see it (plus, for a
     write through this node's bridge, the token's local role)."""
@@ -223,7 +223,7 @@ def _decide(policy: PolicySet | None, desc: RegistryDescriptor, subject: Callabl
                                  through_bridge=through_bridge), refusal)
 
 
-def _write_policy_refusal(trust: TrustState, desc: RegistryDescriptor, author: str, owner: str,
+def _write_policy_refusal(trust: TrustView, desc: RegistryDescriptor, author: str, owner: str,
                           at_ms: int) -> PolicyDenied | None:
     if desc.write_policy == "owner" and desc.owner is not None and owner != desc.owner:
         return PolicyDenied(f"registry {desc.name} is writable by its owner org {desc.owner} only (owner "
@@ -248,7 +248,7 @@ def _created(record: Mapping[str, Any]) -> tuple[Any, Any]:
 _TOUCHED = object()  # stands for "a new value" in an explained change's fields
 
 
-def explain(trust: TrustState, desc: RegistryDescriptor, policy: PolicySet | None, *, subject: str, action: str,
+def explain(trust: TrustView, desc: RegistryDescriptor, policy: PolicySet | None, *, subject: str, action: str,
             record: Mapping[str, Any] | None, fields: Iterable[str] = (), at_ms: int,
             local_roles: Sequence[str] = ()) -> Decision:
     """The decision every node would reach if ``subject`` (a key, or an org
@@ -289,7 +289,7 @@ def explain(trust: TrustState, desc: RegistryDescriptor, policy: PolicySet | Non
     return judged.decision
 
 
-def may_resolve(trust: TrustState, author: str | None, at_ms: int, *, registry_owner: str | None,
+def may_resolve(trust: TrustView, author: str | None, at_ms: int, *, registry_owner: str | None,
                 owners: Iterable[str]) -> bool:
     """May ``author``, at ``at_ms``, decide a dispute (crdt/disputes.py)? When
     it speaks for a federation admin org, the registry's owner org, or one

@@ -373,3 +373,7 @@ class PlacedTrust:
 
     def orgs_of(self, key: str, at_ms: int) -> frozenset[str]:
         return frozenset(org for org in self.state.orgs_of(key, at_ms) if self._cut(key, org) is None)
+
+
+# What judges a change: the state, or the state at the change's place.
+TrustView = TrustState | PlacedTrust
