@@ -43,6 +43,8 @@ def org_key(home: Home, key_file: Path | None = None) -> KeyPair:
         raise NotInitialized(f"{home.path} has no org; run `rgrid init`")
     path = key_file or home.org_key_path
     if not path.exists():
+        if key_file is not None:  # it was given: say so, not "give it"
+            raise NotInitialized(f"--org-key {key_file}: no such file")
         raise NotInitialized(f"the org key is not in this home ({home.org_key_path}); give it with --org-key FILE")
     key = read_key_file(path)
     if key.did != membership.org:

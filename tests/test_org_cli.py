@@ -247,3 +247,11 @@ def test_init_refuses_an_org_name_the_org_record_would_refuse_and_writes_nothing
     assert proc.returncode == 65 and "--org-name" in proc.stderr and "Traceback" not in proc.stderr
     assert not Home(home).exists()
     assert rgrid("init", "--org-name", "acme", home=home).returncode == 0
+
+
+def test_an_org_key_file_that_does_not_exist_is_named_as_given(rgrid: Run, tmp_path: Path) -> None:
+    # It said "the org key is not in this home ...; give it with --org-key FILE" to one who had.
+    home = tmp_path / "home"
+    Home(home).init(org_name="acme")
+    proc = rgrid("org", "renew", "--org-key", str(tmp_path / "nowhere.key"), home=home)
+    assert proc.returncode != 0 and f"--org-key {tmp_path / 'nowhere.key'}: no such file" in proc.stderr
