@@ -103,7 +103,7 @@ class RealNode:
     def wait_ready(self, deadline: float) -> BridgeClient:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise Unavailable(f"node {self.index} exited at start (see {self.log}); its log ends:\n"
+                raise Unavailable(f"node {self.index} exited at start; its log ({self.log}, kept with --keep) ends:\n"
                                   f"{self.log_tail()}")
             info = _bridge_file(self.home)
             if info is not None:
@@ -115,7 +115,10 @@ class RealNode:
                 except RegistryError:
                     pass
             time.sleep(0.1)
-        raise Unavailable(f"node {self.index} did not serve within {START_TIMEOUT_S:g} s (see {self.log})")
+        # Its log is named with its tail: the run's directory (and the log)
+        # is removed when the run ends, unless --keep.
+        raise Unavailable(f"node {self.index} did not serve within {START_TIMEOUT_S:g} s; its log ({self.log}, "
+                          f"kept with --keep) ends:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 15) -> str:
         try:
