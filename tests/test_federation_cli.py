@@ -143,6 +143,13 @@ def test_a_node_announces_where_it_listens_and_members_lists_it(rgrid: Run, tmp_
     assert again["status"] in ("updated", "unchanged")
     bad = rgrid("federation", "announce", "--endpoint", "/ip4/1.2.3.4/tcp/1", home=home)
     assert bad.returncode == EX_DATAERR and "/p2p" in bad.stderr
+    # Another node's peer ID was published as this node's endpoint.
+    from registrygrid.identity.keys import KeyPair
+
+    elsewhere = f"/ip4/1.2.3.4/tcp/1/p2p/{KeyPair.generate().peer_id}"
+    bad = rgrid("federation", "announce", "--endpoint", elsewhere, home=home)
+    assert bad.returncode == EX_DATAERR and "another peer than this node" in bad.stderr
+    assert ok_json(rgrid, "federation", "members", home=home)["members"][0]["endpoints"] == [addr]
 
 
 def test_revoke_names_every_key_the_org_delegated_however_many_statements_the_store_holds(

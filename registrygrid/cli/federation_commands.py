@@ -212,6 +212,12 @@ def register(cli: click.Group) -> None:
         if membership is None:
             raise ValidationError(f"{home_obj.path} has no org; run `rgrid init`")
         key = home_obj.node_key()
+        # An endpoint names the peer it dials: another node's would send the
+        # members who dial it there, where it is not this node.
+        others = [addr for addr in addrs if not addr.endswith(f"/p2p/{key.peer_id}")]
+        if others:
+            raise ValidationError(f"--endpoint {others[0]} names another peer than this node ({key.peer_id})",
+                                  details=[{"path": "--endpoint"}])
         fields = {"subject_type": "system", "display_name": f"node {key.peer_id}", "did": key.did,
                   "org": f"grid.orgs/{membership.org}", "status": "active",
                   "capabilities": sorted(set(capabilities or ("gossip", "sync"))),
