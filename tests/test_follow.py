@@ -365,3 +365,42 @@ def test_a_read_answer_naming_gone_places_is_checked_before_any_of_it_applies() 
     # An answer without gone places is encoded as before they existed.
     plain = remote_read.ReadResponse(REG, [], [], [], False)
     assert msgspec.msgpack.decode(remote_read.encode_response(plain)) == [REG, [], [], [], False]
+
+
+async def test_a_registry_larger_than_one_read_is_refused_for_a_follow_which_takes_it_in_several_syncs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # After its pages ran out, a read showed the records of the pages it got
+    # as the registry's, and a follow counted its sync whole.
+    from registrygrid.node import remote_read as node_read
+
+    monkeypatch.setattr(remote_read, "MAX_RESPONSE_ENVELOPES", 2)
+    monkeypatch.setattr(node_read, "MAX_PAGES", 2)
+    with trio.fail_after(120):
+        async with _owner_and_follower(tmp_path, PUBLIC) as (two, a0, b0):
+            await a0.node.submit([Put(REG, "cluster", {"name": f"gpu-{i}"}, record_id=f"gpu-{i}") for i in range(9)])
+            with pytest.raises(Unavailable, match="larger than one read"):
+                await b0.fed.reader.read(REG)
+            await b0.fed.follows.follow(REG)
+            await eventually(lambda: len(_copy(b0)) == 9, 30, "every record, sync after sync")
+            assert b0.fed.follows.metrics["follow.partial"] >= 1
+
+
+async def test_a_provider_that_says_it_has_more_but_sends_nothing_new_is_a_liar(tmp_path: Path) -> None:
+    # The reader asked again and again until its pages ran out, and a follow
+    # counted that a success.
+    import msgspec
+
+    from registrygrid.node import remote_read as node_read
+
+    with trio.fail_after(120):
+        async with _owner_and_follower(tmp_path, PUBLIC) as (two, a0, b0):
+            await a0.node.submit([Put(REG, "cluster", {"name": "gpu"}, record_id="gpu")])
+
+            async def stall(peer_id: str, request: bytes) -> bytes:
+                answer = remote_read.decode_response(node_read.answer_read(request, a0.node.engine))
+                return remote_read.encode_response(msgspec.structs.replace(answer, more=True))
+
+            assert a0.fed.host is not None
+            a0.fed.host.set_handler(remote_read.READ_PROTOCOL_ID, stall)
+            with pytest.raises(Unavailable, match="sent nothing that moved"):
+                await b0.fed.follows.follow(REG)

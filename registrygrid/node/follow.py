@@ -262,7 +262,8 @@ class Follows:
             scratch = await trio.to_thread.run_sync(LocalRegistry.open_path, incoming, self.key)
             kept = False
             try:
-                applied = await fetch_into(self.host, scratch, name, peer, provider["addrs"])
+                fetched = await fetch_into(self.host, scratch, name, peer, provider["addrs"])
+                applied = fetched.applied
                 check_descriptor(scratch, resolution)
                 kept = True
             except RegistryError as exc:
@@ -277,7 +278,11 @@ class Follows:
             status = FollowStatus(name, resolution["owner"], now, now, peer, None, applied)
             final = await trio.to_thread.run_sync(self._keep, incoming, status)
             registry = await trio.to_thread.run_sync(LocalRegistry.open_path, final, self.key)
-            return Mirror(name, final, registry, status)
+            mirror = Mirror(name, final, registry, status)
+            if not fetched.complete:  # larger than one sync's pages: the next goes on at once
+                self.metrics["follow.partial"] += 1
+                mirror.wake.set()
+            return mirror
         raise Unavailable(f"no provider of {name} gave a verifiable answer"
                           + (f" ({'; '.join(refusals)[:500]})" if refusals else " (none is known)"),
                           details={"refusals": refusals})
@@ -354,7 +359,8 @@ class Follows:
                 continue
             try:
                 with mirror.use() as registry:
-                    applied = await fetch_into(self.host, registry, name, peer, provider["addrs"])
+                    fetched = await fetch_into(self.host, registry, name, peer, provider["addrs"])
+                    applied = fetched.applied
                     described = registry.get(regs.REGISTRY_OF_REGISTRIES, name)
             except RegistryError as exc:
                 refusals.append(self._refused(name, peer, exc))
@@ -370,6 +376,9 @@ class Follows:
             mirror.status.synced_changes += applied
             self.metrics["follow.synced"] += 1
             self.metrics["follow.changes"] += applied
+            if not fetched.complete:  # larger than one sync's pages: the next goes on at once
+                self.metrics["follow.partial"] += 1
+                mirror.wake.set()
             return
         mirror.status.last_error = "no provider answered: " + ("; ".join(refusals)[:500] or "none is known")
         self.metrics["follow.sync_failed"] += 1

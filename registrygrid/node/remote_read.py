@@ -23,6 +23,7 @@ import logging
 import shutil
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -155,7 +156,11 @@ class RemoteReader:
         try:
             scratch = LocalRegistry.open_path(root, KeyPair.generate())
             try:
-                applied = await fetch_into(self.host, scratch, resolution["name"], peer, addrs)
+                fetched = await fetch_into(self.host, scratch, resolution["name"], peer, addrs)
+                if not fetched.complete:
+                    raise Unavailable(f"{resolution['name']} is larger than one read takes ({MAX_PAGES} pages): "
+                                      "follow it instead (`rgrid registry follow`)")
+                applied = fetched.applied
                 check_descriptor(scratch, resolution)
                 if record_id is not None:
                     try:
@@ -197,16 +202,25 @@ async def dial(host: Any, peer: str, addrs: list[str]) -> None:
             continue
 
 
-async def fetch_into(host: Any, target: LocalRegistry, name: str, peer: str, addrs: list[str]) -> int:
+@dataclass(frozen=True)
+class Fetched:
+    applied: int
+    complete: bool  # False: MAX_PAGES pages and the provider still had more
+
+
+async def fetch_into(host: Any, target: LocalRegistry, name: str, peer: str, addrs: list[str]) -> Fetched:
     """Page ``peer``'s answers for registry ``name`` into ``target``, asking
     for what ``target`` lacks (the registry's changes, the statements and
     the descriptor's chains, each by its version vector), every change
-    checked by ``target``'s engine as it applies. The number applied;
-    ValidationError naming the first change that failed, or counting those
-    left waiting for changes the provider never sent."""
+    checked by ``target``'s engine as it applies, for at most MAX_PAGES
+    pages. ValidationError naming the first change that failed, counting
+    those left waiting for changes the provider never sent, or saying the
+    provider had more but sent nothing new (the loop ran its pages out, and
+    a follow counted it a success)."""
     await dial(host, peer, addrs)
     applied = 0
     waiting: set[str] = set()
+    complete = False
     for _ in range(MAX_PAGES):
         vectors = target.engine.version_vector()
         request = proto.encode_request(name, vectors.get(name, {}),
@@ -219,13 +233,19 @@ async def fetch_into(host: Any, target: LocalRegistry, name: str, peer: str, add
         answer = proto.decode_response(data)
         if answer.registry != name:
             raise ValidationError(f"it answered for {answer.registry!r}, not {name!r}")
+        before = vectors.get(name, {})
         applied += await trio.to_thread.run_sync(_replay, target, answer, peer, waiting)
         if not answer.more:
+            complete = True
             break
+        if target.engine.version_vector(name).get(name, {}) == before:
+            # Pages are cut in causal order: each moves the cursor, or the
+            # provider is stalling (saying "more" with nothing new).
+            raise ValidationError("it said it had more but sent nothing that moved the copy on")
     if waiting:
         raise ValidationError(f"{len(waiting)} of its changes wait for changes it did not send "
                               f"(first: {min(waiting)})")
-    return applied
+    return Fetched(applied, complete)
 
 
 def check_descriptor(target: LocalRegistry, resolution: dict[str, Any]) -> dict[str, Any]:
