@@ -482,6 +482,16 @@ async def test_a_blob_whose_bytes_are_gone_from_the_store_answers_404_not_a_cut_
         assert answer.status_code == 404 and answer.json()["error"]["code"] == "blob_missing"
 
 
+async def test_a_retention_date_already_past_is_refused_not_taken_as_done(served: Served) -> None:
+    # `rgrid asset retain CID --until 1970-01-02` answered 200 and kept nothing.
+    cid = (await upload(served, os.urandom(100)))["cid"]
+    async with served.client() as admin:
+        past = await admin.put(f"/v1/blobs/{cid}/retention", json={"until_ms": 86_400_000})
+        assert past.status_code == 422 and "in the past" in past.json()["error"]["message"]
+        assert (await admin.get(f"/v1/blobs/{cid}")).status_code == 200
+        assert (await admin.delete(f"/v1/blobs/{cid}")).status_code == 200  # nothing was retained
+
+
 async def test_a_blob_whose_stored_bytes_are_short_is_cut_not_left_waiting_for_bytes_that_never_come(
         served: Served) -> None:
     # 200 with the whole Content-Length went out, then the few bytes held,

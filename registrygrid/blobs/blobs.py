@@ -38,6 +38,7 @@ from registrygrid.errors import (
     NotFound,
     RegistryError,
     TooLarge,
+    ValidationError,
 )
 from registrygrid.storage import blobs as index
 from registrygrid.storage.blobs import BlobEntry
@@ -302,6 +303,11 @@ class BlobStore:
             if until_ms < entry.retain_until_ms:
                 raise RetentionHeld(f"retention of {cid_text(cid)} can only be extended",
                                     details=[{"retain_until_ms": entry.retain_until_ms}])
+            if until_ms <= self.now_ms():
+                # A date already past kept nothing (and said it was done): a
+                # typo of the year, most likely.
+                raise ValidationError(f"retention until {until_ms} (unix ms) is in the past: it would keep "
+                                      "nothing", details=[{"path": "until"}])
             self._protect(cid, retain_until_ms=until_ms)
             new = msgspec.structs.replace(entry, retain_until_ms=until_ms)
             index.replace_blob(self.store, cid, new)
