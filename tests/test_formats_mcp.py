@@ -11,6 +11,7 @@ does not model) and checks import -> export -> import is the identity."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -83,6 +84,19 @@ def test_a_directory_imports_what_is_valid_and_reports_the_rest(grid: LocalRegis
     report = importer.Importer(grid).run(importer.read_documents(FIXTURES))
     assert report.created == len(VALID) and len(report.invalid) == len(INVALID)
     assert report.by_format == {"mcp": len(VALID) + len(INVALID)}
+
+
+def test_a_json_entry_of_a_directory_that_is_not_a_regular_file_is_reported_not_skipped(
+        grid: LocalRegistry, tmp_path: Path) -> None:
+    # A FIFO or a dangling link named *.json was left out without a word, and the import looked whole.
+    import os
+
+    shutil.copy(FIXTURES / "valid" / "minimal.json", tmp_path / "good.json")
+    os.mkfifo(tmp_path / "pipe.json")
+    (tmp_path / "gone.json").symlink_to(tmp_path / "nowhere")
+    report = importer.Importer(grid).run(importer.read_documents(tmp_path))
+    assert report.created == 1 and len(report.invalid) == 2
+    assert "not a regular file" in str(report.invalid) and "no such file" in str(report.invalid)
 
 
 def test_a_new_version_is_a_new_record_and_a_changed_one_is_updated(grid: LocalRegistry, tmp_path: Path) -> None:

@@ -101,7 +101,10 @@ def read_documents(path: Path) -> list[Document]:
 
 
 def _documents_in(path: Path) -> Iterator[Document]:
-    files = sorted(p for p in path.rglob("*.json") if p.is_file()) if path.is_dir() else [path]
+    # Every *.json that is not a folder: a FIFO, a device or a dangling link
+    # is reported as a document that could not be read (it was skipped
+    # without a word, and the import looked whole).
+    files = sorted(p for p in path.rglob("*.json") if not p.is_dir()) if path.is_dir() else [path]
     if not files:
         raise NotFound(f"no .json files in {path}")
     read = 0
