@@ -22,7 +22,7 @@ from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend
 from registrygrid.cli.options import home_option, json_option
 from registrygrid.cli.values import check_writable
-from registrygrid.errors import EX_DATAERR
+from registrygrid.errors import EX_DATAERR, ValidationError
 from registrygrid.files import write_file
 from registrygrid.formats import importer
 from registrygrid.logs import one_line
@@ -45,7 +45,13 @@ Examples:
         from registrygrid.cli.values import read_json_file
         from registrygrid.formats import a2a
 
-        keys = a2a.load_keys(read_json_file(keys_file)) if keys_file is not None else None
+        keys = None
+        if keys_file is not None:
+            jwks = read_json_file(keys_file)  # names the file if it is not JSON
+            try:
+                keys = a2a.load_keys(jwks)
+            except ValidationError as exc:  # "not a JWKS" alone did not say which file
+                raise ValidationError(f"--keys {keys_file}: {exc.message}", details=exc.details) from None
         documents = importer.read_documents(path)
         with open_backend(home) as backend:
             report = _with_progress(backend, documents, keys, quiet=as_json)
