@@ -140,7 +140,7 @@ def test_rgrid_import_takes_a_jwks_of_trusted_keys(tmp_path: Path, keys: dict[st
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["created"] == 1
     assert json.loads(listed.stdout)[0]["signatures"]
-    # A file that is JSON but no JWKS is named in the error ("not a JWKS" alone said which? none).
+    # A file that is JSON but no JWKS is named in the error ("not a JWKS" alone named no file).
     (tmp_path / "bogus.json").write_text(json.dumps({"keys": [{"kty": "bogus"}]}))
     refused = rgrid("import", str(tmp_path / "card.json"), "--keys", str(tmp_path / "bogus.json"))
     assert refused.returncode == 65 and f"--keys {tmp_path / 'bogus.json'}: not a JWKS" in refused.stderr
