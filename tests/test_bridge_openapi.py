@@ -449,6 +449,8 @@ STATE_REFUSALS = [
     # Whether a blob's bytes are a ZIP the node reads.
     *[(path, code, "") for path in ("/v1/blobs/{cid}/manifest", ENTRY_ROUTE) for code in ("zip_malformed",
                                                                                              "zip_refused")],
+    # A retention must end in the future: the clock is state.
+    ("/v1/blobs/{cid}/retention", "validation_failed", "retention until -?\\d+ \\(unix ms\\) is in the past"),
     # A feed cursor must be one this node gave: not beyond its feed head (how far the feed reaches is data).
     *[(path, "validation_failed", r"since \d+ is beyond this node's feed head")
       for path in ("/v1/changes", "/v1/changes/ws")],

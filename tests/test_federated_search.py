@@ -208,3 +208,66 @@ def test_a_query_or_an_answer_nested_past_the_parsers_depth_is_malformed_not_a_c
             answer_peer(SearchIndex(tmp_path / "index"), grid, request, ("grid.clusters",))
     finally:
         grid.close()
+
+
+async def test_a_peers_hits_count_only_as_the_query_asked_for_them(tmp_path: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # A peer's hits were taken as authentic records alone: a token limited to
+    # one registry was shown another registry's record, a forged sort value
+    # put a record first (and a string among numbers answered 500), and a
+    # hit sent a hundred times was scored a hundred times.
+    import json
+
+    networks = "grid.networks"
+    with trio.fail_after(120):
+        async with cluster(tmp_path) as nodes:
+            a0 = await nodes.start("a0", components=[SearchService()])
+            a1 = await nodes.start("a1", a0.fed.addrs(), components=[SearchService()])
+            await full_mesh([a0, a1])
+            await a1.node.submit([Put(LOCAL, "cluster", {"name": f"c{i}", "description": "speech", "price": i},
+                                      record_id=f"c{i}") for i in range(3)])
+            await a1.node.submit([Put(networks, "network", {"name": "secretnet", "description": "speech"},
+                                      record_id="net1")])
+            await eventually(lambda: len(list(a0.registry.iter_all(LOCAL))) == 3
+                             and len(list(a0.registry.iter_all(networks))) == 1, 30, "both registries on a0")
+            await _indexed(a0, a1)
+            serve = a1.fed._answer_search
+            lie: dict[str, Any] = {}
+
+            async def hostile(peer_id: str, request: bytes) -> bytes:
+                real = wire.decode_response(await serve(peer_id, request))
+                everything = wire.encode_request(json.dumps({"text": "speech", "limit": 100}).encode(), 2000)
+                hits = list(wire.decode_response(await serve(peer_id, everything)).hits)
+                by_id = {h.id: h for h in hits}
+                if lie["kind"] == "scope":
+                    hits = [by_id["net1"]]
+                elif lie["kind"] == "sort":
+                    hits = [msgspec.structs.replace(by_id["c2"], sort_value=-1e300),
+                            msgspec.structs.replace(by_id["c1"], sort_value="zzz")]
+                elif lie["kind"] == "repeat":
+                    hits = [by_id["c2"]] * 100
+                else:  # honest
+                    hits = [by_id[f"c{i}"] for i in range(3)]
+                return wire.encode_response(msgspec.structs.replace(real, hits=hits))
+
+            assert a1.fed.host is not None
+            a1.fed.host.set_handler(wire.SEARCH_PROTOCOL_ID, hostile)
+            lie["kind"] = "scope"
+            answer = await federated_search(a0.node, {"text": "speech", "federated": True}, (LOCAL,))
+            assert {i["registry"] for i in answer["items"]} == {LOCAL}
+            assert _by_source(answer)[a1.peer_id]["unverified"] == 1
+            lie["kind"] = "sort"
+            answer = await federated_search(a0.node, {"text": "speech", "sort": {"field": "price", "order": "asc"},
+                                                      "federated": True})
+            assert [(i["id"], i["sort_value"]) for i in answer["items"]] == [("c0", 0), ("c1", 1), ("c2", 2)]
+            assert _by_source(answer)[a1.peer_id]["unverified"] == 2
+            lie["kind"] = "repeat"
+            answer = await federated_search(a0.node, {"text": "speech", "federated": True})
+            (c2,) = [i for i in answer["items"] if i["id"] == "c2"]
+            assert c2["sources"].count(a1.peer_id) == 1 and _by_source(answer)[a1.peer_id]["unverified"] == 99
+            # Checking is bounded (one peer's 72 copies of a record of 256 changes took 20 s): what is
+            # past the budget is counted, not checked.
+            lie["kind"] = "honest"
+            monkeypatch.setattr(node_search, "MAX_CHECKED_CHANGES", 1)
+            answer = await federated_search(a0.node, {"text": "speech", "federated": True})
+            assert _by_source(answer)[a1.peer_id]["unchecked"] == 2

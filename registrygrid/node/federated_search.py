@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,15 +42,21 @@ from registrygrid.node.remote_read import dial
 from registrygrid.node.transport import P2PError
 from registrygrid.protocol import federated_search as wire
 from registrygrid.search import query as q
+from registrygrid.search.fields import normalize
 from registrygrid.search.index import doc_key, kid_of
 from registrygrid.search.proof import rebuild_record
-from registrygrid.search.service import answer_peer, readable_registries
+from registrygrid.search.service import answer_peer, readable_registries, verifier
 
 log = logging.getLogger(__name__)
 
 # Peers asked at once: each is one request and one answer of up to 8 MiB;
 # 32 covers a federation's connected members (the node keeps at most 64).
 MAX_PEERS = 32
+# What checking the peers' hits of one query may take: changes replayed, and
+# at least this long past the query's deadline (one peer sent one record
+# of 256 changes 72 times: 20 s for a query of 500 ms).
+MAX_CHECKED_CHANGES = 20_000
+MIN_CHECK_S = 1.0
 # Followed registries asked at once (a node follows at most 64).
 MAX_FOLLOWED = 16
 # Rank fusion's constant (Cormack et al. 2009): rank r counts 1 / (K + r).
@@ -78,6 +85,7 @@ class _Source:
     response: wire.SearchResponse | None = None
     hits: list[dict[str, Any]] = field(default_factory=list)  # verified: registry, id, record, rank, sort_value
     unverified: int = 0
+    unchecked: int = 0  # hits left unchecked: the query's checking budget ran out
     total: int = 0
     failure: RegistryError | None = None  # the local index's refusal (a bad query): the caller's error
     answer: dict[str, Any] = field(default_factory=dict)  # the local index's whole answer (facets, total)
@@ -90,7 +98,7 @@ class _Source:
         if self.status == "ok":
             out["total"] = self.total
             if self.response is not None:
-                out.update(unverified=self.unverified, withheld=self.response.withheld,
+                out.update(unverified=self.unverified, unchecked=self.unchecked, withheld=self.response.withheld,
                            indexed_through=self.response.indexed_through)
         if self.error is not None:
             out["error"] = self.error
@@ -134,7 +142,7 @@ async def federated_search(node: Any, body: Any, scope: tuple[str, ...] | None =
     if local.status != "ok":  # the local index's own error (a bad query, no semantic extra): the caller's
         assert local.failure is not None
         raise local.failure
-    await trio.to_thread.run_sync(_verify_all, node, federation, sources)
+    await trio.to_thread.run_sync(_verify_all, node, federation, sources, query, scope)
     if metrics is not None:
         metrics["search.unverified"] += sum(s.unverified for s in sources)
     return _merge(query, sources, local)
@@ -202,18 +210,40 @@ async def _ask_peer(federation: Any, source: _Source, peer: str, addrs: list[str
     source.status = "ok"
 
 
-def _verify_all(node: Any, federation: Any, sources: list[_Source]) -> None:
+def _verify_all(node: Any, federation: Any, sources: list[_Source], query: q.Query,
+                scope: tuple[str, ...] | None) -> None:
     """Rebuild every remote hit from its changes (a worker thread): the
     federation's registries by this node's engine, a followed registry's by
-    its copy's."""
+    its copy's. A hit counts only if it is one the query asked for: in the
+    token's registries and the query's, passing its filter, its sort value
+    one the record holds, once per source. (A peer's hits were taken as
+    authentic records alone: a token limited to one registry was shown
+    another's, and a forged sort value or a hit sent a hundred times put a
+    record first.) Checking stops at the query's deadline or
+    MAX_CHECKED_CHANGES changes: the rest are counted ``unchecked``."""
+    allowed = set(scope) if scope is not None else None
+    asked = set(query.registries) or None
+    org_verified, local_org = verifier(node.engine), node.engine.owner
+    stop = time.monotonic() + max(query.federated.deadline_ms / 1000 if query.federated else 0, MIN_CHECK_S)
+    changes = 0
     for source in sources:
         if source.kind == LOCAL or source.response is None:
             continue
         source.total = source.response.total
         mirror = federation.follows.mirror(source.registry) \
             if source.kind == "provider" and federation.follows is not None else None
+        seen: set[tuple[str, str]] = set()
         for rank, hit in enumerate(source.response.hits):
+            if time.monotonic() > stop or changes + len(hit.changes) > MAX_CHECKED_CHANGES:
+                source.unchecked = len(source.response.hits) - rank
+                break
             try:
+                if (hit.registry, hit.id) in seen:
+                    raise Unverifiable("it sent this hit twice")
+                seen.add((hit.registry, hit.id))
+                if (allowed is not None and hit.registry not in allowed) or (asked and hit.registry not in asked):
+                    raise Unverifiable(f"the query did not ask for {hit.registry}")
+                changes += len(hit.changes)
                 if source.kind == "provider":
                     if mirror is None or hit.registry != source.registry:
                         raise Unverifiable(f"it answered for {hit.registry}, not the followed {source.registry}")
@@ -221,12 +251,35 @@ def _verify_all(node: Any, federation: Any, sources: list[_Source]) -> None:
                         record = rebuild_record(copy.engine, hit.registry, hit.id, hit.changes)
                 else:
                     record = rebuild_record(node.engine, hit.registry, hit.id, hit.changes)
+                sort_value = _checked(query, record, hit.sort_value, org_verified, local_org)
             except RegistryError as exc:
                 source.unverified += 1
                 log.warning("search: dropped %s/%s from %s: %s", hit.registry, hit.id, source.name, exc.message)
                 continue
             source.hits.append({"registry": hit.registry, "id": hit.id, "record": record, "rank": rank,
-                                "sort_value": hit.sort_value})
+                                "sort_value": sort_value})
+
+
+def _checked(query: q.Query, record: dict[str, Any], sort_value: Any, org_verified: Any,
+             local_org: str | None) -> Any:
+    """``sort_value`` if the rebuilt ``record`` passes the query's filter and
+    holds that value in the sorted field; Unverifiable otherwise. (Its text
+    is not scored again: a peer's relevance is its own index's.)"""
+    doc = normalize(record, org_verified=org_verified, local_org=local_org)
+    if query.filter is not None and not q.matches(query.filter, doc):
+        raise Unverifiable("the record does not pass the query's filter")
+    if query.sort.field == "relevance":
+        return None
+    if not isinstance(sort_value, (int, float, str)) or isinstance(sort_value, bool) \
+            or not any(q.equal(v, sort_value) for v in q.lookup(doc, query.sort.field)):
+        raise Unverifiable(f"its {query.sort.field} is not the sort value it gave ({str(sort_value)[:40]})")
+    return sort_value
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    # Numbers before strings: a field may hold either (fields.<path>), and
+    # comparing them raised TypeError (a 500).
+    return (0, float(value)) if isinstance(value, (int, float)) else (1, str(value))
 
 
 def _merge(query: q.Query, sources: list[_Source], local: _Source) -> dict[str, Any]:
@@ -253,7 +306,7 @@ def _merge(query: q.Query, sources: list[_Source], local: _Source) -> dict[str, 
             item.pop("sort_value")
     else:
         present = [i for i in items if i["sort_value"] is not None]
-        present.sort(key=lambda i: i["sort_value"], reverse=query.sort.descending)
+        present.sort(key=lambda i: _sort_key(i["sort_value"]), reverse=query.sort.descending)
         items = present + [i for i in items if i["sort_value"] is None]
     for item in items:
         item["score"] = round(item["score"], 6)

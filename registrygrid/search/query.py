@@ -488,12 +488,16 @@ def matches(node: Node, doc: Mapping[str, Any]) -> bool:
     return any(v >= want for v in numbers)  # ge
 
 
-def _equal(have: Any, want: Any) -> bool:
+def equal(have: Any, want: Any) -> bool:
+    """A filter's equality: booleans, strings and numbers each their own."""
     if isinstance(have, bool) or isinstance(want, bool):
         return isinstance(have, bool) and isinstance(want, bool) and have == want
     if isinstance(have, str) or isinstance(want, str):
         return isinstance(have, str) and isinstance(want, str) and have == want
     return float(have) == float(want)
+
+
+_equal = equal
 
 
 # ---------------------------------------------------------------- cursors

@@ -674,7 +674,10 @@ SCHEMAS: dict[str, Any] = {
         "status": {"enum": ["ok", "timeout", "failed"]},
         "hits": {**SEQ, "description": "its hits shown (verified)"},
         "total": {**SEQ, "description": "matches in its index, over what this node may read there"},
-        "unverified": {**SEQ, "description": "its hits dropped: their changes did not verify here"},
+        "unverified": {**SEQ, "description": "its hits dropped: their changes did not verify here, or the "
+                       "query did not ask for them (another registry, its filter, a sort value the record does "
+                       "not hold, a hit sent twice)"},
+        "unchecked": {**SEQ, "description": "its hits left unchecked: the query's checking budget ran out"},
         "withheld": {**SEQ, "description": "hits it left out (a record of too many changes, or its byte cap)"},
         "indexed_through": {**SEQ, "description": "the feed sequence its index had reached"},
         "error": STRING,
@@ -1407,7 +1410,7 @@ def _asset_paths() -> dict[str, Any]:
              **_asset_errors("400", "401", "403", "404", "409", "413", "422", "429", "503")},
             tags=tags, params=[p_cid], body=_body("RetentionSet"),
             description="Retention only grows (as S3 Object Lock's compliance mode): an earlier until_ms than "
-                        "the blob's is refused (409 retention_held).")},
+                        "the blob's is refused (409 retention_held), and one already past (422).")},
         "/v1/blobs/{cid}/holds/{name}": {
             "put": _op("setBlobHold", "Set a named legal hold: no purge while any is set (admin)",
                        {**_json("200", "BlobMeta", "held"),
