@@ -881,3 +881,28 @@ def test_another_org_that_delegates_a_nodes_key_cannot_revoke_it_nor_take_it_dow
         assert a_refused is not None and org_a.did in a_refused.message
         deliver(c, a)
         assert sorted(r["id"] for r in c.list(TOOLS).items) == ["later", "mine"]
+
+
+def test_a_change_for_an_org_whose_delegation_of_its_key_comes_later_counts_whatever_the_order(
+        tmp_path: Path, org_a: KeyPair, org_b: KeyPair) -> None:
+    # K speaks for A and for B. Where A's delegation came, then K's create of
+    # a record of B's, then B's delegation, the create was refused (K was
+    # known, for another org) and stayed refused; where B's came first, it
+    # counted: two nodes holding the same changes showed different records.
+    key = KeyPair.generate()
+    with org_node(tmp_path / "k", org_a, key) as k, org_node(tmp_path / "b", org_b) as b:
+        publish(b, sign_delegation(org_b, key.did, ["node", "writer"]))
+        k.engine.owner = org_b.did  # K writes for B
+        deliver(k, b)
+        k.put(TOOLS, "tool", {"name": "for-b"}, id="kb1")
+        by_k, by_b = feed_wires(k), feed_wires(b)
+    of_a = by_k[0]
+    create = next(w for w in by_k if open_envelope(w).body.record == "kb1")
+    digests = []
+    for name, order in (("late", [[of_a], [create], by_b]), ("early", [by_b, [of_a], [create]])):
+        with LocalRegistry.open_path(tmp_path / name, KeyPair.generate()) as replica:
+            for batch in order:
+                replica.execute([Remote(w, "p") for w in batch])
+            assert replica.get(TOOLS, "kb1")["owner"] == org_b.did, name
+            digests.append(replica.state_digest())
+    assert digests[0] == digests[1]

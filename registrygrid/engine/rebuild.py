@@ -116,29 +116,39 @@ class Rebuilds(EngineCore):
 
     def _rebuild_revoked_key(self, txn: Txn, batch: Batch, subject: str, cause: Envelope,
                              origin: str) -> None:
-        # Any revocation of the key, whoever signed it (the key's own or an
-        # admin's cuts it whole; an org's ends that org's delegation), and
-        # any org that delegated it and was removed (its changes for that
-        # org then count only up to an admin's cutoffs): the records whose
-        # changes past the lowest cutoff may no longer count are judged again.
+        """After a statement about ``subject``, judge again the records whose
+        verdicts on its changes it may have turned: past the lowest cutoff
+        of any revocation of it (the key's own or an admin's cuts it whole;
+        an org's ends that org's delegation), from 0 when an org that
+        delegated it was removed (its changes for that org then count only
+        up to an admin's cutoffs), those that count; and, for a key several
+        orgs delegated, those refused: a change for an org whose delegation
+        came later was refused as not its (the key was known for another),
+        and stayed refused where it had come first."""
+        delegators = {d.org for d in self.trust.delegations.get(subject, ())}
         revoked = self.trust.any_revocation(subject)
-        removed = any(self.trust.org_removed(d.org) for d in self.trust.delegations.get(subject, ()))
-        if revoked is None and not removed:
+        removed = any(self.trust.org_removed(org) for org in delegators)
+        several = len(delegators) > 1
+        if revoked is None and not removed and not several:
             return
 
-        def cutoff(registry: str) -> int:
-            return 0 if removed or revoked is None else revoked.cutoff(registry)
+        def cutoff(registry: str) -> int | None:  # past it, what counts may stop counting
+            if removed:
+                return 0
+            return revoked.cutoff(registry) if revoked is not None else None
 
         targets: set[tuple[str, str]] = set()
         for registry, authors in chains.heads(self.store, txn).items():
-            head = authors.get(subject, 0)
-            if registry == MEMBERS_REGISTRY or head <= cutoff(registry):
+            head, cut = authors.get(subject, 0), cutoff(registry)
+            start = 0 if several else (cut or 0)
+            if registry == MEMBERS_REGISTRY or head <= start:
                 continue
-            for _, cid in chains.links_after(self.store, txn, registry, subject, cutoff(registry)):
+            for seq, cid in chains.links_after(self.store, txn, registry, subject, start):
                 body = self._held_body(txn, batch, cid)  # type: ignore[attr-defined]
                 if body is None:  # erased: nothing of it counts anywhere
                     continue
-                if records.counts(self.store, txn, registry, body.record, cid, body.change_hash):
+                counts = records.counts(self.store, txn, registry, body.record, cid, body.change_hash)
+                if (counts and cut is not None and seq > cut) or (several and not counts):
                     targets.add((registry, body.record))
         for registry, record_id in sorted(targets):
             self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)
