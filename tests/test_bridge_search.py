@@ -280,6 +280,21 @@ async def test_an_out_of_range_bound_or_a_forged_cursor_is_refused_not_a_server_
     assert r.status_code == 422, r.text
 
 
+@pytest.mark.parametrize(("query", "status"), [
+    ({"filter": {"field": "name", "prefix": "n" * 1000}}, 422),  # past any indexed value (tantivy: 500)
+    ({"boosts": [{"filter": {"field": "name", "prefix": "n" * 1000}, "weight": 2}]}, 422),
+    ({"filter": {"field": "fields.n", "lt": -1e16}}, 200),  # written -1e+16 for the query parser: a 500
+    ({"filter": {"field": "fields.n", "ge": -1e-05}}, 200),
+    ({"sort": "price", "cursor": _cursor("price", 1, "\u00b2")}, 422),  # a Unicode digit: int() refused it
+], ids=["long-prefix", "long-prefix-boost", "negative-exponent", "small-negative-exponent", "unicode-digit-kid"])
+async def test_queries_that_answered_500_are_answered_or_refused_by_name(
+        searching: Served, query: dict[str, Any], status: int) -> None:
+    with trio.fail_after(30):
+        async with searching.client() as client:
+            r = await client.post("/v1/search", json=query)
+    assert r.status_code == status, r.text
+
+
 async def test_a_body_that_is_no_json_object_is_refused_before_the_parser(searching: Served) -> None:
     with trio.fail_after(30):
         async with searching.client() as client:

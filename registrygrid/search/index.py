@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -485,7 +486,9 @@ class SearchIndex:
             return found if value else _negate(found)
         if op == "eq" and isinstance(value, str):
             return tantivy.Query.term_query(self.schema, path, value)
-        bound = repr(float(value))
+        # Written out, never with an exponent: the query parser refused
+        # "-1e+16" (a 500), though it takes "1e+16".
+        bound = format(Decimal(repr(float(value))), "f")
         syntax = {"eq": f"[{bound} TO {bound}]", "lt": f"{{* TO {bound}}}", "le": f"[* TO {bound}]",
                   "gt": f"{{{bound} TO *}}", "ge": f"[{bound} TO *]"}[op]
         return self.index.parse_query(f"{path}:{syntax}")

@@ -327,8 +327,11 @@ def parse_filter(obj: Any, path: str, budget: list[int] | None = None) -> Node:
             raise _error(at, f"a non-empty list of at most {MAX_IN} values")
         value = tuple(_value(kind, v, f"{at}/{i}") for i, v in enumerate(value))
     elif op == "prefix":
-        if not isinstance(value, str) or not value:
-            raise _error(at, "a non-empty string")
+        # Longer than any value the index keeps, it matches nothing; tantivy
+        # refused its automaton (a 500) from ~980 characters.
+        if not isinstance(value, str) or not value or len(value) > MAX_VALUE_CHARS:
+            raise _error(at, f"a non-empty string of at most {MAX_VALUE_CHARS} characters (no longer value "
+                             "is indexed)")
     elif op in ("lt", "le", "gt", "ge"):
         if kind == "user" and isinstance(value, str):
             raise _error(at, "a number")
@@ -513,6 +516,11 @@ def encode_cursor(cursor: Cursor) -> str:
     return b64url.encode(msgspec.msgpack.encode(cursor))
 
 
+def _digits(text: str) -> bool:
+    # ASCII: str.isdigit() takes "²", which int() refuses (a 500).
+    return text.isascii() and text.isdigit()
+
+
 def decode_cursor(text: str, sort: SortKey) -> Cursor:
     try:
         cursor = msgspec.msgpack.decode(b64url.decode(text), type=Cursor)
@@ -525,11 +533,11 @@ def decode_cursor(text: str, sort: SortKey) -> Cursor:
         valid = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RELEVANCE_WINDOW
     elif FIELDS[sort.field].type == KEYWORD:
         valid = (isinstance(value, str) and len(value) <= MAX_VALUE_CHARS
-                 and cursor.key.isdigit() and int(cursor.key) < 2**62)
+                 and _digits(cursor.key) and int(cursor.key) < 2**62)
     else:
         valid = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
                  and (FIELDS[sort.field].type != DATE or -MAX_DATE <= value <= MAX_DATE)
-                 and cursor.key.isdigit() and int(cursor.key) < 2**62)
+                 and _digits(cursor.key) and int(cursor.key) < 2**62)
     if not valid:
         raise _error("/cursor", "not a cursor this node made")
     return cursor
