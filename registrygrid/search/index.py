@@ -699,6 +699,7 @@ class SearchIndex:
                    bool(doc.get_first("verified")), reputation, value, int(doc["kid"][0]))
 
     def _facets(self, searcher: Any, query: q.Query, base: tantivy.Query) -> dict[str, list[dict[str, Any]]]:
+        # The 50 most frequent values (the API documents the cap).
         spec = {name: {"terms": {"field": name, "size": 50}} for name in query.facets}
         answer = searcher.aggregate(base, spec)
         out: dict[str, list[dict[str, Any]]] = {}

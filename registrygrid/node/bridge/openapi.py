@@ -687,7 +687,8 @@ SCHEMAS: dict[str, Any] = {
         "total": {**SEQ, "description": "records that match, over every page (a sort by a field lists only the "
                                         "records that have it, so its pages may hold fewer)"},
         "facets": {"type": "object", "description": "for each facet asked for: its values over every match, "
-                                                    "most frequent first",
+                                                    "most frequent first, at most 50 (the counts of the others "
+                                                    "are not given)",
                    "additionalProperties": {"type": "array", "items": _obj({
                        "value": {"type": ["string", "boolean"]}, "count": SEQ})}},
         "next_cursor": {**_nullable(STRING), "description": "the cursor of the next page (null: the last page)"},
