@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 import trio
@@ -248,3 +249,37 @@ async def test_an_sse_stream_whose_client_left_frees_its_slot_without_waiting_fo
     with trio.fail_after(HEARTBEAT_S - 3):
         await until_metric(served, 'rgrid_bridge_stream_connections{transport="sse"} 0.0')
     assert 'rgrid_bridge_stream_connections{transport="sse"} 0.0' in await metrics_text(served)
+
+
+async def test_connections_past_the_cap_are_answered_503_and_closed_and_the_node_serves_on(
+        nursery: trio.Nursery, tmp_path: Any) -> None:
+    # The server kept every connection it was given: idle clients held the
+    # process's descriptors, and the node's own files (the search index's)
+    # then failed with "Too many open files".
+    from urllib.parse import urlsplit
+
+    from test_bridge_support import UNLIMITED, metrics_text, start_served
+
+    from registrygrid.node.bridge import BridgeConfig
+
+    served = await start_served(nursery, tmp_path / "home", BridgeConfig(rate_limit=UNLIMITED, max_connections=8))
+    where = urlsplit(served.url)
+    idle = []
+    with trio.fail_after(30):
+        for _ in range(8):
+            sock = trio.socket.socket()
+            await sock.connect((where.hostname, where.port))
+            idle.append(sock)
+        await trio.sleep(0.2)  # the server has taken them
+        extra = trio.socket.socket()
+        await extra.connect((where.hostname, where.port))
+        answer = b""
+        while chunk := await extra.recv(4096):
+            answer += chunk
+        extra.close()
+        assert answer.startswith(b"HTTP/1.1 503") and b'"unavailable"' in answer
+        for sock in idle:
+            sock.close()
+        await trio.sleep(0.2)
+        assert 'rgrid_http_connections_refused_total 1.0' in await metrics_text(served)
+    served.node.stop()

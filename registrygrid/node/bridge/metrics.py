@@ -183,6 +183,9 @@ class BridgeMetrics:
                            "download, a bundle, a stream): the connection was closed, the body left short.",
                            ["route", "code"], registry=r)
         self.throttled = Counter("rgrid_http_rate_limited", "Requests refused with 429 by a rate limit.", registry=r)
+        self.connections_refused = Counter("rgrid_http_connections_refused", "Connections answered 503 and closed: "
+                                           "the server held as many as it keeps (bridge max_connections).",
+                                           registry=r)
         self.upload_bytes = Counter("rgrid_asset_upload_bytes", "Bytes of upload parts stored.", registry=r)
         self.download_bytes = Counter("rgrid_asset_download_bytes", "Bytes of blobs sent.", registry=r)
         self.write_seconds = Histogram(

@@ -71,6 +71,7 @@ import json
 import logging
 import math
 import os
+import resource
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -124,6 +125,12 @@ class BridgeConfig:
     # Concurrent SSE/WebSocket streams: each holds a socket, and the default
     # open-file limit is 1,024; half of it for streams leaves room for the rest.
     max_streams: int = 512
+    # Open connections the HTTP server keeps (streams among them): idle ones
+    # held descriptors until the process's limit, and the node's own files
+    # (the search index's) then failed. Past it a connection is answered 503
+    # and closed. At most 3/4 of the process's open-file limit, whatever is
+    # set (the default limit of 1,024 gives 768: the streams' 512 and more).
+    max_connections: int = 768
     write_bridge_file: bool = True
     # A request body (an upload's part) that sends nothing for this long is
     # cut with 408, like nginx's client_body_timeout: a client whose
@@ -145,17 +152,18 @@ def config_from_home(home_config: dict[str, Any]) -> BridgeConfig:
         rate = float(section.get("rate_limit", default.rate_limit.rate))
         burst = float(section.get("rate_burst", max(default.rate_limit.burst, rate)))
         streams = int(section.get("max_streams", default.max_streams))
+        connections = int(section.get("max_connections", default.max_connections))
         threads = int(section.get("write_threads", default.write_threads))
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int() of 1e309, an infinity
         raise ValidationError(f"config.json bridge section: {exc}") from None
-    if not (0 < rate < math.inf and 1 <= burst < math.inf) or streams < 1 or threads < 1:
-        raise ValidationError("config.json bridge section: rate_limit, rate_burst, max_streams and write_threads "
-                              "must be positive (rate_burst >= 1)")
+    if not (0 < rate < math.inf and 1 <= burst < math.inf) or streams < 1 or threads < 1 or connections < 1:
+        raise ValidationError("config.json bridge section: rate_limit, rate_burst, max_streams, max_connections "
+                              "and write_threads must be positive (rate_burst >= 1)")
     agent_card = section.get("agent_card")
     if agent_card is not None and not isinstance(agent_card, str):
         raise ValidationError("config.json bridge section: agent_card is a record id of grid.agent-cards")
     return BridgeConfig(rate_limit=RateLimit(rate, burst), max_streams=streams, write_threads=threads,
-                        agent_card=agent_card)
+                        agent_card=agent_card, max_connections=connections)
 
 
 class Bridge:
@@ -602,6 +610,7 @@ class Bridge:
                                      shutdown_timeout=self.config.shutdown_grace_s,
                                      logger=ServerLog(on_malformed=api.metrics.malformed.inc))
         await self._runner.setup()
+        _cap_connections(self._runner.server, _connection_cap(self.config.max_connections), api.metrics)
         # backlog 1024: wrk and bursty clients open many connections at once;
         # the kernel caps it at net.core.somaxconn anyway.
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
@@ -671,3 +680,33 @@ def _checked_peer_ids(peers: list[str], *, own: str | None = None) -> list[str]:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+_REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s")
+_TOO_MANY = json.dumps({"error": {"code": "unavailable", "message": "this node holds as many HTTP connections as "
+                                  "it keeps open; try again shortly"}}).encode()
+
+
+def _connection_cap(configured: int) -> int:
+    """``configured``, at most 3/4 of the process's open-file limit (the
+    rest is the node's own: LMDB, libp2p, the search index)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return configured if soft == resource.RLIM_INFINITY else max(1, min(configured, soft * 3 // 4))
+
+
+def _cap_connections(server: Any, cap: int, metrics: Any) -> None:
+    """Past ``cap`` open connections, a new one is answered 503 and closed
+    before it is read (aiohttp has no cap of its own: its Server counts the
+    connections it keeps, and forgets one it never took)."""
+    made = server.connection_made
+
+    def connection_made(handler: Any, transport: Any) -> None:
+        if len(server.connections) >= cap:
+            metrics.connections_refused.inc()
+            transport.write(_REFUSED % (len(_TOO_MANY), _TOO_MANY))
+            transport.close()
+            return
+        made(handler, transport)
+
+    server.connection_made = connection_made
