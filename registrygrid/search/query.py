@@ -474,11 +474,11 @@ def matches(node: Node, doc: Mapping[str, Any]) -> bool:
     if op == "exists":
         return bool(values) == want
     if op == "ne":
-        return not any(_equal(v, want) for v in values)
+        return not any(equal(v, want) for v in values)
     if op == "eq":
-        return any(_equal(v, want) for v in values)
+        return any(equal(v, want) for v in values)
     if op == "in":
-        return any(_equal(v, w) for v in values for w in want)
+        return any(equal(v, w) for v in values for w in want)
     if op == "prefix":
         return any(isinstance(v, str) and v.startswith(want) for v in values)
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -499,8 +499,6 @@ def equal(have: Any, want: Any) -> bool:
         return isinstance(have, str) and isinstance(want, str) and have == want
     return float(have) == float(want)
 
-
-_equal = equal
 
 
 # ---------------------------------------------------------------- cursors
