@@ -11,7 +11,7 @@ import pytest
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from test_bridge_support import UNLIMITED, Served
+from test_bridge_support import UNLIMITED, Served, start_served
 from test_federation_support import CLUSTERS, FAST, LOOPBACK, Cluster, eventually
 
 from registrygrid.engine.ops import Put, WriteResult
@@ -160,3 +160,41 @@ async def test_metrics_export_federation_counters_and_engine_trust_refusals(nurs
     # The engine's trust counters: the refusal and the delegation a learned from b.
     assert sample(text, "rgrid_engine_rejections_total", {"reason": "not_owner"}) == 1
     assert sample(text, "rgrid_engine_events_total", {"event": "trust.delegation"}) >= 1  # type: ignore[operator]
+
+
+async def test_a_node_drops_changes_parked_past_their_ttl_when_it_starts_and_counts_them(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    # A node stopped for a day holds nothing its peers would not send again;
+    # before, what waited for a dependency that never came waited for good.
+    from registrygrid.engine.ingest import PARKED_TTL_MS
+    from registrygrid.engine.ops import Remote
+    from registrygrid.home import Home
+    from registrygrid.identity.keys import KeyPair
+    from registrygrid.sdk import LocalRegistry
+    from registrygrid.storage.store import u64
+
+    from registrygrid.protocol.envelope import cid_from_str
+    author = LocalRegistry.open_path(tmp_path / "author", KeyPair.generate())
+    author.put_many([Put(CLUSTERS, "cluster", {"name": f"c{i}"}, f"c{i}") for i in range(2)])
+    second = author.change(cid_from_str(author.changes(0, limit=2)[1].change))
+    author.close()
+    home = Home(tmp_path / "home")
+    home.init(org_name="test org")
+    grid = LocalRegistry.open_home(home)
+    assert grid.execute([Remote(second, "p")])[0].status == "pending"
+    with grid.store.write() as txn:  # parked a TTL and a minute ago
+        stale = u64(grid.engine.now_ms() - PARKED_TTL_MS - 60_000)
+        for cid, _ in list(grid.store.iter_prefix(txn, "parked_at", b"")):
+            txn.put(cid, stale, db=grid.store.db["parked_at"])
+    grid.close()
+
+    served = await start_served(nursery, tmp_path / "home")
+
+    def parked() -> int:
+        with served.node.store.read() as txn:
+            return int(txn.stat(served.node.store.db["pending"])["entries"])
+    await eventually(lambda: parked() == 0, 10, "the stale parked change dropped")
+    async with served.client() as client:
+        text = (await client.get("/metrics")).text
+    assert sample(text, "rgrid_engine_events_total", {"event": "remote.parked_expired"}) == 1
+    assert sample(text, "rgrid_store_entries", {"db": "waiting"}) == 0

@@ -1006,6 +1006,66 @@ def test_parked_changes_are_capped_in_bytes_as_well_as_in_count(tmp_path: Path,
         replica.close()
 
 
+def test_a_change_parked_past_its_ttl_is_dropped_and_taken_again_when_resent(tmp_path: Path) -> None:
+    # Nothing expired a parked change: one whose dependency never came (a
+    # predecessor no peer holds, a registry whose create was refused) held
+    # its place against the pending caps for good.
+    from registrygrid.engine.ops import ExpireParked
+    author = open_store(tmp_path / "author", KeyPair.generate())
+    replica = open_store(tmp_path / "replica")
+    try:
+        author.put_many([Put(CLUSTERS, "cluster", cluster(f"c{i}"), f"c{i}") for i in range(3)])
+        wires = wires_in_feed_order(author)
+        clock = [1_000_000_000_000]
+        replica.engine.now_ms = lambda: clock[0]
+        replica.execute([Remote(w, "p") for w in wires[1:]])  # both wait for the first
+        assert (entries(replica, "pending"), entries(replica, "waiting")) == (2, 2)
+        clock[0] += ingest_ttl() - 1
+        assert replica.execute([ExpireParked(ingest_ttl())]) == [0]  # not yet
+        clock[0] += 2
+        before = snapshot(replica)
+        assert replica.execute([ExpireParked(ingest_ttl())]) == [2]
+        assert (entries(replica, "pending"), entries(replica, "waiting"), entries(replica, "parked_at")) == (0, 0, 0)
+        assert replica.engine.metrics["remote.parked_expired"] == 2
+        assert snapshot(replica) == before  # nothing it held counted: records, feed, audit as they were
+        replica.execute([Remote(wires[0], "p")])  # what they waited for comes at last: nothing is left to release
+        assert len(all_records(replica)) == 1
+        replica.execute([Remote(w, "p") for w in wires])  # sync sends what the chain lacks again
+        assert replica.state_digest() == author.state_digest()
+    finally:
+        author.close()
+        replica.close()
+
+
+def test_a_change_parked_with_no_time_gets_a_whole_ttl_from_the_first_sweep(tmp_path: Path) -> None:
+    # Stores parked changes before they kept the time they parked them at.
+    from registrygrid.engine.ops import ExpireParked
+    author = open_store(tmp_path / "author", KeyPair.generate())
+    replica = open_store(tmp_path / "replica")
+    try:
+        author.put_many([Put(CLUSTERS, "cluster", cluster(f"c{i}"), f"c{i}") for i in range(2)])
+        wires = wires_in_feed_order(author)
+        clock = [1_000_000_000_000]
+        replica.engine.now_ms = lambda: clock[0]
+        replica.execute([Remote(wires[1], "p")])
+        with replica.store.write() as txn:
+            txn.drop(replica.store.db["parked_at"], delete=False)
+        clock[0] += 10 * ingest_ttl()
+        assert replica.execute([ExpireParked(ingest_ttl())]) == [0]  # stamped now
+        assert entries(replica, "parked_at") == 1
+        clock[0] += ingest_ttl() + 1
+        assert replica.execute([ExpireParked(ingest_ttl())]) == [1]
+        assert (entries(replica, "pending"), entries(replica, "waiting")) == (0, 0)
+    finally:
+        author.close()
+        replica.close()
+
+
+def ingest_ttl() -> int:
+    from registrygrid.engine.ingest import PARKED_TTL_MS
+    return PARKED_TTL_MS
+
+
 def test_a_registrys_record_size_cap_holds_for_local_writes_and_remote_updates(tmp_path: Path) -> None:
     author = open_store(tmp_path / "author", KeyPair.generate())
     replica = open_store(tmp_path / "replica")

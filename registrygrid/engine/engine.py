@@ -52,6 +52,7 @@ from registrygrid.engine.ingest import MAX_PENDING, RemoteIngest  # noqa: F401 (
 from registrygrid.engine.local import LocalWrites
 from registrygrid.engine.ops import (
     AuditNote,
+    ExpireParked,
     Committed,
     Delete,
     Erase,
@@ -299,6 +300,8 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
                 return self._remote(txn, batch, op)
             if isinstance(op, LinkPastGone):
                 return self._link_past_gone(txn, batch, op)
+            if isinstance(op, ExpireParked):
+                return self._expire_parked(txn, batch, op)
             if isinstance(op, Remembered):
                 return self._remembered(txn, batch, op)
             if isinstance(op, AuditNote):

@@ -32,6 +32,7 @@ from registrygrid.engine.batch import Batch, CreateRace, kind_race
 from registrygrid.engine.core import EngineCore
 from registrygrid.engine.erasure import ERASURES_REGISTRY
 from registrygrid.engine.ops import (
+    ExpireParked,
     IngestResult,
     Remote,
 )
@@ -74,8 +75,13 @@ from registrygrid.trust.statements import MEMBERS_REGISTRY, Statement, read_stat
 # make us hold: 100k envelopes is ~50 MB at typical sizes.
 MAX_PENDING = 100_000
 # And their bytes: at the largest changes the count alone let a member park
-# 25 GiB (nothing expires a parked change yet; docs/federation.md).
+# 25 GiB.
 MAX_PENDING_BYTES = 1 << 30
+# How long a change waits before it is dropped. Sync refetches what a chain
+# lacks every 10 s, so a dependency that exists arrives in seconds; one
+# that never comes (a predecessor no peer holds, a registry whose create
+# was refused) kept its change parked for good, against the caps above.
+PARKED_TTL_MS = 3_600_000
 
 
 class RemoteIngest(EngineCore):
@@ -625,9 +631,16 @@ class RemoteIngest(EngineCore):
     def _park(self, txn: Txn, batch: Batch, env: Envelope, waiting_key: bytes) -> IngestResult:
         batch.none_waiting = False
         if pending.park(self.store, txn, waiting_key, env.cid, env.wire, cap=MAX_PENDING,
-                        cap_bytes=MAX_PENDING_BYTES):
+                        cap_bytes=MAX_PENDING_BYTES, now_ms=self.now_ms()):
             self.metrics["remote.parked"] += 1
         return IngestResult("pending", env.id)
+
+    def _expire_parked(self, txn: Txn, batch: Batch, op: ExpireParked) -> int:
+        """Drop what waited longer than the TTL; how many changes went."""
+        now = self.now_ms()
+        dropped = pending.expire(self.store, txn, parked_before_ms=now - op.ttl_ms, now_ms=now)
+        self.metrics["remote.parked_expired"] += dropped
+        return dropped
 
     def _release(self, txn: Txn, batch: Batch, first: Envelope | None, peer: str, *,
                  prefixes: Sequence[bytes] = ()) -> list[str]:

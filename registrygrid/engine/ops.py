@@ -104,6 +104,15 @@ class LinkPastGone:
 
 
 @dataclass(frozen=True)
+class ExpireParked:
+    """Drop the remote changes parked longer than ``ttl_ms`` (their
+    dependencies never came; sync offers them again while their chains
+    still lack them): ingest.py ``_expire_parked``."""
+
+    ttl_ms: int
+
+
+@dataclass(frozen=True)
 class AuditNote:
     """An audit entry with no change: reads through the API, denials at the edge."""
 
@@ -129,7 +138,7 @@ class Remembered:
     answer: Callable[[WriteResult], tuple[int, bytes, dict[str, str]]]
 
 
-Operation = Put | Update | Delete | Erase | Remote | LinkPastGone | AuditNote | Remembered
+Operation = Put | Update | Delete | Erase | Remote | LinkPastGone | ExpireParked | AuditNote | Remembered
 
 
 @dataclass(frozen=True)
@@ -187,7 +196,7 @@ class Committed:
     registries: set[str] = field(default_factory=set)
 
 
-Outcome = WriteResult | IngestResult | RegistryError | None
+Outcome = WriteResult | IngestResult | RegistryError | int | None  # int: ExpireParked, changes dropped
 
 
 @dataclass(frozen=True)

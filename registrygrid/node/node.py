@@ -27,9 +27,11 @@ from registrygrid.engine.ops import (
     AuditNote,
     Committed,
     ErasedRecord,
+    ExpireParked,
     Operation,
     Outcome,
 )
+from registrygrid.engine.ingest import PARKED_TTL_MS
 from registrygrid.errors import RegistryError
 from registrygrid.home import Home
 from registrygrid.node.committer import GroupCommitter
@@ -100,6 +102,10 @@ def _record_reader(registry: LocalRegistry) -> Callable[[str, str], dict[str, An
 # Expired uploads are swept this often: a session's TTL is a day, so ten
 # minutes late costs nothing, and a sweep reads every session.
 SWEEP_UPLOADS_S = 600.0
+# Remote changes parked past their TTL (engine/ingest.py PARKED_TTL_MS) are
+# dropped this often, and once at start: a node stopped for a day holds
+# nothing its peers would not send again.
+SWEEP_PARKED_S = 300.0
 
 
 class Node:
@@ -160,6 +166,7 @@ class Node:
                 await nursery.start(self.committer.run)
                 nursery.start_soon(self._keep_assets)
                 nursery.start_soon(self._purge_erased_blobs)
+                nursery.start_soon(self._expire_parked)
                 for component in self.components:
                     await nursery.start(component.run, self)
                     log.info("%s started", component.name)
@@ -188,6 +195,16 @@ class Node:
             if swept:
                 log.info("swept %d expired uploads", swept)
             await trio.sleep(SWEEP_UPLOADS_S)
+
+    async def _expire_parked(self) -> None:
+        """Drop remote changes that waited past their TTL for dependencies
+        that never came (engine/ingest.py ``_expire_parked``)."""
+        while True:
+            outcome, = await self.submit([ExpireParked(PARKED_TTL_MS)])
+            if isinstance(outcome, int) and outcome:
+                log.info("dropped %d remote changes parked over %d s: what they waited for never came; "
+                         "peers send them again while their chains lack them", outcome, PARKED_TTL_MS // 1000)
+            await trio.sleep(SWEEP_PARKED_S)
 
     def _on_erased(self, committed: Committed) -> None:
         """Committer hook (trio thread): queue the blobs erased records name."""

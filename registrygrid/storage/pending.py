@@ -10,9 +10,13 @@ registry's descriptor, or for their signer's delegation.
                                                               its registry's descriptor)
              'd' author \\0 cid                                waits for its signer's delegation
              -> change id
+    parked_at  change id -> u64(ms since the epoch) it was first parked
 
 A change is released when what it waits for is stored (``release``), then
 judged again from the start; anti-entropy refetches anything refused here.
+A change that waits longer than the node's TTL is dropped (``expire``): what
+it waits for never came, and sync offers it again if its chain still lacks
+it, so nothing parks for good.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ def any_waiting(store: Store, txn: lmdb.Transaction) -> bool:
 
 
 def park(store: Store, txn: lmdb.Transaction, waiting_key: bytes, cid: bytes, wire: bytes, *,
-         cap: int, cap_bytes: int) -> bool:
+         cap: int, cap_bytes: int, now_ms: int) -> bool:
     """Hold a change until ``waiting_key``'s condition holds; True if it was
     not parked before. MissingDependencies when ``cap`` changes, or about
     ``cap_bytes`` of them (the table's pages: one read of its stat), wait
@@ -77,6 +81,7 @@ def park(store: Store, txn: lmdb.Transaction, waiting_key: bytes, cid: bytes, wi
             raise MissingDependencies(f"{held} bytes of changes already wait for dependencies (cap {cap_bytes}); "
                                       "resend later")
         txn.put(cid, wire, db=pending)
+        txn.put(cid, u64(now_ms), db=store.db["parked_at"])
     txn.put(waiting_key, cid, db=store.db["waiting"])
     return fresh
 
@@ -96,6 +101,7 @@ def release(store: Store, txn: lmdb.Transaction, prefixes: Iterable[bytes]) -> l
         if wire is None:
             continue
         txn.delete(cid, db=pending)
+        txn.delete(cid, db=store.db["parked_at"])
         wires.append(wire)
     return wires
 
@@ -117,6 +123,37 @@ def unpark(store: Store, txn: lmdb.Transaction, cid: bytes) -> None:
     """Drop a parked change; its waiting keys then find nothing and are
     dropped when released."""
     txn.delete(cid, db=store.db["pending"])
+    txn.delete(cid, db=store.db["parked_at"])
+
+
+def expire(store: Store, txn: lmdb.Transaction, *, parked_before_ms: int, now_ms: int) -> int:
+    """Drop every change parked before ``parked_before_ms``, and the waiting
+    keys no parked change answers any more; how many changes went. A change
+    parked by a version that kept no time is stamped ``now_ms``: it gets a
+    whole TTL from here. Bounded by the pending cap: one pass over the
+    parked table and one over the waiting keys."""
+    pending, parked_at, waiting = store.db["pending"], store.db["parked_at"], store.db["waiting"]
+    if txn.stat(pending)["entries"] == 0 and txn.stat(waiting)["entries"] == 0:
+        return 0
+    dropped = 0
+    kept: set[bytes] = set()
+    for cid in list(txn.cursor(db=pending).iternext(keys=True, values=False)):  # not the wires: up to 1 GiB
+        stamp = txn.get(cid, db=parked_at)
+        if stamp is None:
+            txn.put(cid, u64(now_ms), db=parked_at)
+        elif from_u64(stamp) < parked_before_ms:
+            txn.delete(cid, db=pending)
+            txn.delete(cid, db=parked_at)
+            dropped += 1
+            continue
+        kept.add(cid)
+    for wkey, cid in list(store.iter_prefix(txn, "waiting", b"")):
+        if cid not in kept:
+            txn.delete(wkey, db=waiting)
+    for cid in list(txn.cursor(db=parked_at).iternext(keys=True, values=False)):
+        if cid not in kept:
+            txn.delete(cid, db=parked_at)
+    return dropped
 
 
 def has_evidence(store: Store, txn: lmdb.Transaction, registry: str, author: str, seq: int, cid: bytes) -> bool:

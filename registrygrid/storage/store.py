@@ -30,6 +30,7 @@ are 8-byte big-endian so byte order is numeric order):
     audit       audit seq                     -> msgpack [entry bytes, entry hash]
     audit_heads tree size                     -> msgpack signed tree head
     pending     change id                     -> envelope waiting for its dependencies
+    parked_at   change id                     -> u64 ms it was parked (expired past a TTL)
     waiting     'r' registry \\0 record \\0 cid      (waits for Automerge deps of its record)
                 | 'c' registry \\0 author \\0 u64(seq - 1) \\0 cid   (waits for its own predecessor)
                 | 'd' author \\0 cid                 (waits for its signer's delegation) -> change id
@@ -78,6 +79,7 @@ SUBDATABASES = (
     "audit",
     "audit_heads",
     "pending",
+    "parked_at",
     "waiting",
     "evidence",
     "peers",
