@@ -64,14 +64,37 @@ def test_offline_upload_links_an_asset_record_and_get_by_record_returns_the_byte
     assert (tmp_path / "out.bin").read_bytes() == data
     assert info["size"] == len(data) and info["sha256"] == up["sha256"]
     assert again["cid"] == up["cid"] and again["deduplicated"] is True
-    held = rgrid(home, "asset", "hold", up["cid"], "case-1", "--reason", "audit")
+    held = rgrid(home, "asset", "hold", up["cid"], "case-1", "--reason", "audit", "--json")
     refused = rgrid(home, "asset", "rm", up["cid"], check=False)
-    rgrid(home, "asset", "release", up["cid"], "case-1")
-    purged = json.loads(rgrid(home, "asset", "rm", up["cid"]).stdout)
+    released = rgrid(home, "asset", "release", up["cid"], "case-1")
+    purged = json.loads(rgrid(home, "asset", "rm", up["cid"], "--json").stdout)
     missing = rgrid(home, "asset", "info", up["cid"], check=False)
     assert "case-1" in json.loads(held.stdout)["holds"]
     assert refused.returncode != 0 and "retention_held" in refused.stderr
+    assert released.stdout == f"{up['cid']}: legal holds none; kept until no retention\n"
     assert purged["purged"] is True and missing.returncode == 66 and "blob_missing" in missing.stderr
+
+
+def test_asset_governance_commands_speak_to_people_and_answer_json_with_json(tmp_path: Path) -> None:
+    # They printed JSON whatever was asked, and refused --json, unlike every
+    # other command.
+    home = tmp_path / "home"
+    rgrid(home, "init", "--org-name", "acme")
+    (tmp_path / "w.bin").write_bytes(b"weights" * 100)
+    up = json.loads(rgrid(home, "asset", "upload", str(tmp_path / "w.bin"), "--json").stdout)
+    cid = up["cid"]
+
+    held = rgrid(home, "asset", "hold", cid, "case-7", "--reason", "litigation")
+    kept = rgrid(home, "asset", "retain", cid, "--until", "2030-01-01")
+    kept_json = json.loads(rgrid(home, "asset", "retain", cid, "--until", "2030-01-01", "--json").stdout)
+    rotated = rgrid(home, "asset", "rotate-keys")
+    rotated_json = json.loads(rgrid(home, "asset", "rotate-keys", "--json").stdout)
+
+    assert held.stdout == f"{cid}: legal holds case-7; kept until no retention\n"
+    assert kept.stdout == f"{cid}: legal holds case-7; kept until 2030-01-01T00:00:00+00:00\n"
+    assert kept_json["retain_until_ms"] == 1_893_456_000_000 and "case-7" in kept_json["holds"]
+    assert rotated.stdout.startswith("presigned URLs are signed with key ") and "2 key(s) held" in rotated.stdout
+    assert len(rotated_json["keys"]) == 3 and rotated_json["kid"] in rotated_json["keys"]
 
 
 class Cut(Exception):

@@ -91,6 +91,13 @@ def test_cli_goes_through_the_bridge_while_the_node_runs(tmp_path: Path) -> None
         listed = json.loads(rgrid(home, "token", "list", "--json").stdout)
         assert {t["name"] for t in listed} >= {"ci", "cli"}
 
+        (tmp_path / "w.bin").write_bytes(b"w" * 64)
+        blob = json.loads(rgrid(home, "asset", "upload", str(tmp_path / "w.bin"), "--json").stdout)
+        url = rgrid(home, "asset", "presign", blob["cid"], "--expires-in", "60").stdout.strip()
+        signed = json.loads(rgrid(home, "asset", "presign", blob["cid"], "--expires-in", "60", "--json").stdout)
+        assert url.startswith(info["url"] + "/") and signed["url"].startswith(info["url"] + "/")
+        assert signed["expires_in"] == 60
+
         node.send_signal(signal.SIGTERM)
         assert node.wait(timeout=30) == 0, node.communicate()
         assert not bridge_file.exists()

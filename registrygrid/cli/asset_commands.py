@@ -226,7 +226,8 @@ Examples:
     @click.option("--expires-in", type=click.IntRange(1, 7 * 24 * 3600), default=3600, show_default=True,
                   help="Seconds the URL works.")
     @click.option("--ip", default=None, help="Only from this address or network (CIDR).")
-    def asset_presign(home: Path | None, target: str, expires_in: int, ip: str | None) -> None:
+    @json_option
+    def asset_presign(home: Path | None, target: str, expires_in: int, ip: str | None, as_json: bool) -> None:
         """A URL that fetches the blob without a token, until it expires (needs the running node)."""
         with open_backend(home) as backend:
             if not _bridge(backend):
@@ -235,7 +236,11 @@ Examples:
             cid = _cid_of(backend, target)
             answer = backend.request("POST", f"/v1/blobs/{cid}/presign",
                                      body={"expires_in": expires_in, **({"ip": ip} if ip else {})})[2]
-            click.echo(backend.url + answer["url"])
+        url = backend.url + answer["url"]
+        if as_json:
+            render.dump_json({**answer, "url": url})
+        else:
+            click.echo(url)
 
     @asset_group.command(name="fetch")
     @home_option
@@ -289,7 +294,8 @@ Examples:
 
     @asset_group.command(name="rotate-keys")
     @home_option
-    def asset_rotate_keys(home: Path | None) -> None:
+    @json_option
+    def asset_rotate_keys(home: Path | None, as_json: bool) -> None:
         """A new signing key for presigned URLs. URLs signed before keep working
         until they expire; keys retired a URL lifetime (7 days) ago are dropped."""
         with open_backend(home) as backend:
@@ -302,31 +308,38 @@ Examples:
                 keys = PresignKeys.open(Home(home).path / PRESIGN_KEYS)
                 key = keys.rotate()
                 answer = {"kid": key.kid, "keys": [k.kid for k in keys.keys]}
-        render.dump_json(answer)
+        if as_json:
+            render.dump_json(answer)
+        else:
+            click.echo(f"presigned URLs are signed with key {answer['kid']} from now; "
+                       f"{len(answer['keys'])} key(s) held: {', '.join(answer['keys'])}")
 
     @asset_group.command(name="hold")
     @home_option
     @click.argument("target", metavar="CID|REGISTRY/ID")
     @click.argument("name")
     @click.option("--reason", required=True, help="Why (kept with the hold and in the audit ledger).")
-    def asset_hold(home: Path | None, target: str, name: str, reason: str) -> None:
+    @json_option
+    def asset_hold(home: Path | None, target: str, name: str, reason: str, as_json: bool) -> None:
         """Set legal hold NAME: the blob cannot be deleted until it is released."""
-        _govern(home, target, "hold", name=name, reason=reason)
+        _govern(home, target, "hold", as_json, name=name, reason=reason)
 
     @asset_group.command(name="release")
     @home_option
     @click.argument("target", metavar="CID|REGISTRY/ID")
     @click.argument("name")
-    def asset_release(home: Path | None, target: str, name: str) -> None:
+    @json_option
+    def asset_release(home: Path | None, target: str, name: str, as_json: bool) -> None:
         """Release legal hold NAME."""
-        _govern(home, target, "release", name=name)
+        _govern(home, target, "release", as_json, name=name)
 
     @asset_group.command(name="retain")
     @home_option
     @click.argument("target", metavar="CID|REGISTRY/ID")
     @click.option("--until", "until", required=True, metavar="DATE",
                   help="ISO date or time (UTC unless it says); retention can only be extended.")
-    def asset_retain(home: Path | None, target: str, until: str) -> None:
+    @json_option
+    def asset_retain(home: Path | None, target: str, until: str, as_json: bool) -> None:
         """Keep the blob until DATE: deletion is refused before."""
         try:
             when = datetime.fromisoformat(until)
@@ -334,14 +347,15 @@ Examples:
             raise ValidationError(f"--until is an ISO date or time, not {until!r}") from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-        _govern(home, target, "retain", until_ms=int(when.timestamp() * 1000))
+        _govern(home, target, "retain", as_json, until_ms=int(when.timestamp() * 1000))
 
     @asset_group.command(name="rm")
     @home_option
     @click.argument("target", metavar="CID|REGISTRY/ID")
-    def asset_rm(home: Path | None, target: str) -> None:
+    @json_option
+    def asset_rm(home: Path | None, target: str, as_json: bool) -> None:
         """Purge the blob's bytes (refused under retention or a legal hold). Records naming it keep the CID."""
-        _govern(home, target, "delete")
+        _govern(home, target, "delete", as_json)
 
     @asset_group.command(name="lifecycle", epilog="""\b
 Examples:
@@ -384,7 +398,7 @@ Examples:
                    + (": " + ", ".join(str(r.get("ID", "?")) for r in report["others"]) if report["others"] else ""))
         click.echo(f"object lock on the bucket: {'enabled' if lock_enabled else 'not enabled'}")
 
-    def _govern(home: Path | None, target: str, action: str, **args: Any) -> None:
+    def _govern(home: Path | None, target: str, action: str, as_json: bool, **args: Any) -> None:
         from registrygrid.blobs.digest import parse_cid
         from registrygrid.node.bridge.asset_routes import blob_view
 
@@ -410,4 +424,13 @@ Examples:
                 else:
                     entry = blobs.delete(raw)
                     answer = {"cid": cid, "purged": True, "size": entry.size}
-        render.dump_json(answer)
+        if as_json:
+            render.dump_json(answer)
+        elif action == "delete":
+            click.echo(f"{answer['cid']}: {answer['size']} bytes purged")
+        else:
+            holds = ", ".join(render.visible(name) for name in answer["holds"]) or "none"
+            until = answer["retain_until_ms"]
+            kept = (datetime.fromtimestamp(until / 1000, UTC).isoformat(timespec="seconds") if until
+                    else "no retention")
+            click.echo(f"{answer['cid']}: legal holds {holds}; kept until {kept}")
