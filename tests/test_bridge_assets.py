@@ -318,6 +318,41 @@ async def test_a_token_limited_to_a_registry_reaches_no_asset_bytes(served: Serv
     assert (await upload(served, b"0123456789"))["cid"]  # a token not limited to one still may
 
 
+async def test_revoking_a_token_ends_the_presigned_urls_it_asked_for(served: Served) -> None:
+    # A presigned link outlived the token that made it by up to 7 days: a
+    # leaked token's revocation left its links working.
+    blob = await upload(served, os.urandom(2000))
+    cid = blob["cid"]
+    writer = await make_token(served, "writer")
+    other = await make_token(served, "reader")
+    async with served.client(writer) as http:
+        link = (await http.post(f"/v1/blobs/{cid}/presign", json={"expires_in": 600})).json()["url"]
+        session = (await http.post("/v1/uploads", json={"size": 10, "presign": {"expires_in": 600}})).json()
+    async with served.client(other) as http:
+        kept = (await http.post(f"/v1/blobs/{cid}/presign", json={"expires_in": 600})).json()["url"]
+    async with served.client("no-such-token") as anonymous:
+        before = await anonymous.get(link)
+    writer_id = writer.removeprefix("rgt_").split(".")[0]
+    async with served.client() as admin:
+        assert (await admin.delete(f"/v1/tokens/{writer_id}")).status_code == 200
+    async with served.client("no-such-token") as anonymous:
+        after = await anonymous.get(link)
+        part = await anonymous.put(session["part_urls"][0], content=b"0123456789")
+        unaffected = await anonymous.get(kept)
+    assert before.status_code == 200 and before.content
+    assert after.status_code == 403 and after.json()["error"]["code"] == "presign_invalid"
+    assert f"token {writer_id}, which was revoked" in after.json()["error"]["message"]
+    assert part.status_code == 403 and part.json()["error"]["code"] == "presign_invalid"
+    assert unaffected.status_code == 200 and unaffected.content == before.content
+
+    async def audited() -> list[dict]:
+        async with served.client() as admin:
+            return (await admin.get("/v1/audit", params={"limit": 1000})).json()["entries"]
+    with trio.fail_after(10):  # reads are folded and flushed in batches
+        while not any(e["actor"] == f"presigned:token:token-{writer_id}#{writer_id}" for e in await audited()):
+            await trio.sleep(0.1)
+
+
 async def test_bad_requests_get_typed_errors(served: Served, tmp_path: Path) -> None:
     async with served.client() as http:
         no_size = await http.post("/v1/uploads", json={"content_type": "a/b"})

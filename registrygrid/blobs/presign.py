@@ -1,8 +1,8 @@
 """Presigned URLs: time-bound, least-privilege links to one object and one method.
 
     keys = PresignKeys.open(home.path / "presign-keys.json")    # made on first use, mode 0600
-    url = keys.sign("PUT", "/v1/uploads/up_1/parts/3", expires_in_s=3600, max_bytes=8 << 20)
-    keys.verify("PUT", path, query, client_ip="127.0.0.1", content_length=n)   # or PresignInvalid
+    url = keys.sign("PUT", "/v1/uploads/up_1/parts/3", expires_in_s=3600, max_bytes=8 << 20, token="Ab3...")
+    keys.verify("PUT", path, query, client_ip="127.0.0.1", content_length=n)   # "Ab3...", or PresignInvalid
 
 A presigned URL lets someone without an API token do exactly one thing:
 the method and path it names (one part of one upload, one blob), until it
@@ -10,6 +10,12 @@ expires, optionally only from an IP network and with at most
 ``max_bytes`` in the body. The query carries the grant and an HMAC-SHA256
 over it, keyed by a node secret; any change to method, path, expiry,
 limits or signature fails verification (compared in constant time).
+
+A URL names the API token that asked for it (``rg-tok``, signed with the
+rest), and ``verify`` returns it: the bridge honours the URL only while
+that token is live, so revoking a token ends the links it handed out, as
+deleting an access key ends S3's. URLs signed before they named a token
+(``rg-presign-1``) verify as before and name none.
 
 Keys rotate: ``rotate`` makes a new signing key and keeps the previous
 ones for as long as a URL they signed may live (``MAX_EXPIRES_S``), so
@@ -39,7 +45,7 @@ from registrygrid.home import write_text_durably
 
 # As S3's presigned URLs (SigV4): at most seven days.
 MAX_EXPIRES_S = 7 * 24 * 3600
-PARAMS = ("rg-method", "rg-expires", "rg-kid", "rg-max-bytes", "rg-ip", "rg-sig")
+PARAMS = ("rg-method", "rg-expires", "rg-kid", "rg-max-bytes", "rg-ip", "rg-tok", "rg-sig")
 METHODS = ("GET", "HEAD", "PUT")
 
 
@@ -60,8 +66,10 @@ class SigningKey:
     created_s: float
 
 
-def _canonical(method: str, path: str, expires: str, kid: str, max_bytes: str, ip: str) -> bytes:
-    return f"rg-presign-1\n{method}\n{path}\n{expires}\n{kid}\n{max_bytes}\n{ip}".encode()
+def _canonical(method: str, path: str, expires: str, kid: str, max_bytes: str, ip: str, token: str) -> bytes:
+    if not token:  # as URLs were signed before they named their token
+        return f"rg-presign-1\n{method}\n{path}\n{expires}\n{kid}\n{max_bytes}\n{ip}".encode()
+    return f"rg-presign-2\n{method}\n{path}\n{expires}\n{kid}\n{max_bytes}\n{ip}\n{token}".encode()
 
 
 def _mac(secret: bytes, message: bytes) -> str:
@@ -113,8 +121,9 @@ class PresignKeys:
         return new
 
     def sign(self, method: str, path: str, *, expires_in_s: float, max_bytes: int | None = None,
-             ip: str | None = None, now: float | None = None) -> str:
-        """``path`` with the query that grants ``method`` on it."""
+             ip: str | None = None, token: str | None = None, now: float | None = None) -> str:
+        """``path`` with the query that grants ``method`` on it, in the name
+        of the API token ``token`` (its id) when given."""
         if method not in METHODS:
             raise ValidationError(f"a presigned URL grants one of {', '.join(METHODS)}")
         if not 1 <= expires_in_s <= MAX_EXPIRES_S:
@@ -136,19 +145,24 @@ class PresignKeys:
             grant["rg-max-bytes"] = limit
         if ip:
             grant["rg-ip"] = ip
-        grant["rg-sig"] = _mac(key.secret, _canonical(method, path, expires, key.kid, limit, ip or ""))
+        if token:
+            grant["rg-tok"] = token
+        grant["rg-sig"] = _mac(key.secret, _canonical(method, path, expires, key.kid, limit, ip or "", token or ""))
         return f"{path}?{urlencode(grant)}"
 
     def verify(self, method: str, path: str, query: Mapping[str, str], *, client_ip: str | None,
-               content_length: int | None = None, now: float | None = None) -> None:
-        """Raise PresignInvalid (or PresignExpired) unless ``query`` grants this request."""
+               content_length: int | None = None, now: float | None = None) -> str | None:
+        """The id of the token the URL was signed for (None: a URL that names
+        none); PresignInvalid (or PresignExpired) unless ``query`` grants
+        this request."""
         granted = query.get("rg-method", "")
         expires = query.get("rg-expires", "")
         kid = query.get("rg-kid", "")
         limit = query.get("rg-max-bytes", "")
         ip = query.get("rg-ip", "")
+        token = query.get("rg-tok", "")
         key = next((k for k in self.keys if k.kid == kid), None)
-        expected = _mac(key.secret, _canonical(granted, path, expires, kid, limit, ip)) if key else ""
+        expected = _mac(key.secret, _canonical(granted, path, expires, kid, limit, ip, token)) if key else ""
         given = query.get("rg-sig", "").encode("utf-8", "surrogateescape")  # compare_digest takes ASCII str only
         if key is None or not hmac.compare_digest(expected.encode(), given):
             raise PresignInvalid("the presigned URL is not valid (altered, or signed by a retired key)")
@@ -161,6 +175,7 @@ class PresignKeys:
             raise PresignInvalid("the presigned URL is not valid from this address")
         if limit and content_length is not None and content_length > int(limit):
             raise PresignInvalid(f"the presigned URL allows at most {limit} bytes")
+        return token or None
 
 
 def is_presigned(query: Mapping[str, str]) -> bool:

@@ -150,6 +150,16 @@ def authenticate(store: Store, presented: str, *, at_ms: int | None = None) -> T
     return token
 
 
+def live(store: Store, token_id: str, *, at_ms: int | None = None) -> Token | None:
+    """The token ``token_id`` if it is neither revoked nor expired."""
+    token = get(store, token_id)
+    if token is None or token.revoked_at is not None:
+        return None
+    if token.expires_at is not None and (now_ms() if at_ms is None else at_ms) >= token.expires_at:
+        return None
+    return token
+
+
 def get(store: Store, token_id: str) -> Token | None:
     if not _ID.fullmatch(token_id):
         return None

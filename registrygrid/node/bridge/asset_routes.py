@@ -49,7 +49,7 @@ from registrygrid.blobs.blobs import blob_key
 from registrygrid.blobs.bundles import Bundle, entry_of, manifest_of, manifest_view
 from registrygrid.blobs.digest import Expected, cid_text, parse_cid
 from registrygrid.blobs.objects import CHUNK_BYTES
-from registrygrid.blobs.presign import MAX_EXPIRES_S, is_presigned
+from registrygrid.blobs.presign import MAX_EXPIRES_S, PresignInvalid, is_presigned
 from registrygrid.blobs.ranges import parse_ranges
 from registrygrid.blobs.scanners import CheckRefused
 from registrygrid.errors import (
@@ -65,7 +65,9 @@ from registrygrid.node.bridge.app import json_response
 from registrygrid.node.bridge.auth import ADMIN, READ, WRITE
 from registrygrid.node.bridge.conditional import not_modified
 from registrygrid.node.bridge.streaming import TRACE_ID, send
+from registrygrid.storage import tokens
 from registrygrid.storage.blobs import BlobEntry, UploadSession
+from registrygrid.storage.tokens import Token
 
 if TYPE_CHECKING:
     from registrygrid.blobs.service import Assets
@@ -140,16 +142,24 @@ class AssetRoutes:
         token = self.api.require_unlimited(request, need, target="uploads")
         return None if token.role == "admin" else token.id
 
-    def _presigned(self, request: web.Request, content_length: int | None = None) -> bool:
-        """True if the request carries a valid presigned grant for itself (PresignInvalid if it carries a bad one)."""
+    def _presigned(self, request: web.Request, content_length: int | None = None) -> str | None:
+        """How the audit log names the holder of the request's presigned
+        grant, None when it carries none (PresignInvalid if it carries a bad
+        one, or one whose token was revoked or expired since)."""
         if not is_presigned(request.query):
-            return False
+            return None
         try:
-            self.assets.presign.verify(request.method, request.path, request.query, client_ip=request.remote,
-                                       content_length=content_length)
+            token_id = self.assets.presign.verify(request.method, request.path, request.query,
+                                                  client_ip=request.remote, content_length=content_length)
+            if token_id is None:
+                return "presigned"
+            token = tokens.live(self.api.auth.store, token_id)
+            if token is None:
+                raise PresignInvalid(f"the presigned URL was asked for by token {token_id}, which was revoked or "
+                                     "has expired since: ask for a new one")
         except RegistryError as exc:
             raise self.api.auth.refuse("presigned", request.path, exc) from None
-        return True
+        return f"presigned:{token.actor}"
 
     async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.api.in_executor(fn, *args)  # type: ignore[no-any-return]
@@ -211,14 +221,14 @@ class AssetRoutes:
             name=body.get("name") or ""))
         answer = self._session(session)
         if grant is not None and session.state == "open":
-            answer["part_urls"] = self._part_urls(session, *grant)
+            answer["part_urls"] = self._part_urls(session, owner_token, *grant)
         self.api.audit.note("create", owner_token.actor, f"upload/{session.id}",
                             f"upload of {size} bytes{' (deduplicated)' if session.deduplicated else ''}")
         return json_response(answer, status=201, headers={"Location": f"/v1/uploads/{session.id}"})
 
-    def _part_urls(self, session: UploadSession, expires: int, ip: str | None) -> list[str]:
+    def _part_urls(self, session: UploadSession, token: Token, expires: int, ip: str | None) -> list[str]:
         return [self.assets.presign.sign("PUT", f"/v1/uploads/{session.id}/parts/{n}", expires_in_s=expires,
-                                         max_bytes=session.part_length(n), ip=ip)
+                                         max_bytes=session.part_length(n), ip=ip, token=token.id)
                 for n in range(1, session.part_count + 1)]
 
     @staticmethod
@@ -243,11 +253,12 @@ class AssetRoutes:
         return json_response(self._session(session))
 
     async def presign_parts(self, request: web.Request) -> web.Response:
-        owner = self._owner(request, WRITE)
+        token = self.api.require_unlimited(request, WRITE, target="uploads")
+        owner = None if token.role == "admin" else token.id  # as _owner
         body, _ = await self.api.body(request, "PresignOptions")
         grant = _presign_options(body)
         session = await self._thread(self.assets.uploads.status, request.match_info["id"], owner)
-        return json_response({"part_urls": self._part_urls(session, *grant)})
+        return json_response({"part_urls": self._part_urls(session, token, *grant)})
 
     async def put_part(self, request: web.Request) -> web.Response:
         session_id = request.match_info["id"]
@@ -256,9 +267,9 @@ class AssetRoutes:
             raise MalformedInput("the part number is a whole number (ASCII digits)")
         number = int(raw_number)
         length = request.content_length
-        if self._presigned(request, length):
+        if granted := self._presigned(request, length):
             owner: str | None = None  # the grant names this part of this session: the token's check is done
-            actor = "presigned"
+            actor = granted
         else:
             token = self.api.require_unlimited(request, WRITE, target=f"upload/{session_id}")
             owner = None if token.role == "admin" else token.id
@@ -299,7 +310,7 @@ class AssetRoutes:
     async def get_blob(self, request: web.Request) -> web.StreamResponse:
         cid = self._blob_cid(request)
         presigned = self._presigned(request)
-        actor = "presigned"
+        actor = presigned or ""
         if not presigned:
             token = self.api.require_unlimited(request, READ, target=f"blob/{cid_text(cid)}")
             actor = token.actor
@@ -495,11 +506,12 @@ class AssetRoutes:
 
     async def presign_blob(self, request: web.Request) -> web.Response:
         cid = self._blob_cid(request)
-        self.api.require_unlimited(request, READ, target=f"blob/{cid_text(cid)}")
+        token = self.api.require_unlimited(request, READ, target=f"blob/{cid_text(cid)}")
         body, _ = await self.api.body(request, "PresignOptions")
         expires, ip = _presign_options(body)
         await self._thread(self.assets.blobs.require, cid)
-        url = self.assets.presign.sign("GET", f"/v1/blobs/{cid_text(cid)}", expires_in_s=expires, ip=ip)
+        url = self.assets.presign.sign("GET", f"/v1/blobs/{cid_text(cid)}", expires_in_s=expires, ip=ip,
+                                       token=token.id)
         return json_response({"url": url, "expires_in": expires})
 
     async def retain_blob(self, request: web.Request) -> web.Response:
