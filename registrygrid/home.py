@@ -261,6 +261,19 @@ class Home:
     def node_key(self) -> KeyPair:
         return read_key_file(self.node_key_path)
 
+    def node_dids(self) -> list[str]:
+        """The did:keys this home's node has signed with: its key, and the
+        keys `rgrid node rotate-key` retired (kept beside it for audits).
+        A retired key file that can't be read is left out: what it signed
+        then shows as signed by a key this node does not know."""
+        dids = [self.node_key().did]
+        for retired in sorted(self.node_key_path.parent.glob(f"{self.node_key_path.name}.retired-*")):
+            try:
+                dids.append(read_key_file(retired).did)
+            except (OSError, ValidationError):
+                continue
+        return dids
+
     def org(self) -> OrgMembership | None:
         data = self._org_file()
         if data is None:

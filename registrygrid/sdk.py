@@ -618,7 +618,8 @@ class LocalRegistry:
         return AuditLedger.entries(self.store, since=since, limit=limit, reverse=reverse, target=target)
 
     def audit_verify(self) -> dict[str, Any]:
-        return AuditLedger.verify(self.store)
+        signers = self.home.node_dids() if self.home is not None else [self.engine.key.did]
+        return AuditLedger.verify(self.store, signers)
 
     def identity(self) -> dict[str, Any]:
         if self.home is not None:
@@ -659,13 +660,14 @@ class StoreChecks:
     """Read-only integrity checks of a store that another process may be writing."""
 
     def __init__(self, home: Home) -> None:
+        self.home = home
         self.store = Store(home.store_path, readonly=True)
 
     def verify(self) -> VerifyReport:
         return verify_store(self.store)
 
     def audit_verify(self) -> dict[str, Any]:
-        return AuditLedger.verify(self.store)
+        return AuditLedger.verify(self.store, self.home.node_dids())
 
     def heads_of(self, author: str) -> dict[str, int]:
         """registry -> sequence number of ``author``'s last change held here

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -102,7 +103,7 @@ def test_audit_verify_is_ok_and_checks_signed_heads_after_reopening(tmp_path: Pa
 
 
 def test_flipping_a_byte_of_an_audit_entry_is_caught_and_names_the_entry(tmp_path: Path) -> None:
-    _, size = _signed_store(tmp_path)
+    key, size = _signed_store(tmp_path)
     store = Store(tmp_path)
     try:
         original = {seq: pack(list(value)) for seq, value in _raw_entries(store).items()}
@@ -117,7 +118,7 @@ def test_flipping_a_byte_of_an_audit_entry_is_caught_and_names_the_entry(tmp_pat
                 txn.put(u64(seq), bytes(value), db=store.db["audit"])
             try:
                 with pytest.raises(IntegrityError) as caught:
-                    AuditLedger.verify(store)
+                    AuditLedger.verify(store, [key.did])
                 assert caught.value.details == {"entry": seq}
                 assert f"entry {seq}" in caught.value.message
             finally:
@@ -125,20 +126,20 @@ def test_flipping_a_byte_of_an_audit_entry_is_caught_and_names_the_entry(tmp_pat
                     txn.put(u64(seq), original[seq], db=store.db["audit"])
 
         flip()
-        AuditLedger.verify(store)  # every flip was undone
+        AuditLedger.verify(store, [key.did])  # every flip was undone
     finally:
         store.close()
 
 
 def test_removing_entries_covered_by_a_signed_head_is_caught(tmp_path: Path) -> None:
-    _, size = _signed_store(tmp_path)
+    key, size = _signed_store(tmp_path)
     store = Store(tmp_path)
     try:
         with store.env.begin(write=True) as txn:
             txn.delete(u64(size), db=store.db["audit"])
             txn.delete(u64(size - 1), db=store.db["audit"])
         with pytest.raises(IntegrityError) as caught:
-            AuditLedger.verify(store)
+            AuditLedger.verify(store, [key.did])
         assert caught.value.details == {"head": size}
         assert "removed" in caught.value.message
     finally:
@@ -146,20 +147,20 @@ def test_removing_entries_covered_by_a_signed_head_is_caught(tmp_path: Path) -> 
 
 
 def test_removing_an_entry_in_the_middle_is_caught_as_missing(tmp_path: Path) -> None:
-    _, size = _signed_store(tmp_path)
+    key, size = _signed_store(tmp_path)
     store = Store(tmp_path)
     try:
         with store.env.begin(write=True) as txn:
             txn.delete(u64(3), db=store.db["audit"])
         with pytest.raises(IntegrityError) as caught:
-            AuditLedger.verify(store)
+            AuditLedger.verify(store, [key.did])
         assert caught.value.details == {"entry": 3}
     finally:
         store.close()
 
 
 def test_rewriting_history_with_a_recomputed_hash_chain_is_caught_by_the_signed_head(tmp_path: Path) -> None:
-    _, size = _signed_store(tmp_path)
+    key, size = _signed_store(tmp_path)
     store = Store(tmp_path)
     try:
         entries = _raw_entries(store)
@@ -181,13 +182,17 @@ def test_rewriting_history_with_a_recomputed_hash_chain_is_caught_by_the_signed_
             heads = {k: v for k, v in txn.cursor(db=store.db["audit_heads"])}
         with store.env.begin(write=True) as txn:
             txn.drop(store.db["audit_heads"], delete=False)
-        assert AuditLedger.verify(store)["entries"] == size
+        # Without its heads, the ledger's own state of itself still names
+        # the last entry as it wrote it.
+        with pytest.raises(IntegrityError) as unpinned:
+            AuditLedger.verify(store, [key.did])
+        assert unpinned.value.details == {"entry": size} and "rewritten" in unpinned.value.message
         with store.env.begin(write=True) as txn:
             for k, v in heads.items():
                 txn.put(k, v, db=store.db["audit_heads"])
         # ... but the signed tree head pins the original history.
         with pytest.raises(IntegrityError) as caught:
-            AuditLedger.verify(store)
+            AuditLedger.verify(store, [key.did])
         assert caught.value.details == {"head": size}
         assert "rewritten" in caught.value.message
     finally:
@@ -195,7 +200,7 @@ def test_rewriting_history_with_a_recomputed_hash_chain_is_caught_by_the_signed_
 
 
 def test_a_forged_tree_head_signature_is_caught(tmp_path: Path) -> None:
-    _, size = _signed_store(tmp_path)
+    key, size = _signed_store(tmp_path)
     store = Store(tmp_path)
     try:
         with store.env.begin(write=True) as txn:
@@ -203,10 +208,156 @@ def test_a_forged_tree_head_signature_is_caught(tmp_path: Path) -> None:
             head["at_ms"] += 1
             txn.put(u64(size), pack(head), db=store.db["audit_heads"])
         with pytest.raises(IntegrityError) as caught:
-            AuditLedger.verify(store)
+            AuditLedger.verify(store, [key.did])
         assert caught.value.details == {"head": size}
     finally:
         store.close()
+
+
+def _rechain(store: Store, change: Callable[[int, list[Any]], None]) -> dict[int, tuple[bytes, bytes]]:
+    """Every entry rewritten by ``change`` and linked again, as a tamperer
+    who recomputes the whole chain would leave it (written back)."""
+    entries = _raw_entries(store)
+    prev = GENESIS
+    rewritten: dict[int, tuple[bytes, bytes]] = {}
+    for seq in sorted(entries):
+        fields = unpack(entries[seq][0])
+        change(seq, fields)
+        fields[-1] = prev
+        rewritten[seq] = _entry(*fields)
+        prev = rewritten[seq][1]
+    with store.env.begin(write=True) as txn:
+        for seq, value in rewritten.items():
+            txn.put(u64(seq), pack(list(value)), db=store.db["audit"])
+    return rewritten
+
+
+def test_a_rewrite_that_re_signs_every_head_with_a_key_of_its_own_is_caught(tmp_path: Path) -> None:
+    # verify read the signer from the head itself: a tamperer re-signed the
+    # rewritten ledger's heads with a fresh key, and verify said intact.
+    key, size = _signed_store(tmp_path)
+    store = Store(tmp_path)
+    try:
+        def blame_someone_else(seq: int, fields: list[Any]) -> None:
+            if seq == 2:
+                fields[2] = "did:key:someone-else"
+        rewritten = _rechain(store, blame_someone_else)
+        forger = KeyPair.generate()
+        frontier = MerkleFrontier()
+        for seq in sorted(rewritten):
+            frontier.append(leaf_hash(rewritten[seq][1]))
+        root = frontier.root()
+        with store.env.begin(write=True) as txn:
+            txn.drop(store.db["audit_heads"], delete=False)
+            txn.put(u64(size), pack({"size": size, "root": root, "at_ms": 1, "signer": forger.did,
+                                     "signature": forger.sign(pack([size, root, 1]))}), db=store.db["audit_heads"])
+            state = store.get_meta(txn, "audit.state")
+            state[1] = rewritten[size][1]  # its own state of itself rewritten too
+            store.put_meta(txn, "audit.state", state)
+        with pytest.raises(IntegrityError) as caught:
+            AuditLedger.verify(store, [key.did])
+        assert caught.value.details == {"head": size}
+        assert f"signed by {forger.did!r}, not by this node's key" in caught.value.message
+    finally:
+        store.close()
+
+
+def test_entries_cut_from_the_end_are_caught_and_no_head_is_signed_over_what_is_left(tmp_path: Path) -> None:
+    # No head covered the last entries (the node was killed before it signed
+    # one), and every remaining link held: verify said intact, and the
+    # store's next close signed a head over a root it never checked.
+    key = KeyPair.generate()
+    grid = LocalRegistry.open_path(tmp_path, key)
+    _fill(grid, 3)
+    grid.close()
+    grid = LocalRegistry.open_path(tmp_path, key)
+    for i in range(3, 6):
+        grid.put(CLUSTERS, "cluster", {"name": f"c{i}"}, id=f"c{i}")
+    with grid.store.read() as txn:
+        last = grid.store.get_meta(txn, "audit.state")[0]
+    with grid.store.write() as txn:  # under the open ledger's feet, as an intruder between batches
+        txn.delete(u64(last), db=grid.store.db["audit"])
+        txn.delete(u64(last - 1), db=grid.store.db["audit"])
+    with pytest.raises(IntegrityError) as caught:
+        grid.audit_verify()
+    assert caught.value.details == {"entry": last - 1}
+    assert f"entries {last - 1}..{last} were removed" in caught.value.message
+    heads_before = AuditLedger.heads(grid.store)
+    grid.close()  # would sign the cached frontier's root
+    store = Store(tmp_path)
+    try:
+        assert AuditLedger.heads(store) == heads_before
+        with pytest.raises(IntegrityError, match="were removed"):
+            AuditLedger.verify(store, [key.did])
+    finally:
+        store.close()
+
+
+def test_deleted_heads_are_caught_by_the_ledgers_state_of_itself(tmp_path: Path) -> None:
+    key, size = _signed_store(tmp_path)
+    store = Store(tmp_path)
+    try:
+        with store.env.begin(write=True) as txn:
+            txn.drop(store.db["audit_heads"], delete=False)
+        with pytest.raises(IntegrityError) as caught:
+            AuditLedger.verify(store, [key.did])
+        assert caught.value.details == {"head": size} and "was removed" in caught.value.message
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("garbage", [pack(7), pack([b"x"]), pack([pack([1, 2]), b"d"]), b"\xc1"])
+def test_an_audit_entry_that_is_not_one_is_an_integrity_error_for_verify_and_the_log(tmp_path: Path,
+                                                                                   garbage: bytes) -> None:
+    # A value of the wrong shape crashed verify and the log with a TypeError
+    # (the CLI's traceback, the bridge's 500 internal_error).
+    key, size = _signed_store(tmp_path)
+    store = Store(tmp_path)
+    try:
+        with store.env.begin(write=True) as txn:
+            txn.put(u64(3), garbage, db=store.db["audit"])
+        with pytest.raises(IntegrityError) as verified:
+            AuditLedger.verify(store, [key.did])
+        with pytest.raises(IntegrityError) as listed:
+            AuditLedger.entries(store, limit=100)
+        with pytest.raises(IntegrityError):
+            AuditLedger.entries(store, limit=100, reverse=True)
+        assert verified.value.details == listed.value.details == {"entry": 3}
+    finally:
+        store.close()
+
+
+def test_an_entry_moved_to_another_place_is_named_as_moved(tmp_path: Path) -> None:
+    key, size = _signed_store(tmp_path)
+    store = Store(tmp_path)
+    try:
+        with store.env.begin(write=True) as txn:
+            third, fourth = txn.get(u64(3), db=store.db["audit"]), txn.get(u64(4), db=store.db["audit"])
+            txn.put(u64(3), fourth, db=store.db["audit"])
+            txn.put(u64(4), third, db=store.db["audit"])
+        with pytest.raises(IntegrityError) as caught:
+            AuditLedger.verify(store, [key.did])
+        assert caught.value.message == "audit entry 3 says it is entry 4: entries were moved"
+    finally:
+        store.close()
+
+
+def test_heads_signed_by_a_key_the_node_rotated_away_from_still_verify(tmp_path: Path) -> None:
+    from registrygrid.membership import rotate_node_key
+
+    home = Home(tmp_path / "home")
+    home.init(org_name="acme")
+    with LocalRegistry.open_home(home) as grid:
+        _fill(grid, 2)
+    old = home.node_key().did
+    rotate_node_key(home)
+    with LocalRegistry.open_home(home) as grid:
+        grid.put(CLUSTERS, "cluster", {"name": "after"}, id="after")
+    with LocalRegistry.open_home(home) as grid:
+        report = grid.audit_verify()
+        signers = {h["signer"] for h in AuditLedger.heads(grid.store)}
+    assert report["signed_heads"] >= 2 and signers == {old, home.node_key().did}
+    assert home.node_dids() == [home.node_key().did, old]
 
 
 # ---------------------------------------------------------------- Merkle tree

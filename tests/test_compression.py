@@ -21,7 +21,6 @@ from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import cid_from_str
 from registrygrid.sdk import LocalRegistry
 from registrygrid.storage import records as stored_records
-from registrygrid.storage.audit import AuditLedger
 from registrygrid.storage.compact import compact
 from registrygrid.storage.compression import FIRST_AFTER, MARK, SECOND_AFTER, dictionary_key
 from registrygrid.storage.migrate import migrate
@@ -228,7 +227,7 @@ def test_audit_verify_names_an_entry_whose_compressed_bytes_were_damaged(grid: L
     _flip(grid.store, "audit", u64(seq), 2)
 
     with pytest.raises(IntegrityError) as caught:
-        AuditLedger.verify(grid.store)
+        grid.audit_verify()
     assert caught.value.details == {"entry": seq}
 
 
