@@ -191,6 +191,33 @@ async def test_a_stream_ends_once_its_token_is_revoked_and_its_reconnect_is_refu
             assert again.status_code == 401 and "revoked" in again.json()["error"]["message"]
 
 
+async def test_a_long_poll_whose_token_is_revoked_while_it_waits_answers_401_not_the_changes(
+        served: Served) -> None:
+    # The token was checked when the poll came in: one revoked during a 20 s
+    # wait was answered the changes written after its revocation.
+    from test_bridge_support import make_token
+
+    with trio.fail_after(30):
+        head = await _head(served)
+        secret = await make_token(served, "reader")
+        token_id = secret.split(".")[0].removeprefix("rgt_")
+        got: dict = {}
+
+        async def poll() -> None:
+            async with served.client(secret) as client:
+                r = await client.get("/v1/changes", params={"since": head, "wait": 20})
+                got.update(status=r.status_code, body=r.json())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            await trio.sleep(0.3)
+            async with served.client() as admin:
+                assert (await admin.delete(f"/v1/tokens/{token_id}")).status_code == 200
+            await _write(served, 1, "secret")
+    assert got["status"] == 401, got
+    assert "revoked" in got["body"]["error"]["message"] and "events" not in got["body"]
+
+
 async def test_a_filtered_read_looks_at_a_bounded_slice_of_the_feed_and_reads_on_from_there(
         served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     # A filter matching nothing read the whole feed on the bridge's loop

@@ -892,6 +892,8 @@ class Api:
             self.read_note(token, registry or "*", f"changefeed (sse) from {since}")
             return await self._stream(request, "sse", serve_sse, reader, since, token)
         events, cursor = await long_poll(reader, self.hub, since, limit, wait)
+        if wait:  # checked when the poll came in: a token revoked or expired while it waited gets nothing
+            self.auth.recheck(request.headers.get("Authorization", ""), request.remote, request.path)
         self.read_note(token, registry or "*", f"changes after {since}" + (f" kind {kind}" if kind else ""))
         return json_response({"events": [e.to_dict() for e in events], "next": cursor, "head": self.hub.head})
 
