@@ -143,6 +143,42 @@ async def test_token_endpoints_create_list_revoke(served: Served) -> None:
             assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
 
 
+async def test_revoking_a_revoked_token_answers_it_as_it_is_and_audits_no_second_revocation(
+        served: Served) -> None:
+    # Each DELETE of a revoked token wrote another "token revoked" entry:
+    # the ledger recorded revocations that never happened.
+    async def entries(token_id: str) -> list[dict]:
+        async with served.client() as admin:
+            return (await admin.get("/v1/audit", params={"limit": 10000, "target": f"tokens/{token_id}"})
+                    ).json()["entries"]
+
+    with trio.fail_after(30):
+        async with served.client() as admin:
+            made = (await admin.post("/v1/tokens", json={"role": "reader", "name": "twice"})).json()
+            answers = [(await admin.delete(f"/v1/tokens/{made['id']}")).json() for _ in range(3)]
+        while not any(e["action"] == "delete" for e in await entries(made["id"])):
+            await trio.sleep(0.05)  # notes are flushed in batches
+        while not any("revoked already" in e["reason"] for e in await entries(made["id"])):
+            await trio.sleep(0.05)
+        logged = await entries(made["id"])
+    assert len({a["revoked_at"] for a in answers}) == 1
+    assert [e["reason"] for e in logged if e["action"] == "delete"] == ["token twice revoked"]
+
+
+async def test_the_nodes_own_cli_token_is_audited_when_made_and_when_revoked(tmp_path) -> None:
+    import json
+
+    from test_bridge_support import ThreadedNode
+
+    from registrygrid.sdk import LocalRegistry
+
+    with ThreadedNode(tmp_path / "home") as served:
+        token_id = json.loads((served.home.path / "bridge.json").read_text())["token_id"]
+    with LocalRegistry.open_home(tmp_path / "home") as grid:
+        logged = [(e.action, e.actor) for e in grid.audit_log(limit=10_000, target=f"tokens/{token_id}")]
+    assert logged == [("create", "node"), ("delete", "node")]
+
+
 async def test_rate_limit_answers_429_with_retry_after_then_recovers(nursery: trio.Nursery, tmp_path) -> None:
     with trio.fail_after(30):
         served = await start_served(nursery, tmp_path / "home",

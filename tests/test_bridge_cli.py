@@ -117,6 +117,9 @@ def test_cli_goes_through_the_bridge_while_the_node_runs(tmp_path: Path) -> None
     assert scoped["registry"] == REGISTRY and scoped["expires_at"] > time.time() * 1000 + 29 * 86400_000
     bad = rgrid(home, "token", "create", "--role", "writer", "--expires", "soon", check=False)
     assert bad.returncode == 65 and "bad duration" in bad.stderr
+    # An unset shell variable ("--expires $TTL") made a token that never expires.
+    empty = rgrid(home, "token", "create", "--role", "reader", "--expires", "", check=False)
+    assert empty.returncode == 65 and "bad duration ''" in empty.stderr
     with LocalRegistry.open_home(home) as local:
         actions = [(e.action, e.target) for e in local.audit_log(limit=10_000)]
     assert ("delete", f"tokens/{created['id']}") in actions

@@ -784,7 +784,8 @@ def audit() -> None:
 
 @audit.command(name="log")
 @home_option
-@click.option("--since", type=click.IntRange(0, MAX_SEQ), default=0, help="Entries after this sequence.")
+@click.option("--since", type=click.IntRange(0, MAX_SEQ), default=0,
+              help="Entries after this sequence (with --latest: at or before it, newest first).")
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
 @click.option("--latest", is_flag=True, help="Show the newest entries first.")
 @click.option("--record", "record_target", metavar="REGISTRY/ID",

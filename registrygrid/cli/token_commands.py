@@ -41,8 +41,9 @@ class _LocalTokens:
         return [t.to_api(local=False) for t in tokens.list_all(self.registry.store)]
 
     def revoke_token(self, token_id: str) -> dict[str, Any]:
-        revoked = tokens.revoke(self.registry.store, token_id)
-        self.registry.audit_note("delete", "cli", f"tokens/{revoked.id}", f"token {revoked.name} revoked")
+        revoked, now = tokens.revoke_once(self.registry.store, token_id)
+        if now:
+            self.registry.audit_note("delete", "cli", f"tokens/{revoked.id}", f"token {revoked.name} revoked")
         return revoked.to_api()
 
 
@@ -71,7 +72,7 @@ def register(cli: click.Group) -> None:
     def create(home: Path | None, role: str, registry: str | None, expires: str | None, name: str | None,
                as_json: bool) -> None:
         """Create a token and print its secret (shown this once)."""
-        expires_in = tokens.parse_duration(expires) if expires else None
+        expires_in = tokens.parse_duration(expires) if expires is not None else None  # "" is no duration
         with open_backend(home) as backend:
             created = _tokens_of(backend).create_token(role, registry=registry, expires_in=expires_in, name=name)
         if as_json:

@@ -176,19 +176,26 @@ def list_all(store: Store) -> list[Token]:
 
 def revoke(store: Store, token_id: str, *, at_ms: int | None = None) -> Token:
     """Mark a token revoked (kept, so the audit log's names stay resolvable)."""
+    return revoke_once(store, token_id, at_ms=at_ms)[0]
+
+
+def revoke_once(store: Store, token_id: str, *, at_ms: int | None = None) -> tuple[Token, bool]:
+    """``revoke``, and whether this call revoked it (False: it was already),
+    so the audit log records only the revocation that happened."""
     if not _ID.fullmatch(token_id):
         raise NotFound(f"no token {token_id!r}")
     key = token_id.encode()
 
-    def mark(txn: Txn) -> Token:
+    def mark(txn: Txn) -> tuple[Token, bool]:
         raw = txn.get(key, db=store.db["tokens"])
         if raw is None:
             raise NotFound(f"no token {token_id!r}")
         token, digest = _decode(raw)
-        if token.revoked_at is None:
-            token = Token(**{**token.to_dict(), "revoked_at": now_ms() if at_ms is None else at_ms})
-            txn.put(key, pack({**token.to_dict(), "hash": digest}), db=store.db["tokens"])
-        return token
+        if token.revoked_at is not None:
+            return token, False
+        token = Token(**{**token.to_dict(), "revoked_at": now_ms() if at_ms is None else at_ms})
+        txn.put(key, pack({**token.to_dict(), "hash": digest}), db=store.db["tokens"])
+        return token, True
 
     return store.transact(mark)
 

@@ -1223,10 +1223,13 @@ class Api:
             # (RFC 9110 15.5.10; the same reasoning as HomeLocked's 409).
             raise self.auth.refuse(token.actor, f"tokens/{token_id}", Conflict(
                 f"token {token_id} is the node's own CLI credential; it is revoked when the node stops"))
-        revoked = await self.in_executor(tokens.revoke, self.store, token_id)
+        revoked, now = await self.in_executor(tokens.revoke_once, self.store, token_id)
         self.auth.forget(revoked.id)
-        self.audit.note("delete", token.actor, f"tokens/{revoked.id}", f"token {revoked.name} revoked",
-                        required=False)
+        if now:
+            self.audit.note("delete", token.actor, f"tokens/{revoked.id}", f"token {revoked.name} revoked",
+                            required=False)
+        else:
+            self.read_note(token, f"tokens/{revoked.id}", f"token {revoked.name} revoked already: nothing changed")
         return json_response(revoked.to_api())
 
     # ---------------------------------------------------------------- the app

@@ -233,7 +233,7 @@ class Bridge:
         bridge_file = Path(node.home.path) / BRIDGE_FILE
         try:
             if self.config.write_bridge_file:
-                await trio.to_thread.run_sync(self._publish_cli_token, node, bridge_file)
+                await trio.to_thread.run_sync(self._publish_cli_token, node, bridge_file, audit)
             async with trio.open_nursery() as tasks:
                 self._tasks = tasks
                 api.state = "ok"
@@ -281,12 +281,14 @@ class Bridge:
         # answered 503 by it, so the loop never waits on a lost write.
         self._closing = True
         await trio.to_thread.run_sync(thread.join)
-        await self._final_audit_flush(node, audit)
-        if self.cli_token is not None:
+        if self.cli_token is not None:  # before the last flush, which audits it
             try:
-                tokens.revoke(node.store, self.cli_token.split(".")[0][len(tokens.PREFIX):])
+                revoked = tokens.revoke(node.store, self.cli_token.split(".")[0][len(tokens.PREFIX):])
+                audit.note("delete", "node", f"tokens/{revoked.id}", "the node's own CLI token revoked: the "
+                           "node stops", required=False)
             except RegistryError:
                 log.exception("could not revoke the CLI token")
+        await self._final_audit_flush(node, audit)
         bridge_file.unlink(missing_ok=True)
         log.info("bridge stopped")
 
@@ -312,13 +314,17 @@ class Bridge:
                 return
         log.error("the committer neither took nor refused the last %d audit notes; they are lost", len(notes))
 
-    def _publish_cli_token(self, node: Any, path: Path) -> None:
+    def _publish_cli_token(self, node: Any, path: Path, audit: AuditBuffer) -> None:
         # Tokens of a previous run that died without cleaning up are revoked:
         # only the current bridge.json may hold a live CLI token.
         for old in tokens.list_all(node.store):
             if old.created_by == CLI_TOKEN_CREATOR and old.revoked_at is None:
                 tokens.revoke(node.store, old.id)
+                audit.note("delete", "node", f"tokens/{old.id}", "a CLI token a stopped run left live revoked",
+                           required=False)
         created, secret = tokens.create(node.store, role="admin", name="cli", created_by=CLI_TOKEN_CREATOR)
+        audit.note("create", "node", f"tokens/{created.id}", "the node's own CLI token (bridge.json), role admin",
+                   required=False)
         self.cli_token = secret
         if self.api is not None:
             # By id, not by created_by: an earlier run's CLI token was just
