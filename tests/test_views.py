@@ -38,6 +38,7 @@ from registrygrid.node.bridge.openapi import schema_validator
 from registrygrid.node.node import Node
 from registrygrid.node.search import SearchService
 from registrygrid.sdk import LocalRegistry
+from registrygrid.search import query as q
 from registrygrid.search import views as saved_views
 from registrygrid.search.index import SearchIndex
 from registrygrid.search.service import index_path, verifier
@@ -588,3 +589,59 @@ async def test_a_view_whose_name_is_long_and_quoted_long_is_kept_and_a_damaged_s
                     answer = await reflected(client, name, seq)
                     assert [m[:2] for m in members(answer)] == [(REGISTRY, "n1"), (REGISTRY, "n3")]
             served.node.stop()
+
+
+def test_after_the_store_is_restored_from_a_backup_search_and_views_follow_its_feed_not_the_old_one(
+        tmp_path: Path) -> None:
+    # The index took its cursor for granted: restored to an older feed (or
+    # made anew), the store's next changes sat at sequence numbers the index
+    # had passed, so their records were never indexed (a search found none,
+    # and the index said it was up to date), records gone with the old feed
+    # were still counted, and views kept members of the old feed.
+    import shutil
+
+    home = Home(tmp_path / "home")
+    home.init(org_name="test org")
+    query = {"filter": {"field": "fields.n", "exists": True}, "sort": {"field": "price", "order": "asc"}}
+    backup = tmp_path / "backup"
+    backup.mkdir()
+
+    def opened(registry: LocalRegistry) -> tuple[SearchIndex, saved_views.Views]:
+        index = SearchIndex(index_path(home.path))
+        return index, saved_views.Views(index_path(home.path) / "views", index, registry,
+                                        lambda: registry.engine.owner)
+
+    def refresh(registry: LocalRegistry, index: SearchIndex, views: saved_views.Views) -> None:
+        index.catch_up(registry, org_verified=verifier(registry.engine), local_org=registry.engine.owner)
+        views.refresh()
+
+    with LocalRegistry.open_home(home) as registry:
+        index, views = opened(registry)
+        registry.put(saved_views.VIEWS_REGISTRY, saved_views.VIEW_KIND, saved_views.view_fields("all", query),
+                     id="all")
+        for i in range(3):
+            registry.put("grid.tools", "tool", {"name": f"old{i}", "n": i, "price": float(i)}, id=f"old{i}")
+        registry.store.env.copy(str(backup))  # a consistent backup of the store
+        for i in range(3, 8):
+            registry.put("grid.tools", "tool", {"name": f"lost{i}", "n": i, "price": float(i)}, id=f"lost{i}")
+        refresh(registry, index, views)
+        assert len(views.show("all", limit=100)["items"]) == 8
+        passed = index.cursor
+
+    shutil.rmtree(home.store_path)
+    shutil.copytree(backup, home.store_path)  # restored
+    with LocalRegistry.open_home(home) as registry:
+        for i in range(10):
+            registry.put("grid.tools", "tool", {"name": f"zebra{i}", "n": 100 + i, "price": 100.0 + i},
+                         id=f"zebra{i}")
+        assert registry.feed_head() > passed  # the new feed passes the old cursor with other changes
+        index, views = opened(registry)
+        refresh(registry, index, views)
+        zebra = index.search(q.parse_query({"text": "zebra7", "limit": 50}))
+        lost = index.search(q.parse_query({"text": "lost3", "limit": 50}))
+        every = index.search(q.parse_query({"filter": query["filter"], "limit": 50}))
+        members = [i["id"] for i in views.show("all", limit=100)["items"]]
+        head = registry.feed_head()
+    assert zebra["total"] == 1 and lost["total"] == 0 and every["total"] == 13
+    assert members == ["old0", "old1", "old2"] + [f"zebra{i}" for i in range(10)]
+    assert index.cursor == head

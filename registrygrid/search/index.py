@@ -33,6 +33,7 @@ import hashlib
 import logging
 import math
 import re
+import secrets
 import shutil
 import threading
 import time
@@ -201,13 +202,18 @@ class SearchIndex:
             shutil.rmtree(self.path, ignore_errors=True)
             self.path.mkdir(parents=True, exist_ok=True)
             state = {"version": INDEX_VERSION, "cursor": 0}
+        epoch = state.get("epoch")
+        # The feed this index follows: renewed when it finds the store's feed
+        # is another one (_forget_feed), so views made from the old one know.
+        self.epoch = epoch if isinstance(epoch, str) and epoch else secrets.token_hex(4)
         try:
             self._open_tantivy()
         except IntegrityError as exc:
             self._start_over(exc)
             return
         self.cursor = int(state["cursor"])
-        self._save_cursor(self.cursor)
+        at = state.get("at")
+        self._save_cursor(self.cursor, at if isinstance(at, str) else None)
 
     def _open_tantivy(self) -> None:
         (self.path / "tantivy").mkdir(parents=True, exist_ok=True)
@@ -224,6 +230,37 @@ class SearchIndex:
         self._open_tantivy()
         self._save_cursor(0)
 
+    def _same_feed(self, registry: Any) -> bool:
+        """Whether the store's feed is the one this index reached: the event
+        at the cursor is the change the index saw there. A store restored
+        from a backup, or made anew, restarts its feed below the cursor (or
+        passes it with other changes); this index would then take their
+        records as indexed already and never index them. A cursor saved
+        before it kept its change is held to the feed's head alone."""
+        if self.cursor == 0:
+            return True
+        found = registry.changes(self.cursor - 1, limit=1)
+        if not found or found[0].seq != self.cursor:
+            return False
+        return self.at is None or found[0].change == self.at
+
+    def _forget_feed(self) -> None:
+        """Every document and vector goes and the cursor returns to 0: the
+        feed is another one (``_same_feed``)."""
+        log.warning("search: the store's feed is not the one this index reached (event %d is another change: "
+                    "the store was restored or made anew); indexing it again from its start", self.cursor)
+        self.started_over += 1
+        with _disk_refusals(self.path):
+            writer = self.index.writer(WRITER_HEAP, 1)
+            writer.delete_all_documents()
+            writer.commit()
+            writer.wait_merging_threads()
+        self.index.reload()
+        self.epoch = secrets.token_hex(4)
+        self._save_cursor(0)
+        if self.vectors is not None:
+            self.vectors.reset()
+
     def _drop_uncommitted_files(self) -> None:
         """Delete the files of a commit a crash cut short. tantivy registers
         each file before writing it and names a deletes file by segment and
@@ -235,10 +272,12 @@ class SearchIndex:
             writer.garbage_collect_files()
             del writer  # releases the index's writer lock
 
-    def _save_cursor(self, cursor: int) -> None:
+    def _save_cursor(self, cursor: int, at: str | None = None) -> None:
+        """Save the cursor and ``at``, the change of the feed event at it."""
         with _disk_refusals(self.path):
-            write_json_durably(self.path / "search.json", {"version": INDEX_VERSION, "cursor": cursor})
-        self.cursor = cursor
+            write_json_durably(self.path / "search.json", {"version": INDEX_VERSION, "cursor": cursor,
+                                                          "epoch": self.epoch, **({"at": at} if at else {})})
+        self.cursor, self.at = cursor, at
 
     # ------------------------------------------------------------ semantic (optional extra)
 
@@ -268,18 +307,20 @@ class SearchIndex:
         """Index the feed after the cursor (at most ``limit`` events); the
         number of events read. ``registry`` is the node's LocalRegistry."""
         with self._write_lock:
+            if not self._same_feed(registry):
+                self._forget_feed()
             head = registry.feed_head()
             done = 0
             while self.cursor < head and (limit is None or done < limit):
                 touched: dict[tuple[str, str], None] = {}
-                last = self.cursor
+                last, at = self.cursor, self.at
                 while last < head and len(touched) < COMMIT_EVERY and (limit is None or done < limit):
                     events = registry.changes(last, limit=BATCH if limit is None else min(BATCH, limit - done))
                     if not events:
                         break
                     touched.update(dict.fromkeys((e.registry, e.record) for e in events
                                                  if e.registry not in NOT_INDEXED))
-                    last = events[-1].seq
+                    last, at = events[-1].seq, events[-1].change
                     done += len(events)
                     if progress is not None:
                         progress(last, head)
@@ -303,7 +344,7 @@ class SearchIndex:
                     self._start_over(exc)
                     head = registry.feed_head()
                     continue
-                self._save_cursor(last)
+                self._save_cursor(last, at)
             return done
 
     def rebuild(self, registry: Any, *, org_verified: Callable[[str], bool], local_org: str | None,

@@ -211,6 +211,7 @@ class _State:
     ring: deque[ViewEvent] = field(default_factory=lambda: deque(maxlen=RING))
     saved_cursor: int = 0
     error: dict[str, str] | None = None  # a failure while materializing (the query itself parsed)
+    epoch: str = ""  # the index's feed it was made from (SearchIndex.epoch)
 
     @property
     def failed(self) -> dict[str, str] | None:
@@ -310,6 +311,11 @@ class Views:
             if not self._loaded or self._views_touched(through):
                 emitted += self._sync(through)
                 changed = True
+            for state in [s for s in self._states.values() if s.epoch != self.index.epoch]:
+                # Made from a feed the store no longer has (restored, made
+                # anew): its members and cursor name records of that one.
+                emitted += self._materialize(state, state.definition, through, reset=True)
+                changed = True
             behind = [s for s in self._states.values() if s.failed is None and s.cursor < through]
             if behind:
                 emitted += self._advance(behind, through)
@@ -366,7 +372,8 @@ class Views:
                 key = doc_key(registry, record_id)
                 members[key] = Member(registry, record_id, value, kid_of(key))
             state = _State(definition, str(data["generation"]), int(data["n"]), int(data["cursor"]),
-                           bool(data["truncated"]), members, saved_cursor=int(data["cursor"]))
+                           bool(data["truncated"]), members, saved_cursor=int(data["cursor"]),
+                           epoch=str(data.get("epoch", self.index.epoch)))  # a file from before epochs: this one
             if definition.query is not None:  # values of mixed types don't sort: a damaged file too
                 state.ordered = sorted(members.values(), key=_order_key(definition.query.sort))
         except FileNotFoundError:
@@ -404,6 +411,7 @@ class Views:
             except (RegistryError, ValueError) as exc:  # ValueError: tantivy refused a compiled query
                 error = self._failure(definition, exc)
         events = [ViewEvent(state.n + 1, "reset", seq=through)] if reset else []
+        state.epoch = self.index.epoch
         self._publish(state, definition=definition, members=members, truncated=truncated, cursor=through,
                       events=events, error=error, save=True)
         with self._lock:
@@ -501,6 +509,7 @@ class Views:
                 write_json_durably(_state_file(self.path, definition.name), {
                     "version": STATE_VERSION, "name": definition.name, "digest": definition.digest,
                     "generation": state.generation, "n": n, "cursor": cursor, "truncated": truncated,
+                    "epoch": state.epoch,
                     "members": [[m.registry, m.id, m.value] for m in ordered]})
             except OSError as exc:
                 # This view fails (shown as its error, events not emitted, so
