@@ -50,6 +50,54 @@ def test_a_damaged_store_is_refused_with_a_typed_error_naming_the_ways_back(tmp_
         assert "Restore it from a backup, or move it aside" in refused.value.message
 
 
+def test_a_store_whose_inner_pages_are_damaged_is_store_damaged_for_verify_and_compact(tmp_path: Path) -> None:
+    """The store opens (its meta pages hold), but pages inside it were
+    written over: `rgrid verify` and `rgrid store compact` crashed with
+    LMDB's own BadTxnError / CorruptedError, a traceback and exit 1."""
+    import random
+    import subprocess
+    import sys
+
+    from registrygrid.home import Home
+
+    home = Home(tmp_path / "home")
+    home.init(org_name="acme")
+    with LocalRegistry.open_home(home) as grid:
+        for i in range(20):
+            grid.put("grid.tools", "tool", {"name": f"t{i}"}, id=f"t{i}")
+    noise = random.Random(7).randbytes(3 * 4096)
+    with (home.store_path / "data.mdb").open("r+b") as f:
+        f.seek(2 * 4096)
+        f.write(noise)
+    for command in (["verify"], ["store", "compact"]):
+        proc = subprocess.run([sys.executable, "-m", "registrygrid", *command, "--home", str(home.path)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 70, (command, proc.stderr)
+        assert proc.stderr.startswith("error[store_damaged]: ") and "Traceback" not in proc.stderr
+        assert "Restore it from a backup, or move it aside" in proc.stderr
+    assert not (tmp_path / "home" / "store.compact.tmp").exists()
+
+
+def test_compacting_a_home_with_no_store_is_not_found_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    # It made HOME/store.compact.tmp, then failed on the missing data.mdb
+    # (file_failed, exit 74) and left the directory behind.
+    import shutil
+
+    from registrygrid.errors import NotFound
+    from registrygrid.home import Home
+    from registrygrid.storage.compact import compact
+
+    home = Home(tmp_path / "home")
+    home.init(org_name="acme")
+    with LocalRegistry.open_home(home) as grid:
+        grid.put("grid.tools", "tool", {"name": "a"}, id="a")
+    shutil.rmtree(home.store_path)
+    before = sorted(p.name for p in home.path.iterdir())
+    with pytest.raises(NotFound, match="no store to compact"):
+        compact(home.store_path)
+    assert sorted(p.name for p in home.path.iterdir()) == before
+
+
 def test_chain_heads_and_version_vectors_come_from_each_chains_last_link(tmp_path: Path) -> None:
     store = Store(tmp_path)
     # Names that prefix one another must not bleed into each other's chains.

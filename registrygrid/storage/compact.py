@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from registrygrid.errors import NotFound
 from registrygrid.storage.compression import COMPRESSED, MARK
 from registrygrid.storage.store import Store, Txn
 
@@ -53,8 +54,10 @@ def compact(store_path: Path) -> CompactReport:
     """Compact the store at ``store_path`` in place (its node stopped)."""
     copy_dir = store_path.parent / f"{store_path.name}.{_COPY}"
     shutil.rmtree(copy_dir, ignore_errors=True)  # a copy an interrupted run left
-    copy_dir.mkdir()
+    if not (store_path / _DATA).is_file():  # checked first: a refusal leaves the home as it was
+        raise NotFound(f"no store to compact at {store_path} (no {_DATA})")
     before = (store_path / _DATA).stat().st_size
+    copy_dir.mkdir()
     store = Store(store_path)
     try:
         repacked = repack(store)

@@ -234,13 +234,15 @@ class _ReadTxn:
                 raise
         raise AssertionError("unreachable")
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         try:
             if self._txn is not None:
                 self._txn.abort()  # a read transaction has nothing to commit
         finally:
             self._txn = None
             self._store._gate.leave()
+        if isinstance(exc, _PAGE_DAMAGE):
+            raise self._store.damaged(exc) from None
 
 
 # The transaction type callers pass back to this package's functions: they
@@ -278,6 +280,9 @@ class StoreDamaged(IntegrityError):
 # What LMDB says when the file itself is not a sound store.
 _DAMAGE = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.VersionMismatchError,
            lmdb.BadChecksumError)
+# ... and, once open, when a page it reads fails its checks: the page's own
+# error, or MDB_BAD_TXN from every later read of the transaction it spoilt.
+_PAGE_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadChecksumError, lmdb.BadTxnError)
 
 
 _META_MAGIC = 0xBEEFC0DE  # LMDB's MDB_MAGIC, at the start of each meta page's MDB_meta
@@ -393,6 +398,8 @@ class Store:
         try:
             self.env.copy(str(directory), compact=True)
         except lmdb.Error as exc:
+            if isinstance(exc, _PAGE_DAMAGE):
+                raise self.damaged(exc) from None
             if not _disk_trouble(exc):
                 raise
             raise StorageFailed.at(directory, exc, what="the compacted copy", kept="the store",
@@ -434,6 +441,8 @@ class Store:
                     raise StoreFull(str(exc)) from None
                 if _disk_trouble(exc):
                     raise self._storage_failed(exc) from None
+                if isinstance(exc, _PAGE_DAMAGE):
+                    raise self.damaged(exc) from None
                 raise
             else:
                 try:
@@ -467,6 +476,15 @@ class Store:
                     aborted()
                 self.maps_grown += 1
                 self.grow()
+
+    def damaged(self, exc: BaseException) -> StoreDamaged:
+        """A page of the open store failed LMDB's checks (a failing disk, a
+        file written over): what a read or write met, with the ways back."""
+        return StoreDamaged(
+            f"the store in {self.path} is damaged: {exc}. Restore it from a backup, or move it aside and start "
+            "afresh: the node refills from its federation's peers (a node whose key has signed changes then "
+            "opens recovering: docs/trust.md, \"A lost store\")",
+            details={"path": str(self.path), "cause": str(exc)})
 
     def _storage_failed(self, exc: lmdb.Error) -> StorageFailed:
         if isinstance(exc, lmdb.PanicError):
