@@ -179,6 +179,45 @@ async def test_the_nodes_own_cli_token_is_audited_when_made_and_when_revoked(tmp
     assert logged == [("create", "node"), ("delete", "node")]
 
 
+async def test_a_token_limited_to_a_registry_reads_the_kinds_it_holds_only(served: Served) -> None:
+    # /v1/kinds answered every kind's schema (one bound to another registry
+    # too) to a token that got 403 on the same records in grid.kinds.
+    async with served.client() as admin:
+        r = await admin.post("/v1/kinds", json={"name": "secret", "version": 1, "registry": "acme.secret",
+                                                "schema": {"type": "object"}})
+        assert r.status_code == 201, r.text
+    scoped = await make_token(served, "reader", registry=REGISTRY)
+    kinds_reader = await make_token(served, "reader", registry="grid.kinds")
+    async with served.client(scoped) as client:
+        listed = {k["name"] for k in (await client.get("/v1/kinds")).json()["kinds"]}
+        note = await client.get("/v1/kinds/note")
+        secret = await client.get("/v1/kinds/secret")
+    async with served.client(kinds_reader) as client:
+        every = {k["name"] for k in (await client.get("/v1/kinds")).json()["kinds"]}
+    assert listed == {"note"} and note.status_code == 200
+    assert secret.status_code == 403 and secret.json()["error"]["code"] == "policy_denied"
+    assert {"note", "secret", "cluster"} <= every
+
+
+async def test_reads_of_kinds_identity_stats_and_fields_are_audited(served: Served) -> None:
+    # docs/bridge.md: every read through the API is audited; these were not.
+    reader = await make_token(served, "reader", name="looker")
+    async with served.client(reader) as client:
+        for path in ("/v1/kinds", "/v1/kinds/note", "/v1/identity", "/v1/stats", "/v1/search/fields"):
+            assert (await client.get(path)).status_code == 200, path
+    async with served.client() as admin:
+        assert (await admin.get("/v1/audit/verify")).status_code == 200
+    wanted = {"grid.kinds", "grid.kinds/note", "identity", "stats", "search"}
+    with trio.fail_after(10):
+        while True:
+            async with served.client() as admin:
+                entries = (await admin.get("/v1/audit", params={"limit": 10000})).json()["entries"]
+            reads = {e["target"] for e in entries if e["action"] == "read" and e["actor"].startswith("token:looker#")}
+            if wanted <= reads and any(e["target"] == "audit" and e["action"] == "read" for e in entries):
+                break
+            await trio.sleep(0.1)
+
+
 async def test_rate_limit_answers_429_with_retry_after_then_recovers(nursery: trio.Nursery, tmp_path) -> None:
     with trio.fail_after(30):
         served = await start_served(nursery, tmp_path / "home",

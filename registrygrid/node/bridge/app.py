@@ -541,13 +541,15 @@ class Api:
         return json_response(openapi.build_spec(self.base_url or None))
 
     async def identity(self, request: web.Request) -> web.Response:
-        self.require(request, READ, target="identity")
+        token = self.require(request, READ, target="identity")
+        self.read_note(token, "identity", "node identity")
         return json_response(self.registry.identity())
 
     async def stats(self, request: web.Request) -> web.Response:
-        self.require(request, READ, target="stats")
+        token = self.require(request, READ, target="stats")
         out = await self.in_executor(self.registry.stats)
         out.update({f"assets.rejected.{code}": n for code, n in sorted(self.asset_refusals.items())})
+        self.read_note(token, "stats", "store and engine figures")
         return json_response(out)
 
     # ---------------------------------------------------------------- registries
@@ -943,7 +945,8 @@ class Api:
         return json_response({"entries": [e.to_dict() for e in entries]})
 
     async def audit_verify(self, request: web.Request) -> web.Response:
-        self.require(request, ADMIN, target="audit")
+        token = self.require(request, ADMIN, target="audit")
+        self.read_note(token, "audit", "audit ledger verified")
         return json_response(await self.in_executor(self.registry.audit_verify))
 
     # ---------------------------------------------------------------- disputes
@@ -1033,13 +1036,38 @@ class Api:
         return json_response(answer)
 
     async def list_kinds(self, request: web.Request) -> web.Response:
-        self.require(request, READ, target="kinds")
-        return json_response({"kinds": self.registry.kinds()})
+        token = self.require(request, READ, target="kinds")
+        found = self.registry.kinds()
+        held = await self._kinds_in_scope(token)
+        if held is not None:
+            found = [k for k in found if k["name"] in held]
+        self.read_note(token, regs.KINDS_REGISTRY, "list kinds")
+        return json_response({"kinds": found})
 
     async def get_kind(self, request: web.Request) -> web.Response:
-        self.require(request, READ, target="kinds")
+        token = self.require(request, READ, target="kinds")
         name = names.kind_name(request.match_info["name"])
-        return json_response(self.registry.kind(name, q_int(request, "version", None, 1, 2**31)))
+        held = await self._kinds_in_scope(token)
+        if held is not None and name not in held:
+            raise self.auth.refuse(token.actor, f"{regs.KINDS_REGISTRY}/{name}", PolicyDenied(
+                f"this token is limited to registry {token.registry}, which holds no records of kind {name}"))
+        found = self.registry.kind(name, q_int(request, "version", None, 1, 2**31))
+        self.read_note(token, f"{regs.KINDS_REGISTRY}/{name}", "kind schema")
+        return json_response(found)
+
+    async def _kinds_in_scope(self, token: Token) -> frozenset[str] | None:
+        """The kinds a token limited to one registry may read (those its
+        registry holds: what it writes by); None for any kind. A token of
+        grid.kinds itself reads every definition, as its records."""
+        if token.registry is None or token.registry == regs.KINDS_REGISTRY:
+            return None
+        def held(name: str) -> frozenset[str]:
+            with self.registry.store.read() as txn:
+                return frozenset(regs.lookup(self.registry.store, txn, name).kinds)
+        try:
+            return await self.in_executor(held, token.registry)
+        except RegistryError:  # its registry is gone: no kind is in its scope
+            return frozenset()
 
     async def register_kind(self, request: web.Request) -> web.Response:
         token = self.require(request, WRITE, registry=regs.KINDS_REGISTRY, target=regs.KINDS_REGISTRY)
@@ -1089,11 +1117,13 @@ class Api:
         return json_response(answer)
 
     async def search_fields(self, request: web.Request) -> web.Response:
-        self.require(request, READ, target="search")
+        token = self.require(request, READ, target="search")
+        self.read_note(token, "search", "search fields")
         return json_response({"fields": describe_fields()})
 
     async def index_status(self, request: web.Request) -> web.Response:
-        self.require(request, READ, target="index")
+        token = self.require(request, READ, target="index")
+        self.read_note(token, "index", "search index status")
         return json_response(await self.in_executor(self._searcher().status))  # counts documents: a searcher
 
     async def rebuild_index(self, request: web.Request) -> web.Response:
