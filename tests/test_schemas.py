@@ -715,6 +715,36 @@ def test_invalid_user_schemas_are_refused(schema, reason):
         catalog.get("eval-result")
 
 
+def doubling_refs(levels: int) -> dict:
+    """Each definition refers to the next twice: 2^levels schema objects in ~70 bytes a level."""
+    defs = {f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}, {"$ref": f"#/$defs/d{i + 1}"}]}
+            for i in range(levels)}
+    defs[f"d{levels}"] = {"type": "object"}
+    return {"type": "object", "properties": {"x": {"$ref": "#/$defs/d0"}}, "$defs": defs}
+
+
+def test_a_schema_whose_refs_double_at_every_level_is_refused_before_anything_validates_against_it():
+    # 24 levels, 1.7 KB, passed every bound (size, depth, refs resolve): one
+    # write of its kind took a node to 8.6 GB, and every other write with it,
+    # on each node of the federation that it reached.
+    import time
+
+    catalog = SchemaCatalog()
+    started = time.monotonic()
+    with pytest.raises(ValidationError, match="schema objects once its \\$refs are followed") as refused:
+        catalog.register(user_kind(schema=doubling_refs(24)))
+    assert refused.value.details["expanded_objects"] > 2**24
+    assert time.monotonic() - started < 10  # counted once per definition, never expanded
+    with pytest.raises(UnknownKind):
+        catalog.get("eval-result")
+    catalog.register(user_kind(schema=doubling_refs(10)))  # 2^10 objects: a big schema, not a bomb
+    catalog.validate("eval-result", 1, {"x": {}})
+    with pytest.raises(ValidationError, match="chain deeper"):  # a validator's recursion would break on it
+        defs = {f"d{i}": {"$ref": f"#/$defs/d{i + 1}"} for i in range(1500)}
+        defs["d1500"] = {"type": "object"}
+        catalog.register(user_kind("chain", schema={"$ref": "#/$defs/d0", "$defs": defs}))
+
+
 @pytest.mark.parametrize(
     "kind",
     [

@@ -487,6 +487,62 @@ def _references(schema: dict[str, Any], base: str) -> Iterator[str]:
             yield urljoin(node_base, ref) if node_base else ref
 
 
+# A schema's size once its references are followed is what validating a
+# value against it costs, and explaining a refusal: a definition referred to
+# twice by one referred to twice ... doubles at each level, so a 1.5 KB
+# schema of 24 such levels stood for 2^24 schema objects, and one write of
+# its kind took a node's memory (8 GB) and every other write with it.
+# Counted once per definition (memoized), so counting is linear however
+# large the total; the built-in kinds stand for at most a few hundred.
+MAX_EXPANDED_SCHEMA_OBJECTS = 50_000
+
+
+def _expanded_objects(schema: dict[str, Any], resolver: Any) -> int:
+    """How many schema objects ``schema`` stands for with every ``$ref``
+    followed (a recursion counts once: it goes only as deep as the value
+    nests, which is bounded); definitions count where they are used."""
+    memo: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any, resolver: Any) -> int:
+        if isinstance(node, list):
+            return sum(size(item, resolver) for item in node)
+        if not isinstance(node, dict):
+            return 0
+        key = id(node)
+        if key in memo:
+            return memo[key]
+        if key in active:
+            return 1
+        active.add(key)
+        if isinstance(node.get("$id"), str):
+            resolver = resolver.in_subresource(DRAFT202012.create_resource(node))
+        total = 1
+        for name, value in node.items():
+            if name in _DATA_KEYWORDS or name in ("$defs", "definitions"):
+                continue
+            if name in _SCHEMA_MAPS and isinstance(value, dict):
+                total += sum(size(sub, resolver) for sub in value.values())
+            else:
+                total += size(value, resolver)
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            try:
+                found = resolver.lookup(ref)
+            except referencing.exceptions.Unresolvable:
+                pass  # refused by _check_references
+            else:
+                total += size(found.contents, found.resolver)
+        active.discard(key)
+        memo[key] = total
+        return total
+
+    try:
+        return size(schema, resolver)
+    except RecursionError:
+        raise ValidationError("the schema's $refs chain deeper than a validator can follow") from None
+
+
 def _plain_json(schema: Mapping[str, Any]) -> dict[str, Any]:
     """A private deep copy of ``schema`` made only of JSON types, size-checked."""
     if not _schema_depth_ok(schema, MAX_SCHEMA_DEPTH):
@@ -1074,6 +1130,12 @@ class SchemaCatalog:
                     " JSON Schema meta-schemas and the built-in kinds only (nothing is fetched)",
                     details={"ref": ref},
                 ) from None
+        objects = _expanded_objects(schema, resolver)
+        if objects > MAX_EXPANDED_SCHEMA_OBJECTS:
+            raise ValidationError(
+                f"the schema stands for {objects} schema objects once its $refs are followed (at most "
+                f"{MAX_EXPANDED_SCHEMA_OBJECTS}): every value of the kind would cost that much to check",
+                details={"expanded_objects": objects})
 
     def register_migration(self, name: str, from_version: int, to_version: int, step: MigrationStep) -> None:
         """Add a migration step for a kind (a plugin's user kind, typically)."""
