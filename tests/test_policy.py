@@ -262,14 +262,16 @@ def test_a_revoked_keys_edit_of_a_policy_stops_counting_on_the_nodes_that_applie
 
 def test_an_edit_built_on_a_refused_create_waits_for_its_signers_delegation_before_it_is_kept(
         tmp_path: Path) -> None:
-    """b2 creates m2 in the owner's members registry before it hears of the
-    owner's rule against creates; b3 (b2's org) deletes m2, built on that
-    create. A replica takes the rule, the create (refused), b3's delete
-    before b3's delegation, then the rule's repeal (the create counts: the
-    record is rebuilt) and b3's delegation last. b3's delete was kept
-    refused at once (no record to place its signer against), so the rebuild
-    could not judge it and it stayed refused for good: the replica showed
-    m2, which every other node shows deleted."""
+    """The owner makes a rule against creates, then repeals it; b2 creates
+    m2 in the owner's members registry after the repeal, having heard of
+    neither; b3 (b2's org) deletes m2, built on that create. A replica
+    takes the rule, the create (refused: the replica knows of no repeal),
+    b3's delete before b3's delegation, then the repeal (the create counts:
+    the rule no longer stood when it was made; the record is rebuilt) and
+    b3's delegation last. b3's delete was kept refused at once (no record to
+    place its signer against), so the rebuild could not judge it and it
+    stayed refused for good: the replica showed m2, which every other node
+    shows deleted."""
     owner = node(tmp_path / "owner", ADMIN_ORG)
     b2, b3 = node(tmp_path / "b2", MEMBER_ORG), node(tmp_path / "b3", MEMBER_ORG)
     try:
@@ -279,16 +281,17 @@ def test_an_edit_built_on_a_refused_create_waits_for_its_signers_delegation_befo
         known = set(wires(owner))
         policy(owner, "rules", {"id": "no-creates", "effect": "forbid", "actions": ["create"]})
         rule = [w for w in wires(owner) if w not in known]
+        known = set(wires(owner))
         time.sleep(0.005)
-        b2.put(MODELS, "tool", {"name": "m2"}, id="m2")  # b2 has not heard of the rule
+        owner.update("grid.policies", "rules", fields={"name": "rules", "policy_type": "access",
+                                                       "targets": [MODELS], "access": {"rules": [CURATE]}})
+        repeal = [w for w in wires(owner) if w not in known]
+        time.sleep(0.005)
+        b2.put(MODELS, "tool", {"name": "m2"}, id="m2")  # b2 has heard of neither
         create = [w for w in wires(b2) if open_envelope(w).body.record == "m2"]
         deliver(b3, b2)
         b3.delete(MODELS, "m2")
         delete = [w for w in wires(b3) if open_envelope(w).body.record == "m2" and w not in create]
-        known = set(wires(owner))
-        owner.update("grid.policies", "rules", fields={"name": "rules", "policy_type": "access",
-                                                       "targets": [MODELS], "access": {"rules": [CURATE]}})
-        repeal = [w for w in wires(owner) if w not in known]
         everything = list(dict.fromkeys(wires(owner) + wires(b2) + wires(b3)))
         b3_delegation = [w for w in everything if open_envelope(w).body.registry == MEMBERS_REGISTRY
                          and open_envelope(w).body.author == b3.engine.key.did]
@@ -335,3 +338,42 @@ def test_a_permit_to_update_is_no_permit_to_delete_even_in_an_update_that_delete
     result = b.execute([Remote(wires(a)[-1], "peer")])[0]
     assert result.status == "rejected" and "only a delete deletes" in str(result.error)
     assert b.get(MODELS, "m1")["fields"]["name"] == "m1"
+
+
+def test_an_edit_of_a_policy_judges_the_changes_after_it_and_its_old_rules_those_before(federation: Any) -> None:
+    # The rules of a policy's latest version judged every change since its
+    # creation: a rule an edit added erased (on every node) a record made
+    # and acknowledged before the edit, and a rule an edit or a delete
+    # dropped un-refused changes made while it stood.
+    a, b = federation
+    no_delete = {"id": "no-delete", "effect": "forbid", "actions": ["delete"]}
+    b_prices = {"id": "pricing-b-only", "effect": "forbid", "actions": ["create", "update"], "fields": ["pricing"],
+                "except": {"orgs": [MEMBER_ORG.did]}}
+    policy(b, "pricing", no_delete)
+    deliver(a, b)
+    a.put(MODELS, "tool", {"name": "a1", "pricing": {"per_call": 3}}, id="a1")  # allowed when it was made
+    deliver(b, a)
+    time.sleep(0.002)  # the edit's clock is past a1's
+    b.update("grid.policies", "pricing", patch={"access": {"rules": [no_delete, b_prices]}})
+    deliver(a, b)
+    assert a.get(MODELS, "a1")["fields"]["pricing"] == {"per_call": 3}
+    assert b.get(MODELS, "a1")["fields"]["pricing"] == {"per_call": 3}
+    with pytest.raises(PolicyDenied, match="pricing-b-only"):
+        a.put(MODELS, "tool", {"name": "a2", "pricing": {"per_call": 1}}, id="a2")
+    # A's node forgets the edit and makes a2 anyway: refused where it lands.
+    a.engine.policy = type(a.engine.policy)(rules={MODELS: [r for r in a.engine.policy.rules[MODELS]
+                                                            if r.id != "pricing-b-only"]})
+    a.put(MODELS, "tool", {"name": "a2", "pricing": {"per_call": 1}}, id="a2")
+    assert b.execute([Remote(wires(a)[-1], "peer")])[0].status == "refused"
+    time.sleep(0.002)
+    b.delete("grid.policies", "pricing")  # the rule ends here; what it refused while it stood stays refused
+    deliver(b, a)
+    deliver(a, b)
+    for grid in (a, b):
+        with pytest.raises(Exception, match="no record"):
+            grid.get(MODELS, "a2")
+        assert grid.get(MODELS, "a1")["fields"]["pricing"] == {"per_call": 3}
+    assert a.state_digest() == b.state_digest()
+    a.put(MODELS, "tool", {"name": "a3", "pricing": {"per_call": 1}}, id="a3")  # after the delete: no rule
+    deliver(b, a)
+    assert b.get(MODELS, "a3")["fields"]["pricing"] == {"per_call": 1}

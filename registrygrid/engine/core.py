@@ -110,33 +110,51 @@ class EngineCore:
         ids = records.applied_ids(self.store, txn, regs.REGISTRY_OF_REGISTRIES, name)
         if len(ids) < 2:
             return desc  # one version only (a change dated before it is judged by it)
-        doc = self._document(txn, batch, regs.REGISTRY_OF_REGISTRIES, name)
-        applied = records.applied_changes(self.store, txn, regs.REGISTRY_OF_REGISTRIES, name)
-        if doc is None or not applied:
+        versions = self._versions(txn, batch, regs.REGISTRY_OF_REGISTRIES, name, at=tuple(hlc))
+        if not versions:
             return desc
-        bodies = {h: self._change_body(txn, batch, cid) for h, cid in applied.items()}
-        then = {h for h, body in bodies.items() if tuple(body.hlc) <= tuple(hlc)}
-        if not then:  # dated before the registry's first version: judged by it
-            then = {min(bodies, key=lambda h: (tuple(bodies[h].hlc), h))}
-        # Clocks follow causality, so the changes up to a time hold their own
-        # deps; their heads are those none of the others depends on.
-        heads = sorted(then - {dep for h in then for dep in bodies[h].deps})
-        ordered = sorted(then, key=lambda h: (tuple(bodies[h].hlc), h))  # causal: clocks follow deps
-        if all(list(bodies[h].deps) == ordered[n - 1:n] for n, h in enumerate(ordered)):
-            state = doc.materialize(heads=heads)  # one line of edits: nothing raced
-        else:
-            # Edits raced: the version shows what its conflict rules chose
-            # then (as the record did when it stood so), not Automerge's pick.
-            then_doc, frontiers = tracking.replayed((h, automerge_of_body(bodies[h])[1]) for h in ordered)
-            state = then_doc.materialize()
-            found = self._conflicts_of(txn, batch, regs.REGISTRY_OF_REGISTRIES, name,  # type: ignore[attr-defined]
-                                       then_doc.doc, frontiers, state["kind"], state["owner"])
-            state = resolver.apply(state, found) if found else state
+        at, state = versions[0]
         record = records.get_record(self.store, txn, regs.REGISTRY_OF_REGISTRIES, name) or {}
         return regs.descriptor_from_record({**record, "id": name, "fields": state.get("fields") or {},
                                             "owner": state.get("owner", desc.owner),
                                             "deleted": bool(state.get("deleted")),
-                                            "updated_hlc": list(max(tuple(bodies[h].hlc) for h in then))})
+                                            "updated_hlc": list(at)})
+
+    def _versions(self, txn: Txn, batch: Batch, registry: str, name: str, *,
+                  at: tuple[int, int] | None = None) -> list[tuple[tuple[int, int], dict[str, Any]]]:
+        """Every version a record stood in, oldest first: after each of its
+        applied changes (in causal order: clocks follow deps), that change's
+        clock and the record as the changes up to it made it; with ``at``,
+        only the version in force at that clock (the first, for a clock
+        before it). Empty for a record with no document (one version: the
+        stored record). The rules a record states (a registry's descriptor,
+        an access policy) judge a change by the version in force at its
+        clock, so a late arrival is judged as on a node that had it first."""
+        doc = self._document(txn, batch, registry, name)
+        applied = records.applied_changes(self.store, txn, registry, name)
+        if doc is None or not applied:
+            return []
+        bodies = {h: self._change_body(txn, batch, cid) for h, cid in applied.items()}
+        ordered = sorted(bodies, key=lambda h: (tuple(bodies[h].hlc), h))
+        linear = all(list(bodies[h].deps) == ordered[n - 1:n] for n, h in enumerate(ordered))
+        ends = range(len(ordered)) if at is None else \
+            [max(0, sum(1 for h in ordered if tuple(bodies[h].hlc) <= at) - 1)]
+        out = []
+        for n in ends:
+            last = ordered[n]
+            then = ordered[:n + 1]
+            if linear:  # one line of edits: nothing raced
+                state = doc.materialize(heads=[last])
+            else:
+                # Edits raced: the version shows what its conflict rules chose
+                # then (as the record did when it stood so), not Automerge's pick.
+                then_doc, frontiers = tracking.replayed((h, automerge_of_body(bodies[h])[1]) for h in then)
+                state = then_doc.materialize()
+                found = self._conflicts_of(txn, batch, registry, name,  # type: ignore[attr-defined]
+                                           then_doc.doc, frontiers, state["kind"], state["owner"])
+                state = resolver.apply(state, found) if found else state
+            out.append((tuple(bodies[last].hlc), state))
+        return out
 
     @staticmethod
     def _registry_refusal(desc: regs.RegistryDescriptor, op: str, kind: str,

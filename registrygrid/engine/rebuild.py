@@ -48,7 +48,7 @@ from registrygrid.protocol.envelope import (
 from registrygrid.storage import chains, erasures, feed, records
 from registrygrid.storage.store import Txn
 from registrygrid.trust import access
-from registrygrid.trust.policy import POLICIES_REGISTRY, PolicySet
+from registrygrid.trust.policy import POLICIES_REGISTRY, PolicySet, PolicyVersion
 from registrygrid.trust.state import Verdict
 from registrygrid.trust.statements import MEMBERS_REGISTRY, read_statement
 
@@ -62,15 +62,37 @@ class Rebuilds(EngineCore):
         causal order (only a record whose history forked needs this)."""
         return tracking.replayed((am_hash, automerge_of(env)[1]) for env, am_hash in live)[1]
 
-    def _policies(self, txn: Txn) -> PolicySet:
+    def _policies(self, txn: Txn, batch: Batch | None = None) -> PolicySet:
+        """The access rules in force, each version of each grid.policies
+        record judging the changes made while it stood (trust/policy.py)."""
         def owner_of(registry: str) -> str | None:
             try:
                 return regs.lookup(self.store, txn, registry, include_deleted=True).owner
             except RegistryError:
                 return None
 
-        return PolicySet.of(records.iter_records(self.store, txn, registry=POLICIES_REGISTRY),
-                            is_admin=self.trust.is_admin, owner_of=owner_of)
+        batch = batch if batch is not None else Batch()
+        versions: list[PolicyVersion] = []
+        for record in records.iter_records(self.store, txn, registry=POLICIES_REGISTRY):  # deleted ones too
+            versions += self._policy_versions(txn, batch, record)
+        return PolicySet.of(versions, is_admin=self.trust.is_admin, owner_of=owner_of)
+
+    def _policy_versions(self, txn: Txn, batch: Batch, record: dict[str, Any]) -> list[PolicyVersion]:
+        """The versions of one policy record, each until the next. A record
+        never edited stands as it is from its creation (deleted: never)."""
+        if len(records.applied_ids(self.store, txn, POLICIES_REGISTRY, record["id"])) < 2:
+            return [] if record.get("deleted") else [PolicyVersion(record)]
+        history = self._versions(txn, batch, POLICIES_REGISTRY, record["id"])
+        if not history:
+            return [] if record.get("deleted") else [PolicyVersion(record)]
+        out = []
+        for n, (at, state) in enumerate(history):
+            until = history[n + 1][0][0] if n + 1 < len(history) else None
+            if n + 1 == len(history):
+                state = record  # the last version is the record itself (what every reader sees)
+            version = {**record, "fields": state.get("fields") or {}, "deleted": bool(state.get("deleted"))}
+            out.append(PolicyVersion(version, since_ms=None if n == 0 else at[0], until_ms=until))
+        return out
 
     def _apply_rules(self, txn: Txn, batch: Batch, cause: Envelope, origin: str) -> None:
         """After a remote change committed: what it changed in the rules
@@ -92,7 +114,7 @@ class Rebuilds(EngineCore):
         records' rebuilds weigh the rules again, until they stand)."""
         while batch.policies_changed:
             batch.policies_changed = False
-            before, self.policy = self.policy, self._policies(txn)
+            before, self.policy = self.policy, self._policies(txn, batch)
             changed = {r for r in before.registries() | self.policy.registries()
                        if before.rules.get(r) != self.policy.rules.get(r)}
             for registry in sorted(changed):

@@ -29,11 +29,15 @@ when its owner org is a federation admin, or owns every registry it
 targets (an org rules its own registries; a deleted registry's last
 descriptor says who owns it, and the engine weighs the policies again
 whenever a descriptor changes, so one that arrived before its registry's
-descriptor counts once that comes). It applies to changes made at or
-after its creation (their clocks), so a late-arriving policy does not
-rewrite history, and a node that learns it late rebuilds the records it
-judged without it (records are a pure function of their valid changes
-under the policies in force at their time).
+descriptor counts once that comes). Each version of a policy applies to
+the changes made while it stood (their clocks): from the change that made
+it until the next one (an edit, or the delete that ends it). So a
+late-arriving policy does not rewrite history, nor does an edit: a rule it
+adds judges later changes only, and a rule it drops (or a deleted policy's)
+still judges the changes made while it stood. A node that learns of a
+version late rebuilds the records it judged without it (records are a pure
+function of their valid changes under the policies in force at their
+time).
 
 Hand-written on purpose: docs/policy-engines.md measured Cedar and Casbin
 here (53-1,750 us a decision, and a peer's policy can crash or hang a
@@ -73,8 +77,9 @@ class Rule:
     fields: frozenset[str] | None
     orgs: frozenset[str]  # subjects (permit) or exceptions (forbid)
     roles: frozenset[str]
-    since_ms: int  # the policy's creation time: changes before it are not judged by it
+    since_ms: int  # the time of the policy version it is part of: changes before it are not judged by it
     attributes: tuple[tuple[str, frozenset[str]], ...] = ()  # every key must hold one of its values
+    until_ms: int | None = None  # the next version's time (an edit or delete): changes from it on are not
 
     @property
     def local(self) -> bool:
@@ -88,7 +93,8 @@ class Rule:
         return f"{self.policy}#{self.id}"
 
     def about(self, action: str, kind: str, touched: frozenset[str], at_ms: int) -> bool:
-        return (at_ms >= self.since_ms and action in self.actions
+        return (at_ms >= self.since_ms and (self.until_ms is None or at_ms < self.until_ms)
+                and action in self.actions
                 and (self.kinds is None or kind in self.kinds)
                 and (self.fields is None or not self.fields.isdisjoint(touched)))
 
@@ -116,12 +122,16 @@ class PolicySet:
     rules: dict[str, list[Rule]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, policies: Iterable[Mapping[str, Any]], *, is_admin: Any, owner_of: Any) -> PolicySet:
-        """From grid.policies records (materialized). ``is_admin(org)`` and
+    def of(cls, policies: Iterable[Mapping[str, Any] | PolicyVersion], *, is_admin: Any,
+           owner_of: Any) -> PolicySet:
+        """From grid.policies records (materialized: each stands from its
+        creation on), or versions of them. ``is_admin(org)`` and
         ``owner_of(registry)`` say whose policies count."""
         out = cls()
-        for record in policies:
-            for registry, rule in compile_policy(record, is_admin=is_admin, owner_of=owner_of):
+        for item in policies:
+            version = item if isinstance(item, PolicyVersion) else PolicyVersion(item)
+            for registry, rule in compile_policy(version.record, is_admin=is_admin, owner_of=owner_of,
+                                                 since_ms=version.since_ms, until_ms=version.until_ms):
                 out.rules.setdefault(registry, []).append(rule)
         for rules in out.rules.values():
             rules.sort(key=lambda r: (r.effect != "forbid", r.policy, r.id))  # forbids first: they override
@@ -149,9 +159,22 @@ class PolicySet:
         return Decision(True, permit.name, f"permitted by access policy {permit.name}")
 
 
-def compile_policy(record: Mapping[str, Any], *, is_admin: Any, owner_of: Any) -> list[tuple[str, Rule]]:
+@dataclass(frozen=True)
+class PolicyVersion:
+    """A grid.policies record as it stood from ``since_ms`` (None: its
+    creation) until ``until_ms`` (None: still)."""
+
+    record: Mapping[str, Any]
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+
+def compile_policy(record: Mapping[str, Any], *, is_admin: Any, owner_of: Any, since_ms: int | None = None,
+                   until_ms: int | None = None) -> list[tuple[str, Rule]]:
     """The (registry, rule) pairs a policy record contributes: none unless it
-    is a live access policy whose owner may rule all its targets."""
+    is a live access policy whose owner may rule all its targets; its rules
+    judge changes made from ``since_ms`` (default: its creation) until
+    ``until_ms``."""
     fields = record.get("fields") or {}
     access = fields.get("access")
     if record.get("deleted") or not isinstance(access, Mapping) or fields.get("enforcement") == "disabled":
@@ -160,7 +183,7 @@ def compile_policy(record: Mapping[str, Any], *, is_admin: Any, owner_of: Any) -
     owner = record.get("owner")
     if not targets or not (is_admin(owner) or all(owner_of(t) == owner for t in targets)):
         return []
-    since = int(record.get("created_at") or 0)
+    since = int(record.get("created_at") or 0) if since_ms is None else since_ms
     out = []
     for raw in access.get("rules") or ():
         subjects = raw.get("subjects") if raw.get("effect") == "permit" else raw.get("except")
@@ -170,7 +193,7 @@ def compile_policy(record: Mapping[str, Any], *, is_admin: Any, owner_of: Any) -
                     kinds=frozenset(raw["kinds"]) if raw.get("kinds") else None,
                     fields=frozenset(raw["fields"]) if raw.get("fields") else None,
                     orgs=frozenset(subjects.get("orgs") or ()), roles=frozenset(subjects.get("roles") or ()),
-                    since_ms=since,
+                    since_ms=since, until_ms=until_ms,
                     attributes=tuple(sorted((str(k), frozenset(map(str, v)))
                                             for k, v in (subjects.get("attributes") or {}).items())))
         out += [(target, rule) for target in targets]
