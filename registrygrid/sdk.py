@@ -598,6 +598,8 @@ class LocalRegistry:
 
     def register_kind(self, name: str, version: int, schema: Mapping[str, Any], *, registry: str = "",
                       description: str = "", actor: str | None = None) -> WriteResult:
+        if not isinstance(schema, Mapping):
+            raise ValidationError(f"a kind's schema is a JSON object, not {type(schema).__name__}")
         fields = {"name": name, "version": version, "schema": dict(schema), "description": description}
         if registry:
             fields["registry"] = registry

@@ -328,6 +328,15 @@ def test_kind_register_from_a_schema_file_then_put_a_record_of_it(home: Path, tm
     assert feed_head(home) == head
     missing = rgrid("kind", "show", "gpu-bench", "--version", "2", home=home)
     assert missing.returncode == EX_NOINPUT and "gpu-bench" in missing.stderr  # a read of what is not there
+    # A schema file holding no JSON object: a traceback, or (a list of pairs) silently made one.
+    for value in ([["type", "string"]], None, "string"):
+        schema.write_text(json.dumps(value))
+        odd = rgrid("kind", "register", "odd", "--schema", str(schema), home=home)
+        assert odd.returncode == EX_DATAERR and "is a JSON object, not" in odd.stderr, odd.stderr
+        assert "Traceback" not in odd.stderr
+    deleted = rgrid("delete", "grid.kinds", "gpu-bench.v1", home=home)
+    assert deleted.returncode != 0 and "published once" in deleted.stderr
+    assert feed_head(home) == head
 
 
 # ---------------------------------------------------------------- bad input

@@ -182,3 +182,44 @@ def test_a_record_that_arrives_before_its_user_kinds_definition_waits_for_it(tmp
     finally:
         a.close()
         replica.close()
+
+
+def test_a_kind_version_is_never_deleted_so_every_node_holds_it_and_the_records_of_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delete of a kind's record was accepted: nodes that ran on kept the
+    kind, a node that opened its store after the delete lost it, and the
+    records of it made elsewhere waited there for a definition for good."""
+    import types
+
+    from registrygrid.engine import local, registries
+    from registrygrid.errors import PolicyDenied
+
+    a = node(tmp_path, "a", NODE_A, ORG_A)
+    replica = node(tmp_path, "replica", KeyPair(b"\x7c" * 32), None)
+    try:
+        a.register_kind("widget", 1, SIZE_AS_NUMBER)
+        a.create_registry("a.widgets", ["widget"], write_policy="members")
+        a.put("a.widgets", "widget", {"name": "v", "size": 3}, id="v")
+        deliver(a, replica)
+        digest = a.state_digest()
+        with pytest.raises(PolicyDenied, match="published once"):
+            a.delete("grid.kinds", "widget.v1")
+        assert a.state_digest() == digest
+        # A node of an older version deletes it all the same: refused where it lands.
+        monkeypatch.setattr(local, "regs", types.SimpleNamespace(**{**vars(registries), "KINDS_REGISTRY": "-"}))
+        a.delete("grid.kinds", "widget.v1")
+        monkeypatch.undo()
+        (result,) = replica.execute([Remote(wires(a)[-1], "peer")])
+        assert result.status == "refused" and "published once" in result.error.message
+        a.put("a.widgets", "widget", {"name": "w", "size": 4}, id="w")
+        deliver(a, replica)
+        replica.close()
+        replica = node(tmp_path, "replica", KeyPair(b"\x7c" * 32), None)  # opened again: the kind is there
+        assert replica.kind("widget", 1)["schema"] == SIZE_AS_NUMBER
+        assert sorted(r["id"] for r in replica.list("a.widgets").items) == ["v", "w"]
+        a.close()
+        a = node(tmp_path, "a", NODE_A, ORG_A)  # the node that applied the delete loads the kind too
+        assert a.kind("widget", 1)["schema"] == SIZE_AS_NUMBER
+    finally:
+        a.close()
+        replica.close()

@@ -1167,6 +1167,9 @@ def kind_register(home: Path | None, name: str, version: int, schema_file: Path,
                   description: str, as_json: bool) -> None:
     """Register a user-defined kind (replicates as a record of grid.kinds)."""
     schema = read_json_file(schema_file)
+    if not isinstance(schema, dict):  # a list of pairs became a schema, other values a traceback
+        raise ValidationError(f"{schema_file}: a kind's schema is a JSON object, not {type(schema).__name__}",
+                              details=[{"path": str(schema_file), "message": "not a JSON object"}])
     with open_backend(home) as backend:
         result = backend.register_kind(name, version, schema, registry=home_registry, description=description,
                                        actor="cli")

@@ -263,6 +263,8 @@ def registry_body(name: str, kinds: Sequence[str], *, description: str, write_po
 
 def kind_body(name: str, version: int, schema: Mapping[str, Any], *, registry: str,
               description: str) -> dict[str, Any]:
+    if not isinstance(schema, Mapping):
+        raise ValidationError(f"a kind's schema is a JSON object, not {type(schema).__name__}")
     body: dict[str, Any] = {"name": name, "version": version, "schema": dict(schema), "description": description}
     if registry:
         body["registry"] = registry

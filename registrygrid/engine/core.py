@@ -168,8 +168,14 @@ class EngineCore:
         would wait for it forever. A delete is never refused by them (it
         makes nothing larger, and the records of a kind a registry stopped
         holding can still be cleared away, as local deletes can). ``size``: the
-        record's fields packed (values.fields_size), or None: not measured."""
+        record's fields packed (values.fields_size), or None: not measured.
+        A kind version's record is never deleted: it is published once,
+        and a delete took the kind from nodes that opened their store after
+        it and left it with those that ran on, so the records of it reached
+        some nodes and waited for a definition on others for good."""
         if op == "delete":
+            if desc.name == regs.KINDS_REGISTRY:
+                return kind_is_published()
             return None
         if kind not in desc.kinds:
             return PolicyDenied(f"registry {desc.name} does not hold kind {kind!r}")
@@ -310,3 +316,8 @@ class EngineCore:
         home = fields.get("registry") or f"user.{fields['name']}"
         return KindSchema(name=fields["name"], version=int(fields["version"]), registry=home,
                           schema=fields["schema"], description=fields.get("description", ""), builtin=False)
+
+
+def kind_is_published() -> PolicyDenied:
+    return PolicyDenied("a kind version is published once and never deleted (records of it may be anywhere); "
+                        "publish a new version instead, and stop writing this one")

@@ -396,11 +396,14 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
     def _load_user_kinds(self) -> None:
         with self.store.read() as txn:
             for record in records.iter_records(self.store, txn, registry=regs.KINDS_REGISTRY):
-                if not record["deleted"]:
-                    try:
-                        self._register_kind(record["id"], record["fields"])
-                    except RegistryError:
-                        self.metrics["kinds.unloadable"] += 1
+                # A deleted one too: deletes of kind records are refused now
+                # (EngineCore._registry_refusal), but one a store applied
+                # before left the kind with the nodes that ran on: loaded,
+                # every node holds it again.
+                try:
+                    self._register_kind(record["id"], record["fields"])
+                except RegistryError:
+                    self.metrics["kinds.unloadable"] += 1
 
     # ------------------------------------------------------------ replication reads
 

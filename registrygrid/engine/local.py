@@ -19,7 +19,7 @@ from registrygrid.crdt.conflicts import map_object, value_at
 from registrygrid.crdt.snapshot import encode_snapshot
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
-from registrygrid.engine.core import EngineCore
+from registrygrid.engine.core import EngineCore, kind_is_published
 from registrygrid.engine.erasure import ERASURES_REGISTRY, SUPPLEMENT_ACTOR
 from registrygrid.engine.ops import (
     Delete,
@@ -189,6 +189,8 @@ class LocalWrites(EngineCore):
 
     def _delete(self, txn: Txn, batch: Batch, op: Delete) -> WriteResult:
         registry, record_id, desc, old = self._edited(txn, op)
+        if registry == regs.KINDS_REGISTRY:
+            raise kind_is_published()
         hlc = self.clock.tick()
         placed = self._check_own_chain(txn, batch, registry)
         self._local_verdict(access.check_modify(placed, desc, op="delete", author=self.key.did, before=old,
