@@ -45,6 +45,12 @@ from registrygrid.trust.state import TrustState
 from registrygrid.trust.statements import MEMBERS_REGISTRY, Statement, read_statement
 
 
+# Versions of records that state rules (engine/core.py _versions), kept
+# between batches: a descriptor edited a few times judges every late change
+# of its registry.
+VERSION_CACHE_ENTRIES = 256
+
+
 class EngineCore:
     """State and lookups every part of the engine uses; Engine (engine.py)
     sets the state, the parts are mixed in beside this."""
@@ -66,6 +72,7 @@ class EngineCore:
     _chain_heads: dict[tuple[str, str], tuple[int, bytes]]
     _registry_cache: dict[str, regs.RegistryDescriptor]
     _doc_cache: DocumentCache
+    _version_cache: dict[tuple[str, str, tuple[bytes, ...]], list[tuple[tuple[int, int], dict[str, Any]]]]
     # Set while a store made anew recovers what this node's key signed
     # before (Engine.begin_recovery): the key signs nothing meanwhile.
     recovering: dict[str, Any] | None
@@ -107,9 +114,6 @@ class EngineCore:
         desc = self._registry(txn, name)
         if desc.builtin or tuple(hlc) >= desc.changed_hlc:
             return desc
-        ids = records.applied_ids(self.store, txn, regs.REGISTRY_OF_REGISTRIES, name)
-        if len(ids) < 2:
-            return desc  # one version only (a change dated before it is judged by it)
         versions = self._versions(txn, batch, regs.REGISTRY_OF_REGISTRIES, name, at=tuple(hlc))
         if not versions:
             return desc
@@ -123,37 +127,61 @@ class EngineCore:
     def _versions(self, txn: Txn, batch: Batch, registry: str, name: str, *,
                   at: tuple[int, int] | None = None) -> list[tuple[tuple[int, int], dict[str, Any]]]:
         """Every version a record stood in, oldest first: after each of its
-        applied changes (in causal order: clocks follow deps), that change's
-        clock and the record as the changes up to it made it; with ``at``,
-        only the version in force at that clock (the first, for a clock
-        before it). Empty for a record with no document (one version: the
-        stored record). The rules a record states (a registry's descriptor,
-        an access policy) judge a change by the version in force at its
-        clock, so a late arrival is judged as on a node that had it first."""
-        doc = self._document(txn, batch, registry, name)
-        applied = records.applied_changes(self.store, txn, registry, name)
-        if doc is None or not applied:
+        changes that count (in causal order: clocks follow deps), that
+        change's clock and the record as the changes up to it made it; with
+        ``at``, only the version in force at that clock (the first, for a
+        clock before it). Empty for a record of one change (its one version:
+        the stored record). The rules a record states (a registry's
+        descriptor, an access policy) judge a change by the version in force
+        at its clock, so a late arrival is judged as on a node that had it
+        first.
+
+        Made from the changes alone, never from the stored document (which
+        one node may have built and another not, where two creates raced),
+        so every node sees the same versions; kept by the changes' IDs
+        (``_version_cache``), so a registry's catch-up replays them once."""
+        cids = records.applied_ids(self.store, txn, registry, name)
+        if len(cids) < 2:
             return []
-        bodies = {h: self._change_body(txn, batch, cid) for h, cid in applied.items()}
+        key = (registry, name, tuple(cids))
+        versions = self._version_cache.get(key)
+        if versions is None:
+            versions = self._replay_versions(txn, batch, registry, name, cids)
+            if len(self._version_cache) >= VERSION_CACHE_ENTRIES:
+                self._version_cache.clear()
+            self._version_cache[key] = versions
+        if at is None:
+            return versions
+        then = [v for v in versions if v[0] <= at]
+        return [then[-1] if then else versions[0]]
+
+    def _replay_versions(self, txn: Txn, batch: Batch, registry: str, name: str,
+                         cids: list[bytes]) -> list[tuple[tuple[int, int], dict[str, Any]]]:
+        bodies = {}
+        changes = {}
+        for cid in cids:
+            body = self._change_body(txn, batch, cid)
+            am_hash, am_change = automerge_of_body(body)
+            bodies[am_hash], changes[am_hash] = body, am_change
         ordered = sorted(bodies, key=lambda h: (tuple(bodies[h].hlc), h))
-        linear = all(list(bodies[h].deps) == ordered[n - 1:n] for n, h in enumerate(ordered))
-        ends = range(len(ordered)) if at is None else \
-            [max(0, sum(1 for h in ordered if tuple(bodies[h].hlc) <= at) - 1)]
         out = []
-        for n in ends:
-            last = ordered[n]
-            then = ordered[:n + 1]
-            if linear:  # one line of edits: nothing raced
-                state = doc.materialize(heads=[last])
-            else:
-                # Edits raced: the version shows what its conflict rules chose
-                # then (as the record did when it stood so), not Automerge's pick.
-                then_doc, frontiers = tracking.replayed((h, automerge_of_body(bodies[h])[1]) for h in then)
-                state = then_doc.materialize()
-                found = self._conflicts_of(txn, batch, registry, name,  # type: ignore[attr-defined]
-                                           then_doc.doc, frontiers, state["kind"], state["owner"])
-                state = resolver.apply(state, found) if found else state
-            out.append((tuple(bodies[last].hlc), state))
+        if all(list(bodies[h].deps) == ordered[n - 1:n] for n, h in enumerate(ordered)):
+            doc: RecordDoc | None = None  # one line of edits: nothing raced
+            for h in ordered:
+                if doc is None:
+                    doc = RecordDoc.apply(None, changes[h])
+                else:
+                    doc.add_change(changes[h])
+                out.append((tuple(bodies[h].hlc), doc.materialize()))
+            return out
+        for n, last in enumerate(ordered):
+            # Edits raced: the version shows what its conflict rules chose
+            # then (as the record did when it stood so), not Automerge's pick.
+            then_doc, frontiers = tracking.replayed((h, changes[h]) for h in ordered[:n + 1])
+            state = then_doc.materialize()
+            found = self._conflicts_of(txn, batch, registry, name,  # type: ignore[attr-defined]
+                                       then_doc.doc, frontiers, state["kind"], state["owner"])
+            out.append((tuple(bodies[last].hlc), resolver.apply(state, found) if found else state))
         return out
 
     @staticmethod

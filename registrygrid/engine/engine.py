@@ -344,6 +344,7 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
         self._chain_heads: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._registry_cache: dict[str, regs.RegistryDescriptor] = {}
         self._doc_cache = DocumentCache()
+        self._version_cache: dict[tuple[str, str, tuple[bytes, ...]], list] = {}  # EngineCore._versions
         with self.store.read() as txn:
             self.feed_seq = feed.last_seq(self.store, txn)
         self._batch_feed_seq = self.feed_seq

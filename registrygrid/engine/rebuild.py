@@ -80,8 +80,6 @@ class Rebuilds(EngineCore):
     def _policy_versions(self, txn: Txn, batch: Batch, record: dict[str, Any]) -> list[PolicyVersion]:
         """The versions of one policy record, each until the next. A record
         never edited stands as it is from its creation (deleted: never)."""
-        if len(records.applied_ids(self.store, txn, POLICIES_REGISTRY, record["id"])) < 2:
-            return [] if record.get("deleted") else [PolicyVersion(record)]
         history = self._versions(txn, batch, POLICIES_REGISTRY, record["id"])
         if not history:
             return [] if record.get("deleted") else [PolicyVersion(record)]
