@@ -233,12 +233,12 @@ class LocalRegistry:
         if held is not None and held["created_by"] == did:
             self.home.note_key_signed(did)
 
-    def end_recovery(self) -> dict[str, Any]:
+    def end_recovery(self, *, none_kept: bool = False) -> dict[str, Any]:
         """``rgrid store recovered``: the node's history is back; writes
         resume after its key's last change held here, and the home's
         statements are published if they are still missing."""
         was = self.engine.recovering
-        heads = self.engine.end_recovery()
+        heads = self.engine.end_recovery(none_kept=none_kept)
         if was is not None and self.home is not None:
             membership = self.home.verified_org()
             if membership is not None:

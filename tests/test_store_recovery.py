@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,7 @@ def test_without_the_guard_the_same_loss_is_an_equivocation_its_peers_quarantine
     home, peer = lost
     try:
         with LocalRegistry.open_home(home) as grid:
-            grid.end_recovery()  # at once, its history not back: as before the guard existed
+            grid.end_recovery(none_kept=True)  # at once, its history not back: as before the guard existed
             grid.put("grid.clusters", "cluster", {"name": "c"}, id="c")
             statuses = deliver(grid, peer)
         assert "rejected" in statuses
@@ -169,5 +170,27 @@ def test_rgrid_store_recovered_reports_the_last_changes_and_ends_the_recovery(
         assert proc.returncode == 0, proc.stderr
         again = json.loads(rgrid("store", "recovered", "--json", home=home.path).stdout)
         assert again["was_recovering"] is False
+    finally:
+        peer.close()
+
+
+def test_ending_a_recovery_before_any_of_the_keys_changes_is_back_is_refused_unless_none_were_kept(
+        lost: tuple[Home, LocalRegistry], rgrid: Run) -> None:
+    # `rgrid store recovered` run at once ended it with nothing back: the
+    # key signed from sequence 1 again, the equivocation the recovery exists
+    # to prevent. And each open before anything synced moved since_ms.
+    home, peer = lost
+    try:
+        with LocalRegistry.open_home(home) as grid:
+            since = grid.engine.recovering["since_ms"]
+        time.sleep(0.01)
+        with LocalRegistry.open_home(home) as grid:
+            assert grid.engine.recovering["since_ms"] == since
+        proc = rgrid("store", "recovered", home=home.path)
+        assert proc.returncode == 65 and "error[conflict]" in proc.stderr and "--none-kept" in proc.stderr
+        with LocalRegistry.open_home(home) as grid:
+            assert grid.engine.recovering is not None and grid.stats()["recovering"] == 1
+        proc = rgrid("store", "recovered", "--none-kept", "--json", home=home.path)
+        assert proc.returncode == 0 and json.loads(proc.stdout)["was_recovering"] is True
     finally:
         peer.close()

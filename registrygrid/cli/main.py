@@ -650,8 +650,10 @@ def _offline_store_work(home: Path | None, what: str, run: Callable[[Path], Any]
 
 @store.command(name="recovered")
 @home_option
+@click.option("--none-kept", is_flag=True,
+              help="End it though the store holds none of the key's changes: no peer kept any of them.")
 @json_option
-def store_recovered(home: Path | None, as_json: bool) -> None:
+def store_recovered(home: Path | None, none_kept: bool, as_json: bool) -> None:
     """End the recovery of a store made anew for a node whose key had signed
     changes (the node must be stopped).
 
@@ -662,7 +664,7 @@ def store_recovered(home: Path | None, as_json: bool) -> None:
     from registrygrid.sdk import LocalRegistry
 
     with LocalRegistry.open_home(home) as registry:
-        report = registry.end_recovery()
+        report = registry.end_recovery(none_kept=none_kept)
     render.mapping(report, as_json, title="store recovery")
 
 

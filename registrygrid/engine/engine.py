@@ -72,6 +72,7 @@ from registrygrid.engine.rebuild import Rebuilds
 from registrygrid.engine.settle import Settling
 from registrygrid.engine.values import canonical, merge_patch, record_digest  # noqa: F401 (re-exported)
 from registrygrid.errors import (
+    Conflict,
     IntegrityError,
     RegistryError,
     StorageFailed,
@@ -186,17 +187,30 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
         before: until ``end_recovery``, local writes are refused, so the key
         never signs a sequence number its peers already hold (which they
         would report as equivocation and quarantine)."""
+        if self.recovering is not None:
+            return  # opened again before anything synced: the recovery began when it began
         recovering = {"key": self.key.did, "since_ms": self.now_ms()}
         self.store.transact(lambda txn: self.store.put_meta(txn, RECOVERING, recovering))
         self.recovering = recovering
 
-    def end_recovery(self) -> dict[str, int]:
+    def end_recovery(self, *, none_kept: bool = False) -> dict[str, int]:
         """The operator says the node's history is back (synced from peers,
         or there was none to lose): writes resume after the last change of
-        its key held here. Those last changes, by registry."""
+        its key held here. Those last changes, by registry.
+
+        Refused (Conflict) while the store holds no change of its key at
+        all, unless ``none_kept`` (no peer kept one): its first write would
+        then take sequence number 1 of chains its peers hold, which they
+        report as equivocation and quarantine the key for."""
         def resume(txn: Txn) -> dict[str, dict[str, int]]:
+            heads = chains.heads(self.store, txn)
+            if self.recovering is not None and not none_kept \
+                    and not any(self.key.did in authors for authors in heads.values()):
+                raise Conflict(f"this store holds none of the changes {self.key.did} signed yet: start the node "
+                               "in its federation until they are back (`rgrid stats`: recovering 1 until you run "
+                               "this), or pass --none-kept if no peer kept any of them")
             self.store.delete_meta(txn, RECOVERING)
-            return chains.heads(self.store, txn)
+            return heads
 
         heads = self.store.transact(resume)
         self.recovering = None
