@@ -12,6 +12,9 @@
                          the org's invitation (rgrid federation create|join); without
                          it the node is in its org's own implicit federation
       store/             the LMDB environment
+      store-mark.json    the node key's last change in each registry, as the store held
+                         them when it last closed: a store that holds fewer (restored
+                         from an older backup) opens recovering (sdk.py)
       node.lock          held (flock) by the one process that writes the store
       node.json          while a node runs with a federation: its peer ID, dialable
                          multiaddrs and pid (written by node/federation.py)
@@ -74,6 +77,9 @@ def write_json_durably(path: Path, data: Any) -> None:
     (a temporary file beside it, fsync, rename): state files whose loss or
     tearing a crash must not cause (index cursors, follow state)."""
     write_text_durably(path, json.dumps(data) + "\n")
+
+
+STORE_MARK = "store-mark.json"
 
 
 def write_text_durably(path: Path, text: str, *, secret: bool = False) -> None:
@@ -331,6 +337,29 @@ class Home:
 
     def note_key_signed(self, did: str) -> None:
         self._update_org_file(node_key_signed=did)
+
+    def store_mark(self, did: str) -> dict[str, int]:
+        """registry -> the last sequence number key ``did`` signed there that
+        this home's store held when it last closed; {} when none is known
+        (another key's, or a file that does not read: the mark only ever
+        adds a refusal, so losing it costs nothing but that)."""
+        path = self.path / STORE_MARK
+        if not path.exists():
+            return {}
+        try:
+            data = read_json(path)
+            heads = data["heads"] if data.get("key") == did else {}
+            return {str(r): int(s) for r, s in heads.items() if isinstance(s, int) and not isinstance(s, bool)}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, ValidationError):
+            return {}
+
+    def save_store_mark(self, did: str, heads: dict[str, int]) -> None:
+        """Raise the mark of key ``did`` to ``heads`` (never lowered: a store
+        that went back in time must not move it back with it)."""
+        merged = self.store_mark(did)
+        for registry, seq in heads.items():
+            merged[registry] = max(seq, merged.get(registry, 0))
+        write_text_durably(self.path / STORE_MARK, json.dumps({"key": did, "heads": merged}, sort_keys=True) + "\n")
 
     def note_org_record_published(self) -> None:
         """The org's own record is in this node's store: its founder home

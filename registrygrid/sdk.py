@@ -13,6 +13,7 @@ how bulk loads should be done.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from registrygrid.engine.ops import (
 )
 from registrygrid.engine.verify import VerifyReport, verify_store
 from registrygrid.errors import KindNotFound, NotFound, RecordErased, RegistryError, UnknownKind, ValidationError
-from registrygrid.home import FederationMembership, Home, OrgMembership
+from registrygrid.home import STORE_MARK, FederationMembership, Home, OrgMembership
 from registrygrid.identity.delegation import Delegation, verify_delegation
 from registrygrid.identity.keys import KeyPair, public_key_from_did
 from registrygrid.protocol import names
@@ -84,6 +85,8 @@ def _raise_if_error(outcome: Outcome) -> Any:
         raise outcome
     return outcome
 
+
+log = logging.getLogger(__name__)
 
 def matches_where(record: Mapping[str, Any], where: Sequence[tuple[str, str, Any]]) -> bool:
     """Field filters: (dotted path into fields, op, value); op is one of
@@ -155,6 +158,7 @@ class LocalRegistry:
         self.store = store
         self.engine = engine
         self.home = home
+        self._writes_home = False  # holds the home's lock: keeps its store mark (open_home)
 
     # ---- lifecycle ----
 
@@ -181,18 +185,23 @@ class LocalRegistry:
             # made anew (`rgrid store migrate` of a deleted store) opened as
             # an ordinary store, and the key signed sequence 1 again.
             lost = home.key_has_signed(key.did) and _empty(store)
+            # A store that went back in time (restored from a backup older
+            # than its last close) holds fewer of the key's changes than the
+            # home saw: a write would sign a sequence number peers hold.
+            behind = not lost and bool(_behind(store, key.did, home.store_mark(key.did)))
             try:
                 engine = Engine(store, key, SchemaCatalog(), owner=membership.org if membership else None,
                                 federation=(federation.claims, federation.id))
             except BaseException:
                 store.close()  # a store the engine refuses (its federation record unreadable) is left shut
                 raise
-            if lost and lock:
+            if (lost or behind) and lock:
                 engine.begin_recovery()
         except BaseException:
             home.unlock()
             raise
         registry = cls(store, engine, home)
+        registry._writes_home = lock
         if lock and membership is not None and engine.recovering is None:
             try:
                 registry.publish_membership(membership, federation)
@@ -238,7 +247,8 @@ class LocalRegistry:
         resume after its key's last change held here, and the home's
         statements are published if they are still missing."""
         was = self.engine.recovering
-        heads = self.engine.end_recovery(none_kept=none_kept)
+        required = self.home.store_mark(self.engine.key.did) if self.home is not None else {}
+        heads = self.engine.end_recovery(none_kept=none_kept, required=required)
         if was is not None and self.home is not None:
             membership = self.home.verified_org()
             if membership is not None:
@@ -318,6 +328,15 @@ class LocalRegistry:
         audit = self.engine.audit
         self.store.transact(lambda txn: audit.finish_batch(txn, self.engine.key, self.engine.now_ms(), force=True),
                             aborted=audit.reload)
+        if self._writes_home and self.home is not None and self.engine.recovering is None:
+            did = self.engine.key.did
+            with self.store.read() as txn:
+                held = {registry: authors[did] for registry, authors in chains.heads(self.store, txn).items()
+                        if did in authors}
+            try:
+                self.home.save_store_mark(did, held)
+            except OSError as exc:  # a full disk must not stop the store from closing
+                log.warning("could not save %s: %s", STORE_MARK, exc)
         self.engine.close()
         self.store.close()
         if self.home is not None:
@@ -700,6 +719,17 @@ def heads_held(home: Home, authors: Sequence[str]) -> dict[str, dict[str, int]]:
         return {author: checks.heads_of(author) for author in authors}
     finally:
         checks.close()
+
+
+def _behind(store: Store, did: str, mark: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """registry -> (held, marked) where the store holds fewer of key
+    ``did``'s changes than the home's mark says it did."""
+    if not mark:
+        return {}
+    with store.read() as txn:
+        heads = chains.heads(store, txn)
+    return {registry: (heads.get(registry, {}).get(did, 0), seq) for registry, seq in sorted(mark.items())
+            if heads.get(registry, {}).get(did, 0) < seq}
 
 
 def _empty(store: Store) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from registrygrid.engine.ops import Remote
-from registrygrid.errors import EX_UNAVAILABLE, StoreRecovering
+from registrygrid.errors import EX_UNAVAILABLE, Conflict, StoreRecovering
 from registrygrid.home import Home
 from registrygrid.identity.keys import KeyPair
 from registrygrid.sdk import LocalRegistry
@@ -192,5 +192,42 @@ def test_ending_a_recovery_before_any_of_the_keys_changes_is_back_is_refused_unl
             assert grid.engine.recovering is not None and grid.stats()["recovering"] == 1
         proc = rgrid("store", "recovered", "--none-kept", "--json", home=home.path)
         assert proc.returncode == 0 and json.loads(proc.stdout)["was_recovering"] is True
+    finally:
+        peer.close()
+
+
+def test_a_store_restored_from_an_older_backup_reopens_recovering_until_its_later_changes_are_back(
+        tmp_path: Path) -> None:
+    """A backup taken before the key's last changes, restored: the store's
+    chains stopped short of what the peers hold, and the next write signed
+    a sequence number they held already (equivocation, then quarantine):
+    nothing noticed, where a lost store opens recovering."""
+    home = Home(tmp_path / "home")
+    home.init(org_name="acme")
+    peer = LocalRegistry.open_path(tmp_path / "peer", KeyPair(b"\x77" * 32))
+    backup = tmp_path / "backup"
+    try:
+        with LocalRegistry.open_home(home) as grid:
+            grid.put("grid.clusters", "cluster", {"name": "a"}, id="a")
+            deliver(grid, peer)
+        shutil.copytree(home.store_path, backup)  # (taken with the node stopped)
+        with LocalRegistry.open_home(home) as grid:
+            grid.put("grid.clusters", "cluster", {"name": "b"}, id="b")
+            grid.put("grid.clusters", "cluster", {"name": "c"}, id="c")
+            deliver(grid, peer)
+        shutil.rmtree(home.store_path)
+        shutil.copytree(backup, home.store_path)  # restored
+        with LocalRegistry.open_home(home) as grid:
+            assert grid.engine.recovering is not None
+            with pytest.raises(StoreRecovering):
+                grid.put("grid.clusters", "cluster", {"name": "d"}, id="d")
+            with pytest.raises(Conflict, match="holds 1 of the changes .* in grid.clusters, where it held 3"):
+                grid.end_recovery()
+            deliver(peer, grid)  # sync brings b and c back
+            assert grid.end_recovery()["last_changes"]["grid.clusters"] == 3
+            grid.put("grid.clusters", "cluster", {"name": "d"}, id="d")
+            assert set(deliver(grid, peer)) <= {"applied", "duplicate"}
+        assert peer.engine.metrics["equivocation.reported"] == 0
+        assert peer.get("grid.clusters", "d")["fields"] == {"name": "d"}
     finally:
         peer.close()

@@ -193,17 +193,27 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
         self.store.transact(lambda txn: self.store.put_meta(txn, RECOVERING, recovering))
         self.recovering = recovering
 
-    def end_recovery(self, *, none_kept: bool = False) -> dict[str, int]:
+    def end_recovery(self, *, none_kept: bool = False, required: dict[str, int] | None = None) -> dict[str, int]:
         """The operator says the node's history is back (synced from peers,
         or there was none to lose): writes resume after the last change of
         its key held here. Those last changes, by registry.
 
         Refused (Conflict) while the store holds no change of its key at
-        all, unless ``none_kept`` (no peer kept one): its first write would
-        then take sequence number 1 of chains its peers hold, which they
-        report as equivocation and quarantine the key for."""
+        all, or fewer than ``required`` (registry -> last sequence number:
+        what the home saw it hold), unless ``none_kept`` (no peer kept
+        them): its next write would take a sequence number of a chain its
+        peers hold, which they report as equivocation and quarantine the
+        key for."""
         def resume(txn: Txn) -> dict[str, dict[str, int]]:
             heads = chains.heads(self.store, txn)
+            short = {r: s for r, s in (required or {}).items() if heads.get(r, {}).get(self.key.did, 0) < s}
+            if self.recovering is not None and not none_kept and short:
+                registry, seq = next(iter(sorted(short.items())))
+                raise Conflict(f"this store holds {heads.get(registry, {}).get(self.key.did, 0)} of the changes "
+                               f"{self.key.did} signed in {registry}, where it held {seq} before: start the node in "
+                               "its federation until they are back, or pass --none-kept if no peer kept them",
+                               details={"short": {r: [heads.get(r, {}).get(self.key.did, 0), s]
+                                                  for r, s in sorted(short.items())}})
             if self.recovering is not None and not none_kept \
                     and not any(self.key.did in authors for authors in heads.values()):
                 raise Conflict(f"this store holds none of the changes {self.key.did} signed yet: start the node "

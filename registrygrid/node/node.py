@@ -151,8 +151,9 @@ class Node:
         self.home.require()
         self.registry = LocalRegistry.open_home(self.home)  # takes the lock: one node per home
         if self.engine.recovering is not None:
-            log.warning("this node's store was made anew while its key had signed changes: it syncs but signs "
-                        "nothing until `rgrid store recovered` (node stopped); writes are refused meanwhile")
+            log.warning("this node's store lacks changes its key signed (made anew, or restored from an older "
+                        "backup): it syncs but signs nothing until `rgrid store recovered` (node stopped); writes "
+                        "are refused meanwhile")
         self.trio_token = trio.lowlevel.current_trio_token()
         try:
             self.assets = Assets.open(self.home, self.store, _record_reader(self.registry))
