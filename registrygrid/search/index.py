@@ -448,9 +448,13 @@ class SearchIndex:
             raise FeatureUnavailable(EXTRA_HINT)
         if query.sort.field == "relevance":
             hits, next_cursor = self._by_relevance(searcher, query, base, now_ms, registries)
+            listed = base
         else:
             hits, next_cursor = self._by_field(searcher, query, base)
-        total = searcher.search(base, 1, count=True).count
+            # A sort by a field lists the records that have it: the total
+            # counts those (it counted the others too, which no page shows).
+            listed = _and(base, tantivy.Query.exists_query(query.sort.field))
+        total = searcher.search(listed, 1, count=True).count
         facets = self._facets(searcher, query, base) if query.facets else {}
         return {"hits": hits, "total": total, "facets": facets, "next_cursor": next_cursor}
 
