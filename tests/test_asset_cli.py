@@ -96,6 +96,17 @@ def test_asset_governance_commands_speak_to_people_and_answer_json_with_json(tmp
     assert rotated.stdout.startswith("presigned URLs are signed with key ") and "2 key(s) held" in rotated.stdout
     assert len(rotated_json["keys"]) == 3 and rotated_json["kid"] in rotated_json["keys"]
 
+    # A name the bridge refuses: stored here with the node stopped (then never
+    # released through the node), or sent unquoted to it ("keep?x" released "keep").
+    for name in ("case-7?x", "bad name/x", "", "x" * 65):
+        odd = rgrid(home, "asset", "release", cid, name, check=False)
+        assert odd.returncode == 65 and "a hold's name has 1 to 64" in odd.stderr, (name, odd.stderr)
+        odd = rgrid(home, "asset", "hold", cid, name, "--reason", "r", check=False)
+        assert odd.returncode == 65, (name, odd.stderr)
+    long_reason = rgrid(home, "asset", "hold", cid, "case-8", "--reason", "r" * 1001, check=False)
+    assert long_reason.returncode == 65 and "1 to 1000 characters" in long_reason.stderr
+    assert list(json.loads(rgrid(home, "asset", "info", cid, "--json").stdout)["holds"]) == ["case-7"]
+
 
 class Cut(Exception):
     pass

@@ -304,3 +304,35 @@ async def test_a_bundle_whose_url_fails_midway_ends_with_the_connection_cut_neve
             metrics = (await http_client.get("/metrics")).text  # the node serves on, and counted it
         assert 'rgrid_http_answers_cut_total{code="unavailable",route="/v1/bundles"} 1.0' in metrics
         served.node.stop()
+
+
+async def test_a_blob_the_download_checks_refuse_is_refused_through_its_zip_entries_and_bundles_too(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    # Only GET /v1/blobs/{cid} ran the checks: the ZIP's manifest, each of
+    # its entries and a bundle of it or of an entry gave out what they refused.
+    home = Home(tmp_path / "home")
+    home.init(org_name="checked")
+    served = await start_served(nursery, home.path)
+    status, blob = await put_blob(served, a_zip({"secret.txt": b"not for you"}), content_type="application/zip")
+    assert status == 200
+    served.node.stop()
+    await trio.sleep(0.5)
+    config = json.loads((home.path / "config.json").read_text())
+    config["assets"] = {"checks": {"content_types": ["text/*"]}}
+    (home.path / "config.json").write_text(json.dumps(config))
+    served = await start_served(nursery, home.path)
+    cid = blob["cid"]
+    async with served.client() as http:
+        answers = {
+            "blob": await http.get(f"/v1/blobs/{cid}"),
+            "manifest": await http.get(f"/v1/blobs/{cid}/manifest"),
+            "entry": await http.get(f"/v1/blobs/{cid}/entries/secret.txt"),
+            "bundle": await http.post("/v1/bundles", json={"members": [{"name": "a.zip", "cid": cid}]}),
+            "bundled entry": await http.post("/v1/bundles", json={
+                "members": [{"name": "s.txt", "cid": cid, "entry": "secret.txt"}]}),
+        }
+    for what, answer in answers.items():
+        assert answer.status_code == 403, (what, answer.status_code)
+        assert answer.json()["error"]["code"] == "check_refused", what
+        assert b"not for you" not in answer.content
+    served.node.stop()

@@ -633,3 +633,54 @@ async def test_downloads_past_the_cap_are_refused_with_retry_after_until_a_slot_
             _reset(stalled)  # the node's next write fails and the slot frees
             await until_metric(served, "rgrid_bridge_downloads 0.0")
             assert (await http.get(f"/v1/blobs/{cid}")).content == data
+
+
+@pytest.mark.parametrize("way", ["token", "presigned"])
+async def test_a_part_whose_token_is_revoked_while_its_body_arrives_is_not_recorded(served: Served, way: str) -> None:
+    # The token was checked at the headers only: a part trickled in after
+    # the revocation was stored and answered 200, through a presigned part
+    # URL too.
+    import httpx
+
+    writer = await make_token(served, "writer")
+    writer_id = writer.removeprefix("rgt_").split(".")[0]
+    async with served.client(writer) as http:
+        session = (await http.post("/v1/uploads", json={"size": 1000, "presign": {"expires_in": 600}})).json()
+    path = session["part_urls"][0] if way == "presigned" else f"/v1/uploads/{session['id']}/parts/1"
+    auth = f"Authorization: Bearer {writer}\r\n" if way == "token" else ""
+    where = httpx.URL(served.url)
+    body = os.urandom(1000)
+    with trio.fail_after(30):
+        sock = trio.socket.socket()
+        await sock.connect((where.host, where.port))
+        await sock.send(f"PUT {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {len(body)}\r\n\r\n".encode()
+                        + body[:100])
+        await trio.sleep(0.3)  # the token was checked; the body is on its way
+        async with served.client() as admin:
+            assert (await admin.delete(f"/v1/tokens/{writer_id}")).status_code == 200
+        await trio.sleep(1.1)  # past the bridge's token cache
+        await sock.send(body[100:])
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += await sock.recv(65536)
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 401" if way == "token" else b"HTTP/1.1 403"), answer[:200]
+    async with served.client() as admin:
+        status = (await admin.get(f"/v1/uploads/{session['id']}")).json()
+    assert status["received"] == [] and status["missing"] == [1], status
+
+
+async def test_forged_presigned_grants_are_rate_limited_by_address_not_written_to_the_ledger_at_any_rate(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    from test_bridge_support import start_served
+
+    from registrygrid.node.bridge import BridgeConfig
+    from registrygrid.node.bridge.auth import RateLimit
+
+    served = await start_served(nursery, tmp_path / "home", BridgeConfig(rate_limit=RateLimit(rate=2.0, burst=5.0)))
+    cid = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"
+    async with served.client("no-such-token") as anonymous:
+        statuses = [(await anonymous.get(f"/v1/blobs/{cid}?rg-method=GET&rg-expires=9999999999&rg-kid=k1"
+                                         f"&rg-sig=forged{i}")).status_code for i in range(12)]
+    assert statuses[:5] == [403] * 5 and set(statuses[5:]) == {429}
+    served.node.stop()

@@ -314,6 +314,7 @@ class BlobStore:
             return new
 
     def hold(self, cid: bytes, name: str, reason: str) -> BlobEntry:
+        check_hold_name(name)  # every path alike: a name the bridge refuses could never be released through it
         with self._protecting:
             entry = self.require(cid)
             self._protect(cid, legal_hold=True)  # ON while any named hold exists
@@ -407,3 +408,19 @@ class BlobStore:
                 counts["removed_corrupt"] += 1
         return counts
 
+
+def check_hold_name(name: str) -> str:
+    """A legal hold's name: 1 to 64 ASCII letters, digits, '-', '_' or '.'
+    (a path segment of the bridge's routes, as it is)."""
+    if not isinstance(name, str) or not 1 <= len(name) <= 64 or not name.isascii() \
+            or not all(c.isalnum() or c in "-_." for c in name):
+        raise ValidationError("a hold's name has 1 to 64 letters, digits, '-', '_' or '.'",
+                              details=[{"path": "name"}])
+    return name
+
+
+def check_hold_reason(reason: object) -> str:
+    """Why a hold is set: 1 to 1,000 characters."""
+    if not isinstance(reason, str) or not reason or len(reason) > 1000:
+        raise ValidationError("reason: why the hold is set (1 to 1000 characters)", details=[{"path": "/reason"}])
+    return reason

@@ -207,13 +207,16 @@ class Uploads:
         return session
 
     def put_part(self, session_id: str, owner: str | None, number: int, chunks: Iterable[bytes],
-                 expected: Expected | None = None) -> Part:
+                 expected: Expected | None = None, still_allowed: Callable[[], None] = lambda: None) -> Part:
         """Store part ``number`` (1-based). The same part sent twice replaces
         the first; one that fails its length or a checksum is not recorded
         (on the local store, where a part is written in place, a part held
         before is then missing: its bytes were overwritten). One writer a
         part at a time: a second, while the first streams, is refused
-        (PartInProgress); other parts go in parallel."""
+        (PartInProgress); other parts go in parallel. ``still_allowed`` runs
+        once the part's bytes are all in, before it is recorded, and refuses
+        (raises) if its writer lost the right to write meanwhile (a token
+        revoked while a slow body came in): the part is then not recorded."""
         session = self._open(session_id, owner)
         if session.state != "open":
             raise Conflict(f"upload {session_id} is {session.state}")
@@ -223,7 +226,7 @@ class Uploads:
         with self._writing_part(session_id, number):
             # Read again under the claim: a writer of this part that just
             # ended may have recorded it since.
-            return self._put_part(self._open(session_id, owner), number, chunks, expected)
+            return self._put_part(self._open(session_id, owner), number, chunks, expected, still_allowed)
 
     @contextlib.contextmanager
     def _writing_part(self, session_id: str, number: int) -> Iterator[None]:
@@ -248,7 +251,7 @@ class Uploads:
                 self._writing.discard(claim)
 
     def _put_part(self, session: UploadSession, number: int, chunks: Iterable[bytes],
-                  expected: Expected | None) -> Part:
+                  expected: Expected | None, still_allowed: Callable[[], None]) -> Part:
         session_id = session.id
         length = session.part_length(number)
         # MD5 only when the client sent one to check (S3 clients send
@@ -283,12 +286,14 @@ class Uploads:
             self.objects.write_at(data_key(session_id), (number - 1) * session.part_size,  # type: ignore[attr-defined]
                                   body)
             digest.check(declared, what=f"part {number}")
+            still_allowed()
         else:
             # A name of its own: never another attempt's, even one a stopped node left behind.
             staged = f"{key}.{secrets.token_hex(4)}"
             try:
                 self.objects.put(staged, digest.tee(_at_most(chunks, length, number)))
                 digest.check(declared, what=f"part {number}")
+                still_allowed()
                 self.objects.move(staged, key)
             except BaseException:
                 self.objects.delete(staged)

@@ -399,9 +399,14 @@ Examples:
         click.echo(f"object lock on the bucket: {'enabled' if lock_enabled else 'not enabled'}")
 
     def _govern(home: Path | None, target: str, action: str, as_json: bool, **args: Any) -> None:
+        from registrygrid.blobs.blobs import check_hold_name, check_hold_reason
         from registrygrid.blobs.digest import parse_cid
         from registrygrid.node.bridge.asset_routes import blob_view
 
+        if "name" in args:  # checked here as the bridge checks it: never another hold's name in its URL
+            check_hold_name(args["name"])
+        if action == "hold":
+            check_hold_reason(args["reason"])
         with open_backend(home) as backend:
             cid = _cid_of(backend, target)
             if _bridge(backend):

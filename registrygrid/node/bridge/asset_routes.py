@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
-from registrygrid.blobs.blobs import blob_key
+from registrygrid.blobs.blobs import blob_key, check_hold_name, check_hold_reason
 from registrygrid.blobs.bundles import Bundle, entry_of, manifest_of, manifest_view
 from registrygrid.blobs.digest import Expected, cid_text, parse_cid
 from registrygrid.blobs.objects import CHUNK_BYTES
@@ -158,6 +158,9 @@ class AssetRoutes:
                 raise PresignInvalid(f"the presigned URL was asked for by token {token_id}, which was revoked or "
                                      "has expired since: ask for a new one")
         except RegistryError as exc:
+            # Charged to the address, as a bad token is: forged grants would
+            # otherwise fill the audit ledger at any rate (429 past it).
+            self.api.auth.throttle_address(request.remote)
             raise self.api.auth.refuse("presigned", request.path, exc) from None
         return f"presigned:{token.actor}"
 
@@ -267,19 +270,25 @@ class AssetRoutes:
             raise MalformedInput("the part number is a whole number (ASCII digits)")
         number = int(raw_number)
         length = request.content_length
+        still_allowed: Callable[[], Any]
         if granted := self._presigned(request, length):
             owner: str | None = None  # the grant names this part of this session: the token's check is done
             actor = granted
+            still_allowed = lambda: self._presigned(request, length)  # noqa: E731 (its token still live?)
         else:
             token = self.api.require_unlimited(request, WRITE, target=f"upload/{session_id}")
             owner = None if token.role == "admin" else token.id
             actor = token.actor
+            authorization = request.headers.get("Authorization", "")
+            still_allowed = lambda: self.api.auth.recheck(authorization, request.remote,  # noqa: E731
+                                                          f"upload/{session_id}")
         expected = Expected(md5=_content_md5(request.headers.get("Content-MD5")),
                             sha256=_sha256_header(request.headers.get("X-Checksum-Sha256")))
         # A busy part (PartInProgress) is a 409 with Retry-After: the error
         # middleware adds it for any refusal that says when to come back.
         part = await self._consume_body(
-            request, lambda chunks: self.assets.uploads.put_part(session_id, owner, number, chunks, expected))
+            request, lambda chunks: self.assets.uploads.put_part(session_id, owner, number, chunks, expected,
+                                                                 still_allowed))
         self.api.metrics.upload_bytes.inc(part.size)
         self.api.audit.note("update", actor, f"upload/{session_id}", f"part {number}: {part.size} bytes",
                             required=False)
@@ -422,9 +431,18 @@ class AssetRoutes:
         finally:
             await loop.run_in_executor(None, _close, chunks)
 
+    async def _may_serve(self, actor: str, cid: bytes) -> str:
+        """The download checks' verdict on blob ``cid`` (CheckRefused, audited,
+        if one refuses): for its bytes, and for anything read out of them (a
+        ZIP's manifest and entries, a bundle's members), which passed every
+        check that refused the blob itself."""
+        entry: BlobEntry = await self._thread(self.assets.blobs.require, cid)
+        return await self._checked(actor, f"blob/{cid_text(cid)}", self.assets.may_serve, entry)
+
     async def blob_manifest(self, request: web.Request) -> web.Response:
         cid = self._blob_cid(request)
         token = self.api.require_unlimited(request, READ, target=f"blob/{cid_text(cid)}")
+        await self._may_serve(token.actor, cid)
         found = await self._thread(manifest_of, self.assets.blobs, cid)
         self.api.read_note(token, f"blob/{cid_text(cid)}", "zip manifest")
         return json_response(manifest_view(cid, found), headers={"ETag": f'"{cid_text(cid)}-manifest"'})
@@ -434,6 +452,7 @@ class AssetRoutes:
         cid = self._blob_cid(request)
         name = request.match_info["name"]
         token = self.api.require_unlimited(request, READ, target=f"blob/{cid_text(cid)}")
+        await self._may_serve(token.actor, cid)
         with self._download_slot(request):
             return await self._send_entry(request, token, cid, name)
 
@@ -457,6 +476,8 @@ class AssetRoutes:
         body, _ = await self.api.body(request, "BundleRequest")
         plan = Bundle.parse(body.get("members"), allowed_hosts=self.assets.bundle_hosts)
         await self._thread(plan.check, self.assets.blobs)  # 404 before any byte, not a broken archive
+        for cid in dict.fromkeys(m.cid for m in plan.members if m.cid is not None):
+            await self._may_serve(token.actor, cid)
         filename = body.get("name") or "bundle.zip"
         if not isinstance(filename, str) or not filename.endswith(".zip") or "/" in filename or '"' in filename \
                 or "\\" in filename or any(ord(c) < 0x20 or c == "\x7f" for c in filename):
@@ -528,11 +549,9 @@ class AssetRoutes:
     async def hold_blob(self, request: web.Request) -> web.Response:
         cid = self._blob_cid(request)
         token = self.api.require(request, ADMIN, target=f"blob/{cid_text(cid)}")
-        name = _hold_name(request.match_info["name"])
+        name = check_hold_name(request.match_info["name"])
         body, _ = await self.api.body(request, "HoldSet")
-        reason = body.get("reason", "")
-        if not isinstance(reason, str) or not reason or len(reason) > 1000:
-            raise ValidationError("reason: why the hold is set (1 to 1000 characters)", details=[{"path": "/reason"}])
+        reason = check_hold_reason(body.get("reason", ""))
         entry = await self._thread(self.assets.blobs.hold, cid, name, f"{reason} (by {token.actor})")
         self.api.audit.note("update", token.actor, f"blob/{cid_text(cid)}", f"legal hold {name}: {reason}")
         return json_response(blob_view(cid, entry))
@@ -540,7 +559,7 @@ class AssetRoutes:
     async def release_blob(self, request: web.Request) -> web.Response:
         cid = self._blob_cid(request)
         token = self.api.require(request, ADMIN, target=f"blob/{cid_text(cid)}")
-        name = _hold_name(request.match_info["name"])
+        name = check_hold_name(request.match_info["name"])
         entry = await self._thread(self.assets.blobs.release, cid, name)
         self.api.audit.note("update", token.actor, f"blob/{cid_text(cid)}", f"legal hold {name} released")
         return json_response(blob_view(cid, entry))
@@ -614,12 +633,6 @@ def _presign_options(options: dict[str, Any]) -> tuple[int, str | None]:
             raise ValidationError(f"ip: an IP address or network, not {str(ip)[:60]!r}",
                                   details=[{"path": "/ip"}]) from None
     return expires, ip
-
-
-def _hold_name(name: str) -> str:
-    if not 1 <= len(name) <= 64 or not name.isascii() or not all(c.isalnum() or c in "-_." for c in name):
-        raise ValidationError("a hold's name has 1 to 64 letters, digits, '-', '_' or '.'")
-    return name
 
 
 def attachment(filename: str) -> str:
