@@ -128,7 +128,11 @@ def _field_dispute(store: Store, txn: Any, trust: TrustState, dispute: str, regi
         before = _value_before(store, txn, registry, record_id, conflict)
         out["was"] = None if before is ABSENT else before
         out["diff"] = disputes.field_diff(out["was"], conflict["writes"])
-        out["resolutions"] = _resolutions(store, txn, dispute, lambda author, at: access.may_resolve(
+        # While the record shows the dispute open, no resolution counts,
+        # whoever filed it: one whose value would leave the record outside
+        # its kind is set aside (engine/settle.py _schema_breaking).
+        resolved = conflict["status"] == "resolved"
+        out["resolutions"] = _resolutions(store, txn, dispute, lambda author, at: resolved and access.may_resolve(
             trust, author, at, registry_owner=desc.owner, owners=(record["owner"],)))
     return out
 

@@ -827,6 +827,8 @@ def test_a_resolution_that_would_break_the_records_kind_does_not_count_whoever_f
         assert record["fields"]["name"] in {"left", "right"}
         assert [c["status"] for c in record["conflicts"]] == ["disputed"]
         assert made.a.engine.metrics["conflicts.resolution_breaks_schema"] >= 1
+        # ... and the dispute says so: it listed that resolution as counting.
+        assert [r["counts"] for r in made.a.dispute(listed["id"])["resolutions"]] == [False]
         made.a.resolve_dispute(listed["id"], value="settled")  # one that keeps the kind counts
         made.a.update(REG, "x", patch={"region": "eu"})
         record = made.converge()
