@@ -387,6 +387,9 @@ def test_a_registry_cannot_be_created_twice_or_shadow_a_builtin(grid: LocalRegis
     grid.create_registry("acme.models", ["asset"])
     assert_refused(grid, lambda: grid.create_registry("acme.models", ["asset"]), AlreadyExists)
     assert_refused(grid, lambda: grid.create_registry(CLUSTERS, ["cluster"]), ValidationError)
+    # Nor take a name a later version's built-in may have: grid.* is theirs.
+    refused = assert_refused(grid, lambda: grid.create_registry("grid.mine", ["tool"]), ValidationError)
+    assert "kept for the built-in registries" in refused.message
     assert_refused(grid, lambda: grid.create_registry("acme.empty", []), ValidationError)
     assert_refused(grid, lambda: grid.create_registry("acme.odd", ["no-such-kind"]), ValidationError)
 

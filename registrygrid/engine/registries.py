@@ -82,6 +82,9 @@ class RegistryDescriptor:
         }
 
 
+# The built-in registries' namespace: no registry of users' is created in it.
+RESERVED_PREFIX = "grid."
+
 BUILTINS: dict[str, RegistryDescriptor] = {
     r.name: RegistryDescriptor(name=r.name, kinds=tuple(r.kinds), owner=None, description=r.description,
                                builtin=True)
@@ -168,6 +171,12 @@ def check_new_descriptor(record_id: str, fields: Mapping[str, Any], catalog: Sch
     ``owner``: the registry's owner org, whose key must have signed a transfer."""
     if record_id in BUILTINS:
         raise ValidationError(f"{record_id} is a built-in registry")
+    if record_id.startswith(RESERVED_PREFIX):
+        # A later version's built-in of that name would meet a user's
+        # registry of it on every node that holds one.
+        raise ValidationError(f"registry names starting with {RESERVED_PREFIX!r} are kept for the built-in "
+                              f"registries; name it after your org (acme.{record_id[len(RESERVED_PREFIX):]})",
+                              details=[{"path": "/name", "message": "reserved prefix"}])
     if fields.get("name", record_id) != record_id:
         raise ValidationError(f"descriptor name {fields.get('name')!r} must equal its record id {record_id!r}")
     ConflictPolicy.parse(fields.get("conflict_policy"))  # names the bad part of a policy the schema let through
