@@ -684,3 +684,20 @@ async def test_forged_presigned_grants_are_rate_limited_by_address_not_written_t
                                          f"&rg-sig=forged{i}")).status_code for i in range(12)]
     assert statuses[:5] == [403] * 5 and set(statuses[5:]) == {429}
     served.node.stop()
+
+
+async def test_open_uploads_count_against_the_blob_quota_before_their_bytes_are_blobs(served: Served) -> None:
+    # The quota saw blobs only: 64 open uploads a client, each up to the
+    # largest blob, filled the disk with parts it never counted.
+    import dataclasses
+
+    blobs = served.node.assets.blobs
+    blobs.limits = dataclasses.replace(blobs.limits, quota_bytes=3 << 20)
+    async with served.client() as http:
+        first = await http.post("/v1/uploads", json={"size": 2 << 20})
+        second = await http.post("/v1/uploads", json={"size": 2 << 20})
+        assert (await http.delete(f"/v1/uploads/{first.json()['id']}")).status_code in (200, 204)
+        third = await http.post("/v1/uploads", json={"size": 2 << 20})
+    assert first.status_code == 201
+    assert second.status_code == 507 and second.json()["error"]["code"] == "quota_exceeded"
+    assert third.status_code == 201

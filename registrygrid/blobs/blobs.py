@@ -137,14 +137,16 @@ class BlobStore:
 
     # ---- writing
 
-    def check_room(self, size: int) -> None:
-        """Refuse a declared size beyond the limits before any byte moves."""
+    def check_room(self, size: int, *, staged: int = 0) -> None:
+        """Refuse a declared size beyond the limits before any byte moves;
+        ``staged``: the bytes open uploads declared (their parts take the
+        disk before they are blobs)."""
         if size > self.limits.max_blob_bytes:
             raise TooLarge(f"a blob may have at most {self.limits.max_blob_bytes} bytes, not {size}",
                            details=[{"path": "size", "limit": self.limits.max_blob_bytes}])
         quota = self.limits.quota_bytes
         if quota is not None:
-            used = self.used_bytes() + self._reserved
+            used = self.used_bytes() + self._reserved + staged
             if used + size > quota:
                 raise QuotaExceeded(f"storing {size} bytes would pass the node's blob quota of {quota} bytes "
                                     f"({used} used or being stored)", details=[{"quota": quota, "used": used}])

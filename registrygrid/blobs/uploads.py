@@ -174,8 +174,8 @@ class Uploads:
             self.declare(size, content_type, name)
         with self._creating:  # counted and stored as one step: creates at once can't pass the cap together
             now = self._now_ms()
-            open_sessions = sum(1 for s in index.iter_sessions(self.store)
-                                if s.owner == owner and s.state == "open" and s.expires_ms > now)
+            live = [s for s in index.iter_sessions(self.store) if s.state == "open" and s.expires_ms > now]
+            open_sessions = sum(1 for s in live if s.owner == owner)
             if open_sessions >= limits.max_open_per_owner:
                 raise RateLimited(f"at most {limits.max_open_per_owner} open uploads per client: finalize or "
                                   "cancel one first")
@@ -190,7 +190,10 @@ class Uploads:
                                                       deduplicated=True)
                     index.put_session(self.store, session)
                     return session
-            self.blobs.check_room(size)
+            # The open uploads' declared bytes count against the quota too:
+            # their parts fill the disk, 64 uploads a client, before any
+            # is a blob the quota sees.
+            self.blobs.check_room(size, staged=sum(s.size for s in live))
             index.put_session(self.store, session)
             return session
 
