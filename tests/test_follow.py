@@ -404,3 +404,44 @@ async def test_a_provider_that_says_it_has_more_but_sends_nothing_new_is_a_liar(
             a0.fed.host.set_handler(remote_read.READ_PROTOCOL_ID, stall)
             with pytest.raises(Unavailable, match="sent nothing that moved"):
                 await b0.fed.follows.follow(REG)
+
+
+async def test_peers_reads_take_threads_of_their_own_and_a_node_busy_with_them_still_syncs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reads and federated searches waited on the limiter of this node's own
+    # sync sessions: any peer, member or not, that kept asking queued its
+    # reads ahead of them and held this node's replication back.
+    from registrygrid.node import federation as federation_mod
+    from registrygrid.node.transport import RemoteError
+
+    release = threading.Event()
+
+    def slow_read(request: bytes, engine: Any) -> bytes:
+        release.wait(20)
+        return b""
+
+    monkeypatch.setattr(federation_mod, "answer_read", slow_read)
+    with trio.fail_after(60):
+        async with cluster(tmp_path) as nodes:
+            a = await nodes.start("a")
+            b = await nodes.start("b", a.fed.addrs())
+            await full_mesh([a, b])
+            reads = 4  # the reading threads a node keeps (federation.MAX_SERVED_READS; before, the sync sessions')
+            answers: list[Any] = []
+
+            async def read() -> None:
+                try:
+                    answers.append(await b.fed.host.request(a.peer_id, remote_read.READ_PROTOCOL_ID, b"x", timeout=30))
+                except RemoteError as exc:
+                    answers.append(exc)
+
+            async with trio.open_nursery() as readers:
+                for _ in range(reads):
+                    readers.start_soon(read)
+                await eventually(lambda: a.fed.metrics["remote_read.served"] == reads, 10, "every read taken")
+                await trio.sleep(0.3)  # their threads run
+                with trio.move_on_after(5):
+                    await read()  # one more: busy at once, not queued behind them
+                assert answers and isinstance(answers[-1], RemoteError) and "busy" in str(answers[-1]), answers
+                assert a.fed.metrics["remote_read.refused_busy"] == 1
+                release.set()

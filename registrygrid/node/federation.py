@@ -43,6 +43,7 @@ from registrygrid.errors import (
     PolicyDenied,
     RegistryError,
     TooLarge,
+    Unavailable,
     UnknownRegistry,
     ValidationError,
 )
@@ -104,6 +105,9 @@ MAX_CONNECTED_PEERS = 64
 # committer, so more than a few only queue there; 4 also bounds the memory of
 # responses in flight to 4 x 8 MiB.
 MAX_SYNC_SESSIONS = 4
+# Peers' remote reads and federated searches answered at once (threads of
+# their own, beside the sessions above and the inbound syncs).
+MAX_SERVED_READS = 4
 # Concurrent dials: each is a TCP connect plus a Noise handshake (CPU on a
 # 2-core node); 8 reaches tens of peers in a few round trips.
 MAX_CONCURRENT_DIALS = 8
@@ -194,6 +198,11 @@ class Federation:
         self._peer_scopes: dict[str, trio.CancelScope] = {}
         self._sync_wake: dict[str, trio.Event] = {}
         self._sessions = trio.CapacityLimiter(self.config.max_sync_sessions)
+        # Peers' reads and federated searches, answered on threads of their
+        # own: on the sessions' limiter, any peer (members or not) queued
+        # its reads ahead of this node's own syncs, and held its
+        # replication back for as long as it kept asking.
+        self._serving = trio.CapacityLimiter(MAX_SERVED_READS)
         self._dials = trio.Semaphore(self.config.max_concurrent_dials)
         self._dial_wake = trio.Event()
         self._rng = random.Random()
@@ -525,13 +534,14 @@ class Federation:
 
     async def _answer_read(self, peer_id: str, request: bytes) -> bytes:
         """A public registry's changes, for any peer that is not banned
-        (node/remote_read.py); at most max_inbound_syncs at once, with sync."""
+        (node/remote_read.py); at most MAX_SERVED_READS at once, with searches."""
         assert self.peers is not None and self.node is not None
         if self.peers.blocked(peer_id):
             raise PolicyDenied("this node does not serve you")
+        self._admit_read("remote_read")
         self.metrics["remote_read.served"] += 1
         try:
-            return await trio.to_thread.run_sync(answer_read, request, self.node.engine, limiter=self._sessions)
+            return await trio.to_thread.run_sync(answer_read, request, self.node.engine, limiter=self._serving)
         except (MalformedInput, TooLarge) as exc:  # counted and struck, as sync's invalid requests are
             self.metrics["remote_read.invalid_request"] += 1
             self._strike(peer_id, f"read: {exc.code}: {exc.message}")
@@ -544,11 +554,19 @@ class Federation:
         assert self.peers is not None and self.node is not None
         if self.peers.blocked(peer_id):
             raise PolicyDenied("this node does not serve you")
+        self._admit_read("search")
         self.metrics["search.served"] += 1
         admitted = self.admitted.get(peer_id)
         return await trio.to_thread.run_sync(serve_search, self.node.component("search"), request,
                                              admitted.org if admitted is not None else None, admitted is not None,
-                                             limiter=self._sessions)
+                                             limiter=self._serving)
+
+    def _admit_read(self, what: str) -> None:
+        """Busy (retry later) when every reading thread is taken, as sync
+        answers it: a queue of them would only hold the asker's slots."""
+        if self._serving.available_tokens < 1:
+            self.metrics[f"{what}.refused_busy"] += 1
+            raise Unavailable(f"busy: {MAX_SERVED_READS} reads and searches are being answered; retry later")
 
     async def _answer_hello(self, peer_id: str, request: bytes) -> bytes:
         assert self.peers is not None
