@@ -193,3 +193,42 @@ def _store_bytes(served: Served) -> bytes:
     store = served.node.registry.store
     with store.read() as txn:
         return b"".join(v for _, v in txn.cursor(db=store.db["idempotency"]))
+
+
+async def test_an_erasure_naming_what_is_no_blob_cid_is_refused_and_a_stored_one_stops_no_start(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    # The schema's pattern let "baaa...a" through: the notice was signed and
+    # kept for good, and every later start of the node stopped on it (exit 65).
+    from test_bridge_support import setup_notes, start_served
+
+    from registrygrid.blobs.erasure import still_held
+    from registrygrid.engine.ops import Erase, Put
+    from registrygrid.sdk import LocalRegistry
+
+    fake = "b" + "a" * 58
+    served = await start_served(nursery, tmp_path / "home")
+    await setup_notes(served)
+    async with served.client() as http:
+        await http.post(f"/v1/registries/{REGISTRY}/records", json={"kind": "note", "id": "x", "fields": {"name": "x"}})
+        head = (await http.get("/v1/changes", params={"limit": 1})).json()["head"]
+        refused = await http.post(f"/v1/registries/{REGISTRY}/records/x/erase", json={"blobs": [fake]})
+        after = (await http.get("/v1/changes", params={"limit": 1})).json()["head"]
+    assert refused.status_code == 422 and refused.json()["error"]["details"][0]["path"] == "/blobs/0"
+    assert after == head
+    served.node.stop()
+    await trio.sleep(0.5)
+    # A notice a peer signed with such a name (one from before this check): stored, then a restart.
+    with LocalRegistry.open_home(tmp_path / "home") as grid:
+        grid.engine.execute([Put(REGISTRY, "note", {"name": "y"}, "y")])
+        erase = Erase(REGISTRY, "y", "", (fake,))
+        from registrygrid.engine import erasure as erasure_mod
+        real = erasure_mod.parse_cid
+        erasure_mod.parse_cid = lambda text: None  # as a node before the check
+        try:
+            grid.engine.execute([erase])
+        finally:
+            erasure_mod.parse_cid = real
+        assert still_held(served.node.assets.blobs, [fake]) == []
+    again = await start_served(nursery, tmp_path / "home")  # it starts
+    assert [(e["record"], e["state"]) for e in again.node.registry.erasures()] == [("y", "erased")]
+    again.node.stop()

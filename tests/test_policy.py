@@ -131,6 +131,10 @@ def test_explain_names_the_rule_that_decides(federation: Any) -> None:
                                                          "allowed": False, "rule": "builtin:owner-only"}
     stranger = KeyPair.generate().did
     assert a.explain(stranger, "create", MODELS)["rule"] == "builtin:unknown-signer"
+    # grid.members holds signed statements: an AssertionError (HTTP 500) before.
+    for action in ("create", "update", "delete"):
+        statement = a.explain(a_key, action, MEMBERS_REGISTRY)
+        assert statement["rule"] == "builtin:statement" and "signed statements" in statement["reason"]
 
 
 @settings(max_examples=20, deadline=None)

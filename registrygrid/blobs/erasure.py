@@ -44,5 +44,15 @@ def purge_blobs(blobs: BlobStore, cids: Iterable[str]) -> list[BlobPurge]:
 
 
 def still_held(blobs: BlobStore, cids: Iterable[str]) -> list[str]:
-    """The named blobs this node still holds (a purge the node did not finish)."""
-    return [text for text in cids if blobs.entry(parse_cid(text)) is not None]
+    """The named blobs this node still holds (a purge the node did not
+    finish). A name that is no CID (a notice a peer signed) names none:
+    it stopped every start of the node."""
+    held = []
+    for text in cids:
+        try:
+            cid = parse_cid(text)
+        except RegistryError:
+            continue
+        if blobs.entry(cid) is not None:
+            held.append(text)
+    return held

@@ -42,6 +42,7 @@ from typing import Any
 from registrygrid.crdt import disputes
 from registrygrid.crdt.record import RecordDoc
 from registrygrid.crdt.snapshot import read_snapshot
+from registrygrid.blobs.digest import parse_cid
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
@@ -175,6 +176,16 @@ class Erasing(EngineCore):
             # node's audit ledger: a NUL or an escape code went there as it came.
             raise ValidationError("an erasure's reason is one line of text: no control characters",
                                   details=[{"path": "/reason", "message": "control character"}])
+        for n, blob in enumerate(op.blobs):
+            # Parsed, not only shaped: a notice naming a string no CID reads
+            # as was signed, kept for good and replicated.
+            try:
+                if not isinstance(blob, str):
+                    raise ValidationError("not a string")
+                parse_cid(blob)
+            except ValidationError:
+                raise ValidationError(f"blobs/{n}: {str(blob)[:80]!r} is not a blob CID",
+                                      details=[{"path": f"/blobs/{n}", "message": "not a blob CID"}]) from None
         notice_id = erasure_id(registry, record_id, self.owner)
         held = erasures.mark(self.store, txn, registry, record_id)
         if held is not None and held[1] == erasures.ERASED:

@@ -269,6 +269,14 @@ def explain(trust: TrustView, desc: RegistryDescriptor, policy: PolicySet | None
                 return Decision(True, "builtin:registry-admin", f"{orgs[0]} owns {desc.name} or is a federation admin")
             return Decision(False, "builtin:registry-admin", f"only {desc.owner or 'federation admins'} administer "
                                                               f"{desc.name}")
+        if desc.name == MEMBERS_REGISTRY and action in ("create", "update", "delete"):
+            # Its records are signed statements (delegations, revocations,
+            # invitations): each carries its own authority, judged from the
+            # statement itself, which a question of who may write lacks.
+            return Decision(False, "builtin:statement",
+                            f"{MEMBERS_REGISTRY} holds signed statements: a change counts when the statement it "
+                            "carries is signed by who may make it (its org, or the federation's admins), whoever "
+                            "writes it; write them with `rgrid org` and `rgrid federation`")
         if action == "create" or record is None:
             judged = judge_create(trust, desc, author=subject, record_id=str((record or {}).get("id") or "new"),
                                   owner=orgs[0], created_by=subject, at_ms=at_ms, policy=policy,
