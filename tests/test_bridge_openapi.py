@@ -114,6 +114,26 @@ def test_every_route_the_bridge_serves_is_documented() -> None:
     assert served - OPERATIONS == set()
 
 
+async def test_what_the_bridge_answers_before_any_handler_is_declared_on_every_operation(served: Served) -> None:
+    # A query parameter given twice is refused (400) on every route; 36
+    # operations did not declare 400. Erased views answered an undeclared
+    # 410, and explain's body cap an undeclared 413.
+    methods = ("get", "put", "post", "delete", "patch", "head")
+    undeclared = [(path, method) for path, item in SPEC["paths"].items() for method, op in item.items()
+                  if method in methods and "400" not in op["responses"]]
+    assert undeclared == []
+    for path, method in (("/v1/views/{name}", "get"), ("/v1/views/{name}", "put"), ("/v1/views/{name}", "delete"),
+                         ("/v1/views/{name}/events", "get")):
+        assert "410" in SPEC["paths"][path][method]["responses"], (path, method)
+    assert "413" in SPEC["paths"]["/v1/policy/explain"]["post"]["responses"]
+    async with served.client() as http:
+        twice = await http.get("/v1/identity", params=[("zz", "1"), ("zz", "2")])
+        mcp = await http.get("/v0.1/servers", params=[("limit", "1"), ("limit", "2")])
+    assert twice.status_code == 400 and twice.json()["error"]["code"] == "malformed_input"
+    assert mcp.status_code == 400 and "error" in mcp.json()
+    assert schema_validator("McpError").is_valid(mcp.json())
+
+
 async def test_real_responses_validate_against_the_document(served: Served) -> None:
     seen: set[tuple[str, str, str]] = set()
     with trio.fail_after(60):

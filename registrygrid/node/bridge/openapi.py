@@ -836,7 +836,7 @@ SCHEMAS: dict[str, Any] = {
                    "description": "why, for every node's audit ledger (no personal data: the notice is kept); "
                                   "one line, no control characters"},
         "blobs": {"type": "array", "maxItems": 256,
-                  "items": {"type": "string", "pattern": "^b[a-z2-7]{58}$"},
+                  "items": BLOB_CID,  # a CID's own shape: "b" and 58 letters let names no CID reads through
                   "description": "CIDs of blobs to purge with the record"},
     }, required=[]),
     "DisputeResolve": _obj({
@@ -1108,7 +1108,8 @@ def _mcp_paths() -> dict[str, Any]:
                         **_mcp_errors("400", "401", "403", "404", "429")},
                        tags=tags, params=[name, version, deleted]),
             "delete": _op("mcpDeleteServerVersion", "Not offered (501): delete the version's record instead",
-                          _mcp_errors("401", "403", "429", "501"), tags=tags, params=[name, version]),
+                          _mcp_errors("401", "403", "404", "429", "501"), tags=tags, params=[name, version],
+                          description="404 route_not_found: a name or version no route reads ('{' or '}')."),
         },
         "/v0.1/publish": {"post": _op(
             "mcpPublish", "Not offered (501): rgrid import writes server.json files as records",
@@ -1728,7 +1729,7 @@ def _paths() -> dict[str, Any]:
         "/v1/policy/explain": {
             "post": _op("explainPolicy", "What every node would decide for a subject's action, and which rule "
                         "decides it (the write path's own checks; nothing is written)",
-                        {**_json("200", "PolicyDecision", "the decision"), **_errors(*READ_ERRORS)},
+                        {**_json("200", "PolicyDecision", "the decision"), **_errors(*READ_ERRORS, "413")},
                         tags=["policy"], body=_body("PolicyExplain")),
         },
         "/v1/kinds": {
@@ -1785,7 +1786,7 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/views/{name}": {
             "get": _op("getView", "A saved view and a page of its results as records, in the query's order",
-                       {**_json("200", "ViewPage", "the view and its results"), **_errors(*READ_ERRORS)},
+                       {**_json("200", "ViewPage", "the view and its results"), **_errors(*READ_ERRORS, "410")},
                        tags=["views"],
                        params=[P_VIEW, _query("limit", {"type": "integer", "minimum": 1,
                                                         "maximum": saved_views.MAX_MEMBERS},
@@ -1801,13 +1802,13 @@ def _paths() -> dict[str, Any]:
             "put": _op("putView", "Create or replace a saved view (a signed record of grid.views)",
                        {**_json("201", "WriteResult", "created", {**LOCATION, **ETAG}),
                         **_json("200", "WriteResult", "replaced (or unchanged)", {**LOCATION, **ETAG}),
-                        **_errors(*WRITE_ERRORS)},
+                        **_errors(*WRITE_ERRORS, "410")},
                        tags=["views"], params=[P_VIEW], body=_body("ViewPut"),
                        description="The query is parsed first: a malformed part is refused with 422 and its JSON "
                                    "pointer under /query in details[0].path. Needs a writer token; only the "
                                    "owner org's nodes replace or delete a view (403)."),
             "delete": _op("deleteView", "Delete a saved view (a signed tombstone)",
-                          {**_json("200", "WriteResult", "deleted"), **_errors(*WRITE_ERRORS)},
+                          {**_json("200", "WriteResult", "deleted"), **_errors(*WRITE_ERRORS, "410")},
                           tags=["views"], params=[P_VIEW]),
         },
         "/v1/views/{name}/events": {
@@ -1817,7 +1818,7 @@ def _paths() -> dict[str, Any]:
                          "headers": _TRACE_HEADER,
                          "content": {"application/json": {"schema": _ref("ViewChanges")},
                                      "text/event-stream": {"schema": STRING}}},
-                 **_errors(*READ_ERRORS, "409")},
+                 **_errors(*READ_ERRORS, "409", "410")},
                 tags=["views"],
                 params=[P_VIEW, _query("after", {"type": "string", "maxLength": 64},
                                        "the event_id (or SSE id) of the last event received"),
@@ -1887,6 +1888,26 @@ def _linked(paths: dict[str, Any]) -> dict[str, Any]:
     return paths
 
 
+def _every_route_may_refuse(paths: dict[str, Any]) -> dict[str, Any]:
+    """What the bridge answers before any route's handler runs, declared on
+    every operation: a query parameter given twice is refused, 400
+    malformed_input (app.py _refuse_repeated_parameters), in the shape of
+    the route's family (the MCP Registry API's under /v0.1; no body to a HEAD)."""
+    why = "Malformed request; on every route: a query parameter given twice"
+    for path, item in paths.items():
+        for method, op in item.items():
+            responses = op.get("responses") if isinstance(op, dict) else None
+            if responses is None or "400" in responses:
+                continue
+            if path.startswith("/v0.1"):
+                responses["400"] = {**_mcp_errors("400")["400"], "description": why}
+            elif method == "head":
+                responses["400"] = {"description": why, "headers": _TRACE_HEADER}
+            else:
+                responses["400"] = {**_errors("400")["400"], "description": why}
+    return paths
+
+
 def build_spec(server_url: str | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -1897,7 +1918,7 @@ def build_spec(server_url: str | None = None) -> dict[str, Any]:
                                 "API's routes: {error: message, code, details, trace_id}, that API's shape); "
                                 "every answer carries X-Trace-Id. "
                                 f"Request bodies are capped at {MAX_BODY_BYTES} bytes."},
-        "paths": _linked(_paths()),
+        "paths": _linked(_every_route_may_refuse(_paths())),
         "components": {
             "schemas": copy.deepcopy(SCHEMAS),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "rgt_<id>.<secret>"}},
