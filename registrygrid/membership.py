@@ -193,6 +193,16 @@ def rotate_node_key(home: Home, *, org_key_file: Path | None = None, reason: str
                            + ("is still recovering them from peers" if recovering else "holds none of them")
                            + ": its revocation would cut them everywhere. Recover the store first (start the node "
                            "in its federation until `rgrid stats` shows recovering 0), then rotate")
+        short = {r: s for r, s in home.store_mark(old.did).items() if cutoffs.get(r, 0) < s}
+        if short:
+            # A store restored from an older backup, not opened since (which
+            # would have made it recover): its cutoffs stop before changes
+            # the key signed, and the revocation would cut those everywhere.
+            registry, seq = sorted(short.items())[0]
+            raise Conflict(f"this home's store holds {cutoffs.get(registry, 0)} of the changes {old.did} signed in "
+                           f"{registry}, where it held {seq} when it last closed (restored from an older backup?): "
+                           "its revocation would cut the rest everywhere. Start the node in its federation until "
+                           "they are back and `rgrid store recovered` ends its recovery, then rotate")
         new = KeyPair.generate()
         delegation = sign_delegation(signer, new.did, membership.delegation.claims.roles)
         revocation = sign_revocation(signer, old.did, cutoffs, reason=reason or f"rotated to {new.did}")

@@ -381,3 +381,53 @@ def test_an_edit_of_a_policy_judges_the_changes_after_it_and_its_old_rules_those
     a.put(MODELS, "tool", {"name": "a3", "pricing": {"per_call": 1}}, id="a3")  # after the delete: no rule
     deliver(b, a)
     assert b.get(MODELS, "a3")["fields"]["pricing"] == {"per_call": 1}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("way", ["create", "edit"])
+def test_a_policy_that_governs_policies_settles_and_never_judges_the_change_that_made_it(
+        federation: Any, way: str) -> None:
+    # It refused its own create (or edit), which took its rules away, which
+    # let the change count again, which brought them back: the write path
+    # spun for good, every later write with it.
+    a, _ = federation
+    closed = {"id": "closed", "effect": "forbid", "actions": ["create", "update"], "kinds": ["policy"]}
+    if way == "create":
+        policy(a, "lock", closed, targets=("grid.policies",))
+    else:
+        policy(a, "lock", {"id": "no-delete", "effect": "forbid", "actions": ["delete"]}, targets=("grid.policies",))
+        time.sleep(0.002)
+        a.update("grid.policies", "lock", patch={"access": {"rules": [closed]}})
+    assert a.get("grid.policies", "lock")["fields"]["access"]["rules"] == [closed]
+    time.sleep(0.002)
+    with pytest.raises(PolicyDenied, match="lock#closed"):
+        policy(a, "another", CURATE)
+    assert a.engine.metrics["policy.unsettled"] == 0
+
+
+def test_where_two_nodes_created_one_policy_the_earlier_creates_version_judges_what_came_before_the_later(
+        tmp_path: Path, federation: Any) -> None:
+    # The first version stood from the record's created_at, the winning
+    # (later) create's time: the earlier create's rules judged nothing, and a
+    # write they had refused counted once the later create arrived.
+    a, b = federation
+    a2 = node(tmp_path / "a2", ADMIN_ORG)
+    try:
+        for one, other in ((a, a2), (b, a2), (a2, a), (a2, b)):
+            deliver(one, other)
+        a_prices = {"id": "pricing-a-only", "effect": "forbid", "actions": ["create", "update"],
+                    "fields": ["pricing"], "except": {"orgs": [ADMIN_ORG.did]}}
+        policy(a, "pol", a_prices)
+        time.sleep(0.005)
+        b.put(MODELS, "tool", {"name": "bx", "pricing": {"per_call": 9}}, id="bx")  # B has not heard of it
+        time.sleep(0.005)
+        policy(a2, "pol", {"id": "no-delete", "effect": "forbid", "actions": ["delete"]})  # nor has a2
+        for _ in range(2):
+            for one, other in ((a, b), (b, a), (a2, a), (a, a2), (a2, b), (b, a2)):
+                deliver(one, other)
+        for grid in (a, b, a2):
+            with pytest.raises(Exception, match="no record"):
+                grid.get(MODELS, "bx")
+        assert a.state_digest() == b.state_digest() == a2.state_digest()
+    finally:
+        a2.close()

@@ -231,3 +231,26 @@ def test_a_store_restored_from_an_older_backup_reopens_recovering_until_its_late
         assert peer.get("grid.clusters", "d")["fields"] == {"name": "d"}
     finally:
         peer.close()
+
+
+def test_a_key_is_not_rotated_from_a_store_restored_from_an_older_backup_before_anything_opened_it(
+        tmp_path: Path) -> None:
+    # Nothing had opened the restored store, so it was not marked recovering:
+    # the rotation's revocation took its cutoffs from it and cut the key's
+    # later changes on every node.
+    from registrygrid.membership import rotate_node_key
+
+    home = Home(tmp_path / "home")
+    home.init(org_name="acme")
+    backup = tmp_path / "backup"
+    with LocalRegistry.open_home(home) as grid:
+        grid.put("grid.clusters", "cluster", {"name": "a"}, id="a")
+    shutil.copytree(home.store_path, backup)
+    with LocalRegistry.open_home(home) as grid:
+        grid.put("grid.clusters", "cluster", {"name": "b"}, id="b")
+    shutil.rmtree(home.store_path)
+    shutil.copytree(backup, home.store_path)
+    key = home.node_key()
+    with pytest.raises(Conflict, match="holds 1 of the changes .* where it held 2 when it last closed"):
+        rotate_node_key(home)
+    assert home.node_key() == key and not (home.path / "rotation.json").exists()

@@ -293,9 +293,9 @@ class LocalWrites(EngineCore):
         revoked (by its org, from another node)."""
         if self.recovering is not None:
             raise StoreRecovering(
-                f"this node's store was made anew while its key {self.key.did} had signed changes: it signs "
-                "nothing until its history is back. Let the node sync from its peers (`rgrid node start`), "
-                "then stop it and run `rgrid store recovered`; or restore the store from a backup",
+                f"this node's store lacks changes its key {self.key.did} signed (made anew, or restored from a "
+                "backup older than its last stop): it signs nothing until they are back. Let the node sync "
+                "from its peers (`rgrid node start`), then stop it and run `rgrid store recovered`",
                 details={"since_ms": self.recovering.get("since_ms")})
         seq, _ = self._head(txn, batch, registry, self.key.did)
         self.trust.check_chain(self.key.did, registry, seq + 1)

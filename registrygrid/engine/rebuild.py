@@ -53,6 +53,12 @@ from registrygrid.trust.state import Verdict
 from registrygrid.trust.statements import MEMBERS_REGISTRY, read_statement
 
 
+# Rounds of weighing the access rules again after a policy record changed
+# (a policy may govern grid.policies itself): far above what rules judged in
+# time order take (a handful), and a bound should they not settle.
+MAX_POLICY_ROUNDS = 16
+
+
 class Rebuilds(EngineCore):
     """The engine's rebuilds of records under changed rules (mixed into Engine)."""
 
@@ -89,7 +95,10 @@ class Rebuilds(EngineCore):
             if n + 1 == len(history):
                 state = record  # the last version is the record itself (what every reader sees)
             version = {**record, "fields": state.get("fields") or {}, "deleted": bool(state.get("deleted"))}
-            out.append(PolicyVersion(version, since_ms=None if n == 0 else at[0], until_ms=until))
+            # From its own change's clock, the first one's too: where two
+            # creates raced, the record's created_at is the winner's, and
+            # the earlier create's version stood before it.
+            out.append(PolicyVersion(version, since_ms=at[0], until_ms=until))
         return out
 
     def _apply_rules(self, txn: Txn, batch: Batch, cause: Envelope, origin: str) -> None:
@@ -110,7 +119,15 @@ class Rebuilds(EngineCore):
         under the rules of their time, whichever order the policy and the
         changes arrived in (a policy may target grid.policies itself: its
         records' rebuilds weigh the rules again, until they stand)."""
+        rounds = 0
         while batch.policies_changed:
+            rounds += 1
+            if rounds > MAX_POLICY_ROUNDS:
+                # Versions judge only what came after them, so the rules
+                # settle; a guard all the same: never a write path spinning.
+                self.metrics["policy.unsettled"] += 1
+                batch.policies_changed = False
+                break
             batch.policies_changed = False
             before, self.policy = self.policy, self._policies(txn, batch)
             changed = {r for r in before.registries() | self.policy.registries()

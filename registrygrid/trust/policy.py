@@ -30,8 +30,9 @@ targets (an org rules its own registries; a deleted registry's last
 descriptor says who owns it, and the engine weighs the policies again
 whenever a descriptor changes, so one that arrived before its registry's
 descriptor counts once that comes). Each version of a policy applies to
-the changes made while it stood (their clocks): from the change that made
-it until the next one (an edit, or the delete that ends it). So a
+the changes made while it stood (their clocks): after the change that made
+it, until the next one (an edit, or the delete that ends it; a change in
+the very millisecond of the next version's is still this one's). So a
 late-arriving policy does not rewrite history, nor does an edit: a rule it
 adds judges later changes only, and a rule it drops (or a deleted policy's)
 still judges the changes made while it stood. A node that learns of a
@@ -77,7 +78,7 @@ class Rule:
     fields: frozenset[str] | None
     orgs: frozenset[str]  # subjects (permit) or exceptions (forbid)
     roles: frozenset[str]
-    since_ms: int  # the time of the policy version it is part of: changes before it are not judged by it
+    since_ms: int  # the time of the policy version it is part of: it judges the changes made after it
     attributes: tuple[tuple[str, frozenset[str]], ...] = ()  # every key must hold one of its values
     until_ms: int | None = None  # the next version's time (an edit or delete): changes from it on are not
 
@@ -93,7 +94,11 @@ class Rule:
         return f"{self.policy}#{self.id}"
 
     def about(self, action: str, kind: str, touched: frozenset[str], at_ms: int) -> bool:
-        return (at_ms >= self.since_ms and (self.until_ms is None or at_ms < self.until_ms)
+        # Strictly after: never the change that made its version (a policy
+        # about grid.policies refused its own create, which took its rules
+        # away, which let the create count again, for good), nor one made in
+        # the same millisecond, which may not have seen it.
+        return (at_ms > self.since_ms and (self.until_ms is None or at_ms <= self.until_ms)
                 and action in self.actions
                 and (self.kinds is None or kind in self.kinds)
                 and (self.fields is None or not self.fields.isdisjoint(touched)))
