@@ -58,6 +58,13 @@ def publish_widgets(a: LocalRegistry, b: LocalRegistry) -> None:
     b.put("b.widgets", "widget", {"name": "w", "size": "large"}, id="w")
 
 
+def widgets_of(a: LocalRegistry) -> None:
+    """a defines widget v1, makes a registry of widgets and puts one, "v"."""
+    a.register_kind("widget", 1, SIZE_AS_NUMBER)
+    a.create_registry("a.widgets", ["widget"], write_policy="members")
+    a.put("a.widgets", "widget", {"name": "v", "size": 3}, id="v")
+
+
 def shown(grid: LocalRegistry) -> tuple[Any, ...]:
     widgets = []
     for registry in ("a.widgets", "b.widgets"):
@@ -165,9 +172,7 @@ def test_a_record_that_arrives_before_its_user_kinds_definition_waits_for_it(tmp
     a = node(tmp_path, "a", NODE_A, ORG_A)
     replica = node(tmp_path, "replica", KeyPair(b"\x7c" * 32), None)
     try:
-        a.register_kind("widget", 1, SIZE_AS_NUMBER)
-        a.create_registry("a.widgets", ["widget"], write_policy="members")
-        a.put("a.widgets", "widget", {"name": "v", "size": 3}, id="v")
+        widgets_of(a)
         a.put("a.widgets", "widget", {"name": "w", "size": 4}, id="w")
         everything = wires(a)
         definition = [w for w in everything if open_envelope(w).body.registry == "grid.kinds"]
@@ -197,9 +202,7 @@ def test_a_kind_version_is_never_deleted_so_every_node_holds_it_and_the_records_
     a = node(tmp_path, "a", NODE_A, ORG_A)
     replica = node(tmp_path, "replica", KeyPair(b"\x7c" * 32), None)
     try:
-        a.register_kind("widget", 1, SIZE_AS_NUMBER)
-        a.create_registry("a.widgets", ["widget"], write_policy="members")
-        a.put("a.widgets", "widget", {"name": "v", "size": 3}, id="v")
+        widgets_of(a)
         deliver(a, replica)
         digest = a.state_digest()
         with pytest.raises(PolicyDenied, match="published once"):
