@@ -798,6 +798,45 @@ def test_a_change_whose_automerge_actor_is_not_its_signer_is_refused(grid: Local
     assert grid.get(CLUSTERS, "x")["fields"]["region"] == "eu"
 
 
+def test_a_peers_descriptor_is_held_to_the_rules_of_a_local_one_and_refused_as_evidence(
+        grid: LocalRegistry) -> None:
+    # A node refuses its own user a grid.* name, a built-in's name or a
+    # descriptor whose name is not its id; a peer's signed descriptor that
+    # breaks those rules counted, listed beside (or as) the built-ins.
+    peer = KeyPair.generate()
+
+    def descriptor(name: str) -> dict[str, Any]:
+        return {"name": name, "description": "", "kinds": ["cluster"], "write_policy": "open",
+                "conflict_policy": "last-writer-wins", "replication": {"scope": "federation"}}
+
+    def create(record: str, fields: dict[str, Any], seq: int, prev: bytes) -> Any:
+        payload = encode_snapshot(kind="registry", schema=1, owner=peer.did, created_at=seq, created_by=peer.did,
+                                  fields=fields, tags=[], links=[])
+        return seal(peer, registry="grid.registries", record=record, op="create", kind="registry", schema=1,
+                    seq=seq, prev=prev, hlc=Hlc(seq, 0), deps=[], change_hash=b"", payload=payload)
+
+    bad = [("grid.mine", descriptor("grid.mine"), "kept for the built-in registries"),
+           (CLUSTERS, descriptor(CLUSTERS), "is a built-in registry"),
+           ("acme.a", descriptor("acme.b"), "must equal its record id")]
+    prev = b""
+    for seq, (record, fields, why) in enumerate(bad, start=1):
+        env = create(record, fields, seq, prev)
+        result = grid.execute([Remote(env.wire, "mallory")])[0]
+        assert result.status == "refused", record
+        assert isinstance(result.error, PolicyDenied) and why in result.error.message
+        with pytest.raises(NotFound):
+            grid.get("grid.registries", record)
+        prev = env.cid
+    listed = [r["name"] for r in grid.registries()]
+    assert listed.count(CLUSTERS) == 1 and "grid.mine" not in listed and "acme.a" not in listed
+    assert grid.engine.metrics["rejected.policy_denied"] == len(bad)
+    # Kept as evidence, so its author's chain goes on: its next descriptor counts.
+    good = create("acme.good", descriptor("acme.good"), len(bad) + 1, prev)
+    assert grid.execute([Remote(good.wire, "alice")])[0].status == "applied"
+    assert grid.get("grid.registries", "acme.good")["fields"]["name"] == "acme.good"
+    assert grid.verify().ok
+
+
 def test_an_envelope_signed_by_another_key_than_its_author_is_rejected(tmp_path: Path) -> None:
     a = open_store(tmp_path / "a")
     b = open_store(tmp_path / "b")

@@ -360,6 +360,11 @@ class RemoteIngest(EngineCore):
             # creates of one kind version may race, and the catalog follows
             # the definition the record shows then.
             self.catalog.check(self._kind_of(body.record, judged["fields"]))
+        if body.registry == regs.REGISTRY_OF_REGISTRIES and not judged.get("deleted"):
+            refusal = regs.descriptor_refusal(body.record, judged)
+            if refusal is not None:
+                _drop_in_place(batch, body)
+                return self._refuse(txn, batch, env, refusal, peer, claim)
         if body.registry == disputes.DISPUTES_REGISTRY and not judged.get("deleted"):
             self._check_dispute_record(body.record, body.kind, judged["fields"], judged.get("tags"))  # type: ignore[attr-defined]
         if not self.clock.observe(env.hlc):

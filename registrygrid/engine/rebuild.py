@@ -258,6 +258,8 @@ class Rebuilds(EngineCore):
                 size = fields_size(own["fields"]) \
                     if body.op != "delete" and desc.max_record_bytes < limits.MAX_RECORD_BYTES else None
                 refusal = self._registry_refusal(desc, body.op, body.kind, size)
+                if refusal is None and registry == regs.REGISTRY_OF_REGISTRIES and body.op != "delete":
+                    refusal = regs.descriptor_refusal(record_id, own)  # as ingest judges it
                 if refusal is not None:
                     raise refusal
                 if body.op != "delete" and self._is_user_kind(own["kind"], own["schema"]):  # type: ignore[attr-defined]

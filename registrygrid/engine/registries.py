@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from registrygrid.crdt.conflict_policy import ConflictPolicy
-from registrygrid.errors import RegistryError, UnknownRegistry, ValidationError
+from registrygrid.errors import PolicyDenied, RegistryError, UnknownRegistry, ValidationError
 from registrygrid.protocol import limits, registry_record
 from registrygrid.schemas import BUILTIN_REGISTRIES, SchemaCatalog
 
@@ -167,8 +167,30 @@ def check_descriptor_change(name: str, before: Mapping[str, Any], after: Mapping
 
 def check_new_descriptor(record_id: str, fields: Mapping[str, Any], catalog: SchemaCatalog, *,
                          owner: str | None) -> None:
-    """Rules a registry descriptor must meet beyond its JSON Schema;
-    ``owner``: the registry's owner org, whose key must have signed a transfer."""
+    """Rules a registry descriptor must meet beyond its JSON Schema, for a
+    local write; ``owner``: the registry's owner org, whose key must have
+    signed a transfer."""
+    check_descriptor_rules(record_id, fields, owner=owner)
+    for kind in fields.get("kinds") or []:
+        catalog.get(kind)  # UnknownKind names the known ones
+
+
+def descriptor_refusal(record_id: str, state: Mapping[str, Any]) -> PolicyDenied | None:
+    """Why a descriptor a peer signed (``state``: the record its change
+    made) does not count, or None. A refusal, not a rejection: the change
+    is kept as evidence and its author's chain goes on (a node of an older
+    version may have let its own user make it)."""
+    try:
+        check_descriptor_rules(record_id, state.get("fields") or {}, owner=state.get("owner"))
+    except ValidationError as exc:
+        return PolicyDenied(f"{REGISTRY_OF_REGISTRIES}/{record_id}: {exc.message}", details=exc.details)
+    return None
+
+
+def check_descriptor_rules(record_id: str, fields: Mapping[str, Any], *, owner: str | None) -> None:
+    """The rules of a descriptor that read nothing but the descriptor, so
+    every node judges a remote one alike whatever else it holds (a kind it
+    lists may not have arrived yet: its records wait for it)."""
     if record_id in BUILTINS:
         raise ValidationError(f"{record_id} is a built-in registry")
     if record_id.startswith(RESERVED_PREFIX):
@@ -184,11 +206,8 @@ def check_new_descriptor(record_id: str, fields: Mapping[str, Any], catalog: Sch
         if owner is None:
             raise ValidationError("only an org's registry can be transferred", details=[{"path": "/transfer"}])
         registry_record.transfer_field(record_id, owner, fields["transfer"])
-    kinds = fields.get("kinds") or []
-    if not kinds:
+    if not fields.get("kinds"):
         raise ValidationError("a registry must hold at least one kind", details=[{"path": "/kinds", "message": "empty"}])
-    for kind in kinds:
-        catalog.get(kind)  # UnknownKind names the known ones
 
 
 def lookup(store: Any, txn: Any, name: str, *, include_deleted: bool = False) -> RegistryDescriptor:
