@@ -1048,6 +1048,66 @@ def test_parked_changes_are_capped_in_bytes_as_well_as_in_count(tmp_path: Path,
         replica.close()
 
 
+def test_one_signer_fills_only_its_own_share_of_the_waiting_room(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # The caps were the room's alone: a member that signed changes that
+    # never resolve filled it for an hour at a time, and every honest
+    # out-of-order delivery was refused meanwhile.
+    from registrygrid.engine import ingest
+    from registrygrid.engine.ops import ExpireParked
+    from registrygrid.errors import MissingDependencies
+    from registrygrid.storage import pending
+    monkeypatch.setattr(ingest, "MAX_PENDING_SHARE", 5)
+    flooder, honest = KeyPair.generate(), KeyPair.generate()
+    stores = [open_store(tmp_path / "flooder", flooder), open_store(tmp_path / "honest", honest),
+              open_store(tmp_path / "replica")]
+    flooding, writing, replica = stores
+    try:
+        flooding.put_many([Put(CLUSTERS, "cluster", cluster(f"f{i}"), f"f{i}") for i in range(10)])
+        writing.put_many([Put(CLUSTERS, "cluster", cluster(f"h{i}"), f"h{i}") for i in range(4)])
+        flood, honest_wires = wires_in_feed_order(flooding), wires_in_feed_order(writing)
+        outcomes = replica.execute([Remote(w, "p") for w in flood[1:]])  # all wait for the first, which never comes
+        assert [o.status for o in outcomes] == ["pending"] * 5 + ["rejected"] * 4
+        assert isinstance(outcomes[-1].error, MissingDependencies)
+        assert "its share of the waiting room" in outcomes[-1].error.message
+        assert replica.engine.metrics["remote.parking_full"] == 4
+        with replica.store.read() as txn:
+            assert pending.share_of(replica.store, txn, flooder.did.encode()) == (5, sum(map(len, flood[1:6])))
+        # Another signer's out-of-order changes still wait, and count when their first comes.
+        assert {o.status for o in replica.execute([Remote(w, "p") for w in honest_wires[1:]])} == {"pending"}
+        replica.execute([Remote(honest_wires[0], "p")])
+        assert len(all_records(replica)) == 4
+        with replica.store.read() as txn:
+            assert pending.share_of(replica.store, txn, honest.did.encode()) == (0, 0)  # released, off its share
+        # A sweep counts the shares again from what stays, and what expires leaves its share.
+        assert replica.execute([ExpireParked(ingest_ttl())]) == [0]
+        with replica.store.read() as txn:
+            assert pending.share_of(replica.store, txn, flooder.did.encode())[0] == 5
+        later = replica.engine.now_ms() + ingest_ttl() + 1
+        replica.engine.now_ms = lambda: later
+        assert replica.execute([ExpireParked(ingest_ttl())]) == [5]
+        assert entries(replica, "parked_share") == 0
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_keys_whose_delegation_is_not_known_share_one_part_of_the_waiting_room(tmp_path: Path) -> None:
+    # Fresh keys cost nothing: each with a share of its own, a member could
+    # fill the room with changes of keys no org ever delegates.
+    from registrygrid.trust.state import UNPLACED, TrustState
+    from tests.test_policy import ADMIN_ORG, MEMBER_ORG, node
+    member = node(tmp_path / "m", MEMBER_ORG)
+    try:
+        trust = member.engine.trust
+        assert trust.parking_share(KeyPair.generate().did) == trust.parking_share(KeyPair.generate().did) == UNPLACED
+        assert trust.parking_share(member.engine.key.did) == MEMBER_ORG.did  # a delegated key: its org
+        assert trust.parking_share(ADMIN_ORG.did) == ADMIN_ORG.did  # a member org's own key
+    finally:
+        member.close()
+    assert TrustState().parking_share(ORG.did) == ORG.did  # no federation: every key is its own
+
+
 def test_a_change_parked_past_its_ttl_is_dropped_and_taken_again_when_resent(tmp_path: Path) -> None:
     # Nothing expired a parked change: one whose dependency never came (a
     # predecessor no peer holds, a registry whose create was refused) held

@@ -47,6 +47,7 @@ from registrygrid.errors import (
     Equivocation,
     KeyRevoked,
     MalformedInput,
+    MissingDependencies,
     NotOwner,
     PolicyDenied,
     RegistryError,
@@ -82,6 +83,12 @@ MAX_PENDING_BYTES = 1 << 30
 # that never comes (a predecessor no peer holds, a registry whose create
 # was refused) kept its change parked for good, against the caps above.
 PARKED_TTL_MS = 3_600_000
+# No one org (nor every key whose delegation is not known, together) may
+# hold more than this part of either cap: a member that signs changes that
+# never resolve fills its own share, not the room everyone's out-of-order
+# deliveries need (TrustState.parking_share).
+MAX_PENDING_SHARE = MAX_PENDING // 4
+MAX_PENDING_SHARE_BYTES = MAX_PENDING_BYTES // 4
 
 
 class RemoteIngest(EngineCore):
@@ -635,8 +642,15 @@ class RemoteIngest(EngineCore):
 
     def _park(self, txn: Txn, batch: Batch, env: Envelope, waiting_key: bytes) -> IngestResult:
         batch.none_waiting = False
-        if pending.park(self.store, txn, waiting_key, env.cid, env.wire, cap=MAX_PENDING,
-                        cap_bytes=MAX_PENDING_BYTES, now_ms=self.now_ms()):
+        share = self.trust.parking_share(env.body.author).encode()
+        try:
+            fresh = pending.park(self.store, txn, waiting_key, env.cid, env.wire, cap=MAX_PENDING,
+                                 cap_bytes=MAX_PENDING_BYTES, now_ms=self.now_ms(), share=share,
+                                 share_cap=MAX_PENDING_SHARE, share_cap_bytes=MAX_PENDING_SHARE_BYTES)
+        except MissingDependencies:
+            self.metrics["remote.parking_full"] += 1
+            raise
+        if fresh:
             self.metrics["remote.parked"] += 1
         return IngestResult("pending", env.id)
 

@@ -10,7 +10,15 @@ registry's descriptor, or for their signer's delegation.
                                                               its registry's descriptor)
              'd' author \\0 cid                                waits for its signer's delegation
              -> change id
-    parked_at  change id -> u64(ms since the epoch) it was first parked
+    parked_at  change id -> u64(ms since the epoch) it was first parked,
+               u32(its wire's bytes), its share (below)
+    parked_share  share -> u64(changes) u64(bytes) parked under it
+
+A share is whom the waiting room counts a change against: the org its
+signer speaks for (as the engine places it), or one share for every
+signer whose delegation is not known yet. No share may hold more than its
+part of the caps, so one member that signs changes that never resolve
+fills its own share, not the room honest out-of-order deliveries need.
 
 A change is released when what it waits for is stored (``release``), then
 judged again from the start; anti-entropy refetches anything refused here.
@@ -21,12 +29,16 @@ it, so nothing parks for good.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Iterator
 
 import lmdb
 
 from registrygrid.errors import MissingDependencies
 from registrygrid.storage.store import SEP, Store, from_u64, key, u64
+
+_SHARE = struct.Struct(">QQ")  # changes, bytes
+_STAMP = struct.Struct(">QI")  # ms parked, wire bytes; the share follows
 
 
 def for_predecessor(registry: str, author: str, seq: int, cid: bytes) -> bytes:
@@ -65,11 +77,13 @@ def any_waiting(store: Store, txn: lmdb.Transaction) -> bool:
 
 
 def park(store: Store, txn: lmdb.Transaction, waiting_key: bytes, cid: bytes, wire: bytes, *,
-         cap: int, cap_bytes: int, now_ms: int) -> bool:
+         cap: int, cap_bytes: int, now_ms: int, share: bytes, share_cap: int, share_cap_bytes: int) -> bool:
     """Hold a change until ``waiting_key``'s condition holds; True if it was
     not parked before. MissingDependencies when ``cap`` changes, or about
     ``cap_bytes`` of them (the table's pages: one read of its stat), wait
-    already: a count alone let 100,000 changes of 256 KiB each park 25 GiB."""
+    already (a count alone let 100,000 changes of 256 KiB each park
+    25 GiB), or when ``share`` holds ``share_cap`` changes or
+    ``share_cap_bytes`` already."""
     pending = store.db["pending"]
     fresh = txn.get(cid, db=pending) is None
     if fresh:
@@ -80,10 +94,43 @@ def park(store: Store, txn: lmdb.Transaction, waiting_key: bytes, cid: bytes, wi
         if held + len(wire) > cap_bytes:
             raise MissingDependencies(f"{held} bytes of changes already wait for dependencies (cap {cap_bytes}); "
                                       "resend later")
+        count, size = share_of(store, txn, share)
+        if count >= share_cap or size + len(wire) > share_cap_bytes:
+            raise MissingDependencies(
+                f"{count} changes ({size} bytes) signed for {share.decode(errors='replace')} already wait for "
+                f"dependencies, its share of the waiting room ({share_cap} changes, {share_cap_bytes} bytes); "
+                "resend later", details={"share": share.decode(errors="replace"), "changes": count, "bytes": size})
         txn.put(cid, wire, db=pending)
-        txn.put(cid, u64(now_ms), db=store.db["parked_at"])
+        txn.put(cid, _STAMP.pack(now_ms, len(wire)) + share, db=store.db["parked_at"])
+        _add_to_share(store, txn, share, 1, len(wire))
     txn.put(waiting_key, cid, db=store.db["waiting"])
     return fresh
+
+
+def share_of(store: Store, txn: lmdb.Transaction, share: bytes) -> tuple[int, int]:
+    """(changes, bytes) parked under ``share``."""
+    held = txn.get(share, db=store.db["parked_share"])
+    return _SHARE.unpack(held) if held is not None else (0, 0)
+
+
+def _add_to_share(store: Store, txn: lmdb.Transaction, share: bytes, changes: int, size: int) -> None:
+    count, held = share_of(store, txn, share)
+    count, held = count + changes, held + size
+    if count > 0:
+        txn.put(share, _SHARE.pack(count, max(held, 0)), db=store.db["parked_share"])
+    else:
+        txn.delete(share, db=store.db["parked_share"])
+
+
+def _forget(store: Store, txn: lmdb.Transaction, cid: bytes) -> None:
+    """Take a change that leaves the waiting room off its share."""
+    stamp = txn.get(cid, db=store.db["parked_at"])
+    if stamp is None:
+        return
+    txn.delete(cid, db=store.db["parked_at"])
+    if len(stamp) > _STAMP.size:  # a version before shares stamped the time alone: counted nowhere
+        _, size = _STAMP.unpack_from(stamp)
+        _add_to_share(store, txn, stamp[_STAMP.size:], -1, -size)
 
 
 def release(store: Store, txn: lmdb.Transaction, prefixes: Iterable[bytes]) -> list[bytes]:
@@ -101,7 +148,7 @@ def release(store: Store, txn: lmdb.Transaction, prefixes: Iterable[bytes]) -> l
         if wire is None:
             continue
         txn.delete(cid, db=pending)
-        txn.delete(cid, db=store.db["parked_at"])
+        _forget(store, txn, cid)
         wires.append(wire)
     return wires
 
@@ -123,17 +170,22 @@ def unpark(store: Store, txn: lmdb.Transaction, cid: bytes) -> None:
     """Drop a parked change; its waiting keys then find nothing and are
     dropped when released."""
     txn.delete(cid, db=store.db["pending"])
-    txn.delete(cid, db=store.db["parked_at"])
+    _forget(store, txn, cid)
 
 
 def expire(store: Store, txn: lmdb.Transaction, *, parked_before_ms: int, now_ms: int) -> int:
     """Drop every change parked before ``parked_before_ms``, and the waiting
     keys no parked change answers any more; how many changes went. A change
     parked by a version that kept no time is stamped ``now_ms``: it gets a
-    whole TTL from here. Bounded by the pending cap: one pass over the
-    parked table and one over the waiting keys."""
+    whole TTL from here (and counts against no share). The shares are
+    counted again from what stays, so they never drift from it. Bounded by
+    the pending cap: one pass over the parked table, one over the waiting
+    keys and one over the stamps."""
     pending, parked_at, waiting = store.db["pending"], store.db["parked_at"], store.db["waiting"]
+    shares = store.db["parked_share"]
     if txn.stat(pending)["entries"] == 0 and txn.stat(waiting)["entries"] == 0:
+        if txn.stat(shares)["entries"]:
+            txn.drop(shares, delete=False)
         return 0
     dropped = 0
     kept: set[bytes] = set()
@@ -141,7 +193,7 @@ def expire(store: Store, txn: lmdb.Transaction, *, parked_before_ms: int, now_ms
         stamp = txn.get(cid, db=parked_at)
         if stamp is None:
             txn.put(cid, u64(now_ms), db=parked_at)
-        elif from_u64(stamp) < parked_before_ms:
+        elif from_u64(stamp[:8]) < parked_before_ms:
             txn.delete(cid, db=pending)
             txn.delete(cid, db=parked_at)
             dropped += 1
@@ -150,9 +202,17 @@ def expire(store: Store, txn: lmdb.Transaction, *, parked_before_ms: int, now_ms
     for wkey, cid in list(store.iter_prefix(txn, "waiting", b"")):
         if cid not in kept:
             txn.delete(wkey, db=waiting)
-    for cid in list(txn.cursor(db=parked_at).iternext(keys=True, values=False)):
+    counted: dict[bytes, list[int]] = {}
+    for cid, stamp in list(txn.cursor(db=parked_at)):
         if cid not in kept:
             txn.delete(cid, db=parked_at)
+        elif len(stamp) > _STAMP.size:
+            share = counted.setdefault(stamp[_STAMP.size:], [0, 0])
+            share[0] += 1
+            share[1] += _STAMP.unpack_from(stamp)[1]
+    txn.drop(shares, delete=False)
+    for share, (count, size) in counted.items():
+        txn.put(share, _SHARE.pack(count, size), db=shares)
     return dropped
 
 

@@ -30,7 +30,9 @@ are 8-byte big-endian so byte order is numeric order):
     audit       audit seq                     -> msgpack [entry bytes, entry hash]
     audit_heads tree size                     -> msgpack signed tree head
     pending     change id                     -> envelope waiting for its dependencies
-    parked_at   change id                     -> u64 ms it was parked (expired past a TTL)
+    parked_at   change id                     -> u64 ms it was parked (expired past a TTL), u32 its
+                                                 bytes, its share (see storage/pending.py)
+    parked_share share                        -> u64 changes, u64 bytes parked under it
     waiting     'r' registry \\0 record \\0 cid      (waits for Automerge deps of its record)
                 | 'c' registry \\0 author \\0 u64(seq - 1) \\0 cid   (waits for its own predecessor)
                 | 'd' author \\0 cid                 (waits for its signer's delegation) -> change id
@@ -80,6 +82,7 @@ SUBDATABASES = (
     "audit_heads",
     "pending",
     "parked_at",
+    "parked_share",
     "waiting",
     "evidence",
     "peers",

@@ -94,6 +94,8 @@ class Revoked:
 
 
 _SERIALS = itertools.count()
+# The parking share of every key whose delegation is not known (no DID is this).
+UNPLACED = "?"
 
 
 @dataclass
@@ -239,6 +241,17 @@ class TrustState:
     def known(self, key: str) -> bool:
         """Whether any delegation of this key is known."""
         return key in self.delegations
+
+    def parking_share(self, key: str) -> str:
+        """Whom a change this key signed is counted against while it waits
+        (storage/pending.py): the first org, by name, that delegated the
+        key; a member org's own key, or with no federation any key, itself;
+        every other key (its delegation not known here yet) one share,
+        UNPLACED, so fresh keys cannot each claim a share of their own."""
+        orgs = {d.org for d in self.delegations.get(key, ())}
+        if orgs:
+            return min(orgs)
+        return key if self.federation is None or self.is_member(key) else UNPLACED
 
     def delegation_at(self, key: str, org: str, at_ms: int) -> DelegationBody | None:
         """The delegation org -> key that governs time ``at_ms``, if any."""
