@@ -201,6 +201,29 @@ def test_zip_slip_and_ambiguous_names_are_refused(name):
     assert caught.value.details["reason"] == "unsafe_name"
 
 
+def test_a_symbolic_link_entry_is_refused_as_zip_slip_by_a_safe_name():
+    # Listed as sound before: unzip makes "data" a link to /etc, and the
+    # entry "data/passwd" after it then writes /etc/passwd.
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        link = zipfile.ZipInfo("data", date_time=(2024, 1, 2, 3, 4, 6))
+        link.create_system = 3  # Unix: st_mode in the external attributes
+        link.external_attr = (0o120777) << 16  # S_IFLNK
+        archive.writestr(link, "/etc")
+        archive.writestr("data/passwd", b"root::0:0::/:/bin/sh\n")
+    with pytest.raises(ZipRefused) as caught:
+        manifest([out.getvalue()])
+    assert caught.value.details == {"reason": "symlink", "entry": "data"}
+    # A Unix writer's regular files and directories pass as before.
+    plain = io.BytesIO()
+    with zipfile.ZipFile(plain, "w") as archive:
+        info = zipfile.ZipInfo("run.sh", date_time=(2024, 1, 2, 3, 4, 6))
+        info.create_system = 3
+        info.external_attr = 0o100755 << 16
+        archive.writestr(info, b"#!/bin/sh\n")
+    assert [e.name for e in manifest([plain.getvalue()]).entries] == ["run.sh"]
+
+
 def test_names_longer_than_linux_allows_are_refused():
     with pytest.raises(ZipRefused) as caught:
         manifest([make_zip([("x" * 256, b"")])])

@@ -56,8 +56,8 @@ T = TypeVar("T")
 class ZipRefused(ValidationError):
     """A readable archive that breaks a rule of ours: a limit (entries,
     expanded bytes, inflation ratio, name length), an unsafe or duplicate
-    name, an encrypted entry, or a feature streaming cannot read.
-    ``details["reason"]`` says which."""
+    name, a symbolic link, an encrypted entry, or a feature streaming cannot
+    read. ``details["reason"]`` says which."""
 
     code = "zip_refused"
 
@@ -470,6 +470,7 @@ class _Central:
     compressed_size: int
     size: int
     offset: int
+    unix_mode: int = 0  # st_mode, when a Unix writer recorded one (0: none)
 
 
 def _central_directory(start: int, tail: bytes) -> list[_Central]:
@@ -519,8 +520,8 @@ def _central_records(data: bytes) -> list[_Central]:
     while at < len(data):
         if at + _CENTRAL.size > len(data) or data[at:at + 4] != b"PK\x01\x02":
             raise ZipMalformed("the central directory is corrupt")
-        (_, _made_by, _needed, _flags, _method, _time, _date, crc, csize, usize,
-         name_len, extra_len, comment_len, _disk, _internal, _external, offset) = _CENTRAL.unpack_from(data, at)
+        (_, made_by, _needed, _flags, _method, _time, _date, crc, csize, usize,
+         name_len, extra_len, comment_len, _disk, _internal, external, offset) = _CENTRAL.unpack_from(data, at)
         at += _CENTRAL.size
         raw = data[at:at + name_len]
         extra = data[at + name_len:at + name_len + extra_len]
@@ -528,7 +529,10 @@ def _central_records(data: bytes) -> list[_Central]:
         if at > len(data):
             raise ZipMalformed("the central directory is corrupt")
         usize, csize, offset = _zip64_fields(extra, usize, csize, offset)
-        records.append(_Central(raw, crc, csize, usize, offset))
+        # APPNOTE 4.4.2: the upper byte of "version made by" is the host
+        # system; Unix (3) keeps st_mode in the upper half of the external
+        # attributes, as Info-ZIP and Python's zipfile write it.
+        records.append(_Central(raw, crc, csize, usize, offset, external >> 16 if made_by >> 8 == 3 else 0))
     return records
 
 
@@ -576,6 +580,13 @@ def _reconcile(streamed: list[_Streamed], directory: list[_Central]) -> tuple[Zi
         if central.raw != local.raw or central.crc32 != local.crc32 or central.size != local.size:
             raise ZipMalformed(f"the central directory disagrees with entry {local.name[:200]!r} "
                                "(name, CRC-32 or size): readers would disagree on its content")
+        if stat.S_ISLNK(central.unix_mode):
+            # unzip and tar-like extractors make it a link, and a later entry
+            # written through the link lands wherever it points: zip-slip by
+            # a safe name. (Our bundles write every member as a plain file.)
+            raise ZipRefused(f"entry {local.name[:200]!r} is a symbolic link: an extractor that makes it can be "
+                             "led to write outside its directory; archive the file it points to instead",
+                             details={"reason": "symlink", "entry": local.name[:200]})
         entries.append(ZipEntry(name=local.name, size=local.size, compressed_size=central.compressed_size,
                                 crc32=local.crc32, sha256=local.sha256, is_dir=local.name.endswith("/"),
                                 offset=central.offset))
