@@ -87,20 +87,20 @@ def resolution_fields(store: Store, trust: TrustState, catalog: SchemaCatalog, d
 
 def _check_settled_record(store: Store, catalog: SchemaCatalog, found: dict[str, Any], value: Any,
                           removed: bool) -> None:
-    """Refuse a resolution that would leave its record's fields outside the
-    kind's schema (a required field removed, a value of the wrong type): the
-    record would show it on every node, and each later update of it would
-    be refused for what nobody could then change back."""
-    if not found["path"].startswith("/fields/"):
-        return
+    """Refuse a resolution that would leave its record unsound (a required
+    field removed, a value of the wrong type, links or a creation no write
+    made): the record would show it on every node, and each later update of
+    it would be refused for what nobody could then change back. The rule
+    that makes such a resolution count nowhere (engine/settle.py)."""
     with store.read() as txn:
         record = records.get_record(store, txn, found["registry"], found["record"])
     if record is None:
         return
     settled = resolver.FieldConflict(path=found["path"], rule="manual", status="resolved",
-                                     value=None if removed else value, removed=removed)
-    fields = resolver.apply({"fields": record["fields"]}, [settled])["fields"]
-    catalog.validate(record["kind"], record["schema"], fields)
+                                     value=None if removed else value, removed=removed, writes=found["writes"])
+    refusal = disputes.settlement_refusal(record, settled, catalog)
+    if refusal is not None:
+        raise refusal
 
 
 # ---------------------------------------------------------------- the two kinds
@@ -132,7 +132,8 @@ def _field_dispute(store: Store, txn: Any, trust: TrustState, dispute: str, regi
         # whoever filed it: one whose value would leave the record outside
         # its kind is set aside (engine/settle.py _schema_breaking).
         resolved = conflict["status"] == "resolved"
-        out["resolutions"] = _resolutions(store, txn, dispute, lambda author, at: resolved and access.may_resolve(
+        out["resolutions"] = _resolutions(store, txn, dispute, lambda author, at, outcome: resolved
+                                          and outcome == "value" and access.may_resolve(
             trust, author, at, registry_owner=desc.owner, owners=(record["owner"],)))
     return out
 
@@ -143,8 +144,8 @@ def _equivocation(store: Store, txn: Any, trust: TrustState, report: dict[str, A
     author = fields["author"]
     orgs = set(trust.orgs_of(author, report["created_at"] or 0)) | {author}
 
-    def counts(by: str | None, at: int) -> bool:
-        return access.may_resolve(trust, by, at, registry_owner=None, owners=orgs)
+    def counts(by: str | None, at: int, outcome: str | None) -> bool:
+        return outcome == "quarantine" and access.may_resolve(trust, by, at, registry_owner=None, owners=orgs)
 
     resolutions = _resolutions(store, txn, report["id"], counts)
     out: dict[str, Any] = {
@@ -192,7 +193,7 @@ def _refused_report(store: Store, txn: Any, record_id: str) -> dict[str, Any] | 
 
 
 def _resolutions(store: Store, txn: Any, dispute: str,
-                 counts: Callable[[str | None, int], bool]) -> list[dict[str, Any]]:
+                 counts: Callable[[str | None, int, str | None], bool]) -> list[dict[str, Any]]:
     found = []
     for rec in records.iter_records(store, txn, registry=disputes.DISPUTES_REGISTRY, tag=dispute):
         fields = rec["fields"]
@@ -201,7 +202,8 @@ def _resolutions(store: Store, txn: Any, dispute: str,
         found.append({"id": rec["id"], "change": rec["change_id"], "by": rec["created_by"],
                       "at": rec["created_at"], "hlc": rec["updated_hlc"], "outcome": fields.get("outcome"),
                       "value": fields.get("value"), "removed": bool(fields.get("removed")),
-                      "note": fields.get("note", ""), "counts": counts(rec["created_by"], rec["created_at"] or 0)})
+                      "note": fields.get("note", ""), "counts": counts(rec["created_by"], rec["created_at"] or 0,
+                                                                 fields.get("outcome"))})
     return sorted(found, key=lambda r: (r["hlc"], r["change"]))
 
 

@@ -835,3 +835,87 @@ def test_a_resolution_that_would_break_the_records_kind_does_not_count_whoever_f
         assert (record["fields"]["name"], record["fields"]["region"]) == ("settled", "eu")
     finally:
         made.close()
+
+
+def test_a_dispute_over_a_whole_value_is_resolved_by_one_of_the_values_written_and_nothing_else(
+        tmp_path: Path) -> None:
+    # Only /fields/<name> resolutions were checked: /links resolved to 5
+    # showed 5 on every node, and a later update of the record crashed.
+    made = Pair(tmp_path, {"default": "manual"})
+    try:
+        made.create({})
+        for target in ("t1", "t2"):
+            made.a.put(REG, "cluster", {"name": target}, id=target)
+        made.converge()
+        left, right = ([{"rel": "runs-on", "registry": REG, "record": t}] for t in ("t1", "t2"))
+        made.a.update(REG, "x", links=left)
+        made.b.update(REG, "x", links=right)
+        record = made.converge()
+        dispute = conflict_id(record, "/links")
+        with pytest.raises(ValidationError, match="one of the values its concurrent writes made"):
+            made.a.resolve_dispute(dispute, value=5)
+        made.a.put("grid.disputes", "dispute-resolution", {"dispute": dispute, "outcome": "value", "value": 5},
+                   tags=[dispute])  # filed past the check: it decides nothing, on any node
+        record = made.converge()
+        assert record["links"] in (left, right)
+        assert [r["counts"] for r in made.c.dispute(dispute)["resolutions"]] == [False]
+        made.a.resolve_dispute(dispute, value=right)
+        record = made.converge()
+        assert record["links"] == right and [c["status"] for c in record["conflicts"]] == ["resolved"]
+        made.a.update(REG, "x", patch={"region": "eu"})
+        assert made.converge()["fields"]["region"] == "eu"
+    finally:
+        made.close()
+
+
+def test_the_whole_fields_two_creates_race_on_stay_an_object_of_the_kind(tmp_path: Path) -> None:
+    # Two nodes of one org create one record: /fields itself is disputed,
+    # and a resolution of 5 (or of {} without the required name) showed on
+    # every node and broke every later update.
+    second = KeyPair(b"\xa3" * 32)
+    one = LocalRegistry.open_path(tmp_path / "one", NODE_A, delegation=sign_delegation(ORG_A, NODE_A.did,
+                                                                                       ["node", "writer"]))
+    two = LocalRegistry.open_path(tmp_path / "two", second, delegation=sign_delegation(ORG_A, second.did,
+                                                                                       ["node", "writer"]))
+    try:
+        one.create_registry(REG, ["cluster"], write_policy="members", conflict_policy={"default": "manual"})
+        deliver(one, two)
+        one.put(REG, "cluster", {"name": "y", "region": "eu"}, id="y")
+        two.put(REG, "cluster", {"name": "y", "region": "us"}, id="y")
+        deliver(one, two)
+        deliver(two, one)
+        dispute = conflict_id(one.get(REG, "y"), "/fields")
+        for value in (5, {}):
+            with pytest.raises(ValidationError):  # SchemaViolation is one
+                one.resolve_dispute(dispute, value=value)
+            one.put("grid.disputes", "dispute-resolution", {"dispute": dispute, "outcome": "value",
+                                                            "value": value}, tags=[dispute])
+        deliver(one, two)
+        for grid in (one, two):
+            assert grid.get(REG, "y")["fields"] in ({"name": "y", "region": "eu"}, {"name": "y", "region": "us"})
+        one.resolve_dispute(dispute, value={"name": "y", "region": "apac"})  # a value of the kind counts
+        deliver(one, two)
+        assert one.get(REG, "y")["fields"] == two.get(REG, "y")["fields"] == {"name": "y", "region": "apac"}
+        one.update(REG, "y", patch={"region": "eu"})
+    finally:
+        one.close()
+        two.close()
+
+
+def test_an_acknowledgement_filed_against_a_field_dispute_decides_nothing(manual: Pair) -> None:
+    # outcome "quarantine" answers an equivocation; filed against a field
+    # dispute it counted as the latest resolution and set the field to null.
+    (listed,) = manual.a.disputes()
+    manual.a.put("grid.disputes", "dispute-resolution", {"dispute": listed["id"], "outcome": "quarantine"},
+                 tags=[listed["id"]])
+    record = manual.converge()
+    assert record["fields"]["price"] in (2, 3)
+    assert [c["status"] for c in record["conflicts"]] == ["disputed"]
+    assert [(r["outcome"], r["counts"]) for r in manual.c.dispute(listed["id"])["resolutions"]] == \
+        [("quarantine", False)]
+
+
+def conflict_id(record: dict[str, Any], path: str) -> str:
+    (conflict,) = [c for c in record["conflicts"] if c["path"] == path]
+    assert conflict["status"] == "disputed"
+    return conflict["dispute"]

@@ -159,6 +159,43 @@ def check_resolution(fields: Mapping[str, Any], tags: Sequence[str]) -> None:
         raise ValidationError("a resolution with outcome value needs a value, or removed: true")
 
 
+def settlement_refusal(record: Mapping[str, Any], conflict: Any, catalog: Any) -> RegistryError | None:
+    """Why the record would be unsound with ``conflict``'s resolution in
+    place (``conflict``: a resolver.FieldConflict, its value the one
+    decided), or None. Under ``/fields`` the fields must stay an object of
+    the record's kind (SchemaViolation; a kind this node does not know is
+    not judged). Elsewhere (the whole ``/links``, ``/tags`` or ``/created``
+    two creates wrote) a resolution picks one of the values the concurrent
+    writes made: nothing else is checked to be a record's links, tags or
+    creation (ValidationError). A pure function of the record and the
+    resolution, so every node judges it alike."""
+    from registrygrid.crdt import resolver
+    from registrygrid.errors import SchemaViolation
+
+    path = resolver.unpointer(conflict.path)
+    if path[:1] == ["fields"]:
+        fields = resolver.apply({"fields": record.get("fields") or {}}, [conflict]).get("fields", resolver.ABSENT)
+        if not isinstance(fields, dict):
+            return SchemaViolation(f"resolving {conflict.path} this way leaves the record's fields "
+                                   f"{'removed' if fields is resolver.ABSENT else 'not an object'}",
+                                   details=[{"path": conflict.path, "message": "fields must be an object"}])
+        try:
+            catalog.validate(record.get("kind"), record.get("schema", 1), fields)
+        except SchemaViolation as exc:
+            return exc
+        except RegistryError:
+            return None  # a kind this node does not know (yet): its schema can't be judged here
+        return None
+    for write in conflict.writes:
+        if conflict.removed and write.get("removed"):
+            return None
+        if not conflict.removed and not write.get("removed") and resolver.same(write.get("value"), conflict.value):
+            return None
+    return ValidationError(f"{conflict.path} is resolved by choosing one of the values its concurrent writes made "
+                           "(`rgrid disputes show` lists them), not another value",
+                           details=[{"path": conflict.path, "message": "not one of the written values"}])
+
+
 def describe_change(env: Envelope) -> dict[str, Any]:
     """What a person needs to tell two changes apart."""
     body = env.body

@@ -335,6 +335,8 @@ class Disputing(EngineCore):
                 fields = rec["fields"]
                 if rec["deleted"] or rec["kind"] != disputes.RESOLUTION_KIND or fields.get("dispute") != dispute:
                     continue
+                if fields.get("outcome") != "value":  # an acknowledgement of an equivocation decides no value
+                    continue
                 if not access.may_resolve(self.trust, rec["created_by"], rec["created_at"] or 0,
                                           registry_owner=desc.owner, owners=(owner,)):
                     continue

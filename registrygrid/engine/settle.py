@@ -22,11 +22,12 @@ from automerge.core import Document
 
 from registrygrid.crdt import conflicts as tracking
 from registrygrid.crdt import resolver
+from registrygrid.crdt.disputes import settlement_refusal
 from registrygrid.crdt.record import RecordDoc
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
-from registrygrid.errors import RegistryError, SchemaViolation
+from registrygrid.errors import RegistryError
 from registrygrid.protocol.envelope import cid_to_str
 from registrygrid.storage import records
 from registrygrid.storage.store import Txn
@@ -128,22 +129,14 @@ class Settling(EngineCore):
                                written=written)
 
     def _schema_breaking(self, doc: Document, kind: str, found: Sequence[resolver.FieldConflict]) -> set[str]:
-        """The disputes among ``found`` whose resolution, put in the record's
-        fields, leaves them outside the record's kind (each judged alone)."""
-        resolved = [c for c in found if c.status == "resolved" and c.path.startswith("/fields/")]
+        """The disputes among ``found`` whose resolution, put in the record,
+        leaves it unsound (each judged alone; crdt/disputes.py
+        ``settlement_refusal``)."""
+        resolved = [c for c in found if c.status == "resolved"]
         if not resolved:
             return set()
-        state = RecordDoc(doc).materialize()
-        out = set()
-        for conflict in resolved:
-            fields = resolver.apply({"fields": state.get("fields") or {}}, [conflict])["fields"]
-            try:
-                self.catalog.validate(kind, state.get("schema", 1), fields)
-            except SchemaViolation:
-                out.add(str(conflict.dispute))
-            except RegistryError:
-                continue  # a kind this node does not know (yet): its schema can't be judged here
-        return out
+        state = {**RecordDoc(doc).materialize(), "kind": kind}
+        return {str(c.dispute) for c in resolved if settlement_refusal(state, c, self.catalog) is not None}
 
     def _audit_settled(self, txn: Txn, registry: str, record_id: str, old: dict[str, Any] | None,
                        conflicts: Sequence[resolver.FieldConflict], cause: str | None) -> None:
