@@ -447,6 +447,26 @@ def test_an_immutable_field_refuses_a_local_update_and_keeps_its_create_value(pa
     assert pair.converge()["fields"] == {"name": "x", "license": "apache-2.0", "region": "us"}
 
 
+@pytest.mark.policy({"default": "immutable", "fields": {"note": "last-writer-wins"},
+                     "kinds": {"cluster": {"fields": {"load": "max"}}}})
+def test_a_field_named_with_its_own_rule_stays_editable_under_a_default_of_immutable(pair: Pair) -> None:
+    # A field's rule is its named entry before any default (docs/conflicts.md),
+    # yet a default of immutable froze every field, the named ones too.
+    pair.create({"license": "apache-2.0", "note": "up", "load": 1})
+    with pytest.raises(PolicyDenied) as refused:
+        pair.a.update(REG, "x", patch={"license": "mit"})
+    assert refused.value.details["fields"] == ["license"]
+    pair.a.update(REG, "x", patch={"note": "down", "load": 2})
+    pair.race({"load": 5}, {"load": 3})  # and their conflicts are settled by their own rules
+    record = pair.converge()
+    assert (record["fields"]["note"], record["fields"]["load"], record["fields"]["license"]) == \
+        ("down", 5, "apache-2.0")
+    assert conflict_at(record, "/fields/load")["rule"] == "max"
+    # Taking a field's own rule away makes it immutable after the registry's creation: refused.
+    with pytest.raises(ValidationError, match="note"):
+        pair.a.update("grid.registries", REG, patch={"conflict_policy": {"fields": {"note": None}}})
+
+
 def test_a_field_is_not_made_immutable_after_the_registrys_creation(pair: Pair) -> None:
     """Made immutable later, a field would show every record's create value
     again, undoing its updates; the refusal names the access policy that

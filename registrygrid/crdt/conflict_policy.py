@@ -141,19 +141,47 @@ class ConflictPolicy:
             rules |= {kind.default, *kind.fields.values()}
         return bool(rules & {"role-priority", "owner-wins"})
 
-    def immutable_fields(self, kind: str) -> frozenset[str]:
-        """Top-level fields a ``kind`` record may not change after its create."""
+    def immutable_fields(self, kind: str) -> ImmutableFields:
+        """Top-level fields a ``kind`` record may not change after its
+        create: those whose rule (``rule_for``) is ``immutable``. A default
+        of ``immutable`` makes every field so but those named with another
+        rule."""
         rules = self.kinds.get(kind)
-        named = {**self.fields, **(rules.fields if rules else {})}
+        named = {**self.fields, **(rules.fields if rules else {})}  # the kind's own entry first, as rule_for
         default = (rules.default if rules and rules.default else None) or self.default
-        if default == "immutable":
-            return frozenset({"*"})  # every field
-        return frozenset(name for name, rule in named.items() if rule == "immutable")
+        return ImmutableFields(every=default == "immutable",
+                               named=frozenset(n for n, r in named.items() if r == "immutable"),
+                               exempt=frozenset(n for n, r in named.items() if r != "immutable"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"default": self.default, "fields": dict(self.fields),
                 "kinds": {k: {"default": v.default, "fields": dict(v.fields)} for k, v in self.kinds.items()},
                 "delete": self.delete, "roles": list(self.roles)}
+
+
+@dataclass(frozen=True)
+class ImmutableFields:
+    """Which top-level fields are immutable: with ``every``, all but
+    ``exempt``; else exactly ``named``. ``name in it`` asks of one field."""
+
+    every: bool = False
+    named: frozenset[str] = frozenset()
+    exempt: frozenset[str] = frozenset()
+
+    def __contains__(self, name: object) -> bool:
+        return name not in self.exempt if self.every else name in self.named
+
+    def __bool__(self) -> bool:
+        return self.every or bool(self.named)
+
+    def added_since(self, before: ImmutableFields) -> list[str]:
+        """The fields immutable here but not in ``before`` (``*``: every field
+        but the exempt ones), for a person to read."""
+        if self.every and not before.every:
+            return ["*"]
+        if self.every:
+            return sorted(before.exempt - self.exempt)
+        return sorted(n for n in self.named if n not in before)
 
 
 def _rule(name: Any, where: str) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 from automerge.core import Document
 
-from registrygrid.crdt.conflict_policy import ConflictPolicy
+from registrygrid.crdt.conflict_policy import ConflictPolicy, ImmutableFields
 from registrygrid.crdt.conflicts import ABSENT, DELETED, Frontiers, Path, map_now, value_at
 from registrygrid.protocol import base32
 
@@ -257,11 +257,11 @@ def _canonical(value: Any) -> bytes:
     return msgspec.msgpack.encode(value, order="sorted")
 
 
-def _is_immutable(path: Path, immutable: frozenset[str]) -> bool:
-    return len(path) > 1 and path[0] == "fields" and ("*" in immutable or path[1] in immutable)
+def _is_immutable(path: Path, immutable: ImmutableFields) -> bool:
+    return len(path) > 1 and path[0] == "fields" and path[1] in immutable
 
 
-def _immutable(doc: Document, immutable: frozenset[str], created_heads: Callable[[], list[bytes]],
+def _immutable(doc: Document, immutable: ImmutableFields, created_heads: Callable[[], list[bytes]],
                describe: Callable[[bytes], Writer]) -> list[FieldConflict]:
     """Immutable fields whose value is not the create's: the create's value
     stands, and the conflict says which write tried to change it."""
@@ -271,7 +271,7 @@ def _immutable(doc: Document, immutable: frozenset[str], created_heads: Callable
     names = set(current if isinstance(current, dict) else ()) | set(at_create if isinstance(at_create, dict) else ())
     out = []
     for name in sorted(names):
-        if "*" not in immutable and name not in immutable:
+        if name not in immutable:
             continue
         before = at_create.get(name, ABSENT) if isinstance(at_create, dict) else ABSENT
         now = current.get(name, ABSENT) if isinstance(current, dict) else ABSENT

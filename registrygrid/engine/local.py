@@ -228,7 +228,7 @@ class LocalWrites(EngineCore):
             return
         before = old["fields"]
         changed = sorted(name for name in set(before) | set(fields)
-                         if ("*" in immutable or name in immutable)
+                         if name in immutable
                          and not resolver.same(before.get(name, resolver.ABSENT), fields.get(name, resolver.ABSENT)))
         if changed:
             raise PolicyDenied(f"{desc.name} makes {changed} immutable after create (its conflict policy); "

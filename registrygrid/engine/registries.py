@@ -151,10 +151,8 @@ def check_descriptor_change(name: str, before: Mapping[str, Any], after: Mapping
     was, now = _conflict_rules(before.get("conflict_policy")), ConflictPolicy.parse(after.get("conflict_policy"))
     added = []
     for kind in sorted({*(before.get("kinds") or ()), *(after.get("kinds") or ())}):
-        old_fields, new_fields = was.immutable_fields(kind), now.immutable_fields(kind)
-        if "*" in old_fields:
-            continue
-        added += [f"{kind}.{field_name}" for field_name in sorted(new_fields - old_fields)]
+        added += [f"{kind}.{field_name}" for field_name in now.immutable_fields(kind).added_since(
+            was.immutable_fields(kind))]
     if added:
         shown = ", ".join("every field of " + a[:-2] if a.endswith(".*") else a for a in added)
         raise ValidationError(
