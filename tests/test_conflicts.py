@@ -549,15 +549,19 @@ def test_a_new_conflict_policy_resettles_existing_records_on_every_node(pair: Pa
 
 @pytest.mark.parametrize(("policy", "where"), [
     ("first-writer-wins", "/conflict_policy"),
-    ({"fields": {"a": "nope"}}, "/conflict_policy"),
-    ({"delete": "sometimes"}, "/conflict_policy"),
+    ({"fields": {"a": "nope"}}, "/conflict_policy/fields/a"),
+    ({"delete": "sometimes"}, "/conflict_policy/delete"),
+    ({"kinds": {"cluster": {"default": "nope"}}}, "/conflict_policy/kinds/cluster/default"),
 ])
 def test_a_descriptor_with_a_bad_conflict_policy_is_refused_naming_the_part(tmp_path: Path, policy: Any,
                                                                             where: str) -> None:
+    # A policy object's bad member was reported as the whole policy not
+    # being a rule name (the oneOf's first branch): the part is named now.
     with LocalRegistry.open_path(tmp_path, NODE_A) as grid:
         with pytest.raises(ValidationError) as refused:
             grid.create_registry(REG, ["cluster"], conflict_policy=policy)
-        assert any(d["path"].startswith(where) for d in refused.value.details)
+        assert [d["path"] for d in refused.value.details] == [where]
+        assert where in refused.value.message
 
 
 # ================================================================ a pure function of the changes

@@ -868,11 +868,18 @@ def closest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
     one of [...]"): the branches the value's type fits, that is, whose
     error is not a type mismatch, tell what is wrong with it. Where two of
     them tell it equally (an address that is neither an IPv4 nor an IPv6
-    one), or none does, the anyOf's own report stays. Other errors as they
-    are."""
+    one), or none does, the anyOf's own report stays. The deepest error
+    comes first: the branch that read furthest into the value is the one
+    it was meant for (a policy object's bad member, not "is not one of
+    the rule names" from the branch of a plain rule name). Other errors
+    as they are."""
     relevance = jsonschema.exceptions.relevance
-    fitting = sorted((e for e in error.context or () if e.validator != "type"), key=relevance, reverse=True)
-    if not fitting or (len(fitting) > 1 and relevance(fitting[0]) == relevance(fitting[1])):
+
+    def rank(e: jsonschema.ValidationError) -> tuple[int, Any]:
+        return len(e.path), relevance(e)
+
+    fitting = sorted((e for e in error.context or () if e.validator != "type"), key=rank, reverse=True)
+    if not fitting or (len(fitting) > 1 and rank(fitting[0]) == rank(fitting[1])):
         return error
     return closest(fitting[0])
 
