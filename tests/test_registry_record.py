@@ -12,6 +12,7 @@ import pytest
 from registrygrid.errors import (
     MalformedInput,
     PolicyDenied,
+    SchemaViolation,
     SignatureInvalid,
     TooLarge,
     ValidationError,
@@ -55,7 +56,7 @@ def _with_foreign_delegation() -> bytes:
     """NODE signs ORG's registry, showing a delegation from OTHER, not ORG."""
     delegation = sign_delegation(OTHER, NODE.did, ["node"], now=NOW / 1000 - 60)
     return rr.sign_record(NODE, delegation, name=NAME, owner=ORG.did, claimed_at=NOW, version=(NOW, 0),
-                          change_id="x", descriptor={"name": NAME}, federations=[], issued_at=NOW)
+                          change_id="x", descriptor={"name": NAME, "kinds": ["asset"]}, federations=[], issued_at=NOW)
 
 
 def test_a_tampered_record_fails_its_signature() -> None:
@@ -136,7 +137,7 @@ def held(owner: KeyPair, transfers: list[bytes], *, claimed_at: int = CLAIM, ver
          issued_at: int = NOW) -> bytes:
     """A record of ``owner`` (signed by its org key) carrying ``transfers``."""
     return rr.sign_record(owner, None, name=NAME, owner=owner.did, claimed_at=claimed_at, version=version,
-                          change_id=f"bafy-{owner.did[-4:]}", descriptor={"name": NAME}, federations=[],
+                          change_id=f"bafy-{owner.did[-4:]}", descriptor={"name": NAME, "kinds": ["asset"]}, federations=[],
                           issued_at=issued_at, transfers=transfers)
 
 
@@ -201,3 +202,15 @@ def test_the_transfer_member_of_a_descriptor_must_be_its_owners_transfer_of_it()
         rr.transfer_field(NAME, ORG.did, {**field, "to": NODE.did})
     with pytest.raises(ValidationError):
         rr.transfer_field(NAME, ORG.did, {"to": OTHER.did, "statement": "not base64!"})
+
+
+@pytest.mark.parametrize("descriptor", [
+    {"name": NAME, "kinds": 5},
+    {"name": NAME, "kinds": ["asset"], "replication": {"scope": "public", "readers": 5}},
+    {"name": NAME, "kinds": ["asset"], "replication": "public"},
+])
+def test_a_descriptor_of_another_shape_than_every_stored_one_is_refused(descriptor: dict) -> None:
+    # Signed by its owner and accepted on put and get, such a record made
+    # every remote read and follow of the name fail with a TypeError (500).
+    with pytest.raises(SchemaViolation):
+        rr.read_record(rr.dht_key(NAME), record(descriptor=descriptor), now_ms=NOW)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 from typing import Any
 
@@ -148,6 +149,10 @@ def read_record(key: str, value: bytes, *, now_ms: int) -> RecordBody:
         raise ValidationError(f"a record of {body.name!r} can't be stored under {key!r}")
     if body.descriptor.get("name", body.name) != body.name:
         raise ValidationError("the record's descriptor names another registry")
+    # Shaped as every descriptor a node stores (registry.v1.json): one of
+    # another shape (kinds: 5) passed on put and get, and every remote read
+    # and follow of the name then failed on it with a TypeError.
+    _descriptor_schema().validate("registry", 1, body.descriptor)
     verify_did_signature(body.signer, _DOMAIN + signed.body, signed.signature)
     if body.signer != body.owner:
         delegation = decode_delegation(body.delegation)
@@ -162,6 +167,13 @@ def read_record(key: str, value: bytes, *, now_ms: int) -> RecordBody:
                               f"{REPUBLISH_SECONDS // 3600} h")
     _check_chain(body, now_ms)
     return body
+
+
+@functools.cache
+def _descriptor_schema() -> Any:
+    from registrygrid.schemas import SchemaCatalog  # the built-in kinds alone; imported late: schemas import protocol
+
+    return SchemaCatalog()
 
 
 def _check_chain(body: RecordBody, now_ms: int) -> None:
