@@ -377,3 +377,55 @@ async def test_a_new_descriptor_is_published_by_itself_and_other_writes_publish_
             await owner.node.submit([Put(REG, "cluster", {"name": f"gpu-{i}"}) for i in range(50)])
             await trio.sleep(1.5)
             assert metrics["dht.published"] == before, "records of another registry published nothing"
+
+
+async def test_a_record_published_with_no_peer_reaches_the_first_peer_that_joins(tmp_path: Path) -> None:
+    """Published to an empty routing table, a record stayed on its owner
+    alone until the next republish (22 h): stopped before that, the name
+    was gone from the DHT."""
+    with trio.fail_after(90):
+        async with cluster(tmp_path) as nodes:
+            owner = await nodes.start("n0")
+            await owner.node.submit([Put("grid.registries", "registry", {"name": REG, "kinds": ["cluster"]},
+                                         record_id=REG)])
+            await eventually(lambda: owner.fed.directory.metrics["dht.published"] > 0, 20, "published alone")
+            key = rr.dht_key(REG).encode()
+            other = await nodes.start("n1", owner.fed.addrs())
+            await eventually(lambda: other.fed.directory.dht.value_store.get(key) is not None, 20,
+                             "the first peer holds the owner's record")
+            await nodes.stop(owner)
+            answer = await other.fed.directory.resolve(REG, fresh=True)
+            assert answer["descriptor"]["kinds"] == ["cluster"]
+
+
+async def test_a_flood_of_valid_records_for_made_up_names_evicts_no_one(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """py-libp2p's store evicted the value it received first once full: a
+    peer that put enough records for made-up names (each validly signed by
+    a key of its own) took every other name off the node, its own first."""
+    from registrygrid.node import dht
+
+    monkeypatch.setattr(dht, "MAX_HELD_VALUES", 4)
+    with trio.fail_after(90):
+        async with cluster(tmp_path) as nodes:
+            a = await nodes.start("a")
+            b = await nodes.start("b", a.fed.addrs())
+            await full_mesh([a, b])
+            await eventually(lambda: b.fed.directory.dht.get_routing_table_size() > 0, 20, "b's routing table")
+            await a.node.submit([Put("grid.registries", "registry", {"name": REG, "kinds": ["cluster"]},
+                                     record_id=REG)])
+            own = rr.dht_key(REG).encode()
+            store = a.fed.directory.dht.value_store
+            await eventually(lambda: store.get(own) is not None, 20, "a holds its own record")
+            now = wall_clock_ms()
+            for i in range(8):
+                flooder = KeyPair.generate()
+                name = f"spam.n{i}"
+                value = rr.sign_record(flooder, None, name=name, owner=flooder.did, claimed_at=now,
+                                       version=(now, 0), change_id="x", descriptor={"name": name, "kinds": ["cluster"]},
+                                       federations=[], issued_at=now)
+                await b.fed.directory.dht.value_store._store_at_peer(ID.from_base58(a.peer_id),
+                                                                     rr.dht_key(name).encode(), value)
+            assert store.get(own) is not None, "a's own record stays"
+            assert len(store.store) == 4
+            assert a.fed.directory.metrics["dht.refused.full"] >= 5

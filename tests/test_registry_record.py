@@ -214,3 +214,18 @@ def test_a_descriptor_of_another_shape_than_every_stored_one_is_refused(descript
     # every remote read and follow of the name fail with a TypeError (500).
     with pytest.raises(SchemaViolation):
         rr.read_record(rr.dht_key(NAME), record(descriptor=descriptor), now_ms=NOW)
+
+
+def test_a_key_whose_delegation_lapsed_cannot_date_a_record_back_into_its_old_window() -> None:
+    # The delegation was checked at issued_at alone, which the signer picks:
+    # a key whose delegation expired 22 h ago signed a record dated just
+    # inside its old window, and it won over the owner's own for two days.
+    lapsed_at = NOW // 1000 - 22 * 3600
+    delegation = sign_delegation(ORG, NODE.did, ["node", "writer"], now=lapsed_at - 3600, valid_for=3600)
+    backdated = rr.sign_record(NODE, delegation, name=NAME, owner=ORG.did, claimed_at=NOW - 10_000,
+                               version=(2**62, 0), change_id="x", descriptor={"name": NAME, "kinds": ["asset"]},
+                               federations=[], issued_at=(lapsed_at - 60) * 1000)
+    with pytest.raises(PolicyDenied, match="expired"):
+        rr.read_record(rr.dht_key(NAME), backdated, now_ms=NOW)
+    # Read while its delegation held, the same record was sound.
+    assert rr.read_record(rr.dht_key(NAME), backdated, now_ms=(lapsed_at - 30) * 1000).signer == NODE.did

@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.value_store import ValueStore
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.records.validator import NamespacedValidator, Validator
@@ -79,6 +80,8 @@ MAX_PROVIDERS = 20
 PROVIDER_FANOUT = 5
 # A burst of descriptor changes (a sync bringing many) is published once.
 DESCRIPTOR_DEBOUNCE_S = 0.5
+# How often a node whose last publish found no peer looks for its first.
+ALONE_CHECK_S = 1.0
 
 
 class DescriptorValidator(Validator):
@@ -102,6 +105,37 @@ class DescriptorValidator(Validator):
         if not valid:
             return 0
         return valid[rr.choose([bodies[i] for i in valid])]  # type: ignore[misc]
+
+
+# Values a node holds for others: py-libp2p keeps 50,000 and, when full,
+# evicts the one received first, so a peer that put a flood of valid
+# records for made-up names evicted everyone's, this node's own first
+# (and 50,000 values of up to 16 KiB each is 800 MB). Registries are few
+# and each node holds only the names closest to it.
+MAX_HELD_VALUES = 20_000
+
+
+class HeldValues(ValueStore):
+    """py-libp2p's value store, bounded our way: once it holds
+    ``MAX_HELD_VALUES``, a value for a name it does not hold yet is not
+    stored (counted, ``dht.refused.full``) rather than stored over the
+    oldest; a newer value of a name it holds still replaces the old one,
+    and this node's own values are always kept. Room comes back as values
+    expire (48 h; the DHT sweeps them)."""
+
+    def __init__(self, host: Any, local_peer_id: Any, metrics: Counter[str]) -> None:
+        super().__init__(host, local_peer_id)
+        self.metrics = metrics
+
+    def put_record(self, key: bytes, record: Any) -> None:
+        if key not in self.store and len(self.store) >= MAX_HELD_VALUES:
+            self.metrics["dht.refused.full"] += 1
+            return
+        super().put_record(key, record)
+
+    def _evict_if_full(self) -> None:
+        """Nothing is evicted: a peer's new value is refused when full
+        (``put_record``), and this node's own are never turned away."""
 
 
 @dataclass(frozen=True)
@@ -153,11 +187,15 @@ class RegistryDirectory:
         self._chains: dict[str, list[bytes]] = {}
         self._adopting = False
         self._nursery: trio.Nursery | None = None
+        # The last publish found no peer to put to: the first that joins
+        # gets this node's records then (``_wait_to_republish``).
+        self._published_alone = False
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         validator = NamespacedValidator({rr.NAMESPACE: DescriptorValidator(self.metrics)}, strict_validation=True)
         self.dht = KadDHT(self.host.libp2p_host, self.mode, validator=validator, validator_changed=True,
                           strict_validation=True)
+        self.dht.value_store = HeldValues(self.host.libp2p_host, self.dht.local_peer_id, self.metrics)
         async with background_trio_service(self.dht):
             events = self.host.peer_events()
             async with trio.open_nursery() as nursery:
@@ -178,7 +216,10 @@ class RegistryDirectory:
 
     async def _add_peer(self, peer_id: str) -> None:
         """A connected peer joins the routing table once it is known to speak
-        the DHT (py-libp2p checks its protocols; a DHT client is left out)."""
+        the DHT (py-libp2p checks its protocols; a DHT client is left out).
+        The first one gets this node's records at once: published to an
+        empty table, they were held here alone until the next republish
+        (22 h), and gone from the DHT whenever this node stopped before."""
         assert self.dht is not None
         with trio.move_on_after(RESOLVE_TIMEOUT_S):
             try:
@@ -223,9 +264,24 @@ class RegistryDirectory:
                 await self.publish()
             except RegistryError as exc:
                 log.warning("dht: publishing failed: %s", exc.message)
-            with trio.move_on_after(self.republish_seconds):
-                await self._publish_now.wait()
+            await self._wait_to_republish()
             self._publish_now = trio.Event()
+
+    async def _wait_to_republish(self) -> None:
+        """Until asked (``publish_soon``), or the republish interval passed,
+        or, when the last publish found no peer to put to, until one is in
+        the routing table: published to an empty table, this node's records
+        were held by it alone until the next republish (22 h), and gone from
+        the DHT whenever it stopped before. py-libp2p fills the table from
+        peers' own queries too, so it is asked, not told."""
+        assert self.dht is not None
+        with trio.move_on_after(self.republish_seconds):
+            while not self._publish_now.is_set():
+                if self._published_alone and self.dht.get_routing_table_size() > 0:
+                    self.metrics["dht.published_to_first_peer"] += 1
+                    return
+                with trio.move_on_after(ALONE_CHECK_S if self._published_alone else self.republish_seconds):
+                    await self._publish_now.wait()
 
     def _registries(self) -> tuple[list[_Owned], list[tuple[str, bytes]], list[str]]:
         """(the registries this node's org owns, their signed records, the
@@ -274,6 +330,7 @@ class RegistryDirectory:
         one of its names (``_adopt``)."""
         assert self.dht is not None
         owned, signed, hosted = await trio.to_thread.run_sync(self._registries)
+        self._published_alone = bool(signed or hosted) and self.dht.get_routing_table_size() == 0
         put = provided = 0
         for name, value in signed:
             with trio.move_on_after(RESOLVE_TIMEOUT_S):

@@ -149,16 +149,23 @@ def read_record(key: str, value: bytes, *, now_ms: int) -> RecordBody:
         raise ValidationError(f"a record of {body.name!r} can't be stored under {key!r}")
     if body.descriptor.get("name", body.name) != body.name:
         raise ValidationError("the record's descriptor names another registry")
-    # Shaped as every descriptor a node stores (registry.v1.json): one of
-    # another shape (kinds: 5) passed on put and get, and every remote read
-    # and follow of the name then failed on it with a TypeError.
-    _descriptor_schema().validate("registry", 1, body.descriptor)
     verify_did_signature(body.signer, _DOMAIN + signed.body, signed.signature)
     if body.signer != body.owner:
         delegation = decode_delegation(body.delegation)
         claims = verify_delegation(delegation, org=body.owner, subject=body.signer, now=body.issued_at / 1000)
         if not set(PUBLISHING_ROLES) & set(claims.roles):
             raise PolicyDenied(f"{body.signer}'s delegation grants {list(claims.roles)}, no role that publishes")
+        if claims.expires <= now_ms / 1000:
+            # And it holds still: the signer picks issued_at, so a key whose
+            # delegation lapsed could date a record back into its old
+            # window and take the name over for two days. The owner's nodes
+            # republish under their current delegation.
+            raise PolicyDenied(f"{body.signer}'s delegation expired at {claims.expires}; "
+                               f"a record it signed counts no longer")
+    # Shaped as every descriptor a node stores (registry.v1.json): one of
+    # another shape (kinds: 5) passed on put and get, and every remote read
+    # and follow of the name then failed on it with a TypeError.
+    _descriptor_schema().validate("registry", 1, body.descriptor)
     if body.issued_at > now_ms + MAX_FUTURE_MS:
         raise ValidationError(f"registry record of {body.name} is dated {body.issued_at - now_ms} ms ahead")
     if now_ms - body.issued_at > RECORD_MAX_AGE_MS:
