@@ -222,10 +222,16 @@ def test_a_key_whose_delegation_lapsed_cannot_date_a_record_back_into_its_old_wi
     # inside its old window, and it won over the owner's own for two days.
     lapsed_at = NOW // 1000 - 22 * 3600
     delegation = sign_delegation(ORG, NODE.did, ["node", "writer"], now=lapsed_at - 3600, valid_for=3600)
-    backdated = rr.sign_record(NODE, delegation, name=NAME, owner=ORG.did, claimed_at=NOW - 10_000,
+    backdated = rr.sign_record(NODE, delegation, name=NAME, owner=ORG.did, claimed_at=(lapsed_at - 600) * 1000,
                                version=(2**62, 0), change_id="x", descriptor={"name": NAME, "kinds": ["asset"]},
                                federations=[], issued_at=(lapsed_at - 60) * 1000)
     with pytest.raises(PolicyDenied, match="expired"):
         rr.read_record(rr.dht_key(NAME), backdated, now_ms=NOW)
     # Read while its delegation held, the same record was sound.
     assert rr.read_record(rr.dht_key(NAME), backdated, now_ms=(lapsed_at - 30) * 1000).signer == NODE.did
+
+
+@pytest.mark.parametrize("claimed_at", [-1, NOW + rr.MAX_FUTURE_MS + 1])
+def test_a_claim_before_the_epoch_or_after_its_own_signing_is_refused(claimed_at: int) -> None:
+    with pytest.raises(ValidationError, match="claims the name"):
+        rr.read_record(rr.dht_key(NAME), record(claimed_at=claimed_at), now_ms=NOW)

@@ -172,6 +172,9 @@ def read_record(key: str, value: bytes, *, now_ms: int) -> RecordBody:
         raise ValidationError(f"registry record of {body.name} is stale: signed "
                               f"{(now_ms - body.issued_at) // 3_600_000} h ago, republished every "
                               f"{REPUBLISH_SECONDS // 3600} h")
+    if not 0 <= body.claimed_at <= body.issued_at + MAX_FUTURE_MS:  # the claim's clock may be another node's
+        raise ValidationError(f"registry record of {body.name} claims the name at {body.claimed_at}, not between "
+                              f"the epoch and its own signing ({body.issued_at})")
     _check_chain(body, now_ms)
     return body
 
