@@ -35,7 +35,15 @@ from registrygrid.engine.ops import (
     WriteResult,
 )
 from registrygrid.engine.verify import VerifyReport, verify_store
-from registrygrid.errors import KindNotFound, NotFound, RecordErased, RegistryError, UnknownKind, ValidationError
+from registrygrid.errors import (
+    KindNotFound,
+    NotFound,
+    RecordErased,
+    RegistryError,
+    StorageFailed,
+    UnknownKind,
+    ValidationError,
+)
 from registrygrid.home import STORE_MARK, FederationMembership, Home, OrgMembership
 from registrygrid.identity.delegation import Delegation, verify_delegation
 from registrygrid.identity.keys import KeyPair, public_key_from_did
@@ -323,24 +331,33 @@ class LocalRegistry:
         return self.put(MEMBERS_REGISTRY, DELEGATION_KIND, fields, id=record_id)
 
     def close(self) -> None:
-        # The audit ledger's last, partial batch is sealed before the store
-        # closes (a head signed in a transaction that failed is forgotten).
-        audit = self.engine.audit
-        self.store.transact(lambda txn: audit.finish_batch(txn, self.engine.key, self.engine.now_ms(), force=True),
-                            aborted=audit.reload)
-        if self._writes_home and self.home is not None and self.engine.recovering is None:
-            did = self.engine.key.did
-            with self.store.read() as txn:
-                held = {registry: authors[did] for registry, authors in chains.heads(self.store, txn).items()
-                        if did in authors}
+        try:
+            # The audit ledger's last, partial batch is sealed before the store
+            # closes (a head signed in a transaction that failed is forgotten).
+            audit = self.engine.audit
             try:
-                self.home.save_store_mark(did, held)
-            except OSError as exc:  # a full disk must not stop the store from closing
-                log.warning("could not save %s: %s", STORE_MARK, exc)
-        self.engine.close()
-        self.store.close()
-        if self.home is not None:
-            self.home.unlock()
+                self.store.transact(lambda txn: audit.finish_batch(txn, self.engine.key, self.engine.now_ms(),
+                                                                   force=True), aborted=audit.reload)
+            except StorageFailed as exc:
+                # A full disk: the writes made are committed all the same, and
+                # the batch is sealed with the next one. Raised here, it was taken for
+                # the failure of the write just made ("the write was not
+                # made"), which a retry then made twice.
+                log.warning("the audit ledger's last batch is sealed with the next one: %s", exc.message)
+            if self._writes_home and self.home is not None and self.engine.recovering is None:
+                did = self.engine.key.did
+                with self.store.read() as txn:
+                    held = {registry: authors[did] for registry, authors in chains.heads(self.store, txn).items()
+                            if did in authors}
+                try:
+                    self.home.save_store_mark(did, held)
+                except OSError as exc:  # a full disk must not stop the store from closing
+                    log.warning("could not save %s: %s", STORE_MARK, exc)
+        finally:
+            self.engine.close()
+            self.store.close()
+            if self.home is not None:
+                self.home.unlock()
 
     def __enter__(self) -> LocalRegistry:
         return self

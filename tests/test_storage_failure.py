@@ -185,3 +185,30 @@ def test_a_compaction_the_disk_refuses_leaves_the_store_as_it_was_and_no_half_co
     assert answer["refused"] == "storage_failed"
     assert answer["message"].startswith("the compacted copy in ") and "the store is as it was" in answer["message"]
     assert answer["left"] == ["store"] and answer["same"]
+
+
+def test_a_write_made_before_the_disk_fills_is_not_reported_as_refused_when_the_store_closes(tmp_path: Path) -> None:
+    # `rgrid put` on a nearly full disk: the put committed, then sealing the
+    # audit ledger's last batch at close failed, and that failure was
+    # reported as the put's ("the write was not made"); the home stayed
+    # locked and a retry made the record twice.
+    home = tmp_path / "home"
+    rgrid(home, "init")
+    script = f"""
+import resource, signal
+from registrygrid.home import Home
+from registrygrid.sdk import LocalRegistry
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+grid = LocalRegistry.open_home(Home({str(home)!r}))
+grid.put("grid.clusters", "cluster", {{"name": "made"}}, id="made")
+_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # no page can be written from here on
+grid.close()
+print("closed")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "closed", done.stderr
+    assert "sealed with the next one" in done.stderr
+    got = rgrid(home, "get", "grid.clusters", "made", "--json")  # the home is not left locked
+    assert json.loads(got.stdout)["fields"]["name"] == "made"
+    rgrid(home, "audit", "verify")
