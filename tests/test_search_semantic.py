@@ -163,3 +163,13 @@ print(json.dumps(out))
     assert out["enabled"] is False and out["text"] == ["s"]
     assert out["error"][:2] == ["feature_unavailable", 501] and "registrygrid[semantic]" in out["error"][2]
     assert FeatureUnavailable.code == "feature_unavailable"
+
+
+def test_loading_the_semantic_model_leaves_the_root_logger_as_it_was() -> None:
+    # wordllama calls logging.basicConfig(level=INFO) when imported: the
+    # CLI's one-line warnings ("rgrid: WARNING: ...") came out in logging's
+    # default format from then on, and INFO lines leaked to stderr.
+    script = ("import logging; from registrygrid.search import semantic; semantic.available(); "
+              "root = logging.getLogger(); print(len(root.handlers), root.level)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["0", str(30)], done.stderr  # no handler; WARNING, Python's default

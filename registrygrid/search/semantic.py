@@ -22,11 +22,12 @@ which replace the same vectors.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,22 @@ def passage(doc: dict[str, Any]) -> str:
     return " ".join(p for p in parts if p)
 
 
+@contextlib.contextmanager
+def _root_logging_kept() -> Iterator[None]:
+    """wordllama calls ``logging.basicConfig(level=INFO)`` when imported:
+    a handler of its own format on the root logger, which took over from
+    the CLI's one-line warnings and let INFO lines out. What the import
+    adds to the root logger is taken away again."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+
+
 class Embedder:
     """WordLlama, loaded from its package (``cache`` holds the tokenizer
     file where its loader looks: 0.4.0 ships it but resolves the path wrong)."""
@@ -58,8 +75,9 @@ class Embedder:
     def __init__(self, cache: Path) -> None:
         try:
             import numpy as np
-            import wordllama
-            from wordllama import WordLlama
+            with _root_logging_kept():
+                import wordllama
+                from wordllama import WordLlama
         except ImportError:
             raise FeatureUnavailable(EXTRA_HINT) from None
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,7 +103,8 @@ class Embedder:
 def available() -> bool:
     try:
         import usearch.index  # noqa: F401
-        import wordllama  # noqa: F401
+        with _root_logging_kept():
+            import wordllama  # noqa: F401
     except ImportError:
         return False
     return True
