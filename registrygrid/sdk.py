@@ -714,6 +714,21 @@ class StoreChecks:
             vector = chains.heads(self.store, txn)
         return {registry: authors[author] for registry, authors in sorted(vector.items()) if author in authors}
 
+    def changes(self, since: int = 0, *, limit: int = 1000, registry: str | None = None,
+                kind: str | None = None) -> list[FeedEvent]:
+        """The feed as LocalRegistry.changes reads it, holding no lock: a
+        cursor past the head is refused as the bridge refuses it."""
+        _check_seq("since", since)
+        head = feed.head(self.store)
+        if since > head:
+            raise ValidationError(f"since {since} is beyond this node's feed head {head}: a cursor of another node, "
+                                  "or of before its store was restored; start again from 0 or the head",
+                                  details=[{"path": "--from", "message": f"beyond the feed head {head}"}])
+        return feed.read(self.store, since=since, limit=limit, registry=registry, kind=kind)
+
+    def feed_head(self) -> int:
+        return feed.head(self.store)
+
     def recovering(self) -> bool:
         """The store is made anew and still recovers its key's changes from peers (Engine.begin_recovery)."""
         from registrygrid.engine.engine import RECOVERING

@@ -11,6 +11,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,28 @@ def test_feed_tail_prints_one_json_event_per_line(listed_home: Path, rgrid: Run)
     for command in (("feed", "tail", "--from"), ("audit", "log", "--since")):  # past a signed 64-bit sequence
         proc = rgrid(*command, "99999999999999999999", home=listed_home)
         assert proc.returncode == 2 and "0<=x<=9223372036854775807" in proc.stderr, proc.stderr
+
+
+def test_feed_tail_offline_refuses_a_cursor_past_the_head_and_follows_without_locking_the_home(
+        listed_home: Path, rgrid: Run) -> None:
+    # With no node running, --from past the head printed nothing and exited
+    # 0 (through a node: 422), and --follow held the home's lock while it
+    # followed: every write and the node itself were kept out.
+    past = rgrid("feed", "tail", "--from", "999", home=listed_home)
+    assert past.returncode == 65 and "beyond this node's feed head 11" in past.stderr, past.stderr
+    follow = subprocess.Popen([sys.executable, "-m", "registrygrid", "feed", "tail", "--from", "11", "--follow",
+                               "--json", "--home", str(listed_home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        assert follow.stdout is not None
+        time.sleep(1.0)  # it follows
+        put = rgrid("put", "grid.clusters", "cluster", "--id", "while-tailing", "--set", "name=w", home=listed_home)
+        assert put.returncode == 0, put.stderr
+        event = json.loads(follow.stdout.readline())  # the write it made room for, followed
+        assert (event["seq"], event["record"]) == (12, "while-tailing")
+    finally:
+        follow.kill()
+        follow.wait(10)
 
 
 def test_verify_reports_a_healthy_store(listed_home: Path, rgrid: Run) -> None:

@@ -21,10 +21,22 @@ from registrygrid.sdk import LocalRegistry, StoreChecks
 
 
 @contextlib.contextmanager
-def open_backend(home_path: Path | None, *, direct_read: bool = False) -> Iterator[Any]:
+def open_backend(home_path: Path | None, *, direct_read: bool = False, reads_only: bool = False) -> Iterator[Any]:
+    """The running node's bridge, or the home's store opened here.
+    ``direct_read``: the store read-only even while a node runs (integrity
+    checks); ``reads_only``: read-only when no node runs, holding no lock,
+    for a command that may read for long (``feed tail --follow`` kept every
+    writer and the node itself out of the home while it followed)."""
     home = Home(home_path)
     home.require()
     holder = home.lock_holder()
+    if holder is None and reads_only and home.store_path.exists():
+        checks = StoreChecks(home)
+        try:
+            yield checks
+        finally:
+            checks.close()
+        return
     if holder is not None:
         if direct_read:
             checks = StoreChecks(home)

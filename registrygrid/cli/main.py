@@ -760,7 +760,7 @@ def feed() -> None:
 def tail(home: Path | None, since: int | None, follow: bool, registry: str | None, kind: str | None, limit: int,
          as_json: bool) -> None:
     """Print feed events (one JSON object a line with --json)."""
-    with open_backend(home) as backend:
+    with open_backend(home, reads_only=True) as backend:
         cursor = since if since is not None else max(0, backend.feed_head() - 20)
         try:
             while True:
