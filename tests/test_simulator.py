@@ -374,6 +374,8 @@ def test_a_real_mode_run_stopped_with_sigterm_stops_its_nodes_and_removes_its_ho
     refused = subprocess.run([sys.executable, "-m", "registrygrid", "sim", "run", "real-small", "--real",
                               "--nodes", "51"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
     assert refused.returncode != 0 and not list(tmp.iterdir())
+    # Nor an empty results folder (the mode's own limits were checked after it was made).
+    assert not (tmp_path / "sim-results").exists()
     sim = subprocess.Popen([sys.executable, "-m", "registrygrid", "sim", "run", "real-small", "--real",
                             "--no-plots", "--out", "out"], cwd=tmp_path, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -13,6 +13,7 @@ evidence.
 from __future__ import annotations
 
 import json
+import shutil
 import logging
 import sys
 import time
@@ -26,7 +27,7 @@ import click
 
 from registrygrid.cli import render
 from registrygrid.cli.options import json_option
-from registrygrid.errors import FeatureUnavailable, NotFound, ValidationError
+from registrygrid.errors import FeatureUnavailable, NotFound, RegistryError, ValidationError
 from registrygrid.files import write_file
 from registrygrid.logs import LineFormatter
 from registrygrid.simulation import scenario as scenarios
@@ -125,10 +126,20 @@ Examples:
         if overrides:  # checked as the file's own values are
             spec = scenarios.parse({**_as_table(spec), **overrides})
         out = out or Path("sim-results") / spec.name
+        made = [p for p in (out, *out.parents) if not p.exists()]
         out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        with _node_logs_to(out / NODE_LOG) as logged:
-            summary = _run_with_progress(simulate, spec, quiet=as_json)
+        try:
+            with _node_logs_to(out / NODE_LOG) as logged:
+                summary = _run_with_progress(simulate, spec, quiet=as_json)
+        except RegistryError:
+            # The mode refused the scenario before running it (real-node and
+            # engine modes check their own limits): the folders made for it
+            # go, as for any refused scenario, unless something was written.
+            for folder in made:
+                if folder.is_dir() and not any(f.stat().st_size for f in folder.rglob("*") if f.is_file()):
+                    shutil.rmtree(folder, ignore_errors=True)
+            raise
         wall = time.perf_counter() - started
         write_file(out / "summary.json", json.dumps(summary, sort_keys=True, indent=1) + "\n")
         drawn: list[str] = []

@@ -84,7 +84,9 @@ class RealNode:
                "--no-dht", "--no-search", "--log-level", "WARNING"]
         for addr in self.bootstrap:
             cmd += ["--bootstrap", addr]
-        with open(self.log, "ab") as log:
+        with open(self.log, "ab") as log, _SIGTERM.deferred():
+            # A SIGTERM raised inside Popen, after the fork, left a node
+            # process no one knew of to stop: it waits for self.proc.
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         self.client = None
         self.life += 1
@@ -397,6 +399,39 @@ def run_real(scenario: Scenario, *, keep: Path | None = None,
                 shutil.rmtree(root, ignore_errors=True)
 
 
+class _Sigterm:
+    """SIGTERM as an exit the main thread unwinds, held back while it
+    starts a node process (``deferred``)."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending: int | None = None
+
+    def handle(self, signum: int, _frame: Any) -> None:
+        if self.holding:
+            self.pending = signum
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the cleanup it starts is not cut short
+        raise SystemExit(128 + signum)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # handlers run on the main thread: nothing to hold back here
+            return
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            pending, self.pending = self.pending, None
+            if pending is not None:
+                self.handle(pending, None)
+
+
+_SIGTERM = _Sigterm()
+
+
 @contextmanager
 def _sigterm_as_exit() -> Iterator[None]:
     """SIGTERM unwinds the run as Ctrl-C does: Python's default handling
@@ -406,12 +441,7 @@ def _sigterm_as_exit() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def terminated(signum: int, _frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the cleanup it starts is not cut short
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, terminated)
+    previous = signal.signal(signal.SIGTERM, _SIGTERM.handle)
     try:
         yield
     finally:
