@@ -176,6 +176,8 @@ def test_every_shipped_scenario_parses() -> None:
     ("colour = 'blue'", "colour"),
     # The name is the default output folder: a path wrote results anywhere.
     ("nodes = 10000\n[workload]\nchanges = 10000", "workload.changes"),  # 10**8 delays kept: out of memory
+    # Two nodes and 10**7 simulated seconds ran ~9 h: sync sessions are bounded.
+    ("nodes = 2\nduration_s = 10000000", "sync.interval_s"),
     ("name = '../../escaped'", "name"),
     ("name = '/tmp/escaped'", "name"),
     ("name = 'x[/]'", "name"),  # rich markup, which crashed the progress bar
@@ -347,6 +349,14 @@ def test_engine_mode_refuses_what_whole_nodes_cannot_play(tmp_path: Path, text: 
 
     with pytest.raises(ValidationError, match=message):
         simulate_engine(small(tmp_path, text), root=tmp_path / "homes")
+
+
+def test_real_mode_refuses_more_than_an_hour_of_real_time(tmp_path: Path) -> None:
+    from registrygrid.simulation.real import run_real
+
+    with pytest.raises(ValidationError, match="real time, at most 3600 s"):
+        run_real(small(tmp_path, 'name = "x"\nnodes = 3\nduration_s = 86400\n'), keep=tmp_path / "homes")
+    assert not (tmp_path / "homes").exists() or not any((tmp_path / "homes").iterdir())
 
 
 def _processes_under(root: Path) -> list[int]:

@@ -52,6 +52,8 @@ from registrygrid.simulation.stats import full_propagation, quantiles
 from registrygrid.storage.store import Store
 
 MAX_REAL_NODES = 50
+# Real nodes run in real time: a scenario's simulated week would take one.
+MAX_REAL_SECONDS = 3600
 FEDERATION = "sim-real"
 REGISTRY = "grid.clusters"
 START_TIMEOUT_S = 60.0
@@ -158,6 +160,10 @@ class RealRun:
         if not 2 <= scenario.nodes <= MAX_REAL_NODES:
             raise ValidationError(f"real-node mode runs 2 to {MAX_REAL_NODES} nodes, not {scenario.nodes} "
                                   "(large-scale mode runs more)")
+        if scenario.duration_s + scenario.settle_s > MAX_REAL_SECONDS:
+            raise ValidationError(f"real-node mode runs in real time, at most {MAX_REAL_SECONDS} s (duration_s + "
+                                  f"settle_s), not {scenario.duration_s + scenario.settle_s:g}; large-scale mode "
+                                  "simulates longer")
         if any(f.kind == "hostile" for f in scenario.faults):
             raise ValidationError("real-node mode has no hostile nodes (a real node signs honestly); run the "
                                   "scenario in large-scale mode")

@@ -57,6 +57,10 @@ MAX_NODES = 10_000
 # scenario (steady: 200 nodes x 2,000 changes).
 MAX_DELIVERIES = 20_000_000
 MAX_SCENARIO_BYTES = 1 << 20  # a scenario is a few lines of TOML
+# Simulated time costs a sync session per node per period: a 2-node,
+# 1-change scenario of 10**7 s ran ~9 h. 200,000 sessions (about ten
+# minutes here at the shipped scenarios' sizes) is ten times offline-week's.
+MAX_SYNC_SESSIONS = 200_000
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,7 @@ def parse(data: Mapping[str, Any], *, default_name: str = "scenario") -> Scenari
     if nodes * changes > MAX_DELIVERIES:
         raise _bad("workload.changes", f"at most {MAX_DELIVERIES:,} deliveries (nodes x changes) in all, "
                                        f"not {nodes * changes:,}: the summary keeps each one's delay")
-    return Scenario(
+    scenario = Scenario(
         name=_name(data, default_name),
         description=_str(data, "description", ""),
         seed=_int(data, "seed", 1, 0, 2**63),
@@ -162,6 +166,13 @@ def parse(data: Mapping[str, Any], *, default_name: str = "scenario") -> Scenari
         gossip_enabled=_bool(gossip, "enabled", True, at="gossip."),
         faults=tuple(_fault(f, i, nodes) for i, f in enumerate(faults)),
     )
+    if scenario.sync_enabled:
+        sessions = nodes * (scenario.duration_s + scenario.settle_s) / scenario.sync_interval_s
+        if sessions > MAX_SYNC_SESSIONS:
+            raise _bad("sync.interval_s", f"at most {MAX_SYNC_SESSIONS:,} sync sessions (nodes x (duration_s + "
+                                          f"settle_s) / interval_s) in all, not {int(sessions):,}: each costs "
+                                          "real time; sync less often or simulate less time")
+    return scenario
 
 
 def _fault(data: Any, i: int, nodes: int) -> Fault:
