@@ -312,6 +312,14 @@ class FileFailed(RegistryError):
         return cls(f"{exc.filename}: {reason}" if exc.filename is not None else reason)
 
 
+class BadUsage(RegistryError):
+    """A command line the CLI cannot parse: a missing argument, an unknown
+    option, a value outside its range or choices (click's own checks)."""
+
+    code = "usage"
+    exit_code = EX_USAGE
+
+
 class FeatureUnavailable(RegistryError):
     """A capability of an optional extra this installation lacks (e.g.
     semantic search without ``registrygrid[semantic]``): asking again won't help."""

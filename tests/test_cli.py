@@ -254,26 +254,27 @@ def test_feed_tail_prints_one_json_event_per_line(listed_home: Path, rgrid: Run)
     assert {"registry", "record", "kind", "change", "author", "hlc", "origin"} <= set(events[0])
     for command in (("feed", "tail", "--from"), ("audit", "log", "--since")):  # past a signed 64-bit sequence
         proc = rgrid(*command, "99999999999999999999", home=listed_home)
-        assert proc.returncode == 2 and "0<=x<=9223372036854775807" in proc.stderr, proc.stderr
+        assert proc.returncode == 64 and "0<=x<=9223372036854775807" in proc.stderr, proc.stderr
 
 
 def test_feed_tail_offline_refuses_a_cursor_past_the_head_and_follows_without_locking_the_home(
-        listed_home: Path, rgrid: Run) -> None:
+        home: Path, rgrid: Run) -> None:
     # With no node running, --from past the head printed nothing and exited
     # 0 (through a node: 422), and --follow held the home's lock while it
     # followed: every write and the node itself were kept out.
-    past = rgrid("feed", "tail", "--from", "999", home=listed_home)
-    assert past.returncode == 65 and "beyond this node's feed head 11" in past.stderr, past.stderr
-    follow = subprocess.Popen([sys.executable, "-m", "registrygrid", "feed", "tail", "--from", "11", "--follow",
-                               "--json", "--home", str(listed_home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    head = feed_head(home)
+    past = rgrid("feed", "tail", "--from", str(head + 1), home=home)
+    assert past.returncode == 65 and f"beyond this node's feed head {head}" in past.stderr, past.stderr
+    follow = subprocess.Popen([sys.executable, "-m", "registrygrid", "feed", "tail", "--from", str(head), "--follow",
+                               "--json", "--home", str(home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
     try:
         assert follow.stdout is not None
         time.sleep(1.0)  # it follows
-        put = rgrid("put", "grid.clusters", "cluster", "--id", "while-tailing", "--set", "name=w", home=listed_home)
+        put = rgrid("put", "grid.clusters", "cluster", "--id", "while-tailing", "--set", "name=w", home=home)
         assert put.returncode == 0, put.stderr
         event = json.loads(follow.stdout.readline())  # the write it made room for, followed
-        assert (event["seq"], event["record"]) == (12, "while-tailing")
+        assert (event["seq"], event["record"]) == (head + 1, "while-tailing")
     finally:
         follow.kill()
         follow.wait(10)
@@ -663,4 +664,19 @@ def test_a_where_equality_tells_true_from_1_and_false_from_0() -> None:
 
 def test_an_unknown_log_level_is_a_usage_error_naming_the_levels(home: Path, rgrid: Run) -> None:
     proc = rgrid("node", "start", "--no-p2p", "--no-bridge", "--log-level", "bogus", home=home)
-    assert proc.returncode == 2 and "warning" in proc.stderr.lower() and "Traceback" not in proc.stderr
+    assert proc.returncode == 64 and "warning" in proc.stderr.lower() and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("list", "grid.clusters", "--limit", "0"),  # out of range
+    ("get", "grid.clusters"),  # a missing argument
+    ("token", "create", "--role", "bogus"),  # not one of the choices
+    ("frobnicate",),  # no such command
+])
+def test_a_command_line_click_cannot_parse_is_an_error_like_any_other(home: Path, rgrid: Run,
+                                                                      args: tuple[str, ...]) -> None:
+    # click printed "Error: ..." and exited 2, which a script could not
+    # tell from the 65 the same mistake gets when the command checks it.
+    proc = rgrid(*args, home=home)
+    assert proc.returncode == 64, proc.stderr
+    assert proc.stderr.startswith("error[usage]: ") and " --help" in proc.stderr

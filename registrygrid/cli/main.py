@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -36,10 +36,10 @@ from registrygrid.cli.values import (
 from registrygrid.crdt.conflict_policy import NAMES as CONFLICT_RULES
 from registrygrid.errors import (
     EX_NOPERM,
-    EX_USAGE,
+    BadUsage,
     Conflict,
-    NotFound,
     FileFailed,
+    NotFound,
     PolicyDenied,
     RegistryError,
     Unavailable,
@@ -105,6 +105,10 @@ class Cli(click.Group):
         try:
             _refuse_undecodable(self, ctx)
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            # click printed "Error: ..." and exited 2, which a script could
+            # not tell from anything else: an error like every other, 64.
+            _bad_usage(exc)
         except RegistryError as exc:
             render.error(exc)
             sys.exit(exc.exit_code)
@@ -118,6 +122,13 @@ class Cli(click.Group):
             failed = FileFailed.of(exc)
             render.error(failed)
             sys.exit(failed.exit_code)
+
+
+def _bad_usage(exc: click.UsageError) -> NoReturn:
+    render.error(BadUsage(exc.format_message()))
+    if exc.ctx is not None:
+        render.note(f"  see: {exc.ctx.command_path} --help")
+    sys.exit(BadUsage.exit_code)
 
 
 @click.group(cls=Cli)
@@ -1227,9 +1238,18 @@ def main() -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     warnings_on_one_line("rgrid")
     try:
-        cli(prog_name="rgrid")
+        # Not standalone: click would print its own "Error: ..." and exit 2
+        # for a usage error of rgrid's own arguments (an unknown command).
+        done = cli.main(prog_name="rgrid", standalone_mode=False)
+    except click.UsageError as exc:
+        _bad_usage(exc)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
     except RegistryError as exc:  # raised outside a command (e.g. while parsing)
         render.error(exc)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
-        sys.exit(EX_USAGE)
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(done if isinstance(done, int) else 0)  # --help, --version and ctx.exit() give their code

@@ -73,6 +73,11 @@ def dump_json(value: Any) -> None:
     click.echo(json.dumps(_plain(value), indent=2, sort_keys=True, default=str))
 
 
+def note(text: str) -> None:
+    """A line of help on stderr, after an error."""
+    _err.print(text, highlight=False, markup=False)
+
+
 def error(exc: RegistryError) -> None:
     _err.print(f"[bold red]error\\[{exc.code}][/]: {escape(exc.message)}", highlight=False, markup=True)
     if isinstance(exc.details, list):
