@@ -73,6 +73,10 @@ def test_offline_upload_links_an_asset_record_and_get_by_record_returns_the_byte
     assert refused.returncode != 0 and "retention_held" in refused.stderr
     assert released.stdout == f"{up['cid']}: legal holds none; kept until no retention\n"
     assert purged["purged"] is True and missing.returncode == 66 and "blob_missing" in missing.stderr
+    # What only the running node does is unavailable with none running (75), as for every such command.
+    for needs_node in (("asset", "presign", up["cid"]), ("asset", "fetch", up["cid"])):
+        offline = rgrid(home, *needs_node, check=False)
+        assert offline.returncode == 75 and "error[unavailable]" in offline.stderr, offline.stderr
 
 
 def test_asset_governance_commands_speak_to_people_and_answer_json_with_json(tmp_path: Path) -> None:

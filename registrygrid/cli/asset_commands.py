@@ -32,7 +32,7 @@ import click
 from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend
 from registrygrid.cli.options import home_option, json_option
-from registrygrid.errors import NotFound, ValidationError
+from registrygrid.errors import NotFound, Unavailable, ValidationError
 from registrygrid.home import Home
 
 
@@ -231,7 +231,7 @@ Examples:
         """A URL that fetches the blob without a token, until it expires (needs the running node)."""
         with open_backend(home) as backend:
             if not _bridge(backend):
-                raise ValidationError("presigned URLs are served by the running node: start it first "
+                raise Unavailable("presigned URLs are served by the running node: start it first "
                                       "(`rgrid node start`)")
             cid = _cid_of(backend, target)
             answer = backend.request("POST", f"/v1/blobs/{cid}/presign",
@@ -251,7 +251,7 @@ Examples:
         (verified against its CID; needs the running node)."""
         with open_backend(home) as backend:
             if not _bridge(backend):
-                raise ValidationError("fetching from peers needs the running node: start it (`rgrid node start`)")
+                raise Unavailable("fetching from peers needs the running node: start it (`rgrid node start`)")
             cid = _cid_of(backend, target)
             answer = backend.request("POST", f"/v1/blobs/{cid}/fetch")[2]
         if as_json:
