@@ -26,6 +26,7 @@ from registrygrid.cli import render
 from registrygrid.cli.backend import open_backend
 from registrygrid.cli.options import org_key_option
 from registrygrid.cli.values import (
+    check_writable,
     loads_json,
     parse_assignments,
     parse_value,
@@ -677,6 +678,44 @@ def store_recovered(home: Path | None, none_kept: bool, as_json: bool) -> None:
     with LocalRegistry.open_home(home) as registry:
         report = registry.end_recovery(none_kept=none_kept)
     render.mapping(report, as_json, title="store recovery")
+
+
+@store.command(name="backup")
+@home_option
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--no-objects", is_flag=True, help="Leave the local asset bytes out (peers that hold them give "
+                                                  "them back: `rgrid asset fetch`).")
+@json_option
+def store_backup(home: Path | None, out: Path, no_objects: bool, as_json: bool) -> None:
+    """Write the home to one file: its keys, org, config and a consistent
+    copy of its store (made while the node runs or not), and its asset bytes.
+    Name it .tar.gz to compress it. Restore it with `rgrid store restore`."""
+    from registrygrid.backup import backup
+    from registrygrid.home import Home
+
+    check_writable(out, "OUT")
+    report = backup(Home(home), out, objects=not no_objects)
+    render.mapping(report.to_dict(), as_json, title="backup written")
+
+
+@store.command(name="restore")
+@home_option
+@click.argument("backup_file", metavar="BACKUP", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def store_restore(home: Path | None, backup_file: Path, as_json: bool) -> None:
+    """Restore a backup into a new (or empty) home. Its store opens
+    recovering: the node syncs and signs nothing until its own changes
+    are back from its peers (its key may have signed after the backup);
+    then stop it and run `rgrid store recovered`."""
+    from registrygrid.backup import restore
+    from registrygrid.home import Home
+
+    target = Home(home)
+    manifest = restore(backup_file, target)
+    render.mapping({"home": str(target.path), "key": manifest.get("key"), "made_at_ms": manifest.get("made_at_ms"),
+                    "recovering": True,
+                    "next": "rgrid node start; once `rgrid feed tail` shows the node's own changes back, stop it "
+                            "and run `rgrid store recovered`"}, as_json, title="backup restored")
 
 
 @store.command(name="compact")

@@ -1,0 +1,162 @@
+"""`rgrid store backup|restore`: a home in one file, and back.
+
+    backup(home, Path("acme.rgrid.tar"))      # while the node runs or not
+    restore(Path("acme.rgrid.tar"), home)     # into a new home only; it opens recovering
+
+A backup is a tar archive (gzip-compressed when its name ends in ``.gz``):
+``rgrid-backup.json`` first (what it is: format, node key, when, what it
+holds), then the home's files as they are, and ``store/data.mdb``, a
+consistent copy of the store made in one read transaction (LMDB's compacting
+copy, so a running node goes on writing meanwhile and freed pages stay
+behind). Left out: what the node rebuilds (``index/``, the search index) and
+what only a running node means (``node.lock``, ``node.json``,
+``bridge.json``), and with ``objects=False`` the local asset bytes (peers
+that hold them give them back: ``rgrid asset fetch``).
+
+Restoring a home is restoring its node key, and that key may have signed
+changes after the backup was made: the restored node would sign its next
+change with a sequence number its peers already hold (an equivocation,
+which they answer by quarantining the key). So a restored store opens
+**recovering** (docs/trust.md, "A lost store"): it syncs and serves, signs
+nothing, and the operator ends the recovery (``rgrid store recovered``)
+once the node's own changes are back from its peers. A restore goes only
+into a home that does not exist or is empty: never over a node's live
+files, let alone a running one's.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from registrygrid.errors import AlreadyExists, MalformedInput, NotFound
+from registrygrid.home import Home
+from registrygrid.storage.store import Store
+
+MANIFEST = "rgrid-backup.json"
+FORMAT = 1
+# Rebuilt by the node, or meaningful only while one runs.
+_LEFT_OUT = frozenset({"index", "node.lock", "node.json", "bridge.json", "store", "store.compact.tmp"})
+_OBJECTS = "objects"
+_STORE_FILE = "store/data.mdb"
+# What a cut-short or foreign archive fails with as it is read.
+_DAMAGED = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
+@dataclass(frozen=True)
+class BackupReport:
+    path: str
+    bytes: int
+    key: str
+    store_bytes: int
+    objects: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "bytes": self.bytes, "key": self.key, "store_bytes": self.store_bytes,
+                "objects": self.objects}
+
+
+def backup(home: Home, out: Path, *, objects: bool = True) -> BackupReport:
+    """Write ``home`` to ``out`` (replaced whole or not at all)."""
+    home.require()
+    if not (home.store_path / "data.mdb").is_file():
+        raise NotFound(f"{home.path} has no store to back up")
+    key = home.node_key().did
+    mode = "w:gz" if out.name.endswith(".gz") else "w"
+    with tempfile.TemporaryDirectory(prefix=".rgrid-backup-", dir=out.parent) as scratch:
+        copy = Path(scratch) / "store"
+        copy.mkdir()
+        store = Store(home.store_path, readonly=True)
+        try:
+            store.copy_compacted(copy)  # one read transaction: consistent while the node writes
+        finally:
+            store.close()
+        partial = Path(scratch) / "backup.tar"
+        manifest = {"format": FORMAT, "key": key, "made_at_ms": int(time.time() * 1000), "objects": objects}
+        with tarfile.open(partial, mode) as archive:
+            _add_bytes(archive, MANIFEST, json.dumps(manifest, indent=1).encode() + b"\n")
+            for entry in sorted(home.path.iterdir()):
+                if entry.name in _LEFT_OUT or entry.name.startswith(".") or (entry.name == _OBJECTS and not objects):
+                    continue
+                archive.add(entry, arcname=entry.name, recursive=True)
+            archive.add(copy / "data.mdb", arcname=_STORE_FILE)
+        with open(partial, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, out)
+    return BackupReport(str(out), out.stat().st_size, key, (home.store_path / "data.mdb").stat().st_size, objects)
+
+
+def restore(archive_path: Path, target: Home) -> dict[str, Any]:
+    """Unpack a backup into ``target``, a home that does not exist or is
+    empty, and open its store recovering. What the backup says of itself."""
+    if target.path.exists() and (not target.path.is_dir() or any(target.path.iterdir())):
+        raise AlreadyExists(f"{target.path} is not empty: a backup is restored into a new home (move this one "
+                            "aside first, its node stopped)")
+    try:
+        archive = tarfile.open(archive_path)
+    except FileNotFoundError:
+        raise NotFound(f"{archive_path}: no such file") from None
+    except _DAMAGED as exc:
+        raise MalformedInput(f"{archive_path} is not a RegistryGrid backup: {exc}") from None
+    target.path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.path.name}.restoring-", dir=target.path.parent))
+    try:
+        with archive:
+            manifest = _manifest(archive, archive_path)
+            try:
+                # The "data" filter refuses absolute paths, '..', links out of
+                # the folder and device files: a crafted archive writes nowhere else.
+                archive.extractall(staging, filter="data")
+            except _DAMAGED as exc:
+                raise MalformedInput(f"{archive_path} is cut short, damaged or unsafe to unpack: {exc}") from None
+        (staging / MANIFEST).unlink()
+        if not (staging / _STORE_FILE).is_file() or not (staging / "keys" / "node.key").is_file():
+            raise MalformedInput(f"{archive_path} holds no store or no node key: not a whole backup")
+        if target.path.exists():
+            target.path.rmdir()  # empty, checked above
+        os.replace(staging, target.path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _begin_recovery(target)
+    return manifest
+
+
+def _begin_recovery(home: Home) -> None:
+    from registrygrid.sdk import LocalRegistry
+
+    with LocalRegistry.open_home(home) as registry:
+        registry.engine.begin_recovery()
+
+
+def _manifest(archive: tarfile.TarFile, path: Path) -> dict[str, Any]:
+    try:
+        member = archive.next()
+        if member is None or member.name != MANIFEST or not member.isfile() or member.size > 64 * 1024:
+            raise MalformedInput(f"{path} is not a RegistryGrid backup (it does not start with {MANIFEST})")
+        handle = archive.extractfile(member)
+        manifest = json.loads(handle.read() if handle is not None else b"")
+    except (*_DAMAGED, ValueError) as exc:
+        raise MalformedInput(f"{path} is not a RegistryGrid backup: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise MalformedInput(f"{path} is a backup of format {manifest.get('format') if isinstance(manifest, dict) else '?'}"
+                             f"; this version restores format {FORMAT}")
+    return manifest
+
+
+def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = int(time.time())
+    info.mode = 0o600
+    archive.addfile(info, io.BytesIO(data))
