@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -278,6 +279,19 @@ def test_feed_tail_offline_refuses_a_cursor_past_the_head_and_follows_without_lo
     finally:
         follow.kill()
         follow.wait(10)
+
+
+def test_verify_of_a_home_whose_store_is_gone_says_so_and_makes_none(home: Path, rgrid: Run) -> None:
+    # Opened to verify it, a missing store was made anew, empty, and
+    # reported sound (ok, 0 changes): after a lost disk, the answer that misleads.
+    shutil.rmtree(home / "store")
+    proc = rgrid("verify", home=home)
+    assert proc.returncode == 66 and "holds no store" in proc.stderr
+    assert not (home / "store").exists()
+    with registrygrid.open(home):  # a store made anew for a key that signed opens recovering ...
+        pass
+    report = json.loads(rgrid("verify", "--json", home=home).stdout)
+    assert (report["ok"], report["changes"], report["recovering"]) == (True, 0, True)  # ... and verify says so
 
 
 def test_verify_reports_a_healthy_store(listed_home: Path, rgrid: Run) -> None:

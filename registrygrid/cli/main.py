@@ -595,9 +595,19 @@ def index_status(home: Path | None, as_json: bool) -> None:
 @json_option
 def verify(home: Path | None, as_json: bool) -> None:
     """Re-verify every change in the store offline; report the first bad one."""
-    with open_backend(home, direct_read=True) as backend:
+    from registrygrid.home import Home
+
+    the_home = Home(home)
+    the_home.require()
+    if not (the_home.store_path / "data.mdb").is_file():
+        # Opened to verify it, a missing store was made anew, empty, and
+        # reported sound: after a lost disk, the one answer that misleads.
+        raise NotFound(f"{the_home.store_path} holds no store: nothing to verify (a node started here makes one "
+                       "anew and opens it recovering; `rgrid store restore` brings back a backup)")
+    with open_backend(home, direct_read=True, reads_only=True) as backend:  # read-only: no lock, nothing made
         report = backend.verify()
-    report = report if isinstance(report, dict) else report.to_dict()
+        recovering = backend.recovering()
+    report = {**(report if isinstance(report, dict) else report.to_dict()), "recovering": recovering}
     render.mapping(report, as_json, title="store verification")
     if not report["ok"]:
         sys.exit(1)
