@@ -223,7 +223,7 @@ def test_a_key_whose_delegation_lapsed_cannot_date_a_record_back_into_its_old_wi
     lapsed_at = NOW // 1000 - 22 * 3600
     delegation = sign_delegation(ORG, NODE.did, ["node", "writer"], now=lapsed_at - 3600, valid_for=3600)
     backdated = rr.sign_record(NODE, delegation, name=NAME, owner=ORG.did, claimed_at=(lapsed_at - 600) * 1000,
-                               version=(2**62, 0), change_id="x", descriptor={"name": NAME, "kinds": ["asset"]},
+                               version=((lapsed_at - 60) * 1000, 0), change_id="x", descriptor={"name": NAME, "kinds": ["asset"]},
                                federations=[], issued_at=(lapsed_at - 60) * 1000)
     with pytest.raises(PolicyDenied, match="expired"):
         rr.read_record(rr.dht_key(NAME), backdated, now_ms=NOW)
@@ -235,3 +235,11 @@ def test_a_key_whose_delegation_lapsed_cannot_date_a_record_back_into_its_old_wi
 def test_a_claim_before_the_epoch_or_after_its_own_signing_is_refused(claimed_at: int) -> None:
     with pytest.raises(ValidationError, match="claims the name"):
         rr.read_record(rr.dht_key(NAME), record(claimed_at=claimed_at), now_ms=NOW)
+
+
+def test_a_descriptor_version_from_the_future_is_refused() -> None:
+    # Within one owner the newest version wins: a record whose version was
+    # 2**62 held the name against every later descriptor of its owner.
+    with pytest.raises(ValidationError, match="descriptor version dated"):
+        rr.read_record(rr.dht_key(NAME), record(version=(2**62, 0)), now_ms=NOW)
+    assert rr.read_record(rr.dht_key(NAME), record(version=(NOW, 7)), now_ms=NOW).version == (NOW, 7)

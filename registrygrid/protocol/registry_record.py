@@ -172,6 +172,12 @@ def read_record(key: str, value: bytes, *, now_ms: int) -> RecordBody:
         raise ValidationError(f"registry record of {body.name} is stale: signed "
                               f"{(now_ms - body.issued_at) // 3_600_000} h ago, republished every "
                               f"{REPUBLISH_SECONDS // 3600} h")
+    if body.version[0] > body.issued_at + MAX_FUTURE_MS:
+        # The newest version wins within one owner: a version from the far
+        # future (2**62) held the name against every later descriptor of
+        # its owner for as long as its signer republished it.
+        raise ValidationError(f"registry record of {body.name} has a descriptor version dated "
+                              f"{body.version[0] - body.issued_at} ms after its own signing")
     if not 0 <= body.claimed_at <= body.issued_at + MAX_FUTURE_MS:  # the claim's clock may be another node's
         raise ValidationError(f"registry record of {body.name} claims the name at {body.claimed_at}, not between "
                               f"the epoch and its own signing ({body.issued_at})")
