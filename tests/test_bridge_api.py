@@ -143,6 +143,22 @@ async def test_a_parameter_given_twice_is_refused_unless_it_adds_a_condition(ser
             assert [i["id"] for i in r.json()["items"]] == ["n1"]
 
 
+async def test_a_body_that_names_a_member_twice_is_refused(served: Served) -> None:
+    # Ours kept the last value, a proxy or signer in front may keep the
+    # first: {"role": "reader", "role": "admin"} minted an admin token.
+    with trio.fail_after(30):
+        async with served.client() as client:
+            twice = [(RECORDS, b'{"kind": "note", "id": "d", "fields": {"name": "a", "name": "b"}}'),
+                     ("/v1/tokens", b'{"role": "reader", "role": "admin"}')]
+            for path, body in twice:
+                err = assert_error(await client.post(path, content=body, headers={"Content-Type": "application/json"}),
+                                   400, "malformed_input")
+                assert "twice in one object" in err["message"]
+            assert_error(await client.get(f"{RECORDS}/d"), 404, "not_found")
+            r = await client.post(RECORDS, json={"kind": "note", "id": "d", "fields": {"name": "a"}})
+            assert r.status_code == 201  # the same body, each member once
+
+
 async def test_pagination_is_stable_under_concurrent_inserts(served: Served) -> None:
     """Every record that existed before the walk is seen exactly once, whatever is inserted meanwhile."""
     with trio.fail_after(60):

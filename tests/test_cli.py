@@ -694,3 +694,15 @@ def test_a_command_line_click_cannot_parse_is_an_error_like_any_other(home: Path
     proc = rgrid(*args, home=home)
     assert proc.returncode == 64, proc.stderr
     assert proc.stderr.startswith("error[usage]: ") and " --help" in proc.stderr
+
+
+def test_a_json_file_that_names_a_member_twice_is_refused(home: Path, rgrid: Run, tmp_path: Path) -> None:
+    doc = tmp_path / "c.json"
+    doc.write_text('{"name": "a", "region": "eu", "region": "us"}')
+    proc = rgrid("put", "grid.clusters", "cluster", "--id", "c", "--file", str(doc), home=home)
+    assert proc.returncode == 65 and "'region' twice in one object" in proc.stderr, proc.stderr
+    card = tmp_path / "cards"
+    card.mkdir()
+    (card / "one.json").write_text('{"name": "x", "name": "y"}')
+    imported = rgrid("import", str(card), "--json", home=home)
+    assert imported.returncode == 65 and "twice in one object" in imported.stdout + imported.stderr

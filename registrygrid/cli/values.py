@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from registrygrid.errors import FileFailed, MalformedInput, NotFound, ValidationError
+from registrygrid.jsonkeys import repeated_name
 from registrygrid.files import read_bounded
 
 # A file we read whole into memory; larger than any record can be anyway
@@ -43,13 +44,18 @@ def loads_json(text: str, where: str) -> Any:
     when it nests deeper than Python's parser can follow (no record may nest
     past limits.MAX_NESTING anyway)."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MalformedInput(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                              details=[{"path": where, "line": exc.lineno, "column": exc.colno}]) from None
     except RecursionError:
         raise MalformedInput(f"{where} nests arrays or objects too deeply to read",
                              details=[{"path": where, "message": "nested too deeply"}]) from None
+    twice = repeated_name(text) if isinstance(value, (dict, list)) else None
+    if twice is not None:
+        raise MalformedInput(f"{where} names {twice[:80]!r} twice in one object: which one counts depends on who "
+                             "reads it", details=[{"path": where, "message": f"duplicate member {twice[:80]!r}"}])
+    return value
 
 
 def read_text_file(path: Path | str) -> tuple[str, str]:

@@ -29,6 +29,7 @@ from registrygrid.engine.values import canonical
 from registrygrid.errors import MalformedInput, NotFound, RegistryError, TooLarge, ValidationError
 from registrygrid.files import read_bounded
 from registrygrid.formats import a2a, ai_catalog, mcp, oasf
+from registrygrid.jsonkeys import repeated_name
 
 # An AI Catalog is recognized first (its entries may inline a server.json),
 # then an A2A card (its name may hold a slash, as a server.json's does).
@@ -118,9 +119,15 @@ def _documents_in(path: Path) -> Iterator[Document]:
         if read > MAX_IMPORT_BYTES:  # the whole import, not this document
             raise TooLarge(f"{path} holds more than {MAX_IMPORT_BYTES} bytes of documents: import it in parts")
         try:
-            body = json.loads(raw.decode("utf-8"))
+            text = raw.decode("utf-8")
+            body = json.loads(text)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             yield Document(str(file), MalformedInput(f"{file}: not JSON: {exc}"))
+            continue
+        twice = repeated_name(text)
+        if twice is not None:  # a signed card read one way by its signer and another here
+            yield Document(str(file), MalformedInput(f"{file}: names {twice[:80]!r} twice in one object: which "
+                                                     "one counts depends on who reads it"))
             continue
         if isinstance(body, list):
             for i, item in enumerate(body):

@@ -74,6 +74,7 @@ from registrygrid.errors import (
     ValidationError,
 )
 from registrygrid.formats import mcp_registry
+from registrygrid.jsonkeys import repeated_name
 from registrygrid.node.bridge import openapi, streaming
 from registrygrid.node.bridge.audit import AuditBuffer
 from registrygrid.node.bridge.auth import ADMIN, READ, WRITE, Authenticator, is_loopback
@@ -451,6 +452,10 @@ class Api:
         if problem is not None:
             path, _, message = problem.partition(": ")
             raise ValidationError(f"body cannot be stored: {problem}", details=[{"path": path, "message": message}])
+        twice = repeated_name(raw) if isinstance(data, (dict, list)) else None
+        if twice is not None:
+            raise MalformedInput(f"body names {twice[:80]!r} twice in one object: which one counts depends on "
+                                 "who reads it", details=[{"path": "", "message": f"duplicate member {twice[:80]!r}"}])
         if schema is not None:
             errors = openapi.request_errors(schema, data)
             if errors:
