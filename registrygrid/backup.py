@@ -39,7 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registrygrid.errors import AlreadyExists, MalformedInput, NotFound
+from registrygrid.errors import (
+    AlreadyExists,
+    MalformedInput,
+    NotFound,
+    RegistryError,
+    StorageFailed,
+    ValidationError,
+)
 from registrygrid.home import Home
 from registrygrid.storage.store import Store
 
@@ -98,18 +105,23 @@ def backup(home: Home, out: Path, *, objects: bool = True) -> BackupReport:
 
 def restore(archive_path: Path, target: Home) -> dict[str, Any]:
     """Unpack a backup into ``target``, a home that does not exist or is
-    empty, and open its store recovering. What the backup says of itself."""
-    if target.path.exists() and (not target.path.is_dir() or any(target.path.iterdir())):
-        raise AlreadyExists(f"{target.path} is not empty: a backup is restored into a new home (move this one "
-                            "aside first, its node stopped)")
+    empty, its store opened recovering. What the backup says of itself.
+
+    Everything happens in a staging folder beside the target, which takes
+    the target's place only once the home opens and its store says
+    recovering: a restore that fails midway (a damaged store in the
+    archive, a full disk) leaves nothing, never a home that opens without
+    recovering and whose next write reuses a sequence number."""
+    final = _restore_target(target.path)
+    if not archive_path.is_file():  # a device or a FIFO was read forever
+        raise (NotFound(f"{archive_path}: no such file") if not archive_path.exists() else
+               ValidationError(f"{archive_path} is not a regular file"))
     try:
         archive = tarfile.open(archive_path)
-    except FileNotFoundError:
-        raise NotFound(f"{archive_path}: no such file") from None
     except _DAMAGED as exc:
         raise MalformedInput(f"{archive_path} is not a RegistryGrid backup: {exc}") from None
-    target.path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.path.name}.restoring-", dir=target.path.parent))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.restoring-", dir=final.parent))
     try:
         with archive:
             manifest = _manifest(archive, archive_path)
@@ -122,21 +134,39 @@ def restore(archive_path: Path, target: Home) -> dict[str, Any]:
         (staging / MANIFEST).unlink()
         if not (staging / _STORE_FILE).is_file() or not (staging / "keys" / "node.key").is_file():
             raise MalformedInput(f"{archive_path} holds no store or no node key: not a whole backup")
-        if target.path.exists():
-            target.path.rmdir()  # empty, checked above
-        os.replace(staging, target.path)
+        try:
+            _begin_recovery(Home(staging))
+        except StorageFailed:
+            raise  # the disk's, not the backup's
+        except RegistryError as exc:  # a damaged store, key or org file in the archive
+            raise MalformedInput(f"{archive_path} does not restore: {exc.message}") from None
+        if final.exists():
+            final.rmdir()  # empty, checked above
+        os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _begin_recovery(target)
     return manifest
+
+
+def _restore_target(path: Path) -> Path:
+    """Where a restore goes: ``path``, or the empty folder a link at
+    ``path`` names (homes are often linked onto a data disk)."""
+    if path.is_symlink():
+        if not path.is_dir():
+            raise ValidationError(f"{path} is a link to no folder: restore into the folder it should name")
+        path = path.resolve()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise AlreadyExists(f"{path} is not empty: a backup is restored into a new home (move this one aside "
+                            "first, its node stopped)")
+    return path
 
 
 def _begin_recovery(home: Home) -> None:
     from registrygrid.sdk import LocalRegistry
 
     with LocalRegistry.open_home(home) as registry:
-        registry.engine.begin_recovery()
+        registry.engine.begin_recovery(restored=True)
 
 
 def _manifest(archive: tarfile.TarFile, path: Path) -> dict[str, Any]:
@@ -146,8 +176,8 @@ def _manifest(archive: tarfile.TarFile, path: Path) -> dict[str, Any]:
             raise MalformedInput(f"{path} is not a RegistryGrid backup (it does not start with {MANIFEST})")
         handle = archive.extractfile(member)
         manifest = json.loads(handle.read() if handle is not None else b"")
-    except (*_DAMAGED, ValueError) as exc:
-        raise MalformedInput(f"{path} is not a RegistryGrid backup: {exc}") from None
+    except (*_DAMAGED, ValueError, RecursionError) as exc:
+        raise MalformedInput(f"{path} is not a RegistryGrid backup: {str(exc)[:200]}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise MalformedInput(f"{path} is a backup of format {manifest.get('format') if isinstance(manifest, dict) else '?'}"
                              f"; this version restores format {FORMAT}")

@@ -46,7 +46,12 @@ def test_a_backup_made_while_the_node_writes_restores_into_a_new_home_that_opens
     # change's sequence number. It signs nothing until the recovery ends.
     refused = rgrid(copy, "put", "grid.clusters", "cluster", "--id", "x", "--set", "name=x", check=False)
     assert refused.returncode == 69 and "store_recovering" in refused.stderr
-    rgrid(copy, "store", "recovered")  # (its peers gave its changes back: here none had them)
+    # Its mark came with the backup and knows nothing of "after": only a
+    # sync with its peers does. Ended at once, its next write took the
+    # sequence number "after" holds.
+    early = rgrid(copy, "store", "recovered", check=False)
+    assert early.returncode == 65 and "restored from a backup" in early.stderr, early.stderr
+    rgrid(copy, "store", "recovered", "--none-kept")  # (this node has no peers to give it back)
     rgrid(copy, "put", "grid.clusters", "cluster", "--id", "x", "--set", "name=x")
 
 
@@ -71,10 +76,52 @@ def test_a_restore_goes_only_into_a_new_home_and_refuses_what_is_no_whole_backup
         escape = tarfile.TarInfo("../escaped")
         escape.size = 3
         archive.addfile(escape, io.BytesIO(b"bad"))
-    for bad in (cut, foreign, hostile, tmp_path / "missing.tar"):
-        target = tmp_path / f"from-{bad.stem}"
+    damaged = tmp_path / "damaged.tar"  # whole, but its store is no LMDB file
+    with tarfile.open(backup) as source, tarfile.open(damaged, "w") as archive:
+        for member in source.getmembers():
+            if member.name == "store/data.mdb":
+                member.size = 4096
+                archive.addfile(member, io.BytesIO(b"\x00" * 4096))
+            else:
+                archive.addfile(member, source.extractfile(member) if member.isfile() else None)
+    for bad in (cut, foreign, hostile, damaged, tmp_path / "missing.tar", Path("/dev/zero")):
+        target = tmp_path / f"from-{bad.stem}"  # (a device was read forever)
         proc = rgrid(target, "store", "restore", str(bad), check=False)
         assert proc.returncode in (65, 66), (bad, proc.stderr)
         assert not target.exists(), bad
     assert not (tmp_path / "escaped").exists()
     assert not [p for p in tmp_path.iterdir() if "restoring" in p.name]  # no half-restored folder left
+
+
+async def test_a_restored_node_ends_its_recovery_once_it_has_synced_its_later_changes_back(tmp_path: Path) -> None:
+    """The backup knows nothing of what the key signed after it: its peers
+    do. The restored node syncs them back, notes the sync, and only then may
+    its recovery end; its next write then follows them."""
+    import trio
+    from test_federation_support import cluster, eventually, full_mesh
+
+    from registrygrid.backup import restore
+    from registrygrid.home import Home
+    from registrygrid.sdk import LocalRegistry
+
+    archive = tmp_path / "a.tar"
+    with trio.fail_after(90):
+        async with cluster(tmp_path / "fed") as nodes:
+            a = await nodes.start("a")
+            b = await nodes.start("b", a.fed.addrs())
+            await full_mesh([a, b])
+            await a.write("before-", 5)
+            # From another process, as an operator runs it (LMDB opens a store once per process).
+            await trio.to_thread.run_sync(lambda: rgrid(a.home.path, "store", "backup", str(archive)))
+            await a.write("after-", 3)  # signed after the backup
+            await eventually(lambda: b.records() == 8, 20, "b holds a's eight records")
+            await nodes.stop(a)
+            await trio.to_thread.run_sync(lambda: restore(archive, Home(tmp_path / "fed" / "a2")))
+            a2 = await nodes.start("a2", b.fed.addrs())
+            assert a2.node.engine.recovering is not None and a2.records() == 5
+            await eventually(lambda: a2.records() == 8 and (a2.node.engine.recovering or {}).get("synced_ms"), 30,
+                             "the restored node synced its later changes back")
+            await nodes.stop(a2)
+        with LocalRegistry.open_home(Home(tmp_path / "fed" / "a2")) as restored:
+            assert restored.end_recovery()["last_changes"]["grid.clusters"] == 8
+            restored.put("grid.clusters", "cluster", {"name": "next"}, id="next")  # the ninth, not a second fifth

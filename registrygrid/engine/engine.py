@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
+from typing import Any
 
 import msgspec
 
@@ -182,16 +183,30 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
             self.metrics["store.federation_recorded"] += 1
         return given
 
-    def begin_recovery(self) -> None:
+    def begin_recovery(self, *, restored: bool = False) -> None:
         """This store was made anew for a node whose key signed changes
-        before: until ``end_recovery``, local writes are refused, so the key
-        never signs a sequence number its peers already hold (which they
-        would report as equivocation and quarantine)."""
+        before (``restored``: or brought back from a backup, after which the
+        key may have signed more): until ``end_recovery``, local writes are
+        refused, so the key never signs a sequence number its peers already
+        hold (which they would report as equivocation and quarantine)."""
         if self.recovering is not None:
             return  # opened again before anything synced: the recovery began when it began
-        recovering = {"key": self.key.did, "since_ms": self.now_ms()}
+        recovering: dict[str, Any] = {"key": self.key.did, "since_ms": self.now_ms()}
+        if restored:
+            recovering["restored"] = True
         self.store.transact(lambda txn: self.store.put_meta(txn, RECOVERING, recovering))
         self.recovering = recovering
+
+    def note_recovery_synced(self) -> None:
+        """A sync session with a peer completed while the store recovers:
+        what that peer holds of this key is here now. A restored store's
+        recovery ends only after one (``end_recovery``)."""
+        recovering = self.recovering
+        if recovering is None or recovering.get("synced_ms"):
+            return
+        noted = {**recovering, "synced_ms": self.now_ms()}
+        self.store.transact(lambda txn: self.store.put_meta(txn, RECOVERING, noted))
+        self.recovering = noted
 
     def end_recovery(self, *, none_kept: bool = False, required: dict[str, int] | None = None) -> dict[str, int]:
         """The operator says the node's history is back (synced from peers,
@@ -214,6 +229,14 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
                                "its federation until they are back, or pass --none-kept if no peer kept them",
                                details={"short": {r: [heads.get(r, {}).get(self.key.did, 0), s]
                                                   for r, s in sorted(short.items())}})
+            if self.recovering is not None and not none_kept and self.recovering.get("restored") \
+                    and not self.recovering.get("synced_ms"):
+                # Its mark came with the backup: it says nothing of what the
+                # key signed after it, which only its peers know.
+                raise Conflict("this store was restored from a backup, and its key may have signed changes after "
+                               "it that only its peers hold: start the node in its federation until it has synced "
+                               "with a peer (`rgrid stats`: sync.completed), stop it, then run this again; or pass "
+                               "--none-kept if the node has no peers")
             if self.recovering is not None and not none_kept \
                     and not any(self.key.did in authors for authors in heads.values()):
                 raise Conflict(f"this store holds none of the changes {self.key.did} signed yet: start the node "

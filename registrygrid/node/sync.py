@@ -166,6 +166,8 @@ class SyncService:
         if session.report.stalled:
             self.metrics["sync.stalled"] += 1
         self.metrics["sync.completed"] += 1
+        if engine.recovering is not None and not engine.recovering.get("synced_ms"):
+            await trio.to_thread.run_sync(engine.note_recovery_synced)
         return session.report
 
     async def _pass(self, peer: str, session: SyncSession, first: list[Action]) -> None:
