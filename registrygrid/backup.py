@@ -76,6 +76,12 @@ class BackupReport:
 def backup(home: Home, out: Path, *, objects: bool = True) -> BackupReport:
     """Write ``home`` to ``out`` (replaced whole or not at all)."""
     home.require()
+    if not (home.store_path / "data.mdb").is_file() and home.lock_holder() is None:
+        # A home just made (`rgrid init`): its keys are what most need a
+        # backup, and its first open makes the store and its statements.
+        from registrygrid.sdk import LocalRegistry
+
+        LocalRegistry.open_home(home).close()
     if not (home.store_path / "data.mdb").is_file():
         raise NotFound(f"{home.path} has no store to back up")
     key = home.node_key().did
