@@ -41,6 +41,7 @@ from typing import Any
 
 from registrygrid.errors import (
     AlreadyExists,
+    FileFailed,
     MalformedInput,
     NotFound,
     RegistryError,
@@ -96,16 +97,20 @@ def backup(home: Home, out: Path, *, objects: bool = True) -> BackupReport:
             store.close()
         partial = Path(scratch) / "backup.tar"
         manifest = {"format": FORMAT, "key": key, "made_at_ms": int(time.time() * 1000), "objects": objects}
-        with tarfile.open(partial, mode) as archive:
-            _add_bytes(archive, MANIFEST, json.dumps(manifest, indent=1).encode() + b"\n")
-            for entry in sorted(home.path.iterdir()):
-                if entry.name in _LEFT_OUT or entry.name.startswith(".") or (entry.name == _OBJECTS and not objects):
-                    continue
-                archive.add(entry, arcname=entry.name, recursive=True)
-            archive.add(copy / "data.mdb", arcname=_STORE_FILE)
-        with open(partial, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(partial, out)
+        try:
+            with tarfile.open(partial, mode) as archive:
+                _add_bytes(archive, MANIFEST, json.dumps(manifest, indent=1).encode() + b"\n")
+                for entry in sorted(home.path.iterdir()):
+                    if entry.name in _LEFT_OUT or entry.name.startswith(".") or (entry.name == _OBJECTS
+                                                                                  and not objects):
+                        continue
+                    archive.add(entry, arcname=entry.name, recursive=True)
+                archive.add(copy / "data.mdb", arcname=_STORE_FILE)
+            with open(partial, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(partial, out)
+        except OSError as exc:  # a full disk names no file: the backup's is the one that matters
+            raise FileFailed(f"{out}: {exc.strerror or exc}; nothing was written") from None
     return BackupReport(str(out), out.stat().st_size, key, (home.store_path / "data.mdb").stat().st_size, objects)
 
 
@@ -137,6 +142,8 @@ def restore(archive_path: Path, target: Home) -> dict[str, Any]:
                 archive.extractall(staging, filter="data")
             except _DAMAGED as exc:
                 raise MalformedInput(f"{archive_path} is cut short, damaged or unsafe to unpack: {exc}") from None
+            except OSError as exc:  # a full disk names no file
+                raise FileFailed(f"{final}: {exc.strerror or exc}; nothing was restored") from None
         (staging / MANIFEST).unlink()
         if not (staging / _STORE_FILE).is_file() or not (staging / "keys" / "node.key").is_file():
             raise MalformedInput(f"{archive_path} holds no store or no node key: not a whole backup")
