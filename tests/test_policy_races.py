@@ -33,6 +33,7 @@ from registrygrid.protocol.envelope import open_envelope
 from registrygrid.record import replicated_content
 from registrygrid.sdk import LocalRegistry
 from tests.test_policy import ADMIN_ORG, GENESIS, MEMBER_ORG, MODELS, deliver, node, wires
+from tests.test_policy_versions import random_batches
 
 RULES = {
     "pricing-b-only": {"id": "pricing-b-only", "effect": "forbid", "actions": ["create", "update"],
@@ -260,19 +261,7 @@ def test_records_are_a_pure_function_of_the_changes_when_policy_versions_race(hi
             everything = sorted(set().union(*wire_sets.values()))
             n_replicas = data.draw(st.integers(2, 3), label="replicas")
             for i in range(n_replicas):
-                order = data.draw(st.permutations(range(len(everything))), label=f"order{i}")
-                dup = data.draw(st.lists(st.integers(0, len(everything) - 1), max_size=6), label=f"dups{i}")
-                sequence = [everything[j] for j in order]
-                for j in dup:
-                    pos = data.draw(st.integers(0, len(sequence)), label="dup-pos")
-                    sequence.insert(pos, everything[j])
-                cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(sequence) - 1)), max_size=8),
-                                            label=f"cuts{i}")))
-                batches, start = [], 0
-                for c in cuts + [len(sequence)]:
-                    if c > start:
-                        batches.append(sequence[start:c])
-                        start = c
+                batches = random_batches(data, everything, i)
                 with LocalRegistry.open_path(Path(root) / f"r{i}", federation=GENESIS) as replica:
                     for batch in batches:
                         replica.execute([Remote(w, "p") for w in batch])

@@ -146,6 +146,24 @@ def present(grid: LocalRegistry, rid: str) -> bool:
         return False
 
 
+def random_batches(data: Any, everything: list[bytes], i: int) -> list[list[bytes]]:
+    """Every change in a drawn order, some delivered twice at random places,
+    cut into drawn batches: how a replica may meet them."""
+    order = data.draw(st.permutations(range(len(everything))), label=f"order{i}")
+    dup = data.draw(st.lists(st.integers(0, len(everything) - 1), max_size=6), label=f"dups{i}")
+    sequence = [everything[j] for j in order]
+    for j in dup:  # redeliver some changes at random places
+        pos = data.draw(st.integers(0, len(sequence)), label="dup-pos")
+        sequence.insert(pos, everything[j])
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(sequence) - 1)), max_size=8), label=f"cuts{i}")))
+    batches, start = [], 0
+    for c in cuts + [len(sequence)]:
+        if c > start:
+            batches.append(sequence[start:c])
+            start = c
+    return batches
+
+
 def converge(a: LocalRegistry, b: LocalRegistry) -> None:
     for _ in range(4):
         deliver(a, b)
@@ -180,19 +198,7 @@ def test_records_are_a_pure_function_of_the_changes_under_policy_versions(histor
             everything = list(dict.fromkeys(wires(a) + wires(b)))
             n_replicas = data.draw(st.integers(2, 3), label="replicas")
             for i in range(n_replicas):
-                order = data.draw(st.permutations(range(len(everything))), label=f"order{i}")
-                dup = data.draw(st.lists(st.integers(0, len(everything) - 1), max_size=6), label=f"dups{i}")
-                sequence = [everything[j] for j in order]
-                for j in dup:  # redeliver some changes at random places
-                    pos = data.draw(st.integers(0, len(sequence)), label="dup-pos")
-                    sequence.insert(pos, everything[j])
-                cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(sequence) - 1)), max_size=8),
-                                            label=f"cuts{i}")))
-                batches, start = [], 0
-                for c in cuts + [len(sequence)]:
-                    if c > start:
-                        batches.append(sequence[start:c])
-                        start = c
+                batches = random_batches(data, everything, i)
                 with LocalRegistry.open_path(Path(root) / f"r{i}", federation=GENESIS) as replica:
                     for batch in batches:
                         replica.execute([Remote(w, "p") for w in batch])

@@ -30,21 +30,14 @@ def open_backend(home_path: Path | None, *, direct_read: bool = False, reads_onl
     home = Home(home_path)
     home.require()
     holder = home.lock_holder()
-    if holder is None and reads_only and home.store_path.exists():
-        checks = StoreChecks(home)
+    if (holder is None and reads_only and home.store_path.exists()) or (holder is not None and direct_read):
+        checks = StoreChecks(home)  # LMDB readers never block or disturb the writer
         try:
             yield checks
         finally:
             checks.close()
         return
     if holder is not None:
-        if direct_read:
-            checks = StoreChecks(home)
-            try:
-                yield checks
-            finally:
-                checks.close()
-            return
         bridge = _bridge_client(home)
         if bridge is None:
             raise HomeLocked(f"{home.path} is in use by another process ({holder}) that serves no bridge")
