@@ -437,6 +437,21 @@ def test_union_merges_concurrent_lists(pair: Pair) -> None:
     assert conflict_at(record, "/fields/capabilities")["chosen"] is None  # a merge, no one write
 
 
+@pytest.mark.parametrize("replacement", [0, "s", [1, 2]])
+@pytest.mark.policy("last-writer-wins")
+def test_a_map_turned_into_a_number_string_or_list_conflicts_with_a_write_inside_it_on_every_node(
+        pair: Pair, replacement: Any) -> None:
+    # Where the number came second, the write inside the map it replaced
+    # was missed: nodes showed {"y": 2} with a conflict, or 0 with none.
+    # And a removal that won there showed {} where one write had put 0.
+    pair.create({"m": {"x": 1}})
+    pair.race(None, {"m": {"y": 2}})
+    pair.a.update(REG, "x", patch={"m": replacement})  # a has not seen b's write
+    record = pair.converge()
+    assert [c["path"] for c in record["conflicts"]] == ["/fields/m/y"]
+    assert record["fields"]["m"] == replacement  # the later write wins, as written: not {}
+
+
 @pytest.mark.policy({"fields": {"license": "immutable"}})
 def test_an_immutable_field_refuses_a_local_update_and_keeps_its_create_value(pair: Pair) -> None:
     pair.create({"license": "apache-2.0", "region": "eu"})

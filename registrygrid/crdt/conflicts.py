@@ -340,14 +340,16 @@ def track(doc: Document, heads_before: list[bytes] | None, change: ChangeMeta, f
                 del out[path]
         return out
     written = written_by(doc, change)
-    # A path the change's own view lacks, under a map it made anew (or
-    # removed), while the record shows it (another writer put it in the
-    # map the change replaced), a change it has not seen wrote it, or the
-    # record keeps a conflict of it (Automerge's merge no longer shows
-    # it): the change wrote it too, as _wrote rules for a change that has
-    # seen every write. Else the frontier would depend on whether the
-    # change came before or after the other writer.
-    replaced = {path for path, value in written.items() if value is ABSENT or isinstance(value, dict)}
+    # A path the change's own view lacks, under a path it wrote (a map it
+    # made anew, removed, or put a number, string or list in place of),
+    # while the record shows it (another writer put it in the map the
+    # change replaced), a change it has not seen wrote it, or the record
+    # keeps a conflict of it (Automerge's merge no longer shows it): the
+    # change wrote it too, as _wrote rules for a change that has seen every
+    # write. Else the frontier would depend on whether the change came
+    # before or after the other writer (a map turned into a number missed
+    # the concurrent write inside it where the number came second).
+    replaced = set(written)
     under: list[Path] = []
     if heads_before and replaced and isinstance(unseen, Unseen):
         # The paths under it that the record shows, and those a change it

@@ -341,6 +341,10 @@ def _set(target: dict[str, Any], path: Sequence[str], value: Any) -> None:
     for key in path[:-1]:
         child = target.get(key)
         if not isinstance(child, dict):
+            if value is ABSENT:
+                # Nothing to remove under a value that is no map: made a map
+                # here, the removal showed {} where one write had put 0.
+                return
             child = {}
             target[key] = child
         target = child
