@@ -28,6 +28,7 @@ from tests.test_conflicts import (
     REG,
     Pair,
     deliver,
+    exchange,
     wires,
 )
 
@@ -919,3 +920,33 @@ def conflict_id(record: dict[str, Any], path: str) -> str:
     (conflict,) = [c for c in record["conflicts"] if c["path"] == path]
     assert conflict["status"] == "disputed"
     return conflict["dispute"]
+
+
+def test_a_resolution_its_signer_was_revoked_before_counts_nowhere_whichever_came_first(manual: Pair,
+                                                                                      tmp_path: Path) -> None:
+    # The resolution record was rebuilt away on every node, but nodes that
+    # held it before the revocation kept showing its value as resolved;
+    # a node that met the revocation first showed the dispute open.
+    (listed,) = manual.a.disputes()
+    manual.a.resolve_dispute(listed["id"], value=10)
+    exchange(manual.a, manual.b, manual.c)
+    history = wires(manual.a)
+    cutoffs: dict[str, int] = {}
+    for wire in history:
+        body = open_envelope(wire, verify=False).body
+        if body.author == NODE_A.did:
+            cutoffs[body.registry] = max(cutoffs.get(body.registry, 0), body.seq)
+    cutoffs["grid.disputes"] = 0  # a's resolution counts no longer
+    record_id, fields = revocation_record(sign_revocation(ORG_A, NODE_A.did, cutoffs, reason="lost laptop"))
+    manual.b.put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, id=record_id)
+    revocation = [w for w in wires(manual.b) if w not in history]
+    exchange(manual.a, manual.b, manual.c)
+    shown = []
+    for grid in (manual.b, manual.c):
+        shown.append((grid.get(REG, "x")["fields"]["price"], [c["status"] for c in grid.get(REG, "x")["conflicts"]]))
+    for i, order in enumerate((history + revocation, revocation + history)):
+        with LocalRegistry.open_path(tmp_path / f"fresh{i}", KeyPair(bytes([0xF0 + i]) * 32)) as fresh:
+            for _ in range(2):
+                fresh.execute([Remote(w, "peer") for w in order])
+            shown.append((fresh.get(REG, "x")["fields"]["price"], [c["status"] for c in fresh.get(REG, "x")["conflicts"]]))
+    assert len(set(map(repr, shown))) == 1 and shown[0][1] == ["disputed"], shown

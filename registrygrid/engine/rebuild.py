@@ -16,6 +16,7 @@ import msgspec
 
 from registrygrid.crdt import conflicts as tracking
 from registrygrid.crdt import resolver
+from registrygrid.crdt.disputes import DISPUTES_REGISTRY, RESOLUTION_KIND
 from registrygrid.crdt.record import (
     RecordDoc,
     stored_doc,
@@ -365,6 +366,16 @@ class Rebuilds(EngineCore):
                           before=record_digest(old), after=record_digest(record), change=cause.id)
         if registry == regs.KINDS_REGISTRY:
             self._after_kind_record(txn, batch, record, cause, origin)  # type: ignore[attr-defined]
+        if registry == DISPUTES_REGISTRY:
+            # A resolution that no longer counts (its signer revoked before
+            # it), or counts now: the records of its dispute are settled
+            # again (_apply_disputes). Else nodes that held it before the
+            # revocation kept showing its value, and the others did not.
+            for held in (old, record):
+                dispute = (held or {}).get("fields", {}).get("dispute") \
+                    if (held or {}).get("kind") == RESOLUTION_KIND else None
+                if isinstance(dispute, str) and dispute not in batch.resolved:
+                    batch.resolved.append(dispute)
         if registry == ERASURES_REGISTRY and record is None and old is not None:
             # An erasure notice no longer counts (its signer's key was
             # revoked before it): what it erased here is undone.
