@@ -38,13 +38,13 @@ def list_disputes(store: Store, trust: TrustState, *, status: str | None = None)
     return [d for d in out if d is not None and (status is None or d["status"] == status)]
 
 
-def show_dispute(store: Store, trust: TrustState, dispute: str) -> dict[str, Any]:
+def show_dispute(store: Store, trust: TrustState, dispute: str, catalog: SchemaCatalog) -> dict[str, Any]:
     """One dispute in full: every competing write or envelope, a diff, and
     its resolutions. NotFound names the listing to look in."""
     with store.read() as txn:
         holders = records.records_disputing(store, txn, dispute)
         if holders:
-            found = _field_dispute(store, txn, trust, dispute, *holders[0], detailed=True)
+            found = _field_dispute(store, txn, trust, dispute, *holders[0], detailed=True, catalog=catalog)
             if found is not None:
                 return found
         report = records.get_record(store, txn, disputes.DISPUTES_REGISTRY, dispute)
@@ -60,7 +60,7 @@ def resolution_fields(store: Store, trust: TrustState, catalog: SchemaCatalog, d
     """The fields of a resolution ``author`` may file now; PolicyDenied when
     its resolution would not count, ValidationError when it says nothing,
     SchemaViolation when the record it settles would break its kind."""
-    found = show_dispute(store, trust, dispute)
+    found = show_dispute(store, trust, dispute, catalog)
     if found["type"] == "equivocation":
         if value is not ABSENT or removed:
             raise ValidationError("an equivocation is acknowledged, not given a value: resolve it without one")
@@ -70,6 +70,8 @@ def resolution_fields(store: Store, trust: TrustState, catalog: SchemaCatalog, d
     else:
         if value is ABSENT and not removed:
             raise ValidationError("give the value the field takes (or removed) to resolve a field dispute")
+        if value is not ABSENT and removed:  # it was filed as a removal, the value dropped without a word
+            raise ValidationError("give a value or removed, not both")
         if not access.may_resolve(trust, author, at_ms, registry_owner=found["registry_owner"],
                                   owners=(found["record_owner"],)):
             raise PolicyDenied(f"only a federation admin, the owner org of {found['registry']} or of the record "
@@ -107,7 +109,7 @@ def _check_settled_record(store: Store, catalog: SchemaCatalog, found: dict[str,
 
 
 def _field_dispute(store: Store, txn: Any, trust: TrustState, dispute: str, registry: str, record_id: str, *,
-                   detailed: bool) -> dict[str, Any] | None:
+                   detailed: bool, catalog: SchemaCatalog | None = None) -> dict[str, Any] | None:
     record = records.get_record(store, txn, registry, record_id)
     if record is None:
         return None
@@ -132,9 +134,20 @@ def _field_dispute(store: Store, txn: Any, trust: TrustState, dispute: str, regi
         # whoever filed it: one whose value would leave the record outside
         # its kind is set aside (engine/settle.py _schema_breaking).
         resolved = conflict["status"] == "resolved"
-        out["resolutions"] = _resolutions(store, txn, dispute, lambda author, at, outcome: resolved
-                                          and outcome == "value" and access.may_resolve(
-            trust, author, at, registry_owner=desc.owner, owners=(record["owner"],)))
+
+        def counts(author: str | None, at: int, fields: dict[str, Any]) -> bool:
+            # As engine/settle.py decides: its author may, it decides a value,
+            # and the record stays sound with it.
+            if not (resolved and fields.get("outcome") == "value" and access.may_resolve(
+                    trust, author, at, registry_owner=desc.owner, owners=(record["owner"],))):
+                return False
+            removed = bool(fields.get("removed"))
+            settled = resolver.FieldConflict(path=conflict["path"], rule="manual", status="resolved",
+                                             value=None if removed else fields.get("value"), removed=removed,
+                                             writes=conflict["writes"])
+            return catalog is None or disputes.settlement_refusal(record, settled, catalog) is None
+
+        out["resolutions"] = _resolutions(store, txn, dispute, counts)
     return out
 
 
@@ -144,8 +157,9 @@ def _equivocation(store: Store, txn: Any, trust: TrustState, report: dict[str, A
     author = fields["author"]
     orgs = set(trust.orgs_of(author, report["created_at"] or 0)) | {author}
 
-    def counts(by: str | None, at: int, outcome: str | None) -> bool:
-        return outcome == "quarantine" and access.may_resolve(trust, by, at, registry_owner=None, owners=orgs)
+    def counts(by: str | None, at: int, fields: dict[str, Any]) -> bool:
+        return fields.get("outcome") == "quarantine" and access.may_resolve(trust, by, at, registry_owner=None,
+                                                                             owners=orgs)
 
     resolutions = _resolutions(store, txn, report["id"], counts)
     out: dict[str, Any] = {
@@ -193,7 +207,7 @@ def _refused_report(store: Store, txn: Any, record_id: str) -> dict[str, Any] | 
 
 
 def _resolutions(store: Store, txn: Any, dispute: str,
-                 counts: Callable[[str | None, int, str | None], bool]) -> list[dict[str, Any]]:
+                 counts: Callable[[str | None, int, dict[str, Any]], bool]) -> list[dict[str, Any]]:
     found = []
     for rec in records.iter_records(store, txn, registry=disputes.DISPUTES_REGISTRY, tag=dispute):
         fields = rec["fields"]
@@ -202,8 +216,7 @@ def _resolutions(store: Store, txn: Any, dispute: str,
         found.append({"id": rec["id"], "change": rec["change_id"], "by": rec["created_by"],
                       "at": rec["created_at"], "hlc": rec["updated_hlc"], "outcome": fields.get("outcome"),
                       "value": fields.get("value"), "removed": bool(fields.get("removed")),
-                      "note": fields.get("note", ""), "counts": counts(rec["created_by"], rec["created_at"] or 0,
-                                                                 fields.get("outcome"))})
+                      "note": fields.get("note", ""), "counts": counts(rec["created_by"], rec["created_at"] or 0, fields)})
     return sorted(found, key=lambda r: (r["hlc"], r["change"]))
 
 

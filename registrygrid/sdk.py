@@ -451,7 +451,7 @@ class LocalRegistry:
 
     def dispute(self, id: str) -> dict[str, Any]:
         """One dispute in full: competing writes or envelopes, a diff, its resolutions."""
-        return dispute_views.show_dispute(self.store, self.engine.trust, id)
+        return dispute_views.show_dispute(self.store, self.engine.trust, id, self.engine.catalog)
 
     def resolve_dispute(self, id: str, *, value: Any = ABSENT, removed: bool = False, note: str = "",
                         actor: str | None = None) -> WriteResult:

@@ -552,6 +552,20 @@ def test_conflicts_are_settled_in_the_audit_ledger_with_their_rule(pair: Pair) -
     pair.c.audit_verify()
 
 
+def test_the_audit_ledger_says_again_when_the_rule_or_the_writes_that_decide_change(pair: Pair) -> None:
+    # After a switch to a rule that picks the same change, or a write more
+    # in a conflict, the ledger still explained the value by the entry of
+    # before (its rule, "among 2 concurrent writes").
+    pair.create({"n": 1})
+    pair.race({"n": 2}, {"n": 3})  # b's, the later, is also the larger: both rules pick it
+    pair.converge()
+    pair.a.update("grid.registries", REG, patch={"conflict_policy": {"fields": {"n": "max"}}})
+    pair.converge()
+    reasons = [e.reason for e in pair.c.audit_log(limit=10_000) if e.action == "merge"]
+    assert any(r.startswith("/fields/n: last-writer-wins chose") for r in reasons)
+    assert reasons[-1].startswith("/fields/n: max chose")
+
+
 def test_a_new_conflict_policy_resettles_existing_records_on_every_node(pair: Pair) -> None:
     pair.create({"downloads": 1})
     pair.race({"downloads": 500}, {"downloads": 20})

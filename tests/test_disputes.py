@@ -116,6 +116,13 @@ def test_a_resolution_that_arrives_before_the_conflict_still_decides_it(tmp_path
         pair.close()
 
 
+def test_a_resolution_gives_a_value_or_a_removal_not_both(manual: Pair) -> None:
+    (listed,) = manual.a.disputes()
+    with pytest.raises(ValidationError, match="not both"):  # the value was dropped without a word
+        manual.a.resolve_dispute(listed["id"], value=5, removed=True)
+    assert manual.a.dispute(listed["id"])["resolutions"] == []
+
+
 def test_a_resolution_must_be_tagged_with_its_dispute(manual: Pair) -> None:
     (listed,) = manual.a.disputes()
     with pytest.raises(ValidationError):
@@ -950,3 +957,26 @@ def test_a_resolution_its_signer_was_revoked_before_counts_nowhere_whichever_cam
                 fresh.execute([Remote(w, "peer") for w in order])
             shown.append((fresh.get(REG, "x")["fields"]["price"], [c["status"] for c in fresh.get(REG, "x")["conflicts"]]))
     assert len(set(map(repr, shown))) == 1 and shown[0][1] == ["disputed"], shown
+
+
+def test_a_later_resolution_that_does_not_count_leaves_the_earlier_one_deciding(tmp_path: Path) -> None:
+    # "The latest counting resolution decides": a later one that would
+    # break the kind (filed past the SDK's check, or by a peer) sent the
+    # dispute back to open on every node, undoing the good one before it.
+    made = Pair(tmp_path, {"fields": {"region": "manual"}})
+    try:
+        made.create({"region": "eu"})
+        made.race({"region": "us"}, {"region": "ap"})
+        made.converge()
+        (listed,) = made.a.disputes()
+        made.a.resolve_dispute(listed["id"], value="eu-west-1")
+        made.a.put("grid.disputes", "dispute-resolution", {"dispute": listed["id"], "outcome": "value", "value": 5},
+                   tags=[listed["id"]])
+        record = made.converge()
+        assert record["fields"]["region"] == "eu-west-1"
+        assert [c["status"] for c in record["conflicts"]] == ["resolved"]
+        shown = made.c.dispute(listed["id"])
+        assert shown["status"] == "resolved"
+        assert [(r["value"], r["counts"]) for r in shown["resolutions"]] == [("eu-west-1", True), (5, False)]
+    finally:
+        made.close()

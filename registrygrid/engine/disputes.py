@@ -322,18 +322,22 @@ class Disputing(EngineCore):
         return out
 
     def _resolutions(self, txn: Txn, registry: str, record_id: str,
-                     owner: str) -> Callable[[str], Resolution | None]:
+                     owner: str) -> Callable[[str, Collection[str]], Resolution | None]:
         """How the resolver finds a dispute's resolution: the latest one (by
         clock, then change ID) whose author, at its own time, spoke for a
         federation admin org, the registry's owner org or the record's owner
-        org. Anyone may file one; only those count."""
+        org, among those not ``set_aside`` (change IDs: engine/settle.py
+        sets aside those that would leave the record unsound). Anyone may
+        file one; only those count."""
         desc = self._registry(txn, registry)
 
-        def lookup(dispute: str) -> Resolution | None:
+        def lookup(dispute: str, set_aside: Collection[str] = ()) -> Resolution | None:
             best: tuple[Any, Resolution] | None = None
             for rec in records.iter_records(self.store, txn, registry=disputes.DISPUTES_REGISTRY, tag=dispute):
                 fields = rec["fields"]
                 if rec["deleted"] or rec["kind"] != disputes.RESOLUTION_KIND or fields.get("dispute") != dispute:
+                    continue
+                if rec["change_id"] in set_aside:
                     continue
                 if fields.get("outcome") != "value":  # an acknowledgement of an equivocation decides no value
                     continue

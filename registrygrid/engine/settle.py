@@ -111,40 +111,50 @@ class Settling(EngineCore):
             return roots
 
         lookup = self._resolutions(txn, registry, record_id, owner)  # type: ignore[attr-defined]
-        found = resolver.settle(doc, frontiers, policy=desc.conflict_rules, kind=kind, registry=registry,
-                                record_id=record_id, describe=describe, created_heads=created_heads,
-                                resolutions=lookup, written=written)
-        breaking = self._schema_breaking(doc, kind, found)
-        if not breaking:
-            return found
-        # Such a resolution does not count, on every node alike (a pure
-        # function of the document and the resolutions): the bridge refused
-        # it, but one written through the SDK or by a peer left the record
-        # outside its kind (a required field removed), and every later
-        # update of it was refused.
-        self.metrics["conflicts.resolution_breaks_schema"] += len(breaking)
-        return resolver.settle(doc, frontiers, policy=desc.conflict_rules, kind=kind, registry=registry,
-                               record_id=record_id, describe=describe, created_heads=created_heads,
-                               resolutions=lambda dispute: None if dispute in breaking else lookup(dispute),
-                               written=written)
+        # A resolution that would leave the record unsound does not count,
+        # on every node alike (a pure function of the document and the
+        # resolutions): the bridge refused it, but one written through the
+        # SDK or by a peer left the record outside its kind (a required
+        # field removed), and every later update of it was refused. The
+        # latest one that does count decides then: set aside whole, the
+        # dispute fell back to open, and a bad later resolution undid a
+        # good earlier one. Each round sets one more aside, so it ends.
+        set_aside: set[str] = set()
+        while True:
+            found = resolver.settle(doc, frontiers, policy=desc.conflict_rules, kind=kind, registry=registry,
+                                    record_id=record_id, describe=describe, created_heads=created_heads,
+                                    resolutions=lambda dispute: lookup(dispute, set_aside), written=written)
+            breaking = self._unsound_resolutions(doc, kind, found)
+            if not breaking:
+                return found
+            self.metrics["conflicts.resolution_breaks_schema"] += len(breaking)
+            set_aside |= breaking
 
-    def _schema_breaking(self, doc: Document, kind: str, found: Sequence[resolver.FieldConflict]) -> set[str]:
-        """The disputes among ``found`` whose resolution, put in the record,
-        leaves it unsound (each judged alone; crdt/disputes.py
+    def _unsound_resolutions(self, doc: Document, kind: str, found: Sequence[resolver.FieldConflict]) -> set[str]:
+        """The resolutions (change IDs) among ``found`` that, put in the
+        record, leave it unsound (each judged alone; crdt/disputes.py
         ``settlement_refusal``)."""
         resolved = [c for c in found if c.status == "resolved"]
         if not resolved:
             return set()
         state = {**RecordDoc(doc).materialize(), "kind": kind}
-        return {str(c.dispute) for c in resolved if settlement_refusal(state, c, self.catalog) is not None}
+        return {str(c.resolved_by) for c in resolved if settlement_refusal(state, c, self.catalog) is not None}
 
     def _audit_settled(self, txn: Txn, registry: str, record_id: str, old: dict[str, Any] | None,
                        conflicts: Sequence[resolver.FieldConflict], cause: str | None) -> None:
         """One audit entry per conflict that is new or settled differently, with
         the rule that decided it: ``rgrid audit log --record`` explains a value."""
-        seen = {(c["path"], c["status"], c["chosen"], c.get("resolved_by")) for c in (old or {}).get("conflicts") or ()}
+        # The rule and the competing writes are part of what was said: a
+        # policy switch that picks the same change, or a union that gains a
+        # write, was left explained by the entry of before.
+        def said(path: str, status: str, chosen: Any, resolved_by: Any, rule: str, writes: Any) -> tuple[Any, ...]:
+            return path, status, chosen, resolved_by, rule, tuple(sorted(str(w.get("change")) for w in writes or ()))
+
+        seen = {said(c["path"], c["status"], c["chosen"], c.get("resolved_by"), c.get("rule"), c.get("writes"))
+                for c in (old or {}).get("conflicts") or ()}
         for conflict in conflicts:
-            if (conflict.path, conflict.status, conflict.chosen, conflict.resolved_by) in seen:
+            if said(conflict.path, conflict.status, conflict.chosen, conflict.resolved_by, conflict.rule,
+                    conflict.writes) in seen:
                 continue
             # The ledger is append-only and hash-chained, so it never holds
             # a field's value (an erasure could not take it out again): it
