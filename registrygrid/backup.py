@@ -35,6 +35,7 @@ import tarfile
 import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,18 +101,42 @@ def backup(home: Home, out: Path, *, objects: bool = True) -> BackupReport:
         try:
             with tarfile.open(partial, mode) as archive:
                 _add_bytes(archive, MANIFEST, json.dumps(manifest, indent=1).encode() + b"\n")
-                for entry in sorted(home.path.iterdir()):
-                    if entry.name in _LEFT_OUT or entry.name.startswith(".") or (entry.name == _OBJECTS
-                                                                                  and not objects):
-                        continue
-                    archive.add(entry, arcname=entry.name, recursive=True)
+                for path, name in _home_files(home.path, objects=objects):
+                    try:
+                        archive.add(path, arcname=name, recursive=False)
+                    except FileNotFoundError:
+                        continue  # gone since it was listed (an upload's staging file): the node runs
                 archive.add(copy / "data.mdb", arcname=_STORE_FILE)
             with open(partial, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(partial, out)
-        except OSError as exc:  # a full disk names no file: the backup's is the one that matters
-            raise FileFailed(f"{out}: {exc.strerror or exc}; nothing was written") from None
+        except OSError as exc:
+            # A full disk names no file: the backup's is the one that matters.
+            where = exc.filename if exc.filename and not str(exc.filename).startswith(scratch) else out
+            raise FileFailed(f"{where}: {exc.strerror or exc}; nothing was written") from None
     return BackupReport(str(out), out.stat().st_size, key, (home.store_path / "data.mdb").stat().st_size, objects)
+
+
+def _home_files(root: Path, *, objects: bool) -> Iterator[tuple[Path, str]]:
+    """(path, name in the archive) of what a backup holds, folders before
+    what they hold; what is left out is named in the module's docstring.
+    Uploads still coming in (``objects/staging``) are no asset yet."""
+    for entry in sorted(root.iterdir()):
+        if entry.name in _LEFT_OUT or entry.name.startswith(".") or (entry.name == _OBJECTS and not objects):
+            continue
+        yield entry, entry.name
+        if entry.is_dir() and not entry.is_symlink():
+            for folder, dirs, files in os.walk(entry):
+                here = Path(folder)
+                if here.relative_to(root).parts[:2] == (_OBJECTS, "staging"):
+                    dirs.clear()
+                    continue
+                dirs.sort()
+                for name in [*dirs, *sorted(files)]:
+                    path = here / name
+                    if path.relative_to(root).parts[:2] == (_OBJECTS, "staging"):
+                        continue
+                    yield path, str(path.relative_to(root))
 
 
 def restore(archive_path: Path, target: Home) -> dict[str, Any]:
@@ -147,6 +172,7 @@ def restore(archive_path: Path, target: Home) -> dict[str, Any]:
         (staging / MANIFEST).unlink()
         if not (staging / _STORE_FILE).is_file() or not (staging / "keys" / "node.key").is_file():
             raise MalformedInput(f"{archive_path} holds no store or no node key: not a whole backup")
+        (staging / "keys").chmod(0o700)  # the "data" filter leaves folders 0755: keys are the node's alone
         try:
             _begin_recovery(Home(staging))
         except StorageFailed:

@@ -36,6 +36,7 @@ def test_a_backup_made_while_the_node_writes_restores_into_a_new_home_that_opens
     restored = json.loads(rgrid(copy, "store", "restore", str(tmp_path / "acme.rgrid.tar.gz"), "--json").stdout)
     assert restored["recovering"] is True and restored["key"].startswith("did:key:")
 
+    assert (copy / "keys").stat().st_mode & 0o777 == 0o700  # as `rgrid init` makes it, not the 0755 tar leaves
     listed = json.loads(rgrid(copy, "list", "grid.clusters", "--limit", "1000", "--json").stdout)
     assert sorted(r["id"] for r in listed["items"]) == sorted(f"c{i}" for i in range(50))
     assert rgrid(copy, "verify", "--json").returncode == 0
@@ -124,3 +125,30 @@ async def test_a_restored_node_ends_its_recovery_once_it_has_synced_its_later_ch
         with LocalRegistry.open_home(Home(tmp_path / "fed" / "a2")) as restored:
             assert restored.end_recovery()["last_changes"]["grid.clusters"] == 8
             restored.put("grid.clusters", "cluster", {"name": "next"}, id="next")  # the ninth, not a second fifth
+
+
+def test_a_backup_of_a_store_that_was_recovering_restores_to_a_recovery_begun_anew(tmp_path: Path) -> None:
+    # Its archive carried the sync its first recovery had noted, so the
+    # restored node's recovery ended at once, and its next write took a
+    # sequence number the key had signed since. Nor does an upload still
+    # coming in (objects/staging) go into a backup.
+    from registrygrid.backup import backup, restore
+    from registrygrid.home import Home
+    from registrygrid.sdk import LocalRegistry
+
+    home = Home(tmp_path / "home")
+    home.init(org_name="acme")
+    with LocalRegistry.open_home(home) as grid:
+        grid.put("grid.clusters", "cluster", {"name": "c"}, id="c")
+        grid.engine.begin_recovery(restored=True)
+        grid.engine.note_recovery_synced()
+    staging = home.path / "objects" / "staging"
+    staging.mkdir(parents=True)
+    (staging / "half-an-upload").write_bytes(b"x" * 100)
+    backup(home, tmp_path / "b.tar")
+    with tarfile.open(tmp_path / "b.tar") as archive:
+        assert not [m.name for m in archive.getmembers() if "staging" in m.name]
+    restore(tmp_path / "b.tar", Home(tmp_path / "restored"))
+    with LocalRegistry.open_home(Home(tmp_path / "restored")) as restored:
+        recovering = restored.engine.recovering
+        assert recovering is not None and recovering.get("restored") and not recovering.get("synced_ms")

@@ -201,13 +201,14 @@ def test_zip_slip_and_ambiguous_names_are_refused(name):
     assert caught.value.details["reason"] == "unsafe_name"
 
 
-def test_a_symbolic_link_entry_is_refused_as_zip_slip_by_a_safe_name():
+@pytest.mark.parametrize("host", [3, 2, 5, 16, 30])  # Unix; and VMS, Atari, BeOS, AtheOS, which unzip reads alike
+def test_a_symbolic_link_entry_is_refused_as_zip_slip_by_a_safe_name(host: int) -> None:
     # Listed as sound before: unzip makes "data" a link to /etc, and the
     # entry "data/passwd" after it then writes /etc/passwd.
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as archive:
         link = zipfile.ZipInfo("data", date_time=(2024, 1, 2, 3, 4, 6))
-        link.create_system = 3  # Unix: st_mode in the external attributes
+        link.create_system = host  # st_mode in the external attributes
         link.external_attr = (0o120777) << 16  # S_IFLNK
         archive.writestr(link, "/etc")
         archive.writestr("data/passwd", b"root::0:0::/:/bin/sh\n")

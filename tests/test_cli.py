@@ -696,6 +696,17 @@ def test_a_command_line_click_cannot_parse_is_an_error_like_any_other(home: Path
     assert proc.stderr.startswith("error[usage]: ") and " --help" in proc.stderr
 
 
+def test_an_input_file_that_is_not_there_is_a_bad_argument_and_a_bare_group_shows_its_help(
+        home: Path, rgrid: Run) -> None:
+    # click's own check of a PATH argument answered 64 (usage), where the
+    # same missing file given to --file answers 65, as the errors table says.
+    for args in (("import", "/nonexistent.json"), ("asset", "upload", "/nonexistent.bin")):
+        proc = rgrid(*args, home=home)
+        assert proc.returncode == 65 and proc.stderr.startswith("error[validation_failed]: "), proc.stderr
+    bare = subprocess.run([sys.executable, "-m", "registrygrid", "store"], capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 64 and bare.stdout.startswith("Usage: rgrid store") and "error[" not in bare.stderr
+
+
 def test_a_json_file_that_names_a_member_twice_is_refused(home: Path, rgrid: Run, tmp_path: Path) -> None:
     doc = tmp_path / "c.json"
     doc.write_text('{"name": "a", "region": "eu", "region": "us"}')

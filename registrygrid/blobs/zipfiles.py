@@ -470,7 +470,7 @@ class _Central:
     compressed_size: int
     size: int
     offset: int
-    unix_mode: int = 0  # st_mode, when a Unix writer recorded one (0: none)
+    unix_mode: int = 0  # st_mode, as the upper half of the external attributes holds it (0: none)
 
 
 def _central_directory(start: int, tail: bytes) -> list[_Central]:
@@ -520,7 +520,7 @@ def _central_records(data: bytes) -> list[_Central]:
     while at < len(data):
         if at + _CENTRAL.size > len(data) or data[at:at + 4] != b"PK\x01\x02":
             raise ZipMalformed("the central directory is corrupt")
-        (_, made_by, _needed, _flags, _method, _time, _date, crc, csize, usize,
+        (_, _made_by, _needed, _flags, _method, _time, _date, crc, csize, usize,
          name_len, extra_len, comment_len, _disk, _internal, external, offset) = _CENTRAL.unpack_from(data, at)
         at += _CENTRAL.size
         raw = data[at:at + name_len]
@@ -529,10 +529,12 @@ def _central_records(data: bytes) -> list[_Central]:
         if at > len(data):
             raise ZipMalformed("the central directory is corrupt")
         usize, csize, offset = _zip64_fields(extra, usize, csize, offset)
-        # APPNOTE 4.4.2: the upper byte of "version made by" is the host
-        # system; Unix (3) keeps st_mode in the upper half of the external
-        # attributes, as Info-ZIP and Python's zipfile write it.
-        records.append(_Central(raw, crc, csize, usize, offset, external >> 16 if made_by >> 8 == 3 else 0))
+        # APPNOTE 4.4.2: the upper half of the external attributes holds
+        # st_mode where Unix (3) wrote it, and Info-ZIP's unzip reads it so
+        # for VMS, Atari, BeOS and AtheOS hosts too: whatever the "made by"
+        # host says, a link there is made a link. (DOS and Windows writers
+        # leave it 0.)
+        records.append(_Central(raw, crc, csize, usize, offset, external >> 16))
     return records
 
 

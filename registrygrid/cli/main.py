@@ -126,6 +126,16 @@ class Cli(click.Group):
 
 
 def _bad_usage(exc: click.UsageError) -> NoReturn:
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError) and exc.ctx is not None:
+        click.echo(exc.ctx.get_help())  # `rgrid` or `rgrid store` alone: the help, not an error about it
+        sys.exit(BadUsage.exit_code)
+    if isinstance(exc, click.BadParameter) and exc.param is not None and isinstance(exc.param.type, click.Path):
+        # An input file that is missing or no file is a bad argument like
+        # `--file`'s (validation_failed, 65), not a command line click
+        # cannot parse.
+        failed = ValidationError(exc.format_message())
+        render.error(failed)
+        sys.exit(failed.exit_code)
     render.error(BadUsage(exc.format_message()))
     if exc.ctx is not None:
         render.note(f"  see: {exc.ctx.command_path} --help")

@@ -188,8 +188,10 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
         before (``restored``: or brought back from a backup, after which the
         key may have signed more): until ``end_recovery``, local writes are
         refused, so the key never signs a sequence number its peers already
-        hold (which they would report as equivocation and quarantine)."""
-        if self.recovering is not None:
+        hold (which they would report as equivocation and quarantine). A
+        restore always begins anew: a backup of a store that was recovering
+        then carries a sync that says nothing of what the key signed since."""
+        if self.recovering is not None and not restored:
             return  # opened again before anything synced: the recovery began when it began
         recovering: dict[str, Any] = {"key": self.key.did, "since_ms": self.now_ms()}
         if restored:
