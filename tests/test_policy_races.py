@@ -33,7 +33,7 @@ from registrygrid.protocol.envelope import open_envelope
 from registrygrid.record import replicated_content
 from registrygrid.sdk import LocalRegistry
 from tests.test_policy import ADMIN_ORG, GENESIS, MEMBER_ORG, MODELS, deliver, node, wires
-from tests.test_policy_versions import random_batches
+from tests.test_policy_versions import edit_record, random_batches
 
 RULES = {
     "pricing-b-only": {"id": "pricing-b-only", "effect": "forbid", "actions": ["create", "update"],
@@ -152,18 +152,9 @@ def run_history(grids: dict[str, LocalRegistry], history: list[Any], log: list[s
                 creates.append({"id": rid, "who": who, "pricing": pricing, "hlc": tuple(made[0].hlc),
                                 "seen_by_all": seen_by_all})
                 log.append(f"{who} create {rid} pricing={pricing} @ {made[0].hlc} policy-seen-by-all={seen_by_all}")
-            elif op == "update":
-                who, idx, pricing = args
-                counter += 1
-                rid = ids[idx % len(ids)]
-                patch = {"pricing": {"per_call": counter}} if pricing else {"description": f"d{counter}"}
-                grids[who].update(MODELS, rid, patch=patch)
-                log.append(f"{who} update {rid} {patch}")
-            elif op == "delete":
-                who, idx = args
-                rid = ids[idx % len(ids)]
-                grids[who].delete(MODELS, rid)
-                log.append(f"{who} delete {rid}")
+            elif op in ("update", "delete"):
+                counter += op == "update"
+                log.append(edit_record(grids, op, args, ids, counter))
             else:
                 (x, y), how = args
                 if "<" in how:

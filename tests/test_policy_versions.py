@@ -55,6 +55,19 @@ def new_wires(grid: LocalRegistry, known: set[bytes]) -> list[bytes]:
     return [w for w in wires(grid) if w not in known]
 
 
+def edit_record(grids: dict[str, LocalRegistry], op: str, args: Any, ids: list[str], counter: int) -> str:
+    """An update (its pricing, or its description, to ``counter``) or a
+    delete of one of ``ids`` by one node; the step's log line."""
+    who, idx, *pricing = args
+    rid = ids[idx % len(ids)]
+    if op == "delete":
+        grids[who].delete(MODELS, rid)
+        return f"{who} delete {rid}"
+    patch = {"pricing": {"per_call": counter}} if pricing[0] else {"description": f"d{counter}"}
+    grids[who].update(MODELS, rid, patch=patch)
+    return f"{who} update {rid} {patch}"
+
+
 def run_history(a: LocalRegistry, b: LocalRegistry, history: list[Any], log: list[str]) -> dict[str, Any]:
     grids = {"a": a, "b": b}
     ids: list[str] = ["m1"]
@@ -101,18 +114,9 @@ def run_history(a: LocalRegistry, b: LocalRegistry, history: list[Any], log: lis
                 ids.append(rid)
                 creates.append((rid, who, pricing, made[0].hlc[0]))
                 log.append(f"{who} create {rid} pricing={pricing} @ {made[0].hlc}")
-            elif op == "update":
-                who, idx, pricing = args
-                counter += 1
-                rid = ids[idx % len(ids)]
-                patch = {"pricing": {"per_call": counter}} if pricing else {"description": f"d{counter}"}
-                grids[who].update(MODELS, rid, patch=patch)
-                log.append(f"{who} update {rid} {patch}")
-            elif op == "delete":
-                who, idx = args
-                rid = ids[idx % len(ids)]
-                grids[who].delete(MODELS, rid)
-                log.append(f"{who} delete {rid}")
+            elif op in ("update", "delete"):
+                counter += op == "update"
+                log.append(edit_record(grids, op, args, ids, counter))
             else:
                 (how,) = args
                 if how in ("a<b", "both"):
