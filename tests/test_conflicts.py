@@ -296,8 +296,8 @@ def test_a_removal_of_a_map_ends_a_conflict_inside_a_version_of_it_automerge_doe
 def test_a_write_inside_a_removed_map_conflicts_with_the_same_removal_in_any_order(pair: Pair) -> None:
     """a removes pricing, makes it anew without amount, and removes it
     again; b, seeing none of that, writes pricing.amount into the old map.
-    Every node must name the same writers in the conflict on
-    /fields/pricing/amount: a's last removal (it removed the map, whatever
+    Every node must name the same writers in the conflict over
+    /fields/pricing (a removed the map b wrote inside): a's last removal (it removed the map, whatever
     version it saw), whether b's write came before a's changes or after
     (one order named a's first removal)."""
     pair.create({"pricing": {"amount": 1}})
@@ -314,7 +314,7 @@ def test_a_write_inside_a_removed_map_conflicts_with_the_same_removal_in_any_ord
     assert shown[0] == shown[1] == pair.converge()
     (conflict,) = shown[0]["conflicts"]
     a_last = pair.a.history(REG, "x")[-1]["change_id"]
-    assert conflict["path"] == "/fields/pricing/amount" and a_last in {w["change"] for w in conflict["writes"]}
+    assert conflict["path"] == "/fields/pricing" and a_last in {w["change"] for w in conflict["writes"]}
 
 
 def test_a_removal_racing_a_write_is_a_conflict_whose_removal_can_win(pair: Pair) -> None:
@@ -448,8 +448,36 @@ def test_a_map_turned_into_a_number_string_or_list_conflicts_with_a_write_inside
     pair.race(None, {"m": {"y": 2}})
     pair.a.update(REG, "x", patch={"m": replacement})  # a has not seen b's write
     record = pair.converge()
-    assert [c["path"] for c in record["conflicts"]] == ["/fields/m/y"]
+    assert [c["path"] for c in record["conflicts"]] == ["/fields/m"]
     assert record["fields"]["m"] == replacement  # the later write wins, as written: not {}
+
+
+@pytest.mark.parametrize("replacement", [0, None])  # None: the field removed
+@pytest.mark.parametrize("replaced_first", [True, False])
+@pytest.mark.parametrize("rule", ["max", "min", "last-writer-wins"])
+def test_a_map_replaced_while_another_org_wrote_inside_it_conflicts_over_the_whole_map(
+        tmp_path: Path, rule: str, replaced_first: bool, replacement: Any) -> None:
+    # The conflict was kept at the path written inside the map, where one
+    # side held nothing: `max` and `min` compared the inner 2 with nothing
+    # and showed {"y": 2}, a value no one wrote (a's 0 dropped, and b's x),
+    # and last-writer-wins showed the same where b wrote last.
+    pair = Pair(tmp_path, {"fields": {"m": rule}})
+    try:
+        pair.create({"m": {"x": 1}})
+        edits = [lambda: pair.a.update(REG, "x", patch={"m": replacement}),
+                 lambda: pair.b.update(REG, "x", patch={"m": {"y": 2}})]
+        for edit in edits if replaced_first else reversed(edits):
+            edit()
+        record = pair.converge()
+    finally:
+        pair.close()
+    whole_map = {"x": 1, "y": 2}
+    later = whole_map if replaced_first else replacement
+    expected = replacement if rule in ("max", "min") and replacement is not None else later
+    conflict = conflict_at(record, "/fields/m")
+    assert [c["path"] for c in record["conflicts"]] == ["/fields/m"]
+    assert record["fields"].get("m") == expected
+    assert sorted(str(w["value"]) for w in conflict["writes"]) == sorted([str(replacement), str(whole_map)])
 
 
 @pytest.mark.policy({"fields": {"license": "immutable"}})

@@ -27,7 +27,7 @@ import msgspec
 from automerge.core import Document
 
 from registrygrid.crdt.conflict_policy import ConflictPolicy, ImmutableFields
-from registrygrid.crdt.conflicts import ABSENT, DELETED, Frontiers, Path, map_now, value_at
+from registrygrid.crdt.conflicts import ABSENT, DELETED, Frontiers, Path, map_now, map_object, value_at
 from registrygrid.protocol import base32
 
 
@@ -100,6 +100,7 @@ def settle(doc: Document, frontiers: Frontiers, *, policy: ConflictPolicy, kind:
     (RecordDoc.written)."""
     immutable = policy.immutable_fields(kind)
     out: list[FieldConflict] = []
+    frontiers = _over_replaced_maps(doc, frontiers)
     for path in sorted(frontiers):
         if any(path[:i] in frontiers for i in range(1, len(path))):
             continue  # settled with the map above it
@@ -132,6 +133,30 @@ def settle(doc: Document, frontiers: Frontiers, *, policy: ConflictPolicy, kind:
 
 
 _CREATED = ("created",)
+
+
+def _over_replaced_maps(doc: Document, frontiers: Frontiers) -> Frontiers:
+    """The frontiers with each conflict inside a field's map moved up to the
+    map where one of its writers replaced that map (a number, string or list
+    put in its place, or the map removed) while another wrote inside it.
+    The replacing write holds nothing inside the map: judged there, ``max``
+    compared the inner number with nothing and the record showed a map of
+    that one inner write, which no one wrote. The conflict is over the
+    whole map: the replacement against the other writer's map as it is."""
+    moved: dict[Path, set[bytes]] = {}
+    for path, writers in frontiers.items():
+        at = path
+        if path[0] == "fields":
+            for end in range(2, len(path)):
+                if path[:end] in frontiers:
+                    break  # the map's own conflict settles it (settle skips it)
+                if any(map_object(doc, path[:end], h) is None for h in writers):
+                    at = path[:end]
+                    break
+        moved.setdefault(at, set()).update(writers)
+    if moved.keys() == frontiers.keys():
+        return frontiers
+    return {at: sorted(writers) for at, writers in moved.items()}
 
 
 def _one_content(doc: Document, creates: Sequence[bytes]) -> bool:
