@@ -609,6 +609,10 @@ def test_a_new_conflict_policy_resettles_existing_records_on_every_node(pair: Pa
     ({"fields": {"a": "nope"}}, "/conflict_policy/fields/a"),
     ({"delete": "sometimes"}, "/conflict_policy/delete"),
     ({"kinds": {"cluster": {"default": "nope"}}}, "/conflict_policy/kinds/cluster/default"),
+    # Taken once and ignored for good: rules for a kind the registry does
+    # not hold (a typo of its kind), and a role order naming no role.
+    ({"kinds": {"clustr": {"default": "max"}}}, "/conflict_policy/kinds/clustr"),
+    ({"default": "role-priority", "roles": []}, "/conflict_policy/roles"),
 ])
 def test_a_descriptor_with_a_bad_conflict_policy_is_refused_naming_the_part(tmp_path: Path, policy: Any,
                                                                             where: str) -> None:

@@ -199,7 +199,15 @@ def check_descriptor_rules(record_id: str, fields: Mapping[str, Any], *, owner: 
                               details=[{"path": "/name", "message": "reserved prefix"}])
     if fields.get("name", record_id) != record_id:
         raise ValidationError(f"descriptor name {fields.get('name')!r} must equal its record id {record_id!r}")
-    ConflictPolicy.parse(fields.get("conflict_policy"))  # names the bad part of a policy the schema let through
+    policy = ConflictPolicy.parse(fields.get("conflict_policy"))  # names the bad part the schema let through
+    held = set(fields.get("kinds") or ())
+    for kind in sorted(set(policy.kinds) - held):
+        # Rules for a kind the registry does not hold would be ignored for
+        # good: most often a misspelt kind, whose records then settle by
+        # the defaults without a word.
+        raise ValidationError(f"/conflict_policy/kinds/{kind}: the registry holds no kind {kind!r} "
+                              f"(its kinds: {sorted(held)}); add the kind to kinds or drop its rules",
+                              details=[{"path": f"/conflict_policy/kinds/{kind}", "message": "not one of kinds"}])
     if "transfer" in fields:
         if owner is None:
             raise ValidationError("only an org's registry can be transferred", details=[{"path": "/transfer"}])
