@@ -10,10 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
 from registrygrid.engine.ops import Put
+from registrygrid.errors import Unavailable
+from registrygrid.identity.keys import did_from_peer_id
+from registrygrid.membership import org_key
+from registrygrid.node.transport import P2PError
+from registrygrid.protocol.hello import HELLO_PROTOCOL_ID
 from registrygrid.protocol.sync import SYNC_PROTOCOL_ID, SyncPuller, decode_response
+from registrygrid.trust.statements import MEMBERS_REGISTRY, REVOCATION_KIND, revocation_record, sign_revocation
 from test_federation_support import FAST, cluster, eventually, full_mesh
 
 SECRETS = "acme.secrets"
@@ -54,3 +61,55 @@ def _has(grid, registry: str, record_id: str) -> bool:  # type: ignore[no-untype
     except Exception:  # noqa: BLE001 - NotFound until it arrives
         return False
     return True
+
+
+async def test_a_reader_revoked_after_its_hello_is_served_nothing_more_though_it_says_no_more_hellos(
+        tmp_path: Path) -> None:
+    # Admission was checked at the hello only: a node that stopped saying
+    # hello (and refused ours) once its org was revoked kept pulling every
+    # change of the private registry written after the revocation.
+    with trio.fail_after(90):
+        async with cluster(tmp_path, FAST) as nodes:
+            a = await nodes.start("a")
+            c = await nodes.start("c", a.fed.addrs())
+            await full_mesh([a, c])
+            c_org = c.home.org().org  # type: ignore[union-attr]
+            a.registry.create_registry(SECRETS, ["tool"], replication="private", readers=[c_org])
+            await _put(a, "before", 3)
+            await eventually(lambda: _ids(c) == ["before0", "before1", "before2"], 20, "the reader has all three",
+                             interval=0.2)
+
+            async def says_no_hello(peer_id: str) -> bool:
+                return True
+
+            async def refuses_hellos(peer_id: str, request: bytes) -> bytes:
+                raise Unavailable("busy")
+
+            c.fed._hello = says_no_hello  # type: ignore[method-assign]
+            c.fed.host.set_handler(HELLO_PROTOCOL_ID, refuses_hellos)  # type: ignore[union-attr]
+            admin = org_key(a.home)
+            vector = a.registry.engine.version_vector()
+            for subject in (c_org, did_from_peer_id(c.peer_id)):
+                cutoffs = {reg: authors[subject] for reg, authors in vector.items() if subject in authors}
+                record_id, fields = revocation_record(sign_revocation(admin, subject, cutoffs, reason="test"))
+                a.registry.put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, id=record_id)
+            await _put(a, "after", 3)
+            request = SyncPuller("testfed", registries=[SECRETS]).request({})
+            with pytest.raises(P2PError, match="does not serve you"):
+                await c.fed.host.request(a.peer_id, SYNC_PROTOCOL_ID, request, timeout=10)  # type: ignore[union-attr]
+            assert a.fed.metrics["peers.expelled"] == 1 and a.fed.peers.blocked(c.peer_id)  # type: ignore[union-attr]
+            await trio.sleep(FAST.sync_interval * 2)  # its own sync rounds, had it any left
+            assert _ids(c) == ["before0", "before1", "before2"]
+
+
+async def _put(member, prefix: str, count: int) -> None:  # type: ignore[no-untyped-def]
+    outcomes = await member.node.submit([Put(SECRETS, "tool", {"name": f"{prefix}{i}"}, record_id=f"{prefix}{i}")
+                                         for i in range(count)])
+    assert all(o.status == "created" for o in outcomes)
+
+
+def _ids(member) -> list[str]:  # type: ignore[no-untyped-def]
+    try:
+        return sorted(r["id"] for r in member.registry.list(SECRETS).items)
+    except Exception:  # noqa: BLE001 - UnknownRegistry until its descriptor arrives
+        return []

@@ -84,7 +84,7 @@ from registrygrid.protocol.hello import (
 )
 from registrygrid.protocol.sync_session import GAP_SYNC_DELAY_S
 from registrygrid.storage import peers as peer_store
-from registrygrid.trust.admission import Admitted, check_admission, encode_proof
+from registrygrid.trust.admission import Admitted, check_admission, encode_proof, standing_refusal
 
 if TYPE_CHECKING:
     from registrygrid.node.node import Node
@@ -256,7 +256,7 @@ class Federation:
         self.sync = SyncService(node, host, self.federation, metrics=self.metrics, strike=self._strike,
                                 blocked=self._shut_out, on_rejected=table.note_rejected,
                                 max_inbound=cfg.max_inbound_syncs, guard=self.guard,
-                                org_of=lambda peer: self.admitted[peer].org if peer in self.admitted else None)
+                                org_of=self._member_org)
         host.set_handler(sync_protocol.SYNC_PROTOCOL_ID, self.sync.handle)
         host.set_handler(HELLO_PROTOCOL_ID, self._answer_hello)
         host.set_handler(remote_read.READ_PROTOCOL_ID, self._answer_read)
@@ -409,9 +409,33 @@ class Federation:
             return True
 
     def _shut_out(self, peer_id: str) -> bool:
-        """Banned, or not (yet) admitted as a member's node at the hello."""
+        """Banned, or not (yet, or no longer) admitted as a member's node."""
         assert self.peers is not None
-        return peer_id not in self.admitted or self.peers.blocked(peer_id)
+        return self._member(peer_id) is None or self.peers.blocked(peer_id)
+
+    def _member(self, peer_id: str) -> Admitted | None:
+        """The peer's admission while it stands. A revocation of its key or
+        org that reached us after its hello expels it at once (banned, cut
+        off, as at a hello): a peer that says no more hellos was served on
+        the strength of its first one. Two dict lookups of the trust state."""
+        admitted = self.admitted.get(peer_id)
+        if admitted is None:
+            return None
+        assert self.node is not None and self.peers is not None
+        refusal = standing_refusal(self.node.engine.trust, admitted.did, admitted.org)
+        if refusal is None:
+            return admitted
+        del self.admitted[peer_id]
+        self.metrics["peers.expelled"] += 1
+        log.warning("expelled %s, admitted before: %s", peer_id, refusal.message)
+        self.peers.ban(peer_id, f"not a member: {refusal.message}"[:200])
+        if self._nursery is not None:
+            self._nursery.start_soon(self._cut_off, peer_id)
+        return None
+
+    def _member_org(self, peer_id: str) -> str | None:
+        admitted = self._member(peer_id)
+        return admitted.org if admitted is not None else None
 
     def _on_disconnected(self, peer_id: str) -> None:
         self.admitted.pop(peer_id, None)
@@ -446,6 +470,8 @@ class Federation:
                 interval = self.config.sync_interval * (0.8 + 0.4 * self._rng.random())  # de-synchronise peers
                 with trio.move_on_after(interval):
                     await wake.wait()
+                if self._member(peer_id) is None:
+                    return  # revoked since its hello: expelled, nothing more for it
                 if wake.is_set():
                     self._sync_wake[peer_id] = trio.Event()
                     await trio.sleep(self.config.gap_sync_delay)
@@ -552,11 +578,11 @@ class Federation:
         org may read here: any peer that is not banned, members and others
         alike (others see the public registries only)."""
         assert self.peers is not None and self.node is not None
+        admitted = self._member(peer_id)  # expels a member revoked since its hello (then banned)
         if self.peers.blocked(peer_id):
             raise PolicyDenied("this node does not serve you")
         self._admit_read("search")
         self.metrics["search.served"] += 1
-        admitted = self.admitted.get(peer_id)
         return await trio.to_thread.run_sync(serve_search, self.node.component("search"), request,
                                              admitted.org if admitted is not None else None, admitted is not None,
                                              limiter=self._serving)

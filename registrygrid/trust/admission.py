@@ -52,6 +52,7 @@ def encode_proof(delegation: bytes, invitation: bytes | None, genesis: bytes | N
 class Admitted:
     org: str
     roles: tuple[str, ...]
+    did: str = ""  # the node key admitted
 
 
 def check_admission(trust: TrustState, peer_did: str, federation_id: str, proof_bytes: bytes, *,
@@ -90,12 +91,24 @@ def check_admission(trust: TrustState, peer_did: str, federation_id: str, proof_
         raise NotMember(f"undecodable membership proof: {exc}") from None
     except RegistryError as exc:
         raise NotMember(f"membership not proven: {exc.code}: {exc.message}") from None
+    refusal = standing_refusal(trust, peer_did, org)
+    if refusal is not None:
+        raise refusal
+    return Admitted(org=org, roles=claims.roles, did=peer_did)
+
+
+def standing_refusal(trust: TrustState, peer_did: str, org: str) -> NotMember | None:
+    """Why a node of ``org`` is not (or no longer) a member, by the
+    revocations that reached us: asked at the hello, and again whenever an
+    admitted peer is served, since a revocation can arrive after its hello
+    and a peer need not say hello again."""
     if trust.org_removed(org):
         # Before (or without) the node's delegation in the trust state: a
         # removed org's key delegated after its removal is named by no
         # revocation, and its changes are cut with the org (trust/state.py).
-        raise NotMember(f"org {org} was revoked from {genesis.name}; its nodes are refused")
+        name = trust.federation.name if trust.federation is not None else "the federation"
+        return NotMember(f"org {org} was revoked from {name}; its nodes are refused")
     revoked = trust.revoked(peer_did) or trust.revoked_for(peer_did, org)
     if revoked is not None:  # cut whole, or by the org it says it speaks for
-        raise NotMember(f"node key {peer_did} was revoked ({', '.join(revoked.by)})")
-    return Admitted(org=org, roles=claims.roles)
+        return NotMember(f"node key {peer_did} was revoked ({', '.join(revoked.by)})")
+    return None
