@@ -433,6 +433,44 @@ def test_changes_of_a_revoked_key_past_its_cutoff_are_refused(tmp_path: Path, or
             thief.put(TOOLS, "tool", {"name": "more"}, id="more")
 
 
+@pytest.mark.parametrize("roles", [["reader"], ["node", "writer"]])
+def test_a_new_delegation_of_a_key_judges_its_changes_of_its_time_alike_whichever_came_first(
+        tmp_path: Path, org_a: KeyPair, roles: list[str]) -> None:
+    # The org gives its device's key new roles (a reader now) while the
+    # device, offline, writes on. A node that took the new delegation first
+    # refused the write; one that took the write first kept it for good (no
+    # statement but a revocation judged stored changes again): the
+    # federation split. A delegation that changes nothing keeps every write.
+    device_key = KeyPair.generate()
+    now = time.time()
+    with org_node(tmp_path / "device", org_a, device_key, now=now - 120) as device, \
+            org_node(tmp_path / "admin", org_a) as admin:
+        device.put(TOOLS, "tool", {"name": "before"}, id="before")
+        time.sleep(1.01 - time.time() % 1)  # delegations start on a whole second: the next one
+        new_roles = sign_delegation(org_a, device_key.did, roles)
+        device.put(TOOLS, "tool", {"name": "offline"}, id="offline")  # it has not heard of them
+        deliver(admin, device)
+        statement_id = publish(admin, new_roles)
+        write_first, statement_first = (LocalRegistry.open_path(tmp_path / name) for name in ("w", "s"))
+        with write_first, statement_first:
+            first, others = first_and_rest(TOOLS, device, admin)
+            statement_wires = [w for w in first if open_envelope(w).body.record == statement_id]
+            first = [w for w in first if w not in statement_wires]
+            for replica, order in ((write_first, others + statement_wires), (statement_first, statement_wires + others)):
+                replica.execute([Remote(w, "p") for w in first])
+                replica.execute([Remote(w, "p") for w in order])
+            deliver(device, admin)  # the device hears of its new roles at last
+            kept = "writer" in roles
+            for grid in (device, admin, write_first, statement_first):
+                assert grid.get(TOOLS, "before")["fields"]["name"] == "before"
+                if kept:
+                    assert grid.get(TOOLS, "offline")["fields"]["name"] == "offline"
+                else:
+                    with pytest.raises(NotFound):
+                        grid.get(TOOLS, "offline")
+            assert write_first.state_digest() == statement_first.state_digest()
+
+
 def test_a_revoked_keys_edit_of_a_registrys_rules_no_longer_judges_the_changes_of_its_time(
         tmp_path: Path, org_a: KeyPair) -> None:
     """k (org A) drops kind tool from A's registry; w, which never saw that,

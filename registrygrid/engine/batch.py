@@ -9,6 +9,7 @@ from typing import Any
 from registrygrid.crdt.record import RecordDoc
 from registrygrid.engine.ops import Committed
 from registrygrid.errors import PolicyDenied
+from registrygrid.identity.delegation import DelegationBody
 from registrygrid.protocol.envelope import Draft, Envelope
 
 
@@ -38,6 +39,10 @@ class Batch:
     # Keys a statement of this batch was about: their revocations, if any,
     # are applied to what is stored (see _rebuild_revoked).
     stated: list[str] = field(default_factory=list)
+    # Delegations this batch committed: where one gives a key other roles
+    # than its org's delegation before it did, the key's changes of its time
+    # are judged again (see _rejudge_redelegated).
+    delegations: list[DelegationBody] = field(default_factory=list)
     # An access policy changed in this batch: the rules are reloaded and the
     # records of the registries they target rebuilt (see _apply_policies).
     policies_changed: bool = False

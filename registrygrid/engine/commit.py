@@ -153,6 +153,8 @@ class Committing(EngineCore):
             # invitation admits them all), may go on now.
             batch.delegated.extend(sorted(self.trust.affected_by_revocation(statement.subject)))
             batch.stated.append(statement.subject)
+            if statement.delegation is not None:
+                batch.delegations.append(statement.delegation)
         return seq, record
 
     def _materialized(self, state: dict[str, Any], env: Envelope | Draft, old: dict[str, Any] | None,

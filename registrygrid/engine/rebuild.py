@@ -41,6 +41,7 @@ from registrygrid.errors import (
     UnknownRegistry,
     ValidationError,
 )
+from registrygrid.identity.delegation import DelegationBody
 from registrygrid.protocol import limits
 from registrygrid.protocol.envelope import (
     Draft,
@@ -149,6 +150,8 @@ class Rebuilds(EngineCore):
                 self._pay_owed_supplements(txn, batch)  # type: ignore[attr-defined]
             for key_did in sorted(self.trust.affected_by_revocation(subject)):
                 self._rebuild_revoked_key(txn, batch, key_did, cause, origin)
+        while batch.delegations:
+            self._rejudge_redelegated(txn, batch, batch.delegations.pop(), cause, origin)
         if stated:
             self._resettle_by_trust(txn, batch, cause, origin)  # type: ignore[attr-defined]
 
@@ -187,6 +190,39 @@ class Rebuilds(EngineCore):
                     continue
                 counts = records.counts(self.store, txn, registry, body.record, cid, body.change_hash)
                 if (counts and cut is not None and seq > cut) or (several and not counts):
+                    targets.add((registry, body.record))
+        for registry, record_id in sorted(targets):
+            self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)
+
+    def _rejudge_redelegated(self, txn: Txn, batch: Batch, delegation: DelegationBody, cause: Envelope,
+                             origin: str) -> None:
+        """After a delegation of a key its org had delegated before: the
+        key's changes of the moments it now governs (trust/state.py
+        ``delegation_at``: the latest that covers a moment) were judged by
+        another delegation, or none, where it arrived after them; those whose
+        roles differ are judged again, so a node that held an offline
+        device's write before the org made the device a reader drops it as
+        the nodes that heard of the reader first refused it. Reads every
+        change of the key (an org's rare act); rebuilds only the records of
+        changes whose roles changed."""
+        key, org = delegation.subject, delegation.org
+        of_org = [d for d in self.trust.delegations.get(key, ()) if d.org == org]
+        before = [d for d in of_org if d != delegation]
+        if not before:
+            return  # the org's first of this key: its changes waited for it (parked), none was judged
+        targets: set[tuple[str, str]] = set()
+        for registry, authors in chains.heads(self.store, txn).items():
+            if registry == MEMBERS_REGISTRY or authors.get(key, 0) == 0:
+                continue
+            for _, cid in chains.links_after(self.store, txn, registry, key, 0):
+                body = self._held_body(txn, batch, cid)  # type: ignore[attr-defined]
+                if body is None:  # erased: nothing of it counts anywhere
+                    continue
+                moment = body.hlc[0] // 1000
+                if not delegation.not_before <= moment < delegation.expires:
+                    continue
+                was, now = _governing(before, moment), _governing(of_org, moment)
+                if was is None or now is None or was.roles != now.roles:
                     targets.add((registry, body.record))
         for registry, record_id in sorted(targets):
             self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)
@@ -425,6 +461,16 @@ class Rebuilds(EngineCore):
         ids += [rid for rid in records.refused_record_ids(self.store, txn, registry) if rid not in listed]
         for record_id in ids:
             self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)  # type: ignore[arg-type]
+
+
+def _governing(delegations: list[DelegationBody], moment: int) -> DelegationBody | None:
+    """The delegation that governs ``moment`` among one org's of one key,
+    sorted as the trust state keeps them: the last that covers it."""
+    best = None
+    for claims in delegations:
+        if claims.not_before <= moment < claims.expires:
+            best = claims
+    return best
 
 
 def judges_otherwise(before: dict[str, Any] | None, after: dict[str, Any] | None) -> bool:
