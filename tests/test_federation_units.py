@@ -249,3 +249,28 @@ def test_no_bytes_crash_the_hello_decoder(data: bytes) -> None:
         decode_hello(data)
     except RegistryError:
         pass
+
+
+def test_a_read_request_for_a_private_or_local_registry_is_answered_as_for_an_unknown_one(tmp_path: Path) -> None:
+    # Any peer that is not banned may ask (another federation's too): a
+    # private or local registry answered "not public" where an unknown name
+    # answered "no registry", so anyone could learn the names the DHT keeps
+    # from them. A federation's own registries are in the DHT: theirs say so.
+    from registrygrid.engine.ops import Put
+    from registrygrid.identity.keys import KeyPair
+    from registrygrid.node.remote_read import answer_read
+    from registrygrid.protocol.remote_read import encode_request
+    from registrygrid.sdk import LocalRegistry
+
+    with LocalRegistry.open_path(tmp_path, KeyPair.generate()) as grid:
+        grid.create_registry("acme.secrets", ["tool"], replication="private", readers=[])
+        grid.create_registry("acme.local", ["tool"], replication="local")
+        grid.create_registry("acme.shared", ["tool"])
+        grid.execute([Put("acme.secrets", "tool", {"name": "s"}, record_id="s")])
+        answers = {}
+        for name in ("acme.secrets", "acme.local", "acme.unknown", "acme.shared"):
+            with pytest.raises(RegistryError) as refused:
+                answer_read(encode_request(name), grid.engine)
+            answers[name] = (refused.value.code, refused.value.message.replace(name, "NAME"))
+    assert answers["acme.secrets"] == answers["acme.local"] == answers["acme.unknown"]
+    assert answers["acme.shared"][0] == "policy_denied" and "not public" in answers["acme.shared"][1]

@@ -61,6 +61,11 @@ def answer_read(data: bytes, engine: Any) -> bytes:
     store = engine.store
     with store.read() as txn:
         desc = regs.lookup(store, txn, request.registry)
+        if desc.private or desc.replication == "local":
+            # Answered as an unknown name: anyone may ask (another
+            # federation's nodes too), and the DHT keeps these names from
+            # them; a federation's own registries are in the DHT.
+            raise regs.unknown_registry(request.registry)
         if desc.replication != "public":
             raise PolicyDenied(f"{request.registry} is not public: it is read by members of its federation only")
         history = [changes.body(store, txn, cid) for _, cid in
