@@ -615,3 +615,34 @@ async def test_cancellation_from_outside_stops_the_host() -> None:
                 await trio.sleep_forever()
         assert scope.cancelled_caught
         assert not host.running
+
+
+def test_a_connection_dropped_as_the_swarm_stops_is_a_debug_line_not_a_warning_with_a_traceback() -> None:
+    # A node stopped (SIGTERM) while a peer dialled it logged py-libp2p's
+    # "[ADDCONN_FAIL]" warning with a whole traceback; any other failure to
+    # add a connection still warns.
+    import logging
+
+    from libp2p.tools.anyio_service.exceptions import LifecycleError
+
+    import registrygrid.node.p2p  # noqa: F401 - installs the filter
+
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    parent = logging.getLogger("libp2p")
+    handler, level = Keep(level=logging.DEBUG), parent.level
+    parent.addHandler(handler)
+    parent.setLevel(logging.INFO)
+    try:
+        swarm = logging.getLogger("libp2p.network.swarm")
+        swarm.warning("[ADDCONN_FAIL] add_conn failed for peer %s: %r\n%s", "QmPeer",
+                      LifecycleError("Cannot schedule task after service has stopped"), "Traceback (most recent...")
+        swarm.warning("[ADDCONN_FAIL] add_conn failed for peer %s: %r\n%s", "QmPeer", RuntimeError("other"), "tb")
+    finally:
+        parent.removeHandler(handler)
+        parent.setLevel(level)
+    assert [(r.levelname, repr(r.args[1])) for r in seen] == [("WARNING", "RuntimeError('other')")]

@@ -60,6 +60,7 @@ from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.tools.anyio_service.exceptions import LifecycleError
 from libp2p.utils.address_validation import expand_wildcard_address
 from multiaddr import Multiaddr
 
@@ -108,6 +109,29 @@ from registrygrid.node.transport import (
 )
 
 logger = logging.getLogger("registrygrid.node.p2p")
+
+# What py-libp2p raises where a connection finishes its upgrade while the
+# swarm is stopping (tools/anyio_service ERROR_CANNOT_SCHEDULE_AFTER_STOP).
+_STOPPED_SERVICE = "Cannot schedule task after service has stopped"
+
+
+class _ConnectionAtStop(logging.Filter):
+    """py-libp2p's swarm warns "[ADDCONN_FAIL]", with a whole traceback in
+    the message, when an inbound connection finishes its upgrade while the
+    swarm is stopping (LifecycleError): that is how a stopping node drops a
+    peer's last dial, not a fault. Seen as a debug line; any other failure
+    to add a connection stays a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if record.levelno == logging.WARNING and str(record.msg).startswith("[ADDCONN_FAIL]") \
+                and len(args) > 1 and isinstance(args[1], LifecycleError) and _STOPPED_SERVICE in str(args[1]):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+logging.getLogger("libp2p.network.swarm").addFilter(_ConnectionAtStop())
 
 __all__ = [
     "DialFailed",
