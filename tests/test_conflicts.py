@@ -480,6 +480,39 @@ def test_a_map_replaced_while_another_org_wrote_inside_it_conflicts_over_the_who
     assert sorted(str(w["value"]) for w in conflict["writes"]) == sorted([str(replacement), str(whole_map)])
 
 
+@pytest.mark.parametrize("latest", ["a", "b"])
+def test_where_a_replaced_map_stands_the_writes_inside_it_still_conflict_by_the_rule(
+        tmp_path: Path, latest: str) -> None:
+    # d replaces m with 0 while a and b each write m.y: the conflict over
+    # the whole map listed a and b as writing the same map (the one
+    # Automerge shows) and the record showed Automerge's pick of y, not the
+    # latest writer's.
+    node_d = KeyPair(b"\xd2" * 32)
+    pair = Pair(tmp_path, "last-writer-wins")
+    d = LocalRegistry.open_path(tmp_path / "d", node_d, delegation=sign_delegation(ORG_A, node_d.did,
+                                                                                  ["node", "writer"]))
+    try:
+        pair.create({"m": {"x": 1}})
+        exchange(pair.a, pair.b, pair.c, d)
+        d.update(REG, "x", patch={"m": 0})
+        writes = [(pair.a, 1), (pair.b, 2)]
+        for grid, y in writes if latest == "b" else reversed(writes):
+            grid.update(REG, "x", patch={"m": {"y": y}})
+        exchange(pair.a, pair.b, pair.c, d)
+        shown = [grid.get(REG, "x") for grid in (pair.a, pair.b, pair.c, d)]
+    finally:
+        pair.close()
+        d.close()
+    assert all(record == shown[0] for record in shown)
+    y = 2 if latest == "b" else 1
+    record = shown[0]
+    assert record["fields"]["m"] == {"x": 1, "y": y}
+    whole, inside = conflict_at(record, "/fields/m"), conflict_at(record, "/fields/m/y")
+    assert whole["value"] == {"x": 1, "y": y}
+    assert sorted(str(w["value"]) for w in whole["writes"]) == ["0", "{'x': 1, 'y': 1}", "{'x': 1, 'y': 2}"]
+    assert inside["value"] == y and sorted(w["value"] for w in inside["writes"]) == [1, 2]
+
+
 @pytest.mark.policy({"fields": {"license": "immutable"}})
 def test_an_immutable_field_refuses_a_local_update_and_keeps_its_create_value(pair: Pair) -> None:
     pair.create({"license": "apache-2.0", "region": "eu"})
@@ -623,6 +656,19 @@ def test_a_descriptor_with_a_bad_conflict_policy_is_refused_naming_the_part(tmp_
             grid.create_registry(REG, ["cluster"], conflict_policy=policy)
         assert [d["path"] for d in refused.value.details] == [where]
         assert where in refused.value.message
+
+
+def test_a_stored_policy_that_a_newer_rule_refuses_is_still_read_as_it_was() -> None:
+    # An empty role order was once taken: refusing it on the read path too
+    # dropped every rule of such a stored policy (max, immutable, manual)
+    # without a word. It is refused for descriptors written from now on.
+    from registrygrid.engine.registries import descriptor_from_record
+
+    stored = {"id": REG, "owner": None, "deleted": False, "updated_hlc": [1, 0],
+              "fields": {"name": REG, "kinds": ["cluster"],
+                         "conflict_policy": {"fields": {"price": "max", "license": "immutable"}, "roles": []}}}
+    rules = descriptor_from_record(stored).conflict_rules
+    assert rules.fields == {"price": "max", "license": "immutable"} and rules.roles == ()
 
 
 # ================================================================ a pure function of the changes

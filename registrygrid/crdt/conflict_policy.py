@@ -98,11 +98,6 @@ class ConflictPolicy:
         if not isinstance(roles, (list, tuple)) or not all(isinstance(r, str) and r for r in roles):
             raise ValidationError("conflict_policy.roles must be a list of role names",
                                   details=[{"path": "/conflict_policy/roles", "message": "not a list of names"}])
-        if not roles:
-            # role-priority would rank every writer alike, silently last-writer-wins
-            raise ValidationError("/conflict_policy/roles must name at least one role, highest first "
-                                  f"(leave it out for {list(DEFAULT_ROLE_ORDER)})",
-                                  details=[{"path": "/conflict_policy/roles", "message": "empty"}])
         kinds = declared.get("kinds") or {}
         if not isinstance(kinds, Mapping):
             raise ValidationError("conflict_policy.kinds must map kind names to rules",

@@ -99,34 +99,8 @@ def settle(doc: Document, frontiers: Frontiers, *, policy: ConflictPolicy, kind:
     ``written`` keeps what each change wrote at each path between calls
     (RecordDoc.written)."""
     immutable = policy.immutable_fields(kind)
-    out: list[FieldConflict] = []
-    frontiers = _over_replaced_maps(doc, frontiers)
-    for path in sorted(frontiers):
-        if any(path[:i] in frontiers for i in range(1, len(path))):
-            continue  # settled with the map above it
-        if _is_immutable(path, immutable):
-            continue  # the create's value stands (below)
-        if path == _CREATED and _one_content(doc, frontiers[path]):
-            # One record created twice alike, differing only in who and
-            # when: a statement carried by two of its org's nodes (whoever
-            # publishes one adds nothing: docs/trust.md), a create retried
-            # on another node. Nothing for anyone to settle; every node
-            # shows the same `created`, Automerge's own pick.
-            continue
-        candidates = [Candidate(describe(h), _written_at(doc, path, h, written)) for h in frontiers[path]]
-        if len({_canonical(c.value) for c in candidates}) == 1:
-            continue
-        rule = policy.rule_for(kind, path)
-        value, chosen = choose(rule, candidates, policy)
-        status, dispute, resolved_by = "settled", None, None
-        if rule == "manual":
-            dispute = dispute_id(registry, record_id, path, [c.writer.change_id for c in candidates])
-            resolution = resolutions(dispute) if resolutions is not None else None
-            if resolution is None:
-                status = "disputed"
-            else:
-                status, value, chosen, resolved_by = "resolved", resolution.value, None, resolution.change_id
-        out.append(_shown(path, rule, status, value, chosen, candidates, dispute, resolved_by))
+    settling = _Settling(doc, policy, kind, registry, record_id, describe, resolutions, written, immutable)
+    out = settling.paths(frontiers)
     if immutable and created_heads is not None:
         out += _immutable(doc, immutable, created_heads, describe)
     return out
@@ -135,28 +109,123 @@ def settle(doc: Document, frontiers: Frontiers, *, policy: ConflictPolicy, kind:
 _CREATED = ("created",)
 
 
-def _over_replaced_maps(doc: Document, frontiers: Frontiers) -> Frontiers:
-    """The frontiers with each conflict inside a field's map moved up to the
-    map where one of its writers replaced that map (a number, string or list
-    put in its place, or the map removed) while another wrote inside it.
-    The replacing write holds nothing inside the map: judged there, ``max``
-    compared the inner number with nothing and the record showed a map of
-    that one inner write, which no one wrote. The conflict is over the
-    whole map: the replacement against the other writer's map as it is."""
-    moved: dict[Path, set[bytes]] = {}
+@dataclass
+class _Settling:
+    """One settle call's inputs, for settling paths and, inside a map that
+    a writer replaced, the paths under it."""
+
+    doc: Document
+    policy: ConflictPolicy
+    kind: str
+    registry: str
+    record_id: str
+    describe: Callable[[bytes], Writer]
+    resolutions: Callable[[str], Resolution | None] | None
+    written: dict[Any, Any] | None
+    immutable: ImmutableFields
+
+    def paths(self, frontiers: Frontiers) -> list[FieldConflict]:
+        out: list[FieldConflict] = []
+        replaced = _replaced_maps(self.doc, frontiers)
+        for path in sorted({*frontiers, *replaced}):
+            if any(path[:i] in frontiers or path[:i] in replaced for i in range(1, len(path))):
+                continue  # settled with the map above it
+            if _is_immutable(path, self.immutable):
+                continue  # the create's value stands (below)
+            if path in replaced:
+                out += self._replaced_map(path, frontiers)
+                continue
+            if path == _CREATED and _one_content(self.doc, frontiers[path]):
+                # One record created twice alike, differing only in who and
+                # when: a statement carried by two of its org's nodes (whoever
+                # publishes one adds nothing: docs/trust.md), a create retried
+                # on another node. Nothing for anyone to settle; every node
+                # shows the same `created`, Automerge's own pick.
+                continue
+            candidates = [Candidate(self.describe(h), _written_at(self.doc, path, h, self.written))
+                          for h in frontiers[path]]
+            if len({_canonical(c.value) for c in candidates}) == 1:
+                continue
+            value, chosen, shown = self._decide(path, candidates)
+            out.append(shown(value, chosen))
+        return out
+
+    def _replaced_map(self, at: Path, frontiers: Frontiers) -> list[FieldConflict]:
+        """A map inside ``fields`` that some writers replaced (a number,
+        string or list put in its place, or the map removed) while others
+        wrote inside it. The replacing writes hold nothing inside the map:
+        judged at an inner path, ``max`` compared an inner number with
+        nothing and the record showed a map of that one inner write, which
+        no one wrote. So the replacements compete with the map, each inside
+        writer showing the map as it left it; where the map stands, the
+        conflicts among the writers inside it are settled at their own
+        paths, without the replacements."""
+        under = {p: w for p, w in frontiers.items() if len(p) > len(at) and p[:len(at)] == at}
+        writers = sorted({h for w in under.values() for h in w})
+        replacers = {h for h in writers if map_object(self.doc, at, h) is None}
+        candidates, hashes = [], {}
+        for h in writers:
+            left = _written_at(self.doc, at, h, self.written) if h in replacers else _left_at(self.doc, at, h,
+                                                                                              self.written)
+            candidate = Candidate(self.describe(h), left)
+            candidates.append(candidate)
+            hashes[candidate.writer.change_id] = h
+        value, chosen, shown = self._decide(at, candidates)
+        replaced = chosen is not None and hashes[chosen.writer.change_id] in replacers
+        if not replaced and chosen is not None:
+            value = map_now(self.doc, at, hashes[chosen.writer.change_id])  # the map as it is now
+        conflict = shown(value, chosen)
+        if replaced or conflict.status == "resolved":
+            return [conflict]
+        inside = {p: kept for p, w in under.items() if len(kept := [h for h in w if h not in replacers]) > 1}
+        settled_inside = self.paths(inside)
+        if settled_inside and isinstance(conflict.value, dict):
+            shows = copy.deepcopy(conflict.value)  # the map as the record shows it: its own conflicts settled
+            for inner in settled_inside:
+                _set(shows, unpointer(inner.path)[len(at):], ABSENT if inner.removed else inner.value)
+            conflict = msgspec.structs.replace(conflict, value=shows)
+        return [conflict, *settled_inside]
+
+    def _decide(self, path: Path, candidates: list[Candidate]) -> tuple[Any, Candidate | None,
+                                                                         Callable[[Any, Candidate | None],
+                                                                                  FieldConflict]]:
+        """The rule's pick at ``path``, and how to show it (a ``manual``
+        rule's dispute and its resolution, if one counts, decide)."""
+        rule = self.policy.rule_for(self.kind, path)
+        value, chosen = choose(rule, candidates, self.policy)
+        status, dispute, resolved_by = "settled", None, None
+        resolution = None
+        if rule == "manual":
+            dispute = dispute_id(self.registry, self.record_id, path, [c.writer.change_id for c in candidates])
+            resolution = self.resolutions(dispute) if self.resolutions is not None else None
+            status = "disputed" if resolution is None else "resolved"
+            if resolution is not None:
+                value, chosen, resolved_by = resolution.value, None, resolution.change_id
+
+        def shown(shown_value: Any, shown_chosen: Candidate | None) -> FieldConflict:
+            if resolution is not None:
+                shown_value, shown_chosen = resolution.value, None
+            return _shown(path, rule, status, shown_value, shown_chosen, candidates, dispute, resolved_by)
+
+        return value, chosen, shown
+
+
+def _replaced_maps(doc: Document, frontiers: Frontiers) -> set[Path]:
+    """The maps inside ``fields`` above a conflicting path that one of its
+    writers did not leave as a map (it replaced or removed it), each the
+    highest such map of its path (a map that conflicts itself settles what
+    is under it)."""
+    out: set[Path] = set()
     for path, writers in frontiers.items():
-        at = path
-        if path[0] == "fields":
-            for end in range(2, len(path)):
-                if path[:end] in frontiers:
-                    break  # the map's own conflict settles it (settle skips it)
-                if any(map_object(doc, path[:end], h) is None for h in writers):
-                    at = path[:end]
-                    break
-        moved.setdefault(at, set()).update(writers)
-    if moved.keys() == frontiers.keys():
-        return frontiers
-    return {at: sorted(writers) for at, writers in moved.items()}
+        if path[0] != "fields":
+            continue
+        for end in range(2, len(path)):
+            if path[:end] in frontiers:
+                break
+            if any(map_object(doc, path[:end], h) is None for h in writers):
+                out.add(path[:end])
+                break
+    return out
 
 
 def _one_content(doc: Document, creates: Sequence[bytes]) -> bool:
@@ -186,6 +255,19 @@ def _written_at(doc: Document, path: Path, change: bytes, written: dict[Any, Any
     if isinstance(value, dict):
         return map_now(doc, path, change)  # read anew: the document changes between calls
     return copy.deepcopy(value) if isinstance(value, list) else value
+
+
+def _left_at(doc: Document, path: Path, change: bytes, written: dict[Any, Any] | None) -> Any:
+    """The value at ``path`` as ``change`` left it, a map included as it
+    was then (what that writer saw and wrote), a copy."""
+    if written is None:
+        return value_at(doc, path, [change])
+    key = (path, change)
+    if key not in written:
+        if len(written) >= MAX_WRITTEN:
+            written.clear()
+        written[key] = value_at(doc, path, [change])
+    return copy.deepcopy(written[key])
 
 
 def choose(rule: str, candidates: Sequence[Candidate], policy: ConflictPolicy) -> tuple[Any, Candidate | None]:

@@ -9,6 +9,7 @@ every node shows the same record whatever order things arrived in
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ from registrygrid.errors import (
 )
 from registrygrid.identity.delegation import DelegationBody
 from registrygrid.protocol import limits
+from registrygrid.protocol.hlc import MAX_DRIFT_MS
 from registrygrid.protocol.envelope import (
     Draft,
     Envelope,
@@ -210,6 +212,13 @@ class Rebuilds(EngineCore):
         before = [d for d in of_org if d != delegation]
         if not before:
             return  # the org's first of this key: its changes waited for it (parked), none was judged
+        # No change of this node can be later than its clock and the drift
+        # it allows (later ones are refused on arrival), so a window whose
+        # roles change only past that (a renewal with the same roles) has
+        # nothing to judge again, whenever it is asked.
+        horizon = int(time.time()) + MAX_DRIFT_MS // 1000 + 1
+        if not _roles_change(before, of_org, delegation.not_before, min(delegation.expires, horizon)):
+            return
         targets: set[tuple[str, str]] = set()
         for registry, authors in chains.heads(self.store, txn).items():
             if registry == MEMBERS_REGISTRY or authors.get(key, 0) == 0:
@@ -461,6 +470,18 @@ class Rebuilds(EngineCore):
         ids += [rid for rid in records.refused_record_ids(self.store, txn, registry) if rid not in listed]
         for record_id in ids:
             self._rebuild(txn, batch, registry, record_id, cause=cause, origin=origin)  # type: ignore[arg-type]
+
+
+def _roles_change(before: list[DelegationBody], now: list[DelegationBody], start: int, end: int) -> bool:
+    """Whether the roles that govern some moment of [start, end) differ
+    between two lists of one org's delegations of a key. Which delegation
+    governs changes only where one begins or ends."""
+    points = {start, *(x for d in now for x in (d.not_before, d.expires) if start < x < end)}
+    for moment in sorted(p for p in points if p < end):
+        was, is_now = _governing(before, moment), _governing(now, moment)
+        if was is None or is_now is None or was.roles != is_now.roles:
+            return True
+    return False
 
 
 def _governing(delegations: list[DelegationBody], moment: int) -> DelegationBody | None:

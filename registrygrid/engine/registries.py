@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from registrygrid.crdt.conflict_policy import ConflictPolicy
+from registrygrid.crdt.conflict_policy import DEFAULT_ROLE_ORDER, ConflictPolicy
 from registrygrid.errors import PolicyDenied, RegistryError, UnknownRegistry, ValidationError
 from registrygrid.protocol import limits, registry_record
 from registrygrid.schemas import BUILTIN_REGISTRIES, SchemaCatalog
@@ -200,6 +200,13 @@ def check_descriptor_rules(record_id: str, fields: Mapping[str, Any], *, owner: 
     if fields.get("name", record_id) != record_id:
         raise ValidationError(f"descriptor name {fields.get('name')!r} must equal its record id {record_id!r}")
     policy = ConflictPolicy.parse(fields.get("conflict_policy"))  # names the bad part the schema let through
+    # Rules of a descriptor written from now on; a stored one that breaks
+    # them is still read as it was (_conflict_rules).
+    if not policy.roles:
+        # role-priority would rank every writer alike: silently last-writer-wins
+        raise ValidationError("/conflict_policy/roles must name at least one role, highest first "
+                              f"(leave it out for {list(DEFAULT_ROLE_ORDER)})",
+                              details=[{"path": "/conflict_policy/roles", "message": "empty"}])
     held = set(fields.get("kinds") or ())
     for kind in sorted(set(policy.kinds) - held):
         # Rules for a kind the registry does not hold would be ignored for
