@@ -17,7 +17,10 @@ from registrygrid.engine.ops import Put
 from registrygrid.errors import Unavailable
 from registrygrid.identity.keys import did_from_peer_id
 from registrygrid.membership import org_key
+from registrygrid.node.federated_search import federated_search
+from registrygrid.node.search import SearchService
 from registrygrid.node.transport import P2PError
+from registrygrid.protocol.federated_search import SEARCH_PROTOCOL_ID
 from registrygrid.protocol.hello import HELLO_PROTOCOL_ID
 from registrygrid.protocol.sync import SYNC_PROTOCOL_ID, SyncPuller, decode_response
 from registrygrid.trust.statements import MEMBERS_REGISTRY, REVOCATION_KIND, revocation_record, sign_revocation
@@ -70,7 +73,7 @@ async def test_a_reader_revoked_after_its_hello_is_served_nothing_more_though_it
     # change of the private registry written after the revocation.
     with trio.fail_after(90):
         async with cluster(tmp_path, FAST) as nodes:
-            a = await nodes.start("a")
+            a = await nodes.start("a", components=[SearchService()])
             c = await nodes.start("c", a.fed.addrs())
             await full_mesh([a, c])
             c_org = c.home.org().org  # type: ignore[union-attr]
@@ -94,8 +97,17 @@ async def test_a_reader_revoked_after_its_hello_is_served_nothing_more_though_it
                 record_id, fields = revocation_record(sign_revocation(admin, subject, cutoffs, reason="test"))
                 a.registry.put(MEMBERS_REGISTRY, REVOCATION_KIND, fields, id=record_id)
             await _put(a, "after", 3)
+            asked: list[str] = []
+
+            async def answers_searches(peer_id: str, request: bytes) -> bytes:
+                asked.append(peer_id)
+                raise Unavailable("busy")
+
+            c.fed.host.set_handler(SEARCH_PROTOCOL_ID, answers_searches)  # type: ignore[union-attr]
+            await federated_search(a.node, {"text": "after", "federated": True})
+            assert asked == [], "a revoked member is not sent queries (they may name private registries)"
             request = SyncPuller("testfed", registries=[SECRETS]).request({})
-            with pytest.raises(P2PError, match="does not serve you"):
+            with pytest.raises(P2PError, match="does not serve you"):  # expelled by the search already
                 await c.fed.host.request(a.peer_id, SYNC_PROTOCOL_ID, request, timeout=10)  # type: ignore[union-attr]
             assert a.fed.metrics["peers.expelled"] == 1 and a.fed.peers.blocked(c.peer_id)  # type: ignore[union-attr]
             await trio.sleep(FAST.sync_interval * 2)  # its own sync rounds, had it any left

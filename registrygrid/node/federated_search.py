@@ -128,7 +128,10 @@ async def federated_search(node: Any, body: Any, scope: tuple[str, ...] | None =
     if federation is not None and federation.host is not None:
         request = wire.encode_request(json.dumps(remote_body).encode(), query.federated.deadline_ms)
         connected = set(federation.host.connected_peers())
-        for peer in sorted(p for p in federation.admitted if p in connected)[:MAX_PEERS]:
+        # Members that still stand: one revoked since its hello is expelled
+        # here, not sent the query (it may name private registries).
+        members = [p for p in sorted(federation.admitted) if p in connected and federation.member(p) is not None]
+        for peer in members[:MAX_PEERS]:
             remote.append((_Source(peer, "peer"), peer, [], request))
         remote += await _providers(federation, query, remote_body, scope, deadline_s)
     sources += [source for source, *_ in remote]

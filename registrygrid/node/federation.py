@@ -411,9 +411,9 @@ class Federation:
     def _shut_out(self, peer_id: str) -> bool:
         """Banned, or not (yet, or no longer) admitted as a member's node."""
         assert self.peers is not None
-        return self._member(peer_id) is None or self.peers.blocked(peer_id)
+        return self.member(peer_id) is None or self.peers.blocked(peer_id)
 
-    def _member(self, peer_id: str) -> Admitted | None:
+    def member(self, peer_id: str) -> Admitted | None:
         """The peer's admission while it stands. A revocation of its key or
         org that reached us after its hello expels it at once (banned, cut
         off, as at a hello): a peer that says no more hellos was served on
@@ -434,7 +434,7 @@ class Federation:
         return None
 
     def _member_org(self, peer_id: str) -> str | None:
-        admitted = self._member(peer_id)
+        admitted = self.member(peer_id)
         return admitted.org if admitted is not None else None
 
     def _on_disconnected(self, peer_id: str) -> None:
@@ -470,7 +470,7 @@ class Federation:
                 interval = self.config.sync_interval * (0.8 + 0.4 * self._rng.random())  # de-synchronise peers
                 with trio.move_on_after(interval):
                     await wake.wait()
-                if self._member(peer_id) is None:
+                if self.member(peer_id) is None:
                     return  # revoked since its hello: expelled, nothing more for it
                 if wake.is_set():
                     self._sync_wake[peer_id] = trio.Event()
@@ -578,7 +578,7 @@ class Federation:
         org may read here: any peer that is not banned, members and others
         alike (others see the public registries only)."""
         assert self.peers is not None and self.node is not None
-        admitted = self._member(peer_id)  # expels a member revoked since its hello (then banned)
+        admitted = self.member(peer_id)  # expels a member revoked since its hello (then banned)
         if self.peers.blocked(peer_id):
             raise PolicyDenied("this node does not serve you")
         self._admit_read("search")
