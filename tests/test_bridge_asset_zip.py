@@ -315,8 +315,7 @@ async def test_a_blob_the_download_checks_refuse_is_refused_through_its_zip_entr
     served = await start_served(nursery, home.path)
     status, blob = await put_blob(served, a_zip({"secret.txt": b"not for you"}), content_type="application/zip")
     assert status == 200
-    served.node.stop()
-    await trio.sleep(0.5)
+    await served.stop()
     config = json.loads((home.path / "config.json").read_text())
     config["assets"] = {"checks": {"content_types": ["text/*"]}}
     (home.path / "config.json").write_text(json.dumps(config))

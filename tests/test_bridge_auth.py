@@ -220,8 +220,10 @@ async def test_reads_of_kinds_identity_stats_and_fields_are_audited(served: Serv
 
 async def test_rate_limit_answers_429_with_retry_after_then_recovers(nursery: trio.Nursery, tmp_path) -> None:
     with trio.fail_after(30):
+        # A token every 2 s: the nine requests below meet an empty bucket
+        # even on a loaded machine (at 2/s, a slow run got a token back).
         served = await start_served(nursery, tmp_path / "home",
-                                    BridgeConfig(rate_limit=RateLimit(rate=2.0, burst=5.0)))
+                                    BridgeConfig(rate_limit=RateLimit(rate=0.5, burst=5.0)))
         try:
             async with served.client() as client:
                 statuses = [(await client.get("/v1/identity")).status_code for _ in range(8)]

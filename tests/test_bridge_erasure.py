@@ -215,8 +215,7 @@ async def test_an_erasure_naming_what_is_no_blob_cid_is_refused_and_a_stored_one
         after = served.node.registry.feed_head()
     assert refused.status_code == 422 and refused.json()["error"]["details"][0]["path"] == "/blobs/0"
     assert after == head
-    served.node.stop()
-    await trio.sleep(0.5)
+    await served.stop()
     # A notice a peer signed with such a name (one from before this check): stored, then a restart.
     with LocalRegistry.open_home(tmp_path / "home") as grid:
         grid.engine.execute([Put(REGISTRY, "note", {"name": "y"}, "y")])

@@ -52,6 +52,15 @@ class Served:
     def client(self, token: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, headers=self.headers(token), timeout=20, **kwargs)
 
+    async def stop(self) -> None:
+        """Stop the node and wait until it let its home go (its store
+        closed): stop() only cancels it, and a fixed wait was sometimes too
+        short on a loaded machine for the next open of the home."""
+        self.node.stop()
+        with trio.fail_after(30):
+            while self.home.lock_holder() is not None:
+                await trio.sleep(0.02)
+
 
 async def start_served(nursery: trio.Nursery, home_dir: Path, config: BridgeConfig | None = None) -> Served:
     home = Home(home_dir)

@@ -244,7 +244,8 @@ async def test_rgrid_peers_deny_and_allow_go_through_the_running_nodes_bridge(tm
             assert json.loads(denied.stdout) == {"denied": [b.peer_id], "connected": []}
             # One-sided: b keeps dialing and is refused each time, never admitted.
             await stays(lambda: b.peer_id not in a.fed.admitted, HOLDS_S, "a never admits b again")
-            assert a.fed.metrics["peers.refused"] >= 1
+            # b's redial (after its backoff) may come past that window on a loaded machine.
+            await eventually(lambda: a.fed.metrics["peers.refused"] >= 1, 20, "b's redial refused")
 
             listed: dict[str, Any] = {}
             for _ in range(10):  # the table is persisted every 0.3 s (FAST); the first look nearly always sees it

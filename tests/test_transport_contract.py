@@ -63,6 +63,19 @@ async def eventually(check: Callable[[], Any], what: str, timeout: float = 10) -
     raise AssertionError(f"not within {timeout} s: {what}")
 
 
+async def meshed(*links: tuple[Transport, Transport]) -> None:
+    """Each (x, y): x's publishes on TOPIC go straight to y. A GossipSub
+    heartbeat builds the mesh: py-libp2p's is waited for (a fixed 1.5 s was
+    sometimes short on a loaded machine, and the message was lost); the
+    memory transport's heartbeats run on its own clock, past 1.5 s."""
+    for x, y in links:
+        wait = getattr(x, "wait_for_mesh_peer", None)
+        if wait is None:
+            await trio.sleep(1.5)
+            return
+        await wait(TOPIC, y.peer_id, timeout=15)
+
+
 async def connect(a: Transport, b: Transport) -> None:
     await a.connect(b.listen_addrs()[0])  # a dialable address naming the peer
     await eventually(lambda: b.peer_id in a.connected_peers() and a.peer_id in b.connected_peers(), "connected")
@@ -141,7 +154,7 @@ async def test_a_published_message_reaches_every_other_subscriber_named_by_its_o
         await connect(b, c)  # c hears a through b
         await eventually(lambda: a.peer_id in b.topic_peers(TOPIC) and b.peer_id in c.topic_peers(TOPIC),
                          "topic peers known")
-        await trio.sleep(1.5)  # a GossipSub heartbeat builds the mesh (no-op in memory)
+        await meshed((a, b), (b, c))
         await a.publish(TOPIC, b"news")
         got: dict[str, GossipMessage] = {}
         with trio.fail_after(10):
@@ -162,7 +175,7 @@ async def test_a_validator_that_says_no_stops_delivery_and_forwarding(hosts: Hos
         await connect(b, c)
         await eventually(lambda: a.peer_id in b.topic_peers(TOPIC) and b.peer_id in c.topic_peers(TOPIC),
                          "topic peers known")
-        await trio.sleep(1.5)
+        await meshed((a, b), (b, c))
         await a.publish(TOPIC, b"bad")
         await a.publish(TOPIC, b"good")
         with trio.fail_after(10):
