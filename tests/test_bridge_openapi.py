@@ -456,6 +456,9 @@ STATE_REFUSALS = [
     # both are data on the node (GET /v1/registries/{registry}, GET /v1/kinds/{name}).
     (RECORDS, "validation_failed", "registry .* holds kinds"), (RECORDS, "schema_violation", ""),
     (RECORDS + "/{id}", "schema_violation", ""),
+    # A conflict policy's kinds must be among its registry's kinds, which JSON Schema cannot say across
+    # members (and which an update's merge patch meets in the stored descriptor).
+    (None, "validation_failed", r"/conflict_policy/kinds/\S+: the registry holds no kind"),
     # A registry may cap its records' size below the global cap (its limits.max_record_bytes, data too).
     *[(path, "too_large", r"record fields take \d+ bytes; the cap is \d+ \(the registry's max_record_bytes\)")
       for path in (RECORDS, RECORDS + "/{id}")],
