@@ -125,3 +125,45 @@ def _ids(member) -> list[str]:  # type: ignore[no-untyped-def]
         return sorted(r["id"] for r in member.registry.list(SECRETS).items)
     except Exception:  # noqa: BLE001 - UnknownRegistry until its descriptor arrives
         return []
+
+
+def test_an_orgs_private_records_stay_private_where_another_orgs_create_took_the_name(tmp_path: Path) -> None:
+    # C and A create one registry name without seeing each other (a
+    # partition): C's shared create came first and counts everywhere, and
+    # who may read is the winning descriptor's to say, so the records A wrote
+    # into what it made private went to every member, C included, on sync,
+    # gossip, remote reads and search. A's refused create is A's word on its
+    # own changes: they go to A and the readers it named only.
+    from registrygrid.identity.keys import KeyPair
+    from registrygrid.node.remote_read import answer_read
+    from registrygrid.protocol.envelope import open_envelope
+    from registrygrid.protocol.remote_read import decode_response as decode_read
+    from registrygrid.protocol.remote_read import encode_request
+    from registrygrid.protocol.sync import answer_sync
+    from registrygrid.search.service import readable_registries
+    from tests.test_trust import deliver, org_node
+
+    org_a, org_b, org_c = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    with org_node(tmp_path / "c", org_c) as c, org_node(tmp_path / "a", org_a) as a:
+        c.create_registry(SECRETS, ["tool"], replication="public")
+        c.put(SECRETS, "tool", {"name": "c's"}, id="from-c")
+        a.create_registry(SECRETS, ["tool"], replication="private", readers=[org_b.did])
+        a.put(SECRETS, "tool", {"name": "a's secret"}, id="from-a")
+        deliver(a, c)
+        deliver(c, a)
+        descriptor = a.get("grid.registries", SECRETS)
+        assert descriptor["owner"] == org_c.did and descriptor["fields"]["replication"]["scope"] == "public"
+        a_key, c_key = a.engine.key.did, c.engine.key.did
+        for reader, sees_a in ((org_c.did, False), (org_b.did, True), (org_a.did, True)):
+            authors = a.engine.replicated_vector([SECRETS], reader=reader)[SECRETS]
+            assert (a_key in authors) is sees_a and c_key in authors, reader
+        request = SyncPuller("testfed", registries=[SECRETS]).request({})
+        sent = decode_response(answer_sync(request, a.engine, federation="testfed", reader=org_c.did))
+        assert {open_envelope(w).body.author for w in sent.envelopes if open_envelope(w).body.registry == SECRETS} \
+            == {c_key}
+        assert not a.engine.shared_with_every_member(SECRETS, a_key), "A's next write is not gossiped"
+        assert c.engine.shared_with_every_member(SECRETS, c_key)
+        read = decode_read(answer_read(encode_request(SECRETS), a.engine))
+        assert {open_envelope(w).body.author for w in read.envelopes} == {c_key}
+        assert SECRETS not in readable_registries(a, org_c.did, member=True)  # search: a record mixes authors
+        assert SECRETS in readable_registries(a, org_b.did, member=True)
