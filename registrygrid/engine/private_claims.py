@@ -13,22 +13,14 @@ Such a refused create is the other org's word on its own changes: a
 only to that org and the readers its create named (intersected over its
 private creates of the name, should it have made several), on every path
 that sends changes (sync, gossip, remote reads) and in federated search.
-A pure function of the stored changes, so every node that holds the
-refused create withholds alike.
-
-Whose keys a claim covers: the key that signed it, and keys its org alone
-delegated. Any org can delegate any key (docs/trust.md, "Whose word cuts a
-key"), so a claim must not cover a key another org also delegated: else
-any member could delegate a victim's node key, sign a (refused) private
-create of a registry the victim writes to, and keep the victim's changes
-there from everyone. The price: a key of the claiming org that another org
-also delegated is not covered (its changes go by the winning descriptor).
+Only an org's own refused create restricts its own keys' changes: no org
+can withhold another's. A pure function of the stored changes, so every
+node that holds the refused create withholds alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from registrygrid.crdt.record import RecordDoc
@@ -37,21 +29,15 @@ from registrygrid.engine.values import automerge_of_body
 from registrygrid.storage import changes, records
 from registrygrid.trust.state import TrustState
 
-@dataclass(frozen=True)
-class Claim:
-    readers: frozenset[str]  # the orgs that may read: the claiming org and the readers it named
-    signers: frozenset[str]  # the keys that signed its private creates
-
-
-Claims = Mapping[str, Claim]  # claiming org -> its claim on the registry
+Claims = Mapping[str, frozenset[str]]  # org -> the orgs that may read its keys' changes of the registry
 
 
 def claims(store: Any, txn: Any, name: str) -> Claims:
     """The private claims on registry ``name``: for each refused create of
-    its descriptor that declared it private, its owner org's claim. Empty
-    (one prefix seek) for a name no create lost."""
+    its descriptor that declared it private, its owner org -> that org and
+    the readers it named. Empty (one prefix seek) for a name no create lost."""
     refused = records.refused_changes(store, txn, REGISTRY_OF_REGISTRIES, name)
-    out: dict[str, Claim] = {}
+    out: dict[str, frozenset[str]] = {}
     for cid in refused.values():
         body = changes.body(store, txn, cid)
         if body is None or body.op != "create":
@@ -65,28 +51,22 @@ def claims(store: Any, txn: Any, name: str) -> Claims:
                 or not isinstance(owner, str):
             continue
         readers = frozenset({owner, *(r for r in replication.get("readers") or () if isinstance(r, str))})
-        held = out.get(owner)
-        out[owner] = Claim(readers, frozenset({body.author})) if held is None else \
-            Claim(held.readers & readers, held.signers | {body.author})
+        out[owner] = out[owner] & readers if owner in out else readers
     return out
 
 
 def withheld(trust: TrustState, found: Claims, author: str, reader: str | None) -> bool:
     """Whether ``author``'s changes of the registry are kept from ``reader``
     (an org; None: a node of no known org, or every member at once, as
-    gossip is): a claim covers the author and does not name the reader."""
+    gossip is): the author speaks for an org with a claim that does not
+    name the reader."""
     if not found:
         return False
-    delegators = {d.org for d in trust.delegations.get(author, ())}
-    for org, claim in found.items():
-        covered = author in claim.signers or author == org or delegators == {org}
-        if covered and (reader is None or reader not in claim.readers):
-            return True
-    return False
+    orgs = {author, *(d.org for d in trust.delegations.get(author, ()))}
+    return any(reader is None or reader not in found[org] for org in orgs if org in found)
 
 
-def readable_by(trust: TrustState, found: Claims, authors: Iterable[str], reader: str | None) -> bool:
-    """Whether ``reader`` may read every one of ``authors``' changes of the
-    registry: what a search over its whole records needs (a record mixes
-    its authors')."""
-    return not any(withheld(trust, found, author, reader) for author in authors) if found else True
+def readable_by(found: Claims, reader: str | None) -> bool:
+    """Whether ``reader`` may read every author's changes of the registry:
+    what a search over its whole records needs (a record mixes authors)."""
+    return all(reader is not None and reader in allowed for allowed in found.values())

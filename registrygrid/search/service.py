@@ -20,7 +20,7 @@ from registrygrid.errors import MalformedInput, RegistryError
 from registrygrid.protocol import federated_search as wire
 from registrygrid.search import query as q
 from registrygrid.search.index import SearchIndex
-from registrygrid.storage import chains, changes, records
+from registrygrid.storage import changes, records
 
 
 def index_path(home_path: Path) -> Path:
@@ -69,11 +69,10 @@ def readable_registries(registry: Any, org: str | None, *, member: bool) -> tupl
         if (desc.readable_by(org) if member else desc.replication == "public"):
             with store.read() as txn:
                 found = private_claims.claims(store, txn, desc.name)
-                authors = chains.heads(store, txn, desc.name).get(desc.name, {}) if found else {}
             # A record mixes its authors' changes: where an org made the name
             # private (engine/private_claims.py), only who may read every
             # author's searches it.
-            if private_claims.readable_by(registry.engine.trust, found, authors, org if member else None):
+            if private_claims.readable_by(found, org if member else None):
                 readable.append(desc.name)
     return tuple(readable)
 
