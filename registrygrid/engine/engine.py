@@ -42,7 +42,6 @@ from registrygrid.crdt import disputes
 from registrygrid.crdt.record import (
     actor_for,
 )
-from registrygrid.engine import private_claims
 from registrygrid.engine import registries as regs
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.commit import Committing
@@ -483,27 +482,8 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
                     continue
                 if desc.replication == "local" or (reader is not None and not desc.readable_by(reader)):
                     continue
-                if reader is not None and not desc.builtin:
-                    found = private_claims.claims(self.store, txn, registry)
-                    if found:  # authors whose org made the name private, and not for this reader
-                        authors = {author: seq for author, seq in authors.items()
-                                   if not private_claims.withheld(self.trust, found, author, reader)}
                 out[registry] = authors
         return out
-
-    def shared_with_every_member(self, registry: str, author: str) -> bool:
-        """May ``author``'s changes of ``registry`` go on the federation-wide
-        gossip topic? Not if the registry is private, nor if the author's
-        org made the name private (engine/private_claims.py)."""
-        with self.store.read() as txn:
-            try:
-                desc = regs.lookup(self.store, txn, registry, include_deleted=True)
-            except RegistryError:
-                return True
-            if desc.private:
-                return False
-            return desc.builtin or not private_claims.withheld(
-                self.trust, private_claims.claims(self.store, txn, registry), author, None)
 
     def envelopes_after(self, registry: str, author: str, after_seq: int, *, limit: int = 1000,
                         max_bytes: int = 4 * 2**20) -> list[bytes]:

@@ -396,15 +396,17 @@ class Federation:
 
     def _broadcastable(self, wire: bytes) -> bool:
         """May this local change go on the federation-wide gossip topic? Not
-        if its registry is private, nor if this node's org made its name
-        private (engine/private_claims.py). (On the trio thread, per
-        committed local change: two LMDB seeks; built-in registries are
-        never private.)"""
+        if its registry is private. (On the trio thread, per committed local
+        change: one LMDB read; built-in registries are never private.)"""
         assert self.node is not None
         registry = registry_of(wire)
         if registry is None or registry in regs.BUILTINS:
             return True
-        return self.node.engine.shared_with_every_member(registry, self.node.engine.key.did)
+        try:
+            with self.node.store.read() as txn:
+                return not regs.lookup(self.node.store, txn, registry, include_deleted=True).private
+        except RegistryError:
+            return True
 
     def _shut_out(self, peer_id: str) -> bool:
         """Banned, or not (yet, or no longer) admitted as a member's node."""

@@ -28,7 +28,6 @@ from typing import Any
 
 import trio
 
-from registrygrid.engine import private_claims
 from registrygrid.engine import registries as regs
 from registrygrid.engine.ops import LinkPastGone, Remote
 from registrygrid.errors import (
@@ -95,11 +94,6 @@ def answer_read(data: bytes, engine: Any) -> bytes:
     # sync's are: an author's edits of another author's record come after
     # the change they build on, whatever the authors' order.
     held = engine.version_vector(request.registry)
-    with store.read() as txn:
-        found = private_claims.claims(store, txn, request.registry)
-    if found:  # an org's changes it wrote as private, which no outsider may read (engine/private_claims.py)
-        held = {request.registry: {author: seq for author, seq in held.get(request.registry, {}).items()
-                                   if not private_claims.withheld(engine.trust, found, author, None)}}
     lacking = {(request.registry, author): request.after.get(author, 0)
                for author, head in held.get(request.registry, {}).items() if head > request.after.get(author, 0)}
     cut = causal_cut(engine, lacking, held, budget=proto.MAX_RESPONSE_ENVELOPE_BYTES,

@@ -302,8 +302,7 @@ def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str, 
         # position it holds: ours goes first, so the puller meets both
         # changes with one sequence and reports the fork (a vector alone
         # never shows two branches of the same length).
-        readable = {registry: {a: seq for a, seq in authors.items() if a in ours[registry]}
-                    for registry, authors in request.vector.items() if registry in ours}
+        readable = {registry: authors for registry, authors in request.vector.items() if registry in ours}
         for wire in source.other_links(readable, request.heads, max_bytes=budget):
             chosen.append(wire)
             size += len(wire)
@@ -319,10 +318,7 @@ def answer_sync(request_bytes: bytes, source: ChangeSource, *, federation: str, 
         # Changes asked for by ID (or by place: the unseen-link ID), which
         # the puller's vector can't ask for: the other branch of a fork its
         # evidence names, and changes whose bytes are gone there.
-        # Only chains ``ours`` offers: a chain kept from the puller is not
-        # sent by ID either (engine/private_claims.py).
-        asked = {registry: {a: ids for a, ids in authors.items() if a in ours[registry]}
-                 for registry, authors in request.wanted.items() if registry in ours}
+        asked = {registry: authors for registry, authors in request.wanted.items() if registry in ours}
         for wire in source.wanted_links(asked, max_bytes=max(budget - size, 0)):
             chosen.append(wire)
             size += len(wire)

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from registrygrid.engine import private_claims
 from registrygrid.engine import registries as regs
 from registrygrid.errors import MalformedInput, RegistryError
 from registrygrid.protocol import federated_search as wire
@@ -63,17 +62,10 @@ def readable_registries(registry: Any, org: str | None, *, member: bool) -> tupl
     federation (``org``), every registry its org may read (built-ins, shared
     ones, private ones that name it); for anyone else, the public ones."""
     readable = list(regs.BUILTINS) if member else []
-    store = registry.engine.store
     for described in registry.iter_all(regs.REGISTRY_OF_REGISTRIES):
         desc = regs.descriptor_from_record(described)
         if (desc.readable_by(org) if member else desc.replication == "public"):
-            with store.read() as txn:
-                found = private_claims.claims(store, txn, desc.name)
-            # A record mixes its authors' changes: where an org made the name
-            # private (engine/private_claims.py), only who may read every
-            # author's searches it.
-            if private_claims.readable_by(found, org if member else None):
-                readable.append(desc.name)
+            readable.append(desc.name)
     return tuple(readable)
 
 
