@@ -44,11 +44,11 @@ from registrygrid.errors import (
 )
 from registrygrid.identity.delegation import DelegationBody
 from registrygrid.protocol import limits
-from registrygrid.protocol.hlc import MAX_DRIFT_MS
 from registrygrid.protocol.envelope import (
     Draft,
     Envelope,
 )
+from registrygrid.protocol.hlc import MAX_DRIFT_MS
 from registrygrid.storage import chains, erasures, feed, records
 from registrygrid.storage.store import Txn
 from registrygrid.trust import access

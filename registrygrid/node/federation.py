@@ -417,7 +417,8 @@ class Federation:
         """The peer's admission while it stands. A revocation of its key or
         org that reached us after its hello expels it at once (banned, cut
         off, as at a hello): a peer that says no more hellos was served on
-        the strength of its first one. Two dict lookups of the trust state."""
+        the strength of its first one. A few set operations on the trust
+        state, per message served."""
         admitted = self.admitted.get(peer_id)
         if admitted is None:
             return None
