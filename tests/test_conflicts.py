@@ -446,6 +446,7 @@ def test_a_map_turned_into_a_number_string_or_list_conflicts_with_a_write_inside
     # And a removal that won there showed {} where one write had put 0.
     pair.create({"m": {"x": 1}})
     pair.race(None, {"m": {"y": 2}})
+    time.sleep(0.005)  # a's clock past b's: in one millisecond the change IDs would decide
     pair.a.update(REG, "x", patch={"m": replacement})  # a has not seen b's write
     record = pair.converge()
     assert [c["path"] for c in record["conflicts"]] == ["/fields/m"]
@@ -468,6 +469,7 @@ def test_a_map_replaced_while_another_org_wrote_inside_it_conflicts_over_the_who
                  lambda: pair.b.update(REG, "x", patch={"m": {"y": 2}})]
         for edit in edits if replaced_first else reversed(edits):
             edit()
+            time.sleep(0.005)  # the second write's clock past the first's: in one millisecond the change IDs decide
         record = pair.converge()
     finally:
         pair.close()
