@@ -84,6 +84,10 @@ def resolution_fields(store: Store, trust: TrustState, catalog: SchemaCatalog, d
             fields["value"] = value
     if note:
         fields["note"] = note
+    # Where it goes: to the orgs that may read the disputed registry only
+    # (engine/subjects.py); a resolution of a private registry's dispute
+    # went to every member, its value too.
+    fields["registry"] = found["registry"]
     return fields
 
 

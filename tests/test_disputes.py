@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from registrygrid.engine.ops import LinkPastGone, Remote
+from registrygrid.engine.subjects import ServedTo
 from registrygrid.errors import NotFound, PolicyDenied, Quarantined, ValidationError
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
@@ -127,6 +128,44 @@ def test_a_resolution_must_be_tagged_with_its_dispute(manual: Pair) -> None:
     (listed,) = manual.a.disputes()
     with pytest.raises(ValidationError):
         manual.a.put("grid.disputes", "dispute-resolution", {"dispute": listed["id"], "outcome": "value", "value": 1})
+
+
+def test_a_resolution_of_a_private_registrys_dispute_is_served_to_its_readers_only(tmp_path: Path) -> None:
+    """A resolution carries the value the disputed field takes; filed in
+    grid.disputes, which goes to every member, it went to nodes of orgs that
+    may not read the registry. It names its registry now, and a node keeps
+    it from the others: their chain of its filer's resolutions goes on past
+    its place (named gone), so the shared registry's resolution after it
+    still reaches them."""
+    deals = "acme.deals"
+    outsider = KeyPair(b"\xd1" * 32).did
+    pair = Pair(tmp_path, {"fields": {"price": "manual"}})
+    try:
+        a, b, c = pair.a, pair.b, pair.c
+        a.create_registry(deals, ["cluster"], write_policy="members", conflict_policy={"fields": {"price": "manual"}},
+                          replication="private", readers=[ORG_B.did])
+        a.put(deals, "cluster", {"name": "x", "price": 1}, id="x")
+        exchange(a, b)
+        a.update(deals, "x", patch={"price": 2})
+        b.update(deals, "x", patch={"price": 3})
+        exchange(a, b)
+        pair.create({"price": 1})
+        pair.race({"price": 2}, {"price": 3})
+        pair.converge()
+        (secret,) = [d["id"] for d in a.disputes() if d["registry"] == deals]
+        (shared,) = [d["id"] for d in a.disputes() if d["registry"] == REG]
+        a.resolve_dispute(secret, value=777_001, note="the confidential price")
+        a.resolve_dispute(shared, value=5)
+        sync(a, c, reader=outsider)
+        kept = [r["fields"] for r in c.iter_all("grid.disputes", include_deleted=True)]
+        assert [(f["dispute"], f["registry"]) for f in kept] == [(shared, REG)]
+        assert c.get(REG, "x")["fields"]["price"] == 5
+        assert not any(b"777001" in wire or b"confidential" in wire for wire in wires(c))
+        sync(a, b, reader=ORG_B.did)
+        assert b.get(deals, "x")["fields"]["price"] == 777_001
+        assert sorted(r["fields"]["registry"] for r in b.iter_all("grid.disputes")) == sorted([deals, REG])
+    finally:
+        pair.close()
 
 
 # ================================================================ equivocation
@@ -276,7 +315,7 @@ def test_a_change_past_the_fork_that_the_chain_cannot_take_still_settles_what_bu
     assert d.state_digest() == c.state_digest()
 
 
-def sync(source: LocalRegistry, target: LocalRegistry) -> list[Any]:
+def sync(source: LocalRegistry, target: LocalRegistry, *, reader: str | None = None) -> list[Any]:
     """One anti-entropy session, as a node runs it (protocol/sync_session.py):
     ``target`` gets what its version vector lacks, and with its first request
     sends its chains' head tags, so a peer holding another branch of a fork
@@ -287,6 +326,7 @@ def sync(source: LocalRegistry, target: LocalRegistry) -> list[Any]:
     nothing more can be applied.
     Returns the outcomes of every change applied."""
     outcomes: list[Any] = []
+    served = source.engine if reader is None else ServedTo(source.engine, reader)  # as a node serves ``reader``'s org
 
     def apply(envelopes: list[bytes]) -> Applied:
         results = target.execute([Remote(w, "peer") for w in envelopes])
@@ -300,7 +340,7 @@ def sync(source: LocalRegistry, target: LocalRegistry) -> list[Any]:
 
     vector = target.engine.replicated_vector()
     run_session(SyncSession("fed"), vector=target.engine.replicated_vector, apply=apply,
-                exchange=lambda request: answer_sync(request, source.engine, federation="fed"),
+                exchange=lambda request: answer_sync(request, served, federation="fed", reader=reader),
                 start=Start(vector, target.engine.head_tags(vector), target.engine.wanted()), link_gone=link_gone)
     return outcomes
 

@@ -125,3 +125,87 @@ def _ids(member) -> list[str]:  # type: ignore[no-untyped-def]
         return sorted(r["id"] for r in member.registry.list(SECRETS).items)
     except Exception:  # noqa: BLE001 - UnknownRegistry until its descriptor arrives
         return []
+
+
+def _held(member, registry: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    return list(member.registry.iter_all(registry, include_deleted=True))
+
+
+async def test_an_erasure_notice_of_a_private_record_reaches_its_readers_and_nobody_else(tmp_path: Path) -> None:
+    # Built-in registries go to every member: the notice of a private
+    # record's erasure (its id, the reason, its authors' places) went to
+    # every member too, nodes that never hold the registry.
+    with trio.fail_after(90):
+        async with cluster(tmp_path, FAST) as nodes:
+            a = await nodes.start("a")
+            b = await nodes.start("b", a.fed.addrs())
+            c = await nodes.start("c", a.fed.addrs())
+            await full_mesh([a, b, c])
+            a.registry.create_registry(SECRETS, ["tool"], replication="private",
+                                       readers=[b.home.org().org])  # type: ignore[union-attr]
+            a.registry.create_registry("acme.shared", ["tool"])
+            await _put(a, "deal", 1)
+            a.registry.put("acme.shared", "tool", {"name": "old"}, id="old")
+            await eventually(lambda: _ids(b) == ["deal0"], 20, "the reader has the record", interval=0.2)
+            a.registry.erase(SECRETS, "deal0", reason="CONFIDENTIAL: the Globex deal is off")
+            # The same author's next notice, of a shared registry's record,
+            # goes to everyone: c's chain of a's notices goes on past the
+            # place kept from it.
+            await eventually(lambda: _has(c.registry, "acme.shared", "old"), 20, "the shared record at c")
+            a.registry.erase("acme.shared", "old", reason="public clean-up")
+            await eventually(lambda: len(_held(b, "grid.erasures")) == 2, 20, "both notices at the reader",
+                             interval=0.2)
+            await eventually(lambda: len(_held(c, "grid.erasures")) == 1, 20, "the shared notice at c",
+                             interval=0.2)
+            await trio.sleep(FAST.sync_interval * 1.5)  # a full anti-entropy round and more
+            (notice,) = _held(c, "grid.erasures")
+            assert notice["fields"]["registry"] == "acme.shared"
+            assert not _has(c.registry, "acme.shared", "old")  # honoured there
+            wires = [c.registry.change(cid) for cid in _change_ids(c)]
+            assert not any(b"Globex" in wire or b"deal0" in wire for wire in wires if wire is not None)
+            assert a.registry.engine.metrics["sync.subject_withheld"] >= 1
+
+
+def _change_ids(member) -> list[bytes]:  # type: ignore[no-untyped-def]
+    from registrygrid.storage import changes
+
+    store = member.registry.store
+    with store.read() as txn:
+        return list(changes.iter_ids(store, txn))
+
+
+async def test_an_equivocation_in_a_private_registry_is_reported_to_its_readers_and_nobody_else(
+        tmp_path: Path) -> None:
+    # The report carries both of the forked author's signed changes, the
+    # private records' content: it went to every member.
+    from registrygrid.engine.ops import Remote
+    from registrygrid.sdk import LocalRegistry
+    from test_engine import wires_in_feed_order
+
+    with trio.fail_after(90):
+        async with cluster(tmp_path, FAST) as nodes:
+            a = await nodes.start("a")
+            b = await nodes.start("b", a.fed.addrs())
+            c = await nodes.start("c", a.fed.addrs())
+            await full_mesh([a, b, c])
+            a.registry.create_registry(SECRETS, ["tool"], replication="private",
+                                       readers=[b.home.org().org])  # type: ignore[union-attr]
+            await _put(a, "real", 1)
+            # A clone of a's node key, with a's history, signs its next place otherwise.
+            twin = LocalRegistry.open_path(tmp_path / "twin", a.home.node_key(), owner=a.home.org().org)  # type: ignore[union-attr]
+            twin.execute([Remote(wire, "a") for wire in wires_in_feed_order(a.registry)])
+            twin.put(SECRETS, "tool", {"name": "TWIN-SECRET"}, id="twin")
+            forked = wires_in_feed_order(twin)[-1]
+            twin.close()
+            await _put(a, "again", 1)
+            await a.node.submit([Remote(forked, "twin")])
+            assert [d["registry"] for d in a.registry.disputes()] == [SECRETS]
+
+            def reports(member) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+                return [r for r in _held(member, "grid.disputes") if r["kind"] == "equivocation-report"]
+
+            await eventually(lambda: len(reports(b)) == 1, 20, "the report at the reader", interval=0.2)
+            await trio.sleep(FAST.sync_interval * 1.5)  # a full anti-entropy round and more
+            assert reports(c) == []
+            wires = [c.registry.change(cid) for cid in _change_ids(c)]
+            assert not any(b"TWIN-SECRET" in wire for wire in wires if wire is not None)

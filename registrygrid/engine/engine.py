@@ -43,6 +43,7 @@ from registrygrid.crdt.record import (
     actor_for,
 )
 from registrygrid.engine import registries as regs
+from registrygrid.engine import subjects
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.commit import Committing
 from registrygrid.engine.disputes import Disputing
@@ -486,14 +487,20 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
         return out
 
     def envelopes_after(self, registry: str, author: str, after_seq: int, *, limit: int = 1000,
-                        max_bytes: int = 4 * 2**20) -> list[bytes]:
-        """The author's changes in ``registry`` with seq > after_seq, in chain order, bounded."""
+                        max_bytes: int = 4 * 2**20, withheld: subjects.Withheld | None = None) -> list[bytes]:
+        """The author's changes in ``registry`` with seq > after_seq, in chain
+        order, bounded; none that ``withheld`` keeps from its reader."""
         out: list[bytes] = []
         size = 0
+        if withheld is not None and registry not in subjects.SUBJECT_REGISTRIES:
+            withheld = None
         with self.store.read() as txn:
             for _, cid in chains.links_after(self.store, txn, registry, author, after_seq):
                 wire = changes.wire(self.store, txn, cid)
                 if wire is None:
+                    continue
+                if withheld is not None and withheld.wire(txn, wire):
+                    self.metrics["sync.subject_withheld"] += 1
                     continue
                 if out and size + len(wire) > max_bytes:
                     break

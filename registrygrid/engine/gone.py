@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+from registrygrid.engine import subjects
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
 from registrygrid.engine.ops import IngestResult, LinkPastGone
@@ -39,19 +40,25 @@ class GonePlaces(EngineCore):
 
     # ---- the responder
 
-    def gone_places(self, lacking: Mapping[tuple[str, str], tuple[int, int]]) -> list[GonePlace]:
+    def gone_places(self, lacking: Mapping[tuple[str, str], tuple[int, int]], *,
+                    withheld: subjects.Withheld | None = None) -> list[GonePlace]:
         """For each chain (registry, author) -> (after, sent): the runs of
         places after ``after`` that this node holds without their bytes
-        (``_gone_here``), among the first ``sent`` places it holds with
+        (``_gone_here``), or keeps from the reader ``withheld`` judges for
+        (engine/subjects.py), among the first ``sent`` places it holds with
         their bytes (what it sends) and the run right after them; at most
         MAX_GONE runs of at most MAX_GONE_RUN. Nothing (one read) on a node
-        that holds no erasure."""
+        that holds no erasure, for chains of registries none is kept of."""
         out: list[GonePlace] = []
         with self.store.read() as txn:
             if not erasures.any_held(self.store, txn):
-                return out
+                if withheld is None:
+                    return out
+                lacking = {chain: held for chain, held in lacking.items()
+                           if chain[0] in subjects.SUBJECT_REGISTRIES}
             for (registry, author), (after, sent) in sorted(lacking.items()):
-                for first, last in self._gone_runs(txn, registry, author, after, sent):
+                kept = withheld if withheld is not None and registry in subjects.SUBJECT_REGISTRIES else None
+                for first, last in self._gone_runs(txn, registry, author, after, sent, kept):
                     out.append(GonePlace(registry, author, first, last))
                     if len(out) >= MAX_GONE:
                         return out
@@ -59,13 +66,14 @@ class GonePlaces(EngineCore):
         return out
 
     def _gone_runs(self, txn: Txn, registry: str, author: str, after: int,
-                   sent: int) -> Iterator[tuple[int, int]]:
+                   sent: int, withheld: subjects.Withheld | None) -> Iterator[tuple[int, int]]:
         """(first, last) of each run of gone places after ``after``, until
         the place held with its bytes past the first ``sent`` such, or
         MAX_GONE_RUN gone places in all (the puller asks again from there)."""
         held = walked = first = last = 0
         for seq, link in chains.links_after(self.store, txn, registry, author, after):
-            if self._gone_here(txn, registry, author, seq, link):
+            if self._gone_here(txn, registry, author, seq, link) \
+                    or (withheld is not None and withheld.change(txn, link)):
                 first, last = first or seq, seq
                 walked += 1
                 if walked >= MAX_GONE_RUN:

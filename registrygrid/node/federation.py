@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from registrygrid.engine import registries as regs
+from registrygrid.engine import subjects
 from registrygrid.errors import (
     MalformedInput,
     NotMember,
@@ -396,10 +397,15 @@ class Federation:
 
     def _broadcastable(self, wire: bytes) -> bool:
         """May this local change go on the federation-wide gossip topic? Not
-        if its registry is private. (On the trio thread, per committed local
-        change: one LMDB read; built-in registries are never private.)"""
+        if its registry is private, nor if it is a built-in record that
+        speaks of a private or local registry (engine/subjects.py: its
+        readers sync it). (On the trio thread, per committed local change:
+        one LMDB read; built-in registries are never private.)"""
         assert self.node is not None
         registry = registry_of(wire)
+        if registry in subjects.SUBJECT_REGISTRIES:
+            with self.node.store.read() as txn:
+                return not subjects.Withheld(self.node.store, None).wire(txn, wire)
         if registry is None or registry in regs.BUILTINS:
             return True
         try:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from registrygrid.engine.ops import IngestResult, LinkPastGone, Remote
+from registrygrid.engine.subjects import ServedTo
 from registrygrid.errors import (
     MalformedInput,
     PolicyDenied,
@@ -121,8 +122,11 @@ class SyncService:
         reader = self._org_of(peer)
         if reader is None:  # not admitted: _blocked refused it above; never serve private data regardless
             raise PolicyDenied("this node does not serve you")
-        answer = functools.partial(answer_sync, request, self.node.engine, federation=self.federation,
-                                   reader=reader)
+        # Built-in records that speak of a registry the reader's org may not
+        # read (a private one's equivocation reports, erasure notices) are
+        # kept from it: engine/subjects.py.
+        answer = functools.partial(answer_sync, request, ServedTo(self.node.engine, reader),
+                                   federation=self.federation, reader=reader)
         try:
             response = await trio.to_thread.run_sync(answer, limiter=self._inbound)
         except (MalformedInput, TooLarge) as exc:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from registrygrid.engine import registries as regs
+from registrygrid.engine.subjects import SUBJECT_REGISTRIES
 from registrygrid.errors import MalformedInput, RegistryError
 from registrygrid.protocol import federated_search as wire
 from registrygrid.search import query as q
@@ -61,7 +62,12 @@ def readable_registries(registry: Any, org: str | None, *, member: bool) -> tupl
     """The registries a peer may search here: for a member of this node's
     federation (``org``), every registry its org may read (built-ins, shared
     ones, private ones that name it); for anyone else, the public ones."""
-    readable = list(regs.BUILTINS) if member else []
+    # Not the built-in records that speak of other registries (a private
+    # one's equivocation reports, erasure notices: engine/subjects.py): a
+    # node holds every one its org may read (sync brings them), so a query
+    # of them is answered at home, and a peer's answer or total would tell
+    # what a reader's node holds of registries the asker may not read.
+    readable = [name for name in regs.BUILTINS if name not in SUBJECT_REGISTRIES] if member else []
     for described in registry.iter_all(regs.REGISTRY_OF_REGISTRIES):
         desc = regs.descriptor_from_record(described)
         if (desc.readable_by(org) if member else desc.replication == "public"):
