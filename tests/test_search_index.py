@@ -453,3 +453,35 @@ def test_a_sort_by_a_field_counts_in_its_total_the_records_it_lists(corpus: Any,
     lacking = index.search(q.parse_query({"filter": {"not": {"field": field, "exists": True}}, "limit": 1}))
     assert found["total"] == listed and lacking["total"] > 0
     assert index.search(q.parse_query({"limit": 1}))["total"] == found["total"] + lacking["total"]
+
+
+def test_a_whole_number_bound_compares_exactly_and_one_past_the_indexs_integers_is_refused(tmp_path: Path) -> None:
+    # tantivy compared a path of whole numbers with a bound past 64 bits
+    # wrongly: `eq 1e19` matched every record, `ne` none; and a bound went
+    # through a float, so 2^53 + 1 was 2^53 and 2^63 - 1 was 2^63. A
+    # 400-digit bound was a 500 (OverflowError).
+    registry = LocalRegistry.open_path(tmp_path / "store")
+    registry.create_registry("acme.tools", ["tool"])
+    values = [0, 1, 2**53 + 1, 2**63 - 1, -2**63]
+    for i, value in enumerate(values):
+        registry.put("acme.tools", "tool", {"name": f"t{i}", "n": value}, id=f"t{i}")
+    index = SearchIndex(tmp_path / "index")
+    index.catch_up(registry, org_verified=lambda org: False, local_org=None)
+
+    def found(op: str, bound: int) -> list[int]:
+        query = q.parse_query({"filter": {"and": [{"field": "registry", "eq": "acme.tools"},
+                                                  {"field": "fields.n", op: bound}]}, "limit": 100})
+        return sorted(values[int(h.id[1:])] for h in _all(index, query))
+
+    for bound in (2**53, 2**53 + 1, 2**63 - 1, -2**63, 1):
+        assert found("eq", bound) == [v for v in values if v == bound]
+        assert found("ne", bound) == sorted(v for v in values if v != bound)
+        assert found("gt", bound) == sorted(v for v in values if v > bound)
+        assert found("le", bound) == sorted(v for v in values if v <= bound)
+    for bound in (2**63, 1e19, -2**63 - 1, -1e308, 10**400):
+        for op in ("eq", "gt", "lt"):
+            with pytest.raises(ValidationError) as refused:
+                q.parse_query({"filter": {"field": "fields.n", op: bound}})
+            assert refused.value.details[0]["path"] == f"/filter/{op}"
+    with pytest.raises(ValidationError):
+        q.parse_query({"filter": {"field": "price", "lt": 10**400}})  # a built-in number too

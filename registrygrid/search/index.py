@@ -532,8 +532,9 @@ class SearchIndex:
         if op == "eq" and isinstance(value, str):
             return tantivy.Query.term_query(self.schema, path, value)
         # Written out, never with an exponent: the query parser refused
-        # "-1e+16" (a 500), though it takes "1e+16".
-        bound = format(Decimal(repr(float(value))), "f")
+        # "-1e+16" (a 500), though it takes "1e+16". A whole number as it is
+        # (through a float, 2^63 - 1 became 2^63, past the index's integers).
+        bound = str(value) if isinstance(value, int) else format(Decimal(repr(float(value))), "f")
         syntax = {"eq": f"[{bound} TO {bound}]", "lt": f"{{* TO {bound}}}", "le": f"[* TO {bound}]",
                   "gt": f"{{{bound} TO *}}", "ge": f"[{bound} TO *]"}[op]
         return self.index.parse_query(f"{path}:{syntax}")

@@ -32,6 +32,7 @@ document (search/fields.py): the index compiles filters for tantivy
 from __future__ import annotations
 
 import math
+import sys
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -342,11 +343,23 @@ def parse_filter(obj: Any, path: str, budget: list[int] | None = None) -> Node:
 
 
 def _number(value: Any, at: str, *, kind: str = NUMBER) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _error(at, "a finite number")
+    if kind == "user" and not _USER_NUMBERS[0] <= value < _USER_NUMBERS[1]:
+        # The index keeps a record's whole numbers as 64-bit integers, and
+        # tantivy compared such a path with a bound past them wrongly (every
+        # record matched `eq 1e19`); a 400-digit one was a 500 (float()).
+        raise _error(at, f"a number from -2^63 to below 2^63 (the search index's integers; a listing's "
+                         f"`where` compares any number)")
+    if isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX or not math.isfinite(value):
         raise _error(at, "a finite number")
     if kind == DATE and not -MAX_DATE <= value <= MAX_DATE:
         raise _error(at, f"a date in ms since the epoch, at most {MAX_DATE} either way")
     return value
+
+
+_USER_NUMBERS = (-2**63, 2**63)
+_FLOAT_MAX = int(sys.float_info.max)  # math.isfinite() of a larger int raises OverflowError
 
 
 def _value(kind: str, value: Any, at: str) -> Any:
@@ -362,9 +375,7 @@ def _value(kind: str, value: Any, at: str) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):  # user fields: keyword or number
         raise _error(at, "a string or a number")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise _error(at, "a finite number")
-    return value
+    return value if isinstance(value, str) else _number(value, at, kind="user")
 
 
 def _parse_sort(given: Any, *, has_text: bool) -> SortKey:
