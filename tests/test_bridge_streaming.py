@@ -278,6 +278,46 @@ async def test_an_sse_stream_whose_client_left_frees_its_slot_without_waiting_fo
     assert 'rgrid_bridge_stream_connections{transport="sse"} 0.0' in await metrics_text(served)
 
 
+async def test_a_head_of_the_changefeed_as_a_stream_is_its_headers_alone(served: Served) -> None:
+    # A HEAD opened the stream: its events went out after the headers, as a
+    # body a client on the same connection reads as its next response, and
+    # it held one of the streams' slots.
+    from test_bridge_support import metrics_text, raw_request
+
+    await _write(served, 2, "h")
+    with trio.fail_after(10):
+        sock = await raw_request(served, "/v1/changes?since=0", "Accept: text/event-stream\r\nConnection: close\r\n",
+                                 method="HEAD")
+        received = b""
+        while chunk := await sock.recv(1 << 16):
+            received += chunk
+        sock.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head.lower()
+    assert body == b""
+    assert 'rgrid_bridge_stream_connections{transport="sse"} 1.0' not in await metrics_text(served)
+
+
+async def test_a_page_of_the_changefeed_never_says_its_next_is_past_the_head(served: Served) -> None:
+    # ``head`` was the hub's, which a commit hook moves on after the store
+    # holds the events a page reads: pages read while others wrote said
+    # next 9, head 8.
+    pages: list[tuple[int, int]] = []
+
+    async def poll(client: Any) -> None:
+        since = 0
+        for _ in range(150):
+            page = (await client.get("/v1/changes", params={"since": since})).json()
+            pages.append((page["next"], page["head"]))
+            since = page["next"]
+
+    with trio.fail_after(60):
+        async with served.client() as client, trio.open_nursery() as nursery:
+            nursery.start_soon(poll, client)
+            await _write(served, 60, "w")
+    assert all(next_ <= head for next_, head in pages), [p for p in pages if p[0] > p[1]]
+
+
 async def test_connections_past_the_cap_are_answered_503_and_closed_and_the_node_serves_on(
         nursery: trio.Nursery, tmp_path: Any) -> None:
     # The server kept every connection it was given: idle clients held the

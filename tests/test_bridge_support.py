@@ -73,16 +73,16 @@ async def start_served(nursery: trio.Nursery, home_dir: Path, config: BridgeConf
     return Served(node, bridge, home, info["url"], info["token"])
 
 
-async def raw_request(served: Served, path: str, headers: str = "") -> trio.socket.SocketType:
-    """A GET sent on a socket that reads only when told, with a small
-    receive buffer: the node's writes back up fast. ``headers``: more
+async def raw_request(served: Served, path: str, headers: str = "", *, method: str = "GET") -> trio.socket.SocketType:
+    """A request (a GET) sent on a socket that reads only when told, with a
+    small receive buffer: the node's writes back up fast. ``headers``: more
     header lines, each ending in CRLF."""
     where = urlsplit(served.url)
     sock = trio.socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     await sock.connect((where.hostname, where.port))
     auth = served.headers()["Authorization"]
-    await sock.send(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n{headers}\r\n".encode())
+    await sock.send(f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n{headers}\r\n".encode())
     return sock
 
 

@@ -99,6 +99,7 @@ from registrygrid.node.bridge.streaming import (
     SlowClient,
     long_poll,
     serve_sse,
+    sse_headers,
     serve_view_sse,
     serve_websocket,
 )
@@ -902,7 +903,10 @@ class Api:
         if wait:  # checked when the poll came in: a token revoked or expired while it waited gets nothing
             self.auth.recheck(request.headers.get("Authorization", ""), request.remote, request.path)
         self.read_note(token, registry or "*", f"changes after {since}" + (f" kind {kind}" if kind else ""))
-        return json_response({"events": [e.to_dict() for e in events], "next": cursor, "head": self.hub.head})
+        # The store's head: the hub's moves on in a commit hook, after the
+        # events this page read (``next`` was past ``head``).
+        return json_response({"events": [e.to_dict() for e in events], "next": cursor,
+                              "head": max(self.hub.head, self.registry.feed_head())})
 
     async def changes_ws(self, request: web.Request) -> web.StreamResponse:
         token, reader, since, registry, _ = self._feed_request(request)
@@ -911,6 +915,11 @@ class Api:
 
     async def _stream(self, request: web.Request, transport: str, serve: Any, reader: FeedReader | None,
                       since: int, token: Token) -> web.StreamResponse:
+        if request.method == "HEAD":
+            # The stream's headers alone: its events went out after them as a
+            # body (RFC 9110 9.3.2: a client reads them as the next
+            # response), and it held a stream's slot for as long.
+            return web.Response(headers=sse_headers(request))
         if self.streams >= self.max_streams:
             raise Unavailable(f"{self.max_streams} changefeed streams are open; use long-poll or retry later")
         request[STILL_ALLOWED] = partial(self._still_valid, token.id)

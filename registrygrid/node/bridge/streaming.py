@@ -201,14 +201,16 @@ def sse_frame(event: FeedEvent) -> bytes:
                                                   msgspec.json.encode(event.to_dict()))
 
 
+def sse_headers(request: web.Request) -> dict[str, str]:
+    """An SSE stream's headers (a HEAD's answer is these alone)."""
+    # nginx buffers proxied responses unless told not to.
+    return {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+            **_trace_headers(request)}
+
+
 async def serve_sse(request: web.Request, reader: FeedReader, hub: FeedHub, since: int,
                     heartbeat_s: float = HEARTBEAT_S) -> web.StreamResponse:
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-        # nginx buffers proxied responses unless told not to.
-        "X-Accel-Buffering": "no",
-        **_trace_headers(request),
-    })
+    response = web.StreamResponse(headers=sse_headers(request))
     await response.prepare(request)
     gone = asyncio.ensure_future(_until_gone(request))
     try:
@@ -307,9 +309,7 @@ async def serve_view_sse(request: web.Request, changes: Callable[[str | None], d
     gone = asyncio.ensure_future(_until_gone(request))
     response: web.StreamResponse | None = None
     try:
-        response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-            **_trace_headers(request)})
+        response = web.StreamResponse(headers=sse_headers(request))
         await response.prepare(request)
         await send(request, response.write(b"retry: %d\n\n" % SSE_RETRY_MS))
         cursor = after
