@@ -125,6 +125,21 @@ async def test_list_filters_where_and_cursor_pages(served: Served) -> None:
             assert_error(await client.get(RECORDS, params={"cursor": "!!"}), 422, "validation_failed")
 
 
+async def test_a_listing_refuses_what_its_openapi_document_refuses_naming_the_parameter(served: Served) -> None:
+    # An owner past the document's 256 characters and a where filter past
+    # its 1024 were answered 200; a bad cursor and a 17th filter were 422s
+    # that named no part (details null), though the document says 422
+    # lists every failing path.
+    with trio.fail_after(30):
+        async with served.client() as client:
+            refused = {"owner": [("owner", "did:key:z" + "a" * 300)],
+                       "where": [("where", "name:eq:" + "x" * 1100)],
+                       "cursor": [("cursor", "!!")]}
+            for name, params in {**refused, "where ": [("where", f"n:ge:{i}") for i in range(17)]}.items():
+                err = assert_error(await client.get(RECORDS, params=params), 422, "validation_failed")
+                assert [d["path"] for d in err["details"]] == [f"query:{name.strip()}"], err
+
+
 async def test_a_parameter_given_twice_is_refused_unless_it_adds_a_condition(served: Served) -> None:
     # Handlers read the first of two: ?registry=a&registry=b answered for a
     # while a proxy or a log reading the last saw b.

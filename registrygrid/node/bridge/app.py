@@ -104,7 +104,7 @@ from registrygrid.node.bridge.streaming import (
     serve_websocket,
 )
 from registrygrid.protocol import limits, names
-from registrygrid.sdk import LocalRegistry, Page
+from registrygrid.sdk import LocalRegistry, Page, decode_cursor
 from registrygrid.search import views as saved_views
 from registrygrid.search.query import describe_fields
 from registrygrid.storage import feed, idempotency, tokens
@@ -122,6 +122,8 @@ MERGE_PATCH = "application/merge-patch+json"
 # check on every candidate record, so a handful is plenty and a bound keeps
 # one request cheap.
 MAX_WHERE = openapi.MAX_WHERE
+MAX_WHERE_CHARS = openapi.MAX_WHERE_CHARS
+MAX_OWNER_CHARS = openapi.MAX_OWNER_CHARS
 # Bodies nest at most this deep: the record nesting cap plus the request
 # wrapper's own levels ({"fields": ...}, {"schema": {...}} of a kind).
 MAX_BODY_DEPTH = limits.MAX_NESTING + 4
@@ -306,9 +308,13 @@ def parse_value(text: str) -> Any:
 
 def parse_where(values: list[str]) -> list[tuple[str, str, Any]]:
     if len(values) > MAX_WHERE:
-        raise ValidationError(f"at most {MAX_WHERE} where filters")
+        raise ValidationError(f"at most {MAX_WHERE} where filters",
+                              details=[{"path": "query:where", "message": f"{len(values)} filters"}])
     out = []
     for text in values:
+        if len(text) > MAX_WHERE_CHARS:  # as the OpenAPI document says
+            raise ValidationError(f"a where filter is at most {MAX_WHERE_CHARS} characters",
+                                  details=[{"path": "query:where", "message": f"{len(text)} characters"}])
         path, op, raw = (text.split(":", 2) + ["", ""])[:3]
         if not _WHERE_PATH.fullmatch(path) or op not in _WHERE_OPS:
             raise ValidationError(
@@ -698,10 +704,20 @@ class Api:
         if sort != "id":
             raise ValidationError("sort: only 'id' ((registry, id) order) is supported; it keeps cursors stable "
                                   "under concurrent inserts", details=[{"path": "query:sort", "message": "not 'id'"}])
+        owner, cursor = request.query.get("owner") or None, request.query.get("cursor") or None
+        if owner is not None and len(owner) > MAX_OWNER_CHARS:  # as the OpenAPI document says
+            raise ValidationError(f"owner: an org's did:key, at most {MAX_OWNER_CHARS} characters",
+                                  details=[{"path": "query:owner", "message": f"{len(owner)} characters"}])
+        if cursor is not None:
+            try:
+                decode_cursor(cursor)
+            except ValidationError as exc:  # it named no part: every other bad parameter does
+                raise ValidationError(exc.message, details=[{"path": "query:cursor", "message": "not a cursor "
+                                                             "this listing gave"}]) from None
         filters: dict[str, Any] = {
             "kind": q_name(request, "kind", names.kind_name), "tag": q_name(request, "tag", names.tag),
-            "owner": request.query.get("owner") or None, "where": parse_where(request.query.getall("where", [])),
-            "limit": q_int(request, "limit", 100, 1, 1000) or 100, "cursor": request.query.get("cursor") or None,
+            "owner": owner, "where": parse_where(request.query.getall("where", [])),
+            "limit": q_int(request, "limit", 100, 1, 1000) or 100, "cursor": cursor,
             "include_deleted": q_bool(request, "include_deleted"), "conflicted": q_bool(request, "conflicted")}
         headers: dict[str, str] | None = None
         try:

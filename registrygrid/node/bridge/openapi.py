@@ -1019,6 +1019,8 @@ IF_MATCH = _header("If-Match", "a quoted change id (the ETag of a read or a writ
 LIST_CURSOR = {"type": "string", "pattern": CURSOR_PATTERN, "maxLength": 1024}
 # A field filter of a listing (app.py parse_where): PATH:OP:VALUE.
 MAX_WHERE = 16  # each is a scan-time check on every candidate record: a handful is plenty (app.py)
+MAX_WHERE_CHARS = 1024
+MAX_OWNER_CHARS = 256
 WHERE_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "contains")
 WHERE_PATH = "^[A-Za-z0-9_.-]{1,256}$"
 LOCATION = {"Location": {"description": "URL of what was created", "schema": STRING}}
@@ -1030,9 +1032,9 @@ SOURCE = {"X-Registry-Source": {
     "schema": {"enum": ["followed"]}}}
 ETAG = {"ETag": {"description": "the record's change id, quoted", "schema": STRING}}
 LIST_PARAMS = [
-    _query("kind", KIND_NAME), _query("tag", TAG), _query("owner", {"type": "string", "maxLength": 256}),
+    _query("kind", KIND_NAME), _query("tag", TAG), _query("owner", {"type": "string", "maxLength": MAX_OWNER_CHARS}),
     _query("where", {"type": "array", "maxItems": MAX_WHERE,
-                     "items": {"type": "string", "maxLength": 1024,
+                     "items": {"type": "string", "maxLength": MAX_WHERE_CHARS,
                                "pattern": f"{WHERE_PATH[:-1]}:({'|'.join(WHERE_OPS)}):"}},
            "field filter PATH:OP:VALUE, OP one of eq ne lt le gt ge contains; VALUE is JSON or a string; "
            "repeatable (all must hold)", style="form", explode=True),
