@@ -475,6 +475,10 @@ class LocalRegistry:
             record = records.get_record(self.store, txn, registry, id)
             if record is None and registry not in regs.BUILTINS:
                 self._require_registry(txn, registry)
+            if record is not None and not include_deleted and regs.is_deleted(self.store, txn, registry):
+                # Unknown, as its listing answers (a deleted registry's
+                # records were read one by one, listed with the others).
+                raise regs.unknown_registry(registry)
         if record is None:
             self._raise_if_erased(registry, id)
         if record is None or (record["deleted"] and not include_deleted):
@@ -505,11 +509,18 @@ class LocalRegistry:
         more = False
         with self.store.read() as txn:
             if registry is not None and registry not in regs.BUILTINS:
-                self._require_registry(txn, registry)
+                regs.lookup(self.store, txn, registry, include_deleted=include_deleted)
+            deleted: dict[str, bool] = {}  # a listing across registries leaves out the deleted ones'
             for record in records.iter_records(self.store, txn, registry=registry, kind=kind, owner=owner,
                                                tag=tag, conflicted=conflicted, after=after):
                 if record["deleted"] and not include_deleted:
                     continue
+                if registry is None and not include_deleted:
+                    held = record["registry"]
+                    if held not in deleted:
+                        deleted[held] = regs.is_deleted(self.store, txn, held)
+                    if deleted[held]:
+                        continue
                 if where and not matches_where(record, where):
                     continue
                 if len(items) == limit:
@@ -534,6 +545,8 @@ class LocalRegistry:
         names.record_id(id)
         out = []
         with self.store.read() as txn:
+            if registry not in regs.BUILTINS:
+                self._require_registry(txn, registry)  # a deleted one's too: unknown, as to its listing
             for feed_seq, cid in records.history(self.store, txn, registry, id):
                 wire = changes.wire(self.store, txn, cid)
                 body = open_envelope(wire, verify=False).body  # type: ignore[arg-type]

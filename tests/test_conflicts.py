@@ -344,9 +344,11 @@ def test_writes_that_raced_a_registrys_delete_land_everywhere_and_none_are_made_
     assert record["fields"]["region"] == "us"
     assert pair.a.state_digest() == pair.b.state_digest() == pair.c.state_digest()
     for grid in (pair.a, pair.b, pair.c):
-        assert grid.get(REG, "y")["fields"] == {"name": "y"}
+        assert grid.get(REG, "y", include_deleted=True)["fields"] == {"name": "y"}
         with pytest.raises(UnknownRegistry):
             grid.list(REG)
+        with pytest.raises(UnknownRegistry):  # as its listing: read one by one, they were there
+            grid.get(REG, "y")
         with pytest.raises(UnknownRegistry):
             grid.put(REG, "cluster", {"name": "z"}, id="z")
         with pytest.raises(UnknownRegistry):

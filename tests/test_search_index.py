@@ -485,3 +485,35 @@ def test_a_whole_number_bound_compares_exactly_and_one_past_the_indexs_integers_
             assert refused.value.details[0]["path"] == f"/filter/{op}"
     with pytest.raises(ValidationError):
         q.parse_query({"filter": {"field": "price", "lt": 10**400}})  # a built-in number too
+
+
+def test_a_deleted_registrys_records_are_unknown_to_every_read_and_to_search_until_it_comes_back(
+        tmp_path: Path) -> None:
+    # Its listing said unknown registry, yet a record read, its history,
+    # the listing across registries and search all gave its records.
+    from registrygrid.errors import UnknownRegistry
+
+    registry, index = _thirty_tools_indexed(tmp_path)
+    registry.create_registry("acme.kept", ["tool"])
+    registry.put("acme.kept", "tool", {"name": "k"}, id="k")
+    registry.delete("grid.registries", "acme.tools")
+    index.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    for read in (lambda: registry.get("acme.tools", "c1"), lambda: registry.history("acme.tools", "c1"),
+                 lambda: registry.list("acme.tools")):
+        with pytest.raises(UnknownRegistry):
+            read()
+    assert {r["registry"] for r in registry.iter_all()} == {"grid.registries", "acme.kept"}
+    assert registry.get("acme.tools", "c1", include_deleted=True)["fields"]["name"] == "c1"  # forensics
+    assert len(registry.list("acme.tools", include_deleted=True, limit=100).items) == 30
+
+    def registries_found() -> set[str]:
+        return {h.registry for h in _all(index, q.parse_query({"limit": 100}))} - {"grid.registries"}
+
+    assert registries_found() == {"acme.kept"}
+    # Back (an update of its descriptor that wins over the delete): its
+    # records are found again, though no event of theirs says so.
+    registry.put("grid.registries", "registry", {"name": "acme.tools", "kinds": ["tool"]}, id="acme.tools")
+    index.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    assert len(registry.list("acme.tools", limit=100).items) == 30
+    assert registries_found() == {"acme.kept", "acme.tools"}
+    assert len([h for h in _all(index, q.parse_query({"limit": 100})) if h.registry == "acme.tools"]) == 30

@@ -242,6 +242,18 @@ def lookup(store: Any, txn: Any, name: str, *, include_deleted: bool = False) ->
     return descriptor_from_record(record)
 
 
+def is_deleted(store: Any, txn: Any, name: str) -> bool:
+    """Whether ``name``'s descriptor is held here deleted: its records are
+    unknown to readers as it is (``lookup``). One read, no parse of the
+    descriptor: a record read asks it."""
+    from registrygrid.storage import records
+
+    if name in BUILTINS:
+        return False
+    record = records.get_record(store, txn, REGISTRY_OF_REGISTRIES, name)
+    return record is not None and bool(record["deleted"])
+
+
 def unknown_registry(name: str) -> UnknownRegistry:
     return UnknownRegistry(
         f"no registry named {name!r}; create it with `rgrid registry create {name} --kind KIND` "

@@ -55,6 +55,7 @@ from registrygrid.errors import (
 )
 from registrygrid.files import read_json
 from registrygrid.home import write_json_durably
+from registrygrid.engine.registries import REGISTRY_OF_REGISTRIES
 from registrygrid.search import query as q
 from registrygrid.search.fields import normalize
 
@@ -118,6 +119,22 @@ def _disk_refusals(path: Path) -> Iterator[None]:
 
 
 _INDEX_FIX = "free space; the index catches up by itself after the next write"
+
+
+def _written_before(registry: Any, name: str, cursor: int) -> list[str]:
+    """The ids of ``name``'s records whose last change the feed gave at or
+    before ``cursor`` (the others come with the events still to read: an
+    index rebuilt from the start takes each record once)."""
+    from registrygrid.storage import records
+
+    store = registry.store
+    out = []
+    with store.read() as txn:
+        for record in records.iter_records(store, txn, registry=name):
+            seqs = [feed_seq for feed_seq, _ in records.history(store, txn, name, record["id"])]
+            if seqs and max(seqs) <= cursor:
+                out.append(record["id"])
+    return out
 
 
 def doc_key(registry: str, record_id: str) -> str:
@@ -313,6 +330,7 @@ class SearchIndex:
             done = 0
             while self.cursor < head and (limit is None or done < limit):
                 touched: dict[tuple[str, str], None] = {}
+                described: dict[str, str] = {}  # registry -> its descriptor's last event type in this batch
                 last, at = self.cursor, self.at
                 while last < head and len(touched) < COMMIT_EVERY and (limit is None or done < limit):
                     events = registry.changes(last, limit=BATCH if limit is None else min(BATCH, limit - done))
@@ -320,12 +338,17 @@ class SearchIndex:
                         break
                     touched.update(dict.fromkeys((e.registry, e.record) for e in events
                                                  if e.registry not in NOT_INDEXED))
+                    described.update((e.record, e.type) for e in events if e.registry == REGISTRY_OF_REGISTRIES)
                     last, at = events[-1].seq, events[-1].change
                     done += len(events)
                     if progress is not None:
                         progress(last, head)
                 if last == self.cursor:
                     break
+                closed, reopened = self._registries_closed_or_reopened(registry, described)
+                for name in reopened:  # its records came back with its descriptor: no event of theirs says so
+                    touched.update(dict.fromkeys((name, record_id) for record_id in
+                                                 _written_before(registry, name, self.cursor)))
                 docs = []
                 for reg, record_id in touched:
                     try:
@@ -334,7 +357,7 @@ class SearchIndex:
                         continue
                     docs.append(normalize(record, org_verified=org_verified, local_org=local_org))
                 try:
-                    self._apply([doc_key(r, i) for r, i in touched], docs)
+                    self._apply([doc_key(r, i) for r, i in touched], docs, closed)
                 except IntegrityError as exc:
                     # Once while open: damage comes from a crash, which a start
                     # over mends; what it did not mend (a document tantivy
@@ -363,9 +386,34 @@ class SearchIndex:
             self.catch_up_vectors(registry)
             return events
 
-    def _apply(self, keys: Iterable[str], docs: list[dict[str, Any]]) -> None:
+    def _registries_closed_or_reopened(self, registry: Any, described: Mapping[str, str]) -> tuple[list[str], list[str]]:
+        """Of the registries whose descriptors a batch changed: those deleted
+        (their records are unknown to readers: every document of theirs
+        goes, though no event of the records says so), and those that may
+        be back from a delete (open, with records, none indexed: the ones
+        the feed brought before this batch are indexed again)."""
+        closed, reopened = [], []
+        for name in described:
+            try:
+                held = registry.list(name, limit=1).items
+            except RegistryError:  # deleted (unknown to readers), whatever the event said
+                closed.append(name)
+                continue
+            if held and not self._holds_any(name):
+                reopened.append(name)
+        return closed, reopened
+
+    def _holds_any(self, registry_name: str) -> bool:
+        """Whether any document of the registry is indexed."""
+        searcher = self.index.searcher()
+        found = searcher.search(tantivy.Query.term_query(self.schema, "registry", registry_name), 1, count=False)
+        return bool(found.hits)
+
+    def _apply(self, keys: Iterable[str], docs: list[dict[str, Any]], closed: Iterable[str] = ()) -> None:
         with _disk_refusals(self.path):
             writer = self.index.writer(WRITER_HEAP, 1)
+            for name in closed:
+                writer.delete_documents_by_term("registry", name)
             for key in keys:
                 writer.delete_documents_by_term("key", key)
             for doc in docs:
