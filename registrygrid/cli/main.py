@@ -29,8 +29,8 @@ from registrygrid.cli.values import (
     check_writable,
     loads_json,
     parse_assignments,
-    parse_value,
     parse_where,
+    parse_where_value,
     read_json_file,
     typed_text,
 )
@@ -360,8 +360,10 @@ def _json_or_file(text: str, option: str) -> Any:
 
 def search_comparison(text: str) -> dict[str, Any]:
     """``--where PATH:OP:VALUE`` as a comparison of the query language
-    (search/query.py). VALUE is JSON when it parses, else the plain string;
-    for ``in`` a JSON list or values separated by commas; ``exists`` alone means true."""
+    (search/query.py). VALUE is JSON when it parses, else the plain string,
+    as `rgrid list --where` reads it (values.parse_where_value: no Infinity,
+    NaN or number past the node's parser); for ``in`` a JSON list or values
+    separated by commas; ``exists`` alone means true."""
     path, _, rest = text.partition(":")
     op, _, raw = rest.partition(":")
     if not path or op not in search_query.OPERATORS:
@@ -369,12 +371,12 @@ def search_comparison(text: str) -> dict[str, Any]:
                               f"{' '.join(search_query.OPERATORS)}")
     value: Any
     if op == "exists":
-        value = True if raw == "" else parse_value(raw)
+        value = True if raw == "" else parse_where_value(raw)
     elif op == "in":
-        parsed = parse_value(raw)
-        value = parsed if isinstance(parsed, list) else [parse_value(part) for part in raw.split(",")]
+        parsed = parse_where_value(raw)
+        value = parsed if isinstance(parsed, list) else [parse_where_value(part) for part in raw.split(",")]
     else:
-        value = parse_value(raw)
+        value = parse_where_value(raw)
     return {"field": path, op: value}
 
 

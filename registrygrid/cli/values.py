@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from registrygrid.errors import FileFailed, MalformedInput, NotFound, ValidationError
 from registrygrid.jsonkeys import repeated_name
@@ -92,6 +95,64 @@ def parse_value(text: str) -> Any:
         return text
     except RecursionError:
         raise MalformedInput(f"value {text[:40]!r}... nests arrays or objects too deeply to read") from None
+    except ValueError:  # an integer longer than sys.get_int_max_str_digits(): a traceback, uncaught
+        raise ValidationError(f"value {_shown(text)} holds an integer of more than {sys.get_int_max_str_digits()} "
+                              "digits, more than Python reads") from None
+
+
+def parse_where_value(text: str, option: str = "--where") -> Any:
+    """A filter's VALUE, read as the node's bridge reads it (node/bridge/app.py
+    parse_value: msgspec's JSON, else the plain string), so that a filter
+    answers the same whether the CLI reads the store itself or asks the
+    running node (which gets the value as json.dumps wrote it, client/calls.py).
+
+    Python's json.loads read more than msgspec does: Infinity, NaN and 1e999
+    as floats (`n<Infinity` listed every record offline, none through the
+    node, which took the text "Infinity" for a string) and it raised a bare
+    ValueError for an integer past sys.get_int_max_str_digits(), which
+    msgspec refuses too. Such a number is refused here, naming it, before
+    anyone is asked; the bridge itself takes it for a plain string."""
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.ValidationError:  # decoding untyped, msgspec refuses only numbers out of range
+        digits = text.strip().lstrip("-")
+        if digits.isascii() and digits.isdigit():
+            raise ValidationError(f"{option} value {_shown(text)}: an integer of {len(digits)} digits is more than "
+                                  f"the {sys.get_int_max_str_digits()} a node reads") from None
+        raise ValidationError(f"{option} value {_shown(text)} holds a number out of range: JSON numbers here are "
+                              "finite, at most about 1.8e308 either side of 0") from None
+    except RecursionError:
+        raise MalformedInput(f"{option} value {_shown(text)} nests arrays or objects too deeply to read") from None
+    except msgspec.DecodeError:
+        pass
+    constant = _non_finite_constant(text)
+    if constant is not None:
+        raise ValidationError(f"{option} value {_shown(text)}: {constant} is not a number a node reads (JSON has "
+                              f"no Infinity or NaN); to compare with the string, quote it: '\"{constant}\"'")
+    return text
+
+
+def _non_finite_constant(text: str) -> str | None:
+    """The Infinity, -Infinity or NaN that makes ``text`` JSON to Python's
+    parser (which reads them, unlike RFC 8259 and msgspec), if any."""
+    found: list[str] = []
+
+    def constant(name: str) -> float:
+        found.append(name)
+        return math.nan
+
+    try:
+        json.loads(text, parse_constant=constant)
+    except (ValueError, RecursionError):
+        return None
+    return found[0] if found else None
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for an error message, cut short when long (a 5000-digit number)."""
+    if len(text) <= 40:
+        return repr(text)
+    return f"{text[:20]!r}... ({len(text)} characters)"
 
 
 def parse_assignments(assignments: list[str] | tuple[str, ...], base: Any) -> dict[str, Any]:
@@ -127,7 +188,7 @@ def parse_where(text: str) -> tuple[str, str, Any]:
         raise ValidationError(f"bad filter {text!r}: after {op!r} the value {raw!r} starts with an operator; "
                               f"operators are = != < <= > >= ~ (quote a string value that starts so: "
                               f"{path}{op}'\"{raw}\"')")
-    return path, _OPS[op], parse_value(raw)
+    return path, _OPS[op], parse_where_value(raw)
 
 
 def check_writable(path: Path, option: str = "--out") -> None:

@@ -349,8 +349,8 @@ def _number(value: Any, at: str, *, kind: str = NUMBER) -> float | int:
         # The index keeps a record's whole numbers as 64-bit integers, and
         # tantivy compared such a path with a bound past them wrongly (every
         # record matched `eq 1e19`); a 400-digit one was a 500 (float()).
-        raise _error(at, f"a number from -2^63 to below 2^63 (the search index's integers; a listing's "
-                         f"`where` compares any number)")
+        raise _error(at, "a number from -2^63 to below 2^63 (the search index's integers; a listing's "
+                         "`where` compares any number)")
     if isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX or not math.isfinite(value):
         raise _error(at, "a finite number")
     if kind == DATE and not -MAX_DATE <= value <= MAX_DATE:
