@@ -4,6 +4,7 @@ proven, replicated and quarantined. Real stores exchanging real envelopes."""
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from pathlib import Path
@@ -478,6 +479,7 @@ def _fork_in_two_registries(one: LocalRegistry, two: LocalRegistry, c: LocalRegi
         return [Remote(w, "peer") for w in wires(source) if open_envelope(w).body.registry == registry]
 
     one.execute(of(two, FIELDS))
+    time.sleep(0.005)  # two's report on another clock: in one millisecond the clones' reports are one change
     two.execute(of(one, FIELDS))
     return of
 

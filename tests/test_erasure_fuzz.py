@@ -1308,6 +1308,9 @@ def test_a_supplement_vouches_alike_on_nodes_that_read_it_before_and_after_its_k
     parked s for good (a random revocation history with erasures)."""
     org_a, org_b, k_key = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
     a, b2 = org_node(tmp_path / "a", org_a), org_node(tmp_path / "b2", org_b)
+    # A delegation starts on its whole second: signed at x.999 it held one
+    # second, too short for what k does next on a loaded machine.
+    time.sleep(1.01 - time.time() % 1)
     k = LocalRegistry.open_path(tmp_path / "k", k_key,
                                 delegation=sign_delegation(org_b, k_key.did, ["node", "writer"], valid_for=2))
     x, y = org_node(tmp_path / "x", KeyPair.generate()), org_node(tmp_path / "y", KeyPair.generate())
@@ -1399,8 +1402,9 @@ def _lapsed_edit(tmp_path: Path) -> tuple[LocalRegistry, LocalRegistry, LocalReg
         return LocalRegistry.open_path(tmp_path / name, key, federation=genesis, delegation=sign_delegation(
             org, key.did, ["node", "writer"], valid_for=valid_for))
 
-    a, x, k = member("a", org_a, KeyPair.generate()), member("x", org_b, KeyPair.generate()), \
-        member("k", org_b, k_key, valid_for=2)
+    a, x = member("a", org_a, KeyPair.generate()), member("x", org_b, KeyPair.generate())
+    time.sleep(1.01 - time.time() % 1)  # a delegation starts on its whole second: so it holds two
+    k = member("k", org_b, k_key, valid_for=2)
     a.create_registry("open.things", ["cluster"], write_policy="members")
     a.put("open.things", "cluster", {"name": "of-A"}, id="r")
     deliver(k, wires(a))
