@@ -517,3 +517,37 @@ def test_a_deleted_registrys_records_are_unknown_to_every_read_and_to_search_unt
     assert len(registry.list("acme.tools", limit=100).items) == 30
     assert registries_found() == {"acme.kept", "acme.tools"}
     assert len([h for h in _all(index, q.parse_query({"limit": 100})) if h.registry == "acme.tools"]) == 30
+
+
+@pytest.mark.parametrize("weighted", [False, True])  # BM25 alone; reranked by freshness in the head window
+def test_a_relevance_walk_sees_every_match_once_while_records_are_inserted_and_deleted(
+        tmp_path: Path, weighted: bool) -> None:
+    # A page was a position in the list as the index held it then: better
+    # matches inserted between pages pushed records already seen onto later
+    # pages again, and deletes of seen ones pulled unseen ones before the
+    # walk's position, so they never came.
+    registry = LocalRegistry.open_path(tmp_path / "store")
+    registry.create_registry("acme.tools", ["tool"])
+    for i in range(40):
+        registry.put("acme.tools", "tool", {"name": "zebra " + "filler " * (i % 7)}, id=f"t{i:03d}")
+    index = SearchIndex(tmp_path / "index")
+    index.catch_up(registry, org_verified=lambda org: False, local_org=None)
+    body: dict[str, Any] = {"text": "zebra", "limit": 10, **({"weights": {"freshness": 1}} if weighted else {})}
+    seen: list[str] = []
+    cursor, n = None, 0
+    while True:
+        answer = index.search(q.parse_query({**body, **({"cursor": cursor} if cursor else {})}))
+        seen += [h.id for h in answer["hits"]]
+        for _ in range(5):  # stronger matches than any seen, and seen ones deleted
+            registry.put("acme.tools", "tool", {"name": "zebra zebra zebra"}, id=f"n{n:03d}")
+            n += 1
+        for gone in seen[-3:]:
+            registry.delete("acme.tools", gone)
+        index.catch_up(registry, org_verified=lambda org: False, local_org=None)
+        cursor = answer["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)), "no record twice"
+    assert set(seen) == {f"t{i:03d}" for i in range(40)}, "every match of when the walk began, and no other"
+    fresh = index.search(q.parse_query(body))  # a new walk reads the index as it is now
+    assert all(h.id.startswith("n") for h in fresh["hits"])

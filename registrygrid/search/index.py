@@ -79,6 +79,14 @@ FRESHNESS_HALF_LIFE_DAYS = 30.0
 # window, which they too keep fixed while paging); 100 kept the reranked
 # top 10 at ~4 ms p50 over 100k records (bench_search).
 RERANK_WINDOW = 100
+# A relevance walk reads every page from the index as it was at its first
+# (a pinned searcher: tantivy's snapshot of its segments), as a scroll or a
+# point in time does in Elasticsearch: a page is a position in one list, and
+# writes between pages moved it (records came back, others never came).
+# Kept this long after its last page, and this many walks at once (the
+# oldest goes first): a walk paused longer goes on over the index as it is.
+PIN_SECONDS = 300
+MAX_PINNED = 64
 _KEYWORDS = ("registry", "id", "kind", "owner", "name", "category", "region", "status")
 # A keyword sort's keyset needs "after this string", which tantivy answers
 # for numbers only (no range query over text): each keyword field also
@@ -197,6 +205,8 @@ class SearchIndex:
         self.schema = _schema()
         self._write_lock = threading.RLock()  # one writer: catch-up and rebuild take turns
         self.vectors: Any = None  # a semantic.VectorIndex, when the semantic extra runs
+        self._pinned: dict[str, tuple[Any, int, int, float]] = {}  # walk -> (searcher, now_ms, through, kept until)
+        self._pins_lock = threading.Lock()
         self._open()
 
     # ------------------------------------------------------------ lifecycle
@@ -487,15 +497,21 @@ class SearchIndex:
                now_ms: int | None = None) -> dict[str, Any]:
         """The query's hits (keys, scores, explanations), facets and next cursor.
         ``registries`` narrows it further (a token scoped to one registry)."""
-        searcher = self.index.searcher()
-        base = self._base(query, registries)
+        searcher = None
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        walk, through = "", self.cursor  # read first: a new searcher holds at least this much of the feed
+        if query.sort.field == "relevance":
+            walk, searcher, now_ms, through = self._walk_of(query, now_ms, through)
+        searcher = searcher or self.index.searcher()
+        base = self._base(query, registries)
         if query.mode != "text" and self.vectors is None:
             from registrygrid.search.semantic import EXTRA_HINT
 
             raise FeatureUnavailable(EXTRA_HINT)
         if query.sort.field == "relevance":
-            hits, next_cursor = self._by_relevance(searcher, query, base, now_ms, registries)
+            hits, next_cursor = self._by_relevance(searcher, query, base, now_ms, registries, walk)
+            if next_cursor is not None:
+                self._pin(walk, searcher, now_ms, through)
             listed = base
         else:
             hits, next_cursor = self._by_field(searcher, query, base)
@@ -504,7 +520,7 @@ class SearchIndex:
             listed = _and(base, tantivy.Query.exists_query(query.sort.field))
         total = searcher.search(listed, 1, count=True).count
         facets = self._facets(searcher, query, base) if query.facets else {}
-        return {"hits": hits, "total": total, "facets": facets, "next_cursor": next_cursor}
+        return {"hits": hits, "total": total, "facets": facets, "next_cursor": next_cursor, "through": through}
 
     def _base(self, query: q.Query, registries: tuple[str, ...] | None, *, text: bool = True) -> tantivy.Query:
         """The query's text (unless ``text`` is false, or it is matched by
@@ -589,10 +605,35 @@ class SearchIndex:
 
     # ------------------------------------------------------------ orders
 
+    def _walk_of(self, query: q.Query, now_ms: int, through: int) -> tuple[str, Any, int, int]:
+        """A relevance walk's id, and the searcher, clock and feed cursor its
+        pages read (no searcher on its first page, or once it was let go:
+        then the index as it is now). The cursor's key names the walk."""
+        if query.cursor is None:
+            return secrets.token_hex(8), None, now_ms, through
+        walk = q.decode_cursor(query.cursor, query.sort).key
+        with self._pins_lock:
+            pinned = self._pinned.get(walk)
+        if pinned is None:
+            return walk, None, now_ms, through
+        return walk, pinned[0], pinned[1], pinned[2]
+
+    def _pin(self, walk: str, searcher: Any, now_ms: int, through: int) -> None:
+        """Keep ``walk``'s searcher for its next page (PIN_SECONDS from now)."""
+        now = time.monotonic()
+        with self._pins_lock:
+            for stale in [w for w, (_, _, _, until) in self._pinned.items() if until < now]:
+                del self._pinned[stale]
+            self._pinned.pop(walk, None)
+            while len(self._pinned) >= MAX_PINNED:
+                del self._pinned[next(iter(self._pinned))]  # the one whose page came longest ago
+            self._pinned[walk] = (searcher, now_ms, through, now + PIN_SECONDS)
+
     def _by_relevance(self, searcher: Any, query: q.Query, base: tantivy.Query, now_ms: int,
-                      registries: tuple[str, ...] | None) -> tuple[list[Hit], str | None]:
+                      registries: tuple[str, ...] | None, walk: str) -> tuple[list[Hit], str | None]:
         """One page of the query's one fixed order (every page of a walk
-        cuts the same list): a cursor is a position in it.
+        cuts the same list, read by the same searcher: ``_walk_of``): a
+        cursor is a position in it.
 
         Text alone: best BM25 first, ties in tantivy's order (``_text_order``).
         Freshness, trust, boosts and meaning rerank the best ``RERANK_WINDOW``
@@ -625,7 +666,7 @@ class SearchIndex:
             hits = text
         page = hits[start:start + query.limit]
         more = start + query.limit < min(len(hits), q.MAX_RELEVANCE_WINDOW)
-        cursor = q.encode_cursor(q.Cursor("relevance", start + query.limit, page[-1].key)) if page and more else None
+        cursor = q.encode_cursor(q.Cursor("relevance", start + query.limit, walk)) if page and more else None
         return page, cursor
 
     def _text_order(self, searcher: Any, base: tantivy.Query, n: int) -> list[Hit]:

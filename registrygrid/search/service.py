@@ -38,8 +38,8 @@ def answer(index: SearchIndex, registry: Any, body: Any, *, registries: tuple[st
     """The answer to a query: its hits as records (in order), the total,
     facets and the next cursor. ValidationError names a bad part of it."""
     query = q.parse_query(body)
-    indexed_through = index.cursor  # read first: the hits reflect at least this much of the feed
     found = index.search(query, registries=registries)
+    indexed_through = found["through"]  # the hits reflect at least this much of the feed (a walk's, its first page's)
     items = []
     for hit in found["hits"]:
         try:
