@@ -122,6 +122,18 @@ def test_a_non_finite_where_number_is_refused_naming_it_with_the_node_stopped(
     assert_refused_naming(rgrid("search", "--where", f"fields.n:lt:{value}", home=clusters_home), value)
 
 
+@pytest.mark.parametrize("value", [*NON_FINITE, TOO_MANY_DIGITS])
+def test_a_json_option_holding_a_number_no_node_reads_is_refused_not_read_as_python_reads_it(
+        clusters_home: Path, rgrid: Run, value: str) -> None:
+    # --filter (and --query, --boost, --file) went through json.loads as it
+    # is: Infinity and 1e999 were inf offline (every cluster listed), and a
+    # 5000-digit integer was a traceback.
+    refused = rgrid("search", "--filter", f'{{"field": "fields.n", "lt": {value}}}', home=clusters_home)
+    assert "Traceback" not in refused.stderr, refused.stderr
+    assert refused.returncode != 0 and refused.stderr.startswith("error["), refused.stderr
+    assert "--filter" in refused.stderr, refused.stderr
+
+
 @pytest.mark.slow
 def test_a_where_value_gets_the_same_answer_whether_or_not_the_node_runs(tmp_path: Path, rgrid: Run) -> None:
     home = tmp_path / "home"

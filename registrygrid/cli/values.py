@@ -46,14 +46,31 @@ def loads_json(text: str, where: str) -> Any:
     """``text`` as JSON; MalformedInput naming ``where`` when it is not, or
     when it nests deeper than Python's parser can follow (no record may nest
     past limits.MAX_NESTING anyway)."""
+    def not_json(name: str) -> Any:
+        # Python's parser reads Infinity, -Infinity and NaN, which JSON (and
+        # the node's parser) does not: offline and through a node, one query
+        # answered otherwise.
+        raise MalformedInput(f"{where} is not valid JSON: {name} is no JSON number",
+                             details=[{"path": where, "message": f"{name} is no JSON number"}])
+
+    def finite(literal: str) -> float:
+        number = float(literal)
+        if not math.isfinite(number):  # 1e999: inf to Python, out of range to the node
+            raise MalformedInput(f"{where} holds {literal[:40]}, a number past the largest a node reads (~1.8e308)",
+                                 details=[{"path": where, "message": "number out of range"}])
+        return number
+
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=not_json, parse_float=finite)
     except json.JSONDecodeError as exc:
         raise MalformedInput(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                              details=[{"path": where, "line": exc.lineno, "column": exc.colno}]) from None
     except RecursionError:
         raise MalformedInput(f"{where} nests arrays or objects too deeply to read",
                              details=[{"path": where, "message": "nested too deeply"}]) from None
+    except ValueError:  # an integer past sys.get_int_max_str_digits(): it was a traceback
+        raise ValidationError(f"{where} holds an integer of more than {sys.get_int_max_str_digits()} digits, "
+                              "more than a node reads", details=[{"path": where, "message": "integer too long"}]) from None
     twice = repeated_name(text) if isinstance(value, (dict, list)) else None
     if twice is not None:
         raise MalformedInput(f"{where} names {twice[:80]!r} twice in one object: which one counts depends on who "
