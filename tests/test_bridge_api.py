@@ -134,7 +134,9 @@ async def test_a_listing_refuses_what_its_openapi_document_refuses_naming_the_pa
         async with served.client() as client:
             refused = {"owner": [("owner", "did:key:z" + "a" * 300)],
                        "where": [("where", "name:eq:" + "x" * 1100)],
-                       "cursor": [("cursor", "!!")]}
+                       "cursor": [("cursor", "!!")],
+                       # a number past a float's range compared as a string and matched nothing
+                       "where  ": [("where", "n:lt:1e999")]}
             for name, params in {**refused, "where ": [("where", f"n:ge:{i}") for i in range(17)]}.items():
                 err = assert_error(await client.get(RECORDS, params=params), 422, "validation_failed")
                 assert [d["path"] for d in err["details"]] == [f"query:{name.strip()}"], err

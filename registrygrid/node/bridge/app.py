@@ -302,6 +302,10 @@ def parse_value(text: str) -> Any:
     """A filter value: JSON when it parses (numbers, true, null), else the plain string (as the CLI's)."""
     try:
         return msgspec.json.decode(text)
+    except msgspec.ValidationError:  # decoding untyped, only a number out of range (1e999): a string matched nothing
+        raise ValidationError(f"the where value {text[:40]!r} is a number out of range (JSON numbers here are "
+                              "finite, at most ~1.8e308 either side of 0); quote it to compare a string",
+                              details=[{"path": "query:where", "message": "number out of range"}]) from None
     except (msgspec.MsgspecError, RecursionError, ValueError):
         return text
 
