@@ -169,6 +169,49 @@ def test_a_resolution_of_a_private_registrys_dispute_is_served_to_its_readers_on
         pair.close()
 
 
+def test_a_fork_of_a_filers_resolutions_is_reported_to_the_private_registrys_readers_only(tmp_path: Path) -> None:
+    """A clone of a's key resolves a private registry's dispute at the place
+    where a resolved a shared one: the report of that fork of grid.disputes
+    carries both signed resolutions, the private value too. Judged by the
+    report's own registry (grid.disputes, shared), it went to everyone."""
+    deals = "acme.deals"
+    pair = Pair(tmp_path, {"fields": {"price": "manual"}})
+    try:
+        a, b, c = pair.a, pair.b, pair.c
+        a.create_registry(deals, ["cluster"], write_policy="members", conflict_policy={"fields": {"price": "manual"}},
+                          replication="private", readers=[ORG_B.did])
+        a.put(deals, "cluster", {"name": "x", "price": 1}, id="x")
+        exchange(a, b)
+        a.update(deals, "x", patch={"price": 2})
+        b.update(deals, "x", patch={"price": 3})
+        exchange(a, b)
+        pair.create({"price": 1})
+        pair.race({"price": 2}, {"price": 3})
+        pair.converge()
+        (secret,) = [d["id"] for d in a.disputes() if d["registry"] == deals]
+        (shared,) = [d["id"] for d in a.disputes() if d["registry"] == REG]
+        twin = LocalRegistry.open_path(tmp_path / "twin", NODE_A,
+                                       delegation=sign_delegation(ORG_A, NODE_A.did, ["node", "writer"]))
+        twin.execute([Remote(w, "a") for w in wires(a)])
+        twin.resolve_dispute(secret, value=777_001, note="the confidential price")
+        forked = wires(twin)[-1]
+        twin.close()
+        a.resolve_dispute(shared, value=5)
+        a.execute([Remote(forked, "twin")])
+        assert ("equivocation", "grid.disputes") in {(d["type"], d["registry"]) for d in a.disputes()}
+
+        def reports(grid: LocalRegistry) -> list[dict[str, Any]]:
+            return [r for r in grid.iter_all("grid.disputes") if r["kind"] == "equivocation-report"]
+
+        for _ in range(2):
+            sync(a, c, reader=KeyPair(b"\xd1" * 32).did)
+            sync(a, b, reader=ORG_B.did)
+        assert reports(c) == [] and c.get(REG, "x")["fields"]["price"] == 5
+        assert [r["fields"]["registry"] for r in reports(b)] == ["grid.disputes"]
+    finally:
+        pair.close()
+
+
 # ================================================================ equivocation
 
 

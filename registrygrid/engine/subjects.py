@@ -29,6 +29,7 @@ lacks goes to no one until it arrives.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from registrygrid.crdt.disputes import DISPUTES_REGISTRY
@@ -45,24 +46,63 @@ SUBJECT_REGISTRIES = frozenset({DISPUTES_REGISTRY, ERASURES_REGISTRY})
 _UNKNOWN = ""
 
 
-def subject_of(store: Store, txn: Txn, registry: str, record_id: str) -> str | None:
-    """The registry that record ``registry``/``record_id`` speaks of: from
+def subjects_of(store: Store, txn: Txn, registry: str, record_id: str, depth: int = 0) -> tuple[str | None, ...]:
+    """The registries that record ``registry``/``record_id`` speaks of: from
     its materialized fields, or from its create (a create kept refused has
-    no materialized record). None: it names none (a resolution filed before
-    they did, of a dispute this node does not know); _UNKNOWN: nothing held
-    says."""
+    no materialized record). Mostly one; a report of a fork in a subject
+    registry carries two of its changes, and speaks of what they speak of.
+    None: it names none (a resolution filed before they did, of a dispute
+    this node does not know); _UNKNOWN: nothing held says."""
     fields = _fields_of(store, txn, registry, record_id)
-    if fields is None:
-        return _UNKNOWN
+    return (_UNKNOWN,) if fields is None else _named_in(store, txn, fields, depth)
+
+
+def _named_in(store: Store, txn: Txn, fields: dict[str, Any], depth: int) -> tuple[str | None, ...]:
     named = fields.get("registry")
     if isinstance(named, str):
-        return named
+        evidence = fields.get("envelopes")
+        if named not in SUBJECT_REGISTRIES or not isinstance(evidence, list):
+            return (named,)
+        # A fork of a filer's chain of reports or notices: its two changes
+        # carry what they speak of (a private resolution's value), base64.
+        if depth >= _MAX_DEPTH:
+            return (_UNKNOWN,)
+        found: list[str | None] = []
+        for text in evidence:
+            found += _carried(store, txn, text, depth + 1)
+        return tuple(found) or (_UNKNOWN,)
     dispute = fields.get("dispute")
     if isinstance(dispute, str):
         disputing = records.records_disputing(store, txn, dispute)
         if disputing:
-            return disputing[0][0]
-    return None
+            return (disputing[0][0],)
+    return (None,)
+
+
+def _carried(store: Store, txn: Txn, text: Any, depth: int) -> tuple[str | None, ...]:
+    """What a change a report carries speaks of: its own fields if it is a
+    create, else its record's as held here."""
+    from registrygrid.crdt.snapshot import snapshot_state  # the snapshot codec imports the schemas
+
+    try:
+        body = open_envelope(base64.b64decode(text, validate=True), verify=False).body
+    except (RegistryError, ValueError, TypeError):
+        return (_UNKNOWN,)
+    if body.registry not in SUBJECT_REGISTRIES:
+        return (body.registry,)
+    if body.is_snapshot:
+        try:
+            claim, _ = snapshot_state(body.payload, kind=body.kind, schema=body.schema)
+        except (RegistryError, KeyError, TypeError, ValueError):
+            return (_UNKNOWN,)
+        if isinstance(claim.get("fields"), dict):
+            return _named_in(store, txn, claim["fields"], depth)
+        return (_UNKNOWN,)
+    return subjects_of(store, txn, body.registry, body.record, depth)
+
+
+# A report of a fork of reports of forks...: past this, sent to no one.
+_MAX_DEPTH = 3
 
 
 def _fields_of(store: Store, txn: Txn, registry: str, record_id: str) -> dict[str, Any] | None:
@@ -119,8 +159,9 @@ class Withheld:
         key = (registry, record_id)
         kept = self._judged.get(key)
         if kept is None:
-            subject = subject_of(self.store, txn, registry, record_id)
-            kept = self._judged[key] = not may_serve(self.store, txn, subject, self.reader)
+            kept = self._judged[key] = not all(
+                may_serve(self.store, txn, subject, self.reader)
+                for subject in subjects_of(self.store, txn, registry, record_id))
         return kept
 
     def wire(self, txn: Txn, wire: bytes) -> bool:
