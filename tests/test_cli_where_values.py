@@ -12,14 +12,10 @@ limit) before it asks anyone.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +28,7 @@ from registrygrid.cli.values import parse_where
 from registrygrid.errors import EX_DATAERR, ValidationError
 from registrygrid.home import Home
 from registrygrid.node.bridge.app import parse_value as bridge_parse_value
-from registrygrid.ports import unused_ports
+from tests.test_bridge_cli import _running_node
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -70,27 +66,6 @@ def assert_refused_naming(proc: subprocess.CompletedProcess[str], shown: str) ->
     assert proc.returncode == EX_DATAERR, (proc.returncode, proc.stderr)
     assert proc.stderr.startswith("error[validation_failed]: --where"), proc.stderr
     assert shown in proc.stderr, proc.stderr
-
-
-@contextlib.contextmanager
-def running_node(home: Path) -> Iterator[None]:
-    """`rgrid node start` on ``home`` for the block (the CLI then goes through
-    its bridge), stopped by SIGTERM at its end; killed if the block failed."""
-    node = subprocess.Popen([sys.executable, "-m", "registrygrid", "node", "start", "--no-p2p", "--home", str(home),
-                             "--bridge-port", str(unused_ports(1)[0]), "--log-level", "WARNING"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not (home / "bridge.json").exists():
-            assert node.poll() is None and time.monotonic() < deadline, node.communicate()
-            time.sleep(0.05)
-        yield
-        node.send_signal(signal.SIGTERM)
-        assert node.wait(timeout=30) == 0, node.communicate()
-    finally:
-        if node.poll() is None:
-            node.kill()
-            node.wait()
 
 
 def test_a_where_integer_past_pythons_digit_limit_is_refused_as_invalid_input_not_a_traceback(
@@ -145,7 +120,7 @@ def test_a_where_value_gets_the_same_answer_whether_or_not_the_node_runs(tmp_pat
         f"n={TOO_MANY_DIGITS}",
         "n>-99999999999999999999", "n<1e308", "n>=1e-999", 'n!="Infinity"', "name=c1", "n=1.0", "n<2"]
     stopped = {where: count(rgrid, home, where) for where in wheres}
-    with running_node(home):
+    with _running_node(home):
         running = {where: count(rgrid, home, where) for where in wheres}
     assert running == stopped
     # ... and the answer is a refusal for the numbers a node cannot read.

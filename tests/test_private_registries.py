@@ -32,10 +32,7 @@ SECRETS = "acme.secrets"
 async def test_a_private_registry_reaches_its_readers_and_nobody_else(tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with cluster(tmp_path, FAST) as nodes:
-            a = await nodes.start("a")
-            b = await nodes.start("b", a.fed.addrs())
-            c = await nodes.start("c", a.fed.addrs())
-            await full_mesh([a, b, c])
+            a, b, c = await _owner_reader_and_other(nodes)
             b_org = b.home.org().org  # type: ignore[union-attr]
             a.registry.create_registry(SECRETS, ["tool"], replication="private", readers=[b_org])
             # The registry's descriptor is public: every member learns it exists.
@@ -56,6 +53,20 @@ async def test_a_private_registry_reaches_its_readers_and_nobody_else(tmp_path: 
             await trio.sleep(FAST.sync_interval * 1.5)  # a full anti-entropy round and more
             assert c.registry.list(SECRETS).items == []
             assert SECRETS not in c.registry.engine.version_vector()
+
+
+async def _owner_reader_and_other(nodes):  # type: ignore[no-untyped-def]
+    """Three meshed members, each of its own org: a (to own SECRETS), b (to
+    read it) and c."""
+    a = await nodes.start("a")
+    b = await nodes.start("b", a.fed.addrs())
+    c = await nodes.start("c", a.fed.addrs())
+    await full_mesh([a, b, c])
+    return a, b, c
+
+
+def _org(member) -> str:  # type: ignore[no-untyped-def]
+    return member.home.org().org
 
 
 def _has(grid, registry: str, record_id: str) -> bool:  # type: ignore[no-untyped-def]
@@ -137,12 +148,8 @@ async def test_an_erasure_notice_of_a_private_record_reaches_its_readers_and_nob
     # every member too, nodes that never hold the registry.
     with trio.fail_after(90):
         async with cluster(tmp_path, FAST) as nodes:
-            a = await nodes.start("a")
-            b = await nodes.start("b", a.fed.addrs())
-            c = await nodes.start("c", a.fed.addrs())
-            await full_mesh([a, b, c])
-            a.registry.create_registry(SECRETS, ["tool"], replication="private",
-                                       readers=[b.home.org().org])  # type: ignore[union-attr]
+            a, b, c = await _owner_reader_and_other(nodes)
+            a.registry.create_registry(SECRETS, ["tool"], replication="private", readers=[_org(b)])
             a.registry.create_registry("acme.shared", ["tool"])
             await _put(a, "deal", 1)
             a.registry.put("acme.shared", "tool", {"name": "old"}, id="old")
@@ -184,12 +191,8 @@ async def test_an_equivocation_in_a_private_registry_is_reported_to_its_readers_
 
     with trio.fail_after(90):
         async with cluster(tmp_path, FAST) as nodes:
-            a = await nodes.start("a")
-            b = await nodes.start("b", a.fed.addrs())
-            c = await nodes.start("c", a.fed.addrs())
-            await full_mesh([a, b, c])
-            a.registry.create_registry(SECRETS, ["tool"], replication="private",
-                                       readers=[b.home.org().org])  # type: ignore[union-attr]
+            a, b, c = await _owner_reader_and_other(nodes)
+            a.registry.create_registry(SECRETS, ["tool"], replication="private", readers=[_org(b)])
             await _put(a, "real", 1)
             # A clone of a's node key, with a's history, signs its next place otherwise.
             twin = LocalRegistry.open_path(tmp_path / "twin", a.home.node_key(), owner=a.home.org().org)  # type: ignore[union-attr]
