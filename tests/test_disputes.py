@@ -131,6 +131,30 @@ def test_a_resolution_must_be_tagged_with_its_dispute(manual: Pair) -> None:
         manual.a.put("grid.disputes", "dispute-resolution", {"dispute": listed["id"], "outcome": "value", "value": 1})
 
 
+DEALS = "acme.deals"
+
+
+def _a_private_and_a_shared_dispute(tmp_path: Path) -> tuple[Pair, str, str]:
+    """A manual conflict of a and b over x's price in DEALS (a's, private,
+    b's org its reader) and another in the shared REG (c holds REG only).
+    Returns the pair and the two disputes' ids."""
+    pair = Pair(tmp_path, {"fields": {"price": "manual"}})
+    a, b = pair.a, pair.b
+    a.create_registry(DEALS, ["cluster"], write_policy="members", conflict_policy={"fields": {"price": "manual"}},
+                      replication="private", readers=[ORG_B.did])
+    a.put(DEALS, "cluster", {"name": "x", "price": 1}, id="x")
+    exchange(a, b)
+    a.update(DEALS, "x", patch={"price": 2})
+    b.update(DEALS, "x", patch={"price": 3})
+    exchange(a, b)
+    pair.create({"price": 1})
+    pair.race({"price": 2}, {"price": 3})
+    pair.converge()
+    (secret,) = [d["id"] for d in a.disputes() if d["registry"] == DEALS]
+    (shared,) = [d["id"] for d in a.disputes() if d["registry"] == REG]
+    return pair, secret, shared
+
+
 def test_a_resolution_of_a_private_registrys_dispute_is_served_to_its_readers_only(tmp_path: Path) -> None:
     """A resolution carries the value the disputed field takes; filed in
     grid.disputes, which goes to every member, it went to nodes of orgs that
@@ -138,23 +162,10 @@ def test_a_resolution_of_a_private_registrys_dispute_is_served_to_its_readers_on
     it from the others: their chain of its filer's resolutions goes on past
     its place (named gone), so the shared registry's resolution after it
     still reaches them."""
-    deals = "acme.deals"
     outsider = KeyPair(b"\xd1" * 32).did
-    pair = Pair(tmp_path, {"fields": {"price": "manual"}})
+    pair, secret, shared = _a_private_and_a_shared_dispute(tmp_path)
     try:
         a, b, c = pair.a, pair.b, pair.c
-        a.create_registry(deals, ["cluster"], write_policy="members", conflict_policy={"fields": {"price": "manual"}},
-                          replication="private", readers=[ORG_B.did])
-        a.put(deals, "cluster", {"name": "x", "price": 1}, id="x")
-        exchange(a, b)
-        a.update(deals, "x", patch={"price": 2})
-        b.update(deals, "x", patch={"price": 3})
-        exchange(a, b)
-        pair.create({"price": 1})
-        pair.race({"price": 2}, {"price": 3})
-        pair.converge()
-        (secret,) = [d["id"] for d in a.disputes() if d["registry"] == deals]
-        (shared,) = [d["id"] for d in a.disputes() if d["registry"] == REG]
         a.resolve_dispute(secret, value=777_001, note="the confidential price")
         a.resolve_dispute(shared, value=5)
         sync(a, c, reader=outsider)
@@ -163,8 +174,8 @@ def test_a_resolution_of_a_private_registrys_dispute_is_served_to_its_readers_on
         assert c.get(REG, "x")["fields"]["price"] == 5
         assert not any(b"777001" in wire or b"confidential" in wire for wire in wires(c))
         sync(a, b, reader=ORG_B.did)
-        assert b.get(deals, "x")["fields"]["price"] == 777_001
-        assert sorted(r["fields"]["registry"] for r in b.iter_all("grid.disputes")) == sorted([deals, REG])
+        assert b.get(DEALS, "x")["fields"]["price"] == 777_001
+        assert sorted(r["fields"]["registry"] for r in b.iter_all("grid.disputes")) == sorted([DEALS, REG])
     finally:
         pair.close()
 
@@ -174,22 +185,9 @@ def test_a_fork_of_a_filers_resolutions_is_reported_to_the_private_registrys_rea
     where a resolved a shared one: the report of that fork of grid.disputes
     carries both signed resolutions, the private value too. Judged by the
     report's own registry (grid.disputes, shared), it went to everyone."""
-    deals = "acme.deals"
-    pair = Pair(tmp_path, {"fields": {"price": "manual"}})
+    pair, secret, shared = _a_private_and_a_shared_dispute(tmp_path)
     try:
         a, b, c = pair.a, pair.b, pair.c
-        a.create_registry(deals, ["cluster"], write_policy="members", conflict_policy={"fields": {"price": "manual"}},
-                          replication="private", readers=[ORG_B.did])
-        a.put(deals, "cluster", {"name": "x", "price": 1}, id="x")
-        exchange(a, b)
-        a.update(deals, "x", patch={"price": 2})
-        b.update(deals, "x", patch={"price": 3})
-        exchange(a, b)
-        pair.create({"price": 1})
-        pair.race({"price": 2}, {"price": 3})
-        pair.converge()
-        (secret,) = [d["id"] for d in a.disputes() if d["registry"] == deals]
-        (shared,) = [d["id"] for d in a.disputes() if d["registry"] == REG]
         twin = LocalRegistry.open_path(tmp_path / "twin", NODE_A,
                                        delegation=sign_delegation(ORG_A, NODE_A.did, ["node", "writer"]))
         twin.execute([Remote(w, "a") for w in wires(a)])
@@ -208,6 +206,27 @@ def test_a_fork_of_a_filers_resolutions_is_reported_to_the_private_registrys_rea
             sync(a, b, reader=ORG_B.did)
         assert reports(c) == [] and c.get(REG, "x")["fields"]["price"] == 5
         assert [r["fields"]["registry"] for r in reports(b)] == ["grid.disputes"]
+    finally:
+        pair.close()
+
+
+def test_changes_kept_from_a_reader_take_none_of_its_answers_bytes(tmp_path: Path) -> None:
+    """A change asked for by ID that a node keeps from the asker's org was
+    cut at the answer's byte budget before it was kept back: a large one
+    took the whole answer, and what the asker may have never came."""
+    pair, secret, shared = _a_private_and_a_shared_dispute(tmp_path)
+    try:
+        a = pair.a
+        a.resolve_dispute(secret, value="confidential " * 400)
+        a.resolve_dispute(shared, value=5)
+        author = a.engine.key.did
+        head = a.engine.version_vector()["grid.disputes"][author]
+        kept, wanted = (open_envelope(w).cid for w in a.engine.envelopes_after("grid.disputes", author, head - 2,
+                                                                                limit=2))
+        asked = {"grid.disputes": {author: [(head - 1, kept), (head, wanted)]}}
+        served = ServedTo(a.engine, KeyPair(b"\xd1" * 32).did).wanted_links(asked, max_bytes=1000)
+        assert [open_envelope(w).cid for w in served] == [wanted]
+        assert a.engine.metrics["sync.subject_withheld"] >= 1
     finally:
         pair.close()
 

@@ -2002,3 +2002,24 @@ def test_a_change_linked_past_on_a_peers_word_whose_record_is_erased_since_stays
     exchange(j, y)
     assert readable(y, TOOLS, "r0") == "erased" and stores_holding(y, "secret-of-r0") == []
     assert [y.get(TOOLS, f"r{n}") for n in range(1, gap)] == [j.get(TOOLS, f"r{n}") for n in range(1, gap)]
+
+
+def test_places_asked_for_by_id_past_one_request_are_asked_for_in_turns(tmp_path: Path) -> None:
+    """A request asks for at most MAX_WANTED places by ID; it took the same
+    first ones every time, so places no peer gives this node (a private
+    registry's records kept from its org) held them for good and the ones
+    after them were never asked for again."""
+    from registrygrid.engine.ops import LinkPastGone
+    from registrygrid.protocol.sync import MAX_WANTED, GonePlace
+
+    y = LocalRegistry.open_path(tmp_path / "y", KeyPair.generate())
+    author = KeyPair.generate().did
+    try:
+        places = 2 * MAX_WANTED + 88
+        (linked,) = y.execute([LinkPastGone(GonePlace("grid.clusters", author, 1, places), "peer")])
+        assert linked.status == "linked"
+        asked = [[seq for seq, _ in y.engine.wanted()["grid.clusters"][author]] for _ in range(3)]
+        assert all(len(request) == MAX_WANTED for request in asked)
+        assert set().union(*asked) == set(range(1, places + 1)), "every place within three requests"
+    finally:
+        y.close()

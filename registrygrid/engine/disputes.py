@@ -39,6 +39,7 @@ from typing import Any
 from registrygrid.crdt import disputes
 from registrygrid.crdt.conflicts import ABSENT
 from registrygrid.crdt.resolver import Resolution
+from registrygrid.engine import subjects
 from registrygrid.engine.batch import Batch
 from registrygrid.engine.core import EngineCore
 from registrygrid.engine.ops import Put
@@ -49,6 +50,11 @@ from registrygrid.protocol.sync import MAX_UNREPORTED, MAX_WANTED, WANTED_DEPTH,
 from registrygrid.storage import chains, changes, erasures, pending, records
 from registrygrid.storage.store import Txn
 from registrygrid.trust import access
+
+
+# How many places asked for by ID ``wanted`` reads, in MAX_WANTEDs: it asks
+# for them MAX_WANTED at a time, in turns.
+_WANTED_SCAN = 16
 
 
 class Disputing(EngineCore):
@@ -205,6 +211,8 @@ class Disputing(EngineCore):
             for registry, record_id in records.records_disputing(self.store, txn, dispute):
                 self._resettle_record(txn, batch, registry, record_id, cause, origin)  # type: ignore[attr-defined]
 
+    _wanted_turn = 0  # which MAX_WANTED of the places asked for by ID go in the next request (``wanted``)
+
     def wanted(self) -> Wanted:
         """The changes this node asks its sync peers for by ID, which its
         vector can't ask for (it holds those positions):
@@ -217,32 +225,43 @@ class Disputing(EngineCore):
           key was revoked before it): a peer that kept them gives them back;
         - places it linked past unseen on the word of such a notice, or of
           a peer that said they are gone (engine/gone.py): asked for by
-          place (the unseen-link ID), since their IDs are unknown here."""
-        out: Wanted = {}
-        count = 0
+          place (the unseen-link ID), since their IDs are unknown here.
+
+        The first ones always go first; the others MAX_WANTED at a time, in
+        turns, when there are more."""
+        first: list[tuple[str, str, int, bytes]] = []  # the fork walks: always asked first
+        rest: list[tuple[str, str, int, bytes]] = []
+        bound = _WANTED_SCAN * MAX_WANTED
         with self.store.read() as txn:
-            # Changes erased here by a notice that no longer counts: taken
-            # again from a peer that kept them (engine/erasure.py _restore).
-            for cid, known in erasures.restorable(self.store, txn):
-                out.setdefault(known["registry"], {}).setdefault(known["author"], []).append((known["seq"], cid))
-                count += 1
-                if count >= MAX_WANTED:
-                    return out
             for (author, registry) in sorted(dict(self.trust.quarantined)):
                 for wire in pending.evidence_of(self.store, txn, registry, author):
                     body = open_envelope(wire, verify=False).body
                     seq = body.seq - 1
                     if seq < 1 or not body.prev or self._holds_link(txn, registry, author, seq, body.prev):
                         continue
-                    out.setdefault(registry, {}).setdefault(author, []).append((seq, body.prev))
-                    count += 1
-                    if count >= MAX_WANTED:
-                        return out
-            for registry, author, seq in self._unseen_gone(txn):  # type: ignore[attr-defined]
-                out.setdefault(registry, {}).setdefault(author, []).append((seq, erasures.UNSEEN))
-                count += 1
-                if count >= MAX_WANTED:
-                    return out
+                    if len(first) < MAX_WANTED:
+                        first.append((registry, author, seq, body.prev))
+            # Changes erased here by a notice that no longer counts: taken
+            # again from a peer that kept them (engine/erasure.py _restore).
+            for cid, known in erasures.restorable(self.store, txn):
+                rest.append((known["registry"], known["author"], known["seq"], cid))
+                if len(rest) >= bound:
+                    break
+            if len(rest) < bound:
+                for registry, author, seq in self._unseen_gone(txn, limit=bound - len(rest)):  # type: ignore[attr-defined]
+                    rest.append((registry, author, seq, erasures.UNSEEN))
+        room = MAX_WANTED - len(first)
+        if len(rest) > room:
+            # Taken in turns: places no peer will give this node (a private
+            # registry's records, kept from its org: engine/subjects.py) held
+            # the first MAX_WANTED for good, and what came after them was
+            # never asked for again.
+            start = (self._wanted_turn * room) % len(rest)
+            self._wanted_turn += 1
+            rest = (rest[start:] + rest[:start])[:room]
+        out: Wanted = {}
+        for registry, author, seq, cid in first + rest:
+            out.setdefault(registry, {}).setdefault(author, []).append((seq, cid))
         return out
 
     def _holds_link(self, txn: Txn, registry: str, author: str, seq: int, cid: bytes) -> bool:
@@ -251,7 +270,8 @@ class Disputing(EngineCore):
         link = chains.at(self.store, txn, registry, author, seq)
         return link in (cid, erasures.UNSEEN) or pending.has_evidence(self.store, txn, registry, author, seq, cid)
 
-    def unreported_forks(self, registries: Collection[str], *, max_bytes: int) -> list[bytes]:
+    def unreported_forks(self, registries: Collection[str], *, max_bytes: int,
+                         withheld: subjects.Withheld | None = None) -> list[bytes]:
         """The changes this node holds as evidence of forks in
         ``registries`` that no quarantine here covers: it met both changes
         but could not report them (its key revoked, or not yet delegated),
@@ -268,7 +288,7 @@ class Disputing(EngineCore):
             for registry, author, seq, wire in pending.all_evidence(self.store, txn):
                 since = self.trust.quarantined_since(author, registry)
                 covered = since is not None and since <= seq and author != self.key.did  # type: ignore[attr-defined]
-                if registry not in registries or covered:
+                if registry not in registries or covered or (withheld is not None and withheld.wire(txn, wire)):
                     continue
                 if out and (size + len(wire) > max_bytes or len(out) >= MAX_UNREPORTED):
                     break
@@ -277,7 +297,8 @@ class Disputing(EngineCore):
         self.metrics["sync.unreported_forks_shown"] += len(out)
         return out
 
-    def wanted_links(self, wanted: Wanted, *, max_bytes: int) -> list[bytes]:
+    def wanted_links(self, wanted: Wanted, *, max_bytes: int,
+                     withheld: subjects.Withheld | None = None) -> list[bytes]:
         """What a peer's ``wanted`` asks for that this node holds (as a link
         or as evidence), each with up to WANTED_DEPTH links before it along
         the prevs, oldest first: a fork whose branches met past where they
@@ -291,6 +312,9 @@ class Disputing(EngineCore):
                 for author, asked in sorted(authors.items()):
                     for seq, cid in sorted(asked, reverse=True):
                         for wire, link in reversed(self._links_back(txn, registry, author, seq, cid, sent)):
+                            if withheld is not None and withheld.wire(txn, wire):
+                                sent.add(link)  # kept from this reader: neither sent nor counted
+                                continue
                             if out and size + len(wire) > max_bytes:
                                 self.metrics["sync.wanted_sent"] += len(out)
                                 return out

@@ -500,7 +500,6 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
                 if wire is None:
                     continue
                 if withheld is not None and withheld.wire(txn, wire):
-                    self.metrics["sync.subject_withheld"] += 1
                     continue
                 if out and size + len(wire) > max_bytes:
                     break
@@ -521,7 +520,7 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
                 for registry, authors in vector.items()}
 
     def other_links(self, vector: Mapping[str, Mapping[str, int]], heads: Mapping[str, Mapping[str, bytes]], *,
-                    max_bytes: int) -> list[bytes]:
+                    max_bytes: int, withheld: subjects.Withheld | None = None) -> list[bytes]:
         """Our changes at the positions a peer's ``vector`` names, where its
         head tag is not ours: the peer holds another branch of a fork. Sent
         even where this node knows the fork already: its own report may not
@@ -539,7 +538,8 @@ class Engine(LocalWrites, RemoteIngest, Rebuilds, Kinds, Settling, Disputing, Er
                     if link is None or head_tag(link) == tag:
                         continue
                     wire = changes.wire(self.store, txn, link)  # None: erased, or linked unseen
-                    if wire is None or (out and size + len(wire) > max_bytes):
+                    if wire is None or (out and size + len(wire) > max_bytes) \
+                            or (withheld is not None and withheld.wire(txn, wire)):
                         continue
                     out.append(wire)
                     size += len(wire)

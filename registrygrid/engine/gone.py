@@ -157,11 +157,11 @@ class GonePlaces(EngineCore):
                 lowest = body.seq
         return lowest
 
-    def _unseen_gone(self, txn: Txn) -> Iterator[tuple[str, str, int]]:
+    def _unseen_gone(self, txn: Txn, limit: int = MAX_WANTED) -> Iterator[tuple[str, str, int]]:
         """(registry, author, seq) of each unseen link this node holds on the
         word of a notice that no longer counts, or of a peer that said it is
         gone: its ID is unknown here, so sync asks for it by place (the
-        unseen-link ID: Engine.wanted); at most MAX_WANTED."""
+        unseen-link ID: Engine.wanted); at most ``limit``."""
         count = 0
         for registry, author, first, last, notice in erasures.vouched_ranges(self.store, txn):
             if notice == erasures.PAST_CUTOFF or not erasures.is_void(self.store, txn, notice):
@@ -170,7 +170,7 @@ class GonePlaces(EngineCore):
                 if chains.at(self.store, txn, registry, author, seq) == erasures.UNSEEN:
                     yield registry, author, seq
                     count += 1
-                    if count >= MAX_WANTED:
+                    if count >= limit:
                         return
 
     def _burned_gone(self, txn: Txn, env: Envelope) -> str | None:

@@ -30,6 +30,7 @@ lacks goes to no one until it arrives.
 from __future__ import annotations
 
 import base64
+from collections import Counter
 from typing import Any
 
 from registrygrid.crdt.disputes import DISPUTES_REGISTRY
@@ -147,10 +148,11 @@ class Withheld:
     (an org; None: every member, for gossip), judged record by record and
     remembered for one answer (one read transaction's worth of work)."""
 
-    def __init__(self, store: Store, reader: str | None) -> None:
+    def __init__(self, store: Store, reader: str | None, metrics: Counter[str] | None = None) -> None:
         self.store = store
         self.reader = reader
         self._judged: dict[tuple[str, str], bool] = {}
+        self.metrics = metrics  # counts the changes kept back (sync.subject_withheld), where given
 
     def record(self, txn: Txn, registry: str, record_id: str) -> bool:
         """Whether ``registry``/``record_id``'s changes are kept from the reader."""
@@ -165,9 +167,12 @@ class Withheld:
         return kept
 
     def wire(self, txn: Txn, wire: bytes) -> bool:
-        """Whether the stored change ``wire`` is kept from the reader."""
+        """Whether the stored change ``wire`` is kept from the reader (counted)."""
         body = open_envelope(wire, verify=False).body
-        return self.record(txn, body.registry, body.record)
+        kept = self.record(txn, body.registry, body.record)
+        if kept and self.metrics is not None:
+            self.metrics["sync.subject_withheld"] += 1
+        return kept
 
     def change(self, txn: Txn, cid: bytes) -> bool:
         """Whether stored change ``cid`` is kept from the reader (one whose
@@ -175,8 +180,6 @@ class Withheld:
         body = changes.body(self.store, txn, cid)
         return body is not None and self.record(txn, body.registry, body.record)
 
-    def filter(self, txn: Txn, wires: list[bytes]) -> list[bytes]:
-        return [wire for wire in wires if not self.wire(txn, wire)]
 
 
 
@@ -189,7 +192,7 @@ class ServedTo:
     def __init__(self, engine: Any, reader: str) -> None:
         self.engine = engine
         self.reader = reader
-        self.withheld = Withheld(engine.store, reader)
+        self.withheld = Withheld(engine.store, reader, engine.metrics)
 
     def replicated_vector(self, registries: Any, *, reader: str | None = None) -> Any:
         return self.engine.replicated_vector(registries, reader=self.reader)
@@ -202,18 +205,14 @@ class ServedTo:
     def gone_places(self, lacking: Any) -> Any:
         return self.engine.gone_places(lacking, withheld=self.withheld)
 
+    # Judged before each change counts against the answer's bytes: withheld
+    # ones filtered after took the whole budget, and what the reader may
+    # have never came.
     def other_links(self, vector: Any, heads: Any, *, max_bytes: int) -> list[bytes]:
-        return self._kept_back(self.engine.other_links(vector, heads, max_bytes=max_bytes))
+        return self.engine.other_links(vector, heads, max_bytes=max_bytes, withheld=self.withheld)
 
     def unreported_forks(self, registries: Any, *, max_bytes: int) -> list[bytes]:
-        return self._kept_back(self.engine.unreported_forks(registries, max_bytes=max_bytes))
+        return self.engine.unreported_forks(registries, max_bytes=max_bytes, withheld=self.withheld)
 
     def wanted_links(self, wanted: Any, *, max_bytes: int) -> list[bytes]:
-        return self._kept_back(self.engine.wanted_links(wanted, max_bytes=max_bytes))
-
-    def _kept_back(self, wires: list[bytes]) -> list[bytes]:
-        with self.engine.store.read() as txn:
-            served = self.withheld.filter(txn, wires)
-        if len(served) < len(wires):
-            self.engine.metrics["sync.subject_withheld"] += len(wires) - len(served)
-        return served
+        return self.engine.wanted_links(wanted, max_bytes=max_bytes, withheld=self.withheld)
