@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -429,3 +430,37 @@ async def test_a_flood_of_valid_records_for_made_up_names_evicts_no_one(tmp_path
             assert store.get(own) is not None, "a's own record stays"
             assert len(store.store) == 4
             assert a.fed.directory.metrics["dht.refused.full"] >= 5
+
+
+async def test_one_peers_records_take_no_more_than_its_share_of_what_a_node_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bounded as a whole only, a node's store was filled by one peer's
+    records for made-up names, and every other peer's new names were then
+    turned away until those expired (48 h)."""
+    from registrygrid.node import dht
+
+    monkeypatch.setattr(dht, "MAX_VALUES_PER_PEER", 3)
+    with trio.fail_after(90):
+        async with cluster(tmp_path) as nodes:
+            a = await nodes.start("a")
+            b = await nodes.start("b", a.fed.addrs())
+            c = await nodes.start("c", a.fed.addrs())
+            await full_mesh([a, b, c])
+            store = a.fed.directory.dht.value_store
+            now = wall_clock_ms()
+
+            async def put(member: Any, name: str) -> None:
+                owner = KeyPair.generate()
+                value = rr.sign_record(owner, None, name=name, owner=owner.did, claimed_at=now, version=(now, 0),
+                                       change_id="x", descriptor={"name": name, "kinds": ["cluster"]},
+                                       federations=[], issued_at=now)
+                await member.fed.directory.dht.value_store._store_at_peer(ID.from_base58(a.peer_id),
+                                                                          rr.dht_key(name).encode(), value)
+
+            for i in range(6):
+                await put(b, f"spam.n{i}")
+            await put(c, "honest.name")
+            held = {key for key in store.store}
+            assert sum(rr.dht_key(f"spam.n{i}").encode() in held for i in range(6)) == 3
+            assert rr.dht_key("honest.name").encode() in held, "another peer's name still finds room"
+            assert a.fed.directory.metrics["dht.refused.peer_quota"] == 3

@@ -113,13 +113,19 @@ class DescriptorValidator(Validator):
 # (and 50,000 values of up to 16 KiB each is 800 MB). Registries are few
 # and each node holds only the names closest to it.
 MAX_HELD_VALUES = 20_000
+# And of those, what one peer's records may take (a record's author is the
+# peer that signed its put; unsigned ones share one allowance): a single
+# peer with made-up names filled the whole store, and every other peer's
+# new names were then turned away for 48 h.
+MAX_VALUES_PER_PEER = 1_000
 
 
 class HeldValues(ValueStore):
     """py-libp2p's value store, bounded our way: once it holds
     ``MAX_HELD_VALUES``, a value for a name it does not hold yet is not
     stored (counted, ``dht.refused.full``) rather than stored over the
-    oldest; a newer value of a name it holds still replaces the old one,
+    oldest, nor once its author's records take ``MAX_VALUES_PER_PEER``
+    (``dht.refused.peer_quota``: a scan of what is held, per new name); a newer value of a name it holds still replaces the old one,
     and this node's own values are always kept. Room comes back as values
     expire (48 h; the DHT sweeps them)."""
 
@@ -128,9 +134,14 @@ class HeldValues(ValueStore):
         self.metrics = metrics
 
     def put_record(self, key: bytes, record: Any) -> None:
-        if key not in self.store and len(self.store) >= MAX_HELD_VALUES:
-            self.metrics["dht.refused.full"] += 1
-            return
+        if key not in self.store:
+            if len(self.store) >= MAX_HELD_VALUES:
+                self.metrics["dht.refused.full"] += 1
+                return
+            author = record.author
+            if sum(1 for held, _ in self.store.values() if held.author == author) >= MAX_VALUES_PER_PEER:
+                self.metrics["dht.refused.peer_quota"] += 1
+                return
         super().put_record(key, record)
 
     def _evict_if_full(self) -> None:
