@@ -421,15 +421,6 @@ class Api:
     def read_note(self, token: Token, target: str, reason: str = "") -> None:
         self.audit.note("read", token.actor, target, reason)
 
-    def _unknown_registry(self, registry: str) -> UnknownRegistry | None:
-        """The node's own store's UnknownRegistry for ``registry``, or None if it
-        holds it (a listing of at most one record: one read transaction)."""
-        try:
-            self.registry.list(registry, limit=1)
-        except UnknownRegistry as exc:
-            return exc
-        return None
-
     def from_followed(self, registry: str, unknown: UnknownRegistry, read: Callable[[LocalRegistry], T]) -> T:
         """``read`` the copy of ``registry`` this node follows, the node's own
         store lacking it (``unknown``, raised again when no copy is followed
@@ -866,13 +857,8 @@ class Api:
         token = self.require(request, READ, registry=registry, target=target)
         try:
             history = self.registry.history(registry, record_id)
-        except NotFound:
-            # history() answers NotFound for a registry the store lacks as for
-            # a record it lacks; which one it was matters only when a copy is followed.
-            unknown = self._unknown_registry(registry) if self.followed(registry) is not None else None
-            if unknown is None:
-                raise
-            history = self.from_followed(registry, unknown, lambda copy: copy.history(registry, record_id))
+        except UnknownRegistry as exc:  # the store lacks the registry: a copy may be followed
+            history = self.from_followed(registry, exc, lambda copy: copy.history(registry, record_id))
             self.read_note(token, target, "history (followed copy)")
             return json_response({"history": history}, headers=FOLLOWED)
         self.read_note(token, target, "history")
