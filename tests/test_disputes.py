@@ -13,7 +13,7 @@ import pytest
 
 from registrygrid.engine.ops import LinkPastGone, Remote
 from registrygrid.engine.subjects import ServedTo
-from registrygrid.errors import NotFound, PolicyDenied, Quarantined, ValidationError
+from registrygrid.errors import NotFound, PolicyDenied, Quarantined, RecordErased, ValidationError
 from registrygrid.identity.delegation import sign_delegation
 from registrygrid.identity.keys import KeyPair
 from registrygrid.protocol.envelope import open_envelope
@@ -227,6 +227,36 @@ def test_changes_kept_from_a_reader_take_none_of_its_answers_bytes(tmp_path: Pat
         served = ServedTo(a.engine, KeyPair(b"\xd1" * 32).did).wanted_links(asked, max_bytes=1000)
         assert [open_envelope(w).cid for w in served] == [wanted]
         assert a.engine.metrics["sync.subject_withheld"] >= 1
+    finally:
+        pair.close()
+
+
+def test_a_reader_that_linked_past_another_readers_notice_on_an_outsiders_word_honours_it_when_it_comes(
+        tmp_path: Path) -> None:
+    """(a 10-minute soak of four node processes) An outsider's node names
+    the place of b's notice of a private record gone (kept from it); a,
+    the other reader, links past it there, then takes it from b. Taken in
+    that way, the notice's record was made but the erasure was not
+    carried out: a kept the erased record for good."""
+    outsider = KeyPair(b"\xd1" * 32).did
+    pair, _, _ = _a_private_and_a_shared_dispute(tmp_path)
+    try:
+        a, b, c = pair.a, pair.b, pair.c
+        b.put(DEALS, "cluster", {"name": "b's secret"}, id="y")
+        b.put(REG, "cluster", {"name": "b's shared"}, id="z")
+        exchange(a, b)
+        sync(b, c, reader=outsider)
+        b.erase(DEALS, "y", reason="private")
+        b.erase(REG, "z", reason="shared")
+        sync(b, c, reader=outsider)  # c: the shared notice, the private one's place gone
+        sync(c, a, reader=ORG_A.did)  # a links past the place on c's word
+        with pytest.raises(RecordErased):
+            a.get(REG, "z")
+        assert a.get(DEALS, "y")["fields"]["name"] == "b's secret"  # not yet: a lacks the notice
+        sync(b, a, reader=ORG_A.did)  # a asks b for the place, and takes the notice
+        with pytest.raises(RecordErased):
+            a.get(DEALS, "y")
+        assert a.state_digest() == b.state_digest()
     finally:
         pair.close()
 

@@ -1145,8 +1145,24 @@ class Erasing(EngineCore):
         self._rebuild(txn, batch, body.registry, body.record, cause=env, origin=peer)  # type: ignore[attr-defined]
         self.metrics["erasure.restored"] += 1
         if records.is_applied(self.store, txn, body.registry, body.record, am_hash):
+            self._after_restored(txn, batch, env, peer)
             return IngestResult("applied", env.id)
         return IngestResult("refused", env.id)
+
+    def _after_restored(self, txn: Txn, batch: Batch, env: Envelope, peer: str) -> None:
+        """What a commit does after a notice or a report counts, for one taken
+        in at a place linked past (a rebuild only makes its record): a reader
+        that linked past another reader's notice of a private record on a
+        non-reader's word (engine/subjects.py) took the notice and kept the
+        record it erases, for good."""
+        body = env.body
+        record = records.get_record(self.store, txn, body.registry, body.record)
+        if record is None or record["deleted"]:
+            return
+        if body.registry == ERASURES_REGISTRY:
+            self._after_erasure_notice(txn, batch, env, record, peer)
+        elif body.registry == disputes.DISPUTES_REGISTRY:
+            self._after_dispute_record(txn, batch, record["kind"], body.record, record["fields"])  # type: ignore[attr-defined]
 
     def _refuse_if_erased(self, txn: Txn, registry: str, record_id: str) -> None:
         """A local write of an id an erasure notice names (erased, or waiting
